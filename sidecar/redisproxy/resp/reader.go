@@ -1,0 +1,295 @@
+// Package resp reads and writes RESP2, the Redis wire protocol: requests
+// (arrays of bulk strings, or inline commands) from clients and replies from
+// servers. It parses in place from one growable buffer so the proxy's hot path
+// allocates nothing per message; what it returns aliases that buffer and is
+// valid until the next read.
+package resp
+
+import (
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Limits a Reader enforces, the same as redis-server's defaults.
+const (
+	MaxArgs      = 1 << 20   // elements in one request array
+	MaxBulk      = 512 << 20 // bytes in one bulk string
+	MaxInline    = 64 << 10  // bytes in one inline command or status line
+	MaxDepth     = 8         // nesting of reply arrays
+	initialBytes = 16 << 10
+)
+
+// ProtocolError is a malformed message; the connection cannot be resynced.
+type ProtocolError struct{ Msg string }
+
+func (e *ProtocolError) Error() string { return "Protocol error: " + e.Msg }
+
+// IsProtocol reports whether err is a ProtocolError.
+func IsProtocol(err error) bool {
+	var pe *ProtocolError
+	return errors.As(err, &pe)
+}
+
+// errIncomplete means the buffer holds only part of a message.
+var errIncomplete = errors.New("incomplete")
+
+// Reader parses RESP messages from an io.Reader.
+type Reader struct {
+	rd   io.Reader
+	buf  []byte
+	r, w int
+	args [][]byte
+	// OnRead, when set, is called before each read from rd (the proxy uses it
+	// to arm read deadlines only while replies are outstanding).
+	OnRead func()
+}
+
+// NewReader returns a Reader over rd.
+func NewReader(rd io.Reader) *Reader {
+	return &Reader{rd: rd, buf: make([]byte, initialBytes)}
+}
+
+// Buffered reports how many unread bytes are buffered; zero means the next
+// read will block, which is when the proxy flushes its writes.
+func (r *Reader) Buffered() int { return r.w - r.r }
+
+// fill reads more bytes, compacting or growing the buffer first.
+func (r *Reader) fill() error {
+	if r.r > 0 {
+		n := copy(r.buf, r.buf[r.r:r.w])
+		r.r, r.w = 0, n
+	}
+	if r.w == len(r.buf) {
+		nb := make([]byte, 2*len(r.buf))
+		copy(nb, r.buf[:r.w])
+		r.buf = nb
+	}
+	if r.OnRead != nil {
+		r.OnRead()
+	}
+	n, err := r.rd.Read(r.buf[r.w:])
+	r.w += n
+	if n > 0 {
+		return nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return err
+}
+
+// ReadCommand returns the next request's arguments and its raw bytes. Both
+// alias the buffer. Inline commands are split on spaces and tabs; an empty
+// inline line is skipped.
+func (r *Reader) ReadCommand() (args [][]byte, raw []byte, err error) {
+	for {
+		if r.w > r.r {
+			n, err := r.parseCommand(r.buf[r.r:r.w])
+			if err == nil {
+				raw = r.buf[r.r : r.r+n]
+				r.r += n
+				if len(r.args) == 0 {
+					continue // empty inline line
+				}
+				return r.args, raw, nil
+			}
+			if err != errIncomplete {
+				return nil, nil, err
+			}
+		}
+		if err := r.fill(); err != nil {
+			return nil, nil, err
+		}
+	}
+}
+
+// parseCommand parses one request at the start of b into r.args and returns
+// its length.
+func (r *Reader) parseCommand(b []byte) (int, error) {
+	r.args = r.args[:0]
+	if b[0] != '*' {
+		return r.parseInline(b)
+	}
+	n, pos, err := parseLen(b, 1)
+	if err != nil {
+		return 0, err
+	}
+	if n > MaxArgs {
+		return 0, &ProtocolError{"invalid multibulk length"}
+	}
+	for i := int64(0); i < n; i++ {
+		if pos >= len(b) {
+			return 0, errIncomplete
+		}
+		if b[pos] != '$' {
+			return 0, &ProtocolError{fmt.Sprintf("expected '$', got '%c'", b[pos])}
+		}
+		l, p, err := parseLen(b, pos+1)
+		if err != nil {
+			return 0, err
+		}
+		if l < 0 || l > MaxBulk {
+			return 0, &ProtocolError{"invalid bulk length"}
+		}
+		end := p + int(l)
+		if end+2 > len(b) {
+			return 0, errIncomplete
+		}
+		if b[end] != '\r' || b[end+1] != '\n' {
+			return 0, &ProtocolError{"bulk string not terminated by CRLF"}
+		}
+		r.args = append(r.args, b[p:end:end])
+		pos = end + 2
+	}
+	return pos, nil
+}
+
+func (r *Reader) parseInline(b []byte) (int, error) {
+	end := -1
+	for i, c := range b {
+		if c == '\n' {
+			end = i
+			break
+		}
+	}
+	if end < 0 {
+		if len(b) > MaxInline {
+			return 0, &ProtocolError{"too big inline request"}
+		}
+		return 0, errIncomplete
+	}
+	line := b[:end]
+	if len(line) > 0 && line[len(line)-1] == '\r' {
+		line = line[:len(line)-1]
+	}
+	start := -1
+	for i, c := range line {
+		if c == ' ' || c == '\t' {
+			if start >= 0 {
+				r.args = append(r.args, line[start:i:i])
+				start = -1
+			}
+		} else if start < 0 {
+			start = i
+		}
+	}
+	if start >= 0 {
+		r.args = append(r.args, line[start:len(line):len(line)])
+	}
+	return end + 1, nil
+}
+
+// parseLen parses a decimal (optionally negative) integer starting at b[i]
+// and terminated by CRLF; it returns the value and the index after CRLF.
+func parseLen(b []byte, i int) (int64, int, error) {
+	neg := false
+	if i < len(b) && b[i] == '-' {
+		neg = true
+		i++
+	}
+	var n int64
+	digits := 0
+	for ; i < len(b); i++ {
+		c := b[i]
+		if c == '\r' {
+			if i+1 >= len(b) {
+				return 0, 0, errIncomplete
+			}
+			if b[i+1] != '\n' || digits == 0 {
+				return 0, 0, &ProtocolError{"invalid length"}
+			}
+			if neg {
+				n = -n
+			}
+			return n, i + 2, nil
+		}
+		if c < '0' || c > '9' || digits > 18 {
+			return 0, 0, &ProtocolError{"invalid length"}
+		}
+		n = n*10 + int64(c-'0')
+		digits++
+	}
+	return 0, 0, errIncomplete
+}
+
+// ReadReply returns the raw bytes of the next complete reply (aliasing the
+// buffer).
+func (r *Reader) ReadReply() ([]byte, error) {
+	for {
+		if r.w > r.r {
+			n, err := replyLen(r.buf[r.r:r.w], 0, 0)
+			if err == nil {
+				raw := r.buf[r.r : r.r+n]
+				r.r += n
+				return raw, nil
+			}
+			if err != errIncomplete {
+				return nil, err
+			}
+		}
+		if err := r.fill(); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// replyLen returns the end index of the reply starting at b[i].
+func replyLen(b []byte, i, depth int) (int, error) {
+	if i >= len(b) {
+		return 0, errIncomplete
+	}
+	switch b[i] {
+	case '+', '-', ':':
+		for j := i + 1; j < len(b); j++ {
+			if b[j] == '\n' {
+				if b[j-1] != '\r' {
+					return 0, &ProtocolError{"line not terminated by CRLF"}
+				}
+				return j + 1, nil
+			}
+		}
+		if len(b)-i > MaxInline {
+			return 0, &ProtocolError{"too long status line"}
+		}
+		return 0, errIncomplete
+	case '$':
+		l, p, err := parseLen(b, i+1)
+		if err != nil {
+			return 0, err
+		}
+		if l < 0 {
+			return p, nil // null bulk
+		}
+		if l > MaxBulk {
+			return 0, &ProtocolError{"invalid bulk length"}
+		}
+		end := p + int(l)
+		if end+2 > len(b) {
+			return 0, errIncomplete
+		}
+		if b[end] != '\r' || b[end+1] != '\n' {
+			return 0, &ProtocolError{"bulk string not terminated by CRLF"}
+		}
+		return end + 2, nil
+	case '*':
+		if depth >= MaxDepth {
+			return 0, &ProtocolError{"reply nested too deeply"}
+		}
+		n, p, err := parseLen(b, i+1)
+		if err != nil {
+			return 0, err
+		}
+		if n > MaxArgs {
+			return 0, &ProtocolError{"invalid multibulk length"}
+		}
+		for k := int64(0); k < n; k++ {
+			p, err = replyLen(b, p, depth+1)
+			if err != nil {
+				return 0, err
+			}
+		}
+		return p, nil
+	}
+	return 0, &ProtocolError{fmt.Sprintf("unexpected reply type byte %q", b[i])}
+}
