@@ -1,0 +1,218 @@
+package autoscale
+
+import (
+	"cmp"
+	"context"
+	"slices"
+	"sync"
+
+	"k8s.io/utils/clock"
+)
+
+// ScaleSink receives decisions; the MeshFunction controller implements it by
+// writing Deployment replicas (skipping no-op writes, and handing off through
+// xDS ACKs before acting on WantsZero). The Autoscaler calls it from one
+// goroutine, in key order for a tick, and never while holding its lock, so a
+// sink may call back into the Autoscaler.
+type ScaleSink interface {
+	SetDesired(fn FunctionKey, d Decision)
+}
+
+// ScaleSinkFunc adapts a function to ScaleSink.
+type ScaleSinkFunc func(fn FunctionKey, d Decision)
+
+// SetDesired calls f.
+func (f ScaleSinkFunc) SetDesired(fn FunctionKey, d Decision) { f(fn, d) }
+
+// Autoscaler runs one Decider per function: every TickInterval (2 s) it
+// decides for all of them, and a poke or new pending work decides for that
+// function at once, so a cold start does not wait up to 2 s for the tick.
+// Pokes are deduplicated: however many arrive for a function between two
+// ticks, they trigger one immediate decision; the rest only feed the window.
+type Autoscaler struct {
+	clock clock.WithTicker
+	sink  ScaleSink
+	wake  chan struct{}
+
+	mu    sync.Mutex
+	fns   map[FunctionKey]*function
+	queue []FunctionKey // functions waiting for an immediate decision
+}
+
+type function struct {
+	d       *Decider
+	ready   int
+	pending int
+	poked   bool // an immediate decision was queued since the last tick
+}
+
+// NewAutoscaler returns an Autoscaler that decides on clk's time and emits to sink.
+func NewAutoscaler(clk clock.WithTicker, sink ScaleSink) *Autoscaler {
+	return &Autoscaler{clock: clk, sink: sink, wake: make(chan struct{}, 1), fns: map[FunctionKey]*function{}}
+}
+
+// SetSpec adds a function or changes its configuration. A new function's
+// decider starts with the ready count last given to SetReady (0 if none).
+func (a *Autoscaler) SetSpec(fn FunctionKey, spec Spec) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	f, ok := a.fns[fn]
+	switch {
+	case !ok:
+		a.fns[fn] = &function{d: NewDecider(spec, a.clock.Now(), 0)}
+	case f.d == nil:
+		f.d = NewDecider(spec, a.clock.Now(), f.ready)
+	default:
+		f.d.SetSpec(spec)
+	}
+}
+
+// Remove forgets a function and its history.
+func (a *Autoscaler) Remove(fn FunctionKey) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.fns, fn)
+}
+
+// SetReady sets how many of the function's pods are ready. Call it before
+// SetSpec for an existing workload so that the new decider starts in panic
+// and holds those pods (see NewDecider).
+func (a *Autoscaler) SetReady(fn FunctionKey, n int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	f, ok := a.fns[fn]
+	if !ok {
+		// Remember the count for a decider created later.
+		a.fns[fn] = &function{ready: n}
+		return
+	}
+	f.ready = n
+}
+
+// get returns the function's state if it has a decider. Call with a.mu held.
+func (a *Autoscaler) get(fn FunctionKey) *function {
+	if f, ok := a.fns[fn]; ok && f.d != nil {
+		return f
+	}
+	return nil
+}
+
+// Record feeds one pod's per-second stat, stamped with the receive time. It
+// reports false when the function has no spec yet (the stat is dropped).
+func (a *Autoscaler) Record(s Stat) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	f := a.get(s.Function)
+	if f == nil {
+		return false
+	}
+	f.d.Record(a.clock.Now(), s)
+	return true
+}
+
+// Poke records demand from a caller sidecar holding a request and queues an
+// immediate decision unless one was already queued since the last tick. It
+// reports false when the function has no spec yet.
+func (a *Autoscaler) Poke(fn FunctionKey) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	f := a.get(fn)
+	if f == nil {
+		return false
+	}
+	f.d.Poke(a.clock.Now())
+	a.enqueue(fn, f)
+	return true
+}
+
+// SetPending sets the number of async messages waiting for the function.
+// Going from none to some decides at once, like a poke.
+func (a *Autoscaler) SetPending(fn FunctionKey, n int) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	f := a.get(fn)
+	if f == nil {
+		return false
+	}
+	f.d.SetPending(a.clock.Now(), n)
+	if f.pending == 0 && n > 0 {
+		a.enqueue(fn, f)
+	}
+	f.pending = n
+	return true
+}
+
+func (a *Autoscaler) enqueue(fn FunctionKey, f *function) {
+	if f.poked {
+		return
+	}
+	f.poked = true
+	a.queue = append(a.queue, fn)
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Start runs the tick loop until ctx ends; it matches controller-runtime's
+// Runnable so the manager can own it.
+func (a *Autoscaler) Start(ctx context.Context) error {
+	t := a.clock.NewTicker(TickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C():
+			a.emit(a.tick())
+		case <-a.wake:
+			a.emit(a.decideQueued())
+		}
+	}
+}
+
+type keyed struct {
+	fn FunctionKey
+	d  Decision
+}
+
+// tick decides for every function in key order and re-arms pokes.
+func (a *Autoscaler) tick() []keyed {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := a.clock.Now()
+	out := make([]keyed, 0, len(a.fns))
+	for fn, f := range a.fns {
+		if f.d == nil {
+			continue
+		}
+		f.poked = false
+		out = append(out, keyed{fn, f.d.Decide(now, f.ready)})
+	}
+	a.queue = a.queue[:0]
+	slices.SortFunc(out, func(x, y keyed) int {
+		return cmp.Or(cmp.Compare(x.fn.Namespace, y.fn.Namespace), cmp.Compare(x.fn.Name, y.fn.Name))
+	})
+	return out
+}
+
+// decideQueued decides for the functions poked since the last pass.
+func (a *Autoscaler) decideQueued() []keyed {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := a.clock.Now()
+	var out []keyed
+	for _, fn := range a.queue {
+		if f := a.get(fn); f != nil {
+			out = append(out, keyed{fn, f.d.Decide(now, f.ready)})
+		}
+	}
+	a.queue = a.queue[:0]
+	return out
+}
+
+func (a *Autoscaler) emit(ds []keyed) {
+	for _, k := range ds {
+		a.sink.SetDesired(k.fn, k.d)
+	}
+}
