@@ -1,0 +1,79 @@
+package autoscale
+
+import (
+	"context"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/weftmesh/weft/sidecar/activator"
+)
+
+// signalHandler is the server side of activator.SignalService.
+type signalHandler interface {
+	Report(ctx context.Context, in *activator.StatsReport) (*activator.Ack, error)
+	Demand(ctx context.Context, in *activator.DemandSignal) (*activator.Ack, error)
+}
+
+// RegisterSignalServer serves sidecar stats and demand pokes on s (the ADS
+// server, so sidecars need one connection) and feeds them to a.
+func RegisterSignalServer(s grpc.ServiceRegistrar, a *Autoscaler) {
+	s.RegisterService(&signalServiceDesc, &signalServer{a: a})
+}
+
+type signalServer struct{ a *Autoscaler }
+
+// Report records every stat; stats for functions without a spec yet are
+// dropped silently, since the next second brings fresh ones.
+func (s *signalServer) Report(_ context.Context, in *activator.StatsReport) (*activator.Ack, error) {
+	for _, st := range in.Stats {
+		s.a.Record(Stat{
+			Function:    FunctionKey{Namespace: st.Namespace, Name: st.Name},
+			Pod:         st.Pod,
+			Concurrency: st.Concurrency,
+			Requests:    st.Requests,
+			InFlight:    st.InFlight,
+		})
+	}
+	return &activator.Ack{}, nil
+}
+
+// Demand pokes the function. An unknown function is NotFound so the caller
+// sidecar can log it; it re-sends while it still holds requests.
+func (s *signalServer) Demand(_ context.Context, in *activator.DemandSignal) (*activator.Ack, error) {
+	fn := FunctionKey{Namespace: in.Namespace, Name: in.Name}
+	if !s.a.Poke(fn) {
+		return nil, status.Errorf(codes.NotFound,
+			"function %s is not known to the autoscaler: check that the MeshFunction exists and was accepted", fn)
+	}
+	return &activator.Ack{}, nil
+}
+
+var signalServiceDesc = grpc.ServiceDesc{
+	ServiceName: activator.SignalService,
+	HandlerType: (*signalHandler)(nil),
+	Methods: []grpc.MethodDesc{
+		{MethodName: "Report", Handler: unary(activator.ReportMethod, signalHandler.Report)},
+		{MethodName: "Demand", Handler: unary(activator.DemandMethod, signalHandler.Demand)},
+	},
+	Metadata: "weft.autoscale.v1 (JSON codec " + activator.CodecName + ")",
+}
+
+// unary builds a grpc.MethodHandler for one method, the code protoc would generate.
+func unary[In any](fullMethod string, call func(signalHandler, context.Context, *In) (*activator.Ack, error)) grpc.MethodHandler {
+	return func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+		in := new(In)
+		if err := dec(in); err != nil {
+			return nil, err
+		}
+		h := srv.(signalHandler)
+		if interceptor == nil {
+			return call(h, ctx, in)
+		}
+		info := &grpc.UnaryServerInfo{Server: srv, FullMethod: fullMethod}
+		return interceptor(ctx, in, info, func(ctx context.Context, req any) (any, error) {
+			return call(h, ctx, req.(*In))
+		})
+	}
+}
