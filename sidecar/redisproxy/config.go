@@ -1,0 +1,159 @@
+// Package redisproxy is the sidecar-local sharding Redis proxy: it speaks
+// RESP2 to clients, places every key on a server exactly as twemproxy would
+// (ring package), splits multi-key commands per server and merges the
+// replies, and multiplexes all clients over a few pipelined connections per
+// server. Its Config comes from xDS (ConfigFromXDS) and can be swapped at run
+// time without dropping client connections.
+package redisproxy
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/weftmesh/weft/sidecar/redisproxy/ring"
+)
+
+// EjectMode says what happens to the keys of a server that is down.
+type EjectMode string
+
+const (
+	// EjectNone keeps the server in the ring and lets requests fail as they
+	// do (twemproxy auto_eject_hosts: false).
+	EjectNone EjectMode = ""
+	// EjectRemap rebuilds the ring from live servers, moving the dead
+	// server's keys to the others (twemproxy auto_eject_hosts: true).
+	EjectRemap EjectMode = "remap"
+	// EjectFail keeps the ring intact and answers -ERR for the dead server's
+	// keys, so no key ever moves (for Redis used as a store).
+	EjectFail EjectMode = "fail"
+)
+
+// Config is everything the proxy needs; it is a plain value so it can be
+// built by tests, by ConfigFromXDS, or by a static main.
+type Config struct {
+	// OpTimeout bounds how long a server may take to answer (0: no limit).
+	OpTimeout time.Duration
+	// DownstreamPasswords, when non-empty, makes clients AUTH first; any of
+	// them is accepted. DownstreamUsername, when set, must accompany it.
+	DownstreamPasswords []string
+	DownstreamUsername  string
+	// Routes send keys by longest prefix to a pool; CatchAll takes the rest.
+	Routes   []Route
+	CatchAll string
+	// Pools by name (the xDS cluster name).
+	Pools map[string]Pool
+	// ConnsPerServer is how many pipelined connections each server gets
+	// (default 1, as twemproxy's server_connections).
+	ConnsPerServer int
+}
+
+// Route sends keys starting with Prefix to Pool, optionally stripping it.
+type Route struct {
+	Prefix       string
+	RemovePrefix bool
+	Pool         string
+}
+
+// Pool is one set of sharded servers.
+type Pool struct {
+	Distribution ring.Distribution
+	Hash         string
+	HashTag      string
+	Servers      []Server
+	// UpstreamUsername/UpstreamPassword are sent as AUTH on every new server
+	// connection (empty password: no AUTH).
+	UpstreamUsername string
+	UpstreamPassword string
+	EjectMode        EjectMode
+	// FailureLimit consecutive failures eject a server (0: never).
+	FailureLimit int
+	// RetryTimeout is how long an ejected server waits before it is probed.
+	RetryTimeout time.Duration
+	// HealthCheck, when set, PINGs every server at an interval.
+	HealthCheck *HealthCheck
+}
+
+// Server is a Redis server in a pool.
+type Server struct {
+	Name   string // stable ring name
+	Addr   string // host:port
+	Weight uint32
+}
+
+// HealthCheck configures active PING probes.
+type HealthCheck struct {
+	Interval           time.Duration
+	Timeout            time.Duration
+	HealthyThreshold   int
+	UnhealthyThreshold int
+}
+
+// Validate reports configuration that cannot work, naming what to fix.
+func (c *Config) Validate() error {
+	if len(c.Pools) == 0 {
+		return errors.New("redis proxy config has no pools: add at least one server pool")
+	}
+	if len(c.Routes) == 0 && c.CatchAll == "" {
+		return errors.New("redis proxy config has neither routes nor a catch-all pool")
+	}
+	check := func(p string) error {
+		if _, ok := c.Pools[p]; !ok {
+			return fmt.Errorf("route refers to pool %q, which is not configured", p)
+		}
+		return nil
+	}
+	if c.CatchAll != "" {
+		if err := check(c.CatchAll); err != nil {
+			return err
+		}
+	}
+	for _, r := range c.Routes {
+		if err := check(r.Pool); err != nil {
+			return err
+		}
+	}
+	if c.DownstreamUsername != "" && len(c.DownstreamPasswords) == 0 {
+		return errors.New("downstream username is set but no downstream password: set a password or drop the username")
+	}
+	for name, p := range c.Pools {
+		if len(p.Servers) == 0 {
+			return fmt.Errorf("pool %q has no servers", name)
+		}
+		switch p.EjectMode {
+		case EjectNone, EjectRemap, EjectFail:
+		default:
+			return fmt.Errorf("pool %q: eject mode %q: use remap or fail", name, p.EjectMode)
+		}
+		seen := map[string]bool{}
+		for _, s := range p.Servers {
+			if seen[s.Name] {
+				return fmt.Errorf("pool %q: ring name %q is used twice; ring names must be unique", name, s.Name)
+			}
+			seen[s.Name] = true
+			if s.Addr == "" {
+				return fmt.Errorf("pool %q: server %q has no address", name, s.Name)
+			}
+		}
+		if _, err := ring.New(ringOptions(p), ringServers(p), nil, func() uint32 { return 0 }); err != nil {
+			return fmt.Errorf("pool %q: %w", name, err)
+		}
+	}
+	return nil
+}
+
+func ringOptions(p Pool) ring.Options {
+	return ring.Options{Distribution: p.Distribution, Hash: p.Hash, HashTag: p.HashTag}
+}
+
+func ringServers(p Pool) []ring.Server {
+	out := make([]ring.Server, len(p.Servers))
+	for i, s := range p.Servers {
+		w := s.Weight
+		if w == 0 {
+			w = 1
+		}
+		out[i] = ring.Server{Name: s.Name, Weight: w}
+	}
+	return out
+}

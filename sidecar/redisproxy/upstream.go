@@ -1,0 +1,319 @@
+package redisproxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/weftmesh/weft/sidecar/redisproxy/resp"
+)
+
+// request is one command sent to one server; its reply arrives in reply and
+// done is signalled. Requests are pooled and reused.
+type request struct {
+	cmd   []byte // bytes to send; may alias the client's read buffer until enqueued
+	buf   []byte // backing storage for cmd when the proxy builds it
+	reply []byte
+	done  chan struct{}
+}
+
+func newRequest() *request { return &request{done: make(chan struct{}, 1)} }
+
+// complete hands a reply to the waiting client.
+func (r *request) complete(raw []byte) {
+	r.reply = append(r.reply[:0], raw...)
+	r.done <- struct{}{}
+}
+
+// fail answers the request with an error reply.
+func (r *request) fail(msg string) {
+	r.reply = resp.AppendError(r.reply[:0], msg)
+	r.done <- struct{}{}
+}
+
+// upstream is one Redis server of a pool: its connections, health and stats.
+type upstream struct {
+	key       string // pool|name|addr|user|pass-hash: identity across Updates
+	poolName  string
+	name      string
+	addr      string
+	user      string
+	pass      string
+	opTimeout time.Duration
+	conns     []atomic.Pointer[sconn]
+	mu        sync.Mutex // serialises connection creation
+	nextDial  atomic.Int64
+	lastErr   atomic.Pointer[string]
+
+	pool     atomic.Pointer[pool]
+	down     atomic.Bool
+	failures atomic.Int32
+	closed   atomic.Bool
+	stop     chan struct{}
+
+	// stats
+	connsOpen  atomic.Int64
+	ejections  atomic.Uint64
+	connErrors atomic.Uint64
+}
+
+// dialBackoff stops a dead server from being dialled for every request.
+const dialBackoff = 100 * time.Millisecond
+
+func (u *upstream) label() string { return fmt.Sprintf("%s (%s)", u.name, u.addr) }
+
+// get returns a usable connection for the client with the given id.
+func (u *upstream) get(id uint64) (*sconn, string) {
+	i := int(id % uint64(len(u.conns)))
+	if s := u.conns[i].Load(); s != nil {
+		return s, ""
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if s := u.conns[i].Load(); s != nil {
+		return s, ""
+	}
+	if u.closed.Load() {
+		return nil, fmt.Sprintf("ERR server %s was removed from the configuration; retry", u.label())
+	}
+	if time.Now().UnixNano() < u.nextDial.Load() {
+		msg := "unreachable"
+		if p := u.lastErr.Load(); p != nil {
+			msg = *p
+		}
+		return nil, fmt.Sprintf("ERR cannot connect to server %s: %s; retry shortly", u.label(), msg)
+	}
+	s := &sconn{up: u, slot: i, kick: make(chan struct{}, 1), dead: make(chan struct{})}
+	u.conns[i].Store(s)
+	go s.connect()
+	return s, ""
+}
+
+// closeAll drops every connection (server removed or proxy shut down).
+func (u *upstream) closeAll() {
+	if u.closed.Swap(true) {
+		return
+	}
+	close(u.stop)
+	for i := range u.conns {
+		if s := u.conns[i].Load(); s != nil {
+			s.fail(fmt.Sprintf("ERR server %s was removed from the configuration; retry", u.label()), false)
+		}
+	}
+}
+
+// sconn is one pipelined connection to a server: clients append requests to
+// wbuf and queue under mu; a writer goroutine sends wbuf in one write per
+// batch and a reader goroutine matches replies to queue in FIFO order.
+type sconn struct {
+	up    *upstream
+	slot  int
+	mu    sync.Mutex
+	c     net.Conn
+	wbuf  []byte
+	spare []byte
+	queue []*request
+	head  int
+	// closed is set once; after it no request is accepted.
+	closed bool
+	kick   chan struct{}
+	dead   chan struct{}
+}
+
+// enqueue appends r to the connection; false means the connection is dead.
+// r.cmd is copied, so it may alias a buffer the caller reuses.
+func (s *sconn) enqueue(r *request) bool {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return false
+	}
+	s.wbuf = append(s.wbuf, r.cmd...)
+	s.queue = append(s.queue, r)
+	if len(s.queue)-s.head == 1 && s.c != nil && s.up.opTimeout > 0 {
+		_ = s.c.SetReadDeadline(time.Now().Add(s.up.opTimeout))
+	}
+	s.mu.Unlock()
+	return true
+}
+
+// flush wakes the writer; callers batch many enqueues per flush.
+func (s *sconn) flush() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (s *sconn) connect() {
+	u := s.up
+	timeout := u.opTimeout
+	if timeout <= 0 || timeout > 5*time.Second {
+		timeout = 5 * time.Second
+	}
+	c, err := net.DialTimeout("tcp", u.addr, timeout)
+	if err == nil {
+		err = upstreamAuth(c, u.user, u.pass, timeout)
+		if err != nil {
+			c.Close()
+		}
+	}
+	if err != nil {
+		msg := err.Error()
+		u.lastErr.Store(&msg)
+		u.nextDial.Store(time.Now().Add(dialBackoff).UnixNano())
+		s.fail(fmt.Sprintf("ERR cannot connect to server %s: %s; retry shortly", u.label(), msg), true)
+		return
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		c.Close()
+		return
+	}
+	s.c = c
+	if len(s.queue) > s.head && u.opTimeout > 0 {
+		_ = c.SetReadDeadline(time.Now().Add(u.opTimeout))
+	}
+	s.mu.Unlock()
+	u.connsOpen.Add(1)
+	go s.readLoop()
+	s.flush()
+	s.writeLoop()
+}
+
+// upstreamAuth authenticates a fresh server connection. The password never
+// appears in errors.
+func upstreamAuth(c net.Conn, user, pass string, timeout time.Duration) error {
+	if pass == "" {
+		return nil
+	}
+	args := [][]byte{[]byte("AUTH"), []byte(pass)}
+	if user != "" {
+		args = [][]byte{[]byte("AUTH"), []byte(user), []byte(pass)}
+	}
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	defer c.SetDeadline(time.Time{})
+	if _, err := c.Write(resp.AppendCommand(nil, args...)); err != nil {
+		return fmt.Errorf("sending AUTH: %w", err)
+	}
+	raw, err := resp.NewReader(c).ReadReply()
+	if err != nil {
+		return fmt.Errorf("reading AUTH reply: %w", err)
+	}
+	if resp.IsError(raw) {
+		return fmt.Errorf("server refused the proxy's AUTH (%s); check the upstream credentials", string(raw[1:len(raw)-2]))
+	}
+	return nil
+}
+
+func (s *sconn) writeLoop() {
+	for {
+		select {
+		case <-s.kick:
+		case <-s.dead:
+			return
+		}
+		s.mu.Lock()
+		buf := s.wbuf
+		s.wbuf = s.spare[:0]
+		s.mu.Unlock()
+		if len(buf) == 0 {
+			s.spare = buf
+			continue
+		}
+		_, err := s.c.Write(buf)
+		s.spare = buf[:0]
+		if err != nil {
+			s.fail(fmt.Sprintf("ERR lost connection to server %s: %v; the command may or may not have run", s.up.label(), err), true)
+			return
+		}
+	}
+}
+
+func (s *sconn) readLoop() {
+	u := s.up
+	rd := resp.NewReader(s.c)
+	rd.OnRead = func() {
+		if u.opTimeout <= 0 {
+			return
+		}
+		s.mu.Lock()
+		if len(s.queue) > s.head {
+			_ = s.c.SetReadDeadline(time.Now().Add(u.opTimeout))
+		} else {
+			_ = s.c.SetReadDeadline(time.Time{})
+		}
+		s.mu.Unlock()
+	}
+	for {
+		raw, err := rd.ReadReply()
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				s.mu.Lock()
+				idle := len(s.queue) == s.head
+				s.mu.Unlock()
+				if idle {
+					continue
+				}
+				s.fail(fmt.Sprintf("ERR server %s did not answer within %v; the command may or may not have run", u.label(), u.opTimeout), true)
+				return
+			}
+			s.fail(fmt.Sprintf("ERR lost connection to server %s: %v; the command may or may not have run", u.label(), err), true)
+			return
+		}
+		s.mu.Lock()
+		if s.head == len(s.queue) {
+			s.mu.Unlock()
+			s.fail(fmt.Sprintf("ERR server %s sent a reply nobody asked for", u.label()), true)
+			return
+		}
+		r := s.queue[s.head]
+		s.queue[s.head] = nil
+		s.head++
+		if s.head == len(s.queue) {
+			s.queue = s.queue[:0]
+			s.head = 0
+		}
+		s.mu.Unlock()
+		if u.failures.Load() != 0 {
+			u.failures.Store(0)
+		}
+		r.complete(raw)
+	}
+}
+
+// fail closes the connection once and answers every queued request with msg,
+// in order. countFailure feeds passive health checking.
+func (s *sconn) fail(msg string, countFailure bool) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	q := s.queue[s.head:]
+	s.queue, s.head, s.wbuf = nil, 0, nil
+	c := s.c
+	s.mu.Unlock()
+	close(s.dead)
+	s.up.conns[s.slot].CompareAndSwap(s, nil)
+	if c != nil {
+		c.Close()
+		s.up.connsOpen.Add(-1)
+	}
+	for _, r := range q {
+		r.fail(msg)
+	}
+	if countFailure {
+		s.up.connErrors.Add(1)
+		s.up.passiveFailure()
+	}
+}
