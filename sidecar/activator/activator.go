@@ -1,0 +1,285 @@
+package activator
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"k8s.io/utils/clock"
+)
+
+// Defaults for FunctionRef fields left at zero; they match the
+// `weft.dev/function` metadata defaults in docs/xds-contract.md.
+const (
+	DefaultHoldTimeout = 30 * time.Second
+	DefaultMaxPending  = 100
+	// DemandInterval is the most often a demand for one function is sent
+	// while requests stay held (the autoscaler deduplicates per tick anyway).
+	DemandInterval = time.Second
+)
+
+// FunctionRef is what the proxy knows about a function cluster, from its
+// `weft.dev/function` metadata.
+type FunctionRef struct {
+	Namespace string
+	Name      string
+	// Cluster is the xDS cluster name, function|<ns>/<name>; endpoint
+	// changes arrive keyed by it.
+	Cluster     string
+	HoldTimeout time.Duration // 0 = DefaultHoldTimeout
+	MaxPending  int           // 0 = DefaultMaxPending
+	// ContainerConcurrency caps this caller's in-flight requests at
+	// ContainerConcurrency × ready endpoints; 0 = unlimited.
+	ContainerConcurrency int
+}
+
+func (f FunctionRef) String() string { return f.Namespace + "/" + f.Name }
+
+func (f FunctionRef) holdTimeout() time.Duration {
+	if f.HoldTimeout > 0 {
+		return f.HoldTimeout
+	}
+	return DefaultHoldTimeout
+}
+
+func (f FunctionRef) maxPending() int {
+	if f.MaxPending > 0 {
+		return f.MaxPending
+	}
+	return DefaultMaxPending
+}
+
+// DemandSink tells the autoscaler that a function with no endpoints has
+// requests waiting. Reporter implements it over gRPC.
+type DemandSink interface {
+	Demand(namespace, name string)
+}
+
+// DemandSinkFunc adapts a function to DemandSink.
+type DemandSinkFunc func(namespace, name string)
+
+// Demand calls f.
+func (f DemandSinkFunc) Demand(namespace, name string) { f(namespace, name) }
+
+// Activator holds requests per function cluster until it has endpoints and
+// concurrency room. It is safe for concurrent use.
+type Activator struct {
+	clock clock.WithTicker
+	sink  DemandSink
+
+	mu       sync.Mutex
+	clusters map[string]*cluster
+}
+
+type cluster struct {
+	ref        FunctionRef
+	ready      int
+	inFlight   int
+	queue      []*waiter // FIFO, at most ref.maxPending() long
+	lastDemand time.Time
+	demanding  bool // a demandLoop goroutine runs for this cluster
+	stats      stats
+}
+
+type waiter struct {
+	admitted chan struct{} // closed when the waiter got a slot
+	done     bool          // admitted (set under Activator.mu)
+}
+
+// New returns an Activator that reads time from clk and sends demand to sink.
+func New(clk clock.WithTicker, sink DemandSink) *Activator {
+	return &Activator{clock: clk, sink: sink, clusters: map[string]*cluster{}}
+}
+
+func (a *Activator) cluster(name string) *cluster {
+	c, ok := a.clusters[name]
+	if !ok {
+		c = &cluster{}
+		a.clusters[name] = c
+	}
+	return c
+}
+
+// room reports whether one more request may go to the cluster now:
+// ready × containerConcurrency in flight at most, so 2 ready pods at
+// containerConcurrency 10 admit 20.
+func (c *cluster) room() bool {
+	if c.ready <= 0 {
+		return false
+	}
+	cc := c.ref.ContainerConcurrency
+	return cc <= 0 || c.inFlight < cc*c.ready
+}
+
+// admit hands free slots to waiters in arrival order. Call with a.mu held.
+func (c *cluster) admit() {
+	for len(c.queue) > 0 && c.room() {
+		w := c.queue[0]
+		c.queue[0] = nil
+		c.queue = c.queue[1:]
+		w.done = true
+		c.inFlight++
+		c.stats.released++
+		close(w.admitted)
+	}
+}
+
+// Hold returns when the request may be sent to fn's cluster: at once with
+// waited = 0 when it has ready endpoints and room (and nobody queued ahead),
+// otherwise after waiting in the function's FIFO. The caller must call
+// release when the request is finished, to free its slot. Errors: a
+// *HoldError when the queue is full or the hold timed out (both with
+// RetryAfter), or ctx's error if the caller gave up first.
+func (a *Activator) Hold(ctx context.Context, fn FunctionRef) (release func(), waited time.Duration, err error) {
+	a.mu.Lock()
+	c := a.cluster(fn.Cluster)
+	c.ref = fn
+	if len(c.queue) == 0 && c.room() {
+		c.inFlight++
+		a.mu.Unlock()
+		return a.releaser(c), 0, nil
+	}
+	if n := len(c.queue); n >= fn.maxPending() {
+		c.stats.overflowed++
+		a.mu.Unlock()
+		return nil, 0, &HoldError{Function: fn.String(), Pending: n, kind: ErrQueueFull, retryAfter: RetryAfter}
+	}
+	w := &waiter{admitted: make(chan struct{})}
+	c.queue = append(c.queue, w)
+	c.stats.held++
+	start := a.clock.Now()
+	sendNow, startLoop := false, false
+	if c.ready <= 0 {
+		if c.lastDemand.IsZero() || start.Sub(c.lastDemand) >= DemandInterval {
+			c.lastDemand, sendNow = start, true
+		}
+		if !c.demanding {
+			c.demanding, startLoop = true, true
+		}
+	}
+	a.mu.Unlock()
+
+	if sendNow {
+		a.sink.Demand(fn.Namespace, fn.Name)
+	}
+	if startLoop {
+		go a.demandLoop(c)
+	}
+
+	timer := a.clock.NewTimer(fn.holdTimeout())
+	defer timer.Stop()
+	select {
+	case <-w.admitted:
+	case <-timer.C():
+		if a.abandon(c, w, false) {
+			return nil, 0, &HoldError{Function: fn.String(), Waited: fn.holdTimeout(), kind: ErrHoldTimeout, retryAfter: RetryAfter}
+		}
+	case <-ctx.Done():
+		// Even if admitted in the same instant, abandon gives the slot back.
+		a.abandon(c, w, true)
+		return nil, 0, fmt.Errorf("waiting for an endpoint of function %s: %w", fn, ctx.Err())
+	}
+	waited = a.clock.Since(start)
+	a.mu.Lock()
+	c.stats.observe(waited)
+	a.mu.Unlock()
+	return a.releaser(c), waited, nil
+}
+
+// abandon takes w out of the queue after a timeout or cancellation and
+// reports true. If w was admitted meanwhile: on cancellation its slot goes
+// to the next waiter and abandon reports true; on timeout the request may
+// proceed and abandon reports false.
+func (a *Activator) abandon(c *cluster, w *waiter, canceled bool) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if w.done {
+		if !canceled {
+			return false
+		}
+		c.inFlight--
+		c.stats.canceled++
+		c.admit()
+		return true
+	}
+	if i := slices.Index(c.queue, w); i >= 0 {
+		c.queue = slices.Delete(c.queue, i, i+1)
+	}
+	if canceled {
+		c.stats.canceled++
+	} else {
+		c.stats.timedOut++
+	}
+	return true
+}
+
+// releaser returns the request's release func; calling it more than once is harmless.
+func (a *Activator) releaser(c *cluster) func() {
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			c.inFlight--
+			c.admit()
+		})
+	}
+}
+
+// demandLoop re-sends demand once per DemandInterval while the cluster has
+// held requests and no ready endpoint, then exits.
+func (a *Activator) demandLoop(c *cluster) {
+	t := a.clock.NewTicker(DemandInterval)
+	defer t.Stop()
+	for range t.C() {
+		a.mu.Lock()
+		if len(c.queue) == 0 || c.ready > 0 {
+			c.demanding = false
+			a.mu.Unlock()
+			return
+		}
+		now := a.clock.Now()
+		send := now.Sub(c.lastDemand) >= DemandInterval
+		if send {
+			c.lastDemand = now
+		}
+		ref := c.ref
+		a.mu.Unlock()
+		if send {
+			a.sink.Demand(ref.Namespace, ref.Name)
+		}
+	}
+}
+
+// ClusterEndpointsChanged records how many ready (HEALTHY) endpoints a
+// cluster has now, and releases held requests in arrival order as far as
+// concurrency allows. The proxy calls it on every EDS update.
+func (a *Activator) ClusterEndpointsChanged(cluster string, ready int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c := a.cluster(cluster)
+	c.ready = ready
+	c.admit()
+}
+
+// Pending returns how many requests wait for cluster.
+func (a *Activator) Pending(cluster string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c, ok := a.clusters[cluster]; ok {
+		return len(c.queue)
+	}
+	return 0
+}
+
+// InFlight returns how many requests admitted through Hold are not yet released.
+func (a *Activator) InFlight(cluster string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c, ok := a.clusters[cluster]; ok {
+		return c.inFlight
+	}
+	return 0
+}
