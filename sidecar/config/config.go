@@ -1,0 +1,265 @@
+// Package config holds the sidecar's decoded, validated and immutable configuration.
+//
+// It takes raw Envoy v3 resources (listeners, route configurations, clusters, cluster load
+// assignments) as the control plane sends them over xDS and produces one *Config the data
+// plane reads without locks. Decoding is pure: no I/O, no clock. A field the sidecar does not
+// implement and that would change behaviour is an error naming it, so the xDS client can NACK
+// it instead of silently serving something different from what the control plane meant.
+package config
+
+import (
+	"regexp"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	"google.golang.org/protobuf/proto"
+)
+
+// Config is one complete, consistent view of everything the sidecar serves. It is never
+// mutated after Build returns, so readers may share it across goroutines freely.
+type Config struct {
+	// Versions maps an xDS type URL to the version the resources came from.
+	Versions map[string]string
+	// HTTPListeners are the HTTP connection manager listeners (outbound and inbound).
+	HTTPListeners []*HTTPListener
+	// RedisListeners are listeners for the redis proxy, handed over undecoded.
+	RedisListeners []*RedisListener
+	// Clusters by name, endpoints included.
+	Clusters map[string]*Cluster
+	// Raw holds every source resource by type URL and name, for /config_dump.
+	Raw map[string]map[string]proto.Message
+}
+
+// RedisListener is a listener whose filter is envoy.filters.network.redis_proxy, with the
+// clusters and endpoints it references. The redis proxy decodes it itself; keeping the raw
+// protos here means the HTTP side does not have to understand Redis options.
+type RedisListener struct {
+	Listener  *listenerv3.Listener
+	Clusters  map[string]*clusterv3.Cluster
+	Endpoints map[string]*endpointv3.ClusterLoadAssignment
+}
+
+// HTTPListener is a listener carrying an HTTP connection manager.
+type HTTPListener struct {
+	Name       string
+	Address    string // host:port
+	StatPrefix string
+	Routes     *RouteTable
+}
+
+// RouteTable is a decoded RouteConfiguration with the virtual-host lookup prepared.
+type RouteTable struct {
+	Name         string
+	VirtualHosts []*VirtualHost
+	exact        map[string]*VirtualHost
+	suffix       []wildcard // "*.foo": longest suffix first
+	prefix       []wildcard // "foo.*": longest prefix first
+	star         *VirtualHost
+}
+
+type wildcard struct {
+	s  string
+	vh *VirtualHost
+}
+
+// VirtualHost is a set of domains and their ordered routes.
+type VirtualHost struct {
+	Name    string
+	Domains []string
+	Routes  []*Route
+}
+
+// ActionKind says what a matched route does.
+type ActionKind int
+
+// The route actions the contract uses.
+const (
+	ActionForward ActionKind = iota
+	ActionRedirect
+	ActionDirect
+)
+
+// Route is one Envoy route: a match and what to do with matching requests.
+type Route struct {
+	Name  string
+	Match Match
+	Kind  ActionKind
+
+	// Forward action.
+	Clusters      []WeightedCluster
+	TotalWeight   uint32
+	Timeout       time.Duration // 0: none
+	Retry         *RetryPolicy
+	PrefixRewrite string
+	HostRewrite   string
+	Mirrors       []Mirror
+	HashPolicies  []HashPolicy
+
+	Redirect *Redirect
+	Direct   *DirectResponse
+
+	RequestHeadersToAdd     []HeaderOption
+	RequestHeadersToRemove  []string
+	ResponseHeadersToAdd    []HeaderOption
+	ResponseHeadersToRemove []string
+
+	Fault *Fault
+}
+
+// Match is a route's request predicate; all parts must hold (AND).
+type Match struct {
+	PathKind      PathKind
+	Path          string // exact path or prefix
+	Regex         *regexp.Regexp
+	CaseSensitive bool
+	Headers       []HeaderMatch
+	Query         []QueryMatch
+}
+
+// PathKind names how Match.Path is compared.
+type PathKind int
+
+// Path specifiers.
+const (
+	PathPrefix PathKind = iota
+	PathExact
+	PathRegex
+)
+
+// StringMatch is Envoy's StringMatcher.
+type StringMatch struct {
+	Kind       StringKind
+	Value      string
+	Regex      *regexp.Regexp
+	IgnoreCase bool
+}
+
+// StringKind names a StringMatcher variant.
+type StringKind int
+
+// StringMatcher variants.
+const (
+	StringExact StringKind = iota
+	StringPrefix
+	StringSuffix
+	StringContains
+	StringRegex
+)
+
+// HeaderMatch is Envoy's HeaderMatcher restricted to the contract's fields.
+type HeaderMatch struct {
+	Name    string // canonical MIME form, or ":method" etc.
+	Present bool   // present_match
+	String  *StringMatch
+	Invert  bool
+}
+
+// QueryMatch is Envoy's QueryParameterMatcher.
+type QueryMatch struct {
+	Name    string
+	Present bool
+	String  *StringMatch
+}
+
+// WeightedCluster is one destination of a route and its share.
+type WeightedCluster struct {
+	Name   string
+	Weight uint32
+}
+
+// RetryPolicy is Envoy's retry policy restricted to the contract's fields.
+type RetryPolicy struct {
+	On                 RetryOn
+	NumRetries         int
+	PerTryTimeout      time.Duration
+	BaseInterval       time.Duration
+	MaxInterval        time.Duration
+	RetriableCodes     []int
+	PreviousHosts      bool
+	HostSelectAttempts int
+}
+
+// RetryOn is a bit set of Envoy retry conditions.
+type RetryOn uint32
+
+// Retry conditions, named as in Envoy's x-envoy-retry-on.
+const (
+	Retry5xx RetryOn = 1 << iota
+	RetryGatewayError
+	RetryConnectFailure
+	RetryReset
+	RetryRetriable4xx
+	RetryRefusedStream
+	RetryRetriableStatusCodes
+)
+
+// Mirror sends a copy of a fraction of requests to another cluster.
+type Mirror struct {
+	Cluster string
+	// Per million: Envoy's FractionalPercent normalised so one comparison with a random
+	// number in [0, 1e6) decides.
+	PerMillion uint32
+}
+
+// HashPolicyKind names what a hash policy hashes.
+type HashPolicyKind int
+
+// Hash policy sources.
+const (
+	HashHeader HashPolicyKind = iota
+	HashCookie
+	HashQuery
+	HashSourceIP
+)
+
+// HashPolicy feeds the ring hash load balancer.
+type HashPolicy struct {
+	Kind     HashPolicyKind
+	Name     string
+	Terminal bool
+}
+
+// Redirect is a redirect action.
+type Redirect struct {
+	Scheme        string
+	Host          string
+	Port          uint32
+	Path          string
+	PrefixRewrite string
+	Code          int
+	StripQuery    bool
+}
+
+// DirectResponse answers without an upstream.
+type DirectResponse struct {
+	Status int
+	Body   string
+}
+
+// HeaderAction is Envoy's HeaderValueOption.append_action.
+type HeaderAction int
+
+// Header append actions.
+const (
+	AppendOrAdd HeaderAction = iota
+	AddIfAbsent
+	OverwriteOrAdd
+	OverwriteIfExists
+)
+
+// HeaderOption adds or sets one header.
+type HeaderOption struct {
+	Name   string
+	Value  string
+	Action HeaderAction
+}
+
+// Fault is the fault filter's per-route config.
+type Fault struct {
+	Delay           time.Duration
+	DelayPerMillion uint32
+	AbortStatus     int
+	AbortPerMillion uint32
+}

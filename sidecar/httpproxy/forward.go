@@ -1,0 +1,357 @@
+package httpproxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/weftmesh/weft/sidecar/config"
+	"github.com/weftmesh/weft/sidecar/upstream"
+)
+
+// maxReplayBody bounds the request body the proxy buffers so it can retry or mirror it;
+// larger bodies stream through once and are neither retried nor mirrored (Envoy behaves
+// the same way past its buffer limit).
+const maxReplayBody = 1 << 20
+
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32*1024); return &b }}
+
+func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config.Route) {
+	p := l.proxy
+	start := time.Now()
+	name := pickWeighted(route)
+	c := p.opts.Upstreams.Get(name)
+	if c == nil {
+		localReply(w, http.StatusServiceUnavailable, "cluster "+name+" is not known to this sidecar yet; retry shortly\n")
+		return
+	}
+	cc := c.Config()
+	if cc.Unresolved != "" {
+		c.Stats.Observe(http.StatusServiceUnavailable, 0)
+		localReply(w, http.StatusServiceUnavailable, cc.Unresolved+"\n")
+		return
+	}
+	var waited time.Duration
+	if fn := cc.Function; fn != nil && c.ReadyCount() == 0 {
+		if p.opts.Holder == nil {
+			c.Stats.Observe(http.StatusServiceUnavailable, 0)
+			localReply(w, http.StatusServiceUnavailable, "no ready endpoint for function "+fn.Namespace+"/"+fn.Name+"; it may be scaled to zero, retry later\n")
+			return
+		}
+		release, wt, err := p.opts.Holder.Hold(r.Context(), FunctionRef{Namespace: fn.Namespace, Name: fn.Name, Cluster: cc.Name,
+			HoldTimeout: fn.HoldTimeout, MaxPending: fn.MaxPending, ContainerConcurrency: fn.ContainerConcurrency})
+		if err != nil {
+			var ra interface{ RetryAfter() time.Duration }
+			if errors.As(err, &ra) {
+				w.Header().Set("Retry-After", strconv.Itoa(int((ra.RetryAfter()+time.Second-1)/time.Second)))
+			}
+			c.Stats.Observe(http.StatusServiceUnavailable, 0)
+			localReply(w, http.StatusServiceUnavailable, err.Error()+"\n")
+			return
+		}
+		if release != nil {
+			defer release()
+		}
+		waited = wt
+	}
+	if _, ok := c.Admit(); !ok {
+		c.Stats.Observe(http.StatusServiceUnavailable, 0)
+		w.Header().Set("X-Weft-Overloaded", "true")
+		localReply(w, http.StatusServiceUnavailable, "upstream cluster "+name+" is overloaded (circuit breaker open); retry later\n")
+		return
+	}
+	defer c.Done()
+
+	ctx := r.Context()
+	if route.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, route.Timeout)
+		defer cancel()
+	}
+	var body []byte
+	replayable := r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody
+	if !replayable && (route.Retry != nil || len(route.Mirrors) > 0) && r.ContentLength > 0 && r.ContentLength <= maxReplayBody {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			localReply(w, http.StatusBadRequest, "reading request body: "+err.Error()+"\n")
+			return
+		}
+		body, replayable = b, true
+	}
+	out := outboundRequest(r, route)
+	for _, m := range route.Mirrors {
+		if replayable && chance(m.PerMillion) {
+			p.mirror(out, body, m.Cluster, route.Timeout)
+		}
+	}
+	hash, hasHash := requestHash(r, route, cc)
+
+	attempts := 1
+	var rp *config.RetryPolicy
+	if route.Retry != nil && replayable {
+		rp = route.Retry
+		attempts += rp.NumRetries
+	}
+	var perTry time.Duration
+	if rp != nil {
+		perTry = rp.PerTryTimeout
+	}
+	var triedBuf [4]*upstream.Host
+	tried := triedBuf[:0]
+	var res attemptResult
+	for attempt := 0; attempt < attempts; attempt++ {
+		if attempt > 0 {
+			if !c.AdmitRetry() {
+				break
+			}
+			if !p.sleep(ctx, retryBackoff(rp, attempt)) {
+				c.RetryDone()
+				break
+			}
+		}
+		res.release()
+		res = l.attempt(ctx, c, out, body, hash, hasHash, tried, perTry)
+		if attempt > 0 {
+			c.RetryDone()
+		}
+		if res.host != nil {
+			tried = append(tried, res.host)
+		}
+		if res.host == nil || attempt == attempts-1 || !retriable(rp, &res, ctx) {
+			break
+		}
+	}
+	defer res.release()
+	if res.resp == nil {
+		status, msg := res.errorReply(ctx)
+		c.Stats.Observe(status, time.Since(start))
+		localReply(w, status, msg)
+		return
+	}
+	dst := w.Header()
+	for k, vv := range res.resp.Header {
+		dst[k] = vv
+	}
+	for _, k := range hopHeaders {
+		delete(dst, k)
+	}
+	applyResponseHeaders(dst, route)
+	if waited > 0 {
+		dst.Set("X-Weft-Cold-Start", strconv.FormatFloat(waited.Seconds(), 'f', 3, 64))
+	}
+	w.WriteHeader(res.resp.StatusCode)
+	copyBody(w, res.resp)
+	c.Stats.Observe(res.resp.StatusCode, time.Since(start))
+}
+
+// attemptResult is one upstream try: a response with headers, or an error.
+type attemptResult struct {
+	host   *upstream.Host
+	resp   *http.Response
+	err    error
+	cancel context.CancelFunc
+}
+
+func (a *attemptResult) release() {
+	if a.resp != nil {
+		_ = a.resp.Body.Close()
+		a.resp = nil
+	}
+	if a.cancel != nil {
+		a.cancel()
+		a.cancel = nil
+	}
+}
+
+func (l *Listener) attempt(ctx context.Context, c *upstream.Cluster, out *http.Request, body []byte,
+	hash uint64, hasHash bool, tried []*upstream.Host, perTry time.Duration) attemptResult {
+	h := c.Pick(hash, hasHash, tried)
+	if h == nil {
+		return attemptResult{err: errNoHost}
+	}
+	res := attemptResult{host: h}
+	tctx := ctx
+	if perTry > 0 {
+		tctx, res.cancel = context.WithTimeout(ctx, perTry)
+	}
+	req := *out
+	u := *out.URL
+	u.Host = h.Address
+	req.URL = &u
+	if body != nil {
+		req.Body = io.NopCloser(bytes.NewReader(body))
+		req.ContentLength = int64(len(body))
+	}
+	h.Start()
+	resp, err := c.Transport().RoundTrip(req.WithContext(tctx))
+	res.resp, res.err = resp, err
+	outcome := upstream.Success
+	switch {
+	case err != nil:
+		outcome = upstream.GatewayError
+	case resp.StatusCode == 502 || resp.StatusCode == 503 || resp.StatusCode == 504:
+		outcome = upstream.GatewayError
+	case resp.StatusCode >= 500:
+		outcome = upstream.ServerError
+	}
+	if err != nil && ctx.Err() != nil {
+		outcome = upstream.Success // the route timed out or the caller left: not the host's fault
+	}
+	c.Report(h, outcome)
+	return res
+}
+
+var errNoHost = errors.New("no healthy upstream")
+
+// retriable applies the route's retry_on conditions to an attempt's result.
+func retriable(rp *config.RetryPolicy, res *attemptResult, ctx context.Context) bool {
+	if rp == nil || ctx.Err() != nil {
+		return false
+	}
+	if res.err != nil {
+		if rp.On&(config.Retry5xx|config.RetryGatewayError|config.RetryReset) != 0 {
+			return true
+		}
+		return rp.On&config.RetryConnectFailure != 0 && isConnectFailure(res.err)
+	}
+	code := res.resp.StatusCode
+	switch {
+	case rp.On&config.Retry5xx != 0 && code >= 500:
+		return true
+	case rp.On&config.RetryGatewayError != 0 && (code == 502 || code == 503 || code == 504):
+		return true
+	case rp.On&config.RetryRetriable4xx != 0 && code == 409:
+		return true
+	case rp.On&config.RetryRetriableStatusCodes != 0:
+		for _, rc := range rp.RetriableCodes {
+			if rc == code {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func isConnectFailure(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// errorReply turns a failed final attempt into what Envoy would answer.
+func (a *attemptResult) errorReply(ctx context.Context) (int, string) {
+	switch {
+	case a.err == errNoHost:
+		return http.StatusServiceUnavailable, "no healthy upstream\n"
+	case errors.Is(ctx.Err(), context.DeadlineExceeded), errors.Is(a.err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout, "upstream request timeout\n"
+	case isConnectFailure(a.err):
+		return http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection failure\n"
+	default:
+		return http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection termination\n"
+	}
+}
+
+// retryBackoff is Envoy's jittered exponential back-off: uniform in
+// [0, min(base·2^(n-1), max)) for the n-th retry; base 25 ms and max 10× base by default.
+func retryBackoff(rp *config.RetryPolicy, n int) time.Duration {
+	ceil := rp.BaseInterval << min(n-1, 30)
+	if ceil > rp.MaxInterval || ceil <= 0 {
+		ceil = rp.MaxInterval
+	}
+	if ceil <= 0 {
+		return 0
+	}
+	return time.Duration(rand.Int64N(int64(ceil)))
+}
+
+func (p *Proxy) sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := p.opts.Clock.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C():
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func pickWeighted(route *config.Route) string {
+	if len(route.Clusters) == 1 {
+		return route.Clusters[0].Name
+	}
+	n := rand.Uint32N(route.TotalWeight)
+	for _, wc := range route.Clusters {
+		if n < wc.Weight {
+			return wc.Name
+		}
+		n -= wc.Weight
+	}
+	return route.Clusters[len(route.Clusters)-1].Name
+}
+
+// outboundRequest builds the request template every attempt copies: rewritten path and
+// host, hop-by-hop headers dropped, the route's header edits applied.
+func outboundRequest(r *http.Request, route *config.Route) *http.Request {
+	hdr := r.Header.Clone()
+	for _, k := range hopHeaders {
+		delete(hdr, k)
+	}
+	for _, k := range route.RequestHeadersToRemove {
+		delete(hdr, k)
+	}
+	applyHeaderOptions(hdr, route.RequestHeadersToAdd)
+	u := &url.URL{Scheme: "http", Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: r.URL.RawQuery}
+	if route.PrefixRewrite != "" && route.Match.PathKind == config.PathPrefix {
+		u.Path = rewritePrefix(u.Path, route.Match.Path, route.PrefixRewrite)
+		if u.RawPath != "" {
+			u.RawPath = rewritePrefix(u.RawPath, route.Match.Path, route.PrefixRewrite)
+		}
+	}
+	host := r.Host
+	if route.HostRewrite != "" {
+		host = route.HostRewrite
+	}
+	out := &http.Request{Method: r.Method, URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: hdr, Host: host, Body: r.Body, ContentLength: r.ContentLength}
+	if r.ContentLength == 0 {
+		out.Body = nil
+	}
+	return out
+}
+
+// copyBody streams the upstream body, flushing each chunk when the length is unknown so
+// streamed responses (SSE, chunked) reach the caller as they come.
+func copyBody(w http.ResponseWriter, resp *http.Response) {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	flusher, _ := w.(http.Flusher)
+	stream := resp.ContentLength < 0 && flusher != nil
+	for {
+		n, err := resp.Body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return
+			}
+			if stream {
+				flusher.Flush()
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}

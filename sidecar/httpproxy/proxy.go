@@ -1,0 +1,191 @@
+// Package httpproxy is the sidecar's HTTP data plane: it serves the HTTP listeners of the
+// current config (outbound 127.0.0.1:15001, inbound 0.0.0.0:15006), matches routes as
+// Envoy does, and forwards to upstream clusters with timeouts, retries, fault injection,
+// mirroring, circuit breaking and cold-start holding for functions without endpoints.
+//
+// It takes each new *config.Config through Apply and swaps route tables atomically;
+// in-flight requests finish on the config they started with.
+package httpproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"k8s.io/utils/clock"
+
+	"github.com/weftmesh/weft/sidecar/config"
+	"github.com/weftmesh/weft/sidecar/upstream"
+)
+
+// Options configure a Proxy.
+type Options struct {
+	Upstreams *upstream.Manager
+	// Holder holds requests for functions without ready endpoints; nil answers 503 at once.
+	Holder Holder
+	// Watcher hears ready-endpoint counts per cluster on every swap; may be nil.
+	Watcher EndpointWatcher
+	Clock   clock.Clock
+	Logger  *slog.Logger
+	// ListenAddress overrides a listener's address by listener name (tests use
+	// 127.0.0.1:0).
+	ListenAddress map[string]string
+}
+
+// Proxy serves the HTTP listeners of the config in force.
+type Proxy struct {
+	opts Options
+
+	mu        sync.Mutex
+	listeners map[string]*Listener
+	draining  bool
+}
+
+// New returns a proxy with no listeners; they start on the first Apply.
+func New(opts Options) *Proxy {
+	if opts.Clock == nil {
+		opts.Clock = clock.RealClock{}
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	return &Proxy{opts: opts, listeners: map[string]*Listener{}}
+}
+
+// Listener is one HTTP listener and its counters.
+type Listener struct {
+	Name    string
+	proxy   *Proxy
+	routes  atomic.Pointer[config.RouteTable]
+	server  *http.Server
+	addr    net.Addr
+	cfgAddr string
+
+	inflight    atomic.Int64
+	requests    atomic.Uint64
+	connections atomic.Uint64
+}
+
+// Stats returns the requests in flight now and the requests served since start; an
+// autoscale reporter derives requests per second from two readings.
+func (l *Listener) Stats() (inflight int, requests uint64) {
+	return int(l.inflight.Load()), l.requests.Load()
+}
+
+// Addr is the address the listener is bound to.
+func (l *Listener) Addr() net.Addr { return l.addr }
+
+// Listener returns the named listener, or nil.
+func (p *Proxy) Listener(name string) *Listener {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.listeners[name]
+}
+
+// Apply brings upstreams, route tables and listeners in line with cfg, then tells the
+// watcher each cluster's ready-endpoint count. It returns the first listener that failed
+// to bind; the others still serve.
+func (p *Proxy) Apply(cfg *config.Config) error {
+	p.opts.Upstreams.Update(cfg.Clusters)
+	p.mu.Lock()
+	var errs []error
+	seen := map[string]bool{}
+	for _, hl := range cfg.HTTPListeners {
+		seen[hl.Name] = true
+		l := p.listeners[hl.Name]
+		if l != nil && l.cfgAddr != hl.Address {
+			go l.server.Shutdown(context.Background())
+			l = nil
+		}
+		if l == nil {
+			if p.draining {
+				continue
+			}
+			nl, err := p.start(hl)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			l = nl
+			p.listeners[hl.Name] = l
+		}
+		l.routes.Store(hl.Routes)
+	}
+	for name, l := range p.listeners {
+		if !seen[name] {
+			go l.server.Shutdown(context.Background())
+			delete(p.listeners, name)
+		}
+	}
+	p.mu.Unlock()
+	if p.opts.Watcher != nil {
+		for _, name := range p.opts.Upstreams.Names() {
+			if c := p.opts.Upstreams.Get(name); c != nil {
+				p.opts.Watcher.ClusterEndpointsChanged(name, c.ReadyCount())
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (p *Proxy) start(hl *config.HTTPListener) (*Listener, error) {
+	addr := hl.Address
+	if o, ok := p.opts.ListenAddress[hl.Name]; ok {
+		addr = o
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listener %s: binding %s: %w", hl.Name, addr, err)
+	}
+	l := &Listener{Name: hl.Name, proxy: p, addr: ln.Addr(), cfgAddr: hl.Address}
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true) // h2c, as the HCM's codec_type AUTO accepts
+	l.server = &http.Server{
+		Handler:           l,
+		Protocols:         &protocols,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			if s == http.StateNew {
+				l.connections.Add(1)
+			}
+		},
+	}
+	go func() {
+		if err := l.server.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			p.opts.Logger.Error("listener stopped", "listener", hl.Name, "err", err)
+		}
+	}()
+	p.opts.Logger.Info("listening", "listener", hl.Name, "address", ln.Addr().String())
+	return l, nil
+}
+
+// Shutdown stops accepting on every listener and waits for in-flight requests until ctx
+// ends: the SIGTERM drain.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	p.draining = true
+	ls := make([]*Listener, 0, len(p.listeners))
+	for _, l := range p.listeners {
+		ls = append(ls, l)
+	}
+	p.mu.Unlock()
+	var wg sync.WaitGroup
+	errs := make([]error, len(ls))
+	for i, l := range ls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = l.server.Shutdown(ctx)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}

@@ -1,0 +1,137 @@
+package httpproxy
+
+import (
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/weftmesh/weft/sidecar/config"
+)
+
+// ServeHTTP routes one downstream request: virtual host, first matching route, fault
+// filter, then the route's action.
+func (l *Listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	l.inflight.Add(1)
+	l.requests.Add(1)
+	defer l.inflight.Add(-1)
+	rt := l.routes.Load()
+	vh := rt.VirtualHostFor(r.Host)
+	if vh == nil {
+		localReply(w, http.StatusNotFound, "no virtual host for "+r.Host+"; check the MeshRoute hosts\n")
+		return
+	}
+	route := vh.RouteFor(r)
+	if route == nil {
+		localReply(w, http.StatusNotFound, "no route matches "+r.Method+" "+r.URL.Path+" on "+r.Host+"\n")
+		return
+	}
+	if f := route.Fault; f != nil {
+		if f.DelayPerMillion > 0 && chance(f.DelayPerMillion) {
+			t := l.proxy.opts.Clock.NewTimer(f.Delay)
+			select {
+			case <-t.C():
+			case <-r.Context().Done():
+				t.Stop()
+				return
+			}
+		}
+		if f.AbortStatus != 0 && chance(f.AbortPerMillion) {
+			localReply(w, f.AbortStatus, "fault filter abort\n")
+			return
+		}
+	}
+	switch route.Kind {
+	case config.ActionDirect:
+		applyResponseHeaders(w.Header(), route)
+		if route.Direct.Body != "" {
+			w.Header().Set("Content-Type", "text/plain")
+			w.Header().Set("Content-Length", strconv.Itoa(len(route.Direct.Body)))
+		}
+		w.WriteHeader(route.Direct.Status)
+		_, _ = w.Write([]byte(route.Direct.Body))
+	case config.ActionRedirect:
+		applyResponseHeaders(w.Header(), route)
+		w.Header().Set("Location", redirectLocation(r, route))
+		w.WriteHeader(route.Redirect.Code)
+	default:
+		l.forward(w, r, route)
+	}
+}
+
+// chance is true with probability perMillion/1e6.
+func chance(perMillion uint32) bool {
+	return perMillion >= 1_000_000 || rand.Uint32N(1_000_000) < perMillion
+}
+
+func localReply(w http.ResponseWriter, status int, body string) {
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	_, _ = w.Write([]byte(body))
+}
+
+func redirectLocation(r *http.Request, route *config.Route) string {
+	rd := route.Redirect
+	scheme := rd.Scheme
+	if scheme == "" {
+		scheme = "http"
+	}
+	host := r.Host
+	if rd.Host != "" {
+		host = rd.Host
+	}
+	if rd.Port != 0 {
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		host = net.JoinHostPort(host, strconv.Itoa(int(rd.Port)))
+	}
+	path := r.URL.EscapedPath()
+	switch {
+	case rd.Path != "":
+		path = rd.Path
+	case rd.PrefixRewrite != "":
+		path = rewritePrefix(path, route.Match.Path, rd.PrefixRewrite)
+	}
+	loc := scheme + "://" + host + path
+	if r.URL.RawQuery != "" && !rd.StripQuery && !strings.Contains(path, "?") {
+		loc += "?" + r.URL.RawQuery
+	}
+	return loc
+}
+
+func rewritePrefix(path, prefix, repl string) string {
+	if len(path) >= len(prefix) {
+		return repl + path[len(prefix):]
+	}
+	return path
+}
+
+func applyHeaderOptions(h http.Header, opts []config.HeaderOption) {
+	for _, o := range opts {
+		switch o.Action {
+		case config.AppendOrAdd:
+			h.Add(o.Name, o.Value)
+		case config.AddIfAbsent:
+			if _, ok := h[o.Name]; !ok {
+				h[o.Name] = []string{o.Value}
+			}
+		case config.OverwriteOrAdd:
+			h[o.Name] = []string{o.Value}
+		case config.OverwriteIfExists:
+			if _, ok := h[o.Name]; ok {
+				h[o.Name] = []string{o.Value}
+			}
+		}
+	}
+}
+
+func applyResponseHeaders(h http.Header, route *config.Route) {
+	for _, n := range route.ResponseHeadersToRemove {
+		delete(h, n)
+	}
+	applyHeaderOptions(h, route.ResponseHeadersToAdd)
+}

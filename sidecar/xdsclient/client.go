@@ -1,0 +1,347 @@
+// Package xdsclient speaks the xDS aggregated discovery protocol (state of the world, ADS)
+// to the Weft control plane and turns what it receives into one validated, immutable
+// *config.Config.
+//
+// It ACKs every response it accepts and NACKs (same nonce, previous version,
+// error_detail naming the field) every response that contains something the sidecar cannot
+// serve faithfully. It subscribes make-before-break — CDS then EDS for the clusters, LDS
+// then RDS for the listeners — and applies a config only once it is complete. Through a NACK
+// or a control-plane outage the last good config keeps serving; the client reconnects with
+// jittered exponential back-off and re-sends the versions it holds.
+package xdsclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"k8s.io/utils/clock"
+
+	"github.com/weftmesh/weft/sidecar/config"
+)
+
+// Applier receives each new complete config, in order, from the client's goroutine.
+type Applier interface {
+	Apply(cfg *config.Config)
+}
+
+// ApplierFunc adapts a function to Applier.
+type ApplierFunc func(*config.Config)
+
+// Apply calls f.
+func (f ApplierFunc) Apply(c *config.Config) { f(c) }
+
+// Options configure a Client.
+type Options struct {
+	Address string
+	Node    *corev3.Node
+	Applier Applier
+	Clock   clock.Clock
+	Logger  *slog.Logger
+	// BackoffBase and BackoffMax bound the reconnect delay (defaults 250ms and 30s).
+	BackoffBase, BackoffMax time.Duration
+}
+
+// Status is what /config_dump shows about the xDS session.
+type Status struct {
+	Connected bool              `json:"connected"`
+	Versions  map[string]string `json:"versions"`
+	// LastNACK is the error detail of the most recent rejected response per type.
+	LastNACK map[string]string `json:"lastNack,omitempty"`
+	Pending  string            `json:"pending,omitempty"`
+}
+
+// Client is an ADS client. Create it with New and start it with Run.
+type Client struct {
+	opts    Options
+	current atomic.Pointer[config.Config]
+
+	// Session state, owned by the Run goroutine.
+	res      config.Resources
+	versions map[string]string
+	nonces   map[string]string
+	subs     map[string][]string // EDS and RDS subscriptions
+
+	mu     sync.Mutex
+	status Status
+}
+
+// New returns a client; it does nothing until Run.
+func New(opts Options) *Client {
+	if opts.Clock == nil {
+		opts.Clock = clock.RealClock{}
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.BackoffBase <= 0 {
+		opts.BackoffBase = 250 * time.Millisecond
+	}
+	if opts.BackoffMax <= 0 {
+		opts.BackoffMax = 30 * time.Second
+	}
+	return &Client{opts: opts, res: config.Resources{}, versions: map[string]string{},
+		status: Status{Versions: map[string]string{}, LastNACK: map[string]string{}}}
+}
+
+// Current returns the config in force, or nil before the first complete one.
+func (c *Client) Current() *config.Config { return c.current.Load() }
+
+// Status returns a copy of the session status.
+func (c *Client) Status() Status {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := Status{Connected: c.status.Connected, Pending: c.status.Pending, Versions: map[string]string{}, LastNACK: map[string]string{}}
+	for k, v := range c.status.Versions {
+		s.Versions[k] = v
+	}
+	for k, v := range c.status.LastNACK {
+		s.LastNACK[k] = v
+	}
+	return s
+}
+
+// Run keeps an ADS stream open until ctx ends, reconnecting with jittered exponential
+// back-off. It returns ctx.Err().
+func (c *Client) Run(ctx context.Context) error {
+	conn, err := grpc.NewClient(c.opts.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("dialing xDS server %s: %w", c.opts.Address, err)
+	}
+	defer conn.Close()
+	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
+	attempt := 0
+	for {
+		got, err := c.session(ctx, ads)
+		c.setConnected(false)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if got {
+			attempt = 0
+		}
+		d := backoff(c.opts.BackoffBase, c.opts.BackoffMax, attempt)
+		attempt++
+		c.opts.Logger.Info("xDS stream ended; reconnecting", "address", c.opts.Address, "err", err, "after", d)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.opts.Clock.After(d):
+		}
+	}
+}
+
+// backoff is "full jitter": a uniform delay in [0, min(max, base·2^attempt)), so many
+// sidecars that lost the same control plane do not reconnect in lock step.
+func backoff(base, max time.Duration, attempt int) time.Duration {
+	ceil := base << min(attempt, 20)
+	if ceil > max || ceil <= 0 {
+		ceil = max
+	}
+	return base/2 + time.Duration(rand.Int64N(int64(ceil)))
+}
+
+func (c *Client) setConnected(v bool) {
+	c.mu.Lock()
+	c.status.Connected = v
+	c.mu.Unlock()
+}
+
+// session runs one stream; got reports whether any response arrived.
+func (c *Client) session(ctx context.Context, ads discoveryv3.AggregatedDiscoveryServiceClient) (got bool, err error) {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := ads.StreamAggregatedResources(sctx)
+	if err != nil {
+		return false, fmt.Errorf("opening ADS stream: %w", err)
+	}
+	c.nonces = map[string]string{} // nonces do not survive a reconnect
+	// Wildcard subscriptions first; EDS/RDS follow once their parents are known, but on a
+	// reconnect we re-send what we already hold so the server can skip unchanged versions.
+	for _, t := range []string{resourcev3.ClusterType, resourcev3.ListenerType} {
+		if err := c.send(stream, t, nil, c.versions[t], nil); err != nil {
+			return false, err
+		}
+	}
+	for _, t := range []string{resourcev3.EndpointType, resourcev3.RouteType} {
+		if names := c.subs[t]; len(names) > 0 {
+			if err := c.send(stream, t, names, c.versions[t], nil); err != nil {
+				return false, err
+			}
+		}
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return got, fmt.Errorf("receiving from ADS stream: %w", err)
+		}
+		if !got {
+			got = true
+			c.setConnected(true)
+		}
+		if err := c.handle(stream, resp); err != nil {
+			return got, err
+		}
+	}
+}
+
+func (c *Client) send(stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient,
+	typeURL string, names []string, version string, nack error) error {
+	req := &discoveryv3.DiscoveryRequest{
+		Node:          c.opts.Node,
+		TypeUrl:       typeURL,
+		VersionInfo:   version,
+		ResourceNames: names,
+		ResponseNonce: c.nonces[typeURL],
+	}
+	if nack != nil {
+		req.ErrorDetail = &status.Status{Code: int32(codes.InvalidArgument), Message: nack.Error()}
+	}
+	if err := stream.Send(req); err != nil {
+		return fmt.Errorf("sending %s request: %w", typeURL, err)
+	}
+	return nil
+}
+
+func (c *Client) handle(stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient, resp *discoveryv3.DiscoveryResponse) error {
+	t := resp.GetTypeUrl()
+	c.nonces[t] = resp.GetNonce()
+	decoded, err := decodeResponse(resp)
+	if err != nil {
+		c.opts.Logger.Warn("rejecting xDS response", "type", t, "version", resp.GetVersionInfo(), "err", err)
+		c.mu.Lock()
+		c.status.LastNACK[t] = err.Error()
+		c.mu.Unlock()
+		return c.send(stream, t, c.subs[t], c.versions[t], err)
+	}
+	switch t {
+	case resourcev3.ClusterType, resourcev3.ListenerType:
+		c.res[t] = decoded // state of the world: absence means deletion
+	default:
+		merged := map[string]proto.Message{}
+		for n, m := range c.res[t] {
+			if slices.Contains(c.subs[t], n) {
+				merged[n] = m
+			}
+		}
+		for n, m := range decoded {
+			merged[n] = m
+		}
+		c.res[t] = merged
+	}
+	c.versions[t] = resp.GetVersionInfo()
+	c.mu.Lock()
+	c.status.Versions[t] = resp.GetVersionInfo()
+	delete(c.status.LastNACK, t)
+	c.mu.Unlock()
+	if err := c.send(stream, t, c.subs[t], c.versions[t], nil); err != nil {
+		return err
+	}
+	if t == resourcev3.ClusterType || t == resourcev3.ListenerType {
+		if err := c.resubscribe(stream); err != nil {
+			return err
+		}
+	}
+	c.tryApply()
+	return nil
+}
+
+// resubscribe sends EDS/RDS requests when the set of names the clusters and listeners need
+// changed, and forgets resources nobody references any more.
+func (c *Client) resubscribe(stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient) error {
+	rds, eds := config.Subscriptions(c.res)
+	if c.subs == nil {
+		c.subs = map[string][]string{}
+	}
+	for _, s := range []struct {
+		t     string
+		names []string
+	}{{resourcev3.EndpointType, eds}, {resourcev3.RouteType, rds}} {
+		if slices.Equal(c.subs[s.t], s.names) {
+			continue
+		}
+		c.subs[s.t] = s.names
+		for n := range c.res[s.t] {
+			if !slices.Contains(s.names, n) {
+				delete(c.res[s.t], n)
+			}
+		}
+		if err := c.send(stream, s.t, s.names, c.versions[s.t], nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Client) tryApply() {
+	cfg, err := config.Build(c.res, c.versions)
+	var inc *config.IncompleteError
+	c.mu.Lock()
+	if errors.As(err, &inc) {
+		c.status.Pending = err.Error()
+	} else {
+		c.status.Pending = ""
+	}
+	c.mu.Unlock()
+	if err != nil {
+		if inc == nil {
+			c.opts.Logger.Error("building config from accepted resources", "err", err)
+		}
+		return
+	}
+	c.current.Store(cfg)
+	if c.opts.Applier != nil {
+		c.opts.Applier.Apply(cfg)
+	}
+}
+
+// decodeResponse unpacks and validates every resource; any failure rejects the response
+// as a whole, as Envoy and gRPC do.
+func decodeResponse(resp *discoveryv3.DiscoveryResponse) (map[string]proto.Message, error) {
+	out := map[string]proto.Message{}
+	for _, a := range resp.GetResources() {
+		if a.GetTypeUrl() != resp.GetTypeUrl() {
+			return nil, fmt.Errorf("resource of type %s in a %s response", a.GetTypeUrl(), resp.GetTypeUrl())
+		}
+		m, err := anypb.UnmarshalNew(a, proto.UnmarshalOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("decoding %s resource: %w", a.GetTypeUrl(), err)
+		}
+		name := resourceName(m)
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("duplicate %s resource %q in one response", resp.GetTypeUrl(), name)
+		}
+		if err := config.Validate(resp.GetTypeUrl(), m); err != nil {
+			return nil, err
+		}
+		out[name] = m
+	}
+	return out, nil
+}
+
+func resourceName(m proto.Message) string {
+	type named interface{ GetName() string }
+	type clusterNamed interface{ GetClusterName() string }
+	if n, ok := m.(clusterNamed); ok {
+		return n.GetClusterName()
+	}
+	if n, ok := m.(named); ok {
+		return n.GetName()
+	}
+	return ""
+}
