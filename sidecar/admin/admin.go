@@ -1,0 +1,128 @@
+// Package admin serves the sidecar's operational endpoints: /ready (200 once the first
+// complete config is applied), /stats (Prometheus text, hand-written to keep the binary
+// small, with other components appending their own metrics through StatsWriter) and
+// /config_dump (the resources in force as JSON, with inline secrets redacted).
+//
+// Two handlers: the full admin API for localhost (default 127.0.0.1:15000), and a
+// read-only metrics+readiness handler for the pod address (default :15020).
+package admin
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"sort"
+	"sync"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/weftmesh/weft/sidecar/config"
+)
+
+// StatsWriter appends Prometheus text-format metrics to /stats. The redis proxy and the
+// activator implement it.
+type StatsWriter interface {
+	WritePrometheus(w io.Writer)
+}
+
+// Options wire the admin server to the rest of the sidecar.
+type Options struct {
+	// Config returns the config in force, nil before the first complete one.
+	Config func() *config.Config
+	// Status returns extra xDS session state for /config_dump (any JSON-encodable value).
+	Status func() any
+}
+
+// Server holds the admin handlers.
+type Server struct {
+	opts  Options
+	mu    sync.Mutex
+	stats []StatsWriter
+}
+
+// New returns an admin server.
+func New(opts Options) *Server { return &Server{opts: opts} }
+
+// AddStats registers a component whose metrics /stats should include.
+func (s *Server) AddStats(w StatsWriter) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stats = append(s.stats, w)
+}
+
+// Handler is the full admin API; bind it to localhost only.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /ready", s.ready)
+	mux.HandleFunc("GET /stats", s.writeStats)
+	mux.HandleFunc("GET /stats/prometheus", s.writeStats)
+	mux.HandleFunc("GET /config_dump", s.configDump)
+	return mux
+}
+
+// MetricsHandler is the read-only subset safe to expose on the pod address.
+func (s *Server) MetricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /ready", s.ready)
+	mux.HandleFunc("GET /stats", s.writeStats)
+	mux.HandleFunc("GET /stats/prometheus", s.writeStats)
+	return mux
+}
+
+func (s *Server) ready(w http.ResponseWriter, _ *http.Request) {
+	if s.opts.Config == nil || s.opts.Config() == nil {
+		http.Error(w, "not ready: no complete config received from the control plane yet\n", http.StatusServiceUnavailable)
+		return
+	}
+	_, _ = w.Write([]byte("ready\n"))
+}
+
+func (s *Server) writeStats(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	s.mu.Lock()
+	ws := append([]StatsWriter(nil), s.stats...)
+	s.mu.Unlock()
+	var buf bytes.Buffer
+	for _, sw := range ws {
+		sw.WritePrometheus(&buf)
+	}
+	_, _ = w.Write(buf.Bytes())
+}
+
+// Dump is the /config_dump document.
+type Dump struct {
+	Versions  map[string]string                     `json:"versions"`
+	XDS       any                                   `json:"xds,omitempty"`
+	Resources map[string]map[string]json.RawMessage `json:"resources"`
+}
+
+func (s *Server) configDump(w http.ResponseWriter, _ *http.Request) {
+	d := Dump{Versions: map[string]string{}, Resources: map[string]map[string]json.RawMessage{}}
+	if s.opts.Status != nil {
+		d.XDS = s.opts.Status()
+	}
+	if cfg := s.opts.Config(); cfg != nil {
+		d.Versions = cfg.Versions
+		types := make([]string, 0, len(cfg.Raw))
+		for t := range cfg.Raw {
+			types = append(types, t)
+		}
+		sort.Strings(types)
+		for _, t := range types {
+			out := map[string]json.RawMessage{}
+			for name, m := range cfg.Raw[t] {
+				b, err := protojson.Marshal(Redact(m))
+				if err != nil {
+					b, _ = json.Marshal(map[string]string{"error": err.Error()})
+				}
+				out[name] = b
+			}
+			d.Resources[t] = out
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(d)
+}

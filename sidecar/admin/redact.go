@@ -1,0 +1,70 @@
+package admin
+
+import (
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	redisv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/redis_proxy/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+const redacted = "[redacted]"
+
+// Redact returns m with inline secrets replaced: RedisProtocolOptions auth_password on
+// clusters and redis_proxy downstream_auth_password(s) on listeners. m itself is not
+// modified (it is shared with the live config); a copy is returned when anything changed.
+func Redact(m proto.Message) proto.Message {
+	switch r := m.(type) {
+	case *clusterv3.Cluster:
+		a, ok := r.GetTypedExtensionProtocolOptions()["envoy.filters.network.redis_proxy"]
+		if !ok {
+			return m
+		}
+		var ro redisv3.RedisProtocolOptions
+		if a.UnmarshalTo(&ro) != nil || ro.GetAuthPassword() == nil {
+			return m
+		}
+		ro.AuthPassword = secret()
+		c := proto.Clone(r).(*clusterv3.Cluster)
+		if na, err := anypb.New(&ro); err == nil {
+			c.TypedExtensionProtocolOptions["envoy.filters.network.redis_proxy"] = na
+		}
+		return c
+	case *listenerv3.Listener:
+		var l *listenerv3.Listener
+		for i, fc := range r.GetFilterChains() {
+			for j, f := range fc.GetFilters() {
+				if f.GetName() != "envoy.filters.network.redis_proxy" {
+					continue
+				}
+				var rp redisv3.RedisProxy
+				if f.GetTypedConfig().UnmarshalTo(&rp) != nil {
+					continue
+				}
+				if rp.DownstreamAuthPassword != nil {
+					rp.DownstreamAuthPassword = secret()
+				}
+				for k := range rp.DownstreamAuthPasswords {
+					rp.DownstreamAuthPasswords[k] = secret()
+				}
+				na, err := anypb.New(&rp)
+				if err != nil {
+					continue
+				}
+				if l == nil {
+					l = proto.Clone(r).(*listenerv3.Listener)
+				}
+				l.FilterChains[i].Filters[j].ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: na}
+			}
+		}
+		if l != nil {
+			return l
+		}
+	}
+	return m
+}
+
+func secret() *corev3.DataSource {
+	return &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: redacted}}
+}

@@ -1,0 +1,87 @@
+package httpproxy_test
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+
+	st "github.com/weftmesh/weft/sidecar/sidecartest"
+)
+
+var client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+
+// twoBackends returns a snapshot where host "reviews" routes via opts to clusters
+// A and B, each with one backend answering "A" or "B".
+func twoBackends(t *testing.T, opts ...st.RouteOption) (st.Snapshot, string, string) {
+	a := st.Backend(t, "A", nil)
+	b := st.Backend(t, "B", nil)
+	ca := st.OutboundClusterName(9080, "v1", "reviews", "default", "default", "reviews")
+	cb := st.OutboundClusterName(9080, "v2", "reviews", "default", "default", "reviews")
+	rt := st.Route("default/reviews/0/0", append([]st.RouteOption{st.Prefix("/")}, opts...)...)
+	return st.Snapshot{
+		Listeners: []types.Resource{st.OutboundListener()},
+		Routes:    []types.Resource{st.RouteConfig(st.VirtualHost("default/reviews", "reviews", "default", []int{9080}, rt))},
+		Clusters:  []types.Resource{st.EDSCluster(ca), st.EDSCluster(cb)},
+		Endpoints: []types.Resource{st.Endpoints(ca, st.Endpoint{Addr: st.HostPort(a.URL)}), st.Endpoints(cb, st.Endpoint{Addr: st.HostPort(b.URL)})},
+	}, ca, cb
+}
+
+func TestWeightedSplitLandsWithinFivePercent(t *testing.T) {
+	cp := st.StartControlPlane(t)
+	snap, ca, cb := twoBackends(t)
+	snap.Routes = []types.Resource{st.RouteConfig(st.VirtualHost("default/reviews", "reviews", "default", []int{9080},
+		st.Route("default/reviews/0/0", st.Prefix("/"), st.Weighted(ca, 80, cb, 20))))}
+	cp.Set(snap)
+	sc := st.StartSidecar(t, cp, st.SidecarOptions{})
+	base := sc.URL(t, st.OutboundListenerName)
+	counts := map[string]int{}
+	for range 1000 {
+		code, body, _ := st.Get(t, client, base, "reviews.default:9080", "/ratings")
+		if code != http.StatusOK {
+			t.Fatalf("status %d body %q", code, body)
+		}
+		counts[body]++
+	}
+	if counts["A"] < 750 || counts["A"] > 850 {
+		t.Errorf("80/20 split over 1000 requests gave %v; want A within 750..850", counts)
+	}
+}
+
+func TestBadConfigIsNACKedAndOldConfigKeepsServing(t *testing.T) {
+	cp := st.StartControlPlane(t)
+	snap, ca, _ := twoBackends(t, st.To(st.OutboundClusterName(9080, "v1", "reviews", "default", "default", "reviews")))
+	v1 := cp.Set(snap)
+	sc := st.StartSidecar(t, cp, st.SidecarOptions{})
+	sc.WaitForVersion(t, resourcev3.RouteType, v1)
+	base := sc.URL(t, st.OutboundListenerName)
+	if code, body, _ := st.Get(t, client, base, "reviews", "/"); code != 200 || body != "A" {
+		t.Fatalf("before the bad config: %d %q, want 200 A", code, body)
+	}
+
+	// v2 sends traffic to B but also sets a field the sidecar does not implement.
+	bad := st.Clone(snap.Routes[0].(*routev3.RouteConfiguration))
+	r := bad.VirtualHosts[0].Routes[0]
+	r.GetRoute().ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: st.OutboundClusterName(9080, "v2", "reviews", "default", "default", "reviews")}
+	r.GetRoute().HostRewriteSpecifier = &routev3.RouteAction_AutoHostRewrite{AutoHostRewrite: wrapBool(true)}
+	snap.Routes = []types.Resource{bad}
+	cp.Set(snap)
+
+	st.Eventually(t, 20*time.Second, func() bool { return len(cp.NACKs()) > 0 }, "the control plane never saw a NACK")
+	if msg := cp.NACKs()[0]; !strings.Contains(msg, "auto_host_rewrite") || !strings.Contains(msg, "default/reviews/0/0") {
+		t.Errorf("NACK message %q should name the field auto_host_rewrite and the route", msg)
+	}
+	if got := sc.Client.Current().Versions[resourcev3.RouteType]; got != v1 {
+		t.Errorf("route version in force = %q, want the last good %q", got, v1)
+	}
+	for range 20 {
+		if code, body, _ := st.Get(t, client, base, "reviews", "/"); code != 200 || body != "A" {
+			t.Fatalf("after the NACK: %d %q, want the old config's 200 A", code, body)
+		}
+	}
+	_ = ca
+}

@@ -1,0 +1,31 @@
+package httpproxy
+
+import (
+	"fmt"
+	"io"
+	"sort"
+)
+
+// WritePrometheus writes per-listener counters and then the upstream clusters' stats.
+func (p *Proxy) WritePrometheus(w io.Writer) {
+	p.mu.Lock()
+	ls := make([]*Listener, 0, len(p.listeners))
+	for _, l := range p.listeners {
+		ls = append(ls, l)
+	}
+	p.mu.Unlock()
+	sort.Slice(ls, func(i, j int) bool { return ls[i].Name < ls[j].Name })
+	fmt.Fprintln(w, "# TYPE weft_listener_connections_total counter")
+	for _, l := range ls {
+		fmt.Fprintf(w, "weft_listener_connections_total{listener=%q} %d\n", l.Name, l.connections.Load())
+	}
+	fmt.Fprintln(w, "# TYPE weft_listener_requests_total counter")
+	for _, l := range ls {
+		fmt.Fprintf(w, "weft_listener_requests_total{listener=%q} %d\n", l.Name, l.requests.Load())
+	}
+	fmt.Fprintln(w, "# TYPE weft_listener_requests_inflight gauge")
+	for _, l := range ls {
+		fmt.Fprintf(w, "weft_listener_requests_inflight{listener=%q} %d\n", l.Name, l.inflight.Load())
+	}
+	p.opts.Upstreams.WritePrometheus(w)
+}
