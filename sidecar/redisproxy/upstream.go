@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -221,6 +222,9 @@ func (s *sconn) writeLoop() {
 		case <-s.dead:
 			return
 		}
+		// Let the other runnable clients append their requests first, so one
+		// write carries many of them (twemproxy's batching, without a timer).
+		runtime.Gosched()
 		s.mu.Lock()
 		buf := s.wbuf
 		s.wbuf = s.spare[:0]

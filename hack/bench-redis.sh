@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# bench-redis.sh: redis-benchmark directly against one shard, through the Weft
+# Redis proxy and through nutcracker (twemproxy) over the same three shards,
+# at pipeline 1 and 16. Prints requests/s, p50/p99 and Weft/nutcracker ratios.
+#
+# Needs redis-server, redis-benchmark and nutcracker
+# (apt-get install -y redis-server redis-tools nutcracker).
+# Env: N (requests, default 200000), C (clients, 50), PIPELINES ("1 16"),
+#      TESTS (get,set), BASE_PORT (17000), KEEP_LOGS=1 to keep the temp dir.
+set -euo pipefail
+
+N=${N:-200000}
+C=${C:-50}
+PIPELINES=${PIPELINES:-"1 16"}
+TESTS=${TESTS:-get,set}
+BASE_PORT=${BASE_PORT:-17000}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+
+for bin in redis-server redis-benchmark redis-cli nutcracker go; do
+	command -v "$bin" >/dev/null || { echo "bench-redis: $bin not found; apt-get install -y redis-server redis-tools nutcracker" >&2; exit 1; }
+done
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	if [[ "${KEEP_LOGS:-}" == 1 ]]; then echo "logs in $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+wait_port() {
+	for _ in $(seq 100); do
+		redis-cli -p "$1" PING >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	echo "bench-redis: nothing answers PING on port $1" >&2
+	exit 1
+}
+
+SERVERS=()
+NC_SERVERS=""
+for i in 1 2 3; do
+	port=$((BASE_PORT + i))
+	mkdir -p "$WORK/r$i"
+	redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK/r$i" \
+		--logfile "$WORK/r$i/log" --daemonize no &
+	PIDS+=($!)
+	name="shard-$(printf "\\x$(printf %x $((96 + i)))")"
+	SERVERS+=("$name=127.0.0.1:$port:1")
+	NC_SERVERS+="    - 127.0.0.1:$port:1 $name"$'\n'
+done
+for i in 1 2 3; do wait_port $((BASE_PORT + i)); done
+
+WEFT_PORT=$((BASE_PORT + 21))
+NC_PORT=$((BASE_PORT + 22))
+go build -o "$WORK/weft-redis-proxy" "$ROOT/hack/redis/weft-redis-proxy"
+"$WORK/weft-redis-proxy" -listen "127.0.0.1:$WEFT_PORT" -servers "$(IFS=,; echo "${SERVERS[*]}")" 2>"$WORK/weft.log" &
+PIDS+=($!)
+cat >"$WORK/nutcracker.yml" <<YAML
+bench:
+  listen: 127.0.0.1:$NC_PORT
+  redis: true
+  distribution: ketama
+  hash: fnv1a_64
+  servers:
+$NC_SERVERS
+YAML
+nutcracker -c "$WORK/nutcracker.yml" -s $((BASE_PORT + 23)) -o "$WORK/nc.log" &
+PIDS+=($!)
+wait_port "$WEFT_PORT"
+wait_port "$NC_PORT"
+
+# run TARGET PORT P → lines "TARGET P TEST RPS P50 P99"
+run() {
+	redis-benchmark -p "$2" -n "$N" -c "$C" -P "$3" -r 100000 -t "$TESTS" --csv -q 2>/dev/null |
+		awk -F'","' -v t="$1" -v p="$3" 'NR>1 { gsub(/"/,""); split($0, f, ","); printf "%s %s %s %s %s %s\n", t, p, f[1], f[2], f[5], f[7] }'
+}
+
+RESULTS="$WORK/results"
+: >"$RESULTS"
+for p in $PIPELINES; do
+	run direct-1-shard $((BASE_PORT + 1)) "$p" >>"$RESULTS"
+	run weft "$WEFT_PORT" "$p" >>"$RESULTS"
+	run nutcracker "$NC_PORT" "$p" >>"$RESULTS"
+done
+
+printf "%-16s %3s %-5s %12s %9s %9s\n" target P test "requests/s" "p50 ms" "p99 ms"
+sort -k2,2n -k3,3 -s "$RESULTS" | awk '{ printf "%-16s %3s %-5s %12.0f %9.3f %9.3f\n", $1, $2, $3, $4, $5, $6 }'
+echo
+echo "ratios (weft / nutcracker, weft / direct):"
+awk '{ k=$2" "$3; r[$1" "k]=$4; keys[k]=1 }
+	END { for (k in keys) printf "  P=%s %-4s weft/nutcracker %.2f  weft/direct %.2f\n", substr(k,1,index(k," ")-1), substr(k,index(k," ")+1), r["weft "k]/r["nutcracker "k], r["weft "k]/r["direct-1-shard "k] }' "$RESULTS" | sort
