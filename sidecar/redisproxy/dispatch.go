@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/weftmesh/weft/sidecar/redisproxy/resp"
 )
@@ -58,7 +59,7 @@ func (cl *client) dispatch(p *pending, args [][]byte, raw []byte) {
 		if n == 0 {
 			// A keyless script has no server of its own; running it on an
 			// arbitrary shard would surprise, so it is refused (as twemproxy).
-			p.localError(fmt.Sprintf("ERR %s with numkeys 0 cannot be routed by the sharding proxy: pass the keys the script touches so it runs on their server", cmd.name))
+			p.localError(fmt.Sprintf("ERR %s with numkeys 0 cannot be routed by the sharding proxy: pass the keys the script touches so it runs on their server", strings.ToUpper(cmd.name)))
 			return
 		}
 		keys := cl.keys[:0]
