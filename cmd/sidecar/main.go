@@ -1,0 +1,155 @@
+// Command sidecar is the Weft sidecar: it connects to the control plane over ADS and
+// serves the outbound and inbound HTTP listeners plus the admin endpoints. Flags and
+// wiring only; the behaviour lives in sidecar/.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+	"k8s.io/utils/clock"
+
+	"github.com/weftmesh/weft/sidecar/admin"
+	"github.com/weftmesh/weft/sidecar/config"
+	"github.com/weftmesh/weft/sidecar/httpproxy"
+	"github.com/weftmesh/weft/sidecar/upstream"
+	"github.com/weftmesh/weft/sidecar/xdsclient"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "sidecar:", err)
+		os.Exit(1)
+	}
+}
+
+type flags struct {
+	xdsAddress, nodeID, namespace, pod, labels, function string
+	appPort                                              int
+	adminAddress, metricsAddress, staticConfig           string
+	drainTimeout                                         time.Duration
+}
+
+func parseFlags() flags {
+	var f flags
+	pod, ns := os.Getenv("POD_NAME"), os.Getenv("POD_NAMESPACE")
+	flag.StringVar(&f.xdsAddress, "xds-address", "127.0.0.1:18000", "control plane ADS address (host:port)")
+	flag.StringVar(&f.nodeID, "node-id", "", "xDS node id (default POD_NAME.POD_NAMESPACE)")
+	flag.StringVar(&f.namespace, "namespace", ns, "pod namespace (default $POD_NAMESPACE)")
+	flag.StringVar(&f.pod, "pod", pod, "pod name (default $POD_NAME)")
+	flag.StringVar(&f.labels, "labels", os.Getenv("POD_LABELS"), "pod labels k=v,... (default $POD_LABELS)")
+	flag.StringVar(&f.function, "function", os.Getenv("WEFT_FUNCTION"), "MeshFunction <namespace>/<name> this pod serves, if any")
+	flag.IntVar(&f.appPort, "app-port", 0, "local app port the inbound listener forwards to (0: no inbound listener)")
+	flag.StringVar(&f.adminAddress, "admin-address", "127.0.0.1:15000", "admin API address (keep it on localhost)")
+	flag.StringVar(&f.metricsAddress, "metrics-address", ":15020", "read-only /stats and /ready address on the pod IP")
+	flag.StringVar(&f.staticConfig, "static-config", "", "serve Envoy resources from this JSON file instead of a control plane")
+	flag.DurationVar(&f.drainTimeout, "drain-timeout", 20*time.Second, "how long SIGTERM waits for in-flight requests")
+	flag.Parse()
+	if f.nodeID == "" {
+		f.nodeID = f.pod + "." + f.namespace
+	}
+	return f
+}
+
+// nodeFor builds the node identity and metadata docs/xds-contract.md specifies.
+func nodeFor(f flags) (*corev3.Node, error) {
+	labels := map[string]any{}
+	for _, kv := range strings.Split(f.labels, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return nil, fmt.Errorf("--labels: %q is not k=v", kv)
+		}
+		labels[k] = v
+	}
+	md := map[string]any{"namespace": f.namespace, "pod": f.pod, "labels": labels}
+	if f.function != "" {
+		md["function"] = f.function
+	}
+	if f.appPort != 0 {
+		md["appPort"] = f.appPort
+	}
+	s, err := structpb.NewStruct(md)
+	if err != nil {
+		return nil, fmt.Errorf("building node metadata: %w", err)
+	}
+	return &corev3.Node{Id: f.nodeID, Metadata: s}, nil
+}
+
+func run() error {
+	f := parseFlags()
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	node, err := nodeFor(f)
+	if err != nil {
+		return err
+	}
+	sigCtx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	bg, cancelBG := context.WithCancel(context.Background())
+	defer cancelBG()
+
+	ups := upstream.NewManager(bg, clock.RealClock{})
+	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Logger: log})
+	var current atomic.Pointer[config.Config]
+	var status func() any
+	apply := func(c *config.Config) {
+		if err := px.Apply(c); err != nil {
+			log.Error("applying config", "err", err)
+		}
+		current.Store(c)
+		// The lead wires c.RedisListeners to the redis proxy and the activator as Holder here.
+	}
+	if f.staticConfig != "" {
+		cfg, err := xdsclient.LoadStatic(f.staticConfig)
+		if err != nil {
+			return err
+		}
+		apply(cfg)
+	} else {
+		cl := xdsclient.New(xdsclient.Options{Address: f.xdsAddress, Node: node, Logger: log, Applier: xdsclient.ApplierFunc(apply)})
+		status = func() any { return cl.Status() }
+		go func() { _ = cl.Run(bg) }()
+	}
+
+	adm := admin.New(admin.Options{Config: current.Load, Status: status})
+	adm.AddStats(px)
+	servers := []*http.Server{
+		{Addr: f.adminAddress, Handler: adm.Handler(), ReadHeaderTimeout: 10 * time.Second},
+		{Addr: f.metricsAddress, Handler: adm.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second},
+	}
+	for _, s := range servers {
+		go func() {
+			if err := s.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("admin server stopped", "address", s.Addr, "err", err)
+			}
+		}()
+	}
+	log.Info("sidecar started", "node", node.GetId(), "xds", f.xdsAddress, "admin", f.adminAddress)
+	<-sigCtx.Done()
+
+	log.Info("draining", "timeout", f.drainTimeout)
+	dctx, cancel := context.WithTimeout(context.Background(), f.drainTimeout)
+	defer cancel()
+	err = px.Shutdown(dctx)
+	for _, s := range servers {
+		_ = s.Close()
+	}
+	if err != nil {
+		return fmt.Errorf("draining in-flight requests: %w", err)
+	}
+	return nil
+}
