@@ -1,0 +1,269 @@
+package httpproxy_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	faultcommonv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/fault/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/weftmesh/weft/sidecar/httpproxy"
+	st "github.com/weftmesh/weft/sidecar/sidecartest"
+)
+
+func withFault(f *faultv3.HTTPFault) st.RouteOption {
+	return st.Edit(func(r *routev3.Route) {
+		a, _ := anypb.New(f)
+		r.TypedPerFilterConfig = map[string]*anypb.Any{"envoy.filters.http.fault": a}
+	})
+}
+
+func percent(n uint32) *typev3.FractionalPercent {
+	return &typev3.FractionalPercent{Numerator: n, Denominator: typev3.FractionalPercent_HUNDRED}
+}
+
+// parallel runs n requests over 16 workers and returns each one's result.
+func parallel(t *testing.T, n int, do func(i int)) {
+	var wg sync.WaitGroup
+	next := atomic.Int64{}
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+				do(i)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func TestFaultAbortPercentageHolds(t *testing.T) {
+	var reached atomic.Int64
+	be := st.Backend(t, "", func(w http.ResponseWriter, _ *http.Request) { reached.Add(1) })
+	cp := st.StartControlPlane(t)
+	snap, _ := oneBackend([]string{be.URL}, []st.RouteOption{withFault(&faultv3.HTTPFault{
+		Abort: &faultv3.FaultAbort{ErrorType: &faultv3.FaultAbort_HttpStatus{HttpStatus: 418}, Percentage: percent(30)}})})
+	cp.Set(snap)
+	base := st.StartSidecar(t, cp, st.SidecarOptions{}).URL(t, st.OutboundListenerName)
+	var aborted atomic.Int64
+	parallel(t, 1000, func(int) {
+		if code, _, _ := st.Get(t, client, base, "reviews", "/"); code == 418 {
+			aborted.Add(1)
+		}
+	})
+	if a := aborted.Load(); a < 250 || a > 350 {
+		t.Errorf("30%% abort over 1000 requests aborted %d, want 250..350", a)
+	}
+	if reached.Load()+aborted.Load() != 1000 {
+		t.Errorf("backend saw %d requests and %d were aborted; aborted requests must never reach upstream", reached.Load(), aborted.Load())
+	}
+}
+
+func TestFaultDelayPercentageHolds(t *testing.T) {
+	be := st.Backend(t, "ok", nil)
+	cp := st.StartControlPlane(t)
+	snap, _ := oneBackend([]string{be.URL}, []st.RouteOption{withFault(&faultv3.HTTPFault{
+		Delay: &faultcommonv3.FaultDelay{FaultDelaySecifier: &faultcommonv3.FaultDelay_FixedDelay{FixedDelay: durationpb.New(300 * time.Millisecond)},
+			Percentage: percent(50)}})})
+	cp.Set(snap)
+	base := st.StartSidecar(t, cp, st.SidecarOptions{}).URL(t, st.OutboundListenerName)
+	var delayed atomic.Int64
+	parallel(t, 400, func(int) {
+		start := time.Now()
+		st.Get(t, client, base, "reviews", "/")
+		if time.Since(start) >= 300*time.Millisecond {
+			delayed.Add(1)
+		}
+	})
+	// 50% of 400 = 200; ±10 points leaves room for an undelayed request slowed past 300 ms
+	// on a loaded machine.
+	if d := delayed.Load(); d < 160 || d > 240 {
+		t.Errorf("50%% delay over 400 requests delayed %d, want 160..240", d)
+	}
+}
+
+func TestMirroredRequestsReachTheShadow(t *testing.T) {
+	hosts := make(chan string, 100)
+	shadow := st.Backend(t, "", func(w http.ResponseWriter, r *http.Request) { hosts <- r.Host; http.Error(w, "shadow fails", 500) })
+	main := st.Backend(t, "main", nil)
+	shadowCluster := st.OutboundClusterName(9080, "", "reviews-shadow", "default", "default", "reviews")
+	cp := st.StartControlPlane(t)
+	snap, _ := oneBackend([]string{main.URL}, []st.RouteOption{st.Edit(func(r *routev3.Route) {
+		r.GetRoute().RequestMirrorPolicies = []*routev3.RouteAction_RequestMirrorPolicy{{Cluster: shadowCluster,
+			RuntimeFraction: &corev3.RuntimeFractionalPercent{DefaultValue: percent(100)}}}
+	})})
+	snap.Clusters = append(snap.Clusters, st.EDSCluster(shadowCluster))
+	snap.Endpoints = append(snap.Endpoints, st.Endpoints(shadowCluster, st.Endpoint{Addr: st.HostPort(shadow.URL)}))
+	cp.Set(snap)
+	base := st.StartSidecar(t, cp, st.SidecarOptions{}).URL(t, st.OutboundListenerName)
+	for range 10 {
+		if code, body, _ := st.Get(t, client, base, "reviews:9080", "/"); code != 200 || body != "main" {
+			t.Fatalf("mirrored route answered %d %q, want the primary's 200 main (shadow failures never reach the caller)", code, body)
+		}
+	}
+	for i := range 10 {
+		select {
+		case h := <-hosts:
+			if h != "reviews-shadow:9080" {
+				t.Errorf("shadow saw Host %q, want reviews-shadow:9080", h)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("shadow received %d of 10 mirrored requests", i)
+		}
+	}
+}
+
+func TestKilledControlPlaneLeavesTrafficFlowingAndSidecarReconnects(t *testing.T) {
+	cp := st.StartControlPlane(t)
+	snap, ca, cb := twoBackends(t)
+	snap.Routes = []types.Resource{st.RouteConfig(st.VirtualHost("default/reviews", "reviews", "default", nil,
+		st.Route("r", st.Prefix("/"), st.To(ca))))}
+	cp.Set(snap)
+	sc := st.StartSidecar(t, cp, st.SidecarOptions{})
+	base := sc.URL(t, st.OutboundListenerName)
+	st.Eventually(t, 10*time.Second, func() bool { return sc.Client.Status().Connected }, "never connected")
+	cp.Stop()
+	st.Eventually(t, 10*time.Second, func() bool { return !sc.Client.Status().Connected }, "never noticed the outage")
+	for range 20 {
+		if code, body, _ := st.Get(t, client, base, "reviews", "/"); code != 200 || body != "A" {
+			t.Fatalf("during the outage: %d %q, want the last config's 200 A", code, body)
+		}
+	}
+	cp.Restart()
+	snap.Routes = []types.Resource{st.RouteConfig(st.VirtualHost("default/reviews", "reviews", "default", nil,
+		st.Route("r", st.Prefix("/"), st.To(cb))))}
+	v := cp.Set(snap)
+	sc.WaitForVersion(t, resourcev3.RouteType, v)
+	if code, body, _ := st.Get(t, client, base, "reviews", "/"); code != 200 || body != "B" {
+		t.Fatalf("after reconnecting: %d %q, want the new config's 200 B", code, body)
+	}
+}
+
+func TestInboundListenerForwardsToAppAndCounts(t *testing.T) {
+	release := make(chan struct{})
+	app := st.Backend(t, "", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/block" {
+			<-release
+		}
+		_, _ = w.Write([]byte("app"))
+	})
+	port, _ := strconv.Atoi(app.URL[len("http://127.0.0.1:"):])
+	cp := st.StartControlPlane(t)
+	cp.Set(st.Snapshot{Listeners: []types.Resource{st.InboundListener(uint32(port))},
+		Clusters: []types.Resource{st.InboundCluster(uint32(port))}})
+	sc := st.StartSidecar(t, cp, st.SidecarOptions{})
+	base := sc.URL(t, st.InboundListenerName)
+	for range 5 {
+		if code, body, _ := st.Get(t, client, base, "anything", "/"); code != 200 || body != "app" {
+			t.Fatalf("inbound: %d %q, want 200 app", code, body)
+		}
+	}
+	go st.Get(t, client, base, "anything", "/block")
+	in := sc.Proxy.Listener(st.InboundListenerName)
+	st.Eventually(t, 10*time.Second, func() bool { n, _ := in.Stats(); return n == 1 }, "in-flight never reached 1")
+	close(release)
+	st.Eventually(t, 10*time.Second, func() bool { n, total := in.Stats(); return n == 0 && total == 6 }, "stats never settled at 0 in flight, 6 total")
+}
+
+type refusal struct{}
+
+func (refusal) Error() string {
+	return "function default/fn is cold and its hold queue is full; retry later"
+}
+func (refusal) RetryAfter() time.Duration { return 2 * time.Second }
+
+type holderFunc func(ctx context.Context, fn httpproxy.FunctionRef) (func(), time.Duration, error)
+
+func (f holderFunc) Hold(ctx context.Context, fn httpproxy.FunctionRef) (func(), time.Duration, error) {
+	return f(ctx, fn)
+}
+
+func functionSnapshot(eps ...st.Endpoint) (st.Snapshot, string) {
+	cn := "function|default/fn"
+	return st.Snapshot{
+		Listeners: []types.Resource{st.OutboundListener()},
+		Routes: []types.Resource{st.RouteConfig(st.VirtualHost("default/fn", "fn", "default", []int{80},
+			st.Route("default/fn/0/0", st.Prefix("/"), st.To(cn))))},
+		Clusters:  []types.Resource{st.EDSCluster(cn, st.FunctionMeta("default", "fn", 30*time.Second, 7))},
+		Endpoints: []types.Resource{st.Endpoints(cn, eps...)},
+	}, cn
+}
+
+func TestFunctionWithoutEndpointsAndNoHolderAnswers503(t *testing.T) {
+	cp := st.StartControlPlane(t)
+	snap, _ := functionSnapshot()
+	cp.Set(snap)
+	base := st.StartSidecar(t, cp, st.SidecarOptions{}).URL(t, st.OutboundListenerName)
+	code, body, _ := st.Get(t, client, base, "fn", "/")
+	if code != 503 || body != "no ready endpoint for function default/fn; it may be scaled to zero, retry later\n" {
+		t.Errorf("got %d %q", code, body)
+	}
+}
+
+func TestHolderRefusalBecomes503WithRetryAfter(t *testing.T) {
+	cp := st.StartControlPlane(t)
+	snap, _ := functionSnapshot()
+	cp.Set(snap)
+	h := holderFunc(func(context.Context, httpproxy.FunctionRef) (func(), time.Duration, error) {
+		return nil, 0, refusal{}
+	})
+	base := st.StartSidecar(t, cp, st.SidecarOptions{Holder: h}).URL(t, st.OutboundListenerName)
+	code, body, hdr := st.Get(t, client, base, "fn", "/")
+	if code != 503 || hdr.Get("Retry-After") != "2" || body != (refusal{}).Error()+"\n" {
+		t.Errorf("got %d %q Retry-After=%q", code, body, hdr.Get("Retry-After"))
+	}
+}
+
+func TestColdStartHoldForwardsWhenEndpointsArrive(t *testing.T) {
+	fnPod := st.Backend(t, "warm", nil)
+	cp := st.StartControlPlane(t)
+	snap, cn := functionSnapshot()
+	cp.Set(snap)
+	ready := make(chan struct{})
+	var once sync.Once
+	watcher := httpproxy.EndpointWatcherFunc(func(cluster string, n int) {
+		if cluster == cn && n > 0 {
+			once.Do(func() { close(ready) })
+		}
+	})
+	var gotRef httpproxy.FunctionRef
+	var released atomic.Bool
+	h := holderFunc(func(ctx context.Context, fn httpproxy.FunctionRef) (func(), time.Duration, error) {
+		gotRef = fn
+		// The autoscaler would scale up here; the test plays the control plane.
+		withEP, _ := functionSnapshot(st.Endpoint{Addr: st.HostPort(fnPod.URL)})
+		cp.Set(withEP)
+		select {
+		case <-ready:
+			return func() { released.Store(true) }, 1500 * time.Millisecond, nil
+		case <-ctx.Done():
+			return nil, 0, errors.New("caller left")
+		}
+	})
+	base := st.StartSidecar(t, cp, st.SidecarOptions{Holder: h, Watcher: watcher}).URL(t, st.OutboundListenerName)
+	code, body, hdr := st.Get(t, client, base, "fn.default:80", "/")
+	if code != 200 || body != "warm" || hdr.Get("X-Weft-Cold-Start") != "1.500" {
+		t.Errorf("got %d %q X-Weft-Cold-Start=%q, want 200 warm 1.500", code, body, hdr.Get("X-Weft-Cold-Start"))
+	}
+	want := httpproxy.FunctionRef{Namespace: "default", Name: "fn", Cluster: cn, HoldTimeout: 30 * time.Second, MaxPending: 7}
+	if gotRef != want {
+		t.Errorf("holder got %+v, want %+v", gotRef, want)
+	}
+	if !released.Load() {
+		t.Error("release was not called when the request completed")
+	}
+}
