@@ -1,0 +1,325 @@
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// MeshFunctionSpec describes a function: its pods, how they scale (Knative's KPA vocabulary
+// and defaults), how callers' sidecars hold requests while it scales from zero, and how it is
+// called asynchronously.
+type MeshFunctionSpec struct {
+	// Template is the pod the function runs in. Weft adds its sidecar in front of the first
+	// container. The schema is not repeated here (it would make the CRD too large for
+	// client-side apply); the controller validates it and reports problems in the Ready
+	// condition.
+	// +kubebuilder:validation:Schemaless
+	// +kubebuilder:pruning:PreserveUnknownFields
+	// +kubebuilder:validation:Type=object
+	Template corev1.PodTemplateSpec `json:"template"`
+
+	// Port the function's container listens on.
+	// +optional
+	// +kubebuilder:default=8080
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	Port int32 `json:"port,omitempty"`
+
+	// Hosts callers use in addition to the function's own name (which also matches
+	// name.namespace, name.namespace.svc and name.namespace.svc.cluster.local).
+	// +optional
+	// +kubebuilder:validation:MaxItems=8
+	// +listType=set
+	Hosts []string `json:"hosts,omitempty"`
+
+	// Timeout for one call, from when it reaches the function's sidecar (Knative's revision
+	// timeout, 300s by default).
+	// +optional
+	// +kubebuilder:default="300s"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
+	Timeout *metav1.Duration `json:"timeout,omitempty"`
+
+	// Concurrency is how many requests one pod takes and the autoscaler aims for.
+	// +optional
+	// +kubebuilder:default={}
+	Concurrency Concurrency `json:"concurrency,omitempty"`
+
+	// Scale bounds and tunes the autoscaler.
+	// +optional
+	// +kubebuilder:default={}
+	Scale Scale `json:"scale,omitempty"`
+
+	// Activation bounds how callers' sidecars hold requests while the function has no ready
+	// pod.
+	// +optional
+	// +kubebuilder:default={}
+	Activation Activation `json:"activation,omitempty"`
+
+	// Async enables calls that return 202 at once and run later through NATS JetStream.
+	// +optional
+	Async *Async `json:"async,omitempty"`
+}
+
+// Concurrency is Knative's containerConcurrency and target.
+// +kubebuilder:validation:XValidation:rule="!has(self.target) || self.containerConcurrency == 0 || self.target <= double(self.containerConcurrency)",message="target cannot exceed containerConcurrency: lower target or raise containerConcurrency"
+type Concurrency struct {
+	// ContainerConcurrency is the hard limit of requests in flight per pod, enforced by its
+	// sidecar (excess requests queue up to 10x this, then get 503). 0 means no limit.
+	// +optional
+	// +kubebuilder:default=0
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1000
+	ContainerConcurrency int32 `json:"containerConcurrency"`
+
+	// Target is the per-pod value of the scale metric the autoscaler aims for, before
+	// utilization. Defaults to containerConcurrency if set, else 100 (concurrency) or 200
+	// (rps).
+	// +optional
+	// +kubebuilder:validation:Minimum=0.01
+	Target *float64 `json:"target,omitempty"`
+
+	// TargetUtilizationPercentage of the target the autoscaler fills before adding pods.
+	// +optional
+	// +kubebuilder:default=70
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	TargetUtilizationPercentage int32 `json:"targetUtilizationPercentage"`
+}
+
+// ScaleMetric is what the autoscaler measures.
+// +kubebuilder:validation:Enum=concurrency;rps
+type ScaleMetric string
+
+// Scale metrics.
+const (
+	MetricConcurrency ScaleMetric = "concurrency"
+	MetricRPS         ScaleMetric = "rps"
+)
+
+// Scale tunes the autoscaler. Names and defaults are Knative's.
+// +kubebuilder:validation:XValidation:rule="self.max == 0 || self.min <= self.max",message="scale.min cannot be above scale.max: lower min or raise max"
+// +kubebuilder:validation:XValidation:rule="self.max == 0 || self.initial <= self.max",message="scale.initial cannot be above scale.max"
+// +kubebuilder:validation:XValidation:rule="duration(self.stableWindow) >= duration('6s') && duration(self.stableWindow) <= duration('1h')",message="scale.stableWindow must be between 6s and 1h"
+type Scale struct {
+	// Metric the autoscaler measures.
+	// +optional
+	// +kubebuilder:default=concurrency
+	Metric ScaleMetric `json:"metric"`
+
+	// Min replicas. 0 lets the function scale to zero.
+	// +optional
+	// +kubebuilder:default=0
+	// +kubebuilder:validation:Minimum=0
+	Min int32 `json:"min"`
+
+	// Max replicas. 0 means no limit.
+	// +optional
+	// +kubebuilder:default=0
+	// +kubebuilder:validation:Minimum=0
+	Max int32 `json:"max"`
+
+	// Initial replicas when the function is created.
+	// +optional
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Minimum=0
+	Initial int32 `json:"initial"`
+
+	// ActivationScale is the least number of replicas started when the function scales up
+	// from zero.
+	// +optional
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Minimum=1
+	ActivationScale int32 `json:"activationScale"`
+
+	// StableWindow is the period the metric is averaged over for normal scaling, and how long
+	// the function must be idle before it scales to zero.
+	// +optional
+	// +kubebuilder:default="60s"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
+	StableWindow metav1.Duration `json:"stableWindow"`
+
+	// PanicWindowPercentage is the panic window as a share of the stable window.
+	// +optional
+	// +kubebuilder:default=10
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	PanicWindowPercentage int32 `json:"panicWindowPercentage"`
+
+	// PanicThresholdPercentage of current capacity that, reached in the panic window, makes the
+	// autoscaler scale up fast and stop scaling down.
+	// +optional
+	// +kubebuilder:default=200
+	// +kubebuilder:validation:Minimum=110
+	// +kubebuilder:validation:Maximum=1000
+	PanicThresholdPercentage int32 `json:"panicThresholdPercentage"`
+
+	// MaxScaleUpRate bounds growth per decision to this many times the ready pods.
+	// +optional
+	// +kubebuilder:default=1000
+	// +kubebuilder:validation:Minimum=1.01
+	MaxScaleUpRate float64 `json:"maxScaleUpRate"`
+
+	// MaxScaleDownRate bounds shrinking per decision to ready pods divided by this.
+	// +optional
+	// +kubebuilder:default=2
+	// +kubebuilder:validation:Minimum=1.01
+	MaxScaleDownRate float64 `json:"maxScaleDownRate"`
+
+	// ScaleDownDelay keeps the highest recent decision for this long before scaling down.
+	// +optional
+	// +kubebuilder:default="0s"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
+	ScaleDownDelay metav1.Duration `json:"scaleDownDelay"`
+
+	// ScaleToZeroGracePeriod is the least time the last pod stays after the function became
+	// idle, for callers' sidecars to learn it is gone.
+	// +optional
+	// +kubebuilder:default="30s"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
+	ScaleToZeroGracePeriod metav1.Duration `json:"scaleToZeroGracePeriod"`
+}
+
+// Activation bounds the hold in callers' sidecars while a function scales from zero.
+type Activation struct {
+	// HoldTimeout is the longest a caller's sidecar holds a request for the function; then it
+	// answers 503 with Retry-After.
+	// +optional
+	// +kubebuilder:default="30s"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
+	HoldTimeout metav1.Duration `json:"holdTimeout"`
+
+	// MaxPending requests each caller's sidecar holds for the function; more get 503 at once.
+	// +optional
+	// +kubebuilder:default=100
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10000
+	MaxPending int32 `json:"maxPending"`
+}
+
+// Async configures asynchronous calls: a caller's sidecar publishes them to NATS JetStream and
+// the function's sidecars pull them.
+type Async struct {
+	// Enabled makes every call to the function asynchronous. Without it, callers opt in per
+	// request with the header "Prefer: respond-async".
+	// +optional
+	Enabled bool `json:"enabled,omitempty"`
+
+	// MaxAttempts before a call goes to the dead-letter stream.
+	// +optional
+	// +kubebuilder:default=3
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	MaxAttempts int32 `json:"maxAttempts,omitempty"`
+
+	// Backoff before the first retry; it doubles per attempt up to MaxBackoff.
+	// +optional
+	// +kubebuilder:default="1s"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
+	Backoff *metav1.Duration `json:"backoff,omitempty"`
+
+	// MaxBackoff caps the back-off between retries.
+	// +optional
+	// +kubebuilder:default="60s"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
+	MaxBackoff *metav1.Duration `json:"maxBackoff,omitempty"`
+
+	// RetryOn lists the function's status codes that cause a retry. Connection failures and
+	// timeouts are always retried.
+	// +optional
+	// +kubebuilder:default={500,502,503,504,429}
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:items:Minimum=400
+	// +kubebuilder:validation:items:Maximum=599
+	// +listType=set
+	RetryOn []int32 `json:"retryOn,omitempty"`
+
+	// MaxAge of a call; older calls go to the dead-letter stream unprocessed.
+	// +optional
+	// +kubebuilder:default="24h"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
+	MaxAge *metav1.Duration `json:"maxAge,omitempty"`
+
+	// DeadLetter keeps calls that ran out of attempts or age in a dead-letter stream.
+	// +optional
+	// +kubebuilder:default=true
+	DeadLetter *bool `json:"deadLetter,omitempty"`
+
+	// MaxInflight calls each function pod's sidecar runs at once.
+	// +optional
+	// +kubebuilder:default=10
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	MaxInflight int32 `json:"maxInflight,omitempty"`
+
+	// MaxBodyBytes of an async call; bigger bodies get 413.
+	// +optional
+	// +kubebuilder:default=1048576
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=8388608
+	MaxBodyBytes int32 `json:"maxBodyBytes,omitempty"`
+}
+
+// MeshFunctionStatus reports the function's address, replicas and readiness.
+type MeshFunctionStatus struct {
+	MeshStatus `json:",inline"`
+
+	// URL callers use for the function.
+	// +optional
+	URL string `json:"url,omitempty"`
+
+	// Replicas the Deployment has.
+	// +optional
+	Replicas int32 `json:"replicas,omitempty"`
+
+	// ReadyReplicas the Deployment has.
+	// +optional
+	ReadyReplicas int32 `json:"readyReplicas,omitempty"`
+
+	// DesiredReplicas the autoscaler chose last.
+	// +optional
+	DesiredReplicas int32 `json:"desiredReplicas,omitempty"`
+
+	// LastScaleTime is when the autoscaler last changed the replicas.
+	// +optional
+	LastScaleTime *metav1.Time `json:"lastScaleTime,omitempty"`
+}
+
+// MeshFunction is a function that scales to zero; callers' sidecars hold requests while it
+// starts, with no gateway or activator in the path.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=mfn,categories=weft
+// +kubebuilder:printcolumn:name="URL",type=string,JSONPath=`.status.url`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Replicas",type=integer,JSONPath=`.status.replicas`
+// +kubebuilder:printcolumn:name="Desired",type=integer,JSONPath=`.status.desiredReplicas`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type MeshFunction struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   MeshFunctionSpec   `json:"spec"`
+	Status MeshFunctionStatus `json:"status,omitempty"`
+}
+
+// MeshFunctionList is a list of MeshFunctions.
+//
+// +kubebuilder:object:root=true
+type MeshFunctionList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []MeshFunction `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&MeshFunction{}, &MeshFunctionList{})
+}

@@ -1,0 +1,240 @@
+package v1alpha1
+
+import metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+// TrafficPolicy is how a sidecar treats the endpoints of a destination.
+type TrafficPolicy struct {
+	// LoadBalancer picks an endpoint for each request.
+	// +optional
+	LoadBalancer *LoadBalancer `json:"loadBalancer,omitempty"`
+
+	// ConnectionPool limits connections and requests (Envoy circuit breakers). Requests over a
+	// limit get 503 with header x-weft-overloaded: true.
+	// +optional
+	ConnectionPool *ConnectionPool `json:"connectionPool,omitempty"`
+
+	// OutlierDetection ejects endpoints that keep failing.
+	// +optional
+	OutlierDetection *OutlierDetection `json:"outlierDetection,omitempty"`
+
+	// HealthCheck probes endpoints actively over HTTP.
+	// +optional
+	HealthCheck *HTTPHealthCheck `json:"healthCheck,omitempty"`
+}
+
+// SimpleLB is a load-balancing algorithm without affinity.
+// +kubebuilder:validation:Enum=RoundRobin;LeastRequest;Random
+type SimpleLB string
+
+// Simple load balancers. LeastRequest uses the power of two choices, like Envoy.
+const (
+	LBRoundRobin   SimpleLB = "RoundRobin"
+	LBLeastRequest SimpleLB = "LeastRequest"
+	LBRandom       SimpleLB = "Random"
+)
+
+// LoadBalancer is either simple or consistent-hash.
+// +kubebuilder:validation:XValidation:rule="!(has(self.simple) && has(self.consistentHash))",message="loadBalancer takes simple or consistentHash, not both"
+type LoadBalancer struct {
+	// Simple algorithm. Defaults to LeastRequest, like Istio.
+	// +optional
+	Simple SimpleLB `json:"simple,omitempty"`
+
+	// ConsistentHash sends requests with the same key to the same endpoint (ring hash).
+	// +optional
+	ConsistentHash *ConsistentHash `json:"consistentHash,omitempty"`
+}
+
+// ConsistentHash names the request property hashed for affinity. Exactly one is set.
+// +kubebuilder:validation:XValidation:rule="(has(self.httpHeaderName) ? 1 : 0) + (has(self.httpCookie) ? 1 : 0) + (has(self.httpQueryParameterName) ? 1 : 0) + (has(self.useSourceIP) && self.useSourceIP ? 1 : 0) == 1",message="consistentHash needs exactly one of httpHeaderName, httpCookie, httpQueryParameterName or useSourceIP: true"
+type ConsistentHash struct {
+	// HTTPHeaderName hashes the value of this header.
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	HTTPHeaderName *string `json:"httpHeaderName,omitempty"`
+
+	// HTTPCookie hashes the value of this cookie.
+	// +optional
+	HTTPCookie *HTTPCookie `json:"httpCookie,omitempty"`
+
+	// HTTPQueryParameterName hashes the value of this query parameter.
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	HTTPQueryParameterName *string `json:"httpQueryParameterName,omitempty"`
+
+	// UseSourceIP hashes the caller's address.
+	// +optional
+	UseSourceIP bool `json:"useSourceIP,omitempty"`
+
+	// MinimumRingSize is the number of points on the hash ring (Istio's minimum is 1024).
+	// +optional
+	// +kubebuilder:default=1024
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=8388608
+	MinimumRingSize int64 `json:"minimumRingSize,omitempty"`
+}
+
+// HTTPCookie names a cookie.
+type HTTPCookie struct {
+	// Name of the cookie.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=256
+	Name string `json:"name"`
+
+	// TTL of a cookie the sidecar generates when the request has none; unset means it
+	// generates none.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
+	TTL *metav1.Duration `json:"ttl,omitempty"`
+}
+
+// ConnectionPool limits what a sidecar sends to a destination. Unset limits use Envoy's
+// defaults (1024 connections, 1024 pending, 1024 requests, 3 concurrent retries).
+type ConnectionPool struct {
+	// MaxConnections to all endpoints together.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	MaxConnections *int32 `json:"maxConnections,omitempty"`
+
+	// MaxPendingRequests waiting for a connection.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	MaxPendingRequests *int32 `json:"maxPendingRequests,omitempty"`
+
+	// MaxRequests in flight to all endpoints together.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	MaxRequests *int32 `json:"maxRequests,omitempty"`
+
+	// MaxRetries in flight to all endpoints together.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	MaxRetries *int32 `json:"maxRetries,omitempty"`
+
+	// MaxRequestsPerConnection closes a connection after this many requests; 0 means no limit.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	MaxRequestsPerConnection *int32 `json:"maxRequestsPerConnection,omitempty"`
+
+	// ConnectTimeout for new connections. Defaults to 10s, like Istio.
+	// +optional
+	// +kubebuilder:default="10s"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
+	ConnectTimeout *metav1.Duration `json:"connectTimeout,omitempty"`
+
+	// IdleTimeout closes upstream connections idle this long. Defaults to 1h, like Istio.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
+	IdleTimeout *metav1.Duration `json:"idleTimeout,omitempty"`
+}
+
+// OutlierDetection ejects endpoints that keep failing, for baseEjectionTime times the number
+// of times they were ejected.
+type OutlierDetection struct {
+	// Consecutive5xxErrors ejects an endpoint after this many 5xx answers in a row (502, 503
+	// and 504 and connection failures included). 0 disables it.
+	// +optional
+	// +kubebuilder:default=5
+	// +kubebuilder:validation:Minimum=0
+	Consecutive5xxErrors *int32 `json:"consecutive5xxErrors,omitempty"`
+
+	// ConsecutiveGatewayErrors ejects an endpoint after this many 502, 503 or 504 answers or
+	// connection failures in a row. Unset disables it.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	ConsecutiveGatewayErrors *int32 `json:"consecutiveGatewayErrors,omitempty"`
+
+	// Interval between ejection sweeps.
+	// +optional
+	// +kubebuilder:default="10s"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
+	Interval *metav1.Duration `json:"interval,omitempty"`
+
+	// BaseEjectionTime is the first ejection's length.
+	// +optional
+	// +kubebuilder:default="30s"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
+	BaseEjectionTime *metav1.Duration `json:"baseEjectionTime,omitempty"`
+
+	// MaxEjectionPercent of endpoints that may be ejected at once.
+	// +optional
+	// +kubebuilder:default=10
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100
+	MaxEjectionPercent *int32 `json:"maxEjectionPercent,omitempty"`
+}
+
+// HTTPHealthCheck probes endpoints with HTTP GETs.
+type HTTPHealthCheck struct {
+	// Path probed; a 2xx answer is healthy.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=1024
+	// +kubebuilder:validation:Pattern=`^/`
+	Path string `json:"path"`
+
+	// Interval between probes.
+	// +optional
+	// +kubebuilder:default="5s"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
+	Interval *metav1.Duration `json:"interval,omitempty"`
+
+	// Timeout of one probe.
+	// +optional
+	// +kubebuilder:default="1s"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
+	Timeout *metav1.Duration `json:"timeout,omitempty"`
+
+	// HealthyThreshold is how many passing probes make an unhealthy endpoint healthy.
+	// +optional
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Minimum=1
+	HealthyThreshold int32 `json:"healthyThreshold,omitempty"`
+
+	// UnhealthyThreshold is how many failing probes make a healthy endpoint unhealthy.
+	// +optional
+	// +kubebuilder:default=3
+	// +kubebuilder:validation:Minimum=1
+	UnhealthyThreshold int32 `json:"unhealthyThreshold,omitempty"`
+}
+
+// MeshRouteStatus reports whether the route is accepted and which sidecars have it.
+type MeshRouteStatus struct {
+	MeshStatus `json:",inline"`
+}
+
+// MeshRoute routes calls to a set of hosts (Istio's VirtualService and DestinationRule in one).
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=mr,categories=weft
+// +kubebuilder:printcolumn:name="Hosts",type=string,JSONPath=`.spec.hosts`
+// +kubebuilder:printcolumn:name="Accepted",type=string,JSONPath=`.status.conditions[?(@.type=="Accepted")].status`
+// +kubebuilder:printcolumn:name="Synced",type=integer,JSONPath=`.status.syncedSidecars`,description="Sidecars that ACKed the current version"
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type MeshRoute struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   MeshRouteSpec   `json:"spec"`
+	Status MeshRouteStatus `json:"status,omitempty"`
+}
+
+// MeshRouteList is a list of MeshRoutes.
+//
+// +kubebuilder:object:root=true
+type MeshRouteList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []MeshRoute `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&MeshRoute{}, &MeshRouteList{})
+}
