@@ -153,9 +153,8 @@ func (cl *client) split(p *pending, cmd *command, args [][]byte, raw []byte, sna
 		p.localError(fmt.Sprintf("ERR wrong number of arguments for '%s' command", cmd.name))
 		return
 	}
-	var ups [8]*upstream
-	targets := ups[:0]
-	p.merge = cmd.kind
+	var perKey [16]*upstream
+	keyTargets := perKey[:0]
 	for i := 1; i < len(args); i += step {
 		u, k, msg := target(snap, args[i])
 		if msg != "" {
@@ -163,41 +162,61 @@ func (cl *client) split(p *pending, cmd *command, args [][]byte, raw []byte, sna
 			return
 		}
 		args[i] = k
+		keyTargets = append(keyTargets, u)
+	}
+	p.merge = cmd.kind
+	var ups []*upstream
+	p.pos, ups = planFragments(p.pos, keyTargets)
+	for f, u := range ups {
+		r := requestPool.Get().(*request)
+		r.buf = appendFragment(r.buf[:0], args, step, p.pos, f)
+		r.cmd = r.buf
+		p.frags = append(p.frags, r)
+		cl.send(r, u)
+	}
+	_ = raw
+}
+
+// planFragments groups keys by target: pos gets, for each key, the index of
+// its fragment; targets lists fragments in order of first appearance.
+func planFragments[T comparable](pos []int32, keyTargets []T) ([]int32, []T) {
+	var targets []T
+	for _, t := range keyTargets {
 		f := -1
-		for j, t := range targets {
-			if t == u {
+		for j, x := range targets {
+			if x == t {
 				f = j
 				break
 			}
 		}
 		if f < 0 {
 			f = len(targets)
-			targets = append(targets, u)
+			targets = append(targets, t)
 		}
-		p.pos = append(p.pos, int32(f))
+		pos = append(pos, int32(f))
 	}
-	for f, u := range targets {
-		n := 0
-		for _, q := range p.pos {
-			if int(q) == f {
-				n++
+	return pos, targets
+}
+
+// appendFragment builds fragment f's command: the original command name and,
+// in key order, each key of the fragment with its step-1 following arguments.
+func appendFragment(dst []byte, args [][]byte, step int, pos []int32, f int) []byte {
+	n := 0
+	for _, q := range pos {
+		if int(q) == f {
+			n++
+		}
+	}
+	dst = resp.AppendArrayHeader(dst, 1+n*step)
+	dst = resp.AppendBulk(dst, args[0])
+	for ki, q := range pos {
+		if int(q) == f {
+			for s := 0; s < step; s++ {
+				dst = resp.AppendBulk(dst, args[1+ki*step+s])
 			}
 		}
-		r := requestPool.Get().(*request)
-		b := resp.AppendArrayHeader(r.buf[:0], 1+n*step)
-		b = resp.AppendBulk(b, args[0])
-		for ki, q := range p.pos {
-			if int(q) == f {
-				for s := 0; s < step; s++ {
-					b = resp.AppendBulk(b, args[1+ki*step+s])
-				}
-			}
-		}
-		r.buf, r.cmd = b, b
-		p.frags = append(p.frags, r)
-		cl.send(r, u)
 	}
-	_ = raw
+	return dst
 }
 
 // mergeReplies builds the client's reply from per-server fragments. Any

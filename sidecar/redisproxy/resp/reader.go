@@ -31,6 +31,14 @@ func IsProtocol(err error) bool {
 	return errors.As(err, &pe)
 }
 
+type span struct{ start, end int }
+
+const (
+	modeNone uint8 = iota
+	modeMulti
+	modeInline
+)
+
 // errIncomplete means the buffer holds only part of a message.
 var errIncomplete = errors.New("incomplete")
 
@@ -40,6 +48,11 @@ type Reader struct {
 	buf  []byte
 	r, w int
 	args [][]byte
+	// resumable request parsing state, offsets relative to r.r
+	mode  uint8
+	want  int64
+	at    int
+	spans []span
 	// OnRead, when set, is called before each read from rd (the proxy uses it
 	// to arm read deadlines only while replies are outstanding).
 	OnRead func()
@@ -76,6 +89,9 @@ func (r *Reader) fill() error {
 	if err == nil {
 		err = io.ErrNoProgress
 	}
+	if err == io.EOF && r.w > r.r {
+		err = io.ErrUnexpectedEOF // a message was cut off
+	}
 	return err
 }
 
@@ -105,20 +121,28 @@ func (r *Reader) ReadCommand() (args [][]byte, raw []byte, err error) {
 }
 
 // parseCommand parses one request at the start of b into r.args and returns
-// its length.
+// its length. It resumes where the previous incomplete attempt stopped, so a
+// request trickling in byte by byte costs linear, not quadratic, time.
 func (r *Reader) parseCommand(b []byte) (int, error) {
-	r.args = r.args[:0]
-	if b[0] != '*' {
+	switch r.mode {
+	case modeNone:
+		if b[0] != '*' {
+			r.mode, r.at = modeInline, 0
+			return r.parseInline(b)
+		}
+		n, pos, err := parseLen(b, 1)
+		if err != nil {
+			return 0, err
+		}
+		if n > MaxArgs {
+			return 0, &ProtocolError{"invalid multibulk length"}
+		}
+		r.mode, r.want, r.at, r.spans = modeMulti, n, pos, r.spans[:0]
+	case modeInline:
 		return r.parseInline(b)
 	}
-	n, pos, err := parseLen(b, 1)
-	if err != nil {
-		return 0, err
-	}
-	if n > MaxArgs {
-		return 0, &ProtocolError{"invalid multibulk length"}
-	}
-	for i := int64(0); i < n; i++ {
+	for int64(len(r.spans)) < r.want {
+		pos := r.at
 		if pos >= len(b) {
 			return 0, errIncomplete
 		}
@@ -139,16 +163,21 @@ func (r *Reader) parseCommand(b []byte) (int, error) {
 		if b[end] != '\r' || b[end+1] != '\n' {
 			return 0, &ProtocolError{"bulk string not terminated by CRLF"}
 		}
-		r.args = append(r.args, b[p:end:end])
-		pos = end + 2
+		r.spans = append(r.spans, span{p, end})
+		r.at = end + 2
 	}
-	return pos, nil
+	r.args = r.args[:0]
+	for _, sp := range r.spans {
+		r.args = append(r.args, b[sp.start:sp.end:sp.end])
+	}
+	r.mode = modeNone
+	return r.at, nil
 }
 
 func (r *Reader) parseInline(b []byte) (int, error) {
 	end := -1
-	for i, c := range b {
-		if c == '\n' {
+	for i := r.at; i < len(b); i++ {
+		if b[i] == '\n' {
 			end = i
 			break
 		}
@@ -157,8 +186,11 @@ func (r *Reader) parseInline(b []byte) (int, error) {
 		if len(b) > MaxInline {
 			return 0, &ProtocolError{"too big inline request"}
 		}
+		r.at = len(b)
 		return 0, errIncomplete
 	}
+	r.mode = modeNone
+	r.args = r.args[:0]
 	line := b[:end]
 	if len(line) > 0 && line[len(line)-1] == '\r' {
 		line = line[:len(line)-1]
