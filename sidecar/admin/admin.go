@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"sync"
 
@@ -58,6 +59,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /stats", s.writeStats)
 	mux.HandleFunc("GET /stats/prometheus", s.writeStats)
 	mux.HandleFunc("GET /config_dump", s.configDump)
+	// CPU and heap profiles of the live data plane, like Envoy's /cpuprofiler; localhost only.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	return mux
 }
 

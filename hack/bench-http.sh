@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# bench-http.sh: throughput and latency of the Weft sidecar's HTTP proxy against a direct
+# connection and haproxy, all on loopback on the same cores.
+#
+# Runs: wrk (10 s, 2 threads, 64 connections) against each target, then an open-loop
+# fixed-rate probe at 1,000 req/s (hack/bench/http "rate"; Debian has no wrk2, so this
+# stands in for `wrk -R 1000`). Prints req/s, p50/p99, the ratios sidecar/haproxy and
+# sidecar/direct, the added p99 at 1,000 req/s and the sidecar's RSS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+THREADS=${THREADS:-2}
+CONNS=${CONNS:-64}
+RATE=${RATE:-1000}
+BACKEND=127.0.0.1:28080
+SIDECAR=127.0.0.1:28001
+HAPROXY=127.0.0.1:28101
+ADMIN=127.0.0.1:28000
+METRICS=127.0.0.1:28020
+
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v haproxy >/dev/null || need+=(haproxy)
+if ((${#need[@]})); then
+  echo "installing ${need[*]}" >&2
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+go build -o "$work/helper" ./hack/bench/http
+go build -o "$work/sidecar" ./cmd/sidecar
+
+"$work/helper" backend -addr "$BACKEND" & pids+=($!)
+"$work/helper" config -listen "$SIDECAR" -backend "$BACKEND" >"$work/sidecar.json"
+"$work/sidecar" --static-config "$work/sidecar.json" --admin-address "$ADMIN" --metrics-address "$METRICS" 2>"$work/sidecar.log" &
+sidecar_pid=$!; pids+=($sidecar_pid)
+cat >"$work/haproxy.cfg" <<CFG
+global
+  nbthread 2
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind $HAPROXY
+  default_backend be
+backend be
+  server s1 $BACKEND
+CFG
+haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 &
+haproxy_pid=$!; pids+=($haproxy_pid)
+
+for _ in $(seq 100); do
+  curl -fsS -o /dev/null -H 'Host: svc' "http://$SIDECAR/" 2>/dev/null &&
+    curl -fsS -o /dev/null "http://$HAPROXY/" 2>/dev/null && break
+  sleep 0.1
+done
+
+# to_ms converts wrk's "1.23ms" / "456.00us" / "1.02s" to milliseconds.
+to_ms() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us$/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v); print v+0} else {sub(/s$/,"",v); print v*1000} }'; }
+
+# cpu_ticks prints a process's user+system CPU time in clock ticks.
+cpu_ticks() { [[ -n "$1" ]] && awk '{print $14+$15}' "/proc/$1/stat" || echo 0; }
+TICKS=$(getconf CLK_TCK)
+
+declare -A RPS P50 P99 RP50 RP99 CPU
+run() { # name url pid
+  local before; before=$(cpu_ticks "${3:-}")
+  local out; out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -H 'Host: svc' "$2")
+  local after; after=$(cpu_ticks "${3:-}")
+  local total; total=$(awk '/requests in/{print $1}' <<<"$out")
+  CPU[$1]=$(awk -v a="$after" -v b="$before" -v n="$total" -v t="$TICKS" 'BEGIN{ if (n>0 && a>b) printf "%.1f", (a-b)/t/n*1e6; else print "n/a" }')
+  RPS[$1]=$(awk '/^Requests\/sec/{print $2}' <<<"$out")
+  P50[$1]=$(to_ms "$(awk '$1=="50%"{print $2}' <<<"$out")")
+  P99[$1]=$(to_ms "$(awk '$1=="99%"{print $2}' <<<"$out")")
+  local r; r=$("$work/helper" rate -url "$2" -host svc -rps "$RATE" -d "$DURATION")
+  RP50[$1]=$(sed -E 's/.*p50=([0-9.]+)ms.*/\1/' <<<"$r")
+  RP99[$1]=$(sed -E 's/.*p99=([0-9.]+)ms.*/\1/' <<<"$r")
+  echo "$1: wrk $(grep -E 'Requests/sec|Non-2xx|Socket errors' <<<"$out" | tr -s ' ' | tr '\n' ' ')| $r" >&2
+}
+run direct "http://$BACKEND/"
+run sidecar "http://$SIDECAR/" "$sidecar_pid"
+run haproxy "http://$HAPROXY/" "$haproxy_pid"
+
+rss_kb=$(awk '/VmRSS/{print $2}' /proc/$sidecar_pid/status)
+hwm_kb=$(awk '/VmHWM/{print $2}' /proc/$sidecar_pid/status)
+
+echo
+echo "HTTP proxy benchmark: wrk -t$THREADS -c$CONNS -d$DURATION; open-loop $RATE req/s for $DURATION; $(nproc) cores shared by load generator, proxy and backend"
+printf '%-8s %12s %10s %10s %14s %14s %16s\n' target "req/s" "p50 ms" "p99 ms" "p50@${RATE} ms" "p99@${RATE} ms" "proxy CPU us/req"
+for t in direct sidecar haproxy; do
+  printf '%-8s %12.0f %10.3f %10.3f %14.3f %14.3f %16s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${RP50[$t]}" "${RP99[$t]}" "${CPU[$t]:-n/a}"
+done
+awk -v s="${RPS[sidecar]}" -v h="${RPS[haproxy]}" -v d="${RPS[direct]}" \
+  -v sp="${RP99[sidecar]}" -v dp="${RP99[direct]}" -v hp="${RP99[haproxy]}" -v rss="$rss_kb" -v hwm="$hwm_kb" 'BEGIN{
+  printf "ratio req/s sidecar/haproxy: %.2f\n", s/h
+  printf "ratio req/s sidecar/direct:  %.2f\n", s/d
+  printf "added p99 at fixed rate: sidecar %.3f ms, haproxy %.3f ms (vs direct)\n", sp-dp, hp-dp
+  printf "sidecar RSS: %.1f MB (peak %.1f MB)\n", rss/1024, hwm/1024
+}'
