@@ -32,6 +32,11 @@ const (
 // Config is everything the proxy needs; it is a plain value so it can be
 // built by tests, by ConfigFromXDS, or by a static main.
 type Config struct {
+	// Listen is the client address from the xDS listener (informational: the
+	// caller binds it and passes the listener to Serve).
+	Listen string
+	// StatPrefix is the xDS stat_prefix, for the caller's metric labels.
+	StatPrefix string
 	// OpTimeout bounds how long a server may take to answer (0: no limit).
 	OpTimeout time.Duration
 	// DownstreamPasswords, when non-empty, makes clients AUTH first; any of

@@ -1,0 +1,92 @@
+package admin
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	redisv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/redis_proxy/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/weftmesh/weft/sidecar/config"
+)
+
+func inline(s string) *corev3.DataSource {
+	return &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: s}}
+}
+
+type fixedStats string
+
+func (f fixedStats) WritePrometheus(w io.Writer) { fmt.Fprint(w, string(f)) }
+
+func get(t *testing.T, h http.Handler, path string) (int, string) {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestReadyOnlyAfterFirstConfig(t *testing.T) {
+	var cur atomic.Pointer[config.Config]
+	s := New(Options{Config: cur.Load})
+	if code, _ := get(t, s.MetricsHandler(), "/ready"); code != 503 {
+		t.Errorf("/ready before any config = %d, want 503", code)
+	}
+	cur.Store(&config.Config{})
+	if code, _ := get(t, s.Handler(), "/ready"); code != 200 {
+		t.Errorf("/ready after a config = %d, want 200", code)
+	}
+}
+
+func TestStatsIncludesRegisteredWriters(t *testing.T) {
+	s := New(Options{Config: func() *config.Config { return nil }})
+	s.AddStats(fixedStats("weft_a 1\n"))
+	s.AddStats(fixedStats("weft_redis_b 2\n"))
+	_, body := get(t, s.MetricsHandler(), "/stats")
+	if body != "weft_a 1\nweft_redis_b 2\n" {
+		t.Errorf("/stats = %q", body)
+	}
+	if code, _ := get(t, s.MetricsHandler(), "/config_dump"); code != 404 {
+		t.Errorf("/config_dump on the pod-address handler = %d, want 404 (admin only)", code)
+	}
+}
+
+func TestConfigDumpRedactsInlineSecrets(t *testing.T) {
+	ro, _ := anypb.New(&redisv3.RedisProtocolOptions{AuthUsername: inline("app"), AuthPassword: inline("hunter2")})
+	c := &clusterv3.Cluster{Name: "redis|default/cache",
+		TypedExtensionProtocolOptions: map[string]*anypb.Any{"envoy.filters.network.redis_proxy": ro}}
+	rp, _ := anypb.New(&redisv3.RedisProxy{StatPrefix: "r", DownstreamAuthPasswords: []*corev3.DataSource{inline("s3cret"), inline("other")}})
+	l := &listenerv3.Listener{Name: "redis|default/cache", FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
+		Name: "envoy.filters.network.redis_proxy", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: rp}}}}}}
+	orig := proto.Clone(c)
+	cfg := &config.Config{Versions: map[string]string{resourcev3.ClusterType: "7"}, Raw: map[string]map[string]proto.Message{
+		resourcev3.ClusterType: {c.Name: c}, resourcev3.ListenerType: {l.Name: l}}}
+	s := New(Options{Config: func() *config.Config { return cfg }})
+	_, body := get(t, s.Handler(), "/config_dump")
+	for _, secret := range []string{"hunter2", "s3cret", "other"} {
+		if strings.Contains(body, secret) {
+			t.Errorf("config_dump leaks %q:\n%s", secret, body)
+		}
+	}
+	if !strings.Contains(body, `"app"`) || !strings.Contains(body, `"7"`) || strings.Count(body, redacted) != 3 {
+		t.Errorf("config_dump should keep the username and version and redact three secrets:\n%s", body)
+	}
+	if !proto.Equal(orig, c) {
+		t.Error("redaction modified the live config")
+	}
+}
