@@ -150,7 +150,7 @@ func TestConfigFromXDSRefuses(t *testing.T) {
 			f.rp.PrefixRoutes.Routes[0].RequestMirrorPolicy = []*redisv3.RedisProxy_PrefixRoutes_Route_RequestMirrorPolicy{{Cluster: "x"}}
 		}},
 		{"credentials", func(f *xdsFixture) {
-			f.cl.TypedExtensionProtocolOptions[FilterName] = mustAny(nil, &redisv3.RedisProtocolOptions{Credentials: []*redisv3.RedisProtocolOptions_Credentials{{}}})
+			f.cl.TypedExtensionProtocolOptions[FilterName] = mustAny(nil, &redisv3.RedisProtocolOptions{Credentials: []*redisv3.RedisProtocolOptions_Credential{{}}})
 		}},
 		{"only inline", func(f *xdsFixture) {
 			f.rp.DownstreamAuthPasswords = []*corev3.DataSource{{Specifier: &corev3.DataSource_Filename{Filename: "/etc/pw"}}}
