@@ -158,9 +158,15 @@ func TestConfigFromXDSRefuses(t *testing.T) {
 		{"EXISTS probe", func(f *xdsFixture) {
 			f.cl.HealthChecks[0].GetCustomHealthCheck().ConfigType = &corev3.HealthCheck_CustomHealthCheck_TypedConfig{TypedConfig: mustAny(nil, &hcredisv3.Redis{Key: "maint"})}
 		}},
-		{"unknown key \"shards\"", func(f *xdsFixture) { f.cl.Metadata.FilterMetadata[MetadataKey].Fields["shards"] = structpb.NewNumberValue(3) }},
-		{"unknown hash", func(f *xdsFixture) { f.cl.Metadata.FilterMetadata[MetadataKey].Fields["hash"] = structpb.NewStringValue("sha1") }},
-		{"eject mode", func(f *xdsFixture) { f.cl.Metadata.FilterMetadata[MetadataKey].Fields["ejectMode"] = structpb.NewStringValue("drop") }},
+		{"unknown key \"shards\"", func(f *xdsFixture) {
+			f.cl.Metadata.FilterMetadata[MetadataKey].Fields["shards"] = structpb.NewNumberValue(3)
+		}},
+		{"unknown hash", func(f *xdsFixture) {
+			f.cl.Metadata.FilterMetadata[MetadataKey].Fields["hash"] = structpb.NewStringValue("sha1")
+		}},
+		{"eject mode", func(f *xdsFixture) {
+			f.cl.Metadata.FilterMetadata[MetadataKey].Fields["ejectMode"] = structpb.NewStringValue("drop")
+		}},
 		{"weight 0", func(f *xdsFixture) { f.cla.Endpoints[0].LbEndpoints[0].LoadBalancingWeight = wrapperspb.UInt32(0) }},
 		{"missing from EDS", func(f *xdsFixture) { f.cla = nil }},
 	}
