@@ -104,8 +104,6 @@ func (cl *client) serve() {
 
 func (cl *client) readLoop() {
 	defer cl.flushUpstreams()
-	auth := cl.p.snap.Load().cfg.DownstreamPasswords
-	cl.authed = len(auth) == 0
 	for {
 		args, raw, err := cl.rd.ReadCommand()
 		if err != nil {

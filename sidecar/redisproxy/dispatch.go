@@ -30,7 +30,7 @@ func (cl *client) dispatch(p *pending, args [][]byte, raw []byte) {
 	}
 	p.cmd = cmd.idx
 	snap := cl.p.snap.Load()
-	if !cl.authed && cmd.name != "auth" && cmd.name != "hello" && cmd.name != "quit" {
+	if !cl.authed && len(snap.cfg.DownstreamPasswords) > 0 && cmd.name != "auth" && cmd.name != "hello" && cmd.name != "quit" {
 		p.localError("NOAUTH Authentication required.")
 		return
 	}
@@ -45,7 +45,8 @@ func (cl *client) dispatch(p *pending, args [][]byte, raw []byte) {
 		cl.p.stats.unsupported.Add(1)
 		p.localError(fmt.Sprintf("ERR command '%s' is not supported by the Weft Redis proxy: %s", cmd.name, cmd.reason))
 	case kindKeyed:
-		cl.keyed(p, cmd.name, args, raw, cmd.keyIndexes(cl.keys[:0], len(args)), snap)
+		cl.keys = cmd.keyIndexes(cl.keys[:0], len(args))
+		cl.keyed(p, cmd.name, args, raw, cl.keys, snap)
 	case kindEval:
 		n, err := strconv.Atoi(string(args[2]))
 		if err != nil || n < 0 {
@@ -62,11 +63,11 @@ func (cl *client) dispatch(p *pending, args [][]byte, raw []byte) {
 			p.localError(fmt.Sprintf("ERR %s with numkeys 0 cannot be routed by the sharding proxy: pass the keys the script touches so it runs on their server", strings.ToUpper(cmd.name)))
 			return
 		}
-		keys := cl.keys[:0]
+		cl.keys = cl.keys[:0]
 		for i := 3; i < 3+n; i++ {
-			keys = append(keys, i)
+			cl.keys = append(cl.keys, i)
 		}
-		cl.keyed(p, cmd.name, args, raw, keys, snap)
+		cl.keyed(p, cmd.name, args, raw, cl.keys, snap)
 	case kindSplitSum, kindSplitMGet, kindSplitMSet:
 		cl.split(p, cmd, args, raw, snap)
 	}
@@ -361,7 +362,7 @@ func (cl *client) hello(p *pending, cfg *Config, args [][]byte) {
 			return
 		}
 	}
-	if !cl.authed {
+	if !cl.authed && len(cfg.DownstreamPasswords) > 0 {
 		p.localError("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time")
 		return
 	}
