@@ -53,6 +53,10 @@ test: manifests generate vet ## Run all tests (unit, golden, envtest) — does i
 	@hack/verify-generated.sh
 	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" $(GO) test ./... -count=1 -timeout 30m
 
+.PHONY: fuzz
+fuzz: ## Run every fuzz target for FUZZTIME each (default 15s).
+	FUZZTIME=$(or $(FUZZTIME),15s) hack/fuzz.sh
+
 ##@ Build
 
 .PHONY: build
