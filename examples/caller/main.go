@@ -1,0 +1,99 @@
+// Command caller is the Weft example client: GET /call?url=U&n=N&c=C makes N calls to U
+// (C at a time) through $HTTP_PROXY — the pod's sidecar once injected — and answers with
+// how many calls got each status and each X-Version, so the demo and the e2e tests can
+// measure a traffic split, retries or a fault from inside the mesh. It listens on $PORT
+// (default 8080).
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"log"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Tally is the answer to /call.
+type Tally struct {
+	URL       string         `json:"url"`
+	Total     int            `json:"total"`
+	ByStatus  map[string]int `json:"byStatus"`
+	ByVersion map[string]int `json:"byVersion"`
+	Errors    int            `json:"errors"`
+	LastError string         `json:"lastError,omitempty"`
+	LastBody  string         `json:"lastBody,omitempty"`
+}
+
+func call(client *http.Client, url string, n, c int) Tally {
+	t := Tally{URL: url, Total: n, ByStatus: map[string]int{}, ByVersion: map[string]int{}}
+	var mu sync.Mutex
+	work := make(chan struct{})
+	var wg sync.WaitGroup
+	for range c {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range work {
+				resp, err := client.Get(url)
+				mu.Lock()
+				if err != nil {
+					t.Errors++
+					t.LastError = err.Error()
+					mu.Unlock()
+					continue
+				}
+				mu.Unlock()
+				body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+				resp.Body.Close()
+				mu.Lock()
+				t.ByStatus[strconv.Itoa(resp.StatusCode)]++
+				if v := resp.Header.Get("X-Version"); v != "" {
+					t.ByVersion[v]++
+				}
+				if resp.StatusCode >= 400 {
+					t.LastBody = string(body)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for range n {
+		work <- struct{}{}
+	}
+	close(work)
+	wg.Wait()
+	return t
+}
+
+func main() {
+	port := os.Getenv("PORT")
+	if port == "" {
+		port = "8080"
+	}
+	// ProxyFromEnvironment sends every call to $HTTP_PROXY: the sidecar's outbound listener.
+	client := &http.Client{Timeout: 30 * time.Second,
+		Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, MaxIdleConnsPerHost: 64}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /call", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		url := q.Get("url")
+		n, err1 := strconv.Atoi(q.Get("n"))
+		c, err2 := strconv.Atoi(q.Get("c"))
+		if url == "" || err1 != nil || n < 1 || n > 100000 {
+			http.Error(w, "usage: /call?url=http://reviews:9080/&n=100[&c=10]\n", http.StatusBadRequest)
+			return
+		}
+		if err2 != nil || c < 1 {
+			c = 10
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(call(client, url, n, min(c, n)))
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	srv := &http.Server{Addr: ":" + port, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	log.Printf("caller listening on %s (proxy %q)", srv.Addr, os.Getenv("HTTP_PROXY"))
+	log.Fatal(srv.ListenAndServe())
+}
