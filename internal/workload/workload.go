@@ -1,0 +1,60 @@
+// Package workload renders the Kubernetes objects Weft runs for its custom resources: the
+// Deployment and Service of a MeshFunction (function container plus the Weft sidecar in front
+// of it). Rendering is pure: the same resource and options always give the same objects, so
+// reconcilers can compare and skip no-op writes, and golden files pin the output.
+package workload
+
+import (
+	"fmt"
+	"time"
+)
+
+// Well-known ports of the sidecar, shared with cmd/sidecar and docs/xds-contract.md.
+const (
+	// InboundPort is where a function pod's sidecar takes calls for the function.
+	InboundPort = 15006
+	// MetricsPort serves the sidecar's read-only /stats and /ready on the pod address.
+	MetricsPort = 15020
+	// ServicePort is the port of a function's Service: callers use plain http://name.
+	ServicePort = 80
+)
+
+// Labels and annotations Weft puts on what it renders.
+const (
+	LabelFunction  = "weft.dev/function"
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	ManagedBy      = "weft"
+	// LabelInject opts a pod in or out of sidecar injection; rendered pods already carry the
+	// sidecar, so they opt out.
+	LabelInject = "weft.dev/inject"
+	// AnnotationTemplateHash records the hash of the rendered pod template, so a reconciler can
+	// tell a changed spec from a no-op.
+	AnnotationTemplateHash = "weft.dev/template-hash"
+)
+
+// Options are the cluster-wide settings rendering needs.
+type Options struct {
+	// SidecarImage is the image of the Weft sidecar.
+	SidecarImage string
+	// XDSAddress is host:port of the manager's ADS (and autoscaler signal) endpoint.
+	XDSAddress string
+	// DrainTimeout is how long a sidecar finishes in-flight requests after SIGTERM.
+	DrainTimeout time.Duration
+	// ClusterDomain is the DNS suffix of Services ("cluster.local").
+	ClusterDomain string
+}
+
+// DefaultOptions are the settings used when the manager is given no flags.
+func DefaultOptions() Options {
+	return Options{
+		SidecarImage:  "ghcr.io/weftmesh/weft-sidecar:v0.1.0",
+		XDSAddress:    "weft-xds.weft-system.svc:18000",
+		DrainTimeout:  20 * time.Second,
+		ClusterDomain: "cluster.local",
+	}
+}
+
+// FunctionURL is the address callers use for a function.
+func FunctionURL(namespace, name, clusterDomain string) string {
+	return fmt.Sprintf("http://%s.%s.svc.%s", name, namespace, clusterDomain)
+}
