@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -73,10 +74,12 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 	defer c.Done()
 
 	ctx := r.Context()
+	// The route timeout covers every attempt and the whole response, as in Envoy. It is
+	// enforced as a connection deadline rather than a context: no timer or context
+	// allocation per request on the hot path.
+	var deadline time.Time
 	if route.Timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, route.Timeout)
-		defer cancel()
+		deadline = start.Add(route.Timeout)
 	}
 	var body []byte
 	replayable := r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody
@@ -114,26 +117,28 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 			if !c.AdmitRetry() {
 				break
 			}
-			if !p.sleep(ctx, retryBackoff(rp, attempt)) {
+			if !p.sleep(ctx, retryBackoff(rp, attempt), deadline) {
 				c.RetryDone()
+				res.release()
+				res = attemptResult{err: errRouteTimeout}
 				break
 			}
 		}
 		res.release()
-		res = l.attempt(ctx, c, out, body, hash, hasHash, tried, perTry)
+		res = l.attempt(ctx, c, out, body, hash, hasHash, tried, deadline, perTry)
 		if attempt > 0 {
 			c.RetryDone()
 		}
 		if res.host != nil {
 			tried = append(tried, res.host)
 		}
-		if res.host == nil || attempt == attempts-1 || !retriable(rp, &res, ctx) {
+		if res.host == nil || attempt == attempts-1 || !retriable(rp, &res, ctx, deadline) {
 			break
 		}
 	}
 	defer res.release()
 	if res.resp == nil {
-		status, msg := res.errorReply(ctx)
+		status, msg := res.errorReply(deadline)
 		c.Stats.Observe(status, time.Since(start))
 		localReply(w, status, msg)
 		return
@@ -174,15 +179,17 @@ func (a *attemptResult) release() {
 }
 
 func (l *Listener) attempt(ctx context.Context, c *upstream.Cluster, out *http.Request, body []byte,
-	hash uint64, hasHash bool, tried []*upstream.Host, perTry time.Duration) attemptResult {
+	hash uint64, hasHash bool, tried []*upstream.Host, deadline time.Time, perTry time.Duration) attemptResult {
 	h := c.Pick(hash, hasHash, tried)
 	if h == nil {
 		return attemptResult{err: errNoHost}
 	}
 	res := attemptResult{host: h}
-	tctx := ctx
+	tryDeadline := deadline
 	if perTry > 0 {
-		tctx, res.cancel = context.WithTimeout(ctx, perTry)
+		if pd := time.Now().Add(perTry); deadline.IsZero() || pd.Before(deadline) {
+			tryDeadline = pd
+		}
 	}
 	req := *out
 	u := *out.URL
@@ -191,9 +198,10 @@ func (l *Listener) attempt(ctx context.Context, c *upstream.Cluster, out *http.R
 	if body != nil {
 		req.Body = io.NopCloser(bytes.NewReader(body))
 		req.ContentLength = int64(len(body))
+		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 	}
 	h.Start()
-	resp, err := c.Transport().RoundTrip(req.WithContext(tctx))
+	resp, err := c.RoundTrip(ctx, &req, h, tryDeadline)
 	res.resp, res.err = resp, err
 	outcome := upstream.Success
 	switch {
@@ -204,18 +212,29 @@ func (l *Listener) attempt(ctx context.Context, c *upstream.Cluster, out *http.R
 	case resp.StatusCode >= 500:
 		outcome = upstream.ServerError
 	}
-	if err != nil && ctx.Err() != nil {
+	if err != nil && (ctx.Err() != nil || expired(deadline)) {
 		outcome = upstream.Success // the route timed out or the caller left: not the host's fault
 	}
 	c.Report(h, outcome)
 	return res
 }
 
-var errNoHost = errors.New("no healthy upstream")
+var (
+	errNoHost       = errors.New("no healthy upstream")
+	errRouteTimeout = errors.New("route timeout")
+)
+
+func expired(deadline time.Time) bool { return !deadline.IsZero() && !time.Now().Before(deadline) }
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return err == errRouteTimeout || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) ||
+		(errors.As(err, &ne) && ne.Timeout())
+}
 
 // retriable applies the route's retry_on conditions to an attempt's result.
-func retriable(rp *config.RetryPolicy, res *attemptResult, ctx context.Context) bool {
-	if rp == nil || ctx.Err() != nil {
+func retriable(rp *config.RetryPolicy, res *attemptResult, ctx context.Context, deadline time.Time) bool {
+	if rp == nil || ctx.Err() != nil || expired(deadline) {
 		return false
 	}
 	if res.err != nil {
@@ -248,11 +267,11 @@ func isConnectFailure(err error) bool {
 }
 
 // errorReply turns a failed final attempt into what Envoy would answer.
-func (a *attemptResult) errorReply(ctx context.Context) (int, string) {
+func (a *attemptResult) errorReply(deadline time.Time) (int, string) {
 	switch {
 	case a.err == errNoHost:
 		return http.StatusServiceUnavailable, "no healthy upstream\n"
-	case errors.Is(ctx.Err(), context.DeadlineExceeded), errors.Is(a.err, context.DeadlineExceeded):
+	case expired(deadline), isTimeout(a.err):
 		return http.StatusGatewayTimeout, "upstream request timeout\n"
 	case isConnectFailure(a.err):
 		return http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection failure\n"
@@ -274,7 +293,10 @@ func retryBackoff(rp *config.RetryPolicy, n int) time.Duration {
 	return time.Duration(rand.Int64N(int64(ceil)))
 }
 
-func (p *Proxy) sleep(ctx context.Context, d time.Duration) bool {
+func (p *Proxy) sleep(ctx context.Context, d time.Duration, deadline time.Time) bool {
+	if !deadline.IsZero() && time.Until(deadline) < d {
+		return false // the back-off would outlast the route timeout
+	}
 	if d <= 0 {
 		return ctx.Err() == nil
 	}
@@ -305,7 +327,7 @@ func pickWeighted(route *config.Route) string {
 // outboundRequest builds the request template every attempt copies: rewritten path and
 // host, hop-by-hop headers dropped, the route's header edits applied.
 func outboundRequest(r *http.Request, route *config.Route) *http.Request {
-	hdr := r.Header.Clone()
+	hdr := r.Header // the server never reuses it; attempts share it read-only
 	for _, k := range hopHeaders {
 		delete(hdr, k)
 	}

@@ -40,8 +40,6 @@ func (p *Proxy) mirror(out *http.Request, body []byte, cluster string, timeout t
 			return
 		}
 		defer c.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		defer cancel()
 		u.Host = h.Address
 		if body != nil {
 			req.Body = io.NopCloser(bytes.NewReader(body))
@@ -51,7 +49,7 @@ func (p *Proxy) mirror(out *http.Request, body []byte, cluster string, timeout t
 		}
 		start := time.Now()
 		h.Start()
-		resp, err := c.Transport().RoundTrip(req.WithContext(ctx))
+		resp, err := c.RoundTrip(context.Background(), &req, h, time.Now().Add(timeout))
 		if err != nil {
 			c.Report(h, upstream.GatewayError)
 			c.Stats.Observe(0, time.Since(start))

@@ -2,7 +2,6 @@ package upstream
 
 import (
 	"math/rand/v2"
-	"net/http"
 	"sort"
 	"strconv"
 	"sync"
@@ -29,6 +28,8 @@ type Host struct {
 
 	hcFailed atomic.Bool
 	hcRun    int // consecutive results, owned by the health checker
+
+	pool pool
 }
 
 // Available reports whether the host may take a new request: EDS says HEALTHY, outlier
@@ -46,7 +47,6 @@ type Cluster struct {
 	cfg       atomic.Pointer[config.Cluster]
 	hosts     atomic.Pointer[[]*Host]
 	ring      atomic.Pointer[[]ringEntry]
-	transport atomic.Pointer[http.Transport]
 	rr        atomic.Uint64
 
 	active  atomic.Int64 // requests in flight
@@ -68,9 +68,6 @@ func newCluster(m *Manager, cc *config.Cluster) *Cluster {
 // Config returns the cluster's current decoded config.
 func (c *Cluster) Config() *config.Cluster { return c.cfg.Load() }
 
-// Transport returns the cluster's connection pool.
-func (c *Cluster) Transport() http.RoundTripper { return c.transport.Load() }
-
 // Hosts returns the current hosts (do not modify).
 func (c *Cluster) Hosts() []*Host { return *c.hosts.Load() }
 
@@ -83,6 +80,16 @@ func (c *Cluster) ReadyCount() int {
 		}
 	}
 	return n
+}
+
+// stopAll stops background work and closes idle connections of a removed cluster.
+func (c *Cluster) stopAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stop()
+	for _, h := range c.Hosts() {
+		h.pool.closeIdle()
+	}
 }
 
 func (c *Cluster) update(cc *config.Cluster) {
@@ -103,10 +110,13 @@ func (c *Cluster) update(cc *config.Cluster) {
 		h.health.Store(int32(e.Health))
 		hosts = append(hosts, h)
 	}
-	if prev == nil || prev.ConnectTimeout != cc.ConnectTimeout || prev.Limits != cc.Limits || prev.IdleTimeout != cc.IdleTimeout {
-		old := c.transport.Swap(newTransport(cc))
-		if old != nil {
-			old.CloseIdleConnections()
+	kept := map[*Host]bool{}
+	for _, h := range hosts {
+		kept[h] = true
+	}
+	for _, h := range byAddr {
+		if !kept[h] {
+			h.pool.closeIdle()
 		}
 	}
 	c.cfg.Store(cc)

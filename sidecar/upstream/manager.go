@@ -9,12 +9,9 @@ package upstream
 
 import (
 	"context"
-	"net"
-	"net/http"
 	"sort"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"k8s.io/utils/clock"
 
@@ -76,30 +73,7 @@ func (m *Manager) Update(in map[string]*config.Cluster) {
 	m.clusters.Store(&next)
 	for name, c := range old {
 		if _, ok := next[name]; !ok {
-			c.stop()
+			c.stopAll()
 		}
 	}
-}
-
-// newTransport builds the keep-alive pool for one cluster. HTTP/1.1 upstream, as Envoy
-// does unless told otherwise; idle connections are kept per host up to the connection limit.
-func newTransport(cc *config.Cluster) *http.Transport {
-	d := &net.Dialer{Timeout: cc.ConnectTimeout, KeepAlive: 30 * time.Second}
-	idle := cc.IdleTimeout
-	if idle <= 0 {
-		idle = time.Hour // Envoy's default upstream idle timeout
-	}
-	t := &http.Transport{
-		DialContext:           d.DialContext,
-		MaxIdleConns:          0,
-		MaxIdleConnsPerHost:   int(min(cc.Limits.MaxConnections, 4096)),
-		IdleConnTimeout:       idle,
-		DisableCompression:    true,
-		ResponseHeaderTimeout: 0,
-		ForceAttemptHTTP2:     false,
-	}
-	if cc.Limits.MaxConnections < 1024 {
-		t.MaxConnsPerHost = int(cc.Limits.MaxConnections)
-	}
-	return t
 }

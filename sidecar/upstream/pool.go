@@ -1,0 +1,257 @@
+package upstream
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// pool is one host's keep-alive HTTP/1.1 connections. The proxy writes the request and
+// reads the response on its own goroutine: unlike net/http.Transport there is no
+// read-loop/write-loop hand-off per request, which is most of a proxy hop's CPU after the
+// syscalls themselves.
+type pool struct {
+	mu   sync.Mutex
+	idle []*pconn
+}
+
+type pconn struct {
+	conn     net.Conn
+	br       *bufio.Reader
+	bw       *bufio.Writer
+	used     uint32
+	idleAt   time.Time
+	reusable bool
+	deadline bool // a deadline is set and must be cleared before reuse
+}
+
+var aLongTimeAgo = time.Unix(1, 0)
+
+func (p *pool) get(idleTimeout time.Duration) *pconn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for n := len(p.idle); n > 0; n = len(p.idle) {
+		pc := p.idle[n-1]
+		p.idle = p.idle[:n-1]
+		if idleTimeout > 0 && time.Since(pc.idleAt) > idleTimeout {
+			pc.conn.Close()
+			continue
+		}
+		return pc
+	}
+	return nil
+}
+
+func (p *pool) put(pc *pconn, maxIdle int) {
+	pc.idleAt = time.Now()
+	p.mu.Lock()
+	if len(p.idle) < maxIdle {
+		p.idle = append(p.idle, pc)
+		pc = nil
+	}
+	p.mu.Unlock()
+	if pc != nil {
+		pc.conn.Close()
+	}
+}
+
+func (p *pool) closeIdle() {
+	p.mu.Lock()
+	idle := p.idle
+	p.idle = nil
+	p.mu.Unlock()
+	for _, pc := range idle {
+		pc.conn.Close()
+	}
+}
+
+// RoundTrip sends req to host h over a pooled connection and returns the response with
+// its headers read; the body streams from the connection, which goes back to the pool
+// when the body has been read to the end. req.URL supplies the path and query, req.Host
+// the Host header. A request with a nil Body or a GetBody is retried once on a fresh
+// connection if a reused one turns out to have been closed by the server.
+//
+// deadline (zero for none) bounds the whole exchange including the body, enforced as a
+// connection deadline; ctx ending (the caller went away) aborts it too.
+func (c *Cluster) RoundTrip(ctx context.Context, req *http.Request, h *Host, deadline time.Time) (*http.Response, error) {
+	cc := c.cfg.Load()
+	for try := 0; ; try++ {
+		pc := h.pool.get(cc.IdleTimeout)
+		reused := pc != nil
+		if pc == nil {
+			d := net.Dialer{Timeout: cc.ConnectTimeout, Deadline: deadline, KeepAlive: 30 * time.Second}
+			conn, err := d.DialContext(ctx, "tcp", h.Address)
+			if err != nil {
+				return nil, err
+			}
+			pc = &pconn{conn: conn, br: bufio.NewReaderSize(conn, 4096), bw: bufio.NewWriterSize(conn, 4096)}
+		}
+		resp, err := c.exchange(ctx, pc, req, &h.pool, deadline)
+		if err == nil {
+			return resp, nil
+		}
+		pc.conn.Close()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		var stale *staleConnError
+		if !reused || try > 0 || !errors.As(err, &stale) || isTimeout(err) {
+			return nil, err
+		}
+		if req.Body != nil {
+			if req.GetBody == nil {
+				return nil, err
+			}
+			if req.Body, err = req.GetBody(); err != nil {
+				return nil, err
+			}
+		}
+	}
+}
+
+// staleConnError marks a failure before any response byte arrived on a reused
+// connection: the server most likely closed it while idle.
+type staleConnError struct{ err error }
+
+func (e *staleConnError) Error() string { return "reused connection closed: " + e.err.Error() }
+func (e *staleConnError) Unwrap() error { return e.err }
+
+func (c *Cluster) exchange(ctx context.Context, pc *pconn, req *http.Request, pool *pool, deadline time.Time) (*http.Response, error) {
+	if !deadline.IsZero() {
+		_ = pc.conn.SetDeadline(deadline)
+		pc.deadline = true
+	}
+	stop := context.AfterFunc(ctx, func() { _ = pc.conn.SetDeadline(aLongTimeAgo) })
+	if err := writeRequest(pc.bw, req); err != nil {
+		stop()
+		return nil, &staleConnError{err}
+	}
+	if _, err := pc.br.Peek(1); err != nil {
+		stop()
+		return nil, &staleConnError{err}
+	}
+	var resp *http.Response
+	var err error
+	for {
+		resp, err = http.ReadResponse(pc.br, req)
+		if err != nil {
+			stop()
+			return nil, fmt.Errorf("reading response from %s: %w", pc.conn.RemoteAddr(), err)
+		}
+		// Skip interim 1xx responses (100 Continue, 103 Early Hints); 101 is final.
+		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			break
+		}
+	}
+	pc.used++
+	cc := c.cfg.Load()
+	pc.reusable = !resp.Close && !req.Close && (cc.MaxRequestsPerConn == 0 || pc.used < cc.MaxRequestsPerConn)
+	resp.Body = &body{rc: resp.Body, pc: pc, stop: stop, c: c, pool: pool}
+	return resp, nil
+}
+
+// body returns the connection to its pool once the response has been read to EOF, and
+// closes it if the caller gives up earlier.
+type body struct {
+	rc   io.ReadCloser
+	pc   *pconn
+	stop func() bool
+	c    *Cluster
+	done bool
+	pool *pool
+}
+
+func (b *body) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.finish(true)
+	} else if err != nil {
+		b.finish(false)
+	}
+	return n, err
+}
+
+func (b *body) Close() error {
+	if !b.done {
+		b.finish(false)
+	}
+	return nil
+}
+
+func (b *body) finish(complete bool) {
+	b.done = true
+	// stop reports false if the context already fired and poisoned the deadline.
+	if b.stop() && complete && b.pc.reusable && b.pool != nil {
+		if b.pc.deadline {
+			_ = b.pc.conn.SetDeadline(time.Time{})
+			b.pc.deadline = false
+		}
+		b.pool.put(b.pc, int(min(b.c.cfg.Load().Limits.MaxConnections, 1024)))
+		return
+	}
+	b.pc.conn.Close()
+}
+
+// writeRequest writes req in HTTP/1.1 form. Header values come from the Go server (which
+// validated them) or from config (validated at decode time).
+func writeRequest(w *bufio.Writer, req *http.Request) error {
+	w.WriteString(req.Method)
+	w.WriteByte(' ')
+	w.WriteString(req.URL.RequestURI())
+	w.WriteString(" HTTP/1.1\r\nHost: ")
+	w.WriteString(req.Host)
+	w.WriteString("\r\n")
+	for k, vv := range req.Header {
+		if k == "Host" || k == "Content-Length" {
+			continue
+		}
+		for _, v := range vv {
+			w.WriteString(k)
+			w.WriteString(": ")
+			w.WriteString(v)
+			w.WriteString("\r\n")
+		}
+	}
+	switch {
+	case req.Body == nil || req.ContentLength == 0:
+		if req.Method == http.MethodPost || req.Method == http.MethodPut || req.Method == http.MethodPatch {
+			w.WriteString("Content-Length: 0\r\n")
+		}
+		w.WriteString("\r\n")
+	case req.ContentLength > 0:
+		w.WriteString("Content-Length: ")
+		w.WriteString(strconv.FormatInt(req.ContentLength, 10))
+		w.WriteString("\r\n\r\n")
+		if _, err := io.CopyN(w, req.Body, req.ContentLength); err != nil {
+			return fmt.Errorf("copying request body: %w", err)
+		}
+	default:
+		w.WriteString("Transfer-Encoding: chunked\r\n\r\n")
+		cw := httputil.NewChunkedWriter(w)
+		if _, err := io.Copy(cw, req.Body); err != nil {
+			return fmt.Errorf("copying request body: %w", err)
+		}
+		cw.Close()
+		w.WriteString("\r\n")
+	}
+	if req.Body != nil {
+		req.Body.Close()
+	}
+	return w.Flush()
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
