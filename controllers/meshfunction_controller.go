@@ -1,0 +1,260 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+	"github.com/weftmesh/weft/internal/workload"
+)
+
+// Handoff reports whether every caller sidecar has ACKed a snapshot in which a function has
+// no endpoint taking new requests, so its last pod can be removed without a caller sending a
+// request to a pod that is going away (Weft's positive hand-off, decision 6).
+type Handoff interface {
+	Drained(fn types.NamespacedName) bool
+}
+
+// HandoffFunc adapts a function to Handoff.
+type HandoffFunc func(fn types.NamespacedName) bool
+
+// Drained calls f.
+func (f HandoffFunc) Drained(fn types.NamespacedName) bool { return f(fn) }
+
+// DefaultHandoffTimeout bounds the wait for callers' ACKs before the last pod goes anyway: a
+// sidecar that is gone or stuck must not pin a function's pod forever.
+const DefaultHandoffTimeout = 15 * time.Second
+
+// MeshFunctionReconciler keeps a MeshFunction's Deployment and Service as rendered by
+// internal/workload, sets the Deployment's replicas from the autoscaler's decisions (it alone
+// writes them), and reports url, replicas and readiness in status. It runs on the leader only.
+type MeshFunctionReconciler struct {
+	client.Client
+	Options   workload.Options
+	Scaler    Scaler
+	Decisions *Decisions
+	Handoff   Handoff
+	Clock     clock.PassiveClock
+	// HandoffTimeout bounds the wait for Handoff; DefaultHandoffTimeout if zero.
+	HandoffTimeout time.Duration
+
+	zeroSince map[types.NamespacedName]time.Time
+}
+
+// SetupWithManager registers the reconciler: it watches MeshFunctions, the Deployments and
+// Services it owns, and the autoscaler's decisions.
+func (r *MeshFunctionReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.Clock == nil {
+		r.Clock = clock.RealClock{}
+	}
+	if r.HandoffTimeout == 0 {
+		r.HandoffTimeout = DefaultHandoffTimeout
+	}
+	r.zeroSince = map[types.NamespacedName]time.Time{}
+	b := ctrl.NewControllerManagedBy(mgr).
+		Named("meshfunction").
+		For(&meshv1alpha1.MeshFunction{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Owns(&appsv1.Deployment{}).
+		Owns(&corev1.Service{})
+	if r.Decisions != nil {
+		b = b.WatchesRawSource(source.Channel(r.Decisions.Events(), &handler.TypedEnqueueRequestForObject[*meshv1alpha1.MeshFunction]{}))
+	}
+	return b.Complete(r)
+}
+
+// Reconcile brings one MeshFunction's workload and status up to date.
+func (r *MeshFunctionReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	log := logf.FromContext(ctx)
+	key := keyOf(req.NamespacedName)
+	fn := &meshv1alpha1.MeshFunction{}
+	if err := r.Get(ctx, req.NamespacedName, fn); err != nil {
+		if apierrors.IsNotFound(err) {
+			// Owner references delete the Deployment and Service.
+			if r.Scaler != nil {
+				r.Scaler.Remove(key)
+			}
+			if r.Decisions != nil {
+				r.Decisions.Forget(key)
+			}
+			delete(r.zeroSince, req.NamespacedName)
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, err
+	}
+	status := fn.Status.DeepCopy()
+	status.ObservedGeneration = fn.Generation
+	status.URL = workload.FunctionURL(fn.Namespace, fn.Name, r.Options.ClusterDomain)
+
+	spec := scaleSpec(fn)
+	if err := spec.Validate(); err != nil {
+		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionReady, metav1.ConditionFalse, meshv1alpha1.ReasonInvalid,
+			fmt.Sprintf("the scale settings are invalid: %v", err))
+		return ctrl.Result{}, r.writeStatus(ctx, fn, status)
+	}
+
+	current := &appsv1.Deployment{}
+	err := r.Get(ctx, req.NamespacedName, current)
+	exists := err == nil
+	if err != nil && !apierrors.IsNotFound(err) {
+		return ctrl.Result{}, err
+	}
+	if r.Scaler != nil {
+		// Ready pods first, so a restarted manager's decider starts from what runs now
+		// instead of shedding pods (Knative PR #4795).
+		if exists {
+			r.Scaler.SetReady(key, int(current.Status.ReadyReplicas))
+		}
+		r.Scaler.SetSpec(key, spec)
+	}
+
+	replicas, requeue := r.replicas(fn, current, exists, status)
+	desired, err := workload.FunctionDeployment(fn, replicas, r.Options)
+	if err != nil {
+		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionReady, metav1.ConditionFalse, meshv1alpha1.ReasonInvalid, err.Error())
+		return ctrl.Result{}, r.writeStatus(ctx, fn, status)
+	}
+	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: fn.Name, Namespace: fn.Namespace}}
+	var before int32
+	if exists {
+		before = ptr.Deref(current.Spec.Replicas, 1)
+	}
+	op, err := controllerutil.CreateOrUpdate(ctx, r.Client, dep, func() error {
+		dep.Labels = desired.Labels
+		if dep.CreationTimestamp.IsZero() {
+			dep.Spec.Selector = desired.Spec.Selector // immutable after creation
+		}
+		dep.Spec.Replicas = desired.Spec.Replicas
+		dep.Spec.Strategy = desired.Spec.Strategy
+		dep.Spec.RevisionHistoryLimit = desired.Spec.RevisionHistoryLimit
+		if dep.Spec.Template.Annotations[workload.AnnotationTemplateHash] != desired.Spec.Template.Annotations[workload.AnnotationTemplateHash] {
+			dep.Spec.Template = desired.Spec.Template
+		}
+		return controllerutil.SetControllerReference(fn, dep, r.Scheme())
+	})
+	if err != nil {
+		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionReady, metav1.ConditionFalse, meshv1alpha1.ReasonWorkloadFailed,
+			fmt.Sprintf("writing Deployment %s/%s failed: %v", fn.Namespace, fn.Name, err))
+		_ = r.writeStatus(ctx, fn, status)
+		return ctrl.Result{}, fmt.Errorf("reconciling Deployment of MeshFunction %s: %w", req.NamespacedName, err)
+	}
+	if op != controllerutil.OperationResultNone {
+		log.Info("deployment written", "operation", op, "replicas", replicas)
+	}
+	if !exists || before != replicas {
+		now := metav1.NewTime(r.Clock.Now())
+		status.LastScaleTime = &now
+	}
+
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: fn.Name, Namespace: fn.Namespace}}
+	wantSvc := workload.FunctionService(fn)
+	if _, err := controllerutil.CreateOrUpdate(ctx, r.Client, svc, func() error {
+		svc.Labels = wantSvc.Labels
+		svc.Spec.Selector = wantSvc.Spec.Selector
+		svc.Spec.Ports = wantSvc.Spec.Ports // ClusterIP and the rest are the API server's
+		return controllerutil.SetControllerReference(fn, svc, r.Scheme())
+	}); err != nil {
+		return ctrl.Result{}, fmt.Errorf("reconciling Service of MeshFunction %s: %w", req.NamespacedName, err)
+	}
+
+	status.Replicas = dep.Status.Replicas
+	status.ReadyReplicas = dep.Status.ReadyReplicas
+	r.setReadiness(fn, status, replicas)
+	if err := r.writeStatus(ctx, fn, status); err != nil {
+		return ctrl.Result{}, err
+	}
+	if requeue > 0 {
+		return ctrl.Result{RequeueAfter: requeue}, nil
+	}
+	return ctrl.Result{}, nil
+}
+
+// replicas decides the Deployment's replica count: initial scale for a new Deployment,
+// otherwise the autoscaler's latest decision, except that the step to zero waits for the
+// hand-off. It records the decision in status.desiredReplicas, which the snapshot translator
+// reads to stop callers from sending new requests to a function about to reach zero.
+func (r *MeshFunctionReconciler) replicas(fn *meshv1alpha1.MeshFunction, current *appsv1.Deployment, exists bool, status *meshv1alpha1.MeshFunctionStatus) (int32, time.Duration) {
+	nn := types.NamespacedName{Namespace: fn.Namespace, Name: fn.Name}
+	if !exists {
+		status.DesiredReplicas = initialReplicas(fn)
+		return status.DesiredReplicas, 0
+	}
+	have := ptr.Deref(current.Spec.Replicas, 1)
+	want := have
+	if r.Decisions != nil {
+		if d, ok := r.Decisions.Get(keyOf(nn)); ok {
+			want = clampReplicas(d.Desired, fn)
+		}
+	} else {
+		want = clampReplicas(have, fn)
+	}
+	status.DesiredReplicas = want
+	if want > 0 || have == 0 {
+		delete(r.zeroSince, nn)
+		return want, 0
+	}
+	// want == 0 and pods remain: hand off first.
+	since, ok := r.zeroSince[nn]
+	if !ok {
+		since = r.Clock.Now()
+		r.zeroSince[nn] = since
+	}
+	if (r.Handoff != nil && r.Handoff.Drained(nn)) || r.Clock.Since(since) >= r.HandoffTimeout {
+		delete(r.zeroSince, nn)
+		return 0, 0
+	}
+	return have, 500 * time.Millisecond
+}
+
+// setReadiness sets the Ready condition from the replica counts.
+func (r *MeshFunctionReconciler) setReadiness(fn *meshv1alpha1.MeshFunction, status *meshv1alpha1.MeshFunctionStatus, replicas int32) {
+	switch {
+	case status.ReadyReplicas > 0:
+		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionReady, metav1.ConditionTrue, meshv1alpha1.ReasonReady,
+			fmt.Sprintf("%d of %d replicas ready", status.ReadyReplicas, replicas))
+	case replicas == 0:
+		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionReady, metav1.ConditionTrue, meshv1alpha1.ReasonScaledToZero,
+			"scaled to zero; the first call starts a pod while the caller's sidecar holds it")
+	default:
+		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionReady, metav1.ConditionFalse, meshv1alpha1.ReasonDeploying,
+			fmt.Sprintf("waiting for %d replicas to become ready; see kubectl get pods -l %s=%s -n %s", replicas, workload.LabelFunction, fn.Name, fn.Namespace))
+	}
+}
+
+// writeStatus patches the status subresource unless nothing changed.
+func (r *MeshFunctionReconciler) writeStatus(ctx context.Context, fn *meshv1alpha1.MeshFunction, status *meshv1alpha1.MeshFunctionStatus) error {
+	if equality.Semantic.DeepEqual(fn.Status, *status) {
+		return nil
+	}
+	patch := client.MergeFrom(fn.DeepCopy())
+	fn.Status = *status
+	if err := r.Status().Patch(ctx, fn, patch); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("writing status of MeshFunction %s/%s: %w", fn.Namespace, fn.Name, err)
+	}
+	return nil
+}
+
+
+func setFunctionCondition(status *meshv1alpha1.MeshFunctionStatus, gen int64, typ string, s metav1.ConditionStatus, reason, msg string) {
+	meta.SetStatusCondition(&status.Conditions, metav1.Condition{
+		Type: typ, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen,
+	})
+}
