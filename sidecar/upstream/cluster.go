@@ -44,10 +44,10 @@ type Cluster struct {
 	Name string
 	mgr  *Manager
 
-	cfg       atomic.Pointer[config.Cluster]
-	hosts     atomic.Pointer[[]*Host]
-	ring      atomic.Pointer[[]ringEntry]
-	rr        atomic.Uint64
+	cfg   atomic.Pointer[config.Cluster]
+	hosts atomic.Pointer[[]*Host]
+	ring  atomic.Pointer[[]ringEntry]
+	rr    atomic.Uint64
 
 	active  atomic.Int64 // requests in flight
 	retries atomic.Int64 // retries in flight
