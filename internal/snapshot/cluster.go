@@ -1,0 +1,214 @@
+package snapshot
+
+import (
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	httpupv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+)
+
+// Defaults the API documents; repeated here because objects read in tests (and objects
+// created before a default was added) may lack them.
+const (
+	defaultConnectTimeout  = 10 * time.Second
+	defaultMinRingSize     = 1024
+	defaultHCInterval      = 5 * time.Second
+	defaultHCTimeout       = time.Second
+	defaultHCUnhealthy     = 3
+	defaultHCHealthy       = 1
+	defaultOutlierInterval = 10 * time.Second
+	defaultBaseEjection    = 30 * time.Second
+	defaultMaxEjectionPct  = 10
+	defaultConsecutive5xx  = 5
+)
+
+func durOr(d *metav1.Duration, def time.Duration) *durationpb.Duration {
+	if d == nil {
+		return durationpb.New(def)
+	}
+	return durationpb.New(d.Duration)
+}
+
+func u32(v int32) *wrapperspb.UInt32Value { return wrapperspb.UInt32(uint32(v)) }
+
+// adsSource is the ADS config source every EDS cluster and RDS listener uses.
+func adsSource() *corev3.ConfigSource {
+	return &corev3.ConfigSource{
+		ResourceApiVersion:    corev3.ApiVersion_V3,
+		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+	}
+}
+
+// edsCluster is the skeleton of every EDS cluster: its endpoints come over ADS under its
+// own name.
+func edsCluster(name string) *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource(), ServiceName: name},
+		ConnectTimeout:       durationpb.New(defaultConnectTimeout),
+		LbPolicy:             clusterv3.Cluster_LEAST_REQUEST,
+	}
+}
+
+func metadata(key string, fields map[string]any) *corev3.Metadata {
+	s, err := structpb.NewStruct(fields)
+	if err != nil {
+		// Only called with strings, numbers and bools: a failure is a programming error.
+		panic(err)
+	}
+	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{key: s}}
+}
+
+// serviceCluster is the cluster of one route destination with the route's traffic policy
+// (Istio's DestinationRule translation, b.2 in the routing reference).
+func serviceCluster(name string, tp *meshv1alpha1.TrafficPolicy) *clusterv3.Cluster {
+	c := edsCluster(name)
+	if tp == nil {
+		return c
+	}
+	if lb := tp.LoadBalancer; lb != nil {
+		switch {
+		case lb.ConsistentHash != nil:
+			c.LbPolicy = clusterv3.Cluster_RING_HASH
+			size := lb.ConsistentHash.MinimumRingSize
+			if size == 0 {
+				size = defaultMinRingSize
+			}
+			c.LbConfig = &clusterv3.Cluster_RingHashLbConfig_{RingHashLbConfig: &clusterv3.Cluster_RingHashLbConfig{
+				MinimumRingSize: wrapperspb.UInt64(uint64(size)),
+			}}
+		case lb.Simple == meshv1alpha1.LBRoundRobin:
+			c.LbPolicy = clusterv3.Cluster_ROUND_ROBIN
+		case lb.Simple == meshv1alpha1.LBRandom:
+			c.LbPolicy = clusterv3.Cluster_RANDOM
+		}
+	}
+	if cp := tp.ConnectionPool; cp != nil {
+		c.ConnectTimeout = durOr(cp.ConnectTimeout, defaultConnectTimeout)
+		t := &clusterv3.CircuitBreakers_Thresholds{}
+		set := false
+		for _, f := range []struct {
+			v   *int32
+			dst **wrapperspb.UInt32Value
+		}{{cp.MaxConnections, &t.MaxConnections}, {cp.MaxPendingRequests, &t.MaxPendingRequests},
+			{cp.MaxRequests, &t.MaxRequests}, {cp.MaxRetries, &t.MaxRetries}} {
+			if f.v != nil {
+				*f.dst = u32(*f.v)
+				set = true
+			}
+		}
+		if set {
+			c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{t}}
+		}
+		common := &corev3.HttpProtocolOptions{IdleTimeout: durOr(cp.IdleTimeout, time.Hour)}
+		if cp.MaxRequestsPerConnection != nil && *cp.MaxRequestsPerConnection > 0 {
+			common.MaxRequestsPerConnection = u32(*cp.MaxRequestsPerConnection)
+		}
+		po, err := anypb.New(&httpupv3.HttpProtocolOptions{
+			CommonHttpProtocolOptions: common,
+			// The upstream speaks whatever the caller spoke (HTTP/1.1 or h2c), as with Istio's
+			// default h2UpgradePolicy.
+			UpstreamProtocolOptions: &httpupv3.HttpProtocolOptions_UseDownstreamProtocolConfig{
+				UseDownstreamProtocolConfig: &httpupv3.HttpProtocolOptions_UseDownstreamHttpConfig{
+					HttpProtocolOptions:  &corev3.Http1ProtocolOptions{},
+					Http2ProtocolOptions: &corev3.Http2ProtocolOptions{},
+				},
+			},
+		})
+		if err != nil {
+			panic(err)
+		}
+		c.TypedExtensionProtocolOptions = map[string]*anypb.Any{httpProtocolOptions: po}
+	}
+	if od := tp.OutlierDetection; od != nil {
+		c.OutlierDetection = outlier(od)
+	}
+	if hc := tp.HealthCheck; hc != nil {
+		c.HealthChecks = []*corev3.HealthCheck{httpHealthCheck(hc)}
+	}
+	return c
+}
+
+func outlier(od *meshv1alpha1.OutlierDetection) *clusterv3.OutlierDetection {
+	o := &clusterv3.OutlierDetection{
+		Consecutive_5Xx:    u32(defaultConsecutive5xx),
+		Interval:           durOr(od.Interval, defaultOutlierInterval),
+		BaseEjectionTime:   durOr(od.BaseEjectionTime, defaultBaseEjection),
+		MaxEjectionPercent: u32(defaultMaxEjectionPct),
+	}
+	if od.Consecutive5xxErrors != nil {
+		o.Consecutive_5Xx = u32(*od.Consecutive5xxErrors)
+		if *od.Consecutive5xxErrors == 0 {
+			o.EnforcingConsecutive_5Xx = u32(0)
+		}
+	}
+	if od.ConsecutiveGatewayErrors != nil && *od.ConsecutiveGatewayErrors > 0 {
+		o.ConsecutiveGatewayFailure = u32(*od.ConsecutiveGatewayErrors)
+		o.EnforcingConsecutiveGatewayFailure = u32(100)
+	}
+	if od.MaxEjectionPercent != nil {
+		o.MaxEjectionPercent = u32(*od.MaxEjectionPercent)
+	}
+	return o
+}
+
+func httpHealthCheck(hc *meshv1alpha1.HTTPHealthCheck) *corev3.HealthCheck {
+	healthy, unhealthy := hc.HealthyThreshold, hc.UnhealthyThreshold
+	if healthy == 0 {
+		healthy = defaultHCHealthy
+	}
+	if unhealthy == 0 {
+		unhealthy = defaultHCUnhealthy
+	}
+	return &corev3.HealthCheck{
+		Timeout:            durOr(hc.Timeout, defaultHCTimeout),
+		Interval:           durOr(hc.Interval, defaultHCInterval),
+		HealthyThreshold:   u32(healthy),
+		UnhealthyThreshold: u32(unhealthy),
+		HealthChecker: &corev3.HealthCheck_HttpHealthCheck_{HttpHealthCheck: &corev3.HealthCheck_HttpHealthCheck{
+			Path: hc.Path,
+		}},
+	}
+}
+
+// unresolvedCluster stands in for a weighted destination that could not be resolved: it has
+// no endpoints and says why, so its share of requests gets a 503 with that reason.
+func unresolvedCluster(name, reason string) (*clusterv3.Cluster, *endpointv3.ClusterLoadAssignment) {
+	c := edsCluster(name)
+	c.Metadata = metadata(UnresolvedMetadataKey, map[string]any{"reason": reason})
+	return c, &endpointv3.ClusterLoadAssignment{ClusterName: name}
+}
+
+// functionCluster is a MeshFunction's cluster with the metadata callers' sidecars use to
+// hold requests while it scales from zero.
+func functionCluster(fn *meshv1alpha1.MeshFunction) *clusterv3.Cluster {
+	c := edsCluster(FunctionClusterName(fn.Namespace, fn.Name))
+	hold := fn.Spec.Activation.HoldTimeout.Duration
+	if hold == 0 {
+		hold = 30 * time.Second
+	}
+	maxPending := fn.Spec.Activation.MaxPending
+	if maxPending == 0 {
+		maxPending = 100
+	}
+	c.Metadata = metadata(FunctionMetadataKey, map[string]any{
+		"namespace":            fn.Namespace,
+		"name":                 fn.Name,
+		"holdTimeout":          hold.String(),
+		"maxPending":           maxPending,
+		"containerConcurrency": fn.Spec.Concurrency.ContainerConcurrency,
+		"async":                fn.Spec.Async != nil && fn.Spec.Async.Enabled,
+		"minScale":             fn.Spec.Scale.Min,
+	})
+	return c
+}

@@ -1,0 +1,53 @@
+package snapshot
+
+import (
+	"fmt"
+	"time"
+
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+
+	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+)
+
+// functionServicePort is the port of the Service the function controller creates for a
+// function (targetPort 15006, the sidecar's inbound listener).
+const functionServicePort = 80
+
+const defaultFunctionTimeout = 300 * time.Second
+
+func functionTimeout(fn *meshv1alpha1.MeshFunction) time.Duration {
+	if fn.Spec.Timeout != nil {
+		return fn.Spec.Timeout.Duration
+	}
+	return defaultFunctionTimeout
+}
+
+// meshFunction translates a MeshFunction: its cluster (endpoints are its pods' sidecar
+// inbound port) and one catch-all route for its own name and spec.hosts.
+func (t *translator) meshFunction(fn *meshv1alpha1.MeshFunction) *built {
+	key := ObjectKey{KindMeshFunction, fn.Namespace, fn.Name}
+	b := &built{key: key, created: fn.CreationTimestamp, p: &problems{}}
+	c := functionCluster(fn)
+	f := endpointFilter{targetPort: InboundPort}
+	if svc, ok := t.ix.services[nsName(fn.Namespace, fn.Name)]; ok {
+		if sp, why := servicePort(svc, functionServicePort); why == "" {
+			f = filterFor(sp)
+		}
+	}
+	b.addCluster(c, t.ix.loadAssignment(c.Name, t.ix.slices[nsName(fn.Namespace, fn.Name)], f))
+	b.routes = []*routev3.Route{{
+		Name:  fmt.Sprintf("%s/%s/default/0", fn.Namespace, fn.Name),
+		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+		Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+			ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: c.Name},
+			Timeout:          timeoutOf(functionTimeout(fn)),
+		}},
+		Metadata: metadata(RouteMetadataKey, map[string]any{"owner": key.String()}),
+	}}
+	ports := []int32{functionServicePort}
+	for _, h := range append([]string{fn.Name}, fn.Spec.Hosts...) {
+		g, l := hostDomains(h, fn.Namespace, ports)
+		b.hosts = append(b.hosts, hostEntry{host: h, key: hostKey(h, fn.Namespace), global: g, local: l})
+	}
+	return b
+}

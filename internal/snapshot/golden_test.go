@@ -1,0 +1,217 @@
+package snapshot
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
+
+	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+	"github.com/weftmesh/weft/sidecar/config"
+	"github.com/weftmesh/weft/sidecar/redisproxy"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.out.yaml from the current output")
+
+// testView is a test-only document kind in .in.yaml files naming a sidecar view to render.
+type testView struct {
+	Namespace string            `json:"namespace"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Function  string            `json:"function,omitempty"`
+	AppPort   uint32            `json:"appPort,omitempty"`
+}
+
+// readInput decodes a multi-document YAML file of Kubernetes objects (and View documents).
+func readInput(t testing.TB, path string) (*Input, []View) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := &Input{}
+	var views []View
+	for i, doc := range strings.Split(string(data), "\n---\n") {
+		if strings.TrimSpace(doc) == "" {
+			continue
+		}
+		var meta metav1.TypeMeta
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			t.Fatalf("%s doc %d: %v", path, i, err)
+		}
+		var dst any
+		switch meta.Kind {
+		case "MeshRoute":
+			in.MeshRoutes = append(in.MeshRoutes, meshv1alpha1.MeshRoute{})
+			dst = &in.MeshRoutes[len(in.MeshRoutes)-1]
+		case "MeshFunction":
+			in.MeshFunctions = append(in.MeshFunctions, meshv1alpha1.MeshFunction{})
+			dst = &in.MeshFunctions[len(in.MeshFunctions)-1]
+		case "RedisProxy":
+			in.RedisProxies = append(in.RedisProxies, meshv1alpha1.RedisProxy{})
+			dst = &in.RedisProxies[len(in.RedisProxies)-1]
+		case "Service":
+			in.Services = append(in.Services, corev1.Service{})
+			dst = &in.Services[len(in.Services)-1]
+		case "EndpointSlice":
+			in.EndpointSlices = append(in.EndpointSlices, discoveryv1.EndpointSlice{})
+			dst = &in.EndpointSlices[len(in.EndpointSlices)-1]
+		case "Pod":
+			in.Pods = append(in.Pods, metav1.PartialObjectMetadata{})
+			dst = &in.Pods[len(in.Pods)-1]
+		case "Secret":
+			in.Secrets = append(in.Secrets, corev1.Secret{})
+			dst = &in.Secrets[len(in.Secrets)-1]
+		case "View":
+			var tv testView
+			if err := yaml.UnmarshalStrict([]byte(stripTypeMeta(doc)), &tv); err != nil {
+				t.Fatalf("%s doc %d: %v", path, i, err)
+			}
+			views = append(views, View(tv))
+			continue
+		default:
+			t.Fatalf("%s doc %d: unknown kind %q", path, i, meta.Kind)
+		}
+		if err := yaml.UnmarshalStrict([]byte(doc), dst); err != nil {
+			t.Fatalf("%s doc %d (%s): %v", path, i, meta.Kind, err)
+		}
+	}
+	if len(views) == 0 {
+		views = []View{{Namespace: "default"}}
+	}
+	return in, views
+}
+
+func stripTypeMeta(doc string) string {
+	var out []string
+	for _, l := range strings.Split(doc, "\n") {
+		if strings.HasPrefix(l, "apiVersion:") || strings.HasPrefix(l, "kind:") {
+			continue
+		}
+		out = append(out, l)
+	}
+	return strings.Join(out, "\n")
+}
+
+// render turns a Result into the golden YAML: conditions per object, then each view's
+// resources by type, as protojson.
+func render(t testing.TB, res *Result, views []View) []byte {
+	t.Helper()
+	status := map[string]any{}
+	for k, st := range res.Status {
+		var conds []map[string]string
+		for _, c := range st.Conditions {
+			conds = append(conds, map[string]string{"type": c.Type, "status": string(c.Status), "reason": c.Reason, "message": c.Message})
+		}
+		status[k.String()] = conds
+	}
+	var vs []any
+	for _, v := range views {
+		snap, err := res.Snapshot(v)
+		if err != nil {
+			t.Fatalf("snapshot of %+v: %v", v, err)
+		}
+		checkSidecarAccepts(t, snap, v)
+		out := map[string]any{"view": testView(v)}
+		for _, ty := range []struct{ key, url string }{{"listeners", resourcev3.ListenerType}, {"routes", resourcev3.RouteType},
+			{"clusters", resourcev3.ClusterType}, {"endpoints", resourcev3.EndpointType}} {
+			rs := snap.GetResources(ty.url)
+			names := make([]string, 0, len(rs))
+			for n := range rs {
+				names = append(names, n)
+			}
+			sort.Strings(names)
+			var items []any
+			for _, n := range names {
+				js, err := protojson.Marshal(rs[n].(proto.Message))
+				if err != nil {
+					t.Fatal(err)
+				}
+				var v any
+				if err := yaml.Unmarshal(js, &v); err != nil {
+					t.Fatal(err)
+				}
+				items = append(items, v)
+			}
+			out[ty.key] = items
+		}
+		vs = append(vs, out)
+	}
+	b, err := yaml.Marshal(map[string]any{"status": status, "views": vs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// checkSidecarAccepts feeds the snapshot to the sidecar's own decoder: every resource must
+// pass its validation (nothing it would NACK), the config must be complete, and every redis
+// listener must decode.
+func checkSidecarAccepts(t testing.TB, snap *cachev3.Snapshot, v View) {
+	t.Helper()
+	res := config.Resources{}
+	for _, ty := range []string{resourcev3.ListenerType, resourcev3.RouteType, resourcev3.ClusterType, resourcev3.EndpointType} {
+		res[ty] = map[string]proto.Message{}
+		for n, r := range snap.GetResources(ty) {
+			if err := config.Validate(ty, r.(proto.Message)); err != nil {
+				t.Errorf("view %+v: the sidecar would NACK %s %s: %v", v, ty, n, err)
+			}
+			res[ty][n] = r.(proto.Message)
+		}
+	}
+	cfg, err := config.Build(res, nil)
+	var inc *config.IncompleteError
+	if errors.As(err, &inc) || err != nil {
+		t.Fatalf("view %+v: sidecar config build: %v", v, err)
+	}
+	for _, rl := range cfg.RedisListeners {
+		if _, err := redisproxy.ConfigFromXDS(rl.Listener, rl.Clusters, rl.Endpoints); err != nil {
+			t.Errorf("view %+v: the sidecar's redis proxy refuses listener %s: %v", v, rl.Listener.GetName(), err)
+		}
+	}
+}
+
+func TestGolden(t *testing.T) {
+	ins, err := filepath.Glob(filepath.Join("testdata", "*.in.yaml"))
+	if err != nil || len(ins) == 0 {
+		t.Fatalf("no golden inputs: %v", err)
+	}
+	for _, in := range ins {
+		name := strings.TrimSuffix(filepath.Base(in), ".in.yaml")
+		t.Run(name, func(t *testing.T) {
+			input, views := readInput(t, in)
+			got := render(t, Translate(input), views)
+			again := render(t, Translate(input), views)
+			if !bytes.Equal(got, again) {
+				t.Fatalf("translation is not deterministic:\n%s", cmp.Diff(string(got), string(again)))
+			}
+			outPath := filepath.Join("testdata", name+".out.yaml")
+			if *update {
+				if err := os.WriteFile(outPath, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			want, err := os.ReadFile(outPath)
+			if err != nil {
+				t.Fatalf("%v (run go test ./internal/snapshot -update)", err)
+			}
+			if d := cmp.Diff(string(want), string(got)); d != "" {
+				t.Errorf("%s differs from the golden file (-want +got); if intended, run go test ./internal/snapshot -update\n%s", outPath, d)
+			}
+		})
+	}
+}

@@ -1,0 +1,92 @@
+package snapshot
+
+import (
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+func mustAny(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		panic(err) // only registered Envoy types are packed
+	}
+	return a
+}
+
+func httpFilter(name string, cfg proto.Message) *hcmv3.HttpFilter {
+	return &hcmv3.HttpFilter{Name: name, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(cfg)}}
+}
+
+func hcmListener(name, addr string, port uint32, dir corev3.TrafficDirection, hcm *hcmv3.HttpConnectionManager) *listenerv3.Listener {
+	return &listenerv3.Listener{
+		Name:    name,
+		Address: socketAddress(addr, port),
+		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
+			Name: hcmFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)}}}}},
+		TrafficDirection: dir,
+	}
+}
+
+// outboundListener is the listener every sidecar gets: HTTP on 127.0.0.1:15001, routes over
+// RDS (ADS), the fault filter (configured per route) before the router.
+func outboundListener() *listenerv3.Listener {
+	return hcmListener(OutboundListenerName, outboundAddress, outboundPort, corev3.TrafficDirection_OUTBOUND,
+		&hcmv3.HttpConnectionManager{
+			StatPrefix: OutboundListenerName,
+			CodecType:  hcmv3.HttpConnectionManager_AUTO,
+			RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+				ConfigSource: adsSource(), RouteConfigName: OutboundRouteName}},
+			HttpFilters: []*hcmv3.HttpFilter{
+				httpFilter(faultFilterName, &faultv3.HTTPFault{}),
+				httpFilter(routerFilterName, &routerv3.Router{}),
+			},
+		})
+}
+
+// inbound returns the inbound listener and the STATIC cluster of the local app. For a
+// function pod the route timeout is the function's (Knative's revision timeout, counted
+// from when the call reaches the function's sidecar).
+func inbound(appPort uint32, timeout time.Duration) (*listenerv3.Listener, *clusterv3.Cluster) {
+	name := InboundClusterName(appPort)
+	l := hcmListener(InboundListenerName, inboundAddress, InboundPort, corev3.TrafficDirection_INBOUND,
+		&hcmv3.HttpConnectionManager{
+			StatPrefix: InboundListenerName,
+			CodecType:  hcmv3.HttpConnectionManager_AUTO,
+			RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
+				Name: inboundRouteName,
+				VirtualHosts: []*routev3.VirtualHost{{
+					Name: inboundRouteName, Domains: []string{"*"},
+					Routes: []*routev3.Route{{
+						Name:  inboundRouteName,
+						Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+						Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+							ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: name},
+							Timeout:          durationpb.New(timeout),
+						}},
+					}},
+				}},
+			}},
+			HttpFilters: []*hcmv3.HttpFilter{httpFilter(routerFilterName, &routerv3.Router{})},
+		})
+	c := &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:       durationpb.New(defaultConnectTimeout),
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{{
+			LbEndpoints: []*endpointv3.LbEndpoint{{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{
+				Endpoint: &endpointv3.Endpoint{Address: socketAddress("127.0.0.1", appPort)}}}},
+		}}},
+	}
+	return l, c
+}

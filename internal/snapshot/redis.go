@@ -1,0 +1,234 @@
+package snapshot
+
+import (
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	redisv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/redis_proxy/v3"
+	hcredisv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/health_checkers/redis/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+)
+
+// RedisPool is one RedisProxy's resources. The listener goes only to sidecars its
+// workloadSelector matches; the cluster also goes wherever another pool's prefix routes
+// point at it.
+type RedisPool struct {
+	Key      ObjectKey
+	Selector map[string]string
+	// Listener is nil when the pool must not be served (a referenced Secret is missing, or
+	// another pool holds its listener address).
+	Listener  *listenerv3.Listener
+	Cluster   *clusterv3.Cluster
+	Endpoints *endpointv3.ClusterLoadAssignment
+	// Routes are the names of the other pools' clusters the listener's prefix routes use.
+	Routes []string
+}
+
+// Selects reports whether a sidecar in view v serves this pool's listener.
+func (p *RedisPool) Selects(v View) bool {
+	return p.Key.Namespace == v.Namespace && labelsMatch(v.Labels, p.Selector)
+}
+
+func (t *translator) secret(ns string, ref meshv1alpha1.SecretKeyRef, what string, p *problems) (string, bool) {
+	key := ref.Key
+	if key == "" {
+		key = "password"
+	}
+	s, ok := t.ix.secrets[nsName(ns, ref.Name)]
+	if !ok {
+		p.secretf("%s Secret %s/%s not found; create it: the pool is not served until then", what, ns, ref.Name)
+		return "", false
+	}
+	v, ok := s.Data[key]
+	if !ok {
+		if sv, ok2 := s.StringData[key]; ok2 {
+			return sv, true
+		}
+		p.secretf("%s Secret %s/%s has no key %q; add it: the pool is not served until then", what, ns, ref.Name, key)
+		return "", false
+	}
+	return string(v), true
+}
+
+// redisProxy translates a RedisProxy into its listener, pool cluster and endpoints.
+func (t *translator) redisProxy(rp *meshv1alpha1.RedisProxy) (*RedisPool, *problems) {
+	p := &problems{}
+	name := RedisName(rp.Namespace, rp.Name)
+	pool := &RedisPool{Key: ObjectKey{KindRedisProxy, rp.Namespace, rp.Name}}
+	if ws := rp.Spec.WorkloadSelector; ws != nil {
+		pool.Selector = ws.Labels
+	}
+	spec := &rp.Spec
+	c := edsCluster(name)
+	c.LbPolicy = clusterv3.Cluster_ROUND_ROBIN // the sidecar's ring places keys, not Envoy's LB
+	hc := spec.HealthCheck
+	healthy, unhealthy := hc.HealthyThreshold, hc.UnhealthyThreshold
+	if healthy == 0 {
+		healthy = 1
+	}
+	if unhealthy == 0 {
+		unhealthy = 3
+	}
+	hcCfg, _ := anypb.New(&hcredisv3.Redis{})
+	c.HealthChecks = []*corev3.HealthCheck{{
+		Interval:           durOr(hc.Interval, 3*time.Second),
+		Timeout:            durOr(hc.Timeout, time.Second),
+		HealthyThreshold:   u32(healthy),
+		UnhealthyThreshold: u32(unhealthy),
+		HealthChecker: &corev3.HealthCheck_CustomHealthCheck_{CustomHealthCheck: &corev3.HealthCheck_CustomHealthCheck{
+			Name: redisHealthChecker, ConfigType: &corev3.HealthCheck_CustomHealthCheck_TypedConfig{TypedConfig: hcCfg}}},
+	}}
+	od := spec.OutlierDetection
+	failures := od.ConsecutiveFailures
+	if failures == 0 {
+		failures = 2
+	}
+	ejection := durOr(od.EjectionTime, 30*time.Second)
+	c.OutlierDetection = &clusterv3.OutlierDetection{Consecutive_5Xx: u32(failures), BaseEjectionTime: ejection}
+	mode := od.Mode
+	if mode == "" {
+		mode = meshv1alpha1.EjectFail
+	}
+	sh := spec.Sharding
+	dist, hash := sh.Distribution, sh.Hash
+	if dist == "" {
+		dist = meshv1alpha1.DistributionKetama
+	}
+	if hash == "" {
+		hash = "fnv1a_64"
+	}
+	c.Metadata = metadata(RedisMetadataKey, map[string]any{
+		"distribution": string(dist), "hash": string(hash), "hashTag": sh.HashTag,
+		"ejectMode": string(mode), "failureLimit": failures, "retryTimeout": ejection.AsDuration().String(),
+	})
+	serve := true
+	if a := spec.Auth; a != nil && a.Upstream != nil {
+		if pw, ok := t.secret(rp.Namespace, a.Upstream.PasswordSecretRef, "upstream password", p); ok {
+			po := &redisv3.RedisProtocolOptions{AuthPassword: inlineString(pw)}
+			if a.Upstream.Username != "" {
+				po.AuthUsername = inlineString(a.Upstream.Username)
+			}
+			anyPO, _ := anypb.New(po)
+			c.TypedExtensionProtocolOptions = map[string]*anypb.Any{redisFilterName: anyPO}
+		} else {
+			serve = false
+		}
+	}
+	pool.Cluster = c
+	pool.Endpoints = t.redisEndpoints(rp, name, p)
+
+	// Listener.
+	ps := &redisv3.RedisProxy_ConnPoolSettings{OpTimeout: durOr(spec.OpTimeout, time.Second), EnableHashtagging: sh.HashTag != ""}
+	filter := &redisv3.RedisProxy{
+		StatPrefix: strings.NewReplacer("|", "_", "/", "_").Replace(name),
+		Settings:   ps,
+		PrefixRoutes: &redisv3.RedisProxy_PrefixRoutes{
+			CatchAllRoute: &redisv3.RedisProxy_PrefixRoutes_Route{Cluster: name},
+		},
+	}
+	for _, r := range spec.PrefixRoutes {
+		if _, ok := t.ix.redis[nsName(rp.Namespace, r.RedisProxy)]; !ok {
+			p.missingf("prefix route %q names RedisProxy %s/%s, which does not exist; create it or remove the route: until then those keys go to this pool", r.Prefix, rp.Namespace, r.RedisProxy)
+			continue
+		}
+		target := RedisName(rp.Namespace, r.RedisProxy)
+		filter.PrefixRoutes.Routes = append(filter.PrefixRoutes.Routes, &redisv3.RedisProxy_PrefixRoutes_Route{
+			Prefix: r.Prefix, RemovePrefix: r.RemovePrefix, Cluster: target})
+		if target != name {
+			pool.Routes = append(pool.Routes, target)
+		}
+	}
+	if a := spec.Auth; a != nil && a.Downstream != nil {
+		if pw, ok := t.secret(rp.Namespace, a.Downstream.PasswordSecretRef, "downstream password", p); ok {
+			filter.DownstreamAuthPasswords = []*corev3.DataSource{inlineString(pw)}
+			if a.Downstream.Username != "" {
+				filter.DownstreamAuthUsername = inlineString(a.Downstream.Username)
+			}
+		} else {
+			serve = false // never serve a pool without the password its clients must give
+		}
+	}
+	if !serve {
+		return pool, p
+	}
+	addr, port := spec.Listener.Address, spec.Listener.Port
+	if addr == "" {
+		addr = "127.0.0.1"
+	}
+	if port == 0 {
+		port = 6379
+	}
+	tc, _ := anypb.New(filter)
+	pool.Listener = &listenerv3.Listener{
+		Name:    name,
+		Address: socketAddress(addr, uint32(port)),
+		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
+			Name: redisFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: tc}}}}},
+		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
+	}
+	return pool, p
+}
+
+// redisEndpoints lists the pool's servers: spec.servers with their ring names and weights,
+// or the ready endpoints of spec.serviceRef named by hostname (StatefulSet) or pod.
+func (t *translator) redisEndpoints(rp *meshv1alpha1.RedisProxy, name string, p *problems) *endpointv3.ClusterLoadAssignment {
+	if ref := rp.Spec.ServiceRef; ref != nil {
+		svc, ok := t.ix.services[nsName(rp.Namespace, ref.Name)]
+		if !ok {
+			p.missingf("serviceRef: Service %s/%s not found; create it or fix serviceRef", rp.Namespace, ref.Name)
+			return &endpointv3.ClusterLoadAssignment{ClusterName: name}
+		}
+		port := ref.Port
+		if port == 0 {
+			port = 6379
+		}
+		sp, why := servicePort(svc, port)
+		if why != "" {
+			p.missingf("serviceRef: Service %s/%s %s", rp.Namespace, ref.Name, why)
+			return &endpointv3.ClusterLoadAssignment{ClusterName: name}
+		}
+		f := filterFor(sp)
+		f.readyOnly, f.preferHostname = true, true
+		return t.ix.loadAssignment(name, t.ix.slices[nsName(rp.Namespace, ref.Name)], f)
+	}
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: name}
+	loc := &endpointv3.LocalityLbEndpoints{}
+	seen := map[string]string{}
+	for _, s := range rp.Spec.Servers {
+		host, portStr, err := net.SplitHostPort(s.Address)
+		port, perr := strconv.ParseUint(portStr, 10, 16)
+		if err != nil || perr != nil || port == 0 {
+			p.invalidf("server %s: address %q is not host:port; fix it: the server is left out", s.Name, s.Address)
+			continue
+		}
+		if other, dup := seen[s.Address]; dup {
+			p.invalidf("servers %s and %s have the same address %s; remove one: %s is left out", other, s.Name, s.Address, s.Name)
+			continue
+		}
+		seen[s.Address] = s.Name
+		w := s.Weight
+		if w == 0 {
+			w = 1
+		}
+		loc.LbEndpoints = append(loc.LbEndpoints, &endpointv3.LbEndpoint{
+			HealthStatus:        corev3.HealthStatus_HEALTHY,
+			LoadBalancingWeight: wrapperspb.UInt32(uint32(w)),
+			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+				Address: socketAddress(host, uint32(port)), Hostname: s.Name}},
+		})
+	}
+	if len(loc.LbEndpoints) > 0 {
+		cla.Endpoints = []*endpointv3.LocalityLbEndpoints{loc}
+	}
+	return cla
+}
+

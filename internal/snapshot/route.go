@@ -1,0 +1,278 @@
+package snapshot
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+)
+
+// built is one object's contribution to the outbound routes, before host conflicts are
+// settled: its hosts, the Envoy routes every one of its virtual hosts carries, and the
+// clusters and endpoints those routes need.
+type built struct {
+	key      ObjectKey
+	created  metav1.Time
+	hosts    []hostEntry
+	routes   []*routev3.Route
+	clusters []*clusterv3.Cluster
+	clas     []*endpointv3.ClusterLoadAssignment
+	p        *problems
+}
+
+type hostEntry struct {
+	host          string
+	key           string
+	global, local []string
+}
+
+func (b *built) addCluster(c *clusterv3.Cluster, cla *endpointv3.ClusterLoadAssignment) {
+	for _, have := range b.clusters {
+		if have.Name == c.Name {
+			return
+		}
+	}
+	b.clusters = append(b.clusters, c)
+	b.clas = append(b.clas, cla)
+}
+
+// resolved is a destination turned into a cluster name, or the reason it could not be.
+type resolved struct {
+	cluster string
+	port    int32
+	reason  string
+}
+
+// destination resolves a Service (port, subset) or MeshFunction destination of mr and adds
+// the cluster it needs to b.
+func (t *translator) destination(mr *meshv1alpha1.MeshRoute, d meshv1alpha1.Destination, b *built) resolved {
+	ns := d.Namespace
+	if ns == "" {
+		ns = mr.Namespace
+	}
+	if d.Function != "" {
+		name := FunctionClusterName(ns, d.Function)
+		if _, ok := t.ix.functions[nsName(ns, d.Function)]; !ok {
+			return resolved{cluster: name, reason: fmt.Sprintf("MeshFunction %s/%s not found; create it or fix the destination", ns, d.Function)}
+		}
+		return resolved{cluster: name}
+	}
+	svc, ok := t.ix.services[nsName(ns, d.Service)]
+	if !ok {
+		return resolved{cluster: ServiceClusterName(d.Port, d.Subset, d.Service, ns, mr.Namespace, mr.Name),
+			reason: fmt.Sprintf("Service %s/%s not found; create it or fix the destination", ns, d.Service)}
+	}
+	sp, why := servicePort(svc, d.Port)
+	if why != "" {
+		return resolved{cluster: ServiceClusterName(d.Port, d.Subset, d.Service, ns, mr.Namespace, mr.Name),
+			reason: fmt.Sprintf("Service %s/%s %s", ns, d.Service, why)}
+	}
+	name := ServiceClusterName(sp.Port, d.Subset, d.Service, ns, mr.Namespace, mr.Name)
+	f := filterFor(sp)
+	if d.Subset != "" {
+		var found *meshv1alpha1.Subset
+		for i := range mr.Spec.Subsets {
+			if mr.Spec.Subsets[i].Name == d.Subset {
+				found = &mr.Spec.Subsets[i]
+			}
+		}
+		if found == nil {
+			return resolved{cluster: name, port: sp.Port,
+				reason: fmt.Sprintf("subset %q is not defined in spec.subsets; add it or fix the destination", d.Subset)}
+		}
+		f.subset = found.Labels
+	}
+	b.addCluster(serviceCluster(name, mr.Spec.TrafficPolicy), t.ix.loadAssignment(name, t.ix.slices[nsName(ns, d.Service)], f))
+	return resolved{cluster: name, port: sp.Port}
+}
+
+// meshRoute translates one MeshRoute: one Envoy route per match, in rule order.
+func (t *translator) meshRoute(mr *meshv1alpha1.MeshRoute) *built {
+	key := ObjectKey{KindMeshRoute, mr.Namespace, mr.Name}
+	b := &built{key: key, created: mr.CreationTimestamp, p: &problems{}}
+	var ch *meshv1alpha1.ConsistentHash
+	if tp := mr.Spec.TrafficPolicy; tp != nil && tp.LoadBalancer != nil {
+		ch = tp.LoadBalancer.ConsistentHash
+	}
+	destPorts := map[int32]bool{}
+	owner := metadata(RouteMetadataKey, map[string]any{"owner": key.String()})
+rules:
+	for i := range mr.Spec.HTTP {
+		rule := &mr.Spec.HTTP[i]
+		base, ok := t.ruleAction(mr, rule, i, ch, b, destPorts)
+		if !ok {
+			continue
+		}
+		base.Metadata = owner
+		matches := rule.Match
+		if len(matches) == 0 {
+			matches = []meshv1alpha1.HTTPMatch{{}}
+		}
+		for j := range matches {
+			m, err := routeMatch(&matches[j])
+			if err != nil {
+				b.p.invalidf("rule %s match %d: %v; the match is left out until you fix it", ruleName(rule, i), j, err)
+				continue
+			}
+			r := &routev3.Route{
+				Name:                    fmt.Sprintf("%s/%s/%s/%d", mr.Namespace, mr.Name, ruleName(rule, i), j),
+				Match:                   m,
+				Action:                  base.Action,
+				Metadata:                base.Metadata,
+				RequestHeadersToAdd:     base.RequestHeadersToAdd,
+				RequestHeadersToRemove:  base.RequestHeadersToRemove,
+				ResponseHeadersToAdd:    base.ResponseHeadersToAdd,
+				ResponseHeadersToRemove: base.ResponseHeadersToRemove,
+				TypedPerFilterConfig:    base.TypedPerFilterConfig,
+			}
+			if err := r.Validate(); err != nil {
+				b.p.invalidf("rule %s match %d: %v; the match is left out until you fix it", ruleName(rule, i), j, err)
+				continue
+			}
+			b.routes = append(b.routes, r)
+			if isCatchAll(m) {
+				break rules // later rules could never match
+			}
+		}
+	}
+	ports := t.hostPorts(mr.Namespace, destPorts)
+	for _, h := range mr.Spec.Hosts {
+		g, l := hostDomains(h, mr.Namespace, ports(h))
+		b.hosts = append(b.hosts, hostEntry{host: h, key: hostKey(h, mr.Namespace), global: g, local: l})
+	}
+	return b
+}
+
+// hostPorts returns, per host, the ports its ":port" forms use: those of the Service named
+// like the host, else those of the route's destinations.
+func (t *translator) hostPorts(ns string, dest map[int32]bool) func(string) []int32 {
+	fallback := make([]int32, 0, len(dest))
+	for p := range dest {
+		fallback = append(fallback, p)
+	}
+	sort.Slice(fallback, func(i, j int) bool { return fallback[i] < fallback[j] })
+	return func(h string) []int32 {
+		short, _, _ := strings.Cut(h, ".")
+		if svc, ok := t.ix.services[nsName(ns, short)]; ok && (short == h || strings.HasPrefix(h, short+"."+ns)) {
+			var out []int32
+			for _, p := range svc.Spec.Ports {
+				out = append(out, p.Port)
+			}
+			sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+			return out
+		}
+		return fallback
+	}
+}
+
+// ruleAction builds the action part of a rule's routes (shared by its matches). ok is
+// false when the rule cannot be emitted at all.
+func (t *translator) ruleAction(mr *meshv1alpha1.MeshRoute, rule *meshv1alpha1.HTTPRule, idx int, ch *meshv1alpha1.ConsistentHash,
+	b *built, destPorts map[int32]bool) (*routev3.Route, bool) {
+	r := &routev3.Route{}
+	var hostRewrite string
+	if h := rule.Headers; h != nil {
+		r.RequestHeadersToAdd, r.RequestHeadersToRemove, hostRewrite = headerOps(h.Request)
+		r.ResponseHeadersToAdd, r.ResponseHeadersToRemove, _ = headerOps(h.Response)
+	}
+	if f := faultConfig(rule.Fault); f != nil {
+		r.TypedPerFilterConfig = map[string]*anypb.Any{faultFilterName: f}
+	}
+	switch {
+	case rule.Redirect != nil:
+		r.Action = &routev3.Route_Redirect{Redirect: redirectAction(rule.Redirect)}
+		return r, true
+	case rule.DirectResponse != nil:
+		r.Action = directResponse(uint32(rule.DirectResponse.Status), rule.DirectResponse.Body)
+		return r, true
+	case len(rule.Route) == 0:
+		b.p.invalidf("rule %s has no route, redirect or directResponse", ruleName(rule, idx))
+		return nil, false
+	}
+	var clusters []*routev3.WeightedCluster_ClusterWeight
+	var reasons []string
+	for _, d := range rule.Route {
+		if d.Weight <= 0 {
+			continue
+		}
+		res := t.destination(mr, d.Destination, b)
+		if res.reason != "" {
+			b.p.missingf("%s", res.reason)
+			reasons = append(reasons, res.reason)
+			c, cla := unresolvedCluster(res.cluster, fmt.Sprintf("%s %s/%s: %s", KindMeshRoute, mr.Namespace, mr.Name, res.reason))
+			b.addCluster(c, cla)
+		} else if res.port != 0 {
+			destPorts[res.port] = true
+		}
+		if d.Headers != nil && len(rule.Route) == 1 {
+			ra, rr, _ := headerOps(d.Headers.Request)
+			sa, sr, _ := headerOps(d.Headers.Response)
+			r.RequestHeadersToAdd, r.RequestHeadersToRemove = append(r.RequestHeadersToAdd, ra...), append(r.RequestHeadersToRemove, rr...)
+			r.ResponseHeadersToAdd, r.ResponseHeadersToRemove = append(r.ResponseHeadersToAdd, sa...), append(r.ResponseHeadersToRemove, sr...)
+		} else if d.Headers != nil {
+			b.p.invalidf("rule %s: per-destination headers on a rule with several destinations are not supported by the sidecar; move them to the rule's headers", ruleName(rule, idx))
+		}
+		clusters = append(clusters, &routev3.WeightedCluster_ClusterWeight{Name: res.cluster, Weight: wrapperspb.UInt32(uint32(d.Weight))})
+	}
+	if len(clusters) == 0 {
+		b.p.invalidf("rule %s: every destination has weight 0", ruleName(rule, idx))
+		return nil, false
+	}
+	if len(reasons) == len(clusters) {
+		// Nothing resolves: answer 503 saying what is missing instead of a dead cluster.
+		r.Action = directResponse(503, fmt.Sprintf("weft: %s %s/%s: %s\n", KindMeshRoute, mr.Namespace, mr.Name, strings.Join(reasons, "; ")))
+		r.TypedPerFilterConfig = nil
+		return r, true
+	}
+	ra := &routev3.RouteAction{Timeout: timeoutOf(0), HashPolicy: hashPolicy(ch)}
+	if rule.Timeout != nil {
+		ra.Timeout = timeoutOf(rule.Timeout.Duration)
+	}
+	if len(clusters) == 1 {
+		ra.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: clusters[0].Name}
+	} else {
+		ra.ClusterSpecifier = &routev3.RouteAction_WeightedClusters{WeightedClusters: &routev3.WeightedCluster{Clusters: clusters}}
+	}
+	ra.RetryPolicy = retryPolicy(rule.Retries, ch != nil)
+	if rw := rule.Rewrite; rw != nil {
+		if rw.URIPrefix != nil {
+			ra.PrefixRewrite = *rw.URIPrefix
+		}
+		if rw.Authority != nil {
+			hostRewrite = *rw.Authority
+		}
+	}
+	if hostRewrite != "" {
+		ra.HostRewriteSpecifier = &routev3.RouteAction_HostRewriteLiteral{HostRewriteLiteral: hostRewrite}
+	}
+	if m := rule.Mirror; m != nil && m.Percentage > 0 {
+		res := t.destination(mr, m.Destination, b)
+		if res.reason != "" {
+			b.p.missingf("mirror: %s", res.reason)
+		} else {
+			ra.RequestMirrorPolicies = []*routev3.RouteAction_RequestMirrorPolicy{{
+				Cluster:         res.cluster,
+				RuntimeFraction: &corev3.RuntimeFractionalPercent{DefaultValue: perMillion(m.Percentage)},
+			}}
+		}
+	}
+	r.Action = &routev3.Route_Route{Route: ra}
+	return r, true
+}
+
+func directResponse(status uint32, body string) *routev3.Route_DirectResponse {
+	a := &routev3.DirectResponseAction{Status: status}
+	if body != "" {
+		a.Body = inlineString(body)
+	}
+	return &routev3.Route_DirectResponse{DirectResponse: a}
+}

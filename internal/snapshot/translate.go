@@ -1,0 +1,247 @@
+package snapshot
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+)
+
+// translator carries the index through the per-object translations.
+type translator struct{ ix *index }
+
+// Result is the translation of one Input: the resources every sidecar shares, the redis
+// pools some sidecars get, and each object's conditions. It is immutable once Translate
+// returns; Snapshot may be called from many goroutines.
+type Result struct {
+	// Clusters and Endpoints every sidecar receives, sorted by name.
+	Clusters  []*clusterv3.Cluster
+	Endpoints []*endpointv3.ClusterLoadAssignment
+	// Redis pools sorted by namespace/name.
+	Redis []*RedisPool
+	// Status holds Accepted and ResolvedRefs per object.
+	Status map[ObjectKey]ObjectStatus
+
+	vhosts           []vhostEntry
+	functionTimeouts map[string]time.Duration
+
+	once   sync.Once
+	shared sharedHashes
+	mu     sync.Mutex
+	routes map[string]versioned[*routev3.RouteConfiguration] // by namespace
+}
+
+// vhostEntry is one accepted host: its virtual host as every namespace sees it, and as its
+// own namespace sees it (with the bare short-name domains).
+type vhostEntry struct {
+	ns            string
+	global, local *routev3.VirtualHost
+	gHash, lHash  [32]byte
+}
+
+type claim struct {
+	b *built
+	h hostEntry
+}
+
+// older reports whether a claims its host before b: the older object wins, then the
+// lexically smaller kind/namespace/name, so the outcome never depends on list order.
+func older(a, b *built) bool {
+	if !a.created.Equal(&b.created) {
+		return a.created.Before(&b.created)
+	}
+	return a.key.String() < b.key.String()
+}
+
+// Translate turns the input into xDS resources and conditions. It is pure and
+// deterministic: the same input gives the same Result and the same snapshot versions.
+func Translate(in *Input) *Result {
+	t := &translator{ix: newIndex(in)}
+	res := &Result{Status: map[ObjectKey]ObjectStatus{}, functionTimeouts: map[string]time.Duration{},
+		routes: map[string]versioned[*routev3.RouteConfiguration]{}}
+	var objs []*built
+	gens := map[ObjectKey]int64{}
+	for i := range in.MeshFunctions {
+		fn := &in.MeshFunctions[i]
+		objs = append(objs, t.meshFunction(fn))
+		gens[objs[len(objs)-1].key] = fn.Generation
+		res.functionTimeouts[nsName(fn.Namespace, fn.Name)] = functionTimeout(fn)
+	}
+	for i := range in.MeshRoutes {
+		mr := &in.MeshRoutes[i]
+		objs = append(objs, t.meshRoute(mr))
+		gens[objs[len(objs)-1].key] = mr.Generation
+	}
+	sort.Slice(objs, func(i, j int) bool { return older(objs[i], objs[j]) })
+
+	// Settle host claims: objects are in age order, so the first claim of a key wins.
+	owner := map[string]*built{}
+	domains := map[string]bool{}
+	used := map[*built]bool{}
+	clusters := map[string]*clusterv3.Cluster{}
+	clas := map[string]*endpointv3.ClusterLoadAssignment{}
+	for _, b := range objs {
+		for _, h := range b.hosts {
+			if w, taken := owner[h.key]; taken {
+				if w != b {
+					b.p.conflict("host %s is already claimed by %s %s/%s, which is older; remove the host here or from %s/%s (this object's other hosts still work)",
+						h.host, w.key.Kind, w.key.Namespace, w.key.Name, w.key.Namespace, w.key.Name)
+				}
+				continue
+			}
+			owner[h.key] = b
+			used[b] = true
+			e := vhostEntry{ns: b.key.Namespace}
+			name := b.key.Namespace + "/" + b.key.Name + "|" + h.host
+			g := &routev3.VirtualHost{Name: name, Domains: fresh(h.global, domains), Routes: b.routes}
+			if err := g.Validate(); err != nil {
+				b.p.invalidf("host %s: %v", h.host, err)
+				continue
+			}
+			e.global, e.gHash = g, hashOf(g)
+			if local := fresh(h.local, domains); len(local) > 0 {
+				l := &routev3.VirtualHost{Name: name, Domains: append(append([]string(nil), g.Domains...), local...), Routes: b.routes}
+				e.local, e.lHash = l, hashOf(l)
+			}
+			res.vhosts = append(res.vhosts, e)
+		}
+		if !used[b] && b.key.Kind != KindMeshFunction {
+			continue // no host of its own: its clusters would serve nobody
+		}
+		for i, c := range b.clusters {
+			if err := c.Validate(); err != nil {
+				b.p.invalidf("cluster %s: %v", c.Name, err)
+				continue
+			}
+			if _, dup := clusters[c.Name]; !dup {
+				clusters[c.Name] = c
+				if i < len(b.clas) {
+					clas[c.Name] = b.clas[i]
+				}
+			}
+		}
+	}
+	sort.Slice(res.vhosts, func(i, j int) bool { return res.vhosts[i].global.Name < res.vhosts[j].global.Name })
+	for _, name := range sortedKeys(clusters) {
+		res.Clusters = append(res.Clusters, clusters[name])
+		cla := clas[name]
+		if cla == nil {
+			cla = &endpointv3.ClusterLoadAssignment{ClusterName: name}
+		}
+		res.Endpoints = append(res.Endpoints, cla)
+	}
+	for _, b := range objs {
+		res.Status[b.key] = ObjectStatus{Generation: gens[b.key], Conditions: b.p.conditions()}
+	}
+	t.redisPools(in, res)
+	return res
+}
+
+// fresh returns the domains not yet taken, and takes them: a domain in two virtual hosts
+// would make every sidecar NACK the route configuration.
+func fresh(ds []string, taken map[string]bool) []string {
+	var out []string
+	for _, d := range ds {
+		if !taken[d] {
+			taken[d] = true
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// redisPools translates every RedisProxy. Two pools in one namespace on the same listener
+// address whose selectors can pick the same pod conflict; the older keeps the address.
+func (t *translator) redisPools(in *Input, res *Result) {
+	type entry struct {
+		b    *built
+		pool *RedisPool
+	}
+	var all []entry
+	for i := range in.RedisProxies {
+		rp := &in.RedisProxies[i]
+		pool, p := t.redisProxy(rp)
+		all = append(all, entry{&built{key: pool.Key, created: rp.CreationTimestamp, p: p}, pool})
+		res.Status[pool.Key] = ObjectStatus{Generation: rp.Generation}
+	}
+	sort.Slice(all, func(i, j int) bool { return older(all[i].b, all[j].b) })
+	var kept []entry
+	for _, e := range all {
+		if e.pool.Listener != nil {
+			for _, k := range kept {
+				if k.pool.Key.Namespace == e.pool.Key.Namespace && sameAddress(k.pool, e.pool) && overlap(k.pool.Selector, e.pool.Selector) {
+					e.b.p.conflict("listener %s is already served by RedisProxy %s/%s, which is older, on the same pods; change spec.listener.port or the workloadSelector",
+						addressOf(e.pool), k.pool.Key.Namespace, k.pool.Key.Name)
+					e.pool.Listener = nil
+					break
+				}
+			}
+		}
+		for _, m := range []interface{ Validate() error }{e.pool.Cluster, e.pool.Endpoints} {
+			if err := m.Validate(); err != nil {
+				e.b.p.invalidf("%v", err)
+				e.pool.Listener = nil
+			}
+		}
+		if e.pool.Listener != nil {
+			if err := e.pool.Listener.Validate(); err != nil {
+				e.b.p.invalidf("listener: %v", err)
+				e.pool.Listener = nil
+			}
+		}
+		if e.pool.Listener != nil {
+			kept = append(kept, e)
+		}
+		st := res.Status[e.pool.Key]
+		st.Conditions = e.b.p.conditions()
+		res.Status[e.pool.Key] = st
+		res.Redis = append(res.Redis, e.pool)
+	}
+	sort.Slice(res.Redis, func(i, j int) bool { return res.Redis[i].Key.String() < res.Redis[j].Key.String() })
+}
+
+func addressOf(p *RedisPool) string {
+	sa := p.Listener.GetAddress().GetSocketAddress()
+	return fmt.Sprintf("%s:%d", sa.GetAddress(), sa.GetPortValue())
+}
+
+func sameAddress(a, b *RedisPool) bool {
+	pa, pb := a.Listener.GetAddress().GetSocketAddress(), b.Listener.GetAddress().GetSocketAddress()
+	if pa.GetPortValue() != pb.GetPortValue() {
+		return false
+	}
+	wild := func(s string) bool { return s == "0.0.0.0" || s == "::" }
+	return pa.GetAddress() == pb.GetAddress() || wild(pa.GetAddress()) || wild(pb.GetAddress())
+}
+
+// overlap reports whether some pod could match both selectors: no label is required with two
+// different values.
+func overlap(a, b map[string]string) bool {
+	for k, v := range a {
+		if w, ok := b[k]; ok && w != v {
+			return false
+		}
+	}
+	return true
+}
+
+// String summarises a Result for logs.
+func (r *Result) String() string {
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "%d clusters, %d virtual hosts, %d redis pools", len(r.Clusters), len(r.vhosts), len(r.Redis))
+	return sb.String()
+}

@@ -1,0 +1,227 @@
+package snapshot
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"sort"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+)
+
+// View is what decides which resources a sidecar receives (docs/xds-contract.md, Nodes):
+// sidecars with equal views share one snapshot.
+type View struct {
+	Namespace string
+	Labels    map[string]string
+	// Function is "<ns>/<name>" of the MeshFunction the pod serves, if any.
+	Function string
+	// AppPort is the local app port; 0 means no inbound listener.
+	AppPort uint32
+}
+
+// ViewFromNode reads a node's view from its metadata; the namespace falls back to the part
+// of the node ID after the first dot (<pod>.<namespace>).
+func ViewFromNode(n *corev3.Node) View {
+	f := n.GetMetadata().GetFields()
+	v := View{Namespace: f["namespace"].GetStringValue(), Function: f["function"].GetStringValue()}
+	if v.Namespace == "" {
+		if _, ns, ok := strings.Cut(n.GetId(), "."); ok {
+			v.Namespace = ns
+		}
+	}
+	if p := f["appPort"].GetNumberValue(); p > 0 && p < 65536 {
+		v.AppPort = uint32(p)
+	}
+	if ls := f["labels"].GetStructValue().GetFields(); len(ls) > 0 {
+		v.Labels = make(map[string]string, len(ls))
+		for k, val := range ls {
+			v.Labels[k] = val.GetStringValue()
+		}
+	}
+	return v
+}
+
+// Key is a stable hash of the view: the snapshot cache key sidecars of one view share.
+func (v View) Key() string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%q\x00%q\x00%d\x00", v.Namespace, v.Function, v.AppPort)
+	keys := make([]string, 0, len(v.Labels))
+	for k := range v.Labels {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(h, "%q=%q\x00", k, v.Labels[k])
+	}
+	return "view-" + hex.EncodeToString(h.Sum(nil)[:12])
+}
+
+type versioned[T any] struct {
+	v   T
+	ver string
+}
+
+// sharedHashes are the per-type content hashes of the resources every sidecar shares.
+type sharedHashes struct {
+	clusters, endpoints [32]byte
+	outbound            *listenerv3.Listener
+	outboundHash        [32]byte
+}
+
+func hashOf(m proto.Message) [32]byte {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		panic(err)
+	}
+	return sha256.Sum256(b)
+}
+
+func hashAll[T proto.Message](ms []T) [32]byte {
+	h := sha256.New()
+	for _, m := range ms {
+		s := hashOf(m)
+		h.Write(s[:])
+	}
+	var out [32]byte
+	copy(out[:], h.Sum(nil))
+	return out
+}
+
+func version(parts ...[32]byte) string {
+	h := sha256.New()
+	for _, p := range parts {
+		h.Write(p[:])
+	}
+	return hex.EncodeToString(h.Sum(nil)[:10])
+}
+
+func (r *Result) hashes() *sharedHashes {
+	r.once.Do(func() {
+		r.shared.clusters = hashAll(r.Clusters)
+		r.shared.endpoints = hashAll(r.Endpoints)
+		r.shared.outbound = outboundListener()
+		r.shared.outboundHash = hashOf(r.shared.outbound)
+	})
+	return &r.shared
+}
+
+// routeConfig is outbound_http as namespace ns sees it: every accepted host, and the bare
+// short names of ns's own objects.
+func (r *Result) routeConfig(ns string) versioned[*routev3.RouteConfiguration] {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rc, ok := r.routes[ns]; ok {
+		return rc
+	}
+	rc := &routev3.RouteConfiguration{Name: OutboundRouteName, VirtualHosts: make([]*routev3.VirtualHost, 0, len(r.vhosts))}
+	h := sha256.New()
+	for i := range r.vhosts {
+		e := &r.vhosts[i]
+		if e.ns == ns && e.local != nil {
+			rc.VirtualHosts = append(rc.VirtualHosts, e.local)
+			h.Write(e.lHash[:])
+		} else {
+			rc.VirtualHosts = append(rc.VirtualHosts, e.global)
+			h.Write(e.gHash[:])
+		}
+	}
+	var sum [32]byte
+	copy(sum[:], h.Sum(nil))
+	out := versioned[*routev3.RouteConfiguration]{rc, version(sum)}
+	r.routes[ns] = out
+	return out
+}
+
+// Includes reports whether sidecars of view v receive object k, so their ACKs and NACKs
+// count in its status: routes and functions go to every sidecar, a redis pool to those its
+// selector picks.
+func (r *Result) Includes(v View, k ObjectKey) bool {
+	if k.Kind != KindRedisProxy {
+		return true
+	}
+	for _, p := range r.Redis {
+		if p.Key == k {
+			return p.Selects(v)
+		}
+	}
+	return false
+}
+
+// Snapshot assembles the snapshot of view v. Every resource has passed Validate (shared
+// ones in Translate, the view's own here) and the snapshot is Consistent; each type's
+// version is a hash of its content, so an unchanged type is not pushed again.
+func (r *Result) Snapshot(v View) (*cachev3.Snapshot, error) {
+	sh := r.hashes()
+	clusters := append([]types.Resource(nil), asResources(r.Clusters)...)
+	endpoints := append([]types.Resource(nil), asResources(r.Endpoints)...)
+	listeners := []types.Resource{sh.outbound}
+	var extraC, extraE, extraL []proto.Message
+	if v.AppPort != 0 {
+		l, c := inbound(v.AppPort, r.functionTimeouts[v.Function])
+		extraL, extraC = append(extraL, l), append(extraC, c)
+	}
+	pools := map[string]*RedisPool{}
+	for _, p := range r.Redis {
+		pools[p.Cluster.Name] = p
+	}
+	wantPool := map[string]bool{}
+	for _, p := range r.Redis {
+		if p.Listener == nil || !p.Selects(v) {
+			continue
+		}
+		extraL = append(extraL, p.Listener)
+		wantPool[p.Cluster.Name] = true
+		for _, n := range p.Routes {
+			wantPool[n] = true
+		}
+	}
+	for _, n := range sortedKeys(wantPool) {
+		if p, ok := pools[n]; ok {
+			extraC, extraE = append(extraC, p.Cluster), append(extraE, p.Endpoints)
+		}
+	}
+	for _, m := range append(append(append([]proto.Message(nil), extraL...), extraC...), extraE...) {
+		if err := m.(interface{ Validate() error }).Validate(); err != nil {
+			return nil, fmt.Errorf("view %s: %w", v.Key(), err)
+		}
+	}
+	for _, m := range extraC {
+		clusters = append(clusters, m)
+	}
+	for _, m := range extraE {
+		endpoints = append(endpoints, m)
+	}
+	for _, m := range extraL {
+		listeners = append(listeners, m)
+	}
+	rc := r.routeConfig(v.Namespace)
+	snap := &cachev3.Snapshot{}
+	set := func(t string, ver string, items []types.Resource) {
+		snap.Resources[cachev3.GetResponseType(t)] = cachev3.NewResources(ver, items)
+	}
+	set(resourcev3.ClusterType, version(sh.clusters, hashAll(extraC)), clusters)
+	set(resourcev3.EndpointType, version(sh.endpoints, hashAll(extraE)), endpoints)
+	set(resourcev3.ListenerType, version(sh.outboundHash, hashAll(extraL)), listeners)
+	set(resourcev3.RouteType, rc.ver, []types.Resource{rc.v})
+	if err := snap.Consistent(); err != nil {
+		return nil, fmt.Errorf("view %s: snapshot is not consistent: %w", v.Key(), err)
+	}
+	return snap, nil
+}
+
+func asResources[T types.Resource](ms []T) []types.Resource {
+	out := make([]types.Resource, len(ms))
+	for i, m := range ms {
+		out[i] = m
+	}
+	return out
+}
+
