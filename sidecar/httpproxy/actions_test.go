@@ -2,6 +2,7 @@ package httpproxy_test
 
 import (
 	"net/http"
+	"strings"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -78,5 +79,30 @@ func TestRedirectDirectResponseRewriteAndHeaders(t *testing.T) {
 	}
 	if resp.Header.Get("X-Served-By") != "weft" || resp.Header.Get("X-Internal") != "" {
 		t.Errorf("response headers X-Served-By=%q X-Internal=%q", resp.Header.Get("X-Served-By"), resp.Header.Get("X-Internal"))
+	}
+}
+
+func TestStatsCountRequestsByClusterAndClass(t *testing.T) {
+	ok := st.Backend(t, "ok", nil)
+	cp := st.StartControlPlane(t)
+	snap, cn := oneBackend([]string{ok.URL}, nil)
+	cp.Set(snap)
+	sc := st.StartSidecar(t, cp, st.SidecarOptions{})
+	base := sc.URL(t, st.OutboundListenerName)
+	for range 3 {
+		st.Get(t, client, base, "reviews", "/")
+	}
+	st.Get(t, client, base, "nobody", "/")
+	var b strings.Builder
+	sc.Proxy.WritePrometheus(&b)
+	for _, want := range []string{
+		`weft_cluster_requests_total{cluster="` + cn + `",class="2xx"} 3`,
+		`weft_cluster_request_duration_seconds_count{cluster="` + cn + `"} 3`,
+		`weft_listener_requests_total{listener="outbound_http"} 4`,
+		`weft_listener_connections_total{listener="outbound_http"}`,
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("stats lack %q:\n%s", want, b.String())
+		}
 	}
 }

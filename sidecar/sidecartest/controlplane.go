@@ -30,7 +30,7 @@ type ControlPlane struct {
 	ver   atomic.Int64
 
 	mu    sync.Mutex
-	nacks []string
+	nacks []NACK
 	acks  map[string]string // type URL → last ACKed version
 	grpc  *grpc.Server
 }
@@ -53,7 +53,7 @@ func (cp *ControlPlane) listen(addr string) {
 		cp.mu.Lock()
 		defer cp.mu.Unlock()
 		if req.GetErrorDetail() != nil {
-			cp.nacks = append(cp.nacks, req.GetErrorDetail().GetMessage())
+			cp.nacks = append(cp.nacks, NACK{TypeURL: req.GetTypeUrl(), Version: req.GetVersionInfo(), Message: req.GetErrorDetail().GetMessage()})
 		} else if req.GetResponseNonce() != "" {
 			cp.acks[req.GetTypeUrl()] = req.GetVersionInfo()
 		}
@@ -85,11 +85,19 @@ func (cp *ControlPlane) Stop() {
 // Restart starts the server again on the same address with the same cache.
 func (cp *ControlPlane) Restart() { cp.listen(cp.addr) }
 
-// NACKs returns every error_detail message the server received.
-func (cp *ControlPlane) NACKs() []string {
+// NACK is one rejected response as the server saw it.
+type NACK struct {
+	TypeURL string
+	// Version is the version_info the client sent with the NACK: its last good version.
+	Version string
+	Message string
+}
+
+// NACKs returns every NACK the server received.
+func (cp *ControlPlane) NACKs() []NACK {
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
-	return append([]string(nil), cp.nacks...)
+	return append([]NACK(nil), cp.nacks...)
 }
 
 // ACKed returns the last version the client ACKed for a type URL.

@@ -72,10 +72,13 @@ type Client struct {
 	current atomic.Pointer[config.Config]
 
 	// Session state, owned by the Run goroutine.
-	res      config.Resources
-	versions map[string]string
-	nonces   map[string]string
-	subs     map[string][]string // EDS and RDS subscriptions
+	res         config.Resources
+	versions    map[string]string
+	nonces      map[string]string
+	subs        map[string][]string // EDS and RDS subscriptions
+	nacked      map[string]string   // type URL → version last rejected
+	nackRepeats map[string]int
+	delayed     map[string]*delayedNACK
 
 	mu     sync.Mutex
 	status Status
@@ -96,6 +99,7 @@ func New(opts Options) *Client {
 		opts.BackoffMax = 30 * time.Second
 	}
 	return &Client{opts: opts, res: config.Resources{}, versions: map[string]string{},
+		nacked: map[string]string{}, nackRepeats: map[string]int{}, delayed: map[string]*delayedNACK{},
 		status: Status{Versions: map[string]string{}, LastNACK: map[string]string{}}}
 }
 
@@ -185,19 +189,69 @@ func (c *Client) session(ctx context.Context, ads discoveryv3.AggregatedDiscover
 			}
 		}
 	}
+	type recvd struct {
+		resp *discoveryv3.DiscoveryResponse
+		err  error
+	}
+	recv := make(chan recvd, 1)
+	go func() {
+		for {
+			resp, err := stream.Recv()
+			select {
+			case recv <- recvd{resp, err}:
+			case <-sctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	c.delayed = map[string]*delayedNACK{}
 	for {
-		resp, err := stream.Recv()
-		if err != nil {
-			return got, fmt.Errorf("receiving from ADS stream: %w", err)
+		var timer <-chan time.Time
+		var due *delayedNACK
+		for _, d := range c.delayed {
+			if due == nil || d.at.Before(due.at) {
+				due = d
+			}
 		}
-		if !got {
-			got = true
-			c.setConnected(true)
+		if due != nil {
+			timer = c.opts.Clock.After(due.at.Sub(c.opts.Clock.Now()))
 		}
-		if err := c.handle(stream, resp); err != nil {
-			return got, err
+		select {
+		case <-ctx.Done():
+			return got, ctx.Err()
+		case <-timer:
+			delete(c.delayed, due.typeURL)
+			if c.nonces[due.typeURL] == due.nonce {
+				if err := c.send(stream, due.typeURL, c.subs[due.typeURL], c.versions[due.typeURL], due.err); err != nil {
+					return got, err
+				}
+			}
+		case r := <-recv:
+			if r.err != nil {
+				return got, fmt.Errorf("receiving from ADS stream: %w", r.err)
+			}
+			if !got {
+				got = true
+				c.setConnected(true)
+			}
+			if err := c.handle(stream, r.resp); err != nil {
+				return got, err
+			}
 		}
 	}
+}
+
+// delayedNACK is a NACK held back because the server re-sent a version this client had
+// already rejected. Some servers (go-control-plane's snapshot cache among them) answer a
+// NACK by re-sending the same resources at once; NACKing each copy immediately would spin
+// both sides in a tight loop, so repeats back off exponentially up to BackoffMax.
+type delayedNACK struct {
+	typeURL, nonce string
+	err            error
+	at             time.Time
 }
 
 func (c *Client) send(stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient,
@@ -227,7 +281,15 @@ func (c *Client) handle(stream discoveryv3.AggregatedDiscoveryService_StreamAggr
 		c.mu.Lock()
 		c.status.LastNACK[t] = err.Error()
 		c.mu.Unlock()
-		return c.send(stream, t, c.subs[t], c.versions[t], err)
+		if c.nacked[t] != resp.GetVersionInfo() {
+			c.nacked[t] = resp.GetVersionInfo()
+			c.nackRepeats[t] = 0
+			return c.send(stream, t, c.subs[t], c.versions[t], err)
+		}
+		c.nackRepeats[t]++
+		d := min(c.opts.BackoffBase<<min(c.nackRepeats[t], 20), c.opts.BackoffMax, 5*time.Second)
+		c.delayed[t] = &delayedNACK{typeURL: t, nonce: resp.GetNonce(), err: err, at: c.opts.Clock.Now().Add(d)}
+		return nil
 	}
 	switch t {
 	case resourcev3.ClusterType, resourcev3.ListenerType:
@@ -245,6 +307,8 @@ func (c *Client) handle(stream discoveryv3.AggregatedDiscoveryService_StreamAggr
 		c.res[t] = merged
 	}
 	c.versions[t] = resp.GetVersionInfo()
+	delete(c.nacked, t)
+	delete(c.delayed, t)
 	c.mu.Lock()
 	c.status.Versions[t] = resp.GetVersionInfo()
 	delete(c.status.LastNACK, t)
