@@ -85,6 +85,9 @@ func run(o options) error {
 	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
 		return err
 	}
+	if err := setupInjection(mgr); err != nil {
+		return err
+	}
 	log.Info("starting manager")
 	return mgr.Start(ctrl.SetupSignalHandler())
 }

@@ -1,0 +1,108 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/weftmesh/weft/internal/inject"
+)
+
+// injectionOptions are the flags of the sidecar-injection webhook (internal/inject).
+type injectionOptions struct {
+	enabled      bool
+	image        string
+	xdsAddress   string
+	drainSeconds int64
+	host         string
+	port         int
+	certSecret   string
+	certHosts    string
+	configName   string
+}
+
+var injectOpts = bindInjectionFlags(flag.CommandLine)
+
+func bindInjectionFlags(fs *flag.FlagSet) *injectionOptions {
+	o := &injectionOptions{}
+	ns := os.Getenv("POD_NAMESPACE")
+	if ns == "" {
+		ns = "weft-system"
+	}
+	fs.BoolVar(&o.enabled, "enable-sidecar-injection", true, "Serve the sidecar-injection webhook and keep its caBundle current.")
+	fs.StringVar(&o.image, "sidecar-image", "ghcr.io/weftmesh/weft-sidecar:latest", "Image of the injected sidecar container.")
+	fs.StringVar(&o.xdsAddress, "sidecar-xds-address", "weft-manager."+ns+".svc:18000", "Control-plane address (host:port) injected sidecars connect to.")
+	fs.Int64Var(&o.drainSeconds, "sidecar-drain-seconds", 5, "How long an injected sidecar's preStop waits before the pod stops serving.")
+	fs.StringVar(&o.host, "webhook-host", "", "Address the webhook server binds (empty: all).")
+	fs.IntVar(&o.port, "webhook-port", 9443, "Port of the webhook server.")
+	fs.StringVar(&o.certSecret, "webhook-cert-secret", ns+"/weft-webhook-cert", "namespace/name of the Secret holding the webhook's self-managed CA and serving certificate.")
+	fs.StringVar(&o.certHosts, "webhook-cert-hosts", "weft-webhook-service."+ns+".svc,weft-webhook-service."+ns+".svc.cluster.local",
+		"Comma-separated DNS names and IPs the webhook serving certificate covers.")
+	fs.StringVar(&o.configName, "webhook-config-name", inject.WebhookConfigName, "MutatingWebhookConfiguration whose caBundle the manager keeps.")
+	return o
+}
+
+// setupInjection loads or creates the webhook certificate, then adds the webhook server
+// (with the injection handler) and the caBundle keeper to mgr.
+func setupInjection(mgr ctrl.Manager) error {
+	o := injectOpts
+	if !o.enabled {
+		return nil
+	}
+	ns, name, ok := strings.Cut(o.certSecret, "/")
+	if !ok || ns == "" || name == "" {
+		return fmt.Errorf("--webhook-cert-secret=%q: want namespace/name", o.certSecret)
+	}
+	hosts := strings.Split(o.certHosts, ",")
+	// The manager's cache is not running yet, so read and write the Secret directly.
+	direct, err := client.New(mgr.GetConfig(), client.Options{Scheme: mgr.GetScheme()})
+	if err != nil {
+		return fmt.Errorf("building a client for the webhook certificate: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	bundle, err := inject.EnsureSecret(ctx, direct, types.NamespacedName{Namespace: ns, Name: name}, hosts, time.Now())
+	if err != nil {
+		return fmt.Errorf("preparing the sidecar-injection webhook certificate (does namespace %s exist?): %w", ns, err)
+	}
+	cert, err := bundle.TLSCertificate()
+	if err != nil {
+		return err
+	}
+	srv := webhook.NewServer(webhook.Options{
+		Host: o.host, Port: o.port,
+		TLSOpts: []func(*tls.Config){func(c *tls.Config) {
+			c.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert, nil }
+			c.NextProtos = []string{"http/1.1"} // no HTTP/2: Rapid Reset
+		}},
+	})
+	reader := mgr.GetAPIReader()
+	srv.Register(inject.Path, &webhook.Admission{Handler: &inject.Handler{
+		Config:  inject.Config{Image: o.image, XDSAddress: o.xdsAddress, DrainSeconds: o.drainSeconds},
+		Decoder: admission.NewDecoder(mgr.GetScheme()),
+		Namespaces: inject.NamespaceLabelsFunc(func(ctx context.Context, name string) (map[string]string, error) {
+			nsObj := &corev1.Namespace{}
+			if err := reader.Get(ctx, types.NamespacedName{Name: name}, nsObj); err != nil {
+				return nil, err
+			}
+			return nsObj.Labels, nil
+		}),
+	}})
+	if err := mgr.Add(srv); err != nil {
+		return fmt.Errorf("adding the webhook server: %w", err)
+	}
+	return mgr.Add(&inject.CABundleKeeper{Client: direct, Name: o.configName, CA: bundle.CACert,
+		Clock: clock.RealClock{}, Log: ctrl.Log.WithName("inject")})
+}

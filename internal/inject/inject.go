@@ -1,0 +1,180 @@
+// Package inject adds the Weft sidecar to Pods at admission. It takes a Pod and the labels of
+// its namespace and returns the Pod with the sidecar container, the env that sends the app's
+// outbound HTTP through it, and the identity the sidecar presents to the control plane
+// (docs/xds-contract.md "Nodes"). The mutation is a pure function (Inject); webhook.go wraps
+// it in a controller-runtime admission handler, cert.go and cabundle.go keep the webhook's
+// self-managed certificate and the MutatingWebhookConfiguration's caBundle in step.
+package inject
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// Labels and annotations users set to steer injection.
+const (
+	// LabelInject on a namespace ("enabled") opts every Pod in it in; on a Pod, "true" opts
+	// it in and "false" opts it out even in an enabled namespace.
+	LabelInject = "weft.dev/inject"
+	// LabelFunction names the MeshFunction (in the Pod's namespace) a Pod serves.
+	LabelFunction = "weft.dev/function"
+	// AnnotationAppPort overrides the app port the sidecar's inbound listener forwards to.
+	AnnotationAppPort = "weft.dev/app-port"
+	// AnnotationStatus records that the Pod was injected, and with which image.
+	AnnotationStatus = "weft.dev/sidecar"
+)
+
+// Ports and names the sidecar uses (cmd/sidecar defaults).
+const (
+	ContainerName = "weft-sidecar"
+	InboundPort   = 15006
+	MetricsPort   = 15020
+	OutboundProxy = "http://127.0.0.1:15001"
+	noProxy       = "localhost,127.0.0.1"
+)
+
+// Config is what the manager's flags decide about the injected sidecar.
+type Config struct {
+	// Image of the sidecar container, e.g. ghcr.io/weftmesh/weft-sidecar:v0.1.0.
+	Image string
+	// XDSAddress is where sidecars reach the control plane (host:port).
+	XDSAddress string
+	// DrainSeconds is how long the sidecar's preStop waits, so that callers' sidecars learn
+	// over EDS that the pod is going away before it stops accepting calls.
+	DrainSeconds int64
+}
+
+// Wanted reports whether a Pod with podLabels in a namespace with nsLabels should get the
+// sidecar: an explicit pod label wins, otherwise the namespace label decides.
+func Wanted(nsLabels, podLabels map[string]string) bool {
+	switch podLabels[LabelInject] {
+	case "true":
+		return true
+	case "false":
+		return false
+	}
+	return nsLabels[LabelInject] == "enabled"
+}
+
+// Injected reports whether pod already has the sidecar, which makes Inject idempotent when
+// the webhook is called again (reinvocation, a retried create).
+func Injected(pod *corev1.Pod) bool {
+	return slices.ContainsFunc(pod.Spec.Containers, func(c corev1.Container) bool { return c.Name == ContainerName })
+}
+
+// Inject adds the sidecar to pod (in namespace ns) unless it already has one. It returns
+// whether pod changed, and an error that says what to fix when the Pod's annotations are
+// unusable.
+func Inject(pod *corev1.Pod, ns string, cfg Config) (bool, error) {
+	if Injected(pod) {
+		return false, nil
+	}
+	appPort, err := appPortOf(pod)
+	if err != nil {
+		return false, err
+	}
+	for i := range pod.Spec.Containers {
+		addProxyEnv(&pod.Spec.Containers[i])
+	}
+	pod.Spec.Containers = append(pod.Spec.Containers, sidecar(pod, ns, appPort, cfg))
+	if pod.Annotations == nil {
+		pod.Annotations = map[string]string{}
+	}
+	pod.Annotations[AnnotationStatus] = "injected " + cfg.Image
+	return true, nil
+}
+
+// appPortOf is the weft.dev/app-port annotation, else the first container's first port,
+// else 0 (a pure client: the sidecar then has no inbound listener).
+func appPortOf(pod *corev1.Pod) (int32, error) {
+	if v, ok := pod.Annotations[AnnotationAppPort]; ok {
+		p, err := strconv.ParseInt(v, 10, 32)
+		if err != nil || p < 1 || p > 65535 {
+			return 0, fmt.Errorf("annotation %s=%q is not a port number (1-65535); fix or remove it", AnnotationAppPort, v)
+		}
+		return int32(p), nil
+	}
+	if len(pod.Spec.Containers) > 0 && len(pod.Spec.Containers[0].Ports) > 0 {
+		return pod.Spec.Containers[0].Ports[0].ContainerPort, nil
+	}
+	return 0, nil
+}
+
+// addProxyEnv points the app's HTTP clients at the sidecar's outbound listener; both
+// spellings because curl reads only http_proxy and Go reads either. A proxy the user set
+// (in either spelling) wins, and then neither spelling is added.
+func addProxyEnv(c *corev1.Container) {
+	has := func(names ...string) bool {
+		return slices.ContainsFunc(c.Env, func(x corev1.EnvVar) bool { return slices.Contains(names, x.Name) })
+	}
+	if !has("HTTP_PROXY", "http_proxy") {
+		c.Env = append(c.Env, corev1.EnvVar{Name: "HTTP_PROXY", Value: OutboundProxy}, corev1.EnvVar{Name: "http_proxy", Value: OutboundProxy})
+	}
+	if !has("NO_PROXY", "no_proxy") {
+		c.Env = append(c.Env, corev1.EnvVar{Name: "NO_PROXY", Value: noProxy}, corev1.EnvVar{Name: "no_proxy", Value: noProxy})
+	}
+}
+
+// labelList renders labels as sorted k=v pairs: the sidecar's --labels format. They are
+// computed at admission because the downward API cannot put labels into env.
+func labelList(labels map[string]string) string {
+	keys := slices.Sorted(maps.Keys(labels))
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		parts = append(parts, k+"="+labels[k])
+	}
+	return strings.Join(parts, ",")
+}
+
+func fieldEnv(name, path string) corev1.EnvVar {
+	return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}
+}
+
+func sidecar(pod *corev1.Pod, ns string, appPort int32, cfg Config) corev1.Container {
+	args := []string{"--xds-address=" + cfg.XDSAddress, "--labels=$(WEFT_POD_LABELS)"}
+	if appPort != 0 {
+		args = append(args, "--app-port="+strconv.Itoa(int(appPort)))
+	}
+	if fn := pod.Labels[LabelFunction]; fn != "" {
+		args = append(args, "--function="+ns+"/"+fn)
+	}
+	drain := cfg.DrainSeconds
+	if drain <= 0 {
+		drain = 5
+	}
+	return corev1.Container{
+		Name:  ContainerName,
+		Image: cfg.Image,
+		Args:  args,
+		Env: []corev1.EnvVar{
+			fieldEnv("POD_NAME", "metadata.name"),
+			fieldEnv("POD_NAMESPACE", "metadata.namespace"),
+			fieldEnv("POD_IP", "status.podIP"),
+			{Name: "WEFT_POD_LABELS", Value: labelList(pod.Labels)},
+		},
+		Ports: []corev1.ContainerPort{
+			{Name: "weft-inbound", ContainerPort: InboundPort, Protocol: corev1.ProtocolTCP},
+			{Name: "weft-metrics", ContainerPort: MetricsPort, Protocol: corev1.ProtocolTCP},
+		},
+		ReadinessProbe: &corev1.Probe{
+			ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromInt32(MetricsPort)}},
+			PeriodSeconds: 2, FailureThreshold: 3,
+		},
+		// Sleep, not exec: the sidecar image has no shell. While the pod sleeps here it is
+		// already marked terminating, so callers' sidecars see it DRAINING over EDS and stop
+		// picking it before it stops listening.
+		Lifecycle: &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: drain}}},
+		SecurityContext: &corev1.SecurityContext{
+			RunAsNonRoot: ptr(true), RunAsUser: ptr(int64(1337)), AllowPrivilegeEscalation: ptr(false),
+			ReadOnlyRootFilesystem: ptr(true), Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		},
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
