@@ -19,10 +19,18 @@ type problems struct {
 	secretMiss []string // ResolvedRefs=False, SecretNotFound
 }
 
-func (p *problems) conflict(format string, a ...any) { p.conflicts = append(p.conflicts, fmt.Sprintf(format, a...)) }
-func (p *problems) invalidf(format string, a ...any) { p.invalid = append(p.invalid, fmt.Sprintf(format, a...)) }
-func (p *problems) missingf(format string, a ...any) { p.missing = append(p.missing, fmt.Sprintf(format, a...)) }
-func (p *problems) secretf(format string, a ...any)  { p.secretMiss = append(p.secretMiss, fmt.Sprintf(format, a...)) }
+func (p *problems) conflict(format string, a ...any) {
+	p.conflicts = append(p.conflicts, fmt.Sprintf(format, a...))
+}
+func (p *problems) invalidf(format string, a ...any) {
+	p.invalid = append(p.invalid, fmt.Sprintf(format, a...))
+}
+func (p *problems) missingf(format string, a ...any) {
+	p.missing = append(p.missing, fmt.Sprintf(format, a...))
+}
+func (p *problems) secretf(format string, a ...any) {
+	p.secretMiss = append(p.secretMiss, fmt.Sprintf(format, a...))
+}
 
 func joinSorted(s []string) string {
 	c := append([]string(nil), s...)
@@ -41,12 +49,12 @@ func (p *problems) conditions() []metav1.Condition {
 	accepted := metav1.Condition{Type: meshv1alpha1.ConditionAccepted, Status: metav1.ConditionTrue,
 		Reason: meshv1alpha1.ReasonAccepted, Message: "Translated into the xDS snapshot."}
 	switch {
-	case len(p.invalid) > 0:
-		accepted.Status, accepted.Reason = metav1.ConditionFalse, meshv1alpha1.ReasonInvalid
-		accepted.Message = joinSorted(append(append([]string(nil), p.invalid...), p.conflicts...))
 	case len(p.conflicts) > 0:
 		accepted.Status, accepted.Reason = metav1.ConditionFalse, meshv1alpha1.ReasonHostConflict
-		accepted.Message = joinSorted(p.conflicts)
+		accepted.Message = joinSorted(p.conflicts) + suffix(p.invalid)
+	case len(p.invalid) > 0:
+		accepted.Status, accepted.Reason = metav1.ConditionFalse, meshv1alpha1.ReasonInvalid
+		accepted.Message = joinSorted(p.invalid)
 	}
 	resolved := metav1.Condition{Type: meshv1alpha1.ConditionResolvedRefs, Status: metav1.ConditionTrue,
 		Reason: meshv1alpha1.ReasonResolvedRefs, Message: "Every referenced object exists."}
@@ -59,4 +67,11 @@ func (p *problems) conditions() []metav1.Condition {
 		resolved.Message = joinSorted(p.missing)
 	}
 	return []metav1.Condition{accepted, resolved}
+}
+
+func suffix(more []string) string {
+	if len(more) == 0 {
+		return ""
+	}
+	return "; " + joinSorted(more)
 }

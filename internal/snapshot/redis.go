@@ -231,4 +231,3 @@ func (t *translator) redisEndpoints(rp *meshv1alpha1.RedisProxy, name string, p 
 	}
 	return cla
 }
-

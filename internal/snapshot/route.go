@@ -200,6 +200,7 @@ func (t *translator) ruleAction(mr *meshv1alpha1.MeshRoute, rule *meshv1alpha1.H
 	}
 	var clusters []*routev3.WeightedCluster_ClusterWeight
 	var reasons []string
+	var unresolved []resolved
 	for _, d := range rule.Route {
 		if d.Weight <= 0 {
 			continue
@@ -208,8 +209,7 @@ func (t *translator) ruleAction(mr *meshv1alpha1.MeshRoute, rule *meshv1alpha1.H
 		if res.reason != "" {
 			b.p.missingf("%s", res.reason)
 			reasons = append(reasons, res.reason)
-			c, cla := unresolvedCluster(res.cluster, fmt.Sprintf("%s %s/%s: %s", KindMeshRoute, mr.Namespace, mr.Name, res.reason))
-			b.addCluster(c, cla)
+			unresolved = append(unresolved, res)
 		} else if res.port != 0 {
 			destPorts[res.port] = true
 		}
@@ -232,6 +232,10 @@ func (t *translator) ruleAction(mr *meshv1alpha1.MeshRoute, rule *meshv1alpha1.H
 		r.Action = directResponse(503, fmt.Sprintf("weft: %s %s/%s: %s\n", KindMeshRoute, mr.Namespace, mr.Name, strings.Join(reasons, "; ")))
 		r.TypedPerFilterConfig = nil
 		return r, true
+	}
+	for _, u := range unresolved {
+		// A weighted share that cannot be resolved answers 503 with the reason.
+		b.addCluster(unresolvedCluster(u.cluster, fmt.Sprintf("%s %s/%s: %s", KindMeshRoute, mr.Namespace, mr.Name, u.reason)))
 	}
 	ra := &routev3.RouteAction{Timeout: timeoutOf(0), HashPolicy: hashPolicy(ch)}
 	if rule.Timeout != nil {

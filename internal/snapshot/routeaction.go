@@ -33,7 +33,6 @@ func perMillion(pct float64) *typev3.FractionalPercent {
 	return &typev3.FractionalPercent{Numerator: uint32(n + 0.5), Denominator: typev3.FractionalPercent_MILLION}
 }
 
-
 // retryPolicy translates HTTPRetry. Attempts 0 disables retries (no policy). Numeric
 // status codes ride in retriable_status_codes; previous_hosts makes a retry avoid the hosts
 // already tried, except under consistent hashing where it would break affinity (Istio).

@@ -224,4 +224,3 @@ func asResources[T types.Resource](ms []T) []types.Resource {
 	}
 	return out
 }
-

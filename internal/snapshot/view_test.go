@@ -1,0 +1,68 @@
+package snapshot
+
+import (
+	"path/filepath"
+	"testing"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+func versions(t *testing.T, r *Result, v View) map[string]string {
+	t.Helper()
+	s, err := r.Snapshot(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, ty := range []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType} {
+		out[ty] = s.GetVersion(ty)
+	}
+	return out
+}
+
+// Identical input must give identical versions (the cache then pushes nothing), and an
+// endpoint change must move only the EDS version.
+func TestVersionsFollowContent(t *testing.T) {
+	in, views := readInput(t, filepath.Join("testdata", "route-all-fields.in.yaml"))
+	v := views[0]
+	a, b := versions(t, Translate(in), v), versions(t, Translate(in), v)
+	for ty := range a {
+		if a[ty] != b[ty] {
+			t.Errorf("%s version changed for identical input: %s vs %s", ty, a[ty], b[ty])
+		}
+	}
+	in.EndpointSlices[0].Endpoints[0].Addresses = []string{"10.9.9.9"}
+	c := versions(t, Translate(in), v)
+	for ty := range a {
+		changed := a[ty] != c[ty]
+		if want := ty == resourcev3.EndpointType; changed != want {
+			t.Errorf("after an endpoint change, %s version changed=%v, want %v", ty, changed, want)
+		}
+	}
+}
+
+func TestViewFromNode(t *testing.T) {
+	md, err := structpb.NewStruct(map[string]any{
+		"namespace": "shop", "pod": "p-1", "function": "shop/fn", "appPort": 8080.0,
+		"labels": map[string]any{"app": "web", "version": "v1"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := ViewFromNode(&corev3.Node{Id: "p-1.shop", Metadata: md})
+	if v.Namespace != "shop" || v.Function != "shop/fn" || v.AppPort != 8080 || v.Labels["version"] != "v1" {
+		t.Fatalf("ViewFromNode = %+v", v)
+	}
+	same := ViewFromNode(&corev3.Node{Id: "p-2.shop", Metadata: md})
+	if v.Key() != same.Key() {
+		t.Errorf("two pods with the same metadata got different view keys")
+	}
+	if other := (View{Namespace: "shop", Labels: map[string]string{"app": "web"}}); other.Key() == v.Key() {
+		t.Errorf("different views share key %s", v.Key())
+	}
+	if got := ViewFromNode(&corev3.Node{Id: "p-3.fallback"}); got.Namespace != "fallback" {
+		t.Errorf("namespace from node ID = %q, want fallback", got.Namespace)
+	}
+}
