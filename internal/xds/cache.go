@@ -1,0 +1,144 @@
+package xds
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
+	"github.com/weftmesh/weft/internal/snapshot"
+)
+
+// Types are the resource types Weft serves, in make-before-break order.
+var Types = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
+
+// viewHash maps a node to its view key: the snapshot cache then holds one snapshot per view,
+// shared by every sidecar in it.
+type viewHash struct{}
+
+// ID is the node's view key.
+func (viewHash) ID(n *corev3.Node) string { return snapshot.ViewFromNode(n).Key() }
+
+// Cache wraps the snapshot cache with the current translation: it is the only place that
+// calls SetSnapshot.
+type Cache struct {
+	cache cachev3.SnapshotCache
+
+	mu     sync.Mutex
+	result *snapshot.Result
+	views  map[string]*viewState // by view key
+}
+
+type viewState struct {
+	view     snapshot.View
+	nodes    int
+	versions map[string]string // type → version, only types the view has resources of
+}
+
+// NewCache returns an empty cache. ads=true makes go-control-plane answer watches of one
+// node in CDS → EDS → LDS → RDS order (make-before-break).
+func NewCache() *Cache {
+	return &Cache{cache: cachev3.NewSnapshotCache(true, viewHash{}, nil), views: map[string]*viewState{}}
+}
+
+// SetResult installs a new translation and updates the snapshot of every view that has a
+// connected sidecar. A view whose versions did not change is not touched, so nothing is
+// pushed for identical input.
+func (c *Cache) SetResult(ctx context.Context, r *snapshot.Result) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.result = r
+	var firstErr error
+	for key, vs := range c.views {
+		if err := c.setLocked(ctx, key, vs); err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	return firstErr
+}
+
+func (c *Cache) setLocked(ctx context.Context, key string, vs *viewState) error {
+	if c.result == nil {
+		return nil
+	}
+	snap, err := c.result.Snapshot(vs.view)
+	if err != nil {
+		return fmt.Errorf("building snapshot of view %s: %w", key, err)
+	}
+	versions := map[string]string{}
+	same := vs.versions != nil
+	for _, t := range Types {
+		if len(snap.GetResources(t)) > 0 {
+			versions[t] = snap.GetVersion(t)
+		}
+		if vs.versions[t] != snap.GetVersion(t) && (vs.versions[t] != "" || len(snap.GetResources(t)) > 0) {
+			same = false
+		}
+	}
+	if same {
+		return nil
+	}
+	if err := c.cache.SetSnapshot(ctx, key, snap); err != nil {
+		return fmt.Errorf("setting snapshot of view %s: %w", key, err)
+	}
+	vs.versions = versions
+	return nil
+}
+
+// addNode counts a sidecar into its view, building the view's snapshot when it is the first.
+func (c *Cache) addNode(ctx context.Context, v snapshot.View) error {
+	key := v.Key()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	vs, ok := c.views[key]
+	if !ok {
+		vs = &viewState{view: v}
+		c.views[key] = vs
+	}
+	vs.nodes++
+	if !ok {
+		return c.setLocked(ctx, key, vs)
+	}
+	return nil
+}
+
+// removeNode forgets a sidecar; the last one of a view takes the view's snapshot with it.
+func (c *Cache) removeNode(v snapshot.View) {
+	key := v.Key()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	vs, ok := c.views[key]
+	if !ok {
+		return
+	}
+	if vs.nodes--; vs.nodes <= 0 {
+		delete(c.views, key)
+		c.cache.ClearSnapshot(key)
+	}
+}
+
+// Versions returns the versions the view's current snapshot has, for the types it has
+// resources of (a sidecar never subscribes to an empty type).
+func (c *Cache) Versions(v snapshot.View) map[string]string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	vs, ok := c.views[v.Key()]
+	if !ok {
+		return nil
+	}
+	out := make(map[string]string, len(vs.versions))
+	for k, ver := range vs.versions {
+		out[k] = ver
+	}
+	return out
+}
+
+// Result is the translation currently served.
+func (c *Cache) Result() *snapshot.Result {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.result
+}

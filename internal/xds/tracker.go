@@ -1,0 +1,150 @@
+package xds
+
+import (
+	"sort"
+	"sync"
+
+	"github.com/weftmesh/weft/internal/snapshot"
+)
+
+// Rejection is a version a sidecar NACKed and the error it sent.
+type Rejection struct {
+	Version string
+	Error   string
+}
+
+// NodeState is what the server knows about one connected sidecar.
+type NodeState struct {
+	ID   string
+	View snapshot.View
+	// Acked is the last version the sidecar ACKed, by type URL.
+	Acked map[string]string
+	// Rejected is the last version it NACKed, by type URL; cleared by a later ACK.
+	Rejected map[string]Rejection
+}
+
+// tracker records ACKs and NACKs per node and per stream.
+type tracker struct {
+	mu      sync.Mutex
+	nodes   map[string]*nodeEntry // by node ID
+	streams map[int64]*streamEntry
+}
+
+type nodeEntry struct {
+	state   NodeState
+	streams int
+}
+
+type streamEntry struct {
+	nodeID string
+	view   snapshot.View
+	// sent is the version of the last response per type, by nonce, so a NACK can be tied to
+	// the version it rejects.
+	sent map[string]sentResponse
+	// delta streams track the last system version they sent per type.
+	delta bool
+}
+
+type sentResponse struct{ nonce, version string }
+
+func newTracker() *tracker {
+	return &tracker{nodes: map[string]*nodeEntry{}, streams: map[int64]*streamEntry{}}
+}
+
+// open registers the first request of a stream; it returns true when the stream is new.
+func (t *tracker) open(streamID int64, id string, v snapshot.View, delta bool) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.streams[streamID]; ok {
+		return false
+	}
+	t.streams[streamID] = &streamEntry{nodeID: id, view: v, sent: map[string]sentResponse{}, delta: delta}
+	n, ok := t.nodes[id]
+	if !ok {
+		n = &nodeEntry{state: NodeState{ID: id, Acked: map[string]string{}, Rejected: map[string]Rejection{}}}
+		t.nodes[id] = n
+	}
+	n.state.View = v
+	n.streams++
+	return true
+}
+
+// close forgets a stream and, with its last stream, the node. It returns the stream's view
+// and whether the stream was known.
+func (t *tracker) close(streamID int64) (snapshot.View, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s, ok := t.streams[streamID]
+	if !ok {
+		return snapshot.View{}, false
+	}
+	delete(t.streams, streamID)
+	if n := t.nodes[s.nodeID]; n != nil {
+		if n.streams--; n.streams <= 0 {
+			delete(t.nodes, s.nodeID)
+		}
+	}
+	return s.view, true
+}
+
+func (t *tracker) sent(streamID int64, typeURL, nonce, version string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if s, ok := t.streams[streamID]; ok {
+		s.sent[typeURL] = sentResponse{nonce, version}
+	}
+}
+
+// ack records an ACK of version; it reports whether anything changed.
+func (t *tracker) ack(streamID int64, typeURL, version string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s, ok := t.streams[streamID]
+	if !ok {
+		return false
+	}
+	n := t.nodes[s.nodeID]
+	_, hadRejection := n.state.Rejected[typeURL]
+	if n.state.Acked[typeURL] == version && !hadRejection {
+		return false
+	}
+	n.state.Acked[typeURL] = version
+	delete(n.state.Rejected, typeURL)
+	return true
+}
+
+// nack records a NACK of the response with nonce and returns the version it rejected ("" if
+// the nonce is not the stream's last response of that type).
+func (t *tracker) nack(streamID int64, typeURL, nonce, msg string) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s, ok := t.streams[streamID]
+	if !ok {
+		return ""
+	}
+	version := ""
+	if last := s.sent[typeURL]; last.nonce == nonce || s.delta {
+		version = last.version
+	}
+	t.nodes[s.nodeID].state.Rejected[typeURL] = Rejection{Version: version, Error: msg}
+	return version
+}
+
+// Nodes returns a copy of every connected sidecar's state, sorted by ID.
+func (t *tracker) Nodes() []NodeState {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]NodeState, 0, len(t.nodes))
+	for _, n := range t.nodes {
+		s := NodeState{ID: n.state.ID, View: n.state.View, Acked: map[string]string{}, Rejected: map[string]Rejection{}}
+		for k, v := range n.state.Acked {
+			s.Acked[k] = v
+		}
+		for k, v := range n.state.Rejected {
+			s.Rejected[k] = v
+		}
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
