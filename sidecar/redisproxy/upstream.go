@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -87,7 +88,7 @@ func (u *upstream) get(id uint64) (*sconn, string) {
 		}
 		return nil, fmt.Sprintf("ERR cannot connect to server %s: %s; retry shortly", u.label(), msg)
 	}
-	s := &sconn{up: u, slot: i}
+	s := &sconn{up: u, slot: i, kick: make(chan struct{}, 1), dead: make(chan struct{})}
 	u.conns[i].Store(s)
 	go s.connect()
 	return s, ""
@@ -107,8 +108,8 @@ func (u *upstream) closeAll() {
 }
 
 // sconn is one pipelined connection to a server: clients append requests to
-// wbuf and queue under mu; flush sends wbuf, many requests per write, and
-// a reader goroutine matches replies to queue in FIFO order.
+// wbuf and queue under mu; a writer goroutine sends wbuf in one write per
+// batch and a reader goroutine matches replies to queue in FIFO order.
 type sconn struct {
 	up    *upstream
 	slot  int
@@ -119,8 +120,9 @@ type sconn struct {
 	queue []*request
 	head  int
 	// closed is set once; after it no request is accepted.
-	closed  bool
-	writing bool // a goroutine is inside flush's write loop
+	closed bool
+	kick   chan struct{}
+	dead   chan struct{}
 }
 
 // enqueue appends r to the connection; false means the connection is dead.
@@ -140,34 +142,12 @@ func (s *sconn) enqueue(r *request) bool {
 	return true
 }
 
-// flush writes everything queued so far. Whoever finds no write in progress
-// becomes the writer and keeps writing until the buffer is empty, so requests
-// that other clients append meanwhile ride along in the next write (flush
-// combining: one syscall carries many clients' requests, with no goroutine
-// hand-off on the way to the server).
+// flush wakes the writer; callers batch many enqueues per flush.
 func (s *sconn) flush() {
-	s.mu.Lock()
-	if s.writing || s.c == nil || s.closed {
-		s.mu.Unlock()
-		return
+	select {
+	case s.kick <- struct{}{}:
+	default:
 	}
-	s.writing = true
-	for len(s.wbuf) > 0 {
-		buf := s.wbuf
-		s.wbuf = s.spare[:0]
-		s.mu.Unlock()
-		_, err := s.c.Write(buf)
-		s.mu.Lock()
-		s.spare = buf[:0]
-		if err != nil {
-			s.writing = false
-			s.mu.Unlock()
-			s.fail(fmt.Sprintf("ERR lost connection to server %s: %v; the command may or may not have run", s.up.label(), err), true)
-			return
-		}
-	}
-	s.writing = false
-	s.mu.Unlock()
 }
 
 func (s *sconn) connect() {
@@ -207,6 +187,7 @@ func (s *sconn) connect() {
 	u.connsOpen.Add(1)
 	go s.readLoop()
 	s.flush()
+	s.writeLoop()
 }
 
 // upstreamAuth authenticates a fresh server connection. The password never
@@ -232,6 +213,33 @@ func upstreamAuth(c net.Conn, user, pass string, timeout time.Duration) error {
 		return fmt.Errorf("server refused the proxy's AUTH (%s); check the upstream credentials", string(raw[1:len(raw)-2]))
 	}
 	return nil
+}
+
+func (s *sconn) writeLoop() {
+	for {
+		select {
+		case <-s.kick:
+		case <-s.dead:
+			return
+		}
+		// Let the other runnable clients append their requests first, so one
+		// write carries many of them (twemproxy's batching, without a timer).
+		runtime.Gosched()
+		s.mu.Lock()
+		buf := s.wbuf
+		s.wbuf = s.spare[:0]
+		s.mu.Unlock()
+		if len(buf) == 0 {
+			s.spare = buf
+			continue
+		}
+		_, err := s.c.Write(buf)
+		s.spare = buf[:0]
+		if err != nil {
+			s.fail(fmt.Sprintf("ERR lost connection to server %s: %v; the command may or may not have run", s.up.label(), err), true)
+			return
+		}
+	}
 }
 
 func (s *sconn) readLoop() {
@@ -299,6 +307,7 @@ func (s *sconn) fail(msg string, countFailure bool) {
 	s.queue, s.head, s.wbuf = nil, 0, nil
 	c := s.c
 	s.mu.Unlock()
+	close(s.dead)
 	s.up.conns[s.slot].CompareAndSwap(s, nil)
 	if c != nil {
 		c.Close()
