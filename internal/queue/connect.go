@@ -1,0 +1,55 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ClientOptions say how to reach NATS: the embedded server's URL and token, or an external
+// cluster (--nats-url with a token or a credentials file).
+type ClientOptions struct {
+	URL       string
+	Token     string
+	CredsFile string
+	// Name identifies the connection in NATS monitoring.
+	Name string
+}
+
+// Connect dials NATS and returns the connection and a JetStream client. It waits for the
+// first connection up to ctx's deadline, then reconnects forever, because the manager must
+// keep working through a NATS restart.
+func Connect(ctx context.Context, o ClientOptions) (*nats.Conn, jetstream.JetStream, error) {
+	if o.URL == "" {
+		return nil, nil, errors.New("no NATS URL: start the embedded server or set --nats-url")
+	}
+	opts := []nats.Option{
+		nats.Name(o.Name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(time.Second),
+		nats.RetryOnFailedConnect(false),
+	}
+	if o.Token != "" {
+		opts = append(opts, nats.Token(o.Token))
+	}
+	if o.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(o.CredsFile))
+	}
+	if d, ok := ctx.Deadline(); ok {
+		opts = append(opts, nats.Timeout(time.Until(d)))
+	}
+	nc, err := nats.Connect(o.URL, opts...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("connecting to NATS at %s: %w", o.URL, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("JetStream client for %s: %w", o.URL, err)
+	}
+	return nc, js, nil
+}

@@ -1,0 +1,113 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Stream names and subjects. sidecar/async publishes and consumes on the same subjects.
+const (
+	CallsStream = "WEFT_CALLS"
+	DeadStream  = "WEFT_DEAD"
+
+	callsPrefix = "weft.calls."
+	deadPrefix  = "weft.dead."
+)
+
+// StreamOptions tune the two streams; zero values take the defaults below.
+type StreamOptions struct {
+	// Duplicates is how long a call's Nats-Msg-Id (derived from its Idempotency-Key) is
+	// remembered, so a retried publish within it runs the call once. Default 10m.
+	Duplicates time.Duration
+	// DeadMaxAge is how long dead-lettered calls are kept for inspection. Default 7 days.
+	DeadMaxAge time.Duration
+	// MaxMsgSize bounds one call (body plus headers). Default DefaultMaxPayload.
+	MaxMsgSize int32
+	// Replicas for an external clustered NATS; the embedded server takes 1. Default 1.
+	Replicas int
+}
+
+// CallsSubject is where calls to the function namespace/name are published.
+func CallsSubject(namespace, name string) string { return callsPrefix + namespace + "." + name }
+
+// DeadSubject is where the function's calls that ran out of attempts or age go.
+func DeadSubject(namespace, name string) string { return deadPrefix + namespace + "." + name }
+
+// FunctionFromSubject parses a calls subject back into namespace and name. Kubernetes
+// names cannot contain dots, so the split is unambiguous.
+func FunctionFromSubject(subject string) (namespace, name string, ok bool) {
+	rest, found := strings.CutPrefix(subject, callsPrefix)
+	if !found {
+		return "", "", false
+	}
+	namespace, name, ok = strings.Cut(rest, ".")
+	if !ok || namespace == "" || name == "" || strings.Contains(name, ".") {
+		return "", "", false
+	}
+	return namespace, name, true
+}
+
+// StreamConfigs returns the WEFT_CALLS and WEFT_DEAD stream configurations (pure; exposed
+// for tests and for operators who create the streams themselves on an external cluster).
+//
+// WEFT_CALLS is a work queue: a message is removed once a function's sidecar acks it, so
+// its per-subject count is exactly the function's backlog. WEFT_DEAD keeps messages by age.
+func StreamConfigs(o StreamOptions) (calls, dead jetstream.StreamConfig) {
+	if o.Duplicates == 0 {
+		o.Duplicates = 10 * time.Minute
+	}
+	if o.DeadMaxAge == 0 {
+		o.DeadMaxAge = 7 * 24 * time.Hour
+	}
+	if o.MaxMsgSize == 0 {
+		o.MaxMsgSize = DefaultMaxPayload
+	}
+	if o.Replicas == 0 {
+		o.Replicas = 1
+	}
+	calls = jetstream.StreamConfig{
+		Name:        CallsStream,
+		Description: "Weft asynchronous function calls, one subject per function",
+		Subjects:    []string{callsPrefix + ">"},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		Discard:     jetstream.DiscardNew,
+		Duplicates:  o.Duplicates,
+		MaxMsgSize:  o.MaxMsgSize,
+		Replicas:    o.Replicas,
+	}
+	dead = jetstream.StreamConfig{
+		Name:        DeadStream,
+		Description: "Weft asynchronous calls that ran out of attempts or age",
+		Subjects:    []string{deadPrefix + ">"},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Discard:     jetstream.DiscardOld,
+		MaxAge:      o.DeadMaxAge,
+		Duplicates:  2 * time.Minute,
+		MaxMsgSize:  o.MaxMsgSize,
+		Replicas:    o.Replicas,
+	}
+	return calls, dead
+}
+
+// StreamManager is the part of jetstream.JetStream that EnsureStreams needs.
+type StreamManager interface {
+	CreateOrUpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error)
+}
+
+// EnsureStreams creates the two streams or updates them to the current configuration. It is
+// idempotent, so the manager runs it on every start.
+func EnsureStreams(ctx context.Context, js StreamManager, o StreamOptions) error {
+	calls, dead := StreamConfigs(o)
+	for _, cfg := range []jetstream.StreamConfig{calls, dead} {
+		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("creating or updating JetStream stream %s: %w", cfg.Name, err)
+		}
+	}
+	return nil
+}
