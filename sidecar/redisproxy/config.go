@@ -1,9 +1,3 @@
-// Package redisproxy is the sidecar-local sharding Redis proxy: it speaks
-// RESP2 to clients, places every key on a server exactly as twemproxy would
-// (ring package), splits multi-key commands per server and merges the
-// replies, and multiplexes all clients over a few pipelined connections per
-// server. Its Config comes from xDS (ConfigFromXDS) and can be swapped at run
-// time without dropping client connections.
 package redisproxy
 
 import (

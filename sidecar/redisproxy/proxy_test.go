@@ -192,3 +192,50 @@ func TestInlineCommands(t *testing.T) {
 		}
 	}
 }
+
+func TestProtocolErrorClosesWithReply(t *testing.T) {
+	shards := redistest.StartRedis(t, 1)
+	p, addr := startProxy(t, poolOf(shards))
+	c := redistest.Dial(t, addr)
+	if err := c.WriteRaw("*1\r\n$4\r\nPING\r\n*1\r\n:4\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []string{"+PONG\r\n", "-ERR Protocol error: expected '$', got ':'\r\n"} {
+		if got, err := c.Read(); err != nil || got != w {
+			t.Fatalf("got %q %v, want %q", got, err, w)
+		}
+	}
+	if _, err := c.Read(); err == nil {
+		t.Fatal("connection must close after a protocol error")
+	}
+	if !strings.Contains(metrics(t, p), "weft_redis_protocol_errors_total 1") {
+		t.Fatal("protocol error not counted")
+	}
+}
+
+// TestShutdownDeliversOwedReplies: replies already owed to a client are
+// written before the connection closes.
+func TestShutdownDeliversOwedReplies(t *testing.T) {
+	shards := redistest.StartRedis(t, 1)
+	p, err := New(poolOf(shards))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(ln) }()
+	c := redistest.Dial(t, ln.Addr().String())
+	expect(t, c, "+OK\r\n", "SET", "k", "v")
+	if err := p.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-served; err != nil {
+		t.Fatalf("Serve after Shutdown: %v", err)
+	}
+	if _, err := c.Read(); err == nil {
+		t.Fatal("client connection still open after Shutdown")
+	}
+	if err := p.Update(poolOf(shards)); err == nil {
+		t.Fatal("Update after Shutdown must fail")
+	}
+}

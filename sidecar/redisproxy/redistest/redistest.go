@@ -109,8 +109,9 @@ func WaitListening(t testing.TB, addr string) {
 	}
 }
 
-// StartNutcracker runs nutcracker with the given YAML config and returns its
-// listen address is up; it skips the test when nutcracker is not installed.
+// StartNutcracker runs nutcracker with the given YAML config and waits until
+// listen accepts connections; it skips the test when nutcracker is not
+// installed.
 func StartNutcracker(t testing.TB, yaml string, listen string) {
 	bin, err := exec.LookPath("nutcracker")
 	if err != nil {

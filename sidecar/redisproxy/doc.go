@@ -1,0 +1,41 @@
+// Package redisproxy is the sidecar-local sharding Redis proxy: it speaks
+// RESP2 to clients, places every key on a server exactly as twemproxy 0.5.0
+// would (package ring, verified against nutcracker), splits multi-key
+// commands per server and merges the replies, and multiplexes all clients
+// over a few pipelined connections per server. Its Config comes from xDS
+// (ConfigFromXDS, see docs/xds-contract.md) and can be swapped at run time
+// with Update without dropping client connections.
+//
+// Data path. Each client has a reader goroutine that parses commands, routes
+// them and appends them to the server connection's write buffer, and a writer
+// goroutine that returns replies strictly in request order. When the
+// client's read buffer is drained the touched server connections are woken;
+// each has one writer goroutine that sends everything queued in one write and
+// one reader goroutine that matches replies FIFO. Requests, pending replies
+// and buffers are pooled: the steady state allocates nothing per command.
+//
+// Behaviour worth knowing:
+//   - MGET, MSET, DEL, EXISTS, TOUCH and UNLINK become one command per
+//     server (not per key); replies merge in key order, sums, or +OK. If any
+//     server fails, the reply is that server's error (the command may have
+//     partly run, as with twemproxy).
+//   - Other multi-key commands (RENAME, SUNION, LMOVE, MSETNX, EVAL keys, …)
+//     run when all their keys live on one server, else -CROSSSLOT.
+//   - EVAL/EVALSHA/FCALL route by their keys; numkeys 0 is refused because a
+//     keyless script has no server of its own.
+//   - PING, ECHO, QUIT, AUTH, HELLO 2 and SELECT 0 are answered locally;
+//     HELLO 3 gives -NOPROTO. Commands that cannot work across shards (KEYS,
+//     SCAN, FLUSHALL, MULTI/EXEC, pub/sub, blocking pops, CLIENT, CONFIG, …)
+//     get -ERR naming the command and why, and the connection stays open.
+//   - Downstream auth is checked per command against the current config, so
+//     enabling it by Update also applies to connected clients.
+//   - With a prefix route that removes its prefix, the key is hashed and
+//     stored without the prefix.
+//   - opTimeout fails every command queued on the slow server connection
+//     with -ERR in its place in each client's pipeline and reconnects.
+//   - Passive health: connect errors, timeouts and lost connections count;
+//     failureLimit consecutive failures eject the server. Error replies such
+//     as -LOADING or -BUSY do not count (twemproxy counts them). An ejected
+//     server returns only after a successful PING probe (every retryTimeout,
+//     or healthy_threshold probes with an active health check).
+package redisproxy
