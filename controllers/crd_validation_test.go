@@ -166,7 +166,7 @@ spec:
 		Entry("target utilization above 100", function(`
   concurrency: {targetUtilizationPercentage: 150}`), "spec.concurrency.targetUtilizationPercentage in body should be less than or equal to 100"),
 		Entry("target below 0.01", function(`
-  concurrency: {target: 0}`), "spec.concurrency.target in body should be greater than or equal to 0.01"),
+  concurrency: {target: 0}`), "concurrency.target must be at least 0.01"),
 		Entry("target above containerConcurrency", function(`
   concurrency: {containerConcurrency: 10, target: 20}`), "target cannot exceed containerConcurrency"),
 		Entry("panic threshold out of Knative's range", function(`

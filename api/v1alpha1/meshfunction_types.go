@@ -62,7 +62,12 @@ type MeshFunctionSpec struct {
 }
 
 // Concurrency is Knative's containerConcurrency and target.
-// +kubebuilder:validation:XValidation:rule="!has(self.target) || self.containerConcurrency == 0 || self.target <= double(self.containerConcurrency)",message="target cannot exceed containerConcurrency: lower target or raise containerConcurrency"
+//
+// The CEL rule on target repeats its OpenAPI minimum on purpose: the API server compares an
+// integer value ("target: 0") with the minimum truncated to an integer (0), so the minimum
+// alone lets 0 through (seen with kube-apiserver v1.36.3).
+// +kubebuilder:validation:XValidation:rule="!has(self.target) || self.target >= 0.01",message="concurrency.target must be at least 0.01: use a positive per-pod target, or leave it unset for the default"
+// +kubebuilder:validation:XValidation:rule="!has(self.target) || !has(self.containerConcurrency) || self.containerConcurrency == 0 || self.target <= double(self.containerConcurrency)",message="target cannot exceed containerConcurrency: lower target or raise containerConcurrency"
 type Concurrency struct {
 	// ContainerConcurrency is the hard limit of requests in flight per pod, enforced by its
 	// sidecar (excess requests queue up to 10x this, then get 503). 0 means no limit.
@@ -98,9 +103,9 @@ const (
 )
 
 // Scale tunes the autoscaler. Names and defaults are Knative's.
-// +kubebuilder:validation:XValidation:rule="self.max == 0 || self.min <= self.max",message="scale.min cannot be above scale.max: lower min or raise max"
-// +kubebuilder:validation:XValidation:rule="self.max == 0 || self.initial <= self.max",message="scale.initial cannot be above scale.max"
-// +kubebuilder:validation:XValidation:rule="duration(self.stableWindow) >= duration('6s') && duration(self.stableWindow) <= duration('1h')",message="scale.stableWindow must be between 6s and 1h"
+// +kubebuilder:validation:XValidation:rule="!has(self.max) || self.max == 0 || !has(self.min) || self.min <= self.max",message="scale.min cannot be above scale.max: lower min or raise max"
+// +kubebuilder:validation:XValidation:rule="!has(self.max) || self.max == 0 || !has(self.initial) || self.initial <= self.max",message="scale.initial cannot be above scale.max"
+// +kubebuilder:validation:XValidation:rule="!has(self.stableWindow) || (duration(self.stableWindow) >= duration('6s') && duration(self.stableWindow) <= duration('1h'))",message="scale.stableWindow must be between 6s and 1h"
 type Scale struct {
 	// Metric the autoscaler measures.
 	// +optional

@@ -150,7 +150,7 @@ const (
 type HashFunction string
 
 // Sharding says how keys map to servers. The defaults are twemproxy's except the distribution.
-// +kubebuilder:validation:XValidation:rule="size(self.hashTag) == 0 || size(self.hashTag) == 2",message="hashTag must be two characters, like {}"
+// +kubebuilder:validation:XValidation:rule="!has(self.hashTag) || size(self.hashTag) == 0 || size(self.hashTag) == 2",message="hashTag must be two characters, like {}"
 type Sharding struct {
 	// Distribution of keys: ketama (consistent hashing, twemproxy-exact), modula or random.
 	// +optional
