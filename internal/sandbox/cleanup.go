@@ -1,0 +1,112 @@
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// EnvMarker is set in the environment of every process the sandbox starts (and inherited by
+// etcd and kube-apiserver), valued with the state dir: /proc/<pid>/environ then tells which
+// processes a crashed run left behind, without a pid file that could name a reused pid.
+const EnvMarker = "WEFT_SANDBOX_STATE"
+
+// staleProcesses lists pids (other than ours) whose environment carries the marker for dir.
+func staleProcesses(dir string) []int {
+	want := []byte(EnvMarker + "=" + dir + "\x00")
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err != nil {
+			continue
+		}
+		if bytes.Contains(append([]byte{0}, env...), append([]byte{0}, want...)) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// Cleanup removes what a previous run with this state dir left: its processes (SIGKILL, they
+// have no one to drain for), pod namespaces and veths named weft-*/weftv*, the bridge and
+// the state dir's contents. It reports what it removed.
+func Cleanup(ctx context.Context, stateDir, bridge string) ([]string, error) {
+	var removed []string
+	pids := staleProcesses(stateDir)
+	for _, pid := range pids {
+		if syscall.Kill(pid, syscall.SIGKILL) == nil {
+			removed = append(removed, "process "+strconv.Itoa(pid))
+		}
+	}
+	for _, pid := range pids { // wait for them so ports and files are free
+		for i := 0; i < 50 && syscall.Kill(pid, 0) == nil; i++ {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if out, err := exec.CommandContext(ctx, "ip", "netns", "list").Output(); err == nil {
+		for _, line := range strings.Split(string(out), "\n") {
+			if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(f[0], prefix+"-") {
+				if ip(ctx, "netns", "del", f[0]) == nil {
+					removed = append(removed, "netns "+f[0])
+				}
+			}
+		}
+	}
+	if out, err := exec.CommandContext(ctx, "ip", "-o", "link", "show").Output(); err == nil {
+		for _, line := range strings.Split(string(out), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 2 {
+				continue
+			}
+			name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
+			if strings.HasPrefix(name, prefix+"v") || name == bridge {
+				if ip(ctx, "link", "del", name) == nil {
+					removed = append(removed, "link "+name)
+				}
+			}
+		}
+	}
+	if entries, err := os.ReadDir(stateDir); err == nil {
+		for _, e := range entries {
+			if err := os.RemoveAll(filepath.Join(stateDir, e.Name())); err != nil {
+				return removed, fmt.Errorf("removing stale state %s: %w", filepath.Join(stateDir, e.Name()), err)
+			}
+		}
+	}
+	return removed, nil
+}
+
+// Preflight checks that the sandbox can build the pod network: it needs CAP_NET_ADMIN (to
+// create links) and CAP_SYS_ADMIN (to create network namespaces), and iproute2.
+func Preflight() error {
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return fmt.Errorf("reading /proc/self/status to check capabilities: %w", err)
+	}
+	var eff uint64
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			eff, _ = strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		}
+	}
+	const capNetAdmin, capSysAdmin = 12, 21
+	if eff&(1<<capNetAdmin) == 0 || eff&(1<<capSysAdmin) == 0 {
+		return fmt.Errorf("weft dev needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to give each pod its own network namespace; run it with sudo")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		return fmt.Errorf("weft dev needs the ip command (iproute2) to build the pod network; install it (apt-get install iproute2)")
+	}
+	return nil
+}

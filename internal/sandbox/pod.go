@@ -1,0 +1,309 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+)
+
+// containerState is what the node agent knows about one container; status.go turns it into
+// a ContainerStatus.
+type containerState struct {
+	spec       corev1.Container
+	running    bool
+	pid        int
+	startedAt  time.Time
+	everRan    bool
+	ready      bool
+	restarts   int32
+	waiting    string // reason while not running
+	message    string
+	lastExit   *corev1.ContainerStateTerminated
+	terminated *corev1.ContainerStateTerminated
+	done       chan struct{} // closed when the current process exits
+}
+
+// podRuntime runs one Pod's containers as processes in the Pod's network namespace.
+type podRuntime struct {
+	a       *Agent
+	pod     *corev1.Pod // as first seen; spec does not change
+	net     *PodNet
+	started time.Time
+	logDir  string
+
+	mu         sync.Mutex
+	containers []*containerState
+	stopping   bool
+
+	changed      chan struct{}
+	finished     chan struct{} // closed after teardown: no more status writes
+	teardownOnce sync.Once
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+func (r *podRuntime) key() string { return r.pod.Namespace + "/" + r.pod.Name }
+
+func (r *podRuntime) notify() {
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
+}
+
+// start launches every container with its supervisor and readiness prober.
+func (r *podRuntime) start() {
+	r.logDir = filepath.Join(r.a.opts.StateDir, "pods", r.pod.Namespace+"_"+r.pod.Name)
+	_ = os.MkdirAll(r.logDir, 0o755)
+	for i := range r.pod.Spec.Containers {
+		cs := &containerState{spec: r.pod.Spec.Containers[i], waiting: "ContainerCreating"}
+		r.containers = append(r.containers, cs)
+	}
+	for _, cs := range r.containers {
+		r.wg.Add(1)
+		go func() { defer r.wg.Done(); r.supervise(cs) }()
+		if cs.spec.ReadinessProbe != nil {
+			r.wg.Add(1)
+			go func() { defer r.wg.Done(); r.probe(cs) }()
+		}
+	}
+	r.notify()
+}
+
+func (r *podRuntime) env(c *corev1.Container) ([]string, error) {
+	env, err := containerEnv(r.pod, c, r.net.IP.String(), r.a.hostIP)
+	if err != nil {
+		return nil, err
+	}
+	return append(env, "PATH="+os.Getenv("PATH"), EnvMarker+"="+r.a.opts.StateDir), nil
+}
+
+// supervise runs a container's process and restarts it (restartPolicy Always, the only one
+// Deployments use) with a doubling back-off, until the pod stops.
+func (r *podRuntime) supervise(cs *containerState) {
+	backoff := time.Second
+	for {
+		err := r.run(cs)
+		if r.ctx.Err() != nil {
+			return
+		}
+		r.mu.Lock()
+		if err != nil {
+			cs.waiting, cs.message = waitingReason(err), err.Error()
+		} else {
+			cs.waiting, cs.message = "CrashLoopBackOff", fmt.Sprintf("back-off %s restarting failed container %s", backoff, cs.spec.Name)
+		}
+		r.mu.Unlock()
+		r.notify()
+		if r.pod.Spec.RestartPolicy == corev1.RestartPolicyNever {
+			return
+		}
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+// errImage marks a failure to map the image, reported as ErrImagePull.
+type errImage struct{ error }
+
+func waitingReason(err error) string {
+	var ie errImage
+	if errors.As(err, &ie) {
+		return "ErrImagePull"
+	}
+	return "CreateContainerConfigError"
+}
+
+// run starts the container's process and waits for it to exit. An error means it could not
+// start at all.
+func (r *podRuntime) run(cs *containerState) error {
+	c := &cs.spec
+	prog, err := r.a.images.Resolve(c.Image)
+	if err != nil {
+		return errImage{err}
+	}
+	env, err := r.env(c)
+	if err != nil {
+		return err
+	}
+	vals := envMap(env)
+	var args []string
+	if len(c.Command) > 1 {
+		args = append(args, c.Command[1:]...) // command[0] is the image's program here
+	}
+	args = append(args, c.Args...)
+	for i := range args {
+		args[i] = expand(args[i], vals)
+	}
+	logf, err := os.OpenFile(filepath.Join(r.logDir, c.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("opening log of container %s: %w", c.Name, err)
+	}
+	defer logf.Close()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", r.net.Netns, prog}, args...)...)
+	cmd.Env, cmd.Stdout, cmd.Stderr = env, logf, logf
+	cmd.Dir = r.logDir
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	r.mu.Lock()
+	if r.stopping {
+		r.mu.Unlock()
+		return nil
+	}
+	if err := cmd.Start(); err != nil {
+		r.mu.Unlock()
+		return fmt.Errorf("starting %s for container %s: %w", prog, c.Name, err)
+	}
+	if cs.everRan {
+		cs.restarts++
+	}
+	cs.running, cs.everRan, cs.pid, cs.startedAt = true, true, cmd.Process.Pid, time.Now()
+	cs.waiting, cs.message, cs.ready = "", "", c.ReadinessProbe == nil
+	cs.done = make(chan struct{})
+	done := cs.done
+	r.mu.Unlock()
+	r.notify()
+
+	werr := cmd.Wait()
+	code := int32(0)
+	if cmd.ProcessState != nil {
+		code = int32(cmd.ProcessState.ExitCode())
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			code = 128 + int32(ws.Signal())
+		}
+	}
+	reason := "Completed"
+	if werr != nil || code != 0 {
+		reason = "Error"
+	}
+	r.mu.Lock()
+	cs.running, cs.ready, cs.pid = false, false, 0
+	cs.lastExit = &corev1.ContainerStateTerminated{ExitCode: code, Reason: reason,
+		StartedAt: metaTime(cs.startedAt), FinishedAt: metaTime(time.Now())}
+	if r.stopping {
+		cs.terminated = cs.lastExit
+	}
+	r.mu.Unlock()
+	close(done)
+	r.notify()
+	return nil
+}
+
+// probe runs the container's readiness probe on its schedule while the pod lives.
+func (r *podRuntime) probe(cs *containerState) {
+	p := cs.spec.ReadinessProbe
+	h := probeHandler(p)
+	period := secondsOr(p.PeriodSeconds, 10)
+	timeout := secondsOr(p.TimeoutSeconds, 1)
+	successes, failures := 0, 0
+	wait := time.Duration(p.InitialDelaySeconds) * time.Second
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = period
+		r.mu.Lock()
+		running := cs.running
+		r.mu.Unlock()
+		if !running {
+			successes, failures = 0, 0
+			continue
+		}
+		env, _ := r.env(&cs.spec)
+		ctx, cancel := context.WithTimeout(r.ctx, timeout)
+		err := h.run(ctx, &cs.spec, r.net.Netns, r.net.IP.String(), env)
+		cancel()
+		r.mu.Lock()
+		was := cs.ready
+		if err == nil {
+			successes, failures = successes+1, 0
+			if successes >= threshold(p.SuccessThreshold, 1) {
+				cs.ready = cs.running
+			}
+		} else {
+			successes, failures = 0, failures+1
+			if failures >= threshold(p.FailureThreshold, 3) {
+				cs.ready = false
+			}
+		}
+		now := cs.ready
+		r.mu.Unlock()
+		if was != now {
+			r.notify()
+		}
+	}
+}
+
+// stop runs the preStop hooks, then SIGTERM, then SIGKILL at the end of the grace period,
+// the kubelet's order. It returns when every process has exited.
+func (r *podRuntime) stop(grace time.Duration) {
+	deadline := time.Now().Add(grace)
+	r.mu.Lock()
+	r.stopping = true
+	r.mu.Unlock()
+	r.cancel() // no more restarts or probes
+	hctx, cancel := context.WithDeadline(context.Background(), deadline)
+	var hooks sync.WaitGroup
+	for _, cs := range r.containers {
+		if lc := cs.spec.Lifecycle; lc != nil && lc.PreStop != nil && r.isRunning(cs) {
+			hooks.Add(1)
+			go func() {
+				defer hooks.Done()
+				env, _ := r.env(&cs.spec)
+				if err := hookHandler(lc.PreStop).run(hctx, &cs.spec, r.net.Netns, r.net.IP.String(), env); err != nil {
+					r.a.log.Info("preStop hook failed", "pod", r.key(), "container", cs.spec.Name, "err", err)
+				}
+			}()
+		}
+	}
+	hooks.Wait()
+	cancel()
+	r.signalAll(syscall.SIGTERM)
+	for _, cs := range r.containers {
+		r.mu.Lock()
+		done := cs.done
+		r.mu.Unlock()
+		if done == nil {
+			continue
+		}
+		select {
+		case <-done:
+		case <-time.After(time.Until(deadline)):
+			r.signalAll(syscall.SIGKILL)
+			<-done
+		}
+	}
+	r.wg.Wait()
+}
+
+func (r *podRuntime) isRunning(cs *containerState) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return cs.running
+}
+
+// signalAll signals each running container's process group (the program and anything it
+// started).
+func (r *podRuntime) signalAll(sig syscall.Signal) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, cs := range r.containers {
+		if cs.running && cs.pid > 0 {
+			_ = syscall.Kill(-cs.pid, sig)
+		}
+	}
+}

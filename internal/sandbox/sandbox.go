@@ -1,0 +1,325 @@
+// Package sandbox is the local mesh behind `weft dev`: real etcd, kube-apiserver and
+// kube-controller-manager, the Weft manager as a process, and a node agent (agent.go) that
+// plays scheduler and kubelet, running each Pod's containers as local processes in their own
+// network namespace on a bridge. It takes binaries and manifests from the clone and produces
+// a cluster kubectl can talk to; everything it creates is named weft-* and tracked through a
+// state dir, so a crashed run is cleaned up by the next one.
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-logr/logr"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+)
+
+// Options configure a local mesh.
+type Options struct {
+	StateDir  string       // logs, kubeconfig, etcd data; default /tmp/weft-dev
+	BinDir    string       // bin/manager, bin/sidecar, bin/echo, ...
+	AssetsDir string       // kube-apiserver, etcd, kube-controller-manager
+	CRDDir    string       // config/crd/bases
+	PodCIDR   netip.Prefix // default 10.244.0.0/16
+	Bridge    string       // default weft0
+	NodeName  string       // default weft-dev
+	XDSPort   int          // default 18000, on the bridge address
+	Images    *Images
+	// ManagerArgs are added to the manager's command line.
+	ManagerArgs []string
+	Out         io.Writer // progress for the user
+	Log         logr.Logger
+}
+
+func (o *Options) defaults() {
+	if o.StateDir == "" {
+		o.StateDir = filepath.Join(os.TempDir(), "weft-dev")
+	}
+	if !o.PodCIDR.IsValid() {
+		o.PodCIDR = netip.MustParsePrefix("10.244.0.0/16")
+	}
+	if o.Bridge == "" {
+		o.Bridge = prefix + "0"
+	}
+	if o.NodeName == "" {
+		o.NodeName = "weft-dev"
+	}
+	if o.XDSPort == 0 {
+		o.XDSPort = 18000
+	}
+	if o.Images == nil {
+		o.Images = NewImages(o.BinDir)
+	}
+	if o.Out == nil {
+		o.Out = io.Discard
+	}
+}
+
+// Kubeconfig is where Run writes the admin kubeconfig for a state dir.
+func Kubeconfig(stateDir string) string { return filepath.Join(stateDir, "kubeconfig") }
+
+// ReadyFile appears in the state dir once the mesh serves; scripts wait for it.
+func ReadyFile(stateDir string) string { return filepath.Join(stateDir, "ready") }
+
+// Run starts the local mesh, serves until ctx ends, then tears everything down.
+func Run(ctx context.Context, o Options) (err error) {
+	o.defaults()
+	say := func(format string, args ...any) { fmt.Fprintf(o.Out, "weft dev: "+format+"\n", args...) }
+	if err := Preflight(); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(o.StateDir, 0o755); err != nil {
+		return fmt.Errorf("creating state dir %s: %w", o.StateDir, err)
+	}
+	removed, err := Cleanup(ctx, o.StateDir, o.Bridge)
+	if err != nil {
+		return err
+	}
+	if len(removed) > 0 {
+		say("removed what an earlier run left behind: %s", strings.Join(removed, ", "))
+	}
+	logDir := filepath.Join(o.StateDir, "logs")
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return err
+	}
+	// Every child inherits the marker, which is how Cleanup finds them after a crash.
+	_ = os.Setenv(EnvMarker, o.StateDir)
+	teardown := context.WithoutCancel(ctx)
+	defer func() {
+		leftovers, _ := Cleanup(teardown, o.StateDir+"\x00nothing", o.Bridge) // links/netns only
+		_ = leftovers
+		for _, pid := range staleProcesses(o.StateDir) {
+			_ = killPid(pid)
+		}
+		_ = os.Remove(ReadyFile(o.StateDir))
+		say("stopped; logs kept in %s", logDir)
+	}()
+
+	network := NewNetwork(o.Bridge, o.PodCIDR)
+	if err := network.Up(ctx); err != nil {
+		return err
+	}
+	gw := network.Gateway().String()
+	say("pod network %s on bridge %s (host %s)", o.PodCIDR, o.Bridge, gw)
+
+	env, err := startControlPlane(o, logDir)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = env.Stop() }()
+	admin, err := env.ControlPlane.AddUser(envtest.User{Name: "weft-dev-admin", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return fmt.Errorf("creating the admin user: %w", err)
+	}
+	kc, err := admin.KubeConfig()
+	if err != nil {
+		return fmt.Errorf("rendering the admin kubeconfig: %w", err)
+	}
+	kubeconfig := Kubeconfig(o.StateDir)
+	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
+		return fmt.Errorf("writing %s: %w", kubeconfig, err)
+	}
+	say("kube-apiserver at %s, CRDs from %s installed", env.Config.Host, o.CRDDir)
+
+	kcm, err := startProcess("kube-controller-manager", logDir, filepath.Join(o.AssetsDir, "kube-controller-manager"), []string{
+		"--kubeconfig=" + kubeconfig, "--controllers=*,-serviceaccount-token", "--leader-elect=false",
+		"--secure-port=0", "--use-service-account-credentials=false", "--cluster-name=weft-dev", "-v=1",
+	}, nil)
+	if err != nil {
+		return err
+	}
+	defer kcm.stop(10 * time.Second)
+
+	cs, err := kubernetes.NewForConfig(admin.Config())
+	if err != nil {
+		return fmt.Errorf("building a client: %w", err)
+	}
+	webhookPort, err := freePort("127.0.0.1")
+	if err != nil {
+		return err
+	}
+	if err := prepareCluster(ctx, cs, webhookPort); err != nil {
+		return err
+	}
+	mgrStop, err := superviseManager(ctx, o, logDir, kubeconfig, gw, webhookPort, say)
+	if err != nil {
+		return err
+	}
+	defer mgrStop()
+	if err := waitWebhook(ctx, cs, webhookPort); err != nil {
+		return fmt.Errorf("%w (manager log: %s)", err, filepath.Join(logDir, "manager.log"))
+	}
+	say("manager running: xDS on %s:%d, sidecar-injection webhook on 127.0.0.1:%d", gw, o.XDSPort, webhookPort)
+
+	agent := NewAgent(AgentOptions{NodeName: o.NodeName, StateDir: o.StateDir}, cs, network, o.Images, o.Log.WithName("node"))
+	agentErr := make(chan error, 1)
+	actx, stopAgent := context.WithCancel(ctx)
+	go func() { agentErr <- agent.Run(actx) }()
+	defer func() { stopAgent(); <-agentErr }()
+	if err := os.WriteFile(ReadyFile(o.StateDir), []byte(kubeconfig+"\n"), 0o644); err != nil {
+		return err
+	}
+	say("ready: node %s runs pods as local processes (logs under %s)", o.NodeName, filepath.Join(o.StateDir, "pods"))
+	fmt.Fprintf(o.Out, "\n  export KUBECONFIG=%s\n  kubectl get mr,mfn,rp,pods -A\n\nPress Ctrl-C to stop and remove everything.\n\n", kubeconfig)
+	select {
+	case <-ctx.Done():
+		say("stopping")
+		return nil
+	case err := <-agentErr:
+		agentErr <- err
+		return fmt.Errorf("node agent stopped: %w", err)
+	}
+}
+
+func startControlPlane(o Options, logDir string) (*envtest.Environment, error) {
+	etcdLog, _ := os.Create(filepath.Join(logDir, "etcd.log"))
+	apiLog, _ := os.Create(filepath.Join(logDir, "kube-apiserver.log"))
+	env := &envtest.Environment{
+		BinaryAssetsDirectory: o.AssetsDir, CRDDirectoryPaths: []string{o.CRDDir}, ErrorIfCRDPathMissing: true,
+		ControlPlaneStartTimeout: 3 * time.Minute, ControlPlaneStopTimeout: 30 * time.Second,
+	}
+	env.ControlPlane.Etcd = &envtest.Etcd{DataDir: filepath.Join(o.StateDir, "etcd"), Out: etcdLog, Err: etcdLog}
+	api := &envtest.APIServer{CertDir: filepath.Join(o.StateDir, "apiserver"), Out: apiLog, Err: apiLog}
+	// Service ClusterIPs come from their own range, clear of the pod CIDR.
+	api.Configure().Set("service-cluster-ip-range", "10.96.0.0/16")
+	env.ControlPlane.APIServer = api
+	for _, d := range []string{env.ControlPlane.Etcd.DataDir, api.CertDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := env.Start(); err != nil {
+		return nil, fmt.Errorf("starting etcd and kube-apiserver from %s (logs in %s): %w", o.AssetsDir, logDir, err)
+	}
+	return env, nil
+}
+
+// prepareCluster creates the weft-system namespace and the injection webhook configuration,
+// pointed at the manager on loopback by URL (there is no Service routing on the host).
+func prepareCluster(ctx context.Context, cs kubernetes.Interface, webhookPort int) error {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "weft-system"}}
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating namespace weft-system: %w", err)
+	}
+	url := fmt.Sprintf("https://127.0.0.1:%d/inject-pod", webhookPort)
+	fail, none, never := admissionregistrationv1.Fail, admissionregistrationv1.SideEffectClassNone, admissionregistrationv1.NeverReinvocationPolicy
+	rules := []admissionregistrationv1.RuleWithOperations{{Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create},
+		Rule: admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}}}}
+	hook := func(name string, nsSel, objSel *metav1.LabelSelector) admissionregistrationv1.MutatingWebhook {
+		return admissionregistrationv1.MutatingWebhook{Name: name, AdmissionReviewVersions: []string{"v1"}, SideEffects: &none,
+			FailurePolicy: &fail, ReinvocationPolicy: &never, TimeoutSeconds: ptrTo(int32(10)),
+			ClientConfig: admissionregistrationv1.WebhookClientConfig{URL: &url}, Rules: rules,
+			NamespaceSelector: nsSel, ObjectSelector: objSel}
+	}
+	sel := func(op metav1.LabelSelectorOperator, v string) *metav1.LabelSelector {
+		return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "weft.dev/inject", Operator: op, Values: []string{v}}}}
+	}
+	// The same two webhooks as config/webhook/manifests.yaml.
+	mwc := &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "weft-sidecar-injector"},
+		Webhooks: []admissionregistrationv1.MutatingWebhook{
+			hook("namespace.inject.weft.dev", sel(metav1.LabelSelectorOpIn, "enabled"), sel(metav1.LabelSelectorOpNotIn, "false")),
+			hook("object.inject.weft.dev", sel(metav1.LabelSelectorOpNotIn, "enabled"), sel(metav1.LabelSelectorOpIn, "true")),
+		}}
+	if _, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(ctx, mwc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating MutatingWebhookConfiguration weft-sidecar-injector: %w", err)
+	}
+	return nil
+}
+
+// superviseManager runs bin/manager and restarts it if it dies, so a crash shows in its log
+// rather than silently leaving the mesh without a control plane.
+func superviseManager(ctx context.Context, o Options, logDir, kubeconfig, gw string, webhookPort int, say func(string, ...any)) (func(), error) {
+	path := filepath.Join(o.BinDir, "manager")
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("manager binary %s is missing; build it with make build (go build -o bin/manager ./cmd/manager)", path)
+	}
+	probePort, err := freePort("127.0.0.1")
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"--metrics-bind-address=0", "--health-probe-bind-address=127.0.0.1:" + strconv.Itoa(probePort),
+		"--webhook-host=127.0.0.1", "--webhook-port=" + strconv.Itoa(webhookPort), "--webhook-cert-hosts=127.0.0.1,localhost",
+		"--webhook-cert-secret=weft-system/weft-webhook-cert", "--sidecar-image=ghcr.io/weftmesh/weft-sidecar:dev",
+		"--sidecar-xds-address=" + gw + ":" + strconv.Itoa(o.XDSPort), "--sidecar-drain-seconds=2"}
+	args = append(args, managerXDSArgs(path, gw, o.XDSPort)...)
+	args = append(args, o.ManagerArgs...)
+	env := []string{"KUBECONFIG=" + kubeconfig, "POD_NAMESPACE=weft-system"}
+	mctx, cancel := context.WithCancel(ctx)
+	stopped := make(chan struct{})
+	var cur *process
+	p, err := startProcess("manager", logDir, path, args, env)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	cur = p
+	go func() {
+		defer close(stopped)
+		for {
+			select {
+			case <-mctx.Done():
+				cur.stop(15 * time.Second)
+				return
+			case <-cur.done:
+			}
+			say("manager exited (%s); restarting in 2s. Last log lines:\n%s", cur.cmd.ProcessState, tail(cur.log, 1500))
+			select {
+			case <-mctx.Done():
+				return
+			case <-time.After(2 * time.Second):
+			}
+			if np, err := startProcess("manager", logDir, path, args, env); err == nil {
+				cur = np
+			}
+		}
+	}()
+	return func() { cancel(); <-stopped }, nil
+}
+
+// managerXDSArgs tells the manager where to serve xDS when it has such a flag: on the
+// bridge address, the only host address pods can reach.
+func managerXDSArgs(path, gw string, port int) []string {
+	out, _ := execOutput(path, "-h")
+	for _, name := range []string{"xds-bind-address", "xds-address", "xds-addr"} {
+		if strings.Contains(out, "-"+name+" ") || strings.Contains(out, "-"+name+"\n") {
+			return []string{"--" + name + "=" + gw + ":" + strconv.Itoa(port)}
+		}
+	}
+	return nil
+}
+
+// waitWebhook waits until the manager has published its CA in the webhook configuration and
+// answers on the webhook port, so that pods created from now on get their sidecar.
+func waitWebhook(ctx context.Context, cs kubernetes.Interface, port int) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{Proxy: nil, TLSClientConfig: insecureTLS()}}
+	for time.Now().Before(deadline) {
+		mwc, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, "weft-sidecar-injector", metav1.GetOptions{})
+		if err == nil && len(mwc.Webhooks) > 0 && len(mwc.Webhooks[0].ClientConfig.CABundle) > 0 {
+			if resp, err := client.Get(fmt.Sprintf("https://127.0.0.1:%d/inject-pod", port)); err == nil {
+				resp.Body.Close()
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	return errors.New("the manager did not serve the sidecar-injection webhook within 2 minutes")
+}
