@@ -5,6 +5,7 @@ package main
 import (
 	"crypto/tls"
 	"flag"
+	"fmt"
 	"os"
 
 	"k8s.io/apimachinery/pkg/runtime"
@@ -17,6 +18,8 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+	"github.com/weftmesh/weft/controllers"
+	"github.com/weftmesh/weft/internal/xds"
 )
 
 var scheme = runtime.NewScheme()
@@ -33,6 +36,7 @@ type options struct {
 	probeAddr     string
 	leaderElect   bool
 	leaderNS      string
+	xdsAddr       string
 }
 
 func main() {
@@ -42,6 +46,7 @@ func main() {
 	flag.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "Address of the /healthz and /readyz endpoints.")
 	flag.BoolVar(&o.leaderElect, "leader-elect", false, "Elect a leader: only the leader writes status and replicas; every replica serves xDS.")
 	flag.StringVar(&o.leaderNS, "leader-election-namespace", "", "Namespace of the leader-election Lease (default: the pod's namespace).")
+	flag.StringVar(&o.xdsAddr, "xds-address", ":18000", "Address of the xDS (ADS) gRPC server sidecars connect to; the autoscaler's signal service shares it.")
 	zapOpts := zap.Options{Development: false}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -88,6 +93,26 @@ func run(o options) error {
 	if err := setupInjection(mgr); err != nil {
 		return err
 	}
+	if _, err := setupXDS(mgr, o.xdsAddr); err != nil {
+		return err
+	}
 	log.Info("starting manager")
 	return mgr.Start(ctrl.SetupSignalHandler())
+}
+
+// setupXDS adds the snapshot reconciler and the xDS server, both on every replica. Other
+// gRPC services (the autoscaler's signal intake) register on the returned server before
+// the manager starts.
+func setupXDS(mgr ctrl.Manager, addr string) (*xds.Server, error) {
+	cache := xds.NewCache()
+	r := controllers.NewSnapshotReconciler(mgr.GetClient(), mgr.GetAPIReader(), cache, mgr.Elected())
+	srv := xds.New(cache, xds.Options{Address: addr, OnChange: r.Notify, Log: ctrl.Log.WithName("xds")})
+	r.Nodes = srv
+	if err := r.SetupWithManager(mgr); err != nil {
+		return nil, fmt.Errorf("setting up the snapshot controller: %w", err)
+	}
+	if err := mgr.Add(srv); err != nil {
+		return nil, fmt.Errorf("adding the xDS server: %w", err)
+	}
+	return srv, nil
 }

@@ -1,0 +1,209 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+	"github.com/weftmesh/weft/internal/snapshot"
+	"github.com/weftmesh/weft/internal/xds"
+)
+
+// snapshotKey is the one reconcile key: xDS state depends on every object at once, so any
+// change rebuilds everything (as Contour and Envoy Gateway do). The workqueue coalesces a
+// burst of events into one rebuild without a debounce delay.
+var snapshotKey = reconcile.Request{NamespacedName: types.NamespacedName{Name: "weft-xds-snapshot"}}
+
+// SnapshotCache is where the reconciler puts each translation.
+type SnapshotCache interface {
+	SetResult(ctx context.Context, r *snapshot.Result) error
+	xds.VersionSource
+}
+
+// NodeSource reports the connected sidecars and what they ACKed and NACKed.
+type NodeSource interface {
+	Nodes() []xds.NodeState
+}
+
+// SnapshotReconciler rebuilds the xDS snapshot from every MeshRoute, MeshFunction and
+// RedisProxy (and the Services, EndpointSlices, Pod labels and Secrets they name) and, on
+// the leader, writes each object's Accepted, ResolvedRefs and Programmed conditions. It
+// runs on every replica so that followers serve fresh snapshots too.
+type SnapshotReconciler struct {
+	Client client.Client
+	// APIReader reads the Secrets RedisProxies name, uncached: the manager caches only
+	// Secret metadata, never every Secret's data.
+	APIReader client.Reader
+	Cache     SnapshotCache
+	Nodes     NodeSource
+	// Elected is closed once this replica leads; status is written only then.
+	Elected <-chan struct{}
+
+	events  chan event.GenericEvent
+	secrets atomic.Pointer[map[string]bool]
+}
+
+// NewSnapshotReconciler wires a reconciler; set Nodes before the manager starts.
+func NewSnapshotReconciler(c client.Client, apiReader client.Reader, cache SnapshotCache, elected <-chan struct{}) *SnapshotReconciler {
+	r := &SnapshotReconciler{Client: c, APIReader: apiReader, Cache: cache, Elected: elected, events: make(chan event.GenericEvent, 1)}
+	r.secrets.Store(&map[string]bool{})
+	return r
+}
+
+// Notify asks for a status recomputation (a sidecar connected, ACKed or NACKed). It never
+// blocks: one pending request is enough, as the reconcile reads the latest state.
+func (r *SnapshotReconciler) Notify() {
+	select {
+	case r.events <- event.GenericEvent{Object: &metav1.PartialObjectMetadata{}}:
+	default:
+	}
+}
+
+// SetupWithManager registers the controller; it does not need leader election.
+func (r *SnapshotReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	all := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
+		return []reconcile.Request{snapshotKey}
+	})
+	spec := builder.WithPredicates(predicate.GenerationChangedPredicate{})
+	referenced := builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
+		return (*r.secrets.Load())[o.GetNamespace()+"/"+o.GetName()]
+	}))
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("snapshot").
+		WithOptions(controller.Options{NeedLeaderElection: ptr.To(false), MaxConcurrentReconciles: 1}).
+		Watches(&meshv1alpha1.MeshRoute{}, all, spec).
+		Watches(&meshv1alpha1.MeshFunction{}, all, spec).
+		Watches(&meshv1alpha1.RedisProxy{}, all, spec).
+		Watches(&corev1.Service{}, all).
+		Watches(&discoveryv1.EndpointSlice{}, all).
+		WatchesMetadata(&corev1.Pod{}, all, builder.WithPredicates(predicate.LabelChangedPredicate{})).
+		WatchesMetadata(&corev1.Secret{}, all, referenced).
+		WatchesRawSource(source.Channel(r.events, all)).
+		Complete(r)
+}
+
+// Reconcile lists everything, translates it, sets the snapshots and, on the leader, writes
+// status.
+func (r *SnapshotReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl.Result, error) {
+	in, err := r.input(ctx)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	res := snapshot.Translate(in)
+	if err := r.Cache.SetResult(ctx, res); err != nil {
+		return ctrl.Result{}, fmt.Errorf("setting xDS snapshots: %w", err)
+	}
+	select {
+	case <-r.Elected:
+	default:
+		return ctrl.Result{}, nil // followers serve xDS but leave status to the leader
+	}
+	var nodes []xds.NodeState
+	if r.Nodes != nil {
+		nodes = r.Nodes.Nodes()
+	}
+	return ctrl.Result{}, r.writeStatus(ctx, in, res, xds.Sync(res, nodes, r.Cache))
+}
+
+func (r *SnapshotReconciler) input(ctx context.Context) (*snapshot.Input, error) {
+	var (
+		routes    meshv1alpha1.MeshRouteList
+		functions meshv1alpha1.MeshFunctionList
+		redis     meshv1alpha1.RedisProxyList
+		services  corev1.ServiceList
+		slices    discoveryv1.EndpointSliceList
+		pods      metav1.PartialObjectMetadataList
+	)
+	pods.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("PodList"))
+	for _, l := range []client.ObjectList{&routes, &functions, &redis, &services, &slices, &pods} {
+		if err := r.Client.List(ctx, l); err != nil {
+			return nil, fmt.Errorf("listing %T: %w", l, err)
+		}
+	}
+	in := &snapshot.Input{MeshRoutes: routes.Items, MeshFunctions: functions.Items, RedisProxies: redis.Items,
+		Services: services.Items, EndpointSlices: slices.Items, Pods: pods.Items}
+	want := map[string]bool{}
+	for _, rp := range redis.Items {
+		if a := rp.Spec.Auth; a != nil {
+			for _, c := range []*meshv1alpha1.RedisCredentials{a.Downstream, a.Upstream} {
+				if c != nil {
+					want[rp.Namespace+"/"+c.PasswordSecretRef.Name] = true
+				}
+			}
+		}
+	}
+	r.secrets.Store(&want)
+	for key := range want {
+		var s corev1.Secret
+		ns, name := splitKey(key)
+		if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &s); err != nil {
+			if apierrors.IsNotFound(err) {
+				continue // translation reports it in the RedisProxy's status
+			}
+			return nil, fmt.Errorf("reading Secret %s: %w", key, err)
+		}
+		in.Secrets = append(in.Secrets, s)
+	}
+	return in, nil
+}
+
+func splitKey(k string) (string, string) {
+	for i := 0; i < len(k); i++ {
+		if k[i] == '/' {
+			return k[:i], k[i+1:]
+		}
+	}
+	return "", k
+}
+
+// writeStatus patches each object whose status changed. A conflict (someone else wrote the
+// object meanwhile) requeues: the next pass reads the fresh object.
+func (r *SnapshotReconciler) writeStatus(ctx context.Context, in *snapshot.Input, res *snapshot.Result,
+	sync map[snapshot.ObjectKey]xds.SyncStatus) error {
+	var errs []error
+	patch := func(obj client.Object, st *meshv1alpha1.MeshStatus, key snapshot.ObjectKey) {
+		orig := obj.DeepCopyObject().(client.Object)
+		if !applyStatus(st, obj.GetGeneration(), res.Status[key], sync[key]) {
+			return
+		}
+		if err := r.Client.Status().Patch(ctx, obj, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil &&
+			!apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("writing status of %s: %w", key, err))
+		}
+	}
+	for i := range in.MeshRoutes {
+		o := &in.MeshRoutes[i]
+		patch(o, &o.Status.MeshStatus, snapshot.ObjectKey{Kind: snapshot.KindMeshRoute, Namespace: o.Namespace, Name: o.Name})
+	}
+	for i := range in.MeshFunctions {
+		o := &in.MeshFunctions[i]
+		patch(o, &o.Status.MeshStatus, snapshot.ObjectKey{Kind: snapshot.KindMeshFunction, Namespace: o.Namespace, Name: o.Name})
+	}
+	for i := range in.RedisProxies {
+		o := &in.RedisProxies[i]
+		patch(o, &o.Status.MeshStatus, snapshot.ObjectKey{Kind: snapshot.KindRedisProxy, Namespace: o.Namespace, Name: o.Name})
+	}
+	if len(errs) > 0 {
+		log.FromContext(ctx).Info("some status writes failed; retrying", "failed", len(errs))
+	}
+	return errors.Join(errs...)
+}
