@@ -1,0 +1,212 @@
+package async_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/nats-io/nats.go/jetstream"
+
+	// The manager's side of the queue, used only here: the tests then pin the subject and
+	// stream layout both sides depend on (the sidecar binary never links it).
+	"github.com/weftmesh/weft/internal/queue"
+	"github.com/weftmesh/weft/sidecar/async"
+)
+
+var fnA = async.FunctionRef{Namespace: "default", Name: "orders"}
+
+// mesh is one embedded JetStream server with Weft's streams, a JetStream client, and a
+// way to stop the server.
+type mesh struct {
+	js   jetstream.JetStream
+	stop func()
+}
+
+func newMesh(t *testing.T) *mesh {
+	t.Helper()
+	s, err := queue.NewServer(queue.ServerOptions{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(), Logger: logr.Discard()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = s.Start(ctx); close(done) }()
+	var once sync.Once
+	stop := func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	select {
+	case <-s.Ready():
+	case <-done:
+		t.Fatal("embedded NATS did not start")
+	}
+	cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer ccancel()
+	nc, js, err := queue.Connect(cctx, queue.ClientOptions{URL: s.ClientURL(), Name: t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	if err := queue.EnsureStreams(cctx, js, queue.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return &mesh{js: js, stop: stop}
+}
+
+// fastConfig keeps back-offs short so retries happen quickly in tests.
+func fastConfig() async.Config {
+	c := async.DefaultConfig()
+	c.Backoff = 20 * time.Millisecond
+	c.MaxBackoff = 80 * time.Millisecond
+	c.Timeout = 30 * time.Second
+	return c
+}
+
+// caller is a loopback HTTP server that queues every request to fnA (or the function
+// named by the X-Test-Function header) through a Publisher.
+func caller(t *testing.T, js async.MsgPublisher, cfg async.Config, opts async.PublisherOptions) *httptest.Server {
+	t.Helper()
+	fns := async.FunctionSourceFunc(func(fn async.FunctionRef) (async.Config, bool) {
+		return cfg, fn.Namespace == "default"
+	})
+	p := async.NewPublisher(js, fns, opts)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fn := fnA
+		if n := r.Header.Get("X-Test-Function"); n != "" {
+			ns, name, _ := strings.Cut(n, "/")
+			fn = async.FunctionRef{Namespace: ns, Name: name}
+		}
+		p.ServeAsync(w, r, fn)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// callAsync sends one request and returns the response status, call id and body.
+func callAsync(t *testing.T, url string, body string, hdr map[string]string) (int, string, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Prefer", "respond-async")
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header.Get(async.HeaderCallID), string(b)
+}
+
+// received is one request a test server saw.
+type received struct {
+	header http.Header
+	method string
+	uri    string
+	body   string
+	at     time.Time
+}
+
+// recorder is a loopback HTTP server that records requests and answers with respond.
+type recorder struct {
+	*httptest.Server
+	mu      sync.Mutex
+	reqs    []received
+	cur     int
+	maxSeen int
+}
+
+func newRecorder(t *testing.T, respond func(w http.ResponseWriter, r *http.Request, body string)) *recorder {
+	t.Helper()
+	rec := &recorder{}
+	rec.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		rec.mu.Lock()
+		rec.reqs = append(rec.reqs, received{header: r.Header.Clone(), method: r.Method, uri: r.URL.RequestURI(), body: string(b), at: time.Now()})
+		rec.cur++
+		rec.maxSeen = max(rec.maxSeen, rec.cur)
+		rec.mu.Unlock()
+		defer func() {
+			rec.mu.Lock()
+			rec.cur--
+			rec.mu.Unlock()
+		}()
+		respond(w, r, string(b))
+	}))
+	t.Cleanup(rec.Close)
+	return rec
+}
+
+func (r *recorder) all() []received {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]received(nil), r.reqs...)
+}
+
+func (r *recorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.reqs)
+}
+
+func (r *recorder) concurrent() (cur, maxSeen int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cur, r.maxSeen
+}
+
+// runConsumer starts a Consumer for fnA against app and returns a stop func that cancels
+// it and waits for Run to return.
+func runConsumer(t *testing.T, js async.ConsumerJS, appURL string, cfg async.Config, tweak func(*async.ConsumerOptions)) (stop func()) {
+	t.Helper()
+	opts := async.ConsumerOptions{Function: fnA, AppURL: appURL, Config: cfg,
+		FetchWait: 2 * time.Second, CallbackBackoff: 10 * time.Millisecond, DrainTimeout: 30 * time.Second}
+	if tweak != nil {
+		tweak(&opts)
+	}
+	c, err := async.NewConsumer(js, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Run returned %v", err)
+				}
+			case <-time.After(90 * time.Second):
+				t.Error("consumer did not stop within 90s")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after 90s waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func ok(w http.ResponseWriter, _ *http.Request, _ string) { w.WriteHeader(http.StatusNoContent) }
