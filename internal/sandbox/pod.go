@@ -46,9 +46,9 @@ type podRuntime struct {
 	changed      chan struct{}
 	finished     chan struct{} // closed after teardown: no more status writes
 	teardownOnce sync.Once
-	ctx     context.Context
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
+	ctx          context.Context
+	cancel       context.CancelFunc
+	wg           sync.WaitGroup
 }
 
 func (r *podRuntime) key() string { return r.pod.Namespace + "/" + r.pod.Name }

@@ -81,4 +81,3 @@ func (r *podRuntime) status(prev corev1.PodStatus) corev1.PodStatus {
 }
 
 func ptrTo[T any](v T) *T { return &v }
-
