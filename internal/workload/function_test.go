@@ -125,3 +125,23 @@ func golden(t *testing.T, path string, got []byte) {
 		t.Fatalf("%s differs (-want +got); if intended, rerun with -update:\n%s", path, diff)
 	}
 }
+
+// TestRedisProxyGolden renders testdata/redisproxy-*.in.yaml.
+func TestRedisProxyGolden(t *testing.T) {
+	ins, _ := filepath.Glob("testdata/redisproxy-*.in.yaml")
+	if len(ins) == 0 {
+		t.Fatal("no golden inputs")
+	}
+	for _, in := range ins {
+		name := strings.TrimSuffix(filepath.Base(in), ".in.yaml")
+		t.Run(name, func(t *testing.T) {
+			var rp meshv1alpha1.RedisProxy
+			readYAML(t, in, &rp)
+			var objs []any
+			if d := RedisProxyDeployment(&rp, testOptions); d != nil {
+				objs = append(objs, d, RedisProxyService(&rp))
+			}
+			golden(t, strings.TrimSuffix(in, ".in.yaml")+".out.yaml", marshalAll(t, objs...))
+		})
+	}
+}
