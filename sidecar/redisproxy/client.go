@@ -24,13 +24,26 @@ type pending struct {
 	quit  bool // close the connection after this reply
 }
 
-var pendingPool = sync.Pool{New: func() any { return &pending{req: request{done: make(chan struct{}, 1)}} }}
-var requestPool = sync.Pool{New: func() any { return newRequest() }}
+var pendingPool = sync.Pool{New: func() any { return &pending{} }}
+var requestPool = sync.Pool{New: func() any { return &request{} }}
 
-func getPending() *pending {
+// maxPending bounds the commands a client may have awaiting replies; past it
+// the proxy stops reading from that client (back-pressure).
+const maxPending = 1024
+
+func (cl *client) getPending() *pending {
 	p := pendingPool.Get().(*pending)
 	p.isLoc, p.quit, p.merge = false, false, 0
+	p.req.ready.Store(false)
+	p.req.notify = cl.notify
 	return p
+}
+
+func (cl *client) getRequest() *request {
+	r := requestPool.Get().(*request)
+	r.ready.Store(false)
+	r.notify = cl.notify
+	return r
 }
 
 func putPending(p *pending) {
@@ -46,24 +59,48 @@ func putPending(p *pending) {
 	pendingPool.Put(p)
 }
 
-// client is one downstream connection: a reader goroutine parses and routes
-// commands, a writer goroutine returns replies in order.
+// ready reports whether p's reply can be written.
+func (p *pending) ready() bool {
+	if p.isLoc {
+		return true
+	}
+	if len(p.frags) == 0 {
+		return p.req.ready.Load()
+	}
+	for _, r := range p.frags {
+		if !r.ready.Load() {
+			return false
+		}
+	}
+	return true
+}
+
+// client is one downstream connection. Its reader goroutine parses and routes
+// commands and appends them to queue; its writer goroutine is woken only when
+// a reply completes and writes every ready reply at the head of queue, so
+// replies leave in request order with one wake-up per completed batch.
 type client struct {
 	p      *Proxy
 	c      net.Conn
 	id     uint64
 	rd     *resp.Reader
-	out    chan *pending
 	authed bool
 	dirty  []*sconn
 	keys   []int
+
+	mu         sync.Mutex
+	queue      []*pending
+	head       int
+	readerDone bool
+	notify     chan struct{} // wakes the writer
+	slots      chan struct{} // counts queued commands, for back-pressure
 }
 
 func (p *Proxy) newClient(c net.Conn) *client {
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	cl := &client{p: p, c: c, id: p.nextID.Add(1), out: make(chan *pending, 1024)}
+	cl := &client{p: p, c: c, id: p.nextID.Add(1), notify: make(chan struct{}, 1), slots: make(chan struct{}, maxPending)}
 	cl.rd = resp.NewReader(c)
 	cl.rd.OnRead = cl.flushUpstreams
 	return cl
@@ -88,6 +125,13 @@ func (cl *client) stopReading() {
 	_ = cl.c.SetReadDeadline(time.Unix(1, 0))
 }
 
+func (cl *client) wake() {
+	select {
+	case cl.notify <- struct{}{}:
+	default:
+	}
+}
+
 func (cl *client) serve() {
 	st := cl.p.stats
 	st.clientsTotal.Add(1)
@@ -95,11 +139,33 @@ func (cl *client) serve() {
 	done := make(chan struct{})
 	go func() { cl.writeLoop(); close(done) }()
 	cl.readLoop()
-	close(cl.out)
+	cl.mu.Lock()
+	cl.readerDone = true
+	cl.mu.Unlock()
+	cl.wake()
 	<-done
 	cl.c.Close()
 	st.clientsActive.Add(-1)
 	cl.p.clientDone(cl)
+}
+
+// push queues p for the writer, waking it if p is already answerable.
+func (cl *client) push(p *pending) {
+	select {
+	case cl.slots <- struct{}{}:
+	default:
+		// Full: send what is queued upstream, or the replies that would free
+		// a slot could never arrive.
+		cl.flushUpstreams()
+		cl.slots <- struct{}{}
+	}
+	cl.mu.Lock()
+	cl.queue = append(cl.queue, p)
+	ready := p.ready() // under mu: the writer cannot have taken p yet
+	cl.mu.Unlock()
+	if ready {
+		cl.wake()
+	}
 }
 
 func (cl *client) readLoop() {
@@ -108,103 +174,84 @@ func (cl *client) readLoop() {
 		args, raw, err := cl.rd.ReadCommand()
 		if err != nil {
 			if resp.IsProtocol(err) {
-				p := getPending()
+				p := cl.getPending()
 				p.start, p.cmd, p.isLoc, p.quit = time.Now(), unknownIdx, true, true
 				p.local = resp.AppendError(p.local, "ERR "+err.Error())
 				cl.p.stats.protocolErrors.Add(1)
-				cl.out <- p
+				cl.push(p)
 			}
 			return
 		}
-		p := getPending()
+		p := cl.getPending()
 		p.start = time.Now()
 		cl.dispatch(p, args, raw)
-		cl.out <- p
-		if p.quit {
+		quit := p.quit // p belongs to the writer once pushed
+		cl.push(p)
+		if quit {
 			return
 		}
 	}
+}
+
+// next returns the head of the queue if its reply is ready; done reports
+// that the reader has finished and nothing is left.
+func (cl *client) next() (p *pending, done bool) {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if cl.head == len(cl.queue) {
+		return nil, cl.readerDone
+	}
+	p = cl.queue[cl.head]
+	if !p.ready() {
+		return nil, false
+	}
+	cl.queue[cl.head] = nil
+	cl.head++
+	if cl.head == len(cl.queue) {
+		cl.queue, cl.head = cl.queue[:0], 0
+	}
+	return p, false
 }
 
 func (cl *client) writeLoop() {
 	bw := bufio.NewWriterSize(cl.c, 16<<10)
 	st := cl.p.stats
-	broken := false
+	broken, quitting := false, false
 	for {
-		var p *pending
-		select {
-		case p = <-cl.out:
-		default:
-			if !broken && bw.Flush() != nil {
+		p, done := cl.next()
+		if p == nil {
+			if !broken && bw.Buffered() > 0 && bw.Flush() != nil {
 				broken = true
 			}
-			p = <-cl.out
-		}
-		if p == nil {
-			if !broken {
-				_ = bw.Flush()
+			if done {
+				return
 			}
-			return
+			<-cl.notify
+			continue
 		}
-		var reply []byte
+		<-cl.slots
+		reply := p.local
 		switch {
 		case p.isLoc:
-			reply = p.local
 		case len(p.frags) > 0:
-			for _, r := range p.frags {
-				cl.wait(bw, r, &broken)
-			}
 			p.local = mergeReplies(p.local[:0], p)
 			reply = p.local
 		default:
-			cl.wait(bw, &p.req, &broken)
 			reply = p.req.reply
 		}
-		if !broken {
+		if !broken && !quitting {
 			if _, err := bw.Write(reply); err != nil {
 				broken = true
 			}
 		}
 		st.record(p.cmd, resp.IsError(reply), time.Since(p.start))
-		quit := p.quit
-		putPending(p)
-		if quit {
+		if p.quit && !quitting {
+			quitting = true
 			_ = bw.Flush()
 			cl.c.Close()
-			// drain whatever the reader already queued
-			for p := range cl.out {
-				cl.drain(p)
-			}
-			return
 		}
+		putPending(p)
 	}
-}
-
-// wait blocks for r's reply, flushing buffered replies first if it is not
-// ready so that a pipelining client is never starved.
-func (cl *client) wait(bw *bufio.Writer, r *request, broken *bool) {
-	select {
-	case <-r.done:
-		return
-	default:
-	}
-	if !*broken && bw.Buffered() > 0 && bw.Flush() != nil {
-		*broken = true
-	}
-	<-r.done
-}
-
-func (cl *client) drain(p *pending) {
-	if !p.isLoc {
-		if len(p.frags) > 0 {
-			for _, r := range p.frags {
-				<-r.done
-			}
-		} else {
-			<-p.req.done
-		}
-	}
-	putPending(p)
 }
 
 // checkAuth compares credentials in constant time.

@@ -169,7 +169,7 @@ func (cl *client) split(p *pending, cmd *command, args [][]byte, raw []byte, sna
 	var ups []*upstream
 	p.pos, ups = planFragments(p.pos, keyTargets)
 	for f, u := range ups {
-		r := requestPool.Get().(*request)
+		r := cl.getRequest()
 		r.buf = appendFragment(r.buf[:0], args, step, p.pos, f)
 		r.cmd = r.buf
 		p.frags = append(p.frags, r)

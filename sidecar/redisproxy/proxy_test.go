@@ -239,3 +239,26 @@ func TestShutdownDeliversOwedReplies(t *testing.T) {
 		t.Fatal("Update after Shutdown must fail")
 	}
 }
+
+// TestDeepPipeline pipelines more commands than a client may have pending
+// (maxPending) in one write; the proxy must keep flushing upstream while it
+// applies back-pressure, not deadlock.
+func TestDeepPipeline(t *testing.T) {
+	shards := redistest.StartRedis(t, 3)
+	_, addr := startProxy(t, poolOf(shards, func(p *Pool) { p.Hash = "murmur" }))
+	c := redistest.Dial(t, addr)
+	n := 3*maxPending + 17
+	var cmds [][]string
+	for i := range n {
+		cmds = append(cmds, []string{"INCR", "ctr:" + strconv.Itoa(i%50)})
+	}
+	if err := c.Send(cmds...); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		want := ":" + strconv.Itoa(i/50+1) + "\r\n"
+		if got, err := c.Read(); err != nil || got != want {
+			t.Fatalf("reply %d = %q %v, want %q", i, got, err, want)
+		}
+	}
+}

@@ -13,27 +13,36 @@ import (
 	"github.com/weftmesh/weft/sidecar/redisproxy/resp"
 )
 
-// request is one command sent to one server; its reply arrives in reply and
-// done is signalled. Requests are pooled and reused.
+// request is one command sent to one server. When its reply has been stored
+// in reply, ready is set and the owning client's writer is woken through
+// notify. Requests are pooled and reused.
 type request struct {
-	cmd   []byte // bytes to send; may alias the client's read buffer until enqueued
-	buf   []byte // backing storage for cmd when the proxy builds it
-	reply []byte
-	done  chan struct{}
+	cmd    []byte // bytes to send; may alias the client's read buffer until enqueued
+	buf    []byte // backing storage for cmd when the proxy builds it
+	reply  []byte
+	ready  atomic.Bool
+	notify chan struct{} // the owning client's writer wake-up (capacity 1)
 }
-
-func newRequest() *request { return &request{done: make(chan struct{}, 1)} }
 
 // complete hands a reply to the waiting client.
 func (r *request) complete(raw []byte) {
 	r.reply = append(r.reply[:0], raw...)
-	r.done <- struct{}{}
+	r.finish()
 }
 
 // fail answers the request with an error reply.
 func (r *request) fail(msg string) {
 	r.reply = resp.AppendError(r.reply[:0], msg)
-	r.done <- struct{}{}
+	r.finish()
+}
+
+func (r *request) finish() {
+	n := r.notify // read before ready: once ready the client may recycle r
+	r.ready.Store(true)
+	select {
+	case n <- struct{}{}:
+	default:
+	}
 }
 
 // upstream is one Redis server of a pool: its connections, health and stats.
