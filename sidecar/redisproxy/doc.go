@@ -34,8 +34,8 @@
 //   - opTimeout fails every command queued on the slow server connection
 //     with -ERR in its place in each client's pipeline and reconnects.
 //   - Passive health: connect errors, timeouts and lost connections count;
-//     failureLimit consecutive failures eject the server. Error replies such
-//     as -LOADING or -BUSY do not count (twemproxy counts them). An ejected
+//     so do -LOADING, -BUSY and -OOM replies (as in twemproxy); failureLimit
+//     consecutive failures eject the server. An ejected
 //     server returns only after a successful PING probe (every retryTimeout,
 //     or healthy_threshold probes with an active health check).
 package redisproxy

@@ -99,6 +99,8 @@ func TestKilledShardFailMode(t *testing.T) {
 	// Other shards are untouched and the down shard's keys never move.
 	expect(t, c, "+OK\r\n", "SET", ka, "a")
 	expectPrefix(t, c, "-ERR server shard-b", "SET", kb, "b")
+	expectPrefix(t, c, "-ERR server shard-b", "MGET", ka, kb)
+	expect(t, c, "*1\r\n"+redistest.Bulk("a"), "MGET", ka)
 	shards[1].Restart()
 	eventually(t, "shard-b to come back", func() bool {
 		r, _ := c.Do("SET", kb, "b")
@@ -156,5 +158,44 @@ func TestOpTimeoutKeepsOrder(t *testing.T) {
 		if got, err := c.Read(); err != nil || got != w {
 			t.Fatalf("reply %d = %q, %v; want %q", i, got, err, w)
 		}
+	}
+}
+
+// TestLoadingRepliesEject: a server that answers -LOADING to everything is
+// ejected after failureLimit replies and, since its probes fail too, stays
+// out.
+func TestLoadingRepliesEject(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 4096)
+				for {
+					if _, err := c.Read(buf); err != nil {
+						return
+					}
+					c.Write([]byte("-LOADING Redis is loading the dataset in memory\r\n"))
+				}
+			}()
+		}
+	}()
+	cfg := Config{CatchAll: "p", Pools: map[string]Pool{"p": {EjectMode: EjectFail, FailureLimit: 2, RetryTimeout: 20 * time.Millisecond,
+		Servers: []Server{{Name: "loading", Addr: ln.Addr().String(), Weight: 1}}}}}
+	_, addr := startProxy(t, cfg)
+	c := redistest.Dial(t, addr)
+	expectPrefix(t, c, "-LOADING", "GET", "k")
+	expectPrefix(t, c, "-LOADING", "GET", "k")
+	for range 5 {
+		expectPrefix(t, c, "-ERR server loading ("+ln.Addr().String()+"), which owns this key, is down", "GET", "k")
+		time.Sleep(30 * time.Millisecond)
 	}
 }

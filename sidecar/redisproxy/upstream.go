@@ -1,6 +1,7 @@
 package redisproxy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -296,11 +297,19 @@ func (s *sconn) readLoop() {
 			s.head = 0
 		}
 		s.mu.Unlock()
-		if u.failures.Load() != 0 {
+		if raw[0] == '-' && isServerTrouble(raw) {
+			u.passiveFailure()
+		} else if u.failures.Load() != 0 {
 			u.failures.Store(0)
 		}
 		r.complete(raw)
 	}
+}
+
+// isServerTrouble reports error replies that mean the server cannot serve
+// now (twemproxy's redis_failure): they count towards ejection.
+func isServerTrouble(raw []byte) bool {
+	return bytes.HasPrefix(raw, []byte("-LOADING")) || bytes.HasPrefix(raw, []byte("-BUSY ")) || bytes.HasPrefix(raw, []byte("-OOM"))
 }
 
 // fail closes the connection once and answers every queued request with msg,

@@ -138,3 +138,20 @@ func BenchmarkPickKetama(b *testing.B) {
 		r.Pick(k)
 	}
 }
+
+// TestRandomUsesLiveServersOnly: random ignores weights and keys, and never
+// picks a dead server.
+func TestRandomUsesLiveServersOnly(t *testing.T) {
+	n := uint32(0)
+	r, err := New(Options{Distribution: Random}, []Server{{"a", 1}, {"b", 9}, {"c", 1}}, []bool{true, false, true}, func() uint32 { n++; return n })
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]int{}
+	for range 100 {
+		seen[r.Pick([]byte("same-key"))]++
+	}
+	if seen[1] != 0 || seen[0] != 50 || seen[2] != 50 {
+		t.Fatalf("random picks %v, want 50/0/50", seen)
+	}
+}
