@@ -120,10 +120,79 @@ func TestAgainstNutcracker(t *testing.T) {
 			recorded = append(recorded, g)
 		})
 	}
+	recorded = append(recorded, ejectedCase(t, keys))
 	if *update {
 		b, _ := json.MarshalIndent(recorded, "", " ")
 		if err := os.WriteFile("testdata/placement.json", append(b, '\n'), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
+}
+
+// ejectedCase kills one of three shards behind a nutcracker with
+// auto_eject_hosts, lets nutcracker eject it, and records where the keys go
+// on the rebuilt ring (weights 1,1,2: the surviving weight-1 server drops
+// from 120 to 104 points, so keys also move between survivors).
+func ejectedCase(t *testing.T, keys [][]byte) golden {
+	g := golden{Name: "ketama-ejected-md5", Options: Options{Ketama, "md5", ""},
+		Servers: []Server{{"shard-a", 1}, {"shard-b", 1}, {"shard-c", 2}}, Live: []bool{true, false, true}}
+	t.Run(g.Name, func(t *testing.T) {
+		shards := redistest.StartRedis(t, 3)
+		listen := "127.0.0.1:" + strconv.Itoa(redistest.FreePort(t))
+		var y strings.Builder
+		fmt.Fprintf(&y, "pool:\n  listen: %s\n  redis: true\n  distribution: ketama\n  hash: md5\n  auto_eject_hosts: true\n  server_failure_limit: 1\n  server_retry_timeout: 600000\n  servers:\n", listen)
+		for i, s := range g.Servers {
+			fmt.Fprintf(&y, "    - %s:%d %s\n", shards[i].Addr, s.Weight, s.Name)
+		}
+		redistest.StartNutcracker(t, y.String(), listen)
+		shards[1].Kill()
+		full, _ := New(g.Options, g.Servers, nil, nil)
+		var onB []byte
+		for _, k := range keys {
+			if full.Pick(k) == 1 {
+				onB = k
+				break
+			}
+		}
+		// The first request to the dead shard fails and ejects it.
+		for i := 0; ; i++ {
+			r, err := redistest.Dial(t, listen).Do("SET", string(onB), "v")
+			if err == nil && r == "+OK\r\n" {
+				break
+			}
+			if i > 50 {
+				t.Fatalf("nutcracker never ejected the dead shard: %q %v", r, err)
+			}
+		}
+		nc := redistest.Dial(t, listen)
+		for _, k := range keys {
+			if r := nc.MustDo(t, "SET", string(k), "v"); r != "+OK\r\n" {
+				t.Fatalf("SET %q through nutcracker after ejection: %q", k, r)
+			}
+		}
+		where := map[string]int{}
+		for _, i := range []int{0, 2} {
+			r := redistest.Dial(t, shards[i].Addr).MustDo(t, "KEYS", "*")
+			_ = resp.ArrayElements([]byte(r), func(e []byte) {
+				where[string(e[bytes.IndexByte(e, '\n')+1:len(e)-2])] = i
+			})
+		}
+		live, _ := New(g.Options, g.Servers, g.Live, nil)
+		moved := 0
+		for _, k := range keys {
+			want, ok := where[string(k)]
+			if !ok {
+				t.Fatalf("key %q on no live shard", k)
+			}
+			if got := live.Pick(k); got != want {
+				t.Errorf("key %q: rebuilt ring picks %d, nutcracker put it on %d", k, got, want)
+			}
+			if full.Pick(k) != 1 && full.Pick(k) != want {
+				moved++
+			}
+			g.Keys = append(g.Keys, [2]any{hex.EncodeToString(k), want})
+		}
+		t.Logf("%d keys moved between surviving servers", moved)
+	})
+	return g
 }

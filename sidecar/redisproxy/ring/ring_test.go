@@ -92,7 +92,8 @@ type golden struct {
 	Name    string   `json:"name"`
 	Options Options  `json:"options"`
 	Servers []Server `json:"servers"`
-	Keys    [][2]any `json:"keys"` // [hex key, server index]
+	Live    []bool   `json:"live,omitempty"` // nil: all live
+	Keys    [][2]any `json:"keys"`           // [hex key, server index]
 }
 
 // TestGoldenPlacement checks every key nutcracker placed in recorded runs
@@ -110,7 +111,7 @@ func TestGoldenPlacement(t *testing.T) {
 		t.Fatalf("only %d golden cases", len(cases))
 	}
 	for _, c := range cases {
-		r, err := New(c.Options, c.Servers, nil, nil)
+		r, err := New(c.Options, c.Servers, c.Live, nil)
 		if err != nil {
 			t.Fatalf("%s: %v", c.Name, err)
 		}
