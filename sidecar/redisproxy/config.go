@@ -156,3 +156,39 @@ func ringServers(p Pool) []ring.Server {
 	}
 	return out
 }
+
+const redacted = "[redacted]"
+
+// Redacted returns a copy with every password replaced, for config dumps and
+// logs: secrets never leave the proxy.
+func (c Config) Redacted() Config {
+	out := c
+	out.DownstreamPasswords = make([]string, len(c.DownstreamPasswords))
+	for i := range out.DownstreamPasswords {
+		out.DownstreamPasswords[i] = redacted
+	}
+	out.Pools = make(map[string]Pool, len(c.Pools))
+	for n, p := range c.Pools {
+		out.Pools[n] = p.redacted()
+	}
+	return out
+}
+
+func (p Pool) redacted() Pool {
+	if p.UpstreamPassword != "" {
+		p.UpstreamPassword = redacted
+	}
+	return p
+}
+
+// String prints the config with passwords redacted, so %v is safe to log.
+func (c Config) String() string {
+	type plain Config // no String method: avoids recursion
+	return fmt.Sprintf("%+v", plain(c.Redacted()))
+}
+
+// String prints the pool with its upstream password redacted.
+func (p Pool) String() string {
+	type plain Pool
+	return fmt.Sprintf("%+v", plain(p.redacted()))
+}

@@ -1,6 +1,7 @@
 package redisproxy
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -209,4 +210,26 @@ func TestXDSConfigServes(t *testing.T) {
 		t.Fatal("tmp:k was not stored as k")
 	}
 	expect(t, c, redistest.Bulk("v"), "GET", "tmp:k")
+}
+
+func TestConfigPrintingRedactsSecrets(t *testing.T) {
+	cfg, err := newFixture("10.0.0.1:6379").decode(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.DownstreamPasswords = []string{"down-s3cret"}
+	pl := cfg.Pools[poolName]
+	pl.UpstreamPassword = "up-s3cret"
+	cfg.Pools[poolName] = pl
+	for _, s := range []string{fmt.Sprint(cfg), fmt.Sprintf("%+v", cfg), fmt.Sprintf("%v", pl), fmt.Sprint(cfg.Redacted())} {
+		if strings.Contains(s, "s3cret") {
+			t.Fatalf("secret printed: %s", s)
+		}
+		if !strings.Contains(s, "[redacted]") {
+			t.Fatalf("no redaction marker: %s", s)
+		}
+	}
+	if cfg.Pools[poolName].UpstreamPassword != "up-s3cret" {
+		t.Fatal("Redacted modified the original")
+	}
 }
