@@ -7,6 +7,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
@@ -83,14 +84,26 @@ func main() {
 		n, err1 := strconv.Atoi(q.Get("n"))
 		c, err2 := strconv.Atoi(q.Get("c"))
 		if url == "" || err1 != nil || n < 1 || n > 100000 {
-			http.Error(w, "usage: /call?url=http://reviews:9080/&n=100[&c=10]\n", http.StatusBadRequest)
+			http.Error(w, "usage: /call?url=http://reviews:9080/&n=100[&c=10][&format=kv]\n", http.StatusBadRequest)
 			return
 		}
 		if err2 != nil || c < 1 {
 			c = 10
 		}
+		t := call(client, url, n, min(c, n))
+		if q.Get("format") == "kv" { // for shell scripts without jq
+			w.Header().Set("Content-Type", "text/plain")
+			fmt.Fprintf(w, "total %d\nerrors %d\n", t.Total, t.Errors)
+			for k, v := range t.ByStatus {
+				fmt.Fprintf(w, "status.%s %d\n", k, v)
+			}
+			for k, v := range t.ByVersion {
+				fmt.Fprintf(w, "version.%s %d\n", k, v)
+			}
+			return
+		}
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(call(client, url, n, min(c, n)))
+		_ = json.NewEncoder(w).Encode(t)
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	srv := &http.Server{Addr: ":" + port, Handler: mux, ReadHeaderTimeout: 10 * time.Second}

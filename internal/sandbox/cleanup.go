@@ -43,6 +43,21 @@ func staleProcesses(dir string) []int {
 // have no one to drain for), pod namespaces and veths named weft-*/weftv*, the bridge and
 // the state dir's contents. It reports what it removed.
 func Cleanup(ctx context.Context, stateDir, bridge string) ([]string, error) {
+	removed := killProcesses(stateDir)
+	removed = append(removed, removeNetwork(ctx, bridge)...)
+	if entries, err := os.ReadDir(stateDir); err == nil {
+		for _, e := range entries {
+			if err := os.RemoveAll(filepath.Join(stateDir, e.Name())); err != nil {
+				return removed, fmt.Errorf("removing stale state %s: %w", filepath.Join(stateDir, e.Name()), err)
+			}
+		}
+	}
+	return removed, nil
+}
+
+// killProcesses SIGKILLs every process carrying the marker for stateDir and waits for them
+// to go, so their ports and files are free.
+func killProcesses(stateDir string) []string {
 	var removed []string
 	pids := staleProcesses(stateDir)
 	for _, pid := range pids {
@@ -50,11 +65,17 @@ func Cleanup(ctx context.Context, stateDir, bridge string) ([]string, error) {
 			removed = append(removed, "process "+strconv.Itoa(pid))
 		}
 	}
-	for _, pid := range pids { // wait for them so ports and files are free
+	for _, pid := range pids {
 		for i := 0; i < 50 && syscall.Kill(pid, 0) == nil; i++ {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
+	return removed
+}
+
+// removeNetwork deletes every weft-* network namespace, weftv* veth and the bridge.
+func removeNetwork(ctx context.Context, bridge string) []string {
+	var removed []string
 	if out, err := exec.CommandContext(ctx, "ip", "netns", "list").Output(); err == nil {
 		for _, line := range strings.Split(string(out), "\n") {
 			if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(f[0], prefix+"-") {
@@ -78,14 +99,7 @@ func Cleanup(ctx context.Context, stateDir, bridge string) ([]string, error) {
 			}
 		}
 	}
-	if entries, err := os.ReadDir(stateDir); err == nil {
-		for _, e := range entries {
-			if err := os.RemoveAll(filepath.Join(stateDir, e.Name())); err != nil {
-				return removed, fmt.Errorf("removing stale state %s: %w", filepath.Join(stateDir, e.Name()), err)
-			}
-		}
-	}
-	return removed, nil
+	return removed
 }
 
 // Preflight checks that the sandbox can build the pod network: it needs CAP_NET_ADMIN (to

@@ -78,7 +78,7 @@ type PodNet struct {
 // limited to 15 bytes, so the veth is a short hash.
 func names(uid string) (netns, veth string) {
 	h := sha256.Sum256([]byte(uid))
-	s := hex.EncodeToString(h[:])[:10]
+	s := hex.EncodeToString(h[:])[:9] // "weftv"+9+"p" = 15 bytes, the limit
 	return prefix + "-" + s, prefix + "v" + s
 }
 

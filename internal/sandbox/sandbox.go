@@ -100,11 +100,10 @@ func Run(ctx context.Context, o Options) (err error) {
 	_ = os.Setenv(EnvMarker, o.StateDir)
 	teardown := context.WithoutCancel(ctx)
 	defer func() {
-		leftovers, _ := Cleanup(teardown, o.StateDir+"\x00nothing", o.Bridge) // links/netns only
-		_ = leftovers
-		for _, pid := range staleProcesses(o.StateDir) {
-			_ = killPid(pid)
-		}
+		// Whatever did not stop in time (a pod process that ignored SIGTERM, a hung
+		// child) goes now, with the pod namespaces and links.
+		killProcesses(o.StateDir)
+		removeNetwork(teardown, o.Bridge)
 		_ = os.Remove(ReadyFile(o.StateDir))
 		say("stopped; logs kept in %s", logDir)
 	}()
@@ -161,6 +160,9 @@ func Run(ctx context.Context, o Options) (err error) {
 	}
 	defer mgrStop()
 	if err := waitWebhook(ctx, cs, webhookPort); err != nil {
+		if ctx.Err() != nil {
+			return nil // Ctrl-C while starting
+		}
 		return fmt.Errorf("%w (manager log: %s)", err, filepath.Join(logDir, "manager.log"))
 	}
 	say("manager running: xDS on %s:%d, sidecar-injection webhook on 127.0.0.1:%d", gw, o.XDSPort, webhookPort)
@@ -269,6 +271,7 @@ func superviseManager(ctx context.Context, o Options, logDir, kubeconfig, gw str
 	cur = p
 	go func() {
 		defer close(stopped)
+		backoff := 2 * time.Second
 		for {
 			select {
 			case <-mctx.Done():
@@ -276,12 +279,13 @@ func superviseManager(ctx context.Context, o Options, logDir, kubeconfig, gw str
 				return
 			case <-cur.done:
 			}
-			say("manager exited (%s); restarting in 2s. Last log lines:\n%s", cur.cmd.ProcessState, tail(cur.log, 1500))
+			say("manager exited (%s); restarting in %s. Last log lines:\n%s", cur.cmd.ProcessState, backoff, tail(cur.log, 600))
 			select {
 			case <-mctx.Done():
 				return
-			case <-time.After(2 * time.Second):
+			case <-time.After(backoff):
 			}
+			backoff = min(2*backoff, 30*time.Second)
 			if np, err := startProcess("manager", logDir, path, args, env); err == nil {
 				cur = np
 			}
@@ -295,7 +299,7 @@ func superviseManager(ctx context.Context, o Options, logDir, kubeconfig, gw str
 func managerXDSArgs(path, gw string, port int) []string {
 	out, _ := execOutput(path, "-h")
 	for _, name := range []string{"xds-bind-address", "xds-address", "xds-addr"} {
-		if strings.Contains(out, "-"+name+" ") || strings.Contains(out, "-"+name+"\n") {
+		if strings.Contains(out, "\n  -"+name+" ") || strings.Contains(out, "\n  -"+name+"\n") {
 			return []string{"--" + name + "=" + gw + ":" + strconv.Itoa(port)}
 		}
 	}

@@ -3,15 +3,12 @@ package sandbox
 import (
 	"crypto/tls"
 	"os/exec"
-	"syscall"
 )
 
 func execOutput(path string, args ...string) (string, error) {
 	out, err := exec.Command(path, args...).CombinedOutput()
 	return string(out), err
 }
-
-func killPid(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
 
 // insecureTLS is for the readiness check of the manager's webhook port only: it asks
 // "is something serving TLS here", the API server verifies the certificate for real.
