@@ -224,7 +224,11 @@ func TestStoppedConsumerHandsCallsToAnother(t *testing.T) {
 	appA := newRecorder(t, func(w http.ResponseWriter, r *http.Request, _ string) {
 		<-r.Context().Done()
 	})
-	stopA := runConsumer(t, m.js, appA.URL, cfg, func(o *async.ConsumerOptions) { o.DrainTimeout = 100 * time.Millisecond })
+	// A long ack wait: B can only get A's call in time if A hands it back (nak) on stop.
+	stopA := runConsumer(t, m.js, appA.URL, cfg, func(o *async.ConsumerOptions) {
+		o.DrainTimeout = 100 * time.Millisecond
+		o.AckWait = 10 * time.Minute
+	})
 	waitFor(t, "pod A to start a call", func() bool { return appA.count() >= 1 })
 	stopA()
 	if appA.count() != 1 {

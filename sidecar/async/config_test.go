@@ -1,0 +1,126 @@
+package async
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+func meta(t *testing.T, m map[string]any) *structpb.Struct {
+	t.Helper()
+	s, err := structpb.NewStruct(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestDecodeConfig(t *testing.T) {
+	def := DefaultConfig()
+	enabled := def
+	enabled.Enabled = true
+	custom := Config{Enabled: true, MaxAttempts: 5, Backoff: 2 * time.Second, MaxBackoff: 30 * time.Second,
+		RetryOn: []int{503, 408}, MaxAge: time.Hour, DeadLetter: false, MaxInflight: 4, MaxBodyBytes: 4096, Timeout: 10 * time.Second}
+	partial := def
+	partial.MaxAttempts = 7
+	for _, tc := range []struct {
+		name string
+		in   map[string]any
+		want Config
+		err  string
+	}{
+		{name: "no async key", in: map[string]any{"name": "fn"}, want: def},
+		{name: "bool form (the original contract)", in: map[string]any{"async": true}, want: enabled},
+		{name: "bool false", in: map[string]any{"async": false}, want: def},
+		{name: "struct form", in: map[string]any{"timeout": "10s", "async": map[string]any{
+			"enabled": true, "maxAttempts": 5, "backoff": "2s", "maxBackoff": "30s", "retryOn": []any{503, 408},
+			"maxAge": "1h", "deadLetter": false, "maxInflight": 4, "maxBodyBytes": 4096}}, want: custom},
+		{name: "partial struct keeps defaults", in: map[string]any{"async": map[string]any{"maxAttempts": 7}}, want: partial},
+		{name: "bad duration", in: map[string]any{"async": map[string]any{"backoff": "soon"}}, err: `async.backoff "soon"`},
+		{name: "bad timeout", in: map[string]any{"timeout": 30}, err: "timeout must be a duration string"},
+		{name: "attempts out of range", in: map[string]any{"async": map[string]any{"maxAttempts": 0}}, err: "async.maxAttempts must be a whole number from 1 to 100"},
+		{name: "fractional inflight", in: map[string]any{"async": map[string]any{"maxInflight": 1.5}}, err: "async.maxInflight"},
+		{name: "bad status", in: map[string]any{"async": map[string]any{"retryOn": []any{700}}}, err: "700 is not an HTTP status code"},
+		{name: "wrong kind", in: map[string]any{"async": "yes"}, err: "async must be a boolean or an object"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := DecodeConfig(meta(t, tc.in))
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want one containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := cmp.Diff(tc.want, got); d != "" {
+				t.Errorf("config (-want +got):\n%s", d)
+			}
+		})
+	}
+}
+
+func TestDecideAndBackoff(t *testing.T) {
+	cfg := DefaultConfig() // 3 attempts, 1s doubling to 60s, retry 429/5xx
+	for _, tc := range []struct {
+		name      string
+		a         attempt
+		n         int
+		want      verdict
+		wantDelay time.Duration
+	}{
+		{"2xx is done", attempt{status: 200}, 1, done, 0},
+		{"4xx not in retryOn is final", attempt{status: 404}, 1, done, 0},
+		{"501 not in retryOn is final", attempt{status: 501}, 1, done, 0},
+		{"500 retried after 1s", attempt{status: 500}, 1, retry, time.Second},
+		{"429 retried after 2s on attempt 2", attempt{status: 429}, 2, retry, 2 * time.Second},
+		{"connection error retried", attempt{err: errTimeout}, 1, retry, time.Second},
+		{"last attempt dead", attempt{status: 503}, 3, dead, 0},
+		{"redelivered past max dead", attempt{err: errTimeout}, 9, dead, 0},
+	} {
+		v, d, reason := decide(cfg, tc.a, tc.n)
+		if v != tc.want || d != tc.wantDelay || (v != done && reason == "") {
+			t.Errorf("%s: decide = %v %s %q, want %v %s", tc.name, v, d, reason, tc.want, tc.wantDelay)
+		}
+	}
+	cfg.MaxAttempts = 100
+	for n, want := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 6: 32 * time.Second, 7: 60 * time.Second, 99: 60 * time.Second} {
+		if got := backoff(cfg, n); got != want {
+			t.Errorf("backoff after attempt %d = %s, want %s", n, got, want)
+		}
+	}
+}
+
+func TestExpired(t *testing.T) {
+	cfg := DefaultConfig()
+	now := time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)
+	if old, _ := expired(cfg, now.Add(-23*time.Hour), now); old {
+		t.Error("23h-old call expired with maxAge 24h")
+	}
+	if old, why := expired(cfg, now.Add(-25*time.Hour), now); !old || !strings.Contains(why, "maxAge 24h0m0s") {
+		t.Errorf("25h-old call: %v %q", old, why)
+	}
+	if old, _ := expired(cfg, time.Time{}, now); old {
+		t.Error("a call without an enqueue time expired")
+	}
+}
+
+func TestCallIDAndPreferences(t *testing.T) {
+	a, b := FunctionRef{"ns", "a"}, FunctionRef{"ns", "b"}
+	if callID(a, "k") != callID(a, "k") || callID(a, "k") == callID(b, "k") || callID(a, "k") == callID(a, "k2") {
+		t.Error("derived call ids must be stable per function and key, distinct otherwise")
+	}
+	if callID(a, "") == callID(a, "") {
+		t.Error("random call ids repeat")
+	}
+	if id := callID(a, ""); len(id) != 36 || strings.Count(id, "-") != 4 {
+		t.Errorf("call id %q is not UUID-shaped", id)
+	}
+	if got := dropRespondAsync([]string{"respond-async, wait=10", "Respond-Async"}); len(got) != 1 || got[0] != "wait=10" {
+		t.Errorf("dropRespondAsync = %q", got)
+	}
+}
