@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# hack/demo.sh — Weft on one machine, start to finish: starts the local mesh (`weft dev`),
+# applies config/samples and examples/demo, then shows what works in plain words and
+# figures: sidecars injected, EndpointSlices from kube-controller-manager, an 80/20 canary
+# split, retries hiding a failing pod, a fault rule. Ends with a summary table, tears
+# everything down and exits non-zero if a step failed. Works offline once the Go module
+# cache and the envtest binaries (hack/envtest-assets.sh) are in place; needs root for the
+# pod network namespaces.
+#
+# Environment: WEFT_DEMO_STATE (state dir, default /tmp/weft-demo), WEFT_DEMO_KEEP=1 (leave
+# the mesh running at the end; stop it with Ctrl-C).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+STATE="${WEFT_DEMO_STATE:-/tmp/weft-demo}"
+LOG="$STATE.log"
+
+bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+say() { printf '   %s\n' "$*"; }
+die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
+
+declare -a RESULTS=()
+FAILED=0
+record() { # record NAME PASS|FAIL DETAIL
+  RESULTS+=("$(printf '%-34s %-5s %s' "$1" "$2" "$3")")
+  if [[ "$2" == PASS ]]; then say "✔ $3"; else say "✘ $3"; FAILED=$((FAILED + 1)); fi
+}
+
+# ---- prerequisites --------------------------------------------------------------------
+if [[ $EUID -ne 0 ]]; then
+  command -v sudo >/dev/null || die "the local mesh needs root (network namespaces); run as root"
+  exec sudo -E env "PATH=$PATH" "$0" "$@"
+fi
+missing=()
+command -v ip >/dev/null || missing+=(iproute2)
+command -v curl >/dev/null || missing+=(curl)
+if ((${#missing[@]})); then
+  say "installing ${missing[*]} with apt-get"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >/dev/null \
+    || die "could not install ${missing[*]}; install them and rerun"
+fi
+command -v kubectl >/dev/null || die "kubectl is not on PATH; install it (any recent version) and rerun"
+
+bold "Building the binaries (manager, sidecar, weft, examples)"
+mkdir -p bin
+for b in manager sidecar weft; do go build -o "bin/$b" "./cmd/$b"; done
+for b in echo slow flaky caller; do go build -o "bin/$b" "./examples/$b"; done
+say "bin/: $(cd bin && ls manager sidecar weft echo slow flaky caller | tr '\n' ' ')"
+ASSETS="$(hack/envtest-assets.sh | tail -n1)"
+say "control-plane binaries: $ASSETS"
+
+# ---- the local mesh ---------------------------------------------------------------------
+bold "Starting the local mesh (weft dev)"
+rm -f "$STATE/ready"
+bin/weft dev --state-dir "$STATE" --assets "$ASSETS" >"$LOG" 2>&1 &
+WEFT_PID=$!
+stop_mesh() {
+  local rc=$?
+  if [[ "${WEFT_DEMO_KEEP:-0}" == 1 && $rc == 0 ]]; then
+    say "mesh left running (pid $WEFT_PID): export KUBECONFIG=$STATE/kubeconfig"; return
+  fi
+  if kill -0 "$WEFT_PID" 2>/dev/null; then
+    bold "Tearing down"
+    kill -INT "$WEFT_PID" 2>/dev/null || true
+    for _ in $(seq 1 90); do kill -0 "$WEFT_PID" 2>/dev/null || break; sleep 1; done
+    kill -KILL "$WEFT_PID" 2>/dev/null || true
+    wait "$WEFT_PID" 2>/dev/null || true
+    if ip netns list | grep -q '^weft-' || ip link show weft0 >/dev/null 2>&1; then
+      say "✘ something was left behind (ip netns list / ip link show weft0)"; rc=1
+    else
+      say "✔ processes, network namespaces and the bridge are gone (log: $LOG)"
+    fi
+  fi
+  exit $rc
+}
+trap stop_mesh EXIT
+for i in $(seq 1 300); do
+  [[ -f "$STATE/ready" ]] && break
+  kill -0 "$WEFT_PID" 2>/dev/null || { cat "$LOG" >&2; die "weft dev stopped while starting (log above)"; }
+  sleep 1
+done
+[[ -f "$STATE/ready" ]] || { tail -n 30 "$LOG" >&2; die "weft dev was not ready after 300 s"; }
+sed 's/^/   | /' "$LOG" | grep -v '^   | $' | head -n 8
+export KUBECONFIG="$STATE/kubeconfig"
+
+bold "Applying config/samples and examples/demo"
+kubectl apply -f examples/demo/00-namespace.yaml | sed 's/^/   /'
+kubectl apply -k config/samples | sed 's/^/   /'
+kubectl apply -f examples/demo/ | sed 's/^/   /'
+
+# ---- step: pods run, with sidecars --------------------------------------------------------
+bold "Pods: created by kube-controller-manager, bound and run by the node agent, sidecars injected"
+DEPLOYS=(reviews-v1 reviews-v2 ratings-good ratings-bad caller)
+ok=1
+for d in "${DEPLOYS[@]}"; do
+  for _ in $(seq 1 180); do
+    n="$(kubectl get pods -l "app=${d%%-*}" -o jsonpath='{range .items[?(@.status.phase=="Running")]}{.metadata.name}{"\n"}{end}' 2>/dev/null | wc -l)"
+    ((n > 0)) && break; sleep 1
+  done
+done
+kubectl get pods -o wide | sed 's/^/   /'
+SEL='app in (reviews,ratings,caller)'
+total="$(kubectl get pods -l "$SEL" -o name | wc -l)"
+injected="$(kubectl get pods -l "$SEL" -o jsonpath='{range .items[*]}{.spec.containers[*].name}{"\n"}{end}' | grep -c weft-sidecar || true)"
+running="$(kubectl get pods -l "$SEL" --field-selector=status.phase=Running -o name | wc -l)"
+if ((total >= ${#DEPLOYS[@]} && injected == total && running == total)); then
+  record "pods running with sidecar" PASS "$running of $total pods running, $injected with the weft-sidecar container"
+else
+  record "pods running with sidecar" FAIL "$running of $total pods running, $injected with the weft-sidecar container"
+fi
+
+# ---- step: EndpointSlices ----------------------------------------------------------------------
+bold "EndpointSlices: kube-controller-manager lists the reviews pods once they are ready"
+ready=0
+for _ in $(seq 1 120); do
+  ready="$(kubectl get endpointslices -l kubernetes.io/service-name=reviews \
+    -o jsonpath='{range .items[*].endpoints[?(@.conditions.ready==true)]}{.addresses[0]}{"\n"}{end}' | grep -c . || true)"
+  ((ready >= 2)) && break; sleep 1
+done
+kubectl get endpointslices -l kubernetes.io/service-name=reviews | sed 's/^/   /'
+if ((ready >= 2)); then record "endpointslices" PASS "reviews has $ready ready endpoints (pod IPs in 10.244.0.0/16)"
+else record "endpointslices" FAIL "reviews has $ready ready endpoints, want 2 (pods become ready when their sidecar has its config)"; fi
+
+CALLER_IP="$(kubectl get pods -l app=caller -o jsonpath='{.items[0].status.podIP}')"
+call() { # call URL N → kv lines from the caller pod (it calls through its own sidecar)
+  curl -s --noproxy '*' --max-time 120 "http://$CALLER_IP:8080/call?url=$1&n=$2&c=20&format=kv"
+}
+kv() { awk -v k="$1" '$1==k{print $2; f=1} END{if(!f) print 0}' <<<"$2"; }
+
+# ---- step: routes reach the sidecar ----------------------------------------------------------
+bold "Control plane: waiting until the caller's sidecar routes http://reviews:9080"
+routed=0
+for _ in $(seq 1 120); do
+  out="$(call "http://reviews:9080/" 20 || true)"
+  if [[ "$(kv status.200 "$out")" == 20 ]]; then routed=1; break; fi
+  sleep 1
+done
+if ((routed)); then record "routes programmed over xDS" PASS "20 of 20 calls to http://reviews:9080 answered 200 through the sidecar"
+else
+  record "routes programmed over xDS" FAIL "calls to reviews do not route yet; last answer: $(tr '\n' ' ' <<<"${out:-none}" | cut -c1-160)"
+  say "(the manager's xDS server must listen on the bridge address; see $STATE/logs/manager.log)"
+fi
+
+if ((routed)); then
+  # ---- step: canary split ------------------------------------------------------------------
+  bold "Traffic split: MeshRoute reviews sends 80% to subset v1 and 20% to v2"
+  out="$(call "http://reviews:9080/" 1000)"
+  v1="$(kv version.v1 "$out")"; v2="$(kv version.v2 "$out")"
+  detail="v1: $v1 / v2: $v2 of 1000 (target 80/20)"
+  if ((v1 + v2 == 1000 && v1 >= 720 && v1 <= 880)); then record "canary split 80/20" PASS "$detail"
+  else record "canary split 80/20" FAIL "$detail"; fi
+
+  # ---- step: retries ----------------------------------------------------------------------------
+  bold "Retries: ratings has a healthy pod and one that fails every call"
+  out="$(call "http://ratings-direct:9080/" 200)"
+  bad="$(kv status.500 "$out")"
+  say "without retries (MeshRoute ratings-direct): $bad of 200 calls failed with 500"
+  out="$(call "http://ratings:9080/" 200)"
+  good="$(kv status.200 "$out")"
+  detail="with retries: $good of 200 succeeded (without: $bad of 200 failed)"
+  if ((good >= 198 && bad >= 20)); then record "retries hide a failing pod" PASS "$detail"
+  else record "retries hide a failing pod" FAIL "$detail"; fi
+
+  # ---- step: fault ----------------------------------------------------------------------------
+  bold "Fault injection: MeshRoute details aborts 50% of calls with 503 in the caller's sidecar"
+  out="$(call "http://details:9080/" 400)"
+  f="$(kv status.503 "$out")"; o="$(kv status.200 "$out")"
+  detail="503: $f / 200: $o of 400 (target 50% aborted)"
+  if ((f >= 140 && f <= 260 && f + o == 400)); then record "fault rule (abort 50%)" PASS "$detail"
+  else record "fault rule (abort 50%)" FAIL "$detail"; fi
+fi
+
+bold "Custom resources"
+kubectl get mr,mfn,rp 2>&1 | sed 's/^/   /'
+
+bold "Summary"
+printf '   %-34s %-5s %s\n' STEP RESULT DETAIL
+for r in "${RESULTS[@]}"; do printf '   %s\n' "$r"; done
+if ((FAILED)); then say "$FAILED step(s) failed"; exit 1; fi
+say "all steps passed"
