@@ -258,3 +258,30 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestRunnerSetsUpStreamsAndFeedsBacklog(t *testing.T) {
+	token, _, _ := queue.EnsureToken(nil)
+	s := startServer(t, token, t.TempDir())
+	rec := &sinkRecorder{last: map[queue.FunctionKey]int{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	r := &queue.Runner{Embedded: s, Client: queue.ClientOptions{Token: token}, Sink: rec, Interval: 20 * time.Millisecond, Logger: logr.Discard()}
+	go func() { done <- r.Start(ctx) }()
+
+	js := connect(t, s.ClientURL(), token)
+	var err error
+	waitFor(t, "the runner to create WEFT_CALLS", func() bool {
+		_, err = js.Stream(ctx, queue.CallsStream)
+		return err == nil
+	})
+	for range 2 {
+		if _, err := js.Publish(ctx, queue.CallsSubject("prod", "resize"), []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "prod/resize backlog 2", func() bool { n, _ := rec.get(queue.FunctionKey{"prod", "resize"}); return n == 2 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Start returned %v", err)
+	}
+}

@@ -28,9 +28,11 @@ type mesh struct {
 	stop func()
 }
 
-func newMesh(t *testing.T) *mesh {
+func newMesh(t *testing.T) *mesh { t.Helper(); return newMeshAt(t, "127.0.0.1:-1") }
+
+func newMeshAt(t *testing.T, listen string) *mesh {
 	t.Helper()
-	s, err := queue.NewServer(queue.ServerOptions{Listen: "127.0.0.1:-1", StoreDir: t.TempDir(), Logger: logr.Discard()})
+	s, err := queue.NewServer(queue.ServerOptions{Listen: listen, StoreDir: t.TempDir(), Logger: logr.Discard()})
 	if err != nil {
 		t.Fatal(err)
 	}

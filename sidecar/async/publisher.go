@@ -121,8 +121,15 @@ func (p *Publisher) Publish(ctx context.Context, fn FunctionRef, r *http.Request
 	ack, err := p.js.PublishMsg(pctx, msg)
 	if err != nil {
 		why := err.Error()
-		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
+		switch {
+		case errors.Is(err, nats.ErrHeadersNotSupported), errors.Is(err, nats.ErrConnectionClosed),
+			errors.Is(err, nats.ErrDisconnected), errors.Is(err, nats.ErrConnectionReconnecting):
+			// Before the first connection nats.go reports missing header support.
+			why = "this sidecar is not connected to NATS"
+		case errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, nats.ErrNoResponders):
 			why = "stream " + callsStream + " did not answer (NATS is down or the stream is missing)"
+		case errors.Is(err, context.DeadlineExceeded):
+			why = fmt.Sprintf("NATS did not confirm within %s", p.opts.PublishTimeout)
 		}
 		return "", false, &PublishError{Status: http.StatusServiceUnavailable, RetryAfter: p.opts.RetryAfter, Err: err,
 			Msg: fmt.Sprintf("cannot queue async call to %s: %s; retry later (the call was not queued)", fn, why)}

@@ -1,0 +1,45 @@
+package async_test
+
+import (
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/weftmesh/weft/sidecar/async"
+)
+
+func TestSidecarStartedBeforeNATSCatchesUp(t *testing.T) {
+	// Reserve a loopback port, free it, and start NATS there only after the sidecar is up.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+
+	nc, js, err := async.Dial("nats://"+addr, "", "", t.Name())
+	if err != nil {
+		t.Fatalf("Dial with NATS down must not fail: %v", err)
+	}
+	defer nc.Close()
+	cfg := fastConfig()
+	app := newRecorder(t, ok)
+	runConsumer(t, js, app.URL, cfg, nil) // keeps retrying its durable consumer meanwhile
+
+	srv := caller(t, js, cfg, async.PublisherOptions{})
+	if status, _, body := callAsync(t, srv.URL, "early", nil); status != http.StatusServiceUnavailable || !strings.Contains(body, "not connected to NATS") {
+		t.Errorf("publish with NATS down: %d %q; want 503 saying the sidecar is not connected", status, body)
+	}
+	newMeshAt(t, addr)
+	var status int
+	var id string
+	waitFor(t, "the sidecar's publish to succeed after NATS came up", func() bool {
+		status, id, _ = callAsync(t, srv.URL, "late", nil)
+		return status == http.StatusAccepted
+	})
+	waitFor(t, "the call to run", func() bool { return app.count() >= 1 })
+	if got := app.all()[0].header.Get(async.HeaderCallID); got != id {
+		t.Errorf("app ran call %s, want %s", got, id)
+	}
+}
