@@ -49,9 +49,11 @@ func (c *Consumer) callback(work context.Context, call *call, res result, reason
 		}
 		lastErr = c.postCallback(work, u.String(), call, res, status, body, reason, attempts)
 		if lastErr == nil {
+			c.stats.callbacksOK.Add(1)
 			return
 		}
 	}
+	c.stats.callbacksFailed.Add(1)
 	c.opts.Logger.Warn("async callback not delivered", "call", call.id, "url", call.callbackURL, "attempts", c.opts.CallbackAttempts, "err", lastErr)
 }
 

@@ -58,9 +58,10 @@ type ConsumerOptions struct {
 // Consumer is the callee side: it pulls its function's calls, runs them against the local
 // app at most MaxInflight at a time, and settles each one (ack, retry, dead-letter).
 type Consumer struct {
-	js   ConsumerJS
-	opts ConsumerOptions
-	cfg  atomic.Pointer[Config]
+	js    ConsumerJS
+	opts  ConsumerOptions
+	cfg   atomic.Pointer[Config]
+	stats consumerStats
 
 	mu       sync.Mutex
 	inflight int

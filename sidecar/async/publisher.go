@@ -46,9 +46,10 @@ type PublisherOptions struct {
 
 // Publisher is the caller side: it queues a request and answers 202 with its call id.
 type Publisher struct {
-	js   MsgPublisher
-	fns  FunctionSource
-	opts PublisherOptions
+	js    MsgPublisher
+	fns   FunctionSource
+	opts  PublisherOptions
+	stats publisherStats
 }
 
 // NewPublisher returns a Publisher that publishes with js and checks functions with fns.
@@ -152,6 +153,7 @@ func (p *Publisher) ServeAsync(w http.ResponseWriter, r *http.Request, fn Functi
 		if !errors.As(err, &pe) {
 			pe = &PublishError{Status: http.StatusInternalServerError, Msg: err.Error()}
 		}
+		p.stats.record(fn, false, pe.Status)
 		if pe.Status == http.StatusServiceUnavailable {
 			p.opts.Logger.Warn("async publish failed", "function", fn.String(), "err", pe.Err)
 		}
@@ -161,6 +163,7 @@ func (p *Publisher) ServeAsync(w http.ResponseWriter, r *http.Request, fn Functi
 		reply(w, pe.Status, "text/plain; charset=utf-8", []byte(pe.Msg+"\n"))
 		return
 	}
+	p.stats.record(fn, dup, 0)
 	b, _ := json.Marshal(Accepted{CallID: id, Function: fn.String(), Duplicate: dup})
 	w.Header().Set(HeaderCallID, id)
 	reply(w, http.StatusAccepted, "application/json", append(b, '\n'))

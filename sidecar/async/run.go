@@ -56,11 +56,13 @@ func (c *Consumer) handle(work context.Context, msg jetstream.Msg) {
 	}
 	switch v, delay, reason := decide(cfg, res.attempt, n); v {
 	case done:
+		c.stats.done.Add(1)
 		if err := msg.Ack(); err != nil {
 			c.opts.Logger.Warn("acking an async call failed; it may run again", "call", describe(msg), "err", err)
 		}
 		c.callback(work, call, res, "", n)
 	case retry:
+		c.stats.retried.Add(1)
 		c.opts.Logger.Info("async call will be retried", "call", call.id, "attempt", n, "in", delay, "reason", reason)
 		if err := msg.NakWithDelay(delay); err != nil {
 			c.opts.Logger.Warn("naking an async call failed; it will be redelivered after the ack wait", "call", call.id, "err", err)
@@ -150,6 +152,7 @@ func (c *Consumer) bury(work context.Context, cfg Config, msg jetstream.Msg, cal
 			return
 		}
 	}
+	c.stats.dead.Add(1)
 	if err := msg.Term(); err != nil {
 		c.opts.Logger.Warn("terminating a dead async call failed; it may be delivered again", "call", describe(msg), "err", err)
 	}

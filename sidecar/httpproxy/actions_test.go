@@ -3,6 +3,7 @@ package httpproxy_test
 import (
 	"net/http"
 	"strings"
+	"time"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -69,7 +70,12 @@ func TestRedirectDirectResponseRewriteAndHeaders(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	up := <-seen
+	var up *http.Request
+	select {
+	case up = <-seen:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("rewritten request never reached the backend (response %d)", resp.StatusCode)
+	}
 	if up.URL.RequestURI() != "/api/items?id=3" || up.Host != "reviews.internal" {
 		t.Errorf("upstream saw %s Host %s, want /api/items?id=3 Host reviews.internal", up.URL.RequestURI(), up.Host)
 	}

@@ -13,10 +13,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"k8s.io/utils/clock"
 
@@ -63,9 +61,15 @@ type Listener struct {
 	Name    string
 	proxy   *Proxy
 	routes  atomic.Pointer[config.RouteTable]
-	server  *http.Server
+	ln      net.Listener
+	h2      *h2Server
 	addr    net.Addr
 	cfgAddr string
+
+	mu       sync.Mutex
+	conns    map[net.Conn]bool // HTTP/1 connections → serving a request now
+	draining bool
+	idleCond *sync.Cond
 
 	inflight    atomic.Int64
 	requests    atomic.Uint64
@@ -100,7 +104,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 		seen[hl.Name] = true
 		l := p.listeners[hl.Name]
 		if l != nil && l.cfgAddr != hl.Address {
-			go l.server.Shutdown(context.Background())
+			go l.shutdown(context.Background())
 			l = nil
 		}
 		if l == nil {
@@ -119,7 +123,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 	}
 	for name, l := range p.listeners {
 		if !seen[name] {
-			go l.server.Shutdown(context.Background())
+			go l.shutdown(context.Background())
 			delete(p.listeners, name)
 		}
 	}
@@ -143,26 +147,10 @@ func (p *Proxy) start(hl *config.HTTPListener) (*Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listener %s: binding %s: %w", hl.Name, addr, err)
 	}
-	l := &Listener{Name: hl.Name, proxy: p, addr: ln.Addr(), cfgAddr: hl.Address}
-	var protocols http.Protocols
-	protocols.SetHTTP1(true)
-	protocols.SetUnencryptedHTTP2(true) // h2c, as the HCM's codec_type AUTO accepts
-	l.server = &http.Server{
-		Handler:           l,
-		Protocols:         &protocols,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       5 * time.Minute,
-		ConnState: func(_ net.Conn, s http.ConnState) {
-			if s == http.StateNew {
-				l.connections.Add(1)
-			}
-		},
-	}
-	go func() {
-		if err := l.server.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			p.opts.Logger.Error("listener stopped", "listener", hl.Name, "err", err)
-		}
-	}()
+	l := &Listener{Name: hl.Name, proxy: p, addr: ln.Addr(), cfgAddr: hl.Address, ln: ln, conns: map[net.Conn]bool{}}
+	l.idleCond = sync.NewCond(&l.mu)
+	l.h2 = newH2Server(l, ln.Addr())
+	go l.serve(ln)
 	p.opts.Logger.Info("listening", "listener", hl.Name, "address", ln.Addr().String())
 	return l, nil
 }
@@ -183,9 +171,41 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = l.server.Shutdown(ctx)
+			errs[i] = l.shutdown(ctx)
 		}()
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// shutdown stops accepting, closes idle connections, lets each active one finish its
+// request (answered with Connection: close) and waits for them until ctx ends.
+func (l *Listener) shutdown(ctx context.Context) error {
+	_ = l.ln.Close()
+	l.mu.Lock()
+	l.draining = true
+	for c, active := range l.conns {
+		if !active {
+			_ = c.Close()
+		}
+	}
+	l.mu.Unlock()
+	h2err := make(chan error, 1)
+	go func() { h2err <- l.h2.srv.Shutdown(ctx) }()
+	stop := context.AfterFunc(ctx, func() {
+		l.mu.Lock()
+		l.idleCond.Broadcast()
+		l.mu.Unlock()
+	})
+	defer stop()
+	l.mu.Lock()
+	for len(l.conns) > 0 && ctx.Err() == nil {
+		l.idleCond.Wait()
+	}
+	left := len(l.conns)
+	l.mu.Unlock()
+	if left > 0 {
+		return fmt.Errorf("listener %s: %d connections still busy at the drain deadline: %w", l.Name, left, ctx.Err())
+	}
+	return <-h2err
 }

@@ -1,0 +1,315 @@
+package httpproxy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// The HTTP/1.1 front end. Requests are parsed by the standard library's http.ReadRequest
+// (the same strict parser net/http's server uses) and validated as that server does, but
+// the per-request machinery of http.Server — a cancelable context, a background reader
+// goroutine and its deadline juggling, the pooled response object — is skipped. That
+// machinery was a fifth of the proxy's CPU per request. Connections that open with the
+// HTTP/2 preface go to a standard http.Server configured for h2c.
+
+const (
+	idleTimeout       = 5 * time.Minute
+	readHeaderTimeout = 30 * time.Second
+	maxBodyDrain      = 256 << 10
+)
+
+var h2Preface = []byte("PRI * HTTP/2.0\r\n")
+
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}
+
+// serve accepts connections until ln is closed.
+func (l *Listener) serve(ln net.Listener) {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(5 * time.Millisecond)
+				continue
+			}
+			return
+		}
+		l.connections.Add(1)
+		go l.serveConn(conn)
+	}
+}
+
+func (l *Listener) track(conn net.Conn, active bool) (draining bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if active {
+		l.conns[conn] = true
+	} else {
+		l.conns[conn] = false
+	}
+	return l.draining
+}
+
+func (l *Listener) forget(conn net.Conn) {
+	l.mu.Lock()
+	delete(l.conns, conn)
+	if len(l.conns) == 0 {
+		l.idleCond.Broadcast()
+	}
+	l.mu.Unlock()
+}
+
+func (l *Listener) serveConn(conn net.Conn) {
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(conn)
+	if l.track(conn, false) {
+		conn.Close()
+		l.forget(conn)
+		return
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(readHeaderTimeout))
+	if p, err := br.Peek(len(h2Preface)); err == nil && bytes.Equal(p, h2Preface) {
+		_ = conn.SetReadDeadline(time.Time{})
+		l.forget(conn)
+		l.h2.handoff(&peekedConn{Conn: conn, r: br})
+		return
+	}
+	bw := writers.Get().(*bufio.Writer)
+	bw.Reset(conn)
+	defer func() {
+		conn.Close()
+		l.forget(conn)
+		br.Reset(nil)
+		readers.Put(br)
+		bw.Reset(nil)
+		writers.Put(bw)
+	}()
+	remote := conn.RemoteAddr().String()
+	w := &h1Writer{bw: bw}
+	for first := true; ; first = false {
+		if !first {
+			_ = conn.SetReadDeadline(time.Now().Add(idleTimeout))
+			if _, err := br.Peek(1); err != nil {
+				return
+			}
+			_ = conn.SetReadDeadline(time.Now().Add(readHeaderTimeout))
+		}
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				badRequest(bw, "malformed HTTP request")
+			}
+			return
+		}
+		if msg := validate(req); msg != "" {
+			badRequest(bw, msg)
+			return
+		}
+		_ = conn.SetReadDeadline(time.Time{})
+		draining := l.track(conn, true)
+		req.RemoteAddr = remote
+		if req.Header.Get("Expect") == "100-continue" && req.ContentLength != 0 {
+			bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+			_ = bw.Flush()
+		}
+		w.reset(req, draining)
+		l.ServeHTTP(w, req)
+		w.finish()
+		// Read what the handler left of the body so the next request starts clean.
+		n, _ := io.CopyN(io.Discard, req.Body, maxBodyDrain)
+		req.Body.Close()
+		if err := bw.Flush(); err != nil || w.close || n == maxBodyDrain {
+			return
+		}
+		if l.track(conn, false) {
+			return
+		}
+	}
+}
+
+// validate applies the checks net/http's server makes beyond parsing. ReadRequest has
+// already refused repeated Host headers and moved Host out of the header map.
+func validate(req *http.Request) string {
+	if req.ProtoAtLeast(1, 1) && req.Host == "" {
+		return "missing required Host header"
+	}
+	if !httpguts.ValidHostHeader(req.Host) {
+		return "malformed Host header"
+	}
+	for k, vv := range req.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return "invalid header name"
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return "invalid header value"
+			}
+		}
+	}
+	return ""
+}
+
+func badRequest(bw *bufio.Writer, msg string) {
+	bw.WriteString("HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: ")
+	bw.WriteString(strconv.Itoa(len(msg) + 1))
+	bw.WriteString("\r\n\r\n")
+	bw.WriteString(msg)
+	bw.WriteString("\n")
+	_ = bw.Flush()
+}
+
+// h1Writer is the http.ResponseWriter for one HTTP/1.x response. It frames the body by
+// the Content-Length the handler set, or chunked when there is none.
+type h1Writer struct {
+	bw          *bufio.Writer
+	header      http.Header
+	req         *http.Request
+	wroteHeader bool
+	chunked     bool
+	noBody      bool
+	close       bool
+}
+
+func (w *h1Writer) reset(req *http.Request, closeAfter bool) {
+	if w.header == nil {
+		w.header = make(http.Header, 8)
+	} else {
+		clear(w.header)
+	}
+	w.req, w.wroteHeader, w.chunked, w.noBody = req, false, false, false
+	w.close = closeAfter || req.Close || !req.ProtoAtLeast(1, 1) && !httpguts.HeaderValuesContainsToken(req.Header["Connection"], "keep-alive")
+}
+
+func (w *h1Writer) Header() http.Header { return w.header }
+
+func (w *h1Writer) WriteHeader(code int) {
+	if w.wroteHeader || code < 200 {
+		return // 1xx interim responses are not forwarded
+	}
+	w.wroteHeader = true
+	bw := w.bw
+	bw.WriteString("HTTP/1.1 ")
+	bw.WriteString(strconv.Itoa(code))
+	bw.WriteByte(' ')
+	bw.WriteString(http.StatusText(code))
+	bw.WriteString("\r\n")
+	w.noBody = w.req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified
+	_, hasLen := w.header["Content-Length"]
+	if !hasLen && !w.noBody {
+		if w.req.ProtoAtLeast(1, 1) {
+			w.chunked = true
+		} else {
+			w.close = true // HTTP/1.0: the body ends when the connection does
+		}
+	}
+	for k, vv := range w.header {
+		for _, v := range vv {
+			bw.WriteString(k)
+			bw.WriteString(": ")
+			bw.WriteString(v)
+			bw.WriteString("\r\n")
+		}
+	}
+	if w.chunked {
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+	}
+	if w.close {
+		bw.WriteString("Connection: close\r\n")
+	}
+	bw.WriteString("\r\n")
+}
+
+func (w *h1Writer) Write(p []byte) (int, error) {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.noBody || len(p) == 0 {
+		return len(p), nil
+	}
+	if w.chunked {
+		w.bw.WriteString(strconv.FormatInt(int64(len(p)), 16))
+		w.bw.WriteString("\r\n")
+		n, err := w.bw.Write(p)
+		w.bw.WriteString("\r\n")
+		return n, err
+	}
+	return w.bw.Write(p)
+}
+
+// Flush sends what is buffered, so streamed responses reach the caller as they come.
+func (w *h1Writer) Flush() {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	_ = w.bw.Flush()
+}
+
+func (w *h1Writer) finish() {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.chunked {
+		w.bw.WriteString("0\r\n\r\n")
+	}
+}
+
+// peekedConn replays what the preface check buffered before reading the connection.
+type peekedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// h2Server serves prior-knowledge h2c connections with the standard library.
+type h2Server struct {
+	srv   *http.Server
+	conns chan net.Conn
+	done  chan struct{}
+	addr  net.Addr
+	once  sync.Once
+}
+
+func newH2Server(h http.Handler, addr net.Addr) *h2Server {
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	s := &h2Server{srv: &http.Server{Handler: h, Protocols: &protocols, ReadHeaderTimeout: readHeaderTimeout, IdleTimeout: idleTimeout},
+		conns: make(chan net.Conn), done: make(chan struct{}), addr: addr}
+	go func() { _ = s.srv.Serve(s) }()
+	return s
+}
+
+func (s *h2Server) handoff(c net.Conn) {
+	select {
+	case s.conns <- c:
+	case <-s.done:
+		c.Close()
+	}
+}
+
+// Accept, Close and Addr make h2Server the net.Listener its http.Server serves.
+func (s *h2Server) Accept() (net.Conn, error) {
+	select {
+	case c := <-s.conns:
+		return c, nil
+	case <-s.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (s *h2Server) Close() error {
+	s.once.Do(func() { close(s.done) })
+	return nil
+}
+
+func (s *h2Server) Addr() net.Addr { return s.addr }
