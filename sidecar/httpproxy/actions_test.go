@@ -3,8 +3,8 @@ package httpproxy_test
 import (
 	"net/http"
 	"strings"
-	"time"
 	"testing"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
