@@ -106,7 +106,7 @@ func TestIdempotencyKeyRunsOnce(t *testing.T) {
 	cfg := fastConfig()
 	cfg.MaxInflight = 1 // FIFO, so the sentinel runs after anything queued before it
 	app := newRecorder(t, ok)
-	srv := caller(t, m.js, cfg, async.PublisherOptions{})
+	srv, pub := callerPub(t, m.js, cfg, async.PublisherOptions{})
 
 	key := map[string]string{async.HeaderIdempotencyKey: "order-42"}
 	s1, id1, _ := callAsync(t, srv.URL, "first", key)
@@ -146,6 +146,10 @@ func TestIdempotencyKeyRunsOnce(t *testing.T) {
 	if runs != 1 {
 		t.Errorf("call with Idempotency-Key ran %d times, want 1", runs)
 	}
+	wantMetrics(t, metrics(pub),
+		`weft_async_published_total{function="default/orders"} 2`,
+		`weft_async_duplicates_total{function="default/orders"} 1`,
+		`weft_async_published_total{function="default/billing"} 1`)
 }
 
 func TestMaxInflightIsReachedButNeverExceeded(t *testing.T) {

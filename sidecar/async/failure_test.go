@@ -42,7 +42,7 @@ func TestFailingCallIsRetriedThenDeadLettered(t *testing.T) {
 	})
 	cb := newRecorder(t, ok)
 	srv := caller(t, m.js, cfg, async.PublisherOptions{})
-	runConsumer(t, m.js, app.URL, cfg, nil)
+	cons, _ := startConsumer(t, m.js, app.URL, cfg, nil)
 
 	_, id, _ := callAsync(t, srv.URL+"/charge", "card=1", map[string]string{async.HeaderCallbackURL: cb.URL})
 	waitFor(t, "the failure callback", func() bool { return cb.count() >= 1 })
@@ -78,6 +78,12 @@ func TestFailingCallIsRetriedThenDeadLettered(t *testing.T) {
 	if app.count() != 3 {
 		t.Errorf("app ran %d times after the call was dead-lettered", app.count())
 	}
+	wantMetrics(t, metrics(cons),
+		`weft_async_calls_total{function="default/orders",outcome="done"} 0`,
+		`weft_async_calls_total{function="default/orders",outcome="retried"} 2`,
+		`weft_async_calls_total{function="default/orders",outcome="dead"} 1`,
+		`weft_async_callbacks_total{function="default/orders",result="delivered"} 1`,
+		`weft_async_inflight{function="default/orders"} 0`)
 }
 
 func TestRetryOnSucceedsAndOtherStatusesAreFinal(t *testing.T) {
@@ -170,7 +176,7 @@ func TestPublishRefusals(t *testing.T) {
 	m := newMesh(t)
 	cfg := fastConfig()
 	cfg.MaxBodyBytes = 10
-	srv := caller(t, m.js, cfg, async.PublisherOptions{PublishTimeout: 500 * time.Millisecond, RetryAfter: 3 * time.Second})
+	srv, pub := callerPub(t, m.js, cfg, async.PublisherOptions{PublishTimeout: 500 * time.Millisecond, RetryAfter: 3 * time.Second})
 
 	status, id, body := callAsync(t, srv.URL, "x", map[string]string{"X-Test-Function": "elsewhere/nothing"})
 	if status != http.StatusNotFound || id != "" || !strings.Contains(body, "elsewhere/nothing does not exist") {
@@ -208,6 +214,11 @@ func TestPublishRefusals(t *testing.T) {
 		t.Errorf("NATS down: %d Retry-After %q body %q; want 503, Retry-After 3 and a body saying the call was not queued",
 			resp.StatusCode, resp.Header.Get("Retry-After"), b[:n])
 	}
+	wantMetrics(t, metrics(pub),
+		`weft_async_published_total{function="default/orders"} 1`,
+		`weft_async_refused_total{function="default/orders",code="413"} 2`,
+		`weft_async_refused_total{function="default/orders",code="503"} 1`,
+		`weft_async_refused_total{function="elsewhere/nothing",code="404"} 1`)
 }
 
 func TestStoppedConsumerHandsCallsToAnother(t *testing.T) {

@@ -1,6 +1,7 @@
 package async_test
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"net/http"
@@ -73,6 +74,12 @@ func fastConfig() async.Config {
 // named by the X-Test-Function header) through a Publisher.
 func caller(t *testing.T, js async.MsgPublisher, cfg async.Config, opts async.PublisherOptions) *httptest.Server {
 	t.Helper()
+	srv, _ := callerPub(t, js, cfg, opts)
+	return srv
+}
+
+func callerPub(t *testing.T, js async.MsgPublisher, cfg async.Config, opts async.PublisherOptions) (*httptest.Server, *async.Publisher) {
+	t.Helper()
 	fns := async.FunctionSourceFunc(func(fn async.FunctionRef) (async.Config, bool) {
 		return cfg, fn.Namespace == "default"
 	})
@@ -86,7 +93,7 @@ func caller(t *testing.T, js async.MsgPublisher, cfg async.Config, opts async.Pu
 		p.ServeAsync(w, r, fn)
 	}))
 	t.Cleanup(srv.Close)
-	return srv
+	return srv, p
 }
 
 // callAsync sends one request and returns the response status, call id and body.
@@ -170,6 +177,12 @@ func (r *recorder) concurrent() (cur, maxSeen int) {
 // it and waits for Run to return.
 func runConsumer(t *testing.T, js async.ConsumerJS, appURL string, cfg async.Config, tweak func(*async.ConsumerOptions)) (stop func()) {
 	t.Helper()
+	_, stop = startConsumer(t, js, appURL, cfg, tweak)
+	return stop
+}
+
+func startConsumer(t *testing.T, js async.ConsumerJS, appURL string, cfg async.Config, tweak func(*async.ConsumerOptions)) (_ *async.Consumer, stop func()) {
+	t.Helper()
 	opts := async.ConsumerOptions{Function: fnA, AppURL: appURL, Config: cfg,
 		FetchWait: 2 * time.Second, CallbackBackoff: 10 * time.Millisecond, DrainTimeout: 30 * time.Second}
 	if tweak != nil {
@@ -197,7 +210,7 @@ func runConsumer(t *testing.T, js async.ConsumerJS, appURL string, cfg async.Con
 		})
 	}
 	t.Cleanup(stop)
-	return stop
+	return c, stop
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -212,3 +225,20 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func ok(w http.ResponseWriter, _ *http.Request, _ string) { w.WriteHeader(http.StatusNoContent) }
+
+// metrics renders a StatsWriter's Prometheus text.
+func metrics(w interface{ WritePrometheus(io.Writer) }) string {
+	var b bytes.Buffer
+	w.WritePrometheus(&b)
+	return b.String()
+}
+
+// wantMetrics fails the test for each line missing from text.
+func wantMetrics(t *testing.T, text string, lines ...string) {
+	t.Helper()
+	for _, l := range lines {
+		if !strings.Contains(text, l+"\n") {
+			t.Errorf("metrics lack %q; got:\n%s", l, text)
+		}
+	}
+}

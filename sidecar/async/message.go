@@ -121,8 +121,9 @@ func dropRespondAsync(values []string) []string {
 	return out
 }
 
-// wantsAsync reports whether the request asks to be answered at once (RFC 7240).
-func wantsAsync(h http.Header) bool {
+// WantsAsync reports whether the request asks to be answered at once with
+// "Prefer: respond-async" (RFC 7240); the outbound proxy then hands it to a Publisher.
+func WantsAsync(h http.Header) bool {
 	for _, v := range h.Values("Prefer") {
 		for p := range strings.SplitSeq(v, ",") {
 			if strings.EqualFold(strings.TrimSpace(p), "respond-async") {

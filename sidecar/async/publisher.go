@@ -71,7 +71,7 @@ func NewPublisher(js MsgPublisher, fns FunctionSource, opts PublisherOptions) *P
 
 // ShouldQueue reports whether a request to a function with this policy is to be run
 // asynchronously: the function is async, or the caller sent "Prefer: respond-async".
-func ShouldQueue(cfg Config, r *http.Request) bool { return cfg.Enabled || wantsAsync(r.Header) }
+func ShouldQueue(cfg Config, r *http.Request) bool { return cfg.Enabled || WantsAsync(r.Header) }
 
 // Accepted is the 202 body.
 type Accepted struct {
