@@ -1,14 +1,12 @@
 package httpproxy
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"strconv"
 	"sync"
@@ -91,10 +89,10 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 		}
 		body, replayable = b, true
 	}
-	out := outboundRequest(r, route)
+	out := outboundRequest(r, route, body)
 	for _, m := range route.Mirrors {
 		if replayable && chance(m.PerMillion) {
-			p.mirror(out, body, m.Cluster, route.Timeout)
+			p.mirror(&out, m.Cluster, route.Timeout)
 		}
 	}
 	hash, hasHash := requestHash(r, route, cc)
@@ -125,7 +123,7 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 			}
 		}
 		res.release()
-		res = l.attempt(ctx, c, out, body, hash, hasHash, tried, deadline, perTry)
+		res = l.attempt(ctx, c, &out, hash, hasHash, tried, deadline, perTry)
 		if attempt > 0 {
 			c.RetryDone()
 		}
@@ -178,7 +176,7 @@ func (a *attemptResult) release() {
 	}
 }
 
-func (l *Listener) attempt(ctx context.Context, c *upstream.Cluster, out *http.Request, body []byte,
+func (l *Listener) attempt(ctx context.Context, c *upstream.Cluster, out *upstream.Request,
 	hash uint64, hasHash bool, tried []*upstream.Host, deadline time.Time, perTry time.Duration) attemptResult {
 	h := c.Pick(hash, hasHash, tried)
 	if h == nil {
@@ -191,17 +189,8 @@ func (l *Listener) attempt(ctx context.Context, c *upstream.Cluster, out *http.R
 			tryDeadline = pd
 		}
 	}
-	req := *out
-	u := *out.URL
-	u.Host = h.Address
-	req.URL = &u
-	if body != nil {
-		req.Body = io.NopCloser(bytes.NewReader(body))
-		req.ContentLength = int64(len(body))
-		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
-	}
 	h.Start()
-	resp, err := c.RoundTrip(ctx, &req, h, tryDeadline)
+	resp, err := c.RoundTrip(ctx, out, h, tryDeadline)
 	res.resp, res.err = resp, err
 	outcome := upstream.Success
 	switch {
@@ -324,10 +313,11 @@ func pickWeighted(route *config.Route) string {
 	return route.Clusters[len(route.Clusters)-1].Name
 }
 
-// outboundRequest builds the request template every attempt copies: rewritten path and
-// host, hop-by-hop headers dropped, the route's header edits applied.
-func outboundRequest(r *http.Request, route *config.Route) *http.Request {
-	hdr := r.Header // the server never reuses it; attempts share it read-only
+// outboundRequest builds the request every attempt sends: rewritten path and host,
+// hop-by-hop headers dropped, the route's header edits applied. It edits r.Header in
+// place: the downstream request is not used again.
+func outboundRequest(r *http.Request, route *config.Route, body []byte) upstream.Request {
+	hdr := r.Header
 	for _, k := range hopHeaders {
 		delete(hdr, k)
 	}
@@ -335,21 +325,22 @@ func outboundRequest(r *http.Request, route *config.Route) *http.Request {
 		delete(hdr, k)
 	}
 	applyHeaderOptions(hdr, route.RequestHeadersToAdd)
-	u := &url.URL{Scheme: "http", Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: r.URL.RawQuery}
+	uri := r.URL.EscapedPath()
 	if route.PrefixRewrite != "" && route.Match.PathKind == config.PathPrefix {
-		u.Path = rewritePrefix(u.Path, route.Match.Path, route.PrefixRewrite)
-		if u.RawPath != "" {
-			u.RawPath = rewritePrefix(u.RawPath, route.Match.Path, route.PrefixRewrite)
-		}
+		uri = rewritePrefix(uri, route.Match.Path, route.PrefixRewrite)
 	}
-	host := r.Host
+	if r.URL.RawQuery != "" {
+		uri += "?" + r.URL.RawQuery
+	}
+	out := upstream.Request{Method: r.Method, URI: uri, Host: r.Host, Header: hdr}
 	if route.HostRewrite != "" {
-		host = route.HostRewrite
+		out.Host = route.HostRewrite
 	}
-	out := &http.Request{Method: r.Method, URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header: hdr, Host: host, Body: r.Body, ContentLength: r.ContentLength}
-	if r.ContentLength == 0 {
-		out.Body = nil
+	switch {
+	case body != nil:
+		out.BodyBytes = body
+	case r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody:
+		out.Body, out.ContentLength = r.Body, r.ContentLength
 	}
 	return out
 }

@@ -1,7 +1,6 @@
 package httpproxy
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net"
@@ -18,7 +17,7 @@ import (
 // mirror sends a fire-and-forget copy of out to cluster. Its response is discarded and
 // its failure never affects the caller. The Host gets Envoy's "-shadow" suffix so the
 // shadow can tell mirrored traffic apart.
-func (p *Proxy) mirror(out *http.Request, body []byte, cluster string, timeout time.Duration) {
+func (p *Proxy) mirror(out *upstream.Request, cluster string, timeout time.Duration) {
 	c := p.opts.Upstreams.Get(cluster)
 	if c == nil {
 		return
@@ -27,8 +26,6 @@ func (p *Proxy) mirror(out *http.Request, body []byte, cluster string, timeout t
 		timeout = 15 * time.Second
 	}
 	req := *out
-	u := *out.URL
-	req.URL = &u
 	req.Header = out.Header.Clone()
 	req.Host = shadowHost(out.Host)
 	go func() {
@@ -40,13 +37,6 @@ func (p *Proxy) mirror(out *http.Request, body []byte, cluster string, timeout t
 			return
 		}
 		defer c.Done()
-		u.Host = h.Address
-		if body != nil {
-			req.Body = io.NopCloser(bytes.NewReader(body))
-			req.ContentLength = int64(len(body))
-		} else {
-			req.Body, req.ContentLength = nil, 0
-		}
 		start := time.Now()
 		h.Start()
 		resp, err := c.RoundTrip(context.Background(), &req, h, time.Now().Add(timeout))

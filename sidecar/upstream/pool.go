@@ -81,7 +81,7 @@ func (p *pool) closeIdle() {
 //
 // deadline (zero for none) bounds the whole exchange including the body, enforced as a
 // connection deadline; ctx ending (the caller went away) aborts it too.
-func (c *Cluster) RoundTrip(ctx context.Context, req *http.Request, h *Host, deadline time.Time) (*http.Response, error) {
+func (c *Cluster) RoundTrip(ctx context.Context, req *Request, h *Host, deadline time.Time) (*http.Response, error) {
 	cc := c.cfg.Load()
 	for try := 0; ; try++ {
 		pc := h.pool.get(cc.IdleTimeout)
@@ -107,15 +107,32 @@ func (c *Cluster) RoundTrip(ctx context.Context, req *http.Request, h *Host, dea
 			return nil, err
 		}
 		if req.Body != nil {
-			if req.GetBody == nil {
-				return nil, err
-			}
-			if req.Body, err = req.GetBody(); err != nil {
-				return nil, err
-			}
+			return nil, err // a streamed body cannot be sent twice
 		}
 	}
 }
+
+// Request is what the proxy sends upstream. It carries only what the request line, Host
+// and headers need, so building one per attempt costs no allocation.
+type Request struct {
+	Method string
+	// URI is the request target: escaped path plus "?query" if any.
+	URI    string
+	Host   string
+	Header http.Header
+	// BodyBytes is a buffered body (replayable); Body a streamed one sent once, of
+	// ContentLength bytes or chunked when ContentLength < 0. Both nil: no body.
+	BodyBytes     []byte
+	Body          io.Reader
+	ContentLength int64
+}
+
+// Method-only requests for http.ReadResponse, which needs the method to know whether a
+// body follows (HEAD) and nothing else.
+var (
+	headRequest  = &http.Request{Method: http.MethodHead}
+	otherRequest = &http.Request{Method: http.MethodGet}
+)
 
 // staleConnError marks a failure before any response byte arrived on a reused
 // connection: the server most likely closed it while idle.
@@ -124,7 +141,7 @@ type staleConnError struct{ err error }
 func (e *staleConnError) Error() string { return "reused connection closed: " + e.err.Error() }
 func (e *staleConnError) Unwrap() error { return e.err }
 
-func (c *Cluster) exchange(ctx context.Context, pc *pconn, req *http.Request, pool *pool, deadline time.Time) (*http.Response, error) {
+func (c *Cluster) exchange(ctx context.Context, pc *pconn, req *Request, pool *pool, deadline time.Time) (*http.Response, error) {
 	if !deadline.IsZero() {
 		_ = pc.conn.SetDeadline(deadline)
 		pc.deadline = true
@@ -140,8 +157,12 @@ func (c *Cluster) exchange(ctx context.Context, pc *pconn, req *http.Request, po
 	}
 	var resp *http.Response
 	var err error
+	forMethod := otherRequest
+	if req.Method == http.MethodHead {
+		forMethod = headRequest
+	}
 	for {
-		resp, err = http.ReadResponse(pc.br, req)
+		resp, err = http.ReadResponse(pc.br, forMethod)
 		if err != nil {
 			stop()
 			return nil, fmt.Errorf("reading response from %s: %w", pc.conn.RemoteAddr(), err)
@@ -153,7 +174,7 @@ func (c *Cluster) exchange(ctx context.Context, pc *pconn, req *http.Request, po
 	}
 	pc.used++
 	cc := c.cfg.Load()
-	pc.reusable = !resp.Close && !req.Close && (cc.MaxRequestsPerConn == 0 || pc.used < cc.MaxRequestsPerConn)
+	pc.reusable = !resp.Close && (cc.MaxRequestsPerConn == 0 || pc.used < cc.MaxRequestsPerConn)
 	resp.Body = &body{rc: resp.Body, pc: pc, stop: stop, c: c, pool: pool}
 	return resp, nil
 }
@@ -203,17 +224,17 @@ func (b *body) finish(complete bool) {
 	b.pc.conn.Close()
 }
 
-// writeRequest writes req in HTTP/1.1 form. Header values come from the Go server (which
-// validated them) or from config (validated at decode time).
-func writeRequest(w *bufio.Writer, req *http.Request) error {
+// writeRequest writes req in HTTP/1.1 form. Header values come from the downstream
+// parser (which validated them) or from config (validated at decode time).
+func writeRequest(w *bufio.Writer, req *Request) error {
 	w.WriteString(req.Method)
 	w.WriteByte(' ')
-	w.WriteString(req.URL.RequestURI())
+	w.WriteString(req.URI)
 	w.WriteString(" HTTP/1.1\r\nHost: ")
 	w.WriteString(req.Host)
 	w.WriteString("\r\n")
 	for k, vv := range req.Header {
-		if k == "Host" || k == "Content-Length" {
+		if k == "Host" || k == "Content-Length" || k == "Transfer-Encoding" {
 			continue
 		}
 		for _, v := range vv {
@@ -224,6 +245,11 @@ func writeRequest(w *bufio.Writer, req *http.Request) error {
 		}
 	}
 	switch {
+	case req.BodyBytes != nil:
+		w.WriteString("Content-Length: ")
+		w.WriteString(strconv.Itoa(len(req.BodyBytes)))
+		w.WriteString("\r\n\r\n")
+		w.Write(req.BodyBytes)
 	case req.Body == nil || req.ContentLength == 0:
 		if req.Method == http.MethodPost || req.Method == http.MethodPut || req.Method == http.MethodPatch {
 			w.WriteString("Content-Length: 0\r\n")
@@ -244,9 +270,6 @@ func writeRequest(w *bufio.Writer, req *http.Request) error {
 		}
 		cw.Close()
 		w.WriteString("\r\n")
-	}
-	if req.Body != nil {
-		req.Body.Close()
 	}
 	return w.Flush()
 }
