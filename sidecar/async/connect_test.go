@@ -1,10 +1,12 @@
 package async_test
 
 import (
+	"context"
 	"net"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/weftmesh/weft/sidecar/async"
 )
@@ -42,4 +44,20 @@ func TestSidecarStartedBeforeNATSCatchesUp(t *testing.T) {
 	if got := app.all()[0].header.Get(async.HeaderCallID); got != id {
 		t.Errorf("app ran call %s, want %s", got, id)
 	}
+}
+
+func TestConsumerRecreatesItsDurableWhenDeleted(t *testing.T) {
+	m := newMesh(t)
+	cfg := fastConfig()
+	app := newRecorder(t, ok)
+	runConsumer(t, m.js, app.URL, cfg, func(o *async.ConsumerOptions) { o.FetchWait = 500 * time.Millisecond })
+	srv := caller(t, m.js, cfg, async.PublisherOptions{})
+	callAsync(t, srv.URL, "before", nil)
+	waitFor(t, "the first call", func() bool { return app.count() >= 1 })
+
+	if err := m.js.DeleteConsumer(context.Background(), "WEFT_CALLS", async.DurableName(fnA)); err != nil {
+		t.Fatal(err)
+	}
+	callAsync(t, srv.URL, "after", nil)
+	waitFor(t, "the call queued after the consumer was deleted", func() bool { return app.count() >= 2 })
 }

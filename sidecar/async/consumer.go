@@ -174,6 +174,13 @@ func (c *Consumer) Run(ctx context.Context) error {
 				lastErr = err.Error()
 			}
 			c.sleep(ctx, time.Second)
+			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) ||
+				errors.Is(err, jetstream.ErrStreamNotFound) {
+				// Someone deleted the consumer or the stream was recreated: make ours again.
+				if cons, err = c.durable(ctx); err != nil {
+					break
+				}
+			}
 		} else if err == nil {
 			lastErr = ""
 		}
