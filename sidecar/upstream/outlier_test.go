@@ -1,0 +1,130 @@
+package upstream
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	testclock "k8s.io/utils/clock/testing"
+
+	"github.com/weftmesh/weft/sidecar/config"
+)
+
+func cluster(t *testing.T, clk *testclock.FakeClock, n int, od *config.Outlier, limits config.Limits) (*Cluster, []*Host) {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	m := NewManager(ctx, clk)
+	cc := &config.Cluster{Name: "c", Outlier: od, Limits: limits}
+	for i := range n {
+		cc.Endpoints = append(cc.Endpoints, config.Endpoint{Address: "10.0.0." + string(rune('1'+i)) + ":80", Weight: 1})
+	}
+	m.Update(map[string]*config.Cluster{"c": cc})
+	c := m.Get("c")
+	return c, c.Hosts()
+}
+
+func fail(c *Cluster, h *Host, n int, o Outcome) {
+	for range n {
+		h.Start()
+		c.Report(h, o)
+	}
+}
+
+func TestEjectionTimeGrowsWithEjectionCount(t *testing.T) {
+	clk := testclock.NewFakeClock(time.Unix(1000, 0))
+	od := &config.Outlier{Consecutive5xx: 2, Enforce5xx: true, Interval: time.Second, BaseEjection: 10 * time.Second, MaxEjectionPercent: 100}
+	c, hs := cluster(t, clk, 2, od, config.Limits{MaxRequests: 10, MaxConnections: 10, MaxPending: 10, MaxRetries: 3})
+	h := hs[0]
+	fail(c, h, 1, ServerError)
+	if h.ejected.Load() {
+		t.Fatal("ejected after one failure; consecutive_5xx is 2")
+	}
+	fail(c, h, 1, ServerError)
+	if !h.ejected.Load() {
+		t.Fatal("not ejected after two consecutive failures")
+	}
+	c.sweep(clk.Now().Add(9 * time.Second))
+	if !h.ejected.Load() {
+		t.Error("returned before base_ejection_time")
+	}
+	c.sweep(clk.Now().Add(10 * time.Second))
+	if h.ejected.Load() {
+		t.Error("still ejected after base_ejection_time")
+	}
+	fail(c, h, 2, GatewayError)
+	c.sweep(clk.Now().Add(19 * time.Second))
+	if !h.ejected.Load() {
+		t.Error("second ejection must last 2 × base_ejection_time")
+	}
+	c.sweep(clk.Now().Add(20 * time.Second))
+	if h.ejected.Load() {
+		t.Error("still ejected after 2 × base_ejection_time")
+	}
+}
+
+func TestSuccessResetsConsecutiveFailures(t *testing.T) {
+	clk := testclock.NewFakeClock(time.Unix(1000, 0))
+	od := &config.Outlier{Consecutive5xx: 2, Enforce5xx: true, Interval: time.Second, BaseEjection: time.Second, MaxEjectionPercent: 100}
+	c, hs := cluster(t, clk, 1, od, config.Limits{MaxRequests: 10, MaxConnections: 10, MaxPending: 10})
+	fail(c, hs[0], 1, ServerError)
+	fail(c, hs[0], 1, Success)
+	fail(c, hs[0], 1, ServerError)
+	if hs[0].ejected.Load() {
+		t.Error("ejected although failures were not consecutive")
+	}
+}
+
+func TestMaxEjectionPercentCapsEjections(t *testing.T) {
+	clk := testclock.NewFakeClock(time.Unix(1000, 0))
+	od := &config.Outlier{Consecutive5xx: 1, Enforce5xx: true, Interval: time.Second, BaseEjection: time.Minute, MaxEjectionPercent: 50}
+	c, hs := cluster(t, clk, 4, od, config.Limits{MaxRequests: 10, MaxConnections: 10, MaxPending: 10})
+	for _, h := range hs {
+		fail(c, h, 1, ServerError)
+	}
+	ejected := 0
+	for _, h := range hs {
+		if h.ejected.Load() {
+			ejected++
+		}
+	}
+	if ejected != 2 {
+		t.Errorf("%d of 4 hosts ejected, want 2 (max_ejection_percent 50)", ejected)
+	}
+	if got := c.Stats.Ejections.Load(); got != 2 {
+		t.Errorf("ejection counter %d, want 2", got)
+	}
+}
+
+func TestCircuitBreakers(t *testing.T) {
+	clk := testclock.NewFakeClock(time.Unix(1000, 0))
+	c, _ := cluster(t, clk, 1, nil, config.Limits{MaxRequests: 3, MaxConnections: 1, MaxPending: 1, MaxRetries: 1})
+	results := []bool{}
+	for range 3 {
+		_, ok := c.Admit()
+		results = append(results, ok)
+	}
+	// 1 on a connection, 1 pending, the third overflows max_pending_requests.
+	if want := []bool{true, true, false}; results[0] != want[0] || results[1] != want[1] || results[2] != want[2] {
+		t.Errorf("admissions %v, want %v", results, want)
+	}
+	if c.Stats.OverflowPending.Load() != 1 {
+		t.Errorf("pending overflows %d, want 1", c.Stats.OverflowPending.Load())
+	}
+	if !c.AdmitRetry() || c.AdmitRetry() {
+		t.Error("max_retries 1 must admit exactly one concurrent retry")
+	}
+}
+
+func TestStateSurvivesConfigSwapForSameEndpoint(t *testing.T) {
+	clk := testclock.NewFakeClock(time.Unix(1000, 0))
+	od := &config.Outlier{Consecutive5xx: 1, Enforce5xx: true, Interval: time.Second, BaseEjection: time.Minute, MaxEjectionPercent: 100}
+	c, hs := cluster(t, clk, 2, od, config.Limits{MaxRequests: 10, MaxConnections: 10, MaxPending: 10})
+	fail(c, hs[0], 1, ServerError)
+	cc := *c.Config()
+	cc.Endpoints = append([]config.Endpoint(nil), cc.Endpoints...)
+	cc.Endpoints = append(cc.Endpoints, config.Endpoint{Address: "10.0.0.9:80", Weight: 1})
+	c.mgr.Update(map[string]*config.Cluster{"c": &cc})
+	if got := c.mgr.Get("c"); got != c || !got.Hosts()[0].ejected.Load() || len(got.Hosts()) != 3 {
+		t.Error("an endpoint kept across a swap lost its ejection")
+	}
+}
