@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# hack/e2e.sh — run the end-to-end tests (test/e2e, build tag e2e) against a local mesh the
+# tests start themselves (internal/sandbox, as `weft dev`). Needs root for the pod network
+# namespaces; builds bin/ and finds the control-plane binaries offline. Extra arguments go
+# to `go test` (e.g. -run TestCanarySplit).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ $EUID -ne 0 ]]; then
+  command -v sudo >/dev/null || { echo "e2e: needs root (network namespaces)" >&2; exit 1; }
+  exec sudo -E env "PATH=$PATH" "$0" "$@"
+fi
+missing=()
+command -v ip >/dev/null || missing+=(iproute2)
+command -v curl >/dev/null || missing+=(curl)
+if ((${#missing[@]})); then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >/dev/null \
+    || { echo "e2e: could not install ${missing[*]}" >&2; exit 1; }
+fi
+command -v kubectl >/dev/null || { echo "e2e: kubectl is not on PATH" >&2; exit 1; }
+mkdir -p bin
+for b in manager sidecar weft; do go build -o "bin/$b" "./cmd/$b"; done
+for b in echo slow flaky caller; do go build -o "bin/$b" "./examples/$b"; done
+KUBEBUILDER_ASSETS="$(hack/envtest-assets.sh | tail -n1)"
+export KUBEBUILDER_ASSETS
+exec go test -tags e2e -count=1 -timeout 30m -v ./test/e2e "$@"

@@ -1,0 +1,126 @@
+//go:build e2e
+
+// Package e2e tests Weft end to end on the local mesh (internal/sandbox, as `weft dev` runs
+// it): real kube-apiserver and kube-controller-manager, the manager binary, pods running as
+// processes with injected sidecars. Run them with hack/e2e.sh (root, the bin/ binaries and
+// KUBEBUILDER_ASSETS are needed); `go test ./...` skips them (build tag e2e).
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/weftmesh/weft/internal/sandbox"
+)
+
+var (
+	root       string
+	kubeconfig string
+	cs         kubernetes.Interface
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	var err error
+	if root, err = filepath.Abs(filepath.Join("..", "..")); err != nil {
+		panic(err)
+	}
+	assets := os.Getenv("KUBEBUILDER_ASSETS")
+	if assets == "" {
+		fmt.Fprintln(os.Stderr, "e2e: KUBEBUILDER_ASSETS is not set; run hack/e2e.sh")
+		return 1
+	}
+	state := os.Getenv("WEFT_E2E_STATE")
+	if state == "" {
+		state = filepath.Join(os.TempDir(), "weft-e2e")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- sandbox.Run(ctx, sandbox.Options{StateDir: state, BinDir: filepath.Join(root, "bin"), AssetsDir: assets,
+			CRDDir: filepath.Join(root, "config", "crd", "bases"), Out: os.Stderr})
+	}()
+	defer func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "e2e: local mesh stopped with:", err)
+			}
+		case <-time.After(3 * time.Minute):
+			fmt.Fprintln(os.Stderr, "e2e: local mesh did not stop within 3 minutes")
+		}
+	}()
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		if _, err := os.Stat(sandbox.ReadyFile(state)); err == nil {
+			break
+		}
+		select {
+		case err := <-done:
+			fmt.Fprintln(os.Stderr, "e2e: local mesh failed to start:", err)
+			done <- err
+			return 1
+		case <-time.After(time.Second):
+		}
+		if time.Now().After(deadline) {
+			fmt.Fprintln(os.Stderr, "e2e: local mesh not ready after 5 minutes")
+			return 1
+		}
+	}
+	kubeconfig = sandbox.Kubeconfig(state)
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	cs = kubernetes.NewForConfigOrDie(cfg)
+	for _, args := range [][]string{
+		{"apply", "-f", "examples/demo/00-namespace.yaml"},
+		{"apply", "-k", "config/samples"},
+		{"apply", "-f", "examples/demo/"},
+	} {
+		if out, err := kubectl(args...); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+			return 1
+		}
+	}
+	return m.Run()
+}
+
+func kubectl(args ...string) (string, error) {
+	cmd := exec.Command("kubectl", args...)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// eventually retries f every second until it returns nil or timeout passes; generous
+// timeouts keep it reliable on a loaded machine, and the last error says what was missing.
+func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: still failing after %s: %v", what, timeout, err)
+		}
+		time.Sleep(time.Second)
+	}
+}

@@ -1,0 +1,260 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+var podCIDR = netip.MustParsePrefix("10.244.0.0/16")
+
+func pods(t *testing.T, selector string) []corev1.Pod {
+	t.Helper()
+	l, err := cs.CoreV1().Pods("default").List(context.Background(), metav1.ListOptions{LabelSelector: selector})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l.Items
+}
+
+func readyRunning(p corev1.Pod) bool {
+	if p.Status.Phase != corev1.PodRunning || p.DeletionTimestamp != nil {
+		return false
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func TestPodsRunWithInjectedSidecars(t *testing.T) {
+	eventually(t, 4*time.Minute, "demo pods running and ready", func() error {
+		ps := pods(t, "app in (reviews,ratings,caller)")
+		if len(ps) < 5 {
+			return fmt.Errorf("%d demo pods, want 5", len(ps))
+		}
+		for _, p := range ps {
+			if !readyRunning(p) {
+				return fmt.Errorf("pod %s is %s and not ready: %+v", p.Name, p.Status.Phase, p.Status.ContainerStatuses)
+			}
+		}
+		return nil
+	})
+	for _, p := range pods(t, "app in (reviews,ratings,caller)") {
+		names := []string{}
+		for _, c := range p.Spec.Containers {
+			names = append(names, c.Name)
+		}
+		if !slices.Contains(names, "weft-sidecar") {
+			t.Errorf("pod %s has containers %v, want the injected weft-sidecar", p.Name, names)
+		}
+		ip, err := netip.ParseAddr(p.Status.PodIP)
+		if err != nil || !podCIDR.Contains(ip) {
+			t.Errorf("pod %s has podIP %q, want an address in %s", p.Name, p.Status.PodIP, podCIDR)
+		}
+		if p.Status.HostIP != "10.244.0.1" {
+			t.Errorf("pod %s has hostIP %q, want the bridge address 10.244.0.1", p.Name, p.Status.HostIP)
+		}
+	}
+}
+
+func TestEndpointSlicesListReadyPods(t *testing.T) {
+	eventually(t, 4*time.Minute, "reviews EndpointSlices", func() error {
+		want := map[string]bool{}
+		for _, p := range pods(t, "app=reviews") {
+			if readyRunning(p) {
+				want[p.Status.PodIP] = true
+			}
+		}
+		l, err := cs.DiscoveryV1().EndpointSlices("default").List(context.Background(), metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=reviews"})
+		if err != nil {
+			return err
+		}
+		got := map[string]bool{}
+		for _, s := range l.Items {
+			for _, e := range s.Endpoints {
+				if e.Conditions.Ready != nil && *e.Conditions.Ready {
+					got[e.Addresses[0]] = true
+				}
+			}
+		}
+		if len(want) != 2 || fmt.Sprint(got) != fmt.Sprint(want) {
+			return fmt.Errorf("ready endpoints %v, ready reviews pods %v; want the same two", got, want)
+		}
+		return nil
+	})
+}
+
+// tally is the caller example's answer.
+type tally struct {
+	Total     int            `json:"total"`
+	ByStatus  map[string]int `json:"byStatus"`
+	ByVersion map[string]int `json:"byVersion"`
+	Errors    int            `json:"errors"`
+	LastError string         `json:"lastError"`
+	LastBody  string         `json:"lastBody"`
+}
+
+// call asks the caller pod to make n calls to url through its sidecar.
+func call(t *testing.T, url string, n int) (tally, error) {
+	t.Helper()
+	ps := pods(t, "app=caller")
+	if len(ps) == 0 || ps[0].Status.PodIP == "" {
+		return tally{}, fmt.Errorf("no caller pod with an IP yet")
+	}
+	client := &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{Proxy: nil}}
+	resp, err := client.Get("http://" + ps[0].Status.PodIP + ":8080/call?c=20&n=" + strconv.Itoa(n) + "&url=" + url)
+	if err != nil {
+		return tally{}, err
+	}
+	defer resp.Body.Close()
+	var out tally
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return tally{}, fmt.Errorf("decoding caller answer: %w", err)
+	}
+	return out, nil
+}
+
+// routed waits until every one of 20 calls to url gets an answer of the wanted kind.
+func routed(t *testing.T, url string, ok func(tally) bool) {
+	t.Helper()
+	eventually(t, 3*time.Minute, "routes for "+url+" programmed in the caller's sidecar", func() error {
+		got, err := call(t, url, 20)
+		if err != nil {
+			return err
+		}
+		if !ok(got) {
+			return fmt.Errorf("answers %+v", got)
+		}
+		return nil
+	})
+}
+
+func TestCanarySplit(t *testing.T) {
+	routed(t, "http://reviews:9080/", func(g tally) bool { return g.ByStatus["200"] == 20 })
+	got, err := call(t, "http://reviews:9080/", 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1, v2 := got.ByVersion["v1"], got.ByVersion["v2"]
+	t.Logf("v1: %d / v2: %d of 1000 (target 80/20)", v1, v2)
+	// 1000 draws at p=0.8: sd = sqrt(1000*0.8*0.2) ≈ 12.6, so 720..880 is over 6 sd wide.
+	if v1+v2 != 1000 || v1 < 720 || v1 > 880 {
+		t.Errorf("split v1=%d v2=%d of 1000 (statuses %v), want about 800/200", v1, v2, got.ByStatus)
+	}
+}
+
+func TestRetriesHideFailingPod(t *testing.T) {
+	routed(t, "http://ratings-direct:9080/", func(g tally) bool { return g.ByStatus["200"]+g.ByStatus["500"] == 20 })
+	direct, err := call(t, "http://ratings-direct:9080/", 200)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Half the calls land on the failing pod without retries: far more than 20 of 200.
+	if direct.ByStatus["500"] < 20 {
+		t.Fatalf("without retries only %d of 200 calls failed; the failing ratings pod is not being called (%+v)", direct.ByStatus["500"], direct)
+	}
+	routed(t, "http://ratings:9080/", func(g tally) bool { return g.ByStatus["200"]+g.ByStatus["500"] == 20 })
+	with, err := call(t, "http://ratings:9080/", 200)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("with retries %d of 200 succeeded; without, %d of 200 failed", with.ByStatus["200"], direct.ByStatus["500"])
+	if with.ByStatus["200"] < 198 {
+		t.Errorf("with retries %d of 200 succeeded (%+v), want nearly all", with.ByStatus["200"], with)
+	}
+}
+
+func TestFaultAbort(t *testing.T) {
+	routed(t, "http://details:9080/", func(g tally) bool { return g.ByStatus["200"]+g.ByStatus["503"] == 20 })
+	got, err := call(t, "http://details:9080/", 400)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := got.ByStatus["503"]
+	t.Logf("503: %d of 400 (target 50%%)", f)
+	// 400 draws at p=0.5: sd = 10, so 140..260 is ±6 sd.
+	if f < 140 || f > 260 || f+got.ByStatus["200"] != 400 {
+		t.Errorf("fault aborted %d of 400 (statuses %v), want about 200", f, got.ByStatus)
+	}
+}
+
+func TestUnmappedImageWaitsWithErrImagePull(t *testing.T) {
+	ctx := context.Background()
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "unmapped", Namespace: "default", Labels: map[string]string{"weft.dev/inject": "false"}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "docker.io/library/nginx:1.27"}}}}
+	if _, err := cs.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cs.CoreV1().Pods("default").Delete(ctx, "unmapped", metav1.DeleteOptions{}) })
+	eventually(t, 2*time.Minute, "ErrImagePull on the unmapped image", func() error {
+		p, err := cs.CoreV1().Pods("default").Get(ctx, "unmapped", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for _, s := range p.Status.ContainerStatuses {
+			if w := s.State.Waiting; w != nil && w.Reason == "ErrImagePull" && strings.Contains(w.Message, "--image-map") {
+				return nil
+			}
+		}
+		return fmt.Errorf("container statuses %+v", p.Status.ContainerStatuses)
+	})
+}
+
+// TestDeletedPodStopsAndIsReplaced runs last: it takes a reviews pod away.
+func TestDeletedPodStopsAndIsReplaced(t *testing.T) {
+	ctx := context.Background()
+	var victim corev1.Pod
+	eventually(t, 3*time.Minute, "a ready reviews v2 pod", func() error {
+		for _, p := range pods(t, "app=reviews,version=v2") {
+			if readyRunning(p) {
+				victim = p
+				return nil
+			}
+		}
+		return fmt.Errorf("none ready")
+	})
+	var pids []int
+	for _, s := range victim.Status.ContainerStatuses {
+		pid, err := strconv.Atoi(strings.TrimPrefix(s.ContainerID, "weft-dev://"))
+		if err != nil {
+			t.Fatalf("container %s has ID %q, want weft-dev://<pid>", s.Name, s.ContainerID)
+		}
+		pids = append(pids, pid)
+	}
+	if err := cs.CoreV1().Pods("default").Delete(ctx, victim.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Minute, "processes of the deleted pod gone", func() error {
+		for _, pid := range pids {
+			if syscall.Kill(pid, 0) == nil {
+				return fmt.Errorf("pid %d still runs", pid)
+			}
+		}
+		return nil
+	})
+	eventually(t, 3*time.Minute, "a replacement reviews v2 pod ready", func() error {
+		for _, p := range pods(t, "app=reviews,version=v2") {
+			if p.UID != victim.UID && readyRunning(p) {
+				return nil
+			}
+		}
+		return fmt.Errorf("no new ready pod yet")
+	})
+}
