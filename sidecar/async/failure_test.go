@@ -286,3 +286,43 @@ func TestLongCallIsNotRedeliveredToAnotherPod(t *testing.T) {
 		t.Errorf("a 6s call with a 2s ack wait ran %d times, want 1", n)
 	}
 }
+
+func TestRedriveRunsADeadLetteredCallAgain(t *testing.T) {
+	m := newMesh(t)
+	cfg := fastConfig()
+	cfg.MaxAttempts = 1
+	var mu sync.Mutex
+	healthy := false
+	app := newRecorder(t, func(w http.ResponseWriter, _ *http.Request, _ string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !healthy {
+			w.WriteHeader(http.StatusBadGateway)
+		}
+	})
+	cb := newRecorder(t, ok)
+	srv := caller(t, m.js, cfg, async.PublisherOptions{})
+	runConsumer(t, m.js, app.URL, cfg, nil)
+	_, id, _ := callAsync(t, srv.URL, "again", map[string]string{async.HeaderCallbackURL: cb.URL})
+	waitFor(t, "the failure callback", func() bool { return cb.count() >= 1 })
+	lastDead(t, m.js)
+
+	mu.Lock()
+	healthy = true
+	mu.Unlock()
+	n, err := queue.Redrive(context.Background(), m.js, fnA.Namespace, fnA.Name, time.Now(), 0)
+	if err != nil || n != 1 {
+		t.Fatalf("Redrive = %d, %v; want 1 call queued again", n, err)
+	}
+	waitFor(t, "the success callback", func() bool { return cb.count() >= 2 })
+	c := cb.all()[1]
+	if c.header.Get(async.HeaderCallID) != id || c.header.Get(async.HeaderFunctionStatus) != "200" || c.header.Get(async.HeaderDeadReason) != "" {
+		t.Errorf("redriven call's callback %v; want the same call id %s, status 200, no dead reason", c.header, id)
+	}
+	if app.count() != 2 {
+		t.Errorf("app ran %d times, want 2 (the failure and the redrive)", app.count())
+	}
+	if n, err := queue.Redrive(context.Background(), m.js, fnA.Namespace, fnA.Name, time.Now(), 0); err != nil || n != 0 {
+		t.Errorf("second Redrive = %d, %v; want nothing left", n, err)
+	}
+}
