@@ -94,6 +94,20 @@ mod_field() {
     | sed -n "s/^[[:space:]]*\"$field\": \"\\(.*\\)\",\{0,1\}\$/\\1/p"
 }
 
+# write_gomod DIR CONTENT NOTE: (re)write DIR/go.mod only when it changed;
+# a changed go.mod also drops go.sum (-mod=mod refills it).
+write_gomod() {
+  local dir="$1" note="$3" tmp
+  tmp="$(mktemp "$dir/.go.mod.XXXXXX")"
+  printf '%s\n' "$2" >"$tmp"
+  if [[ -f "$dir/go.mod" ]] && cmp -s "$tmp" "$dir/go.mod"; then
+    rm -f "$tmp"; return 0
+  fi
+  log "writing $dir/go.mod ($note)"
+  mv -f "$tmp" "$dir/go.mod"
+  rm -f "$dir/go.sum"
+}
+
 # Create/refresh the throwaway module for k8s.io/kubernetes.
 k8s_module() {
   local dir="$CACHE/k8s-build" gomod k8smod staging goline
@@ -120,11 +134,7 @@ replace (
 $(for m in $staging; do printf '\t%s => %s %s\n' "$m" "$m" "$K8S_STAGING_VERSION"; done)
 )
 "
-  if [[ ! -f "$dir/go.mod" ]] || [[ "$(cat "$dir/go.mod")" != "$gomod" ]]; then
-    log "writing $dir/go.mod ($(wc -w <<<"$staging") staging modules -> $K8S_STAGING_VERSION)"
-    printf '%s' "$gomod" >"$dir/go.mod"
-    rm -f "$dir/go.sum"
-  fi
+  write_gomod "$dir" "$gomod" "$(wc -w <<<"$staging") staging modules -> $K8S_STAGING_VERSION"
   echo "$dir"
 }
 
@@ -145,11 +155,7 @@ $(for m in go.etcd.io/etcd/api/v3 go.etcd.io/etcd/client/pkg/v3 go.etcd.io/etcd/
     printf '\t%s => %s %s\n' "$m" "$m" "$ETCD_VERSION"; done)
 )
 "
-  if [[ ! -f "$dir/go.mod" ]] || [[ "$(cat "$dir/go.mod")" != "$gomod" ]]; then
-    log "writing $dir/go.mod"
-    printf '%s' "$gomod" >"$dir/go.mod"
-    rm -f "$dir/go.sum"
-  fi
+  write_gomod "$dir" "$gomod" "etcd modules -> $ETCD_VERSION"
   echo "$dir"
 }
 
