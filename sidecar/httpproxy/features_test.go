@@ -3,6 +3,8 @@ package httpproxy_test
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -265,5 +267,34 @@ func TestColdStartHoldForwardsWhenEndpointsArrive(t *testing.T) {
 	}
 	if !released.Load() {
 		t.Error("release was not called when the request completed")
+	}
+}
+
+func TestCallerHangingUpEndsTheHold(t *testing.T) {
+	cp := st.StartControlPlane(t)
+	snap, _ := functionSnapshot()
+	cp.Set(snap)
+	holding := make(chan struct{})
+	ended := make(chan error, 1)
+	h := holderFunc(func(ctx context.Context, fn httpproxy.FunctionRef) (func(), time.Duration, error) {
+		close(holding)
+		select {
+		case <-ctx.Done():
+			ended <- ctx.Err()
+		case <-time.After(20 * time.Second):
+			ended <- errors.New("hold outlived its caller")
+		}
+		return nil, 0, errors.New("caller left")
+	})
+	base := st.StartSidecar(t, cp, st.SidecarOptions{Holder: h}).URL(t, st.OutboundListenerName)
+	conn, err := net.Dial("tcp", st.HostPort(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.WriteString(conn, "GET / HTTP/1.1\r\nHost: fn\r\n\r\n")
+	<-holding
+	conn.Close()
+	if err := <-ended; !errors.Is(err, context.Canceled) {
+		t.Errorf("hold ended with %v, want its context canceled when the caller hung up", err)
 	}
 }

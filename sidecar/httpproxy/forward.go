@@ -47,15 +47,16 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 			localReply(w, http.StatusServiceUnavailable, "no ready endpoint for function "+fn.Namespace+"/"+fn.Name+"; it may be scaled to zero, retry later\n")
 			return
 		}
-		release, wt, err := p.opts.Holder.Hold(r.Context(), FunctionRef{Namespace: fn.Namespace, Name: fn.Name, Cluster: cc.Name,
+		// A held caller that hangs up must give its queue slot back: watch the downstream
+		// connection for the length of the hold (HTTP/2 streams carry this in r.Context()).
+		hctx, stop := r.Context(), func() {}
+		if cw, ok := w.(closeWatcher); ok {
+			hctx, stop = cw.WatchClose(hctx)
+		}
+		release, wt, err := p.opts.Holder.Hold(hctx, FunctionRef{Namespace: fn.Namespace, Name: fn.Name, Cluster: cc.Name,
 			HoldTimeout: fn.HoldTimeout, MaxPending: fn.MaxPending, ContainerConcurrency: fn.ContainerConcurrency})
-		if err != nil {
-			var ra interface{ RetryAfter() time.Duration }
-			if errors.As(err, &ra) {
-				w.Header().Set("Retry-After", strconv.Itoa(int((ra.RetryAfter()+time.Second-1)/time.Second)))
-			}
-			c.Stats.Observe(http.StatusServiceUnavailable, 0)
-			localReply(w, http.StatusServiceUnavailable, err.Error()+"\n")
+		stop()
+		if !l.holdDone(w, c, release, err) {
 			return
 		}
 		if release != nil {
@@ -367,4 +368,27 @@ func copyBody(w http.ResponseWriter, resp *http.Response) {
 			return
 		}
 	}
+}
+
+// closeWatcher is implemented by the HTTP/1 response writer; see h1Writer.WatchClose.
+type closeWatcher interface {
+	WatchClose(context.Context) (context.Context, func())
+}
+
+// holdDone answers a refused hold with 503 (and Retry-After when the holder says when);
+// it reports whether the request may go on.
+func (l *Listener) holdDone(w http.ResponseWriter, c *upstream.Cluster, release func(), err error) bool {
+	if err == nil {
+		return true
+	}
+	if release != nil {
+		release()
+	}
+	var ra interface{ RetryAfter() time.Duration }
+	if errors.As(err, &ra) {
+		w.Header().Set("Retry-After", strconv.Itoa(int((ra.RetryAfter()+time.Second-1)/time.Second)))
+	}
+	c.Stats.Observe(http.StatusServiceUnavailable, 0)
+	localReply(w, http.StatusServiceUnavailable, err.Error()+"\n")
+	return false
 }

@@ -3,6 +3,7 @@ package httpproxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -95,7 +96,7 @@ func (l *Listener) serveConn(conn net.Conn) {
 		writers.Put(bw)
 	}()
 	remote := conn.RemoteAddr().String()
-	w := &h1Writer{bw: bw}
+	w := &h1Writer{conn: conn, br: br, bw: bw}
 	for first := true; ; first = false {
 		if !first {
 			_ = conn.SetReadDeadline(time.Now().Add(idleTimeout))
@@ -171,6 +172,8 @@ func badRequest(bw *bufio.Writer, msg string) {
 // h1Writer is the http.ResponseWriter for one HTTP/1.x response. It frames the body by
 // the Content-Length the handler set, or chunked when there is none.
 type h1Writer struct {
+	conn        net.Conn
+	br          *bufio.Reader
 	bw          *bufio.Writer
 	header      http.Header
 	req         *http.Request
@@ -313,3 +316,28 @@ func (s *h2Server) Close() error {
 }
 
 func (s *h2Server) Addr() net.Addr { return s.addr }
+
+// WatchClose returns a context that ends when the downstream connection closes, for the
+// long waits (cold-start holds) where an abandoned caller must give its slot back. The
+// returned stop must be called before the request body is read: it ends the background
+// read, as net/http's server does around its handlers.
+func (w *h1Writer) WatchClose(parent context.Context) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(parent)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// Peek does not consume: a pipelined request or body byte stays buffered.
+		if _, err := w.br.Peek(1); err != nil {
+			var ne net.Error
+			if !errors.As(err, &ne) || !ne.Timeout() {
+				cancel()
+			}
+		}
+	}()
+	return ctx, func() {
+		_ = w.conn.SetReadDeadline(time.Unix(1, 0))
+		<-done
+		_ = w.conn.SetReadDeadline(time.Time{})
+		cancel()
+	}
+}
