@@ -35,6 +35,8 @@ type pconn struct {
 
 var aLongTimeAgo = time.Unix(1, 0)
 
+func noStop() bool { return true }
+
 func (p *pool) get(idleTimeout time.Duration) *pconn {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -146,7 +148,10 @@ func (c *Cluster) exchange(ctx context.Context, pc *pconn, req *Request, pool *p
 		_ = pc.conn.SetDeadline(deadline)
 		pc.deadline = true
 	}
-	stop := context.AfterFunc(ctx, func() { _ = pc.conn.SetDeadline(aLongTimeAgo) })
+	stop := noStop
+	if ctx.Done() != nil { // HTTP/1 requests carry context.Background: nothing to watch
+		stop = context.AfterFunc(ctx, func() { _ = pc.conn.SetDeadline(aLongTimeAgo) })
+	}
 	if err := writeRequest(pc.bw, req); err != nil {
 		stop()
 		return nil, &staleConnError{err}
