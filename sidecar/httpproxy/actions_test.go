@@ -65,6 +65,8 @@ func TestRedirectDirectResponseRewriteAndHeaders(t *testing.T) {
 	req.Header.Set("X-Set", "caller")
 	req.Header.Set("X-Keep", "caller")
 	req.Header.Set("X-Drop", "caller")
+	req.Header.Set("Connection", "X-Hop")
+	req.Header.Set("X-Hop", "per-connection")
 	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -78,6 +80,9 @@ func TestRedirectDirectResponseRewriteAndHeaders(t *testing.T) {
 	}
 	if up.URL.RequestURI() != "/api/items?id=3" || up.Host != "reviews.internal" {
 		t.Errorf("upstream saw %s Host %s, want /api/items?id=3 Host reviews.internal", up.URL.RequestURI(), up.Host)
+	}
+	if up.Header.Get("X-Hop") != "" {
+		t.Errorf("X-Hop, named by Connection, reached the upstream")
 	}
 	if up.Header.Get("X-Set") != "route" || up.Header.Get("X-Keep") != "caller" || up.Header.Get("X-Drop") != "" {
 		t.Errorf("upstream headers X-Set=%q X-Keep=%q X-Drop=%q, want route, caller, none",

@@ -7,8 +7,10 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/textproto"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -143,6 +145,7 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 		return
 	}
 	dst := w.Header()
+	removeConnectionHeaders(res.resp.Header)
 	for k, vv := range res.resp.Header {
 		dst[k] = vv
 	}
@@ -319,6 +322,7 @@ func pickWeighted(route *config.Route) string {
 // place: the downstream request is not used again.
 func outboundRequest(r *http.Request, route *config.Route, body []byte) upstream.Request {
 	hdr := r.Header
+	removeConnectionHeaders(hdr)
 	for _, k := range hopHeaders {
 		delete(hdr, k)
 	}
@@ -391,4 +395,16 @@ func (l *Listener) holdDone(w http.ResponseWriter, c *upstream.Cluster, release 
 	c.Stats.Observe(http.StatusServiceUnavailable, 0)
 	localReply(w, http.StatusServiceUnavailable, err.Error()+"\n")
 	return false
+}
+
+// removeConnectionHeaders drops the headers a Connection header names: they are
+// hop-by-hop too (RFC 9110 §7.6.1).
+func removeConnectionHeaders(h http.Header) {
+	for _, v := range h["Connection"] {
+		for _, name := range strings.Split(v, ",") {
+			if name = textproto.TrimString(name); name != "" {
+				delete(h, textproto.CanonicalMIMEHeaderKey(name))
+			}
+		}
+	}
 }
