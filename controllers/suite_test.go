@@ -52,6 +52,8 @@ var _ = BeforeSuite(func() {
 
 	k8sClient, err = client.New(cfg, client.Options{Scheme: scheme.Scheme})
 	Expect(err).NotTo(HaveOccurred())
+
+	startXDSManager()
 })
 
 var _ = AfterSuite(func() {
