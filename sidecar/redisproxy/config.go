@@ -40,6 +40,8 @@ type Config struct {
 	// Routes send keys by longest prefix to a pool; CatchAll takes the rest.
 	Routes   []Route
 	CatchAll string
+	// RoutesCaseInsensitive matches route prefixes ignoring ASCII case.
+	RoutesCaseInsensitive bool
 	// Pools by name (the xDS cluster name).
 	Pools map[string]Pool
 	// ConnsPerServer is how many pipelined connections each server gets

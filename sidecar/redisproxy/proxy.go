@@ -1,6 +1,7 @@
 package redisproxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -40,6 +41,7 @@ type snapshot struct {
 	cfg      Config
 	pools    map[string]*pool
 	routes   []route // longest prefix first
+	fold     bool    // case-insensitive prefixes
 	catchAll *pool
 }
 
@@ -85,7 +87,7 @@ func (p *Proxy) Update(cfg Config) error {
 	if p.closed {
 		return errors.New("redis proxy is shut down")
 	}
-	s := &snapshot{cfg: cfg, pools: map[string]*pool{}}
+	s := &snapshot{cfg: cfg, pools: map[string]*pool{}, fold: cfg.RoutesCaseInsensitive}
 	keep := map[string]*upstream{}
 	names := make([]string, 0, len(cfg.Pools))
 	for n := range cfg.Pools {
@@ -158,7 +160,11 @@ func (pl *pool) rebuild() {
 // resolve finds the pool for key and the key as that pool stores it.
 func (s *snapshot) resolve(key []byte) (*pool, []byte) {
 	for _, r := range s.routes {
-		if len(key) >= len(r.prefix) && string(key[:len(r.prefix)]) == r.prefix {
+		if len(key) < len(r.prefix) {
+			continue
+		}
+		head := key[:len(r.prefix)]
+		if string(head) == r.prefix || (s.fold && bytes.EqualFold(head, []byte(r.prefix))) {
 			if r.remove {
 				return r.pool, key[len(r.prefix):]
 			}

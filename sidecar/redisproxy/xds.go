@@ -118,7 +118,6 @@ func decodeProxy(rp *redisv3.RedisProxy, cfg *Config) error {
 		"settings.dns_cache_config":             s.GetDnsCacheConfig() != nil,
 		"settings.read_policy":                  s.GetReadPolicy() != redisv3.RedisProxy_ConnPoolSettings_MASTER,
 		"settings.connection_rate_limit":        s.GetConnectionRateLimit() != nil,
-		"prefix_routes.case_insensitive":        rp.GetPrefixRoutes().GetCaseInsensitive(),
 		"downstream_auth_password (deprecated)": rp.GetDownstreamAuthPassword() != nil && len(rp.GetDownstreamAuthPasswords()) > 0,
 	}); err != nil {
 		return err
@@ -146,6 +145,7 @@ func decodeProxy(rp *redisv3.RedisProxy, cfg *Config) error {
 		cfg.DownstreamUsername = name
 	}
 	pr := rp.GetPrefixRoutes()
+	cfg.RoutesCaseInsensitive = pr.GetCaseInsensitive()
 	if ca := pr.GetCatchAllRoute(); ca != nil {
 		if err := routeFieldsOK(ca, "catch_all_route"); err != nil {
 			return err

@@ -145,7 +145,6 @@ func TestConfigFromXDSRefuses(t *testing.T) {
 		{"custom_commands", func(f *xdsFixture) { f.rp.CustomCommands = []string{"foo"} }},
 		{"settings.enable_redirection", func(f *xdsFixture) { f.rp.Settings.EnableRedirection = true }},
 		{"settings.read_policy", func(f *xdsFixture) { f.rp.Settings.ReadPolicy = redisv3.RedisProxy_ConnPoolSettings_ANY }},
-		{"prefix_routes.case_insensitive", func(f *xdsFixture) { f.rp.PrefixRoutes.CaseInsensitive = true }},
 		{"key_formatter", func(f *xdsFixture) { f.rp.PrefixRoutes.CatchAllRoute.KeyFormatter = "{%KEY%}" }},
 		{"request_mirror_policy", func(f *xdsFixture) {
 			f.rp.PrefixRoutes.Routes[0].RequestMirrorPolicy = []*redisv3.RedisProxy_PrefixRoutes_Route_RequestMirrorPolicy{{Cluster: "x"}}
