@@ -27,6 +27,8 @@ type built struct {
 	clusters []*clusterv3.Cluster
 	clas     []*endpointv3.ClusterLoadAssignment
 	p        *problems
+	// routesHash is the content hash of routes, computed once when a host is accepted.
+	routesHash *[32]byte
 }
 
 type hostEntry struct {

@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"sort"
 	"strings"
@@ -81,7 +82,13 @@ func Translate(in *Input) *Result {
 
 	// Settle host claims: objects are in age order, so the first claim of a key wins.
 	owner := map[string]*built{}
-	domains := map[string]bool{}
+	n := 0
+	for _, b := range objs {
+		for _, h := range b.hosts {
+			n += len(h.global) + len(h.local)
+		}
+	}
+	domains := make(map[string]bool, n)
 	used := map[*built]bool{}
 	clusters := map[string]*clusterv3.Cluster{}
 	clas := map[string]*endpointv3.ClusterLoadAssignment{}
@@ -98,15 +105,21 @@ func Translate(in *Input) *Result {
 			used[b] = true
 			e := vhostEntry{ns: b.key.Namespace}
 			name := b.key.Namespace + "/" + b.key.Name + "|" + h.host
-			g := &routev3.VirtualHost{Name: name, Domains: fresh(h.global, domains), Routes: b.routes}
+			// Routes were validated one by one; validate the rest of the virtual host alone.
+			g := &routev3.VirtualHost{Name: name, Domains: fresh(h.global, domains)}
 			if err := g.Validate(); err != nil {
 				b.p.invalidf("host %s: %v", h.host, err)
 				continue
 			}
-			e.global, e.gHash = g, hashOf(g)
+			if b.routesHash == nil {
+				sum := hashAll(b.routes)
+				b.routesHash = &sum
+			}
+			g.Routes = b.routes
+			e.global, e.gHash = g, vhostHash(g, *b.routesHash)
 			if local := fresh(h.local, domains); len(local) > 0 {
 				l := &routev3.VirtualHost{Name: name, Domains: append(append([]string(nil), g.Domains...), local...), Routes: b.routes}
-				e.local, e.lHash = l, hashOf(l)
+				e.local, e.lHash = l, vhostHash(l, *b.routesHash)
 			}
 			res.vhosts = append(res.vhosts, e)
 		}
@@ -244,4 +257,19 @@ func (r *Result) String() string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "%d clusters, %d virtual hosts, %d redis pools", len(r.Clusters), len(r.vhosts), len(r.Redis))
 	return sb.String()
+}
+
+// vhostHash hashes a virtual host from its name, domains and the hash of its routes, which
+// all virtual hosts of one object share: hashing the routes once per object, not per host.
+func vhostHash(vh *routev3.VirtualHost, routes [32]byte) [32]byte {
+	h := sha256.New()
+	h.Write([]byte(vh.Name))
+	for _, d := range vh.Domains {
+		h.Write([]byte{0})
+		h.Write([]byte(d))
+	}
+	h.Write(routes[:])
+	var out [32]byte
+	copy(out[:], h.Sum(nil))
+	return out
 }
