@@ -76,7 +76,7 @@ type Outlier struct {
 
 // HealthCheck is an active HTTP health check.
 type HealthCheck struct {
-	Path               string
+	Path, Host         string // Host empty: the cluster name, as in Envoy
 	Interval, Timeout  time.Duration
 	Healthy, Unhealthy uint32
 }
@@ -148,6 +148,9 @@ func decodeCluster(c *clusterv3.Cluster) (*Cluster, error) {
 		if err := onlyFields(rh, where+" ring_hash_lb_config", "minimum_ring_size", "hash_function"); err != nil {
 			return nil, err
 		}
+		if rh.GetHashFunction() != clusterv3.Cluster_RingHashLbConfig_XX_HASH {
+			return nil, fmt.Errorf("%s: ring hash_function %s is not supported; use XX_HASH", where, rh.GetHashFunction())
+		}
 		out.MinRingSize = rh.GetMinimumRingSize().GetValue()
 	default:
 		return nil, fmt.Errorf("%s: lb_policy %s is not supported; use ROUND_ROBIN, LEAST_REQUEST, RANDOM or RING_HASH", where, c.GetLbPolicy())
@@ -167,6 +170,9 @@ func decodeCluster(c *clusterv3.Cluster) (*Cluster, error) {
 			if err := onlyFields(t, where+" circuit_breakers.thresholds[0]", "priority", "max_connections",
 				"max_pending_requests", "max_requests", "max_retries", "track_remaining"); err != nil {
 				return nil, err
+			}
+			if t.GetPriority() != corev3.RoutingPriority_DEFAULT {
+				return nil, fmt.Errorf("%s: circuit breaker priority %s is not supported; use DEFAULT", where, t.GetPriority())
 			}
 			setU32(&out.Limits.MaxConnections, t.GetMaxConnections())
 			setU32(&out.Limits.MaxPending, t.GetMaxPendingRequests())
@@ -212,7 +218,7 @@ func decodeCluster(c *clusterv3.Cluster) (*Cluster, error) {
 			if err := onlyFields(h, where+" http_health_check", "path", "host"); err != nil {
 				return nil, err
 			}
-			out.HealthCheck = &HealthCheck{Path: h.GetPath(), Interval: dur(hc.GetInterval()), Timeout: dur(hc.GetTimeout()),
+			out.HealthCheck = &HealthCheck{Path: h.GetPath(), Host: h.GetHost(), Interval: dur(hc.GetInterval()), Timeout: dur(hc.GetTimeout()),
 				Healthy: hc.GetHealthyThreshold().GetValue(), Unhealthy: hc.GetUnhealthyThreshold().GetValue()}
 			if out.HealthCheck.Interval <= 0 {
 				out.HealthCheck.Interval = 10 * time.Second

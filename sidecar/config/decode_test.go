@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -45,6 +46,12 @@ func TestUnsupportedFieldsAreRejectedByName(t *testing.T) {
 			LbPolicy: clusterv3.Cluster_MAGLEV}, "lb_policy MAGLEV"},
 		{"success-rate outlier", resourcev3.ClusterType, &clusterv3.Cluster{Name: "c", ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 			OutlierDetection: &clusterv3.OutlierDetection{SuccessRateMinimumHosts: wrapperspb.UInt32(3)}}, "success_rate_minimum_hosts"},
+		{"murmur ring hash", resourcev3.ClusterType, &clusterv3.Cluster{Name: "c", ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+			LbPolicy: clusterv3.Cluster_RING_HASH, LbConfig: &clusterv3.Cluster_RingHashLbConfig_{RingHashLbConfig: &clusterv3.Cluster_RingHashLbConfig{
+				HashFunction: clusterv3.Cluster_RingHashLbConfig_MURMUR_HASH_2}}}, "MURMUR_HASH_2"},
+		{"header value with CRLF", resourcev3.RouteType, route(func(r *routev3.Route) {
+			r.RequestHeadersToAdd = []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-a", Value: "v\r\nHost: evil"}}}
+		}), "not valid HTTP"},
 		{"cluster ok", resourcev3.ClusterType, &clusterv3.Cluster{Name: "c", ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 			ConnectTimeout: durationpb.New(1e9)}, ""},
 	}

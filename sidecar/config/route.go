@@ -286,6 +286,12 @@ func decodeHeaderOptions(hs []*corev3.HeaderValueOption, where string) ([]Header
 		if err := onlyFields(h.GetHeader(), where+" header", "key", "value"); err != nil {
 			return nil, err
 		}
+		if h.GetHeader().GetValue() == "" && !h.GetKeepEmptyValue() {
+			continue // Envoy drops empty values unless keep_empty_value is set
+		}
+		if !validHeader(h.GetHeader().GetKey(), h.GetHeader().GetValue()) {
+			return nil, fmt.Errorf("%s: header %q has a name or value that is not valid HTTP", where, h.GetHeader().GetKey())
+		}
 		o := HeaderOption{Name: textproto.CanonicalMIMEHeaderKey(h.GetHeader().GetKey()), Value: h.GetHeader().GetValue()}
 		switch h.GetAppendAction() {
 		case corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD:
@@ -325,4 +331,18 @@ func decodeRedirect(r *routev3.RedirectAction, where string) (*Redirect, error) 
 		out.Code = 308
 	}
 	return out, nil
+}
+
+// validHeader refuses names and values that would let config split or smuggle requests:
+// the data plane writes them verbatim.
+func validHeader(name, value string) bool {
+	if name == "" || strings.HasPrefix(name, ":") {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c <= ' ' || c >= 0x7f || strings.IndexByte("\"(),/:;<=>?@[\\]{}", c) >= 0 {
+			return false
+		}
+	}
+	return !strings.ContainsAny(value, "\r\n\x00")
 }

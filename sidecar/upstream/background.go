@@ -40,7 +40,11 @@ func (c *Cluster) healthLoop(ctx context.Context, hc *config.HealthCheck) {
 	defer t.Stop()
 	for {
 		for _, h := range c.Hosts() {
-			ok := probe(ctx, client, "http://"+h.Address+hc.Path)
+			host := hc.Host
+			if host == "" {
+				host = c.Name
+			}
+			ok := probe(ctx, client, "http://"+h.Address+hc.Path, host)
 			c.mu.Lock()
 			switch {
 			case ok && h.hcRun < 0, !ok && h.hcRun > 0:
@@ -67,11 +71,12 @@ func (c *Cluster) healthLoop(ctx context.Context, hc *config.HealthCheck) {
 	}
 }
 
-func probe(ctx context.Context, client *http.Client, url string) bool {
+func probe(ctx context.Context, client *http.Client, url, host string) bool {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return false
 	}
+	req.Host = host
 	req.Header.Set("User-Agent", "weft-health-check")
 	resp, err := client.Do(req)
 	if err != nil {
