@@ -97,3 +97,25 @@ func TestBadConfigIsNACKedAndOldConfigKeepsServing(t *testing.T) {
 	}
 	_ = ca
 }
+
+func TestNewClusterAndRouteArriveTogether(t *testing.T) {
+	cp := st.StartControlPlane(t)
+	snap, ca, cb := twoBackends(t, st.To(st.OutboundClusterName(9080, "v1", "reviews", "default", "default", "reviews")))
+	// v1 knows only cluster A.
+	full := snap
+	snap.Clusters, snap.Endpoints = snap.Clusters[:1], snap.Endpoints[:1]
+	v1 := cp.Set(snap)
+	sc := st.StartSidecar(t, cp, st.SidecarOptions{})
+	sc.WaitForVersion(t, resourcev3.RouteType, v1)
+	base := sc.URL(t, st.OutboundListenerName)
+	// v2 adds cluster B and moves the route to it: the sidecar must subscribe to B's
+	// endpoints and switch only once they are there.
+	full.Routes = []types.Resource{st.RouteConfig(st.VirtualHost("default/reviews", "reviews", "default", nil,
+		st.Route("r", st.Prefix("/"), st.To(cb))))}
+	v2 := cp.Set(full)
+	sc.WaitForVersion(t, resourcev3.RouteType, v2)
+	if code, body, _ := st.Get(t, client, base, "reviews", "/"); code != 200 || body != "B" {
+		t.Fatalf("after adding cluster B: %d %q, want 200 B", code, body)
+	}
+	_ = ca
+}
