@@ -10,6 +10,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 )
 
 const leaseNamespace = "kube-node-lease"
@@ -63,17 +64,26 @@ func (a *Agent) nodeStatus(prev corev1.NodeStatus) corev1.NodeStatus {
 // heartbeat renews the node Lease and NodeStatus, so kube-controller-manager's node
 // lifecycle controller keeps the Node Ready and does not evict its Pods.
 func (a *Agent) heartbeat(ctx context.Context) error {
-	node, err := a.cs.CoreV1().Nodes().Get(ctx, a.opts.NodeName, metav1.GetOptions{})
+	// kube-controller-manager writes the Node too (taints, annotations): re-read on conflict.
+	var node *corev1.Node
+	err := retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+		var err error
+		if node, err = a.cs.CoreV1().Nodes().Get(ctx, a.opts.NodeName, metav1.GetOptions{}); err != nil {
+			return err
+		}
+		node.Status = a.nodeStatus(node.Status)
+		node, err = a.cs.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("reading Node %s: %w", a.opts.NodeName, err)
-	}
-	node.Status = a.nodeStatus(node.Status)
-	if _, err := a.cs.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("updating status of Node %s: %w", a.opts.NodeName, err)
 	}
 	leases := a.cs.CoordinationV1().Leases(leaseNamespace)
 	now := metav1.NewMicroTime(time.Now())
 	lease, err := leases.Get(ctx, a.opts.NodeName, metav1.GetOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("reading Lease %s/%s: %w", leaseNamespace, a.opts.NodeName, err)
+	}
 	if apierrors.IsNotFound(err) {
 		lease = &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: a.opts.NodeName, Namespace: leaseNamespace,
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID}}},
