@@ -126,6 +126,17 @@ call() { # call URL N → kv lines from the caller pod (it calls through its own
   curl -s --noproxy '*' --max-time 120 "http://$CALLER_IP:8080/call?url=$1&n=$2&c=20&format=kv"
 }
 kv() { awk -v k="$1" '$1==k{print $2; f=1} END{if(!f) print 0}' <<<"$2"; }
+# wait_routed URL CODES... — until 20 calls all get one of CODES (the route is programmed).
+wait_routed() {
+  local url="$1" out n; shift
+  for _ in $(seq 1 60); do
+    out="$(call "$url" 20 || true)"; n=0
+    for c in "$@"; do n=$((n + $(kv "status.$c" "$out"))); done
+    ((n == 20)) && return 0
+    sleep 1
+  done
+  say "(routes for $url not programmed after 60 s; last answer: $(tr '\n' ' ' <<<"$out" | cut -c1-120))"
+}
 
 # ---- step: routes reach the sidecar ----------------------------------------------------------
 bold "Control plane: waiting until the caller's sidecar routes http://reviews:9080"
@@ -152,9 +163,11 @@ if ((routed)); then
 
   # ---- step: retries ----------------------------------------------------------------------------
   bold "Retries: ratings has a healthy pod and one that fails every call"
+  wait_routed "http://ratings-direct:9080/" 200 500
   out="$(call "http://ratings-direct:9080/" 200)"
   bad="$(kv status.500 "$out")"
   say "without retries (MeshRoute ratings-direct): $bad of 200 calls failed with 500"
+  wait_routed "http://ratings:9080/" 200 500
   out="$(call "http://ratings:9080/" 200)"
   good="$(kv status.200 "$out")"
   detail="with retries: $good of 200 succeeded (without: $bad of 200 failed)"
@@ -163,6 +176,7 @@ if ((routed)); then
 
   # ---- step: fault ----------------------------------------------------------------------------
   bold "Fault injection: MeshRoute details aborts 50% of calls with 503 in the caller's sidecar"
+  wait_routed "http://details:9080/" 200 503
   out="$(call "http://details:9080/" 400)"
   f="$(kv status.503 "$out")"; o="$(kv status.200 "$out")"
   detail="503: $f / 200: $o of 400 (target 50% aborted)"
