@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"k8s.io/utils/clock"
 
+	"github.com/weftmesh/weft/sidecar/activator"
 	"github.com/weftmesh/weft/sidecar/admin"
 	"github.com/weftmesh/weft/sidecar/config"
 	"github.com/weftmesh/weft/sidecar/httpproxy"
@@ -39,6 +40,7 @@ type flags struct {
 	xdsAddress, nodeID, namespace, pod, labels, function string
 	appPort                                              int
 	adminAddress, metricsAddress, staticConfig           string
+	redisProxy                                           string
 	drainTimeout                                         time.Duration
 }
 
@@ -55,6 +57,7 @@ func parseFlags() flags {
 	flag.StringVar(&f.adminAddress, "admin-address", "127.0.0.1:15000", "admin API address (keep it on localhost)")
 	flag.StringVar(&f.metricsAddress, "metrics-address", ":15020", "read-only /stats and /ready address on the pod IP")
 	flag.StringVar(&f.staticConfig, "static-config", "", "serve Envoy resources from this JSON file instead of a control plane")
+	flag.StringVar(&f.redisProxy, "redis-proxy", "", "run as the standalone proxy of RedisProxy <namespace>/<name>: its pool listens on all addresses")
 	flag.DurationVar(&f.drainTimeout, "drain-timeout", 20*time.Second, "how long SIGTERM waits for in-flight requests")
 	flag.Parse()
 	if f.nodeID == "" {
@@ -83,6 +86,9 @@ func nodeFor(f flags) (*corev3.Node, error) {
 	if f.appPort != 0 {
 		md["appPort"] = f.appPort
 	}
+	if f.redisProxy != "" {
+		md["redisProxy"] = f.redisProxy
+	}
 	s, err := structpb.NewStruct(md)
 	if err != nil {
 		return nil, fmt.Errorf("building node metadata: %w", err)
@@ -102,16 +108,30 @@ func run() error {
 	bg, cancelBG := context.WithCancel(context.Background())
 	defer cancelBG()
 
+	signals, err := dialSignals(f.xdsAddress)
+	if err != nil {
+		return fmt.Errorf("connecting to the autoscaler at %s: %w", f.xdsAddress, err)
+	}
+	defer signals.Close()
+	rep := activator.NewReporter(signals)
+	rep.OnError = func(err error) { log.Warn("demand signal not delivered", "err", err) }
+	act := activator.New(clock.RealClock{}, rep)
+
 	ups := upstream.NewManager(bg, clock.RealClock{})
-	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Logger: log})
+	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Logger: log, Holder: holder{act}, Watcher: act})
+	redis := newRedisPools(log, f.redisProxy != "")
 	var current atomic.Pointer[config.Config]
 	var status func() any
 	apply := func(c *config.Config) {
 		if err := px.Apply(c); err != nil {
 			log.Error("applying config", "err", err)
 		}
+		redis.Apply(c)
 		current.Store(c)
-		// The lead wires c.RedisListeners to the redis proxy and the activator as Holder here.
+	}
+	if f.function != "" && f.appPort != 0 {
+		sampler := newStatsSampler(rep, f.function, f.pod, func() *httpproxy.Listener { return px.Listener("inbound_http") }, log)
+		go sampler.Run(bg)
 	}
 	if f.staticConfig != "" {
 		cfg, err := xdsclient.LoadStatic(f.staticConfig)
@@ -127,6 +147,8 @@ func run() error {
 
 	adm := admin.New(admin.Options{Config: current.Load, Status: status})
 	adm.AddStats(px)
+	adm.AddStats(activatorStats{act})
+	adm.AddStats(redis)
 	servers := []*http.Server{
 		{Addr: f.adminAddress, Handler: adm.Handler(), ReadHeaderTimeout: 10 * time.Second},
 		{Addr: f.metricsAddress, Handler: adm.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second},
@@ -145,6 +167,7 @@ func run() error {
 	dctx, cancel := context.WithTimeout(context.Background(), f.drainTimeout)
 	defer cancel()
 	err = px.Shutdown(dctx)
+	redis.Shutdown(dctx)
 	for _, s := range servers {
 		_ = s.Close()
 	}

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"github.com/weftmesh/weft/sidecar/redisproxy"
 	"sort"
 	"strings"
 
@@ -133,12 +134,24 @@ func Build(res Resources, versions map[string]string) (*Config, error) {
 				rc := cm.(*clusterv3.Cluster)
 				rl.Clusters[cn] = rc
 				if rc.GetType() == clusterv3.Cluster_EDS {
-					if cla, ok := res[resourcev3.EndpointType][edsName(rc)]; ok {
-						rl.Endpoints[cn] = cla.(*endpointv3.ClusterLoadAssignment)
+					cla, ok := res[resourcev3.EndpointType][edsName(rc)]
+					if !ok {
+						missing = append(missing, "endpoints "+edsName(rc)+" (listener "+name+")")
+						continue
 					}
+					rl.Endpoints[cn] = cla.(*endpointv3.ClusterLoadAssignment)
 				} else {
 					rl.Endpoints[cn] = rc.GetLoadAssignment()
 				}
+			}
+			if len(rl.Clusters) == len(info.RedisClusters) {
+				// Decode now so a pool the proxy cannot serve is NACKed with the reason,
+				// instead of failing after the config was accepted.
+				dc, err := redisproxy.ConfigFromXDS(rl.Listener, rl.Clusters, rl.Endpoints)
+				if err != nil {
+					return nil, fmt.Errorf("listener %s: %w", name, err)
+				}
+				rl.Decoded = dc
 			}
 			cfg.RedisListeners = append(cfg.RedisListeners, rl)
 			continue

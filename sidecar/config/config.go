@@ -8,6 +8,7 @@
 package config
 
 import (
+	"github.com/weftmesh/weft/sidecar/redisproxy"
 	"regexp"
 	"time"
 
@@ -33,9 +34,11 @@ type Config struct {
 }
 
 // RedisListener is a listener whose filter is envoy.filters.network.redis_proxy, with the
-// clusters and endpoints it references. The redis proxy decodes it itself; keeping the raw
-// protos here means the HTTP side does not have to understand Redis options.
+// clusters and endpoints it references, and the pool decoded by sidecar/redisproxy. Build
+// decodes it so an unservable pool is NACKed like any other bad resource.
 type RedisListener struct {
+	// Decoded is the pool as the redis proxy serves it (set when the config is complete).
+	Decoded   redisproxy.Config
 	Listener  *listenerv3.Listener
 	Clusters  map[string]*clusterv3.Cluster
 	Endpoints map[string]*endpointv3.ClusterLoadAssignment
