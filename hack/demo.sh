@@ -84,13 +84,13 @@ sed 's/^/   | /' "$LOG" | grep -v '^   | $' | head -n 8
 export KUBECONFIG="$STATE/kubeconfig"
 
 bold "Applying config/samples and examples/demo"
-kubectl apply -f examples/demo/00-namespace.yaml | sed 's/^/   /'
+kubectl label namespace default weft.dev/inject=enabled --overwrite | sed 's/^/   /'
 kubectl apply -k config/samples | sed 's/^/   /'
-kubectl apply -f examples/demo/ | sed 's/^/   /'
+kubectl apply -f examples/demo/ 2>&1 | grep -v '^Warning: resource namespaces/default' | sed 's/^/   /'
 
 # ---- step: pods run, with sidecars --------------------------------------------------------
 bold "Pods: created by kube-controller-manager, bound and run by the node agent, sidecars injected"
-DEPLOYS=(reviews-v1 reviews-v2 ratings-good ratings-bad caller)
+DEPLOYS=(reviews-v1 reviews-v2 ratings-good ratings-bad slow caller)
 ok=1
 for d in "${DEPLOYS[@]}"; do
   for _ in $(seq 1 180); do
@@ -99,7 +99,7 @@ for d in "${DEPLOYS[@]}"; do
   done
 done
 kubectl get pods -o wide | sed 's/^/   /'
-SEL='app in (reviews,ratings,caller)'
+SEL='app in (reviews,ratings,slow,caller)'
 total="$(kubectl get pods -l "$SEL" -o name | wc -l)"
 injected="$(kubectl get pods -l "$SEL" -o jsonpath='{range .items[*]}{.spec.containers[*].name}{"\n"}{end}' | grep -c weft-sidecar || true)"
 running="$(kubectl get pods -l "$SEL" --field-selector=status.phase=Running -o name | wc -l)"
@@ -182,6 +182,15 @@ if ((routed)); then
   detail="503: $f / 200: $o of 400 (target 50% aborted)"
   if ((f >= 140 && f <= 260 && f + o == 400)); then record "fault rule (abort 50%)" PASS "$detail"
   else record "fault rule (abort 50%)" FAIL "$detail"; fi
+
+  # ---- step: timeout -------------------------------------------------------------------------
+  bold "Timeouts: MeshRoute slow gives each call 1 s; the slow example sleeps as long as asked"
+  wait_routed "http://slow:9080/%3Fms%3D10" 200
+  out="$(call "http://slow:9080/%3Fms%3D10" 20)"; quick="$(kv status.200 "$out")"
+  out="$(call "http://slow:9080/%3Fms%3D3000" 20)"; late="$(kv status.504 "$out")"
+  detail="10 ms calls: $quick of 20 answered 200; 3 s calls: $late of 20 cut off with 504 after 1 s"
+  if ((quick == 20 && late == 20)); then record "route timeout (1 s)" PASS "$detail"
+  else record "route timeout (1 s)" FAIL "$detail"; fi
 fi
 
 bold "Custom resources"

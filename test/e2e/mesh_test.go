@@ -45,9 +45,9 @@ func readyRunning(p corev1.Pod) bool {
 
 func TestPodsRunWithInjectedSidecars(t *testing.T) {
 	eventually(t, 4*time.Minute, "demo pods running and ready", func() error {
-		ps := pods(t, "app in (reviews,ratings,caller)")
-		if len(ps) < 5 {
-			return fmt.Errorf("%d demo pods, want 5", len(ps))
+		ps := pods(t, "app in (reviews,ratings,slow,caller)")
+		if len(ps) < 6 {
+			return fmt.Errorf("%d demo pods, want 6", len(ps))
 		}
 		for _, p := range ps {
 			if !readyRunning(p) {
@@ -56,7 +56,7 @@ func TestPodsRunWithInjectedSidecars(t *testing.T) {
 		}
 		return nil
 	})
-	for _, p := range pods(t, "app in (reviews,ratings,caller)") {
+	for _, p := range pods(t, "app in (reviews,ratings,slow,caller)") {
 		names := []string{}
 		for _, c := range p.Spec.Containers {
 			names = append(names, c.Name)
@@ -192,6 +192,20 @@ func TestFaultAbort(t *testing.T) {
 	// 400 draws at p=0.5: sd = 10, so 140..260 is ±6 sd.
 	if f < 140 || f > 260 || f+got.ByStatus["200"] != 400 {
 		t.Errorf("fault aborted %d of 400 (statuses %v), want about 200", f, got.ByStatus)
+	}
+}
+
+func TestRouteTimeout(t *testing.T) {
+	quick := "http://slow:9080/%3Fms%3D10"
+	routed(t, quick, func(g tally) bool { return g.ByStatus["200"] == 20 })
+	// The route gives 1 s; the app would answer 200 after 5 s. Only the sidecar's route
+	// timeout answers 504, so the status alone shows the cut-off (no wall-clock assertion).
+	got, err := call(t, "http://slow:9080/%3Fms%3D5000", 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ByStatus["504"] != 20 {
+		t.Errorf("calls asking for 5 s got %v, want 20 × 504 from the route timeout", got.ByStatus)
 	}
 }
 
