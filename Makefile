@@ -57,12 +57,41 @@ test: manifests generate vet ## Run all tests (unit, golden, envtest) — does i
 fuzz: ## Run every fuzz target for FUZZTIME each (default 15s).
 	FUZZTIME=$(or $(FUZZTIME),15s) hack/fuzz.sh
 
+##@ Benchmarks (figures go to BENCHMARKS.md)
+
+.PHONY: bench
+bench: ## Go benchmarks of the pure cores and the in-process data planes.
+	$(GO) test ./internal/... ./sidecar/... -run '^$$' -bench . -benchmem -benchtime 2x -count 1
+
+.PHONY: bench-http
+bench-http: ## wrk: backend direct vs through the sidecar vs through haproxy.
+	hack/bench-http.sh
+
+.PHONY: bench-redis
+bench-redis: ## redis-benchmark: one shard direct vs the sidecar's proxy vs nutcracker, P=1 and P=16.
+	hack/bench-redis.sh
+
 ##@ Build
 
 .PHONY: build
 build: manifests generate ## Build bin/manager and bin/sidecar.
 	$(GO) build -o $(LOCALBIN)/manager ./cmd/manager
 	$(GO) build -o $(LOCALBIN)/sidecar ./cmd/sidecar
+
+.PHONY: build-all
+build-all: build ## Build bin/ for the local mesh: manager, sidecar, weft and the examples.
+	$(GO) build -o $(LOCALBIN)/weft ./cmd/weft
+	for e in echo slow flaky caller; do $(GO) build -o $(LOCALBIN)/$$e ./examples/$$e; done
+
+##@ Local mesh (needs root: each pod gets a network namespace)
+
+.PHONY: demo
+demo: build-all ## The whole mesh on this machine, walked through step by step; exits non-zero if a step fails.
+	hack/demo.sh
+
+.PHONY: test-e2e
+test-e2e: build-all ## End-to-end tests against the local mesh.
+	hack/e2e.sh
 
 ##@ Deployment
 

@@ -19,7 +19,7 @@ var update = flag.Bool("update", false, "rewrite golden files in testdata/")
 // testOptions are fixed so golden files do not depend on defaults changing.
 var testOptions = Options{
 	SidecarImage:  "ghcr.io/weftmesh/weft-sidecar:test",
-	XDSAddress:    "weft-xds.weft-system.svc:18000",
+	XDSAddress:    "weft-manager.weft-system.svc:18000",
 	DrainTimeout:  20 * time.Second,
 	ClusterDomain: "cluster.local",
 }

@@ -48,7 +48,7 @@ type Options struct {
 func DefaultOptions() Options {
 	return Options{
 		SidecarImage:  "ghcr.io/weftmesh/weft-sidecar:v0.1.0",
-		XDSAddress:    "weft-xds.weft-system.svc:18000",
+		XDSAddress:    "weft-manager.weft-system.svc:18000",
 		DrainTimeout:  20 * time.Second,
 		ClusterDomain: "cluster.local",
 	}
