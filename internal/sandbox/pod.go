@@ -17,7 +17,10 @@ import (
 // containerState is what the node agent knows about one container; status.go turns it into
 // a ContainerStatus.
 type containerState struct {
-	spec       corev1.Container
+	spec corev1.Container
+	// sidecar marks a restartable init container (a native sidecar): it starts before, and
+	// stops after, the pod's containers.
+	sidecar    bool
 	running    bool
 	pid        int
 	startedAt  time.Time
@@ -64,11 +67,29 @@ func (r *podRuntime) notify() {
 func (r *podRuntime) start() {
 	r.logDir = filepath.Join(r.a.opts.StateDir, "pods", r.pod.Namespace+"_"+r.pod.Name)
 	_ = os.MkdirAll(r.logDir, 0o755)
-	for i := range r.pod.Spec.Containers {
-		cs := &containerState{spec: r.pod.Spec.Containers[i], waiting: "ContainerCreating"}
+	var sidecars, mains []*containerState
+	for i := range r.pod.Spec.InitContainers {
+		c := r.pod.Spec.InitContainers[i]
+		cs := &containerState{spec: c, sidecar: true, waiting: "PodInitializing"}
+		if c.RestartPolicy == nil || *c.RestartPolicy != corev1.ContainerRestartPolicyAlways {
+			// Run-to-completion init containers are not supported; say so in the status
+			// instead of starting the pod half-initialized.
+			cs.waiting, cs.message = "CreateContainerConfigError", "weft dev runs only restartable init containers (native sidecars); "+c.Name+" has no restartPolicy: Always"
+			r.containers = append(r.containers, cs)
+			continue
+		}
+		sidecars = append(sidecars, cs)
 		r.containers = append(r.containers, cs)
 	}
-	for _, cs := range r.containers {
+	for i := range r.pod.Spec.Containers {
+		cs := &containerState{spec: r.pod.Spec.Containers[i], waiting: "ContainerCreating"}
+		if len(sidecars) > 0 {
+			cs.waiting = "PodInitializing"
+		}
+		mains = append(mains, cs)
+		r.containers = append(r.containers, cs)
+	}
+	launch := func(cs *containerState) {
 		r.wg.Add(1)
 		go func() { defer r.wg.Done(); r.supervise(cs) }()
 		if cs.spec.ReadinessProbe != nil {
@@ -76,7 +97,45 @@ func (r *podRuntime) start() {
 			go func() { defer r.wg.Done(); r.probe(cs) }()
 		}
 	}
+	for _, cs := range sidecars {
+		launch(cs)
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		// Like the kubelet, start the pod's containers only once every native sidecar has
+		// started (ready, when it has a readiness probe).
+		if !r.waitStarted(sidecars) {
+			return
+		}
+		for _, cs := range mains {
+			launch(cs)
+		}
+	}()
 	r.notify()
+}
+
+// waitStarted polls until every given container runs (and is ready if it has a readiness
+// probe), or the pod stops.
+func (r *podRuntime) waitStarted(css []*containerState) bool {
+	for {
+		r.mu.Lock()
+		ok := true
+		for _, cs := range css {
+			if !cs.running || (cs.spec.ReadinessProbe != nil && !cs.ready) {
+				ok = false
+			}
+		}
+		r.mu.Unlock()
+		if ok {
+			return true
+		}
+		select {
+		case <-r.ctx.Done():
+			return false
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 func (r *podRuntime) env(c *corev1.Container) ([]string, error) {
@@ -256,9 +315,26 @@ func (r *podRuntime) stop(grace time.Duration) {
 	r.stopping = true
 	r.mu.Unlock()
 	r.cancel() // no more restarts or probes
+	var mains, sidecars []*containerState
+	for _, cs := range r.containers {
+		if cs.sidecar {
+			sidecars = append(sidecars, cs)
+		} else {
+			mains = append(mains, cs)
+		}
+	}
+	// The kubelet stops the pod's containers first and its native sidecars after them, so a
+	// sidecar keeps carrying the app's traffic while the app shuts down.
+	r.stopGroup(mains, deadline)
+	r.stopGroup(sidecars, deadline)
+	r.wg.Wait()
+}
+
+// stopGroup runs the preStop hooks of css, then SIGTERM, then SIGKILL at deadline.
+func (r *podRuntime) stopGroup(css []*containerState, deadline time.Time) {
 	hctx, cancel := context.WithDeadline(context.Background(), deadline)
 	var hooks sync.WaitGroup
-	for _, cs := range r.containers {
+	for _, cs := range css {
 		if lc := cs.spec.Lifecycle; lc != nil && lc.PreStop != nil && r.isRunning(cs) {
 			hooks.Add(1)
 			go func() {
@@ -272,8 +348,8 @@ func (r *podRuntime) stop(grace time.Duration) {
 	}
 	hooks.Wait()
 	cancel()
-	r.signalAll(syscall.SIGTERM)
-	for _, cs := range r.containers {
+	r.signal(css, syscall.SIGTERM)
+	for _, cs := range css {
 		r.mu.Lock()
 		done := cs.done
 		r.mu.Unlock()
@@ -283,11 +359,10 @@ func (r *podRuntime) stop(grace time.Duration) {
 		select {
 		case <-done:
 		case <-time.After(time.Until(deadline)):
-			r.signalAll(syscall.SIGKILL)
+			r.signal(css, syscall.SIGKILL)
 			<-done
 		}
 	}
-	r.wg.Wait()
 }
 
 func (r *podRuntime) isRunning(cs *containerState) bool {
@@ -296,12 +371,12 @@ func (r *podRuntime) isRunning(cs *containerState) bool {
 	return cs.running
 }
 
-// signalAll signals each running container's process group (the program and anything it
-// started).
-func (r *podRuntime) signalAll(sig syscall.Signal) {
+
+// signal signals the process groups of the given running containers.
+func (r *podRuntime) signal(css []*containerState, sig syscall.Signal) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, cs := range r.containers {
+	for _, cs := range css {
 		if cs.running && cs.pid > 0 {
 			_ = syscall.Kill(-cs.pid, sig)
 		}

@@ -28,7 +28,7 @@ func (r *podRuntime) status(prev corev1.PodStatus) corev1.PodStatus {
 		PodIP: r.net.IP.String(), PodIPs: []corev1.PodIP{{IP: r.net.IP.String()}},
 		StartTime: ptrTo(metaTime(r.started)), QOSClass: prev.QOSClass,
 	}
-	allReady := true
+	allReady, initialized := true, true
 	for _, cs := range r.containers {
 		s := corev1.ContainerStatus{Name: cs.spec.Name, Image: cs.spec.Image, ImageID: "weft-dev://" + Repository(cs.spec.Image),
 			Ready: cs.ready && cs.running, RestartCount: cs.restarts, Started: ptrTo(cs.running), LastTerminationState: corev1.ContainerState{}}
@@ -53,6 +53,13 @@ func (r *podRuntime) status(prev corev1.PodStatus) corev1.PodStatus {
 		if !s.Ready {
 			allReady = false
 		}
+		if cs.sidecar {
+			if !cs.running {
+				initialized = false
+			}
+			st.InitContainerStatuses = append(st.InitContainerStatuses, s)
+			continue
+		}
 		st.ContainerStatuses = append(st.ContainerStatuses, s)
 	}
 	if r.stopping {
@@ -73,7 +80,7 @@ func (r *podRuntime) status(prev corev1.PodStatus) corev1.PodStatus {
 	}
 	st.Conditions = []corev1.PodCondition{
 		cond(corev1.PodScheduled, true, ""),
-		cond(corev1.PodInitialized, true, ""),
+		cond(corev1.PodInitialized, initialized, "ContainersNotInitialized"),
 		cond(corev1.ContainersReady, allReady, "ContainersNotReady"),
 		cond(corev1.PodReady, allReady, "ContainersNotReady"),
 	}
