@@ -53,9 +53,13 @@ K8S_STAGING_VERSION="v0.${K8S_SEMVER#*.}"           # v0.36.3
 ENVTEST_ROOT="${XDG_DATA_HOME:-$HOME/.local/share}/kubebuilder-envtest"
 STORE="$ENVTEST_ROOT/k8s/${K8S_SEMVER}-${GOOS}-${GOARCH}"
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/weft"
+# kube-controller-manager for an overlay (steps 1 and 3) lives here, not in the
+# store: a store dir holding only it would make setup-envtest treat 1.36.3 as
+# installed and hand back a dir without kube-apiserver.
+KCM_DIR="$CACHE/kcm/${K8S_SEMVER}-${GOOS}-${GOARCH}"
 BINS=(kube-apiserver etcd kube-controller-manager)
 
-mkdir -p "$STORE" "$CACHE"
+mkdir -p "$CACHE"  # not $STORE: an existing (empty) store dir fools setup-envtest
 
 # One run at a time per machine (builds are long; parallel make jobs may call us).
 exec 9>"$CACHE/envtest-assets.lock"
@@ -71,19 +75,21 @@ stamp_want() {
     *)    echo "kubernetes=$K8S_VERSION staging=$K8S_STAGING_VERSION recipe=$RECIPE" ;;
   esac
 }
-stamp_file() { echo "$STORE/.weft-stamp-$1"; }
+stamp_file() { echo "$1/.weft-stamp-$2"; }  # stamp_file DIR BIN
 
-# A binary in the store is usable if it is executable and either was not built
-# by us (e.g. setup-envtest put it there) or was built from the current pins.
-store_has() {
-  local b="$1" f
-  f="$(stamp_file "$b")"
-  [[ -x "$STORE/$b" ]] || return 1
-  [[ ! -e "$f" ]] || [[ "$(cat "$f")" == "$(stamp_want "$b")" ]]
+# dir_has DIR BIN: usable if executable and either not built by us (e.g.
+# setup-envtest put it there) or built from the current pins.
+dir_has() {
+  local f
+  f="$(stamp_file "$1" "$2")"
+  [[ -x "$1/$2" ]] || return 1
+  [[ ! -e "$f" ]] || [[ "$(cat "$f")" == "$(stamp_want "$2")" ]]
 }
+store_has() { dir_has "$STORE" "$1"; }
+has_core() { dir_has "$1" kube-apiserver && dir_has "$1" etcd; }
+has_all()  { has_core "$1" && dir_has "$1" kube-controller-manager; }
 
-has_core() { [[ -x "$1/kube-apiserver" && -x "$1/etcd" ]]; }
-has_all()  { has_core "$1" && [[ -x "$1/kube-controller-manager" ]]; }
+
 
 # ---- step 4 machinery: build from Go modules ------------------------------
 
@@ -159,12 +165,13 @@ $(for m in go.etcd.io/etcd/api/v3 go.etcd.io/etcd/client/pkg/v3 go.etcd.io/etcd/
   echo "$dir"
 }
 
-# go_build MODDIR OUTNAME PKG LDFLAGS — atomic: build to a temp name, then mv.
+# go_build OUTDIR MODDIR OUTNAME PKG LDFLAGS — atomic: build to a temp name, then mv.
 go_build() {
-  local moddir="$1" out="$2" pkg="$3" ldflags="$4" t0 tmp
-  tmp="$STORE/.$out.tmp.$$"
+  local outdir="$1" moddir="$2" out="$3" pkg="$4" ldflags="$5" t0 tmp
+  mkdir -p "$outdir"
+  tmp="$outdir/.$out.tmp.$$"
   t0=$SECONDS
-  log "building $out from $pkg (first build takes many minutes on 2 cores; log: $CACHE/build-$out.log)"
+  log "building $out from $pkg (tens of minutes with a cold Go build cache on 2 cores; log: $CACHE/build-$out.log)"
   if ! (cd "$moddir" && GOFLAGS=-mod=mod CGO_ENABLED=0 GOWORK=off \
         nice -n 10 go build -trimpath -ldflags "$ldflags" -o "$tmp" "$pkg") \
         >"$CACHE/build-$out.log" 2>&1; then
@@ -172,9 +179,9 @@ go_build() {
     tail -n 30 "$CACHE/build-$out.log" >&2
     die "go build of $out failed (full log: $CACHE/build-$out.log)"
   fi
-  mv -f "$tmp" "$STORE/$out"
-  stamp_want "$out" >"$(stamp_file "$out")"
-  log "built $STORE/$out in $((SECONDS - t0))s"
+  mv -f "$tmp" "$outdir/$out"
+  stamp_want "$out" >"$(stamp_file "$outdir" "$out")"
+  log "built $outdir/$out in $((SECONDS - t0))s"
 }
 
 k8s_ldflags() {
@@ -190,13 +197,13 @@ k8s_ldflags() {
   echo "$l"
 }
 
-build_k8s() { # build_k8s kube-apiserver|kube-controller-manager
+build_k8s() { # build_k8s OUTDIR kube-apiserver|kube-controller-manager
   local moddir
   moddir="$(k8s_module)"
-  go_build "$moddir" "$1" "k8s.io/kubernetes/cmd/$1" "$(k8s_ldflags)"
+  go_build "$1" "$moddir" "$2" "k8s.io/kubernetes/cmd/$2" "$(k8s_ldflags)"
 }
 
-build_etcd() {
+build_etcd() { # build_etcd OUTDIR
   local moddir pkg
   moddir="$(etcd_module)"
   # In v3.6 the server module has `package main` at its root (a wrapper around
@@ -211,30 +218,34 @@ build_etcd() {
       >"$moddir/etcd/main.go"
     pkg=weft.local/etcd-build/etcd
   fi
-  go_build "$moddir" etcd "$pkg" "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=module-$ETCD_VERSION"
+  go_build "$1" "$moddir" etcd "$pkg" "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=module-$ETCD_VERSION"
 }
 
-ensure_store_bin() { # build $1 into the store unless a usable one is there
-  local b="$1"
-  if [[ "$REBUILD" != 1 ]] && store_has "$b"; then return 0; fi
-  case "$b" in
-    etcd) build_etcd ;;
-    *) build_k8s "$b" ;;
+ensure_bin() { # ensure_bin DIR BIN: build BIN into DIR unless a usable one is there
+  if [[ "$REBUILD" != 1 ]] && dir_has "$1" "$2"; then return 0; fi
+  case "$2" in
+    etcd) build_etcd "$1" ;;
+    *) build_k8s "$1" "$2" ;;
   esac
 }
 
 # Given a dir with kube-apiserver and etcd but no kube-controller-manager:
-# build kube-controller-manager into the store and print a dir with all three.
+# print a dir with all three. For the store itself (setup-envtest downloaded
+# 1.36.3), build it into the store; otherwise build it into $KCM_DIR and print
+# an overlay dir of symlinks.
 with_kcm() {
   local src="$1" ov b
-  ensure_store_bin kube-controller-manager
-  if [[ "$src" == "$STORE" ]]; then echo "$STORE"; return; fi
+  if [[ "$src" == "$(cd "$STORE" 2>/dev/null && pwd -P || true)" ]]; then
+    ensure_bin "$STORE" kube-controller-manager
+    echo "$STORE"; return
+  fi
+  ensure_bin "$KCM_DIR" kube-controller-manager
   # Overlay: symlinks to everything in $src plus our kube-controller-manager.
   ov="$CACHE/envtest-overlay/$(printf '%s' "$src" | sha256sum | cut -c1-12)"
   rm -rf "$ov"; mkdir -p "$ov"
   for b in "$src"/*; do ln -s "$b" "$ov/$(basename "$b")"; done
-  ln -sfn "$STORE/kube-controller-manager" "$ov/kube-controller-manager"
-  log "$src has no kube-controller-manager; overlay $ov = $src + $STORE/kube-controller-manager"
+  ln -sfn "$KCM_DIR/kube-controller-manager" "$ov/kube-controller-manager"
+  log "$src has no kube-controller-manager; overlay $ov = $src + $KCM_DIR/kube-controller-manager"
   echo "$ov"
 }
 
@@ -242,7 +253,7 @@ resolve() {
   local d
   if [[ "$REBUILD" == 1 ]]; then
     log "rebuild forced: building all three into $STORE"
-    for b in "${BINS[@]}"; do ensure_store_bin "$b"; done
+    for b in "${BINS[@]}"; do ensure_bin "$STORE" "$b"; done
     echo "$STORE"; return
   fi
 
@@ -266,22 +277,27 @@ resolve() {
   # 3. setup-envtest download (needs the internet; fails fast and quietly here)
   if [[ "$NO_DOWNLOAD" != 1 ]] && ! { store_has kube-apiserver && store_has etcd; }; then
     log "trying setup-envtest@$SETUP_ENVTEST_VERSION use $K8S_MINOR.x (timeout ${DL_TIMEOUT}s)"
-    local out
-    if out="$(cd "$CACHE" && GOFLAGS= timeout -k 5 "$DL_TIMEOUT" \
+    local out rc=0 why
+    out="$(cd "$CACHE" && GOFLAGS= timeout -k 5 "$DL_TIMEOUT" \
           go run "sigs.k8s.io/controller-runtime/tools/setup-envtest@$SETUP_ENVTEST_VERSION" \
-          use "$K8S_MINOR.x" -p path --bin-dir "$ENVTEST_ROOT" 2>"$CACHE/setup-envtest.log")" \
-       && d="$(tail -n1 <<<"$out")" && [[ -n "$d" ]] && has_core "$d"; then
+          use "$K8S_MINOR.x" -p path --bin-dir "$ENVTEST_ROOT" 2>"$CACHE/setup-envtest.log")" || rc=$?
+    d="$(tail -n1 <<<"$out")"
+    if [[ $rc == 0 && -n "$d" ]] && has_core "$d"; then
       d="$(cd "$d" && pwd -P)"
       log "setup-envtest provided $d"
       if has_all "$d"; then echo "$d"; else with_kcm "$d"; fi
       return
     fi
-    log "setup-envtest unavailable: $( (grep -v '^go: downloading' "$CACHE/setup-envtest.log" || true) | head -n1 | cut -c1-160)"
+    if [[ $rc == 124 || $rc == 137 ]]; then why="timed out after ${DL_TIMEOUT}s"
+    elif [[ $rc == 0 ]]; then why="it answered '$d', which lacks a current kube-apiserver/etcd"
+    else why="$( (grep -v '^go: downloading' "$CACHE/setup-envtest.log" || true) | head -n1 | cut -c1-160)"
+    fi
+    log "setup-envtest unavailable: $why"
     log "falling back to building from Go modules (full output: $CACHE/setup-envtest.log)"
   fi
 
   # 4. build whatever is missing into the store
-  for b in "${BINS[@]}"; do ensure_store_bin "$b"; done
+  for b in "${BINS[@]}"; do ensure_bin "$STORE" "$b"; done
   echo "$STORE"
 }
 
