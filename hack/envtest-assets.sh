@@ -96,7 +96,7 @@ has_all()  { has_core "$1" && dir_has "$1" kube-controller-manager; }
 # go mod download -json MOD@VER, print field (Dir / GoMod).
 mod_field() {
   local field="$1" modver="$2"
-  (cd "$CACHE" && GOFLAGS= go mod download -json "$modver") \
+  (cd "$CACHE" && GOFLAGS='' go mod download -json "$modver") \
     | sed -n "s/^[[:space:]]*\"$field\": \"\\(.*\\)\",\{0,1\}\$/\\1/p"
 }
 
@@ -259,7 +259,7 @@ resolve() {
 
   # 1. $KUBEBUILDER_ASSETS
   if [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then
-    d="$(cd "$KUBEBUILDER_ASSETS" 2>/dev/null && pwd -P || true)"
+    d="$(cd "$KUBEBUILDER_ASSETS" 2>/dev/null && pwd -P)" || d=''
     if [[ -n "$d" ]] && has_core "$d"; then
       log "using \$KUBEBUILDER_ASSETS=$d"
       if has_all "$d"; then echo "$d"; else with_kcm "$d"; fi
@@ -278,7 +278,7 @@ resolve() {
   if [[ "$NO_DOWNLOAD" != 1 ]] && ! { store_has kube-apiserver && store_has etcd; }; then
     log "trying setup-envtest@$SETUP_ENVTEST_VERSION use $K8S_MINOR.x (timeout ${DL_TIMEOUT}s)"
     local out rc=0 why
-    out="$(cd "$CACHE" && GOFLAGS= timeout -k 5 "$DL_TIMEOUT" \
+    out="$(cd "$CACHE" && GOFLAGS='' timeout -k 5 "$DL_TIMEOUT" \
           go run "sigs.k8s.io/controller-runtime/tools/setup-envtest@$SETUP_ENVTEST_VERSION" \
           use "$K8S_MINOR.x" -p path --bin-dir "$ENVTEST_ROOT" 2>"$CACHE/setup-envtest.log")" || rc=$?
     d="$(tail -n1 <<<"$out")"
