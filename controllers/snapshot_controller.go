@@ -60,6 +60,16 @@ type SnapshotReconciler struct {
 
 	events  chan event.GenericEvent
 	secrets atomic.Pointer[map[string]bool]
+	// dirty is set by every Kubernetes event; sidecar events (ACK, NACK, connect) leave it
+	// unset, so their reconciles recompute status from the last translation instead of
+	// listing and translating everything again.
+	dirty atomic.Bool
+	last  *translation
+}
+
+type translation struct {
+	in  *snapshot.Input
+	res *snapshot.Result
 }
 
 // NewSnapshotReconciler wires a reconciler; set Nodes before the manager starts.
@@ -81,6 +91,10 @@ func (r *SnapshotReconciler) Notify() {
 // SetupWithManager registers the controller; it does not need leader election.
 func (r *SnapshotReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	all := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
+		r.dirty.Store(true)
+		return []reconcile.Request{snapshotKey}
+	})
+	status := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
 		return []reconcile.Request{snapshotKey}
 	})
 	spec := builder.WithPredicates(predicate.GenerationChangedPredicate{})
@@ -97,21 +111,29 @@ func (r *SnapshotReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&discoveryv1.EndpointSlice{}, all).
 		WatchesMetadata(&corev1.Pod{}, all, builder.WithPredicates(predicate.LabelChangedPredicate{})).
 		WatchesMetadata(&corev1.Secret{}, all, referenced).
-		WatchesRawSource(source.Channel(r.events, all)).
+		WatchesRawSource(source.Channel(r.events, status)).
 		Complete(r)
 }
 
 // Reconcile lists everything, translates it, sets the snapshots and, on the leader, writes
 // status.
 func (r *SnapshotReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl.Result, error) {
-	in, err := r.input(ctx)
-	if err != nil {
-		return ctrl.Result{}, err
+	// Swap before listing: an event that arrives while we list sets it again and queues
+	// another pass.
+	if r.dirty.Swap(false) || r.last == nil {
+		in, err := r.input(ctx)
+		if err != nil {
+			r.dirty.Store(true)
+			return ctrl.Result{}, err
+		}
+		res := snapshot.Translate(in)
+		if err := r.Cache.SetResult(ctx, res); err != nil {
+			r.dirty.Store(true)
+			return ctrl.Result{}, fmt.Errorf("setting xDS snapshots: %w", err)
+		}
+		r.last = &translation{in: in, res: res}
 	}
-	res := snapshot.Translate(in)
-	if err := r.Cache.SetResult(ctx, res); err != nil {
-		return ctrl.Result{}, fmt.Errorf("setting xDS snapshots: %w", err)
-	}
+	in, res := r.last.in, r.last.res
 	select {
 	case <-r.Elected:
 	default:
@@ -121,7 +143,11 @@ func (r *SnapshotReconciler) Reconcile(ctx context.Context, _ reconcile.Request)
 	if r.Nodes != nil {
 		nodes = r.Nodes.Nodes()
 	}
-	return ctrl.Result{}, r.writeStatus(ctx, in, res, xds.Sync(res, nodes, r.Cache))
+	if err := r.writeStatus(ctx, in, res, xds.Sync(res, nodes, r.Cache)); err != nil {
+		r.dirty.Store(true) // re-read the objects: another writer may have changed them
+		return ctrl.Result{}, err
+	}
+	return ctrl.Result{}, nil
 }
 
 func (r *SnapshotReconciler) input(ctx context.Context) (*snapshot.Input, error) {
