@@ -224,3 +224,21 @@ func asResources[T types.Resource](ms []T) []types.Resource {
 	}
 	return out
 }
+
+// FunctionServing reports whether the function's cluster has an endpoint taking new requests
+// (HEALTHY); DRAINING endpoints only finish what they have.
+func (r *Result) FunctionServing(ns, name string) bool {
+	cn := FunctionClusterName(ns, name)
+	i := sort.Search(len(r.Endpoints), func(i int) bool { return r.Endpoints[i].GetClusterName() >= cn })
+	if i == len(r.Endpoints) || r.Endpoints[i].GetClusterName() != cn {
+		return false
+	}
+	for _, loc := range r.Endpoints[i].GetEndpoints() {
+		for _, e := range loc.GetLbEndpoints() {
+			if s := e.GetHealthStatus(); s == corev3.HealthStatus_HEALTHY || s == corev3.HealthStatus_UNKNOWN {
+				return true
+			}
+		}
+	}
+	return false
+}
