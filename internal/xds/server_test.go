@@ -11,6 +11,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	sotwv3 "github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
@@ -219,7 +220,7 @@ func TestNACKedVersionIsNotResent(t *testing.T) {
 		g := grpc.NewServer()
 		sctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, serverv3.NewServer(sctx, c.cache, nil))
+		discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, serverv3.NewServer(sctx, c.cache, nil, sotwv3.WithOrderedADS()))
 		go func() { _ = g.Serve(ln) }()
 		defer g.Stop()
 		if next, _ := nackThenProbe(t, ln.Addr().String()); next != resourcev3.ClusterType {
