@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
@@ -101,6 +102,15 @@ func (r *SnapshotReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	referenced := builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
 		return (*r.secrets.Load())[o.GetNamespace()+"/"+o.GetName()]
 	}))
+	// A replica that becomes leader has no event telling it to write status: this runnable
+	// starts only on election and asks for one pass.
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		r.Notify()
+		<-ctx.Done()
+		return nil
+	})); err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("snapshot").
 		WithOptions(controller.Options{NeedLeaderElection: ptr.To(false), MaxConcurrentReconciles: 1}).
