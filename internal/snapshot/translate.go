@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -254,9 +253,7 @@ func overlap(a, b map[string]string) bool {
 
 // String summarises a Result for logs.
 func (r *Result) String() string {
-	var sb strings.Builder
-	fmt.Fprintf(&sb, "%d clusters, %d virtual hosts, %d redis pools", len(r.Clusters), len(r.vhosts), len(r.Redis))
-	return sb.String()
+	return fmt.Sprintf("%d clusters, %d virtual hosts, %d redis pools", len(r.Clusters), len(r.vhosts), len(r.Redis))
 }
 
 // vhostHash hashes a virtual host from its name, domains and the hash of its routes, which

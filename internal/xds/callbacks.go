@@ -29,14 +29,12 @@ func (c *callbacks) changed() {
 	}
 }
 
-func nodeID(n *corev3.Node) string { return n.GetId() }
-
 func (c *callbacks) learn(ctx context.Context, streamID int64, n *corev3.Node, delta bool) {
 	if n.GetId() == "" {
 		return
 	}
 	v := snapshot.ViewFromNode(n)
-	if !c.tracker.open(streamID, nodeID(n), v, delta) {
+	if !c.tracker.open(streamID, n.GetId(), v, delta) {
 		return
 	}
 	if err := c.cache.addNode(ctx, v); err != nil {
@@ -107,14 +105,9 @@ func (c *callbacks) OnStreamDeltaRequest(streamID int64, req *discoveryv3.DeltaD
 		c.changed()
 		return nil
 	}
-	t := c.tracker
-	t.mu.Lock()
-	ver := ""
-	if s, ok := t.streams[streamID]; ok {
-		ver = s.sent[req.GetTypeUrl()].version
-	}
-	t.mu.Unlock()
-	if ver != "" && t.ack(streamID, req.GetTypeUrl(), ver) {
+	// A delta ACK carries no version: it acknowledges the last response, whose snapshot
+	// version OnStreamDeltaResponse recorded.
+	if ver := c.tracker.lastSent(streamID, req.GetTypeUrl()); ver != "" && c.tracker.ack(streamID, req.GetTypeUrl(), ver) {
 		c.changed()
 	}
 	return nil

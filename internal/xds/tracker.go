@@ -95,6 +95,16 @@ func (t *tracker) sent(streamID int64, typeURL, nonce, version string) {
 	}
 }
 
+// lastSent is the version of the stream's last response of a type.
+func (t *tracker) lastSent(streamID int64, typeURL string) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if s, ok := t.streams[streamID]; ok {
+		return s.sent[typeURL].version
+	}
+	return ""
+}
+
 // ack records an ACK of version; it reports whether anything changed.
 func (t *tracker) ack(streamID int64, typeURL, version string) bool {
 	t.mu.Lock()
