@@ -9,9 +9,8 @@ LOCALBIN ?= $(shell pwd)/bin
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 GO ?= go
-# Envtest binaries (kube-apiserver, etcd, kube-controller-manager): found or built by
-# hack/envtest-assets.sh into a cache outside the clone.
-ENVTEST_ASSETS = $(shell hack/envtest-assets.sh | tail -n1)
+# Envtest binaries (kube-apiserver, etcd, kube-controller-manager) are found or built by
+# hack/envtest-assets.sh into a cache outside the clone; it prints their directory.
 
 .PHONY: all
 all: build
@@ -51,7 +50,8 @@ envtest: ## Find or build kube-apiserver, etcd and kube-controller-manager (offl
 .PHONY: test
 test: manifests generate vet ## Run all tests (unit, golden, envtest) — does its own set-up.
 	@hack/verify-generated.sh
-	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" $(GO) test ./... -count=1 -timeout 30m
+	assets="$$(hack/envtest-assets.sh | tail -n1)" && \
+	  KUBEBUILDER_ASSETS="$$assets" $(GO) test ./... -count=1 -timeout 30m
 
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME each (default 15s).

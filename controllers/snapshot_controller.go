@@ -115,7 +115,8 @@ func (r *SnapshotReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Named("snapshot").
 		WithOptions(controller.Options{NeedLeaderElection: ptr.To(false), MaxConcurrentReconciles: 1}).
 		Watches(&meshv1alpha1.MeshRoute{}, all, spec).
-		Watches(&meshv1alpha1.MeshFunction{}, all, spec).
+		Watches(&meshv1alpha1.MeshFunction{}, all, builder.WithPredicates(predicate.Or[client.Object](
+			predicate.GenerationChangedPredicate{}, zeroAnnouncementChanged{}))).
 		Watches(&meshv1alpha1.RedisProxy{}, all, spec).
 		Watches(&corev1.Service{}, all).
 		Watches(&discoveryv1.EndpointSlice{}, all).
@@ -242,4 +243,19 @@ func (r *SnapshotReconciler) writeStatus(ctx context.Context, in *snapshot.Input
 		log.FromContext(ctx).Info("some status writes failed; retrying", "failed", len(errs))
 	}
 	return errors.Join(errs...)
+}
+
+// zeroAnnouncementChanged passes MeshFunction updates whose status.desiredReplicas crosses
+// zero: the translator sends a function's endpoints DRAINING while its controller announces
+// zero, and the hand-off waits for sidecars to ACK exactly that snapshot.
+type zeroAnnouncementChanged struct{ predicate.Funcs }
+
+func (zeroAnnouncementChanged) Update(e event.UpdateEvent) bool {
+	o, ok1 := e.ObjectOld.(*meshv1alpha1.MeshFunction)
+	n, ok2 := e.ObjectNew.(*meshv1alpha1.MeshFunction)
+	if !ok1 || !ok2 {
+		return false
+	}
+	return (o.Status.DesiredReplicas == 0) != (n.Status.DesiredReplicas == 0) ||
+		(o.Status.ObservedGeneration == 0) != (n.Status.ObservedGeneration == 0)
 }

@@ -93,7 +93,11 @@ func run(o options) error {
 	if err := setupInjection(mgr); err != nil {
 		return err
 	}
-	if _, err := setupXDS(mgr, o.xdsAddr); err != nil {
+	srv, err := setupXDS(mgr, o.xdsAddr)
+	if err != nil {
+		return err
+	}
+	if err := setupFunctions(mgr, srv); err != nil {
 		return err
 	}
 	log.Info("starting manager")

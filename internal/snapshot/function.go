@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
@@ -34,7 +36,11 @@ func (t *translator) meshFunction(fn *meshv1alpha1.MeshFunction) *built {
 			f = filterFor(sp)
 		}
 	}
-	b.addCluster(c, t.ix.loadAssignment(c.Name, t.ix.slices[nsName(fn.Namespace, fn.Name)], f))
+	cla := t.ix.loadAssignment(c.Name, t.ix.slices[nsName(fn.Namespace, fn.Name)], f)
+	if goingToZero(fn) {
+		drainAll(cla)
+	}
+	b.addCluster(c, cla)
 	b.routes = []*routev3.Route{{
 		Name:  fmt.Sprintf("%s/%s/default/0", fn.Namespace, fn.Name),
 		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
@@ -50,4 +56,22 @@ func (t *translator) meshFunction(fn *meshv1alpha1.MeshFunction) *built {
 		b.hosts = append(b.hosts, hostEntry{host: h, key: hostKey(h, fn.Namespace), global: g, local: l})
 	}
 	return b
+}
+
+// goingToZero reports that the MeshFunction controller has announced zero replicas
+// (status.desiredReplicas 0 after it has written status once) while pods may still run. The
+// function's endpoints are then sent as DRAINING: callers' sidecars stop sending new requests
+// and hold them instead, and once every sidecar has ACKed that, the controller removes the
+// last pod (positive hand-off). A function that has no status yet is not going anywhere.
+func goingToZero(fn *meshv1alpha1.MeshFunction) bool {
+	return fn.Status.ObservedGeneration > 0 && fn.Status.DesiredReplicas == 0
+}
+
+// drainAll marks every endpoint of cla DRAINING.
+func drainAll(cla *endpointv3.ClusterLoadAssignment) {
+	for _, loc := range cla.GetEndpoints() {
+		for _, e := range loc.GetLbEndpoints() {
+			e.HealthStatus = corev3.HealthStatus_DRAINING
+		}
+	}
 }

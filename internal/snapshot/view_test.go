@@ -66,3 +66,24 @@ func TestViewFromNode(t *testing.T) {
 		t.Errorf("namespace from node ID = %q, want fallback", got.Namespace)
 	}
 }
+
+// A function whose controller announced zero is no longer serving (its endpoints are
+// DRAINING), which is what the hand-off waits for; a function without status still serves.
+func TestFunctionServingFollowsTheZeroAnnouncement(t *testing.T) {
+	in, _ := readInput(t, filepath.Join("testdata", "function-going-to-zero.in.yaml"))
+	res := Translate(in)
+	if res.FunctionServing("shop", "order-processing") {
+		t.Error("order-processing announced zero replicas but still counts as serving")
+	}
+	if !res.FunctionServing("shop", "fresh") {
+		t.Error("fresh has a ready endpoint and no status, but does not count as serving")
+	}
+	for i := range in.MeshFunctions {
+		if in.MeshFunctions[i].Name == "order-processing" {
+			in.MeshFunctions[i].Status.DesiredReplicas = 1
+		}
+	}
+	if !Translate(in).FunctionServing("shop", "order-processing") {
+		t.Error("after scaling back up to 1, order-processing should serve again")
+	}
+}

@@ -1,0 +1,47 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+
+	"github.com/weftmesh/weft/controllers"
+	"github.com/weftmesh/weft/internal/autoscale"
+	"github.com/weftmesh/weft/internal/workload"
+	"github.com/weftmesh/weft/internal/xds"
+)
+
+// setupFunctions adds what makes MeshFunctions run and scale: the autoscaler (leader only; it
+// decides every 2 s and at once on a demand poke), its signal service on the xDS port (every
+// replica takes sidecars' stats and pokes), and the MeshFunction controller, which renders
+// the Deployment and Service, applies decisions and hands off through xDS ACKs before the
+// last pod goes.
+func setupFunctions(mgr ctrl.Manager, srv *xds.Server) error {
+	decisions := controllers.NewDecisions()
+	as := autoscale.NewAutoscaler(clock.RealClock{}, decisions)
+	if err := mgr.Add(as); err != nil {
+		return fmt.Errorf("adding the autoscaler: %w", err)
+	}
+	srv.Register(func(r grpc.ServiceRegistrar) { autoscale.RegisterSignalServer(r, as) })
+
+	opts := workload.DefaultOptions()
+	opts.SidecarImage = injectOpts.image
+	opts.XDSAddress = injectOpts.xdsAddress
+	if d := time.Duration(injectOpts.drainSeconds) * time.Second; d > 0 {
+		opts.DrainTimeout = max(d, opts.DrainTimeout)
+	}
+	r := &controllers.MeshFunctionReconciler{
+		Client:    mgr.GetClient(),
+		Options:   opts,
+		Scaler:    as,
+		Decisions: decisions,
+		Handoff:   srv,
+	}
+	if err := r.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the MeshFunction controller: %w", err)
+	}
+	return nil
+}
