@@ -371,7 +371,6 @@ func (r *podRuntime) isRunning(cs *containerState) bool {
 	return cs.running
 }
 
-
 // signal signals the process groups of the given running containers.
 func (r *podRuntime) signal(css []*containerState, sig syscall.Signal) {
 	r.mu.Lock()

@@ -1,7 +1,6 @@
 package workload
 
 import (
-
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -112,4 +111,3 @@ func redisPort(rp *meshv1alpha1.RedisProxy) int32 {
 	}
 	return 6379
 }
-
