@@ -193,6 +193,49 @@ if ((routed)); then
   else record "route timeout (1 s)" FAIL "$detail"; fi
 fi
 
+if ((routed)); then
+  # ---- step: scale from zero -------------------------------------------------------------------
+  bold "Scale from zero: MeshFunction hello starts with no pods; the caller's own sidecar holds the call"
+  for _ in $(seq 1 60); do
+    [[ "$(kubectl get mfn hello -o jsonpath='{.status.url}' 2>/dev/null)" != "" ]] && break; sleep 1
+  done
+  kubectl get mfn hello | sed 's/^/   /'
+  pods0="$(kubectl get pods -l weft.dev/function=hello -o name | wc -l)"
+  start=$(date +%s.%N)
+  out="$(call "http://hello/" 1 || true)"
+  took="$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN{printf "%.2f", e-s}')"
+  cs="$(kv max_cold_start "$out")"
+  detail="pods before: $pods0; first call: $(kv status.200 "$out") of 1 answered 200 in ${took}s, held ${cs}s in the caller's sidecar"
+  if [[ "$pods0" == 0 && "$(kv status.200 "$out")" == 1 && "$(kv coldstarts "$out")" == 1 ]]; then
+    record "cold start from zero" PASS "$detail"
+  else record "cold start from zero" FAIL "$detail; last: $(tr '\n' ' ' <<<"$out" | cut -c1-160)"; fi
+
+  # ---- step: scale to zero ---------------------------------------------------------------------
+  bold "Scale to zero: after 6 s without calls (stable window) and 2 s grace, the last pod goes"
+  start=$(date +%s)
+  zero=0
+  for _ in $(seq 1 120); do
+    r="$(kubectl get deploy hello -o jsonpath='{.spec.replicas}' 2>/dev/null || echo x)"
+    [[ "$r" == 0 ]] && { zero=1; break; }
+    sleep 1
+  done
+  waited=$(( $(date +%s) - start ))
+  kubectl get mfn hello | sed 's/^/   /'
+  if ((zero)); then record "scale to zero" PASS "Deployment hello at 0 replicas ${waited}s after the last call"
+  else record "scale to zero" FAIL "hello still has replicas after ${waited}s"; fi
+
+  # ---- step: a burst from zero -----------------------------------------------------------------
+  bold "A burst from zero: 200 concurrent calls while hello has no pods"
+  for _ in $(seq 1 60); do
+    [[ "$(kubectl get pods -l weft.dev/function=hello -o name | wc -l)" == 0 ]] && break; sleep 1
+  done
+  out="$(call "http://hello/" 200 || true)"
+  ok200="$(kv status.200 "$out")"
+  detail="$ok200 of 200 answered 200, $(kv coldstarts "$out") held (longest $(kv max_cold_start "$out")s), slowest call $(kv max_latency "$out")s"
+  if [[ "$ok200" == 200 ]]; then record "200 calls from zero" PASS "$detail"
+  else record "200 calls from zero" FAIL "$detail; last: $(tr '\n' ' ' <<<"$out" | cut -c1-160)"; fi
+fi
+
 bold "Custom resources"
 kubectl get mr,mfn,rp 2>&1 | sed 's/^/   /'
 

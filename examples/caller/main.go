@@ -24,6 +24,12 @@ type Tally struct {
 	ByStatus  map[string]int `json:"byStatus"`
 	ByVersion map[string]int `json:"byVersion"`
 	Errors    int            `json:"errors"`
+	// ColdStarts counts answers that carried X-Weft-Cold-Start (the caller's sidecar held the
+	// call while the function scaled from zero); MaxColdStart is the longest such hold and
+	// MaxLatency the slowest call, both in seconds.
+	ColdStarts   int     `json:"coldStarts"`
+	MaxColdStart float64 `json:"maxColdStartSeconds"`
+	MaxLatency   float64 `json:"maxLatencySeconds"`
 	LastError string         `json:"lastError,omitempty"`
 	LastBody  string         `json:"lastBody,omitempty"`
 }
@@ -38,8 +44,10 @@ func call(client *http.Client, url string, n, c int) Tally {
 		go func() {
 			defer wg.Done()
 			for range work {
+				start := time.Now()
 				resp, err := client.Get(url)
 				mu.Lock()
+				t.MaxLatency = max(t.MaxLatency, time.Since(start).Seconds())
 				if err != nil {
 					t.Errors++
 					t.LastError = err.Error()
@@ -53,6 +61,12 @@ func call(client *http.Client, url string, n, c int) Tally {
 				t.ByStatus[strconv.Itoa(resp.StatusCode)]++
 				if v := resp.Header.Get("X-Version"); v != "" {
 					t.ByVersion[v]++
+				}
+				if v := resp.Header.Get("X-Weft-Cold-Start"); v != "" {
+					t.ColdStarts++
+					if secs, err := strconv.ParseFloat(v, 64); err == nil {
+						t.MaxColdStart = max(t.MaxColdStart, secs)
+					}
 				}
 				if resp.StatusCode >= 400 {
 					t.LastBody = string(body)
@@ -94,6 +108,7 @@ func main() {
 		if q.Get("format") == "kv" { // for shell scripts without jq
 			w.Header().Set("Content-Type", "text/plain")
 			fmt.Fprintf(w, "total %d\nerrors %d\n", t.Total, t.Errors)
+			fmt.Fprintf(w, "coldstarts %d\nmax_cold_start %.3f\nmax_latency %.3f\n", t.ColdStarts, t.MaxColdStart, t.MaxLatency)
 			for k, v := range t.ByStatus {
 				fmt.Fprintf(w, "status.%s %d\n", k, v)
 			}
