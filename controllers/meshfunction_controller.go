@@ -244,7 +244,9 @@ func (r *MeshFunctionReconciler) writeStatus(ctx context.Context, fn *meshv1alph
 	if equality.Semantic.DeepEqual(fn.Status, *status) {
 		return nil
 	}
-	patch := client.MergeFrom(fn.DeepCopy())
+	// The snapshot reconciler writes this status's Accepted/Programmed conditions too; the
+	// optimistic lock turns a lost update into a conflict and a retry.
+	patch := client.MergeFromWithOptions(fn.DeepCopy(), client.MergeFromWithOptimisticLock{})
 	fn.Status = *status
 	if err := r.Status().Patch(ctx, fn, patch); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("writing status of MeshFunction %s/%s: %w", fn.Namespace, fn.Name, err)

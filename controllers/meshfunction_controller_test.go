@@ -138,7 +138,7 @@ spec:
 			ready := meta.FindStatusCondition(f.Status.Conditions, meshv1alpha1.ConditionReady)
 			g.Expect(ready).NotTo(BeNil())
 			g.Expect(ready.Reason).To(Equal(meshv1alpha1.ReasonDeploying))
-		}).WithTimeout(30 * time.Second).Should(Succeed())
+		}).WithTimeout(60 * time.Second).Should(Succeed())
 
 		By("handing the autoscaler the function's settings in Knative's terms")
 		Eventually(func(g Gomega) {
@@ -158,12 +158,12 @@ spec:
 			f := function(g)
 			g.Expect(f.Status.DesiredReplicas).To(Equal(int32(4)))
 			g.Expect(f.Status.LastScaleTime).NotTo(BeNil())
-		}).WithTimeout(30 * time.Second).Should(Succeed())
+		}).WithTimeout(60 * time.Second).Should(Succeed())
 
 		decisions.SetDesired(key, autoscale.Decision{Desired: 50})
 		Eventually(func(g Gomega) {
 			g.Expect(*deployment(g).Spec.Replicas).To(Equal(int32(5)))
-		}).WithTimeout(30 * time.Second).Should(Succeed())
+		}).WithTimeout(60 * time.Second).Should(Succeed())
 	})
 
 	It("reports Ready from the Deployment's ready replicas", func() {
@@ -176,7 +176,7 @@ spec:
 			f := function(g)
 			g.Expect(f.Status.ReadyReplicas).To(Equal(int32(3)))
 			g.Expect(meta.IsStatusConditionTrue(f.Status.Conditions, meshv1alpha1.ConditionReady)).To(BeTrue())
-		}).WithTimeout(30 * time.Second).Should(Succeed())
+		}).WithTimeout(60 * time.Second).Should(Succeed())
 	})
 
 	It("removes the last pod only after the hand-off, and then reports scaled to zero", func() {
@@ -184,7 +184,7 @@ spec:
 		By("announcing zero in status while the pods stay")
 		Eventually(func(g Gomega) {
 			g.Expect(function(g).Status.DesiredReplicas).To(BeZero())
-		}).WithTimeout(30 * time.Second).Should(Succeed())
+		}).WithTimeout(60 * time.Second).Should(Succeed())
 		Consistently(func(g Gomega) {
 			g.Expect(*deployment(g).Spec.Replicas).To(Equal(int32(5)))
 		}).WithTimeout(2 * time.Second).WithPolling(200 * time.Millisecond).Should(Succeed())
@@ -193,7 +193,7 @@ spec:
 		drained.Store(true)
 		Eventually(func(g Gomega) {
 			g.Expect(*deployment(g).Spec.Replicas).To(BeZero())
-		}).WithTimeout(30 * time.Second).Should(Succeed())
+		}).WithTimeout(60 * time.Second).Should(Succeed())
 		Eventually(func(g Gomega) {
 			d := deployment(g)
 			d.Status.Replicas, d.Status.ReadyReplicas = 0, 0
@@ -204,23 +204,23 @@ spec:
 			g.Expect(ready).NotTo(BeNil())
 			g.Expect(ready.Status).To(Equal(metav1.ConditionTrue))
 			g.Expect(ready.Reason).To(Equal(meshv1alpha1.ReasonScaledToZero))
-		}).WithTimeout(30 * time.Second).Should(Succeed())
+		}).WithTimeout(60 * time.Second).Should(Succeed())
 	})
 
 	It("does not wait for the hand-off past its timeout", func() {
 		drained.Store(false)
 		decisions.SetDesired(key, autoscale.Decision{Desired: 2})
-		Eventually(func(g Gomega) { g.Expect(*deployment(g).Spec.Replicas).To(Equal(int32(2))) }).WithTimeout(30 * time.Second).Should(Succeed())
+		Eventually(func(g Gomega) { g.Expect(*deployment(g).Spec.Replicas).To(Equal(int32(2))) }).WithTimeout(60 * time.Second).Should(Succeed())
 		decisions.SetDesired(key, autoscale.Decision{Desired: 0, WantsZero: true})
-		Eventually(func(g Gomega) { g.Expect(function(g).Status.DesiredReplicas).To(BeZero()) }).WithTimeout(30 * time.Second).Should(Succeed())
+		Eventually(func(g Gomega) { g.Expect(function(g).Status.DesiredReplicas).To(BeZero()) }).WithTimeout(60 * time.Second).Should(Succeed())
 		Expect(*deployment(Default).Spec.Replicas).To(Equal(int32(2)))
 		clk.Step(2 * time.Minute) // past HandoffTimeout; the 500 ms requeue notices
-		Eventually(func(g Gomega) { g.Expect(*deployment(g).Spec.Replicas).To(BeZero()) }).WithTimeout(30 * time.Second).Should(Succeed())
+		Eventually(func(g Gomega) { g.Expect(*deployment(g).Spec.Replicas).To(BeZero()) }).WithTimeout(60 * time.Second).Should(Succeed())
 	})
 
 	It("forgets a deleted function in the autoscaler", func() {
 		Expect(k8sClient.Delete(ctx, &meshv1alpha1.MeshFunction{ObjectMeta: metav1.ObjectMeta{Name: nn.Name, Namespace: nn.Namespace}})).To(Succeed())
-		Eventually(func() bool { return scaler.wasRemoved(key) }).WithTimeout(30 * time.Second).Should(BeTrue())
+		Eventually(func() bool { return scaler.wasRemoved(key) }).WithTimeout(60 * time.Second).Should(BeTrue())
 		Expect(k8sClient.Get(ctx, nn, &meshv1alpha1.MeshFunction{})).To(MatchError(ContainSubstring("not found")))
 	})
 })

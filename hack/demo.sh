@@ -122,8 +122,8 @@ if ((ready >= 2)); then record "endpointslices" PASS "reviews has $ready ready e
 else record "endpointslices" FAIL "reviews has $ready ready endpoints, want 2 (pods become ready when their sidecar has its config)"; fi
 
 CALLER_IP="$(kubectl get pods -l app=caller -o jsonpath='{.items[0].status.podIP}')"
-call() { # call URL N → kv lines from the caller pod (it calls through its own sidecar)
-  curl -s --noproxy '*' --max-time 120 "http://$CALLER_IP:8080/call?url=$1&n=$2&c=20&format=kv"
+call() { # call URL N [C] → kv lines from the caller pod (it calls through its own sidecar), C at a time (20)
+  curl -s --noproxy '*' --max-time 120 "http://$CALLER_IP:8080/call?url=$1&n=$2&c=${3:-20}&format=kv"
 }
 kv() { awk -v k="$1" '$1==k{print $2; f=1} END{if(!f) print 0}' <<<"$2"; }
 # wait_routed URL CODES... — until 20 calls all get one of CODES (the route is programmed).
@@ -229,7 +229,7 @@ if ((routed)); then
   for _ in $(seq 1 60); do
     [[ "$(kubectl get pods -l weft.dev/function=hello -o name | wc -l)" == 0 ]] && break; sleep 1
   done
-  out="$(call "http://hello/" 200 || true)"
+  out="$(call "http://hello/" 200 200 || true)"
   ok200="$(kv status.200 "$out")"
   detail="$ok200 of 200 answered 200, $(kv coldstarts "$out") held (longest $(kv max_cold_start "$out")s), slowest call $(kv max_latency "$out")s"
   if [[ "$ok200" == 200 ]]; then record "200 calls from zero" PASS "$detail"

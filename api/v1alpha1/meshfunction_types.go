@@ -282,15 +282,15 @@ type MeshFunctionStatus struct {
 
 	// Replicas the Deployment has.
 	// +optional
-	Replicas int32 `json:"replicas,omitempty"`
+	Replicas int32 `json:"replicas"`
 
 	// ReadyReplicas the Deployment has.
 	// +optional
-	ReadyReplicas int32 `json:"readyReplicas,omitempty"`
+	ReadyReplicas int32 `json:"readyReplicas"`
 
 	// DesiredReplicas the autoscaler chose last.
 	// +optional
-	DesiredReplicas int32 `json:"desiredReplicas,omitempty"`
+	DesiredReplicas int32 `json:"desiredReplicas"`
 
 	// LastScaleTime is when the autoscaler last changed the replicas.
 	// +optional
