@@ -237,7 +237,16 @@ func (r *SnapshotReconciler) writeStatus(ctx context.Context, in *snapshot.Input
 	}
 	for i := range in.RedisProxies {
 		o := &in.RedisProxies[i]
-		patch(o, &o.Status.MeshStatus, snapshot.ObjectKey{Kind: snapshot.KindRedisProxy, Namespace: o.Namespace, Name: o.Name})
+		orig := o.DeepCopy()
+		total, ready := res.PoolServers(o.Namespace, o.Name)
+		changed := applyPoolStatus(&o.Status, o.Generation, total, ready)
+		key := snapshot.ObjectKey{Kind: snapshot.KindRedisProxy, Namespace: o.Namespace, Name: o.Name}
+		if applyStatus(&o.Status.MeshStatus, o.Generation, res.Status[key], sync[key]) || changed {
+			if err := r.Client.Status().Patch(ctx, o, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil &&
+				!apierrors.IsNotFound(err) {
+				errs = append(errs, fmt.Errorf("writing status of %s: %w", key, err))
+			}
+		}
 	}
 	if len(errs) > 0 {
 		log.FromContext(ctx).Info("some status writes failed; retrying", "failed", len(errs))

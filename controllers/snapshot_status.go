@@ -46,3 +46,24 @@ func applyStatus(st *meshv1alpha1.MeshStatus, gen int64, tr snapshot.ObjectStatu
 	st.SyncedSidecars, st.RejectedSidecars, st.LastRejection = s.Synced, s.Rejected, s.LastRejection
 	return !equality.Semantic.DeepEqual(before, st)
 }
+
+// applyPoolStatus sets a RedisProxy's server counts and its Ready condition, and reports
+// whether anything changed.
+func applyPoolStatus(st *meshv1alpha1.RedisProxyStatus, gen int64, total, ready int32) bool {
+	before := st.DeepCopy()
+	st.Servers, st.ReadyServers = total, ready
+	c := metav1.Condition{Type: meshv1alpha1.ConditionReady, ObservedGeneration: gen}
+	switch {
+	case ready > 0:
+		c.Status, c.Reason = metav1.ConditionTrue, meshv1alpha1.ReasonReady
+		c.Message = fmt.Sprintf("%d of %d servers have a ready endpoint.", ready, total)
+	case total == 0:
+		c.Status, c.Reason = metav1.ConditionFalse, meshv1alpha1.ReasonNoServers
+		c.Message = "The pool has no servers: check spec.servers, or that spec.serviceRef names a Service with ready pods."
+	default:
+		c.Status, c.Reason = metav1.ConditionFalse, meshv1alpha1.ReasonNoServers
+		c.Message = fmt.Sprintf("None of the %d servers has a ready endpoint: check the Redis pods.", total)
+	}
+	meta.SetStatusCondition(&st.Conditions, c)
+	return !equality.Semantic.DeepEqual(before, st)
+}

@@ -50,3 +50,22 @@ func TestApplyStatus(t *testing.T) {
 		t.Errorf("after every sidecar ACKed: Programmed = %+v, lastRejection %q", p, st.LastRejection)
 	}
 }
+
+func TestApplyPoolStatus(t *testing.T) {
+	var st meshv1alpha1.RedisProxyStatus
+	if !applyPoolStatus(&st, 3, 3, 2) {
+		t.Fatal("first pool status reported no change")
+	}
+	c := meta.FindStatusCondition(st.Conditions, meshv1alpha1.ConditionReady)
+	if st.Servers != 3 || st.ReadyServers != 2 || c == nil || c.Status != metav1.ConditionTrue || c.ObservedGeneration != 3 {
+		t.Fatalf("got servers=%d ready=%d condition=%+v; want 3, 2, Ready=True at generation 3", st.Servers, st.ReadyServers, c)
+	}
+	if applyPoolStatus(&st, 3, 3, 2) {
+		t.Error("same counts reported a change: the reconciler would write status for nothing")
+	}
+	applyPoolStatus(&st, 3, 3, 0)
+	c = meta.FindStatusCondition(st.Conditions, meshv1alpha1.ConditionReady)
+	if c.Status != metav1.ConditionFalse || c.Reason != meshv1alpha1.ReasonNoServers || !strings.Contains(c.Message, "None of the 3 servers") {
+		t.Fatalf("with no ready server got %+v", c)
+	}
+}

@@ -34,6 +34,8 @@ fi
 missing=()
 command -v ip >/dev/null || missing+=(iproute2)
 command -v curl >/dev/null || missing+=(curl)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-cli >/dev/null || missing+=(redis-tools)
 if ((${#missing[@]})); then
   say "installing ${missing[*]} with apt-get"
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >/dev/null \
@@ -234,6 +236,40 @@ if ((routed)); then
   detail="$ok200 of 200 answered 200, $(kv coldstarts "$out") held (longest $(kv max_cold_start "$out")s), slowest call $(kv max_latency "$out")s"
   if [[ "$ok200" == 200 ]]; then record "200 calls from zero" PASS "$detail"
   else record "200 calls from zero" FAIL "$detail; last: $(tr '\n' ' ' <<<"$out" | cut -c1-160)"; fi
+fi
+
+if ((routed)); then
+  # ---- step: redis ------------------------------------------------------------------------------
+  bold "Redis: RedisProxy cache shards keys over redis-0..2 from the caller pod's own sidecar (127.0.0.1:6379)"
+  CALLER_UID="$(kubectl get pods -l app=caller -o jsonpath='{.items[0].metadata.uid}')"
+  CALLER_NS="weft-$(printf %s "$CALLER_UID" | sha256sum | cut -c1-9)"
+  rcli() { ip netns exec "$CALLER_NS" redis-cli -p 6379 "$@"; }
+  up=0
+  for _ in $(seq 1 120); do
+    [[ "$(rcli PING 2>/dev/null)" == PONG ]] && [[ "$(rcli SET weft:probe 1 2>/dev/null)" == OK ]] && { up=1; break; }
+    sleep 1
+  done
+  if ((up)); then
+    args=(); for i in $(seq 1 300); do args+=("key:$i" "value-$i"); done
+    mset="$(rcli MSET "${args[@]}")"
+    got="$(rcli MGET key:1 key:150 key:300 | tr '\n' ' ')"
+    keys="$(rcli KEYS '*' 2>&1 | head -n1)"
+    per=()
+    total=0
+    for ip in $(kubectl get pods -l app=redis -o jsonpath='{range .items[*]}{.status.podIP}{" "}{end}'); do
+      n="$(redis-cli -h "$ip" -p 6379 DBSIZE)"; per+=("$n"); total=$((total + n))
+    done
+    say "MSET of 300 keys: $mset; MGET key:1 key:150 key:300 → $got"
+    say "keys per shard: ${per[*]} (sum $total, incl. the probe key)"
+    say "KEYS * → $keys"
+    detail="300 keys spread ${per[*]} over 3 shards; MGET in order; KEYS refused"
+    if [[ "$mset" == OK && "$got" == "value-1 value-150 value-300 " && $total == 301 && ${#per[@]} == 3 && "$keys" == ERR* ]] \
+       && ! printf '%s\n' "${per[@]}" | grep -qx 0; then
+      record "redis sharding (ketama)" PASS "$detail"
+    else record "redis sharding (ketama)" FAIL "$detail (mset=$mset total=$total keys=$keys)"; fi
+  else
+    record "redis sharding (ketama)" FAIL "the caller's sidecar did not serve 127.0.0.1:6379 within 120 s"
+  fi
 fi
 
 bold "Custom resources"

@@ -18,6 +18,9 @@ var DefaultImages = map[string]string{
 	"weft.dev/examples/slow":        "slow",
 	"weft.dev/examples/flaky":       "flaky",
 	"weft.dev/examples/caller":      "caller",
+	// Redis servers for RedisProxy pools come from Debian's redis-server package.
+	"redis":                   "/usr/bin/redis-server",
+	"docker.io/library/redis": "/usr/bin/redis-server",
 }
 
 // Images resolves images to local programs.

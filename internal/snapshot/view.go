@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -223,6 +224,27 @@ func asResources[T types.Resource](ms []T) []types.Resource {
 		out[i] = m
 	}
 	return out
+}
+
+// PoolServers counts a RedisProxy pool's servers and those with a ready endpoint (for a
+// static server list every server counts as ready: only the sidecars' health checks know
+// more). RedisProxy status reports them.
+func (r *Result) PoolServers(ns, name string) (total, ready int32) {
+	var eps []*endpointv3.LbEndpoint
+	for _, p := range r.Redis {
+		if p.Key.Namespace == ns && p.Key.Name == name && p.Endpoints != nil {
+			for _, loc := range p.Endpoints.GetEndpoints() {
+				eps = append(eps, loc.GetLbEndpoints()...)
+			}
+		}
+	}
+	for _, e := range eps {
+		total++
+		if s := e.GetHealthStatus(); s == corev3.HealthStatus_HEALTHY || s == corev3.HealthStatus_UNKNOWN {
+			ready++
+		}
+	}
+	return total, ready
 }
 
 // FunctionServing reports whether the function's cluster has an endpoint taking new requests

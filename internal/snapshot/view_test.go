@@ -87,3 +87,21 @@ func TestFunctionServingFollowsTheZeroAnnouncement(t *testing.T) {
 		t.Error("after scaling back up to 1, order-processing should serve again")
 	}
 }
+
+// RedisProxy status counts a pool's servers: a static list counts every server as ready; a
+// Service-backed pool counts only ready endpoints.
+func TestPoolServers(t *testing.T) {
+	in, _ := readInput(t, filepath.Join("testdata", "redis.in.yaml"))
+	res := Translate(in)
+	if total, ready := res.PoolServers("default", "cache"); total != 2 || ready != 2 {
+		t.Errorf("cache: %d servers, %d ready; want 2 and 2 (its static list)", total, ready)
+	}
+	// sessions: one ready endpoint and one terminating one; the terminating server is left
+	// out of the ring (readyOnly), so it is not counted at all.
+	if total, ready := res.PoolServers("default", "sessions"); total != 1 || ready != 1 {
+		t.Errorf("sessions: %d servers, %d ready; want 1 and 1", total, ready)
+	}
+	if total, ready := res.PoolServers("default", "nope"); total != 0 || ready != 0 {
+		t.Errorf("unknown pool: %d servers, %d ready; want none", total, ready)
+	}
+}
