@@ -14,7 +14,8 @@ import (
 	"github.com/weftmesh/weft/internal/xds"
 )
 
-// setupFunctions adds what makes MeshFunctions run and scale: the autoscaler (leader only; it
+// setupFunctions adds the workload side: the RedisProxy standalone-proxy controller and what
+// makes MeshFunctions run and scale: the autoscaler (leader only; it
 // decides every 2 s and at once on a demand poke), its signal service on the xDS port (every
 // replica takes sidecars' stats and pokes), and the MeshFunction controller, which renders
 // the Deployment and Service, applies decisions and hands off through xDS ACKs before the
@@ -42,6 +43,10 @@ func setupFunctions(mgr ctrl.Manager, srv *xds.Server) error {
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the MeshFunction controller: %w", err)
+	}
+	rp := &controllers.RedisProxyReconciler{Client: mgr.GetClient(), Options: opts}
+	if err := rp.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the RedisProxy controller: %w", err)
 	}
 	return nil
 }

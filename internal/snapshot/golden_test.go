@@ -33,6 +33,8 @@ type testView struct {
 	Labels    map[string]string `json:"labels,omitempty"`
 	Function  string            `json:"function,omitempty"`
 	AppPort   uint32            `json:"appPort,omitempty"`
+	// RedisProxy makes the view a RedisProxy's standalone proxy.
+	RedisProxy string `json:"redisProxy,omitempty"`
 }
 
 // readInput decodes a multi-document YAML file of Kubernetes objects (and View documents).

@@ -35,6 +35,9 @@ type RedisPool struct {
 
 // Selects reports whether a sidecar in view v serves this pool's listener.
 func (p *RedisPool) Selects(v View) bool {
+	if v.RedisProxy != "" {
+		return v.RedisProxy == p.Key.Namespace+"/"+p.Key.Name
+	}
 	return p.Key.Namespace == v.Namespace && labelsMatch(v.Labels, p.Selector)
 }
 

@@ -26,13 +26,17 @@ type View struct {
 	Function string
 	// AppPort is the local app port; 0 means no inbound listener.
 	AppPort uint32
+	// RedisProxy is "<ns>/<name>" when the sidecar is that RedisProxy's standalone proxy: it
+	// serves that pool only, whatever the pool's workloadSelector says.
+	RedisProxy string
 }
 
 // ViewFromNode reads a node's view from its metadata; the namespace falls back to the part
 // of the node ID after the first dot (<pod>.<namespace>).
 func ViewFromNode(n *corev3.Node) View {
 	f := n.GetMetadata().GetFields()
-	v := View{Namespace: f["namespace"].GetStringValue(), Function: f["function"].GetStringValue()}
+	v := View{Namespace: f["namespace"].GetStringValue(), Function: f["function"].GetStringValue(),
+		RedisProxy: f["redisProxy"].GetStringValue()}
 	if v.Namespace == "" {
 		if _, ns, ok := strings.Cut(n.GetId(), "."); ok {
 			v.Namespace = ns
@@ -53,7 +57,7 @@ func ViewFromNode(n *corev3.Node) View {
 // Key is a stable hash of the view: the snapshot cache key sidecars of one view share.
 func (v View) Key() string {
 	h := sha256.New()
-	fmt.Fprintf(h, "%q\x00%q\x00%d\x00", v.Namespace, v.Function, v.AppPort)
+	fmt.Fprintf(h, "%q\x00%q\x00%d\x00%q\x00", v.Namespace, v.Function, v.AppPort, v.RedisProxy)
 	keys := make([]string, 0, len(v.Labels))
 	for k := range v.Labels {
 		keys = append(keys, k)
