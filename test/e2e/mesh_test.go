@@ -109,17 +109,27 @@ type tally struct {
 	Errors    int            `json:"errors"`
 	LastError string         `json:"lastError"`
 	LastBody  string         `json:"lastBody"`
+	// ColdStarts counts answers whose call the caller's sidecar held while the function
+	// scaled from zero.
+	ColdStarts   int     `json:"coldStarts"`
+	MaxColdStart float64 `json:"maxColdStartSeconds"`
 }
 
 // call asks the caller pod to make n calls to url through its sidecar.
 func call(t *testing.T, url string, n int) (tally, error) {
+	t.Helper()
+	return callC(t, url, n, 20)
+}
+
+// callC is call with c calls in flight at once.
+func callC(t *testing.T, url string, n, c int) (tally, error) {
 	t.Helper()
 	ps := pods(t, "app=caller")
 	if len(ps) == 0 || ps[0].Status.PodIP == "" {
 		return tally{}, fmt.Errorf("no caller pod with an IP yet")
 	}
 	client := &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{Proxy: nil}}
-	resp, err := client.Get("http://" + ps[0].Status.PodIP + ":8080/call?c=20&n=" + strconv.Itoa(n) + "&url=" + url)
+	resp, err := client.Get("http://" + ps[0].Status.PodIP + ":8080/call?c=" + strconv.Itoa(c) + "&n=" + strconv.Itoa(n) + "&url=" + url)
 	if err != nil {
 		return tally{}, err
 	}

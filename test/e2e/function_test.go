@@ -1,0 +1,126 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// The MeshFunction tests use examples/demo/50-function.yaml: hello starts at zero, has a 6 s
+// stable window and a 2 s grace period, and callers' sidecars hold up to 500 calls for it.
+
+// replicas is the Deployment's spec.replicas of a function (-1 before it exists).
+func replicas(t *testing.T, name string) int32 {
+	t.Helper()
+	d, err := cs.AppsV1().Deployments("default").Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil || d.Spec.Replicas == nil {
+		return -1
+	}
+	return *d.Spec.Replicas
+}
+
+// atZero waits until a function's Deployment asks for 0 replicas and no pod is left.
+func atZero(t *testing.T, name string, timeout time.Duration) {
+	t.Helper()
+	eventually(t, timeout, name+" at zero replicas with no pods", func() error {
+		if r := replicas(t, name); r != 0 {
+			return fmt.Errorf("deployment %s has %d replicas", name, r)
+		}
+		if ps := pods(t, "weft.dev/function="+name); len(ps) > 0 {
+			return fmt.Errorf("%d pods of %s remain", len(ps), name)
+		}
+		return nil
+	})
+}
+
+func TestFunction1BurstFromZeroAllSucceed(t *testing.T) {
+	routed(t, "http://reviews:9080/", func(g tally) bool { return g.ByStatus["200"] == 20 })
+	atZero(t, "hello", 3*time.Minute)
+	got, err := callC(t, "http://hello/", 200, 200)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ByStatus["200"] != 200 {
+		t.Fatalf("200 concurrent calls to a function at zero: %+v, want all 200 to answer 200", got)
+	}
+	if got.ColdStarts == 0 {
+		t.Errorf("no answer carried X-Weft-Cold-Start although the function was at zero: %+v", got)
+	}
+	t.Logf("200 calls from zero: %d held, longest hold %.3fs", got.ColdStarts, got.MaxColdStart)
+}
+
+func TestFunction2SteadyTrafficStaysUpIdleGoesToZero(t *testing.T) {
+	// 20 s of calls, one round a second: longer than the 6 s stable window plus the 2 s grace
+	// period, so a scaler that counted from the wrong moment would drop the pod mid-traffic.
+	for i := 0; i < 20; i++ {
+		got, err := callC(t, "http://hello/", 5, 5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.ByStatus["200"] != 5 {
+			t.Fatalf("round %d of steady traffic: %+v, want 5 answers 200", i, got)
+		}
+		if i > 2 {
+			if r := replicas(t, "hello"); r < 1 {
+				t.Fatalf("hello scaled to %d replicas during steady traffic (round %d)", r, i)
+			}
+		}
+		time.Sleep(time.Second)
+	}
+	start := time.Now()
+	atZero(t, "hello", 3*time.Minute)
+	t.Logf("hello reached zero %.1fs after the last call", time.Since(start).Seconds())
+}
+
+func TestFunction3HoldOverflowAnswers503WithReason(t *testing.T) {
+	manifest := `apiVersion: mesh.weft.dev/v1alpha1
+kind: MeshFunction
+metadata: {name: tiny, namespace: default}
+spec:
+  template:
+    spec:
+      containers:
+      - {name: function, image: weft.dev/examples/echo:latest}
+  scale: {initial: 0, stableWindow: 6s, scaleToZeroGracePeriod: 2s}
+  activation: {holdTimeout: 60s, maxPending: 5}
+`
+	f := filepath.Join(t.TempDir(), "tiny.yaml")
+	if err := os.WriteFile(f, []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := kubectl("apply", "-f", f); err != nil {
+		t.Fatalf("kubectl apply: %v: %s", err, out)
+	}
+	defer kubectl("delete", "-f", f, "--wait=false")
+	eventually(t, time.Minute, "tiny's Deployment created at zero", func() error {
+		if r := replicas(t, "tiny"); r != 0 {
+			return fmt.Errorf("replicas %d", r)
+		}
+		return nil
+	})
+	// The route for tiny must be in the caller's sidecar before the burst, else the calls
+	// would get 404s, not holds. A single call goes through the hold and starts it; then wait
+	// for it to go back to zero.
+	routed(t, "http://tiny/", func(g tally) bool { return g.ByStatus["200"] == 20 })
+	atZero(t, "tiny", 3*time.Minute)
+
+	got, err := callC(t, "http://tiny/", 50, 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ByStatus["200"]+got.ByStatus["503"] != 50 || got.ByStatus["503"] == 0 || got.ByStatus["200"] < 5 {
+		t.Fatalf("50 calls against maxPending 5: %+v, want at least 5 answered 200, the rest 503", got)
+	}
+	if !strings.Contains(got.LastBody, "full") {
+		t.Errorf("the 503 body does not say the hold queue is full: %q", got.LastBody)
+	}
+	t.Logf("overflow: %d answered 200, %d got 503: %q", got.ByStatus["200"], got.ByStatus["503"], got.LastBody)
+}
