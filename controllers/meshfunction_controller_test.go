@@ -14,10 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
-	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/config"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
 	"github.com/weftmesh/weft/internal/autoscale"
@@ -76,24 +73,14 @@ var _ = Describe("MeshFunction controller", Ordered, func() {
 	BeforeAll(func() {
 		scaler, decisions = newRecordingScaler(), NewDecisions()
 		clk = clocktesting.NewFakeClock(time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC))
-		mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-			Scheme:     k8sClient.Scheme(),
-			Metrics:    metricsserver.Options{BindAddress: "0"},
-			Controller: config.Controller{SkipNameValidation: ptr.To(true)},
+		stop = startManager(func(mgr ctrl.Manager) error {
+			r := &MeshFunctionReconciler{
+				Client: mgr.GetClient(), Options: workload.DefaultOptions(), Scaler: scaler, Decisions: decisions,
+				Handoff: HandoffFunc(func(types.NamespacedName) bool { return drained.Load() }),
+				Clock:   clk, HandoffTimeout: time.Minute,
+			}
+			return r.SetupWithManager(mgr)
 		})
-		Expect(err).NotTo(HaveOccurred())
-		r := &MeshFunctionReconciler{
-			Client: mgr.GetClient(), Options: workload.DefaultOptions(), Scaler: scaler, Decisions: decisions,
-			Handoff: HandoffFunc(func(types.NamespacedName) bool { return drained.Load() }),
-			Clock:   clk, HandoffTimeout: time.Minute,
-		}
-		Expect(r.SetupWithManager(mgr)).To(Succeed())
-		var mctx context.Context
-		mctx, stop = context.WithCancel(ctx)
-		go func() {
-			defer GinkgoRecover()
-			Expect(mgr.Start(mctx)).To(Succeed())
-		}()
 	})
 	AfterAll(func() { stop() })
 

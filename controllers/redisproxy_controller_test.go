@@ -10,10 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/config"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
 	"github.com/weftmesh/weft/internal/workload"
@@ -24,19 +21,9 @@ var _ = Describe("RedisProxy controller", Ordered, func() {
 	nn := types.NamespacedName{Namespace: "default", Name: "standalone-redis-proxy"}
 
 	BeforeAll(func() {
-		mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-			Scheme:     k8sClient.Scheme(),
-			Metrics:    metricsserver.Options{BindAddress: "0"},
-			Controller: config.Controller{SkipNameValidation: ptr.To(true)},
+		stop = startManager(func(mgr ctrl.Manager) error {
+			return (&RedisProxyReconciler{Client: mgr.GetClient(), Options: workload.DefaultOptions()}).SetupWithManager(mgr)
 		})
-		Expect(err).NotTo(HaveOccurred())
-		Expect((&RedisProxyReconciler{Client: mgr.GetClient(), Options: workload.DefaultOptions()}).SetupWithManager(mgr)).To(Succeed())
-		var mctx context.Context
-		mctx, stop = context.WithCancel(ctx)
-		go func() {
-			defer GinkgoRecover()
-			Expect(mgr.Start(mctx)).To(Succeed())
-		}()
 	})
 	AfterAll(func() { stop() })
 

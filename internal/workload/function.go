@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -30,7 +31,7 @@ func FunctionDeployment(fn *meshv1alpha1.MeshFunction, replicas int32, o Options
 	if len(fn.Spec.Template.Spec.Containers) == 0 {
 		return nil, fmt.Errorf("MeshFunction %s/%s: spec.template.spec.containers is empty: add the function's container", fn.Namespace, fn.Name)
 	}
-	for _, c := range append(fn.Spec.Template.Spec.Containers, fn.Spec.Template.Spec.InitContainers...) {
+	for _, c := range slices.Concat(fn.Spec.Template.Spec.Containers, fn.Spec.Template.Spec.InitContainers) {
 		if c.Name == SidecarContainerName {
 			return nil, fmt.Errorf("MeshFunction %s/%s: container name %q is reserved for Weft's sidecar: rename the container", fn.Namespace, fn.Name, c.Name)
 		}
@@ -94,35 +95,31 @@ func FunctionDeployment(fn *meshv1alpha1.MeshFunction, replicas int32, o Options
 
 // sidecarContainer renders the sidecar for a function pod.
 func sidecarContainer(fn *meshv1alpha1.MeshFunction, labels map[string]string, o Options) corev1.Container {
+	c := baseSidecar(o, labels, "--app-port="+strconv.Itoa(int(fn.Spec.Port)), "--function="+fn.Namespace+"/"+fn.Name)
+	c.Ports = []corev1.ContainerPort{
+		{Name: "http-inbound", ContainerPort: InboundPort, Protocol: corev1.ProtocolTCP},
+		{Name: "http-metrics", ContainerPort: MetricsPort, Protocol: corev1.ProtocolTCP},
+	}
+	c.RestartPolicy = ptr.To(corev1.ContainerRestartPolicyAlways)
+	c.StartupProbe = &corev1.Probe{ProbeHandler: readyProbe(), PeriodSeconds: 1, FailureThreshold: 120}
+	c.ReadinessProbe = &corev1.Probe{ProbeHandler: readyProbe(), PeriodSeconds: 1, FailureThreshold: 3}
+	return c
+}
+
+// baseSidecar is what every rendered sidecar shares: identity from the downward API, the pod's
+// labels (node metadata for workload selectors), the control-plane address and drain time,
+// and a locked-down security context. extraArgs come after the common flags.
+func baseSidecar(o Options, labels map[string]string, extraArgs ...string) corev1.Container {
+	args := append([]string{"--xds-address=" + o.XDSAddress}, extraArgs...)
 	return corev1.Container{
 		Name:  SidecarContainerName,
 		Image: o.SidecarImage,
-		Args: []string{
-			"--xds-address=" + o.XDSAddress,
-			"--app-port=" + strconv.Itoa(int(fn.Spec.Port)),
-			"--function=" + fn.Namespace + "/" + fn.Name,
-			"--drain-timeout=" + o.DrainTimeout.String(),
-		},
+		Args:  append(args, "--drain-timeout="+o.DrainTimeout.String()),
 		Env: []corev1.EnvVar{
 			fieldEnv("POD_NAME", "metadata.name"),
 			fieldEnv("POD_NAMESPACE", "metadata.namespace"),
 			fieldEnv("POD_IP", "status.podIP"),
 			{Name: "POD_LABELS", Value: labelString(labels)},
-		},
-		Ports: []corev1.ContainerPort{
-			{Name: "http-inbound", ContainerPort: InboundPort, Protocol: corev1.ProtocolTCP},
-			{Name: "http-metrics", ContainerPort: MetricsPort, Protocol: corev1.ProtocolTCP},
-		},
-		RestartPolicy: ptr.To(corev1.ContainerRestartPolicyAlways),
-		StartupProbe: &corev1.Probe{
-			ProbeHandler:     readyProbe(),
-			PeriodSeconds:    1,
-			FailureThreshold: 120,
-		},
-		ReadinessProbe: &corev1.Probe{
-			ProbeHandler:     readyProbe(),
-			PeriodSeconds:    1,
-			FailureThreshold: 3,
 		},
 		Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{}},
 		SecurityContext: &corev1.SecurityContext{

@@ -28,37 +28,16 @@ func RedisProxyDeployment(rp *meshv1alpha1.RedisProxy, o Options) *appsv1.Deploy
 	}
 	labels := map[string]string{LabelRedisProxy: rp.Name, LabelManagedBy: ManagedBy, LabelInject: "false"}
 	port := redisPort(rp)
-	sidecar := corev1.Container{
-		Name:  SidecarContainerName,
-		Image: o.SidecarImage,
-		Args: []string{
-			"--xds-address=" + o.XDSAddress,
-			"--redis-proxy=" + rp.Namespace + "/" + rp.Name,
-			"--drain-timeout=" + o.DrainTimeout.String(),
-		},
-		Env: []corev1.EnvVar{
-			fieldEnv("POD_NAME", "metadata.name"),
-			fieldEnv("POD_NAMESPACE", "metadata.namespace"),
-			fieldEnv("POD_IP", "status.podIP"),
-			{Name: "POD_LABELS", Value: labelString(labels)},
-		},
-		Ports: []corev1.ContainerPort{
-			{Name: "redis", ContainerPort: port, Protocol: corev1.ProtocolTCP},
-			{Name: "http-metrics", ContainerPort: MetricsPort, Protocol: corev1.ProtocolTCP},
-		},
-		ReadinessProbe: &corev1.Probe{ProbeHandler: readyProbe(), PeriodSeconds: 2, FailureThreshold: 3},
-		LivenessProbe: &corev1.Probe{
-			ProbeHandler:     corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(port)}},
-			PeriodSeconds:    10,
-			FailureThreshold: 3,
-		},
-		SecurityContext: &corev1.SecurityContext{
-			AllowPrivilegeEscalation: ptr.To(false),
-			RunAsNonRoot:             ptr.To(true),
-			RunAsUser:                ptr.To[int64](1337),
-			ReadOnlyRootFilesystem:   ptr.To(true),
-			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
-		},
+	sidecar := baseSidecar(o, labels, "--redis-proxy="+rp.Namespace+"/"+rp.Name)
+	sidecar.Ports = []corev1.ContainerPort{
+		{Name: "redis", ContainerPort: port, Protocol: corev1.ProtocolTCP},
+		{Name: "http-metrics", ContainerPort: MetricsPort, Protocol: corev1.ProtocolTCP},
+	}
+	sidecar.ReadinessProbe = &corev1.Probe{ProbeHandler: readyProbe(), PeriodSeconds: 2, FailureThreshold: 3}
+	sidecar.LivenessProbe = &corev1.Probe{
+		ProbeHandler:     corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(port)}},
+		PeriodSeconds:    10,
+		FailureThreshold: 3,
 	}
 	return &appsv1.Deployment{
 		TypeMeta: metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
