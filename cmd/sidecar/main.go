@@ -127,6 +127,13 @@ func run() error {
 			log.Error("applying config", "err", err)
 		}
 		redis.Apply(c)
+		if f.function != "" {
+			// The pod's own function cluster carries its containerConcurrency, which this
+			// sidecar enforces on the inbound listener (Knative's queue-proxy breaker).
+			if fc := c.Clusters["function|"+f.function]; fc != nil && fc.Function != nil {
+				px.SetInboundConcurrency(fc.Function.ContainerConcurrency)
+			}
+		}
 		current.Store(c)
 	}
 	if f.function != "" && f.appPort != 0 {

@@ -39,11 +39,17 @@ type Options struct {
 // Proxy serves the HTTP listeners of the config in force.
 type Proxy struct {
 	opts Options
+	// breaker enforces containerConcurrency on the inbound listener (nil: no limit).
+	breaker atomic.Pointer[breaker]
 
 	mu        sync.Mutex
 	listeners map[string]*Listener
 	draining  bool
 }
+
+// InboundListener is the name of the listener that takes calls for the pod's own app
+// (docs/xds-contract.md).
+const InboundListener = "inbound_http"
 
 // New returns a proxy with no listeners; they start on the first Apply.
 func New(opts Options) *Proxy {

@@ -16,6 +16,17 @@ func (l *Listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	l.inflight.Add(1)
 	l.requests.Add(1)
 	defer l.inflight.Add(-1)
+	if l.Name == InboundListener {
+		if b := l.proxy.breaker.Load(); b != nil {
+			if !b.acquire(r.Context()) {
+				w.Header().Set("x-weft-overloaded", "true")
+				localReply(w, http.StatusServiceUnavailable, "pending request queue full: this pod already runs and queues "+
+					strconv.Itoa(int(b.limit))+" requests (containerConcurrency × 11); retry, or raise the function's max scale\n")
+				return
+			}
+			defer b.release()
+		}
+	}
 	rt := l.routes.Load()
 	vh := rt.VirtualHostFor(r.Host)
 	if vh == nil {
