@@ -215,15 +215,15 @@ func (t *translator) ruleAction(mr *meshv1alpha1.MeshRoute, rule *meshv1alpha1.H
 		} else if res.port != 0 {
 			destPorts[res.port] = true
 		}
-		if d.Headers != nil && len(rule.Route) == 1 {
-			ra, rr, _ := headerOps(d.Headers.Request)
-			sa, sr, _ := headerOps(d.Headers.Response)
-			r.RequestHeadersToAdd, r.RequestHeadersToRemove = append(r.RequestHeadersToAdd, ra...), append(r.RequestHeadersToRemove, rr...)
-			r.ResponseHeadersToAdd, r.ResponseHeadersToRemove = append(r.ResponseHeadersToAdd, sa...), append(r.ResponseHeadersToRemove, sr...)
-		} else if d.Headers != nil {
-			b.p.invalidf("rule %s: per-destination headers on a rule with several destinations are not supported by the sidecar; move them to the rule's headers", ruleName(rule, idx))
+		cw := &routev3.WeightedCluster_ClusterWeight{Name: res.cluster, Weight: wrapperspb.UInt32(uint32(d.Weight))}
+		if d.Headers != nil {
+			// Carried on the weighted cluster, so they apply only when this destination is
+			// picked; a single destination becomes a plain cluster route below and the
+			// edits move to the route.
+			cw.RequestHeadersToAdd, cw.RequestHeadersToRemove, _ = headerOps(d.Headers.Request)
+			cw.ResponseHeadersToAdd, cw.ResponseHeadersToRemove, _ = headerOps(d.Headers.Response)
 		}
-		clusters = append(clusters, &routev3.WeightedCluster_ClusterWeight{Name: res.cluster, Weight: wrapperspb.UInt32(uint32(d.Weight))})
+		clusters = append(clusters, cw)
 	}
 	if len(clusters) == 0 {
 		b.p.invalidf("rule %s: every destination has weight 0", ruleName(rule, idx))
@@ -244,7 +244,13 @@ func (t *translator) ruleAction(mr *meshv1alpha1.MeshRoute, rule *meshv1alpha1.H
 		ra.Timeout = timeoutOf(rule.Timeout.Duration)
 	}
 	if len(clusters) == 1 {
-		ra.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: clusters[0].Name}
+		only := clusters[0]
+		ra.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: only.Name}
+		// The destination's edits come before the rule's, as on a weighted cluster.
+		r.RequestHeadersToAdd = append(only.RequestHeadersToAdd, r.RequestHeadersToAdd...)
+		r.RequestHeadersToRemove = append(only.RequestHeadersToRemove, r.RequestHeadersToRemove...)
+		r.ResponseHeadersToAdd = append(only.ResponseHeadersToAdd, r.ResponseHeadersToAdd...)
+		r.ResponseHeadersToRemove = append(only.ResponseHeadersToRemove, r.ResponseHeadersToRemove...)
 	} else {
 		ra.ClusterSpecifier = &routev3.RouteAction_WeightedClusters{WeightedClusters: &routev3.WeightedCluster{Clusters: clusters}}
 	}

@@ -170,6 +170,12 @@ type QueryMatch struct {
 type WeightedCluster struct {
 	Name   string
 	Weight uint32
+	// Headers edited when this cluster is picked (a MeshRoute destination's own headers);
+	// applied before the route's, as Envoy does.
+	RequestHeadersToAdd     []HeaderOption
+	RequestHeadersToRemove  []string
+	ResponseHeadersToAdd    []HeaderOption
+	ResponseHeadersToRemove []string
 }
 
 // RetryPolicy is Envoy's retry policy restricted to the contract's fields.

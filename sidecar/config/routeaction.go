@@ -24,7 +24,8 @@ func decodeRouteAction(a *routev3.RouteAction, out *Route, where string) error {
 		}
 		var total uint64
 		for _, wc := range c.WeightedClusters.GetClusters() {
-			if err := onlyFields(wc, where+" weighted cluster "+wc.GetName(), "name", "weight"); err != nil {
+			if err := onlyFields(wc, where+" weighted cluster "+wc.GetName(), "name", "weight",
+				"request_headers_to_add", "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove"); err != nil {
 				return err
 			}
 			w := wc.GetWeight().GetValue()
@@ -32,7 +33,17 @@ func decodeRouteAction(a *routev3.RouteAction, out *Route, where string) error {
 				continue
 			}
 			total += uint64(w)
-			out.Clusters = append(out.Clusters, WeightedCluster{Name: wc.GetName(), Weight: w})
+			cw := WeightedCluster{Name: wc.GetName(), Weight: w,
+				RequestHeadersToRemove:  canonicalAll(wc.GetRequestHeadersToRemove()),
+				ResponseHeadersToRemove: canonicalAll(wc.GetResponseHeadersToRemove())}
+			var err error
+			if cw.RequestHeadersToAdd, err = decodeHeaderOptions(wc.GetRequestHeadersToAdd(), where+" weighted cluster "+wc.GetName()); err != nil {
+				return err
+			}
+			if cw.ResponseHeadersToAdd, err = decodeHeaderOptions(wc.GetResponseHeadersToAdd(), where+" weighted cluster "+wc.GetName()); err != nil {
+				return err
+			}
+			out.Clusters = append(out.Clusters, cw)
 		}
 		if total == 0 || total > math.MaxUint32 {
 			return fmt.Errorf("%s: weighted_clusters weights sum to %d; it must be within 1..%d", where, total, uint32(math.MaxUint32))

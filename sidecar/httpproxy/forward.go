@@ -30,7 +30,8 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32*1024); return &b
 func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config.Route) {
 	p := l.proxy
 	start := time.Now()
-	name := pickWeighted(route)
+	wc := pickWeighted(route)
+	name := wc.Name
 	c := p.opts.Upstreams.Get(name)
 	if c == nil {
 		localReply(w, http.StatusServiceUnavailable, "cluster "+name+" is not known to this sidecar yet; retry shortly\n")
@@ -92,7 +93,7 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 		}
 		body, replayable = b, true
 	}
-	out := outboundRequest(r, route, body)
+	out := outboundRequest(r, route, wc, body)
 	for _, m := range route.Mirrors {
 		if replayable && chance(m.PerMillion) {
 			p.mirror(&out, m.Cluster, route.Timeout)
@@ -152,6 +153,7 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 	for _, k := range hopHeaders {
 		delete(dst, k)
 	}
+	applyHeaderEdits(dst, wc.ResponseHeadersToRemove, wc.ResponseHeadersToAdd)
 	applyResponseHeaders(dst, route)
 	if waited > 0 {
 		dst.Set("X-Weft-Cold-Start", strconv.FormatFloat(waited.Seconds(), 'f', 3, 64))
@@ -303,33 +305,34 @@ func (p *Proxy) sleep(ctx context.Context, d time.Duration, deadline time.Time) 
 	}
 }
 
-func pickWeighted(route *config.Route) string {
+// pickWeighted picks one of the route's clusters by weight.
+func pickWeighted(route *config.Route) *config.WeightedCluster {
 	if len(route.Clusters) == 1 {
-		return route.Clusters[0].Name
+		return &route.Clusters[0]
 	}
 	n := rand.Uint32N(route.TotalWeight)
-	for _, wc := range route.Clusters {
-		if n < wc.Weight {
-			return wc.Name
+	for i := range route.Clusters {
+		if n < route.Clusters[i].Weight {
+			return &route.Clusters[i]
 		}
-		n -= wc.Weight
+		n -= route.Clusters[i].Weight
 	}
-	return route.Clusters[len(route.Clusters)-1].Name
+	return &route.Clusters[len(route.Clusters)-1]
 }
 
 // outboundRequest builds the request every attempt sends: rewritten path and host,
 // hop-by-hop headers dropped, the route's header edits applied. It edits r.Header in
 // place: the downstream request is not used again.
-func outboundRequest(r *http.Request, route *config.Route, body []byte) upstream.Request {
+func outboundRequest(r *http.Request, route *config.Route, wc *config.WeightedCluster, body []byte) upstream.Request {
 	hdr := r.Header
 	removeConnectionHeaders(hdr)
 	for _, k := range hopHeaders {
 		delete(hdr, k)
 	}
-	for _, k := range route.RequestHeadersToRemove {
-		delete(hdr, k)
-	}
-	applyHeaderOptions(hdr, route.RequestHeadersToAdd)
+	// The picked destination's edits first, then the route's (Envoy's order: the enclosing
+	// route's headers win).
+	applyHeaderEdits(hdr, wc.RequestHeadersToRemove, wc.RequestHeadersToAdd)
+	applyHeaderEdits(hdr, route.RequestHeadersToRemove, route.RequestHeadersToAdd)
 	uri := r.URL.EscapedPath()
 	if route.PrefixRewrite != "" && route.Match.PathKind == config.PathPrefix {
 		uri = rewritePrefix(uri, route.Match.Path, route.PrefixRewrite)

@@ -1,11 +1,13 @@
 package httpproxy_test
 
 import (
+	"io"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -118,4 +120,54 @@ func TestNewClusterAndRouteArriveTogether(t *testing.T) {
 		t.Fatalf("after adding cluster B: %d %q, want 200 B", code, body)
 	}
 	_ = ca
+}
+
+// A weighted cluster's own header edits (a MeshRoute destination's headers) apply only when
+// that cluster is picked, before the route's.
+func TestWeightedClusterHeadersApplyToThePickedDestination(t *testing.T) {
+	echo := func(name string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, name+":"+r.Header.Get("X-Dest")) }
+	}
+	a, b := st.Backend(t, "A", echo("A")), st.Backend(t, "B", echo("B"))
+	ca := st.OutboundClusterName(9080, "v1", "reviews", "default", "default", "reviews")
+	cb := st.OutboundClusterName(9080, "v2", "reviews", "default", "default", "reviews")
+	set := func(k, v string) []*corev3.HeaderValueOption {
+		return []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: k, Value: v},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD}}
+	}
+	withHeaders := func(r *routev3.Route) {
+		for _, wc := range r.GetRoute().GetWeightedClusters().GetClusters() {
+			dest := "a"
+			if wc.GetName() == cb {
+				dest = "b"
+			}
+			wc.RequestHeadersToAdd = set("x-dest", dest)
+			wc.ResponseHeadersToAdd = set("x-picked", dest)
+		}
+	}
+	cp := st.StartControlPlane(t)
+	cp.Set(st.Snapshot{
+		Listeners: []types.Resource{st.OutboundListener()},
+		Routes: []types.Resource{st.RouteConfig(st.VirtualHost("default/reviews", "reviews", "default", []int{9080},
+			st.Route("default/reviews/0/0", st.Prefix("/"), st.Weighted(ca, 50, cb, 50), withHeaders)))},
+		Clusters:  []types.Resource{st.EDSCluster(ca), st.EDSCluster(cb)},
+		Endpoints: []types.Resource{st.Endpoints(ca, st.Endpoint{Addr: st.HostPort(a.URL)}), st.Endpoints(cb, st.Endpoint{Addr: st.HostPort(b.URL)})},
+	})
+	sc := st.StartSidecar(t, cp, st.SidecarOptions{})
+	base := sc.URL(t, st.OutboundListenerName)
+	seen := map[string]int{}
+	for range 100 {
+		code, body, hdr := st.Get(t, client, base, "reviews:9080", "/")
+		if code != http.StatusOK {
+			t.Fatalf("status %d body %q", code, body)
+		}
+		want := map[string]string{"A:a": "a", "B:b": "b"}[body]
+		if want == "" || hdr.Get("X-Picked") != want {
+			t.Fatalf("body %q with x-picked %q: a destination got the other's headers", body, hdr.Get("X-Picked"))
+		}
+		seen[body]++
+	}
+	if seen["A:a"] == 0 || seen["B:b"] == 0 {
+		t.Fatalf("100 calls at 50/50 reached only %v", seen)
+	}
 }

@@ -141,8 +141,13 @@ func applyHeaderOptions(h http.Header, opts []config.HeaderOption) {
 }
 
 func applyResponseHeaders(h http.Header, route *config.Route) {
-	for _, n := range route.ResponseHeadersToRemove {
+	applyHeaderEdits(h, route.ResponseHeadersToRemove, route.ResponseHeadersToAdd)
+}
+
+// applyHeaderEdits removes, then adds or sets, headers.
+func applyHeaderEdits(h http.Header, remove []string, add []config.HeaderOption) {
+	for _, n := range remove {
 		delete(h, n)
 	}
-	applyHeaderOptions(h, route.ResponseHeadersToAdd)
+	applyHeaderOptions(h, add)
 }
