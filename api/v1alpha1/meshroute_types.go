@@ -85,7 +85,9 @@ type HTTPRule struct {
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
 	Timeout *metav1.Duration `json:"timeout,omitempty"`
 
-	// Retries says when and how often a failed request is tried again.
+	// Retries says when and how often a failed request is tried again. Unset means Istio's
+	// default: 2 retries on connect-failure, refused-stream and 503 (none on a rule with a
+	// fault); set attempts: 0 to disable retries.
 	// +optional
 	Retries *HTTPRetry `json:"retries,omitempty"`
 

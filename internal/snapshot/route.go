@@ -254,7 +254,13 @@ func (t *translator) ruleAction(mr *meshv1alpha1.MeshRoute, rule *meshv1alpha1.H
 	} else {
 		ra.ClusterSpecifier = &routev3.RouteAction_WeightedClusters{WeightedClusters: &routev3.WeightedCluster{Clusters: clusters}}
 	}
-	ra.RetryPolicy = retryPolicy(rule.Retries, ch != nil)
+	retries := rule.Retries
+	if retries == nil && rule.Fault == nil {
+		// Istio's mesh default: a rule without retries still retries twice on failures
+		// where the request never reached the app (or got 503), unless it injects faults.
+		retries = implicitRetries
+	}
+	ra.RetryPolicy = retryPolicy(retries, ch != nil)
 	if rw := rule.Rewrite; rw != nil {
 		if rw.URIPrefix != nil {
 			ra.PrefixRewrite = *rw.URIPrefix

@@ -33,6 +33,16 @@ func perMillion(pct float64) *typev3.FractionalPercent {
 	return &typev3.FractionalPercent{Numerator: uint32(n + 0.5), Denominator: typev3.FractionalPercent_MILLION}
 }
 
+// implicitRetries is the policy of a rule that sets no retries: Istio's default of 2 retries
+// on connect-failure, refused-stream and 503 (its "unavailable" and "cancelled" are gRPC
+// conditions). None of these retry a request that an app may have half-processed except 503,
+// which apps and proxies use for "not now".
+var implicitRetries = &meshv1alpha1.HTTPRetry{
+	Attempts:             2,
+	RetryOn:              []meshv1alpha1.RetryOn{"connect-failure", "refused-stream", "retriable-status-codes"},
+	RetriableStatusCodes: []int32{503},
+}
+
 // retryPolicy translates HTTPRetry. Attempts 0 disables retries (no policy). Numeric
 // status codes ride in retriable_status_codes; previous_hosts makes a retry avoid the hosts
 // already tried, except under consistent hashing where it would break affinity (Istio).
