@@ -122,10 +122,12 @@ func hashPolicy(ch *meshv1alpha1.ConsistentHash) []*routev3.RouteAction_HashPoli
 		hp = &routev3.RouteAction_HashPolicy{PolicySpecifier: &routev3.RouteAction_HashPolicy_Header_{
 			Header: &routev3.RouteAction_HashPolicy_Header{HeaderName: *ch.HTTPHeaderName}}}
 	case ch.HTTPCookie != nil:
-		// The cookie's ttl (generate a cookie when absent) is not in the sidecar contract;
-		// only the name is sent.
-		hp = &routev3.RouteAction_HashPolicy{PolicySpecifier: &routev3.RouteAction_HashPolicy_Cookie_{
-			Cookie: &routev3.RouteAction_HashPolicy_Cookie{Name: ch.HTTPCookie.Name}}}
+		ck := &routev3.RouteAction_HashPolicy_Cookie{Name: ch.HTTPCookie.Name}
+		if ch.HTTPCookie.TTL != nil && ch.HTTPCookie.TTL.Duration > 0 {
+			// With a TTL, a sidecar generates the cookie for requests that lack it.
+			ck.Ttl, ck.Path = durationpb.New(ch.HTTPCookie.TTL.Duration), "/"
+		}
+		hp = &routev3.RouteAction_HashPolicy{PolicySpecifier: &routev3.RouteAction_HashPolicy_Cookie_{Cookie: ck}}
 	case ch.HTTPQueryParameterName != nil:
 		hp = &routev3.RouteAction_HashPolicy{PolicySpecifier: &routev3.RouteAction_HashPolicy_QueryParameter_{
 			QueryParameter: &routev3.RouteAction_HashPolicy_QueryParameter{Name: *ch.HTTPQueryParameterName}}}

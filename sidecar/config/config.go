@@ -228,6 +228,11 @@ type HashPolicy struct {
 	Kind     HashPolicyKind
 	Name     string
 	Terminal bool
+	// CookieTTL, for a cookie policy, makes the sidecar generate the cookie when a request
+	// has none and set it on the response with this Max-Age, so the next requests stick
+	// (Envoy's cookie ttl). CookiePath is the cookie's Path ("/" when empty).
+	CookieTTL  time.Duration
+	CookiePath string
 }
 
 // Redirect is a redirect action.

@@ -86,10 +86,11 @@ func decodeRouteAction(a *routev3.RouteAction, out *Route, where string) error {
 			}
 			hp.Kind, hp.Name = HashHeader, s.Header.GetHeaderName()
 		case *routev3.RouteAction_HashPolicy_Cookie_:
-			if err := onlyFields(s.Cookie, where+" hash_policy.cookie", "name"); err != nil {
+			if err := onlyFields(s.Cookie, where+" hash_policy.cookie", "name", "ttl", "path"); err != nil {
 				return err
 			}
 			hp.Kind, hp.Name = HashCookie, s.Cookie.GetName()
+			hp.CookieTTL, hp.CookiePath = s.Cookie.GetTtl().AsDuration(), s.Cookie.GetPath()
 		case *routev3.RouteAction_HashPolicy_QueryParameter_:
 			hp.Kind, hp.Name = HashQuery, s.QueryParameter.GetName()
 		case *routev3.RouteAction_HashPolicy_ConnectionProperties_:

@@ -99,7 +99,7 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 			p.mirror(&out, m.Cluster, route.Timeout)
 		}
 	}
-	hash, hasHash := requestHash(r, route, cc)
+	hash, hasHash, setCookie := requestHash(r, route, cc)
 
 	attempts := 1
 	var rp *config.RetryPolicy
@@ -152,6 +152,9 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 	}
 	for _, k := range hopHeaders {
 		delete(dst, k)
+	}
+	if setCookie != "" {
+		dst.Add("Set-Cookie", setCookie)
 	}
 	applyHeaderEdits(dst, wc.ResponseHeadersToRemove, wc.ResponseHeadersToAdd)
 	applyResponseHeaders(dst, route)

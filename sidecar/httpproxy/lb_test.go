@@ -161,3 +161,56 @@ func TestShutdownFinishesInFlightRequests(t *testing.T) {
 		t.Errorf("Shutdown: %v", err)
 	}
 }
+
+// A cookie hash policy with a TTL generates the cookie for a request that has none, and a
+// client that sends it back stays on one endpoint.
+func TestCookieWithTTLIsGeneratedAndSticks(t *testing.T) {
+	var urls []string
+	for _, n := range []string{"A", "B", "C"} {
+		urls = append(urls, st.Backend(t, n, nil).URL)
+	}
+	cp := st.StartControlPlane(t)
+	snap, _ := oneBackend(urls, []st.RouteOption{st.Edit(func(r *routev3.Route) {
+		r.GetRoute().HashPolicy = []*routev3.RouteAction_HashPolicy{{PolicySpecifier: &routev3.RouteAction_HashPolicy_Cookie_{
+			Cookie: &routev3.RouteAction_HashPolicy_Cookie{Name: "session", Ttl: durationpb.New(time.Hour), Path: "/"}}}}
+	})}, func(c *clusterv3.Cluster) { c.LbPolicy = clusterv3.Cluster_RING_HASH })
+	cp.Set(snap)
+	base := st.StartSidecar(t, cp, st.SidecarOptions{}).URL(t, st.OutboundListenerName)
+	get := func(cookie *http.Cookie) (string, *http.Response) {
+		req, _ := http.NewRequest(http.MethodGet, base+"/", nil)
+		req.Host = "reviews"
+		if cookie != nil {
+			req.AddCookie(cookie)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 8)
+		n, _ := resp.Body.Read(buf)
+		resp.Body.Close()
+		return string(buf[:n]), resp
+	}
+	for range 6 {
+		first, resp := get(nil)
+		var ck *http.Cookie
+		for _, c := range resp.Cookies() {
+			if c.Name == "session" {
+				ck = c
+			}
+		}
+		if ck == nil || ck.MaxAge != 3600 || ck.Path != "/" || !ck.HttpOnly {
+			t.Fatalf("no generated session cookie with Max-Age 3600 on %v", resp.Header.Values("Set-Cookie"))
+		}
+		for range 5 {
+			got, resp := get(ck)
+			if len(resp.Cookies()) != 0 {
+				t.Fatalf("a request carrying the cookie got another one: %v", resp.Header.Values("Set-Cookie"))
+			}
+			// The first request hashed on the value it was given, so the cookie keeps it there.
+			if got != first {
+				t.Fatalf("cookie %s went to %s, then %s", ck.Value, first, got)
+			}
+		}
+	}
+}

@@ -3,8 +3,10 @@ package httpproxy
 import (
 	"context"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -63,9 +65,12 @@ func shadowHost(host string) string {
 // requestHash computes the ring-hash key from the route's hash policies, combining
 // several the way Envoy does (rotate left one bit, xor). hasHash is false when no policy
 // produced a value, in which case the ring picks at random.
-func requestHash(r *http.Request, route *config.Route, cc *config.Cluster) (hash uint64, hasHash bool) {
+//
+// A cookie policy with a TTL whose cookie the request lacks generates one: the request hashes
+// on the new value and setCookie is the Set-Cookie header the response must carry.
+func requestHash(r *http.Request, route *config.Route, cc *config.Cluster) (hash uint64, hasHash bool, setCookie string) {
 	if cc.LB != config.RingHash || len(route.HashPolicies) == 0 {
-		return 0, false
+		return 0, false, ""
 	}
 	for _, hp := range route.HashPolicies {
 		var v string
@@ -75,6 +80,14 @@ func requestHash(r *http.Request, route *config.Route, cc *config.Cluster) (hash
 		case config.HashCookie:
 			if ck, err := r.Cookie(hp.Name); err == nil {
 				v = ck.Value
+			} else if hp.CookieTTL > 0 {
+				v = strconv.FormatUint(rand.Uint64(), 16)
+				path := hp.CookiePath
+				if path == "" {
+					path = "/"
+				}
+				ck := &http.Cookie{Name: hp.Name, Value: v, Path: path, MaxAge: int(hp.CookieTTL.Seconds()), HttpOnly: true}
+				setCookie = ck.String()
 			}
 		case config.HashQuery:
 			v = r.URL.Query().Get(hp.Name)
@@ -93,5 +106,5 @@ func requestHash(r *http.Request, route *config.Route, cc *config.Cluster) (hash
 			break
 		}
 	}
-	return hash, hasHash
+	return hash, hasHash, setCookie
 }

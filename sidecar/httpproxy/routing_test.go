@@ -126,7 +126,9 @@ func TestNewClusterAndRouteArriveTogether(t *testing.T) {
 // that cluster is picked, before the route's.
 func TestWeightedClusterHeadersApplyToThePickedDestination(t *testing.T) {
 	echo := func(name string) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, name+":"+r.Header.Get("X-Dest")) }
+		return func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.WriteString(w, name+":"+r.Header.Get("X-Dest"))
+		}
 	}
 	a, b := st.Backend(t, "A", echo("A")), st.Backend(t, "B", echo("B"))
 	ca := st.OutboundClusterName(9080, "v1", "reviews", "default", "default", "reviews")
