@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -123,4 +125,53 @@ spec:
 		t.Errorf("the 503 body does not say the hold queue is full: %q", got.LastBody)
 	}
 	t.Logf("overflow: %d answered 200, %d got 503: %q", got.ByStatus["200"], got.ByStatus["503"], got.LastBody)
+}
+
+// managerPID finds the local mesh's manager process (root/bin/manager).
+func managerPID(t *testing.T) int {
+	t.Helper()
+	want := filepath.Join(root, "bin", "manager")
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		if argv0, _, _ := strings.Cut(string(cmdline), "\x00"); argv0 == want {
+			return pid
+		}
+	}
+	t.Fatalf("no process runs %s", want)
+	return 0
+}
+
+// Weft keeps the control plane out of the request path: with the manager frozen (SIGSTOP:
+// no xDS, no autoscaler, no API writes), warm traffic to a route and to a function keeps
+// flowing on the sidecars' last config.
+func TestFunction4WarmTrafficSurvivesAFrozenManager(t *testing.T) {
+	routed(t, "http://reviews:9080/", func(g tally) bool { return g.ByStatus["200"] == 20 })
+	if got, err := callC(t, "http://hello/", 5, 5); err != nil || got.ByStatus["200"] != 5 {
+		t.Fatalf("warming hello up: %+v %v", got, err)
+	}
+	pid := managerPID(t)
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(pid, syscall.SIGCONT)
+	for i := 0; i < 5; i++ {
+		for _, url := range []string{"http://reviews:9080/", "http://hello/"} {
+			got, err := callC(t, url, 40, 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.ByStatus["200"] != 40 {
+				t.Fatalf("round %d with the manager frozen, %s: %+v, want 40 answers 200", i, url, got)
+			}
+		}
+		time.Sleep(time.Second)
+	}
 }
