@@ -125,10 +125,12 @@ func Build(res Resources, versions map[string]string) (*Config, error) {
 		}
 		if info.Redis != nil {
 			rl := &RedisListener{Listener: info.Redis, Clusters: map[string]*clusterv3.Cluster{}, Endpoints: map[string]*endpointv3.ClusterLoadAssignment{}}
+			complete := true
 			for _, cn := range info.RedisClusters {
 				cm, ok := res[resourcev3.ClusterType][cn]
 				if !ok {
 					missing = append(missing, "cluster "+cn+" (listener "+name+")")
+					complete = false
 					continue
 				}
 				rc := cm.(*clusterv3.Cluster)
@@ -137,6 +139,7 @@ func Build(res Resources, versions map[string]string) (*Config, error) {
 					cla, ok := res[resourcev3.EndpointType][edsName(rc)]
 					if !ok {
 						missing = append(missing, "endpoints "+edsName(rc)+" (listener "+name+")")
+						complete = false
 						continue
 					}
 					rl.Endpoints[cn] = cla.(*endpointv3.ClusterLoadAssignment)
@@ -144,7 +147,7 @@ func Build(res Resources, versions map[string]string) (*Config, error) {
 					rl.Endpoints[cn] = rc.GetLoadAssignment()
 				}
 			}
-			if len(rl.Clusters) == len(info.RedisClusters) {
+			if complete {
 				// Decode now so a pool the proxy cannot serve is NACKed with the reason,
 				// instead of failing after the config was accepted.
 				dc, err := redisproxy.ConfigFromXDS(rl.Listener, rl.Clusters, rl.Endpoints)
