@@ -7,14 +7,15 @@ import (
 	. "github.com/onsi/gomega"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 )
 
 // startManager runs a manager against the suite's API server with the controllers setup
-// registers, and returns the function that stops it. Controller names may repeat across
-// specs, so name validation is off.
-func startManager(setup func(mgr ctrl.Manager) error) context.CancelFunc {
+// registers, and returns the function that stops it and the manager's cached client (what
+// its controllers read). Controller names may repeat across specs, so name validation is off.
+func startManager(setup func(mgr ctrl.Manager) error) (context.CancelFunc, client.Client) {
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:     k8sClient.Scheme(),
 		Metrics:    metricsserver.Options{BindAddress: "0"},
@@ -27,5 +28,5 @@ func startManager(setup func(mgr ctrl.Manager) error) context.CancelFunc {
 		defer GinkgoRecover()
 		Expect(mgr.Start(mctx)).To(Succeed())
 	}()
-	return stop
+	return stop, mgr.GetClient()
 }

@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -72,7 +73,10 @@ func (r *MeshFunctionReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.zeroSince = map[types.NamespacedName]time.Time{}
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("meshfunction").
-		For(&meshv1alpha1.MeshFunction{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		// Spec changes, and changes of the replica counts in status: a reconcile that read a
+		// stale status and so skipped its write gets another pass once the cache catches up.
+		For(&meshv1alpha1.MeshFunction{}, builder.WithPredicates(predicate.Or[client.Object](
+			predicate.GenerationChangedPredicate{}, replicaStatusChanged{}))).
 		Owns(&appsv1.Deployment{}).
 		Owns(&corev1.Service{})
 	if r.Decisions != nil {
@@ -258,4 +262,14 @@ func setFunctionCondition(status *meshv1alpha1.MeshFunctionStatus, gen int64, ty
 	meta.SetStatusCondition(&status.Conditions, metav1.Condition{
 		Type: typ, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen,
 	})
+}
+
+// replicaStatusChanged passes MeshFunction updates whose status replica counts changed.
+type replicaStatusChanged struct{ predicate.Funcs }
+
+func (replicaStatusChanged) Update(e event.UpdateEvent) bool {
+	o, ok1 := e.ObjectOld.(*meshv1alpha1.MeshFunction)
+	n, ok2 := e.ObjectNew.(*meshv1alpha1.MeshFunction)
+	return ok1 && ok2 && (o.Status.DesiredReplicas != n.Status.DesiredReplicas ||
+		o.Status.Replicas != n.Status.Replicas || o.Status.ReadyReplicas != n.Status.ReadyReplicas)
 }

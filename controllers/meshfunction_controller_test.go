@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
 	"github.com/weftmesh/weft/internal/autoscale"
@@ -66,6 +67,7 @@ var _ = Describe("MeshFunction controller", Ordered, func() {
 		drained   atomic.Bool
 		clk       *clocktesting.FakeClock
 		stop      context.CancelFunc
+		cached    client.Client
 		nn        = types.NamespacedName{Namespace: "default", Name: "orders"}
 		key       = autoscale.FunctionKey{Namespace: "default", Name: "orders"}
 	)
@@ -73,7 +75,7 @@ var _ = Describe("MeshFunction controller", Ordered, func() {
 	BeforeAll(func() {
 		scaler, decisions = newRecordingScaler(), NewDecisions()
 		clk = clocktesting.NewFakeClock(time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC))
-		stop = startManager(func(mgr ctrl.Manager) error {
+		stop, cached = startManager(func(mgr ctrl.Manager) error {
 			r := &MeshFunctionReconciler{
 				Client: mgr.GetClient(), Options: workload.DefaultOptions(), Scaler: scaler, Decisions: decisions,
 				Handoff: HandoffFunc(func(types.NamespacedName) bool { return drained.Load() }),
@@ -198,6 +200,16 @@ spec:
 		drained.Store(false)
 		decisions.SetDesired(key, autoscale.Decision{Desired: 2})
 		Eventually(func(g Gomega) { g.Expect(*deployment(g).Spec.Replicas).To(Equal(int32(2))) }).WithTimeout(60 * time.Second).Should(Succeed())
+		// The controller reads through the manager's cache: let it see the 2 replicas and the
+		// status that announced them before asking for zero, so this spec tests the hand-off
+		// timeout and not how fast the informers catch up.
+		Eventually(func(g Gomega) {
+			d, f := &appsv1.Deployment{}, &meshv1alpha1.MeshFunction{}
+			g.Expect(cached.Get(ctx, nn, d)).To(Succeed())
+			g.Expect(cached.Get(ctx, nn, f)).To(Succeed())
+			g.Expect(*d.Spec.Replicas).To(Equal(int32(2)))
+			g.Expect(f.Status.DesiredReplicas).To(Equal(int32(2)))
+		}).WithTimeout(60 * time.Second).Should(Succeed())
 		decisions.SetDesired(key, autoscale.Decision{Desired: 0, WantsZero: true})
 		Eventually(func(g Gomega) { g.Expect(function(g).Status.DesiredReplicas).To(BeZero()) }).WithTimeout(60 * time.Second).Should(Succeed())
 		Expect(*deployment(Default).Spec.Replicas).To(Equal(int32(2)))

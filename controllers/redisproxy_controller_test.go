@@ -21,7 +21,7 @@ var _ = Describe("RedisProxy controller", Ordered, func() {
 	nn := types.NamespacedName{Namespace: "default", Name: "standalone-redis-proxy"}
 
 	BeforeAll(func() {
-		stop = startManager(func(mgr ctrl.Manager) error {
+		stop, _ = startManager(func(mgr ctrl.Manager) error {
 			return (&RedisProxyReconciler{Client: mgr.GetClient(), Options: workload.DefaultOptions()}).SetupWithManager(mgr)
 		})
 	})
