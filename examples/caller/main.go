@@ -30,8 +30,8 @@ type Tally struct {
 	ColdStarts   int     `json:"coldStarts"`
 	MaxColdStart float64 `json:"maxColdStartSeconds"`
 	MaxLatency   float64 `json:"maxLatencySeconds"`
-	LastError string         `json:"lastError,omitempty"`
-	LastBody  string         `json:"lastBody,omitempty"`
+	LastError    string  `json:"lastError,omitempty"`
+	LastBody     string  `json:"lastBody,omitempty"`
 }
 
 func call(client *http.Client, url string, n, c int) Tally {
