@@ -207,8 +207,44 @@ func functionCluster(fn *meshv1alpha1.MeshFunction) *clusterv3.Cluster {
 		"holdTimeout":          hold.String(),
 		"maxPending":           maxPending,
 		"containerConcurrency": fn.Spec.Concurrency.ContainerConcurrency,
-		"async":                fn.Spec.Async != nil && fn.Spec.Async.Enabled,
+		"async":                asyncMetadata(fn.Spec.Async),
+		"timeout":              functionTimeout(fn).String(),
 		"minScale":             fn.Spec.Scale.Min,
 	})
 	return c
+}
+
+// asyncMetadata is the function's async policy as the sidecars' publisher and consumer read
+// it (sidecar/async.DecodeConfig). Unset fields are left out; the decoder fills the CRD's
+// defaults. Lists are []any: structpb takes no typed slices.
+func asyncMetadata(a *meshv1alpha1.Async) map[string]any {
+	if a == nil {
+		return map[string]any{"enabled": false}
+	}
+	m := map[string]any{"enabled": a.Enabled}
+	if a.MaxAttempts > 0 {
+		m["maxAttempts"] = a.MaxAttempts
+	}
+	if a.MaxInflight > 0 {
+		m["maxInflight"] = a.MaxInflight
+	}
+	if a.MaxBodyBytes > 0 {
+		m["maxBodyBytes"] = a.MaxBodyBytes
+	}
+	for key, d := range map[string]*metav1.Duration{"backoff": a.Backoff, "maxBackoff": a.MaxBackoff, "maxAge": a.MaxAge} {
+		if d != nil && d.Duration > 0 {
+			m[key] = d.Duration.String()
+		}
+	}
+	if a.DeadLetter != nil {
+		m["deadLetter"] = *a.DeadLetter
+	}
+	if len(a.RetryOn) > 0 {
+		codes := make([]any, len(a.RetryOn))
+		for i, c := range a.RetryOn {
+			codes[i] = c
+		}
+		m["retryOn"] = codes
+	}
+	return m
 }

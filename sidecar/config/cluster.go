@@ -291,7 +291,7 @@ func decodeFunctionMeta(s *structpb.Struct) (*FunctionMeta, error) {
 		Name:                 f["name"].GetStringValue(),
 		MaxPending:           int(f["maxPending"].GetNumberValue()),
 		ContainerConcurrency: int(f["containerConcurrency"].GetNumberValue()),
-		Async:                f["async"].GetBoolValue(),
+		Async:                asyncEnabled(f["async"]),
 		MinScale:             int(f["minScale"].GetNumberValue()),
 	}
 	if ht := f["holdTimeout"].GetStringValue(); ht != "" {
@@ -356,4 +356,13 @@ func decodeEndpoints(cla *endpointv3.ClusterLoadAssignment, where string) ([]End
 		}
 	}
 	return out, nil
+}
+
+// asyncEnabled reads "async" in either contract form: a bool, or the policy struct whose
+// "enabled" says it (sidecar/async decodes the rest of the policy itself).
+func asyncEnabled(v *structpb.Value) bool {
+	if st := v.GetStructValue(); st != nil {
+		return st.GetFields()["enabled"].GetBoolValue()
+	}
+	return v.GetBoolValue()
 }

@@ -1,0 +1,41 @@
+package snapshot
+
+import (
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+	"github.com/weftmesh/weft/sidecar/async"
+)
+
+// The async policy a MeshFunction sets reaches the sidecars' publisher and consumer intact:
+// the function cluster's metadata decodes (with sidecar/async's own decoder) to the spec.
+func TestFunctionMetadataCarriesTheAsyncPolicy(t *testing.T) {
+	fn := &meshv1alpha1.MeshFunction{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "orders"}}
+	fn.Spec.Timeout = &metav1.Duration{Duration: 45 * time.Second}
+	fn.Spec.Async = &meshv1alpha1.Async{
+		Enabled: true, MaxAttempts: 5, MaxInflight: 7, MaxBodyBytes: 4096,
+		Backoff: &metav1.Duration{Duration: 2 * time.Second}, MaxBackoff: &metav1.Duration{Duration: 20 * time.Second},
+		MaxAge: &metav1.Duration{Duration: time.Hour}, DeadLetter: ptr.To(false), RetryOn: []int32{429, 503},
+	}
+	md := functionCluster(fn).GetMetadata().GetFilterMetadata()[FunctionMetadataKey]
+	got, err := async.DecodeConfig(md)
+	if err != nil {
+		t.Fatalf("sidecar/async cannot decode the metadata: %v", err)
+	}
+	if !got.Enabled || got.MaxAttempts != 5 || got.MaxInflight != 7 || got.MaxBodyBytes != 4096 ||
+		got.Backoff != 2*time.Second || got.MaxBackoff != 20*time.Second || got.MaxAge != time.Hour ||
+		got.DeadLetter || len(got.RetryOn) != 2 || got.RetryOn[0] != 429 || got.RetryOn[1] != 503 ||
+		got.Timeout != 45*time.Second {
+		t.Fatalf("decoded %+v, want the spec's policy and a 45s timeout", got)
+	}
+
+	fn.Spec.Async = nil
+	got, err = async.DecodeConfig(functionCluster(fn).GetMetadata().GetFilterMetadata()[FunctionMetadataKey])
+	if err != nil || got.Enabled {
+		t.Fatalf("a function without spec.async decoded as %+v, %v; want async off", got, err)
+	}
+}
