@@ -44,11 +44,6 @@ type vhostEntry struct {
 	gHash, lHash  [32]byte
 }
 
-type claim struct {
-	b *built
-	h hostEntry
-}
-
 // older reports whether a claims its host before b: the older object wins, then the
 // lexically smaller kind/namespace/name, so the outcome never depends on list order.
 func older(a, b *built) bool {

@@ -111,10 +111,11 @@ func TestExpired(t *testing.T) {
 
 func TestCallIDAndPreferences(t *testing.T) {
 	a, b := FunctionRef{"ns", "a"}, FunctionRef{"ns", "b"}
-	if callID(a, "k") != callID(a, "k") || callID(a, "k") == callID(b, "k") || callID(a, "k") == callID(a, "k2") {
+	first, again := callID(a, "k"), callID(a, "k")
+	if first != again || first == callID(b, "k") || first == callID(a, "k2") {
 		t.Error("derived call ids must be stable per function and key, distinct otherwise")
 	}
-	if callID(a, "") == callID(a, "") {
+	if r1, r2 := callID(a, ""), callID(a, ""); r1 == r2 {
 		t.Error("random call ids repeat")
 	}
 	if id := callID(a, ""); len(id) != 36 || strings.Count(id, "-") != 4 {

@@ -84,17 +84,23 @@ func redisFilter(l *listenerv3.Listener) (*redisv3.RedisProxy, error) {
 	if len(l.GetFilterChains()) != 1 {
 		return nil, fmt.Errorf("want exactly one filter chain, got %d", len(l.GetFilterChains()))
 	}
-	for _, f := range l.GetFilterChains()[0].GetFilters() {
+	filters := l.GetFilterChains()[0].GetFilters()
+	if len(filters) == 0 {
+		return nil, fmt.Errorf("no %s filter", FilterName)
+	}
+	for _, f := range filters {
 		if f.GetName() != FilterName {
 			return nil, fmt.Errorf("unsupported network filter %q next to %s", f.GetName(), FilterName)
 		}
-		rp := &redisv3.RedisProxy{}
-		if err := f.GetTypedConfig().UnmarshalTo(rp); err != nil {
-			return nil, fmt.Errorf("decoding %s: %w", FilterName, err)
-		}
-		return rp, nil
 	}
-	return nil, fmt.Errorf("no %s filter", FilterName)
+	if len(filters) > 1 {
+		return nil, fmt.Errorf("want exactly one %s filter, got %d", FilterName, len(filters))
+	}
+	rp := &redisv3.RedisProxy{}
+	if err := filters[0].GetTypedConfig().UnmarshalTo(rp); err != nil {
+		return nil, fmt.Errorf("decoding %s: %w", FilterName, err)
+	}
+	return rp, nil
 }
 
 // unsupported returns an error naming the first set field from names.
