@@ -27,6 +27,9 @@ func setupFunctions(mgr ctrl.Manager, srv *xds.Server) error {
 		return fmt.Errorf("adding the autoscaler: %w", err)
 	}
 	srv.Register(func(r grpc.ServiceRegistrar) { autoscale.RegisterSignalServer(r, as) })
+	if err := setupQueue(mgr, as); err != nil {
+		return err
+	}
 
 	opts := workload.DefaultOptions()
 	opts.SidecarImage = injectOpts.image

@@ -256,7 +256,10 @@ func superviseManager(ctx context.Context, o Options, logDir, kubeconfig, gw str
 	args := []string{"--metrics-bind-address=0", "--health-probe-bind-address=127.0.0.1:" + strconv.Itoa(probePort),
 		"--webhook-host=127.0.0.1", "--webhook-port=" + strconv.Itoa(webhookPort), "--webhook-cert-hosts=127.0.0.1,localhost",
 		"--webhook-cert-secret=weft-system/weft-webhook-cert", "--sidecar-image=ghcr.io/weftmesh/weft-sidecar:dev",
-		"--sidecar-xds-address=" + gw + ":" + strconv.Itoa(o.XDSPort), "--sidecar-drain-seconds=2"}
+		"--sidecar-xds-address=" + gw + ":" + strconv.Itoa(o.XDSPort), "--sidecar-drain-seconds=2",
+		// The embedded NATS server keeps its JetStream store with the rest of this run's state
+		// and listens where pods can reach it.
+		"--nats-store-dir=" + filepath.Join(o.StateDir, "nats"), "--nats-listen=" + gw + ":4222"}
 	args = append(args, managerXDSArgs(path, gw, o.XDSPort)...)
 	args = append(args, o.ManagerArgs...)
 	env := []string{"KUBECONFIG=" + kubeconfig, "POD_NAMESPACE=weft-system"}
