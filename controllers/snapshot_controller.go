@@ -58,6 +58,8 @@ type SnapshotReconciler struct {
 	Nodes     NodeSource
 	// Elected is closed once this replica leads; status is written only then.
 	Elected <-chan struct{}
+	// Queue, when set before the manager starts, tells every sidecar where async calls go.
+	Queue *snapshot.Queue
 
 	events  chan event.GenericEvent
 	secrets atomic.Pointer[map[string]bool]
@@ -177,7 +179,7 @@ func (r *SnapshotReconciler) input(ctx context.Context) (*snapshot.Input, error)
 		}
 	}
 	in := &snapshot.Input{MeshRoutes: routes.Items, MeshFunctions: functions.Items, RedisProxies: redis.Items,
-		Services: services.Items, EndpointSlices: slices.Items, Pods: pods.Items}
+		Services: services.Items, EndpointSlices: slices.Items, Pods: pods.Items, Queue: r.Queue}
 	want := map[string]bool{}
 	for _, rp := range redis.Items {
 		if a := rp.Spec.Auth; a != nil {

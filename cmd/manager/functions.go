@@ -20,14 +20,14 @@ import (
 // replica takes sidecars' stats and pokes), and the MeshFunction controller, which renders
 // the Deployment and Service, applies decisions and hands off through xDS ACKs before the
 // last pod goes.
-func setupFunctions(mgr ctrl.Manager, srv *xds.Server) error {
+func setupFunctions(mgr ctrl.Manager, srv *xds.Server, snap *controllers.SnapshotReconciler) error {
 	decisions := controllers.NewDecisions()
 	as := autoscale.NewAutoscaler(clock.RealClock{}, decisions)
 	if err := mgr.Add(as); err != nil {
 		return fmt.Errorf("adding the autoscaler: %w", err)
 	}
 	srv.Register(func(r grpc.ServiceRegistrar) { autoscale.RegisterSignalServer(r, as) })
-	if err := setupQueue(mgr, as); err != nil {
+	if err := setupQueue(mgr, as, snap); err != nil {
 		return err
 	}
 

@@ -93,11 +93,11 @@ func run(o options) error {
 	if err := setupInjection(mgr); err != nil {
 		return err
 	}
-	srv, err := setupXDS(mgr, o.xdsAddr)
+	srv, snap, err := setupXDS(mgr, o.xdsAddr)
 	if err != nil {
 		return err
 	}
-	if err := setupFunctions(mgr, srv); err != nil {
+	if err := setupFunctions(mgr, srv, snap); err != nil {
 		return err
 	}
 	log.Info("starting manager")
@@ -107,16 +107,16 @@ func run(o options) error {
 // setupXDS adds the snapshot reconciler and the xDS server, both on every replica. Other
 // gRPC services (the autoscaler's signal intake) register on the returned server before
 // the manager starts.
-func setupXDS(mgr ctrl.Manager, addr string) (*xds.Server, error) {
+func setupXDS(mgr ctrl.Manager, addr string) (*xds.Server, *controllers.SnapshotReconciler, error) {
 	cache := xds.NewCache()
 	r := controllers.NewSnapshotReconciler(mgr.GetClient(), mgr.GetAPIReader(), cache, mgr.Elected())
 	srv := xds.New(cache, xds.Options{Address: addr, OnChange: r.Notify, Log: ctrl.Log.WithName("xds")})
 	r.Nodes = srv
 	if err := r.SetupWithManager(mgr); err != nil {
-		return nil, fmt.Errorf("setting up the snapshot controller: %w", err)
+		return nil, nil, fmt.Errorf("setting up the snapshot controller: %w", err)
 	}
 	if err := mgr.Add(srv); err != nil {
-		return nil, fmt.Errorf("adding the xDS server: %w", err)
+		return nil, nil, fmt.Errorf("adding the xDS server: %w", err)
 	}
-	return srv, nil
+	return srv, r, nil
 }

@@ -16,15 +16,17 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/weftmesh/weft/controllers"
 	"github.com/weftmesh/weft/internal/autoscale"
 	"github.com/weftmesh/weft/internal/queue"
+	"github.com/weftmesh/weft/internal/snapshot"
 )
 
 // queueOptions are the flags of asynchronous invocation's queue (internal/queue).
 type queueOptions struct {
 	url, token, creds string
 	listen, storeDir  string
-	secret            string
+	secret, advertise string
 }
 
 var queueOpts = bindQueueFlags(flag.CommandLine)
@@ -40,14 +42,15 @@ func bindQueueFlags(fs *flag.FlagSet) *queueOptions {
 	fs.StringVar(&o.creds, "nats-creds", "", "Credentials file for --nats-url.")
 	fs.StringVar(&o.listen, "nats-listen", "0.0.0.0:4222", "Address the embedded NATS server listens on; \"off\" disables asynchronous calls.")
 	fs.StringVar(&o.storeDir, "nats-store-dir", filepath.Join(os.TempDir(), "weft-nats"), "JetStream store directory of the embedded server.")
+	fs.StringVar(&o.advertise, "nats-advertise", "nats://weft-manager."+ns+".svc:4222", "URL sidecars use for the embedded NATS server.")
 	fs.StringVar(&o.secret, "nats-secret", ns+"/weft-nats-token", "namespace/name of the Secret holding the embedded server's generated token.")
 	return o
 }
 
 // setupQueue embeds a NATS JetStream server (or connects to --nats-url) and feeds each
 // function's backlog of queued calls to the autoscaler as demand, so a function at zero with
-// pending async calls scales up. Sidecars are not yet told where the queue is.
-func setupQueue(mgr ctrl.Manager, as *autoscale.Autoscaler) error {
+// pending async calls scales up. Every sidecar learns the queue's URL and token over xDS.
+func setupQueue(mgr ctrl.Manager, as *autoscale.Autoscaler, snap *controllers.SnapshotReconciler) error {
 	o := queueOpts
 	if o.listen == "off" && o.url == "" {
 		return nil
@@ -57,12 +60,22 @@ func setupQueue(mgr ctrl.Manager, as *autoscale.Autoscaler) error {
 	})
 	log := ctrl.Log.WithName("queue")
 	if o.url != "" {
+		q, err := snapshot.NewQueue(o.url, o.token)
+		if err != nil {
+			return fmt.Errorf("--nats-url: %w", err)
+		}
+		snap.Queue = q
 		return mgr.Add(&queue.Runner{Client: queue.ClientOptions{URL: o.url, Token: o.token, CredsFile: o.creds}, Sink: sink, Logger: log})
 	}
 	token, err := natsToken(mgr, o.secret)
 	if err != nil {
 		return err
 	}
+	q, err := snapshot.NewQueue(o.advertise, token)
+	if err != nil {
+		return fmt.Errorf("--nats-advertise: %w", err)
+	}
+	snap.Queue = q
 	srv, err := queue.NewServer(queue.ServerOptions{Listen: o.listen, StoreDir: o.storeDir, Token: token, Logger: ctrl.Log.WithName("nats")})
 	if err != nil {
 		return fmt.Errorf("configuring the embedded NATS server: %w", err)

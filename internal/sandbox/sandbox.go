@@ -259,7 +259,8 @@ func superviseManager(ctx context.Context, o Options, logDir, kubeconfig, gw str
 		"--sidecar-xds-address=" + gw + ":" + strconv.Itoa(o.XDSPort), "--sidecar-drain-seconds=2",
 		// The embedded NATS server keeps its JetStream store with the rest of this run's state
 		// and listens where pods can reach it.
-		"--nats-store-dir=" + filepath.Join(o.StateDir, "nats"), "--nats-listen=" + gw + ":4222"}
+		"--nats-store-dir=" + filepath.Join(o.StateDir, "nats"), "--nats-listen=" + gw + ":4222",
+		"--nats-advertise=nats://" + gw + ":4222"}
 	args = append(args, managerXDSArgs(path, gw, o.XDSPort)...)
 	args = append(args, o.ManagerArgs...)
 	env := []string{"KUBECONFIG=" + kubeconfig, "POD_NAMESPACE=weft-system"}

@@ -20,6 +20,8 @@ type Input struct {
 	Pods []metav1.PartialObjectMetadata
 	// Secrets are only those a RedisProxy names.
 	Secrets []corev1.Secret
+	// Queue, when set, is sent to every sidecar for asynchronous calls.
+	Queue *Queue
 }
 
 // Kinds of the objects that get conditions.

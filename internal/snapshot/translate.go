@@ -142,6 +142,9 @@ func Translate(in *Input) *Result {
 		}
 		res.Endpoints = append(res.Endpoints, cla)
 	}
+	if in.Queue != nil {
+		res.addQueue(in.Queue)
+	}
 	for _, b := range objs {
 		res.Status[b.key] = ObjectStatus{Generation: gens[b.key], Conditions: b.p.conditions()}
 	}

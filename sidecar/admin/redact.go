@@ -7,16 +7,26 @@ import (
 	redisv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/redis_proxy/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/weftmesh/weft/sidecar/config"
 )
 
 const redacted = "[redacted]"
 
-// Redact returns m with inline secrets replaced: RedisProtocolOptions auth_password on
-// clusters and redis_proxy downstream_auth_password(s) on listeners. m itself is not
+// Redact returns m with inline secrets replaced: the async queue's token and
+// RedisProtocolOptions auth_password on clusters, and redis_proxy downstream_auth_password(s)
+// on listeners. m itself is not
 // modified (it is shared with the live config); a copy is returned when anything changed.
 func Redact(m proto.Message) proto.Message {
 	switch r := m.(type) {
 	case *clusterv3.Cluster:
+		if q, ok := r.GetMetadata().GetFilterMetadata()[config.QueueMetadataKey]; ok && q.GetFields()["token"] != nil {
+			// The async queue's token rides in cluster metadata.
+			c := proto.Clone(r).(*clusterv3.Cluster)
+			c.Metadata.FilterMetadata[config.QueueMetadataKey].Fields["token"] = structpb.NewStringValue(redacted)
+			return c
+		}
 		a, ok := r.GetTypedExtensionProtocolOptions()["envoy.filters.network.redis_proxy"]
 		if !ok {
 			return m

@@ -17,7 +17,9 @@ import (
 
 // Metadata keys from docs/xds-contract.md.
 const (
-	FunctionMetadataKey   = "weft.dev/function"
+	FunctionMetadataKey = "weft.dev/function"
+	// QueueMetadataKey marks the cluster that says where the async queue (NATS) is.
+	QueueMetadataKey      = "weft.dev/nats"
 	UnresolvedMetadataKey = "weft.dev/unresolved"
 	RedisMetadataKey      = "weft.dev/redis"
 
@@ -49,6 +51,8 @@ type Cluster struct {
 	IdleTimeout        time.Duration
 	// Function is set for function clusters (metadata weft.dev/function).
 	Function *FunctionMeta
+	// Queue is set on the cluster that carries the async queue's address.
+	Queue *QueueMeta
 	// Unresolved, when set, is why the control plane could not resolve this destination;
 	// requests routed here get a 503 with this reason.
 	Unresolved string
@@ -79,6 +83,11 @@ type HealthCheck struct {
 	Path, Host         string // Host empty: the cluster name, as in Envoy
 	Interval, Timeout  time.Duration
 	Healthy, Unhealthy uint32
+}
+
+// QueueMeta is the weft.dev/nats cluster metadata: the NATS URL and token for async calls.
+type QueueMeta struct {
+	URL, Token string
 }
 
 // FunctionMeta is the weft.dev/function cluster metadata.
@@ -268,6 +277,13 @@ func decodeCluster(c *clusterv3.Cluster) (*Cluster, error) {
 			return nil, fmt.Errorf("%s: metadata %s: %w", where, FunctionMetadataKey, err)
 		}
 		out.Function = fm
+	}
+	if s, ok := md[QueueMetadataKey]; ok {
+		f := s.GetFields()
+		out.Queue = &QueueMeta{URL: f["url"].GetStringValue(), Token: f["token"].GetStringValue()}
+		if out.Queue.URL == "" {
+			return nil, fmt.Errorf("%s: metadata %s has no url", where, QueueMetadataKey)
+		}
 	}
 	if s, ok := md[UnresolvedMetadataKey]; ok {
 		out.Unresolved = s.GetFields()["reason"].GetStringValue()

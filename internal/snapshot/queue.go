@@ -1,0 +1,86 @@
+package snapshot
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"sort"
+	"strconv"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// Queue is where asynchronous calls go: the NATS JetStream server sidecars publish to and
+// pull from, and the token they authenticate with. Make one with NewQueue.
+type Queue struct {
+	URL   string
+	Token string
+
+	cluster *clusterv3.Cluster
+}
+
+// NewQueue checks the queue's URL and prepares the cluster every sidecar will get.
+func NewQueue(url, token string) (*Queue, error) {
+	q := &Queue{URL: url, Token: token}
+	c, err := queueCluster(q)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("queue cluster: %w", err)
+	}
+	q.cluster = c
+	return q, nil
+}
+
+// QueueClusterName is the static cluster that tells every sidecar where the queue is.
+const QueueClusterName = "weft-nats"
+
+// QueueMetadataKey carries the queue's URL and token on QueueClusterName. The token travels
+// over xDS, like an SDS secret, so it never appears in a pod spec; sidecars redact it in
+// /config_dump.
+const QueueMetadataKey = "weft.dev/nats"
+
+// queueCluster is a STATIC cluster with the queue's address and its metadata.
+func queueCluster(q *Queue) (*clusterv3.Cluster, error) {
+	u, err := url.Parse(q.URL)
+	if err != nil || u.Hostname() == "" {
+		return nil, fmt.Errorf("queue URL %q: want nats://host:port", q.URL)
+	}
+	port := 4222
+	if p := u.Port(); p != "" {
+		if port, err = strconv.Atoi(p); err != nil || port < 1 || port > 65535 {
+			return nil, fmt.Errorf("queue URL %q: bad port", q.URL)
+		}
+	}
+	host := u.Hostname()
+	if net.ParseIP(host) == nil {
+		// A STATIC cluster takes IP addresses only; the URL in the metadata is what sidecars
+		// dial, the endpoint is informational. Keep a valid placeholder.
+		host = "0.0.0.0"
+	}
+	return &clusterv3.Cluster{
+		Name:                 QueueClusterName,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:       durationpb.New(defaultConnectTimeout),
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: QueueClusterName, Endpoints: []*endpointv3.LocalityLbEndpoints{{
+			LbEndpoints: []*endpointv3.LbEndpoint{{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+				Address: socketAddress(host, uint32(port)),
+			}}}},
+		}}},
+		Metadata: metadata(QueueMetadataKey, map[string]any{"url": q.URL, "token": q.Token}),
+	}, nil
+}
+
+// addQueue puts the queue cluster among the clusters every sidecar gets, keeping them sorted.
+func (r *Result) addQueue(q *Queue) {
+	if q.cluster == nil {
+		return // not made by NewQueue
+	}
+	i := sort.Search(len(r.Clusters), func(i int) bool { return r.Clusters[i].GetName() >= QueueClusterName })
+	r.Clusters = append(r.Clusters, nil)
+	copy(r.Clusters[i+1:], r.Clusters[i:])
+	r.Clusters[i] = q.cluster
+}
