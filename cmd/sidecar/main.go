@@ -117,10 +117,11 @@ func run() error {
 	rep.OnError = func(err error) { log.Warn("demand signal not delivered", "err", err) }
 	act := activator.New(clock.RealClock{}, rep)
 
-	ups := upstream.NewManager(bg, clock.RealClock{})
-	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Logger: log, Holder: holder{act}, Watcher: act})
-	redis := newRedisPools(log, f.redisProxy != "")
 	var current atomic.Pointer[config.Config]
+	calls := newAsyncCalls(log, node.GetId(), f.function, f.appPort, current.Load)
+	ups := upstream.NewManager(bg, clock.RealClock{})
+	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Logger: log, Holder: holder{act}, Watcher: act, Async: calls})
+	redis := newRedisPools(log, f.redisProxy != "")
 	var status func() any
 	apply := func(c *config.Config) {
 		if err := px.Apply(c); err != nil {
@@ -135,6 +136,7 @@ func run() error {
 			}
 		}
 		current.Store(c)
+		calls.Apply(c)
 	}
 	if f.function != "" && f.appPort != 0 {
 		sampler := newStatsSampler(rep, f.function, f.pod, func() *httpproxy.Listener { return px.Listener("inbound_http") }, log)
@@ -156,6 +158,7 @@ func run() error {
 	adm.AddStats(px)
 	adm.AddStats(activatorStats{act})
 	adm.AddStats(redis)
+	adm.AddStats(calls)
 	servers := []*http.Server{
 		{Addr: f.adminAddress, Handler: adm.Handler(), ReadHeaderTimeout: 10 * time.Second},
 		{Addr: f.metricsAddress, Handler: adm.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second},
@@ -175,6 +178,7 @@ func run() error {
 	defer cancel()
 	err = px.Shutdown(dctx)
 	redis.Shutdown(dctx)
+	calls.Shutdown(dctx)
 	for _, s := range servers {
 		_ = s.Close()
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -296,5 +297,49 @@ func TestCallerHangingUpEndsTheHold(t *testing.T) {
 	conn.Close()
 	if err := <-ended; !errors.Is(err, context.Canceled) {
 		t.Errorf("hold ended with %v, want its context canceled when the caller hung up", err)
+	}
+}
+
+// asyncFunc records the calls the proxy hands to the async path and answers 202.
+type asyncFunc func(w http.ResponseWriter, r *http.Request, ns, name string)
+
+func (f asyncFunc) ServeAsync(w http.ResponseWriter, r *http.Request, ns, name string) {
+	f(w, r, ns, name)
+}
+
+// "Prefer: respond-async" to a function goes to the async path before any hold (a queued
+// call needs no endpoint); other calls, and calls to plain services, do not.
+func TestPreferRespondAsyncGoesToTheQueue(t *testing.T) {
+	cp := st.StartControlPlane(t)
+	snap, _ := functionSnapshot(st.Endpoint{Addr: st.HostPort(st.Backend(t, "sync", nil).URL)})
+	cp.Set(snap)
+	var queued []string
+	var mu sync.Mutex
+	a := asyncFunc(func(w http.ResponseWriter, r *http.Request, ns, name string) {
+		mu.Lock()
+		queued = append(queued, ns+"/"+name+" "+r.URL.Path)
+		mu.Unlock()
+		w.WriteHeader(http.StatusAccepted)
+	})
+	base := st.StartSidecar(t, cp, st.SidecarOptions{Async: a}).URL(t, st.OutboundListenerName)
+
+	req, _ := http.NewRequest(http.MethodPost, base+"/orders", strings.NewReader("{}"))
+	req.Host = "fn"
+	req.Header.Set("Prefer", "wait=5, respond-async")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("async call answered %d, want 202 from the queue", resp.StatusCode)
+	}
+	if code, body, _ := st.Get(t, client, base, "fn", "/orders"); code != 200 || body != "sync" {
+		t.Fatalf("a plain call answered %d %q, want the function's own 200", code, body)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(queued) != 1 || queued[0] != "default/fn /orders" {
+		t.Fatalf("queued %v, want exactly the one async call", queued)
 	}
 }

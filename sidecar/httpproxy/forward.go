@@ -43,6 +43,11 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 		localReply(w, http.StatusServiceUnavailable, cc.Unresolved+"\n")
 		return
 	}
+	if fn := cc.Function; fn != nil && p.opts.Async != nil && (fn.Async || prefersAsync(r.Header)) {
+		p.opts.Async.ServeAsync(w, r, fn.Namespace, fn.Name)
+		c.Stats.Observe(http.StatusAccepted, time.Since(start))
+		return
+	}
 	var waited time.Duration
 	if fn := cc.Function; fn != nil && c.ReadyCount() == 0 {
 		if p.opts.Holder == nil {

@@ -2,6 +2,8 @@ package httpproxy
 
 import (
 	"context"
+	"net/http"
+	"strings"
 	"time"
 )
 
@@ -36,3 +38,23 @@ type EndpointWatcherFunc func(cluster string, ready int)
 
 // ClusterEndpointsChanged calls f.
 func (f EndpointWatcherFunc) ClusterEndpointsChanged(cluster string, ready int) { f(cluster, ready) }
+
+// AsyncCaller takes calls to a function that are to run asynchronously (the function is
+// async by default, or the caller sent "Prefer: respond-async"): it queues the call and
+// answers 202 itself. It sees the request before any hold: a queued call needs no ready
+// endpoint, and its backlog is what scales the function up.
+type AsyncCaller interface {
+	ServeAsync(w http.ResponseWriter, r *http.Request, namespace, name string)
+}
+
+// prefersAsync reports whether a request asks to be answered asynchronously (RFC 7240).
+func prefersAsync(h http.Header) bool {
+	for _, v := range h.Values("Prefer") {
+		for _, p := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(p), "respond-async") {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -29,8 +29,10 @@ type Options struct {
 	Holder Holder
 	// Watcher hears ready-endpoint counts per cluster on every swap; may be nil.
 	Watcher EndpointWatcher
-	Clock   clock.Clock
-	Logger  *slog.Logger
+	// Async queues asynchronous calls to functions; nil sends every call synchronously.
+	Async  AsyncCaller
+	Clock  clock.Clock
+	Logger *slog.Logger
 	// ListenAddress overrides a listener's address by listener name (tests use
 	// 127.0.0.1:0).
 	ListenAddress map[string]string

@@ -31,6 +31,7 @@ type Sidecar struct {
 type SidecarOptions struct {
 	Holder  httpproxy.Holder
 	Watcher httpproxy.EndpointWatcher
+	Async   httpproxy.AsyncCaller
 }
 
 // StartSidecar connects a sidecar to cp; everything stops when the test ends.
@@ -41,7 +42,7 @@ func StartSidecar(t testing.TB, cp *ControlPlane, o SidecarOptions) *Sidecar {
 		log = slog.Default()
 	}
 	ups := upstream.NewManager(ctx, clock.RealClock{})
-	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Holder: o.Holder, Watcher: o.Watcher, Logger: log,
+	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Holder: o.Holder, Watcher: o.Watcher, Async: o.Async, Logger: log,
 		ListenAddress: map[string]string{OutboundListenerName: "127.0.0.1:0", InboundListenerName: "127.0.0.1:0"}})
 	cl := xdsclient.New(xdsclient.Options{Address: cp.Addr(), Node: &corev3.Node{Id: NodeID}, Logger: log,
 		BackoffBase: 50 * time.Millisecond, BackoffMax: 500 * time.Millisecond,

@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/nats-io/nats.go"
+
+	"github.com/weftmesh/weft/sidecar/async"
+	"github.com/weftmesh/weft/sidecar/config"
+)
+
+// queueCluster is the cluster whose metadata says where the async queue is (see
+// docs/xds-contract.md).
+const queueCluster = "weft-nats"
+
+// asyncCalls connects the sidecar to the async queue the control plane names: it publishes
+// callers' async calls (the outbound proxy's AsyncCaller), and in a function's pod it runs the
+// consumer that feeds queued calls to the local app. Without a queue in the config, async
+// calls get 503 saying so.
+type asyncCalls struct {
+	log      *slog.Logger
+	nodeID   string
+	function async.FunctionRef // zero unless this pod serves a function
+	appURL   string
+	current  func() *config.Config
+
+	mu       sync.Mutex
+	url, tok string
+	nc       *nats.Conn
+	pub      *async.Publisher
+	cons     *async.Consumer
+	stopCons context.CancelFunc
+	consDone chan struct{}
+}
+
+func newAsyncCalls(log *slog.Logger, nodeID, function string, appPort int, current func() *config.Config) *asyncCalls {
+	a := &asyncCalls{log: log, nodeID: nodeID, current: current}
+	if ns, name, ok := strings.Cut(function, "/"); ok && appPort != 0 {
+		a.function = async.FunctionRef{Namespace: ns, Name: name}
+		a.appURL = "http://127.0.0.1:" + strconv.Itoa(appPort)
+	}
+	return a
+}
+
+// Apply follows the queue and the pod's own function policy in a new config.
+func (a *asyncCalls) Apply(c *config.Config) {
+	qc := c.Clusters[queueCluster]
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if qc == nil || qc.Queue == nil {
+		return // keep an existing connection: a config without the queue is transient
+	}
+	if qc.Queue.URL != a.url || qc.Queue.Token != a.tok {
+		a.closeLocked()
+		nc, js, err := async.Dial(qc.Queue.URL, qc.Queue.Token, "", a.nodeID)
+		if err != nil {
+			a.log.Error("connecting to the async queue", "url", qc.Queue.URL, "err", err)
+			return
+		}
+		a.url, a.tok, a.nc = qc.Queue.URL, qc.Queue.Token, nc
+		a.pub = async.NewPublisher(js, async.FunctionSourceFunc(a.policy), async.PublisherOptions{Logger: a.log})
+		if a.function.Name != "" {
+			cfg, _ := a.policy(a.function)
+			cons, err := async.NewConsumer(js, async.ConsumerOptions{Function: a.function, AppURL: a.appURL, Config: cfg, Logger: a.log})
+			if err != nil {
+				a.log.Error("starting the async consumer", "function", a.function.String(), "err", err)
+				return
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			a.cons, a.stopCons, a.consDone = cons, cancel, make(chan struct{})
+			go func(done chan struct{}) { defer close(done); _ = cons.Run(ctx) }(a.consDone)
+		}
+		a.log.Info("async queue connected", "url", qc.Queue.URL, "consumer", a.function.Name != "")
+	}
+	if a.cons != nil {
+		if cfg, ok := a.policyFrom(c, a.function); ok {
+			a.cons.SetConfig(cfg)
+		}
+	}
+}
+
+// policy is a function's async policy from the config in force; false for an unknown one.
+func (a *asyncCalls) policy(fn async.FunctionRef) (async.Config, bool) {
+	c := a.current()
+	if c == nil {
+		return async.Config{}, false
+	}
+	return a.policyFrom(c, fn)
+}
+
+func (a *asyncCalls) policyFrom(c *config.Config, fn async.FunctionRef) (async.Config, bool) {
+	raw, ok := c.Raw[resourcev3.ClusterType]["function|"+fn.Namespace+"/"+fn.Name].(*clusterv3.Cluster)
+	if !ok {
+		return async.Config{}, false
+	}
+	cfg, err := async.DecodeConfig(raw.GetMetadata().GetFilterMetadata()[config.FunctionMetadataKey])
+	if err != nil {
+		a.log.Warn("function async policy unreadable; using defaults", "function", fn.String(), "err", err)
+		return async.DefaultConfig(), true
+	}
+	return cfg, true
+}
+
+// ServeAsync is the outbound proxy's AsyncCaller.
+func (a *asyncCalls) ServeAsync(w http.ResponseWriter, r *http.Request, namespace, name string) {
+	a.mu.Lock()
+	pub := a.pub
+	a.mu.Unlock()
+	if pub == nil {
+		w.Header().Set("Retry-After", "5")
+		http.Error(w, "asynchronous calls are unavailable: this sidecar has no queue yet (the control plane sends it; check the manager's --nats-* flags)", http.StatusServiceUnavailable)
+		return
+	}
+	pub.ServeAsync(w, r, async.FunctionRef{Namespace: namespace, Name: name})
+}
+
+// WritePrometheus appends the publisher's and consumer's stats to /stats.
+func (a *asyncCalls) WritePrometheus(w io.Writer) {
+	a.mu.Lock()
+	pub, cons := a.pub, a.cons
+	a.mu.Unlock()
+	if pub != nil {
+		pub.WritePrometheus(w)
+	}
+	if cons != nil {
+		cons.WritePrometheus(w)
+	}
+}
+
+// Shutdown stops the consumer (its in-flight calls finish within its drain time, the rest go
+// back to the queue) and closes the connection.
+func (a *asyncCalls) Shutdown(ctx context.Context) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.stopCons != nil {
+		a.stopCons()
+		select {
+		case <-a.consDone:
+		case <-ctx.Done():
+		}
+	}
+	a.closeLocked()
+}
+
+func (a *asyncCalls) closeLocked() {
+	if a.stopCons != nil {
+		a.stopCons()
+		a.stopCons = nil
+	}
+	if a.nc != nil {
+		a.nc.Close()
+		a.nc = nil
+	}
+	a.pub, a.cons, a.url, a.tok = nil, nil, "", ""
+}
