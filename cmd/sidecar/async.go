@@ -4,10 +4,12 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -30,6 +32,7 @@ type asyncCalls struct {
 	nodeID   string
 	function async.FunctionRef // zero unless this pod serves a function
 	appURL   string
+	appAddr  string
 	current  func() *config.Config
 
 	mu       sync.Mutex
@@ -45,7 +48,8 @@ func newAsyncCalls(log *slog.Logger, nodeID, function string, appPort int, curre
 	a := &asyncCalls{log: log, nodeID: nodeID, current: current}
 	if ns, name, ok := strings.Cut(function, "/"); ok && appPort != 0 {
 		a.function = async.FunctionRef{Namespace: ns, Name: name}
-		a.appURL = "http://127.0.0.1:" + strconv.Itoa(appPort)
+		a.appAddr = "127.0.0.1:" + strconv.Itoa(appPort)
+		a.appURL = "http://" + a.appAddr
 	}
 	return a
 }
@@ -76,7 +80,14 @@ func (a *asyncCalls) Apply(c *config.Config) {
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			a.cons, a.stopCons, a.consDone = cons, cancel, make(chan struct{})
-			go func(done chan struct{}) { defer close(done); _ = cons.Run(ctx) }(a.consDone)
+			go func(done chan struct{}) {
+				defer close(done)
+				// Pull only once the app accepts connections: a call taken before would fail
+				// and spend one of its attempts on a pod that is still starting.
+				if waitForApp(ctx, a.appAddr) {
+					_ = cons.Run(ctx)
+				}
+			}(a.consDone)
 		}
 		a.log.Info("async queue connected", "url", qc.Queue.URL, "consumer", a.function.Name != "")
 	}
@@ -160,4 +171,20 @@ func (a *asyncCalls) closeLocked() {
 		a.nc = nil
 	}
 	a.pub, a.cons, a.url, a.tok = nil, nil, "", ""
+}
+
+// waitForApp polls the app's port until it accepts a connection; false if ctx ends first.
+func waitForApp(ctx context.Context, addr string) bool {
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }

@@ -1,8 +1,9 @@
 // Command caller is the Weft example client: GET /call?url=U&n=N&c=C makes N calls to U
 // (C at a time) through $HTTP_PROXY — the pod's sidecar once injected — and answers with
 // how many calls got each status and each X-Version, so the demo and the e2e tests can
-// measure a traffic split, retries or a fault from inside the mesh. It listens on $PORT
-// (default 8080).
+// measure a traffic split, retries or a fault from inside the mesh; h=Name:Value adds headers
+// to the calls (e.g. Prefer: respond-async). POST /callback records async results (an
+// X-Callback-Url target) and GET /callbacks counts them. It listens on $PORT (default 8080).
 package main
 
 import (
@@ -13,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -34,7 +36,22 @@ type Tally struct {
 	LastBody     string  `json:"lastBody,omitempty"`
 }
 
-func call(client *http.Client, url string, n, c int) Tally {
+// callbacks records the results async calls POST back (X-Callback-Url), by X-Function-Status.
+type callbacks struct {
+	mu       sync.Mutex
+	byStatus map[string]int
+	ids      map[string]bool
+}
+
+func (cb *callbacks) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	cb.mu.Lock()
+	cb.byStatus[r.Header.Get("X-Function-Status")]++
+	cb.ids[r.Header.Get("X-Call-Id")] = true
+	cb.mu.Unlock()
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func call(client *http.Client, url string, n, c int, headers http.Header) Tally {
 	t := Tally{URL: url, Total: n, ByStatus: map[string]int{}, ByVersion: map[string]int{}}
 	var mu sync.Mutex
 	work := make(chan struct{})
@@ -45,7 +62,11 @@ func call(client *http.Client, url string, n, c int) Tally {
 			defer wg.Done()
 			for range work {
 				start := time.Now()
-				resp, err := client.Get(url)
+				req, _ := http.NewRequest(http.MethodGet, url, nil)
+				for k, vv := range headers {
+					req.Header[k] = vv
+				}
+				resp, err := client.Do(req)
 				mu.Lock()
 				t.MaxLatency = max(t.MaxLatency, time.Since(start).Seconds())
 				if err != nil {
@@ -98,13 +119,19 @@ func main() {
 		n, err1 := strconv.Atoi(q.Get("n"))
 		c, err2 := strconv.Atoi(q.Get("c"))
 		if url == "" || err1 != nil || n < 1 || n > 100000 {
-			http.Error(w, "usage: /call?url=http://reviews:9080/&n=100[&c=10][&format=kv]\n", http.StatusBadRequest)
+			http.Error(w, "usage: /call?url=http://reviews:9080/&n=100[&c=10][&h=Name:Value][&format=kv]\n", http.StatusBadRequest)
 			return
 		}
 		if err2 != nil || c < 1 {
 			c = 10
 		}
-		t := call(client, url, n, min(c, n))
+		headers := http.Header{}
+		for _, h := range q["h"] { // h=Name:Value, repeatable
+			if k, v, ok := strings.Cut(h, ":"); ok {
+				headers.Add(strings.TrimSpace(k), strings.TrimSpace(v))
+			}
+		}
+		t := call(client, url, n, min(c, n), headers)
 		if q.Get("format") == "kv" { // for shell scripts without jq
 			w.Header().Set("Content-Type", "text/plain")
 			fmt.Fprintf(w, "total %d\nerrors %d\n", t.Total, t.Errors)
@@ -119,6 +146,14 @@ func main() {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(t)
+	})
+	cb := &callbacks{byStatus: map[string]int{}, ids: map[string]bool{}}
+	mux.Handle("POST /callback", cb)
+	mux.HandleFunc("GET /callbacks", func(w http.ResponseWriter, _ *http.Request) {
+		cb.mu.Lock()
+		defer cb.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{"byStatus": cb.byStatus, "distinctCalls": len(cb.ids)})
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	srv := &http.Server{Addr: ":" + port, Handler: mux, ReadHeaderTimeout: 10 * time.Second}

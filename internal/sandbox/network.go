@@ -25,6 +25,7 @@ type Network struct {
 	mu      sync.Mutex
 	used    map[netip.Addr]bool
 	gateway netip.Addr
+	last    netip.Addr // the address handed out last
 }
 
 // NewNetwork prepares (but does not create) a pod network.
@@ -118,18 +119,35 @@ func (n *Network) Add(ctx context.Context, uid string) (*PodNet, error) {
 func (n *Network) Remove(ctx context.Context, p *PodNet) {
 	_ = ip(ctx, "link", "del", p.veth)
 	_ = ip(ctx, "netns", "del", p.Netns)
+	n.release(p.IP)
+}
+
+// release frees an address.
+func (n *Network) release(a netip.Addr) {
 	n.mu.Lock()
-	delete(n.used, p.IP)
+	delete(n.used, a)
 	n.mu.Unlock()
 }
 
 func (n *Network) allocate() (netip.Addr, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for a := n.gateway.Next(); n.CIDR.Contains(a); a = a.Next() {
-		if !n.used[a] && a.Next().IsValid() && n.CIDR.Contains(a.Next()) { // skip broadcast
-			n.used[a] = true
-			return a, nil
+	// Round robin from the last address handed out, like CNI's host-local IPAM: an address
+	// freed a moment ago is not reused at once, so a caller still holding a connection (or an
+	// ARP entry) for a deleted pod cannot reach the wrong pod, or a MAC that is gone.
+	start := n.last
+	if !start.IsValid() {
+		start = n.gateway
+	}
+	usable := func(a netip.Addr) bool {
+		return a != n.gateway && !n.used[a] && a.Next().IsValid() && n.CIDR.Contains(a.Next()) // skip broadcast
+	}
+	for _, span := range [][2]netip.Addr{{start.Next(), netip.Addr{}}, {n.gateway.Next(), start.Next()}} {
+		for a := span[0]; n.CIDR.Contains(a) && a != span[1]; a = a.Next() {
+			if usable(a) {
+				n.used[a], n.last = true, a
+				return a, nil
+			}
 		}
 	}
 	return netip.Addr{}, fmt.Errorf("pod network %s has no free address; delete some pods", n.CIDR)
