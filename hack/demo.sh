@@ -239,6 +239,26 @@ if ((routed)); then
 fi
 
 if ((routed)); then
+  # ---- step: async call ------------------------------------------------------------------------
+  bold "Async: the caller's sidecar queues calls in NATS JetStream (202 at once); hello's sidecars pull them and call back"
+  q="url=http://hello/&n=10&c=10&format=kv&h=Prefer:respond-async&h=X-Callback-Url:http://$CALLER_IP:8080/callback"
+  out=""
+  for _ in $(seq 1 60); do
+    out="$(curl -s --noproxy '*' --max-time 60 "http://$CALLER_IP:8080/call?$q" || true)"
+    [[ "$(kv status.202 "$out")" == 10 ]] && break
+    sleep 1
+  done
+  accepted="$(kv status.202 "$out")"
+  cbs=0
+  for _ in $(seq 1 60); do
+    cbs="$(curl -s --noproxy '*' "http://$CALLER_IP:8080/callbacks" | sed -n 's/.*"200":\([0-9]*\).*/\1/p')"
+    [[ "${cbs:-0}" -ge 10 ]] && break
+    sleep 1
+  done
+  detail="$accepted of 10 answered 202; ${cbs:-0} callbacks with X-Function-Status 200"
+  if [[ "$accepted" == 10 && "${cbs:-0}" -ge 10 ]]; then record "async calls with callbacks" PASS "$detail"
+  else record "async calls with callbacks" FAIL "$detail"; fi
+
   # ---- step: redis ------------------------------------------------------------------------------
   bold "Redis: RedisProxy cache shards keys over redis-0..2 from the caller pod's own sidecar (127.0.0.1:6379)"
   CALLER_UID="$(kubectl get pods -l app=caller -o jsonpath='{.items[0].metadata.uid}')"
