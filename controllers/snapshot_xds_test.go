@@ -2,7 +2,9 @@ package controllers
 
 import (
 	"context"
+	"fmt"
 	"sort"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -127,6 +129,34 @@ var _ = Describe("xDS snapshots served over ADS", Ordered, func() {
 			g.Expect(after[resourcev3.ClusterType]).To(Equal(before[resourcev3.ClusterType]))
 			g.Expect(after[resourcev3.RouteType]).To(Equal(before[resourcev3.RouteType]))
 		}, timeout).Should(Succeed())
+	})
+
+	// A cold start's middle leg: an EndpointSlice write (a pod became ready) until a sidecar
+	// has applied the new endpoints. Reported, not asserted (timings are for BENCHMARKS.md):
+	// go test ./controllers -ginkgo.focus "EndpointSlice write" -ginkgo.v
+	It("measures the time from an EndpointSlice write to the sidecar applying it", func() {
+		var took []time.Duration
+		for i := 0; i < 20; i++ {
+			ip := fmt.Sprintf("10.0.1.%d", i+1)
+			es := &discoveryv1.EndpointSlice{}
+			Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: xdsNamespace, Name: "reviews-1"}, es)).To(Succeed())
+			es.Endpoints = reviewsSlice("10.0.0.1", ip).Endpoints
+			start := time.Now()
+			Expect(k8sClient.Update(ctx, es)).To(Succeed())
+			Eventually(func() string {
+				eps := sidecar.Current().Clusters[reviewsCluster].Endpoints
+				if len(eps) != 2 {
+					return ""
+				}
+				return eps[0].Address + " " + eps[1].Address
+			}, timeout, time.Millisecond).Should(ContainSubstring(ip + ":8080"))
+			took = append(took, time.Since(start))
+		}
+		sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
+		AddReportEntry("EndpointSlice write → sidecar applied", fmt.Sprintf("p50 %v, p90 %v, max %v over %d writes",
+			took[len(took)/2], took[len(took)*9/10], took[len(took)-1], len(took)))
+		fmt.Fprintf(GinkgoWriter, "EndpointSlice write → sidecar applied: p50 %v p90 %v max %v\n",
+			took[len(took)/2], took[len(took)*9/10], took[len(took)-1])
 	})
 
 	It("reports Accepted, ResolvedRefs and Programmed with the synced sidecar count", func() {

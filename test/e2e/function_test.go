@@ -80,6 +80,26 @@ func TestFunction2SteadyTrafficStaysUpIdleGoesToZero(t *testing.T) {
 	start := time.Now()
 	atZero(t, "hello", 3*time.Minute)
 	t.Logf("hello reached zero %.1fs after the last call", time.Since(start).Seconds())
+
+	// Calls that arrive while the last pod is being handed off: warm hello up, let it idle
+	// until the controller announces zero (endpoints go DRAINING, callers hold), then call.
+	if got, err := callC(t, "http://hello/", 5, 5); err != nil || got.ByStatus["200"] != 5 {
+		t.Fatalf("waking hello: %+v %v", got, err)
+	}
+	eventually(t, 3*time.Minute, "hello announces zero", func() error {
+		out, err := kubectl("get", "mfn", "hello", "-o", "jsonpath={.status.desiredReplicas}")
+		if err != nil || strings.TrimSpace(out) != "0" {
+			return fmt.Errorf("desiredReplicas %q (%v)", out, err)
+		}
+		return nil
+	})
+	got, err := callC(t, "http://hello/", 20, 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ByStatus["200"] != 20 {
+		t.Fatalf("20 calls during the scale-down hand-off: %+v, want all 20 answered 200", got)
+	}
 }
 
 func TestFunction3HoldOverflowAnswers503WithReason(t *testing.T) {
