@@ -60,8 +60,8 @@ fuzz: ## Run every fuzz target for FUZZTIME each (default 15s).
 ##@ Benchmarks (figures go to BENCHMARKS.md)
 
 .PHONY: bench
-bench: ## Go benchmarks of the pure cores and the in-process data planes.
-	$(GO) test ./internal/... ./sidecar/... -run '^$$' -bench . -benchmem -benchtime 2x -count 1
+bench: ## Go benchmarks of the pure cores and the in-process data planes (BENCHTIME=1s).
+	$(GO) test ./internal/... ./sidecar/... -run '^$$' -bench . -benchmem -benchtime $(or $(BENCHTIME),1s) -count 1
 
 .PHONY: bench-http
 bench-http: ## wrk: backend direct vs through the sidecar vs through haproxy.
