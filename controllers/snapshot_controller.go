@@ -219,9 +219,15 @@ func splitKey(k string) (string, string) {
 func (r *SnapshotReconciler) writeStatus(ctx context.Context, in *snapshot.Input, res *snapshot.Result,
 	sync map[snapshot.ObjectKey]xds.SyncStatus) error {
 	var errs []error
-	patch := func(obj client.Object, st *meshv1alpha1.MeshStatus, key snapshot.ObjectKey) {
+	// patch writes obj's status when the snapshot reconciler's part of it (plus, through
+	// extra, any kind-specific part) changed.
+	patch := func(obj client.Object, st *meshv1alpha1.MeshStatus, key snapshot.ObjectKey, extra func() bool) {
 		orig := obj.DeepCopyObject().(client.Object)
-		if !applyStatus(st, obj.GetGeneration(), res.Status[key], sync[key]) {
+		changed := applyStatus(st, obj.GetGeneration(), res.Status[key], sync[key])
+		if extra != nil && extra() {
+			changed = true
+		}
+		if !changed {
 			return
 		}
 		if err := r.Client.Status().Patch(ctx, obj, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil &&
@@ -231,24 +237,18 @@ func (r *SnapshotReconciler) writeStatus(ctx context.Context, in *snapshot.Input
 	}
 	for i := range in.MeshRoutes {
 		o := &in.MeshRoutes[i]
-		patch(o, &o.Status.MeshStatus, snapshot.ObjectKey{Kind: snapshot.KindMeshRoute, Namespace: o.Namespace, Name: o.Name})
+		patch(o, &o.Status.MeshStatus, snapshot.ObjectKey{Kind: snapshot.KindMeshRoute, Namespace: o.Namespace, Name: o.Name}, nil)
 	}
 	for i := range in.MeshFunctions {
 		o := &in.MeshFunctions[i]
-		patch(o, &o.Status.MeshStatus, snapshot.ObjectKey{Kind: snapshot.KindMeshFunction, Namespace: o.Namespace, Name: o.Name})
+		patch(o, &o.Status.MeshStatus, snapshot.ObjectKey{Kind: snapshot.KindMeshFunction, Namespace: o.Namespace, Name: o.Name}, nil)
 	}
 	for i := range in.RedisProxies {
 		o := &in.RedisProxies[i]
-		orig := o.DeepCopy()
-		total, ready := res.PoolServers(o.Namespace, o.Name)
-		changed := applyPoolStatus(&o.Status, o.Generation, total, ready)
-		key := snapshot.ObjectKey{Kind: snapshot.KindRedisProxy, Namespace: o.Namespace, Name: o.Name}
-		if applyStatus(&o.Status.MeshStatus, o.Generation, res.Status[key], sync[key]) || changed {
-			if err := r.Client.Status().Patch(ctx, o, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil &&
-				!apierrors.IsNotFound(err) {
-				errs = append(errs, fmt.Errorf("writing status of %s: %w", key, err))
-			}
-		}
+		patch(o, &o.Status.MeshStatus, snapshot.ObjectKey{Kind: snapshot.KindRedisProxy, Namespace: o.Namespace, Name: o.Name}, func() bool {
+			total, ready := res.PoolServers(o.Namespace, o.Name)
+			return applyPoolStatus(&o.Status, o.Generation, total, ready)
+		})
 	}
 	if len(errs) > 0 {
 		log.FromContext(ctx).Info("some status writes failed; retrying", "failed", len(errs))

@@ -66,7 +66,9 @@ func New(opts Options) *Proxy {
 
 // Listener is one HTTP listener and its counters.
 type Listener struct {
-	Name    string
+	Name string
+	// inbound is set on the listener for the pod's own app, which enforces containerConcurrency.
+	inbound bool
 	proxy   *Proxy
 	routes  atomic.Pointer[config.RouteTable]
 	ln      net.Listener
@@ -155,7 +157,7 @@ func (p *Proxy) start(hl *config.HTTPListener) (*Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listener %s: binding %s: %w", hl.Name, addr, err)
 	}
-	l := &Listener{Name: hl.Name, proxy: p, addr: ln.Addr(), cfgAddr: hl.Address, ln: ln, conns: map[net.Conn]bool{}}
+	l := &Listener{Name: hl.Name, inbound: hl.Name == InboundListener, proxy: p, addr: ln.Addr(), cfgAddr: hl.Address, ln: ln, conns: map[net.Conn]bool{}}
 	l.idleCond = sync.NewCond(&l.mu)
 	l.h2 = newH2Server(l, ln.Addr())
 	go l.serve(ln)

@@ -16,7 +16,7 @@ func (l *Listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	l.inflight.Add(1)
 	l.requests.Add(1)
 	defer l.inflight.Add(-1)
-	if l.Name == InboundListener {
+	if l.inbound {
 		if b := l.proxy.breaker.Load(); b != nil {
 			if !b.acquire(r.Context()) {
 				w.Header().Set("x-weft-overloaded", "true")
