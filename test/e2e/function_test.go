@@ -195,3 +195,43 @@ func TestFunction4WarmTrafficSurvivesAFrozenManager(t *testing.T) {
 		time.Sleep(time.Second)
 	}
 }
+
+// The function pod's own sidecar enforces containerConcurrency: with CC 1 and one pod, 1 call
+// runs, 10 wait, and the rest get 503 at once saying the queue is full (Knative's
+// queue-proxy breaker, without a queue-proxy).
+func TestFunction7ContainerConcurrencyLimitsThePod(t *testing.T) {
+	manifest := `apiVersion: mesh.weft.dev/v1alpha1
+kind: MeshFunction
+metadata: {name: narrow, namespace: default}
+spec:
+  template:
+    spec:
+      containers:
+      - {name: function, image: weft.dev/examples/slow:latest}
+  concurrency: {containerConcurrency: 1}
+  scale: {min: 1, max: 1, initial: 1}
+`
+	f := filepath.Join(t.TempDir(), "narrow.yaml")
+	if err := os.WriteFile(f, []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := kubectl("apply", "-f", f); err != nil {
+		t.Fatalf("kubectl apply: %v: %s", err, out)
+	}
+	defer kubectl("delete", "-f", f, "--wait=false")
+	// Programmed once calls get answers from the pod: 20 at once already overflow CC 1's
+	// queue of 10, so some of them are 503s by design.
+	routed(t, "http://narrow/%3Fms%3D1", func(g tally) bool {
+		return g.ByStatus["200"] > 0 && g.ByStatus["200"]+g.ByStatus["503"] == 20
+	})
+	got, err := callC(t, "http://narrow/%3Fms%3D300", 30, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ByStatus["200"] != 11 || got.ByStatus["503"] != 19 {
+		t.Fatalf("30 concurrent calls against containerConcurrency 1: %+v, want 11 answered 200 (1 running + 10 queued) and 19 × 503", got)
+	}
+	if !strings.Contains(got.LastBody, "pending request queue full") {
+		t.Errorf("the 503 body does not say the queue is full: %q", got.LastBody)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -142,3 +143,18 @@ func TestPreStopRunsBeforeTheProcessStops(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// A run that crashed leaves processes and network namespaces behind; the next start removes
+// them (TestMain planted a marked process and a weft- netns before starting the mesh).
+func TestStartCleansUpAfterACrash(t *testing.T) {
+	if err := syscall.Kill(stalePID, 0); err == nil {
+		t.Errorf("the stale process %d of a crashed run is still alive", stalePID)
+	}
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), staleNetns) {
+		t.Errorf("the stale network namespace %s of a crashed run is still there", staleNetns)
+	}
+}

@@ -22,6 +22,11 @@ import (
 	"github.com/weftmesh/weft/internal/sandbox"
 )
 
+// staleNetns and stalePID are the leftovers of a "crashed" run TestMain plants.
+const staleNetns = "weft-e2estale"
+
+var stalePID int
+
 var (
 	root       string
 	kubeconfig string
@@ -45,6 +50,23 @@ func run(m *testing.M) int {
 	state := os.Getenv("WEFT_E2E_STATE")
 	if state == "" {
 		state = filepath.Join(os.TempDir(), "weft-e2e")
+	}
+	// What a crashed run leaves behind: a process carrying the state dir's marker and a pod
+	// network namespace. The start below must remove both (checked in
+	// TestStartCleansUpAfterACrash).
+	if err := os.MkdirAll(state, 0o755); err != nil {
+		panic(err)
+	}
+	stale := exec.Command("sleep", "600")
+	stale.Env = append(os.Environ(), sandbox.EnvMarker+"="+state)
+	if err := stale.Start(); err != nil {
+		panic(err)
+	}
+	go func() { _ = stale.Wait() }()
+	stalePID = stale.Process.Pid
+	if out, err := exec.Command("ip", "netns", "add", staleNetns).CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: creating a stale netns: %v: %s\n", err, out)
+		return 1
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
