@@ -33,6 +33,9 @@ type Options struct {
 	// GracePeriod bounds how long Start waits for in-flight RPCs after its context ends
 	// (default 5s); then connections are closed.
 	GracePeriod time.Duration
+	// Keepalive overrides the server's keepalive pings (tests shorten them); zero values take
+	// the defaults below.
+	Keepalive keepalive.ServerParameters
 }
 
 // Keepalive settings. Sidecars ping at most every 15s (a faster client is disconnected
@@ -62,11 +65,15 @@ func New(cache *Cache, opts Options) *Server {
 	if opts.GracePeriod <= 0 {
 		opts.GracePeriod = 5 * time.Second
 	}
+	ka := keepaliveParams
+	if opts.Keepalive.Time > 0 {
+		ka = opts.Keepalive
+	}
 	return &Server{
 		opts: opts, cache: cache, tracker: newTracker(), ready: make(chan struct{}),
 		grpc: grpc.NewServer(
 			grpc.KeepaliveEnforcementPolicy(keepaliveEnforcement),
-			grpc.KeepaliveParams(keepaliveParams),
+			grpc.KeepaliveParams(ka),
 		),
 	}
 }
