@@ -37,7 +37,7 @@ go build -o "$work/sidecar" ./cmd/sidecar
 
 "$work/helper" backend -addr "$BACKEND" & pids+=($!)
 "$work/helper" config -listen "$SIDECAR" -backend "$BACKEND" >"$work/sidecar.json"
-"$work/sidecar" --static-config "$work/sidecar.json" --admin-address "$ADMIN" --metrics-address "$METRICS" 2>"$work/sidecar.log" &
+${SIDECAR_ENV:+env $SIDECAR_ENV} "$work/sidecar" --static-config "$work/sidecar.json" --admin-address "$ADMIN" --metrics-address "$METRICS" 2>"$work/sidecar.log" &
 sidecar_pid=$!; pids+=($sidecar_pid)
 cat >"$work/haproxy.cfg" <<CFG
 global

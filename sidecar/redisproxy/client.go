@@ -1,12 +1,13 @@
 package redisproxy
 
 import (
-	"bufio"
 	"crypto/subtle"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/weftmesh/weft/sidecar/connio"
 	"github.com/weftmesh/weft/sidecar/redisproxy/resp"
 )
 
@@ -35,14 +36,14 @@ func (cl *client) getPending() *pending {
 	p := pendingPool.Get().(*pending)
 	p.isLoc, p.quit, p.merge = false, false, 0
 	p.req.ready.Store(false)
-	p.req.notify = cl.notify
+	p.req.cl = cl
 	return p
 }
 
 func (cl *client) getRequest() *request {
 	r := requestPool.Get().(*request)
 	r.ready.Store(false)
-	r.notify = cl.notify
+	r.cl = cl
 	return r
 }
 
@@ -52,7 +53,7 @@ func putPending(p *pending) {
 		p.frags[i] = nil
 	}
 	p.frags, p.pos, p.local = p.frags[:0], p.pos[:0], p.local[:0]
-	p.req.cmd = nil
+	p.req.cmd, p.req.cl = nil, nil
 	if cap(p.req.reply) > 64<<10 {
 		p.req.reply = nil
 	}
@@ -75,24 +76,32 @@ func (p *pending) ready() bool {
 	return true
 }
 
-// client is one downstream connection. Its reader goroutine parses and routes
-// commands and appends them to queue; its writer goroutine is woken only when
-// a reply completes and writes every ready reply at the head of queue, so
-// replies leave in request order with one wake-up per completed batch.
+// client is one downstream connection. Its goroutine reads, parses and
+// routes commands and appends them to queue. Replies are written by whoever
+// completes the one at the head of the queue — usually the goroutine reading
+// the server connection that answered — so a command at pipeline depth 1
+// costs no hand-off to a writer goroutine (twemproxy writes from its event
+// loop the same way). At most one goroutine writes at a time (writing);
+// replies go out in request order however the servers interleave.
 type client struct {
 	p      *Proxy
 	c      net.Conn
+	raw    syscall.RawConn // nil: every write is handed to a goroutine
 	id     uint64
 	rd     *resp.Reader
 	authed bool
-	dirty  []*sconn
+	dirty  []*sconn // server connections with requests from this read
 	keys   []int
+	answer bool // this read queued a reply that is ready already
 
 	mu         sync.Mutex
 	queue      []*pending
 	head       int
+	writing    bool   // a goroutine owns out and the socket's write side
+	out        []byte // replies collected and not yet written (owned by the writer)
+	broken     bool   // a write failed: later replies are dropped
 	readerDone bool
-	notify     chan struct{} // wakes the writer
+	drained    chan struct{}  // signalled when the reader is done and every reply is out
 	slots      chan struct{} // counts queued commands, for back-pressure
 }
 
@@ -100,23 +109,31 @@ func (p *Proxy) newClient(c net.Conn) *client {
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	cl := &client{p: p, c: c, id: p.nextID.Add(1), notify: make(chan struct{}, 1), slots: make(chan struct{}, maxPending)}
-	cl.rd = resp.NewReader(c)
-	cl.rd.OnRead = cl.flushUpstreams
+	cl := &client{p: p, c: c, id: p.nextID.Add(1), drained: make(chan struct{}, 1), slots: make(chan struct{}, maxPending)}
+	if sc, ok := c.(syscall.Conn); ok {
+		cl.raw, _ = sc.SyscallConn()
+	}
+	cl.rd = resp.NewReader(nil)
 	return cl
 }
 
-// flushUpstreams runs whenever the client's read buffer is drained: every
-// server connection that got requests from this batch is written once.
-func (cl *client) flushUpstreams() {
+// endRead runs when the client's input is drained: every server connection
+// that got requests from this read is written once, and replies the proxy
+// answered itself go out.
+func (cl *client) endRead() {
 	for i, s := range cl.dirty {
 		s.flush()
 		cl.dirty[i] = nil
 	}
 	cl.dirty = cl.dirty[:0]
+	if cl.answer {
+		cl.answer = false
+		cl.deliver()
+	}
 }
 
-// stopReading makes the reader see EOF so the writer drains and closes.
+// stopReading makes the reader see EOF so it stops after the commands it
+// has; their replies are still written.
 func (cl *client) stopReading() {
 	if tc, ok := cl.c.(*net.TCPConn); ok {
 		_ = tc.CloseRead()
@@ -125,110 +142,182 @@ func (cl *client) stopReading() {
 	_ = cl.c.SetReadDeadline(time.Unix(1, 0))
 }
 
-func (cl *client) wake() {
-	select {
-	case cl.notify <- struct{}{}:
-	default:
-	}
-}
-
 func (cl *client) serve() {
 	st := cl.p.stats
 	st.clientsTotal.Add(1)
 	st.clientsActive.Add(1)
-	done := make(chan struct{})
-	go func() { cl.writeLoop(); close(done) }()
 	cl.readLoop()
 	cl.mu.Lock()
 	cl.readerDone = true
+	busy := cl.writing || cl.head < len(cl.queue)
 	cl.mu.Unlock()
-	cl.wake()
-	<-done
+	if busy {
+		<-cl.drained
+	}
 	cl.c.Close()
 	st.clientsActive.Add(-1)
 	cl.p.clientDone(cl)
 }
 
-// push queues p for the writer, waking it if p is already answerable.
+// push queues p; a reply that is ready already is written at endRead.
 func (cl *client) push(p *pending) {
 	select {
 	case cl.slots <- struct{}{}:
 	default:
 		// Full: send what is queued upstream, or the replies that would free
 		// a slot could never arrive.
-		cl.flushUpstreams()
+		cl.endRead()
 		cl.slots <- struct{}{}
 	}
 	cl.mu.Lock()
 	cl.queue = append(cl.queue, p)
-	ready := p.ready() // under mu: the writer cannot have taken p yet
+	ready := p.ready() // under mu: no writer can have taken p yet
 	cl.mu.Unlock()
 	if ready {
-		cl.wake()
+		cl.answer = true
 	}
 }
 
 func (cl *client) readLoop() {
-	defer cl.flushUpstreams()
-	for {
-		args, raw, err := cl.rd.ReadCommand()
-		if err != nil {
-			if resp.IsProtocol(err) {
+	defer cl.endRead()
+	_ = connio.ReadLoop(cl.c, cl.rd.Space, func(n int) bool {
+		cl.rd.Commit(n)
+		for {
+			args, raw, ok, err := cl.rd.NextCommand()
+			if err != nil {
 				p := cl.getPending()
 				p.start, p.cmd, p.isLoc, p.quit = time.Now(), unknownIdx, true, true
 				p.local = resp.AppendError(p.local, "ERR "+err.Error())
 				cl.p.stats.protocolErrors.Add(1)
 				cl.push(p)
+				return true
 			}
-			return
+			if !ok {
+				break
+			}
+			p := cl.getPending()
+			p.start = time.Now()
+			cl.dispatch(p, args, raw)
+			quit := p.quit // p belongs to the writer once pushed
+			cl.push(p)
+			if quit {
+				return true
+			}
 		}
-		p := cl.getPending()
-		p.start = time.Now()
-		cl.dispatch(p, args, raw)
-		quit := p.quit // p belongs to the writer once pushed
-		cl.push(p)
-		if quit {
-			return
-		}
-	}
+		cl.endRead()
+		return false
+	})
 }
 
-// next returns the head of the queue if its reply is ready; done reports
-// that the reader has finished and nothing is left.
-func (cl *client) next() (p *pending, done bool) {
+// deliver writes every ready reply at the head of the queue. If another
+// goroutine is writing, it returns at once: that writer looks at the head
+// again before it stops, so the reply is not stranded. The write is
+// non-blocking; what the socket cannot take now is finished by a goroutine
+// started for it, so a slow client never stalls the server connection that
+// delivered its reply, which other clients share.
+func (cl *client) deliver() {
 	cl.mu.Lock()
-	defer cl.mu.Unlock()
-	if cl.head == len(cl.queue) {
-		return nil, cl.readerDone
+	if cl.writing {
+		cl.mu.Unlock()
+		return
 	}
-	p = cl.queue[cl.head]
-	if !p.ready() {
-		return nil, false
-	}
-	cl.queue[cl.head] = nil
-	cl.head++
-	if cl.head == len(cl.queue) {
-		cl.queue, cl.head = cl.queue[:0], 0
-	}
-	return p, false
+	cl.writing = true
+	cl.writeReplies(false)
 }
 
-func (cl *client) writeLoop() {
-	bw := bufio.NewWriterSize(cl.c, 16<<10)
-	st := cl.p.stats
-	broken, quitting := false, false
+// writeReplies is entered with mu held and writing set, and returns with mu
+// released. block says whether the goroutine may wait for the socket.
+func (cl *client) writeReplies(block bool) {
 	for {
-		p, done := cl.next()
-		if p == nil {
-			if !broken && bw.Buffered() > 0 && bw.Flush() != nil {
-				broken = true
-			}
+		cl.collect()
+		if len(cl.out) == 0 {
+			cl.writing = false
+			done := cl.readerDone && cl.head == len(cl.queue)
+			cl.mu.Unlock()
 			if done {
-				return
+				select {
+				case cl.drained <- struct{}{}:
+				default:
+				}
 			}
-			<-cl.notify
-			continue
+			return
 		}
+		cl.mu.Unlock()
+		if cl.broken {
+			cl.out = cl.out[:0]
+		} else if block {
+			_, err := cl.c.Write(cl.out)
+			cl.wrote(err)
+		} else if !cl.tryWrite() {
+			go cl.finishWrite()
+			return
+		}
+		cl.mu.Lock()
+	}
+}
+
+// finishWrite takes over a write the socket could not take at once.
+func (cl *client) finishWrite() {
+	_, err := cl.c.Write(cl.out)
+	cl.wrote(err)
+	cl.mu.Lock()
+	cl.writeReplies(true)
+}
+
+func (cl *client) wrote(err error) {
+	if err != nil {
+		cl.broken = true
+	}
+	if cap(cl.out) > 1<<20 {
+		cl.out = nil
+	}
+	cl.out = cl.out[:0]
+}
+
+// tryWrite makes one non-blocking write of out and keeps what is left of it;
+// false means the rest needs a goroutine that can wait.
+func (cl *client) tryWrite() bool {
+	if cl.raw == nil {
+		return false
+	}
+	var n int
+	var werr error
+	err := cl.raw.Write(func(fd uintptr) bool {
+		for {
+			n, werr = syscall.Write(int(fd), cl.out)
+			if werr != syscall.EINTR {
+				return true
+			}
+		}
+	})
+	switch {
+	case err != nil:
+		cl.wrote(err)
+		return true
+	case werr == syscall.EAGAIN:
+		return false
+	case werr != nil:
+		cl.wrote(werr)
+		return true
+	case n < len(cl.out):
+		cl.out = cl.out[:copy(cl.out, cl.out[n:])]
+		return false
+	}
+	cl.wrote(nil)
+	return true
+}
+
+// collect moves every ready reply at the head of the queue into out. It runs
+// with mu held.
+func (cl *client) collect() {
+	st := cl.p.stats
+	for cl.head < len(cl.queue) {
+		p := cl.queue[cl.head]
+		if !p.ready() {
+			break
+		}
+		cl.queue[cl.head] = nil
+		cl.head++
 		<-cl.slots
 		reply := p.local
 		switch {
@@ -239,18 +328,14 @@ func (cl *client) writeLoop() {
 		default:
 			reply = p.req.reply
 		}
-		if !broken && !quitting {
-			if _, err := bw.Write(reply); err != nil {
-				broken = true
-			}
+		if !cl.broken {
+			cl.out = append(cl.out, reply...)
 		}
 		st.record(p.cmd, resp.IsError(reply), time.Since(p.start))
-		if p.quit && !quitting {
-			quitting = true
-			_ = bw.Flush()
-			cl.c.Close()
-		}
 		putPending(p)
+	}
+	if cl.head == len(cl.queue) {
+		cl.queue, cl.head = cl.queue[:0], 0
 	}
 }
 

@@ -236,15 +236,17 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 		err = ctx.Err()
-		p.mu.Lock()
-		for cl := range p.cls {
-			cl.c.Close()
-		}
-		p.mu.Unlock()
 	}
+	// Servers first: a client reader blocked on back-pressure is freed by the
+	// error replies, and Close, which waits for that reader, can return.
 	p.mu.Lock()
 	for _, u := range p.ups {
 		u.closeAll()
+	}
+	if err != nil {
+		for cl := range p.cls {
+			go cl.c.Close()
+		}
 	}
 	p.mu.Unlock()
 	return err

@@ -64,7 +64,7 @@ func splitExec(t *testing.T, r *ring.Ring, shards []fakeStore, args [][]byte, st
 		if err != nil {
 			t.Fatalf("fragment %q does not parse: %v", cmd, err)
 		}
-		rq := &request{notify: make(chan struct{}, 1)}
+		rq := &request{}
 		rq.complete(shards[id].exec(parsed))
 		p.frags = append(p.frags, rq)
 	}

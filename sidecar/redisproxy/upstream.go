@@ -11,39 +11,38 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/weftmesh/weft/sidecar/connio"
 	"github.com/weftmesh/weft/sidecar/redisproxy/resp"
 )
 
 // request is one command sent to one server. When its reply has been stored
-// in reply, ready is set and the owning client's writer is woken through
-// notify. Requests are pooled and reused.
+// in reply, ready is set and the caller delivers the owning client's ready
+// replies. Requests are pooled and reused.
 type request struct {
-	cmd    []byte // bytes to send; may alias the client's read buffer until enqueued
-	buf    []byte // backing storage for cmd when the proxy builds it
-	reply  []byte
-	ready  atomic.Bool
-	notify chan struct{} // the owning client's writer wake-up (capacity 1)
+	cmd   []byte // bytes to send; may alias the client's read buffer until enqueued
+	buf   []byte // backing storage for cmd when the proxy builds it
+	reply []byte
+	ready atomic.Bool
+	cl    *client // the client owed the reply
 }
 
-// complete hands a reply to the waiting client.
-func (r *request) complete(raw []byte) {
+// complete stores the reply and returns the client to deliver it to.
+func (r *request) complete(raw []byte) *client {
 	r.reply = append(r.reply[:0], raw...)
-	r.finish()
+	return r.finish()
 }
 
-// fail answers the request with an error reply.
-func (r *request) fail(msg string) {
+// fail answers the request with an error reply and returns the client to
+// deliver it to.
+func (r *request) fail(msg string) *client {
 	r.reply = resp.AppendError(r.reply[:0], msg)
-	r.finish()
+	return r.finish()
 }
 
-func (r *request) finish() {
-	n := r.notify // read before ready: once ready the client may recycle r
+func (r *request) finish() *client {
+	cl := r.cl // read before ready: once ready the client may recycle r
 	r.ready.Store(true)
-	select {
-	case n <- struct{}{}:
-	default:
-	}
+	return cl
 }
 
 // upstream is one Redis server of a pool: its connections, health and stats.
@@ -254,56 +253,96 @@ func (s *sconn) writeLoop() {
 
 func (s *sconn) readLoop() {
 	u := s.up
-	rd := resp.NewReader(s.c)
-	rd.OnRead = func() {
-		if u.opTimeout <= 0 {
-			return
+	rd := resp.NewReader(nil)
+	var (
+		touched []*client // clients with replies completed in this read
+		failure string
+	)
+	handle := func(n int) bool {
+		rd.Commit(n)
+		for {
+			raw, ok, err := rd.NextReply()
+			if err != nil {
+				failure = fmt.Sprintf("ERR server %s sent a malformed reply (%v); the command may or may not have run", u.label(), err)
+				return true
+			}
+			if !ok {
+				break
+			}
+			s.mu.Lock()
+			if s.head == len(s.queue) {
+				s.mu.Unlock()
+				failure = fmt.Sprintf("ERR server %s sent a reply nobody asked for", u.label())
+				return true
+			}
+			r := s.queue[s.head]
+			s.queue[s.head] = nil
+			s.head++
+			if s.head == len(s.queue) {
+				s.queue = s.queue[:0]
+				s.head = 0
+			}
+			s.mu.Unlock()
+			if raw[0] == '-' && isServerTrouble(raw) {
+				u.passiveFailure()
+			} else if u.failures.Load() != 0 {
+				u.failures.Store(0)
+			}
+			touched = addClient(touched, r.complete(raw))
 		}
-		s.mu.Lock()
-		if len(s.queue) > s.head {
-			_ = s.c.SetReadDeadline(time.Now().Add(u.opTimeout))
-		} else {
-			_ = s.c.SetReadDeadline(time.Time{})
+		// Replies go out once per read, not once per reply.
+		for i, cl := range touched {
+			cl.deliver()
+			touched[i] = nil
 		}
-		s.mu.Unlock()
+		touched = touched[:0]
+		s.armDeadline()
+		return false
 	}
 	for {
-		raw, err := rd.ReadReply()
-		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				s.mu.Lock()
-				idle := len(s.queue) == s.head
-				s.mu.Unlock()
-				if idle {
-					continue
-				}
-				s.fail(fmt.Sprintf("ERR server %s did not answer within %v; the command may or may not have run", u.label(), u.opTimeout), true)
-				return
-			}
-			s.fail(fmt.Sprintf("ERR lost connection to server %s: %v; the command may or may not have run", u.label(), err), true)
-			return
-		}
-		s.mu.Lock()
-		if s.head == len(s.queue) {
+		err := connio.ReadLoop(s.c, rd.Space, handle)
+		switch {
+		case failure != "":
+			s.fail(failure, true)
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			s.mu.Lock()
+			idle := len(s.queue) == s.head
 			s.mu.Unlock()
-			s.fail(fmt.Sprintf("ERR server %s sent a reply nobody asked for", u.label()), true)
-			return
+			if idle {
+				s.armDeadline()
+				continue
+			}
+			s.fail(fmt.Sprintf("ERR server %s did not answer within %v; the command may or may not have run", u.label(), u.opTimeout), true)
+		default:
+			s.fail(fmt.Sprintf("ERR lost connection to server %s: %v; the command may or may not have run", u.label(), err), true)
 		}
-		r := s.queue[s.head]
-		s.queue[s.head] = nil
-		s.head++
-		if s.head == len(s.queue) {
-			s.queue = s.queue[:0]
-			s.head = 0
-		}
-		s.mu.Unlock()
-		if raw[0] == '-' && isServerTrouble(raw) {
-			u.passiveFailure()
-		} else if u.failures.Load() != 0 {
-			u.failures.Store(0)
-		}
-		r.complete(raw)
+		return
 	}
+}
+
+// armDeadline bounds the wait for the oldest outstanding reply by opTimeout,
+// and lifts the bound while nothing is outstanding.
+func (s *sconn) armDeadline() {
+	if s.up.opTimeout <= 0 {
+		return
+	}
+	s.mu.Lock()
+	if len(s.queue) > s.head {
+		_ = s.c.SetReadDeadline(time.Now().Add(s.up.opTimeout))
+	} else {
+		_ = s.c.SetReadDeadline(time.Time{})
+	}
+	s.mu.Unlock()
+}
+
+// addClient appends cl to list unless it is there already.
+func addClient(list []*client, cl *client) []*client {
+	for _, c := range list {
+		if c == cl {
+			return list
+		}
+	}
+	return append(list, cl)
 }
 
 // isServerTrouble reports error replies that mean the server cannot serve
@@ -331,8 +370,12 @@ func (s *sconn) fail(msg string, countFailure bool) {
 		c.Close()
 		s.up.connsOpen.Add(-1)
 	}
+	var touched []*client
 	for _, r := range q {
-		r.fail(msg)
+		touched = addClient(touched, r.fail(msg))
+	}
+	for _, cl := range touched {
+		cl.deliver()
 	}
 	if countFailure {
 		s.up.connErrors.Add(1)

@@ -67,8 +67,9 @@ func NewReader(rd io.Reader) *Reader {
 // read will block, which is when the proxy flushes its writes.
 func (r *Reader) Buffered() int { return r.w - r.r }
 
-// fill reads more bytes, compacting or growing the buffer first.
-func (r *Reader) fill() error {
+// Space returns the free tail of the buffer for the next read, compacting or
+// growing the buffer first. Commit records how much of it was filled.
+func (r *Reader) Space() []byte {
 	if r.r > 0 {
 		n := copy(r.buf, r.buf[r.r:r.w])
 		r.r, r.w = 0, n
@@ -78,10 +79,19 @@ func (r *Reader) fill() error {
 		copy(nb, r.buf[:r.w])
 		r.buf = nb
 	}
+	return r.buf[r.w:]
+}
+
+// Commit appends the n bytes just read into Space() to the buffered input.
+func (r *Reader) Commit(n int) { r.w += n }
+
+// fill reads more bytes from rd.
+func (r *Reader) fill() error {
+	p := r.Space()
 	if r.OnRead != nil {
 		r.OnRead()
 	}
-	n, err := r.rd.Read(r.buf[r.w:])
+	n, err := r.rd.Read(p)
 	r.w += n
 	if n > 0 {
 		return nil
@@ -93,6 +103,44 @@ func (r *Reader) fill() error {
 		err = io.ErrUnexpectedEOF // a message was cut off
 	}
 	return err
+}
+
+// NextCommand is ReadCommand without reading: it parses the next request
+// from what is buffered and reports ok=false when that is not a whole one.
+func (r *Reader) NextCommand() (args [][]byte, raw []byte, ok bool, err error) {
+	for r.w > r.r {
+		n, err := r.parseCommand(r.buf[r.r:r.w])
+		if err == errIncomplete {
+			return nil, nil, false, nil
+		}
+		if err != nil {
+			return nil, nil, false, err
+		}
+		raw = r.buf[r.r : r.r+n]
+		r.r += n
+		if len(r.args) == 0 {
+			continue // empty inline line
+		}
+		return r.args, raw, true, nil
+	}
+	return nil, nil, false, nil
+}
+
+// NextReply is ReadReply without reading.
+func (r *Reader) NextReply() (raw []byte, ok bool, err error) {
+	if r.w == r.r {
+		return nil, false, nil
+	}
+	n, err := replyLen(r.buf[r.r:r.w], 0, 0)
+	if err == errIncomplete {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	raw = r.buf[r.r : r.r+n]
+	r.r += n
+	return raw, true, nil
 }
 
 // ReadCommand returns the next request's arguments and its raw bytes. Both
