@@ -101,7 +101,7 @@ type client struct {
 	out        []byte // replies collected and not yet written (owned by the writer)
 	broken     bool   // a write failed: later replies are dropped
 	readerDone bool
-	drained    chan struct{}  // signalled when the reader is done and every reply is out
+	drained    chan struct{} // signalled when the reader is done and every reply is out
 	slots      chan struct{} // counts queued commands, for back-pressure
 }
 
