@@ -13,6 +13,7 @@ DURATION=${DURATION:-10s}
 THREADS=${THREADS:-2}
 CONNS=${CONNS:-64}
 RATE=${RATE:-1000}
+CONCURRENCY=${CONCURRENCY:-1} # sidecar worker threads (its --concurrency; default 1); haproxy runs nbthread 2
 BACKEND=127.0.0.1:28080
 SIDECAR=127.0.0.1:28001
 HAPROXY=127.0.0.1:28101
@@ -37,7 +38,7 @@ go build -o "$work/sidecar" ./cmd/sidecar
 
 "$work/helper" backend -addr "$BACKEND" & pids+=($!)
 "$work/helper" config -listen "$SIDECAR" -backend "$BACKEND" >"$work/sidecar.json"
-${SIDECAR_ENV:+env $SIDECAR_ENV} "$work/sidecar" --static-config "$work/sidecar.json" --admin-address "$ADMIN" --metrics-address "$METRICS" 2>"$work/sidecar.log" &
+"$work/sidecar" --concurrency "$CONCURRENCY" --static-config "$work/sidecar.json" --admin-address "$ADMIN" --metrics-address "$METRICS" 2>"$work/sidecar.log" &
 sidecar_pid=$!; pids+=($sidecar_pid)
 cat >"$work/haproxy.cfg" <<CFG
 global

@@ -7,7 +7,8 @@
 # (apt-get install -y redis-server redis-tools nutcracker).
 # Env: N (requests, default 200000), C (clients, 50), PIPELINES ("1 16"),
 #      TESTS (get,set), ROUNDS (3; targets interleaved, the median is shown),
-#      BASE_PORT (17000), KEEP_LOGS=1 to keep the temp dir.
+#      BASE_PORT (17000), CONCURRENCY (Weft's worker threads, 1 as the sidecar's
+#      default; nutcracker is single-threaded), KEEP_LOGS=1 to keep the temp dir.
 set -euo pipefail
 
 N=${N:-200000}
@@ -16,6 +17,7 @@ PIPELINES=${PIPELINES:-"1 16"}
 TESTS=${TESTS:-get,set}
 ROUNDS=${ROUNDS:-3}
 BASE_PORT=${BASE_PORT:-17000}
+CONCURRENCY=${CONCURRENCY:-1} # the proxy's worker threads, as the sidecar's --concurrency (default 1)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 for bin in redis-server redis-benchmark redis-cli nutcracker go; do
@@ -58,7 +60,7 @@ for i in 1 2 3; do wait_port $((BASE_PORT + i)); done
 WEFT_PORT=$((BASE_PORT + 21))
 NC_PORT=$((BASE_PORT + 22))
 go build -o "$WORK/weft-redis-proxy" "$ROOT/hack/redis/weft-redis-proxy"
-"$WORK/weft-redis-proxy" -listen "127.0.0.1:$WEFT_PORT" -servers "$(IFS=,; echo "${SERVERS[*]}")" 2>"$WORK/weft.log" &
+"$WORK/weft-redis-proxy" -concurrency "$CONCURRENCY" -listen "127.0.0.1:$WEFT_PORT" -servers "$(IFS=,; echo "${SERVERS[*]}")" 2>"$WORK/weft.log" &
 WEFT_PID=$!
 PIDS+=($!)
 cat >"$WORK/nutcracker.yml" <<YAML

@@ -26,6 +26,9 @@ const (
 	LabelFunction = "weft.dev/function"
 	// AnnotationAppPort overrides the app port the sidecar's inbound listener forwards to.
 	AnnotationAppPort = "weft.dev/app-port"
+	// AnnotationConcurrency sets the sidecar's worker threads (its --concurrency flag);
+	// unset, the sidecar runs one, as Linkerd's proxy does.
+	AnnotationConcurrency = "weft.dev/proxy-concurrency"
 	// AnnotationStatus records that the Pod was injected, and with which image.
 	AnnotationStatus = "weft.dev/sidecar"
 )
@@ -79,6 +82,9 @@ func Inject(pod *corev1.Pod, ns string, cfg Config) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	if err := checkConcurrency(pod); err != nil {
+		return false, err
+	}
 	for i := range pod.Spec.Containers {
 		addProxyEnv(&pod.Spec.Containers[i])
 	}
@@ -104,6 +110,19 @@ func appPortOf(pod *corev1.Pod) (int32, error) {
 		return pod.Spec.Containers[0].Ports[0].ContainerPort, nil
 	}
 	return 0, nil
+}
+
+// checkConcurrency refuses a weft.dev/proxy-concurrency annotation the sidecar could not
+// use, so the mistake shows at admission and not as a crash-looping container.
+func checkConcurrency(pod *corev1.Pod) error {
+	v, ok := pod.Annotations[AnnotationConcurrency]
+	if !ok {
+		return nil
+	}
+	if n, err := strconv.Atoi(v); err != nil || n < 0 || n > 64 {
+		return fmt.Errorf("annotation %s=%q is not a thread count (0-64; 0 means one per CPU the container may use); fix or remove it", AnnotationConcurrency, v)
+	}
+	return nil
 }
 
 // addProxyEnv points the app's HTTP clients at the sidecar's outbound listener; both
@@ -143,6 +162,9 @@ func sidecar(pod *corev1.Pod, ns string, appPort int32, cfg Config) corev1.Conta
 	}
 	if fn := pod.Labels[LabelFunction]; fn != "" {
 		args = append(args, "--function="+ns+"/"+fn)
+	}
+	if v, ok := pod.Annotations[AnnotationConcurrency]; ok {
+		args = append(args, "--concurrency="+v)
 	}
 	drain := cfg.DrainSeconds
 	if drain <= 0 {

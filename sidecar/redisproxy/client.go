@@ -246,8 +246,7 @@ func (cl *client) writeReplies(block bool) {
 		if cl.broken {
 			cl.out = cl.out[:0]
 		} else if block {
-			_, err := cl.c.Write(cl.out)
-			cl.wrote(err)
+			cl.wrote(cl.write())
 		} else if !cl.tryWrite() {
 			go cl.finishWrite()
 			return
@@ -258,10 +257,18 @@ func (cl *client) writeReplies(block bool) {
 
 // finishWrite takes over a write the socket could not take at once.
 func (cl *client) finishWrite() {
-	_, err := cl.c.Write(cl.out)
-	cl.wrote(err)
+	cl.wrote(cl.write())
 	cl.mu.Lock()
 	cl.writeReplies(true)
+}
+
+// write writes all of out, waiting for the socket as needed.
+func (cl *client) write() error {
+	if cl.raw == nil {
+		_, err := cl.c.Write(cl.out)
+		return err
+	}
+	return connio.WriteAll(cl.raw, cl.out)
 }
 
 func (cl *client) wrote(err error) {
@@ -280,30 +287,12 @@ func (cl *client) tryWrite() bool {
 	if cl.raw == nil {
 		return false
 	}
-	var n int
-	var werr error
-	err := cl.raw.Write(func(fd uintptr) bool {
-		for {
-			n, werr = syscall.Write(int(fd), cl.out)
-			if werr != syscall.EINTR {
-				return true
-			}
-		}
-	})
-	switch {
-	case err != nil:
-		cl.wrote(err)
-		return true
-	case werr == syscall.EAGAIN:
-		return false
-	case werr != nil:
-		cl.wrote(werr)
-		return true
-	case n < len(cl.out):
+	n, err := connio.TryWrite(cl.raw, cl.out)
+	if err == nil && n < len(cl.out) {
 		cl.out = cl.out[:copy(cl.out, cl.out[n:])]
 		return false
 	}
-	cl.wrote(nil)
+	cl.wrote(err)
 	return true
 }
 

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/weftmesh/weft/sidecar/connio"
@@ -124,6 +125,7 @@ type sconn struct {
 	slot  int
 	mu    sync.Mutex
 	c     net.Conn
+	raw   syscall.RawConn // nil: written with c.Write
 	wbuf  []byte
 	spare []byte
 	queue []*request
@@ -189,6 +191,9 @@ func (s *sconn) connect() {
 		return
 	}
 	s.c = c
+	if sc, ok := c.(syscall.Conn); ok {
+		s.raw, _ = sc.SyscallConn()
+	}
 	if len(s.queue) > s.head && u.opTimeout > 0 {
 		_ = c.SetReadDeadline(time.Now().Add(u.opTimeout))
 	}
@@ -242,13 +247,22 @@ func (s *sconn) writeLoop() {
 			s.spare = buf
 			continue
 		}
-		_, err := s.c.Write(buf)
+		err := s.write(buf)
 		s.spare = buf[:0]
 		if err != nil {
 			s.fail(fmt.Sprintf("ERR lost connection to server %s: %v; the command may or may not have run", s.up.label(), err), true)
 			return
 		}
 	}
+}
+
+// write sends buf, waiting for the socket as needed.
+func (s *sconn) write(buf []byte) error {
+	if s.raw == nil {
+		_, err := s.c.Write(buf)
+		return err
+	}
+	return connio.WriteAll(s.raw, buf)
 }
 
 func (s *sconn) readLoop() {

@@ -16,6 +16,7 @@ import (
 	_ "net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -34,7 +35,11 @@ func main() {
 	conns := flag.Int("server-connections", 1, "pipelined connections per server")
 	timeout := flag.Duration("op-timeout", 0, "per-operation timeout (0: none)")
 	admin := flag.String("admin", "", "address for /metrics and /debug/pprof (empty: off)")
+	threads := flag.Int("concurrency", 1, "worker threads (GOMAXPROCS), as the sidecar's --concurrency; 0: one per CPU")
 	flag.Parse()
+	if *threads > 0 {
+		runtime.GOMAXPROCS(*threads)
+	}
 
 	pl := redisproxy.Pool{Distribution: ring.Distribution(*dist), Hash: *hash, HashTag: *tag}
 	for _, s := range strings.Split(*servers, ",") {
