@@ -196,7 +196,14 @@ func (l *Listener) shutdown(ctx context.Context) error {
 	l.draining = true
 	for c, active := range l.conns {
 		if !active {
-			_ = c.Close()
+			// Only the read side: an idle connection may still owe the response its
+			// reader writes on the way into the next read (connio.Conn). The reader
+			// then sees EOF and closes the connection itself.
+			if tc, ok := c.(*net.TCPConn); ok {
+				_ = tc.CloseRead()
+			} else {
+				_ = c.Close()
+			}
 		}
 	}
 	l.mu.Unlock()

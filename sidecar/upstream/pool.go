@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/weftmesh/weft/sidecar/connio"
 )
 
 // pool is one host's keep-alive HTTP/1.1 connections. The proxy writes the request and
@@ -24,7 +26,7 @@ type pool struct {
 }
 
 type pconn struct {
-	conn     net.Conn
+	conn     *connio.Conn
 	br       *bufio.Reader
 	bw       *bufio.Writer
 	used     uint32
@@ -94,7 +96,8 @@ func (c *Cluster) RoundTrip(ctx context.Context, req *Request, h *Host, deadline
 			if err != nil {
 				return nil, err
 			}
-			pc = &pconn{conn: conn, br: bufio.NewReaderSize(conn, 4096), bw: bufio.NewWriterSize(conn, 4096)}
+			cc := connio.NewConn(conn)
+			pc = &pconn{conn: cc, br: bufio.NewReaderSize(cc, 4096), bw: bufio.NewWriterSize(cc, 4096)}
 		}
 		resp, err := c.exchange(ctx, pc, req, &h.pool, deadline)
 		if err == nil {
@@ -152,7 +155,12 @@ func (c *Cluster) exchange(ctx context.Context, pc *pconn, req *Request, pool *p
 	if ctx.Done() != nil { // HTTP/1 requests carry context.Background: nothing to watch
 		stop = context.AfterFunc(ctx, func() { _ = pc.conn.SetDeadline(aLongTimeAgo) })
 	}
-	if err := writeRequest(pc.bw, req); err != nil {
+	// A request without a streamed body is written by the read that waits for the
+	// response (connio.Conn): one read(2) per response instead of two.
+	pc.conn.Deferring = req.Body == nil
+	err := writeRequest(pc.bw, req)
+	pc.conn.Deferring = false
+	if err != nil {
 		stop()
 		return nil, &staleConnError{err}
 	}
@@ -161,7 +169,6 @@ func (c *Cluster) exchange(ctx context.Context, pc *pconn, req *Request, pool *p
 		return nil, &staleConnError{err}
 	}
 	var resp *http.Response
-	var err error
 	forMethod := otherRequest
 	if req.Method == http.MethodHead {
 		forMethod = headRequest

@@ -1,0 +1,159 @@
+package connio
+
+import (
+	"io"
+	"net"
+	"os"
+	"syscall"
+)
+
+// Conn is a net.Conn for request/response protocols read through a buffer (HTTP/1.1).
+// Reads and writes skip the runtime's syscall bracket as ReadLoop does, and a write can
+// be deferred to the next Read: WriteThenRead-style exchanges — send a request, wait for
+// the response; send a response, wait for the next request — then cost one read(2)
+// instead of two. A plain "write, then Read" first calls read(2) and gets EAGAIN,
+// because the peer cannot have answered yet, and only then parks. Deferring the write
+// into the Read lets the write happen inside the poller wait's critical section (one
+// RawConn.Read call), so the poller's readiness event for the answer cannot be lost and
+// the first read(2) can be skipped.
+//
+// Deferred bytes are written by the next Read, or by Flush, Write or Close, so nothing
+// is ever left behind. A Conn, like a bufio.Reader over it, is for one reader and one
+// writer goroutine at a time; Defer and Read must not race.
+type Conn struct {
+	net.Conn
+	raw     syscall.RawConn
+	pending []byte // deferred write
+	// Deferring makes Write defer instead of writing: set it around the flush that ends
+	// a message when the next step is reading the answer.
+	Deferring bool
+}
+
+// NewConn wraps c. Without a file descriptor (net.Pipe, TLS) it passes calls through.
+func NewConn(c net.Conn) *Conn {
+	cc := &Conn{Conn: c}
+	if sc, ok := c.(syscall.Conn); ok {
+		cc.raw, _ = sc.SyscallConn()
+	}
+	return cc
+}
+
+// Defer queues p to be written by the next Read (or Flush). p is copied.
+func (c *Conn) Defer(p []byte) {
+	c.pending = append(c.pending, p...)
+}
+
+// Flush writes any deferred bytes now.
+func (c *Conn) Flush() error {
+	if len(c.pending) == 0 {
+		return nil
+	}
+	p := c.pending
+	c.pending = c.pending[:0]
+	return c.write(p)
+}
+
+// Write writes p after any deferred bytes, or defers it too while Deferring is set.
+func (c *Conn) Write(p []byte) (int, error) {
+	if c.Deferring && c.raw != nil {
+		c.Defer(p)
+		return len(p), nil
+	}
+	if err := c.Flush(); err != nil {
+		return 0, err
+	}
+	if err := c.write(p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (c *Conn) write(p []byte) error {
+	if c.raw == nil {
+		_, err := c.Conn.Write(p)
+		return err
+	}
+	if err := WriteAll(c.raw, p); err != nil {
+		return &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	}
+	return nil
+}
+
+// Read writes any deferred bytes, then reads. After a deferred write the first read(2)
+// is skipped: the answer cannot be there before the question was sent.
+func (c *Conn) Read(p []byte) (int, error) {
+	if c.raw == nil {
+		if err := c.Flush(); err != nil {
+			return 0, err
+		}
+		return c.Conn.Read(p)
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	out := c.pending
+	var (
+		n     int
+		errno syscall.Errno
+		werr  error
+	)
+	err := c.raw.Read(func(fd uintptr) bool {
+		for len(out) > 0 {
+			m, e := sysWrite(int(fd), out)
+			switch e {
+			case 0:
+				out = out[m:]
+				if len(out) == 0 {
+					return false // sent: wait for the answer without reading first
+				}
+			case syscall.EINTR:
+			case syscall.EAGAIN:
+				return true // the socket is full: finish with a waiting write below
+			default:
+				werr = os.NewSyscallError("write", e)
+				return true
+			}
+		}
+		for {
+			n, errno = sysRead(int(fd), p)
+			switch errno {
+			case syscall.EINTR:
+				continue
+			case syscall.EAGAIN:
+				return false
+			}
+			return true
+		}
+	})
+	if werr != nil {
+		c.pending = c.pending[:0]
+		return 0, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: werr}
+	}
+	if len(out) > 0 && err == nil {
+		// The deferred bytes did not fit: write the rest the ordinary way and read.
+		c.pending = append(c.pending[:0], out...)
+		if err := c.Flush(); err != nil {
+			return 0, err
+		}
+		return c.Read(p)
+	}
+	if len(c.pending) > 0 {
+		c.pending = c.pending[:0]
+	}
+	if err != nil {
+		return 0, err
+	}
+	if errno != 0 {
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", errno)}
+	}
+	if n == 0 {
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// Close writes any deferred bytes, then closes.
+func (c *Conn) Close() error {
+	_ = c.Flush()
+	return c.Conn.Close()
+}
