@@ -15,6 +15,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/weftmesh/weft/sidecar/connio"
+	"github.com/weftmesh/weft/sidecar/httphead"
 )
 
 // The HTTP/1.1 front end. Requests are parsed by the standard library's http.ReadRequest
@@ -101,26 +102,43 @@ func (l *Listener) serveConn(nc net.Conn) {
 	}()
 	remote := conn.RemoteAddr().String()
 	w := &h1Writer{conn: conn, br: br, bw: bw}
+	// armed is the read deadline in force (zero: none). Every change costs a runtime timer
+	// update, so the idle deadline is moved only once it lags by more than a second, and
+	// the header deadline is set only for a head that has not arrived whole.
+	armed := time.Now().Add(readHeaderTimeout)
 	for first := true; ; first = false {
 		if !first {
-			_ = conn.SetReadDeadline(time.Now().Add(idleTimeout))
+			if now := time.Now(); armed.IsZero() || now.Add(idleTimeout).Sub(armed) > time.Second {
+				armed = now.Add(idleTimeout)
+				_ = conn.SetReadDeadline(armed)
+			}
 			if _, err := br.Peek(1); err != nil {
 				return
 			}
-			_ = conn.SetReadDeadline(time.Now().Add(readHeaderTimeout))
+			if buf, _ := br.Peek(br.Buffered()); httphead.End(buf) < 0 {
+				armed = time.Now().Add(readHeaderTimeout)
+				_ = conn.SetReadDeadline(armed)
+			}
 		}
-		req, err := http.ReadRequest(br)
+		req, fast, err := readRequest(br)
 		if err != nil {
 			if !errors.Is(err, io.EOF) {
 				badRequest(bw, "malformed HTTP request")
 			}
 			return
 		}
-		if msg := validate(req); msg != "" {
-			badRequest(bw, msg)
-			return
+		if !fast { // the fast path validated as it parsed
+			if msg := validate(req); msg != "" {
+				badRequest(bw, msg)
+				return
+			}
 		}
-		_ = conn.SetReadDeadline(time.Time{})
+		// The handler reads the body without a deadline; with no body the deadline can
+		// stay: nothing reads the connection until the next request.
+		if req.ContentLength != 0 && !armed.IsZero() {
+			armed = time.Time{}
+			_ = conn.SetReadDeadline(armed)
+		}
 		draining := l.track(nc, true)
 		req.RemoteAddr = remote
 		if req.Header.Get("Expect") == "100-continue" && req.ContentLength != 0 {
@@ -130,6 +148,9 @@ func (l *Listener) serveConn(nc net.Conn) {
 		w.reset(req, draining)
 		l.ServeHTTP(w, req)
 		w.finish()
+		if w.watched {
+			armed = time.Time{} // WatchClose cleared the deadline
+		}
 		// Read what the handler left of the body so the next request starts clean.
 		n, _ := io.CopyN(io.Discard, req.Body, maxBodyDrain)
 		req.Body.Close()
@@ -146,6 +167,21 @@ func (l *Listener) serveConn(nc net.Conn) {
 			return
 		}
 	}
+}
+
+// readRequest parses the next request: on the fast path (httphead) when its head is
+// buffered whole and ordinary, else with http.ReadRequest.
+func readRequest(br *bufio.Reader) (req *http.Request, fast bool, err error) {
+	if buf, _ := br.Peek(br.Buffered()); len(buf) > 0 {
+		if n := httphead.End(buf); n > 0 {
+			if h, ok := httphead.ParseRequest(buf[:n]); ok {
+				_, _ = br.Discard(n)
+				return h.Request(br), true, nil
+			}
+		}
+	}
+	req, err = http.ReadRequest(br)
+	return req, false, err
 }
 
 // validate applies the checks net/http's server makes beyond parsing. ReadRequest has
@@ -188,6 +224,7 @@ type h1Writer struct {
 	header      http.Header
 	req         *http.Request
 	wroteHeader bool
+	watched     bool // WatchClose ran: the read deadline was cleared
 	chunked     bool
 	noBody      bool
 	close       bool
@@ -199,7 +236,7 @@ func (w *h1Writer) reset(req *http.Request, closeAfter bool) {
 	} else {
 		clear(w.header)
 	}
-	w.req, w.wroteHeader, w.chunked, w.noBody = req, false, false, false
+	w.req, w.wroteHeader, w.chunked, w.noBody, w.watched = req, false, false, false, false
 	w.close = closeAfter || req.Close || !req.ProtoAtLeast(1, 1) && !httpguts.HeaderValuesContainsToken(req.Header["Connection"], "keep-alive")
 }
 
@@ -333,6 +370,7 @@ func (s *h2Server) Addr() net.Addr { return s.addr }
 // read, as net/http's server does around its handlers.
 func (w *h1Writer) WatchClose(parent context.Context) (context.Context, func()) {
 	ctx, cancel := context.WithCancel(parent)
+	w.watched = true
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/sidecar/connio"
+	"github.com/weftmesh/weft/sidecar/httphead"
 )
 
 // pool is one host's keep-alive HTTP/1.1 connections. The proxy writes the request and
@@ -147,9 +148,19 @@ func (e *staleConnError) Error() string { return "reused connection closed: " + 
 func (e *staleConnError) Unwrap() error { return e.err }
 
 func (c *Cluster) exchange(ctx context.Context, pc *pconn, req *Request, pool *pool, deadline time.Time) (*http.Response, error) {
-	if !deadline.IsZero() {
-		_ = pc.conn.SetDeadline(deadline)
+	// Only reads need the deadline: a request without a streamed body fits the socket
+	// buffer. A connection keeps its last deadline while idle in the pool (nothing reads
+	// it there), which saves the timer update that clearing it would cost.
+	switch {
+	case !deadline.IsZero():
+		_ = pc.conn.SetReadDeadline(deadline)
 		pc.deadline = true
+	case pc.deadline:
+		_ = pc.conn.SetReadDeadline(time.Time{})
+		pc.deadline = false
+	}
+	if req.Body != nil {
+		_ = pc.conn.SetWriteDeadline(deadline)
 	}
 	stop := noStop
 	if ctx.Done() != nil { // HTTP/1 requests carry context.Background: nothing to watch
@@ -174,7 +185,7 @@ func (c *Cluster) exchange(ctx context.Context, pc *pconn, req *Request, pool *p
 		forMethod = headRequest
 	}
 	for {
-		resp, err = http.ReadResponse(pc.br, forMethod)
+		resp, err = readResponse(pc.br, forMethod)
 		if err != nil {
 			stop()
 			return nil, fmt.Errorf("reading response from %s: %w", pc.conn.RemoteAddr(), err)
@@ -189,6 +200,32 @@ func (c *Cluster) exchange(ctx context.Context, pc *pconn, req *Request, pool *p
 	pc.reusable = !resp.Close && (cc.MaxRequestsPerConn == 0 || pc.used < cc.MaxRequestsPerConn)
 	resp.Body = &body{rc: resp.Body, pc: pc, stop: stop, c: c, pool: pool}
 	return resp, nil
+}
+
+// readResponse parses the next response: on the fast path (httphead) when its head is
+// buffered whole and its body is framed by Content-Length (or absent), else with
+// http.ReadResponse.
+func readResponse(br *bufio.Reader, forMethod *http.Request) (*http.Response, error) {
+	if buf, _ := br.Peek(br.Buffered()); len(buf) > 0 {
+		if n := httphead.End(buf); n > 0 {
+			if h, ok := httphead.ParseResponse(buf[:n]); ok {
+				noBody := forMethod.Method == http.MethodHead || h.Status == http.StatusNoContent || h.Status == http.StatusNotModified
+				if noBody || h.ContentLength >= 0 {
+					_, _ = br.Discard(n)
+					resp := &http.Response{StatusCode: h.Status, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+						Header: h.Header, Close: h.Close, ContentLength: h.ContentLength, Body: http.NoBody}
+					switch {
+					case h.Status == http.StatusNoContent || h.Status == http.StatusNotModified:
+						resp.ContentLength = 0
+					case !noBody && h.ContentLength > 0:
+						resp.Body = io.NopCloser(io.LimitReader(br, h.ContentLength))
+					}
+					return resp, nil
+				}
+			}
+		}
+	}
+	return http.ReadResponse(br, forMethod)
 }
 
 // body returns the connection to its pool once the response has been read to EOF, and
@@ -226,10 +263,6 @@ func (b *body) finish(complete bool) {
 	b.done = true
 	// stop reports false if the context already fired and poisoned the deadline.
 	if b.stop() && complete && b.pc.reusable && b.pool != nil {
-		if b.pc.deadline {
-			_ = b.pc.conn.SetDeadline(time.Time{})
-			b.pc.deadline = false
-		}
 		b.pool.put(b.pc, int(min(b.c.cfg.Load().Limits.MaxConnections, 1024)))
 		return
 	}

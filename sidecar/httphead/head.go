@@ -1,0 +1,266 @@
+// Package httphead parses the heads of HTTP/1.1 requests and responses that are already
+// buffered in full, for the sidecar's fast path. It accepts a strict subset of the
+// protocol — the shape nearly every request and response between services has — and
+// says "not mine" for everything else, which the caller then hands to net/http's own
+// parser (http.ReadRequest, http.ReadResponse). So the fast path can be stricter than
+// net/http but never more lenient: anything it accepts, net/http would accept with the
+// same meaning. The fuzz tests hold it to that.
+//
+// Why: net/http's parsers allocate a dozen objects per message and were a sixth of the
+// proxy's CPU per request. Here all strings of one head come from a single allocation.
+package httphead
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// Head is the parsed head of one message.
+type Head struct {
+	// Request line (requests): Method and Target; status line (responses): Status.
+	Method, Target string
+	Status         int
+	Header         http.Header
+	Host           string // requests: the Host header, removed from Header as net/http does
+	ContentLength  int64  // -1: none given
+	Close          bool   // Connection: close
+}
+
+var crlf2 = []byte("\r\n\r\n")
+
+// End returns the length of the head at the start of b (through the blank line), or -1
+// if b does not hold a whole head yet.
+func End(b []byte) int {
+	i := bytes.Index(b, crlf2)
+	if i < 0 {
+		return -1
+	}
+	return i + 4
+}
+
+// ParseRequest parses a request head occupying all of b (as End measured it). ok is
+// false for anything outside the fast path: the caller uses http.ReadRequest instead.
+func ParseRequest(b []byte) (h Head, ok bool) {
+	s := string(b[:len(b)-2]) // keep one CRLF so every line ends with one
+	line, rest, ok := cutLine(s)
+	if !ok {
+		return h, false
+	}
+	sp := indexByte(line, ' ')
+	if sp <= 0 || !upperToken(line[:sp]) {
+		return h, false
+	}
+	h.Method = line[:sp]
+	line = line[sp+1:]
+	sp = indexByte(line, ' ')
+	if sp <= 0 || line[sp+1:] != "HTTP/1.1" || !originForm(line[:sp]) {
+		return h, false
+	}
+	h.Target = line[:sp]
+	if !h.parseFields(rest, true) || h.Host == "" || !httpguts.ValidHostHeader(h.Host) {
+		return h, false
+	}
+	return h, true
+}
+
+// ParseResponse parses a response head occupying all of b. Interim (1xx) responses,
+// bodies framed other than by Content-Length, and anything unusual are refused (ok
+// false) and left to http.ReadResponse.
+func ParseResponse(b []byte) (h Head, ok bool) {
+	s := string(b[:len(b)-2])
+	line, rest, ok := cutLine(s)
+	if !ok || len(line) < 12 || line[:9] != "HTTP/1.1 " || (len(line) > 12 && line[12] != ' ') {
+		return h, false
+	}
+	code, err := strconv.Atoi(line[9:12])
+	if err != nil || code < 200 || code > 999 {
+		return h, false
+	}
+	h.Status = code
+	if !h.parseFields(rest, false) {
+		return h, false
+	}
+	return h, true
+}
+
+// parseFields parses header lines, each ending in CRLF.
+func (h *Head) parseFields(s string, request bool) bool {
+	n := 0
+	for i := 0; i+1 < len(s); i++ {
+		if s[i] == '\r' {
+			n++
+		}
+	}
+	h.Header = make(http.Header, n)
+	vals := make([]string, n) // one backing array for single-valued fields
+	h.ContentLength = -1
+	for len(s) > 0 {
+		line, rest, ok := cutLine(s)
+		if !ok {
+			return false
+		}
+		s = rest
+		colon := indexByte(line, ':')
+		if colon <= 0 {
+			return false
+		}
+		name := line[:colon]
+		if !httpguts.ValidHeaderFieldName(name) { // also refuses space before the colon
+			return false
+		}
+		value := trim(line[colon+1:])
+		if !httpguts.ValidHeaderFieldValue(value) {
+			return false
+		}
+		key := textproto.CanonicalMIMEHeaderKey(name)
+		switch key {
+		case "Host":
+			if !request {
+				break
+			}
+			if h.Host != "" {
+				return false // net/http refuses repeated Host
+			}
+			h.Host = value
+			continue
+		case "Content-Length":
+			if h.ContentLength >= 0 {
+				return false // repeated: net/http's rules are subtle, let it decide
+			}
+			if !digits(value) || len(value) > 18 {
+				return false
+			}
+			h.ContentLength, _ = strconv.ParseInt(value, 10, 64)
+		case "Transfer-Encoding", "Expect", "Te", "Trailer", "Upgrade":
+			return false
+		case "Connection":
+			if httpguts.HeaderValuesContainsToken([]string{value}, "close") {
+				h.Close = true
+			}
+		}
+		if old := h.Header[key]; old != nil {
+			h.Header[key] = append(old, value)
+			continue
+		}
+		vals[0] = value
+		h.Header[key] = vals[:1:1]
+		vals = vals[1:]
+	}
+	return true
+}
+
+// cutLine splits s at the first CRLF; a bare LF or CR inside a line is refused.
+func cutLine(s string) (line, rest string, ok bool) {
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '\r':
+			if i+1 < len(s) && s[i+1] == '\n' {
+				return s[:i], s[i+2:], true
+			}
+			return "", "", false
+		case '\n':
+			return "", "", false
+		}
+	}
+	return "", "", false
+}
+
+func indexByte(s string, c byte) int {
+	for i := 0; i < len(s); i++ {
+		if s[i] == c {
+			return i
+		}
+	}
+	return -1
+}
+
+func trim(s string) string {
+	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t') {
+		s = s[1:]
+	}
+	for len(s) > 0 && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t') {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+func upperToken(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 'A' || s[i] > 'Z' {
+			return false
+		}
+	}
+	return len(s) > 0
+}
+
+func digits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return len(s) > 0
+}
+
+// originForm accepts "/path?query" targets whose path is made only of characters that
+// need no escaping (so url.URL.EscapedPath gives back exactly what was sent) and whose
+// query is printable ASCII. '%' escapes in the path, absolute-form (proxy requests),
+// '*' and fragments go to net/http.
+func originForm(t string) bool {
+	if t[0] != '/' {
+		return false
+	}
+	i := 0
+	for ; i < len(t) && t[i] != '?'; i++ {
+		if !pathChar[t[i]] {
+			return false
+		}
+	}
+	for ; i < len(t); i++ {
+		if c := t[i]; c <= ' ' || c >= 0x7f || c == '#' {
+			return false
+		}
+	}
+	return true
+}
+
+// pathChar holds RFC 3986 unreserved characters, sub-delims, ':', '@' and '/'.
+var pathChar = func() (t [256]bool) {
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+	}
+	for c := 'A'; c <= 'Z'; c++ {
+		t[c] = true
+	}
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for _, c := range "-._~!$&'()*+,;=:@/" {
+		t[c] = true
+	}
+	return t
+}()
+
+// Request builds the http.Request for a head parsed by ParseRequest, its body (if any)
+// read from body. The URL's RawPath is the target's path as sent, which needs no
+// unescaping, so EscapedPath returns it unchanged as it would after url.ParseRequestURI.
+func (h *Head) Request(body io.Reader) *http.Request {
+	path, query, _ := strings.Cut(h.Target, "?")
+	req := &http.Request{
+		Method: h.Method, URL: &url.URL{Path: path, RawPath: path, RawQuery: query},
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: h.Header, Host: h.Host, RequestURI: h.Target, Close: h.Close, Body: http.NoBody,
+	}
+	if h.ContentLength > 0 {
+		req.ContentLength = h.ContentLength
+		req.Body = io.NopCloser(io.LimitReader(body, h.ContentLength))
+	}
+	return req
+}
