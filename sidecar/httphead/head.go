@@ -71,8 +71,8 @@ func ParseRequest(b []byte) (h Head, ok bool) {
 }
 
 // ParseResponse parses a response head occupying all of b. Interim (1xx) responses,
-// bodies framed other than by Content-Length, and anything unusual are refused (ok
-// false) and left to http.ReadResponse.
+// bodies framed other than by Content-Length (except 204 and 304, which have none), and
+// anything unusual are refused (ok false) and left to http.ReadResponse.
 func ParseResponse(b []byte) (h Head, ok bool) {
 	s := string(b[:len(b)-2])
 	line, rest, ok := cutLine(s)
@@ -86,6 +86,12 @@ func ParseResponse(b []byte) (h Head, ok bool) {
 	h.Status = code
 	if !h.parseFields(rest, false) {
 		return h, false
+	}
+	if h.ContentLength < 0 && code != 204 && code != 304 {
+		return h, false // a body read until the connection closes: net/http's case
+	}
+	if h.Close {
+		delete(h.Header, "Connection") // as net/http does for responses
 	}
 	return h, true
 }
