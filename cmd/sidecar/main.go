@@ -44,6 +44,7 @@ type flags struct {
 	redisProxy                                           string
 	drainTimeout                                         time.Duration
 	concurrency                                          int
+	releaseMemory                                        bool
 }
 
 func parseFlags() flags {
@@ -62,6 +63,7 @@ func parseFlags() flags {
 	flag.StringVar(&f.redisProxy, "redis-proxy", "", "run as the standalone proxy of RedisProxy <namespace>/<name>: its pool listens on all addresses")
 	flag.DurationVar(&f.drainTimeout, "drain-timeout", 20*time.Second, "how long SIGTERM waits for in-flight requests")
 	flag.IntVar(&f.concurrency, "concurrency", 1, "worker threads that run proxy code (Go's GOMAXPROCS); 0: one per CPU the container may use")
+	flag.BoolVar(&f.releaseMemory, "release-startup-memory", true, "after the first config, drop the executable's pages only start-up used (Linux)")
 	flag.Parse()
 	if f.nodeID == "" {
 		f.nodeID = f.pod + "." + f.namespace
@@ -175,6 +177,25 @@ func run() error {
 		}()
 	}
 	log.Info("sidecar started", "node", node.GetId(), "xds", f.xdsAddress, "admin", f.adminAddress)
+	if f.releaseMemory {
+		go func() {
+			// Once the first complete config is in, start-up is over.
+			for current.Load() == nil {
+				select {
+				case <-bg.Done():
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+			time.Sleep(time.Second)
+			n, err := releaseStartupMemory()
+			if err != nil {
+				log.Warn("releasing start-up memory", "err", err)
+				return
+			}
+			log.Info("released start-up memory", "mappedBytes", n)
+		}()
+	}
 	<-sigCtx.Done()
 
 	log.Info("draining", "timeout", f.drainTimeout)

@@ -23,18 +23,30 @@ import (
 type Conn struct {
 	net.Conn
 	raw     syscall.RawConn
+	w       *Writer
 	pending []byte // deferred write
 	// Deferring makes Write defer instead of writing: set it around the flush that ends
 	// a message when the next step is reading the answer.
 	Deferring bool
+
+	// state of the Read in progress, kept here so the callback is built once
+	rp    []byte
+	rout  []byte
+	rn    int
+	errno syscall.Errno
+	werr  syscall.Errno
+	read  func(fd uintptr) bool
 }
 
 // NewConn wraps c. Without a file descriptor (net.Pipe, TLS) it passes calls through.
 func NewConn(c net.Conn) *Conn {
 	cc := &Conn{Conn: c}
 	if sc, ok := c.(syscall.Conn); ok {
-		cc.raw, _ = sc.SyscallConn()
+		if raw, err := sc.SyscallConn(); err == nil {
+			cc.raw, cc.w = raw, NewWriter(raw)
+		}
 	}
+	cc.read = cc.readFD
 	return cc
 }
 
@@ -73,10 +85,40 @@ func (c *Conn) write(p []byte) error {
 		_, err := c.Conn.Write(p)
 		return err
 	}
-	if err := WriteAll(c.raw, p); err != nil {
+	if err := c.w.WriteAll(p); err != nil {
 		return &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 	}
 	return nil
+}
+
+// readFD is the RawConn.Read callback: write what is deferred, then read.
+func (c *Conn) readFD(fd uintptr) bool {
+	for len(c.rout) > 0 {
+		m, e := sysWrite(int(fd), c.rout)
+		switch e {
+		case 0:
+			c.rout = c.rout[m:]
+			if len(c.rout) == 0 {
+				return false // sent: wait for the answer without reading first
+			}
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return true // the socket is full: finish with a waiting write
+		default:
+			c.werr = e
+			return true
+		}
+	}
+	for {
+		c.rn, c.errno = sysRead(int(fd), c.rp)
+		switch c.errno {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		return true
+	}
 }
 
 // Read writes any deferred bytes, then reads. After a deferred write the first read(2)
@@ -91,43 +133,13 @@ func (c *Conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	out := c.pending
-	var (
-		n     int
-		errno syscall.Errno
-		werr  error
-	)
-	err := c.raw.Read(func(fd uintptr) bool {
-		for len(out) > 0 {
-			m, e := sysWrite(int(fd), out)
-			switch e {
-			case 0:
-				out = out[m:]
-				if len(out) == 0 {
-					return false // sent: wait for the answer without reading first
-				}
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return true // the socket is full: finish with a waiting write below
-			default:
-				werr = os.NewSyscallError("write", e)
-				return true
-			}
-		}
-		for {
-			n, errno = sysRead(int(fd), p)
-			switch errno {
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false
-			}
-			return true
-		}
-	})
-	if werr != nil {
+	c.rp, c.rout, c.rn, c.errno, c.werr = p, c.pending, 0, 0, 0
+	err := c.raw.Read(c.read)
+	out := c.rout
+	c.rp, c.rout = nil, nil
+	if c.werr != 0 {
 		c.pending = c.pending[:0]
-		return 0, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: werr}
+		return 0, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("write", c.werr)}
 	}
 	if len(out) > 0 && err == nil {
 		// The deferred bytes did not fit: write the rest the ordinary way and read.
@@ -143,13 +155,13 @@ func (c *Conn) Read(p []byte) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if errno != 0 {
-		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", errno)}
+	if c.errno != 0 {
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", c.errno)}
 	}
-	if n == 0 {
+	if c.rn == 0 {
 		return 0, io.EOF
 	}
-	return n, nil
+	return c.rn, nil
 }
 
 // Close writes any deferred bytes, then closes.

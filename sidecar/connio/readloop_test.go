@@ -134,11 +134,12 @@ func TestTryWriteAndWriteAll(t *testing.T) {
 		t.Fatal(err)
 	}
 	big := bytes.Repeat([]byte("x"), 64<<20) // far more than loopback socket buffers
-	n, err := TryWrite(raw, big)
+	w := NewWriter(raw)
+	n, err := w.TryWrite(big)
 	if err != nil || n <= 0 || n >= len(big) {
 		t.Fatalf("TryWrite = %d, %v; want a partial write with no error", n, err)
 	}
-	n2, err := TryWrite(raw, big[n:])
+	n2, err := w.TryWrite(big[n:])
 	if err != nil || n2 != 0 {
 		t.Fatalf("TryWrite on a full socket = %d, %v; want 0, nil", n2, err)
 	}
@@ -147,14 +148,14 @@ func TestTryWriteAndWriteAll(t *testing.T) {
 		m, _ := io.Copy(io.Discard, cl)
 		total <- int(m)
 	}()
-	if err := WriteAll(raw, big[n:]); err != nil {
+	if err := w.WriteAll(big[n:]); err != nil {
 		t.Fatalf("WriteAll: %v", err)
 	}
 	srv.Close()
 	if got := <-total; got != len(big) {
 		t.Fatalf("reader got %d bytes, want %d", got, len(big))
 	}
-	if _, err := TryWrite(raw, []byte("x")); err == nil {
+	if _, err := w.TryWrite([]byte("x")); err == nil {
 		t.Fatal("TryWrite on a closed connection succeeded")
 	}
 }

@@ -266,7 +266,32 @@ func (h *Head) Request(body io.Reader) *http.Request {
 	}
 	if h.ContentLength > 0 {
 		req.ContentLength = h.ContentLength
-		req.Body = io.NopCloser(io.LimitReader(body, h.ContentLength))
+		req.Body = &Body{R: body, N: h.ContentLength}
 	}
 	return req
 }
+
+// Body reads the N bytes of a message body framed by Content-Length from R (io.LimitReader
+// and io.NopCloser in one allocation).
+type Body struct {
+	R io.Reader
+	N int64
+}
+
+func (b *Body) Read(p []byte) (int, error) {
+	if b.N <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > b.N {
+		p = p[:b.N]
+	}
+	n, err := b.R.Read(p)
+	b.N -= int64(n)
+	if err == io.EOF && b.N > 0 {
+		err = io.ErrUnexpectedEOF // the peer closed inside the body
+	}
+	return n, err
+}
+
+// Close does nothing: what is left of the body belongs to the connection.
+func (b *Body) Close() error { return nil }

@@ -86,7 +86,7 @@ func (p *pending) ready() bool {
 type client struct {
 	p      *Proxy
 	c      net.Conn
-	raw    syscall.RawConn // nil: every write is handed to a goroutine
+	w      *connio.Writer // nil: every write is handed to a goroutine
 	id     uint64
 	rd     *resp.Reader
 	authed bool
@@ -111,7 +111,9 @@ func (p *Proxy) newClient(c net.Conn) *client {
 	}
 	cl := &client{p: p, c: c, id: p.nextID.Add(1), drained: make(chan struct{}, 1), slots: make(chan struct{}, maxPending)}
 	if sc, ok := c.(syscall.Conn); ok {
-		cl.raw, _ = sc.SyscallConn()
+		if raw, err := sc.SyscallConn(); err == nil {
+			cl.w = connio.NewWriter(raw)
+		}
 	}
 	cl.rd = resp.NewReader(nil)
 	return cl
@@ -264,11 +266,11 @@ func (cl *client) finishWrite() {
 
 // write writes all of out, waiting for the socket as needed.
 func (cl *client) write() error {
-	if cl.raw == nil {
+	if cl.w == nil {
 		_, err := cl.c.Write(cl.out)
 		return err
 	}
-	return connio.WriteAll(cl.raw, cl.out)
+	return cl.w.WriteAll(cl.out)
 }
 
 func (cl *client) wrote(err error) {
@@ -284,10 +286,10 @@ func (cl *client) wrote(err error) {
 // tryWrite makes one non-blocking write of out and keeps what is left of it;
 // false means the rest needs a goroutine that can wait.
 func (cl *client) tryWrite() bool {
-	if cl.raw == nil {
+	if cl.w == nil {
 		return false
 	}
-	n, err := connio.TryWrite(cl.raw, cl.out)
+	n, err := cl.w.TryWrite(cl.out)
 	if err == nil && n < len(cl.out) {
 		cl.out = cl.out[:copy(cl.out, cl.out[n:])]
 		return false

@@ -125,7 +125,7 @@ type sconn struct {
 	slot  int
 	mu    sync.Mutex
 	c     net.Conn
-	raw   syscall.RawConn // nil: written with c.Write
+	w     *connio.Writer // nil: written with c.Write
 	wbuf  []byte
 	spare []byte
 	queue []*request
@@ -192,7 +192,9 @@ func (s *sconn) connect() {
 	}
 	s.c = c
 	if sc, ok := c.(syscall.Conn); ok {
-		s.raw, _ = sc.SyscallConn()
+		if raw, err := sc.SyscallConn(); err == nil {
+			s.w = connio.NewWriter(raw)
+		}
 	}
 	if len(s.queue) > s.head && u.opTimeout > 0 {
 		_ = c.SetReadDeadline(time.Now().Add(u.opTimeout))
@@ -258,11 +260,11 @@ func (s *sconn) writeLoop() {
 
 // write sends buf, waiting for the socket as needed.
 func (s *sconn) write(buf []byte) error {
-	if s.raw == nil {
+	if s.w == nil {
 		_, err := s.c.Write(buf)
 		return err
 	}
-	return connio.WriteAll(s.raw, buf)
+	return s.w.WriteAll(buf)
 }
 
 func (s *sconn) readLoop() {

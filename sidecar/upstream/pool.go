@@ -218,7 +218,7 @@ func readResponse(br *bufio.Reader, forMethod *http.Request) (*http.Response, er
 					case h.Status == http.StatusNoContent || h.Status == http.StatusNotModified:
 						resp.ContentLength = 0
 					case !noBody && h.ContentLength > 0:
-						resp.Body = io.NopCloser(io.LimitReader(br, h.ContentLength))
+						resp.Body = &httphead.Body{R: br, N: h.ContentLength}
 					}
 					return resp, nil
 				}
