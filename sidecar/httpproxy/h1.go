@@ -152,7 +152,10 @@ func (l *Listener) serveConn(nc net.Conn) {
 			armed = time.Time{} // WatchClose cleared the deadline
 		}
 		// Read what the handler left of the body so the next request starts clean.
-		n, _ := io.CopyN(io.Discard, req.Body, maxBodyDrain)
+		var n int64
+		if req.Body != http.NoBody {
+			n, _ = io.CopyN(io.Discard, req.Body, maxBodyDrain)
+		}
 		req.Body.Close()
 		// With nothing more buffered the next step is waiting for the next request, so the
 		// response is written by that read (connio.Conn), saving a read(2) per request.
