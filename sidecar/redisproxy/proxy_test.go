@@ -262,3 +262,38 @@ func TestDeepPipeline(t *testing.T) {
 		}
 	}
 }
+
+// TestSlowClientDoesNotStallOthers: replies are written by the goroutine reading the
+// server connection, which every client of that server shares. A client that stops
+// reading must cost it nothing: its replies are handed to a goroutine of its own once
+// its socket is full, and other clients keep getting answers in the meantime.
+func TestSlowClientDoesNotStallOthers(t *testing.T) {
+	shards := redistest.StartRedis(t, 1)
+	_, addr := startProxy(t, poolOf(shards))
+	fast := redistest.Dial(t, addr)
+	big := strings.Repeat("v", 256<<10)
+	expect(t, fast, "+OK\r\n", "SET", "big", big)
+
+	// 200 × 256 KB of replies is far more than the socket buffers hold.
+	slow := redistest.Dial(t, addr)
+	var cmds [][]string
+	for range 200 {
+		cmds = append(cmds, []string{"GET", "big"})
+	}
+	if err := slow.Send(cmds...); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // let the proxy fill the slow client's socket
+	for i := range 50 {
+		k := "k" + strconv.Itoa(i)
+		expect(t, fast, "+OK\r\n", "SET", k, k)
+		expect(t, fast, redistest.Bulk(k), "GET", k)
+	}
+	// Everything owed to the slow client still arrives, whole and in order.
+	want := redistest.Bulk(big)
+	for i := range 200 {
+		if got, err := slow.Read(); err != nil || got != want {
+			t.Fatalf("slow client's reply %d: %d bytes, %v; want %d bytes", i, len(got), err, len(want))
+		}
+	}
+}
