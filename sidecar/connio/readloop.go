@@ -1,6 +1,8 @@
-// Package connio holds socket helpers for the sidecar's proxies. ReadLoop
-// reads a connection without spending a system call to learn that a drained
-// socket is empty.
+// Package connio holds the socket I/O of the sidecar's proxies: ReadLoop reads a
+// connection without spending a system call to learn that a drained socket is empty,
+// Conn lets a request/response exchange cost one read per answer, and Writer writes
+// without blocking when asked to. All of them make their read(2) and write(2) calls
+// without the runtime's syscall bracket (see syscalls.go).
 package connio
 
 import (
@@ -8,7 +10,6 @@ import (
 	"net"
 	"os"
 	"syscall"
-	"unsafe"
 )
 
 // ReadLoop reads c until handle asks to stop or the connection fails. Each
@@ -90,102 +91,4 @@ func plainLoop(c net.Conn, space func() []byte, handle func(n int) bool) error {
 			return err
 		}
 	}
-}
-
-// The socket calls below go through syscall.RawSyscall rather than syscall.Syscall. The
-// descriptors are non-blocking (Go's poller owns them), so read(2) and write(2) return
-// at once with data or EAGAIN and never park the thread, which is the only case the
-// runtime's entersyscall/exitsyscall bracket exists for. The bracket is not free: while
-// a goroutine is inside it, the runtime's monitor thread counts its processor as
-// blocked and, on a one-thread proxy (GOMAXPROCS=1, the sidecar's default), hands it to
-// another thread whenever a loopback write takes more than a tick (loopback send runs
-// the receiver's TCP input inline, several µs). Measured on the Redis proxy at pipeline
-// depth 1: the monitor thread and the thread switches it caused were 13% of the
-// proxy's CPU.
-
-func sysRead(fd int, p []byte) (int, syscall.Errno) {
-	n, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
-	return int(n), e
-}
-
-func sysWrite(fd int, p []byte) (int, syscall.Errno) {
-	n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
-	return int(n), e
-}
-
-// Writer writes to one connection's descriptor. It keeps the callback RawConn.Write
-// needs, so a write allocates nothing (a closure built per call would escape to the
-// heap). Like the socket's write side, it is for one goroutine at a time.
-type Writer struct {
-	raw   syscall.RawConn
-	p     []byte
-	n     int
-	errno syscall.Errno
-	try   func(fd uintptr) bool
-	all   func(fd uintptr) bool
-}
-
-// NewWriter returns a Writer for raw.
-func NewWriter(raw syscall.RawConn) *Writer {
-	w := &Writer{raw: raw}
-	w.try, w.all = w.tryFD, w.allFD
-	return w
-}
-
-func (w *Writer) tryFD(fd uintptr) bool {
-	for {
-		w.n, w.errno = sysWrite(int(fd), w.p)
-		if w.errno != syscall.EINTR {
-			return true
-		}
-	}
-}
-
-func (w *Writer) allFD(fd uintptr) bool {
-	for len(w.p) > 0 {
-		n, e := sysWrite(int(fd), w.p)
-		switch e {
-		case 0:
-			w.p = w.p[n:]
-		case syscall.EINTR:
-		case syscall.EAGAIN:
-			return false
-		default:
-			w.errno = e
-			return true
-		}
-	}
-	return true
-}
-
-// TryWrite makes one write of p without waiting for the socket and returns how much it
-// took; n < len(p) with a nil error means the socket buffer is full for now.
-func (w *Writer) TryWrite(p []byte) (n int, err error) {
-	w.p, w.n, w.errno = p, 0, 0
-	cerr := w.raw.Write(w.try)
-	w.p = nil
-	switch {
-	case cerr != nil:
-		return 0, cerr
-	case w.errno == 0:
-		return w.n, nil
-	case w.errno == syscall.EAGAIN:
-		return 0, nil
-	}
-	return 0, os.NewSyscallError("write", w.errno)
-}
-
-// WriteAll writes all of p, waiting for the socket when its buffer is full (a write
-// deadline or Close ends the wait with an error).
-func (w *Writer) WriteAll(p []byte) error {
-	w.p, w.errno = p, 0
-	cerr := w.raw.Write(w.all)
-	w.p = nil
-	if cerr != nil {
-		return cerr
-	}
-	if w.errno != 0 {
-		return os.NewSyscallError("write", w.errno)
-	}
-	return nil
 }
