@@ -259,16 +259,23 @@ var pathChar = func() (t [256]bool) {
 // unescaping, so EscapedPath returns it unchanged as it would after url.ParseRequestURI.
 func (h *Head) Request(body io.Reader) *http.Request {
 	path, query, _ := strings.Cut(h.Target, "?")
-	req := &http.Request{
-		Method: h.Method, URL: &url.URL{Path: path, RawPath: path, RawQuery: query},
+	// One allocation for the request, its URL and its body reader.
+	x := &struct {
+		req  http.Request
+		url  url.URL
+		body Body
+	}{url: url.URL{Path: path, RawPath: path, RawQuery: query}}
+	x.req = http.Request{
+		Method: h.Method, URL: &x.url,
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 		Header: h.Header, Host: h.Host, RequestURI: h.Target, Close: h.Close, Body: http.NoBody,
 	}
 	if h.ContentLength > 0 {
-		req.ContentLength = h.ContentLength
-		req.Body = &Body{R: body, N: h.ContentLength}
+		x.req.ContentLength = h.ContentLength
+		x.body = Body{R: body, N: h.ContentLength}
+		x.req.Body = &x.body
 	}
-	return req
+	return &x.req
 }
 
 // Body reads the N bytes of a message body framed by Content-Length from R (io.LimitReader

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -53,15 +54,26 @@ func (l *Listener) serve(ln net.Listener) {
 	}
 }
 
-func (l *Listener) track(conn net.Conn, active bool) (draining bool) {
+// connState is what shutdown needs to know of an HTTP/1 connection: whether it is
+// serving a request now. Atomics, so marking it costs no lock per request.
+type connState struct{ active atomic.Bool }
+
+// register adds conn to the connections shutdown waits for; draining reports that
+// shutdown has begun.
+func (l *Listener) register(conn net.Conn) (st *connState, draining bool) {
+	st = &connState{}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if active {
-		l.conns[conn] = true
-	} else {
-		l.conns[conn] = false
-	}
-	return l.draining
+	l.conns[conn] = st
+	return st, l.draining.Load()
+}
+
+// track marks the connection active (serving a request) or idle and reports whether
+// shutdown has begun. Store-then-load on both sides: either shutdown sees this
+// connection idle, or the connection sees shutdown.
+func (l *Listener) track(st *connState, active bool) (draining bool) {
+	st.active.Store(active)
+	return l.draining.Load()
 }
 
 func (l *Listener) forget(conn net.Conn) {
@@ -78,7 +90,8 @@ func (l *Listener) serveConn(nc net.Conn) {
 	conn := connio.NewConn(nc)
 	br := readers.Get().(*bufio.Reader)
 	br.Reset(conn)
-	if l.track(nc, false) {
+	st, draining := l.register(nc)
+	if draining {
 		conn.Close()
 		l.forget(nc)
 		return
@@ -139,7 +152,7 @@ func (l *Listener) serveConn(nc net.Conn) {
 			armed = time.Time{}
 			_ = conn.SetReadDeadline(armed)
 		}
-		draining := l.track(nc, true)
+		draining := l.track(st, true)
 		req.RemoteAddr = remote
 		if req.Header.Get("Expect") == "100-continue" && req.ContentLength != 0 {
 			bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
@@ -166,7 +179,7 @@ func (l *Listener) serveConn(nc net.Conn) {
 		if err != nil || w.close || n == maxBodyDrain {
 			return
 		}
-		if l.track(nc, false) {
+		if l.track(st, false) {
 			return
 		}
 	}

@@ -77,8 +77,8 @@ type Listener struct {
 	cfgAddr string
 
 	mu       sync.Mutex
-	conns    map[net.Conn]bool // HTTP/1 connections → serving a request now
-	draining bool
+	conns    map[net.Conn]*connState // HTTP/1 connections and whether each serves a request now
+	draining atomic.Bool
 	idleCond *sync.Cond
 
 	inflight    atomic.Int64
@@ -157,7 +157,7 @@ func (p *Proxy) start(hl *config.HTTPListener) (*Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listener %s: binding %s: %w", hl.Name, addr, err)
 	}
-	l := &Listener{Name: hl.Name, inbound: hl.Name == InboundListener, proxy: p, addr: ln.Addr(), cfgAddr: hl.Address, ln: ln, conns: map[net.Conn]bool{}}
+	l := &Listener{Name: hl.Name, inbound: hl.Name == InboundListener, proxy: p, addr: ln.Addr(), cfgAddr: hl.Address, ln: ln, conns: map[net.Conn]*connState{}}
 	l.idleCond = sync.NewCond(&l.mu)
 	l.h2 = newH2Server(l, ln.Addr())
 	go l.serve(ln)
@@ -193,9 +193,9 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 func (l *Listener) shutdown(ctx context.Context) error {
 	_ = l.ln.Close()
 	l.mu.Lock()
-	l.draining = true
-	for c, active := range l.conns {
-		if !active {
+	l.draining.Store(true)
+	for c, st := range l.conns {
+		if !st.active.Load() {
 			// Only the read side: an idle connection may still owe the response its
 			// reader writes on the way into the next read (connio.Conn). The reader
 			// then sees EOF and closes the connection itself.

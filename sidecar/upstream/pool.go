@@ -212,15 +212,19 @@ func readResponse(br *bufio.Reader, forMethod *http.Request) (*http.Response, er
 				noBody := forMethod.Method == http.MethodHead || h.Status == http.StatusNoContent || h.Status == http.StatusNotModified
 				if noBody || h.ContentLength >= 0 {
 					_, _ = br.Discard(n)
-					resp := &http.Response{StatusCode: h.Status, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-						Header: h.Header, Close: h.Close, ContentLength: h.ContentLength, Body: http.NoBody}
+					x := &struct { // one allocation for the response and its body reader
+						resp http.Response
+						body httphead.Body
+					}{resp: http.Response{StatusCode: h.Status, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+						Header: h.Header, Close: h.Close, ContentLength: h.ContentLength, Body: http.NoBody}}
 					switch {
 					case h.Status == http.StatusNoContent || h.Status == http.StatusNotModified:
-						resp.ContentLength = 0
+						x.resp.ContentLength = 0
 					case !noBody && h.ContentLength > 0:
-						resp.Body = &httphead.Body{R: br, N: h.ContentLength}
+						x.body = httphead.Body{R: br, N: h.ContentLength}
+						x.resp.Body = &x.body
 					}
-					return resp, nil
+					return &x.resp, nil
 				}
 			}
 		}
