@@ -53,19 +53,12 @@ type Reader struct {
 	want  int64
 	at    int
 	spans []span
-	// OnRead, when set, is called before each read from rd (the proxy uses it
-	// to arm read deadlines only while replies are outstanding).
-	OnRead func()
 }
 
 // NewReader returns a Reader over rd.
 func NewReader(rd io.Reader) *Reader {
 	return &Reader{rd: rd, buf: make([]byte, initialBytes)}
 }
-
-// Buffered reports how many unread bytes are buffered; zero means the next
-// read will block, which is when the proxy flushes its writes.
-func (r *Reader) Buffered() int { return r.w - r.r }
 
 // Space returns the free tail of the buffer for the next read, compacting or
 // growing the buffer first. Commit records how much of it was filled.
@@ -87,11 +80,7 @@ func (r *Reader) Commit(n int) { r.w += n }
 
 // fill reads more bytes from rd.
 func (r *Reader) fill() error {
-	p := r.Space()
-	if r.OnRead != nil {
-		r.OnRead()
-	}
-	n, err := r.rd.Read(p)
+	n, err := r.rd.Read(r.Space())
 	r.w += n
 	if n > 0 {
 		return nil
