@@ -26,6 +26,9 @@ import (
 type Head struct {
 	// Request line (requests): Method and Target; status line (responses): Status.
 	Method, Target string
+	// Authority is the host[:port] of an absolute-form target ("http://svc/p", what an
+	// app sends to a proxy named in HTTP_PROXY); empty for origin form ("/p").
+	Authority string
 	Status         int
 	Header         http.Header
 	Host           string // requests: the Host header, removed from Header as net/http does
@@ -60,11 +63,29 @@ func ParseRequest(b []byte) (h Head, ok bool) {
 	h.Method = line[:sp]
 	line = line[sp+1:]
 	sp = indexByte(line, ' ')
-	if sp <= 0 || line[sp+1:] != "HTTP/1.1" || !originForm(line[:sp]) {
+	if sp <= 0 || line[sp+1:] != "HTTP/1.1" {
 		return h, false
 	}
 	h.Target = line[:sp]
-	if !h.parseFields(rest, true) || h.Host == "" || !httpguts.ValidHostHeader(h.Host) {
+	path := h.Target
+	if strings.HasPrefix(path, "http://") {
+		// Absolute form: the authority is the request's host, as net/http reads it.
+		i := strings.IndexByte(path[len("http://"):], '/')
+		if i <= 0 {
+			return h, false
+		}
+		h.Authority, path = path[len("http://"):len("http://")+i], path[len("http://")+i:]
+		if !authority(h.Authority) {
+			return h, false
+		}
+	}
+	if !originForm(path) || !h.parseFields(rest, true) {
+		return h, false
+	}
+	if h.Authority != "" {
+		h.Host = h.Authority
+	}
+	if h.Host == "" || !httpguts.ValidHostHeader(h.Host) {
 		return h, false
 	}
 	return h, true
@@ -144,8 +165,8 @@ func (h *Head) parseFields(s string, request bool) bool {
 				return false
 			}
 			h.ContentLength, _ = strconv.ParseInt(value, 10, 64)
-		case "Transfer-Encoding", "Expect", "Te", "Trailer", "Upgrade":
-			return false
+		case "Transfer-Encoding", "Expect", "Te", "Trailer", "Upgrade", "Pragma":
+			return false // framing, interim responses, or (Pragma) a header net/http rewrites
 		case "Connection":
 			if httpguts.HeaderValuesContainsToken([]string{value}, "close") {
 				h.Close = true
@@ -217,8 +238,7 @@ func digits(s string) bool {
 
 // originForm accepts "/path?query" targets whose path is made only of characters that
 // need no escaping (so url.URL.EscapedPath gives back exactly what was sent) and whose
-// query is printable ASCII. '%' escapes in the path, absolute-form (proxy requests),
-// '*' and fragments go to net/http.
+// query is printable ASCII. '%' escapes in the path, '*' and fragments go to net/http.
 func originForm(t string) bool {
 	if t[0] != '/' {
 		return false
@@ -231,6 +251,22 @@ func originForm(t string) bool {
 	}
 	for ; i < len(t); i++ {
 		if c := t[i]; c <= ' ' || c >= 0x7f || c == '#' {
+			return false
+		}
+	}
+	return true
+}
+
+// authority accepts a host[:port] of letters, digits, '-', '.' and one ':' before a
+// port; anything else (user info, IPv6 literals, escapes) goes to net/http.
+func authority(a string) bool {
+	host, port, hasPort := strings.Cut(a, ":")
+	if host == "" || (hasPort && (!digits(port) || len(port) > 5)) {
+		return false
+	}
+	for i := 0; i < len(host); i++ {
+		c := host[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
 			return false
 		}
 	}
@@ -258,13 +294,18 @@ var pathChar = func() (t [256]bool) {
 // read from body. The URL's RawPath is the target's path as sent, which needs no
 // unescaping, so EscapedPath returns it unchanged as it would after url.ParseRequestURI.
 func (h *Head) Request(body io.Reader) *http.Request {
-	path, query, _ := strings.Cut(h.Target, "?")
+	target := h.Target
+	scheme := ""
+	if h.Authority != "" {
+		target, scheme = target[len("http://")+len(h.Authority):], "http"
+	}
+	path, query, _ := strings.Cut(target, "?")
 	// One allocation for the request, its URL and its body reader.
 	x := &struct {
 		req  http.Request
 		url  url.URL
 		body Body
-	}{url: url.URL{Path: path, RawPath: path, RawQuery: query}}
+	}{url: url.URL{Scheme: scheme, Host: h.Authority, Path: path, RawPath: path, RawQuery: query}}
 	x.req = http.Request{
 		Method: h.Method, URL: &x.url,
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,

@@ -23,7 +23,11 @@ func TestParseRequest(t *testing.T) {
 		{"no host", "GET / HTTP/1.1\r\nAccept: a\r\n\r\n", false},
 		{"two hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", false},
 		{"escaped path", "GET /a%2Fb HTTP/1.1\r\nHost: svc\r\n\r\n", false},
-		{"absolute form", "GET http://svc/ HTTP/1.1\r\nHost: svc\r\n\r\n", false},
+		{"absolute form", "GET http://svc:8080/a?b=1 HTTP/1.1\r\nHost: other\r\n\r\n", true},
+		{"absolute form without host header", "GET http://svc/ HTTP/1.1\r\n\r\n", true},
+		{"absolute form without path", "GET http://svc HTTP/1.1\r\nHost: svc\r\n\r\n", false},
+		{"absolute form with user info", "GET http://u@svc/ HTTP/1.1\r\nHost: svc\r\n\r\n", false},
+		{"https absolute form", "GET https://svc/ HTTP/1.1\r\nHost: svc\r\n\r\n", false},
 		{"HTTP/1.0", "GET / HTTP/1.0\r\nHost: svc\r\n\r\n", false},
 		{"chunked", "POST / HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n", false},
 		{"two lengths", "POST / HTTP/1.1\r\nHost: svc\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", false},
@@ -33,6 +37,7 @@ func TestParseRequest(t *testing.T) {
 		{"bare LF", "GET / HTTP/1.1\nHost: svc\r\n\r\n", false},
 		{"control in value", "GET / HTTP/1.1\r\nHost: svc\r\nX: a\x01b\r\n\r\n", false},
 		{"lower-case method", "get / HTTP/1.1\r\nHost: svc\r\n\r\n", false},
+		{"pragma", "GET / HTTP/1.1\r\nHost: svc\r\nPragma: no-cache\r\n\r\n", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := []byte(tc.in)
@@ -66,7 +71,7 @@ func sameAsNetHTTP(t *testing.T, b []byte) {
 	}
 	got := h.Request(strings.NewReader(body))
 	type view struct {
-		Method, Path, EscapedPath, RawQuery, Host, RequestURI string
+		Method, Scheme, URLHost, Path, EscapedPath, RawQuery, Host, RequestURI string
 		Header                                                http.Header
 		ContentLength                                         int64
 		Close                                                 bool
@@ -74,7 +79,7 @@ func sameAsNetHTTP(t *testing.T, b []byte) {
 	}
 	see := func(r *http.Request) view {
 		bb, _ := io.ReadAll(r.Body)
-		return view{r.Method, r.URL.Path, r.URL.EscapedPath(), r.URL.RawQuery, r.Host, r.RequestURI, r.Header, r.ContentLength, r.Close, string(bb)}
+		return view{r.Method, r.URL.Scheme, r.URL.Host, r.URL.Path, r.URL.EscapedPath(), r.URL.RawQuery, r.Host, r.RequestURI, r.Header, r.ContentLength, r.Close, string(bb)}
 	}
 	if d := cmp.Diff(see(want), see(got)); d != "" {
 		t.Fatalf("fast path and net/http disagree on %q (-net/http +fast):\n%s", b, d)
@@ -123,6 +128,7 @@ func FuzzParseRequest(f *testing.F) {
 	f.Add([]byte("GET /a?b=c HTTP/1.1\r\nHost: svc\r\nX-A: 1\r\nx-a: 2\r\n\r\n"))
 	f.Add([]byte("POST /p HTTP/1.1\r\nHost: svc\r\nContent-Length: 2\r\nConnection: keep-alive, close\r\n\r\n"))
 	f.Add([]byte("PUT /%41 HTTP/1.1\r\nhost: [::1]:80\r\n\r\n"))
+	f.Add([]byte("GET http://svc.ns:80/x?y HTTP/1.1\r\nHost: svc\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		n := End(in)
 		if n < 0 {
