@@ -102,7 +102,9 @@ func sidecarContainer(fn *meshv1alpha1.MeshFunction, labels map[string]string, o
 	}
 	c.RestartPolicy = ptr.To(corev1.ContainerRestartPolicyAlways)
 	c.StartupProbe = &corev1.Probe{ProbeHandler: readyProbe(), PeriodSeconds: 1, FailureThreshold: 120}
-	c.ReadinessProbe = &corev1.Probe{ProbeHandler: readyProbe(), PeriodSeconds: 1, FailureThreshold: 3}
+	// Readiness also needs the function to accept connections: the startup probe cannot
+	// (the function starts only after it passes).
+	c.ReadinessProbe = &corev1.Probe{ProbeHandler: appReadyProbe(), PeriodSeconds: 1, FailureThreshold: 3}
 	return c
 }
 
@@ -161,6 +163,12 @@ func FunctionService(fn *meshv1alpha1.MeshFunction) *corev1.Service {
 // readyProbe asks the sidecar whether it has a complete config and can serve.
 func readyProbe() corev1.ProbeHandler {
 	return corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromInt32(MetricsPort)}}
+}
+
+// appReadyProbe asks the sidecar whether it can serve and the app behind it accepts
+// connections.
+func appReadyProbe() corev1.ProbeHandler {
+	return corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready/app", Port: intstr.FromInt32(MetricsPort)}}
 }
 
 func fieldEnv(name, path string) corev1.EnvVar {

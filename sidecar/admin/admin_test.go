@@ -53,6 +53,36 @@ func TestReadyOnlyAfterFirstConfig(t *testing.T) {
 	}
 }
 
+// /ready/app is the pod's readiness: config applied and the app accepting connections.
+// /ready, the startup probe, must not wait for the app (the app starts after it passes).
+func TestReadyAppWaitsForTheApp(t *testing.T) {
+	var cur atomic.Pointer[config.Config]
+	var appErr atomic.Pointer[error]
+	down := fmt.Errorf("the app does not accept connections on 127.0.0.1:8080 yet")
+	appErr.Store(&down)
+	s := New(Options{Config: cur.Load, App: func() error { return *appErr.Load() }})
+	if code, _ := get(t, s.MetricsHandler(), "/ready/app"); code != 503 {
+		t.Errorf("/ready/app before any config = %d, want 503", code)
+	}
+	cur.Store(&config.Config{})
+	if code, _ := get(t, s.MetricsHandler(), "/ready"); code != 200 {
+		t.Errorf("/ready with a config and the app down = %d, want 200 (it is the startup probe)", code)
+	}
+	code, body := get(t, s.MetricsHandler(), "/ready/app")
+	if code != 503 || !strings.Contains(body, "does not accept connections on 127.0.0.1:8080") {
+		t.Errorf("/ready/app with the app down = %d %q, want 503 naming the app's address", code, body)
+	}
+	var ok error
+	appErr.Store(&ok)
+	if code, _ := get(t, s.Handler(), "/ready/app"); code != 200 {
+		t.Errorf("/ready/app with config and app up = %d, want 200", code)
+	}
+	// No app (a pure client): the config decides.
+	if code, _ := get(t, New(Options{Config: cur.Load}).MetricsHandler(), "/ready/app"); code != 200 {
+		t.Errorf("/ready/app without an app = %d, want 200", code)
+	}
+}
+
 func TestStatsIncludesRegisteredWriters(t *testing.T) {
 	s := New(Options{Config: func() *config.Config { return nil }})
 	s.AddStats(fixedStats("weft_a 1\n"))

@@ -28,12 +28,12 @@ type Head struct {
 	Method, Target string
 	// Authority is the host[:port] of an absolute-form target ("http://svc/p", what an
 	// app sends to a proxy named in HTTP_PROXY); empty for origin form ("/p").
-	Authority string
-	Status         int
-	Header         http.Header
-	Host           string // requests: the Host header, removed from Header as net/http does
-	ContentLength  int64  // -1: none given
-	Close          bool   // Connection: close
+	Authority     string
+	Status        int
+	Header        http.Header
+	Host          string // requests: the Host header, removed from Header as net/http does
+	ContentLength int64  // -1: none given
+	Close         bool   // Connection: close
 }
 
 var crlf2 = []byte("\r\n\r\n")

@@ -72,10 +72,10 @@ func sameAsNetHTTP(t *testing.T, b []byte) {
 	got := h.Request(strings.NewReader(body))
 	type view struct {
 		Method, Scheme, URLHost, Path, EscapedPath, RawQuery, Host, RequestURI string
-		Header                                                http.Header
-		ContentLength                                         int64
-		Close                                                 bool
-		Body                                                  string
+		Header                                                                 http.Header
+		ContentLength                                                          int64
+		Close                                                                  bool
+		Body                                                                   string
 	}
 	see := func(r *http.Request) view {
 		bb, _ := io.ReadAll(r.Body)
