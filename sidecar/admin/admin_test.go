@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -72,10 +73,14 @@ func TestReadyAppWaitsForTheApp(t *testing.T) {
 	if code != 503 || !strings.Contains(body, "does not accept connections on 127.0.0.1:8080") {
 		t.Errorf("/ready/app with the app down = %d %q, want 503 naming the app's address", code, body)
 	}
-	var ok error
-	appErr.Store(&ok)
+	// A probe that arrives while the app is starting is held until it listens.
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		var ok error
+		appErr.Store(&ok)
+	}()
 	if code, _ := get(t, s.Handler(), "/ready/app"); code != 200 {
-		t.Errorf("/ready/app with config and app up = %d, want 200", code)
+		t.Errorf("/ready/app while the app comes up within the probe = %d, want 200", code)
 	}
 	// No app (a pure client): the config decides.
 	if code, _ := get(t, New(Options{Config: cur.Load}).MetricsHandler(), "/ready/app"); code != 200 {
