@@ -25,6 +25,7 @@ type containerState struct {
 	pid        int
 	startedAt  time.Time
 	everRan    bool
+	started    bool // the startup probe passed since the process started (or there is none)
 	ready      bool
 	restarts   int32
 	waiting    string // reason while not running
@@ -92,9 +93,13 @@ func (r *podRuntime) start() {
 	launch := func(cs *containerState) {
 		r.wg.Add(1)
 		go func() { defer r.wg.Done(); r.supervise(cs) }()
+		if cs.spec.StartupProbe != nil {
+			r.wg.Add(1)
+			go func() { defer r.wg.Done(); r.probe(cs, true) }()
+		}
 		if cs.spec.ReadinessProbe != nil {
 			r.wg.Add(1)
-			go func() { defer r.wg.Done(); r.probe(cs) }()
+			go func() { defer r.wg.Done(); r.probe(cs, false) }()
 		}
 	}
 	for _, cs := range sidecars {
@@ -104,7 +109,8 @@ func (r *podRuntime) start() {
 	go func() {
 		defer r.wg.Done()
 		// Like the kubelet, start the pod's containers only once every native sidecar has
-		// started (ready, when it has a readiness probe).
+		// started: runs, and has passed its startup probe if it has one. Readiness is not
+		// awaited (a sidecar's readiness may depend on the app it fronts).
 		if !r.waitStarted(sidecars) {
 			return
 		}
@@ -115,14 +121,14 @@ func (r *podRuntime) start() {
 	r.notify()
 }
 
-// waitStarted polls until every given container runs (and is ready if it has a readiness
-// probe), or the pod stops.
+// waitStarted polls until every given container runs and has passed its startup probe,
+// or the pod stops.
 func (r *podRuntime) waitStarted(css []*containerState) bool {
 	for {
 		r.mu.Lock()
 		ok := true
 		for _, cs := range css {
-			if !cs.running || (cs.spec.ReadinessProbe != nil && !cs.ready) {
+			if !cs.running || !cs.started {
 				ok = false
 			}
 		}
@@ -229,7 +235,7 @@ func (r *podRuntime) run(cs *containerState) error {
 		cs.restarts++
 	}
 	cs.running, cs.everRan, cs.pid, cs.startedAt = true, true, cmd.Process.Pid, time.Now()
-	cs.waiting, cs.message, cs.ready = "", "", c.ReadinessProbe == nil
+	cs.waiting, cs.message, cs.ready, cs.started = "", "", c.ReadinessProbe == nil, c.StartupProbe == nil
 	cs.done = make(chan struct{})
 	done := cs.done
 	r.mu.Unlock()
@@ -248,7 +254,7 @@ func (r *podRuntime) run(cs *containerState) error {
 		reason = "Error"
 	}
 	r.mu.Lock()
-	cs.running, cs.ready, cs.pid = false, false, 0
+	cs.running, cs.ready, cs.started, cs.pid = false, false, false, 0
 	cs.lastExit = &corev1.ContainerStateTerminated{ExitCode: code, Reason: reason,
 		StartedAt: metaTime(cs.startedAt), FinishedAt: metaTime(time.Now())}
 	if r.stopping {
@@ -260,9 +266,14 @@ func (r *podRuntime) run(cs *containerState) error {
 	return nil
 }
 
-// probe runs the container's readiness probe on its schedule while the pod lives.
-func (r *podRuntime) probe(cs *containerState) {
+// probe runs the container's startup or readiness probe on its schedule while the pod
+// lives. As with the kubelet, readiness is probed only once the startup probe passed, and
+// a passed startup probe is not run again until the container restarts.
+func (r *podRuntime) probe(cs *containerState, startup bool) {
 	p := cs.spec.ReadinessProbe
+	if startup {
+		p = cs.spec.StartupProbe
+	}
 	h := probeHandler(p)
 	period := secondsOr(p.PeriodSeconds, 10)
 	timeout := secondsOr(p.TimeoutSeconds, 1)
@@ -276,9 +287,9 @@ func (r *podRuntime) probe(cs *containerState) {
 		}
 		wait = period
 		r.mu.Lock()
-		running := cs.running
+		due := cs.running && cs.started != startup
 		r.mu.Unlock()
-		if !running {
+		if !due {
 			successes, failures = 0, 0
 			continue
 		}
@@ -287,6 +298,16 @@ func (r *podRuntime) probe(cs *containerState) {
 		err := h.run(ctx, &cs.spec, r.net.Netns, r.net.IP.String(), env)
 		cancel()
 		r.mu.Lock()
+		if startup {
+			if err == nil && cs.running {
+				cs.started = true
+				r.mu.Unlock()
+				r.notify()
+			} else {
+				r.mu.Unlock()
+			}
+			continue
+		}
 		was := cs.ready
 		if err == nil {
 			successes, failures = successes+1, 0
