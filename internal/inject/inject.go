@@ -184,10 +184,8 @@ func sidecar(pod *corev1.Pod, ns string, appPort int32, cfg Config) corev1.Conta
 			{Name: "weft-inbound", ContainerPort: InboundPort, Protocol: corev1.ProtocolTCP},
 			{Name: "weft-metrics", ContainerPort: MetricsPort, Protocol: corev1.ProtocolTCP},
 		},
-		// /ready/app: the pod is published only once the sidecar has its config and the app
-		// accepts connections on its port (no app port: the config alone).
 		ReadinessProbe: &corev1.Probe{
-			ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready/app", Port: intstr.FromInt32(MetricsPort)}},
+			ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromInt32(MetricsPort)}},
 			PeriodSeconds: 2, FailureThreshold: 3,
 		},
 		// Sleep, not exec: the sidecar image has no shell. While the pod sleeps here it is

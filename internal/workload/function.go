@@ -102,9 +102,10 @@ func sidecarContainer(fn *meshv1alpha1.MeshFunction, labels map[string]string, o
 	}
 	c.RestartPolicy = ptr.To(corev1.ContainerRestartPolicyAlways)
 	c.StartupProbe = &corev1.Probe{ProbeHandler: readyProbe(), PeriodSeconds: 1, FailureThreshold: 120}
-	// Readiness also needs the function to accept connections: the startup probe cannot
-	// (the function starts only after it passes).
-	c.ReadinessProbe = &corev1.Probe{ProbeHandler: appReadyProbe(), PeriodSeconds: 1, FailureThreshold: 3}
+	// No readiness probe: a container without one is ready once started, and for a native
+	// sidecar that means once its startup probe passed. A readiness probe could only begin
+	// after that, adding up to a probe period to every cold start. A request that reaches
+	// the pod before the function listens is held by the sidecar's inbound listener.
 	return c
 }
 
@@ -154,7 +155,7 @@ func FunctionService(fn *meshv1alpha1.MeshFunction) *corev1.Service {
 				AppProtocol: ptr.To("http"),
 			}},
 			// Only ready pods are published: a caller's sidecar holds requests until the
-			// sidecar readiness probe (config applied, app reachable) passes.
+			// function pod's sidecar has its config (startup probe) and the function runs.
 			PublishNotReadyAddresses: false,
 		},
 	}
@@ -163,12 +164,6 @@ func FunctionService(fn *meshv1alpha1.MeshFunction) *corev1.Service {
 // readyProbe asks the sidecar whether it has a complete config and can serve.
 func readyProbe() corev1.ProbeHandler {
 	return corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromInt32(MetricsPort)}}
-}
-
-// appReadyProbe asks the sidecar whether it can serve and the app behind it accepts
-// connections.
-func appReadyProbe() corev1.ProbeHandler {
-	return corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready/app", Port: intstr.FromInt32(MetricsPort)}}
 }
 
 func fieldEnv(name, path string) corev1.EnvVar {

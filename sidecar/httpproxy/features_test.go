@@ -182,6 +182,50 @@ func TestInboundListenerForwardsToAppAndCounts(t *testing.T) {
 	st.Eventually(t, 10*time.Second, func() bool { n, total := in.Stats(); return n == 0 && total == 6 }, "stats never settled at 0 in flight, 6 total")
 }
 
+// A pod is published once its sidecar started and its app runs, which can be a moment
+// before the app listens: the inbound listener waits for the app's first answer instead
+// of failing the request. Once the app has answered, a refused connection fails at once.
+func TestInboundListenerWaitsForTheAppToStart(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close() // the app has not started yet
+	cp := st.StartControlPlane(t)
+	cp.Set(st.Snapshot{Listeners: []types.Resource{st.InboundListener(uint32(port))},
+		Clusters: []types.Resource{st.InboundCluster(uint32(port))}})
+	sc := st.StartSidecar(t, cp, st.SidecarOptions{})
+	base := sc.URL(t, st.InboundListenerName)
+
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("app")) })}
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		l, err := net.Listen("tcp", ln.Addr().String())
+		if err != nil {
+			t.Errorf("app could not listen: %v", err)
+			return
+		}
+		_ = srv.Serve(l)
+	}()
+	start := time.Now()
+	if code, body, _ := st.Get(t, client, base, "anything", "/"); code != 200 || body != "app" {
+		t.Fatalf("request sent before the app listened: %d %q, want 200 app once it starts", code, body)
+	}
+	if waited := time.Since(start); waited < 250*time.Millisecond {
+		t.Fatalf("answered after %v, before the app could have started", waited)
+	}
+
+	_ = srv.Close() // the app goes away after it has answered
+	start = time.Now()
+	if code, _, _ := st.Get(t, client, base, "anything", "/"); code != http.StatusServiceUnavailable {
+		t.Fatalf("app gone after it answered: %d, want 503", code)
+	}
+	if waited := time.Since(start); waited > 2*time.Second {
+		t.Fatalf("a refused connection after the app answered took %v, want an immediate 503", waited)
+	}
+}
+
 type refusal struct{}
 
 func (refusal) Error() string {

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/weftmesh/weft/sidecar/config"
@@ -205,6 +206,12 @@ func (l *Listener) attempt(ctx context.Context, c *upstream.Cluster, out *upstre
 	}
 	h.Start()
 	resp, err := c.RoundTrip(ctx, out, h, tryDeadline)
+	if err != nil && l.inbound && !l.appSeen.Load() {
+		resp, err = l.waitForApp(ctx, c, out, h, tryDeadline, err)
+	}
+	if err == nil && l.inbound {
+		l.appSeen.Store(true)
+	}
 	res.resp, res.err = resp, err
 	outcome := upstream.Success
 	switch {
@@ -220,6 +227,38 @@ func (l *Listener) attempt(ctx context.Context, c *upstream.Cluster, out *upstre
 	}
 	c.Report(h, outcome)
 	return res
+}
+
+// appStartWait bounds how long the inbound listener waits for the pod's app to accept its
+// first connection. The pod is published once the sidecar has started and the app
+// container runs, which can be a few milliseconds before the app listens; a request that
+// arrives in that window waits here instead of failing (its caller has usually just
+// waited for a cold start already). Once the app has answered, a refused connection fails
+// at once as usual.
+const (
+	appStartWait = 10 * time.Second
+	appStartPoll = 10 * time.Millisecond
+)
+
+// waitForApp retries a connection the pod's app refused until it accepts, appStartWait
+// passes, the request's deadline passes or the caller leaves.
+func (l *Listener) waitForApp(ctx context.Context, c *upstream.Cluster, out *upstream.Request, h *upstream.Host,
+	deadline time.Time, err error) (*http.Response, error) {
+	limit := time.Now().Add(appStartWait)
+	if !deadline.IsZero() && deadline.Before(limit) {
+		limit = deadline
+	}
+	for errors.Is(err, syscall.ECONNREFUSED) && time.Now().Add(appStartPoll).Before(limit) {
+		if !l.proxy.sleep(ctx, appStartPoll, time.Time{}) {
+			return nil, err
+		}
+		var resp *http.Response
+		resp, err = c.RoundTrip(ctx, out, h, deadline)
+		if err == nil {
+			return resp, nil
+		}
+	}
+	return nil, err
 }
 
 var (

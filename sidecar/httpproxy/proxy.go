@@ -69,6 +69,9 @@ type Listener struct {
 	Name string
 	// inbound is set on the listener for the pod's own app, which enforces containerConcurrency.
 	inbound bool
+	// appSeen: the app has answered once; before that, a refused connection is waited out
+	// (waitForApp).
+	appSeen atomic.Bool
 	proxy   *Proxy
 	routes  atomic.Pointer[config.RouteTable]
 	ln      net.Listener
