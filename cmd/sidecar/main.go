@@ -9,12 +9,10 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -162,11 +160,7 @@ func run() error {
 		go func() { _ = cl.Run(bg) }()
 	}
 
-	var app func() error
-	if f.appPort != 0 {
-		app = appAccepting(f.appPort)
-	}
-	adm := admin.New(admin.Options{Config: current.Load, Status: status, App: app})
+	adm := admin.New(admin.Options{Config: current.Load, Status: status})
 	adm.AddStats(px)
 	adm.AddStats(activatorStats{act})
 	adm.AddStats(redis)
@@ -236,17 +230,4 @@ func setConcurrency(n int) {
 		return
 	}
 	runtime.GOMAXPROCS(n)
-}
-
-// appAccepting checks that the app behind the inbound listener accepts connections on
-// its port, as Knative's queue-proxy does before it reports the pod ready.
-func appAccepting(port int) func() error {
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	return func() error {
-		c, err := net.DialTimeout("tcp", addr, 250*time.Millisecond)
-		if err != nil {
-			return fmt.Errorf("the app does not accept connections on %s yet", addr)
-		}
-		return c.Close()
-	}
 }

@@ -1,6 +1,5 @@
 // Package admin serves the sidecar's operational endpoints: /ready (200 once the first
-// complete config is applied), /ready/app (that, and the local app accepts connections),
-// /stats (Prometheus text, hand-written to keep the binary
+// complete config is applied), /stats (Prometheus text, hand-written to keep the binary
 // small, with other components appending their own metrics through StatsWriter) and
 // /config_dump (the resources in force as JSON, with inline secrets redacted).
 //
@@ -10,14 +9,12 @@ package admin
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/pprof"
 	"sort"
 	"sync"
-	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -36,9 +33,6 @@ type Options struct {
 	Config func() *config.Config
 	// Status returns extra xDS session state for /config_dump (any JSON-encodable value).
 	Status func() any
-	// App reports whether the app behind the inbound listener accepts connections; nil
-	// when there is no app (a pure client, a standalone Redis proxy).
-	App func() error
 }
 
 // Server holds the admin handlers.
@@ -62,7 +56,6 @@ func (s *Server) AddStats(w StatsWriter) {
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ready", s.ready)
-	mux.HandleFunc("GET /ready/app", s.readyApp)
 	mux.HandleFunc("GET /stats", s.writeStats)
 	mux.HandleFunc("GET /stats/prometheus", s.writeStats)
 	mux.HandleFunc("GET /config_dump", s.configDump)
@@ -76,7 +69,6 @@ func (s *Server) Handler() http.Handler {
 func (s *Server) MetricsHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ready", s.ready)
-	mux.HandleFunc("GET /ready/app", s.readyApp)
 	mux.HandleFunc("GET /stats", s.writeStats)
 	mux.HandleFunc("GET /stats/prometheus", s.writeStats)
 	return mux
@@ -88,48 +80,6 @@ func (s *Server) ready(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	_, _ = w.Write([]byte("ready\n"))
-}
-
-// readyApp is the pod's readiness: the sidecar can route and the app it fronts accepts
-// connections. /ready alone is the sidecar's startup probe — the app starts only after it
-// passes — so it cannot wait for the app; a pod marked ready on /ready alone would be
-// published while its app is still starting, and its first callers would get 503s.
-func (s *Server) readyApp(w http.ResponseWriter, r *http.Request) {
-	if s.opts.Config == nil || s.opts.Config() == nil {
-		s.ready(w, r)
-		return
-	}
-	if s.opts.App != nil {
-		if err := waitForApp(r.Context(), s.opts.App); err != nil {
-			http.Error(w, "not ready: "+err.Error()+"\n", http.StatusServiceUnavailable)
-			return
-		}
-	}
-	_, _ = w.Write([]byte("ready\n"))
-}
-
-// Knative's queue-proxy trick: a probe that finds the app not yet listening is held and
-// the app re-checked every appPoll, up to appWait (under the kubelet's default 1 s probe
-// timeout). A pod then turns ready within ~25 ms of its app listening instead of at the
-// next probe period, which is most of a cold start's slack.
-const (
-	appWait = 800 * time.Millisecond
-	appPoll = 25 * time.Millisecond
-)
-
-func waitForApp(ctx context.Context, app func() error) error {
-	deadline := time.Now().Add(appWait)
-	for {
-		err := app()
-		if err == nil || time.Now().Add(appPoll).After(deadline) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(appPoll):
-		}
-	}
 }
 
 func (s *Server) writeStats(w http.ResponseWriter, _ *http.Request) {

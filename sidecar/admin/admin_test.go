@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -51,40 +50,6 @@ func TestReadyOnlyAfterFirstConfig(t *testing.T) {
 	cur.Store(&config.Config{})
 	if code, _ := get(t, s.Handler(), "/ready"); code != 200 {
 		t.Errorf("/ready after a config = %d, want 200", code)
-	}
-}
-
-// /ready/app is the pod's readiness: config applied and the app accepting connections.
-// /ready, the startup probe, must not wait for the app (the app starts after it passes).
-func TestReadyAppWaitsForTheApp(t *testing.T) {
-	var cur atomic.Pointer[config.Config]
-	var appErr atomic.Pointer[error]
-	down := fmt.Errorf("the app does not accept connections on 127.0.0.1:8080 yet")
-	appErr.Store(&down)
-	s := New(Options{Config: cur.Load, App: func() error { return *appErr.Load() }})
-	if code, _ := get(t, s.MetricsHandler(), "/ready/app"); code != 503 {
-		t.Errorf("/ready/app before any config = %d, want 503", code)
-	}
-	cur.Store(&config.Config{})
-	if code, _ := get(t, s.MetricsHandler(), "/ready"); code != 200 {
-		t.Errorf("/ready with a config and the app down = %d, want 200 (it is the startup probe)", code)
-	}
-	code, body := get(t, s.MetricsHandler(), "/ready/app")
-	if code != 503 || !strings.Contains(body, "does not accept connections on 127.0.0.1:8080") {
-		t.Errorf("/ready/app with the app down = %d %q, want 503 naming the app's address", code, body)
-	}
-	// A probe that arrives while the app is starting is held until it listens.
-	go func() {
-		time.Sleep(100 * time.Millisecond)
-		var ok error
-		appErr.Store(&ok)
-	}()
-	if code, _ := get(t, s.Handler(), "/ready/app"); code != 200 {
-		t.Errorf("/ready/app while the app comes up within the probe = %d, want 200", code)
-	}
-	// No app (a pure client): the config decides.
-	if code, _ := get(t, New(Options{Config: cur.Load}).MetricsHandler(), "/ready/app"); code != 200 {
-		t.Errorf("/ready/app without an app = %d, want 200", code)
 	}
 }
 
