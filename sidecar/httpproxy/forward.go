@@ -209,7 +209,7 @@ func (l *Listener) attempt(ctx context.Context, c *upstream.Cluster, out *upstre
 	if err != nil && l.inbound && !l.appSeen.Load() {
 		resp, err = l.waitForApp(ctx, c, out, h, tryDeadline, err)
 	}
-	if err == nil && l.inbound {
+	if err == nil && l.inbound && !l.appSeen.Load() {
 		l.appSeen.Store(true)
 	}
 	res.resp, res.err = resp, err
