@@ -53,6 +53,10 @@ test: manifests generate vet ## Run all tests (unit, golden, envtest) — does i
 	assets="$$(hack/envtest-assets.sh | tail -n1)" && \
 	  KUBEBUILDER_ASSETS="$$assets" $(GO) test ./... -count=1 -timeout 30m
 
+.PHONY: test-race
+test-race: ## Data-plane tests under the race detector (sidecar and its main).
+	$(GO) test -race -count=1 ./sidecar/... ./cmd/sidecar
+
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME each (default 15s).
 	FUZZTIME=$(or $(FUZZTIME),15s) hack/fuzz.sh
