@@ -3,7 +3,6 @@ package connio
 import (
 	"io"
 	"net"
-	"os"
 	"syscall"
 )
 
@@ -22,7 +21,7 @@ import (
 // writer goroutine at a time; Defer and Read must not race.
 type Conn struct {
 	net.Conn
-	raw     syscall.RawConn
+	raw     syscall.RawConn // nil: reads and writes pass through to the net.Conn
 	w       *Writer
 	pending []byte // deferred write
 	// Deferring makes Write defer instead of writing: set it around the flush that ends
@@ -40,12 +39,8 @@ type Conn struct {
 
 // NewConn wraps c. Without a file descriptor (net.Pipe, TLS) it passes calls through.
 func NewConn(c net.Conn) *Conn {
-	cc := &Conn{Conn: c}
-	if sc, ok := c.(syscall.Conn); ok {
-		if raw, err := sc.SyscallConn(); err == nil {
-			cc.raw, cc.w = raw, NewWriter(raw)
-		}
-	}
+	cc := &Conn{Conn: c, w: NewWriter(c)}
+	cc.raw = cc.w.raw
 	cc.read = cc.readFD
 	return cc
 }
@@ -80,45 +75,23 @@ func (c *Conn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (c *Conn) write(p []byte) error {
-	if c.raw == nil {
-		_, err := c.Conn.Write(p)
-		return err
-	}
-	if err := c.w.WriteAll(p); err != nil {
-		return &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
-	}
-	return nil
-}
+func (c *Conn) write(p []byte) error { return c.w.WriteAll(p) }
 
 // readFD is the RawConn.Read callback: write what is deferred, then read.
 func (c *Conn) readFD(fd uintptr) bool {
-	for len(c.rout) > 0 {
-		m, e := sysWrite(int(fd), c.rout)
-		switch e {
+	if len(c.rout) > 0 {
+		c.rout, c.werr = writeSome(int(fd), c.rout)
+		switch c.werr {
 		case 0:
-			c.rout = c.rout[m:]
-			if len(c.rout) == 0 {
-				return false // sent: wait for the answer without reading first
-			}
-		case syscall.EINTR:
+			return false // sent: wait for the answer without reading first
 		case syscall.EAGAIN:
+			c.werr = 0
 			return true // the socket is full: finish with a waiting write
-		default:
-			c.werr = e
-			return true
-		}
-	}
-	for {
-		c.rn, c.errno = sysRead(int(fd), c.rp)
-		switch c.errno {
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return false
 		}
 		return true
 	}
+	c.rn, c.errno = readOnce(int(fd), c.rp)
+	return c.errno != syscall.EAGAIN
 }
 
 // Read writes any deferred bytes, then reads. After a deferred write the first read(2)
@@ -139,7 +112,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 	c.rp, c.rout = nil, nil
 	if c.werr != 0 {
 		c.pending = c.pending[:0]
-		return 0, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("write", c.werr)}
+		return 0, opError(c, "write", c.werr)
 	}
 	if len(out) > 0 && err == nil {
 		// The deferred bytes did not fit: write the rest the ordinary way and read.
@@ -156,7 +129,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	if c.errno != 0 {
-		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", c.errno)}
+		return 0, opError(c, "read", c.errno)
 	}
 	if c.rn == 0 {
 		return 0, io.EOF

@@ -8,7 +8,6 @@ package connio
 import (
 	"io"
 	"net"
-	"os"
 	"syscall"
 )
 
@@ -53,14 +52,12 @@ func ReadLoop(c net.Conn, space func() []byte, handle func(n int) (stop bool)) e
 				return false // wait for the poller
 			}
 			p := space()
-			n, err := sysRead(int(fd), p)
+			n, err := readOnce(int(fd), p)
 			switch {
-			case err == syscall.EINTR:
-				continue
 			case err == syscall.EAGAIN:
 				return false
 			case err != 0:
-				result = &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", err)}
+				result = opError(c, "read", err)
 				return true
 			case n == 0:
 				result = io.EOF

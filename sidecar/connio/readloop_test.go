@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -129,12 +128,8 @@ func TestReadLoopWithoutDescriptor(t *testing.T) {
 // TryWrite takes what the socket can hold and says so; WriteAll waits for the reader.
 func TestTryWriteAndWriteAll(t *testing.T) {
 	cl, srv := pair(t)
-	raw, err := srv.(syscall.Conn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
 	big := bytes.Repeat([]byte("x"), 64<<20) // far more than loopback socket buffers
-	w := NewWriter(raw)
+	w := NewWriter(srv)
 	n, err := w.TryWrite(big)
 	if err != nil || n <= 0 || n >= len(big) {
 		t.Fatalf("TryWrite = %d, %v; want a partial write with no error", n, err)

@@ -1,6 +1,8 @@
 package connio
 
 import (
+	"net"
+	"os"
 	"syscall"
 	"unsafe"
 )
@@ -24,4 +26,35 @@ func sysRead(fd int, p []byte) (int, syscall.Errno) {
 func sysWrite(fd int, p []byte) (int, syscall.Errno) {
 	n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
 	return int(n), e
+}
+
+// readOnce reads into p, retrying only an interrupted call.
+func readOnce(fd int, p []byte) (int, syscall.Errno) {
+	for {
+		n, e := sysRead(fd, p)
+		if e != syscall.EINTR {
+			return n, e
+		}
+	}
+}
+
+// writeSome writes p until all of it is written, the socket is full (EAGAIN) or the call
+// fails; it returns what is left and the errno that stopped it (0 when all was written).
+func writeSome(fd int, p []byte) ([]byte, syscall.Errno) {
+	for len(p) > 0 {
+		n, e := sysWrite(fd, p)
+		switch e {
+		case 0:
+			p = p[n:]
+		case syscall.EINTR:
+		default:
+			return p, e
+		}
+	}
+	return p, 0
+}
+
+// opError reports a failed call on c the way net.Conn's own methods do.
+func opError(c net.Conn, op string, errno syscall.Errno) error {
+	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError(op, errno)}
 }

@@ -1,75 +1,73 @@
 package connio
 
 import (
-	"os"
+	"net"
 	"syscall"
 )
 
-// Writer writes to one connection's descriptor. It keeps the callback RawConn.Write
-// needs, so a write allocates nothing (a closure built per call would escape to the
-// heap). Like the socket's write side, it is for one goroutine at a time.
+// Writer writes to one connection. It keeps the callbacks RawConn.Write needs, so a
+// write allocates nothing (a closure built per call would escape to the heap). Like the
+// socket's write side, it is for one goroutine at a time. A connection without a file
+// descriptor (net.Pipe, TLS) is written with its Write method.
 type Writer struct {
-	raw   syscall.RawConn
+	c     net.Conn
+	raw   syscall.RawConn // nil: write through c
 	p     []byte
-	n     int
 	errno syscall.Errno
 	try   func(fd uintptr) bool
 	all   func(fd uintptr) bool
 }
 
-// NewWriter returns a Writer for raw.
-func NewWriter(raw syscall.RawConn) *Writer {
-	w := &Writer{raw: raw}
+// NewWriter returns a Writer for c.
+func NewWriter(c net.Conn) *Writer {
+	w := &Writer{c: c}
+	if sc, ok := c.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			w.raw = raw
+		}
+	}
 	w.try, w.all = w.tryFD, w.allFD
 	return w
 }
 
 func (w *Writer) tryFD(fd uintptr) bool {
-	for {
-		w.n, w.errno = sysWrite(int(fd), w.p)
-		if w.errno != syscall.EINTR {
-			return true
-		}
-	}
-}
-
-func (w *Writer) allFD(fd uintptr) bool {
-	for len(w.p) > 0 {
-		n, e := sysWrite(int(fd), w.p)
-		switch e {
-		case 0:
-			w.p = w.p[n:]
-		case syscall.EINTR:
-		case syscall.EAGAIN:
-			return false
-		default:
-			w.errno = e
-			return true
-		}
-	}
+	w.p, w.errno = writeSome(int(fd), w.p)
 	return true
 }
 
-// TryWrite makes one write of p without waiting for the socket and returns how much it
-// took; n < len(p) with a nil error means the socket buffer is full for now.
+func (w *Writer) allFD(fd uintptr) bool {
+	w.p, w.errno = writeSome(int(fd), w.p)
+	return w.errno != syscall.EAGAIN // full: wait for the poller, then go on
+}
+
+// TryWrite writes as much of p as the socket takes now, without waiting, and returns
+// how much that was; n < len(p) with a nil error means the rest must wait (WriteAll,
+// from a goroutine that can block). Without a descriptor nothing can be written without
+// waiting: n is 0.
 func (w *Writer) TryWrite(p []byte) (n int, err error) {
-	w.p, w.n, w.errno = p, 0, 0
+	if w.raw == nil {
+		return 0, nil
+	}
+	w.p, w.errno = p, 0
 	cerr := w.raw.Write(w.try)
+	left := len(w.p)
 	w.p = nil
 	switch {
 	case cerr != nil:
 		return 0, cerr
-	case w.errno == 0:
-		return w.n, nil
-	case w.errno == syscall.EAGAIN:
-		return 0, nil
+	case w.errno != 0 && w.errno != syscall.EAGAIN:
+		return 0, opError(w.c, "write", w.errno)
 	}
-	return 0, os.NewSyscallError("write", w.errno)
+	return len(p) - left, nil
 }
 
 // WriteAll writes all of p, waiting for the socket when its buffer is full (a write
 // deadline or Close ends the wait with an error).
 func (w *Writer) WriteAll(p []byte) error {
+	if w.raw == nil {
+		_, err := w.c.Write(p)
+		return err
+	}
 	w.p, w.errno = p, 0
 	cerr := w.raw.Write(w.all)
 	w.p = nil
@@ -77,7 +75,7 @@ func (w *Writer) WriteAll(p []byte) error {
 		return cerr
 	}
 	if w.errno != 0 {
-		return os.NewSyscallError("write", w.errno)
+		return opError(w.c, "write", w.errno)
 	}
 	return nil
 }

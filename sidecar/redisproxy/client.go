@@ -4,7 +4,6 @@ import (
 	"crypto/subtle"
 	"net"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/weftmesh/weft/sidecar/connio"
@@ -86,7 +85,7 @@ func (p *pending) ready() bool {
 type client struct {
 	p      *Proxy
 	c      net.Conn
-	w      *connio.Writer // nil: every write is handed to a goroutine
+	w      *connio.Writer
 	id     uint64
 	rd     *resp.Reader
 	authed bool
@@ -109,12 +108,7 @@ func (p *Proxy) newClient(c net.Conn) *client {
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	cl := &client{p: p, c: c, id: p.nextID.Add(1), drained: make(chan struct{}, 1), slots: make(chan struct{}, maxPending)}
-	if sc, ok := c.(syscall.Conn); ok {
-		if raw, err := sc.SyscallConn(); err == nil {
-			cl.w = connio.NewWriter(raw)
-		}
-	}
+	cl := &client{p: p, c: c, w: connio.NewWriter(c), id: p.nextID.Add(1), drained: make(chan struct{}, 1), slots: make(chan struct{}, maxPending)}
 	cl.rd = resp.NewReader(nil)
 	return cl
 }
@@ -248,7 +242,7 @@ func (cl *client) writeReplies(block bool) {
 		if cl.broken {
 			cl.out = cl.out[:0]
 		} else if block {
-			cl.wrote(cl.write())
+			cl.wrote(cl.w.WriteAll(cl.out))
 		} else if !cl.tryWrite() {
 			go cl.finishWrite()
 			return
@@ -259,18 +253,9 @@ func (cl *client) writeReplies(block bool) {
 
 // finishWrite takes over a write the socket could not take at once.
 func (cl *client) finishWrite() {
-	cl.wrote(cl.write())
+	cl.wrote(cl.w.WriteAll(cl.out))
 	cl.mu.Lock()
 	cl.writeReplies(true)
-}
-
-// write writes all of out, waiting for the socket as needed.
-func (cl *client) write() error {
-	if cl.w == nil {
-		_, err := cl.c.Write(cl.out)
-		return err
-	}
-	return cl.w.WriteAll(cl.out)
 }
 
 func (cl *client) wrote(err error) {
@@ -286,9 +271,6 @@ func (cl *client) wrote(err error) {
 // tryWrite makes one non-blocking write of out and keeps what is left of it;
 // false means the rest needs a goroutine that can wait.
 func (cl *client) tryWrite() bool {
-	if cl.w == nil {
-		return false
-	}
 	n, err := cl.w.TryWrite(cl.out)
 	if err == nil && n < len(cl.out) {
 		cl.out = cl.out[:copy(cl.out, cl.out[n:])]

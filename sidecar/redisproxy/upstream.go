@@ -9,7 +9,6 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/weftmesh/weft/sidecar/connio"
@@ -125,7 +124,7 @@ type sconn struct {
 	slot  int
 	mu    sync.Mutex
 	c     net.Conn
-	w     *connio.Writer // nil: written with c.Write
+	w     *connio.Writer
 	wbuf  []byte
 	spare []byte
 	queue []*request
@@ -191,11 +190,7 @@ func (s *sconn) connect() {
 		return
 	}
 	s.c = c
-	if sc, ok := c.(syscall.Conn); ok {
-		if raw, err := sc.SyscallConn(); err == nil {
-			s.w = connio.NewWriter(raw)
-		}
-	}
+	s.w = connio.NewWriter(c)
 	if len(s.queue) > s.head && u.opTimeout > 0 {
 		_ = c.SetReadDeadline(time.Now().Add(u.opTimeout))
 	}
@@ -249,22 +244,13 @@ func (s *sconn) writeLoop() {
 			s.spare = buf
 			continue
 		}
-		err := s.write(buf)
+		err := s.w.WriteAll(buf)
 		s.spare = buf[:0]
 		if err != nil {
 			s.fail(fmt.Sprintf("ERR lost connection to server %s: %v; the command may or may not have run", s.up.label(), err), true)
 			return
 		}
 	}
-}
-
-// write sends buf, waiting for the socket as needed.
-func (s *sconn) write(buf []byte) error {
-	if s.w == nil {
-		_, err := s.c.Write(buf)
-		return err
-	}
-	return s.w.WriteAll(buf)
 }
 
 func (s *sconn) readLoop() {
