@@ -128,12 +128,13 @@ func (l *Listener) serveConn(nc net.Conn) {
 			if _, err := br.Peek(1); err != nil {
 				return
 			}
-			if buf, _ := br.Peek(br.Buffered()); httphead.End(buf) < 0 {
-				armed = time.Now().Add(readHeaderTimeout)
-				_ = conn.SetReadDeadline(armed)
-			}
 		}
-		req, fast, err := readRequest(br)
+		head := bufferedHead(br)
+		if head < 0 && !first {
+			armed = time.Now().Add(readHeaderTimeout)
+			_ = conn.SetReadDeadline(armed)
+		}
+		req, fast, err := readRequest(br, head)
 		if err != nil {
 			if !errors.Is(err, io.EOF) {
 				badRequest(bw, "malformed HTTP request")
@@ -185,15 +186,21 @@ func (l *Listener) serveConn(nc net.Conn) {
 	}
 }
 
-// readRequest parses the next request: on the fast path (httphead) when its head is
-// buffered whole and ordinary, else with http.ReadRequest.
-func readRequest(br *bufio.Reader) (req *http.Request, fast bool, err error) {
-	if buf, _ := br.Peek(br.Buffered()); len(buf) > 0 {
-		if n := httphead.End(buf); n > 0 {
-			if h, ok := httphead.ParseRequest(buf[:n]); ok {
-				_, _ = br.Discard(n)
-				return h.Request(br), true, nil
-			}
+// bufferedHead returns the length of the request head if it is buffered whole, else -1.
+func bufferedHead(br *bufio.Reader) int {
+	buf, _ := br.Peek(br.Buffered())
+	return httphead.End(buf)
+}
+
+// readRequest parses the next request: on the fast path (httphead) when its head, of
+// length head as bufferedHead measured it, is buffered whole and ordinary, else with
+// http.ReadRequest.
+func readRequest(br *bufio.Reader, head int) (req *http.Request, fast bool, err error) {
+	if head > 0 {
+		buf, _ := br.Peek(head)
+		if h, ok := httphead.ParseRequest(buf); ok {
+			_, _ = br.Discard(head)
+			return h.Request(br), true, nil
 		}
 	}
 	req, err = http.ReadRequest(br)
