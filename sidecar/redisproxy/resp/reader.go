@@ -137,19 +137,9 @@ func (r *Reader) NextReply() (raw []byte, ok bool, err error) {
 // inline line is skipped.
 func (r *Reader) ReadCommand() (args [][]byte, raw []byte, err error) {
 	for {
-		if r.w > r.r {
-			n, err := r.parseCommand(r.buf[r.r:r.w])
-			if err == nil {
-				raw = r.buf[r.r : r.r+n]
-				r.r += n
-				if len(r.args) == 0 {
-					continue // empty inline line
-				}
-				return r.args, raw, nil
-			}
-			if err != errIncomplete {
-				return nil, nil, err
-			}
+		args, raw, ok, err := r.NextCommand()
+		if ok || err != nil {
+			return args, raw, err
 		}
 		if err := r.fill(); err != nil {
 			return nil, nil, err
@@ -286,16 +276,9 @@ func parseLen(b []byte, i int) (int64, int, error) {
 // buffer).
 func (r *Reader) ReadReply() ([]byte, error) {
 	for {
-		if r.w > r.r {
-			n, err := replyLen(r.buf[r.r:r.w], 0, 0)
-			if err == nil {
-				raw := r.buf[r.r : r.r+n]
-				r.r += n
-				return raw, nil
-			}
-			if err != errIncomplete {
-				return nil, err
-			}
+		raw, ok, err := r.NextReply()
+		if ok || err != nil {
+			return raw, err
 		}
 		if err := r.fill(); err != nil {
 			return nil, err
