@@ -3,6 +3,7 @@ package inject
 import (
 	"context"
 	"crypto/tls"
+	"github.com/weftmesh/weft/internal/testenv"
 	"os"
 	"path/filepath"
 	"testing"
@@ -28,7 +29,7 @@ import (
 // that signed the serving certificate.
 func TestWebhookInAPIServer(t *testing.T) {
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		t.Skip("KUBEBUILDER_ASSETS is not set; run with KUBEBUILDER_ASSETS=$(hack/envtest-assets.sh | tail -n1)")
+		testenv.Missing(t, "KUBEBUILDER_ASSETS is not set; run with KUBEBUILDER_ASSETS=$(hack/envtest-assets.sh | tail -n1)")
 	}
 	logf.SetLogger(logr.Discard())
 	env := &envtest.Environment{

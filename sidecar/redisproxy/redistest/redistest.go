@@ -6,6 +6,7 @@ package redistest
 import (
 	"bytes"
 	"fmt"
+	"github.com/weftmesh/weft/internal/testenv"
 	"net"
 	"os"
 	"os/exec"
@@ -115,7 +116,7 @@ func WaitListening(t testing.TB, addr string) {
 func StartNutcracker(t testing.TB, yaml string, listen string) {
 	bin, err := exec.LookPath("nutcracker")
 	if err != nil {
-		t.Skip("nutcracker not installed: `apt-get install -y nutcracker` to compare placement with the real twemproxy")
+		testenv.Missing(t, "nutcracker not installed: `apt-get install -y nutcracker` to compare placement with the real twemproxy")
 	}
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "nutcracker.yml")

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/weftmesh/weft/internal/testenv"
 	"os"
 	"strconv"
 	"strings"
@@ -59,7 +60,7 @@ func nutcrackerCases() []golden {
 func TestAgainstNutcracker(t *testing.T) {
 	if _, err := os.Stat("/usr/sbin/nutcracker"); err != nil {
 		if _, err2 := os.Stat("/usr/bin/nutcracker"); err2 != nil {
-			t.Skip("nutcracker not installed: `apt-get install -y nutcracker` to verify placement against twemproxy")
+			testenv.Missing(t, "nutcracker not installed: `apt-get install -y nutcracker` to verify placement against twemproxy")
 		}
 	}
 	shards := redistest.StartRedis(t, 3)
