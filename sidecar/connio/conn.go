@@ -80,7 +80,7 @@ func (c *Conn) write(p []byte) error { return c.w.WriteAll(p) }
 // readFD is the RawConn.Read callback: write what is deferred, then read.
 func (c *Conn) readFD(fd uintptr) bool {
 	if len(c.rout) > 0 {
-		c.rout, c.werr = writeSome(int(fd), c.rout)
+		c.rout, c.werr = WriteFD(int(fd), c.rout)
 		switch c.werr {
 		case 0:
 			return false // sent: wait for the answer without reading first
@@ -90,7 +90,7 @@ func (c *Conn) readFD(fd uintptr) bool {
 		}
 		return true
 	}
-	c.rn, c.errno = readOnce(int(fd), c.rp)
+	c.rn, c.errno = ReadFD(int(fd), c.rp)
 	return c.errno != syscall.EAGAIN
 }
 

@@ -52,7 +52,7 @@ func ReadLoop(c net.Conn, space func() []byte, handle func(n int) (stop bool)) e
 				return false // wait for the poller
 			}
 			p := space()
-			n, err := readOnce(int(fd), p)
+			n, err := ReadFD(int(fd), p)
 			switch {
 			case err == syscall.EAGAIN:
 				return false

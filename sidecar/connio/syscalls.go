@@ -28,8 +28,9 @@ func sysWrite(fd int, p []byte) (int, syscall.Errno) {
 	return int(n), e
 }
 
-// readOnce reads into p, retrying only an interrupted call.
-func readOnce(fd int, p []byte) (int, syscall.Errno) {
+// ReadFD reads into p from the non-blocking descriptor fd, retrying only an interrupted
+// call; the errno is EAGAIN when nothing is there.
+func ReadFD(fd int, p []byte) (int, syscall.Errno) {
 	for {
 		n, e := sysRead(fd, p)
 		if e != syscall.EINTR {
@@ -38,9 +39,9 @@ func readOnce(fd int, p []byte) (int, syscall.Errno) {
 	}
 }
 
-// writeSome writes p until all of it is written, the socket is full (EAGAIN) or the call
+// WriteFD writes p to the non-blocking descriptor fd until all of it is written, the socket is full (EAGAIN) or the call
 // fails; it returns what is left and the errno that stopped it (0 when all was written).
-func writeSome(fd int, p []byte) ([]byte, syscall.Errno) {
+func WriteFD(fd int, p []byte) ([]byte, syscall.Errno) {
 	for len(p) > 0 {
 		n, e := sysWrite(fd, p)
 		switch e {

@@ -31,12 +31,12 @@ func NewWriter(c net.Conn) *Writer {
 }
 
 func (w *Writer) tryFD(fd uintptr) bool {
-	w.p, w.errno = writeSome(int(fd), w.p)
+	w.p, w.errno = WriteFD(int(fd), w.p)
 	return true
 }
 
 func (w *Writer) allFD(fd uintptr) bool {
-	w.p, w.errno = writeSome(int(fd), w.p)
+	w.p, w.errno = WriteFD(int(fd), w.p)
 	return w.errno != syscall.EAGAIN // full: wait for the poller, then go on
 }
 

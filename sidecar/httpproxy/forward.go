@@ -151,9 +151,21 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 		localReply(w, status, msg)
 		return
 	}
-	dst := w.Header()
-	removeConnectionHeaders(res.resp.Header)
-	for k, vv := range res.resp.Header {
+	responseHeader(w.Header(), res.resp.Header, route, wc, setCookie)
+	if waited > 0 {
+		w.Header().Set("X-Weft-Cold-Start", strconv.FormatFloat(waited.Seconds(), 'f', 3, 64))
+	}
+	w.WriteHeader(res.resp.StatusCode)
+	copyBody(w, res.resp)
+	c.Stats.Observe(res.resp.StatusCode, time.Since(start))
+}
+
+// responseHeader fills dst, the downstream response's header, from the upstream's: hop-by-hop
+// headers dropped, the session cookie a ring-hash policy minted, then the picked
+// destination's and the route's edits. It takes src's values over; src is not used again.
+func responseHeader(dst, src http.Header, route *config.Route, wc *config.WeightedCluster, setCookie string) {
+	removeConnectionHeaders(src)
+	for k, vv := range src {
 		dst[k] = vv
 	}
 	for _, k := range hopHeaders {
@@ -164,12 +176,6 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 	}
 	applyHeaderEdits(dst, wc.ResponseHeadersToRemove, wc.ResponseHeadersToAdd)
 	applyResponseHeaders(dst, route)
-	if waited > 0 {
-		dst.Set("X-Weft-Cold-Start", strconv.FormatFloat(waited.Seconds(), 'f', 3, 64))
-	}
-	w.WriteHeader(res.resp.StatusCode)
-	copyBody(w, res.resp)
-	c.Stats.Observe(res.resp.StatusCode, time.Since(start))
 }
 
 // attemptResult is one upstream try: a response with headers, or an error.
@@ -280,12 +286,21 @@ func retriable(rp *config.RetryPolicy, res *attemptResult, ctx context.Context, 
 		return false
 	}
 	if res.err != nil {
-		if rp.On&(config.Retry5xx|config.RetryGatewayError|config.RetryReset) != 0 {
-			return true
-		}
-		return rp.On&config.RetryConnectFailure != 0 && isConnectFailure(res.err)
+		return retryOnError(rp, res.err)
 	}
-	code := res.resp.StatusCode
+	return retryOnStatus(rp, res.resp.StatusCode)
+}
+
+// retryOnError reports whether a failed attempt (no response) may be retried.
+func retryOnError(rp *config.RetryPolicy, err error) bool {
+	if rp.On&(config.Retry5xx|config.RetryGatewayError|config.RetryReset) != 0 {
+		return true
+	}
+	return rp.On&config.RetryConnectFailure != 0 && isConnectFailure(err)
+}
+
+// retryOnStatus reports whether a response with this status may be retried.
+func retryOnStatus(rp *config.RetryPolicy, code int) bool {
 	switch {
 	case rp.On&config.Retry5xx != 0 && code >= 500:
 		return true

@@ -50,7 +50,7 @@ func (l *Listener) serve(ln net.Listener) {
 			return
 		}
 		l.connections.Add(1)
-		go l.serveConn(conn)
+		go l.serveConn(conn, nil, nil)
 	}
 }
 
@@ -85,16 +85,29 @@ func (l *Listener) forget(conn net.Conn) {
 	l.mu.Unlock()
 }
 
-func (l *Listener) serveConn(nc net.Conn) {
+// serveConn serves one connection until it closes. A connection taken over from the
+// event loop brings what the loop read of it (in) and what it had still to write (out).
+func (l *Listener) serveConn(nc net.Conn, in, out []byte) {
 	// Every close goes through conn: it writes a response deferred to the next read.
 	conn := connio.NewConn(nc)
 	br := readers.Get().(*bufio.Reader)
-	br.Reset(conn)
+	if len(in) > 0 {
+		br.Reset(io.MultiReader(bytes.NewReader(in), conn))
+	} else {
+		br.Reset(conn)
+	}
 	st, draining := l.register(nc)
-	if draining {
+	if draining && len(out) == 0 {
 		conn.Close()
 		l.forget(nc)
 		return
+	}
+	if len(out) > 0 {
+		if _, err := conn.Write(out); err != nil || draining {
+			conn.Close()
+			l.forget(nc)
+			return
+		}
 	}
 	_ = conn.SetReadDeadline(time.Now().Add(readHeaderTimeout))
 	if p, err := br.Peek(len(h2Preface)); err == nil && bytes.Equal(p, h2Preface) {

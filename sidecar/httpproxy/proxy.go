@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -36,6 +37,9 @@ type Options struct {
 	// ListenAddress overrides a listener's address by listener name (tests use
 	// 127.0.0.1:0).
 	ListenAddress map[string]string
+	// GoroutinePerConnection serves outbound HTTP/1.1 with a goroutine per connection
+	// instead of the event loop (loop.go). The inbound listener always does.
+	GoroutinePerConnection bool
 }
 
 // Proxy serves the HTTP listeners of the config in force.
@@ -76,6 +80,7 @@ type Listener struct {
 	routes  atomic.Pointer[config.RouteTable]
 	ln      net.Listener
 	h2      *h2Server
+	loops   []*hloop // none: a goroutine per connection
 	addr    net.Addr
 	cfgAddr string
 
@@ -163,8 +168,16 @@ func (p *Proxy) start(hl *config.HTTPListener) (*Listener, error) {
 	l := &Listener{Name: hl.Name, inbound: hl.Name == InboundListener, proxy: p, addr: ln.Addr(), cfgAddr: hl.Address, ln: ln, conns: map[net.Conn]*connState{}}
 	l.idleCond = sync.NewCond(&l.mu)
 	l.h2 = newH2Server(l, ln.Addr())
-	go l.serve(ln)
-	p.opts.Logger.Info("listening", "listener", hl.Name, "address", ln.Addr().String())
+	mode := "goroutine per connection"
+	if l.inbound || p.opts.GoroutinePerConnection {
+		go l.serve(ln)
+	} else if err := l.startLoops(ln, max(runtime.GOMAXPROCS(0), 1)); err != nil {
+		p.opts.Logger.Warn("HTTP event loop unavailable; serving a goroutine per connection", "listener", hl.Name, "error", err)
+		go l.serve(ln)
+	} else {
+		mode = "event loop"
+	}
+	p.opts.Logger.Info("listening", "listener", hl.Name, "address", ln.Addr().String(), "mode", mode)
 	return l, nil
 }
 
@@ -194,7 +207,23 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 // shutdown stops accepting, closes idle connections, lets each active one finish its
 // request (answered with Connection: close) and waits for them until ctx ends.
 func (l *Listener) shutdown(ctx context.Context) error {
+	for _, h := range l.loops {
+		h.drain()
+	}
 	_ = l.ln.Close()
+	var loopErr error
+	for _, h := range l.loops {
+		select {
+		case <-h.done:
+		case <-ctx.Done():
+			h.ev.Stop()
+			<-h.done
+			loopErr = fmt.Errorf("listener %s: connections still busy at the drain deadline: %w", l.Name, ctx.Err())
+		}
+	}
+	if loopErr != nil {
+		return loopErr
+	}
 	l.mu.Lock()
 	l.draining.Store(true)
 	for c, st := range l.conns {

@@ -273,9 +273,36 @@ func (b *body) finish(complete bool) {
 	b.pc.conn.Close()
 }
 
-// writeRequest writes req in HTTP/1.1 form. Header values come from the downstream
-// parser (which validated them) or from config (validated at decode time).
+// writeRequest writes req in HTTP/1.1 form and flushes it. Header values come from the
+// downstream parser (which validated them) or from config (validated at decode time).
 func writeRequest(w *bufio.Writer, req *Request) error {
+	if err := writeMessage(w, req); err != nil {
+		return err
+	}
+	return w.Flush()
+}
+
+// AppendRequest appends req in HTTP/1.1 form to dst; req must carry no streamed Body.
+func AppendRequest(dst []byte, req *Request) []byte {
+	a := appender{dst}
+	_ = writeMessage(&a, req)
+	return a.b
+}
+
+// messageWriter is what writeMessage writes to: a bufio.Writer or an appender.
+type messageWriter interface {
+	io.Writer
+	io.StringWriter
+	io.ByteWriter
+}
+
+type appender struct{ b []byte }
+
+func (a *appender) Write(p []byte) (int, error)       { a.b = append(a.b, p...); return len(p), nil }
+func (a *appender) WriteString(s string) (int, error) { a.b = append(a.b, s...); return len(s), nil }
+func (a *appender) WriteByte(c byte) error            { a.b = append(a.b, c); return nil }
+
+func writeMessage(w messageWriter, req *Request) error {
 	w.WriteString(req.Method)
 	w.WriteByte(' ')
 	w.WriteString(req.URI)
@@ -320,7 +347,7 @@ func writeRequest(w *bufio.Writer, req *Request) error {
 		cw.Close()
 		w.WriteString("\r\n")
 	}
-	return w.Flush()
+	return nil
 }
 
 func isTimeout(err error) bool {
