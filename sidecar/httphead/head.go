@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -34,6 +35,7 @@ type Head struct {
 	Host          string // requests: the Host header, removed from Header as net/http does
 	ContentLength int64  // -1: none given
 	Close         bool   // Connection: close
+	connTokens    bool   // a Connection header names other headers
 }
 
 var crlf2 = []byte("\r\n\r\n")
@@ -79,7 +81,7 @@ func ParseRequest(b []byte) (h Head, ok bool) {
 			return h, false
 		}
 	}
-	if !originForm(path) || !h.parseFields(rest, true) {
+	if !originForm(path) || !h.parseFields(rest, true, true) {
 		return h, false
 	}
 	if h.Authority != "" {
@@ -95,7 +97,21 @@ func ParseRequest(b []byte) (h Head, ok bool) {
 // bodies framed other than by Content-Length (except 204 and 304, which have none), and
 // anything unusual are refused (ok false) and left to http.ReadResponse.
 func ParseResponse(b []byte) (h Head, ok bool) {
-	s := string(b[:len(b)-2])
+	return parseResponse(string(b[:len(b)-2]), true)
+}
+
+// ScanResponse checks a response head as ParseResponse does and returns its status,
+// Content-Length and Close, without building the header map (h.Header is nil) and
+// without allocating. plain reports that the head can be forwarded line by line: its
+// Connection headers name no header but themselves (only "close" and "keep-alive"), so
+// dropping the Connection, Proxy-Connection and Keep-Alive lines removes every
+// hop-by-hop header.
+func ScanResponse(b []byte) (h Head, plain, ok bool) {
+	h, ok = parseResponse(unsafe.String(unsafe.SliceData(b), len(b)-2), false)
+	return h, ok && !h.connTokens, ok
+}
+
+func parseResponse(s string, keep bool) (h Head, ok bool) {
 	line, rest, ok := cutLine(s)
 	if !ok || len(line) < 12 || line[:9] != "HTTP/1.1 " || (len(line) > 12 && line[12] != ' ') {
 		return h, false
@@ -105,28 +121,31 @@ func ParseResponse(b []byte) (h Head, ok bool) {
 		return h, false
 	}
 	h.Status = code
-	if !h.parseFields(rest, false) {
+	if !h.parseFields(rest, false, keep) {
 		return h, false
 	}
 	if h.ContentLength < 0 && code != 204 && code != 304 {
 		return h, false // a body read until the connection closes: net/http's case
 	}
-	if h.Close {
+	if h.Close && keep {
 		delete(h.Header, "Connection") // as net/http does for responses
 	}
 	return h, true
 }
 
-// parseFields parses header lines, each ending in CRLF.
-func (h *Head) parseFields(s string, request bool) bool {
-	n := 0
-	for i := 0; i+1 < len(s); i++ {
-		if s[i] == '\r' {
-			n++
+// parseFields parses header lines, each ending in CRLF, into h.Header when keep is set.
+func (h *Head) parseFields(s string, request, keep bool) bool {
+	var vals []string
+	if keep {
+		n := 0
+		for i := 0; i+1 < len(s); i++ {
+			if s[i] == '\r' {
+				n++
+			}
 		}
+		h.Header = make(http.Header, n)
+		vals = make([]string, n) // one backing array for single-valued fields
 	}
-	h.Header = make(http.Header, n)
-	vals := make([]string, n) // one backing array for single-valued fields
 	h.ContentLength = -1
 	for len(s) > 0 {
 		line, rest, ok := cutLine(s)
@@ -168,9 +187,17 @@ func (h *Head) parseFields(s string, request bool) bool {
 		case "Transfer-Encoding", "Expect", "Te", "Trailer", "Upgrade", "Pragma":
 			return false // framing, interim responses, or (Pragma) a header net/http rewrites
 		case "Connection":
-			if httpguts.HeaderValuesContainsToken([]string{value}, "close") {
-				h.Close = true
+			for tok := range strings.SplitSeq(value, ",") {
+				switch tok = trim(tok); {
+				case strings.EqualFold(tok, "close"):
+					h.Close = true
+				case tok != "" && !strings.EqualFold(tok, "keep-alive"):
+					h.connTokens = true
+				}
 			}
+		}
+		if !keep {
+			continue
 		}
 		if old := h.Header[key]; old != nil {
 			h.Header[key] = append(old, value)

@@ -9,7 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"runtime"
+	"strconv"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -754,7 +754,7 @@ func (h *hloop) response(u *sock, ex *exchange) bool {
 			}
 			return true
 		}
-		hd, ok := httphead.ParseResponse(u.in[:end])
+		hd, plain, ok := httphead.ScanResponse(u.in[:end])
 		if !ok {
 			h.slowResponse(ex) // chunked, read until close, 1xx, or unusual
 			return false
@@ -780,11 +780,18 @@ func (h *hloop) response(u *sock, ex *exchange) bool {
 			return false
 		}
 		ex.gotHead, ex.status, ex.remaining = true, hd.Status, bodyLen
+		if plain && ex.setCookie == "" && !editsResponse(ex.route, ex.wc) {
+			// Nothing to change but hop-by-hop lines: copy the head as it came.
+			ex.close = ex.close || h.draining.Load()
+			d.out = appendResponseHead(d.out, u.in[:end], hd.Status, ex.close)
+		} else {
+			full, _ := httphead.ParseResponse(u.in[:end])
+			w := h.writer(ex)
+			responseHeader(w.Header(), full.Header, ex.route, ex.wc, ex.setCookie)
+			w.WriteHeader(hd.Status)
+			h.endHead(ex)
+		}
 		consume(u, end)
-		w := h.writer(ex)
-		responseHeader(w.Header(), hd.Header, ex.route, ex.wc, ex.setCookie)
-		w.WriteHeader(hd.Status)
-		h.endHead(ex)
 	}
 	if n := min(ex.remaining, int64(len(u.in))); n > 0 {
 		d.out = append(d.out, u.in[:n]...)
@@ -799,6 +806,67 @@ func (h *hloop) response(u *sock, ex *exchange) bool {
 		return false
 	}
 	return h.flush(d)
+}
+
+// editsResponse reports whether the route or the picked destination edits response
+// headers.
+func editsResponse(route *config.Route, wc *config.WeightedCluster) bool {
+	return len(route.ResponseHeadersToAdd)+len(route.ResponseHeadersToRemove)+
+		len(wc.ResponseHeadersToAdd)+len(wc.ResponseHeadersToRemove) > 0
+}
+
+// appendResponseHead appends the downstream form of an upstream response head that
+// httphead.ScanResponse found plain: the status line in the proxy's own words, then
+// every field line as received except Connection, Proxy-Connection and Keep-Alive (the
+// scanner refused heads with other hop-by-hop fields), and Connection: close if the
+// downstream connection ends after this response. It is what responseHeader and
+// h1Writer produce from the parsed head, field order and spelling aside
+// (FuzzResponseHeadForms holds it to that).
+func appendResponseHead(dst, head []byte, status int, close bool) []byte {
+	dst = append(dst, "HTTP/1.1 "...)
+	dst = strconv.AppendInt(dst, int64(status), 10)
+	dst = append(dst, ' ')
+	dst = append(dst, http.StatusText(status)...)
+	dst = append(dst, "\r\n"...)
+	fields := head[bytes.Index(head, crlf)+2 : len(head)-2]
+	for len(fields) > 0 {
+		n := bytes.Index(fields, crlf) + 2
+		line := fields[:n]
+		fields = fields[n:]
+		name := line[:bytes.IndexByte(line, ':')]
+		if hopByHopField(name) {
+			continue
+		}
+		dst = append(dst, line...)
+	}
+	if close {
+		dst = append(dst, "Connection: close\r\n"...)
+	}
+	return append(dst, "\r\n"...)
+}
+
+var crlf = []byte("\r\n")
+
+func hopByHopField(name []byte) bool {
+	switch len(name) {
+	case len("Connection"):
+		return asciiEqualFold(name, "Connection") || asciiEqualFold(name, "Keep-Alive")
+	case len("Proxy-Connection"):
+		return asciiEqualFold(name, "Proxy-Connection")
+	}
+	return false
+}
+
+func asciiEqualFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range b {
+		if b[i]|0x20 != s[i]|0x20 {
+			return false
+		}
+	}
+	return true
 }
 
 func statusOutcome(code int) upstream.Outcome {
@@ -916,9 +984,6 @@ func (h *hloop) finishError(ex *exchange, err error) {
 // finish ends ex: stats, circuit breaker, the upstream connection back to the pool, and
 // the downstream connection on to its next request.
 func (h *hloop) finish(ex *exchange) {
-	if os.Getenv("LOOPDBG") != "" {
-		println("finish", ex.status)
-	}
 	d := ex.d
 	ex.c.Stats.Observe(ex.status, time.Since(ex.start))
 	ex.c.Done()
@@ -996,10 +1061,6 @@ func (h *hloop) detach(s *sock) net.Conn {
 
 // handoff moves d, with what it has buffered, to the goroutine path.
 func (h *hloop) handoff(d *sock) {
-	if os.Getenv("LOOPDBG") != "" {
-		_, file, line, _ := runtime.Caller(1)
-		println("handoff", file, line)
-	}
 	in := d.in
 	out := d.out[d.off:]
 	nc := h.detach(d)
@@ -1014,9 +1075,6 @@ func (h *hloop) handoff(d *sock) {
 // buffered — to a goroutine that reads the response with net/http, sends it, and then
 // serves the downstream connection on the goroutine path.
 func (h *hloop) slowResponse(ex *exchange) {
-	if os.Getenv("LOOPDBG") != "" {
-		println("slow", string(ex.u.in[:min(len(ex.u.in), 60)]))
-	}
 	d, u := ex.d, ex.u
 	d.ex, u.ex, ex.u = nil, nil, nil
 	x := *ex // the goroutine's own copy: d.exv is reused by the loop
