@@ -32,6 +32,8 @@ type SidecarOptions struct {
 	Holder  httpproxy.Holder
 	Watcher httpproxy.EndpointWatcher
 	Async   httpproxy.AsyncCaller
+	// GoroutinePerConnection turns the outbound event loop off (httpproxy.Options).
+	GoroutinePerConnection bool
 }
 
 // StartSidecar connects a sidecar to cp; everything stops when the test ends.
@@ -43,7 +45,8 @@ func StartSidecar(t testing.TB, cp *ControlPlane, o SidecarOptions) *Sidecar {
 	}
 	ups := upstream.NewManager(ctx, clock.RealClock{})
 	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Holder: o.Holder, Watcher: o.Watcher, Async: o.Async, Logger: log,
-		ListenAddress: map[string]string{OutboundListenerName: "127.0.0.1:0", InboundListenerName: "127.0.0.1:0"}})
+		ListenAddress:          map[string]string{OutboundListenerName: "127.0.0.1:0", InboundListenerName: "127.0.0.1:0"},
+		GoroutinePerConnection: o.GoroutinePerConnection})
 	cl := xdsclient.New(xdsclient.Options{Address: cp.Addr(), Node: &corev3.Node{Id: NodeID}, Logger: log,
 		BackoffBase: 50 * time.Millisecond, BackoffMax: 500 * time.Millisecond,
 		Applier: xdsclient.ApplierFunc(func(c *config.Config) {

@@ -1,0 +1,361 @@
+package httpproxy_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+
+	st "github.com/weftmesh/weft/sidecar/sidecartest"
+)
+
+// Tests of the outbound event loop (loop.go) where it differs from the goroutine path:
+// pipelining, flow control, pooled connections the server closed, draining, and the
+// hand-offs to the goroutine path. Every other feature test runs through the loop too,
+// since it serves the outbound listener.
+
+// rawConn is a client connection that writes bytes as given and reads responses.
+type rawConn struct {
+	t    *testing.T
+	conn net.Conn
+	br   *bufio.Reader
+}
+
+func dialRaw(t *testing.T, base string) *rawConn {
+	t.Helper()
+	conn, err := net.Dial("tcp", st.HostPort(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &rawConn{t: t, conn: conn, br: bufio.NewReader(conn)}
+}
+
+func (c *rawConn) write(s string) {
+	c.t.Helper()
+	if _, err := io.WriteString(c.conn, s); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// read reads one response to a request with the given method, body included.
+func (c *rawConn) read(method string) (*http.Response, string) {
+	c.t.Helper()
+	_ = c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(c.br, &http.Request{Method: method})
+	if err != nil {
+		c.t.Fatalf("reading a response: %v", err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		c.t.Fatalf("reading a response body: %v", err)
+	}
+	return resp, string(b)
+}
+
+func loopSidecar(t *testing.T, h http.HandlerFunc, ropts ...st.RouteOption) (base string, be *httptest.Server) {
+	be = st.Backend(t, "", h)
+	cp := st.StartControlPlane(t)
+	snap, _ := oneBackend([]string{be.URL}, ropts)
+	cp.Set(snap)
+	sc := st.StartSidecar(t, cp, st.SidecarOptions{})
+	return sc.URL(t, st.OutboundListenerName), be
+}
+
+func TestLoopPipelinedRequestsAnswerInOrder(t *testing.T) {
+	base, _ := loopSidecar(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			time.Sleep(50 * time.Millisecond) // the later requests must wait behind it
+		}
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %s %s", r.Method, r.URL.Path, b)
+	})
+	c := dialRaw(t, base)
+	c.write("GET /slow HTTP/1.1\r\nHost: reviews\r\n\r\n" +
+		"POST /two HTTP/1.1\r\nHost: reviews\r\nContent-Length: 4\r\n\r\nbody" +
+		"HEAD /three HTTP/1.1\r\nHost: reviews\r\n\r\n" +
+		"GET /four HTTP/1.1\r\nHost: reviews\r\n\r\n")
+	for _, want := range []struct{ method, body string }{
+		{"GET", "GET /slow "}, {"POST", "POST /two body"}, {"HEAD", ""}, {"GET", "GET /four "},
+	} {
+		resp, body := c.read(want.method)
+		if resp.StatusCode != 200 || body != want.body {
+			t.Fatalf("%s: %d %q, want 200 %q", want.method, resp.StatusCode, body, want.body)
+		}
+	}
+}
+
+func TestLoopLargeResponseToASlowReader(t *testing.T) {
+	payload := bytes.Repeat([]byte("0123456789abcdef"), 256<<10) // 4 MiB with Content-Length
+	sum := sha256.Sum256(payload)
+	base, _ := loopSidecar(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(payload)))
+		_, _ = w.Write(payload)
+	})
+	c := dialRaw(t, base)
+	c.write("GET /big HTTP/1.1\r\nHost: reviews\r\n\r\n")
+	_ = c.conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Read slowly at first: the proxy must hold the upstream back, not buffer it all.
+	h := sha256.New()
+	buf := make([]byte, 64<<10)
+	var got int
+	for i := 0; ; i++ {
+		if i < 8 {
+			time.Sleep(20 * time.Millisecond)
+		}
+		n, err := resp.Body.Read(buf)
+		h.Write(buf[:n])
+		got += n
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("after %d bytes: %v", got, err)
+		}
+	}
+	if got != len(payload) || !bytes.Equal(h.Sum(nil), sum[:]) {
+		t.Fatalf("got %d bytes (digest match %v), want %d", got, bytes.Equal(h.Sum(nil), sum[:]), len(payload))
+	}
+	// The connection carries the next request.
+	c.write("GET /again HTTP/1.1\r\nHost: reviews\r\n\r\n")
+	if resp, body := c.read("GET"); resp.StatusCode != 200 || len(body) != len(payload) {
+		t.Fatalf("second request: %d with %d bytes", resp.StatusCode, len(body))
+	}
+}
+
+func TestLoopRecoversFromPooledConnectionsTheServerClosed(t *testing.T) {
+	// A server that answers one request per connection and closes the connection when a
+	// second one arrives on it, without answering: the race every keep-alive client
+	// meets when a server times out an idle connection just as a request is sent.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				br := bufio.NewReader(conn)
+				if _, err := http.ReadRequest(br); err != nil {
+					return
+				}
+				_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				_, _ = http.ReadRequest(br) // and close without an answer
+			}()
+		}
+	}()
+	cp := st.StartControlPlane(t)
+	snap, _ := oneBackend([]string{"http://" + ln.Addr().String()}, nil) // no retry policy
+	cp.Set(snap)
+	base := st.StartSidecar(t, cp, st.SidecarOptions{}).URL(t, st.OutboundListenerName)
+	c := dialRaw(t, base)
+	for i := range 10 {
+		c.write("GET / HTTP/1.1\r\nHost: reviews\r\n\r\n")
+		if resp, body := c.read("GET"); resp.StatusCode != 200 || body != "ok" {
+			t.Fatalf("request %d: %d %q, want 200 ok (sent again on a new connection)", i, resp.StatusCode, body)
+		}
+	}
+
+	// Idle pooled connections the server closes are dropped, not used.
+	base2, be := loopSidecar(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") })
+	client := &http.Client{Timeout: 10 * time.Second}
+	for round := range 3 {
+		for range 8 {
+			if code, body, _ := st.Get(t, client, base2, "reviews", "/"); code != 200 || body != "ok" {
+				t.Fatalf("round %d: %d %q", round, code, body)
+			}
+		}
+		be.CloseClientConnections()
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestLoopDrainFinishesInFlightAndClosesIdle(t *testing.T) {
+	release := make(chan struct{})
+	be := st.Backend(t, "", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hold" {
+			<-release
+		}
+		_, _ = io.WriteString(w, "done")
+	})
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(free) // before the backend's own cleanup, which waits for the held handler
+	cp := st.StartControlPlane(t)
+	snap, _ := oneBackend([]string{be.URL}, nil)
+	cp.Set(snap)
+	sc := st.StartSidecar(t, cp, st.SidecarOptions{})
+	base := sc.URL(t, st.OutboundListenerName)
+
+	idle := dialRaw(t, base)
+	idle.write("GET / HTTP/1.1\r\nHost: reviews\r\n\r\n")
+	if resp, _ := idle.read("GET"); resp.StatusCode != 200 {
+		t.Fatalf("warm-up: %d", resp.StatusCode)
+	}
+	busy := dialRaw(t, base)
+	busy.write("GET /hold HTTP/1.1\r\nHost: reviews\r\n\r\n")
+	time.Sleep(50 * time.Millisecond) // the request is upstream now
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	shut := make(chan error, 1)
+	go func() { shut <- sc.Proxy.Shutdown(ctx) }()
+
+	// The idle connection is closed; new connections are refused.
+	_ = idle.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := idle.br.ReadByte(); err != io.EOF {
+		t.Fatalf("idle connection during drain: %v, want EOF", err)
+	}
+	st.Eventually(t, 5*time.Second, func() bool {
+		c, err := net.Dial("tcp", st.HostPort(base))
+		if err != nil {
+			return true
+		}
+		c.Close()
+		return false
+	}, "the listener still accepts during the drain")
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned (%v) with a request in flight", err)
+	default:
+	}
+	free()
+	resp, body := busy.read("GET")
+	if resp.StatusCode != 200 || body != "done" || !resp.Close {
+		t.Fatalf("in-flight request: %d %q close=%v, want 200 done with Connection: close", resp.StatusCode, body, resp.Close)
+	}
+	if err := <-shut; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+}
+
+// TestLoopAndGoroutinePathAgree sends the same requests through a sidecar with the event
+// loop and one without, and compares what the client gets.
+func TestLoopAndGoroutinePathAgree(t *testing.T) {
+	be := st.Backend(t, "", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Seen-Edit", r.Header.Get("X-Edit"))
+		w.Header().Set("X-Drop", "x")
+		switch r.URL.Path {
+		case "/nocontent":
+			w.WriteHeader(http.StatusNoContent)
+			return
+		case "/notmodified":
+			w.WriteHeader(http.StatusNotModified)
+			return
+		case "/conn":
+			w.Header().Set("Connection", "X-Private")
+			w.Header().Set("X-Private", "secret")
+		case "/stream":
+			w.(http.Flusher).Flush()
+		}
+		b, _ := io.ReadAll(r.Body)
+		out := fmt.Sprintf("%s %s?%s %s", r.Method, r.URL.Path, r.URL.RawQuery, b)
+		if r.URL.Path == "/error" {
+			w.Header().Set("Content-Length", strconv.Itoa(len(out)))
+			w.WriteHeader(http.StatusInternalServerError)
+		}
+		_, _ = io.WriteString(w, out)
+	})
+	edits := st.Edit(func(r *routev3.Route) {
+		r.ResponseHeadersToRemove = []string{"X-Drop"}
+	})
+	start := func(goroutines bool, ropts ...st.RouteOption) string {
+		cp := st.StartControlPlane(t)
+		snap, _ := oneBackend([]string{be.URL}, ropts)
+		cp.Set(snap)
+		return st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines}).URL(t, st.OutboundListenerName)
+	}
+	type answer struct {
+		status int
+		header http.Header
+		body   string
+	}
+	ask := func(base, raw, method string) answer {
+		c := dialRaw(t, base)
+		c.write(raw)
+		resp, body := c.read(method)
+		h := resp.Header.Clone()
+		h.Del("Date")
+		return answer{resp.StatusCode, h, body}
+	}
+	for _, ropts := range [][]st.RouteOption{nil, {edits}} {
+		loop, goroutines := start(false, ropts...), start(true, ropts...)
+		for _, rq := range []struct{ method, raw string }{
+			{"GET", "GET /plain?a=1 HTTP/1.1\r\nHost: reviews\r\nX-Edit: e\r\n\r\n"},
+			{"POST", "POST /post HTTP/1.1\r\nHost: reviews\r\nContent-Length: 3\r\n\r\nabc"},
+			{"HEAD", "HEAD /head HTTP/1.1\r\nHost: reviews\r\n\r\n"},
+			{"GET", "GET /nocontent HTTP/1.1\r\nHost: reviews\r\n\r\n"},
+			{"GET", "GET /notmodified HTTP/1.1\r\nHost: reviews\r\n\r\n"},
+			{"GET", "GET /conn HTTP/1.1\r\nHost: reviews\r\n\r\n"},
+			{"GET", "GET /error HTTP/1.1\r\nHost: reviews\r\n\r\n"},
+			{"GET", "GET /stream HTTP/1.1\r\nHost: reviews\r\n\r\n"},
+			{"GET", "GET /close HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n"},
+			{"GET", "GET /nohost HTTP/1.1\r\n\r\n"},
+			{"GET", "GET /unknown HTTP/1.1\r\nHost: nobody\r\n\r\n"},
+		} {
+			a, b := ask(loop, rq.raw, rq.method), ask(goroutines, rq.raw, rq.method)
+			if a.status != b.status || a.body != b.body || !sameFields(a.header, b.header) {
+				t.Errorf("%q (edits %v):\nloop:       %d %v %q\ngoroutines: %d %v %q", rq.raw, ropts != nil,
+					a.status, a.header, a.body, b.status, b.header, b.body)
+			}
+		}
+	}
+}
+
+// sameFields compares headers as a client sees them.
+func sameFields(a, b http.Header) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if !slices.Equal(v, b[k]) {
+			return false
+		}
+	}
+	return true
+}
+
+func TestLoopAnswersGatewayErrorsLikeEnvoy(t *testing.T) {
+	// A host that refuses connections: 503 "connection failure", then the connection
+	// carries the next request.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "http://" + l.Addr().String()
+	l.Close()
+	cp := st.StartControlPlane(t)
+	snap, _ := oneBackend([]string{dead}, nil)
+	cp.Set(snap)
+	base := st.StartSidecar(t, cp, st.SidecarOptions{}).URL(t, st.OutboundListenerName)
+	c := dialRaw(t, base)
+	for range 2 {
+		c.write("GET / HTTP/1.1\r\nHost: reviews\r\n\r\n")
+		resp, body := c.read("GET")
+		if resp.StatusCode != 503 || !strings.Contains(body, "connection failure") {
+			t.Fatalf("refused host: %d %q, want 503 naming a connection failure", resp.StatusCode, body)
+		}
+	}
+}
