@@ -53,6 +53,24 @@ func End(b []byte) int {
 // ParseRequest parses a request head occupying all of b (as End measured it). ok is
 // false for anything outside the fast path: the caller uses http.ReadRequest instead.
 func ParseRequest(b []byte) (h Head, ok bool) {
+	return parseRequest(b, nil)
+}
+
+// Scratch is what one connection's requests reuse, one request at a time: the header
+// map and its value slices, and the http.Request that RequestIn fills. A request parsed
+// with it stays valid until the next ParseRequestInto with the same Scratch.
+type Scratch struct {
+	header http.Header
+	vals   []string
+	x      request
+}
+
+// ParseRequestInto is ParseRequest reusing sc's memory.
+func ParseRequestInto(b []byte, sc *Scratch) (h Head, ok bool) {
+	return parseRequest(b, sc)
+}
+
+func parseRequest(b []byte, sc *Scratch) (h Head, ok bool) {
 	s := string(b[:len(b)-2]) // keep one CRLF so every line ends with one
 	line, rest, ok := cutLine(s)
 	if !ok {
@@ -81,7 +99,7 @@ func ParseRequest(b []byte) (h Head, ok bool) {
 			return h, false
 		}
 	}
-	if !originForm(path) || !h.parseFields(rest, true, true) {
+	if !originForm(path) || !h.parseFields(rest, true, true, sc) {
 		return h, false
 	}
 	if h.Authority != "" {
@@ -121,7 +139,7 @@ func parseResponse(s string, keep bool) (h Head, ok bool) {
 		return h, false
 	}
 	h.Status = code
-	if !h.parseFields(rest, false, keep) {
+	if !h.parseFields(rest, false, keep, nil) {
 		return h, false
 	}
 	if h.ContentLength < 0 && code != 204 && code != 304 {
@@ -134,7 +152,8 @@ func parseResponse(s string, keep bool) (h Head, ok bool) {
 }
 
 // parseFields parses header lines, each ending in CRLF, into h.Header when keep is set.
-func (h *Head) parseFields(s string, request, keep bool) bool {
+// With sc, the map and the value array come from there.
+func (h *Head) parseFields(s string, request, keep bool, sc *Scratch) bool {
 	var vals []string
 	if keep {
 		n := 0
@@ -143,8 +162,21 @@ func (h *Head) parseFields(s string, request, keep bool) bool {
 				n++
 			}
 		}
-		h.Header = make(http.Header, n)
-		vals = make([]string, n) // one backing array for single-valued fields
+		switch {
+		case sc == nil:
+			h.Header = make(http.Header, n)
+			vals = make([]string, n) // one backing array for single-valued fields
+		default:
+			if sc.header == nil {
+				sc.header = make(http.Header, max(n, 8))
+			} else {
+				clear(sc.header)
+			}
+			if cap(sc.vals) < n {
+				sc.vals = make([]string, max(n, 8))
+			}
+			h.Header, vals = sc.header, sc.vals[:n]
+		}
 	}
 	h.ContentLength = -1
 	for len(s) > 0 {
@@ -321,18 +353,29 @@ var pathChar = func() (t [256]bool) {
 // read from body. The URL's RawPath is the target's path as sent, which needs no
 // unescaping, so EscapedPath returns it unchanged as it would after url.ParseRequestURI.
 func (h *Head) Request(body io.Reader) *http.Request {
+	return h.fill(&request{}, body) // one allocation for the request, its URL and its body reader
+}
+
+// RequestIn is Request building the http.Request in sc (valid until sc is reused).
+func (h *Head) RequestIn(sc *Scratch, body io.Reader) *http.Request {
+	return h.fill(&sc.x, body)
+}
+
+type request struct {
+	req  http.Request
+	url  url.URL
+	body Body
+}
+
+func (h *Head) fill(x *request, body io.Reader) *http.Request {
 	target := h.Target
 	scheme := ""
 	if h.Authority != "" {
 		target, scheme = target[len("http://")+len(h.Authority):], "http"
 	}
 	path, query, _ := strings.Cut(target, "?")
-	// One allocation for the request, its URL and its body reader.
-	x := &struct {
-		req  http.Request
-		url  url.URL
-		body Body
-	}{url: url.URL{Scheme: scheme, Host: h.Authority, Path: path, RawPath: path, RawQuery: query}}
+	x.body = Body{}
+	x.url = url.URL{Scheme: scheme, Host: h.Authority, Path: path, RawPath: path, RawQuery: query}
 	x.req = http.Request{
 		Method: h.Method, URL: &x.url,
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,

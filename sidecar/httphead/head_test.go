@@ -122,6 +122,8 @@ func TestParseResponse(t *testing.T) {
 	}
 }
 
+var fuzzScratch Scratch // shared by FuzzParseRequest's inputs, as one connection's requests share it
+
 // FuzzParseRequest holds the fast path to net/http: whatever it accepts, net/http accepts
 // with the same method, target, host, fields, length and close flag.
 func FuzzParseRequest(f *testing.F) {
@@ -134,10 +136,24 @@ func FuzzParseRequest(f *testing.F) {
 		if n < 0 {
 			return
 		}
-		if h, ok := ParseRequest(in[:n]); ok && h.ContentLength > 1<<20 {
+		h, ok := ParseRequest(in[:n])
+		if ok && h.ContentLength > 1<<20 {
 			return // the comparison would build a huge body
 		}
 		sameAsNetHTTP(t, in[:n])
+		// Reusing a connection's scratch memory (left as the previous input left it)
+		// changes nothing.
+		h2, ok2 := ParseRequestInto(in[:n], &fuzzScratch)
+		if ok2 != ok {
+			t.Fatalf("on %q ParseRequestInto says %v, ParseRequest %v", in[:n], ok2, ok)
+		}
+		if ok {
+			a, b := h.Request(nil), h2.RequestIn(&fuzzScratch, nil)
+			if d := cmp.Diff(a.Header, b.Header); d != "" || a.Method != b.Method || a.Host != b.Host ||
+				a.URL.String() != b.URL.String() || a.ContentLength != b.ContentLength || a.Close != b.Close {
+				t.Fatalf("on %q the reused scratch differs: %s", in[:n], d)
+			}
+		}
 	})
 }
 

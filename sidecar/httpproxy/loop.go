@@ -75,7 +75,8 @@ type sock struct {
 	reused     bool
 	reusable   bool
 
-	exv exchange // downstream: storage for ex, reused request after request
+	exv     exchange         // downstream: storage for ex, reused request after request
+	scratch httphead.Scratch // downstream: the parsed request's memory, likewise
 }
 
 // exchange is one downstream request and its upstream attempts.
@@ -239,7 +240,7 @@ func (h *hloop) accept() {
 			h.track(d)
 			h.down++
 			h.l.connections.Add(1)
-			d.deadline = time.Now().Add(readHeaderTimeout).UnixNano()
+			d.deadline = h.ev.Now().Add(readHeaderTimeout).UnixNano()
 			h.ev.Arm(d.deadline)
 		}
 	})
@@ -414,7 +415,7 @@ func (h *hloop) serveNext(d *sock) {
 		if len(d.in) > 0 {
 			timeout = readHeaderTimeout
 		}
-		d.deadline = time.Now().Add(timeout).UnixNano()
+		d.deadline = h.ev.Now().Add(timeout).UnixNano()
 		h.ev.Arm(d.deadline)
 		return
 	}
@@ -422,7 +423,7 @@ func (h *hloop) serveNext(d *sock) {
 
 // dispatch starts the request whose head is d.in[:end].
 func (h *hloop) dispatch(d *sock, end int) int {
-	hd, ok := httphead.ParseRequest(d.in[:end])
+	hd, ok := httphead.ParseRequestInto(d.in[:end], &d.scratch)
 	if !ok {
 		h.handoff(d)
 		return gone
@@ -436,7 +437,7 @@ func (h *hloop) dispatch(d *sock, end int) int {
 		return needMore
 	}
 	l := h.l
-	r := hd.Request(nil)
+	r := hd.RequestIn(&d.scratch, nil)
 	r.RemoteAddr = d.remote
 	rt := l.routes.Load()
 	vh := rt.VirtualHostFor(r.Host)
@@ -464,7 +465,7 @@ func (h *hloop) dispatch(d *sock, end int) int {
 	l.requests.Add(1)
 	ex := &d.exv
 	// The fast parser takes HTTP/1.1 only, where only Connection: close ends a connection.
-	*ex = exchange{d: d, r: r, route: route, wc: wc, c: c, wire: ex.wire[:0], start: time.Now(), attempts: 1,
+	*ex = exchange{d: d, r: r, route: route, wc: wc, c: c, wire: ex.wire[:0], start: h.ev.Now(), attempts: 1,
 		close: r.Close || h.draining.Load()}
 	if _, ok := c.Admit(); !ok {
 		c.Stats.Observe(http.StatusServiceUnavailable, 0)
@@ -534,7 +535,7 @@ func (h *hloop) afterResponse(d *sock, closeAfter bool) {
 }
 
 func (h *hloop) startAttempt(ex *exchange) {
-	now := time.Now()
+	now := h.ev.Now()
 	host := ex.c.Pick(ex.hash, ex.hasHash, ex.tried)
 	if host == nil {
 		h.finishError(ex, errNoHost)
@@ -767,7 +768,7 @@ func (h *hloop) response(u *sock, ex *exchange) bool {
 		cc := ex.c.Config()
 		u.reusable = !hd.Close && (cc.MaxRequestsPerConn == 0 || u.used < cc.MaxRequestsPerConn)
 		h.attemptDone(ex, statusOutcome(hd.Status))
-		if ex.rp != nil && ex.attempt+1 < ex.attempts && !expiredAt(ex.deadline) && retryOnStatus(ex.rp, hd.Status) &&
+		if ex.rp != nil && ex.attempt+1 < ex.attempts && !h.expired(ex.deadline) && retryOnStatus(ex.rp, hd.Status) &&
 			ex.c.AdmitRetry() {
 			// Discard this answer; the connection is kept if the whole body is here.
 			if int64(len(u.in)-end) == bodyLen {
@@ -879,7 +880,10 @@ func statusOutcome(code int) upstream.Outcome {
 	return upstream.Success
 }
 
-func expiredAt(deadline int64) bool { return deadline != 0 && time.Now().UnixNano() >= deadline }
+// expired reports whether deadline (unix nanos; 0: none) has passed.
+func (h *hloop) expired(deadline int64) bool {
+	return deadline != 0 && h.ev.Now().UnixNano() >= deadline
+}
 
 // attemptDone reports the attempt's outcome for its host (outlier detection, least
 // request) and releases a retry slot.
@@ -904,7 +908,7 @@ func (h *hloop) release(ex *exchange, reuse bool) {
 	ex.u, u.ex = nil, nil
 	u.out, u.off = u.out[:0], 0
 	if reuse && u.reusable && !u.eof && !u.closed {
-		h.putIdle(u, ex.c.Config(), time.Now().UnixNano())
+		h.putIdle(u, ex.c.Config(), h.ev.Now().UnixNano())
 		return
 	}
 	h.closeUp(u)
@@ -920,7 +924,7 @@ func (h *hloop) upstreamEOF(u *sock, ex *exchange) {
 		// net/http's transport does, without counting an attempt.
 		ex.stale = true
 		h.release(ex, false)
-		h.send(ex, time.Now())
+		h.send(ex, h.ev.Now())
 		return
 	}
 	h.attemptFailed(ex, errUpstreamReset)
@@ -937,11 +941,11 @@ func (h *hloop) attemptFailed(ex *exchange, err error) {
 		return
 	}
 	o := upstream.GatewayError
-	if expiredAt(ex.deadline) {
+	if h.expired(ex.deadline) {
 		o = upstream.Success // the route timed out: not the host's fault
 	}
 	h.attemptDone(ex, o)
-	if ex.rp != nil && ex.attempt+1 < ex.attempts && !expiredAt(ex.deadline) && retryOnError(ex.rp, err) && ex.c.AdmitRetry() {
+	if ex.rp != nil && ex.attempt+1 < ex.attempts && !h.expired(ex.deadline) && retryOnError(ex.rp, err) && ex.c.AdmitRetry() {
 		h.retry(ex)
 		return
 	}
@@ -954,7 +958,7 @@ func (h *hloop) attemptFailed(ex *exchange, err error) {
 func (h *hloop) retry(ex *exchange) {
 	ex.attempt++
 	backoff := retryBackoff(ex.rp, ex.attempt)
-	now := time.Now()
+	now := h.ev.Now()
 	if ex.deadline != 0 && now.Add(backoff).UnixNano() > ex.deadline {
 		ex.c.RetryDone()
 		h.finishError(ex, errRouteTimeout)
@@ -985,7 +989,7 @@ func (h *hloop) finishError(ex *exchange, err error) {
 // the downstream connection on to its next request.
 func (h *hloop) finish(ex *exchange) {
 	d := ex.d
-	ex.c.Stats.Observe(ex.status, time.Since(ex.start))
+	ex.c.Stats.Observe(ex.status, h.ev.Now().Sub(ex.start))
 	ex.c.Done()
 	h.l.inflight.Add(-1)
 	h.release(ex, true)
@@ -1011,7 +1015,7 @@ func (h *hloop) abort(d *sock) {
 		if ex.status == 0 {
 			ex.status = http.StatusServiceUnavailable
 		}
-		ex.c.Stats.Observe(ex.status, time.Since(ex.start))
+		ex.c.Stats.Observe(ex.status, h.ev.Now().Sub(ex.start))
 		ex.c.Done()
 		h.l.inflight.Add(-1)
 	}
