@@ -27,11 +27,13 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	previoushostsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 func main() {
@@ -80,13 +82,34 @@ func sock(hostport string) *corev3.Address {
 
 // writeConfig emits the outbound listener, route and cluster the control plane would
 // send for one Service, as a DiscoveryResponse-shaped JSON document.
+// meshDefaultAction is the route action the control plane emits for a MeshRoute rule
+// that sets neither timeout nor retries (internal/snapshot): no route timeout, and
+// Istio's default of two retries on connect failures, refused streams and 503, each on a
+// host not yet tried. The benchmark measures the path a mesh call takes.
+func meshDefaultAction(cluster string) *routev3.RouteAction {
+	pred, _ := anypb.New(&previoushostsv3.PreviousHostsPredicate{})
+	return &routev3.RouteAction{
+		ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster},
+		Timeout:          durationpb.New(0),
+		RetryPolicy: &routev3.RetryPolicy{
+			RetryOn:              "connect-failure,refused-stream,retriable-status-codes",
+			NumRetries:           wrapperspb.UInt32(2),
+			RetriableStatusCodes: []uint32{503},
+			RetryHostPredicate: []*routev3.RetryPolicy_RetryHostPredicate{{
+				Name:       "envoy.retry_host_predicates.previous_hosts",
+				ConfigType: &routev3.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: pred}}},
+			HostSelectionRetryMaxAttempts: 5,
+		},
+	}
+}
+
 func writeConfig(w io.Writer, listen, backend string) error {
 	const cluster = "outbound|80||svc.default.svc.cluster.local|default/svc"
 	rc := &routev3.RouteConfiguration{Name: "outbound_http", VirtualHosts: []*routev3.VirtualHost{{
 		Name: "default/svc|svc", Domains: []string{"svc", "svc:80", "svc.default", "svc.default:80"},
 		Routes: []*routev3.Route{{Name: "default/svc/0/0",
 			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-			Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster}}}}}}}}
+			Action: &routev3.Route_Route{Route: meshDefaultAction(cluster)}}}}}}
 	router, _ := anypb.New(&routerv3.Router{})
 	hcm, _ := anypb.New(&hcmv3.HttpConnectionManager{StatPrefix: "outbound_http",
 		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: rc},
