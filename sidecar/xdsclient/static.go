@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"os"
 
+	// The control plane's default retry policy carries a typed previous_hosts predicate;
+	// JSON can name a type only if it is linked in.
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
