@@ -16,6 +16,7 @@ CONNS=${CONNS:-64}
 RATE=${RATE:-1000}
 PROBE_ROUNDS=${PROBE_ROUNDS:-3} # fixed-rate probes per target, interleaved; the median is shown
 CONCURRENCY=${CONCURRENCY:-1} # sidecar worker threads (its --concurrency; default 1); haproxy runs nbthread 2
+SIDECAR_ARGS=${SIDECAR_ARGS:-} # more sidecar flags, e.g. --http-event-loop=false for the goroutine-per-connection path
 BACKEND=127.0.0.1:28080
 SIDECAR=127.0.0.1:28001
 HAPROXY=127.0.0.1:28101
@@ -40,7 +41,8 @@ go build -o "$work/sidecar" ./cmd/sidecar
 
 "$work/helper" backend -addr "$BACKEND" & pids+=($!)
 "$work/helper" config -listen "$SIDECAR" -backend "$BACKEND" >"$work/sidecar.json"
-"$work/sidecar" --concurrency "$CONCURRENCY" --static-config "$work/sidecar.json" --admin-address "$ADMIN" --metrics-address "$METRICS" 2>"$work/sidecar.log" &
+# shellcheck disable=SC2086 # SIDECAR_ARGS is a list of flags
+"$work/sidecar" --concurrency "$CONCURRENCY" $SIDECAR_ARGS --static-config "$work/sidecar.json" --admin-address "$ADMIN" --metrics-address "$METRICS" 2>"$work/sidecar.log" &
 sidecar_pid=$!; pids+=($sidecar_pid)
 cat >"$work/haproxy.cfg" <<CFG
 global

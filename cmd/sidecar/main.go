@@ -44,7 +44,7 @@ type flags struct {
 	redisProxy                                           string
 	drainTimeout                                         time.Duration
 	concurrency                                          int
-	releaseMemory                                        bool
+	releaseMemory, eventLoop                             bool
 }
 
 func parseFlags() flags {
@@ -64,6 +64,7 @@ func parseFlags() flags {
 	flag.DurationVar(&f.drainTimeout, "drain-timeout", 20*time.Second, "how long SIGTERM waits for in-flight requests")
 	flag.IntVar(&f.concurrency, "concurrency", 1, "worker threads that run proxy code (Go's GOMAXPROCS); 0: one per CPU the container may use")
 	flag.BoolVar(&f.releaseMemory, "release-startup-memory", true, "after the first config, drop the executable's pages only start-up used (Linux)")
+	flag.BoolVar(&f.eventLoop, "http-event-loop", true, "serve outbound HTTP/1.1 from event loops, one per worker thread; false: a goroutine per connection")
 	flag.Parse()
 	if f.nodeID == "" {
 		f.nodeID = f.pod + "." + f.namespace
@@ -126,7 +127,8 @@ func run() error {
 	var current atomic.Pointer[config.Config]
 	calls := newAsyncCalls(log, node.GetId(), f.function, f.appPort, current.Load)
 	ups := upstream.NewManager(bg, clock.RealClock{})
-	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Logger: log, Holder: holder{act}, Watcher: act, Async: calls})
+	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Logger: log, Holder: holder{act}, Watcher: act, Async: calls,
+		GoroutinePerConnection: !f.eventLoop})
 	redis := newRedisPools(log, f.redisProxy != "")
 	var status func() any
 	apply := func(c *config.Config) {

@@ -284,7 +284,13 @@ func (h *hloop) fill(s *sock) bool {
 // consume drops the first n bytes of s.in.
 func consume(s *sock, n int) {
 	s.in = s.in[:copy(s.in, s.in[n:])]
+	if len(s.in) == 0 && cap(s.in) > keepBuffer {
+		s.in = nil
+	}
 }
+
+// keepBuffer is the largest buffer a connection keeps between messages.
+const keepBuffer = 16 << 10
 
 // flush marks s's queued output for writing at the end of the batch (Flush).
 func (h *hloop) flush(s *sock) bool {
@@ -333,6 +339,9 @@ func (h *hloop) write(s *sock) bool {
 	switch e {
 	case 0:
 		s.out, s.off = s.out[:0], 0
+		if cap(s.out) > keepBuffer {
+			s.out = nil // a large response passed: do not keep its buffer per connection
+		}
 		if s.closeNext {
 			h.closeDown(s)
 			return false
@@ -711,6 +720,12 @@ func (h *hloop) upstreamReady(u *sock) {
 				err = syscall.Errno(errno)
 			}
 			h.attemptFailed(ex, dialError(u.host, err))
+			return
+		}
+		// The event may be stale: one for an earlier socket with the same descriptor
+		// number, closed earlier in this batch. Only a connected socket has a peer.
+		if _, err := unix.Getpeername(u.fd); err != nil {
+			u.writable = false
 			return
 		}
 		u.connecting = false
