@@ -1080,6 +1080,7 @@ func (h *hloop) detach(s *sock) net.Conn {
 
 // handoff moves d, with what it has buffered, to the goroutine path.
 func (h *hloop) handoff(d *sock) {
+	h.l.handoffs.Add(1)
 	in := d.in
 	out := d.out[d.off:]
 	nc := h.detach(d)
@@ -1094,6 +1095,7 @@ func (h *hloop) handoff(d *sock) {
 // buffered — to a goroutine that reads the response with net/http, sends it, and then
 // serves the downstream connection on the goroutine path.
 func (h *hloop) slowResponse(ex *exchange) {
+	h.l.handoffs.Add(1)
 	d, u := ex.d, ex.u
 	d.ex, u.ex, ex.u = nil, nil, nil
 	x := *ex // the goroutine's own copy: d.exv is reused by the loop

@@ -281,11 +281,14 @@ func TestLoopAndGoroutinePathAgree(t *testing.T) {
 	edits := st.Edit(func(r *routev3.Route) {
 		r.ResponseHeadersToRemove = []string{"X-Drop"}
 	})
+	var sidecars []*st.Sidecar
 	start := func(goroutines bool, ropts ...st.RouteOption) string {
 		cp := st.StartControlPlane(t)
 		snap, _ := oneBackend([]string{be.URL}, ropts)
 		cp.Set(snap)
-		return st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines}).URL(t, st.OutboundListenerName)
+		sc := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines})
+		sidecars = append(sidecars, sc)
+		return sc.URL(t, st.OutboundListenerName)
 	}
 	type answer struct {
 		status int
@@ -322,6 +325,32 @@ func TestLoopAndGoroutinePathAgree(t *testing.T) {
 			}
 		}
 	}
+
+	// The loop passed the streamed response and the requests it does not route on (no
+	// Host, unknown host) to the goroutine path, and says so in its stats.
+	for i, sc := range sidecars {
+		var stats strings.Builder
+		sc.Proxy.WritePrometheus(&stats)
+		n := handoffs(t, stats.String())
+		if loop := i%2 == 0; loop && n < 3 || !loop && n != 0 {
+			t.Errorf("sidecar %d (event loop %v): %d hand-offs in /stats", i, loop, n)
+		}
+	}
+}
+
+func handoffs(t *testing.T, stats string) int {
+	t.Helper()
+	for line := range strings.Lines(stats) {
+		if v, ok := strings.CutPrefix(line, `weft_listener_loop_handoffs_total{listener="`+st.OutboundListenerName+`"} `); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no hand-off counter for the outbound listener in:\n%s", stats)
+	return 0
 }
 
 // sameFields compares headers as a client sees them.

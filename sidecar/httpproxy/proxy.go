@@ -92,6 +92,7 @@ type Listener struct {
 	inflight    atomic.Int64
 	requests    atomic.Uint64
 	connections atomic.Uint64
+	handoffs    atomic.Uint64 // connections the event loop passed to the goroutine path
 }
 
 // Stats returns the requests in flight now and the requests served since start; an

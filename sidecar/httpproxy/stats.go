@@ -27,5 +27,10 @@ func (p *Proxy) WritePrometheus(w io.Writer) {
 	for _, l := range ls {
 		fmt.Fprintf(w, "weft_listener_requests_inflight{listener=%q} %d\n", l.Name, l.inflight.Load())
 	}
+	fmt.Fprintln(w, "# HELP weft_listener_loop_handoffs_total Connections the event loop passed to the goroutine-per-connection path (h2c, chunked or large bodies, Upgrade, fault/mirror/redirect/direct routes, functions, responses it cannot frame).")
+	fmt.Fprintln(w, "# TYPE weft_listener_loop_handoffs_total counter")
+	for _, l := range ls {
+		fmt.Fprintf(w, "weft_listener_loop_handoffs_total{listener=%q} %d\n", l.Name, l.handoffs.Load())
+	}
 	p.opts.Upstreams.WritePrometheus(w)
 }
