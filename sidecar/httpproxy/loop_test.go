@@ -388,3 +388,27 @@ func TestLoopAnswersGatewayErrorsLikeEnvoy(t *testing.T) {
 		}
 	}
 }
+
+func TestLoopRequestsArrivingInPieces(t *testing.T) {
+	base, _ := loopSidecar(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %s", r.URL.Path, b)
+	})
+	c := dialRaw(t, base)
+	if tc, ok := c.conn.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	// Head and body a few bytes at a time, the second request starting in the same
+	// write as the first one's last bytes.
+	raw := "POST /first HTTP/1.1\r\nHost: reviews\r\nContent-Length: 10\r\n\r\n0123456789" +
+		"POST /second HTTP/1.1\r\nHost: reviews\r\nContent-Length: 3\r\n\r\nxyz"
+	for i := 0; i < len(raw); i += 7 {
+		c.write(raw[i:min(i+7, len(raw))])
+		time.Sleep(2 * time.Millisecond)
+	}
+	for _, want := range []string{"/first 0123456789", "/second xyz"} {
+		if resp, body := c.read("POST"); resp.StatusCode != 200 || body != want {
+			t.Fatalf("%d %q, want 200 %q", resp.StatusCode, body, want)
+		}
+	}
+}
