@@ -39,6 +39,23 @@ func (b *breaker) acquire(ctx context.Context) bool {
 	}
 }
 
+// tryAcquire takes a slot only if one is free now and nobody waits for it (a released
+// slot goes straight to the longest waiter). The event loop uses it: a request that would
+// have to wait is served by the goroutine path, which can.
+func (b *breaker) tryAcquire() bool {
+	if b.admitted.Add(1) > b.limit {
+		b.admitted.Add(-1)
+		return false
+	}
+	select {
+	case b.slots <- struct{}{}:
+		return true
+	default:
+		b.admitted.Add(-1)
+		return false
+	}
+}
+
 func (b *breaker) release() {
 	<-b.slots
 	b.admitted.Add(-1)

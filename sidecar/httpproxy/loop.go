@@ -103,8 +103,19 @@ type exchange struct {
 	stale     bool // a reused connection was found closed and redialled once
 	gotHead   bool
 	status    int
-	remaining int64 // response body bytes still to copy
-	close     bool  // the downstream connection closes after this response
+	remaining int64    // response body bytes still to copy
+	close     bool     // the downstream connection closes after this response
+	breaker   *breaker // inbound: the containerConcurrency slot this request holds
+}
+
+// done gives back what the request held on its listener: its in-flight count and its
+// containerConcurrency slot.
+func (ex *exchange) done(l *Listener) {
+	l.inflight.Add(-1)
+	if ex.breaker != nil {
+		ex.breaker.release()
+		ex.breaker = nil
+	}
 }
 
 // hloop serves one listener's HTTP/1.1 connections.
@@ -470,17 +481,30 @@ func (h *hloop) dispatch(d *sock, end int) int {
 		h.handoff(d)
 		return gone
 	}
+	var br *breaker
+	if l.inbound {
+		// Until the app has answered once, a refused connection is waited out (waitForApp);
+		// a request that must queue for containerConcurrency waits on the goroutine path.
+		if !l.appSeen.Load() {
+			h.handoff(d)
+			return gone
+		}
+		if br = l.proxy.breaker.Load(); br != nil && !br.tryAcquire() {
+			h.handoff(d)
+			return gone
+		}
+	}
 	l.inflight.Add(1)
 	l.requests.Add(1)
 	ex := &d.exv
 	// The fast parser takes HTTP/1.1 only, where only Connection: close ends a connection.
 	*ex = exchange{d: d, r: r, route: route, wc: wc, c: c, wire: ex.wire[:0], start: h.ev.Now(), attempts: 1,
-		close: r.Close || h.draining.Load()}
+		close: r.Close || h.draining.Load(), breaker: br}
 	if _, ok := c.Admit(); !ok {
 		c.Stats.Observe(http.StatusServiceUnavailable, 0)
 		h.reply(ex, http.StatusServiceUnavailable, "upstream cluster "+wc.Name+" is overloaded (circuit breaker open); retry later\n", true)
 		consume(d, end+int(cl))
-		l.inflight.Add(-1)
+		ex.done(l)
 		h.afterResponse(d, ex.close)
 		return dispatched
 	}
@@ -1006,7 +1030,7 @@ func (h *hloop) finish(ex *exchange) {
 	d := ex.d
 	ex.c.Stats.Observe(ex.status, h.ev.Now().Sub(ex.start))
 	ex.c.Done()
-	h.l.inflight.Add(-1)
+	ex.done(h.l)
 	h.release(ex, true)
 	d.ex = nil
 	ex.r, ex.route, ex.wc, ex.c = nil, nil, nil, nil
@@ -1032,7 +1056,7 @@ func (h *hloop) abort(d *sock) {
 		}
 		ex.c.Stats.Observe(ex.status, h.ev.Now().Sub(ex.start))
 		ex.c.Done()
-		h.l.inflight.Add(-1)
+		ex.done(h.l)
 	}
 	h.closeDown(d)
 }
@@ -1224,7 +1248,7 @@ func (l *Listener) finishSlow(ex *exchange, dnc net.Conn, din, dout []byte, unc 
 	defer func() {
 		c.Stats.Observe(status, time.Since(ex.start))
 		c.Done()
-		l.inflight.Add(-1)
+		ex.done(l)
 	}()
 	if dnc == nil {
 		if unc != nil {

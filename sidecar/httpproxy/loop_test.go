@@ -18,6 +18,7 @@ import (
 	"time"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 
 	st "github.com/weftmesh/weft/sidecar/sidecartest"
 )
@@ -338,10 +339,14 @@ func TestLoopAndGoroutinePathAgree(t *testing.T) {
 	}
 }
 
-func handoffs(t *testing.T, stats string) int {
+func handoffs(t *testing.T, stats string, listener ...string) int {
 	t.Helper()
 	for line := range strings.Lines(stats) {
-		if v, ok := strings.CutPrefix(line, `weft_listener_loop_handoffs_total{listener="`+st.OutboundListenerName+`"} `); ok {
+		name := st.OutboundListenerName
+		if len(listener) > 0 {
+			name = listener[0]
+		}
+		if v, ok := strings.CutPrefix(line, `weft_listener_loop_handoffs_total{listener="`+name+`"} `); ok {
 			n, err := strconv.Atoi(strings.TrimSpace(v))
 			if err != nil {
 				t.Fatal(err)
@@ -349,7 +354,7 @@ func handoffs(t *testing.T, stats string) int {
 			return n
 		}
 	}
-	t.Fatalf("no hand-off counter for the outbound listener in:\n%s", stats)
+	t.Fatalf("no hand-off counter for listener %v in:\n%s", listener, stats)
 	return 0
 }
 
@@ -411,4 +416,83 @@ func TestLoopRequestsArrivingInPieces(t *testing.T) {
 			t.Fatalf("%d %q, want 200 %q", resp.StatusCode, body, want)
 		}
 	}
+}
+
+// The inbound listener runs on the loop once the app has answered; requests beyond
+// containerConcurrency wait on the goroutine path, and beyond the queue get 503.
+func TestLoopInboundEnforcesContainerConcurrency(t *testing.T) {
+	var mu sync.Mutex
+	running, peak := 0, 0
+	app := st.Backend(t, "", func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		running++
+		peak = max(peak, running)
+		mu.Unlock()
+		if r.URL.Path == "/slow" {
+			time.Sleep(100 * time.Millisecond)
+		}
+		mu.Lock()
+		running--
+		mu.Unlock()
+		_, _ = io.WriteString(w, "app")
+	})
+	port, _ := strconv.Atoi(app.URL[len("http://127.0.0.1:"):])
+	cp := st.StartControlPlane(t)
+	cp.Set(st.Snapshot{Listeners: []types.Resource{st.InboundListener(uint32(port))},
+		Clusters: []types.Resource{st.InboundCluster(uint32(port))}})
+	sc := st.StartSidecar(t, cp, st.SidecarOptions{})
+	base := sc.URL(t, st.InboundListenerName)
+	sc.Proxy.SetInboundConcurrency(2)
+	in := sc.Proxy.Listener(st.InboundListenerName)
+
+	// The first answer is waited for on the goroutine path (the app may not listen yet);
+	// connections opened after it are served by the loop.
+	if code, body, _ := st.Get(t, client, base, "app", "/"); code != 200 || body != "app" {
+		t.Fatalf("first call: %d %q", code, body)
+	}
+	var stats strings.Builder
+	sc.Proxy.WritePrometheus(&stats)
+	before := handoffs(t, stats.String(), st.InboundListenerName)
+	for range 5 {
+		c := dialRaw(t, base)
+		c.write("GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+		if resp, body := c.read("GET"); resp.StatusCode != 200 || body != "app" {
+			t.Fatalf("%d %q", resp.StatusCode, body)
+		}
+	}
+	stats.Reset()
+	sc.Proxy.WritePrometheus(&stats)
+	if after := handoffs(t, stats.String(), st.InboundListenerName); after != before {
+		t.Fatalf("%d connections handed off with free slots, want none (the loop serves them)", after-before)
+	}
+
+	// 2 run, 20 wait, the rest are refused at once: 30 callers on their own connections.
+	codes := make(chan int, 30)
+	var wg sync.WaitGroup
+	for range 30 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := dialRaw(t, base)
+			c.write("GET /slow HTTP/1.1\r\nHost: app\r\n\r\n")
+			resp, _ := c.read("GET")
+			codes <- resp.StatusCode
+		}()
+	}
+	wg.Wait()
+	close(codes)
+	ok, refused := 0, 0
+	for c := range codes {
+		switch c {
+		case 200:
+			ok++
+		case 503:
+			refused++
+		}
+	}
+	if ok+refused != 30 || ok < 22 || peak > 2 {
+		t.Fatalf("%d answered 200, %d refused, app ran %d at once; want at least 22 served, the rest 503, at most 2 at once",
+			ok, refused, peak)
+	}
+	st.Eventually(t, 5*time.Second, func() bool { n, _ := in.Stats(); return n == 0 }, "requests still counted in flight")
 }

@@ -37,8 +37,8 @@ type Options struct {
 	// ListenAddress overrides a listener's address by listener name (tests use
 	// 127.0.0.1:0).
 	ListenAddress map[string]string
-	// GoroutinePerConnection serves outbound HTTP/1.1 with a goroutine per connection
-	// instead of the event loop (loop.go). The inbound listener always does.
+	// GoroutinePerConnection serves HTTP/1.1 with a goroutine per connection instead of
+	// the event loop (loop.go).
 	GoroutinePerConnection bool
 }
 
@@ -170,7 +170,7 @@ func (p *Proxy) start(hl *config.HTTPListener) (*Listener, error) {
 	l.idleCond = sync.NewCond(&l.mu)
 	l.h2 = newH2Server(l, ln.Addr())
 	mode := "goroutine per connection"
-	if l.inbound || p.opts.GoroutinePerConnection {
+	if p.opts.GoroutinePerConnection {
 		go l.serve(ln)
 	} else if err := l.startLoops(ln, max(runtime.GOMAXPROCS(0), 1)); err != nil {
 		p.opts.Logger.Warn("HTTP event loop unavailable; serving a goroutine per connection", "listener", hl.Name, "error", err)
