@@ -137,7 +137,13 @@ type hloop struct {
 	draining atomic.Bool
 	drained  bool
 	done     chan struct{}
+	sweepAt  int64 // next look for hosts that left their clusters
 }
+
+// hostSweep is how often a loop drops its idle connections and cached addresses for
+// hosts that left their clusters (a pod that is gone usually closes its connections
+// itself; a host removed from EDS while its pod lives on does not).
+var hostSweep = 5 * time.Second
 
 // sockWriter appends to a socket's output queue (the loop's bufio.Writer writes here).
 type sockWriter struct{ s *sock }
@@ -674,6 +680,10 @@ func (h *hloop) sockaddr(host *upstream.Host) (unix.Sockaddr, error) {
 		sa = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}
 	}
 	h.addrs[host] = sa
+	if h.sweepAt == 0 {
+		h.sweepAt = h.ev.Now().Add(hostSweep).UnixNano()
+		h.ev.Arm(h.sweepAt)
+	}
 	return sa, nil
 }
 
@@ -1179,8 +1189,33 @@ func (h *hloop) Tick(now time.Time) {
 			}
 		}
 	}
+	if len(h.addrs) > 0 {
+		if t >= h.sweepAt {
+			h.sweepHosts()
+			h.sweepAt = t + int64(hostSweep)
+		}
+		later(h.sweepAt)
+	}
 	if next != 0 {
 		h.ev.Arm(next)
+	}
+}
+
+// sweepHosts closes idle connections to, and forgets the addresses of, hosts that left
+// their clusters.
+func (h *hloop) sweepHosts() {
+	for host, idle := range h.idle {
+		if host.Removed() || len(idle) == 0 {
+			for _, u := range idle {
+				h.closeUp(u)
+			}
+			delete(h.idle, host)
+		}
+	}
+	for host := range h.addrs {
+		if host.Removed() {
+			delete(h.addrs, host)
+		}
 	}
 }
 

@@ -14,12 +14,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 
+	"github.com/weftmesh/weft/sidecar/httpproxy"
 	st "github.com/weftmesh/weft/sidecar/sidecartest"
 )
 
@@ -495,4 +497,52 @@ func TestLoopInboundEnforcesContainerConcurrency(t *testing.T) {
 			ok, refused, peak)
 	}
 	st.Eventually(t, 5*time.Second, func() bool { n, _ := in.Stats(); return n == 0 }, "requests still counted in flight")
+}
+
+// A host removed from EDS while it keeps running gets no new requests, and the loop
+// closes the idle connections it pooled to it.
+func TestLoopClosesIdleConnectionsToRemovedHosts(t *testing.T) {
+	// Restored after the sidecar stops: cleanups run last-registered first.
+	t.Cleanup(httpproxy.SetHostSweep(50 * time.Millisecond))
+	var open atomic.Int64
+	track := func(be *httptest.Server) {
+		be.Config.ConnState = func(_ net.Conn, cs http.ConnState) {
+			switch cs {
+			case http.StateNew:
+				open.Add(1)
+			case http.StateClosed, http.StateHijacked:
+				open.Add(-1)
+			}
+		}
+	}
+	old := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "old") }))
+	track(old)
+	old.Start()
+	t.Cleanup(old.Close)
+	next := st.Backend(t, "", func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "new") })
+	cp := st.StartControlPlane(t)
+	snap, cn := oneBackend([]string{old.URL}, nil)
+	cp.Set(snap)
+	sc := st.StartSidecar(t, cp, st.SidecarOptions{})
+	base := sc.URL(t, st.OutboundListenerName)
+	for range 4 {
+		c := dialRaw(t, base)
+		c.write("GET / HTTP/1.1\r\nHost: reviews\r\n\r\n")
+		if resp, body := c.read("GET"); resp.StatusCode != 200 || body != "old" {
+			t.Fatalf("%d %q", resp.StatusCode, body)
+		}
+	}
+	if open.Load() == 0 {
+		t.Fatal("no connection to the old host is pooled")
+	}
+	snap.Endpoints = []types.Resource{st.Endpoints(cn, st.Endpoint{Addr: st.HostPort(next.URL)})}
+	cp.Set(snap)
+	st.Eventually(t, 10*time.Second, func() bool {
+		c := dialRaw(t, base)
+		c.write("GET / HTTP/1.1\r\nHost: reviews\r\n\r\n")
+		_, body := c.read("GET")
+		return body == "new"
+	}, "traffic never moved to the new host")
+	st.Eventually(t, 10*time.Second, func() bool { return open.Load() == 0 },
+		"connections to the removed host stay open")
 }

@@ -27,7 +27,8 @@ type Host struct {
 	ejections      atomic.Uint32
 
 	hcFailed atomic.Bool
-	hcRun    int // consecutive results, owned by the health checker
+	hcRun    int         // consecutive results, owned by the health checker
+	removed  atomic.Bool // no longer in its cluster (EDS dropped it, or the cluster went)
 
 	pool pool
 }
@@ -38,6 +39,10 @@ type Host struct {
 func (h *Host) Available() bool {
 	return config.Health(h.health.Load()) == config.Healthy && !h.ejected.Load() && !h.hcFailed.Load()
 }
+
+// Removed reports that the host left its cluster: connections kept for it elsewhere (the
+// HTTP event loops' pools) should close.
+func (h *Host) Removed() bool { return h.removed.Load() }
 
 // Cluster is one upstream cluster's runtime.
 type Cluster struct {
@@ -88,6 +93,7 @@ func (c *Cluster) stopAll() {
 	defer c.mu.Unlock()
 	c.stop()
 	for _, h := range c.Hosts() {
+		h.removed.Store(true)
 		h.pool.closeIdle()
 	}
 }
@@ -116,6 +122,7 @@ func (c *Cluster) update(cc *config.Cluster) {
 	}
 	for _, h := range byAddr {
 		if !kept[h] {
+			h.removed.Store(true)
 			h.pool.closeIdle()
 		}
 	}
