@@ -591,13 +591,17 @@ func (h *hloop) startAttempt(ex *exchange) {
 	if ex.tryBy != 0 {
 		h.ev.Arm(ex.tryBy)
 	}
-	h.send(ex, now)
+	h.send(ex, now, false)
 }
 
-// send writes ex's request to its host over an idle pooled connection or a new one.
-func (h *hloop) send(ex *exchange, now time.Time) {
+// send writes ex's request to its host over an idle pooled connection or, if there is
+// none or fresh is set, a new one.
+func (h *hloop) send(ex *exchange, now time.Time, fresh bool) {
 	cc := ex.c.Config()
-	u := h.getIdle(ex.host, now.UnixNano())
+	var u *sock
+	if !fresh {
+		u = h.getIdle(ex.host, now.UnixNano())
+	}
 	if u == nil {
 		var err error
 		if u, err = h.dial(ex.host, cc, now); err != nil {
@@ -970,10 +974,11 @@ func (h *hloop) upstreamEOF(u *sock, ex *exchange) {
 	}
 	if len(u.in) == 0 && u.reused && !ex.stale {
 		// A pooled connection the server had closed: send once more on a new one, as
-		// net/http's transport does, without counting an attempt.
+		// net/http's transport does, without counting an attempt. Not on another pooled
+		// one: a server that closed one has likely closed them all (it restarted).
 		ex.stale = true
 		h.release(ex, false)
-		h.send(ex, h.ev.Now())
+		h.send(ex, h.ev.Now(), true)
 		return
 	}
 	h.attemptFailed(ex, errUpstreamReset)
