@@ -546,3 +546,90 @@ func TestLoopClosesIdleConnectionsToRemovedHosts(t *testing.T) {
 	st.Eventually(t, 10*time.Second, func() bool { return open.Load() == 0 },
 		"connections to the removed host stay open")
 }
+
+// Many callers at once, each mixing requests the loop serves with ones it hands over
+// (chunked bodies, streamed and large responses), with retries on: every answer must be
+// the one to its own request.
+func TestLoopUnderMixedLoad(t *testing.T) {
+	big := bytes.Repeat([]byte("x"), 100<<10)
+	be := st.Backend(t, "", func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		switch r.URL.Path {
+		case "/big":
+			w.Header().Set("Content-Length", strconv.Itoa(len(big)+len(b)))
+			_, _ = w.Write(b)
+			_, _ = w.Write(big)
+			return
+		case "/stream":
+			w.(http.Flusher).Flush()
+		}
+		fmt.Fprintf(w, "%s %s %s", r.Method, r.URL.RawQuery, b)
+	})
+	cp := st.StartControlPlane(t)
+	snap, _ := oneBackend([]string{be.URL}, []st.RouteOption{st.Retries("5xx", 1, 0)})
+	cp.Set(snap)
+	sc := st.StartSidecar(t, cp, st.SidecarOptions{})
+	base := sc.URL(t, st.OutboundListenerName)
+	const callers, calls = 24, 60
+	errs := make(chan error, callers)
+	var wg sync.WaitGroup
+	for i := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Calls the loop serves share one keep-alive connection; the others each go on
+			// a connection of their own, which the loop hands over.
+			client := &http.Client{Timeout: 10 * time.Second}
+			oneShot := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+			for j := range calls {
+				id := fmt.Sprintf("%d-%d", i, j)
+				var req *http.Request
+				var want string
+				switch j % 5 {
+				case 0:
+					req, _ = http.NewRequest(http.MethodGet, base+"/get?"+id, nil)
+					want = "GET " + id + " "
+				case 1:
+					req, _ = http.NewRequest(http.MethodPost, base+"/post?"+id, strings.NewReader("body-"+id))
+					want = "POST " + id + " body-" + id
+				case 2: // no length: sent chunked, so handed to the goroutine path
+					req, _ = http.NewRequest(http.MethodPost, base+"/chunked?"+id, io.MultiReader(strings.NewReader("c-"+id)))
+					want = "POST " + id + " c-" + id
+				case 3:
+					req, _ = http.NewRequest(http.MethodGet, base+"/stream?"+id, nil)
+					want = "GET " + id + " "
+				case 4:
+					req, _ = http.NewRequest(http.MethodPost, base+"/big?"+id, strings.NewReader(id))
+					want = id + string(big)
+				}
+				req.Host = "reviews"
+				c := client
+				if j%5 == 2 || j%5 == 3 {
+					c = oneShot
+				}
+				resp, err := c.Do(req)
+				if err != nil {
+					errs <- fmt.Errorf("%s: %v", id, err)
+					return
+				}
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil || resp.StatusCode != 200 || string(b) != want {
+					errs <- fmt.Errorf("%s: %d %.60q (err %v), want 200 %.60q", id, resp.StatusCode, b, err, want)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// Exactly the chunked requests and the streamed responses left the loop.
+	var stats strings.Builder
+	sc.Proxy.WritePrometheus(&stats)
+	if n, want := handoffs(t, stats.String()), callers*calls*2/5; n != want {
+		t.Errorf("%d connections handed to the goroutine path, want %d (the chunked and streamed calls)", n, want)
+	}
+}
