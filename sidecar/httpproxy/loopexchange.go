@@ -1,0 +1,175 @@
+package httpproxy
+
+import (
+	"net/http"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/weftmesh/weft/sidecar/upstream"
+)
+
+// How the event loop ends an attempt and an exchange (see loop.go): outcomes, retries,
+// answers, closing connections.
+
+// attemptDone reports the attempt's outcome for its host (outlier detection, least
+// request) and releases a retry slot.
+func (h *hloop) attemptDone(ex *exchange, o upstream.Outcome) {
+	if ex.host == nil {
+		return
+	}
+	ex.c.Report(ex.host, o)
+	ex.tried = append(ex.tried, ex.host)
+	ex.host = nil
+	if ex.attempt > 0 {
+		ex.c.RetryDone()
+	}
+}
+
+// release detaches ex's upstream connection, pooling it if it can carry another request.
+func (h *hloop) release(ex *exchange, reuse bool) {
+	u := ex.u
+	if u == nil {
+		return
+	}
+	ex.u, u.ex = nil, nil
+	u.out, u.off = u.out[:0], 0
+	if reuse && u.reusable && !u.eof && !u.closed {
+		h.putIdle(u, ex.c.Config(), h.ev.Now().UnixNano())
+		return
+	}
+	h.closeUp(u)
+}
+
+func (h *hloop) upstreamEOF(u *sock, ex *exchange) {
+	if ex.gotHead {
+		h.abort(ex.d) // the body was cut short: the caller cannot be told otherwise
+		return
+	}
+	if len(u.in) == 0 && u.reused && !ex.stale {
+		// A pooled connection the server had closed: send once more on a new one, as
+		// net/http's transport does, without counting an attempt. Not on another pooled
+		// one: a server that closed one has likely closed them all (it restarted).
+		ex.stale = true
+		h.release(ex, false)
+		h.send(ex, h.ev.Now(), true)
+		return
+	}
+	h.attemptFailed(ex, errUpstreamReset)
+}
+
+// attemptFailed ends an attempt that got no response and retries or answers.
+func (h *hloop) attemptFailed(ex *exchange, err error) {
+	if ex == nil {
+		return
+	}
+	h.release(ex, false)
+	if ex.gotHead {
+		h.abort(ex.d)
+		return
+	}
+	o := upstream.GatewayError
+	if h.expired(ex.deadline) {
+		o = upstream.Success // the route timed out: not the host's fault
+	}
+	h.attemptDone(ex, o)
+	if ex.rp != nil && ex.attempt+1 < ex.attempts && !h.expired(ex.deadline) && retryOnError(ex.rp, err) && ex.c.AdmitRetry() {
+		h.retry(ex)
+		return
+	}
+	h.finishError(ex, err)
+}
+
+// retry starts the next attempt, admitted by the max_retries circuit breaker, after
+// Envoy's jittered back-off, or answers 504 if the back-off would outlast the route
+// timeout.
+func (h *hloop) retry(ex *exchange) {
+	ex.attempt++
+	backoff := retryBackoff(ex.rp, ex.attempt)
+	now := h.ev.Now()
+	if ex.deadline != 0 && now.Add(backoff).UnixNano() > ex.deadline {
+		ex.c.RetryDone()
+		h.finishError(ex, errRouteTimeout)
+		return
+	}
+	if backoff <= 0 {
+		h.startAttempt(ex)
+		return
+	}
+	ex.wakeAt = now.Add(backoff).UnixNano()
+	h.ev.Arm(ex.wakeAt)
+}
+
+// finishError answers ex with the error Envoy would give for err.
+func (h *hloop) finishError(ex *exchange, err error) {
+	res := attemptResult{err: err}
+	var deadline time.Time
+	if ex.deadline != 0 {
+		deadline = time.Unix(0, ex.deadline)
+	}
+	status, msg := res.errorReply(deadline)
+	ex.status = status
+	h.reply(ex, status, msg, false)
+	h.finish(ex)
+}
+
+// finish ends ex: stats, circuit breaker, the upstream connection back to the pool, and
+// the downstream connection on to its next request.
+func (h *hloop) finish(ex *exchange) {
+	d := ex.d
+	ex.c.Stats.Observe(ex.status, h.ev.Now().Sub(ex.start))
+	ex.c.Done()
+	ex.done(h.l)
+	h.release(ex, true)
+	d.ex = nil
+	ex.r, ex.route, ex.wc, ex.c = nil, nil, nil, nil
+	h.afterResponse(d, ex.close)
+}
+
+// abort ends d's exchange (if any) without an answer and closes d.
+func (h *hloop) abort(d *sock) {
+	if ex := d.ex; ex != nil {
+		d.ex = nil
+		if ex.host != nil {
+			ex.c.Report(ex.host, upstream.Success) // the caller left: not the host's fault
+			if ex.attempt > 0 {
+				ex.c.RetryDone()
+			}
+			ex.host = nil
+		} else if ex.wakeAt != 0 {
+			ex.c.RetryDone() // admitted, waiting out its back-off
+		}
+		h.release(ex, false)
+		if ex.status == 0 {
+			ex.status = http.StatusServiceUnavailable
+		}
+		ex.c.Stats.Observe(ex.status, h.ev.Now().Sub(ex.start))
+		ex.c.Done()
+		ex.done(h.l)
+	}
+	h.closeDown(d)
+}
+
+func (h *hloop) closeDown(d *sock) {
+	if d.closed {
+		return
+	}
+	if d.ex != nil {
+		h.abort(d)
+		return
+	}
+	d.closed = true
+	h.socks[d.fd] = nil
+	unix.Close(d.fd)
+	h.down--
+	h.checkDrained()
+}
+
+func (h *hloop) closeUp(u *sock) {
+	if u.closed {
+		return
+	}
+	u.closed = true
+	h.socks[u.fd] = nil
+	unix.Close(u.fd)
+}
