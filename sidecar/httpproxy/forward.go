@@ -219,20 +219,26 @@ func (l *Listener) attempt(ctx context.Context, c *upstream.Cluster, out *upstre
 		l.appSeen.Store(true)
 	}
 	res.resp, res.err = resp, err
-	outcome := upstream.Success
+	outcome := upstream.GatewayError
 	switch {
-	case err != nil:
-		outcome = upstream.GatewayError
-	case resp.StatusCode == 502 || resp.StatusCode == 503 || resp.StatusCode == 504:
-		outcome = upstream.GatewayError
-	case resp.StatusCode >= 500:
-		outcome = upstream.ServerError
-	}
-	if err != nil && (ctx.Err() != nil || expired(deadline)) {
+	case err == nil:
+		outcome = statusOutcome(resp.StatusCode)
+	case ctx.Err() != nil || expired(deadline):
 		outcome = upstream.Success // the route timed out or the caller left: not the host's fault
 	}
 	c.Report(h, outcome)
 	return res
+}
+
+// statusOutcome classifies a response for outlier detection.
+func statusOutcome(code int) upstream.Outcome {
+	switch {
+	case code == 502 || code == 503 || code == 504:
+		return upstream.GatewayError
+	case code >= 500:
+		return upstream.ServerError
+	}
+	return upstream.Success
 }
 
 // appStartWait bounds how long the inbound listener waits for the pod's app to accept its

@@ -235,10 +235,8 @@ func (l *Listener) finishSlow(ex *exchange, dnc net.Conn, din, dout []byte, unc 
 			c.Report(ex.host, upstream.GatewayError)
 		}
 		_, _ = bw.Write(dout)
-		msg := "upstream connect error or disconnect/reset before headers. reset reason: connection termination\n"
-		if isTimeout(err) {
-			status, msg = http.StatusGatewayTimeout, "upstream request timeout\n"
-		}
+		var msg string
+		status, msg = (&attemptResult{err: err}).errorReply(time.Time{})
 		localReply(w, status, msg)
 		w.finish()
 		_ = bw.Flush()

@@ -371,16 +371,6 @@ func asciiEqualFold(b []byte, s string) bool {
 	return true
 }
 
-func statusOutcome(code int) upstream.Outcome {
-	switch {
-	case code == 502 || code == 503 || code == 504:
-		return upstream.GatewayError
-	case code >= 500:
-		return upstream.ServerError
-	}
-	return upstream.Success
-}
-
 // expired reports whether deadline (unix nanos; 0: none) has passed.
 func (h *hloop) expired(deadline int64) bool {
 	return deadline != 0 && h.ev.Now().UnixNano() >= deadline
