@@ -230,6 +230,9 @@ func (l *Listener) finishSlow(ex *exchange, dnc net.Conn, din, dout []byte, unc 
 			}
 		}
 	}
+	if ex.attempt > 0 {
+		c.RetryDone() // the attempt the loop started ends here either way
+	}
 	if err != nil {
 		if ex.host != nil {
 			c.Report(ex.host, upstream.GatewayError)
@@ -245,9 +248,6 @@ func (l *Listener) finishSlow(ex *exchange, dnc net.Conn, din, dout []byte, unc 
 	}
 	if ex.host != nil {
 		c.Report(ex.host, statusOutcome(resp.StatusCode))
-	}
-	if ex.attempt > 0 {
-		c.RetryDone()
 	}
 	status = resp.StatusCode
 	_, _ = bw.Write(dout)
