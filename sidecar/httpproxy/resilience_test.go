@@ -1,6 +1,7 @@
 package httpproxy_test
 
 import (
+	"fmt"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -207,5 +208,39 @@ func TestCircuitBreakerOverflowsCleanly(t *testing.T) {
 	wg.Wait()
 	if code, _, _ := st.Get(t, client, base, "reviews", "/"); code != 200 {
 		t.Errorf("after the burst: status %d, want 200", code)
+	}
+}
+
+// A retry admitted by the max_retries breaker gives its slot back even when it finds no
+// host to go to (the only one was just ejected); otherwise the budget drains and later
+// retries overflow.
+func TestRetryBudgetReturnsWhenNoHostIsLeft(t *testing.T) {
+	for _, goroutines := range []bool{false, true} {
+		t.Run(fmt.Sprintf("goroutine-per-connection=%v", goroutines), func(t *testing.T) {
+			be := st.Backend(t, "", func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "down", 503) })
+			cp := st.StartControlPlane(t)
+			snap, cn := oneBackend([]string{be.URL}, []st.RouteOption{st.Retries("5xx", 1, 0)}, func(c *clusterv3.Cluster) {
+				c.OutlierDetection = &clusterv3.OutlierDetection{Consecutive_5Xx: wrapperspb.UInt32(1),
+					Interval: durationpb.New(20 * time.Millisecond), BaseEjectionTime: durationpb.New(100 * time.Millisecond),
+					MaxEjectionPercent: wrapperspb.UInt32(100)}
+				c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
+					MaxRetries: wrapperspb.UInt32(1)}}}
+			})
+			cp.Set(snap)
+			sc := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines})
+			base := sc.URL(t, st.OutboundListenerName)
+			for i := range 4 {
+				if code, _, _ := st.Get(t, client, base, "reviews", "/"); code != 503 {
+					t.Fatalf("call %d: %d, want 503", i, code)
+				}
+				// Each ejection lasts base_ejection_time × its count: wait it out.
+				c := sc.Upstreams.Get(cn)
+				st.Eventually(t, 10*time.Second, func() bool { return c.ReadyCount() == 1 && c.Hosts()[0].Available() },
+					"the host never came back from ejection")
+			}
+			if n := sc.Upstreams.Get(cn).Stats.OverflowRetries.Load(); n != 0 {
+				t.Fatalf("%d retries refused by max_retries = 1 with one call at a time: the budget leaked", n)
+			}
+		})
 	}
 }
