@@ -26,8 +26,7 @@ func newBreaker(capacity int) *breaker {
 // acquire waits for a slot. It returns false at once when the queue is full, or when ctx
 // ends while waiting; a true return must be paired with release.
 func (b *breaker) acquire(ctx context.Context) bool {
-	if b.admitted.Add(1) > b.limit {
-		b.admitted.Add(-1)
+	if !b.admit() {
 		return false
 	}
 	select {
@@ -43,8 +42,7 @@ func (b *breaker) acquire(ctx context.Context) bool {
 // slot goes straight to the longest waiter). The event loop uses it: a request that would
 // have to wait is served by the goroutine path, which can.
 func (b *breaker) tryAcquire() bool {
-	if b.admitted.Add(1) > b.limit {
-		b.admitted.Add(-1)
+	if !b.admit() {
 		return false
 	}
 	select {
@@ -54,6 +52,15 @@ func (b *breaker) tryAcquire() bool {
 		b.admitted.Add(-1)
 		return false
 	}
+}
+
+// admit counts a request in (running or waiting), unless the queue is full.
+func (b *breaker) admit() bool {
+	if b.admitted.Add(1) > b.limit {
+		b.admitted.Add(-1)
+		return false
+	}
+	return true
 }
 
 func (b *breaker) release() {
