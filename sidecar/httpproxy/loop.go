@@ -103,6 +103,7 @@ type exchange struct {
 	remaining int64    // response body bytes still to copy
 	close     bool     // the downstream connection closes after this response
 	breaker   *breaker // inbound: the containerConcurrency slot this request holds
+	retrySlot bool     // holds a max_retries slot (AdmitRetry) until its attempt ends
 }
 
 // done gives back what the request held on its listener: its in-flight count and its
@@ -113,6 +114,23 @@ func (ex *exchange) done(l *Listener) {
 		ex.breaker.release()
 		ex.breaker = nil
 	}
+}
+
+// releaseRetry gives back the max_retries slot, if the exchange holds one.
+func (ex *exchange) releaseRetry() {
+	if ex.retrySlot {
+		ex.retrySlot = false
+		ex.c.RetryDone()
+	}
+}
+
+// end accounts for an admitted exchange that is over, however it ended: stats, and every
+// slot it held (cluster admission, retry, listener).
+func (ex *exchange) end(l *Listener, elapsed time.Duration) {
+	ex.c.Stats.Observe(ex.status, elapsed)
+	ex.releaseRetry()
+	ex.c.Done()
+	ex.done(l)
 }
 
 // hloop serves one listener's HTTP/1.1 connections.
@@ -325,10 +343,9 @@ func (h *hloop) Flush() {
 		for i, s := range batch {
 			batch[i] = nil
 			s.dirty = false
-			if s.closed || !s.writable && !s.connecting && s.off < len(s.out) {
-				continue // EPOLLOUT brings it back
-			}
-			if s.connecting || !h.write(s) || s.up {
+			// A socket not writable still has output queued: EPOLLOUT brings it back. A
+			// connecting one is written when the connect completes.
+			if s.closed || s.connecting || !s.writable || !h.write(s) || s.up {
 				continue
 			}
 			if ex := s.ex; ex != nil && ex.gotHead && ex.u != nil && ex.u.readable && len(s.out)-s.off < loopMaxOut {

@@ -21,9 +21,7 @@ func (h *hloop) attemptDone(ex *exchange, o upstream.Outcome) {
 	ex.c.Report(ex.host, o)
 	ex.tried = append(ex.tried, ex.host)
 	ex.host = nil
-	if ex.attempt > 0 {
-		ex.c.RetryDone()
-	}
+	ex.releaseRetry()
 }
 
 // release detaches ex's upstream connection, pooling it if it can carry another request.
@@ -85,10 +83,10 @@ func (h *hloop) attemptFailed(ex *exchange, err error) {
 // timeout.
 func (h *hloop) retry(ex *exchange) {
 	ex.attempt++
+	ex.retrySlot = true
 	backoff := retryBackoff(ex.rp, ex.attempt)
 	now := h.ev.Now()
 	if ex.deadline != 0 && now.Add(backoff).UnixNano() > ex.deadline {
-		ex.c.RetryDone()
 		h.finishError(ex, errRouteTimeout)
 		return
 	}
@@ -117,9 +115,7 @@ func (h *hloop) finishError(ex *exchange, err error) {
 // the downstream connection on to its next request.
 func (h *hloop) finish(ex *exchange) {
 	d := ex.d
-	ex.c.Stats.Observe(ex.status, h.ev.Now().Sub(ex.start))
-	ex.c.Done()
-	ex.done(h.l)
+	ex.end(h.l, h.ev.Now().Sub(ex.start))
 	h.release(ex, true)
 	d.ex = nil
 	ex.r, ex.route, ex.wc, ex.c = nil, nil, nil, nil
@@ -132,20 +128,13 @@ func (h *hloop) abort(d *sock) {
 		d.ex = nil
 		if ex.host != nil {
 			ex.c.Report(ex.host, upstream.Success) // the caller left: not the host's fault
-			if ex.attempt > 0 {
-				ex.c.RetryDone()
-			}
 			ex.host = nil
-		} else if ex.wakeAt != 0 {
-			ex.c.RetryDone() // admitted, waiting out its back-off
 		}
 		h.release(ex, false)
 		if ex.status == 0 {
 			ex.status = http.StatusServiceUnavailable
 		}
-		ex.c.Stats.Observe(ex.status, h.ev.Now().Sub(ex.start))
-		ex.c.Done()
-		ex.done(h.l)
+		ex.end(h.l, h.ev.Now().Sub(ex.start))
 	}
 	h.closeDown(d)
 }

@@ -200,12 +200,8 @@ func (h *hloop) closeAll() {
 // cannot frame, then serves the downstream connection on the goroutine path.
 func (l *Listener) finishSlow(ex *exchange, dnc net.Conn, din, dout []byte, unc net.Conn, uin []byte) {
 	c := ex.c
-	status := http.StatusServiceUnavailable
-	defer func() {
-		c.Stats.Observe(status, time.Since(ex.start))
-		c.Done()
-		ex.done(l)
-	}()
+	ex.status = http.StatusServiceUnavailable
+	defer func() { ex.end(l, time.Since(ex.start)) }()
 	if dnc == nil {
 		if unc != nil {
 			unc.Close()
@@ -230,17 +226,15 @@ func (l *Listener) finishSlow(ex *exchange, dnc net.Conn, din, dout []byte, unc 
 			}
 		}
 	}
-	if ex.attempt > 0 {
-		c.RetryDone() // the attempt the loop started ends here either way
-	}
+	ex.releaseRetry() // the attempt the loop started ends here either way
 	if err != nil {
 		if ex.host != nil {
 			c.Report(ex.host, upstream.GatewayError)
 		}
 		_, _ = bw.Write(dout)
 		var msg string
-		status, msg = (&attemptResult{err: err}).errorReply(time.Time{})
-		localReply(w, status, msg)
+		ex.status, msg = (&attemptResult{err: err}).errorReply(time.Time{})
+		localReply(w, ex.status, msg)
 		w.finish()
 		_ = bw.Flush()
 		dnc.Close()
@@ -249,7 +243,7 @@ func (l *Listener) finishSlow(ex *exchange, dnc net.Conn, din, dout []byte, unc 
 	if ex.host != nil {
 		c.Report(ex.host, statusOutcome(resp.StatusCode))
 	}
-	status = resp.StatusCode
+	ex.status = resp.StatusCode
 	_, _ = bw.Write(dout)
 	responseHeader(w.Header(), resp.Header, ex.route, ex.wc, ex.setCookie)
 	w.WriteHeader(resp.StatusCode)

@@ -25,10 +25,7 @@ func (h *hloop) startAttempt(ex *exchange) {
 	now := h.ev.Now()
 	host := ex.c.Pick(ex.hash, ex.hasHash, ex.tried)
 	if host == nil {
-		if ex.attempt > 0 {
-			ex.c.RetryDone() // the retry admitted for this attempt found no host
-		}
-		h.finishError(ex, errNoHost)
+		h.finishError(ex, errNoHost) // finish gives back the retry slot, if any
 		return
 	}
 	ex.host = host
