@@ -233,6 +233,28 @@ func metrics(w interface{ WritePrometheus(io.Writer) }) string {
 	return b.String()
 }
 
+// waitMetrics waits until w's metrics hold every line, then checks them once more, so a
+// counter the consumer bumps after answering (a callback's result, the in-flight gauge)
+// is read after it settled rather than racing it.
+func waitMetrics(t *testing.T, w interface{ WritePrometheus(io.Writer) }, lines ...string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		text := metrics(w)
+		missing := false
+		for _, l := range lines {
+			if !strings.Contains(text, l+"\n") {
+				missing = true
+			}
+		}
+		if !missing || time.Now().After(deadline) {
+			wantMetrics(t, text, lines...)
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // wantMetrics fails the test for each line missing from text.
 func wantMetrics(t *testing.T, text string, lines ...string) {
 	t.Helper()
