@@ -233,6 +233,10 @@ func (h *hloop) Event(fd int, events uint32) {
 		return
 	}
 	s := h.socks[fd]
+	if !s.up && s.ex != nil && events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		h.callerLeft(s)
+		return
+	}
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		s.readable = true
 	}

@@ -279,3 +279,57 @@ func TestLoopClosesIdleConnectionsToRemovedHosts(t *testing.T) {
 	st.Eventually(t, 10*time.Second, func() bool { return open.Load() == 0 },
 		"connections to the removed host stay open")
 }
+
+func TestLoopCancelsTheUpstreamRequestWhenTheCallerHangsUp(t *testing.T) {
+	started, cancelled := make(chan struct{}, 1), make(chan struct{}, 1)
+	app := st.Backend(t, "", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/hold" {
+			_, _ = io.WriteString(w, "app")
+			return
+		}
+		started <- struct{}{}
+		select {
+		case <-r.Context().Done():
+			cancelled <- struct{}{}
+		case <-time.After(30 * time.Second):
+		}
+	})
+	snap, cn := oneBackend([]string{app.URL}, nil)
+	cp := st.StartControlPlane(t)
+	cp.Set(snap)
+	sc := st.StartSidecar(t, cp, st.SidecarOptions{})
+	base := sc.URL(t, st.OutboundListenerName)
+	out := sc.Proxy.Listener(st.OutboundListenerName)
+
+	c := dialRaw(t, base)
+	c.write("GET /hold HTTP/1.1\r\nHost: reviews\r\n\r\n")
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request never reached the app")
+	}
+	c.conn.Close()
+	select {
+	case <-cancelled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the caller hung up but the app's request was not cancelled (the upstream connection stayed open)")
+	}
+	st.Eventually(t, 5*time.Second, func() bool { n, _ := out.Stats(); return n == 0 }, "the request still counted in flight")
+
+	// The connection the sidecar used is not pooled: the next call works on a new one.
+	if code, body, _ := st.Get(t, client, base, "reviews", "/"); code != 200 || body != "app" {
+		t.Fatalf("call after the hang-up: %d %q", code, body)
+	}
+	var stats strings.Builder
+	sc.Proxy.WritePrometheus(&stats)
+	for _, want := range []string{
+		`weft_listener_caller_resets_total{listener="` + st.OutboundListenerName + `"} 1`,
+		`weft_cluster_requests_total{cluster="` + cn + `",class="none"} 1`,
+		`weft_cluster_requests_total{cluster="` + cn + `",class="2xx"} 1`,
+		`weft_cluster_requests_total{cluster="` + cn + `",class="5xx"} 0`,
+	} {
+		if !strings.Contains(stats.String(), want+"\n") {
+			t.Errorf("stats lack %q:\n%s", want, stats.String())
+		}
+	}
+}

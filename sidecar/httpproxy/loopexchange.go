@@ -122,8 +122,24 @@ func (h *hloop) finish(ex *exchange) {
 	h.afterResponse(d, ex.close)
 }
 
+// callerLeft ends d's exchange when the caller hung up before its answer was through.
+// Envoy's HTTP connection manager has no half-close: a downstream end of stream resets the
+// stream, and the request upstream with it. Here the upstream connection is closed rather
+// than pooled, which cancels the request at the app and frees its circuit-breaker and
+// concurrency slots at once instead of when the answer would have come. An exchange that
+// had no answer yet is counted with no status (class "none"), as Envoy logs response
+// code 0 with the DC flag; the listener counts it in weft_listener_caller_resets_total.
+func (h *hloop) callerLeft(d *sock) {
+	h.l.callerResets.Add(1)
+	h.end(d, 0)
+}
+
 // abort ends d's exchange (if any) without an answer and closes d.
-func (h *hloop) abort(d *sock) {
+func (h *hloop) abort(d *sock) { h.end(d, http.StatusServiceUnavailable) }
+
+// end ends d's exchange (if any) without an answer, counting it as noAnswer if no
+// response had begun, and closes d.
+func (h *hloop) end(d *sock, noAnswer int) {
 	if ex := d.ex; ex != nil {
 		d.ex = nil
 		if ex.host != nil {
@@ -132,7 +148,7 @@ func (h *hloop) abort(d *sock) {
 		}
 		h.release(ex, false)
 		if ex.status == 0 {
-			ex.status = http.StatusServiceUnavailable
+			ex.status = noAnswer
 		}
 		ex.end(h.l, h.ev.Now().Sub(ex.start))
 	}

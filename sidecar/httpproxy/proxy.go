@@ -89,10 +89,11 @@ type Listener struct {
 	draining atomic.Bool
 	idleCond *sync.Cond
 
-	inflight    atomic.Int64
-	requests    atomic.Uint64
-	connections atomic.Uint64
-	handoffs    atomic.Uint64 // connections the event loop passed to the goroutine path
+	inflight     atomic.Int64
+	requests     atomic.Uint64
+	connections  atomic.Uint64
+	handoffs     atomic.Uint64 // connections the event loop passed to the goroutine path
+	callerResets atomic.Uint64 // requests cancelled upstream because the caller hung up
 }
 
 // Stats returns the requests in flight now and the requests served since start; an

@@ -32,5 +32,10 @@ func (p *Proxy) WritePrometheus(w io.Writer) {
 	for _, l := range ls {
 		fmt.Fprintf(w, "weft_listener_loop_handoffs_total{listener=%q} %d\n", l.Name, l.handoffs.Load())
 	}
+	fmt.Fprintln(w, "# HELP weft_listener_caller_resets_total Requests cancelled upstream because the caller hung up before its answer was through.")
+	fmt.Fprintln(w, "# TYPE weft_listener_caller_resets_total counter")
+	for _, l := range ls {
+		fmt.Fprintf(w, "weft_listener_caller_resets_total{listener=%q} %d\n", l.Name, l.callerResets.Load())
+	}
 	p.opts.Upstreams.WritePrometheus(w)
 }
