@@ -91,13 +91,29 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 	}
 	var body []byte
 	replayable := r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody
-	if !replayable && (route.Retry != nil || len(route.Mirrors) > 0) && r.ContentLength > 0 && r.ContentLength <= maxReplayBody {
+	// A body up to maxReplayBody is read in full when it may be sent more than once, and
+	// for a function, whose connection is then watched for a caller that leaves (below);
+	// Knative's activator buffers request bodies the same way.
+	if !replayable && (route.Retry != nil || len(route.Mirrors) > 0 || cc.Function != nil) && r.ContentLength > 0 && r.ContentLength <= maxReplayBody {
 		b, err := io.ReadAll(r.Body)
 		if err != nil {
 			localReply(w, http.StatusBadRequest, "reading request body: "+err.Error()+"\n")
 			return
 		}
 		body, replayable = b, true
+	}
+	if cc.Function != nil && replayable {
+		// A function's call can run long. A caller that hangs up meanwhile cancels it, as
+		// it would through Knative's queue-proxy, instead of leaving it to run for nobody
+		// and hold a containerConcurrency slot. The watch peeks at the connection, so it
+		// needs the request body read in full (a chunked or larger one streams, unwatched).
+		// Deferred before res.release below, so it
+		// ends after the response body is through.
+		if cw, ok := w.(closeWatcher); ok {
+			var stop func()
+			ctx, stop = cw.WatchClose(ctx)
+			defer stop()
+		}
 	}
 	out := outboundRequest(r, route, wc, body)
 	for _, m := range route.Mirrors {

@@ -401,20 +401,30 @@ func (s *h2Server) Close() error {
 func (s *h2Server) Addr() net.Addr { return s.addr }
 
 // WatchClose returns a context that ends when the downstream connection closes, for the
-// long waits (cold-start holds) where an abandoned caller must give its slot back. The
-// returned stop must be called before the request body is read: it ends the background
-// read, as net/http's server does around its handlers.
+// long waits (cold-start holds, function calls) where an abandoned caller must give its
+// slot back. Nothing else may read the connection until the returned stop is called (the
+// request body is read before the watch or after it): stop ends the background read, as
+// net/http's server does around its handlers.
 func (w *h1Writer) WatchClose(parent context.Context) (context.Context, func()) {
 	ctx, cancel := context.WithCancel(parent)
 	w.watched = true
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		// Peek does not consume: a pipelined request or body byte stays buffered.
-		if _, err := w.br.Peek(1); err != nil {
-			var ne net.Error
-			if !errors.As(err, &ne) || !ne.Timeout() {
-				cancel()
+		// Peek does not consume: pipelined requests stay buffered. Asking for one byte
+		// more than is buffered waits for the next arrival, so a hang-up behind pipelined
+		// requests is seen too, until the buffer is full.
+		for {
+			n := w.br.Buffered() + 1
+			if n > w.br.Size() {
+				return
+			}
+			if _, err := w.br.Peek(n); err != nil {
+				var ne net.Error
+				if !errors.As(err, &ne) || !ne.Timeout() {
+					cancel()
+				}
+				return
 			}
 		}
 	}()
