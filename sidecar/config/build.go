@@ -148,8 +148,9 @@ func Build(res Resources, versions map[string]string) (*Config, error) {
 				}
 			}
 			if complete {
-				// Decode now so a pool the proxy cannot serve is NACKed with the reason,
-				// instead of failing after the config was accepted.
+				// Decode now so a pool the proxy cannot serve fails the build with the
+				// reason (logged; the sidecar keeps its last config) instead of failing
+				// inside the proxy. A pool with no servers yet is not such a failure.
 				dc, err := redisproxy.ConfigFromXDS(rl.Listener, rl.Clusters, rl.Endpoints)
 				if err != nil {
 					return nil, fmt.Errorf("listener %s: %w", name, err)

@@ -118,9 +118,9 @@ func (c *Config) Validate() error {
 		return errors.New("downstream username is set but no downstream password: set a password or drop the username")
 	}
 	for name, p := range c.Pools {
-		if len(p.Servers) == 0 {
-			return fmt.Errorf("pool %q has no servers", name)
-		}
+		// A pool may have no servers: one discovered from a Service whose pods are not
+		// ready yet. Its commands get -ERR until servers arrive; failing the whole config
+		// instead would hold back every other update to the sidecar.
 		switch p.EjectMode {
 		case EjectNone, EjectRemap, EjectFail:
 		default:

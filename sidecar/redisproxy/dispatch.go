@@ -79,6 +79,9 @@ func target(snap *snapshot, key []byte) (*upstream, []byte, string) {
 	if pl == nil {
 		return nil, nil, "ERR no server pool for this key: add a catch-all route or a route whose prefix matches it"
 	}
+	if len(pl.servers) == 0 {
+		return nil, nil, fmt.Sprintf("ERR pool %s has no servers yet: its Service has no ready endpoints", pl.name)
+	}
 	i := pl.ring.Load().Pick(k)
 	if i < 0 {
 		return nil, nil, fmt.Sprintf("ERR every server of pool %s is down; retry when one recovers", pl.name)

@@ -79,3 +79,35 @@ func TestStats(t *testing.T) {
 		t.Log(m)
 	}
 }
+
+// TestPoolWithoutServersAnswersErrUntilServersArrive: a pool discovered from a Service
+// whose pods are not ready yet has no servers. The config is still taken (failing it would
+// hold back every other update to the sidecar), its commands get -ERR naming the pool,
+// and once servers arrive the same connection reaches them.
+func TestPoolWithoutServersAnswersErrUntilServersArrive(t *testing.T) {
+	shards := redistest.StartRedis(t, 2)
+	empty := poolOf(nil)
+	for _, mode := range []EjectMode{EjectRemap, EjectFail} {
+		pl := empty.Pools[empty.CatchAll]
+		pl.EjectMode = mode
+		empty.Pools[empty.CatchAll] = pl
+		if err := empty.Validate(); err != nil {
+			t.Fatalf("eject mode %s: a pool without servers is refused: %v", mode, err)
+		}
+	}
+	p, addr := startProxy(t, empty)
+	c := redistest.Dial(t, addr)
+	want := "-ERR pool redis|default/cache has no servers yet: its Service has no ready endpoints\r\n"
+	expect(t, c, want, "GET", "k")
+	expect(t, c, want, "SET", "k", "v")
+	if r, _ := c.Do("MGET", "a", "b"); !strings.HasPrefix(r, "-ERR pool redis|default/cache has no servers yet") {
+		t.Fatalf("MGET on an empty pool: %q", r)
+	}
+	expect(t, c, "+PONG\r\n", "PING")
+
+	if err := p.Update(poolOf(shards)); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, c, "+OK\r\n", "SET", "k", "v")
+	expect(t, c, redistest.Bulk("v"), "GET", "k")
+}

@@ -232,3 +232,23 @@ func TestConfigPrintingRedactsSecrets(t *testing.T) {
 		t.Fatal("Redacted modified the original")
 	}
 }
+
+// TestConfigFromXDSWithoutEndpoints: a RedisProxy whose Service has no ready pods yet gets
+// an EDS assignment with no endpoints. It decodes to a pool without servers (its commands
+// get -ERR) rather than failing, which would hold back every other update to the sidecar.
+func TestConfigFromXDSWithoutEndpoints(t *testing.T) {
+	for name, cla := range map[string]*endpointv3.ClusterLoadAssignment{
+		"an empty locality": newFixture().cla,
+		"no localities":     {ClusterName: poolName},
+	} {
+		f := newFixture()
+		f.cla = cla
+		cfg, err := f.decode(t)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if n := len(cfg.Pools[poolName].Servers); n != 0 {
+			t.Fatalf("%s: %d servers, want none", name, n)
+		}
+	}
+}
