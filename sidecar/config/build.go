@@ -148,14 +148,17 @@ func Build(res Resources, versions map[string]string) (*Config, error) {
 				}
 			}
 			if complete {
-				// Decode now so a pool the proxy cannot serve fails the build with the
-				// reason (logged; the sidecar keeps its last config) instead of failing
-				// inside the proxy. A pool with no servers yet is not such a failure.
+				// Decode now, so a pool the proxy cannot serve is known with its reason
+				// before anything is applied. Its resources each passed their own checks;
+				// what fails here is how they combine (a cluster's metadata against its
+				// endpoints), so only this listener is held back (Err), not the build.
+				// A pool with no servers yet is not such a failure.
 				dc, err := redisproxy.ConfigFromXDS(rl.Listener, rl.Clusters, rl.Endpoints)
 				if err != nil {
-					return nil, fmt.Errorf("listener %s: %w", name, err)
+					rl.Err = fmt.Errorf("listener %s: %w", name, err)
+				} else {
+					rl.Decoded = dc
 				}
-				rl.Decoded = dc
 			}
 			cfg.RedisListeners = append(cfg.RedisListeners, rl)
 			continue

@@ -34,11 +34,14 @@ type Config struct {
 }
 
 // RedisListener is a listener whose filter is envoy.filters.network.redis_proxy, with the
-// clusters and endpoints it references, and the pool decoded by sidecar/redisproxy. Build
-// decodes it so an unservable pool is NACKed like any other bad resource.
+// clusters and endpoints it references, and the pool decoded by sidecar/redisproxy.
 type RedisListener struct {
 	// Decoded is the pool as the redis proxy serves it (set when the config is complete).
-	Decoded   redisproxy.Config
+	Decoded redisproxy.Config
+	// Err, when set, is why the pool cannot be served as these resources describe it, and
+	// Decoded is empty. The xDS client then keeps the listener's last good version, as
+	// Envoy keeps a listener whose update it rejected; a static config fails to load.
+	Err       error
 	Listener  *listenerv3.Listener
 	Clusters  map[string]*clusterv3.Cluster
 	Endpoints map[string]*endpointv3.ClusterLoadAssignment

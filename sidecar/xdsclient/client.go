@@ -64,6 +64,9 @@ type Status struct {
 	// LastNACK is the error detail of the most recent rejected response per type.
 	LastNACK map[string]string `json:"lastNack,omitempty"`
 	Pending  string            `json:"pending,omitempty"`
+	// Rejected lists listeners whose resources were each accepted but do not make a
+	// servable listener together; each keeps its last good version (or is not started).
+	Rejected []string `json:"rejected,omitempty"`
 }
 
 // Client is an ADS client. Create it with New and start it with Run.
@@ -110,7 +113,8 @@ func (c *Client) Current() *config.Config { return c.current.Load() }
 func (c *Client) Status() Status {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	s := Status{Connected: c.status.Connected, Pending: c.status.Pending, Versions: map[string]string{}, LastNACK: map[string]string{}}
+	s := Status{Connected: c.status.Connected, Pending: c.status.Pending, Rejected: slices.Clone(c.status.Rejected),
+		Versions: map[string]string{}, LastNACK: map[string]string{}}
 	for k, v := range c.status.Versions {
 		s.Versions[k] = v
 	}
@@ -368,10 +372,46 @@ func (c *Client) tryApply() {
 		}
 		return
 	}
+	rejected := c.keepLastGood(cfg)
+	c.mu.Lock()
+	c.status.Rejected = rejected
+	c.mu.Unlock()
 	c.current.Store(cfg)
 	if c.opts.Applier != nil {
 		c.opts.Applier.Apply(cfg)
 	}
+}
+
+// keepLastGood replaces each Redis listener the build could not decode with its version
+// from the config in force, or leaves it out if there is none, so one listener's bad
+// combination of resources holds back that listener only. It returns the reasons.
+func (c *Client) keepLastGood(cfg *config.Config) []string {
+	var reasons []string
+	prev := c.current.Load()
+	kept := cfg.RedisListeners[:0]
+	for _, rl := range cfg.RedisListeners {
+		if rl.Err == nil {
+			kept = append(kept, rl)
+			continue
+		}
+		reasons = append(reasons, rl.Err.Error())
+		var last *config.RedisListener
+		if prev != nil {
+			for _, p := range prev.RedisListeners {
+				if p.Listener.GetName() == rl.Listener.GetName() {
+					last = p
+				}
+			}
+		}
+		if last != nil {
+			kept = append(kept, last)
+			c.opts.Logger.Error("redis listener not updated; keeping its last good version", "listener", rl.Listener.GetName(), "err", rl.Err)
+		} else {
+			c.opts.Logger.Error("redis listener not started", "listener", rl.Listener.GetName(), "err", rl.Err)
+		}
+	}
+	cfg.RedisListeners = kept
+	return reasons
 }
 
 // decodeResponse unpacks and validates every resource; any failure rejects the response

@@ -48,5 +48,10 @@ func LoadStatic(path string) (*config.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("static config %s: %w", path, err)
 	}
+	for _, rl := range cfg.RedisListeners {
+		if rl.Err != nil {
+			return nil, fmt.Errorf("static config %s: %w", path, rl.Err)
+		}
+	}
 	return cfg, nil
 }
