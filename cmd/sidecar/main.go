@@ -64,7 +64,7 @@ func parseFlags() flags {
 	flag.DurationVar(&f.drainTimeout, "drain-timeout", 20*time.Second, "how long SIGTERM waits for in-flight requests")
 	flag.IntVar(&f.concurrency, "concurrency", 1, "worker threads that run proxy code (Go's GOMAXPROCS); 0: one per CPU the container may use")
 	flag.BoolVar(&f.releaseMemory, "release-startup-memory", true, "after the first config, drop the executable's pages only start-up used (Linux)")
-	flag.BoolVar(&f.eventLoop, "http-event-loop", true, "serve outbound HTTP/1.1 from event loops, one per worker thread; false: a goroutine per connection")
+	flag.BoolVar(&f.eventLoop, "http-event-loop", true, "serve HTTP/1.1 (outbound and inbound) from event loops, one per worker thread; false: a goroutine per connection")
 	flag.Parse()
 	if f.nodeID == "" {
 		f.nodeID = f.pod + "." + f.namespace

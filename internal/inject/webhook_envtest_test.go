@@ -3,7 +3,6 @@ package inject
 import (
 	"context"
 	"crypto/tls"
-	"github.com/weftmesh/weft/internal/testenv"
 	"os"
 	"path/filepath"
 	"testing"
@@ -21,6 +20,8 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/weftmesh/weft/internal/testenv"
 )
 
 // TestWebhookInAPIServer installs config/webhook into a real kube-apiserver, serves the

@@ -389,43 +389,15 @@ func TestPreferRespondAsyncGoesToTheQueue(t *testing.T) {
 }
 
 func TestCallerHangingUpCancelsTheFunctionCall(t *testing.T) {
-	started, cancelled := make(chan struct{}, 4), make(chan struct{}, 4)
-	fnPod := st.Backend(t, "", func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		if string(body) != "work" {
-			_, _ = io.WriteString(w, "got "+string(body))
-			return
-		}
-		started <- struct{}{}
-		select {
-		case <-r.Context().Done():
-			cancelled <- struct{}{}
-		case <-time.After(30 * time.Second):
-		}
-	})
+	fnPod := newHoldingApp(t)
 	cp := st.StartControlPlane(t)
 	snap, _ := functionSnapshot(st.Endpoint{Addr: st.HostPort(fnPod.URL)})
 	cp.Set(snap)
 	sc := st.StartSidecar(t, cp, st.SidecarOptions{})
 	base := sc.URL(t, st.OutboundListenerName)
-	for _, tc := range []struct{ name, req string }{
-		{"a body", "GET / HTTP/1.1\r\nHost: fn\r\nContent-Length: 4\r\n\r\nwork"},
-		{"a pipelined call behind it", "POST / HTTP/1.1\r\nHost: fn\r\nContent-Length: 4\r\n\r\nworkPOST / HTTP/1.1\r\nHost: fn\r\nContent-Length: 2\r\n\r\nok"},
-	} {
-		c := dialRaw(t, base)
-		c.write(tc.req)
-		select {
-		case <-started:
-		case <-time.After(10 * time.Second):
-			t.Fatalf("%s: the call never reached the function", tc.name)
-		}
-		c.conn.Close()
-		select {
-		case <-cancelled:
-		case <-time.After(10 * time.Second):
-			t.Fatalf("%s: the caller hung up but the function's request was not cancelled", tc.name)
-		}
-	}
+	fnPod.hangUp(t, base, "POST /hold HTTP/1.1\r\nHost: fn\r\nContent-Length: 4\r\n\r\nwork", "a call with a body")
+	fnPod.hangUp(t, base, "POST /hold HTTP/1.1\r\nHost: fn\r\nContent-Length: 4\r\n\r\nwork"+
+		"POST / HTTP/1.1\r\nHost: fn\r\nContent-Length: 2\r\n\r\nok", "a pipelined call behind it")
 	// A caller that stays gets its answer, watch or no watch.
 	c := dialRaw(t, base)
 	c.write("POST / HTTP/1.1\r\nHost: fn\r\nContent-Length: 2\r\n\r\nhiPOST / HTTP/1.1\r\nHost: fn\r\nContent-Length: 2\r\n\r\nyo")

@@ -75,8 +75,7 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 	}
 	if _, ok := c.Admit(); !ok {
 		c.Stats.Observe(http.StatusServiceUnavailable, 0)
-		w.Header().Set("X-Weft-Overloaded", "true")
-		localReply(w, http.StatusServiceUnavailable, "upstream cluster "+name+" is overloaded (circuit breaker open); retry later\n")
+		overloadedReply(w, name)
 		return
 	}
 	defer c.Done()
@@ -107,8 +106,7 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 		// it would through Knative's queue-proxy, instead of leaving it to run for nobody
 		// and hold a containerConcurrency slot. The watch peeks at the connection, so it
 		// needs the request body read in full (a chunked or larger one streams, unwatched).
-		// Deferred before res.release below, so it
-		// ends after the response body is through.
+		// It is deferred before res.release below, so it ends after the response body.
 		if cw, ok := w.(closeWatcher); ok {
 			var stop func()
 			ctx, stop = cw.WatchClose(ctx)
@@ -193,6 +191,15 @@ func responseHeader(dst, src http.Header, route *config.Route, wc *config.Weight
 	applyHeaderEdits(dst, wc.ResponseHeadersToRemove, wc.ResponseHeadersToAdd)
 	applyResponseHeaders(dst, route)
 }
+
+// overloadedReply answers a request the cluster's circuit breaker refused, as Envoy does:
+// 503 with x-weft-overloaded (Envoy's x-envoy-overloaded).
+func overloadedReply(w http.ResponseWriter, cluster string) {
+	w.Header().Set(overloadedHeader, "true")
+	localReply(w, http.StatusServiceUnavailable, "upstream cluster "+cluster+" is overloaded (circuit breaker open); retry later\n")
+}
+
+const overloadedHeader = "X-Weft-Overloaded"
 
 // attemptResult is one upstream try: a response with headers, or an error.
 type attemptResult struct {

@@ -20,8 +20,8 @@ import (
 	"github.com/weftmesh/weft/sidecar/upstream"
 )
 
-// The HTTP/1.1 event loop. An outbound listener's connections are served from one
-// goroutine (sidecar/evloop) rather than one goroutine each: the loop accepts, reads
+// The HTTP/1.1 event loop. A listener's connections (outbound and inbound) are served
+// from one goroutine per worker thread (sidecar/evloop) rather than one goroutine each: the loop accepts, reads
 // whole requests, routes them, writes them to pooled upstream connections, and copies
 // the responses back, all with non-blocking socket calls. It takes the common case —
 // a request that arrives whole with its Content-Length body (at most loopMaxRequest
@@ -526,7 +526,8 @@ func (h *hloop) dispatch(d *sock, end int) int {
 		close: r.Close || h.draining.Load(), breaker: br}
 	if _, ok := c.Admit(); !ok {
 		c.Stats.Observe(http.StatusServiceUnavailable, 0)
-		h.reply(ex, http.StatusServiceUnavailable, "upstream cluster "+wc.Name+" is overloaded (circuit breaker open); retry later\n", true)
+		overloadedReply(h.writer(ex), wc.Name)
+		h.endReply(ex)
 		consume(d, end+int(cl))
 		ex.done(l)
 		h.afterResponse(d, ex.close)
@@ -569,14 +570,9 @@ func (h *hloop) endHead(ex *exchange) {
 	h.w.req, h.sw.s = nil, nil
 }
 
-// reply answers ex with a local response.
-func (h *hloop) reply(ex *exchange, status int, body string, overloaded bool) {
-	w := h.writer(ex)
-	if overloaded {
-		w.Header().Set("X-Weft-Overloaded", "true")
-	}
-	localReply(w, status, body)
-	w.finish()
+// endReply queues a local answer written with h.writer(ex).
+func (h *hloop) endReply(ex *exchange) {
+	h.w.finish()
 	h.endHead(ex)
 }
 

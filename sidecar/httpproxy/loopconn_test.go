@@ -280,20 +280,52 @@ func TestLoopClosesIdleConnectionsToRemovedHosts(t *testing.T) {
 		"connections to the removed host stay open")
 }
 
-func TestLoopCancelsTheUpstreamRequestWhenTheCallerHangsUp(t *testing.T) {
-	started, cancelled := make(chan struct{}, 1), make(chan struct{}, 1)
-	app := st.Backend(t, "", func(w http.ResponseWriter, r *http.Request) {
+// holdingApp holds each request to /hold until its context ends (or 30 s pass) and
+// answers others "got " and their body.
+type holdingApp struct {
+	*httptest.Server
+	started, cancelled chan struct{}
+}
+
+func newHoldingApp(t *testing.T) *holdingApp {
+	a := &holdingApp{started: make(chan struct{}, 4), cancelled: make(chan struct{}, 4)}
+	a.Server = st.Backend(t, "", func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
 		if r.URL.Path != "/hold" {
-			_, _ = io.WriteString(w, "app")
+			_, _ = io.WriteString(w, "got "+string(body))
 			return
 		}
-		started <- struct{}{}
+		a.started <- struct{}{}
 		select {
 		case <-r.Context().Done():
-			cancelled <- struct{}{}
+			a.cancelled <- struct{}{}
 		case <-time.After(30 * time.Second):
 		}
 	})
+	return a
+}
+
+// hangUp sends raw to base on a new connection, closes it once the app holds the request,
+// and fails the test unless the app's request is then cancelled.
+func (a *holdingApp) hangUp(t *testing.T, base, raw, what string) {
+	t.Helper()
+	c := dialRaw(t, base)
+	c.write(raw)
+	select {
+	case <-a.started:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s: the request never reached the app", what)
+	}
+	c.conn.Close()
+	select {
+	case <-a.cancelled:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s: the caller hung up but the app's request was not cancelled", what)
+	}
+}
+
+func TestLoopCancelsTheUpstreamRequestWhenTheCallerHangsUp(t *testing.T) {
+	app := newHoldingApp(t)
 	snap, cn := oneBackend([]string{app.URL}, nil)
 	cp := st.StartControlPlane(t)
 	cp.Set(snap)
@@ -301,23 +333,11 @@ func TestLoopCancelsTheUpstreamRequestWhenTheCallerHangsUp(t *testing.T) {
 	base := sc.URL(t, st.OutboundListenerName)
 	out := sc.Proxy.Listener(st.OutboundListenerName)
 
-	c := dialRaw(t, base)
-	c.write("GET /hold HTTP/1.1\r\nHost: reviews\r\n\r\n")
-	select {
-	case <-started:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the request never reached the app")
-	}
-	c.conn.Close()
-	select {
-	case <-cancelled:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the caller hung up but the app's request was not cancelled (the upstream connection stayed open)")
-	}
+	app.hangUp(t, base, "GET /hold HTTP/1.1\r\nHost: reviews\r\n\r\n", "through the loop")
 	st.Eventually(t, 5*time.Second, func() bool { n, _ := out.Stats(); return n == 0 }, "the request still counted in flight")
 
 	// The connection the sidecar used is not pooled: the next call works on a new one.
-	if code, body, _ := st.Get(t, client, base, "reviews", "/"); code != 200 || body != "app" {
+	if code, body, _ := st.Get(t, client, base, "reviews", "/"); code != 200 || body != "got " {
 		t.Fatalf("call after the hang-up: %d %q", code, body)
 	}
 	var stats strings.Builder

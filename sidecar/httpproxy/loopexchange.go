@@ -71,11 +71,17 @@ func (h *hloop) attemptFailed(ex *exchange, err error) {
 		o = upstream.Success // the route timed out: not the host's fault
 	}
 	h.attemptDone(ex, o)
-	if ex.rp != nil && ex.attempt+1 < ex.attempts && !h.expired(ex.deadline) && retryOnError(ex.rp, err) && ex.c.AdmitRetry() {
+	if h.retryLeft(ex) && retryOnError(ex.rp, err) && ex.c.AdmitRetry() {
 		h.retry(ex)
 		return
 	}
 	h.finishError(ex, err)
+}
+
+// retryLeft reports whether ex's retry policy allows another attempt in the time the
+// route has left; whether this outcome is retriable, and a max_retries slot, come after.
+func (h *hloop) retryLeft(ex *exchange) bool {
+	return ex.rp != nil && ex.attempt+1 < ex.attempts && !h.expired(ex.deadline)
 }
 
 // retry starts the next attempt, admitted by the max_retries circuit breaker, after
@@ -107,7 +113,8 @@ func (h *hloop) finishError(ex *exchange, err error) {
 	}
 	status, msg := res.errorReply(deadline)
 	ex.status = status
-	h.reply(ex, status, msg, false)
+	localReply(h.writer(ex), status, msg)
+	h.endReply(ex)
 	h.finish(ex)
 }
 

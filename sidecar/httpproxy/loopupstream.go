@@ -269,8 +269,7 @@ func (h *hloop) response(u *sock, ex *exchange) bool {
 		cc := ex.c.Config()
 		u.reusable = !hd.Close && (cc.MaxRequestsPerConn == 0 || u.used < cc.MaxRequestsPerConn)
 		h.attemptDone(ex, statusOutcome(hd.Status))
-		if ex.rp != nil && ex.attempt+1 < ex.attempts && !h.expired(ex.deadline) && retryOnStatus(ex.rp, hd.Status) &&
-			ex.c.AdmitRetry() {
+		if h.retryLeft(ex) && retryOnStatus(ex.rp, hd.Status) && ex.c.AdmitRetry() {
 			// Discard this answer; the connection is kept if the whole body is here.
 			if int64(len(u.in)-end) == bodyLen {
 				u.in = u.in[:0]
@@ -359,6 +358,9 @@ func hopByHopField(name []byte) bool {
 	return false
 }
 
+// asciiEqualFold compares a field name (a token the scanner validated) with s, a name of
+// letters and '-', ignoring case. Under the 0x20 bit a letter matches only itself in either
+// case, and '-' only itself or '\r', which no token holds.
 func asciiEqualFold(b []byte, s string) bool {
 	if len(b) != len(s) {
 		return false

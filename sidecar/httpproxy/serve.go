@@ -19,7 +19,7 @@ func (l *Listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if l.inbound {
 		if b := l.proxy.breaker.Load(); b != nil {
 			if !b.acquire(r.Context()) {
-				w.Header().Set("x-weft-overloaded", "true")
+				w.Header().Set(overloadedHeader, "true")
 				localReply(w, http.StatusServiceUnavailable, "pending request queue full: this pod already runs and queues "+
 					strconv.Itoa(int(b.limit))+" requests (containerConcurrency × 11); retry, or raise the function's max scale\n")
 				return

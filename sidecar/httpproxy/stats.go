@@ -15,27 +15,23 @@ func (p *Proxy) WritePrometheus(w io.Writer) {
 	}
 	p.mu.Unlock()
 	sort.Slice(ls, func(i, j int) bool { return ls[i].Name < ls[j].Name })
-	fmt.Fprintln(w, "# TYPE weft_listener_connections_total counter")
-	for _, l := range ls {
-		fmt.Fprintf(w, "weft_listener_connections_total{listener=%q} %d\n", l.Name, l.connections.Load())
+	metric := func(name, kind, help string, value func(*Listener) int64) {
+		if help != "" {
+			fmt.Fprintf(w, "# HELP %s %s\n", name, help)
+		}
+		fmt.Fprintf(w, "# TYPE %s %s\n", name, kind)
+		for _, l := range ls {
+			fmt.Fprintf(w, "%s{listener=%q} %d\n", name, l.Name, value(l))
+		}
 	}
-	fmt.Fprintln(w, "# TYPE weft_listener_requests_total counter")
-	for _, l := range ls {
-		fmt.Fprintf(w, "weft_listener_requests_total{listener=%q} %d\n", l.Name, l.requests.Load())
-	}
-	fmt.Fprintln(w, "# TYPE weft_listener_requests_inflight gauge")
-	for _, l := range ls {
-		fmt.Fprintf(w, "weft_listener_requests_inflight{listener=%q} %d\n", l.Name, l.inflight.Load())
-	}
-	fmt.Fprintln(w, "# HELP weft_listener_loop_handoffs_total Connections the event loop passed to the goroutine-per-connection path (h2c, chunked or large bodies, Upgrade, fault/mirror/redirect/direct routes, functions, responses it cannot frame).")
-	fmt.Fprintln(w, "# TYPE weft_listener_loop_handoffs_total counter")
-	for _, l := range ls {
-		fmt.Fprintf(w, "weft_listener_loop_handoffs_total{listener=%q} %d\n", l.Name, l.handoffs.Load())
-	}
-	fmt.Fprintln(w, "# HELP weft_listener_caller_resets_total Requests cancelled upstream because the caller hung up before its answer was through.")
-	fmt.Fprintln(w, "# TYPE weft_listener_caller_resets_total counter")
-	for _, l := range ls {
-		fmt.Fprintf(w, "weft_listener_caller_resets_total{listener=%q} %d\n", l.Name, l.callerResets.Load())
-	}
+	metric("weft_listener_connections_total", "counter", "", func(l *Listener) int64 { return int64(l.connections.Load()) })
+	metric("weft_listener_requests_total", "counter", "", func(l *Listener) int64 { return int64(l.requests.Load()) })
+	metric("weft_listener_requests_inflight", "gauge", "", func(l *Listener) int64 { return l.inflight.Load() })
+	metric("weft_listener_loop_handoffs_total", "counter",
+		"Connections the event loop passed to the goroutine-per-connection path (h2c, chunked or large bodies, Upgrade, fault/mirror/redirect/direct routes, functions, responses it cannot frame).",
+		func(l *Listener) int64 { return int64(l.handoffs.Load()) })
+	metric("weft_listener_caller_resets_total", "counter",
+		"Requests cancelled upstream because the caller hung up before its answer was through.",
+		func(l *Listener) int64 { return int64(l.callerResets.Load()) })
 	p.opts.Upstreams.WritePrometheus(w)
 }

@@ -14,6 +14,7 @@ import (
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	redisv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/redis_proxy/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -83,6 +84,17 @@ func InboundListener(appPort uint32) *listenerv3.Listener {
 		StatPrefix: "inbound_http", CodecType: hcmv3.HttpConnectionManager_AUTO,
 		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: rc},
 		HttpFilters:    []*hcmv3.HttpFilter{router()}})
+}
+
+// RedisListener is a listener named after pool, on 127.0.0.1:6379, whose redis_proxy
+// filter sends every key to the cluster pool.
+func RedisListener(pool string) *listenerv3.Listener {
+	rp := &redisv3.RedisProxy{StatPrefix: "redis",
+		Settings:     &redisv3.RedisProxy_ConnPoolSettings{OpTimeout: durationpb.New(time.Second)},
+		PrefixRoutes: &redisv3.RedisProxy_PrefixRoutes{CatchAllRoute: &redisv3.RedisProxy_PrefixRoutes_Route{Cluster: pool}}}
+	return &listenerv3.Listener{Name: pool, Address: socket("127.0.0.1", 6379),
+		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
+			Name: "envoy.filters.network.redis_proxy", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(rp)}}}}}}
 }
 
 // RouteConfig is the outbound_http route configuration.

@@ -14,14 +14,11 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	redisv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/redis_proxy/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/weftmesh/weft/sidecar/config"
 	st "github.com/weftmesh/weft/sidecar/sidecartest"
@@ -34,7 +31,7 @@ import (
 // version, as Envoy keeps a listener whose update it rejected; the rest of the update (a
 // new cluster here) is applied, and the client's status says what was rejected.
 func TestRedisListenerThatCannotBeServedKeepsItsLastGoodVersion(t *testing.T) {
-	l := redisListener(t)
+	l := st.RedisListener(pool)
 	good := st.Snapshot{Listeners: []types.Resource{l}, Clusters: []types.Resource{st.EDSCluster(pool)},
 		Endpoints: []types.Resource{st.Endpoints(pool, st.Endpoint{Addr: "127.0.0.1:7001", Hostname: "cache-0"})}}
 
@@ -93,29 +90,13 @@ func TestRedisListenerThatCannotBeServedKeepsItsLastGoodVersion(t *testing.T) {
 
 const pool = "redis|default/cache"
 
-// redisListener is a listener with the redis_proxy filter whose catch-all route is pool.
-func redisListener(t *testing.T) *listenerv3.Listener {
-	t.Helper()
-	rp, err := anypb.New(&redisv3.RedisProxy{StatPrefix: "redis_default_cache",
-		Settings:     &redisv3.RedisProxy_ConnPoolSettings{OpTimeout: durationpb.New(time.Second)},
-		PrefixRoutes: &redisv3.RedisProxy_PrefixRoutes{CatchAllRoute: &redisv3.RedisProxy_PrefixRoutes_Route{Cluster: pool}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &listenerv3.Listener{Name: pool,
-		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
-			Address: "127.0.0.1", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 6379}}}},
-		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
-			Name: "envoy.filters.network.redis_proxy", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: rp}}}}}}
-}
-
 // TestStaticConfigWithAnUnservableRedisPoolFailsToLoad: without a control plane there is no
 // last good version to keep, so the file is refused with the reason.
 func TestStaticConfigWithAnUnservableRedisPoolFailsToLoad(t *testing.T) {
 	c := &clusterv3.Cluster{Name: pool, ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
 		LoadAssignment: st.Endpoints(pool, st.Endpoint{Addr: "127.0.0.1:7001", Hostname: "cache-0"}, st.Endpoint{Addr: "127.0.0.1:7002", Hostname: "cache-0"})}
 	var dr discoveryv3.DiscoveryResponse
-	for _, m := range []proto.Message{redisListener(t), c} {
+	for _, m := range []proto.Message{st.RedisListener(pool), c} {
 		a, err := anypb.New(m)
 		if err != nil {
 			t.Fatal(err)
