@@ -70,12 +70,11 @@ func New(h Handler) (*Loop, error) {
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
 	l := &Loop{epfd: epfd, wakefd: wakefd, h: h, events: make([]unix.EpollEvent, 128)}
-	if err := l.Add(wakefd); err != nil {
-		unix.Close(epfd)
-		unix.Close(wakefd)
-		return nil, err
+	err = l.Add(wakefd)
+	if err == nil {
+		err = unix.SetNonblock(epfd, true)
 	}
-	if err := unix.SetNonblock(epfd, true); err != nil {
+	if err != nil {
 		unix.Close(epfd)
 		unix.Close(wakefd)
 		return nil, err
