@@ -49,12 +49,14 @@ envtest: ## Find or build kube-apiserver, etcd and kube-controller-manager (offl
 
 .PHONY: test
 test: manifests generate vet ## Run all tests (unit, golden, envtest) — does its own set-up.
+	@hack/deps.sh test
 	@hack/verify-generated.sh
 	assets="$$(hack/envtest-assets.sh | tail -n1)" && \
 	  KUBEBUILDER_ASSETS="$$assets" $(GO) test ./... -count=1 -timeout 30m
 
 .PHONY: test-race
 test-race: ## Data-plane tests under the race detector (sidecar and its main).
+	@hack/deps.sh test
 	$(GO) test -race -count=1 ./sidecar/... ./cmd/sidecar
 
 .PHONY: fuzz

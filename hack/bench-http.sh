@@ -23,13 +23,7 @@ HAPROXY=127.0.0.1:28101
 ADMIN=127.0.0.1:28000
 METRICS=127.0.0.1:28020
 
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v haproxy >/dev/null || need+=(haproxy)
-if ((${#need[@]})); then
-  echo "installing ${need[*]}" >&2
-  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+"$(dirname "$0")/deps.sh" bench
 
 work=$(mktemp -d)
 pids=()

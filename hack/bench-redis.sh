@@ -20,9 +20,7 @@ BASE_PORT=${BASE_PORT:-17000}
 CONCURRENCY=${CONCURRENCY:-1} # the proxy's worker threads, as the sidecar's --concurrency (default 1)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
-for bin in redis-server redis-benchmark redis-cli nutcracker go; do
-	command -v "$bin" >/dev/null || { echo "bench-redis: $bin not found; apt-get install -y redis-server redis-tools nutcracker" >&2; exit 1; }
-done
+"$ROOT/hack/deps.sh" bench
 
 WORK=$(mktemp -d)
 PIDS=()

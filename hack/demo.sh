@@ -31,16 +31,7 @@ if [[ $EUID -ne 0 ]]; then
   command -v sudo >/dev/null || die "the local mesh needs root (network namespaces); run as root"
   exec sudo -E env "PATH=$PATH" "$0" "$@"
 fi
-missing=()
-command -v ip >/dev/null || missing+=(iproute2)
-command -v curl >/dev/null || missing+=(curl)
-command -v redis-server >/dev/null || missing+=(redis-server)
-command -v redis-cli >/dev/null || missing+=(redis-tools)
-if ((${#missing[@]})); then
-  say "installing ${missing[*]} with apt-get"
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >/dev/null \
-    || die "could not install ${missing[*]}; install them and rerun"
-fi
+hack/deps.sh mesh || die "could not install the packages the local mesh needs"
 command -v kubectl >/dev/null || die "kubectl is not on PATH; install it (any recent version) and rerun"
 
 bold "Building the binaries (manager, sidecar, weft, examples)"

@@ -9,13 +9,7 @@ if [[ $EUID -ne 0 ]]; then
   command -v sudo >/dev/null || { echo "e2e: needs root (network namespaces)" >&2; exit 1; }
   exec sudo -E env "PATH=$PATH" "$0" "$@"
 fi
-missing=()
-command -v ip >/dev/null || missing+=(iproute2)
-command -v curl >/dev/null || missing+=(curl)
-if ((${#missing[@]})); then
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >/dev/null \
-    || { echo "e2e: could not install ${missing[*]}" >&2; exit 1; }
-fi
+hack/deps.sh mesh
 command -v kubectl >/dev/null || { echo "e2e: kubectl is not on PATH" >&2; exit 1; }
 mkdir -p bin
 for b in manager sidecar weft; do go build -o "bin/$b" "./cmd/$b"; done
