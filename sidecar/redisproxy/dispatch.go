@@ -20,7 +20,9 @@ func (p *pending) localReply(b []byte) {
 }
 
 // dispatch decides what to do with one command: answer it locally, send it
-// to one server, or split it over several.
+// to one server, or split it over several. raw is the command as the client
+// sent it, forwarded when nothing needs rewriting; it is nil for an inline
+// command, which is always re-encoded as a RESP array.
 func (cl *client) dispatch(p *pending, args [][]byte, raw []byte) {
 	cmd := lookup(args[0])
 	if cmd == nil {
@@ -118,7 +120,7 @@ func (cl *client) keyed(p *pending, name string, args [][]byte, raw []byte, keys
 		return
 	}
 	r := &p.req
-	if rewrite {
+	if rewrite || raw == nil { // nil: inline, whose line the server would parse again
 		r.buf = resp.AppendCommand(r.buf[:0], args...)
 		r.cmd = r.buf
 	} else {

@@ -6,6 +6,7 @@
 package resp
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -53,6 +54,10 @@ type Reader struct {
 	want  int64
 	at    int
 	spans []span
+	// inline commands: their decoded arguments live in ibuf, not buf
+	inline bool
+	ibuf   []byte
+	ispans [][2]int
 }
 
 // NewReader returns a Reader over rd.
@@ -96,6 +101,9 @@ func (r *Reader) fill() error {
 
 // NextCommand is ReadCommand without reading: it parses the next request
 // from what is buffered and reports ok=false when that is not a whole one.
+// raw is nil for an inline command: its arguments are decoded from quotes and
+// escapes, so the line itself must never be forwarded (the server would
+// parse it again); re-encode the arguments with AppendCommand.
 func (r *Reader) NextCommand() (args [][]byte, raw []byte, ok bool, err error) {
 	for r.w > r.r {
 		n, err := r.parseCommand(r.buf[r.r:r.w])
@@ -108,7 +116,10 @@ func (r *Reader) NextCommand() (args [][]byte, raw []byte, ok bool, err error) {
 		raw = r.buf[r.r : r.r+n]
 		r.r += n
 		if len(r.args) == 0 {
-			continue // empty inline line
+			continue // empty inline line or empty array, skipped as Redis does
+		}
+		if r.inline {
+			raw = nil
 		}
 		return r.args, raw, true, nil
 	}
@@ -133,8 +144,9 @@ func (r *Reader) NextReply() (raw []byte, ok bool, err error) {
 }
 
 // ReadCommand returns the next request's arguments and its raw bytes. Both
-// alias the buffer. Inline commands are split on spaces and tabs; an empty
-// inline line is skipped.
+// alias the Reader's buffers. Inline commands are split as redis-server
+// splits them (see SplitInline) and have no raw bytes; an empty inline line
+// is skipped.
 func (r *Reader) ReadCommand() (args [][]byte, raw []byte, err error) {
 	for {
 		args, raw, ok, err := r.NextCommand()
@@ -151,6 +163,7 @@ func (r *Reader) ReadCommand() (args [][]byte, raw []byte, err error) {
 // its length. It resumes where the previous incomplete attempt stopped, so a
 // request trickling in byte by byte costs linear, not quadratic, time.
 func (r *Reader) parseCommand(b []byte) (int, error) {
+	r.inline = false
 	switch r.mode {
 	case modeNone:
 		if b[0] != '*' {
@@ -203,38 +216,33 @@ func (r *Reader) parseCommand(b []byte) (int, error) {
 
 func (r *Reader) parseInline(b []byte) (int, error) {
 	end := -1
-	for i := r.at; i < len(b); i++ {
-		if b[i] == '\n' {
-			end = i
-			break
-		}
+	if i := bytes.IndexByte(b[r.at:], '\n'); i >= 0 {
+		end = r.at + i
+	}
+	// Redis refuses more than MaxInline bytes without a newline
+	// (PROTO_INLINE_MAX_SIZE); the proxy refuses a longer line even when its
+	// newline came in the same read.
+	if (end < 0 && len(b) > MaxInline) || end > MaxInline {
+		return 0, &ProtocolError{"too big inline request"}
 	}
 	if end < 0 {
-		if len(b) > MaxInline {
-			return 0, &ProtocolError{"too big inline request"}
-		}
 		r.at = len(b)
 		return 0, errIncomplete
 	}
 	r.mode = modeNone
-	r.args = r.args[:0]
 	line := b[:end]
 	if len(line) > 0 && line[len(line)-1] == '\r' {
 		line = line[:len(line)-1]
 	}
-	start := -1
-	for i, c := range line {
-		if c == ' ' || c == '\t' {
-			if start >= 0 {
-				r.args = append(r.args, line[start:i:i])
-				start = -1
-			}
-		} else if start < 0 {
-			start = i
-		}
+	var err error
+	r.ibuf, r.ispans, err = SplitInline(r.ibuf[:0], r.ispans[:0], line)
+	if err != nil {
+		return 0, err
 	}
-	if start >= 0 {
-		r.args = append(r.args, line[start:len(line):len(line)])
+	r.inline = true
+	r.args = r.args[:0]
+	for _, sp := range r.ispans {
+		r.args = append(r.args, r.ibuf[sp[0]:sp[1]:sp[1]])
 	}
 	return end + 1, nil
 }
