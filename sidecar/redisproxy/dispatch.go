@@ -131,6 +131,7 @@ func (cl *client) keyed(p *pending, name string, args [][]byte, raw []byte, keys
 
 // send queues r on its server connection.
 func (cl *client) send(r *request, up *upstream) {
+	cl.takeSlot() // freed by r.finish, however r ends
 	for attempt := 0; attempt < 2; attempt++ {
 		s, msg := up.get(cl.id)
 		if s == nil {

@@ -39,8 +39,12 @@ func (r *request) fail(msg string) *client {
 	return r.finish()
 }
 
+// finish frees r's in-flight slot, counts its reply against the client's
+// output limit and marks it ready.
 func (r *request) finish() *client {
 	cl := r.cl // read before ready: once ready the client may recycle r
+	<-cl.slots
+	cl.hold(int64(len(r.reply)))
 	r.ready.Store(true)
 	return cl
 }
