@@ -58,14 +58,13 @@ func (cl *client) getRequest() *request {
 
 func putPending(p *pending) {
 	for i, r := range p.frags {
+		r.cmd, r.cl, r.buf, r.reply = nil, nil, retain(r.buf), retain(r.reply)
 		requestPool.Put(r)
 		p.frags[i] = nil
 	}
-	p.frags, p.pos, p.local = p.frags[:0], p.pos[:0], p.local[:0]
+	p.frags, p.pos, p.local = p.frags[:0], p.pos[:0], retain(p.local)
 	p.req.cmd, p.req.cl = nil, nil
-	if cap(p.req.reply) > 64<<10 {
-		p.req.reply = nil
-	}
+	p.req.buf, p.req.reply = retain(p.req.buf), retain(p.req.reply)
 	pendingPool.Put(p)
 }
 
@@ -323,10 +322,7 @@ func (cl *client) wrote(err error) {
 		cl.broken = true
 	}
 	cl.held.Add(-int64(len(cl.out)))
-	if cap(cl.out) > 1<<20 {
-		cl.out = nil
-	}
-	cl.out = cl.out[:0]
+	cl.out = retain(cl.out)
 }
 
 // tryWrite makes one non-blocking write of out and keeps what is left of it;

@@ -26,6 +26,21 @@ type request struct {
 	cl    *client // the client owed the reply
 }
 
+// maxRetained is the most capacity a buffer that is reused from command to
+// command keeps after use (request and reply copies, write buffers); a
+// larger one, grown for a large value, is dropped so its memory goes back
+// to the heap (resp.MaxRetained is the same bound for read buffers).
+const maxRetained = resp.MaxRetained
+
+// retain returns b emptied for reuse, or nil when it is larger than
+// maxRetained.
+func retain(b []byte) []byte {
+	if cap(b) > maxRetained {
+		return nil
+	}
+	return b[:0]
+}
+
 // complete stores the reply and returns the client to deliver it to.
 func (r *request) complete(raw []byte) *client {
 	r.reply = append(r.reply[:0], raw...)
@@ -130,7 +145,8 @@ type sconn struct {
 	c     net.Conn
 	w     *connio.Writer
 	wbuf  []byte
-	spare []byte
+	spare []byte       // the other write buffer, swapped with wbuf per write
+	rd    *resp.Reader // replies; owned by readLoop
 	queue []*request
 	head  int
 	// closed is set once; after it no request is accepted.
@@ -195,6 +211,7 @@ func (s *sconn) connect() {
 	}
 	s.c = c
 	s.w = connio.NewWriter(c)
+	s.rd = resp.NewReader(nil)
 	if len(s.queue) > s.head && u.opTimeout > 0 {
 		_ = c.SetReadDeadline(time.Now().Add(u.opTimeout))
 	}
@@ -249,7 +266,7 @@ func (s *sconn) writeLoop() {
 			continue
 		}
 		err := s.w.WriteAll(buf)
-		s.spare = buf[:0]
+		s.spare = retain(buf)
 		if err != nil {
 			s.fail(fmt.Sprintf("ERR lost connection to server %s: %v; the command may or may not have run", s.up.label(), err), true)
 			return
@@ -259,7 +276,7 @@ func (s *sconn) writeLoop() {
 
 func (s *sconn) readLoop() {
 	u := s.up
-	rd := resp.NewReader(nil)
+	rd := s.rd
 	var (
 		touched []*client // clients with replies completed in this read
 		failure string

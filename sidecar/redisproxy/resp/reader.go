@@ -19,6 +19,11 @@ const (
 	MaxInline    = 64 << 10  // bytes in one inline command or status line
 	MaxDepth     = 8         // nesting of reply arrays
 	initialBytes = 16 << 10
+	// MaxRetained is the most buffer a Reader keeps once it has nothing
+	// buffered: the buffer a large message needed is dropped after it, so a
+	// connection that carried a 64 MB value once does not hold 64 MB for
+	// the rest of its life.
+	MaxRetained = 64 << 10
 )
 
 // ProtocolError is a malformed message; the connection cannot be resynced.
@@ -58,6 +63,10 @@ type Reader struct {
 	inline bool
 	ibuf   []byte
 	ispans [][2]int
+	// need is how many bytes from r the message being parsed needs, when a
+	// bulk length says so: the buffer grows to it at once instead of
+	// doubling (one copy of a large value, not two).
+	need int
 }
 
 // NewReader returns a Reader over rd.
@@ -65,20 +74,35 @@ func NewReader(rd io.Reader) *Reader {
 	return &Reader{rd: rd, buf: make([]byte, initialBytes)}
 }
 
-// Space returns the free tail of the buffer for the next read, compacting or
-// growing the buffer first. Commit records how much of it was filled.
+// Space returns the free tail of the buffer for the next read, compacting,
+// shrinking or growing the buffer first. Commit records how much of it was
+// filled. Space invalidates what earlier calls returned.
 func (r *Reader) Space() []byte {
+	if n := r.w - r.r; len(r.buf) > MaxRetained && n <= initialBytes/2 && r.need <= initialBytes {
+		// A large message is done: go back to a small buffer.
+		nb := make([]byte, initialBytes)
+		copy(nb, r.buf[r.r:r.w])
+		r.buf, r.r, r.w = nb, 0, n
+	}
 	if r.r > 0 {
 		n := copy(r.buf, r.buf[r.r:r.w])
 		r.r, r.w = 0, n
 	}
-	if r.w == len(r.buf) {
-		nb := make([]byte, 2*len(r.buf))
+	if r.w == len(r.buf) || r.need > len(r.buf) {
+		size := 2 * len(r.buf)
+		if r.need > size {
+			size = r.need
+		}
+		nb := make([]byte, size)
 		copy(nb, r.buf[:r.w])
 		r.buf = nb
 	}
 	return r.buf[r.w:]
 }
+
+// BufferSize is the size of the Reader's buffer (for tests of what it
+// retains).
+func (r *Reader) BufferSize() int { return len(r.buf) }
 
 // Commit appends the n bytes just read into Space() to the buffered input.
 func (r *Reader) Commit(n int) { r.w += n }
@@ -110,6 +134,7 @@ func (r *Reader) NextCommand() (args [][]byte, raw []byte, ok bool, err error) {
 		if err == errIncomplete {
 			return nil, nil, false, nil
 		}
+		r.need = 0
 		if err != nil {
 			return nil, nil, false, err
 		}
@@ -133,8 +158,10 @@ func (r *Reader) NextReply() (raw []byte, ok bool, err error) {
 	}
 	n, err := replyLen(r.buf[r.r:r.w], 0, 0)
 	if err == errIncomplete {
+		r.need = bulkNeed(r.buf[r.r:r.w])
 		return nil, false, nil
 	}
+	r.need = 0
 	if err != nil {
 		return nil, false, err
 	}
@@ -198,6 +225,7 @@ func (r *Reader) parseCommand(b []byte) (int, error) {
 		}
 		end := p + int(l)
 		if end+2 > len(b) {
+			r.need = end + 2
 			return 0, errIncomplete
 		}
 		if b[end] != '\r' || b[end+1] != '\n' {
@@ -245,6 +273,19 @@ func (r *Reader) parseInline(b []byte) (int, error) {
 		r.args = append(r.args, r.ibuf[sp[0]:sp[1]:sp[1]])
 	}
 	return end + 1, nil
+}
+
+// bulkNeed returns the length of the bulk reply that b starts with, or 0
+// when b does not start with a whole bulk header.
+func bulkNeed(b []byte) int {
+	if len(b) == 0 || b[0] != '$' {
+		return 0
+	}
+	l, p, err := parseLen(b, 1)
+	if err != nil || l < 0 || l > MaxBulk {
+		return 0
+	}
+	return p + int(l) + 2
 }
 
 // parseLen parses a decimal (optionally negative) integer starting at b[i]
