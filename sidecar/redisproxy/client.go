@@ -364,7 +364,14 @@ func (cl *client) collect() {
 			in += int64(len(p.req.reply))
 			reply = p.req.reply
 		}
-		if !cl.broken {
+		switch {
+		case cl.broken:
+		case len(cl.out) == 0 && !p.isLoc && len(p.frags) == 0:
+			// The reply becomes out without a copy (a 64 MB value is
+			// not duplicated); p keeps out's old buffer for reuse.
+			cl.out, p.req.reply = p.req.reply, cl.out[:0]
+			in -= int64(len(cl.out))
+		default:
 			cl.out = append(cl.out, reply...)
 			in -= int64(len(reply)) // now held in out
 		}

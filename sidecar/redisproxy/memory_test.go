@@ -108,3 +108,20 @@ func TestReaderGrowsOnceForLargeBulk(t *testing.T) {
 		t.Fatalf("buffer keeps %d bytes after the large message", n)
 	}
 }
+
+// TestLargeBufferIsScavenged: dropping a buffer of scavengeMin or more
+// schedules one return of free memory to the OS, which then runs; small
+// buffers are kept for reuse and schedule nothing.
+func TestLargeBufferIsScavenged(t *testing.T) {
+	eventually(t, "no scavenge pending", func() bool { return !scavengeArmed.Load() })
+	if b := retain(make([]byte, 10, maxRetained)); b == nil || len(b) != 0 || scavengeArmed.Load() {
+		t.Fatal("a small buffer must be kept, emptied, without scheduling a scavenge")
+	}
+	if b := retain(make([]byte, 0, scavengeMin)); b != nil {
+		t.Fatal("a large buffer must be dropped")
+	}
+	if !scavengeArmed.Load() {
+		t.Fatal("dropping a large buffer did not schedule a scavenge")
+	}
+	eventually(t, "the scavenge to run", func() bool { return !scavengeArmed.Load() })
+}

@@ -26,21 +26,6 @@ type request struct {
 	cl    *client // the client owed the reply
 }
 
-// maxRetained is the most capacity a buffer that is reused from command to
-// command keeps after use (request and reply copies, write buffers); a
-// larger one, grown for a large value, is dropped so its memory goes back
-// to the heap (resp.MaxRetained is the same bound for read buffers).
-const maxRetained = resp.MaxRetained
-
-// retain returns b emptied for reuse, or nil when it is larger than
-// maxRetained.
-func retain(b []byte) []byte {
-	if cap(b) > maxRetained {
-		return nil
-	}
-	return b[:0]
-}
-
 // complete stores the reply and returns the client to deliver it to.
 func (r *request) complete(raw []byte) *client {
 	r.reply = append(r.reply[:0], raw...)
