@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 func splitStrings(line string) ([]string, error) {
@@ -168,4 +169,17 @@ func FuzzSplitInline(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestBulkHeaderDoesNotAllocateAhead: a header that claims a 512 MB bulk
+// and sends little makes the Reader grow only with what arrives.
+func TestBulkHeaderDoesNotAllocateAhead(t *testing.T) {
+	in := "*2\r\n$3\r\nSET\r\n$536870912\r\n" + strings.Repeat("z", 100<<10)
+	r := NewReader(iotest.OneByteReader(strings.NewReader(in)))
+	if _, _, err := r.ReadCommand(); err == nil {
+		t.Fatal("a truncated command parsed")
+	}
+	if n := r.BufferSize(); n > 4*len(in) {
+		t.Fatalf("%d-byte buffer for %d bytes received", n, len(in))
+	}
 }

@@ -24,6 +24,9 @@ const (
 	// connection that carried a 64 MB value once does not hold 64 MB for
 	// the rest of its life.
 	MaxRetained = 64 << 10
+	// growAhead bounds how far ahead of the bytes received a Reader sizes
+	// its buffer for a message whose length it knows.
+	growAhead = 4
 )
 
 // ProtocolError is a malformed message; the connection cannot be resynced.
@@ -88,11 +91,17 @@ func (r *Reader) Space() []byte {
 		n := copy(r.buf, r.buf[r.r:r.w])
 		r.r, r.w = 0, n
 	}
-	if r.w == len(r.buf) || r.need > len(r.buf) {
-		size := 2 * len(r.buf)
-		if r.need > size {
-			size = r.need
-		}
+	size := 0
+	switch {
+	case r.need > len(r.buf) && r.need <= growAhead*r.w:
+		// Much of a large message is here: room for all of it at once, so
+		// it is copied once, not doubled up to twice its size. Only then:
+		// a bare header claiming 512 MB must not allocate 512 MB.
+		size = r.need
+	case r.w == len(r.buf):
+		size = 2 * len(r.buf)
+	}
+	if size > 0 {
 		nb := make([]byte, size)
 		copy(nb, r.buf[:r.w])
 		r.buf = nb
