@@ -296,7 +296,15 @@ func (s *sconn) readLoop() {
 			} else if u.failures.Load() != 0 {
 				u.failures.Store(0)
 			}
-			touched = addClient(touched, r.complete(raw))
+			if len(raw) > maxRetained {
+				// A large reply keeps the read buffer it is in instead of
+				// being copied out of it (a 64 MB GET holds one copy).
+				rd.Detach()
+				r.reply = raw[:len(raw):len(raw)]
+				touched = addClient(touched, r.finish())
+			} else {
+				touched = addClient(touched, r.complete(raw))
+			}
 		}
 		// Replies go out once per read, not once per reply.
 		for i, cl := range touched {

@@ -109,6 +109,16 @@ func (r *Reader) Space() []byte {
 	return r.buf[r.w:]
 }
 
+// Detach gives the caller the buffer that holds everything returned so far,
+// so a large message can be kept without a copy; the Reader moves what it
+// has not returned yet to a new buffer.
+func (r *Reader) Detach() {
+	rest := r.buf[r.r:r.w]
+	nb := make([]byte, max(initialBytes, len(rest)))
+	r.w = copy(nb, rest)
+	r.buf, r.r = nb, 0
+}
+
 // BufferSize is the size of the Reader's buffer (for tests of what it
 // retains).
 func (r *Reader) BufferSize() int { return len(r.buf) }
