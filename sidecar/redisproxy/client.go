@@ -366,8 +366,8 @@ func (cl *client) collect() {
 		}
 		switch {
 		case cl.broken:
-		case len(cl.out) == 0 && !p.isLoc && len(p.frags) == 0:
-			// The reply becomes out without a copy (a 64 MB value is
+		case len(cl.out) == 0 && len(reply) > maxRetained && !p.isLoc && len(p.frags) == 0:
+			// A large reply becomes out without a copy (a 64 MB value is
 			// not duplicated); p keeps out's old buffer for reuse.
 			cl.out, p.req.reply = p.req.reply, cl.out[:0]
 			in -= int64(len(cl.out))
