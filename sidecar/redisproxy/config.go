@@ -52,7 +52,8 @@ type Config struct {
 	// (0: DefaultClientOutputLimit). A client that gets another reply while
 	// it holds more is closed, as Redis closes one past its
 	// client-output-buffer-limit; others are unaffected. One reply larger
-	// than the limit is still served.
+	// than the limit is still served. A client keeps the limit in force
+	// when it connected.
 	ClientOutputLimit int64
 }
 
