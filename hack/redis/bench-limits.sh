@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # bench-limits.sh: the Redis proxy under the loads of issue 12, next to
 # redis-server and nutcracker (twemproxy) over the same three shards:
-#  1. a pipeline of N (100,000) SETs of ~500 bytes (~50 MB) written whole
-#     before any reply is read: seconds, direct to one shard / Weft /
-#     nutcracker (median of ROUNDS);
+#  1. a pipeline of N (100,000) commands of ~500 bytes (~50 MB; SETs, every
+#     tenth a GET, ~5 MB of replies) written whole before any reply is read:
+#     seconds, direct to one shard / Weft / nutcracker (median of ROUNDS);
 #  2. SET and GET of SIZE-byte (64 MB) values under three keys: RSS of the
 #     proxy idle, at peak (VmHWM), and each second for SETTLE (30) seconds
 #     after, for Weft and nutcracker.
@@ -91,7 +91,7 @@ hwm_mb() { awk '/^VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 flushall() { for i in 1 2 3; do redis-cli -p $((BASE_PORT + i)) FLUSHALL >/dev/null; done; }
 
-echo "1. pipeline of $N SETs (~500 bytes each) written before reading, seconds (median of $ROUNDS)"
+echo "1. pipeline of $N commands (~500 bytes each, 9 SETs : 1 GET) written before reading, seconds (median of $ROUNDS)"
 start_proxies
 declare -A T
 for t in direct weft nutcracker; do T[$t]=""; done

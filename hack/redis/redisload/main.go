@@ -48,26 +48,35 @@ func main() {
 	}
 }
 
-// pipeline writes n SETs of about 500 bytes in one write, then reads and
-// checks every reply, and prints the seconds from the first byte written to
-// the last reply read.
+// pipeline writes n commands of about 500 bytes in one write — SETs, with
+// every tenth a GET of the key just set, so the replies (~5 MB) are more
+// than socket buffers hold — then reads and checks every reply, and prints
+// the seconds from the first byte written to the last reply read.
 func pipeline(c net.Conn, rd *resp.Reader, n int) {
 	pad := strings.Repeat("v", 480)
 	var b []byte
+	want := make([]string, 0, n)
 	for i := range n {
+		if i%10 == 9 {
+			b = resp.AppendCommand(b, []byte("GET"), fmt.Appendf(nil, "pipe:%d", i-1))
+			v := fmt.Sprintf("%d:%s", i-1, pad)
+			want = append(want, fmt.Sprintf("$%d\r\n%s\r\n", len(v), v))
+			continue
+		}
 		b = resp.AppendCommand(b, []byte("SET"), fmt.Appendf(nil, "pipe:%d", i), fmt.Appendf(nil, "%d:%s", i, pad))
+		want = append(want, "+OK\r\n")
 	}
 	start := time.Now()
 	if _, err := c.Write(b); err != nil {
 		log.Fatalf("writing %d bytes of pipeline before reading: %v", len(b), err)
 	}
-	for i := range n {
+	for i, w := range want {
 		raw, err := rd.ReadReply()
 		if err != nil {
 			log.Fatalf("reply %d of %d: %v", i, n, err)
 		}
-		if string(raw) != "+OK\r\n" {
-			log.Fatalf("reply %d: %.80q", i, raw)
+		if string(raw) != w {
+			log.Fatalf("reply %d: %.80q, want %.80q", i, raw, w)
 		}
 	}
 	fmt.Printf("%.3f\n", time.Since(start).Seconds())
