@@ -4,7 +4,7 @@
 #  1. a pipeline of N (100,000) commands of ~500 bytes (~50 MB; SETs, every
 #     tenth a GET, ~5 MB of replies) written whole before any reply is read:
 #     seconds, direct to one shard / Weft / nutcracker (median of ROUNDS);
-#  2. SET and GET of SIZE-byte (64 MB) values under three keys: RSS of the
+#  2. SET and GET of SIZE-byte (64 MB) values under four keys: RSS of the
 #     proxy idle, at peak (VmHWM), and each second for SETTLE (30) seconds
 #     after, for Weft and nutcracker.
 #
@@ -113,7 +113,7 @@ done
 stop_proxies
 
 echo
-echo "2. SET+GET of $SIZE-byte values under three keys, proxy RSS in MB"
+echo "2. SET+GET of $SIZE-byte values under four keys (spread over the three shards), proxy RSS in MB"
 start_proxies
 flushall
 printf "  %-12s %8s %8s %8s %8s %s\n" target idle peak "after" "+${SETTLE}s" "first second under 2x idle"
