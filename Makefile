@@ -77,6 +77,10 @@ bench-http: ## wrk: backend direct vs through the sidecar vs through haproxy.
 bench-redis: ## redis-benchmark: one shard direct vs the sidecar's proxy vs nutcracker, P=1 and P=16.
 	hack/bench-redis.sh
 
+.PHONY: bench-redis-limits
+bench-redis-limits: ## 100,000-command pipeline time and RSS under 64 MB values: redis vs the sidecar's proxy vs nutcracker.
+	hack/redis/bench-limits.sh
+
 ##@ Build
 
 .PHONY: build

@@ -2,8 +2,10 @@ package redisproxy
 
 import (
 	"crypto/subtle"
+	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/weftmesh/weft/sidecar/connio"
@@ -27,9 +29,17 @@ type pending struct {
 var pendingPool = sync.Pool{New: func() any { return &pending{} }}
 var requestPool = sync.Pool{New: func() any { return &request{} }}
 
-// maxPending bounds the commands a client may have awaiting replies; past it
-// the proxy stops reading from that client (back-pressure).
-const maxPending = 1024
+// maxInflight bounds the requests a client may have sent to servers and not
+// yet had answered; past it the proxy stops reading from that client until
+// servers answer (back-pressure). Answers arrive whether or not the client
+// reads, because replies are buffered (up to the client's output limit), so
+// a client that writes a whole pipeline before reading cannot stall.
+const maxInflight = 1024
+
+// pendingCost is what one queued command holds besides its reply (its
+// pending and request and its queue slot), counted against the output limit
+// so that a client pipelining many small commands is bounded too.
+const pendingCost = 256
 
 func (cl *client) getPending() *pending {
 	p := pendingPool.Get().(*pending)
@@ -48,14 +58,13 @@ func (cl *client) getRequest() *request {
 
 func putPending(p *pending) {
 	for i, r := range p.frags {
+		r.cmd, r.cl, r.buf, r.reply = nil, nil, retain(r.buf), retain(r.reply)
 		requestPool.Put(r)
 		p.frags[i] = nil
 	}
-	p.frags, p.pos, p.local = p.frags[:0], p.pos[:0], p.local[:0]
+	p.frags, p.pos, p.local = p.frags[:0], p.pos[:0], retain(p.local)
 	p.req.cmd, p.req.cl = nil, nil
-	if cap(p.req.reply) > 64<<10 {
-		p.req.reply = nil
-	}
+	p.req.buf, p.req.reply = retain(p.req.buf), retain(p.req.reply)
 	pendingPool.Put(p)
 }
 
@@ -101,14 +110,23 @@ type client struct {
 	broken     bool   // a write failed: later replies are dropped
 	readerDone bool
 	drained    chan struct{} // signalled when the reader is done and every reply is out
-	slots      chan struct{} // counts queued commands, for back-pressure
+	slots      chan struct{} // counts requests in flight to servers, for back-pressure
+
+	// held counts the bytes the proxy holds for this client: pendingCost per
+	// queued command plus every reply not yet written. Past limit (the
+	// configured ClientOutputLimit) the client is closed, as Redis closes a
+	// client over its client-output-buffer-limit.
+	held      atomic.Int64
+	limit     int64
+	overLimit atomic.Bool
 }
 
 func (p *Proxy) newClient(c net.Conn) *client {
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	cl := &client{p: p, c: c, w: connio.NewWriter(c), id: p.nextID.Add(1), drained: make(chan struct{}, 1), slots: make(chan struct{}, maxPending)}
+	cl := &client{p: p, c: c, w: connio.NewWriter(c), id: p.nextID.Add(1), drained: make(chan struct{}, 1), slots: make(chan struct{}, maxInflight)}
+	cl.limit = p.snap.Load().cfg.clientOutputLimit()
 	cl.rd = resp.NewReader(nil)
 	return cl
 }
@@ -155,8 +173,9 @@ func (cl *client) serve() {
 	cl.p.clientDone(cl)
 }
 
-// push queues p; a reply that is ready already is written at endRead.
-func (cl *client) push(p *pending) {
+// takeSlot counts one more request in flight to a server, waiting while
+// maxInflight are.
+func (cl *client) takeSlot() {
 	select {
 	case cl.slots <- struct{}{}:
 	default:
@@ -165,6 +184,14 @@ func (cl *client) push(p *pending) {
 		cl.endRead()
 		cl.slots <- struct{}{}
 	}
+}
+
+// push queues p; a reply that is ready already is written at endRead.
+func (cl *client) push(p *pending) {
+	n := int64(pendingCost)
+	if p.isLoc {
+		n += int64(len(p.local))
+	}
 	cl.mu.Lock()
 	cl.queue = append(cl.queue, p)
 	ready := p.ready() // under mu: no writer can have taken p yet
@@ -172,6 +199,37 @@ func (cl *client) push(p *pending) {
 	if ready {
 		cl.answer = true
 	}
+	cl.hold(n)
+}
+
+// hold adds n bytes to what the proxy holds for the client. A client is
+// closed when more is added while it holds more than its output limit
+// already, so one reply larger than the limit (a big value) still goes out:
+// what a client can make the proxy hold is the limit plus one reply.
+func (cl *client) hold(n int64) {
+	if cl.held.Add(n)-n > cl.limit {
+		cl.overflow()
+	}
+}
+
+// overflow closes a client whose unread replies passed its output limit.
+// The error reply is written only where it cannot split a reply: when no
+// write is under way (a client that reads nothing would not see it anyway).
+// Closing the socket stops the reader and fails any write, so the replies
+// still owed are dropped; other clients and the server connections they
+// share are not affected.
+func (cl *client) overflow() {
+	if cl.overLimit.Swap(true) {
+		return
+	}
+	cl.p.stats.outputLimitClosed.Add(1)
+	cl.mu.Lock()
+	if !cl.writing {
+		msg := fmt.Sprintf("ERR client output buffer limit reached: more than %d bytes of replies were not read; closing the connection", cl.limit)
+		_, _ = cl.w.TryWrite(resp.AppendError(nil, msg))
+	}
+	cl.mu.Unlock()
+	_ = cl.c.Close()
 }
 
 func (cl *client) readLoop() {
@@ -240,6 +298,7 @@ func (cl *client) writeReplies(block bool) {
 		}
 		cl.mu.Unlock()
 		if cl.broken {
+			cl.held.Add(-int64(len(cl.out)))
 			cl.out = cl.out[:0]
 		} else if block {
 			cl.wrote(cl.w.WriteAll(cl.out))
@@ -262,10 +321,8 @@ func (cl *client) wrote(err error) {
 	if err != nil {
 		cl.broken = true
 	}
-	if cap(cl.out) > 1<<20 {
-		cl.out = nil
-	}
-	cl.out = cl.out[:0]
+	cl.held.Add(-int64(len(cl.out)))
+	cl.out = retain(cl.out)
 }
 
 // tryWrite makes one non-blocking write of out and keeps what is left of it;
@@ -273,6 +330,7 @@ func (cl *client) wrote(err error) {
 func (cl *client) tryWrite() bool {
 	n, err := cl.w.TryWrite(cl.out)
 	if err == nil && n < len(cl.out) {
+		cl.held.Add(-int64(n))
 		cl.out = cl.out[:copy(cl.out, cl.out[n:])]
 		return false
 	}
@@ -291,19 +349,33 @@ func (cl *client) collect() {
 		}
 		cl.queue[cl.head] = nil
 		cl.head++
-		<-cl.slots
 		reply := p.local
+		in := int64(pendingCost) // what push and finish counted for p
 		switch {
 		case p.isLoc:
+			in += int64(len(p.local))
 		case len(p.frags) > 0:
+			for _, r := range p.frags {
+				in += int64(len(r.reply))
+			}
 			p.local = mergeReplies(p.local[:0], p)
 			reply = p.local
 		default:
+			in += int64(len(p.req.reply))
 			reply = p.req.reply
 		}
-		if !cl.broken {
+		switch {
+		case cl.broken:
+		case len(cl.out) == 0 && len(reply) > maxRetained && !p.isLoc && len(p.frags) == 0:
+			// A large reply becomes out without a copy (a 64 MB value is
+			// not duplicated); p keeps out's old buffer for reuse.
+			cl.out, p.req.reply = p.req.reply, cl.out[:0]
+			in -= int64(len(cl.out))
+		default:
 			cl.out = append(cl.out, reply...)
+			in -= int64(len(reply)) // now held in out
 		}
+		cl.held.Add(-in)
 		st.record(p.cmd, resp.IsError(reply), time.Since(p.start))
 		putPending(p)
 	}

@@ -62,6 +62,7 @@ var commandList = []command{
 	{name: "bitpos", arity: -3, first: 1, last: 1, step: 1},
 	{name: "bitfield", arity: -2, first: 1, last: 1, step: 1},
 	{name: "bitfield_ro", arity: -2, first: 1, last: 1, step: 1},
+	{name: "bitop", arity: -4, first: 2, last: -1, step: 1}, // op dest src...: all on one server
 	{name: "lcs", arity: -3, first: 1, last: 2, step: 1},
 	{name: "msetnx", arity: -3, first: 1, last: -1, step: 2},
 	{name: "mget", arity: -2, first: 1, last: -1, step: 1, kind: kindSplitMGet},

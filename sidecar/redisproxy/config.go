@@ -47,6 +47,27 @@ type Config struct {
 	// ConnsPerServer is how many pipelined connections each server gets
 	// (default 1, as twemproxy's server_connections).
 	ConnsPerServer int
+	// ClientOutputLimit bounds the bytes the proxy holds for one client:
+	// replies it has not read yet plus a small cost per queued command
+	// (0: DefaultClientOutputLimit). A client that gets another reply while
+	// it holds more is closed, as Redis closes one past its
+	// client-output-buffer-limit; others are unaffected. One reply larger
+	// than the limit is still served. A client keeps the limit in force
+	// when it connected.
+	ClientOutputLimit int64
+}
+
+// DefaultClientOutputLimit is ClientOutputLimit when unset: 64 MiB, room for
+// the replies of a 100,000-command pipeline.
+// (Redis's normal clients have no limit; its replica and pub/sub limits are
+// 256 MiB and 32 MiB.)
+const DefaultClientOutputLimit = 64 << 20
+
+func (c *Config) clientOutputLimit() int64 {
+	if c.ClientOutputLimit <= 0 {
+		return DefaultClientOutputLimit
+	}
+	return c.ClientOutputLimit
 }
 
 // Route sends keys starting with Prefix to Pool, optionally stripping it.

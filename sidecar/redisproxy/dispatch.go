@@ -20,7 +20,9 @@ func (p *pending) localReply(b []byte) {
 }
 
 // dispatch decides what to do with one command: answer it locally, send it
-// to one server, or split it over several.
+// to one server, or split it over several. raw is the command as the client
+// sent it, forwarded when nothing needs rewriting; it is nil for an inline
+// command, which is always re-encoded as a RESP array.
 func (cl *client) dispatch(p *pending, args [][]byte, raw []byte) {
 	cmd := lookup(args[0])
 	if cmd == nil {
@@ -30,12 +32,13 @@ func (cl *client) dispatch(p *pending, args [][]byte, raw []byte) {
 	}
 	p.cmd = cmd.idx
 	snap := cl.p.snap.Load()
-	if !cl.authed && len(snap.cfg.DownstreamPasswords) > 0 && cmd.name != "auth" && cmd.name != "hello" && cmd.name != "quit" {
-		p.localError("NOAUTH Authentication required.")
-		return
-	}
+	// Redis's order (processCommand): unknown command, arity, then NOAUTH.
 	if !cmd.arityOK(len(args)) {
 		p.localError(fmt.Sprintf("ERR wrong number of arguments for '%s' command", cmd.name))
+		return
+	}
+	if !cl.authed && len(snap.cfg.DownstreamPasswords) > 0 && cmd.name != "auth" && cmd.name != "hello" && cmd.name != "quit" {
+		p.localError("NOAUTH Authentication required.")
 		return
 	}
 	switch cmd.kind {
@@ -118,7 +121,7 @@ func (cl *client) keyed(p *pending, name string, args [][]byte, raw []byte, keys
 		return
 	}
 	r := &p.req
-	if rewrite {
+	if rewrite || raw == nil { // nil: inline, whose line the server would parse again
 		r.buf = resp.AppendCommand(r.buf[:0], args...)
 		r.cmd = r.buf
 	} else {
@@ -129,6 +132,7 @@ func (cl *client) keyed(p *pending, name string, args [][]byte, raw []byte, keys
 
 // send queues r on its server connection.
 func (cl *client) send(r *request, up *upstream) {
+	cl.takeSlot() // freed by r.finish, however r ends
 	for attempt := 0; attempt < 2; attempt++ {
 		s, msg := up.get(cl.id)
 		if s == nil {
@@ -312,12 +316,22 @@ func (cl *client) local(p *pending, cmd *command, args [][]byte, snap *snapshot)
 	}
 }
 
+// auth checks AUTH or HELLO's AUTH option (user is nil for the
+// one-argument form) and answers as Redis 7 does.
 func (cl *client) auth(p *pending, cfg *Config, user, pass []byte, ok string) bool {
 	if len(cfg.DownstreamPasswords) == 0 {
-		p.localError("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
-		return false
-	}
-	if !checkAuth(cfg, user, pass) {
+		// No password: Redis's default user is "nopass", so any password is
+		// right for it, but the legacy form is reported as a mistake.
+		switch {
+		case user == nil:
+			p.localError("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")
+			return false
+		case string(user) != "default":
+			cl.p.stats.authFailures.Add(1)
+			p.localError("WRONGPASS invalid username-password pair or user is disabled.")
+			return false
+		}
+	} else if !checkAuth(cfg, user, pass) {
 		cl.p.stats.authFailures.Add(1)
 		p.localError("WRONGPASS invalid username-password pair or user is disabled.")
 		return false
@@ -347,7 +361,7 @@ func (cl *client) hello(p *pending, cfg *Config, args [][]byte) {
 		switch string(bytes.ToLower(args[i])) {
 		case "auth":
 			if i+2 >= len(args) {
-				p.localError("ERR Syntax error in HELLO option 'auth'")
+				p.localError(fmt.Sprintf("ERR Syntax error in HELLO option '%s'", printable(args[i])))
 				return
 			}
 			if !cl.auth(p, cfg, args[i+1], args[i+2], "") {
@@ -356,7 +370,7 @@ func (cl *client) hello(p *pending, cfg *Config, args [][]byte) {
 			i += 2
 		case "setname":
 			if i+1 >= len(args) {
-				p.localError("ERR Syntax error in HELLO option 'setname'")
+				p.localError(fmt.Sprintf("ERR Syntax error in HELLO option '%s'", printable(args[i])))
 				return
 			}
 			i++

@@ -241,13 +241,13 @@ func TestShutdownDeliversOwedReplies(t *testing.T) {
 }
 
 // TestDeepPipeline pipelines more commands than a client may have pending
-// (maxPending) in one write; the proxy must keep flushing upstream while it
+// (maxInflight) in one write; the proxy must keep flushing upstream while it
 // applies back-pressure, not deadlock.
 func TestDeepPipeline(t *testing.T) {
 	shards := redistest.StartRedis(t, 3)
 	_, addr := startProxy(t, poolOf(shards, func(p *Pool) { p.Hash = "murmur" }))
 	c := redistest.Dial(t, addr)
-	n := 3*maxPending + 17
+	n := 3*maxInflight + 17
 	var cmds [][]string
 	for i := range n {
 		cmds = append(cmds, []string{"INCR", "ctr:" + strconv.Itoa(i%50)})

@@ -56,6 +56,8 @@ func splitExec(t *testing.T, r *ring.Ring, shards []fakeStore, args [][]byte, st
 		targets = append(targets, r.Pick(args[i]))
 	}
 	p := &pending{merge: k}
+	// the client owed the replies, with room for every fragment in flight
+	cl := &client{slots: make(chan struct{}, len(args)), limit: DefaultClientOutputLimit}
 	var ids []int
 	p.pos, ids = planFragments(nil, targets)
 	for f, id := range ids {
@@ -64,7 +66,8 @@ func splitExec(t *testing.T, r *ring.Ring, shards []fakeStore, args [][]byte, st
 		if err != nil {
 			t.Fatalf("fragment %q does not parse: %v", cmd, err)
 		}
-		rq := &request{}
+		rq := &request{cl: cl}
+		cl.takeSlot()
 		rq.complete(shards[id].exec(parsed))
 		p.frags = append(p.frags, rq)
 	}

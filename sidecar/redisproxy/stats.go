@@ -36,6 +36,8 @@ type stats struct {
 	protocolErrors atomic.Uint64
 	unsupported    atomic.Uint64
 	authFailures   atomic.Uint64
+	// clients closed for passing their output limit
+	outputLimitClosed atomic.Uint64
 }
 
 func newStats() *stats { return &stats{cmds: make([]cmdStats, unknownIdx+1)} }
@@ -123,6 +125,7 @@ func (p *Proxy) WritePrometheus(w io.Writer) error {
 	b = fmt.Appendf(b, "# HELP weft_redis_client_connections Open client connections.\n# TYPE weft_redis_client_connections gauge\nweft_redis_client_connections %d\n", s.clientsActive.Load())
 	b = fmt.Appendf(b, "# HELP weft_redis_client_connections_total Client connections accepted.\n# TYPE weft_redis_client_connections_total counter\nweft_redis_client_connections_total %d\n", s.clientsTotal.Load())
 	b = fmt.Appendf(b, "# HELP weft_redis_protocol_errors_total Client connections closed for malformed RESP.\n# TYPE weft_redis_protocol_errors_total counter\nweft_redis_protocol_errors_total %d\n", s.protocolErrors.Load())
+	b = fmt.Appendf(b, "# HELP weft_redis_client_output_limit_closed_total Client connections closed because their unread replies passed the output limit.\n# TYPE weft_redis_client_output_limit_closed_total counter\nweft_redis_client_output_limit_closed_total %d\n", s.outputLimitClosed.Load())
 	b = fmt.Appendf(b, "# HELP weft_redis_unsupported_commands_total Commands refused because they cannot be routed over shards.\n# TYPE weft_redis_unsupported_commands_total counter\nweft_redis_unsupported_commands_total %d\n", s.unsupported.Load())
 	b = fmt.Appendf(b, "# HELP weft_redis_auth_failures_total Failed client AUTH attempts.\n# TYPE weft_redis_auth_failures_total counter\nweft_redis_auth_failures_total %d\n", s.authFailures.Load())
 	_, err := w.Write(b)

@@ -39,8 +39,12 @@ func (r *request) fail(msg string) *client {
 	return r.finish()
 }
 
+// finish frees r's in-flight slot, counts its reply against the client's
+// output limit and marks it ready.
 func (r *request) finish() *client {
 	cl := r.cl // read before ready: once ready the client may recycle r
+	<-cl.slots
+	cl.hold(int64(len(r.reply)))
 	r.ready.Store(true)
 	return cl
 }
@@ -126,7 +130,8 @@ type sconn struct {
 	c     net.Conn
 	w     *connio.Writer
 	wbuf  []byte
-	spare []byte
+	spare []byte       // the other write buffer, swapped with wbuf per write
+	rd    *resp.Reader // replies; owned by readLoop
 	queue []*request
 	head  int
 	// closed is set once; after it no request is accepted.
@@ -191,6 +196,7 @@ func (s *sconn) connect() {
 	}
 	s.c = c
 	s.w = connio.NewWriter(c)
+	s.rd = resp.NewReader(nil)
 	if len(s.queue) > s.head && u.opTimeout > 0 {
 		_ = c.SetReadDeadline(time.Now().Add(u.opTimeout))
 	}
@@ -245,7 +251,7 @@ func (s *sconn) writeLoop() {
 			continue
 		}
 		err := s.w.WriteAll(buf)
-		s.spare = buf[:0]
+		s.spare = retain(buf)
 		if err != nil {
 			s.fail(fmt.Sprintf("ERR lost connection to server %s: %v; the command may or may not have run", s.up.label(), err), true)
 			return
@@ -255,7 +261,7 @@ func (s *sconn) writeLoop() {
 
 func (s *sconn) readLoop() {
 	u := s.up
-	rd := resp.NewReader(nil)
+	rd := s.rd
 	var (
 		touched []*client // clients with replies completed in this read
 		failure string
@@ -290,7 +296,15 @@ func (s *sconn) readLoop() {
 			} else if u.failures.Load() != 0 {
 				u.failures.Store(0)
 			}
-			touched = addClient(touched, r.complete(raw))
+			if len(raw) > maxRetained {
+				// A large reply keeps the read buffer it is in instead of
+				// being copied out of it (a 64 MB GET holds one copy).
+				rd.Detach()
+				r.reply = raw[:len(raw):len(raw)]
+				touched = addClient(touched, r.finish())
+			} else {
+				touched = addClient(touched, r.complete(raw))
+			}
 		}
 		// Replies go out once per read, not once per reply.
 		for i, cl := range touched {

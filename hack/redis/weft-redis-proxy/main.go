@@ -35,6 +35,7 @@ func main() {
 	conns := flag.Int("server-connections", 1, "pipelined connections per server")
 	timeout := flag.Duration("op-timeout", 0, "per-operation timeout (0: none)")
 	admin := flag.String("admin", "", "address for /metrics and /debug/pprof (empty: off)")
+	outLimit := flag.Int64("client-output-limit", redisproxy.DefaultClientOutputLimit, "bytes of unread replies held per client before it is closed")
 	threads := flag.Int("concurrency", 1, "worker threads (GOMAXPROCS), as the sidecar's --concurrency; 0: one per CPU")
 	flag.Parse()
 	if *threads > 0 {
@@ -57,7 +58,7 @@ func main() {
 		}
 		pl.Servers = append(pl.Servers, redisproxy.Server{Name: name, Addr: hostport, Weight: w})
 	}
-	cfg := redisproxy.Config{OpTimeout: *timeout, CatchAll: "pool", Pools: map[string]redisproxy.Pool{"pool": pl}, ConnsPerServer: *conns}
+	cfg := redisproxy.Config{OpTimeout: *timeout, CatchAll: "pool", Pools: map[string]redisproxy.Pool{"pool": pl}, ConnsPerServer: *conns, ClientOutputLimit: *outLimit}
 	p, err := redisproxy.New(cfg)
 	if err != nil {
 		log.Fatalf("configuring the proxy: %v", err)

@@ -6,6 +6,7 @@
 package resp
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,14 @@ const (
 	MaxInline    = 64 << 10  // bytes in one inline command or status line
 	MaxDepth     = 8         // nesting of reply arrays
 	initialBytes = 16 << 10
+	// MaxRetained is the most buffer a Reader keeps once it has nothing
+	// buffered: the buffer a large message needed is dropped after it, so a
+	// connection that carried a 64 MB value once does not hold 64 MB for
+	// the rest of its life.
+	MaxRetained = 64 << 10
+	// growAhead bounds how far ahead of the bytes received a Reader sizes
+	// its buffer for a message whose length it knows.
+	growAhead = 4
 )
 
 // ProtocolError is a malformed message; the connection cannot be resynced.
@@ -53,6 +62,14 @@ type Reader struct {
 	want  int64
 	at    int
 	spans []span
+	// inline commands: their decoded arguments live in ibuf, not buf
+	inline bool
+	ibuf   []byte
+	ispans [][2]int
+	// need is how many bytes from r the message being parsed needs, when a
+	// bulk length says so: the buffer grows to it at once instead of
+	// doubling (one copy of a large value, not two).
+	need int
 }
 
 // NewReader returns a Reader over rd.
@@ -60,20 +77,51 @@ func NewReader(rd io.Reader) *Reader {
 	return &Reader{rd: rd, buf: make([]byte, initialBytes)}
 }
 
-// Space returns the free tail of the buffer for the next read, compacting or
-// growing the buffer first. Commit records how much of it was filled.
+// Space returns the free tail of the buffer for the next read, compacting,
+// shrinking or growing the buffer first. Commit records how much of it was
+// filled. Space invalidates what earlier calls returned.
 func (r *Reader) Space() []byte {
+	if n := r.w - r.r; len(r.buf) > MaxRetained && n <= initialBytes/2 && r.need <= initialBytes {
+		// A large message is done: go back to a small buffer.
+		nb := make([]byte, initialBytes)
+		copy(nb, r.buf[r.r:r.w])
+		r.buf, r.r, r.w = nb, 0, n
+	}
 	if r.r > 0 {
 		n := copy(r.buf, r.buf[r.r:r.w])
 		r.r, r.w = 0, n
 	}
-	if r.w == len(r.buf) {
-		nb := make([]byte, 2*len(r.buf))
+	size := 0
+	switch {
+	case r.need > len(r.buf) && r.need <= growAhead*r.w:
+		// Much of a large message is here: room for all of it at once, so
+		// it is copied once, not doubled up to twice its size. Only then:
+		// a bare header claiming 512 MB must not allocate 512 MB.
+		size = r.need
+	case r.w == len(r.buf):
+		size = 2 * len(r.buf)
+	}
+	if size > 0 {
+		nb := make([]byte, size)
 		copy(nb, r.buf[:r.w])
 		r.buf = nb
 	}
 	return r.buf[r.w:]
 }
+
+// Detach gives the caller the buffer that holds everything returned so far,
+// so a large message can be kept without a copy; the Reader moves what it
+// has not returned yet to a new buffer.
+func (r *Reader) Detach() {
+	rest := r.buf[r.r:r.w]
+	nb := make([]byte, max(initialBytes, len(rest)))
+	r.w = copy(nb, rest)
+	r.buf, r.r = nb, 0
+}
+
+// BufferSize is the size of the Reader's buffer (for tests of what it
+// retains).
+func (r *Reader) BufferSize() int { return len(r.buf) }
 
 // Commit appends the n bytes just read into Space() to the buffered input.
 func (r *Reader) Commit(n int) { r.w += n }
@@ -96,19 +144,26 @@ func (r *Reader) fill() error {
 
 // NextCommand is ReadCommand without reading: it parses the next request
 // from what is buffered and reports ok=false when that is not a whole one.
+// raw is nil for an inline command: its arguments are decoded from quotes and
+// escapes, so the line itself must never be forwarded (the server would
+// parse it again); re-encode the arguments with AppendCommand.
 func (r *Reader) NextCommand() (args [][]byte, raw []byte, ok bool, err error) {
 	for r.w > r.r {
 		n, err := r.parseCommand(r.buf[r.r:r.w])
 		if err == errIncomplete {
 			return nil, nil, false, nil
 		}
+		r.need = 0
 		if err != nil {
 			return nil, nil, false, err
 		}
 		raw = r.buf[r.r : r.r+n]
 		r.r += n
 		if len(r.args) == 0 {
-			continue // empty inline line
+			continue // empty inline line or empty array, skipped as Redis does
+		}
+		if r.inline {
+			raw = nil
 		}
 		return r.args, raw, true, nil
 	}
@@ -122,8 +177,10 @@ func (r *Reader) NextReply() (raw []byte, ok bool, err error) {
 	}
 	n, err := replyLen(r.buf[r.r:r.w], 0, 0)
 	if err == errIncomplete {
+		r.need = bulkNeed(r.buf[r.r:r.w])
 		return nil, false, nil
 	}
+	r.need = 0
 	if err != nil {
 		return nil, false, err
 	}
@@ -133,8 +190,9 @@ func (r *Reader) NextReply() (raw []byte, ok bool, err error) {
 }
 
 // ReadCommand returns the next request's arguments and its raw bytes. Both
-// alias the buffer. Inline commands are split on spaces and tabs; an empty
-// inline line is skipped.
+// alias the Reader's buffers. Inline commands are split as redis-server
+// splits them (see SplitInline) and have no raw bytes; an empty inline line
+// is skipped.
 func (r *Reader) ReadCommand() (args [][]byte, raw []byte, err error) {
 	for {
 		args, raw, ok, err := r.NextCommand()
@@ -151,6 +209,7 @@ func (r *Reader) ReadCommand() (args [][]byte, raw []byte, err error) {
 // its length. It resumes where the previous incomplete attempt stopped, so a
 // request trickling in byte by byte costs linear, not quadratic, time.
 func (r *Reader) parseCommand(b []byte) (int, error) {
+	r.inline = false
 	switch r.mode {
 	case modeNone:
 		if b[0] != '*' {
@@ -185,6 +244,7 @@ func (r *Reader) parseCommand(b []byte) (int, error) {
 		}
 		end := p + int(l)
 		if end+2 > len(b) {
+			r.need = end + 2
 			return 0, errIncomplete
 		}
 		if b[end] != '\r' || b[end+1] != '\n' {
@@ -203,40 +263,48 @@ func (r *Reader) parseCommand(b []byte) (int, error) {
 
 func (r *Reader) parseInline(b []byte) (int, error) {
 	end := -1
-	for i := r.at; i < len(b); i++ {
-		if b[i] == '\n' {
-			end = i
-			break
-		}
+	if i := bytes.IndexByte(b[r.at:], '\n'); i >= 0 {
+		end = r.at + i
+	}
+	// Redis refuses more than MaxInline bytes without a newline
+	// (PROTO_INLINE_MAX_SIZE); the proxy refuses a longer line even when its
+	// newline came in the same read.
+	if (end < 0 && len(b) > MaxInline) || end > MaxInline {
+		return 0, &ProtocolError{"too big inline request"}
 	}
 	if end < 0 {
-		if len(b) > MaxInline {
-			return 0, &ProtocolError{"too big inline request"}
-		}
 		r.at = len(b)
 		return 0, errIncomplete
 	}
 	r.mode = modeNone
-	r.args = r.args[:0]
 	line := b[:end]
 	if len(line) > 0 && line[len(line)-1] == '\r' {
 		line = line[:len(line)-1]
 	}
-	start := -1
-	for i, c := range line {
-		if c == ' ' || c == '\t' {
-			if start >= 0 {
-				r.args = append(r.args, line[start:i:i])
-				start = -1
-			}
-		} else if start < 0 {
-			start = i
-		}
+	var err error
+	r.ibuf, r.ispans, err = SplitInline(r.ibuf[:0], r.ispans[:0], line)
+	if err != nil {
+		return 0, err
 	}
-	if start >= 0 {
-		r.args = append(r.args, line[start:len(line):len(line)])
+	r.inline = true
+	r.args = r.args[:0]
+	for _, sp := range r.ispans {
+		r.args = append(r.args, r.ibuf[sp[0]:sp[1]:sp[1]])
 	}
 	return end + 1, nil
+}
+
+// bulkNeed returns the length of the bulk reply that b starts with, or 0
+// when b does not start with a whole bulk header.
+func bulkNeed(b []byte) int {
+	if len(b) == 0 || b[0] != '$' {
+		return 0
+	}
+	l, p, err := parseLen(b, 1)
+	if err != nil || l < 0 || l > MaxBulk {
+		return 0
+	}
+	return p + int(l) + 2
 }
 
 // parseLen parses a decimal (optionally negative) integer starting at b[i]
