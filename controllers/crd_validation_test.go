@@ -172,7 +172,7 @@ spec:
 		Entry("panic threshold out of Knative's range", function(`
   scale: {panicThresholdPercentage: 50}`), "should be greater than or equal to 110"),
 		Entry("stable window shorter than 6s", function(`
-  scale: {stableWindow: 2s}`), "scale.stableWindow must be between 6s and 1h"),
+  scale: {stableWindow: 2s}`), "scale.stableWindow must be a duration from 6s to 1h"),
 		Entry("function port out of range", function(`
   port: 0`), "spec.port in body should be greater than or equal to 1"),
 		Entry("RedisProxy with neither servers nor serviceRef", redis(`
@@ -203,7 +203,7 @@ spec:
 		Entry("a three-character hash tag", redis(`
   servers:
   - {name: a, address: "10.0.0.1:6379"}
-  sharding: {hashTag: "{{}"}`), "hashTag must be two characters"),
+  sharding: {hashTag: "{{}"}`), "hashTag must be exactly two bytes"),
 	)
 
 	It("applies defaults users usually leave out", func() {
