@@ -208,7 +208,17 @@ spec:
 
 	It("applies defaults users usually leave out", func() {
 		By("MeshRoute")
-		r := objectFromYAML(strings.Replace(validRoute, "NAME", "defaults", 1) + `
+		// The first rule has a match: a rule after a catch-all is refused.
+		r := objectFromYAML(`
+apiVersion: mesh.weft.dev/v1alpha1
+kind: MeshRoute
+metadata: {name: defaults, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{path: {value: /api}}]
+    route:
+    - {service: reviews, port: 9080}
     - {service: reviews, port: 9081}
     retries: {}
   - redirect: {host: example.com}
