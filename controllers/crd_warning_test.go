@@ -84,7 +84,7 @@ spec:
 		Eventually(func() []string {
 			i++
 			return update(func(rp *meshv1alpha1.RedisProxy) { rp.Spec.Sharding.Hash = hashes[i%2] })
-		}).WithTimeout(30*time.Second).WithPolling(200*time.Millisecond).
+		}).WithTimeout(30 * time.Second).WithPolling(200 * time.Millisecond).
 			Should(ContainElement(ContainSubstring("moves almost every key to another server")))
 	})
 
