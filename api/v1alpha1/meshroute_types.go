@@ -268,6 +268,7 @@ type HTTPRedirect struct {
 	// Host (authority without port) of the new location.
 	// +optional
 	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="!self.contains(':')",message="ports are not part of a host: use the port field"
 	Host string `json:"host,omitempty"`
 
 	// Port of the new location.
