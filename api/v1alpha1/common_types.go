@@ -18,8 +18,11 @@ type MeshStatus struct {
 	Conditions []metav1.Condition `json:"conditions,omitempty" patchStrategy:"merge" patchMergeKey:"type"`
 
 	// SyncedSidecars is how many sidecars that receive this object have ACKed the snapshot
-	// version that contains its current generation.
+	// version that contains its current generation. The API server defaults it to 0 once
+	// status is written (a merge patch never sends an unchanged 0), so tables show 0 rather
+	// than a blank.
 	// +optional
+	// +kubebuilder:default=0
 	SyncedSidecars int32 `json:"syncedSidecars,omitempty"`
 
 	// RejectedSidecars is how many of those sidecars NACKed that version.
