@@ -78,7 +78,11 @@ func (r *MeshFunctionReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&meshv1alpha1.MeshFunction{}, builder.WithPredicates(predicate.Or[client.Object](
 			predicate.GenerationChangedPredicate{}, replicaStatusChanged{}))).
 		Owns(&appsv1.Deployment{}).
-		Owns(&corev1.Service{})
+		Owns(&corev1.Service{}).
+		// A user's object of the function's name blocks it (NameConflict); its creation or
+		// deletion must wake the function, and it has no owner reference to follow.
+		Watches(&appsv1.Deployment{}, handler.EnqueueRequestsFromMapFunc(sameName("")), builder.WithPredicates(createOrDelete)).
+		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(sameName("")), builder.WithPredicates(createOrDelete))
 	if r.Decisions != nil {
 		b = b.WatchesRawSource(source.Channel(r.Decisions.Events(), &handler.TypedEnqueueRequestForObject[*meshv1alpha1.MeshFunction]{}))
 	}
@@ -110,7 +114,7 @@ func (r *MeshFunctionReconciler) Reconcile(ctx context.Context, req ctrl.Request
 
 	spec := scaleSpec(fn)
 	if err := spec.Validate(); err != nil {
-		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionReady, metav1.ConditionFalse, meshv1alpha1.ReasonInvalid,
+		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionAvailable, metav1.ConditionFalse, meshv1alpha1.ReasonInvalid,
 			fmt.Sprintf("the scale settings are invalid: %v", err))
 		return ctrl.Result{}, r.writeStatus(ctx, fn, status)
 	}
@@ -120,6 +124,29 @@ func (r *MeshFunctionReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	exists := err == nil
 	if err != nil && !apierrors.IsNotFound(err) {
 		return ctrl.Result{}, err
+	}
+	svc := &corev1.Service{}
+	if err := r.Get(ctx, req.NamespacedName, svc); err != nil && !apierrors.IsNotFound(err) {
+		return ctrl.Result{}, err
+	} else if err != nil {
+		svc = nil
+	}
+	var foreign client.Object
+	switch {
+	case exists && !metav1.IsControlledBy(current, fn):
+		foreign = current
+	case svc != nil && !metav1.IsControlledBy(svc, fn):
+		foreign = svc
+	}
+	if foreign != nil {
+		// Never adopt or rewrite what Weft did not create: the user's object stays as it is
+		// and is not garbage-collected with the function.
+		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionAvailable, metav1.ConditionFalse, meshv1alpha1.ReasonNameConflict,
+			nameConflictMessage(foreign, "MeshFunction", fn.Name))
+		if r.Scaler != nil {
+			r.Scaler.Remove(key)
+		}
+		return ctrl.Result{}, r.writeStatus(ctx, fn, status)
 	}
 	if r.Scaler != nil {
 		// Ready pods first, so a restarted manager's decider starts from what runs now
@@ -133,7 +160,7 @@ func (r *MeshFunctionReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	replicas, requeue := r.replicas(fn, current, exists, status)
 	desired, err := workload.FunctionDeployment(fn, replicas, r.Options)
 	if err != nil {
-		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionReady, metav1.ConditionFalse, meshv1alpha1.ReasonInvalid, err.Error())
+		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionAvailable, metav1.ConditionFalse, meshv1alpha1.ReasonInvalid, err.Error())
 		return ctrl.Result{}, r.writeStatus(ctx, fn, status)
 	}
 	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: fn.Name, Namespace: fn.Namespace}}
@@ -155,7 +182,7 @@ func (r *MeshFunctionReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		return controllerutil.SetControllerReference(fn, dep, r.Scheme())
 	})
 	if err != nil {
-		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionReady, metav1.ConditionFalse, meshv1alpha1.ReasonWorkloadFailed,
+		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionAvailable, metav1.ConditionFalse, meshv1alpha1.ReasonWorkloadFailed,
 			fmt.Sprintf("writing Deployment %s/%s failed: %v", fn.Namespace, fn.Name, err))
 		_ = r.writeStatus(ctx, fn, status)
 		return ctrl.Result{}, fmt.Errorf("reconciling Deployment of MeshFunction %s: %w", req.NamespacedName, err)
@@ -168,7 +195,7 @@ func (r *MeshFunctionReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		status.LastScaleTime = &now
 	}
 
-	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: fn.Name, Namespace: fn.Namespace}}
+	svc = &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: fn.Name, Namespace: fn.Namespace}}
 	wantSvc := workload.FunctionService(fn)
 	if _, err := controllerutil.CreateOrUpdate(ctx, r.Client, svc, func() error {
 		svc.Labels = wantSvc.Labels
@@ -228,23 +255,26 @@ func (r *MeshFunctionReconciler) replicas(fn *meshv1alpha1.MeshFunction, current
 	return have, 500 * time.Millisecond
 }
 
-// setReadiness sets the Ready condition from the replica counts.
+// setReadiness sets the Available condition from the replica counts.
 func (r *MeshFunctionReconciler) setReadiness(fn *meshv1alpha1.MeshFunction, status *meshv1alpha1.MeshFunctionStatus, replicas int32) {
 	switch {
 	case status.ReadyReplicas > 0:
-		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionReady, metav1.ConditionTrue, meshv1alpha1.ReasonReady,
+		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionAvailable, metav1.ConditionTrue, meshv1alpha1.ReasonReady,
 			fmt.Sprintf("%d of %d replicas ready", status.ReadyReplicas, replicas))
 	case replicas == 0:
-		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionReady, metav1.ConditionTrue, meshv1alpha1.ReasonScaledToZero,
+		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionAvailable, metav1.ConditionTrue, meshv1alpha1.ReasonScaledToZero,
 			"scaled to zero; the first call starts a pod while the caller's sidecar holds it")
 	default:
-		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionReady, metav1.ConditionFalse, meshv1alpha1.ReasonDeploying,
+		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionAvailable, metav1.ConditionFalse, meshv1alpha1.ReasonDeploying,
 			fmt.Sprintf("waiting for %d replicas to become ready; see kubectl get pods -l %s=%s -n %s", replicas, workload.LabelFunction, fn.Name, fn.Namespace))
 	}
 }
 
 // writeStatus patches the status subresource unless nothing changed.
 func (r *MeshFunctionReconciler) writeStatus(ctx context.Context, fn *meshv1alpha1.MeshFunction, status *meshv1alpha1.MeshFunctionStatus) error {
+	// Ready sums up this controller's Available and the snapshot reconciler's conditions;
+	// whichever writes last sees both (the optimistic lock makes sure of it).
+	summarize(&status.Conditions, "MeshFunction", fn.Generation)
 	if equality.Semantic.DeepEqual(fn.Status, *status) {
 		return nil
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync/atomic"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -68,6 +69,8 @@ type SnapshotReconciler struct {
 	// listing and translating everything again.
 	dirty atomic.Bool
 	last  *translation
+	// grants is true when the ReferenceGrant CRD is installed (checked at set-up).
+	grants bool
 }
 
 type translation struct {
@@ -101,6 +104,10 @@ func (r *SnapshotReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		return []reconcile.Request{snapshotKey}
 	})
 	spec := builder.WithPredicates(predicate.GenerationChangedPredicate{})
+	r.grants = referenceGrantsInstalled(mgr.GetRESTMapper())
+	if !r.grants {
+		mgr.GetLogger().Info("the ReferenceGrant CRD (gateway.networking.k8s.io/v1beta1) is not installed: MeshRoutes may use only hosts and Services of their own namespace; install Gateway API's CRDs and restart the manager to allow more")
+	}
 	referenced := builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
 		return (*r.secrets.Load())[o.GetNamespace()+"/"+o.GetName()]
 	}))
@@ -113,7 +120,7 @@ func (r *SnapshotReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	})); err != nil {
 		return err
 	}
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		Named("snapshot").
 		WithOptions(controller.Options{NeedLeaderElection: ptr.To(false), MaxConcurrentReconciles: 1}).
 		Watches(&meshv1alpha1.MeshRoute{}, all, spec).
@@ -124,8 +131,14 @@ func (r *SnapshotReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&discoveryv1.EndpointSlice{}, all).
 		WatchesMetadata(&corev1.Pod{}, all, builder.WithPredicates(predicate.LabelChangedPredicate{})).
 		WatchesMetadata(&corev1.Secret{}, all, referenced).
-		WatchesRawSource(source.Channel(r.events, status)).
-		Complete(r)
+		// Deployments only by metadata, and only when created, deleted or their owner
+		// changes: a function's or standalone proxy's name may be taken by one (NameConflict).
+		WatchesMetadata(&appsv1.Deployment{}, all, builder.WithPredicates(ownersChanged{})).
+		WatchesRawSource(source.Channel(r.events, status))
+	if r.grants {
+		b = b.Watches(newReferenceGrant(), all, spec)
+	}
+	return b.Complete(r)
 }
 
 // Reconcile lists everything, translates it, sets the snapshots and, on the leader, writes
@@ -170,16 +183,26 @@ func (r *SnapshotReconciler) input(ctx context.Context) (*snapshot.Input, error)
 		redis     meshv1alpha1.RedisProxyList
 		services  corev1.ServiceList
 		slices    discoveryv1.EndpointSliceList
-		pods      metav1.PartialObjectMetadataList
+		pods        metav1.PartialObjectMetadataList
+		deployments metav1.PartialObjectMetadataList
 	)
 	pods.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("PodList"))
-	for _, l := range []client.ObjectList{&routes, &functions, &redis, &services, &slices, &pods} {
+	deployments.SetGroupVersionKind(appsv1.SchemeGroupVersion.WithKind("DeploymentList"))
+	lists := []client.ObjectList{&routes, &functions, &redis, &services, &slices, &pods, &deployments}
+	grants := newReferenceGrantList()
+	if r.grants {
+		lists = append(lists, grants)
+	}
+	for _, l := range lists {
 		if err := r.Client.List(ctx, l); err != nil {
 			return nil, fmt.Errorf("listing %T: %w", l, err)
 		}
 	}
 	in := &snapshot.Input{MeshRoutes: routes.Items, MeshFunctions: functions.Items, RedisProxies: redis.Items,
-		Services: services.Items, EndpointSlices: slices.Items, Pods: pods.Items, Queue: r.Queue}
+		Services: services.Items, EndpointSlices: slices.Items, Pods: pods.Items, Deployments: deployments.Items, Queue: r.Queue}
+	for i := range grants.Items {
+		in.ReferenceGrants = append(in.ReferenceGrants, snapshot.ReferenceGrantFrom(grants.Items[i].Object))
+	}
 	want := map[string]bool{}
 	for _, rp := range redis.Items {
 		if a := rp.Spec.Auth; a != nil {
@@ -219,21 +242,21 @@ func splitKey(k string) (string, string) {
 func (r *SnapshotReconciler) writeStatus(ctx context.Context, in *snapshot.Input, res *snapshot.Result,
 	sync map[snapshot.ObjectKey]xds.SyncStatus) error {
 	var errs []error
-	// patch writes obj's status when the snapshot reconciler's part of it (plus, through
-	// extra, any kind-specific part) changed.
-	patch := func(obj client.Object, st *meshv1alpha1.MeshStatus, key snapshot.ObjectKey, extra func() bool) {
+	// patch writes obj's status when the snapshot reconciler's part of it changed; mutate,
+	// when set, changes kind-specific fields first.
+	patch := func(obj client.Object, st *meshv1alpha1.MeshStatus, key snapshot.ObjectKey, mutate func() bool, extra ...metav1.Condition) bool {
 		orig := obj.DeepCopyObject().(client.Object)
-		changed := applyStatus(st, obj.GetGeneration(), res.Status[key], sync[key])
-		if extra != nil && extra() {
-			changed = true
+		changed := mutate != nil && mutate()
+		if !applyStatus(st, key.Kind, obj.GetGeneration(), res.Status[key], sync[key], extra...) && !changed {
+			return false
 		}
-		if !changed {
-			return
+		if err := r.Client.Status().Patch(ctx, obj, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
+			if !apierrors.IsNotFound(err) {
+				errs = append(errs, fmt.Errorf("writing status of %s: %w", key, err))
+			}
+			return false
 		}
-		if err := r.Client.Status().Patch(ctx, obj, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil &&
-			!apierrors.IsNotFound(err) {
-			errs = append(errs, fmt.Errorf("writing status of %s: %w", key, err))
-		}
+		return true
 	}
 	for i := range in.MeshRoutes {
 		o := &in.MeshRoutes[i]
@@ -245,10 +268,12 @@ func (r *SnapshotReconciler) writeStatus(ctx context.Context, in *snapshot.Input
 	}
 	for i := range in.RedisProxies {
 		o := &in.RedisProxies[i]
+		total, ready := res.PoolServers(o.Namespace, o.Name)
 		patch(o, &o.Status.MeshStatus, snapshot.ObjectKey{Kind: snapshot.KindRedisProxy, Namespace: o.Namespace, Name: o.Name}, func() bool {
-			total, ready := res.PoolServers(o.Namespace, o.Name)
-			return applyPoolStatus(&o.Status, o.Generation, total, ready)
-		})
+			changed := o.Status.Servers != total || o.Status.ReadyServers != ready
+			o.Status.Servers, o.Status.ReadyServers = total, ready
+			return changed
+		}, poolAvailable(o.Generation, total, ready))
 	}
 	if len(errs) > 0 {
 		log.FromContext(ctx).Info("some status writes failed; retrying", "failed", len(errs))
