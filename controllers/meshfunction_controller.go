@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -57,6 +58,9 @@ type MeshFunctionReconciler struct {
 	Clock     clock.PassiveClock
 	// HandoffTimeout bounds the wait for Handoff; DefaultHandoffTimeout if zero.
 	HandoffTimeout time.Duration
+	// Recorder, when set, records events.k8s.io/v1 Events: scaling to and from zero, the
+	// hand-off, and Available's transitions (a name conflict, a failed Deployment).
+	Recorder events.EventRecorder
 
 	zeroSince map[types.NamespacedName]time.Time
 }
@@ -157,7 +161,7 @@ func (r *MeshFunctionReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		r.Scaler.SetSpec(key, spec)
 	}
 
-	replicas, requeue := r.replicas(fn, current, exists, status)
+	replicas, requeue, drained := r.replicas(fn, current, exists, status)
 	desired, err := workload.FunctionDeployment(fn, replicas, r.Options)
 	if err != nil {
 		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionAvailable, metav1.ConditionFalse, meshv1alpha1.ReasonInvalid, err.Error())
@@ -194,6 +198,16 @@ func (r *MeshFunctionReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		now := metav1.NewTime(r.Clock.Now())
 		status.LastScaleTime = &now
 	}
+	switch {
+	case exists && before > 0 && replicas == 0 && drained:
+		emit(r.Recorder, fn, corev1.EventTypeNormal, eventScaledToZero, actionScale,
+			"Scaled from %d to 0 replicas after every caller's sidecar ACKed the snapshot that drains the function (hand-off).", before)
+	case exists && before > 0 && replicas == 0:
+		emit(r.Recorder, fn, corev1.EventTypeWarning, eventHandoffTimeout, actionScale,
+			"Scaled from %d to 0 replicas after the %s hand-off timeout: some caller sidecars had not ACKed the draining snapshot.", before, r.HandoffTimeout)
+	case exists && before == 0 && replicas > 0:
+		emit(r.Recorder, fn, corev1.EventTypeNormal, eventScaledFromZero, actionScale, "Scaled from 0 to %d replicas.", replicas)
+	}
 
 	svc = &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: fn.Name, Namespace: fn.Namespace}}
 	wantSvc := workload.FunctionService(fn)
@@ -222,11 +236,14 @@ func (r *MeshFunctionReconciler) Reconcile(ctx context.Context, req ctrl.Request
 // otherwise the autoscaler's latest decision, except that the step to zero waits for the
 // hand-off. It records the decision in status.desiredReplicas, which the snapshot translator
 // reads to stop callers from sending new requests to a function about to reach zero.
-func (r *MeshFunctionReconciler) replicas(fn *meshv1alpha1.MeshFunction, current *appsv1.Deployment, exists bool, status *meshv1alpha1.MeshFunctionStatus) (int32, time.Duration) {
+//
+// drained is true when the step to zero was taken because every caller ACKed the draining
+// snapshot, false when the hand-off timed out.
+func (r *MeshFunctionReconciler) replicas(fn *meshv1alpha1.MeshFunction, current *appsv1.Deployment, exists bool, status *meshv1alpha1.MeshFunctionStatus) (n int32, requeue time.Duration, drained bool) {
 	nn := types.NamespacedName{Namespace: fn.Namespace, Name: fn.Name}
 	if !exists {
 		status.DesiredReplicas = initialReplicas(fn)
-		return status.DesiredReplicas, 0
+		return status.DesiredReplicas, 0, false
 	}
 	have := ptr.Deref(current.Spec.Replicas, 1)
 	want := have
@@ -240,7 +257,7 @@ func (r *MeshFunctionReconciler) replicas(fn *meshv1alpha1.MeshFunction, current
 	status.DesiredReplicas = want
 	if want > 0 || have == 0 {
 		delete(r.zeroSince, nn)
-		return want, 0
+		return want, 0, false
 	}
 	// want == 0 and pods remain: hand off first.
 	since, ok := r.zeroSince[nn]
@@ -248,11 +265,15 @@ func (r *MeshFunctionReconciler) replicas(fn *meshv1alpha1.MeshFunction, current
 		since = r.Clock.Now()
 		r.zeroSince[nn] = since
 	}
-	if (r.Handoff != nil && r.Handoff.Drained(nn)) || r.Clock.Since(since) >= r.HandoffTimeout {
+	if r.Handoff != nil && r.Handoff.Drained(nn) {
 		delete(r.zeroSince, nn)
-		return 0, 0
+		return 0, 0, true
 	}
-	return have, 500 * time.Millisecond
+	if r.Clock.Since(since) >= r.HandoffTimeout {
+		delete(r.zeroSince, nn)
+		return 0, 0, false
+	}
+	return have, 500 * time.Millisecond, false
 }
 
 // setReadiness sets the Available condition from the replica counts.
@@ -278,13 +299,19 @@ func (r *MeshFunctionReconciler) writeStatus(ctx context.Context, fn *meshv1alph
 	if equality.Semantic.DeepEqual(fn.Status, *status) {
 		return nil
 	}
+	before := fn.Status.Conditions
 	// The snapshot reconciler writes this status's Accepted/Programmed conditions too; the
 	// optimistic lock turns a lost update into a conflict and a retry.
 	patch := client.MergeFromWithOptions(fn.DeepCopy(), client.MergeFromWithOptimisticLock{})
 	fn.Status = *status
-	if err := r.Status().Patch(ctx, fn, patch); err != nil && !apierrors.IsNotFound(err) {
+	if err := r.Status().Patch(ctx, fn, patch); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
 		return fmt.Errorf("writing status of MeshFunction %s/%s: %w", fn.Namespace, fn.Name, err)
 	}
+	// Only Available is this controller's; the snapshot reconciler records the others.
+	emitTransitions(r.Recorder, fn, onlyType(before, meshv1alpha1.ConditionAvailable), onlyType(fn.Status.Conditions, meshv1alpha1.ConditionAvailable))
 	return nil
 }
 

@@ -12,6 +12,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -61,6 +62,8 @@ type SnapshotReconciler struct {
 	Elected <-chan struct{}
 	// Queue, when set before the manager starts, tells every sidecar where async calls go.
 	Queue *snapshot.Queue
+	// Recorder, when set, records an events.k8s.io/v1 Event per condition transition.
+	Recorder events.EventRecorder
 
 	events  chan event.GenericEvent
 	secrets atomic.Pointer[map[string]bool]
@@ -246,6 +249,7 @@ func (r *SnapshotReconciler) writeStatus(ctx context.Context, in *snapshot.Input
 	// when set, changes kind-specific fields first.
 	patch := func(obj client.Object, st *meshv1alpha1.MeshStatus, key snapshot.ObjectKey, mutate func() bool, extra ...metav1.Condition) bool {
 		orig := obj.DeepCopyObject().(client.Object)
+		before := append([]metav1.Condition(nil), st.Conditions...)
 		changed := mutate != nil && mutate()
 		if !applyStatus(st, key.Kind, obj.GetGeneration(), res.Status[key], sync[key], extra...) && !changed {
 			return false
@@ -256,6 +260,7 @@ func (r *SnapshotReconciler) writeStatus(ctx context.Context, in *snapshot.Input
 			}
 			return false
 		}
+		emitTransitions(r.Recorder, obj, before, st.Conditions)
 		return true
 	}
 	for i := range in.MeshRoutes {
