@@ -181,11 +181,11 @@ func (r *SnapshotReconciler) Reconcile(ctx context.Context, _ reconcile.Request)
 
 func (r *SnapshotReconciler) input(ctx context.Context) (*snapshot.Input, error) {
 	var (
-		routes    meshv1alpha1.MeshRouteList
-		functions meshv1alpha1.MeshFunctionList
-		redis     meshv1alpha1.RedisProxyList
-		services  corev1.ServiceList
-		slices    discoveryv1.EndpointSliceList
+		routes      meshv1alpha1.MeshRouteList
+		functions   meshv1alpha1.MeshFunctionList
+		redis       meshv1alpha1.RedisProxyList
+		services    corev1.ServiceList
+		slices      discoveryv1.EndpointSliceList
 		pods        metav1.PartialObjectMetadataList
 		deployments metav1.PartialObjectMetadataList
 	)
