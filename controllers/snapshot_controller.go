@@ -74,6 +74,9 @@ type SnapshotReconciler struct {
 	last  *translation
 	// grants is true when the ReferenceGrant CRD is installed (checked at set-up).
 	grants bool
+	// rings remembers each pool's last programmed ring (only Reconcile touches it; it
+	// runs one at a time).
+	rings map[string]*ringState
 }
 
 type translation struct {
@@ -271,15 +274,21 @@ func (r *SnapshotReconciler) writeStatus(ctx context.Context, in *snapshot.Input
 		o := &in.MeshFunctions[i]
 		patch(o, &o.Status.MeshStatus, snapshot.ObjectKey{Kind: snapshot.KindMeshFunction, Namespace: o.Namespace, Name: o.Name}, nil)
 	}
+	pools := map[string]bool{}
 	for i := range in.RedisProxies {
 		o := &in.RedisProxies[i]
+		key := snapshot.ObjectKey{Kind: snapshot.KindRedisProxy, Namespace: o.Namespace, Name: o.Name}
+		pools[o.Namespace+"/"+o.Name] = true
 		total, ready := res.PoolServers(o.Namespace, o.Name)
+		s := sync[key]
+		warn := r.ringWarning(o, s.Rejected == 0 && s.Synced == s.Subscribed, ready > 0)
 		patch(o, &o.Status.MeshStatus, snapshot.ObjectKey{Kind: snapshot.KindRedisProxy, Namespace: o.Namespace, Name: o.Name}, func() bool {
 			changed := o.Status.Servers != total || o.Status.ReadyServers != ready
 			o.Status.Servers, o.Status.ReadyServers = total, ready
 			return changed
-		}, poolAvailable(o.Generation, total, ready))
+		}, poolAvailable(o.Generation, total, ready), warn)
 	}
+	r.forgetRings(pools)
 	if len(errs) > 0 {
 		log.FromContext(ctx).Info("some status writes failed; retrying", "failed", len(errs))
 	}

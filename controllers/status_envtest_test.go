@@ -428,6 +428,16 @@ spec:
 		Consistently(func() bool {
 			return apierrors.IsNotFound(k8sClient.Get(ctx, client.ObjectKey{Namespace: xdsNamespace, Name: "st-standalone-redis-proxy"}, &appsv1.Deployment{}))
 		}).WithTimeout(2*time.Second).Should(BeTrue(), "a Deployment was created beside a Service Weft does not own")
+
+		// Changing the hash of a pool that serves moves its keys: still Current, with a
+		// warning and an Event.
+		rp := live(Default, "RedisProxy", "st-cache")
+		Expect(unstructured.SetNestedField(rp.Object, "murmur", "spec", "sharding", "hash")).To(Succeed())
+		Expect(k8sClient.Update(ctx, rp)).To(Succeed())
+		expectState("RedisProxy", "st-cache", status.CurrentStatus, "Healthy", "Warning KeysRehomed", "redisproxy-healthy-warning")
+		Eventually(func(g Gomega) {
+			g.Expect(eventsFor(g, "RedisProxy", "st-cache", "KeysRehomed")).To(HaveLen(1))
+		}).WithTimeout(20 * time.Second).Should(Succeed())
 		fmt.Fprintln(GinkgoWriter, "redis states checked")
 	})
 })
