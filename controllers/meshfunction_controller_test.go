@@ -124,7 +124,7 @@ spec:
 			g.Expect(f.Status.URL).To(Equal("http://orders.default.svc.cluster.local"))
 			g.Expect(f.Status.DesiredReplicas).To(Equal(int32(2)))
 			g.Expect(f.Status.ObservedGeneration).To(Equal(f.Generation))
-			ready := meta.FindStatusCondition(f.Status.Conditions, meshv1alpha1.ConditionReady)
+			ready := meta.FindStatusCondition(f.Status.Conditions, meshv1alpha1.ConditionAvailable)
 			g.Expect(ready).NotTo(BeNil())
 			g.Expect(ready.Reason).To(Equal(meshv1alpha1.ReasonDeploying))
 		}).WithTimeout(60 * time.Second).Should(Succeed())
@@ -155,7 +155,7 @@ spec:
 		}).WithTimeout(60 * time.Second).Should(Succeed())
 	})
 
-	It("reports Ready from the Deployment's ready replicas", func() {
+	It("reports Available from the Deployment's ready replicas", func() {
 		Eventually(func(g Gomega) {
 			d := deployment(g)
 			d.Status.Replicas, d.Status.ReadyReplicas = 5, 3
@@ -164,7 +164,7 @@ spec:
 		Eventually(func(g Gomega) {
 			f := function(g)
 			g.Expect(f.Status.ReadyReplicas).To(Equal(int32(3)))
-			g.Expect(meta.IsStatusConditionTrue(f.Status.Conditions, meshv1alpha1.ConditionReady)).To(BeTrue())
+			g.Expect(meta.IsStatusConditionTrue(f.Status.Conditions, meshv1alpha1.ConditionAvailable)).To(BeTrue())
 		}).WithTimeout(60 * time.Second).Should(Succeed())
 	})
 
@@ -189,7 +189,7 @@ spec:
 			g.Expect(k8sClient.Status().Update(ctx, d)).To(Succeed())
 		}).WithTimeout(10 * time.Second).Should(Succeed())
 		Eventually(func(g Gomega) {
-			ready := meta.FindStatusCondition(function(g).Status.Conditions, meshv1alpha1.ConditionReady)
+			ready := meta.FindStatusCondition(function(g).Status.Conditions, meshv1alpha1.ConditionAvailable)
 			g.Expect(ready).NotTo(BeNil())
 			g.Expect(ready.Status).To(Equal(metav1.ConditionTrue))
 			g.Expect(ready.Reason).To(Equal(meshv1alpha1.ReasonScaledToZero))
