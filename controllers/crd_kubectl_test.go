@@ -31,8 +31,8 @@ var _ = Describe("kubectl experience", func() {
 			Expect(v.Subresources).NotTo(BeNil())
 			Expect(v.Subresources.Status).NotTo(BeNil(), "status must be a subresource")
 		},
-		Entry("MeshRoute", "meshroutes.mesh.weft.dev", "mr", []string{"Hosts", "Accepted", "Synced", "Age"}),
-		Entry("MeshFunction", "meshfunctions.mesh.weft.dev", "mfn", []string{"URL", "Ready", "Replicas", "Desired", "Age"}),
-		Entry("RedisProxy", "redisproxies.mesh.weft.dev", "rp", []string{"Servers", "Ready", "Age"}),
+		Entry("MeshRoute", "meshroutes.mesh.weft.dev", "mr", []string{"Hosts", "Ready", "Reason", "Accepted", "Synced", "Age"}),
+		Entry("MeshFunction", "meshfunctions.mesh.weft.dev", "mfn", []string{"URL", "Ready", "Reason", "Replicas", "Desired", "Age"}),
+		Entry("RedisProxy", "redisproxies.mesh.weft.dev", "rp", []string{"Servers", "Ready", "Reason", "Age"}),
 	)
 })

@@ -18,9 +18,10 @@ type MeshStatus struct {
 	Conditions []metav1.Condition `json:"conditions,omitempty" patchStrategy:"merge" patchMergeKey:"type"`
 
 	// SyncedSidecars is how many sidecars that receive this object have ACKed the snapshot
-	// version that contains its current generation.
+	// version that contains its current generation. It is always written, so that tables show
+	// 0 rather than a blank.
 	// +optional
-	SyncedSidecars int32 `json:"syncedSidecars,omitempty"`
+	SyncedSidecars int32 `json:"syncedSidecars"`
 
 	// RejectedSidecars is how many of those sidecars NACKed that version.
 	// +optional

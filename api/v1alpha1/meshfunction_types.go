@@ -1,22 +1,20 @@
 package v1alpha1
 
-import (
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-)
+import metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 // MeshFunctionSpec describes a function: its pods, how they scale (Knative's KPA vocabulary
 // and defaults), how callers' sidecars hold requests while it scales from zero, and how it is
 // called asynchronously.
 type MeshFunctionSpec struct {
-	// Template is the pod the function runs in. Weft adds its sidecar in front of the first
-	// container. The schema is not repeated here (it would make the CRD too large for
-	// client-side apply); the controller validates it and reports problems in the Ready
-	// condition.
+	// Template is the pod the function runs in, as in a Deployment. Weft adds its sidecar
+	// next to the first container, which is the function. The schema describes the fields
+	// Weft reads and keeps the others as written; the full pod template schema would make
+	// the CRD about 640 KB, too large for client-side apply.
+	// The schema is set by hack/crd-template-schema from functiontemplate_schema.yaml.
 	// +kubebuilder:validation:Schemaless
 	// +kubebuilder:pruning:PreserveUnknownFields
 	// +kubebuilder:validation:Type=object
-	Template corev1.PodTemplateSpec `json:"template"`
+	Template FunctionTemplate `json:"template"`
 
 	// Port the function's container listens on.
 	// +optional
@@ -26,9 +24,16 @@ type MeshFunctionSpec struct {
 	Port int32 `json:"port,omitempty"`
 
 	// Hosts callers use in addition to the function's own name (which also matches
-	// name.namespace, name.namespace.svc and name.namespace.svc.cluster.local).
+	// name.namespace, name.namespace.svc and name.namespace.svc.cluster.local). Each is a
+	// lower-case DNS name, optionally starting with "*." to match every subdomain, without a
+	// port: callers may use any port.
 	// +optional
 	// +kubebuilder:validation:MaxItems=8
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=253
+	// +kubebuilder:validation:items:Pattern=`^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	// +kubebuilder:validation:XValidation:rule="self.all(h, !h.contains(':'))",message="ports are not part of a host: use the port field"
+	// +kubebuilder:validation:XValidation:rule="self.all(h, h.matches('^(\\\\*\\\\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'))",message="each host must be a lower-case DNS name such as api.example.com or *.example.com, with no spaces, ports or upper-case letters"
 	// +listType=set
 	Hosts []string `json:"hosts,omitempty"`
 
@@ -36,9 +41,8 @@ type MeshFunctionSpec struct {
 	// timeout, 300s by default).
 	// +optional
 	// +kubebuilder:default="300s"
-	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
-	Timeout *metav1.Duration `json:"timeout,omitempty"`
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="timeout must be between 0s and 1h"
+	Timeout *Duration `json:"timeout,omitempty"`
 
 	// Concurrency is how many requests one pod takes and the autoscaler aims for.
 	// +optional
@@ -82,6 +86,7 @@ type Concurrency struct {
 	// (rps).
 	// +optional
 	// +kubebuilder:validation:Minimum=0.01
+	// +kubebuilder:validation:Maximum=100000
 	Target *float64 `json:"target,omitempty"`
 
 	// TargetUtilizationPercentage of the target the autoscaler fills before adding pods.
@@ -112,22 +117,29 @@ type Scale struct {
 	// +kubebuilder:default=concurrency
 	Metric ScaleMetric `json:"metric"`
 
-	// Min replicas. 0 lets the function scale to zero.
+	// Min is the fewest replicas the autoscaler keeps, 0 to 1000. 0 lets the function scale
+	// to zero.
 	// +optional
 	// +kubebuilder:default=0
 	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1000
+	// +kubebuilder:validation:XValidation:rule="self >= 0 && self <= 1000",message="scale.min must be between 0 and 1000"
 	Min int32 `json:"min"`
 
-	// Max replicas. 0 means no limit.
+	// Max is the most replicas the autoscaler starts, 0 to 1000. 0 means no limit.
 	// +optional
 	// +kubebuilder:default=0
 	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1000
+	// +kubebuilder:validation:XValidation:rule="self >= 0 && self <= 1000",message="scale.max must be between 0 and 1000 (0 means no limit)"
 	Max int32 `json:"max"`
 
-	// Initial replicas when the function is created.
+	// Initial is the number of replicas started when the function is created, 0 to 1000.
 	// +optional
 	// +kubebuilder:default=1
 	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1000
+	// +kubebuilder:validation:XValidation:rule="self >= 0 && self <= 1000",message="scale.initial must be between 0 and 1000"
 	Initial int32 `json:"initial"`
 
 	// ActivationScale is the least number of replicas started when the function scales up
@@ -135,15 +147,15 @@ type Scale struct {
 	// +optional
 	// +kubebuilder:default=1
 	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	// +kubebuilder:validation:XValidation:rule="self >= 1 && self <= 1000",message="scale.activationScale must be between 1 and 1000"
 	ActivationScale int32 `json:"activationScale"`
 
 	// StableWindow is the period the metric is averaged over for normal scaling, and how long
 	// the function must be idle before it scales to zero.
 	// +optional
 	// +kubebuilder:default="60s"
-	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
-	StableWindow metav1.Duration `json:"stableWindow"`
+	StableWindow Duration `json:"stableWindow"`
 
 	// PanicWindowPercentage is the panic window as a share of the stable window.
 	// +optional
@@ -164,28 +176,28 @@ type Scale struct {
 	// +optional
 	// +kubebuilder:default=1000
 	// +kubebuilder:validation:Minimum=1.01
+	// +kubebuilder:validation:Maximum=1000
 	MaxScaleUpRate float64 `json:"maxScaleUpRate"`
 
 	// MaxScaleDownRate bounds shrinking per decision to ready pods divided by this.
 	// +optional
 	// +kubebuilder:default=2
 	// +kubebuilder:validation:Minimum=1.01
+	// +kubebuilder:validation:Maximum=1000
 	MaxScaleDownRate float64 `json:"maxScaleDownRate"`
 
 	// ScaleDownDelay keeps the highest recent decision for this long before scaling down.
 	// +optional
 	// +kubebuilder:default="0s"
-	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
-	ScaleDownDelay metav1.Duration `json:"scaleDownDelay"`
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="scale.scaleDownDelay must be between 0s and 1h"
+	ScaleDownDelay Duration `json:"scaleDownDelay"`
 
 	// ScaleToZeroGracePeriod is the least time the last pod stays after the function became
 	// idle, for callers' sidecars to learn it is gone.
 	// +optional
 	// +kubebuilder:default="30s"
-	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
-	ScaleToZeroGracePeriod metav1.Duration `json:"scaleToZeroGracePeriod"`
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="scale.scaleToZeroGracePeriod must be between 0s and 1h"
+	ScaleToZeroGracePeriod Duration `json:"scaleToZeroGracePeriod"`
 }
 
 // Activation bounds the hold in callers' sidecars while a function scales from zero.
@@ -194,9 +206,8 @@ type Activation struct {
 	// answers 503 with Retry-After.
 	// +optional
 	// +kubebuilder:default="30s"
-	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
-	HoldTimeout metav1.Duration `json:"holdTimeout"`
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="activation.holdTimeout must be between 0s and 1h"
+	HoldTimeout Duration `json:"holdTimeout"`
 
 	// MaxPending requests each caller's sidecar holds for the function; more get 503 at once.
 	// +optional
@@ -224,16 +235,14 @@ type Async struct {
 	// Backoff before the first retry; it doubles per attempt up to MaxBackoff.
 	// +optional
 	// +kubebuilder:default="1s"
-	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
-	Backoff *metav1.Duration `json:"backoff,omitempty"`
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="async.backoff must be between 0s and 1h"
+	Backoff *Duration `json:"backoff,omitempty"`
 
 	// MaxBackoff caps the back-off between retries.
 	// +optional
 	// +kubebuilder:default="60s"
-	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
-	MaxBackoff *metav1.Duration `json:"maxBackoff,omitempty"`
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('24h')",message="async.maxBackoff must be between 0s and 24h"
+	MaxBackoff *Duration `json:"maxBackoff,omitempty"`
 
 	// RetryOn lists the function's status codes that cause a retry. Connection failures and
 	// timeouts are always retried.
@@ -248,9 +257,8 @@ type Async struct {
 	// MaxAge of a call; older calls go to the dead-letter stream unprocessed.
 	// +optional
 	// +kubebuilder:default="24h"
-	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
-	MaxAge *metav1.Duration `json:"maxAge,omitempty"`
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('720h')",message="async.maxAge must be between 0s and 720h"
+	MaxAge *Duration `json:"maxAge,omitempty"`
 
 	// DeadLetter keeps calls that ran out of attempts or age in a dead-letter stream.
 	// +optional
@@ -305,6 +313,7 @@ type MeshFunctionStatus struct {
 // +kubebuilder:resource:shortName=mfn,categories=weft
 // +kubebuilder:printcolumn:name="URL",type=string,JSONPath=`.status.url`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,description="Why the object is or is not ready"
 // +kubebuilder:printcolumn:name="Replicas",type=integer,JSONPath=`.status.replicas`
 // +kubebuilder:printcolumn:name="Desired",type=integer,JSONPath=`.status.desiredReplicas`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`

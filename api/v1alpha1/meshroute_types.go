@@ -1,17 +1,19 @@
 package v1alpha1
 
-import metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 // MeshRouteSpec says how calls to a set of hosts are routed: the union of what Istio splits
 // across VirtualService and DestinationRule.
 //
 // +kubebuilder:validation:XValidation:rule="self.http.all(r, !has(r.name) || self.http.exists_one(o, has(o.name) && o.name == r.name))",message="http rule names must be unique: rename or remove the duplicate rule"
 // +kubebuilder:validation:XValidation:rule="!has(self.subsets) || self.subsets.all(s, self.subsets.exists_one(o, o.name == s.name))",message="subset names must be unique: rename or remove the duplicate subset"
+// +kubebuilder:validation:XValidation:rule="size(self.http.filter(r, (!has(r.match) || size(r.match) == 0 || r.match.exists(m, !has(m.method) && (!has(m.headers) || size(m.headers) == 0) && (!has(m.queryParams) || size(m.queryParams) == 0) && (!has(m.path) || (m.path.type == 'Prefix' && m.path.value == '/')))))) == 0 || (size(self.http.filter(r, (!has(r.match) || size(r.match) == 0 || r.match.exists(m, !has(m.method) && (!has(m.headers) || size(m.headers) == 0) && (!has(m.queryParams) || size(m.queryParams) == 0) && (!has(m.path) || (m.path.type == 'Prefix' && m.path.value == '/')))))) == 1 && (!has(self.http[size(self.http) - 1].match) || size(self.http[size(self.http) - 1].match) == 0 || self.http[size(self.http) - 1].match.exists(m, !has(m.method) && (!has(m.headers) || size(m.headers) == 0) && (!has(m.queryParams) || size(m.queryParams) == 0) && (!has(m.path) || (m.path.type == 'Prefix' && m.path.value == '/')))))",message="a rule that matches every request (no match, or only path prefix /) must be the last rule: the rules after it would never match; move it last or give it a match"
 type MeshRouteSpec struct {
 	// Hosts are the names callers use for this route: a Service-style short name ("reviews"),
 	// which also matches "reviews.<ns>", "reviews.<ns>.svc" and
-	// "reviews.<ns>.svc.cluster.local", with or without a port; or a full DNS name.
+	// "reviews.<ns>.svc.cluster.local", with or without a port; or a full DNS name, optionally
+	// starting with "*." to match every subdomain. A host has no port: it matches calls on any
+	// port.
 	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:XValidation:rule="self.all(h, !h.contains(':'))",message="ports are not part of a host: a host matches calls on any port, and the port of each destination is set with its port field"
 	// +kubebuilder:validation:MaxItems=16
 	// +kubebuilder:validation:items:MinLength=1
 	// +kubebuilder:validation:items:MaxLength=253
@@ -81,9 +83,8 @@ type HTTPRule struct {
 	// Timeout for the whole request including retries. Unset or 0s means no timeout
 	// (Istio's default, unlike Envoy's 15s).
 	// +optional
-	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
-	Timeout *metav1.Duration `json:"timeout,omitempty"`
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('24h')",message="timeout must be between 0s and 24h"
+	Timeout *Duration `json:"timeout,omitempty"`
 
 	// Retries says when and how often a failed request is tried again. Unset means Istio's
 	// default: 2 retries on connect-failure, refused-stream and 503 (none on a rule with a
@@ -322,7 +323,9 @@ type RetryOn string
 // HTTPRetry is a retry policy.
 // +kubebuilder:validation:XValidation:rule="!has(self.retriableStatusCodes) || (has(self.retryOn) && 'retriable-status-codes' in self.retryOn)",message="retriableStatusCodes needs 'retriable-status-codes' in retryOn"
 type HTTPRetry struct {
-	// Attempts is how many times a request is retried after the first try. 0 disables retries.
+	// Attempts is how many times a request is retried after the first try, 0 to 10. 0
+	// disables retries.
+	// +optional
 	// +kubebuilder:default=2
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=10
@@ -330,9 +333,8 @@ type HTTPRetry struct {
 
 	// PerTryTimeout bounds each try, including the first. Must not exceed the rule timeout.
 	// +optional
-	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
-	PerTryTimeout *metav1.Duration `json:"perTryTimeout,omitempty"`
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('24h')",message="retries.perTryTimeout must be between 0s and 24h"
+	PerTryTimeout *Duration `json:"perTryTimeout,omitempty"`
 
 	// RetryOn lists the conditions that cause a retry. Defaults to connect-failure,
 	// refused-stream and gateway-error, like Istio.
@@ -352,9 +354,8 @@ type HTTPRetry struct {
 	// BaseInterval is the first back-off between tries (jittered, doubling, capped at ten
 	// times this). Envoy's default is 25ms.
 	// +optional
-	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
-	BaseInterval *metav1.Duration `json:"baseInterval,omitempty"`
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="retries.baseInterval must be between 0s and 1h"
+	BaseInterval *Duration `json:"baseInterval,omitempty"`
 }
 
 // HTTPFault injects faults into a share of requests.
@@ -372,9 +373,8 @@ type HTTPFault struct {
 // FaultDelay delays requests.
 type FaultDelay struct {
 	// FixedDelay is how long each affected request waits.
-	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
-	FixedDelay metav1.Duration `json:"fixedDelay"`
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="fault.delay.fixedDelay must be between 0s and 1h"
+	FixedDelay Duration `json:"fixedDelay"`
 
 	// Percentage of requests affected, 0–100 (decimals allowed).
 	// +kubebuilder:default=100
@@ -421,19 +421,28 @@ type HeaderOperations struct {
 
 // HeaderOperation sets, adds and removes headers, in that order.
 type HeaderOperation struct {
-	// Set overwrites these headers.
+	// Set overwrites these headers. Pseudo-headers (starting with ":") and "host" cannot be
+	// set; use rewrite.authority to change the host.
 	// +optional
 	// +kubebuilder:validation:MaxProperties=32
+	// +kubebuilder:validation:XValidation:rule="self.all(h, !h.startsWith(':') && h.lowerAscii() != 'host')",message="headers starting with ':' and host cannot be set: Envoy refuses the route configuration; use rewrite.authority to change the host"
 	Set map[string]string `json:"set,omitempty"`
 
-	// Add appends these headers, keeping existing values.
+	// Add appends these headers, keeping existing values. Pseudo-headers (starting with ":")
+	// and "host" cannot be added.
 	// +optional
 	// +kubebuilder:validation:MaxProperties=32
+	// +kubebuilder:validation:XValidation:rule="self.all(h, !h.startsWith(':') && h.lowerAscii() != 'host')",message="headers starting with ':' and host cannot be added: Envoy refuses the route configuration; use rewrite.authority to change the host"
 	Add map[string]string `json:"add,omitempty"`
 
-	// Remove deletes these headers.
+	// Remove deletes these headers. Pseudo-headers (":path", ":authority" and every other
+	// name starting with ":") and "host" cannot be removed: Envoy refuses such a route
+	// configuration, and all hosts share one.
 	// +optional
 	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=256
+	// +kubebuilder:validation:XValidation:rule="self.all(h, !h.startsWith(':') && h.lowerAscii() != 'host')",message="headers starting with ':' (such as :path, :authority, :method, :scheme, :status) and host cannot be removed: Envoy refuses the route configuration; leave them out of remove"
 	// +listType=set
 	Remove []string `json:"remove,omitempty"`
 }

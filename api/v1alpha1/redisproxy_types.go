@@ -50,9 +50,8 @@ type RedisProxySpec struct {
 	// OpTimeout bounds each command; a slow server's reply becomes -ERR.
 	// +optional
 	// +kubebuilder:default="1s"
-	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
-	OpTimeout *metav1.Duration `json:"opTimeout,omitempty"`
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="opTimeout must be between 0s and 1h"
+	OpTimeout *Duration `json:"opTimeout,omitempty"`
 
 	// HealthCheck pings servers actively.
 	// +optional
@@ -82,17 +81,21 @@ type WorkloadSelector struct {
 
 // RedisListener is the address the sidecar serves Redis on.
 type RedisListener struct {
-	// Address to bind. 127.0.0.1 keeps the pool private to the pod.
+	// Address to bind: an IPv4 or IPv6 address, such as 127.0.0.1, ::1 or 0.0.0.0. 127.0.0.1
+	// keeps the pool private to the pod.
 	// +optional
 	// +kubebuilder:default="127.0.0.1"
 	// +kubebuilder:validation:MaxLength=45
+	// +kubebuilder:validation:XValidation:rule="isIP(self)",message="listener.address must be an IP address, such as 127.0.0.1, 0.0.0.0 or ::1 (no host name, brackets or port)"
 	Address string `json:"address,omitempty"`
 
-	// Port to bind.
+	// Port to bind, 1 to 65535, other than the sidecar's own ports 15000 (admin), 15001
+	// (outbound), 15006 (inbound) and 15020 (metrics).
 	// +optional
 	// +kubebuilder:default=6379
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=65535
+	// +kubebuilder:validation:XValidation:rule="!(self in [15000, 15001, 15006, 15020])",message="listener.port must not be one of the sidecar's own ports: 15000 (admin), 15001 (outbound), 15006 (inbound), 15020 (metrics); pick another, such as 6379"
 	Port int32 `json:"port,omitempty"`
 }
 
@@ -104,11 +107,14 @@ type RedisServer struct {
 	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9]([-A-Za-z0-9_.:]*[A-Za-z0-9])?$`
 	Name string `json:"name"`
 
-	// Address is host:port of the server.
+	// Address is host:port of the server; an IPv6 address is written in brackets, as in
+	// [fd00::1]:6379.
 	// +kubebuilder:validation:MinLength=3
 	// +kubebuilder:validation:MaxLength=260
-	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9.\-]+:[0-9]{1,5}$`
-	// +kubebuilder:validation:XValidation:rule="int(self.split(':')[1]) >= 1 && int(self.split(':')[1]) <= 65535",message="address port must be between 1 and 65535"
+	// +kubebuilder:validation:Pattern=`^([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$`
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('[') || self.split(':').size() == 2",message="an IPv6 server address needs brackets around the IP, as in [fd00::1]:6379"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('^.*:[0-9]{1,5}$') || (int(self.substring(self.lastIndexOf(':') + 1)) >= 1 && int(self.substring(self.lastIndexOf(':') + 1)) <= 65535)",message="address port must be between 1 and 65535"
+	// +kubebuilder:validation:XValidation:rule="!self.startsWith('[') || isIP(self.substring(1, self.lastIndexOf(']')))",message="the address in brackets must be an IPv6 address, as in [fd00::1]:6379"
 	Address string `json:"address"`
 
 	// Weight gives the server this share of the ring relative to the others.
@@ -150,7 +156,7 @@ const (
 type HashFunction string
 
 // Sharding says how keys map to servers. The defaults are twemproxy's except the distribution.
-// +kubebuilder:validation:XValidation:rule="!has(self.hashTag) || size(self.hashTag) == 0 || size(self.hashTag) == 2",message="hashTag must be two characters, like {}"
+// +kubebuilder:validation:XValidation:rule="!has(self.hashTag) || size(self.hashTag) == 0 || size(bytes(self.hashTag)) == 2",message="hashTag must be exactly two bytes, i.e. two ASCII characters such as {}: the sidecar splits keys on single bytes, so characters like « do not work; or leave it empty to hash whole keys"
 type Sharding struct {
 	// Distribution of keys: ketama (consistent hashing, twemproxy-exact), modula or random.
 	// +optional
@@ -162,8 +168,9 @@ type Sharding struct {
 	// +kubebuilder:default=fnv1a_64
 	Hash HashFunction `json:"hash"`
 
-	// HashTag is two characters; only the part of a key between them is hashed, so related
-	// keys can share a server. "{}" matches Redis Cluster.
+	// HashTag is two ASCII characters (two bytes); only the part of a key between them is
+	// hashed, so related keys can share a server. "{}" matches Redis Cluster. Empty hashes
+	// whole keys.
 	// +optional
 	// +kubebuilder:default="{}"
 	HashTag string `json:"hashTag"`
@@ -215,27 +222,27 @@ type RedisHealthCheck struct {
 	// Interval between PINGs to each server.
 	// +optional
 	// +kubebuilder:default="3s"
-	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
-	Interval *metav1.Duration `json:"interval,omitempty"`
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="healthCheck.interval must be between 0s and 1h"
+	Interval *Duration `json:"interval,omitempty"`
 
 	// Timeout of one PING.
 	// +optional
 	// +kubebuilder:default="1s"
-	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
-	Timeout *metav1.Duration `json:"timeout,omitempty"`
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="healthCheck.timeout must be between 0s and 1h"
+	Timeout *Duration `json:"timeout,omitempty"`
 
 	// HealthyThreshold is how many good PINGs bring a down server back.
 	// +optional
 	// +kubebuilder:default=1
 	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
 	HealthyThreshold int32 `json:"healthyThreshold,omitempty"`
 
 	// UnhealthyThreshold is how many failed PINGs take a server down.
 	// +optional
 	// +kubebuilder:default=3
 	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
 	UnhealthyThreshold int32 `json:"unhealthyThreshold,omitempty"`
 }
 
@@ -260,15 +267,15 @@ type RedisOutlierDetection struct {
 	// +optional
 	// +kubebuilder:default=2
 	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
 	ConsecutiveFailures int32 `json:"consecutiveFailures,omitempty"`
 
 	// EjectionTime before an ejected server is probed again (twemproxy's
 	// server_retry_timeout). It returns only after a successful probe.
 	// +optional
 	// +kubebuilder:default="30s"
-	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
-	EjectionTime *metav1.Duration `json:"ejectionTime,omitempty"`
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('24h')",message="outlierDetection.ejectionTime must be between 0s and 24h"
+	EjectionTime *Duration `json:"ejectionTime,omitempty"`
 
 	// Mode for a down server's keys: fail (default; no key moves) or remap.
 	// +optional
@@ -296,6 +303,7 @@ type RedisProxyStatus struct {
 // +kubebuilder:resource:shortName=rp,categories=weft
 // +kubebuilder:printcolumn:name="Servers",type=integer,JSONPath=`.status.servers`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,description="Why the object is or is not ready"
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type RedisProxy struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -84,9 +84,8 @@ type HTTPCookie struct {
 	// TTL of a cookie the sidecar generates when the request has none; unset means it
 	// generates none.
 	// +optional
-	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
-	TTL *metav1.Duration `json:"ttl,omitempty"`
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('720h')",message="httpCookie.ttl must be between 0s and 720h"
+	TTL *Duration `json:"ttl,omitempty"`
 }
 
 // ConnectionPool limits what a sidecar sends to a destination. Unset limits use Envoy's
@@ -95,40 +94,43 @@ type ConnectionPool struct {
 	// MaxConnections to all endpoints together.
 	// +optional
 	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000000
 	MaxConnections *int32 `json:"maxConnections,omitempty"`
 
 	// MaxPendingRequests waiting for a connection.
 	// +optional
 	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000000
 	MaxPendingRequests *int32 `json:"maxPendingRequests,omitempty"`
 
 	// MaxRequests in flight to all endpoints together.
 	// +optional
 	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000000
 	MaxRequests *int32 `json:"maxRequests,omitempty"`
 
 	// MaxRetries in flight to all endpoints together.
 	// +optional
 	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1000000
 	MaxRetries *int32 `json:"maxRetries,omitempty"`
 
 	// MaxRequestsPerConnection closes a connection after this many requests; 0 means no limit.
 	// +optional
 	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1000000
 	MaxRequestsPerConnection *int32 `json:"maxRequestsPerConnection,omitempty"`
 
 	// ConnectTimeout for new connections. Defaults to 10s, like Istio.
 	// +optional
 	// +kubebuilder:default="10s"
-	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
-	ConnectTimeout *metav1.Duration `json:"connectTimeout,omitempty"`
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="connectionPool.connectTimeout must be between 0s and 1h"
+	ConnectTimeout *Duration `json:"connectTimeout,omitempty"`
 
 	// IdleTimeout closes upstream connections idle this long. Defaults to 1h, like Istio.
 	// +optional
-	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
-	IdleTimeout *metav1.Duration `json:"idleTimeout,omitempty"`
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('720h')",message="connectionPool.idleTimeout must be between 0s and 720h"
+	IdleTimeout *Duration `json:"idleTimeout,omitempty"`
 }
 
 // OutlierDetection ejects endpoints that keep failing, for baseEjectionTime times the number
@@ -139,27 +141,27 @@ type OutlierDetection struct {
 	// +optional
 	// +kubebuilder:default=5
 	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1000
 	Consecutive5xxErrors *int32 `json:"consecutive5xxErrors,omitempty"`
 
 	// ConsecutiveGatewayErrors ejects an endpoint after this many 502, 503 or 504 answers or
 	// connection failures in a row. Unset disables it.
 	// +optional
 	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1000
 	ConsecutiveGatewayErrors *int32 `json:"consecutiveGatewayErrors,omitempty"`
 
 	// Interval between ejection sweeps.
 	// +optional
 	// +kubebuilder:default="10s"
-	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
-	Interval *metav1.Duration `json:"interval,omitempty"`
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="outlierDetection.interval must be between 0s and 1h"
+	Interval *Duration `json:"interval,omitempty"`
 
 	// BaseEjectionTime is the first ejection's length.
 	// +optional
 	// +kubebuilder:default="30s"
-	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
-	BaseEjectionTime *metav1.Duration `json:"baseEjectionTime,omitempty"`
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('24h')",message="outlierDetection.baseEjectionTime must be between 0s and 24h"
+	BaseEjectionTime *Duration `json:"baseEjectionTime,omitempty"`
 
 	// MaxEjectionPercent of endpoints that may be ejected at once.
 	// +optional
@@ -180,27 +182,27 @@ type HTTPHealthCheck struct {
 	// Interval between probes.
 	// +optional
 	// +kubebuilder:default="5s"
-	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
-	Interval *metav1.Duration `json:"interval,omitempty"`
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="healthCheck.interval must be between 0s and 1h"
+	Interval *Duration `json:"interval,omitempty"`
 
 	// Timeout of one probe.
 	// +optional
 	// +kubebuilder:default="1s"
-	// +kubebuilder:validation:Type=string
-	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$`
-	Timeout *metav1.Duration `json:"timeout,omitempty"`
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="healthCheck.timeout must be between 0s and 1h"
+	Timeout *Duration `json:"timeout,omitempty"`
 
 	// HealthyThreshold is how many passing probes make an unhealthy endpoint healthy.
 	// +optional
 	// +kubebuilder:default=1
 	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
 	HealthyThreshold int32 `json:"healthyThreshold,omitempty"`
 
 	// UnhealthyThreshold is how many failing probes make a healthy endpoint unhealthy.
 	// +optional
 	// +kubebuilder:default=3
 	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
 	UnhealthyThreshold int32 `json:"unhealthyThreshold,omitempty"`
 }
 
@@ -215,6 +217,8 @@ type MeshRouteStatus struct {
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=mr,categories=weft
 // +kubebuilder:printcolumn:name="Hosts",type=string,JSONPath=`.spec.hosts`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,description="Why the object is or is not ready"
 // +kubebuilder:printcolumn:name="Accepted",type=string,JSONPath=`.status.conditions[?(@.type=="Accepted")].status`
 // +kubebuilder:printcolumn:name="Synced",type=integer,JSONPath=`.status.syncedSidecars`,description="Sidecars that ACKed the current version"
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`

@@ -46,7 +46,7 @@ func benchMeshRoute(ns, name, svc string, created time.Time) meshv1alpha1.MeshRo
 			HTTP: []meshv1alpha1.HTTPRule{
 				{Name: "api", Match: []meshv1alpha1.HTTPMatch{{Path: &meshv1alpha1.PathMatch{Type: meshv1alpha1.MatchPrefix, Value: "/api"}}},
 					Route:   []meshv1alpha1.RouteDestination{{Destination: meshv1alpha1.Destination{Service: svc, Port: 80}, Weight: 1}},
-					Retries: &meshv1alpha1.HTTPRetry{Attempts: 2}, Timeout: &metav1.Duration{Duration: time.Second}},
+					Retries: &meshv1alpha1.HTTPRetry{Attempts: 2}, Timeout: &meshv1alpha1.Duration{Duration: time.Second}},
 				{Route: []meshv1alpha1.RouteDestination{{Destination: meshv1alpha1.Destination{Service: svc, Port: 80}, Weight: 1}}},
 			},
 		},

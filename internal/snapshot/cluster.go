@@ -11,7 +11,6 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
 )
@@ -31,7 +30,7 @@ const (
 	defaultConsecutive5xx  = 5
 )
 
-func durOr(d *metav1.Duration, def time.Duration) *durationpb.Duration {
+func durOr(d *meshv1alpha1.Duration, def time.Duration) *durationpb.Duration {
 	if d == nil {
 		return durationpb.New(def)
 	}
@@ -231,7 +230,7 @@ func asyncMetadata(a *meshv1alpha1.Async) map[string]any {
 	if a.MaxBodyBytes > 0 {
 		m["maxBodyBytes"] = a.MaxBodyBytes
 	}
-	for key, d := range map[string]*metav1.Duration{"backoff": a.Backoff, "maxBackoff": a.MaxBackoff, "maxAge": a.MaxAge} {
+	for key, d := range map[string]*meshv1alpha1.Duration{"backoff": a.Backoff, "maxBackoff": a.MaxBackoff, "maxAge": a.MaxAge} {
 		if d != nil && d.Duration > 0 {
 			m[key] = d.Duration.String()
 		}

@@ -15,11 +15,11 @@ import (
 // the function cluster's metadata decodes (with sidecar/async's own decoder) to the spec.
 func TestFunctionMetadataCarriesTheAsyncPolicy(t *testing.T) {
 	fn := &meshv1alpha1.MeshFunction{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "orders"}}
-	fn.Spec.Timeout = &metav1.Duration{Duration: 45 * time.Second}
+	fn.Spec.Timeout = &meshv1alpha1.Duration{Duration: 45 * time.Second}
 	fn.Spec.Async = &meshv1alpha1.Async{
 		Enabled: true, MaxAttempts: 5, MaxInflight: 7, MaxBodyBytes: 4096,
-		Backoff: &metav1.Duration{Duration: 2 * time.Second}, MaxBackoff: &metav1.Duration{Duration: 20 * time.Second},
-		MaxAge: &metav1.Duration{Duration: time.Hour}, DeadLetter: ptr.To(false), RetryOn: []int32{429, 503},
+		Backoff: &meshv1alpha1.Duration{Duration: 2 * time.Second}, MaxBackoff: &meshv1alpha1.Duration{Duration: 20 * time.Second},
+		MaxAge: &meshv1alpha1.Duration{Duration: time.Hour}, DeadLetter: ptr.To(false), RetryOn: []int32{429, 503},
 	}
 	md := functionCluster(fn).GetMetadata().GetFilterMetadata()[FunctionMetadataKey]
 	got, err := async.DecodeConfig(md)

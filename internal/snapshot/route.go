@@ -114,6 +114,14 @@ func (t *translator) destination(mr *meshv1alpha1.MeshRoute, d meshv1alpha1.Dest
 func (t *translator) meshRoute(mr *meshv1alpha1.MeshRoute) *built {
 	key := ObjectKey{KindMeshRoute, mr.Namespace, mr.Name}
 	b := &built{key: key, created: mr.CreationTimestamp, p: &problems{}}
+	// Fields stored before the CRD could refuse them (issue 13) decode as unreadable instead
+	// of failing every list; such a route claims no host until fixed.
+	if bad := mr.UnreadableFields(); len(bad) > 0 {
+		for _, f := range bad {
+			b.p.invalidf("%s; the route is left out until you fix it", f)
+		}
+		return b
+	}
 	var ch *meshv1alpha1.ConsistentHash
 	if tp := mr.Spec.TrafficPolicy; tp != nil && tp.LoadBalancer != nil {
 		ch = tp.LoadBalancer.ConsistentHash

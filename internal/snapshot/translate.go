@@ -193,6 +193,12 @@ func (t *translator) redisPools(in *Input, res *Result) {
 		rp := &in.RedisProxies[i]
 		pool, p := t.redisProxy(rp)
 		t.standaloneNames(rp, p)
+		// Fields stored before the CRD could refuse them (issue 13) decode as unreadable
+		// instead of failing every list; such a pool is not served until fixed.
+		for _, f := range rp.UnreadableFields() {
+			p.invalidf("%s; the pool is not served until you fix it", f)
+			pool.Listener = nil
+		}
 		all = append(all, entry{&built{key: pool.Key, created: rp.CreationTimestamp, p: p}, pool})
 		res.Status[pool.Key] = ObjectStatus{Generation: rp.Generation}
 	}

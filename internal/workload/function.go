@@ -28,6 +28,11 @@ const SidecarContainerName = "weft-sidecar"
 // forwards them to spec.port on localhost, so readiness, concurrency limits and stats all
 // live in the sidecar.
 func FunctionDeployment(fn *meshv1alpha1.MeshFunction, replicas int32, o Options) (*appsv1.Deployment, error) {
+	// Fields stored before the CRD could refuse them (issue 13) decode as unreadable
+	// instead of failing every list; such a function gets no Deployment until fixed.
+	if bad := fn.UnreadableFields(); len(bad) > 0 {
+		return nil, fmt.Errorf("MeshFunction %s/%s cannot be read: %s", fn.Namespace, fn.Name, strings.Join(bad, "; "))
+	}
 	if len(fn.Spec.Template.Spec.Containers) == 0 {
 		return nil, fmt.Errorf("MeshFunction %s/%s: spec.template.spec.containers is empty: add the function's container", fn.Namespace, fn.Name)
 	}
@@ -37,7 +42,7 @@ func FunctionDeployment(fn *meshv1alpha1.MeshFunction, replicas int32, o Options
 		}
 	}
 	selector := map[string]string{LabelFunction: fn.Name}
-	tmpl := *fn.Spec.Template.DeepCopy()
+	tmpl := *fn.Spec.Template.PodTemplateSpec.DeepCopy()
 	tmpl.Labels = mergeLabels(tmpl.Labels, map[string]string{
 		LabelFunction:  fn.Name,
 		LabelManagedBy: ManagedBy,

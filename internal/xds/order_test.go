@@ -59,7 +59,7 @@ func TestPushOrderIsMakeBeforeBreak(t *testing.T) {
 	// gets another endpoint.
 	in := input("10.0.0.1", "10.0.0.2")
 	in.MeshFunctions = []meshv1alpha1.MeshFunction{{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "fn"},
-		Spec: meshv1alpha1.MeshFunctionSpec{Timeout: &metav1.Duration{Duration: 45 * time.Second}}}}
+		Spec: meshv1alpha1.MeshFunctionSpec{Timeout: &meshv1alpha1.Duration{Duration: 45 * time.Second}}}}
 	if err := c.SetResult(ctx, snapshot.Translate(in)); err != nil {
 		t.Fatal(err)
 	}
