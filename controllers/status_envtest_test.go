@@ -202,6 +202,8 @@ spec:
 		expectState("MeshRoute", "st-hijack", status.FailedStatus, "Degraded", "kubernetes.default belongs to namespace default", "")
 	})
 
+	// The CRD refuses a catch-all rule that is not last; a match after a catch-all match in
+	// the last rule (or a route stored before that rule existed) is still shadowed.
 	It("routes: a rule shadowed by a catch-all stays Current with Warning=True ShadowedRule and an Event", func() {
 		apply(`
 apiVersion: mesh.weft.dev/v1alpha1
@@ -210,10 +212,12 @@ metadata: {name: st-shadow}
 spec:
   hosts: [st-shadow]
   http:
-  - directResponse: {status: 200}
-  - name: never
-    match: [{path: {type: Prefix, value: /admin}}]
-    directResponse: {status: 403}
+  - name: api
+    match: [{path: {type: Prefix, value: /api}}]
+    directResponse: {status: 200}
+  - name: rest
+    match: [{path: {type: Prefix, value: /}}, {path: {type: Prefix, value: /admin}}]
+    directResponse: {status: 404}
 `)
 		expectState("MeshRoute", "st-shadow", status.CurrentStatus, "Healthy", "Warning ShadowedRule", "meshroute-healthy-warning")
 		Eventually(func(g Gomega) {
