@@ -25,8 +25,8 @@ func TestRingWarning(t *testing.T) {
 	steps := []struct {
 		// input: the pool at a generation, and whether that generation is programmed with a
 		// ready server
-		rp    *meshv1alpha1.RedisProxy
-		live  bool
+		rp   *meshv1alpha1.RedisProxy
+		live bool
 		// output
 		warn     bool
 		contains string

@@ -6,6 +6,9 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	kstatus "sigs.k8s.io/cli-utils/pkg/kstatus/status"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
 	"github.com/weftmesh/weft/internal/snapshot"
@@ -140,6 +143,25 @@ func TestSummarize(t *testing.T) {
 			}
 			if got := meta.IsStatusConditionTrue(conds, meshv1alpha1.ConditionReconciling); got != tc.reconciling {
 				t.Errorf("Reconciling = %v, want %v", got, tc.reconciling)
+			}
+			// What kstatus makes of it (the envtest suite does the same on live objects).
+			want := kstatus.InProgressStatus
+			switch {
+			case tc.stalled:
+				want = kstatus.FailedStatus
+			case tc.ready == T:
+				want = kstatus.CurrentStatus
+			}
+			raw, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&meshv1alpha1.MeshRoute{
+				ObjectMeta: metav1.ObjectMeta{Name: "x", Generation: 4},
+				Status:     meshv1alpha1.MeshRouteStatus{MeshStatus: meshv1alpha1.MeshStatus{ObservedGeneration: 4, Conditions: conds}},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := kstatus.Compute(&unstructured.Unstructured{Object: raw})
+			if err != nil || res.Status != want {
+				t.Errorf("kstatus = %v (%v), want %s", res, err, want)
 			}
 		})
 	}
