@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	lua "github.com/yuin/gopher-lua"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	kstatus "sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/yaml"
 )
 
@@ -100,7 +102,7 @@ func TestArgoCDPatchCarriesHealthLua(t *testing.T) {
 	}
 }
 
-// TestArgoCDHealthCaptured runs the health script over the objects captured from envtest in
+// TestArgoCDHealthCaptured runs kstatus and the health script over the objects captured from envtest in
 // every state (testdata/status/*.yaml, written by the kstatus spec with -update-status).
 func TestArgoCDHealthCaptured(t *testing.T) {
 	files, _ := filepath.Glob(filepath.Join("testdata", "status", "*.yaml"))
@@ -116,6 +118,10 @@ func TestArgoCDHealthCaptured(t *testing.T) {
 			}
 			if err := yaml.Unmarshal(raw, &c); err != nil {
 				t.Fatal(err)
+			}
+			res, err := kstatus.Compute(&unstructured.Unstructured{Object: c.Object})
+			if err != nil || string(res.Status) != c.KStatus {
+				t.Errorf("kstatus = %v (%v), want %s", res, err, c.KStatus)
 			}
 			status, msg := argoHealth(t, c.Object)
 			if status != c.ArgoCD {

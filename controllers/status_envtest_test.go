@@ -103,7 +103,7 @@ func expectState(kind, name string, want status.Status, argo, messagePart, file 
 		g.Expect(got).To(Equal(argo), msg)
 		g.Expect(msg).To(ContainSubstring(messagePart))
 	}).WithTimeout(30 * time.Second).WithPolling(100 * time.Millisecond).Should(Succeed())
-	if *updateStatus {
+	if *updateStatus && file != "" {
 		capture(u, want, argo, messagePart, file)
 	}
 }
