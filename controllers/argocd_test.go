@@ -9,6 +9,7 @@ import (
 
 	lua "github.com/yuin/gopher-lua"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utiljson "k8s.io/apimachinery/pkg/util/json"
 	kstatus "sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/yaml"
 )
@@ -116,7 +117,13 @@ func TestArgoCDHealthCaptured(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := yaml.Unmarshal(raw, &c); err != nil {
+			// Numbers decode as int64 where integral, as from the API server (kstatus
+			// insists on int64 generations).
+			js, err := yaml.YAMLToJSON(raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := utiljson.Unmarshal(js, &c); err != nil {
 				t.Fatal(err)
 			}
 			res, err := kstatus.Compute(&unstructured.Unstructured{Object: c.Object})
