@@ -77,7 +77,42 @@ func apply(manifest string) {
 			u.SetNamespace(xdsNamespace)
 		}
 		Expect(k8sClient.Create(ctx, u)).To(Succeed(), doc)
+		created = append(created, u)
 	}
+}
+
+// created is what the status specs made, deleted after them: every sidecar of the suite
+// shares the routes of every namespace, and other specs expect exactly their own.
+var created []client.Object
+
+// cleanUp deletes what the status specs created, including the workloads Weft rendered
+// (envtest runs no garbage collector), and waits until the snapshot no longer has them.
+func cleanUp() {
+	for _, o := range created {
+		Expect(client.IgnoreNotFound(k8sClient.Delete(ctx, o))).To(Succeed())
+	}
+	created = nil
+	managed := client.MatchingLabels{workload.LabelManagedBy: workload.ManagedBy}
+	for _, ns := range []string{xdsNamespace, xdsOtherNamespace} {
+		Expect(k8sClient.DeleteAllOf(ctx, &appsv1.Deployment{}, client.InNamespace(ns), managed)).To(Succeed())
+		var svcs corev1.ServiceList
+		Expect(k8sClient.List(ctx, &svcs, client.InNamespace(ns), managed)).To(Succeed())
+		for i := range svcs.Items {
+			Expect(client.IgnoreNotFound(k8sClient.Delete(ctx, &svcs.Items[i]))).To(Succeed())
+		}
+	}
+	Eventually(func(g Gomega) {
+		for _, kind := range []string{"MeshRouteList", "MeshFunctionList", "RedisProxyList"} {
+			l := &unstructured.UnstructuredList{}
+			l.SetAPIVersion("mesh.weft.dev/v1alpha1")
+			l.SetKind(kind)
+			g.Expect(k8sClient.List(ctx, l, client.InNamespace(xdsNamespace))).To(Succeed())
+			for _, o := range l.Items {
+				g.Expect(o.GetName()).NotTo(HavePrefix("st-"), "%s %s not gone yet", kind, o.GetName())
+				g.Expect(o.GetName()).NotTo(BeElementOf("payments", "ledger"))
+			}
+		}
+	}).WithTimeout(20 * time.Second).Should(Succeed())
 }
 
 func splitDocs(s string) []string {
@@ -135,7 +170,10 @@ func eventsFor(g Gomega, kind, name, reason string) []eventsv1.Event {
 var _ = Describe("Status that kstatus and Argo CD understand (issue 13)", Ordered, func() {
 	var stop context.CancelFunc
 	BeforeAll(func() { stop = startWorkloadManager() })
-	AfterAll(func() { stop() })
+	AfterAll(func() {
+		cleanUp()
+		stop()
+	})
 
 	It("routes: Current when accepted, resolved and programmed; Failed on a host conflict", func() {
 		apply(`
@@ -288,6 +326,7 @@ spec:
 				Ports: []corev1.ServicePort{{Name: "https", Port: 443, TargetPort: intstr.FromInt32(8443)}}},
 		}
 		Expect(k8sClient.Create(ctx, userSvc)).To(Succeed())
+		created = append(created, userSvc)
 		userDep := &appsv1.Deployment{
 			ObjectMeta: metav1.ObjectMeta{Namespace: xdsNamespace, Name: "ledger", Labels: map[string]string{"team": "billing"}},
 			Spec: appsv1.DeploymentSpec{Replicas: ptr.To[int32](3), Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "ledger"}},
@@ -295,6 +334,7 @@ spec:
 					Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "example/ledger"}}}}},
 		}
 		Expect(k8sClient.Create(ctx, userDep)).To(Succeed())
+		created = append(created, userDep)
 		apply(`
 apiVersion: mesh.weft.dev/v1alpha1
 kind: MeshFunction
