@@ -23,7 +23,9 @@ const (
 // Event reasons beyond the condition reasons (which events reuse).
 const (
 	eventScaledFromZero = "ScaledFromZero"
-	eventScaledToZero   = "ScaledToZero"
+	// eventHandoff: the last pod went after every caller ACKed the draining snapshot (the
+	// Available=True ScaledToZero transition that follows has its own event).
+	eventHandoff        = "HandoffComplete"
 	eventHandoffTimeout = "HandoffTimedOut"
 )
 

@@ -200,7 +200,7 @@ func (r *MeshFunctionReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	}
 	switch {
 	case exists && before > 0 && replicas == 0 && drained:
-		emit(r.Recorder, fn, corev1.EventTypeNormal, eventScaledToZero, actionScale,
+		emit(r.Recorder, fn, corev1.EventTypeNormal, eventHandoff, actionScale,
 			"Scaled from %d to 0 replicas after every caller's sidecar ACKed the snapshot that drains the function (hand-off).", before)
 	case exists && before > 0 && replicas == 0:
 		emit(r.Recorder, fn, corev1.EventTypeWarning, eventHandoffTimeout, actionScale,
