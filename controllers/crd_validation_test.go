@@ -172,7 +172,7 @@ spec:
 		Entry("panic threshold out of Knative's range", function(`
   scale: {panicThresholdPercentage: 50}`), "should be greater than or equal to 110"),
 		Entry("stable window shorter than 6s", function(`
-  scale: {stableWindow: 2s}`), "scale.stableWindow must be between 6s and 1h"),
+  scale: {stableWindow: 2s}`), "scale.stableWindow must be a duration from 6s to 1h"),
 		Entry("function port out of range", function(`
   port: 0`), "spec.port in body should be greater than or equal to 1"),
 		Entry("RedisProxy with neither servers nor serviceRef", redis(`
@@ -203,12 +203,22 @@ spec:
 		Entry("a three-character hash tag", redis(`
   servers:
   - {name: a, address: "10.0.0.1:6379"}
-  sharding: {hashTag: "{{}"}`), "hashTag must be two characters"),
+  sharding: {hashTag: "{{}"}`), "hashTag must be exactly two bytes"),
 	)
 
 	It("applies defaults users usually leave out", func() {
 		By("MeshRoute")
-		r := objectFromYAML(strings.Replace(validRoute, "NAME", "defaults", 1) + `
+		// The first rule has a match: a rule after a catch-all is refused.
+		r := objectFromYAML(`
+apiVersion: mesh.weft.dev/v1alpha1
+kind: MeshRoute
+metadata: {name: defaults, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{path: {value: /api}}]
+    route:
+    - {service: reviews, port: 9080}
     - {service: reviews, port: 9081}
     retries: {}
   - redirect: {host: example.com}

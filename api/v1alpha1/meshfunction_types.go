@@ -41,7 +41,7 @@ type MeshFunctionSpec struct {
 	// timeout, 300s by default).
 	// +optional
 	// +kubebuilder:default="300s"
-	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="timeout must be between 0s and 1h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') && duration(self) <= duration('1h')",message="timeout must be a duration from 0s to 1h, such as 30s or 1m30s"
 	Timeout *Duration `json:"timeout,omitempty"`
 
 	// Concurrency is how many requests one pod takes and the autoscaler aims for.
@@ -110,7 +110,7 @@ const (
 // Scale tunes the autoscaler. Names and defaults are Knative's.
 // +kubebuilder:validation:XValidation:rule="!has(self.max) || self.max == 0 || !has(self.min) || self.min <= self.max",message="scale.min cannot be above scale.max: lower min or raise max"
 // +kubebuilder:validation:XValidation:rule="!has(self.max) || self.max == 0 || !has(self.initial) || self.initial <= self.max",message="scale.initial cannot be above scale.max"
-// +kubebuilder:validation:XValidation:rule="!has(self.stableWindow) || (duration(self.stableWindow) >= duration('6s') && duration(self.stableWindow) <= duration('1h'))",message="scale.stableWindow must be between 6s and 1h"
+// +kubebuilder:validation:XValidation:rule="!has(self.stableWindow) || (self.stableWindow.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') && duration(self.stableWindow) >= duration('6s') && duration(self.stableWindow) <= duration('1h'))",message="scale.stableWindow must be a duration from 6s to 1h, such as 60s"
 type Scale struct {
 	// Metric the autoscaler measures.
 	// +optional
@@ -189,14 +189,14 @@ type Scale struct {
 	// ScaleDownDelay keeps the highest recent decision for this long before scaling down.
 	// +optional
 	// +kubebuilder:default="0s"
-	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="scale.scaleDownDelay must be between 0s and 1h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') && duration(self) <= duration('1h')",message="scale.scaleDownDelay must be a duration from 0s to 1h, such as 30s or 1m30s"
 	ScaleDownDelay Duration `json:"scaleDownDelay"`
 
 	// ScaleToZeroGracePeriod is the least time the last pod stays after the function became
 	// idle, for callers' sidecars to learn it is gone.
 	// +optional
 	// +kubebuilder:default="30s"
-	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="scale.scaleToZeroGracePeriod must be between 0s and 1h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') && duration(self) <= duration('1h')",message="scale.scaleToZeroGracePeriod must be a duration from 0s to 1h, such as 30s or 1m30s"
 	ScaleToZeroGracePeriod Duration `json:"scaleToZeroGracePeriod"`
 }
 
@@ -206,7 +206,7 @@ type Activation struct {
 	// answers 503 with Retry-After.
 	// +optional
 	// +kubebuilder:default="30s"
-	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="activation.holdTimeout must be between 0s and 1h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') && duration(self) <= duration('1h')",message="activation.holdTimeout must be a duration from 0s to 1h, such as 30s or 1m30s"
 	HoldTimeout Duration `json:"holdTimeout"`
 
 	// MaxPending requests each caller's sidecar holds for the function; more get 503 at once.
@@ -235,13 +235,13 @@ type Async struct {
 	// Backoff before the first retry; it doubles per attempt up to MaxBackoff.
 	// +optional
 	// +kubebuilder:default="1s"
-	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="async.backoff must be between 0s and 1h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') && duration(self) <= duration('1h')",message="async.backoff must be a duration from 0s to 1h, such as 30s or 1m30s"
 	Backoff *Duration `json:"backoff,omitempty"`
 
 	// MaxBackoff caps the back-off between retries.
 	// +optional
 	// +kubebuilder:default="60s"
-	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('24h')",message="async.maxBackoff must be between 0s and 24h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') && duration(self) <= duration('24h')",message="async.maxBackoff must be a duration from 0s to 24h, such as 30s or 1m30s"
 	MaxBackoff *Duration `json:"maxBackoff,omitempty"`
 
 	// RetryOn lists the function's status codes that cause a retry. Connection failures and
@@ -257,7 +257,7 @@ type Async struct {
 	// MaxAge of a call; older calls go to the dead-letter stream unprocessed.
 	// +optional
 	// +kubebuilder:default="24h"
-	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('720h')",message="async.maxAge must be between 0s and 720h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') && duration(self) <= duration('720h')",message="async.maxAge must be a duration from 0s to 720h, such as 30s or 1m30s"
 	MaxAge *Duration `json:"maxAge,omitempty"`
 
 	// DeadLetter keeps calls that ran out of attempts or age in a dead-letter stream.

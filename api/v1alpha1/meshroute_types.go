@@ -14,6 +14,7 @@ type MeshRouteSpec struct {
 	// port.
 	// +kubebuilder:validation:MinItems=1
 	// +kubebuilder:validation:XValidation:rule="self.all(h, !h.contains(':'))",message="ports are not part of a host: a host matches calls on any port, and the port of each destination is set with its port field"
+	// +kubebuilder:validation:XValidation:rule="self.all(h, h.matches('^(\\\\*\\\\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'))",message="each host must be a lower-case DNS name such as reviews, api.example.com or *.example.com, with no spaces, ports or upper-case letters"
 	// +kubebuilder:validation:MaxItems=16
 	// +kubebuilder:validation:items:MinLength=1
 	// +kubebuilder:validation:items:MaxLength=253
@@ -43,7 +44,7 @@ type MeshRouteSpec struct {
 // HTTPRule is one routing rule. It has exactly one action: route, redirect or directResponse.
 //
 // +kubebuilder:validation:XValidation:rule="(has(self.route) ? 1 : 0) + (has(self.redirect) ? 1 : 0) + (has(self.directResponse) ? 1 : 0) == 1",message="a rule needs exactly one of route, redirect or directResponse"
-// +kubebuilder:validation:XValidation:rule="!has(self.timeout) || !has(self.retries) || !has(self.retries.perTryTimeout) || duration(self.retries.perTryTimeout) <= duration(self.timeout)",message="retries.perTryTimeout must not be longer than the rule's timeout: shorten perTryTimeout or raise timeout"
+// +kubebuilder:validation:XValidation:rule="!has(self.timeout) || !has(self.retries) || !has(self.retries.perTryTimeout) || !self.timeout.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') || !self.retries.perTryTimeout.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') || duration(self.retries.perTryTimeout) <= duration(self.timeout)",message="retries.perTryTimeout must not be longer than the rule's timeout: shorten perTryTimeout or raise timeout"
 // +kubebuilder:validation:XValidation:rule="!has(self.rewrite) || has(self.route)",message="rewrite applies only to rules with a route"
 // +kubebuilder:validation:XValidation:rule="!has(self.mirror) || has(self.route)",message="mirror applies only to rules with a route"
 type HTTPRule struct {
@@ -83,7 +84,7 @@ type HTTPRule struct {
 	// Timeout for the whole request including retries. Unset or 0s means no timeout
 	// (Istio's default, unlike Envoy's 15s).
 	// +optional
-	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('24h')",message="timeout must be between 0s and 24h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') && duration(self) <= duration('24h')",message="timeout must be a duration from 0s to 24h, such as 30s or 1m30s"
 	Timeout *Duration `json:"timeout,omitempty"`
 
 	// Retries says when and how often a failed request is tried again. Unset means Istio's
@@ -333,7 +334,7 @@ type HTTPRetry struct {
 
 	// PerTryTimeout bounds each try, including the first. Must not exceed the rule timeout.
 	// +optional
-	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('24h')",message="retries.perTryTimeout must be between 0s and 24h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') && duration(self) <= duration('24h')",message="retries.perTryTimeout must be a duration from 0s to 24h, such as 30s or 1m30s"
 	PerTryTimeout *Duration `json:"perTryTimeout,omitempty"`
 
 	// RetryOn lists the conditions that cause a retry. Defaults to connect-failure,
@@ -354,7 +355,7 @@ type HTTPRetry struct {
 	// BaseInterval is the first back-off between tries (jittered, doubling, capped at ten
 	// times this). Envoy's default is 25ms.
 	// +optional
-	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="retries.baseInterval must be between 0s and 1h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') && duration(self) <= duration('1h')",message="retries.baseInterval must be a duration from 0s to 1h, such as 30s or 1m30s"
 	BaseInterval *Duration `json:"baseInterval,omitempty"`
 }
 
@@ -373,7 +374,7 @@ type HTTPFault struct {
 // FaultDelay delays requests.
 type FaultDelay struct {
 	// FixedDelay is how long each affected request waits.
-	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="fault.delay.fixedDelay must be between 0s and 1h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') && duration(self) <= duration('1h')",message="fault.delay.fixedDelay must be a duration from 0s to 1h, such as 30s or 1m30s"
 	FixedDelay Duration `json:"fixedDelay"`
 
 	// Percentage of requests affected, 0–100 (decimals allowed).

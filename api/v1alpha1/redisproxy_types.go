@@ -50,7 +50,7 @@ type RedisProxySpec struct {
 	// OpTimeout bounds each command; a slow server's reply becomes -ERR.
 	// +optional
 	// +kubebuilder:default="1s"
-	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="opTimeout must be between 0s and 1h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') && duration(self) <= duration('1h')",message="opTimeout must be a duration from 0s to 1h, such as 30s or 1m30s"
 	OpTimeout *Duration `json:"opTimeout,omitempty"`
 
 	// HealthCheck pings servers actively.
@@ -222,13 +222,13 @@ type RedisHealthCheck struct {
 	// Interval between PINGs to each server.
 	// +optional
 	// +kubebuilder:default="3s"
-	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="healthCheck.interval must be between 0s and 1h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') && duration(self) <= duration('1h')",message="healthCheck.interval must be a duration from 0s to 1h, such as 30s or 1m30s"
 	Interval *Duration `json:"interval,omitempty"`
 
 	// Timeout of one PING.
 	// +optional
 	// +kubebuilder:default="1s"
-	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="healthCheck.timeout must be between 0s and 1h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') && duration(self) <= duration('1h')",message="healthCheck.timeout must be a duration from 0s to 1h, such as 30s or 1m30s"
 	Timeout *Duration `json:"timeout,omitempty"`
 
 	// HealthyThreshold is how many good PINGs bring a down server back.
@@ -274,7 +274,7 @@ type RedisOutlierDetection struct {
 	// server_retry_timeout). It returns only after a successful probe.
 	// +optional
 	// +kubebuilder:default="30s"
-	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('24h')",message="outlierDetection.ejectionTime must be between 0s and 24h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') && duration(self) <= duration('24h')",message="outlierDetection.ejectionTime must be a duration from 0s to 24h, such as 30s or 1m30s"
 	EjectionTime *Duration `json:"ejectionTime,omitempty"`
 
 	// Mode for a down server's keys: fail (default; no key moves) or remap.

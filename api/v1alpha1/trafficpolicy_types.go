@@ -84,7 +84,7 @@ type HTTPCookie struct {
 	// TTL of a cookie the sidecar generates when the request has none; unset means it
 	// generates none.
 	// +optional
-	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('720h')",message="httpCookie.ttl must be between 0s and 720h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') && duration(self) <= duration('720h')",message="httpCookie.ttl must be a duration from 0s to 720h, such as 30s or 1m30s"
 	TTL *Duration `json:"ttl,omitempty"`
 }
 
@@ -95,41 +95,46 @@ type ConnectionPool struct {
 	// +optional
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=1000000
+	// +kubebuilder:validation:XValidation:rule="self >= 1 && self <= 1000000",message="connectionPool.maxConnections must be between 1 and 1000000"
 	MaxConnections *int32 `json:"maxConnections,omitempty"`
 
 	// MaxPendingRequests waiting for a connection.
 	// +optional
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=1000000
+	// +kubebuilder:validation:XValidation:rule="self >= 1 && self <= 1000000",message="connectionPool.maxPendingRequests must be between 1 and 1000000"
 	MaxPendingRequests *int32 `json:"maxPendingRequests,omitempty"`
 
 	// MaxRequests in flight to all endpoints together.
 	// +optional
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=1000000
+	// +kubebuilder:validation:XValidation:rule="self >= 1 && self <= 1000000",message="connectionPool.maxRequests must be between 1 and 1000000"
 	MaxRequests *int32 `json:"maxRequests,omitempty"`
 
 	// MaxRetries in flight to all endpoints together.
 	// +optional
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=1000000
+	// +kubebuilder:validation:XValidation:rule="self >= 0 && self <= 1000000",message="connectionPool.maxRetries must be between 0 and 1000000"
 	MaxRetries *int32 `json:"maxRetries,omitempty"`
 
 	// MaxRequestsPerConnection closes a connection after this many requests; 0 means no limit.
 	// +optional
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=1000000
+	// +kubebuilder:validation:XValidation:rule="self >= 0 && self <= 1000000",message="connectionPool.maxRequestsPerConnection must be between 0 and 1000000"
 	MaxRequestsPerConnection *int32 `json:"maxRequestsPerConnection,omitempty"`
 
 	// ConnectTimeout for new connections. Defaults to 10s, like Istio.
 	// +optional
 	// +kubebuilder:default="10s"
-	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="connectionPool.connectTimeout must be between 0s and 1h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') && duration(self) <= duration('1h')",message="connectionPool.connectTimeout must be a duration from 0s to 1h, such as 30s or 1m30s"
 	ConnectTimeout *Duration `json:"connectTimeout,omitempty"`
 
 	// IdleTimeout closes upstream connections idle this long. Defaults to 1h, like Istio.
 	// +optional
-	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('720h')",message="connectionPool.idleTimeout must be between 0s and 720h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') && duration(self) <= duration('720h')",message="connectionPool.idleTimeout must be a duration from 0s to 720h, such as 30s or 1m30s"
 	IdleTimeout *Duration `json:"idleTimeout,omitempty"`
 }
 
@@ -154,13 +159,13 @@ type OutlierDetection struct {
 	// Interval between ejection sweeps.
 	// +optional
 	// +kubebuilder:default="10s"
-	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="outlierDetection.interval must be between 0s and 1h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') && duration(self) <= duration('1h')",message="outlierDetection.interval must be a duration from 0s to 1h, such as 30s or 1m30s"
 	Interval *Duration `json:"interval,omitempty"`
 
 	// BaseEjectionTime is the first ejection's length.
 	// +optional
 	// +kubebuilder:default="30s"
-	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('24h')",message="outlierDetection.baseEjectionTime must be between 0s and 24h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') && duration(self) <= duration('24h')",message="outlierDetection.baseEjectionTime must be a duration from 0s to 24h, such as 30s or 1m30s"
 	BaseEjectionTime *Duration `json:"baseEjectionTime,omitempty"`
 
 	// MaxEjectionPercent of endpoints that may be ejected at once.
@@ -182,13 +187,13 @@ type HTTPHealthCheck struct {
 	// Interval between probes.
 	// +optional
 	// +kubebuilder:default="5s"
-	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="healthCheck.interval must be between 0s and 1h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') && duration(self) <= duration('1h')",message="healthCheck.interval must be a duration from 0s to 1h, such as 30s or 1m30s"
 	Interval *Duration `json:"interval,omitempty"`
 
 	// Timeout of one probe.
 	// +optional
 	// +kubebuilder:default="1s"
-	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('1h')",message="healthCheck.timeout must be between 0s and 1h"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]{1,5}(\\\\.[0-9]{1,9})?(ms|s|m|h)){1,4}$') && duration(self) <= duration('1h')",message="healthCheck.timeout must be a duration from 0s to 1h, such as 30s or 1m30s"
 	Timeout *Duration `json:"timeout,omitempty"`
 
 	// HealthyThreshold is how many passing probes make an unhealthy endpoint healthy.
