@@ -70,6 +70,9 @@ func emitTransitions(rec events.EventRecorder, obj runtime.Object, before, after
 			continue
 		}
 		good := a.Status == metav1.ConditionTrue
+		if good && ec.typ == meshv1alpha1.ConditionResolvedRefs && (b == nil || b.Status == metav1.ConditionTrue) {
+			continue // references resolving is news only after they did not
+		}
 		if ec.typ == meshv1alpha1.ConditionWarning {
 			if !good {
 				continue
