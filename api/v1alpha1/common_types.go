@@ -18,10 +18,12 @@ type MeshStatus struct {
 	Conditions []metav1.Condition `json:"conditions,omitempty" patchStrategy:"merge" patchMergeKey:"type"`
 
 	// SyncedSidecars is how many sidecars that receive this object have ACKed the snapshot
-	// version that contains its current generation. It is always written, so that tables show
-	// 0 rather than a blank.
+	// version that contains its current generation. The API server defaults it to 0 once
+	// status is written (a merge patch never sends an unchanged 0), so tables show 0 rather
+	// than a blank.
 	// +optional
-	SyncedSidecars int32 `json:"syncedSidecars"`
+	// +kubebuilder:default=0
+	SyncedSidecars int32 `json:"syncedSidecars,omitempty"`
 
 	// RejectedSidecars is how many of those sidecars NACKed that version.
 	// +optional
