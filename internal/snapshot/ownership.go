@@ -51,5 +51,7 @@ func (t *translator) standaloneNames(rp *meshv1alpha1.RedisProxy, p *problems) {
 		return
 	}
 	b := &built{key: ObjectKey{KindRedisProxy, rp.Namespace, rp.Name}, p: p}
-	t.nameTaken(b, rp.UID, rp.Name+standaloneSuffix)
+	if t.nameTaken(b, rp.UID, rp.Name+standaloneSuffix) {
+		p.nameConflict("the standalone proxy (spec.replicas) is not created, while the pool is still served to the sidecars spec.workloadSelector picks")
+	}
 }
