@@ -148,6 +148,15 @@ func capture(u *unstructured.Unstructured, want status.Status, argo, messagePart
 	unstructured.RemoveNestedField(obj, "metadata", "managedFields")
 	unstructured.RemoveNestedField(obj, "metadata", "uid")
 	unstructured.RemoveNestedField(obj, "metadata", "resourceVersion")
+	// Times change on every run and decide nothing: pin them so captures diff cleanly.
+	const pinned = "2026-01-01T00:00:00Z"
+	_ = unstructured.SetNestedField(obj, pinned, "metadata", "creationTimestamp")
+	if conds, ok, _ := unstructured.NestedSlice(obj, "status", "conditions"); ok {
+		for _, c := range conds {
+			c.(map[string]any)["lastTransitionTime"] = pinned
+		}
+		_ = unstructured.SetNestedSlice(obj, conds, "status", "conditions")
+	}
 	out, err := yaml.Marshal(capturedStatus{KStatus: string(want), ArgoCD: argo, ArgoCDMessage: messagePart, Object: obj})
 	Expect(err).NotTo(HaveOccurred())
 	Expect(os.MkdirAll(filepath.Join("testdata", "status"), 0o755)).To(Succeed())
