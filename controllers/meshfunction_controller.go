@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -57,6 +58,9 @@ type MeshFunctionReconciler struct {
 	Clock     clock.PassiveClock
 	// HandoffTimeout bounds the wait for Handoff; DefaultHandoffTimeout if zero.
 	HandoffTimeout time.Duration
+	// Recorder, when set, records events.k8s.io/v1 Events: scaling to and from zero, the
+	// hand-off, and Available's transitions (a name conflict, a failed Deployment).
+	Recorder events.EventRecorder
 
 	zeroSince map[types.NamespacedName]time.Time
 }
@@ -78,7 +82,11 @@ func (r *MeshFunctionReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&meshv1alpha1.MeshFunction{}, builder.WithPredicates(predicate.Or[client.Object](
 			predicate.GenerationChangedPredicate{}, replicaStatusChanged{}))).
 		Owns(&appsv1.Deployment{}).
-		Owns(&corev1.Service{})
+		Owns(&corev1.Service{}).
+		// A user's object of the function's name blocks it (NameConflict); its creation or
+		// deletion must wake the function, and it has no owner reference to follow.
+		Watches(&appsv1.Deployment{}, handler.EnqueueRequestsFromMapFunc(sameName("")), builder.WithPredicates(createOrDelete)).
+		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(sameName("")), builder.WithPredicates(createOrDelete))
 	if r.Decisions != nil {
 		b = b.WatchesRawSource(source.Channel(r.Decisions.Events(), &handler.TypedEnqueueRequestForObject[*meshv1alpha1.MeshFunction]{}))
 	}
@@ -110,7 +118,7 @@ func (r *MeshFunctionReconciler) Reconcile(ctx context.Context, req ctrl.Request
 
 	spec := scaleSpec(fn)
 	if err := spec.Validate(); err != nil {
-		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionReady, metav1.ConditionFalse, meshv1alpha1.ReasonInvalid,
+		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionAvailable, metav1.ConditionFalse, meshv1alpha1.ReasonInvalid,
 			fmt.Sprintf("the scale settings are invalid: %v", err))
 		return ctrl.Result{}, r.writeStatus(ctx, fn, status)
 	}
@@ -121,6 +129,29 @@ func (r *MeshFunctionReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	if err != nil && !apierrors.IsNotFound(err) {
 		return ctrl.Result{}, err
 	}
+	svc := &corev1.Service{}
+	if err := r.Get(ctx, req.NamespacedName, svc); err != nil && !apierrors.IsNotFound(err) {
+		return ctrl.Result{}, err
+	} else if err != nil {
+		svc = nil
+	}
+	var foreign client.Object
+	switch {
+	case exists && !metav1.IsControlledBy(current, fn):
+		foreign = current
+	case svc != nil && !metav1.IsControlledBy(svc, fn):
+		foreign = svc
+	}
+	if foreign != nil {
+		// Never adopt or rewrite what Weft did not create: the user's object stays as it is
+		// and is not garbage-collected with the function.
+		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionAvailable, metav1.ConditionFalse, meshv1alpha1.ReasonNameConflict,
+			nameConflictMessage(foreign, "MeshFunction", fn.Name))
+		if r.Scaler != nil {
+			r.Scaler.Remove(key)
+		}
+		return ctrl.Result{}, r.writeStatus(ctx, fn, status)
+	}
 	if r.Scaler != nil {
 		// Ready pods first, so a restarted manager's decider starts from what runs now
 		// instead of shedding pods (Knative PR #4795).
@@ -130,10 +161,10 @@ func (r *MeshFunctionReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		r.Scaler.SetSpec(key, spec)
 	}
 
-	replicas, requeue := r.replicas(fn, current, exists, status)
+	replicas, requeue, drained := r.replicas(fn, current, exists, status)
 	desired, err := workload.FunctionDeployment(fn, replicas, r.Options)
 	if err != nil {
-		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionReady, metav1.ConditionFalse, meshv1alpha1.ReasonInvalid, err.Error())
+		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionAvailable, metav1.ConditionFalse, meshv1alpha1.ReasonInvalid, err.Error())
 		return ctrl.Result{}, r.writeStatus(ctx, fn, status)
 	}
 	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: fn.Name, Namespace: fn.Namespace}}
@@ -155,7 +186,7 @@ func (r *MeshFunctionReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		return controllerutil.SetControllerReference(fn, dep, r.Scheme())
 	})
 	if err != nil {
-		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionReady, metav1.ConditionFalse, meshv1alpha1.ReasonWorkloadFailed,
+		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionAvailable, metav1.ConditionFalse, meshv1alpha1.ReasonWorkloadFailed,
 			fmt.Sprintf("writing Deployment %s/%s failed: %v", fn.Namespace, fn.Name, err))
 		_ = r.writeStatus(ctx, fn, status)
 		return ctrl.Result{}, fmt.Errorf("reconciling Deployment of MeshFunction %s: %w", req.NamespacedName, err)
@@ -167,8 +198,18 @@ func (r *MeshFunctionReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		now := metav1.NewTime(r.Clock.Now())
 		status.LastScaleTime = &now
 	}
+	switch {
+	case exists && before > 0 && replicas == 0 && drained:
+		emit(r.Recorder, fn, corev1.EventTypeNormal, eventHandoff, actionScale,
+			"Scaled from %d to 0 replicas after every caller's sidecar ACKed the snapshot that drains the function (hand-off).", before)
+	case exists && before > 0 && replicas == 0:
+		emit(r.Recorder, fn, corev1.EventTypeWarning, eventHandoffTimeout, actionScale,
+			"Scaled from %d to 0 replicas after the %s hand-off timeout: some caller sidecars had not ACKed the draining snapshot.", before, r.HandoffTimeout)
+	case exists && before == 0 && replicas > 0:
+		emit(r.Recorder, fn, corev1.EventTypeNormal, eventScaledFromZero, actionScale, "Scaled from 0 to %d replicas.", replicas)
+	}
 
-	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: fn.Name, Namespace: fn.Namespace}}
+	svc = &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: fn.Name, Namespace: fn.Namespace}}
 	wantSvc := workload.FunctionService(fn)
 	if _, err := controllerutil.CreateOrUpdate(ctx, r.Client, svc, func() error {
 		svc.Labels = wantSvc.Labels
@@ -195,11 +236,14 @@ func (r *MeshFunctionReconciler) Reconcile(ctx context.Context, req ctrl.Request
 // otherwise the autoscaler's latest decision, except that the step to zero waits for the
 // hand-off. It records the decision in status.desiredReplicas, which the snapshot translator
 // reads to stop callers from sending new requests to a function about to reach zero.
-func (r *MeshFunctionReconciler) replicas(fn *meshv1alpha1.MeshFunction, current *appsv1.Deployment, exists bool, status *meshv1alpha1.MeshFunctionStatus) (int32, time.Duration) {
+//
+// drained is true when the step to zero was taken because every caller ACKed the draining
+// snapshot, false when the hand-off timed out.
+func (r *MeshFunctionReconciler) replicas(fn *meshv1alpha1.MeshFunction, current *appsv1.Deployment, exists bool, status *meshv1alpha1.MeshFunctionStatus) (n int32, requeue time.Duration, drained bool) {
 	nn := types.NamespacedName{Namespace: fn.Namespace, Name: fn.Name}
 	if !exists {
 		status.DesiredReplicas = initialReplicas(fn)
-		return status.DesiredReplicas, 0
+		return status.DesiredReplicas, 0, false
 	}
 	have := ptr.Deref(current.Spec.Replicas, 1)
 	want := have
@@ -213,7 +257,7 @@ func (r *MeshFunctionReconciler) replicas(fn *meshv1alpha1.MeshFunction, current
 	status.DesiredReplicas = want
 	if want > 0 || have == 0 {
 		delete(r.zeroSince, nn)
-		return want, 0
+		return want, 0, false
 	}
 	// want == 0 and pods remain: hand off first.
 	since, ok := r.zeroSince[nn]
@@ -221,40 +265,53 @@ func (r *MeshFunctionReconciler) replicas(fn *meshv1alpha1.MeshFunction, current
 		since = r.Clock.Now()
 		r.zeroSince[nn] = since
 	}
-	if (r.Handoff != nil && r.Handoff.Drained(nn)) || r.Clock.Since(since) >= r.HandoffTimeout {
+	if r.Handoff != nil && r.Handoff.Drained(nn) {
 		delete(r.zeroSince, nn)
-		return 0, 0
+		return 0, 0, true
 	}
-	return have, 500 * time.Millisecond
+	if r.Clock.Since(since) >= r.HandoffTimeout {
+		delete(r.zeroSince, nn)
+		return 0, 0, false
+	}
+	return have, 500 * time.Millisecond, false
 }
 
-// setReadiness sets the Ready condition from the replica counts.
+// setReadiness sets the Available condition from the replica counts.
 func (r *MeshFunctionReconciler) setReadiness(fn *meshv1alpha1.MeshFunction, status *meshv1alpha1.MeshFunctionStatus, replicas int32) {
 	switch {
 	case status.ReadyReplicas > 0:
-		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionReady, metav1.ConditionTrue, meshv1alpha1.ReasonReady,
+		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionAvailable, metav1.ConditionTrue, meshv1alpha1.ReasonReady,
 			fmt.Sprintf("%d of %d replicas ready", status.ReadyReplicas, replicas))
 	case replicas == 0:
-		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionReady, metav1.ConditionTrue, meshv1alpha1.ReasonScaledToZero,
+		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionAvailable, metav1.ConditionTrue, meshv1alpha1.ReasonScaledToZero,
 			"scaled to zero; the first call starts a pod while the caller's sidecar holds it")
 	default:
-		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionReady, metav1.ConditionFalse, meshv1alpha1.ReasonDeploying,
+		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionAvailable, metav1.ConditionFalse, meshv1alpha1.ReasonDeploying,
 			fmt.Sprintf("waiting for %d replicas to become ready; see kubectl get pods -l %s=%s -n %s", replicas, workload.LabelFunction, fn.Name, fn.Namespace))
 	}
 }
 
 // writeStatus patches the status subresource unless nothing changed.
 func (r *MeshFunctionReconciler) writeStatus(ctx context.Context, fn *meshv1alpha1.MeshFunction, status *meshv1alpha1.MeshFunctionStatus) error {
+	// Ready sums up this controller's Available and the snapshot reconciler's conditions;
+	// whichever writes last sees both (the optimistic lock makes sure of it).
+	summarize(&status.Conditions, "MeshFunction", fn.Generation)
 	if equality.Semantic.DeepEqual(fn.Status, *status) {
 		return nil
 	}
+	before := fn.Status.Conditions
 	// The snapshot reconciler writes this status's Accepted/Programmed conditions too; the
 	// optimistic lock turns a lost update into a conflict and a retry.
 	patch := client.MergeFromWithOptions(fn.DeepCopy(), client.MergeFromWithOptimisticLock{})
 	fn.Status = *status
-	if err := r.Status().Patch(ctx, fn, patch); err != nil && !apierrors.IsNotFound(err) {
+	if err := r.Status().Patch(ctx, fn, patch); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
 		return fmt.Errorf("writing status of MeshFunction %s/%s: %w", fn.Namespace, fn.Name, err)
 	}
+	// Only Available is this controller's; the snapshot reconciler records the others.
+	emitTransitions(r.Recorder, fn, onlyType(before, meshv1alpha1.ConditionAvailable), onlyType(fn.Status.Conditions, meshv1alpha1.ConditionAvailable))
 	return nil
 }
 

@@ -10,6 +10,7 @@ import (
 	. "github.com/onsi/gomega"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -79,7 +80,7 @@ var _ = Describe("MeshFunction controller", Ordered, func() {
 			r := &MeshFunctionReconciler{
 				Client: mgr.GetClient(), Options: workload.DefaultOptions(), Scaler: scaler, Decisions: decisions,
 				Handoff: HandoffFunc(func(types.NamespacedName) bool { return drained.Load() }),
-				Clock:   clk, HandoffTimeout: time.Minute,
+				Clock:   clk, HandoffTimeout: time.Minute, Recorder: mgr.GetEventRecorder("weft-meshfunction"),
 			}
 			return r.SetupWithManager(mgr)
 		})
@@ -124,7 +125,7 @@ spec:
 			g.Expect(f.Status.URL).To(Equal("http://orders.default.svc.cluster.local"))
 			g.Expect(f.Status.DesiredReplicas).To(Equal(int32(2)))
 			g.Expect(f.Status.ObservedGeneration).To(Equal(f.Generation))
-			ready := meta.FindStatusCondition(f.Status.Conditions, meshv1alpha1.ConditionReady)
+			ready := meta.FindStatusCondition(f.Status.Conditions, meshv1alpha1.ConditionAvailable)
 			g.Expect(ready).NotTo(BeNil())
 			g.Expect(ready.Reason).To(Equal(meshv1alpha1.ReasonDeploying))
 		}).WithTimeout(60 * time.Second).Should(Succeed())
@@ -155,7 +156,7 @@ spec:
 		}).WithTimeout(60 * time.Second).Should(Succeed())
 	})
 
-	It("reports Ready from the Deployment's ready replicas", func() {
+	It("reports Available from the Deployment's ready replicas", func() {
 		Eventually(func(g Gomega) {
 			d := deployment(g)
 			d.Status.Replicas, d.Status.ReadyReplicas = 5, 3
@@ -164,7 +165,7 @@ spec:
 		Eventually(func(g Gomega) {
 			f := function(g)
 			g.Expect(f.Status.ReadyReplicas).To(Equal(int32(3)))
-			g.Expect(meta.IsStatusConditionTrue(f.Status.Conditions, meshv1alpha1.ConditionReady)).To(BeTrue())
+			g.Expect(meta.IsStatusConditionTrue(f.Status.Conditions, meshv1alpha1.ConditionAvailable)).To(BeTrue())
 		}).WithTimeout(60 * time.Second).Should(Succeed())
 	})
 
@@ -189,11 +190,20 @@ spec:
 			g.Expect(k8sClient.Status().Update(ctx, d)).To(Succeed())
 		}).WithTimeout(10 * time.Second).Should(Succeed())
 		Eventually(func(g Gomega) {
-			ready := meta.FindStatusCondition(function(g).Status.Conditions, meshv1alpha1.ConditionReady)
+			ready := meta.FindStatusCondition(function(g).Status.Conditions, meshv1alpha1.ConditionAvailable)
 			g.Expect(ready).NotTo(BeNil())
 			g.Expect(ready.Status).To(Equal(metav1.ConditionTrue))
 			g.Expect(ready.Reason).To(Equal(meshv1alpha1.ReasonScaledToZero))
 		}).WithTimeout(60 * time.Second).Should(Succeed())
+
+		By("recording the hand-off as one events.k8s.io/v1 Event")
+		Eventually(func(g Gomega) {
+			g.Expect(functionEvents(g, nn, meshv1alpha1.ReasonScaledToZero)).To(HaveLen(1))
+			evs := functionEvents(g, nn, eventHandoff)
+			g.Expect(evs).To(HaveLen(1))
+			g.Expect(evs[0].Note).To(ContainSubstring("after every caller's sidecar ACKed"))
+			g.Expect(evs[0].Type).To(Equal(corev1.EventTypeNormal))
+		}).WithTimeout(20 * time.Second).Should(Succeed())
 	})
 
 	It("does not wait for the hand-off past its timeout", func() {
@@ -215,6 +225,12 @@ spec:
 		Expect(*deployment(Default).Spec.Replicas).To(Equal(int32(2)))
 		clk.Step(2 * time.Minute) // past HandoffTimeout; the 500 ms requeue notices
 		Eventually(func(g Gomega) { g.Expect(*deployment(g).Spec.Replicas).To(BeZero()) }).WithTimeout(60 * time.Second).Should(Succeed())
+		Eventually(func(g Gomega) {
+			g.Expect(functionEvents(g, nn, eventScaledFromZero)).To(HaveLen(1))
+			evs := functionEvents(g, nn, eventHandoffTimeout)
+			g.Expect(evs).To(HaveLen(1))
+			g.Expect(evs[0].Type).To(Equal(corev1.EventTypeWarning))
+		}).WithTimeout(20 * time.Second).Should(Succeed())
 	})
 
 	It("forgets a deleted function in the autoscaler", func() {
@@ -223,3 +239,16 @@ spec:
 		Expect(k8sClient.Get(ctx, nn, &meshv1alpha1.MeshFunction{})).To(MatchError(ContainSubstring("not found")))
 	})
 })
+
+// functionEvents lists the events.k8s.io/v1 Events about MeshFunction nn with reason.
+func functionEvents(g Gomega, nn types.NamespacedName, reason string) []eventsv1.Event {
+	var l eventsv1.EventList
+	g.Expect(k8sClient.List(ctx, &l, client.InNamespace(nn.Namespace))).To(Succeed())
+	var out []eventsv1.Event
+	for _, e := range l.Items {
+		if e.Regarding.Kind == "MeshFunction" && e.Regarding.Name == nn.Name && e.Reason == reason {
+			out = append(out, e)
+		}
+	}
+	return out
+}

@@ -30,6 +30,7 @@ package controllers
 //
 // Events, written with the events.k8s.io/v1 recorder.
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=gateway.networking.k8s.io,resources=referencegrants,verbs=get;list;watch
 //
 // The sidecar injector's MutatingWebhookConfiguration, only Weft's (its caBundle is kept in
 // step with the manager's CA by a merge patch).

@@ -12,6 +12,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
@@ -34,8 +36,14 @@ func (r *RedisProxyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&meshv1alpha1.RedisProxy{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Owns(&appsv1.Deployment{}).
 		Owns(&corev1.Service{}).
+		// A user's object named like the standalone proxy blocks it (NameConflict).
+		Watches(&appsv1.Deployment{}, handler.EnqueueRequestsFromMapFunc(sameName(redisProxySuffix)), builder.WithPredicates(createOrDelete)).
+		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(sameName(redisProxySuffix)), builder.WithPredicates(createOrDelete)).
 		Complete(r)
 }
+
+// redisProxySuffix ends the names of a standalone proxy's Deployment and Service.
+const redisProxySuffix = "-redis-proxy"
 
 // Reconcile renders or removes one RedisProxy's standalone proxy.
 func (r *RedisProxyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -54,6 +62,20 @@ func (r *RedisProxyReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 			}
 		}
 		return ctrl.Result{}, nil
+	}
+	for _, o := range []client.Object{dep.DeepCopy(), svc.DeepCopy()} {
+		if err := r.Get(ctx, client.ObjectKeyFromObject(o), o); err != nil {
+			if apierrors.IsNotFound(err) {
+				continue
+			}
+			return ctrl.Result{}, err
+		}
+		if !metav1.IsControlledBy(o, rp) {
+			// Never adopt or rewrite what Weft did not create. The snapshot reconciler
+			// reports it as Accepted=False NameConflict (it lists the same objects).
+			logf.FromContext(ctx).Info("standalone proxy name taken; leaving the object alone", "object", kindOf(o)+"/"+o.GetName())
+			return ctrl.Result{}, nil
+		}
 	}
 	if _, err := controllerutil.CreateOrUpdate(ctx, r.Client, dep, func() error {
 		dep.Labels = want.Labels

@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"sync/atomic"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -60,6 +62,8 @@ type SnapshotReconciler struct {
 	Elected <-chan struct{}
 	// Queue, when set before the manager starts, tells every sidecar where async calls go.
 	Queue *snapshot.Queue
+	// Recorder, when set, records an events.k8s.io/v1 Event per condition transition.
+	Recorder events.EventRecorder
 
 	events  chan event.GenericEvent
 	secrets atomic.Pointer[map[string]bool]
@@ -68,6 +72,11 @@ type SnapshotReconciler struct {
 	// listing and translating everything again.
 	dirty atomic.Bool
 	last  *translation
+	// grants is true when the ReferenceGrant CRD is installed (checked at set-up).
+	grants bool
+	// rings remembers each pool's last programmed ring (only Reconcile touches it; it
+	// runs one at a time).
+	rings map[string]*ringState
 }
 
 type translation struct {
@@ -101,6 +110,10 @@ func (r *SnapshotReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		return []reconcile.Request{snapshotKey}
 	})
 	spec := builder.WithPredicates(predicate.GenerationChangedPredicate{})
+	r.grants = referenceGrantsInstalled(mgr.GetRESTMapper())
+	if !r.grants {
+		mgr.GetLogger().Info("the ReferenceGrant CRD (gateway.networking.k8s.io/v1beta1) is not installed: MeshRoutes may use only hosts and Services of their own namespace; install Gateway API's CRDs and restart the manager to allow more")
+	}
 	referenced := builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
 		return (*r.secrets.Load())[o.GetNamespace()+"/"+o.GetName()]
 	}))
@@ -113,7 +126,7 @@ func (r *SnapshotReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	})); err != nil {
 		return err
 	}
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		Named("snapshot").
 		WithOptions(controller.Options{NeedLeaderElection: ptr.To(false), MaxConcurrentReconciles: 1}).
 		Watches(&meshv1alpha1.MeshRoute{}, all, spec).
@@ -124,8 +137,14 @@ func (r *SnapshotReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&discoveryv1.EndpointSlice{}, all).
 		WatchesMetadata(&corev1.Pod{}, all, builder.WithPredicates(predicate.LabelChangedPredicate{})).
 		WatchesMetadata(&corev1.Secret{}, all, referenced).
-		WatchesRawSource(source.Channel(r.events, status)).
-		Complete(r)
+		// Deployments only by metadata, and only when created, deleted or their owner
+		// changes: a function's or standalone proxy's name may be taken by one (NameConflict).
+		WatchesMetadata(&appsv1.Deployment{}, all, builder.WithPredicates(ownersChanged{})).
+		WatchesRawSource(source.Channel(r.events, status))
+	if r.grants {
+		b = b.Watches(newReferenceGrant(), all, spec)
+	}
+	return b.Complete(r)
 }
 
 // Reconcile lists everything, translates it, sets the snapshots and, on the leader, writes
@@ -165,21 +184,31 @@ func (r *SnapshotReconciler) Reconcile(ctx context.Context, _ reconcile.Request)
 
 func (r *SnapshotReconciler) input(ctx context.Context) (*snapshot.Input, error) {
 	var (
-		routes    meshv1alpha1.MeshRouteList
-		functions meshv1alpha1.MeshFunctionList
-		redis     meshv1alpha1.RedisProxyList
-		services  corev1.ServiceList
-		slices    discoveryv1.EndpointSliceList
-		pods      metav1.PartialObjectMetadataList
+		routes      meshv1alpha1.MeshRouteList
+		functions   meshv1alpha1.MeshFunctionList
+		redis       meshv1alpha1.RedisProxyList
+		services    corev1.ServiceList
+		slices      discoveryv1.EndpointSliceList
+		pods        metav1.PartialObjectMetadataList
+		deployments metav1.PartialObjectMetadataList
 	)
 	pods.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("PodList"))
-	for _, l := range []client.ObjectList{&routes, &functions, &redis, &services, &slices, &pods} {
+	deployments.SetGroupVersionKind(appsv1.SchemeGroupVersion.WithKind("DeploymentList"))
+	lists := []client.ObjectList{&routes, &functions, &redis, &services, &slices, &pods, &deployments}
+	grants := newReferenceGrantList()
+	if r.grants {
+		lists = append(lists, grants)
+	}
+	for _, l := range lists {
 		if err := r.Client.List(ctx, l); err != nil {
 			return nil, fmt.Errorf("listing %T: %w", l, err)
 		}
 	}
 	in := &snapshot.Input{MeshRoutes: routes.Items, MeshFunctions: functions.Items, RedisProxies: redis.Items,
-		Services: services.Items, EndpointSlices: slices.Items, Pods: pods.Items, Queue: r.Queue}
+		Services: services.Items, EndpointSlices: slices.Items, Pods: pods.Items, Deployments: deployments.Items, Queue: r.Queue}
+	for i := range grants.Items {
+		in.ReferenceGrants = append(in.ReferenceGrants, snapshot.ReferenceGrantFrom(grants.Items[i].Object))
+	}
 	want := map[string]bool{}
 	for _, rp := range redis.Items {
 		if a := rp.Spec.Auth; a != nil {
@@ -219,21 +248,23 @@ func splitKey(k string) (string, string) {
 func (r *SnapshotReconciler) writeStatus(ctx context.Context, in *snapshot.Input, res *snapshot.Result,
 	sync map[snapshot.ObjectKey]xds.SyncStatus) error {
 	var errs []error
-	// patch writes obj's status when the snapshot reconciler's part of it (plus, through
-	// extra, any kind-specific part) changed.
-	patch := func(obj client.Object, st *meshv1alpha1.MeshStatus, key snapshot.ObjectKey, extra func() bool) {
+	// patch writes obj's status when the snapshot reconciler's part of it changed; mutate,
+	// when set, changes kind-specific fields first.
+	patch := func(obj client.Object, st *meshv1alpha1.MeshStatus, key snapshot.ObjectKey, mutate func() bool, extra ...metav1.Condition) bool {
 		orig := obj.DeepCopyObject().(client.Object)
-		changed := applyStatus(st, obj.GetGeneration(), res.Status[key], sync[key])
-		if extra != nil && extra() {
-			changed = true
+		before := append([]metav1.Condition(nil), st.Conditions...)
+		changed := mutate != nil && mutate()
+		if !applyStatus(st, key.Kind, obj.GetGeneration(), res.Status[key], sync[key], extra...) && !changed {
+			return false
 		}
-		if !changed {
-			return
+		if err := r.Client.Status().Patch(ctx, obj, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
+			if !apierrors.IsNotFound(err) {
+				errs = append(errs, fmt.Errorf("writing status of %s: %w", key, err))
+			}
+			return false
 		}
-		if err := r.Client.Status().Patch(ctx, obj, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil &&
-			!apierrors.IsNotFound(err) {
-			errs = append(errs, fmt.Errorf("writing status of %s: %w", key, err))
-		}
+		emitTransitions(r.Recorder, obj, before, st.Conditions)
+		return true
 	}
 	for i := range in.MeshRoutes {
 		o := &in.MeshRoutes[i]
@@ -243,13 +274,21 @@ func (r *SnapshotReconciler) writeStatus(ctx context.Context, in *snapshot.Input
 		o := &in.MeshFunctions[i]
 		patch(o, &o.Status.MeshStatus, snapshot.ObjectKey{Kind: snapshot.KindMeshFunction, Namespace: o.Namespace, Name: o.Name}, nil)
 	}
+	pools := map[string]bool{}
 	for i := range in.RedisProxies {
 		o := &in.RedisProxies[i]
+		key := snapshot.ObjectKey{Kind: snapshot.KindRedisProxy, Namespace: o.Namespace, Name: o.Name}
+		pools[o.Namespace+"/"+o.Name] = true
+		total, ready := res.PoolServers(o.Namespace, o.Name)
+		s := sync[key]
+		warn := r.ringWarning(o, s.Rejected == 0 && s.Synced == s.Subscribed, ready > 0)
 		patch(o, &o.Status.MeshStatus, snapshot.ObjectKey{Kind: snapshot.KindRedisProxy, Namespace: o.Namespace, Name: o.Name}, func() bool {
-			total, ready := res.PoolServers(o.Namespace, o.Name)
-			return applyPoolStatus(&o.Status, o.Generation, total, ready)
-		})
+			changed := o.Status.Servers != total || o.Status.ReadyServers != ready
+			o.Status.Servers, o.Status.ReadyServers = total, ready
+			return changed
+		}, poolAvailable(o.Generation, total, ready), warn)
 	}
+	r.forgetRings(pools)
 	if len(errs) > 0 {
 		log.FromContext(ctx).Info("some status writes failed; retrying", "failed", len(errs))
 	}

@@ -32,27 +32,36 @@ func programmed(gen int64, s xds.SyncStatus) metav1.Condition {
 	return c
 }
 
-// applyStatus sets the snapshot reconciler's part of a status (its three conditions,
-// observedGeneration and the sidecar counts) and reports whether anything changed, so
-// unchanged objects are never written. Conditions other controllers own are kept.
-func applyStatus(st *meshv1alpha1.MeshStatus, gen int64, tr snapshot.ObjectStatus, s xds.SyncStatus) bool {
+// applyStatus sets the snapshot reconciler's part of a status (Accepted, ResolvedRefs,
+// Programmed, any kind-specific conditions in extra, observedGeneration and the sidecar
+// counts), then the Ready/Stalled/Reconciling summary, and reports whether anything changed,
+// so unchanged objects are never written. Conditions other controllers own are kept.
+// Programmed is never True while Accepted is False: what is not accepted is not (all)
+// programmed.
+func applyStatus(st *meshv1alpha1.MeshStatus, kind string, gen int64, tr snapshot.ObjectStatus, s xds.SyncStatus, extra ...metav1.Condition) bool {
 	before := st.DeepCopy()
-	conds := append(append([]metav1.Condition(nil), tr.Conditions...), programmed(gen, s))
+	prog := programmed(gen, s)
+	for _, c := range tr.Conditions {
+		if c.Type == meshv1alpha1.ConditionAccepted && c.Status != metav1.ConditionTrue {
+			prog.Status, prog.Reason = metav1.ConditionFalse, meshv1alpha1.ReasonNotAccepted
+			prog.Message = fmt.Sprintf("Generation %d is not accepted (see Accepted), so it is not programmed as written.", gen)
+		}
+	}
+	conds := append(append(append([]metav1.Condition(nil), tr.Conditions...), prog), extra...)
 	for _, c := range conds {
 		c.ObservedGeneration = gen
 		meta.SetStatusCondition(&st.Conditions, c)
 	}
+	summarize(&st.Conditions, kind, gen)
 	st.ObservedGeneration = gen
 	st.SyncedSidecars, st.RejectedSidecars, st.LastRejection = s.Synced, s.Rejected, s.LastRejection
 	return !equality.Semantic.DeepEqual(before, st)
 }
 
-// applyPoolStatus sets a RedisProxy's server counts and its Ready condition, and reports
-// whether anything changed.
-func applyPoolStatus(st *meshv1alpha1.RedisProxyStatus, gen int64, total, ready int32) bool {
-	before := st.DeepCopy()
-	st.Servers, st.ReadyServers = total, ready
-	c := metav1.Condition{Type: meshv1alpha1.ConditionReady, ObservedGeneration: gen}
+// poolAvailable is a RedisProxy's Available condition: whether a server of its pool has a
+// ready endpoint.
+func poolAvailable(gen int64, total, ready int32) metav1.Condition {
+	c := metav1.Condition{Type: meshv1alpha1.ConditionAvailable, ObservedGeneration: gen}
 	switch {
 	case ready > 0:
 		c.Status, c.Reason = metav1.ConditionTrue, meshv1alpha1.ReasonReady
@@ -64,6 +73,5 @@ func applyPoolStatus(st *meshv1alpha1.RedisProxyStatus, gen int64, total, ready 
 		c.Status, c.Reason = metav1.ConditionFalse, meshv1alpha1.ReasonNoServers
 		c.Message = fmt.Sprintf("None of the %d servers has a ready endpoint: check the Redis pods.", total)
 	}
-	meta.SetStatusCondition(&st.Conditions, c)
-	return !equality.Semantic.DeepEqual(before, st)
+	return c
 }

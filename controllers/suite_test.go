@@ -42,7 +42,9 @@ var _ = BeforeSuite(func() {
 
 	Expect(meshv1alpha1.AddToScheme(scheme.Scheme)).To(Succeed())
 	testEnv = &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
+		// Gateway API's ReferenceGrant CRD (v1.6.3, standard channel) is installed too:
+		// MeshRoutes use it for cross-namespace consent.
+		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases"), filepath.Join("testdata", "crds")},
 		ErrorIfCRDPathMissing: true,
 	}
 	var err error

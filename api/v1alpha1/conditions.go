@@ -33,3 +33,44 @@ const (
 	ReasonWorkloadFailed  = "WorkloadFailed"
 	ReasonNoServers       = "NoServers"
 )
+
+// Status summary, ownership, consent and warning vocabulary (issue 13). Ready, Stalled and
+// Reconciling follow kstatus (sigs.k8s.io/cli-utils/pkg/kstatus): Stalled=True makes kstatus
+// report Failed, Reconciling=True or Ready=False InProgress, Ready=True Current.
+const (
+	// ConditionStalled is True when the object cannot make progress until a user changes it
+	// (it is invalid, conflicts, names what it may not, or a sidecar rejected it).
+	ConditionStalled = "Stalled"
+	// ConditionReconciling is True while Weft is still working towards Ready (sidecars have
+	// not ACKed the current generation yet, pods are starting).
+	ConditionReconciling = "Reconciling"
+	// ConditionAvailable is True when the workload behind the object can serve: MeshFunction
+	// has ready pods or is scaled to zero and can be activated; RedisProxy has a server with a
+	// ready endpoint. Ready sums it up with the other conditions.
+	ConditionAvailable = "Available"
+	// ConditionWarning is True when the object is served but likely not as its author meant
+	// (a rule that can never match, a change that moved Redis keys). It never changes what
+	// kstatus computes.
+	ConditionWarning = "Warning"
+
+	// ReasonNameConflict: an object Weft would create (Service, Deployment) already exists
+	// and is not controlled by this resource; Weft leaves it alone.
+	ReasonNameConflict = "NameConflict"
+	// ReasonRefNotPermitted: a destination in another namespace, with no ReferenceGrant there
+	// allowing it (Gateway API's reason).
+	ReasonRefNotPermitted = "RefNotPermitted"
+	// ReasonNotAllowedHosts: a host that belongs to another namespace, with no ReferenceGrant
+	// there allowing it (Gateway API's listener reason).
+	ReasonNotAllowedHosts = "NotAllowedHosts"
+	// ReasonNotAccepted is Programmed's and Ready's reason while Accepted is False.
+	ReasonNotAccepted = "NotAccepted"
+	// ReasonShadowedRule: a rule comes after a catch-all rule and can never match.
+	ReasonShadowedRule = "ShadowedRule"
+	// ReasonKeysRehomed: the pool's ring changed (server names, hash or distribution) while
+	// it was serving, so keys now map to other servers.
+	ReasonKeysRehomed = "KeysRehomed"
+	// ReasonNoWarnings is Warning's reason when it is False.
+	ReasonNoWarnings = "NoWarnings"
+	// ReasonStatusPending: the other half of the status has not been written yet.
+	ReasonStatusPending = "StatusPending"
+)

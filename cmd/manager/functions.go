@@ -43,6 +43,7 @@ func setupFunctions(mgr ctrl.Manager, srv *xds.Server, snap *controllers.Snapsho
 		Scaler:    as,
 		Decisions: decisions,
 		Handoff:   srv,
+		Recorder:  mgr.GetEventRecorder("weft-meshfunction"),
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the MeshFunction controller: %w", err)

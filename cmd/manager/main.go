@@ -112,6 +112,7 @@ func setupXDS(mgr ctrl.Manager, addr string) (*xds.Server, *controllers.Snapshot
 	r := controllers.NewSnapshotReconciler(mgr.GetClient(), mgr.GetAPIReader(), cache, mgr.Elected())
 	srv := xds.New(cache, xds.Options{Address: addr, OnChange: r.Notify, Log: ctrl.Log.WithName("xds")})
 	r.Nodes = srv
+	r.Recorder = mgr.GetEventRecorder("weft-snapshot")
 	if err := r.SetupWithManager(mgr); err != nil {
 		return nil, nil, fmt.Errorf("setting up the snapshot controller: %w", err)
 	}

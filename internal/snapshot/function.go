@@ -50,6 +50,11 @@ func (t *translator) meshFunction(fn *meshv1alpha1.MeshFunction) *built {
 		}},
 		Metadata: metadata(RouteMetadataKey, map[string]any{"owner": key.String()}),
 	}}
+	if t.nameTaken(b, fn.UID, fn.Name) {
+		// The name's host belongs to the user's Service: serving the function there would
+		// take its traffic.
+		return b
+	}
 	ports := []int32{functionServicePort}
 	for _, h := range append([]string{fn.Name}, fn.Spec.Hosts...) {
 		g, l := hostDomains(h, fn.Namespace, ports)

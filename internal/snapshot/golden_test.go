@@ -77,6 +77,16 @@ func readInput(t testing.TB, path string) (*Input, []View) {
 		case "Secret":
 			in.Secrets = append(in.Secrets, corev1.Secret{})
 			dst = &in.Secrets[len(in.Secrets)-1]
+		case "ReferenceGrant":
+			var obj map[string]any
+			if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+				t.Fatalf("%s doc %d: %v", path, i, err)
+			}
+			in.ReferenceGrants = append(in.ReferenceGrants, ReferenceGrantFrom(obj))
+			continue
+		case "Deployment":
+			in.Deployments = append(in.Deployments, metav1.PartialObjectMetadata{})
+			dst = &in.Deployments[len(in.Deployments)-1]
 		case "View":
 			var tv testView
 			if err := yaml.UnmarshalStrict([]byte(stripTypeMeta(doc)), &tv); err != nil {

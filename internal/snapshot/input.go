@@ -20,6 +20,13 @@ type Input struct {
 	Pods []metav1.PartialObjectMetadata
 	// Secrets are only those a RedisProxy names.
 	Secrets []corev1.Secret
+	// Deployments carry only metadata: a MeshFunction or standalone RedisProxy whose
+	// Deployment name is taken by one it does not control is in NameConflict.
+	Deployments []metav1.PartialObjectMetadata
+	// ReferenceGrants are Gateway API ReferenceGrants (gateway.networking.k8s.io/v1beta1):
+	// a MeshRoute may use a host or destination of another namespace only when a grant
+	// there allows it. Nil when the CRD is not installed: then nothing crosses namespaces.
+	ReferenceGrants []ReferenceGrant
 	// Queue, when set, is sent to every sidecar for asynchronous calls.
 	Queue *Queue
 }
@@ -51,24 +58,28 @@ type ObjectStatus struct {
 
 // index holds the Kubernetes objects by namespace/name for the lookups translation makes.
 type index struct {
-	services  map[string]*corev1.Service
-	slices    map[string][]*discoveryv1.EndpointSlice // by namespace/service name
-	podLabels map[string]map[string]string            // by namespace/pod name
-	secrets   map[string]*corev1.Secret
-	functions map[string]*meshv1alpha1.MeshFunction
-	redis     map[string]*meshv1alpha1.RedisProxy
+	services    map[string]*corev1.Service
+	slices      map[string][]*discoveryv1.EndpointSlice // by namespace/service name
+	podLabels   map[string]map[string]string            // by namespace/pod name
+	secrets     map[string]*corev1.Secret
+	deployments map[string]*metav1.PartialObjectMetadata
+	grants      []ReferenceGrant
+	functions   map[string]*meshv1alpha1.MeshFunction
+	redis       map[string]*meshv1alpha1.RedisProxy
 }
 
 func nsName(ns, name string) string { return ns + "/" + name }
 
 func newIndex(in *Input) *index {
 	ix := &index{
-		services:  map[string]*corev1.Service{},
-		slices:    map[string][]*discoveryv1.EndpointSlice{},
-		podLabels: map[string]map[string]string{},
-		secrets:   map[string]*corev1.Secret{},
-		functions: map[string]*meshv1alpha1.MeshFunction{},
-		redis:     map[string]*meshv1alpha1.RedisProxy{},
+		services:    map[string]*corev1.Service{},
+		slices:      map[string][]*discoveryv1.EndpointSlice{},
+		podLabels:   map[string]map[string]string{},
+		secrets:     map[string]*corev1.Secret{},
+		deployments: map[string]*metav1.PartialObjectMetadata{},
+		grants:      in.ReferenceGrants,
+		functions:   map[string]*meshv1alpha1.MeshFunction{},
+		redis:       map[string]*meshv1alpha1.RedisProxy{},
 	}
 	for i := range in.Services {
 		s := &in.Services[i]
@@ -90,6 +101,10 @@ func newIndex(in *Input) *index {
 	for i := range in.Secrets {
 		s := &in.Secrets[i]
 		ix.secrets[nsName(s.Namespace, s.Name)] = s
+	}
+	for i := range in.Deployments {
+		d := &in.Deployments[i]
+		ix.deployments[nsName(d.Namespace, d.Name)] = d
 	}
 	for i := range in.MeshFunctions {
 		f := &in.MeshFunctions[i]

@@ -52,6 +52,8 @@ type resolved struct {
 	cluster string
 	port    int32
 	reason  string
+	// notPermitted: the destination is in another namespace that grants nothing.
+	notPermitted bool
 }
 
 // destination resolves a Service (port, subset) or MeshFunction destination of mr and adds
@@ -60,6 +62,17 @@ func (t *translator) destination(mr *meshv1alpha1.MeshRoute, d meshv1alpha1.Dest
 	ns := d.Namespace
 	if ns == "" {
 		ns = mr.Namespace
+	}
+	if ns != mr.Namespace {
+		kind, group, target := KindService, CoreGroup, d.Service
+		if d.Function != "" {
+			kind, group, target = KindMeshFunction, WeftGroup, d.Function
+		}
+		if !t.ix.permitted(KindMeshRoute, mr.Namespace, group, kind, ns, target) {
+			return resolved{cluster: "unpermitted|" + ns + "/" + target, notPermitted: true,
+				reason: fmt.Sprintf("%s %s/%s is in another namespace, and no ReferenceGrant there allows MeshRoutes from %s to use it; %s",
+					kind, ns, target, mr.Namespace, grantHint(KindMeshRoute, mr.Namespace, group, kind, ns, target))}
+		}
 	}
 	if d.Function != "" {
 		name := FunctionClusterName(ns, d.Function)
@@ -150,7 +163,20 @@ rules:
 			}
 			b.routes = append(b.routes, r)
 			if isCatchAll(m) {
-				break rules // later rules could never match
+				// Later rules could never match: leave them out, and warn, since the
+				// author most likely meant the catch-all to come last.
+				var dead []string
+				if j+1 < len(matches) {
+					dead = append(dead, fmt.Sprintf("matches %d-%d of rule %s", j+1, len(matches)-1, ruleName(rule, i)))
+				}
+				for k := i + 1; k < len(mr.Spec.HTTP); k++ {
+					dead = append(dead, "rule "+ruleName(&mr.Spec.HTTP[k], k))
+				}
+				if len(dead) > 0 {
+					b.p.shadowedf("rule %s match %d matches every request, so %s can never match and are left out; move the catch-all rule last",
+						ruleName(rule, i), j, strings.Join(dead, ", "))
+				}
+				break rules
 			}
 		}
 	}
@@ -216,7 +242,11 @@ func (t *translator) ruleAction(mr *meshv1alpha1.MeshRoute, rule *meshv1alpha1.H
 			continue
 		}
 		res := t.destination(mr, d.Destination, b)
-		if res.reason != "" {
+		if res.notPermitted {
+			b.p.refNotPermitted("%s", res.reason)
+			reasons = append(reasons, res.reason)
+			unresolved = append(unresolved, res)
+		} else if res.reason != "" {
 			b.p.missingf("%s", res.reason)
 			reasons = append(reasons, res.reason)
 			unresolved = append(unresolved, res)
@@ -282,7 +312,9 @@ func (t *translator) ruleAction(mr *meshv1alpha1.MeshRoute, rule *meshv1alpha1.H
 	}
 	if m := rule.Mirror; m != nil && m.Percentage > 0 {
 		res := t.destination(mr, m.Destination, b)
-		if res.reason != "" {
+		if res.notPermitted {
+			b.p.refNotPermitted("mirror: %s", res.reason)
+		} else if res.reason != "" {
 			b.p.missingf("mirror: %s", res.reason)
 		} else {
 			ra.RequestMirrorPolicies = []*routev3.RouteAction_RequestMirrorPolicy{{

@@ -10,6 +10,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // translator carries the index through the per-object translations.
@@ -88,10 +89,14 @@ func Translate(in *Input) *Result {
 	clas := map[string]*endpointv3.ClusterLoadAssignment{}
 	for _, b := range objs {
 		for _, h := range b.hosts {
+			if !t.checkHost(b, h) {
+				continue
+			}
 			if w, taken := owner[h.key]; taken {
 				if w != b {
-					b.p.conflict("host %s is already claimed by %s %s/%s, which is older; remove the host here or from %s/%s (this object's other hosts still work)",
-						h.host, w.key.Kind, w.key.Namespace, w.key.Name, w.key.Namespace, w.key.Name)
+					b.p.conflict("host %s is already claimed by %s %s/%s, which wins: the oldest object (by creationTimestamp, %s against this one's %s) keeps a host, "+
+						"ties going to the first by namespace/name; remove the host here or from %s/%s (this object's other hosts still work)",
+						h.host, w.key.Kind, w.key.Namespace, w.key.Name, stamp(w.created), stamp(b.created), w.key.Namespace, w.key.Name)
 				}
 				continue
 			}
@@ -152,6 +157,8 @@ func Translate(in *Input) *Result {
 	return res
 }
 
+func stamp(t metav1.Time) string { return t.UTC().Format(time.RFC3339) }
+
 // fresh returns the domains not yet taken, and takes them: a domain in two virtual hosts
 // would make every sidecar NACK the route configuration.
 func fresh(ds []string, taken map[string]bool) []string {
@@ -185,6 +192,7 @@ func (t *translator) redisPools(in *Input, res *Result) {
 	for i := range in.RedisProxies {
 		rp := &in.RedisProxies[i]
 		pool, p := t.redisProxy(rp)
+		t.standaloneNames(rp, p)
 		// Fields stored before the CRD could refuse them (issue 13) decode as unreadable
 		// instead of failing every list; such a pool is not served until fixed.
 		for _, f := range rp.UnreadableFields() {
