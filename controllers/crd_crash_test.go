@@ -17,7 +17,6 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
@@ -192,7 +191,7 @@ var _ = Describe("objects that crashed the manager (issue 13)", Ordered, func() 
 			Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{crashNamespace: {}}},
 		})
 		Expect(err).NotTo(HaveOccurred())
-		Expect(mgr.AddReadyzCheck("readyz", healthz.Ping)).To(Succeed())
+		Expect(mgr.AddReadyzCheck("caches", CachesSynced(mgr.GetCache()))).To(Succeed())
 		Expect((&MeshFunctionReconciler{Client: mgr.GetClient(), Options: workload.DefaultOptions()}).SetupWithManager(mgr)).To(Succeed())
 		Expect((&RedisProxyReconciler{Client: mgr.GetClient(), Options: workload.DefaultOptions()}).SetupWithManager(mgr)).To(Succeed())
 		mctx, mstop := context.WithCancel(ctx)

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -116,6 +117,13 @@ func (r *MeshFunctionReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	status.ObservedGeneration = fn.Generation
 	status.URL = workload.FunctionURL(fn.Namespace, fn.Name, r.Options.ClusterDomain)
 
+	// A field stored before the CRD could refuse it decodes as unreadable; name it first,
+	// or the scale check below would blame "the scale settings" for an unreadable window.
+	if bad := fn.UnreadableFields(); len(bad) > 0 {
+		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionAvailable, metav1.ConditionFalse, meshv1alpha1.ReasonInvalid,
+			fmt.Sprintf("these fields cannot be read: %s; fix them and apply again", strings.Join(bad, "; ")))
+		return ctrl.Result{}, r.writeStatus(ctx, fn, status)
+	}
 	spec := scaleSpec(fn)
 	if err := spec.Validate(); err != nil {
 		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionAvailable, metav1.ConditionFalse, meshv1alpha1.ReasonInvalid,

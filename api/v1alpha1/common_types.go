@@ -7,6 +7,7 @@ import metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 type MeshStatus struct {
 	// ObservedGeneration is the .metadata.generation this status was computed from.
 	// +optional
+	// +kubebuilder:default=0
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
 	// Conditions are Accepted, ResolvedRefs, Programmed and Ready, as they apply to the kind.

@@ -322,6 +322,10 @@ type MeshFunction struct {
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
 	Spec   MeshFunctionSpec   `json:"spec"`
+	// Status is defaulted to {observedGeneration: 0} so an object Weft has not reconciled
+	// yet reads InProgress to kstatus (which skips its generation check when
+	// observedGeneration is absent and would call the object Current).
+	// +kubebuilder:default={observedGeneration: 0}
 	Status MeshFunctionStatus `json:"status,omitempty"`
 }
 
