@@ -19,7 +19,7 @@ import (
 // Defaults the API documents; repeated here because objects read in tests (and objects
 // created before a default was added) may lack them.
 const (
-	defaultConnectTimeout  = 10 * time.Second
+	defaultConnectTimeout  = 500 * time.Millisecond // the API default; see TrafficPolicy.ConnectionPool.ConnectTimeout
 	defaultMinRingSize     = 1024
 	defaultHCInterval      = 5 * time.Second
 	defaultHCTimeout       = time.Second

@@ -248,6 +248,8 @@ func (l *Listener) attempt(ctx context.Context, c *upstream.Cluster, out *upstre
 		outcome = statusOutcome(resp.StatusCode)
 	case ctx.Err() != nil || expired(deadline):
 		outcome = upstream.Success // the route timed out or the caller left: not the host's fault
+	case isConnectFailure(err) || upstream.IsResetBeforeResponse(err):
+		outcome = upstream.LocalOriginFailure
 	}
 	c.Report(h, outcome)
 	return res
@@ -357,7 +359,12 @@ func (a *attemptResult) errorReply(deadline time.Time) (int, string) {
 	switch {
 	case a.err == errNoHost:
 		return http.StatusServiceUnavailable, "no healthy upstream\n"
-	case expired(deadline), isTimeout(a.err):
+	case expired(deadline):
+		return http.StatusGatewayTimeout, "upstream request timeout\n"
+	case isConnectFailure(a.err) && isTimeout(a.err):
+		// Envoy's words for a connect_timeout: 503, not the 504 of a request timeout.
+		return http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection timeout\n"
+	case isTimeout(a.err):
 		return http.StatusGatewayTimeout, "upstream request timeout\n"
 	case isConnectFailure(a.err):
 		return http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection failure\n"
