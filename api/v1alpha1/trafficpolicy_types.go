@@ -107,7 +107,8 @@ type ConnectionPool struct {
 	// +kubebuilder:validation:Minimum=1
 	MaxRequests *int32 `json:"maxRequests,omitempty"`
 
-	// MaxRetries in flight to all endpoints together.
+	// MaxRetries in flight to all endpoints together. Defaults to 2^32-1 (no limit beyond
+	// each route's retry attempts), like Istio.
 	// +optional
 	// +kubebuilder:validation:Minimum=0
 	MaxRetries *int32 `json:"maxRetries,omitempty"`
