@@ -128,7 +128,7 @@ func run() error {
 	calls := newAsyncCalls(log, node.GetId(), f.function, f.appPort, current.Load)
 	ups := upstream.NewManager(bg, clock.RealClock{})
 	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Logger: log, Holder: holder{act}, Watcher: act, Async: calls,
-		GoroutinePerConnection: !f.eventLoop})
+		GoroutinePerConnection: !f.eventLoop, Function: f.function})
 	redis := newRedisPools(log, f.redisProxy != "")
 	var status func() any
 	apply := func(c *config.Config) {

@@ -25,6 +25,12 @@ func (h holder) Hold(ctx context.Context, fn httpproxy.FunctionRef) (func(), tim
 	})
 }
 
+// HoldTimedOut counts a call the function's sidecar refused because its app had not
+// started within the hold (httpproxy.HoldTimeoutRecorder).
+func (h holder) HoldTimedOut(fn httpproxy.FunctionRef) {
+	h.act.TimedOut(activator.FunctionRef{Namespace: fn.Namespace, Name: fn.Name, Cluster: fn.Cluster, HoldTimeout: fn.HoldTimeout})
+}
+
 // activatorStats adapts the activator's WritePrometheus to the admin StatsWriter seam.
 type activatorStats struct{ act *activator.Activator }
 

@@ -125,6 +125,10 @@ func TestWebhookInAPIServer(t *testing.T) {
 		{pod("plain", "not-asked", nil, "app"), 1},
 		{pod("plain", "opted-in", map[string]string{LabelInject: "true"}, "app"), 2},
 		{pod("meshed", "pre-injected", nil, "app", ContainerName), 2},
+		// Never sent to the webhook (issue 12 item 8), so a manager that is down cannot
+		// stop them: the cluster's own namespace and the manager's.
+		{pod("kube-system", "opted-in", map[string]string{LabelInject: "true"}, "app"), 1},
+		{pod("weft-system", "opted-in", map[string]string{LabelInject: "true"}, "app"), 1},
 	} {
 		t.Run(tc.pod.Namespace+"/"+tc.pod.Name, func(t *testing.T) {
 			if tc.pod != first {

@@ -155,9 +155,11 @@ func (r *podRuntime) env(c *corev1.Container) ([]string, error) {
 // supervise runs a container's process and restarts it (restartPolicy Always, the only one
 // Deployments use) with a doubling back-off, until the pod stops.
 func (r *podRuntime) supervise(cs *containerState) {
-	backoff := time.Second
+	backoff := newRestartBackoff(containerRestartInitial)
 	for {
+		started := time.Now()
 		err := r.run(cs)
+		delay := backoff.after(time.Since(started))
 		if r.ctx.Err() != nil {
 			return
 		}
@@ -165,7 +167,7 @@ func (r *podRuntime) supervise(cs *containerState) {
 		if err != nil {
 			cs.waiting, cs.message = waitingReason(err), err.Error()
 		} else {
-			cs.waiting, cs.message = "CrashLoopBackOff", fmt.Sprintf("back-off %s restarting failed container %s", backoff, cs.spec.Name)
+			cs.waiting, cs.message = "CrashLoopBackOff", fmt.Sprintf("back-off %s restarting failed container %s", delay, cs.spec.Name)
 		}
 		r.mu.Unlock()
 		r.notify()
@@ -175,9 +177,8 @@ func (r *podRuntime) supervise(cs *containerState) {
 		select {
 		case <-r.ctx.Done():
 			return
-		case <-time.After(backoff):
+		case <-time.After(delay):
 		}
-		backoff = min(2*backoff, 30*time.Second)
 	}
 }
 

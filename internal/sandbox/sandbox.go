@@ -25,6 +25,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
 
@@ -217,7 +218,37 @@ func prepareCluster(ctx context.Context, cs kubernetes.Interface, webhookPort in
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("creating namespace weft-system: %w", err)
 	}
-	url := fmt.Sprintf("https://127.0.0.1:%d/inject-pod", webhookPort)
+	mwc := webhookConfiguration(fmt.Sprintf("https://127.0.0.1:%d/inject-pod", webhookPort))
+	api := cs.AdmissionregistrationV1().MutatingWebhookConfigurations()
+	_, err := api.Create(ctx, mwc, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		// Kept from an earlier run: bring its webhooks up to date, keeping the CA the
+		// manager published.
+		var old *admissionregistrationv1.MutatingWebhookConfiguration
+		if old, err = api.Get(ctx, mwc.Name, metav1.GetOptions{}); err == nil {
+			for i := range mwc.Webhooks {
+				if i < len(old.Webhooks) {
+					mwc.Webhooks[i].ClientConfig.CABundle = old.Webhooks[i].ClientConfig.CABundle
+				}
+			}
+			mwc.ResourceVersion = old.ResourceVersion
+			_, err = api.Update(ctx, mwc, metav1.UpdateOptions{})
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("creating MutatingWebhookConfiguration weft-sidecar-injector: %w", err)
+	}
+	return nil
+}
+
+// neverInjected are the namespaces the injection webhook is never called for, whatever
+// their labels: the cluster's own and the manager's. With failurePolicy Fail, a manager
+// that is down must not stop them from creating Pods, its own among them.
+var neverInjected = []string{metav1.NamespaceSystem, metav1.NamespacePublic, corev1.NamespaceNodeLease, "weft-system"}
+
+// webhookConfiguration is the injection webhook configuration of config/webhook/manifests.yaml
+// (see there for the policy), pointed at url.
+func webhookConfiguration(url string) *admissionregistrationv1.MutatingWebhookConfiguration {
 	fail, none, never := admissionregistrationv1.Fail, admissionregistrationv1.SideEffectClassNone, admissionregistrationv1.NeverReinvocationPolicy
 	rules := []admissionregistrationv1.RuleWithOperations{{Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create},
 		Rule: admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}}}}
@@ -227,19 +258,18 @@ func prepareCluster(ctx context.Context, cs kubernetes.Interface, webhookPort in
 			ClientConfig: admissionregistrationv1.WebhookClientConfig{URL: &url}, Rules: rules,
 			NamespaceSelector: nsSel, ObjectSelector: objSel}
 	}
-	sel := func(op metav1.LabelSelectorOperator, v string) *metav1.LabelSelector {
-		return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "weft.dev/inject", Operator: op, Values: []string{v}}}}
+	inject := func(op metav1.LabelSelectorOperator, v string) metav1.LabelSelectorRequirement {
+		return metav1.LabelSelectorRequirement{Key: "weft.dev/inject", Operator: op, Values: []string{v}}
 	}
-	// The same two webhooks as config/webhook/manifests.yaml.
-	mwc := &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "weft-sidecar-injector"},
+	excluded := metav1.LabelSelectorRequirement{Key: corev1.LabelMetadataName, Operator: metav1.LabelSelectorOpNotIn, Values: neverInjected}
+	sel := func(reqs ...metav1.LabelSelectorRequirement) *metav1.LabelSelector {
+		return &metav1.LabelSelector{MatchExpressions: reqs}
+	}
+	return &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "weft-sidecar-injector"},
 		Webhooks: []admissionregistrationv1.MutatingWebhook{
-			hook("namespace.inject.weft.dev", sel(metav1.LabelSelectorOpIn, "enabled"), sel(metav1.LabelSelectorOpNotIn, "false")),
-			hook("object.inject.weft.dev", sel(metav1.LabelSelectorOpNotIn, "enabled"), sel(metav1.LabelSelectorOpIn, "true")),
+			hook("namespace.inject.weft.dev", sel(inject(metav1.LabelSelectorOpIn, "enabled"), excluded), sel(inject(metav1.LabelSelectorOpNotIn, "false"))),
+			hook("object.inject.weft.dev", sel(inject(metav1.LabelSelectorOpNotIn, "enabled"), excluded), sel(inject(metav1.LabelSelectorOpIn, "true"))),
 		}}
-	if _, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(ctx, mwc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("creating MutatingWebhookConfiguration weft-sidecar-injector: %w", err)
-	}
-	return nil
 }
 
 // superviseManager runs bin/manager and restarts it if it dies, so a crash shows in its log
@@ -266,34 +296,27 @@ func superviseManager(ctx context.Context, o Options, logDir, kubeconfig, gw str
 	env := []string{"KUBECONFIG=" + kubeconfig, "POD_NAMESPACE=weft-system"}
 	mctx, cancel := context.WithCancel(ctx)
 	stopped := make(chan struct{})
-	var cur *process
-	p, err := startProcess("manager", logDir, path, args, env)
+	cur, err := startProcess("manager", logDir, path, args, env)
 	if err != nil {
 		cancel()
 		return nil, err
 	}
-	cur = p
 	go func() {
 		defer close(stopped)
-		backoff := 2 * time.Second
-		for {
-			select {
-			case <-mctx.Done():
-				cur.stop(15 * time.Second)
-				return
-			case <-cur.done:
-			}
-			say("manager exited (%s); restarting in %s. Last log lines:\n%s", cur.cmd.ProcessState, backoff, tail(cur.log, 600))
-			select {
-			case <-mctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, 30*time.Second)
-			if np, err := startProcess("manager", logDir, path, args, env); err == nil {
+		superviseLoop(mctx, clock.RealClock{}, newRestartBackoff(managerRestartInitial), cur.done,
+			func() (<-chan struct{}, error) {
+				np, err := startProcess("manager", logDir, path, args, env)
+				if err != nil {
+					say("starting the manager again failed: %v", err)
+					return nil, err
+				}
 				cur = np
-			}
-		}
+				return np.done, nil
+			},
+			func(delay time.Duration) {
+				say("manager exited (%s); restarting in %s. Last log lines:\n%s", cur.cmd.ProcessState, delay, tail(cur.log, 600))
+			},
+			func() { cur.stop(15 * time.Second) })
 	}()
 	return func() { cancel(); <-stopped }, nil
 }

@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"math"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -18,7 +19,7 @@ import (
 // Defaults the API documents; repeated here because objects read in tests (and objects
 // created before a default was added) may lack them.
 const (
-	defaultConnectTimeout  = 10 * time.Second
+	defaultConnectTimeout  = 500 * time.Millisecond // the API default; see TrafficPolicy.ConnectionPool.ConnectTimeout
 	defaultMinRingSize     = 1024
 	defaultHCInterval      = 5 * time.Second
 	defaultHCTimeout       = time.Second
@@ -72,6 +73,7 @@ func metadata(key string, fields map[string]any) *corev3.Metadata {
 // (Istio's DestinationRule translation, b.2 in the routing reference).
 func serviceCluster(name string, tp *meshv1alpha1.TrafficPolicy) *clusterv3.Cluster {
 	c := edsCluster(name)
+	defer unlimitedRetries(c)
 	if tp == nil {
 		return c
 	}
@@ -180,6 +182,21 @@ func httpHealthCheck(hc *meshv1alpha1.HTTPHealthCheck) *corev3.HealthCheck {
 	}
 }
 
+// unlimitedRetries sets the max_retries circuit breaker to Istio's default, 2^32-1, unless
+// the traffic policy set it. Envoy's own default, 3 retries in flight per cluster, made the
+// retries of Istio's default policy overflow when a pod vanished: every call in flight to it
+// fails its connect within a few milliseconds of the others and needs its retry at once, so
+// with 5 callers 2 of 5 got the connect error instead of a retry (issue 12 item 5). Each
+// call's retries stay bounded by its route's attempts.
+func unlimitedRetries(c *clusterv3.Cluster) {
+	if c.CircuitBreakers == nil {
+		c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{}}}
+	}
+	if t := c.CircuitBreakers.Thresholds[0]; t.MaxRetries == nil {
+		t.MaxRetries = wrapperspb.UInt32(math.MaxUint32)
+	}
+}
+
 // unresolvedCluster stands in for a weighted destination that could not be resolved: it has
 // no endpoints and says why, so its share of requests gets a 503 with that reason.
 func unresolvedCluster(name, reason string) (*clusterv3.Cluster, *endpointv3.ClusterLoadAssignment) {
@@ -192,6 +209,7 @@ func unresolvedCluster(name, reason string) (*clusterv3.Cluster, *endpointv3.Clu
 // hold requests while it scales from zero.
 func functionCluster(fn *meshv1alpha1.MeshFunction) *clusterv3.Cluster {
 	c := edsCluster(FunctionClusterName(fn.Namespace, fn.Name))
+	unlimitedRetries(c)
 	hold := fn.Spec.Activation.HoldTimeout.Duration
 	if hold == 0 {
 		hold = 30 * time.Second

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -237,9 +238,19 @@ func (t *translator) ruleAction(mr *meshv1alpha1.MeshRoute, rule *meshv1alpha1.H
 	var clusters []*routev3.WeightedCluster_ClusterWeight
 	var reasons []string
 	var unresolved []resolved
+	var fnTimeout time.Duration // the longest timeout of the rule's function destinations
 	for _, d := range rule.Route {
 		if d.Weight <= 0 {
 			continue
+		}
+		if d.Destination.Function != "" {
+			ns := d.Destination.Namespace
+			if ns == "" {
+				ns = mr.Namespace
+			}
+			if fn, ok := t.ix.functions[nsName(ns, d.Destination.Function)]; ok {
+				fnTimeout = max(fnTimeout, functionTimeout(fn))
+			}
 		}
 		res := t.destination(mr, d.Destination, b)
 		if res.notPermitted {
@@ -278,8 +289,14 @@ func (t *translator) ruleAction(mr *meshv1alpha1.MeshRoute, rule *meshv1alpha1.H
 		b.addCluster(unresolvedCluster(u.cluster, fmt.Sprintf("%s %s/%s: %s", KindMeshRoute, mr.Namespace, mr.Name, u.reason)))
 	}
 	ra := &routev3.RouteAction{Timeout: timeoutOf(0), HashPolicy: hashPolicy(ch)}
-	if rule.Timeout != nil {
+	switch {
+	case rule.Timeout != nil:
 		ra.Timeout = timeoutOf(rule.Timeout.Duration)
+	case fnTimeout > 0:
+		// A call to a function is bounded by the function's timeout (300 s by default,
+		// Knative's revision timeout) through a MeshRoute as through its own name, so the
+		// caller's sidecar never waits on it forever (issue 12 item 7).
+		ra.Timeout = timeoutOf(fnTimeout)
 	}
 	if len(clusters) == 1 {
 		only := clusters[0]

@@ -188,6 +188,20 @@ func (a *Activator) Hold(ctx context.Context, fn FunctionRef) (release func(), w
 	return a.releaser(c), waited, nil
 }
 
+// TimedOut counts a hold timeout for fn that happened past this sidecar: its endpoint
+// came in time, but the function's own sidecar answered that the app had not started
+// within what was left of the hold. To the caller it is the same refusal, so it is
+// counted with the holds that timed out here.
+func (a *Activator) TimedOut(fn FunctionRef) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c := a.cluster(fn.Cluster)
+	if c.ref.Name == "" {
+		c.ref = fn
+	}
+	c.stats.timedOut++
+}
+
 // abandon takes w out of the queue after a timeout or cancellation and
 // reports true. If w was admitted meanwhile: on cancellation its slot goes
 // to the next waiter and abandon reports true; on timeout the request may

@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/weftmesh/weft/sidecar/config"
@@ -113,7 +112,11 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 			defer stop()
 		}
 	}
+	startBy := l.startBy(r.Header, start)
 	out := outboundRequest(r, route, wc, body)
+	if fn := cc.Function; fn != nil {
+		setStartBudget(out.Header, fn, start)
+	}
 	for _, m := range route.Mirrors {
 		if replayable && chance(m.PerMillion) {
 			p.mirror(&out, m.Cluster, route.Timeout)
@@ -147,7 +150,7 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 			}
 		}
 		res.release()
-		res = l.attempt(ctx, c, &out, hash, hasHash, tried, deadline, perTry)
+		res = l.attempt(ctx, c, &out, hash, hasHash, tried, deadline, perTry, startBy)
 		if attempt > 0 {
 			c.RetryDone()
 		}
@@ -160,10 +163,18 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 	}
 	defer res.release()
 	if res.resp == nil {
+		if l.appStartTimedOut(w, c, res.err, start) {
+			return
+		}
 		status, msg := res.errorReply(deadline)
 		c.Stats.Observe(status, time.Since(start))
 		localReply(w, status, msg)
 		return
+	}
+	if fn := cc.Function; fn != nil && isAppStartTimeout(res.resp) {
+		if rec, ok := p.opts.Holder.(HoldTimeoutRecorder); ok {
+			rec.HoldTimedOut(FunctionRef{Namespace: fn.Namespace, Name: fn.Name, Cluster: cc.Name, HoldTimeout: fn.HoldTimeout})
+		}
 	}
 	responseHeader(w.Header(), res.resp.Header, route, wc, setCookie)
 	if waited > 0 {
@@ -221,7 +232,7 @@ func (a *attemptResult) release() {
 }
 
 func (l *Listener) attempt(ctx context.Context, c *upstream.Cluster, out *upstream.Request,
-	hash uint64, hasHash bool, tried []*upstream.Host, deadline time.Time, perTry time.Duration) attemptResult {
+	hash uint64, hasHash bool, tried []*upstream.Host, deadline time.Time, perTry time.Duration, startBy time.Time) attemptResult {
 	h := c.Pick(hash, hasHash, tried)
 	if h == nil {
 		return attemptResult{err: errNoHost}
@@ -236,7 +247,7 @@ func (l *Listener) attempt(ctx context.Context, c *upstream.Cluster, out *upstre
 	h.Start()
 	resp, err := c.RoundTrip(ctx, out, h, tryDeadline)
 	if err != nil && l.inbound && !l.appSeen.Load() {
-		resp, err = l.waitForApp(ctx, c, out, h, tryDeadline, err)
+		resp, err = l.waitForApp(ctx, c, out, h, tryDeadline, startBy, err)
 	}
 	if err == nil && l.inbound && !l.appSeen.Load() {
 		l.appSeen.Store(true)
@@ -248,6 +259,8 @@ func (l *Listener) attempt(ctx context.Context, c *upstream.Cluster, out *upstre
 		outcome = statusOutcome(resp.StatusCode)
 	case ctx.Err() != nil || expired(deadline):
 		outcome = upstream.Success // the route timed out or the caller left: not the host's fault
+	case isConnectFailure(err) || upstream.IsResetBeforeResponse(err):
+		outcome = upstream.LocalOriginFailure
 	}
 	c.Report(h, outcome)
 	return res
@@ -262,38 +275,6 @@ func statusOutcome(code int) upstream.Outcome {
 		return upstream.ServerError
 	}
 	return upstream.Success
-}
-
-// appStartWait bounds how long the inbound listener waits for the pod's app to accept its
-// first connection. The pod is published once the sidecar has started and the app
-// container runs, which can be a few milliseconds before the app listens; a request that
-// arrives in that window waits here instead of failing (its caller has usually just
-// waited for a cold start already). Once the app has answered, a refused connection fails
-// at once as usual.
-const (
-	appStartWait = 10 * time.Second
-	appStartPoll = 10 * time.Millisecond
-)
-
-// waitForApp retries a connection the pod's app refused until it accepts, appStartWait
-// passes, the request's deadline passes or the caller leaves.
-func (l *Listener) waitForApp(ctx context.Context, c *upstream.Cluster, out *upstream.Request, h *upstream.Host,
-	deadline time.Time, err error) (*http.Response, error) {
-	limit := time.Now().Add(appStartWait)
-	if !deadline.IsZero() && deadline.Before(limit) {
-		limit = deadline
-	}
-	for errors.Is(err, syscall.ECONNREFUSED) && time.Now().Add(appStartPoll).Before(limit) {
-		if !l.proxy.sleep(ctx, appStartPoll, time.Time{}) {
-			return nil, err
-		}
-		var resp *http.Response
-		resp, err = c.RoundTrip(ctx, out, h, deadline)
-		if err == nil {
-			return resp, nil
-		}
-	}
-	return nil, err
 }
 
 var (
@@ -316,6 +297,9 @@ func retriable(rp *config.RetryPolicy, res *attemptResult, ctx context.Context, 
 	}
 	if res.err != nil {
 		return retryOnError(rp, res.err)
+	}
+	if isAppStartTimeout(res.resp) {
+		return false // the caller's hold is spent: another try would be refused at once
 	}
 	return retryOnStatus(rp, res.resp.StatusCode)
 }
@@ -357,7 +341,12 @@ func (a *attemptResult) errorReply(deadline time.Time) (int, string) {
 	switch {
 	case a.err == errNoHost:
 		return http.StatusServiceUnavailable, "no healthy upstream\n"
-	case expired(deadline), isTimeout(a.err):
+	case expired(deadline):
+		return http.StatusGatewayTimeout, "upstream request timeout\n"
+	case isConnectFailure(a.err) && isTimeout(a.err):
+		// Envoy's words for a connect_timeout: 503, not the 504 of a request timeout.
+		return http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection timeout\n"
+	case isTimeout(a.err):
 		return http.StatusGatewayTimeout, "upstream request timeout\n"
 	case isConnectFailure(a.err):
 		return http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection failure\n"
@@ -420,6 +409,9 @@ func outboundRequest(r *http.Request, route *config.Route, wc *config.WeightedCl
 	for _, k := range hopHeaders {
 		delete(hdr, k)
 	}
+	// Only a caller's sidecar sets it, for the function's sidecar: never from an app, never
+	// passed to one (see startBudgetHeader).
+	delete(hdr, startBudgetHeader)
 	// The picked destination's edits first, then the route's (Envoy's order: the enclosing
 	// route's headers win).
 	applyHeaderEdits(hdr, wc.RequestHeadersToRemove, wc.RequestHeadersToAdd)

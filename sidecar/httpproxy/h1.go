@@ -127,7 +127,7 @@ func (l *Listener) serveConn(nc net.Conn, in, out []byte) {
 		writers.Put(bw)
 	}()
 	remote := conn.RemoteAddr().String()
-	w := &h1Writer{conn: conn, br: br, bw: bw}
+	w := &h1Writer{conn: conn, br: br, bw: bw, drain: &l.draining}
 	// armed is the read deadline in force (zero: none). Every change costs a runtime timer
 	// update, so the idle deadline is moved only once it lags by more than a second, and
 	// the header deadline is set only for a head that has not arrived whole.
@@ -264,6 +264,9 @@ type h1Writer struct {
 	chunked     bool
 	noBody      bool
 	close       bool
+	// drain, when set, is the listener's: a drain that begins while the handler runs still
+	// closes the connection after this response, so the head must say so (issue 12 item 7).
+	drain *atomic.Bool
 }
 
 func (w *h1Writer) reset(req *http.Request, closeAfter bool) {
@@ -283,6 +286,9 @@ func (w *h1Writer) WriteHeader(code int) {
 		return // 1xx interim responses are not forwarded
 	}
 	w.wroteHeader = true
+	if w.drain != nil && w.drain.Load() {
+		w.close = true
+	}
 	bw := w.bw
 	bw.WriteString("HTTP/1.1 ")
 	bw.WriteString(strconv.Itoa(code))

@@ -67,8 +67,11 @@ func (h *hloop) attemptFailed(ex *exchange, err error) {
 		return
 	}
 	o := upstream.GatewayError
-	if h.expired(ex.deadline) {
+	switch {
+	case h.expired(ex.deadline):
 		o = upstream.Success // the route timed out: not the host's fault
+	case isConnectFailure(err) || err == errUpstreamReset:
+		o = upstream.LocalOriginFailure
 	}
 	h.attemptDone(ex, o)
 	if h.retryLeft(ex) && retryOnError(ex.rp, err) && ex.c.AdmitRetry() {

@@ -40,6 +40,9 @@ type Options struct {
 	// GoroutinePerConnection serves HTTP/1.1 with a goroutine per connection instead of
 	// the event loop (loop.go).
 	GoroutinePerConnection bool
+	// Function is the MeshFunction (namespace/name) this pod serves, if any; answers of
+	// the inbound listener name it.
+	Function string
 }
 
 // Proxy serves the HTTP listeners of the config in force.
@@ -94,6 +97,9 @@ type Listener struct {
 	connections  atomic.Uint64
 	handoffs     atomic.Uint64 // connections the event loop passed to the goroutine path
 	callerResets atomic.Uint64 // requests cancelled upstream because the caller hung up
+	// appStartTimeouts: requests refused because the app did not start within the caller's
+	// hold (appstart.go).
+	appStartTimeouts atomic.Uint64
 }
 
 // Stats returns the requests in flight now and the requests served since start; an

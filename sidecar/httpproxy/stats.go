@@ -33,5 +33,8 @@ func (p *Proxy) WritePrometheus(w io.Writer) {
 	metric("weft_listener_caller_resets_total", "counter",
 		"Requests cancelled upstream because the caller hung up before its answer was through.",
 		func(l *Listener) int64 { return int64(l.callerResets.Load()) })
+	metric("weft_listener_app_start_timeouts_total", "counter",
+		"Requests answered 503 because the app did not accept a connection within the caller's hold timeout.",
+		func(l *Listener) int64 { return int64(l.appStartTimeouts.Load()) })
 	p.opts.Upstreams.WritePrometheus(w)
 }

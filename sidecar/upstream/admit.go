@@ -13,7 +13,31 @@ type Outcome int
 const (
 	Success      Outcome = iota // any non-5xx response
 	ServerError                 // 500, 501, 505+
-	GatewayError                // 502, 503, 504, connect failure, reset, timeout
+	GatewayError                // 502, 503, 504, a reset after the response began, a timeout
+	// LocalOriginFailure is a failure to reach the host at all: the connect was refused,
+	// timed out or found no route, or the connection was reset before any response byte.
+	// Outlier detection counts it as a gateway error, as Envoy does when it does not split
+	// local-origin errors, and on its own as a consecutive local-origin failure (below).
+	LocalOriginFailure
+)
+
+// Ejection on connect failures. A host that cannot be connected to three times running is
+// almost surely gone (its pod was deleted while the control plane could not say so) or
+// cannot take connections; sending it more requests only fails them. So these failures
+// eject a host even when the cluster has no outlier_detection (Envoy's
+// consecutive_local_origin_failure, default 5, applies only with outlier_detection set and
+// split_external_local_origin_errors on). Three, not five: at 20 requests a second over
+// two endpoints and no retries, each failure is a lost call, and 3 + 3 (a second try after
+// the 30 s ejection) keeps a dead endpoint under 1 % of a minute's calls. Without
+// outlier_detection the ejection lasts DefaultLocalOriginEjection × its ejection count and
+// never takes out a cluster's last available host: with nowhere else to go, the request
+// gets the connect error, and the cold-start holder and EDS decide.
+const (
+	DefaultConsecutiveLocalOriginFailure = 3
+	DefaultLocalOriginEjection           = 30 * time.Second // Envoy's base_ejection_time
+	// defaultLocalOriginMaxEjectionPercent bounds these ejections: half the hosts at most
+	// (one may always go).
+	defaultLocalOriginMaxEjectionPercent = 50
 )
 
 // Overflow names the circuit breaker that refused a request.
@@ -76,14 +100,30 @@ func (c *Cluster) Report(h *Host, o Outcome) {
 		if h.consecutiveGw.Load() != 0 {
 			h.consecutiveGw.Store(0)
 		}
+		if h.consecutiveLocal.Load() != 0 {
+			h.consecutiveLocal.Store(0)
+		}
 		return
+	}
+	if o == LocalOriginFailure {
+		if h.consecutiveLocal.Add(1) >= DefaultConsecutiveLocalOriginFailure {
+			if od == nil {
+				c.ejectLocalOrigin(h)
+				return
+			}
+			if c.eject(h, od); h.ejected.Load() {
+				return
+			}
+		}
+	} else if h.consecutiveLocal.Load() != 0 {
+		h.consecutiveLocal.Store(0) // the host answered, if badly: it is reachable
 	}
 	if od == nil {
 		return
 	}
 	n5 := h.consecutive5xx.Add(1)
 	var ngw uint32
-	if o == GatewayError {
+	if o == GatewayError || o == LocalOriginFailure {
 		ngw = h.consecutiveGw.Add(1)
 	} else {
 		h.consecutiveGw.Store(0)
@@ -103,22 +143,56 @@ func (c *Cluster) eject(h *Host, od *config.Outlier) {
 	if h.ejected.Load() {
 		return
 	}
+	if h.isEjected() || !c.mayEject(od.MaxEjectionPercent) {
+		return
+	}
+	c.ejectFor(h, od.BaseEjection)
+}
+
+// mayEject reports whether one more host may be ejected under maxPercent (one host may
+// always be ejected, as in current Envoy). c.mu is held.
+func (c *Cluster) mayEject(maxPercent uint32) bool {
 	hosts := c.Hosts()
 	ejected := 0
 	for _, x := range hosts {
-		if x.ejected.Load() {
+		if x.isEjected() {
 			ejected++
 		}
 	}
-	if ejected > 0 && uint32((ejected+1)*100) > od.MaxEjectionPercent*uint32(len(hosts)) {
-		return
-	}
+	return ejected == 0 || uint32((ejected+1)*100) <= maxPercent*uint32(len(hosts))
+}
+
+// ejectFor ejects h for base × its ejection count. c.mu is held.
+func (c *Cluster) ejectFor(h *Host, base time.Duration) {
 	n := h.ejections.Add(1)
-	h.ejectedUntil.Store(c.mgr.clock.Now().Add(time.Duration(n) * od.BaseEjection).UnixNano())
+	h.ejectedUntil.Store(c.mgr.clock.Now().Add(time.Duration(n) * base).UnixNano())
 	h.ejected.Store(true)
 	h.consecutive5xx.Store(0)
 	h.consecutiveGw.Store(0)
+	h.consecutiveLocal.Store(0)
 	c.Stats.Ejections.Add(1)
+}
+
+// ejectLocalOrigin ejects h, which could not be reached DefaultConsecutiveLocalOriginFailure
+// times running, in a cluster without outlier_detection: only while another host is
+// available to take its requests.
+func (c *Cluster) ejectLocalOrigin(h *Host) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if h.isEjected() || !c.mayEject(defaultLocalOriginMaxEjectionPercent) {
+		return
+	}
+	other := false
+	for _, x := range c.Hosts() {
+		if x != h && x.Available() {
+			other = true
+			break
+		}
+	}
+	if !other {
+		return
+	}
+	c.ejectFor(h, DefaultLocalOriginEjection)
 }
 
 // sweep returns ejected hosts whose time is up; it runs every outlier interval, so an

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 
 	"github.com/cespare/xxhash/v2"
+	"k8s.io/utils/clock"
 
 	"github.com/weftmesh/weft/sidecar/config"
 )
@@ -20,11 +21,13 @@ type Host struct {
 	health   atomic.Int32 // config.Health from EDS
 	active   atomic.Int64 // outstanding requests (least request)
 
-	consecutive5xx atomic.Uint32
-	consecutiveGw  atomic.Uint32
-	ejected        atomic.Bool
-	ejectedUntil   atomic.Int64 // unix nanos
-	ejections      atomic.Uint32
+	consecutive5xx   atomic.Uint32
+	consecutiveGw    atomic.Uint32
+	consecutiveLocal atomic.Uint32 // connect failures and resets before a response
+	ejected          atomic.Bool
+	ejectedUntil     atomic.Int64 // unix nanos; 0: until the next sweep
+	ejections        atomic.Uint32
+	clock            clock.PassiveClock
 
 	hcFailed atomic.Bool
 	hcRun    int         // consecutive results, owned by the health checker
@@ -37,7 +40,22 @@ type Host struct {
 // detection has not ejected it and active health checking has not failed it. DRAINING
 // endpoints are serving their last requests and get no new ones.
 func (h *Host) Available() bool {
-	return config.Health(h.health.Load()) == config.Healthy && !h.ejected.Load() && !h.hcFailed.Load()
+	return config.Health(h.health.Load()) == config.Healthy && !h.isEjected() && !h.hcFailed.Load()
+}
+
+// isEjected reports whether outlier detection has h out of rotation. An ejection ends at
+// the sweep after its time (Envoy's interval) or, for clusters without a sweep (ejections
+// on connect failures without outlier_detection), when it is first looked at after its
+// time.
+func (h *Host) isEjected() bool {
+	if !h.ejected.Load() {
+		return false
+	}
+	if until := h.ejectedUntil.Load(); until != 0 && h.clock != nil && h.clock.Now().UnixNano() >= until {
+		h.ejected.CompareAndSwap(true, false)
+		return false
+	}
+	return true
 }
 
 // Removed reports that the host left its cluster: connections kept for it elsewhere (the
@@ -110,7 +128,7 @@ func (c *Cluster) update(cc *config.Cluster) {
 	for _, e := range cc.Endpoints {
 		h := byAddr[e.Address]
 		if h == nil {
-			h = &Host{Address: e.Address}
+			h = &Host{Address: e.Address, clock: c.mgr.clock}
 		}
 		h.Hostname, h.weight = e.Hostname, e.Weight
 		h.health.Store(int32(e.Health))

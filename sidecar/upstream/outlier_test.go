@@ -128,3 +128,66 @@ func TestStateSurvivesConfigSwapForSameEndpoint(t *testing.T) {
 		t.Error("an endpoint kept across a swap lost its ejection")
 	}
 }
+
+// Connect failures eject a host without outlier_detection (issue 12 item 5), for
+// DefaultLocalOriginEjection × its ejection count, never the last available host, and
+// only when they are consecutive.
+func TestConnectFailuresEjectWithoutOutlierDetection(t *testing.T) {
+	limits := config.Limits{MaxRequests: 10, MaxConnections: 10, MaxPending: 10}
+	t.Run("ejected for the default time, longer the second time", func(t *testing.T) {
+		clk := testclock.NewFakeClock(time.Unix(1000, 0))
+		c, hs := cluster(t, clk, 2, nil, limits)
+		fail(c, hs[0], DefaultConsecutiveLocalOriginFailure-1, LocalOriginFailure)
+		if !hs[0].Available() {
+			t.Fatal("ejected before DefaultConsecutiveLocalOriginFailure failures")
+		}
+		fail(c, hs[0], 1, LocalOriginFailure)
+		if hs[0].Available() {
+			t.Fatal("still available after DefaultConsecutiveLocalOriginFailure connect failures")
+		}
+		clk.Step(DefaultLocalOriginEjection - time.Millisecond)
+		if hs[0].Available() {
+			t.Fatal("back before DefaultLocalOriginEjection")
+		}
+		clk.Step(time.Millisecond)
+		if !hs[0].Available() {
+			t.Fatal("still ejected after DefaultLocalOriginEjection, with no outlier sweep to end it")
+		}
+		fail(c, hs[0], DefaultConsecutiveLocalOriginFailure, LocalOriginFailure)
+		clk.Step(2*DefaultLocalOriginEjection - time.Millisecond)
+		if hs[0].Available() {
+			t.Fatal("the second ejection must last twice as long")
+		}
+		if n := c.Stats.Ejections.Load(); n != 2 {
+			t.Errorf("%d ejections counted, want 2", n)
+		}
+	})
+	t.Run("the last available host stays", func(t *testing.T) {
+		clk := testclock.NewFakeClock(time.Unix(1000, 0))
+		c, hs := cluster(t, clk, 1, nil, limits)
+		fail(c, hs[0], 10, LocalOriginFailure)
+		if !hs[0].Available() {
+			t.Fatal("the only host was ejected: every request would fail with no healthy upstream")
+		}
+	})
+	t.Run("an answer in between resets the count", func(t *testing.T) {
+		clk := testclock.NewFakeClock(time.Unix(1000, 0))
+		c, hs := cluster(t, clk, 2, nil, limits)
+		for range 3 {
+			fail(c, hs[0], DefaultConsecutiveLocalOriginFailure-1, LocalOriginFailure)
+			fail(c, hs[0], 1, GatewayError)
+		}
+		if !hs[0].Available() {
+			t.Fatal("ejected although its connect failures were not consecutive")
+		}
+	})
+	t.Run("with outlier_detection they count as gateway errors too", func(t *testing.T) {
+		clk := testclock.NewFakeClock(time.Unix(1000, 0))
+		od := &config.Outlier{Consecutive5xx: 2, Enforce5xx: true, Interval: time.Second, BaseEjection: time.Minute, MaxEjectionPercent: 100}
+		c, hs := cluster(t, clk, 2, od, limits)
+		fail(c, hs[0], 2, LocalOriginFailure)
+		if hs[0].Available() {
+			t.Fatal("consecutive_5xx 2 did not count two connect failures")
+		}
+	})
+}

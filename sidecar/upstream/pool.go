@@ -147,6 +147,14 @@ type staleConnError struct{ err error }
 func (e *staleConnError) Error() string { return "reused connection closed: " + e.err.Error() }
 func (e *staleConnError) Unwrap() error { return e.err }
 
+// IsResetBeforeResponse reports whether RoundTrip failed because the host closed or reset
+// a fresh connection before any byte of a response (RoundTrip resends once when that
+// happens on a reused one): a local-origin failure for outlier detection.
+func IsResetBeforeResponse(err error) bool {
+	var stale *staleConnError
+	return errors.As(err, &stale) && !isTimeout(err)
+}
+
 func (c *Cluster) exchange(ctx context.Context, pc *pconn, req *Request, pool *pool, deadline time.Time) (*http.Response, error) {
 	// Only reads need the deadline: a request without a streamed body fits the socket
 	// buffer. A connection keeps its last deadline while idle in the pool (nothing reads
