@@ -57,10 +57,14 @@ type sock struct {
 	closed    bool
 	serving   bool      // downstream: serveNext is on the stack
 	ex        *exchange // the request in flight on this connection
-	deadline  int64     // downstream: idle or header deadline (unix nanos)
+	deadline  int64     // downstream: idle, head or linger deadline (unix nanos)
 	remote    string
 	closeNext bool // downstream: close once the queued output is written
 	dirty     bool // output queued for the end of the batch
+	inHead    bool // downstream: a head is under way and deadline is its end
+	linger    bool // downstream: a refusal was sent; drop input a while before closing
+	shut      bool // downstream: lingering, the write side is shut
+	lingerFor int  // downstream: bytes lingering may still drop
 
 	// upstream
 	host       *upstream.Host
@@ -153,6 +157,11 @@ type hloop struct {
 	drained  bool
 	done     chan struct{}
 	sweepAt  int64 // next look for hosts that left their clusters
+
+	backoff  acceptBackoff
+	paused   bool  // accepting paused after a failed accept; the listener is out of the set
+	acceptAt int64 // when accepting resumes
+	discard  [4096]byte
 }
 
 // hostSweep is how often a loop drops its idle connections and cached addresses for
@@ -258,28 +267,75 @@ func (h *hloop) track(s *sock) {
 }
 
 func (h *hloop) accept() {
-	if h.draining.Load() {
+	if h.draining.Load() || h.paused {
 		return
 	}
 	_ = h.lrc.Control(func(lfd uintptr) {
 		for range 64 {
 			fd, sa, err := unix.Accept4(int(lfd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-			if err != nil {
-				return // EAGAIN, or a transient error (EMFILE): level-triggered, so it comes back
+			switch err {
+			case nil:
+			case unix.EAGAIN, unix.EINTR, unix.ECONNABORTED:
+				return // none queued, or one that left: the level-triggered event comes back
+			default:
+				// Out of descriptors (EMFILE, ENFILE) or memory: the connection stays queued
+				// and the listener readable, so trying again at once fails again at once.
+				h.l.acceptErrors.Add(1)
+				h.pauseAccept()
+				return
+			}
+			h.backoff.reset()
+			h.l.connections.Add(1)
+			if !h.l.admitConn() {
+				unix.Close(fd) // over max_connections: refused at once
+				continue
 			}
 			_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 			d := &sock{fd: fd, remote: sockaddrString(sa), writable: true}
 			if err := h.ev.Add(fd); err != nil {
 				unix.Close(fd)
+				h.l.connClosed()
 				continue
 			}
 			h.track(d)
 			h.down++
-			h.l.connections.Add(1)
-			d.deadline = h.ev.Now().Add(readHeaderTimeout).UnixNano()
-			h.ev.Arm(d.deadline)
+			// The first head counts from the accept: a connection that sends nothing is
+			// closed at the head timeout too.
+			d.inHead = true
+			if d.deadline = deadlineNanos(h.ev.Now(), h.l.lim().HeadTimeout); d.deadline != 0 {
+				h.ev.Arm(d.deadline)
+			}
 		}
 	})
+}
+
+// pauseAccept takes the listener out of the loop's set until the back-off passes (Tick).
+func (h *hloop) pauseAccept() {
+	h.paused = true
+	h.ev.Remove(h.lfd)
+	h.acceptAt = h.ev.Now().Add(h.backoff.next()).UnixNano()
+	h.ev.Arm(h.acceptAt)
+}
+
+// resumeAccept puts the listener back in the set (Tick, once the back-off passed).
+func (h *hloop) resumeAccept() {
+	h.paused = false
+	if h.draining.Load() || h.drained {
+		return
+	}
+	if err := h.ev.AddListener(h.lfd); err != nil {
+		h.pauseAccept()
+		return
+	}
+	h.accept()
+}
+
+// deadlineNanos is now+d in unix nanos, or 0 (none) for d == 0.
+func deadlineNanos(now time.Time, d time.Duration) int64 {
+	if d == 0 {
+		return 0
+	}
+	return now.Add(d).UnixNano()
 }
 
 func sockaddrString(sa unix.Sockaddr) string {
@@ -365,7 +421,7 @@ func (h *hloop) Flush() {
 func (h *hloop) write(s *sock) bool {
 	if s.off == len(s.out) {
 		if s.closeNext && !s.up {
-			h.closeDown(s)
+			h.endDown(s)
 			return false
 		}
 		return true
@@ -378,7 +434,7 @@ func (h *hloop) write(s *sock) bool {
 			s.out = nil // a large response passed: do not keep its buffer per connection
 		}
 		if s.closeNext {
-			h.closeDown(s)
+			h.endDown(s)
 			return false
 		}
 		return true
@@ -426,7 +482,7 @@ func (h *hloop) serveNext(d *sock) {
 	for !d.closed && d.ex == nil {
 		if d.closeNext {
 			if d.off == len(d.out) {
-				h.closeDown(d)
+				h.endDown(d)
 			}
 			return
 		}
@@ -434,15 +490,22 @@ func (h *hloop) serveNext(d *sock) {
 			h.handoff(d)
 			return
 		}
+		lim := h.l.lim()
 		state := needMore
-		if end := httphead.End(d.in); end > 0 {
+		end, p := httphead.CheckRequest(d.in, headLimits(lim))
+		switch {
+		case p != nil:
+			h.refuse(d, p)
+			continue
+		case end > 0:
 			state = h.dispatch(d, end)
-		} else if len(d.in) >= loopMaxRequest {
-			h.handoff(d) // net/http answers an oversized head
+		case len(d.in) >= loopMaxRequest:
+			h.handoff(d) // a head limit above what the loop buffers: the goroutine path reads it
 			return
 		}
 		switch state {
 		case dispatched:
+			d.inHead = false
 			continue
 		case gone:
 			return
@@ -455,14 +518,58 @@ func (h *hloop) serveNext(d *sock) {
 			d.closeNext = true // a partial request at EOF is dropped, as net/http does
 			continue
 		}
-		timeout := idleTimeout
-		if len(d.in) > 0 {
-			timeout = readHeaderTimeout
+		switch {
+		case d.inHead:
+			// The head's deadline stands, however its bytes trickle in.
+		case len(d.in) > 0:
+			// The first bytes of a head: the whole head must follow within the timeout.
+			d.inHead = true
+			d.deadline = deadlineNanos(h.ev.Now(), lim.HeadTimeout)
+		default:
+			d.deadline = deadlineNanos(h.ev.Now(), lim.IdleTimeout)
 		}
-		d.deadline = h.ev.Now().Add(timeout).UnixNano()
-		h.ev.Arm(d.deadline)
+		if d.deadline != 0 {
+			h.ev.Arm(d.deadline)
+		}
 		return
 	}
+}
+
+// refuse answers a head that failed httphead.CheckRequest and closes the connection
+// after lingering (endDown): where the refused request ends is unknown.
+func (h *hloop) refuse(d *sock, p *httphead.Problem) {
+	h.l.refused.Add(1)
+	d.out = httphead.AppendProblem(d.out, p)
+	d.in = nil
+	d.closeNext, d.linger = true, true
+	h.flush(d)
+}
+
+// endDown closes d once its output is written; after a refusal it first shuts the write
+// side and drops input for up to lingerTime or lingerBytes (see lingerClose).
+func (h *hloop) endDown(d *sock) {
+	if !d.linger {
+		h.closeDown(d)
+		return
+	}
+	if !d.shut {
+		d.shut = true
+		_ = unix.Shutdown(d.fd, unix.SHUT_WR)
+		d.lingerFor = lingerBytes
+		d.deadline = h.ev.Now().Add(lingerTime).UnixNano()
+		h.ev.Arm(d.deadline)
+	}
+	for d.lingerFor > 0 {
+		n, e := connio.ReadFD(d.fd, h.discard[:])
+		if e == unix.EAGAIN {
+			return // Tick closes it at the deadline if nothing more comes
+		}
+		if e != 0 || n == 0 {
+			break
+		}
+		d.lingerFor -= n
+	}
+	h.closeDown(d)
 }
 
 // dispatch starts the request whose head is d.in[:end].

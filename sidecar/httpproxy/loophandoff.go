@@ -41,6 +41,7 @@ func (h *hloop) handoff(d *sock) {
 	nc := h.detach(d)
 	h.checkDrained()
 	if nc == nil {
+		h.l.connClosed()
 		return
 	}
 	go h.l.serveConn(nc, in, out)
@@ -108,6 +109,14 @@ func (h *hloop) Tick(now time.Time) {
 			} else {
 				later(s.deadline)
 			}
+		}
+	}
+	if h.paused {
+		if t >= h.acceptAt {
+			h.resumeAccept()
+		}
+		if h.paused {
+			later(h.acceptAt)
 		}
 	}
 	if len(h.addrs) > 0 {
@@ -203,6 +212,7 @@ func (l *Listener) finishSlow(ex *exchange, dnc net.Conn, din, dout []byte, unc 
 	ex.status = http.StatusServiceUnavailable
 	defer func() { ex.end(l, time.Since(ex.start)) }()
 	if dnc == nil {
+		l.connClosed()
 		if unc != nil {
 			unc.Close()
 		}
@@ -238,6 +248,7 @@ func (l *Listener) finishSlow(ex *exchange, dnc net.Conn, din, dout []byte, unc 
 		w.finish()
 		_ = bw.Flush()
 		dnc.Close()
+		l.connClosed()
 		return
 	}
 	if ex.host != nil {
@@ -252,6 +263,7 @@ func (l *Listener) finishSlow(ex *exchange, dnc net.Conn, din, dout []byte, unc 
 	resp.Body.Close()
 	if err := bw.Flush(); err != nil || w.close {
 		dnc.Close()
+		l.connClosed()
 		return
 	}
 	go l.serveConn(dnc, din, nil)
