@@ -1,6 +1,7 @@
 package httphead
 
 import (
+	"bufio"
 	"bytes"
 	"net/http"
 	"strconv"
@@ -168,4 +169,23 @@ func AppendProblem(dst []byte, p *Problem) []byte {
 	dst = append(dst, "\r\n\r\n"...)
 	dst = append(dst, p.Reason...)
 	return append(dst, '\n')
+}
+
+// CheckResponseFrom reads from br until it holds a whole response head, or its buffer is
+// full, and checks that head with CheckResponse. A head longer than br's buffer is left
+// unchecked (nil), as is one cut short by a read error: the parser reports that.
+func CheckResponseFrom(br *bufio.Reader) *Problem {
+	for {
+		buf, _ := br.Peek(br.Buffered())
+		end, p := CheckResponse(buf)
+		if p != nil {
+			return p
+		}
+		if end > 0 || br.Buffered() == br.Size() {
+			return nil
+		}
+		if _, err := br.Peek(br.Buffered() + 1); err != nil {
+			return nil
+		}
+	}
 }

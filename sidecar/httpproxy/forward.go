@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/sidecar/config"
+	"github.com/weftmesh/weft/sidecar/httphead"
 	"github.com/weftmesh/weft/sidecar/upstream"
 )
 
@@ -354,9 +355,12 @@ func isConnectFailure(err error) bool {
 
 // errorReply turns a failed final attempt into what Envoy would answer.
 func (a *attemptResult) errorReply(deadline time.Time) (int, string) {
+	var bad *httphead.Problem
 	switch {
 	case a.err == errNoHost:
 		return http.StatusServiceUnavailable, "no healthy upstream\n"
+	case errors.As(a.err, &bad):
+		return bad.Status, bad.Reason + "\n" // 502: the response's framing is ambiguous
 	case expired(deadline), isTimeout(a.err):
 		return http.StatusGatewayTimeout, "upstream request timeout\n"
 	case isConnectFailure(a.err):

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/sidecar/connio"
+	"github.com/weftmesh/weft/sidecar/httphead"
 	"github.com/weftmesh/weft/sidecar/upstream"
 )
 
@@ -231,6 +232,10 @@ func (l *Listener) finishSlow(ex *exchange, dnc net.Conn, din, dout []byte, unc 
 		}
 		br := bufio.NewReader(io.MultiReader(bytes.NewReader(uin), unc))
 		for {
+			if p := httphead.CheckResponseFrom(br); p != nil {
+				resp, err = nil, p // ambiguous framing: answered 502, the connection closed
+				break
+			}
 			if resp, err = http.ReadResponse(br, ex.r); err != nil || resp.StatusCode >= 200 {
 				break
 			}
