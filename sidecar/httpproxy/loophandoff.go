@@ -251,9 +251,14 @@ func (l *Listener) finishSlow(ex *exchange, dnc net.Conn, din, dout []byte, unc 
 		ex.status, msg = (&attemptResult{err: err}).errorReply(time.Time{})
 		localReply(w, ex.status, msg)
 		w.finish()
-		_ = bw.Flush()
-		dnc.Close()
-		l.connClosed()
+		// The caller's request was read whole: its connection goes on, only the
+		// upstream one is dropped.
+		if err := bw.Flush(); err != nil || w.close {
+			dnc.Close()
+			l.connClosed()
+			return
+		}
+		go l.serveConn(dnc, din, nil)
 		return
 	}
 	if ex.host != nil {
