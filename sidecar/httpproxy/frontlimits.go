@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"sync/atomic"
 	"time"
 
@@ -61,6 +62,44 @@ func (f *frontEnd) admitConn() bool {
 
 // connClosed counts an admitted connection that has closed.
 func (f *frontEnd) connClosed() { f.active.Add(-1) }
+
+// headBudget bounds the memory all downstream connections of the process together hold
+// in request-head buffers beyond the first few KiB each connection starts with. Per
+// connection a head is bounded by max_request_headers_kb (60 KiB), but a thousand
+// connections each holding an unfinished 59 KiB head would take 60 MB; beyond this budget
+// a connection whose head needs a larger buffer is answered 503 and closed instead. Heads
+// between services are a few hundred bytes, so the budget only ever binds under a flood.
+var headBudget = newByteBudget(maxLargeHeadBytes)
+
+// maxLargeHeadBytes is headBudget's size: 16 MiB, a quarter of the sidecar's 64 MB
+// memory bar, which is 270 heads of 60 KiB at once.
+const maxLargeHeadBytes = 16 << 20
+
+// errHeadBudget is the refusal when headBudget is spent.
+var errHeadBudget = &httphead.Problem{Status: http.StatusServiceUnavailable,
+	Reason: "overloaded: too many large request heads are arriving at once; retry"}
+
+// byteBudget is a count of bytes reserved against a limit, safe for concurrent use.
+type byteBudget struct {
+	used  atomic.Int64
+	limit atomic.Int64
+}
+
+func newByteBudget(limit int64) *byteBudget {
+	b := &byteBudget{}
+	b.limit.Store(limit)
+	return b
+}
+
+func (b *byteBudget) reserve(n int) bool {
+	if b.used.Add(int64(n)) > b.limit.Load() {
+		b.used.Add(-int64(n))
+		return false
+	}
+	return true
+}
+
+func (b *byteBudget) release(n int) { b.used.Add(-int64(n)) }
 
 // Accept back-off: after a failed accept, wait before the next, from acceptBackoffMin
 // doubling to acceptBackoffMax, as net/http's Server does. Out of descriptors (EMFILE),

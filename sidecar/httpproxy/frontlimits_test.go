@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/weftmesh/weft/sidecar/httpproxy"
 	st "github.com/weftmesh/weft/sidecar/sidecartest"
 )
 
@@ -495,5 +496,50 @@ func TestOutOfDescriptorsBacksOffAndRecovers(t *testing.T) {
 		stdin.Close()
 		_ = flood.Wait()
 		ask(dialRaw(t, base), "a new connection after the flood")
+	})
+}
+
+// TestLargeHeadsShareOneMemoryBudget: a thousand connections each holding an unfinished
+// 59 KiB head took the sidecar past 90 MB; past the head budget, a head that needs a
+// larger buffer is answered 503 and closed, and every byte reserved is given back.
+func TestLargeHeadsShareOneMemoryBudget(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		defer httpproxy.SetHeadBudget(100 << 10)()
+		be := &countingBackend{}
+		_, base := limitedSidecar(t, goroutines, be.ServeHTTP, listenerOpts{hcm: func(h *hcmv3.HttpConnectionManager) {
+			h.RequestHeadersTimeout = durationpb.New(2 * time.Second)
+		}})
+		unfinished := "GET / HTTP/1.1\r\nHost: reviews\r\nX-Big: " + strings.Repeat("a", 50<<10)
+		var conns []*rawConn
+		for range 4 {
+			c := dialRaw(t, base)
+			c.write(unfinished)
+			conns = append(conns, c)
+		}
+		refused := 0
+		for _, c := range conns {
+			_ = c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			resp, err := http.ReadResponse(c.br, nil)
+			if err != nil {
+				continue // closed at the head timeout: it had its buffer
+			}
+			b, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(b), "overloaded") {
+				t.Errorf("an unfinished head: %d %q, want 503 overloaded or a close", resp.StatusCode, b)
+			}
+			refused++
+		}
+		if refused == 0 || refused == len(conns) {
+			t.Errorf("%d of %d large unfinished heads refused, want some (the budget holds one or two)", refused, len(conns))
+		}
+		st.Eventually(t, 10*time.Second, func() bool { return httpproxy.HeadBudgetUsed() == 0 },
+			"%d bytes of the head budget still reserved after the connections closed", httpproxy.HeadBudgetUsed())
+		c := dialRaw(t, base)
+		c.write(unfinished + "\r\n\r\n")
+		if resp, body := c.read("GET"); resp.StatusCode != 200 {
+			t.Errorf("a 50 KiB head once the budget is free: %d %q", resp.StatusCode, body)
+		}
+		st.Eventually(t, 10*time.Second, func() bool { return httpproxy.HeadBudgetUsed() == 0 },
+			"%d bytes of the head budget still reserved after a large head was served", httpproxy.HeadBudgetUsed())
 	})
 }

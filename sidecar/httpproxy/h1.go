@@ -134,7 +134,9 @@ func (l *Listener) serveConn(nc net.Conn, in, out []byte) {
 	bw := writers.Get().(*bufio.Writer)
 	bw.Reset(conn)
 	linger := false
+	var hc h1Conn
 	defer func() {
+		hc.release()
 		if linger {
 			_ = conn.Flush()
 			lingerClose(nc)
@@ -176,7 +178,7 @@ func (l *Listener) serveConn(nc net.Conn, in, out []byte) {
 				armed = deadlineAfter(time.Now(), lim.HeadTimeout)
 				_ = conn.SetReadDeadline(armed)
 			}
-			if br, head, p = l.readHead(br, conn, lim); br == nil {
+			if br, head, p = hc.readHead(br, lim); br == nil {
 				return // the caller left or the head timed out
 			}
 			w.br = br
@@ -245,6 +247,12 @@ func (l *Listener) serveConn(nc net.Conn, in, out []byte) {
 		if err != nil || w.close || n == maxBodyDrain {
 			return
 		}
+		if br != pooled && br.Buffered() == 0 {
+			// Back to the pooled reader once the large head's reader is drained; it holds
+			// what was read after (the large reader read through it).
+			br, w.br = pooled, pooled
+			hc.release()
+		}
 		if l.track(st, false) {
 			return
 		}
@@ -266,16 +274,20 @@ func buffered(br *bufio.Reader) []byte {
 }
 
 // readHead reads until br holds a whole request head that passes httphead.CheckRequest,
-// or one that fails it (p). A head longer than br's buffer moves br's contents to a
-// reader large enough for the longest head allowed, so the head can be checked whole
-// before it is parsed; nothing buffers more than lim.MaxHeadBytes of it. br is nil if the
-// connection failed or its read deadline passed first.
-func (l *Listener) readHead(br *bufio.Reader, conn net.Conn, lim *config.HTTPLimits) (_ *bufio.Reader, head int, p *httphead.Problem) {
+// or one that fails it (p). A head longer than the pooled reader's buffer is read through
+// a reader large enough for the longest head allowed (its size reserved from headBudget,
+// or the head is refused with 503), so the head can be checked whole before it is
+// parsed; nothing buffers more than lim.MaxHeadBytes of it. br is nil if the connection
+// failed or its read deadline passed first.
+func (c *h1Conn) readHead(br *bufio.Reader, lim *config.HTTPLimits) (_ *bufio.Reader, head int, p *httphead.Problem) {
 	for {
 		if br.Buffered() == br.Size() {
-			big := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(buffered(br))), conn), max(lim.MaxHeadBytes, 2*br.Size()))
-			_, _ = br.Discard(br.Buffered())
-			br = big
+			size := max(lim.MaxHeadBytes, 2*br.Size())
+			if !headBudget.reserve(size - c.reserved) {
+				return br, 0, errHeadBudget
+			}
+			c.reserved = size
+			br = bufio.NewReaderSize(br, size) // reads what br holds, then the connection
 		}
 		if _, err := br.Peek(br.Buffered() + 1); err != nil {
 			return nil, 0, nil
@@ -284,6 +296,16 @@ func (l *Listener) readHead(br *bufio.Reader, conn net.Conn, lim *config.HTTPLim
 			return br, head, p
 		}
 	}
+}
+
+// h1Conn is what serveConn keeps of a connection across its requests beyond locals: the
+// bytes of headBudget its large-head reader holds.
+type h1Conn struct{ reserved int }
+
+// release gives back the connection's share of headBudget.
+func (c *h1Conn) release() {
+	headBudget.release(c.reserved)
+	c.reserved = 0
 }
 
 // readRequest parses the next request: on the fast path (httphead) when its head, of

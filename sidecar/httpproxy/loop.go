@@ -65,6 +65,7 @@ type sock struct {
 	linger    bool // downstream: a refusal was sent; drop input a while before closing
 	shut      bool // downstream: lingering, the write side is shut
 	lingerFor int  // downstream: bytes lingering may still drop
+	reserved  int  // downstream: bytes of in's capacity reserved from headBudget
 
 	// upstream
 	host       *upstream.Host
@@ -352,7 +353,7 @@ func sockaddrString(sa unix.Sockaddr) string {
 // drained (edge-triggered: the next arrival raises a new event).
 func (h *hloop) fill(s *sock) bool {
 	if cap(s.in)-len(s.in) < loopReadSize {
-		grown := make([]byte, len(s.in), max(2*cap(s.in), len(s.in)+loopReadSize))
+		grown := make([]byte, len(s.in), grownCap(s))
 		copy(grown, s.in)
 		s.in = grown
 	}
@@ -373,11 +374,46 @@ func (h *hloop) fill(s *sock) bool {
 	return true
 }
 
+// grownCap is the capacity fill gives s.in when it has less than loopReadSize free.
+func grownCap(s *sock) int { return max(2*cap(s.in), len(s.in)+loopReadSize) }
+
+// reserveHead reserves from headBudget what the next fill of d, waiting for a head, will
+// grow d.in to beyond loopReadSize; false if the budget is spent.
+func (h *hloop) reserveHead(d *sock) bool {
+	if cap(d.in)-len(d.in) >= loopReadSize {
+		return true
+	}
+	n := grownCap(d)
+	if n <= loopReadSize {
+		return true
+	}
+	if !headBudget.reserve(n - d.reserved) {
+		return false
+	}
+	d.reserved = n
+	return true
+}
+
+// dropIn lets go of s.in and what it reserved.
+func dropIn(s *sock) {
+	s.in = nil
+	if s.reserved > 0 {
+		headBudget.release(s.reserved)
+		s.reserved = 0
+	}
+}
+
+// downClosed accounts for a downstream connection that closed.
+func (h *hloop) downClosed(d *sock) {
+	dropIn(d)
+	h.l.connClosed()
+}
+
 // consume drops the first n bytes of s.in.
 func consume(s *sock, n int) {
 	s.in = s.in[:copy(s.in, s.in[n:])]
 	if len(s.in) == 0 && cap(s.in) > keepBuffer {
-		s.in = nil
+		dropIn(s)
 	}
 }
 
@@ -511,6 +547,10 @@ func (h *hloop) serveNext(d *sock) {
 			return
 		}
 		if d.readable && len(d.in) < loopMaxRequest {
+			if !h.reserveHead(d) {
+				h.refuse(d, errHeadBudget)
+				continue
+			}
 			h.fill(d)
 			continue
 		}
@@ -540,7 +580,7 @@ func (h *hloop) serveNext(d *sock) {
 func (h *hloop) refuse(d *sock, p *httphead.Problem) {
 	h.l.refused.Add(1)
 	d.out = httphead.AppendProblem(d.out, p)
-	d.in = nil
+	dropIn(d)
 	d.closeNext, d.linger = true, true
 	h.flush(d)
 }

@@ -174,7 +174,7 @@ func (h *hloop) closeDown(d *sock) {
 	h.socks[d.fd] = nil
 	unix.Close(d.fd)
 	h.down--
-	h.l.connClosed()
+	h.downClosed(d)
 	h.checkDrained()
 }
 

@@ -24,6 +24,10 @@ func (h *hloop) detach(s *sock) net.Conn {
 	s.closed = true
 	if !s.up {
 		h.down--
+		if s.reserved > 0 { // the goroutine path takes s.in as it is, unaccounted
+			headBudget.release(s.reserved)
+			s.reserved = 0
+		}
 	}
 	f := os.NewFile(uintptr(s.fd), "")
 	nc, err := net.FileConn(f) // a duplicate descriptor in Go's poller
