@@ -139,3 +139,25 @@ func FuzzCheckRequest(f *testing.F) {
 		}
 	})
 }
+
+var typicalHead = []byte("GET /api/v1/reviews/42?detail=full HTTP/1.1\r\nHost: reviews\r\nUser-Agent: Go-http-client/1.1\r\n" +
+	"Accept: application/json\r\nX-Request-Id: 0b7e4f0c-6a0e-4c1a-9f6e-3d1e2c7b9a10\r\nAccept-Encoding: gzip\r\n\r\n")
+
+// BenchmarkCheckRequest against BenchmarkEnd: what the checks add per request on the
+// loop's path, which used to call End alone.
+func BenchmarkCheckRequest(b *testing.B) {
+	lim := Limits{DefaultMaxHeadBytes, DefaultMaxHeaders}
+	for b.Loop() {
+		if end, p := CheckRequest(typicalHead, lim); end != len(typicalHead) || p != nil {
+			b.Fatal(end, p)
+		}
+	}
+}
+
+func BenchmarkEnd(b *testing.B) {
+	for b.Loop() {
+		if End(typicalHead) != len(typicalHead) {
+			b.Fatal()
+		}
+	}
+}
