@@ -543,3 +543,38 @@ func TestLargeHeadsShareOneMemoryBudget(t *testing.T) {
 			"%d bytes of the head budget still reserved after a large head was served", httpproxy.HeadBudgetUsed())
 	})
 }
+
+// TestH2CHeaderLimit: the h2c server takes max_request_headers_kb too (it advertises it as
+// SETTINGS_MAX_HEADER_LIST_SIZE and answers 431 past it); it used net/http's 1 MB default.
+func TestH2CHeaderLimit(t *testing.T) {
+	be := &countingBackend{}
+	_, base := limitedSidecar(t, false, be.ServeHTTP, listenerOpts{})
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	h2c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Protocols: &protocols}}
+	do := func(valueLen int) (int, error) {
+		req, _ := http.NewRequest(http.MethodGet, base+"/", nil)
+		req.Host = "reviews"
+		req.Header.Set("X-Big", strings.Repeat("v", valueLen))
+		resp, err := h2c.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		if resp.ProtoMajor != 2 {
+			t.Fatalf("answered over %s, want HTTP/2", resp.Proto)
+		}
+		return resp.StatusCode, nil
+	}
+	if code, err := do(1 << 10); code != 200 {
+		t.Fatalf("a 1 KiB header over h2c: %d %v", code, err)
+	}
+	// Past the limit the client refuses to send (it knows the server's setting) or the
+	// server answers 431.
+	if code, err := do(70 << 10); code != http.StatusRequestHeaderFieldsTooLarge && (err == nil || !strings.Contains(err.Error(), "header list")) {
+		t.Errorf("a 70 KiB header over h2c: %d %v, want 431 or the client refusing to send it", code, err)
+	}
+	if n := be.all.Load(); n != 1 {
+		t.Errorf("the backend saw %d requests, want 1", n)
+	}
+}
