@@ -174,3 +174,9 @@ func (c *countedConn) Close() error {
 	}
 	return c.Conn.Close()
 }
+
+// bodyAborter is implemented by the HTTP/1 response writer: abortBody says the body being
+// copied broke (an upstream reset, an invalid chunk size), so the response must not end
+// as if it were whole — no last chunk, and the connection closes — or the caller would
+// take a truncated body for the full one, or read the next response as the rest of it.
+type bodyAborter interface{ abortBody() }

@@ -578,3 +578,42 @@ func TestH2CHeaderLimit(t *testing.T) {
 		t.Errorf("the backend saw %d requests, want 1", n)
 	}
 }
+
+// TestBrokenUpstreamBodyIsNotPassedOffAsWhole: a response whose chunked body breaks (an
+// invalid chunk size) used to be ended as if whole (a last chunk was written, the
+// caller's connection kept): the caller took a truncated body for the full one. Its head was already sent, so the caller's connection
+// is closed without ending the body; the upstream connection is closed too, and the
+// next request is answered correctly on a new one.
+func TestBrokenUpstreamBodyIsNotPassedOffAsWhole(t *testing.T) {
+	const next = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nnext!"
+	responses := map[string]string{
+		"/bad-chunk": "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n" + next,
+		"/good":      "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood",
+	}
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		be := newRawBackend(t, responses)
+		cp := st.StartControlPlane(t)
+		snap, _ := oneBackend([]string{"http://" + be.ln.Addr().String()}, nil)
+		cp.Set(snap)
+		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines}).URL(t, st.OutboundListenerName)
+		c := dialRaw(t, base)
+		c.write("GET /bad-chunk HTTP/1.1\r\nHost: reviews\r\n\r\n")
+		_ = c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(c.br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		if err == nil {
+			t.Errorf("a broken chunked body reached the caller as a whole body %q", b)
+		}
+		c.closedSoon("the caller's connection after a broken body")
+		st.Eventually(t, 10*time.Second, func() bool { return be.hungUp.Load() == 1 },
+			"the upstream connection that sent a broken body is still open")
+		c = dialRaw(t, base)
+		c.write("GET /good HTTP/1.1\r\nHost: reviews\r\n\r\n")
+		if resp, body := c.read("GET"); resp.StatusCode != 200 || body != "good" {
+			t.Errorf("/good after it: %d %q", resp.StatusCode, body)
+		}
+	})
+}

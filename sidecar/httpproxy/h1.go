@@ -368,6 +368,7 @@ type h1Writer struct {
 	noBody      bool
 	close       bool
 	discard     bool           // the handler's response is replaced: its body is dropped
+	aborted     bool           // the body broke midway (abortBody): no last chunk, then close
 	body        *malformedBody // a chunked request body, watched for broken framing
 }
 
@@ -377,7 +378,7 @@ func (w *h1Writer) reset(req *http.Request, closeAfter bool) {
 	} else {
 		clear(w.header)
 	}
-	w.req, w.wroteHeader, w.chunked, w.noBody, w.watched, w.discard, w.body = req, false, false, false, false, false, nil
+	w.req, w.wroteHeader, w.chunked, w.noBody, w.watched, w.discard, w.body, w.aborted = req, false, false, false, false, false, nil, false
 	w.close = closeAfter || req.Close || !req.ProtoAtLeast(1, 1) && !httpguts.HeaderValuesContainsToken(req.Header["Connection"], "keep-alive")
 }
 
@@ -457,10 +458,12 @@ func (w *h1Writer) finish() {
 	if !w.wroteHeader {
 		w.WriteHeader(http.StatusOK)
 	}
-	if w.chunked && !w.discard {
+	if w.chunked && !w.discard && !w.aborted {
 		w.bw.WriteString("0\r\n\r\n")
 	}
 }
+
+func (w *h1Writer) abortBody() { w.aborted, w.close = true, true }
 
 // peekedConn replays what the preface check buffered before reading the connection.
 type peekedConn struct {
