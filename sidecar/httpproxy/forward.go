@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/sidecar/config"
+	"github.com/weftmesh/weft/sidecar/httphead"
 	"github.com/weftmesh/weft/sidecar/upstream"
 )
 
@@ -338,9 +339,12 @@ func isConnectFailure(err error) bool {
 
 // errorReply turns a failed final attempt into what Envoy would answer.
 func (a *attemptResult) errorReply(deadline time.Time) (int, string) {
+	var bad *httphead.Problem
 	switch {
 	case a.err == errNoHost:
 		return http.StatusServiceUnavailable, "no healthy upstream\n"
+	case errors.As(a.err, &bad):
+		return bad.Status, bad.Reason + "\n" // 502: the response's framing is ambiguous
 	case expired(deadline):
 		return http.StatusGatewayTimeout, "upstream request timeout\n"
 	case isConnectFailure(a.err) && isTimeout(a.err):
@@ -455,6 +459,9 @@ func copyBody(w http.ResponseWriter, resp *http.Response) {
 			}
 		}
 		if err != nil {
+			if a, ok := w.(bodyAborter); ok && err != io.EOF {
+				a.abortBody() // the upstream body broke: the caller must not see it end cleanly
+			}
 			return
 		}
 	}
