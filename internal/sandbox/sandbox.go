@@ -172,7 +172,12 @@ func Run(ctx context.Context, o Options) (err error) {
 	agentErr := make(chan error, 1)
 	actx, stopAgent := context.WithCancel(ctx)
 	go func() { agentErr <- agent.Run(actx) }()
-	defer func() { stopAgent(); <-agentErr }()
+	defer func() {
+		stopAgent()
+		// Wait until the agent has stopped its pods. An error it returns early is Run's
+		// own (the select below returns it), so it is not reported a second time here.
+		<-agentErr //nolint:errcheck // see above
+	}()
 	if err := os.WriteFile(ReadyFile(o.StateDir), []byte(kubeconfig+"\n"), 0o644); err != nil {
 		return err
 	}

@@ -286,7 +286,7 @@ func expired(deadline time.Time) bool { return !deadline.IsZero() && !time.Now()
 
 func isTimeout(err error) bool {
 	var ne net.Error
-	return err == errRouteTimeout || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) ||
+	return errors.Is(err, errRouteTimeout) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) ||
 		(errors.As(err, &ne) && ne.Timeout())
 }
 
@@ -339,7 +339,7 @@ func isConnectFailure(err error) bool {
 // errorReply turns a failed final attempt into what Envoy would answer.
 func (a *attemptResult) errorReply(deadline time.Time) (int, string) {
 	switch {
-	case a.err == errNoHost:
+	case errors.Is(a.err, errNoHost):
 		return http.StatusServiceUnavailable, "no healthy upstream\n"
 	case expired(deadline):
 		return http.StatusGatewayTimeout, "upstream request timeout\n"
