@@ -14,7 +14,9 @@ GOLANGCI_LINT_VERSION ?= v2.15.0
 TOOLBIN ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/weft/tools
 GOLANGCI_LINT ?= $(TOOLBIN)/golangci-lint
 # Envtest binaries (kube-apiserver, etcd, kube-controller-manager) are found or built by
-# hack/envtest-assets.sh into a cache outside the clone; it prints their directory.
+# hack/envtest (package internal/k8sbin) into a cache outside the clone; it prints their
+# directory as its last line.
+ENVTEST ?= $(GO) run ./hack/envtest
 
 .PHONY: all
 all: build
@@ -66,13 +68,13 @@ golangci-lint: ## Install golangci-lint $(GOLANGCI_LINT_VERSION) into $(TOOLBIN)
 
 .PHONY: envtest
 envtest: ## Find or build kube-apiserver, etcd and kube-controller-manager (offline).
-	@hack/envtest-assets.sh
+	@$(ENVTEST)
 
 .PHONY: test
 test: manifests generate vet ## Run all tests (unit, golden, envtest) — does its own set-up.
 	@hack/deps.sh test
 	@hack/verify-generated.sh
-	assets="$$(hack/envtest-assets.sh | tail -n1)" && \
+	assets="$$($(ENVTEST) | tail -n1)" && \
 	  KUBEBUILDER_ASSETS="$$assets" $(GO) test ./... -count=1 -timeout 30m
 
 .PHONY: test-race
