@@ -287,7 +287,7 @@ func expired(deadline time.Time) bool { return !deadline.IsZero() && !time.Now()
 
 func isTimeout(err error) bool {
 	var ne net.Error
-	return err == errRouteTimeout || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) ||
+	return errors.Is(err, errRouteTimeout) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) ||
 		(errors.As(err, &ne) && ne.Timeout())
 }
 
@@ -341,7 +341,7 @@ func isConnectFailure(err error) bool {
 func (a *attemptResult) errorReply(deadline time.Time) (int, string) {
 	var bad *httphead.Problem
 	switch {
-	case a.err == errNoHost:
+	case errors.Is(a.err, errNoHost):
 		return http.StatusServiceUnavailable, "no healthy upstream\n"
 	case errors.As(a.err, &bad):
 		return bad.Status, bad.Reason + "\n" // 502: the response's framing is ambiguous

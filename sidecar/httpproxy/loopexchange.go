@@ -1,6 +1,7 @@
 package httpproxy
 
 import (
+	"errors"
 	"net/http"
 	"time"
 
@@ -70,7 +71,7 @@ func (h *hloop) attemptFailed(ex *exchange, err error) {
 	switch {
 	case h.expired(ex.deadline):
 		o = upstream.Success // the route timed out: not the host's fault
-	case isConnectFailure(err) || err == errUpstreamReset:
+	case isConnectFailure(err) || errors.Is(err, errUpstreamReset):
 		o = upstream.LocalOriginFailure
 	}
 	h.attemptDone(ex, o)
