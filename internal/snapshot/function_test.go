@@ -8,6 +8,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/async"
 )
 
@@ -21,7 +22,7 @@ func TestFunctionMetadataCarriesTheAsyncPolicy(t *testing.T) {
 		Backoff: &meshv1alpha1.Duration{Duration: 2 * time.Second}, MaxBackoff: &meshv1alpha1.Duration{Duration: 20 * time.Second},
 		MaxAge: &meshv1alpha1.Duration{Duration: time.Hour}, DeadLetter: ptr.To(false), RetryOn: []int32{429, 503},
 	}
-	md := functionCluster(fn).GetMetadata().GetFilterMetadata()[FunctionMetadataKey]
+	md := functionCluster(fn).GetMetadata().GetFilterMetadata()[contract.FunctionMetadataKey]
 	got, err := async.DecodeConfig(md)
 	if err != nil {
 		t.Fatalf("sidecar/async cannot decode the metadata: %v", err)
@@ -34,7 +35,7 @@ func TestFunctionMetadataCarriesTheAsyncPolicy(t *testing.T) {
 	}
 
 	fn.Spec.Async = nil
-	got, err = async.DecodeConfig(functionCluster(fn).GetMetadata().GetFilterMetadata()[FunctionMetadataKey])
+	got, err = async.DecodeConfig(functionCluster(fn).GetMetadata().GetFilterMetadata()[contract.FunctionMetadataKey])
 	if err != nil || got.Enabled {
 		t.Fatalf("a function without spec.async decoded as %+v, %v; want async off", got, err)
 	}

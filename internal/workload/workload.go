@@ -9,12 +9,8 @@ import (
 	"time"
 )
 
-// Well-known ports of the sidecar, shared with cmd/sidecar and docs/xds-contract.md.
+// Ports; the sidecar's own (contract.InboundPort, contract.MetricsPort) are the contract's.
 const (
-	// InboundPort is where a function pod's sidecar takes calls for the function.
-	InboundPort = 15006
-	// MetricsPort serves the sidecar's read-only /stats and /ready on the pod address.
-	MetricsPort = 15020
 	// ServicePort is the port of a function's Service: callers use plain http://name.
 	ServicePort = 80
 )
