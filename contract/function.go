@@ -33,7 +33,7 @@ type FunctionMeta struct {
 	ContainerConcurrency int32
 	// MinScale is the function's minimum replica count.
 	MinScale int32
-	// Timeout of one call (0: unset, the sidecar's default).
+	// Timeout of one call (0: unset, the sidecar's default; left out of the wire form).
 	Timeout time.Duration
 	// Async is the function's async policy.
 	Async AsyncPolicy
@@ -54,18 +54,21 @@ type AsyncPolicy struct {
 	RetryOn []int32
 }
 
-// Encode returns the metadata as a Struct, every top-level key written.
+// Encode returns the metadata as a Struct, every top-level key written but an unset timeout.
 func (m FunctionMeta) Encode() *structpb.Struct {
-	return fields(map[string]*structpb.Value{
+	f := map[string]*structpb.Value{
 		"namespace":            structpb.NewStringValue(m.Namespace),
 		"name":                 structpb.NewStringValue(m.Name),
 		"holdTimeout":          structpb.NewStringValue(m.HoldTimeout.String()),
 		"maxPending":           structpb.NewNumberValue(float64(m.MaxPending)),
 		"containerConcurrency": structpb.NewNumberValue(float64(m.ContainerConcurrency)),
 		"minScale":             structpb.NewNumberValue(float64(m.MinScale)),
-		"timeout":              structpb.NewStringValue(m.Timeout.String()),
 		"async":                structpb.NewStructValue(m.Async.Encode()),
-	})
+	}
+	if m.Timeout > 0 {
+		f["timeout"] = structpb.NewStringValue(m.Timeout.String())
+	}
+	return fields(f)
 }
 
 // Encode returns the policy as a Struct; unset fields are left out.

@@ -2,9 +2,10 @@ package config
 
 import (
 	"fmt"
-	"github.com/weftmesh/weft/sidecar/redisproxy"
 	"sort"
 	"strings"
+
+	"github.com/weftmesh/weft/sidecar/redisproxy"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"

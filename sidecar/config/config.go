@@ -8,9 +8,10 @@
 package config
 
 import (
-	"github.com/weftmesh/weft/sidecar/redisproxy"
 	"regexp"
 	"time"
+
+	"github.com/weftmesh/weft/sidecar/redisproxy"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"

@@ -13,13 +13,8 @@ import (
 	// The router's typed config must resolve when static configs and /config_dump pass
 	// through protojson.
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
-)
 
-// Filter names the sidecar understands.
-const (
-	HCMFilterName    = "envoy.filters.network.http_connection_manager"
-	RedisFilterName  = "envoy.filters.network.redis_proxy"
-	routerFilterName = "envoy.filters.http.router"
+	"github.com/weftmesh/weft/contract"
 )
 
 // ListenerInfo is what the xDS client needs to know about a validated listener: which
@@ -60,7 +55,7 @@ func DecodeListener(l *listenerv3.Listener) (*ListenerInfo, error) {
 	}
 	f := fc.GetFilters()[0]
 	switch f.GetName() {
-	case HCMFilterName:
+	case contract.HCMFilterName:
 		var hcm hcmv3.HttpConnectionManager
 		if err := f.GetTypedConfig().UnmarshalTo(&hcm); err != nil {
 			return nil, fmt.Errorf("%s: decoding http_connection_manager: %w", where, err)
@@ -68,7 +63,7 @@ func DecodeListener(l *listenerv3.Listener) (*ListenerInfo, error) {
 		if err := decodeHCM(&hcm, info, where); err != nil {
 			return nil, err
 		}
-	case RedisFilterName:
+	case contract.RedisFilterName:
 		var rp redisv3.RedisProxy
 		if err := f.GetTypedConfig().UnmarshalTo(&rp); err != nil {
 			return nil, fmt.Errorf("%s: decoding redis_proxy: %w", where, err)
@@ -76,7 +71,7 @@ func DecodeListener(l *listenerv3.Listener) (*ListenerInfo, error) {
 		info.Redis = l
 		info.RedisClusters = redisClusters(&rp)
 	default:
-		return nil, fmt.Errorf("%s: network filter %q is not supported; use %s or %s", where, f.GetName(), HCMFilterName, RedisFilterName)
+		return nil, fmt.Errorf("%s: network filter %q is not supported; use %s or %s", where, f.GetName(), contract.HCMFilterName, contract.RedisFilterName)
 	}
 	return info, nil
 }
@@ -110,8 +105,8 @@ func decodeHCM(h *hcmv3.HttpConnectionManager, info *ListenerInfo, where string)
 		return fmt.Errorf("%s: needs rds or route_config", where)
 	}
 	fs := h.GetHttpFilters()
-	if len(fs) == 0 || fs[len(fs)-1].GetName() != routerFilterName {
-		return fmt.Errorf("%s: the last http filter must be %s", where, routerFilterName)
+	if len(fs) == 0 || fs[len(fs)-1].GetName() != contract.RouterFilterName {
+		return fmt.Errorf("%s: the last http filter must be %s", where, contract.RouterFilterName)
 	}
 	seen := map[string]bool{}
 	for i, f := range fs {
@@ -120,11 +115,11 @@ func decodeHCM(h *hcmv3.HttpConnectionManager, info *ListenerInfo, where string)
 		}
 		seen[f.GetName()] = true
 		switch f.GetName() {
-		case routerFilterName:
+		case contract.RouterFilterName:
 			if i != len(fs)-1 {
-				return fmt.Errorf("%s: %s must be the last http filter", where, routerFilterName)
+				return fmt.Errorf("%s: %s must be the last http filter", where, contract.RouterFilterName)
 			}
-		case faultFilterName:
+		case contract.FaultFilterName:
 			if tc := f.GetTypedConfig(); tc != nil {
 				var hf faultv3.HTTPFault
 				if err := tc.UnmarshalTo(&hf); err != nil {

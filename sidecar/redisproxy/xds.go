@@ -6,7 +6,6 @@ import (
 	"net"
 	"sort"
 	"strconv"
-	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -16,6 +15,7 @@ import (
 	hcredisv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/health_checkers/redis/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/redisproxy/hashkit"
 	"github.com/weftmesh/weft/sidecar/redisproxy/ring"
 )
@@ -28,13 +28,6 @@ func sortedKeys(m map[string]bool) []string {
 	sort.Strings(out)
 	return out
 }
-
-// Names fixed by docs/xds-contract.md.
-const (
-	FilterName        = "envoy.filters.network.redis_proxy"
-	HealthCheckerName = "envoy.health_checkers.redis"
-	MetadataKey       = "weft.dev/redis"
-)
 
 // ConfigFromXDS decodes the redis listener, its pool clusters and their
 // endpoints as the control plane emits them (docs/xds-contract.md). Fields
@@ -86,19 +79,19 @@ func redisFilter(l *listenerv3.Listener) (*redisv3.RedisProxy, error) {
 	}
 	filters := l.GetFilterChains()[0].GetFilters()
 	if len(filters) == 0 {
-		return nil, fmt.Errorf("no %s filter", FilterName)
+		return nil, fmt.Errorf("no %s filter", contract.RedisFilterName)
 	}
 	for _, f := range filters {
-		if f.GetName() != FilterName {
-			return nil, fmt.Errorf("unsupported network filter %q next to %s", f.GetName(), FilterName)
+		if f.GetName() != contract.RedisFilterName {
+			return nil, fmt.Errorf("unsupported network filter %q next to %s", f.GetName(), contract.RedisFilterName)
 		}
 	}
 	if len(filters) > 1 {
-		return nil, fmt.Errorf("want exactly one %s filter, got %d", FilterName, len(filters))
+		return nil, fmt.Errorf("want exactly one %s filter, got %d", contract.RedisFilterName, len(filters))
 	}
 	rp := &redisv3.RedisProxy{}
 	if err := filters[0].GetTypedConfig().UnmarshalTo(rp); err != nil {
-		return nil, fmt.Errorf("decoding %s: %w", FilterName, err)
+		return nil, fmt.Errorf("decoding %s: %w", contract.RedisFilterName, err)
 	}
 	return rp, nil
 }
@@ -198,7 +191,7 @@ func decodePool(c *clusterv3.Cluster, cla *endpointv3.ClusterLoadAssignment, has
 	if cla == nil {
 		return pl, errors.New("endpoints are missing from EDS")
 	}
-	if o := c.GetTypedExtensionProtocolOptions()[FilterName]; o != nil {
+	if o := c.GetTypedExtensionProtocolOptions()[contract.RedisFilterName]; o != nil {
 		po := &redisv3.RedisProtocolOptions{}
 		if err := o.UnmarshalTo(po); err != nil {
 			return pl, fmt.Errorf("decoding RedisProtocolOptions: %w", err)
@@ -224,8 +217,8 @@ func decodePool(c *clusterv3.Cluster, cla *endpointv3.ClusterLoadAssignment, has
 	if hashtagging {
 		pl.HashTag = "{}"
 	}
-	if err := decodeMetadata(c.GetMetadata().GetFilterMetadata()[MetadataKey], &pl); err != nil {
-		return pl, fmt.Errorf("metadata %s: %w", MetadataKey, err)
+	if err := decodeMetadata(c.GetMetadata().GetFilterMetadata()[contract.RedisMetadataKey], &pl); err != nil {
+		return pl, fmt.Errorf("metadata %s: %w", contract.RedisMetadataKey, err)
 	}
 	if err := decodeHealth(c.GetHealthChecks(), &pl); err != nil {
 		return pl, err
@@ -260,28 +253,22 @@ func decodeMetadata(s *structpb.Struct, pl *Pool) error {
 	if s == nil {
 		return nil
 	}
-	for k, v := range s.GetFields() {
-		switch k {
-		case "distribution":
-			pl.Distribution = ring.Distribution(v.GetStringValue())
-		case "hash":
-			pl.Hash = v.GetStringValue()
-		case "hashTag":
-			pl.HashTag = v.GetStringValue()
-		case "ejectMode":
-			pl.EjectMode = EjectMode(v.GetStringValue())
-		case "failureLimit":
-			pl.FailureLimit = int(v.GetNumberValue())
-		case "retryTimeout":
-			d, err := time.ParseDuration(v.GetStringValue())
-			if err != nil {
-				return fmt.Errorf("retryTimeout %q: %w", v.GetStringValue(), err)
-			}
-			pl.RetryTimeout = d
-		default:
-			return fmt.Errorf("unknown key %q", k)
-		}
+	m, err := contract.DecodeRedisPoolMeta(s)
+	if err != nil {
+		return err
 	}
+	if m.Distribution != "" {
+		pl.Distribution = ring.Distribution(m.Distribution)
+	}
+	if m.Hash != "" {
+		pl.Hash = m.Hash
+	}
+	if m.HashTag != nil {
+		pl.HashTag = *m.HashTag
+	}
+	pl.EjectMode = EjectMode(m.EjectMode)
+	pl.FailureLimit = int(m.FailureLimit)
+	pl.RetryTimeout = m.RetryTimeout
 	return nil
 }
 
@@ -294,13 +281,13 @@ func decodeHealth(hcs []*corev3.HealthCheck, pl *Pool) error {
 	}
 	hc := hcs[0]
 	ch := hc.GetCustomHealthCheck()
-	if ch == nil || ch.GetName() != HealthCheckerName {
-		return fmt.Errorf("health check must be custom_health_check %s", HealthCheckerName)
+	if ch == nil || ch.GetName() != contract.RedisHealthCheckerName {
+		return fmt.Errorf("health check must be custom_health_check %s", contract.RedisHealthCheckerName)
 	}
 	if tc := ch.GetTypedConfig(); tc != nil {
 		r := &hcredisv3.Redis{}
 		if err := tc.UnmarshalTo(r); err != nil {
-			return fmt.Errorf("decoding %s config: %w", HealthCheckerName, err)
+			return fmt.Errorf("decoding %s config: %w", contract.RedisHealthCheckerName, err)
 		}
 		if err := unsupportedField(map[string]bool{"health_checks[0].key (EXISTS probe)": r.GetKey() != "", "health_checks[0].aws_iam": r.GetAwsIam() != nil}); err != nil {
 			return err

@@ -6,7 +6,6 @@ package redistest
 import (
 	"bytes"
 	"fmt"
-	"github.com/weftmesh/weft/internal/testenv"
 	"net"
 	"os"
 	"os/exec"
@@ -15,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/weftmesh/weft/internal/testenv"
 
 	"github.com/weftmesh/weft/sidecar/redisproxy/resp"
 )
