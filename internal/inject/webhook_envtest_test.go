@@ -22,7 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/weftmesh/weft/contract"
-	"github.com/weftmesh/weft/internal/testenv"
+	"github.com/weftmesh/weft/testenv"
 )
 
 // TestWebhookInAPIServer installs config/webhook into a real kube-apiserver, serves the

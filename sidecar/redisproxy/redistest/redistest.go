@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weftmesh/weft/internal/testenv"
+	"github.com/weftmesh/weft/testenv"
 
 	"github.com/weftmesh/weft/sidecar/redisproxy/resp"
 )

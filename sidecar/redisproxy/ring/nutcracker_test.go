@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/weftmesh/weft/internal/testenv"
+	"github.com/weftmesh/weft/testenv"
 
 	"github.com/weftmesh/weft/sidecar/redisproxy/redistest"
 	"github.com/weftmesh/weft/sidecar/redisproxy/resp"
