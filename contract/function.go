@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/types/known/structpb"
@@ -122,12 +123,21 @@ func DecodeFunctionMeta(s *structpb.Struct) (FunctionMeta, error) {
 	a, err := decodeAsync(f["async"])
 	m.Async = a
 	if err != nil {
-		return m, fmt.Errorf("%w: async.%w", ErrAsyncPolicy, err)
+		return m, fmt.Errorf("%w: %w", ErrAsyncPolicy, err)
 	}
 	return m, nil
 }
 
+// decodeAsync reads "async"; its errors name the key as async.<field>.
 func decodeAsync(v *structpb.Value) (AsyncPolicy, error) {
+	a, err := decodeAsyncFields(v)
+	if err != nil && !strings.HasPrefix(err.Error(), "async ") {
+		err = fmt.Errorf("async.%w", err)
+	}
+	return a, err
+}
+
+func decodeAsyncFields(v *structpb.Value) (AsyncPolicy, error) {
 	var a AsyncPolicy
 	switch k := v.GetKind().(type) {
 	case nil, *structpb.Value_NullValue:

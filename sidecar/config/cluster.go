@@ -84,6 +84,10 @@ type FunctionMeta struct {
 	ContainerConcurrency int
 	Async                bool
 	MinScale             int
+	// Policy is the async policy, defaults filled; DefaultAsyncPolicy when PolicyErr is set.
+	Policy AsyncPolicy
+	// PolicyErr, when set, is why the metadata's async policy could not be read.
+	PolicyErr error
 }
 
 // Health is an endpoint's EDS health status as the data plane uses it.
@@ -258,7 +262,7 @@ func decodeCluster(c *clusterv3.Cluster) (*Cluster, error) {
 	}
 	md := c.GetMetadata().GetFilterMetadata()
 	if s, ok := md[contract.FunctionMetadataKey]; ok {
-		fm, err := decodeFunctionMeta(s)
+		fm, err := DecodeFunctionMeta(s)
 		if err != nil {
 			return nil, fmt.Errorf("%s: metadata %s: %w", where, contract.FunctionMetadataKey, err)
 		}
@@ -290,12 +294,16 @@ func setU32(dst *uint32, v *wrapperspb.UInt32Value) {
 	}
 }
 
-// decodeFunctionMeta reads weft.dev/function. A malformed async policy does not refuse the
-// cluster: the function still takes synchronous calls, and sidecar/async falls back to the
-// default policy (and logs why).
-func decodeFunctionMeta(s *structpb.Struct) (*FunctionMeta, error) {
+// DecodeFunctionMeta reads weft.dev/function. A malformed async policy does not refuse the
+// cluster: the function still takes synchronous calls, its Policy is DefaultAsyncPolicy
+// and PolicyErr says why.
+func DecodeFunctionMeta(s *structpb.Struct) (*FunctionMeta, error) {
 	m, err := contract.DecodeFunctionMeta(s)
-	if err != nil && !errors.Is(err, contract.ErrAsyncPolicy) {
+	policy := asyncPolicy(m)
+	switch {
+	case errors.Is(err, contract.ErrAsyncPolicy):
+		policy = DefaultAsyncPolicy()
+	case err != nil:
 		return nil, err
 	}
 	return &FunctionMeta{
@@ -306,6 +314,8 @@ func decodeFunctionMeta(s *structpb.Struct) (*FunctionMeta, error) {
 		ContainerConcurrency: int(m.ContainerConcurrency),
 		Async:                m.Async.Enabled,
 		MinScale:             int(m.MinScale),
+		Policy:               policy,
+		PolicyErr:            err,
 	}, nil
 }
 
