@@ -111,6 +111,19 @@ func TestLayering(t *testing.T) {
 			}
 		}
 	}
+	// All xDS decoding lives in sidecar/config; the data plane imports it, never the other
+	// way round. The redis ring (pure placement) is the one data-plane piece it may use, to
+	// refuse a pool that cannot be placed.
+	for _, p := range goList(t, "./sidecar/config") {
+		for _, dep := range p.Deps {
+			switch {
+			case !strings.HasPrefix(dep, module+"/"), dep == module+"/contract",
+				strings.HasPrefix(dep, module+"/sidecar/redisproxy/ring"), strings.HasPrefix(dep, module+"/sidecar/redisproxy/hashkit"):
+			default:
+				t.Errorf("%s links %s: the decoder must not depend on the data plane; the data plane takes decoded config types", p.ImportPath, dep)
+			}
+		}
+	}
 	for _, p := range goList(t, "./api/...") {
 		for _, dep := range p.Deps {
 			if strings.HasPrefix(dep, module+"/") && !strings.HasPrefix(dep, module+"/api/") {

@@ -11,8 +11,6 @@ import (
 	"regexp"
 	"time"
 
-	"github.com/weftmesh/weft/sidecar/redisproxy"
-
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -35,10 +33,10 @@ type Config struct {
 }
 
 // RedisListener is a listener whose filter is envoy.filters.network.redis_proxy, with the
-// clusters and endpoints it references, and the pool decoded by sidecar/redisproxy.
+// clusters and endpoints it references, and the pool decoded for sidecar/redisproxy.
 type RedisListener struct {
 	// Decoded is the pool as the redis proxy serves it (set when the config is complete).
-	Decoded redisproxy.Config
+	Decoded RedisConfig
 	// Err, when set, is why the pool cannot be served as these resources describe it, and
 	// Decoded is empty. The xDS client then keeps the listener's last good version, as
 	// Envoy keeps a listener whose update it rejected; a static config fails to load.

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/sidecar/config"
 	"github.com/weftmesh/weft/sidecar/redisproxy/redistest"
 	"github.com/weftmesh/weft/sidecar/redisproxy/ring"
 )
@@ -96,7 +97,7 @@ func (f *xdsFixture) decode(t testing.TB) (Config, error) {
 		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
 			Name: contract.RedisFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(t, f.rp)}}}}},
 	}
-	return ConfigFromXDS(l, map[string]*clusterv3.Cluster{poolName: f.cl}, map[string]*endpointv3.ClusterLoadAssignment{poolName: f.cla})
+	return config.RedisConfigFromXDS(l, map[string]*clusterv3.Cluster{poolName: f.cl}, map[string]*endpointv3.ClusterLoadAssignment{poolName: f.cla})
 }
 
 func TestConfigFromXDS(t *testing.T) {

@@ -1,4 +1,4 @@
-package redisproxy
+package config
 
 import (
 	"errors"
@@ -20,7 +20,7 @@ import (
 	"github.com/weftmesh/weft/sidecar/redisproxy/ring"
 )
 
-func sortedKeys(m map[string]bool) []string {
+func redisSortedKeys(m map[string]bool) []string {
 	out := make([]string, 0, len(m))
 	for k := range m {
 		out = append(out, k)
@@ -29,12 +29,12 @@ func sortedKeys(m map[string]bool) []string {
 	return out
 }
 
-// ConfigFromXDS decodes the redis listener, its pool clusters and their
+// RedisConfigFromXDS decodes the redis listener, its pool clusters and their
 // endpoints as the control plane emits them (docs/xds-contract.md). Fields
 // that would change behaviour but are not implemented are refused by name,
 // so the sidecar NACKs instead of silently behaving differently. It is pure.
-func ConfigFromXDS(l *listenerv3.Listener, clusters map[string]*clusterv3.Cluster, endpoints map[string]*endpointv3.ClusterLoadAssignment) (Config, error) {
-	var cfg Config
+func RedisConfigFromXDS(l *listenerv3.Listener, clusters map[string]*clusterv3.Cluster, endpoints map[string]*endpointv3.ClusterLoadAssignment) (RedisConfig, error) {
+	var cfg RedisConfig
 	if l == nil {
 		return cfg, errors.New("no redis listener")
 	}
@@ -46,10 +46,10 @@ func ConfigFromXDS(l *listenerv3.Listener, clusters map[string]*clusterv3.Cluste
 		cfg.Listen = net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))
 	}
 	cfg.StatPrefix = rp.GetStatPrefix()
-	if err := decodeProxy(rp, &cfg); err != nil {
+	if err := decodeRedisProxy(rp, &cfg); err != nil {
 		return cfg, fmt.Errorf("listener %s: %w", l.GetName(), err)
 	}
-	cfg.Pools = map[string]Pool{}
+	cfg.Pools = map[string]RedisPool{}
 	want := []string{}
 	if cfg.CatchAll != "" {
 		want = append(want, cfg.CatchAll)
@@ -61,7 +61,7 @@ func ConfigFromXDS(l *listenerv3.Listener, clusters map[string]*clusterv3.Cluste
 		if _, done := cfg.Pools[name]; done {
 			continue
 		}
-		pl, err := decodePool(clusters[name], endpoints[name], rp.GetSettings().GetEnableHashtagging())
+		pl, err := decodeRedisPool(clusters[name], endpoints[name], rp.GetSettings().GetEnableHashtagging())
 		if err != nil {
 			return cfg, fmt.Errorf("listener %s: cluster %s: %w", l.GetName(), name, err)
 		}
@@ -97,8 +97,8 @@ func redisFilter(l *listenerv3.Listener) (*redisv3.RedisProxy, error) {
 }
 
 // unsupported returns an error naming the first set field from names.
-func unsupportedField(set map[string]bool) error {
-	for _, n := range sortedKeys(set) {
+func redisUnsupported(set map[string]bool) error {
+	for _, n := range redisSortedKeys(set) {
 		if set[n] {
 			return fmt.Errorf("field %s is not supported by the Weft sidecar's Redis proxy; remove it", n)
 		}
@@ -106,9 +106,9 @@ func unsupportedField(set map[string]bool) error {
 	return nil
 }
 
-func decodeProxy(rp *redisv3.RedisProxy, cfg *Config) error {
+func decodeRedisProxy(rp *redisv3.RedisProxy, cfg *RedisConfig) error {
 	s := rp.GetSettings()
-	if err := unsupportedField(map[string]bool{
+	if err := redisUnsupported(map[string]bool{
 		"faults":                                len(rp.GetFaults()) > 0,
 		"external_auth_provider":                rp.GetExternalAuthProvider() != nil,
 		"custom_commands":                       len(rp.GetCustomCommands()) > 0,
@@ -146,22 +146,22 @@ func decodeProxy(rp *redisv3.RedisProxy, cfg *Config) error {
 	pr := rp.GetPrefixRoutes()
 	cfg.RoutesCaseInsensitive = pr.GetCaseInsensitive()
 	if ca := pr.GetCatchAllRoute(); ca != nil {
-		if err := routeFieldsOK(ca, "catch_all_route"); err != nil {
+		if err := redisRouteFieldsOK(ca, "catch_all_route"); err != nil {
 			return err
 		}
 		cfg.CatchAll = ca.GetCluster()
 	}
 	for i, r := range pr.GetRoutes() {
-		if err := routeFieldsOK(r, fmt.Sprintf("routes[%d]", i)); err != nil {
+		if err := redisRouteFieldsOK(r, fmt.Sprintf("routes[%d]", i)); err != nil {
 			return err
 		}
-		cfg.Routes = append(cfg.Routes, Route{Prefix: r.GetPrefix(), RemovePrefix: r.GetRemovePrefix(), Pool: r.GetCluster()})
+		cfg.Routes = append(cfg.Routes, RedisRoute{Prefix: r.GetPrefix(), RemovePrefix: r.GetRemovePrefix(), Pool: r.GetCluster()})
 	}
 	return nil
 }
 
-func routeFieldsOK(r *redisv3.RedisProxy_PrefixRoutes_Route, where string) error {
-	return unsupportedField(map[string]bool{
+func redisRouteFieldsOK(r *redisv3.RedisProxy_PrefixRoutes_Route, where string) error {
+	return redisUnsupported(map[string]bool{
 		"prefix_routes." + where + ".request_mirror_policy": len(r.GetRequestMirrorPolicy()) > 0,
 		"prefix_routes." + where + ".key_formatter":         r.GetKeyFormatter() != "",
 		"prefix_routes." + where + ".read_command_policy":   r.GetReadCommandPolicy() != nil,
@@ -180,11 +180,11 @@ func inlineSecret(ds *corev3.DataSource) (string, error) {
 	return "", errors.New("only inline_string or inline_bytes data sources are supported")
 }
 
-// decodePool builds a pool from its cluster and endpoints. hashtagging is
+// decodeRedisPool builds a pool from its cluster and endpoints. hashtagging is
 // the listener's enable_hashtagging, which means a "{}" tag unless the
 // cluster's weft.dev/redis metadata names another.
-func decodePool(c *clusterv3.Cluster, cla *endpointv3.ClusterLoadAssignment, hashtagging bool) (Pool, error) {
-	var pl Pool
+func decodeRedisPool(c *clusterv3.Cluster, cla *endpointv3.ClusterLoadAssignment, hashtagging bool) (RedisPool, error) {
+	var pl RedisPool
 	if c == nil {
 		return pl, errors.New("cluster is missing from CDS")
 	}
@@ -196,7 +196,7 @@ func decodePool(c *clusterv3.Cluster, cla *endpointv3.ClusterLoadAssignment, has
 		if err := o.UnmarshalTo(po); err != nil {
 			return pl, fmt.Errorf("decoding RedisProtocolOptions: %w", err)
 		}
-		if err := unsupportedField(map[string]bool{"aws_iam": po.GetAwsIam() != nil, "credentials": len(po.GetCredentials()) > 0}); err != nil {
+		if err := redisUnsupported(map[string]bool{"aws_iam": po.GetAwsIam() != nil, "credentials": len(po.GetCredentials()) > 0}); err != nil {
 			return pl, err
 		}
 		if po.GetAuthPassword() != nil {
@@ -217,10 +217,10 @@ func decodePool(c *clusterv3.Cluster, cla *endpointv3.ClusterLoadAssignment, has
 	if hashtagging {
 		pl.HashTag = "{}"
 	}
-	if err := decodeMetadata(c.GetMetadata().GetFilterMetadata()[contract.RedisMetadataKey], &pl); err != nil {
+	if err := decodeRedisMetadata(c.GetMetadata().GetFilterMetadata()[contract.RedisMetadataKey], &pl); err != nil {
 		return pl, fmt.Errorf("metadata %s: %w", contract.RedisMetadataKey, err)
 	}
-	if err := decodeHealth(c.GetHealthChecks(), &pl); err != nil {
+	if err := decodeRedisHealth(c.GetHealthChecks(), &pl); err != nil {
 		return pl, err
 	}
 	for _, le := range cla.GetEndpoints() {
@@ -242,13 +242,13 @@ func decodePool(c *clusterv3.Cluster, cla *endpointv3.ClusterLoadAssignment, has
 			if w < 1 {
 				return pl, fmt.Errorf("endpoint %s has weight 0; redis weights must be at least 1", name)
 			}
-			pl.Servers = append(pl.Servers, Server{Name: name, Addr: addr, Weight: w})
+			pl.Servers = append(pl.Servers, RedisServer{Name: name, Addr: addr, Weight: w})
 		}
 	}
 	return pl, nil
 }
 
-func decodeMetadata(s *structpb.Struct, pl *Pool) error {
+func decodeRedisMetadata(s *structpb.Struct, pl *RedisPool) error {
 	pl.Distribution, pl.Hash = ring.Ketama, hashkit.Default
 	if s == nil {
 		return nil
@@ -272,7 +272,7 @@ func decodeMetadata(s *structpb.Struct, pl *Pool) error {
 	return nil
 }
 
-func decodeHealth(hcs []*corev3.HealthCheck, pl *Pool) error {
+func decodeRedisHealth(hcs []*corev3.HealthCheck, pl *RedisPool) error {
 	if len(hcs) == 0 {
 		return nil
 	}
@@ -289,11 +289,11 @@ func decodeHealth(hcs []*corev3.HealthCheck, pl *Pool) error {
 		if err := tc.UnmarshalTo(r); err != nil {
 			return fmt.Errorf("decoding %s config: %w", contract.RedisHealthCheckerName, err)
 		}
-		if err := unsupportedField(map[string]bool{"health_checks[0].key (EXISTS probe)": r.GetKey() != "", "health_checks[0].aws_iam": r.GetAwsIam() != nil}); err != nil {
+		if err := redisUnsupported(map[string]bool{"health_checks[0].key (EXISTS probe)": r.GetKey() != "", "health_checks[0].aws_iam": r.GetAwsIam() != nil}); err != nil {
 			return err
 		}
 	}
-	pl.HealthCheck = &HealthCheck{
+	pl.HealthCheck = &RedisHealthCheck{
 		Interval:           hc.GetInterval().AsDuration(),
 		Timeout:            hc.GetTimeout().AsDuration(),
 		HealthyThreshold:   int(hc.GetHealthyThreshold().GetValue()),
