@@ -6,7 +6,10 @@ package workload
 
 import (
 	"fmt"
+	"strconv"
 	"time"
+
+	"github.com/weftmesh/weft/contract"
 )
 
 // Ports; the sidecar's own (contract.InboundPort, contract.MetricsPort) are the contract's.
@@ -44,7 +47,7 @@ type Options struct {
 func DefaultOptions() Options {
 	return Options{
 		SidecarImage:  "ghcr.io/weftmesh/weft-sidecar:v0.1.0",
-		XDSAddress:    "weft-manager.weft-system.svc:18000",
+		XDSAddress:    "weft-manager.weft-system.svc:" + strconv.Itoa(contract.XDSPort),
 		DrainTimeout:  20 * time.Second,
 		ClusterDomain: "cluster.local",
 	}
