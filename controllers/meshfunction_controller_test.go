@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/internal/autoscale"
 	"github.com/weftmesh/weft/internal/workload"
 )
@@ -120,7 +121,7 @@ spec:
 			g.Expect(d.Spec.Template.Spec.InitContainers).To(ContainElement(HaveField("Name", workload.SidecarContainerName)))
 			svc := &corev1.Service{}
 			g.Expect(k8sClient.Get(ctx, nn, svc)).To(Succeed())
-			g.Expect(svc.Spec.Ports[0].TargetPort.IntValue()).To(Equal(workload.InboundPort))
+			g.Expect(svc.Spec.Ports[0].TargetPort.IntValue()).To(Equal(contract.InboundPort))
 			f := function(g)
 			g.Expect(f.Status.URL).To(Equal("http://orders.default.svc.cluster.local"))
 			g.Expect(f.Status.DesiredReplicas).To(Equal(int32(2)))

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/internal/inject"
 )
 
@@ -43,7 +45,7 @@ func bindInjectionFlags(fs *flag.FlagSet) *injectionOptions {
 	}
 	fs.BoolVar(&o.enabled, "enable-sidecar-injection", true, "Serve the sidecar-injection webhook and keep its caBundle current.")
 	fs.StringVar(&o.image, "sidecar-image", "ghcr.io/weftmesh/weft-sidecar:latest", "Image of the injected sidecar container.")
-	fs.StringVar(&o.xdsAddress, "sidecar-xds-address", "weft-manager."+ns+".svc:18000", "Control-plane address (host:port) injected sidecars connect to.")
+	fs.StringVar(&o.xdsAddress, "sidecar-xds-address", "weft-manager."+ns+".svc:"+strconv.Itoa(contract.XDSPort), "Control-plane address (host:port) injected sidecars connect to.")
 	fs.Int64Var(&o.drainSeconds, "sidecar-drain-seconds", 5, "How long an injected sidecar's preStop waits before the pod stops serving.")
 	fs.StringVar(&o.host, "webhook-host", "", "Address the webhook server binds (empty: all).")
 	fs.IntVar(&o.port, "webhook-port", 9443, "Port of the webhook server.")

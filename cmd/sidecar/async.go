@@ -11,17 +11,16 @@ import (
 	"sync"
 	"time"
 
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/nats-io/nats.go"
 
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/async"
 	"github.com/weftmesh/weft/sidecar/config"
 )
 
 // queueCluster is the cluster whose metadata says where the async queue is (see
 // docs/xds-contract.md).
-const queueCluster = "weft-nats"
+const queueCluster = contract.QueueClusterName
 
 // asyncCalls connects the sidecar to the async queue the control plane names: it publishes
 // callers' async calls (the outbound proxy's AsyncCaller), and in a function's pod it runs the
@@ -108,16 +107,17 @@ func (a *asyncCalls) policy(fn async.FunctionRef) (async.Config, bool) {
 }
 
 func (a *asyncCalls) policyFrom(c *config.Config, fn async.FunctionRef) (async.Config, bool) {
-	raw, ok := c.Raw[resourcev3.ClusterType]["function|"+fn.Namespace+"/"+fn.Name].(*clusterv3.Cluster)
+	cl, ok := c.Clusters[contract.FunctionClusterName(fn.Namespace, fn.Name)]
 	if !ok {
 		return async.Config{}, false
 	}
-	cfg, err := async.DecodeConfig(raw.GetMetadata().GetFilterMetadata()[config.FunctionMetadataKey])
-	if err != nil {
-		a.log.Warn("function async policy unreadable; using defaults", "function", fn.String(), "err", err)
+	if cl.Function == nil {
 		return async.DefaultConfig(), true
 	}
-	return cfg, true
+	if err := cl.Function.PolicyErr; err != nil {
+		a.log.Warn("function async policy unreadable; using defaults", "function", fn.String(), "err", err)
+	}
+	return cl.Function.Policy, true
 }
 
 // ServeAsync is the outbound proxy's AsyncCaller.

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -22,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"k8s.io/utils/clock"
 
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/activator"
 	"github.com/weftmesh/weft/sidecar/admin"
 	"github.com/weftmesh/weft/sidecar/config"
@@ -50,15 +52,15 @@ type flags struct {
 func parseFlags() flags {
 	var f flags
 	pod, ns := os.Getenv("POD_NAME"), os.Getenv("POD_NAMESPACE")
-	flag.StringVar(&f.xdsAddress, "xds-address", "127.0.0.1:18000", "control plane ADS address (host:port)")
+	flag.StringVar(&f.xdsAddress, "xds-address", "127.0.0.1:"+strconv.Itoa(contract.XDSPort), "control plane ADS address (host:port)")
 	flag.StringVar(&f.nodeID, "node-id", "", "xDS node id (default POD_NAME.POD_NAMESPACE)")
 	flag.StringVar(&f.namespace, "namespace", ns, "pod namespace (default $POD_NAMESPACE)")
 	flag.StringVar(&f.pod, "pod", pod, "pod name (default $POD_NAME)")
 	flag.StringVar(&f.labels, "labels", os.Getenv("POD_LABELS"), "pod labels k=v,... (default $POD_LABELS)")
 	flag.StringVar(&f.function, "function", os.Getenv("WEFT_FUNCTION"), "MeshFunction <namespace>/<name> this pod serves, if any")
 	flag.IntVar(&f.appPort, "app-port", 0, "local app port the inbound listener forwards to (0: no inbound listener)")
-	flag.StringVar(&f.adminAddress, "admin-address", "127.0.0.1:15000", "admin API address (keep it on localhost)")
-	flag.StringVar(&f.metricsAddress, "metrics-address", ":15020", "read-only /stats and /ready address on the pod IP")
+	flag.StringVar(&f.adminAddress, "admin-address", "127.0.0.1:"+strconv.Itoa(contract.AdminPort), "admin API address (keep it on localhost)")
+	flag.StringVar(&f.metricsAddress, "metrics-address", ":"+strconv.Itoa(contract.MetricsPort), "read-only /stats and /ready address on the pod IP")
 	flag.StringVar(&f.staticConfig, "static-config", "", "serve Envoy resources from this JSON file instead of a control plane")
 	flag.StringVar(&f.redisProxy, "redis-proxy", "", "run as the standalone proxy of RedisProxy <namespace>/<name>: its pool listens on all addresses")
 	flag.DurationVar(&f.drainTimeout, "drain-timeout", 20*time.Second, "how long SIGTERM waits for in-flight requests")
@@ -85,15 +87,15 @@ func nodeFor(f flags) (*corev3.Node, error) {
 		}
 		labels[k] = v
 	}
-	md := map[string]any{"namespace": f.namespace, "pod": f.pod, "labels": labels}
+	md := map[string]any{contract.NodeNamespace: f.namespace, contract.NodePod: f.pod, contract.NodeLabels: labels}
 	if f.function != "" {
-		md["function"] = f.function
+		md[contract.NodeFunction] = f.function
 	}
 	if f.appPort != 0 {
-		md["appPort"] = f.appPort
+		md[contract.NodeAppPort] = f.appPort
 	}
 	if f.redisProxy != "" {
-		md["redisProxy"] = f.redisProxy
+		md[contract.NodeRedisProxy] = f.redisProxy
 	}
 	s, err := structpb.NewStruct(md)
 	if err != nil {
@@ -131,6 +133,7 @@ func run() error {
 		GoroutinePerConnection: !f.eventLoop, Function: f.function})
 	redis := newRedisPools(log, f.redisProxy != "")
 	var status func() any
+	fnNS, fnName, _ := strings.Cut(f.function, "/") // empty when the pod serves no function
 	apply := func(c *config.Config) {
 		if err := px.Apply(c); err != nil {
 			log.Error("applying config", "err", err)
@@ -139,7 +142,7 @@ func run() error {
 		if f.function != "" {
 			// The pod's own function cluster carries its containerConcurrency, which this
 			// sidecar enforces on the inbound listener (Knative's queue-proxy breaker).
-			if fc := c.Clusters["function|"+f.function]; fc != nil && fc.Function != nil {
+			if fc := c.Clusters[contract.FunctionClusterName(fnNS, fnName)]; fc != nil && fc.Function != nil {
 				px.SetInboundConcurrency(fc.Function.ContainerConcurrency)
 			}
 		}
@@ -147,7 +150,7 @@ func run() error {
 		calls.Apply(c)
 	}
 	if f.function != "" && f.appPort != 0 {
-		sampler := newStatsSampler(rep, f.function, f.pod, func() *httpproxy.Listener { return px.Listener("inbound_http") }, log)
+		sampler := newStatsSampler(rep, f.function, f.pod, func() *httpproxy.Listener { return px.Listener(contract.InboundListenerName) }, log)
 		go sampler.Run(bg)
 	}
 	if f.staticConfig != "" {

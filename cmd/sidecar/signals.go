@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"k8s.io/utils/clock"
 
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/activator"
 	"github.com/weftmesh/weft/sidecar/httpproxy"
 )
@@ -98,7 +99,7 @@ func (s *statsSampler) flush(ctx context.Context) {
 		return
 	}
 	inflight, total := l.Stats()
-	stat := activator.PodStat{Namespace: s.namespace, Name: s.name, Pod: s.pod, InFlight: inflight}
+	stat := contract.PodStat{Namespace: s.namespace, Name: s.name, Pod: s.pod, InFlight: inflight}
 	if s.samples > 0 {
 		stat.Concurrency = s.sum / float64(s.samples)
 	}
@@ -109,7 +110,7 @@ func (s *statsSampler) flush(ctx context.Context) {
 	s.sum, s.samples = 0, 0
 	rctx, cancel := context.WithTimeout(ctx, reportPeriod)
 	defer cancel()
-	if err := s.rep.Report(rctx, []activator.PodStat{stat}); err != nil {
+	if err := s.rep.Report(rctx, []contract.PodStat{stat}); err != nil {
 		s.log.Debug("stats report failed", "err", err)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/go-logr/logr/funcr"
 
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/internal/k8sbin"
 	"github.com/weftmesh/weft/internal/sandbox"
 )
@@ -57,7 +58,7 @@ func dev(args []string) error {
 	fs.StringVar(&o.CRDDir, "crds", "config/crd/bases", "directory of the CRDs to install")
 	fs.StringVar(&cidr, "pod-cidr", "10.244.0.0/16", "pod network; the first address is the host's bridge address")
 	fs.StringVar(&o.Bridge, "bridge", "weft0", "name of the host bridge pods attach to")
-	fs.IntVar(&o.XDSPort, "xds-port", 18000, "port of the manager's xDS server on the bridge address")
+	fs.IntVar(&o.XDSPort, "xds-port", contract.XDSPort, "port of the manager's xDS server on the bridge address")
 	fs.StringVar(&imageMap, "image-map", "", "file of extra \"image-repository program\" lines (programs relative to --bin-dir or absolute)")
 	fs.BoolVar(&verbose, "v", false, "log node-agent events")
 	fs.Usage = func() {

@@ -5,16 +5,20 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/status"
 
-	"github.com/weftmesh/weft/sidecar/activator"
+	"github.com/weftmesh/weft/contract"
 )
 
-// signalHandler is the server side of activator.SignalService.
+// signalHandler is the server side of contract.SignalService.
 type signalHandler interface {
-	Report(ctx context.Context, in *activator.StatsReport) (*activator.Ack, error)
-	Demand(ctx context.Context, in *activator.DemandSignal) (*activator.Ack, error)
+	Report(ctx context.Context, in *contract.StatsReport) (*contract.Ack, error)
+	Demand(ctx context.Context, in *contract.DemandSignal) (*contract.Ack, error)
 }
+
+// The signal service's JSON codec; the sidecar registers the same one.
+func init() { encoding.RegisterCodec(contract.SignalCodec{}) }
 
 // RegisterSignalServer serves sidecar stats and demand pokes on s (the ADS
 // server, so sidecars need one connection) and feeds them to a.
@@ -26,7 +30,7 @@ type signalServer struct{ a *Autoscaler }
 
 // Report records every stat; stats for functions without a spec yet are
 // dropped silently, since the next second brings fresh ones.
-func (s *signalServer) Report(_ context.Context, in *activator.StatsReport) (*activator.Ack, error) {
+func (s *signalServer) Report(_ context.Context, in *contract.StatsReport) (*contract.Ack, error) {
 	for _, st := range in.Stats {
 		s.a.Record(Stat{
 			Function:    FunctionKey{Namespace: st.Namespace, Name: st.Name},
@@ -36,32 +40,32 @@ func (s *signalServer) Report(_ context.Context, in *activator.StatsReport) (*ac
 			InFlight:    st.InFlight,
 		})
 	}
-	return &activator.Ack{}, nil
+	return &contract.Ack{}, nil
 }
 
 // Demand pokes the function. An unknown function is NotFound so the caller
 // sidecar can log it; it re-sends while it still holds requests.
-func (s *signalServer) Demand(_ context.Context, in *activator.DemandSignal) (*activator.Ack, error) {
+func (s *signalServer) Demand(_ context.Context, in *contract.DemandSignal) (*contract.Ack, error) {
 	fn := FunctionKey{Namespace: in.Namespace, Name: in.Name}
 	if !s.a.Poke(fn) {
 		return nil, status.Errorf(codes.NotFound,
 			"function %s is not known to the autoscaler: check that the MeshFunction exists and was accepted", fn)
 	}
-	return &activator.Ack{}, nil
+	return &contract.Ack{}, nil
 }
 
 var signalServiceDesc = grpc.ServiceDesc{
-	ServiceName: activator.SignalService,
+	ServiceName: contract.SignalService,
 	HandlerType: (*signalHandler)(nil),
 	Methods: []grpc.MethodDesc{
-		{MethodName: "Report", Handler: unary(activator.ReportMethod, signalHandler.Report)},
-		{MethodName: "Demand", Handler: unary(activator.DemandMethod, signalHandler.Demand)},
+		{MethodName: "Report", Handler: unary(contract.ReportMethod, signalHandler.Report)},
+		{MethodName: "Demand", Handler: unary(contract.DemandMethod, signalHandler.Demand)},
 	},
-	Metadata: "weft.autoscale.v1 (JSON codec " + activator.CodecName + ")",
+	Metadata: "weft.autoscale.v1 (JSON codec " + contract.SignalCodecName + ")",
 }
 
 // unary builds a grpc.MethodHandler for one method, the code protoc would generate.
-func unary[In any](fullMethod string, call func(signalHandler, context.Context, *In) (*activator.Ack, error)) grpc.MethodHandler {
+func unary[In any](fullMethod string, call func(signalHandler, context.Context, *In) (*contract.Ack, error)) grpc.MethodHandler {
 	return func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
 		in := new(In)
 		if err := dec(in); err != nil {

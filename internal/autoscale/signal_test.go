@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/activator"
 )
 
@@ -38,7 +39,7 @@ func TestSignalServerOverGRPC(t *testing.T) {
 	ctx := context.Background()
 
 	// Two pods of shop/orders at 70 each: 140 → 2 pods on the next tick.
-	if err := r.Report(ctx, []activator.PodStat{
+	if err := r.Report(ctx, []contract.PodStat{
 		{Namespace: "shop", Name: "orders", Pod: "orders-1", Concurrency: 70, Requests: 10},
 		{Namespace: "shop", Name: "orders", Pod: "orders-2", Concurrency: 70, Requests: 10, InFlight: 3},
 	}); err != nil {

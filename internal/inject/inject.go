@@ -15,6 +15,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/weftmesh/weft/contract"
 )
 
 // Labels and annotations users set to steer injection.
@@ -33,12 +35,9 @@ const (
 	AnnotationStatus = "weft.dev/sidecar"
 )
 
-// Ports and names the sidecar uses (cmd/sidecar defaults).
+// Names the sidecar uses; its ports are the contract's (cmd/sidecar defaults).
 const (
 	ContainerName = "weft-sidecar"
-	InboundPort   = 15006
-	MetricsPort   = 15020
-	OutboundProxy = "http://127.0.0.1:15001"
 	noProxy       = "localhost,127.0.0.1"
 )
 
@@ -133,7 +132,7 @@ func addProxyEnv(c *corev1.Container) {
 		return slices.ContainsFunc(c.Env, func(x corev1.EnvVar) bool { return slices.Contains(names, x.Name) })
 	}
 	if !has("HTTP_PROXY", "http_proxy") {
-		c.Env = append(c.Env, corev1.EnvVar{Name: "HTTP_PROXY", Value: OutboundProxy}, corev1.EnvVar{Name: "http_proxy", Value: OutboundProxy})
+		c.Env = append(c.Env, corev1.EnvVar{Name: "HTTP_PROXY", Value: contract.OutboundProxyURL}, corev1.EnvVar{Name: "http_proxy", Value: contract.OutboundProxyURL})
 	}
 	if !has("NO_PROXY", "no_proxy") {
 		c.Env = append(c.Env, corev1.EnvVar{Name: "NO_PROXY", Value: noProxy}, corev1.EnvVar{Name: "no_proxy", Value: noProxy})
@@ -181,11 +180,11 @@ func sidecar(pod *corev1.Pod, ns string, appPort int32, cfg Config) corev1.Conta
 			{Name: "WEFT_POD_LABELS", Value: labelList(pod.Labels)},
 		},
 		Ports: []corev1.ContainerPort{
-			{Name: "weft-inbound", ContainerPort: InboundPort, Protocol: corev1.ProtocolTCP},
-			{Name: "weft-metrics", ContainerPort: MetricsPort, Protocol: corev1.ProtocolTCP},
+			{Name: "weft-inbound", ContainerPort: contract.InboundPort, Protocol: corev1.ProtocolTCP},
+			{Name: "weft-metrics", ContainerPort: contract.MetricsPort, Protocol: corev1.ProtocolTCP},
 		},
 		ReadinessProbe: &corev1.Probe{
-			ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromInt32(MetricsPort)}},
+			ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromInt32(contract.MetricsPort)}},
 			PeriodSeconds: 2, FailureThreshold: 3,
 		},
 		// Sleep, not exec: the sidecar image has no shell. While the pod sleeps here it is

@@ -21,7 +21,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
-	"github.com/weftmesh/weft/internal/testenv"
+	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/testenv"
 )
 
 // TestWebhookInAPIServer installs config/webhook into a real kube-apiserver, serves the
@@ -148,8 +149,8 @@ func TestWebhookInAPIServer(t *testing.T) {
 				if sc.Name != ContainerName || sc.Image != "ghcr.io/weftmesh/weft-sidecar:test" {
 					t.Errorf("second container is %s (%s), want the sidecar", sc.Name, sc.Image)
 				}
-				if !hasEnv(got.Spec.Containers[0], "HTTP_PROXY", OutboundProxy) {
-					t.Errorf("app container lacks HTTP_PROXY=%s: %+v", OutboundProxy, got.Spec.Containers[0].Env)
+				if !hasEnv(got.Spec.Containers[0], "HTTP_PROXY", contract.OutboundProxyURL) {
+					t.Errorf("app container lacks HTTP_PROXY=%s: %+v", contract.OutboundProxyURL, got.Spec.Containers[0].Env)
 				}
 			}
 		})

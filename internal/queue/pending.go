@@ -8,6 +8,8 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/nats-io/nats.go/jetstream"
 	"k8s.io/utils/clock"
+
+	"github.com/weftmesh/weft/contract"
 )
 
 // FunctionKey names a MeshFunction by namespace and name.
@@ -22,12 +24,12 @@ type StreamGetter interface {
 // includes calls being run or waiting for a retry, since those are still demand. Functions
 // with nothing queued are absent.
 func Pending(ctx context.Context, js StreamGetter) (map[FunctionKey]int, error) {
-	return pending(ctx, js, callsPrefix+">")
+	return pending(ctx, js, contract.CallsPrefix+">")
 }
 
 // PendingCount returns the number of queued calls for one function.
 func PendingCount(ctx context.Context, js StreamGetter, namespace, name string) (int, error) {
-	m, err := pending(ctx, js, CallsSubject(namespace, name))
+	m, err := pending(ctx, js, contract.CallsSubject(namespace, name))
 	if err != nil {
 		return 0, err
 	}
@@ -35,17 +37,17 @@ func PendingCount(ctx context.Context, js StreamGetter, namespace, name string) 
 }
 
 func pending(ctx context.Context, js StreamGetter, filter string) (map[FunctionKey]int, error) {
-	s, err := js.Stream(ctx, CallsStream)
+	s, err := js.Stream(ctx, contract.CallsStream)
 	if err != nil {
-		return nil, fmt.Errorf("looking up stream %s: %w", CallsStream, err)
+		return nil, fmt.Errorf("looking up stream %s: %w", contract.CallsStream, err)
 	}
 	info, err := s.Info(ctx, jetstream.WithSubjectFilter(filter))
 	if err != nil {
-		return nil, fmt.Errorf("reading pending calls of stream %s: %w", CallsStream, err)
+		return nil, fmt.Errorf("reading pending calls of stream %s: %w", contract.CallsStream, err)
 	}
 	out := make(map[FunctionKey]int, len(info.State.Subjects))
 	for subj, n := range info.State.Subjects {
-		if ns, name, ok := FunctionFromSubject(subj); ok && n > 0 {
+		if ns, name, ok := contract.FunctionFromSubject(subj); ok && n > 0 {
 			out[FunctionKey{ns, name}] += int(n)
 		}
 	}

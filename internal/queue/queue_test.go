@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/internal/queue"
 	"github.com/weftmesh/weft/sidecar/sidecartest/poll"
 )
@@ -77,7 +78,7 @@ func TestServerRequiresTokenAndKeepsCallsAcrossRestart(t *testing.T) {
 		if err := queue.EnsureStreams(ctx, js, queue.StreamOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := js.Publish(ctx, queue.CallsSubject("default", "fn"), []byte("hello")); err != nil {
+		if _, err := js.Publish(ctx, contract.CallsSubject("default", "fn"), []byte("hello")); err != nil {
 			t.Fatal(err)
 		}
 		stop()
@@ -108,7 +109,7 @@ func TestEnsureStreamsConfiguresWorkQueueAndDeadLetter(t *testing.T) {
 	if err := queue.EnsureStreams(ctx, js, queue.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	calls, err := js.Stream(ctx, queue.CallsStream)
+	calls, err := js.Stream(ctx, contract.CallsStream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +117,7 @@ func TestEnsureStreamsConfiguresWorkQueueAndDeadLetter(t *testing.T) {
 	if ci.Retention != jetstream.WorkQueuePolicy || ci.Duplicates != 10*time.Minute || ci.MaxMsgSize != queue.DefaultMaxPayload {
 		t.Errorf("WEFT_CALLS config = retention %v, duplicates %v, max msg %d", ci.Retention, ci.Duplicates, ci.MaxMsgSize)
 	}
-	dead, err := js.Stream(ctx, queue.DeadStream)
+	dead, err := js.Stream(ctx, contract.DeadStream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,11 +127,11 @@ func TestEnsureStreamsConfiguresWorkQueueAndDeadLetter(t *testing.T) {
 
 	// Same Nats-Msg-Id within the window is stored once.
 	for range 2 {
-		if _, err := js.Publish(ctx, queue.CallsSubject("ns", "a"), []byte("x"), jetstream.WithMsgID("key-1")); err != nil {
+		if _, err := js.Publish(ctx, contract.CallsSubject("ns", "a"), []byte("x"), jetstream.WithMsgID("key-1")); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := js.Publish(ctx, queue.DeadSubject("ns", "a"), []byte("x")); err != nil {
+	if _, err := js.Publish(ctx, contract.DeadSubject("ns", "a"), []byte("x")); err != nil {
 		t.Fatalf("publishing to the dead-letter subject: %v", err)
 	}
 	n, err := queue.PendingCount(ctx, js, "ns", "a")
@@ -140,7 +141,7 @@ func TestEnsureStreamsConfiguresWorkQueueAndDeadLetter(t *testing.T) {
 
 	// A body above the bound is refused by the stream.
 	big := make([]byte, queue.DefaultMaxPayload+1)
-	if _, err := js.Publish(ctx, queue.CallsSubject("ns", "a"), big); err == nil {
+	if _, err := js.Publish(ctx, contract.CallsSubject("ns", "a"), big); err == nil {
 		t.Error("a message larger than MaxMsgSize was accepted")
 	}
 }
@@ -176,7 +177,7 @@ func TestPendingWatcherReportsBacklogAndDrain(t *testing.T) {
 		if i >= 3 {
 			fn = "b"
 		}
-		if _, err := js.Publish(ctx, queue.CallsSubject("ns", fn), []byte("x")); err != nil {
+		if _, err := js.Publish(ctx, contract.CallsSubject("ns", fn), []byte("x")); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -194,8 +195,8 @@ func TestPendingWatcherReportsBacklogAndDrain(t *testing.T) {
 	poll.Until(t, 60*time.Second, func() bool { n, _ := rec.get(queue.FunctionKey{"ns", "a"}); return n == 3 }, "waiting for ns/a reported as 3")
 
 	// Drain ns/a through a work-queue consumer; the watcher must report 0, not go quiet.
-	cons, err := js.CreateOrUpdateConsumer(ctx, queue.CallsStream, jetstream.ConsumerConfig{
-		Durable: "drain", FilterSubject: queue.CallsSubject("ns", "a"), AckPolicy: jetstream.AckExplicitPolicy})
+	cons, err := js.CreateOrUpdateConsumer(ctx, contract.CallsStream, jetstream.ConsumerConfig{
+		Durable: "drain", FilterSubject: contract.CallsSubject("ns", "a"), AckPolicy: jetstream.AckExplicitPolicy})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,7 +243,7 @@ func TestFunctionFromSubject(t *testing.T) {
 		"weft.calls.a.b.c":                    {},
 		"weft.dead.default.x":                 {},
 	} {
-		ns, name, ok := queue.FunctionFromSubject(subj)
+		ns, name, ok := contract.FunctionFromSubject(subj)
 		if ok != (want[0] != "") || ns != want[0] || name != want[1] {
 			t.Errorf("FunctionFromSubject(%q) = %q %q %v, want %v", subj, ns, name, ok, want)
 		}
@@ -261,11 +262,11 @@ func TestRunnerSetsUpStreamsAndFeedsBacklog(t *testing.T) {
 	js := connect(t, s.ClientURL(), token)
 	var err error
 	poll.Until(t, 60*time.Second, func() bool {
-		_, err = js.Stream(ctx, queue.CallsStream)
+		_, err = js.Stream(ctx, contract.CallsStream)
 		return err == nil
 	}, "waiting for the runner to create WEFT_CALLS")
 	for range 2 {
-		if _, err := js.Publish(ctx, queue.CallsSubject("prod", "resize"), []byte("x")); err != nil {
+		if _, err := js.Publish(ctx, contract.CallsSubject("prod", "resize"), []byte("x")); err != nil {
 			t.Fatal(err)
 		}
 	}

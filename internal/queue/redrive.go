@@ -9,6 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/weftmesh/weft/contract"
 )
 
 // Headers of a dead-lettered call that Redrive rewrites. They are written by sidecar/async
@@ -32,11 +34,11 @@ type RedriveJS interface {
 // call keeps its call id (callbacks and logs still match) and starts afresh: attempts
 // from 1, its age from now. It returns how many calls were queued again.
 func Redrive(ctx context.Context, js RedriveJS, namespace, name string, now time.Time, limit int) (int, error) {
-	dead, err := js.Stream(ctx, DeadStream)
+	dead, err := js.Stream(ctx, contract.DeadStream)
 	if err != nil {
-		return 0, fmt.Errorf("looking up stream %s: %w", DeadStream, err)
+		return 0, fmt.Errorf("looking up stream %s: %w", contract.DeadStream, err)
 	}
-	subject := DeadSubject(namespace, name)
+	subject := contract.DeadSubject(namespace, name)
 	n := 0
 	for seq := uint64(1); limit == 0 || n < limit; {
 		m, err := dead.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
@@ -56,12 +58,12 @@ func Redrive(ctx context.Context, js RedriveJS, namespace, name string, now time
 		// A fresh de-duplication id: the original is likely still in the window and would
 		// make JetStream drop the redriven call.
 		h.Set(nats.MsgIdHdr, h.Get(hdrCallID)+"/redrive/"+strconv.FormatUint(m.Sequence, 10))
-		if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: CallsSubject(namespace, name), Header: h, Data: m.Data}); err != nil {
+		if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: contract.CallsSubject(namespace, name), Header: h, Data: m.Data}); err != nil {
 			return n, fmt.Errorf("queueing dead-lettered call %s of %s/%s again: %w", h.Get(hdrCallID), namespace, name, err)
 		}
 		if err := dead.DeleteMsg(ctx, m.Sequence); err != nil {
 			return n + 1, fmt.Errorf("removing redriven call %s from %s (it is queued again; delete it by hand to avoid a second redrive): %w",
-				h.Get(hdrCallID), DeadStream, err)
+				h.Get(hdrCallID), contract.DeadStream, err)
 		}
 		n++
 		seq = m.Sequence + 1

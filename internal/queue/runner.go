@@ -6,6 +6,8 @@ import (
 
 	"github.com/go-logr/logr"
 	"k8s.io/utils/clock"
+
+	"github.com/weftmesh/weft/contract"
 )
 
 // Runner is the manager's side of the queue in one Runnable: it waits for the embedded
@@ -73,7 +75,7 @@ func (r *Runner) connectAndWatch(ctx context.Context, opts ClientOptions, clk cl
 	if err != nil {
 		return err
 	}
-	r.Logger.Info("async queue ready", "url", opts.URL, "streams", []string{CallsStream, DeadStream})
+	r.Logger.Info("async queue ready", "url", opts.URL, "streams", []string{contract.CallsStream, contract.DeadStream})
 	w := &PendingWatcher{JS: js, Sink: r.Sink, Clock: clk, Interval: r.Interval, Logger: r.Logger}
 	return w.Start(ctx)
 }

@@ -3,19 +3,11 @@ package queue
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-)
 
-// Stream names and subjects. sidecar/async publishes and consumes on the same subjects.
-const (
-	CallsStream = "WEFT_CALLS"
-	DeadStream  = "WEFT_DEAD"
-
-	callsPrefix = "weft.calls."
-	deadPrefix  = "weft.dead."
+	"github.com/weftmesh/weft/contract"
 )
 
 // StreamOptions tune the two streams; zero values take the defaults below.
@@ -29,26 +21,6 @@ type StreamOptions struct {
 	MaxMsgSize int32
 	// Replicas for an external clustered NATS; the embedded server takes 1. Default 1.
 	Replicas int
-}
-
-// CallsSubject is where calls to the function namespace/name are published.
-func CallsSubject(namespace, name string) string { return callsPrefix + namespace + "." + name }
-
-// DeadSubject is where the function's calls that ran out of attempts or age go.
-func DeadSubject(namespace, name string) string { return deadPrefix + namespace + "." + name }
-
-// FunctionFromSubject parses a calls subject back into namespace and name. Kubernetes
-// names cannot contain dots, so the split is unambiguous.
-func FunctionFromSubject(subject string) (namespace, name string, ok bool) {
-	rest, found := strings.CutPrefix(subject, callsPrefix)
-	if !found {
-		return "", "", false
-	}
-	namespace, name, ok = strings.Cut(rest, ".")
-	if !ok || namespace == "" || name == "" || strings.Contains(name, ".") {
-		return "", "", false
-	}
-	return namespace, name, true
 }
 
 // StreamConfigs returns the WEFT_CALLS and WEFT_DEAD stream configurations (pure; exposed
@@ -70,9 +42,9 @@ func StreamConfigs(o StreamOptions) (calls, dead jetstream.StreamConfig) {
 		o.Replicas = 1
 	}
 	calls = jetstream.StreamConfig{
-		Name:        CallsStream,
+		Name:        contract.CallsStream,
 		Description: "Weft asynchronous function calls, one subject per function",
-		Subjects:    []string{callsPrefix + ">"},
+		Subjects:    []string{contract.CallsPrefix + ">"},
 		Retention:   jetstream.WorkQueuePolicy,
 		Storage:     jetstream.FileStorage,
 		Discard:     jetstream.DiscardNew,
@@ -81,9 +53,9 @@ func StreamConfigs(o StreamOptions) (calls, dead jetstream.StreamConfig) {
 		Replicas:    o.Replicas,
 	}
 	dead = jetstream.StreamConfig{
-		Name:        DeadStream,
+		Name:        contract.DeadStream,
 		Description: "Weft asynchronous calls that ran out of attempts or age",
-		Subjects:    []string{deadPrefix + ">"},
+		Subjects:    []string{contract.DeadPrefix + ">"},
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,
 		Discard:     jetstream.DiscardOld,

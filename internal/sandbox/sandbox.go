@@ -28,6 +28,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/weftmesh/weft/contract"
 )
 
 // Options configure a local mesh.
@@ -39,7 +41,7 @@ type Options struct {
 	PodCIDR   netip.Prefix // default 10.244.0.0/16
 	Bridge    string       // default weft0
 	NodeName  string       // default weft-dev
-	XDSPort   int          // default 18000, on the bridge address
+	XDSPort   int          // default contract.XDSPort (18000), on the bridge address
 	Images    *Images
 	// ManagerArgs are added to the manager's command line.
 	ManagerArgs []string
@@ -61,7 +63,7 @@ func (o *Options) defaults() {
 		o.NodeName = "weft-dev"
 	}
 	if o.XDSPort == 0 {
-		o.XDSPort = 18000
+		o.XDSPort = contract.XDSPort
 	}
 	if o.Images == nil {
 		o.Images = NewImages(o.BinDir)

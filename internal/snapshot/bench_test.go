@@ -12,6 +12,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+	"github.com/weftmesh/weft/contract"
 )
 
 // Builders for scale inputs.
@@ -74,7 +75,7 @@ func scaleInput() *Input {
 		ns := fmt.Sprintf("ns-%d", i%100)
 		fn := fmt.Sprintf("fn-%d", i)
 		in.MeshFunctions = append(in.MeshFunctions, benchMeshFunction(ns, fn))
-		in.EndpointSlices = append(in.EndpointSlices, benchSlice(ns, fn, InboundPort, 2, 20_000+i))
+		in.EndpointSlices = append(in.EndpointSlices, benchSlice(ns, fn, contract.InboundPort, 2, 20_000+i))
 	}
 	return in
 }

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+	"github.com/weftmesh/weft/contract"
 )
 
 // Defaults the API documents; repeated here because objects read in tests (and objects
@@ -60,13 +61,10 @@ func edsCluster(name string) *clusterv3.Cluster {
 	}
 }
 
-func metadata(key string, fields map[string]any) *corev3.Metadata {
-	s, err := structpb.NewStruct(fields)
-	if err != nil {
-		// Only called with strings, numbers and bools: a failure is a programming error.
-		panic(err)
-	}
-	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{key: s}}
+// metadata is filter_metadata with one Weft key; the payload comes from a contract type's
+// Encode.
+func metadata(key string, payload *structpb.Struct) *corev3.Metadata {
+	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{key: payload}}
 }
 
 // serviceCluster is the cluster of one route destination with the route's traffic policy
@@ -129,7 +127,7 @@ func serviceCluster(name string, tp *meshv1alpha1.TrafficPolicy) *clusterv3.Clus
 		if err != nil {
 			panic(err)
 		}
-		c.TypedExtensionProtocolOptions = map[string]*anypb.Any{httpProtocolOptions: po}
+		c.TypedExtensionProtocolOptions = map[string]*anypb.Any{contract.HTTPProtocolOptionsKey: po}
 	}
 	if od := tp.OutlierDetection; od != nil {
 		c.OutlierDetection = outlier(od)
@@ -201,14 +199,14 @@ func unlimitedRetries(c *clusterv3.Cluster) {
 // no endpoints and says why, so its share of requests gets a 503 with that reason.
 func unresolvedCluster(name, reason string) (*clusterv3.Cluster, *endpointv3.ClusterLoadAssignment) {
 	c := edsCluster(name)
-	c.Metadata = metadata(UnresolvedMetadataKey, map[string]any{"reason": reason})
+	c.Metadata = metadata(contract.UnresolvedMetadataKey, contract.UnresolvedMeta{Reason: reason}.Encode())
 	return c, &endpointv3.ClusterLoadAssignment{ClusterName: name}
 }
 
 // functionCluster is a MeshFunction's cluster with the metadata callers' sidecars use to
 // hold requests while it scales from zero.
 func functionCluster(fn *meshv1alpha1.MeshFunction) *clusterv3.Cluster {
-	c := edsCluster(FunctionClusterName(fn.Namespace, fn.Name))
+	c := edsCluster(contract.FunctionClusterName(fn.Namespace, fn.Name))
 	unlimitedRetries(c)
 	hold := fn.Spec.Activation.HoldTimeout.Duration
 	if hold == 0 {
@@ -218,50 +216,37 @@ func functionCluster(fn *meshv1alpha1.MeshFunction) *clusterv3.Cluster {
 	if maxPending == 0 {
 		maxPending = 100
 	}
-	c.Metadata = metadata(FunctionMetadataKey, map[string]any{
-		"namespace":            fn.Namespace,
-		"name":                 fn.Name,
-		"holdTimeout":          hold.String(),
-		"maxPending":           maxPending,
-		"containerConcurrency": fn.Spec.Concurrency.ContainerConcurrency,
-		"async":                asyncMetadata(fn.Spec.Async),
-		"timeout":              functionTimeout(fn).String(),
-		"minScale":             fn.Spec.Scale.Min,
-	})
+	c.Metadata = metadata(contract.FunctionMetadataKey, contract.FunctionMeta{
+		Namespace:            fn.Namespace,
+		Name:                 fn.Name,
+		HoldTimeout:          hold,
+		MaxPending:           maxPending,
+		ContainerConcurrency: fn.Spec.Concurrency.ContainerConcurrency,
+		MinScale:             fn.Spec.Scale.Min,
+		Timeout:              functionTimeout(fn),
+		Async:                asyncPolicy(fn.Spec.Async),
+	}.Encode())
 	return c
 }
 
-// asyncMetadata is the function's async policy as the sidecars' publisher and consumer read
-// it (sidecar/async.DecodeConfig). Unset fields are left out; the decoder fills the CRD's
-// defaults. Lists are []any: structpb takes no typed slices.
-func asyncMetadata(a *meshv1alpha1.Async) map[string]any {
+// asyncPolicy is the function's async policy as the sidecars' publisher and consumer read
+// it. Unset fields stay unset; the sidecar fills the CRD's defaults.
+func asyncPolicy(a *meshv1alpha1.Async) contract.AsyncPolicy {
 	if a == nil {
-		return map[string]any{"enabled": false}
+		return contract.AsyncPolicy{}
 	}
-	m := map[string]any{"enabled": a.Enabled}
-	if a.MaxAttempts > 0 {
-		m["maxAttempts"] = a.MaxAttempts
-	}
-	if a.MaxInflight > 0 {
-		m["maxInflight"] = a.MaxInflight
-	}
-	if a.MaxBodyBytes > 0 {
-		m["maxBodyBytes"] = a.MaxBodyBytes
-	}
-	for key, d := range map[string]*meshv1alpha1.Duration{"backoff": a.Backoff, "maxBackoff": a.MaxBackoff, "maxAge": a.MaxAge} {
-		if d != nil && d.Duration > 0 {
-			m[key] = d.Duration.String()
+	p := contract.AsyncPolicy{Enabled: a.Enabled, MaxAttempts: a.MaxAttempts, MaxInflight: a.MaxInflight,
+		MaxBodyBytes: int64(a.MaxBodyBytes), DeadLetter: a.DeadLetter}
+	for _, d := range []struct {
+		src *meshv1alpha1.Duration
+		dst *time.Duration
+	}{{a.Backoff, &p.Backoff}, {a.MaxBackoff, &p.MaxBackoff}, {a.MaxAge, &p.MaxAge}} {
+		if d.src != nil && d.src.Duration > 0 {
+			*d.dst = d.src.Duration
 		}
-	}
-	if a.DeadLetter != nil {
-		m["deadLetter"] = *a.DeadLetter
 	}
 	if len(a.RetryOn) > 0 {
-		codes := make([]any, len(a.RetryOn))
-		for i, c := range a.RetryOn {
-			codes[i] = c
-		}
-		m["retryOn"] = codes
+		p.RetryOn = append([]int32(nil), a.RetryOn...)
 	}
-	return m
+	return p
 }

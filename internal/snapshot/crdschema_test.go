@@ -31,7 +31,7 @@ type crdSchema struct {
 var crdSchemas = sync.OnceValues(func() (map[string]*crdSchema, error) {
 	files, err := filepath.Glob(filepath.Join("..", "..", "config", "crd", "bases", "*.yaml"))
 	if err != nil || len(files) == 0 {
-		return nil, fmt.Errorf("no CRDs in config/crd/bases: %v", err)
+		return nil, fmt.Errorf("no CRDs in config/crd/bases: %w", err)
 	}
 	out := map[string]*crdSchema{}
 	for _, f := range files {

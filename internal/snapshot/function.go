@@ -9,6 +9,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+	"github.com/weftmesh/weft/contract"
 )
 
 // functionServicePort is the port of the Service the function controller creates for a
@@ -30,7 +31,7 @@ func (t *translator) meshFunction(fn *meshv1alpha1.MeshFunction) *built {
 	key := ObjectKey{KindMeshFunction, fn.Namespace, fn.Name}
 	b := &built{key: key, created: fn.CreationTimestamp, p: &problems{}}
 	c := functionCluster(fn)
-	f := endpointFilter{targetPort: InboundPort}
+	f := endpointFilter{targetPort: contract.InboundPort}
 	if svc, ok := t.ix.services[nsName(fn.Namespace, fn.Name)]; ok {
 		if sp, why := servicePort(svc, functionServicePort); why == "" {
 			f = filterFor(sp)
@@ -48,7 +49,7 @@ func (t *translator) meshFunction(fn *meshv1alpha1.MeshFunction) *built {
 			ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: c.Name},
 			Timeout:          timeoutOf(functionTimeout(fn)),
 		}},
-		Metadata: metadata(RouteMetadataKey, map[string]any{"owner": key.String()}),
+		Metadata: metadata(contract.RouteMetadataKey, contract.RouteMeta{Owner: key.String()}.Encode()),
 	}}
 	if t.nameTaken(b, fn.UID, fn.Name) {
 		// The name's host belongs to the user's Service: serving the function there would

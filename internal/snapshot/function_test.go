@@ -8,11 +8,12 @@ import (
 	"k8s.io/utils/ptr"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
-	"github.com/weftmesh/weft/sidecar/async"
+	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/sidecar/config"
 )
 
 // The async policy a MeshFunction sets reaches the sidecars' publisher and consumer intact:
-// the function cluster's metadata decodes (with sidecar/async's own decoder) to the spec.
+// the function cluster's metadata decodes (with the sidecar's own decoder) to the spec.
 func TestFunctionMetadataCarriesTheAsyncPolicy(t *testing.T) {
 	fn := &meshv1alpha1.MeshFunction{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "orders"}}
 	fn.Spec.Timeout = &meshv1alpha1.Duration{Duration: 45 * time.Second}
@@ -21,11 +22,12 @@ func TestFunctionMetadataCarriesTheAsyncPolicy(t *testing.T) {
 		Backoff: &meshv1alpha1.Duration{Duration: 2 * time.Second}, MaxBackoff: &meshv1alpha1.Duration{Duration: 20 * time.Second},
 		MaxAge: &meshv1alpha1.Duration{Duration: time.Hour}, DeadLetter: ptr.To(false), RetryOn: []int32{429, 503},
 	}
-	md := functionCluster(fn).GetMetadata().GetFilterMetadata()[FunctionMetadataKey]
-	got, err := async.DecodeConfig(md)
-	if err != nil {
-		t.Fatalf("sidecar/async cannot decode the metadata: %v", err)
+	md := functionCluster(fn).GetMetadata().GetFilterMetadata()[contract.FunctionMetadataKey]
+	fm, err := config.DecodeFunctionMeta(md)
+	if err != nil || fm.PolicyErr != nil {
+		t.Fatalf("sidecar/config cannot decode the metadata: %v, %v", err, fm.PolicyErr)
 	}
+	got := fm.Policy
 	if !got.Enabled || got.MaxAttempts != 5 || got.MaxInflight != 7 || got.MaxBodyBytes != 4096 ||
 		got.Backoff != 2*time.Second || got.MaxBackoff != 20*time.Second || got.MaxAge != time.Hour ||
 		got.DeadLetter || len(got.RetryOn) != 2 || got.RetryOn[0] != 429 || got.RetryOn[1] != 503 ||
@@ -34,8 +36,8 @@ func TestFunctionMetadataCarriesTheAsyncPolicy(t *testing.T) {
 	}
 
 	fn.Spec.Async = nil
-	got, err = async.DecodeConfig(functionCluster(fn).GetMetadata().GetFilterMetadata()[FunctionMetadataKey])
-	if err != nil || got.Enabled {
-		t.Fatalf("a function without spec.async decoded as %+v, %v; want async off", got, err)
+	fm, err = config.DecodeFunctionMeta(functionCluster(fn).GetMetadata().GetFilterMetadata()[contract.FunctionMetadataKey])
+	if err != nil || fm.PolicyErr != nil || fm.Policy.Enabled {
+		t.Fatalf("a function without spec.async decoded as %+v, %v; want async off", fm, err)
 	}
 }

@@ -28,7 +28,6 @@ import (
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
 	"github.com/weftmesh/weft/sidecar/config"
-	"github.com/weftmesh/weft/sidecar/redisproxy"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.out.yaml from the current output")
@@ -282,7 +281,7 @@ func checkSidecarAccepts(t testing.TB, snap *cachev3.Snapshot, v View) {
 		t.Fatalf("view %+v: sidecar config build: %v", v, err)
 	}
 	for _, rl := range cfg.RedisListeners {
-		if _, err := redisproxy.ConfigFromXDS(rl.Listener, rl.Clusters, rl.Endpoints); err != nil {
+		if _, err := config.RedisConfigFromXDS(rl.Listener, rl.Clusters, rl.Endpoints); err != nil {
 			t.Errorf("view %+v: the sidecar's redis proxy refuses listener %s: %v", v, rl.Listener.GetName(), err)
 		}
 	}

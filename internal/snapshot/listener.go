@@ -16,6 +16,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/weftmesh/weft/contract"
 )
 
 func mustAny(m proto.Message) *anypb.Any {
@@ -55,8 +57,8 @@ func hcmListener(name, addr string, port uint32, dir corev3.TrafficDirection, hc
 		Name:    name,
 		Address: socketAddress(addr, port),
 		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{
-			{Name: connectionLimitFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(limit)}},
-			{Name: hcmFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)}},
+			{Name: contract.ConnectionLimitFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(limit)}},
+			{Name: contract.HCMFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)}},
 		}}},
 		TrafficDirection: dir,
 	}
@@ -65,15 +67,15 @@ func hcmListener(name, addr string, port uint32, dir corev3.TrafficDirection, hc
 // outboundListener is the listener every sidecar gets: HTTP on 127.0.0.1:15001, routes over
 // RDS (ADS), the fault filter (configured per route) before the router.
 func outboundListener() *listenerv3.Listener {
-	return hcmListener(OutboundListenerName, outboundAddress, outboundPort, corev3.TrafficDirection_OUTBOUND,
+	return hcmListener(contract.OutboundListenerName, contract.OutboundAddress, contract.OutboundPort, corev3.TrafficDirection_OUTBOUND,
 		&hcmv3.HttpConnectionManager{
-			StatPrefix: OutboundListenerName,
+			StatPrefix: contract.OutboundListenerName,
 			CodecType:  hcmv3.HttpConnectionManager_AUTO,
 			RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
-				ConfigSource: adsSource(), RouteConfigName: OutboundRouteName}},
+				ConfigSource: adsSource(), RouteConfigName: contract.OutboundRouteName}},
 			HttpFilters: []*hcmv3.HttpFilter{
-				httpFilter(faultFilterName, &faultv3.HTTPFault{}),
-				httpFilter(routerFilterName, &routerv3.Router{}),
+				httpFilter(contract.FaultFilterName, &faultv3.HTTPFault{}),
+				httpFilter(contract.RouterFilterName, &routerv3.Router{}),
 			},
 		})
 }
@@ -82,17 +84,17 @@ func outboundListener() *listenerv3.Listener {
 // function pod the route timeout is the function's (Knative's revision timeout, counted
 // from when the call reaches the function's sidecar).
 func inbound(appPort uint32, timeout time.Duration) (*listenerv3.Listener, *clusterv3.Cluster) {
-	name := InboundClusterName(appPort)
-	l := hcmListener(InboundListenerName, inboundAddress, InboundPort, corev3.TrafficDirection_INBOUND,
+	name := contract.InboundClusterName(appPort)
+	l := hcmListener(contract.InboundListenerName, contract.InboundAddress, contract.InboundPort, corev3.TrafficDirection_INBOUND,
 		&hcmv3.HttpConnectionManager{
-			StatPrefix: InboundListenerName,
+			StatPrefix: contract.InboundListenerName,
 			CodecType:  hcmv3.HttpConnectionManager_AUTO,
 			RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
-				Name: inboundRouteName,
+				Name: contract.InboundRouteName,
 				VirtualHosts: []*routev3.VirtualHost{{
-					Name: inboundRouteName, Domains: []string{"*"},
+					Name: contract.InboundRouteName, Domains: []string{"*"},
 					Routes: []*routev3.Route{{
-						Name:  inboundRouteName,
+						Name:  contract.InboundRouteName,
 						Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
 						Action: &routev3.Route_Route{Route: &routev3.RouteAction{
 							ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: name},
@@ -101,7 +103,7 @@ func inbound(appPort uint32, timeout time.Duration) (*listenerv3.Listener, *clus
 					}},
 				}},
 			}},
-			HttpFilters: []*hcmv3.HttpFilter{httpFilter(routerFilterName, &routerv3.Router{})},
+			HttpFilters: []*hcmv3.HttpFilter{httpFilter(contract.RouterFilterName, &routerv3.Router{})},
 		})
 	c := &clusterv3.Cluster{
 		Name:                 name,

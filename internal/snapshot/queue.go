@@ -10,6 +10,8 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/weftmesh/weft/contract"
 )
 
 // Queue is where asynchronous calls go: the NATS JetStream server sidecars publish to and
@@ -35,14 +37,6 @@ func NewQueue(url, token string) (*Queue, error) {
 	return q, nil
 }
 
-// QueueClusterName is the static cluster that tells every sidecar where the queue is.
-const QueueClusterName = "weft-nats"
-
-// QueueMetadataKey carries the queue's URL and token on QueueClusterName. The token travels
-// over xDS, like an SDS secret, so it never appears in a pod spec; sidecars redact it in
-// /config_dump.
-const QueueMetadataKey = "weft.dev/nats"
-
 // queueCluster is a STATIC cluster with the queue's address and its metadata.
 func queueCluster(q *Queue) (*clusterv3.Cluster, error) {
 	u, err := url.Parse(q.URL)
@@ -62,15 +56,15 @@ func queueCluster(q *Queue) (*clusterv3.Cluster, error) {
 		host = "0.0.0.0"
 	}
 	return &clusterv3.Cluster{
-		Name:                 QueueClusterName,
+		Name:                 contract.QueueClusterName,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
 		ConnectTimeout:       durationpb.New(defaultConnectTimeout),
-		LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: QueueClusterName, Endpoints: []*endpointv3.LocalityLbEndpoints{{
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: contract.QueueClusterName, Endpoints: []*endpointv3.LocalityLbEndpoints{{
 			LbEndpoints: []*endpointv3.LbEndpoint{{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
 				Address: socketAddress(host, uint32(port)),
 			}}}},
 		}}},
-		Metadata: metadata(QueueMetadataKey, map[string]any{"url": q.URL, "token": q.Token}),
+		Metadata: metadata(contract.QueueMetadataKey, contract.QueueMeta{URL: q.URL, Token: q.Token}.Encode()),
 	}, nil
 }
 
@@ -79,7 +73,7 @@ func (r *Result) addQueue(q *Queue) {
 	if q.cluster == nil {
 		return // not made by NewQueue
 	}
-	i := sort.Search(len(r.Clusters), func(i int) bool { return r.Clusters[i].GetName() >= QueueClusterName })
+	i := sort.Search(len(r.Clusters), func(i int) bool { return r.Clusters[i].GetName() >= contract.QueueClusterName })
 	r.Clusters = append(r.Clusters, nil)
 	copy(r.Clusters[i+1:], r.Clusters[i:])
 	r.Clusters[i] = q.cluster

@@ -7,6 +7,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/config"
 )
 
@@ -29,15 +30,15 @@ func TestQueueReachesEverySidecar(t *testing.T) {
 			t.Fatal(err)
 		}
 		checkSidecarAccepts(t, snap, v)
-		c, ok := snap.GetResources(resourcev3.ClusterType)[QueueClusterName]
+		c, ok := snap.GetResources(resourcev3.ClusterType)[contract.QueueClusterName]
 		if !ok {
-			t.Fatalf("view %+v has no %s cluster", v, QueueClusterName)
+			t.Fatalf("view %+v has no %s cluster", v, contract.QueueClusterName)
 		}
-		got, err := config.Build(config.Resources{resourcev3.ClusterType: {QueueClusterName: c.(proto.Message)}}, nil)
+		got, err := config.Build(config.Resources{resourcev3.ClusterType: {contract.QueueClusterName: c.(proto.Message)}}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if qm := got.Clusters[QueueClusterName].Queue; qm == nil || qm.URL != "nats://10.244.0.1:4222" || qm.Token != "tok" {
+		if qm := got.Clusters[contract.QueueClusterName].Queue; qm == nil || qm.URL != "nats://10.244.0.1:4222" || qm.Token != "tok" {
 			t.Fatalf("the sidecar decoded the queue as %+v", qm)
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+	"github.com/weftmesh/weft/contract"
 )
 
 // RedisPool is one RedisProxy's resources. The listener goes only to sidecars its
@@ -65,7 +66,7 @@ func (t *translator) secret(ns string, ref meshv1alpha1.SecretKeyRef, what strin
 // redisProxy translates a RedisProxy into its listener, pool cluster and endpoints.
 func (t *translator) redisProxy(rp *meshv1alpha1.RedisProxy) (*RedisPool, *problems) {
 	p := &problems{}
-	name := RedisName(rp.Namespace, rp.Name)
+	name := contract.RedisName(rp.Namespace, rp.Name)
 	pool := &RedisPool{Key: ObjectKey{KindRedisProxy, rp.Namespace, rp.Name}}
 	if ws := rp.Spec.WorkloadSelector; ws != nil {
 		pool.Selector = ws.Labels
@@ -88,7 +89,7 @@ func (t *translator) redisProxy(rp *meshv1alpha1.RedisProxy) (*RedisPool, *probl
 		HealthyThreshold:   u32(healthy),
 		UnhealthyThreshold: u32(unhealthy),
 		HealthChecker: &corev3.HealthCheck_CustomHealthCheck_{CustomHealthCheck: &corev3.HealthCheck_CustomHealthCheck{
-			Name: redisHealthChecker, ConfigType: &corev3.HealthCheck_CustomHealthCheck_TypedConfig{TypedConfig: hcCfg}}},
+			Name: contract.RedisHealthCheckerName, ConfigType: &corev3.HealthCheck_CustomHealthCheck_TypedConfig{TypedConfig: hcCfg}}},
 	}}
 	od := spec.OutlierDetection
 	failures := od.ConsecutiveFailures
@@ -109,10 +110,11 @@ func (t *translator) redisProxy(rp *meshv1alpha1.RedisProxy) (*RedisPool, *probl
 	if hash == "" {
 		hash = "fnv1a_64"
 	}
-	c.Metadata = metadata(RedisMetadataKey, map[string]any{
-		"distribution": string(dist), "hash": string(hash), "hashTag": sh.HashTag,
-		"ejectMode": string(mode), "failureLimit": failures, "retryTimeout": ejection.AsDuration().String(),
-	})
+	tag := sh.HashTag
+	c.Metadata = metadata(contract.RedisMetadataKey, contract.RedisPoolMeta{
+		Distribution: string(dist), Hash: string(hash), HashTag: &tag,
+		EjectMode: string(mode), FailureLimit: failures, RetryTimeout: ejection.AsDuration(),
+	}.Encode())
 	serve := true
 	if a := spec.Auth; a != nil && a.Upstream != nil {
 		if pw, ok := t.secret(rp.Namespace, a.Upstream.PasswordSecretRef, "upstream password", p); ok {
@@ -121,7 +123,7 @@ func (t *translator) redisProxy(rp *meshv1alpha1.RedisProxy) (*RedisPool, *probl
 				po.AuthUsername = inlineString(a.Upstream.Username)
 			}
 			anyPO, _ := anypb.New(po)
-			c.TypedExtensionProtocolOptions = map[string]*anypb.Any{redisFilterName: anyPO}
+			c.TypedExtensionProtocolOptions = map[string]*anypb.Any{contract.RedisFilterName: anyPO}
 		} else {
 			serve = false
 		}
@@ -143,7 +145,7 @@ func (t *translator) redisProxy(rp *meshv1alpha1.RedisProxy) (*RedisPool, *probl
 			p.missingf("prefix route %q names RedisProxy %s/%s, which does not exist; create it or remove the route: until then those keys go to this pool", r.Prefix, rp.Namespace, r.RedisProxy)
 			continue
 		}
-		target := RedisName(rp.Namespace, r.RedisProxy)
+		target := contract.RedisName(rp.Namespace, r.RedisProxy)
 		filter.PrefixRoutes.Routes = append(filter.PrefixRoutes.Routes, &redisv3.RedisProxy_PrefixRoutes_Route{
 			Prefix: r.Prefix, RemovePrefix: r.RemovePrefix, Cluster: target})
 		if target != name {
@@ -175,7 +177,7 @@ func (t *translator) redisProxy(rp *meshv1alpha1.RedisProxy) (*RedisPool, *probl
 		Name:    name,
 		Address: socketAddress(addr, uint32(port)),
 		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
-			Name: redisFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: tc}}}}},
+			Name: contract.RedisFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: tc}}}}},
 		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
 	}
 	return pool, p

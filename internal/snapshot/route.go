@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+	"github.com/weftmesh/weft/contract"
 )
 
 // built is one object's contribution to the outbound routes, before host conflicts are
@@ -76,7 +77,7 @@ func (t *translator) destination(mr *meshv1alpha1.MeshRoute, d meshv1alpha1.Dest
 		}
 	}
 	if d.Function != "" {
-		name := FunctionClusterName(ns, d.Function)
+		name := contract.FunctionClusterName(ns, d.Function)
 		if _, ok := t.ix.functions[nsName(ns, d.Function)]; !ok {
 			return resolved{cluster: name, reason: fmt.Sprintf("MeshFunction %s/%s not found; create it or fix the destination", ns, d.Function)}
 		}
@@ -84,15 +85,15 @@ func (t *translator) destination(mr *meshv1alpha1.MeshRoute, d meshv1alpha1.Dest
 	}
 	svc, ok := t.ix.services[nsName(ns, d.Service)]
 	if !ok {
-		return resolved{cluster: ServiceClusterName(d.Port, d.Subset, d.Service, ns, mr.Namespace, mr.Name),
+		return resolved{cluster: contract.ServiceClusterName(d.Port, d.Subset, d.Service, ns, mr.Namespace, mr.Name),
 			reason: fmt.Sprintf("Service %s/%s not found; create it or fix the destination", ns, d.Service)}
 	}
 	sp, why := servicePort(svc, d.Port)
 	if why != "" {
-		return resolved{cluster: ServiceClusterName(d.Port, d.Subset, d.Service, ns, mr.Namespace, mr.Name),
+		return resolved{cluster: contract.ServiceClusterName(d.Port, d.Subset, d.Service, ns, mr.Namespace, mr.Name),
 			reason: fmt.Sprintf("Service %s/%s %s", ns, d.Service, why)}
 	}
-	name := ServiceClusterName(sp.Port, d.Subset, d.Service, ns, mr.Namespace, mr.Name)
+	name := contract.ServiceClusterName(sp.Port, d.Subset, d.Service, ns, mr.Namespace, mr.Name)
 	f := filterFor(sp)
 	if d.Subset != "" {
 		var found *meshv1alpha1.Subset
@@ -128,7 +129,7 @@ func (t *translator) meshRoute(mr *meshv1alpha1.MeshRoute) *built {
 		ch = tp.LoadBalancer.ConsistentHash
 	}
 	destPorts := map[int32]bool{}
-	owner := metadata(RouteMetadataKey, map[string]any{"owner": key.String()})
+	owner := metadata(contract.RouteMetadataKey, contract.RouteMeta{Owner: key.String()}.Encode())
 rules:
 	for i := range mr.Spec.HTTP {
 		rule := &mr.Spec.HTTP[i]
@@ -222,7 +223,7 @@ func (t *translator) ruleAction(mr *meshv1alpha1.MeshRoute, rule *meshv1alpha1.H
 		r.ResponseHeadersToAdd, r.ResponseHeadersToRemove, _ = headerOps(h.Response)
 	}
 	if f := faultConfig(rule.Fault); f != nil {
-		r.TypedPerFilterConfig = map[string]*anypb.Any{faultFilterName: f}
+		r.TypedPerFilterConfig = map[string]*anypb.Any{contract.FaultFilterName: f}
 	}
 	switch {
 	case rule.Redirect != nil:

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+	"github.com/weftmesh/weft/contract"
 )
 
 // defaultRetryOn is the API's documented default, Istio's minus the gRPC conditions.
@@ -77,7 +78,7 @@ func retryPolicy(r *meshv1alpha1.HTTPRetry, consistentHash bool) *routev3.RetryP
 	if !consistentHash {
 		pred, _ := anypb.New(&previoushostsv3.PreviousHostsPredicate{})
 		p.RetryHostPredicate = []*routev3.RetryPolicy_RetryHostPredicate{{
-			Name:       previousHostsName,
+			Name:       contract.PreviousHostsPredicate,
 			ConfigType: &routev3.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: pred},
 		}}
 		p.HostSelectionRetryMaxAttempts = 5

@@ -15,6 +15,8 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/weftmesh/weft/contract"
 )
 
 // View is what decides which resources a sidecar receives (docs/xds-contract.md, Nodes):
@@ -35,17 +37,17 @@ type View struct {
 // of the node ID after the first dot (<pod>.<namespace>).
 func ViewFromNode(n *corev3.Node) View {
 	f := n.GetMetadata().GetFields()
-	v := View{Namespace: f["namespace"].GetStringValue(), Function: f["function"].GetStringValue(),
-		RedisProxy: f["redisProxy"].GetStringValue()}
+	v := View{Namespace: f[contract.NodeNamespace].GetStringValue(), Function: f[contract.NodeFunction].GetStringValue(),
+		RedisProxy: f[contract.NodeRedisProxy].GetStringValue()}
 	if v.Namespace == "" {
 		if _, ns, ok := strings.Cut(n.GetId(), "."); ok {
 			v.Namespace = ns
 		}
 	}
-	if p := f["appPort"].GetNumberValue(); p > 0 && p < 65536 {
+	if p := f[contract.NodeAppPort].GetNumberValue(); p > 0 && p < 65536 {
 		v.AppPort = uint32(p)
 	}
-	if ls := f["labels"].GetStructValue().GetFields(); len(ls) > 0 {
+	if ls := f[contract.NodeLabels].GetStructValue().GetFields(); len(ls) > 0 {
 		v.Labels = make(map[string]string, len(ls))
 		for k, val := range ls {
 			v.Labels[k] = val.GetStringValue()
@@ -126,7 +128,7 @@ func (r *Result) routeConfig(ns string) versioned[*routev3.RouteConfiguration] {
 	if rc, ok := r.routes[ns]; ok {
 		return rc
 	}
-	rc := &routev3.RouteConfiguration{Name: OutboundRouteName, VirtualHosts: make([]*routev3.VirtualHost, 0, len(r.vhosts))}
+	rc := &routev3.RouteConfiguration{Name: contract.OutboundRouteName, VirtualHosts: make([]*routev3.VirtualHost, 0, len(r.vhosts))}
 	h := sha256.New()
 	for i := range r.vhosts {
 		e := &r.vhosts[i]
@@ -254,7 +256,7 @@ func (r *Result) PoolServers(ns, name string) (total, ready int32) {
 // FunctionServing reports whether the function's cluster has an endpoint taking new requests
 // (HEALTHY); DRAINING endpoints only finish what they have.
 func (r *Result) FunctionServing(ns, name string) bool {
-	cn := FunctionClusterName(ns, name)
+	cn := contract.FunctionClusterName(ns, name)
 	i := sort.Search(len(r.Endpoints), func(i int) bool { return r.Endpoints[i].GetClusterName() >= cn })
 	if i == len(r.Endpoints) || r.Endpoints[i].GetClusterName() != cn {
 		return false

@@ -17,6 +17,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+	"github.com/weftmesh/weft/contract"
 )
 
 // SidecarContainerName is the name of the sidecar container in every pod Weft renders.
@@ -102,8 +103,8 @@ func FunctionDeployment(fn *meshv1alpha1.MeshFunction, replicas int32, o Options
 func sidecarContainer(fn *meshv1alpha1.MeshFunction, labels map[string]string, o Options) corev1.Container {
 	c := baseSidecar(o, labels, "--app-port="+strconv.Itoa(int(fn.Spec.Port)), "--function="+fn.Namespace+"/"+fn.Name)
 	c.Ports = []corev1.ContainerPort{
-		{Name: "http-inbound", ContainerPort: InboundPort, Protocol: corev1.ProtocolTCP},
-		{Name: "http-metrics", ContainerPort: MetricsPort, Protocol: corev1.ProtocolTCP},
+		{Name: "http-inbound", ContainerPort: contract.InboundPort, Protocol: corev1.ProtocolTCP},
+		{Name: "http-metrics", ContainerPort: contract.MetricsPort, Protocol: corev1.ProtocolTCP},
 	}
 	c.RestartPolicy = ptr.To(corev1.ContainerRestartPolicyAlways)
 	c.StartupProbe = &corev1.Probe{ProbeHandler: readyProbe(), PeriodSeconds: 1, FailureThreshold: 120}
@@ -155,7 +156,7 @@ func FunctionService(fn *meshv1alpha1.MeshFunction) *corev1.Service {
 			Ports: []corev1.ServicePort{{
 				Name:        "http",
 				Port:        ServicePort,
-				TargetPort:  intstr.FromInt32(InboundPort),
+				TargetPort:  intstr.FromInt32(contract.InboundPort),
 				Protocol:    corev1.ProtocolTCP,
 				AppProtocol: ptr.To("http"),
 			}},
@@ -168,7 +169,7 @@ func FunctionService(fn *meshv1alpha1.MeshFunction) *corev1.Service {
 
 // readyProbe asks the sidecar whether it has a complete config and can serve.
 func readyProbe() corev1.ProbeHandler {
-	return corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromInt32(MetricsPort)}}
+	return corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromInt32(contract.MetricsPort)}}
 }
 
 func fieldEnv(name, path string) corev1.EnvVar {

@@ -8,6 +8,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+	"github.com/weftmesh/weft/contract"
 )
 
 // LabelRedisProxy marks the pods of a standalone Redis proxy with the RedisProxy's name. The
@@ -31,7 +32,7 @@ func RedisProxyDeployment(rp *meshv1alpha1.RedisProxy, o Options) *appsv1.Deploy
 	sidecar := baseSidecar(o, labels, "--redis-proxy="+rp.Namespace+"/"+rp.Name)
 	sidecar.Ports = []corev1.ContainerPort{
 		{Name: "redis", ContainerPort: port, Protocol: corev1.ProtocolTCP},
-		{Name: "http-metrics", ContainerPort: MetricsPort, Protocol: corev1.ProtocolTCP},
+		{Name: "http-metrics", ContainerPort: contract.MetricsPort, Protocol: corev1.ProtocolTCP},
 	}
 	sidecar.ReadinessProbe = &corev1.Probe{ProbeHandler: readyProbe(), PeriodSeconds: 2, FailureThreshold: 3}
 	sidecar.LivenessProbe = &corev1.Probe{

@@ -6,15 +6,14 @@ package workload
 
 import (
 	"fmt"
+	"strconv"
 	"time"
+
+	"github.com/weftmesh/weft/contract"
 )
 
-// Well-known ports of the sidecar, shared with cmd/sidecar and docs/xds-contract.md.
+// Ports; the sidecar's own (contract.InboundPort, contract.MetricsPort) are the contract's.
 const (
-	// InboundPort is where a function pod's sidecar takes calls for the function.
-	InboundPort = 15006
-	// MetricsPort serves the sidecar's read-only /stats and /ready on the pod address.
-	MetricsPort = 15020
 	// ServicePort is the port of a function's Service: callers use plain http://name.
 	ServicePort = 80
 )
@@ -48,7 +47,7 @@ type Options struct {
 func DefaultOptions() Options {
 	return Options{
 		SidecarImage:  "ghcr.io/weftmesh/weft-sidecar:v0.1.0",
-		XDSAddress:    "weft-manager.weft-system.svc:18000",
+		XDSAddress:    "weft-manager.weft-system.svc:" + strconv.Itoa(contract.XDSPort),
 		DrainTimeout:  20 * time.Second,
 		ClusterDomain: "cluster.local",
 	}

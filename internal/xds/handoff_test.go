@@ -11,6 +11,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/internal/snapshot"
 	"github.com/weftmesh/weft/sidecar/config"
 	"github.com/weftmesh/weft/sidecar/sidecartest/poll"
@@ -23,7 +24,7 @@ func withFunction(in *snapshot.Input, ready bool) *snapshot.Input {
 	in.EndpointSlices = append(in.EndpointSlices, discoveryv1.EndpointSlice{
 		ObjectMeta:  metav1.ObjectMeta{Namespace: "default", Name: "fn-1", Labels: map[string]string{discoveryv1.LabelServiceName: "fn"}},
 		AddressType: discoveryv1.AddressTypeIPv4,
-		Ports:       []discoveryv1.EndpointPort{{Port: ptr.To[int32](snapshot.InboundPort)}},
+		Ports:       []discoveryv1.EndpointPort{{Port: ptr.To[int32](contract.InboundPort)}},
 		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"10.5.0.1"}, Conditions: discoveryv1.EndpointConditions{
 			Ready: ptr.To(ready), Serving: ptr.To(true), Terminating: ptr.To(!ready)}}},
 	})
@@ -53,7 +54,7 @@ func TestDrainedAfterEveryCallerACKs(t *testing.T) {
 	poll.Until(t, 10*time.Second, func() bool { return s.Drained(fn) }, "waiting for the hand-off")
 	// The ACK goes out just before the client swaps its config in.
 	poll.Until(t, 10*time.Second, func() bool {
-		eps := cl.Current().Clusters[snapshot.FunctionClusterName("default", "fn")].Endpoints
+		eps := cl.Current().Clusters[contract.FunctionClusterName("default", "fn")].Endpoints
 		return len(eps) == 1 && eps[0].Health == config.Draining
 	}, "waiting for the caller to hold the endpoint as draining")
 }

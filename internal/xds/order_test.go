@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/internal/snapshot"
 	"github.com/weftmesh/weft/sidecar/sidecartest/poll"
 )
@@ -35,8 +36,8 @@ func TestPushOrderIsMakeBeforeBreak(t *testing.T) {
 	n := node("fn-1", "default", 8080)
 	n.Metadata.Fields["function"] = structpb.NewStringValue("default/fn")
 	names := map[string][]string{
-		resourcev3.EndpointType: {reviewsCluster, snapshot.FunctionClusterName("default", "fn")},
-		resourcev3.RouteType:    {snapshot.OutboundRouteName},
+		resourcev3.EndpointType: {reviewsCluster, contract.FunctionClusterName("default", "fn")},
+		resourcev3.RouteType:    {contract.OutboundRouteName},
 	}
 	for _, ty := range []string{resourcev3.RouteType, resourcev3.ListenerType, resourcev3.EndpointType, resourcev3.ClusterType} {
 		if err := st.Send(&discoveryv3.DiscoveryRequest{Node: n, TypeUrl: ty, ResourceNames: names[ty]}); err != nil {

@@ -2,61 +2,20 @@ package activator
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding"
+
+	"github.com/weftmesh/weft/contract"
 )
 
-// The signal service carries sidecar → manager signals on the ADS port. It
-// is plain gRPC with JSON bodies (codec CodecName) so neither side needs
-// generated code; the manager registers it with autoscale.RegisterSignalServer.
-const (
-	SignalService = "weft.autoscale.v1.Signals"
-	ReportMethod  = "/" + SignalService + "/Report"
-	DemandMethod  = "/" + SignalService + "/Demand"
-	// CodecName is the gRPC content-subtype: requests travel as
-	// application/grpc+weftjson.
-	CodecName = "weftjson"
-)
+// The signal service (contract.SignalService) carries sidecar → manager signals on the ADS
+// port: plain gRPC with JSON bodies, so neither side needs generated code. The manager
+// serves it with autoscale.RegisterSignalServer.
 
-// PodStat is one pod's per-second report, sent by the function's own sidecar.
-type PodStat struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-	Pod       string `json:"pod"`
-	// Concurrency is the time-weighted average of in-flight requests over the second.
-	Concurrency float64 `json:"concurrency"`
-	// Requests is how many requests arrived during the second.
-	Requests float64 `json:"requests"`
-	// InFlight is how many requests were still running when the second ended.
-	InFlight int `json:"inFlight"`
-}
-
-// StatsReport is the body of Report: the stats of one or more pods.
-type StatsReport struct {
-	Stats []PodStat `json:"stats"`
-}
-
-// DemandSignal is the body of Demand: a caller sidecar holds a request for
-// the function because it has no ready endpoint.
-type DemandSignal struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-}
-
-// Ack is the empty reply to both methods.
-type Ack struct{}
-
-type jsonCodec struct{}
-
-func (jsonCodec) Marshal(v any) ([]byte, error)      { return json.Marshal(v) }
-func (jsonCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
-func (jsonCodec) Name() string                       { return CodecName }
-
-func init() { encoding.RegisterCodec(jsonCodec{}) }
+func init() { encoding.RegisterCodec(contract.SignalCodec{}) }
 
 // DefaultDemandTimeout bounds one fire-and-forget demand call.
 const DefaultDemandTimeout = 2 * time.Second
@@ -75,8 +34,8 @@ func NewReporter(conn grpc.ClientConnInterface) *Reporter {
 }
 
 // Report sends one batch of pod stats.
-func (r *Reporter) Report(ctx context.Context, stats []PodStat) error {
-	if err := r.conn.Invoke(ctx, ReportMethod, &StatsReport{Stats: stats}, &Ack{}, grpc.CallContentSubtype(CodecName)); err != nil {
+func (r *Reporter) Report(ctx context.Context, stats []contract.PodStat) error {
+	if err := r.conn.Invoke(ctx, contract.ReportMethod, &contract.StatsReport{Stats: stats}, &contract.Ack{}, grpc.CallContentSubtype(contract.SignalCodecName)); err != nil {
 		return fmt.Errorf("reporting %d pod stats to the autoscaler: %w", len(stats), err)
 	}
 	return nil
@@ -85,8 +44,8 @@ func (r *Reporter) Report(ctx context.Context, stats []PodStat) error {
 // SendDemand tells the autoscaler that a request for namespace/name waits
 // for an endpoint, and waits for the reply.
 func (r *Reporter) SendDemand(ctx context.Context, namespace, name string) error {
-	in := &DemandSignal{Namespace: namespace, Name: name}
-	if err := r.conn.Invoke(ctx, DemandMethod, in, &Ack{}, grpc.CallContentSubtype(CodecName)); err != nil {
+	in := &contract.DemandSignal{Namespace: namespace, Name: name}
+	if err := r.conn.Invoke(ctx, contract.DemandMethod, in, &contract.Ack{}, grpc.CallContentSubtype(contract.SignalCodecName)); err != nil {
 		return fmt.Errorf("sending demand for function %s/%s to the autoscaler: %w", namespace, name, err)
 	}
 	return nil

@@ -9,7 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	"github.com/weftmesh/weft/sidecar/config"
+	"github.com/weftmesh/weft/contract"
 )
 
 const redacted = "[redacted]"
@@ -21,13 +21,13 @@ const redacted = "[redacted]"
 func Redact(m proto.Message) proto.Message {
 	switch r := m.(type) {
 	case *clusterv3.Cluster:
-		if q, ok := r.GetMetadata().GetFilterMetadata()[config.QueueMetadataKey]; ok && q.GetFields()["token"] != nil {
+		if q, ok := r.GetMetadata().GetFilterMetadata()[contract.QueueMetadataKey]; ok && q.GetFields()["token"] != nil {
 			// The async queue's token rides in cluster metadata.
 			c := proto.Clone(r).(*clusterv3.Cluster)
-			c.Metadata.FilterMetadata[config.QueueMetadataKey].Fields["token"] = structpb.NewStringValue(redacted)
+			c.Metadata.FilterMetadata[contract.QueueMetadataKey].Fields["token"] = structpb.NewStringValue(redacted)
 			return c
 		}
-		a, ok := r.GetTypedExtensionProtocolOptions()["envoy.filters.network.redis_proxy"]
+		a, ok := r.GetTypedExtensionProtocolOptions()[contract.RedisProtocolOptionsKey]
 		if !ok {
 			return m
 		}
@@ -38,14 +38,14 @@ func Redact(m proto.Message) proto.Message {
 		ro.AuthPassword = secret()
 		c := proto.Clone(r).(*clusterv3.Cluster)
 		if na, err := anypb.New(&ro); err == nil {
-			c.TypedExtensionProtocolOptions["envoy.filters.network.redis_proxy"] = na
+			c.TypedExtensionProtocolOptions[contract.RedisProtocolOptionsKey] = na
 		}
 		return c
 	case *listenerv3.Listener:
 		var l *listenerv3.Listener
 		for i, fc := range r.GetFilterChains() {
 			for j, f := range fc.GetFilters() {
-				if f.GetName() != "envoy.filters.network.redis_proxy" {
+				if f.GetName() != contract.RedisFilterName {
 					continue
 				}
 				var rp redisv3.RedisProxy

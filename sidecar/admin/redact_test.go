@@ -9,14 +9,14 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	"github.com/weftmesh/weft/sidecar/config"
+	"github.com/weftmesh/weft/contract"
 )
 
 // The async queue's token never shows in /config_dump, and the live config keeps it.
 func TestRedactHidesTheQueueToken(t *testing.T) {
 	md, _ := structpb.NewStruct(map[string]any{"url": "nats://10.0.0.1:4222", "token": "s3cret-token"})
 	live := &clusterv3.Cluster{Name: "weft-nats", Metadata: &corev3.Metadata{
-		FilterMetadata: map[string]*structpb.Struct{config.QueueMetadataKey: md}}}
+		FilterMetadata: map[string]*structpb.Struct{contract.QueueMetadataKey: md}}}
 	out, err := protojson.Marshal(Redact(live))
 	if err != nil {
 		t.Fatal(err)
@@ -24,7 +24,7 @@ func TestRedactHidesTheQueueToken(t *testing.T) {
 	if strings.Contains(string(out), "s3cret-token") || !strings.Contains(string(out), "nats://10.0.0.1:4222") {
 		t.Fatalf("redacted dump %s: want the URL and no token", out)
 	}
-	if live.GetMetadata().GetFilterMetadata()[config.QueueMetadataKey].GetFields()["token"].GetStringValue() != "s3cret-token" {
+	if live.GetMetadata().GetFilterMetadata()[contract.QueueMetadataKey].GetFields()["token"].GetStringValue() != "s3cret-token" {
 		t.Fatal("redaction changed the live config")
 	}
 }

@@ -12,6 +12,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"k8s.io/utils/clock"
+
+	"github.com/weftmesh/weft/contract"
 )
 
 // ConsumerJS is the part of jetstream.JetStream a Consumer uses: its durable consumer, and
@@ -215,7 +217,7 @@ func (c *Consumer) durable(ctx context.Context) (jetstream.Consumer, error) {
 	var lastErr string
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		cons, err := c.js.CreateOrUpdateConsumer(cctx, callsStream, cfg)
+		cons, err := c.js.CreateOrUpdateConsumer(cctx, contract.CallsStream, cfg)
 		cancel()
 		if err == nil {
 			return cons, nil

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/internal/queue"
 	"github.com/weftmesh/weft/sidecar/async"
 	"github.com/weftmesh/weft/sidecar/sidecartest/poll"
@@ -20,11 +21,11 @@ import (
 func lastDead(t *testing.T, js jetstream.JetStream) *jetstream.RawStreamMsg {
 	t.Helper()
 	ctx := context.Background()
-	s, err := js.Stream(ctx, queue.DeadStream)
+	s, err := js.Stream(ctx, contract.DeadStream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := s.GetLastMsgForSubject(ctx, queue.DeadSubject(fnA.Namespace, fnA.Name))
+	m, err := s.GetLastMsgForSubject(ctx, contract.DeadSubject(fnA.Namespace, fnA.Name))
 	if err != nil {
 		t.Fatalf("no dead-lettered call for %s: %v", fnA, err)
 	}
@@ -135,11 +136,11 @@ func TestRetryOnSucceedsAndOtherStatusesAreFinal(t *testing.T) {
 	if tries["flaky"] != 2 || tries["bad"] != 1 {
 		t.Errorf("tries = %v; want flaky 2 (503 retried), bad 1 (400 final)", tries)
 	}
-	s, err := m.js.Stream(context.Background(), queue.DeadStream)
+	s, err := m.js.Stream(context.Background(), contract.DeadStream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.GetLastMsgForSubject(context.Background(), queue.DeadSubject(fnA.Namespace, fnA.Name)); err == nil {
+	if _, err := s.GetLastMsgForSubject(context.Background(), contract.DeadSubject(fnA.Namespace, fnA.Name)); err == nil {
 		t.Error("a call was dead-lettered; none should be")
 	}
 }

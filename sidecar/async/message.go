@@ -10,17 +10,13 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/weftmesh/weft/contract"
 )
 
-// Subjects, shared with internal/queue which creates the streams.
-const (
-	callsPrefix = "weft.calls."
-	deadPrefix  = "weft.dead."
-	callsStream = "WEFT_CALLS"
-)
-
-func callsSubject(fn FunctionRef) string { return callsPrefix + fn.Namespace + "." + fn.Name }
-func deadSubject(fn FunctionRef) string  { return deadPrefix + fn.Namespace + "." + fn.Name }
+// Subjects and streams are the contract's; internal/queue creates the streams.
+func callsSubject(fn FunctionRef) string { return contract.CallsSubject(fn.Namespace, fn.Name) }
+func deadSubject(fn FunctionRef) string  { return contract.DeadSubject(fn.Namespace, fn.Name) }
 
 // Header names. The HTTP-facing ones are OpenFaaS's, which users and tools already know.
 const (

@@ -14,6 +14,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"k8s.io/utils/clock"
+
+	"github.com/weftmesh/weft/contract"
 )
 
 // MsgPublisher publishes to JetStream and waits for the stream's ack; jetstream.JetStream
@@ -128,7 +130,7 @@ func (p *Publisher) Publish(ctx context.Context, fn FunctionRef, r *http.Request
 			// Before the first connection nats.go reports missing header support.
 			why = "this sidecar is not connected to NATS"
 		case errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, nats.ErrNoResponders):
-			why = "stream " + callsStream + " did not answer (NATS is down or the stream is missing)"
+			why = "stream " + contract.CallsStream + " did not answer (NATS is down or the stream is missing)"
 		case errors.Is(err, context.DeadlineExceeded):
 			why = fmt.Sprintf("NATS did not confirm within %s", p.opts.PublishTimeout)
 		}

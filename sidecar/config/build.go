@@ -2,7 +2,6 @@ package config
 
 import (
 	"fmt"
-	"github.com/weftmesh/weft/sidecar/redisproxy"
 	"sort"
 	"strings"
 
@@ -153,7 +152,7 @@ func Build(res Resources, versions map[string]string) (*Config, error) {
 				// what fails here is how they combine (a cluster's metadata against its
 				// endpoints), so only this listener is held back (Err), not the build.
 				// A pool with no servers yet is not such a failure.
-				dc, err := redisproxy.ConfigFromXDS(rl.Listener, rl.Clusters, rl.Endpoints)
+				dc, err := RedisConfigFromXDS(rl.Listener, rl.Clusters, rl.Endpoints)
 				if err != nil {
 					rl.Err = fmt.Errorf("listener %s: %w", name, err)
 				} else {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -13,18 +14,8 @@ import (
 	httpupv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
-)
 
-// Metadata keys from docs/xds-contract.md.
-const (
-	FunctionMetadataKey = "weft.dev/function"
-	// QueueMetadataKey marks the cluster that says where the async queue (NATS) is.
-	QueueMetadataKey      = "weft.dev/nats"
-	UnresolvedMetadataKey = "weft.dev/unresolved"
-	RedisMetadataKey      = "weft.dev/redis"
-
-	httpProtocolOptionsKey  = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-	redisProtocolOptionsKey = "envoy.filters.network.redis_proxy"
+	"github.com/weftmesh/weft/contract"
 )
 
 // LBPolicy is a cluster's load-balancing policy.
@@ -52,7 +43,7 @@ type Cluster struct {
 	// Function is set for function clusters (metadata weft.dev/function).
 	Function *FunctionMeta
 	// Queue is set on the cluster that carries the async queue's address.
-	Queue *QueueMeta
+	Queue *contract.QueueMeta
 	// Unresolved, when set, is why the control plane could not resolve this destination;
 	// requests routed here get a 503 with this reason.
 	Unresolved string
@@ -85,11 +76,6 @@ type HealthCheck struct {
 	Healthy, Unhealthy uint32
 }
 
-// QueueMeta is the weft.dev/nats cluster metadata: the NATS URL and token for async calls.
-type QueueMeta struct {
-	URL, Token string
-}
-
 // FunctionMeta is the weft.dev/function cluster metadata.
 type FunctionMeta struct {
 	Namespace, Name      string
@@ -98,6 +84,10 @@ type FunctionMeta struct {
 	ContainerConcurrency int
 	Async                bool
 	MinScale             int
+	// Policy is the async policy, defaults filled; DefaultAsyncPolicy when PolicyErr is set.
+	Policy AsyncPolicy
+	// PolicyErr, when set, is why the metadata's async policy could not be read.
+	PolicyErr error
 }
 
 // Health is an endpoint's EDS health status as the data plane uses it.
@@ -241,13 +231,13 @@ func decodeCluster(c *clusterv3.Cluster) (*Cluster, error) {
 			if out.HealthCheck.Unhealthy == 0 {
 				out.HealthCheck.Unhealthy = 1
 			}
-		} else if ch := hc.GetCustomHealthCheck(); ch != nil && ch.GetName() != "envoy.health_checkers.redis" {
+		} else if ch := hc.GetCustomHealthCheck(); ch != nil && ch.GetName() != contract.RedisHealthCheckerName {
 			return nil, fmt.Errorf("%s: custom health checker %q is not supported; use http_health_check", where, ch.GetName())
 		}
 	}
 	for key, anyMsg := range c.GetTypedExtensionProtocolOptions() {
 		switch key {
-		case httpProtocolOptionsKey:
+		case contract.HTTPProtocolOptionsKey:
 			var po httpupv3.HttpProtocolOptions
 			if err := anyMsg.UnmarshalTo(&po); err != nil {
 				return nil, fmt.Errorf("%s: decoding %s: %w", where, key, err)
@@ -261,7 +251,7 @@ func decodeCluster(c *clusterv3.Cluster) (*Cluster, error) {
 			}
 			out.IdleTimeout = dur(cp.GetIdleTimeout())
 			out.MaxRequestsPerConn = cp.GetMaxRequestsPerConnection().GetValue()
-		case redisProtocolOptionsKey:
+		case contract.RedisProtocolOptionsKey:
 			var ro redisv3.RedisProtocolOptions
 			if err := anyMsg.UnmarshalTo(&ro); err != nil {
 				return nil, fmt.Errorf("%s: decoding %s: %w", where, key, err)
@@ -271,22 +261,26 @@ func decodeCluster(c *clusterv3.Cluster) (*Cluster, error) {
 		}
 	}
 	md := c.GetMetadata().GetFilterMetadata()
-	if s, ok := md[FunctionMetadataKey]; ok {
-		fm, err := decodeFunctionMeta(s)
+	if s, ok := md[contract.FunctionMetadataKey]; ok {
+		fm, err := DecodeFunctionMeta(s)
 		if err != nil {
-			return nil, fmt.Errorf("%s: metadata %s: %w", where, FunctionMetadataKey, err)
+			return nil, fmt.Errorf("%s: metadata %s: %w", where, contract.FunctionMetadataKey, err)
 		}
 		out.Function = fm
 	}
-	if s, ok := md[QueueMetadataKey]; ok {
-		f := s.GetFields()
-		out.Queue = &QueueMeta{URL: f["url"].GetStringValue(), Token: f["token"].GetStringValue()}
-		if out.Queue.URL == "" {
-			return nil, fmt.Errorf("%s: metadata %s has no url", where, QueueMetadataKey)
+	if s, ok := md[contract.QueueMetadataKey]; ok {
+		q, err := contract.DecodeQueueMeta(s)
+		if err != nil {
+			return nil, fmt.Errorf("%s: metadata %s: %w", where, contract.QueueMetadataKey, err)
 		}
+		out.Queue = &q
 	}
-	if s, ok := md[UnresolvedMetadataKey]; ok {
-		out.Unresolved = s.GetFields()["reason"].GetStringValue()
+	if s, ok := md[contract.UnresolvedMetadataKey]; ok {
+		u, err := contract.DecodeUnresolvedMeta(s)
+		if err != nil {
+			return nil, fmt.Errorf("%s: metadata %s: %w", where, contract.UnresolvedMetadataKey, err)
+		}
+		out.Unresolved = u.Reason
 		if out.Unresolved == "" {
 			out.Unresolved = "destination " + c.GetName() + " could not be resolved"
 		}
@@ -300,27 +294,29 @@ func setU32(dst *uint32, v *wrapperspb.UInt32Value) {
 	}
 }
 
-func decodeFunctionMeta(s *structpb.Struct) (*FunctionMeta, error) {
-	f := s.GetFields()
-	fm := &FunctionMeta{
-		Namespace:            f["namespace"].GetStringValue(),
-		Name:                 f["name"].GetStringValue(),
-		MaxPending:           int(f["maxPending"].GetNumberValue()),
-		ContainerConcurrency: int(f["containerConcurrency"].GetNumberValue()),
-		Async:                asyncEnabled(f["async"]),
-		MinScale:             int(f["minScale"].GetNumberValue()),
+// DecodeFunctionMeta reads weft.dev/function. A malformed async policy does not refuse the
+// cluster: the function still takes synchronous calls, its Policy is DefaultAsyncPolicy
+// and PolicyErr says why.
+func DecodeFunctionMeta(s *structpb.Struct) (*FunctionMeta, error) {
+	m, err := contract.DecodeFunctionMeta(s)
+	policy := asyncPolicy(m)
+	switch {
+	case errors.Is(err, contract.ErrAsyncPolicy):
+		policy = DefaultAsyncPolicy()
+	case err != nil:
+		return nil, err
 	}
-	if ht := f["holdTimeout"].GetStringValue(); ht != "" {
-		d, err := time.ParseDuration(ht)
-		if err != nil {
-			return nil, fmt.Errorf("holdTimeout %q: %w", ht, err)
-		}
-		fm.HoldTimeout = d
-	}
-	if fm.Name == "" {
-		return nil, fmt.Errorf("name is empty")
-	}
-	return fm, nil
+	return &FunctionMeta{
+		Namespace:            m.Namespace,
+		Name:                 m.Name,
+		HoldTimeout:          m.HoldTimeout,
+		MaxPending:           int(m.MaxPending),
+		ContainerConcurrency: int(m.ContainerConcurrency),
+		Async:                m.Async.Enabled,
+		MinScale:             int(m.MinScale),
+		Policy:               policy,
+		PolicyErr:            err,
+	}, nil
 }
 
 func decodeEndpoints(cla *endpointv3.ClusterLoadAssignment, where string) ([]Endpoint, error) {
@@ -372,13 +368,4 @@ func decodeEndpoints(cla *endpointv3.ClusterLoadAssignment, where string) ([]End
 		}
 	}
 	return out, nil
-}
-
-// asyncEnabled reads "async" in either contract form: a bool, or the policy struct whose
-// "enabled" says it (sidecar/async decodes the rest of the policy itself).
-func asyncEnabled(v *structpb.Value) bool {
-	if st := v.GetStructValue(); st != nil {
-		return st.GetFields()["enabled"].GetBoolValue()
-	}
-	return v.GetBoolValue()
 }

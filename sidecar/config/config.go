@@ -8,7 +8,6 @@
 package config
 
 import (
-	"github.com/weftmesh/weft/sidecar/redisproxy"
 	"regexp"
 	"time"
 
@@ -34,10 +33,10 @@ type Config struct {
 }
 
 // RedisListener is a listener whose filter is envoy.filters.network.redis_proxy, with the
-// clusters and endpoints it references, and the pool decoded by sidecar/redisproxy.
+// clusters and endpoints it references, and the pool decoded for sidecar/redisproxy.
 type RedisListener struct {
 	// Decoded is the pool as the redis proxy serves it (set when the config is complete).
-	Decoded redisproxy.Config
+	Decoded RedisConfig
 	// Err, when set, is why the pool cannot be served as these resources describe it, and
 	// Decoded is empty. The xDS client then keeps the listener's last good version, as
 	// Envoy keeps a listener whose update it rejected; a static config fails to load.

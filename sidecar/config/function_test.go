@@ -27,7 +27,7 @@ func TestFunctionMetaReadsBothAsyncForms(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			fm, err := decodeFunctionMeta(s)
+			fm, err := DecodeFunctionMeta(s)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -6,11 +6,13 @@ import (
 
 	connlimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/connection_limit/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+
+	"github.com/weftmesh/weft/contract"
 )
 
 // ConnectionLimitFilterName is Envoy's network filter that caps a listener's connections;
 // the sidecar accepts it before the HTTP connection manager.
-const ConnectionLimitFilterName = "envoy.filters.network.connection_limit"
+const ConnectionLimitFilterName = contract.ConnectionLimitFilterName
 
 // HTTPLimits bound what one downstream connection of an HTTP listener may cost: how much
 // of a request head it may make the sidecar buffer, how long it may take, and how many

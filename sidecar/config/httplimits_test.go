@@ -15,6 +15,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/weftmesh/weft/contract"
 )
 
 func limitsListener(edit func(*hcmv3.HttpConnectionManager), connLimit proto.Message) *listenerv3.Listener {
@@ -29,7 +31,7 @@ func limitsListener(edit func(*hcmv3.HttpConnectionManager), connLimit proto.Mes
 	hcm := &hcmv3.HttpConnectionManager{StatPrefix: "l",
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{RouteConfigName: "r",
 			ConfigSource: &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}}},
-		HttpFilters: []*hcmv3.HttpFilter{{Name: routerFilterName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}}}}
+		HttpFilters: []*hcmv3.HttpFilter{{Name: contract.RouterFilterName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}}}}
 	if edit != nil {
 		edit(hcm)
 	}
@@ -37,7 +39,7 @@ func limitsListener(edit func(*hcmv3.HttpConnectionManager), connLimit proto.Mes
 	if connLimit != nil {
 		filters = append(filters, &listenerv3.Filter{Name: ConnectionLimitFilterName, ConfigType: pack(connLimit)})
 	}
-	filters = append(filters, &listenerv3.Filter{Name: HCMFilterName, ConfigType: pack(hcm)})
+	filters = append(filters, &listenerv3.Filter{Name: contract.HCMFilterName, ConfigType: pack(hcm)})
 	return &listenerv3.Listener{Name: "l", Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
 		Address: "127.0.0.1", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 15001}}}},
 		FilterChains: []*listenerv3.FilterChain{{Filters: filters}}}

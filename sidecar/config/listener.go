@@ -14,13 +14,8 @@ import (
 	// The router's typed config must resolve when static configs and /config_dump pass
 	// through protojson.
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
-)
 
-// Filter names the sidecar understands.
-const (
-	HCMFilterName    = "envoy.filters.network.http_connection_manager"
-	RedisFilterName  = "envoy.filters.network.redis_proxy"
-	routerFilterName = "envoy.filters.http.router"
+	"github.com/weftmesh/weft/contract"
 )
 
 // ListenerInfo is what the xDS client needs to know about a validated listener: which
@@ -59,7 +54,7 @@ func DecodeListener(l *listenerv3.Listener) (*ListenerInfo, error) {
 	}
 	filters := fc.GetFilters()
 	info.Limits = DefaultHTTPLimits()
-	if len(filters) == 2 && filters[0].GetName() == ConnectionLimitFilterName && filters[1].GetName() == HCMFilterName {
+	if len(filters) == 2 && filters[0].GetName() == ConnectionLimitFilterName && filters[1].GetName() == contract.HCMFilterName {
 		var cl connlimitv3.ConnectionLimit
 		if err := filters[0].GetTypedConfig().UnmarshalTo(&cl); err != nil {
 			return nil, fmt.Errorf("%s: decoding connection_limit: %w", where, err)
@@ -71,11 +66,11 @@ func DecodeListener(l *listenerv3.Listener) (*ListenerInfo, error) {
 	}
 	if len(filters) != 1 {
 		return nil, fmt.Errorf("%s: filter chain has %d filters; one network filter is supported (%s may come before %s)",
-			where, len(fc.GetFilters()), ConnectionLimitFilterName, HCMFilterName)
+			where, len(fc.GetFilters()), ConnectionLimitFilterName, contract.HCMFilterName)
 	}
 	f := filters[0]
 	switch f.GetName() {
-	case HCMFilterName:
+	case contract.HCMFilterName:
 		var hcm hcmv3.HttpConnectionManager
 		if err := f.GetTypedConfig().UnmarshalTo(&hcm); err != nil {
 			return nil, fmt.Errorf("%s: decoding http_connection_manager: %w", where, err)
@@ -83,7 +78,7 @@ func DecodeListener(l *listenerv3.Listener) (*ListenerInfo, error) {
 		if err := decodeHCM(&hcm, info, where); err != nil {
 			return nil, err
 		}
-	case RedisFilterName:
+	case contract.RedisFilterName:
 		var rp redisv3.RedisProxy
 		if err := f.GetTypedConfig().UnmarshalTo(&rp); err != nil {
 			return nil, fmt.Errorf("%s: decoding redis_proxy: %w", where, err)
@@ -91,7 +86,7 @@ func DecodeListener(l *listenerv3.Listener) (*ListenerInfo, error) {
 		info.Redis = l
 		info.RedisClusters = redisClusters(&rp)
 	default:
-		return nil, fmt.Errorf("%s: network filter %q is not supported; use %s or %s", where, f.GetName(), HCMFilterName, RedisFilterName)
+		return nil, fmt.Errorf("%s: network filter %q is not supported; use %s or %s", where, f.GetName(), contract.HCMFilterName, contract.RedisFilterName)
 	}
 	return info, nil
 }
@@ -129,8 +124,8 @@ func decodeHCM(h *hcmv3.HttpConnectionManager, info *ListenerInfo, where string)
 		return fmt.Errorf("%s: needs rds or route_config", where)
 	}
 	fs := h.GetHttpFilters()
-	if len(fs) == 0 || fs[len(fs)-1].GetName() != routerFilterName {
-		return fmt.Errorf("%s: the last http filter must be %s", where, routerFilterName)
+	if len(fs) == 0 || fs[len(fs)-1].GetName() != contract.RouterFilterName {
+		return fmt.Errorf("%s: the last http filter must be %s", where, contract.RouterFilterName)
 	}
 	seen := map[string]bool{}
 	for i, f := range fs {
@@ -139,11 +134,11 @@ func decodeHCM(h *hcmv3.HttpConnectionManager, info *ListenerInfo, where string)
 		}
 		seen[f.GetName()] = true
 		switch f.GetName() {
-		case routerFilterName:
+		case contract.RouterFilterName:
 			if i != len(fs)-1 {
-				return fmt.Errorf("%s: %s must be the last http filter", where, routerFilterName)
+				return fmt.Errorf("%s: %s must be the last http filter", where, contract.RouterFilterName)
 			}
-		case faultFilterName:
+		case contract.FaultFilterName:
 			if tc := f.GetTypedConfig(); tc != nil {
 				var hf faultv3.HTTPFault
 				if err := tc.UnmarshalTo(&hf); err != nil {

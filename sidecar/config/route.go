@@ -11,9 +11,9 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
-)
 
-const faultFilterName = "envoy.filters.http.fault"
+	"github.com/weftmesh/weft/contract"
+)
 
 // DecodeRouteConfig validates a RouteConfiguration and prepares its virtual-host lookup.
 func DecodeRouteConfig(rc *routev3.RouteConfiguration) (*RouteTable, error) {
@@ -117,7 +117,7 @@ func decodeRoute(r *routev3.Route, where string) (*Route, error) {
 	out.RequestHeadersToRemove = canonicalAll(r.GetRequestHeadersToRemove())
 	out.ResponseHeadersToRemove = canonicalAll(r.GetResponseHeadersToRemove())
 	for name, anyCfg := range r.GetTypedPerFilterConfig() {
-		if name != faultFilterName {
+		if name != contract.FaultFilterName {
 			return nil, fmt.Errorf("%s: typed_per_filter_config %q is not supported", where, name)
 		}
 		var f faultv3.HTTPFault

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+
+	"github.com/weftmesh/weft/contract"
 )
 
 func decodeRouteAction(a *routev3.RouteAction, out *Route, where string) error {
@@ -154,8 +156,8 @@ func decodeRetry(rp *routev3.RetryPolicy, where string) (*RetryPolicy, error) {
 		p.MaxInterval = 10 * p.BaseInterval
 	}
 	for _, hp := range rp.GetRetryHostPredicate() {
-		if hp.GetName() != "envoy.retry_host_predicates.previous_hosts" {
-			return nil, fmt.Errorf("%s: retry_host_predicate %q is not supported; use envoy.retry_host_predicates.previous_hosts", where, hp.GetName())
+		if hp.GetName() != contract.PreviousHostsPredicate {
+			return nil, fmt.Errorf("%s: retry_host_predicate %q is not supported; use %s", where, hp.GetName(), contract.PreviousHostsPredicate)
 		}
 		p.PreviousHosts = true
 	}

@@ -19,6 +19,7 @@ import (
 
 	"k8s.io/utils/clock"
 
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/config"
 	"github.com/weftmesh/weft/sidecar/upstream"
 )
@@ -55,10 +56,6 @@ type Proxy struct {
 	listeners map[string]*Listener
 	draining  bool
 }
-
-// InboundListener is the name of the listener that takes calls for the pod's own app
-// (docs/xds-contract.md).
-const InboundListener = "inbound_http"
 
 // New returns a proxy with no listeners; they start on the first Apply.
 func New(opts Options) *Proxy {
@@ -176,7 +173,7 @@ func (p *Proxy) start(hl *config.HTTPListener) (*Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listener %s: binding %s: %w", hl.Name, addr, err)
 	}
-	l := &Listener{Name: hl.Name, inbound: hl.Name == InboundListener, proxy: p, addr: ln.Addr(), cfgAddr: hl.Address, ln: ln, conns: map[net.Conn]*connState{}}
+	l := &Listener{Name: hl.Name, inbound: hl.Name == contract.InboundListenerName, proxy: p, addr: ln.Addr(), cfgAddr: hl.Address, ln: ln, conns: map[net.Conn]*connState{}}
 	l.idleCond = sync.NewCond(&l.mu)
 	l.setLimits(hl.Limits)
 	l.h2 = newH2Server(l, ln.Addr(), l.lim)

@@ -126,7 +126,7 @@ func (p *Proxy) newClient(c net.Conn) *client {
 		_ = tc.SetNoDelay(true)
 	}
 	cl := &client{p: p, c: c, w: connio.NewWriter(c), id: p.nextID.Add(1), drained: make(chan struct{}, 1), slots: make(chan struct{}, maxInflight)}
-	cl.limit = p.snap.Load().cfg.clientOutputLimit()
+	cl.limit = clientOutputLimit(&p.snap.Load().cfg)
 	cl.rd = resp.NewReader(nil)
 	return cl
 }

@@ -1,61 +1,30 @@
 package redisproxy
 
-import (
-	"errors"
-	"fmt"
-	"time"
+import "github.com/weftmesh/weft/sidecar/config"
 
-	"github.com/weftmesh/weft/sidecar/redisproxy/ring"
+// The proxy's configuration is decoded and validated by sidecar/config (from xDS, or built
+// by tests and a static main); these names keep the proxy's code reading as before.
+type (
+	// Config is everything the proxy needs.
+	Config = config.RedisConfig
+	// Route sends keys by prefix to a pool.
+	Route = config.RedisRoute
+	// Pool is one set of sharded servers.
+	Pool = config.RedisPool
+	// Server is a Redis server in a pool.
+	Server = config.RedisServer
+	// HealthCheck configures active PING probes.
+	HealthCheck = config.RedisHealthCheck
+	// EjectMode says what happens to the keys of a server that is down.
+	EjectMode = config.EjectMode
 )
 
-// EjectMode says what happens to the keys of a server that is down.
-type EjectMode string
-
+// Eject modes (see config.EjectMode).
 const (
-	// EjectNone keeps the server in the ring and lets requests fail as they
-	// do (twemproxy auto_eject_hosts: false).
-	EjectNone EjectMode = ""
-	// EjectRemap rebuilds the ring from live servers, moving the dead
-	// server's keys to the others (twemproxy auto_eject_hosts: true).
-	EjectRemap EjectMode = "remap"
-	// EjectFail keeps the ring intact and answers -ERR for the dead server's
-	// keys, so no key ever moves (for Redis used as a store).
-	EjectFail EjectMode = "fail"
+	EjectNone  = config.EjectNone
+	EjectRemap = config.EjectRemap
+	EjectFail  = config.EjectFail
 )
-
-// Config is everything the proxy needs; it is a plain value so it can be
-// built by tests, by ConfigFromXDS, or by a static main.
-type Config struct {
-	// Listen is the client address from the xDS listener (informational: the
-	// caller binds it and passes the listener to Serve).
-	Listen string
-	// StatPrefix is the xDS stat_prefix, for the caller's metric labels.
-	StatPrefix string
-	// OpTimeout bounds how long a server may take to answer (0: no limit).
-	OpTimeout time.Duration
-	// DownstreamPasswords, when non-empty, makes clients AUTH first; any of
-	// them is accepted. DownstreamUsername, when set, must accompany it.
-	DownstreamPasswords []string
-	DownstreamUsername  string
-	// Routes send keys by longest prefix to a pool; CatchAll takes the rest.
-	Routes   []Route
-	CatchAll string
-	// RoutesCaseInsensitive matches route prefixes ignoring ASCII case.
-	RoutesCaseInsensitive bool
-	// Pools by name (the xDS cluster name).
-	Pools map[string]Pool
-	// ConnsPerServer is how many pipelined connections each server gets
-	// (default 1, as twemproxy's server_connections).
-	ConnsPerServer int
-	// ClientOutputLimit bounds the bytes the proxy holds for one client:
-	// replies it has not read yet plus a small cost per queued command
-	// (0: DefaultClientOutputLimit). A client that gets another reply while
-	// it holds more is closed, as Redis closes one past its
-	// client-output-buffer-limit; others are unaffected. One reply larger
-	// than the limit is still served. A client keeps the limit in force
-	// when it connected.
-	ClientOutputLimit int64
-}
 
 // DefaultClientOutputLimit is ClientOutputLimit when unset: 64 MiB, room for
 // the replies of a 100,000-command pipeline.
@@ -63,155 +32,9 @@ type Config struct {
 // 256 MiB and 32 MiB.)
 const DefaultClientOutputLimit = 64 << 20
 
-func (c *Config) clientOutputLimit() int64 {
+func clientOutputLimit(c *Config) int64 {
 	if c.ClientOutputLimit <= 0 {
 		return DefaultClientOutputLimit
 	}
 	return c.ClientOutputLimit
-}
-
-// Route sends keys starting with Prefix to Pool, optionally stripping it.
-type Route struct {
-	Prefix       string
-	RemovePrefix bool
-	Pool         string
-}
-
-// Pool is one set of sharded servers.
-type Pool struct {
-	Distribution ring.Distribution
-	Hash         string
-	HashTag      string
-	Servers      []Server
-	// UpstreamUsername/UpstreamPassword are sent as AUTH on every new server
-	// connection (empty password: no AUTH).
-	UpstreamUsername string
-	UpstreamPassword string
-	EjectMode        EjectMode
-	// FailureLimit consecutive failures eject a server (0: never).
-	FailureLimit int
-	// RetryTimeout is how long an ejected server waits before it is probed.
-	RetryTimeout time.Duration
-	// HealthCheck, when set, PINGs every server at an interval.
-	HealthCheck *HealthCheck
-}
-
-// Server is a Redis server in a pool.
-type Server struct {
-	Name   string // stable ring name
-	Addr   string // host:port
-	Weight uint32
-}
-
-// HealthCheck configures active PING probes.
-type HealthCheck struct {
-	Interval           time.Duration
-	Timeout            time.Duration
-	HealthyThreshold   int
-	UnhealthyThreshold int
-}
-
-// Validate reports configuration that cannot work, naming what to fix.
-func (c *Config) Validate() error {
-	if len(c.Pools) == 0 {
-		return errors.New("redis proxy config has no pools: add at least one server pool")
-	}
-	if len(c.Routes) == 0 && c.CatchAll == "" {
-		return errors.New("redis proxy config has neither routes nor a catch-all pool")
-	}
-	check := func(p string) error {
-		if _, ok := c.Pools[p]; !ok {
-			return fmt.Errorf("route refers to pool %q, which is not configured", p)
-		}
-		return nil
-	}
-	if c.CatchAll != "" {
-		if err := check(c.CatchAll); err != nil {
-			return err
-		}
-	}
-	for _, r := range c.Routes {
-		if err := check(r.Pool); err != nil {
-			return err
-		}
-	}
-	if c.DownstreamUsername != "" && len(c.DownstreamPasswords) == 0 {
-		return errors.New("downstream username is set but no downstream password: set a password or drop the username")
-	}
-	for name, p := range c.Pools {
-		// A pool may have no servers: one discovered from a Service whose pods are not
-		// ready yet. Its commands get -ERR until servers arrive; failing the whole config
-		// instead would hold back every other update to the sidecar.
-		switch p.EjectMode {
-		case EjectNone, EjectRemap, EjectFail:
-		default:
-			return fmt.Errorf("pool %q: eject mode %q: use remap or fail", name, p.EjectMode)
-		}
-		seen := map[string]bool{}
-		for _, s := range p.Servers {
-			if seen[s.Name] {
-				return fmt.Errorf("pool %q: ring name %q is used twice; ring names must be unique", name, s.Name)
-			}
-			seen[s.Name] = true
-			if s.Addr == "" {
-				return fmt.Errorf("pool %q: server %q has no address", name, s.Name)
-			}
-		}
-		if _, err := ring.New(ringOptions(p), ringServers(p), nil, func() uint32 { return 0 }); err != nil {
-			return fmt.Errorf("pool %q: %w", name, err)
-		}
-	}
-	return nil
-}
-
-func ringOptions(p Pool) ring.Options {
-	return ring.Options{Distribution: p.Distribution, Hash: p.Hash, HashTag: p.HashTag}
-}
-
-func ringServers(p Pool) []ring.Server {
-	out := make([]ring.Server, len(p.Servers))
-	for i, s := range p.Servers {
-		w := s.Weight
-		if w == 0 {
-			w = 1
-		}
-		out[i] = ring.Server{Name: s.Name, Weight: w}
-	}
-	return out
-}
-
-const redacted = "[redacted]"
-
-// Redacted returns a copy with every password replaced, for config dumps and
-// logs: secrets never leave the proxy.
-func (c Config) Redacted() Config {
-	out := c
-	out.DownstreamPasswords = make([]string, len(c.DownstreamPasswords))
-	for i := range out.DownstreamPasswords {
-		out.DownstreamPasswords[i] = redacted
-	}
-	out.Pools = make(map[string]Pool, len(c.Pools))
-	for n, p := range c.Pools {
-		out.Pools[n] = p.redacted()
-	}
-	return out
-}
-
-func (p Pool) redacted() Pool {
-	if p.UpstreamPassword != "" {
-		p.UpstreamPassword = redacted
-	}
-	return p
-}
-
-// String prints the config with passwords redacted, so %v is safe to log.
-func (c Config) String() string {
-	type plain Config // no String method: avoids recursion
-	return fmt.Sprintf("%+v", plain(c.Redacted()))
-}
-
-// String prints the pool with its upstream password redacted.
-func (p Pool) String() string {
-	type plain Pool
-	return fmt.Sprintf("%+v", plain(p.redacted()))
 }

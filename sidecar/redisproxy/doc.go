@@ -2,8 +2,8 @@
 // RESP2 to clients, places every key on a server exactly as twemproxy 0.5.0
 // would (package ring, verified against nutcracker), splits multi-key
 // commands per server and merges the replies, and multiplexes all clients
-// over a few pipelined connections per server. Its Config comes from xDS
-// (ConfigFromXDS, see docs/xds-contract.md) and can be swapped at run time
+// over a few pipelined connections per server. Its Config is decoded from xDS
+// by sidecar/config (RedisConfigFromXDS, docs/xds-contract.md) and can be swapped at run time
 // with Update without dropping client connections.
 //
 // Data path. Each client has a reader goroutine that parses commands, routes

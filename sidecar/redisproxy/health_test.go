@@ -23,7 +23,7 @@ func metrics(t *testing.T, p *Proxy) string {
 // keyOn returns a key the pool's full ring places on server idx.
 func keyOn(t *testing.T, cfg Config, idx int, prefix string) string {
 	pl := cfg.Pools[cfg.CatchAll]
-	r, _ := ring.New(ringOptions(pl), ringServers(pl), nil, nil)
+	r, _ := ring.New(pl.RingOptions(), pl.RingServers(), nil, nil)
 	for i := range 10000 {
 		k := prefix + ":" + string(rune('a'+i%26)) + string(rune('a'+i/26%26)) + string(rune('a'+i/676))
 		if r.Pick([]byte(k)) == idx {

@@ -64,7 +64,7 @@ func TestInlineQuotedKeyRoutesLikeRESP(t *testing.T) {
 	cfg := poolOf(shards)
 	_, addr := startProxy(t, cfg)
 	pl := cfg.Pools[cfg.CatchAll]
-	r, _ := ring.New(ringOptions(pl), ringServers(pl), nil, nil)
+	r, _ := ring.New(pl.RingOptions(), pl.RingServers(), nil, nil)
 	// A key whose shard differs from the shard of its first space-split
 	// word, so routing on the wrong parse is seen.
 	key := ""

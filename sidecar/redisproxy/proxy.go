@@ -150,7 +150,7 @@ func (pl *pool) rebuild() {
 			live[i] = !u.down.Load()
 		}
 	}
-	r, err := ring.New(ringOptions(pl.cfg), ringServers(pl.cfg), live, rand.Uint32)
+	r, err := ring.New(pl.cfg.RingOptions(), pl.cfg.RingServers(), live, rand.Uint32)
 	if err != nil {
 		return // validated before; cannot happen
 	}

@@ -78,7 +78,7 @@ func TestPlacementOnRealShards(t *testing.T) {
 	_, addr := startProxy(t, cfg)
 	c := redistest.Dial(t, addr)
 	pl := cfg.Pools[cfg.CatchAll]
-	r, _ := ring.New(ringOptions(pl), ringServers(pl), nil, nil)
+	r, _ := ring.New(pl.RingOptions(), pl.RingServers(), nil, nil)
 	direct := make([]*redistest.Client, 3)
 	for i, s := range shards {
 		direct[i] = redistest.Dial(t, s.Addr)

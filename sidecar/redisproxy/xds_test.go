@@ -19,6 +19,8 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/sidecar/config"
 	"github.com/weftmesh/weft/sidecar/redisproxy/redistest"
 	"github.com/weftmesh/weft/sidecar/redisproxy/ring"
 )
@@ -60,15 +62,15 @@ func newFixture(addrs ...string) *xdsFixture {
 		"ejectMode": "fail", "failureLimit": 3, "retryTimeout": "5s"})
 	cl := &clusterv3.Cluster{
 		Name:     poolName,
-		Metadata: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{MetadataKey: md}},
+		Metadata: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{contract.RedisMetadataKey: md}},
 		HealthChecks: []*corev3.HealthCheck{{
 			Interval: durationpb.New(2 * time.Second), Timeout: durationpb.New(time.Second),
 			HealthyThreshold: wrapperspb.UInt32(2), UnhealthyThreshold: wrapperspb.UInt32(3),
 			HealthChecker: &corev3.HealthCheck_CustomHealthCheck_{CustomHealthCheck: &corev3.HealthCheck_CustomHealthCheck{
-				Name: HealthCheckerName, ConfigType: &corev3.HealthCheck_CustomHealthCheck_TypedConfig{TypedConfig: mustAny(nil, &hcredisv3.Redis{})}}},
+				Name: contract.RedisHealthCheckerName, ConfigType: &corev3.HealthCheck_CustomHealthCheck_TypedConfig{TypedConfig: mustAny(nil, &hcredisv3.Redis{})}}},
 		}},
 	}
-	cl.TypedExtensionProtocolOptions = map[string]*anypb.Any{FilterName: mustAny(nil, &redisv3.RedisProtocolOptions{AuthPassword: inline("up"), AuthUsername: inline("proxy")})}
+	cl.TypedExtensionProtocolOptions = map[string]*anypb.Any{contract.RedisFilterName: mustAny(nil, &redisv3.RedisProtocolOptions{AuthPassword: inline("up"), AuthUsername: inline("proxy")})}
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: poolName, Endpoints: []*endpointv3.LocalityLbEndpoints{{}}}
 	for i, a := range addrs {
 		host, port, _ := strings.Cut(a, ":")
@@ -93,9 +95,9 @@ func (f *xdsFixture) decode(t testing.TB) (Config, error) {
 		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
 			Address: "127.0.0.1", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 6379}}}},
 		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
-			Name: FilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(t, f.rp)}}}}},
+			Name: contract.RedisFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(t, f.rp)}}}}},
 	}
-	return ConfigFromXDS(l, map[string]*clusterv3.Cluster{poolName: f.cl}, map[string]*endpointv3.ClusterLoadAssignment{poolName: f.cla})
+	return config.RedisConfigFromXDS(l, map[string]*clusterv3.Cluster{poolName: f.cl}, map[string]*endpointv3.ClusterLoadAssignment{poolName: f.cla})
 }
 
 func TestConfigFromXDS(t *testing.T) {
@@ -150,7 +152,7 @@ func TestConfigFromXDSRefuses(t *testing.T) {
 			f.rp.PrefixRoutes.Routes[0].RequestMirrorPolicy = []*redisv3.RedisProxy_PrefixRoutes_Route_RequestMirrorPolicy{{Cluster: "x"}}
 		}},
 		{"credentials", func(f *xdsFixture) {
-			f.cl.TypedExtensionProtocolOptions[FilterName] = mustAny(nil, &redisv3.RedisProtocolOptions{Credentials: []*redisv3.RedisProtocolOptions_Credential{{}}})
+			f.cl.TypedExtensionProtocolOptions[contract.RedisFilterName] = mustAny(nil, &redisv3.RedisProtocolOptions{Credentials: []*redisv3.RedisProtocolOptions_Credential{{}}})
 		}},
 		{"only inline", func(f *xdsFixture) {
 			f.rp.DownstreamAuthPasswords = []*corev3.DataSource{{Specifier: &corev3.DataSource_Filename{Filename: "/etc/pw"}}}
@@ -159,13 +161,13 @@ func TestConfigFromXDSRefuses(t *testing.T) {
 			f.cl.HealthChecks[0].GetCustomHealthCheck().ConfigType = &corev3.HealthCheck_CustomHealthCheck_TypedConfig{TypedConfig: mustAny(nil, &hcredisv3.Redis{Key: "maint"})}
 		}},
 		{"unknown key \"shards\"", func(f *xdsFixture) {
-			f.cl.Metadata.FilterMetadata[MetadataKey].Fields["shards"] = structpb.NewNumberValue(3)
+			f.cl.Metadata.FilterMetadata[contract.RedisMetadataKey].Fields["shards"] = structpb.NewNumberValue(3)
 		}},
 		{"unknown hash", func(f *xdsFixture) {
-			f.cl.Metadata.FilterMetadata[MetadataKey].Fields["hash"] = structpb.NewStringValue("sha1")
+			f.cl.Metadata.FilterMetadata[contract.RedisMetadataKey].Fields["hash"] = structpb.NewStringValue("sha1")
 		}},
 		{"eject mode", func(f *xdsFixture) {
-			f.cl.Metadata.FilterMetadata[MetadataKey].Fields["ejectMode"] = structpb.NewStringValue("drop")
+			f.cl.Metadata.FilterMetadata[contract.RedisMetadataKey].Fields["ejectMode"] = structpb.NewStringValue("drop")
 		}},
 		{"weight 0", func(f *xdsFixture) { f.cla.Endpoints[0].LbEndpoints[0].LoadBalancingWeight = wrapperspb.UInt32(0) }},
 		{"missing from EDS", func(f *xdsFixture) { f.cla = nil }},

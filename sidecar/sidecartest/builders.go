@@ -1,7 +1,6 @@
 package sidecartest
 
 import (
-	"fmt"
 	"net"
 	"strconv"
 	"time"
@@ -19,13 +18,15 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/weftmesh/weft/contract"
 )
 
-// Names from docs/xds-contract.md.
+// Names of the contract, repeated here so tests read st.OutboundListenerName.
 const (
-	OutboundListenerName = "outbound_http"
-	InboundListenerName  = "inbound_http"
-	OutboundRouteName    = "outbound_http"
+	OutboundListenerName = contract.OutboundListenerName
+	InboundListenerName  = contract.InboundListenerName
+	OutboundRouteName    = contract.OutboundRouteName
 )
 
 func mustAny(m proto.Message) *anypb.Any {
@@ -49,27 +50,27 @@ func ads() *corev3.ConfigSource {
 func hcmListener(name, addr string, port uint32, hcm *hcmv3.HttpConnectionManager) *listenerv3.Listener {
 	return &listenerv3.Listener{Name: name, Address: socket(addr, port),
 		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
-			Name: "envoy.filters.network.http_connection_manager", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)}}}}}}
+			Name: contract.HCMFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)}}}}}}
 }
 
 func router() *hcmv3.HttpFilter {
-	return &hcmv3.HttpFilter{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})}}
+	return &hcmv3.HttpFilter{Name: contract.RouterFilterName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})}}
 }
 
 // OutboundListener is the outbound_http listener on 127.0.0.1:15001 with RDS over ADS.
 func OutboundListener() *listenerv3.Listener {
-	return hcmListener(OutboundListenerName, "127.0.0.1", 15001, &hcmv3.HttpConnectionManager{
-		StatPrefix: "outbound_http", CodecType: hcmv3.HttpConnectionManager_AUTO,
+	return hcmListener(OutboundListenerName, contract.OutboundAddress, contract.OutboundPort, &hcmv3.HttpConnectionManager{
+		StatPrefix: contract.OutboundListenerName, CodecType: hcmv3.HttpConnectionManager_AUTO,
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{ConfigSource: ads(), RouteConfigName: OutboundRouteName}},
 		HttpFilters: []*hcmv3.HttpFilter{
-			{Name: "envoy.filters.http.fault", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&faultv3.HTTPFault{})}},
+			{Name: contract.FaultFilterName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&faultv3.HTTPFault{})}},
 			router(),
 		}})
 }
 
 // InboundCluster is the static inbound|<appPort> cluster to 127.0.0.1:<appPort>.
 func InboundCluster(appPort uint32) *clusterv3.Cluster {
-	name := fmt.Sprintf("inbound|%d", appPort)
+	name := contract.InboundClusterName(appPort)
 	return &clusterv3.Cluster{Name: name, ConnectTimeout: durationpb.New(time.Second),
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
 		LoadAssignment:       Endpoints(name, Endpoint{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(int(appPort)))})}
@@ -77,11 +78,11 @@ func InboundCluster(appPort uint32) *clusterv3.Cluster {
 
 // InboundListener is the inbound_http listener on 0.0.0.0:15006 forwarding to the app.
 func InboundListener(appPort uint32) *listenerv3.Listener {
-	rc := &routev3.RouteConfiguration{Name: "inbound", VirtualHosts: []*routev3.VirtualHost{{
-		Name: "inbound", Domains: []string{"*"},
-		Routes: []*routev3.Route{Route("inbound", Prefix("/"), To(fmt.Sprintf("inbound|%d", appPort)))}}}}
-	return hcmListener(InboundListenerName, "0.0.0.0", 15006, &hcmv3.HttpConnectionManager{
-		StatPrefix: "inbound_http", CodecType: hcmv3.HttpConnectionManager_AUTO,
+	rc := &routev3.RouteConfiguration{Name: contract.InboundRouteName, VirtualHosts: []*routev3.VirtualHost{{
+		Name: contract.InboundRouteName, Domains: []string{"*"},
+		Routes: []*routev3.Route{Route(contract.InboundRouteName, Prefix("/"), To(contract.InboundClusterName(appPort)))}}}}
+	return hcmListener(InboundListenerName, contract.InboundAddress, contract.InboundPort, &hcmv3.HttpConnectionManager{
+		StatPrefix: contract.InboundListenerName, CodecType: hcmv3.HttpConnectionManager_AUTO,
 		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: rc},
 		HttpFilters:    []*hcmv3.HttpFilter{router()}})
 }
@@ -94,7 +95,7 @@ func RedisListener(pool string) *listenerv3.Listener {
 		PrefixRoutes: &redisv3.RedisProxy_PrefixRoutes{CatchAllRoute: &redisv3.RedisProxy_PrefixRoutes_Route{Cluster: pool}}}
 	return &listenerv3.Listener{Name: pool, Address: socket("127.0.0.1", 6379),
 		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
-			Name: "envoy.filters.network.redis_proxy", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(rp)}}}}}}
+			Name: contract.RedisFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(rp)}}}}}}
 }
 
 // RouteConfig is the outbound_http route configuration.
@@ -117,7 +118,7 @@ func VirtualHost(owner, host, ns string, ports []int, routes ...*routev3.Route) 
 
 // OutboundClusterName is the contract's route-destination cluster name.
 func OutboundClusterName(port int, subset, svc, ns, routeNS, routeName string) string {
-	return fmt.Sprintf("outbound|%d|%s|%s.%s.svc.cluster.local|%s/%s", port, subset, svc, ns, routeNS, routeName)
+	return contract.ServiceClusterName(int32(port), subset, svc, ns, routeNS, routeName)
 }
 
 // ClusterOption edits a cluster.
@@ -138,9 +139,8 @@ func EDSCluster(name string, opts ...ClusterOption) *clusterv3.Cluster {
 // function|<ns>/<name> clusters.
 func FunctionMeta(ns, name string, holdTimeout time.Duration, maxPending int) ClusterOption {
 	return func(c *clusterv3.Cluster) {
-		s, _ := structpb.NewStruct(map[string]any{"namespace": ns, "name": name, "holdTimeout": holdTimeout.String(),
-			"maxPending": maxPending, "containerConcurrency": 0, "async": false, "minScale": 0})
-		c.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"weft.dev/function": s}}
+		m := contract.FunctionMeta{Namespace: ns, Name: name, HoldTimeout: holdTimeout, MaxPending: int32(maxPending)}
+		c.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{contract.FunctionMetadataKey: m.Encode()}}
 	}
 }
 

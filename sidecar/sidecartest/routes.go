@@ -7,6 +7,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/weftmesh/weft/contract"
 )
 
 // RouteOption edits a route.
@@ -68,7 +70,7 @@ func Timeout(d time.Duration) RouteOption {
 func Retries(on string, n int, perTry time.Duration) RouteOption {
 	return func(r *routev3.Route) {
 		p := &routev3.RetryPolicy{RetryOn: on, NumRetries: wrapperspb.UInt32(uint32(n)),
-			RetryHostPredicate:            []*routev3.RetryPolicy_RetryHostPredicate{{Name: "envoy.retry_host_predicates.previous_hosts"}},
+			RetryHostPredicate:            []*routev3.RetryPolicy_RetryHostPredicate{{Name: contract.PreviousHostsPredicate}},
 			HostSelectionRetryMaxAttempts: 3}
 		if perTry > 0 {
 			p.PerTryTimeout = durationpb.New(perTry)

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/internal/queue"
 )
 
@@ -147,11 +148,11 @@ spec:
 		if err != nil {
 			return err
 		}
-		info, err := st.Info(context.Background(), jetstream.WithSubjectFilter(queue.DeadSubject("default", "broken")))
+		info, err := st.Info(context.Background(), jetstream.WithSubjectFilter(contract.DeadSubject("default", "broken")))
 		if err != nil {
 			return err
 		}
-		if n := info.State.Subjects[queue.DeadSubject("default", "broken")]; n < 5 {
+		if n := info.State.Subjects[contract.DeadSubject("default", "broken")]; n < 5 {
 			return fmt.Errorf("%d dead letters", n)
 		}
 		return nil

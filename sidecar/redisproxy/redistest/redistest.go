@@ -6,9 +6,6 @@ package redistest
 import (
 	"bytes"
 	"fmt"
-	// redistest is imported only by tests, never linked into the sidecar; testenv holds
-	// the one rule (skip locally, fail under WEFT_CI) for a missing redis-server.
-	"github.com/weftmesh/weft/internal/testenv" //nolint:depguard // test-only package
 	"net"
 	"os"
 	"os/exec"
@@ -17,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/weftmesh/weft/testenv"
 
 	"github.com/weftmesh/weft/sidecar/redisproxy/resp"
 )

@@ -5,11 +5,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"github.com/weftmesh/weft/internal/testenv"
 	"os"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/weftmesh/weft/testenv"
 
 	"github.com/weftmesh/weft/sidecar/redisproxy/redistest"
 	"github.com/weftmesh/weft/sidecar/redisproxy/resp"

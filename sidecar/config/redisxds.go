@@ -1,4 +1,4 @@
-package redisproxy
+package config
 
 import (
 	"errors"
@@ -6,7 +6,6 @@ import (
 	"net"
 	"sort"
 	"strconv"
-	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -16,11 +15,12 @@ import (
 	hcredisv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/health_checkers/redis/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/redisproxy/hashkit"
 	"github.com/weftmesh/weft/sidecar/redisproxy/ring"
 )
 
-func sortedKeys(m map[string]bool) []string {
+func redisSortedKeys(m map[string]bool) []string {
 	out := make([]string, 0, len(m))
 	for k := range m {
 		out = append(out, k)
@@ -29,19 +29,12 @@ func sortedKeys(m map[string]bool) []string {
 	return out
 }
 
-// Names fixed by docs/xds-contract.md.
-const (
-	FilterName        = "envoy.filters.network.redis_proxy"
-	HealthCheckerName = "envoy.health_checkers.redis"
-	MetadataKey       = "weft.dev/redis"
-)
-
-// ConfigFromXDS decodes the redis listener, its pool clusters and their
+// RedisConfigFromXDS decodes the redis listener, its pool clusters and their
 // endpoints as the control plane emits them (docs/xds-contract.md). Fields
 // that would change behaviour but are not implemented are refused by name,
 // so the sidecar NACKs instead of silently behaving differently. It is pure.
-func ConfigFromXDS(l *listenerv3.Listener, clusters map[string]*clusterv3.Cluster, endpoints map[string]*endpointv3.ClusterLoadAssignment) (Config, error) {
-	var cfg Config
+func RedisConfigFromXDS(l *listenerv3.Listener, clusters map[string]*clusterv3.Cluster, endpoints map[string]*endpointv3.ClusterLoadAssignment) (RedisConfig, error) {
+	var cfg RedisConfig
 	if l == nil {
 		return cfg, errors.New("no redis listener")
 	}
@@ -53,10 +46,10 @@ func ConfigFromXDS(l *listenerv3.Listener, clusters map[string]*clusterv3.Cluste
 		cfg.Listen = net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))
 	}
 	cfg.StatPrefix = rp.GetStatPrefix()
-	if err := decodeProxy(rp, &cfg); err != nil {
+	if err := decodeRedisProxy(rp, &cfg); err != nil {
 		return cfg, fmt.Errorf("listener %s: %w", l.GetName(), err)
 	}
-	cfg.Pools = map[string]Pool{}
+	cfg.Pools = map[string]RedisPool{}
 	want := []string{}
 	if cfg.CatchAll != "" {
 		want = append(want, cfg.CatchAll)
@@ -68,7 +61,7 @@ func ConfigFromXDS(l *listenerv3.Listener, clusters map[string]*clusterv3.Cluste
 		if _, done := cfg.Pools[name]; done {
 			continue
 		}
-		pl, err := decodePool(clusters[name], endpoints[name], rp.GetSettings().GetEnableHashtagging())
+		pl, err := decodeRedisPool(clusters[name], endpoints[name], rp.GetSettings().GetEnableHashtagging())
 		if err != nil {
 			return cfg, fmt.Errorf("listener %s: cluster %s: %w", l.GetName(), name, err)
 		}
@@ -86,26 +79,26 @@ func redisFilter(l *listenerv3.Listener) (*redisv3.RedisProxy, error) {
 	}
 	filters := l.GetFilterChains()[0].GetFilters()
 	if len(filters) == 0 {
-		return nil, fmt.Errorf("no %s filter", FilterName)
+		return nil, fmt.Errorf("no %s filter", contract.RedisFilterName)
 	}
 	for _, f := range filters {
-		if f.GetName() != FilterName {
-			return nil, fmt.Errorf("unsupported network filter %q next to %s", f.GetName(), FilterName)
+		if f.GetName() != contract.RedisFilterName {
+			return nil, fmt.Errorf("unsupported network filter %q next to %s", f.GetName(), contract.RedisFilterName)
 		}
 	}
 	if len(filters) > 1 {
-		return nil, fmt.Errorf("want exactly one %s filter, got %d", FilterName, len(filters))
+		return nil, fmt.Errorf("want exactly one %s filter, got %d", contract.RedisFilterName, len(filters))
 	}
 	rp := &redisv3.RedisProxy{}
 	if err := filters[0].GetTypedConfig().UnmarshalTo(rp); err != nil {
-		return nil, fmt.Errorf("decoding %s: %w", FilterName, err)
+		return nil, fmt.Errorf("decoding %s: %w", contract.RedisFilterName, err)
 	}
 	return rp, nil
 }
 
 // unsupported returns an error naming the first set field from names.
-func unsupportedField(set map[string]bool) error {
-	for _, n := range sortedKeys(set) {
+func redisUnsupported(set map[string]bool) error {
+	for _, n := range redisSortedKeys(set) {
 		if set[n] {
 			return fmt.Errorf("field %s is not supported by the Weft sidecar's Redis proxy; remove it", n)
 		}
@@ -113,9 +106,9 @@ func unsupportedField(set map[string]bool) error {
 	return nil
 }
 
-func decodeProxy(rp *redisv3.RedisProxy, cfg *Config) error {
+func decodeRedisProxy(rp *redisv3.RedisProxy, cfg *RedisConfig) error {
 	s := rp.GetSettings()
-	if err := unsupportedField(map[string]bool{
+	if err := redisUnsupported(map[string]bool{
 		"faults":                                len(rp.GetFaults()) > 0,
 		"external_auth_provider":                rp.GetExternalAuthProvider() != nil,
 		"custom_commands":                       len(rp.GetCustomCommands()) > 0,
@@ -153,22 +146,22 @@ func decodeProxy(rp *redisv3.RedisProxy, cfg *Config) error {
 	pr := rp.GetPrefixRoutes()
 	cfg.RoutesCaseInsensitive = pr.GetCaseInsensitive()
 	if ca := pr.GetCatchAllRoute(); ca != nil {
-		if err := routeFieldsOK(ca, "catch_all_route"); err != nil {
+		if err := redisRouteFieldsOK(ca, "catch_all_route"); err != nil {
 			return err
 		}
 		cfg.CatchAll = ca.GetCluster()
 	}
 	for i, r := range pr.GetRoutes() {
-		if err := routeFieldsOK(r, fmt.Sprintf("routes[%d]", i)); err != nil {
+		if err := redisRouteFieldsOK(r, fmt.Sprintf("routes[%d]", i)); err != nil {
 			return err
 		}
-		cfg.Routes = append(cfg.Routes, Route{Prefix: r.GetPrefix(), RemovePrefix: r.GetRemovePrefix(), Pool: r.GetCluster()})
+		cfg.Routes = append(cfg.Routes, RedisRoute{Prefix: r.GetPrefix(), RemovePrefix: r.GetRemovePrefix(), Pool: r.GetCluster()})
 	}
 	return nil
 }
 
-func routeFieldsOK(r *redisv3.RedisProxy_PrefixRoutes_Route, where string) error {
-	return unsupportedField(map[string]bool{
+func redisRouteFieldsOK(r *redisv3.RedisProxy_PrefixRoutes_Route, where string) error {
+	return redisUnsupported(map[string]bool{
 		"prefix_routes." + where + ".request_mirror_policy": len(r.GetRequestMirrorPolicy()) > 0,
 		"prefix_routes." + where + ".key_formatter":         r.GetKeyFormatter() != "",
 		"prefix_routes." + where + ".read_command_policy":   r.GetReadCommandPolicy() != nil,
@@ -187,23 +180,23 @@ func inlineSecret(ds *corev3.DataSource) (string, error) {
 	return "", errors.New("only inline_string or inline_bytes data sources are supported")
 }
 
-// decodePool builds a pool from its cluster and endpoints. hashtagging is
+// decodeRedisPool builds a pool from its cluster and endpoints. hashtagging is
 // the listener's enable_hashtagging, which means a "{}" tag unless the
 // cluster's weft.dev/redis metadata names another.
-func decodePool(c *clusterv3.Cluster, cla *endpointv3.ClusterLoadAssignment, hashtagging bool) (Pool, error) {
-	var pl Pool
+func decodeRedisPool(c *clusterv3.Cluster, cla *endpointv3.ClusterLoadAssignment, hashtagging bool) (RedisPool, error) {
+	var pl RedisPool
 	if c == nil {
 		return pl, errors.New("cluster is missing from CDS")
 	}
 	if cla == nil {
 		return pl, errors.New("endpoints are missing from EDS")
 	}
-	if o := c.GetTypedExtensionProtocolOptions()[FilterName]; o != nil {
+	if o := c.GetTypedExtensionProtocolOptions()[contract.RedisFilterName]; o != nil {
 		po := &redisv3.RedisProtocolOptions{}
 		if err := o.UnmarshalTo(po); err != nil {
 			return pl, fmt.Errorf("decoding RedisProtocolOptions: %w", err)
 		}
-		if err := unsupportedField(map[string]bool{"aws_iam": po.GetAwsIam() != nil, "credentials": len(po.GetCredentials()) > 0}); err != nil {
+		if err := redisUnsupported(map[string]bool{"aws_iam": po.GetAwsIam() != nil, "credentials": len(po.GetCredentials()) > 0}); err != nil {
 			return pl, err
 		}
 		if po.GetAuthPassword() != nil {
@@ -224,10 +217,10 @@ func decodePool(c *clusterv3.Cluster, cla *endpointv3.ClusterLoadAssignment, has
 	if hashtagging {
 		pl.HashTag = "{}"
 	}
-	if err := decodeMetadata(c.GetMetadata().GetFilterMetadata()[MetadataKey], &pl); err != nil {
-		return pl, fmt.Errorf("metadata %s: %w", MetadataKey, err)
+	if err := decodeRedisMetadata(c.GetMetadata().GetFilterMetadata()[contract.RedisMetadataKey], &pl); err != nil {
+		return pl, fmt.Errorf("metadata %s: %w", contract.RedisMetadataKey, err)
 	}
-	if err := decodeHealth(c.GetHealthChecks(), &pl); err != nil {
+	if err := decodeRedisHealth(c.GetHealthChecks(), &pl); err != nil {
 		return pl, err
 	}
 	for _, le := range cla.GetEndpoints() {
@@ -249,43 +242,37 @@ func decodePool(c *clusterv3.Cluster, cla *endpointv3.ClusterLoadAssignment, has
 			if w < 1 {
 				return pl, fmt.Errorf("endpoint %s has weight 0; redis weights must be at least 1", name)
 			}
-			pl.Servers = append(pl.Servers, Server{Name: name, Addr: addr, Weight: w})
+			pl.Servers = append(pl.Servers, RedisServer{Name: name, Addr: addr, Weight: w})
 		}
 	}
 	return pl, nil
 }
 
-func decodeMetadata(s *structpb.Struct, pl *Pool) error {
+func decodeRedisMetadata(s *structpb.Struct, pl *RedisPool) error {
 	pl.Distribution, pl.Hash = ring.Ketama, hashkit.Default
 	if s == nil {
 		return nil
 	}
-	for k, v := range s.GetFields() {
-		switch k {
-		case "distribution":
-			pl.Distribution = ring.Distribution(v.GetStringValue())
-		case "hash":
-			pl.Hash = v.GetStringValue()
-		case "hashTag":
-			pl.HashTag = v.GetStringValue()
-		case "ejectMode":
-			pl.EjectMode = EjectMode(v.GetStringValue())
-		case "failureLimit":
-			pl.FailureLimit = int(v.GetNumberValue())
-		case "retryTimeout":
-			d, err := time.ParseDuration(v.GetStringValue())
-			if err != nil {
-				return fmt.Errorf("retryTimeout %q: %w", v.GetStringValue(), err)
-			}
-			pl.RetryTimeout = d
-		default:
-			return fmt.Errorf("unknown key %q", k)
-		}
+	m, err := contract.DecodeRedisPoolMeta(s)
+	if err != nil {
+		return err
 	}
+	if m.Distribution != "" {
+		pl.Distribution = ring.Distribution(m.Distribution)
+	}
+	if m.Hash != "" {
+		pl.Hash = m.Hash
+	}
+	if m.HashTag != nil {
+		pl.HashTag = *m.HashTag
+	}
+	pl.EjectMode = EjectMode(m.EjectMode)
+	pl.FailureLimit = int(m.FailureLimit)
+	pl.RetryTimeout = m.RetryTimeout
 	return nil
 }
 
-func decodeHealth(hcs []*corev3.HealthCheck, pl *Pool) error {
+func decodeRedisHealth(hcs []*corev3.HealthCheck, pl *RedisPool) error {
 	if len(hcs) == 0 {
 		return nil
 	}
@@ -294,19 +281,19 @@ func decodeHealth(hcs []*corev3.HealthCheck, pl *Pool) error {
 	}
 	hc := hcs[0]
 	ch := hc.GetCustomHealthCheck()
-	if ch == nil || ch.GetName() != HealthCheckerName {
-		return fmt.Errorf("health check must be custom_health_check %s", HealthCheckerName)
+	if ch == nil || ch.GetName() != contract.RedisHealthCheckerName {
+		return fmt.Errorf("health check must be custom_health_check %s", contract.RedisHealthCheckerName)
 	}
 	if tc := ch.GetTypedConfig(); tc != nil {
 		r := &hcredisv3.Redis{}
 		if err := tc.UnmarshalTo(r); err != nil {
-			return fmt.Errorf("decoding %s config: %w", HealthCheckerName, err)
+			return fmt.Errorf("decoding %s config: %w", contract.RedisHealthCheckerName, err)
 		}
-		if err := unsupportedField(map[string]bool{"health_checks[0].key (EXISTS probe)": r.GetKey() != "", "health_checks[0].aws_iam": r.GetAwsIam() != nil}); err != nil {
+		if err := redisUnsupported(map[string]bool{"health_checks[0].key (EXISTS probe)": r.GetKey() != "", "health_checks[0].aws_iam": r.GetAwsIam() != nil}); err != nil {
 			return err
 		}
 	}
-	pl.HealthCheck = &HealthCheck{
+	pl.HealthCheck = &RedisHealthCheck{
 		Interval:           hc.GetInterval().AsDuration(),
 		Timeout:            hc.GetTimeout().AsDuration(),
 		HealthyThreshold:   int(hc.GetHealthyThreshold().GetValue()),

@@ -1,6 +1,7 @@
 // Package testenv lets tests that need a tool from outside Go (nutcracker, envtest's
 // kube-apiserver) skip on a developer's machine without it, and fail in CI, where a
-// skipped check would otherwise pass unnoticed. .ci/run sets WEFT_CI=1.
+// skipped check would otherwise pass unnoticed. .ci/run sets WEFT_CI=1. It imports only the
+// standard library and lives outside internal/ so sidecar tests may use it too.
 package testenv
 
 import (
