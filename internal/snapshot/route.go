@@ -124,6 +124,12 @@ func (t *translator) meshRoute(mr *meshv1alpha1.MeshRoute) *built {
 		}
 		return b
 	}
+	if bad := headerProblems(mr); len(bad) > 0 {
+		for _, f := range bad {
+			b.p.invalidf("%s; every sidecar would refuse it, so the route is left out until you fix it", f)
+		}
+		return b
+	}
 	var ch *meshv1alpha1.ConsistentHash
 	if tp := mr.Spec.TrafficPolicy; tp != nil && tp.LoadBalancer != nil {
 		ch = tp.LoadBalancer.ConsistentHash
