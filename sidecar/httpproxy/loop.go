@@ -85,15 +85,10 @@ type exchange struct {
 	c         *upstream.Cluster
 	wire      []byte // the upstream request, as sent on every attempt
 	start     time.Time
-	deadline  int64 // route timeout (unix nanos; 0: none)
-	tryBy     int64 // this attempt's deadline
-	wakeAt    int64 // retry back-off ends
-	attempt   int
-	attempts  int
-	rp        *config.RetryPolicy
+	retry     retryState // attempts, retries and the route timeout (retrystate.go)
+	tryBy     int64      // this attempt's deadline (unix nanos; 0: none)
+	wakeAt    int64      // retry back-off ends
 	host      *upstream.Host
-	triedBuf  [4]*upstream.Host
-	tried     []*upstream.Host
 	hash      uint64
 	hasHash   bool
 	setCookie string
@@ -103,7 +98,6 @@ type exchange struct {
 	remaining int64    // response body bytes still to copy
 	close     bool     // the downstream connection closes after this response
 	breaker   *breaker // inbound: the containerConcurrency slot this request holds
-	retrySlot bool     // holds a max_retries slot (AdmitRetry) until its attempt ends
 }
 
 // done gives back what the request held on its listener: its in-flight count and its
@@ -116,19 +110,11 @@ func (ex *exchange) done(l *Listener) {
 	}
 }
 
-// releaseRetry gives back the max_retries slot, if the exchange holds one.
-func (ex *exchange) releaseRetry() {
-	if ex.retrySlot {
-		ex.retrySlot = false
-		ex.c.RetryDone()
-	}
-}
-
 // end accounts for an admitted exchange that is over, however it ended: stats, and every
 // slot it held (cluster admission, retry, listener).
 func (ex *exchange) end(l *Listener, elapsed time.Duration) {
 	ex.c.Stats.Observe(ex.status, elapsed)
-	ex.releaseRetry()
+	ex.retry.release()
 	ex.c.Done()
 	ex.done(l)
 }
@@ -522,7 +508,7 @@ func (h *hloop) dispatch(d *sock, end int) int {
 	l.requests.Add(1)
 	ex := &d.exv
 	// The fast parser takes HTTP/1.1 only, where only Connection: close ends a connection.
-	*ex = exchange{d: d, r: r, route: route, wc: wc, c: c, wire: ex.wire[:0], start: h.ev.Now(), attempts: 1,
+	*ex = exchange{d: d, r: r, route: route, wc: wc, c: c, wire: ex.wire[:0], start: h.ev.Now(),
 		close: r.Close || h.draining.Load(), breaker: br}
 	if _, ok := c.Admit(); !ok {
 		c.Stats.Observe(http.StatusServiceUnavailable, 0)
@@ -535,9 +521,7 @@ func (h *hloop) dispatch(d *sock, end int) int {
 	}
 	d.ex = ex
 	d.deadline = 0
-	if route.Timeout > 0 {
-		ex.deadline = ex.start.Add(route.Timeout).UnixNano()
-	}
+	ex.retry.init(route, true, c, ex.start) // the whole body is here: it can be sent again
 	var body []byte
 	if cl > 0 {
 		body = d.in[end : end+int(cl)]
@@ -546,11 +530,6 @@ func (h *hloop) dispatch(d *sock, end int) int {
 	ex.hash, ex.hasHash, ex.setCookie = requestHash(r, route, cc)
 	ex.wire = upstream.AppendRequest(ex.wire, &out)
 	consume(d, end+int(cl))
-	if route.Retry != nil {
-		ex.rp = route.Retry
-		ex.attempts += ex.rp.NumRetries
-	}
-	ex.tried = ex.triedBuf[:0]
 	h.startAttempt(ex)
 	return dispatched
 }

@@ -226,14 +226,14 @@ func (l *Listener) finishSlow(ex *exchange, dnc net.Conn, din, dout []byte, unc 
 			}
 		}
 	}
-	ex.releaseRetry() // the attempt the loop started ends here either way
+	ex.retry.release() // the attempt the loop started ends here either way
 	if err != nil {
 		if ex.host != nil {
 			c.Report(ex.host, upstream.GatewayError)
 		}
 		_, _ = bw.Write(dout)
 		var msg string
-		ex.status, msg = (&attemptResult{err: err}).errorReply(time.Time{})
+		ex.status, msg = errorReply(err, false)
 		localReply(w, ex.status, msg)
 		w.finish()
 		_ = bw.Flush()
