@@ -32,8 +32,9 @@ import (
 //
 // Everything else is handed to the goroutine path with what has been read so far, so its
 // behaviour stays in one place: a connection whose next request the loop does not take
-// (h2c, chunked or large bodies, Expect, Upgrade, routes with fault injection, mirrors,
-// redirects or direct responses, function clusters that may hold, unknown clusters) is
+// (h2c, chunked or large bodies, Expect, Upgrade, routes config does not find LoopSafe:
+// fault injection, mirrors, redirects, direct responses; function clusters that may
+// hold, unknown clusters) is
 // detached from the loop and served by serveConn from then on; a response the loop
 // cannot frame (chunked, read-until-close, 1xx) is finished by a goroutine, which then
 // serves the connection.
@@ -476,7 +477,9 @@ func (h *hloop) dispatch(d *sock, end int) int {
 		return gone
 	}
 	route := vh.RouteFor(r)
-	if route == nil || route.Kind != config.ActionForward || route.Fault != nil || len(route.Mirrors) > 0 {
+	// The decoder allows a route on the loop only if the loop implements every feature it
+	// uses (config.Route.LoopSafe).
+	if route == nil || !route.LoopSafe {
 		h.handoff(d)
 		return gone
 	}
