@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/sidecar/connio"
-	"github.com/weftmesh/weft/sidecar/upstream"
 )
 
 // The event loop's hand-offs to the goroutine path, its timers and its drain (see
@@ -226,22 +225,22 @@ func (l *Listener) finishSlow(ex *exchange, dnc net.Conn, din, dout []byte, unc 
 			}
 		}
 	}
-	ex.retry.release() // the attempt the loop started ends here either way
-	if err != nil {
-		if ex.host != nil {
-			c.Report(ex.host, upstream.GatewayError)
-		}
+	status := 0
+	if resp != nil {
+		status = resp.StatusCode
+	}
+	st := ex.retry.onHandedOff(status, err) // the attempt the loop started ends here either way
+	if ex.host != nil {
+		c.Report(ex.host, st.outcome)
+	}
+	if st.kind == stepReply {
 		_, _ = bw.Write(dout)
-		var msg string
-		ex.status, msg = errorReply(err, false)
-		localReply(w, ex.status, msg)
+		ex.status = st.status
+		localReply(w, st.status, st.msg)
 		w.finish()
 		_ = bw.Flush()
 		dnc.Close()
 		return
-	}
-	if ex.host != nil {
-		c.Report(ex.host, statusOutcome(resp.StatusCode))
 	}
 	ex.status = resp.StatusCode
 	_, _ = bw.Write(dout)

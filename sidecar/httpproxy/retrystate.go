@@ -137,6 +137,20 @@ func (rs *retryState) onError(err error, now time.Time) step {
 	return s
 }
 
+// onHandedOff ends the attempt whose response the event loop handed to a goroutine to
+// read (finishSlow): it is not retried, whatever came. A response (err nil) with status
+// is forwarded; a failure counts against the host as a gateway error, whatever it was,
+// and is answered as Envoy would, the route timeout aside (the read stops at the
+// attempt's deadline).
+func (rs *retryState) onHandedOff(status int, err error) step {
+	rs.release()
+	if err == nil {
+		return step{kind: stepForward, outcome: statusOutcome(status)}
+	}
+	code, msg := errorReply(err, false)
+	return step{kind: stepReply, outcome: upstream.GatewayError, status: code, msg: msg, err: err}
+}
+
 // giveUp ends the exchange with the answer Envoy gives for err at now: no host to try
 // (errNoHost), the caller gone during a back-off, or a failed last attempt.
 func (rs *retryState) giveUp(err error, now time.Time) step {

@@ -233,3 +233,23 @@ func TestRetryStateAttemptDeadlinesAndTriedHosts(t *testing.T) {
 		t.Fatalf("deadline %v with neither timeout, want none", by)
 	}
 }
+
+// A response the event loop hands to a goroutine to read ends its attempt there: never
+// retried, a failure counted as a gateway error and answered as Envoy would.
+func TestRetryStateHandedOffAttemptIsFinal(t *testing.T) {
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	b := &fakeBudget{max: 1}
+	var rs retryState
+	rs.init(&config.Route{Retry: retries(config.Retry5xx, 3)}, true, b, start)
+	if s := rs.onResponse(503, false, start); s.kind != stepRetry || b.inUse != 1 {
+		t.Fatalf("first 503: kind %d with %d slots held, want a retry holding one", s.kind, b.inUse)
+	}
+	if s := rs.onHandedOff(503, nil); s.kind != stepForward || s.outcome != upstream.GatewayError || b.inUse != 0 {
+		t.Fatalf("handed-off 503: kind %d outcome %d with %d slots held; want it forwarded as a gateway error, slot back",
+			s.kind, s.outcome, b.inUse)
+	}
+	s := rs.onHandedOff(0, errTryTimeout)
+	if s.kind != stepReply || s.outcome != upstream.GatewayError || s.status != 504 || s.msg != msgTimeout {
+		t.Fatalf("handed-off timeout: kind %d outcome %d reply %d %q; want 504 %q as a gateway error", s.kind, s.outcome, s.status, s.msg, msgTimeout)
+	}
+}
