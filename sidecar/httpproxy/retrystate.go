@@ -18,7 +18,8 @@ import (
 // and per-try deadlines, how an attempt is counted against its host, and what the caller
 // is told when the proxy gives up. It is Envoy's RetryStateImpl in miniature. The goroutine
 // path (forward.go) and the event loop (loopexchange.go, loopupstream.go) drive it, each
-// passing now from its own clock; it does no I/O and reads no clock.
+// passing now from its own clock; it does no I/O and reads no clock, and its one effect
+// is on the cluster's max_retries count (retryBudget).
 
 // retryBudget is the cluster's max_retries circuit breaker (*upstream.Cluster).
 type retryBudget interface {
