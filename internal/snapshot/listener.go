@@ -10,10 +10,12 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	connlimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/connection_limit/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 func mustAny(m proto.Message) *anypb.Any {
@@ -28,12 +30,34 @@ func httpFilter(name string, cfg proto.Message) *hcmv3.HttpFilter {
 	return &hcmv3.HttpFilter{Name: name, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(cfg)}}
 }
 
+// The limits every HTTP listener states explicitly, in Envoy's fields, so a sidecar (or an
+// Envoy) fed the snapshot enforces the same bounds whatever its own defaults
+// (sidecar/config HTTPLimits explains each value).
+const (
+	maxRequestHeadersKB   = 60  // Envoy's default max_request_headers_kb
+	maxHeadersCount       = 100 // Envoy's default max_headers_count
+	requestHeadersTimeout = 10 * time.Second
+	downstreamIdleTimeout = 5 * time.Minute
+	maxDownstreamConns    = 10_000 // per listener
+)
+
+// hcmListener wraps hcm, with the listener-wide limits set on it, in a listener whose
+// filter chain caps its connections first (envoy.filters.network.connection_limit).
 func hcmListener(name, addr string, port uint32, dir corev3.TrafficDirection, hcm *hcmv3.HttpConnectionManager) *listenerv3.Listener {
+	hcm.MaxRequestHeadersKb = wrapperspb.UInt32(maxRequestHeadersKB)
+	hcm.RequestHeadersTimeout = durationpb.New(requestHeadersTimeout)
+	hcm.CommonHttpProtocolOptions = &corev3.HttpProtocolOptions{
+		IdleTimeout:     durationpb.New(downstreamIdleTimeout),
+		MaxHeadersCount: wrapperspb.UInt32(maxHeadersCount),
+	}
+	limit := &connlimitv3.ConnectionLimit{StatPrefix: name, MaxConnections: wrapperspb.UInt64(maxDownstreamConns)}
 	return &listenerv3.Listener{
 		Name:    name,
 		Address: socketAddress(addr, port),
-		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
-			Name: hcmFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)}}}}},
+		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{
+			{Name: connectionLimitFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(limit)}},
+			{Name: hcmFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)}},
+		}}},
 		TrafficDirection: dir,
 	}
 }

@@ -18,13 +18,14 @@ const (
 	// InboundPort is the sidecar's inbound listener port; function Services target it.
 	InboundPort = 15006
 
-	hcmFilterName       = "envoy.filters.network.http_connection_manager"
-	redisFilterName     = "envoy.filters.network.redis_proxy"
-	faultFilterName     = "envoy.filters.http.fault"
-	routerFilterName    = "envoy.filters.http.router"
-	redisHealthChecker  = "envoy.health_checkers.redis"
-	previousHostsName   = "envoy.retry_host_predicates.previous_hosts"
-	httpProtocolOptions = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+	hcmFilterName             = "envoy.filters.network.http_connection_manager"
+	connectionLimitFilterName = "envoy.filters.network.connection_limit"
+	redisFilterName           = "envoy.filters.network.redis_proxy"
+	faultFilterName           = "envoy.filters.http.fault"
+	routerFilterName          = "envoy.filters.http.router"
+	redisHealthChecker        = "envoy.health_checkers.redis"
+	previousHostsName         = "envoy.retry_host_predicates.previous_hosts"
+	httpProtocolOptions       = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 	// Metadata keys (filter_metadata) the sidecar reads.
 	FunctionMetadataKey   = "weft.dev/function"

@@ -53,6 +53,7 @@ type HTTPListener struct {
 	Address    string // host:port
 	StatPrefix string
 	Routes     *RouteTable
+	Limits     HTTPLimits
 }
 
 // RouteTable is a decoded RouteConfiguration with the virtual-host lookup prepared.

@@ -7,6 +7,7 @@ import (
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	connlimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/connection_limit/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	redisv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/redis_proxy/v3"
 
@@ -32,6 +33,7 @@ type ListenerInfo struct {
 	StatPrefix    string
 	Redis         *listenerv3.Listener
 	RedisClusters []string
+	Limits        HTTPLimits // HTTP listeners: from the HCM and a connection_limit filter
 }
 
 // DecodeListener validates one listener.
@@ -55,10 +57,23 @@ func DecodeListener(l *listenerv3.Listener) (*ListenerInfo, error) {
 	if err := onlyFields(fc, where+" filter chain", "filters", "name"); err != nil {
 		return nil, err
 	}
-	if len(fc.GetFilters()) != 1 {
-		return nil, fmt.Errorf("%s: filter chain has %d filters; exactly one network filter is supported", where, len(fc.GetFilters()))
+	filters := fc.GetFilters()
+	info.Limits = DefaultHTTPLimits()
+	if len(filters) == 2 && filters[0].GetName() == ConnectionLimitFilterName && filters[1].GetName() == HCMFilterName {
+		var cl connlimitv3.ConnectionLimit
+		if err := filters[0].GetTypedConfig().UnmarshalTo(&cl); err != nil {
+			return nil, fmt.Errorf("%s: decoding connection_limit: %w", where, err)
+		}
+		if err := decodeConnectionLimit(&cl, &info.Limits, where); err != nil {
+			return nil, err
+		}
+		filters = filters[1:]
 	}
-	f := fc.GetFilters()[0]
+	if len(filters) != 1 {
+		return nil, fmt.Errorf("%s: filter chain has %d filters; one network filter is supported (%s may come before %s)",
+			where, len(fc.GetFilters()), ConnectionLimitFilterName, HCMFilterName)
+	}
+	f := filters[0]
 	switch f.GetName() {
 	case HCMFilterName:
 		var hcm hcmv3.HttpConnectionManager
@@ -83,7 +98,11 @@ func DecodeListener(l *listenerv3.Listener) (*ListenerInfo, error) {
 
 func decodeHCM(h *hcmv3.HttpConnectionManager, info *ListenerInfo, where string) error {
 	where += " http_connection_manager"
-	if err := onlyFields(h, where, "stat_prefix", "codec_type", "rds", "route_config", "http_filters"); err != nil {
+	if err := onlyFields(h, where, "stat_prefix", "codec_type", "rds", "route_config", "http_filters",
+		"max_request_headers_kb", "request_headers_timeout", "common_http_protocol_options"); err != nil {
+		return err
+	}
+	if err := decodeHCMLimits(h, &info.Limits, where); err != nil {
 		return err
 	}
 	info.StatPrefix = h.GetStatPrefix()

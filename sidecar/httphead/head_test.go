@@ -131,6 +131,9 @@ func FuzzParseRequest(f *testing.F) {
 	f.Add([]byte("POST /p HTTP/1.1\r\nHost: svc\r\nContent-Length: 2\r\nConnection: keep-alive, close\r\n\r\n"))
 	f.Add([]byte("PUT /%41 HTTP/1.1\r\nhost: [::1]:80\r\n\r\n"))
 	f.Add([]byte("GET http://svc.ns:80/x?y HTTP/1.1\r\nHost: svc\r\n\r\n"))
+	for _, tc := range smuggling {
+		f.Add([]byte(tc.in))
+	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		n := End(in)
 		if n < 0 {
@@ -162,6 +165,9 @@ func FuzzParseRequest(f *testing.F) {
 func FuzzParseResponse(f *testing.F) {
 	f.Add([]byte("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nSet-Cookie: a\r\nSet-Cookie: b\r\n\r\n"))
 	f.Add([]byte("HTTP/1.1 304 Not Modified\r\nConnection: close\r\n\r\n"))
+	f.Add([]byte("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"))
+	f.Add([]byte("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"))
+	f.Add([]byte("HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 0\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		n := End(in)
 		if n < 0 {

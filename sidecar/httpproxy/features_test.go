@@ -55,14 +55,14 @@ func parallel(t *testing.T, n int, do func(i int)) {
 }
 
 func TestFaultAbortPercentageHolds(t *testing.T) {
-	bothPaths(t, func(t *testing.T, loop bool) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
 		var reached atomic.Int64
 		be := st.Backend(t, "", func(w http.ResponseWriter, _ *http.Request) { reached.Add(1) })
 		cp := st.StartControlPlane(t)
 		snap, _ := oneBackend([]string{be.URL}, []st.RouteOption{withFault(&faultv3.HTTPFault{
 			Abort: &faultv3.FaultAbort{ErrorType: &faultv3.FaultAbort_HttpStatus{HttpStatus: 418}, Percentage: percent(30)}})})
 		cp.Set(snap)
-		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: !loop}).URL(t, st.OutboundListenerName)
+		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines}).URL(t, st.OutboundListenerName)
 		var aborted atomic.Int64
 		parallel(t, 1000, func(int) {
 			if code, _, _ := st.Get(t, client, base, "reviews", "/"); code == 418 {
@@ -79,14 +79,14 @@ func TestFaultAbortPercentageHolds(t *testing.T) {
 }
 
 func TestFaultDelayPercentageHolds(t *testing.T) {
-	bothPaths(t, func(t *testing.T, loop bool) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
 		be := st.Backend(t, "ok", nil)
 		cp := st.StartControlPlane(t)
 		snap, _ := oneBackend([]string{be.URL}, []st.RouteOption{withFault(&faultv3.HTTPFault{
 			Delay: &faultcommonv3.FaultDelay{FaultDelaySecifier: &faultcommonv3.FaultDelay_FixedDelay{FixedDelay: durationpb.New(300 * time.Millisecond)},
 				Percentage: percent(50)}})})
 		cp.Set(snap)
-		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: !loop}).URL(t, st.OutboundListenerName)
+		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines}).URL(t, st.OutboundListenerName)
 		var delayed atomic.Int64
 		parallel(t, 400, func(int) {
 			start := time.Now()
@@ -104,7 +104,7 @@ func TestFaultDelayPercentageHolds(t *testing.T) {
 }
 
 func TestMirroredRequestsReachTheShadow(t *testing.T) {
-	bothPaths(t, func(t *testing.T, loop bool) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
 		hosts := make(chan string, 100)
 		shadow := st.Backend(t, "", func(w http.ResponseWriter, r *http.Request) { hosts <- r.Host; http.Error(w, "shadow fails", 500) })
 		main := st.Backend(t, "main", nil)
@@ -117,7 +117,7 @@ func TestMirroredRequestsReachTheShadow(t *testing.T) {
 		snap.Clusters = append(snap.Clusters, st.EDSCluster(shadowCluster))
 		snap.Endpoints = append(snap.Endpoints, st.Endpoints(shadowCluster, st.Endpoint{Addr: st.HostPort(shadow.URL)}))
 		cp.Set(snap)
-		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: !loop}).URL(t, st.OutboundListenerName)
+		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines}).URL(t, st.OutboundListenerName)
 		for range 10 {
 			if code, body, _ := st.Get(t, client, base, "reviews:9080", "/"); code != 200 || body != "main" {
 				t.Fatalf("mirrored route answered %d %q, want the primary's 200 main (shadow failures never reach the caller)", code, body)
@@ -137,13 +137,13 @@ func TestMirroredRequestsReachTheShadow(t *testing.T) {
 }
 
 func TestKilledControlPlaneLeavesTrafficFlowingAndSidecarReconnects(t *testing.T) {
-	bothPaths(t, func(t *testing.T, loop bool) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
 		cp := st.StartControlPlane(t)
 		snap, ca, cb := twoBackends(t)
 		snap.Routes = []types.Resource{st.RouteConfig(st.VirtualHost("default/reviews", "reviews", "default", nil,
 			st.Route("r", st.Prefix("/"), st.To(ca))))}
 		cp.Set(snap)
-		sc := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: !loop})
+		sc := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines})
 		base := sc.URL(t, st.OutboundListenerName)
 		st.Eventually(t, 10*time.Second, func() bool { return sc.Client.Status().Connected }, "never connected")
 		cp.Stop()
@@ -165,7 +165,7 @@ func TestKilledControlPlaneLeavesTrafficFlowingAndSidecarReconnects(t *testing.T
 }
 
 func TestInboundListenerForwardsToAppAndCounts(t *testing.T) {
-	bothPaths(t, func(t *testing.T, loop bool) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
 		release := make(chan struct{})
 		app := st.Backend(t, "", func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Path == "/block" {
@@ -177,7 +177,7 @@ func TestInboundListenerForwardsToAppAndCounts(t *testing.T) {
 		cp := st.StartControlPlane(t)
 		cp.Set(st.Snapshot{Listeners: []types.Resource{st.InboundListener(uint32(port))},
 			Clusters: []types.Resource{st.InboundCluster(uint32(port))}})
-		sc := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: !loop})
+		sc := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines})
 		base := sc.URL(t, st.InboundListenerName)
 		for range 5 {
 			if code, body, _ := st.Get(t, client, base, "anything", "/"); code != 200 || body != "app" {
@@ -196,7 +196,7 @@ func TestInboundListenerForwardsToAppAndCounts(t *testing.T) {
 // before the app listens: the inbound listener waits for the app's first answer instead
 // of failing the request. Once the app has answered, a refused connection fails at once.
 func TestInboundListenerWaitsForTheAppToStart(t *testing.T) {
-	bothPaths(t, func(t *testing.T, loop bool) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -206,7 +206,7 @@ func TestInboundListenerWaitsForTheAppToStart(t *testing.T) {
 		cp := st.StartControlPlane(t)
 		cp.Set(st.Snapshot{Listeners: []types.Resource{st.InboundListener(uint32(port))},
 			Clusters: []types.Resource{st.InboundCluster(uint32(port))}})
-		sc := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: !loop})
+		sc := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines})
 		base := sc.URL(t, st.InboundListenerName)
 
 		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("app")) })}
@@ -263,11 +263,11 @@ func functionSnapshot(eps ...st.Endpoint) (st.Snapshot, string) {
 }
 
 func TestFunctionWithoutEndpointsAndNoHolderAnswers503(t *testing.T) {
-	bothPaths(t, func(t *testing.T, loop bool) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
 		cp := st.StartControlPlane(t)
 		snap, _ := functionSnapshot()
 		cp.Set(snap)
-		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: !loop}).URL(t, st.OutboundListenerName)
+		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines}).URL(t, st.OutboundListenerName)
 		code, body, _ := st.Get(t, client, base, "fn", "/")
 		if code != 503 || body != "no ready endpoint for function default/fn; it may be scaled to zero, retry later\n" {
 			t.Errorf("got %d %q", code, body)
@@ -276,14 +276,14 @@ func TestFunctionWithoutEndpointsAndNoHolderAnswers503(t *testing.T) {
 }
 
 func TestHolderRefusalBecomes503WithRetryAfter(t *testing.T) {
-	bothPaths(t, func(t *testing.T, loop bool) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
 		cp := st.StartControlPlane(t)
 		snap, _ := functionSnapshot()
 		cp.Set(snap)
 		h := holderFunc(func(context.Context, httpproxy.FunctionRef) (func(), time.Duration, error) {
 			return nil, 0, refusal{}
 		})
-		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: !loop, Holder: h}).URL(t, st.OutboundListenerName)
+		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines, Holder: h}).URL(t, st.OutboundListenerName)
 		code, body, hdr := st.Get(t, client, base, "fn", "/")
 		if code != 503 || hdr.Get("Retry-After") != "2" || body != (refusal{}).Error()+"\n" {
 			t.Errorf("got %d %q Retry-After=%q", code, body, hdr.Get("Retry-After"))
@@ -292,7 +292,7 @@ func TestHolderRefusalBecomes503WithRetryAfter(t *testing.T) {
 }
 
 func TestColdStartHoldForwardsWhenEndpointsArrive(t *testing.T) {
-	bothPaths(t, func(t *testing.T, loop bool) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
 		fnPod := st.Backend(t, "warm", nil)
 		cp := st.StartControlPlane(t)
 		snap, cn := functionSnapshot()
@@ -318,7 +318,7 @@ func TestColdStartHoldForwardsWhenEndpointsArrive(t *testing.T) {
 				return nil, 0, errors.New("caller left")
 			}
 		})
-		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: !loop, Holder: h, Watcher: watcher}).URL(t, st.OutboundListenerName)
+		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines, Holder: h, Watcher: watcher}).URL(t, st.OutboundListenerName)
 		code, body, hdr := st.Get(t, client, base, "fn.default:80", "/")
 		if code != 200 || body != "warm" || hdr.Get("X-Weft-Cold-Start") != "1.500" {
 			t.Errorf("got %d %q X-Weft-Cold-Start=%q, want 200 warm 1.500", code, body, hdr.Get("X-Weft-Cold-Start"))
@@ -334,7 +334,7 @@ func TestColdStartHoldForwardsWhenEndpointsArrive(t *testing.T) {
 }
 
 func TestCallerHangingUpEndsTheHold(t *testing.T) {
-	bothPaths(t, func(t *testing.T, loop bool) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
 		cp := st.StartControlPlane(t)
 		snap, _ := functionSnapshot()
 		cp.Set(snap)
@@ -350,7 +350,7 @@ func TestCallerHangingUpEndsTheHold(t *testing.T) {
 			}
 			return nil, 0, errors.New("caller left")
 		})
-		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: !loop, Holder: h}).URL(t, st.OutboundListenerName)
+		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines, Holder: h}).URL(t, st.OutboundListenerName)
 		conn, err := net.Dial("tcp", st.HostPort(base))
 		if err != nil {
 			t.Fatal(err)
@@ -374,7 +374,7 @@ func (f asyncFunc) ServeAsync(w http.ResponseWriter, r *http.Request, ns, name s
 // "Prefer: respond-async" to a function goes to the async path before any hold (a queued
 // call needs no endpoint); other calls, and calls to plain services, do not.
 func TestPreferRespondAsyncGoesToTheQueue(t *testing.T) {
-	bothPaths(t, func(t *testing.T, loop bool) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
 		cp := st.StartControlPlane(t)
 		snap, _ := functionSnapshot(st.Endpoint{Addr: st.HostPort(st.Backend(t, "sync", nil).URL)})
 		cp.Set(snap)
@@ -386,7 +386,7 @@ func TestPreferRespondAsyncGoesToTheQueue(t *testing.T) {
 			mu.Unlock()
 			w.WriteHeader(http.StatusAccepted)
 		})
-		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: !loop, Async: a}).URL(t, st.OutboundListenerName)
+		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines, Async: a}).URL(t, st.OutboundListenerName)
 
 		req, _ := http.NewRequest(http.MethodPost, base+"/orders", strings.NewReader("{}"))
 		req.Host = "fn"
@@ -411,12 +411,12 @@ func TestPreferRespondAsyncGoesToTheQueue(t *testing.T) {
 }
 
 func TestCallerHangingUpCancelsTheFunctionCall(t *testing.T) {
-	bothPaths(t, func(t *testing.T, loop bool) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
 		fnPod := newHoldingApp(t)
 		cp := st.StartControlPlane(t)
 		snap, _ := functionSnapshot(st.Endpoint{Addr: st.HostPort(fnPod.URL)})
 		cp.Set(snap)
-		sc := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: !loop})
+		sc := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines})
 		base := sc.URL(t, st.OutboundListenerName)
 		fnPod.hangUp(t, base, "POST /hold HTTP/1.1\r\nHost: fn\r\nContent-Length: 4\r\n\r\nwork", "a call with a body")
 		fnPod.hangUp(t, base, "POST /hold HTTP/1.1\r\nHost: fn\r\nContent-Length: 4\r\n\r\nwork"+

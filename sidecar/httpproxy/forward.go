@@ -317,6 +317,9 @@ func copyBody(w http.ResponseWriter, resp *http.Response) {
 			}
 		}
 		if err != nil {
+			if a, ok := w.(bodyAborter); ok && err != io.EOF {
+				a.abortBody() // the upstream body broke: the caller must not see it end cleanly
+			}
 			return
 		}
 	}

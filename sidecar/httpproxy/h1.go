@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 
+	"github.com/weftmesh/weft/sidecar/config"
 	"github.com/weftmesh/weft/sidecar/connio"
 	"github.com/weftmesh/weft/sidecar/httphead"
 )
@@ -26,30 +27,35 @@ import (
 // machinery was a fifth of the proxy's CPU per request. Connections that open with the
 // HTTP/2 preface go to a standard http.Server configured for h2c.
 
-const (
-	idleTimeout       = 5 * time.Minute
-	readHeaderTimeout = 30 * time.Second
-	maxBodyDrain      = 256 << 10
-)
+// maxBodyDrain is how much of a request body the handler left unread is read and dropped
+// to keep the connection; more, and the connection closes instead.
+const maxBodyDrain = 256 << 10
 
 var h2Preface = []byte("PRI * HTTP/2.0\r\n")
 
 var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
 var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}
 
-// serve accepts connections until ln is closed.
+// serve accepts connections until ln is closed. A failed accept (out of descriptors)
+// pauses accepting (acceptBackoff) while the connections already open are served.
 func (l *Listener) serve(ln net.Listener) {
+	var backoff acceptBackoff
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(5 * time.Millisecond)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return
+			l.acceptErrors.Add(1)
+			time.Sleep(backoff.next())
+			continue
 		}
+		backoff.reset()
 		l.connections.Add(1)
+		if !l.admitConn() {
+			conn.Close()
+			continue
+		}
 		go l.serveConn(conn, nil, nil)
 	}
 }
@@ -87,10 +93,12 @@ func (l *Listener) forget(conn net.Conn) {
 
 // serveConn serves one connection until it closes. A connection taken over from the
 // event loop brings what the loop read of it (in) and what it had still to write (out).
+// The connection is counted open (admitConn) until serveConn returns.
 func (l *Listener) serveConn(nc net.Conn, in, out []byte) {
 	// Every close goes through conn: it writes a response deferred to the next read.
 	conn := connio.NewConn(nc)
-	br := readers.Get().(*bufio.Reader)
+	pooled := readers.Get().(*bufio.Reader)
+	br := pooled
 	if len(in) > 0 {
 		br.Reset(io.MultiReader(bytes.NewReader(in), conn))
 	} else {
@@ -100,29 +108,44 @@ func (l *Listener) serveConn(nc net.Conn, in, out []byte) {
 	if draining && len(out) == 0 {
 		conn.Close()
 		l.forget(nc)
+		l.connClosed()
 		return
 	}
 	if len(out) > 0 {
 		if _, err := conn.Write(out); err != nil || draining {
 			conn.Close()
 			l.forget(nc)
+			l.connClosed()
 			return
 		}
 	}
-	_ = conn.SetReadDeadline(time.Now().Add(readHeaderTimeout))
+	lim := l.lim()
+	// A new connection's first head counts from now: a connection that sends nothing is
+	// closed after the head timeout too.
+	armed := deadlineAfter(time.Now(), lim.HeadTimeout)
+	_ = conn.SetReadDeadline(armed)
 	if p, err := br.Peek(len(h2Preface)); err == nil && bytes.Equal(p, h2Preface) {
 		_ = conn.SetReadDeadline(time.Time{})
 		l.forget(nc)
-		l.h2.handoff(&peekedConn{Conn: nc, r: br}) // writes bypass conn: the h2 server writes from other goroutines
+		// Writes bypass conn: the h2 server writes from other goroutines.
+		l.h2.handoff(&peekedConn{Conn: &countedConn{Conn: nc, f: &l.frontEnd}, r: br})
 		return
 	}
 	bw := writers.Get().(*bufio.Writer)
 	bw.Reset(conn)
+	linger := false
+	var hc h1Conn
 	defer func() {
+		hc.release()
+		if linger {
+			_ = conn.Flush()
+			lingerClose(nc)
+		}
 		conn.Close()
 		l.forget(nc)
-		br.Reset(nil)
-		readers.Put(br)
+		l.connClosed()
+		pooled.Reset(nil)
+		readers.Put(pooled)
 		bw.Reset(nil)
 		writers.Put(bw)
 	}()
@@ -130,22 +153,42 @@ func (l *Listener) serveConn(nc net.Conn, in, out []byte) {
 	w := &h1Writer{conn: conn, br: br, bw: bw, drain: &l.draining}
 	// armed is the read deadline in force (zero: none). Every change costs a runtime timer
 	// update, so the idle deadline is moved only once it lags by more than a second, and
-	// the header deadline is set only for a head that has not arrived whole.
-	armed := time.Now().Add(readHeaderTimeout)
+	// the head deadline is set only for a head that has not arrived whole.
 	for first := true; ; first = false {
+		lim = l.lim()
 		if !first {
-			if now := time.Now(); armed.IsZero() || now.Add(idleTimeout).Sub(armed) > time.Second {
-				armed = now.Add(idleTimeout)
+			if lim.IdleTimeout == 0 {
+				if !armed.IsZero() {
+					armed = time.Time{}
+					_ = conn.SetReadDeadline(armed)
+				}
+			} else if now := time.Now(); armed.IsZero() || now.Add(lim.IdleTimeout).Sub(armed) > time.Second {
+				armed = now.Add(lim.IdleTimeout)
 				_ = conn.SetReadDeadline(armed)
 			}
 			if _, err := br.Peek(1); err != nil {
 				return
 			}
 		}
-		head := bufferedHead(br)
-		if head < 0 && !first {
-			armed = time.Now().Add(readHeaderTimeout)
-			_ = conn.SetReadDeadline(armed)
+		head, p := httphead.CheckRequest(buffered(br), headLimits(lim))
+		if head == 0 && p == nil {
+			if !first {
+				// The head's first byte is here: the whole head must follow within the
+				// head timeout, however it trickles in.
+				armed = deadlineAfter(time.Now(), lim.HeadTimeout)
+				_ = conn.SetReadDeadline(armed)
+			}
+			if br, head, p = hc.readHead(br, lim); br == nil {
+				return // the caller left or the head timed out
+			}
+			w.br = br
+		}
+		if p != nil {
+			l.refused.Add(1)
+			bw.Write(httphead.AppendProblem(nil, p))
+			_ = bw.Flush()
+			linger = true
+			return
 		}
 		req, fast, err := readRequest(br, head)
 		if err != nil {
@@ -166,6 +209,11 @@ func (l *Listener) serveConn(nc net.Conn, in, out []byte) {
 			armed = time.Time{}
 			_ = conn.SetReadDeadline(armed)
 		}
+		var guard *malformedBody
+		if len(req.TransferEncoding) > 0 {
+			guard = &malformedBody{ReadCloser: req.Body}
+			req.Body = guard
+		}
 		draining := l.track(st, true)
 		req.RemoteAddr = remote
 		if req.Header.Get("Expect") == "100-continue" && req.ContentLength != 0 {
@@ -173,6 +221,7 @@ func (l *Listener) serveConn(nc net.Conn, in, out []byte) {
 			_ = bw.Flush()
 		}
 		w.reset(req, draining)
+		w.body = guard
 		l.ServeHTTP(w, req)
 		w.finish()
 		if w.watched {
@@ -184,6 +233,11 @@ func (l *Listener) serveConn(nc net.Conn, in, out []byte) {
 			n, _ = io.CopyN(io.Discard, req.Body, maxBodyDrain)
 		}
 		req.Body.Close()
+		if guard != nil && guard.err != nil {
+			// The body broke after the response was sent, or while it was drained:
+			// where the next request starts is unknown.
+			w.close = true
+		}
 		// With nothing more buffered the next step is waiting for the next request, so the
 		// response is written by that read (connio.Conn), saving a read(2) per request.
 		// A pipelined request already buffered must not wait behind this response.
@@ -193,16 +247,65 @@ func (l *Listener) serveConn(nc net.Conn, in, out []byte) {
 		if err != nil || w.close || n == maxBodyDrain {
 			return
 		}
+		if br != pooled && br.Buffered() == 0 {
+			// Back to the pooled reader once the large head's reader is drained; it holds
+			// what was read after (the large reader read through it).
+			br, w.br = pooled, pooled
+			hc.release()
+		}
 		if l.track(st, false) {
 			return
 		}
 	}
 }
 
-// bufferedHead returns the length of the request head if it is buffered whole, else -1.
-func bufferedHead(br *bufio.Reader) int {
+// deadlineAfter is now+d, or no deadline (zero) for d == 0.
+func deadlineAfter(now time.Time, d time.Duration) time.Time {
+	if d == 0 {
+		return time.Time{}
+	}
+	return now.Add(d)
+}
+
+// buffered returns what br holds, unread.
+func buffered(br *bufio.Reader) []byte {
 	buf, _ := br.Peek(br.Buffered())
-	return httphead.End(buf)
+	return buf
+}
+
+// readHead reads until br holds a whole request head that passes httphead.CheckRequest,
+// or one that fails it (p). A head longer than the pooled reader's buffer is read through
+// a reader large enough for the longest head allowed (its size reserved from headBudget,
+// or the head is refused with 503), so the head can be checked whole before it is
+// parsed; nothing buffers more than lim.MaxHeadBytes of it. br is nil if the connection
+// failed or its read deadline passed first.
+func (c *h1Conn) readHead(br *bufio.Reader, lim *config.HTTPLimits) (_ *bufio.Reader, head int, p *httphead.Problem) {
+	for {
+		if br.Buffered() == br.Size() {
+			size := max(lim.MaxHeadBytes, 2*br.Size())
+			if !headBudget.reserve(size - c.reserved) {
+				return br, 0, errHeadBudget
+			}
+			c.reserved = size
+			br = bufio.NewReaderSize(br, size) // reads what br holds, then the connection
+		}
+		if _, err := br.Peek(br.Buffered() + 1); err != nil {
+			return nil, 0, nil
+		}
+		if head, p = httphead.CheckRequest(buffered(br), headLimits(lim)); head > 0 || p != nil {
+			return br, head, p
+		}
+	}
+}
+
+// h1Conn is what serveConn keeps of a connection across its requests beyond locals: the
+// bytes of headBudget its large-head reader holds.
+type h1Conn struct{ reserved int }
+
+// release gives back the connection's share of headBudget.
+func (c *h1Conn) release() {
+	headBudget.release(c.reserved)
+	c.reserved = 0
 }
 
 // readRequest parses the next request: on the fast path (httphead) when its head, of
@@ -266,7 +369,10 @@ type h1Writer struct {
 	close       bool
 	// drain, when set, is the listener's: a drain that begins while the handler runs still
 	// closes the connection after this response, so the head must say so (issue 12 item 7).
-	drain *atomic.Bool
+	drain   *atomic.Bool
+	discard bool           // the handler's response is replaced: its body is dropped
+	aborted bool           // the body broke midway (abortBody): no last chunk, then close
+	body    *malformedBody // a chunked request body, watched for broken framing
 }
 
 func (w *h1Writer) reset(req *http.Request, closeAfter bool) {
@@ -275,7 +381,7 @@ func (w *h1Writer) reset(req *http.Request, closeAfter bool) {
 	} else {
 		clear(w.header)
 	}
-	w.req, w.wroteHeader, w.chunked, w.noBody, w.watched = req, false, false, false, false
+	w.req, w.wroteHeader, w.chunked, w.noBody, w.watched, w.discard, w.body, w.aborted = req, false, false, false, false, false, nil, false
 	w.close = closeAfter || req.Close || !req.ProtoAtLeast(1, 1) && !httpguts.HeaderValuesContainsToken(req.Header["Connection"], "keep-alive")
 }
 
@@ -290,6 +396,14 @@ func (w *h1Writer) WriteHeader(code int) {
 		w.close = true
 	}
 	bw := w.bw
+	if w.body != nil && w.body.err != nil {
+		// The request body's framing broke (an invalid chunk size): the caller's fault,
+		// whatever the handler made of it; the connection closes.
+		w.discard, w.close = true, true
+		bw.Write(httphead.AppendProblem(nil, &httphead.Problem{Status: http.StatusBadRequest,
+			Reason: "malformed chunked request body: " + w.body.err.Error()}))
+		return
+	}
 	bw.WriteString("HTTP/1.1 ")
 	bw.WriteString(strconv.Itoa(code))
 	bw.WriteByte(' ')
@@ -325,7 +439,7 @@ func (w *h1Writer) Write(p []byte) (int, error) {
 	if !w.wroteHeader {
 		w.WriteHeader(http.StatusOK)
 	}
-	if w.noBody || len(p) == 0 {
+	if w.noBody || w.discard || len(p) == 0 {
 		return len(p), nil
 	}
 	if w.chunked {
@@ -350,10 +464,12 @@ func (w *h1Writer) finish() {
 	if !w.wroteHeader {
 		w.WriteHeader(http.StatusOK)
 	}
-	if w.chunked {
+	if w.chunked && !w.discard && !w.aborted {
 		w.bw.WriteString("0\r\n\r\n")
 	}
 }
+
+func (w *h1Writer) abortBody() { w.aborted, w.close = true, true }
 
 // peekedConn replays what the preface check buffered before reading the connection.
 type peekedConn struct {
@@ -363,25 +479,35 @@ type peekedConn struct {
 
 func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
-// h2Server serves prior-knowledge h2c connections with the standard library.
+// h2Server serves prior-knowledge h2c connections with the standard library. Its server
+// starts with the first h2c connection and takes the listener's limits in force then:
+// MaxHeaderBytes (sent as SETTINGS_MAX_HEADER_LIST_SIZE and enforced per header block),
+// the head timeout and the idle timeout.
 type h2Server struct {
 	srv   *http.Server
 	conns chan net.Conn
 	done  chan struct{}
 	addr  net.Addr
 	once  sync.Once
+	start sync.Once
+	lim   func() *config.HTTPLimits
 }
 
-func newH2Server(h http.Handler, addr net.Addr) *h2Server {
+func newH2Server(h http.Handler, addr net.Addr, lim func() *config.HTTPLimits) *h2Server {
 	var protocols http.Protocols
 	protocols.SetUnencryptedHTTP2(true)
-	s := &h2Server{srv: &http.Server{Handler: h, Protocols: &protocols, ReadHeaderTimeout: readHeaderTimeout, IdleTimeout: idleTimeout},
-		conns: make(chan net.Conn), done: make(chan struct{}), addr: addr}
-	go func() { _ = s.srv.Serve(s) }()
-	return s
+	return &h2Server{srv: &http.Server{Handler: h, Protocols: &protocols},
+		conns: make(chan net.Conn), done: make(chan struct{}), addr: addr, lim: lim}
 }
 
 func (s *h2Server) handoff(c net.Conn) {
+	s.start.Do(func() {
+		lim := s.lim()
+		s.srv.MaxHeaderBytes = lim.MaxHeadBytes
+		s.srv.ReadHeaderTimeout = lim.HeadTimeout
+		s.srv.IdleTimeout = lim.IdleTimeout
+		go func() { _ = s.srv.Serve(s) }()
+	})
 	select {
 	case s.conns <- c:
 	case <-s.done:

@@ -58,10 +58,15 @@ type sock struct {
 	closed    bool
 	serving   bool      // downstream: serveNext is on the stack
 	ex        *exchange // the request in flight on this connection
-	deadline  int64     // downstream: idle or header deadline (unix nanos)
+	deadline  int64     // downstream: idle, head or linger deadline (unix nanos)
 	remote    string
 	closeNext bool // downstream: close once the queued output is written
 	dirty     bool // output queued for the end of the batch
+	inHead    bool // downstream: a head is under way and deadline is its end
+	linger    bool // downstream: a refusal was sent; drop input a while before closing
+	shut      bool // downstream: lingering, the write side is shut
+	lingerFor int  // downstream: bytes lingering may still drop
+	reserved  int  // downstream: bytes of in's capacity reserved from headBudget
 
 	// upstream
 	host       *upstream.Host
@@ -140,6 +145,11 @@ type hloop struct {
 	drained  bool
 	done     chan struct{}
 	sweepAt  int64 // next look for hosts that left their clusters
+
+	backoff  acceptBackoff
+	paused   bool  // accepting paused after a failed accept; the listener is out of the set
+	acceptAt int64 // when accepting resumes
+	discard  [4096]byte
 }
 
 // hostSweep is how often a loop drops its idle connections and cached addresses for
@@ -244,31 +254,6 @@ func (h *hloop) track(s *sock) {
 	h.socks[s.fd] = s
 }
 
-func (h *hloop) accept() {
-	if h.draining.Load() {
-		return
-	}
-	_ = h.lrc.Control(func(lfd uintptr) {
-		for range 64 {
-			fd, sa, err := unix.Accept4(int(lfd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-			if err != nil {
-				return // EAGAIN, or a transient error (EMFILE): level-triggered, so it comes back
-			}
-			_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-			d := &sock{fd: fd, remote: sockaddrString(sa), writable: true}
-			if err := h.ev.Add(fd); err != nil {
-				unix.Close(fd)
-				continue
-			}
-			h.track(d)
-			h.down++
-			h.l.connections.Add(1)
-			d.deadline = h.ev.Now().Add(readHeaderTimeout).UnixNano()
-			h.ev.Arm(d.deadline)
-		}
-	})
-}
-
 func sockaddrString(sa unix.Sockaddr) string {
 	switch a := sa.(type) {
 	case *unix.SockaddrInet4:
@@ -283,7 +268,7 @@ func sockaddrString(sa unix.Sockaddr) string {
 // drained (edge-triggered: the next arrival raises a new event).
 func (h *hloop) fill(s *sock) bool {
 	if cap(s.in)-len(s.in) < loopReadSize {
-		grown := make([]byte, len(s.in), max(2*cap(s.in), len(s.in)+loopReadSize))
+		grown := make([]byte, len(s.in), grownCap(s))
 		copy(grown, s.in)
 		s.in = grown
 	}
@@ -308,7 +293,7 @@ func (h *hloop) fill(s *sock) bool {
 func consume(s *sock, n int) {
 	s.in = s.in[:copy(s.in, s.in[n:])]
 	if len(s.in) == 0 && cap(s.in) > keepBuffer {
-		s.in = nil
+		dropIn(s)
 	}
 }
 
@@ -352,7 +337,7 @@ func (h *hloop) Flush() {
 func (h *hloop) write(s *sock) bool {
 	if s.off == len(s.out) {
 		if s.closeNext && !s.up {
-			h.closeDown(s)
+			h.endDown(s)
 			return false
 		}
 		return true
@@ -365,7 +350,7 @@ func (h *hloop) write(s *sock) bool {
 			s.out = nil // a large response passed: do not keep its buffer per connection
 		}
 		if s.closeNext {
-			h.closeDown(s)
+			h.endDown(s)
 			return false
 		}
 		return true
@@ -413,7 +398,7 @@ func (h *hloop) serveNext(d *sock) {
 	for !d.closed && d.ex == nil {
 		if d.closeNext {
 			if d.off == len(d.out) {
-				h.closeDown(d)
+				h.endDown(d)
 			}
 			return
 		}
@@ -421,20 +406,31 @@ func (h *hloop) serveNext(d *sock) {
 			h.handoff(d)
 			return
 		}
+		lim := h.l.lim()
 		state := needMore
-		if end := httphead.End(d.in); end > 0 {
+		end, p := httphead.CheckRequest(d.in, headLimits(lim))
+		switch {
+		case p != nil:
+			h.refuse(d, p)
+			continue
+		case end > 0:
 			state = h.dispatch(d, end)
-		} else if len(d.in) >= loopMaxRequest {
-			h.handoff(d) // net/http answers an oversized head
+		case len(d.in) >= loopMaxRequest:
+			h.handoff(d) // a head limit above what the loop buffers: the goroutine path reads it
 			return
 		}
 		switch state {
 		case dispatched:
+			d.inHead = false
 			continue
 		case gone:
 			return
 		}
 		if d.readable && len(d.in) < loopMaxRequest {
+			if !h.reserveHead(d) {
+				h.refuse(d, errHeadBudget)
+				continue
+			}
 			h.fill(d)
 			continue
 		}
@@ -442,12 +438,19 @@ func (h *hloop) serveNext(d *sock) {
 			d.closeNext = true // a partial request at EOF is dropped, as net/http does
 			continue
 		}
-		timeout := idleTimeout
-		if len(d.in) > 0 {
-			timeout = readHeaderTimeout
+		switch {
+		case d.inHead:
+			// The head's deadline stands, however its bytes trickle in.
+		case len(d.in) > 0:
+			// The first bytes of a head: the whole head must follow within the timeout.
+			d.inHead = true
+			d.deadline = deadlineNanos(h.ev.Now(), lim.HeadTimeout)
+		default:
+			d.deadline = deadlineNanos(h.ev.Now(), lim.IdleTimeout)
 		}
-		d.deadline = h.ev.Now().Add(timeout).UnixNano()
-		h.ev.Arm(d.deadline)
+		if d.deadline != 0 {
+			h.ev.Arm(d.deadline)
+		}
 		return
 	}
 }

@@ -144,6 +144,7 @@ func (h *hloop) closeDown(d *sock) {
 	h.socks[d.fd] = nil
 	unix.Close(d.fd)
 	h.down--
+	h.downClosed(d)
 	h.checkDrained()
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/sidecar/connio"
+	"github.com/weftmesh/weft/sidecar/httphead"
 )
 
 // The event loop's hand-offs to the goroutine path, its timers and its drain (see
@@ -22,6 +23,10 @@ func (h *hloop) detach(s *sock) net.Conn {
 	s.closed = true
 	if !s.up {
 		h.down--
+		if s.reserved > 0 { // the goroutine path takes s.in as it is, unaccounted
+			headBudget.release(s.reserved)
+			s.reserved = 0
+		}
 	}
 	f := os.NewFile(uintptr(s.fd), "")
 	nc, err := net.FileConn(f) // a duplicate descriptor in Go's poller
@@ -40,6 +45,7 @@ func (h *hloop) handoff(d *sock) {
 	nc := h.detach(d)
 	h.checkDrained()
 	if nc == nil {
+		h.l.connClosed()
 		return
 	}
 	go h.l.serveConn(nc, in, out)
@@ -107,6 +113,14 @@ func (h *hloop) Tick(now time.Time) {
 			} else {
 				later(s.deadline)
 			}
+		}
+	}
+	if h.paused {
+		if t >= h.acceptAt {
+			h.resumeAccept()
+		}
+		if h.paused {
+			later(h.acceptAt)
 		}
 	}
 	if len(h.addrs) > 0 {
@@ -202,6 +216,7 @@ func (l *Listener) finishSlow(ex *exchange, dnc net.Conn, din, dout []byte, unc 
 	ex.status = http.StatusServiceUnavailable
 	defer func() { ex.end(l, time.Since(ex.start)) }()
 	if dnc == nil {
+		l.connClosed()
 		if unc != nil {
 			unc.Close()
 		}
@@ -220,6 +235,10 @@ func (l *Listener) finishSlow(ex *exchange, dnc net.Conn, din, dout []byte, unc 
 		}
 		br := bufio.NewReader(io.MultiReader(bytes.NewReader(uin), unc))
 		for {
+			if p := httphead.CheckResponseFrom(br); p != nil {
+				resp, err = nil, p // ambiguous framing: answered 502, the connection closed
+				break
+			}
 			if resp, err = http.ReadResponse(br, ex.r); err != nil || resp.StatusCode >= 200 {
 				break
 			}
@@ -238,8 +257,14 @@ func (l *Listener) finishSlow(ex *exchange, dnc net.Conn, din, dout []byte, unc 
 		ex.status = st.status
 		localReply(w, st.status, st.msg)
 		w.finish()
-		_ = bw.Flush()
-		dnc.Close()
+		// The caller's request was read whole: its connection goes on, only the
+		// upstream one is dropped.
+		if err := bw.Flush(); err != nil || w.close {
+			dnc.Close()
+			l.connClosed()
+			return
+		}
+		go l.serveConn(dnc, din, nil)
 		return
 	}
 	ex.status = resp.StatusCode
@@ -251,6 +276,7 @@ func (l *Listener) finishSlow(ex *exchange, dnc net.Conn, din, dout []byte, unc 
 	resp.Body.Close()
 	if err := bw.Flush(); err != nil || w.close {
 		dnc.Close()
+		l.connClosed()
 		return
 	}
 	go l.serveConn(dnc, din, nil)

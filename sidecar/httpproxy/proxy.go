@@ -100,6 +100,8 @@ type Listener struct {
 	// appStartTimeouts: requests refused because the app did not start within the caller's
 	// hold (appstart.go).
 	appStartTimeouts atomic.Uint64
+
+	frontEnd // limits on downstream connections (frontlimits.go)
 }
 
 // Stats returns the requests in flight now and the requests served since start; an
@@ -146,6 +148,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 			p.listeners[hl.Name] = l
 		}
 		l.routes.Store(hl.Routes)
+		l.setLimits(hl.Limits)
 	}
 	for name, l := range p.listeners {
 		if !seen[name] {
@@ -175,7 +178,8 @@ func (p *Proxy) start(hl *config.HTTPListener) (*Listener, error) {
 	}
 	l := &Listener{Name: hl.Name, inbound: hl.Name == InboundListener, proxy: p, addr: ln.Addr(), cfgAddr: hl.Address, ln: ln, conns: map[net.Conn]*connState{}}
 	l.idleCond = sync.NewCond(&l.mu)
-	l.h2 = newH2Server(l, ln.Addr())
+	l.setLimits(hl.Limits)
+	l.h2 = newH2Server(l, ln.Addr(), l.lim)
 	mode := "goroutine per connection"
 	if p.opts.GoroutinePerConnection {
 		go l.serve(ln)

@@ -59,20 +59,6 @@ func (f *flaky) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write([]byte("ok"))
 }
 
-// bothPaths runs test on each HTTP/1.1 path: the event loop (loop.go) with loop set, and
-// the goroutine per connection (h1.go) without it. Every behaviour the two paths share is
-// held to on both, so neither can drift from the other unnoticed.
-func bothPaths(t *testing.T, test func(t *testing.T, loop bool)) {
-	t.Helper()
-	for _, loop := range []bool{true, false} {
-		name := "goroutine-per-connection"
-		if loop {
-			name = "event-loop"
-		}
-		t.Run(name, func(t *testing.T) { test(t, loop) })
-	}
-}
-
 func getWithID(t *testing.T, base, id string) (int, http.Header) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, base+"/", nil)
@@ -87,13 +73,13 @@ func getWithID(t *testing.T, base, id string) (int, http.Header) {
 }
 
 func TestRetriesTurnFlakyFailuresIntoSuccesses(t *testing.T) {
-	bothPaths(t, func(t *testing.T, loop bool) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
 		f := &flaky{fails: 2, seen: map[string]int{}}
 		be := st.Backend(t, "", f.ServeHTTP)
 		cp := st.StartControlPlane(t)
 		snap, _ := oneBackend([]string{be.URL}, []st.RouteOption{st.Retries("5xx", 3, 0)})
 		cp.Set(snap)
-		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: !loop}).URL(t, st.OutboundListenerName)
+		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines}).URL(t, st.OutboundListenerName)
 		for i := range 20 {
 			id := string(rune('a' + i))
 			if code, _ := getWithID(t, base, id); code != 200 {
@@ -109,13 +95,13 @@ func TestRetriesTurnFlakyFailuresIntoSuccesses(t *testing.T) {
 }
 
 func TestRetriesGiveUpAfterNumRetries(t *testing.T) {
-	bothPaths(t, func(t *testing.T, loop bool) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
 		f := &flaky{fails: 5, seen: map[string]int{}}
 		be := st.Backend(t, "", f.ServeHTTP)
 		cp := st.StartControlPlane(t)
 		snap, _ := oneBackend([]string{be.URL}, []st.RouteOption{st.Retries("gateway-error", 2, 0)})
 		cp.Set(snap)
-		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: !loop}).URL(t, st.OutboundListenerName)
+		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines}).URL(t, st.OutboundListenerName)
 		if code, _ := getWithID(t, base, "x"); code != 503 {
 			t.Fatalf("status %d, want the upstream's 503 once retries are exhausted", code)
 		}
@@ -126,13 +112,13 @@ func TestRetriesGiveUpAfterNumRetries(t *testing.T) {
 }
 
 func TestPerTryTimeoutAbandonsSlowAttemptAndRetries(t *testing.T) {
-	bothPaths(t, func(t *testing.T, loop bool) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
 		f := &flaky{seen: map[string]int{}, slow: 10 * time.Second}
 		be := st.Backend(t, "", f.ServeHTTP)
 		cp := st.StartControlPlane(t)
 		snap, _ := oneBackend([]string{be.URL}, []st.RouteOption{st.Retries("5xx", 2, 200*time.Millisecond), st.Timeout(8 * time.Second)})
 		cp.Set(snap)
-		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: !loop}).URL(t, st.OutboundListenerName)
+		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines}).URL(t, st.OutboundListenerName)
 		if code, _ := getWithID(t, base, "slow"); code != 200 {
 			t.Fatalf("status %d, want 200 from the second attempt after the first hit its per-try timeout", code)
 		}
@@ -143,13 +129,13 @@ func TestPerTryTimeoutAbandonsSlowAttemptAndRetries(t *testing.T) {
 }
 
 func TestRouteTimeoutAnswers504(t *testing.T) {
-	bothPaths(t, func(t *testing.T, loop bool) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
 		f := &flaky{seen: map[string]int{}, slow: 10 * time.Second}
 		be := st.Backend(t, "", f.ServeHTTP)
 		cp := st.StartControlPlane(t)
 		snap, _ := oneBackend([]string{be.URL}, []st.RouteOption{st.Timeout(200 * time.Millisecond)})
 		cp.Set(snap)
-		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: !loop}).URL(t, st.OutboundListenerName)
+		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines}).URL(t, st.OutboundListenerName)
 		if code, _ := getWithID(t, base, "t"); code != http.StatusGatewayTimeout {
 			t.Fatalf("status %d, want 504 when the route timeout passes", code)
 		}
@@ -157,7 +143,7 @@ func TestRouteTimeoutAnswers504(t *testing.T) {
 }
 
 func TestOutlierDetectionEjectsFailingEndpointAndRestoresIt(t *testing.T) {
-	bothPaths(t, func(t *testing.T, loop bool) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
 		var failing atomic.Bool
 		failing.Store(true)
 		var badHits atomic.Int64
@@ -177,7 +163,7 @@ func TestOutlierDetectionEjectsFailingEndpointAndRestoresIt(t *testing.T) {
 				MaxEjectionPercent: wrapperspb.UInt32(50)}
 		})
 		cp.Set(snap)
-		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: !loop}).URL(t, st.OutboundListenerName)
+		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines}).URL(t, st.OutboundListenerName)
 		for range 20 {
 			st.Get(t, client, base, "reviews", "/")
 		}
@@ -198,7 +184,7 @@ func TestOutlierDetectionEjectsFailingEndpointAndRestoresIt(t *testing.T) {
 }
 
 func TestCircuitBreakerOverflowsCleanly(t *testing.T) {
-	bothPaths(t, func(t *testing.T, loop bool) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
 		release := make(chan struct{})
 		var inside atomic.Int64
 		be := st.Backend(t, "", func(w http.ResponseWriter, r *http.Request) {
@@ -212,7 +198,7 @@ func TestCircuitBreakerOverflowsCleanly(t *testing.T) {
 				MaxRequests: wrapperspb.UInt32(2), MaxConnections: wrapperspb.UInt32(2), MaxPendingRequests: wrapperspb.UInt32(0)}}}
 		})
 		cp.Set(snap)
-		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: !loop}).URL(t, st.OutboundListenerName)
+		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines}).URL(t, st.OutboundListenerName)
 		var wg sync.WaitGroup
 		for range 2 {
 			wg.Add(1)
@@ -240,7 +226,7 @@ func TestCircuitBreakerOverflowsCleanly(t *testing.T) {
 // host to go to (the only one was just ejected); otherwise the budget drains and later
 // retries overflow.
 func TestRetryBudgetReturnsWhenNoHostIsLeft(t *testing.T) {
-	bothPaths(t, func(t *testing.T, loop bool) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
 		be := st.Backend(t, "", func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "down", 503) })
 		cp := st.StartControlPlane(t)
 		snap, cn := oneBackend([]string{be.URL}, []st.RouteOption{st.Retries("5xx", 1, 0)}, func(c *clusterv3.Cluster) {
@@ -251,7 +237,7 @@ func TestRetryBudgetReturnsWhenNoHostIsLeft(t *testing.T) {
 				MaxRetries: wrapperspb.UInt32(1)}}}
 		})
 		cp.Set(snap)
-		sc := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: !loop})
+		sc := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines})
 		base := sc.URL(t, st.OutboundListenerName)
 		for i := range 4 {
 			if code, _, _ := st.Get(t, client, base, "reviews", "/"); code != 503 {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/sidecar/config"
+	"github.com/weftmesh/weft/sidecar/httphead"
 	"github.com/weftmesh/weft/sidecar/upstream"
 )
 
@@ -277,9 +278,12 @@ func retryOnStatus(rp *config.RetryPolicy, code int) bool {
 // errorReply is what Envoy answers for a failed last attempt; timedOut says the route
 // timeout has passed.
 func errorReply(err error, timedOut bool) (int, string) {
+	var bad *httphead.Problem
 	switch {
 	case err == errNoHost:
 		return http.StatusServiceUnavailable, "no healthy upstream\n"
+	case errors.As(err, &bad):
+		return bad.Status, bad.Reason + "\n" // 502: the response's framing is ambiguous
 	case timedOut:
 		return http.StatusGatewayTimeout, "upstream request timeout\n"
 	case isConnectFailure(err) && isTimeout(err):

@@ -36,5 +36,16 @@ func (p *Proxy) WritePrometheus(w io.Writer) {
 	metric("weft_listener_app_start_timeouts_total", "counter",
 		"Requests answered 503 because the app did not accept a connection within the caller's hold timeout.",
 		func(l *Listener) int64 { return int64(l.appStartTimeouts.Load()) })
+	metric("weft_listener_connections_active", "gauge", "Downstream connections open now.",
+		func(l *Listener) int64 { return l.active.Load() })
+	metric("weft_listener_connections_overflow_total", "counter",
+		"Connections closed at accept because the listener had max_connections open (Envoy's downstream_cx_overflow).",
+		func(l *Listener) int64 { return int64(l.overflow.Load()) })
+	metric("weft_listener_accept_errors_total", "counter",
+		"Failed accepts (out of descriptors or memory); each pauses accepting, 5 ms doubling to 1 s.",
+		func(l *Listener) int64 { return int64(l.acceptErrors.Load()) })
+	metric("weft_listener_requests_refused_total", "counter",
+		"Request heads refused before routing: over the header limits (431) or framed ambiguously (400, 501).",
+		func(l *Listener) int64 { return int64(l.refused.Load()) })
 	p.opts.Upstreams.WritePrometheus(w)
 }

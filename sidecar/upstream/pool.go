@@ -214,6 +214,9 @@ func (c *Cluster) exchange(ctx context.Context, pc *pconn, req *Request, pool *p
 // buffered whole and its body is framed by Content-Length (or absent), else with
 // http.ReadResponse.
 func readResponse(br *bufio.Reader, forMethod *http.Request) (*http.Response, error) {
+	if p := httphead.CheckResponseFrom(br); p != nil {
+		return nil, p // ambiguous framing: the connection is not reused (RoundTrip closes it)
+	}
 	if buf, _ := br.Peek(br.Buffered()); len(buf) > 0 {
 		if n := httphead.End(buf); n > 0 {
 			if h, ok := httphead.ParseResponse(buf[:n]); ok {
