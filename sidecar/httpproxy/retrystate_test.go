@@ -10,6 +10,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/weftmesh/weft/sidecar/config"
+	"github.com/weftmesh/weft/sidecar/httphead"
 	"github.com/weftmesh/weft/sidecar/upstream"
 )
 
@@ -150,6 +151,8 @@ func TestRetryState(t *testing.T) {
 			{at: 150 * time.Millisecond, status: 503, want: stepForward, wantOutcome: upstream.GatewayError}}},
 		{name: "caller gone: no retry, not the host's fault", rp: retries(config.Retry5xx, 2), events: []policyEvent{
 			{left: true, err: errReadReset, want: stepReply, wantOutcome: upstream.Success, wantStatus: 503, wantMsg: msgTermination}}},
+		{name: "ambiguous response framing answers 502", events: []policyEvent{
+			{err: &httphead.Problem{Status: 502, Reason: "two lengths"}, want: stepReply, wantOutcome: upstream.GatewayError, wantStatus: 502, wantMsg: "two lengths\n"}}},
 		{name: "no host answers 503", rp: retries(config.Retry5xx, 2), events: []policyEvent{
 			{status: 500, want: stepRetry, wantOutcome: upstream.ServerError, wantDelay: 10 * time.Millisecond},
 			{want: stepReply, wantStatus: 503, wantMsg: msgNoHost}}},
