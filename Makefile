@@ -9,8 +9,14 @@ LOCALBIN ?= $(shell pwd)/bin
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 GO ?= go
+# golangci-lint is built from its Go module (pinned) into a cache outside the clone.
+GOLANGCI_LINT_VERSION ?= v2.15.0
+TOOLBIN ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/weft/tools
+GOLANGCI_LINT ?= $(TOOLBIN)/golangci-lint
 # Envtest binaries (kube-apiserver, etcd, kube-controller-manager) are found or built by
-# hack/envtest-assets.sh into a cache outside the clone; it prints their directory.
+# hack/envtest (package internal/k8sbin) into a cache outside the clone; it prints their
+# directory as its last line.
+ENVTEST ?= $(GO) run ./hack/envtest
 
 .PHONY: all
 all: build
@@ -44,15 +50,31 @@ fmt: ## go fmt.
 vet: ## go vet.
 	$(GO) vet ./...
 
+.PHONY: lint
+lint: golangci-lint ## golangci-lint (.golangci.yml): the standard set, depguard layering, errorlint, doc comments.
+	$(GOLANGCI_LINT) run ./...
+
+.PHONY: lint-report
+lint-report: golangci-lint ## Long and complex functions (funlen, gocyclo): reported, never failing.
+	$(GOLANGCI_LINT) run --enable-only funlen,gocyclo --issues-exit-code 0 \
+	  --max-issues-per-linter 0 --max-same-issues 0 --uniq-by-line=false ./...
+
+.PHONY: golangci-lint
+golangci-lint: ## Install golangci-lint $(GOLANGCI_LINT_VERSION) into $(TOOLBIN) unless it is there.
+	@if ! "$(GOLANGCI_LINT)" version 2>/dev/null | grep -q "version $(GOLANGCI_LINT_VERSION:v%=%) "; then \
+	  echo "installing golangci-lint $(GOLANGCI_LINT_VERSION) into $(TOOLBIN) (a few minutes on 2 cores)"; \
+	  GOBIN="$(TOOLBIN)" GOFLAGS= $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION); \
+	fi
+
 .PHONY: envtest
 envtest: ## Find or build kube-apiserver, etcd and kube-controller-manager (offline).
-	@hack/envtest-assets.sh
+	@$(ENVTEST)
 
 .PHONY: test
 test: manifests generate vet ## Run all tests (unit, golden, envtest) — does its own set-up.
 	@hack/deps.sh test
 	@hack/verify-generated.sh
-	assets="$$(hack/envtest-assets.sh | tail -n1)" && \
+	assets="$$($(ENVTEST) | tail -n1)" && \
 	  KUBEBUILDER_ASSETS="$$assets" $(GO) test ./... -count=1 -timeout 30m
 
 .PHONY: test-race

@@ -102,13 +102,7 @@ func (r *MeshFunctionReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	if err := r.Get(ctx, req.NamespacedName, fn); err != nil {
 		if apierrors.IsNotFound(err) {
 			// Owner references delete the Deployment and Service.
-			if r.Scaler != nil {
-				r.Scaler.Remove(key)
-			}
-			if r.Decisions != nil {
-				r.Decisions.Forget(key)
-			}
-			delete(r.zeroSince, req.NamespacedName)
+			r.forget(req.NamespacedName)
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, err
@@ -131,24 +125,9 @@ func (r *MeshFunctionReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		return ctrl.Result{}, r.writeStatus(ctx, fn, status)
 	}
 
-	current := &appsv1.Deployment{}
-	err := r.Get(ctx, req.NamespacedName, current)
-	exists := err == nil
-	if err != nil && !apierrors.IsNotFound(err) {
+	current, exists, foreign, err := r.owned(ctx, fn)
+	if err != nil {
 		return ctrl.Result{}, err
-	}
-	svc := &corev1.Service{}
-	if err := r.Get(ctx, req.NamespacedName, svc); err != nil && !apierrors.IsNotFound(err) {
-		return ctrl.Result{}, err
-	} else if err != nil {
-		svc = nil
-	}
-	var foreign client.Object
-	switch {
-	case exists && !metav1.IsControlledBy(current, fn):
-		foreign = current
-	case svc != nil && !metav1.IsControlledBy(svc, fn):
-		foreign = svc
 	}
 	if foreign != nil {
 		// Never adopt or rewrite what Weft did not create: the user's object stays as it is
@@ -206,26 +185,11 @@ func (r *MeshFunctionReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		now := metav1.NewTime(r.Clock.Now())
 		status.LastScaleTime = &now
 	}
-	switch {
-	case exists && before > 0 && replicas == 0 && drained:
-		emit(r.Recorder, fn, corev1.EventTypeNormal, eventHandoff, actionScale,
-			"Scaled from %d to 0 replicas after every caller's sidecar ACKed the snapshot that drains the function (hand-off).", before)
-	case exists && before > 0 && replicas == 0:
-		emit(r.Recorder, fn, corev1.EventTypeWarning, eventHandoffTimeout, actionScale,
-			"Scaled from %d to 0 replicas after the %s hand-off timeout: some caller sidecars had not ACKed the draining snapshot.", before, r.HandoffTimeout)
-	case exists && before == 0 && replicas > 0:
-		emit(r.Recorder, fn, corev1.EventTypeNormal, eventScaledFromZero, actionScale, "Scaled from 0 to %d replicas.", replicas)
+	if exists {
+		r.emitScaleEvent(fn, before, replicas, drained)
 	}
-
-	svc = &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: fn.Name, Namespace: fn.Namespace}}
-	wantSvc := workload.FunctionService(fn)
-	if _, err := controllerutil.CreateOrUpdate(ctx, r.Client, svc, func() error {
-		svc.Labels = wantSvc.Labels
-		svc.Spec.Selector = wantSvc.Spec.Selector
-		svc.Spec.Ports = wantSvc.Spec.Ports // ClusterIP and the rest are the API server's
-		return controllerutil.SetControllerReference(fn, svc, r.Scheme())
-	}); err != nil {
-		return ctrl.Result{}, fmt.Errorf("reconciling Service of MeshFunction %s: %w", req.NamespacedName, err)
+	if err := r.writeService(ctx, fn); err != nil {
+		return ctrl.Result{}, err
 	}
 
 	status.Replicas = dep.Status.Replicas
@@ -238,6 +202,74 @@ func (r *MeshFunctionReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		return ctrl.Result{RequeueAfter: requeue}, nil
 	}
 	return ctrl.Result{}, nil
+}
+
+// owned reads the function's Deployment (exists reports whether there is one) and Service,
+// and returns as foreign the first of them that another owner controls.
+func (r *MeshFunctionReconciler) owned(ctx context.Context, fn *meshv1alpha1.MeshFunction) (current *appsv1.Deployment, exists bool, foreign client.Object, err error) {
+	name := client.ObjectKeyFromObject(fn)
+	current = &appsv1.Deployment{}
+	err = r.Get(ctx, name, current)
+	exists = err == nil
+	if err != nil && !apierrors.IsNotFound(err) {
+		return nil, false, nil, err
+	}
+	svc := &corev1.Service{}
+	if err := r.Get(ctx, name, svc); err != nil && !apierrors.IsNotFound(err) {
+		return nil, false, nil, err
+	} else if err != nil {
+		svc = nil
+	}
+	switch {
+	case exists && !metav1.IsControlledBy(current, fn):
+		foreign = current
+	case svc != nil && !metav1.IsControlledBy(svc, fn):
+		foreign = svc
+	}
+	return current, exists, foreign, nil
+}
+
+// forget drops what the reconciler keeps in memory about a deleted MeshFunction.
+func (r *MeshFunctionReconciler) forget(name types.NamespacedName) {
+	key := keyOf(name)
+	if r.Scaler != nil {
+		r.Scaler.Remove(key)
+	}
+	if r.Decisions != nil {
+		r.Decisions.Forget(key)
+	}
+	delete(r.zeroSince, name)
+}
+
+// emitScaleEvent records a scale to or from zero of an existing Deployment: to zero after the
+// hand-off (every caller's sidecar ACKed the draining snapshot) or after its timeout.
+func (r *MeshFunctionReconciler) emitScaleEvent(fn *meshv1alpha1.MeshFunction, before, replicas int32, drained bool) {
+	switch {
+	case before > 0 && replicas == 0 && drained:
+		emit(r.Recorder, fn, corev1.EventTypeNormal, eventHandoff, actionScale,
+			"Scaled from %d to 0 replicas after every caller's sidecar ACKed the snapshot that drains the function (hand-off).", before)
+	case before > 0 && replicas == 0:
+		emit(r.Recorder, fn, corev1.EventTypeWarning, eventHandoffTimeout, actionScale,
+			"Scaled from %d to 0 replicas after the %s hand-off timeout: some caller sidecars had not ACKed the draining snapshot.", before, r.HandoffTimeout)
+	case before == 0 && replicas > 0:
+		emit(r.Recorder, fn, corev1.EventTypeNormal, eventScaledFromZero, actionScale, "Scaled from 0 to %d replicas.", replicas)
+	}
+}
+
+// writeService creates or updates the function's Service; ClusterIP and the rest are the
+// API server's.
+func (r *MeshFunctionReconciler) writeService(ctx context.Context, fn *meshv1alpha1.MeshFunction) error {
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: fn.Name, Namespace: fn.Namespace}}
+	want := workload.FunctionService(fn)
+	if _, err := controllerutil.CreateOrUpdate(ctx, r.Client, svc, func() error {
+		svc.Labels = want.Labels
+		svc.Spec.Selector = want.Spec.Selector
+		svc.Spec.Ports = want.Spec.Ports
+		return controllerutil.SetControllerReference(fn, svc, r.Scheme())
+	}); err != nil {
+		return fmt.Errorf("reconciling Service of MeshFunction %s/%s: %w", fn.Namespace, fn.Name, err)
+	}
+	return nil
 }
 
 // replicas decides the Deployment's replica count: initial scale for a new Deployment,

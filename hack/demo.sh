@@ -4,7 +4,7 @@
 # figures: sidecars injected, EndpointSlices from kube-controller-manager, an 80/20 canary
 # split, retries hiding a failing pod, a fault rule. Ends with a summary table, tears
 # everything down and exits non-zero if a step failed. Works offline once the Go module
-# cache and the envtest binaries (hack/envtest-assets.sh) are in place; needs root for the
+# cache and the envtest binaries (go run ./hack/envtest) are in place; needs root for the
 # pod network namespaces.
 #
 # Environment: WEFT_DEMO_STATE (state dir, default /tmp/weft-demo), WEFT_DEMO_KEEP=1 (leave
@@ -39,7 +39,7 @@ mkdir -p bin
 for b in manager sidecar weft; do go build -o "bin/$b" "./cmd/$b"; done
 for b in echo slow flaky caller; do go build -o "bin/$b" "./examples/$b"; done
 say "bin/: $(cd bin && ls manager sidecar weft echo slow flaky caller | tr '\n' ' ')"
-ASSETS="$(hack/envtest-assets.sh | tail -n1)"
+ASSETS="$(go run ./hack/envtest | tail -n1)"
 say "control-plane binaries: $ASSETS"
 
 # ---- the local mesh ---------------------------------------------------------------------

@@ -7,8 +7,9 @@
 package v1alpha1
 
 import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"sigs.k8s.io/controller-runtime/pkg/scheme"
 )
 
 var (
@@ -16,8 +17,22 @@ var (
 	GroupVersion = schema.GroupVersion{Group: "mesh.weft.dev", Version: "v1alpha1"}
 
 	// SchemeBuilder registers the Weft kinds with a runtime.Scheme.
-	SchemeBuilder = &scheme.Builder{GroupVersion: GroupVersion}
+	// (apimachinery's builder, not controller-runtime's deprecated scheme.Builder: the API
+	// package stays importable without controller-runtime.)
+	SchemeBuilder = runtime.NewSchemeBuilder(addKnownTypes)
 
 	// AddToScheme adds the Weft kinds to a scheme.
 	AddToScheme = SchemeBuilder.AddToScheme
 )
+
+// addKnownTypes registers every Weft kind and the group version's meta types (ListOptions,
+// WatchEvent, ...), as controller-runtime's scheme.Builder.Register did.
+func addKnownTypes(s *runtime.Scheme) error {
+	s.AddKnownTypes(GroupVersion,
+		&MeshRoute{}, &MeshRouteList{},
+		&MeshFunction{}, &MeshFunctionList{},
+		&RedisProxy{}, &RedisProxyList{},
+	)
+	metav1.AddToGroupVersion(s, GroupVersion)
+	return nil
+}

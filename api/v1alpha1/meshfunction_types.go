@@ -321,7 +321,7 @@ type MeshFunction struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
-	Spec   MeshFunctionSpec   `json:"spec"`
+	Spec MeshFunctionSpec `json:"spec"`
 	// Status is defaulted to {observedGeneration: 0} so an object Weft has not reconciled
 	// yet reads InProgress to kstatus (which skips its generation check when
 	// observedGeneration is absent and would call the object Current).
@@ -336,8 +336,4 @@ type MeshFunctionList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []MeshFunction `json:"items"`
-}
-
-func init() {
-	SchemeBuilder.Register(&MeshFunction{}, &MeshFunctionList{})
 }

@@ -309,7 +309,7 @@ type RedisProxy struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
-	Spec   RedisProxySpec   `json:"spec"`
+	Spec RedisProxySpec `json:"spec"`
 	// Status is defaulted to {observedGeneration: 0} so an object Weft has not reconciled
 	// yet reads InProgress to kstatus (which skips its generation check when
 	// observedGeneration is absent and would call the object Current).
@@ -324,8 +324,4 @@ type RedisProxyList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []RedisProxy `json:"items"`
-}
-
-func init() {
-	SchemeBuilder.Register(&RedisProxy{}, &RedisProxyList{})
 }

@@ -234,7 +234,7 @@ type MeshRoute struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
-	Spec   MeshRouteSpec   `json:"spec"`
+	Spec MeshRouteSpec `json:"spec"`
 	// Status is defaulted to {observedGeneration: 0} so an object Weft has not reconciled
 	// yet reads InProgress to kstatus (which skips its generation check when
 	// observedGeneration is absent and would call the object Current).
@@ -249,8 +249,4 @@ type MeshRouteList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []MeshRoute `json:"items"`
-}
-
-func init() {
-	SchemeBuilder.Register(&MeshRoute{}, &MeshRouteList{})
 }

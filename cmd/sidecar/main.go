@@ -167,36 +167,10 @@ func run() error {
 	adm.AddStats(activatorStats{act})
 	adm.AddStats(redis)
 	adm.AddStats(calls)
-	servers := []*http.Server{
-		{Addr: f.adminAddress, Handler: adm.Handler(), ReadHeaderTimeout: 10 * time.Second},
-		{Addr: f.metricsAddress, Handler: adm.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second},
-	}
-	for _, s := range servers {
-		go func() {
-			if err := s.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				log.Error("admin server stopped", "address", s.Addr, "err", err)
-			}
-		}()
-	}
+	servers := serveAdmin(log, adm, f.adminAddress, f.metricsAddress)
 	log.Info("sidecar started", "node", node.GetId(), "xds", f.xdsAddress, "admin", f.adminAddress)
 	if f.releaseMemory {
-		go func() {
-			// Once the first complete config is in, start-up is over.
-			for current.Load() == nil {
-				select {
-				case <-bg.Done():
-					return
-				case <-time.After(100 * time.Millisecond):
-				}
-			}
-			time.Sleep(time.Second)
-			n, err := releaseStartupMemory()
-			if err != nil {
-				log.Warn("releasing start-up memory", "err", err)
-				return
-			}
-			log.Info("released start-up memory", "mappedBytes", n)
-		}()
+		go releaseMemoryAfterStartup(bg, log, func() bool { return current.Load() != nil })
 	}
 	<-sigCtx.Done()
 
@@ -213,6 +187,42 @@ func run() error {
 		return fmt.Errorf("draining in-flight requests: %w", err)
 	}
 	return nil
+}
+
+// serveAdmin serves the admin endpoints and the metrics on their own listeners; the caller
+// closes the returned servers on shutdown.
+func serveAdmin(log *slog.Logger, adm *admin.Server, adminAddr, metricsAddr string) []*http.Server {
+	servers := []*http.Server{
+		{Addr: adminAddr, Handler: adm.Handler(), ReadHeaderTimeout: 10 * time.Second},
+		{Addr: metricsAddr, Handler: adm.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second},
+	}
+	for _, s := range servers {
+		go func() {
+			if err := s.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("admin server stopped", "address", s.Addr, "err", err)
+			}
+		}()
+	}
+	return servers
+}
+
+// releaseMemoryAfterStartup waits until the first complete config is in (start-up is over),
+// then returns the memory start-up used to the OS.
+func releaseMemoryAfterStartup(ctx context.Context, log *slog.Logger, configured func() bool) {
+	for !configured() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	time.Sleep(time.Second)
+	n, err := releaseStartupMemory()
+	if err != nil {
+		log.Warn("releasing start-up memory", "err", err)
+		return
+	}
+	log.Info("released start-up memory", "mappedBytes", n)
 }
 
 // setConcurrency applies --concurrency. The default is one thread, as Linkerd's proxy:

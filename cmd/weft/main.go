@@ -5,20 +5,18 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 
 	"github.com/go-logr/logr"
 	"github.com/go-logr/logr/funcr"
 
+	"github.com/weftmesh/weft/internal/k8sbin"
 	"github.com/weftmesh/weft/internal/sandbox"
 )
 
@@ -55,7 +53,7 @@ func dev(args []string) error {
 	var verbose bool
 	fs.StringVar(&o.StateDir, "state-dir", filepath.Join(os.TempDir(), "weft-dev"), "where logs, the kubeconfig and etcd data live; a run cleans up what an earlier run with the same dir left")
 	fs.StringVar(&o.BinDir, "bin-dir", "bin", "directory of manager, sidecar and the example programs images map to")
-	fs.StringVar(&o.AssetsDir, "assets", os.Getenv("KUBEBUILDER_ASSETS"), "directory with etcd, kube-apiserver, kube-controller-manager (default $KUBEBUILDER_ASSETS, else hack/envtest-assets.sh)")
+	fs.StringVar(&o.AssetsDir, "assets", os.Getenv("KUBEBUILDER_ASSETS"), "directory with etcd, kube-apiserver, kube-controller-manager (default $KUBEBUILDER_ASSETS, else found or built as by go run ./hack/envtest)")
 	fs.StringVar(&o.CRDDir, "crds", "config/crd/bases", "directory of the CRDs to install")
 	fs.StringVar(&cidr, "pod-cidr", "10.244.0.0/16", "pod network; the first address is the host's bridge address")
 	fs.StringVar(&o.Bridge, "bridge", "weft0", "name of the host bridge pods attach to")
@@ -101,19 +99,17 @@ func dev(args []string) error {
 	return sandbox.Run(ctx, o)
 }
 
-// findAssets runs hack/envtest-assets.sh, which finds or builds the control-plane binaries
-// offline and prints their directory last.
+// findAssets finds or builds the control-plane binaries offline (package k8sbin, as
+// `go run ./hack/envtest` does) and returns their directory.
 func findAssets() (string, error) {
-	script := filepath.Join("hack", "envtest-assets.sh")
-	if _, err := os.Stat(script); err != nil {
-		return "", errors.New("no control-plane binaries: pass --assets (a dir with etcd, kube-apiserver, kube-controller-manager) or set KUBEBUILDER_ASSETS, or run weft dev from a Weft clone")
-	}
-	cmd := exec.Command(script)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
+	o, err := k8sbin.OptionsFromEnv(os.Getenv)
 	if err != nil {
-		return "", fmt.Errorf("%s failed: %w", script, err)
+		return "", err
 	}
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	return lines[len(lines)-1], nil
+	o.Log = os.Stderr
+	dir, err := k8sbin.Resolve(context.Background(), o)
+	if err != nil {
+		return "", fmt.Errorf("no control-plane binaries (pass --assets, a dir with etcd, kube-apiserver and kube-controller-manager, or set KUBEBUILDER_ASSETS): %w", err)
+	}
+	return dir, nil
 }

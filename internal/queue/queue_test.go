@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/weftmesh/weft/internal/queue"
+	"github.com/weftmesh/weft/sidecar/sidecartest/poll"
 )
 
 // startServer runs an embedded server on a random loopback port with a fresh store, and
@@ -190,7 +191,7 @@ func TestPendingWatcherReportsBacklogAndDrain(t *testing.T) {
 	rec := &sinkRecorder{last: map[queue.FunctionKey]int{}}
 	w := &queue.PendingWatcher{JS: js, Sink: rec, Interval: 20 * time.Millisecond, Logger: logr.Discard()}
 	go func() { _ = w.Start(ctx) }()
-	waitFor(t, "ns/a reported as 3", func() bool { n, _ := rec.get(queue.FunctionKey{"ns", "a"}); return n == 3 })
+	poll.Until(t, 60*time.Second, func() bool { n, _ := rec.get(queue.FunctionKey{"ns", "a"}); return n == 3 }, "waiting for ns/a reported as 3")
 
 	// Drain ns/a through a work-queue consumer; the watcher must report 0, not go quiet.
 	cons, err := js.CreateOrUpdateConsumer(ctx, queue.CallsStream, jetstream.ConsumerConfig{
@@ -207,10 +208,10 @@ func TestPendingWatcherReportsBacklogAndDrain(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "ns/a reported as 0 after drain", func() bool {
+	poll.Until(t, 60*time.Second, func() bool {
 		n, ok := rec.get(queue.FunctionKey{"ns", "a"})
 		return ok && n == 0
-	})
+	}, "waiting for ns/a reported as 0 after drain")
 	if n, _ := rec.get(queue.FunctionKey{"ns", "b"}); n != 2 {
 		t.Errorf("ns/b = %d, want 2", n)
 	}
@@ -248,17 +249,6 @@ func TestFunctionFromSubject(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func TestRunnerSetsUpStreamsAndFeedsBacklog(t *testing.T) {
 	token, _, _ := queue.EnsureToken(nil)
 	s := startServer(t, token, t.TempDir())
@@ -270,16 +260,16 @@ func TestRunnerSetsUpStreamsAndFeedsBacklog(t *testing.T) {
 
 	js := connect(t, s.ClientURL(), token)
 	var err error
-	waitFor(t, "the runner to create WEFT_CALLS", func() bool {
+	poll.Until(t, 60*time.Second, func() bool {
 		_, err = js.Stream(ctx, queue.CallsStream)
 		return err == nil
-	})
+	}, "waiting for the runner to create WEFT_CALLS")
 	for range 2 {
 		if _, err := js.Publish(ctx, queue.CallsSubject("prod", "resize"), []byte("x")); err != nil {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "prod/resize backlog 2", func() bool { n, _ := rec.get(queue.FunctionKey{"prod", "resize"}); return n == 2 })
+	poll.Until(t, 60*time.Second, func() bool { n, _ := rec.get(queue.FunctionKey{"prod", "resize"}); return n == 2 }, "waiting for prod/resize backlog 2")
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Start returned %v", err)

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	testclock "k8s.io/utils/clock/testing"
+
+	"github.com/weftmesh/weft/sidecar/sidecartest/poll"
 )
 
 // TestRestartBackoffResetsAfterAHealthyRun pins issue 12 item 8: `weft dev` restarted a
@@ -43,13 +45,7 @@ func TestRestartBackoffResetsAfterAHealthyRun(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("the supervisor did not notice the exit")
 		}
-		deadline := time.Now().Add(10 * time.Second)
-		for !clk.HasWaiters() {
-			if time.Now().After(deadline) {
-				t.Fatal("the supervisor is not waiting out its back-off")
-			}
-			time.Sleep(time.Millisecond)
-		}
+		poll.Until(t, 10*time.Second, clk.HasWaiters, "the supervisor is not waiting out its back-off")
 		clk.Step(d)
 		select {
 		case running = <-starts:

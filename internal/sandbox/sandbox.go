@@ -25,6 +25,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
@@ -80,21 +81,8 @@ func ReadyFile(stateDir string) string { return filepath.Join(stateDir, "ready")
 func Run(ctx context.Context, o Options) (err error) {
 	o.defaults()
 	say := func(format string, args ...any) { fmt.Fprintf(o.Out, "weft dev: "+format+"\n", args...) }
-	if err := Preflight(); err != nil {
-		return err
-	}
-	if err := os.MkdirAll(o.StateDir, 0o755); err != nil {
-		return fmt.Errorf("creating state dir %s: %w", o.StateDir, err)
-	}
-	removed, err := Cleanup(ctx, o.StateDir, o.Bridge)
+	logDir, err := prepareStateDir(ctx, o, say)
 	if err != nil {
-		return err
-	}
-	if len(removed) > 0 {
-		say("removed what an earlier run left behind: %s", strings.Join(removed, ", "))
-	}
-	logDir := filepath.Join(o.StateDir, "logs")
-	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return err
 	}
 	// Every child inherits the marker, which is how Cleanup finds them after a crash.
@@ -121,17 +109,9 @@ func Run(ctx context.Context, o Options) (err error) {
 		return err
 	}
 	defer func() { _ = env.Stop() }()
-	admin, err := env.ControlPlane.AddUser(envtest.User{Name: "weft-dev-admin", Groups: []string{"system:masters"}}, nil)
+	kubeconfig, adminConfig, err := writeAdminKubeconfig(env, o.StateDir)
 	if err != nil {
-		return fmt.Errorf("creating the admin user: %w", err)
-	}
-	kc, err := admin.KubeConfig()
-	if err != nil {
-		return fmt.Errorf("rendering the admin kubeconfig: %w", err)
-	}
-	kubeconfig := Kubeconfig(o.StateDir)
-	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
-		return fmt.Errorf("writing %s: %w", kubeconfig, err)
+		return err
 	}
 	say("kube-apiserver at %s, CRDs from %s installed", env.Config.Host, o.CRDDir)
 
@@ -144,7 +124,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	}
 	defer kcm.stop(10 * time.Second)
 
-	cs, err := kubernetes.NewForConfig(admin.Config())
+	cs, err := kubernetes.NewForConfig(adminConfig)
 	if err != nil {
 		return fmt.Errorf("building a client: %w", err)
 	}
@@ -172,7 +152,12 @@ func Run(ctx context.Context, o Options) (err error) {
 	agentErr := make(chan error, 1)
 	actx, stopAgent := context.WithCancel(ctx)
 	go func() { agentErr <- agent.Run(actx) }()
-	defer func() { stopAgent(); <-agentErr }()
+	defer func() {
+		stopAgent()
+		// Wait until the agent has stopped its pods. An error it returns early is Run's
+		// own (the select below returns it), so it is not reported a second time here.
+		<-agentErr //nolint:errcheck // see above
+	}()
 	if err := os.WriteFile(ReadyFile(o.StateDir), []byte(kubeconfig+"\n"), 0o644); err != nil {
 		return err
 	}
@@ -186,6 +171,47 @@ func Run(ctx context.Context, o Options) (err error) {
 		agentErr <- err
 		return fmt.Errorf("node agent stopped: %w", err)
 	}
+}
+
+// prepareStateDir checks the host, creates the state dir, removes what an earlier run with
+// the same dir left behind, and returns the log directory.
+func prepareStateDir(ctx context.Context, o Options, say func(string, ...any)) (string, error) {
+	if err := Preflight(); err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(o.StateDir, 0o755); err != nil {
+		return "", fmt.Errorf("creating state dir %s: %w", o.StateDir, err)
+	}
+	removed, err := Cleanup(ctx, o.StateDir, o.Bridge)
+	if err != nil {
+		return "", err
+	}
+	if len(removed) > 0 {
+		say("removed what an earlier run left behind: %s", strings.Join(removed, ", "))
+	}
+	logDir := filepath.Join(o.StateDir, "logs")
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return "", err
+	}
+	return logDir, nil
+}
+
+// writeAdminKubeconfig adds a system:masters user to the control plane, writes its
+// kubeconfig into the state dir (Kubeconfig) and returns that file and the user's config.
+func writeAdminKubeconfig(env *envtest.Environment, stateDir string) (string, *rest.Config, error) {
+	admin, err := env.ControlPlane.AddUser(envtest.User{Name: "weft-dev-admin", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return "", nil, fmt.Errorf("creating the admin user: %w", err)
+	}
+	kc, err := admin.KubeConfig()
+	if err != nil {
+		return "", nil, fmt.Errorf("rendering the admin kubeconfig: %w", err)
+	}
+	kubeconfig := Kubeconfig(stateDir)
+	if err := os.WriteFile(kubeconfig, kc, 0o600); err != nil {
+		return "", nil, fmt.Errorf("writing %s: %w", kubeconfig, err)
+	}
+	return kubeconfig, admin.Config(), nil
 }
 
 func startControlPlane(o Options, logDir string) (*envtest.Environment, error) {

@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"flag"
 	"os"
@@ -10,11 +11,16 @@ import (
 	"strings"
 	"testing"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/testing/protocmp"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -118,9 +124,32 @@ func stripTypeMeta(doc string) string {
 	return strings.Join(out, "\n")
 }
 
-// render turns a Result into the golden YAML: conditions per object, then each view's
-// resources by type, as protojson.
-func render(t testing.TB, res *Result, views []View) []byte {
+// resourceKinds are the xDS types a golden view lists, under these keys, in this order.
+var resourceKinds = []struct {
+	key, url string
+	new      func() proto.Message
+}{
+	{"listeners", resourcev3.ListenerType, func() proto.Message { return &listenerv3.Listener{} }},
+	{"routes", resourcev3.RouteType, func() proto.Message { return &routev3.RouteConfiguration{} }},
+	{"clusters", resourcev3.ClusterType, func() proto.Message { return &clusterv3.Cluster{} }},
+	{"endpoints", resourcev3.EndpointType, func() proto.Message { return &endpointv3.ClusterLoadAssignment{} }},
+}
+
+// golden is a golden file parsed: conditions per object as YAML values, and each view's
+// resources as protos by key, sorted by name. Both sides of a comparison are this type, so
+// protos are compared as protos (protocmp) and the YAML is only their file format.
+type golden struct {
+	Status any
+	Views  []goldenView
+}
+
+type goldenView struct {
+	View      testView
+	Resources map[string][]proto.Message
+}
+
+// translated renders every view of res, after checking the sidecar accepts each.
+func translated(t testing.TB, res *Result, views []View) golden {
 	t.Helper()
 	status := map[string]any{}
 	for k, st := range res.Status {
@@ -130,43 +159,106 @@ func render(t testing.TB, res *Result, views []View) []byte {
 		}
 		status[k.String()] = conds
 	}
-	var vs []any
+	// The status goes through YAML so it has the same Go types as a parsed file's.
+	b, err := yaml.Marshal(status)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := golden{}
+	if err := yaml.Unmarshal(b, &g.Status); err != nil {
+		t.Fatal(err)
+	}
 	for _, v := range views {
 		snap, err := res.Snapshot(v)
 		if err != nil {
 			t.Fatalf("snapshot of %+v: %v", v, err)
 		}
 		checkSidecarAccepts(t, snap, v)
-		out := map[string]any{"view": testView(v)}
-		for _, ty := range []struct{ key, url string }{{"listeners", resourcev3.ListenerType}, {"routes", resourcev3.RouteType},
-			{"clusters", resourcev3.ClusterType}, {"endpoints", resourcev3.EndpointType}} {
+		gv := goldenView{View: testView(v), Resources: map[string][]proto.Message{}}
+		for _, ty := range resourceKinds {
 			rs := snap.GetResources(ty.url)
 			names := make([]string, 0, len(rs))
 			for n := range rs {
 				names = append(names, n)
 			}
 			sort.Strings(names)
-			var items []any
 			for _, n := range names {
-				js, err := protojson.Marshal(rs[n].(proto.Message))
+				gv.Resources[ty.key] = append(gv.Resources[ty.key], rs[n].(proto.Message))
+			}
+		}
+		g.Views = append(g.Views, gv)
+	}
+	return g
+}
+
+// render turns a translation into the golden YAML: conditions per object, then each
+// view's resources by type, as protojson.
+func render(t testing.TB, g golden) []byte {
+	t.Helper()
+	var vs []any
+	for _, v := range g.Views {
+		out := map[string]any{"view": v.View}
+		for _, ty := range resourceKinds {
+			var items []any
+			for _, m := range v.Resources[ty.key] {
+				js, err := protojson.Marshal(m)
 				if err != nil {
 					t.Fatal(err)
 				}
-				var v any
-				if err := yaml.Unmarshal(js, &v); err != nil {
+				var item any
+				if err := yaml.Unmarshal(js, &item); err != nil {
 					t.Fatal(err)
 				}
-				items = append(items, v)
+				items = append(items, item)
 			}
 			out[ty.key] = items
 		}
 		vs = append(vs, out)
 	}
-	b, err := yaml.Marshal(map[string]any{"status": status, "views": vs})
+	b, err := yaml.Marshal(map[string]any{"status": g.Status, "views": vs})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// parseGolden reads a golden file back into protos.
+func parseGolden(t testing.TB, data []byte) golden {
+	t.Helper()
+	var file struct {
+		Status any              `json:"status"`
+		Views  []map[string]any `json:"views"`
+	}
+	if err := yaml.Unmarshal(data, &file); err != nil {
+		t.Fatalf("golden file: %v", err)
+	}
+	g := golden{Status: file.Status}
+	for i, v := range file.Views {
+		gv := goldenView{Resources: map[string][]proto.Message{}}
+		vb, err := json.Marshal(v["view"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(vb, &gv.View); err != nil {
+			t.Fatalf("golden view %d: %v", i, err)
+		}
+		for _, ty := range resourceKinds {
+			items, _ := v[ty.key].([]any)
+			for j, item := range items {
+				js, err := json.Marshal(item)
+				if err != nil {
+					t.Fatal(err)
+				}
+				m := ty.new()
+				if err := protojson.Unmarshal(js, m); err != nil {
+					t.Fatalf("golden view %d %s[%d]: %v", i, ty.key, j, err)
+				}
+				gv.Resources[ty.key] = append(gv.Resources[ty.key], m)
+			}
+		}
+		g.Views = append(g.Views, gv)
+	}
+	return g
 }
 
 // checkSidecarAccepts feeds the snapshot to the sidecar's own decoder: every resource must
@@ -205,23 +297,27 @@ func TestGolden(t *testing.T) {
 		name := strings.TrimSuffix(filepath.Base(in), ".in.yaml")
 		t.Run(name, func(t *testing.T) {
 			input, views := readInput(t, in)
-			got := render(t, Translate(input), views)
-			again := render(t, Translate(input), views)
-			if !bytes.Equal(got, again) {
-				t.Fatalf("translation is not deterministic:\n%s", cmp.Diff(string(got), string(again)))
+			got := translated(t, Translate(input), views)
+			again := translated(t, Translate(input), views)
+			if d := cmp.Diff(got, again, protocmp.Transform()); d != "" {
+				t.Fatalf("translation is not deterministic:\n%s", d)
+			}
+			gotYAML := render(t, got)
+			if !bytes.Equal(gotYAML, render(t, again)) {
+				t.Fatal("rendering is not deterministic")
 			}
 			outPath := filepath.Join("testdata", name+".out.yaml")
 			if *update {
-				if err := os.WriteFile(outPath, got, 0o644); err != nil {
+				if err := os.WriteFile(outPath, gotYAML, 0o644); err != nil {
 					t.Fatal(err)
 				}
 				return
 			}
-			want, err := os.ReadFile(outPath)
+			wantYAML, err := os.ReadFile(outPath)
 			if err != nil {
 				t.Fatalf("%v (run go test ./internal/snapshot -update)", err)
 			}
-			if d := cmp.Diff(string(want), string(got)); d != "" {
+			if d := cmp.Diff(parseGolden(t, wantYAML), got, protocmp.Transform()); d != "" {
 				t.Errorf("%s differs from the golden file (-want +got); if intended, run go test ./internal/snapshot -update\n%s", outPath, d)
 			}
 		})

@@ -3,6 +3,7 @@ package xds
 import (
 	"context"
 	"testing"
+	"time"
 
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -12,6 +13,7 @@ import (
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
 	"github.com/weftmesh/weft/internal/snapshot"
 	"github.com/weftmesh/weft/sidecar/config"
+	"github.com/weftmesh/weft/sidecar/sidecartest/poll"
 	"github.com/weftmesh/weft/sidecar/xdsclient"
 )
 
@@ -40,7 +42,7 @@ func TestDrainedAfterEveryCallerACKs(t *testing.T) {
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() { _ = cl.Run(cctx) }()
-	waitFor(t, "the caller's config", func() bool { return cl.Current() != nil })
+	poll.Until(t, 10*time.Second, func() bool { return cl.Current() != nil }, "waiting for the caller's config")
 	if s.Drained(fn) {
 		t.Fatal("Drained while the function has a ready endpoint")
 	}
@@ -48,10 +50,10 @@ func TestDrainedAfterEveryCallerACKs(t *testing.T) {
 	if err := c.SetResult(ctx, snapshot.Translate(withFunction(input("10.0.0.1"), false))); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the hand-off", func() bool { return s.Drained(fn) })
+	poll.Until(t, 10*time.Second, func() bool { return s.Drained(fn) }, "waiting for the hand-off")
 	// The ACK goes out just before the client swaps its config in.
-	waitFor(t, "the caller to hold the endpoint as draining", func() bool {
+	poll.Until(t, 10*time.Second, func() bool {
 		eps := cl.Current().Clusters[snapshot.FunctionClusterName("default", "fn")].Endpoints
 		return len(eps) == 1 && eps[0].Health == config.Draining
-	})
+	}, "waiting for the caller to hold the endpoint as draining")
 }

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"testing"
@@ -59,7 +60,8 @@ func TestKeepaliveDropsAPeerThatStopsAnswering(t *testing.T) {
 }
 
 func errAsTimeout(err error, ne *net.Error) bool {
-	e, ok := err.(net.Error)
+	var e net.Error
+	ok := errors.As(err, &e)
 	if ok {
 		*ne = e
 	}

@@ -12,6 +12,7 @@ import (
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
 	"github.com/weftmesh/weft/internal/snapshot"
+	"github.com/weftmesh/weft/sidecar/sidecartest/poll"
 )
 
 // When one change touches every type, a sidecar with all four watches open receives CDS,
@@ -52,7 +53,7 @@ func TestPushOrderIsMakeBeforeBreak(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "four ACKs", func() bool { ns := s.Nodes(); return len(ns) == 1 && len(ns[0].Acked) == 4 })
+	poll.Until(t, 10*time.Second, func() bool { ns := s.Nodes(); return len(ns) == 1 && len(ns[0].Acked) == 4 }, "waiting for four ACKs")
 
 	// One change to every type: the function appears (its cluster: CDS; its endpoints: EDS;
 	// its timeout on this pod's inbound listener: LDS; its virtual host: RDS), and reviews

@@ -26,6 +26,7 @@ import (
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
 	"github.com/weftmesh/weft/internal/snapshot"
 	"github.com/weftmesh/weft/sidecar/config"
+	"github.com/weftmesh/weft/sidecar/sidecartest/poll"
 	"github.com/weftmesh/weft/sidecar/xdsclient"
 )
 
@@ -82,18 +83,6 @@ func startServer(t testing.TB, c *Cache) *Server {
 	return s
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // The sidecar's own xDS client receives exactly the translated config, then the new
 // endpoints after an EndpointSlice change, and its ACKs make the route count as synced.
 func TestSidecarReceivesSnapshotAndEndpointUpdate(t *testing.T) {
@@ -119,7 +108,7 @@ func TestSidecarReceivesSnapshotAndEndpointUpdate(t *testing.T) {
 		}
 		return out
 	}
-	waitFor(t, "the first config", func() bool { return len(endpointsOf()) == 1 })
+	poll.Until(t, 10*time.Second, func() bool { return len(endpointsOf()) == 1 }, "waiting for the first config")
 	cfg := cl.Current()
 	var listeners []string
 	for _, l := range cfg.HTTPListeners {
@@ -139,17 +128,17 @@ func TestSidecarReceivesSnapshotAndEndpointUpdate(t *testing.T) {
 	if err := c.SetResult(ctx, snapshot.Translate(input("10.0.0.1", "10.0.0.2"))); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the new endpoints", func() bool { return len(endpointsOf()) == 2 })
+	poll.Until(t, 10*time.Second, func() bool { return len(endpointsOf()) == 2 }, "waiting for the new endpoints")
 	after := c.Versions(snapshot.ViewFromNode(node("productpage-1", "default", 9080)))
 	for _, ty := range Types {
 		if changed := before[ty] != after[ty]; changed != (ty == resourcev3.EndpointType) {
 			t.Errorf("%s version changed=%v after an endpoint-only change", ty, changed)
 		}
 	}
-	waitFor(t, "the route to count as synced", func() bool {
+	poll.Until(t, 10*time.Second, func() bool {
 		st := Sync(c.Result(), s.Nodes(), c)[snapshot.ObjectKey{Kind: snapshot.KindMeshRoute, Namespace: "default", Name: "reviews"}]
 		return st.Subscribed == 1 && st.Synced == 1 && st.Rejected == 0
-	})
+	}, "waiting for the route to count as synced")
 }
 
 // adsStream opens a raw ADS stream for tests that must send exactly what they want.
@@ -291,8 +280,8 @@ func TestDeltaADS(t *testing.T) {
 	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, ResponseNonce: resp.GetNonce()}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the delta ACK", func() bool {
+	poll.Until(t, 10*time.Second, func() bool {
 		ns := s.Nodes()
 		return len(ns) == 1 && ns[0].Acked[resourcev3.ClusterType] == resp.GetSystemVersionInfo()
-	})
+	}, "waiting for the delta ACK")
 }

@@ -14,7 +14,9 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	redisv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/redis_proxy/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/weftmesh/weft/sidecar/config"
@@ -86,7 +88,7 @@ func TestConfigDumpRedactsInlineSecrets(t *testing.T) {
 	if !strings.Contains(body, `"app"`) || !strings.Contains(body, `"7"`) || strings.Count(body, redacted) != 3 {
 		t.Errorf("config_dump should keep the username and version and redact three secrets:\n%s", body)
 	}
-	if !proto.Equal(orig, c) {
-		t.Error("redaction modified the live config")
+	if d := cmp.Diff(orig, c, protocmp.Transform()); d != "" {
+		t.Errorf("redaction modified the live config (-before +after):\n%s", d)
 	}
 }

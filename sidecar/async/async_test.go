@@ -12,6 +12,7 @@ import (
 
 	"github.com/weftmesh/weft/internal/queue"
 	"github.com/weftmesh/weft/sidecar/async"
+	"github.com/weftmesh/weft/sidecar/sidecartest/poll"
 )
 
 func TestHundredCallsGiveHundredCallbacks(t *testing.T) {
@@ -44,7 +45,7 @@ func TestHundredCallsGiveHundredCallbacks(t *testing.T) {
 		}
 		want[id] = body
 	}
-	waitFor(t, "100 callbacks", func() bool { return cb.count() >= 100 })
+	poll.Until(t, 90*time.Second, func() bool { return cb.count() >= 100 }, "waiting for 100 callbacks")
 
 	seen := map[string]bool{}
 	for _, c := range cb.all() {
@@ -126,14 +127,14 @@ func TestIdempotencyKeyRunsOnce(t *testing.T) {
 	_, sentinel, _ := callAsync(t, srv.URL, "sentinel", nil)
 
 	runConsumer(t, m.js, app.URL, cfg, nil)
-	waitFor(t, "the sentinel call", func() bool {
+	poll.Until(t, 90*time.Second, func() bool {
 		for _, r := range app.all() {
 			if r.header.Get(async.HeaderCallID) == sentinel {
 				return true
 			}
 		}
 		return false
-	})
+	}, "waiting for the sentinel call")
 	runs := 0
 	for _, r := range app.all() {
 		if r.header.Get(async.HeaderCallID) == id1 {
@@ -179,7 +180,7 @@ func TestMaxInflightIsReachedButNeverExceeded(t *testing.T) {
 		}
 	}
 	runConsumer(t, m.js, app.URL, cfg, nil)
-	waitFor(t, "30 calls run", func() bool { return app.count() >= 30 })
+	poll.Until(t, 90*time.Second, func() bool { return app.count() >= 30 }, "waiting for 30 calls run")
 	if _, maxSeen := app.concurrent(); maxSeen != cfg.MaxInflight {
 		t.Errorf("app saw at most %d concurrent calls, want exactly maxInflight %d", maxSeen, cfg.MaxInflight)
 	}
@@ -201,10 +202,10 @@ func TestPendingCountReflectsQueuedCalls(t *testing.T) {
 	}
 	app := newRecorder(t, ok)
 	runConsumer(t, m.js, app.URL, cfg, nil)
-	waitFor(t, "pending to drop to 0", func() bool {
+	poll.Until(t, 90*time.Second, func() bool {
 		n, err := queue.PendingCount(ctx, m.js, fnA.Namespace, fnA.Name)
 		return err == nil && n == 0
-	})
+	}, "waiting for pending to drop to 0")
 	if app.count() != 4 {
 		t.Errorf("app ran %d calls, want 4", app.count())
 	}

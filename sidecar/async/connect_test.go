@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/sidecar/async"
+	"github.com/weftmesh/weft/sidecar/sidecartest/poll"
 )
 
 func TestSidecarStartedBeforeNATSCatchesUp(t *testing.T) {
@@ -36,11 +37,11 @@ func TestSidecarStartedBeforeNATSCatchesUp(t *testing.T) {
 	newMeshAt(t, addr)
 	var status int
 	var id string
-	waitFor(t, "the sidecar's publish to succeed after NATS came up", func() bool {
+	poll.Until(t, 90*time.Second, func() bool {
 		status, id, _ = callAsync(t, srv.URL, "late", nil)
 		return status == http.StatusAccepted
-	})
-	waitFor(t, "the call to run", func() bool { return app.count() >= 1 })
+	}, "waiting for the sidecar's publish to succeed after NATS came up")
+	poll.Until(t, 90*time.Second, func() bool { return app.count() >= 1 }, "waiting for the call to run")
 	if got := app.all()[0].header.Get(async.HeaderCallID); got != id {
 		t.Errorf("app ran call %s, want %s", got, id)
 	}
@@ -53,11 +54,11 @@ func TestConsumerRecreatesItsDurableWhenDeleted(t *testing.T) {
 	runConsumer(t, m.js, app.URL, cfg, func(o *async.ConsumerOptions) { o.FetchWait = 500 * time.Millisecond })
 	srv := caller(t, m.js, cfg, async.PublisherOptions{})
 	callAsync(t, srv.URL, "before", nil)
-	waitFor(t, "the first call", func() bool { return app.count() >= 1 })
+	poll.Until(t, 90*time.Second, func() bool { return app.count() >= 1 }, "waiting for the first call")
 
 	if err := m.js.DeleteConsumer(context.Background(), "WEFT_CALLS", async.DurableName(fnA)); err != nil {
 		t.Fatal(err)
 	}
 	callAsync(t, srv.URL, "after", nil)
-	waitFor(t, "the call queued after the consumer was deleted", func() bool { return app.count() >= 2 })
+	poll.Until(t, 90*time.Second, func() bool { return app.count() >= 2 }, "waiting for the call queued after the consumer was deleted")
 }

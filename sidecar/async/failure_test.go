@@ -13,6 +13,7 @@ import (
 
 	"github.com/weftmesh/weft/internal/queue"
 	"github.com/weftmesh/weft/sidecar/async"
+	"github.com/weftmesh/weft/sidecar/sidecartest/poll"
 )
 
 // lastDead returns the newest dead-lettered call of fnA.
@@ -45,7 +46,7 @@ func TestFailingCallIsRetriedThenDeadLettered(t *testing.T) {
 	cons, _ := startConsumer(t, m.js, app.URL, cfg, nil)
 
 	_, id, _ := callAsync(t, srv.URL+"/charge", "card=1", map[string]string{async.HeaderCallbackURL: cb.URL})
-	waitFor(t, "the failure callback", func() bool { return cb.count() >= 1 })
+	poll.Until(t, 90*time.Second, func() bool { return cb.count() >= 1 }, "waiting for the failure callback")
 
 	runs := app.all()
 	if len(runs) != 3 {
@@ -71,10 +72,10 @@ func TestFailingCallIsRetriedThenDeadLettered(t *testing.T) {
 		!strings.Contains(d.Header.Get(async.HeaderDeadReason), "answered 500") || d.Header.Get("Weft-Uri") != "/charge" {
 		t.Errorf("dead letter: headers %v data %q; want the original call with reason and attempts", d.Header, d.Data)
 	}
-	waitFor(t, "the call to leave WEFT_CALLS", func() bool {
+	poll.Until(t, 90*time.Second, func() bool {
 		n, err := queue.PendingCount(context.Background(), m.js, fnA.Namespace, fnA.Name)
 		return err == nil && n == 0
-	})
+	}, "waiting for the call to leave WEFT_CALLS")
 	if app.count() != 3 {
 		t.Errorf("app ran %d times after the call was dead-lettered", app.count())
 	}
@@ -113,7 +114,7 @@ func TestRetryOnSucceedsAndOtherStatusesAreFinal(t *testing.T) {
 	runConsumer(t, m.js, app.URL, cfg, nil)
 	_, flaky, _ := callAsync(t, srv.URL, "flaky", map[string]string{async.HeaderCallbackURL: cb.URL})
 	_, bad, _ := callAsync(t, srv.URL, "bad", map[string]string{async.HeaderCallbackURL: cb.URL})
-	waitFor(t, "two callbacks", func() bool { return cb.count() >= 2 })
+	poll.Until(t, 90*time.Second, func() bool { return cb.count() >= 2 }, "waiting for two callbacks")
 
 	for _, c := range cb.all() {
 		switch c.header.Get(async.HeaderCallID) {
@@ -157,8 +158,8 @@ func TestCallOlderThanMaxAgeIsDeadLetteredUnrun(t *testing.T) {
 	cfg.MaxInflight = 1
 	runConsumer(t, m.js, app.URL, cfg, nil)
 
-	waitFor(t, "the failure callback", func() bool { return cb.count() >= 1 })
-	waitFor(t, "the fresh call", func() bool { return app.count() >= 1 })
+	poll.Until(t, 90*time.Second, func() bool { return cb.count() >= 1 }, "waiting for the failure callback")
+	poll.Until(t, 90*time.Second, func() bool { return app.count() >= 1 }, "waiting for the fresh call")
 	for _, r := range app.all() {
 		if r.header.Get(async.HeaderCallID) != fresh {
 			t.Errorf("app ran call %s; only the fresh call %s should run", r.header.Get(async.HeaderCallID), fresh)
@@ -242,7 +243,7 @@ func TestStoppedConsumerHandsCallsToAnother(t *testing.T) {
 		o.DrainTimeout = 100 * time.Millisecond
 		o.AckWait = 10 * time.Minute
 	})
-	waitFor(t, "pod A to start a call", func() bool { return appA.count() >= 1 })
+	poll.Until(t, 90*time.Second, func() bool { return appA.count() >= 1 }, "waiting for pod A to start a call")
 	stopA()
 	if appA.count() != 1 {
 		t.Fatalf("pod A ran %d calls with maxInflight 1, want 1", appA.count())
@@ -251,13 +252,13 @@ func TestStoppedConsumerHandsCallsToAnother(t *testing.T) {
 
 	appB := newRecorder(t, ok)
 	runConsumer(t, m.js, appB.URL, cfg, nil)
-	waitFor(t, "pod B to run all 5 calls", func() bool {
+	poll.Until(t, 90*time.Second, func() bool {
 		got := map[string]bool{}
 		for _, r := range appB.all() {
 			got[r.header.Get(async.HeaderCallID)] = true
 		}
 		return len(got) == 5
-	})
+	}, "waiting for pod B to run all 5 calls")
 	for _, r := range appB.all() {
 		if !ids[r.header.Get(async.HeaderCallID)] {
 			t.Errorf("pod B ran unknown call %s", r.header.Get(async.HeaderCallID))
@@ -283,7 +284,7 @@ func TestLongCallIsNotRedeliveredToAnotherPod(t *testing.T) {
 	runConsumer(t, m.js, appB.URL, cfg, short)
 	srv := caller(t, m.js, cfg, async.PublisherOptions{})
 	callAsync(t, srv.URL, "slow", map[string]string{async.HeaderCallbackURL: cb.URL})
-	waitFor(t, "the callback", func() bool { return cb.count() >= 1 })
+	poll.Until(t, 90*time.Second, func() bool { return cb.count() >= 1 }, "waiting for the callback")
 	if n := appA.count() + appB.count(); n != 1 {
 		t.Errorf("a 6s call with a 2s ack wait ran %d times, want 1", n)
 	}
@@ -306,7 +307,7 @@ func TestRedriveRunsADeadLetteredCallAgain(t *testing.T) {
 	srv := caller(t, m.js, cfg, async.PublisherOptions{})
 	runConsumer(t, m.js, app.URL, cfg, nil)
 	_, id, _ := callAsync(t, srv.URL, "again", map[string]string{async.HeaderCallbackURL: cb.URL})
-	waitFor(t, "the failure callback", func() bool { return cb.count() >= 1 })
+	poll.Until(t, 90*time.Second, func() bool { return cb.count() >= 1 }, "waiting for the failure callback")
 	lastDead(t, m.js)
 
 	mu.Lock()
@@ -316,7 +317,7 @@ func TestRedriveRunsADeadLetteredCallAgain(t *testing.T) {
 	if err != nil || n != 1 {
 		t.Fatalf("Redrive = %d, %v; want 1 call queued again", n, err)
 	}
-	waitFor(t, "the success callback", func() bool { return cb.count() >= 2 })
+	poll.Until(t, 90*time.Second, func() bool { return cb.count() >= 2 }, "waiting for the success callback")
 	c := cb.all()[1]
 	if c.header.Get(async.HeaderCallID) != id || c.header.Get(async.HeaderFunctionStatus) != "200" || c.header.Get(async.HeaderDeadReason) != "" {
 		t.Errorf("redriven call's callback %v; want the same call id %s, status 200, no dead reason", c.header, id)

@@ -213,17 +213,6 @@ func startConsumer(t *testing.T, js async.ConsumerJS, appURL string, cfg async.C
 	return c, stop
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after 90s waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func ok(w http.ResponseWriter, _ *http.Request, _ string) { w.WriteHeader(http.StatusNoContent) }
 
 // metrics renders a StatsWriter's Prometheus text.

@@ -69,7 +69,7 @@ func TestReadLoopPingPong(t *testing.T) {
 			}
 		}
 	})
-	if err != io.EOF {
+	if !errors.Is(err, io.EOF) {
 		t.Fatalf("ReadLoop = %v, want io.EOF after the peer closed", err)
 	}
 	if got != rounds {
@@ -120,7 +120,7 @@ func TestReadLoopWithoutDescriptor(t *testing.T) {
 	buf := make([]byte, 2)
 	var got []byte
 	err := ReadLoop(b, func() []byte { return buf }, func(n int) bool { got = append(got, buf[:n]...); return false })
-	if err != io.EOF || string(got) != "hello" {
+	if !errors.Is(err, io.EOF) || string(got) != "hello" {
 		t.Fatalf("ReadLoop = %v with %q, want io.EOF with \"hello\"", err, got)
 	}
 }

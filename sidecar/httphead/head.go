@@ -162,11 +162,10 @@ func (h *Head) parseFields(s string, request, keep bool, sc *Scratch) bool {
 				n++
 			}
 		}
-		switch {
-		case sc == nil:
+		if sc == nil {
 			h.Header = make(http.Header, n)
 			vals = make([]string, n) // one backing array for single-valued fields
-		default:
+		} else {
 			if sc.header == nil {
 				sc.header = make(http.Header, max(n, 8))
 			} else {

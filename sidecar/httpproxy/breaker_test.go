@@ -5,6 +5,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/weftmesh/weft/sidecar/sidecartest/poll"
 )
 
 // With capacity 2 the breaker runs 2, queues 20 and refuses the 23rd at once; releasing a
@@ -28,13 +30,7 @@ func TestBreakerRunsQueuesAndRefuses(t *testing.T) {
 			}
 		}()
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for b.admitted.Load() != 22 {
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d admitted to run or wait, want 22", b.admitted.Load())
-		}
-		time.Sleep(time.Millisecond)
-	}
+	poll.Until(t, 10*time.Second, func() bool { return b.admitted.Load() == 22 }, "fewer than 22 admitted to run or wait")
 	if b.acquire(ctx) {
 		t.Fatal("the 23rd request was admitted; the queue is 10 × capacity")
 	}
@@ -52,12 +48,7 @@ func TestBreakerRunsQueuesAndRefuses(t *testing.T) {
 	gaveUp := make(chan bool)
 	go func() { gaveUp <- b.acquire(cctx) }()
 	// 2 running + 19 waiting + the new waiter.
-	for b.admitted.Load() != 22 {
-		if time.Now().After(deadline.Add(10 * time.Second)) {
-			t.Fatalf("admitted %d, want 22 with the new waiter", b.admitted.Load())
-		}
-		time.Sleep(time.Millisecond)
-	}
+	poll.Until(t, 10*time.Second, func() bool { return b.admitted.Load() == 22 }, "the new waiter was not admitted to wait (want 22)")
 	cancel()
 	if <-gaveUp {
 		t.Fatal("a canceled waiter was admitted")

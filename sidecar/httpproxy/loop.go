@@ -213,7 +213,7 @@ func newHloop(l *Listener, lrc syscall.RawConn) (*hloop, error) {
 		addErr = err
 	}
 	if addErr != nil {
-		go h.ev.Run() // closes the epoll instance
+		go func() { _ = h.ev.Run() }() // closes the epoll instance
 		h.ev.Stop()
 		return nil, addErr
 	}

@@ -348,13 +348,13 @@ func TestLoopUnderMixedLoad(t *testing.T) {
 				}
 				resp, err := c.Do(req)
 				if err != nil {
-					errs <- fmt.Errorf("%s: %v", id, err)
+					errs <- fmt.Errorf("%s: %w", id, err)
 					return
 				}
 				b, err := io.ReadAll(resp.Body)
 				resp.Body.Close()
 				if err != nil || resp.StatusCode != 200 || string(b) != want {
-					errs <- fmt.Errorf("%s: %d %.60q (err %v), want 200 %.60q", id, resp.StatusCode, b, err, want)
+					errs <- fmt.Errorf("%s: %d %.60q (err %w), want 200 %.60q", id, resp.StatusCode, b, err, want)
 					return
 				}
 			}

@@ -77,8 +77,10 @@ func TestLoopRecoversFromPooledConnectionsTheServerClosed(t *testing.T) {
 
 func TestLoopDrainFinishesInFlightAndClosesIdle(t *testing.T) {
 	release := make(chan struct{})
+	upstream := make(chan struct{}, 1)
 	be := st.Backend(t, "", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/hold" {
+			upstream <- struct{}{}
 			<-release
 		}
 		_, _ = io.WriteString(w, "done")
@@ -99,7 +101,11 @@ func TestLoopDrainFinishesInFlightAndClosesIdle(t *testing.T) {
 	}
 	busy := dialRaw(t, base)
 	busy.write("GET /hold HTTP/1.1\r\nHost: reviews\r\n\r\n")
-	time.Sleep(50 * time.Millisecond) // the request is upstream now
+	select {
+	case <-upstream: // the request is in flight at the backend
+	case <-time.After(10 * time.Second):
+		t.Fatal("the held request never reached the backend")
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

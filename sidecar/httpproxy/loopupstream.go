@@ -156,7 +156,7 @@ func (h *hloop) dial(host *upstream.Host, cc *config.Cluster, now time.Time) (*s
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 30)
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 30)
 	err = unix.Connect(fd, sa)
-	if err != nil && err != unix.EINPROGRESS {
+	if err != nil && !errors.Is(err, unix.EINPROGRESS) {
 		unix.Close(fd)
 		return nil, dialError(host, err)
 	}
@@ -176,7 +176,8 @@ func (h *hloop) dial(host *upstream.Host, cc *config.Cluster, now time.Time) (*s
 }
 
 func dialError(host *upstream.Host, err error) error {
-	if errno, ok := err.(syscall.Errno); ok {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
 		err = os.NewSyscallError("connect", errno)
 	}
 	return &net.OpError{Op: "dial", Net: "tcp", Addr: hostAddr(host.Address), Err: err}

@@ -132,7 +132,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 		seen[hl.Name] = true
 		l := p.listeners[hl.Name]
 		if l != nil && l.cfgAddr != hl.Address {
-			go l.shutdown(context.Background())
+			go func() { _ = l.shutdown(context.Background()) }() // drains in the background; nothing waits for it
 			l = nil
 		}
 		if l == nil {
@@ -152,7 +152,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 	}
 	for name, l := range p.listeners {
 		if !seen[name] {
-			go l.shutdown(context.Background())
+			go func() { _ = l.shutdown(context.Background()) }() // drains in the background; nothing waits for it
 			delete(p.listeners, name)
 		}
 	}

@@ -227,7 +227,7 @@ func TestCircuitBreakerOverflowsCleanly(t *testing.T) {
 // retries overflow.
 func TestRetryBudgetReturnsWhenNoHostIsLeft(t *testing.T) {
 	bothPaths(t, func(t *testing.T, goroutines bool) {
-		be := st.Backend(t, "", func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "down", 503) })
+		be := st.Backend(t, "", func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "down", http.StatusServiceUnavailable) })
 		cp := st.StartControlPlane(t)
 		snap, cn := oneBackend([]string{be.URL}, []st.RouteOption{st.Retries("5xx", 1, 0)}, func(c *clusterv3.Cluster) {
 			c.OutlierDetection = &clusterv3.OutlierDetection{Consecutive_5Xx: wrapperspb.UInt32(1),

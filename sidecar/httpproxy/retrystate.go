@@ -232,7 +232,7 @@ var (
 
 func isTimeout(err error) bool {
 	var ne net.Error
-	return err == errRouteTimeout || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) ||
+	return errors.Is(err, errRouteTimeout) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) ||
 		(errors.As(err, &ne) && ne.Timeout())
 }
 
@@ -245,7 +245,7 @@ func isConnectFailure(err error) bool {
 // head: the event loop's errUpstreamReset, or the goroutine path's pooled connection
 // found closed.
 func isReset(err error) bool {
-	return err == errUpstreamReset || upstream.IsResetBeforeResponse(err)
+	return errors.Is(err, errUpstreamReset) || upstream.IsResetBeforeResponse(err)
 }
 
 // retryOnError reports whether a failed attempt (no response) may be retried.
@@ -280,7 +280,7 @@ func retryOnStatus(rp *config.RetryPolicy, code int) bool {
 func errorReply(err error, timedOut bool) (int, string) {
 	var bad *httphead.Problem
 	switch {
-	case err == errNoHost:
+	case errors.Is(err, errNoHost):
 		return http.StatusServiceUnavailable, "no healthy upstream\n"
 	case errors.As(err, &bad):
 		return bad.Status, bad.Reason + "\n" // 502: the response's framing is ambiguous

@@ -2,6 +2,7 @@ package redisproxy
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"strings"
 	"testing"
@@ -102,7 +103,7 @@ func TestLocalCommands(t *testing.T) {
 	expect(t, c, ":7\r\n", "EVAL", "return 7", "1", "{t}a")
 	expect(t, c, ":2\r\n", "EVAL", "return #KEYS", "2", "{t}a", "{t}b")
 	expect(t, c, "+OK\r\n", "QUIT")
-	if _, err := c.Read(); err != io.EOF {
+	if _, err := c.Read(); !errors.Is(err, io.EOF) {
 		t.Fatalf("after QUIT the connection must close, got %v", err)
 	}
 }

@@ -9,19 +9,8 @@ import (
 
 	"github.com/weftmesh/weft/sidecar/redisproxy/redistest"
 	"github.com/weftmesh/weft/sidecar/redisproxy/ring"
+	"github.com/weftmesh/weft/sidecar/sidecartest/poll"
 )
-
-// eventually polls cond every 20ms for up to 15s (generous for loaded CI).
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 func metrics(t *testing.T, p *Proxy) string {
 	var b bytes.Buffer
@@ -61,10 +50,10 @@ func TestKilledShardRemap(t *testing.T) {
 	if !strings.Contains(first, "shard-b") {
 		t.Fatalf("error %q does not name the failed server", first)
 	}
-	eventually(t, "the key to remap to a live shard", func() bool {
+	poll.Until(t, 15*time.Second, func() bool {
 		r, _ := c.Do("SET", kb, "after")
 		return r == "+OK\r\n"
-	})
+	}, "waiting for the key to remap to a live shard")
 	m := metrics(t, p)
 	for _, want := range []string{`weft_redis_server_up{pool="redis|default/cache",server="shard-b",address="` + shards[1].Addr + `"} 0`,
 		`weft_redis_server_ejections_total{pool="redis|default/cache",server="shard-b",address="` + shards[1].Addr + `"} 1`} {
@@ -75,11 +64,11 @@ func TestKilledShardRemap(t *testing.T) {
 	// Recovery: once shard-b answers a probe it is readmitted and owns kb again.
 	shards[1].Restart()
 	direct := redistest.Dial(t, shards[1].Addr)
-	eventually(t, "shard-b to be readmitted", func() bool {
+	poll.Until(t, 15*time.Second, func() bool {
 		c.Do("SET", kb, "back")
 		r, _ := direct.Do("GET", kb)
 		return r == redistest.Bulk("back")
-	})
+	}, "waiting for shard-b to be readmitted")
 }
 
 func TestKilledShardFailMode(t *testing.T) {
@@ -92,20 +81,20 @@ func TestKilledShardFailMode(t *testing.T) {
 	c := redistest.Dial(t, addr)
 	ka, kb := keyOn(t, cfg, 0, "fail"), keyOn(t, cfg, 1, "fail")
 	shards[1].Kill()
-	eventually(t, "shard-b to be marked down", func() bool {
+	poll.Until(t, 15*time.Second, func() bool {
 		r, _ := c.Do("GET", kb)
 		return strings.HasPrefix(r, "-ERR server shard-b ("+shards[1].Addr+"), which owns this key, is down")
-	})
+	}, "waiting for shard-b to be marked down")
 	// Other shards are untouched and the down shard's keys never move.
 	expect(t, c, "+OK\r\n", "SET", ka, "a")
 	expectPrefix(t, c, "-ERR server shard-b", "SET", kb, "b")
 	expectPrefix(t, c, "-ERR server shard-b", "MGET", ka, kb)
 	expect(t, c, "*1\r\n"+redistest.Bulk("a"), "MGET", ka)
 	shards[1].Restart()
-	eventually(t, "shard-b to come back", func() bool {
+	poll.Until(t, 15*time.Second, func() bool {
 		r, _ := c.Do("SET", kb, "b")
 		return r == "+OK\r\n"
-	})
+	}, "waiting for shard-b to come back")
 	expect(t, c, redistest.Bulk("b"), "GET", kb)
 	if r := redistest.Dial(t, shards[1].Addr).MustDo(t, "GET", kb); r != redistest.Bulk("b") {
 		t.Fatalf("key not on shard-b after recovery: %q", r)
@@ -121,9 +110,9 @@ func TestActiveHealthCheck(t *testing.T) {
 	p, _ := startProxy(t, cfg)
 	up := `weft_redis_server_up{pool="redis|default/cache",server="shard-b",address="` + shards[1].Addr + `"} `
 	shards[1].Kill()
-	eventually(t, "probes to mark shard-b down without traffic", func() bool { return strings.Contains(metrics(t, p), up+"0") })
+	poll.Until(t, 15*time.Second, func() bool { return strings.Contains(metrics(t, p), up+"0") }, "waiting for probes to mark shard-b down without traffic")
 	shards[1].Restart()
-	eventually(t, "probes to mark shard-b up", func() bool { return strings.Contains(metrics(t, p), up+"1") })
+	poll.Until(t, 15*time.Second, func() bool { return strings.Contains(metrics(t, p), up+"1") }, "waiting for probes to mark shard-b up")
 }
 
 // TestOpTimeoutKeepsOrder uses a server that accepts and never answers.

@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/weftmesh/weft/sidecar/redisproxy/redistest"
 	"github.com/weftmesh/weft/sidecar/redisproxy/resp"
+	"github.com/weftmesh/weft/sidecar/sidecartest/poll"
 )
 
 // retainedBuffers lists the buffers the proxy keeps between commands and
@@ -72,7 +74,7 @@ func TestBuffersShrinkAfterLargeValue(t *testing.T) {
 		expect(t, c, "+OK\r\n", "SET", fmt.Sprint("k", i), "v")
 	}
 	// The proxy's own goroutines finish each write after the reply: poll.
-	eventually(t, "buffers to shrink", func() bool {
+	poll.Until(t, 15*time.Second, func() bool {
 		for what, n := range retainedBuffers(p) {
 			if n > maxRetained {
 				t.Logf("%s keeps %d bytes", what, n)
@@ -80,7 +82,7 @@ func TestBuffersShrinkAfterLargeValue(t *testing.T) {
 			}
 		}
 		return true
-	})
+	}, "waiting for buffers to shrink")
 	if n := pooledBuffers(); n > maxRetained {
 		t.Fatalf("a pooled command keeps a %d-byte buffer", n)
 	}
@@ -113,7 +115,7 @@ func TestReaderGrowsOnceForLargeBulk(t *testing.T) {
 // schedules one return of free memory to the OS, which then runs; small
 // buffers are kept for reuse and schedule nothing.
 func TestLargeBufferIsScavenged(t *testing.T) {
-	eventually(t, "no scavenge pending", func() bool { return !scavengeArmed.Load() })
+	poll.Until(t, 15*time.Second, func() bool { return !scavengeArmed.Load() }, "waiting for no scavenge pending")
 	if b := retain(make([]byte, 10, maxRetained)); b == nil || len(b) != 0 || scavengeArmed.Load() {
 		t.Fatal("a small buffer must be kept, emptied, without scheduling a scavenge")
 	}
@@ -123,5 +125,5 @@ func TestLargeBufferIsScavenged(t *testing.T) {
 	if !scavengeArmed.Load() {
 		t.Fatal("dropping a large buffer did not schedule a scavenge")
 	}
-	eventually(t, "the scavenge to run", func() bool { return !scavengeArmed.Load() })
+	poll.Until(t, 15*time.Second, func() bool { return !scavengeArmed.Load() }, "waiting for the scavenge to run")
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/weftmesh/weft/sidecar/redisproxy/redistest"
 	"github.com/weftmesh/weft/sidecar/redisproxy/resp"
+	"github.com/weftmesh/weft/sidecar/sidecartest/poll"
 )
 
 // pipelineCommands builds n commands of about 500 bytes (the 100,000
@@ -82,9 +83,9 @@ func TestClientOverOutputLimitIsClosed(t *testing.T) {
 	if _, err := slow.Write(cmds); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the client over its output limit to be closed", func() bool {
+	poll.Until(t, 15*time.Second, func() bool {
 		return strings.Contains(metrics(t, p), "weft_redis_client_output_limit_closed_total 1")
-	})
+	}, "waiting for the client over its output limit to be closed")
 	for i := range 20 {
 		k := fmt.Sprintf("k%d", i)
 		expect(t, fast, "+OK\r\n", "SET", k, k)

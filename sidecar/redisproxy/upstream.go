@@ -218,7 +218,7 @@ func upstreamAuth(c net.Conn, user, pass string, timeout time.Duration) error {
 		args = [][]byte{[]byte("AUTH"), []byte(user), []byte(pass)}
 	}
 	_ = c.SetDeadline(time.Now().Add(timeout))
-	defer c.SetDeadline(time.Time{})
+	defer func() { _ = c.SetDeadline(time.Time{}) }()
 	if _, err := c.Write(resp.AppendCommand(nil, args...)); err != nil {
 		return fmt.Errorf("sending AUTH: %w", err)
 	}

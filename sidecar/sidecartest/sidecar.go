@@ -15,6 +15,7 @@ import (
 
 	"github.com/weftmesh/weft/sidecar/config"
 	"github.com/weftmesh/weft/sidecar/httpproxy"
+	"github.com/weftmesh/weft/sidecar/sidecartest/poll"
 	"github.com/weftmesh/weft/sidecar/upstream"
 	"github.com/weftmesh/weft/sidecar/xdsclient"
 )
@@ -85,16 +86,12 @@ func (s *Sidecar) URL(t testing.TB, listener string) string {
 	return "http://" + s.Proxy.Listener(listener).Addr().String()
 }
 
-// Eventually polls cond every 10ms until it holds or timeout passes.
+// Eventually polls cond until it holds, and fails the test with msg and args (what it
+// waited for) when timeout passes first. It is poll.Until, the one polling helper of the
+// tests, named here for the tests that use this package's other helpers.
 func Eventually(t testing.TB, timeout time.Duration, cond func() bool, msg string, args ...any) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf(msg, args...)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	poll.Until(t, timeout, cond, msg, args...)
 }
 
 // Backend is a real HTTP server on 127.0.0.1 that answers with its name.

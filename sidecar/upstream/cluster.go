@@ -176,12 +176,12 @@ func (c *Cluster) Pick(hash uint64, hasHash bool, tried []*Host) *Host {
 	cc := c.cfg.Load()
 	ok := func(h *Host) bool { return h.Available() && !contains(tried, h) }
 	for pass := 0; pass < 2; pass++ {
-		switch {
-		case cc.LB == config.RingHash:
+		switch cc.LB {
+		case config.RingHash:
 			if h := c.pickRing(hash, hasHash, ok); h != nil {
 				return h
 			}
-		case cc.LB == config.LeastRequest:
+		case config.LeastRequest:
 			a, b := hosts[rand.IntN(n)], hosts[rand.IntN(n)]
 			if ok(a) && ok(b) {
 				if b.active.Load() < a.active.Load() {
@@ -192,7 +192,7 @@ func (c *Cluster) Pick(hash uint64, hasHash bool, tried []*Host) *Host {
 			if h := scan(hosts, rand.IntN(n), ok); h != nil {
 				return h
 			}
-		case cc.LB == config.Random:
+		case config.Random:
 			if h := scan(hosts, rand.IntN(n), ok); h != nil {
 				return h
 			}

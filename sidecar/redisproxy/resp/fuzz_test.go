@@ -2,6 +2,7 @@ package resp
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"testing"
 	"testing/iotest"
@@ -40,7 +41,7 @@ func collect(r *Reader) ([][][]byte, error) {
 	var out [][][]byte
 	for {
 		args, _, err := r.ReadCommand()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return out, nil
 		}
 		if err != nil {

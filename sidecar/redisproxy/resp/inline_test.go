@@ -2,6 +2,7 @@ package resp
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -57,7 +58,7 @@ func TestSplitInline(t *testing.T) {
 	for _, c := range inlineCases {
 		got, err := splitStrings(c.line)
 		if c.want == nil {
-			if err != ErrUnbalancedQuotes {
+			if !errors.Is(err, ErrUnbalancedQuotes) {
 				t.Errorf("%q: got %q, %v; want unbalanced quotes", c.line, got, err)
 			}
 			continue

@@ -150,7 +150,7 @@ func (r *Reader) fill() error {
 func (r *Reader) NextCommand() (args [][]byte, raw []byte, ok bool, err error) {
 	for r.w > r.r {
 		n, err := r.parseCommand(r.buf[r.r:r.w])
-		if err == errIncomplete {
+		if errors.Is(err, errIncomplete) {
 			return nil, nil, false, nil
 		}
 		r.need = 0
@@ -176,7 +176,7 @@ func (r *Reader) NextReply() (raw []byte, ok bool, err error) {
 		return nil, false, nil
 	}
 	n, err := replyLen(r.buf[r.r:r.w], 0, 0)
-	if err == errIncomplete {
+	if errors.Is(err, errIncomplete) {
 		r.need = bulkNeed(r.buf[r.r:r.w])
 		return nil, false, nil
 	}

@@ -2,6 +2,7 @@ package resp
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"strings"
 	"testing"
@@ -18,7 +19,7 @@ func readAll(t testing.TB, in []byte, oneByte bool) ([][]string, error) {
 	for {
 		args, raw, err := r.ReadCommand()
 		if err != nil {
-			if err == io.EOF {
+			if errors.Is(err, io.EOF) {
 				return out, nil
 			}
 			return out, err

@@ -94,7 +94,7 @@ func ArrayElements(raw []byte, fn func(elem []byte)) error {
 // ElementEnd returns the end index of the reply element starting at raw[i].
 func ElementEnd(raw []byte, i int) (int, error) {
 	end, err := replyLen(raw, i, 1)
-	if err == errIncomplete {
+	if errors.Is(err, errIncomplete) {
 		return 0, &ProtocolError{"truncated reply"}
 	}
 	return end, err
