@@ -112,6 +112,10 @@ type Route struct {
 	ResponseHeadersToRemove []string
 
 	Fault *Fault
+
+	// LoopSafe is set when the HTTP event loop implements every feature this route uses
+	// (loopsafe.go); a route without it is served on the goroutine path.
+	LoopSafe bool
 }
 
 // Match is a route's request predicate; all parts must hold (AND).

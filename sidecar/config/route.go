@@ -128,6 +128,7 @@ func decodeRoute(r *routev3.Route, where string) (*Route, error) {
 			return nil, err
 		}
 	}
+	out.LoopSafe = loopSafe(out)
 	return out, nil
 }
 

@@ -106,7 +106,7 @@ func (l *Listener) waitForApp(ctx context.Context, c *upstream.Cluster, out *ups
 		limit, starting = deadline, false // the route timeout answers: 504
 	}
 	for errors.Is(err, syscall.ECONNREFUSED) && time.Now().Add(appStartPoll).Before(limit) {
-		if !l.proxy.sleep(ctx, appStartPoll, time.Time{}) {
+		if !l.proxy.sleep(ctx, appStartPoll) {
 			return nil, err
 		}
 		var resp *http.Response

@@ -5,17 +5,14 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/textproto"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/weftmesh/weft/sidecar/config"
-	"github.com/weftmesh/weft/sidecar/httphead"
 	"github.com/weftmesh/weft/sidecar/upstream"
 )
 
@@ -81,13 +78,6 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 	defer c.Done()
 
 	ctx := r.Context()
-	// The route timeout covers every attempt and the whole response, as in Envoy. It is
-	// enforced as a connection deadline rather than a context: no timer or context
-	// allocation per request on the hot path.
-	var deadline time.Time
-	if route.Timeout > 0 {
-		deadline = start.Add(route.Timeout)
-	}
 	var body []byte
 	replayable := r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody
 	// A body up to maxReplayBody is read in full when it may be sent more than once, and
@@ -125,51 +115,45 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 	}
 	hash, hasHash, setCookie := requestHash(r, route, cc)
 
-	attempts := 1
-	var rp *config.RetryPolicy
-	if route.Retry != nil && replayable {
-		rp = route.Retry
-		attempts += rp.NumRetries
-	}
-	var perTry time.Duration
-	if rp != nil {
-		perTry = rp.PerTryTimeout
-	}
-	var triedBuf [4]*upstream.Host
-	tried := triedBuf[:0]
+	// The exchange policy (retrystate.go) decides each step; this path reads the wall
+	// clock, as the connection deadlines it sets do, and sleeps on the injected one.
+	var rs retryState
+	rs.init(route, replayable, c, start)
+	defer rs.release()
 	var res attemptResult
-	for attempt := 0; attempt < attempts; attempt++ {
-		if attempt > 0 {
-			if !c.AdmitRetry() {
-				break
-			}
-			if !p.sleep(ctx, retryBackoff(rp, attempt), deadline) {
-				c.RetryDone()
-				res.release()
-				res = attemptResult{err: errRouteTimeout}
-				break
-			}
+	defer res.release()
+	var s step
+	for {
+		h := c.Pick(hash, hasHash, rs.tried)
+		if h == nil {
+			s = rs.giveUp(errNoHost, time.Now())
+			break
 		}
 		res.release()
-		res = l.attempt(ctx, c, &out, hash, hasHash, tried, deadline, perTry, startBy)
-		if attempt > 0 {
-			c.RetryDone()
+		res = l.attempt(ctx, c, &out, h, rs.begin(h, time.Now()), startBy)
+		if ctx.Err() != nil {
+			rs.callerLeft()
 		}
-		if res.host != nil {
-			tried = append(tried, res.host)
+		if now := time.Now(); res.err != nil {
+			s = rs.onError(res.err, now)
+		} else {
+			s = rs.onResponse(res.resp.StatusCode, isAppStartTimeout(res.resp), now)
 		}
-		if res.host == nil || attempt == attempts-1 || !retriable(rp, &res, ctx, deadline) {
+		c.Report(h, s.outcome)
+		if s.kind != stepRetry {
+			break
+		}
+		if !p.sleep(ctx, s.delay) {
+			s = rs.giveUp(errRouteTimeout, time.Now()) // the caller left during the back-off
 			break
 		}
 	}
-	defer res.release()
-	if res.resp == nil {
-		if l.appStartTimedOut(w, c, res.err, start) {
+	if s.kind == stepReply {
+		if l.appStartTimedOut(w, c, s.err, start) {
 			return
 		}
-		status, msg := res.errorReply(deadline)
-		c.Stats.Observe(status, time.Since(start))
-		localReply(w, status, msg)
+		c.Stats.Observe(s.status, time.Since(start))
+		localReply(w, s.status, s.msg)
 		return
 	}
 	if fn := cc.Function; fn != nil && isAppStartTimeout(res.resp) {
@@ -232,150 +216,24 @@ func (a *attemptResult) release() {
 	}
 }
 
-func (l *Listener) attempt(ctx context.Context, c *upstream.Cluster, out *upstream.Request,
-	hash uint64, hasHash bool, tried []*upstream.Host, deadline time.Time, perTry time.Duration, startBy time.Time) attemptResult {
-	h := c.Pick(hash, hasHash, tried)
-	if h == nil {
-		return attemptResult{err: errNoHost}
-	}
-	res := attemptResult{host: h}
-	tryDeadline := deadline
-	if perTry > 0 {
-		if pd := time.Now().Add(perTry); deadline.IsZero() || pd.Before(deadline) {
-			tryDeadline = pd
-		}
-	}
+// attempt sends out to h, by tryBy (zero: no deadline). The caller reports its outcome.
+// The route and per-try timeouts are enforced as the connection's deadline rather than a
+// context: no timer or context allocation per request on the hot path.
+func (l *Listener) attempt(ctx context.Context, c *upstream.Cluster, out *upstream.Request, h *upstream.Host,
+	tryBy, startBy time.Time) attemptResult {
 	h.Start()
-	resp, err := c.RoundTrip(ctx, out, h, tryDeadline)
+	resp, err := c.RoundTrip(ctx, out, h, tryBy)
 	if err != nil && l.inbound && !l.appSeen.Load() {
-		resp, err = l.waitForApp(ctx, c, out, h, tryDeadline, startBy, err)
+		resp, err = l.waitForApp(ctx, c, out, h, tryBy, startBy, err)
 	}
 	if err == nil && l.inbound && !l.appSeen.Load() {
 		l.appSeen.Store(true)
 	}
-	res.resp, res.err = resp, err
-	outcome := upstream.GatewayError
-	switch {
-	case err == nil:
-		outcome = statusOutcome(resp.StatusCode)
-	case ctx.Err() != nil || expired(deadline):
-		outcome = upstream.Success // the route timed out or the caller left: not the host's fault
-	case isConnectFailure(err) || upstream.IsResetBeforeResponse(err):
-		outcome = upstream.LocalOriginFailure
-	}
-	c.Report(h, outcome)
-	return res
+	return attemptResult{host: h, resp: resp, err: err}
 }
 
-// statusOutcome classifies a response for outlier detection.
-func statusOutcome(code int) upstream.Outcome {
-	switch {
-	case code == 502 || code == 503 || code == 504:
-		return upstream.GatewayError
-	case code >= 500:
-		return upstream.ServerError
-	}
-	return upstream.Success
-}
-
-var (
-	errNoHost       = errors.New("no healthy upstream")
-	errRouteTimeout = errors.New("route timeout")
-)
-
-func expired(deadline time.Time) bool { return !deadline.IsZero() && !time.Now().Before(deadline) }
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.Is(err, errRouteTimeout) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) ||
-		(errors.As(err, &ne) && ne.Timeout())
-}
-
-// retriable applies the route's retry_on conditions to an attempt's result.
-func retriable(rp *config.RetryPolicy, res *attemptResult, ctx context.Context, deadline time.Time) bool {
-	if rp == nil || ctx.Err() != nil || expired(deadline) {
-		return false
-	}
-	if res.err != nil {
-		return retryOnError(rp, res.err)
-	}
-	if isAppStartTimeout(res.resp) {
-		return false // the caller's hold is spent: another try would be refused at once
-	}
-	return retryOnStatus(rp, res.resp.StatusCode)
-}
-
-// retryOnError reports whether a failed attempt (no response) may be retried.
-func retryOnError(rp *config.RetryPolicy, err error) bool {
-	if rp.On&(config.Retry5xx|config.RetryGatewayError|config.RetryReset) != 0 {
-		return true
-	}
-	return rp.On&config.RetryConnectFailure != 0 && isConnectFailure(err)
-}
-
-// retryOnStatus reports whether a response with this status may be retried.
-func retryOnStatus(rp *config.RetryPolicy, code int) bool {
-	switch {
-	case rp.On&config.Retry5xx != 0 && code >= 500:
-		return true
-	case rp.On&config.RetryGatewayError != 0 && (code == 502 || code == 503 || code == 504):
-		return true
-	case rp.On&config.RetryRetriable4xx != 0 && code == 409:
-		return true
-	case rp.On&config.RetryRetriableStatusCodes != 0:
-		for _, rc := range rp.RetriableCodes {
-			if rc == code {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-func isConnectFailure(err error) bool {
-	var op *net.OpError
-	return errors.As(err, &op) && op.Op == "dial"
-}
-
-// errorReply turns a failed final attempt into what Envoy would answer.
-func (a *attemptResult) errorReply(deadline time.Time) (int, string) {
-	var bad *httphead.Problem
-	switch {
-	case errors.Is(a.err, errNoHost):
-		return http.StatusServiceUnavailable, "no healthy upstream\n"
-	case errors.As(a.err, &bad):
-		return bad.Status, bad.Reason + "\n" // 502: the response's framing is ambiguous
-	case expired(deadline):
-		return http.StatusGatewayTimeout, "upstream request timeout\n"
-	case isConnectFailure(a.err) && isTimeout(a.err):
-		// Envoy's words for a connect_timeout: 503, not the 504 of a request timeout.
-		return http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection timeout\n"
-	case isTimeout(a.err):
-		return http.StatusGatewayTimeout, "upstream request timeout\n"
-	case isConnectFailure(a.err):
-		return http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection failure\n"
-	default:
-		return http.StatusServiceUnavailable, "upstream connect error or disconnect/reset before headers. reset reason: connection termination\n"
-	}
-}
-
-// retryBackoff is Envoy's jittered exponential back-off: uniform in
-// [0, min(base·2^(n-1), max)) for the n-th retry; base 25 ms and max 10× base by default.
-func retryBackoff(rp *config.RetryPolicy, n int) time.Duration {
-	ceil := rp.BaseInterval << min(n-1, 30)
-	if ceil > rp.MaxInterval || ceil <= 0 {
-		ceil = rp.MaxInterval
-	}
-	if ceil <= 0 {
-		return 0
-	}
-	return time.Duration(rand.Int64N(int64(ceil)))
-}
-
-func (p *Proxy) sleep(ctx context.Context, d time.Duration, deadline time.Time) bool {
-	if !deadline.IsZero() && time.Until(deadline) < d {
-		return false // the back-off would outlast the route timeout
-	}
+// sleep waits d on the proxy's clock; false if the caller left first.
+func (p *Proxy) sleep(ctx context.Context, d time.Duration) bool {
 	if d <= 0 {
 		return ctx.Err() == nil
 	}

@@ -32,8 +32,9 @@ import (
 //
 // Everything else is handed to the goroutine path with what has been read so far, so its
 // behaviour stays in one place: a connection whose next request the loop does not take
-// (h2c, chunked or large bodies, Expect, Upgrade, routes with fault injection, mirrors,
-// redirects or direct responses, function clusters that may hold, unknown clusters) is
+// (h2c, chunked or large bodies, Expect, Upgrade, routes config does not find LoopSafe:
+// fault injection, mirrors, redirects, direct responses; function clusters that may
+// hold, unknown clusters) is
 // detached from the loop and served by serveConn from then on; a response the loop
 // cannot frame (chunked, read-until-close, 1xx) is finished by a goroutine, which then
 // serves the connection.
@@ -90,15 +91,10 @@ type exchange struct {
 	c         *upstream.Cluster
 	wire      []byte // the upstream request, as sent on every attempt
 	start     time.Time
-	deadline  int64 // route timeout (unix nanos; 0: none)
-	tryBy     int64 // this attempt's deadline
-	wakeAt    int64 // retry back-off ends
-	attempt   int
-	attempts  int
-	rp        *config.RetryPolicy
+	retry     retryState // attempts, retries and the route timeout (retrystate.go)
+	tryBy     int64      // this attempt's deadline (unix nanos; 0: none)
+	wakeAt    int64      // retry back-off ends
 	host      *upstream.Host
-	triedBuf  [4]*upstream.Host
-	tried     []*upstream.Host
 	hash      uint64
 	hasHash   bool
 	setCookie string
@@ -108,7 +104,6 @@ type exchange struct {
 	remaining int64    // response body bytes still to copy
 	close     bool     // the downstream connection closes after this response
 	breaker   *breaker // inbound: the containerConcurrency slot this request holds
-	retrySlot bool     // holds a max_retries slot (AdmitRetry) until its attempt ends
 }
 
 // done gives back what the request held on its listener: its in-flight count and its
@@ -121,19 +116,11 @@ func (ex *exchange) done(l *Listener) {
 	}
 }
 
-// releaseRetry gives back the max_retries slot, if the exchange holds one.
-func (ex *exchange) releaseRetry() {
-	if ex.retrySlot {
-		ex.retrySlot = false
-		ex.c.RetryDone()
-	}
-}
-
 // end accounts for an admitted exchange that is over, however it ended: stats, and every
 // slot it held (cluster admission, retry, listener).
 func (ex *exchange) end(l *Listener, elapsed time.Duration) {
 	ex.c.Stats.Observe(ex.status, elapsed)
-	ex.releaseRetry()
+	ex.retry.release()
 	ex.c.Done()
 	ex.done(l)
 }
@@ -493,7 +480,9 @@ func (h *hloop) dispatch(d *sock, end int) int {
 		return gone
 	}
 	route := vh.RouteFor(r)
-	if route == nil || route.Kind != config.ActionForward || route.Fault != nil || len(route.Mirrors) > 0 {
+	// The decoder allows a route on the loop only if the loop implements every feature it
+	// uses (config.Route.LoopSafe).
+	if route == nil || !route.LoopSafe {
 		h.handoff(d)
 		return gone
 	}
@@ -525,7 +514,7 @@ func (h *hloop) dispatch(d *sock, end int) int {
 	l.requests.Add(1)
 	ex := &d.exv
 	// The fast parser takes HTTP/1.1 only, where only Connection: close ends a connection.
-	*ex = exchange{d: d, r: r, route: route, wc: wc, c: c, wire: ex.wire[:0], start: h.ev.Now(), attempts: 1,
+	*ex = exchange{d: d, r: r, route: route, wc: wc, c: c, wire: ex.wire[:0], start: h.ev.Now(),
 		close: r.Close || h.draining.Load(), breaker: br}
 	if _, ok := c.Admit(); !ok {
 		c.Stats.Observe(http.StatusServiceUnavailable, 0)
@@ -538,9 +527,7 @@ func (h *hloop) dispatch(d *sock, end int) int {
 	}
 	d.ex = ex
 	d.deadline = 0
-	if route.Timeout > 0 {
-		ex.deadline = ex.start.Add(route.Timeout).UnixNano()
-	}
+	ex.retry.init(route, true, c, ex.start) // the whole body is here: it can be sent again
 	var body []byte
 	if cl > 0 {
 		body = d.in[end : end+int(cl)]
@@ -549,11 +536,6 @@ func (h *hloop) dispatch(d *sock, end int) int {
 	ex.hash, ex.hasHash, ex.setCookie = requestHash(r, route, cc)
 	ex.wire = upstream.AppendRequest(ex.wire, &out)
 	consume(d, end+int(cl))
-	if route.Retry != nil {
-		ex.rp = route.Retry
-		ex.attempts += ex.rp.NumRetries
-	}
-	ex.tried = ex.triedBuf[:0]
 	h.startAttempt(ex)
 	return dispatched
 }

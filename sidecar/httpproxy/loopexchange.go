@@ -1,28 +1,22 @@
 package httpproxy
 
 import (
-	"errors"
 	"net/http"
-	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/weftmesh/weft/sidecar/upstream"
 )
 
 // How the event loop ends an attempt and an exchange (see loop.go): outcomes, retries,
 // answers, closing connections.
 
-// attemptDone reports the attempt's outcome for its host (outlier detection, least
-// request) and releases a retry slot.
-func (h *hloop) attemptDone(ex *exchange, o upstream.Outcome) {
-	if ex.host == nil {
-		return
+// attemptDone reports the attempt's outcome, as the policy classed it in s, for its host
+// (outlier detection, least request); true unless s forwards the response.
+func (h *hloop) attemptDone(ex *exchange, s step) bool {
+	if ex.host != nil {
+		ex.c.Report(ex.host, s.outcome)
+		ex.host = nil
 	}
-	ex.c.Report(ex.host, o)
-	ex.tried = append(ex.tried, ex.host)
-	ex.host = nil
-	ex.releaseRetry()
+	return s.kind != stepForward
 }
 
 // release detaches ex's upstream connection, pooling it if it can carry another request.
@@ -67,57 +61,29 @@ func (h *hloop) attemptFailed(ex *exchange, err error) {
 		h.abort(ex.d)
 		return
 	}
-	o := upstream.GatewayError
+	s := ex.retry.onError(err, h.ev.Now())
+	h.attemptDone(ex, s)
+	h.next(ex, s)
+}
+
+// next carries out the policy's step after an attempt whose answer is not forwarded:
+// the next attempt, now or when its back-off ends (Tick), or the policy's answer.
+func (h *hloop) next(ex *exchange, s step) {
 	switch {
-	case h.expired(ex.deadline):
-		o = upstream.Success // the route timed out: not the host's fault
-	case isConnectFailure(err) || errors.Is(err, errUpstreamReset):
-		o = upstream.LocalOriginFailure
-	}
-	h.attemptDone(ex, o)
-	if h.retryLeft(ex) && retryOnError(ex.rp, err) && ex.c.AdmitRetry() {
-		h.retry(ex)
-		return
-	}
-	h.finishError(ex, err)
-}
-
-// retryLeft reports whether ex's retry policy allows another attempt in the time the
-// route has left; whether this outcome is retriable, and a max_retries slot, come after.
-func (h *hloop) retryLeft(ex *exchange) bool {
-	return ex.rp != nil && ex.attempt+1 < ex.attempts && !h.expired(ex.deadline)
-}
-
-// retry starts the next attempt, admitted by the max_retries circuit breaker, after
-// Envoy's jittered back-off, or answers 504 if the back-off would outlast the route
-// timeout.
-func (h *hloop) retry(ex *exchange) {
-	ex.attempt++
-	ex.retrySlot = true
-	backoff := retryBackoff(ex.rp, ex.attempt)
-	now := h.ev.Now()
-	if ex.deadline != 0 && now.Add(backoff).UnixNano() > ex.deadline {
-		h.finishError(ex, errRouteTimeout)
-		return
-	}
-	if backoff <= 0 {
+	case s.kind == stepReply:
+		h.reply(ex, s)
+	case s.delay <= 0:
 		h.startAttempt(ex)
-		return
+	default:
+		ex.wakeAt = h.ev.Now().Add(s.delay).UnixNano()
+		h.ev.Arm(ex.wakeAt)
 	}
-	ex.wakeAt = now.Add(backoff).UnixNano()
-	h.ev.Arm(ex.wakeAt)
 }
 
-// finishError answers ex with the error Envoy would give for err.
-func (h *hloop) finishError(ex *exchange, err error) {
-	res := attemptResult{err: err}
-	var deadline time.Time
-	if ex.deadline != 0 {
-		deadline = time.Unix(0, ex.deadline)
-	}
-	status, msg := res.errorReply(deadline)
-	ex.status = status
-	localReply(h.writer(ex), status, msg)
+// reply answers ex with the policy's error reply and finishes it.
+func (h *hloop) reply(ex *exchange, s step) {
+	ex.status = s.status
+	localReply(h.writer(ex), s.status, s.msg)
 	h.endReply(ex)
 	h.finish(ex)
 }
@@ -154,7 +120,7 @@ func (h *hloop) end(d *sock, noAnswer int) {
 	if ex := d.ex; ex != nil {
 		d.ex = nil
 		if ex.host != nil {
-			ex.c.Report(ex.host, upstream.Success) // the caller left: not the host's fault
+			ex.c.Report(ex.host, ex.retry.onAbandon())
 			ex.host = nil
 		}
 		h.release(ex, false)

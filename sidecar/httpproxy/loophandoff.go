@@ -11,7 +11,6 @@ import (
 
 	"github.com/weftmesh/weft/sidecar/connio"
 	"github.com/weftmesh/weft/sidecar/httphead"
-	"github.com/weftmesh/weft/sidecar/upstream"
 )
 
 // The event loop's hand-offs to the goroutine path, its timers and its drain (see
@@ -245,15 +244,18 @@ func (l *Listener) finishSlow(ex *exchange, dnc net.Conn, din, dout []byte, unc 
 			}
 		}
 	}
-	ex.releaseRetry() // the attempt the loop started ends here either way
-	if err != nil {
-		if ex.host != nil {
-			c.Report(ex.host, upstream.GatewayError)
-		}
+	status := 0
+	if resp != nil {
+		status = resp.StatusCode
+	}
+	st := ex.retry.onHandedOff(status, err) // the attempt the loop started ends here either way
+	if ex.host != nil {
+		c.Report(ex.host, st.outcome)
+	}
+	if st.kind == stepReply {
 		_, _ = bw.Write(dout)
-		var msg string
-		ex.status, msg = (&attemptResult{err: err}).errorReply(time.Time{})
-		localReply(w, ex.status, msg)
+		ex.status = st.status
+		localReply(w, st.status, st.msg)
 		w.finish()
 		// The caller's request was read whole: its connection goes on, only the
 		// upstream one is dropped.
@@ -264,9 +266,6 @@ func (l *Listener) finishSlow(ex *exchange, dnc net.Conn, din, dout []byte, unc 
 		}
 		go l.serveConn(dnc, din, nil)
 		return
-	}
-	if ex.host != nil {
-		c.Report(ex.host, statusOutcome(resp.StatusCode))
 	}
 	ex.status = resp.StatusCode
 	_, _ = bw.Write(dout)

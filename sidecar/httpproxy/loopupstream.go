@@ -23,18 +23,16 @@ import (
 
 func (h *hloop) startAttempt(ex *exchange) {
 	now := h.ev.Now()
-	host := ex.c.Pick(ex.hash, ex.hasHash, ex.tried)
+	host := ex.c.Pick(ex.hash, ex.hasHash, ex.retry.tried)
 	if host == nil {
-		h.finishError(ex, errNoHost) // finish gives back the retry slot, if any
+		h.reply(ex, ex.retry.giveUp(errNoHost, now))
 		return
 	}
 	ex.host = host
 	host.Start()
-	ex.tryBy = ex.deadline
-	if ex.rp != nil && ex.rp.PerTryTimeout > 0 {
-		if t := now.Add(ex.rp.PerTryTimeout).UnixNano(); ex.tryBy == 0 || t < ex.tryBy {
-			ex.tryBy = t
-		}
+	ex.tryBy = 0
+	if by := ex.retry.begin(host, now); !by.IsZero() {
+		ex.tryBy = by.UnixNano()
 	}
 	if ex.tryBy != 0 {
 		h.ev.Arm(ex.tryBy)
@@ -269,8 +267,8 @@ func (h *hloop) response(u *sock, ex *exchange) bool {
 		u.used++
 		cc := ex.c.Config()
 		u.reusable = !hd.Close && (cc.MaxRequestsPerConn == 0 || u.used < cc.MaxRequestsPerConn)
-		h.attemptDone(ex, statusOutcome(hd.Status))
-		if h.retryLeft(ex) && retryOnStatus(ex.rp, hd.Status) && ex.c.AdmitRetry() {
+		// Function clusters never reach the loop: no answer here is a hold timeout.
+		if s := ex.retry.onResponse(hd.Status, false, h.ev.Now()); h.attemptDone(ex, s) {
 			// Discard this answer; the connection is kept if the whole body is here.
 			if int64(len(u.in)-end) == bodyLen {
 				u.in = u.in[:0]
@@ -278,7 +276,7 @@ func (h *hloop) response(u *sock, ex *exchange) bool {
 			} else {
 				h.release(ex, false)
 			}
-			h.retry(ex)
+			h.next(ex, s)
 			return false
 		}
 		ex.gotHead, ex.status, ex.remaining = true, hd.Status, bodyLen
@@ -372,9 +370,4 @@ func asciiEqualFold(b []byte, s string) bool {
 		}
 	}
 	return true
-}
-
-// expired reports whether deadline (unix nanos; 0: none) has passed.
-func (h *hloop) expired(deadline int64) bool {
-	return deadline != 0 && h.ev.Now().UnixNano() >= deadline
 }
