@@ -12,6 +12,8 @@ import (
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/weftmesh/weft/contract"
 )
 
 // configFields lists "Type.Field" for every field of t and of the config types its fields
@@ -83,7 +85,7 @@ func TestDecodedRoutesAreLoopSafeOnlyWithoutGoroutineOnlyFeatures(t *testing.T) 
 			r.ResponseHeadersToAdd = []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-a", Value: "b"}}}
 		}, true},
 		{"fault", func(r *routev3.Route) {
-			r.TypedPerFilterConfig = map[string]*anypb.Any{faultFilterName: fault}
+			r.TypedPerFilterConfig = map[string]*anypb.Any{contract.FaultFilterName: fault}
 		}, false},
 		{"mirror", func(r *routev3.Route) {
 			r.GetRoute().RequestMirrorPolicies = []*routev3.RouteAction_RequestMirrorPolicy{{Cluster: "shadow"}}
