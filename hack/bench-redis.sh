@@ -22,38 +22,10 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 "$ROOT/hack/deps.sh" bench
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	if [[ "${KEEP_LOGS:-}" == 1 ]]; then echo "logs in $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-
-wait_port() {
-	for _ in $(seq 100); do
-		redis-cli -p "$1" PING >/dev/null 2>&1 && return 0
-		sleep 0.1
-	done
-	echo "bench-redis: nothing answers PING on port $1" >&2
-	exit 1
-}
-
-SERVERS=()
-NC_SERVERS=""
-for i in 1 2 3; do
-	port=$((BASE_PORT + i))
-	mkdir -p "$WORK/r$i"
-	redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK/r$i" \
-		--logfile "$WORK/r$i/log" --daemonize no &
-	PIDS+=($!)
-	[[ $i == 1 ]] && SHARD1_PID=$!
-	name="shard-$(printf "\\x$(printf %x $((96 + i)))")"
-	SERVERS+=("$name=127.0.0.1:$port:1")
-	NC_SERVERS+="    - 127.0.0.1:$port:1 $name"$'\n'
-done
-for i in 1 2 3; do wait_port $((BASE_PORT + i)); done
+NAME=bench-redis
+# shellcheck source=hack/redis/shards.sh
+source "$ROOT/hack/redis/shards.sh"
+start_shards
 
 WEFT_PORT=$((BASE_PORT + 21))
 NC_PORT=$((BASE_PORT + 22))

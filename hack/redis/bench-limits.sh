@@ -25,37 +25,10 @@ for bin in redis-server redis-cli nutcracker go; do
 	command -v "$bin" >/dev/null || { echo "bench-limits: $bin not found; apt-get install -y redis-server redis-tools nutcracker" >&2; exit 1; }
 done
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	if [[ "${KEEP_LOGS:-}" == 1 ]]; then echo "logs in $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-
-wait_port() {
-	for _ in $(seq 100); do
-		redis-cli -p "$1" PING >/dev/null 2>&1 && return 0
-		sleep 0.1
-	done
-	echo "bench-limits: nothing answers PING on port $1" >&2
-	exit 1
-}
-
-SERVERS=()
-NC_SERVERS=""
-for i in 1 2 3; do
-	port=$((BASE_PORT + i))
-	mkdir -p "$WORK/r$i"
-	redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK/r$i" \
-		--logfile "$WORK/r$i/log" --daemonize no &
-	PIDS+=($!)
-	name="shard-$(printf "\\x$(printf %x $((96 + i)))")"
-	SERVERS+=("$name=127.0.0.1:$port:1")
-	NC_SERVERS+="    - 127.0.0.1:$port:1 $name"$'\n'
-done
-for i in 1 2 3; do wait_port $((BASE_PORT + i)); done
+NAME=bench-limits
+# shellcheck source=hack/redis/shards.sh
+source "$ROOT/hack/redis/shards.sh"
+start_shards
 
 go build -o "$WORK/weft-redis-proxy" "$ROOT/hack/redis/weft-redis-proxy"
 go build -o "$WORK/redisload" "$ROOT/hack/redis/redisload"
