@@ -63,6 +63,33 @@ func (t *translator) secret(ns string, ref meshv1alpha1.SecretKeyRef, what strin
 	return string(v), true
 }
 
+// Defaults for RedisProxy fields left unset: the CRD's kubebuilder defaults, applied here too
+// for objects that reach the translator without them (built in tests, or stored before the
+// default existed).
+const (
+	// redisDefaultPort is Redis's port: the listener's and a serviceRef's when unset.
+	redisDefaultPort = 6379
+	// redisDefaultAddress is where the sidecar serves Redis unless told otherwise: loopback,
+	// for the application in the same pod only.
+	redisDefaultAddress = "127.0.0.1"
+	// redisDefaultHealthInterval and redisDefaultHealthTimeout: a PING every 3 s, failing
+	// after 1 s.
+	redisDefaultHealthInterval = 3 * time.Second
+	redisDefaultHealthTimeout  = time.Second
+	// redisDefaultHealthy and redisDefaultUnhealthy: one good PING returns a server, three
+	// bad ones in a row take it out.
+	redisDefaultHealthy   = 1
+	redisDefaultUnhealthy = 3
+	// redisDefaultFailures and redisDefaultEjection: two consecutive failures eject a server
+	// for 30 s (twemproxy's server_failure_limit and server_retry_timeout).
+	redisDefaultFailures = 2
+	redisDefaultEjection = 30 * time.Second
+	// redisDefaultHash is twemproxy's default key hash.
+	redisDefaultHash = "fnv1a_64"
+	// redisDefaultOpTimeout bounds one command's round trip to a server (1 s).
+	redisDefaultOpTimeout = time.Second
+)
+
 // redisProxy translates a RedisProxy into its listener, pool cluster and endpoints.
 func (t *translator) redisProxy(rp *meshv1alpha1.RedisProxy) (*RedisPool, *problems) {
 	p := &problems{}
@@ -71,33 +98,56 @@ func (t *translator) redisProxy(rp *meshv1alpha1.RedisProxy) (*RedisPool, *probl
 	if ws := rp.Spec.WorkloadSelector; ws != nil {
 		pool.Selector = ws.Labels
 	}
-	spec := &rp.Spec
 	c := edsCluster(name)
 	c.LbPolicy = clusterv3.Cluster_ROUND_ROBIN // the sidecar's ring places keys, not Envoy's LB
-	hc := spec.HealthCheck
+	c.HealthChecks = redisHealthChecks(rp.Spec.HealthCheck)
+	c.OutlierDetection, c.Metadata = redisPoolPolicy(&rp.Spec)
+	serve := t.redisUpstreamAuth(rp, c, p)
+	pool.Cluster = c
+	pool.Endpoints = t.redisEndpoints(rp, name, p)
+
+	filter := t.redisFilter(rp, name, pool, p)
+	if !t.redisDownstreamAuth(rp, filter, p) {
+		serve = false // never serve a pool without the password its clients must give
+	}
+	if !serve {
+		return pool, p
+	}
+	pool.Listener = redisListener(rp.Spec.Listener, name, filter)
+	return pool, p
+}
+
+// redisHealthChecks is the pool cluster's active health check: the Redis PING checker,
+// defaults filled.
+func redisHealthChecks(hc meshv1alpha1.RedisHealthCheck) []*corev3.HealthCheck {
 	healthy, unhealthy := hc.HealthyThreshold, hc.UnhealthyThreshold
 	if healthy == 0 {
-		healthy = 1
+		healthy = redisDefaultHealthy
 	}
 	if unhealthy == 0 {
-		unhealthy = 3
+		unhealthy = redisDefaultUnhealthy
 	}
 	hcCfg, _ := anypb.New(&hcredisv3.Redis{})
-	c.HealthChecks = []*corev3.HealthCheck{{
-		Interval:           durOr(hc.Interval, 3*time.Second),
-		Timeout:            durOr(hc.Timeout, time.Second),
+	return []*corev3.HealthCheck{{
+		Interval:           durOr(hc.Interval, redisDefaultHealthInterval),
+		Timeout:            durOr(hc.Timeout, redisDefaultHealthTimeout),
 		HealthyThreshold:   u32(healthy),
 		UnhealthyThreshold: u32(unhealthy),
 		HealthChecker: &corev3.HealthCheck_CustomHealthCheck_{CustomHealthCheck: &corev3.HealthCheck_CustomHealthCheck{
 			Name: contract.RedisHealthCheckerName, ConfigType: &corev3.HealthCheck_CustomHealthCheck_TypedConfig{TypedConfig: hcCfg}}},
 	}}
+}
+
+// redisPoolPolicy is the pool cluster's outlier detection and its weft.dev/redis metadata:
+// the sharding (distribution, hash, hash tag) and the ejection policy the sidecar's ring
+// applies, defaults filled.
+func redisPoolPolicy(spec *meshv1alpha1.RedisProxySpec) (*clusterv3.OutlierDetection, *corev3.Metadata) {
 	od := spec.OutlierDetection
 	failures := od.ConsecutiveFailures
 	if failures == 0 {
-		failures = 2
+		failures = redisDefaultFailures
 	}
-	ejection := durOr(od.EjectionTime, 30*time.Second)
-	c.OutlierDetection = &clusterv3.OutlierDetection{Consecutive_5Xx: u32(failures), BaseEjectionTime: ejection}
+	ejection := durOr(od.EjectionTime, redisDefaultEjection)
 	mode := od.Mode
 	if mode == "" {
 		mode = meshv1alpha1.EjectFail
@@ -108,31 +158,42 @@ func (t *translator) redisProxy(rp *meshv1alpha1.RedisProxy) (*RedisPool, *probl
 		dist = meshv1alpha1.DistributionKetama
 	}
 	if hash == "" {
-		hash = "fnv1a_64"
+		hash = redisDefaultHash
 	}
 	tag := sh.HashTag
-	c.Metadata = metadata(contract.RedisMetadataKey, contract.RedisPoolMeta{
+	md := metadata(contract.RedisMetadataKey, contract.RedisPoolMeta{
 		Distribution: string(dist), Hash: string(hash), HashTag: &tag,
 		EjectMode: string(mode), FailureLimit: failures, RetryTimeout: ejection.AsDuration(),
 	}.Encode())
-	serve := true
-	if a := spec.Auth; a != nil && a.Upstream != nil {
-		if pw, ok := t.secret(rp.Namespace, a.Upstream.PasswordSecretRef, "upstream password", p); ok {
-			po := &redisv3.RedisProtocolOptions{AuthPassword: inlineString(pw)}
-			if a.Upstream.Username != "" {
-				po.AuthUsername = inlineString(a.Upstream.Username)
-			}
-			anyPO, _ := anypb.New(po)
-			c.TypedExtensionProtocolOptions = map[string]*anypb.Any{contract.RedisFilterName: anyPO}
-		} else {
-			serve = false
-		}
-	}
-	pool.Cluster = c
-	pool.Endpoints = t.redisEndpoints(rp, name, p)
+	return &clusterv3.OutlierDetection{Consecutive_5Xx: u32(failures), BaseEjectionTime: ejection}, md
+}
 
-	// Listener.
-	ps := &redisv3.RedisProxy_ConnPoolSettings{OpTimeout: durOr(spec.OpTimeout, time.Second), EnableHashtagging: sh.HashTag != ""}
+// redisUpstreamAuth puts the password the servers ask for on the pool cluster. It reports
+// false when the password's Secret is missing (a problem is recorded).
+func (t *translator) redisUpstreamAuth(rp *meshv1alpha1.RedisProxy, c *clusterv3.Cluster, p *problems) bool {
+	a := rp.Spec.Auth
+	if a == nil || a.Upstream == nil {
+		return true
+	}
+	pw, ok := t.secret(rp.Namespace, a.Upstream.PasswordSecretRef, "upstream password", p)
+	if !ok {
+		return false
+	}
+	po := &redisv3.RedisProtocolOptions{AuthPassword: inlineString(pw)}
+	if a.Upstream.Username != "" {
+		po.AuthUsername = inlineString(a.Upstream.Username)
+	}
+	anyPO, _ := anypb.New(po)
+	c.TypedExtensionProtocolOptions = map[string]*anypb.Any{contract.RedisFilterName: anyPO}
+	return true
+}
+
+// redisFilter is the pool listener's redis_proxy filter: its settings, a catch-all route
+// to the pool and the prefix routes to other pools, whose clusters it adds to pool.Routes.
+// A prefix route to a RedisProxy that does not exist is dropped (a problem is recorded).
+func (t *translator) redisFilter(rp *meshv1alpha1.RedisProxy, name string, pool *RedisPool, p *problems) *redisv3.RedisProxy {
+	spec := &rp.Spec
+	ps := &redisv3.RedisProxy_ConnPoolSettings{OpTimeout: durOr(spec.OpTimeout, redisDefaultOpTimeout), EnableHashtagging: spec.Sharding.HashTag != ""}
 	filter := &redisv3.RedisProxy{
 		StatPrefix: strings.NewReplacer("|", "_", "/", "_").Replace(name),
 		Settings:   ps,
@@ -152,35 +213,44 @@ func (t *translator) redisProxy(rp *meshv1alpha1.RedisProxy) (*RedisPool, *probl
 			pool.Routes = append(pool.Routes, target)
 		}
 	}
-	if a := spec.Auth; a != nil && a.Downstream != nil {
-		if pw, ok := t.secret(rp.Namespace, a.Downstream.PasswordSecretRef, "downstream password", p); ok {
-			filter.DownstreamAuthPasswords = []*corev3.DataSource{inlineString(pw)}
-			if a.Downstream.Username != "" {
-				filter.DownstreamAuthUsername = inlineString(a.Downstream.Username)
-			}
-		} else {
-			serve = false // never serve a pool without the password its clients must give
-		}
+	return filter
+}
+
+// redisDownstreamAuth puts the password clients must give on the filter. It reports false
+// when the password's Secret is missing (a problem is recorded).
+func (t *translator) redisDownstreamAuth(rp *meshv1alpha1.RedisProxy, filter *redisv3.RedisProxy, p *problems) bool {
+	a := rp.Spec.Auth
+	if a == nil || a.Downstream == nil {
+		return true
 	}
-	if !serve {
-		return pool, p
+	pw, ok := t.secret(rp.Namespace, a.Downstream.PasswordSecretRef, "downstream password", p)
+	if !ok {
+		return false
 	}
-	addr, port := spec.Listener.Address, spec.Listener.Port
+	filter.DownstreamAuthPasswords = []*corev3.DataSource{inlineString(pw)}
+	if a.Downstream.Username != "" {
+		filter.DownstreamAuthUsername = inlineString(a.Downstream.Username)
+	}
+	return true
+}
+
+// redisListener is the pool's listener at spec.listener, defaults filled, serving filter.
+func redisListener(l meshv1alpha1.RedisListener, name string, filter *redisv3.RedisProxy) *listenerv3.Listener {
+	addr, port := l.Address, l.Port
 	if addr == "" {
-		addr = "127.0.0.1"
+		addr = redisDefaultAddress
 	}
 	if port == 0 {
-		port = 6379
+		port = redisDefaultPort
 	}
 	tc, _ := anypb.New(filter)
-	pool.Listener = &listenerv3.Listener{
+	return &listenerv3.Listener{
 		Name:    name,
 		Address: socketAddress(addr, uint32(port)),
 		FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
 			Name: contract.RedisFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: tc}}}}},
 		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
 	}
-	return pool, p
 }
 
 // redisEndpoints lists the pool's servers: spec.servers with their ring names and weights,
@@ -194,7 +264,7 @@ func (t *translator) redisEndpoints(rp *meshv1alpha1.RedisProxy, name string, p 
 		}
 		port := ref.Port
 		if port == 0 {
-			port = 6379
+			port = redisDefaultPort
 		}
 		sp, why := servicePort(svc, port)
 		if why != "" {

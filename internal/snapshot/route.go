@@ -11,6 +11,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -242,80 +243,23 @@ func (t *translator) ruleAction(mr *meshv1alpha1.MeshRoute, rule *meshv1alpha1.H
 		b.p.invalidf("rule %s has no route, redirect or directResponse", ruleName(rule, idx))
 		return nil, false
 	}
-	var clusters []*routev3.WeightedCluster_ClusterWeight
-	var reasons []string
-	var unresolved []resolved
-	var fnTimeout time.Duration // the longest timeout of the rule's function destinations
-	for _, d := range rule.Route {
-		if d.Weight <= 0 {
-			continue
-		}
-		if d.Destination.Function != "" {
-			ns := d.Destination.Namespace
-			if ns == "" {
-				ns = mr.Namespace
-			}
-			if fn, ok := t.ix.functions[nsName(ns, d.Destination.Function)]; ok {
-				fnTimeout = max(fnTimeout, functionTimeout(fn))
-			}
-		}
-		res := t.destination(mr, d.Destination, b)
-		if res.notPermitted {
-			b.p.refNotPermitted("%s", res.reason)
-			reasons = append(reasons, res.reason)
-			unresolved = append(unresolved, res)
-		} else if res.reason != "" {
-			b.p.missingf("%s", res.reason)
-			reasons = append(reasons, res.reason)
-			unresolved = append(unresolved, res)
-		} else if res.port != 0 {
-			destPorts[res.port] = true
-		}
-		cw := &routev3.WeightedCluster_ClusterWeight{Name: res.cluster, Weight: wrapperspb.UInt32(uint32(d.Weight))}
-		if d.Headers != nil {
-			// Carried on the weighted cluster, so they apply only when this destination is
-			// picked; a single destination becomes a plain cluster route below and the
-			// edits move to the route.
-			cw.RequestHeadersToAdd, cw.RequestHeadersToRemove, _ = headerOps(d.Headers.Request)
-			cw.ResponseHeadersToAdd, cw.ResponseHeadersToRemove, _ = headerOps(d.Headers.Response)
-		}
-		clusters = append(clusters, cw)
-	}
-	if len(clusters) == 0 {
+	d := t.ruleDestinations(mr, rule, b, destPorts)
+	if len(d.clusters) == 0 {
 		b.p.invalidf("rule %s: every destination has weight 0", ruleName(rule, idx))
 		return nil, false
 	}
-	if len(reasons) == len(clusters) {
+	if len(d.reasons) == len(d.clusters) {
 		// Nothing resolves: answer 503 saying what is missing instead of a dead cluster.
-		r.Action = directResponse(503, fmt.Sprintf("weft: %s %s/%s: %s\n", KindMeshRoute, mr.Namespace, mr.Name, strings.Join(reasons, "; ")))
+		r.Action = directResponse(503, fmt.Sprintf("weft: %s %s/%s: %s\n", KindMeshRoute, mr.Namespace, mr.Name, strings.Join(d.reasons, "; ")))
 		r.TypedPerFilterConfig = nil
 		return r, true
 	}
-	for _, u := range unresolved {
+	for _, u := range d.unresolved {
 		// A weighted share that cannot be resolved answers 503 with the reason.
 		b.addCluster(unresolvedCluster(u.cluster, fmt.Sprintf("%s %s/%s: %s", KindMeshRoute, mr.Namespace, mr.Name, u.reason)))
 	}
-	ra := &routev3.RouteAction{Timeout: timeoutOf(0), HashPolicy: hashPolicy(ch)}
-	switch {
-	case rule.Timeout != nil:
-		ra.Timeout = timeoutOf(rule.Timeout.Duration)
-	case fnTimeout > 0:
-		// A call to a function is bounded by the function's timeout (300 s by default,
-		// Knative's revision timeout) through a MeshRoute as through its own name, so the
-		// caller's sidecar never waits on it forever (issue 12 item 7).
-		ra.Timeout = timeoutOf(fnTimeout)
-	}
-	if len(clusters) == 1 {
-		only := clusters[0]
-		ra.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: only.Name}
-		// The destination's edits come before the rule's, as on a weighted cluster.
-		r.RequestHeadersToAdd = append(only.RequestHeadersToAdd, r.RequestHeadersToAdd...)
-		r.RequestHeadersToRemove = append(only.RequestHeadersToRemove, r.RequestHeadersToRemove...)
-		r.ResponseHeadersToAdd = append(only.ResponseHeadersToAdd, r.ResponseHeadersToAdd...)
-		r.ResponseHeadersToRemove = append(only.ResponseHeadersToRemove, r.ResponseHeadersToRemove...)
-	} else {
-		ra.ClusterSpecifier = &routev3.RouteAction_WeightedClusters{WeightedClusters: &routev3.WeightedCluster{Clusters: clusters}}
-	}
+	ra := &routev3.RouteAction{Timeout: ruleTimeout(rule, d.fnTimeout), HashPolicy: hashPolicy(ch)}
+	setClusters(r, ra, d.clusters)
 	retries := rule.Retries
 	if retries == nil && rule.Fault == nil {
 		// Istio's mesh default: a rule without retries still retries twice on failures
@@ -334,21 +278,114 @@ func (t *translator) ruleAction(mr *meshv1alpha1.MeshRoute, rule *meshv1alpha1.H
 	if hostRewrite != "" {
 		ra.HostRewriteSpecifier = &routev3.RouteAction_HostRewriteLiteral{HostRewriteLiteral: hostRewrite}
 	}
-	if m := rule.Mirror; m != nil && m.Percentage > 0 {
-		res := t.destination(mr, m.Destination, b)
-		if res.notPermitted {
-			b.p.refNotPermitted("mirror: %s", res.reason)
-		} else if res.reason != "" {
-			b.p.missingf("mirror: %s", res.reason)
-		} else {
-			ra.RequestMirrorPolicies = []*routev3.RouteAction_RequestMirrorPolicy{{
-				Cluster:         res.cluster,
-				RuntimeFraction: &corev3.RuntimeFractionalPercent{DefaultValue: perMillion(m.Percentage)},
-			}}
-		}
-	}
+	ra.RequestMirrorPolicies = t.mirrorPolicies(mr, rule.Mirror, b)
 	r.Action = &routev3.Route_Route{Route: ra}
 	return r, true
+}
+
+// ruleDests is what a rule's weighted destinations translate to.
+type ruleDests struct {
+	// clusters are the destinations of weight above zero, in the rule's order.
+	clusters []*routev3.WeightedCluster_ClusterWeight
+	// reasons say why each unresolved destination is; unresolved are those destinations.
+	reasons    []string
+	unresolved []resolved
+	// fnTimeout is the longest timeout of the rule's function destinations.
+	fnTimeout time.Duration
+}
+
+// ruleDestinations resolves the rule's destinations of weight above zero, recording a
+// problem for each that does not resolve and the port of each that does in destPorts.
+func (t *translator) ruleDestinations(mr *meshv1alpha1.MeshRoute, rule *meshv1alpha1.HTTPRule, b *built, destPorts map[int32]bool) ruleDests {
+	var out ruleDests
+	for _, d := range rule.Route {
+		if d.Weight <= 0 {
+			continue
+		}
+		if d.Destination.Function != "" {
+			ns := d.Destination.Namespace
+			if ns == "" {
+				ns = mr.Namespace
+			}
+			if fn, ok := t.ix.functions[nsName(ns, d.Destination.Function)]; ok {
+				out.fnTimeout = max(out.fnTimeout, functionTimeout(fn))
+			}
+		}
+		res := t.destination(mr, d.Destination, b)
+		if res.notPermitted {
+			b.p.refNotPermitted("%s", res.reason)
+			out.reasons = append(out.reasons, res.reason)
+			out.unresolved = append(out.unresolved, res)
+		} else if res.reason != "" {
+			b.p.missingf("%s", res.reason)
+			out.reasons = append(out.reasons, res.reason)
+			out.unresolved = append(out.unresolved, res)
+		} else if res.port != 0 {
+			destPorts[res.port] = true
+		}
+		cw := &routev3.WeightedCluster_ClusterWeight{Name: res.cluster, Weight: wrapperspb.UInt32(uint32(d.Weight))}
+		if d.Headers != nil {
+			// Carried on the weighted cluster, so they apply only when this destination is
+			// picked; a single destination becomes a plain cluster route below and the
+			// edits move to the route.
+			cw.RequestHeadersToAdd, cw.RequestHeadersToRemove, _ = headerOps(d.Headers.Request)
+			cw.ResponseHeadersToAdd, cw.ResponseHeadersToRemove, _ = headerOps(d.Headers.Response)
+		}
+		out.clusters = append(out.clusters, cw)
+	}
+	return out
+}
+
+// ruleTimeout is the route timeout: the rule's, else the longest of its function
+// destinations', else none.
+func ruleTimeout(rule *meshv1alpha1.HTTPRule, fnTimeout time.Duration) *durationpb.Duration {
+	switch {
+	case rule.Timeout != nil:
+		return timeoutOf(rule.Timeout.Duration)
+	case fnTimeout > 0:
+		// A call to a function is bounded by the function's timeout (300 s by default,
+		// Knative's revision timeout) through a MeshRoute as through its own name, so the
+		// caller's sidecar never waits on it forever (issue 12 item 7).
+		return timeoutOf(fnTimeout)
+	}
+	return timeoutOf(0)
+}
+
+// setClusters points ra at the rule's clusters: a plain cluster for one destination,
+// whose header edits move onto r, else weighted clusters.
+func setClusters(r *routev3.Route, ra *routev3.RouteAction, clusters []*routev3.WeightedCluster_ClusterWeight) {
+	if len(clusters) != 1 {
+		ra.ClusterSpecifier = &routev3.RouteAction_WeightedClusters{WeightedClusters: &routev3.WeightedCluster{Clusters: clusters}}
+		return
+	}
+	only := clusters[0]
+	ra.ClusterSpecifier = &routev3.RouteAction_Cluster{Cluster: only.Name}
+	// The destination's edits come before the rule's, as on a weighted cluster.
+	r.RequestHeadersToAdd = append(only.RequestHeadersToAdd, r.RequestHeadersToAdd...)
+	r.RequestHeadersToRemove = append(only.RequestHeadersToRemove, r.RequestHeadersToRemove...)
+	r.ResponseHeadersToAdd = append(only.ResponseHeadersToAdd, r.ResponseHeadersToAdd...)
+	r.ResponseHeadersToRemove = append(only.ResponseHeadersToRemove, r.ResponseHeadersToRemove...)
+}
+
+// mirrorPolicies is the rule's mirror, nil when it has none or its destination does not
+// resolve (a problem is recorded).
+func (t *translator) mirrorPolicies(mr *meshv1alpha1.MeshRoute, m *meshv1alpha1.HTTPMirror, b *built) []*routev3.RouteAction_RequestMirrorPolicy {
+	if m == nil || m.Percentage <= 0 {
+		return nil
+	}
+	res := t.destination(mr, m.Destination, b)
+	if res.notPermitted {
+		b.p.refNotPermitted("mirror: %s", res.reason)
+		return nil
+	}
+	if res.reason != "" {
+		b.p.missingf("mirror: %s", res.reason)
+		return nil
+	}
+	return []*routev3.RouteAction_RequestMirrorPolicy{{
+		Cluster:         res.cluster,
+		RuntimeFraction: &corev3.RuntimeFractionalPercent{DefaultValue: perMillion(m.Percentage)},
+	}}
 }
 
 func directResponse(status uint32, body string) *routev3.Route_DirectResponse {

@@ -12,6 +12,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	redisv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/redis_proxy/v3"
 	httpupv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -108,6 +109,40 @@ type Endpoint struct {
 	Weight   uint32
 }
 
+// Envoy's defaults for the cluster fields Weft decodes, applied when xDS leaves a field unset so
+// both HTTP paths see the values Envoy would use.
+const (
+	// defaultConnectTimeout is Envoy's cluster connect_timeout default.
+	defaultConnectTimeout = 5 * time.Second
+	// defaultMinRingSize is Envoy's ring_hash_lb_config minimum_ring_size default (1,024 entries).
+	defaultMinRingSize = 1024
+	// defaultMaxConnections, defaultMaxPending and defaultMaxRequests are Envoy's DEFAULT-priority
+	// circuit-breaker thresholds: 1,024 connections, pending requests and active requests.
+	defaultMaxConnections = 1024
+	defaultMaxPending     = 1024
+	defaultMaxRequests    = 1024
+	// defaultMaxRetries is Envoy's DEFAULT-priority max_retries threshold: 3 concurrent retries.
+	defaultMaxRetries = 3
+	// defaultConsecutive5xx and defaultConsecutiveGateway are Envoy's outlier-detection
+	// consecutive_5xx and consecutive_gateway_failure defaults: eject after 5 failures in a row.
+	// Envoy enforces the 5xx rule at 100 % and the gateway rule at 0 % unless told otherwise.
+	defaultConsecutive5xx     = 5
+	defaultConsecutiveGateway = 5
+	// defaultOutlierInterval is Envoy's outlier-detection sweep interval (10 s).
+	defaultOutlierInterval = 10 * time.Second
+	// defaultBaseEjection is Envoy's base_ejection_time (30 s, multiplied by the ejection count).
+	defaultBaseEjection = 30 * time.Second
+	// defaultMaxEjectionPercent is Envoy's max_ejection_percent: at most 10 % of the endpoints
+	// are ejected at once.
+	defaultMaxEjectionPercent = 10
+	// defaultHealthCheckInterval, defaultHealthCheckTimeout and defaultHealthThreshold fill an
+	// HTTP health check whose interval, timeout or thresholds are unset (Envoy requires them;
+	// Weft accepts their absence): probe every 10 s, 1 s per probe, one result flips the state.
+	defaultHealthCheckInterval = 10 * time.Second
+	defaultHealthCheckTimeout  = time.Second
+	defaultHealthThreshold     = 1
+)
+
 func decodeCluster(c *clusterv3.Cluster) (*Cluster, error) {
 	where := "cluster " + c.GetName()
 	if err := onlyFields(c, where, "name", "type", "eds_cluster_config", "connect_timeout", "lb_policy",
@@ -117,175 +152,248 @@ func decodeCluster(c *clusterv3.Cluster) (*Cluster, error) {
 	}
 	out := &Cluster{Name: c.GetName(), ConnectTimeout: dur(c.GetConnectTimeout())}
 	if out.ConnectTimeout == 0 {
-		out.ConnectTimeout = 5 * time.Second // Envoy's default
+		out.ConnectTimeout = defaultConnectTimeout
 	}
+	var err error
+	if err = decodeDiscovery(c, where, out); err != nil {
+		return nil, err
+	}
+	if out.LB, out.MinRingSize, err = decodeLB(c, where); err != nil {
+		return nil, err
+	}
+	if out.Limits, err = decodeLimits(c.GetCircuitBreakers(), where); err != nil {
+		return nil, err
+	}
+	if out.Outlier, err = decodeOutlier(c.GetOutlierDetection(), where); err != nil {
+		return nil, err
+	}
+	if out.HealthCheck, err = decodeHealthCheck(c.GetHealthChecks(), where); err != nil {
+		return nil, err
+	}
+	if err = decodeProtocolOptions(c.GetTypedExtensionProtocolOptions(), where, out); err != nil {
+		return nil, err
+	}
+	if err = decodeClusterMetadata(c, where, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// decodeDiscovery reads the cluster's type: EDS clusters get their endpoints later, STATIC ones
+// carry them inline.
+func decodeDiscovery(c *clusterv3.Cluster, where string, out *Cluster) error {
 	switch c.GetType() {
 	case clusterv3.Cluster_EDS:
 		if c.GetLoadAssignment() != nil {
-			return nil, fmt.Errorf("%s: type EDS with an inline load_assignment is not supported; drop one of them", where)
+			return fmt.Errorf("%s: type EDS with an inline load_assignment is not supported; drop one of them", where)
 		}
 	case clusterv3.Cluster_STATIC:
 		out.Static = true
 		eps, err := decodeEndpoints(c.GetLoadAssignment(), where)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		out.Endpoints = eps
 	default:
-		return nil, fmt.Errorf("%s: type %s is not supported; use EDS or STATIC", where, c.GetType())
+		return fmt.Errorf("%s: type %s is not supported; use EDS or STATIC", where, c.GetType())
 	}
+	return nil
+}
+
+// decodeLB reads lb_policy and, for RING_HASH, its ring configuration. The minimum ring size is
+// defaultMinRingSize whatever the policy when unset.
+func decodeLB(c *clusterv3.Cluster, where string) (LBPolicy, uint64, error) {
+	var lb LBPolicy
+	var minRing uint64
 	switch c.GetLbPolicy() {
 	case clusterv3.Cluster_ROUND_ROBIN:
-		out.LB = RoundRobin
+		lb = RoundRobin
 	case clusterv3.Cluster_LEAST_REQUEST:
-		out.LB = LeastRequest
+		lb = LeastRequest
 	case clusterv3.Cluster_RANDOM:
-		out.LB = Random
+		lb = Random
 	case clusterv3.Cluster_RING_HASH:
-		out.LB = RingHash
+		lb = RingHash
 		rh := c.GetRingHashLbConfig()
 		if err := onlyFields(rh, where+" ring_hash_lb_config", "minimum_ring_size", "hash_function"); err != nil {
-			return nil, err
+			return 0, 0, err
 		}
 		if rh.GetHashFunction() != clusterv3.Cluster_RingHashLbConfig_XX_HASH {
-			return nil, fmt.Errorf("%s: ring hash_function %s is not supported; use XX_HASH", where, rh.GetHashFunction())
+			return 0, 0, fmt.Errorf("%s: ring hash_function %s is not supported; use XX_HASH", where, rh.GetHashFunction())
 		}
-		out.MinRingSize = rh.GetMinimumRingSize().GetValue()
+		minRing = rh.GetMinimumRingSize().GetValue()
 	default:
-		return nil, fmt.Errorf("%s: lb_policy %s is not supported; use ROUND_ROBIN, LEAST_REQUEST, RANDOM or RING_HASH", where, c.GetLbPolicy())
+		return 0, 0, fmt.Errorf("%s: lb_policy %s is not supported; use ROUND_ROBIN, LEAST_REQUEST, RANDOM or RING_HASH", where, c.GetLbPolicy())
 	}
-	if out.MinRingSize == 0 {
-		out.MinRingSize = 1024
+	if minRing == 0 {
+		minRing = defaultMinRingSize
 	}
-	out.Limits = Limits{MaxConnections: 1024, MaxPending: 1024, MaxRequests: 1024, MaxRetries: 3}
-	if cb := c.GetCircuitBreakers(); cb != nil {
-		if err := onlyFields(cb, where+" circuit_breakers", "thresholds"); err != nil {
-			return nil, err
-		}
-		if len(cb.GetThresholds()) > 1 {
-			return nil, fmt.Errorf("%s: circuit_breakers has %d thresholds; only one (DEFAULT priority) is supported", where, len(cb.GetThresholds()))
-		}
-		for _, t := range cb.GetThresholds() {
-			if err := onlyFields(t, where+" circuit_breakers.thresholds[0]", "priority", "max_connections",
-				"max_pending_requests", "max_requests", "max_retries", "track_remaining"); err != nil {
-				return nil, err
-			}
-			if t.GetPriority() != corev3.RoutingPriority_DEFAULT {
-				return nil, fmt.Errorf("%s: circuit breaker priority %s is not supported; use DEFAULT", where, t.GetPriority())
-			}
-			setU32(&out.Limits.MaxConnections, t.GetMaxConnections())
-			setU32(&out.Limits.MaxPending, t.GetMaxPendingRequests())
-			setU32(&out.Limits.MaxRequests, t.GetMaxRequests())
-			setU32(&out.Limits.MaxRetries, t.GetMaxRetries())
-		}
+	return lb, minRing, nil
+}
+
+// decodeLimits reads the circuit breakers: one DEFAULT-priority threshold set at most, each unset
+// threshold left at Envoy's default.
+func decodeLimits(cb *clusterv3.CircuitBreakers, where string) (Limits, error) {
+	l := Limits{MaxConnections: defaultMaxConnections, MaxPending: defaultMaxPending,
+		MaxRequests: defaultMaxRequests, MaxRetries: defaultMaxRetries}
+	if cb == nil {
+		return l, nil
 	}
-	if od := c.GetOutlierDetection(); od != nil {
-		if err := onlyFields(od, where+" outlier_detection", "consecutive_5xx", "enforcing_consecutive_5xx",
-			"consecutive_gateway_failure", "enforcing_consecutive_gateway_failure", "interval",
-			"base_ejection_time", "max_ejection_percent"); err != nil {
-			return nil, err
-		}
-		o := &Outlier{Consecutive5xx: 5, Enforce5xx: true, ConsecutiveGateway: 5, Interval: 10 * time.Second,
-			BaseEjection: 30 * time.Second, MaxEjectionPercent: 10}
-		setU32(&o.Consecutive5xx, od.GetConsecutive_5Xx())
-		setU32(&o.ConsecutiveGateway, od.GetConsecutiveGatewayFailure())
-		if v := od.GetEnforcingConsecutive_5Xx(); v != nil {
-			o.Enforce5xx = v.GetValue() > 0
-		}
-		if v := od.GetEnforcingConsecutiveGatewayFailure(); v != nil {
-			o.EnforceGateway = v.GetValue() > 0
-		}
-		if d := dur(od.GetInterval()); d > 0 {
-			o.Interval = d
-		}
-		if d := dur(od.GetBaseEjectionTime()); d > 0 {
-			o.BaseEjection = d
-		}
-		setU32(&o.MaxEjectionPercent, od.GetMaxEjectionPercent())
-		out.Outlier = o
+	if err := onlyFields(cb, where+" circuit_breakers", "thresholds"); err != nil {
+		return Limits{}, err
 	}
-	if hcs := c.GetHealthChecks(); len(hcs) > 0 {
-		if len(hcs) > 1 {
-			return nil, fmt.Errorf("%s: %d health_checks; only one is supported", where, len(hcs))
+	if len(cb.GetThresholds()) > 1 {
+		return Limits{}, fmt.Errorf("%s: circuit_breakers has %d thresholds; only one (DEFAULT priority) is supported", where, len(cb.GetThresholds()))
+	}
+	for _, t := range cb.GetThresholds() {
+		if err := onlyFields(t, where+" circuit_breakers.thresholds[0]", "priority", "max_connections",
+			"max_pending_requests", "max_requests", "max_retries", "track_remaining"); err != nil {
+			return Limits{}, err
 		}
-		hc := hcs[0]
-		if err := onlyFields(hc, where+" health_checks[0]", "timeout", "interval", "healthy_threshold",
-			"unhealthy_threshold", "http_health_check", "custom_health_check"); err != nil {
-			return nil, err
+		if t.GetPriority() != corev3.RoutingPriority_DEFAULT {
+			return Limits{}, fmt.Errorf("%s: circuit breaker priority %s is not supported; use DEFAULT", where, t.GetPriority())
 		}
-		if h := hc.GetHttpHealthCheck(); h != nil {
-			if err := onlyFields(h, where+" http_health_check", "path", "host"); err != nil {
-				return nil, err
-			}
-			out.HealthCheck = &HealthCheck{Path: h.GetPath(), Host: h.GetHost(), Interval: dur(hc.GetInterval()), Timeout: dur(hc.GetTimeout()),
-				Healthy: hc.GetHealthyThreshold().GetValue(), Unhealthy: hc.GetUnhealthyThreshold().GetValue()}
-			if out.HealthCheck.Interval <= 0 {
-				out.HealthCheck.Interval = 10 * time.Second
-			}
-			if out.HealthCheck.Timeout <= 0 {
-				out.HealthCheck.Timeout = time.Second
-			}
-			if out.HealthCheck.Healthy == 0 {
-				out.HealthCheck.Healthy = 1
-			}
-			if out.HealthCheck.Unhealthy == 0 {
-				out.HealthCheck.Unhealthy = 1
-			}
-		} else if ch := hc.GetCustomHealthCheck(); ch != nil && ch.GetName() != contract.RedisHealthCheckerName {
+		setU32(&l.MaxConnections, t.GetMaxConnections())
+		setU32(&l.MaxPending, t.GetMaxPendingRequests())
+		setU32(&l.MaxRequests, t.GetMaxRequests())
+		setU32(&l.MaxRetries, t.GetMaxRetries())
+	}
+	return l, nil
+}
+
+// decodeOutlier reads outlier detection; nil when the cluster has none. Unset fields take
+// Envoy's defaults; an enforcing_* percentage above zero enables its rule.
+func decodeOutlier(od *clusterv3.OutlierDetection, where string) (*Outlier, error) {
+	if od == nil {
+		return nil, nil
+	}
+	if err := onlyFields(od, where+" outlier_detection", "consecutive_5xx", "enforcing_consecutive_5xx",
+		"consecutive_gateway_failure", "enforcing_consecutive_gateway_failure", "interval",
+		"base_ejection_time", "max_ejection_percent"); err != nil {
+		return nil, err
+	}
+	o := &Outlier{Consecutive5xx: defaultConsecutive5xx, Enforce5xx: true, ConsecutiveGateway: defaultConsecutiveGateway,
+		Interval: defaultOutlierInterval, BaseEjection: defaultBaseEjection, MaxEjectionPercent: defaultMaxEjectionPercent}
+	setU32(&o.Consecutive5xx, od.GetConsecutive_5Xx())
+	setU32(&o.ConsecutiveGateway, od.GetConsecutiveGatewayFailure())
+	if v := od.GetEnforcingConsecutive_5Xx(); v != nil {
+		o.Enforce5xx = v.GetValue() > 0
+	}
+	if v := od.GetEnforcingConsecutiveGatewayFailure(); v != nil {
+		o.EnforceGateway = v.GetValue() > 0
+	}
+	if d := dur(od.GetInterval()); d > 0 {
+		o.Interval = d
+	}
+	if d := dur(od.GetBaseEjectionTime()); d > 0 {
+		o.BaseEjection = d
+	}
+	setU32(&o.MaxEjectionPercent, od.GetMaxEjectionPercent())
+	return o, nil
+}
+
+// decodeHealthCheck reads the one active health check a cluster may have. It returns nil for no
+// health check and for the Redis proxy's custom checker, which the Redis proxy runs itself.
+func decodeHealthCheck(hcs []*corev3.HealthCheck, where string) (*HealthCheck, error) {
+	if len(hcs) == 0 {
+		return nil, nil
+	}
+	if len(hcs) > 1 {
+		return nil, fmt.Errorf("%s: %d health_checks; only one is supported", where, len(hcs))
+	}
+	hc := hcs[0]
+	if err := onlyFields(hc, where+" health_checks[0]", "timeout", "interval", "healthy_threshold",
+		"unhealthy_threshold", "http_health_check", "custom_health_check"); err != nil {
+		return nil, err
+	}
+	h := hc.GetHttpHealthCheck()
+	if h == nil {
+		if ch := hc.GetCustomHealthCheck(); ch != nil && ch.GetName() != contract.RedisHealthCheckerName {
 			return nil, fmt.Errorf("%s: custom health checker %q is not supported; use http_health_check", where, ch.GetName())
 		}
+		return nil, nil
 	}
-	for key, anyMsg := range c.GetTypedExtensionProtocolOptions() {
+	if err := onlyFields(h, where+" http_health_check", "path", "host"); err != nil {
+		return nil, err
+	}
+	out := &HealthCheck{Path: h.GetPath(), Host: h.GetHost(), Interval: dur(hc.GetInterval()), Timeout: dur(hc.GetTimeout()),
+		Healthy: hc.GetHealthyThreshold().GetValue(), Unhealthy: hc.GetUnhealthyThreshold().GetValue()}
+	if out.Interval <= 0 {
+		out.Interval = defaultHealthCheckInterval
+	}
+	if out.Timeout <= 0 {
+		out.Timeout = defaultHealthCheckTimeout
+	}
+	if out.Healthy == 0 {
+		out.Healthy = defaultHealthThreshold
+	}
+	if out.Unhealthy == 0 {
+		out.Unhealthy = defaultHealthThreshold
+	}
+	return out, nil
+}
+
+// decodeProtocolOptions reads typed_extension_protocol_options: the HTTP upstream options set the
+// idle timeout and requests per connection; the Redis options are accepted and carry nothing Weft
+// uses; any other key is refused.
+func decodeProtocolOptions(opts map[string]*anypb.Any, where string, out *Cluster) error {
+	for key, anyMsg := range opts {
 		switch key {
 		case contract.HTTPProtocolOptionsKey:
 			var po httpupv3.HttpProtocolOptions
 			if err := anyMsg.UnmarshalTo(&po); err != nil {
-				return nil, fmt.Errorf("%s: decoding %s: %w", where, key, err)
+				return fmt.Errorf("%s: decoding %s: %w", where, key, err)
 			}
 			if err := onlyFields(&po, where+" "+key, "common_http_protocol_options", "explicit_http_config", "use_downstream_protocol_config"); err != nil {
-				return nil, err
+				return err
 			}
 			cp := po.GetCommonHttpProtocolOptions()
 			if err := onlyFields(cp, where+" common_http_protocol_options", "idle_timeout", "max_requests_per_connection"); err != nil {
-				return nil, err
+				return err
 			}
 			out.IdleTimeout = dur(cp.GetIdleTimeout())
 			out.MaxRequestsPerConn = cp.GetMaxRequestsPerConnection().GetValue()
 		case contract.RedisProtocolOptionsKey:
 			var ro redisv3.RedisProtocolOptions
 			if err := anyMsg.UnmarshalTo(&ro); err != nil {
-				return nil, fmt.Errorf("%s: decoding %s: %w", where, key, err)
+				return fmt.Errorf("%s: decoding %s: %w", where, key, err)
 			}
 		default:
-			return nil, fmt.Errorf("%s: typed_extension_protocol_options %q is not supported", where, key)
+			return fmt.Errorf("%s: typed_extension_protocol_options %q is not supported", where, key)
 		}
 	}
+	return nil
+}
+
+// decodeClusterMetadata reads Weft's filter metadata: the function, the async queue's address and
+// the reason a destination is unresolved.
+func decodeClusterMetadata(c *clusterv3.Cluster, where string, out *Cluster) error {
 	md := c.GetMetadata().GetFilterMetadata()
 	if s, ok := md[contract.FunctionMetadataKey]; ok {
 		fm, err := DecodeFunctionMeta(s)
 		if err != nil {
-			return nil, fmt.Errorf("%s: metadata %s: %w", where, contract.FunctionMetadataKey, err)
+			return fmt.Errorf("%s: metadata %s: %w", where, contract.FunctionMetadataKey, err)
 		}
 		out.Function = fm
 	}
 	if s, ok := md[contract.QueueMetadataKey]; ok {
 		q, err := contract.DecodeQueueMeta(s)
 		if err != nil {
-			return nil, fmt.Errorf("%s: metadata %s: %w", where, contract.QueueMetadataKey, err)
+			return fmt.Errorf("%s: metadata %s: %w", where, contract.QueueMetadataKey, err)
 		}
 		out.Queue = &q
 	}
 	if s, ok := md[contract.UnresolvedMetadataKey]; ok {
 		u, err := contract.DecodeUnresolvedMeta(s)
 		if err != nil {
-			return nil, fmt.Errorf("%s: metadata %s: %w", where, contract.UnresolvedMetadataKey, err)
+			return fmt.Errorf("%s: metadata %s: %w", where, contract.UnresolvedMetadataKey, err)
 		}
 		out.Unresolved = u.Reason
 		if out.Unresolved == "" {
 			out.Unresolved = "destination " + c.GetName() + " could not be resolved"
 		}
 	}
-	return out, nil
+	return nil
 }
 
 func setU32(dst *uint32, v *wrapperspb.UInt32Value) {

@@ -29,68 +29,29 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 	p := l.proxy
 	start := time.Now()
 	wc := pickWeighted(route)
-	name := wc.Name
-	c := p.opts.Upstreams.Get(name)
+	c, cc := l.destination(w, r, wc.Name, start)
 	if c == nil {
-		localReply(w, http.StatusServiceUnavailable, "cluster "+name+" is not known to this sidecar yet; retry shortly\n")
+		return // answered here: unknown, unresolved, or queued for async delivery
+	}
+	waited, release, ok := l.holdFunction(w, r, c, cc)
+	if !ok {
 		return
 	}
-	cc := c.Config()
-	if cc.Unresolved != "" {
-		c.Stats.Observe(http.StatusServiceUnavailable, 0)
-		localReply(w, http.StatusServiceUnavailable, cc.Unresolved+"\n")
-		return
-	}
-	if fn := cc.Function; fn != nil && p.opts.Async != nil && (fn.Async || prefersAsync(r.Header)) {
-		p.opts.Async.ServeAsync(w, r, fn.Namespace, fn.Name)
-		c.Stats.Observe(http.StatusAccepted, time.Since(start))
-		return
-	}
-	var waited time.Duration
-	if fn := cc.Function; fn != nil && c.ReadyCount() == 0 {
-		if p.opts.Holder == nil {
-			c.Stats.Observe(http.StatusServiceUnavailable, 0)
-			localReply(w, http.StatusServiceUnavailable, "no ready endpoint for function "+fn.Namespace+"/"+fn.Name+"; it may be scaled to zero, retry later\n")
-			return
-		}
-		// A held caller that hangs up must give its queue slot back: watch the downstream
-		// connection for the length of the hold (HTTP/2 streams carry this in r.Context()).
-		hctx, stop := r.Context(), func() {}
-		if cw, ok := w.(closeWatcher); ok {
-			hctx, stop = cw.WatchClose(hctx)
-		}
-		release, wt, err := p.opts.Holder.Hold(hctx, FunctionRef{Namespace: fn.Namespace, Name: fn.Name, Cluster: cc.Name,
-			HoldTimeout: fn.HoldTimeout, MaxPending: fn.MaxPending, ContainerConcurrency: fn.ContainerConcurrency})
-		stop()
-		if !l.holdDone(w, c, release, err) {
-			return
-		}
-		if release != nil {
-			defer release()
-		}
-		waited = wt
+	if release != nil {
+		defer release()
 	}
 	if _, ok := c.Admit(); !ok {
 		c.Stats.Observe(http.StatusServiceUnavailable, 0)
-		overloadedReply(w, name)
+		overloadedReply(w, wc.Name)
 		return
 	}
 	defer c.Done()
 
-	ctx := r.Context()
-	var body []byte
-	replayable := r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody
-	// A body up to maxReplayBody is read in full when it may be sent more than once, and
-	// for a function, whose connection is then watched for a caller that leaves (below);
-	// Knative's activator buffers request bodies the same way.
-	if !replayable && (route.Retry != nil || len(route.Mirrors) > 0 || cc.Function != nil) && r.ContentLength > 0 && r.ContentLength <= maxReplayBody {
-		b, err := io.ReadAll(r.Body)
-		if err != nil {
-			localReply(w, http.StatusBadRequest, "reading request body: "+err.Error()+"\n")
-			return
-		}
-		body, replayable = b, true
+	body, replayable, ok := replayBody(w, r, route, cc)
+	if !ok {
+		return
 	}
+	ctx := r.Context()
 	if cc.Function != nil && replayable {
 		// A function's call can run long. A caller that hangs up meanwhile cancels it, as
 		// it would through Knative's queue-proxy, instead of leaving it to run for nobody
@@ -115,39 +76,12 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 	}
 	hash, hasHash, setCookie := requestHash(r, route, cc)
 
-	// The exchange policy (retrystate.go) decides each step; this path reads the wall
-	// clock, as the connection deadlines it sets do, and sleeps on the injected one.
 	var rs retryState
 	rs.init(route, replayable, c, start)
 	defer rs.release()
 	var res attemptResult
 	defer res.release()
-	var s step
-	for {
-		h := c.Pick(hash, hasHash, rs.tried)
-		if h == nil {
-			s = rs.giveUp(errNoHost, time.Now())
-			break
-		}
-		res.release()
-		res = l.attempt(ctx, c, &out, h, rs.begin(h, time.Now()), startBy)
-		if ctx.Err() != nil {
-			rs.callerLeft()
-		}
-		if now := time.Now(); res.err != nil {
-			s = rs.onError(res.err, now)
-		} else {
-			s = rs.onResponse(res.resp.StatusCode, isAppStartTimeout(res.resp), now)
-		}
-		c.Report(h, s.outcome)
-		if s.kind != stepRetry {
-			break
-		}
-		if !p.sleep(ctx, s.delay) {
-			s = rs.giveUp(errRouteTimeout, time.Now()) // the caller left during the back-off
-			break
-		}
-	}
+	s := l.exchange(ctx, c, &out, &rs, &res, hash, hasHash, startBy)
 	if s.kind == stepReply {
 		if l.appStartTimedOut(w, c, s.err, start) {
 			return
@@ -156,8 +90,117 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 		localReply(w, s.status, s.msg)
 		return
 	}
+	l.relay(w, c, cc, route, wc, &res, setCookie, waited, start)
+}
+
+// destination finds the cluster a request goes to. It answers the request itself, and
+// returns a nil cluster, when the cluster is unknown or unresolved, or when the request
+// goes to a function's async queue.
+func (l *Listener) destination(w http.ResponseWriter, r *http.Request, name string, start time.Time) (*upstream.Cluster, *config.Cluster) {
+	p := l.proxy
+	c := p.opts.Upstreams.Get(name)
+	if c == nil {
+		localReply(w, http.StatusServiceUnavailable, "cluster "+name+" is not known to this sidecar yet; retry shortly\n")
+		return nil, nil
+	}
+	cc := c.Config()
+	if cc.Unresolved != "" {
+		c.Stats.Observe(http.StatusServiceUnavailable, 0)
+		localReply(w, http.StatusServiceUnavailable, cc.Unresolved+"\n")
+		return nil, nil
+	}
+	if fn := cc.Function; fn != nil && p.opts.Async != nil && (fn.Async || prefersAsync(r.Header)) {
+		p.opts.Async.ServeAsync(w, r, fn.Namespace, fn.Name)
+		c.Stats.Observe(http.StatusAccepted, time.Since(start))
+		return nil, nil
+	}
+	return c, cc
+}
+
+// holdFunction holds a request to a function with no ready endpoint until one is ready
+// (cold start). It returns how long the request waited and the queue slot to release
+// when the exchange ends (nil: none); ok is false when the request was answered here.
+func (l *Listener) holdFunction(w http.ResponseWriter, r *http.Request, c *upstream.Cluster, cc *config.Cluster) (waited time.Duration, release func(), ok bool) {
+	p := l.proxy
+	fn := cc.Function
+	if fn == nil || c.ReadyCount() != 0 {
+		return 0, nil, true
+	}
+	if p.opts.Holder == nil {
+		c.Stats.Observe(http.StatusServiceUnavailable, 0)
+		localReply(w, http.StatusServiceUnavailable, "no ready endpoint for function "+fn.Namespace+"/"+fn.Name+"; it may be scaled to zero, retry later\n")
+		return 0, nil, false
+	}
+	// A held caller that hangs up must give its queue slot back: watch the downstream
+	// connection for the length of the hold (HTTP/2 streams carry this in r.Context()).
+	hctx, stop := r.Context(), func() {}
+	if cw, ok := w.(closeWatcher); ok {
+		hctx, stop = cw.WatchClose(hctx)
+	}
+	release, wt, err := p.opts.Holder.Hold(hctx, FunctionRef{Namespace: fn.Namespace, Name: fn.Name, Cluster: cc.Name,
+		HoldTimeout: fn.HoldTimeout, MaxPending: fn.MaxPending, ContainerConcurrency: fn.ContainerConcurrency})
+	stop()
+	if !l.holdDone(w, c, release, err) {
+		return 0, nil, false
+	}
+	return wt, release, true
+}
+
+// replayBody reads a body up to maxReplayBody in full when it may be sent more than once
+// (retries, mirrors), and for a function, whose connection is then watched for a caller
+// that leaves; Knative's activator buffers request bodies the same way. replayable
+// reports whether the request can be sent again (no body, or one read here); ok is false
+// when reading the body failed and the request was answered with 400.
+func replayBody(w http.ResponseWriter, r *http.Request, route *config.Route, cc *config.Cluster) (body []byte, replayable, ok bool) {
+	replayable = r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody
+	if !replayable && (route.Retry != nil || len(route.Mirrors) > 0 || cc.Function != nil) && r.ContentLength > 0 && r.ContentLength <= maxReplayBody {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			localReply(w, http.StatusBadRequest, "reading request body: "+err.Error()+"\n")
+			return nil, false, false
+		}
+		return b, true, true
+	}
+	return nil, replayable, true
+}
+
+// exchange runs the attempts the exchange policy (retrystate.go) allows and returns its
+// last step; a response to relay is left in res. This path reads the wall clock, as the
+// connection deadlines it sets do, and sleeps on the injected one.
+func (l *Listener) exchange(ctx context.Context, c *upstream.Cluster, out *upstream.Request, rs *retryState, res *attemptResult,
+	hash uint64, hasHash bool, startBy time.Time) step {
+	for {
+		h := c.Pick(hash, hasHash, rs.tried)
+		if h == nil {
+			return rs.giveUp(errNoHost, time.Now())
+		}
+		res.release()
+		*res = l.attempt(ctx, c, out, h, rs.begin(h, time.Now()), startBy)
+		if ctx.Err() != nil {
+			rs.callerLeft()
+		}
+		var s step
+		if now := time.Now(); res.err != nil {
+			s = rs.onError(res.err, now)
+		} else {
+			s = rs.onResponse(res.resp.StatusCode, isAppStartTimeout(res.resp), now)
+		}
+		c.Report(h, s.outcome)
+		if s.kind != stepRetry {
+			return s
+		}
+		if !l.proxy.sleep(ctx, s.delay) {
+			return rs.giveUp(errRouteTimeout, time.Now()) // the caller left during the back-off
+		}
+	}
+}
+
+// relay writes the upstream's response downstream: its header edited for the route,
+// the cold-start wait when there was one, and its body.
+func (l *Listener) relay(w http.ResponseWriter, c *upstream.Cluster, cc *config.Cluster, route *config.Route, wc *config.WeightedCluster,
+	res *attemptResult, setCookie string, waited time.Duration, start time.Time) {
 	if fn := cc.Function; fn != nil && isAppStartTimeout(res.resp) {
-		if rec, ok := p.opts.Holder.(HoldTimeoutRecorder); ok {
+		if rec, ok := l.proxy.opts.Holder.(HoldTimeoutRecorder); ok {
 			rec.HoldTimedOut(FunctionRef{Namespace: fn.Namespace, Name: fn.Name, Cluster: cc.Name, HoldTimeout: fn.HoldTimeout})
 		}
 	}

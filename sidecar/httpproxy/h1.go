@@ -2,10 +2,8 @@ package httpproxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
-	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -16,7 +14,6 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/weftmesh/weft/sidecar/config"
-	"github.com/weftmesh/weft/sidecar/connio"
 	"github.com/weftmesh/weft/sidecar/httphead"
 )
 
@@ -91,174 +88,6 @@ func (l *Listener) forget(conn net.Conn) {
 	l.mu.Unlock()
 }
 
-// serveConn serves one connection until it closes. A connection taken over from the
-// event loop brings what the loop read of it (in) and what it had still to write (out).
-// The connection is counted open (admitConn) until serveConn returns.
-func (l *Listener) serveConn(nc net.Conn, in, out []byte) {
-	// Every close goes through conn: it writes a response deferred to the next read.
-	conn := connio.NewConn(nc)
-	pooled := readers.Get().(*bufio.Reader)
-	br := pooled
-	if len(in) > 0 {
-		br.Reset(io.MultiReader(bytes.NewReader(in), conn))
-	} else {
-		br.Reset(conn)
-	}
-	st, draining := l.register(nc)
-	if draining && len(out) == 0 {
-		conn.Close()
-		l.forget(nc)
-		l.connClosed()
-		return
-	}
-	if len(out) > 0 {
-		if _, err := conn.Write(out); err != nil || draining {
-			conn.Close()
-			l.forget(nc)
-			l.connClosed()
-			return
-		}
-	}
-	lim := l.lim()
-	// A new connection's first head counts from now: a connection that sends nothing is
-	// closed after the head timeout too.
-	armed := deadlineAfter(time.Now(), lim.HeadTimeout)
-	_ = conn.SetReadDeadline(armed)
-	if p, err := br.Peek(len(h2Preface)); err == nil && bytes.Equal(p, h2Preface) {
-		_ = conn.SetReadDeadline(time.Time{})
-		l.forget(nc)
-		// Writes bypass conn: the h2 server writes from other goroutines.
-		l.h2.handoff(&peekedConn{Conn: &countedConn{Conn: nc, f: &l.frontEnd}, r: br})
-		return
-	}
-	bw := writers.Get().(*bufio.Writer)
-	bw.Reset(conn)
-	linger := false
-	var hc h1Conn
-	defer func() {
-		hc.release()
-		if linger {
-			_ = conn.Flush()
-			lingerClose(nc)
-		}
-		conn.Close()
-		l.forget(nc)
-		l.connClosed()
-		pooled.Reset(nil)
-		readers.Put(pooled)
-		bw.Reset(nil)
-		writers.Put(bw)
-	}()
-	remote := conn.RemoteAddr().String()
-	w := &h1Writer{conn: conn, br: br, bw: bw, drain: &l.draining}
-	// armed is the read deadline in force (zero: none). Every change costs a runtime timer
-	// update, so the idle deadline is moved only once it lags by more than a second, and
-	// the head deadline is set only for a head that has not arrived whole.
-	for first := true; ; first = false {
-		lim = l.lim()
-		if !first {
-			if lim.IdleTimeout == 0 {
-				if !armed.IsZero() {
-					armed = time.Time{}
-					_ = conn.SetReadDeadline(armed)
-				}
-			} else if now := time.Now(); armed.IsZero() || now.Add(lim.IdleTimeout).Sub(armed) > time.Second {
-				armed = now.Add(lim.IdleTimeout)
-				_ = conn.SetReadDeadline(armed)
-			}
-			if _, err := br.Peek(1); err != nil {
-				return
-			}
-		}
-		head, p := httphead.CheckRequest(buffered(br), headLimits(lim))
-		if head == 0 && p == nil {
-			if !first {
-				// The head's first byte is here: the whole head must follow within the
-				// head timeout, however it trickles in.
-				armed = deadlineAfter(time.Now(), lim.HeadTimeout)
-				_ = conn.SetReadDeadline(armed)
-			}
-			if br, head, p = hc.readHead(br, lim); br == nil {
-				return // the caller left or the head timed out
-			}
-			w.br = br
-		}
-		if p != nil {
-			l.refused.Add(1)
-			bw.Write(httphead.AppendProblem(nil, p))
-			_ = bw.Flush()
-			linger = true
-			return
-		}
-		req, fast, err := readRequest(br, head)
-		if err != nil {
-			if !errors.Is(err, io.EOF) {
-				badRequest(bw, "malformed HTTP request")
-			}
-			return
-		}
-		if !fast { // the fast path validated as it parsed
-			if msg := validate(req); msg != "" {
-				badRequest(bw, msg)
-				return
-			}
-		}
-		// The handler reads the body without a deadline; with no body the deadline can
-		// stay: nothing reads the connection until the next request.
-		if req.ContentLength != 0 && !armed.IsZero() {
-			armed = time.Time{}
-			_ = conn.SetReadDeadline(armed)
-		}
-		var guard *malformedBody
-		if len(req.TransferEncoding) > 0 {
-			guard = &malformedBody{ReadCloser: req.Body}
-			req.Body = guard
-		}
-		draining := l.track(st, true)
-		req.RemoteAddr = remote
-		if req.Header.Get("Expect") == "100-continue" && req.ContentLength != 0 {
-			bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
-			_ = bw.Flush()
-		}
-		w.reset(req, draining)
-		w.body = guard
-		l.ServeHTTP(w, req)
-		w.finish()
-		if w.watched {
-			armed = time.Time{} // WatchClose cleared the deadline
-		}
-		// Read what the handler left of the body so the next request starts clean.
-		var n int64
-		if req.Body != http.NoBody {
-			n, _ = io.CopyN(io.Discard, req.Body, maxBodyDrain)
-		}
-		req.Body.Close()
-		if guard != nil && guard.err != nil {
-			// The body broke after the response was sent, or while it was drained:
-			// where the next request starts is unknown.
-			w.close = true
-		}
-		// With nothing more buffered the next step is waiting for the next request, so the
-		// response is written by that read (connio.Conn), saving a read(2) per request.
-		// A pipelined request already buffered must not wait behind this response.
-		conn.Deferring = br.Buffered() == 0 && !w.close && n < maxBodyDrain
-		err = bw.Flush()
-		conn.Deferring = false
-		if err != nil || w.close || n == maxBodyDrain {
-			return
-		}
-		if br != pooled && br.Buffered() == 0 {
-			// Back to the pooled reader once the large head's reader is drained; it holds
-			// what was read after (the large reader read through it).
-			br, w.br = pooled, pooled
-			hc.release()
-		}
-		if l.track(st, false) {
-			return
-		}
-	}
-}
-
 // deadlineAfter is now+d, or no deadline (zero) for d == 0.
 func deadlineAfter(now time.Time, d time.Duration) time.Time {
 	if d == 0 {
@@ -271,41 +100,6 @@ func deadlineAfter(now time.Time, d time.Duration) time.Time {
 func buffered(br *bufio.Reader) []byte {
 	buf, _ := br.Peek(br.Buffered())
 	return buf
-}
-
-// readHead reads until br holds a whole request head that passes httphead.CheckRequest,
-// or one that fails it (p). A head longer than the pooled reader's buffer is read through
-// a reader large enough for the longest head allowed (its size reserved from headBudget,
-// or the head is refused with 503), so the head can be checked whole before it is
-// parsed; nothing buffers more than lim.MaxHeadBytes of it. br is nil if the connection
-// failed or its read deadline passed first.
-func (c *h1Conn) readHead(br *bufio.Reader, lim *config.HTTPLimits) (_ *bufio.Reader, head int, p *httphead.Problem) {
-	for {
-		if br.Buffered() == br.Size() {
-			size := max(lim.MaxHeadBytes, 2*br.Size())
-			if !headBudget.reserve(size - c.reserved) {
-				return br, 0, errHeadBudget
-			}
-			c.reserved = size
-			br = bufio.NewReaderSize(br, size) // reads what br holds, then the connection
-		}
-		if _, err := br.Peek(br.Buffered() + 1); err != nil {
-			return nil, 0, nil
-		}
-		if head, p = httphead.CheckRequest(buffered(br), headLimits(lim)); head > 0 || p != nil {
-			return br, head, p
-		}
-	}
-}
-
-// h1Conn is what serveConn keeps of a connection across its requests beyond locals: the
-// bytes of headBudget its large-head reader holds.
-type h1Conn struct{ reserved int }
-
-// release gives back the connection's share of headBudget.
-func (c *h1Conn) release() {
-	headBudget.release(c.reserved)
-	c.reserved = 0
 }
 
 // readRequest parses the next request: on the fast path (httphead) when its head, of
