@@ -86,7 +86,7 @@ func loadThresholds(path string) (thresholds, error) {
 
 // TestThresholdsAgreeWithBash checks that bash, sourcing the file as hack/demo.sh does, reads
 // every threshold as the Go loader does (a value bash would split, quote or expand differently
-// fails here).
+// fails here), and that hack/demo.sh sources the file.
 func TestThresholdsAgreeWithBash(t *testing.T) {
 	got, err := loadThresholds(thresholdsFile)
 	if err != nil {
@@ -100,6 +100,13 @@ func TestThresholdsAgreeWithBash(t *testing.T) {
 		if string(out) != strconv.Itoa(*p) {
 			t.Errorf("%s: bash reads %q, Go reads %d", name, out, *p)
 		}
+	}
+	demo, err := os.ReadFile(filepath.Join("..", "..", "hack", "demo.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(demo), "test/e2e/"+thresholdsFile) {
+		t.Errorf("hack/demo.sh does not source test/e2e/%s", thresholdsFile)
 	}
 }
 
