@@ -7,6 +7,10 @@
 # cache and the envtest binaries (go run ./hack/envtest) are in place; needs root for the
 # pod network namespaces.
 #
+# The pass marks of the scenarios the e2e tests also check (canary window, retry counts, fault
+# bounds, timeout and burst calls) come from test/e2e/testdata/thresholds.env, the one place
+# they are stated.
+#
 # Environment: WEFT_DEMO_STATE (state dir, default /tmp/weft-demo), WEFT_DEMO_KEEP=1 (leave
 # the mesh running at the end; stop it with Ctrl-C).
 set -euo pipefail
@@ -14,6 +18,8 @@ cd "$(dirname "$0")/.."
 ROOT="$PWD"
 STATE="${WEFT_DEMO_STATE:-/tmp/weft-demo}"
 LOG="$STATE.log"
+# shellcheck source=test/e2e/testdata/thresholds.env
+source test/e2e/testdata/thresholds.env
 
 bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 say() { printf '   %s\n' "$*"; }
@@ -148,41 +154,41 @@ fi
 if ((routed)); then
   # ---- step: canary split ------------------------------------------------------------------
   bold "Traffic split: MeshRoute reviews sends 80% to subset v1 and 20% to v2"
-  out="$(call "http://reviews:9080/" 1000)"
+  out="$(call "http://reviews:9080/" "$CANARY_CALLS")"
   v1="$(kv version.v1 "$out")"; v2="$(kv version.v2 "$out")"
-  detail="v1: $v1 / v2: $v2 of 1000 (target 80/20)"
-  if ((v1 + v2 == 1000 && v1 >= 720 && v1 <= 880)); then record "canary split 80/20" PASS "$detail"
+  detail="v1: $v1 / v2: $v2 of $CANARY_CALLS (target 80/20, v1 in $CANARY_V1_MIN..$CANARY_V1_MAX)"
+  if ((v1 + v2 == CANARY_CALLS && v1 >= CANARY_V1_MIN && v1 <= CANARY_V1_MAX)); then record "canary split 80/20" PASS "$detail"
   else record "canary split 80/20" FAIL "$detail"; fi
 
   # ---- step: retries ----------------------------------------------------------------------------
   bold "Retries: ratings has a healthy pod and one that fails every call"
   wait_routed "http://ratings-direct:9080/" 200 500
-  out="$(call "http://ratings-direct:9080/" 200)"
+  out="$(call "http://ratings-direct:9080/" "$RETRY_CALLS")"
   bad="$(kv status.500 "$out")"
-  say "without retries (MeshRoute ratings-direct): $bad of 200 calls failed with 500"
+  say "without retries (MeshRoute ratings-direct): $bad of $RETRY_CALLS calls failed with 500"
   wait_routed "http://ratings:9080/" 200 500
-  out="$(call "http://ratings:9080/" 200)"
+  out="$(call "http://ratings:9080/" "$RETRY_CALLS")"
   good="$(kv status.200 "$out")"
-  detail="with retries: $good of 200 succeeded (without: $bad of 200 failed)"
-  if ((good >= 198 && bad >= 20)); then record "retries hide a failing pod" PASS "$detail"
+  detail="with retries: $good of $RETRY_CALLS succeeded (without: $bad of $RETRY_CALLS failed)"
+  if ((good >= RETRY_OK_MIN && bad >= RETRY_DIRECT_FAILED_MIN)); then record "retries hide a failing pod" PASS "$detail"
   else record "retries hide a failing pod" FAIL "$detail"; fi
 
   # ---- step: fault ----------------------------------------------------------------------------
   bold "Fault injection: MeshRoute details aborts 50% of calls with 503 in the caller's sidecar"
   wait_routed "http://details:9080/" 200 503
-  out="$(call "http://details:9080/" 400)"
+  out="$(call "http://details:9080/" "$FAULT_CALLS")"
   f="$(kv status.503 "$out")"; o="$(kv status.200 "$out")"
-  detail="503: $f / 200: $o of 400 (target 50% aborted)"
-  if ((f >= 140 && f <= 260 && f + o == 400)); then record "fault rule (abort 50%)" PASS "$detail"
+  detail="503: $f / 200: $o of $FAULT_CALLS (target 50% aborted, $FAULT_ABORT_MIN..$FAULT_ABORT_MAX)"
+  if ((f >= FAULT_ABORT_MIN && f <= FAULT_ABORT_MAX && f + o == FAULT_CALLS)); then record "fault rule (abort 50%)" PASS "$detail"
   else record "fault rule (abort 50%)" FAIL "$detail"; fi
 
   # ---- step: timeout -------------------------------------------------------------------------
   bold "Timeouts: MeshRoute slow gives each call 1 s; the slow example sleeps as long as asked"
-  wait_routed "http://slow:9080/%3Fms%3D10" 200
-  out="$(call "http://slow:9080/%3Fms%3D10" 20)"; quick="$(kv status.200 "$out")"
-  out="$(call "http://slow:9080/%3Fms%3D3000" 20)"; late="$(kv status.504 "$out")"
-  detail="10 ms calls: $quick of 20 answered 200; 3 s calls: $late of 20 cut off with 504 after 1 s"
-  if ((quick == 20 && late == 20)); then record "route timeout (1 s)" PASS "$detail"
+  wait_routed "http://slow:9080/%3Fms%3D$TIMEOUT_QUICK_MS" 200
+  out="$(call "http://slow:9080/%3Fms%3D$TIMEOUT_QUICK_MS" "$TIMEOUT_CALLS")"; quick="$(kv status.200 "$out")"
+  out="$(call "http://slow:9080/%3Fms%3D$TIMEOUT_SLOW_MS" "$TIMEOUT_CALLS")"; late="$(kv status.504 "$out")"
+  detail="$TIMEOUT_QUICK_MS ms calls: $quick of $TIMEOUT_CALLS answered 200; $TIMEOUT_SLOW_MS ms calls: $late of $TIMEOUT_CALLS cut off with 504 after 1 s"
+  if ((quick == TIMEOUT_CALLS && late == TIMEOUT_CALLS)); then record "route timeout (1 s)" PASS "$detail"
   else record "route timeout (1 s)" FAIL "$detail"; fi
 fi
 
@@ -218,15 +224,15 @@ if ((routed)); then
   else record "scale to zero" FAIL "hello still has replicas after ${waited}s"; fi
 
   # ---- step: a burst from zero -----------------------------------------------------------------
-  bold "A burst from zero: 200 concurrent calls while hello has no pods"
+  bold "A burst from zero: $BURST_CALLS concurrent calls while hello has no pods"
   for _ in $(seq 1 60); do
     [[ "$(kubectl get pods -l weft.dev/function=hello -o name | wc -l)" == 0 ]] && break; sleep 1
   done
-  out="$(call "http://hello/" 200 200 || true)"
+  out="$(call "http://hello/" "$BURST_CALLS" "$BURST_CALLS" || true)"
   ok200="$(kv status.200 "$out")"
-  detail="$ok200 of 200 answered 200, $(kv coldstarts "$out") held (longest $(kv max_cold_start "$out")s), slowest call $(kv max_latency "$out")s"
-  if [[ "$ok200" == 200 ]]; then record "200 calls from zero" PASS "$detail"
-  else record "200 calls from zero" FAIL "$detail; last: $(tr '\n' ' ' <<<"$out" | cut -c1-160)"; fi
+  detail="$ok200 of $BURST_CALLS answered 200, $(kv coldstarts "$out") held (longest $(kv max_cold_start "$out")s), slowest call $(kv max_latency "$out")s"
+  if [[ "$ok200" == "$BURST_CALLS" ]]; then record "$BURST_CALLS calls from zero" PASS "$detail"
+  else record "$BURST_CALLS calls from zero" FAIL "$detail; last: $(tr '\n' ' ' <<<"$out" | cut -c1-160)"; fi
 fi
 
 if ((routed)); then

@@ -46,17 +46,18 @@ func atZero(t *testing.T, name string, timeout time.Duration) {
 func TestFunction1BurstFromZeroAllSucceed(t *testing.T) {
 	routed(t, "http://reviews:9080/", func(g tally) bool { return g.ByStatus["200"] == 20 })
 	atZero(t, "hello", 3*time.Minute)
-	got, err := callC(t, "http://hello/", 200, 200)
+	n := th.BurstCalls
+	got, err := callC(t, "http://hello/", n, n)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.ByStatus["200"] != 200 {
-		t.Fatalf("200 concurrent calls to a function at zero: %+v, want all 200 to answer 200", got)
+	if got.ByStatus["200"] != n {
+		t.Fatalf("%d concurrent calls to a function at zero: %+v, want all %d to answer 200", n, got, n)
 	}
 	if got.ColdStarts == 0 {
 		t.Errorf("no answer carried X-Weft-Cold-Start although the function was at zero: %+v", got)
 	}
-	t.Logf("200 calls from zero: %d held, longest hold %.3fs", got.ColdStarts, got.MaxColdStart)
+	t.Logf("%d calls from zero: %d held, longest hold %.3fs", n, got.ColdStarts, got.MaxColdStart)
 }
 
 func TestFunction2SteadyTrafficStaysUpIdleGoesToZero(t *testing.T) {

@@ -42,6 +42,10 @@ func run(m *testing.M) int {
 	if root, err = filepath.Abs(filepath.Join("..", "..")); err != nil {
 		panic(err)
 	}
+	if th, err = loadThresholds(thresholdsFile); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
 	assets := os.Getenv("KUBEBUILDER_ASSETS")
 	if assets == "" {
 		fmt.Fprintln(os.Stderr, "e2e: KUBEBUILDER_ASSETS is not set; run hack/e2e.sh")

@@ -158,64 +158,69 @@ func routed(t *testing.T, url string, ok func(tally) bool) {
 
 func TestCanarySplit(t *testing.T) {
 	routed(t, "http://reviews:9080/", func(g tally) bool { return g.ByStatus["200"] == 20 })
-	got, err := call(t, "http://reviews:9080/", 1000)
+	n := th.CanaryCalls
+	got, err := call(t, "http://reviews:9080/", n)
 	if err != nil {
 		t.Fatal(err)
 	}
 	v1, v2 := got.ByVersion["v1"], got.ByVersion["v2"]
-	t.Logf("v1: %d / v2: %d of 1000 (target 80/20)", v1, v2)
-	// 1000 draws at p=0.8: sd = sqrt(1000*0.8*0.2) ≈ 12.6, so 720..880 is over 6 sd wide.
-	if v1+v2 != 1000 || v1 < 720 || v1 > 880 {
-		t.Errorf("split v1=%d v2=%d of 1000 (statuses %v), want about 800/200", v1, v2, got.ByStatus)
+	t.Logf("v1: %d / v2: %d of %d (target 80/20)", v1, v2, n)
+	// The bounds and why they are wide enough: testdata/thresholds.env.
+	if v1+v2 != n || v1 < th.CanaryV1Min || v1 > th.CanaryV1Max {
+		t.Errorf("split v1=%d v2=%d of %d (statuses %v), want v1 in %d..%d", v1, v2, n, got.ByStatus, th.CanaryV1Min, th.CanaryV1Max)
 	}
 }
 
 func TestRetriesHideFailingPod(t *testing.T) {
 	routed(t, "http://ratings-direct:9080/", func(g tally) bool { return g.ByStatus["200"]+g.ByStatus["500"] == 20 })
-	direct, err := call(t, "http://ratings-direct:9080/", 200)
+	n := th.RetryCalls
+	direct, err := call(t, "http://ratings-direct:9080/", n)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Half the calls land on the failing pod without retries: far more than 20 of 200.
-	if direct.ByStatus["500"] < 20 {
-		t.Fatalf("without retries only %d of 200 calls failed; the failing ratings pod is not being called (%+v)", direct.ByStatus["500"], direct)
+	// Half the calls land on the failing pod without retries: far more than the mark.
+	if direct.ByStatus["500"] < th.RetryDirectFailedMin {
+		t.Fatalf("without retries only %d of %d calls failed, want at least %d; the failing ratings pod is not being called (%+v)",
+			direct.ByStatus["500"], n, th.RetryDirectFailedMin, direct)
 	}
 	routed(t, "http://ratings:9080/", func(g tally) bool { return g.ByStatus["200"]+g.ByStatus["500"] == 20 })
-	with, err := call(t, "http://ratings:9080/", 200)
+	with, err := call(t, "http://ratings:9080/", n)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("with retries %d of 200 succeeded; without, %d of 200 failed", with.ByStatus["200"], direct.ByStatus["500"])
-	if with.ByStatus["200"] < 198 {
-		t.Errorf("with retries %d of 200 succeeded (%+v), want nearly all", with.ByStatus["200"], with)
+	t.Logf("with retries %d of %d succeeded; without, %d of %d failed", with.ByStatus["200"], n, direct.ByStatus["500"], n)
+	if with.ByStatus["200"] < th.RetryOKMin {
+		t.Errorf("with retries %d of %d succeeded (%+v), want at least %d", with.ByStatus["200"], n, with, th.RetryOKMin)
 	}
 }
 
 func TestFaultAbort(t *testing.T) {
 	routed(t, "http://details:9080/", func(g tally) bool { return g.ByStatus["200"]+g.ByStatus["503"] == 20 })
-	got, err := call(t, "http://details:9080/", 400)
+	n := th.FaultCalls
+	got, err := call(t, "http://details:9080/", n)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f := got.ByStatus["503"]
-	t.Logf("503: %d of 400 (target 50%%)", f)
-	// 400 draws at p=0.5: sd = 10, so 140..260 is ±6 sd.
-	if f < 140 || f > 260 || f+got.ByStatus["200"] != 400 {
-		t.Errorf("fault aborted %d of 400 (statuses %v), want about 200", f, got.ByStatus)
+	t.Logf("503: %d of %d (target 50%%)", f, n)
+	// The bounds and why they are wide enough: testdata/thresholds.env.
+	if f < th.FaultAbortMin || f > th.FaultAbortMax || f+got.ByStatus["200"] != n {
+		t.Errorf("fault aborted %d of %d (statuses %v), want %d..%d", f, n, got.ByStatus, th.FaultAbortMin, th.FaultAbortMax)
 	}
 }
 
 func TestRouteTimeout(t *testing.T) {
-	quick := "http://slow:9080/%3Fms%3D10"
+	n := th.TimeoutCalls
+	quick := fmt.Sprintf("http://slow:9080/%%3Fms%%3D%d", th.TimeoutQuickMS)
 	routed(t, quick, func(g tally) bool { return g.ByStatus["200"] == 20 })
-	// The route gives 1 s; the app would answer 200 after 5 s. Only the sidecar's route
-	// timeout answers 504, so the status alone shows the cut-off (no wall-clock assertion).
-	got, err := call(t, "http://slow:9080/%3Fms%3D5000", 20)
+	// The route gives 1 s; the app would answer 200 after TimeoutSlowMS. Only the sidecar's
+	// route timeout answers 504, so the status alone shows the cut-off (no wall-clock assertion).
+	got, err := call(t, fmt.Sprintf("http://slow:9080/%%3Fms%%3D%d", th.TimeoutSlowMS), n)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.ByStatus["504"] != 20 {
-		t.Errorf("calls asking for 5 s got %v, want 20 × 504 from the route timeout", got.ByStatus)
+	if got.ByStatus["504"] != n {
+		t.Errorf("%d calls asking for %d ms got %v, want all %d × 504 from the route timeout", n, th.TimeoutSlowMS, got.ByStatus, n)
 	}
 }
 
