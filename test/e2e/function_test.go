@@ -90,7 +90,7 @@ func TestFunction2SteadyTrafficStaysUpIdleGoesToZero(t *testing.T) {
 	eventually(t, 3*time.Minute, "hello announces zero", func() error {
 		out, err := kubectl("get", "mfn", "hello", "-o", "jsonpath={.status.desiredReplicas}")
 		if err != nil || strings.TrimSpace(out) != "0" {
-			return fmt.Errorf("desiredReplicas %q (%v)", out, err)
+			return fmt.Errorf("desiredReplicas %q (%w)", out, err)
 		}
 		return nil
 	})

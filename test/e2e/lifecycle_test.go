@@ -132,7 +132,7 @@ func TestPreStopRunsBeforeTheProcessStops(t *testing.T) {
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
-		return fmt.Errorf("still there (err %v)", err)
+		return fmt.Errorf("still there (err %w)", err)
 	})
 	if syscall.Kill(pid, 0) == nil {
 		t.Errorf("process %d of the deleted pod still runs", pid)
