@@ -33,15 +33,7 @@ go build -o "$WORK/weft-redis-proxy" "$ROOT/hack/redis/weft-redis-proxy"
 "$WORK/weft-redis-proxy" -concurrency "$CONCURRENCY" -listen "127.0.0.1:$WEFT_PORT" -servers "$(IFS=,; echo "${SERVERS[*]}")" 2>"$WORK/weft.log" &
 WEFT_PID=$!
 PIDS+=($!)
-cat >"$WORK/nutcracker.yml" <<YAML
-bench:
-  listen: 127.0.0.1:$NC_PORT
-  redis: true
-  distribution: ketama
-  hash: fnv1a_64
-  servers:
-$NC_SERVERS
-YAML
+nutcracker_conf "$WORK/nutcracker.yml" "$NC_PORT"
 nutcracker -c "$WORK/nutcracker.yml" -s $((BASE_PORT + 23)) -o "$WORK/nc.log" &
 NC_PID=$!
 PIDS+=($!)

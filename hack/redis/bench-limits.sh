@@ -34,15 +34,7 @@ go build -o "$WORK/weft-redis-proxy" "$ROOT/hack/redis/weft-redis-proxy"
 go build -o "$WORK/redisload" "$ROOT/hack/redis/redisload"
 WEFT_PORT=$((BASE_PORT + 21))
 NC_PORT=$((BASE_PORT + 22))
-cat >"$WORK/nutcracker.yml" <<YAML
-bench:
-  listen: 127.0.0.1:$NC_PORT
-  redis: true
-  distribution: ketama
-  hash: fnv1a_64
-  servers:
-$NC_SERVERS
-YAML
+nutcracker_conf "$WORK/nutcracker.yml" "$NC_PORT"
 
 # start_proxies: fresh Weft and nutcracker processes (sets WEFT_PID, NC_PID)
 start_proxies() {

@@ -38,3 +38,17 @@ start_shards() {
 	done
 	for i in 1 2 3; do wait_port $((BASE_PORT + i)); done
 }
+
+# nutcracker_conf FILE PORT: a nutcracker pool "bench" over the shards (ketama, fnv1a_64, as
+# the proxy's default), listening on 127.0.0.1:PORT.
+nutcracker_conf() {
+	cat >"$1" <<YAML
+bench:
+  listen: 127.0.0.1:$2
+  redis: true
+  distribution: ketama
+  hash: fnv1a_64
+  servers:
+$NC_SERVERS
+YAML
+}
