@@ -100,10 +100,12 @@ func (c *Cluster) RoundTrip(ctx context.Context, req *Request, h *Host, deadline
 			cc := connio.NewConn(conn)
 			pc = &pconn{conn: cc, br: bufio.NewReaderSize(cc, 4096), bw: bufio.NewWriterSize(cc, 4096)}
 		}
+		c.flights.begin(pc, h, reused)
 		resp, err := c.exchange(ctx, pc, req, &h.pool, deadline)
 		if err == nil {
 			return resp, nil
 		}
+		c.flights.end(pc)
 		pc.conn.Close()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -276,6 +278,7 @@ func (b *body) Close() error {
 
 func (b *body) finish(complete bool) {
 	b.done = true
+	b.c.flights.end(b.pc)
 	// stop reports false if the context already fired and poisoned the deadline.
 	if b.stop() && complete && b.pc.reusable && b.pool != nil {
 		b.pool.put(b.pc, int(min(b.c.cfg.Load().Limits.MaxConnections, 1024)))
