@@ -89,7 +89,12 @@ func (p *pool) closeIdle() {
 func (c *Cluster) RoundTrip(ctx context.Context, req *Request, h *Host, deadline time.Time) (*http.Response, error) {
 	cc := c.cfg.Load()
 	for try := 0; ; try++ {
-		pc := h.pool.get(cc.IdleTimeout)
+		var pc *pconn
+		if try == 0 {
+			// The resend after a stale pooled connection goes on a new one, as the event
+			// loop's does: a host that closed one has likely closed them all (it shut down).
+			pc = h.pool.get(cc.IdleTimeout)
+		}
 		reused := pc != nil
 		if pc == nil {
 			d := net.Dialer{Timeout: cc.ConnectTimeout, Deadline: deadline, KeepAlive: 30 * time.Second}
