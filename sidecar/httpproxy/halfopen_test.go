@@ -155,3 +155,66 @@ func TestPooledConnectionsTheHostClosedAreNotReused(t *testing.T) {
 		}
 	})
 }
+
+// A host that answers and closes the connection at once, without Connection: close (a
+// server whose keep-alive limit or idle timeout fired just then): its FIN can arrive with
+// the answer, in the event that reports the answer. The connection must not go back to
+// the pool: here the host reads what comes after its FIN and never answers it, as a peer
+// that is gone would not, so a request written on it would wait for ever.
+func TestAConnectionClosedWithItsAnswerIsNotReused(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		var conns []net.Conn
+		t.Cleanup(func() {
+			ln.Close()
+			mu.Lock()
+			defer mu.Unlock()
+			for _, c := range conns {
+				c.Close()
+			}
+		})
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				conns = append(conns, c)
+				mu.Unlock()
+				go func() {
+					br := bufio.NewReader(c)
+					if _, err := http.ReadRequest(br); err != nil {
+						return
+					}
+					_, _ = c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nonce"))
+					_ = c.(*net.TCPConn).CloseWrite()
+					_, _ = io.Copy(io.Discard, c) // later requests are read and never answered
+				}()
+			}
+		}()
+		cp := st.StartControlPlane(t)
+		snap, _ := oneBackend([]string{"http://" + ln.Addr().String()}, nil)
+		cp.Set(snap)
+		sc := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines})
+		base := sc.URL(t, st.OutboundListenerName)
+		c := &http.Client{Timeout: 5 * time.Second}
+		for i := range 50 {
+			req, _ := http.NewRequest(http.MethodGet, base+"/", nil)
+			req.Host = "reviews"
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatalf("call %d: %v", i, err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || string(b) != "once" {
+				t.Fatalf("call %d: %d %q, want 200 once", i, resp.StatusCode, b)
+			}
+		}
+	})
+}

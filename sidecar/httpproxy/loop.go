@@ -77,6 +77,7 @@ type sock struct {
 	idleFor    int64
 	reused     bool
 	reusable   bool
+	hungUp     bool // the host closed its side: never pooled again
 
 	exv     exchange         // downstream: storage for ex, reused request after request
 	scratch httphead.Scratch // downstream: the parsed request's memory, likewise
@@ -239,6 +240,9 @@ func (h *hloop) Event(fd int, events uint32) {
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		s.readable = true
 	}
+	// A FIN that came with the last bytes of an answer raises no event of its own: remember
+	// it, or the connection goes back to the pool and the next request waits for ever.
+	s.hungUp = s.hungUp || (s.up && events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0)
 	if events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		s.writable = true
 	}
