@@ -218,3 +218,41 @@ func TestAConnectionClosedWithItsAnswerIsNotReused(t *testing.T) {
 		}
 	})
 }
+
+// A request pipelined while the one before it is being answered arrives in the socket
+// while the sidecar is not reading; the goroutine path wrote the answer inside the read
+// that waits for the next request (connio.Conn) and skipped that read, so it waited for a
+// readiness event the poller had already dropped, and the pipelined request was never
+// answered (the same fault as TestPooledConnectionsTheHostClosedAreNotReused's, on the
+// caller's side).
+func TestARequestPipelinedDuringTheAnswerIsServed(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		arrived, release := make(chan struct{}, 2), make(chan struct{})
+		be := st.Backend(t, "", func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/first" {
+				arrived <- struct{}{}
+				<-release
+			}
+			_, _ = io.WriteString(w, r.URL.Path)
+		})
+		cp := st.StartControlPlane(t)
+		snap, _ := oneBackend([]string{be.URL}, nil)
+		cp.Set(snap)
+		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines}).URL(t, st.OutboundListenerName)
+		c := dialRaw(t, base)
+		c.write("GET /warm HTTP/1.1\r\nHost: reviews\r\n\r\n")
+		if _, body := c.read(http.MethodGet); body != "/warm" {
+			t.Fatalf("warm-up answer %q", body)
+		}
+		c.write("GET /first HTTP/1.1\r\nHost: reviews\r\n\r\n")
+		<-arrived
+		c.write("GET /second HTTP/1.1\r\nHost: reviews\r\n\r\n")
+		time.Sleep(50 * time.Millisecond) // the second request is in the sidecar's socket
+		close(release)
+		for _, want := range []string{"/first", "/second"} {
+			if resp, body := c.read(http.MethodGet); resp.StatusCode != 200 || body != want {
+				t.Errorf("answer %d %q, want 200 %q", resp.StatusCode, body, want)
+			}
+		}
+	})
+}
