@@ -96,15 +96,15 @@ type flight struct {
 // cluster's max_requests circuit breaker.
 type inflight struct {
 	mu sync.Mutex
-	m  map[*pconn]*flight
+	m  map[*pconn]flight
 }
 
 func (f *inflight) begin(pc *pconn, h *Host, reused bool) {
 	f.mu.Lock()
 	if f.m == nil {
-		f.m = map[*pconn]*flight{}
+		f.m = map[*pconn]flight{}
 	}
-	f.m[pc] = &flight{host: h, start: time.Now(), reused: reused}
+	f.m[pc] = flight{host: h, start: time.Now(), reused: reused}
 	f.mu.Unlock()
 }
 
@@ -129,8 +129,9 @@ func (c *Cluster) exchanges(now time.Time, minAge time.Duration, mark bool) []Ex
 		}
 		if mark {
 			f.logged = true
+			c.flights.m[pc] = f
 		}
-		picked = append(picked, one{pc, *f})
+		picked = append(picked, one{pc, f})
 	}
 	c.flights.mu.Unlock()
 	out := make([]Exchange, 0, len(picked))
