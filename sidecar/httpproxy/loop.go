@@ -85,27 +85,27 @@ type sock struct {
 
 // exchange is one downstream request and its upstream attempts.
 type exchange struct {
-	d, u       *sock
-	r          *http.Request
-	route      *config.Route
-	wc         *config.WeightedCluster
-	c          *upstream.Cluster
-	wire       []byte // the upstream request, as sent on every attempt
-	start      time.Time
-	retry      retryState // attempts, retries and the route timeout (retrystate.go)
-	tryBy      int64      // this attempt's deadline (unix nanos; 0: none)
-	wakeAt     int64      // retry back-off ends
-	host       *upstream.Host
-	hash       uint64
-	hasHash    bool
-	setCookie  string
-	stale      bool // a reused connection was found closed and redialled once
-	gotHead    bool
-	status     int
-	remaining  int64    // response body bytes still to copy
-	close      bool     // the downstream connection closes after this response
-	breaker    *breaker // inbound: the containerConcurrency slot this request holds
-	slowLogged bool     // logged as slow (loopslow.go)
+	d, u      *sock
+	r         *http.Request
+	route     *config.Route
+	wc        *config.WeightedCluster
+	c         *upstream.Cluster
+	wire      []byte // the upstream request, as sent on every attempt
+	start     time.Time
+	retry     retryState // attempts, retries and the route timeout (retrystate.go)
+	tryBy     int64      // this attempt's deadline (unix nanos; 0: none)
+	wakeAt    int64      // retry back-off ends
+	host      *upstream.Host
+	hash      uint64
+	hasHash   bool
+	setCookie string
+	stale     bool // a reused connection was found closed and redialled once
+	gotHead   bool
+	status    int
+	remaining int64    // response body bytes still to copy
+	close     bool     // the downstream connection closes after this response
+	breaker   *breaker // inbound: the containerConcurrency slot this request holds
+	slowSeen  bool     // logged as slow (loopslow.go)
 }
 
 // done gives back what the request held on its listener: its in-flight count and its
@@ -146,8 +146,9 @@ type hloop struct {
 	draining atomic.Bool
 	drained  bool
 	done     chan struct{}
-	sweepAt  int64                        // next look for hosts that left their clusters
-	slow     atomic.Pointer[slowSnapshot] // slow exchanges at the last sweep (loopslow.go)
+	sweepAt  int64 // next look for hosts that left their clusters
+
+	slow atomic.Pointer[slowSnapshot] // slow exchanges at the last sweep (loopslow.go)
 
 	backoff  acceptBackoff
 	paused   bool  // accepting paused after a failed accept; the listener is out of the set

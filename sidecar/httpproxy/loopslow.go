@@ -26,8 +26,8 @@ func (h *hloop) noteSlow(now time.Time) {
 		e := upstream.Exchange{Path: "loop", Cluster: ex.c.Name, Host: u.host.Address, Age: age,
 			Attempt: ex.retry.attempt, Reused: u.reused, TCP: upstream.ReadTCPState(u.fd)}
 		slow = append(slow, e)
-		if !ex.slowLogged {
-			ex.slowLogged = true
+		if !ex.slowSeen {
+			ex.slowSeen = true
 			fresh = append(fresh, e)
 		}
 	}
