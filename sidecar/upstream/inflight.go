@@ -166,8 +166,9 @@ func SortExchanges(es []Exchange) {
 // The event loop logs its own (httpproxy).
 func (m *Manager) LogSlow(log *slog.Logger) {
 	m.slowOnce.Do(func() {
+		after := SlowAfter // read here: the goroutine may outlive a test that changes it
 		go func() {
-			t := m.clock.NewTicker(SlowAfter)
+			t := m.clock.NewTicker(after)
 			defer t.Stop()
 			for {
 				select {
@@ -178,7 +179,7 @@ func (m *Manager) LogSlow(log *slog.Logger) {
 				now := time.Now()
 				var slow []Exchange
 				for _, c := range *m.clusters.Load() {
-					slow = append(slow, c.exchanges(now, SlowAfter, true)...)
+					slow = append(slow, c.exchanges(now, after, true)...)
 				}
 				LogExchanges(log, slow)
 			}
