@@ -165,7 +165,8 @@ func run() error {
 		go func() { _ = cl.Run(bg) }()
 	}
 
-	adm := admin.New(admin.Options{Config: current.Load, Status: status})
+	adm := admin.New(admin.Options{Config: current.Load, Status: status,
+		Exchanges: func(minAge time.Duration) any { return px.Exchanges(minAge) }})
 	adm.AddStats(px)
 	adm.AddStats(activatorStats{act})
 	adm.AddStats(redis)

@@ -15,6 +15,7 @@ import (
 	"net/http/pprof"
 	"sort"
 	"sync"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -33,6 +34,9 @@ type Options struct {
 	Config func() *config.Config
 	// Status returns extra xDS session state for /config_dump (any JSON-encodable value).
 	Status func() any
+	// Exchanges lists the upstream exchanges in flight for at least minAge, for
+	// /debug/exchanges (any JSON-encodable value); nil: the endpoint answers 404.
+	Exchanges func(minAge time.Duration) any
 }
 
 // Server holds the admin handlers.
@@ -59,6 +63,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /stats", s.writeStats)
 	mux.HandleFunc("GET /stats/prometheus", s.writeStats)
 	mux.HandleFunc("GET /config_dump", s.configDump)
+	mux.HandleFunc("GET /debug/exchanges", s.exchanges)
 	// CPU and heap profiles of the live data plane, like Envoy's /cpuprofiler; localhost only.
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
@@ -92,6 +97,29 @@ func (s *Server) writeStats(w http.ResponseWriter, _ *http.Request) {
 		sw.WritePrometheus(&buf)
 	}
 	_, _ = w.Write(buf.Bytes())
+}
+
+// exchanges answers /debug/exchanges[?min_age=1s]: the upstream exchanges in flight for
+// at least min_age (default 0: all the goroutine path has, and the event loops' slow ones),
+// oldest first, with their connections' TCP state.
+func (s *Server) exchanges(w http.ResponseWriter, r *http.Request) {
+	if s.opts.Exchanges == nil {
+		http.NotFound(w, r)
+		return
+	}
+	var minAge time.Duration
+	if v := r.URL.Query().Get("min_age"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			http.Error(w, "min_age must be a duration such as 5s\n", http.StatusBadRequest)
+			return
+		}
+		minAge = d
+	}
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(s.opts.Exchanges(minAge))
 }
 
 // Dump is the /config_dump document.

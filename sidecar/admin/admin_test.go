@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -90,5 +91,25 @@ func TestConfigDumpRedactsInlineSecrets(t *testing.T) {
 	}
 	if d := cmp.Diff(orig, c, protocmp.Transform()); d != "" {
 		t.Errorf("redaction modified the live config (-before +after):\n%s", d)
+	}
+}
+
+// /debug/exchanges passes min_age on, refuses a bad one, is 404 when nothing provides the
+// list, and is not on the pod-address handler.
+func TestDebugExchanges(t *testing.T) {
+	var asked time.Duration
+	s := New(Options{Config: func() *config.Config { return nil },
+		Exchanges: func(minAge time.Duration) any { asked = minAge; return []string{"one"} }})
+	if code, body := get(t, s.Handler(), "/debug/exchanges?min_age=1500ms"); code != 200 || !strings.Contains(body, `"one"`) || asked != 1500*time.Millisecond {
+		t.Errorf("got %d %q asked %v; want 200 with the list, min_age 1.5s", code, body, asked)
+	}
+	if code, _ := get(t, s.Handler(), "/debug/exchanges?min_age=soon"); code != http.StatusBadRequest {
+		t.Errorf("bad min_age: %d, want 400", code)
+	}
+	if code, _ := get(t, s.MetricsHandler(), "/debug/exchanges"); code != http.StatusNotFound {
+		t.Errorf("pod-address handler: %d, want 404 (localhost only)", code)
+	}
+	if code, _ := get(t, New(Options{}).Handler(), "/debug/exchanges"); code != http.StatusNotFound {
+		t.Errorf("without a provider: %d, want 404", code)
 	}
 }

@@ -9,12 +9,16 @@ import (
 // Conn is a net.Conn for request/response protocols read through a buffer (HTTP/1.1).
 // Reads and writes skip the runtime's syscall bracket as ReadLoop does, and a write can
 // be deferred to the next Read: WriteThenRead-style exchanges — send a request, wait for
-// the response; send a response, wait for the next request — then cost one read(2)
-// instead of two. A plain "write, then Read" first calls read(2) and gets EAGAIN,
-// because the peer cannot have answered yet, and only then parks. Deferring the write
-// into the Read lets the write happen inside the poller wait's critical section (one
-// RawConn.Read call), so the poller's readiness event for the answer cannot be lost and
-// the first read(2) can be skipped.
+// the response; send a response, wait for the next request — then make one RawConn.Read
+// call (one pass through the poller) instead of a Write and a Read.
+//
+// The read(2) right after the deferred write is not skipped, although the answer cannot
+// be there yet: what arrived before the write can be — the peer's FIN on a kept-alive
+// connection it closed while idle, a pipelined request — and RawConn.Read drops the
+// readiness event that announced it before it calls back (the poller resets it). Skipping
+// that read waited for an event that never came when the peer was gone for good: a
+// pooled upstream connection whose pod had closed it and vanished carried a request that
+// got no answer until the caller gave up (issue 12 items 5 and 7).
 //
 // Deferred bytes are written by the next Read, or by Flush, Write or Close, so nothing
 // is ever left behind. A Conn, like a bufio.Reader over it, is for one reader and one
@@ -83,19 +87,19 @@ func (c *Conn) readFD(fd uintptr) bool {
 		c.rout, c.werr = WriteFD(int(fd), c.rout)
 		switch c.werr {
 		case 0:
-			return false // sent: wait for the answer without reading first
+			// Sent: read too, for what came before the write (see Conn).
 		case syscall.EAGAIN:
 			c.werr = 0
 			return true // the socket is full: finish with a waiting write
+		default:
+			return true
 		}
-		return true
 	}
 	c.rn, c.errno = ReadFD(int(fd), c.rp)
 	return c.errno != syscall.EAGAIN
 }
 
-// Read writes any deferred bytes, then reads. After a deferred write the first read(2)
-// is skipped: the answer cannot be there before the question was sent.
+// Read writes any deferred bytes, then reads.
 func (c *Conn) Read(p []byte) (int, error) {
 	if c.raw == nil {
 		if err := c.Flush(); err != nil {

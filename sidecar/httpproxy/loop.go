@@ -77,6 +77,7 @@ type sock struct {
 	idleFor    int64
 	reused     bool
 	reusable   bool
+	hungUp     bool // the host closed its side: never pooled again
 
 	exv     exchange         // downstream: storage for ex, reused request after request
 	scratch httphead.Scratch // downstream: the parsed request's memory, likewise
@@ -104,6 +105,7 @@ type exchange struct {
 	remaining int64    // response body bytes still to copy
 	close     bool     // the downstream connection closes after this response
 	breaker   *breaker // inbound: the containerConcurrency slot this request holds
+	slowSeen  bool     // logged as slow (loopslow.go)
 }
 
 // done gives back what the request held on its listener: its in-flight count and its
@@ -145,6 +147,8 @@ type hloop struct {
 	drained  bool
 	done     chan struct{}
 	sweepAt  int64 // next look for hosts that left their clusters
+
+	slow atomic.Pointer[slowSnapshot] // slow exchanges at the last sweep (loopslow.go)
 
 	backoff  acceptBackoff
 	paused   bool  // accepting paused after a failed accept; the listener is out of the set
@@ -237,6 +241,9 @@ func (h *hloop) Event(fd int, events uint32) {
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		s.readable = true
 	}
+	// A FIN that came with the last bytes of an answer raises no event of its own: remember
+	// it, or the connection goes back to the pool and the next request waits for ever.
+	s.hungUp = s.hungUp || (s.up && events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0)
 	if events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		s.writable = true
 	}

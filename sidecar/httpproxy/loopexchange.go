@@ -27,7 +27,7 @@ func (h *hloop) release(ex *exchange, reuse bool) {
 	}
 	ex.u, u.ex = nil, nil
 	u.out, u.off = u.out[:0], 0
-	if reuse && u.reusable && !u.eof && !u.closed {
+	if reuse && u.reusable && !u.eof && !u.closed && !u.hungUp {
 		h.putIdle(u, ex.c.Config(), h.ev.Now().UnixNano())
 		return
 	}

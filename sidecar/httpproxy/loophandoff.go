@@ -126,6 +126,7 @@ func (h *hloop) Tick(now time.Time) {
 	if len(h.addrs) > 0 {
 		if t >= h.sweepAt {
 			h.sweepHosts()
+			h.noteSlow(now)
 			h.sweepAt = t + int64(hostSweep)
 		}
 		later(h.sweepAt)

@@ -65,6 +65,9 @@ func New(opts Options) *Proxy {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.Upstreams != nil {
+		opts.Upstreams.LogSlow(opts.Logger)
+	}
 	return &Proxy{opts: opts, listeners: map[string]*Listener{}}
 }
 

@@ -77,6 +77,8 @@ type Cluster struct {
 
 	Stats Stats
 
+	flights inflight // goroutine-path exchanges in flight (diagnostics, inflight.go)
+
 	mu   sync.Mutex
 	stop func()
 }

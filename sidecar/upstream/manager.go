@@ -24,6 +24,7 @@ type Manager struct {
 	mu       sync.Mutex
 	clusters atomic.Pointer[map[string]*Cluster]
 	ctx      context.Context
+	slowOnce sync.Once
 }
 
 // NewManager returns an empty manager. Background work (outlier sweeps, health checks)

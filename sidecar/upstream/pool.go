@@ -89,7 +89,12 @@ func (p *pool) closeIdle() {
 func (c *Cluster) RoundTrip(ctx context.Context, req *Request, h *Host, deadline time.Time) (*http.Response, error) {
 	cc := c.cfg.Load()
 	for try := 0; ; try++ {
-		pc := h.pool.get(cc.IdleTimeout)
+		var pc *pconn
+		if try == 0 {
+			// The resend after a stale pooled connection goes on a new one, as the event
+			// loop's does: a host that closed one has likely closed them all (it shut down).
+			pc = h.pool.get(cc.IdleTimeout)
+		}
 		reused := pc != nil
 		if pc == nil {
 			d := net.Dialer{Timeout: cc.ConnectTimeout, Deadline: deadline, KeepAlive: 30 * time.Second}
@@ -100,10 +105,12 @@ func (c *Cluster) RoundTrip(ctx context.Context, req *Request, h *Host, deadline
 			cc := connio.NewConn(conn)
 			pc = &pconn{conn: cc, br: bufio.NewReaderSize(cc, 4096), bw: bufio.NewWriterSize(cc, 4096)}
 		}
+		c.flights.begin(pc, h, reused)
 		resp, err := c.exchange(ctx, pc, req, &h.pool, deadline)
 		if err == nil {
 			return resp, nil
 		}
+		c.flights.end(pc)
 		pc.conn.Close()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -276,6 +283,7 @@ func (b *body) Close() error {
 
 func (b *body) finish(complete bool) {
 	b.done = true
+	b.c.flights.end(b.pc)
 	// stop reports false if the context already fired and poisoned the deadline.
 	if b.stop() && complete && b.pc.reusable && b.pool != nil {
 		b.pool.put(b.pc, int(min(b.c.cfg.Load().Limits.MaxConnections, 1024)))

@@ -5,7 +5,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"sync"
 	"syscall"
@@ -113,15 +112,15 @@ func TestOutageWithALostPod(t *testing.T) {
 		c := counts[u]
 		t.Logf("%s: %d of %d calls failed (%.2f %%); last failure: %s", u, c.failed, c.sent, 100*float64(c.failed)/float64(c.sent), lastErr[u])
 	}
-	// The issue's goal is 0 with retries. Run alone this test met it (0 of 1,300), but one
-	// run of the whole e2e suite on a loaded VM saw 3 of 720 calls on this route get no
-	// answer for 30 s (the caller's client timeout), cause not yet found (issue 12 item 7
-	// is the same class of hang). CI keeps the bar that the old code failed (1.94 %) so a
-	// regression shows; WEFT_E2E_STRICT=1 checks the goal itself.
-	if c := counts[urls[0]]; os.Getenv("WEFT_E2E_STRICT") == "1" && c.failed != 0 {
+	// The issue's goal: 0 with Istio's default retries. Full-suite runs used to lose 2-4
+	// calls per route with no answer for 30 s: the caller's sidecar wrote them on pooled
+	// connections the deleted pod had closed while they were idle, its FIN's readiness
+	// event lost (connio.Conn), and the pod gone, so nothing answered or reset them
+	// (TestPooledConnectionsTheHostClosedAreNotReused). A call that waits on its upstream
+	// 5 s is logged by the caller's sidecar ("slow upstream exchange", with its TCP state):
+	// see /tmp/weft-e2e/pods/default_caller-*/weft-sidecar.log when this fails.
+	if c := counts[urls[0]]; c.failed != 0 {
 		t.Errorf("with Istio's default retries %d of %d calls failed, want 0", c.failed, c.sent)
-	} else if c.failed*100 >= c.sent {
-		t.Errorf("with Istio's default retries %d of %d calls failed, want under 1 %%", c.failed, c.sent)
 	}
 	if c := counts[urls[1]]; c.failed*100 >= c.sent {
 		t.Errorf("without retries %d of %d calls failed, want under 1 %%", c.failed, c.sent)
