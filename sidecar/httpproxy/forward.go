@@ -321,10 +321,7 @@ func outboundRequest(r *http.Request, route *config.Route, wc *config.WeightedCl
 	// route's headers win).
 	applyHeaderEdits(hdr, wc.RequestHeadersToRemove, wc.RequestHeadersToAdd)
 	applyHeaderEdits(hdr, route.RequestHeadersToRemove, route.RequestHeadersToAdd)
-	uri := r.URL.EscapedPath()
-	if route.PrefixRewrite != "" && route.Match.PathKind == config.PathPrefix {
-		uri = rewritePrefix(uri, route.Match.Path, route.PrefixRewrite)
-	}
+	uri := route.Match.RewritePath(r.URL.EscapedPath(), route.PrefixRewrite)
 	if r.URL.RawQuery != "" {
 		uri += "?" + r.URL.RawQuery
 	}
