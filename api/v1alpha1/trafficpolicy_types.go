@@ -62,7 +62,9 @@ type ConsistentHash struct {
 	// +kubebuilder:validation:MaxLength=256
 	HTTPQueryParameterName *string `json:"httpQueryParameterName,omitempty"`
 
-	// UseSourceIP hashes the caller's address.
+	// UseSourceIP hashes the caller's IP address (Envoy's source_ip): the calling pod's IP,
+	// whether its app's calls are captured or reach the sidecar through HTTP_PROXY (the
+	// sidecar then hashes its own pod's IP, from POD_IP, instead of 127.0.0.1).
 	// +optional
 	UseSourceIP bool `json:"useSourceIP,omitempty"`
 

@@ -74,7 +74,7 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 			p.mirror(&out, m.Cluster, route.Timeout)
 		}
 	}
-	hash, hasHash, setCookie := requestHash(r, route, cc)
+	hash, hasHash, setCookie := requestHash(r, route, cc, l.proxy.opts.PodIP)
 
 	var rs retryState
 	rs.init(route, replayable, c, start)

@@ -533,7 +533,7 @@ func (h *hloop) dispatch(d *sock, end int) int {
 		body = d.in[end : end+int(cl)]
 	}
 	out := outboundRequest(r, route, wc, body)
-	ex.hash, ex.hasHash, ex.setCookie = requestHash(r, route, cc)
+	ex.hash, ex.hasHash, ex.setCookie = requestHash(r, route, cc, l.proxy.opts.PodIP)
 	ex.wire = upstream.AppendRequest(ex.wire, &out)
 	consume(d, end+int(cl))
 	h.startAttempt(ex)
