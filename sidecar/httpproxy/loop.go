@@ -70,6 +70,8 @@ type sock struct {
 
 	// upstream
 	host       *upstream.Host
+	cluster    *upstream.Cluster // whose max_connections slot the connection holds
+	idle       bool              // in the loop's idle pool (counted idle by the cluster)
 	connecting bool
 	connectBy  int64
 	used       uint32
@@ -104,6 +106,7 @@ type exchange struct {
 	remaining int64    // response body bytes still to copy
 	close     bool     // the downstream connection closes after this response
 	breaker   *breaker // inbound: the containerConcurrency slot this request holds
+	wait      *loopWait // waiting for a connection (loopconnlimit.go)
 }
 
 // done gives back what the request held on its listener: its in-flight count and its
@@ -145,6 +148,8 @@ type hloop struct {
 	drained  bool
 	done     chan struct{}
 	sweepAt  int64 // next look for hosts that left their clusters
+
+	pending loopGrants // connection grants and idle reclaims from other goroutines
 
 	backoff  acceptBackoff
 	paused   bool  // accepting paused after a failed accept; the listener is out of the set
