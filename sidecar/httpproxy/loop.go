@@ -103,9 +103,9 @@ type exchange struct {
 	stale     bool // a reused connection was found closed and redialled once
 	gotHead   bool
 	status    int
-	remaining int64    // response body bytes still to copy
-	close     bool     // the downstream connection closes after this response
-	breaker   *breaker // inbound: the containerConcurrency slot this request holds
+	remaining int64     // response body bytes still to copy
+	close     bool      // the downstream connection closes after this response
+	breaker   *breaker  // inbound: the containerConcurrency slot this request holds
 	wait      *loopWait // waiting for a connection (loopconnlimit.go)
 }
 

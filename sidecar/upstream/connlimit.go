@@ -68,7 +68,7 @@ type connSlots struct {
 // PoolFullError is a request refused because the connection pool is full: every connection
 // max_connections allows is busy and max_pending_requests requests already wait.
 type PoolFullError struct {
-	Cluster                   string
+	Cluster                    string
 	MaxConnections, MaxPending uint32
 }
 

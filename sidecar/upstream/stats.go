@@ -18,9 +18,9 @@ type Stats struct {
 	OverflowRequests, OverflowPending, OverflowRetries atomic.Uint64
 	// ConnOverflow counts requests that found max_connections reached and had to wait
 	// (Envoy's upstream_cx_overflow).
-	ConnOverflow atomic.Uint64
-	latency                                            [len(latencyBuckets) + 1]atomic.Uint64
-	latencySumMicros                                   atomic.Uint64
+	ConnOverflow     atomic.Uint64
+	latency          [len(latencyBuckets) + 1]atomic.Uint64
+	latencySumMicros atomic.Uint64
 }
 
 // Observe records one completed request.
