@@ -316,3 +316,85 @@ func TestConnectionWaitEndsAtRouteTimeout(t *testing.T) {
 		}
 	})
 }
+
+// A slot is never leaked, however a connection ends: a refused connect, a response the
+// event loop hands to a goroutine (chunked), a caller that hangs up while waiting. With
+// maxConnections 1 a leak would make every later call wait out its route timeout.
+func TestConnectionSlotsComeBack(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		// A port nobody listens on: every connect is refused.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dead := "http://" + ln.Addr().String()
+		ln.Close()
+		cp := st.StartControlPlane(t)
+		snap, cn := oneBackend([]string{dead}, []st.RouteOption{st.Timeout(time.Second)}, limits(1, -1))
+		cp.Set(snap)
+		sc := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines})
+		base := sc.URL(t, st.OutboundListenerName)
+		for i := range 4 {
+			if a := call(t, base, false); a.code != 503 || !strings.Contains(a.body, "connection failure") {
+				t.Errorf("call %d to a refused port: %d %q, want 503 connection failure (not a wait for a leaked slot)", i, a.code, a.body)
+			}
+		}
+		if open, _, pending := sc.Upstreams.Get(cn).ConnStats(); open != 0 || pending != 0 {
+			t.Errorf("after refused connects: %d open, %d pending; want 0 and 0", open, pending)
+		}
+
+		chunked := st.Backend(t, "", func(w http.ResponseWriter, _ *http.Request) {
+			_, _ = io.WriteString(w, "part one ")
+			w.(http.Flusher).Flush() // no Content-Length: chunked, which the loop hands off
+			_, _ = io.WriteString(w, "part two")
+		})
+		snap, cn = oneBackend([]string{chunked.URL}, []st.RouteOption{st.Timeout(time.Second)}, limits(1, -1))
+		cp.Set(snap)
+		st.Eventually(t, 10*time.Second, func() bool {
+			c := sc.Upstreams.Get(cn)
+			return c != nil && len(c.Hosts()) == 1 && c.Hosts()[0].Address == st.HostPort(chunked.URL)
+		}, "the new endpoint never arrived")
+		for i := range 4 {
+			if a := call(t, base, false); a.code != 200 || a.body != "part one part two" {
+				t.Errorf("chunked call %d: %d %q, want 200 with both parts", i, a.code, a.body)
+			}
+		}
+		st.Eventually(t, 5*time.Second, func() bool {
+			open, _, pending := sc.Upstreams.Get(cn).ConnStats()
+			return open <= 1 && pending == 0
+		}, "slots did not come back after chunked responses")
+	})
+}
+
+// On the event loop a caller that hangs up while its request waits for a connection
+// leaves the queue at once (the goroutine path notices at the request's deadline).
+func TestCallerLeavingGivesUpItsPlaceInTheQueue(t *testing.T) {
+	be := newConnBackend(t, 0)
+	cp := st.StartControlPlane(t)
+	snap, cn := oneBackend([]string{be.srv.URL}, nil, limits(1, -1))
+	cp.Set(snap)
+	sc := st.StartSidecar(t, cp, st.SidecarOptions{})
+	base := sc.URL(t, st.OutboundListenerName)
+	c := sc.Upstreams.Get(cn)
+	first := make(chan answer, 1)
+	go func() { first <- call(t, base, false) }()
+	st.Eventually(t, 10*time.Second, func() bool { return be.inflight.Load() == 1 }, "the first call never reached the backend")
+	conn, err := net.Dial("tcp", st.HostPort(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.WriteString(conn, "GET / HTTP/1.1\r\nHost: reviews\r\n\r\n")
+	st.Eventually(t, 10*time.Second, func() bool { _, _, p := c.ConnStats(); return p == 1 }, "the second call never queued")
+	conn.Close()
+	st.Eventually(t, 10*time.Second, func() bool { _, _, p := c.ConnStats(); return p == 0 }, "the departed caller kept its place in the queue")
+	close(be.release)
+	if a := <-first; a.code != 200 {
+		t.Errorf("first call: %d", a.code)
+	}
+	if a := call(t, base, false); a.code != 200 {
+		t.Errorf("a call after the departed waiter: %d %q, want 200", a.code, a.body)
+	}
+	if n := be.served.Load(); n != 2 {
+		t.Errorf("the backend served %d requests, want 2: the departed caller's must never be sent", n)
+	}
+}
