@@ -59,10 +59,16 @@ func (w *ConnWaiter) Hand(conn any) {
 // connSlots is a cluster's connection count and its queue.
 type connSlots struct {
 	mu      sync.Mutex
-	open    int               // connections open (or being opened), busy or idle
-	idle    map[IdleOwner]int // idle connections, by owner
+	open    int         // connections open (or being opened), busy or idle
+	idle    []ownerIdle // owners with idle connections, and how many (a few: the host pools, each loop)
 	idleSum int
 	waiters []*ConnWaiter // FIFO; waiters[0] is the head
+}
+
+// ownerIdle counts one owner's idle connections.
+type ownerIdle struct {
+	owner IdleOwner
+	n     int
 }
 
 // PoolFullError is a request refused because the connection pool is full: every connection
@@ -100,9 +106,9 @@ func (c *Cluster) OpenConn(h *Host, owner IdleOwner, notify func()) (ok bool, w 
 	s.waiters = append(s.waiters, w)
 	var reclaim IdleOwner
 	if s.idleSum > 0 {
-		for o, n := range s.idle {
-			if n > 0 {
-				reclaim = o
+		for _, x := range s.idle {
+			if x.n > 0 {
+				reclaim = x.owner
 				break
 			}
 		}
@@ -144,10 +150,7 @@ func (c *Cluster) ConnIdle(h *Host, owner IdleOwner) (w *ConnWaiter, keep bool) 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.waiters) == 0 {
-		if s.idle == nil {
-			s.idle = map[IdleOwner]int{}
-		}
-		s.idle[owner]++
+		s.count(owner).n++
 		s.idleSum++
 		return nil, true
 	}
@@ -214,11 +217,33 @@ func (s *connSlots) pop() *ConnWaiter {
 }
 
 // unidle counts one idle connection of owner out. s.mu is held.
+// An owner whose count drops to zero leaves the list, so it holds only owners with idle
+// connections (event loops come and go with their listeners).
 func (s *connSlots) unidle(owner IdleOwner) {
-	if s.idle[owner] > 0 {
-		s.idle[owner]--
-		s.idleSum--
+	for i := range s.idle {
+		if x := &s.idle[i]; x.owner == owner {
+			x.n--
+			s.idleSum--
+			if x.n == 0 {
+				last := len(s.idle) - 1
+				s.idle[i] = s.idle[last]
+				s.idle[last] = ownerIdle{}
+				s.idle = s.idle[:last]
+			}
+			return
+		}
 	}
+}
+
+// count is owner's idle count, added on first use. s.mu is held.
+func (s *connSlots) count(owner IdleOwner) *ownerIdle {
+	for i := range s.idle {
+		if s.idle[i].owner == owner {
+			return &s.idle[i]
+		}
+	}
+	s.idle = append(s.idle, ownerIdle{owner: owner})
+	return &s.idle[len(s.idle)-1]
 }
 
 // ConnStats are the gauges /stats shows: connections open and requests waiting for one.

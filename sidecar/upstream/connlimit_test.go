@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"context"
 	"errors"
 	"testing"
 	"time"
@@ -114,5 +115,24 @@ func TestConnSlotsRegrantOnRaise(t *testing.T) {
 	c.mgr.Update(map[string]*config.Cluster{"c": &cc})
 	if *n != 1 {
 		t.Errorf("waiter notified %d times after max_connections went 1 → 2, want 1", *n)
+	}
+}
+
+// BenchmarkConnIdleTaken is what the cap costs a request on a kept-alive connection: the
+// release to the pool and the take from it.
+func BenchmarkConnIdleTaken(b *testing.B) {
+	clk := testclock.NewFakeClock(time.Unix(1000, 0))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m := NewManager(ctx, clk)
+	m.Update(map[string]*config.Cluster{"c": {Name: "c", Limits: config.Limits{MaxConnections: 1024, MaxPending: 1024, MaxRequests: 1024},
+		Endpoints: []config.Endpoint{{Address: "10.0.0.1:80", Weight: 1}}}})
+	c := m.Get("c")
+	h := c.Hosts()[0]
+	o := &owner{}
+	b.ReportAllocs()
+	for b.Loop() {
+		c.ConnIdle(h, o)
+		c.IdleTaken(o)
 	}
 }
