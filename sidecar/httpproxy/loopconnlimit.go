@@ -36,23 +36,44 @@ type loopGrants struct {
 	mu       sync.Mutex
 	grants   []*loopWait
 	reclaims []*upstream.Cluster
+	stopped  bool // the loop has stopped: grants are given back at once
 }
 
 // ReclaimIdle implements upstream.IdleOwner: close one of this loop's idle connections of
 // c, on the loop's goroutine.
 func (h *hloop) ReclaimIdle(c *upstream.Cluster) {
 	h.pending.mu.Lock()
-	h.pending.reclaims = append(h.pending.reclaims, c)
+	if !h.pending.stopped { // a stopped loop closed its connections
+		h.pending.reclaims = append(h.pending.reclaims, c)
+	}
 	h.pending.mu.Unlock()
 	h.ev.Wake()
 }
 
-// granted queues lw's grant for the loop's goroutine.
+// granted queues lw's grant for the loop's goroutine. A stopped loop's waiters were all
+// abandoned, and only the loop itself hands over connections: the grant is a slot, given
+// back here.
 func (h *hloop) granted(lw *loopWait) {
 	h.pending.mu.Lock()
-	h.pending.grants = append(h.pending.grants, lw)
+	stopped := h.pending.stopped
+	if !stopped {
+		h.pending.grants = append(h.pending.grants, lw)
+	}
 	h.pending.mu.Unlock()
+	if stopped {
+		lw.c.ConnClosed(h, false)
+		return
+	}
 	h.ev.Wake()
+}
+
+// stopGrants runs once the loop has stopped and closed its connections: it gives back the
+// grants still queued and makes later ones go back at once.
+func (h *hloop) stopGrants() {
+	h.pending.mu.Lock()
+	h.pending.stopped = true
+	h.pending.mu.Unlock()
+	h.takeGrants()
 }
 
 // reserveConn takes a connection slot for ex's attempt when its host has no idle

@@ -210,6 +210,7 @@ func (h *hloop) closeAll() {
 			}
 		}
 	}
+	h.stopGrants()
 	select {
 	case <-h.done:
 	default:
