@@ -59,8 +59,8 @@ type Loop struct {
 	// not write to a descriptor number the process may have reused.
 	wakeMu     sync.Mutex
 	wakeClosed bool
-	batch  int
-	poll   func(uintptr) bool
+	batch      int
+	poll       func(uintptr) bool
 }
 
 // New creates a loop that reports to h.
