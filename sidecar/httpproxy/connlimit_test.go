@@ -280,8 +280,11 @@ func TestMaxPendingRequestsOverflowAnswers503(t *testing.T) {
 				t.Errorf("admitted call: %d %q, want 200", a.code, a.body)
 			}
 		}
-		if n := be.accepted.Load(); n > 2 {
-			t.Errorf("the backend accepted %d connections, want at most 2", n)
+		// Several event loops may each own one of the 2 connections: a freed one then goes
+		// to a waiter of another loop as a slot (closed and dialled again), so count what
+		// was open at once, not what was accepted.
+		if n := be.peakFlight.Load(); n > 2 {
+			t.Errorf("%d requests in flight at the backend at once, want at most 2", n)
 		}
 	})
 }
