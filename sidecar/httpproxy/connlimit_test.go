@@ -138,6 +138,9 @@ func TestMaxConnectionsCapsUpstreamConnections(t *testing.T) {
 		if n := be.accepted.Load(); n > 2 {
 			t.Errorf("the backend accepted %d connections, want at most maxConnections 2", n)
 		}
+		if n := be.peakOpen.Load(); n > 2 {
+			t.Errorf("the backend had %d connections open at once, want at most maxConnections 2", n)
+		}
 		if n := be.peakFlight.Load(); n > 2 {
 			t.Errorf("%d requests in flight at the backend at once, want at most 2", n)
 		}
