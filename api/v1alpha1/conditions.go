@@ -66,6 +66,9 @@ const (
 	ReasonNotAccepted = "NotAccepted"
 	// ReasonShadowedRule: a rule comes after a catch-all rule and can never match.
 	ReasonShadowedRule = "ShadowedRule"
+	// ReasonTrafficPolicyIgnored: a MeshRoute with a trafficPolicy sends to a MeshFunction,
+	// whose shared cluster the function shapes; the policy applies to Service destinations only.
+	ReasonTrafficPolicyIgnored = "TrafficPolicyIgnored"
 	// ReasonKeysRehomed: the pool's ring changed (server names, hash or distribution) while
 	// it was serving, so keys now map to other servers.
 	ReasonKeysRehomed = "KeysRehomed"

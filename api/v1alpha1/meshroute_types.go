@@ -306,7 +306,9 @@ type HTTPDirectResponse struct {
 // HTTPRewrite changes the request before it is forwarded.
 // +kubebuilder:validation:XValidation:rule="has(self.uriPrefix) || has(self.authority)",message="rewrite needs uriPrefix or authority"
 type HTTPRewrite struct {
-	// URIPrefix replaces the part of the path matched by a Prefix or Exact path match.
+	// URIPrefix replaces the part of the path the rule matched, as Envoy's prefix_rewrite
+	// does: the prefix of a Prefix match; the whole path of an Exact or RegularExpression
+	// match (the query is kept in every case).
 	// +optional
 	// +kubebuilder:validation:MaxLength=1024
 	// +kubebuilder:validation:Pattern=`^/`

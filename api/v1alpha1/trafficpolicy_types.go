@@ -62,7 +62,9 @@ type ConsistentHash struct {
 	// +kubebuilder:validation:MaxLength=256
 	HTTPQueryParameterName *string `json:"httpQueryParameterName,omitempty"`
 
-	// UseSourceIP hashes the caller's address.
+	// UseSourceIP hashes the caller's IP address (Envoy's source_ip): the calling pod's IP,
+	// whether its app's calls are captured or reach the sidecar through HTTP_PROXY (the
+	// sidecar then hashes its own pod's IP, from POD_IP, instead of 127.0.0.1).
 	// +optional
 	UseSourceIP bool `json:"useSourceIP,omitempty"`
 
@@ -91,14 +93,19 @@ type HTTPCookie struct {
 // ConnectionPool limits what a sidecar sends to a destination. Unset limits use Envoy's
 // defaults (1024 connections, 1024 pending, 1024 requests, 3 concurrent retries).
 type ConnectionPool struct {
-	// MaxConnections to all endpoints together.
+	// MaxConnections open from each calling sidecar to all endpoints together, idle ones
+	// included (Envoy's max_connections; Istio's tcp.maxConnections). A request that finds
+	// them all busy waits for one, in arrival order, up to maxPendingRequests.
 	// +optional
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=1000000
 	// +kubebuilder:validation:XValidation:rule="self >= 1 && self <= 1000000",message="connectionPool.maxConnections must be between 1 and 1000000"
 	MaxConnections *int32 `json:"maxConnections,omitempty"`
 
-	// MaxPendingRequests waiting for a connection.
+	// MaxPendingRequests waiting for a connection in each calling sidecar (Envoy's
+	// max_pending_requests; Istio's http1MaxPendingRequests). A wait ends at the rule's
+	// timeout (or retries.perTryTimeout) with 504; a request beyond this many gets 503 with
+	// x-weft-overloaded: true and a body saying the pool is full.
 	// +optional
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=1000000

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime"
@@ -41,6 +42,7 @@ func main() {
 
 type flags struct {
 	xdsAddress, nodeID, namespace, pod, labels, function string
+	podIP                                                string
 	appPort                                              int
 	adminAddress, metricsAddress, staticConfig           string
 	redisProxy                                           string
@@ -56,6 +58,7 @@ func parseFlags() flags {
 	flag.StringVar(&f.nodeID, "node-id", "", "xDS node id (default POD_NAME.POD_NAMESPACE)")
 	flag.StringVar(&f.namespace, "namespace", ns, "pod namespace (default $POD_NAMESPACE)")
 	flag.StringVar(&f.pod, "pod", pod, "pod name (default $POD_NAME)")
+	flag.StringVar(&f.podIP, "pod-ip", os.Getenv("POD_IP"), "this pod's IP (default $POD_IP): what useSourceIP hashes for the app's calls over loopback")
 	flag.StringVar(&f.labels, "labels", os.Getenv("POD_LABELS"), "pod labels k=v,... (default $POD_LABELS)")
 	flag.StringVar(&f.function, "function", os.Getenv("WEFT_FUNCTION"), "MeshFunction <namespace>/<name> this pod serves, if any")
 	flag.IntVar(&f.appPort, "app-port", 0, "local app port the inbound listener forwards to (0: no inbound listener)")
@@ -72,6 +75,19 @@ func parseFlags() flags {
 		f.nodeID = f.pod + "." + f.namespace
 	}
 	return f
+}
+
+// parsePodIP reads --pod-ip; empty is allowed (a sidecar run by hand), anything else must
+// be an IP address.
+func parsePodIP(s string) (netip.Addr, error) {
+	if s == "" {
+		return netip.Addr{}, nil
+	}
+	ip, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("--pod-ip %q is not an IP address: %w", s, err)
+	}
+	return ip.Unmap(), nil
 }
 
 // nodeFor builds the node identity and metadata docs/xds-contract.md specifies.
@@ -129,8 +145,12 @@ func run() error {
 	var current atomic.Pointer[config.Config]
 	calls := newAsyncCalls(log, node.GetId(), f.function, f.appPort, current.Load)
 	ups := upstream.NewManager(bg, clock.RealClock{})
+	podIP, err := parsePodIP(f.podIP)
+	if err != nil {
+		return err
+	}
 	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Logger: log, Holder: holder{act}, Watcher: act, Async: calls,
-		GoroutinePerConnection: !f.eventLoop, Function: f.function})
+		GoroutinePerConnection: !f.eventLoop, Function: f.function, PodIP: podIP})
 	redis := newRedisPools(log, f.redisProxy != "")
 	var status func() any
 	fnNS, fnName, _ := strings.Cut(f.function, "/") // empty when the pod serves no function

@@ -21,6 +21,7 @@ type problems struct {
 	secretMiss []string // ResolvedRefs=False, SecretNotFound
 	refs       []string // ResolvedRefs=False, RefNotPermitted
 	shadowed   []string // Warning=True, ShadowedRule
+	ignored    []string // Warning=True, TrafficPolicyIgnored (functionpolicy.go)
 }
 
 func (p *problems) conflict(format string, a ...any) {
@@ -37,6 +38,9 @@ func (p *problems) refNotPermitted(format string, a ...any) {
 }
 func (p *problems) shadowedf(format string, a ...any) {
 	p.shadowed = append(p.shadowed, fmt.Sprintf(format, a...))
+}
+func (p *problems) policyIgnoredf(format string, a ...any) {
+	p.ignored = append(p.ignored, fmt.Sprintf(format, a...))
 }
 func (p *problems) invalidf(format string, a ...any) {
 	p.invalid = append(p.invalid, fmt.Sprintf(format, a...))
@@ -93,8 +97,15 @@ func (p *problems) conditions() []metav1.Condition {
 	}
 	warning := metav1.Condition{Type: meshv1alpha1.ConditionWarning, Status: metav1.ConditionFalse,
 		Reason: meshv1alpha1.ReasonNoWarnings, Message: "Nothing looks unintended."}
-	if len(p.shadowed) > 0 {
+	switch {
+	case len(p.shadowed) > 0:
 		warning.Status, warning.Reason, warning.Message = metav1.ConditionTrue, meshv1alpha1.ReasonShadowedRule, joinSorted(p.shadowed)
+		if len(p.ignored) > 0 {
+			warning.Message += "; " + joinSorted(p.ignored) + ": " + policyIgnoredHint
+		}
+	case len(p.ignored) > 0:
+		warning.Status, warning.Reason = metav1.ConditionTrue, meshv1alpha1.ReasonTrafficPolicyIgnored
+		warning.Message = joinSorted(p.ignored) + ": " + policyIgnoredHint
 	}
 	return []metav1.Condition{accepted, resolved, warning}
 }

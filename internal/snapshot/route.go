@@ -135,6 +135,7 @@ func (t *translator) meshRoute(mr *meshv1alpha1.MeshRoute) *built {
 	if tp := mr.Spec.TrafficPolicy; tp != nil && tp.LoadBalancer != nil {
 		ch = tp.LoadBalancer.ConsistentHash
 	}
+	flagFunctionPolicy(mr, b)
 	destPorts := map[int32]bool{}
 	owner := metadata(contract.RouteMetadataKey, contract.RouteMeta{Owner: key.String()}.Encode())
 rules:

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -54,8 +55,12 @@ type Loop struct {
 	err    syscall.Errno
 	woken  atomic.Bool
 	stop   atomic.Bool
-	batch  int
-	poll   func(uintptr) bool
+	// wakeMu orders Wake's write with Run closing wakefd: a Wake after Run returned must
+	// not write to a descriptor number the process may have reused.
+	wakeMu     sync.Mutex
+	wakeClosed bool
+	batch      int
+	poll       func(uintptr) bool
 }
 
 // New creates a loop that reports to h.
@@ -139,7 +144,11 @@ func (l *Loop) Wake() {
 		return
 	}
 	one := uint64(1)
-	_, _ = unix.Write(l.wakefd, (*[8]byte)(unsafe.Pointer(&one))[:])
+	l.wakeMu.Lock()
+	if !l.wakeClosed {
+		_, _ = unix.Write(l.wakefd, (*[8]byte)(unsafe.Pointer(&one))[:])
+	}
+	l.wakeMu.Unlock()
 }
 
 // Stop makes Run return after the batch in progress; safe from any goroutine. The
@@ -153,7 +162,10 @@ func (l *Loop) Stop() {
 func (l *Loop) Run() error {
 	defer func() {
 		l.file.Close()
+		l.wakeMu.Lock()
+		l.wakeClosed = true
 		unix.Close(l.wakefd)
+		l.wakeMu.Unlock()
 	}()
 	for !l.stop.Load() {
 		err := l.rc.Read(l.poll)

@@ -74,7 +74,7 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 			p.mirror(&out, m.Cluster, route.Timeout)
 		}
 	}
-	hash, hasHash, setCookie := requestHash(r, route, cc)
+	hash, hasHash, setCookie := requestHash(r, route, cc, l.proxy.opts.PodIP)
 
 	var rs retryState
 	rs.init(route, replayable, c, start)
@@ -87,6 +87,7 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 			return
 		}
 		c.Stats.Observe(s.status, time.Since(start))
+		markOverloaded(w, s.err)
 		localReply(w, s.status, s.msg)
 		return
 	}
@@ -176,6 +177,12 @@ func (l *Listener) exchange(ctx context.Context, c *upstream.Cluster, out *upstr
 		}
 		res.release()
 		*res = l.attempt(ctx, c, out, h, rs.begin(h, time.Now()), startBy)
+		if upstream.IsPoolError(res.err) {
+			// No connection could be had: the host never saw the attempt, and the answer
+			// is the pool's (loopconnlimit.go does the same on the event loop).
+			c.Report(h, upstream.NotSent)
+			return rs.giveUp(res.err, time.Now())
+		}
 		if ctx.Err() != nil {
 			rs.callerLeft()
 		}
@@ -321,10 +328,7 @@ func outboundRequest(r *http.Request, route *config.Route, wc *config.WeightedCl
 	// route's headers win).
 	applyHeaderEdits(hdr, wc.RequestHeadersToRemove, wc.RequestHeadersToAdd)
 	applyHeaderEdits(hdr, route.RequestHeadersToRemove, route.RequestHeadersToAdd)
-	uri := r.URL.EscapedPath()
-	if route.PrefixRewrite != "" && route.Match.PathKind == config.PathPrefix {
-		uri = rewritePrefix(uri, route.Match.Path, route.PrefixRewrite)
-	}
+	uri := route.Match.RewritePath(r.URL.EscapedPath(), route.PrefixRewrite)
 	if r.URL.RawQuery != "" {
 		uri += "?" + r.URL.RawQuery
 	}

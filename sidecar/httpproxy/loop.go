@@ -70,6 +70,8 @@ type sock struct {
 
 	// upstream
 	host       *upstream.Host
+	cluster    *upstream.Cluster // whose max_connections slot the connection holds
+	idle       bool              // in the loop's idle pool (counted idle by the cluster)
 	connecting bool
 	connectBy  int64
 	used       uint32
@@ -102,10 +104,11 @@ type exchange struct {
 	stale     bool // a reused connection was found closed and redialled once
 	gotHead   bool
 	status    int
-	remaining int64    // response body bytes still to copy
-	close     bool     // the downstream connection closes after this response
-	breaker   *breaker // inbound: the containerConcurrency slot this request holds
-	slowSeen  bool     // logged as slow (loopslow.go)
+	remaining int64     // response body bytes still to copy
+	close     bool      // the downstream connection closes after this response
+	breaker   *breaker  // inbound: the containerConcurrency slot this request holds
+	wait      *loopWait // waiting for a connection (loopconnlimit.go)
+	slowSeen  bool      // logged as slow (loopslow.go)
 }
 
 // done gives back what the request held on its listener: its in-flight count and its
@@ -148,7 +151,8 @@ type hloop struct {
 	done     chan struct{}
 	sweepAt  int64 // next look for hosts that left their clusters
 
-	slow atomic.Pointer[slowSnapshot] // slow exchanges at the last sweep (loopslow.go)
+	slow    atomic.Pointer[slowSnapshot] // slow exchanges at the last sweep (loopslow.go)
+	pending loopGrants                   // connection grants and idle reclaims from other goroutines
 
 	backoff  acceptBackoff
 	paused   bool  // accepting paused after a failed accept; the listener is out of the set
@@ -540,7 +544,7 @@ func (h *hloop) dispatch(d *sock, end int) int {
 		body = d.in[end : end+int(cl)]
 	}
 	out := outboundRequest(r, route, wc, body)
-	ex.hash, ex.hasHash, ex.setCookie = requestHash(r, route, cc)
+	ex.hash, ex.hasHash, ex.setCookie = requestHash(r, route, cc, l.proxy.opts.PodIP)
 	ex.wire = upstream.AppendRequest(ex.wire, &out)
 	consume(d, end+int(cl))
 	h.startAttempt(ex)

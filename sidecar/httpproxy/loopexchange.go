@@ -83,7 +83,9 @@ func (h *hloop) next(ex *exchange, s step) {
 // reply answers ex with the policy's error reply and finishes it.
 func (h *hloop) reply(ex *exchange, s step) {
 	ex.status = s.status
-	localReply(h.writer(ex), s.status, s.msg)
+	w := h.writer(ex)
+	markOverloaded(w, s.err)
+	localReply(w, s.status, s.msg)
 	h.endReply(ex)
 	h.finish(ex)
 }
@@ -119,6 +121,7 @@ func (h *hloop) abort(d *sock) { h.end(d, http.StatusServiceUnavailable) }
 func (h *hloop) end(d *sock, noAnswer int) {
 	if ex := d.ex; ex != nil {
 		d.ex = nil
+		h.abandonWait(ex)
 		if ex.host != nil {
 			ex.c.Report(ex.host, ex.retry.onAbandon())
 			ex.host = nil
@@ -155,4 +158,8 @@ func (h *hloop) closeUp(u *sock) {
 	u.closed = true
 	h.socks[u.fd] = nil
 	unix.Close(u.fd)
+	if u.cluster != nil {
+		u.cluster.ConnClosed(h, u.idle)
+		u.idle = false
+	}
 }

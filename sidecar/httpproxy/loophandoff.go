@@ -61,6 +61,11 @@ func (h *hloop) slowResponse(ex *exchange) {
 	x := *ex // the goroutine's own copy: d.exv is reused by the loop
 	din, dout, uin := d.in, d.out[d.off:], u.in
 	dnc, unc := h.detach(d), h.detach(u)
+	if unc != nil && u.cluster != nil {
+		unc = &slotConn{Conn: unc, c: u.cluster, owner: h} // its slot is held until the goroutine closes it
+	} else if u.cluster != nil {
+		u.cluster.ConnClosed(h, false)
+	}
 	h.checkDrained()
 	go h.l.finishSlow(&x, dnc, din, dout, unc, uin)
 }
@@ -98,6 +103,8 @@ func (h *hloop) Tick(now time.Time) {
 				}
 				later(ex.tryBy)
 			}
+		case s.ex != nil && s.ex.wait != nil:
+			h.waitTick(s.ex, t, later)
 		case s.ex != nil:
 			if ex := s.ex; ex.wakeAt != 0 {
 				if t >= ex.wakeAt {
@@ -156,6 +163,7 @@ func (h *hloop) sweepHosts() {
 
 // Wake implements evloop.Handler: shutdown has begun.
 func (h *hloop) Wake() {
+	h.takeGrants()
 	if !h.draining.Load() || h.drained {
 		return
 	}
@@ -203,6 +211,7 @@ func (h *hloop) closeAll() {
 			}
 		}
 	}
+	h.stopGrants()
 	select {
 	case <-h.done:
 	default:

@@ -43,18 +43,21 @@ func (h *hloop) startAttempt(ex *exchange) {
 // send writes ex's request to its host over an idle pooled connection or, if there is
 // none or fresh is set, a new one.
 func (h *hloop) send(ex *exchange, now time.Time, fresh bool) {
-	cc := ex.c.Config()
 	var u *sock
 	if !fresh {
 		u = h.getIdle(ex.host, now.UnixNano())
 	}
 	if u == nil {
-		var err error
-		if u, err = h.dial(ex.host, cc, now); err != nil {
-			h.attemptFailed(ex, err)
-			return
+		if h.reserveConn(ex) {
+			h.dialFor(ex, now)
 		}
+		return
 	}
+	h.attach(ex, u)
+}
+
+// attach sends ex's request on u.
+func (h *hloop) attach(ex *exchange, u *sock) {
 	u.ex, ex.u = ex, u
 	u.out = append(u.out[:0], ex.wire...)
 	u.off = 0
@@ -78,6 +81,8 @@ func (h *hloop) getIdle(host *upstream.Host, now int64) *sock {
 		}
 		h.idle[host] = idle
 		u.reused = true
+		u.idle = false
+		u.cluster.IdleTaken(h)
 		return u
 	}
 	h.idle[host] = idle
@@ -85,8 +90,23 @@ func (h *hloop) getIdle(host *upstream.Host, now int64) *sock {
 }
 
 func (h *hloop) putIdle(u *sock, cc *config.Cluster, now int64) {
+	if u.closed {
+		return
+	}
+	// The request waiting at the head of the cluster's queue for this host, on this loop,
+	// takes the connection; one waiting for another host or path gets its slot instead.
+	w, keep := u.cluster.ConnIdle(u.host, h)
+	if w != nil {
+		w.Hand(u)
+		return
+	}
+	if !keep {
+		h.closeUp(u)
+		return
+	}
+	u.idle = true
 	idle := h.idle[u.host]
-	if len(idle) >= int(min(cc.Limits.MaxConnections, 1024)) || u.closed {
+	if len(idle) >= int(min(cc.Limits.MaxConnections, 1024)) {
 		h.closeUp(u)
 		return
 	}

@@ -6,8 +6,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
@@ -63,12 +63,13 @@ func shadowHost(host string) string {
 }
 
 // requestHash computes the ring-hash key from the route's hash policies, combining
-// several the way Envoy does (rotate left one bit, xor). hasHash is false when no policy
+// several the way Envoy does (rotate left one bit, xor). podIP is what useSourceIP hashes
+// for callers on loopback (sourceIP). hasHash is false when no policy
 // produced a value, in which case the ring picks at random.
 //
 // A cookie policy with a TTL whose cookie the request lacks generates one: the request hashes
 // on the new value and setCookie is the Set-Cookie header the response must carry.
-func requestHash(r *http.Request, route *config.Route, cc *config.Cluster) (hash uint64, hasHash bool, setCookie string) {
+func requestHash(r *http.Request, route *config.Route, cc *config.Cluster, podIP netip.Addr) (hash uint64, hasHash bool, setCookie string) {
 	if cc.LB != config.RingHash || len(route.HashPolicies) == 0 {
 		return 0, false, ""
 	}
@@ -92,10 +93,7 @@ func requestHash(r *http.Request, route *config.Route, cc *config.Cluster) (hash
 		case config.HashQuery:
 			v = r.URL.Query().Get(hp.Name)
 		case config.HashSourceIP:
-			v = r.RemoteAddr
-			if i := strings.LastIndexByte(v, ':'); i > 0 {
-				v = v[:i]
-			}
+			v = sourceIP(r.RemoteAddr, podIP)
 		}
 		if v == "" {
 			continue

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -44,6 +45,10 @@ type Options struct {
 	// Function is the MeshFunction (namespace/name) this pod serves, if any; answers of
 	// the inbound listener name it.
 	Function string
+	// PodIP is this pod's IP: a useSourceIP hash policy hashes it for callers that reach
+	// the sidecar over loopback (HTTP_PROXY), who are this pod's app (sourceip.go). Zero:
+	// the loopback address is hashed.
+	PodIP netip.Addr
 }
 
 // Proxy serves the HTTP listeners of the config in force.

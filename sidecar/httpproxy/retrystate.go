@@ -279,7 +279,10 @@ func retryOnStatus(rp *config.RetryPolicy, code int) bool {
 // timeout has passed.
 func errorReply(err error, timedOut bool) (int, string) {
 	var bad *httphead.Problem
+	var full *upstream.PoolFullError
 	switch {
+	case errors.As(err, &full):
+		return http.StatusServiceUnavailable, full.Error() + "\n"
 	case errors.Is(err, errNoHost):
 		return http.StatusServiceUnavailable, "no healthy upstream\n"
 	case errors.As(err, &bad):

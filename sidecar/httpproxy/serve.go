@@ -105,20 +105,13 @@ func redirectLocation(r *http.Request, route *config.Route) string {
 	case rd.Path != "":
 		path = rd.Path
 	case rd.PrefixRewrite != "":
-		path = rewritePrefix(path, route.Match.Path, rd.PrefixRewrite)
+		path = route.Match.RewritePath(path, rd.PrefixRewrite)
 	}
 	loc := scheme + "://" + host + path
 	if r.URL.RawQuery != "" && !rd.StripQuery && !strings.Contains(path, "?") {
 		loc += "?" + r.URL.RawQuery
 	}
 	return loc
-}
-
-func rewritePrefix(path, prefix, repl string) string {
-	if len(path) >= len(prefix) {
-		return repl + path[len(prefix):]
-	}
-	return path
 }
 
 func applyHeaderOptions(h http.Header, opts []config.HeaderOption) {

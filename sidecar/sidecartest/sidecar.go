@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -37,6 +38,8 @@ type SidecarOptions struct {
 	GoroutinePerConnection bool
 	// Function is the MeshFunction (namespace/name) the sidecar's pod serves, if any.
 	Function string
+	// PodIP is the sidecar's pod IP (httpproxy.Options.PodIP).
+	PodIP netip.Addr
 }
 
 // StartSidecar connects a sidecar to cp; everything stops when the test ends.
@@ -49,7 +52,7 @@ func StartSidecar(t testing.TB, cp *ControlPlane, o SidecarOptions) *Sidecar {
 	ups := upstream.NewManager(ctx, clock.RealClock{})
 	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Holder: o.Holder, Watcher: o.Watcher, Async: o.Async, Logger: log,
 		ListenAddress:          map[string]string{OutboundListenerName: "127.0.0.1:0", InboundListenerName: "127.0.0.1:0"},
-		GoroutinePerConnection: o.GoroutinePerConnection, Function: o.Function})
+		GoroutinePerConnection: o.GoroutinePerConnection, Function: o.Function, PodIP: o.PodIP})
 	cl := xdsclient.New(xdsclient.Options{Address: cp.Addr(), Node: &corev3.Node{Id: NodeID}, Logger: log,
 		BackoffBase: 50 * time.Millisecond, BackoffMax: 500 * time.Millisecond,
 		Applier: xdsclient.ApplierFunc(func(c *config.Config) {

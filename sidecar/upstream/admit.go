@@ -19,6 +19,9 @@ const (
 	// Outlier detection counts it as a gateway error, as Envoy does when it does not split
 	// local-origin errors, and on its own as a consecutive local-origin failure (below).
 	LocalOriginFailure
+	// NotSent is an attempt that never reached its host: no connection could be had (the
+	// pool was full, or the wait for a connection timed out). It counts neither way.
+	NotSent
 )
 
 // Ejection on connect failures. A host that cannot be connected to three times running is
@@ -50,21 +53,15 @@ const (
 	OverflowRetries  Overflow = "retries"
 )
 
-// Admit applies the cluster's request and pending-request circuit breakers. With HTTP/1.1
-// upstreams a request beyond max_connections must wait for a connection, so it counts as
-// pending; past max_pending_requests it overflows. On success the caller must call Done.
+// Admit applies the cluster's max_requests circuit breaker. max_connections and
+// max_pending_requests apply when an attempt needs a connection (OpenConn, connlimit.go).
+// On success the caller must call Done.
 func (c *Cluster) Admit() (Overflow, bool) {
 	l := c.cfg.Load().Limits
-	n := c.active.Add(1)
-	if n > int64(l.MaxRequests) {
+	if n := c.active.Add(1); n > int64(l.MaxRequests) {
 		c.active.Add(-1)
 		c.Stats.OverflowRequests.Add(1)
 		return OverflowRequests, false
-	}
-	if n > int64(l.MaxConnections) && n-int64(l.MaxConnections) > int64(l.MaxPending) {
-		c.active.Add(-1)
-		c.Stats.OverflowPending.Add(1)
-		return OverflowPending, false
 	}
 	return "", true
 }
@@ -92,6 +89,9 @@ func (h *Host) Start() { h.active.Add(1) }
 // Report records an attempt's outcome on h and ejects it when outlier detection says so.
 func (c *Cluster) Report(h *Host, o Outcome) {
 	h.active.Add(-1)
+	if o == NotSent {
+		return
+	}
 	od := c.cfg.Load().Outlier
 	if o == Success {
 		if h.consecutive5xx.Load() != 0 {

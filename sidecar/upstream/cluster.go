@@ -74,6 +74,7 @@ type Cluster struct {
 
 	active  atomic.Int64 // requests in flight
 	retries atomic.Int64 // retries in flight
+	slots   connSlots    // max_connections and the pending queue (connlimit.go)
 
 	Stats Stats
 
@@ -155,6 +156,9 @@ func (c *Cluster) update(cc *config.Cluster) {
 	if prev == nil || !sameBackground(prev, cc) {
 		c.stop()
 		c.stop = c.startBackground(cc)
+	}
+	if prev != nil && cc.Limits.MaxConnections > prev.Limits.MaxConnections {
+		c.regrant()
 	}
 }
 

@@ -99,16 +99,17 @@ func TestCircuitBreakers(t *testing.T) {
 	clk := testclock.NewFakeClock(time.Unix(1000, 0))
 	c, _ := cluster(t, clk, 1, nil, config.Limits{MaxRequests: 3, MaxConnections: 1, MaxPending: 1, MaxRetries: 1})
 	results := []bool{}
-	for range 3 {
+	for range 4 {
 		_, ok := c.Admit()
 		results = append(results, ok)
 	}
-	// 1 on a connection, 1 pending, the third overflows max_pending_requests.
-	if want := []bool{true, true, false}; results[0] != want[0] || results[1] != want[1] || results[2] != want[2] {
+	// max_requests 3: the fourth overflows. Connections and pending requests are
+	// connlimit.go's (TestConnSlots).
+	if want := []bool{true, true, true, false}; results[0] != want[0] || results[1] != want[1] || results[2] != want[2] || results[3] != want[3] {
 		t.Errorf("admissions %v, want %v", results, want)
 	}
-	if c.Stats.OverflowPending.Load() != 1 {
-		t.Errorf("pending overflows %d, want 1", c.Stats.OverflowPending.Load())
+	if c.Stats.OverflowRequests.Load() != 1 {
+		t.Errorf("request overflows %d, want 1", c.Stats.OverflowRequests.Load())
 	}
 	if !c.AdmitRetry() || c.AdmitRetry() {
 		t.Error("max_retries 1 must admit exactly one concurrent retry")

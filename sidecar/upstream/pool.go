@@ -27,6 +27,8 @@ type pool struct {
 }
 
 type pconn struct {
+	c        *Cluster // whose max_connections slot it holds
+	closed   bool
 	conn     *connio.Conn
 	br       *bufio.Reader
 	bw       *bufio.Writer
@@ -47,15 +49,28 @@ func (p *pool) get(idleTimeout time.Duration) *pconn {
 		pc := p.idle[n-1]
 		p.idle = p.idle[:n-1]
 		if idleTimeout > 0 && time.Since(pc.idleAt) > idleTimeout {
-			pc.conn.Close()
+			pc.close(true)
 			continue
 		}
+		pc.c.IdleTaken(goroutinePools)
 		return pc
 	}
 	return nil
 }
 
-func (p *pool) put(pc *pconn, maxIdle int) {
+// put keeps pc, which finished a request to h and may carry another: it goes to the
+// request waiting at the head of the cluster's queue for h, else into the pool (or closed,
+// past maxIdle or when the head waits for another host or path, whose slot it frees).
+func (p *pool) put(pc *pconn, h *Host, maxIdle int) {
+	w, keep := pc.c.ConnIdle(h, goroutinePools)
+	switch {
+	case w != nil:
+		w.Hand(pc)
+		return
+	case !keep:
+		pc.close(false)
+		return
+	}
 	pc.idleAt = time.Now()
 	p.mu.Lock()
 	if len(p.idle) < maxIdle {
@@ -64,7 +79,7 @@ func (p *pool) put(pc *pconn, maxIdle int) {
 	}
 	p.mu.Unlock()
 	if pc != nil {
-		pc.conn.Close()
+		pc.close(true)
 	}
 }
 
@@ -74,8 +89,87 @@ func (p *pool) closeIdle() {
 	p.idle = nil
 	p.mu.Unlock()
 	for _, pc := range idle {
-		pc.conn.Close()
+		pc.close(true)
 	}
+}
+
+// takeIdle removes one idle connection, if any.
+func (p *pool) takeIdle() *pconn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := len(p.idle)
+	if n == 0 {
+		return nil
+	}
+	pc := p.idle[0] // the longest idle
+	p.idle = append(p.idle[:0], p.idle[1:]...)
+	return pc
+}
+
+// close closes the connection and gives its max_connections slot back, once; wasIdle
+// says it sat in a pool.
+func (pc *pconn) close(wasIdle bool) {
+	if pc.closed {
+		return
+	}
+	pc.closed = true
+	pc.conn.Close()
+	pc.c.ConnClosed(goroutinePools, wasIdle)
+}
+
+// goroutinePools is the goroutine path's owner of idle connections: the host pools.
+var goroutinePools IdleOwner = hostPools{}
+
+type hostPools struct{}
+
+// ReclaimIdle closes one of c's idle pooled connections, so a request waiting for a
+// connection (on another host, or on an event loop) gets its slot.
+func (hostPools) ReclaimIdle(c *Cluster) {
+	for _, h := range c.Hosts() {
+		if pc := h.pool.takeIdle(); pc != nil {
+			pc.close(true)
+			return
+		}
+	}
+}
+
+// connFor gets a connection slot for a request to h when h's pool had no idle connection:
+// at once if max_connections allows one more (nil, nil: dial), else by waiting in the
+// cluster's queue until deadline (zero: no limit) or ctx ends, for a slot or for a
+// connection to h handed over (returned). A full queue is a *PoolFullError at once.
+func (c *Cluster) connFor(ctx context.Context, h *Host, deadline time.Time) (*pconn, error) {
+	ready := make(chan struct{}, 1)
+	ok, w, err := c.OpenConn(h, goroutinePools, func() { ready <- struct{}{} })
+	switch {
+	case err != nil:
+		return nil, err
+	case ok:
+		return nil, nil
+	}
+	var expired <-chan time.Time
+	if !deadline.IsZero() {
+		t := time.NewTimer(time.Until(deadline))
+		defer t.Stop()
+		expired = t.C
+	}
+	select {
+	case <-ready:
+		pc, _ := w.Conn.(*pconn)
+		return pc, nil
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-expired:
+		err = &PoolTimeoutError{Cluster: c.Name}
+	}
+	if c.CancelWait(w) {
+		<-ready // granted meanwhile: give back what came
+		if pc, _ := w.Conn.(*pconn); pc != nil {
+			pc.close(false)
+		} else {
+			c.ConnClosed(goroutinePools, false)
+		}
+	}
+	return nil, err
 }
 
 // RoundTrip sends req to host h over a pooled connection and returns the response with
@@ -95,23 +189,30 @@ func (c *Cluster) RoundTrip(ctx context.Context, req *Request, h *Host, deadline
 			// loop's does: a host that closed one has likely closed them all (it shut down).
 			pc = h.pool.get(cc.IdleTimeout)
 		}
+		if pc == nil {
+			var err error
+			if pc, err = c.connFor(ctx, h, deadline); err != nil {
+				return nil, err
+			}
+		}
 		reused := pc != nil
 		if pc == nil {
 			d := net.Dialer{Timeout: cc.ConnectTimeout, Deadline: deadline, KeepAlive: 30 * time.Second}
 			conn, err := d.DialContext(ctx, "tcp", h.Address)
 			if err != nil {
+				c.ConnClosed(goroutinePools, false)
 				return nil, err
 			}
 			cc := connio.NewConn(conn)
-			pc = &pconn{conn: cc, br: bufio.NewReaderSize(cc, 4096), bw: bufio.NewWriterSize(cc, 4096)}
+			pc = &pconn{c: c, conn: cc, br: bufio.NewReaderSize(cc, 4096), bw: bufio.NewWriterSize(cc, 4096)}
 		}
 		c.flights.begin(pc, h, reused)
-		resp, err := c.exchange(ctx, pc, req, &h.pool, deadline)
+		resp, err := c.exchange(ctx, pc, req, h, deadline)
 		if err == nil {
 			return resp, nil
 		}
 		c.flights.end(pc)
-		pc.conn.Close()
+		pc.close(false)
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
@@ -162,7 +263,7 @@ func IsResetBeforeResponse(err error) bool {
 	return errors.As(err, &stale) && !isTimeout(err)
 }
 
-func (c *Cluster) exchange(ctx context.Context, pc *pconn, req *Request, pool *pool, deadline time.Time) (*http.Response, error) {
+func (c *Cluster) exchange(ctx context.Context, pc *pconn, req *Request, h *Host, deadline time.Time) (*http.Response, error) {
 	// Only reads need the deadline: a request without a streamed body fits the socket
 	// buffer. A connection keeps its last deadline while idle in the pool (nothing reads
 	// it there), which saves the timer update that clearing it would cost.
@@ -213,7 +314,7 @@ func (c *Cluster) exchange(ctx context.Context, pc *pconn, req *Request, pool *p
 	pc.used++
 	cc := c.cfg.Load()
 	pc.reusable = !resp.Close && (cc.MaxRequestsPerConn == 0 || pc.used < cc.MaxRequestsPerConn)
-	resp.Body = &body{rc: resp.Body, pc: pc, stop: stop, c: c, pool: pool}
+	resp.Body = &body{rc: resp.Body, pc: pc, stop: stop, c: c, h: h}
 	return resp, nil
 }
 
@@ -258,7 +359,7 @@ type body struct {
 	stop func() bool
 	c    *Cluster
 	done bool
-	pool *pool
+	h    *Host // whose pool the connection goes back to
 }
 
 func (b *body) Read(p []byte) (int, error) {
@@ -285,11 +386,11 @@ func (b *body) finish(complete bool) {
 	b.done = true
 	b.c.flights.end(b.pc)
 	// stop reports false if the context already fired and poisoned the deadline.
-	if b.stop() && complete && b.pc.reusable && b.pool != nil {
-		b.pool.put(b.pc, int(min(b.c.cfg.Load().Limits.MaxConnections, 1024)))
+	if b.stop() && complete && b.pc.reusable {
+		b.h.pool.put(b.pc, b.h, int(min(b.c.cfg.Load().Limits.MaxConnections, 1024)))
 		return
 	}
-	b.pc.conn.Close()
+	b.pc.close(false)
 }
 
 // writeRequest writes req in HTTP/1.1 form and flushes it. Header values come from the

@@ -16,8 +16,11 @@ type Stats struct {
 	ByClass                                            [6]atomic.Uint64 // index = status/100; 0 = no response
 	Retries, Ejections                                 atomic.Uint64
 	OverflowRequests, OverflowPending, OverflowRetries atomic.Uint64
-	latency                                            [len(latencyBuckets) + 1]atomic.Uint64
-	latencySumMicros                                   atomic.Uint64
+	// ConnOverflow counts requests that found max_connections reached and had to wait
+	// (Envoy's upstream_cx_overflow).
+	ConnOverflow     atomic.Uint64
+	latency          [len(latencyBuckets) + 1]atomic.Uint64
+	latencySumMicros atomic.Uint64
 }
 
 // Observe records one completed request.
@@ -64,6 +67,15 @@ func (m *Manager) WritePrometheus(w io.Writer) {
 		fmt.Fprintf(w, "weft_cluster_overflow_total{cluster=%q,breaker=\"requests\"} %d\n", n, s.OverflowRequests.Load())
 		fmt.Fprintf(w, "weft_cluster_overflow_total{cluster=%q,breaker=\"pending\"} %d\n", n, s.OverflowPending.Load())
 		fmt.Fprintf(w, "weft_cluster_overflow_total{cluster=%q,breaker=\"retries\"} %d\n", n, s.OverflowRetries.Load())
+		fmt.Fprintf(w, "weft_cluster_overflow_total{cluster=%q,breaker=\"connections\"} %d\n", n, s.ConnOverflow.Load())
+	}
+	fmt.Fprintln(w, "# TYPE weft_cluster_upstream_connections gauge")
+	fmt.Fprintln(w, "# TYPE weft_cluster_pending_requests gauge")
+	for _, n := range names {
+		open, idle, pending := m.Get(n).ConnStats()
+		fmt.Fprintf(w, "weft_cluster_upstream_connections{cluster=%q,state=\"open\"} %d\n", n, open)
+		fmt.Fprintf(w, "weft_cluster_upstream_connections{cluster=%q,state=\"idle\"} %d\n", n, idle)
+		fmt.Fprintf(w, "weft_cluster_pending_requests{cluster=%q} %d\n", n, pending)
 	}
 	fmt.Fprintln(w, "# TYPE weft_cluster_endpoints gauge")
 	for _, n := range names {
