@@ -18,6 +18,17 @@ type Stats struct {
 	OverflowRequests, OverflowPending, OverflowRetries atomic.Uint64
 	latency                                            [len(latencyBuckets) + 1]atomic.Uint64
 	latencySumMicros                                   atomic.Uint64
+	// GRPC counts gRPC responses by grpc-status: index = code 0–16, 17 = a code outside
+	// gRPC's range or unreadable.
+	GRPC [18]atomic.Uint64
+}
+
+// ObserveGRPC records one gRPC response's grpc-status (code < 0: none could be read).
+func (s *Stats) ObserveGRPC(code int) {
+	if code < 0 || code > 16 {
+		code = 17
+	}
+	s.GRPC[code].Add(1)
 }
 
 // Observe records one completed request.
@@ -64,6 +75,20 @@ func (m *Manager) WritePrometheus(w io.Writer) {
 		fmt.Fprintf(w, "weft_cluster_overflow_total{cluster=%q,breaker=\"requests\"} %d\n", n, s.OverflowRequests.Load())
 		fmt.Fprintf(w, "weft_cluster_overflow_total{cluster=%q,breaker=\"pending\"} %d\n", n, s.OverflowPending.Load())
 		fmt.Fprintf(w, "weft_cluster_overflow_total{cluster=%q,breaker=\"retries\"} %d\n", n, s.OverflowRetries.Load())
+	}
+	// Only the codes seen: one series per code ever answered, at most 18 per cluster.
+	fmt.Fprintln(w, "# TYPE weft_cluster_grpc_responses_total counter")
+	for _, n := range names {
+		s := &m.Get(n).Stats
+		for code := range s.GRPC {
+			if v := s.GRPC[code].Load(); v > 0 {
+				label := strconv.Itoa(code)
+				if code == 17 {
+					label = "other"
+				}
+				fmt.Fprintf(w, "weft_cluster_grpc_responses_total{cluster=%q,grpc_status=%q} %d\n", n, label, v)
+			}
+		}
 	}
 	fmt.Fprintln(w, "# TYPE weft_cluster_endpoints gauge")
 	for _, n := range names {
