@@ -39,10 +39,13 @@ var h2Transport = func() *http.Transport {
 
 // h2pool is one host's HTTP/2 connections.
 type h2pool struct {
-	mu     sync.Mutex
-	conns  []*h2conn
-	slots  chan struct{} // one token per stream the host may carry at once; made on first use
-	closed bool          // the host left its cluster: connections close once idle
+	mu    sync.Mutex
+	conns []*h2conn
+	slots chan struct{} // one token per stream the host may carry at once; made on first use
+	// dialing connections count against the cap; dialed closes when one finishes.
+	dialing int
+	dialed  chan struct{}
+	closed  bool // the host left its cluster: connections close once idle
 }
 
 type h2conn struct {
@@ -60,52 +63,73 @@ func (p *h2pool) tokens(streams, conns int) chan struct{} {
 }
 
 // conn returns a connection with a stream reserved on it, dialing one when every
-// connection is at its stream cap and the host has room for another.
+// connection is at its stream cap and the host has room for another (connections being
+// dialed count against that room).
 func (p *h2pool) conn(ctx context.Context, addr string, maxStreams, maxConns int, idle, connectTimeout time.Duration) (*h2conn, error) {
-	p.mu.Lock()
-	now := time.Now()
-	live := p.conns[:0]
-	for _, c := range p.conns {
-		switch {
-		case c.cc.Err() != nil:
-			c.cc.Close()
-		case idle > 0 && c.cc.InFlight() == 0 && now.Sub(c.lastUsed) > idle:
-			c.cc.Close()
-		default:
-			live = append(live, c)
+	for {
+		p.mu.Lock()
+		now := time.Now()
+		live := p.conns[:0]
+		for _, c := range p.conns {
+			switch {
+			case c.cc.Err() != nil:
+				c.cc.Close()
+			case idle > 0 && c.cc.InFlight() == 0 && now.Sub(c.lastUsed) > idle:
+				c.cc.Close()
+			default:
+				live = append(live, c)
+			}
 		}
-	}
-	clear(p.conns[len(live):])
-	p.conns = live
-	var least *h2conn
-	for _, c := range p.conns {
-		if c.cc.InFlight() < maxStreams && c.cc.Reserve() == nil {
+		clear(p.conns[len(live):])
+		p.conns = live
+		var least *h2conn
+		for _, c := range p.conns {
+			if c.cc.InFlight() < maxStreams && c.cc.Reserve() == nil {
+				p.mu.Unlock()
+				return c, nil
+			}
+			if least == nil || c.cc.InFlight() < least.cc.InFlight() {
+				least = c
+			}
+		}
+		if len(p.conns)+p.dialing >= maxConns {
+			if least != nil {
+				// Every connection is at its cap; the slot this request holds says one
+				// stream ends soon. RoundTrip waits on the least busy connection for it.
+				p.mu.Unlock()
+				return least, nil
+			}
+			wait := p.dialed // every connection is still being dialed: wait for one
 			p.mu.Unlock()
-			return c, nil
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
 		}
-		if least == nil || c.cc.InFlight() < least.cc.InFlight() {
-			least = c
+		p.dialing++
+		if p.dialed == nil {
+			p.dialed = make(chan struct{})
 		}
-	}
-	if len(p.conns) >= maxConns && least != nil {
-		// Every connection is at its cap; the slot this request holds says one stream
-		// ends soon. RoundTrip waits on the least busy connection for it.
 		p.mu.Unlock()
-		return least, nil
+		dctx, cancel := context.WithTimeout(ctx, connectTimeout)
+		cc, err := h2Transport.NewClientConn(dctx, "http", addr)
+		cancel()
+		p.mu.Lock()
+		p.dialing--
+		close(p.dialed)
+		p.dialed = make(chan struct{})
+		if err != nil {
+			p.mu.Unlock()
+			return nil, err
+		}
+		c := &h2conn{cc: cc, lastUsed: now}
+		_ = cc.Reserve()
+		p.conns = append(p.conns, c)
+		p.mu.Unlock()
+		return c, nil
 	}
-	p.mu.Unlock()
-	dctx, cancel := context.WithTimeout(ctx, connectTimeout)
-	cc, err := h2Transport.NewClientConn(dctx, "http", addr)
-	cancel()
-	if err != nil {
-		return nil, err
-	}
-	c := &h2conn{cc: cc, lastUsed: now}
-	_ = cc.Reserve()
-	p.mu.Lock()
-	p.conns = append(p.conns, c)
-	p.mu.Unlock()
-	return c, nil
 }
 
 // done notes a stream's end on c.
