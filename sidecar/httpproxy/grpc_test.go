@@ -250,8 +250,11 @@ func rawH2() *http.Client {
 }
 
 // h2cBackend is an HTTP/2 cleartext server.
-func h2cBackend(t *testing.T, h http.HandlerFunc) *httptest.Server {
+func h2cBackend(t *testing.T, h http.HandlerFunc, configure ...func(*http.Server)) *httptest.Server {
 	srv := httptest.NewUnstartedServer(h)
+	for _, f := range configure {
+		f(srv.Config)
+	}
 	var p http.Protocols
 	p.SetUnencryptedHTTP2(true)
 	p.SetHTTP1(true)
@@ -316,12 +319,13 @@ func TestH2UpstreamBoundsStreamsAndConnections(t *testing.T) {
 		}
 		<-release
 		inflight.Add(-1)
-	})
-	be.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			conns.Add(1)
+	}, func(s *http.Server) {
+		s.ConnState = func(_ net.Conn, s http.ConnState) {
+			if s == http.StateNew {
+				conns.Add(1)
+			}
 		}
-	}
+	})
 	cp := st.StartControlPlane(t)
 	snap, _ := oneBackend([]string{be.URL}, nil, h2Upstream(2))
 	cp.Set(snap)

@@ -56,14 +56,14 @@ func (l *Listener) tunnel(w *h1Writer, resp *http.Response, up io.ReadWriteClose
 	bw := w.bw
 	bw.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
 	h := resp.Header
+	proto := h.Get("Upgrade") // the protocol switched to: hop-by-hop, but this hop's answer
 	removeConnectionHeaders(h)
 	for _, k := range hopHeaders {
 		delete(h, k)
 	}
 	h.Set("Connection", "Upgrade")
-	h.Set("Upgrade", resp.Header.Get("Upgrade"))
-	if v := resp.Header.Get("Upgrade"); v == "" {
-		delete(h, "Upgrade")
+	if proto != "" {
+		h.Set("Upgrade", proto)
 	}
 	_ = h.Write(bw)
 	bw.WriteString("\r\n")
