@@ -118,7 +118,7 @@ build: manifests generate ## Build bin/manager and bin/sidecar.
 .PHONY: build-all
 build-all: build ## Build bin/ for the local mesh: manager, sidecar, weft and the examples.
 	$(GO) build -o $(LOCALBIN)/weft ./cmd/weft
-	for e in echo slow flaky caller; do $(GO) build -o $(LOCALBIN)/$$e ./examples/$$e; done
+	for e in echo slow flaky caller grpcecho wsecho; do $(GO) build -o $(LOCALBIN)/$$e ./examples/$$e; done
 
 ##@ Local mesh (needs root: each pod gets a network namespace)
 
