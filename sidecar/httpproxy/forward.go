@@ -134,7 +134,12 @@ func streamBody(r *http.Request, route *config.Route, out *upstream.Request) *re
 		return nil
 	}
 	if out.ContentLength < 0 || r.Trailer != nil {
-		out.Trailer = make(http.Header)
+		// The names the caller declared (its Trailer header) are declared upstream too:
+		// an HTTP/2 peer may drop trailers it was not told of (Go's server does).
+		out.Trailer = make(http.Header, len(r.Trailer))
+		for k := range r.Trailer {
+			out.Trailer[k] = nil
+		}
 		out.Body = &trailerCopy{r: out.Body, req: r, dst: out.Trailer}
 	}
 	if route.Retry == nil || out.ContentLength >= 0 {

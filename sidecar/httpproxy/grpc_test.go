@@ -3,6 +3,7 @@ package httpproxy_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -97,6 +98,14 @@ func (s *healthServer) Check(ctx context.Context, req *healthpb.HealthCheckReque
 }
 
 func (s *healthServer) Watch(req *healthpb.HealthCheckRequest, stream healthpb.Health_WatchServer) error {
+	if req.Service == "forever" { // one update, then nothing until the caller goes
+		if err := stream.Send(&healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}); err != nil {
+			return err
+		}
+		<-stream.Context().Done()
+		s.ended <- stream.Context().Err()
+		return nil
+	}
 	for _, st := range []healthpb.HealthCheckResponse_ServingStatus{healthpb.HealthCheckResponse_SERVING,
 		healthpb.HealthCheckResponse_NOT_SERVING, healthpb.HealthCheckResponse_SERVING} {
 		if err := stream.Send(&healthpb.HealthCheckResponse{Status: st}); err != nil {
@@ -198,6 +207,36 @@ func TestGRPCUnaryAndStreamingCarryTrailersAndStatus(t *testing.T) {
 			}
 		}
 	})
+}
+
+func TestGRPCCallerCancellingAStreamResetsItUpstream(t *testing.T) {
+	hs := newHealthServer()
+	addr := grpcBackend(t, hs)
+	cp := st.StartControlPlane(t)
+	snap, _ := oneBackend([]string{addr}, nil, h2Upstream(0))
+	cp.Set(snap)
+	sc := st.StartSidecar(t, cp, st.SidecarOptions{})
+	hc := grpcClient(t, sc.URL(t, st.OutboundListenerName), "reviews")
+	ctx, cancel := context.WithCancel(context.Background())
+	stream, err := hc.Watch(ctx, &healthpb.HealthCheckRequest{Service: "forever"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatalf("first update: %v", err)
+	}
+	cancel()
+	select {
+	case err := <-hs.ended:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("upstream stream ended with %v, want canceled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the caller cancelled its stream, but the upstream stream is still open after 5 s")
+	}
+	st.Eventually(t, 5*time.Second, func() bool {
+		return promValue(t, statsOf(sc), `weft_listener_requests_inflight{listener="outbound_http"}`) == "0"
+	}, "the cancelled stream is still counted in flight")
 }
 
 func TestGRPCUnavailableIsRetriedAndInternalIsNot(t *testing.T) {

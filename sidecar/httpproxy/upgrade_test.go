@@ -246,39 +246,63 @@ func TestUpgradeIsNotRetriedAfter101(t *testing.T) {
 }
 
 func TestChunkedRequestTrailersReachTheUpstreamAndResponseTrailersTheCaller(t *testing.T) {
-	bothPaths(t, func(t *testing.T, goroutines bool) {
-		be := st.Backend(t, "", func(w http.ResponseWriter, r *http.Request) {
-			body, _ := io.ReadAll(r.Body)
-			w.Header().Set("Trailer", "X-Sum")
-			w.Header().Set("Got-Body", string(body))
-			w.Header().Set("Got-Trailer", r.Trailer.Get("X-Checksum"))
-			w.WriteHeader(200)
-			_, _ = io.WriteString(w, "ok")
-			w.(http.Flusher).Flush()
-			w.Header().Set("X-Sum", "s-"+string(body))
+	for _, upstreamH2 := range []bool{false, true} {
+		name := "HTTP/1.1 upstream"
+		if upstreamH2 {
+			name = "HTTP/2 upstream"
+		}
+		t.Run(name, func(t *testing.T) {
+			bothPaths(t, func(t *testing.T, goroutines bool) {
+				trailerRoundTrip(t, goroutines, upstreamH2)
+			})
 		})
-		cp := st.StartControlPlane(t)
-		snap, _ := oneBackend([]string{be.URL}, []st.RouteOption{st.Retries("5xx", 1, 0)})
-		cp.Set(snap)
-		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines}).URL(t, st.OutboundListenerName)
-		conn, err := net.Dial("tcp", st.HostPort(base))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		_, _ = io.WriteString(conn, "POST /up HTTP/1.1\r\nHost: reviews\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\nTE: trailers\r\n\r\n"+
-			"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc123\r\n\r\n")
-		resp, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: "POST"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		if resp.Header.Get("Got-Body") != "hello world" || resp.Header.Get("Got-Trailer") != "abc123" {
-			t.Errorf("upstream got body %q and trailer X-Checksum %q; want hello world and abc123",
-				resp.Header.Get("Got-Body"), resp.Header.Get("Got-Trailer"))
-		}
-		if string(body) != "ok" || resp.Trailer.Get("X-Sum") != "s-hello world" {
-			t.Errorf("caller got body %q and trailer X-Sum %q; want ok and s-hello world", body, resp.Trailer.Get("X-Sum"))
-		}
-	})
+	}
+}
+
+func trailerRoundTrip(t *testing.T, goroutines, upstreamH2 bool) {
+	h := func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		w.Header().Set("Trailer", "X-Sum")
+		w.Header().Set("Got-Body", string(body))
+		w.Header().Set("Got-Trailer", r.Trailer.Get("X-Checksum"))
+		w.Header().Set("Got-Proto", r.Proto)
+		w.WriteHeader(200)
+		_, _ = io.WriteString(w, "ok")
+		w.(http.Flusher).Flush()
+		w.Header().Set("X-Sum", "s-"+string(body))
+	}
+	var url string
+	var copts []st.ClusterOption
+	if upstreamH2 {
+		url = h2cBackend(t, h).URL
+		copts = append(copts, h2Upstream(0))
+	} else {
+		url = st.Backend(t, "", h).URL
+	}
+	cp := st.StartControlPlane(t)
+	snap, _ := oneBackend([]string{url}, []st.RouteOption{st.Retries("5xx", 1, 0)}, copts...)
+	cp.Set(snap)
+	base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines}).URL(t, st.OutboundListenerName)
+	conn, err := net.Dial("tcp", st.HostPort(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, _ = io.WriteString(conn, "POST /up HTTP/1.1\r\nHost: reviews\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\nTE: trailers\r\n\r\n"+
+		"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc123\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: "POST"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.Header.Get("Got-Body") != "hello world" || resp.Header.Get("Got-Trailer") != "abc123" {
+		t.Errorf("upstream got body %q and trailer X-Checksum %q; want hello world and abc123",
+			resp.Header.Get("Got-Body"), resp.Header.Get("Got-Trailer"))
+	}
+	if want := map[bool]string{false: "HTTP/1.1", true: "HTTP/2.0"}[upstreamH2]; resp.Header.Get("Got-Proto") != want {
+		t.Errorf("upstream spoke %q, want %s", resp.Header.Get("Got-Proto"), want)
+	}
+	if string(body) != "ok" || resp.Trailer.Get("X-Sum") != "s-hello world" {
+		t.Errorf("caller got body %q and trailer X-Sum %q; want ok and s-hello world", body, resp.Trailer.Get("X-Sum"))
+	}
 }
