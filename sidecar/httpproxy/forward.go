@@ -133,7 +133,10 @@ func streamBody(r *http.Request, route *config.Route, out *upstream.Request) *re
 	if out.Body == nil {
 		return nil
 	}
-	if out.ContentLength < 0 || r.Trailer != nil {
+	// Trailers may follow a declared Trailer header or, on HTTP/1.1, any chunked body. An
+	// HTTP/2 caller's undeclared trailers never reach r.Trailer, so a gRPC call (which
+	// declares none) keeps its END_STREAM on its last DATA frame upstream.
+	if r.Trailer != nil || (r.ProtoMajor == 1 && out.ContentLength < 0) {
 		// The names the caller declared (its Trailer header) are declared upstream too:
 		// an HTTP/2 peer may drop trailers it was not told of (Go's server does).
 		out.Trailer = make(http.Header, len(r.Trailer))
