@@ -54,7 +54,10 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 		return
 	}
 	ctx := r.Context()
-	if cc.Function != nil && replayable {
+	// What outboundRequest drops as hop-by-hop but the protocol needs: the Upgrade asked
+	// for, and whether the caller takes trailers (TE: trailers, which gRPC sends).
+	upgrade := upgradeProtocol(r)
+	if cc.Function != nil && replayable && upgrade == "" { // a tunnel reads the connection itself
 		// A function's call can run long. A caller that hangs up meanwhile cancels it, as
 		// it would through Knative's queue-proxy, instead of leaving it to run for nobody
 		// and hold a containerConcurrency slot. The watch peeks at the connection, so it
@@ -67,9 +70,6 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 		}
 	}
 	startBy := l.startBy(r.Header, start)
-	// What outboundRequest drops as hop-by-hop but the protocol needs: the Upgrade asked
-	// for, and whether the caller takes trailers (TE: trailers, which gRPC sends).
-	upgrade := upgradeProtocol(r)
 	grpcCall := isGRPC(r)
 	teTrailers := httpguts.HeaderValuesContainsToken(r.Header["Te"], "trailers")
 	out := outboundRequest(r, route, wc, body)
