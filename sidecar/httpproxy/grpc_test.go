@@ -448,3 +448,37 @@ func BenchmarkGRPCUnaryThroughSidecar(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkGRPCUnaryDirect is BenchmarkGRPCUnaryThroughSidecar without the sidecar.
+func BenchmarkGRPCUnaryDirect(b *testing.B) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	srv := grpc.NewServer()
+	healthpb.RegisterHealthServer(srv, newHealthServer())
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Stop()
+	cc, _ := grpc.NewClient("passthrough:///"+ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	defer cc.Close()
+	hc := healthpb.NewHealthClient(cc)
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "a"}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func TestH2UpstreamConnectionClosedWhileIdleIsNotUsedAgain(t *testing.T) {
+	be := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "fine") },
+		func(s *http.Server) { s.IdleTimeout = 50 * time.Millisecond })
+	cp := st.StartControlPlane(t)
+	snap, _ := oneBackend([]string{be.URL}, nil, h2Upstream(0))
+	cp.Set(snap)
+	base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: true}).URL(t, st.OutboundListenerName)
+	for i := range 4 {
+		if code, body, _ := st.Get(t, client, base, "reviews", "/"); code != 200 || body != "fine" {
+			t.Fatalf("request %d after the upstream closed its idle HTTP/2 connection: %d %q", i, code, body)
+		}
+		time.Sleep(150 * time.Millisecond) // the upstream closes the idle connection meanwhile
+	}
+}

@@ -195,36 +195,53 @@ func (c *Cluster) roundTripH2(ctx context.Context, req *Request, h *Host, deadli
 		return nil, ctx.Err()
 	}
 	release := func() { <-slots }
-	conn, err := h.h2.conn(ctx, h.Address, maxStreams, maxConns, cc.IdleTimeout, cc.ConnectTimeout)
-	if err != nil {
-		release()
-		cancel()
-		return nil, err
-	}
-	hr, err := h2Request(ctx, req, h.Address)
-	if err != nil {
-		conn.cc.Release()
-		h.h2.done(conn)
-		release()
-		cancel()
-		return nil, err
-	}
-	resp, err := conn.cc.RoundTrip(hr)
-	if err != nil {
-		h.h2.done(conn)
-		release()
-		cancel()
-		if ctx.Err() != nil && errors.Is(err, context.DeadlineExceeded) {
-			return nil, context.DeadlineExceeded
+	for try := 0; ; try++ {
+		conn, err := h.h2.conn(ctx, h.Address, maxStreams, maxConns, cc.IdleTimeout, cc.ConnectTimeout)
+		if err != nil {
+			release()
+			cancel()
+			return nil, err
 		}
+		hr, err := h2Request(ctx, req, h.Address)
+		if err != nil {
+			conn.cc.Release()
+			h.h2.done(conn)
+			release()
+			cancel()
+			return nil, err
+		}
+		resp, err := conn.cc.RoundTrip(hr)
+		if err == nil {
+			resp.Body = &h2body{rc: resp.Body, end: func() {
+				cancel()
+				h.h2.done(conn)
+				release()
+			}}
+			return resp, nil
+		}
+		h.h2.done(conn)
+		if ctx.Err() != nil {
+			release()
+			cancel()
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return nil, context.DeadlineExceeded
+			}
+			return nil, ctx.Err()
+		}
+		if conn.cc.Err() != nil {
+			// The connection died under the request (the peer closed it while idle, or
+			// sent GOAWAY): as for HTTP/1.1's stale connections, a request that can be
+			// sent again goes once more on another connection; otherwise it failed before
+			// a response, a reset.
+			if try == 0 && req.Body == nil {
+				continue
+			}
+			err = &staleConnError{err}
+		}
+		release()
+		cancel()
 		return nil, err
 	}
-	resp.Body = &h2body{rc: resp.Body, end: func() {
-		cancel()
-		h.h2.done(conn)
-		release()
-	}}
-	return resp, nil
 }
 
 // h2Request builds the HTTP/2 request for req. Its trailers are req.Trailer, read when
