@@ -469,16 +469,26 @@ func BenchmarkGRPCUnaryDirect(b *testing.B) {
 }
 
 func TestH2UpstreamConnectionClosedWhileIdleIsNotUsedAgain(t *testing.T) {
-	be := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "fine") },
-		func(s *http.Server) { s.IdleTimeout = 50 * time.Millisecond })
-	cp := st.StartControlPlane(t)
-	snap, _ := oneBackend([]string{be.URL}, nil, h2Upstream(0))
-	cp.Set(snap)
-	base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: true}).URL(t, st.OutboundListenerName)
-	for i := range 4 {
-		if code, body, _ := st.Get(t, client, base, "reviews", "/"); code != 200 || body != "fine" {
-			t.Fatalf("request %d after the upstream closed its idle HTTP/2 connection: %d %q", i, code, body)
+	// On the event loop an HTTP/1.1 request to an HTTP/2 cluster is handed to the
+	// goroutine path, which speaks HTTP/2 upstream.
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		var proto atomic.Value
+		be := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) {
+			proto.Store(r.Proto)
+			_, _ = io.WriteString(w, "fine")
+		}, func(s *http.Server) { s.IdleTimeout = 50 * time.Millisecond })
+		cp := st.StartControlPlane(t)
+		snap, _ := oneBackend([]string{be.URL}, nil, h2Upstream(0))
+		cp.Set(snap)
+		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines}).URL(t, st.OutboundListenerName)
+		for i := range 4 {
+			if code, body, _ := st.Get(t, client, base, "reviews", "/"); code != 200 || body != "fine" {
+				t.Fatalf("request %d after the upstream closed its idle HTTP/2 connection: %d %q", i, code, body)
+			}
+			if p, _ := proto.Load().(string); p != "HTTP/2.0" {
+				t.Fatalf("request %d reached the upstream over %q, want HTTP/2.0", i, p)
+			}
+			time.Sleep(150 * time.Millisecond) // the upstream closes the idle connection meanwhile
 		}
-		time.Sleep(150 * time.Millisecond) // the upstream closes the idle connection meanwhile
-	}
+	})
 }
