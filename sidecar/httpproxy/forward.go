@@ -55,7 +55,7 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 	}
 	ctx := r.Context()
 	// What outboundRequest drops as hop-by-hop but the protocol needs: the Upgrade asked
-	// for, and whether the caller takes trailers (TE: trailers, which gRPC sends).
+	// for, and (below) whether the caller takes trailers (TE: trailers, which gRPC sends).
 	upgrade := upgradeProtocol(r)
 	if cc.Function != nil && replayable && upgrade == "" { // a tunnel reads the connection itself
 		// A function's call can run long. A caller that hangs up meanwhile cancels it, as
@@ -251,10 +251,11 @@ func (l *Listener) exchange(ctx context.Context, c *upstream.Cluster, out *upstr
 			}
 		}
 		if s.kind == stepRetry && tee != nil {
-			// A streamed body is sent again only if it ended within the copy's limit.
+			// A streamed body is sent again only if it ended within the copy's limit, or
+			// when the connect failed and so nothing read it: then it goes as it is.
 			if b, ok := tee.body(); ok {
 				out.BodyBytes, out.Body, tee = b, nil, nil
-			} else {
+			} else if !isConnectFailure(res.err) || !tee.untouched() {
 				s = rs.cannotReplay(s, res.err, time.Now())
 			}
 		}

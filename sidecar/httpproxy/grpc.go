@@ -192,9 +192,13 @@ type replayTee struct {
 	buf      []byte
 	done     bool // EOF seen within the limit
 	overflow bool // more than maxReplayBody: not replayable
+	read     bool // Read was called: the stream is no longer whole
 }
 
 func (t *replayTee) Read(p []byte) (int, error) {
+	t.mu.Lock()
+	t.read = true
+	t.mu.Unlock()
 	n, err := t.r.Read(p)
 	t.mu.Lock()
 	if n > 0 && !t.overflow {
@@ -209,6 +213,13 @@ func (t *replayTee) Read(p []byte) (int, error) {
 	}
 	t.mu.Unlock()
 	return n, err
+}
+
+// untouched reports that nothing has read the body yet: it can be sent as it is.
+func (t *replayTee) untouched() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return !t.read
 }
 
 // body returns the whole body when it was read to its end within the limit.

@@ -492,3 +492,28 @@ func TestH2UpstreamConnectionClosedWhileIdleIsNotUsedAgain(t *testing.T) {
 		}
 	})
 }
+
+func TestGRPCCallToADeadEndpointIsRetriedOnConnectFailure(t *testing.T) {
+	// A gRPC body has no length and streams upstream; a connect failure read none of it,
+	// so the call goes to the next endpoint as it is.
+	hs := newHealthServer()
+	live := grpcBackend(t, hs)
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := ln.Addr().String()
+	ln.Close()
+	cp := st.StartControlPlane(t)
+	snap, _ := oneBackend([]string{dead, live}, []st.RouteOption{st.Retries("connect-failure", 2, 0)}, h2Upstream(0))
+	cp.Set(snap)
+	sc := st.StartSidecar(t, cp, st.SidecarOptions{})
+	hc := grpcClient(t, sc.URL(t, st.OutboundListenerName), "reviews")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := range 6 {
+		if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "a"}); err != nil {
+			t.Fatalf("call %d with one endpoint refusing connections: %v", i, err)
+		}
+	}
+	if n := hs.count("a"); n != 6 {
+		t.Errorf("live endpoint saw %d calls, want 6", n)
+	}
+}
