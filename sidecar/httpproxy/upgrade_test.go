@@ -306,3 +306,37 @@ func trailerRoundTrip(t *testing.T, goroutines, upstreamH2 bool) {
 		t.Errorf("caller got body %q and trailer X-Sum %q; want ok and s-hello world", body, resp.Trailer.Get("X-Sum"))
 	}
 }
+
+func TestUpgradeAdvertisedOrForcedOnAnOrdinaryRequest(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		be := st.Backend(t, "", func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/switch" { // a 101 nobody asked for
+				conn, bw, err := http.NewResponseController(w).Hijack()
+				if err != nil {
+					return
+				}
+				defer conn.Close()
+				bw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
+				bw.Flush()
+				time.Sleep(100 * time.Millisecond)
+				return
+			}
+			w.Header().Set("Upgrade", "h2c, websocket") // advertised on an ordinary answer (RFC 9110 §7.8)
+			w.Header().Set("Connection", "Upgrade")
+			_, _ = io.WriteString(w, "plain")
+		})
+		cp := st.StartControlPlane(t)
+		snap, _ := oneBackend([]string{be.URL}, nil)
+		cp.Set(snap)
+		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines}).URL(t, st.OutboundListenerName)
+		code, body, h := st.Get(t, client, base, "reviews", "/")
+		if code != 200 || body != "plain" || h.Get("Upgrade") != "" || strings.Contains(strings.ToLower(h.Get("Connection")), "upgrade") {
+			t.Errorf("ordinary answer advertising an upgrade reached the HTTP/1.1 caller as %d %q Upgrade %q Connection %q; want 200 plain without them",
+				code, body, h.Get("Upgrade"), h.Get("Connection"))
+		}
+		code, body, _ = st.Get(t, client, base, "reviews", "/switch")
+		if code != http.StatusBadGateway {
+			t.Errorf("a 101 to a request that asked for no upgrade reached the caller as %d %q, want 502", code, body)
+		}
+	})
+}
