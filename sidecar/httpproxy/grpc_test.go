@@ -517,3 +517,31 @@ func TestGRPCCallToADeadEndpointIsRetriedOnConnectFailure(t *testing.T) {
 		t.Errorf("live endpoint saw %d calls, want 6", n)
 	}
 }
+
+func TestH2UpstreamLargeBodiesStreamUnderTheSidecarsWindows(t *testing.T) {
+	// 8 MiB each way is 32 times the per-stream window the sidecar grants an upstream.
+	payload := bytes.Repeat([]byte("0123456789abcdef"), 512<<10)
+	be := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		got, _ := io.ReadAll(r.Body)
+		if !bytes.Equal(got, payload) {
+			http.Error(w, "request body mangled", http.StatusBadRequest)
+			return
+		}
+		_, _ = w.Write(payload)
+	})
+	cp := st.StartControlPlane(t)
+	snap, _ := oneBackend([]string{be.URL}, nil, h2Upstream(0))
+	cp.Set(snap)
+	base := st.StartSidecar(t, cp, st.SidecarOptions{}).URL(t, st.OutboundListenerName)
+	req, _ := http.NewRequest(http.MethodPost, base+"/big", bytes.NewReader(payload))
+	req.Host = "reviews"
+	resp, err := rawH2().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	got, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 || !bytes.Equal(got, payload) {
+		t.Fatalf("8 MiB through an HTTP/2 hop: status %d, %d bytes back, %v", resp.StatusCode, len(got), err)
+	}
+}

@@ -30,11 +30,22 @@ import (
 // more than one spreads the frame-writing lock and the peer's per-connection flow control.
 const MaxH2ConnsPerHost = 4
 
+// Flow-control windows the sidecar grants an upstream, which bound what it buffers of
+// responses its callers read slower than the upstream sends: 256 KiB per stream, 1 MiB per
+// connection, so at most 4 MiB per endpoint (MaxH2ConnsPerHost connections). Go's client
+// defaults are 4 MiB per stream and 1 GiB per connection. 256 KiB still moves ~250 MB/s a
+// stream at a 1 ms round trip.
+const (
+	h2StreamWindow = 256 << 10
+	h2ConnWindow   = 1 << 20
+)
+
 // h2Transport dials every HTTP/2 upstream connection: cleartext HTTP/2 only, no proxy.
 var h2Transport = func() *http.Transport {
 	var p http.Protocols
 	p.SetUnencryptedHTTP2(true)
-	return &http.Transport{Protocols: &p, Proxy: nil, ForceAttemptHTTP2: true}
+	return &http.Transport{Protocols: &p, Proxy: nil, ForceAttemptHTTP2: true,
+		HTTP2: &http.HTTP2Config{MaxReceiveBufferPerStream: h2StreamWindow, MaxReceiveBufferPerConnection: h2ConnWindow}}
 }()
 
 // h2pool is one host's HTTP/2 connections.
