@@ -96,6 +96,10 @@ bench: ## Go benchmarks of the pure cores and the in-process data planes (BENCHT
 bench-http: ## wrk: backend direct vs through the sidecar vs through haproxy.
 	hack/bench-http.sh
 
+.PHONY: bench-grpc
+bench-grpc: ## grpc-go unary calls at 1,000/s for 10 s: direct vs through two sidecars (p50/p99).
+	hack/bench-grpc.sh
+
 .PHONY: bench-redis
 bench-redis: ## redis-benchmark: one shard direct vs the sidecar's proxy vs nutcracker, P=1 and P=16.
 	hack/bench-redis.sh
@@ -114,7 +118,7 @@ build: manifests generate ## Build bin/manager and bin/sidecar.
 .PHONY: build-all
 build-all: build ## Build bin/ for the local mesh: manager, sidecar, weft and the examples.
 	$(GO) build -o $(LOCALBIN)/weft ./cmd/weft
-	for e in echo slow flaky caller; do $(GO) build -o $(LOCALBIN)/$$e ./examples/$$e; done
+	for e in echo slow flaky caller grpcecho wsecho; do $(GO) build -o $(LOCALBIN)/$$e ./examples/$$e; done
 
 ##@ Local mesh (needs root: each pod gets a network namespace)
 

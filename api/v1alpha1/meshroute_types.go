@@ -321,8 +321,11 @@ type HTTPRewrite struct {
 	Authority *string `json:"authority,omitempty"`
 }
 
-// RetryOn is one condition under which a request is retried (Envoy's names).
-// +kubebuilder:validation:Enum="5xx";gateway-error;connect-failure;reset;retriable-4xx;refused-stream;retriable-status-codes
+// RetryOn is one condition under which a request is retried (Envoy's names). The gRPC
+// conditions (cancelled, deadline-exceeded, internal, resource-exhausted, unavailable)
+// retry a gRPC call whose answer carries that grpc-status in its headers (a Trailers-Only
+// response), as Envoy's x-envoy-retry-grpc-on does.
+// +kubebuilder:validation:Enum="5xx";gateway-error;connect-failure;reset;retriable-4xx;refused-stream;retriable-status-codes;cancelled;deadline-exceeded;internal;resource-exhausted;unavailable
 type RetryOn string
 
 // HTTPRetry is a retry policy.
@@ -344,7 +347,7 @@ type HTTPRetry struct {
 	// RetryOn lists the conditions that cause a retry. Defaults to connect-failure,
 	// refused-stream and gateway-error, like Istio.
 	// +optional
-	// +kubebuilder:validation:MaxItems=7
+	// +kubebuilder:validation:MaxItems=12
 	// +listType=set
 	RetryOn []RetryOn `json:"retryOn,omitempty"`
 

@@ -109,7 +109,7 @@ func (t *translator) destination(mr *meshv1alpha1.MeshRoute, d meshv1alpha1.Dest
 		}
 		f.subset = found.Labels
 	}
-	b.addCluster(serviceCluster(name, mr.Spec.TrafficPolicy), t.ix.loadAssignment(name, t.ix.slices[nsName(ns, d.Service)], f))
+	b.addCluster(withPortProtocol(serviceCluster(name, mr.Spec.TrafficPolicy), sp), t.ix.loadAssignment(name, t.ix.slices[nsName(ns, d.Service)], f))
 	return resolved{cluster: name, port: sp.Port}
 }
 

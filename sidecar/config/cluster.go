@@ -41,6 +41,9 @@ type Cluster struct {
 	HealthCheck        *HealthCheck
 	MaxRequestsPerConn uint32
 	IdleTimeout        time.Duration
+	// Protocol and MaxStreamsPerConn: the HTTP version spoken upstream (protocol.go).
+	Protocol          UpstreamProtocol
+	MaxStreamsPerConn uint32
 	// Function is set for function clusters (metadata weft.dev/function).
 	Function *FunctionMeta
 	// Queue is set on the cluster that carries the async queue's address.
@@ -353,6 +356,9 @@ func decodeProtocolOptions(opts map[string]*anypb.Any, where string, out *Cluste
 			}
 			out.IdleTimeout = dur(cp.GetIdleTimeout())
 			out.MaxRequestsPerConn = cp.GetMaxRequestsPerConnection().GetValue()
+			if err := decodeUpstreamProtocol(&po, where+" "+key, out); err != nil {
+				return err
+			}
 		case contract.RedisProtocolOptionsKey:
 			var ro redisv3.RedisProtocolOptions
 			if err := anyMsg.UnmarshalTo(&ro); err != nil {

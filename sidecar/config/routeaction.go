@@ -134,8 +134,7 @@ func decodeRetry(rp *routev3.RetryPolicy, where string) (*RetryPolicy, error) {
 		case "retriable-status-codes":
 			p.On |= RetryRetriableStatusCodes
 		case "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable":
-			// gRPC conditions: they match on grpc-status, which HTTP/1 callers never send.
-			// Istio emits them by default; they cannot change HTTP behaviour here.
+			p.On |= grpcRetryOn(strings.TrimSpace(c)) // protocol.go
 		default:
 			return nil, fmt.Errorf("%s: retry_on condition %q is not supported", where, c)
 		}

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/weftmesh/weft/sidecar/config"
 	"github.com/weftmesh/weft/sidecar/upstream"
 )
@@ -52,7 +54,10 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 		return
 	}
 	ctx := r.Context()
-	if cc.Function != nil && replayable {
+	// What outboundRequest drops as hop-by-hop but the protocol needs: the Upgrade asked
+	// for, and (below) whether the caller takes trailers (TE: trailers, which gRPC sends).
+	upgrade := upgradeProtocol(r)
+	if cc.Function != nil && replayable && upgrade == "" { // a tunnel reads the connection itself
 		// A function's call can run long. A caller that hangs up meanwhile cancels it, as
 		// it would through Knative's queue-proxy, instead of leaving it to run for nobody
 		// and hold a containerConcurrency slot. The watch peeks at the connection, so it
@@ -65,7 +70,16 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 		}
 	}
 	startBy := l.startBy(r.Header, start)
+	grpcCall := isGRPC(r)
+	teTrailers := httpguts.HeaderValuesContainsToken(r.Header["Te"], "trailers")
 	out := outboundRequest(r, route, wc, body)
+	out.HTTP2 = upgrade == "" && cc.Protocol.ForCaller(r.ProtoMajor == 2) == config.UpstreamHTTP2
+	if out.HTTP2 && teTrailers {
+		out.Header["Te"] = []string{"trailers"}
+	}
+	if upgrade != "" {
+		upgradeUpstream(&out, upgrade)
+	}
 	if fn := cc.Function; fn != nil {
 		setStartBudget(out.Header, fn, start)
 	}
@@ -74,14 +88,20 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 			p.mirror(&out, m.Cluster, route.Timeout)
 		}
 	}
+	tee := streamBody(r, route, &out)
 	hash, hasHash, setCookie := requestHash(r, route, cc, l.proxy.opts.PodIP)
 
 	var rs retryState
-	rs.init(route, replayable, c, start)
+	rs.init(route, replayable || tee != nil, c, start)
+	if grpcCall {
+		if d, ok := grpcTimeout(r.Header); ok {
+			rs.capDeadline(start.Add(d)) // never past the caller's own deadline
+		}
+	}
 	defer rs.release()
 	var res attemptResult
 	defer res.release()
-	s := l.exchange(ctx, c, &out, &rs, &res, hash, hasHash, startBy)
+	s := l.exchange(ctx, c, &out, &rs, &res, hash, hasHash, startBy, tee, grpcCall)
 	if s.kind == stepReply {
 		if l.appStartTimedOut(w, c, s.err, start) {
 			return
@@ -91,7 +111,47 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 		localReply(w, s.status, s.msg)
 		return
 	}
+	if res.resp.StatusCode == http.StatusSwitchingProtocols {
+		hw, isH1 := w.(*h1Writer)
+		rwc, isConn := res.resp.Body.(io.ReadWriteCloser)
+		if upgrade == "" || !isH1 || !isConn {
+			c.Stats.Observe(http.StatusBadGateway, time.Since(start))
+			localReply(w, http.StatusBadGateway, "upstream answered 101 Switching Protocols to a request that asked for no upgrade\n")
+			return
+		}
+		c.Stats.Observe(http.StatusSwitchingProtocols, time.Since(start))
+		l.tunnel(hw, res.resp, rwc)
+		return
+	}
 	l.relay(w, c, cc, route, wc, &res, setCookie, waited, start)
+}
+
+// streamBody readies a body that streams through (not buffered by replayBody) for its
+// trailers, which the caller's server fills only at the body's end, and, on a route
+// with retries, keeps a copy while it is under maxReplayBody (replayTee) so the request
+// can still be retried once it has been sent whole. It returns that copy's tee, or nil.
+func streamBody(r *http.Request, route *config.Route, out *upstream.Request) *replayTee {
+	if out.Body == nil {
+		return nil
+	}
+	// Trailers may follow a declared Trailer header or, on HTTP/1.1, any chunked body. An
+	// HTTP/2 caller's undeclared trailers never reach r.Trailer, so a gRPC call (which
+	// declares none) keeps its END_STREAM on its last DATA frame upstream.
+	if r.Trailer != nil || (r.ProtoMajor == 1 && out.ContentLength < 0) {
+		// The names the caller declared (its Trailer header) are declared upstream too:
+		// an HTTP/2 peer may drop trailers it was not told of (Go's server does).
+		out.Trailer = make(http.Header, len(r.Trailer))
+		for k := range r.Trailer {
+			out.Trailer[k] = nil
+		}
+		out.Body = &trailerCopy{r: out.Body, req: r, dst: out.Trailer}
+	}
+	if route.Retry == nil || out.ContentLength >= 0 {
+		return nil
+	}
+	tee := &replayTee{r: out.Body}
+	out.Body = tee
+	return tee
 }
 
 // destination finds the cluster a request goes to. It answers the request itself, and
@@ -169,7 +229,7 @@ func replayBody(w http.ResponseWriter, r *http.Request, route *config.Route, cc 
 // last step; a response to relay is left in res. This path reads the wall clock, as the
 // connection deadlines it sets do, and sleeps on the injected one.
 func (l *Listener) exchange(ctx context.Context, c *upstream.Cluster, out *upstream.Request, rs *retryState, res *attemptResult,
-	hash uint64, hasHash bool, startBy time.Time) step {
+	hash uint64, hasHash bool, startBy time.Time, tee *replayTee, grpcCall bool) step {
 	for {
 		h := c.Pick(hash, hasHash, rs.tried)
 		if h == nil {
@@ -191,6 +251,20 @@ func (l *Listener) exchange(ctx context.Context, c *upstream.Cluster, out *upstr
 			s = rs.onError(res.err, now)
 		} else {
 			s = rs.onResponse(res.resp.StatusCode, isAppStartTimeout(res.resp), now)
+			if s.kind == stepForward && grpcCall {
+				if code := headerGRPCStatus(res.resp); code >= 0 {
+					s = rs.onGRPCStatus(code, s, now)
+				}
+			}
+		}
+		if s.kind == stepRetry && tee != nil {
+			// A streamed body is sent again only if it ended within the copy's limit, or
+			// when the connect failed and so nothing read it: then it goes as it is.
+			if b, ok := tee.body(); ok {
+				out.BodyBytes, out.Body, tee = b, nil, nil
+			} else if !isConnectFailure(res.err) || !tee.untouched() {
+				s = rs.cannotReplay(s, res.err, time.Now())
+			}
 		}
 		c.Report(h, s.outcome)
 		if s.kind != stepRetry {
@@ -217,7 +291,12 @@ func (l *Listener) relay(w http.ResponseWriter, c *upstream.Cluster, cc *config.
 	}
 	w.WriteHeader(res.resp.StatusCode)
 	copyBody(w, res.resp)
+	setTrailers(w, res.resp.Trailer)
 	c.Stats.Observe(res.resp.StatusCode, time.Since(start))
+	if strings.HasPrefix(res.resp.Header.Get("Content-Type"), "application/grpc") {
+		code, _ := grpcStatus(res.resp)
+		c.Stats.ObserveGRPC(code)
+	}
 }
 
 // responseHeader fills dst, the downstream response's header, from the upstream's: hop-by-hop

@@ -167,6 +167,7 @@ type h1Writer struct {
 	discard bool           // the handler's response is replaced: its body is dropped
 	aborted bool           // the body broke midway (abortBody): no last chunk, then close
 	body    *malformedBody // a chunked request body, watched for broken framing
+	trailer http.Header    // sent in the last chunk (setTrailers)
 }
 
 func (w *h1Writer) reset(req *http.Request, closeAfter bool) {
@@ -175,7 +176,7 @@ func (w *h1Writer) reset(req *http.Request, closeAfter bool) {
 	} else {
 		clear(w.header)
 	}
-	w.req, w.wroteHeader, w.chunked, w.noBody, w.watched, w.discard, w.body, w.aborted = req, false, false, false, false, false, nil, false
+	w.req, w.wroteHeader, w.chunked, w.noBody, w.watched, w.discard, w.body, w.aborted, w.trailer = req, false, false, false, false, false, nil, false, nil
 	w.close = closeAfter || req.Close || !req.ProtoAtLeast(1, 1) && !httpguts.HeaderValuesContainsToken(req.Header["Connection"], "keep-alive")
 }
 
@@ -259,7 +260,25 @@ func (w *h1Writer) finish() {
 		w.WriteHeader(http.StatusOK)
 	}
 	if w.chunked && !w.discard && !w.aborted {
-		w.bw.WriteString("0\r\n\r\n")
+		if len(w.trailer) == 0 {
+			w.bw.WriteString("0\r\n\r\n")
+			return
+		}
+		w.bw.WriteString("0\r\n")
+		for k, vv := range w.trailer {
+			if !httpguts.ValidHeaderFieldName(k) {
+				continue
+			}
+			for _, v := range vv {
+				if httpguts.ValidHeaderFieldValue(v) {
+					w.bw.WriteString(k)
+					w.bw.WriteString(": ")
+					w.bw.WriteString(v)
+					w.bw.WriteString("\r\n")
+				}
+			}
+		}
+		w.bw.WriteString("\r\n")
 	}
 }
 

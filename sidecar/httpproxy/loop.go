@@ -504,7 +504,8 @@ func (h *hloop) dispatch(d *sock, end int) int {
 		return gone
 	}
 	cc := c.Config()
-	if cc.Unresolved != "" || cc.Function != nil {
+	// HTTP/2 upstreams are the goroutine path's (upstream/h2.go).
+	if cc.Unresolved != "" || cc.Function != nil || cc.Protocol == config.UpstreamHTTP2 {
 		h.handoff(d)
 		return gone
 	}

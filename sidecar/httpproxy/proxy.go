@@ -105,6 +105,8 @@ type Listener struct {
 	// appStartTimeouts: requests refused because the app did not start within the caller's
 	// hold (appstart.go).
 	appStartTimeouts atomic.Uint64
+	upgrades         atomic.Uint64 // Upgrade requests answered 101 and tunneled (upgrade.go)
+	tunnels          atomic.Int64  // tunnels open now
 
 	frontEnd // limits on downstream connections (frontlimits.go)
 }

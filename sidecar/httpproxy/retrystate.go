@@ -118,6 +118,36 @@ func (rs *retryState) onResponse(status int, holdTimeout bool, now time.Time) st
 	return s
 }
 
+// onGRPCStatus decides what follows a gRPC answer s forwards whose headers carry
+// grpc-status code (a Trailers-Only response): retried when retryOn names the code.
+func (rs *retryState) onGRPCStatus(code int, s step, now time.Time) step {
+	if rs.mayRetry(now) && rs.rp.On.RetriesGRPCCode(code) {
+		if r, ok := rs.retry(s.outcome, now); ok {
+			return r
+		}
+	}
+	return s
+}
+
+// cannotReplay turns the retry s into the attempt's end when the request's body cannot be
+// sent again: its answer is forwarded (err nil) or its failure answered.
+func (rs *retryState) cannotReplay(s step, err error, now time.Time) step {
+	rs.release()
+	if err == nil {
+		return step{kind: stepForward, outcome: s.outcome}
+	}
+	r := rs.giveUp(err, now)
+	r.outcome = s.outcome
+	return r
+}
+
+// capDeadline brings the route deadline forward to by, if by comes first.
+func (rs *retryState) capDeadline(by time.Time) {
+	if rs.deadline.IsZero() || by.Before(rs.deadline) {
+		rs.deadline = by
+	}
+}
+
 // onError decides what follows an attempt that failed with err, before any response,
 // at now.
 func (rs *retryState) onError(err error, now time.Time) step {

@@ -16,6 +16,11 @@ func (l *Listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	l.inflight.Add(1)
 	l.requests.Add(1)
 	defer l.inflight.Add(-1)
+	if r.ProtoMajor == 2 {
+		hw := &h2Writer{ResponseWriter: w, grpc: isGRPC(r)}
+		defer hw.end()
+		w = hw
+	}
 	if l.inbound {
 		if b := l.proxy.breaker.Load(); b != nil {
 			if !b.acquire(r.Context()) {
@@ -76,7 +81,12 @@ func chance(perMillion uint32) bool {
 	return perMillion >= 1_000_000 || rand.Uint32N(1_000_000) < perMillion
 }
 
+// localReply answers the request here; a gRPC call gets its answer as gRPC (grpcReply).
 func localReply(w http.ResponseWriter, status int, body string) {
+	if g, ok := w.(*h2Writer); ok && g.grpc {
+		grpcReply(w, status, body)
+		return
+	}
 	h := w.Header()
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("Content-Length", strconv.Itoa(len(body)))

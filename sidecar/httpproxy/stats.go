@@ -47,5 +47,10 @@ func (p *Proxy) WritePrometheus(w io.Writer) {
 	metric("weft_listener_requests_refused_total", "counter",
 		"Request heads refused before routing: over the header limits (431) or framed ambiguously (400, 501).",
 		func(l *Listener) int64 { return int64(l.refused.Load()) })
+	metric("weft_listener_upgrades_total", "counter",
+		"Upgrade requests (WebSocket and others) the upstream accepted with 101 and the sidecar tunneled.",
+		func(l *Listener) int64 { return int64(l.upgrades.Load()) })
+	metric("weft_listener_tunnels_active", "gauge", "Upgraded connections being tunneled now.",
+		func(l *Listener) int64 { return l.tunnels.Load() })
 	p.opts.Upstreams.WritePrometheus(w)
 }

@@ -34,6 +34,7 @@ type Host struct {
 	removed  atomic.Bool // no longer in its cluster (EDS dropped it, or the cluster went)
 
 	pool pool
+	h2   h2pool // HTTP/2 connections (h2.go)
 }
 
 // Available reports whether the host may take a new request: EDS says HEALTHY, outlier
@@ -116,6 +117,7 @@ func (c *Cluster) stopAll() {
 	for _, h := range c.Hosts() {
 		h.removed.Store(true)
 		h.pool.closeIdle()
+		h.h2.closeIdle(true)
 	}
 }
 
@@ -145,6 +147,7 @@ func (c *Cluster) update(cc *config.Cluster) {
 		if !kept[h] {
 			h.removed.Store(true)
 			h.pool.closeIdle()
+			h.h2.closeIdle(true)
 		}
 	}
 	c.cfg.Store(cc)

@@ -181,6 +181,9 @@ func (c *Cluster) connFor(ctx context.Context, h *Host, deadline time.Time) (*pc
 // deadline (zero for none) bounds the whole exchange including the body, enforced as a
 // connection deadline; ctx ending (the caller went away) aborts it too.
 func (c *Cluster) RoundTrip(ctx context.Context, req *Request, h *Host, deadline time.Time) (*http.Response, error) {
+	if req.HTTP2 {
+		return c.roundTripH2(ctx, req, h, deadline)
+	}
 	cc := c.cfg.Load()
 	for try := 0; ; try++ {
 		var pc *pconn
@@ -239,6 +242,11 @@ type Request struct {
 	BodyBytes     []byte
 	Body          io.Reader
 	ContentLength int64
+	// Trailer, when set, holds the request's trailers by the time Body reaches EOF; they
+	// follow a chunked body (HTTP/1.1) or the last DATA frame (HTTP/2).
+	Trailer http.Header
+	// HTTP2 sends the request over the host's HTTP/2 connections (h2.go).
+	HTTP2 bool
 }
 
 // Method-only requests for http.ReadResponse, which needs the method to know whether a
@@ -310,6 +318,15 @@ func (c *Cluster) exchange(ctx context.Context, pc *pconn, req *Request, h *Host
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			break
 		}
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// The connection now carries the upgraded protocol, not HTTP: it is the body,
+		// never pooled, and its deadlines are the tunnel's (set by the caller).
+		stop()
+		_ = pc.conn.SetDeadline(time.Time{})
+		pre, _ := pc.br.Peek(pc.br.Buffered())
+		resp.Body = &upgraded{pre: append([]byte(nil), pre...), conn: pc.conn, raw: pc.conn.Conn}
+		return resp, nil
 	}
 	pc.used++
 	cc := c.cfg.Load()
@@ -465,6 +482,14 @@ func writeMessage(w messageWriter, req *Request) error {
 			return fmt.Errorf("copying request body: %w", err)
 		}
 		cw.Close()
+		for k, vv := range req.Trailer { // filled by now: the body reached EOF
+			for _, v := range vv {
+				w.WriteString(k)
+				w.WriteString(": ")
+				w.WriteString(v)
+				w.WriteString("\r\n")
+			}
+		}
 		w.WriteString("\r\n")
 	}
 	return nil

@@ -21,6 +21,17 @@ type Stats struct {
 	ConnOverflow     atomic.Uint64
 	latency          [len(latencyBuckets) + 1]atomic.Uint64
 	latencySumMicros atomic.Uint64
+	// GRPC counts gRPC responses by grpc-status: index = code 0–16, 17 = a code outside
+	// gRPC's range or unreadable.
+	GRPC [18]atomic.Uint64
+}
+
+// ObserveGRPC records one gRPC response's grpc-status (code < 0: none could be read).
+func (s *Stats) ObserveGRPC(code int) {
+	if code < 0 || code > 16 {
+		code = 17
+	}
+	s.GRPC[code].Add(1)
 }
 
 // Observe records one completed request.
@@ -69,13 +80,31 @@ func (m *Manager) WritePrometheus(w io.Writer) {
 		fmt.Fprintf(w, "weft_cluster_overflow_total{cluster=%q,breaker=\"retries\"} %d\n", n, s.OverflowRetries.Load())
 		fmt.Fprintf(w, "weft_cluster_overflow_total{cluster=%q,breaker=\"connections\"} %d\n", n, s.ConnOverflow.Load())
 	}
+	// Each family's samples stay together, as the text format requires.
 	fmt.Fprintln(w, "# TYPE weft_cluster_upstream_connections gauge")
-	fmt.Fprintln(w, "# TYPE weft_cluster_pending_requests gauge")
 	for _, n := range names {
-		open, idle, pending := m.Get(n).ConnStats()
+		open, idle, _ := m.Get(n).ConnStats()
 		fmt.Fprintf(w, "weft_cluster_upstream_connections{cluster=%q,state=\"open\"} %d\n", n, open)
 		fmt.Fprintf(w, "weft_cluster_upstream_connections{cluster=%q,state=\"idle\"} %d\n", n, idle)
+	}
+	fmt.Fprintln(w, "# TYPE weft_cluster_pending_requests gauge")
+	for _, n := range names {
+		_, _, pending := m.Get(n).ConnStats()
 		fmt.Fprintf(w, "weft_cluster_pending_requests{cluster=%q} %d\n", n, pending)
+	}
+	// Only the codes seen: one series per code ever answered, at most 18 per cluster.
+	fmt.Fprintln(w, "# TYPE weft_cluster_grpc_responses_total counter")
+	for _, n := range names {
+		s := &m.Get(n).Stats
+		for code := range s.GRPC {
+			if v := s.GRPC[code].Load(); v > 0 {
+				label := strconv.Itoa(code)
+				if code == 17 {
+					label = "other"
+				}
+				fmt.Fprintf(w, "weft_cluster_grpc_responses_total{cluster=%q,grpc_status=%q} %d\n", n, label, v)
+			}
+		}
 	}
 	fmt.Fprintln(w, "# TYPE weft_cluster_endpoints gauge")
 	for _, n := range names {

@@ -1,0 +1,201 @@
+// Command grpc is the helper behind hack/bench-grpc.sh: a grpc-go backend (the health
+// service), a static sidecar config that carries gRPC over HTTP/2 to one address, and a
+// bounded open-loop unary load generator (ghz is not available offline).
+//
+//	grpc backend -addr 127.0.0.1:28280
+//	grpc config -name outbound_http -listen 127.0.0.1:28201 -backend 127.0.0.1:28206 > caller.json
+//	grpc rate -target 127.0.0.1:28201 -authority svc -rps 1000 -d 10s
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	httpupv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// maxDuration and maxRate bound one run: at most 30 s and 20,000 calls a second, so a
+// typo cannot start a benchmark that runs for minutes or floods the machine.
+const (
+	maxDuration = 30 * time.Second
+	maxRate     = 20_000
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: grpc backend|config|rate [flags]")
+		os.Exit(2)
+	}
+	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
+	var err error
+	switch os.Args[1] {
+	case "backend":
+		addr := fs.String("addr", "127.0.0.1:28280", "listen address")
+		_ = fs.Parse(os.Args[2:])
+		err = backend(*addr)
+	case "config":
+		name := fs.String("name", "outbound_http", "listener name (outbound_http, or inbound_http for the callee's sidecar)")
+		listen := fs.String("listen", "127.0.0.1:28201", "sidecar listener address")
+		to := fs.String("backend", "127.0.0.1:28280", "address the listener forwards to, over HTTP/2")
+		_ = fs.Parse(os.Args[2:])
+		err = writeConfig(os.Stdout, *name, *listen, *to)
+	case "rate":
+		target := fs.String("target", "", "host:port to call")
+		authority := fs.String("authority", "svc", ":authority of every call")
+		rps := fs.Int("rps", 1000, "calls per second")
+		d := fs.Duration("d", 10*time.Second, "duration")
+		_ = fs.Parse(os.Args[2:])
+		err = rate(*target, *authority, *rps, *d)
+	default:
+		err = fmt.Errorf("unknown subcommand %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+func backend(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	srv := grpc.NewServer()
+	healthpb.RegisterHealthServer(srv, health.NewServer()) // Check("") answers SERVING
+	return srv.Serve(ln)
+}
+
+func sock(hostport string) *corev3.Address {
+	h, p, _ := net.SplitHostPort(hostport)
+	port, _ := strconv.Atoi(p)
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address: h, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)}}}}
+}
+
+// writeConfig emits one listener whose every request goes to one STATIC cluster over
+// HTTP/2 (explicit_http_config.http2_protocol_options, what the control plane emits for a
+// grpc port), as a DiscoveryResponse-shaped JSON document for --static-config.
+func writeConfig(w io.Writer, name, listen, to string) error {
+	cluster := "outbound|80||svc.default.svc.cluster.local|default/svc"
+	if name == "inbound_http" {
+		cluster = "inbound|" + to
+	}
+	rc := &routev3.RouteConfiguration{Name: name, VirtualHosts: []*routev3.VirtualHost{{
+		Name: "svc", Domains: []string{"*"},
+		Routes: []*routev3.Route{{Name: "svc/0/0",
+			Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+			Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+				ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster}, Timeout: durationpb.New(0)}}}}}}}
+	router, _ := anypb.New(&routerv3.Router{})
+	hcm, _ := anypb.New(&hcmv3.HttpConnectionManager{StatPrefix: name,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: rc},
+		HttpFilters:    []*hcmv3.HttpFilter{{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}}}})
+	l := &listenerv3.Listener{Name: name, Address: sock(listen), FilterChains: []*listenerv3.FilterChain{{
+		Filters: []*listenerv3.Filter{{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcm}}}}}}
+	po, _ := anypb.New(&httpupv3.HttpProtocolOptions{UpstreamProtocolOptions: &httpupv3.HttpProtocolOptions_ExplicitHttpConfig_{
+		ExplicitHttpConfig: &httpupv3.HttpProtocolOptions_ExplicitHttpConfig{
+			ProtocolConfig: &httpupv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
+				Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}}}}})
+	c := &clusterv3.Cluster{Name: cluster, ConnectTimeout: durationpb.New(time.Second),
+		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		TypedExtensionProtocolOptions: map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": po},
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: cluster, Endpoints: []*endpointv3.LocalityLbEndpoints{{
+			LbEndpoints: []*endpointv3.LbEndpoint{{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: sock(to)}}}}}}}}
+	dr := &discoveryv3.DiscoveryResponse{}
+	for _, m := range []proto.Message{l, c} {
+		a, err := anypb.New(m)
+		if err != nil {
+			return err
+		}
+		dr.Resources = append(dr.Resources, a)
+	}
+	b, err := protojson.MarshalOptions{Multiline: true}.Marshal(dr)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
+
+// rate makes unary Health/Check calls on a fixed schedule over one gRPC connection (open
+// loop) and reports latency percentiles measured from each call's scheduled start, so a
+// stall is not hidden by the sender slowing down (coordinated omission). Each call has a
+// 5 s deadline; in-flight calls are bounded by rps × 5 s.
+func rate(target, authority string, rps int, d time.Duration) error {
+	if target == "" {
+		return errors.New("rate: -target is required")
+	}
+	if rps <= 0 || rps > maxRate || d <= 0 || d > maxDuration {
+		return fmt.Errorf("rate: -rps must be 1..%d and -d at most %v", maxRate, maxDuration)
+	}
+	cc, err := grpc.NewClient("passthrough:///"+target, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithAuthority(authority))
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	hc := healthpb.NewHealthClient(cc)
+	// Warm the connection (and the sidecars' upstream connections) before measuring.
+	for i := 0; i < 100; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		if err != nil {
+			return fmt.Errorf("warm-up call %d: %w", i, err)
+		}
+	}
+	n := int(d.Seconds() * float64(rps))
+	lat := make([]time.Duration, n)
+	var wg sync.WaitGroup
+	var errs atomic.Int64
+	interval := time.Second / time.Duration(rps)
+	start := time.Now()
+	for i := range n {
+		sched := start.Add(time.Duration(i) * interval)
+		if w := time.Until(sched); w > 0 {
+			time.Sleep(w)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+				errs.Add(1)
+			}
+			lat[i] = time.Since(sched)
+		}()
+	}
+	wg.Wait()
+	slices.Sort(lat)
+	p := func(q float64) float64 { return float64(lat[int(q*float64(n-1))].Microseconds()) / 1000 }
+	fmt.Printf("rate=%d/s n=%d errors=%d p50=%.3fms p90=%.3fms p99=%.3fms p999=%.3fms max=%.3fms\n",
+		rps, n, errs.Load(), p(0.5), p(0.9), p(0.99), p(0.999), p(1))
+	return nil
+}

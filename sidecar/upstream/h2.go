@@ -1,0 +1,337 @@
+package upstream
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/weftmesh/weft/sidecar/config"
+)
+
+// HTTP/2 upstreams (h2c with prior knowledge). Each host keeps its own connections, made
+// with net/http's HTTP/2 client one connection at a time (http.Transport.NewClientConn),
+// so the sidecar decides how many there are and how many streams each carries:
+//   - streams per connection ≤ the cluster's MaxStreamsPerConn (http2_protocol_options.
+//     max_concurrent_streams, default config.DefaultMaxStreamsPerConn) and ≤ the peer's
+//     SETTINGS_MAX_CONCURRENT_STREAMS (the client never exceeds it);
+//   - connections per host ≤ MaxH2ConnsPerHost and ≤ the cluster's max_connections;
+//   - a request that finds every slot taken waits for one (h2pool.slots), until its
+//     context or deadline ends; the cluster's max_requests breaker bounds how many wait.
+
+// MaxH2ConnsPerHost caps the HTTP/2 connections to one endpoint. HTTP/2 multiplexes, so a
+// few connections carry any load one sidecar makes (Envoy opens one per worker thread);
+// more than one spreads the frame-writing lock and the peer's per-connection flow control.
+const MaxH2ConnsPerHost = 4
+
+// Flow-control windows the sidecar grants an upstream, which bound what it buffers of
+// responses its callers read slower than the upstream sends: 256 KiB per stream, 1 MiB per
+// connection, so at most 4 MiB per endpoint (MaxH2ConnsPerHost connections). Go's client
+// defaults are 4 MiB per stream and 1 GiB per connection. 256 KiB still moves ~250 MB/s a
+// stream at a 1 ms round trip.
+const (
+	h2StreamWindow = 256 << 10
+	h2ConnWindow   = 1 << 20
+)
+
+// h2Transport dials every HTTP/2 upstream connection: cleartext HTTP/2 only, no proxy.
+var h2Transport = func() *http.Transport {
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	return &http.Transport{Protocols: &p, Proxy: nil, ForceAttemptHTTP2: true,
+		HTTP2: &http.HTTP2Config{MaxReceiveBufferPerStream: h2StreamWindow, MaxReceiveBufferPerConnection: h2ConnWindow}}
+}()
+
+// h2pool is one host's HTTP/2 connections.
+type h2pool struct {
+	mu    sync.Mutex
+	conns []*h2conn
+	slots chan struct{} // one token per stream the host may carry at once; made on first use
+	// dialing connections count against the cap; dialed closes when one finishes.
+	dialing int
+	dialed  chan struct{}
+	closed  bool // the host left its cluster: connections close once idle
+}
+
+type h2conn struct {
+	cc       *http.ClientConn
+	lastUsed time.Time
+}
+
+func (p *h2pool) tokens(streams, conns int) chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.slots == nil {
+		p.slots = make(chan struct{}, streams*conns)
+	}
+	return p.slots
+}
+
+// conn returns a connection with a stream reserved on it, dialing one when every
+// connection is at its stream cap and the host has room for another (connections being
+// dialed count against that room).
+func (p *h2pool) conn(ctx context.Context, addr string, maxStreams, maxConns int, idle, connectTimeout time.Duration) (*h2conn, error) {
+	for {
+		p.mu.Lock()
+		now := time.Now()
+		live := p.conns[:0]
+		for _, c := range p.conns {
+			switch {
+			case c.cc.Err() != nil:
+				c.cc.Close()
+			case idle > 0 && c.cc.InFlight() == 0 && now.Sub(c.lastUsed) > idle:
+				c.cc.Close()
+			default:
+				live = append(live, c)
+			}
+		}
+		clear(p.conns[len(live):])
+		p.conns = live
+		var least *h2conn
+		for _, c := range p.conns {
+			if c.cc.InFlight() < maxStreams && c.cc.Reserve() == nil {
+				p.mu.Unlock()
+				return c, nil
+			}
+			if least == nil || c.cc.InFlight() < least.cc.InFlight() {
+				least = c
+			}
+		}
+		if len(p.conns)+p.dialing >= maxConns {
+			if least != nil {
+				// Every connection is at its cap; the slot this request holds says one
+				// stream ends soon. RoundTrip waits on the least busy connection for it.
+				p.mu.Unlock()
+				return least, nil
+			}
+			wait := p.dialed // every connection is still being dialed: wait for one
+			p.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		p.dialing++
+		if p.dialed == nil {
+			p.dialed = make(chan struct{})
+		}
+		p.mu.Unlock()
+		dctx, cancel := context.WithTimeout(ctx, connectTimeout)
+		cc, err := h2Transport.NewClientConn(dctx, "http", addr)
+		cancel()
+		p.mu.Lock()
+		p.dialing--
+		close(p.dialed)
+		p.dialed = make(chan struct{})
+		if err != nil {
+			p.mu.Unlock()
+			return nil, err
+		}
+		c := &h2conn{cc: cc, lastUsed: now}
+		_ = cc.Reserve()
+		p.conns = append(p.conns, c)
+		p.mu.Unlock()
+		return c, nil
+	}
+}
+
+// done notes a stream's end on c.
+func (p *h2pool) done(c *h2conn) {
+	p.mu.Lock()
+	c.lastUsed = time.Now()
+	closed := p.closed
+	p.mu.Unlock()
+	if closed && c.cc.InFlight() == 0 {
+		c.cc.Close()
+	}
+}
+
+// closeIdle closes connections without streams; with gone, the host left its cluster and
+// the others close as their last stream ends.
+func (p *h2pool) closeIdle(gone bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = p.closed || gone
+	live := p.conns[:0]
+	for _, c := range p.conns {
+		if c.cc.InFlight() == 0 {
+			c.cc.Close()
+		} else {
+			live = append(live, c)
+		}
+	}
+	clear(p.conns[len(live):])
+	p.conns = live
+}
+
+// conns reports how many HTTP/2 connections the host has open (tests and stats).
+func (p *h2pool) count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.conns)
+}
+
+// H2Conns reports how many HTTP/2 connections the sidecar holds to h.
+func (h *Host) H2Conns() int { return h.h2.count() }
+
+// roundTripH2 sends req to h over HTTP/2 and returns the response with its headers read;
+// the body streams, with the response's trailers in resp.Trailer once it has been read to
+// EOF. deadline (zero for none) bounds the exchange including the body.
+func (c *Cluster) roundTripH2(ctx context.Context, req *Request, h *Host, deadline time.Time) (*http.Response, error) {
+	cc := c.cfg.Load()
+	maxStreams := int(cc.MaxStreamsPerConn)
+	if maxStreams <= 0 {
+		maxStreams = config.DefaultMaxStreamsPerConn
+	}
+	maxConns := min(MaxH2ConnsPerHost, max(int(cc.Limits.MaxConnections), 1))
+	var cancel context.CancelFunc
+	if deadline.IsZero() {
+		ctx, cancel = context.WithCancel(ctx)
+	} else {
+		ctx, cancel = context.WithDeadline(ctx, deadline)
+	}
+	slots := h.h2.tokens(maxStreams, maxConns)
+	select {
+	case slots <- struct{}{}:
+	case <-ctx.Done():
+		cancel()
+		return nil, ctx.Err()
+	}
+	release := func() { <-slots }
+	for try := 0; ; try++ {
+		conn, err := h.h2.conn(ctx, h.Address, maxStreams, maxConns, cc.IdleTimeout, cc.ConnectTimeout)
+		if err != nil {
+			release()
+			cancel()
+			return nil, err
+		}
+		hr, err := h2Request(ctx, req, h.Address)
+		if err != nil {
+			conn.cc.Release()
+			h.h2.done(conn)
+			release()
+			cancel()
+			return nil, err
+		}
+		resp, err := conn.cc.RoundTrip(hr)
+		if err == nil {
+			resp.Body = &h2body{rc: resp.Body, end: func() {
+				cancel()
+				h.h2.done(conn)
+				release()
+			}}
+			return resp, nil
+		}
+		h.h2.done(conn)
+		if ctx.Err() != nil {
+			release()
+			cancel()
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return nil, context.DeadlineExceeded
+			}
+			return nil, ctx.Err()
+		}
+		if conn.cc.Err() != nil {
+			// The connection died under the request (the peer closed it while idle, or
+			// sent GOAWAY): as for HTTP/1.1's stale connections, a request that can be
+			// sent again goes once more on another connection; otherwise it failed before
+			// a response, a reset.
+			if try == 0 && req.Body == nil {
+				continue
+			}
+			err = &staleConnError{err}
+		}
+		release()
+		cancel()
+		return nil, err
+	}
+}
+
+// h2Request builds the HTTP/2 request for req. Its trailers are req.Trailer, read when
+// the body has been sent.
+func h2Request(ctx context.Context, req *Request, addr string) (*http.Request, error) {
+	u := &url.URL{Scheme: "http", Host: addr}
+	path, query, _ := strings.Cut(req.URI, "?")
+	u.RawQuery = query
+	if strings.HasPrefix(path, "//") || !strings.HasPrefix(path, "/") {
+		p, err := url.PathUnescape(path)
+		if err != nil {
+			return nil, err
+		}
+		u.Path, u.RawPath = p, path
+	} else {
+		u.Opaque = path
+	}
+	hr := &http.Request{Method: req.Method, URL: u, Host: req.Host, Header: req.Header, Proto: "HTTP/2.0",
+		ProtoMajor: 2, Trailer: req.Trailer}
+	hr = hr.WithContext(ctx)
+	switch {
+	case req.BodyBytes != nil:
+		hr.Body, hr.ContentLength = io.NopCloser(bytes.NewReader(req.BodyBytes)), int64(len(req.BodyBytes))
+	case req.Body != nil && req.ContentLength != 0:
+		hr.Body, hr.ContentLength = io.NopCloser(req.Body), req.ContentLength
+	default:
+		hr.Body = http.NoBody
+	}
+	return hr, nil
+}
+
+// h2body gives the stream's slot back when the body ends or is closed.
+type h2body struct {
+	rc   io.ReadCloser
+	end  func()
+	once sync.Once
+}
+
+func (b *h2body) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err != nil {
+		b.once.Do(b.end)
+	}
+	return n, err
+}
+
+func (b *h2body) Close() error {
+	err := b.rc.Close()
+	b.once.Do(b.end)
+	return err
+}
+
+// upgraded is the body of a 101 Switching Protocols response on HTTP/1.1: the upstream
+// connection itself, what was read past the response head first. It is an
+// io.ReadWriteCloser, as net/http.Transport makes it.
+type upgraded struct {
+	pre  []byte // read past the 101 head
+	conn net.Conn
+	raw  net.Conn // conn's socket, read and written from two goroutines
+}
+
+func (u *upgraded) Read(p []byte) (int, error) {
+	if len(u.pre) > 0 {
+		n := copy(p, u.pre)
+		u.pre = u.pre[n:]
+		return n, nil
+	}
+	return u.raw.Read(p)
+}
+func (u *upgraded) Write(p []byte) (int, error) { return u.raw.Write(p) }
+func (u *upgraded) Close() error                { return u.conn.Close() }
+
+// SetReadDeadline bounds the next reads of the tunnel's upstream side.
+func (u *upgraded) SetReadDeadline(t time.Time) error { return u.raw.SetReadDeadline(t) }
+
+// CloseWrite half-closes the upstream side when the caller has finished sending.
+func (u *upgraded) CloseWrite() error {
+	if cw, ok := u.raw.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
