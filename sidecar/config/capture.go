@@ -72,12 +72,16 @@ type FilterChain struct {
 
 // HTTPChain is an HTTP connection manager chain.
 type HTTPChain struct {
+	// RDSName names the route configuration; empty when the routes are Inline.
 	RDSName    string
+	Inline     *RouteTable
 	StatPrefix string
 	Limits     HTTPLimits
-	// Listener serves the chain's connections; set by Build. Its Address is empty: it is
-	// not bound, the capture listener hands it connections.
-	Listener *HTTPListener
+	// Listener names the HTTPListener that serves the chain's connections (set by Build):
+	// the capture listener's own for its explicit-proxy chain (and, on the inbound
+	// listener, the chains that share its routes), else an unbound one
+	// (ChainListenerName) the capture listener hands connections to.
+	Listener string
 }
 
 // TCPProxy is a decoded envoy.filters.network.tcp_proxy.
@@ -246,10 +250,7 @@ func decodeFilterChain(fc *listenerv3.FilterChain, where string, cl *CaptureList
 		if err := decodeHCM(&hcm, hi, where); err != nil {
 			return nil, 0, err
 		}
-		if hi.RDSName == "" {
-			return nil, 0, fmt.Errorf("%s: an HTTP chain of a capture listener needs rds", where)
-		}
-		c.HTTP = &HTTPChain{RDSName: hi.RDSName, StatPrefix: hi.StatPrefix, Limits: hi.Limits}
+		c.HTTP = &HTTPChain{RDSName: hi.RDSName, Inline: hi.Inline, StatPrefix: hi.StatPrefix, Limits: hi.Limits}
 		if c.Explicit || cl.Limits == DefaultHTTPLimits() {
 			cl.Limits = hi.Limits
 		}

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"strconv"
+	"strings"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -58,6 +59,13 @@ func buildCapture(cfg *Config, info *ListenerInfo, res Resources) (missing []str
 	for _, c := range chains {
 		switch {
 		case c == nil:
+		case c.HTTP != nil && c.HTTP.Inline != nil:
+			tables["\x00"+c.HTTP.Inline.Name] = c.HTTP.Inline
+			for _, cn := range referencedClusters(c.HTTP.Inline) {
+				if _, ok := res[resourcev3.ClusterType][cn]; !ok {
+					missing = append(missing, "cluster "+cn+" (listener "+cl.Name+")")
+				}
+			}
 		case c.HTTP != nil:
 			t, ok := tables[c.HTTP.RDSName]
 			if !ok {
@@ -76,14 +84,6 @@ func buildCapture(cfg *Config, info *ListenerInfo, res Resources) (missing []str
 					}
 				}
 			}
-			name := ChainListenerName(cl.Name, c.HTTP.RDSName)
-			hl := byName[name]
-			if hl == nil {
-				hl = &HTTPListener{Name: name, StatPrefix: c.HTTP.StatPrefix, Routes: t, Limits: c.HTTP.Limits}
-				byName[name] = hl
-				cfg.HTTPListeners = append(cfg.HTTPListeners, hl)
-			}
-			c.HTTP.Listener = hl
 		case c.TCP != nil:
 			if _, ok := res[resourcev3.ClusterType][c.TCP.Cluster]; !ok {
 				missing = append(missing, "cluster "+c.TCP.Cluster+" (listener "+cl.Name+")")
@@ -98,12 +98,31 @@ func buildCapture(cfg *Config, info *ListenerInfo, res Resources) (missing []str
 		return nil, fmt.Errorf("listener %s: needs an HTTP chain for connections that were not redirected (destination_port %s or metadata %s)",
 			cl.Name, portOf(cl.Address), contract.ExplicitProxyMetadataKey)
 	}
-	bound := &HTTPListener{Name: cl.Name, Address: cl.Address, StatPrefix: ex.HTTP.StatPrefix, Routes: tables[ex.HTTP.RDSName],
-		Limits: cl.Limits, Capture: cl, Fallback: PassthroughTable(cl.Blocked())}
+	bound := &HTTPListener{Name: cl.Name, Address: cl.Address, StatPrefix: ex.HTTP.StatPrefix, Routes: tables[ex.HTTP.key()],
+		Limits: cl.Limits, Fallback: PassthroughTable(cl.Blocked())}
+	for _, c := range chains {
+		if c == nil || c.HTTP == nil {
+			continue
+		}
+		if c == ex || (!ex.Explicit && c.HTTP.key() == ex.HTTP.key()) {
+			// The inbound listener's chains for the app port and for its own port share
+			// one HTTP listener: one containerConcurrency, one set of stats.
+			c.HTTP.Listener = bound.Name
+			continue
+		}
+		name := ChainListenerName(cl.Name, strings.TrimPrefix(c.HTTP.key(), "\x00"))
+		hl := byName[name]
+		if hl == nil {
+			hl = &HTTPListener{Name: name, StatPrefix: c.HTTP.StatPrefix, Routes: tables[c.HTTP.key()], Limits: c.HTTP.Limits}
+			byName[name] = hl
+			cfg.HTTPListeners = append(cfg.HTTPListeners, hl)
+		}
+		c.HTTP.Listener = hl.Name
+	}
 	if ex.Explicit {
 		bound.RoutesByPort = map[uint32]*RouteTable{}
 		for name, t := range tables {
-			if p, err := strconv.ParseUint(name, 10, 16); err == nil {
+			if p, err := strconv.ParseUint(name, 10, 16); err == nil && p != 0 {
 				bound.RoutesByPort[uint32(p)] = t
 			}
 		}
@@ -149,4 +168,12 @@ func HostPort(host string) uint32 {
 		}
 	}
 	return contract.DefaultHTTPPort
+}
+
+// key names the chain's route table: its RDS name, or NUL and the inline configuration's.
+func (h *HTTPChain) key() string {
+	if h.Inline != nil {
+		return "\x00" + h.Inline.Name
+	}
+	return h.RDSName
 }

@@ -64,9 +64,6 @@ type HTTPListener struct {
 	// names none), and Fallback when there is none.
 	RoutesByPort map[uint32]*RouteTable
 	Fallback     *RouteTable
-	// Capture is the capture listener whose connections were not redirected this listener
-	// serves (nil for a plain HTTP listener).
-	Capture *CaptureListener
 }
 
 // RouteTable is a decoded RouteConfiguration with the virtual-host lookup prepared.
