@@ -26,6 +26,7 @@ import (
 	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/activator"
 	"github.com/weftmesh/weft/sidecar/admin"
+	"github.com/weftmesh/weft/sidecar/capture"
 	"github.com/weftmesh/weft/sidecar/config"
 	"github.com/weftmesh/weft/sidecar/httpproxy"
 	"github.com/weftmesh/weft/sidecar/upstream"
@@ -129,12 +130,16 @@ func run() error {
 	var current atomic.Pointer[config.Config]
 	calls := newAsyncCalls(log, node.GetId(), f.function, f.appPort, current.Load)
 	ups := upstream.NewManager(bg, clock.RealClock{})
+	ref := &httpRef{}
+	capt := capture.New(capture.Options{Upstreams: ups, HTTP: ref, Logger: log})
 	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Logger: log, Holder: holder{act}, Watcher: act, Async: calls,
-		GoroutinePerConnection: !f.eventLoop, Function: f.function})
+		GoroutinePerConnection: !f.eventLoop, Function: f.function, Diverter: capt})
+	ref.p = px
 	redis := newRedisPools(log, f.redisProxy != "")
 	var status func() any
 	fnNS, fnName, _ := strings.Cut(f.function, "/") // empty when the pod serves no function
 	apply := func(c *config.Config) {
+		capt.Apply(c) // first: the listeners px starts offer their connections to it
 		if err := px.Apply(c); err != nil {
 			log.Error("applying config", "err", err)
 		}
@@ -167,6 +172,7 @@ func run() error {
 
 	adm := admin.New(admin.Options{Config: current.Load, Status: status})
 	adm.AddStats(px)
+	adm.AddStats(captureStats{capt, px})
 	adm.AddStats(activatorStats{act})
 	adm.AddStats(redis)
 	adm.AddStats(calls)

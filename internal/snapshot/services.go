@@ -147,7 +147,9 @@ func (t *translator) defaultServices(in *Input, claimed map[string]bool, plan *o
 	for i := range in.Services {
 		svcs = append(svcs, &in.Services[i])
 	}
-	sort.Slice(svcs, func(i, j int) bool { return nsName(svcs[i].Namespace, svcs[i].Name) < nsName(svcs[j].Namespace, svcs[j].Name) })
+	sort.Slice(svcs, func(i, j int) bool {
+		return nsName(svcs[i].Namespace, svcs[i].Name) < nsName(svcs[j].Namespace, svcs[j].Name)
+	})
 	for _, svc := range svcs {
 		ips := clusterIPs(svc)
 		external := svc.Spec.Type == corev1.ServiceTypeExternalName

@@ -44,6 +44,9 @@ type Options struct {
 	// Function is the MeshFunction (namespace/name) this pod serves, if any; answers of
 	// the inbound listener name it.
 	Function string
+	// Diverter takes the captured connections of other filter chains from the listeners
+	// bound at capture listeners' addresses (capture.go); nil keeps every connection.
+	Diverter Diverter
 }
 
 // Proxy serves the HTTP listeners of the config in force.
@@ -78,6 +81,8 @@ type Listener struct {
 	appSeen atomic.Bool
 	proxy   *Proxy
 	routes  atomic.Pointer[config.RouteTable]
+	hl      atomic.Pointer[config.HTTPListener] // the config in force (capture.go)
+	unbound bool                                // a capture chain's: binds nothing (capture.go)
 	ln      net.Listener
 	h2      *h2Server
 	loops   []*hloop // none: a goroutine per connection
@@ -136,7 +141,10 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 			if p.draining {
 				continue
 			}
-			nl, err := p.start(hl)
+			nl, err := p.startUnbound(hl), error(nil)
+			if hl.Address != "" {
+				nl, err = p.start(hl)
+			}
 			if err != nil {
 				errs = append(errs, err)
 				continue
@@ -145,6 +153,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 			p.listeners[hl.Name] = l
 		}
 		l.routes.Store(hl.Routes)
+		l.hl.Store(hl)
 		l.setLimits(hl.Limits)
 	}
 	for name, l := range p.listeners {
