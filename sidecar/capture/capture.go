@@ -130,11 +130,16 @@ func (c *Capture) ServeConn(listener string, nc net.Conn, dst netip.AddrPort) bo
 // serve runs the chain of one captured connection.
 func (c *Capture) serve(st *listenerState, nc net.Conn, dst netip.AddrPort, m config.ChainMatch) {
 	chain, in := m.Other, []byte(nil)
-	if m.Sniff() || (chain != nil && chain.TCP != nil && chain.TCP.Cluster == contract.BlackHoleClusterName) {
+	blackHole := chain != nil && chain.TCP != nil && chain.TCP.Cluster == contract.BlackHoleClusterName
+	if m.Sniff() || blackHole {
 		var isHTTP bool
 		isHTTP, in = sniff(nc, c.opts.SniffTimeout)
 		if isHTTP && m.HTTP != nil {
 			chain = m.HTTP
+		} else if isHTTP && blackHole {
+			c.stats.cluster(contract.BlackHoleClusterName).blocked.Add(1)
+			refuseHTTP(nc, in, dst)
+			return
 		}
 	}
 	if chain == nil {

@@ -3,6 +3,8 @@ package capture
 import (
 	"bytes"
 	"net"
+	"net/netip"
+	"strconv"
 	"time"
 )
 
@@ -60,4 +62,30 @@ func sniff(nc net.Conn, timeout time.Duration) (isHTTP bool, in []byte) {
 		}
 	}
 	return false, buf
+}
+
+// refuseHTTP answers an HTTP/1 request to a destination REGISTRY_ONLY blocks with a 502
+// that names it (its Host, else the address), reading at most sniffMax bytes of the head
+// for a second, and closes the connection.
+func refuseHTTP(nc net.Conn, in []byte, dst netip.AddrPort) {
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(time.Second))
+	buf := append(make([]byte, 0, sniffMax), in...)
+	for !bytes.Contains(buf, []byte("\r\n\r\n")) && len(buf) < sniffMax {
+		n, err := nc.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err != nil {
+			break
+		}
+	}
+	host := dst.String()
+	for _, line := range bytes.Split(buf, []byte("\r\n")) {
+		if k, v, ok := bytes.Cut(line, []byte(":")); ok && bytes.EqualFold(bytes.TrimSpace(k), []byte("host")) {
+			host = string(bytes.TrimSpace(v))
+			break
+		}
+	}
+	msg := "blocked by REGISTRY_ONLY: " + host + " is not a Service of the mesh; create a Service or MeshRoute for it, or run the manager with --outbound-traffic-policy=ALLOW_ANY\n"
+	_, _ = nc.Write([]byte("HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: " +
+		strconv.Itoa(len(msg)) + "\r\n\r\n" + msg))
 }
