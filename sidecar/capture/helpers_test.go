@@ -53,6 +53,7 @@ type mesh struct {
 	reviews9080, reviews9090, redis, app7000HTTP, app7000TCP string
 	blocked                                                  bool
 	listenAddr                                               string // the outbound listener's address
+	bindExact                                                bool   // bind listenAddr itself, not 127.0.0.1:0
 }
 
 func anyOf(m proto.Message) *anypb.Any {
@@ -182,7 +183,9 @@ type sidecar struct {
 
 type ref struct{ p *httpproxy.Proxy }
 
-func (r *ref) ServeCaptured(l string, nc net.Conn, in []byte) bool { return r.p.ServeCaptured(l, nc, in) }
+func (r *ref) ServeCaptured(l string, nc net.Conn, in []byte) bool {
+	return r.p.ServeCaptured(l, nc, in)
+}
 
 func startSidecar(t *testing.T, m mesh, goroutines bool, sniff time.Duration) *sidecar {
 	t.Helper()
@@ -197,8 +200,12 @@ func startSidecar(t *testing.T, m mesh, goroutines bool, sniff time.Duration) *s
 	ups := upstream.NewManager(ctx, clock.RealClock{})
 	r := &ref{}
 	capt := New(Options{Upstreams: ups, HTTP: r, SniffTimeout: sniff, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	listen := map[string]string{contract.OutboundListenerName: "127.0.0.1:0"}
+	if m.bindExact {
+		listen = nil
+	}
 	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Diverter: capt, GoroutinePerConnection: goroutines,
-		ListenAddress: map[string]string{contract.OutboundListenerName: "127.0.0.1:0"}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		ListenAddress: listen, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	r.p = px
 	capt.Apply(cfg)
 	if err := px.Apply(cfg); err != nil {
