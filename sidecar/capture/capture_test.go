@@ -166,7 +166,7 @@ func TestSniffingUndeclaredPort(t *testing.T) {
 	}
 }
 
-func tcpServer(t *testing.T, serve func(net.Conn)) string {
+func tcpServer(t testing.TB, serve func(net.Conn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -364,7 +364,7 @@ func fds(t *testing.T) int {
 	return len(es)
 }
 
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -374,7 +374,7 @@ func freePort(t *testing.T) string {
 	return p
 }
 
-func waitDial(t *testing.T, addr string) {
+func waitDial(t testing.TB, addr string) {
 	for i := 0; i < 100; i++ {
 		if c, err := net.Dial("tcp", addr); err == nil {
 			c.Close()

@@ -187,7 +187,7 @@ func (r *ref) ServeCaptured(l string, nc net.Conn, in []byte) bool {
 	return r.p.ServeCaptured(l, nc, in)
 }
 
-func startSidecar(t *testing.T, m mesh, goroutines bool, sniff time.Duration) *sidecar {
+func startSidecar(t testing.TB, m mesh, goroutines bool, sniff time.Duration) *sidecar {
 	t.Helper()
 	if m.listenAddr == "" {
 		m.listenAddr = "127.0.0.1:15001"
@@ -222,7 +222,7 @@ func startSidecar(t *testing.T, m mesh, goroutines bool, sniff time.Duration) *s
 
 // front stands in for iptables: every connection to the returned address is handed to
 // the capture plane as if it had been redirected from dst.
-func (s *sidecar) front(t *testing.T, dst string) string {
+func (s *sidecar) front(t testing.TB, dst string) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
