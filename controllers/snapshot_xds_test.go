@@ -228,8 +228,14 @@ var _ = Describe("xDS snapshots served over ADS", Ordered, func() {
 			var names []string
 			for _, vh := range sidecar.Current().HTTPListeners {
 				if vh.Name == "outbound_http" {
-					for _, v := range vh.Routes.VirtualHosts {
-						names = append(names, v.Name)
+					// One route configuration per port: reviews (a Service on 9080) is in
+					// "9080", reviews-copy (no Service) in "80".
+					for _, rt := range vh.RoutesByPort {
+						for _, v := range rt.VirtualHosts {
+							if v.Name != "allow_any" {
+								names = append(names, v.Name)
+							}
+						}
 					}
 				}
 			}
