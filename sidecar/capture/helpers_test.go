@@ -22,6 +22,7 @@ import (
 	httpinspv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/http_inspector/v3"
 	origdstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
 	tlsinspv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
+	connlimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/connection_limit/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -54,6 +55,8 @@ type mesh struct {
 	blocked                                                  bool
 	listenAddr                                               string // the outbound listener's address
 	bindExact                                                bool   // bind listenAddr itself, not 127.0.0.1:0
+	idle                                                     time.Duration
+	maxConns                                                 uint64 // a connection_limit on every chain
 }
 
 func anyOf(m proto.Message) *anypb.Any {
@@ -79,9 +82,11 @@ func hcm(rc string) *listenerv3.Filter {
 	return &listenerv3.Filter{Name: contract.HCMFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: anyOf(h)}}
 }
 
+var tcpIdle = time.Hour
+
 func tcpFilter(cluster string) *listenerv3.Filter {
 	tp := &tcpproxyv3.TcpProxy{StatPrefix: cluster, ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
-		IdleTimeout: durationpb.New(time.Hour)}
+		IdleTimeout: durationpb.New(tcpIdle)}
 	return &listenerv3.Filter{Name: contract.TCPProxyFilterName, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: anyOf(tp)}}
 }
 
@@ -111,6 +116,10 @@ func eds(name, addr string) (*clusterv3.Cluster, *endpointv3.ClusterLoadAssignme
 
 // resources builds the test mesh's xDS resources.
 func (m mesh) resources() config.Resources {
+	if m.idle > 0 {
+		tcpIdle = m.idle
+		defer func() { tcpIdle = time.Hour }()
+	}
 	res := config.Resources{resourcev3.ListenerType: {}, resourcev3.RouteType: {}, resourcev3.ClusterType: {}, resourcev3.EndpointType: {}}
 	add := func(name, addr string) {
 		c, cla := eds(name, addr)
@@ -169,6 +178,13 @@ func (m mesh) resources() config.Resources {
 			chain("sniffed-http|app", 7000, appIP, http, hcm("7000")),
 		},
 		DefaultFilterChain: &listenerv3.FilterChain{Name: def, Filters: []*listenerv3.Filter{tcpFilter(def)}},
+	}
+	if m.maxConns > 0 {
+		lim := &listenerv3.Filter{Name: contract.ConnectionLimitFilterName, ConfigType: &listenerv3.Filter_TypedConfig{
+			TypedConfig: anyOf(&connlimitv3.ConnectionLimit{StatPrefix: "outbound", MaxConnections: wrapperspb.UInt64(m.maxConns)})}}
+		for _, c := range append(l.FilterChains, l.DefaultFilterChain) {
+			c.Filters = append([]*listenerv3.Filter{lim}, c.Filters...)
+		}
 	}
 	res[resourcev3.ListenerType][l.Name] = l
 	return res

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/config"
 	"github.com/weftmesh/weft/sidecar/upstream"
@@ -47,7 +49,7 @@ func (c *Capture) proxyTCP(cl *config.CaptureListener, tp *config.TCPProxy, down
 			return
 		}
 	}
-	p := &pipe{idle: tp.IdleTimeout}
+	p := &pipe{a: down, b: up, idle: tp.IdleTimeout}
 	p.touch()
 	done := make(chan struct{})
 	go func() {
@@ -156,9 +158,11 @@ func (c *Capture) report(cluster string, h *upstream.Host, o upstream.Outcome) {
 	}
 }
 
-// pipe is the state both directions of one proxied connection share: when a byte last
-// moved either way (for the idle timeout) and whether the idle timeout ended it.
+// pipe is the state both directions of one proxied connection share: the two
+// connections, when a byte last moved either way as far as the copy loops know (for
+// connections without TCP_INFO), and whether the idle timeout ended it.
 type pipe struct {
+	a, b     net.Conn
 	idle     time.Duration
 	last     atomic.Int64 // unix nanos
 	timedOut atomic.Bool
@@ -166,15 +170,48 @@ type pipe struct {
 
 func (p *pipe) touch() { p.last.Store(time.Now().UnixNano()) }
 
+// quiet is how long neither side has sent a byte. The copy loops splice whole chunks
+// without returning, so they cannot see a trickle as it passes; the kernel can: TCP_INFO's
+// tcpi_last_data_recv is the time since the socket last received data.
+func (p *pipe) quiet() time.Duration {
+	q := time.Since(time.Unix(0, p.last.Load()))
+	for _, c := range []net.Conn{p.a, p.b} {
+		if d, ok := sinceLastRecv(c); ok && d < q {
+			q = d
+		}
+	}
+	return q
+}
+
+func sinceLastRecv(c net.Conn) (time.Duration, bool) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return 0, false
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var d time.Duration
+	ok = false
+	_ = rc.Control(func(fd uintptr) {
+		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			d, ok = time.Duration(info.Last_data_recv)*time.Millisecond, true
+		}
+	})
+	return d, ok
+}
+
 // copy moves bytes from src to dst until src ends. At src's EOF dst's write side is shut,
 // so the peer sees the half-close; on any other error both connections are closed so the
-// other direction ends too. A read deadline of the idle timeout is re-armed per chunk; when
-// it fires while the other direction moved bytes recently, the wait goes on.
+// other direction ends too. src's read deadline is the idle timeout; when it passes while
+// either side sent a byte within the timeout, the deadline moves to the timeout after that
+// byte.
 func (p *pipe) copy(dst, src net.Conn, counter *atomic.Uint64) {
+	if p.idle > 0 {
+		_ = src.SetReadDeadline(time.Now().Add(p.idle))
+	}
 	for {
-		if p.idle > 0 {
-			_ = src.SetReadDeadline(time.Unix(0, p.last.Load()).Add(p.idle))
-		}
 		n, err := io.Copy(dst, &io.LimitedReader{R: src, N: copyChunk})
 		if n > 0 {
 			counter.Add(uint64(n))
@@ -187,8 +224,9 @@ func (p *pipe) copy(dst, src net.Conn, counter *atomic.Uint64) {
 			closeWrite(dst) // EOF from src
 			return
 		case errors.Is(err, os.ErrDeadlineExceeded) && p.idle > 0:
-			if time.Since(time.Unix(0, p.last.Load())) < p.idle {
-				continue // the other direction is busy
+			if q := p.quiet(); q < p.idle {
+				_ = src.SetReadDeadline(time.Now().Add(p.idle - q))
+				continue
 			}
 			p.timedOut.Store(true)
 		}
