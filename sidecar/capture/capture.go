@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/config"
 	"github.com/weftmesh/weft/sidecar/upstream"
@@ -107,8 +109,15 @@ func (c *Capture) Divert(listener string, fd int) bool {
 	if !m.Sniff() && m.Other != nil && m.Other.HTTP != nil && m.Other.HTTP.Listener == listener {
 		return false // the caller's own HTTP chain (the inbound app port): served in place
 	}
-	f := os.NewFile(uintptr(fd), "")
-	nc, err := net.FileConn(f) // a duplicate in Go's poller; f is not closed (the caller owns fd)
+	// The caller owns fd and closes it: take a duplicate. An os.File over fd itself would
+	// close it again from its finalizer, by then maybe another connection's descriptor.
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	f := os.NewFile(uintptr(dup), "")
+	nc, err := net.FileConn(f) // its own duplicate, in Go's poller
+	f.Close()
 	if err != nil {
 		return false
 	}
