@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"crypto/sha256"
 	"net/netip"
 	"sort"
 	"strconv"
@@ -197,7 +198,7 @@ func (t *translator) defaultServices(in *Input, claimed map[string]bool, plan *o
 					route.GetRoute().RetryPolicy = nil
 				}
 				routes := []*routev3.Route{route}
-				res.addVHost(svc.Namespace, rc, name, g, l, routes, hashAll(routes), domains)
+				res.addVHost(svc.Namespace, rc, name, g, l, routes, defaultRouteHash(route), domains)
 			}
 			if pr == protoHTTP || external {
 				continue
@@ -304,5 +305,30 @@ func (t *translator) hostRoutes(h, ns string) []hostPort {
 		g, l := hostDomains(h, ns, []int32{contract.DefaultHTTPPort})
 		out = append(out, hostPort{rc: contract.RouteConfigName(contract.DefaultHTTPPort), global: g, local: l})
 	}
+	return out
+}
+
+// defaultRouteHashes are the content hashes of the default route with no cluster, with and
+// without retries: a default route differs from them only by its cluster, so its hash is
+// one of these and the cluster name, exactly, without marshalling 10,000 routes.
+var defaultRouteHashes = func() (h [2][32]byte) {
+	for i, rp := range []*routev3.RetryPolicy{defaultRetries, nil} {
+		h[i] = hashOf(&routev3.Route{Name: "default",
+			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+			Action: &routev3.Route_Route{Route: &routev3.RouteAction{Timeout: timeoutOf(0), RetryPolicy: rp}}})
+	}
+	return h
+}()
+
+func defaultRouteHash(r *routev3.Route) [32]byte {
+	i := 0
+	if r.GetRoute().GetRetryPolicy() == nil {
+		i = 1
+	}
+	h := sha256.New()
+	h.Write(defaultRouteHashes[i][:])
+	h.Write([]byte(r.GetRoute().GetCluster()))
+	var out [32]byte
+	copy(out[:], h.Sum(nil))
 	return out
 }
