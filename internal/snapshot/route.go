@@ -188,8 +188,12 @@ rules:
 			}
 		}
 	}
+	dest := make([]int32, 0, len(destPorts))
+	for p := range destPorts {
+		dest = append(dest, p)
+	}
 	for _, h := range mr.Spec.Hosts {
-		b.hosts = append(b.hosts, hostEntry{host: h, key: hostKey(h, mr.Namespace), ports: t.hostRoutes(h, mr.Namespace)})
+		b.hosts = append(b.hosts, hostEntry{host: h, key: hostKey(h, mr.Namespace), ports: t.hostRoutes(h, mr.Namespace, dest)})
 	}
 	return b
 }

@@ -283,8 +283,10 @@ func (t *translator) serviceOfHost(h, ns string) *corev1.Service {
 // hostRoutes lists the route configurations and domains of host h of an object in ns: for
 // a Service's host, one per port of the Service that is not declared TCP, with the
 // ClusterIP forms too (a caller by address must meet the same routes); otherwise route
-// configuration "80" only.
-func (t *translator) hostRoutes(h, ns string) []hostPort {
+// configuration "80" and those of the object's destination ports (destPorts), where
+// callers reached such a host as "<host>:<port>" before route configurations were split
+// by port.
+func (t *translator) hostRoutes(h, ns string, destPorts []int32) []hostPort {
 	var out []hostPort
 	if svc := t.serviceOfHost(h, ns); svc != nil {
 		ips := clusterIPs(svc)
@@ -301,9 +303,21 @@ func (t *translator) hostRoutes(h, ns string) []hostPort {
 			out = append(out, hostPort{rc: contract.RouteConfigName(uint32(sp.Port)), global: g, local: l})
 		}
 	}
-	if len(out) == 0 {
-		g, l := hostDomains(h, ns, []int32{contract.DefaultHTTPPort})
-		out = append(out, hostPort{rc: contract.RouteConfigName(contract.DefaultHTTPPort), global: g, local: l})
+	if len(out) > 0 {
+		return out
+	}
+	ports := map[int32]bool{contract.DefaultHTTPPort: true}
+	for _, p := range destPorts {
+		ports[p] = true
+	}
+	sorted := make([]int32, 0, len(ports))
+	for p := range ports {
+		sorted = append(sorted, p)
+	}
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
+	for _, p := range sorted {
+		g, l := hostDomains(h, ns, []int32{p})
+		out = append(out, hostPort{rc: contract.RouteConfigName(uint32(p)), global: g, local: l})
 	}
 	return out
 }
