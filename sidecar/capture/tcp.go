@@ -71,7 +71,7 @@ func (c *Capture) proxyTCP(cl *config.CaptureListener, tp *config.TCPProxy, down
 				}
 			}
 			if err != nil {
-				if err == io.EOF {
+				if errors.Is(err, io.EOF) {
 					closeWrite(up)
 				} else {
 					up.Close()

@@ -67,14 +67,14 @@ func buildCapture(cfg *Config, info *ListenerInfo, res Resources) (missing []str
 				}
 			}
 		case c.HTTP != nil:
-			t, ok := tables[c.HTTP.RDSName]
-			if !ok {
+			if _, ok := tables[c.HTTP.RDSName]; !ok {
 				rc, found := res[resourcev3.RouteType][c.HTTP.RDSName]
 				if !found {
 					missing = append(missing, "routes "+c.HTTP.RDSName+" (listener "+cl.Name+")")
 					continue
 				}
-				if t, err = DecodeRouteConfig(rc.(*routev3.RouteConfiguration)); err != nil {
+				t, err := DecodeRouteConfig(rc.(*routev3.RouteConfiguration))
+				if err != nil {
 					return nil, err
 				}
 				tables[c.HTTP.RDSName] = t
