@@ -7,11 +7,14 @@ import (
 
 // Listener, route and address names every sidecar relies on.
 const (
-	// OutboundListenerName is the HTTP listener the app's outgoing calls reach (HTTP_PROXY).
+	// OutboundListenerName is the listener the app's outgoing calls reach: HTTP_PROXY
+	// callers, and connections iptables redirected (capture.go).
 	OutboundListenerName = "outbound_http"
 	// InboundListenerName is the HTTP listener in front of the local app.
 	InboundListenerName = "inbound_http"
-	// OutboundRouteName is the RDS RouteConfiguration of the outbound listener.
+	// OutboundRouteName is the RDS RouteConfiguration of a single-chain outbound listener
+	// (control planes before issue 15, and sidecar tests). The control plane now emits one
+	// route configuration per port (RouteConfigName) behind a capture listener (capture.go).
 	OutboundRouteName = "outbound_http"
 	// InboundRouteName is the inline RouteConfiguration (and its one vhost) of the inbound
 	// listener.

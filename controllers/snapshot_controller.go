@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/internal/snapshot"
 	"github.com/weftmesh/weft/internal/xds"
 )
@@ -62,6 +63,9 @@ type SnapshotReconciler struct {
 	Elected <-chan struct{}
 	// Queue, when set before the manager starts, tells every sidecar where async calls go.
 	Queue *snapshot.Queue
+	// OutboundTrafficPolicy is the mesh-wide treatment of destinations that are no
+	// Service (ALLOW_ANY when empty, as Istio), set before the manager starts.
+	OutboundTrafficPolicy contract.OutboundTrafficPolicy
 	// Recorder, when set, records an events.k8s.io/v1 Event per condition transition.
 	Recorder events.EventRecorder
 
@@ -205,7 +209,8 @@ func (r *SnapshotReconciler) input(ctx context.Context) (*snapshot.Input, error)
 		}
 	}
 	in := &snapshot.Input{MeshRoutes: routes.Items, MeshFunctions: functions.Items, RedisProxies: redis.Items,
-		Services: services.Items, EndpointSlices: slices.Items, Pods: pods.Items, Deployments: deployments.Items, Queue: r.Queue}
+		Services: services.Items, EndpointSlices: slices.Items, Pods: pods.Items, Deployments: deployments.Items, Queue: r.Queue,
+		OutboundTrafficPolicy: r.OutboundTrafficPolicy}
 	for i := range grants.Items {
 		in.ReferenceGrants = append(in.ReferenceGrants, snapshot.ReferenceGrantFrom(grants.Items[i].Object))
 	}

@@ -99,17 +99,23 @@ var _ = Describe("xDS snapshots served over ADS", Ordered, func() {
 				clusters = append(clusters, n)
 			}
 			for _, l := range cfg.HTTPListeners {
+				if l.Address == "" {
+					continue // a capture chain's unbound listener
+				}
 				listeners = append(listeners, l.Name+"@"+l.Address)
 				if l.Name == "outbound_http" {
-					for _, vh := range l.Routes.VirtualHosts {
+					// Every Service is in the mesh (issue 15): the MeshRoute's host replaces
+					// reviews' default virtual host in route configuration "9080".
+					for _, vh := range l.RoutesFor("reviews:9080").VirtualHosts {
 						vhosts = append(vhosts, vh.Name)
 					}
 				}
 			}
 			sort.Strings(clusters)
-			g.Expect(clusters).To(Equal([]string{"inbound|9080", reviewsCluster}))
+			g.Expect(clusters).To(Equal([]string{"BlackHoleCluster", "InboundPassthroughCluster", "PassthroughCluster",
+				"inbound|9080", "outbound|9080||reviews.xds-test.svc.cluster.local", reviewsCluster}))
 			g.Expect(listeners).To(ConsistOf("outbound_http@127.0.0.1:15001", "inbound_http@0.0.0.0:15006"))
-			g.Expect(vhosts).To(Equal([]string{"xds-test/reviews|reviews"}))
+			g.Expect(vhosts).To(Equal([]string{"xds-test/reviews|reviews", "allow_any"}))
 			g.Expect(cfg.Clusters[reviewsCluster].Endpoints).To(HaveLen(1))
 			g.Expect(cfg.Clusters[reviewsCluster].Endpoints[0].Address).To(Equal("10.0.0.1:8080"))
 		}, timeout).Should(Succeed())
@@ -222,8 +228,14 @@ var _ = Describe("xDS snapshots served over ADS", Ordered, func() {
 			var names []string
 			for _, vh := range sidecar.Current().HTTPListeners {
 				if vh.Name == "outbound_http" {
-					for _, v := range vh.Routes.VirtualHosts {
-						names = append(names, v.Name)
+					// One route configuration per port: reviews (a Service on 9080) is in
+					// "9080", reviews-copy (no Service) in "80".
+					for _, rt := range vh.RoutesByPort {
+						for _, v := range rt.VirtualHosts {
+							if v.Name != "allow_any" {
+								names = append(names, v.Name)
+							}
+						}
 					}
 				}
 			}

@@ -39,6 +39,8 @@ type options struct {
 	leaderElect   bool
 	leaderNS      string
 	xdsAddr       string
+	// outboundPolicy is Istio's outboundTrafficPolicy.mode for every sidecar.
+	outboundPolicy string
 }
 
 func main() {
@@ -49,6 +51,8 @@ func main() {
 	flag.BoolVar(&o.leaderElect, "leader-elect", false, "Elect a leader: only the leader writes status and replicas; every replica serves xDS.")
 	flag.StringVar(&o.leaderNS, "leader-election-namespace", "", "Namespace of the leader-election Lease (default: the pod's namespace).")
 	flag.StringVar(&o.xdsAddr, "xds-address", ":"+strconv.Itoa(contract.XDSPort), "Address of the xDS (ADS) gRPC server sidecars connect to; the autoscaler's signal service shares it.")
+	flag.StringVar(&o.outboundPolicy, "outbound-traffic-policy", string(contract.AllowAny),
+		"What sidecars do with a destination that is no Service of the mesh: ALLOW_ANY passes it through unchanged (Istio's default), REGISTRY_ONLY refuses it (HTTP 502 saying why, TCP closed).")
 	zapOpts := zap.Options{Development: false}
 	zapOpts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -95,7 +99,11 @@ func run(o options) error {
 	if err := setupInjection(mgr); err != nil {
 		return err
 	}
-	srv, snap, err := setupXDS(mgr, o.xdsAddr)
+	policy := contract.OutboundTrafficPolicy(o.outboundPolicy)
+	if policy != contract.AllowAny && policy != contract.RegistryOnly {
+		return fmt.Errorf("--outbound-traffic-policy=%q: use %s or %s", o.outboundPolicy, contract.AllowAny, contract.RegistryOnly)
+	}
+	srv, snap, err := setupXDS(mgr, o.xdsAddr, policy)
 	if err != nil {
 		return err
 	}
@@ -109,9 +117,10 @@ func run(o options) error {
 // setupXDS adds the snapshot reconciler and the xDS server, both on every replica. Other
 // gRPC services (the autoscaler's signal intake) register on the returned server before
 // the manager starts.
-func setupXDS(mgr ctrl.Manager, addr string) (*xds.Server, *controllers.SnapshotReconciler, error) {
+func setupXDS(mgr ctrl.Manager, addr string, policy contract.OutboundTrafficPolicy) (*xds.Server, *controllers.SnapshotReconciler, error) {
 	cache := xds.NewCache()
 	r := controllers.NewSnapshotReconciler(mgr.GetClient(), mgr.GetAPIReader(), cache, mgr.Elected())
+	r.OutboundTrafficPolicy = policy
 	srv := xds.New(cache, xds.Options{Address: addr, OnChange: r.Notify, Log: ctrl.Log.WithName("xds")})
 	r.Nodes = srv
 	r.Recorder = mgr.GetEventRecorder("weft-snapshot")

@@ -27,6 +27,7 @@ import (
 	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/activator"
 	"github.com/weftmesh/weft/sidecar/admin"
+	"github.com/weftmesh/weft/sidecar/capture"
 	"github.com/weftmesh/weft/sidecar/config"
 	"github.com/weftmesh/weft/sidecar/httpproxy"
 	"github.com/weftmesh/weft/sidecar/upstream"
@@ -149,12 +150,16 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	ref := &httpRef{}
+	capt := capture.New(capture.Options{Upstreams: ups, HTTP: ref, Logger: log})
 	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Logger: log, Holder: holder{act}, Watcher: act, Async: calls,
-		GoroutinePerConnection: !f.eventLoop, Function: f.function, PodIP: podIP})
+		GoroutinePerConnection: !f.eventLoop, Function: f.function, PodIP: podIP, Diverter: capt})
+	ref.p = px
 	redis := newRedisPools(log, f.redisProxy != "")
 	var status func() any
 	fnNS, fnName, _ := strings.Cut(f.function, "/") // empty when the pod serves no function
 	apply := func(c *config.Config) {
+		capt.Apply(c) // first: the listeners px starts offer their connections to it
 		if err := px.Apply(c); err != nil {
 			log.Error("applying config", "err", err)
 		}
@@ -188,6 +193,7 @@ func run() error {
 	adm := admin.New(admin.Options{Config: current.Load, Status: status,
 		Exchanges: func(minAge time.Duration) any { return px.Exchanges(minAge) }})
 	adm.AddStats(px)
+	adm.AddStats(captureStats{capt, px})
 	adm.AddStats(activatorStats{act})
 	adm.AddStats(redis)
 	adm.AddStats(calls)

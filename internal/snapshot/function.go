@@ -56,10 +56,8 @@ func (t *translator) meshFunction(fn *meshv1alpha1.MeshFunction) *built {
 		// take its traffic.
 		return b
 	}
-	ports := []int32{functionServicePort}
 	for _, h := range append([]string{fn.Name}, fn.Spec.Hosts...) {
-		g, l := hostDomains(h, fn.Namespace, ports)
-		b.hosts = append(b.hosts, hostEntry{host: h, key: hostKey(h, fn.Namespace), global: g, local: l})
+		b.hosts = append(b.hosts, hostEntry{host: h, key: hostKey(h, fn.Namespace), ports: t.functionHostRoutes(h, fn.Namespace)})
 	}
 	return b
 }
@@ -80,4 +78,16 @@ func drainAll(cla *endpointv3.ClusterLoadAssignment) {
 			e.HealthStatus = corev3.HealthStatus_DRAINING
 		}
 	}
+}
+
+// functionHostRoutes: a function's hosts are served on port 80 (its Service's port), with
+// its Service's ClusterIP forms for its own name.
+func (t *translator) functionHostRoutes(h, ns string) []hostPort {
+	g, l := hostDomains(h, ns, []int32{functionServicePort})
+	if svc := t.serviceOfHost(h, ns); svc != nil {
+		for _, ip := range clusterIPs(svc) {
+			g = append(g, ip, ip+":"+itoa(functionServicePort))
+		}
+	}
+	return []hostPort{{rc: contract.RouteConfigName(functionServicePort), global: g, local: l}}
 }

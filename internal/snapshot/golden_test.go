@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/config"
 )
 
@@ -92,6 +93,16 @@ func readInput(t testing.TB, path string) (*Input, []View) {
 		case "Deployment":
 			in.Deployments = append(in.Deployments, metav1.PartialObjectMetadata{})
 			dst = &in.Deployments[len(in.Deployments)-1]
+		case "MeshConfig":
+			// Test-only: the manager's mesh-wide options.
+			var mc struct {
+				OutboundTrafficPolicy string `json:"outboundTrafficPolicy"`
+			}
+			if err := yaml.UnmarshalStrict([]byte(stripTypeMeta(doc)), &mc); err != nil {
+				t.Fatalf("%s doc %d: %v", path, i, err)
+			}
+			in.OutboundTrafficPolicy = contract.OutboundTrafficPolicy(mc.OutboundTrafficPolicy)
+			continue
 		case "View":
 			var tv testView
 			if err := yaml.UnmarshalStrict([]byte(stripTypeMeta(doc)), &tv); err != nil {

@@ -6,6 +6,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+	"github.com/weftmesh/weft/contract"
 )
 
 // Input is everything translation reads. The reconciler lists it from its cache; tests read
@@ -29,6 +30,9 @@ type Input struct {
 	ReferenceGrants []ReferenceGrant
 	// Queue, when set, is sent to every sidecar for asynchronous calls.
 	Queue *Queue
+	// OutboundTrafficPolicy is what sidecars do with a destination that is no Service of
+	// the mesh: pass it through (ALLOW_ANY, also when empty) or refuse it (REGISTRY_ONLY).
+	OutboundTrafficPolicy contract.OutboundTrafficPolicy
 }
 
 // Kinds of the objects that get conditions.

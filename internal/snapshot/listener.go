@@ -8,7 +8,6 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	connlimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/connection_limit/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -16,6 +15,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/weftmesh/weft/contract"
 )
@@ -46,12 +47,7 @@ const (
 // hcmListener wraps hcm, with the listener-wide limits set on it, in a listener whose
 // filter chain caps its connections first (envoy.filters.network.connection_limit).
 func hcmListener(name, addr string, port uint32, dir corev3.TrafficDirection, hcm *hcmv3.HttpConnectionManager) *listenerv3.Listener {
-	hcm.MaxRequestHeadersKb = wrapperspb.UInt32(maxRequestHeadersKB)
-	hcm.RequestHeadersTimeout = durationpb.New(requestHeadersTimeout)
-	hcm.CommonHttpProtocolOptions = &corev3.HttpProtocolOptions{
-		IdleTimeout:     durationpb.New(downstreamIdleTimeout),
-		MaxHeadersCount: wrapperspb.UInt32(maxHeadersCount),
-	}
+	setHCMLimits(hcm)
 	limit := &connlimitv3.ConnectionLimit{StatPrefix: name, MaxConnections: wrapperspb.UInt64(maxDownstreamConns)}
 	return &listenerv3.Listener{
 		Name:    name,
@@ -64,20 +60,14 @@ func hcmListener(name, addr string, port uint32, dir corev3.TrafficDirection, hc
 	}
 }
 
-// outboundListener is the listener every sidecar gets: HTTP on 127.0.0.1:15001, routes over
-// RDS (ADS), the fault filter (configured per route) before the router.
-func outboundListener() *listenerv3.Listener {
-	return hcmListener(contract.OutboundListenerName, contract.OutboundAddress, contract.OutboundPort, corev3.TrafficDirection_OUTBOUND,
-		&hcmv3.HttpConnectionManager{
-			StatPrefix: contract.OutboundListenerName,
-			CodecType:  hcmv3.HttpConnectionManager_AUTO,
-			RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
-				ConfigSource: adsSource(), RouteConfigName: contract.OutboundRouteName}},
-			HttpFilters: []*hcmv3.HttpFilter{
-				httpFilter(contract.FaultFilterName, &faultv3.HTTPFault{}),
-				httpFilter(contract.RouterFilterName, &routerv3.Router{}),
-			},
-		})
+// setHCMLimits sets the listener-wide limits on hcm.
+func setHCMLimits(hcm *hcmv3.HttpConnectionManager) {
+	hcm.MaxRequestHeadersKb = wrapperspb.UInt32(maxRequestHeadersKB)
+	hcm.RequestHeadersTimeout = durationpb.New(requestHeadersTimeout)
+	hcm.CommonHttpProtocolOptions = &corev3.HttpProtocolOptions{
+		IdleTimeout:     durationpb.New(downstreamIdleTimeout),
+		MaxHeadersCount: wrapperspb.UInt32(maxHeadersCount),
+	}
 }
 
 // inbound returns the inbound listener and the STATIC cluster of the local app. For a
@@ -114,5 +104,7 @@ func inbound(appPort uint32, timeout time.Duration) (*listenerv3.Listener, *clus
 				Endpoint: &endpointv3.Endpoint{Address: socketAddress("127.0.0.1", appPort)}}}},
 		}}},
 	}
-	return l, c
+	// The app is spoken to in the caller's protocol: a gRPC call arrives as HTTP/2 and
+	// must reach the app as HTTP/2 (Istio's inbound clusters sniff the same way).
+	return captureInbound(l, appPort), withPortProtocol(c, corev1.ServicePort{})
 }

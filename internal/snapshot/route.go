@@ -2,7 +2,6 @@ package snapshot
 
 import (
 	"fmt"
-	"sort"
 	"strings"
 	"time"
 
@@ -35,9 +34,9 @@ type built struct {
 }
 
 type hostEntry struct {
-	host          string
-	key           string
-	global, local []string
+	host  string
+	key   string
+	ports []hostPort
 }
 
 func (b *built) addCluster(c *clusterv3.Cluster, cla *endpointv3.ClusterLoadAssignment) {
@@ -190,34 +189,14 @@ rules:
 			}
 		}
 	}
-	ports := t.hostPorts(mr.Namespace, destPorts)
+	dest := make([]int32, 0, len(destPorts))
+	for p := range destPorts {
+		dest = append(dest, p)
+	}
 	for _, h := range mr.Spec.Hosts {
-		g, l := hostDomains(h, mr.Namespace, ports(h))
-		b.hosts = append(b.hosts, hostEntry{host: h, key: hostKey(h, mr.Namespace), global: g, local: l})
+		b.hosts = append(b.hosts, hostEntry{host: h, key: hostKey(h, mr.Namespace), ports: t.hostRoutes(h, mr.Namespace, dest)})
 	}
 	return b
-}
-
-// hostPorts returns, per host, the ports its ":port" forms use: those of the Service named
-// like the host, else those of the route's destinations.
-func (t *translator) hostPorts(ns string, dest map[int32]bool) func(string) []int32 {
-	fallback := make([]int32, 0, len(dest))
-	for p := range dest {
-		fallback = append(fallback, p)
-	}
-	sort.Slice(fallback, func(i, j int) bool { return fallback[i] < fallback[j] })
-	return func(h string) []int32 {
-		short, _, _ := strings.Cut(h, ".")
-		if svc, ok := t.ix.services[nsName(ns, short)]; ok && (short == h || strings.HasPrefix(h, short+"."+ns)) {
-			var out []int32
-			for _, p := range svc.Spec.Ports {
-				out = append(out, p.Port)
-			}
-			sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
-			return out
-		}
-		return fallback
-	}
 }
 
 // ruleAction builds the action part of a rule's routes (shared by its matches). ok is

@@ -29,6 +29,9 @@ var sidecarInputs = []struct {
 	{"function", 0, "mesh-function"},
 	{"function-async", 0, "mesh-function-async"},
 	{"redis", 0, "mesh-redis"},
+	{"services-default", 0, "mesh-services"},
+	{"services-default", 2, "mesh-services-inbound"},
+	{"services-registry-only", 0, "mesh-services-registry-only"},
 }
 
 // TestSidecarGoldenInputsFollowTranslation keeps the sidecar's mesh-* decoder inputs equal

@@ -4,13 +4,17 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/weftmesh/weft/contract"
 )
 
 // translator carries the index through the per-object translations.
@@ -30,17 +34,22 @@ type Result struct {
 
 	vhosts           []vhostEntry
 	functionTimeouts map[string]time.Duration
+	// plan is what the outbound listener's chains and the route configurations' names are
+	// made of; blocked is REGISTRY_ONLY.
+	plan    outboundPlan
+	blocked bool
 
 	once   sync.Once
 	shared sharedHashes
 	mu     sync.Mutex
-	routes map[string]versioned[*routev3.RouteConfiguration] // by namespace
+	routes map[string]versioned[[]types.Resource] // by namespace: the route configurations
 }
 
-// vhostEntry is one accepted host: its virtual host as every namespace sees it, and as its
-// own namespace sees it (with the bare short-name domains).
+// vhostEntry is one virtual host of route configuration rc: as every namespace sees it,
+// and as its own namespace sees it (with the bare short-name domains).
 type vhostEntry struct {
 	ns            string
+	rc            string
 	global, local *routev3.VirtualHost
 	gHash, lHash  [32]byte
 }
@@ -59,7 +68,7 @@ func older(a, b *built) bool {
 func Translate(in *Input) *Result {
 	t := &translator{ix: newIndex(in)}
 	res := &Result{Status: map[ObjectKey]ObjectStatus{}, functionTimeouts: map[string]time.Duration{},
-		routes: map[string]versioned[*routev3.RouteConfiguration]{}}
+		routes: map[string]versioned[[]types.Resource]{}}
 	var objs []*built
 	gens := map[ObjectKey]int64{}
 	for i := range in.MeshFunctions {
@@ -80,7 +89,9 @@ func Translate(in *Input) *Result {
 	n := 0
 	for _, b := range objs {
 		for _, h := range b.hosts {
-			n += len(h.global) + len(h.local)
+			for _, hp := range h.ports {
+				n += len(hp.global) + len(hp.local)
+			}
 		}
 	}
 	domains := make(map[string]bool, n)
@@ -102,25 +113,19 @@ func Translate(in *Input) *Result {
 			}
 			owner[h.key] = b
 			used[b] = true
-			e := vhostEntry{ns: b.key.Namespace}
 			name := b.key.Namespace + "/" + b.key.Name + "|" + h.host
-			// Routes were validated one by one; validate the rest of the virtual host alone.
-			g := &routev3.VirtualHost{Name: name, Domains: fresh(h.global, domains)}
-			if err := g.Validate(); err != nil {
-				b.p.invalidf("host %s: %v", h.host, err)
-				continue
+			for _, hp := range h.ports {
+				// Routes were validated one by one; validate the rest of the virtual host alone.
+				if err := (&routev3.VirtualHost{Name: name, Domains: hp.global}).Validate(); err != nil {
+					b.p.invalidf("host %s: %v", h.host, err)
+					continue
+				}
+				if b.routesHash == nil {
+					sum := hashAll(b.routes)
+					b.routesHash = &sum
+				}
+				res.addVHost(b.key.Namespace, hp.rc, name, hp.global, hp.local, b.routes, *b.routesHash, domains)
 			}
-			if b.routesHash == nil {
-				sum := hashAll(b.routes)
-				b.routesHash = &sum
-			}
-			g.Routes = b.routes
-			e.global, e.gHash = g, vhostHash(g, *b.routesHash)
-			if local := fresh(h.local, domains); len(local) > 0 {
-				l := &routev3.VirtualHost{Name: name, Domains: append(append([]string(nil), g.Domains...), local...), Routes: b.routes}
-				e.local, e.lHash = l, vhostHash(l, *b.routesHash)
-			}
-			res.vhosts = append(res.vhosts, e)
 		}
 		if !used[b] && b.key.Kind != KindMeshFunction {
 			continue // no host of its own: its clusters would serve nobody
@@ -138,9 +143,30 @@ func Translate(in *Input) *Result {
 			}
 		}
 	}
-	sort.Slice(res.vhosts, func(i, j int) bool { return res.vhosts[i].global.Name < res.vhosts[j].global.Name })
+	claimed := make(map[string]bool, len(owner))
+	for k := range owner {
+		claimed[k] = true
+	}
+	res.plan = outboundPlan{httpPorts: map[uint32]bool{}, rcPorts: map[uint32]bool{contract.DefaultHTTPPort: true}}
+	t.defaultServices(in, claimed, &res.plan, res, domains, clusters, clas)
+	for _, e := range res.vhosts {
+		if p, err := strconv.ParseUint(e.rc, 10, 16); err == nil {
+			res.plan.rcPorts[uint32(p)] = true
+		}
+	}
+	res.blocked = in.OutboundTrafficPolicy == contract.RegistryOnly
+	for _, c := range specialClusters() {
+		clusters[c.Name] = c
+	}
+	sort.SliceStable(res.vhosts, func(i, j int) bool {
+		a, b := &res.vhosts[i], &res.vhosts[j]
+		return a.rc < b.rc || a.rc == b.rc && a.global.Name < b.global.Name
+	})
 	for _, name := range sortedKeys(clusters) {
 		res.Clusters = append(res.Clusters, clusters[name])
+		if clusters[name].GetType() != clusterv3.Cluster_EDS {
+			continue
+		}
 		cla := clas[name]
 		if cla == nil {
 			cla = &endpointv3.ClusterLoadAssignment{ClusterName: name}
@@ -158,19 +184,6 @@ func Translate(in *Input) *Result {
 }
 
 func stamp(t metav1.Time) string { return t.UTC().Format(time.RFC3339) }
-
-// fresh returns the domains not yet taken, and takes them: a domain in two virtual hosts
-// would make every sidecar NACK the route configuration.
-func fresh(ds []string, taken map[string]bool) []string {
-	var out []string
-	for _, d := range ds {
-		if !taken[d] {
-			taken[d] = true
-			out = append(out, d)
-		}
-	}
-	return out
-}
 
 func sortedKeys[V any](m map[string]V) []string {
 	out := make([]string, 0, len(m))

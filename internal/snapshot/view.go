@@ -10,7 +10,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -114,35 +113,22 @@ func (r *Result) hashes() *sharedHashes {
 	r.once.Do(func() {
 		r.shared.clusters = hashAll(r.Clusters)
 		r.shared.endpoints = hashAll(r.Endpoints)
-		r.shared.outbound = outboundListener()
+		r.shared.outbound = captureOutboundListener(&r.plan, r.blocked)
 		r.shared.outboundHash = hashOf(r.shared.outbound)
 	})
 	return &r.shared
 }
 
-// routeConfig is outbound_http as namespace ns sees it: every accepted host, and the bare
-// short names of ns's own objects.
-func (r *Result) routeConfig(ns string) versioned[*routev3.RouteConfiguration] {
+// routeConfig is the per-port route configurations as namespace ns sees them (every
+// accepted host, and the bare short names of ns's own objects and Services), cached.
+func (r *Result) routeConfig(ns string) versioned[[]types.Resource] {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if rc, ok := r.routes[ns]; ok {
 		return rc
 	}
-	rc := &routev3.RouteConfiguration{Name: contract.OutboundRouteName, VirtualHosts: make([]*routev3.VirtualHost, 0, len(r.vhosts))}
-	h := sha256.New()
-	for i := range r.vhosts {
-		e := &r.vhosts[i]
-		if e.ns == ns && e.local != nil {
-			rc.VirtualHosts = append(rc.VirtualHosts, e.local)
-			h.Write(e.lHash[:])
-		} else {
-			rc.VirtualHosts = append(rc.VirtualHosts, e.global)
-			h.Write(e.gHash[:])
-		}
-	}
-	var sum [32]byte
-	copy(sum[:], h.Sum(nil))
-	out := versioned[*routev3.RouteConfiguration]{rc, version(sum)}
+	rcs, sum := r.routeConfigurations(ns)
+	out := versioned[[]types.Resource]{asResources(rcs), version(sum)}
 	r.routes[ns] = out
 	return out
 }
@@ -217,7 +203,7 @@ func (r *Result) Snapshot(v View) (*cachev3.Snapshot, error) {
 	set(resourcev3.ClusterType, version(sh.clusters, hashAll(extraC)), clusters)
 	set(resourcev3.EndpointType, version(sh.endpoints, hashAll(extraE)), endpoints)
 	set(resourcev3.ListenerType, version(sh.outboundHash, hashAll(extraL)), listeners)
-	set(resourcev3.RouteType, rc.ver, []types.Resource{rc.v})
+	set(resourcev3.RouteType, rc.ver, rc.v)
 	if err := snap.Consistent(); err != nil {
 		return nil, fmt.Errorf("view %s: snapshot is not consistent: %w", v.Key(), err)
 	}

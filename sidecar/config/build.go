@@ -48,8 +48,19 @@ func Validate(typeURL string, m proto.Message) error {
 // EDS, LDS then RDS).
 func Subscriptions(res Resources) (rds, eds []string) {
 	for _, m := range res[resourcev3.ListenerType] {
-		if info, err := DecodeListener(m.(*listenerv3.Listener)); err == nil && info.RDSName != "" {
+		info, err := DecodeListener(m.(*listenerv3.Listener))
+		if err != nil {
+			continue
+		}
+		if info.RDSName != "" {
 			rds = append(rds, info.RDSName)
+		}
+		if cl := info.Capture; cl != nil {
+			for _, c := range append(append([]*FilterChain(nil), cl.Chains...), cl.Default) {
+				if c != nil && c.HTTP != nil {
+					rds = append(rds, c.HTTP.RDSName)
+				}
+			}
 		}
 	}
 	for _, m := range res[resourcev3.ClusterType] {
@@ -121,6 +132,14 @@ func Build(res Resources, versions map[string]string) (*Config, error) {
 		info, err := DecodeListener(res[resourcev3.ListenerType][name].(*listenerv3.Listener))
 		if err != nil {
 			return nil, err
+		}
+		if info.Capture != nil {
+			m, err := buildCapture(cfg, info, res)
+			if err != nil {
+				return nil, err
+			}
+			missing = append(missing, m...)
+			continue
 		}
 		if info.Redis != nil {
 			rl := &RedisListener{Listener: info.Redis, Clusters: map[string]*clusterv3.Cluster{}, Endpoints: map[string]*endpointv3.ClusterLoadAssignment{}}

@@ -54,6 +54,9 @@ type Cluster struct {
 	Endpoints  []Endpoint
 	// Static is true for clusters with an inline load_assignment (no EDS).
 	Static bool
+	// OriginalDst is set for an ORIGINAL_DST cluster: a connection goes to its original
+	// destination (contract.PassthroughClusterName, InboundPassthroughClusterName).
+	OriginalDst bool
 }
 
 // Limits are the cluster's circuit-breaker thresholds. Zero values mean Envoy's defaults
@@ -161,6 +164,9 @@ func decodeCluster(c *clusterv3.Cluster) (*Cluster, error) {
 	if err = decodeDiscovery(c, where, out); err != nil {
 		return nil, err
 	}
+	if c.GetType() == clusterv3.Cluster_ORIGINAL_DST && c.GetLbPolicy() != clusterv3.Cluster_CLUSTER_PROVIDED {
+		return nil, fmt.Errorf("%s: an ORIGINAL_DST cluster needs lb_policy CLUSTER_PROVIDED", where)
+	}
 	if out.LB, out.MinRingSize, err = decodeLB(c, where); err != nil {
 		return nil, err
 	}
@@ -197,8 +203,13 @@ func decodeDiscovery(c *clusterv3.Cluster, where string, out *Cluster) error {
 			return err
 		}
 		out.Endpoints = eps
+	case clusterv3.Cluster_ORIGINAL_DST:
+		if c.GetLoadAssignment() != nil {
+			return fmt.Errorf("%s: type ORIGINAL_DST with a load_assignment is not supported; drop it", where)
+		}
+		out.OriginalDst, out.Static = true, true
 	default:
-		return fmt.Errorf("%s: type %s is not supported; use EDS or STATIC", where, c.GetType())
+		return fmt.Errorf("%s: type %s is not supported; use EDS, STATIC or ORIGINAL_DST", where, c.GetType())
 	}
 	return nil
 }
@@ -215,6 +226,11 @@ func decodeLB(c *clusterv3.Cluster, where string) (LBPolicy, uint64, error) {
 		lb = LeastRequest
 	case clusterv3.Cluster_RANDOM:
 		lb = Random
+	case clusterv3.Cluster_CLUSTER_PROVIDED:
+		if c.GetType() != clusterv3.Cluster_ORIGINAL_DST {
+			return 0, 0, fmt.Errorf("%s: lb_policy CLUSTER_PROVIDED is supported only on ORIGINAL_DST clusters", where)
+		}
+		lb = RoundRobin
 	case clusterv3.Cluster_RING_HASH:
 		lb = RingHash
 		rh := c.GetRingHashLbConfig()

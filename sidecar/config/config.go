@@ -24,6 +24,10 @@ type Config struct {
 	Versions map[string]string
 	// HTTPListeners are the HTTP connection manager listeners (outbound and inbound).
 	HTTPListeners []*HTTPListener
+	// CaptureListeners are the listeners with original_dst (capture.go); their HTTP chains'
+	// listeners are in HTTPListeners too (the explicit-proxy chain's bound at the capture
+	// listener's address, the others unbound).
+	CaptureListeners []*CaptureListener
 	// RedisListeners are listeners for the redis proxy, handed over undecoded.
 	RedisListeners []*RedisListener
 	// Clusters by name, endpoints included.
@@ -48,11 +52,18 @@ type RedisListener struct {
 
 // HTTPListener is a listener carrying an HTTP connection manager.
 type HTTPListener struct {
-	Name       string
-	Address    string // host:port
+	Name string
+	// Address is host:port; empty for an unbound listener that serves the connections a
+	// capture listener hands it (one HTTP chain's).
+	Address    string
 	StatPrefix string
 	Routes     *RouteTable
 	Limits     HTTPLimits
+	// RoutesByPort, set on the explicit-proxy listener of a capture listener, holds every
+	// per-port route table: a request picks the one named by its Host's port (80 when it
+	// names none), and Fallback when there is none.
+	RoutesByPort map[uint32]*RouteTable
+	Fallback     *RouteTable
 }
 
 // RouteTable is a decoded RouteConfiguration with the virtual-host lookup prepared.
@@ -85,6 +96,13 @@ const (
 	ActionForward ActionKind = iota
 	ActionRedirect
 	ActionDirect
+	// ActionPassthrough forwards the request unchanged to where the caller sent it: the
+	// original destination of a captured connection, the Host of an explicit-proxy request
+	// (a route to contract.PassthroughClusterName, Istio's allow_any).
+	ActionPassthrough
+	// ActionBlocked refuses the request because its destination is no Service of the mesh
+	// (a route to contract.BlackHoleClusterName, REGISTRY_ONLY).
+	ActionBlocked
 )
 
 // Route is one Envoy route: a match and what to do with matching requests.

@@ -29,12 +29,16 @@ type ListenerInfo struct {
 	Redis         *listenerv3.Listener
 	RedisClusters []string
 	Limits        HTTPLimits // HTTP listeners: from the HCM and a connection_limit filter
+	// Capture is set for a listener with original_dst and chains matched on the original
+	// destination (capture.go).
+	Capture *CaptureListener
 }
 
 // DecodeListener validates one listener.
 func DecodeListener(l *listenerv3.Listener) (*ListenerInfo, error) {
 	where := "listener " + l.GetName()
-	if err := onlyFields(l, where, "name", "address", "filter_chains", "traffic_direction", "metadata", "stat_prefix"); err != nil {
+	if err := onlyFields(l, where, "name", "address", "filter_chains", "traffic_direction", "metadata", "stat_prefix",
+		"listener_filters", "default_filter_chain"); err != nil {
 		return nil, err
 	}
 	sa := l.GetAddress().GetSocketAddress()
@@ -45,6 +49,12 @@ func DecodeListener(l *listenerv3.Listener) (*ListenerInfo, error) {
 		return nil, err
 	}
 	info := &ListenerInfo{Name: l.GetName(), Address: net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))}
+	if isCapture(l) {
+		if err := decodeCaptureListener(l, info, where); err != nil {
+			return nil, err
+		}
+		return info, nil
+	}
 	if len(l.GetFilterChains()) != 1 {
 		return nil, fmt.Errorf("%s: has %d filter chains; exactly one is supported", where, len(l.GetFilterChains()))
 	}

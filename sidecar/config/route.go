@@ -88,6 +88,7 @@ func decodeRoute(r *routev3.Route, where string) (*Route, error) {
 		if err := decodeRouteAction(a.Route, out, where); err != nil {
 			return nil, err
 		}
+		passthroughKind(out)
 	case *routev3.Route_Redirect:
 		out.Kind = ActionRedirect
 		rd, err := decodeRedirect(a.Redirect, where)

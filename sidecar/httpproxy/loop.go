@@ -484,7 +484,7 @@ func (h *hloop) dispatch(d *sock, end int) int {
 	l := h.l
 	r := hd.RequestIn(&d.scratch, nil)
 	r.RemoteAddr = d.remote
-	rt := l.routes.Load()
+	rt := l.routesFor(r.Host)
 	vh := rt.VirtualHostFor(r.Host)
 	if vh == nil {
 		h.handoff(d)

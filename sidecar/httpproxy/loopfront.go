@@ -35,6 +35,10 @@ func (h *hloop) accept() {
 				return
 			}
 			h.backoff.reset()
+			if h.l.divert(fd) { // captured for another filter chain (capture.go)
+				unix.Close(fd)
+				continue
+			}
 			h.l.connections.Add(1)
 			if !h.l.admitConn() {
 				unix.Close(fd) // over max_connections: refused at once

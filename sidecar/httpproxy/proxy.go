@@ -49,6 +49,9 @@ type Options struct {
 	// the sidecar over loopback (HTTP_PROXY), who are this pod's app (sourceip.go). Zero:
 	// the loopback address is hashed.
 	PodIP netip.Addr
+	// Diverter takes the captured connections of other filter chains from the listeners
+	// bound at capture listeners' addresses (capture.go); nil keeps every connection.
+	Diverter Diverter
 }
 
 // Proxy serves the HTTP listeners of the config in force.
@@ -86,6 +89,8 @@ type Listener struct {
 	appSeen atomic.Bool
 	proxy   *Proxy
 	routes  atomic.Pointer[config.RouteTable]
+	hl      atomic.Pointer[config.HTTPListener] // the config in force (capture.go)
+	unbound bool                                // a capture chain's: binds nothing (capture.go)
 	ln      net.Listener
 	h2      *h2Server
 	loops   []*hloop // none: a goroutine per connection
@@ -146,7 +151,10 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 			if p.draining {
 				continue
 			}
-			nl, err := p.start(hl)
+			nl, err := p.startUnbound(hl), error(nil)
+			if hl.Address != "" {
+				nl, err = p.start(hl)
+			}
 			if err != nil {
 				errs = append(errs, err)
 				continue
@@ -155,6 +163,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 			p.listeners[hl.Name] = l
 		}
 		l.routes.Store(hl.Routes)
+		l.hl.Store(hl)
 		l.setLimits(hl.Limits)
 	}
 	for name, l := range p.listeners {

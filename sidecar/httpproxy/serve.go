@@ -32,7 +32,7 @@ func (l *Listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			defer b.release()
 		}
 	}
-	rt := l.routes.Load()
+	rt := l.routesFor(r.Host)
 	vh := rt.VirtualHostFor(r.Host)
 	if vh == nil {
 		localReply(w, http.StatusNotFound, "no virtual host for "+r.Host+"; check the MeshRoute hosts\n")
@@ -67,6 +67,8 @@ func (l *Listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		w.WriteHeader(route.Direct.Status)
 		_, _ = w.Write([]byte(route.Direct.Body))
+	case config.ActionPassthrough, config.ActionBlocked:
+		l.passthrough(w, r, route) // capture.go
 	case config.ActionRedirect:
 		applyResponseHeaders(w.Header(), route)
 		w.Header().Set("Location", redirectLocation(r, route))
