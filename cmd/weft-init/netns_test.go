@@ -327,3 +327,89 @@ func TestRefusedRulesFailClearly(t *testing.T) {
 		t.Fatalf("rules were installed anyway:\n%s", tbl)
 	}
 }
+
+// originalDst6 reads IP6T_SO_ORIGINAL_DST (SOL_IPV6, 80), a struct sockaddr_in6; the port is
+// in network byte order.
+func originalDst6(c net.Conn) string {
+	raw, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		return "error " + err.Error()
+	}
+	var addr netip.AddrPort
+	var serr error
+	_ = raw.Control(func(fd uintptr) {
+		m, err := unix.GetsockoptIPv6MTUInfo(int(fd), unix.SOL_IPV6, 80)
+		if err != nil {
+			serr = err
+			return
+		}
+		port := m.Addr.Port
+		var b [2]byte
+		binary.NativeEndian.PutUint16(b[:], port)
+		addr = netip.AddrPortFrom(netip.AddrFrom16(m.Addr.Addr), binary.BigEndian.Uint16(b[:]))
+	})
+	if serr != nil {
+		return "no-original-dst " + serr.Error()
+	}
+	return addr.String()
+}
+
+// TestCaptureIPv6InNetns: with --ipv6 the same capture holds for IPv6, through
+// ip6tables-restore, to listeners on [::1]:15001 and [::]:15006.
+func TestCaptureIPv6InNetns(t *testing.T) {
+	requireNetAdmin(t)
+	for _, prog := range []string{"ip6tables-restore", "ip6tables-save"} {
+		if _, err := exec.LookPath(prog); err != nil {
+			t.Skipf("needs %s: %v", prog, err)
+		}
+	}
+	n := newTestNet(t)
+	vp, vq := "iptv"+strconv.Itoa(os.Getpid()%100000)+"a", "iptv"+strconv.Itoa(os.Getpid()%100000)+"b"
+	sh(t, "ip", "-n", n.pod, "addr", "add", "fd00:250::2/64", "dev", vp, "nodad")
+	sh(t, "ip", "-n", n.pod, "-6", "route", "add", "default", "via", "fd00:250::1")
+	sh(t, "ip", "-n", n.peer, "addr", "add", "fd00:250::1/64", "dev", vq, "nodad")
+	sh(t, "ip", "-n", n.peer, "addr", "add", "fd00:96::10/128", "dev", "lo")
+
+	serve6 := func(ns, addr string, reply func(net.Conn) string) {
+		var l net.Listener
+		var err error
+		inNetns(t, ns, func() { l, err = net.Listen("tcp6", addr) })
+		if err != nil {
+			t.Fatalf("listening on %s in %s: %v", addr, ns, err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				_, _ = fmt.Fprintln(c, reply(c))
+				c.Close()
+			}
+		}()
+	}
+	serve6(n.pod, "[::1]:15001", func(c net.Conn) string { return "outbound " + originalDst6(c) })
+	serve6(n.pod, "[::]:15006", func(c net.Conn) string { return "inbound " + originalDst6(c) })
+	serve6(n.pod, "[::]:15020", func(net.Conn) string { return "metrics" })
+	serve6(n.peer, "[::]:80", func(c net.Conn) string { return "direct " + c.LocalAddr().String() })
+
+	if code, out := weftInit(t, n.pod, nil, "--ipv6"); code != 0 {
+		t.Fatalf("weft-init --ipv6 exit %d:\n%s", code, out)
+	}
+	for _, tc := range []struct {
+		ns   string
+		uid  int
+		addr string
+		want string
+	}{
+		{n.pod, 1000, "[fd00:96::10]:80", "outbound [fd00:96::10]:80"},
+		{n.pod, 1337, "[fd00:96::10]:80", "direct [fd00:96::10]:80"},
+		{n.peer, 0, "[fd00:250::2]:8080", "inbound [fd00:250::2]:8080"},
+		{n.peer, 0, "[fd00:250::2]:15020", "metrics"},
+	} {
+		if got := dial(t, tc.ns, tc.uid, tc.uid, tc.addr); got != tc.want {
+			t.Errorf("uid %d in %s dialing %s got %q, want %q", tc.uid, tc.ns, tc.addr, got, tc.want)
+		}
+	}
+}
