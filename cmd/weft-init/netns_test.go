@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -201,7 +202,8 @@ func weftInit(t *testing.T, ns string, prefix []string, args ...string) (int, st
 	cmd.Env = append(os.Environ(), "WEFT_INIT_AS_MAIN=1")
 	out, err := cmd.CombinedOutput()
 	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
 		code = ee.ExitCode()
 	} else if err != nil {
 		t.Fatalf("running weft-init: %v", err)
