@@ -111,9 +111,10 @@ bench-redis-limits: ## 100,000-command pipeline time and RSS under 64 MB values:
 ##@ Build
 
 .PHONY: build
-build: manifests generate ## Build bin/manager and bin/sidecar.
+build: manifests generate ## Build bin/manager, bin/sidecar and bin/weft-init (the sidecar image holds both).
 	$(GO) build -o $(LOCALBIN)/manager ./cmd/manager
 	$(GO) build -o $(LOCALBIN)/sidecar ./cmd/sidecar
+	$(GO) build -o $(LOCALBIN)/weft-init ./cmd/weft-init
 
 .PHONY: build-all
 build-all: build ## Build bin/ for the local mesh: manager, sidecar, weft and the examples.

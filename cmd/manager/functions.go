@@ -10,6 +10,7 @@ import (
 
 	"github.com/weftmesh/weft/controllers"
 	"github.com/weftmesh/weft/internal/autoscale"
+	"github.com/weftmesh/weft/internal/capture"
 	"github.com/weftmesh/weft/internal/workload"
 	"github.com/weftmesh/weft/internal/xds"
 )
@@ -34,6 +35,11 @@ func setupFunctions(mgr ctrl.Manager, srv *xds.Server, snap *controllers.Snapsho
 	opts := workload.DefaultOptions()
 	opts.SidecarImage = injectOpts.image
 	opts.XDSAddress = injectOpts.xdsAddress
+	mode, err := capture.ParseInterception(injectOpts.interception)
+	if err != nil {
+		return fmt.Errorf("--interception: %w", err)
+	}
+	opts.Interception = mode
 	if d := time.Duration(injectOpts.drainSeconds) * time.Second; d > 0 {
 		opts.DrainTimeout = max(d, opts.DrainTimeout)
 	}

@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/internal/capture"
 	"github.com/weftmesh/weft/internal/inject"
 )
 
@@ -33,6 +34,7 @@ type injectionOptions struct {
 	certSecret   string
 	certHosts    string
 	configName   string
+	interception string
 }
 
 var injectOpts = bindInjectionFlags(flag.CommandLine)
@@ -53,6 +55,10 @@ func bindInjectionFlags(fs *flag.FlagSet) *injectionOptions {
 	fs.StringVar(&o.certHosts, "webhook-cert-hosts", "weft-webhook-service."+ns+".svc,weft-webhook-service."+ns+".svc.cluster.local",
 		"Comma-separated DNS names and IPs the webhook serving certificate covers.")
 	fs.StringVar(&o.configName, "webhook-config-name", inject.WebhookConfigName, "MutatingWebhookConfiguration whose caBundle the manager keeps.")
+	// proxy-env until the sidecar dispatches captured connections by SO_ORIGINAL_DST
+	// (docs/capture.md "Switching the default").
+	fs.StringVar(&o.interception, "interception", string(capture.InterceptionProxyEnv),
+		`How injected and function pods without a weft.dev/interception annotation reach their sidecar: "iptables" (the weft-init container, needs NET_ADMIN) or "proxy-env" (HTTP_PROXY).`)
 	return o
 }
 
@@ -62,6 +68,10 @@ func setupInjection(mgr ctrl.Manager) error {
 	o := injectOpts
 	if !o.enabled {
 		return nil
+	}
+	mode, err := capture.ParseInterception(o.interception)
+	if err != nil {
+		return fmt.Errorf("--interception: %w", err)
 	}
 	ns, name, ok := strings.Cut(o.certSecret, "/")
 	if !ok || ns == "" || name == "" {
@@ -92,7 +102,7 @@ func setupInjection(mgr ctrl.Manager) error {
 	})
 	reader := mgr.GetAPIReader()
 	srv.Register(inject.Path, &webhook.Admission{Handler: &inject.Handler{
-		Config:  inject.Config{Image: o.image, XDSAddress: o.xdsAddress, DrainSeconds: o.drainSeconds},
+		Config:  inject.Config{Image: o.image, XDSAddress: o.xdsAddress, DrainSeconds: o.drainSeconds, Interception: mode},
 		Decoder: admission.NewDecoder(mgr.GetScheme()),
 		Namespaces: inject.NamespaceLabelsFunc(func(ctx context.Context, name string) (map[string]string, error) {
 			nsObj := &corev1.Namespace{}

@@ -1,7 +1,8 @@
 // Package inject adds the Weft sidecar to Pods at admission. It takes a Pod and the labels of
-// its namespace and returns the Pod with the sidecar container, the env that sends the app's
-// outbound HTTP through it, and the identity the sidecar presents to the control plane
-// (docs/xds-contract.md "Nodes"). The mutation is a pure function (Inject); webhook.go wraps
+// its namespace and returns the Pod with the sidecar container, what sends the app's traffic
+// through it (the weft-init capture container with iptables interception, or HTTP_PROXY env
+// with proxy-env; docs/capture.md), and the identity the sidecar presents to the control
+// plane (docs/xds-contract.md "Nodes"). The mutation is a pure function (Inject); webhook.go wraps
 // it in a controller-runtime admission handler, cert.go and cabundle.go keep the webhook's
 // self-managed certificate and the MutatingWebhookConfiguration's caBundle in step.
 package inject
@@ -17,6 +18,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/internal/capture"
+	"github.com/weftmesh/weft/internal/workload"
 )
 
 // Labels and annotations users set to steer injection.
@@ -50,6 +53,9 @@ type Config struct {
 	// DrainSeconds is how long the sidecar's preStop waits, so that callers' sidecars learn
 	// over EDS that the pod is going away before it stops accepting calls.
 	DrainSeconds int64
+	// Interception is how pods without a weft.dev/interception annotation reach the
+	// sidecar; empty is capture.InterceptionProxyEnv.
+	Interception capture.Interception
 }
 
 // Wanted reports whether a Pod with podLabels in a namespace with nsLabels should get the
@@ -84,8 +90,24 @@ func Inject(pod *corev1.Pod, ns string, cfg Config) (bool, error) {
 	if err := checkConcurrency(pod); err != nil {
 		return false, err
 	}
-	for i := range pod.Spec.Containers {
-		addProxyEnv(&pod.Spec.Containers[i])
+	mode, capCfg, err := workload.InterceptionFor(pod.Annotations, cfg.Interception)
+	if err != nil {
+		return false, err
+	}
+	if slices.ContainsFunc(slices.Concat(pod.Spec.InitContainers, pod.Spec.Containers), func(c corev1.Container) bool {
+		return c.Name == workload.CaptureInitContainerName
+	}) {
+		return false, fmt.Errorf("container name %q is reserved for Weft's capture init container; rename the container", workload.CaptureInitContainerName)
+	}
+	switch mode {
+	case capture.InterceptionIPTables:
+		// The app's TCP is captured: proxy env would only make HTTP clients address the
+		// sidecar directly, which capture already does for every client.
+		pod.Spec.InitContainers = workload.InsertCaptureInit(pod.Spec.InitContainers, workload.CaptureInitContainer(cfg.Image, capCfg), ContainerName)
+	default:
+		for i := range pod.Spec.Containers {
+			addProxyEnv(&pod.Spec.Containers[i])
+		}
 	}
 	pod.Spec.Containers = append(pod.Spec.Containers, sidecar(pod, ns, appPort, cfg))
 	if pod.Annotations == nil {
@@ -192,7 +214,7 @@ func sidecar(pod *corev1.Pod, ns string, appPort int32, cfg Config) corev1.Conta
 		// picking it before it stops listening.
 		Lifecycle: &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: drain}}},
 		SecurityContext: &corev1.SecurityContext{
-			RunAsNonRoot: ptr(true), RunAsUser: ptr(int64(1337)), AllowPrivilegeEscalation: ptr(false),
+			RunAsNonRoot: ptr(true), RunAsUser: ptr(int64(contract.ProxyUID)), RunAsGroup: ptr(int64(contract.ProxyGID)), AllowPrivilegeEscalation: ptr(false),
 			ReadOnlyRootFilesystem: ptr(true), Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 		},
 	}

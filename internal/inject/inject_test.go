@@ -4,12 +4,16 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/weftmesh/weft/internal/capture"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.out.yaml from the current output")
@@ -102,6 +106,47 @@ func TestWanted(t *testing.T) {
 		}
 		if got := Wanted(ns, pod); got != tc.want {
 			t.Errorf("Wanted(ns=%q, pod=%q) = %v, want %v", tc.ns, tc.pod, got, tc.want)
+		}
+	}
+}
+
+// TestInterceptionDefault: the manager's default decides for pods without the annotation,
+// and the annotation wins either way.
+func TestInterceptionDefault(t *testing.T) {
+	app := func(ann map[string]string) *corev1.Pod {
+		return &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "p", Annotations: ann},
+			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "a", Ports: []corev1.ContainerPort{{ContainerPort: 8080}}}}},
+		}
+	}
+	for _, tc := range []struct {
+		def      capture.Interception
+		ann      string
+		captured bool
+	}{
+		{"", "", false},
+		{capture.InterceptionProxyEnv, "", false},
+		{capture.InterceptionIPTables, "", true},
+		{capture.InterceptionIPTables, "proxy-env", false},
+		{capture.InterceptionProxyEnv, "iptables", true},
+	} {
+		var ann map[string]string
+		if tc.ann != "" {
+			ann = map[string]string{capture.AnnotationInterception: tc.ann}
+		}
+		pod := app(ann)
+		cfg := testConfig
+		cfg.Interception = tc.def
+		if _, err := Inject(pod, "default", cfg); err != nil {
+			t.Fatal(err)
+		}
+		hasInit := slices.ContainsFunc(pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == "weft-init" })
+		hasProxy := slices.ContainsFunc(pod.Spec.Containers[0].Env, func(e corev1.EnvVar) bool { return e.Name == "HTTP_PROXY" })
+		if hasInit != tc.captured || hasProxy == tc.captured {
+			t.Errorf("default %q annotation %q: weft-init %v, HTTP_PROXY %v; want captured=%v (and proxy env exactly when not)", tc.def, tc.ann, hasInit, hasProxy, tc.captured)
+		}
+		if tc.captured && pod.Spec.Containers[len(pod.Spec.Containers)-1].Name != ContainerName {
+			t.Errorf("the sidecar is not the last container: %+v", pod.Spec.Containers)
 		}
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/internal/capture"
 	"github.com/weftmesh/weft/testenv"
 )
 
@@ -154,6 +157,32 @@ func TestWebhookInAPIServer(t *testing.T) {
 				}
 			}
 		})
+	}
+
+	// A pod with iptables interception: the real API server accepts the mutated pod (so the
+	// weft-init container's securityContext is valid), the app has no proxy env, and weft-init
+	// runs before the sidecar. Bad capture annotations refuse the pod with their name.
+	captured := pod("meshed", "captured", nil, "app")
+	captured.Annotations = map[string]string{capture.AnnotationInterception: "iptables", capture.AnnotationExcludeOutboundPorts: "5432"}
+	if err := c.Create(ctx, captured); err != nil {
+		t.Fatalf("creating a pod with iptables interception: %v", err)
+	}
+	got := &corev1.Pod{}
+	if err := c.Get(ctx, client.ObjectKeyFromObject(captured), got); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(got.Spec.InitContainers); n != 1 || got.Spec.InitContainers[0].Name != "weft-init" ||
+		!slices.Contains(got.Spec.InitContainers[0].Args, "--exclude-outbound-ports=5432") {
+		t.Errorf("init containers %+v, want weft-init with the annotation's exclude", got.Spec.InitContainers)
+	}
+	if hasEnv(got.Spec.Containers[0], "HTTP_PROXY", contract.OutboundProxyURL) {
+		t.Errorf("a captured app got HTTP_PROXY: %+v", got.Spec.Containers[0].Env)
+	}
+	bad := pod("meshed", "bad-capture", nil, "app")
+	bad.Annotations = map[string]string{capture.AnnotationExcludeOutboundIPRanges: "10.0.0.0/33"}
+	err = c.Create(ctx, bad)
+	if err == nil || !strings.Contains(err.Error(), `annotation traffic.weft.dev/excludeOutboundIPRanges="10.0.0.0/33"`) {
+		t.Errorf("creating a pod with a bad capture annotation: %v, want it denied naming the annotation", err)
 	}
 }
 

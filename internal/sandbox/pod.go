@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -20,7 +21,10 @@ type containerState struct {
 	spec corev1.Container
 	// sidecar marks a restartable init container (a native sidecar): it starts before, and
 	// stops after, the pod's containers.
-	sidecar    bool
+	sidecar bool
+	// runOnce marks a regular init container: it runs to completion, in order, before the
+	// native sidecars and containers after it start.
+	runOnce    bool
 	running    bool
 	pid        int
 	startedAt  time.Time
@@ -68,23 +72,17 @@ func (r *podRuntime) notify() {
 func (r *podRuntime) start() {
 	r.logDir = filepath.Join(r.a.opts.StateDir, "pods", r.pod.Namespace+"_"+r.pod.Name)
 	_ = os.MkdirAll(r.logDir, 0o755)
-	var sidecars, mains []*containerState
+	var inits, mains []*containerState
 	for i := range r.pod.Spec.InitContainers {
 		c := r.pod.Spec.InitContainers[i]
-		cs := &containerState{spec: c, sidecar: true, waiting: "PodInitializing"}
-		if c.RestartPolicy == nil || *c.RestartPolicy != corev1.ContainerRestartPolicyAlways {
-			// Run-to-completion init containers are not supported; say so in the status
-			// instead of starting the pod half-initialized.
-			cs.waiting, cs.message = "CreateContainerConfigError", "weft dev runs only restartable init containers (native sidecars); "+c.Name+" has no restartPolicy: Always"
-			r.containers = append(r.containers, cs)
-			continue
-		}
-		sidecars = append(sidecars, cs)
+		restartable := c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways
+		cs := &containerState{spec: c, sidecar: restartable, runOnce: !restartable, waiting: "PodInitializing"}
+		inits = append(inits, cs)
 		r.containers = append(r.containers, cs)
 	}
 	for i := range r.pod.Spec.Containers {
 		cs := &containerState{spec: r.pod.Spec.Containers[i], waiting: "ContainerCreating"}
-		if len(sidecars) > 0 {
+		if len(inits) > 0 {
 			cs.waiting = "PodInitializing"
 		}
 		mains = append(mains, cs)
@@ -102,17 +100,25 @@ func (r *podRuntime) start() {
 			go func() { defer r.wg.Done(); r.probe(cs, false) }()
 		}
 	}
-	for _, cs := range sidecars {
-		launch(cs)
-	}
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
-		// Like the kubelet, start the pod's containers only once every native sidecar has
-		// started: runs, and has passed its startup probe if it has one. Readiness is not
-		// awaited (a sidecar's readiness may depend on the app it fronts).
-		if !r.waitStarted(sidecars) {
-			return
+		// Like the kubelet, init containers go in order: a regular one must exit 0, a native
+		// sidecar must run and have passed its startup probe (if it has one), before the next
+		// starts; the pod's containers start after the last. Readiness is not awaited (a
+		// sidecar's readiness may depend on the app it fronts). So weft-init's capture rules
+		// are in place before the sidecar and the app run.
+		for _, cs := range inits {
+			if cs.runOnce {
+				if !r.runToCompletion(cs) {
+					return
+				}
+				continue
+			}
+			launch(cs)
+			if !r.waitStarted([]*containerState{cs}) {
+				return
+			}
 		}
 		for _, cs := range mains {
 			launch(cs)
@@ -197,9 +203,13 @@ func waitingReason(err error) string {
 // start at all.
 func (r *podRuntime) run(cs *containerState) error {
 	c := &cs.spec
-	prog, err := r.a.images.Resolve(c.Image)
+	prog, err := r.a.images.program(c)
 	if err != nil {
 		return errImage{err}
+	}
+	user, err := userPrefix(r.pod, c)
+	if err != nil {
+		return err
 	}
 	env, err := r.env(c)
 	if err != nil {
@@ -219,7 +229,7 @@ func (r *podRuntime) run(cs *containerState) error {
 		return fmt.Errorf("opening log of container %s: %w", c.Name, err)
 	}
 	defer logf.Close()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", r.net.Netns, prog}, args...)...)
+	cmd := exec.Command("ip", slices.Concat([]string{"netns", "exec", r.net.Netns}, user, []string{prog}, args)...)
 	cmd.Env, cmd.Stdout, cmd.Stderr = env, logf, logf
 	cmd.Dir = r.logDir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

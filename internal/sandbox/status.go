@@ -50,6 +50,12 @@ func (r *podRuntime) status(prev corev1.PodStatus) corev1.PodStatus {
 		if !cs.everRan {
 			st.Phase = corev1.PodPending
 		}
+		if cs.runOnce { // a regular init container is done, and ready, once it exited 0
+			s.Ready = cs.terminated != nil && cs.terminated.ExitCode == 0
+			initialized, allReady = initialized && s.Ready, allReady && s.Ready
+			st.InitContainerStatuses = append(st.InitContainerStatuses, s)
+			continue
+		}
 		if !s.Ready {
 			allReady = false
 		}

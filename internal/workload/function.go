@@ -18,6 +18,7 @@ import (
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
 	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/internal/capture"
 )
 
 // SidecarContainerName is the name of the sidecar container in every pod Weft renders.
@@ -38,9 +39,13 @@ func FunctionDeployment(fn *meshv1alpha1.MeshFunction, replicas int32, o Options
 		return nil, fmt.Errorf("MeshFunction %s/%s: spec.template.spec.containers is empty: add the function's container", fn.Namespace, fn.Name)
 	}
 	for _, c := range slices.Concat(fn.Spec.Template.Spec.Containers, fn.Spec.Template.Spec.InitContainers) {
-		if c.Name == SidecarContainerName {
+		if c.Name == SidecarContainerName || c.Name == CaptureInitContainerName {
 			return nil, fmt.Errorf("MeshFunction %s/%s: container name %q is reserved for Weft's sidecar: rename the container", fn.Namespace, fn.Name, c.Name)
 		}
+	}
+	mode, capCfg, err := InterceptionFor(fn.Spec.Template.Annotations, o.Interception)
+	if err != nil {
+		return nil, fmt.Errorf("MeshFunction %s/%s: spec.template.metadata.annotations: %w", fn.Namespace, fn.Name, err)
 	}
 	selector := map[string]string{LabelFunction: fn.Name}
 	tmpl := *fn.Spec.Template.PodTemplateSpec.DeepCopy()
@@ -60,6 +65,12 @@ func FunctionDeployment(fn *meshv1alpha1.MeshFunction, replicas int32, o Options
 	// only after the function exited. That ordering is what Istio users fight for with
 	// holdApplicationUntilProxyStarts and preStop sleeps.
 	tmpl.Spec.InitContainers = append([]corev1.Container{sidecarContainer(fn, tmpl.Labels, o)}, tmpl.Spec.InitContainers...)
+	// A function calls other functions and Services like any app (issue 15 item 5): with
+	// iptables interception its outbound TCP is captured too, the rules installed before the
+	// sidecar (and so before the function) starts.
+	if mode == capture.InterceptionIPTables {
+		tmpl.Spec.InitContainers = InsertCaptureInit(tmpl.Spec.InitContainers, CaptureInitContainer(o.SidecarImage, capCfg), SidecarContainerName)
+	}
 
 	// The pod must outlive the sidecar's drain: Kubernetes' 30s default is kept unless the
 	// drain needs longer.
@@ -134,7 +145,8 @@ func baseSidecar(o Options, labels map[string]string, extraArgs ...string) corev
 		SecurityContext: &corev1.SecurityContext{
 			AllowPrivilegeEscalation: ptr.To(false),
 			RunAsNonRoot:             ptr.To(true),
-			RunAsUser:                ptr.To[int64](1337),
+			RunAsUser:                ptr.To[int64](contract.ProxyUID),
+			RunAsGroup:               ptr.To[int64](contract.ProxyGID),
 			ReadOnlyRootFilesystem:   ptr.To(true),
 			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 		},

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/internal/capture"
 )
 
 // Ports; the sidecar's own (contract.InboundPort, contract.MetricsPort) are the contract's.
@@ -41,6 +42,11 @@ type Options struct {
 	DrainTimeout time.Duration
 	// ClusterDomain is the DNS suffix of Services ("cluster.local").
 	ClusterDomain string
+	// Interception is how function pods without a weft.dev/interception annotation reach
+	// their sidecar. Empty is capture.InterceptionProxyEnv, which for a function pod means no
+	// capture at all (its calls bypass the mesh); capture.InterceptionIPTables adds the
+	// weft-init container.
+	Interception capture.Interception
 }
 
 // DefaultOptions are the settings used when the manager is given no flags.
