@@ -119,6 +119,7 @@ func (n *Network) Add(ctx context.Context, uid string) (*PodNet, error) {
 func (n *Network) Remove(ctx context.Context, p *PodNet) {
 	_ = ip(ctx, "link", "del", p.veth)
 	_ = ip(ctx, "netns", "del", p.Netns)
+	_ = removeNetnsEtc(p.Netns)
 	n.release(p.IP)
 }
 
