@@ -25,13 +25,13 @@ const (
 var MeshBinaries = []string{KubeProxy, CoreDNS}
 
 // CoreDNSPlugins are the plugins compiled into the local mesh's CoreDNS, sorted: what the
-// Corefile the sandbox writes uses (kubernetes, forward, cache, errors, health, ready, loop,
-// loadbalance), plus log and reload for debugging by hand. CoreDNS's own main compiles all
+// Corefile the sandbox writes uses (bind, kubernetes, forward, cache, errors, health, ready,
+// loop, loadbalance), plus log and reload for debugging by hand. CoreDNS's own main compiles all
 // ~60 plugins, among them the AWS, Azure and Google Cloud ones whose SDKs triple the build;
 // a main that imports a subset is CoreDNS's documented way to build a smaller server
 // (coredns.io "compile time enabling or disabling plugins"). Changing the list changes the
 // stamp, so the next run rebuilds.
-var CoreDNSPlugins = []string{"cache", "errors", "forward", "health", "kubernetes", "loadbalance", "log", "loop", "ready", "reload"}
+var CoreDNSPlugins = []string{"bind", "cache", "errors", "forward", "health", "kubernetes", "loadbalance", "log", "loop", "ready", "reload"}
 
 // Mesh holds the paths of the local mesh's node binaries.
 type Mesh struct {

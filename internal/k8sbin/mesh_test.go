@@ -23,7 +23,7 @@ func TestMeshStamps(t *testing.T) {
 	if got, want := o.Stamp(KubeProxy), "kubernetes=v1.36.3 staging=v0.36.3 recipe=1"; got != want {
 		t.Errorf("Stamp(kube-proxy) = %q, want %q", got, want)
 	}
-	want := "coredns=v1.15.0 plugins=cache,errors,forward,health,kubernetes,loadbalance,log,loop,ready,reload recipe=1"
+	want := "coredns=v1.15.0 plugins=bind,cache,errors,forward,health,kubernetes,loadbalance,log,loop,ready,reload recipe=1"
 	if got := o.Stamp(CoreDNS); got != want {
 		t.Errorf("Stamp(coredns) = %q, want %q", got, want)
 	}

@@ -305,7 +305,8 @@ func applyDNSObjects(ctx context.Context, cs kubernetes.Interface, c clusterNet)
 	return nil
 }
 
-// wait returns once kube-proxy reports healthy, CoreDNS reports ready (its kubernetes
+// wait returns once kube-proxy reports healthy (its /healthz also wants the Node to exist,
+// so the node agent registers it first), CoreDNS reports ready (its kubernetes
 // plugin has synced), and a DNS query sent to the kube-dns ClusterIP — DNATed by
 // kube-proxy's rules to CoreDNS — answers with that ClusterIP: the path a pod's lookup
 // takes. It fails early, with the log's last lines, if either process exits.
@@ -327,16 +328,25 @@ func (s *clusterServices) wait(ctx context.Context, timeout time.Duration) error
 	name := dnsServiceName + "." + metav1.NamespaceSystem + ".svc." + strings.TrimSuffix(s.c.Domain, ".")
 	checks := []struct {
 		what string
-		p    *process
 		ok   func() error
 	}{
-		{"kube-proxy healthz", s.kubeProxy, func() error {
+		{"kube-proxy healthz", func() error {
 			return healthy(fmt.Sprintf("http://127.0.0.1:%d/healthz", s.c.ProxyHealthz))
 		}},
-		{"CoreDNS ready", s.coreDNS, func() error { return healthy(fmt.Sprintf("http://127.0.0.1:%d/ready", s.c.DNSReady)) }},
-		{"a lookup of " + name + " via the kube-dns ClusterIP " + s.c.DNSIP.String(), s.kubeProxy, func() error {
+		{"CoreDNS ready", func() error { return healthy(fmt.Sprintf("http://127.0.0.1:%d/ready", s.c.DNSReady)) }},
+		{"a lookup of " + name + " via the kube-dns ClusterIP " + s.c.DNSIP.String(), func() error {
 			return lookupVia(ctx, s.c.DNSIP, name, s.c.DNSIP)
 		}},
+	}
+	exited := func() error {
+		for _, p := range []*process{s.kubeProxy, s.coreDNS} {
+			select {
+			case <-p.done:
+				return fmt.Errorf("%s exited (%s); last log lines:\n%s", p.name, p.cmd.ProcessState, tail(p.log, 1500))
+			default:
+			}
+		}
+		return nil
 	}
 	for _, ch := range checks {
 		var last error
@@ -344,9 +354,10 @@ func (s *clusterServices) wait(ctx context.Context, timeout time.Duration) error
 			if last = ch.ok(); last == nil {
 				break
 			}
+			if err := exited(); err != nil {
+				return fmt.Errorf("waiting for %s: %w", ch.what, err)
+			}
 			select {
-			case <-ch.p.done:
-				return fmt.Errorf("%s exited (%s) before %s passed; last log lines:\n%s", ch.p.name, ch.p.cmd.ProcessState, ch.what, tail(ch.p.log, 1500))
 			case <-ctx.Done():
 				return fmt.Errorf("%s did not pass within %s: %v (logs: %s, %s)", ch.what, timeout, last, s.kubeProxy.log, s.coreDNS.log)
 			case <-time.After(100 * time.Millisecond):

@@ -63,8 +63,8 @@ func TestCorefile(t *testing.T) {
 			continue
 		}
 		switch f[0] {
-		case "bind", "lameduck", "kubeconfig", "pods", "fallthrough", "ttl", "max_concurrent":
-			continue // core directive, or a plugin's own option
+		case "lameduck", "kubeconfig", "pods", "fallthrough", "ttl", "max_concurrent":
+			continue // a plugin's own option
 		}
 		if !slices.Contains(corednsPluginsUsed, f[0]) {
 			t.Errorf("Corefile uses %q, which the CoreDNS build does not include", f[0])
@@ -74,7 +74,7 @@ func TestCorefile(t *testing.T) {
 
 // corednsPluginsUsed mirrors k8sbin.CoreDNSPlugins (not imported here to keep the test
 // about the Corefile); TestCorefile checks the Corefile uses nothing else.
-var corednsPluginsUsed = []string{"cache", "errors", "forward", "health", "kubernetes", "loadbalance", "log", "loop", "ready", "reload"}
+var corednsPluginsUsed = []string{"bind", "cache", "errors", "forward", "health", "kubernetes", "loadbalance", "log", "loop", "ready", "reload"}
 
 func TestKubeProxyArgs(t *testing.T) {
 	got := kubeProxyArgs(testClusterNet(), "/s/kube-proxy.kubeconfig")

@@ -176,6 +176,13 @@ func Run(ctx context.Context, o Options) (err error) {
 	if err != nil {
 		return err
 	}
+	// The Node exists before kube-proxy starts: kube-proxy waits 30 s for it (to learn its
+	// addresses and topology labels) and reports unhealthy until it appears.
+	agent := NewAgent(AgentOptions{NodeName: o.NodeName, StateDir: o.StateDir, DNS: &PodDNS{ServiceIP: o.ClusterDNS, Domain: o.ClusterDomain}},
+		cs, network, o.Images, o.Log.WithName("node"))
+	if err := agent.registerNode(ctx); err != nil {
+		return err
+	}
 	services, err := startClusterServices(ctx, env, cs, cn, o.KubeProxyPath, o.CoreDNSPath, o.StateDir, logDir)
 	if err != nil {
 		return err
@@ -202,8 +209,6 @@ func Run(ctx context.Context, o Options) (err error) {
 	say("kube-proxy (iptables) and CoreDNS at %s:%d serving: kube-dns %s, *.svc.%s (control plane up in %.1fs)",
 		gw, cn.DNSPort, o.ClusterDNS, o.ClusterDomain, time.Since(t0).Seconds())
 
-	agent := NewAgent(AgentOptions{NodeName: o.NodeName, StateDir: o.StateDir, DNS: &PodDNS{ServiceIP: o.ClusterDNS, Domain: o.ClusterDomain}},
-		cs, network, o.Images, o.Log.WithName("node"))
 	agentErr := make(chan error, 1)
 	actx, stopAgent := context.WithCancel(ctx)
 	go func() { agentErr <- agent.Run(actx) }()
