@@ -158,5 +158,9 @@ func removeNetnsEtc(netns string) error {
 	if !strings.HasPrefix(netns, prefix+"-") || strings.ContainsAny(netns, "/.") {
 		return fmt.Errorf("refusing to remove %s/%s: not a sandbox netns", netnsEtc, netns)
 	}
-	return os.RemoveAll(filepath.Join(netnsEtc, netns))
+	if err := os.RemoveAll(filepath.Join(netnsEtc, netns)); err != nil {
+		return err
+	}
+	_ = os.Remove(netnsEtc) // only if empty: the host may keep its own netns files there
+	return nil
 }

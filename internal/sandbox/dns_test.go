@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"context"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -84,7 +85,7 @@ func TestNetnsResolvConfIsThePodsAndNotTheHosts(t *testing.T) {
 		t.Skip(err)
 	}
 	t.Cleanup(func() {
-		_ = ip(t.Context(), "netns", "del", netns)
+		_ = ip(context.Background(), "netns", "del", netns) // t.Context() is done by now
 		_ = removeNetnsEtc(netns)
 	})
 	host, err := os.ReadFile("/etc/resolv.conf")

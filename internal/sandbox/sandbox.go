@@ -200,14 +200,15 @@ func Run(ctx context.Context, o Options) (err error) {
 		return fmt.Errorf("%w (manager log: %s)", err, filepath.Join(logDir, "manager.log"))
 	}
 	say("manager running: xDS on %s:%d, sidecar-injection webhook on 127.0.0.1:%d", gw, o.XDSPort, webhookPort)
+	tWait := time.Now()
 	if err := services.wait(ctx, time.Minute); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return fmt.Errorf("cluster services: %w", err)
 	}
-	say("kube-proxy (iptables) and CoreDNS at %s:%d serving: kube-dns %s, *.svc.%s (control plane up in %.1fs)",
-		gw, cn.DNSPort, o.ClusterDNS, o.ClusterDomain, time.Since(t0).Seconds())
+	say("kube-proxy (iptables) and CoreDNS at %s:%d serving: kube-dns %s, *.svc.%s (control plane up in %.1fs, %.1fs of it waiting for these two)",
+		gw, cn.DNSPort, o.ClusterDNS, o.ClusterDomain, time.Since(t0).Seconds(), time.Since(tWait).Seconds())
 
 	agentErr := make(chan error, 1)
 	actx, stopAgent := context.WithCancel(ctx)
