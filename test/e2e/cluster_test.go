@@ -204,18 +204,30 @@ func TestClusterDNSAndServicesWithoutASidecar(t *testing.T) {
 	})
 
 	t.Run("a deleted Service stops resolving and routing", func(t *testing.T) {
+		self, err := cs.CoreV1().Services(clusterNS).Get(context.Background(), "self", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := cs.CoreV1().Services(clusterNS).Delete(context.Background(), "self", metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, time.Minute, "self gone", func() error {
-			got, err := callFrom(caller, "http://self:9090/healthz", 1)
-			if err != nil {
-				return err
+		// New connections from the pod (curl, a fresh process: the caller's kept-alive
+		// connection would outlive the rules, as established connections do on a node).
+		inPod := func(args ...string) ([]byte, error) {
+			return exec.Command("nsenter", append([]string{"-t", fmt.Sprint(pid), "-n", "-m"}, args...)...).CombinedOutput()
+		}
+		eventually(t, time.Minute, "self gone from DNS and kube-proxy", func() error {
+			if out, err := inPod("getent", "hosts", "self"); err == nil {
+				return fmt.Errorf("self still resolves: %s", out)
 			}
-			if got.Errors != 1 {
-				return fmt.Errorf("answers %+v, want a DNS error", got)
+			if out, err := inPod("curl", "--noproxy", "*", "-sS", "--max-time", "2", "http://"+self.Spec.ClusterIP+":9090/healthz"); err == nil {
+				return fmt.Errorf("the deleted ClusterIP %s still answers: %s", self.Spec.ClusterIP, out)
 			}
 			return nil
 		})
+		// The other Service is unaffected, by name, from a new process.
+		if out, err := inPod("curl", "--noproxy", "*", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "http://echo/"); err != nil || string(out) != "200" {
+			t.Errorf("curl http://echo/ from the pod after deleting self: %v: %s", err, out)
+		}
 	})
 }
