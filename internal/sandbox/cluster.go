@@ -395,13 +395,15 @@ func (s *clusterServices) stop(ctx context.Context) {
 	_, _ = cleanupKubeProxyRules(ctx, s.kubeProxyPath)
 }
 
-// cleanupKubeProxyRules runs `kube-proxy --cleanup`, which removes every KUBE-* chain and
-// rule kube-proxy made (iptables, ip6tables, and nftables/ipvs leftovers), when the nat
-// table holds kube-proxy's chains; it reports what it removed.
+// cleanupKubeProxyRules removes what kube-proxy leaves in the host's tables when it exits
+// or crashes: `kube-proxy --cleanup` removes every chain and rule of its own (iptables,
+// ip6tables, and nftables/ipvs leftovers), and the kubelet's KUBE-FIREWALL chain, which
+// kube-proxy creates too but leaves to the kubelet, is removed here (the node agent is this
+// node's kubelet). It does nothing when no table holds a KUBE-* chain, and reports what it
+// removed.
 func cleanupKubeProxyRules(ctx context.Context, kubeProxy string) ([]string, error) {
-	out, err := exec.CommandContext(ctx, "iptables-save", "-t", "nat").Output()
-	if err != nil || !strings.Contains(string(out), ":KUBE-SERVICES") {
-		return nil, nil //nolint:nilerr // no iptables, or no kube-proxy rules: nothing to remove
+	if len(kubeChains(ctx)) == 0 {
+		return nil, nil
 	}
 	if kubeProxy == "" {
 		return nil, errors.New("kube-proxy's iptables rules are present but no kube-proxy binary is known to remove them (kube-proxy --cleanup)")
@@ -411,7 +413,44 @@ func cleanupKubeProxyRules(ctx context.Context, kubeProxy string) ([]string, err
 	if b, err := exec.CommandContext(cctx, kubeProxy, "--cleanup", "--v=0").CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("kube-proxy --cleanup: %w: %s", err, tailString(string(b), 600))
 	}
-	return []string{"kube-proxy rules (kube-proxy --cleanup)"}, nil
+	for _, ipt := range []string{"iptables", "ip6tables"} {
+		for _, parent := range []string{"INPUT", "OUTPUT"} {
+			for i := 0; i < 10 && exec.CommandContext(cctx, ipt, "-w", "-t", "filter", "-D", parent, "-j", kubeletFirewallChain).Run() == nil; i++ {
+			}
+		}
+		_ = exec.CommandContext(cctx, ipt, "-w", "-t", "filter", "-F", kubeletFirewallChain).Run()
+		_ = exec.CommandContext(cctx, ipt, "-w", "-t", "filter", "-X", kubeletFirewallChain).Run()
+	}
+	removed := []string{"kube-proxy rules (kube-proxy --cleanup)"}
+	if left := kubeChains(ctx); len(left) > 0 {
+		removed = append(removed, "but not "+strings.Join(left, " "))
+	}
+	return removed, nil
+}
+
+// kubeletFirewallChain is the kubelet's chain kube-proxy's iptables mode also creates.
+const kubeletFirewallChain = "KUBE-FIREWALL"
+
+// kubeChains lists the KUBE-* chains in the host's IPv4 and IPv6 tables, as table/chain.
+func kubeChains(ctx context.Context) []string {
+	var out []string
+	for _, save := range []string{"iptables-save", "ip6tables-save"} {
+		b, err := exec.CommandContext(ctx, save).Output()
+		if err != nil {
+			continue
+		}
+		table := ""
+		for _, line := range strings.Split(string(b), "\n") {
+			if t, ok := strings.CutPrefix(line, "*"); ok {
+				table = t
+			}
+			if c, ok := strings.CutPrefix(line, ":KUBE-"); ok {
+				name, _, _ := strings.Cut(c, " ")
+				out = append(out, strings.TrimSuffix(save, "-save")+"/"+table+"/KUBE-"+name)
+			}
+		}
+	}
+	return out
 }
 
 func tailString(s string, n int) string {

@@ -243,11 +243,12 @@ func prepareStateDir(ctx context.Context, o Options, say func(string, ...any)) (
 	if err := os.MkdirAll(o.StateDir, 0o755); err != nil {
 		return "", fmt.Errorf("creating state dir %s: %w", o.StateDir, err)
 	}
-	removed, err := cleanupKubeProxyRules(ctx, o.KubeProxyPath)
+	// Processes first (a kube-proxy left running would put its rules back), then the rules.
+	removed, err := Cleanup(ctx, o.StateDir, o.Bridge)
 	if err != nil {
 		return "", err
 	}
-	more, err := Cleanup(ctx, o.StateDir, o.Bridge)
+	more, err := cleanupKubeProxyRules(ctx, o.KubeProxyPath)
 	removed = append(removed, more...)
 	if err != nil {
 		return "", err
