@@ -359,7 +359,7 @@ func (s *clusterServices) wait(ctx context.Context, timeout time.Duration) error
 			}
 			select {
 			case <-ctx.Done():
-				return fmt.Errorf("%s did not pass within %s: %v (logs: %s, %s)", ch.what, timeout, last, s.kubeProxy.log, s.coreDNS.log)
+				return fmt.Errorf("%s did not pass within %s: %w (logs: %s, %s)", ch.what, timeout, last, s.kubeProxy.log, s.coreDNS.log)
 			case <-time.After(100 * time.Millisecond):
 			}
 		}
