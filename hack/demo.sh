@@ -45,7 +45,7 @@ mkdir -p bin
 for b in manager sidecar weft; do go build -o "bin/$b" "./cmd/$b"; done
 for b in echo slow flaky caller; do go build -o "bin/$b" "./examples/$b"; done
 say "bin/: $(cd bin && ls manager sidecar weft echo slow flaky caller | tr '\n' ' ')"
-ASSETS="$(go run ./hack/envtest | tail -n1)"
+ASSETS="$(go run ./hack/envtest -mesh | tail -n1)" # -mesh: kube-proxy and CoreDNS too
 say "control-plane binaries: $ASSETS"
 
 # ---- the local mesh ---------------------------------------------------------------------

@@ -5,8 +5,9 @@
 #
 #   hack/deps.sh test    redis-server, redis-tools, nutcracker (the Redis proxy's tests run
 #                        against real redis-server shards and compare placement with nutcracker)
-#   hack/deps.sh mesh    iproute2, curl, redis-server, redis-tools (the local mesh: pod network
-#                        namespaces, the demo's checks, the Redis shards it runs)
+#   hack/deps.sh mesh    iproute2, iptables, curl, redis-server, redis-tools (the local mesh: pod
+#                        network namespaces, kube-proxy's Service rules, the demo's checks, the
+#                        Redis shards it runs)
 #   hack/deps.sh bench   wrk, haproxy, redis-tools, nutcracker, redis-server (the peers the
 #                        benchmarks measure against)
 #
@@ -20,6 +21,7 @@ declare -A why=(
   [redis-tools]="redis-cli and redis-benchmark"
   [nutcracker]="twemproxy, the placement reference and benchmark peer"
   [iproute2]="network namespaces for the local mesh's pods"
+  [iptables]="the tables kube-proxy programs for the local mesh's Services"
   [curl]="the demo's HTTP checks"
   [wrk]="HTTP load generator for make bench-http"
   [haproxy]="the HTTP proxy the sidecar is measured against"
@@ -29,7 +31,7 @@ pkgs=()
 for profile in "$@"; do
   case "$profile" in
     test) pkgs+=(redis-server redis-tools nutcracker) ;;
-    mesh) pkgs+=(iproute2 curl redis-server redis-tools) ;;
+    mesh) pkgs+=(iproute2 iptables curl redis-server redis-tools) ;;
     bench) pkgs+=(wrk haproxy redis-tools nutcracker redis-server) ;;
     *) echo "deps: unknown profile '$profile' (want test, mesh or bench)" >&2; exit 2 ;;
   esac

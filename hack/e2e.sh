@@ -14,6 +14,7 @@ command -v kubectl >/dev/null || { echo "e2e: kubectl is not on PATH" >&2; exit 
 mkdir -p bin
 for b in manager sidecar weft; do go build -o "bin/$b" "./cmd/$b"; done
 for b in echo slow flaky caller; do go build -o "bin/$b" "./examples/$b"; done
-KUBEBUILDER_ASSETS="$(go run ./hack/envtest | tail -n1)"
+# -mesh: also kube-proxy and CoreDNS, built once into ~/.cache/weft/mesh (minutes the first time)
+KUBEBUILDER_ASSETS="$(go run ./hack/envtest -mesh | tail -n1)"
 export KUBEBUILDER_ASSETS
 exec go test -tags e2e -count=1 -timeout 30m -v ./test/e2e "$@"

@@ -50,7 +50,7 @@ func main() {
 func dev(args []string) error {
 	fs := flag.NewFlagSet("weft dev", flag.ExitOnError)
 	var o sandbox.Options
-	var cidr, imageMap string
+	var cidr, imageMap, serviceCIDR, clusterDNS, upstream string
 	var verbose bool
 	fs.StringVar(&o.StateDir, "state-dir", filepath.Join(os.TempDir(), "weft-dev"), "where logs, the kubeconfig and etcd data live; a run cleans up what an earlier run with the same dir left")
 	fs.StringVar(&o.BinDir, "bin-dir", "bin", "directory of manager, sidecar and the example programs images map to")
@@ -58,6 +58,12 @@ func dev(args []string) error {
 	fs.StringVar(&o.CRDDir, "crds", "config/crd/bases", "directory of the CRDs to install")
 	fs.StringVar(&cidr, "pod-cidr", "10.244.0.0/16", "pod network; the first address is the host's bridge address")
 	fs.StringVar(&o.Bridge, "bridge", "weft0", "name of the host bridge pods attach to")
+	fs.StringVar(&serviceCIDR, "service-cidr", "10.96.0.0/16", "ClusterIP range (kube-apiserver's service-cluster-ip-range), routed by kube-proxy")
+	fs.StringVar(&clusterDNS, "cluster-dns", "", "ClusterIP of the kube-dns Service pods' resolv.conf names (default the service range's 10th address, 10.96.0.10)")
+	fs.StringVar(&o.ClusterDomain, "cluster-domain", "cluster.local", "cluster DNS domain CoreDNS serves")
+	fs.StringVar(&upstream, "dns-upstream", "", "where CoreDNS forwards names outside the cluster domain: \"host\" (the nameservers of /etc/resolv.conf) or a comma-separated list of ip[:port]; empty answers them SERVFAIL")
+	fs.StringVar(&o.KubeProxyPath, "kube-proxy", "", "kube-proxy binary (default found or built as by go run ./hack/envtest -mesh)")
+	fs.StringVar(&o.CoreDNSPath, "coredns", "", "CoreDNS binary with the kubernetes plugin (default found or built as by go run ./hack/envtest -mesh)")
 	fs.IntVar(&o.XDSPort, "xds-port", contract.XDSPort, "port of the manager's xDS server on the bridge address")
 	fs.StringVar(&imageMap, "image-map", "", "file of extra \"image-repository program\" lines (programs relative to --bin-dir or absolute)")
 	fs.BoolVar(&verbose, "v", false, "log node-agent events")
@@ -73,6 +79,17 @@ func dev(args []string) error {
 	var err error
 	if o.PodCIDR, err = netip.ParsePrefix(cidr); err != nil {
 		return fmt.Errorf("--pod-cidr=%q: %w", cidr, err)
+	}
+	if o.ServiceCIDR, err = netip.ParsePrefix(serviceCIDR); err != nil {
+		return fmt.Errorf("--service-cidr=%q: %w", serviceCIDR, err)
+	}
+	if clusterDNS != "" {
+		if o.ClusterDNS, err = netip.ParseAddr(clusterDNS); err != nil {
+			return fmt.Errorf("--cluster-dns=%q: %w", clusterDNS, err)
+		}
+	}
+	if o.DNSUpstreams, err = sandbox.ParseDNSUpstreams(upstream, "/etc/resolv.conf"); err != nil {
+		return fmt.Errorf("--dns-upstream=%q: %w", upstream, err)
 	}
 	for _, p := range []*string{&o.StateDir, &o.BinDir, &o.CRDDir} {
 		if *p, err = filepath.Abs(*p); err != nil {

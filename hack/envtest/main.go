@@ -8,6 +8,8 @@
 //
 //	--rebuild | WEFT_ENVTEST_REBUILD=1          skip the lookups, rebuild all three
 //	--no-download | WEFT_ENVTEST_NO_DOWNLOAD=1  skip setup-envtest's download
+//	--mesh                                      also find or build the local mesh's kube-proxy and
+//	                                            CoreDNS (into ~/.cache/weft/mesh/; logged, not printed)
 //	WEFT_ENVTEST_DOWNLOAD_TIMEOUT               seconds (default 60)
 //	WEFT_K8S_VERSION, WEFT_ETCD_VERSION, WEFT_SETUP_ENVTEST_VERSION override the pins
 package main
@@ -32,6 +34,7 @@ func main() {
 	fs := flag.NewFlagSet("envtest", flag.ContinueOnError)
 	fs.BoolVar(&o.Rebuild, "rebuild", o.Rebuild, "skip the lookups and rebuild all three binaries")
 	fs.BoolVar(&o.NoDownload, "no-download", o.NoDownload, "skip setup-envtest's download")
+	mesh := fs.Bool("mesh", false, "also find or build kube-proxy and CoreDNS for the local mesh")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
@@ -48,6 +51,12 @@ func main() {
 	if err != nil {
 		stop()
 		fail(err)
+	}
+	if *mesh {
+		if _, err := k8sbin.ResolveMesh(ctx, o); err != nil {
+			stop()
+			fail(err)
+		}
 	}
 	fmt.Println(dir)
 }

@@ -61,6 +61,8 @@ var Binaries = []string{KubeAPIServer, Etcd, KubeControllerManager}
 // Options say which versions to use and how hard to try.
 type Options struct {
 	K8sVersion, EtcdVersion, SetupEnvtestVersion string
+	// CoreDNSVersion is github.com/coredns/coredns's (mesh.go); empty means the default.
+	CoreDNSVersion string
 	// Rebuild skips steps 1-3 and rebuilds all three binaries.
 	Rebuild bool
 	// NoDownload skips step 3 (setup-envtest's download).
@@ -73,13 +75,14 @@ type Options struct {
 }
 
 // OptionsFromEnv reads the options from WEFT_K8S_VERSION, WEFT_ETCD_VERSION,
-// WEFT_SETUP_ENVTEST_VERSION, WEFT_ENVTEST_REBUILD=1, WEFT_ENVTEST_NO_DOWNLOAD=1,
+// WEFT_SETUP_ENVTEST_VERSION, WEFT_COREDNS_VERSION, WEFT_ENVTEST_REBUILD=1, WEFT_ENVTEST_NO_DOWNLOAD=1,
 // WEFT_ENVTEST_DOWNLOAD_TIMEOUT (seconds) and KUBEBUILDER_ASSETS.
 func OptionsFromEnv(getenv func(string) string) (Options, error) {
 	o := Options{
 		K8sVersion:          or(getenv("WEFT_K8S_VERSION"), DefaultK8sVersion),
 		EtcdVersion:         or(getenv("WEFT_ETCD_VERSION"), DefaultEtcdVersion),
 		SetupEnvtestVersion: or(getenv("WEFT_SETUP_ENVTEST_VERSION"), DefaultSetupEnvtestVersion),
+		CoreDNSVersion:      or(getenv("WEFT_COREDNS_VERSION"), DefaultCoreDNSVersion),
 		Rebuild:             getenv("WEFT_ENVTEST_REBUILD") == "1",
 		NoDownload:          getenv("WEFT_ENVTEST_NO_DOWNLOAD") == "1",
 		DownloadTimeout:     DefaultDownloadTimeout,
@@ -114,6 +117,9 @@ type Paths struct {
 	// not in the store: a store directory holding only it would make setup-envtest treat
 	// the version as installed and hand back a directory without kube-apiserver.
 	KCMDir string
+	// MeshDir holds the local mesh's node binaries, kube-proxy and coredns (mesh.go): not
+	// envtest's, so not in the store either.
+	MeshDir string
 }
 
 // NewPaths computes the paths for K8s version k8sVersion (v1.36.3) on goos/goarch, as
@@ -128,6 +134,7 @@ func NewPaths(getenv func(string) string, home, k8sVersion, goos, goarch string)
 		Store:       filepath.Join(root, "k8s", plat),
 		Cache:       cache,
 		KCMDir:      filepath.Join(cache, "kcm", plat),
+		MeshDir:     filepath.Join(cache, "mesh", plat),
 	}
 }
 
@@ -148,8 +155,11 @@ func minor(k8sVersion string) string {
 
 // Stamp is what a binary this package built was built from.
 func (o Options) Stamp(bin string) string {
-	if bin == Etcd {
+	switch bin {
+	case Etcd:
 		return fmt.Sprintf("etcd=%s recipe=%d", o.EtcdVersion, Recipe)
+	case CoreDNS:
+		return fmt.Sprintf("coredns=%s plugins=%s recipe=%d", or(o.CoreDNSVersion, DefaultCoreDNSVersion), strings.Join(CoreDNSPlugins, ","), Recipe)
 	}
 	return fmt.Sprintf("kubernetes=%s staging=%s recipe=%d", o.K8sVersion, StagingVersion(o.K8sVersion), Recipe)
 }
@@ -325,8 +335,11 @@ func (r *resolver) ensure(ctx context.Context, dir, bin string) error {
 	if !r.o.Rebuild && r.o.Usable(dir, bin) {
 		return nil
 	}
-	if bin == Etcd {
+	switch bin {
+	case Etcd:
 		return r.buildEtcd(ctx, dir)
+	case CoreDNS:
+		return r.buildCoreDNS(ctx, dir)
 	}
 	return r.buildK8s(ctx, dir, bin)
 }

@@ -20,12 +20,14 @@ func TestNewPaths(t *testing.T) {
 			Store:       "/home/u/.local/share/kubebuilder-envtest/k8s/1.36.3-linux-amd64",
 			Cache:       "/home/u/.cache/weft",
 			KCMDir:      "/home/u/.cache/weft/kcm/1.36.3-linux-amd64",
+			MeshDir:     "/home/u/.cache/weft/mesh/1.36.3-linux-amd64",
 		}},
 		{"XDG directories", map[string]string{"XDG_DATA_HOME": "/d", "XDG_CACHE_HOME": "/c"}, Paths{
 			EnvtestRoot: "/d/kubebuilder-envtest",
 			Store:       "/d/kubebuilder-envtest/k8s/1.36.3-linux-amd64",
 			Cache:       "/c/weft",
 			KCMDir:      "/c/weft/kcm/1.36.3-linux-amd64",
+			MeshDir:     "/c/weft/mesh/1.36.3-linux-amd64",
 		}},
 		// The shell's ${XDG_DATA_HOME:-...} used the default for an empty variable too.
 		{"empty XDG variables", map[string]string{"XDG_DATA_HOME": "", "XDG_CACHE_HOME": ""}, Paths{
@@ -33,6 +35,7 @@ func TestNewPaths(t *testing.T) {
 			Store:       "/home/u/.local/share/kubebuilder-envtest/k8s/1.36.3-linux-amd64",
 			Cache:       "/home/u/.cache/weft",
 			KCMDir:      "/home/u/.cache/weft/kcm/1.36.3-linux-amd64",
+			MeshDir:     "/home/u/.cache/weft/mesh/1.36.3-linux-amd64",
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

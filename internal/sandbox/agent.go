@@ -22,6 +22,8 @@ import (
 type AgentOptions struct {
 	NodeName string
 	StateDir string
+	// DNS gives pods the cluster's resolv.conf (dns.go); nil leaves them the host's.
+	DNS *PodDNS
 }
 
 // Agent is the sandbox's kubelet and scheduler in one: it registers a Node, binds every
@@ -168,8 +170,19 @@ func (a *Agent) bind(ctx context.Context, pod *corev1.Pod) error {
 }
 
 func (a *Agent) startPod(ctx context.Context, pod *corev1.Pod) error {
+	var resolv string
+	if a.opts.DNS != nil {
+		var err error
+		if resolv, err = ResolvConf(pod, *a.opts.DNS); err != nil {
+			return fmt.Errorf("the DNS configuration of pod %s/%s: %w", pod.Namespace, pod.Name, err)
+		}
+	}
 	pn, err := a.net.Add(ctx, string(pod.UID))
 	if err != nil {
+		return err
+	}
+	if err := writeNetnsResolvConf(pn.Netns, resolv); err != nil {
+		a.net.Remove(context.WithoutCancel(ctx), pn)
 		return err
 	}
 	rctx, cancel := context.WithCancel(context.Background())

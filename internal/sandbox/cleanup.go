@@ -73,9 +73,17 @@ func killProcesses(stateDir string) []string {
 	return removed
 }
 
-// removeNetwork deletes every weft-* network namespace, weftv* veth and the bridge.
+// removeNetwork deletes every weft-* network namespace (and its /etc/netns files), weftv*
+// veth and the bridge.
 func removeNetwork(ctx context.Context, bridge string) []string {
 	var removed []string
+	if entries, err := os.ReadDir(netnsEtc); err == nil {
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), prefix+"-") && removeNetnsEtc(e.Name()) == nil {
+				removed = append(removed, filepath.Join(netnsEtc, e.Name()))
+			}
+		}
+	}
 	if out, err := exec.CommandContext(ctx, "ip", "netns", "list").Output(); err == nil {
 		for _, line := range strings.Split(string(out), "\n") {
 			if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(f[0], prefix+"-") {

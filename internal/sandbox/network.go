@@ -98,6 +98,11 @@ func (n *Network) Add(ctx context.Context, uid string) (*PodNet, error) {
 		{"link", "add", veth, "type", "veth", "peer", "name", peer},
 		{"link", "set", peer, "netns", netns},
 		{"link", "set", veth, "master", n.Bridge},
+		// Hairpin, as the kubelet's hairpin-veth mode: a pod calling a Service whose endpoint
+		// is the pod itself has its packet DNATed back to its own address by kube-proxy's
+		// rules while the bridge handles it (br_netfilter), and the bridge must then send
+		// the frame out of the port it came in on.
+		{"link", "set", veth, "type", "bridge_slave", "hairpin", "on"},
 		{"link", "set", veth, "up"},
 		{"-n", netns, "link", "set", "lo", "up"},
 		{"-n", netns, "link", "set", peer, "name", "eth0"},
@@ -119,6 +124,7 @@ func (n *Network) Add(ctx context.Context, uid string) (*PodNet, error) {
 func (n *Network) Remove(ctx context.Context, p *PodNet) {
 	_ = ip(ctx, "link", "del", p.veth)
 	_ = ip(ctx, "netns", "del", p.Netns)
+	_ = removeNetnsEtc(p.Netns)
 	n.release(p.IP)
 }
 

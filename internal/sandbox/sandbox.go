@@ -30,6 +30,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/internal/k8sbin"
 )
 
 // Options configure a local mesh.
@@ -42,7 +43,19 @@ type Options struct {
 	Bridge    string       // default weft0
 	NodeName  string       // default weft-dev
 	XDSPort   int          // default contract.XDSPort (18000), on the bridge address
-	Images    *Images
+	// ServiceCIDR is the ClusterIP range; default 10.96.0.0/16.
+	ServiceCIDR netip.Prefix
+	// ClusterDNS is the kube-dns Service's ClusterIP; default the range's 10th address
+	// (10.96.0.10). ClusterDomain is the cluster's DNS domain; default cluster.local.
+	ClusterDNS    netip.Addr
+	ClusterDomain string
+	// DNSUpstreams are where CoreDNS forwards names outside the cluster domain (ip or
+	// ip:port); none (the default) answers them SERVFAIL, the local mesh being offline.
+	DNSUpstreams []string
+	// KubeProxyPath and CoreDNSPath are the node binaries; empty means found or built by
+	// k8sbin.ResolveMesh (cached in ~/.cache/weft/mesh).
+	KubeProxyPath, CoreDNSPath string
+	Images                     *Images
 	// ManagerArgs are added to the manager's command line.
 	ManagerArgs []string
 	Out         io.Writer // progress for the user
@@ -65,6 +78,15 @@ func (o *Options) defaults() {
 	if o.XDSPort == 0 {
 		o.XDSPort = contract.XDSPort
 	}
+	if !o.ServiceCIDR.IsValid() {
+		o.ServiceCIDR = netip.MustParsePrefix("10.96.0.0/16")
+	}
+	if !o.ClusterDNS.IsValid() {
+		o.ClusterDNS = dnsServiceIP(o.ServiceCIDR)
+	}
+	if o.ClusterDomain == "" {
+		o.ClusterDomain = "cluster.local"
+	}
 	if o.Images == nil {
 		o.Images = NewImages(o.BinDir)
 	}
@@ -83,6 +105,15 @@ func ReadyFile(stateDir string) string { return filepath.Join(stateDir, "ready")
 func Run(ctx context.Context, o Options) (err error) {
 	o.defaults()
 	say := func(format string, args ...any) { fmt.Fprintf(o.Out, "weft dev: "+format+"\n", args...) }
+	if !o.ServiceCIDR.Contains(o.ClusterDNS) {
+		return fmt.Errorf("cluster DNS address %s is outside the service range %s", o.ClusterDNS, o.ServiceCIDR)
+	}
+	if o.ServiceCIDR.Overlaps(o.PodCIDR) {
+		return fmt.Errorf("service range %s overlaps the pod network %s", o.ServiceCIDR, o.PodCIDR)
+	}
+	if err := resolveNodeBinaries(ctx, &o, say); err != nil {
+		return err
+	}
 	logDir, err := prepareStateDir(ctx, o, say)
 	if err != nil {
 		return err
@@ -104,8 +135,12 @@ func Run(ctx context.Context, o Options) (err error) {
 		return err
 	}
 	gw := network.Gateway().String()
-	say("pod network %s on bridge %s (host %s)", o.PodCIDR, o.Bridge, gw)
+	if err := enableServiceRouting(ctx, o.Bridge, o.ServiceCIDR); err != nil {
+		return err
+	}
+	say("pod network %s on bridge %s (host %s); services %s", o.PodCIDR, o.Bridge, gw, o.ServiceCIDR)
 
+	t0 := time.Now()
 	env, err := startControlPlane(o, logDir)
 	if err != nil {
 		return err
@@ -137,6 +172,22 @@ func Run(ctx context.Context, o Options) (err error) {
 	if err := prepareCluster(ctx, cs, webhookPort); err != nil {
 		return err
 	}
+	cn, err := newClusterNet(o, network.Gateway())
+	if err != nil {
+		return err
+	}
+	// The Node exists before kube-proxy starts: kube-proxy waits 30 s for it (to learn its
+	// addresses and topology labels) and reports unhealthy until it appears.
+	agent := NewAgent(AgentOptions{NodeName: o.NodeName, StateDir: o.StateDir, DNS: &PodDNS{ServiceIP: o.ClusterDNS, Domain: o.ClusterDomain}},
+		cs, network, o.Images, o.Log.WithName("node"))
+	if err := agent.registerNode(ctx); err != nil {
+		return err
+	}
+	services, err := startClusterServices(ctx, env, cs, cn, o.KubeProxyPath, o.CoreDNSPath, o.StateDir, logDir)
+	if err != nil {
+		return err
+	}
+	defer services.stop(teardown)
 	mgrStop, err := superviseManager(ctx, o, logDir, kubeconfig, gw, webhookPort, say)
 	if err != nil {
 		return err
@@ -149,8 +200,16 @@ func Run(ctx context.Context, o Options) (err error) {
 		return fmt.Errorf("%w (manager log: %s)", err, filepath.Join(logDir, "manager.log"))
 	}
 	say("manager running: xDS on %s:%d, sidecar-injection webhook on 127.0.0.1:%d", gw, o.XDSPort, webhookPort)
+	tWait := time.Now()
+	if err := services.wait(ctx, time.Minute); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("cluster services: %w", err)
+	}
+	say("kube-proxy (iptables) and CoreDNS at %s:%d serving: kube-dns %s, *.svc.%s (control plane up in %.1fs, %.1fs of it waiting for these two)",
+		gw, cn.DNSPort, o.ClusterDNS, o.ClusterDomain, time.Since(t0).Seconds(), time.Since(tWait).Seconds())
 
-	agent := NewAgent(AgentOptions{NodeName: o.NodeName, StateDir: o.StateDir}, cs, network, o.Images, o.Log.WithName("node"))
 	agentErr := make(chan error, 1)
 	actx, stopAgent := context.WithCancel(ctx)
 	go func() { agentErr <- agent.Run(actx) }()
@@ -184,7 +243,13 @@ func prepareStateDir(ctx context.Context, o Options, say func(string, ...any)) (
 	if err := os.MkdirAll(o.StateDir, 0o755); err != nil {
 		return "", fmt.Errorf("creating state dir %s: %w", o.StateDir, err)
 	}
+	// Processes first (a kube-proxy left running would put its rules back), then the rules.
 	removed, err := Cleanup(ctx, o.StateDir, o.Bridge)
+	if err != nil {
+		return "", err
+	}
+	more, err := cleanupKubeProxyRules(ctx, o.KubeProxyPath)
+	removed = append(removed, more...)
 	if err != nil {
 		return "", err
 	}
@@ -226,7 +291,7 @@ func startControlPlane(o Options, logDir string) (*envtest.Environment, error) {
 	env.ControlPlane.Etcd = &envtest.Etcd{DataDir: filepath.Join(o.StateDir, "etcd"), Out: etcdLog, Err: etcdLog}
 	api := &envtest.APIServer{CertDir: filepath.Join(o.StateDir, "apiserver"), Out: apiLog, Err: apiLog}
 	// Service ClusterIPs come from their own range, clear of the pod CIDR.
-	api.Configure().Set("service-cluster-ip-range", "10.96.0.0/16")
+	api.Configure().Set("service-cluster-ip-range", o.ServiceCIDR.Masked().String())
 	env.ControlPlane.APIServer = api
 	for _, d := range []string{env.ControlPlane.Etcd.DataDir, api.CertDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -381,4 +446,52 @@ func waitWebhook(ctx context.Context, cs kubernetes.Interface, port int) error {
 		}
 	}
 	return errors.New("the manager did not serve the sidecar-injection webhook within 2 minutes")
+}
+
+// resolveNodeBinaries fills in the kube-proxy and CoreDNS paths the options leave empty,
+// from k8sbin's cache, building them (minutes, once) when the cache lacks them.
+func resolveNodeBinaries(ctx context.Context, o *Options, say func(string, ...any)) error {
+	for _, p := range []*string{&o.KubeProxyPath, &o.CoreDNSPath} {
+		if *p != "" {
+			if _, err := os.Stat(*p); err != nil {
+				return fmt.Errorf("node binary: %w", err)
+			}
+		}
+	}
+	if o.KubeProxyPath != "" && o.CoreDNSPath != "" {
+		return nil
+	}
+	ko, err := k8sbin.OptionsFromEnv(os.Getenv)
+	if err != nil {
+		return err
+	}
+	ko.Rebuild = false // WEFT_ENVTEST_REBUILD is for hack/envtest, not every start
+	ko.Log = o.Out
+	m, err := k8sbin.ResolveMesh(ctx, ko)
+	if err != nil {
+		return fmt.Errorf("finding or building kube-proxy and CoreDNS (go run ./hack/envtest -mesh does it ahead; --kube-proxy/--coredns take built ones): %w", err)
+	}
+	if o.KubeProxyPath == "" {
+		o.KubeProxyPath = m.KubeProxy
+	}
+	if o.CoreDNSPath == "" {
+		o.CoreDNSPath = m.CoreDNS
+	}
+	say("node binaries: %s, %s", o.KubeProxyPath, o.CoreDNSPath)
+	return nil
+}
+
+// newClusterNet picks the loopback ports of kube-proxy and CoreDNS and gathers the
+// addresses their configuration is made of.
+func newClusterNet(o Options, gw netip.Addr) (clusterNet, error) {
+	c := clusterNet{NodeName: o.NodeName, Gateway: gw, PodCIDR: o.PodCIDR.Masked(), ServiceCIDR: o.ServiceCIDR.Masked(),
+		DNSIP: o.ClusterDNS, DNSPort: 53, Domain: o.ClusterDomain, Upstreams: o.DNSUpstreams}
+	for _, p := range []*int{&c.ProxyHealthz, &c.ProxyMetrics, &c.DNSHealth, &c.DNSReady} {
+		port, err := freePort("127.0.0.1")
+		if err != nil {
+			return c, err
+		}
+		*p = port
+	}
+	return c, nil
 }
