@@ -165,12 +165,13 @@ func (vs *viewState) recordVersions(next map[string]string, now time.Time) {
 	}
 }
 
-// ackTimes returns, if version is the current version of typeURL in view v, when it was set
-// (ok), and the view's current versions with the newest time any of them was set.
-func (c *Cache) ackTimes(v snapshot.View, typeURL, version string) (set time.Time, ok bool, want map[string]string, newest time.Time) {
+// ackTimes returns, if version is the current version of typeURL in the view with key
+// viewKey, when it was set (ok), and the view's current versions with the newest time any
+// of them was set.
+func (c *Cache) ackTimes(viewKey, typeURL, version string) (set time.Time, ok bool, want map[string]string, newest time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	vs := c.views[v.Key()]
+	vs := c.views[viewKey]
 	if vs == nil || vs.versions[typeURL] != version || version == "" {
 		return time.Time{}, false, nil, time.Time{}
 	}
@@ -189,11 +190,11 @@ func (c *Cache) ackTimes(v snapshot.View, typeURL, version string) (set time.Tim
 // convergence time. The ACK path is per push per sidecar, not per request byte: one lock of
 // the cache and two of the tracker.
 func (c *callbacks) observeAck(streamID int64, typeURL, version string) {
-	v, opened, _, ok := c.tracker.streamOf(streamID)
+	key, opened, _, ok := c.tracker.streamOf(streamID)
 	if !ok {
 		return
 	}
-	set, ok, want, newest := c.cache.ackTimes(v, typeURL, version)
+	set, ok, want, newest := c.cache.ackTimes(key, typeURL, version)
 	if !ok {
 		return // an older version, ACKed after a newer one was set: not a convergence
 	}

@@ -44,8 +44,10 @@ type streamEntry struct {
 	sent map[string]sentResponse
 	// delta streams track the last system version they sent per type.
 	delta bool
-	// opened is when the stream's first request arrived (for the push-latency metric).
-	opened time.Time
+	// opened is when the stream's first request arrived, and viewKey its view's key (a
+	// hash, computed once), for the push-latency metric.
+	opened  time.Time
+	viewKey string
 }
 
 type sentResponse struct{ nonce, version string }
@@ -61,7 +63,7 @@ func (t *tracker) open(streamID int64, id string, v snapshot.View, delta bool) b
 	if _, ok := t.streams[streamID]; ok {
 		return false
 	}
-	t.streams[streamID] = &streamEntry{nodeID: id, view: v, sent: map[string]sentResponse{}, delta: delta, opened: time.Now()}
+	t.streams[streamID] = &streamEntry{nodeID: id, view: v, sent: map[string]sentResponse{}, delta: delta, opened: time.Now(), viewKey: v.Key()}
 	n, ok := t.nodes[id]
 	if !ok {
 		n = &nodeEntry{state: NodeState{ID: id, Acked: map[string]string{}, Rejected: map[string]Rejection{}}}
@@ -162,15 +164,16 @@ func (t *tracker) Nodes() []NodeState {
 	return out
 }
 
-// streamOf returns a known stream's view, when it opened and whether it is a delta stream.
-func (t *tracker) streamOf(streamID int64) (v snapshot.View, opened time.Time, delta, ok bool) {
+// streamOf returns a known stream's view key, when it opened and whether it is a delta
+// stream.
+func (t *tracker) streamOf(streamID int64) (viewKey string, opened time.Time, delta, ok bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s, ok := t.streams[streamID]
 	if !ok {
-		return snapshot.View{}, time.Time{}, false, false
+		return "", time.Time{}, false, false
 	}
-	return s.view, s.opened, s.delta, true
+	return s.viewKey, s.opened, s.delta, true
 }
 
 // syncedTo reports whether the stream's sidecar has ACKed every version in want and
