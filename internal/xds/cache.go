@@ -31,8 +31,6 @@ type Cache struct {
 	mu     sync.Mutex
 	result *snapshot.Result
 	views  map[string]*viewState // by view key
-	// now stamps new versions for the push-latency metric (time.Now; tests may replace it).
-	now func() time.Time
 }
 
 type viewState struct {
@@ -46,7 +44,7 @@ type viewState struct {
 // NewCache returns an empty cache. ads=true makes go-control-plane answer watches of one
 // node in CDS → EDS → LDS → RDS order (make-before-break).
 func NewCache() *Cache {
-	return &Cache{cache: cachev3.NewSnapshotCache(true, viewHash{}, nil), views: map[string]*viewState{}, now: time.Now}
+	return &Cache{cache: cachev3.NewSnapshotCache(true, viewHash{}, nil), views: map[string]*viewState{}}
 }
 
 // SetResult installs a new translation and updates the snapshot of every view that has a
@@ -90,7 +88,7 @@ func (c *Cache) setLocked(ctx context.Context, key string, vs *viewState) error 
 	if err := c.cache.SetSnapshot(ctx, key, snap); err != nil {
 		return fmt.Errorf("setting snapshot of view %s: %w", key, err)
 	}
-	vs.recordVersions(versions, c.now())
+	vs.recordVersions(versions, time.Now())
 	vs.versions = versions
 	return nil
 }

@@ -198,7 +198,7 @@ func (c *callbacks) observeAck(streamID int64, typeURL, version string) {
 	if !ok {
 		return // an older version, ACKed after a newer one was set: not a convergence
 	}
-	now := c.cache.now()
+	now := time.Now()
 	metricsOf(typeURL).latency.Observe(since(now, set, opened).Seconds())
 	if c.tracker.syncedTo(streamID, want) {
 		pilotConvergence.Observe(since(now, newest, opened).Seconds())

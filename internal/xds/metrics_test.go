@@ -68,6 +68,26 @@ func matches(m *dto.Metric, labels []string) bool {
 	return true
 }
 
+// histogramSum returns the sample sum of histogram name{labels} (0 without the series).
+func histogramSum(t testing.TB, name string, labels ...string) float64 {
+	t.Helper()
+	fams, err := metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			if matches(m, labels) {
+				return m.GetHistogram().GetSampleSum()
+			}
+		}
+	}
+	return 0
+}
+
 // labelValues lists the values label takes across the series of name.
 func labelValues(t testing.TB, name, label string) []string {
 	t.Helper()
@@ -170,11 +190,17 @@ func TestMetricsFollowARealSidecar(t *testing.T) {
 		}
 	}
 
-	// An endpoint change: one new EDS version, pushed and ACKed; no other type moves.
+	// An endpoint change: one new EDS version, pushed and ACKed; no other type moves. The
+	// observed latency is a real duration no longer than the time since the change.
+	sum0 := histogramSum(t, "weft_xds_push_latency_seconds", "type_url", resourcev3.EndpointType)
+	changed := time.Now()
 	if err := c.SetResult(ctx, snapshot.Translate(input("10.0.0.1", "10.0.0.2"))); err != nil {
 		t.Fatal(err)
 	}
 	poll.Until(t, 10*time.Second, func() bool { return latency[resourcev3.EndpointType].added() == 2 }, "waiting for the EDS ACK")
+	if got := histogramSum(t, "weft_xds_push_latency_seconds", "type_url", resourcev3.EndpointType) - sum0; got <= 0 || got > time.Since(changed).Seconds() {
+		t.Errorf("EDS push latency observed %vs, want within (0, %vs]", got, time.Since(changed).Seconds())
+	}
 	if versions.added() != 2 {
 		t.Errorf("EDS versions set +%v, want +2", versions.added())
 	}
@@ -270,4 +296,21 @@ func TestMetricsForgedTypeAndDeltaStream(t *testing.T) {
 	}
 	cancel()
 	poll.Until(t, 10*time.Second, func() bool { return delta.added() == 0 }, "waiting for the delta stream to be uncounted")
+}
+
+// A sidecar that subscribes after a version was set has waited only since it subscribed.
+func TestPushLatencyCountsFromTheLaterOfSetAndSubscribe(t *testing.T) {
+	t0 := time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name        string
+		set, opened time.Time
+		want        time.Duration
+	}{
+		{"set after the stream opened", t0.Add(time.Second), t0, 2 * time.Second},
+		{"stream opened after the set", t0, t0.Add(2500 * time.Millisecond), 500 * time.Millisecond},
+	} {
+		if got := since(t0.Add(3*time.Second), tc.set, tc.opened); got != tc.want {
+			t.Errorf("%s: latency %v, want %v", tc.name, got, tc.want)
+		}
+	}
 }
