@@ -13,9 +13,10 @@ import (
 // The xDS server's metrics, on controller-runtime's registry (served on the manager's
 // metrics endpoint). Two families per fact where Istio has one of the same meaning: Weft's
 // own, labelled by full type URL, and istiod's name and labels (type=cds|eds|lds|rds), so
-// the Istio control-plane dashboard reads a Weft manager. Labels are type URLs and stream
-// kinds only — never node IDs or pod names — so the series count is fixed: 4 types (plus
-// "other" for a type URL Weft does not serve, which a sidecar may send in a NACK) × 2 kinds.
+// the Istio control-plane dashboard reads a Weft manager. Labels are type URLs, stream kinds
+// and resource kinds only — never node IDs or pod names — so the series count is fixed: at
+// most 5 per type-labelled family (the 4 types Weft serves, plus "other" for any type URL a
+// sidecar sends in a NACK), 2 stream kinds, 6 resource kinds.
 var (
 	connected = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "weft_xds_connected_sidecars",
