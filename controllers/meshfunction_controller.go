@@ -307,10 +307,12 @@ func (r *MeshFunctionReconciler) replicas(fn *meshv1alpha1.MeshFunction, current
 	}
 	if r.Handoff != nil && r.Handoff.Drained(nn) {
 		delete(r.zeroSince, nn)
+		observeHandoff(r.Clock.Since(since), true)
 		return 0, 0, true
 	}
 	if r.Clock.Since(since) >= r.HandoffTimeout {
 		delete(r.zeroSince, nn)
+		observeHandoff(r.Clock.Since(since), false)
 		return 0, 0, false
 	}
 	return have, 500 * time.Millisecond, false

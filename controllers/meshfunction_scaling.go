@@ -46,6 +46,9 @@ func (s *Decisions) SetDesired(fn autoscale.FunctionKey, d autoscale.Decision) {
 	if ok && old.Desired == d.Desired && old.WantsZero == d.WantsZero {
 		return
 	}
+	if ok {
+		countScaleDecision(fn, old.Desired, d.Desired)
+	}
 	obj := &meshv1alpha1.MeshFunction{}
 	obj.Namespace, obj.Name = fn.Namespace, fn.Name
 	select {
@@ -68,6 +71,7 @@ func (s *Decisions) Get(fn autoscale.FunctionKey) (autoscale.Decision, bool) {
 func (s *Decisions) Forget(fn autoscale.FunctionKey) {
 	s.mu.Lock()
 	delete(s.latest, fn)
+	forgetScaleDecisions(fn)
 	s.mu.Unlock()
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -162,7 +163,9 @@ func (r *SnapshotReconciler) Reconcile(ctx context.Context, _ reconcile.Request)
 			r.dirty.Store(true)
 			return ctrl.Result{}, err
 		}
+		start := time.Now()
 		res := snapshot.Translate(in)
+		translationSeconds.Observe(time.Since(start).Seconds())
 		if err := r.Cache.SetResult(ctx, res); err != nil {
 			r.dirty.Store(true)
 			return ctrl.Result{}, fmt.Errorf("setting xDS snapshots: %w", err)

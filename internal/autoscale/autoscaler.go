@@ -44,6 +44,7 @@ type function struct {
 	ready   int
 	pending int
 	poked   bool // an immediate decision was queued since the last tick
+	metrics *fnMetrics
 }
 
 // NewAutoscaler returns an Autoscaler that decides on clk's time and emits to sink.
@@ -72,6 +73,7 @@ func (a *Autoscaler) Remove(fn FunctionKey) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	delete(a.fns, fn)
+	forgetFunction(fn)
 }
 
 // SetReady sets how many of the function's pods are ready. Call it before
@@ -187,7 +189,9 @@ func (a *Autoscaler) tick() []keyed {
 			continue
 		}
 		f.poked = false
-		out = append(out, keyed{fn, f.d.Decide(now, f.ready)})
+		d := f.d.Decide(now, f.ready)
+		f.record(fn, d)
+		out = append(out, keyed{fn, d})
 	}
 	a.queue = a.queue[:0]
 	slices.SortFunc(out, func(x, y keyed) int {
@@ -204,7 +208,9 @@ func (a *Autoscaler) decideQueued() []keyed {
 	var out []keyed
 	for _, fn := range a.queue {
 		if f := a.get(fn); f != nil {
-			out = append(out, keyed{fn, f.d.Decide(now, f.ready)})
+			d := f.d.Decide(now, f.ready)
+			f.record(fn, d)
+			out = append(out, keyed{fn, d})
 		}
 	}
 	a.queue = a.queue[:0]

@@ -89,7 +89,13 @@ func (w *PendingWatcher) Start(ctx context.Context) error {
 		interval = 2 * time.Second
 	}
 	last := map[FunctionKey]int{}
-	var lastErr string
+	var lastErr, lastDeadErr string
+	// A new watcher (after a reconnect) starts from no series: it cannot know which of a
+	// previous watcher's functions drained meanwhile. Its first poll is immediate.
+	pendingMessages.Reset()
+	deadLetters.Reset()
+	pendingSeries, deadSeries := &gaugeSet{vec: pendingMessages}, &gaugeSet{vec: deadLetters}
+	warned := false
 	t := clk.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -113,6 +119,17 @@ func (w *PendingWatcher) Start(ctx context.Context) error {
 				}
 			}
 			last = cur
+			if n := pendingSeries.set(cur); n > 0 && !warned {
+				w.Logger.Info("more functions have queued calls than the metrics show", "limit", MaxFunctionSeries, "left out", n)
+				warned = true
+			}
+		}
+		if dead, err := DeadLetters(ctx, w.JS); err == nil {
+			lastDeadErr = ""
+			deadSeries.set(dead)
+		} else if ctx.Err() == nil && err.Error() != lastDeadErr {
+			w.Logger.Error(err, "cannot read dead letters; the metric keeps the last counts")
+			lastDeadErr = err.Error()
 		}
 		select {
 		case <-ctx.Done():

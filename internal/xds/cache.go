@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -36,6 +37,8 @@ type viewState struct {
 	view     snapshot.View
 	nodes    int
 	versions map[string]string // type → version, only types the view has resources of
+	// setAt is when each type's current version was set, for the push-latency metric.
+	setAt map[string]time.Time
 }
 
 // NewCache returns an empty cache. ads=true makes go-control-plane answer watches of one
@@ -51,6 +54,7 @@ func (c *Cache) SetResult(ctx context.Context, r *snapshot.Result) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.result = r
+	recordResources(r)
 	var firstErr error
 	for key, vs := range c.views {
 		if err := c.setLocked(ctx, key, vs); err != nil && firstErr == nil {
@@ -84,6 +88,7 @@ func (c *Cache) setLocked(ctx context.Context, key string, vs *viewState) error 
 	if err := c.cache.SetSnapshot(ctx, key, snap); err != nil {
 		return fmt.Errorf("setting snapshot of view %s: %w", key, err)
 	}
+	vs.recordVersions(versions, time.Now())
 	vs.versions = versions
 	return nil
 }

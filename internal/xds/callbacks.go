@@ -37,6 +37,7 @@ func (c *callbacks) learn(ctx context.Context, streamID int64, n *corev3.Node, d
 	if !c.tracker.open(streamID, n.GetId(), v, delta) {
 		return
 	}
+	recordStreamOpen(delta)
 	if err := c.cache.addNode(ctx, v); err != nil {
 		c.log.Error(err, "building the snapshot of a new view", "node", n.GetId(), "view", v.Key())
 	}
@@ -44,7 +45,11 @@ func (c *callbacks) learn(ctx context.Context, streamID int64, n *corev3.Node, d
 }
 
 func (c *callbacks) closed(streamID int64) {
+	_, _, delta, known := c.tracker.streamOf(streamID)
 	if v, ok := c.tracker.close(streamID); ok {
+		if known {
+			recordStreamClose(delta)
+		}
 		c.cache.removeNode(v)
 		c.changed()
 	}
@@ -67,6 +72,7 @@ func (c *callbacks) OnStreamRequest(streamID int64, req *discoveryv3.DiscoveryRe
 		return nil
 	}
 	if ed := req.GetErrorDetail(); ed != nil {
+		recordNACK(req.GetTypeUrl())
 		rejected := c.tracker.nack(streamID, req.GetTypeUrl(), req.GetResponseNonce(), ed.GetMessage())
 		c.log.Info("sidecar rejected configuration", "node", req.GetNode().GetId(), "type", req.GetTypeUrl(),
 			"version", rejected, "error", ed.GetMessage())
@@ -77,6 +83,7 @@ func (c *callbacks) OnStreamRequest(streamID int64, req *discoveryv3.DiscoveryRe
 		return nil
 	}
 	if c.tracker.ack(streamID, req.GetTypeUrl(), req.GetVersionInfo()) {
+		c.observeAck(streamID, req.GetTypeUrl(), req.GetVersionInfo())
 		c.changed()
 	}
 	return nil
@@ -84,6 +91,7 @@ func (c *callbacks) OnStreamRequest(streamID int64, req *discoveryv3.DiscoveryRe
 
 // OnStreamResponse remembers which version went out under which nonce.
 func (c *callbacks) OnStreamResponse(_ context.Context, streamID int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
+	recordPush(resp.GetTypeUrl())
 	c.tracker.sent(streamID, resp.GetTypeUrl(), resp.GetNonce(), resp.GetVersionInfo())
 }
 
@@ -91,16 +99,26 @@ func (c *callbacks) OnStreamResponse(_ context.Context, streamID int64, _ *disco
 func (c *callbacks) OnDeltaStreamOpen(context.Context, int64, string) error { return nil }
 
 // OnDeltaStreamClosed forgets the stream's node.
-func (c *callbacks) OnDeltaStreamClosed(streamID int64, _ *corev3.Node) { c.closed(streamID) }
+func (c *callbacks) OnDeltaStreamClosed(streamID int64, _ *corev3.Node) {
+	c.closed(deltaStreamID(streamID))
+}
+
+// deltaStreamID keys a delta stream in the tracker. go-control-plane numbers state-of-the-world
+// and delta streams with separate counters, both from 1, so the first stream of each kind
+// would share ID 1: the second to open would go unrecorded and the first to close would
+// take the other's record with it. Delta streams are tracked under the negated ID.
+func deltaStreamID(id int64) int64 { return -id }
 
 // OnStreamDeltaRequest learns the node and records ACKs and NACKs. The delta cache sends
 // only resources whose version changed, so a NACKed resource is not re-sent.
 func (c *callbacks) OnStreamDeltaRequest(streamID int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+	streamID = deltaStreamID(streamID)
 	c.learn(context.Background(), streamID, req.GetNode(), true)
 	if req.GetResponseNonce() == "" {
 		return nil
 	}
 	if ed := req.GetErrorDetail(); ed != nil {
+		recordNACK(req.GetTypeUrl())
 		c.tracker.nack(streamID, req.GetTypeUrl(), req.GetResponseNonce(), ed.GetMessage())
 		c.changed()
 		return nil
@@ -108,6 +126,7 @@ func (c *callbacks) OnStreamDeltaRequest(streamID int64, req *discoveryv3.DeltaD
 	// A delta ACK carries no version: it acknowledges the last response, whose snapshot
 	// version OnStreamDeltaResponse recorded.
 	if ver := c.tracker.lastSent(streamID, req.GetTypeUrl()); ver != "" && c.tracker.ack(streamID, req.GetTypeUrl(), ver) {
+		c.observeAck(streamID, req.GetTypeUrl(), ver)
 		c.changed()
 	}
 	return nil
@@ -115,6 +134,8 @@ func (c *callbacks) OnStreamDeltaRequest(streamID int64, req *discoveryv3.DeltaD
 
 // OnStreamDeltaResponse remembers the snapshot version behind each delta response.
 func (c *callbacks) OnStreamDeltaResponse(streamID int64, _ *discoveryv3.DeltaDiscoveryRequest, resp *discoveryv3.DeltaDiscoveryResponse) {
+	streamID = deltaStreamID(streamID)
+	recordPush(resp.GetTypeUrl())
 	c.tracker.sent(streamID, resp.GetTypeUrl(), resp.GetNonce(), resp.GetSystemVersionInfo())
 }
 

@@ -3,6 +3,7 @@ package xds
 import (
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/weftmesh/weft/internal/snapshot"
 )
@@ -43,6 +44,10 @@ type streamEntry struct {
 	sent map[string]sentResponse
 	// delta streams track the last system version they sent per type.
 	delta bool
+	// opened is when the stream's first request arrived, and viewKey its view's key (a
+	// hash, computed once), for the push-latency metric.
+	opened  time.Time
+	viewKey string
 }
 
 type sentResponse struct{ nonce, version string }
@@ -58,7 +63,7 @@ func (t *tracker) open(streamID int64, id string, v snapshot.View, delta bool) b
 	if _, ok := t.streams[streamID]; ok {
 		return false
 	}
-	t.streams[streamID] = &streamEntry{nodeID: id, view: v, sent: map[string]sentResponse{}, delta: delta}
+	t.streams[streamID] = &streamEntry{nodeID: id, view: v, sent: map[string]sentResponse{}, delta: delta, opened: time.Now(), viewKey: v.Key()}
 	n, ok := t.nodes[id]
 	if !ok {
 		n = &nodeEntry{state: NodeState{ID: id, Acked: map[string]string{}, Rejected: map[string]Rejection{}}}
@@ -157,4 +162,37 @@ func (t *tracker) Nodes() []NodeState {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
+}
+
+// streamOf returns a known stream's view key, when it opened and whether it is a delta
+// stream.
+func (t *tracker) streamOf(streamID int64) (viewKey string, opened time.Time, delta, ok bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s, ok := t.streams[streamID]
+	if !ok {
+		return "", time.Time{}, false, false
+	}
+	return s.viewKey, s.opened, s.delta, true
+}
+
+// syncedTo reports whether the stream's sidecar has ACKed every version in want and
+// rejects none of them.
+func (t *tracker) syncedTo(streamID int64, want map[string]string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s, ok := t.streams[streamID]
+	if !ok || len(want) == 0 {
+		return false
+	}
+	n := t.nodes[s.nodeID]
+	for typ, ver := range want {
+		if n.state.Acked[typ] != ver {
+			return false
+		}
+		if r, bad := n.state.Rejected[typ]; bad && r.Version == ver {
+			return false
+		}
+	}
+	return true
 }
