@@ -182,7 +182,7 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 		fmt.Fprintf(stdout, "  pushed %d images to %s in %s\n", len(named), o.registry, time.Since(start).Round(100*time.Millisecond))
 	}
 	if o.release {
-		return release(ctx, o, pinned, stdout)
+		return release(ctx, o, meta.Version, pinned, stdout)
 	}
 	return nil
 }
@@ -215,7 +215,7 @@ func report(w io.Writer, ref string, d v1.Hash, idx v1.ImageIndex) error {
 }
 
 // release renders config/default and pins every Weft image by the digest just built.
-func release(ctx context.Context, o options, pinned map[string]string, stdout io.Writer) error {
+func release(ctx context.Context, o options, version string, pinned map[string]string, stdout io.Writer) error {
 	cmd := exec.CommandContext(ctx, "kubectl", "kustomize", "config/default")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -230,10 +230,7 @@ func release(ctx context.Context, o options, pinned map[string]string, stdout io
 	if bad := image.Unpinned(out, o.registry); len(bad) > 0 {
 		return fmt.Errorf("references left unpinned in the release: %s", strings.Join(bad, ", "))
 	}
-	header := fmt.Sprintf("# Weft %s: kubectl apply --server-side -f install.yaml\n# Rendered from config/default; every Weft image is pinned by digest.\n", o.version)
-	if o.version == "" {
-		header = "# Weft: kubectl apply --server-side -f install.yaml\n"
-	}
+	header := fmt.Sprintf("# Weft %s: kubectl apply -f install.yaml (docs/install.md).\n# config/default rendered by make release; every Weft image is pinned by digest.\n", version)
 	dst := filepath.Join(o.out, "install.yaml")
 	if err := os.WriteFile(dst, append([]byte(header), out...), 0o644); err != nil {
 		return err

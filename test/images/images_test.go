@@ -5,6 +5,7 @@ package images
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -14,7 +15,9 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 var (
@@ -48,7 +51,17 @@ func TestMain(m *testing.M) {
 // (no VERSION, REGISTRY or SOURCE_DATE_EPOCH from the caller's shell).
 func buildImages(t *testing.T, out string, env []string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(tool, append([]string{"-out", out}, args...)...)
+	// The build may outlast the test's deadline on a cold cache (the manager's dependency
+	// tree): stop it, and the go build under it, before the test binary is killed.
+	ctx := context.Background()
+	if dl, ok := t.Deadline(); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, dl.Add(-30*time.Second))
+		defer cancel()
+	}
+	cmd := exec.CommandContext(ctx, tool, append([]string{"-out", out}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.Dir = root
 	cmd.Env = append(cleanEnv(), env...)
 	var stdout, stderr bytes.Buffer
