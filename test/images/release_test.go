@@ -10,9 +10,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/weftmesh/weft/internal/image"
 	"github.com/weftmesh/weft/testenv"
@@ -147,6 +149,7 @@ func decodeAll(t *testing.T, b []byte) []*unstructured.Unstructured {
 // them) and returns an admin kubeconfig file.
 func startAPIServer(t *testing.T) string {
 	t.Helper()
+	logf.SetLogger(logr.Discard())
 	env := &envtest.Environment{}
 	if _, err := env.Start(); err != nil {
 		t.Fatalf("starting envtest: %v", err)
