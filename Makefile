@@ -121,6 +121,18 @@ build-all: build ## Build bin/ for the local mesh: manager, sidecar, weft and th
 	$(GO) build -o $(LOCALBIN)/weft ./cmd/weft
 	for e in echo slow flaky caller grpcecho wsecho; do $(GO) build -o $(LOCALBIN)/$$e ./examples/$$e; done
 
+# Image tag and version label; DIST is where images and install.yaml go.
+VERSION ?= $(shell git describe --tags --always --dirty)
+DIST ?= dist
+
+.PHONY: images
+images: ## OCI images (manager, sidecar, weft, examples; linux/amd64+arm64) into dist/oci, no Docker; REGISTRY=host/path also pushes.
+	$(GO) run ./hack/images -version $(VERSION) -out $(DIST) -registry "$(REGISTRY)"
+
+.PHONY: release
+release: ## The images, then dist/install.yaml: config/default with every image pinned by digest (VERSION=v0.x.y).
+	$(GO) run ./hack/images -version $(VERSION) -out $(DIST) -registry "$(REGISTRY)" -release
+
 ##@ Local mesh (needs root: each pod gets a network namespace)
 
 .PHONY: demo
