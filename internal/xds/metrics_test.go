@@ -142,11 +142,14 @@ func (c *counterDelta) added() float64 {
 func TestMetricsFollowARealSidecar(t *testing.T) {
 	ctx := context.Background()
 	c := NewCache()
-	if err := c.SetResult(ctx, snapshot.Translate(input("10.0.0.1"))); err != nil {
+	res := snapshot.Translate(input("10.0.0.1"))
+	if err := c.SetResult(ctx, res); err != nil {
 		t.Fatal(err)
 	}
-	if got := scrape(t, "weft_xds_translated_resources", "type", "cluster"); got != 1 {
-		t.Errorf("translated clusters = %v, want 1 (reviews)", got)
+	// The route's cluster, the Service's default cluster and the passthrough, black-hole and
+	// inbound-passthrough clusters every sidecar gets.
+	if got, want := scrape(t, "weft_xds_translated_resources", "type", "cluster"), float64(len(res.Clusters)); got != want || want < 2 {
+		t.Errorf("translated clusters = %v, want %v (the result's, at least reviews' two)", got, want)
 	}
 	if got := scrape(t, "weft_xds_translated_resources", "type", snapshot.KindMeshRoute); got != 1 {
 		t.Errorf("translated MeshRoutes = %v, want 1", got)
@@ -237,7 +240,9 @@ func setUnsupportedCluster(t *testing.T, c *Cache, v snapshot.View) {
 	var clusters []types.Resource
 	for _, r := range snap.GetResources(resourcev3.ClusterType) {
 		cl := proto.Clone(r.(*clusterv3.Cluster)).(*clusterv3.Cluster)
-		cl.LbPolicy = clusterv3.Cluster_MAGLEV
+		if cl.GetName() == reviewsCluster { // only the route's cluster: the NACK names MAGLEV
+			cl.LbPolicy = clusterv3.Cluster_MAGLEV
+		}
 		clusters = append(clusters, cl)
 	}
 	snap.Resources[cachev3.GetResponseType(resourcev3.ClusterType)] = cachev3.NewResources("maglev", clusters)

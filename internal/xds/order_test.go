@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"sort"
 	"testing"
 	"time"
 
@@ -11,7 +12,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
-	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/internal/snapshot"
 	"github.com/weftmesh/weft/sidecar/sidecartest/poll"
 )
@@ -35,9 +35,21 @@ func TestPushOrderIsMakeBeforeBreak(t *testing.T) {
 	st := adsStream(t, s.Addr().String())
 	n := node("fn-1", "default", 8080)
 	n.Metadata.Fields["function"] = structpb.NewStringValue("default/fn")
-	names := map[string][]string{
-		resourcev3.EndpointType: {reviewsCluster, contract.FunctionClusterName("default", "fn")},
-		resourcev3.RouteType:    {contract.OutboundRouteName},
+	// EDS and RDS names: every load assignment and route configuration this pod's view holds
+	// after the change (the function's cluster included), so neither watch waits on a name.
+	in := input("10.0.0.1", "10.0.0.2")
+	in.MeshFunctions = []meshv1alpha1.MeshFunction{{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "fn"},
+		Spec: meshv1alpha1.MeshFunctionSpec{Timeout: &meshv1alpha1.Duration{Duration: 45 * time.Second}}}}
+	after, err := snapshot.Translate(in).Snapshot(snapshot.ViewFromNode(n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string][]string{}
+	for _, ty := range []string{resourcev3.EndpointType, resourcev3.RouteType} {
+		for name := range after.GetResources(ty) {
+			names[ty] = append(names[ty], name)
+		}
+		sort.Strings(names[ty])
 	}
 	for _, ty := range []string{resourcev3.RouteType, resourcev3.ListenerType, resourcev3.EndpointType, resourcev3.ClusterType} {
 		if err := st.Send(&discoveryv3.DiscoveryRequest{Node: n, TypeUrl: ty, ResourceNames: names[ty]}); err != nil {
@@ -59,9 +71,6 @@ func TestPushOrderIsMakeBeforeBreak(t *testing.T) {
 	// One change to every type: the function appears (its cluster: CDS; its endpoints: EDS;
 	// its timeout on this pod's inbound listener: LDS; its virtual host: RDS), and reviews
 	// gets another endpoint.
-	in := input("10.0.0.1", "10.0.0.2")
-	in.MeshFunctions = []meshv1alpha1.MeshFunction{{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "fn"},
-		Spec: meshv1alpha1.MeshFunctionSpec{Timeout: &meshv1alpha1.Duration{Duration: 45 * time.Second}}}}
 	if err := c.SetResult(ctx, snapshot.Translate(in)); err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"sort"
 	"testing"
 	"time"
 
@@ -52,6 +53,9 @@ func input(ips ...string) *snapshot.Input {
 }
 
 const reviewsCluster = "outbound|9080||reviews.default.svc.cluster.local|default/reviews"
+
+// defaultReviewsCluster is the reviews Service's own cluster, which every Service gets.
+const defaultReviewsCluster = "outbound|9080||reviews.default.svc.cluster.local"
 
 func node(pod, ns string, appPort int) *corev3.Node {
 	md, err := structpb.NewStruct(map[string]any{"namespace": ns, "pod": pod, "appPort": float64(appPort),
@@ -114,11 +118,18 @@ func TestSidecarReceivesSnapshotAndEndpointUpdate(t *testing.T) {
 	for _, l := range cfg.HTTPListeners {
 		listeners = append(listeners, l.Name+"@"+l.Address)
 	}
-	if got, want := fmt.Sprint(listeners), "[inbound_http@0.0.0.0:15006 outbound_http@127.0.0.1:15001]"; got != want {
+	if got, want := fmt.Sprint(listeners), "[inbound_http@0.0.0.0:15006 outbound_http|80@ outbound_http|9080@ outbound_http@127.0.0.1:15001]"; got != want {
+		// the per-port HTTP chains of the outbound listener are served unbound, behind it
 		t.Errorf("listeners = %s, want %s", got, want)
 	}
-	if len(cfg.Clusters) != 2 || cfg.Clusters["inbound|9080"] == nil {
-		t.Errorf("clusters = %v, want the reviews cluster and inbound|9080", cfg.Clusters)
+	var clusters []string
+	for name := range cfg.Clusters {
+		clusters = append(clusters, name)
+	}
+	sort.Strings(clusters)
+	if got, want := fmt.Sprint(clusters), "[BlackHoleCluster InboundPassthroughCluster PassthroughCluster inbound|9080 "+
+		defaultReviewsCluster+" "+reviewsCluster+"]"; got != want {
+		t.Errorf("clusters = %s, want %s", got, want)
 	}
 	if got := endpointsOf(); got[0] != "10.0.0.1:8080" {
 		t.Errorf("endpoints = %v", got)
@@ -274,7 +285,8 @@ func TestDeltaADS(t *testing.T) {
 		}
 		names = append(names, cl.GetName())
 	}
-	if fmt.Sprint(names) != "["+reviewsCluster+"]" {
+	sort.Strings(names)
+	if fmt.Sprint(names) != "[BlackHoleCluster InboundPassthroughCluster PassthroughCluster "+defaultReviewsCluster+" "+reviewsCluster+"]" {
 		t.Errorf("delta clusters = %v", names)
 	}
 	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.ClusterType, ResponseNonce: resp.GetNonce()}); err != nil {
