@@ -14,6 +14,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -73,7 +74,7 @@ func call(ctx context.Context, conn *grpc.ClientConn, n int, w io.Writer) error 
 	}
 	got := 0
 	for {
-		if _, err := stream.Recv(); err == io.EOF {
+		if _, err := stream.Recv(); errors.Is(err, io.EOF) {
 			break
 		} else if err != nil {
 			return fmt.Errorf("watch: %w", err)

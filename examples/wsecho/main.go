@@ -25,7 +25,7 @@ func handler() http.Handler {
 		if err != nil {
 			return // Accept answered the caller
 		}
-		defer c.CloseNow()
+		defer func() { _ = c.CloseNow() }() // after a clean Close this only reports it was closed
 		c.SetReadLimit(maxMessage)
 		for {
 			typ, msg, err := c.Read(r.Context())
