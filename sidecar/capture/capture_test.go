@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftmesh/weft/sidecar/sidecartest/poll"
 	"github.com/weftmesh/weft/testenv"
 )
 
@@ -219,10 +220,9 @@ func TestTCPHalfClose(t *testing.T) {
 	if string(got) != want {
 		t.Fatalf("answer after half-close: %d bytes, want %d (tail %q)", len(got), len(want), tail(got))
 	}
-	st := stats(s)
-	if !strings.Contains(st, `weft_tcp_bytes_sent_total{cluster="outbound|6379||redis.default.svc.cluster.local"} 3145728`) {
-		t.Errorf("bytes sent not counted:\n%s", grep(st, "weft_tcp_bytes"))
-	}
+	poll.Until(t, 5*time.Second, func() bool {
+		return strings.Contains(stats(s), `weft_tcp_bytes_sent_total{cluster="outbound|6379||redis.default.svc.cluster.local"} 3145728`)
+	}, "waiting for the 3 MiB sent to be counted")
 }
 
 func tail(b []byte) []byte {
@@ -285,9 +285,13 @@ func TestTCPPassthroughAndBlackHole(t *testing.T) {
 		t.Fatalf("passthrough echo: %q", line)
 	}
 	c.Close()
-	if st := stats(s); !strings.Contains(st, "weft_passthrough_connections_total 1") || !strings.Contains(st, "weft_passthrough_bytes_sent_total 6") {
-		t.Errorf("passthrough not counted:\n%s", grep(st, "passthrough"))
+	// Bytes are counted when the proxied connection ends, after the client's close reached
+	// the sidecar: wait for that rather than read the counters at once.
+	counted := func() bool {
+		st := stats(s)
+		return strings.Contains(st, "weft_passthrough_connections_total 1") && strings.Contains(st, "weft_passthrough_bytes_sent_total 6")
 	}
+	poll.Until(t, 5*time.Second, counted, "waiting for the passthrough connection and its 6 bytes to be counted")
 	s2 := startSidecar(t, mesh{blocked: true}, false, 100*time.Millisecond)
 	c2, err := net.Dial("tcp", s2.front(t, echo))
 	if err != nil {
