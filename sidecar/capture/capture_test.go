@@ -138,12 +138,12 @@ func TestSniffingUndeclaredPort(t *testing.T) {
 	if code != 200 || !strings.HasPrefix(b, "app-http") {
 		t.Fatalf("sniffed HTTP: %d %q", code, b)
 	}
+	start := time.Now() // before the dial: the sidecar's sniff wait starts at its accept
 	c, err := net.Dial("tcp", front)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	start := time.Now()
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	br := bufio.NewReader(c)
 	greeting, err := br.ReadString('\n')
