@@ -109,6 +109,11 @@ func applyTransparent(t *testing.T) {
 		transparentDeployment("ws-echo", "weft.dev/examples/wsecho:latest", "[]", "8080", "/healthz") +
 		transparentDeployment("redis", "redis:7", `["--port", "6379", "--protected-mode", "no", "--save", "", "--appendonly", "no"]`, "6379", "") +
 		transparentDeployment("client", "weft.dev/examples/caller:latest", "[]", "8080", "/healthz")
+	// redis's only container port would become the sidecar's app port (inject.appPortOf:
+	// the first container port), whose inbound chain is HTTP (snapshot.captureInbound), so
+	// RESP would be parsed as HTTP. weft.dev/app-port names another port, so 6379 takes the
+	// inbound TCP passthrough chain. (A known gap: a TCP-only pod needs this annotation.)
+	m = strings.Replace(m, "labels: {app: redis}\n      annotations: {weft.dev/interception: iptables}", "labels: {app: redis}\n      annotations: {weft.dev/interception: iptables, weft.dev/app-port: \"6380\"}", 1)
 	f := filepath.Join(t.TempDir(), "transparent.yaml")
 	if err := os.WriteFile(f, []byte(m), 0o644); err != nil {
 		t.Fatal(err)
@@ -360,8 +365,39 @@ func TestTransparentCapture(t *testing.T) {
 		if _, err := exec.LookPath("redis-cli"); err != nil {
 			t.Skip("redis-cli is not installed")
 		}
-		transparentPod(t, "redis")
-		eventually(t, 2*time.Minute, "redis-cli -h redis PING", func() error {
+		redis := transparentPod(t, "redis")
+		defer func() {
+			if !t.Failed() {
+				return
+			}
+			diag := func(what string, args ...string) {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				out, err := exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput()
+				t.Logf("diag %s: %v: %q", what, err, out)
+			}
+			diag("host → redis pod IP (inbound capture only)", "redis-cli", "-h", redis.Status.PodIP, "PING")
+			diag("client netns → redis pod IP (passthrough)", "nsenter", "-t", fmt.Sprint(pid), "-n", "redis-cli", "-h", redis.Status.PodIP, "PING")
+			rp := containerPid(t, redis, "redis")
+			diag("redis netns → 127.0.0.1", "nsenter", "-t", fmt.Sprint(rp), "-n", "redis-cli", "-h", "127.0.0.1", "PING")
+			diag("redis listening", "nsenter", "-t", fmt.Sprint(rp), "-n", "ss", "-ltnp")
+			diag("client conntrack/sockets", "nsenter", "-t", fmt.Sprint(pid), "-n", "ss", "-tnp")
+			for _, p := range []corev1.Pod{client, redis} {
+				resp, err := http.Get("http://" + p.Status.PodIP + ":15020/stats")
+				if err != nil {
+					t.Logf("stats %s: %v", p.Name, err)
+					continue
+				}
+				sc := bufio.NewScanner(resp.Body)
+				for sc.Scan() {
+					if l := sc.Text(); !strings.HasPrefix(l, "#") && (strings.Contains(l, "tcp") || strings.Contains(l, "capture") || strings.Contains(l, "6379") || strings.Contains(l, "passthrough") || strings.Contains(l, "nbound")) {
+						t.Logf("stats %s: %s", p.Name, l)
+					}
+				}
+				resp.Body.Close()
+			}
+		}()
+		eventually(t, 40*time.Second, "redis-cli -h redis PING", func() error {
 			out, err := inPod(10*time.Second, "redis-cli", "-h", "redis", "-p", "6379", "PING")
 			if err != nil || strings.TrimSpace(out) != "PONG" {
 				return fmt.Errorf("%v: %q", err, out)
