@@ -18,6 +18,8 @@ var DefaultImages = map[string]string{
 	"weft.dev/examples/slow":        "slow",
 	"weft.dev/examples/flaky":       "flaky",
 	"weft.dev/examples/caller":      "caller",
+	"weft.dev/examples/grpcecho":    "grpcecho",
+	"weft.dev/examples/wsecho":      "wsecho",
 	// Redis servers for RedisProxy pools come from Debian's redis-server package.
 	"redis":                   "/usr/bin/redis-server",
 	"docker.io/library/redis": "/usr/bin/redis-server",

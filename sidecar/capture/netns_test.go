@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
@@ -45,11 +46,15 @@ func TestCapturedInNetns(t *testing.T) {
 	run("ip", "netns", "add", ns)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
 	run("ip", "-n", ns, "link", "set", "lo", "up")
-	for _, a := range []string{"10.96.0.10/32", "10.96.0.30/32", "10.200.0.5/32", "10.200.0.6/32"} {
+	for _, a := range []string{"10.96.0.10/32", "10.96.0.30/32", "10.200.0.5/32", "10.200.0.6/32", "10.200.0.7/32"} {
 		run("ip", "-n", ns, "addr", "add", a, "dev", "lo")
 	}
 	run("ip", "netns", "exec", ns, "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp",
 		"-m", "owner", "--uid-owner", appUID, "-j", "REDIRECT", "--to-ports", "15001")
+	// Any process's connection to 10.200.0.7:6999 goes to port 16999 (the inbound case:
+	// a dual-stack listener holding an IPv4 connection as a v4-mapped socket).
+	run("ip", "netns", "exec", ns, "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp",
+		"-d", "10.200.0.7", "--dport", "6999", "-j", "REDIRECT", "--to-ports", "16999")
 	cmd := exec.Command("ip", "netns", "exec", ns, os.Args[0], "-test.run=^TestNetnsChild$", "-test.v", "-test.count=1")
 	cmd.Env = append(os.Environ(), netnsChildEnv+"=1")
 	out, err := cmd.CombinedOutput()
@@ -64,6 +69,34 @@ func TestNetnsChild(t *testing.T) {
 	if os.Getenv(netnsChildEnv) == "" {
 		t.Skip("run by TestCapturedInNetns inside its network namespace")
 	}
+	// SO_ORIGINAL_DST of an IPv4 connection accepted by a dual-stack ([::]) listener, as
+	// the inbound listener on *:15006 is: the socket is IPv6 (v4-mapped), the NAT entry IPv4.
+	dual, err := net.Listen("tcp", ":16999")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dual.Close()
+	dc, err := net.Dial("tcp4", "10.200.0.7:6999")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+	ac, err := dual.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ac.Close()
+	rc, err := ac.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dst netip.AddrPort
+	var ok bool
+	_ = rc.Control(func(fd uintptr) { dst, ok = OriginalDst(int(fd)) })
+	if !ok || dst != netip.MustParseAddrPort("10.200.0.7:6999") {
+		t.Errorf("OriginalDst of a v4-mapped socket (local %s): %v %v, want 10.200.0.7:6999", ac.LocalAddr(), dst, ok)
+	}
+
 	port := freePort(t)
 	rs := exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
 	if err := rs.Start(); err != nil {

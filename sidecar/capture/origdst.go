@@ -24,7 +24,9 @@ func OriginalDst(fd int) (dst netip.AddrPort, ok bool) {
 	var buf [28]byte // sockaddr_in6, the larger of the two
 	size := uint32(len(buf))
 	level := unix.SOL_IP
-	if _, v6 := sa.(*unix.SockaddrInet6); v6 {
+	// A dual-stack listener ([::]) holds IPv4 connections as v4-mapped IPv6 sockets; their
+	// NAT entry is in the IPv4 conntrack table, which only SOL_IP reaches (as Envoy does).
+	if a, v6 := sa.(*unix.SockaddrInet6); v6 && !netip.AddrFrom16(a.Addr).Is4In6() {
 		level = unix.SOL_IPV6
 	}
 	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), soOriginalDst,
