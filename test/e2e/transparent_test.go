@@ -414,6 +414,17 @@ func TestTransparentCapture(t *testing.T) {
 		if n, err := sidecarStats(client, "weft_tcp_bytes_received_total", "redis."+transparentNS); err != nil || n == 0 {
 			t.Errorf("client sidecar weft_tcp_bytes_received_total for redis: %v (%v), want > 0", n, err)
 		}
+		// ...and the redis pod's sidecar took them in through its inbound TCP passthrough.
+		if n, err := sidecarStats(redis, "weft_tcp_connections_total", `cluster="InboundPassthroughCluster"`); err != nil || n < 3 {
+			t.Errorf("redis sidecar weft_tcp_connections_total{InboundPassthroughCluster}: %v (%v), want ≥ 3", n, err)
+		}
+	})
+
+	t.Run("a TCP server pod without weft.dev/app-port", func(t *testing.T) {
+		t.Skip("known bug: inject.appPortOf takes a pod's first container port (redis: 6379) as the HTTP app port, " +
+			"and snapshot.captureInbound gives that port an HTTP chain (http|6379), so captured RESP is parsed as HTTP " +
+			"and redis-cli hangs; the redis pod above needs weft.dev/app-port naming another port. Fix: take the app " +
+			"port only when declared HTTP (port name/appProtocol), or sniff (application_protocols) on the inbound app-port chain")
 	})
 
 	t.Run("passthrough to an address outside the mesh", func(t *testing.T) {
