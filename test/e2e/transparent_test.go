@@ -173,7 +173,7 @@ lines:
 		}
 		v, err := strconv.ParseFloat(l[strings.LastIndexByte(l, ' ')+1:], 64)
 		if err != nil {
-			return 0, fmt.Errorf("stats line %q: %v", l, err)
+			return 0, fmt.Errorf("stats line %q: %w", l, err)
 		}
 		sum += v
 	}
@@ -230,7 +230,7 @@ func TestTransparentCapture(t *testing.T) {
 			for range n {
 				out, err := inPod(10*time.Second, "curl", "-sS", "--max-time", "5", "-i", "http://plain/")
 				if err != nil {
-					return fmt.Errorf("%v: %s", err, out)
+					return fmt.Errorf("%w: %s", err, out)
 				}
 				if !strings.HasPrefix(out, "HTTP/1.1 200") || !strings.Contains(strings.ToLower(out), "x-version: plain") {
 					return fmt.Errorf("answer %s", out)
@@ -256,7 +256,7 @@ func TestTransparentCapture(t *testing.T) {
 		eventually(t, 2*time.Minute, "curl http://routed:9080/ with the MeshRoute's headers", func() error {
 			out, err := inPod(10*time.Second, "curl", "-sS", "--max-time", "5", "-i", "http://routed:9080/")
 			if err != nil {
-				return fmt.Errorf("%v: %s", err, out)
+				return fmt.Errorf("%w: %s", err, out)
 			}
 			lo := strings.ToLower(out)
 			if !strings.HasPrefix(out, "HTTP/1.1 200") || !strings.Contains(lo, "x-weft-route: routed") || !strings.Contains(lo, "by-meshroute") {
@@ -282,7 +282,7 @@ func TestTransparentCapture(t *testing.T) {
 		eventually(t, 2*time.Minute, "grpcecho call -target grpc-echo:9090", func() error {
 			out, err = inPod(40*time.Second, bin, "call", "-target", "grpc-echo:9090", "-n", "5")
 			if err != nil {
-				return fmt.Errorf("%v: %s", err, out)
+				return fmt.Errorf("%w: %s", err, out)
 			}
 			return nil
 		})
@@ -355,7 +355,7 @@ func TestTransparentCapture(t *testing.T) {
 			}
 			_, _, err = c.Read(ctx)
 			if websocket.CloseStatus(err) != websocket.StatusNormalClosure {
-				return fmt.Errorf("after bye: %v, want the server's normal closure", err)
+				return fmt.Errorf("after bye: %w, want the server's normal closure", err)
 			}
 			return nil
 		})
@@ -400,7 +400,7 @@ func TestTransparentCapture(t *testing.T) {
 		eventually(t, 40*time.Second, "redis-cli -h redis PING", func() error {
 			out, err := inPod(10*time.Second, "redis-cli", "-h", "redis", "-p", "6379", "PING")
 			if err != nil || strings.TrimSpace(out) != "PONG" {
-				return fmt.Errorf("%v: %q", err, out)
+				return fmt.Errorf("%w: %q", err, out)
 			}
 			return nil
 		})
