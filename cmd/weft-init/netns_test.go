@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/weftmesh/weft/testenv"
 	"net"
 	"net/netip"
 	"os"
@@ -41,11 +42,11 @@ type testNet struct {
 func requireNetAdmin(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces and installs iptables rules in them")
+		testenv.Missing(t, "needs root: creates network namespaces and installs iptables rules in them")
 	}
 	for _, prog := range []string{"ip", "iptables-restore", "iptables-save", "setpriv", "bash", "timeout"} {
 		if _, err := exec.LookPath(prog); err != nil {
-			t.Skipf("needs %s: %v", prog, err)
+			testenv.Missing(t, fmt.Sprintf("needs %s: %v", prog, err))
 		}
 	}
 }
@@ -362,7 +363,7 @@ func TestCaptureIPv6InNetns(t *testing.T) {
 	requireNetAdmin(t)
 	for _, prog := range []string{"ip6tables-restore", "ip6tables-save"} {
 		if _, err := exec.LookPath(prog); err != nil {
-			t.Skipf("needs %s: %v", prog, err)
+			testenv.Missing(t, fmt.Sprintf("needs %s: %v", prog, err))
 		}
 	}
 	n := newTestNet(t)

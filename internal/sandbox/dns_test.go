@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"github.com/weftmesh/weft/testenv"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -78,11 +79,11 @@ func TestResolvConf(t *testing.T) {
 // stays as it was. Needs root and iproute2 (skipped otherwise).
 func TestNetnsResolvConfIsThePodsAndNotTheHosts(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root for ip netns")
+		testenv.Missing(t, "needs root for ip netns")
 	}
 	netns := prefix + "-unit" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", ""))[:6]
 	if err := ip(t.Context(), "netns", "add", netns); err != nil {
-		t.Skip(err)
+		testenv.Missing(t, err.Error())
 	}
 	t.Cleanup(func() {
 		_ = ip(context.Background(), "netns", "del", netns) // t.Context() is done by now

@@ -2,6 +2,8 @@ package sandbox
 
 import (
 	"context"
+	"fmt"
+	"github.com/weftmesh/weft/testenv"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -26,11 +28,11 @@ import (
 // what had run before it.
 func TestCapturePodStartsInOrder(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: the pod runs in its own network namespace")
+		testenv.Missing(t, "needs root: the pod runs in its own network namespace")
 	}
 	for _, prog := range []string{"ip", "setpriv"} {
 		if _, err := exec.LookPath(prog); err != nil {
-			t.Skipf("needs %s: %v", prog, err)
+			testenv.Missing(t, fmt.Sprintf("needs %s: %v", prog, err))
 		}
 	}
 	ns := "iptables-sb-" + strconv.Itoa(os.Getpid()%100000)

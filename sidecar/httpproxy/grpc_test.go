@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/weftmesh/weft/testenv"
 	"io"
 	"net"
 	"net/http"
@@ -393,7 +394,7 @@ func TestH2UpstreamBoundsStreamsAndConnections(t *testing.T) {
 
 func TestCurlH2cPriorKnowledgeThroughTheSidecar(t *testing.T) {
 	if _, err := exec.LookPath("curl"); err != nil {
-		t.Skip("curl not installed")
+		testenv.Missing(t, "curl not installed")
 	}
 	var proto atomic.Value
 	be := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) {

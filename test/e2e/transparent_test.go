@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"github.com/weftmesh/weft/testenv"
 	"net"
 	"net/http"
 	"os"
@@ -363,7 +364,7 @@ func TestTransparentCapture(t *testing.T) {
 
 	t.Run("redis-cli to a Redis Service by name through TCP", func(t *testing.T) {
 		if _, err := exec.LookPath("redis-cli"); err != nil {
-			t.Skip("redis-cli is not installed")
+			testenv.Missing(t, "redis-cli is not installed")
 		}
 		redis := transparentPod(t, "redis")
 		defer func() {
