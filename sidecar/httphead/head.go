@@ -178,6 +178,7 @@ func (h *Head) parseFields(s string, request, keep bool, sc *Scratch) bool {
 		}
 	}
 	h.ContentLength = -1
+	sawHost := false // an empty Host is still a Host: a second one must be refused
 	for len(s) > 0 {
 		line, rest, ok := cutLine(s)
 		if !ok {
@@ -202,9 +203,10 @@ func (h *Head) parseFields(s string, request, keep bool, sc *Scratch) bool {
 			if !request {
 				break
 			}
-			if h.Host != "" {
-				return false // net/http refuses repeated Host
+			if sawHost {
+				return false // net/http refuses repeated Host, empty or not
 			}
+			sawHost = true
 			h.Host = value
 			continue
 		case "Content-Length":

@@ -22,6 +22,7 @@ func TestParseRequest(t *testing.T) {
 		{"sub-delims in path", "GET /a(b)!*'$;=:@ HTTP/1.1\r\nHost: svc\r\n\r\n", true},
 		{"no host", "GET / HTTP/1.1\r\nAccept: a\r\n\r\n", false},
 		{"two hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", false},
+		{"empty host then another", "GET / HTTP/1.1\r\nHost:\r\nHost: b\r\n\r\n", false},
 		{"escaped path", "GET /a%2Fb HTTP/1.1\r\nHost: svc\r\n\r\n", false},
 		{"absolute form", "GET http://svc:8080/a?b=1 HTTP/1.1\r\nHost: other\r\n\r\n", true},
 		{"absolute form without host header", "GET http://svc/ HTTP/1.1\r\n\r\n", true},
