@@ -31,6 +31,10 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 	p := l.proxy
 	start := time.Now()
 	wc := pickWeighted(route)
+	rec := l.recordOf(w) // nil: telemetry off (telemetry.go)
+	if rec != nil {
+		rec.Cluster = wc.Name
+	}
 	c, cc := l.destination(w, r, wc.Name, start)
 	if c == nil {
 		return // answered here: unknown, unresolved, or queued for async delivery
@@ -44,6 +48,9 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 	}
 	if _, ok := c.Admit(); !ok {
 		c.Stats.Observe(http.StatusServiceUnavailable, 0)
+		if rec != nil {
+			rec.Flags = "UO"
+		}
 		overloadedReply(w, wc.Name)
 		return
 	}
@@ -73,6 +80,9 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 	grpcCall := isGRPC(r)
 	teTrailers := httpguts.HeaderValuesContainsToken(r.Header["Te"], "trailers")
 	out := outboundRequest(r, route, wc, body)
+	if rec != nil {
+		l.markOutbound(rec, out.Header, wc.Name)
+	}
 	out.HTTP2 = upgrade == "" && cc.Protocol.ForCaller(r.ProtoMajor == 2) == config.UpstreamHTTP2
 	if out.HTTP2 && teTrailers {
 		out.Header["Te"] = []string{"trailers"}
@@ -107,6 +117,9 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 			return
 		}
 		c.Stats.Observe(s.status, time.Since(start))
+		if rec != nil {
+			rec.Flags = responseFlag(s.err)
+		}
 		markOverloaded(w, s.err)
 		localReply(w, s.status, s.msg)
 		return
@@ -161,6 +174,9 @@ func (l *Listener) destination(w http.ResponseWriter, r *http.Request, name stri
 	p := l.proxy
 	c := p.opts.Upstreams.Get(name)
 	if c == nil {
+		if rec := l.recordOf(w); rec != nil {
+			rec.Flags = "NC"
+		}
 		localReply(w, http.StatusServiceUnavailable, "cluster "+name+" is not known to this sidecar yet; retry shortly\n")
 		return nil, nil
 	}
@@ -293,9 +309,16 @@ func (l *Listener) relay(w http.ResponseWriter, c *upstream.Cluster, cc *config.
 	copyBody(w, res.resp)
 	setTrailers(w, res.resp.Trailer)
 	c.Stats.Observe(res.resp.StatusCode, time.Since(start))
+	rec := l.recordOf(w)
+	if rec != nil && res.host != nil {
+		rec.UpstreamHost = res.host.Address
+	}
 	if strings.HasPrefix(res.resp.Header.Get("Content-Type"), "application/grpc") {
 		code, _ := grpcStatus(res.resp)
 		c.Stats.ObserveGRPC(code)
+		if rec != nil {
+			rec.GRPCStatus = code
+		}
 	}
 }
 

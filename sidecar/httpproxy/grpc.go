@@ -1,6 +1,8 @@
 package httpproxy
 
 import (
+	"github.com/weftmesh/weft/sidecar/telemetry"
+
 	"io"
 	"net/http"
 	"strconv"
@@ -147,6 +149,8 @@ type h2Writer struct {
 	http.ResponseWriter
 	grpc    bool
 	aborted bool
+	status  int                  // the status sent (telemetry.go)
+	rec     telemetry.HTTPRecord // the exchange's telemetry (telemetry.go)
 }
 
 func (w *h2Writer) Flush() {

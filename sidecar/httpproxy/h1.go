@@ -15,6 +15,7 @@ import (
 
 	"github.com/weftmesh/weft/sidecar/config"
 	"github.com/weftmesh/weft/sidecar/httphead"
+	"github.com/weftmesh/weft/sidecar/telemetry"
 )
 
 // The HTTP/1.1 front end. Requests are parsed by the standard library's http.ReadRequest
@@ -168,10 +169,12 @@ type h1Writer struct {
 	// drain, when set, is the listener's: a drain that begins while the handler runs still
 	// closes the connection after this response, so the head must say so (issue 12 item 7).
 	drain   *atomic.Bool
-	discard bool           // the handler's response is replaced: its body is dropped
-	aborted bool           // the body broke midway (abortBody): no last chunk, then close
-	body    *malformedBody // a chunked request body, watched for broken framing
-	trailer http.Header    // sent in the last chunk (setTrailers)
+	discard bool                 // the handler's response is replaced: its body is dropped
+	aborted bool                 // the body broke midway (abortBody): no last chunk, then close
+	body    *malformedBody       // a chunked request body, watched for broken framing
+	trailer http.Header          // sent in the last chunk (setTrailers)
+	status  int                  // the status sent (telemetry.go)
+	rec     telemetry.HTTPRecord // the exchange's telemetry (telemetry.go)
 }
 
 func (w *h1Writer) reset(req *http.Request, closeAfter bool) {
@@ -180,6 +183,7 @@ func (w *h1Writer) reset(req *http.Request, closeAfter bool) {
 	} else {
 		clear(w.header)
 	}
+	w.status = 0
 	w.req, w.wroteHeader, w.chunked, w.noBody, w.watched, w.discard, w.body, w.aborted, w.trailer = req, false, false, false, false, false, nil, false, nil
 	w.close = closeAfter || req.Close || !req.ProtoAtLeast(1, 1) && !httpguts.HeaderValuesContainsToken(req.Header["Connection"], "keep-alive")
 }
@@ -190,7 +194,7 @@ func (w *h1Writer) WriteHeader(code int) {
 	if w.wroteHeader || code < 200 {
 		return // 1xx interim responses are not forwarded
 	}
-	w.wroteHeader = true
+	w.wroteHeader, w.status = true, code
 	if w.drain != nil && w.drain.Load() {
 		w.close = true
 	}
@@ -241,6 +245,7 @@ func (w *h1Writer) Write(p []byte) (int, error) {
 	if w.noBody || w.discard || len(p) == 0 {
 		return len(p), nil
 	}
+	w.rec.RespBytes += int64(len(p))
 	if w.chunked {
 		w.bw.WriteString(strconv.FormatInt(int64(len(p)), 16))
 		w.bw.WriteString("\r\n")

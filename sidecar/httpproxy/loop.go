@@ -17,6 +17,7 @@ import (
 	"github.com/weftmesh/weft/sidecar/connio"
 	"github.com/weftmesh/weft/sidecar/evloop"
 	"github.com/weftmesh/weft/sidecar/httphead"
+	"github.com/weftmesh/weft/sidecar/telemetry"
 	"github.com/weftmesh/weft/sidecar/upstream"
 )
 
@@ -104,11 +105,12 @@ type exchange struct {
 	stale     bool // a reused connection was found closed and redialled once
 	gotHead   bool
 	status    int
-	remaining int64     // response body bytes still to copy
-	close     bool      // the downstream connection closes after this response
-	breaker   *breaker  // inbound: the containerConcurrency slot this request holds
-	wait      *loopWait // waiting for a connection (loopconnlimit.go)
-	slowSeen  bool      // logged as slow (loopslow.go)
+	remaining int64                // response body bytes still to copy
+	close     bool                 // the downstream connection closes after this response
+	breaker   *breaker             // inbound: the containerConcurrency slot this request holds
+	wait      *loopWait            // waiting for a connection (loopconnlimit.go)
+	slowSeen  bool                 // logged as slow (loopslow.go)
+	rec       telemetry.HTTPRecord // what telemetry is told as it ends (telemetry.go)
 }
 
 // done gives back what the request held on its listener: its in-flight count and its
@@ -125,6 +127,7 @@ func (ex *exchange) done(l *Listener) {
 // slot it held (cluster admission, retry, listener).
 func (ex *exchange) end(l *Listener, elapsed time.Duration) {
 	ex.c.Stats.Observe(ex.status, elapsed)
+	l.recordLoop(ex, elapsed)
 	ex.retry.release()
 	ex.c.Done()
 	ex.done(l)
@@ -528,8 +531,16 @@ func (h *hloop) dispatch(d *sock, end int) int {
 	// The fast parser takes HTTP/1.1 only, where only Connection: close ends a connection.
 	*ex = exchange{d: d, r: r, route: route, wc: wc, c: c, wire: ex.wire[:0], start: h.ev.Now(),
 		close: r.Close || h.draining.Load(), breaker: br}
+	if l.proxy.opts.Telemetry != nil {
+		l.beginRecord(&ex.rec, r, ex.start) // telemetry.go
+		ex.rec.Cluster = wc.Name
+	} else if l.inbound {
+		delete(r.Header, telemetry.PeerHeader)
+	}
 	if _, ok := c.Admit(); !ok {
 		c.Stats.Observe(http.StatusServiceUnavailable, 0)
+		ex.status, ex.rec.Flags = http.StatusServiceUnavailable, "UO"
+		l.recordLoop(ex, 0)
 		overloadedReply(h.writer(ex), wc.Name)
 		h.endReply(ex)
 		consume(d, end+int(cl))
@@ -545,6 +556,7 @@ func (h *hloop) dispatch(d *sock, end int) int {
 		body = d.in[end : end+int(cl)]
 	}
 	out := outboundRequest(r, route, wc, body)
+	l.markOutbound(&ex.rec, out.Header, wc.Name)
 	ex.hash, ex.hasHash, ex.setCookie = requestHash(r, route, cc, l.proxy.opts.PodIP)
 	ex.wire = upstream.AppendRequest(ex.wire, &out)
 	consume(d, end+int(cl))

@@ -82,7 +82,7 @@ func (h *hloop) next(ex *exchange, s step) {
 
 // reply answers ex with the policy's error reply and finishes it.
 func (h *hloop) reply(ex *exchange, s step) {
-	ex.status = s.status
+	ex.status, ex.rec.Flags, ex.rec.RespBytes = s.status, responseFlag(s.err), int64(len(s.msg))
 	w := h.writer(ex)
 	markOverloaded(w, s.err)
 	localReply(w, s.status, s.msg)
@@ -110,6 +110,9 @@ func (h *hloop) finish(ex *exchange) {
 // code 0 with the DC flag; the listener counts it in weft_listener_caller_resets_total.
 func (h *hloop) callerLeft(d *sock) {
 	h.l.callerResets.Add(1)
+	if d.ex != nil {
+		d.ex.rec.Flags = "DC"
+	}
 	h.end(d, 0)
 }
 

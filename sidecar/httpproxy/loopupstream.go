@@ -28,7 +28,7 @@ func (h *hloop) startAttempt(ex *exchange) {
 		h.reply(ex, ex.retry.giveUp(errNoHost, now))
 		return
 	}
-	ex.host = host
+	ex.host, ex.rec.UpstreamHost = host, host.Address
 	host.Start()
 	ex.tryBy = 0
 	if by := ex.retry.begin(host, now); !by.IsZero() {
@@ -299,7 +299,7 @@ func (h *hloop) response(u *sock, ex *exchange) bool {
 			h.next(ex, s)
 			return false
 		}
-		ex.gotHead, ex.status, ex.remaining = true, hd.Status, bodyLen
+		ex.gotHead, ex.status, ex.remaining, ex.rec.RespBytes = true, hd.Status, bodyLen, bodyLen
 		if plain && ex.setCookie == "" && !editsResponse(ex.route, ex.wc) {
 			// Nothing to change but hop-by-hop lines: copy the head as it came.
 			ex.close = ex.close || h.draining.Load()

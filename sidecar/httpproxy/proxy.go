@@ -22,6 +22,7 @@ import (
 
 	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/config"
+	"github.com/weftmesh/weft/sidecar/telemetry"
 	"github.com/weftmesh/weft/sidecar/upstream"
 )
 
@@ -52,6 +53,9 @@ type Options struct {
 	// Diverter takes the captured connections of other filter chains from the listeners
 	// bound at capture listeners' addresses (capture.go); nil keeps every connection.
 	Diverter Diverter
+	// Telemetry receives a record of every HTTP exchange (Istio metrics, access log) and
+	// sets the headers each hop adds (telemetry.go); nil: none.
+	Telemetry *telemetry.Mesh
 }
 
 // Proxy serves the HTTP listeners of the config in force.

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/weftmesh/weft/sidecar/config"
+	"github.com/weftmesh/weft/sidecar/telemetry"
 )
 
 // ServeHTTP routes one downstream request: virtual host, first matching route, fault
@@ -21,7 +22,17 @@ func (l *Listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer hw.end()
 		w = hw
 	}
+	if l.proxy.opts.Telemetry != nil {
+		l.serveRecorded(w, r) // telemetry.go
+		return
+	}
+	l.serve1(w, r)
+}
+
+// serve1 is ServeHTTP past the listener's counters: concurrency, routing, the action.
+func (l *Listener) serve1(w http.ResponseWriter, r *http.Request) {
 	if l.inbound {
+		delete(r.Header, telemetry.PeerHeader) // for the sidecar only (telemetry.go)
 		if b := l.proxy.breaker.Load(); b != nil {
 			if !b.acquire(r.Context()) {
 				w.Header().Set(overloadedHeader, "true")
@@ -40,6 +51,9 @@ func (l *Listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	route := vh.RouteFor(r)
 	if route == nil {
+		if rec := l.recordOf(w); rec != nil {
+			rec.Flags = "NR"
+		}
 		localReply(w, http.StatusNotFound, "no route matches "+r.Method+" "+r.URL.Path+" on "+r.Host+"\n")
 		return
 	}

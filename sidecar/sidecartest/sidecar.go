@@ -17,6 +17,7 @@ import (
 	"github.com/weftmesh/weft/sidecar/config"
 	"github.com/weftmesh/weft/sidecar/httpproxy"
 	"github.com/weftmesh/weft/sidecar/sidecartest/poll"
+	"github.com/weftmesh/weft/sidecar/telemetry"
 	"github.com/weftmesh/weft/sidecar/upstream"
 	"github.com/weftmesh/weft/sidecar/xdsclient"
 )
@@ -40,6 +41,8 @@ type SidecarOptions struct {
 	Function string
 	// PodIP is the sidecar's pod IP (httpproxy.Options.PodIP).
 	PodIP netip.Addr
+	// Telemetry receives the sidecar's HTTP exchanges (httpproxy.Options.Telemetry).
+	Telemetry *telemetry.Mesh
 }
 
 // StartSidecar connects a sidecar to cp; everything stops when the test ends.
@@ -52,7 +55,7 @@ func StartSidecar(t testing.TB, cp *ControlPlane, o SidecarOptions) *Sidecar {
 	ups := upstream.NewManager(ctx, clock.RealClock{})
 	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Holder: o.Holder, Watcher: o.Watcher, Async: o.Async, Logger: log,
 		ListenAddress:          map[string]string{OutboundListenerName: "127.0.0.1:0", InboundListenerName: "127.0.0.1:0"},
-		GoroutinePerConnection: o.GoroutinePerConnection, Function: o.Function, PodIP: o.PodIP})
+		GoroutinePerConnection: o.GoroutinePerConnection, Function: o.Function, PodIP: o.PodIP, Telemetry: o.Telemetry})
 	cl := xdsclient.New(xdsclient.Options{Address: cp.Addr(), Node: &corev3.Node{Id: NodeID}, Logger: log,
 		BackoffBase: 50 * time.Millisecond, BackoffMax: 500 * time.Millisecond,
 		Applier: xdsclient.ApplierFunc(func(c *config.Config) {

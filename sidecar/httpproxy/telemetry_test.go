@@ -1,0 +1,188 @@
+package httpproxy_test
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	st "github.com/weftmesh/weft/sidecar/sidecartest"
+	"github.com/weftmesh/weft/sidecar/telemetry"
+)
+
+// scrape parses what m exposes, as Prometheus would.
+func scrape(t *testing.T, m *telemetry.Mesh) map[string]*dto.MetricFamily {
+	t.Helper()
+	var buf bytes.Buffer
+	m.WritePrometheus(&buf)
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(&buf)
+	if err != nil {
+		t.Fatalf("exposition does not parse: %v\n%s", err, buf.String())
+	}
+	return fams
+}
+
+// series finds the one series of fam whose labels include want.
+func series(t *testing.T, fams map[string]*dto.MetricFamily, fam string, want map[string]string) *dto.Metric {
+	t.Helper()
+	f := fams[fam]
+	if f == nil {
+		t.Fatalf("no metric family %s", fam)
+	}
+	var found []*dto.Metric
+	for _, m := range f.Metric {
+		labels := map[string]string{}
+		for _, lp := range m.Label {
+			labels[lp.GetName()] = lp.GetValue()
+		}
+		ok := true
+		for k, v := range want {
+			if labels[k] != v {
+				ok = false
+			}
+		}
+		if ok {
+			found = append(found, m)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("%s: %d series match %v, want 1; all: %v", fam, len(found), want, f.Metric)
+	}
+	return found[0]
+}
+
+func labelsOf(m *dto.Metric) map[string]string {
+	out := map[string]string{}
+	for _, lp := range m.Label {
+		out[lp.GetName()] = lp.GetValue()
+	}
+	return out
+}
+
+// TestIstioMetricsAcrossTwoSidecars sends known traffic from a caller's sidecar to a
+// callee's sidecar and its app, on every combination of the two HTTP paths, and reads
+// both sidecars' Istio metrics as Prometheus parses them: the caller reports
+// reporter="source" with the destination service from its cluster, the callee
+// reporter="destination" with the caller's workload from the peer metadata header,
+// which the app never sees.
+func TestIstioMetricsAcrossTwoSidecars(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		var leaked atomic.Int64
+		app := st.Backend(t, "", func(w http.ResponseWriter, r *http.Request) {
+			if _, ok := r.Header[telemetry.PeerHeader]; ok {
+				leaked.Add(1)
+			}
+			body, _ := io.ReadAll(r.Body)
+			if r.URL.Path == "/fail" {
+				w.WriteHeader(http.StatusInternalServerError)
+			}
+			_, _ = w.Write(append([]byte("echo:"), body...)) // 5 + len(body) bytes
+		})
+		appPort, _ := strconv.Atoi(app.URL[len("http://127.0.0.1:"):])
+		calleeTel := telemetry.New(telemetry.Options{Self: telemetry.WorkloadFromPod("ratings-v2-5d8f7c9b4-xk2lp", "prod",
+			map[string]string{"app": "ratings", "version": "v2", "pod-template-hash": "5d8f7c9b4"})})
+		fnCP := st.StartControlPlane(t)
+		fnCP.Set(st.Snapshot{Listeners: []types.Resource{st.InboundListener(uint32(appPort))},
+			Clusters: []types.Resource{st.InboundCluster(uint32(appPort))}})
+		callee := st.StartSidecar(t, fnCP, st.SidecarOptions{GoroutinePerConnection: goroutines, Telemetry: calleeTel})
+		inbound := callee.URL(t, st.InboundListenerName)
+
+		callerTel := telemetry.New(telemetry.Options{Self: telemetry.WorkloadFromPod("productpage-v1-6b746f74dc-9stvs", "default",
+			map[string]string{"app.kubernetes.io/name": "productpage", "app.kubernetes.io/version": "v1", "pod-template-hash": "6b746f74dc"})})
+		cp := st.StartControlPlane(t)
+		snap, _ := oneBackend([]string{inbound}, nil)
+		cp.Set(snap)
+		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines, Telemetry: callerTel}).URL(t, st.OutboundListenerName)
+
+		c := &http.Client{}
+		send := func(path, body string, forged bool) int {
+			req, _ := http.NewRequest(http.MethodPost, base+path, strings.NewReader(body))
+			req.Host = "reviews"
+			if forged { // the app cannot pass itself off as another workload through its own sidecar
+				req.Header.Set(telemetry.PeerHeader, "n=forged&ns=evil")
+			}
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+		for i := range 5 {
+			if code := send("/ok", "0123456789", i == 0); code != http.StatusOK {
+				t.Fatalf("call %d: status %d", i, code)
+			}
+		}
+		for range 2 {
+			if code := send("/fail", "", false); code != http.StatusInternalServerError {
+				t.Fatalf("failing call: status %d", code)
+			}
+		}
+		if n := leaked.Load(); n != 0 {
+			t.Errorf("the app saw %s on %d requests; the inbound sidecar must remove it", telemetry.PeerHeader, n)
+		}
+
+		src := scrape(t, callerTel)
+		ok := series(t, src, "istio_requests_total", map[string]string{"reporter": "source", "response_code": "200"})
+		if got := ok.GetCounter().GetValue(); got != 5 {
+			t.Errorf("source istio_requests_total{200} = %v, want 5", got)
+		}
+		wantSrc := map[string]string{"source_workload": "productpage-v1", "source_workload_namespace": "default",
+			"source_app": "productpage", "source_version": "v1", "source_principal": "unknown",
+			"destination_service": "reviews.default.svc.cluster.local", "destination_service_name": "reviews",
+			"destination_service_namespace": "default", "destination_workload": "unknown", "request_protocol": "http",
+			"response_flags": "-", "connection_security_policy": "unknown", "grpc_response_status": ""}
+		for k, v := range wantSrc {
+			if got := labelsOf(ok)[k]; got != v {
+				t.Errorf("source series label %s = %q, want %q", k, got, v)
+			}
+		}
+		if _, ok := labelsOf(ok)["path"]; ok {
+			t.Error("a path label makes cardinality unbounded")
+		}
+		if got := series(t, src, "istio_requests_total", map[string]string{"reporter": "source", "response_code": "500"}).GetCounter().GetValue(); got != 2 {
+			t.Errorf("source istio_requests_total{500} = %v, want 2", got)
+		}
+		reqB := series(t, src, "istio_request_bytes", map[string]string{"response_code": "200"}).GetHistogram()
+		if reqB.GetSampleCount() != 5 || reqB.GetSampleSum() != 50 {
+			t.Errorf("source istio_request_bytes count/sum = %d/%v, want 5/50", reqB.GetSampleCount(), reqB.GetSampleSum())
+		}
+		respB := series(t, src, "istio_response_bytes", map[string]string{"response_code": "200"}).GetHistogram()
+		if respB.GetSampleCount() != 5 || respB.GetSampleSum() != 75 {
+			t.Errorf("source istio_response_bytes count/sum = %d/%v, want 5/75", respB.GetSampleCount(), respB.GetSampleSum())
+		}
+		dur := series(t, src, "istio_request_duration_milliseconds", map[string]string{"response_code": "200"}).GetHistogram()
+		if dur.GetSampleCount() != 5 || len(dur.Bucket) != 20 || dur.Bucket[0].GetUpperBound() != 0.5 || dur.Bucket[18].GetUpperBound() != 3600000 {
+			t.Errorf("duration histogram: count %d, %d buckets from %v to %v; want 5 in Istio's 19 buckets 0.5..3600000 and +Inf",
+				dur.GetSampleCount(), len(dur.Bucket), dur.Bucket[0].GetUpperBound(), dur.Bucket[18].GetUpperBound())
+		}
+
+		dst := scrape(t, calleeTel)
+		in := series(t, dst, "istio_requests_total", map[string]string{"reporter": "destination", "response_code": "200"})
+		if got := in.GetCounter().GetValue(); got != 5 {
+			t.Errorf("destination istio_requests_total{200} = %v, want 5", got)
+		}
+		wantDst := map[string]string{"source_workload": "productpage-v1", "source_workload_namespace": "default",
+			"source_app": "productpage", "source_version": "v1", "destination_workload": "ratings-v2",
+			"destination_workload_namespace": "prod", "destination_app": "ratings", "destination_version": "v2",
+			"connection_security_policy": "none", "source_principal": "unknown"}
+		for k, v := range wantDst {
+			if got := labelsOf(in)[k]; got != v {
+				t.Errorf("destination series label %s = %q, want %q", k, got, v)
+			}
+		}
+		if got := series(t, dst, "istio_requests_total", map[string]string{"reporter": "destination", "response_code": "500"}).GetCounter().GetValue(); got != 2 {
+			t.Errorf("destination istio_requests_total{500} = %v, want 2", got)
+		}
+	})
+}

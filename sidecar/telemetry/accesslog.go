@@ -1,0 +1,210 @@
+package telemetry
+
+import (
+	"bufio"
+	"io"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+)
+
+// DefaultAccessLogBuffer is how many lines the access log queues for its writer; past
+// it, lines are dropped and counted (weft_access_log_dropped_total) rather than making
+// traffic wait for stdout.
+const DefaultAccessLogBuffer = 4096
+
+// maxLogLine bounds one line: longer paths, authorities or user agents are cut.
+const maxLogField = 2048
+
+// AccessLogOptions configure an AccessLog.
+type AccessLogOptions struct {
+	// Out receives the JSON lines (os.Stdout when nil).
+	Out io.Writer
+	// SamplePerMillion is the share of exchanges logged (1_000_000 or 0: all).
+	SamplePerMillion uint32
+	// MinStatus logs only exchanges answered with at least this status (0: all); an
+	// exchange without an answer (status 0: the caller left, the upstream reset) is always
+	// logged.
+	MinStatus int
+	// Buffer is the queue's length in lines (DefaultAccessLogBuffer when zero).
+	Buffer int
+}
+
+// AccessLog writes one JSON line per exchange with Envoy's field names, from a queue of
+// at most Buffer lines that a single goroutine drains to Out.
+type AccessLog struct {
+	o                AccessLogOptions
+	ch               chan *[]byte
+	pool             sync.Pool
+	done             chan struct{}
+	closeOnce        sync.Once
+	written, dropped atomic.Uint64
+	sampledOut       atomic.Uint64
+}
+
+// NewAccessLog starts the access log's writer; Close stops it.
+func NewAccessLog(o AccessLogOptions) *AccessLog {
+	if o.Out == nil {
+		o.Out = os.Stdout
+	}
+	if o.Buffer <= 0 {
+		o.Buffer = DefaultAccessLogBuffer
+	}
+	if o.SamplePerMillion == 0 {
+		o.SamplePerMillion = 1_000_000
+	}
+	a := &AccessLog{o: o, ch: make(chan *[]byte, o.Buffer), done: make(chan struct{})}
+	a.pool.New = func() any { b := make([]byte, 0, 512); return &b }
+	go a.run()
+	return a
+}
+
+func (a *AccessLog) run() {
+	defer close(a.done)
+	w := bufio.NewWriterSize(a.o.Out, 32<<10)
+	for b := range a.ch {
+		_, _ = w.Write(*b)
+		a.put(b)
+		if len(a.ch) == 0 {
+			_ = w.Flush()
+		}
+	}
+	_ = w.Flush()
+}
+
+func (a *AccessLog) put(b *[]byte) {
+	if cap(*b) > 16<<10 {
+		return
+	}
+	*b = (*b)[:0]
+	a.pool.Put(b)
+}
+
+// Close writes what is queued and stops the writer. Nothing may be logged after it.
+func (a *AccessLog) Close() {
+	a.closeOnce.Do(func() { close(a.ch) })
+	<-a.done
+}
+
+// Stats returns the lines written and dropped so far.
+func (a *AccessLog) Stats() (written, dropped uint64) { return a.written.Load(), a.dropped.Load() }
+
+// takes reports whether the filter and the sampling take an exchange answered with status.
+func (a *AccessLog) takes(status int) bool {
+	if status != 0 && status < a.o.MinStatus {
+		return false
+	}
+	if a.o.SamplePerMillion < 1_000_000 && rand.Uint32N(1_000_000) >= a.o.SamplePerMillion {
+		a.sampledOut.Add(1)
+		return false
+	}
+	return true
+}
+
+// Log queues r's line, or drops it when the queue is full. peer is the downstream
+// workload (Istio's source).
+func (a *AccessLog) Log(r *HTTPRecord, peer *side) {
+	if !a.takes(r.Status) {
+		return
+	}
+	bp := a.pool.Get().(*[]byte)
+	*bp = appendLine((*bp)[:0], r, peer)
+	select {
+	case a.ch <- bp:
+		a.written.Add(1)
+	default:
+		a.dropped.Add(1)
+		a.put(bp)
+	}
+}
+
+func (a *AccessLog) writePrometheus(w *bufio.Writer) {
+	header(w, "weft_access_log_lines_total", "counter", "Access-log lines queued for stdout.")
+	w.WriteString("weft_access_log_lines_total " + strconv.FormatUint(a.written.Load(), 10) + "\n")
+	header(w, "weft_access_log_dropped_total", "counter", "Access-log lines dropped because the queue to stdout was full.")
+	w.WriteString("weft_access_log_dropped_total " + strconv.FormatUint(a.dropped.Load(), 10) + "\n")
+}
+
+// appendLine renders r as one JSON object and a newline, with the field names of Envoy's
+// default JSON access log format.
+func appendLine(b []byte, r *HTTPRecord, peer *side) []byte {
+	b = append(b, `{"start_time":"`...)
+	b = r.Start.UTC().AppendFormat(b, "2006-01-02T15:04:05.000Z")
+	b = append(b, '"')
+	str := func(k, v string) {
+		b = append(b, `,"`...)
+		b = append(b, k...)
+		b = append(b, `":`...)
+		if v == "" {
+			b = append(b, "null"...)
+			return
+		}
+		b = appendJSONString(b, v)
+	}
+	num := func(k string, v int64) {
+		b = append(b, `,"`...)
+		b = append(b, k...)
+		b = append(b, `":`...)
+		b = strconv.AppendInt(b, v, 10)
+	}
+	str("method", r.Method)
+	str("path", r.Path)
+	str("protocol", r.Protocol)
+	num("response_code", int64(r.Status))
+	flags := r.Flags
+	if flags == "" {
+		flags = "-"
+	}
+	str("response_flags", flags)
+	num("bytes_received", r.ReqBytes)
+	num("bytes_sent", r.RespBytes)
+	num("duration", int64(r.Duration/time.Millisecond))
+	str("upstream_host", r.UpstreamHost)
+	str("upstream_cluster", r.Cluster)
+	str("x_request_id", r.RequestID)
+	str("authority", r.Authority)
+	str("user_agent", r.UserAgent)
+	str("downstream_remote_address", r.DownstreamRemote)
+	if peer != nil {
+		str("downstream_peer", peer.workload+"."+peer.namespace)
+		str("downstream_peer_principal", peer.principal)
+	}
+	return append(b, "}\n"...)
+}
+
+// appendJSONString appends s as a JSON string: quotes, backslashes and control bytes
+// escaped, invalid UTF-8 replaced, at most maxLogField bytes of s.
+func appendJSONString(b []byte, s string) []byte {
+	if len(s) > maxLogField {
+		s = s[:maxLogField]
+	}
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c < 0x20 || c == 0x7f:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, n := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && n == 1 {
+			b = append(b, `\ufffd`...)
+		} else {
+			b = append(b, s[i:i+n]...)
+		}
+		i += n
+	}
+	return append(b, '"')
+}
