@@ -50,6 +50,7 @@ type flags struct {
 	drainTimeout                                         time.Duration
 	concurrency                                          int
 	releaseMemory, eventLoop                             bool
+	telemetry                                            telemetryFlags
 }
 
 func parseFlags() flags {
@@ -71,6 +72,7 @@ func parseFlags() flags {
 	flag.IntVar(&f.concurrency, "concurrency", 1, "worker threads that run proxy code (Go's GOMAXPROCS); 0: one per CPU the container may use")
 	flag.BoolVar(&f.releaseMemory, "release-startup-memory", true, "after the first config, drop the executable's pages only start-up used (Linux)")
 	flag.BoolVar(&f.eventLoop, "http-event-loop", true, "serve HTTP/1.1 (outbound and inbound) from event loops, one per worker thread; false: a goroutine per connection")
+	addTelemetryFlags(&f.telemetry) // telemetry.go
 	flag.Parse()
 	if f.nodeID == "" {
 		f.nodeID = f.pod + "." + f.namespace
@@ -150,10 +152,17 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	tel, accessLog, err := buildTelemetry(f, f.telemetry) // telemetry.go
+	if err != nil {
+		return err
+	}
+	if accessLog != nil {
+		defer accessLog.Close()
+	}
 	ref := &httpRef{}
-	capt := capture.New(capture.Options{Upstreams: ups, HTTP: ref, Logger: log})
+	capt := capture.New(capture.Options{Upstreams: ups, HTTP: ref, Logger: log, Telemetry: tel})
 	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Logger: log, Holder: holder{act}, Watcher: act, Async: calls,
-		GoroutinePerConnection: !f.eventLoop, Function: f.function, PodIP: podIP, Diverter: capt})
+		GoroutinePerConnection: !f.eventLoop, Function: f.function, PodIP: podIP, Diverter: capt, Telemetry: tel})
 	ref.p = px
 	redis := newRedisPools(log, f.redisProxy != "")
 	var status func() any
@@ -197,6 +206,9 @@ func run() error {
 	adm.AddStats(activatorStats{act})
 	adm.AddStats(redis)
 	adm.AddStats(calls)
+	if tel != nil && f.telemetry.istioMetrics {
+		adm.AddStats(tel)
+	}
 	servers := serveAdmin(log, adm, f.adminAddress, f.metricsAddress)
 	log.Info("sidecar started", "node", node.GetId(), "xds", f.xdsAddress, "admin", f.adminAddress)
 	if f.releaseMemory {

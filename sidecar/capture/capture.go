@@ -25,6 +25,7 @@ import (
 
 	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/config"
+	"github.com/weftmesh/weft/sidecar/telemetry"
 	"github.com/weftmesh/weft/sidecar/upstream"
 )
 
@@ -45,6 +46,8 @@ type Options struct {
 	// Dialer dials upstream connections (tests set a socket mark through Control); nil
 	// uses a net.Dialer.
 	Dialer *net.Dialer
+	// Telemetry counts proxied TCP connections in Istio's TCP metrics (telemetry.go); nil: none.
+	Telemetry *telemetry.Mesh
 }
 
 // Capture serves the captured connections of the capture listeners in force.

@@ -29,6 +29,7 @@ const copyChunk = 4 << 20
 // and closing both on an error or after the idle timeout with no byte either way.
 func (c *Capture) proxyTCP(cl *config.CaptureListener, tp *config.TCPProxy, down net.Conn, dst netip.AddrPort, first []byte) {
 	defer down.Close()
+	defer c.reportTCP(cl.Inbound, tp.Cluster, down)() // before the close: it reads the socket's counts (telemetry.go)
 	cs := c.stats.cluster(tp.Cluster)
 	cs.connections.Add(1)
 	up, host, ok := c.dial(cl, tp.Cluster, dst, cs)
