@@ -90,6 +90,10 @@ func Inject(pod *corev1.Pod, ns string, cfg Config) (bool, error) {
 	if err := checkConcurrency(pod); err != nil {
 		return false, err
 	}
+	telEnv, err := telemetryEnv(pod) // telemetry.go
+	if err != nil {
+		return false, err
+	}
 	mode, capCfg, err := workload.InterceptionFor(pod.Annotations, cfg.Interception)
 	if err != nil {
 		return false, err
@@ -109,7 +113,9 @@ func Inject(pod *corev1.Pod, ns string, cfg Config) (bool, error) {
 			addProxyEnv(&pod.Spec.Containers[i])
 		}
 	}
-	pod.Spec.Containers = append(pod.Spec.Containers, sidecar(pod, ns, appPort, cfg))
+	sc := sidecar(pod, ns, appPort, cfg)
+	sc.Env = append(sc.Env, telEnv...)
+	pod.Spec.Containers = append(pod.Spec.Containers, sc)
 	if pod.Annotations == nil {
 		pod.Annotations = map[string]string{}
 	}
