@@ -152,13 +152,11 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	tel, accessLog, err := buildTelemetry(f, f.telemetry) // telemetry.go
+	tel, closeTelemetry, err := buildTelemetry(f, f.telemetry) // telemetry.go
 	if err != nil {
 		return err
 	}
-	if accessLog != nil {
-		defer accessLog.Close()
-	}
+	defer closeTelemetry()
 	ref := &httpRef{}
 	capt := capture.New(capture.Options{Upstreams: ups, HTTP: ref, Logger: log, Telemetry: tel})
 	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Logger: log, Holder: holder{act}, Watcher: act, Async: calls,

@@ -16,6 +16,7 @@ const (
 	envAccessLogSample    = "WEFT_ACCESS_LOG_SAMPLE"
 	envAccessLogMinStatus = "WEFT_ACCESS_LOG_MIN_STATUS"
 	envTraceSample        = "WEFT_TRACE_SAMPLE"
+	envTraceOTLP          = "WEFT_TRACE_OTLP_ENDPOINT"
 )
 
 type telemetryFlags struct {
@@ -24,6 +25,7 @@ type telemetryFlags struct {
 	accessLogSample    float64
 	accessLogMinStatus int
 	traceSample        float64
+	traceOTLP          string
 }
 
 func envBool(k string) bool { b, _ := strconv.ParseBool(os.Getenv(k)); return b }
@@ -43,6 +45,7 @@ func addTelemetryFlags(f *telemetryFlags) {
 	flag.BoolVar(&f.accessLog, "access-log", envBool(envAccessLog), "write a JSON access-log line per HTTP exchange to stdout (default $"+envAccessLog+")")
 	flag.Float64Var(&f.accessLogSample, "access-log-sample", envFloat(envAccessLogSample, 1), "share of exchanges the access log writes, 0..1 (default $"+envAccessLogSample+" or 1)")
 	flag.IntVar(&f.accessLogMinStatus, "access-log-min-status", envInt(envAccessLogMinStatus), "log only exchanges answered with at least this status, e.g. 500 (default $"+envAccessLogMinStatus+"; 0: all)")
+	flag.StringVar(&f.traceOTLP, "trace-otlp-endpoint", os.Getenv(envTraceOTLP), "OTLP/HTTP JSON traces endpoint spans are sent to, e.g. http://otel-collector.observability:4318/v1/traces (default $"+envTraceOTLP+"; empty: spans are made but not exported)")
 	flag.Float64Var(&f.traceSample, "trace-sample", envFloat(envTraceSample, 0), "share of new traces the sidecar samples and makes spans for, 0..1 (default $"+envTraceSample+" or 0: off)")
 }
 
@@ -53,11 +56,12 @@ func perMillion(name string, f float64) (uint32, error) {
 	return uint32(f * 1e6), nil
 }
 
-// buildTelemetry returns the sidecar's telemetry (nil with --istio-metrics=false and no
-// access log) and the access log to close on exit (nil when off).
-func buildTelemetry(f flags, tf telemetryFlags) (*telemetry.Mesh, *telemetry.AccessLog, error) {
+// buildTelemetry returns the sidecar's telemetry (nil with --istio-metrics=false, no
+// access log and no tracing) and what to close on exit: the access log and the span
+// exporter, which flush what they queued.
+func buildTelemetry(f flags, tf telemetryFlags) (*telemetry.Mesh, func(), error) {
 	if !tf.istioMetrics && !tf.accessLog && tf.traceSample == 0 {
-		return nil, nil, nil
+		return nil, func() {}, nil
 	}
 	labels := map[string]string{}
 	for _, kv := range strings.Split(f.labels, ",") {
@@ -69,19 +73,29 @@ func buildTelemetry(f flags, tf telemetryFlags) (*telemetry.Mesh, *telemetry.Acc
 	if err != nil {
 		return nil, nil, err
 	}
-	o := telemetry.Options{Self: telemetry.WorkloadFromPod(f.pod, f.namespace, labels), Function: f.function,
-		Trace: telemetry.TraceOptions{SamplePerMillion: trace}}
-	var al *telemetry.AccessLog
-	if tf.accessLog {
-		sample, err := perMillion("access-log-sample", tf.accessLogSample)
-		if err != nil {
-			return nil, nil, err
-		}
-		if sample == 0 {
-			return nil, nil, fmt.Errorf("--access-log-sample 0 logs nothing; turn the access log off instead")
-		}
-		al = telemetry.NewAccessLog(telemetry.AccessLogOptions{SamplePerMillion: sample, MinStatus: tf.accessLogMinStatus})
-		o.AccessLog = al
+	sample, err := perMillion("access-log-sample", tf.accessLogSample)
+	if err != nil {
+		return nil, nil, err
 	}
-	return telemetry.New(o), al, nil
+	if tf.accessLog && sample == 0 {
+		return nil, nil, fmt.Errorf("--access-log-sample 0 logs nothing; turn the access log off instead")
+	}
+	self := telemetry.WorkloadFromPod(f.pod, f.namespace, labels)
+	o := telemetry.Options{Self: self, Function: f.function, Trace: telemetry.TraceOptions{SamplePerMillion: trace}}
+	var closers []func()
+	if tf.traceOTLP != "" {
+		e := telemetry.NewOTLPExporter(telemetry.OTLPOptions{Endpoint: tf.traceOTLP, Service: self.CanonicalService, Pod: f.pod, Namespace: f.namespace})
+		o.Trace.Exporter = e
+		closers = append(closers, e.Close)
+	}
+	if tf.accessLog {
+		al := telemetry.NewAccessLog(telemetry.AccessLogOptions{SamplePerMillion: sample, MinStatus: tf.accessLogMinStatus})
+		o.AccessLog = al
+		closers = append(closers, al.Close)
+	}
+	return telemetry.New(o), func() {
+		for _, c := range closers {
+			c()
+		}
+	}, nil
 }

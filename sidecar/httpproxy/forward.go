@@ -40,6 +40,10 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 		return // answered here: unknown, unresolved, or queued for async delivery
 	}
 	waited, release, ok := l.holdFunction(w, r, c, cc)
+	if rec != nil && waited > 0 { // the hold is a child span of this hop's (telemetry)
+		now := time.Now()
+		rec.HoldStart, rec.HoldEnd = now.Add(-waited), now
+	}
 	if !ok {
 		return
 	}

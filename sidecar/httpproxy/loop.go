@@ -111,6 +111,7 @@ type exchange struct {
 	wait      *loopWait            // waiting for a connection (loopconnlimit.go)
 	slowSeen  bool                 // logged as slow (loopslow.go)
 	rec       telemetry.HTTPRecord // what telemetry is told as it ends (telemetry.go)
+	hb        telemetry.HeaderBuf  // the header values telemetry adds, reused
 }
 
 // done gives back what the request held on its listener: its in-flight count and its
@@ -532,7 +533,7 @@ func (h *hloop) dispatch(d *sock, end int) int {
 	*ex = exchange{d: d, r: r, route: route, wc: wc, c: c, wire: ex.wire[:0], start: h.ev.Now(),
 		close: r.Close || h.draining.Load(), breaker: br}
 	if l.proxy.opts.Telemetry != nil {
-		l.beginRecord(&ex.rec, r, ex.start) // telemetry.go
+		l.beginRecord(&ex.rec, r, ex.start, &ex.hb) // telemetry.go
 		ex.rec.Cluster = wc.Name
 	} else if l.inbound {
 		delete(r.Header, telemetry.PeerHeader)

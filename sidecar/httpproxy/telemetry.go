@@ -61,14 +61,17 @@ func takePeer(h http.Header) string {
 
 // beginRecord readies rec for r: which side reports it, the peer (inbound), the request
 // size, and what the access log wants when it is on.
-func (l *Listener) beginRecord(rec *telemetry.HTTPRecord, r *http.Request, start time.Time) {
+func (l *Listener) beginRecord(rec *telemetry.HTTPRecord, r *http.Request, start time.Time, buf *telemetry.HeaderBuf) {
 	tel := l.proxy.opts.Telemetry
 	*rec = telemetry.HTTPRecord{Inbound: l.inbound, Authority: r.Host, GRPC: isGRPC(r), GRPCStatus: -1, Start: start}
 	if l.inbound {
 		rec.Peer = takePeer(r.Header)
 	}
 	rec.ReqBytes = max(r.ContentLength, 0)
-	if tel.Logging() {
+	// buf is nil on the goroutine path, whose header values may outlive the exchange
+	// (mirrors): there Propagate allocates them.
+	tel.Propagate(r.Header, rec, buf)
+	if tel.Logging() || rec.Span.Sampled {
 		rec.Method, rec.Path, rec.Protocol = r.Method, r.RequestURI, r.Proto
 		if rec.Path == "" {
 			rec.Path = r.URL.RequestURI()
@@ -94,9 +97,6 @@ func (l *Listener) markOutbound(rec *telemetry.HTTPRecord, h http.Header, cluste
 	}
 	if !l.inbound && meshCluster(cluster) {
 		h[telemetry.PeerHeader] = tel.PeerValue()
-	}
-	if tel.Logging() {
-		rec.RequestID = headerValue(h, "X-Request-Id")
 	}
 }
 
@@ -162,7 +162,7 @@ func (l *Listener) serveRecorded(w http.ResponseWriter, r *http.Request) {
 		l.serve1(w, r) // a writer of tests: no record
 		return
 	}
-	l.beginRecord(rec, r, start)
+	l.beginRecord(rec, r, start, nil)
 	if r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody {
 		r.Body = &countedBody{ReadCloser: r.Body, n: &rec.ReqBytes}
 	}

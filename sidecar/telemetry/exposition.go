@@ -58,6 +58,15 @@ func (m *Mesh) WritePrometheus(out io.Writer) {
 	if m.log != nil {
 		m.log.writePrometheus(w)
 	}
+	if e := m.trace.Exporter; e != nil {
+		exported, dropped, failed := e.Stats()
+		header(w, "weft_trace_spans_exported_total", "counter", "Spans the OTLP exporter delivered.")
+		w.WriteString("weft_trace_spans_exported_total " + strconv.FormatUint(exported, 10) + "\n")
+		header(w, "weft_trace_spans_dropped_total", "counter", "Spans dropped because the exporter's queue was full.")
+		w.WriteString("weft_trace_spans_dropped_total " + strconv.FormatUint(dropped, 10) + "\n")
+		header(w, "weft_trace_spans_failed_total", "counter", "Spans in batches the collector refused or did not answer.")
+		w.WriteString("weft_trace_spans_failed_total " + strconv.FormatUint(failed, 10) + "\n")
+	}
 }
 
 func header(w *bufio.Writer, name, kind, help string) {

@@ -160,6 +160,11 @@ type HTTPRecord struct {
 	ReqBytes, RespBytes int64
 	Duration            time.Duration
 
+	// Span is this hop's span (Propagate); exported when Span.Sampled.
+	Span Span
+	// HoldStart and HoldEnd bound a cold-start hold (zero: none), a child span.
+	HoldStart, HoldEnd time.Time
+
 	// For the access log only.
 	Start                                  time.Time
 	Method, Path, Protocol, UpstreamHost   string
@@ -308,6 +313,7 @@ func (m *Mesh) Record(r *HTTPRecord) {
 	if m.log != nil {
 		m.log.Log(r, k.src)
 	}
+	m.exportSpans(r)
 }
 
 func (m *Mesh) httpSeries(k httpKey) *httpSeries {
