@@ -2,12 +2,16 @@ package httpproxy_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	dto "github.com/prometheus/client_model/go"
@@ -183,6 +187,121 @@ func TestIstioMetricsAcrossTwoSidecars(t *testing.T) {
 		}
 		if got := series(t, dst, "istio_requests_total", map[string]string{"reporter": "destination", "response_code": "500"}).GetCounter().GetValue(); got != 2 {
 			t.Errorf("destination istio_requests_total{500} = %v, want 2", got)
+		}
+	})
+}
+
+// otlpCollector is an OTLP/HTTP JSON receiver that keeps the spans it gets.
+type otlpCollector struct {
+	mu    sync.Mutex
+	spans []map[string]any
+	url   string
+}
+
+func startCollector(t *testing.T) *otlpCollector {
+	c := &otlpCollector{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			ResourceSpans []struct {
+				ScopeSpans []struct {
+					Spans []map[string]any `json:"spans"`
+				} `json:"scopeSpans"`
+			} `json:"resourceSpans"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			t.Errorf("OTLP body: %v", err)
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, rs := range req.ResourceSpans {
+			for _, ss := range rs.ScopeSpans {
+				c.spans = append(c.spans, ss.Spans...)
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+	c.url = srv.URL + "/v1/traces"
+	return c
+}
+
+// TestTraceContextAcrossTwoSidecars sends a traced request through a caller's and a
+// callee's sidecar on both paths: each hop makes a span in the caller's trace, the app
+// gets the callee's span as its parent and an x-request-id, and the spans exported over
+// OTLP chain caller → outbound hop → inbound hop.
+func TestTraceContextAcrossTwoSidecars(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		var mu sync.Mutex
+		var seen []http.Header
+		app := st.Backend(t, "", func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			seen = append(seen, r.Header.Clone())
+			mu.Unlock()
+			_, _ = w.Write([]byte("ok"))
+		})
+		appPort, _ := strconv.Atoi(app.URL[len("http://127.0.0.1:"):])
+		col := startCollector(t)
+		newTel := func(pod string) (*telemetry.Mesh, *telemetry.OTLPExporter) {
+			e := telemetry.NewOTLPExporter(telemetry.OTLPOptions{Endpoint: col.url, Service: pod, Interval: 10 * time.Millisecond})
+			t.Cleanup(e.Close)
+			return telemetry.New(telemetry.Options{Self: telemetry.WorkloadFromPod(pod, "default", nil),
+				Trace: telemetry.TraceOptions{SamplePerMillion: 1_000_000, Exporter: e}}), e
+		}
+		calleeTel, calleeExp := newTel("callee")
+		fnCP := st.StartControlPlane(t)
+		fnCP.Set(st.Snapshot{Listeners: []types.Resource{st.InboundListener(uint32(appPort))},
+			Clusters: []types.Resource{st.InboundCluster(uint32(appPort))}})
+		inbound := st.StartSidecar(t, fnCP, st.SidecarOptions{GoroutinePerConnection: goroutines, Telemetry: calleeTel}).URL(t, st.InboundListenerName)
+		callerTel, callerExp := newTel("caller")
+		cp := st.StartControlPlane(t)
+		snap, _ := oneBackend([]string{inbound}, nil)
+		cp.Set(snap)
+		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines, Telemetry: callerTel}).URL(t, st.OutboundListenerName)
+
+		const trace, clientSpan = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+		for range 3 { // the first inbound request always takes the goroutine path; the others may not
+			req, _ := http.NewRequest(http.MethodGet, base+"/x", nil)
+			req.Host = "reviews"
+			req.Header.Set("Traceparent", "00-"+trace+"-"+clientSpan+"-01")
+			req.Header.Set("Tracestate", "congo=t61rcWkgMzE")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		callerExp.Close()
+		calleeExp.Close()
+
+		mu.Lock()
+		defer mu.Unlock()
+		col.mu.Lock()
+		defer col.mu.Unlock()
+		if len(seen) != 3 || len(col.spans) != 6 {
+			t.Fatalf("the app got %d requests and the collector %d spans; want 3 and 6", len(seen), len(col.spans))
+		}
+		byID := map[string]map[string]any{}
+		for _, s := range col.spans {
+			byID[s["spanId"].(string)] = s
+		}
+		for i, h := range seen {
+			tp := h.Get("Traceparent")
+			if !strings.HasPrefix(tp, "00-"+trace+"-") || strings.Contains(tp, clientSpan) || h.Get("Tracestate") != "congo=t61rcWkgMzE" {
+				t.Errorf("request %d reached the app with traceparent %q, tracestate %q", i, tp, h.Get("Tracestate"))
+				continue
+			}
+			if h.Get("X-Request-Id") == "" {
+				t.Errorf("request %d reached the app without an x-request-id", i)
+			}
+			in := byID[tp[36:52]]
+			if in == nil || in["kind"] != 2.0 {
+				t.Errorf("request %d: no inbound (server) span %s exported", i, tp[36:52])
+				continue
+			}
+			out := byID[in["parentSpanId"].(string)]
+			if out == nil || out["kind"] != 3.0 || out["parentSpanId"] != clientSpan || out["traceId"] != trace || in["traceId"] != trace {
+				t.Errorf("request %d: inbound span's parent %v is not the outbound span under the client's", i, in["parentSpanId"])
+			}
 		}
 	})
 }
