@@ -182,7 +182,8 @@ type Mesh struct {
 
 	mu       sync.RWMutex
 	peers    map[string]*side
-	services map[string]*service
+	services map[string]*service // by cluster
+	inHosts  map[string]*service // inbound destination services, by host
 	http     map[httpKey]*httpSeries
 	tcp      map[tcpKey]*TCPSeries
 	overflow atomic.Uint64
@@ -208,7 +209,7 @@ func New(o Options) *Mesh {
 	}
 	m := &Mesh{self: sideOf(o.Self), maxSeries: o.MaxSeries, log: o.AccessLog, trace: o.Trace,
 		peerValue: []string{encodePeer(o.Self)},
-		peers:     map[string]*side{}, services: map[string]*service{}, http: map[httpKey]*httpSeries{}, tcp: map[tcpKey]*TCPSeries{}}
+		peers:     map[string]*side{}, services: map[string]*service{}, inHosts: map[string]*service{}, http: map[httpKey]*httpSeries{}, tcp: map[tcpKey]*TCPSeries{}}
 	if ns, name, ok := strings.Cut(o.Function, "/"); ok {
 		m.inboundSvc = &service{host: name + "." + ns + ".svc.cluster.local", name: name, namespace: ns, dst: m.self}
 	}
@@ -245,21 +246,23 @@ func (m *Mesh) peer(v string) *side {
 	return s
 }
 
-func (m *Mesh) service(key string, make func() *service) *service {
+// service interns the service table holds under key (a cluster name, or an inbound
+// request's host), made by make on a miss; past maxServices it is unknownService.
+func (m *Mesh) service(table map[string]*service, key string, make func() *service) *service {
 	m.mu.RLock()
-	s := m.services[key]
+	s := table[key]
 	m.mu.RUnlock()
 	if s != nil {
 		return s
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if s = m.services[key]; s == nil {
-		if len(m.services) >= maxServices {
+	if s = table[key]; s == nil {
+		if len(table) >= maxServices {
 			return unknownService
 		}
 		s = make()
-		m.services[key] = s
+		table[key] = s
 	}
 	return s
 }
@@ -273,10 +276,10 @@ func (m *Mesh) inboundService(authority string) *service {
 	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.Contains(host[i:], "]") {
 		host = host[:i]
 	}
-	if host == "" {
-		return m.service("\x00inbound", func() *service { return &service{Unknown, Unknown, Unknown, m.self} })
-	}
-	return m.service("\x00in:"+host, func() *service {
+	return m.service(m.inHosts, host, func() *service {
+		if host == "" {
+			return &service{Unknown, Unknown, Unknown, m.self}
+		}
 		name, ns := host, m.self.namespace
 		if n, rest, ok := strings.Cut(host, "."); ok {
 			name = n
@@ -301,7 +304,7 @@ func (m *Mesh) Record(r *HTTPRecord) {
 		k.svc = unknownService
 		if r.Cluster != "" {
 			cl := r.Cluster
-			k.svc = m.service(cl, func() *service { return serviceOfCluster(cl) })
+			k.svc = m.service(m.services, cl, func() *service { return serviceOfCluster(cl) })
 		}
 		k.dst = k.svc.dst
 	}
@@ -344,7 +347,7 @@ func (m *Mesh) httpSeries(k httpKey) *httpSeries {
 // connections carry no peer metadata: their source is Unknown.
 func (m *Mesh) TCP(inbound bool, cluster string) *TCPSeries {
 	k := tcpKey{inbound: inbound}
-	svc := m.service(cluster, func() *service { return serviceOfCluster(cluster) })
+	svc := m.service(m.services, cluster, func() *service { return serviceOfCluster(cluster) })
 	if inbound {
 		k.src, k.dst, k.svc = unknownSide, m.self, svc
 		if m.inboundSvc != nil {

@@ -52,14 +52,20 @@ type HeaderBuf struct {
 	parV  [1]string
 }
 
-// value returns b as a one-element header value; through buf's storage when buf's
-// field is given, else newly allocated.
+// value returns b, memory of a HeaderBuf, as a one-element header value held in store
+// (the same HeaderBuf's): no allocation.
 func value(b []byte, store *[1]string) []string {
-	if store == nil {
-		return []string{string(b)}
-	}
 	store[0] = unsafe.String(&b[0], len(b))
 	return store[:]
+}
+
+// writeTraceparent writes sp as a version 00 traceparent, sampled.
+func writeTraceparent(dst *[55]byte, sp *Span) {
+	copy(dst[:], "00-")
+	hex.Encode(dst[3:35], sp.TraceID[:])
+	dst[35] = '-'
+	hex.Encode(dst[36:52], sp.ID[:])
+	copy(dst[52:], "-01")
 }
 
 // Propagate readies a request's headers for the next hop: an x-request-id when it has
@@ -74,14 +80,14 @@ func (m *Mesh) Propagate(h http.Header, rec *HTTPRecord, buf *HeaderBuf) {
 	if vv := h[hdrRequestID]; len(vv) > 0 && vv[0] != "" {
 		rec.RequestID = vv[0]
 	} else {
-		var b [36]byte
-		var store *[1]string
-		bp := &b
 		if buf != nil {
-			bp, store = &buf.rid, &buf.ridV
+			appendUUID(&buf.rid)
+			h[hdrRequestID] = value(buf.rid[:], &buf.ridV)
+		} else {
+			var b [36]byte
+			appendUUID(&b)
+			h[hdrRequestID] = []string{string(b[:])}
 		}
-		appendUUID(bp)
-		h[hdrRequestID] = value(bp[:], store)
 		rec.RequestID = h[hdrRequestID][0]
 	}
 	if m.trace.SamplePerMillion == 0 {
@@ -101,32 +107,28 @@ func (m *Mesh) Propagate(h http.Header, rec *HTTPRecord, buf *HeaderBuf) {
 	sp.Parent, sp.ID = sp.ID, [8]byte{}
 	fillRandom(sp.ID[:])
 	rec.Span = sp
-	var tp [55]byte
-	tpp, tpStore := &tp, (*[1]string)(nil)
 	if buf != nil {
-		tpp, tpStore = &buf.tp, &buf.tpV
+		writeTraceparent(&buf.tp, &sp)
+		h[hdrTraceparent] = value(buf.tp[:], &buf.tpV)
+	} else {
+		var tp [55]byte
+		writeTraceparent(&tp, &sp)
+		h[hdrTraceparent] = []string{string(tp[:])}
 	}
-	copy(tpp[:], "00-")
-	hex.Encode(tpp[3:35], sp.TraceID[:])
-	tpp[35] = '-'
-	hex.Encode(tpp[36:52], sp.ID[:])
-	copy(tpp[52:], "-01")
-	h[hdrTraceparent] = value(tpp[:], tpStore)
 	if b3 {
 		delete(h, hdrB3) // rewritten in the multi-header form
-		var s, p [16]byte
-		sStore, pStore := (*[1]string)(nil), (*[1]string)(nil)
-		sp16, pp16 := &s, &p
-		if buf != nil {
-			sp16, pp16, sStore, pStore = &buf.span, &buf.par, &buf.spanV, &buf.parV
-		}
-		hex.Encode(sp16[:], sp.ID[:])
-		hex.Encode(pp16[:], sp.Parent[:])
 		if _, ok := h[hdrB3TraceID]; !ok {
 			h[hdrB3TraceID] = []string{hex.EncodeToString(sp.TraceID[:])}
 		}
-		h[hdrB3SpanID] = value(sp16[:], sStore)
-		h[hdrB3Parent] = value(pp16[:], pStore)
+		if buf != nil {
+			hex.Encode(buf.span[:], sp.ID[:])
+			hex.Encode(buf.par[:], sp.Parent[:])
+			h[hdrB3SpanID] = value(buf.span[:], &buf.spanV)
+			h[hdrB3Parent] = value(buf.par[:], &buf.parV)
+		} else {
+			h[hdrB3SpanID] = []string{hex.EncodeToString(sp.ID[:])}
+			h[hdrB3Parent] = []string{hex.EncodeToString(sp.Parent[:])}
+		}
 		h[hdrB3Sampled] = sampledOne
 	}
 }
