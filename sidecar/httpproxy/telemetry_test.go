@@ -2,6 +2,7 @@ package httpproxy_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/weftmesh/weft/sidecar/httpproxy"
 	st "github.com/weftmesh/weft/sidecar/sidecartest"
 	"github.com/weftmesh/weft/sidecar/telemetry"
 )
@@ -302,6 +304,57 @@ func TestTraceContextAcrossTwoSidecars(t *testing.T) {
 			if out == nil || out["kind"] != 3.0 || out["parentSpanId"] != clientSpan || out["traceId"] != trace || in["traceId"] != trace {
 				t.Errorf("request %d: inbound span's parent %v is not the outbound span under the client's", i, in["parentSpanId"])
 			}
+		}
+	})
+}
+
+// TestColdStartHoldIsASpan: a request held while its function scales from zero is
+// exported with a weft.cold_start_hold child span as long as the hold, so a cold start
+// shows in the trace; the function call counts under the function's service.
+func TestColdStartHoldIsASpan(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		fnPod := st.Backend(t, "warm", nil)
+		cp := st.StartControlPlane(t)
+		snap, _ := functionSnapshot()
+		cp.Set(snap)
+		h := holderFunc(func(ctx context.Context, fn httpproxy.FunctionRef) (func(), time.Duration, error) {
+			withEP, _ := functionSnapshot(st.Endpoint{Addr: st.HostPort(fnPod.URL)})
+			cp.Set(withEP)
+			time.Sleep(300 * time.Millisecond) // the endpoint arrives meanwhile
+			return func() {}, 300 * time.Millisecond, nil
+		})
+		col := startCollector(t)
+		e := telemetry.NewOTLPExporter(telemetry.OTLPOptions{Endpoint: col.url, Interval: 10 * time.Millisecond})
+		t.Cleanup(e.Close)
+		tel := telemetry.New(telemetry.Options{Self: telemetry.WorkloadFromPod("web", "default", nil),
+			Trace: telemetry.TraceOptions{SamplePerMillion: 1_000_000, Exporter: e}})
+		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines, Holder: h, Telemetry: tel}).URL(t, st.OutboundListenerName)
+		if code, body, _ := st.Get(t, client, base, "fn.default:80", "/"); code != 200 || body != "warm" {
+			t.Fatalf("got %d %q", code, body)
+		}
+		e.Close()
+		col.mu.Lock()
+		defer col.mu.Unlock()
+		var hop, hold map[string]any
+		for _, s := range col.spans {
+			switch s["name"] {
+			case "weft.cold_start_hold":
+				hold = s
+			default:
+				hop = s
+			}
+		}
+		if hop == nil || hold == nil || hold["parentSpanId"] != hop["spanId"] || hold["traceId"] != hop["traceId"] {
+			t.Fatalf("spans %v: want the hop and its weft.cold_start_hold child", col.spans)
+		}
+		start, _ := strconv.ParseInt(hold["startTimeUnixNano"].(string), 10, 64)
+		end, _ := strconv.ParseInt(hold["endTimeUnixNano"].(string), 10, 64)
+		if d := time.Duration(end - start); d != 300*time.Millisecond {
+			t.Errorf("hold span lasts %v, want the 300ms hold", d)
+		}
+		m := series(t, scrape(t, tel), "istio_requests_total", map[string]string{"response_code": "200"})
+		if l := labelsOf(m); l["destination_service_name"] != "fn" || l["destination_service_namespace"] != "default" {
+			t.Errorf("function call counted as %v", l)
 		}
 	})
 }

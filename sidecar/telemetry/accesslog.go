@@ -12,12 +12,16 @@ import (
 	"unicode/utf8"
 )
 
-// DefaultAccessLogBuffer is how many lines the access log queues for its writer; past
-// it, lines are dropped and counted (weft_access_log_dropped_total) rather than making
-// traffic wait for stdout.
-const DefaultAccessLogBuffer = 4096
+// DefaultAccessLogBuffer is how many bytes of lines the access log holds for its writer
+// (about 2,000 typical lines); past it, lines are dropped and counted
+// (weft_access_log_dropped_total) rather than making traffic wait for stdout.
+const DefaultAccessLogBuffer = 1 << 20
 
-// maxLogLine bounds one line: longer paths, authorities or user agents are cut.
+// DefaultAccessLogFlush is the longest a line waits before it is written (Envoy flushes
+// its access logs every second by default); a buffer half full is written at once.
+const DefaultAccessLogFlush = 100 * time.Millisecond
+
+// maxLogField bounds one field: longer paths, authorities or user agents are cut.
 const maxLogField = 2048
 
 // AccessLogOptions configure an AccessLog.
@@ -30,20 +34,29 @@ type AccessLogOptions struct {
 	// exchange without an answer (status 0: the caller left, the upstream reset) is always
 	// logged.
 	MinStatus int
-	// Buffer is the queue's length in lines (DefaultAccessLogBuffer when zero).
+	// Buffer bounds the bytes of lines waiting for Out (DefaultAccessLogBuffer when zero).
 	Buffer int
+	// Flush is how often waiting lines are written (DefaultAccessLogFlush when zero).
+	Flush time.Duration
 }
 
-// AccessLog writes one JSON line per exchange with Envoy's field names, from a queue of
-// at most Buffer lines that a single goroutine drains to Out.
+// AccessLog writes one JSON line per exchange with Envoy's field names. Lines are
+// appended to a buffer of at most Buffer bytes, which one goroutine swaps out and writes
+// every Flush or when it is half full: traffic never waits for Out, and no goroutine is
+// woken per line.
 type AccessLog struct {
-	o                AccessLogOptions
-	ch               chan *[]byte
-	pool             sync.Pool
-	done             chan struct{}
+	o AccessLogOptions
+
+	mu      sync.Mutex
+	buf     []byte
+	closed  bool
+	kick    chan struct{}
+	stop    chan struct{}
+	done    chan struct{}
+	scratch sync.Pool
+
 	closeOnce        sync.Once
 	written, dropped atomic.Uint64
-	sampledOut       atomic.Uint64
 }
 
 // NewAccessLog starts the access log's writer; Close stops it.
@@ -54,43 +67,58 @@ func NewAccessLog(o AccessLogOptions) *AccessLog {
 	if o.Buffer <= 0 {
 		o.Buffer = DefaultAccessLogBuffer
 	}
+	if o.Flush <= 0 {
+		o.Flush = DefaultAccessLogFlush
+	}
 	if o.SamplePerMillion == 0 {
 		o.SamplePerMillion = 1_000_000
 	}
-	a := &AccessLog{o: o, ch: make(chan *[]byte, o.Buffer), done: make(chan struct{})}
-	a.pool.New = func() any { b := make([]byte, 0, 512); return &b }
+	a := &AccessLog{o: o, kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+		buf: make([]byte, 0, min(o.Buffer, 64<<10))}
+	a.scratch.New = func() any { b := make([]byte, 0, 1024); return &b }
 	go a.run()
 	return a
 }
 
 func (a *AccessLog) run() {
 	defer close(a.done)
-	w := bufio.NewWriterSize(a.o.Out, 32<<10)
-	for b := range a.ch {
-		_, _ = w.Write(*b)
-		a.put(b)
-		if len(a.ch) == 0 {
-			_ = w.Flush()
+	t := time.NewTicker(a.o.Flush)
+	defer t.Stop()
+	var spare []byte
+	for {
+		stopping := false
+		select {
+		case <-a.kick:
+		case <-t.C:
+		case <-a.stop:
+			stopping = true
+		}
+		a.mu.Lock()
+		out := a.buf
+		a.buf = spare[:0]
+		a.mu.Unlock()
+		if len(out) > 0 {
+			_, _ = a.o.Out.Write(out)
+		}
+		spare = out
+		if stopping {
+			return
 		}
 	}
-	_ = w.Flush()
 }
 
-func (a *AccessLog) put(b *[]byte) {
-	if cap(*b) > 16<<10 {
-		return
-	}
-	*b = (*b)[:0]
-	a.pool.Put(b)
-}
-
-// Close writes what is queued and stops the writer. Nothing may be logged after it.
+// Close writes what is waiting and stops the writer. Lines logged after it are dropped.
 func (a *AccessLog) Close() {
-	a.closeOnce.Do(func() { close(a.ch) })
+	a.closeOnce.Do(func() {
+		a.mu.Lock()
+		a.closed = true
+		a.mu.Unlock()
+		close(a.stop)
+	})
 	<-a.done
 }
 
-// Stats returns the lines written and dropped so far.
+// Stats returns the lines taken for writing and dropped so far.
 func (a *AccessLog) Stats() (written, dropped uint64) { return a.written.Load(), a.dropped.Load() }
 
 // takes reports whether the filter and the sampling take an exchange answered with status.
@@ -98,27 +126,38 @@ func (a *AccessLog) takes(status int) bool {
 	if status != 0 && status < a.o.MinStatus {
 		return false
 	}
-	if a.o.SamplePerMillion < 1_000_000 && rand.Uint32N(1_000_000) >= a.o.SamplePerMillion {
-		a.sampledOut.Add(1)
-		return false
-	}
-	return true
+	return a.o.SamplePerMillion >= 1_000_000 || rand.Uint32N(1_000_000) < a.o.SamplePerMillion
 }
 
-// Log queues r's line, or drops it when the queue is full. peer is the downstream
+// Log adds r's line, or drops it when the buffer is full. peer is the downstream
 // workload (Istio's source).
 func (a *AccessLog) Log(r *HTTPRecord, peer *side) {
 	if !a.takes(r.Status) {
 		return
 	}
-	bp := a.pool.Get().(*[]byte)
-	*bp = appendLine((*bp)[:0], r, peer)
-	select {
-	case a.ch <- bp:
-		a.written.Add(1)
-	default:
+	bp := a.scratch.Get().(*[]byte)
+	line := appendLine((*bp)[:0], r, peer)
+	a.mu.Lock()
+	full := a.closed || len(a.buf)+len(line) > a.o.Buffer
+	if !full {
+		a.buf = append(a.buf, line...)
+	}
+	half := len(a.buf) > a.o.Buffer/2
+	a.mu.Unlock()
+	if cap(line) <= 16<<10 {
+		*bp = line[:0]
+		a.scratch.Put(bp)
+	}
+	if full {
 		a.dropped.Add(1)
-		a.put(bp)
+		return
+	}
+	a.written.Add(1)
+	if half {
+		select {
+		case a.kick <- struct{}{}:
+		default:
+		}
 	}
 }
 

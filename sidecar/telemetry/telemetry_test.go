@@ -167,7 +167,7 @@ func (b *blockingWriter) Write(p []byte) (int, error) { <-b.release; return len(
 // A stuck stdout never blocks traffic: lines past the buffer are dropped and counted.
 func TestAccessLogDropsWhenStdoutIsStuck(t *testing.T) {
 	bw := &blockingWriter{release: make(chan struct{})}
-	al := NewAccessLog(AccessLogOptions{Out: bw, Buffer: 8})
+	al := NewAccessLog(AccessLogOptions{Out: bw, Buffer: 64 << 10})
 	m := New(Options{Self: WorkloadFromPod("me", "ns", nil), AccessLog: al})
 	done := make(chan struct{})
 	go func() {
@@ -194,7 +194,7 @@ func TestAccessLogDropsWhenStdoutIsStuck(t *testing.T) {
 
 func TestAccessLogSampling(t *testing.T) {
 	var out syncBuffer
-	al := NewAccessLog(AccessLogOptions{Out: &out, SamplePerMillion: 100_000, Buffer: 20000})
+	al := NewAccessLog(AccessLogOptions{Out: &out, SamplePerMillion: 100_000})
 	for range 10000 {
 		al.Log(&HTTPRecord{Status: 200}, unknownSide)
 	}
