@@ -14,16 +14,10 @@ func (m *Mesh) WritePrometheus(out io.Writer) {
 	if m == nil {
 		return
 	}
-	m.mu.RLock()
-	hs := make([]*httpSeries, 0, len(m.http))
-	for _, s := range m.http {
-		hs = append(hs, s)
-	}
-	ts := make([]*TCPSeries, 0, len(m.tcp))
-	for _, s := range m.tcp {
-		ts = append(ts, s)
-	}
-	m.mu.RUnlock()
+	hs := make([]*httpSeries, 0, m.http.len())
+	m.http.each(func(_ httpKey, s *httpSeries) { hs = append(hs, s) })
+	ts := make([]*TCPSeries, 0, m.tcp.len())
+	m.tcp.each(func(_ tcpKey, s *TCPSeries) { ts = append(ts, s) })
 	slices.SortFunc(hs, func(a, b *httpSeries) int { return strings.Compare(a.labels, b.labels) })
 	slices.SortFunc(ts, func(a, b *TCPSeries) int { return strings.Compare(a.labels, b.labels) })
 	w := bufio.NewWriter(out)

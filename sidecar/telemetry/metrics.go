@@ -3,7 +3,6 @@ package telemetry
 import (
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -180,12 +179,11 @@ type Mesh struct {
 	log        *AccessLog
 	trace      TraceOptions
 
-	mu       sync.RWMutex
-	peers    map[string]*side
-	services map[string]*service // by cluster
-	inHosts  map[string]*service // inbound destination services, by host
-	http     map[httpKey]*httpSeries
-	tcp      map[tcpKey]*TCPSeries
+	peers    table[string, *side]
+	services table[string, *service] // by cluster
+	inHosts  table[string, *service] // inbound destination services, by host
+	http     table[httpKey, *httpSeries]
+	tcp      table[tcpKey, *TCPSeries]
 	overflow atomic.Uint64
 }
 
@@ -208,8 +206,7 @@ func New(o Options) *Mesh {
 		o.MaxSeries = DefaultMaxSeries
 	}
 	m := &Mesh{self: sideOf(o.Self), maxSeries: o.MaxSeries, log: o.AccessLog, trace: o.Trace,
-		peerValue: []string{encodePeer(o.Self)},
-		peers:     map[string]*side{}, services: map[string]*service{}, inHosts: map[string]*service{}, http: map[httpKey]*httpSeries{}, tcp: map[tcpKey]*TCPSeries{}}
+		peerValue: []string{encodePeer(o.Self)}}
 	if ns, name, ok := strings.Cut(o.Function, "/"); ok {
 		m.inboundSvc = &service{host: name + "." + ns + ".svc.cluster.local", name: name, namespace: ns, dst: m.self}
 	}
@@ -224,45 +221,26 @@ func (m *Mesh) peer(v string) *side {
 	if v == "" {
 		return unknownSide
 	}
-	m.mu.RLock()
-	s := m.peers[v]
-	m.mu.RUnlock()
-	if s != nil {
+	if s, ok := m.peers.get(v); ok {
 		return s
 	}
 	w, ok := decodePeer(v)
 	if !ok {
 		return unknownSide
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if s = m.peers[v]; s == nil {
-		if len(m.peers) >= maxPeers {
-			return unknownSide
-		}
-		s = sideOf(w)
-		m.peers[v] = s
+	s, full := m.peers.getOrAdd(v, maxPeers, func() *side { return sideOf(w) })
+	if full {
+		return unknownSide
 	}
 	return s
 }
 
 // service interns the service table holds under key (a cluster name, or an inbound
 // request's host), made by make on a miss; past maxServices it is unknownService.
-func (m *Mesh) service(table map[string]*service, key string, make func() *service) *service {
-	m.mu.RLock()
-	s := table[key]
-	m.mu.RUnlock()
-	if s != nil {
-		return s
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if s = table[key]; s == nil {
-		if len(table) >= maxServices {
-			return unknownService
-		}
-		s = make()
-		table[key] = s
+func (m *Mesh) service(t *table[string, *service], key string, newV func() *service) *service {
+	s, full := t.getOrAdd(key, maxServices, newV)
+	if full {
+		return unknownService
 	}
 	return s
 }
@@ -276,7 +254,7 @@ func (m *Mesh) inboundService(authority string) *service {
 	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.Contains(host[i:], "]") {
 		host = host[:i]
 	}
-	return m.service(m.inHosts, host, func() *service {
+	return m.service(&m.inHosts, host, func() *service {
 		if host == "" {
 			return &service{Unknown, Unknown, Unknown, m.self}
 		}
@@ -304,7 +282,7 @@ func (m *Mesh) Record(r *HTTPRecord) {
 		k.svc = unknownService
 		if r.Cluster != "" {
 			cl := r.Cluster
-			k.svc = m.service(m.services, cl, func() *service { return serviceOfCluster(cl) })
+			k.svc = m.service(&m.services, cl, func() *service { return serviceOfCluster(cl) })
 		}
 		k.dst = k.svc.dst
 	}
@@ -320,26 +298,13 @@ func (m *Mesh) Record(r *HTTPRecord) {
 }
 
 func (m *Mesh) httpSeries(k httpKey) *httpSeries {
-	m.mu.RLock()
-	s := m.http[k]
-	m.mu.RUnlock()
-	if s != nil {
+	s, full := m.http.getOrAdd(k, m.maxSeries, func() *httpSeries { return &httpSeries{labels: httpLabels(k)} })
+	if !full {
 		return s
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if s = m.http[k]; s != nil {
-		return s
-	}
-	if len(m.http) >= m.maxSeries {
-		m.overflow.Add(1)
-		k = httpKey{inbound: k.inbound, src: overflowSide, dst: overflowSide, svc: overflowService}
-		if s = m.http[k]; s != nil {
-			return s
-		}
-	}
-	s = &httpSeries{labels: httpLabels(k)}
-	m.http[k] = s
+	m.overflow.Add(1)
+	k = httpKey{inbound: k.inbound, src: overflowSide, dst: overflowSide, svc: overflowService}
+	s, _ = m.http.getOrAdd(k, m.maxSeries+2, func() *httpSeries { return &httpSeries{labels: httpLabels(k)} })
 	return s
 }
 
@@ -347,7 +312,7 @@ func (m *Mesh) httpSeries(k httpKey) *httpSeries {
 // connections carry no peer metadata: their source is Unknown.
 func (m *Mesh) TCP(inbound bool, cluster string) *TCPSeries {
 	k := tcpKey{inbound: inbound}
-	svc := m.service(m.services, cluster, func() *service { return serviceOfCluster(cluster) })
+	svc := m.service(&m.services, cluster, func() *service { return serviceOfCluster(cluster) })
 	if inbound {
 		k.src, k.dst, k.svc = unknownSide, m.self, svc
 		if m.inboundSvc != nil {
@@ -356,26 +321,14 @@ func (m *Mesh) TCP(inbound bool, cluster string) *TCPSeries {
 	} else {
 		k.src, k.dst, k.svc = m.self, svc.dst, svc
 	}
-	m.mu.RLock()
-	s := m.tcp[k]
-	m.mu.RUnlock()
-	if s != nil {
+	mk := func() *TCPSeries { return &TCPSeries{labels: commonLabels(k.inbound, k.src, k.dst, k.svc, "tcp")} }
+	s, full := m.tcp.getOrAdd(k, m.maxSeries, mk)
+	if !full {
 		return s
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if s = m.tcp[k]; s != nil {
-		return s
-	}
-	if len(m.tcp) >= m.maxSeries {
-		m.overflow.Add(1)
-		k = tcpKey{inbound: inbound, src: overflowSide, dst: overflowSide, svc: overflowService}
-		if s = m.tcp[k]; s != nil {
-			return s
-		}
-	}
-	s = &TCPSeries{labels: commonLabels(k.inbound, k.src, k.dst, k.svc, "tcp")}
-	m.tcp[k] = s
+	m.overflow.Add(1)
+	k = tcpKey{inbound: inbound, src: overflowSide, dst: overflowSide, svc: overflowService}
+	s, _ = m.tcp.getOrAdd(k, m.maxSeries+2, mk)
 	return s
 }
 

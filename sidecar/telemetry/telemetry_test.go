@@ -64,9 +64,7 @@ func TestForgedPeerHeaders(t *testing.T) {
 	for i := range 5000 {
 		m.Record(&HTTPRecord{Inbound: true, Peer: fmt.Sprintf("n=w%d&ns=x", i), Status: 200, GRPCStatus: -1})
 	}
-	m.mu.RLock()
-	peers, series := len(m.peers), len(m.http)
-	m.mu.RUnlock()
+	peers, series := m.peers.len(), m.http.len()
 	if peers > maxPeers || series > 51 {
 		t.Errorf("%d peers and %d series interned; caps are %d and 50 (+1 overflow series)", peers, series, maxPeers)
 	}
