@@ -18,8 +18,8 @@ import (
 type OTLPExporter struct {
 	o                 OTLPOptions
 	resource          []byte // the resource's JSON, rendered once
-	ch                chan spanData
-	done              chan struct{}
+	ch                chan spanData // never closed: export may race Close
+	stop, done        chan struct{}
 	closeOnce         sync.Once
 	exported, dropped atomic.Uint64
 	failed            atomic.Uint64 // spans in batches the collector refused or did not take
@@ -66,7 +66,7 @@ func NewOTLPExporter(o OTLPOptions) *OTLPExporter {
 	if o.Client == nil {
 		o.Client = &http.Client{Timeout: o.Timeout}
 	}
-	e := &OTLPExporter{o: o, ch: make(chan spanData, o.Buffer), done: make(chan struct{})}
+	e := &OTLPExporter{o: o, ch: make(chan spanData, o.Buffer), stop: make(chan struct{}), done: make(chan struct{})}
 	var b []byte
 	b = append(b, `{"attributes":[`...)
 	b = appendKV(b, "service.name", o.Service)
@@ -86,9 +86,9 @@ func (e *OTLPExporter) export(s spanData) {
 	}
 }
 
-// Close sends what is queued and stops the sender.
+// Close sends what is queued and stops the sender; spans exported later are not sent.
 func (e *OTLPExporter) Close() {
-	e.closeOnce.Do(func() { close(e.ch) })
+	e.closeOnce.Do(func() { close(e.stop) })
 	<-e.done
 }
 
@@ -104,14 +104,23 @@ func (e *OTLPExporter) run() {
 	batch := make([]spanData, 0, e.o.BatchSize)
 	for {
 		select {
-		case s, ok := <-e.ch:
-			if !ok {
-				e.send(batch)
-				return
-			}
+		case s := <-e.ch:
 			if batch = append(batch, s); len(batch) == e.o.BatchSize {
 				e.send(batch)
 				batch = batch[:0]
+			}
+		case <-e.stop:
+			for {
+				select {
+				case s := <-e.ch:
+					if batch = append(batch, s); len(batch) == e.o.BatchSize {
+						e.send(batch)
+						batch = batch[:0]
+					}
+				default:
+					e.send(batch)
+					return
+				}
 			}
 		case <-t.C:
 			e.send(batch)
