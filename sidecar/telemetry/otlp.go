@@ -17,7 +17,7 @@ import (
 // Buffer; past it they are dropped and counted, never making traffic wait.
 type OTLPExporter struct {
 	o                 OTLPOptions
-	resource          []byte // the resource's JSON, rendered once
+	resource          []byte        // the resource's JSON, rendered once
 	ch                chan spanData // never closed: export may race Close
 	stop, done        chan struct{}
 	closeOnce         sync.Once
