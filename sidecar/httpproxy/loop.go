@@ -535,7 +535,7 @@ func (h *hloop) dispatch(d *sock, end int) int {
 	if l.proxy.opts.Telemetry != nil {
 		l.beginRecord(&ex.rec, r, ex.start, &ex.hb) // telemetry.go
 		ex.rec.Cluster = wc.Name
-	} else if l.inbound {
+	} else if l.meshInbound() {
 		delete(r.Header, telemetry.PeerHeader)
 	}
 	if _, ok := c.Admit(); !ok {

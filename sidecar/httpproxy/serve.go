@@ -31,8 +31,10 @@ func (l *Listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // serve1 is ServeHTTP past the listener's counters: concurrency, routing, the action.
 func (l *Listener) serve1(w http.ResponseWriter, r *http.Request) {
-	if l.inbound {
+	if l.meshInbound() {
 		delete(r.Header, telemetry.PeerHeader) // for the sidecar only (telemetry.go)
+	}
+	if l.inbound {
 		if b := l.proxy.breaker.Load(); b != nil {
 			if !b.acquire(r.Context()) {
 				w.Header().Set(overloadedHeader, "true")

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/telemetry"
 	"github.com/weftmesh/weft/sidecar/upstream"
 )
@@ -38,6 +39,13 @@ func responseFlag(err error) string {
 	return ""
 }
 
+// meshInbound reports whether the listener serves the pod's inbound traffic: the inbound
+// listener, or one of its capture chains' (config.ChainListenerName). Its exchanges are
+// reported by the destination, and the peer header stops there.
+func (l *Listener) meshInbound() bool {
+	return l.inbound || strings.HasPrefix(l.Name, contract.InboundListenerName+"|")
+}
+
 // meshCluster reports whether a cluster is one of the mesh's (a service's or a
 // function's), whose sidecar reads the peer metadata; the passthrough and external
 // clusters never get it.
@@ -63,8 +71,9 @@ func takePeer(h http.Header) string {
 // size, and what the access log wants when it is on.
 func (l *Listener) beginRecord(rec *telemetry.HTTPRecord, r *http.Request, start time.Time, buf *telemetry.HeaderBuf) {
 	tel := l.proxy.opts.Telemetry
-	*rec = telemetry.HTTPRecord{Inbound: l.inbound, Authority: r.Host, GRPC: isGRPC(r), GRPCStatus: -1, Start: start}
-	if l.inbound {
+	inbound := l.meshInbound()
+	*rec = telemetry.HTTPRecord{Inbound: inbound, Authority: r.Host, GRPC: isGRPC(r), GRPCStatus: -1, Start: start}
+	if inbound {
 		rec.Peer = takePeer(r.Header)
 	}
 	rec.ReqBytes = max(r.ContentLength, 0)
@@ -95,7 +104,7 @@ func (l *Listener) markOutbound(rec *telemetry.HTTPRecord, h http.Header, cluste
 	if tel == nil {
 		return
 	}
-	if !l.inbound && meshCluster(cluster) {
+	if !l.meshInbound() && meshCluster(cluster) {
 		h[telemetry.PeerHeader] = tel.PeerValue()
 	}
 }
