@@ -236,6 +236,7 @@ func (l *Listener) finishSlow(ex *exchange, dnc net.Conn, din, dout []byte, unc 
 	bw := bufio.NewWriter(conn)
 	w := &h1Writer{conn: conn, bw: bw}
 	w.reset(ex.r, ex.close || l.draining.Load())
+	defer func() { ex.rec.RespBytes = w.rec.RespBytes }() // before ex.end: what was relayed (telemetry.go)
 	var resp *http.Response
 	err := errUpstreamReset
 	if unc != nil {
@@ -264,7 +265,7 @@ func (l *Listener) finishSlow(ex *exchange, dnc net.Conn, din, dout []byte, unc 
 	}
 	if st.kind == stepReply {
 		_, _ = bw.Write(dout)
-		ex.status = st.status
+		ex.status, ex.rec.Flags = st.status, responseFlag(st.err)
 		localReply(w, st.status, st.msg)
 		w.finish()
 		// The caller's request was read whole: its connection goes on, only the

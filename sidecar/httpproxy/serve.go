@@ -48,6 +48,9 @@ func (l *Listener) serve1(w http.ResponseWriter, r *http.Request) {
 	rt := l.routesFor(r.Host)
 	vh := rt.VirtualHostFor(r.Host)
 	if vh == nil {
+		if rec := l.recordOf(w); rec != nil {
+			rec.Flags = "NR"
+		}
 		localReply(w, http.StatusNotFound, "no virtual host for "+r.Host+"; check the MeshRoute hosts\n")
 		return
 	}

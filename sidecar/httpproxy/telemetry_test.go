@@ -358,3 +358,35 @@ func TestColdStartHoldIsASpan(t *testing.T) {
 		}
 	})
 }
+
+// A response the event loop cannot frame (chunked) is finished by a goroutine; its body
+// bytes still count, and a request no virtual host takes is flagged NR.
+func TestIstioMetricsChunkedResponseAndNoRoute(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		be := st.Backend(t, "", func(w http.ResponseWriter, r *http.Request) {
+			for range 3 {
+				_, _ = w.Write([]byte("0123456789"))
+				w.(http.Flusher).Flush() // chunked: no Content-Length
+			}
+		})
+		tel := telemetry.New(telemetry.Options{Self: telemetry.WorkloadFromPod("web", "default", nil)})
+		cp := st.StartControlPlane(t)
+		snap, _ := oneBackend([]string{be.URL}, nil)
+		cp.Set(snap)
+		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines, Telemetry: tel}).URL(t, st.OutboundListenerName)
+		if code, body, _ := st.Get(t, client, base, "reviews", "/"); code != 200 || len(body) != 30 {
+			t.Fatalf("got %d %q", code, body)
+		}
+		if code, _, _ := st.Get(t, client, base, "nosuch", "/"); code != 404 {
+			t.Fatalf("unknown host answered %d", code)
+		}
+		fams := scrape(t, tel)
+		resp := series(t, fams, "istio_response_bytes", map[string]string{"response_code": "200"}).GetHistogram()
+		if resp.GetSampleCount() != 1 || resp.GetSampleSum() != 30 {
+			t.Errorf("chunked response counted %d times, %v bytes; want once, 30", resp.GetSampleCount(), resp.GetSampleSum())
+		}
+		if v := series(t, fams, "istio_requests_total", map[string]string{"response_code": "404", "response_flags": "NR"}).GetCounter().GetValue(); v != 1 {
+			t.Errorf("no-route requests %v, want 1", v)
+		}
+	})
+}
