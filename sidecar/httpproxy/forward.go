@@ -15,6 +15,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/weftmesh/weft/sidecar/config"
+	"github.com/weftmesh/weft/sidecar/telemetry"
 	"github.com/weftmesh/weft/sidecar/upstream"
 )
 
@@ -305,7 +306,14 @@ func (l *Listener) relay(w http.ResponseWriter, c *upstream.Cluster, cc *config.
 			rec.HoldTimedOut(FunctionRef{Namespace: fn.Namespace, Name: fn.Name, Cluster: cc.Name, HoldTimeout: fn.HoldTimeout})
 		}
 	}
+	rec := l.recordOf(w)
+	if rec != nil {
+		l.responsePeer(rec, res.resp.Header)
+	}
 	responseHeader(w.Header(), res.resp.Header, route, wc, setCookie)
+	if rec != nil && l.answerPeer(rec) {
+		w.Header()[telemetry.PeerHeader] = l.proxy.opts.Telemetry.PeerValue()
+	}
 	if waited > 0 {
 		w.Header().Set("X-Weft-Cold-Start", strconv.FormatFloat(waited.Seconds(), 'f', 3, 64))
 	}
@@ -313,7 +321,6 @@ func (l *Listener) relay(w http.ResponseWriter, c *upstream.Cluster, cc *config.
 	copyBody(w, res.resp)
 	setTrailers(w, res.resp.Trailer)
 	c.Stats.Observe(res.resp.StatusCode, time.Since(start))
-	rec := l.recordOf(w)
 	if rec != nil && res.host != nil {
 		rec.UpstreamHost = res.host.Address
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/weftmesh/weft/sidecar/connio"
 	"github.com/weftmesh/weft/sidecar/httphead"
+	"github.com/weftmesh/weft/sidecar/telemetry"
 )
 
 // The event loop's hand-offs to the goroutine path, its timers and its drain (see
@@ -280,7 +281,11 @@ func (l *Listener) finishSlow(ex *exchange, dnc net.Conn, din, dout []byte, unc 
 	}
 	ex.status = resp.StatusCode
 	_, _ = bw.Write(dout)
+	l.responsePeer(&ex.rec, resp.Header) // telemetry.go
 	responseHeader(w.Header(), resp.Header, ex.route, ex.wc, ex.setCookie)
+	if l.answerPeer(&ex.rec) {
+		w.Header()[telemetry.PeerHeader] = l.proxy.opts.Telemetry.PeerValue()
+	}
 	w.WriteHeader(resp.StatusCode)
 	copyBody(w, resp)
 	w.finish()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/weftmesh/weft/sidecar/config"
 	"github.com/weftmesh/weft/sidecar/httphead"
+	"github.com/weftmesh/weft/sidecar/telemetry"
 	"github.com/weftmesh/weft/sidecar/upstream"
 )
 
@@ -300,14 +301,26 @@ func (h *hloop) response(u *sock, ex *exchange) bool {
 			return false
 		}
 		ex.gotHead, ex.status, ex.remaining, ex.rec.RespBytes = true, hd.Status, bodyLen, bodyLen
+		l := h.l
+		tel := l.proxy.opts.Telemetry
+		if plain && tel != nil && !l.meshInbound() && hasPeerField(u.in[:end]) {
+			plain = false // the called sidecar's peer metadata: taken off below (telemetry.go)
+		}
 		if plain && ex.setCookie == "" && !editsResponse(ex.route, ex.wc) {
 			// Nothing to change but hop-by-hop lines: copy the head as it came.
 			ex.close = ex.close || h.draining.Load()
 			d.out = appendResponseHead(d.out, u.in[:end], hd.Status, ex.close)
+			if l.answerPeer(&ex.rec) {
+				d.out = appendPeerField(d.out, tel.PeerValue()[0])
+			}
 		} else {
 			full, _ := httphead.ParseResponse(u.in[:end])
 			w := h.writer(ex)
+			l.responsePeer(&ex.rec, full.Header)
 			responseHeader(w.Header(), full.Header, ex.route, ex.wc, ex.setCookie)
+			if l.answerPeer(&ex.rec) {
+				w.Header()[telemetry.PeerHeader] = tel.PeerValue()
+			}
 			w.WriteHeader(hd.Status)
 			h.endHead(ex)
 		}

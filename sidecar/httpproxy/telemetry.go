@@ -109,6 +109,40 @@ func (l *Listener) markOutbound(rec *telemetry.HTTPRecord, h http.Header, cluste
 	}
 }
 
+// answerPeer reports whether an inbound exchange's response carries this pod's peer
+// metadata back: on the inbound side, to a caller whose sidecar sent its own (Istio's
+// metadata exchange, so the caller's reporter="source" metrics name this workload).
+func (l *Listener) answerPeer(rec *telemetry.HTTPRecord) bool {
+	return l.proxy.opts.Telemetry != nil && rec.Peer != "" && l.meshInbound()
+}
+
+// responsePeer takes the called sidecar's peer metadata off an outbound response (the
+// app never sees it) into rec.
+func (l *Listener) responsePeer(rec *telemetry.HTTPRecord, h http.Header) {
+	if l.proxy.opts.Telemetry != nil && !l.meshInbound() {
+		rec.DestinationPeer = takePeer(h)
+	}
+}
+
+// appendPeerField adds the peer metadata line to a response head that ends with its
+// blank line.
+func appendPeerField(head []byte, v string) []byte {
+	head = append(head[:len(head)-2], telemetry.PeerHeader+": "...)
+	head = append(head, v...)
+	return append(head, "\r\n\r\n"...)
+}
+
+// hasPeerField reports whether a response head has a peer metadata line (any case).
+func hasPeerField(head []byte) bool {
+	const name = telemetry.PeerHeader + ":"
+	for i := 0; i+1+len(name) <= len(head); i++ {
+		if head[i] == '\n' && asciiEqualFold(head[i+1:i+1+len(name)], name) {
+			return true
+		}
+	}
+	return false
+}
+
 // recorder is a response writer that carries the exchange's record (h1Writer, h2Writer).
 type recorder interface {
 	record() *telemetry.HTTPRecord

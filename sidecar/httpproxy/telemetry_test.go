@@ -122,6 +122,9 @@ func TestIstioMetricsAcrossTwoSidecars(t *testing.T) {
 			}
 			_, _ = io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
+			if _, ok := resp.Header[telemetry.PeerHeader]; ok {
+				t.Errorf("the caller's app got the callee's %s; the caller's sidecar must remove it", telemetry.PeerHeader)
+			}
 			return resp.StatusCode
 		}
 		for i := range 5 {
@@ -146,7 +149,8 @@ func TestIstioMetricsAcrossTwoSidecars(t *testing.T) {
 		wantSrc := map[string]string{"source_workload": "productpage-v1", "source_workload_namespace": "default",
 			"source_app": "productpage", "source_version": "v1", "source_principal": "unknown",
 			"destination_service": "reviews.default.svc.cluster.local", "destination_service_name": "reviews",
-			"destination_service_namespace": "default", "destination_workload": "unknown", "request_protocol": "http",
+			"destination_service_namespace": "default", "destination_workload": "ratings-v2", "destination_workload_namespace": "prod",
+			"destination_app": "ratings", "destination_version": "v2", "request_protocol": "http",
 			"response_flags": "-", "connection_security_policy": "unknown", "grpc_response_status": ""}
 		for k, v := range wantSrc {
 			if got := labelsOf(ok)[k]; got != v {

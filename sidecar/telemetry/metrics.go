@@ -144,6 +144,9 @@ type HTTPRecord struct {
 	Inbound bool
 	// Peer is the PeerHeader value the request came with (inbound).
 	Peer string
+	// DestinationPeer is the PeerHeader value the response came with (outbound): the
+	// called sidecar's workload.
+	DestinationPeer string
 	// Cluster is the upstream cluster the request went to ("" if it was answered locally
 	// before one was picked).
 	Cluster string
@@ -285,6 +288,11 @@ func (m *Mesh) Record(r *HTTPRecord) {
 			k.svc = m.service(&m.services, cl, func() *service { return serviceOfCluster(cl) })
 		}
 		k.dst = k.svc.dst
+		if r.DestinationPeer != "" {
+			if p := m.peer(r.DestinationPeer); p != unknownSide {
+				k.dst = p
+			}
+		}
 	}
 	s := m.httpSeries(k)
 	s.requests.Add(1)
