@@ -303,13 +303,19 @@ func (h *hloop) response(u *sock, ex *exchange) bool {
 		ex.gotHead, ex.status, ex.remaining, ex.rec.RespBytes = true, hd.Status, bodyLen, bodyLen
 		l := h.l
 		tel := l.proxy.opts.Telemetry
-		if plain && tel != nil && !l.meshInbound() && hasPeerField(u.in[:end]) {
-			plain = false // the called sidecar's peer metadata: taken off below (telemetry.go)
-		}
 		if plain && ex.setCookie == "" && !editsResponse(ex.route, ex.wc) {
 			// Nothing to change but hop-by-hop lines: copy the head as it came.
 			ex.close = ex.close || h.draining.Load()
+			at := len(d.out)
 			d.out = appendResponseHead(d.out, u.in[:end], hd.Status, ex.close)
+			if tel != nil && !l.meshInbound() {
+				// The called sidecar's peer metadata names the destination; the app does not
+				// see it (telemetry.go).
+				if start, end, v := findPeerField(d.out[at:]); start >= 0 {
+					tel.SetDestinationPeer(&ex.rec, v)
+					d.out = append(d.out[:at+start], d.out[at+end:]...)
+				}
+			}
 			if l.answerPeer(&ex.rec) {
 				d.out = appendPeerField(d.out, tel.PeerValue()[0])
 			}

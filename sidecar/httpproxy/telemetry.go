@@ -1,6 +1,7 @@
 package httpproxy
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net/http"
@@ -132,15 +133,23 @@ func appendPeerField(head []byte, v string) []byte {
 	return append(head, "\r\n\r\n"...)
 }
 
-// hasPeerField reports whether a response head has a peer metadata line (any case).
-func hasPeerField(head []byte) bool {
+// findPeerField finds the peer metadata line (any case) in a response head: the line is
+// head[start:end] and value its value; start is -1 if there is none.
+func findPeerField(head []byte) (start, end int, value []byte) {
 	const name = telemetry.PeerHeader + ":"
 	for i := 0; i+1+len(name) <= len(head); i++ {
-		if head[i] == '\n' && asciiEqualFold(head[i+1:i+1+len(name)], name) {
-			return true
+		if head[i] != '\n' || !asciiEqualFold(head[i+1:i+1+len(name)], name) {
+			continue
 		}
+		start = i + 1
+		n := bytes.Index(head[start:], crlf)
+		if n < 0 {
+			break
+		}
+		end = start + n + 2
+		return start, end, bytes.TrimSpace(head[start+len(name) : end-2])
 	}
-	return false
+	return -1, -1, nil
 }
 
 // recorder is a response writer that carries the exchange's record (h1Writer, h2Writer).

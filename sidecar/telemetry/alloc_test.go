@@ -32,4 +32,14 @@ func TestHotPathAllocatesNothing(t *testing.T) {
 	if n := testing.AllocsPerRun(1000, in); n != 0 {
 		t.Errorf("inbound: %v allocations per request, want 0", n)
 	}
+	peer := []byte("n=ratings-v2&ns=prod")
+	out := func() {
+		rec = HTTPRecord{Cluster: "outbound|80||a.b.svc.cluster.local|b/r", Status: 200, GRPCStatus: -1}
+		m.SetDestinationPeer(&rec, peer)
+		m.Record(&rec)
+	}
+	out()
+	if n := testing.AllocsPerRun(1000, out); n != 0 {
+		t.Errorf("outbound with the destination's peer metadata: %v allocations per request, want 0", n)
+	}
 }

@@ -147,6 +147,8 @@ type HTTPRecord struct {
 	// DestinationPeer is the PeerHeader value the response came with (outbound): the
 	// called sidecar's workload.
 	DestinationPeer string
+	// dstPeer is the destination's workload when it came as bytes (SetDestinationPeer).
+	dstPeer *side
 	// Cluster is the upstream cluster the request went to ("" if it was answered locally
 	// before one was picked).
 	Cluster string
@@ -214,6 +216,21 @@ func New(o Options) *Mesh {
 		m.inboundSvc = &service{host: name + "." + ns + ".svc.cluster.local", name: name, namespace: ns, dst: m.self}
 	}
 	return m
+}
+
+// SetDestinationPeer sets r's destination workload from a PeerHeader value read from a
+// response head in place; a value seen before costs no allocation.
+func (m *Mesh) SetDestinationPeer(r *HTTPRecord, v []byte) {
+	if m == nil || len(v) == 0 {
+		return
+	}
+	if s, ok := m.peers.get(string(v)); ok { // no allocation: a map lookup by converted bytes
+		r.dstPeer = s
+		return
+	}
+	if p := m.peer(string(v)); p != unknownSide {
+		r.dstPeer = p
+	}
 }
 
 // PeerValue is the PeerHeader value the outbound side sets, as a header map entry: one
@@ -288,7 +305,9 @@ func (m *Mesh) Record(r *HTTPRecord) {
 			k.svc = m.service(&m.services, cl, func() *service { return serviceOfCluster(cl) })
 		}
 		k.dst = k.svc.dst
-		if r.DestinationPeer != "" {
+		if r.dstPeer != nil {
+			k.dst = r.dstPeer
+		} else if r.DestinationPeer != "" {
 			if p := m.peer(r.DestinationPeer); p != unknownSide {
 				k.dst = p
 			}
