@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 RATE=${RATE:-1000}
 CONCURRENCY=${CONCURRENCY:-1} # each sidecar's worker threads (--concurrency)
+# SIDECAR_BIN: a prebuilt sidecar to measure instead of building ./cmd/sidecar (A/B runs).
 BACKEND=127.0.0.1:28280
 CALLEE=127.0.0.1:28206  # the callee sidecar's inbound listener
 CALLER=127.0.0.1:28201  # the caller sidecar's outbound listener
@@ -20,7 +21,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 
 go build -o "$work/helper" ./hack/bench/grpc
-go build -o "$work/sidecar" ./cmd/sidecar
+if [ -n "${SIDECAR_BIN:-}" ]; then cp "$SIDECAR_BIN" "$work/sidecar"; else go build -o "$work/sidecar" ./cmd/sidecar; fi
 
 "$work/helper" backend -addr "$BACKEND" & pids+=($!)
 "$work/helper" config -name inbound_http -listen "$CALLEE" -backend "$BACKEND" >"$work/callee.json"
@@ -35,16 +36,29 @@ sleep 1
 # cpu_ticks prints a process's user+system CPU time in clock ticks.
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 TICKS=$(getconf CLK_TCK)
+# runq_ns prints the nanoseconds a process's threads spent runnable but waiting for a CPU
+# (schedstat's second field): the share of the added latency the machine, not the code, causes.
+# ctxsw prints a process's context switches, voluntary and not, over all its threads.
+ctxsw() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/{s+=$2} END{printf "%.0f\n", s}'; }
+runq_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s+=$2} END{printf "%.0f\n", s}'; }
 
 direct=$("$work/helper" rate -target "$BACKEND" -rps "$RATE" -d "$DURATION")
 echo "direct:           $direct"
 c0=$(cpu_ticks "$caller_pid"); e0=$(cpu_ticks "$callee_pid")
+cq0=$(runq_ns "$caller_pid"); eq0=$(runq_ns "$callee_pid")
+cs0=$(ctxsw "$caller_pid"); es0=$(ctxsw "$callee_pid")
 sidecars=$("$work/helper" rate -target "$CALLER" -authority svc -rps "$RATE" -d "$DURATION")
 c1=$(cpu_ticks "$caller_pid"); e1=$(cpu_ticks "$callee_pid")
+cq1=$(runq_ns "$caller_pid"); eq1=$(runq_ns "$callee_pid")
+cs1=$(ctxsw "$caller_pid"); es1=$(ctxsw "$callee_pid")
 echo "two sidecars:     $sidecars"
 n=$(sed -E 's/.*n=([0-9]+).*/\1/' <<<"$sidecars")
 awk -v c="$((c1-c0))" -v e="$((e1-e0))" -v t="$TICKS" -v n="$n" \
   'BEGIN{ printf "CPU per call (incl. 100 warm-up calls): caller sidecar %.0f us, callee sidecar %.0f us\n", c/t/(n+100)*1e6, e/t/(n+100)*1e6 }'
+awk -v c="$((cq1-cq0))" -v e="$((eq1-eq0))" -v n="$n" \
+  'BEGIN{ printf "run-queue wait per call (runnable, no CPU free): caller sidecar %.0f us, callee sidecar %.0f us\n", c/(n+100)/1e3, e/(n+100)/1e3 }'
+awk -v c="$((cs1-cs0))" -v e="$((es1-es0))" -v n="$n" -v ct="$(ls /proc/$caller_pid/task | wc -l)" -v et="$(ls /proc/$callee_pid/task | wc -l)" \
+  'BEGIN{ printf "context switches per call: caller sidecar %.1f (%d threads), callee sidecar %.1f (%d threads)\n", c/(n+100), ct, e/(n+100), et }'
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"
 p99() { sed -E 's/.*p99=([0-9.]+)ms.*/\1/' <<<"$1"; }
 p50() { sed -E 's/.*p50=([0-9.]+)ms.*/\1/' <<<"$1"; }
