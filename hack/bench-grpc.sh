@@ -2,8 +2,9 @@
 # bench-grpc.sh: gRPC unary latency at a fixed rate, direct vs through two sidecars (the
 # caller's outbound listener, then the callee's inbound listener, HTTP/2 on every hop), all
 # on loopback. hack/bench/grpc "rate" makes Health/Check calls open-loop at RATE/s for
-# DURATION (≤ 30 s in all: two 10 s probes) and prints p50/p99 from each call's scheduled
-# start. Prints the p99 the two sidecars add.
+# DURATION (three probes: direct, two sidecars, two
+# haproxies) and prints p50/p99 from each call's scheduled start, the p99 each pair adds,
+# and per sidecar the CPU, run-queue wait and context switches per call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,4 +65,22 @@ p99() { sed -E 's/.*p99=([0-9.]+)ms.*/\1/' <<<"$1"; }
 p50() { sed -E 's/.*p50=([0-9.]+)ms.*/\1/' <<<"$1"; }
 awk -v a="$(p50 "$direct")" -v b="$(p50 "$sidecars")" -v c="$(p99 "$direct")" -v d="$(p99 "$sidecars")" \
   'BEGIN{ printf "added by two sidecars at the fixed rate: p50 +%.3f ms, p99 +%.3f ms\n", b-a, d-c }'
+# The same chain through two haproxies (one thread each, h2c on every hop): what a C
+# event-loop proxy adds on this machine at this moment, so the figure above can be read
+# as the machine's share or the code's.
+if command -v haproxy >/dev/null; then
+  hacfg() {
+    printf 'global\n  nbthread 1\n  maxconn 1000\ndefaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n'
+    printf 'frontend f\n  bind %s proto h2\n  default_backend b\nbackend b\n  server s1 %s proto h2\n' "$1" "$2"
+  }
+  hacfg 127.0.0.1:28506 "$BACKEND" >"$work/ha-callee.cfg"
+  hacfg 127.0.0.1:28501 127.0.0.1:28506 >"$work/ha-caller.cfg"
+  haproxy -q -f "$work/ha-callee.cfg" & pids+=($!)
+  haproxy -q -f "$work/ha-caller.cfg" & pids+=($!)
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/28501) 2>/dev/null && break; sleep 0.1; done
+  ha=$("$work/helper" rate -target 127.0.0.1:28501 -authority svc -rps "$RATE" -d "$DURATION")
+  echo "two haproxies:    $ha"
+  awk -v a="$(p50 "$direct")" -v b="$(p50 "$ha")" -v c="$(p99 "$direct")" -v d="$(p99 "$ha")" \
+    'BEGIN{ printf "added by two haproxies at the fixed rate: p50 +%.3f ms, p99 +%.3f ms\n", b-a, d-c }'
+fi
 curl -fsS http://127.0.0.1:28420/stats 2>/dev/null | grep -E 'grpc_responses_total' || true
