@@ -67,7 +67,7 @@ func TestH2SocketKeepsConnContract(t *testing.T) {
 	}
 	_ = c.SetReadDeadline(time.Time{})
 	peer.Close()
-	if n, err := c.Read(buf); err != io.EOF {
+	if n, err := c.Read(buf); n != 0 || !errors.Is(err, io.EOF) {
 		t.Fatalf("Read after the peer closed = %d, %v, want io.EOF", n, err)
 	}
 
