@@ -100,6 +100,10 @@ bench-http: ## wrk: backend direct vs through the sidecar vs through haproxy.
 bench-grpc: ## grpc-go unary calls at 1,000/s for 10 s: direct vs through two sidecars (p50/p99).
 	hack/bench-grpc.sh
 
+.PHONY: bench-capture
+bench-capture: ## iperf3 and wrk through an iptables-captured sidecar in network namespaces vs direct, HTTP_PROXY and haproxy (root, ~4 min).
+	hack/bench-capture.sh
+
 .PHONY: bench-redis
 bench-redis: ## redis-benchmark: one shard direct vs the sidecar's proxy vs nutcracker, P=1 and P=16.
 	hack/bench-redis.sh

@@ -2,14 +2,16 @@
 # bench-grpc.sh: gRPC unary latency at a fixed rate, direct vs through two sidecars (the
 # caller's outbound listener, then the callee's inbound listener, HTTP/2 on every hop), all
 # on loopback. hack/bench/grpc "rate" makes Health/Check calls open-loop at RATE/s for
-# DURATION (≤ 30 s in all: two 10 s probes) and prints p50/p99 from each call's scheduled
-# start. Prints the p99 the two sidecars add.
+# DURATION (three probes: direct, two sidecars, two
+# haproxies) and prints p50/p99 from each call's scheduled start, the p99 each pair adds,
+# and per sidecar the CPU, run-queue wait and context switches per call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10s}
 RATE=${RATE:-1000}
 CONCURRENCY=${CONCURRENCY:-1} # each sidecar's worker threads (--concurrency)
+# SIDECAR_BIN: a prebuilt sidecar to measure instead of building ./cmd/sidecar (A/B runs).
 BACKEND=127.0.0.1:28280
 CALLEE=127.0.0.1:28206  # the callee sidecar's inbound listener
 CALLER=127.0.0.1:28201  # the caller sidecar's outbound listener
@@ -20,7 +22,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 
 go build -o "$work/helper" ./hack/bench/grpc
-go build -o "$work/sidecar" ./cmd/sidecar
+if [ -n "${SIDECAR_BIN:-}" ]; then cp "$SIDECAR_BIN" "$work/sidecar"; else go build -o "$work/sidecar" ./cmd/sidecar; fi
 
 "$work/helper" backend -addr "$BACKEND" & pids+=($!)
 "$work/helper" config -name inbound_http -listen "$CALLEE" -backend "$BACKEND" >"$work/callee.json"
@@ -35,19 +37,50 @@ sleep 1
 # cpu_ticks prints a process's user+system CPU time in clock ticks.
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 TICKS=$(getconf CLK_TCK)
+# runq_ns prints the nanoseconds a process's threads spent runnable but waiting for a CPU
+# (schedstat's second field): the share of the added latency the machine, not the code, causes.
+# ctxsw prints a process's context switches, voluntary and not, over all its threads.
+ctxsw() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/{s+=$2} END{printf "%.0f\n", s}'; }
+runq_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s+=$2} END{printf "%.0f\n", s}'; }
 
 direct=$("$work/helper" rate -target "$BACKEND" -rps "$RATE" -d "$DURATION")
 echo "direct:           $direct"
 c0=$(cpu_ticks "$caller_pid"); e0=$(cpu_ticks "$callee_pid")
+cq0=$(runq_ns "$caller_pid"); eq0=$(runq_ns "$callee_pid")
+cs0=$(ctxsw "$caller_pid"); es0=$(ctxsw "$callee_pid")
 sidecars=$("$work/helper" rate -target "$CALLER" -authority svc -rps "$RATE" -d "$DURATION")
 c1=$(cpu_ticks "$caller_pid"); e1=$(cpu_ticks "$callee_pid")
+cq1=$(runq_ns "$caller_pid"); eq1=$(runq_ns "$callee_pid")
+cs1=$(ctxsw "$caller_pid"); es1=$(ctxsw "$callee_pid")
 echo "two sidecars:     $sidecars"
 n=$(sed -E 's/.*n=([0-9]+).*/\1/' <<<"$sidecars")
 awk -v c="$((c1-c0))" -v e="$((e1-e0))" -v t="$TICKS" -v n="$n" \
   'BEGIN{ printf "CPU per call (incl. 100 warm-up calls): caller sidecar %.0f us, callee sidecar %.0f us\n", c/t/(n+100)*1e6, e/t/(n+100)*1e6 }'
+awk -v c="$((cq1-cq0))" -v e="$((eq1-eq0))" -v n="$n" \
+  'BEGIN{ printf "run-queue wait per call (runnable, no CPU free): caller sidecar %.0f us, callee sidecar %.0f us\n", c/(n+100)/1e3, e/(n+100)/1e3 }'
+awk -v c="$((cs1-cs0))" -v e="$((es1-es0))" -v n="$n" -v ct="$(ls /proc/$caller_pid/task | wc -l)" -v et="$(ls /proc/$callee_pid/task | wc -l)" \
+  'BEGIN{ printf "context switches per call: caller sidecar %.1f (%d threads), callee sidecar %.1f (%d threads)\n", c/(n+100), ct, e/(n+100), et }'
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"
 p99() { sed -E 's/.*p99=([0-9.]+)ms.*/\1/' <<<"$1"; }
 p50() { sed -E 's/.*p50=([0-9.]+)ms.*/\1/' <<<"$1"; }
 awk -v a="$(p50 "$direct")" -v b="$(p50 "$sidecars")" -v c="$(p99 "$direct")" -v d="$(p99 "$sidecars")" \
   'BEGIN{ printf "added by two sidecars at the fixed rate: p50 +%.3f ms, p99 +%.3f ms\n", b-a, d-c }'
+# The same chain through two haproxies (one thread each, h2c on every hop): what a C
+# event-loop proxy adds on this machine at this moment, so the figure above can be read
+# as the machine's share or the code's.
+if command -v haproxy >/dev/null; then
+  hacfg() {
+    printf 'global\n  nbthread 1\n  maxconn 1000\ndefaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n'
+    printf 'frontend f\n  bind %s proto h2\n  default_backend b\nbackend b\n  server s1 %s proto h2\n' "$1" "$2"
+  }
+  hacfg 127.0.0.1:28506 "$BACKEND" >"$work/ha-callee.cfg"
+  hacfg 127.0.0.1:28501 127.0.0.1:28506 >"$work/ha-caller.cfg"
+  haproxy -q -f "$work/ha-callee.cfg" & pids+=($!)
+  haproxy -q -f "$work/ha-caller.cfg" & pids+=($!)
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/28501) 2>/dev/null && break; sleep 0.1; done
+  ha=$("$work/helper" rate -target 127.0.0.1:28501 -authority svc -rps "$RATE" -d "$DURATION")
+  echo "two haproxies:    $ha"
+  awk -v a="$(p50 "$direct")" -v b="$(p50 "$ha")" -v c="$(p99 "$direct")" -v d="$(p99 "$ha")" \
+    'BEGIN{ printf "added by two haproxies at the fixed rate: p50 +%.3f ms, p99 +%.3f ms\n", b-a, d-c }'
+fi
 curl -fsS http://127.0.0.1:28420/stats 2>/dev/null | grep -E 'grpc_responses_total' || true

@@ -8,8 +8,9 @@
 #   hack/deps.sh mesh    iproute2, iptables, curl, redis-server, redis-tools (the local mesh: pod
 #                        network namespaces, kube-proxy's Service rules, the demo's checks, the
 #                        Redis shards it runs)
-#   hack/deps.sh bench   wrk, haproxy, redis-tools, nutcracker, redis-server (the peers the
-#                        benchmarks measure against)
+#   hack/deps.sh bench   wrk, haproxy, redis-tools, nutcracker, redis-server, iperf3 (the
+#                        peers the benchmarks measure against), iproute2 and iptables (the
+#                        captured path's network namespaces)
 #
 # Several profiles may be named at once. When everything is present it prints nothing. When
 # something is missing it installs it with apt-get as root, saying in one line what and why;
@@ -25,6 +26,7 @@ declare -A why=(
   [curl]="the demo's HTTP checks"
   [wrk]="HTTP load generator for make bench-http"
   [haproxy]="the HTTP proxy the sidecar is measured against"
+  [iperf3]="bulk TCP transfers for make bench-capture (the TCP proxy's throughput)"
 )
 
 pkgs=()
@@ -32,7 +34,7 @@ for profile in "$@"; do
   case "$profile" in
     test) pkgs+=(redis-server redis-tools nutcracker) ;;
     mesh) pkgs+=(iproute2 iptables curl redis-server redis-tools) ;;
-    bench) pkgs+=(wrk haproxy redis-tools nutcracker redis-server) ;;
+    bench) pkgs+=(wrk haproxy redis-tools nutcracker redis-server iperf3 iproute2 iptables) ;;
     *) echo "deps: unknown profile '$profile' (want test, mesh or bench)" >&2; exit 2 ;;
   esac
 done

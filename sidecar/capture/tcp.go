@@ -212,6 +212,11 @@ func (p *pipe) copy(dst, src net.Conn, counter *atomic.Uint64) {
 	if p.idle > 0 {
 		_ = src.SetReadDeadline(time.Now().Add(p.idle))
 	}
+	if s := newSplicer(dst, src); s != nil {
+		defer s.close()
+		p.splice(s, dst, src, counter)
+		return
+	}
 	for {
 		n, err := io.Copy(dst, &io.LimitedReader{R: src, N: copyChunk})
 		if n > 0 {
@@ -224,6 +229,35 @@ func (p *pipe) copy(dst, src net.Conn, counter *atomic.Uint64) {
 		case err == nil:
 			closeWrite(dst) // EOF from src
 			return
+		case errors.Is(err, os.ErrDeadlineExceeded) && p.idle > 0:
+			if q := p.quiet(); q < p.idle {
+				_ = src.SetReadDeadline(time.Now().Add(p.idle - q))
+				continue
+			}
+			p.timedOut.Store(true)
+		}
+		dst.Close()
+		src.Close()
+		return
+	}
+}
+
+// splice is copy's loop on two TCP sockets (splicer): the same ends, the idle deadline
+// moved the same way, the counter and the activity time updated as each step's bytes
+// leave.
+func (p *pipe) splice(s *splicer, dst, src net.Conn, counter *atomic.Uint64) {
+	for {
+		n, eof, err := s.step()
+		if n > 0 {
+			counter.Add(uint64(n))
+			p.touch()
+		}
+		switch {
+		case eof:
+			closeWrite(dst)
+			return
+		case err == nil:
+			continue
 		case errors.Is(err, os.ErrDeadlineExceeded) && p.idle > 0:
 			if q := p.quiet(); q < p.idle {
 				_ = src.SetReadDeadline(time.Now().Add(p.idle - q))

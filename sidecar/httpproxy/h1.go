@@ -14,6 +14,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/weftmesh/weft/sidecar/config"
+	"github.com/weftmesh/weft/sidecar/connio"
 	"github.com/weftmesh/weft/sidecar/httphead"
 	"github.com/weftmesh/weft/sidecar/telemetry"
 )
@@ -293,13 +294,28 @@ func (w *h1Writer) finish() {
 
 func (w *h1Writer) abortBody() { w.aborted, w.close = true, true }
 
-// peekedConn replays what the preface check buffered before reading the connection.
+// peekedConn replays what the preface check buffered before reading the connection
+// (its reads go through connio.Conn). It is an h2c connection: net/http's HTTP/2 server
+// writes each frame it flushes with its own write(2), from one goroutine at a time, and
+// w makes those calls without the runtime's syscall bracket, for the reason given in
+// sidecar/upstream/h2sock.go (nil: through the connection's Write).
 type peekedConn struct {
 	net.Conn
 	r *bufio.Reader
+	w *connio.Writer
 }
 
 func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+func (c *peekedConn) Write(p []byte) (int, error) {
+	if c.w == nil {
+		return c.Conn.Write(p)
+	}
+	if err := c.w.WriteAll(p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
 
 // h2Server serves prior-knowledge h2c connections with the standard library. Its server
 // starts with the first h2c connection and takes the listener's limits in force then:

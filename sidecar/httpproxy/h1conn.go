@@ -96,7 +96,7 @@ func (l *Listener) openH1(nc net.Conn, in, out []byte) *h1Conn {
 		_ = conn.SetReadDeadline(time.Time{})
 		l.forget(nc)
 		// Writes bypass conn: the h2 server writes from other goroutines.
-		l.h2.handoff(&peekedConn{Conn: &countedConn{Conn: nc, f: &l.frontEnd}, r: br})
+		l.h2.handoff(&peekedConn{Conn: &countedConn{Conn: nc, f: &l.frontEnd}, r: br, w: connio.NewWriter(nc)})
 		return nil
 	}
 	bw := writers.Get().(*bufio.Writer)

@@ -44,7 +44,7 @@ const (
 var h2Transport = func() *http.Transport {
 	var p http.Protocols
 	p.SetUnencryptedHTTP2(true)
-	return &http.Transport{Protocols: &p, Proxy: nil, ForceAttemptHTTP2: true,
+	return &http.Transport{Protocols: &p, Proxy: nil, ForceAttemptHTTP2: true, DialContext: dialH2,
 		HTTP2: &http.HTTP2Config{MaxReceiveBufferPerStream: h2StreamWindow, MaxReceiveBufferPerConnection: h2ConnWindow}}
 }()
 

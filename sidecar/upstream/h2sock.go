@@ -1,0 +1,91 @@
+package upstream
+
+import (
+	"context"
+	"io"
+	"net"
+	"os"
+	"syscall"
+
+	"github.com/weftmesh/weft/sidecar/connio"
+)
+
+// h2Socket is an HTTP/2 upstream connection whose read(2) and write(2) calls skip the
+// runtime's syscall bracket, as the HTTP/1.1 pool's connio.Conn does. net/http's HTTP/2
+// client writes every frame it flushes with its own write(2): a gRPC unary call costs two
+// (HEADERS, then DATA with END_STREAM) and a read per response. Inside the bracket, a
+// loopback write that runs the receiver's TCP input inline past a monitor tick makes the
+// runtime hand the sidecar's only processor (GOMAXPROCS=1) to another thread, and the
+// writer's thread then parks: two thread switches the call waits on, each needing a CPU
+// that on a busy node another process holds (see docs/bench-capture.md). The
+// descriptor stays non-blocking, so the raw calls never park the thread.
+//
+// One goroutine reads (the client's read loop) and one writes at a time (the client's
+// write mutex), as connio.Writer requires.
+type h2Socket struct {
+	net.Conn
+	raw  syscall.RawConn
+	w    *connio.Writer
+	rp   []byte
+	rn   int
+	rerr syscall.Errno
+	read func(fd uintptr) bool
+}
+
+// newH2Socket wraps c; a connection without a descriptor is returned as it is.
+func newH2Socket(c net.Conn) net.Conn {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return c
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return c
+	}
+	s := &h2Socket{Conn: c, raw: raw, w: connio.NewWriter(c)}
+	s.read = s.readFD
+	return s
+}
+
+func (s *h2Socket) readFD(fd uintptr) bool {
+	s.rn, s.rerr = connio.ReadFD(int(fd), s.rp)
+	return s.rerr != syscall.EAGAIN
+}
+
+// Read reads what has arrived, waiting on the poller (and the read deadline) for more.
+func (s *h2Socket) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	s.rp, s.rn, s.rerr = p, 0, 0
+	err := s.raw.Read(s.read)
+	n, errno := s.rn, s.rerr
+	s.rp = nil
+	switch {
+	case err != nil:
+		return 0, err
+	case errno != 0:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: s.LocalAddr(), Addr: s.RemoteAddr(), Err: os.NewSyscallError("read", errno)}
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// Write writes all of p, waiting for room in the socket as net.Conn's Write does.
+func (s *h2Socket) Write(p []byte) (int, error) {
+	if err := s.w.WriteAll(p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// dialH2 dials an HTTP/2 upstream for h2Transport.
+func dialH2(ctx context.Context, network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return newH2Socket(c), nil
+}
