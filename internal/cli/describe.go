@@ -1,0 +1,550 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+	"github.com/weftmesh/weft/internal/xds"
+)
+
+// kinds maps what describe takes (name, plural, short name, any case) to the kind.
+var kinds = map[string]string{
+	"meshroute": "MeshRoute", "meshroutes": "MeshRoute", "mr": "MeshRoute",
+	"meshfunction": "MeshFunction", "meshfunctions": "MeshFunction", "mfn": "MeshFunction",
+	"redisproxy": "RedisProxy", "redisproxies": "RedisProxy", "rp": "RedisProxy",
+}
+
+// Description is what describe prints (and -o json|yaml emits).
+type Description struct {
+	Kind               string               `json:"kind"`
+	Namespace          string               `json:"namespace"`
+	Name               string               `json:"name"`
+	Generation         int64                `json:"generation"`
+	ObservedGeneration int64                `json:"observedGeneration"`
+	Conditions         []DescribedCondition `json:"conditions"`
+	Sidecars           SidecarSummary       `json:"sidecars"`
+	Destinations       []DescribedTarget    `json:"destinations,omitempty"`
+	Function           *FunctionState       `json:"function,omitempty"`
+	Redis              *RedisState          `json:"redis,omitempty"`
+	// Problems is the diagnosis: what is wrong and what to do, most important first.
+	Problems []string         `json:"problems"`
+	Events   []DescribedEvent `json:"events,omitempty"`
+}
+
+// DescribedCondition is a condition without its timestamps (they change every run).
+type DescribedCondition struct {
+	Type    string `json:"type"`
+	Status  string `json:"status"`
+	Reason  string `json:"reason"`
+	Message string `json:"message,omitempty"`
+}
+
+// SidecarSummary is how the sidecars took the object's current version.
+type SidecarSummary struct {
+	Synced   int32 `json:"synced"`
+	Rejected int32 `json:"rejected"`
+	// LastRejection is the status field: one rejecting sidecar and its error.
+	LastRejection string `json:"lastRejection,omitempty"`
+	// Rejections are every rejecting sidecar the manager knows of (empty when it was not
+	// asked or not reachable: ManagerError says why).
+	Rejections   []SidecarRejection `json:"rejections,omitempty"`
+	ManagerError string             `json:"managerError,omitempty"`
+}
+
+// SidecarRejection is one sidecar's NACK of one type.
+type SidecarRejection struct {
+	Sidecar string `json:"sidecar"`
+	Type    string `json:"type"`
+	Error   string `json:"error"`
+}
+
+// DescribedTarget is a destination (or the object's own Service) and its endpoints.
+type DescribedTarget struct {
+	Target    string              `json:"target"`
+	Endpoints []DescribedEndpoint `json:"endpoints"`
+	Problem   string              `json:"problem,omitempty"`
+}
+
+// DescribedEndpoint is one address of an EndpointSlice.
+type DescribedEndpoint struct {
+	Address string `json:"address"`
+	Ready   bool   `json:"ready"`
+	Pod     string `json:"pod,omitempty"`
+}
+
+// FunctionState is a MeshFunction's scale and hold state.
+type FunctionState struct {
+	Replicas      int32  `json:"replicas"`
+	ReadyReplicas int32  `json:"readyReplicas"`
+	Desired       int32  `json:"desiredReplicas"`
+	Min           int32  `json:"min"`
+	Max           int32  `json:"max"`
+	HoldTimeout   string `json:"holdTimeout"`
+	MaxPending    int32  `json:"maxPending"`
+	State         string `json:"state"`
+	Deployment    string `json:"deployment"`
+}
+
+// RedisState is a RedisProxy's pool.
+type RedisState struct {
+	Servers      int32    `json:"servers"`
+	ReadyServers int32    `json:"readyServers"`
+	Static       []string `json:"static,omitempty"`
+}
+
+// DescribedEvent is one recent event of the object.
+type DescribedEvent struct {
+	Type    string `json:"type"`
+	Reason  string `json:"reason"`
+	Message string `json:"message"`
+}
+
+// maxEvents bounds the events describe prints.
+const maxEvents = 10
+
+func newDescribe(o *options) *cobra.Command {
+	var events bool
+	cmd := &cobra.Command{
+		Use:   "describe <kind>/<name> | <kind> <name>",
+		Short: "Why a MeshRoute, MeshFunction or RedisProxy is (not) working",
+		Long: `describe reads the object's status (conditions, synced and rejected sidecar counts), the
+sidecars that rejected its configuration and why (from the manager, when reachable), the
+endpoints of its destinations (EndpointSlices), a function's scale and hold state and a
+pool's servers, and ends with what to do about each problem it found.
+
+Kinds: meshroute (mr), meshfunction (mfn), redisproxy (rp).`,
+		Example: `  weft describe mr/reviews -n shop
+  weft describe meshfunction hello
+  weft describe rp/cache -o yaml`,
+		Args: cobra.RangeArgs(1, 2),
+		ValidArgsFunction: func(_ *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+			if len(args) == 0 {
+				return []string{"meshroute/", "meshfunction/", "redisproxy/", "mr/", "mfn/", "rp/"}, cobra.ShellCompDirectiveNoSpace
+			}
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.checkOutput("json", "yaml"); err != nil {
+				return err
+			}
+			kind, name, err := parseRef(args)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := o.ctx(cmd.Context())
+			defer cancel()
+			k, err := o.kube()
+			if err != nil {
+				return err
+			}
+			d, err := describe(ctx, o, k, kind, name, events)
+			if err != nil {
+				return err
+			}
+			if o.output != "" {
+				return printStructured(o.streams.Out, o.output, d)
+			}
+			return printDescription(o.streams.Out, d)
+		},
+	}
+	cmd.Flags().BoolVar(&events, "show-events", true, "list the object's recent events")
+	addOutput(cmd, o, "json", "yaml")
+	return cmd
+}
+
+func parseRef(args []string) (kind, name string, err error) {
+	ref := args[0]
+	if len(args) == 2 {
+		ref = args[0] + "/" + args[1]
+	}
+	k, n, ok := strings.Cut(ref, "/")
+	if !ok || n == "" || strings.Contains(n, "/") {
+		return "", "", fmt.Errorf("want <kind>/<name> or <kind> <name>, e.g. mr/reviews; got %q", strings.Join(args, " "))
+	}
+	kind, known := kinds[strings.ToLower(strings.TrimSuffix(k, ".mesh.weft.dev"))]
+	if !known {
+		return "", "", fmt.Errorf("unknown kind %q: use meshroute (mr), meshfunction (mfn) or redisproxy (rp)", k)
+	}
+	return kind, n, nil
+}
+
+func describe(ctx context.Context, o *options, k *kube, kind, name string, events bool) (*Description, error) {
+	key := client.ObjectKey{Namespace: k.namespace, Name: name}
+	d := &Description{Kind: kind, Namespace: key.Namespace, Name: name}
+	var obj client.Object
+	var st *meshv1alpha1.MeshStatus
+	switch kind {
+	case "MeshRoute":
+		mr := &meshv1alpha1.MeshRoute{}
+		obj, st = mr, &mr.Status.MeshStatus
+	case "MeshFunction":
+		fn := &meshv1alpha1.MeshFunction{}
+		obj, st = fn, &fn.Status.MeshStatus
+	case "RedisProxy":
+		rp := &meshv1alpha1.RedisProxy{}
+		obj, st = rp, &rp.Status.MeshStatus
+	}
+	if err := k.client.Get(ctx, key, obj); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, fmt.Errorf("%s %s not found in namespace %s (kubectl get %s -n %s)", kind, name, key.Namespace, strings.ToLower(kind), key.Namespace)
+		}
+		return nil, fmt.Errorf("reading %s %s/%s: %w", kind, key.Namespace, name, err)
+	}
+	d.Generation, d.ObservedGeneration = obj.GetGeneration(), st.ObservedGeneration
+	for _, c := range st.Conditions {
+		d.Conditions = append(d.Conditions, DescribedCondition{Type: c.Type, Status: string(c.Status), Reason: c.Reason, Message: c.Message})
+	}
+	d.Sidecars = SidecarSummary{Synced: st.SyncedSidecars, Rejected: st.RejectedSidecars, LastRejection: st.LastRejection}
+	d.Sidecars.Rejections, d.Sidecars.ManagerError = rejections(ctx, o, k, kind, key)
+
+	var err error
+	switch x := obj.(type) {
+	case *meshv1alpha1.MeshRoute:
+		err = describeRoute(ctx, k, x, d)
+	case *meshv1alpha1.MeshFunction:
+		err = describeFunction(ctx, k, x, d)
+	case *meshv1alpha1.RedisProxy:
+		err = describeRedis(ctx, k, x, d)
+	}
+	if err != nil {
+		return nil, err
+	}
+	d.Problems = append(diagnose(d), d.Problems...)
+	if len(d.Problems) == 0 {
+		d.Problems = []string{}
+	}
+	if events {
+		d.Events = recentEvents(ctx, k, kind, key)
+	}
+	return d, nil
+}
+
+// rejections asks the manager which sidecars reject a type at its current version.
+func rejections(ctx context.Context, o *options, k *kube, kind string, key client.ObjectKey) ([]SidecarRejection, string) {
+	ms, stop, err := o.managers(ctx, k)
+	if err != nil {
+		return nil, err.Error()
+	}
+	defer stop()
+	rows, err := syncz(ctx, ms)
+	if err != nil {
+		return nil, err.Error()
+	}
+	var out []SidecarRejection
+	for _, r := range rows {
+		if kind == "RedisProxy" && !contains(r.RedisPools, key.Namespace+"/"+key.Name) {
+			continue
+		}
+		for _, typ := range statusTypes {
+			if ts := r.Types[typ]; ts.Status == xds.SyncRejected {
+				out = append(out, SidecarRejection{Sidecar: r.ID, Type: typ, Error: ts.Error})
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Sidecar != out[j].Sidecar {
+			return out[i].Sidecar < out[j].Sidecar
+		}
+		return out[i].Type < out[j].Type
+	})
+	return out, ""
+}
+
+func contains(l []string, s string) bool {
+	for _, e := range l {
+		if e == s {
+			return true
+		}
+	}
+	return false
+}
+
+func describeRoute(ctx context.Context, k *kube, mr *meshv1alpha1.MeshRoute, d *Description) error {
+	seen := map[string]bool{}
+	for _, rule := range mr.Spec.HTTP {
+		for _, rd := range rule.Route {
+			dst := rd.Destination
+			ns := dst.Namespace
+			if ns == "" {
+				ns = mr.Namespace
+			}
+			var t DescribedTarget
+			var err error
+			if dst.Function != "" {
+				t, err = serviceTarget(ctx, k, ns, dst.Function, 0, "function "+ns+"/"+dst.Function)
+			} else {
+				label := "service " + ns + "/" + dst.Service
+				if dst.Port != 0 {
+					label += ":" + strconv.Itoa(int(dst.Port))
+				}
+				if dst.Subset != "" {
+					label += " subset " + dst.Subset
+				}
+				t, err = serviceTarget(ctx, k, ns, dst.Service, dst.Port, label)
+			}
+			if err != nil {
+				return err
+			}
+			if !seen[t.Target] {
+				seen[t.Target] = true
+				d.Destinations = append(d.Destinations, t)
+			}
+		}
+	}
+	return nil
+}
+
+// serviceTarget lists the endpoints of a Service's EndpointSlices (of port, when non-zero).
+func serviceTarget(ctx context.Context, k *kube, ns, svc string, port int32, label string) (DescribedTarget, error) {
+	t := DescribedTarget{Target: label, Endpoints: []DescribedEndpoint{}}
+	var s corev1.Service
+	if err := k.client.Get(ctx, client.ObjectKey{Namespace: ns, Name: svc}, &s); err != nil {
+		if apierrors.IsNotFound(err) {
+			t.Problem = fmt.Sprintf("Service %s/%s does not exist", ns, svc)
+			return t, nil
+		}
+		return t, fmt.Errorf("reading Service %s/%s: %w", ns, svc, err)
+	}
+	targetPort := ""
+	for _, p := range s.Spec.Ports {
+		if port == 0 || p.Port == port {
+			targetPort = p.Name
+			break
+		}
+	}
+	var slices discoveryv1.EndpointSliceList
+	if err := k.client.List(ctx, &slices, client.InNamespace(ns), client.MatchingLabels{discoveryv1.LabelServiceName: svc}); err != nil {
+		return t, fmt.Errorf("listing EndpointSlices of Service %s/%s: %w", ns, svc, err)
+	}
+	for _, es := range slices.Items {
+		portNum := ""
+		for _, p := range es.Ports {
+			if p.Port != nil && (p.Name == nil || *p.Name == targetPort || len(es.Ports) == 1) {
+				portNum = strconv.Itoa(int(*p.Port))
+				break
+			}
+		}
+		for _, e := range es.Endpoints {
+			ready := e.Conditions.Ready == nil || *e.Conditions.Ready
+			pod := ""
+			if e.TargetRef != nil && e.TargetRef.Kind == "Pod" {
+				pod = e.TargetRef.Name
+			}
+			for _, a := range e.Addresses {
+				addr := a
+				if portNum != "" {
+					addr += ":" + portNum
+				}
+				t.Endpoints = append(t.Endpoints, DescribedEndpoint{Address: addr, Ready: ready, Pod: pod})
+			}
+		}
+	}
+	sort.Slice(t.Endpoints, func(i, j int) bool { return t.Endpoints[i].Address < t.Endpoints[j].Address })
+	ready := 0
+	for _, e := range t.Endpoints {
+		if e.Ready {
+			ready++
+		}
+	}
+	if ready == 0 && !strings.HasPrefix(label, "function ") {
+		t.Problem = fmt.Sprintf("Service %s/%s has no ready endpoints: calls to it fail with 503 (kubectl get pods -n %s -l <its selector>)", ns, svc, ns)
+	}
+	return t, nil
+}
+
+func describeFunction(ctx context.Context, k *kube, fn *meshv1alpha1.MeshFunction, d *Description) error {
+	t, err := serviceTarget(ctx, k, fn.Namespace, fn.Name, 0, "function "+fn.Namespace+"/"+fn.Name)
+	if err != nil {
+		return err
+	}
+	d.Destinations = []DescribedTarget{t}
+	sc, act := fn.Spec.Scale, fn.Spec.Activation
+	f := &FunctionState{Replicas: fn.Status.Replicas, ReadyReplicas: fn.Status.ReadyReplicas, Desired: fn.Status.DesiredReplicas,
+		Min: sc.Min, Max: sc.Max, HoldTimeout: act.HoldTimeout.Duration.String(), MaxPending: act.MaxPending, Deployment: fn.Namespace + "/" + fn.Name}
+	switch {
+	case f.Desired == 0 && f.ReadyReplicas == 0:
+		f.State = fmt.Sprintf("scaled to zero: a caller's sidecar holds each call (up to %s, at most %d pending) and pokes the autoscaler; the first call starts a pod", f.HoldTimeout, f.MaxPending)
+	case f.ReadyReplicas < f.Desired:
+		f.State = fmt.Sprintf("scaling up: %d of %d pods ready; calls are held (up to %s) until one is", f.ReadyReplicas, f.Desired, f.HoldTimeout)
+	case f.ReadyReplicas > f.Desired:
+		f.State = fmt.Sprintf("scaling down: %d pods ready, %d wanted", f.ReadyReplicas, f.Desired)
+	default:
+		f.State = fmt.Sprintf("serving: %d pods ready", f.ReadyReplicas)
+	}
+	var dep appsv1.Deployment
+	switch err := k.client.Get(ctx, client.ObjectKey{Namespace: fn.Namespace, Name: fn.Name}, &dep); {
+	case apierrors.IsNotFound(err):
+		d.Problems = append(d.Problems, fmt.Sprintf("Deployment %s/%s does not exist yet: the manager creates it (is the manager running? weft check)", fn.Namespace, fn.Name))
+	case err != nil:
+		return fmt.Errorf("reading Deployment %s/%s: %w", fn.Namespace, fn.Name, err)
+	default:
+		for _, c := range dep.Status.Conditions {
+			if c.Type == appsv1.DeploymentReplicaFailure && c.Status == corev1.ConditionTrue {
+				d.Problems = append(d.Problems, fmt.Sprintf("Deployment %s/%s cannot create pods: %s (%s)", fn.Namespace, fn.Name, c.Message, c.Reason))
+			}
+			if c.Type == appsv1.DeploymentProgressing && c.Status == corev1.ConditionFalse {
+				d.Problems = append(d.Problems, fmt.Sprintf("Deployment %s/%s is not progressing: %s (kubectl describe deployment %s -n %s)", fn.Namespace, fn.Name, c.Message, fn.Name, fn.Namespace))
+			}
+		}
+	}
+	d.Function = f
+	return nil
+}
+
+func describeRedis(ctx context.Context, k *kube, rp *meshv1alpha1.RedisProxy, d *Description) error {
+	r := &RedisState{Servers: rp.Status.Servers, ReadyServers: rp.Status.ReadyServers}
+	for _, s := range rp.Spec.Servers {
+		r.Static = append(r.Static, s.Name+"="+s.Address)
+	}
+	if ref := rp.Spec.ServiceRef; ref != nil {
+		t, err := serviceTarget(ctx, k, rp.Namespace, ref.Name, ref.Port, "service "+rp.Namespace+"/"+ref.Name)
+		if err != nil {
+			return err
+		}
+		d.Destinations = append(d.Destinations, t)
+	}
+	if r.Servers > 0 && r.ReadyServers == 0 {
+		d.Problems = append(d.Problems, fmt.Sprintf("none of the pool's %d servers is ready: commands fail until one passes its PING health check", r.Servers))
+	}
+	d.Redis = r
+	return nil
+}
+
+// diagnose turns abnormal conditions into the problems a user reads first.
+func diagnose(d *Description) []string {
+	var out []string
+	if d.ObservedGeneration < d.Generation {
+		out = append(out, fmt.Sprintf("the manager has not processed generation %d yet (status is of generation %d): is it running? (weft check)", d.Generation, d.ObservedGeneration))
+	}
+	abnormal := map[string]string{
+		meshv1alpha1.ConditionAccepted: "False", meshv1alpha1.ConditionResolvedRefs: "False", meshv1alpha1.ConditionProgrammed: "False",
+		meshv1alpha1.ConditionAvailable: "False", meshv1alpha1.ConditionStalled: "True", meshv1alpha1.ConditionWarning: "True",
+	}
+	seen := map[string]bool{}
+	for _, c := range d.Conditions {
+		if abnormal[c.Type] != c.Status || c.Reason == meshv1alpha1.ReasonNotAccepted || seen[c.Message] {
+			continue
+		}
+		seen[c.Message] = true
+		out = append(out, fmt.Sprintf("%s=%s (%s): %s", c.Type, c.Status, c.Reason, c.Message))
+	}
+	for _, r := range d.Sidecars.Rejections {
+		out = append(out, fmt.Sprintf("sidecar %s rejected %s: %s (weft proxy-config %s ...)", r.Sidecar, r.Type, r.Error, strings.SplitN(r.Sidecar, ".", 2)[0]))
+	}
+	for _, t := range d.Destinations {
+		if t.Problem != "" {
+			out = append(out, t.Problem)
+		}
+	}
+	return out
+}
+
+func recentEvents(ctx context.Context, k *kube, kind string, key client.ObjectKey) []DescribedEvent {
+	var list corev1.EventList
+	sel := fields.SelectorFromSet(fields.Set{"involvedObject.kind": kind, "involvedObject.name": key.Name})
+	if err := k.client.List(ctx, &list, client.InNamespace(key.Namespace), client.MatchingFieldsSelector{Selector: sel}); err != nil {
+		return nil
+	}
+	sort.SliceStable(list.Items, func(i, j int) bool { return eventTime(list.Items[i]).Time.Before(eventTime(list.Items[j]).Time) })
+	if len(list.Items) > maxEvents {
+		list.Items = list.Items[len(list.Items)-maxEvents:]
+	}
+	var out []DescribedEvent
+	for _, e := range list.Items {
+		out = append(out, DescribedEvent{Type: e.Type, Reason: e.Reason, Message: e.Message})
+	}
+	return out
+}
+
+func eventTime(e corev1.Event) metav1.Time {
+	switch {
+	case !e.EventTime.IsZero():
+		return metav1.NewTime(e.EventTime.Time)
+	case !e.LastTimestamp.IsZero():
+		return e.LastTimestamp
+	}
+	return e.CreationTimestamp
+}
+
+func printDescription(w io.Writer, d *Description) error {
+	fmt.Fprintf(w, "Name:         %s\nNamespace:    %s\nKind:         %s\nGeneration:   %d (status observed %d)\n", d.Name, d.Namespace, d.Kind, d.Generation, d.ObservedGeneration)
+	fmt.Fprintln(w, "Conditions:")
+	if len(d.Conditions) == 0 {
+		fmt.Fprintln(w, "  none yet")
+	} else {
+		t := newTable(w, "  TYPE", "STATUS", "REASON", "MESSAGE")
+		for _, c := range d.Conditions {
+			t.row("  "+c.Type, c.Status, c.Reason, truncate(c.Message, 160))
+		}
+		if err := t.flush(); err != nil {
+			return err
+		}
+	}
+	s := d.Sidecars
+	fmt.Fprintf(w, "Sidecars:     %d synced, %d rejected\n", s.Synced, s.Rejected)
+	if s.LastRejection != "" {
+		fmt.Fprintf(w, "  last rejection: %s\n", s.LastRejection)
+	}
+	for _, r := range s.Rejections {
+		fmt.Fprintf(w, "  rejected by %s (%s): %s\n", r.Sidecar, r.Type, r.Error)
+	}
+	if s.ManagerError != "" {
+		fmt.Fprintf(w, "  (which sidecars: unknown, %s)\n", s.ManagerError)
+	}
+	if f := d.Function; f != nil {
+		fmt.Fprintf(w, "Function:\n  Deployment:  %s\n  Replicas:    %d (%d ready, %d desired; scale %d..%d)\n  Hold:        up to %s, at most %d pending calls\n  State:       %s\n",
+			f.Deployment, f.Replicas, f.ReadyReplicas, f.Desired, f.Min, f.Max, f.HoldTimeout, f.MaxPending, f.State)
+	}
+	if r := d.Redis; r != nil {
+		fmt.Fprintf(w, "Pool:         %d servers, %d ready\n", r.Servers, r.ReadyServers)
+		for _, s := range r.Static {
+			fmt.Fprintf(w, "  server %s\n", s)
+		}
+	}
+	if len(d.Destinations) > 0 {
+		fmt.Fprintln(w, "Endpoints:")
+		for _, t := range d.Destinations {
+			var eps []string
+			for _, e := range t.Endpoints {
+				st := "ready"
+				if !e.Ready {
+					st = "not ready"
+				}
+				eps = append(eps, e.Address+" ("+st+")")
+			}
+			if len(eps) == 0 {
+				eps = []string{"none"}
+			}
+			fmt.Fprintf(w, "  %s: %s\n", t.Target, strings.Join(eps, ", "))
+		}
+	}
+	if len(d.Events) > 0 {
+		fmt.Fprintln(w, "Events:")
+		for _, e := range d.Events {
+			fmt.Fprintf(w, "  %s %s: %s\n", e.Type, e.Reason, truncate(e.Message, 200))
+		}
+	}
+	if len(d.Problems) == 0 {
+		_, err := fmt.Fprintln(w, "Diagnosis:    no problems found")
+		return err
+	}
+	fmt.Fprintln(w, "Diagnosis:")
+	for _, p := range d.Problems {
+		fmt.Fprintf(w, "  ✘ %s\n", p)
+	}
+	return nil
+}
