@@ -184,9 +184,9 @@ func preChecks(ctx context.Context, o *options, k *kube, c *checker) {
 	var crd apiextensionsv1.CustomResourceDefinition
 	switch err := k.client.Get(ctx, client.ObjectKey{Name: crdNames[0]}, &crd); {
 	case err == nil:
-		c.warn("Weft is not installed yet", fmt.Errorf("CRD %s exists", crdNames[0]), "this is an upgrade: run weft check (without --pre) after it")
+		c.warn("Weft is already installed", fmt.Errorf("CRD %s exists", crdNames[0]), "installing again upgrades it: run weft check (without --pre) afterwards")
 	case apierrors.IsNotFound(err):
-		c.ok("Weft is not installed yet")
+		c.ok("no earlier Weft installation (its CRDs are absent)")
 	default:
 		c.fail("can read CustomResourceDefinitions", err, "")
 	}

@@ -434,16 +434,19 @@ func diagnose(d *Description) []string {
 		meshv1alpha1.ConditionAccepted: "False", meshv1alpha1.ConditionResolvedRefs: "False", meshv1alpha1.ConditionProgrammed: "False",
 		meshv1alpha1.ConditionAvailable: "False", meshv1alpha1.ConditionStalled: "True", meshv1alpha1.ConditionWarning: "True",
 	}
+	// Stalled repeats the reason of the condition it sums up ("Programmed: ..."): list the
+	// cause once.
 	seen := map[string]bool{}
 	for _, c := range d.Conditions {
-		if abnormal[c.Type] != c.Status || c.Reason == meshv1alpha1.ReasonNotAccepted || seen[c.Message] {
+		if abnormal[c.Type] != c.Status || c.Reason == meshv1alpha1.ReasonNotAccepted || seen[c.Reason] {
 			continue
 		}
-		seen[c.Message] = true
+		seen[c.Reason] = true
 		out = append(out, fmt.Sprintf("%s=%s (%s): %s", c.Type, c.Status, c.Reason, c.Message))
 	}
 	for _, r := range d.Sidecars.Rejections {
-		out = append(out, fmt.Sprintf("sidecar %s rejected %s: %s (weft proxy-config %s ...)", r.Sidecar, r.Type, r.Error, strings.SplitN(r.Sidecar, ".", 2)[0]))
+		pod, ns, _ := strings.Cut(r.Sidecar, ".")
+		out = append(out, fmt.Sprintf("sidecar %s rejected %s: %s (weft proxy-status %s -n %s -o wide)", r.Sidecar, r.Type, r.Error, pod, ns))
 	}
 	for _, t := range d.Destinations {
 		if t.Problem != "" {
@@ -506,8 +509,8 @@ func printDescription(w io.Writer, d *Description) error {
 		fmt.Fprintf(w, "  (which sidecars: unknown, %s)\n", s.ManagerError)
 	}
 	if f := d.Function; f != nil {
-		fmt.Fprintf(w, "Function:\n  Deployment:  %s\n  Replicas:    %d (%d ready, %d desired; scale %d..%d)\n  Hold:        up to %s, at most %d pending calls\n  State:       %s\n",
-			f.Deployment, f.Replicas, f.ReadyReplicas, f.Desired, f.Min, f.Max, f.HoldTimeout, f.MaxPending, f.State)
+		fmt.Fprintf(w, "Function:\n  Deployment:  %s\n  Replicas:    %d (%d ready, %d desired; scale %d..%s)\n  Hold:        up to %s, at most %d pending calls\n  State:       %s\n",
+			f.Deployment, f.Replicas, f.ReadyReplicas, f.Desired, f.Min, maxReplicas(f.Max), f.HoldTimeout, f.MaxPending, f.State)
 	}
 	if r := d.Redis; r != nil {
 		fmt.Fprintf(w, "Pool:         %d servers, %d ready\n", r.Servers, r.ReadyServers)
@@ -547,4 +550,12 @@ func printDescription(w io.Writer, d *Description) error {
 		fmt.Fprintf(w, "  ✘ %s\n", p)
 	}
 	return nil
+}
+
+// maxReplicas prints scale.max, where 0 means no limit.
+func maxReplicas(n int32) string {
+	if n == 0 {
+		return "unlimited"
+	}
+	return strconv.Itoa(int(n))
 }

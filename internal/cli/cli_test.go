@@ -1,0 +1,114 @@
+package cli
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestProxyStatusGolden(t *testing.T) {
+	w := needWorld(t)
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"proxy-status", []string{"proxy-status"}},
+		{"proxy-status-wide", []string{"proxy-status", "-o", "wide"}},
+		{"proxy-status-pod-yaml", []string{"proxy-status", "productpage-1", "-o", "yaml"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errOut := w.run(tc.args...)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, errOut)
+			}
+			golden(t, tc.name, out)
+		})
+	}
+}
+
+func TestProxyConfigGolden(t *testing.T) {
+	w := needWorld(t)
+	for _, typ := range []string{"clusters", "endpoints", "listeners", "routes", "secrets"} {
+		t.Run(typ, func(t *testing.T) {
+			code, out, errOut := w.run("proxy-config", "productpage-1", typ)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, errOut)
+			}
+			golden(t, "proxy-config-"+typ, out)
+		})
+	}
+	t.Run("clusters-yaml", func(t *testing.T) {
+		code, out, errOut := w.run("proxy-config", "productpage-1", "clusters", "-o", "yaml")
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, errOut)
+		}
+		golden(t, "proxy-config-clusters-yaml", out)
+	})
+	// No secret leaves the manager, in any format or type.
+	for _, args := range [][]string{{"all"}, {"all", "-o", "json"}, {"listeners", "-o", "yaml"}, {"clusters", "-o", "json"}} {
+		code, out, errOut := w.run(append([]string{"proxy-config", "productpage-1"}, args...)...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", args, code, errOut)
+		}
+		if strings.Contains(out, "hunter2") {
+			t.Errorf("proxy-config %v printed a Redis password:\n%s", args, out)
+		}
+		if !strings.Contains(out, "[redacted]") {
+			t.Errorf("proxy-config %v shows no [redacted] value, but the pool has passwords:\n%s", args, out)
+		}
+	}
+}
+
+func TestDescribeGolden(t *testing.T) {
+	w := needWorld(t)
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"describe-route", []string{"describe", "mr/reviews"}},
+		{"describe-route-missing-service", []string{"describe", "meshroute", "ratings"}},
+		{"describe-function", []string{"describe", "mfn/hello"}},
+		{"describe-redis-yaml", []string{"describe", "RedisProxy/cache", "-o", "yaml"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errOut := w.run(append(tc.args, "--show-events=false")...)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, errOut)
+			}
+			golden(t, tc.name, out)
+		})
+	}
+}
+
+// Bad input: every one exits 1 with a message saying what is wrong and what to do.
+func TestBadInput(t *testing.T) {
+	w := needWorld(t)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown kind", []string{"describe", "virtualservice/reviews"}, `unknown kind "virtualservice": use meshroute (mr), meshfunction (mfn) or redisproxy (rp)`},
+		{"no name", []string{"describe", "mr/"}, "want <kind>/<name> or <kind> <name>"},
+		{"missing object", []string{"describe", "mfn/nope"}, "MeshFunction nope not found in namespace shop"},
+		{"missing pod", []string{"proxy-config", "nope-1", "routes"}, "pod nope-1 not found in namespace shop"},
+		{"pod without sidecar", []string{"proxy-config", "legacy-2", "routes"}, `no sidecar "legacy-2.shop" is connected to this manager`},
+		{"unknown config type", []string{"proxy-config", "productpage-1", "filters"}, `unknown configuration type "filters": use one of clusters, endpoints, listeners, routes, secrets, all`},
+		{"unknown output", []string{"proxy-status", "-o", "toml"}, `unknown output format "toml": use one of wide, json, yaml`},
+		{"pod not connected", []string{"proxy-status", "reviews-v1-0"}, "no sidecar of pod shop/reviews-v1-0 is connected"},
+		{"bad manager url", []string{"proxy-status", "--manager-url", "127.0.0.1:15014"}, `--manager-url="127.0.0.1:15014": want a URL such as http://127.0.0.1:15014`},
+		{"unknown command", []string{"proxy-stats"}, `unknown command "proxy-stats"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errOut := w.run(tc.args...)
+			if code != 1 {
+				t.Fatalf("exit %d, want 1; stdout %q stderr %q", code, out, errOut)
+			}
+			if !strings.Contains(errOut, tc.want) {
+				t.Errorf("stderr %q does not say %q", errOut, tc.want)
+			}
+			if !strings.HasPrefix(errOut, "weft: ") {
+				t.Errorf("stderr %q does not start with the command name", errOut)
+			}
+		})
+	}
+}
