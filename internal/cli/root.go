@@ -76,6 +76,19 @@ RedisProxy is not working (describe), and whether the installation is healthy (c
 	pf.DurationVar(&o.timeout, "request-timeout", 15*time.Second, "how long one command may take talking to the cluster and the manager")
 	root.AddCommand(newProxyStatus(o), newProxyConfig(o), newDescribe(o), newCheck(o))
 	root.AddCommand(extra...)
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.Name() == "completion" {
+			// cobra would print help and succeed for a shell it has no script for.
+			c.Args = cobra.ArbitraryArgs
+			c.RunE = func(c *cobra.Command, args []string) error {
+				if len(args) > 0 {
+					return fmt.Errorf("no completion for shell %q: use bash, zsh, fish or powershell", args[0])
+				}
+				return c.Help()
+			}
+		}
+	}
 	return root
 }
 
