@@ -67,6 +67,8 @@ func TestDescribeGolden(t *testing.T) {
 		{"describe-route", []string{"describe", "mr/reviews"}},
 		{"describe-route-missing-service", []string{"describe", "meshroute", "ratings"}},
 		{"describe-function", []string{"describe", "mfn/hello"}},
+		{"describe-route-subsets", []string{"describe", "mr/reviews-canary"}},
+		{"describe-redis-unserved", []string{"describe", "rp", "orphan"}},
 		{"describe-redis-yaml", []string{"describe", "RedisProxy/cache", "-o", "yaml"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

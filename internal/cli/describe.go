@@ -61,8 +61,11 @@ type SidecarSummary struct {
 	LastRejection string `json:"lastRejection,omitempty"`
 	// Rejections are every rejecting sidecar the manager knows of (empty when it was not
 	// asked or not reachable: ManagerError says why).
-	Rejections   []SidecarRejection `json:"rejections,omitempty"`
-	ManagerError string             `json:"managerError,omitempty"`
+	Rejections []SidecarRejection `json:"rejections,omitempty"`
+	// Receiving is how many connected sidecars receive the object, from the manager (nil
+	// when it was not reachable).
+	Receiving    *int   `json:"receiving,omitempty"`
+	ManagerError string `json:"managerError,omitempty"`
 }
 
 // SidecarRejection is one sidecar's NACK of one type.
@@ -111,6 +114,8 @@ type DescribedEvent struct {
 	Type    string `json:"type"`
 	Reason  string `json:"reason"`
 	Message string `json:"message"`
+	// Count is how many identical events in a row this line stands for.
+	Count int `json:"count"`
 }
 
 // maxEvents bounds the events describe prints.
@@ -209,7 +214,7 @@ func describe(ctx context.Context, o *options, k *kube, kind, name string, event
 		d.Conditions = append(d.Conditions, DescribedCondition{Type: c.Type, Status: string(c.Status), Reason: c.Reason, Message: c.Message})
 	}
 	d.Sidecars = SidecarSummary{Synced: st.SyncedSidecars, Rejected: st.RejectedSidecars, LastRejection: st.LastRejection}
-	d.Sidecars.Rejections, d.Sidecars.ManagerError = rejections(ctx, o, k, kind, key)
+	d.Sidecars.Rejections, d.Sidecars.Receiving, d.Sidecars.ManagerError = rejections(ctx, o, k, kind, key)
 
 	var err error
 	switch x := obj.(type) {
@@ -234,21 +239,23 @@ func describe(ctx context.Context, o *options, k *kube, kind, name string, event
 }
 
 // rejections asks the manager which sidecars reject a type at its current version.
-func rejections(ctx context.Context, o *options, k *kube, kind string, key client.ObjectKey) ([]SidecarRejection, string) {
+func rejections(ctx context.Context, o *options, k *kube, kind string, key client.ObjectKey) ([]SidecarRejection, *int, string) {
 	ms, stop, err := o.managers(ctx, k)
 	if err != nil {
-		return nil, err.Error()
+		return nil, nil, err.Error()
 	}
 	defer stop()
 	rows, err := syncz(ctx, ms)
 	if err != nil {
-		return nil, err.Error()
+		return nil, nil, err.Error()
 	}
 	var out []SidecarRejection
+	receiving := 0
 	for _, r := range rows {
 		if kind == "RedisProxy" && !contains(r.RedisPools, key.Namespace+"/"+key.Name) {
 			continue
 		}
+		receiving++
 		for _, typ := range statusTypes {
 			if ts := r.Types[typ]; ts.Status == xds.SyncRejected {
 				out = append(out, SidecarRejection{Sidecar: r.ID, Type: typ, Error: ts.Error})
@@ -261,7 +268,7 @@ func rejections(ctx context.Context, o *options, k *kube, kind string, key clien
 		}
 		return out[i].Type < out[j].Type
 	})
-	return out, ""
+	return out, &receiving, ""
 }
 
 func contains(l []string, s string) bool {
@@ -295,6 +302,9 @@ func describeRoute(ctx context.Context, k *kube, mr *meshv1alpha1.MeshRoute, d *
 					label += " subset " + dst.Subset
 				}
 				t, err = serviceTarget(ctx, k, ns, dst.Service, dst.Port, label)
+				if err == nil && dst.Subset != "" {
+					err = keepSubset(ctx, k, mr, ns, dst.Subset, &t)
+				}
 			}
 			if err != nil {
 				return err
@@ -304,6 +314,44 @@ func describeRoute(ctx context.Context, k *kube, mr *meshv1alpha1.MeshRoute, d *
 				d.Destinations = append(d.Destinations, t)
 			}
 		}
+	}
+	return nil
+}
+
+// keepSubset keeps the endpoints whose pod has the subset's labels.
+func keepSubset(ctx context.Context, k *kube, mr *meshv1alpha1.MeshRoute, ns, name string, t *DescribedTarget) error {
+	var labels map[string]string
+	found := false
+	for _, ss := range mr.Spec.Subsets {
+		if ss.Name == name {
+			labels, found = ss.Labels, true
+		}
+	}
+	if !found {
+		t.Problem = fmt.Sprintf("subset %q is not defined in spec.subsets", name)
+		return nil
+	}
+	var pods corev1.PodList
+	if err := k.client.List(ctx, &pods, client.InNamespace(ns), client.MatchingLabels(labels)); err != nil {
+		return fmt.Errorf("listing the pods of subset %s: %w", name, err)
+	}
+	in := map[string]bool{}
+	for _, p := range pods.Items {
+		in[p.Name] = true
+	}
+	kept := t.Endpoints[:0]
+	ready := 0
+	for _, e := range t.Endpoints {
+		if in[e.Pod] {
+			kept = append(kept, e)
+			if e.Ready {
+				ready++
+			}
+		}
+	}
+	t.Endpoints = kept
+	if ready == 0 && t.Problem == "" {
+		t.Problem = fmt.Sprintf("%s has no ready endpoints (no ready pod with labels %s): calls routed to it fail with 503", t.Target, selectorString(labels))
 	}
 	return nil
 }
@@ -417,6 +465,10 @@ func describeRedis(ctx context.Context, k *kube, rp *meshv1alpha1.RedisProxy, d 
 		}
 		d.Destinations = append(d.Destinations, t)
 	}
+	if n := d.Sidecars.Receiving; n != nil && *n == 0 && rp.Spec.WorkloadSelector != nil {
+		d.Problems = append(d.Problems, fmt.Sprintf("no connected sidecar serves this pool: no meshed pod in %s has the workloadSelector's labels (kubectl get pods -n %s -l %s)",
+			rp.Namespace, rp.Namespace, selectorString(rp.Spec.WorkloadSelector.Labels)))
+	}
 	if r.Servers > 0 && r.ReadyServers == 0 {
 		d.Problems = append(d.Problems, fmt.Sprintf("none of the pool's %d servers is ready: commands fail until one passes its PING health check", r.Servers))
 	}
@@ -463,12 +515,17 @@ func recentEvents(ctx context.Context, k *kube, kind string, key client.ObjectKe
 		return nil
 	}
 	sort.SliceStable(list.Items, func(i, j int) bool { return eventTime(list.Items[i]).Time.Before(eventTime(list.Items[j]).Time) })
-	if len(list.Items) > maxEvents {
-		list.Items = list.Items[len(list.Items)-maxEvents:]
-	}
 	var out []DescribedEvent
 	for _, e := range list.Items {
-		out = append(out, DescribedEvent{Type: e.Type, Reason: e.Reason, Message: e.Message})
+		ev := DescribedEvent{Type: e.Type, Reason: e.Reason, Message: e.Message, Count: 1}
+		if n := len(out); n > 0 && out[n-1].Type == ev.Type && out[n-1].Reason == ev.Reason && out[n-1].Message == ev.Message {
+			out[n-1].Count++
+			continue
+		}
+		out = append(out, ev)
+	}
+	if len(out) > maxEvents {
+		out = out[len(out)-maxEvents:]
 	}
 	return out
 }
@@ -498,7 +555,11 @@ func printDescription(w io.Writer, d *Description) error {
 		}
 	}
 	s := d.Sidecars
-	fmt.Fprintf(w, "Sidecars:     %d synced, %d rejected\n", s.Synced, s.Rejected)
+	fmt.Fprintf(w, "Sidecars:     %d synced, %d rejected", s.Synced, s.Rejected)
+	if s.Receiving != nil {
+		fmt.Fprintf(w, " (%d connected sidecars receive it)", *s.Receiving)
+	}
+	fmt.Fprintln(w)
 	if s.LastRejection != "" {
 		fmt.Fprintf(w, "  last rejection: %s\n", s.LastRejection)
 	}
@@ -538,7 +599,11 @@ func printDescription(w io.Writer, d *Description) error {
 	if len(d.Events) > 0 {
 		fmt.Fprintln(w, "Events:")
 		for _, e := range d.Events {
-			fmt.Fprintf(w, "  %s %s: %s\n", e.Type, e.Reason, truncate(e.Message, 200))
+			times := ""
+			if e.Count > 1 {
+				times = fmt.Sprintf(" (×%d)", e.Count)
+			}
+			fmt.Fprintf(w, "  %s %s: %s%s\n", e.Type, e.Reason, truncate(e.Message, 200), times)
 		}
 	}
 	if len(d.Problems) == 0 {
@@ -558,4 +623,12 @@ func maxReplicas(n int32) string {
 		return "unlimited"
 	}
 	return strconv.Itoa(int(n))
+}
+
+func selectorString(labels map[string]string) string {
+	var parts []string
+	for _, k := range sortedKeys(labels) {
+		parts = append(parts, k+"="+labels[k])
+	}
+	return strings.Join(parts, ",")
 }
