@@ -139,7 +139,7 @@ func runChecks(ctx context.Context, o *options, c *checker, pre bool) {
 	if v.Major == "1" && minor >= minKubeMinor {
 		c.ok(fmt.Sprintf("API server version %s is supported (1.%d or later)", v.GitVersion, minKubeMinor))
 	} else {
-		c.fail(fmt.Sprintf("API server version %s is supported", v.GitVersion), fmt.Errorf("Weft needs Kubernetes 1.%d or later (CEL validation of its CRDs)", minKubeMinor), "upgrade the cluster")
+		c.fail(fmt.Sprintf("API server version %s is supported", v.GitVersion), fmt.Errorf("weft needs Kubernetes 1.%d or later (CEL validation of its CRDs)", minKubeMinor), "upgrade the cluster")
 	}
 	if pre {
 		preChecks(ctx, o, k, c)
@@ -253,7 +253,7 @@ func webhookChecks(ctx context.Context, o *options, k *kube, c *checker) {
 	var sec corev1.Secret
 	switch err := k.client.Get(ctx, client.ObjectKey{Namespace: o.managerNS, Name: webhookSecretName}, &sec); {
 	case apierrors.IsNotFound(err):
-		c.warn("the webhook's serving certificate is signed by the CA bundle", fmt.Errorf("Secret %s/%s not found", o.managerNS, webhookSecretName), "the manager creates it when it starts")
+		c.warn("the webhook's serving certificate is signed by the CA bundle", fmt.Errorf("no Secret %s/%s", o.managerNS, webhookSecretName), "the manager creates it when it starts")
 	case err != nil:
 		c.warn("the webhook's serving certificate is signed by the CA bundle", err, "")
 	default:
