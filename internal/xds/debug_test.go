@@ -2,6 +2,7 @@ package xds
 
 import (
 	"bytes"
+	"errors"
 	"context"
 	"encoding/json"
 	"io"
@@ -213,5 +214,34 @@ func TestDebugServerListenFailureIsNotFatal(t *testing.T) {
 	}
 	if ctx.Err() != nil {
 		t.Fatal("Start waited for the context instead of returning at once")
+	}
+}
+
+// A client that never finishes its request head is disconnected (debugReadTimeout), so
+// slow clients cannot hold the debug server's few connections for ever.
+func TestDebugServerDropsSlowHeads(t *testing.T) {
+	base := startDebug(t, New(NewCache(), Options{}))
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("GET /debug/syncz HTTP/1.1\r\nHost: x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(debugReadTimeout + 10*time.Second))
+	b, err := io.ReadAll(conn)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("connection with an unfinished head still open after %v", debugReadTimeout+10*time.Second)
+	}
+	if strings.Contains(string(b), "200 OK") {
+		t.Errorf("an unfinished request was answered: %q", b)
+	}
+	// A complete request on a fresh connection is still served.
+	var z SyncZ
+	getJSON(t, base+"/debug/syncz", http.StatusOK, &z)
+	if z.Nodes == nil || len(z.Nodes) != 0 {
+		t.Errorf("syncz of an empty server = %+v, want an empty node list", z)
 	}
 }
