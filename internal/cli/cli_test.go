@@ -36,6 +36,19 @@ func TestProxyConfigGolden(t *testing.T) {
 			golden(t, "proxy-config-"+typ, out)
 		})
 	}
+	// What the manager serves a sidecar that rejected it is not what that sidecar runs: say so.
+	t.Run("rejected", func(t *testing.T) {
+		code, out, errOut := w.run("proxy-config", "legacy-1", "clusters")
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, errOut)
+		}
+		if !strings.Contains(errOut, "warning: sidecar legacy-1.shop rejected this CDS version (cluster weft-nats: field type STATIC is not supported by this sidecar); it runs the last one it accepted (none)") {
+			t.Errorf("no rejection warning on stderr: %q", errOut)
+		}
+		if !strings.Contains(out, "BlackHoleCluster") {
+			t.Errorf("the served clusters are not printed:\n%s", out)
+		}
+	})
 	t.Run("clusters-yaml", func(t *testing.T) {
 		code, out, errOut := w.run("proxy-config", "productpage-1", "clusters", "-o", "yaml")
 		if code != 0 {

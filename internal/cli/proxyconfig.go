@@ -85,6 +85,7 @@ leave the manager. "secrets" lists where such secrets are, not their values.`,
 			if err != nil {
 				return err
 			}
+			warnUnapplied(o, dump, configTypes[args[1]])
 			return printConfig(o, dump, configTypes[args[1]])
 		},
 	}
@@ -408,4 +409,22 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// warnUnapplied says on stderr when the sidecar does not run what is printed: the dump is
+// what the manager serves, which the sidecar runs only once it ACKed it.
+func warnUnapplied(o *options, d *xds.ConfigDump, typ string) {
+	types := []string{typ}
+	if typ == "all" || typ == "secrets" {
+		types = []string{"CDS", "EDS", "LDS", "RDS"}
+	}
+	for _, t := range types {
+		ts := d.Node.Types[t]
+		switch ts.Status {
+		case xds.SyncRejected:
+			fmt.Fprintf(o.streams.Err, "warning: sidecar %s rejected this %s version (%s); it runs the last one it accepted (%s)\n", d.Node.ID, t, ts.Error, orDefault(ts.Acked, "none"))
+		case xds.SyncStale:
+			fmt.Fprintf(o.streams.Err, "warning: sidecar %s has not ACKed this %s version yet; it runs %s\n", d.Node.ID, t, orDefault(ts.Acked, "none"))
+		}
+	}
 }
