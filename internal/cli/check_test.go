@@ -135,3 +135,50 @@ func TestManagerUnreachable(t *testing.T) {
 		t.Errorf("a hanging manager held proxy-status for %v", d)
 	}
 }
+
+// Without --manager-url the CLI port-forwards to each running manager pod; when the API
+// server cannot (here: envtest has no kubelet, the pod no node) it says which pod, which
+// permission a port-forward needs, and the way around it.
+func TestManagerPortForwardFailure(t *testing.T) {
+	w := needWorld(t)
+	ctx := context.Background()
+	if err := w.client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "weft-pf"}}); err != nil {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "weft-pf", Name: "weft-manager-0", Labels: map[string]string{"control-plane": "weft-manager"}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "manager", Image: "manager"}}}}
+	if err := w.client.Create(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	pod.Status.Phase = corev1.PodRunning
+	if err := w.client.Status().Update(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb strings.Builder
+	code := Main("weft", []string{"--kubeconfig", w.kubeconfig, "--manager-namespace", "weft-pf", "proxy-status"}, Streams{Out: &out, Err: &errb})
+	if code != 1 {
+		t.Fatalf("exit %d, want 1; %s %s", code, out.String(), errb.String())
+	}
+	for _, want := range []string{"port-forward to manager pod weft-pf/weft-manager-0 port 15014", "needs create on pods/portforward in weft-pf", "or pass --manager-url"} {
+		if !strings.Contains(errb.String(), want) {
+			t.Errorf("stderr %q does not say %q", errb.String(), want)
+		}
+	}
+	t.Logf("stderr: %s", errb.String())
+	// An unknown flag is refused.
+	code = Main("weft", []string{"--kubeconfig", w.kubeconfig, "--manager-namespace", "nowhere", "--server", "x"}, Streams{Out: &out, Err: &errb})
+	if code != 1 {
+		t.Errorf("an unknown flag: exit %d, want 1", code)
+	}
+}
+
+func TestLoopbackHost(t *testing.T) {
+	for host, want := range map[string]bool{
+		"https://127.0.0.1:6443": true, "https://localhost:6443": true, "https://[::1]:6443": true,
+		"https://10.0.0.1:6443": false, "https://k8s.example.com": false, "::bad": false,
+	} {
+		if got := loopbackHost(host); got != want {
+			t.Errorf("loopbackHost(%q) = %v, want %v", host, got, want)
+		}
+	}
+}
