@@ -1,8 +1,11 @@
 package cli
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/weftmesh/weft/internal/xds"
 )
 
 func TestProxyStatusGolden(t *testing.T) {
@@ -56,6 +59,24 @@ func TestProxyConfigGolden(t *testing.T) {
 		}
 		golden(t, "proxy-config-clusters-yaml", out)
 	})
+	// config-dump is the whole document, secrets redacted.
+	code, out, errOut := w.run("config-dump", "productpage-1")
+	if code != 0 {
+		t.Fatalf("config-dump: exit %d: %s", code, errOut)
+	}
+	var dump xds.ConfigDump
+	if err := json.Unmarshal([]byte(out), &dump); err != nil {
+		t.Fatalf("config-dump is not the dump's JSON: %v\n%s", err, out)
+	}
+	if dump.Node.ID != "productpage-1.shop" || len(dump.Resources["CDS"]) == 0 || len(dump.Resources["LDS"]) == 0 {
+		t.Errorf("config-dump: node %q, %d clusters, %d listeners", dump.Node.ID, len(dump.Resources["CDS"]), len(dump.Resources["LDS"]))
+	}
+	if strings.Contains(out, "hunter2") || !strings.Contains(out, "[redacted]") {
+		t.Errorf("config-dump does not redact the Redis passwords")
+	}
+	if code, _, errOut := w.run("config-dump", "nope-1"); code != 1 || !strings.Contains(errOut, `no sidecar "nope-1.shop" is connected`) {
+		t.Errorf("config-dump of an unknown pod: exit %d, %q", code, errOut)
+	}
 	// No secret leaves the manager, in any format or type.
 	for _, args := range [][]string{{"all"}, {"all", "-o", "json"}, {"listeners", "-o", "yaml"}, {"clusters", "-o", "json"}} {
 		code, out, errOut := w.run(append([]string{"proxy-config", "productpage-1"}, args...)...)

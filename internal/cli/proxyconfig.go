@@ -93,6 +93,45 @@ leave the manager. "secrets" lists where such secrets are, not their values.`,
 	return cmd
 }
 
+func newConfigDump(o *options) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "config-dump <pod>",
+		Short: "The whole configuration the manager serves one sidecar and its sync state, as JSON (secrets redacted)",
+		Long: `config-dump prints the manager's /debug/config_dump for the pod's sidecar: its sync state
+per type (as proxy-status) and every resource of every type in protojson with Envoy's field
+names, inline secrets "[redacted]". -o yaml prints it as YAML.`,
+		Example: `  weft config-dump productpage-7d4b9 -n shop > dump.json`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.checkOutput("json", "yaml"); err != nil {
+				return err
+			}
+			ctx, cancel := o.ctx(cmd.Context())
+			defer cancel()
+			k, err := o.kube()
+			if err != nil {
+				return err
+			}
+			ms, stop, err := o.managers(ctx, k)
+			if err != nil {
+				return err
+			}
+			defer stop()
+			dump, err := configDump(ctx, ms, args[0]+"."+k.namespace)
+			if err != nil {
+				return err
+			}
+			format := o.output
+			if format == "" {
+				format = "json"
+			}
+			return printStructured(o.streams.Out, format, dump)
+		},
+	}
+	addOutput(cmd, o, "json", "yaml")
+	return cmd
+}
+
 // configDump asks each manager for the node's dump; the node is connected to one of them.
 func configDump(ctx context.Context, ms []manager, id string) (*xds.ConfigDump, error) {
 	var notFound error

@@ -74,7 +74,7 @@ RedisProxy is not working (describe), and whether the installation is healthy (c
 		"base URL of the manager's debug endpoints, e.g. http://127.0.0.1:15014 (default $WEFT_MANAGER_URL; else a port-forward to each manager pod, or the host's loopback for the local mesh)")
 	pf.StringVar(&o.managerNS, "manager-namespace", "weft-system", "namespace of the Weft manager")
 	pf.DurationVar(&o.timeout, "request-timeout", 15*time.Second, "how long one command may take talking to the cluster and the manager")
-	root.AddCommand(newProxyStatus(o), newProxyConfig(o), newDescribe(o), newCheck(o))
+	root.AddCommand(newProxyStatus(o), newProxyConfig(o), newConfigDump(o), newDescribe(o), newCheck(o))
 	root.AddCommand(extra...)
 	root.InitDefaultCompletionCmd()
 	for _, c := range root.Commands() {
