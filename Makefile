@@ -125,6 +125,11 @@ build-all: build ## Build bin/ for the local mesh: manager, sidecar, weft and th
 	$(GO) build -o $(LOCALBIN)/weft ./cmd/weft
 	for e in echo slow flaky caller grpcecho wsecho; do $(GO) build -o $(LOCALBIN)/$$e ./examples/$$e; done
 
+.PHONY: weft
+weft: ## Build bin/weft (the CLI) and bin/kubectl-weft (the same binary as a kubectl plugin: put it on PATH).
+	$(GO) build -o $(LOCALBIN)/weft ./cmd/weft
+	ln -sf weft $(LOCALBIN)/kubectl-weft
+
 # Image tag and version label; DIST is where images and install.yaml go.
 VERSION ?= $(shell git describe --tags --always --dirty)
 DIST ?= dist

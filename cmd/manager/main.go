@@ -39,6 +39,7 @@ type options struct {
 	leaderElect   bool
 	leaderNS      string
 	xdsAddr       string
+	debugAddr     string
 	// outboundPolicy is Istio's outboundTrafficPolicy.mode for every sidecar.
 	outboundPolicy string
 }
@@ -51,6 +52,8 @@ func main() {
 	flag.BoolVar(&o.leaderElect, "leader-elect", false, "Elect a leader: only the leader writes status and replicas; every replica serves xDS.")
 	flag.StringVar(&o.leaderNS, "leader-election-namespace", "", "Namespace of the leader-election Lease (default: the pod's namespace).")
 	flag.StringVar(&o.xdsAddr, "xds-address", ":"+strconv.Itoa(contract.XDSPort), "Address of the xDS (ADS) gRPC server sidecars connect to; the autoscaler's signal service shares it.")
+	flag.StringVar(&o.debugAddr, "debug-bind-address", "127.0.0.1:"+strconv.Itoa(xds.DebugPort),
+		"Address of the read-only debug endpoints (/debug/syncz, /debug/config_dump) weft proxy-status and proxy-config read; keep it on loopback (they have no authentication; the CLI reaches them by port-forward), \"0\" to disable.")
 	flag.StringVar(&o.outboundPolicy, "outbound-traffic-policy", string(contract.AllowAny),
 		"What sidecars do with a destination that is no Service of the mesh: ALLOW_ANY passes it through unchanged (Istio's default), REGISTRY_ONLY refuses it (HTTP 502 saying why, TCP closed).")
 	zapOpts := zap.Options{Development: false}
@@ -106,6 +109,11 @@ func run(o options) error {
 	srv, snap, err := setupXDS(mgr, o.xdsAddr, policy)
 	if err != nil {
 		return err
+	}
+	if o.debugAddr != "0" {
+		if err := mgr.Add(&xds.DebugServer{Server: srv, Address: o.debugAddr, Log: ctrl.Log.WithName("debug")}); err != nil {
+			return fmt.Errorf("adding the debug server: %w", err)
+		}
 	}
 	if err := setupFunctions(mgr, srv, snap); err != nil {
 		return err

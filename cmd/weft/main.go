@@ -1,6 +1,8 @@
-// Command weft is the Weft CLI. `weft dev` runs the whole mesh on this machine (see
-// internal/sandbox): real etcd, kube-apiserver and kube-controller-manager, the manager,
-// and a node agent that runs Pods as local processes in their own network namespaces.
+// Command weft is the Weft CLI (internal/cli: proxy-status, proxy-config, describe, check,
+// completion; installed as kubectl-weft it is the `kubectl weft` plugin). `weft dev` runs
+// the whole mesh on this machine (see internal/sandbox): real etcd, kube-apiserver and
+// kube-controller-manager, the manager, and a node agent that runs Pods as local processes
+// in their own network namespaces.
 package main
 
 import (
@@ -15,36 +17,23 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/go-logr/logr/funcr"
+	"github.com/spf13/cobra"
 
 	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/internal/cli"
 	"github.com/weftmesh/weft/internal/k8sbin"
 	"github.com/weftmesh/weft/internal/sandbox"
 )
 
-const usage = `weft — the Weft service mesh CLI
-
-Usage:
-  weft dev [flags]     run a local mesh (needs root: it creates network namespaces)
-
-Run "weft dev -h" for its flags.
-`
-
 func main() {
-	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
-		fmt.Fprint(os.Stderr, usage)
-		os.Exit(2)
+	devCmd := &cobra.Command{
+		Use:   "dev [flags]",
+		Short: "Run a local mesh (needs root: it creates network namespaces); weft dev -h for its flags",
+		// dev keeps its own flag set: its -h prints the built-in image map too.
+		DisableFlagParsing: true,
+		RunE:               func(_ *cobra.Command, args []string) error { return dev(args) },
 	}
-	var err error
-	switch os.Args[1] {
-	case "dev":
-		err = dev(os.Args[2:])
-	default:
-		err = fmt.Errorf("unknown command %q\n\n%s", os.Args[1], usage)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "weft:", err)
-		os.Exit(1)
-	}
+	os.Exit(cli.Main(os.Args[0], os.Args[1:], cli.Streams{Out: os.Stdout, Err: os.Stderr}, devCmd))
 }
 
 func dev(args []string) error {
