@@ -29,6 +29,10 @@ var DefaultImages = map[string]string{
 type Images struct {
 	BinDir string
 	Map    map[string]string // repository → program (absolute, or relative to BinDir)
+	// Store pulls the images of registries in PullFrom (host:port, as in the reference);
+	// containers of those images run from the image (rootfs.go), the rest from Map.
+	Store    *ImageStore
+	PullFrom []string
 }
 
 // NewImages starts from DefaultImages.
