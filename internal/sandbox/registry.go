@@ -65,3 +65,25 @@ func (r *Registry) Close() {
 	_ = r.srv.Shutdown(ctx)
 	<-r.done
 }
+
+// startRegistry serves the mesh's registry (its blobs fresh under the state dir) and points
+// the node agent's image store at it; the unpacked-layer cache is kept across runs (layers
+// are named by digest).
+func startRegistry(o Options) (*Registry, error) {
+	blobs := filepath.Join(o.StateDir, "registry")
+	if err := os.RemoveAll(blobs); err != nil {
+		return nil, err
+	}
+	reg, err := ServeRegistry(o.Registry, blobs)
+	if err != nil {
+		return nil, err
+	}
+	store := filepath.Join(o.StateDir, "images")
+	_ = os.RemoveAll(filepath.Join(store, "tmp"))
+	o.Images.Store = &ImageStore{Dir: store}
+	o.Images.PullFrom = append(o.Images.PullFrom, reg.Addr)
+	if o.Registry != reg.Addr { // localhost:5000, or a port 0 the kernel picked
+		o.Images.PullFrom = append(o.Images.PullFrom, o.Registry)
+	}
+	return reg, nil
+}

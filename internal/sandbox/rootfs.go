@@ -125,11 +125,22 @@ func (r *podRuntime) imageCommand(c *corev1.Container) (*exec.Cmd, error) {
 	if wd == "" {
 		wd = img.Config.WorkingDir
 	}
-	script, err := rootScript(rootDir, wd, mounts, readOnlyRoot(c), uid, gid)
+	// The host's tools by absolute path: `ip netns exec` and sh look names up in the
+	// environment's PATH, which is the image's from here on.
+	var tools hostTools
+	for _, t := range []struct {
+		name string
+		dst  *string
+	}{{"sh", &tools.sh}, {"mount", &tools.mount}, {"nsenter", &tools.nsenter}} {
+		if *t.dst, err = exec.LookPath(t.name); err != nil {
+			return nil, fmt.Errorf("container %s runs from its image and weft dev needs %s (util-linux) for that: %w", c.Name, t.name, err)
+		}
+	}
+	script, err := rootScript(tools, rootDir, wd, mounts, readOnlyRoot(c), uid, gid)
 	if err != nil {
 		return nil, fmt.Errorf("container %s: %w", c.Name, err)
 	}
-	cmd := exec.Command("ip", slices.Concat([]string{"netns", "exec", r.net.Netns, "sh", "-c", script, "weft-container"}, argv)...)
+	cmd := exec.Command("ip", slices.Concat([]string{"netns", "exec", r.net.Netns, tools.sh, "-c", script, "weft-container"}, argv)...)
 	cmd.Env = env
 	cmd.Dir = r.logDir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -330,6 +341,9 @@ func readOnlyRoot(c *corev1.Container) bool {
 	return c.SecurityContext != nil && c.SecurityContext.ReadOnlyRootFilesystem != nil && *c.SecurityContext.ReadOnlyRootFilesystem
 }
 
+// hostTools are the host programs that set a container's root up, by absolute path.
+type hostTools struct{ sh, mount, nsenter string }
+
 // mount is a bind mount of a host path into the container's root.
 type mount struct {
 	source   string // host path
@@ -342,7 +356,7 @@ type mount struct {
 // mount target inside the root is created here (in Go) first and checked to pass through
 // no symlink: mount(8) follows symlinks on the host, so a link the image planted
 // (/proc -> /etc) would otherwise redirect a mount onto a host path.
-func rootScript(rootDir, workDir string, mounts []mount, readOnly bool, uid, gid int64) (string, error) {
+func rootScript(tools hostTools, rootDir, workDir string, mounts []mount, readOnly bool, uid, gid int64) (string, error) {
 	all := []mount{{source: "proc", target: "/proc"}}
 	for _, d := range rootDevices {
 		all = append(all, mount{source: "/dev/" + d, target: "/dev/" + d, file: true})
@@ -354,10 +368,11 @@ func rootScript(rootDir, workDir string, mounts []mount, readOnly bool, uid, gid
 	var b strings.Builder
 	b.WriteString("set -e\n")
 	q := shellQuote
+	mnt := q(tools.mount)
 	if readOnly {
 		// A bind of the root onto itself, so it can be remounted read-only below while the
 		// mounts on top of it keep their own flags.
-		fmt.Fprintf(&b, "mount --bind %s %s\n", q(rootDir), q(rootDir))
+		fmt.Fprintf(&b, "%s --bind %s %s\n", mnt, q(rootDir), q(rootDir))
 	}
 	for _, m := range all {
 		target, err := safeTarget(rootDir, m.target, m.file)
@@ -365,16 +380,16 @@ func rootScript(rootDir, workDir string, mounts []mount, readOnly bool, uid, gid
 			return "", err
 		}
 		if m.source == "proc" {
-			fmt.Fprintf(&b, "mount -t proc proc %s\n", q(target))
+			fmt.Fprintf(&b, "%s -t proc proc %s\n", mnt, q(target))
 			continue
 		}
-		fmt.Fprintf(&b, "mount --bind %s %s\n", q(m.source), q(target))
+		fmt.Fprintf(&b, "%s --bind %s %s\n", mnt, q(m.source), q(target))
 		if m.readOnly {
-			fmt.Fprintf(&b, "mount -o remount,bind,ro %s\n", q(target))
+			fmt.Fprintf(&b, "%s -o remount,bind,ro %s\n", mnt, q(target))
 		}
 	}
 	if readOnly {
-		fmt.Fprintf(&b, "mount -o remount,bind,ro %s\n", q(rootDir))
+		fmt.Fprintf(&b, "%s -o remount,bind,ro %s\n", mnt, q(rootDir))
 	}
 	if workDir == "" {
 		workDir = "/"
@@ -383,7 +398,7 @@ func rootScript(rootDir, workDir string, mounts []mount, readOnly bool, uid, gid
 	if err != nil {
 		return "", err
 	}
-	fmt.Fprintf(&b, "exec nsenter --root=%s --wd=%s", q(rootDir), q(wd))
+	fmt.Fprintf(&b, "exec %s --root=%s --wd=%s", q(tools.nsenter), q(rootDir), q(wd))
 	if uid != 0 || gid != 0 {
 		fmt.Fprintf(&b, " -S %d -G %d", uid, gid)
 	}
