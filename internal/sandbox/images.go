@@ -33,6 +33,11 @@ type Images struct {
 	// containers of those images run from the image (rootfs.go), the rest from Map.
 	Store    *ImageStore
 	PullFrom []string
+	// Mirrors map a repository prefix to one in a registry of PullFrom, as a container
+	// runtime's registry mirror does (e.g. ghcr.io/weftmesh → 127.0.0.1:5000/weftmesh):
+	// an image under the prefix is pulled from the mirror when the mirror has it, else it
+	// maps to a program as before. So the manifests in config/ run unchanged.
+	Mirrors map[string]string
 }
 
 // NewImages starts from DefaultImages.

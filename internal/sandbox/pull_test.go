@@ -203,3 +203,33 @@ func (b *bufferedWriter) Write(p []byte) (int, error) {
 	return b.buf.Write(p)
 }
 func (b *bufferedWriter) WriteHeader(c int) { b.code = c }
+
+// TestMirrorFallsBackToPrograms: with the local registry mirroring ghcr.io/weftmesh, an
+// image the registry holds is pulled from it under its mirrored name; one it lacks, one of
+// another repository and a name that only shares the prefix's characters map to programs.
+func TestMirrorFallsBackToPrograms(t *testing.T) {
+	reg, err := ServeRegistry("127.0.0.1:0", filepath.Join(t.TempDir(), "blobs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	push(t, reg.Addr+"/weftmesh/weft-sidecar:dev", testImage(t, layerTar(t, tentry{name: "prog", body: "x"})))
+	im := NewImages(t.TempDir())
+	im.Store = &ImageStore{Dir: t.TempDir()}
+	im.PullFrom = []string{reg.Addr}
+	im.Mirrors = map[string]string{SourceRegistry: reg.Addr + "/weftmesh"}
+	ctx := context.Background()
+	for image, want := range map[string]string{
+		"ghcr.io/weftmesh/weft-sidecar:dev":     reg.Addr + "/weftmesh/weft-sidecar:dev",
+		"ghcr.io/weftmesh/weft-sidecar:v9":      "",
+		"ghcr.io/weftmesh/weft-manager:dev":     "",
+		"ghcr.io/weftmeshx/weft-sidecar:dev":    "",
+		"weft.dev/examples/echo:latest":         "",
+		"redis":                                 "",
+		reg.Addr + "/weftmesh/anything:missing": reg.Addr + "/weftmesh/anything:missing", // its own registry: always pulled
+	} {
+		if got := im.pullRef(ctx, image); got != want {
+			t.Errorf("pullRef(%s) = %q, want %q", image, got, want)
+		}
+	}
+}

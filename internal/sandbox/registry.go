@@ -66,6 +66,13 @@ func (r *Registry) Close() {
 	<-r.done
 }
 
+// SourceRegistry is where config/ and the manager name Weft's images. With --registry
+// the agent mirrors it to the local registry's weftmesh/ path.
+const SourceRegistry = "ghcr.io/weftmesh"
+
+// RegistryFile holds the local registry's host:port while the mesh runs.
+func RegistryFile(stateDir string) string { return filepath.Join(stateDir, "registry-addr") }
+
 // startRegistry serves the mesh's registry (its blobs fresh under the state dir) and points
 // the node agent's image store at it; the unpacked-layer cache is kept across runs (layers
 // are named by digest).
@@ -84,6 +91,14 @@ func startRegistry(o Options) (*Registry, error) {
 	o.Images.PullFrom = append(o.Images.PullFrom, reg.Addr)
 	if o.Registry != reg.Addr { // localhost:5000, or a port 0 the kernel picked
 		o.Images.PullFrom = append(o.Images.PullFrom, o.Registry)
+	}
+	if o.Images.Mirrors == nil {
+		o.Images.Mirrors = map[string]string{}
+	}
+	o.Images.Mirrors[SourceRegistry] = reg.Addr + "/weftmesh"
+	if err := os.WriteFile(RegistryFile(o.StateDir), []byte(reg.Addr+"\n"), 0o644); err != nil {
+		reg.Close()
+		return nil, err
 	}
 	return reg, nil
 }

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -12,9 +13,11 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -36,24 +39,44 @@ import (
 // rootDevices are the host devices bound into every container root.
 var rootDevices = []string{"null", "zero", "random", "urandom"}
 
-// pulls reports whether image is pulled from a registry rather than mapped to a program:
-// its registry is one the agent pulls from (weft dev's own, --registry).
-func (im *Images) pulls(image string) bool {
-	if im.Store == nil || len(im.PullFrom) == 0 {
-		return false
+// pullRef is the reference to pull for image, or "" when it maps to a program: image
+// itself when its registry is one the agent pulls from, its mirrored name when a mirror
+// holds it (a HEAD request, bounded by 5 s: an absent image falls back to the map).
+func (im *Images) pullRef(ctx context.Context, image string) string {
+	if im.Store == nil {
+		return ""
 	}
 	r, err := name.ParseReference(image)
 	if err != nil {
-		return false
+		return ""
 	}
-	return slices.Contains(im.PullFrom, r.Context().RegistryStr())
+	if slices.Contains(im.PullFrom, r.Context().RegistryStr()) {
+		return image
+	}
+	for prefix, mirror := range im.Mirrors {
+		rest, ok := strings.CutPrefix(image, prefix+"/")
+		if !ok {
+			continue
+		}
+		mr, err := name.ParseReference(mirror + "/" + rest)
+		if err != nil {
+			return ""
+		}
+		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err = remote.Head(mr, append([]remote.Option{remote.WithContext(hctx)}, im.Store.Options...)...)
+		cancel()
+		if err == nil {
+			return mr.String()
+		}
+	}
+	return ""
 }
 
 // command builds the process of container c: from its image when the agent pulls it,
 // else the program the image map names (images.go).
 func (r *podRuntime) command(c *corev1.Container) (*exec.Cmd, error) {
-	if r.a.images.pulls(c.Image) {
-		return r.imageCommand(c)
+	if ref := r.a.images.pullRef(r.ctx, c.Image); ref != "" {
+		return r.imageCommand(c, ref)
 	}
 	prog, err := r.a.images.program(c)
 	if err != nil {
@@ -86,8 +109,8 @@ func (r *podRuntime) command(c *corev1.Container) (*exec.Cmd, error) {
 // imageCommand pulls c's image, assembles its root once per pod (a restart reuses it, as
 // a container's writable layer would not survive — good enough for a local mesh), and
 // returns the command that runs its entrypoint inside.
-func (r *podRuntime) imageCommand(c *corev1.Container) (*exec.Cmd, error) {
-	img, err := r.a.images.Store.Pull(r.ctx, c.Image)
+func (r *podRuntime) imageCommand(c *corev1.Container, ref string) (*exec.Cmd, error) {
+	img, err := r.a.images.Store.Pull(r.ctx, ref)
 	if err != nil {
 		return nil, errImage{err}
 	}
