@@ -76,7 +76,8 @@ func run(m *testing.M) int {
 	done := make(chan error, 1)
 	go func() {
 		done <- sandbox.Run(ctx, sandbox.Options{StateDir: state, BinDir: filepath.Join(root, "bin"), AssetsDir: assets,
-			CRDDir: filepath.Join(root, "config", "crd", "bases"), Out: os.Stderr})
+			CRDDir: filepath.Join(root, "config", "crd", "bases"), Out: os.Stderr,
+			Registry: "127.0.0.1:0"}) // images_test.go pushes images there
 	}()
 	defer func() {
 		cancel()
