@@ -232,7 +232,7 @@ var IptablesPrograms = []string{
 	"iptables-nft-restore", "iptables-nft-save", "ip6tables-nft-restore", "ip6tables-nft-save",
 }
 
-// ErrNoIptables: the build host has no iptables to copy.
+// ErrNoIptables says the build host has no iptables to copy.
 var ErrNoIptables = errors.New("no iptables on this host (Debian: apt-get install iptables)")
 
 // debianTriplet is Debian's multiarch directory name of a Go architecture.
