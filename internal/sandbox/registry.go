@@ -74,8 +74,8 @@ const SourceRegistry = "ghcr.io/weftmesh"
 func RegistryFile(stateDir string) string { return filepath.Join(stateDir, "registry-addr") }
 
 // startRegistry serves the mesh's registry (its blobs fresh under the state dir) and points
-// the node agent's image store at it; the unpacked-layer cache is kept across runs (layers
-// are named by digest).
+// the node agent's image store at it, with <state>/images as the unpacked-layer cache (the
+// state dir, so the cache too, is emptied when a run starts).
 func startRegistry(o Options) (*Registry, error) {
 	blobs := filepath.Join(o.StateDir, "registry")
 	if err := os.RemoveAll(blobs); err != nil {
