@@ -80,7 +80,12 @@ func TestImageContainerRuns(t *testing.T) {
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add: %v %s", err, out)
 	}
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run(); _ = removeNetnsEtc(ns) })
+	// Not weft-*: a local mesh started meanwhile would remove it. So removeNetnsEtc (which
+	// keeps to weft-* names) does not apply; the directory goes here.
+	t.Cleanup(func() {
+		_ = exec.Command("ip", "netns", "del", ns).Run()
+		_ = os.RemoveAll(filepath.Join(netnsEtc, ns))
+	})
 	if err := writeNetnsResolvConf(ns, "nameserver 10.96.0.10\nsearch probe.svc.cluster.local\n"); err != nil {
 		t.Fatal(err)
 	}
@@ -104,6 +109,7 @@ func TestImageContainerRuns(t *testing.T) {
 	r := &podRuntime{a: a, pod: pod, net: &PodNet{Netns: ns, IP: netip.MustParseAddr("10.251.0.2")}, started: time.Now(),
 		changed: make(chan struct{}, 1), finished: make(chan struct{}), ctx: ctx, cancel: cancel}
 	r.start()
+	t.Cleanup(func() { r.stop(5 * time.Second) }) // before the netns goes (cleanups run last first)
 	podDir := filepath.Join(base, "pods", "default_probe")
 	result := filepath.Join(podDir, "volumes", "data", "result.json")
 	var exit *corev1.ContainerStateTerminated
