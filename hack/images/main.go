@@ -24,6 +24,8 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -42,19 +44,28 @@ type target struct {
 	caCerts  bool       // copy the system CA bundle in (the program dials TLS with system roots)
 	optional bool       // build only if the package's directory exists
 	title    string
+	// extra are more Go main packages whose programs go next to the main one (/name).
+	extra []string
+	// iptables puts the build host's iptables (nft), its libraries and modules in a layer
+	// below the program (image.HostLayer); only for the host's own architecture, the only
+	// one whose binaries are here. needsIptables drops the other platforms from the image.
+	iptables, needsIptables bool
 }
 
 // targets are the images Weft ships. Adding one is one line.
 var targets = []target{
 	// The manager may dial an external NATS cluster over TLS (--nats-url tls://...).
 	{name: "weft-manager", pkg: "./cmd/manager", user: image.NonRoot, caCerts: true, title: "Weft manager: operator, xDS server, sidecar injector, autoscaler"},
-	{name: "weft-sidecar", pkg: "./cmd/sidecar", user: image.Proxy, title: "Weft sidecar: the data-plane proxy"},
+	// The capture init container runs the sidecar image with command weft-init
+	// (internal/workload/capture.go), as Istio's istio-init runs its proxy image: so the
+	// sidecar image carries weft-init and iptables too.
+	{name: "weft-sidecar", pkg: "./cmd/sidecar", user: image.Proxy, extra: []string{"./cmd/weft-init"}, iptables: true, title: "Weft sidecar: the data-plane proxy"},
 	// The CLI talks to an API server named by a kubeconfig, which may be a public endpoint.
 	{name: "weft", pkg: "./cmd/weft", user: image.NonRoot, caCerts: true, title: "weft: the Weft command line"},
 	// The traffic-capture init container writes iptables rules in the pod's network
 	// namespace: it needs CAP_NET_ADMIN in effect, which a non-root user does not get from
 	// the pod's securityContext alone, so it runs as root (as istio-init does).
-	{name: "weft-init", pkg: "./cmd/weft-init", user: image.User{Name: "root", UID: 0}, optional: true, title: "Weft init: the pod's traffic capture"},
+	{name: "weft-init", pkg: "./cmd/weft-init", user: image.User{Name: "root", UID: 0}, optional: true, iptables: true, needsIptables: true, title: "Weft init: the pod's traffic capture"},
 	{name: "weft-example-echo", pkg: "./examples/echo", user: image.NonRoot, title: "Weft example: echo"},
 	{name: "weft-example-slow", pkg: "./examples/slow", user: image.NonRoot, title: "Weft example: slow"},
 	{name: "weft-example-flaky", pkg: "./examples/flaky", user: image.NonRoot, title: "Weft example: flaky"},
@@ -124,6 +135,10 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 	}
 
 	start := time.Now()
+	bases, err := iptablesLayers(sel, plats, meta.Created, stdout)
+	if err != nil {
+		return err
+	}
 	var ca []byte
 	named := make([]image.Named, 0, len(sel))
 	pinned := map[string]string{}
@@ -140,11 +155,38 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 		}
 		bins := map[image.Platform][]byte{}
 		for _, p := range plats {
+			if t.needsIptables && bases[p] == nil {
+				fmt.Fprintf(stdout, "  %s: no %s variant (needs that platform's iptables on the build host)\n", t.name, p)
+				continue
+			}
 			b, err := os.ReadFile(filepath.Join(tmp, p.OS+"_"+p.Arch, path.Base(t.pkg)))
 			if err != nil {
 				return err
 			}
 			bins[p] = b
+			for _, e := range t.extra {
+				eb, err := os.ReadFile(filepath.Join(tmp, p.OS+"_"+p.Arch, path.Base(e)))
+				if err != nil {
+					return err
+				}
+				if spec.Extra == nil {
+					spec.Extra = map[image.Platform]map[string][]byte{}
+				}
+				if spec.Extra[p] == nil {
+					spec.Extra[p] = map[string][]byte{}
+				}
+				spec.Extra[p]["/"+path.Base(e)] = eb
+			}
+			if t.iptables && bases[p] != nil {
+				if spec.Base == nil {
+					spec.Base = map[image.Platform][]byte{}
+				}
+				spec.Base[p] = bases[p]
+			}
+		}
+		if len(bins) == 0 {
+			fmt.Fprintf(stdout, "  %s: skipped, no platform to build it for\n", t.name)
+			continue
 		}
 		idx, err := image.Index(spec, meta, bins)
 		if err != nil {
@@ -246,8 +288,14 @@ func goBuild(ctx context.Context, goCmd string, p image.Platform, dir string, se
 		return err
 	}
 	args := []string{"build", "-trimpath", "-ldflags=-s -w -buildid=", "-o", dir + string(filepath.Separator)}
+	seen := map[string]bool{}
 	for _, t := range sel {
-		args = append(args, t.pkg)
+		for _, pkg := range append([]string{t.pkg}, t.extra...) {
+			if !seen[pkg] {
+				seen[pkg] = true
+				args = append(args, pkg)
+			}
+		}
 	}
 	cmd := exec.CommandContext(ctx, goCmd, args...)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS="+p.OS, "GOARCH="+p.Arch, "GOFLAGS=-mod=readonly")
@@ -357,4 +405,31 @@ func envOr(k, def string) string {
 		return v
 	}
 	return def
+}
+
+// iptablesLayers builds the iptables base layer (image.HostLayer) for the host's platform
+// when a selected image wants it. Other platforms get none: their binaries are not here.
+// A host without iptables builds the images without it, saying so.
+func iptablesLayers(sel []target, plats []image.Platform, created time.Time, stdout io.Writer) (map[image.Platform][]byte, error) {
+	want := false
+	for _, t := range sel {
+		want = want || t.iptables
+	}
+	out := map[image.Platform][]byte{}
+	host := image.Platform{OS: runtime.GOOS, Arch: runtime.GOARCH}
+	if !want || !slices.Contains(plats, host) {
+		return out, nil
+	}
+	tarb, files, err := image.IptablesLayer(host, created)
+	if errors.Is(err, image.ErrNoIptables) {
+		fmt.Fprintf(stdout, "  %v: images built without iptables; weft-init in them fails until it is there\n", err)
+		return out, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	version, _ := exec.Command("iptables-restore", "--version").Output()
+	fmt.Fprintf(stdout, "  iptables layer for %s from this host (%s): %d files, %.1f MiB\n", host, strings.TrimSpace(string(version)), len(files), float64(len(tarb))/(1<<20))
+	out[host] = tarb
+	return out, nil
 }

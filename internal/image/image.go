@@ -56,6 +56,13 @@ type Spec struct {
 	// with the system roots need it; the in-cluster API server's CA comes from the service
 	// account mount.
 	CACerts []byte
+	// Extra are more programs of the image by platform: absolute path → bytes, in the
+	// program's layer (the sidecar image's /weft-init).
+	Extra map[Platform]map[string][]byte
+	// Base is the uncompressed tar of a layer below the program's, by platform (HostLayer:
+	// iptables for weft-init). A platform without one gets none; with one, PATH also
+	// searches /usr/sbin, /usr/bin, /sbin and /bin.
+	Base map[Platform][]byte
 }
 
 // Meta is the release metadata every image of one build shares.
@@ -102,21 +109,30 @@ func Image(s Spec, m Meta, p Platform, binary []byte) (v1.Image, error) {
 		return nil, fmt.Errorf("image %s (%s): empty binary", s.Name, p)
 	}
 	created := m.Created.UTC()
-	rootfs, err := rootFS(s, created, binary)
+	rootfs, err := rootFS(s, created, binary, s.Extra[p])
 	if err != nil {
 		return nil, fmt.Errorf("image %s (%s): %w", s.Name, p, err)
 	}
-	gz, err := compress(rootfs)
-	if err != nil {
-		return nil, fmt.Errorf("image %s (%s): %w", s.Name, p, err)
-	}
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(gz)), nil
-	}, tarball.WithMediaType(types.OCILayer))
+	layer, err := gzipLayer(rootfs)
 	if err != nil {
 		return nil, fmt.Errorf("image %s (%s): layer: %w", s.Name, p, err)
 	}
 	base := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
+	pathEnv := "PATH=/"
+	if hostTar := s.Base[p]; len(hostTar) > 0 {
+		bl, err := gzipLayer(hostTar)
+		if err != nil {
+			return nil, fmt.Errorf("image %s (%s): base layer: %w", s.Name, p, err)
+		}
+		if base, err = mutate.Append(base, mutate.Addendum{Layer: bl, History: v1.History{
+			Created:   v1.Time{Time: created},
+			CreatedBy: "weft hack/images: host files (HostLayer)",
+			Comment:   "programs, their shared libraries and plugins, copied from the build host",
+		}}); err != nil {
+			return nil, fmt.Errorf("image %s (%s): %w", s.Name, p, err)
+		}
+		pathEnv = "PATH=/:/usr/sbin:/usr/bin:/sbin:/bin"
+	}
 	img, err := mutate.Append(base, mutate.Addendum{
 		Layer: layer,
 		History: v1.History{
@@ -140,7 +156,7 @@ func Image(s Spec, m Meta, p Platform, binary []byte) (v1.Image, error) {
 		Entrypoint: []string{s.Binary},
 		User:       uid + ":" + uid,
 		WorkingDir: "/",
-		Env:        []string{"PATH=/", "HOME=/tmp"},
+		Env:        []string{pathEnv, "HOME=/tmp"},
 		Labels:     Labels(s, m),
 	}
 	if len(s.CACerts) > 0 {
@@ -187,7 +203,7 @@ func Index(s Spec, m Meta, binaries map[Platform][]byte) (v1.ImageIndex, error) 
 const caPath = "/etc/ssl/certs/ca-certificates.crt"
 
 // rootFS is the layer's tar: directories, then files, in a fixed order with fixed headers.
-func rootFS(s Spec, created time.Time, binary []byte) ([]byte, error) {
+func rootFS(s Spec, created time.Time, binary []byte, extra map[string][]byte) ([]byte, error) {
 	u := s.User
 	passwd := "root:x:0:0:root:/root:/sbin/nologin\n"
 	group := "root:x:0:\n"
@@ -214,14 +230,35 @@ func rootFS(s Spec, created time.Time, binary []byte) ([]byte, error) {
 	// /tmp is world-writable and sticky, as on any Linux root: the only place a
 	// non-root process may write when the pod does not mount a volume.
 	entries = append(entries, entry{name: "tmp/", mode: 0o1777})
-	dir := path.Dir(s.Binary)
-	if dir != "/" {
-		parts := strings.Split(strings.TrimPrefix(dir, "/"), "/")
-		for i := range parts {
-			entries = append(entries, entry{name: strings.Join(parts[:i+1], "/") + "/", mode: 0o755})
+	progs := map[string][]byte{s.Binary: binary}
+	for p, b := range extra {
+		if !path.IsAbs(p) || path.Clean(p) != p || p == "/" {
+			return nil, fmt.Errorf("extra program path %q must be absolute and clean", p)
 		}
+		if _, dup := progs[p]; dup || p == "/tmp" || strings.HasPrefix(p, "/etc/") {
+			return nil, fmt.Errorf("extra program path %q collides with the image's files", p)
+		}
+		progs[p] = b
 	}
-	entries = append(entries, entry{name: strings.TrimPrefix(s.Binary, "/"), mode: 0o755, data: binary})
+	names := make([]string, 0, len(progs))
+	for p := range progs {
+		names = append(names, p)
+	}
+	sort.Strings(names)
+	dirs := map[string]bool{"etc": true, "tmp": true}
+	for _, p := range names {
+		if dir := path.Dir(p); dir != "/" {
+			parts := strings.Split(strings.TrimPrefix(dir, "/"), "/")
+			for i := range parts {
+				d := strings.Join(parts[:i+1], "/")
+				if !dirs[d] {
+					dirs[d] = true
+					entries = append(entries, entry{name: d + "/", mode: 0o755})
+				}
+			}
+		}
+		entries = append(entries, entry{name: strings.TrimPrefix(p, "/"), mode: 0o755, data: progs[p]})
+	}
 
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -252,6 +289,17 @@ func rootFS(s Spec, created time.Time, binary []byte) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// gzipLayer is an OCI layer of the uncompressed tar b, compressed by compress.
+func gzipLayer(b []byte) (v1.Layer, error) {
+	gz, err := compress(b)
+	if err != nil {
+		return nil, err
+	}
+	return tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(gz)), nil
+	}, tarball.WithMediaType(types.OCILayer))
 }
 
 // compress gzips b. The gzip header carries no name and a zero time, and Go's compressor is

@@ -243,6 +243,7 @@ func (a *Agent) doTeardown(rt *podRuntime, grace time.Duration, graceful bool) {
 		rt.notify() // Ready=false while draining
 	}
 	rt.stop(grace)
+	rt.removeRoots()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	a.net.Remove(ctx, rt.net)

@@ -29,6 +29,15 @@ var DefaultImages = map[string]string{
 type Images struct {
 	BinDir string
 	Map    map[string]string // repository → program (absolute, or relative to BinDir)
+	// Store pulls the images of registries in PullFrom (host:port, as in the reference);
+	// containers of those images run from the image (rootfs.go), the rest from Map.
+	Store    *ImageStore
+	PullFrom []string
+	// Mirrors map a repository prefix to one in a registry of PullFrom, as a container
+	// runtime's registry mirror does (e.g. ghcr.io/weftmesh → 127.0.0.1:5000/weftmesh):
+	// an image under the prefix is pulled from the mirror when the mirror has it, else it
+	// maps to a program as before. So the manifests in config/ run unchanged.
+	Mirrors map[string]string
 }
 
 // NewImages starts from DefaultImages.

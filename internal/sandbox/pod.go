@@ -5,9 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -203,36 +202,16 @@ func waitingReason(err error) string {
 // start at all.
 func (r *podRuntime) run(cs *containerState) error {
 	c := &cs.spec
-	prog, err := r.a.images.program(c)
-	if err != nil {
-		return errImage{err}
-	}
-	user, err := userPrefix(r.pod, c)
+	cmd, err := r.command(c)
 	if err != nil {
 		return err
-	}
-	env, err := r.env(c)
-	if err != nil {
-		return err
-	}
-	vals := envMap(env)
-	var args []string
-	if len(c.Command) > 1 {
-		args = append(args, c.Command[1:]...) // command[0] is the image's program here
-	}
-	args = append(args, c.Args...)
-	for i := range args {
-		args[i] = expand(args[i], vals)
 	}
 	logf, err := os.OpenFile(filepath.Join(r.logDir, c.Name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("opening log of container %s: %w", c.Name, err)
 	}
 	defer logf.Close()
-	cmd := exec.Command("ip", slices.Concat([]string{"netns", "exec", r.net.Netns}, user, []string{prog}, args)...)
-	cmd.Env, cmd.Stdout, cmd.Stderr = env, logf, logf
-	cmd.Dir = r.logDir
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Stdout, cmd.Stderr = logf, logf
 	r.mu.Lock()
 	if r.stopping {
 		r.mu.Unlock()
@@ -240,7 +219,7 @@ func (r *podRuntime) run(cs *containerState) error {
 	}
 	if err := cmd.Start(); err != nil {
 		r.mu.Unlock()
-		return fmt.Errorf("starting %s for container %s: %w", prog, c.Name, err)
+		return fmt.Errorf("starting %s for container %s: %w", strings.Join(cmd.Args, " "), c.Name, err)
 	}
 	if cs.everRan {
 		cs.restarts++

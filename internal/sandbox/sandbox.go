@@ -56,6 +56,10 @@ type Options struct {
 	// k8sbin.ResolveMesh (cached in ~/.cache/weft/mesh).
 	KubeProxyPath, CoreDNSPath string
 	Images                     *Images
+	// Registry, when set (host:port), is where an OCI registry is served in process for the
+	// mesh's lifetime (registry.go); the node agent pulls images named under it and runs them
+	// from their own root (rootfs.go). Other images still map to programs.
+	Registry string
 	// ManagerArgs are added to the manager's command line.
 	ManagerArgs []string
 	Out         io.Writer // progress for the user
@@ -129,6 +133,15 @@ func Run(ctx context.Context, o Options) (err error) {
 		_ = os.Remove(ReadyFile(o.StateDir))
 		say("stopped; logs kept in %s", logDir)
 	}()
+
+	if o.Registry != "" {
+		reg, err := startRegistry(o)
+		if err != nil {
+			return err
+		}
+		defer reg.Close()
+		say("OCI registry at %s (push with: make images REGISTRY=%s/weftmesh); its images run from their own root", reg.Addr, reg.Addr)
+	}
 
 	network := NewNetwork(o.Bridge, o.PodCIDR)
 	if err := network.Up(ctx); err != nil {

@@ -72,11 +72,15 @@ func run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "e2e: creating a stale netns: %v: %s\n", err, out)
 		return 1
 	}
+	// A ready file an earlier run left (one killed by a timeout) would be taken for this
+	// run's: the tests would start against a control plane that is going away.
+	_ = os.Remove(sandbox.ReadyFile(state))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
 		done <- sandbox.Run(ctx, sandbox.Options{StateDir: state, BinDir: filepath.Join(root, "bin"), AssetsDir: assets,
-			CRDDir: filepath.Join(root, "config", "crd", "bases"), Out: os.Stderr})
+			CRDDir: filepath.Join(root, "config", "crd", "bases"), Out: os.Stderr,
+			Registry: "127.0.0.1:0"}) // images_test.go pushes images there
 	}()
 	defer func() {
 		cancel()

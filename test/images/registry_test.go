@@ -134,6 +134,26 @@ func TestRegistryRoundTrip(t *testing.T) {
 		t.Fatalf("/sidecar --help printed no flag list:\n%s", help.String())
 	}
 	t.Logf("/sidecar --help from the pulled image (chroot as 1337: %v): %d bytes of usage", os.Geteuid() == 0, help.Len())
+
+	// The capture init container runs weft-init from this image; it and the image's own
+	// iptables (copied from the build host, with its libraries) run in the empty root.
+	if os.Geteuid() == 0 {
+		for _, argv := range [][]string{{"/weft-init", "--dry-run"}, {"iptables-restore", "--version"}} {
+			cmd := exec.Command(argv[0], argv[1:]...)
+			cmd.Dir = "/"
+			cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: rootfs}
+			cmd.Env = append([]string{}, cf.Config.Env...)
+			cmd.Path = argv[0]
+			if !strings.HasPrefix(argv[0], "/") {
+				cmd.Path = "/usr/sbin/" + argv[0]
+			}
+			out, err := cmd.CombinedOutput()
+			if err != nil || len(out) == 0 {
+				t.Fatalf("%v in the image's root: %v\n%s", argv, err, out)
+			}
+			t.Logf("%v in the image's root: %.80s", argv, out)
+		}
+	}
 }
 
 // unpack writes a flattened image filesystem to dir, refusing paths that leave it.
@@ -166,6 +186,10 @@ func unpack(t *testing.T, rc io.ReadCloser, dir string) {
 				mode |= os.ModeSticky
 			}
 			if err := os.Chmod(p, mode); err != nil {
+				t.Fatal(err)
+			}
+		case tar.TypeSymlink: // the iptables layer's (/lib -> usr/lib, alternatives)
+			if err := os.Symlink(h.Linkname, p); err != nil {
 				t.Fatal(err)
 			}
 		case tar.TypeReg:
