@@ -177,6 +177,9 @@ func (r *Result) Snapshot(v View) (*cachev3.Snapshot, error) {
 			wantPool[n] = true
 		}
 	}
+	if r.needsQueue(v) {
+		extraC = append(extraC, r.queue)
+	}
 	for _, n := range sortedKeys(wantPool) {
 		if p, ok := pools[n]; ok {
 			extraC, extraE = append(extraC, p.Cluster), append(extraE, p.Endpoints)
