@@ -306,3 +306,18 @@ type identityStream struct {
 }
 
 func (s *identityStream) Context() context.Context { return s.ctx }
+
+// RecvMsg returns when a message arrives or the token expires, whichever is first:
+// go-control-plane's state-of-the-world loop watches only its server's context, so an
+// expired stream ends by failing its next receive. The receive still pending then returns
+// once gRPC closes the stream; the handler never reads m again.
+func (s *identityStream) RecvMsg(m any) error {
+	done := make(chan error, 1)
+	go func() { done <- s.ServerStream.RecvMsg(m) }()
+	select {
+	case err := <-done:
+		return err
+	case <-s.ctx.Done():
+		return errUnauthenticated("token expired during the stream; reconnect with the rotated token")
+	}
+}
