@@ -229,7 +229,7 @@ func (r *podRuntime) run(cs *containerState) error {
 		return fmt.Errorf("opening log of container %s: %w", c.Name, err)
 	}
 	defer logf.Close()
-	cmd := exec.Command("ip", slices.Concat([]string{"netns", "exec", r.net.Netns}, user, []string{prog}, args)...)
+	cmd := exec.Command("ip", slices.Concat([]string{"netns", "exec", r.net.Netns}, r.mountPrefix(c), user, []string{prog}, args)...)
 	cmd.Env, cmd.Stdout, cmd.Stderr = env, logf, logf
 	cmd.Dir = r.logDir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
