@@ -68,7 +68,10 @@ func (r *podRuntime) prepareVolumes(ctx context.Context) error {
 		}
 		refresh, err := r.writeProjection(ctx, dir, v.Projected)
 		if err != nil {
-			return fmt.Errorf("volume %s of pod %s: %w", v.Name, r.key(), err)
+			// The ServiceAccount may not exist yet (a namespace created a moment ago):
+			// keep trying, as the kubelet does, while the containers start without it.
+			r.a.log.Error(err, "writing a projected volume; retrying", "pod", r.key(), "volume", v.Name)
+			refresh = time.Second
 		}
 		if refresh > 0 {
 			r.wg.Add(1)
@@ -150,7 +153,7 @@ func (r *podRuntime) refreshProjection(dir string, v *corev1.Volume, every time.
 		next, err := r.writeProjection(r.ctx, dir, v.Projected)
 		if err != nil {
 			r.a.log.Error(err, "refreshing a projected token", "pod", r.key(), "volume", v.Name)
-			every = 10 * time.Second
+			every = min(2*every, 10*time.Second)
 			continue
 		}
 		every = next

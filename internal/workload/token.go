@@ -19,6 +19,10 @@ import (
 //     contract.AnnotationXDSCA (the CA is public, and an annotation needs no ConfigMap in
 //     every namespace).
 //
+// A pod without a serviceAccountName is given "default", which the ServiceAccount admission
+// plugin would set anyway: the API server refuses a serviceAccountToken projection on a pod
+// that names none (and the local mesh's API server runs without that plugin).
+//
 // With ca empty (a manager run with --xds-insecure) nothing is added: the sidecar then
 // finds no CA bundle and speaks plaintext without a token. Calling it twice changes nothing.
 func AddXDSCredentials(meta *metav1.ObjectMeta, spec *corev1.PodSpec, sidecar string, ca []byte) {
@@ -29,6 +33,9 @@ func AddXDSCredentials(meta *metav1.ObjectMeta, spec *corev1.PodSpec, sidecar st
 		meta.Annotations = map[string]string{}
 	}
 	meta.Annotations[contract.AnnotationXDSCA] = string(ca)
+	if spec.ServiceAccountName == "" {
+		spec.ServiceAccountName = "default"
+	}
 	if !slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == contract.TokenVolumeName }) {
 		spec.Volumes = append(spec.Volumes, XDSCredentialsVolume())
 	}

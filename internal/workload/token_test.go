@@ -20,6 +20,9 @@ func checkXDSCredentials(t *testing.T, tmpl *corev1.PodTemplateSpec) {
 	if got := tmpl.Annotations[contract.AnnotationXDSCA]; got != testCA {
 		t.Errorf("annotation %s = %q, want the CA bundle", contract.AnnotationXDSCA, got)
 	}
+	if tmpl.Spec.ServiceAccountName == "" {
+		t.Error("no serviceAccountName: the API server refuses a serviceAccountToken projection without one")
+	}
 	var vol *corev1.Volume
 	for i := range tmpl.Spec.Volumes {
 		if tmpl.Spec.Volumes[i].Name == contract.TokenVolumeName {
