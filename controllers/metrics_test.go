@@ -9,14 +9,12 @@ import (
 	"testing"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
-	"google.golang.org/protobuf/types/known/structpb"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -174,7 +172,7 @@ var _ = Describe("manager metrics endpoint", Ordered, func() {
 		Expect(err).NotTo(HaveOccurred())
 		xc := xds.NewCache()
 		r := NewSnapshotReconciler(mgr.GetClient(), mgr.GetAPIReader(), xc, mgr.Elected())
-		srv := xds.New(xc, xds.Options{Listener: ln, OnChange: r.Notify, Log: ctrl.Log.WithName("xds-metrics")})
+		srv := xds.New(xc, secureXDSOptions(xds.Options{Listener: ln, OnChange: r.Notify, Log: ctrl.Log.WithName("xds-metrics")}))
 		r.Nodes = srv
 		Expect(r.SetupWithManager(mgr)).To(Succeed())
 		Expect(mgr.Add(srv)).To(Succeed())
@@ -191,9 +189,8 @@ var _ = Describe("manager metrics endpoint", Ordered, func() {
 		route := meshRoute("ratings", "ratings", "ratings")
 		route.Namespace = ns
 		Expect(k8sClient.Create(ctx, route)).To(Succeed())
-		md, err := structpb.NewStruct(map[string]any{"namespace": ns, "pod": "web-1", "labels": map[string]any{"app": "web"}})
-		Expect(err).NotTo(HaveOccurred())
-		client = xdsclient.New(xdsclient.Options{Address: srv.Addr().String(), Node: &corev3.Node{Id: "web-1." + ns, Metadata: md}})
+		dial, node := testSidecar(ns, "web-1", map[string]string{"app": "web"}, 0)
+		client = xdsclient.New(xdsclient.Options{Address: srv.Addr().String(), Node: node, DialOptions: dial})
 		go func() { _ = client.Run(mctx) }()
 	})
 	AfterAll(func() { stop() })

@@ -43,7 +43,7 @@ func startXDSManager() {
 	Expect(err).NotTo(HaveOccurred())
 	xc := xds.NewCache()
 	r := NewSnapshotReconciler(mgr.GetClient(), mgr.GetAPIReader(), xc, mgr.Elected())
-	xdsServer = xds.New(xc, xds.Options{Listener: ln, OnChange: r.Notify, Log: ctrl.Log.WithName("xds")})
+	xdsServer = xds.New(xc, secureXDSOptions(xds.Options{Listener: ln, OnChange: r.Notify, Log: ctrl.Log.WithName("xds")}))
 	r.Nodes = xdsServer
 	r.Recorder = mgr.GetEventRecorder("weft-snapshot")
 	Expect(r.SetupWithManager(mgr)).To(Succeed())

@@ -6,15 +6,12 @@ import (
 	"sort"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/protobuf/types/known/structpb"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -28,13 +25,6 @@ import (
 )
 
 const reviewsCluster = "outbound|9080||reviews.xds-test.svc.cluster.local|xds-test/reviews"
-
-func sidecarNode(pod string, appPort int) *corev3.Node {
-	md, err := structpb.NewStruct(map[string]any{"namespace": xdsNamespace, "pod": pod, "appPort": float64(appPort),
-		"labels": map[string]any{"app": "productpage"}})
-	Expect(err).NotTo(HaveOccurred())
-	return &corev3.Node{Id: pod + "." + xdsNamespace, Metadata: md}
-}
 
 func reviewsSlice(ips ...string) *discoveryv1.EndpointSlice {
 	es := &discoveryv1.EndpointSlice{
@@ -85,7 +75,8 @@ var _ = Describe("xDS snapshots served over ADS", Ordered, func() {
 
 		var cctx context.Context
 		cctx, cancel = context.WithCancel(ctx)
-		sidecar = xdsclient.New(xdsclient.Options{Address: xdsServer.Addr().String(), Node: sidecarNode("productpage-1", 9080)})
+		dial, node := testSidecar(xdsNamespace, "productpage-1", map[string]string{"app": "productpage"}, 9080)
+		sidecar = xdsclient.New(xdsclient.Options{Address: xdsServer.Addr().String(), Node: node, DialOptions: dial})
 		go func() { _ = sidecar.Run(cctx) }()
 	})
 	AfterAll(func() { cancel() })
@@ -178,14 +169,14 @@ var _ = Describe("xDS snapshots served over ADS", Ordered, func() {
 	})
 
 	It("shows a sidecar's NACK in the status, and clears it when that sidecar leaves", func() {
-		conn, err := grpc.NewClient(xdsServer.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		dial, n := testSidecar(xdsNamespace, "old-sidecar", map[string]string{"app": "productpage"}, 0)
+		conn, err := grpc.NewClient(xdsServer.Addr().String(), dial...)
 		Expect(err).NotTo(HaveOccurred())
 		defer conn.Close()
 		sctx, stop := context.WithCancel(ctx)
 		defer stop()
 		st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(sctx)
 		Expect(err).NotTo(HaveOccurred())
-		n := sidecarNode("old-sidecar", 0)
 		Expect(st.Send(&discoveryv3.DiscoveryRequest{Node: n, TypeUrl: resourcev3.ClusterType})).To(Succeed())
 		resp, err := st.Recv()
 		Expect(err).NotTo(HaveOccurred())

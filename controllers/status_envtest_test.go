@@ -14,7 +14,6 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
@@ -273,14 +272,15 @@ spec:
 	})
 
 	It("routes: InProgress while a sidecar has not ACKed the current version", func() {
-		conn, err := grpc.NewClient(xdsServer.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		dial, node := testSidecar(xdsNamespace, "slow-sidecar", map[string]string{"app": "productpage"}, 0)
+		conn, err := grpc.NewClient(xdsServer.Addr().String(), dial...)
 		Expect(err).NotTo(HaveOccurred())
 		defer conn.Close()
 		sctx, hangUp := context.WithCancel(ctx)
 		defer hangUp()
 		st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(sctx)
 		Expect(err).NotTo(HaveOccurred())
-		Expect(st.Send(&discoveryv3.DiscoveryRequest{Node: sidecarNode("slow-sidecar", 0), TypeUrl: resourcev3.ClusterType})).To(Succeed())
+		Expect(st.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.ClusterType})).To(Succeed())
 		_, err = st.Recv() // and never ACK it
 		Expect(err).NotTo(HaveOccurred())
 		expectState("MeshRoute", "st-web", status.InProgressStatus, "Progressing", "Pending", "meshroute-progressing")

@@ -40,6 +40,7 @@ func setupFunctions(mgr ctrl.Manager, srv *xds.Server, snap *controllers.Snapsho
 		return fmt.Errorf("--interception: %w", err)
 	}
 	opts.Interception = mode
+	opts.XDSCA = injectOpts.xdsCA
 	if d := time.Duration(injectOpts.drainSeconds) * time.Second; d > 0 {
 		opts.DrainTimeout = max(d, opts.DrainTimeout)
 	}

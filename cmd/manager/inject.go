@@ -35,6 +35,9 @@ type injectionOptions struct {
 	certHosts    string
 	configName   string
 	interception string
+	// xdsCA is the xDS CA bundle injected sidecars verify the control plane with (set by
+	// run from setupXDSSecurity; empty with --xds-insecure).
+	xdsCA []byte
 }
 
 var injectOpts = bindInjectionFlags(flag.CommandLine)
@@ -102,7 +105,7 @@ func setupInjection(mgr ctrl.Manager) error {
 	})
 	reader := mgr.GetAPIReader()
 	srv.Register(inject.Path, &webhook.Admission{Handler: &inject.Handler{
-		Config:  inject.Config{Image: o.image, XDSAddress: o.xdsAddress, DrainSeconds: o.drainSeconds, Interception: mode},
+		Config:  inject.Config{Image: o.image, XDSAddress: o.xdsAddress, DrainSeconds: o.drainSeconds, Interception: mode, XDSCA: o.xdsCA},
 		Decoder: admission.NewDecoder(mgr.GetScheme()),
 		Namespaces: inject.NamespaceLabelsFunc(func(ctx context.Context, name string) (map[string]string, error) {
 			nsObj := &corev1.Namespace{}

@@ -99,6 +99,11 @@ func run(o options) error {
 	if err := mgr.AddReadyzCheck("caches", controllers.CachesSynced(mgr.GetCache())); err != nil {
 		return err
 	}
+	sec, err := setupXDSSecurity(mgr)
+	if err != nil {
+		return err
+	}
+	injectOpts.xdsCA = sec.ca
 	if err := setupInjection(mgr); err != nil {
 		return err
 	}
@@ -106,7 +111,7 @@ func run(o options) error {
 	if policy != contract.AllowAny && policy != contract.RegistryOnly {
 		return fmt.Errorf("--outbound-traffic-policy=%q: use %s or %s", o.outboundPolicy, contract.AllowAny, contract.RegistryOnly)
 	}
-	srv, snap, err := setupXDS(mgr, o.xdsAddr, policy)
+	srv, snap, err := setupXDS(mgr, o.xdsAddr, policy, sec)
 	if err != nil {
 		return err
 	}
@@ -125,11 +130,11 @@ func run(o options) error {
 // setupXDS adds the snapshot reconciler and the xDS server, both on every replica. Other
 // gRPC services (the autoscaler's signal intake) register on the returned server before
 // the manager starts.
-func setupXDS(mgr ctrl.Manager, addr string, policy contract.OutboundTrafficPolicy) (*xds.Server, *controllers.SnapshotReconciler, error) {
+func setupXDS(mgr ctrl.Manager, addr string, policy contract.OutboundTrafficPolicy, sec xdsSecurity) (*xds.Server, *controllers.SnapshotReconciler, error) {
 	cache := xds.NewCache()
 	r := controllers.NewSnapshotReconciler(mgr.GetClient(), mgr.GetAPIReader(), cache, mgr.Elected())
 	r.OutboundTrafficPolicy = policy
-	srv := xds.New(cache, xds.Options{Address: addr, OnChange: r.Notify, Log: ctrl.Log.WithName("xds")})
+	srv := xds.New(cache, xds.Options{Address: addr, OnChange: r.Notify, Log: ctrl.Log.WithName("xds"), Auth: sec.auth, TLS: sec.tls})
 	r.Nodes = srv
 	r.Recorder = mgr.GetEventRecorder("weft-snapshot")
 	if err := r.SetupWithManager(mgr); err != nil {

@@ -51,12 +51,16 @@ type flags struct {
 	concurrency                                          int
 	releaseMemory, eventLoop                             bool
 	telemetry                                            telemetryFlags
+	// xdsCAFile and xdsTokenFile authenticate the sidecar to the control plane.
+	xdsCAFile, xdsTokenFile string
 }
 
 func parseFlags() flags {
 	var f flags
 	pod, ns := os.Getenv("POD_NAME"), os.Getenv("POD_NAMESPACE")
 	flag.StringVar(&f.xdsAddress, "xds-address", "127.0.0.1:"+strconv.Itoa(contract.XDSPort), "control plane ADS address (host:port)")
+	flag.StringVar(&f.xdsCAFile, "xds-ca-file", contract.CAPath, "CA bundle (PEM) the control plane's certificate is verified with; when the file does not exist the sidecar speaks plaintext and sends no token")
+	flag.StringVar(&f.xdsTokenFile, "xds-token-file", contract.TokenPath, "projected ServiceAccount token (audience "+contract.TokenAudience+") presented to the control plane; read again for every stream")
 	flag.StringVar(&f.nodeID, "node-id", "", "xDS node id (default POD_NAME.POD_NAMESPACE)")
 	flag.StringVar(&f.namespace, "namespace", ns, "pod namespace (default $POD_NAMESPACE)")
 	flag.StringVar(&f.pod, "pod", pod, "pod name (default $POD_NAME)")
@@ -136,7 +140,14 @@ func run() error {
 	bg, cancelBG := context.WithCancel(context.Background())
 	defer cancelBG()
 
-	signals, err := dialSignals(f.xdsAddress)
+	dial, secure, err := xdsclient.Credentials(f.xdsCAFile, f.xdsTokenFile)
+	if err != nil {
+		return err
+	}
+	if !secure {
+		log.Warn("no control-plane CA bundle: connecting in plaintext without a token, which only a control plane run with --xds-insecure accepts", "caFile", f.xdsCAFile)
+	}
+	signals, err := dialSignals(f.xdsAddress, dial)
 	if err != nil {
 		return fmt.Errorf("connecting to the autoscaler at %s: %w", f.xdsAddress, err)
 	}
@@ -192,7 +203,7 @@ func run() error {
 		}
 		apply(cfg)
 	} else {
-		cl := xdsclient.New(xdsclient.Options{Address: f.xdsAddress, Node: node, Logger: log, Applier: xdsclient.ApplierFunc(apply)})
+		cl := xdsclient.New(xdsclient.Options{Address: f.xdsAddress, Node: node, Logger: log, Applier: xdsclient.ApplierFunc(apply), DialOptions: dial})
 		status = func() any { return cl.Status() }
 		go func() { _ = cl.Run(bg) }()
 	}

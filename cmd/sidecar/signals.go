@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"k8s.io/utils/clock"
 
 	"github.com/weftmesh/weft/contract"
@@ -39,9 +38,10 @@ func (s activatorStats) WritePrometheus(w io.Writer) { _ = s.act.WritePrometheus
 
 // dialSignals opens the connection demand pokes and stats travel on: the manager serves them
 // on the same gRPC port as ADS. The connection is lazy: a manager that is down only delays
-// signals, it never blocks the data path.
-func dialSignals(address string) (*grpc.ClientConn, error) {
-	return grpc.NewClient(address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+// signals, it never blocks the data path. dial authenticates it as the ADS stream is
+// (xdsclient.Credentials).
+func dialSignals(address string, dial []grpc.DialOption) (*grpc.ClientConn, error) {
+	return grpc.NewClient(address, dial...)
 }
 
 // statsSampler turns the inbound listener's counters into the per-second reports Knative's

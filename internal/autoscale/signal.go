@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/internal/xds"
 )
 
 // signalHandler is the server side of contract.SignalService.
@@ -29,8 +30,12 @@ func RegisterSignalServer(s grpc.ServiceRegistrar, a *Autoscaler) {
 type signalServer struct{ a *Autoscaler }
 
 // Report records every stat; stats for functions without a spec yet are
-// dropped silently, since the next second brings fresh ones.
-func (s *signalServer) Report(_ context.Context, in *contract.StatsReport) (*contract.Ack, error) {
+// dropped silently, since the next second brings fresh ones. On an authenticated server a
+// sidecar reports only its own pod of the function it serves.
+func (s *signalServer) Report(ctx context.Context, in *contract.StatsReport) (*contract.Ack, error) {
+	if err := reporterMay(ctx, in); err != nil {
+		return nil, err
+	}
 	for _, st := range in.Stats {
 		s.a.Record(Stat{
 			Function:    FunctionKey{Namespace: st.Namespace, Name: st.Name},
@@ -44,7 +49,9 @@ func (s *signalServer) Report(_ context.Context, in *contract.StatsReport) (*con
 }
 
 // Demand pokes the function. An unknown function is NotFound so the caller
-// sidecar can log it; it re-sends while it still holds requests.
+// sidecar can log it; it re-sends while it still holds requests. Any authenticated sidecar
+// may poke (every workload may call every function); the server's interceptor has refused
+// the others before this runs.
 func (s *signalServer) Demand(_ context.Context, in *contract.DemandSignal) (*contract.Ack, error) {
 	fn := FunctionKey{Namespace: in.Namespace, Name: in.Name}
 	if !s.a.Poke(fn) {
@@ -52,6 +59,23 @@ func (s *signalServer) Demand(_ context.Context, in *contract.DemandSignal) (*co
 			"function %s is not known to the autoscaler: check that the MeshFunction exists and was accepted", fn)
 	}
 	return &contract.Ack{}, nil
+}
+
+// reporterMay refuses stats about another function or another pod than the caller's
+// verified one. Without an identity in ctx the server runs unauthenticated (tests, dev).
+func reporterMay(ctx context.Context, in *contract.StatsReport) error {
+	id, ok := xds.IdentityFrom(ctx)
+	if !ok {
+		return nil
+	}
+	for _, st := range in.Stats {
+		if fn := st.Namespace + "/" + st.Name; fn != id.Function() || st.Pod != id.Pod {
+			return status.Errorf(codes.PermissionDenied,
+				"stats for pod %s of function %s refused: the caller is pod %s/%s, which serves %q; a sidecar reports only its own pod",
+				st.Pod, fn, id.Namespace, id.Pod, id.Function())
+		}
+	}
+	return nil
 }
 
 var signalServiceDesc = grpc.ServiceDesc{

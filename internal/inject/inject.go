@@ -56,6 +56,9 @@ type Config struct {
 	// Interception is how pods without a weft.dev/interception annotation reach the
 	// sidecar; empty is capture.InterceptionProxyEnv.
 	Interception capture.Interception
+	// XDSCA is the control plane's CA bundle (PEM); with it the sidecar gets a projected
+	// token and the bundle to authenticate with (token.go).
+	XDSCA []byte
 }
 
 // Wanted reports whether a Pod with podLabels in a namespace with nsLabels should get the
@@ -116,6 +119,7 @@ func Inject(pod *corev1.Pod, ns string, cfg Config) (bool, error) {
 	sc := sidecar(pod, ns, appPort, cfg)
 	sc.Env = append(sc.Env, telEnv...)
 	pod.Spec.Containers = append(pod.Spec.Containers, sc)
+	addXDSCredentials(pod, cfg)
 	if pod.Annotations == nil {
 		pod.Annotations = map[string]string{}
 	}

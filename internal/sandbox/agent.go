@@ -190,6 +190,9 @@ func (a *Agent) startPod(ctx context.Context, pod *corev1.Pod) error {
 	a.mu.Lock()
 	a.pods[pod.Namespace+"/"+pod.Name] = rt
 	a.mu.Unlock()
+	if err := rt.prepareVolumes(ctx); err != nil {
+		a.log.Error(err, "writing projected volumes", "pod", rt.key())
+	}
 	go a.writeStatus(rt)
 	rt.start()
 	a.log.Info("pod started", "pod", rt.key(), "ip", pn.IP.String(), "netns", pn.Netns)

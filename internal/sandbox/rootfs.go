@@ -99,7 +99,7 @@ func (r *podRuntime) command(c *corev1.Container) (*exec.Cmd, error) {
 	for i := range args {
 		args[i] = expand(args[i], vals)
 	}
-	cmd := exec.Command("ip", slices.Concat([]string{"netns", "exec", r.net.Netns}, user, []string{prog}, args)...)
+	cmd := exec.Command("ip", slices.Concat([]string{"netns", "exec", r.net.Netns}, r.mountPrefix(c), user, []string{prog}, args)...)
 	cmd.Env = env
 	cmd.Dir = r.logDir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

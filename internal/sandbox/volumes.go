@@ -66,6 +66,11 @@ func (r *podRuntime) volumeMounts(c *corev1.Container) ([]mount, error) {
 
 // volumeDir returns the host directory of volume v, creating and filling it the first time.
 func (r *podRuntime) volumeDir(v corev1.Volume) (string, error) {
+	if supportedProjection(&v) {
+		// prepareVolumes (projected.go) wrote it before any container started and keeps
+		// its token fresh.
+		return r.projectedDir(v.Name), nil
+	}
 	dir := filepath.Join(r.logDir, "volumes", v.Name)
 	if _, err := os.Stat(dir); err == nil {
 		return dir, nil

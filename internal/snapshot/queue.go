@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"sort"
 	"strconv"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -68,13 +67,22 @@ func queueCluster(q *Queue) (*clusterv3.Cluster, error) {
 	}, nil
 }
 
-// addQueue puts the queue cluster among the clusters every sidecar gets, keeping them sorted.
+// addQueue keeps the queue cluster for the views that need it (needsQueue): it carries the
+// queue's credential, so it is not among the clusters every sidecar shares.
 func (r *Result) addQueue(q *Queue) {
-	if q.cluster == nil {
-		return // not made by NewQueue
+	r.queue = q.cluster // nil when not made by NewQueue
+}
+
+// needsQueue reports whether sidecars of view v get the queue's address and credential:
+// the pods of a function (they pull its calls) and every workload that may call a function
+// (they publish async calls), which is every sidecar but a standalone Redis proxy while any
+// MeshFunction exists. A mesh without functions sends the credential to nobody.
+func (r *Result) needsQueue(v View) bool {
+	if r.queue == nil {
+		return false
 	}
-	i := sort.Search(len(r.Clusters), func(i int) bool { return r.Clusters[i].GetName() >= contract.QueueClusterName })
-	r.Clusters = append(r.Clusters, nil)
-	copy(r.Clusters[i+1:], r.Clusters[i:])
-	r.Clusters[i] = q.cluster
+	if v.Function != "" {
+		return true
+	}
+	return v.RedisProxy == "" && len(r.functionTimeouts) > 0
 }

@@ -11,9 +11,11 @@ import (
 	"github.com/weftmesh/weft/sidecar/config"
 )
 
-// Every sidecar learns where the async queue is from one static cluster whose metadata it
-// decodes; a bad URL is refused when the queue is made, not at translation.
-func TestQueueReachesEverySidecar(t *testing.T) {
+// The sidecars that call or serve a function learn where the async queue is from one static
+// cluster whose metadata they decode; the cluster carries the queue's credential, so a mesh
+// without functions, and a standalone Redis proxy, never receive it. A bad URL is refused
+// when the queue is made, not at translation.
+func TestQueueReachesOnlyViewsWithFunctions(t *testing.T) {
 	if _, err := NewQueue("not a url", "t"); err == nil {
 		t.Fatal("NewQueue accepted a URL without a host")
 	}
@@ -21,10 +23,8 @@ func TestQueueReachesEverySidecar(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in, views := readInput(t, filepath.Join("testdata", "route-all-fields.in.yaml"))
-	in.Queue = q
-	res := Translate(in)
-	for _, v := range views {
+	hasQueue := func(res *Result, v View) bool {
+		t.Helper()
 		snap, err := res.Snapshot(v)
 		if err != nil {
 			t.Fatal(err)
@@ -32,7 +32,7 @@ func TestQueueReachesEverySidecar(t *testing.T) {
 		checkSidecarAccepts(t, snap, v)
 		c, ok := snap.GetResources(resourcev3.ClusterType)[contract.QueueClusterName]
 		if !ok {
-			t.Fatalf("view %+v has no %s cluster", v, contract.QueueClusterName)
+			return false
 		}
 		got, err := config.Build(config.Resources{resourcev3.ClusterType: {contract.QueueClusterName: c.(proto.Message)}}, nil)
 		if err != nil {
@@ -40,6 +40,40 @@ func TestQueueReachesEverySidecar(t *testing.T) {
 		}
 		if qm := got.Clusters[contract.QueueClusterName].Queue; qm == nil || qm.URL != "nats://10.244.0.1:4222" || qm.Token != "tok" {
 			t.Fatalf("the sidecar decoded the queue as %+v", qm)
+		}
+		return true
+	}
+
+	// No MeshFunction: nobody has a function to call or serve.
+	in, views := readInput(t, filepath.Join("testdata", "route-all-fields.in.yaml"))
+	in.Queue = q
+	res := Translate(in)
+	for _, v := range views {
+		if hasQueue(res, v) {
+			t.Fatalf("view %+v got the queue credential in a mesh without functions", v)
+		}
+	}
+	for _, c := range res.Clusters {
+		if c.GetName() == contract.QueueClusterName {
+			t.Fatal("the queue cluster is among the clusters every sidecar shares")
+		}
+	}
+
+	// With a function: its pods and its callers get it, a standalone Redis proxy does not.
+	in, _ = readInput(t, filepath.Join("testdata", "function-async.in.yaml"))
+	in.Queue = q
+	res = Translate(in)
+	fn := in.MeshFunctions[0]
+	for _, c := range []struct {
+		v    View
+		want bool
+	}{
+		{View{Namespace: fn.Namespace, Function: fn.Namespace + "/" + fn.Name, AppPort: 8080}, true},
+		{View{Namespace: "other", Labels: map[string]string{"app": "web"}}, true},
+		{View{Namespace: fn.Namespace, RedisProxy: fn.Namespace + "/cache"}, false},
+	} {
+		if got := hasQueue(res, c.v); got != c.want {
+			t.Errorf("view %+v: queue credential sent = %v, want %v", c.v, got, c.want)
 		}
 	}
 	for i := 1; i < len(res.Clusters); i++ {

@@ -38,6 +38,9 @@ type Result struct {
 	// made of; blocked is REGISTRY_ONLY.
 	plan    outboundPlan
 	blocked bool
+	// queue is the async queue's cluster, with its credential: only views that need it get
+	// it (needsQueue).
+	queue *clusterv3.Cluster
 
 	once   sync.Once
 	shared sharedHashes

@@ -14,6 +14,7 @@ import (
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/weftmesh/weft/contract"
 )
@@ -176,6 +177,9 @@ func (r *Result) Snapshot(v View) (*cachev3.Snapshot, error) {
 			wantPool[n] = true
 		}
 	}
+	if r.needsQueue(v) {
+		extraC = append(extraC, r.queue)
+	}
 	for _, n := range sortedKeys(wantPool) {
 		if p, ok := pools[n]; ok {
 			extraC, extraE = append(extraC, p.Cluster), append(extraE, p.Endpoints)
@@ -255,4 +259,28 @@ func (r *Result) FunctionServing(ns, name string) bool {
 		}
 	}
 	return false
+}
+
+// NodeMetadata is the inverse of ViewFromNode: the node metadata that reads back as v. The
+// xDS server writes it over what an authenticated sidecar sent, so the cache keys the
+// stream by the verified view.
+func NodeMetadata(v View) *structpb.Struct {
+	f := map[string]*structpb.Value{contract.NodeNamespace: structpb.NewStringValue(v.Namespace)}
+	if v.Function != "" {
+		f[contract.NodeFunction] = structpb.NewStringValue(v.Function)
+	}
+	if v.RedisProxy != "" {
+		f[contract.NodeRedisProxy] = structpb.NewStringValue(v.RedisProxy)
+	}
+	if v.AppPort != 0 {
+		f[contract.NodeAppPort] = structpb.NewNumberValue(float64(v.AppPort))
+	}
+	if len(v.Labels) > 0 {
+		ls := make(map[string]*structpb.Value, len(v.Labels))
+		for k, val := range v.Labels {
+			ls[k] = structpb.NewStringValue(val)
+		}
+		f[contract.NodeLabels] = structpb.NewStructValue(&structpb.Struct{Fields: ls})
+	}
+	return &structpb.Struct{Fields: f}
 }

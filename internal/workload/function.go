@@ -79,6 +79,7 @@ func FunctionDeployment(fn *meshv1alpha1.MeshFunction, replicas int32, o Options
 		tmpl.Spec.TerminationGracePeriodSeconds = ptr.To(grace)
 	}
 
+	AddXDSCredentials(&tmpl.ObjectMeta, &tmpl.Spec, SidecarContainerName, o.XDSCA)
 	hash, err := templateHash(&tmpl)
 	if err != nil {
 		return nil, fmt.Errorf("MeshFunction %s/%s: hashing pod template: %w", fn.Namespace, fn.Name, err)

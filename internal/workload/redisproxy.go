@@ -40,7 +40,7 @@ func RedisProxyDeployment(rp *meshv1alpha1.RedisProxy, o Options) *appsv1.Deploy
 		PeriodSeconds:    10,
 		FailureThreshold: 3,
 	}
-	return &appsv1.Deployment{
+	d := &appsv1.Deployment{
 		TypeMeta: metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      RedisProxyName(rp),
@@ -60,6 +60,8 @@ func RedisProxyDeployment(rp *meshv1alpha1.RedisProxy, o Options) *appsv1.Deploy
 			RevisionHistoryLimit: ptr.To[int32](3),
 		},
 	}
+	AddXDSCredentials(&d.Spec.Template.ObjectMeta, &d.Spec.Template.Spec, SidecarContainerName, o.XDSCA)
+	return d
 }
 
 // RedisProxyService renders the Service in front of a standalone proxy, or nil without one.

@@ -47,6 +47,9 @@ type Options struct {
 	// capture at all (its calls bypass the mesh); capture.InterceptionIPTables adds the
 	// weft-init container.
 	Interception capture.Interception
+	// XDSCA is the control plane's CA bundle (PEM): rendered sidecars get it and a projected
+	// token to authenticate with (AddXDSCredentials). Empty renders neither.
+	XDSCA []byte
 }
 
 // DefaultOptions are the settings used when the manager is given no flags.

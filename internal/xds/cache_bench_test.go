@@ -45,10 +45,10 @@ func BenchmarkMetricsPerPush(b *testing.B) {
 		b.Fatal(err)
 	}
 	cb := &callbacks{cache: c, tracker: newTracker()}
-	cb.tracker.open(1, n.GetId(), v, false)
+	cb.tracker.open(sotwStream(1), n.GetId(), v, false)
 	vers := c.Versions(v)
 	for _, t := range Types {
-		cb.tracker.ack(1, t, vers[t])
+		cb.tracker.ack(sotwStream(1), t, vers[t])
 	}
 	b.Run("recordPush", func(b *testing.B) {
 		for i := 0; i < b.N; i++ {
@@ -59,7 +59,7 @@ func BenchmarkMetricsPerPush(b *testing.B) {
 		b.ReportAllocs()
 		for i := 0; i < b.N; i++ {
 			t := Types[i%len(Types)]
-			cb.observeAck(1, t, vers[t])
+			cb.observeAck(sotwStream(1), t, vers[t])
 		}
 	})
 }

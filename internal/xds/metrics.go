@@ -190,7 +190,7 @@ func (c *Cache) ackTimes(viewKey, typeURL, version string) (set time.Time, ok bo
 // and, when that ACK completes the sidecar's view (every type at its current version), its
 // convergence time. The ACK path is per push per sidecar, not per request byte: one lock of
 // the cache and two of the tracker.
-func (c *callbacks) observeAck(streamID int64, typeURL, version string) {
+func (c *callbacks) observeAck(streamID streamKey, typeURL, version string) {
 	key, opened, _, ok := c.tracker.streamOf(streamID)
 	if !ok {
 		return

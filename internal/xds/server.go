@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -17,6 +18,7 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/go-logr/logr"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 )
 
@@ -36,6 +38,13 @@ type Options struct {
 	// Keepalive overrides the server's keepalive pings (tests shorten them); zero values take
 	// the defaults below.
 	Keepalive keepalive.ServerParameters
+	// Auth, when set, authenticates every stream and call (docs/zero-trust.md): a sidecar's
+	// view is derived from its verified pod, never from its node metadata. Nil is the
+	// unauthenticated mode, for tests and development only.
+	Auth *Authenticator
+	// TLS, when set, is the serving configuration of the port (the manager's xDS
+	// certificate); tokens then never cross the network in clear.
+	TLS *tls.Config
 }
 
 // Keepalive settings. Sidecars ping at most every 15s (a faster client is disconnected
@@ -69,13 +78,14 @@ func New(cache *Cache, opts Options) *Server {
 	if opts.Keepalive.Time > 0 {
 		ka = opts.Keepalive
 	}
-	return &Server{
-		opts: opts, cache: cache, tracker: newTracker(), ready: make(chan struct{}),
-		grpc: grpc.NewServer(
-			grpc.KeepaliveEnforcementPolicy(keepaliveEnforcement),
-			grpc.KeepaliveParams(ka),
-		),
+	so := []grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(keepaliveEnforcement), grpc.KeepaliveParams(ka)}
+	if opts.TLS != nil {
+		so = append(so, grpc.Creds(credentials.NewTLS(opts.TLS)))
 	}
+	if opts.Auth != nil {
+		so = append(so, grpc.StreamInterceptor(opts.Auth.StreamInterceptor()), grpc.UnaryInterceptor(opts.Auth.UnaryInterceptor()))
+	}
+	return &Server{opts: opts, cache: cache, tracker: newTracker(), ready: make(chan struct{}), grpc: grpc.NewServer(so...)}
 }
 
 // Register lets another component (the autoscaler's signal service) serve on the same port.
@@ -112,7 +122,8 @@ func (s *Server) Start(ctx context.Context) error {
 			return fmt.Errorf("xDS server: listening on %s: %w", s.opts.Address, err)
 		}
 	}
-	cb := &callbacks{cache: s.cache, tracker: s.tracker, log: s.opts.Log, onChange: s.opts.OnChange}
+	cb := &callbacks{cache: s.cache, tracker: s.tracker, log: s.opts.Log, onChange: s.opts.OnChange,
+		secure: s.opts.Auth != nil, idents: map[streamKey]streamIdentity{}}
 	xs := serverv3.NewServer(ctx, s.cache.cache, cb, sotwv3.WithOrderedADS())
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.grpc, xs)
 	clusterservice.RegisterClusterDiscoveryServiceServer(s.grpc, xs)

@@ -1,6 +1,8 @@
 package xds
 
 import (
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+
 	"github.com/weftmesh/weft/internal/snapshot"
 )
 
@@ -22,9 +24,23 @@ type VersionSource interface {
 }
 
 type nodeSync struct {
-	view      snapshot.View
-	synced    bool
-	rejection string // non-empty: rejected
+	view   snapshot.View
+	synced bool
+	// rejections are "<node ID>: <error>" by the type NACKed at its current version.
+	rejections map[string]string
+}
+
+// redisTypes are the types a RedisProxy pool's resources travel in (listener, cluster,
+// endpoints): a sidecar's NACK of its route configurations says nothing about its pools.
+var redisTypes = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType}
+
+// typesOf are the types an object's resources travel in. Routes and functions reach every
+// type (the outbound listener's chains, routes, clusters and endpoints).
+func typesOf(k snapshot.ObjectKey) []string {
+	if k.Kind == snapshot.KindRedisProxy {
+		return redisTypes
+	}
+	return Types
 }
 
 // Sync computes, for every object of res, how many subscribed sidecars run its current
@@ -44,9 +60,11 @@ func Sync(res *snapshot.Result, nodes []NodeState, vs VersionSource) map[snapsho
 		ns := nodeSync{view: n.View, synced: len(want) > 0}
 		for t, v := range want {
 			if r, ok := n.Rejected[t]; ok && r.Version == v {
-				ns.rejection = n.ID + ": " + r.Error
+				if ns.rejections == nil {
+					ns.rejections = map[string]string{}
+				}
+				ns.rejections[t] = n.ID + ": " + r.Error
 				ns.synced = false
-				break
 			}
 			if n.Acked[t] != v {
 				ns.synced = false
@@ -57,7 +75,7 @@ func Sync(res *snapshot.Result, nodes []NodeState, vs VersionSource) map[snapsho
 	// Routes and functions go to every sidecar: count once.
 	var all SyncStatus
 	for _, ns := range per {
-		all.add(ns)
+		all.add(ns, Types)
 	}
 	out := make(map[snapshot.ObjectKey]SyncStatus, len(res.Status))
 	for k := range res.Status {
@@ -68,7 +86,7 @@ func Sync(res *snapshot.Result, nodes []NodeState, vs VersionSource) map[snapsho
 		var s SyncStatus
 		for _, ns := range per {
 			if res.Includes(ns.view, k) {
-				s.add(ns)
+				s.add(ns, typesOf(k))
 			}
 		}
 		out[k] = s
@@ -76,13 +94,23 @@ func Sync(res *snapshot.Result, nodes []NodeState, vs VersionSource) map[snapsho
 	return out
 }
 
-func (s *SyncStatus) add(ns nodeSync) {
+// add counts one sidecar that receives an object whose resources travel in types: it
+// rejected the object only if it NACKed one of those types (in Types order, so the
+// message shown does not depend on map order).
+func (s *SyncStatus) add(ns nodeSync, types []string) {
 	s.Subscribed++
+	rejection := ""
+	for _, t := range types {
+		if r, ok := ns.rejections[t]; ok {
+			rejection = r
+			break
+		}
+	}
 	switch {
-	case ns.rejection != "":
+	case rejection != "":
 		s.Rejected++
 		if s.LastRejection == "" {
-			s.LastRejection = ns.rejection
+			s.LastRejection = rejection
 		}
 	case ns.synced:
 		s.Synced++

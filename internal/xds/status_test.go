@@ -48,3 +48,30 @@ func TestSync(t *testing.T) {
 		t.Errorf("Sync (-want +got):\n%s", d)
 	}
 }
+
+// A sidecar's NACK counts only against the objects whose resources travel in the type it
+// rejected: a rejected route configuration marks the routes, not the Redis pools the same
+// sidecar runs (before, any NACK marked every object the sidecar received).
+func TestSyncNACKMarksOnlyObjectsOfThatType(t *testing.T) {
+	in := input("10.0.0.1")
+	in.RedisProxies = []meshv1alpha1.RedisProxy{{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "cache"},
+		Spec: meshv1alpha1.RedisProxySpec{
+			WorkloadSelector: &meshv1alpha1.WorkloadSelector{Labels: map[string]string{"app": "web"}},
+			Servers:          []meshv1alpha1.RedisServer{{Name: "s1", Address: "10.0.0.9:6379"}},
+		},
+	}}
+	res := snapshot.Translate(in)
+	cur := fixedVersions{resourcev3.ClusterType: "c2", resourcev3.RouteType: "r2"}
+	web := snapshot.View{Namespace: "default", Labels: map[string]string{"app": "web"}}
+	nodes := []NodeState{{ID: "web-1.default", View: web, Acked: map[string]string{resourcev3.ClusterType: "c2", resourcev3.RouteType: "r1"},
+		Rejected: map[string]Rejection{resourcev3.RouteType: {Version: "r2", Error: "bad route"}}}}
+	got := Sync(res, nodes, cur)
+	want := map[snapshot.ObjectKey]SyncStatus{
+		{Kind: snapshot.KindMeshRoute, Namespace: "default", Name: "reviews"}: {Subscribed: 1, Rejected: 1, LastRejection: "web-1.default: bad route"},
+		{Kind: snapshot.KindRedisProxy, Namespace: "default", Name: "cache"}:  {Subscribed: 1},
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("Sync (-want +got):\n%s", d)
+	}
+}

@@ -28,7 +28,33 @@ type NodeState struct {
 type tracker struct {
 	mu      sync.Mutex
 	nodes   map[string]*nodeEntry // by node ID
-	streams map[int64]*streamEntry
+	streams map[streamKey]*streamEntry
+}
+
+// streamKey names a stream by kind and number: go-control-plane numbers state-of-the-world
+// and delta streams with separate counters, both from 1, so the number alone would make the
+// first stream of each kind collide (the second to open would go unrecorded and the first
+// to close would take the other's record, and its view's snapshot, with it).
+type streamKey struct {
+	delta bool
+	id    int64
+}
+
+func sotwStream(id int64) streamKey  { return streamKey{id: id} }
+func deltaStream(id int64) streamKey { return streamKey{delta: true, id: id} }
+
+// maxErrorBytes bounds the NACK error text kept per node and type (it ends up in status).
+const maxErrorBytes = 1024
+
+// knownType reports whether typeURL is one Weft serves: only those are recorded, so a
+// client sending made-up type URLs cannot grow a node's Acked or Rejected map.
+func knownType(typeURL string) bool {
+	for _, t := range Types {
+		if t == typeURL {
+			return true
+		}
+	}
+	return false
 }
 
 type nodeEntry struct {
@@ -53,11 +79,11 @@ type streamEntry struct {
 type sentResponse struct{ nonce, version string }
 
 func newTracker() *tracker {
-	return &tracker{nodes: map[string]*nodeEntry{}, streams: map[int64]*streamEntry{}}
+	return &tracker{nodes: map[string]*nodeEntry{}, streams: map[streamKey]*streamEntry{}}
 }
 
 // open registers the first request of a stream; it returns true when the stream is new.
-func (t *tracker) open(streamID int64, id string, v snapshot.View, delta bool) bool {
+func (t *tracker) open(streamID streamKey, id string, v snapshot.View, delta bool) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if _, ok := t.streams[streamID]; ok {
@@ -76,7 +102,7 @@ func (t *tracker) open(streamID int64, id string, v snapshot.View, delta bool) b
 
 // close forgets a stream and, with its last stream, the node. It returns the stream's view
 // and whether the stream was known.
-func (t *tracker) close(streamID int64) (snapshot.View, bool) {
+func (t *tracker) close(streamID streamKey) (snapshot.View, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s, ok := t.streams[streamID]
@@ -92,16 +118,16 @@ func (t *tracker) close(streamID int64) (snapshot.View, bool) {
 	return s.view, true
 }
 
-func (t *tracker) sent(streamID int64, typeURL, nonce, version string) {
+func (t *tracker) sent(streamID streamKey, typeURL, nonce, version string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if s, ok := t.streams[streamID]; ok {
+	if s, ok := t.streams[streamID]; ok && knownType(typeURL) {
 		s.sent[typeURL] = sentResponse{nonce, version}
 	}
 }
 
 // lastSent is the version of the stream's last response of a type.
-func (t *tracker) lastSent(streamID int64, typeURL string) string {
+func (t *tracker) lastSent(streamID streamKey, typeURL string) string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if s, ok := t.streams[streamID]; ok {
@@ -111,11 +137,11 @@ func (t *tracker) lastSent(streamID int64, typeURL string) string {
 }
 
 // ack records an ACK of version; it reports whether anything changed.
-func (t *tracker) ack(streamID int64, typeURL, version string) bool {
+func (t *tracker) ack(streamID streamKey, typeURL, version string) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s, ok := t.streams[streamID]
-	if !ok {
+	if !ok || !knownType(typeURL) {
 		return false
 	}
 	n := t.nodes[s.nodeID]
@@ -130,16 +156,19 @@ func (t *tracker) ack(streamID int64, typeURL, version string) bool {
 
 // nack records a NACK of the response with nonce and returns the version it rejected ("" if
 // the nonce is not the stream's last response of that type).
-func (t *tracker) nack(streamID int64, typeURL, nonce, msg string) string {
+func (t *tracker) nack(streamID streamKey, typeURL, nonce, msg string) string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s, ok := t.streams[streamID]
-	if !ok {
+	if !ok || !knownType(typeURL) {
 		return ""
 	}
 	version := ""
 	if last := s.sent[typeURL]; last.nonce == nonce || s.delta {
 		version = last.version
+	}
+	if len(msg) > maxErrorBytes {
+		msg = msg[:maxErrorBytes] + "…"
 	}
 	t.nodes[s.nodeID].state.Rejected[typeURL] = Rejection{Version: version, Error: msg}
 	return version
@@ -166,7 +195,7 @@ func (t *tracker) Nodes() []NodeState {
 
 // streamOf returns a known stream's view key, when it opened and whether it is a delta
 // stream.
-func (t *tracker) streamOf(streamID int64) (viewKey string, opened time.Time, delta, ok bool) {
+func (t *tracker) streamOf(streamID streamKey) (viewKey string, opened time.Time, delta, ok bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s, ok := t.streams[streamID]
@@ -178,7 +207,7 @@ func (t *tracker) streamOf(streamID int64) (viewKey string, opened time.Time, de
 
 // syncedTo reports whether the stream's sidecar has ACKed every version in want and
 // rejects none of them.
-func (t *tracker) syncedTo(streamID int64, want map[string]string) bool {
+func (t *tracker) syncedTo(streamID streamKey, want map[string]string) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s, ok := t.streams[streamID]

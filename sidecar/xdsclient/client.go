@@ -57,6 +57,9 @@ type Options struct {
 	// BackoffBase and BackoffMax bound the reconnect delay (defaults DefaultBackoffBase
 	// and DefaultBackoffMax).
 	BackoffBase, BackoffMax time.Duration
+	// DialOptions authenticate the connection (Credentials); empty is plaintext without a
+	// token, which only a control plane run with --xds-insecure accepts.
+	DialOptions []grpc.DialOption
 }
 
 // Reconnect back-off. A sidecar that lost its control plane keeps serving its last good
@@ -150,11 +153,15 @@ func (c *Client) Run(ctx context.Context) error {
 	// The channel has its own reconnect back-off under the stream's (grpc-go's default: 1 s
 	// growing 1.6× to 120 s), which alone kept sidecars away 14 s after a 31 s outage: it
 	// gets the same bounds as the stream.
-	conn, err := grpc.NewClient(c.opts.Address, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	dial := c.opts.DialOptions
+	if len(dial) == 0 {
+		dial = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
+	conn, err := grpc.NewClient(c.opts.Address, append(slices.Clone(dial),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           grpcbackoff.Config{BaseDelay: c.opts.BackoffBase, Multiplier: 1.6, Jitter: 0.2, MaxDelay: c.opts.BackoffMax},
 			MinConnectTimeout: connectTimeout,
-		}))
+		}))...)
 	if err != nil {
 		return fmt.Errorf("dialing xDS server %s: %w", c.opts.Address, err)
 	}
