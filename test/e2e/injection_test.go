@@ -54,7 +54,8 @@ spec: {selector: {app: redis}, ports: [{port: 6379, targetPort: 6379}]}
 `
 
 func injectionDeployment(app, image, args, port, probe string) string {
-	return strings.ReplaceAll(transparentDeployment(app, image, args, port, probe), "\n      annotations: {weft.dev/interception: iptables}", "") + "\n"
+	d := strings.ReplaceAll(transparentDeployment(app, image, args, port, probe), "\n      annotations: {weft.dev/interception: iptables}", "")
+	return strings.ReplaceAll(d, "namespace: "+transparentNS, "namespace: "+injectionNS)
 }
 
 // TestInjectingANamespaceKeepsItsCalls is issue 15's check that a namespace can be injected
