@@ -260,7 +260,7 @@ func TestTransparentCapture(t *testing.T) {
 				if err != nil {
 					return fmt.Errorf("%w: %s", err, out)
 				}
-				if !strings.HasPrefix(out, "HTTP/1.1 200") || !strings.Contains(strings.ToLower(out), "x-version: plain") {
+				if !strings.HasPrefix(out, "HTTP/1.1 200") || !strings.Contains(strings.ToLower(out), "x-version: plain\r\n") {
 					return fmt.Errorf("answer %s", out)
 				}
 			}
