@@ -213,6 +213,7 @@ func measureCalls(t *testing.T, client corev1.Pod, outside string) map[string]st
 	echoCall := func(args ...string) string {
 		out, code := run(append([]string{"curl", "-sS", "--max-time", "10", "-H", "X-Probe: 1", "-w", "\n%{http_code}"}, args...)...)
 		body, status, _ := strings.Cut(strings.TrimSpace(out), "\n")
+		status = strings.TrimSpace(status)
 		if code != 0 {
 			return fmt.Sprintf("curl exit %d: %s", code, out)
 		}
