@@ -308,9 +308,9 @@ if ((routed)); then
   proxyenv="$(tr '\0' '\n' <"/proc/$CALLER_PID/environ" | grep -ic '^https\?_proxy=' || true)"
   inits="$(kubectl get pod "$CALLER_POD" -o jsonpath='{.spec.initContainers[*].name}')"
   rules="$(inpod iptables-save -t nat 2>/dev/null | grep -c 'REDIRECT --to-ports 1500[16]' || true)"
-  c0="$(sidecar_stat "$CALLER_IP" weft_cluster_requests_total 'outbound|9080||reviews.default.svc.cluster.local')"
+  c0="$(sidecar_stat "$CALLER_IP" weft_cluster_requests_total 'reviews.default.svc.cluster.local')"
   out="$(call "http://reviews:9080/" 20 || true)"
-  c1="$(sidecar_stat "$CALLER_IP" weft_cluster_requests_total 'outbound|9080||reviews.default.svc.cluster.local')"
+  c1="$(sidecar_stat "$CALLER_IP" weft_cluster_requests_total 'reviews.default.svc.cluster.local')"
   detail="proxy variables in the app: $proxyenv; init containers: ${inits:-none}; REDIRECT rules: $rules; 20 calls to http://reviews:9080 → $(kv status.200 "$out") × 200, sidecar counted $((c1 - c0))"
   if [[ "$proxyenv" == 0 && " $inits " == *" weft-init "* && "$rules" -ge 2 && "$(kv status.200 "$out")" == 20 && $((c1 - c0)) -ge 20 ]]; then
     record "unmodified caller, captured" PASS "$detail"
@@ -334,7 +334,7 @@ if ((routed)); then
   g1="$(sidecar_stat "$CALLER_IP" weft_cluster_requests_total 'outbound|9090||grpc-echo.default.svc.cluster.local')"
   i1="$(sidecar_stat "${GRPC_IP:-127.0.0.1}" weft_cluster_requests_total 'inbound|8080')"
   serving="$(grep -c ': SERVING served-by=' <<<"$out" || true)"
-  detail="$serving of 5 health checks SERVING, watch: $(grep -o 'watch: [0-9]* updates' <<<"$out" || echo none) with the server's trailer; caller sidecar +$((g1 - g0)), server sidecar +$((i1 - i0)) requests"
+  detail="$serving of 5 health checks SERVING, watch: $(grep -o '[0-9]* updates' <<<"$out" || echo none) with the server's trailer; caller sidecar +$((g1 - g0)), server sidecar +$((i1 - i0)) requests"
   if [[ "$serving" == 5 && "$out" == *"watch: 3 updates served-by=["*"/grpc-v1]"* && $((g1 - g0)) -ge 6 && $((i1 - i0)) -ge 6 ]]; then
     record "gRPC through both sidecars" PASS "$detail"
   else record "gRPC through both sidecars" FAIL "$detail"; fi
