@@ -107,7 +107,7 @@ func Inject(pod *corev1.Pod, ns string, cfg Config) (bool, error) {
 			// No app port, no inbound listener: captured inbound connections would be
 			// refused at :15006, so a client or TCP-only pod keeps its inbound direct.
 			if _, set := pod.Annotations[capture.AnnotationIncludeInboundPorts]; set && (capCfg.IncludeInboundPorts.All || len(capCfg.IncludeInboundPorts.List) > 0) {
-				return false, fmt.Errorf("annotation %s=%q captures inbound ports, but the pod declares no HTTP port, so its sidecar has no inbound listener to take them; "+
+				return false, fmt.Errorf("annotation %s=%q captures inbound ports, but the pod has no app port (no container port that may be HTTP), so its sidecar has no inbound listener to take them; "+
 					"set %s to the app's HTTP port or remove the annotation", capture.AnnotationIncludeInboundPorts, pod.Annotations[capture.AnnotationIncludeInboundPorts], AnnotationAppPort)
 			}
 			capCfg.IncludeInboundPorts = capture.Ports{}
