@@ -460,8 +460,11 @@ func TestTransparentCapture(t *testing.T) {
 		}
 		eventually(t, time.Minute, "curl http://redis:8080/ from the client pod", func() error {
 			out, err := inPod(10*time.Second, "curl", "-sS", "--max-time", "5", "-i", "http://redis:8080/")
-			if err != nil || !strings.HasPrefix(out, "HTTP/1.1 200") || !strings.Contains(strings.ToLower(out), "x-version: redis-api") {
-				return fmt.Errorf("%v: %s", err, out)
+			if err != nil {
+				return fmt.Errorf("%w: %s", err, out)
+			}
+			if !strings.HasPrefix(out, "HTTP/1.1 200") || !strings.Contains(strings.ToLower(out), "x-version: redis-api") {
+				return fmt.Errorf("answer %s", out)
 			}
 			return nil
 		})
