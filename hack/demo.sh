@@ -2,7 +2,9 @@
 # hack/demo.sh — Weft on one machine, start to finish: starts the local mesh (`weft dev`),
 # applies config/samples and examples/demo, then shows what works in plain words and
 # figures: sidecars injected, EndpointSlices from kube-controller-manager, an 80/20 canary
-# split, retries hiding a failing pod, a fault rule. Ends with a summary table, tears
+# split, retries hiding a failing pod, a fault rule, functions, Redis, and unmodified apps
+# (no proxy settings, Service names by DNS, captured by iptables) speaking HTTP, gRPC,
+# WebSocket and Redis's TCP. Ends with a summary table, tears
 # everything down and exits non-zero if a step failed. Works offline once the Go module
 # cache and the envtest binaries (go run ./hack/envtest) are in place; needs root for the
 # pod network namespaces.
@@ -44,7 +46,7 @@ bold "Building the binaries (manager, sidecar, weft, examples)"
 mkdir -p bin
 for b in manager sidecar weft weft-init; do go build -o "bin/$b" "./cmd/$b"; done
 for b in echo slow flaky caller grpcecho wsecho; do go build -o "bin/$b" "./examples/$b"; done
-say "bin/: $(cd bin && ls manager sidecar weft echo slow flaky caller | tr '\n' ' ')"
+say "bin/: $(cd bin && ls manager sidecar weft weft-init echo slow flaky caller grpcecho wsecho | tr '\n' ' ')"
 ASSETS="$(go run ./hack/envtest -mesh | tail -n1)" # -mesh: kube-proxy and CoreDNS too
 say "control-plane binaries: $ASSETS"
 
@@ -287,6 +289,98 @@ if ((routed)); then
   else
     record "redis sharding (ketama)" FAIL "the caller's sidecar did not serve 127.0.0.1:6379 within 120 s"
   fi
+fi
+
+if ((routed)); then
+  # ---- the caller is an unmodified app ---------------------------------------------------------
+  bold "Unmodified apps: the caller has no proxy settings; weft-init's iptables rules send its connections to its sidecar"
+  CALLER_POD="$(kubectl get pods -l app=caller -o jsonpath='{.items[0].metadata.name}')"
+  CALLER_PID="$(kubectl get pod "$CALLER_POD" -o jsonpath='{.status.containerStatuses[?(@.name=="caller")].containerID}')"
+  CALLER_PID="${CALLER_PID#weft-dev://}"
+  # inpod CMD... — run CMD as the caller app would: in its network namespace (capture rules)
+  # and mount namespace (its resolv.conf: Service names resolve through CoreDNS).
+  inpod() { timeout 60 nsenter -t "$CALLER_PID" -n -m "$@"; }
+  # sidecar_stat IP METRIC FILTER — the sum of a sidecar's /stats lines METRIC{...FILTER...}.
+  sidecar_stat() {
+    curl -s --noproxy '*' --max-time 5 "http://$1:15020/stats" \
+      | awk -v m="$2{" -v f="$3" 'index($0, m) == 1 && index($0, f) {s += $NF} END {printf "%d", s}'
+  }
+  proxyenv="$(tr '\0' '\n' <"/proc/$CALLER_PID/environ" | grep -ic '^https\?_proxy=' || true)"
+  inits="$(kubectl get pod "$CALLER_POD" -o jsonpath='{.spec.initContainers[*].name}')"
+  rules="$(inpod iptables-save -t nat 2>/dev/null | grep -c 'REDIRECT --to-ports 1500[16]' || true)"
+  c0="$(sidecar_stat "$CALLER_IP" weft_cluster_requests_total 'reviews.default.svc.cluster.local')"
+  out="$(call "http://reviews:9080/" 20 || true)"
+  c1="$(sidecar_stat "$CALLER_IP" weft_cluster_requests_total 'reviews.default.svc.cluster.local')"
+  detail="proxy variables in the app: $proxyenv; init containers: ${inits:-none}; REDIRECT rules: $rules; 20 calls to http://reviews:9080 → $(kv status.200 "$out") × 200, sidecar counted $((c1 - c0))"
+  if [[ "$proxyenv" == 0 && " $inits " == *" weft-init "* && "$rules" -ge 2 && "$(kv status.200 "$out")" == 20 && $((c1 - c0)) -ge 20 ]]; then
+    record "unmodified caller, captured" PASS "$detail"
+  else record "unmodified caller, captured" FAIL "$detail"; fi
+
+  # ---- gRPC -------------------------------------------------------------------------------------
+  bold "gRPC: grpc-go's health client calls grpc-echo:9090 by name, through the caller's and the server's sidecars"
+  GRPC_IP=""
+  for _ in $(seq 1 120); do
+    GRPC_IP="$(kubectl get pods -l app=grpc-echo -o jsonpath='{range .items[?(@.status.phase=="Running")]}{.status.podIP}{end}' 2>/dev/null)"
+    [[ -n "$GRPC_IP" ]] && break; sleep 1
+  done
+  g0="$(sidecar_stat "$CALLER_IP" weft_cluster_requests_total 'outbound|9090||grpc-echo.default.svc.cluster.local')"
+  i0="$(sidecar_stat "${GRPC_IP:-127.0.0.1}" weft_cluster_requests_total 'inbound|8080')"
+  out=""
+  for _ in $(seq 1 60); do
+    out="$(inpod "$ROOT/bin/grpcecho" call -target grpc-echo:9090 -n 5 2>&1)" && break
+    sleep 1
+  done
+  sed 's/^/   | /' <<<"$out" | head -n 6
+  g1="$(sidecar_stat "$CALLER_IP" weft_cluster_requests_total 'outbound|9090||grpc-echo.default.svc.cluster.local')"
+  i1="$(sidecar_stat "${GRPC_IP:-127.0.0.1}" weft_cluster_requests_total 'inbound|8080')"
+  serving="$(grep -c ': SERVING served-by=' <<<"$out" || true)"
+  detail="$serving of 5 health checks SERVING, watch: $(grep -o '[0-9]* updates' <<<"$out" || echo none) with the server's trailer; caller sidecar +$((g1 - g0)), server sidecar +$((i1 - i0)) requests"
+  if [[ "$serving" == 5 && "$out" == *"watch: 3 updates served-by=["*"/grpc-v1]"* && $((g1 - g0)) -ge 6 && $((i1 - i0)) -ge 6 ]]; then
+    record "gRPC through both sidecars" PASS "$detail"
+  else record "gRPC through both sidecars" FAIL "$detail"; fi
+
+  # ---- WebSocket ----------------------------------------------------------------------------------
+  bold "WebSocket: a session with ws-echo:8081 by name (the Upgrade is tunneled through both sidecars)"
+  w0="$(sidecar_stat "$CALLER_IP" weft_cluster_requests_total 'outbound|8081||ws-echo.default.svc.cluster.local')"
+  out=""
+  for _ in $(seq 1 60); do
+    out="$(inpod "$ROOT/bin/wsecho" call -url ws://ws-echo:8081/chat -n 4 -size 262144 2>&1)" && break
+    sleep 1
+  done
+  say "| $out"
+  w1="$(sidecar_stat "$CALLER_IP" weft_cluster_requests_total 'outbound|8081||ws-echo.default.svc.cluster.local')"
+  detail="$(grep -o '4 messages echoed ([0-9]* bytes)' <<<"$out" || echo 'no session'), $(grep -o 'closed normally' <<<"$out" || echo 'not closed normally'); caller sidecar +$((w1 - w0)) upgraded requests"
+  if [[ "$out" == *"4 messages echoed (524302 bytes), upgrade 101 Switching Protocols, closed normally"* && $((w1 - w0)) -ge 1 ]]; then
+    record "WebSocket session" PASS "$detail"
+  else record "WebSocket session" FAIL "$detail"; fi
+
+  # ---- a Service no MeshRoute names -------------------------------------------------------------
+  bold "Every Service is in the mesh: http://plain/ has no MeshRoute and still goes through the caller's sidecar"
+  mr="$(kubectl get meshroutes -o jsonpath='{range .items[*]}{.spec.hosts}{"\n"}{end}' | grep -c '"plain' || true)"
+  p0="$(sidecar_stat "$CALLER_IP" weft_cluster_requests_total 'outbound|80||plain.default.svc.cluster.local')"
+  wait_routed "http://plain/" 200
+  out="$(call "http://plain/" 20)"
+  p1="$(sidecar_stat "$CALLER_IP" weft_cluster_requests_total 'outbound|80||plain.default.svc.cluster.local')"
+  detail="MeshRoutes naming plain: $mr; 20 calls → $(kv status.200 "$out") × 200 from $(kv version.plain-v1 "$out") × plain-v1; caller sidecar's default route counted +$((p1 - p0))"
+  if [[ "$mr" == 0 && "$(kv status.200 "$out")" == 20 && "$(kv version.plain-v1 "$out")" == 20 && $((p1 - p0)) -ge 20 ]]; then
+    record "Service with no MeshRoute" PASS "$detail"
+  else record "Service with no MeshRoute" FAIL "$detail"; fi
+
+  # ---- redis-cli by Service name -----------------------------------------------------------------
+  bold "TCP: redis-cli in the caller pod talks to the Redis Service kv:6379 by name, proxied as TCP"
+  t0="$(sidecar_stat "$CALLER_IP" weft_tcp_connections_total 'kv.default')"
+  pong=""
+  for _ in $(seq 1 60); do
+    pong="$(inpod redis-cli -h kv -p 6379 PING 2>&1)"; [[ "$pong" == PONG ]] && break; sleep 1
+  done
+  set_="$(inpod redis-cli -h kv -p 6379 SET weft:demo captured 2>&1)"
+  get_="$(inpod redis-cli -h kv.default.svc.cluster.local -p 6379 GET weft:demo 2>&1)"
+  t1="$(sidecar_stat "$CALLER_IP" weft_tcp_connections_total 'kv.default')"
+  b1="$(sidecar_stat "$CALLER_IP" weft_tcp_bytes_received_total 'kv.default')"
+  detail="PING → $pong, SET → $set_, GET by FQDN → $get_; caller sidecar TCP connections to kv +$((t1 - t0)), $b1 bytes received"
+  if [[ "$pong" == PONG && "$set_" == OK && "$get_" == captured && $((t1 - t0)) -ge 3 && "$b1" -gt 0 ]]; then
+    record "redis-cli to a Service by name" PASS "$detail"
+  else record "redis-cli to a Service by name" FAIL "$detail"; fi
 fi
 
 bold "Custom resources"

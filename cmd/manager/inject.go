@@ -58,10 +58,10 @@ func bindInjectionFlags(fs *flag.FlagSet) *injectionOptions {
 	fs.StringVar(&o.certHosts, "webhook-cert-hosts", "weft-webhook-service."+ns+".svc,weft-webhook-service."+ns+".svc.cluster.local",
 		"Comma-separated DNS names and IPs the webhook serving certificate covers.")
 	fs.StringVar(&o.configName, "webhook-config-name", inject.WebhookConfigName, "MutatingWebhookConfiguration whose caBundle the manager keeps.")
-	// proxy-env until the sidecar dispatches captured connections by SO_ORIGINAL_DST
-	// (docs/capture.md "Switching the default").
-	fs.StringVar(&o.interception, "interception", string(capture.InterceptionProxyEnv),
-		`How injected and function pods without a weft.dev/interception annotation reach their sidecar: "iptables" (the weft-init container, needs NET_ADMIN) or "proxy-env" (HTTP_PROXY).`)
+	// iptables, as Istio: apps join the mesh unmodified. proxy-env is for clusters that
+	// refuse NET_ADMIN in pods (docs/capture.md "Interception modes").
+	fs.StringVar(&o.interception, "interception", string(capture.InterceptionIPTables),
+		`How injected and function pods without a weft.dev/interception annotation reach their sidecar: "iptables" (the weft-init container, needs NET_ADMIN) or "proxy-env" (HTTP_PROXY, for clusters without NET_ADMIN).`)
 	return o
 }
 

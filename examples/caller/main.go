@@ -1,5 +1,6 @@
 // Command caller is the Weft example client: GET /call?url=U&n=N&c=C makes N calls to U
-// (C at a time) through $HTTP_PROXY — the pod's sidecar once injected — and answers with
+// (C at a time) — through the pod's sidecar once injected: captured by weft-init's rules, or
+// through $HTTP_PROXY with proxy-env interception — and answers with
 // how many calls got each status and each X-Version, so the demo and the e2e tests can
 // measure a traffic split, retries or a fault from inside the mesh; h=Name:Value adds headers
 // to the calls (e.g. Prefer: respond-async). POST /callback records async results (an
@@ -109,7 +110,8 @@ func main() {
 	if port == "" {
 		port = "8080"
 	}
-	// ProxyFromEnvironment sends every call to $HTTP_PROXY: the sidecar's outbound listener.
+	// With iptables capture there is no proxy setting and the calls go out as to any server
+	// (the sidecar takes them); with proxy-env, ProxyFromEnvironment sends them to $HTTP_PROXY.
 	client := &http.Client{Timeout: 30 * time.Second,
 		Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, MaxIdleConnsPerHost: 64}}
 	mux := http.NewServeMux()

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -36,5 +38,39 @@ func TestEchoesMessagesAndClosesOnBye(t *testing.T) {
 	}
 	if _, _, err := c.Read(ctx); websocket.CloseStatus(err) != websocket.StatusNormalClosure {
 		t.Errorf("after bye: %v, want a normal closure", err)
+	}
+}
+
+// TestCallClient: the call mode completes a session against the server, and reports an
+// echo that does not match (a server that answers with other bytes).
+func TestCallClient(t *testing.T) {
+	srv := httptest.NewServer(handler())
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var out bytes.Buffer
+	url := "ws" + strings.TrimPrefix(srv.URL, "http") + "/chat"
+	if err := call(ctx, url, 4, 1<<20, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "4 messages echoed (2097166 bytes)") || !strings.Contains(out.String(), "closed normally") {
+		t.Errorf("call output %q", out.String())
+	}
+
+	liar := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.CloseNow()
+		_, msg, err := c.Read(r.Context())
+		if err != nil {
+			return
+		}
+		_ = c.Write(r.Context(), websocket.MessageText, append(msg, '!'))
+	}))
+	defer liar.Close()
+	if err := call(ctx, "ws"+strings.TrimPrefix(liar.URL, "http")+"/", 2, 10, io.Discard); err == nil || !strings.Contains(err.Error(), "came back as") {
+		t.Errorf("call against a server that alters the echo: %v, want a mismatch error", err)
 	}
 }

@@ -110,6 +110,15 @@ func Inject(pod *corev1.Pod, ns string, cfg Config) (bool, error) {
 	case capture.InterceptionIPTables:
 		// The app's TCP is captured: proxy env would only make HTTP clients address the
 		// sidecar directly, which capture already does for every client.
+		if appPort == 0 {
+			// No app port, no inbound listener: captured inbound connections would be
+			// refused at :15006, so a client or TCP-only pod keeps its inbound direct.
+			if _, set := pod.Annotations[capture.AnnotationIncludeInboundPorts]; set && (capCfg.IncludeInboundPorts.All || len(capCfg.IncludeInboundPorts.List) > 0) {
+				return false, fmt.Errorf("annotation %s=%q captures inbound ports, but the pod has no app port (no container port that may be HTTP), so its sidecar has no inbound listener to take them; "+
+					"set %s to the app's HTTP port or remove the annotation", capture.AnnotationIncludeInboundPorts, pod.Annotations[capture.AnnotationIncludeInboundPorts], AnnotationAppPort)
+			}
+			capCfg.IncludeInboundPorts = capture.Ports{}
+		}
 		pod.Spec.InitContainers = workload.InsertCaptureInit(pod.Spec.InitContainers, workload.CaptureInitContainer(cfg.Image, capCfg), ContainerName)
 	default:
 		for i := range pod.Spec.Containers {
@@ -125,22 +134,6 @@ func Inject(pod *corev1.Pod, ns string, cfg Config) (bool, error) {
 	}
 	pod.Annotations[AnnotationStatus] = "injected " + cfg.Image
 	return true, nil
-}
-
-// appPortOf is the weft.dev/app-port annotation, else the first container's first port,
-// else 0 (a pure client: the sidecar then has no inbound listener).
-func appPortOf(pod *corev1.Pod) (int32, error) {
-	if v, ok := pod.Annotations[AnnotationAppPort]; ok {
-		p, err := strconv.ParseInt(v, 10, 32)
-		if err != nil || p < 1 || p > 65535 {
-			return 0, fmt.Errorf("annotation %s=%q is not a port number (1-65535); fix or remove it", AnnotationAppPort, v)
-		}
-		return int32(p), nil
-	}
-	if len(pod.Spec.Containers) > 0 && len(pod.Spec.Containers[0].Ports) > 0 {
-		return pod.Spec.Containers[0].Ports[0].ContainerPort, nil
-	}
-	return 0, nil
 }
 
 // checkConcurrency refuses a weft.dev/proxy-concurrency annotation the sidecar could not

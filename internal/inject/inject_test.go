@@ -150,3 +150,56 @@ func TestInterceptionDefault(t *testing.T) {
 		}
 	}
 }
+
+// TestAppPortOf pins how the app port is chosen (issue 15: the first container port was
+// taken, so a pod whose first port was Redis or a metrics port had its RESP or its HTTP
+// sent to the wrong place).
+func TestAppPortOf(t *testing.T) {
+	type port struct {
+		name  string
+		num   int32
+		proto corev1.Protocol
+	}
+	for _, tc := range []struct {
+		name       string
+		annotation string
+		containers [][]port
+		want       int32
+		wantErr    bool
+	}{
+		{name: "no ports", containers: [][]port{{}}, want: 0},
+		{name: "one unnamed port", containers: [][]port{{{"", 8080, ""}}}, want: 8080},
+		{name: "annotation wins over a named port", annotation: "9000", containers: [][]port{{{"http", 8080, "TCP"}}}, want: 9000},
+		{name: "annotation out of range", annotation: "65536", wantErr: true},
+		{name: "annotation not a number", annotation: "http", wantErr: true},
+		{name: "annotation zero", annotation: "0", wantErr: true},
+		{name: "named http after a metrics port", containers: [][]port{{{"metrics", 9090, "TCP"}, {"http-web", 8080, "TCP"}}}, want: 8080},
+		{name: "named grpc in the second container", containers: [][]port{{{"", 8080, "TCP"}}, {{"grpc", 9000, "TCP"}}}, want: 9000},
+		{name: "h2c and upper case", containers: [][]port{{{"admin", 1, "TCP"}, {"H2C", 8443, "TCP"}}}, want: 8443},
+		{name: "grpc-web", containers: [][]port{{{"x", 1, "TCP"}, {"grpc-web", 8081, "TCP"}}}, want: 8081},
+		{name: "unnamed redis port skipped", containers: [][]port{{{"", 6379, "TCP"}}, {{"", 8080, "TCP"}}}, want: 8080},
+		{name: "declared tcp ports skipped", containers: [][]port{{{"redis", 7000, "TCP"}, {"tcp-db", 7001, "TCP"}, {"https", 7002, "TCP"}, {"", 7003, "TCP"}}}, want: 7003},
+		{name: "only TCP: no app port", containers: [][]port{{{"", 5432, "TCP"}, {"mysql", 3307, "TCP"}}}, want: 0},
+		{name: "a named TCP port keeps its name even on an HTTP-ish number", containers: [][]port{{{"tcp", 8080, "TCP"}}}, want: 0},
+		{name: "UDP and SCTP never", containers: [][]port{{{"http", 8080, "UDP"}, {"", 9000, "SCTP"}, {"", 9001, "TCP"}}}, want: 9001},
+		{name: "httpbin is not an http name but still a plain port", containers: [][]port{{{"httpbin", 8000, "TCP"}}}, want: 8000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := &corev1.Pod{}
+			if tc.annotation != "" {
+				pod.Annotations = map[string]string{AnnotationAppPort: tc.annotation}
+			}
+			for i, c := range tc.containers {
+				ctr := corev1.Container{Name: "c" + string(rune('0'+i))}
+				for _, p := range c {
+					ctr.Ports = append(ctr.Ports, corev1.ContainerPort{Name: p.name, ContainerPort: p.num, Protocol: p.proto})
+				}
+				pod.Spec.Containers = append(pod.Spec.Containers, ctr)
+			}
+			got, err := appPortOf(pod)
+			if (err != nil) != tc.wantErr || got != tc.want {
+				t.Errorf("appPortOf = %d, %v; want %d (error: %v)", got, err, tc.want, tc.wantErr)
+			}
+		})
+	}
+}

@@ -242,14 +242,31 @@ func (t *translator) endpointAddrs(svc *corev1.Service) []string {
 
 // addVHost adds a virtual host to route configuration rc, with the domains no earlier
 // virtual host of rc took (a domain in two virtual hosts would make the configuration
-// invalid); local are the bare short names only namespace ns's sidecars see.
+// invalid); local are the bare short names only namespace ns's sidecars see. A bare name
+// is taken per namespace: Services "api" in two namespaces each keep "api" for their own
+// namespace's callers (it used to go to the first one only, so the other namespace's
+// callers fell through to passthrough). A global domain and a bare name never share a
+// domain, since some sidecar would see both.
 func (r *Result) addVHost(ns, rc, name string, global, local []string, routes []*routev3.Route, sum [32]byte, taken map[string]bool) {
-	g := &routev3.VirtualHost{Name: name, Domains: freshIn(rc, global, taken), Routes: routes}
+	var gd []string
+	for _, d := range global {
+		if !taken[rc+"\x00local\x00"+d] {
+			gd = append(gd, d)
+		}
+	}
+	g := &routev3.VirtualHost{Name: name, Domains: freshIn(rc, gd, taken), Routes: routes}
 	if len(g.Domains) == 0 {
 		return
 	}
 	e := vhostEntry{ns: ns, rc: rc, global: g, gHash: vhostHash(g, sum)}
-	if l := freshIn(rc, local, taken); len(l) > 0 {
+	var ld []string
+	for _, d := range local {
+		if !taken[rc+"\x00"+d] {
+			ld = append(ld, d)
+			taken[rc+"\x00local\x00"+d] = true
+		}
+	}
+	if l := freshIn(rc+"\x00ns\x00"+ns, ld, taken); len(l) > 0 {
 		lv := &routev3.VirtualHost{Name: name, Domains: append(append([]string(nil), g.Domains...), l...), Routes: routes}
 		e.local, e.lHash = lv, vhostHash(lv, sum)
 	}

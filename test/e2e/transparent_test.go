@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -70,7 +71,38 @@ spec: {selector: {app: ws-echo}, ports: [{name: http, port: 8081, targetPort: 80
 apiVersion: v1
 kind: Service
 metadata: {name: redis, namespace: transparent-e2e}
-spec: {selector: {app: redis}, ports: [{name: redis, port: 6379, targetPort: 6379}]}
+spec: {selector: {app: redis}, ports: [{name: redis, port: 6379, targetPort: 6379}, {name: http, port: 8080, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: redis-solo, namespace: transparent-e2e}
+spec: {selector: {app: redis-solo}, ports: [{port: 6379, targetPort: 6379}]}
+---
+# redis: a pod whose first container port is Redis (unnamed, as users write it) and whose
+# second container serves HTTP. The app port must be 8080 (inject.appPortOf), and 6379 must
+# reach redis through the sidecar's inbound TCP passthrough.
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: redis, namespace: transparent-e2e}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: redis}}
+  template:
+    metadata:
+      labels: {app: redis}
+      annotations: {weft.dev/interception: iptables}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: redis
+        image: redis:7
+        args: ["--port", "6379", "--protected-mode", "no", "--save", "", "--appendonly", "no"]
+        ports: [{containerPort: 6379}]
+      - name: api
+        image: weft.dev/examples/echo:latest
+        env: [{name: VERSION, value: redis-api}]
+        ports: [{containerPort: 8080}]
+        readinessProbe: {periodSeconds: 1, httpGet: {path: /, port: 8080}}
 `
 
 // transparentDeployment is one Deployment of the namespace, annotated for iptables capture.
@@ -108,13 +140,8 @@ func applyTransparent(t *testing.T) {
 		transparentDeployment("routed", "weft.dev/examples/echo:latest", "[]", "8080", "/") +
 		transparentDeployment("grpc-echo", "weft.dev/examples/grpcecho:latest", "[serve]", "8080", "") +
 		transparentDeployment("ws-echo", "weft.dev/examples/wsecho:latest", "[]", "8080", "/healthz") +
-		transparentDeployment("redis", "redis:7", `["--port", "6379", "--protected-mode", "no", "--save", "", "--appendonly", "no"]`, "6379", "") +
+		transparentDeployment("redis-solo", "redis:7", `["--port", "6379", "--protected-mode", "no", "--save", "", "--appendonly", "no"]`, "6379", "") +
 		transparentDeployment("client", "weft.dev/examples/caller:latest", "[]", "8080", "/healthz")
-	// redis's only container port would become the sidecar's app port (inject.appPortOf:
-	// the first container port), whose inbound chain is HTTP (snapshot.captureInbound), so
-	// RESP would be parsed as HTTP. weft.dev/app-port names another port, so 6379 takes the
-	// inbound TCP passthrough chain. (A known gap: a TCP-only pod needs this annotation.)
-	m = strings.Replace(m, "labels: {app: redis}\n      annotations: {weft.dev/interception: iptables}", "labels: {app: redis}\n      annotations: {weft.dev/interception: iptables, weft.dev/app-port: \"6380\"}", 1)
 	f := filepath.Join(t.TempDir(), "transparent.yaml")
 	if err := os.WriteFile(f, []byte(m), 0o644); err != nil {
 		t.Fatal(err)
@@ -233,7 +260,7 @@ func TestTransparentCapture(t *testing.T) {
 				if err != nil {
 					return fmt.Errorf("%w: %s", err, out)
 				}
-				if !strings.HasPrefix(out, "HTTP/1.1 200") || !strings.Contains(strings.ToLower(out), "x-version: plain") {
+				if !strings.HasPrefix(out, "HTTP/1.1 200") || !strings.Contains(strings.ToLower(out), "x-version: plain\r\n") {
 					return fmt.Errorf("answer %s", out)
 				}
 			}
@@ -421,11 +448,68 @@ func TestTransparentCapture(t *testing.T) {
 		}
 	})
 
+	t.Run("an HTTP port after a TCP port is the app port", func(t *testing.T) {
+		redis := transparentPod(t, "redis")
+		sc := redis.Spec.Containers[len(redis.Spec.Containers)-1]
+		if !slices.Contains(sc.Args, "--app-port=8080") {
+			t.Errorf("redis pod sidecar args %v, want --app-port=8080 (the echo container's port, not redis's 6379)", sc.Args)
+		}
+		before, err := sidecarStats(redis, "weft_cluster_requests_total", `cluster="inbound|8080`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, time.Minute, "curl http://redis:8080/ from the client pod", func() error {
+			out, err := inPod(10*time.Second, "curl", "-sS", "--max-time", "5", "-i", "http://redis:8080/")
+			if err != nil {
+				return fmt.Errorf("%w: %s", err, out)
+			}
+			if !strings.HasPrefix(out, "HTTP/1.1 200") || !strings.Contains(strings.ToLower(out), "x-version: redis-api") {
+				return fmt.Errorf("answer %s", out)
+			}
+			return nil
+		})
+		if after, err := sidecarStats(redis, "weft_cluster_requests_total", `cluster="inbound|8080`); err != nil || after <= before {
+			t.Errorf("the redis pod sidecar's inbound|8080 requests went %v → %v (%v): the HTTP call did not come in through its inbound listener", before, after, err)
+		}
+	})
+
 	t.Run("a TCP server pod without weft.dev/app-port", func(t *testing.T) {
-		t.Skip("known bug: inject.appPortOf takes a pod's first container port (redis: 6379) as the HTTP app port, " +
-			"and snapshot.captureInbound gives that port an HTTP chain (http|6379), so captured RESP is parsed as HTTP " +
-			"and redis-cli hangs; the redis pod above needs weft.dev/app-port naming another port. Fix: take the app " +
-			"port only when declared HTTP (port name/appProtocol), or sniff (application_protocols) on the inbound app-port chain")
+		if _, err := exec.LookPath("redis-cli"); err != nil {
+			testenv.Missing(t, "redis-cli is not installed")
+		}
+		solo := transparentPod(t, "redis-solo")
+		// Its only port (6379, unnamed) is no app port: the sidecar has no inbound listener,
+		// and weft-init leaves inbound alone, so nothing is refused at :15006.
+		sc := solo.Spec.Containers[len(solo.Spec.Containers)-1]
+		if slices.ContainsFunc(sc.Args, func(a string) bool { return strings.HasPrefix(a, "--app-port") }) {
+			t.Errorf("redis-solo sidecar args %v: an app port was chosen for a TCP-only pod", sc.Args)
+		}
+		for _, c := range solo.Spec.InitContainers {
+			if c.Name == "weft-init" && !slices.Contains(c.Args, "--include-inbound-ports=") {
+				t.Errorf("weft-init args %v, want --include-inbound-ports= (no inbound capture without an inbound listener)", c.Args)
+			}
+		}
+		before, err := sidecarStats(client, "weft_tcp_connections_total", "redis-solo."+transparentNS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, time.Minute, "redis-cli -h redis-solo PING", func() error {
+			out, err := inPod(10*time.Second, "redis-cli", "-h", "redis-solo", "-p", "6379", "PING")
+			if err != nil || strings.TrimSpace(out) != "PONG" {
+				return fmt.Errorf("%w: %q", err, out)
+			}
+			return nil
+		})
+		big := strings.Repeat("x", 100<<10) // one argv string is at most 128 KiB
+		if out, err := inPod(20*time.Second, "redis-cli", "-h", "redis-solo", "-p", "6379", "SET", "big", big); err != nil || strings.TrimSpace(out) != "OK" {
+			t.Fatalf("SET of 100 KiB: %v: %q", err, out)
+		}
+		if out, err := inPod(20*time.Second, "redis-cli", "-h", "redis-solo", "-p", "6379", "STRLEN", "big"); err != nil || strings.TrimSpace(out) != "102400" {
+			t.Fatalf("STRLEN: %v: %q", err, out)
+		}
+		if after, err := sidecarStats(client, "weft_tcp_connections_total", "redis-solo."+transparentNS); err != nil || after-before < 3 {
+			t.Errorf("client sidecar weft_tcp_connections_total for redis-solo went %v → %v (%v), want ≥ 3 more: the calls bypassed the sidecar", before, after, err)
+		}
 	})
 
 	t.Run("passthrough to an address outside the mesh", func(t *testing.T) {
