@@ -6,6 +6,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/weftmesh/weft/contract"
@@ -43,15 +44,38 @@ func (s *signalServer) Report(_ context.Context, in *contract.StatsReport) (*con
 	return &contract.Ack{}, nil
 }
 
-// Demand pokes the function. An unknown function is NotFound so the caller
-// sidecar can log it; it re-sends while it still holds requests.
-func (s *signalServer) Demand(_ context.Context, in *contract.DemandSignal) (*contract.Ack, error) {
+// Demand pokes the function, with the number of requests the sending sidecar
+// holds when the poke carries one (see Autoscaler.Held). An unknown function
+// is NotFound so the caller sidecar can log it; it re-sends while it still
+// holds requests. Nothing is stored for it.
+func (s *signalServer) Demand(ctx context.Context, in *contract.DemandSignal) (*contract.Ack, error) {
 	fn := FunctionKey{Namespace: in.Namespace, Name: in.Name}
-	if !s.a.Poke(fn) {
+	if fn.Namespace == "" || fn.Name == "" {
+		return nil, status.Errorf(codes.InvalidArgument,
+			"demand for function %q names no namespace or no name: send both, as in the function cluster's weft.dev/function metadata", fn)
+	}
+	var known bool
+	if in.Held == nil {
+		known = s.a.Poke(fn)
+	} else {
+		known = s.a.Held(fn, demandCaller(ctx), *in.Held)
+	}
+	if !known {
 		return nil, status.Errorf(codes.NotFound,
 			"function %s is not known to the autoscaler: check that the MeshFunction exists and was accepted", fn)
 	}
 	return &contract.Ack{}, nil
+}
+
+// demandCaller names the sidecar a held count comes from: the address its
+// connection comes from. Each sidecar keeps one connection to the manager, so
+// its counts replace each other; after a reconnect the old address's count
+// expires (HeldTTL).
+func demandCaller(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
 }
 
 var signalServiceDesc = grpc.ServiceDesc{
