@@ -3,8 +3,8 @@ package autoscale
 import (
 	"context"
 	"runtime"
-	"time"
 	"testing"
+	"time"
 
 	testingclock "k8s.io/utils/clock/testing"
 )
