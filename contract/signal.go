@@ -34,7 +34,7 @@ type StatsReport struct {
 }
 
 // DemandSignal is the body of Demand: a caller sidecar holds requests for the function
-// because it has no ready endpoint.
+// because it has no ready endpoint or no concurrency room on the ready ones.
 type DemandSignal struct {
 	Namespace string `json:"namespace"`
 	Name      string `json:"name"`

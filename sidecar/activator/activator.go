@@ -159,17 +159,12 @@ func (a *Activator) Hold(ctx context.Context, fn FunctionRef) (release func(), w
 	c.queue = append(c.queue, w)
 	c.stats.held++
 	start := a.clock.Now()
-	startLoop := false
-	if c.ready <= 0 {
-		if !c.demanding {
-			c.demanding, startLoop = true, true
-		} else {
-			select {
-			case c.wake <- struct{}{}:
-			default:
-			}
-		}
-	}
+	// Report the held count whether the function has no endpoint or no room:
+	// either way these requests are load the pods do not see yet (Knative's
+	// activator reports the requests it buffers in both cases).
+	startLoop := !c.demanding
+	c.demanding = true
+	c.wakeDemand()
 	a.mu.Unlock()
 
 	if startLoop {
@@ -217,6 +212,7 @@ func (a *Activator) TimedOut(fn FunctionRef) {
 func (a *Activator) abandon(c *cluster, w *waiter, canceled bool) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	defer c.wakeDemand()
 	if w.done {
 		if !canceled {
 			return false
@@ -246,14 +242,15 @@ func (a *Activator) releaser(c *cluster) func() {
 			defer a.mu.Unlock()
 			c.inFlight--
 			c.admit()
+			c.wakeDemand()
 		})
 	}
 }
 
-// demandLoop sends the cluster's held count while it has held requests and
-// no ready endpoint: at once when it starts, again within BurstInterval
-// whenever the count grew, and every DemandInterval otherwise; then it
-// withdraws the count (sends 0) and exits. It is the only sender for its
+// demandLoop sends the cluster's held count while it has held requests: at
+// once when it starts, again within BurstInterval whenever the count grew,
+// and every DemandInterval otherwise; once none is held it withdraws the
+// count (sends 0) and exits. It is the only sender for its
 // cluster, so the autoscaler gets the counts in order.
 func (a *Activator) demandLoop(c *cluster) {
 	t := a.clock.NewTicker(BurstInterval)
@@ -279,10 +276,24 @@ func (a *Activator) demandLoop(c *cluster) {
 	}
 }
 
+// wakeDemand has the cluster's demandLoop, if one runs, look at the held
+// count now rather than on its next tick: a grown count goes out at once if
+// BurstInterval passed, and an empty queue is withdrawn at once. Call with
+// a.mu held.
+func (c *cluster) wakeDemand() {
+	if !c.demanding {
+		return
+	}
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
 // nextDemand decides what demandLoop sends at now. Call with a.mu held.
 func (c *cluster) nextDemand(now time.Time) (held int, send, done bool) {
 	n := len(c.queue)
-	if n == 0 || c.ready > 0 {
+	if n == 0 {
 		if c.reported > 0 {
 			c.reported, c.lastDemand = 0, now
 			return 0, true, false
@@ -310,13 +321,7 @@ func (a *Activator) ClusterEndpointsChanged(cluster string, ready int) {
 	c := a.cluster(cluster)
 	c.ready = ready
 	c.admit()
-	if ready > 0 && c.demanding {
-		// Withdraw the held count now rather than on the next tick.
-		select {
-		case c.wake <- struct{}{}:
-		default:
-		}
-	}
+	c.wakeDemand()
 }
 
 // Pending returns how many requests wait for cluster.
