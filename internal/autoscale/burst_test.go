@@ -1,4 +1,4 @@
-package activator_test
+package autoscale_test
 
 import (
 	"context"
@@ -15,8 +15,9 @@ import (
 	"github.com/weftmesh/weft/sidecar/activator"
 )
 
-// A burst of 200 calls held for a function at zero reaches the real autoscaler
-// (its gRPC signal server on loopback) as 200 held requests, and with
+// A burst of 200 calls held by the caller sidecar's Activator for a function at
+// zero reaches the real autoscaler (its gRPC signal server on loopback, the
+// sidecar's Reporter on a real connection) as 200 held requests, and with
 // containerConcurrency 10 at 100 % utilization that decision asks for
 // ceil(200 / 10) = 20 pods. Once endpoints come, the count is withdrawn.
 func TestBurstReportedInFullOverGRPC(t *testing.T) {
