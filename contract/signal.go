@@ -33,12 +33,21 @@ type StatsReport struct {
 	Stats []PodStat `json:"stats"`
 }
 
-// DemandSignal is the body of Demand: a caller sidecar holds a request for the function
-// because it has no ready endpoint.
+// DemandSignal is the body of Demand: a caller sidecar holds requests for the function
+// because it has no ready endpoint or no concurrency room on the ready ones.
 type DemandSignal struct {
 	Namespace string `json:"namespace"`
 	Name      string `json:"name"`
+	// Held is how many requests the sending sidecar holds for the function now: the
+	// autoscaler counts them as in-flight requests (summed over the caller sidecars) until
+	// the sidecar sends a new count or stops refreshing it. 0 withdraws the sidecar's
+	// count (its held requests were released or gave up). Absent (nil), as from a sidecar
+	// that predates it, the poke counts as one request in the second it arrives.
+	Held *int `json:"held,omitempty"`
 }
+
+// HeldCount returns &n, for DemandSignal.Held.
+func HeldCount(n int) *int { return &n }
 
 // Ack is the empty reply to both methods.
 type Ack struct{}

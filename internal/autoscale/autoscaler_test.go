@@ -4,6 +4,7 @@ import (
 	"context"
 	"runtime"
 	"testing"
+	"time"
 
 	testingclock "k8s.io/utils/clock/testing"
 )
@@ -110,5 +111,89 @@ func TestAutoscalerPendingWakesFromZero(t *testing.T) {
 	got := <-ch
 	if got.d.Desired != 2 {
 		t.Fatalf("decision on new pending work = %d (%s), want 2", got.d.Desired, got.d.Reason)
+	}
+}
+
+// A burst reported in two pokes (the first held request at once, then all 200):
+// the second decides again at once, so the pods for the whole burst are asked
+// for without waiting for the tick. Repeating a count decides nothing new.
+func TestAutoscalerHeldGrowthDecidesAgainAtOnce(t *testing.T) {
+	a, fc, ch := startAutoscaler(t)
+	fn := FunctionKey{"ns", "burst"}
+	a.SetSpec(fn, burstSpec())
+	if !a.Held(fn, "caller-a", 1) {
+		t.Fatal("Held for a known function returned false")
+	}
+	if got := <-ch; got.d.Desired != 1 || got.d.Held != 1 {
+		t.Fatalf("first decision = %d held %d (%s), want 1 held 1", got.d.Desired, got.d.Held, got.d.Reason)
+	}
+	a.Held(fn, "caller-a", 200)
+	if got := <-ch; got.d.Desired != 20 || got.d.Held != 200 {
+		t.Fatalf("decision on the grown count = %d held %d (%s), want 20 held 200", got.d.Desired, got.d.Held, got.d.Reason)
+	}
+	a.Held(fn, "caller-a", 200) // a refresh with the same count
+	a.Held(fn, "caller-a", 150) // shrinking
+	fc.Step(TickInterval)
+	if got := <-ch; got.d.Held != 150 {
+		t.Errorf("tick decision held %d, want 150", got.d.Held)
+	}
+	if len(ch) != 0 {
+		t.Fatalf("%d extra decisions: an unchanged or lower count must not decide at once", len(ch))
+	}
+}
+
+// A caller raising its count by one per poke gets at most MaxImmediateDecisions
+// decisions between two ticks.
+func TestAutoscalerImmediateDecisionsBounded(t *testing.T) {
+	a, fc, ch := startAutoscaler(t)
+	fn := FunctionKey{"ns", "burst"}
+	a.SetSpec(fn, burstSpec())
+	decided := 0
+	for n := 1; n <= 50; n++ {
+		a.Held(fn, "hostile", n)
+		// Wait for the decision it may have queued, so each poke sees the last one.
+		select {
+		case <-ch:
+			decided++
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	for len(ch) > 0 {
+		<-ch
+		decided++
+	}
+	if decided > MaxImmediateDecisions {
+		t.Errorf("%d immediate decisions between two ticks, want at most %d", decided, MaxImmediateDecisions)
+	}
+	if decided < 2 {
+		t.Errorf("%d immediate decisions, want growth to decide again", decided)
+	}
+	// The tick re-arms them.
+	fc.Step(TickInterval)
+	if got := <-ch; got.d.Held != 50 {
+		t.Errorf("tick decision held %d, want 50", got.d.Held)
+	}
+	a.Held(fn, "hostile", 60)
+	if got := <-ch; got.d.Held != 60 {
+		t.Errorf("decision after the tick held %d, want 60", got.d.Held)
+	}
+}
+
+// A count for a function the autoscaler does not know is refused and not kept:
+// when the function appears later it starts with nothing held.
+func TestAutoscalerHeldForUnknownFunctionNotStored(t *testing.T) {
+	a, fc, ch := startAutoscaler(t)
+	fn := FunctionKey{"ns", "later"}
+	if a.Held(fn, "caller-a", 500) {
+		t.Fatal("Held for an unknown function returned true")
+	}
+	a.SetReady(fn, 0) // a ready count alone creates no decider either
+	if a.Held(fn, "caller-a", 500) {
+		t.Fatal("Held for a function without a spec returned true")
+	}
+	a.SetSpec(fn, burstSpec())
+	fc.Step(TickInterval)
+	if got := <-ch; got.d.Held != 0 || got.d.Desired != 0 {
+		t.Errorf("first decision for the new function: held %d desired %d, want 0 0", got.d.Held, got.d.Desired)
 	}
 }

@@ -47,6 +47,9 @@ type Decision struct {
 	// StableValue and PanicValue are the observed window averages.
 	StableValue float64
 	PanicValue  float64
+	// Held is the number of requests caller sidecars held for the function at
+	// this decision, summed over the sidecars and clamped (see Decider.SetHeld).
+	Held int
 	// Reason says in a few words why Desired has this value.
 	Reason string
 }
@@ -62,7 +65,8 @@ type Decider struct {
 	maxPanicPods int32     // highest count chosen in this panic
 	lastBusy     time.Time // end of the last second with work, a poke or pending messages
 	pending      int
-	pendingSec   int64 // last second the pending count was written into the window
+	held         heldCounts
+	levelSec     int64 // last second the demand level (pending + held) was written into the window
 	initialized  bool  // the function has reached InitialScale ready pods once
 }
 
@@ -120,25 +124,49 @@ func (d *Decider) Poke(now time.Time) {
 // as an in-flight request in every second until the count changes, so 700
 // pending messages at target 70 want ceil(700/70) = 10 pods.
 func (d *Decider) SetPending(now time.Time, n int) {
-	d.fillPending(now)
-	d.pending = max(0, n)
-	d.pendingSec = now.Unix() - 1
-	d.fillPending(now)
+	d.setLevel(now, func() { d.pending = max(0, n) })
 }
 
-// fillPending writes the pending count into every second since it was last
-// written, so gaps between calls do not dilute the average.
-func (d *Decider) fillPending(now time.Time) {
-	if d.pending <= 0 {
+// level is the demand that stands until it changes: pending messages plus the
+// requests caller sidecars hold (clamped, see heldCap).
+func (d *Decider) level() int {
+	return d.pending + min(d.held.total, d.heldCap())
+}
+
+// setLevel writes the old level up to now, applies change, and writes the
+// new level into this second too (the bucket keeps the higher of the two).
+func (d *Decider) setLevel(now time.Time, change func()) {
+	d.fillLevel(now)
+	change()
+	d.levelSec = now.Unix() - 1
+	d.fillLevel(now)
+}
+
+// fillLevel writes the level into every second since it was last written, so
+// gaps between calls do not dilute the average. Held counts that expired
+// before now stop at their expiry second.
+func (d *Decider) fillLevel(now time.Time) {
+	for _, exp := range d.held.expired(now) {
+		d.fillTo(exp.at)
+		d.held.remove(exp.caller)
+	}
+	d.fillTo(now)
+}
+
+func (d *Decider) fillTo(now time.Time) {
+	lv := d.level()
+	if lv <= 0 {
 		return
 	}
 	nowSec := now.Unix()
-	start := max(d.pendingSec+1, nowSec-int64(len(d.win.buckets))+1)
+	start := max(d.levelSec+1, nowSec-int64(len(d.win.buckets))+1)
 	for s := start; s <= nowSec; s++ {
-		d.win.addDemand(time.Unix(s, 0), float64(d.pending))
+		d.win.addDemand(time.Unix(s, 0), float64(lv))
 	}
-	d.pendingSec = max(d.pendingSec, nowSec)
-	d.lastBusy = now
+	d.levelSec = max(d.levelSec, nowSec)
+	if now.After(d.lastBusy) {
+		d.lastBusy = now
+	}
 }
 
 // Decide computes the desired replicas at now given readyPods, following
@@ -149,7 +177,7 @@ func (d *Decider) Decide(now time.Time, readyPods int) Decision {
 	if readyPods >= int(s.InitialScale) {
 		d.initialized = true
 	}
-	d.fillPending(now)
+	d.fillLevel(now)
 	stable := d.win.average(now, s.StableWindow, s.Metric)
 	panicV := d.win.average(now, s.PanicWindow(), s.Metric)
 	target := s.TargetValue()
@@ -228,6 +256,7 @@ func (d *Decider) Decide(now time.Time, readyPods int) Decision {
 		reason = fmt.Sprintf("idle for a stable window of %s plus grace %s", s.StableWindow, s.ScaleToZeroGrace)
 	}
 	return Decision{
+		Held:        d.Held(),
 		Desired:     desired,
 		Panic:       inPanic,
 		WantsZero:   desired == 0,

@@ -6,6 +6,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/weftmesh/weft/contract"
@@ -48,13 +49,24 @@ func (s *signalServer) Report(ctx context.Context, in *contract.StatsReport) (*c
 	return &contract.Ack{}, nil
 }
 
-// Demand pokes the function. An unknown function is NotFound so the caller
-// sidecar can log it; it re-sends while it still holds requests. Any authenticated sidecar
-// may poke (every workload may call every function); the server's interceptor has refused
-// the others before this runs.
-func (s *signalServer) Demand(_ context.Context, in *contract.DemandSignal) (*contract.Ack, error) {
+// Demand pokes the function, with the number of requests the sending sidecar
+// holds when the poke carries one (see Autoscaler.Held). An unknown function
+// is NotFound so the caller sidecar can log it; it re-sends while it still
+// holds requests. Nothing is stored for it. Any authenticated sidecar may poke (every
+// workload may call every function); the server's interceptor has refused the others.
+func (s *signalServer) Demand(ctx context.Context, in *contract.DemandSignal) (*contract.Ack, error) {
 	fn := FunctionKey{Namespace: in.Namespace, Name: in.Name}
-	if !s.a.Poke(fn) {
+	if fn.Namespace == "" || fn.Name == "" {
+		return nil, status.Errorf(codes.InvalidArgument,
+			"demand for function %q names no namespace or no name: send both, as in the function cluster's weft.dev/function metadata", fn)
+	}
+	var known bool
+	if in.Held == nil {
+		known = s.a.Poke(fn)
+	} else {
+		known = s.a.Held(fn, demandCaller(ctx), *in.Held)
+	}
+	if !known {
 		return nil, status.Errorf(codes.NotFound,
 			"function %s is not known to the autoscaler: check that the MeshFunction exists and was accepted", fn)
 	}
@@ -76,6 +88,20 @@ func reporterMay(ctx context.Context, in *contract.StatsReport) error {
 		}
 	}
 	return nil
+}
+
+// demandCaller names the sidecar a held count comes from: its verified pod when the
+// server authenticates, else the address its connection comes from. Each sidecar keeps one
+// connection to the manager, so its counts replace each other; after a reconnect the old
+// address's count expires (HeldTTL).
+func demandCaller(ctx context.Context) string {
+	if id, ok := xds.IdentityFrom(ctx); ok {
+		return id.Namespace + "/" + id.Pod
+	}
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
 }
 
 var signalServiceDesc = grpc.ServiceDesc{

@@ -15,9 +15,14 @@ import (
 const (
 	DefaultHoldTimeout = 30 * time.Second
 	DefaultMaxPending  = 100
-	// DemandInterval is the most often a demand for one function is sent
-	// while requests stay held (the autoscaler deduplicates per tick anyway).
+	// DemandInterval is how often the held count for one function is sent
+	// again while requests stay held and the count does not grow: the
+	// autoscaler forgets a count it has not heard for 3 s.
 	DemandInterval = time.Second
+	// BurstInterval is the most often a grown held count is sent: a burst
+	// arriving over a few ms is reported as its first request at once, then
+	// in full 20 ms later, so at most 50 pokes a second per function.
+	BurstInterval = 20 * time.Millisecond
 )
 
 // FunctionRef is what the proxy knows about a function cluster, from its
@@ -51,17 +56,19 @@ func (f FunctionRef) maxPending() int {
 	return DefaultMaxPending
 }
 
-// DemandSink tells the autoscaler that a function with no endpoints has
-// requests waiting. Reporter implements it over gRPC.
+// DemandSink tells the autoscaler how many requests wait for a function with
+// no endpoints; held 0 withdraws the count. Reporter implements it over gRPC.
+// The Activator calls it from one goroutine per function at a time, so the
+// counts for a function arrive in order; it may block (bounded by the sink).
 type DemandSink interface {
-	Demand(namespace, name string)
+	Demand(namespace, name string, held int)
 }
 
 // DemandSinkFunc adapts a function to DemandSink.
-type DemandSinkFunc func(namespace, name string)
+type DemandSinkFunc func(namespace, name string, held int)
 
 // Demand calls f.
-func (f DemandSinkFunc) Demand(namespace, name string) { f(namespace, name) }
+func (f DemandSinkFunc) Demand(namespace, name string, held int) { f(namespace, name, held) }
 
 // Activator holds requests per function cluster until it has endpoints and
 // concurrency room. It is safe for concurrent use.
@@ -78,8 +85,10 @@ type cluster struct {
 	ready      int
 	inFlight   int
 	queue      []*waiter // FIFO, at most ref.maxPending() long
-	lastDemand time.Time
-	demanding  bool // a demandLoop goroutine runs for this cluster
+	lastDemand time.Time // when the last held count was sent
+	reported   int       // the held count last sent; 0 = none or withdrawn
+	demanding  bool      // a demandLoop goroutine runs for this cluster
+	wake       chan struct{}
 	stats      stats
 }
 
@@ -96,7 +105,7 @@ func New(clk clock.WithTicker, sink DemandSink) *Activator {
 func (a *Activator) cluster(name string) *cluster {
 	c, ok := a.clusters[name]
 	if !ok {
-		c = &cluster{}
+		c = &cluster{wake: make(chan struct{}, 1)}
 		a.clusters[name] = c
 	}
 	return c
@@ -150,20 +159,14 @@ func (a *Activator) Hold(ctx context.Context, fn FunctionRef) (release func(), w
 	c.queue = append(c.queue, w)
 	c.stats.held++
 	start := a.clock.Now()
-	sendNow, startLoop := false, false
-	if c.ready <= 0 {
-		if c.lastDemand.IsZero() || start.Sub(c.lastDemand) >= DemandInterval {
-			c.lastDemand, sendNow = start, true
-		}
-		if !c.demanding {
-			c.demanding, startLoop = true, true
-		}
-	}
+	// Report the held count whether the function has no endpoint or no room:
+	// either way these requests are load the pods do not see yet (Knative's
+	// activator reports the requests it buffers in both cases).
+	startLoop := !c.demanding
+	c.demanding = true
+	c.wakeDemand()
 	a.mu.Unlock()
 
-	if sendNow {
-		a.sink.Demand(fn.Namespace, fn.Name)
-	}
 	if startLoop {
 		go a.demandLoop(c)
 	}
@@ -209,6 +212,7 @@ func (a *Activator) TimedOut(fn FunctionRef) {
 func (a *Activator) abandon(c *cluster, w *waiter, canceled bool) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	defer c.wakeDemand()
 	if w.done {
 		if !canceled {
 			return false
@@ -238,33 +242,74 @@ func (a *Activator) releaser(c *cluster) func() {
 			defer a.mu.Unlock()
 			c.inFlight--
 			c.admit()
+			c.wakeDemand()
 		})
 	}
 }
 
-// demandLoop re-sends demand once per DemandInterval while the cluster has
-// held requests and no ready endpoint, then exits.
+// demandLoop sends the cluster's held count while it has held requests: at
+// once when it starts, again within BurstInterval whenever the count grew,
+// and every DemandInterval otherwise; once none is held it withdraws the
+// count (sends 0) and exits. It is the only sender for its
+// cluster, so the autoscaler gets the counts in order.
 func (a *Activator) demandLoop(c *cluster) {
-	t := a.clock.NewTicker(DemandInterval)
+	t := a.clock.NewTicker(BurstInterval)
 	defer t.Stop()
-	for range t.C() {
+	for {
 		a.mu.Lock()
-		if len(c.queue) == 0 || c.ready > 0 {
-			c.demanding = false
-			a.mu.Unlock()
-			return
-		}
-		now := a.clock.Now()
-		send := now.Sub(c.lastDemand) >= DemandInterval
-		if send {
-			c.lastDemand = now
-		}
+		held, send, done := c.nextDemand(a.clock.Now())
 		ref := c.ref
 		a.mu.Unlock()
 		if send {
-			a.sink.Demand(ref.Namespace, ref.Name)
+			a.sink.Demand(ref.Namespace, ref.Name, held)
+		}
+		if done {
+			return
+		}
+		if send && held == 0 {
+			continue // withdrawn: look again at once, requests may have come meanwhile
+		}
+		select {
+		case <-t.C():
+		case <-c.wake:
 		}
 	}
+}
+
+// wakeDemand has the cluster's demandLoop, if one runs, look at the held
+// count now rather than on its next tick: a grown count goes out at once if
+// BurstInterval passed, and an empty queue is withdrawn at once. Call with
+// a.mu held.
+func (c *cluster) wakeDemand() {
+	if !c.demanding {
+		return
+	}
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// nextDemand decides what demandLoop sends at now. Call with a.mu held.
+func (c *cluster) nextDemand(now time.Time) (held int, send, done bool) {
+	n := len(c.queue)
+	if n == 0 {
+		if c.reported > 0 {
+			c.reported, c.lastDemand = 0, now
+			return 0, true, false
+		}
+		c.demanding = false
+		return 0, false, true
+	}
+	since := now.Sub(c.lastDemand)
+	switch {
+	case c.reported == 0, // the first held request: no wait
+		n > c.reported && since >= BurstInterval, // grew: report the burst in full
+		since >= DemandInterval:                  // refresh before the autoscaler forgets it
+		c.reported, c.lastDemand = n, now
+		return n, true, false
+	}
+	return 0, false, false
 }
 
 // ClusterEndpointsChanged records how many ready (HEALTHY) endpoints a
@@ -276,6 +321,7 @@ func (a *Activator) ClusterEndpointsChanged(cluster string, ready int) {
 	c := a.cluster(cluster)
 	c.ready = ready
 	c.admit()
+	c.wakeDemand()
 }
 
 // Pending returns how many requests wait for cluster.

@@ -3,6 +3,7 @@ package activator
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"strings"
 	"testing"
@@ -29,7 +30,7 @@ type fixture struct {
 func newFixture(t *testing.T) *fixture {
 	fc := testingclock.NewFakeClock(t0)
 	demands := make(chan string, 100)
-	a := New(fc, DemandSinkFunc(func(ns, name string) { demands <- ns + "/" + name }))
+	a := New(fc, DemandSinkFunc(func(ns, name string, held int) { demands <- fmt.Sprintf("%s/%s=%d", ns, name, held) }))
 	return &fixture{t: t, fc: fc, a: a, demands: demands}
 }
 
@@ -128,12 +129,17 @@ func TestConcurrencyCapCountsWarmRequests(t *testing.T) {
 		}
 	}
 	r5 := f.hold(context.Background(), fn)
-	if len(f.demands) != 0 {
-		t.Errorf("demand sent though the function has endpoints (only full)")
+	// The fifth waits for room, not for a first endpoint: it is load the pods do
+	// not see, so it is reported as held all the same.
+	if got := f.nextDemand(); got != "shop/img=1" {
+		t.Errorf("demand for a request held for room = %q, want shop/img=1", got)
 	}
 	f.a.ClusterEndpointsChanged(img, 3) // 3 × 2 = 6
 	if r := <-r5; r.err != nil {
 		t.Fatal(r.err)
+	}
+	if got := f.nextDemand(); got != "shop/img=0" {
+		t.Errorf("demand once it got room = %q, want shop/img=0", got)
 	}
 	if got := f.a.InFlight(img); got != 5 {
 		t.Errorf("in flight = %d, want 5", got)
@@ -193,39 +199,111 @@ func (a *Activator) isDemanding(cluster string) bool {
 	return a.clusters[cluster].demanding
 }
 
-func TestDemandSentOnceThenEverySecondWhileHeld(t *testing.T) {
+// nextDemand returns the next demand the sink got, failing after 10 s.
+func (f *fixture) nextDemand() string {
+	f.t.Helper()
+	select {
+	case d := <-f.demands:
+		return d
+	case <-time.After(10 * time.Second):
+		f.t.Fatal("no demand sent within 10 s")
+		return ""
+	}
+}
+
+// untilDemand reads demands until want; it fails on more than max before it.
+func (f *fixture) untilDemand(want string, max int) (seen []string) {
+	f.t.Helper()
+	for {
+		d := f.nextDemand()
+		seen = append(seen, d)
+		if d == want {
+			return seen
+		}
+		if len(seen) > max {
+			f.t.Fatalf("demands %v, want %q within %d", seen, want, max)
+		}
+	}
+}
+
+func TestDemandCarriesHeldCountThenRefreshesThenWithdraws(t *testing.T) {
 	f := newFixture(t)
 	var rs []chan result
 	for range 10 {
 		rs = append(rs, f.hold(context.Background(), ref()))
 	}
-	// The first held request sent demand at once, the other nine did not.
-	if got := <-f.demands; got != "shop/img" {
-		t.Fatalf("demand for %q, want shop/img", got)
-	}
-	f.waitWaiters(11) // ten hold timers and one demand ticker
-	if len(f.demands) != 0 {
-		t.Fatalf("%d extra demands for one function within a second", len(f.demands))
-	}
-	// Still held a second later: demand again, once.
-	f.fc.Step(time.Second)
-	if got := <-f.demands; got != "shop/img" {
-		t.Fatalf("repeat demand for %q", got)
-	}
-	// Endpoints arrive: everything is released and the demand loop stops.
-	f.a.ClusterEndpointsChanged(img, 1)
-	for _, r := range rs {
-		if res := <-r; res.err != nil || res.waited != time.Second {
-			t.Fatalf("held request: %v, %v; want admitted after 1s", res.waited, res.err)
+	// The first held request is reported at once, before the other nine arrive or
+	// with them (the sender runs on its own goroutine); the burst is reported in
+	// full once BurstInterval passed, not one poke per request.
+	first := f.nextDemand()
+	f.waitWaiters(11) // ten hold timers and the demand ticker
+	if first != "shop/img=10" {
+		f.fc.Step(BurstInterval)
+		if got := f.nextDemand(); got != "shop/img=10" {
+			t.Fatalf("demands %q then %q, want the burst of 10 reported in full after %s", first, got, BurstInterval)
 		}
 	}
-	f.fc.Step(time.Second)
+	// Steady: nothing more until DemandInterval since the last send, then a refresh.
+	f.fc.Step(DemandInterval / 2)
+	f.fc.Step(DemandInterval / 2)
+	if got := f.nextDemand(); got != "shop/img=10" {
+		t.Fatalf("refresh = %q, want shop/img=10", got)
+	}
+	if len(f.demands) != 0 {
+		t.Fatalf("extra demands %d within a second", len(f.demands))
+	}
+	// Endpoints arrive: everything is released, the count is withdrawn and the
+	// sender stops.
+	f.a.ClusterEndpointsChanged(img, 1)
+	for _, r := range rs {
+		if res := <-r; res.err != nil {
+			t.Fatalf("held request: %v", res.err)
+		}
+	}
+	if got := f.nextDemand(); got != "shop/img=0" {
+		t.Fatalf("after release: demand %q, want shop/img=0", got)
+	}
 	for f.a.isDemanding(img) {
 		runtime.Gosched()
 	}
+	f.fc.Step(DemandInterval)
 	if len(f.demands) != 0 {
-		t.Errorf("demand sent after endpoints arrived")
+		t.Errorf("demand %q sent after the count was withdrawn", <-f.demands)
 	}
+}
+
+// Requests that time out shrink the count: a later refresh carries the lower
+// count, and the last one gone withdraws it.
+func TestDemandFollowsShrinkingQueue(t *testing.T) {
+	f := newFixture(t)
+	short, long := ref(), ref()
+	short.HoldTimeout, long.HoldTimeout = 2*time.Second, time.Minute
+	var rs []chan result
+	for range 3 {
+		rs = append(rs, f.hold(context.Background(), short))
+	}
+	f.hold(context.Background(), long)
+	f.waitWaiters(5) // four hold timers and the demand ticker
+	if first := f.nextDemand(); first != "shop/img=4" {
+		f.fc.Step(BurstInterval)
+		f.untilDemand("shop/img=4", 0)
+	}
+	// The three short holds time out at 2 s; the next refresh carries 1.
+	f.fc.Step(2 * time.Second)
+	for _, r := range rs {
+		if res := <-r; !errors.Is(res.err, ErrHoldTimeout) {
+			t.Fatalf("short hold = %v, want ErrHoldTimeout", res.err)
+		}
+	}
+	f.fc.Step(DemandInterval)
+	f.untilDemand("shop/img=1", 2) // a refresh may have gone out before the timeouts
+	// The last request times out too: the count is withdrawn.
+	f.fc.Step(time.Minute)
+	for f.a.Pending(img) != 0 {
+		runtime.Gosched()
+	}
+	f.fc.Step(BurstInterval)
+	f.untilDemand("shop/img=0", 2)
 }
 
 func TestCancelRemovesWaiter(t *testing.T) {
@@ -255,7 +333,7 @@ func TestCancelRemovesWaiter(t *testing.T) {
 // A waiter admitted in the same instant its caller gives up must hand its
 // slot to the next waiter, or the slot leaks until restart.
 func TestCancelAfterAdmissionGivesSlotBack(t *testing.T) {
-	a := New(testingclock.NewFakeClock(t0), DemandSinkFunc(func(string, string) {}))
+	a := New(testingclock.NewFakeClock(t0), DemandSinkFunc(func(string, string, int) {}))
 	c := a.cluster(img)
 	c.ref = FunctionRef{Namespace: "shop", Name: "img", Cluster: img, ContainerConcurrency: 1}
 	w1 := &waiter{admitted: make(chan struct{})}

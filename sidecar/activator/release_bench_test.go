@@ -14,7 +14,7 @@ import (
 // held for it have been released to the proxy, in arrival order.
 func BenchmarkReleaseWhenEndpointsArrive(b *testing.B) {
 	const held = 100
-	a := New(clock.RealClock{}, DemandSinkFunc(func(string, string) {}))
+	a := New(clock.RealClock{}, DemandSinkFunc(func(string, string, int) {}))
 	ref := FunctionRef{Namespace: "bench", Name: "fn", Cluster: "function|bench/fn", MaxPending: held}
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()

@@ -42,24 +42,32 @@ func (r *Reporter) Report(ctx context.Context, stats []contract.PodStat) error {
 }
 
 // SendDemand tells the autoscaler that a request for namespace/name waits
-// for an endpoint, and waits for the reply.
+// for an endpoint, without a count (it counts as one), and waits for the reply.
 func (r *Reporter) SendDemand(ctx context.Context, namespace, name string) error {
-	in := &contract.DemandSignal{Namespace: namespace, Name: name}
+	return r.send(ctx, &contract.DemandSignal{Namespace: namespace, Name: name})
+}
+
+// SendHeld tells the autoscaler that this sidecar holds held requests for
+// namespace/name (0: none any more), and waits for the reply.
+func (r *Reporter) SendHeld(ctx context.Context, namespace, name string, held int) error {
+	return r.send(ctx, &contract.DemandSignal{Namespace: namespace, Name: name, Held: contract.HeldCount(held)})
+}
+
+func (r *Reporter) send(ctx context.Context, in *contract.DemandSignal) error {
 	if err := r.conn.Invoke(ctx, contract.DemandMethod, in, &contract.Ack{}, grpc.CallContentSubtype(contract.SignalCodecName)); err != nil {
-		return fmt.Errorf("sending demand for function %s/%s to the autoscaler: %w", namespace, name, err)
+		return fmt.Errorf("sending demand for function %s/%s to the autoscaler: %w", in.Namespace, in.Name, err)
 	}
 	return nil
 }
 
-// Demand implements DemandSink without blocking the held request: it sends
-// in the background, bounded by DefaultDemandTimeout. The Activator calls it
-// at most once per second per function, so goroutines stay few.
-func (r *Reporter) Demand(namespace, name string) {
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), DefaultDemandTimeout)
-		defer cancel()
-		if err := r.SendDemand(ctx, namespace, name); err != nil && r.OnError != nil {
-			r.OnError(err)
-		}
-	}()
+// Demand implements DemandSink: it sends the held count and waits for the
+// reply, at most DefaultDemandTimeout. The Activator calls it from the one
+// goroutine that reports for the function (not from the held request), so a
+// slow manager delays only that function's later counts, and they stay in order.
+func (r *Reporter) Demand(namespace, name string, held int) {
+	ctx, cancel := context.WithTimeout(context.Background(), DefaultDemandTimeout)
+	defer cancel()
+	if err := r.SendHeld(ctx, namespace, name, held); err != nil && r.OnError != nil {
+		r.OnError(err)
+	}
 }

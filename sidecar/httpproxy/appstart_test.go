@@ -54,7 +54,7 @@ func TestSlowStartingAppGets503AtHoldTimeout(t *testing.T) {
 			fnPod := st.StartSidecar(t, fnCP, st.SidecarOptions{GoroutinePerConnection: goroutines, Function: "default/fn"})
 			inbound := fnPod.URL(t, st.InboundListenerName)
 
-			act := activator.New(clock.RealClock{}, activator.DemandSinkFunc(func(string, string) {}))
+			act := activator.New(clock.RealClock{}, activator.DemandSinkFunc(func(string, string, int) {}))
 			cp := st.StartControlPlane(t)
 			snap, cn := functionSnapshot(st.Endpoint{Addr: st.HostPort(inbound)})
 			snap.Clusters = []types.Resource{st.EDSCluster(cn, st.FunctionMeta("default", "fn", hold, 7))}
