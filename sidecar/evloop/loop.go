@@ -171,6 +171,13 @@ func (l *Loop) Run() error {
 		err := l.rc.Read(l.poll)
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
+			// The runtime converts the deadline from wall time to its monotonic clock, so
+			// it may fire a little before the wall-clock deadline: Tick's promise is "at or
+			// after", so a deadline not yet reached is set again.
+			if now := time.Now().UnixNano(); l.armed != 0 && now < l.armed {
+				_ = l.file.SetReadDeadline(time.Unix(0, l.armed))
+				continue
+			}
 			l.tick()
 		case err != nil:
 			return err
