@@ -153,6 +153,13 @@ else
   say "(the manager's xDS server must listen on the bridge address; see $STATE/logs/manager.log)"
 fi
 
+# ---- step: weft proxy-status -------------------------------------------------------------------
+bold "weft proxy-status: every sidecar and whether it runs what the manager serves it"
+ps="$(bin/weft proxy-status 2>&1 || true)"; sed 's/^/   /' <<<"$ps"
+total=$(($(wc -l <<<"$ps") - 1)); synced=$(tail -n +2 <<<"$ps" | grep -cvE 'STALE|REJECTED' || true)
+if ((total > 0 && synced == total)); then record "weft proxy-status" PASS "$synced of $total sidecars SYNCED (none STALE or REJECTED)"
+else record "weft proxy-status" FAIL "$synced of $total sidecars SYNCED (bin/weft proxy-status -o wide shows why)"; fi
+
 if ((routed)); then
   # ---- step: canary split ------------------------------------------------------------------
   bold "Traffic split: MeshRoute reviews sends 80% to subset v1 and 20% to v2"
