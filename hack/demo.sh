@@ -217,6 +217,13 @@ if ((routed)); then
   if [[ "$pods0" == 0 && "$(kv status.200 "$out")" == 1 && "$(kv coldstarts "$out")" == 1 ]]; then
     record "cold start from zero" PASS "$detail"
   else record "cold start from zero" FAIL "$detail; last: $(tr '\n' ' ' <<<"$out" | cut -c1-160)"; fi
+  # The caller's pod has weft.dev/access-log: "true": its sidecar wrote a JSON line for that call.
+  sleep 0.5 # the access log is flushed every 100 ms
+  alog="$(grep -h '"authority":"hello' "$STATE"/pods/default_caller-*/weft-sidecar.log 2>/dev/null | tail -n1 || true)"
+  if [[ -n "$alog" ]]; then
+    say "access log line of that call (caller's sidecar): $alog"
+    record "access log line" PASS "$(grep -oE '"(response_code|duration|upstream_cluster)":("[^"]*"|[0-9]+)' <<<"$alog" | tr '\n' ' ')"
+  else record "access log line" FAIL "no line for hello in the caller sidecar's log ($STATE/pods/default_caller-*/weft-sidecar.log)"; fi
 
   # ---- step: scale to zero ---------------------------------------------------------------------
   bold "Scale to zero: after 6 s without calls (stable window) and 2 s grace, the last pod goes"
