@@ -123,7 +123,7 @@ build: manifests generate ## Build bin/manager, bin/sidecar and bin/weft-init (t
 .PHONY: build-all
 build-all: build ## Build bin/ for the local mesh: manager, sidecar, weft and the examples.
 	$(GO) build -o $(LOCALBIN)/weft ./cmd/weft
-	for e in echo slow flaky caller grpcecho wsecho; do $(GO) build -o $(LOCALBIN)/$$e ./examples/$$e; done
+	for e in echo slow flaky caller grpcecho wsecho otlpsink; do $(GO) build -o $(LOCALBIN)/$$e ./examples/$$e; done
 
 .PHONY: weft
 weft: ## Build bin/weft (the CLI) and bin/kubectl-weft (the same binary as a kubectl plugin: put it on PATH).

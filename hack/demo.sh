@@ -45,8 +45,8 @@ command -v kubectl >/dev/null || die "kubectl is not on PATH; install it (any re
 bold "Building the binaries (manager, sidecar, weft, examples)"
 mkdir -p bin
 for b in manager sidecar weft weft-init; do go build -o "bin/$b" "./cmd/$b"; done
-for b in echo slow flaky caller grpcecho wsecho; do go build -o "bin/$b" "./examples/$b"; done
-say "bin/: $(cd bin && ls manager sidecar weft weft-init echo slow flaky caller grpcecho wsecho | tr '\n' ' ')"
+for b in echo slow flaky caller grpcecho wsecho otlpsink; do go build -o "bin/$b" "./examples/$b"; done
+say "bin/: $(cd bin && ls manager sidecar weft weft-init echo slow flaky caller grpcecho wsecho otlpsink | tr '\n' ' ')"
 ASSETS="$(go run ./hack/envtest -mesh | tail -n1)" # -mesh: kube-proxy and CoreDNS too
 say "control-plane binaries: $ASSETS"
 

@@ -13,7 +13,7 @@ hack/deps.sh mesh
 command -v kubectl >/dev/null || { echo "e2e: kubectl is not on PATH" >&2; exit 1; }
 mkdir -p bin
 for b in manager sidecar weft weft-init; do go build -o "bin/$b" "./cmd/$b"; done
-for b in echo slow flaky caller grpcecho wsecho; do go build -o "bin/$b" "./examples/$b"; done
+for b in echo slow flaky caller grpcecho wsecho otlpsink; do go build -o "bin/$b" "./examples/$b"; done
 # -mesh: also kube-proxy and CoreDNS, built once into ~/.cache/weft/mesh (minutes the first time)
 KUBEBUILDER_ASSETS="$(go run ./hack/envtest -mesh | tail -n1)"
 export KUBEBUILDER_ASSETS

@@ -2,6 +2,7 @@ package inject
 
 import (
 	"fmt"
+	"net/url"
 	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
@@ -21,7 +22,14 @@ const (
 	// AnnotationTraceSample is the share of new traces the sidecar samples, 0..1 (default 0:
 	// trace headers pass through untouched).
 	AnnotationTraceSample = "weft.dev/trace-sample"
+	// AnnotationTraceOTLPEndpoint is the OTLP/HTTP endpoint the sidecar sends its spans to
+	// (e.g. http://otel-collector.observability:4318/v1/traces); without it spans are made
+	// (trace context is rewritten) but not exported.
+	AnnotationTraceOTLPEndpoint = "weft.dev/trace-otlp-endpoint"
 )
+
+// maxEndpointLen bounds the OTLP endpoint annotation.
+const maxEndpointLen = 512
 
 // telemetryEnv maps the pod's telemetry annotations to the sidecar's env, or says which
 // annotation to fix.
@@ -59,6 +67,14 @@ func telemetryEnv(pod *corev1.Pod) ([]corev1.EnvVar, error) {
 	}
 	if err := share(AnnotationTraceSample, "WEFT_TRACE_SAMPLE", true); err != nil {
 		return nil, err
+	}
+	if v, ok := a[AnnotationTraceOTLPEndpoint]; ok {
+		u, err := url.Parse(v)
+		if err != nil || len(v) > maxEndpointLen || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("annotation %s=%q: use an http(s) URL of at most %d bytes, such as \"http://otel-collector.observability:4318/v1/traces\"",
+				AnnotationTraceOTLPEndpoint, v, maxEndpointLen)
+		}
+		env = append(env, corev1.EnvVar{Name: "WEFT_TRACE_OTLP_ENDPOINT", Value: v})
 	}
 	return env, nil
 }

@@ -33,12 +33,14 @@ func sidecarEnv(t *testing.T, pod *corev1.Pod) map[string]string {
 // the access log stays off (no env at all).
 func TestTelemetryAnnotationsBecomeSidecarEnv(t *testing.T) {
 	pod := telemetryPod(map[string]string{AnnotationAccessLog: "true", AnnotationAccessLogSample: "0.25",
-		AnnotationAccessLogMinStatus: "500", AnnotationTraceSample: "0.01"})
+		AnnotationAccessLogMinStatus: "500", AnnotationTraceSample: "0.01",
+		AnnotationTraceOTLPEndpoint: "http://otlp-sink.default:4318/v1/traces"})
 	if _, err := Inject(pod, "default", testConfig); err != nil {
 		t.Fatal(err)
 	}
 	env := sidecarEnv(t, pod)
-	want := map[string]string{"WEFT_ACCESS_LOG": "true", "WEFT_ACCESS_LOG_SAMPLE": "0.25", "WEFT_ACCESS_LOG_MIN_STATUS": "500", "WEFT_TRACE_SAMPLE": "0.01"}
+	want := map[string]string{"WEFT_ACCESS_LOG": "true", "WEFT_ACCESS_LOG_SAMPLE": "0.25", "WEFT_ACCESS_LOG_MIN_STATUS": "500", "WEFT_TRACE_SAMPLE": "0.01",
+		"WEFT_TRACE_OTLP_ENDPOINT": "http://otlp-sink.default:4318/v1/traces"}
 	for k, v := range want {
 		if env[k] != v {
 			t.Errorf("sidecar env %s = %q, want %q", k, env[k], v)
@@ -64,6 +66,13 @@ func TestTelemetryAnnotationsRefused(t *testing.T) {
 		changed, err := Inject(pod, "default", testConfig)
 		if err == nil || changed || !strings.Contains(err.Error(), ann) {
 			t.Errorf("%s=%q: changed %v, err %v; want a refusal naming the annotation", ann, v, changed, err)
+		}
+	}
+	for _, v := range []string{"otlp-sink:4318", "file:///etc/passwd", "http://", "http://x/" + strings.Repeat("a", 600), "://bad"} {
+		pod := telemetryPod(map[string]string{AnnotationTraceOTLPEndpoint: v})
+		changed, err := Inject(pod, "default", testConfig)
+		if err == nil || changed || !strings.Contains(err.Error(), AnnotationTraceOTLPEndpoint) {
+			t.Errorf("%s=%q: changed %v, err %v; want a refusal naming the annotation", AnnotationTraceOTLPEndpoint, v, changed, err)
 		}
 	}
 }

@@ -20,6 +20,7 @@ var DefaultImages = map[string]string{
 	"weft.dev/examples/caller":      "caller",
 	"weft.dev/examples/grpcecho":    "grpcecho",
 	"weft.dev/examples/wsecho":      "wsecho",
+	"weft.dev/examples/otlpsink":    "otlpsink",
 	// Redis servers for RedisProxy pools come from Debian's redis-server package.
 	"redis":                   "/usr/bin/redis-server",
 	"docker.io/library/redis": "/usr/bin/redis-server",
