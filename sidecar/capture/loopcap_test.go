@@ -2,6 +2,7 @@ package capture
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -11,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 )
 
 // Captured HTTP/1.1 connections on both HTTP paths: the event loop takes them from the
@@ -287,4 +290,77 @@ func countingServer(t *testing.T, n *atomicCount) string {
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { srv.Close() })
 	return ln.Addr().String()
+}
+
+// HTTP/2 (h2c with prior knowledge, in the sniffed bytes) and a WebSocket Upgrade on a
+// captured connection: the loop hands them to the goroutine path, which serves them as
+// before.
+func TestCapturedH2cAndWebSocketBothPaths(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		ws := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Header.Get("Upgrade") == "" {
+				_, _ = w.Write([]byte("plain " + r.Proto))
+				return
+			}
+			c, err := websocket.Accept(w, r, nil)
+			if err != nil {
+				return
+			}
+			defer c.CloseNow()
+			for {
+				typ, msg, err := c.Read(r.Context())
+				if err != nil {
+					return
+				}
+				if err := c.Write(r.Context(), typ, append([]byte("echo "), msg...)); err != nil {
+					return
+				}
+			}
+		})}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() { _ = ws.Serve(ln) }()
+		t.Cleanup(func() { ws.Close() })
+		m := mesh{reviews9080: named(t, "p9080"), reviews9090: named(t, "p9090"), app7000HTTP: ln.Addr().String(), app7000TCP: named(t, "app-tcp")}
+		s := startSidecar(t, m, goroutines, time.Second)
+		front := s.front(t, "10.96.0.40:7000")
+
+		var protos http.Protocols
+		protos.SetUnencryptedHTTP2(true)
+		h2 := &http.Client{Transport: &http.Transport{Proxy: nil, Protocols: &protos}, Timeout: 5 * time.Second}
+		defer h2.CloseIdleConnections()
+		req, _ := http.NewRequest("GET", "http://"+front+"/h2", nil)
+		req.Host = "app:7000"
+		resp, err := h2.Do(req)
+		if err != nil {
+			t.Fatalf("h2c: %v", err)
+		}
+		code, b := body(resp, nil)
+		if code != 200 || resp.ProtoMajor != 2 || b != "plain HTTP/1.1" {
+			t.Errorf("h2c: %d proto %d %q", code, resp.ProtoMajor, b)
+		}
+
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, _, err := websocket.Dial(ctx, "ws://"+front+"/ws", &websocket.DialOptions{Host: "app:7000", HTTPClient: noProxy})
+		if err != nil {
+			t.Fatalf("WebSocket through the captured path: %v", err)
+		}
+		defer c.CloseNow()
+		if err := c.Write(ctx, websocket.MessageText, []byte("hi")); err != nil {
+			t.Fatal(err)
+		}
+		if _, msg, err := c.Read(ctx); err != nil || string(msg) != "echo hi" {
+			t.Errorf("WebSocket echo: %q %v", msg, err)
+		}
+		checkLoop(t, s, goroutines, 2)
+		if h := metricSum(s, "weft_listener_loop_handoffs_total"); !goroutines && h < 2 {
+			t.Errorf("loop handoffs = %d, want the h2c and Upgrade connections handed off", h)
+		}
+		if u := metricSum(s, "weft_listener_upgrades_total"); u != 1 {
+			t.Errorf("upgrades_total = %d, want 1", u)
+		}
+	})
 }

@@ -46,17 +46,18 @@ func (l *Listener) stopLoops() []*hloop {
 	return l.loops
 }
 
-// captureLoop is the loop a captured connection joins: the chain listener's loops, started
-// on first use (as many as the bound listeners have, GOMAXPROCS), taken in turn. Nil when
-// the loop is off, failed to start, or the listener is shutting down.
+// captureLoop is the loop a captured connection joins: one of the listener's loops, taken
+// in turn (a capture chain's loops start on its first connection, GOMAXPROCS of them as a
+// bound listener has). Nil when the loop is off, failed to start, or the listener is
+// shutting down.
 func (l *Listener) captureLoop() *hloop {
-	if !l.unbound || l.proxy.opts.GoroutinePerConnection {
+	if l.proxy.opts.GoroutinePerConnection {
 		return nil
 	}
 	l.loopMu.Lock()
 	defer l.loopMu.Unlock()
-	if l.loopsStopped || l.loopsFailed {
-		return nil
+	if l.loopsStopped || l.loopsFailed || l.loops == nil && !l.unbound {
+		return nil // a bound listener's loops start with it, or never
 	}
 	if l.loops == nil {
 		if err := l.startLoops(nil, loopCount()); err != nil {
