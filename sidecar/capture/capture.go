@@ -185,6 +185,9 @@ type capturedConn struct {
 
 func (c *capturedConn) LocalAddr() net.Addr { return c.dst }
 
+// NetConn is the connection itself: the HTTP plane takes its socket into an event loop.
+func (c *capturedConn) NetConn() net.Conn { return c.Conn }
+
 // CloseWrite shuts the write side (half-close) when the connection supports it.
 func (c *capturedConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {

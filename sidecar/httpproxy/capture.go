@@ -22,7 +22,7 @@ import (
 // destination served by another chain; it keeps the others (HTTP_PROXY callers, calls to
 // its own address, and on the inbound listener the app port). Each HTTP chain's
 // connections are served by an unbound listener with that chain's route table
-// (ServeCaptured), on the goroutine path. On the explicit-proxy listener each request
+// (ServeCaptured), on its event loops unless the loop is off (loopcapture.go). On the explicit-proxy listener each request
 // picks its route table by its Host's port (routesFor). Routes to the passthrough and
 // black-hole clusters are answered here (passthrough).
 
@@ -83,8 +83,10 @@ func (p *Proxy) startUnbound(hl *config.HTTPListener) *Listener {
 	return l
 }
 
-// ServeCaptured serves a captured connection on the named listener's goroutine path, with
-// in (bytes already read from it) first. It reports false, leaving nc to the caller, when
+// ServeCaptured serves a captured connection on the named listener's event loops (or its
+// goroutine path, with the loop off), with in (bytes already read from it) first; nc's
+// LocalAddr is its original destination. Once on a loop, nc itself is closed: the loop
+// holds a duplicate of its socket (NetConn unwraps nc to reach it). It reports false, leaving nc to the caller, when
 // there is no such listener or it is at its connection cap.
 func (p *Proxy) ServeCaptured(listener string, nc net.Conn, in []byte) bool {
 	l := p.Listener(listener)
@@ -94,6 +96,9 @@ func (p *Proxy) ServeCaptured(listener string, nc net.Conn, in []byte) bool {
 	l.connections.Add(1)
 	if !l.admitConn() {
 		return false
+	}
+	if l.serveOnLoop(nc, in) { // loopcapture.go
+		return true
 	}
 	go l.serveConn(nc, in, nil)
 	return true

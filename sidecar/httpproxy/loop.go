@@ -61,13 +61,14 @@ type sock struct {
 	ex        *exchange // the request in flight on this connection
 	deadline  int64     // downstream: idle, head or linger deadline (unix nanos)
 	remote    string
-	closeNext bool // downstream: close once the queued output is written
-	dirty     bool // output queued for the end of the batch
-	inHead    bool // downstream: a head is under way and deadline is its end
-	linger    bool // downstream: a refusal was sent; drop input a while before closing
-	shut      bool // downstream: lingering, the write side is shut
-	lingerFor int  // downstream: bytes lingering may still drop
-	reserved  int  // downstream: bytes of in's capacity reserved from headBudget
+	dst       net.Addr // downstream: a captured connection's original destination (loopcapture.go)
+	closeNext bool     // downstream: close once the queued output is written
+	dirty     bool     // output queued for the end of the batch
+	inHead    bool     // downstream: a head is under way and deadline is its end
+	linger    bool     // downstream: a refusal was sent; drop input a while before closing
+	shut      bool     // downstream: lingering, the write side is shut
+	lingerFor int      // downstream: bytes lingering may still drop
+	reserved  int      // downstream: bytes of in's capacity reserved from headBudget
 
 	// upstream
 	host       *upstream.Host
@@ -138,9 +139,9 @@ func (ex *exchange) end(l *Listener, elapsed time.Duration) {
 type hloop struct {
 	l     *Listener
 	ev    *evloop.Loop
-	lfd   int
-	lrc   syscall.RawConn
-	socks []*sock // by descriptor
+	lfd   int             // the listening socket; -1: none (a capture chain's loop)
+	lrc   syscall.RawConn // nil with lfd -1
+	socks []*sock         // by descriptor
 	idle  map[*upstream.Host][]*sock
 	addrs map[*upstream.Host]unix.Sockaddr
 	down  int // downstream connections in the loop
@@ -179,14 +180,19 @@ func (w *sockWriter) Write(p []byte) (int, error) {
 
 // startLoops serves ln with n event loops (the sidecar's --concurrency), which share
 // the listening socket: the kernel wakes one loop per new connection (EPOLLEXCLUSIVE).
+// With ln nil (a capture chain's listener) the loops accept nothing: they serve the
+// connections ServeCaptured hands them (loopcapture.go).
 func (l *Listener) startLoops(ln net.Listener, n int) error {
-	tl, ok := ln.(*net.TCPListener)
-	if !ok {
-		return errors.New("not a TCP listener")
-	}
-	lrc, err := tl.SyscallConn()
-	if err != nil {
-		return err
+	var lrc syscall.RawConn
+	if ln != nil {
+		tl, ok := ln.(*net.TCPListener)
+		if !ok {
+			return errors.New("not a TCP listener")
+		}
+		var err error
+		if lrc, err = tl.SyscallConn(); err != nil {
+			return err
+		}
 	}
 	loops := make([]*hloop, 0, n)
 	for range n {
@@ -213,13 +219,16 @@ func (l *Listener) startLoops(ln net.Listener, n int) error {
 }
 
 func newHloop(l *Listener, lrc syscall.RawConn) (*hloop, error) {
-	h := &hloop{l: l, lrc: lrc, idle: map[*upstream.Host][]*sock{}, addrs: map[*upstream.Host]unix.Sockaddr{}, done: make(chan struct{})}
+	h := &hloop{l: l, lrc: lrc, lfd: -1, idle: map[*upstream.Host][]*sock{}, addrs: map[*upstream.Host]unix.Sockaddr{}, done: make(chan struct{})}
 	var err error
 	if h.ev, err = evloop.New(h); err != nil {
 		return nil, err
 	}
 	h.bw = bufio.NewWriterSize(&h.sw, 4096)
 	h.w.bw = h.bw
+	if lrc == nil {
+		return h, nil // no listening socket: connections come through adopt
+	}
 	var addErr error
 	if err := lrc.Control(func(fd uintptr) { h.lfd = int(fd); addErr = h.ev.AddListener(int(fd)) }); err != nil {
 		addErr = err

@@ -36,7 +36,8 @@ type loopGrants struct {
 	mu       sync.Mutex
 	grants   []*loopWait
 	reclaims []*upstream.Cluster
-	stopped  bool // the loop has stopped: grants are given back at once
+	adopts   []adoption // captured connections joining the loop (loopcapture.go)
+	stopped  bool       // the loop has stopped: grants are given back at once, adoptions refused
 }
 
 // ReclaimIdle implements upstream.IdleOwner: close one of this loop's idle connections of
@@ -74,6 +75,7 @@ func (h *hloop) stopGrants() {
 	h.pending.stopped = true
 	h.pending.mu.Unlock()
 	h.takeGrants()
+	h.dropAdoptions() // loopcapture.go
 }
 
 // reserveConn takes a connection slot for ex's attempt when its host has no idle

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"time"
 
 	"github.com/weftmesh/weft/sidecar/connio"
@@ -29,13 +28,7 @@ func (h *hloop) detach(s *sock) net.Conn {
 			s.reserved = 0
 		}
 	}
-	f := os.NewFile(uintptr(s.fd), "")
-	nc, err := net.FileConn(f) // a duplicate descriptor in Go's poller
-	f.Close()
-	if err != nil {
-		return nil
-	}
-	return nc
+	return fdConn(s.fd, s.dst) // loopcapture.go
 }
 
 // handoff moves d, with what it has buffered, to the goroutine path.
@@ -165,11 +158,14 @@ func (h *hloop) sweepHosts() {
 // Wake implements evloop.Handler: shutdown has begun.
 func (h *hloop) Wake() {
 	h.takeGrants()
+	h.takeAdoptions() // loopcapture.go
 	if !h.draining.Load() || h.drained {
 		return
 	}
 	h.drained = true
-	_ = h.lrc.Control(func(fd uintptr) { h.ev.Remove(int(fd)) })
+	if h.lrc != nil {
+		_ = h.lrc.Control(func(fd uintptr) { h.ev.Remove(int(fd)) })
+	}
 	for _, s := range h.socks {
 		if s == nil || s.up || s.closed {
 			continue

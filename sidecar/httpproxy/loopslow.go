@@ -53,7 +53,7 @@ func (p *Proxy) Exchanges(minAge time.Duration) []upstream.Exchange {
 	p.mu.Lock()
 	var loops []*hloop
 	for _, l := range p.listeners {
-		loops = append(loops, l.loops...)
+		loops = append(loops, l.eventLoops()...)
 	}
 	p.mu.Unlock()
 	now := time.Now()

@@ -14,7 +14,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -97,9 +96,15 @@ type Listener struct {
 	unbound bool                                // a capture chain's: binds nothing (capture.go)
 	ln      net.Listener
 	h2      *h2Server
-	loops   []*hloop // none: a goroutine per connection
-	addr    net.Addr
-	cfgAddr string
+	// loops serve the listener's HTTP/1.1 connections; none: a goroutine per connection. A
+	// capture chain's start with its first connection (loopcapture.go), under loopMu.
+	loops        []*hloop
+	loopMu       sync.Mutex
+	loopsStopped bool   // shutdown has begun: no loop starts
+	loopsFailed  bool   // the loops could not start: a goroutine per connection
+	nextLoop     uint32 // the loop the last captured connection joined
+	addr         net.Addr
+	cfgAddr      string
 
 	mu       sync.Mutex
 	conns    map[net.Conn]*connState // HTTP/1 connections and whether each serves a request now
@@ -110,6 +115,7 @@ type Listener struct {
 	requests     atomic.Uint64
 	connections  atomic.Uint64
 	handoffs     atomic.Uint64 // connections the event loop passed to the goroutine path
+	capturedLoop atomic.Uint64 // captured connections that joined an event loop (loopcapture.go)
 	callerResets atomic.Uint64 // requests cancelled upstream because the caller hung up
 	// appStartTimeouts: requests refused because the app did not start within the caller's
 	// hold (appstart.go).
@@ -203,7 +209,7 @@ func (p *Proxy) start(hl *config.HTTPListener) (*Listener, error) {
 	mode := "goroutine per connection"
 	if p.opts.GoroutinePerConnection {
 		go l.serve(ln)
-	} else if err := l.startLoops(ln, max(runtime.GOMAXPROCS(0), 1)); err != nil {
+	} else if err := l.startLoops(ln, loopCount()); err != nil {
 		p.opts.Logger.Warn("HTTP event loop unavailable; serving a goroutine per connection", "listener", hl.Name, "error", err)
 		go l.serve(ln)
 	} else {
@@ -239,12 +245,13 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 // shutdown stops accepting, closes idle connections, lets each active one finish its
 // request (answered with Connection: close) and waits for them until ctx ends.
 func (l *Listener) shutdown(ctx context.Context) error {
-	for _, h := range l.loops {
+	loops := l.stopLoops()
+	for _, h := range loops {
 		h.drain()
 	}
 	_ = l.ln.Close()
 	var loopErr error
-	for _, h := range l.loops {
+	for _, h := range loops {
 		select {
 		case <-h.done:
 		case <-ctx.Done():

@@ -30,6 +30,9 @@ func (p *Proxy) WritePrometheus(w io.Writer) {
 	metric("weft_listener_loop_handoffs_total", "counter",
 		"Connections the event loop passed to the goroutine-per-connection path (h2c, chunked or large bodies, Upgrade, fault/mirror/redirect/direct routes, functions, responses it cannot frame).",
 		func(l *Listener) int64 { return int64(l.handoffs.Load()) })
+	metric("weft_listener_loop_captured_total", "counter",
+		"Captured connections (iptables) served by the event loop from their first request; the others are served a goroutine per connection.",
+		func(l *Listener) int64 { return int64(l.capturedLoop.Load()) })
 	metric("weft_listener_caller_resets_total", "counter",
 		"Requests cancelled upstream because the caller hung up before its answer was through.",
 		func(l *Listener) int64 { return int64(l.callerResets.Load()) })
