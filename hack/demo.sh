@@ -224,6 +224,18 @@ if ((routed)); then
     say "access log line of that call (caller's sidecar): $alog"
     record "access log line" PASS "$(grep -oE '"(response_code|duration|upstream_cluster)":("[^"]*"|[0-9]+)' <<<"$alog" | tr '\n' ' ')"
   else record "access log line" FAIL "no line for hello in the caller sidecar's log ($STATE/pods/default_caller-*/weft-sidecar.log)"; fi
+  # The caller's sidecar also traced that call (weft.dev/trace-sample: "1") and exported the
+  # spans to otlp-sink (examples/otlpsink) within a second: the hold is a span of its own.
+  sink_ip="$(kubectl get pods -l app=otlp-sink -o jsonpath='{.items[0].status.podIP}' 2>/dev/null || true)"
+  trace=""
+  for _ in $(seq 1 20); do
+    trace="$(curl -sf --max-time 3 "http://$sink_ip:4318/trace?span=weft.cold_start_hold" 2>/dev/null || true)"
+    [[ -n "$trace" ]] && break; sleep 0.5
+  done
+  if [[ -n "$trace" ]]; then
+    say "the cold-start call's trace (otlp-sink):"; sed 's/^/     /' <<<"$trace"
+    record "cold start trace" PASS "$(grep -oE 'weft\.cold_start_hold \[[^]]*\] [0-9.]+m?s' <<<"$trace" | head -n1)"
+  else record "cold start trace" FAIL "otlp-sink (${sink_ip:-no pod}) has no trace with a weft.cold_start_hold span"; fi
 
   # ---- step: scale to zero ---------------------------------------------------------------------
   bold "Scale to zero: after 6 s without calls (stable window) and 2 s grace, the last pod goes"
