@@ -15,6 +15,7 @@ const (
 	envAccessLog          = "WEFT_ACCESS_LOG"
 	envAccessLogSample    = "WEFT_ACCESS_LOG_SAMPLE"
 	envAccessLogMinStatus = "WEFT_ACCESS_LOG_MIN_STATUS"
+	envAccessLogListener  = "WEFT_ACCESS_LOG_LISTENER"
 	envTraceSample        = "WEFT_TRACE_SAMPLE"
 	envTraceOTLP          = "WEFT_TRACE_OTLP_ENDPOINT"
 )
@@ -24,6 +25,7 @@ type telemetryFlags struct {
 	accessLog          bool
 	accessLogSample    float64
 	accessLogMinStatus int
+	accessLogListener  string
 	traceSample        float64
 	traceOTLP          string
 }
@@ -45,6 +47,7 @@ func addTelemetryFlags(f *telemetryFlags) {
 	flag.BoolVar(&f.accessLog, "access-log", envBool(envAccessLog), "write a JSON access-log line per HTTP exchange to stdout (default $"+envAccessLog+")")
 	flag.Float64Var(&f.accessLogSample, "access-log-sample", envFloat(envAccessLogSample, 1), "share of exchanges the access log writes, 0..1 (default $"+envAccessLogSample+" or 1)")
 	flag.IntVar(&f.accessLogMinStatus, "access-log-min-status", envInt(envAccessLogMinStatus), "log only exchanges answered with at least this status, e.g. 500 (default $"+envAccessLogMinStatus+"; 0: all)")
+	flag.StringVar(&f.accessLogListener, "access-log-listener", os.Getenv(envAccessLogListener), `log only the "inbound" or the "outbound" listener's exchanges (default $`+envAccessLogListener+`; empty: both)`)
 	flag.StringVar(&f.traceOTLP, "trace-otlp-endpoint", os.Getenv(envTraceOTLP), "OTLP/HTTP JSON traces endpoint spans are sent to, e.g. http://otel-collector.observability:4318/v1/traces (default $"+envTraceOTLP+"; empty: spans are made but not exported)")
 	flag.Float64Var(&f.traceSample, "trace-sample", envFloat(envTraceSample, 0), "share of new traces the sidecar samples and makes spans for, 0..1 (default $"+envTraceSample+" or 0: off)")
 }
@@ -77,6 +80,11 @@ func buildTelemetry(f flags, tf telemetryFlags) (*telemetry.Mesh, func(), error)
 	if err != nil {
 		return nil, nil, err
 	}
+	switch tf.accessLogListener {
+	case "", telemetry.ListenerInbound, telemetry.ListenerOutbound:
+	default:
+		return nil, nil, fmt.Errorf("--access-log-listener %q: use %q, %q or nothing for both", tf.accessLogListener, telemetry.ListenerInbound, telemetry.ListenerOutbound)
+	}
 	if tf.accessLog && sample == 0 {
 		return nil, nil, fmt.Errorf("--access-log-sample 0 logs nothing; turn the access log off instead")
 	}
@@ -89,7 +97,7 @@ func buildTelemetry(f flags, tf telemetryFlags) (*telemetry.Mesh, func(), error)
 		closers = append(closers, e.Close)
 	}
 	if tf.accessLog {
-		al := telemetry.NewAccessLog(telemetry.AccessLogOptions{SamplePerMillion: sample, MinStatus: tf.accessLogMinStatus})
+		al := telemetry.NewAccessLog(telemetry.AccessLogOptions{SamplePerMillion: sample, MinStatus: tf.accessLogMinStatus, Listener: tf.accessLogListener})
 		o.AccessLog = al
 		closers = append(closers, al.Close)
 	}

@@ -25,7 +25,7 @@ func TestBuildTelemetry(t *testing.T) {
 		t.Errorf("everything off: %v, %v; want no telemetry", tel, err)
 	}
 	for _, bad := range []telemetryFlags{{istioMetrics: true, traceSample: 1.5, accessLogSample: 1}, {accessLog: true, accessLogSample: 0},
-		{accessLog: true, accessLogSample: -0.1}} {
+		{accessLog: true, accessLogSample: -0.1}, {accessLog: true, accessLogSample: 1, accessLogListener: "sideways"}} {
 		if _, _, err := buildTelemetry(f, bad); err == nil {
 			t.Errorf("%+v accepted", bad)
 		}

@@ -12,7 +12,7 @@ import (
 // The sidecar reads the env they map to (cmd/sidecar/telemetry.go).
 const (
 	// AnnotationAccessLog "true" makes the sidecar write a JSON access-log line per HTTP
-	// exchange to stdout.
+	// exchange to stdout; "inbound" or "outbound" logs only that listener's exchanges.
 	AnnotationAccessLog = "weft.dev/access-log"
 	// AnnotationAccessLogSample is the share of exchanges logged, 0 < s <= 1 (default 1).
 	AnnotationAccessLogSample = "weft.dev/access-log-sample"
@@ -37,11 +37,17 @@ func telemetryEnv(pod *corev1.Pod) ([]corev1.EnvVar, error) {
 	var env []corev1.EnvVar
 	a := pod.Annotations
 	if v, ok := a[AnnotationAccessLog]; ok {
-		on, err := strconv.ParseBool(v)
-		if err != nil {
-			return nil, fmt.Errorf("annotation %s=%q: use \"true\" or \"false\"", AnnotationAccessLog, v)
+		switch v {
+		case "inbound", "outbound":
+			env = append(env, corev1.EnvVar{Name: "WEFT_ACCESS_LOG", Value: "true"},
+				corev1.EnvVar{Name: "WEFT_ACCESS_LOG_LISTENER", Value: v})
+		default:
+			on, err := strconv.ParseBool(v)
+			if err != nil {
+				return nil, fmt.Errorf("annotation %s=%q: use \"true\", \"false\", \"inbound\" or \"outbound\"", AnnotationAccessLog, v)
+			}
+			env = append(env, corev1.EnvVar{Name: "WEFT_ACCESS_LOG", Value: strconv.FormatBool(on)})
 		}
-		env = append(env, corev1.EnvVar{Name: "WEFT_ACCESS_LOG", Value: strconv.FormatBool(on)})
 	}
 	share := func(k, name string, zeroOK bool) error {
 		v, ok := a[k]

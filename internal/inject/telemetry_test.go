@@ -60,12 +60,21 @@ func TestTelemetryAnnotationsBecomeSidecarEnv(t *testing.T) {
 
 // Bad values are refused at admission with the annotation to fix, not ignored.
 func TestTelemetryAnnotationsRefused(t *testing.T) {
-	for ann, v := range map[string]string{AnnotationAccessLog: "yes please", AnnotationAccessLogSample: "0",
+	for ann, v := range map[string]string{AnnotationAccessLog: "sideways", AnnotationAccessLogSample: "0",
 		AnnotationAccessLogMinStatus: "5xx", AnnotationTraceSample: "1.5"} {
 		pod := telemetryPod(map[string]string{ann: v})
 		changed, err := Inject(pod, "default", testConfig)
 		if err == nil || changed || !strings.Contains(err.Error(), ann) {
 			t.Errorf("%s=%q: changed %v, err %v; want a refusal naming the annotation", ann, v, changed, err)
+		}
+	}
+	for _, v := range []string{"inbound", "outbound"} {
+		pod := telemetryPod(map[string]string{AnnotationAccessLog: v})
+		if _, err := Inject(pod, "default", testConfig); err != nil {
+			t.Fatalf("%s=%q: %v", AnnotationAccessLog, v, err)
+		}
+		if env := sidecarEnv(t, pod); env["WEFT_ACCESS_LOG"] != "true" || env["WEFT_ACCESS_LOG_LISTENER"] != v {
+			t.Errorf("%s=%q: sidecar env %v, want the log on for the %s listener", AnnotationAccessLog, v, env, v)
 		}
 	}
 	for _, v := range []string{"otlp-sink:4318", "file:///etc/passwd", "http://", "http://x/" + strings.Repeat("a", 600), "://bad"} {

@@ -25,6 +25,12 @@ const DefaultAccessLogFlush = 100 * time.Millisecond
 const maxLogField = 2048
 
 // AccessLogOptions configure an AccessLog.
+// The listeners an access log can be limited to (AccessLogOptions.Listener).
+const (
+	ListenerInbound  = "inbound"
+	ListenerOutbound = "outbound"
+)
+
 type AccessLogOptions struct {
 	// Out receives the JSON lines (os.Stdout when nil).
 	Out io.Writer
@@ -34,6 +40,9 @@ type AccessLogOptions struct {
 	// exchange without an answer (status 0: the caller left, the upstream reset) is always
 	// logged.
 	MinStatus int
+	// Listener limits the log to one listener's exchanges: "inbound" or "outbound"; empty
+	// logs both (as Envoy, whose access logs are configured per listener).
+	Listener string
 	// Buffer bounds the bytes of lines waiting for Out (DefaultAccessLogBuffer when zero).
 	Buffer int
 	// Flush is how often waiting lines are written (DefaultAccessLogFlush when zero).
@@ -132,7 +141,7 @@ func (a *AccessLog) takes(status int) bool {
 // Log adds r's line, or drops it when the buffer is full. peer is the downstream
 // workload (Istio's source).
 func (a *AccessLog) Log(r *HTTPRecord, peer *side) {
-	if !a.takes(r.Status) {
+	if (a.o.Listener == ListenerInbound && !r.Inbound) || (a.o.Listener == ListenerOutbound && r.Inbound) || !a.takes(r.Status) {
 		return
 	}
 	bp := a.scratch.Get().(*[]byte)

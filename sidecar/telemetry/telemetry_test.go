@@ -202,3 +202,32 @@ func TestAccessLogSampling(t *testing.T) {
 		t.Errorf("%d of 10000 lines at a 10%% sample", n)
 	}
 }
+
+// An access log limited to one listener writes only that listener's exchanges.
+func TestAccessLogOneListener(t *testing.T) {
+	for _, tc := range []struct {
+		listener string
+		want     []string
+	}{
+		{"", []string{"/in", "/out"}},
+		{ListenerInbound, []string{"/in"}},
+		{ListenerOutbound, []string{"/out"}},
+	} {
+		var out syncBuffer
+		al := NewAccessLog(AccessLogOptions{Out: &out, Listener: tc.listener})
+		al.Log(&HTTPRecord{Inbound: true, Status: 200, Path: "/in"}, unknownSide)
+		al.Log(&HTTPRecord{Status: 200, Path: "/out"}, unknownSide)
+		al.Close()
+		var got []string
+		for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+			var line map[string]any
+			if err := json.Unmarshal([]byte(l), &line); err != nil {
+				t.Fatalf("listener %q: %v in %q", tc.listener, err, l)
+			}
+			got = append(got, line["path"].(string))
+		}
+		if strings.Join(got, " ") != strings.Join(tc.want, " ") {
+			t.Errorf("listener %q logged %v, want %v", tc.listener, got, tc.want)
+		}
+	}
+}
