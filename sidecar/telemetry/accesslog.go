@@ -24,13 +24,13 @@ const DefaultAccessLogFlush = 100 * time.Millisecond
 // maxLogField bounds one field: longer paths, authorities or user agents are cut.
 const maxLogField = 2048
 
-// AccessLogOptions configure an AccessLog.
 // The listeners an access log can be limited to (AccessLogOptions.Listener).
 const (
 	ListenerInbound  = "inbound"
 	ListenerOutbound = "outbound"
 )
 
+// AccessLogOptions configure an AccessLog.
 type AccessLogOptions struct {
 	// Out receives the JSON lines (os.Stdout when nil).
 	Out io.Writer

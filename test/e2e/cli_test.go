@@ -119,7 +119,7 @@ func firstPod(t *testing.T, selector string) string {
 		out, err := kubectl("get", "pods", "-n", "default", "-l", selector, "--field-selector=status.phase=Running",
 			"-o", "jsonpath={.items[0].metadata.name}")
 		if err != nil || strings.TrimSpace(out) == "" {
-			return fmt.Errorf("none yet: %v %s", err, out)
+			return fmt.Errorf("none yet: %w %s", err, out)
 		}
 		name = strings.TrimSpace(out)
 		return nil
