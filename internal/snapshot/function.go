@@ -48,6 +48,7 @@ func (t *translator) meshFunction(fn *meshv1alpha1.MeshFunction) *built {
 		Action: &routev3.Route_Route{Route: &routev3.RouteAction{
 			ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: c.Name},
 			Timeout:          timeoutOf(functionTimeout(fn)),
+			RetryPolicy:      functionRetries,
 		}},
 		Metadata: metadata(contract.RouteMetadataKey, contract.RouteMeta{Owner: key.String()}.Encode()),
 	}}
@@ -61,6 +62,17 @@ func (t *translator) meshFunction(fn *meshv1alpha1.MeshFunction) *built {
 	}
 	return b
 }
+
+// functionRetries is the retry policy of a function's own route: 2 retries, each on a host
+// not tried yet, of the failures where the request never reached the function — a connect
+// that failed or timed out, an HTTP/2 stream refused. A pod removed by a scale-down can still
+// be in a caller's endpoints for the moment the removal takes to reach it; its connect then
+// fails, and the call goes to a pod that is still there instead of failing. Nothing the
+// function may have half-done is retried (no 5xx: a function call need not be idempotent).
+var functionRetries = retryPolicy(&meshv1alpha1.HTTPRetry{
+	Attempts: 2,
+	RetryOn:  []meshv1alpha1.RetryOn{"connect-failure", "refused-stream"},
+}, false)
 
 // goingToZero reports that the MeshFunction controller has announced zero replicas
 // (status.desiredReplicas 0 after it has written status once) while pods may still run. The

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
@@ -39,5 +40,24 @@ func TestFunctionMetadataCarriesTheAsyncPolicy(t *testing.T) {
 	fm, err = config.DecodeFunctionMeta(functionCluster(fn).GetMetadata().GetFilterMetadata()[contract.FunctionMetadataKey])
 	if err != nil || fm.PolicyErr != nil || fm.Policy.Enabled {
 		t.Fatalf("a function without spec.async decoded as %+v, %v; want async off", fm, err)
+	}
+}
+
+// A function's own route retries, on another pod, the calls that never reached a pod (a
+// scale-down's removed pod still in a caller's endpoints) and nothing else: the sidecar's
+// decoder reads the policy back as connect-failure and refused-stream, 2 retries, previous
+// hosts avoided.
+func TestFunctionRouteRetriesOnlyWhatNeverReachedThePod(t *testing.T) {
+	fn := &meshv1alpha1.MeshFunction{ObjectMeta: metav1.ObjectMeta{Name: "hello", Namespace: "default", UID: "u1"}}
+	b := (&translator{ix: newIndex(&Input{})}).meshFunction(fn)
+	rc := &routev3.RouteConfiguration{Name: "80", VirtualHosts: []*routev3.VirtualHost{{
+		Name: "hello", Domains: []string{"hello"}, Routes: b.routes}}}
+	table, err := config.DecodeRouteConfig(rc)
+	if err != nil {
+		t.Fatalf("the sidecar refuses the function's route: %v", err)
+	}
+	got := table.VirtualHosts[0].Routes[0].Retry
+	if got == nil || got.NumRetries != 2 || got.On != config.RetryConnectFailure|config.RetryRefusedStream || !got.PreviousHosts {
+		t.Fatalf("retry policy %+v, want 2 retries on connect-failure and refused-stream only, on hosts not tried yet", got)
 	}
 }
