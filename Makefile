@@ -96,6 +96,10 @@ bench: ## Go benchmarks of the pure cores and the in-process data planes (BENCHT
 bench-http: ## wrk: backend direct vs through the sidecar vs through haproxy.
 	hack/bench-http.sh
 
+.PHONY: bench-telemetry
+bench-telemetry: ## wrk through three sidecars: telemetry off, Istio metrics (tracing off), metrics + access log (~2 min).
+	hack/bench-telemetry.sh
+
 .PHONY: bench-grpc
 bench-grpc: ## grpc-go unary calls at 1,000/s for 10 s: direct vs through two sidecars (p50/p99).
 	hack/bench-grpc.sh
