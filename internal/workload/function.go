@@ -24,6 +24,11 @@ import (
 // SidecarContainerName is the name of the sidecar container in every pod Weft renders.
 const SidecarContainerName = "weft-sidecar"
 
+// EndpointDrainSeconds is how long a function pod keeps serving after it is told to stop,
+// so that callers' sidecars learn it is gone before it stops answering: Istio's
+// terminationDrainDuration default (5 s).
+const EndpointDrainSeconds = 5
+
 // FunctionDeployment renders the Deployment of a MeshFunction with the given replicas. The
 // autoscaler owns the replica count; everything else comes from the spec. The first container
 // of the template is the function; the sidecar is appended, takes calls on InboundPort and
@@ -59,6 +64,16 @@ func FunctionDeployment(fn *meshv1alpha1.MeshFunction, replicas int32, o Options
 	app.Env = upsertEnv(app.Env, corev1.EnvVar{Name: "PORT", Value: strconv.Itoa(int(fn.Spec.Port))})
 	if !hasPort(app.Ports, fn.Spec.Port) {
 		app.Ports = append(app.Ports, corev1.ContainerPort{Name: "http-app", ContainerPort: fn.Spec.Port, Protocol: corev1.ProtocolTCP})
+	}
+	// A pod removed by a scale-down stays in callers' endpoints until the EndpointSlice
+	// change has reached their sidecars. The function keeps serving meanwhile: its SIGTERM
+	// waits EndpointDrainSeconds in a preStop sleep (Knative's queue-proxy drain, shorter),
+	// unless the user set a preStop of their own.
+	if app.Lifecycle == nil {
+		app.Lifecycle = &corev1.Lifecycle{}
+	}
+	if app.Lifecycle.PreStop == nil {
+		app.Lifecycle.PreStop = &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: EndpointDrainSeconds}}
 	}
 	// The sidecar is a native sidecar (a restartable init container): it starts, and passes
 	// its startup probe (first config applied), before the function starts, and it is stopped

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
@@ -143,5 +144,34 @@ func TestRedisProxyGolden(t *testing.T) {
 			}
 			golden(t, strings.TrimSuffix(in, ".in.yaml")+".out.yaml", marshalAll(t, objs...))
 		})
+	}
+}
+
+// A function pod keeps serving for EndpointDrainSeconds after it is told to stop (a preStop
+// sleep on the function container), so a scale-down does not fail calls from sidecars that
+// have not yet seen the pod leave; a preStop the user wrote is kept as it is.
+func TestFunctionContainerDrainsBeforeStopping(t *testing.T) {
+	var fn meshv1alpha1.MeshFunction
+	readYAML(t, "testdata/function-minimal.in.yaml", &fn)
+	dep, err := FunctionDeployment(&fn, 1, testOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pre := dep.Spec.Template.Spec.Containers[0].Lifecycle.PreStop
+	if pre == nil || pre.Sleep == nil || pre.Sleep.Seconds != EndpointDrainSeconds {
+		t.Fatalf("function container preStop %+v, want a %d s sleep", pre, EndpointDrainSeconds)
+	}
+
+	own := &corev1.LifecycleHandler{Exec: &corev1.ExecAction{Command: []string{"/bin/flush"}}}
+	fn.Spec.Template.Spec.Containers[0].Lifecycle = &corev1.Lifecycle{PreStop: own}
+	dep, err = FunctionDeployment(&fn, 1, testOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := dep.Spec.Template.Spec.Containers[0].Lifecycle.PreStop; !cmp.Equal(got, own) {
+		t.Fatalf("the user's preStop became %+v", got)
+	}
+	if fn.Spec.Template.Spec.Containers[0].Lifecycle.PreStop != own {
+		t.Fatal("rendering changed the MeshFunction's own template")
 	}
 }
