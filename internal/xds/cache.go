@@ -39,6 +39,9 @@ type viewState struct {
 	versions map[string]string // type → version, only types the view has resources of
 	// setAt is when each type's current version was set, for the push-latency metric.
 	setAt map[string]time.Time
+	// snap is the snapshot last set, whose clusters, listeners and routes an endpoint-only
+	// change reuses as they are.
+	snap *cachev3.Snapshot
 }
 
 // NewCache returns an empty cache. ads=true makes go-control-plane answer watches of one
@@ -50,18 +53,59 @@ func NewCache() *Cache {
 // SetResult installs a new translation and updates the snapshot of every view that has a
 // connected sidecar. A view whose versions did not change is not touched, so nothing is
 // pushed for identical input.
+//
+// When r differs from the translation served only in endpoints (snapshot.UpdateEndpoints
+// made one from the other), each view keeps its clusters, listeners and route
+// configurations — the very resource groups, with their versions — and gets only new
+// endpoints: go-control-plane then answers only the EDS watches, and building a view's
+// snapshot costs no more than its endpoints.
 func (c *Cache) SetResult(ctx context.Context, r *snapshot.Result) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	edsOnly := c.result.SameButEndpoints(r)
 	c.result = r
 	recordResources(r)
 	var firstErr error
 	for key, vs := range c.views {
-		if err := c.setLocked(ctx, key, vs); err != nil && firstErr == nil {
+		set := c.setLocked
+		if edsOnly && vs.snap != nil {
+			set = c.setEndpointsLocked
+		}
+		if err := set(ctx, key, vs); err != nil && firstErr == nil {
 			firstErr = err
 		}
 	}
 	return firstErr
+}
+
+// edsSlot is the endpoints' place in a snapshot's resource groups.
+var edsSlot = cachev3.GetResponseType(resourcev3.EndpointType)
+
+// setEndpointsLocked replaces the endpoints of the view's last snapshot.
+func (c *Cache) setEndpointsLocked(ctx context.Context, key string, vs *viewState) error {
+	eds, err := c.result.EndpointResources(vs.view)
+	if err != nil {
+		return fmt.Errorf("building the endpoints of view %s: %w", key, err)
+	}
+	if vs.versions[resourcev3.EndpointType] == eds.Version || vs.versions[resourcev3.EndpointType] == "" && len(eds.Items) == 0 {
+		return nil
+	}
+	snap := &cachev3.Snapshot{Resources: vs.snap.Resources}
+	snap.Resources[edsSlot] = eds
+	if err := c.cache.SetSnapshot(ctx, key, snap); err != nil {
+		return fmt.Errorf("setting snapshot of view %s: %w", key, err)
+	}
+	versions := make(map[string]string, len(vs.versions))
+	for t, v := range vs.versions {
+		versions[t] = v
+	}
+	delete(versions, resourcev3.EndpointType)
+	if len(eds.Items) > 0 {
+		versions[resourcev3.EndpointType] = eds.Version
+	}
+	vs.recordVersions(versions, time.Now())
+	vs.versions, vs.snap = versions, snap
+	return nil
 }
 
 func (c *Cache) setLocked(ctx context.Context, key string, vs *viewState) error {
@@ -83,13 +127,16 @@ func (c *Cache) setLocked(ctx context.Context, key string, vs *viewState) error 
 		}
 	}
 	if same {
+		if vs.snap == nil {
+			vs.snap = snap
+		}
 		return nil
 	}
 	if err := c.cache.SetSnapshot(ctx, key, snap); err != nil {
 		return fmt.Errorf("setting snapshot of view %s: %w", key, err)
 	}
 	vs.recordVersions(versions, time.Now())
-	vs.versions = versions
+	vs.versions, vs.snap = versions, snap
 	return nil
 }
 
