@@ -111,6 +111,17 @@ func (r *SnapshotReconciler) markEndpoints(svc string) {
 	r.endpoints[svc] = true
 }
 
+// sliceChanged maps an EndpointSlice event: it marks the slice's Service (translation reads
+// only slices labelled with one) and asks for a pass.
+func (r *SnapshotReconciler) sliceChanged(o client.Object) []reconcile.Request {
+	svc := o.GetLabels()[discoveryv1.LabelServiceName]
+	if svc == "" {
+		return nil
+	}
+	r.markEndpoints(o.GetNamespace() + "/" + svc)
+	return []reconcile.Request{snapshotKey}
+}
+
 // takeEndpoints returns and clears the set of changed Services.
 func (r *SnapshotReconciler) takeEndpoints() map[string]bool {
 	r.endpointsMu.Lock()
@@ -149,12 +160,7 @@ func (r *SnapshotReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	// old and the new object are mapped, so a slice that changes Service marks both).
 	// Translation reads only slices labelled with a Service.
 	endpoints := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
-		svc := o.GetLabels()[discoveryv1.LabelServiceName]
-		if svc == "" {
-			return nil
-		}
-		r.markEndpoints(o.GetNamespace() + "/" + svc)
-		return []reconcile.Request{snapshotKey}
+		return r.sliceChanged(o)
 	})
 	spec := builder.WithPredicates(predicate.GenerationChangedPredicate{})
 	r.grants = referenceGrantsInstalled(mgr.GetRESTMapper())
