@@ -31,6 +31,16 @@ type Cache struct {
 	mu     sync.Mutex
 	result *snapshot.Result
 	views  map[string]*viewState // by view key
+	// groups holds one resource group per (type, version) among the views' snapshots: a
+	// version is a hash of the group's content, so views with equal versions share one
+	// group (one map of clusters, not one per view). At most 4 entries per view set since
+	// the last full translation, which empties it.
+	groups map[groupKey]cachev3.Resources
+}
+
+type groupKey struct {
+	slot    int
+	version string
 }
 
 type viewState struct {
@@ -47,7 +57,7 @@ type viewState struct {
 // NewCache returns an empty cache. ads=true makes go-control-plane answer watches of one
 // node in CDS → EDS → LDS → RDS order (make-before-break).
 func NewCache() *Cache {
-	return &Cache{cache: cachev3.NewSnapshotCache(true, viewHash{}, nil), views: map[string]*viewState{}}
+	return &Cache{cache: cachev3.NewSnapshotCache(true, viewHash{}, nil), views: map[string]*viewState{}, groups: map[groupKey]cachev3.Resources{}}
 }
 
 // SetResult installs a new translation and updates the snapshot of every view that has a
@@ -63,6 +73,9 @@ func (c *Cache) SetResult(ctx context.Context, r *snapshot.Result) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	edsOnly := c.result.SameButEndpoints(r)
+	if !edsOnly {
+		clear(c.groups)
+	}
 	c.result = r
 	recordResources(r)
 	var firstErr error
@@ -131,6 +144,17 @@ func (c *Cache) setLocked(ctx context.Context, key string, vs *viewState) error 
 			vs.snap = snap
 		}
 		return nil
+	}
+	for i, g := range snap.Resources {
+		if len(g.Items) == 0 {
+			continue
+		}
+		k := groupKey{i, g.Version}
+		if have, ok := c.groups[k]; ok {
+			snap.Resources[i] = have
+		} else {
+			c.groups[k] = g
+		}
 	}
 	if err := c.cache.SetSnapshot(ctx, key, snap); err != nil {
 		return fmt.Errorf("setting snapshot of view %s: %w", key, err)
