@@ -2,8 +2,10 @@ package snapshot
 
 import (
 	"crypto/sha256"
+	"maps"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -68,9 +70,14 @@ type endpointSums struct {
 	once sync.Once
 	sums [][32]byte
 	// shared is the view-independent EDS resource group (the shared assignments indexed by
-	// name), built once per Result and handed to every view without redis endpoints.
+	// name), built once per Result and handed to every view without redis endpoints. A
+	// derived Result builds it from its parent's (a map copy plus the changed entries) when
+	// the parent's is built; parent is dropped once used, so Results never form a chain.
 	sharedOnce sync.Once
 	shared     cachev3.Resources
+	built      atomic.Bool
+	parent     *Result
+	changed    []int
 }
 
 // record notes how loadAssignment built cla, when the index records.
@@ -256,6 +263,12 @@ func (r *Result) UpdateEndpoints(ch EndpointChange) (*Result, bool) {
 	if eps != nil {
 		nr.Endpoints = eps
 		nr.epSums.sums = sums
+		nr.epSums.parent = r
+		for i := range eps {
+			if eps[i] != r.Endpoints[i] {
+				nr.epSums.changed = append(nr.epSums.changed, i)
+			}
+		}
 	} else {
 		nr.epSums.sums = r.sumsOf()
 	}
@@ -288,11 +301,7 @@ func (r *Result) EndpointResources(v View) (cachev3.Resources, error) {
 	sh := r.hashes()
 	extra := r.viewPoolEndpoints(v)
 	if len(extra) == 0 {
-		r.epSums.sharedOnce.Do(func() {
-			r.epSums.shared = cachev3.NewResources(version(sh.endpoints, hashAll[*endpointv3.ClusterLoadAssignment](nil)),
-				asResources(r.Endpoints))
-		})
-		return r.epSums.shared, nil
+		return r.sharedEndpoints(), nil
 	}
 	for _, e := range extra {
 		if err := e.Validate(); err != nil {
@@ -301,6 +310,26 @@ func (r *Result) EndpointResources(v View) (cachev3.Resources, error) {
 	}
 	items := append(asResources(r.Endpoints), asResources(extra)...)
 	return cachev3.NewResources(version(sh.endpoints, hashAll(extra)), items), nil
+}
+
+// sharedEndpoints is the EDS resource group of a view without redis endpoints.
+func (r *Result) sharedEndpoints() cachev3.Resources {
+	e := &r.epSums
+	e.sharedOnce.Do(func() {
+		ver := version(r.hashes().endpoints, hashAll[*endpointv3.ClusterLoadAssignment](nil))
+		if p := e.parent; p != nil && p.epSums.built.Load() {
+			items := maps.Clone(p.epSums.shared.Items)
+			for _, i := range e.changed {
+				items[r.Endpoints[i].GetClusterName()] = types.ResourceWithTTL{Resource: r.Endpoints[i]}
+			}
+			e.shared = cachev3.Resources{Version: ver, Items: items}
+		} else {
+			e.shared = cachev3.NewResources(ver, asResources(r.Endpoints))
+		}
+		e.parent, e.changed = nil, nil
+		e.built.Store(true)
+	})
+	return e.shared
 }
 
 // viewPoolEndpoints are the redis pools' endpoints view v receives, in Snapshot's order.

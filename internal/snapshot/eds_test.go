@@ -7,6 +7,7 @@ import (
 
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -126,6 +127,11 @@ func sameSnapshots(t *testing.T, what string, got, want *Result, views []View) {
 			t.Errorf("%s, view %+v: EndpointResources version %s (%d items), Snapshot %s (%d items)", what, v,
 				er.Version, len(er.Items), gs.GetVersion(resourcev3.EndpointType), len(gs.GetResources(resourcev3.EndpointType)))
 		}
+		for name, m := range gs.GetResources(resourcev3.EndpointType) {
+			if !proto.Equal(er.Items[name].Resource, m) {
+				t.Errorf("%s, view %+v: EndpointResources has %v for %s, Snapshot %v", what, v, er.Items[name].Resource, name, m)
+			}
+		}
 	}
 	if d := cmp.Diff(want.Status, got.Status); d != "" {
 		t.Errorf("%s: status differs from Translate:\n%s", what, d)
@@ -167,6 +173,9 @@ func TestUpdateEndpointsMatchesTranslate(t *testing.T) {
 			for _, m := range names {
 				ch := muts[m]
 				what := fmt.Sprintf("%s: %s %s", filepath.Base(f), svc, m)
+				for _, v := range views {
+					_, _ = base.EndpointResources(v) // so derived Results build theirs from base's
+				}
 				got, ok := base.UpdateEndpoints(ch)
 				if !ok {
 					refused++
