@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -76,7 +77,15 @@ type SnapshotReconciler struct {
 	// unset, so their reconciles recompute status from the last translation instead of
 	// listing and translating everything again.
 	dirty atomic.Bool
-	last  *translation
+	// endpoints are the Services ("<ns>/<name>") whose EndpointSlices changed since the last
+	// pass, for the endpoint-only fast path. A flood of slice events is coalesced here: the
+	// set holds at most one entry per Service whatever the number of events, and one pass
+	// rebuilds each changed Service's assignments once.
+	endpointsMu sync.Mutex
+	endpoints   map[string]bool
+	// fullPasses and endpointPasses count translations and endpoint-only updates.
+	fullPasses, endpointPasses atomic.Int64
+	last                       *translation
 	// grants is true when the ReferenceGrant CRD is installed (checked at set-up).
 	grants bool
 	// rings remembers each pool's last programmed ring (only Reconcile touches it; it
@@ -84,9 +93,42 @@ type SnapshotReconciler struct {
 	rings map[string]*ringState
 }
 
+// translation is the last Result set and the input of the last full translation. After an
+// endpoint-only update res's endpoints are newer than in's EndpointSlices; status writing
+// reads only in's Weft objects.
 type translation struct {
 	in  *snapshot.Input
 	res *snapshot.Result
+}
+
+// markEndpoints notes that Service svc's slices changed.
+func (r *SnapshotReconciler) markEndpoints(svc string) {
+	r.endpointsMu.Lock()
+	defer r.endpointsMu.Unlock()
+	if r.endpoints == nil {
+		r.endpoints = map[string]bool{}
+	}
+	r.endpoints[svc] = true
+}
+
+// sliceChanged maps an EndpointSlice event: it marks the slice's Service (translation reads
+// only slices labelled with one) and asks for a pass.
+func (r *SnapshotReconciler) sliceChanged(o client.Object) []reconcile.Request {
+	svc := o.GetLabels()[discoveryv1.LabelServiceName]
+	if svc == "" {
+		return nil
+	}
+	r.markEndpoints(o.GetNamespace() + "/" + svc)
+	return []reconcile.Request{snapshotKey}
+}
+
+// takeEndpoints returns and clears the set of changed Services.
+func (r *SnapshotReconciler) takeEndpoints() map[string]bool {
+	r.endpointsMu.Lock()
+	defer r.endpointsMu.Unlock()
+	out := r.endpoints
+	r.endpoints = nil
+	return out
 }
 
 // NewSnapshotReconciler wires a reconciler; set Nodes before the manager starts.
@@ -114,6 +156,12 @@ func (r *SnapshotReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	status := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
 		return []reconcile.Request{snapshotKey}
 	})
+	// An EndpointSlice change is endpoint-only: it names its Service (for an update, both the
+	// old and the new object are mapped, so a slice that changes Service marks both).
+	// Translation reads only slices labelled with a Service.
+	endpoints := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+		return r.sliceChanged(o)
+	})
 	spec := builder.WithPredicates(predicate.GenerationChangedPredicate{})
 	r.grants = referenceGrantsInstalled(mgr.GetRESTMapper())
 	if !r.grants {
@@ -139,7 +187,7 @@ func (r *SnapshotReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			predicate.GenerationChangedPredicate{}, zeroAnnouncementChanged{}))).
 		Watches(&meshv1alpha1.RedisProxy{}, all, spec).
 		Watches(&corev1.Service{}, all).
-		Watches(&discoveryv1.EndpointSlice{}, all).
+		Watches(&discoveryv1.EndpointSlice{}, endpoints).
 		WatchesMetadata(&corev1.Pod{}, all, builder.WithPredicates(predicate.LabelChangedPredicate{})).
 		WatchesMetadata(&corev1.Secret{}, all, referenced).
 		// Deployments only by metadata, and only when created, deleted or their owner
@@ -153,11 +201,23 @@ func (r *SnapshotReconciler) SetupWithManager(mgr ctrl.Manager) error {
 }
 
 // Reconcile lists everything, translates it, sets the snapshots and, on the leader, writes
-// status.
+// status. When only EndpointSlices changed since the last pass it lists just the changed
+// Services' slices and rebuilds just their endpoints (snapshot.UpdateEndpoints); every
+// other resource and version stays, so sidecars get only EDS.
 func (r *SnapshotReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (ctrl.Result, error) {
-	// Swap before listing: an event that arrives while we list sets it again and queues
-	// another pass.
-	if r.dirty.Swap(false) || r.last == nil {
+	// Swap and take before listing: an event that arrives while we list sets them again and
+	// queues another pass, so what we publish is never older than what the events saw.
+	full := r.dirty.Swap(false) || r.last == nil
+	changed := r.takeEndpoints()
+	if !full && len(changed) > 0 {
+		done, err := r.updateEndpoints(ctx, changed)
+		if err != nil {
+			r.dirty.Store(true)
+			return ctrl.Result{}, err
+		}
+		full = !done
+	}
+	if full {
 		in, err := r.input(ctx)
 		if err != nil {
 			r.dirty.Store(true)
@@ -166,6 +226,7 @@ func (r *SnapshotReconciler) Reconcile(ctx context.Context, _ reconcile.Request)
 		start := time.Now()
 		res := snapshot.Translate(in)
 		translationSeconds.Observe(time.Since(start).Seconds())
+		r.fullPasses.Add(1)
 		if err := r.Cache.SetResult(ctx, res); err != nil {
 			r.dirty.Store(true)
 			return ctrl.Result{}, fmt.Errorf("setting xDS snapshots: %w", err)
@@ -187,6 +248,30 @@ func (r *SnapshotReconciler) Reconcile(ctx context.Context, _ reconcile.Request)
 		return ctrl.Result{}, err
 	}
 	return ctrl.Result{}, nil
+}
+
+// updateEndpoints lists the slices of the changed Services and sets the Result with only
+// their endpoints rebuilt. It reports false when the change needs a full translation.
+func (r *SnapshotReconciler) updateEndpoints(ctx context.Context, changed map[string]bool) (bool, error) {
+	ch := make(snapshot.EndpointChange, len(changed))
+	for key := range changed {
+		ns, name := splitKey(key)
+		var l discoveryv1.EndpointSliceList
+		if err := r.Client.List(ctx, &l, client.InNamespace(ns), client.MatchingLabels{discoveryv1.LabelServiceName: name}); err != nil {
+			return false, fmt.Errorf("listing the EndpointSlices of Service %s: %w", key, err)
+		}
+		ch[key] = l.Items
+	}
+	res, ok := r.last.res.UpdateEndpoints(ch)
+	if !ok {
+		return false, nil
+	}
+	r.endpointPasses.Add(1)
+	if err := r.Cache.SetResult(ctx, res); err != nil {
+		return false, fmt.Errorf("setting xDS snapshots: %w", err)
+	}
+	r.last = &translation{in: r.last.in, res: res}
+	return true, nil
 }
 
 func (r *SnapshotReconciler) input(ctx context.Context) (*snapshot.Input, error) {

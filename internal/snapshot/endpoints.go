@@ -96,6 +96,7 @@ func (ix *index) loadAssignment(name string, slices []*discoveryv1.EndpointSlice
 	}
 	sort.Strings(keys)
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: name}
+	ix.record(cla, name, slices, f)
 	if len(keys) == 0 {
 		return cla
 	}

@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -70,6 +71,9 @@ type index struct {
 	grants      []ReferenceGrant
 	functions   map[string]*meshv1alpha1.MeshFunction
 	redis       map[string]*meshv1alpha1.RedisProxy
+	// made records how loadAssignment built each ClusterLoadAssignment, so an endpoint-only
+	// change can rebuild just the affected ones (eds.go); nil when nothing records.
+	made map[*endpointv3.ClusterLoadAssignment]edsSource
 }
 
 func nsName(ns, name string) string { return ns + "/" + name }
@@ -84,6 +88,7 @@ func newIndex(in *Input) *index {
 		grants:      in.ReferenceGrants,
 		functions:   map[string]*meshv1alpha1.MeshFunction{},
 		redis:       map[string]*meshv1alpha1.RedisProxy{},
+		made:        map[*endpointv3.ClusterLoadAssignment]edsSource{},
 	}
 	for i := range in.Services {
 		s := &in.Services[i]

@@ -46,7 +46,17 @@ type Result struct {
 	shared sharedHashes
 	mu     sync.Mutex
 	routes map[string]versioned[[]types.Resource] // by namespace: the route configurations
+
+	// eds, lineage and epSums serve the endpoint-only fast path (eds.go): which Services
+	// feed which assignments, the identity shared by every Result that differs from this
+	// one only in endpoints, and the per-assignment hashes.
+	eds     *edsPlan
+	lineage *lineage
+	epSums  endpointSums
 }
+
+// lineage identifies one Translate and the Results UpdateEndpoints derived from it.
+type lineage struct{ _ byte }
 
 // vhostEntry is one virtual host of route configuration rc: as every namespace sees it,
 // and as its own namespace sees it (with the bare short-name domains).
@@ -183,6 +193,8 @@ func Translate(in *Input) *Result {
 		res.Status[b.key] = ObjectStatus{Generation: gens[b.key], Conditions: b.p.conditions()}
 	}
 	t.redisPools(in, res)
+	res.eds = buildEDSPlan(t.ix, in, res)
+	res.lineage = &lineage{}
 	return res
 }
 

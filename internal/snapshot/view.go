@@ -113,7 +113,7 @@ func version(parts ...[32]byte) string {
 func (r *Result) hashes() *sharedHashes {
 	r.once.Do(func() {
 		r.shared.clusters = hashAll(r.Clusters)
-		r.shared.endpoints = hashAll(r.Endpoints)
+		r.shared.endpoints = combine(r.sumsOf()) // = hashAll(r.Endpoints), keeping the per-assignment hashes for UpdateEndpoints
 		r.shared.outbound = captureOutboundListener(&r.plan, r.blocked)
 		r.shared.outboundHash = hashOf(r.shared.outbound)
 	})

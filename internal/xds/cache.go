@@ -31,6 +31,16 @@ type Cache struct {
 	mu     sync.Mutex
 	result *snapshot.Result
 	views  map[string]*viewState // by view key
+	// groups holds one resource group per (type, version) among the views' snapshots: a
+	// version is a hash of the group's content, so views with equal versions share one
+	// group (one map of clusters, not one per view). At most 4 entries per view set since
+	// the last full translation, which empties it.
+	groups map[groupKey]cachev3.Resources
+}
+
+type groupKey struct {
+	slot    int
+	version string
 }
 
 type viewState struct {
@@ -39,29 +49,76 @@ type viewState struct {
 	versions map[string]string // type → version, only types the view has resources of
 	// setAt is when each type's current version was set, for the push-latency metric.
 	setAt map[string]time.Time
+	// snap is the snapshot last set, whose clusters, listeners and routes an endpoint-only
+	// change reuses as they are.
+	snap *cachev3.Snapshot
 }
 
 // NewCache returns an empty cache. ads=true makes go-control-plane answer watches of one
 // node in CDS → EDS → LDS → RDS order (make-before-break).
 func NewCache() *Cache {
-	return &Cache{cache: cachev3.NewSnapshotCache(true, viewHash{}, nil), views: map[string]*viewState{}}
+	return &Cache{cache: cachev3.NewSnapshotCache(true, viewHash{}, nil), views: map[string]*viewState{}, groups: map[groupKey]cachev3.Resources{}}
 }
 
 // SetResult installs a new translation and updates the snapshot of every view that has a
 // connected sidecar. A view whose versions did not change is not touched, so nothing is
 // pushed for identical input.
+//
+// When r differs from the translation served only in endpoints (snapshot.UpdateEndpoints
+// made one from the other), each view keeps its clusters, listeners and route
+// configurations — the very resource groups, with their versions — and gets only new
+// endpoints: go-control-plane then answers only the EDS watches, and building a view's
+// snapshot costs no more than its endpoints.
 func (c *Cache) SetResult(ctx context.Context, r *snapshot.Result) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	edsOnly := c.result.SameButEndpoints(r)
+	if !edsOnly {
+		clear(c.groups)
+	}
 	c.result = r
 	recordResources(r)
 	var firstErr error
 	for key, vs := range c.views {
-		if err := c.setLocked(ctx, key, vs); err != nil && firstErr == nil {
+		set := c.setLocked
+		if edsOnly && vs.snap != nil {
+			set = c.setEndpointsLocked
+		}
+		if err := set(ctx, key, vs); err != nil && firstErr == nil {
 			firstErr = err
 		}
 	}
 	return firstErr
+}
+
+// edsSlot is the endpoints' place in a snapshot's resource groups.
+var edsSlot = cachev3.GetResponseType(resourcev3.EndpointType)
+
+// setEndpointsLocked replaces the endpoints of the view's last snapshot.
+func (c *Cache) setEndpointsLocked(ctx context.Context, key string, vs *viewState) error {
+	eds, err := c.result.EndpointResources(vs.view)
+	if err != nil {
+		return fmt.Errorf("building the endpoints of view %s: %w", key, err)
+	}
+	if vs.versions[resourcev3.EndpointType] == eds.Version || vs.versions[resourcev3.EndpointType] == "" && len(eds.Items) == 0 {
+		return nil
+	}
+	snap := &cachev3.Snapshot{Resources: vs.snap.Resources}
+	snap.Resources[edsSlot] = eds
+	if err := c.cache.SetSnapshot(ctx, key, snap); err != nil {
+		return fmt.Errorf("setting snapshot of view %s: %w", key, err)
+	}
+	versions := make(map[string]string, len(vs.versions))
+	for t, v := range vs.versions {
+		versions[t] = v
+	}
+	delete(versions, resourcev3.EndpointType)
+	if len(eds.Items) > 0 {
+		versions[resourcev3.EndpointType] = eds.Version
+	}
+	vs.recordVersions(versions, time.Now())
+	vs.versions, vs.snap = versions, snap
+	return nil
 }
 
 func (c *Cache) setLocked(ctx context.Context, key string, vs *viewState) error {
@@ -83,13 +140,27 @@ func (c *Cache) setLocked(ctx context.Context, key string, vs *viewState) error 
 		}
 	}
 	if same {
+		if vs.snap == nil {
+			vs.snap = snap
+		}
 		return nil
+	}
+	for i, g := range snap.Resources {
+		if len(g.Items) == 0 {
+			continue
+		}
+		k := groupKey{i, g.Version}
+		if have, ok := c.groups[k]; ok {
+			snap.Resources[i] = have
+		} else {
+			c.groups[k] = g
+		}
 	}
 	if err := c.cache.SetSnapshot(ctx, key, snap); err != nil {
 		return fmt.Errorf("setting snapshot of view %s: %w", key, err)
 	}
 	vs.recordVersions(versions, time.Now())
-	vs.versions = versions
+	vs.versions, vs.snap = versions, snap
 	return nil
 }
 
