@@ -31,8 +31,13 @@ type ServerOptions struct {
 	// StoreDir holds JetStream's file store. It should be a persistent volume: queued calls
 	// live there.
 	StoreDir string
-	// Token every client must present. Empty disables auth, which is only for tests.
-	Token string
+	// Key derives every user's password (Credentials): the manager's AdminUser and one user
+	// per identity (a function's pods, a namespace's other sidecars), each limited to what
+	// Grants allow. Empty disables auth, which is only for tests.
+	Key string
+	// Policy restricts which identities may call which functions; nil: every identity may
+	// call every function. It is read when a client connects.
+	Policy CallPolicy
 	// MaxPayload bounds one message. It must hold the largest async body (maxBodyBytes is at
 	// most 8 MiB) plus its headers; 0 means DefaultMaxPayload.
 	MaxPayload int32
@@ -88,17 +93,20 @@ func splitListen(listen string) (string, int, error) {
 // JetStream flushes its store. It returns an error only if the server could not start.
 func (s *Server) Start(ctx context.Context) error {
 	host, port, _ := splitListen(s.opts.Listen)
-	ns, err := server.NewServer(&server.Options{
-		ServerName:    "weft-manager",
-		Host:          host,
-		Port:          port,
-		Authorization: s.opts.Token,
-		MaxPayload:    s.opts.MaxPayload,
-		JetStream:     true,
-		StoreDir:      s.opts.StoreDir,
-		NoSigs:        true,
-		NoLog:         true,
-	})
+	o := &server.Options{
+		ServerName: "weft-manager",
+		Host:       host,
+		Port:       port,
+		MaxPayload: s.opts.MaxPayload,
+		JetStream:  true,
+		StoreDir:   s.opts.StoreDir,
+		NoSigs:     true,
+		NoLog:      true,
+	}
+	if s.opts.Key != "" {
+		o.CustomClientAuthentication = &authenticator{creds: NewCredentials(s.opts.Key), policy: s.opts.Policy}
+	}
+	ns, err := server.NewServer(o)
 	if err != nil {
 		return fmt.Errorf("configuring embedded NATS: %w", err)
 	}

@@ -6,33 +6,43 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/weftmesh/weft/contract"
 )
 
-// Dial connects a sidecar to NATS. It returns at once even if NATS is down and keeps
-// reconnecting forever: meanwhile publishes answer 503 and the consumer waits, so a NATS
-// restart never takes a pod's synchronous traffic down with it. token or credsFile may be
-// empty.
-func Dial(url, token, credsFile, name string) (*nats.Conn, jetstream.JetStream, error) {
+// Dial connects a sidecar to the NATS the control plane names in q, with the credential it
+// sent: this sidecar identity's user and password (and its inbox prefix, the only subjects
+// the identity may subscribe to), or an external cluster's token. It returns at once even if
+// NATS is down and keeps reconnecting forever: meanwhile publishes answer 503 and the
+// consumer waits, so a NATS restart never takes a pod's synchronous traffic down with it.
+func Dial(q contract.QueueMeta, name string) (*nats.Conn, jetstream.JetStream, error) {
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.RetryOnFailedConnect(true),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(time.Second),
+		// A manager restarting with a new key refuses the old password until this sidecar
+		// gets the new one over xDS (and dials again); keep trying meanwhile instead of
+		// giving up after two refusals.
+		nats.IgnoreAuthErrorAbort(),
 	}
-	if token != "" {
-		opts = append(opts, nats.Token(token))
+	if q.User != "" {
+		opts = append(opts, nats.UserInfo(q.User, q.Password))
 	}
-	if credsFile != "" {
-		opts = append(opts, nats.UserCredentials(credsFile))
+	if q.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(q.InboxPrefix))
 	}
-	nc, err := nats.Connect(url, opts...)
+	if q.Token != "" {
+		opts = append(opts, nats.Token(q.Token))
+	}
+	nc, err := nats.Connect(q.URL, opts...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("connecting to NATS at %s: %w", url, err)
+		return nil, nil, fmt.Errorf("connecting to NATS at %s: %w", q.URL, err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		nc.Close()
-		return nil, nil, fmt.Errorf("JetStream client for %s: %w", url, err)
+		return nil, nil, fmt.Errorf("JetStream client for %s: %w", q.URL, err)
 	}
 	return nc, js, nil
 }

@@ -136,7 +136,7 @@ func (c *Consumer) config() Config { return *c.cfg.Load() }
 
 // DurableName is the JetStream consumer all of a function's sidecars share. Kubernetes
 // names never contain "_", so the name is unambiguous.
-func DurableName(fn FunctionRef) string { return "weft_" + fn.Namespace + "_" + fn.Name }
+func DurableName(fn FunctionRef) string { return contract.ConsumerName(fn.Namespace, fn.Name) }
 
 // Run pulls and runs calls until ctx ends, then waits up to DrainTimeout for calls in
 // flight. Calls not yet pulled stay in the stream for the function's other pods. It returns
