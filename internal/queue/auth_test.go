@@ -236,14 +236,18 @@ func TestIdentityMayCallAllButConsumeOnlyItsOwn(t *testing.T) {
 	// Stream and consumer admin, dead letters: refused.
 	for _, tc := range []struct {
 		what, subject string
-		do           func(context.Context) error
+		do            func(context.Context) error
 	}{
 		{"deleting WEFT_CALLS", "$JS.API.STREAM.DELETE." + contract.CallsStream,
 			func(c context.Context) error { return a.js.DeleteStream(c, contract.CallsStream) }},
 		{"deleting its own consumer", "$JS.API.CONSUMER.DELETE." + contract.CallsStream + "." + contract.ConsumerName("mq", "a"),
-			func(c context.Context) error { return a.js.DeleteConsumer(c, contract.CallsStream, contract.ConsumerName("mq", "a")) }},
+			func(c context.Context) error {
+				return a.js.DeleteConsumer(c, contract.CallsStream, contract.ConsumerName("mq", "a"))
+			}},
 		{"deleting b's consumer", "$JS.API.CONSUMER.DELETE." + bConsumer,
-			func(c context.Context) error { return a.js.DeleteConsumer(c, contract.CallsStream, contract.ConsumerName("mq", "b")) }},
+			func(c context.Context) error {
+				return a.js.DeleteConsumer(c, contract.CallsStream, contract.ConsumerName("mq", "b"))
+			}},
 		{"reading WEFT_DEAD", "$JS.API.STREAM.INFO." + contract.DeadStream,
 			func(c context.Context) error { _, err := a.js.Stream(c, contract.DeadStream); return err }},
 		{"purging WEFT_CALLS", "$JS.API.STREAM.PURGE." + contract.CallsStream,
@@ -262,7 +266,10 @@ func TestIdentityMayCallAllButConsumeOnlyItsOwn(t *testing.T) {
 				return err
 			}},
 		{"dead-lettering b's call", contract.DeadSubject("mq", "b"),
-			func(c context.Context) error { _, err := a.js.Publish(c, contract.DeadSubject("mq", "b"), []byte("x")); return err }},
+			func(c context.Context) error {
+				_, err := a.js.Publish(c, contract.DeadSubject("mq", "b"), []byte("x"))
+				return err
+			}},
 	} {
 		c, cancel := short()
 		if err := tc.do(c); err == nil {
