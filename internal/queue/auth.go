@@ -2,7 +2,9 @@ package queue
 
 import (
 	"cmp"
+	"fmt"
 	"slices"
+	"sync"
 
 	"github.com/nats-io/nats-server/v2/server"
 
@@ -54,9 +56,29 @@ func Permissions(id Identity, g Grant) *server.Permissions {
 // authenticator is the embedded server's client authentication: a user name is an
 // identity (or AdminUser), its password the one Credentials derive for it, and its
 // permissions those Grants give it under the current policy, decided when it connects.
+// NATS cannot change a connection's permissions, so when the policy changes, refresh
+// disconnects the clients whose grant changed; they reconnect at once and get the new one.
 type authenticator struct {
 	creds  Credentials
 	policy CallPolicy
+
+	mu sync.Mutex
+	// granted is each identity connection's grant, by client ID. Closed connections are
+	// pruned by refresh, so it holds about as many entries as the server has clients.
+	granted map[uint64]granted
+}
+
+type granted struct {
+	id    Identity
+	grant string // grantKey of what it was given
+}
+
+func grantKey(g Grant) string {
+	c := FunctionKey{}
+	if g.Consume != nil {
+		c = *g.Consume
+	}
+	return fmt.Sprint(g.CallAllBut, c)
 }
 
 // Check accepts a client whose password is its user's and registers its permissions.
@@ -84,8 +106,66 @@ func (a *authenticator) Check(c server.ClientAuthentication) bool {
 			return false
 		}
 	}
-	c.RegisterUser(&server.User{Username: o.Username, Permissions: Permissions(id, Grants(id, restricted))})
+	g := Grants(id, restricted)
+	c.RegisterUser(&server.User{Username: o.Username, Permissions: Permissions(id, g)})
+	a.mu.Lock()
+	if a.granted == nil {
+		a.granted = map[uint64]granted{}
+	}
+	a.granted[c.GetID()] = granted{id: id, grant: grantKey(g)}
+	a.mu.Unlock()
 	return true
+}
+
+// refresh disconnects the connections whose grant the current policy changes, and forgets
+// closed connections. A policy that cannot be read changes nothing.
+func (a *authenticator) refresh(ns *server.Server) (kicked int) {
+	if a.policy == nil {
+		return 0
+	}
+	restricted, err := a.policy.Restricted()
+	if err != nil {
+		return 0
+	}
+	a.mu.Lock()
+	var stale []uint64
+	now := map[Identity]string{} // many connections share an identity
+	for cid, g := range a.granted {
+		k, ok := now[g.id]
+		if !ok {
+			k = grantKey(Grants(g.id, restricted))
+			now[g.id] = k
+		}
+		if k != g.grant {
+			stale = append(stale, cid)
+			delete(a.granted, cid)
+		}
+	}
+	prune := len(a.granted) > 2*ns.NumClients()+64
+	a.mu.Unlock()
+	for _, cid := range stale {
+		if ns.DisconnectClientByID(cid) == nil {
+			kicked++
+		}
+	}
+	if prune {
+		cz, err := ns.Connz(&server.ConnzOptions{Limit: 1 << 30})
+		if err != nil {
+			return kicked
+		}
+		open := make(map[uint64]bool, len(cz.Conns))
+		for _, c := range cz.Conns {
+			open[c.Cid] = true
+		}
+		a.mu.Lock()
+		for cid := range a.granted {
+			if !open[cid] {
+				delete(a.granted, cid)
+			}
+		}
+		a.mu.Unlock()
+	}
+	return kicked
 }
 
 func sortKeys(ks []FunctionKey) {

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -459,5 +461,49 @@ func TestParseAsyncCallers(t *testing.T) {
 		if _, err := queue.ParseAsyncCallers(bad); err == nil {
 			t.Errorf("ParseAsyncCallers(%q) accepted", bad)
 		}
+	}
+}
+
+// A changed weft.dev/async-callers reaches connections already open: the server closes
+// those whose grant changed, they reconnect with the new one; others stay connected.
+func TestCallPolicyChangeReconnectsAffectedClients(t *testing.T) {
+	var mu sync.Mutex
+	restricted := map[queue.FunctionKey][]string{}
+	policy := queue.CallPolicyFunc(func() (map[queue.FunctionKey][]string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return maps.Clone(restricted), nil
+	})
+	key, _, _ := queue.EnsureToken(nil)
+	s := startServerWith(t, queue.ServerOptions{StoreDir: t.TempDir(), Key: key, Policy: policy, PolicyRefresh: 50 * time.Millisecond})
+	admin := connect(t, s.ClientURL(), key)
+	ctx := context.Background()
+	if err := queue.EnsureStreams(ctx, admin, queue.StreamOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	creds := queue.NewCredentials(key)
+	web := connectAs(t, s.ClientURL(), creds.Client(queue.NamespaceIdentity("web")))
+	ops := connectAs(t, s.ClientURL(), creds.Client(queue.NamespaceIdentity("ops")))
+	secret := contract.CallsSubject("mq", "secret")
+	if _, err := web.js.Publish(ctx, secret, []byte("before")); err != nil {
+		t.Fatalf("web calling mq/secret before it was restricted: %v", err)
+	}
+
+	mu.Lock()
+	restricted[queue.FunctionKey{Namespace: "mq", Name: "secret"}] = []string{"ops"}
+	mu.Unlock()
+	poll.Until(t, 30*time.Second, func() bool { return web.nc.Stats().Reconnects > 0 && web.nc.IsConnected() },
+		"waiting for web to be reconnected with its narrowed grant")
+	c, cancel := context.WithTimeout(ctx, time.Second)
+	if _, err := web.js.Publish(c, secret, []byte("after")); err == nil {
+		t.Error("web called mq/secret after the policy excluded it")
+	}
+	cancel()
+	web.violation(t, "web calling mq/secret after the change", secret)
+	if _, err := ops.js.Publish(ctx, secret, []byte("ops")); err != nil {
+		t.Errorf("ops calling mq/secret: %v", err)
+	}
+	if n := ops.nc.Stats().Reconnects; n != 0 {
+		t.Errorf("ops, whose grant did not change, was reconnected %d times", n)
 	}
 }

@@ -36,8 +36,11 @@ type ServerOptions struct {
 	// Grants allow. Empty disables auth, which is only for tests.
 	Key string
 	// Policy restricts which identities may call which functions; nil: every identity may
-	// call every function. It is read when a client connects.
-	Policy CallPolicy
+	// call every function. It is read when a client connects, and every PolicyRefresh
+	// (default 5s) the connections whose grant it changed are closed, to reconnect with
+	// the new one.
+	Policy        CallPolicy
+	PolicyRefresh time.Duration
 	// MaxPayload bounds one message. It must hold the largest async body (maxBodyBytes is at
 	// most 8 MiB) plus its headers; 0 means DefaultMaxPayload.
 	MaxPayload int32
@@ -71,6 +74,9 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	if opts.MaxPayload == 0 {
 		opts.MaxPayload = DefaultMaxPayload
 	}
+	if opts.PolicyRefresh <= 0 {
+		opts.PolicyRefresh = 5 * time.Second
+	}
 	if opts.ReadyTimeout == 0 {
 		opts.ReadyTimeout = 30 * time.Second
 	}
@@ -103,8 +109,10 @@ func (s *Server) Start(ctx context.Context) error {
 		NoSigs:     true,
 		NoLog:      true,
 	}
+	var auth *authenticator
 	if s.opts.Key != "" {
-		o.CustomClientAuthentication = &authenticator{creds: NewCredentials(s.opts.Key), policy: s.opts.Policy}
+		auth = &authenticator{creds: NewCredentials(s.opts.Key), policy: s.opts.Policy}
+		o.CustomClientAuthentication = auth
 	}
 	ns, err := server.NewServer(o)
 	if err != nil {
@@ -121,6 +129,21 @@ func (s *Server) Start(ctx context.Context) error {
 	s.mu.Unlock()
 	close(s.ready)
 	s.opts.Logger.Info("embedded NATS JetStream started", "url", s.ClientURL(), "storeDir", s.opts.StoreDir)
+	if auth != nil && s.opts.Policy != nil {
+		t := time.NewTicker(s.opts.PolicyRefresh)
+		defer t.Stop()
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				break wait
+			case <-t.C:
+				if n := auth.refresh(ns); n > 0 {
+					s.opts.Logger.Info("async call policy changed; reconnecting the affected NATS clients", "clients", n)
+				}
+			}
+		}
+	}
 	<-ctx.Done()
 	ns.Shutdown()
 	ns.WaitForShutdown()

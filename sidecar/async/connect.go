@@ -2,6 +2,8 @@ package async
 
 import (
 	"fmt"
+	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -25,6 +27,7 @@ func Dial(q contract.QueueMeta, name string) (*nats.Conn, jetstream.JetStream, e
 		// gets the new one over xDS (and dials again); keep trying meanwhile instead of
 		// giving up after two refusals.
 		nats.IgnoreAuthErrorAbort(),
+		nats.ErrorHandler(asyncErrors(name)),
 	}
 	if q.User != "" {
 		opts = append(opts, nats.UserInfo(q.User, q.Password))
@@ -45,4 +48,21 @@ func Dial(q contract.QueueMeta, name string) (*nats.Conn, jetstream.JetStream, e
 		return nil, nil, fmt.Errorf("JetStream client for %s: %w", q.URL, err)
 	}
 	return nc, js, nil
+}
+
+// asyncErrors logs the server's asynchronous errors (a permissions violation: this
+// identity may not call a function, or the control plane and NATS disagree), each distinct
+// one once in a row, instead of nats.go's default print to stderr on every occurrence.
+func asyncErrors(name string) nats.ErrHandler {
+	var mu sync.Mutex
+	var last string
+	return func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		mu.Lock()
+		repeat := err.Error() == last
+		last = err.Error()
+		mu.Unlock()
+		if !repeat {
+			slog.Default().Warn("NATS refused an operation of this sidecar", "connection", name, "err", err)
+		}
+	}
 }
