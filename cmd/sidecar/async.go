@@ -66,13 +66,14 @@ func (a *asyncCalls) Apply(c *config.Config) {
 		// flight on the old connection cannot be acked and are redelivered after their ack
 		// wait; queued calls stay in the stream.
 		a.closeLocked()
-		nc, js, err := async.Dial(*qc.Queue, a.nodeID)
+		refused := &async.Refusals{}
+		nc, js, err := async.Dial(*qc.Queue, a.nodeID, refused)
 		if err != nil {
 			a.log.Error("connecting to the async queue", "url", qc.Queue.URL, "err", err)
 			return
 		}
 		a.queue, a.nc = *qc.Queue, nc
-		a.pub = async.NewPublisher(js, async.FunctionSourceFunc(a.policy), async.PublisherOptions{Logger: a.log})
+		a.pub = async.NewPublisher(js, async.FunctionSourceFunc(a.policy), async.PublisherOptions{Refused: refused, Logger: a.log})
 		if a.function.Name != "" {
 			cfg, _ := a.policy(a.function)
 			cons, err := async.NewConsumer(js, async.ConsumerOptions{Function: a.function, AppURL: a.appURL, Config: cfg, Logger: a.log})

@@ -17,7 +17,9 @@ import (
 // the identity may subscribe to), or an external cluster's token. It returns at once even if
 // NATS is down and keeps reconnecting forever: meanwhile publishes answer 503 and the
 // consumer waits, so a NATS restart never takes a pod's synchronous traffic down with it.
-func Dial(q contract.QueueMeta, name string) (*nats.Conn, jetstream.JetStream, error) {
+// refused (may be nil) learns the subjects NATS refuses this identity to publish to; give
+// the same to the Publisher.
+func Dial(q contract.QueueMeta, name string, refused *Refusals) (*nats.Conn, jetstream.JetStream, error) {
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.RetryOnFailedConnect(true),
@@ -27,7 +29,8 @@ func Dial(q contract.QueueMeta, name string) (*nats.Conn, jetstream.JetStream, e
 		// gets the new one over xDS (and dials again); keep trying meanwhile instead of
 		// giving up after two refusals.
 		nats.IgnoreAuthErrorAbort(),
-		nats.ErrorHandler(asyncErrors(name)),
+		nats.ErrorHandler(asyncErrors(name, refused)),
+		nats.ReconnectHandler(func(*nats.Conn) { refused.reset() }),
 	}
 	if q.User != "" {
 		opts = append(opts, nats.UserInfo(q.User, q.Password))
@@ -53,10 +56,11 @@ func Dial(q contract.QueueMeta, name string) (*nats.Conn, jetstream.JetStream, e
 // asyncErrors logs the server's asynchronous errors (a permissions violation: this
 // identity may not call a function, or the control plane and NATS disagree), each distinct
 // one once in a row, instead of nats.go's default print to stderr on every occurrence.
-func asyncErrors(name string) nats.ErrHandler {
+func asyncErrors(name string, refused *Refusals) nats.ErrHandler {
 	var mu sync.Mutex
 	var last string
 	return func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		refused.note(err, time.Now())
 		mu.Lock()
 		repeat := err.Error() == last
 		last = err.Error()
