@@ -86,15 +86,16 @@ func setupQueue(mgr ctrl.Manager, as *autoscale.Autoscaler, snap *controllers.Sn
 		return fmt.Errorf("--nats-advertise: %w", err)
 	}
 	snap.Queue = q
-	policy := &queue.AnnotationPolicy{Reader: mgr.GetClient()}
-	srv, err := queue.NewServer(queue.ServerOptions{Listen: o.listen, StoreDir: o.storeDir, Key: key, Policy: policy, Logger: ctrl.Log.WithName("nats")})
+	fns := &queue.MeshFunctions{Reader: mgr.GetClient()}
+	srv, err := queue.NewServer(queue.ServerOptions{Listen: o.listen, StoreDir: o.storeDir, Key: key, Policy: fns, Logger: ctrl.Log.WithName("nats")})
 	if err != nil {
 		return fmt.Errorf("configuring the embedded NATS server: %w", err)
 	}
 	if err := mgr.Add(srv); err != nil {
 		return err
 	}
-	return mgr.Add(&queue.Runner{Embedded: srv, Client: creds.Admin(), Sink: sink, Logger: log})
+	// The manager makes every function's consumer: identities may not.
+	return mgr.Add(&queue.Runner{Embedded: srv, Client: creds.Admin(), Functions: fns, Sink: sink, Logger: log})
 }
 
 // natsToken reads the embedded server's token from its Secret, creating it on first start.

@@ -18,16 +18,17 @@ const jsAPI = "$JS.API."
 // not listed is refused by the server with a permissions violation:
 //
 //   - publish calls: weft.calls.> but the denied functions' subjects;
-//   - consume (a function's pods only): create or update the function's own durable
-//     consumer with its own filter subject (the filter is part of the API subject, and the
-//     server refuses a body whose filter differs), read that consumer's info, pull from it
-//     (CONSUMER.MSG.NEXT), ack, nak and "in progress" its messages ($JS.ACK.<stream>.<consumer>.>)
-//     and publish its dead letters to weft.dead.<ns>.<name>;
+//   - consume (a function's pods only): read the function's own durable consumer's info,
+//     pull from it (CONSUMER.MSG.NEXT), ack, nak and "in progress" its messages
+//     ($JS.ACK.<stream>.<consumer>.>) and publish its dead letters to weft.dead.<ns>.<name>.
+//     The manager makes the consumer (EnsureConsumers): with create permission, the pods
+//     could turn it into a push consumer delivering the calls to any subject, which the
+//     server does not check against their permissions;
 //   - subscribe: the identity's own inbox only, where JetStream's answers and pulled calls
 //     arrive.
 //
 // Nothing grants the stream API ($JS.API.STREAM.*: delete, purge, read messages), another
-// function's consumer, consumer deletion, the dead-letter stream's messages, or another
+// function's consumer, consumer creation or deletion, the dead-letter stream's messages, or another
 // identity's inbox.
 func Permissions(id Identity, g Grant) *server.Permissions {
 	pub := []string{contract.CallsPrefix + ">"}
@@ -40,7 +41,6 @@ func Permissions(id Identity, g Grant) *server.Permissions {
 		consumer := contract.CallsStream + "." + durable
 		pub = append(pub,
 			contract.DeadSubject(fn.Namespace, fn.Name),
-			jsAPI+"CONSUMER.CREATE."+consumer+"."+contract.CallsSubject(fn.Namespace, fn.Name),
 			jsAPI+"CONSUMER.INFO."+consumer,
 			jsAPI+"CONSUMER.MSG.NEXT."+consumer,
 			"$JS.ACK."+consumer+".>",

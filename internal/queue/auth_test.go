@@ -3,7 +3,6 @@ package queue_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -90,14 +89,15 @@ func consumerConfig(ns, name string) jetstream.ConsumerConfig {
 		AckPolicy: jetstream.AckExplicitPolicy, AckWait: 30 * time.Second, MaxDeliver: -1, MaxAckPending: 100_000}
 }
 
-// pullOne makes the function's consumer as p, pulls one call, acks it and returns its body.
+// pullOne finds the function's consumer (the manager made it) as p, pulls one call, acks
+// it and returns its body.
 func pullOne(t *testing.T, p *peer, ns, name string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cons, err := p.js.CreateOrUpdateConsumer(ctx, contract.CallsStream, consumerConfig(ns, name))
+	cons, err := p.js.Consumer(ctx, contract.CallsStream, contract.ConsumerName(ns, name))
 	if err != nil {
-		t.Fatalf("creating the consumer of %s/%s: %v", ns, name, err)
+		t.Fatalf("finding the consumer of %s/%s: %v", ns, name, err)
 	}
 	if _, err := cons.Info(ctx); err != nil {
 		t.Fatalf("consumer info of %s/%s: %v", ns, name, err)
@@ -141,6 +141,10 @@ func newQueueFixture(t *testing.T, policy queue.CallPolicy) *queueFixture {
 	if err := queue.EnsureStreams(context.Background(), admin, queue.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// The manager makes the functions' consumers.
+	if _, err := queue.EnsureConsumers(context.Background(), admin, []queue.FunctionKey{{Namespace: "mq", Name: "a"}, {Namespace: "mq", Name: "b"}}); err != nil {
+		t.Fatal(err)
+	}
 	return &queueFixture{url: s.ClientURL(), admin: admin, creds: queue.NewCredentials(key)}
 }
 
@@ -182,16 +186,25 @@ func TestIdentityMayCallAllButConsumeOnlyItsOwn(t *testing.T) {
 	short := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, time.Second) }
 	bConsumer := contract.CallsStream + "." + contract.ConsumerName("mq", "b")
 
-	// b makes its consumer; a cannot make, update, read or pull from it.
-	if _, err := b.js.CreateOrUpdateConsumer(ctx, contract.CallsStream, consumerConfig("mq", "b")); err != nil {
-		t.Fatalf("b making its own consumer: %v", err)
-	}
+	// b's consumer (the manager made it): a cannot update, read or pull from it, and b
+	// itself cannot update it (say, into a push consumer delivering elsewhere).
 	c, cancel := short()
 	if _, err := a.js.CreateOrUpdateConsumer(c, contract.CallsStream, consumerConfig("mq", "b")); err == nil {
 		t.Fatal("a made or updated b's consumer")
 	}
 	cancel()
-	a.violation(t, "a making b's consumer", "$JS.API.CONSUMER.CREATE."+bConsumer+"."+contract.CallsSubject("mq", "b"))
+	a.violation(t, "a updating b's consumer", "$JS.API.CONSUMER.CREATE."+bConsumer+"."+contract.CallsSubject("mq", "b"))
+	push := consumerConfig("mq", "b")
+	push.DeliverSubject = contract.DeadSubject("mq", "c")
+	c, cancel = short()
+	if _, err := b.js.CreateOrUpdateConsumer(c, contract.CallsStream, push); err == nil {
+		t.Fatal("b turned its consumer into a push consumer")
+	}
+	cancel()
+	b.violation(t, "b updating its own consumer", "$JS.API.CONSUMER.CREATE."+bConsumer+"."+contract.CallsSubject("mq", "b"))
+	if info, err := f.admin.Consumer(ctx, contract.CallsStream, contract.ConsumerName("mq", "b")); err != nil || info.CachedInfo().Config.DeliverSubject != "" {
+		t.Fatalf("b's consumer after the attempts: %v", err)
+	}
 	c, cancel = short()
 	if _, err := a.js.Consumer(c, contract.CallsStream, contract.ConsumerName("mq", "b")); err == nil {
 		t.Fatal("a read b's consumer")
@@ -208,25 +221,15 @@ func TestIdentityMayCallAllButConsumeOnlyItsOwn(t *testing.T) {
 		}
 		a.violation(t, "a subscribing to "+subj, subj)
 	}
-	// a's own consumer with b's filter: refused by permission (the filter is in the
-	// subject) and, sent on a's own subject with b's filter in the body, by the server.
-	evil := consumerConfig("mq", "a")
+	// A new consumer of a's own, filtering b's calls: refused.
+	evil := consumerConfig("mq", "a2")
 	evil.FilterSubject = contract.CallsSubject("mq", "b")
 	c, cancel = short()
 	if _, err := a.js.CreateOrUpdateConsumer(c, contract.CallsStream, evil); err == nil {
-		t.Fatal("a made its consumer filter b's calls")
+		t.Fatal("a made a consumer of b's calls")
 	}
 	cancel()
-	a.violation(t, "a retargeting its consumer", "$JS.API.CONSUMER.CREATE."+contract.CallsStream+"."+contract.ConsumerName("mq", "a")+"."+contract.CallsSubject("mq", "b"))
-	body := fmt.Sprintf(`{"stream_name":%q,"config":{"durable_name":%q,"filter_subject":%q,"ack_policy":"explicit"}}`,
-		contract.CallsStream, contract.ConsumerName("mq", "a"), contract.CallsSubject("mq", "b"))
-	resp, err := a.nc.Request("$JS.API.CONSUMER.CREATE."+contract.CallsStream+"."+contract.ConsumerName("mq", "a")+"."+contract.CallsSubject("mq", "a"), []byte(body), 10*time.Second)
-	if err != nil {
-		t.Fatalf("request on a's own create subject: %v", err)
-	}
-	if !strings.Contains(string(resp.Data), `"error"`) {
-		t.Fatalf("the server made a's consumer with b's filter: %s", resp.Data)
-	}
+	a.violation(t, "a making a consumer of b's calls", "$JS.API.CONSUMER.CREATE."+contract.CallsStream+"."+contract.ConsumerName("mq", "a2")+"."+contract.CallsSubject("mq", "b"))
 	// A namespace's sidecars consume nothing.
 	c, cancel = short()
 	if _, err := web.js.CreateOrUpdateConsumer(c, contract.CallsStream, consumerConfig("web", "x")); err == nil {

@@ -47,15 +47,29 @@ func ParseAsyncCallers(v string) ([]string, error) {
 	return out, nil
 }
 
-// AnnotationPolicy is the CallPolicy of weft.dev/async-callers on MeshFunctions, read from
-// the manager's cache when a client connects. An annotation that does not parse admits
-// no caller but the function's own pods: a typo must not open the function to everyone.
-type AnnotationPolicy struct {
+// MeshFunctions reads MeshFunctions from the manager's cache: the CallPolicy of their
+// weft.dev/async-callers, read when a client connects, and the FunctionLister whose
+// consumers the manager makes. An annotation that does not parse admits no caller but the
+// function's own pods: a typo must not open the function to everyone.
+type MeshFunctions struct {
 	Reader client.Reader
 }
 
+// Functions lists every MeshFunction.
+func (p *MeshFunctions) Functions(ctx context.Context) ([]FunctionKey, error) {
+	var list meshv1alpha1.MeshFunctionList
+	if err := p.Reader.List(ctx, &list); err != nil {
+		return nil, fmt.Errorf("listing MeshFunctions: %w", err)
+	}
+	out := make([]FunctionKey, 0, len(list.Items))
+	for i := range list.Items {
+		out = append(out, FunctionKey{list.Items[i].Namespace, list.Items[i].Name})
+	}
+	return out, nil
+}
+
 // Restricted lists the MeshFunctions with weft.dev/async-callers.
-func (p *AnnotationPolicy) Restricted() (map[FunctionKey][]string, error) {
+func (p *MeshFunctions) Restricted() (map[FunctionKey][]string, error) {
 	var list meshv1alpha1.MeshFunctionList
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second) // within NATS's auth timeout
 	defer cancel()

@@ -130,6 +130,9 @@ func TestServerKeepsCallsAcrossRestartWithNewKey(t *testing.T) {
 	if n != 1 {
 		t.Fatalf("pending after restart = %d, want 1", n)
 	}
+	if _, err := queue.EnsureConsumers(ctx, js, []queue.FunctionKey{{Namespace: "default", Name: "fn"}}); err != nil {
+		t.Fatal(err)
+	}
 	fn := connectAs(t, s.ClientURL(), queue.NewCredentials(newKey).Client(queue.FunctionIdentity("default", "fn")))
 	if got := pullOne(t, fn, "default", "fn"); got != "hello" {
 		t.Fatalf("the function's pods pulled %q after the key changed, want hello", got)
@@ -290,7 +293,8 @@ func TestRunnerSetsUpStreamsAndFeedsBacklog(t *testing.T) {
 	rec := &sinkRecorder{last: map[queue.FunctionKey]int{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	r := &queue.Runner{Embedded: s, Client: queue.NewCredentials(token).Admin(), Sink: rec, Interval: 20 * time.Millisecond, Logger: logr.Discard()}
+	fns := functionList{{Namespace: "prod", Name: "resize"}, {Namespace: "prod", Name: "thumb"}}
+	r := &queue.Runner{Embedded: s, Client: queue.NewCredentials(token).Admin(), Functions: fns, Sink: rec, Interval: 20 * time.Millisecond, Logger: logr.Discard()}
 	go func() { done <- r.Start(ctx) }()
 
 	js := connect(t, s.ClientURL(), token)
@@ -305,8 +309,29 @@ func TestRunnerSetsUpStreamsAndFeedsBacklog(t *testing.T) {
 		}
 	}
 	poll.Until(t, 60*time.Second, func() bool { n, _ := rec.get(queue.FunctionKey{"prod", "resize"}); return n == 2 }, "waiting for prod/resize backlog 2")
+	// Every function got its consumer, as ConsumerConfig says.
+	for _, fn := range fns {
+		want := queue.ConsumerConfig(fn)
+		var cons jetstream.Consumer
+		poll.Until(t, 60*time.Second, func() bool {
+			cons, err = js.Consumer(ctx, contract.CallsStream, want.Durable)
+			return err == nil
+		}, "waiting for the runner to make consumer "+want.Durable)
+		got := cons.CachedInfo().Config
+		if got.FilterSubject != want.FilterSubject || got.AckWait != want.AckWait || got.MaxDeliver != -1 || got.DeliverSubject != "" {
+			t.Errorf("consumer %s = %+v, want %+v", want.Durable, got, want)
+		}
+	}
+	if n, err := queue.EnsureConsumers(ctx, js, fns); err != nil || n != 0 {
+		t.Errorf("EnsureConsumers again made %d, %v; want none", n, err)
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Start returned %v", err)
 	}
 }
+
+// functionList is a fixed FunctionLister.
+type functionList []queue.FunctionKey
+
+func (l functionList) Functions(context.Context) ([]queue.FunctionKey, error) { return l, nil }

@@ -45,6 +45,10 @@ func securedMesh(t *testing.T, policy queue.CallPolicy) (url string, admin jetst
 	if err := queue.EnsureStreams(cctx, js, queue.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// The manager makes the function's consumer; its identity may only use it.
+	if _, err := queue.EnsureConsumers(cctx, js, []queue.FunctionKey{{Namespace: fnA.Namespace, Name: fnA.Name}}); err != nil {
+		t.Fatal(err)
+	}
 	return s.ClientURL(), js, creds
 }
 
