@@ -147,6 +147,20 @@ spec:
 		t.Error("NATS accepted the Secret's key as a shared token")
 	}
 	tcancel()
+	// The namespace's callers' identity (what every non-function sidecar of default gets)
+	// may not read the dead letters.
+	callers := queue.NewCredentials(string(sec.Data["token"])).Client(queue.NamespaceIdentity("default"))
+	callers.URL, callers.Name = natsURL, "e2e-callers"
+	nc, cjs, err := queue.Connect(context.Background(), callers)
+	if err != nil {
+		t.Fatalf("connecting as namespace default's callers: %v", err)
+	}
+	rctx, rcancel := context.WithTimeout(context.Background(), 3*time.Second)
+	if _, err := cjs.Stream(rctx, "WEFT_DEAD"); err == nil {
+		t.Error("namespace default's callers read stream WEFT_DEAD")
+	}
+	rcancel()
+	nc.Close()
 	admin := queue.NewCredentials(string(sec.Data["token"])).Admin()
 	admin.URL, admin.Name = natsURL, "e2e"
 	_, js, err := queue.Connect(context.Background(), admin)
