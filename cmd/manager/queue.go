@@ -16,7 +16,6 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/controllers"
 	"github.com/weftmesh/weft/internal/autoscale"
 	"github.com/weftmesh/weft/internal/queue"
@@ -76,12 +75,7 @@ func setupQueue(mgr ctrl.Manager, as *autoscale.Autoscaler, snap *controllers.Sn
 	// Every sidecar identity (a function's pods, a namespace's other sidecars) gets its own
 	// user, its password derived from the Secret's key; the manager is AdminUser.
 	creds := queue.NewCredentials(key)
-	q, err := snapshot.NewQueue(o.advertise, func(namespace, function string) contract.QueueMeta {
-		if function != "" {
-			return creds.For(queue.FunctionIdentity(namespace, function))
-		}
-		return creds.For(queue.NamespaceIdentity(namespace))
-	})
+	q, err := snapshot.NewQueue(o.advertise, creds.ForView)
 	if err != nil {
 		return fmt.Errorf("--nats-advertise: %w", err)
 	}

@@ -166,6 +166,15 @@ func (c Credentials) For(id Identity) contract.QueueMeta {
 	return contract.QueueMeta{User: id.User(), Password: c.Password(id.User()), InboxPrefix: id.InboxPrefix()}
 }
 
+// ForView is the credential of the sidecars of namespace serving function (or, for "",
+// the namespace's other sidecars): snapshot.QueueCredentialFunc for the embedded server.
+func (c Credentials) ForView(namespace, function string) contract.QueueMeta {
+	if function != "" {
+		return c.For(FunctionIdentity(namespace, function))
+	}
+	return c.For(NamespaceIdentity(namespace))
+}
+
 // Admin returns the manager's client options for the embedded server (URL left to fill).
 func (c Credentials) Admin() ClientOptions {
 	return ClientOptions{User: AdminUser, Password: c.Password(AdminUser)}
