@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/types/known/structpb"
@@ -63,27 +64,45 @@ func DecodeRouteMeta(s *structpb.Struct) (RouteMeta, error) {
 }
 
 // QueueMeta is the weft.dev/nats cluster metadata: where the async queue is and how to
-// authenticate. The token travels over xDS, like an SDS secret, so it never appears in a pod
-// spec; sidecars redact it in /config_dump.
+// authenticate. With the embedded server each sidecar gets its own identity's User and
+// Password (and must use InboxPrefix for replies, the only subjects it may subscribe to);
+// with an external cluster (--nats-url) every sidecar gets the one Token. Credentials
+// travel over xDS, like an SDS secret, so they never appear in a pod spec; sidecars redact
+// Token and Password in /config_dump.
 type QueueMeta struct {
-	URL, Token string
+	URL, Token     string
+	User, Password string
+	InboxPrefix    string
 }
 
-// Encode returns the metadata as a Struct.
+// Encode returns the metadata as a Struct; empty credential fields are left out.
 func (m QueueMeta) Encode() *structpb.Struct {
-	return fields(map[string]*structpb.Value{
-		"url": structpb.NewStringValue(m.URL), "token": structpb.NewStringValue(m.Token)})
+	f := map[string]*structpb.Value{"url": structpb.NewStringValue(m.URL)}
+	for k, v := range map[string]string{"token": m.Token, "user": m.User, "password": m.Password, "inboxPrefix": m.InboxPrefix} {
+		if v != "" {
+			f[k] = structpb.NewStringValue(v)
+		}
+	}
+	return fields(f)
 }
 
-// DecodeQueueMeta reads weft.dev/nats; the url is required.
+// DecodeQueueMeta reads weft.dev/nats; the url is required, and a user comes with a
+// password.
 func DecodeQueueMeta(s *structpb.Struct) (QueueMeta, error) {
 	var m QueueMeta
 	f := s.GetFields()
-	if err := errors.Join(str(f, "url", &m.URL), str(f, "token", &m.Token)); err != nil {
+	if err := errors.Join(str(f, "url", &m.URL), str(f, "token", &m.Token), str(f, "user", &m.User),
+		str(f, "password", &m.Password), str(f, "inboxPrefix", &m.InboxPrefix)); err != nil {
 		return m, err
 	}
 	if m.URL == "" {
 		return m, errors.New("url is missing: the control plane must send the queue's nats:// URL")
+	}
+	if (m.User == "") != (m.Password == "") {
+		return m, errors.New("user and password come together: the control plane must send both or neither")
+	}
+	if strings.ContainsAny(m.InboxPrefix, "*> \t") || strings.HasSuffix(m.InboxPrefix, ".") {
+		return m, fmt.Errorf("inboxPrefix %q is not a literal subject prefix", m.InboxPrefix)
 	}
 	return m, nil
 }

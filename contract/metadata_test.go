@@ -182,6 +182,24 @@ func TestSmallMetaRoundTrip(t *testing.T) {
 	if _, err := DecodeQueueMeta(mustStruct(t, `{"token": "x"}`)); err == nil || !strings.Contains(err.Error(), "url is missing") {
 		t.Errorf("QueueMeta without url: err = %v", err)
 	}
+	id := QueueMeta{URL: "nats://10.0.0.1:4222", User: "fn.shop.resize", Password: "pw", InboxPrefix: "_INBOX.fn.shop.resize"}
+	if d := cmp.Diff(mustStruct(t, `{"url": "nats://10.0.0.1:4222", "user": "fn.shop.resize", "password": "pw", "inboxPrefix": "_INBOX.fn.shop.resize"}`),
+		id.Encode(), protocmp.Transform()); d != "" {
+		t.Errorf("QueueMeta.Encode with an identity (-want +got):\n%s", d)
+	}
+	if back, err := DecodeQueueMeta(id.Encode()); err != nil || back != id {
+		t.Errorf("QueueMeta identity round trip: %+v, %v", back, err)
+	}
+	for in, want := range map[string]string{
+		`{"url": "nats://a:4222", "user": "fn.a.b"}`:                                        "come together",
+		`{"url": "nats://a:4222", "password": "pw"}`:                                        "come together",
+		`{"url": "nats://a:4222", "user": "u", "password": "p", "inboxPrefix": "_INBOX.>"}`: "not a literal",
+		`{"url": "nats://a:4222", "inboxPrefix": "_INBOX.x."}`:                              "not a literal",
+	} {
+		if _, err := DecodeQueueMeta(mustStruct(t, in)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("DecodeQueueMeta(%s): err = %v, want %q", in, err, want)
+		}
+	}
 	u := UnresolvedMeta{Reason: "Service default/missing not found"}
 	if back, err := DecodeUnresolvedMeta(u.Encode()); err != nil || back != u {
 		t.Errorf("UnresolvedMeta round trip: %+v, %v", back, err)

@@ -21,6 +21,11 @@ func CallsSubject(namespace, name string) string { return CallsPrefix + namespac
 // DeadSubject is where the function's calls that ran out of attempts or age go.
 func DeadSubject(namespace, name string) string { return DeadPrefix + namespace + "." + name }
 
+// ConsumerName is the durable JetStream consumer on CallsStream that all of a function's
+// sidecars share. Kubernetes names never contain "_", so the name is unambiguous; the
+// queue's permissions let only the function's own identity use it.
+func ConsumerName(namespace, name string) string { return "weft_" + namespace + "_" + name }
+
 // FunctionFromSubject parses a calls subject back into namespace and name. Kubernetes
 // names cannot contain dots, so the split is unambiguous.
 func FunctionFromSubject(subject string) (namespace, name string, ok bool) {

@@ -43,13 +43,14 @@ func bindQueueFlags(fs *flag.FlagSet) *queueOptions {
 	fs.StringVar(&o.listen, "nats-listen", "0.0.0.0:4222", "Address the embedded NATS server listens on; \"off\" disables asynchronous calls.")
 	fs.StringVar(&o.storeDir, "nats-store-dir", filepath.Join(os.TempDir(), "weft-nats"), "JetStream store directory of the embedded server.")
 	fs.StringVar(&o.advertise, "nats-advertise", "nats://weft-manager."+ns+".svc:4222", "URL sidecars use for the embedded NATS server.")
-	fs.StringVar(&o.secret, "nats-secret", ns+"/weft-nats-token", "namespace/name of the Secret holding the embedded server's generated token.")
+	fs.StringVar(&o.secret, "nats-secret", ns+"/weft-nats-token", "namespace/name of the Secret holding the embedded server's generated key, from which every NATS user's password is derived.")
 	return o
 }
 
 // setupQueue embeds a NATS JetStream server (or connects to --nats-url) and feeds each
 // function's backlog of queued calls to the autoscaler as demand, so a function at zero with
-// pending async calls scales up. Every sidecar learns the queue's URL and token over xDS.
+// pending async calls scales up. Every sidecar learns the queue's URL and its identity's
+// credential over xDS.
 func setupQueue(mgr ctrl.Manager, as *autoscale.Autoscaler, snap *controllers.SnapshotReconciler) error {
 	o := queueOpts
 	if o.listen == "off" && o.url == "" {
@@ -60,30 +61,35 @@ func setupQueue(mgr ctrl.Manager, as *autoscale.Autoscaler, snap *controllers.Sn
 	})
 	log := ctrl.Log.WithName("queue")
 	if o.url != "" {
-		q, err := snapshot.NewQueue(o.url, o.token)
+		q, err := snapshot.NewQueue(o.url, snapshot.SharedQueueToken(o.token))
 		if err != nil {
 			return fmt.Errorf("--nats-url: %w", err)
 		}
 		snap.Queue = q
 		return mgr.Add(&queue.Runner{Client: queue.ClientOptions{URL: o.url, Token: o.token, CredsFile: o.creds}, Sink: sink, Logger: log})
 	}
-	token, err := natsToken(mgr, o.secret)
+	key, err := natsToken(mgr, o.secret)
 	if err != nil {
 		return err
 	}
-	q, err := snapshot.NewQueue(o.advertise, token)
+	// Every sidecar identity (a function's pods, a namespace's other sidecars) gets its own
+	// user, its password derived from the Secret's key; the manager is AdminUser.
+	creds := queue.NewCredentials(key)
+	q, err := snapshot.NewQueue(o.advertise, creds.ForView)
 	if err != nil {
 		return fmt.Errorf("--nats-advertise: %w", err)
 	}
 	snap.Queue = q
-	srv, err := queue.NewServer(queue.ServerOptions{Listen: o.listen, StoreDir: o.storeDir, Token: token, Logger: ctrl.Log.WithName("nats")})
+	fns := &queue.MeshFunctions{Reader: mgr.GetClient()}
+	srv, err := queue.NewServer(queue.ServerOptions{Listen: o.listen, StoreDir: o.storeDir, Key: key, Policy: fns, Logger: ctrl.Log.WithName("nats")})
 	if err != nil {
 		return fmt.Errorf("configuring the embedded NATS server: %w", err)
 	}
 	if err := mgr.Add(srv); err != nil {
 		return err
 	}
-	return mgr.Add(&queue.Runner{Embedded: srv, Client: queue.ClientOptions{Token: token}, Sink: sink, Logger: log})
+	// The manager makes every function's consumer: identities may not.
+	return mgr.Add(&queue.Runner{Embedded: srv, Client: creds.Admin(), Functions: fns, Sink: sink, Logger: log})
 }
 
 // natsToken reads the embedded server's token from its Secret, creating it on first start.

@@ -35,7 +35,7 @@ type asyncCalls struct {
 	current  func() *config.Config
 
 	mu       sync.Mutex
-	url, tok string
+	queue    contract.QueueMeta // what the connection was dialled with
 	nc       *nats.Conn
 	pub      *async.Publisher
 	cons     *async.Consumer
@@ -61,15 +61,19 @@ func (a *asyncCalls) Apply(c *config.Config) {
 	if qc == nil || qc.Queue == nil {
 		return // keep an existing connection: a config without the queue is transient
 	}
-	if qc.Queue.URL != a.url || qc.Queue.Token != a.tok {
+	if *qc.Queue != a.queue {
+		// A new URL or credential (the manager's key rotated): dial again. Calls in
+		// flight on the old connection cannot be acked and are redelivered after their ack
+		// wait; queued calls stay in the stream.
 		a.closeLocked()
-		nc, js, err := async.Dial(qc.Queue.URL, qc.Queue.Token, "", a.nodeID)
+		refused := &async.Refusals{}
+		nc, js, err := async.Dial(*qc.Queue, a.nodeID, refused)
 		if err != nil {
 			a.log.Error("connecting to the async queue", "url", qc.Queue.URL, "err", err)
 			return
 		}
-		a.url, a.tok, a.nc = qc.Queue.URL, qc.Queue.Token, nc
-		a.pub = async.NewPublisher(js, async.FunctionSourceFunc(a.policy), async.PublisherOptions{Logger: a.log})
+		a.queue, a.nc = *qc.Queue, nc
+		a.pub = async.NewPublisher(js, async.FunctionSourceFunc(a.policy), async.PublisherOptions{Refused: refused, Logger: a.log})
 		if a.function.Name != "" {
 			cfg, _ := a.policy(a.function)
 			cons, err := async.NewConsumer(js, async.ConsumerOptions{Function: a.function, AppURL: a.appURL, Config: cfg, Logger: a.log})
@@ -88,7 +92,7 @@ func (a *asyncCalls) Apply(c *config.Config) {
 				}
 			}(a.consDone)
 		}
-		a.log.Info("async queue connected", "url", qc.Queue.URL, "consumer", a.function.Name != "")
+		a.log.Info("async queue connected", "url", qc.Queue.URL, "user", qc.Queue.User, "consumer", a.function.Name != "")
 	}
 	if a.cons != nil {
 		if cfg, ok := a.policyFrom(c, a.function); ok {
@@ -170,7 +174,7 @@ func (a *asyncCalls) closeLocked() {
 		a.nc.Close()
 		a.nc = nil
 	}
-	a.pub, a.cons, a.url, a.tok = nil, nil, "", ""
+	a.pub, a.cons, a.queue = nil, nil, contract.QueueMeta{}
 }
 
 // waitForApp polls the app's port until it accepts a connection; false if ctx ends first.

@@ -10,12 +10,17 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// ClientOptions say how to reach NATS: the embedded server's URL and token, or an external
-// cluster (--nats-url with a token or a credentials file).
+// ClientOptions say how to reach NATS: the embedded server's URL and the manager's user
+// (AdminUser and its derived password), or an external cluster (--nats-url with a token or
+// a credentials file).
 type ClientOptions struct {
-	URL       string
-	Token     string
-	CredsFile string
+	URL            string
+	User, Password string
+	// InboxPrefix replaces _INBOX for reply subjects; an identity's connection needs its
+	// own (Identity.InboxPrefix), the only subjects it may subscribe to.
+	InboxPrefix string
+	Token       string
+	CredsFile   string
 	// Name identifies the connection in NATS monitoring.
 	Name string
 }
@@ -32,6 +37,12 @@ func Connect(ctx context.Context, o ClientOptions) (*nats.Conn, jetstream.JetStr
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(time.Second),
 		nats.RetryOnFailedConnect(false),
+	}
+	if o.User != "" {
+		opts = append(opts, nats.UserInfo(o.User, o.Password))
+	}
+	if o.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(o.InboxPrefix))
 	}
 	if o.Token != "" {
 		opts = append(opts, nats.Token(o.Token))

@@ -33,9 +33,9 @@ func init() {
 	metrics.Registry.MustRegister(pendingMessages, deadLetters)
 }
 
-// MaxFunctionSeries bounds the series of each queue gauge. Subjects come from whoever holds
-// the NATS token, not from MeshFunctions, so a publisher could invent functions; past this
-// many, the functions with the largest counts are kept.
+// MaxFunctionSeries bounds the series of each queue gauge. Subjects come from any identity
+// that may call functions (weft.calls.>), not from MeshFunctions, so a publisher could
+// invent functions; past this many, the functions with the largest counts are kept.
 const MaxFunctionSeries = 1000
 
 // gaugeSet keeps one gauge's series in step with the latest counts.

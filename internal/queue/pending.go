@@ -70,11 +70,14 @@ func (f PendingSinkFunc) SetPending(fn FunctionKey, n int) { f(fn, n) }
 // calls for a function at zero replicas count as demand and scale it up. A function whose
 // backlog drained is reported once with 0.
 type PendingWatcher struct {
-	JS       StreamGetter
-	Sink     PendingSink
-	Clock    clock.WithTicker // default clock.RealClock
-	Interval time.Duration    // default 2s, the autoscaler's decision tick
-	Logger   logr.Logger
+	JS   StreamGetter
+	Sink PendingSink
+	// Functions, when set, are given their consumers on every poll (EnsureConsumers), so
+	// a new function's pods find theirs within one interval.
+	Functions FunctionLister
+	Clock     clock.WithTicker // default clock.RealClock
+	Interval  time.Duration    // default 2s, the autoscaler's decision tick
+	Logger    logr.Logger
 }
 
 // Start polls until ctx is done. Errors (NATS restarting) are logged once per change and
@@ -89,7 +92,7 @@ func (w *PendingWatcher) Start(ctx context.Context) error {
 		interval = 2 * time.Second
 	}
 	last := map[FunctionKey]int{}
-	var lastErr, lastDeadErr string
+	var lastErr, lastDeadErr, lastConsErr string
 	// A new watcher (after a reconnect) starts from no series: it cannot know which of a
 	// previous watcher's functions drained meanwhile. Its first poll is immediate.
 	pendingMessages.Reset()
@@ -124,6 +127,17 @@ func (w *PendingWatcher) Start(ctx context.Context) error {
 				warned = true
 			}
 		}
+		if w.Functions != nil {
+			err := w.ensureConsumers(ctx)
+			if err != nil && ctx.Err() == nil && err.Error() != lastConsErr {
+				w.Logger.Error(err, "cannot create the consumers of functions; their pods wait for them")
+			}
+			if err == nil {
+				lastConsErr = ""
+			} else {
+				lastConsErr = err.Error()
+			}
+		}
 		if dead, err := DeadLetters(ctx, w.JS); err == nil {
 			lastDeadErr = ""
 			deadSeries.set(dead)
@@ -141,3 +155,15 @@ func (w *PendingWatcher) Start(ctx context.Context) error {
 
 // NeedLeaderElection is true: only the leader's autoscaler acts on pending counts.
 func (w *PendingWatcher) NeedLeaderElection() bool { return true }
+
+func (w *PendingWatcher) ensureConsumers(ctx context.Context) error {
+	fns, err := w.Functions.Functions(ctx)
+	if err != nil {
+		return err
+	}
+	n, err := EnsureConsumers(ctx, w.JS, fns)
+	if n > 0 {
+		w.Logger.Info("created async consumers", "count", n)
+	}
+	return err
+}

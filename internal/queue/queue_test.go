@@ -18,9 +18,16 @@ import (
 
 // startServer runs an embedded server on a random loopback port with a fresh store, and
 // stops it when the test ends.
-func startServer(t *testing.T, token, dir string) *queue.Server {
+func startServer(t *testing.T, key, dir string) *queue.Server {
 	t.Helper()
-	s, err := queue.NewServer(queue.ServerOptions{Listen: "127.0.0.1:-1", StoreDir: dir, Token: token, Logger: logr.Discard()})
+	return startServerWith(t, queue.ServerOptions{StoreDir: dir, Key: key})
+}
+
+// startServerWith runs an embedded server with o on a random loopback port.
+func startServerWith(t *testing.T, o queue.ServerOptions) *queue.Server {
+	t.Helper()
+	o.Listen, o.Logger = "127.0.0.1:-1", logr.Discard()
+	s, err := queue.NewServer(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,11 +50,18 @@ func startServer(t *testing.T, token, dir string) *queue.Server {
 	return s
 }
 
-func connect(t *testing.T, url, token string) jetstream.JetStream {
+// connect dials url as the manager (AdminUser with key's password), or without credentials
+// when key is empty.
+func connect(t *testing.T, url, key string) jetstream.JetStream {
 	t.Helper()
+	var o queue.ClientOptions
+	if key != "" {
+		o = queue.NewCredentials(key).Admin()
+	}
+	o.URL, o.Name = url, t.Name()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	nc, js, err := queue.Connect(ctx, queue.ClientOptions{URL: url, Token: token, Name: t.Name()})
+	nc, js, err := queue.Connect(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,14 +69,19 @@ func connect(t *testing.T, url, token string) jetstream.JetStream {
 	return js
 }
 
-func TestServerRequiresTokenAndKeepsCallsAcrossRestart(t *testing.T) {
-	token, _, _ := queue.EnsureToken(nil)
+// The embedded server takes only derived credentials: no token, no anonymous client. A
+// call queued under one key survives a restart with a new key (every password changes,
+// as when the Secret is deleted): the manager and the function's pods, with their new
+// passwords, find it; the old passwords are refused.
+func TestServerKeepsCallsAcrossRestartWithNewKey(t *testing.T) {
+	oldKey, _, _ := queue.EnsureToken(nil)
+	newKey, _, _ := queue.EnsureToken(nil)
 	dir := t.TempDir()
 	ctx := context.Background()
 
 	func() {
 		stopCtx, stop := context.WithCancel(ctx)
-		s, err := queue.NewServer(queue.ServerOptions{Listen: "127.0.0.1:-1", StoreDir: dir, Token: token, Logger: logr.Discard()})
+		s, err := queue.NewServer(queue.ServerOptions{Listen: "127.0.0.1:-1", StoreDir: dir, Key: oldKey, Logger: logr.Discard()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -70,15 +89,22 @@ func TestServerRequiresTokenAndKeepsCallsAcrossRestart(t *testing.T) {
 		go func() { done <- s.Start(stopCtx) }()
 		<-s.Ready()
 
-		if nc, err := nats.Connect(s.ClientURL(), nats.Token("wrong")); err == nil {
-			nc.Close()
-			t.Fatal("connected with a wrong token")
+		for what, o := range map[string][]nats.Option{
+			"no credential":       nil,
+			"the key as token":    {nats.Token(oldKey)},
+			"the key as password": {nats.UserInfo(queue.AdminUser, oldKey)},
+		} {
+			if nc, err := nats.Connect(s.ClientURL(), o...); err == nil {
+				nc.Close()
+				t.Fatalf("connected with %s", what)
+			}
 		}
-		js := connect(t, s.ClientURL(), token)
+		js := connect(t, s.ClientURL(), oldKey)
 		if err := queue.EnsureStreams(ctx, js, queue.StreamOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := js.Publish(ctx, contract.CallsSubject("default", "fn"), []byte("hello")); err != nil {
+		caller := connectAs(t, s.ClientURL(), queue.NewCredentials(oldKey).Client(queue.NamespaceIdentity("web")))
+		if _, err := caller.js.Publish(ctx, contract.CallsSubject("default", "fn"), []byte("hello")); err != nil {
 			t.Fatal(err)
 		}
 		stop()
@@ -87,9 +113,13 @@ func TestServerRequiresTokenAndKeepsCallsAcrossRestart(t *testing.T) {
 		}
 	}()
 
-	// A new server on the same store still has the queued call.
-	s := startServer(t, token, dir)
-	js := connect(t, s.ClientURL(), token)
+	// A new server on the same store, with a new key, still has the queued call.
+	s := startServer(t, newKey, dir)
+	if nc, err := nats.Connect(s.ClientURL(), nats.UserInfo(queue.AdminUser, queue.NewCredentials(oldKey).Password(queue.AdminUser))); err == nil {
+		nc.Close()
+		t.Fatal("the manager's password under the old key was accepted")
+	}
+	js := connect(t, s.ClientURL(), newKey)
 	if err := queue.EnsureStreams(ctx, js, queue.StreamOptions{}); err != nil {
 		t.Fatalf("EnsureStreams on existing streams: %v", err)
 	}
@@ -99,6 +129,13 @@ func TestServerRequiresTokenAndKeepsCallsAcrossRestart(t *testing.T) {
 	}
 	if n != 1 {
 		t.Fatalf("pending after restart = %d, want 1", n)
+	}
+	if _, err := queue.EnsureConsumers(ctx, js, []queue.FunctionKey{{Namespace: "default", Name: "fn"}}); err != nil {
+		t.Fatal(err)
+	}
+	fn := connectAs(t, s.ClientURL(), queue.NewCredentials(newKey).Client(queue.FunctionIdentity("default", "fn")))
+	if got := pullOne(t, fn, "default", "fn"); got != "hello" {
+		t.Fatalf("the function's pods pulled %q after the key changed, want hello", got)
 	}
 }
 
@@ -256,7 +293,8 @@ func TestRunnerSetsUpStreamsAndFeedsBacklog(t *testing.T) {
 	rec := &sinkRecorder{last: map[queue.FunctionKey]int{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	r := &queue.Runner{Embedded: s, Client: queue.ClientOptions{Token: token}, Sink: rec, Interval: 20 * time.Millisecond, Logger: logr.Discard()}
+	fns := functionList{{Namespace: "prod", Name: "resize"}, {Namespace: "prod", Name: "thumb"}}
+	r := &queue.Runner{Embedded: s, Client: queue.NewCredentials(token).Admin(), Functions: fns, Sink: rec, Interval: 20 * time.Millisecond, Logger: logr.Discard()}
 	go func() { done <- r.Start(ctx) }()
 
 	js := connect(t, s.ClientURL(), token)
@@ -271,8 +309,29 @@ func TestRunnerSetsUpStreamsAndFeedsBacklog(t *testing.T) {
 		}
 	}
 	poll.Until(t, 60*time.Second, func() bool { n, _ := rec.get(queue.FunctionKey{"prod", "resize"}); return n == 2 }, "waiting for prod/resize backlog 2")
+	// Every function got its consumer, as ConsumerConfig says.
+	for _, fn := range fns {
+		want := queue.ConsumerConfig(fn)
+		var cons jetstream.Consumer
+		poll.Until(t, 60*time.Second, func() bool {
+			cons, err = js.Consumer(ctx, contract.CallsStream, want.Durable)
+			return err == nil
+		}, "waiting for the runner to make consumer "+want.Durable)
+		got := cons.CachedInfo().Config
+		if got.FilterSubject != want.FilterSubject || got.AckWait != want.AckWait || got.MaxDeliver != -1 || got.DeliverSubject != "" {
+			t.Errorf("consumer %s = %+v, want %+v", want.Durable, got, want)
+		}
+	}
+	if n, err := queue.EnsureConsumers(ctx, js, fns); err != nil || n != 0 {
+		t.Errorf("EnsureConsumers again made %d, %v; want none", n, err)
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Start returned %v", err)
 	}
 }
+
+// functionList is a fixed FunctionLister.
+type functionList []queue.FunctionKey
+
+func (l functionList) Functions(context.Context) ([]queue.FunctionKey, error) { return l, nil }

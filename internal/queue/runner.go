@@ -18,12 +18,15 @@ type Runner struct {
 	// Embedded is the in-process server; nil when Client.URL names an external cluster.
 	Embedded *Server
 	// Client says how to connect; its URL is ignored when Embedded is set.
-	Client   ClientOptions
-	Streams  StreamOptions
-	Sink     PendingSink
-	Interval time.Duration    // pending poll interval, default 2s
-	Clock    clock.WithTicker // default clock.RealClock
-	Logger   logr.Logger
+	Client  ClientOptions
+	Streams StreamOptions
+	Sink    PendingSink
+	// Functions, when set, get their consumers made by the manager (see ConsumerConfig):
+	// needed when sidecars connect as identities that may not make them.
+	Functions FunctionLister
+	Interval  time.Duration    // pending poll interval, default 2s
+	Clock     clock.WithTicker // default clock.RealClock
+	Logger    logr.Logger
 }
 
 // Start blocks until ctx is done.
@@ -76,7 +79,7 @@ func (r *Runner) connectAndWatch(ctx context.Context, opts ClientOptions, clk cl
 		return err
 	}
 	r.Logger.Info("async queue ready", "url", opts.URL, "streams", []string{contract.CallsStream, contract.DeadStream})
-	w := &PendingWatcher{JS: js, Sink: r.Sink, Clock: clk, Interval: r.Interval, Logger: r.Logger}
+	w := &PendingWatcher{JS: js, Sink: r.Sink, Functions: r.Functions, Clock: clk, Interval: r.Interval, Logger: r.Logger}
 	return w.Start(ctx)
 }
 

@@ -31,8 +31,16 @@ type ServerOptions struct {
 	// StoreDir holds JetStream's file store. It should be a persistent volume: queued calls
 	// live there.
 	StoreDir string
-	// Token every client must present. Empty disables auth, which is only for tests.
-	Token string
+	// Key derives every user's password (Credentials): the manager's AdminUser and one user
+	// per identity (a function's pods, a namespace's other sidecars), each limited to what
+	// Grants allow. Empty disables auth, which is only for tests.
+	Key string
+	// Policy restricts which identities may call which functions; nil: every identity may
+	// call every function. It is read when a client connects, and every PolicyRefresh
+	// (default 5s) the connections whose grant it changed are closed, to reconnect with
+	// the new one.
+	Policy        CallPolicy
+	PolicyRefresh time.Duration
 	// MaxPayload bounds one message. It must hold the largest async body (maxBodyBytes is at
 	// most 8 MiB) plus its headers; 0 means DefaultMaxPayload.
 	MaxPayload int32
@@ -66,6 +74,9 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	if opts.MaxPayload == 0 {
 		opts.MaxPayload = DefaultMaxPayload
 	}
+	if opts.PolicyRefresh <= 0 {
+		opts.PolicyRefresh = 5 * time.Second
+	}
 	if opts.ReadyTimeout == 0 {
 		opts.ReadyTimeout = 30 * time.Second
 	}
@@ -88,17 +99,22 @@ func splitListen(listen string) (string, int, error) {
 // JetStream flushes its store. It returns an error only if the server could not start.
 func (s *Server) Start(ctx context.Context) error {
 	host, port, _ := splitListen(s.opts.Listen)
-	ns, err := server.NewServer(&server.Options{
-		ServerName:    "weft-manager",
-		Host:          host,
-		Port:          port,
-		Authorization: s.opts.Token,
-		MaxPayload:    s.opts.MaxPayload,
-		JetStream:     true,
-		StoreDir:      s.opts.StoreDir,
-		NoSigs:        true,
-		NoLog:         true,
-	})
+	o := &server.Options{
+		ServerName: "weft-manager",
+		Host:       host,
+		Port:       port,
+		MaxPayload: s.opts.MaxPayload,
+		JetStream:  true,
+		StoreDir:   s.opts.StoreDir,
+		NoSigs:     true,
+		NoLog:      true,
+	}
+	var auth *authenticator
+	if s.opts.Key != "" {
+		auth = &authenticator{creds: NewCredentials(s.opts.Key), policy: s.opts.Policy}
+		o.CustomClientAuthentication = auth
+	}
+	ns, err := server.NewServer(o)
 	if err != nil {
 		return fmt.Errorf("configuring embedded NATS: %w", err)
 	}
@@ -113,6 +129,21 @@ func (s *Server) Start(ctx context.Context) error {
 	s.mu.Unlock()
 	close(s.ready)
 	s.opts.Logger.Info("embedded NATS JetStream started", "url", s.ClientURL(), "storeDir", s.opts.StoreDir)
+	if auth != nil && s.opts.Policy != nil {
+		t := time.NewTicker(s.opts.PolicyRefresh)
+		defer t.Stop()
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				break wait
+			case <-t.C:
+				if n := auth.refresh(ns); n > 0 {
+					s.opts.Logger.Info("async call policy changed; reconnecting the affected NATS clients", "clients", n)
+				}
+			}
+		}
+	}
 	<-ctx.Done()
 	ns.Shutdown()
 	ns.WaitForShutdown()

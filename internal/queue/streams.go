@@ -83,3 +83,57 @@ func EnsureStreams(ctx context.Context, js StreamManager, o StreamOptions) error
 	}
 	return nil
 }
+
+// ConsumerConfig is function fn's durable pull consumer on WEFT_CALLS, which all its pods
+// share. The manager makes it (EnsureConsumers): a function's identity may only find,
+// pull from and ack it. The settings match sidecar/async's own (it makes the consumer when
+// NATS has no per-identity users): explicit acks, AckWait 30s (the sidecar sends "in
+// progress" every AckWait/3 and must agree), no JetStream delivery limit (the sidecar
+// counts attempts and dead-letters), and MaxAckPending above the sum of its pods'
+// maxInflight.
+func ConsumerConfig(fn FunctionKey) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       contract.ConsumerName(fn.Namespace, fn.Name),
+		Description:   "Weft sidecars of function " + fn.Namespace + "/" + fn.Name,
+		FilterSubject: contract.CallsSubject(fn.Namespace, fn.Name),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+		MaxDeliver:    -1,
+		MaxAckPending: 100_000,
+	}
+}
+
+// FunctionLister lists the functions whose calls are consumed (every MeshFunction: any may
+// be called asynchronously with "Prefer: respond-async").
+type FunctionLister interface {
+	Functions(ctx context.Context) ([]FunctionKey, error)
+}
+
+// EnsureConsumers makes the consumer of each function in fns that WEFT_CALLS lacks, and
+// returns how many it made. Existing consumers are left as they are.
+func EnsureConsumers(ctx context.Context, js StreamGetter, fns []FunctionKey) (int, error) {
+	s, err := js.Stream(ctx, contract.CallsStream)
+	if err != nil {
+		return 0, fmt.Errorf("looking up stream %s: %w", contract.CallsStream, err)
+	}
+	have := map[string]bool{}
+	names := s.ConsumerNames(ctx)
+	for n := range names.Name() {
+		have[n] = true
+	}
+	if err := names.Err(); err != nil {
+		return 0, fmt.Errorf("listing the consumers of %s: %w", contract.CallsStream, err)
+	}
+	made := 0
+	for _, fn := range fns {
+		cfg := ConsumerConfig(fn)
+		if have[cfg.Durable] {
+			continue
+		}
+		if _, err := s.CreateOrUpdateConsumer(ctx, cfg); err != nil {
+			return made, fmt.Errorf("creating consumer %s of function %s/%s: %w", cfg.Durable, fn.Namespace, fn.Name, err)
+		}
+		made++
+	}
+	return made, nil
+}

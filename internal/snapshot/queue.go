@@ -5,26 +5,46 @@ import (
 	"net"
 	"net/url"
 	"strconv"
+	"strings"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/weftmesh/weft/contract"
 )
 
 // Queue is where asynchronous calls go: the NATS JetStream server sidecars publish to and
-// pull from, and the token they authenticate with. Make one with NewQueue.
+// pull from, and how each sidecar authenticates to it. Make one with NewQueue.
 type Queue struct {
-	URL   string
-	Token string
+	URL string
+	// Credential gives the sidecars of one queue identity their credential (User and
+	// Password, InboxPrefix, or Token); its URL is ignored.
+	Credential QueueCredentialFunc
 
-	cluster *clusterv3.Cluster
+	cluster *clusterv3.Cluster // without a credential
 }
 
-// NewQueue checks the queue's URL and prepares the cluster every sidecar will get.
-func NewQueue(url, token string) (*Queue, error) {
-	q := &Queue{URL: url, Token: token}
+// QueueCredentialFunc returns the credential of the sidecars of namespace that serve
+// function (a name in namespace, or "" for the namespace's other sidecars). The embedded
+// server's is internal/queue's per-identity Credentials; an external cluster's is one
+// SharedQueueToken.
+type QueueCredentialFunc func(namespace, function string) contract.QueueMeta
+
+// SharedQueueToken is the credential of an external NATS cluster (--nats-url, --nats-token):
+// the same token for every sidecar.
+func SharedQueueToken(token string) QueueCredentialFunc {
+	return func(string, string) contract.QueueMeta { return contract.QueueMeta{Token: token} }
+}
+
+// NewQueue checks the queue's URL and prepares the cluster sidecars will get, each with the
+// credential cred gives its view (nil: none).
+func NewQueue(url string, cred QueueCredentialFunc) (*Queue, error) {
+	if cred == nil {
+		cred = func(string, string) contract.QueueMeta { return contract.QueueMeta{} }
+	}
+	q := &Queue{URL: url, Credential: cred}
 	c, err := queueCluster(q)
 	if err != nil {
 		return nil, err
@@ -34,6 +54,25 @@ func NewQueue(url, token string) (*Queue, error) {
 	}
 	q.cluster = c
 	return q, nil
+}
+
+// queueIdentity is the queue identity of view v: the function its pods serve, or the
+// namespace's sidecars that serve none (callers). A gateway or any other identity kind is
+// chosen here.
+func queueIdentity(v View) (namespace, function string) {
+	if ns, name, ok := strings.Cut(v.Function, "/"); ok && ns == v.Namespace && name != "" {
+		return ns, name
+	}
+	return v.Namespace, ""
+}
+
+// clusterFor is the queue cluster with the credential of v's identity.
+func (q *Queue) clusterFor(v View) *clusterv3.Cluster {
+	m := q.Credential(queueIdentity(v))
+	m.URL = q.URL
+	c := proto.Clone(q.cluster).(*clusterv3.Cluster)
+	c.Metadata = metadata(contract.QueueMetadataKey, m.Encode())
+	return c
 }
 
 // queueCluster is a STATIC cluster with the queue's address and its metadata.
@@ -63,15 +102,20 @@ func queueCluster(q *Queue) (*clusterv3.Cluster, error) {
 				Address: socketAddress(host, uint32(port)),
 			}}}},
 		}}},
-		Metadata: metadata(contract.QueueMetadataKey, contract.QueueMeta{URL: q.URL, Token: q.Token}.Encode()),
+		Metadata: metadata(contract.QueueMetadataKey, contract.QueueMeta{URL: q.URL}.Encode()),
 	}, nil
 }
 
-// addQueue keeps the queue cluster for the views that need it (needsQueue): it carries the
-// queue's credential, so it is not among the clusters every sidecar shares.
+// addQueue keeps the queue for the views that need it (needsQueue): its cluster carries
+// each view's own credential, so it is not among the clusters every sidecar shares.
 func (r *Result) addQueue(q *Queue) {
-	r.queue = q.cluster // nil when not made by NewQueue
+	if q.cluster != nil { // nil when not made by NewQueue
+		r.queue = q
+	}
 }
+
+// queueCluster is the queue cluster view v receives, with its identity's credential.
+func (r *Result) queueCluster(v View) *clusterv3.Cluster { return r.queue.clusterFor(v) }
 
 // needsQueue reports whether sidecars of view v get the queue's address and credential:
 // the pods of a function (they pull its calls) and every workload that may call a function

@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"path/filepath"
+	"strings"
 	"testing"
 
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -11,15 +12,25 @@ import (
 	"github.com/weftmesh/weft/sidecar/config"
 )
 
+// testCredential stands for internal/queue's derived credentials: user and password name
+// the identity.
+func testCredential(namespace, function string) contract.QueueMeta {
+	id := "ns." + namespace
+	if function != "" {
+		id = "fn." + namespace + "." + function
+	}
+	return contract.QueueMeta{User: id, Password: "pw-" + id, InboxPrefix: "_INBOX." + id}
+}
+
 // The sidecars that call or serve a function learn where the async queue is from one static
-// cluster whose metadata they decode; the cluster carries the queue's credential, so a mesh
-// without functions, and a standalone Redis proxy, never receive it. A bad URL is refused
-// when the queue is made, not at translation.
+// cluster whose metadata they decode; the cluster carries the view's own credential, so a
+// mesh without functions, and a standalone Redis proxy, never receive it. A bad URL is
+// refused when the queue is made, not at translation.
 func TestQueueReachesOnlyViewsWithFunctions(t *testing.T) {
-	if _, err := NewQueue("not a url", "t"); err == nil {
+	if _, err := NewQueue("not a url", nil); err == nil {
 		t.Fatal("NewQueue accepted a URL without a host")
 	}
-	q, err := NewQueue("nats://10.244.0.1:4222", "tok")
+	q, err := NewQueue("nats://10.244.0.1:4222", SharedQueueToken("tok"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,6 +90,52 @@ func TestQueueReachesOnlyViewsWithFunctions(t *testing.T) {
 	for i := 1; i < len(res.Clusters); i++ {
 		if res.Clusters[i-1].GetName() >= res.Clusters[i].GetName() {
 			t.Fatalf("clusters not sorted after adding the queue: %s before %s", res.Clusters[i-1].GetName(), res.Clusters[i].GetName())
+		}
+	}
+}
+
+// Each view gets its own identity's credential: a function's pods the function's, every
+// other sidecar its namespace's. A view naming a function of another namespace (which the
+// control plane never derives from a pod) gets its namespace's, not that function's.
+func TestQueueCredentialPerIdentity(t *testing.T) {
+	q, err := NewQueue("nats://10.244.0.1:4222", testCredential)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, _ := readInput(t, filepath.Join("testdata", "function-async.in.yaml"))
+	in.Queue = q
+	res := Translate(in)
+	fn := in.MeshFunctions[0]
+	credOf := func(v View) contract.QueueMeta {
+		t.Helper()
+		snap, err := res.Snapshot(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := snap.GetResources(resourcev3.ClusterType)[contract.QueueClusterName]
+		got, err := config.Build(config.Resources{resourcev3.ClusterType: {contract.QueueClusterName: c.(proto.Message)}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return *got.Clusters[contract.QueueClusterName].Queue
+	}
+	for _, c := range []struct {
+		v    View
+		want string
+	}{
+		{View{Namespace: fn.Namespace, Function: fn.Namespace + "/" + fn.Name, AppPort: 8080}, "fn." + fn.Namespace + "." + fn.Name},
+		{View{Namespace: fn.Namespace, Labels: map[string]string{"app": "web"}}, "ns." + fn.Namespace},
+		{View{Namespace: "other"}, "ns.other"},
+		{View{Namespace: "other", Function: fn.Namespace + "/" + fn.Name, AppPort: 8080}, "ns.other"},
+	} {
+		got := credOf(c.v)
+		want := testCredential(strings.TrimPrefix(c.want, "ns."), "")
+		if ns, name, ok := strings.Cut(strings.TrimPrefix(c.want, "fn."), "."); ok && strings.HasPrefix(c.want, "fn.") {
+			want = testCredential(ns, name)
+		}
+		want.URL = "nats://10.244.0.1:4222"
+		if got != want {
+			t.Errorf("view %+v: credential %+v, want %+v", c.v, got, want)
 		}
 	}
 }

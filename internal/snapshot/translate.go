@@ -40,7 +40,7 @@ type Result struct {
 	blocked bool
 	// queue is the async queue's cluster, with its credential: only views that need it get
 	// it (needsQueue).
-	queue *clusterv3.Cluster
+	queue *Queue
 
 	once   sync.Once
 	shared sharedHashes

@@ -178,7 +178,7 @@ func (r *Result) Snapshot(v View) (*cachev3.Snapshot, error) {
 		}
 	}
 	if r.needsQueue(v) {
-		extraC = append(extraC, r.queue)
+		extraC = append(extraC, r.queueCluster(v))
 	}
 	for _, n := range sortedKeys(wantPool) {
 		if p, ok := pools[n]; ok {

@@ -41,6 +41,7 @@ import (
 	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/internal/autoscale"
 	"github.com/weftmesh/weft/internal/inject"
+	"github.com/weftmesh/weft/internal/queue"
 	"github.com/weftmesh/weft/internal/snapshot"
 	"github.com/weftmesh/weft/internal/workload"
 	"github.com/weftmesh/weft/internal/xds"
@@ -54,7 +55,7 @@ import (
 const (
 	redisServerPW = "server-pw-7f3a"
 	redisClientPW = "client-pw-91c2"
-	queueToken    = "nats-token-5d0e"
+	queueKey      = "nats-key-5d0e"
 	ztNS          = "zt"
 )
 
@@ -167,7 +168,7 @@ spec:
   template: {spec: {containers: [{name: fn, image: example/fn}]}}
   async: {enabled: true}
 `), &fn))
-	q, err := snapshot.NewQueue("nats://10.244.0.1:4222", queueToken)
+	q, err := snapshot.NewQueue("nats://10.244.0.1:4222", queueCreds.ForView)
 	must(t, err)
 	return &snapshot.Input{
 		RedisProxies:  []meshv1alpha1.RedisProxy{rp},
@@ -177,6 +178,9 @@ spec:
 		Queue: q,
 	}
 }
+
+// queueCreds derive the queue's per-identity passwords, as the manager's embedded server.
+var queueCreds = queue.NewCredentials(queueKey)
 
 func must(t *testing.T, err error) {
 	t.Helper()
@@ -389,14 +393,18 @@ func TestAuthViewFromVerifiedPodOnly(t *testing.T) {
 			t.Fatal("claimed appPort gave web-2 an inbound listener")
 		}
 	}
-	// Every workload may call fn, so web gets the queue token; the function's pod too.
-	if !holds(got, queueToken) {
-		t.Error("a caller of an async function did not get the queue credential")
+	// Every workload may call fn, so web gets a queue credential: its namespace's, not the
+	// function's it claimed (which would let it pull fn's calls). The function's pod gets
+	// the function's.
+	nsPass, fnPass := queueCreds.ForView(ztNS, "").Password, queueCreds.ForView(ztNS, "fn").Password
+	if !holds(got, nsPass) || holds(got, fnPass) {
+		t.Errorf("web claiming fn: namespace credential %v (want true), fn's %v (want false)", holds(got, nsPass), holds(got, fnPass))
 	}
 	got, err = fetch(t, conn, fnTok, nil)
 	must(t, err)
-	if !holds(got, queueToken) || holds(got, redisServerPW) {
-		t.Errorf("function pod: queue token %v (want true), redis password %v (want false)", holds(got, queueToken), holds(got, redisServerPW))
+	if !holds(got, fnPass) || holds(got, nsPass) || holds(got, redisServerPW) {
+		t.Errorf("function pod: fn's queue credential %v (want true), namespace's %v, redis password %v (want false)",
+			holds(got, fnPass), holds(got, nsPass), holds(got, redisServerPW))
 	}
 
 	// Status credits each sidecar by its verified node ID.

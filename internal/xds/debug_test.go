@@ -68,7 +68,7 @@ func TestDebugSynczAndConfigDump(t *testing.T) {
 	c := NewCache()
 	ctx := context.Background()
 	in := input("10.0.0.1")
-	q, err := snapshot.NewQueue("nats://10.0.0.9:4222", "s3cr3t-queue-token")
+	q, err := snapshot.NewQueue("nats://10.0.0.9:4222", snapshot.SharedQueueToken("s3cr3t-queue-token"))
 	if err != nil {
 		t.Fatal(err)
 	}

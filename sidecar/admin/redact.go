@@ -14,17 +14,22 @@ import (
 
 const redacted = "[redacted]"
 
-// Redact returns m with inline secrets replaced: the async queue's token and
+// Redact returns m with inline secrets replaced: the async queue's token or password and
 // RedisProtocolOptions auth_password on clusters, and redis_proxy downstream_auth_password(s)
 // on listeners. m itself is not
 // modified (it is shared with the live config); a copy is returned when anything changed.
 func Redact(m proto.Message) proto.Message {
 	switch r := m.(type) {
 	case *clusterv3.Cluster:
-		if q, ok := r.GetMetadata().GetFilterMetadata()[contract.QueueMetadataKey]; ok && q.GetFields()["token"] != nil {
-			// The async queue's token rides in cluster metadata.
+		if q, ok := r.GetMetadata().GetFilterMetadata()[contract.QueueMetadataKey]; ok && (q.GetFields()["token"] != nil || q.GetFields()["password"] != nil) {
+			// The async queue's token or this identity's password rides in cluster metadata.
 			c := proto.Clone(r).(*clusterv3.Cluster)
-			c.Metadata.FilterMetadata[contract.QueueMetadataKey].Fields["token"] = structpb.NewStringValue(redacted)
+			f := c.Metadata.FilterMetadata[contract.QueueMetadataKey].Fields
+			for _, k := range []string{"token", "password"} {
+				if f[k] != nil {
+					f[k] = structpb.NewStringValue(redacted)
+				}
+			}
 			return c
 		}
 		a, ok := r.GetTypedExtensionProtocolOptions()[contract.RedisProtocolOptionsKey]

@@ -28,3 +28,21 @@ func TestRedactHidesTheQueueToken(t *testing.T) {
 		t.Fatal("redaction changed the live config")
 	}
 }
+
+// An identity's NATS password never shows in /config_dump; its user name and inbox prefix
+// (not secret) do, so an operator can tell which identity a sidecar acts as.
+func TestRedactHidesTheQueuePassword(t *testing.T) {
+	md := contract.QueueMeta{URL: "nats://10.0.0.1:4222", User: "fn.shop.resize", Password: "0123abcd-pass", InboxPrefix: "_INBOX.fn.shop.resize"}.Encode()
+	live := &clusterv3.Cluster{Name: "weft-nats", Metadata: &corev3.Metadata{
+		FilterMetadata: map[string]*structpb.Struct{contract.QueueMetadataKey: md}}}
+	out, err := protojson.Marshal(Redact(live))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "0123abcd-pass") || !strings.Contains(string(out), "fn.shop.resize") {
+		t.Fatalf("redacted dump %s: want the user and no password", out)
+	}
+	if live.GetMetadata().GetFilterMetadata()[contract.QueueMetadataKey].GetFields()["password"].GetStringValue() != "0123abcd-pass" {
+		t.Fatal("redaction changed the live config")
+	}
+}

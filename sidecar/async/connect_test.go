@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/async"
 	"github.com/weftmesh/weft/sidecar/sidecartest/poll"
 )
@@ -21,7 +22,7 @@ func TestSidecarStartedBeforeNATSCatchesUp(t *testing.T) {
 	addr := l.Addr().String()
 	l.Close()
 
-	nc, js, err := async.Dial("nats://"+addr, "", "", t.Name())
+	nc, js, err := async.Dial(contract.QueueMeta{URL: "nats://" + addr}, t.Name(), nil)
 	if err != nil {
 		t.Fatalf("Dial with NATS down must not fail: %v", err)
 	}

@@ -20,6 +20,7 @@ import (
 // publishing to the dead-letter subject.
 type ConsumerJS interface {
 	MsgPublisher
+	Consumer(ctx context.Context, stream string, name string) (jetstream.Consumer, error)
 	CreateOrUpdateConsumer(ctx context.Context, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error)
 }
 
@@ -136,7 +137,7 @@ func (c *Consumer) config() Config { return *c.cfg.Load() }
 
 // DurableName is the JetStream consumer all of a function's sidecars share. Kubernetes
 // names never contain "_", so the name is unambiguous.
-func DurableName(fn FunctionRef) string { return "weft_" + fn.Namespace + "_" + fn.Name }
+func DurableName(fn FunctionRef) string { return contract.ConsumerName(fn.Namespace, fn.Name) }
 
 // Run pulls and runs calls until ctx ends, then waits up to DrainTimeout for calls in
 // flight. Calls not yet pulled stay in the stream for the function's other pods. It returns
@@ -199,8 +200,12 @@ func (c *Consumer) Run(ctx context.Context) error {
 	return nil
 }
 
-// durable creates or updates the function's durable pull consumer, retrying while NATS is
-// unreachable (the sidecar may start before NATS).
+// durable finds the function's durable pull consumer, or makes it, retrying while NATS is
+// unreachable (the sidecar may start before NATS) or the consumer does not exist yet. The
+// embedded server's manager makes every function's consumer (internal/queue
+// ConsumerConfig, the same settings as here) and a function's identity may not, so that
+// its pods cannot turn the consumer into a push consumer delivering elsewhere; without it
+// (an external cluster, no authentication) the sidecar makes it.
 func (c *Consumer) durable(ctx context.Context) (jetstream.Consumer, error) {
 	cfg := jetstream.ConsumerConfig{
 		Durable:       DurableName(c.opts.Function),
@@ -217,7 +222,10 @@ func (c *Consumer) durable(ctx context.Context) (jetstream.Consumer, error) {
 	var lastErr string
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		cons, err := c.js.CreateOrUpdateConsumer(cctx, contract.CallsStream, cfg)
+		cons, err := c.js.Consumer(cctx, contract.CallsStream, cfg.Durable)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			cons, err = c.js.CreateOrUpdateConsumer(cctx, contract.CallsStream, cfg)
+		}
 		cancel()
 		if err == nil {
 			return cons, nil
@@ -226,7 +234,7 @@ func (c *Consumer) durable(ctx context.Context) (jetstream.Consumer, error) {
 			return nil, ctx.Err()
 		}
 		if err.Error() != lastErr {
-			c.opts.Logger.Warn("cannot create the async consumer; retrying", "consumer", cfg.Durable, "err", err)
+			c.opts.Logger.Warn("cannot find or create the async consumer; retrying", "consumer", cfg.Durable, "err", err)
 			lastErr = err.Error()
 		}
 		c.sleep(ctx, 2*time.Second)

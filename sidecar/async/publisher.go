@@ -42,8 +42,11 @@ type PublisherOptions struct {
 	PublishTimeout time.Duration
 	// RetryAfter is what a 503 tells the caller when NATS is unavailable. Default 5s.
 	RetryAfter time.Duration
-	Clock      clock.PassiveClock // default clock.RealClock
-	Logger     *slog.Logger       // default slog.Default()
+	// Refused, when set (the one given to Dial), turns a publish NATS refused for this
+	// identity into 403 instead of 503.
+	Refused *Refusals
+	Clock   clock.PassiveClock // default clock.RealClock
+	Logger  *slog.Logger       // default slog.Default()
 }
 
 // Publisher is the caller side: it queues a request and answers 202 with its call id.
@@ -119,9 +122,15 @@ func (p *Publisher) Publish(ctx context.Context, fn FunctionRef, r *http.Request
 	}
 	id = callID(fn, r.Header.Get(HeaderIdempotencyKey))
 	msg := encodeCall(fn, r, body, id, p.opts.Clock.Now())
+	if p.opts.Refused.Refused(msg.Subject, p.opts.Clock.Now()) {
+		return "", false, notAllowed(fn)
+	}
 	pctx, cancel := context.WithTimeout(ctx, p.opts.PublishTimeout)
 	defer cancel()
 	ack, err := p.js.PublishMsg(pctx, msg)
+	if err != nil && p.opts.Refused.Refused(msg.Subject, p.opts.Clock.Now()) {
+		return "", false, notAllowed(fn)
+	}
 	if err != nil {
 		why := err.Error()
 		switch {
@@ -138,6 +147,12 @@ func (p *Publisher) Publish(ctx context.Context, fn FunctionRef, r *http.Request
 			Msg: fmt.Sprintf("cannot queue async call to %s: %s; retry later (the call was not queued)", fn, why)}
 	}
 	return id, ack.Duplicate, nil
+}
+
+// notAllowed is a call NATS refused for this sidecar's identity.
+func notAllowed(fn FunctionRef) error {
+	return &PublishError{Status: http.StatusForbidden,
+		Msg: fmt.Sprintf("this workload may not queue calls to function %s: the MeshFunction's weft.dev/async-callers annotation does not name this namespace or function; add it there (the call was not queued)", fn)}
 }
 
 func tooLarge(fn FunctionRef, cfg Config) error {

@@ -133,13 +133,37 @@ spec:
 		return nil
 	})
 
-	// Read the dead-letter stream with the manager's own token.
+	// Read the dead-letter stream as the manager (its user's password derives from the
+	// Secret's key); the key alone, as the shared token it once was, is refused.
 	sec, err := cs.CoreV1().Secrets("weft-system").Get(context.Background(), "weft-nats-token", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// 10.244.0.1 is the local mesh's bridge, where the manager's NATS listens.
-	_, js, err := queue.Connect(context.Background(), queue.ClientOptions{URL: "nats://10.244.0.1:4222", Token: string(sec.Data["token"]), Name: "e2e"})
+	const natsURL = "nats://10.244.0.1:4222"
+	tctx, tcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	if nc, _, err := queue.Connect(tctx, queue.ClientOptions{URL: natsURL, Token: string(sec.Data["token"]), Name: "e2e"}); err == nil {
+		nc.Close()
+		t.Error("NATS accepted the Secret's key as a shared token")
+	}
+	tcancel()
+	// The namespace's callers' identity (what every non-function sidecar of default gets)
+	// may not read the dead letters.
+	callers := queue.NewCredentials(string(sec.Data["token"])).Client(queue.NamespaceIdentity("default"))
+	callers.URL, callers.Name = natsURL, "e2e-callers"
+	nc, cjs, err := queue.Connect(context.Background(), callers)
+	if err != nil {
+		t.Fatalf("connecting as namespace default's callers: %v", err)
+	}
+	rctx, rcancel := context.WithTimeout(context.Background(), 3*time.Second)
+	if _, err := cjs.Stream(rctx, "WEFT_DEAD"); err == nil {
+		t.Error("namespace default's callers read stream WEFT_DEAD")
+	}
+	rcancel()
+	nc.Close()
+	admin := queue.NewCredentials(string(sec.Data["token"])).Admin()
+	admin.URL, admin.Name = natsURL, "e2e"
+	_, js, err := queue.Connect(context.Background(), admin)
 	if err != nil {
 		t.Fatal(err)
 	}
