@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -21,6 +22,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
 )
 
 // gatewayNS is not labelled weft.dev/inject: its caller pod has no sidecar, like any client
@@ -31,30 +33,66 @@ const gatewayNS = "gateway-e2e"
 // pods reach the host's test servers there.
 const bridgeIP = "10.244.0.1"
 
-// deployGateway applies config/gateway as a user would, with the one change the local
-// mesh needs: the control plane is on the bridge, not behind the weft-manager Service.
+// deployGateway applies config/gateway as a user would, with two changes the local mesh
+// needs: the control plane is on the bridge, not behind the weft-manager Service; and the
+// node agent projects only serviceAccountToken and downwardAPI sources into containers it
+// runs as programs, so the CA comes through the annotation injected pods use
+// (workload.AddXDSCredentials) instead of the Secret a real kubelet projects.
 func deployGateway(t *testing.T) corev1.Pod {
 	t.Helper()
+	ctx := context.Background()
 	out, err := kubectl("kustomize", "config/gateway")
 	if err != nil {
 		t.Fatalf("kubectl kustomize config/gateway: %v\n%s", err, out)
 	}
-	if !strings.Contains(out, "--xds-address=weft-manager.weft-system.svc:18000") {
-		t.Fatalf("config/gateway no longer names the manager's Service as its xDS address:\n%s", out)
-	}
-	out = strings.Replace(out, "weft-manager.weft-system.svc:18000", bridgeIP+":18000", 1)
-	out = strings.Replace(out, "replicas: 2", "replicas: 1", 1) // two cores for the whole mesh
-	f := filepath.Join(t.TempDir(), "gateway.yaml")
-	if err := os.WriteFile(f, []byte(out), 0o644); err != nil {
+	sec, err := cs.CoreV1().Secrets("weft-system").Get(ctx, "weft-xds-cert", metav1.GetOptions{})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if out, err := kubectl("apply", "-f", f); err != nil {
-		t.Fatalf("kubectl apply the gateway: %v\n%s", err, out)
+	var created []func()
+	t.Cleanup(func() {
+		for _, del := range created {
+			del()
+		}
+	})
+	for _, doc := range strings.Split(out, "\n---\n") {
+		var meta metav1.TypeMeta
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			t.Fatal(err)
+		}
+		switch meta.Kind {
+		case "ServiceAccount":
+			var o corev1.ServiceAccount
+			if err := yaml.UnmarshalStrict([]byte(doc), &o); err != nil {
+				t.Fatal(err)
+			}
+			_, err = cs.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, &o, metav1.CreateOptions{})
+			created = append(created, func() { _ = cs.CoreV1().ServiceAccounts(o.Namespace).Delete(ctx, o.Name, metav1.DeleteOptions{}) })
+		case "Service":
+			var o corev1.Service
+			if err := yaml.UnmarshalStrict([]byte(doc), &o); err != nil {
+				t.Fatal(err)
+			}
+			_, err = cs.CoreV1().Services(o.Namespace).Create(ctx, &o, metav1.CreateOptions{})
+			created = append(created, func() { _ = cs.CoreV1().Services(o.Namespace).Delete(ctx, o.Name, metav1.DeleteOptions{}) })
+		case "Deployment":
+			var o appsv1.Deployment
+			if err := yaml.UnmarshalStrict([]byte(doc), &o); err != nil {
+				t.Fatal(err)
+			}
+			localMeshGateway(t, &o, sec.Data["ca.crt"])
+			_, err = cs.AppsV1().Deployments(o.Namespace).Create(ctx, &o, metav1.CreateOptions{})
+			created = append(created, func() { _ = cs.AppsV1().Deployments(o.Namespace).Delete(ctx, o.Name, metav1.DeleteOptions{}) })
+		default:
+			t.Fatalf("config/gateway renders a %s; this test knows ServiceAccount, Service and Deployment", meta.Kind)
+		}
+		if err != nil {
+			t.Fatalf("creating the gateway's %s: %v", meta.Kind, err)
+		}
 	}
-	t.Cleanup(func() { _, _ = kubectl("delete", "-f", f, "--wait=false") })
 	var pod corev1.Pod
 	eventually(t, 3*time.Minute, "a ready weft-gateway pod", func() error {
-		l, err := cs.CoreV1().Pods("weft-system").List(context.Background(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=gateway"})
+		l, err := cs.CoreV1().Pods("weft-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=gateway"})
 		if err != nil {
 			return err
 		}
@@ -67,6 +105,46 @@ func deployGateway(t *testing.T) corev1.Pod {
 		return fmt.Errorf("%d gateway pods, none ready", len(l.Items))
 	})
 	return pod
+}
+
+// localMeshGateway makes the two changes deployGateway explains, failing if config/gateway
+// no longer has what they replace, and runs one replica (two cores for the whole mesh).
+func localMeshGateway(t *testing.T, d *appsv1.Deployment, ca []byte) {
+	t.Helper()
+	if d.Name != "weft-gateway" || d.Namespace != "weft-system" || d.Spec.Template.Spec.ServiceAccountName != "weft-gateway" {
+		t.Fatalf("config/gateway renders Deployment %s/%s as ServiceAccount %s; the gateway view needs weft-system/weft-gateway",
+			d.Namespace, d.Name, d.Spec.Template.Spec.ServiceAccountName)
+	}
+	d.Spec.Replicas = ptr(int32(1))
+	args := d.Spec.Template.Spec.Containers[0].Args
+	i := slices.Index(args, "--xds-address=weft-manager.weft-system.svc:18000")
+	if i < 0 {
+		t.Fatalf("config/gateway no longer names the manager's Service as its xDS address: %v", args)
+	}
+	args[i] = "--xds-address=" + bridgeIP + ":18000"
+	if len(ca) == 0 {
+		t.Fatal("Secret weft-system/weft-xds-cert has no ca.crt")
+	}
+	replaced := false
+	for _, v := range d.Spec.Template.Spec.Volumes {
+		if v.Projected == nil {
+			continue
+		}
+		for j, s := range v.Projected.Sources {
+			if s.Secret != nil && s.Secret.Name == "weft-xds-cert" {
+				v.Projected.Sources[j] = corev1.VolumeProjection{DownwardAPI: &corev1.DownwardAPIProjection{Items: []corev1.DownwardAPIVolumeFile{{
+					Path: "ca.crt", FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.annotations['weft.dev/xds-ca']"}}}}}
+				replaced = true
+			}
+		}
+	}
+	if !replaced {
+		t.Fatal("config/gateway no longer projects the CA from Secret weft-xds-cert")
+	}
+	if d.Spec.Template.Annotations == nil {
+		d.Spec.Template.Annotations = map[string]string{}
+	}
+	d.Spec.Template.Annotations["weft.dev/xds-ca"] = string(ca)
 }
 
 // gatewayCaller runs the caller example in gatewayNS, a namespace without injection.
