@@ -64,18 +64,24 @@ const GatewayNotFoundBody = "weft-gateway: no MeshFunction or MeshRoute serves t
 	"plain Services without a MeshRoute are not exposed through the gateway.\n"
 
 // gatewayStrippedHeaders are the request headers a sidecar sets for, or reads from, another
-// sidecar. A caller outside the mesh has no business sending them: the gateway removes them
-// from every request before it is forwarded. X-Weft-Peer-Metadata labels the caller's
-// workload in the callee's metrics; X-Weft-Start-Budget-Ms shortens how long the callee's
-// sidecar waits for its app. The rest are response headers of sidecars, removed so nothing
-// downstream takes a request's copy for the mesh's. The Weft-*/Nats-* headers of queued
-// calls are dropped by the publisher itself (sidecar/async).
+// sidecar or the queue. A caller outside the mesh has no business sending them: the gateway
+// removes them from every request it forwards synchronously. X-Weft-Peer-Metadata labels the
+// caller's workload in the callee's metrics; X-Weft-Start-Budget-Ms shortens how long the
+// callee's sidecar waits for its app; the Weft-* names carry a queued call's request line
+// and enqueue time (the publisher drops a caller's Weft-*/Nats-* headers from queued calls
+// itself, sidecar/async). The rest are sidecars' response headers, removed so nothing
+// downstream takes a request's copy for the mesh's. Envoy's request_headers_to_remove takes
+// names, not prefixes, so the list names each one.
 var gatewayStrippedHeaders = []string{
 	"x-weft-peer-metadata",
 	"x-weft-start-budget-ms",
 	"x-weft-hold-timeout",
 	"x-weft-cold-start",
 	"x-weft-overloaded",
+	"weft-method",
+	"weft-uri",
+	"weft-host",
+	"weft-enqueued-at",
 }
 
 // GatewayView is the view of the gateway's sidecar. Its labels are dropped so every

@@ -390,6 +390,7 @@ func TestGateway(t *testing.T) {
 
 		a, err := viaGateway(gw, "POST", "gw-fn.example.com", "/async", map[string]string{
 			"Prefer": "respond-async", "X-Callback-Url": "http://" + ln.Addr().String() + "/cb",
+			"Weft-Host": "evil.example.com", "Nats-Expected-Stream": "nosuch",
 		}, `{"order":42}`)
 		if err != nil {
 			t.Fatal(err)
@@ -405,6 +406,12 @@ func TestGateway(t *testing.T) {
 				if c.id == id {
 					if c.status != "200" || !strings.Contains(c.body, `"path":"/async"`) {
 						return fmt.Errorf("callback status %q body %q", c.status, c.body)
+					}
+					// The publisher drops a caller's Weft-* and Nats-* headers: the queued
+					// call ran with the Host the gateway routed, and JetStream was not steered
+					// (Nats-Expected-Stream would have refused the publish).
+					if strings.Contains(c.body, "evil") || strings.Contains(c.body, "Nats-") {
+						t.Errorf("a forged queue header reached the app: %s", c.body)
 					}
 					return nil
 				}
