@@ -316,8 +316,11 @@ func TestGateway(t *testing.T) {
 			out, err := exec.Command("nsenter", "-t", fmt.Sprint(pid), "-n", "-m", "curl", "--noproxy", "*", "-sS", "--max-time", "60",
 				"-H", "Host: gw-fn.default.svc.cluster.local", "-o", "/dev/null", "-w", "%{http_code}",
 				"http://weft-gateway.weft-system/").CombinedOutput()
-			if err != nil || string(out) != "200" {
-				return fmt.Errorf("%v: %s", err, out)
+			if err != nil {
+				return fmt.Errorf("curl: %w: %s", err, out)
+			}
+			if string(out) != "200" {
+				return fmt.Errorf("curl: HTTP %s, want 200", out)
 			}
 			return nil
 		})
