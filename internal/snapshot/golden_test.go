@@ -41,6 +41,8 @@ type testView struct {
 	AppPort   uint32            `json:"appPort,omitempty"`
 	// RedisProxy makes the view a RedisProxy's standalone proxy.
 	RedisProxy string `json:"redisProxy,omitempty"`
+	// Gateway makes the view the gateway's (gateway.go).
+	Gateway bool `json:"gateway,omitempty"`
 }
 
 // readInput decodes a multi-document YAML file of Kubernetes objects (and View documents).

@@ -31,6 +31,9 @@ type View struct {
 	// RedisProxy is "<ns>/<name>" when the sidecar is that RedisProxy's standalone proxy: it
 	// serves that pool only, whatever the pool's workloadSelector says.
 	RedisProxy string
+	// Gateway is set for the gateway's sidecar (gateway.go), which the control plane
+	// recognizes by its verified ServiceAccount; it replaces every other field's effect.
+	Gateway bool
 }
 
 // ViewFromNode reads a node's view from its metadata; the namespace falls back to the part
@@ -38,7 +41,7 @@ type View struct {
 func ViewFromNode(n *corev3.Node) View {
 	f := n.GetMetadata().GetFields()
 	v := View{Namespace: f[contract.NodeNamespace].GetStringValue(), Function: f[contract.NodeFunction].GetStringValue(),
-		RedisProxy: f[contract.NodeRedisProxy].GetStringValue()}
+		RedisProxy: f[contract.NodeRedisProxy].GetStringValue(), Gateway: f[NodeGateway].GetBoolValue()}
 	if v.Namespace == "" {
 		if _, ns, ok := strings.Cut(n.GetId(), "."); ok {
 			v.Namespace = ns
@@ -60,6 +63,9 @@ func ViewFromNode(n *corev3.Node) View {
 func (v View) Key() string {
 	h := sha256.New()
 	fmt.Fprintf(h, "%q\x00%q\x00%d\x00%q\x00", v.Namespace, v.Function, v.AppPort, v.RedisProxy)
+	if v.Gateway {
+		h.Write([]byte("gateway\x00"))
+	}
 	keys := make([]string, 0, len(v.Labels))
 	for k := range v.Labels {
 		keys = append(keys, k)
@@ -141,6 +147,9 @@ func (r *Result) Includes(v View, k ObjectKey) bool {
 	if k.Kind != KindRedisProxy {
 		return true
 	}
+	if v.Gateway {
+		return false
+	}
 	for _, p := range r.Redis {
 		if p.Key == k {
 			return p.Selects(v)
@@ -153,6 +162,9 @@ func (r *Result) Includes(v View, k ObjectKey) bool {
 // ones in Translate, the view's own here) and the snapshot is Consistent; each type's
 // version is a hash of its content, so an unchanged type is not pushed again.
 func (r *Result) Snapshot(v View) (*cachev3.Snapshot, error) {
+	if v.Gateway {
+		return r.gatewaySnapshot(v)
+	}
 	sh := r.hashes()
 	clusters := append([]types.Resource(nil), asResources(r.Clusters)...)
 	endpoints := append([]types.Resource(nil), asResources(r.Endpoints)...)
@@ -274,6 +286,9 @@ func NodeMetadata(v View) *structpb.Struct {
 	}
 	if v.AppPort != 0 {
 		f[contract.NodeAppPort] = structpb.NewNumberValue(float64(v.AppPort))
+	}
+	if v.Gateway {
+		f[NodeGateway] = structpb.NewBoolValue(true)
 	}
 	if len(v.Labels) > 0 {
 		ls := make(map[string]*structpb.Value, len(v.Labels))

@@ -17,7 +17,12 @@ import (
 // Weft's renderers and webhook set (weft.dev/function, weft.dev/redisproxy), and the app
 // port from the --app-port argument of the pod's own sidecar container. A pod's creator
 // can set these, but only within its namespace, which the view is scoped to anyway.
+// The gateway (snapshot/gateway.go) is recognized by its ServiceAccount alone,
+// weft-system/weft-gateway: only who may run pods in weft-system can take that view.
 func viewOfPod(pod *corev1.Pod) snapshot.View {
+	if pod.Namespace == snapshot.GatewayNamespace && serviceAccountOf(pod) == snapshot.GatewayServiceAccount {
+		return snapshot.GatewayView()
+	}
 	v := snapshot.View{Namespace: pod.Namespace}
 	if len(pod.Labels) > 0 {
 		v.Labels = maps.Clone(pod.Labels)
