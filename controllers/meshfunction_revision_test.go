@@ -7,6 +7,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -182,6 +183,13 @@ spec:
 					URL: "http://canary-shop.revisions.svc.cluster.local"},
 			}))
 		}).WithTimeout(60 * time.Second).Should(Succeed())
+		By("giving the tag's host a Service that selects the tagged revision's pods")
+		Eventually(func(g Gomega) {
+			svc := &corev1.Service{}
+			g.Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: "canary-shop"}, svc)).To(Succeed())
+			g.Expect(svc.Spec.Selector).To(Equal(map[string]string{workload.LabelFunction: "shop", meshv1alpha1.LabelRevision: "shop-00002"}))
+			g.Expect(svc.OwnerReferences).To(ContainElement(HaveField("Name", "shop")))
+		}).WithTimeout(60 * time.Second).Should(Succeed())
 	})
 
 	It("keeps the split served before when spec.traffic names an unknown revision, and says why", func() {
@@ -264,6 +272,12 @@ spec:
 			g.Expect(names).To(Equal([]string{"shop-00005", "shop-00004", "shop-00002", "shop-00001"}))
 		}).WithTimeout(60 * time.Second).Should(Succeed())
 		Eventually(func() bool { return scaler.wasRemoved(autoscale.FunctionKey{Namespace: ns, Name: "shop-00003"}) }).WithTimeout(10 * time.Second).Should(BeTrue())
+		By("deleting the Service of the tag that is gone, keeping the new one")
+		Eventually(func(g Gomega) {
+			err := k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: "canary-shop"}, &corev1.Service{})
+			g.Expect(apierrors.IsNotFound(err)).To(BeTrue(), "canary-shop: %v", err)
+			g.Expect(k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: "old-shop"}, &corev1.Service{})).To(Succeed())
+		}).WithTimeout(60 * time.Second).Should(Succeed())
 	})
 
 	It("names a revision as spec.template.metadata.name says, and refuses to reuse it for another template", func() {
@@ -305,6 +319,8 @@ spec:
 			f := function(g)
 			g.Expect(f.Status.Revisions).To(BeEmpty())
 			g.Expect(f.Status.Traffic).To(BeEmpty())
+			err := k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: "old-shop"}, &corev1.Service{})
+			g.Expect(apierrors.IsNotFound(err)).To(BeTrue(), "old-shop: %v", err)
 		}).WithTimeout(60 * time.Second).Should(Succeed())
 		Eventually(func() bool { return scaler.wasRemoved(autoscale.FunctionKey{Namespace: ns, Name: "shop-00001"}) }).WithTimeout(10 * time.Second).Should(BeTrue())
 	})
