@@ -192,6 +192,13 @@ func (r *MeshFunctionReconciler) reconcileRevisions(ctx context.Context, fn *mes
 		prev[rv.name] = after
 	}
 	r.trackRevisionKeys(types.NamespacedName{Namespace: fn.Namespace, Name: fn.Name}, keys)
+	if r.Scaler != nil {
+		latest := latestReady
+		if latest == "" {
+			latest = revs[0].name
+		}
+		r.Scaler.SetAlias(keyOf(types.NamespacedName{Namespace: fn.Namespace, Name: fn.Name}), keyOf(types.NamespacedName{Namespace: fn.Namespace, Name: latest}))
+	}
 	status.Revisions = revisionStatuses(revs, nil)
 	for i := range status.Revisions {
 		rs := &status.Revisions[i]
@@ -475,6 +482,9 @@ func revisionStatuses(revs []revision, prev []meshv1alpha1.RevisionStatus) []mes
 // trackRevisionKeys remembers the autoscaler keys of a function's revisions, so deleting
 // the function forgets them all.
 func (r *MeshFunctionReconciler) trackRevisionKeys(fn types.NamespacedName, keys map[autoscale.FunctionKey]bool) {
+	if len(keys) == 0 && r.Scaler != nil && r.revisionKeys[fn] != nil {
+		r.Scaler.SetAlias(keyOf(fn), autoscale.FunctionKey{})
+	}
 	if r.revisionKeys == nil {
 		r.revisionKeys = map[types.NamespacedName]map[autoscale.FunctionKey]bool{}
 	}

@@ -161,11 +161,15 @@ spec:
 			g.Expect(served(g)[0].RevisionName).To(Equal("shop-00001"))
 		}).WithTimeout(2 * time.Second).WithPolling(200 * time.Millisecond).Should(Succeed())
 
+		Expect(scaler.alias(autoscale.FunctionKey{Namespace: ns, Name: "shop"})).To(Equal(autoscale.FunctionKey{Namespace: ns, Name: "shop-00001"}),
+			"the function's async backlog goes to the revision its latest traffic goes to")
+
 		markReady("shop-00002", 1)
 		Eventually(func(g Gomega) {
 			f := function(g)
 			g.Expect(f.Status.LatestReadyRevisionName).To(Equal("shop-00002"))
 			g.Expect(f.Status.Traffic[0].RevisionName).To(Equal("shop-00002"))
+			g.Expect(scaler.alias(autoscale.FunctionKey{Namespace: ns, Name: "shop"})).To(Equal(autoscale.FunctionKey{Namespace: ns, Name: "shop-00002"}))
 		}).WithTimeout(60 * time.Second).Should(Succeed())
 	})
 
@@ -323,6 +327,7 @@ spec:
 			g.Expect(apierrors.IsNotFound(err)).To(BeTrue(), "old-shop: %v", err)
 		}).WithTimeout(60 * time.Second).Should(Succeed())
 		Eventually(func() bool { return scaler.wasRemoved(autoscale.FunctionKey{Namespace: ns, Name: "shop-00001"}) }).WithTimeout(10 * time.Second).Should(BeTrue())
+		Expect(scaler.alias(autoscale.FunctionKey{Namespace: ns, Name: "shop"})).To(BeZero(), "no alias without revisions")
 	})
 
 	It("turns revisions on for a running function, replacing its Deployment", func() {

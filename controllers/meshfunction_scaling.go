@@ -12,12 +12,15 @@ import (
 )
 
 // Scaler is what the MeshFunction controller needs from the autoscaler: it tells it each
-// function's settings and ready pods, and forgets deleted functions. *autoscale.Autoscaler
+// function's (or revision's) settings and ready pods, and forgets deleted functions. *autoscale.Autoscaler
 // implements it.
 type Scaler interface {
 	SetSpec(fn autoscale.FunctionKey, spec autoscale.Spec)
 	SetReady(fn autoscale.FunctionKey, n int)
 	Remove(fn autoscale.FunctionKey)
+	// SetAlias sends the signals that name a function with revisions (its async backlog)
+	// to the revision its latest traffic goes to; a zero target removes the alias.
+	SetAlias(fn, target autoscale.FunctionKey)
 }
 
 // Decisions keeps the autoscaler's latest decision per function and wakes the MeshFunction
