@@ -129,11 +129,11 @@ func (r *MeshFunctionReconciler) reconcileRevisions(ctx context.Context, fn *mes
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	if problem != nil {
+	if problem != nil && len(revs) == 0 {
 		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionAvailable, metav1.ConditionFalse, problem.reason, problem.message)
-		status.Revisions = revisionStatuses(revs, status.Revisions)
 		return ctrl.Result{}, r.writeStatus(ctx, fn, status)
 	}
+	// A template that cannot become a revision leaves the existing ones serving and scaling.
 	if created != nil {
 		log.Info("revision created", "revision", created.name)
 		emit(r.Recorder, fn, corev1.EventTypeNormal, "RevisionCreated", "Create", "Created revision %s (Deployment %s/%s) for the new spec.template.", created.name, fn.Namespace, created.name)
@@ -211,9 +211,12 @@ func (r *MeshFunctionReconciler) reconcileRevisions(ctx context.Context, fn *mes
 	if err := r.writeTagServices(ctx, fn, status.Traffic); err != nil {
 		return ctrl.Result{}, err
 	}
-	if missing != "" {
+	switch {
+	case problem != nil:
+		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionAvailable, metav1.ConditionFalse, problem.reason, problem.message)
+	case missing != "":
 		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionAvailable, metav1.ConditionFalse, meshv1alpha1.ReasonRevisionMissing, missing)
-	} else {
+	default:
 		r.setReadiness(fn, status, status.DesiredReplicas)
 	}
 	if err := r.writeStatus(ctx, fn, status); err != nil {

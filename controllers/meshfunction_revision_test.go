@@ -301,6 +301,11 @@ spec:
 			g.Expect(c.Reason).To(Equal(meshv1alpha1.ReasonInvalid))
 			g.Expect(c.Message).To(ContainSubstring(`spec.template.metadata.name "shop-blue" is revision shop-blue, created from another template`))
 		}).WithTimeout(60 * time.Second).Should(Succeed())
+		By("still scaling the existing revisions meanwhile")
+		decisions.SetDesired(autoscale.FunctionKey{Namespace: ns, Name: "shop-00001"}, autoscale.Decision{Desired: 4})
+		Eventually(func(g Gomega) {
+			g.Expect(*deployment(g, "shop-00001").Spec.Replicas).To(Equal(int32(4)))
+		}).WithTimeout(60 * time.Second).Should(Succeed())
 		update(func(f *meshv1alpha1.MeshFunction) { f.Spec.Template.Name = "" })
 		Eventually(func(g Gomega) {
 			g.Expect(function(g).Status.LatestCreatedRevisionName).To(Equal("shop-00007"))
