@@ -389,6 +389,10 @@ var _ = Describe("MeshFunction traffic validation", func() {
   - {latestRevision: true, percent: 100, tag: Beta}`, "spec.traffic[0].tag in body should match"),
 		Entry("an empty traffic list", `
   traffic: []`, "should have at least 1 items"),
+		Entry("a history limit over 100", `
+  revisionHistoryLimit: 101
+  traffic:
+  - {latestRevision: true, percent: 100}`, "should be less than or equal to 100"),
 		Entry("a negative history limit", `
   revisionHistoryLimit: -1
   traffic:

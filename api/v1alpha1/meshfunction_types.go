@@ -90,9 +90,10 @@ type MeshFunctionSpec struct {
 	// spec.traffic names, by name, tag or as the latest, are never deleted. Only used with
 	// spec.traffic.
 	// +optional
+	// Bounded at 100 so status.revisions stays small (about 200 bytes a revision).
 	// +kubebuilder:default=10
 	// +kubebuilder:validation:Minimum=0
-	// +kubebuilder:validation:Maximum=1000
+	// +kubebuilder:validation:Maximum=100
 	RevisionHistoryLimit *int32 `json:"revisionHistoryLimit,omitempty"`
 }
 
