@@ -38,6 +38,11 @@ type FunctionMeta struct {
 	Timeout time.Duration
 	// Async is the function's async policy.
 	Async AsyncPolicy
+	// Revision, set on the cluster of one revision of a function with spec.traffic, names
+	// that revision: callers' demand for this cluster is for the revision (the autoscaler
+	// scales each revision on its own), while Name stays the function (async calls go to
+	// the function's queue). Empty: the function's own cluster; left out of the wire form.
+	Revision string
 }
 
 // AsyncPolicy is a function's asynchronous-call policy as it travels. Zero values (and nil
@@ -68,6 +73,9 @@ func (m FunctionMeta) Encode() *structpb.Struct {
 	}
 	if m.Timeout > 0 {
 		f["timeout"] = structpb.NewStringValue(m.Timeout.String())
+	}
+	if m.Revision != "" {
+		f["revision"] = structpb.NewStringValue(m.Revision)
 	}
 	return fields(f)
 }
@@ -109,7 +117,7 @@ func DecodeFunctionMeta(s *structpb.Struct) (FunctionMeta, error) {
 	_, errPending := whole(f, "maxPending", 0, math.MaxInt32, &maxPending)
 	_, errCC := whole(f, "containerConcurrency", 0, math.MaxInt32, &cc)
 	_, errMin := whole(f, "minScale", 0, math.MaxInt32, &minScale)
-	if err := errors.Join(str(f, "namespace", &m.Namespace), str(f, "name", &m.Name),
+	if err := errors.Join(str(f, "namespace", &m.Namespace), str(f, "name", &m.Name), str(f, "revision", &m.Revision),
 		durationFrom(f, "holdTimeout", 0, &m.HoldTimeout), errPending, errCC, errMin); err != nil {
 		return m, err
 	}

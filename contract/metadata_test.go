@@ -56,6 +56,11 @@ func TestFunctionMetaRoundTrip(t *testing.T) {
 			Async: AsyncPolicy{Enabled: true, DeadLetter: ptr(false), RetryOn: []int32{}}},
 		wire: `{"namespace": "ns", "name": "fn", "holdTimeout": "1s", "maxPending": 0, "containerConcurrency": 0,
 			"minScale": 0, "timeout": "1m0s", "async": {"enabled": true, "deadLetter": false, "retryOn": []}}`,
+	}, {
+		name: "one revision's cluster",
+		in:   FunctionMeta{Namespace: "ns", Name: "fn", Revision: "fn-00002", HoldTimeout: time.Second},
+		wire: `{"namespace": "ns", "name": "fn", "revision": "fn-00002", "holdTimeout": "1s", "maxPending": 0,
+			"containerConcurrency": 0, "minScale": 0, "async": {"enabled": false}}`,
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := tc.in.Encode()
@@ -101,6 +106,7 @@ func TestDecodeFunctionMetaErrors(t *testing.T) {
 	}{
 		{"no name", `{"namespace": "ns"}`, "name is empty", false},
 		{"name not a string", `{"name": 3}`, "name must be a string", false},
+		{"revision not a string", `{"name": "fn", "revision": 2}`, "revision must be a string", false},
 		{"bad holdTimeout", `{"name": "fn", "holdTimeout": "soon"}`, `holdTimeout "soon"`, false},
 		{"fractional maxPending", `{"name": "fn", "maxPending": 1.5}`, "maxPending must be a whole number", false},
 		{"bad timeout", `{"name": "fn", "timeout": "0s"}`, `timeout "0s" must be a positive duration`, true},

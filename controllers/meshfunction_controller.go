@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+	"github.com/weftmesh/weft/internal/autoscale"
 	"github.com/weftmesh/weft/internal/workload"
 )
 
@@ -64,6 +65,8 @@ type MeshFunctionReconciler struct {
 	Recorder events.EventRecorder
 
 	zeroSince map[types.NamespacedName]time.Time
+	// revisionKeys are the autoscaler keys of each function's revisions.
+	revisionKeys map[types.NamespacedName]map[autoscale.FunctionKey]bool
 }
 
 // SetupWithManager registers the reconciler: it watches MeshFunctions, the Deployments and
@@ -123,6 +126,9 @@ func (r *MeshFunctionReconciler) Reconcile(ctx context.Context, req ctrl.Request
 		setFunctionCondition(status, fn.Generation, meshv1alpha1.ConditionAvailable, metav1.ConditionFalse, meshv1alpha1.ReasonInvalid,
 			fmt.Sprintf("the scale settings are invalid: %v", err))
 		return ctrl.Result{}, r.writeStatus(ctx, fn, status)
+	}
+	if len(fn.Spec.Traffic) > 0 {
+		return r.reconcileRevisions(ctx, fn, status)
 	}
 
 	current, exists, foreign, err := r.owned(ctx, fn)
@@ -195,6 +201,9 @@ func (r *MeshFunctionReconciler) Reconcile(ctx context.Context, req ctrl.Request
 	status.Replicas = dep.Status.Replicas
 	status.ReadyReplicas = dep.Status.ReadyReplicas
 	r.setReadiness(fn, status, replicas)
+	if err := r.dropRevisions(ctx, fn, status, dep); err != nil {
+		return ctrl.Result{}, err
+	}
 	if err := r.writeStatus(ctx, fn, status); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -232,6 +241,11 @@ func (r *MeshFunctionReconciler) owned(ctx context.Context, fn *meshv1alpha1.Mes
 // forget drops what the reconciler keeps in memory about a deleted MeshFunction.
 func (r *MeshFunctionReconciler) forget(name types.NamespacedName) {
 	key := keyOf(name)
+	if r.isRevisionKey(key) {
+		// A Deployment of a revision's name woke a function of that name, which does not
+		// exist: the key is the revision's, not a deleted function's.
+		return
+	}
 	if r.Scaler != nil {
 		r.Scaler.Remove(key)
 	}
@@ -239,6 +253,7 @@ func (r *MeshFunctionReconciler) forget(name types.NamespacedName) {
 		r.Decisions.Forget(key)
 	}
 	delete(r.zeroSince, name)
+	r.trackRevisionKeys(name, nil)
 }
 
 // emitScaleEvent records a scale to or from zero of an existing Deployment: to zero after the

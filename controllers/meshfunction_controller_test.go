@@ -30,10 +30,12 @@ type recordingScaler struct {
 	specs   map[autoscale.FunctionKey]autoscale.Spec
 	ready   map[autoscale.FunctionKey]int
 	removed map[autoscale.FunctionKey]bool
+	aliases map[autoscale.FunctionKey]autoscale.FunctionKey
 }
 
 func newRecordingScaler() *recordingScaler {
-	return &recordingScaler{specs: map[autoscale.FunctionKey]autoscale.Spec{}, ready: map[autoscale.FunctionKey]int{}, removed: map[autoscale.FunctionKey]bool{}}
+	return &recordingScaler{specs: map[autoscale.FunctionKey]autoscale.Spec{}, ready: map[autoscale.FunctionKey]int{}, removed: map[autoscale.FunctionKey]bool{},
+		aliases: map[autoscale.FunctionKey]autoscale.FunctionKey{}}
 }
 func (s *recordingScaler) SetSpec(fn autoscale.FunctionKey, spec autoscale.Spec) {
 	s.mu.Lock()
@@ -49,6 +51,20 @@ func (s *recordingScaler) Remove(fn autoscale.FunctionKey) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.removed[fn] = true
+}
+func (s *recordingScaler) SetAlias(fn, target autoscale.FunctionKey) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if target == (autoscale.FunctionKey{}) {
+		delete(s.aliases, fn)
+		return
+	}
+	s.aliases[fn] = target
+}
+func (s *recordingScaler) alias(fn autoscale.FunctionKey) autoscale.FunctionKey {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.aliases[fn]
 }
 func (s *recordingScaler) spec(fn autoscale.FunctionKey) (autoscale.Spec, bool) {
 	s.mu.Lock()

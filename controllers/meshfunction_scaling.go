@@ -12,12 +12,15 @@ import (
 )
 
 // Scaler is what the MeshFunction controller needs from the autoscaler: it tells it each
-// function's settings and ready pods, and forgets deleted functions. *autoscale.Autoscaler
+// function's (or revision's) settings and ready pods, and forgets deleted functions. *autoscale.Autoscaler
 // implements it.
 type Scaler interface {
 	SetSpec(fn autoscale.FunctionKey, spec autoscale.Spec)
 	SetReady(fn autoscale.FunctionKey, n int)
 	Remove(fn autoscale.FunctionKey)
+	// SetAlias sends the signals that name a function with revisions (its async backlog)
+	// to the revision its latest traffic goes to; a zero target removes the alias.
+	SetAlias(fn, target autoscale.FunctionKey)
 }
 
 // Decisions keeps the autoscaler's latest decision per function and wakes the MeshFunction
@@ -26,6 +29,9 @@ type Scaler interface {
 type Decisions struct {
 	mu     sync.Mutex
 	latest map[autoscale.FunctionKey]autoscale.Decision
+	// owners maps a revision's key (namespace/revision) to its function's name, so a
+	// decision for the revision wakes the function.
+	owners map[autoscale.FunctionKey]string
 	events chan event.TypedGenericEvent[*meshv1alpha1.MeshFunction]
 }
 
@@ -33,6 +39,7 @@ type Decisions struct {
 func NewDecisions() *Decisions {
 	return &Decisions{
 		latest: map[autoscale.FunctionKey]autoscale.Decision{},
+		owners: map[autoscale.FunctionKey]string{},
 		events: make(chan event.TypedGenericEvent[*meshv1alpha1.MeshFunction], 1024),
 	}
 }
@@ -42,6 +49,7 @@ func (s *Decisions) SetDesired(fn autoscale.FunctionKey, d autoscale.Decision) {
 	s.mu.Lock()
 	old, ok := s.latest[fn]
 	s.latest[fn] = d
+	owner := s.owners[fn]
 	s.mu.Unlock()
 	if ok && old.Desired == d.Desired && old.WantsZero == d.WantsZero {
 		return
@@ -51,6 +59,9 @@ func (s *Decisions) SetDesired(fn autoscale.FunctionKey, d autoscale.Decision) {
 	}
 	obj := &meshv1alpha1.MeshFunction{}
 	obj.Namespace, obj.Name = fn.Namespace, fn.Name
+	if owner != "" {
+		obj.Name = owner
+	}
 	select {
 	case s.events <- event.TypedGenericEvent[*meshv1alpha1.MeshFunction]{Object: obj}:
 	default:
@@ -67,10 +78,18 @@ func (s *Decisions) Get(fn autoscale.FunctionKey) (autoscale.Decision, bool) {
 	return d, ok
 }
 
-// Forget drops a deleted function's decision.
+// Own records that key is a revision of function fn (same namespace): its decisions wake fn.
+func (s *Decisions) Own(key autoscale.FunctionKey, fn string) {
+	s.mu.Lock()
+	s.owners[key] = fn
+	s.mu.Unlock()
+}
+
+// Forget drops a deleted function's (or revision's) decision.
 func (s *Decisions) Forget(fn autoscale.FunctionKey) {
 	s.mu.Lock()
 	delete(s.latest, fn)
+	delete(s.owners, fn)
 	forgetScaleDecisions(fn)
 	s.mu.Unlock()
 }

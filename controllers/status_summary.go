@@ -21,6 +21,7 @@ var stalledReasons = map[string]bool{
 	meshv1alpha1.ReasonBackendNotFound: true,
 	meshv1alpha1.ReasonSecretNotFound:  true,
 	meshv1alpha1.ReasonRejected:        true,
+	meshv1alpha1.ReasonRevisionMissing: true,
 }
 
 // reconcilingReasons are the reasons that mean Weft is still working: sidecars have not

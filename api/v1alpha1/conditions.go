@@ -72,6 +72,9 @@ const (
 	// ReasonKeysRehomed: the pool's ring changed (server names, hash or distribution) while
 	// it was serving, so keys now map to other servers.
 	ReasonKeysRehomed = "KeysRehomed"
+	// ReasonRevisionMissing: spec.traffic names a revision the function does not have
+	// (Knative's reason); the split served before stays until it is fixed.
+	ReasonRevisionMissing = "RevisionMissing"
 	// ReasonNoWarnings is Warning's reason when it is False.
 	ReasonNoWarnings = "NoWarnings"
 	// ReasonStatusPending: the other half of the status has not been written yet.

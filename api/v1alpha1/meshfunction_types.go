@@ -2,6 +2,11 @@ package v1alpha1
 
 import metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+// LabelRevision names the revision a Deployment and its pods belong to (a MeshFunction with
+// spec.traffic): xDS translation splits the function's endpoints by it and the autoscaler
+// counts a pod's stats for it, as Knative's serving.knative.dev/revision label.
+const LabelRevision = "weft.dev/revision"
+
 // MeshFunctionSpec describes a function: its pods, how they scale (Knative's KPA vocabulary
 // and defaults), how callers' sidecars hold requests while it scales from zero, and how it is
 // called asynchronously.
@@ -63,6 +68,66 @@ type MeshFunctionSpec struct {
 	// Async enables calls that return 202 at once and run later through NATS JetStream.
 	// +optional
 	Async *Async `json:"async,omitempty"`
+
+	// Traffic splits calls to the function's host between its revisions, as a Knative
+	// Service's spec.traffic. Setting it turns revisions on: every change of spec.template
+	// then creates an immutable revision with its own Deployment, named
+	// spec.template.metadata.name or <function>-<n> (n counting from 00001), and each
+	// revision scales (to zero) on its own. Without traffic the function has one
+	// Deployment, named after it, that a template change rolls in place.
+	// [{latestRevision: true, percent: 100}] sends every call to the newest ready revision;
+	// naming revisions pins a split, and a rollback is a change of this list.
+	// +optional
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:XValidation:rule="self.map(t, has(t.percent) ? t.percent : 0).sum() == 100",message="traffic percents must add up to 100"
+	// +kubebuilder:validation:XValidation:rule="self.all(t, !has(t.tag) || self.filter(u, has(u.tag) && u.tag == t.tag).size() == 1)",message="each traffic tag may appear once: tags name their own host <tag>-<function>"
+	// +listType=atomic
+	Traffic []TrafficTarget `json:"traffic,omitempty"`
+
+	// RevisionHistoryLimit is how many revisions without traffic are kept (their
+	// Deployments at zero replicas) for a rollback; older ones are deleted. Revisions that
+	// spec.traffic names, by name, tag or as the latest, are never deleted. Only used with
+	// spec.traffic.
+	// +optional
+	// Bounded at 100 so status.revisions stays small (about 200 bytes a revision).
+	// +kubebuilder:default=10
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100
+	RevisionHistoryLimit *int32 `json:"revisionHistoryLimit,omitempty"`
+}
+
+// TrafficTarget sends a share of the function's calls to one revision and may give that
+// revision a host of its own. Field names are Knative's.
+// +kubebuilder:validation:XValidation:rule="!(has(self.revisionName) && has(self.latestRevision) && self.latestRevision)",message="a traffic target names either revisionName or latestRevision: true, not both"
+// +kubebuilder:validation:XValidation:rule="has(self.revisionName) || (has(self.latestRevision) && self.latestRevision)",message="a traffic target needs revisionName or latestRevision: true"
+type TrafficTarget struct {
+	// RevisionName is the revision that gets this share, as listed in status.revisions.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
+	RevisionName string `json:"revisionName,omitempty"`
+
+	// LatestRevision true sends this share to the newest revision that became ready, so
+	// a new template takes it over once its pods serve.
+	// +optional
+	LatestRevision *bool `json:"latestRevision,omitempty"`
+
+	// Percent of the calls to the function's own host that go to this revision, 0 to 100;
+	// the percents of all targets add up to 100.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100
+	Percent *int64 `json:"percent,omitempty"`
+
+	// Tag gives this revision a host of its own, <tag>-<function> (with the namespace forms
+	// the function's host has), that reaches only this revision whatever its percent.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=30
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
+	Tag string `json:"tag,omitempty"`
 }
 
 // Concurrency is Knative's containerConcurrency and target.
@@ -303,6 +368,80 @@ type MeshFunctionStatus struct {
 	// LastScaleTime is when the autoscaler last changed the replicas.
 	// +optional
 	LastScaleTime *metav1.Time `json:"lastScaleTime,omitempty"`
+
+	// LatestCreatedRevisionName is the newest revision (with spec.traffic).
+	// +optional
+	LatestCreatedRevisionName string `json:"latestCreatedRevisionName,omitempty"`
+
+	// LatestReadyRevisionName is the newest revision that had a ready pod; latestRevision
+	// traffic goes to it.
+	// +optional
+	LatestReadyRevisionName string `json:"latestReadyRevisionName,omitempty"`
+
+	// Revisions are the function's kept revisions, newest first (with spec.traffic).
+	// +optional
+	// +listType=atomic
+	Revisions []RevisionStatus `json:"revisions,omitempty"`
+
+	// Traffic is spec.traffic as served: each target with its revision resolved. When
+	// spec.traffic cannot be served (it names a revision that does not exist), this keeps
+	// the split served before and the TrafficResolved condition says why.
+	// +optional
+	// +listType=atomic
+	Traffic []TrafficStatus `json:"traffic,omitempty"`
+}
+
+// RevisionStatus is one revision: an immutable pod template with its own Deployment
+// (labelled weft.dev/revision=<name>) that scales on its own.
+type RevisionStatus struct {
+	// Name of the revision and of its Deployment.
+	Name string `json:"name"`
+
+	// TemplateHash identifies spec.template as it was when the revision was created.
+	TemplateHash string `json:"templateHash"`
+
+	// CreationTimestamp is when the revision was created.
+	// +optional
+	CreationTimestamp metav1.Time `json:"creationTimestamp,omitempty"`
+
+	// Replicas the revision's Deployment has.
+	// +optional
+	Replicas int32 `json:"replicas"`
+
+	// ReadyReplicas the revision's Deployment has.
+	// +optional
+	ReadyReplicas int32 `json:"readyReplicas"`
+
+	// DesiredReplicas the autoscaler chose last for this revision.
+	// +optional
+	DesiredReplicas int32 `json:"desiredReplicas"`
+
+	// Ready is true once the revision had a ready pod: it can serve, and a revision scaled
+	// to zero since is activated by the first call.
+	// +optional
+	Ready bool `json:"ready"`
+}
+
+// TrafficStatus is one served traffic target (Knative's status.traffic).
+type TrafficStatus struct {
+	// RevisionName is the revision the target resolved to.
+	RevisionName string `json:"revisionName"`
+
+	// LatestRevision is true when the target follows the newest ready revision.
+	// +optional
+	LatestRevision *bool `json:"latestRevision,omitempty"`
+
+	// Percent of the function's calls this revision gets.
+	// +optional
+	Percent *int64 `json:"percent,omitempty"`
+
+	// Tag of the target, if any.
+	// +optional
+	Tag string `json:"tag,omitempty"`
+
+	// URL reaches this revision only (tagged targets).
+	// +optional
+	URL string `json:"url,omitempty"`
 }
 
 // MeshFunction is a function that scales to zero; callers' sidecars hold requests while it

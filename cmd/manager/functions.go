@@ -27,7 +27,9 @@ func setupFunctions(mgr ctrl.Manager, srv *xds.Server, snap *controllers.Snapsho
 	if err := mgr.Add(as); err != nil {
 		return fmt.Errorf("adding the autoscaler: %w", err)
 	}
-	srv.Register(func(r grpc.ServiceRegistrar) { autoscale.RegisterSignalServer(r, as) })
+	srv.Register(func(r grpc.ServiceRegistrar) {
+		autoscale.RegisterSignalServer(r, as, controllers.PodRevisions{Reader: mgr.GetClient()})
+	})
 	if err := setupQueue(mgr, as, snap); err != nil {
 		return err
 	}

@@ -40,6 +40,12 @@ type Autoscaler struct {
 	mu    sync.Mutex
 	fns   map[FunctionKey]*function
 	queue []FunctionKey // functions waiting for an immediate decision
+	// aliases send the signals for a function with revisions, which has no decider of its
+	// own, to the revision that serves it (SetAlias).
+	aliases map[FunctionKey]FunctionKey
+	// aliasPending is the async backlog last reported for an aliased function: it moves
+	// with the alias, since the queue reports a count only when it changes.
+	aliasPending map[FunctionKey]int
 }
 
 type function struct {
@@ -63,7 +69,8 @@ const MaxImmediateDecisions = 8
 
 // NewAutoscaler returns an Autoscaler that decides on clk's time and emits to sink.
 func NewAutoscaler(clk clock.WithTicker, sink ScaleSink) *Autoscaler {
-	return &Autoscaler{clock: clk, sink: sink, wake: make(chan struct{}, 1), fns: map[FunctionKey]*function{}}
+	return &Autoscaler{clock: clk, sink: sink, wake: make(chan struct{}, 1), fns: map[FunctionKey]*function{},
+		aliases: map[FunctionKey]FunctionKey{}, aliasPending: map[FunctionKey]int{}}
 }
 
 // SetSpec adds a function or changes its configuration. A new function's
@@ -113,12 +120,51 @@ func (a *Autoscaler) get(fn FunctionKey) *function {
 	return nil
 }
 
+// SetAlias makes signals for fn count for target: a MeshFunction with revisions has a
+// decider per revision and none of its own, and its async backlog (counted per function),
+// its pods' stats when the pod's revision is unknown, and pokes from sidecars that predate
+// revisions all name the function. target is the revision its latest traffic goes to. A
+// zero target removes the alias.
+func (a *Autoscaler) SetAlias(fn, target FunctionKey) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	old, had := a.aliases[fn]
+	if had && old == target {
+		return
+	}
+	n := a.aliasPending[fn]
+	if f := a.get(old); had && f != nil && n > 0 {
+		f.d.SetPending(a.clock.Now(), 0)
+		f.pending = 0
+	}
+	if target == (FunctionKey{}) {
+		delete(a.aliases, fn)
+		delete(a.aliasPending, fn)
+		return
+	}
+	a.aliases[fn] = target
+	if f := a.get(target); f != nil && n > 0 {
+		a.setPending(target, f, n)
+	}
+}
+
+// resolve is fn, or its alias when fn has no decider. Call with a.mu held.
+func (a *Autoscaler) resolve(fn FunctionKey) (FunctionKey, *function) {
+	if f := a.get(fn); f != nil {
+		return fn, f
+	}
+	if t, ok := a.aliases[fn]; ok {
+		return t, a.get(t)
+	}
+	return fn, nil
+}
+
 // Record feeds one pod's per-second stat, stamped with the receive time. It
 // reports false when the function has no spec yet (the stat is dropped).
 func (a *Autoscaler) Record(s Stat) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	f := a.get(s.Function)
+	_, f := a.resolve(s.Function)
 	if f == nil {
 		return false
 	}
@@ -132,7 +178,7 @@ func (a *Autoscaler) Record(s Stat) bool {
 func (a *Autoscaler) Poke(fn FunctionKey) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	f := a.get(fn)
+	fn, f := a.resolve(fn)
 	if f == nil {
 		return false
 	}
@@ -151,7 +197,7 @@ func (a *Autoscaler) Poke(fn FunctionKey) bool {
 func (a *Autoscaler) Held(fn FunctionKey, caller string, n int) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	f := a.get(fn)
+	fn, f := a.resolve(fn)
 	if f == nil {
 		return false
 	}
@@ -167,16 +213,24 @@ func (a *Autoscaler) Held(fn FunctionKey, caller string, n int) bool {
 func (a *Autoscaler) SetPending(fn FunctionKey, n int) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	f := a.get(fn)
+	if _, aliased := a.aliases[fn]; aliased && a.get(fn) == nil {
+		a.aliasPending[fn] = n
+	}
+	fn, f := a.resolve(fn)
 	if f == nil {
 		return false
 	}
+	a.setPending(fn, f, n)
+	return true
+}
+
+// setPending applies an async backlog to a function with a decider. Call with a.mu held.
+func (a *Autoscaler) setPending(fn FunctionKey, f *function, n int) {
 	f.d.SetPending(a.clock.Now(), n)
 	if f.pending == 0 && n > 0 && f.immediate == 0 {
 		a.enqueue(fn, f)
 	}
 	f.pending = n
-	return true
 }
 
 // enqueue queues an immediate decision for fn unless one is queued already.

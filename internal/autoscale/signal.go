@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
 	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/internal/xds"
 )
@@ -23,12 +24,32 @@ type signalHandler interface {
 func init() { encoding.RegisterCodec(contract.SignalCodec{}) }
 
 // RegisterSignalServer serves sidecar stats and demand pokes on s (the ADS
-// server, so sidecars need one connection) and feeds them to a.
-func RegisterSignalServer(s grpc.ServiceRegistrar, a *Autoscaler) {
-	s.RegisterService(&signalServiceDesc, &signalServer{a: a})
+// server, so sidecars need one connection) and feeds them to a. revisions, if given,
+// tells which revision an unauthenticated sidecar's pod belongs to.
+func RegisterSignalServer(s grpc.ServiceRegistrar, a *Autoscaler, revisions ...RevisionSource) {
+	srv := &signalServer{a: a}
+	if len(revisions) > 0 {
+		srv.revisions = revisions[0]
+	}
+	s.RegisterService(&signalServiceDesc, srv)
 }
 
-type signalServer struct{ a *Autoscaler }
+// RevisionSource names the revision a function's pod belongs to (its
+// meshv1alpha1.LabelRevision label), "" for a pod of a function without revisions.
+type RevisionSource interface {
+	RevisionOf(namespace, pod string) string
+}
+
+// RevisionSourceFunc adapts a function to RevisionSource.
+type RevisionSourceFunc func(namespace, pod string) string
+
+// RevisionOf calls f.
+func (f RevisionSourceFunc) RevisionOf(namespace, pod string) string { return f(namespace, pod) }
+
+type signalServer struct {
+	a         *Autoscaler
+	revisions RevisionSource
+}
 
 // Report records every stat; stats for functions without a spec yet are
 // dropped silently, since the next second brings fresh ones. On an authenticated server a
@@ -39,7 +60,7 @@ func (s *signalServer) Report(ctx context.Context, in *contract.StatsReport) (*c
 	}
 	for _, st := range in.Stats {
 		s.a.Record(Stat{
-			Function:    FunctionKey{Namespace: st.Namespace, Name: st.Name},
+			Function:    s.statKey(ctx, st),
 			Pod:         st.Pod,
 			Concurrency: st.Concurrency,
 			Requests:    st.Requests,
@@ -71,6 +92,24 @@ func (s *signalServer) Demand(ctx context.Context, in *contract.DemandSignal) (*
 			"function %s is not known to the autoscaler: check that the MeshFunction exists and was accepted", fn)
 	}
 	return &contract.Ack{}, nil
+}
+
+// statKey is the autoscaler key a pod's stat counts for: a pod of a revision (a function
+// with spec.traffic) reports under its function's name, and counts for its revision, which
+// the autoscaler scales on its own. The revision comes from the verified pod's labels, or,
+// on an unauthenticated server, from the RevisionSource.
+func (s *signalServer) statKey(ctx context.Context, st contract.PodStat) FunctionKey {
+	key := FunctionKey{Namespace: st.Namespace, Name: st.Name}
+	rev := ""
+	if id, ok := xds.IdentityFrom(ctx); ok {
+		rev = id.Labels[meshv1alpha1.LabelRevision]
+	} else if s.revisions != nil {
+		rev = s.revisions.RevisionOf(st.Namespace, st.Pod)
+	}
+	if rev != "" {
+		key.Name = rev
+	}
+	return key
 }
 
 // reporterMay refuses stats about another function or another pod than the caller's

@@ -208,6 +208,12 @@ func unresolvedCluster(name, reason string) (*clusterv3.Cluster, *endpointv3.Clu
 func functionCluster(fn *meshv1alpha1.MeshFunction) *clusterv3.Cluster {
 	c := edsCluster(contract.FunctionClusterName(fn.Namespace, fn.Name))
 	unlimitedRetries(c)
+	c.Metadata = metadata(contract.FunctionMetadataKey, functionMeta(fn).Encode())
+	return c
+}
+
+// functionMeta is the weft.dev/function metadata of a MeshFunction's clusters.
+func functionMeta(fn *meshv1alpha1.MeshFunction) contract.FunctionMeta {
 	hold := fn.Spec.Activation.HoldTimeout.Duration
 	if hold == 0 {
 		hold = 30 * time.Second
@@ -216,7 +222,7 @@ func functionCluster(fn *meshv1alpha1.MeshFunction) *clusterv3.Cluster {
 	if maxPending == 0 {
 		maxPending = 100
 	}
-	c.Metadata = metadata(contract.FunctionMetadataKey, contract.FunctionMeta{
+	return contract.FunctionMeta{
 		Namespace:            fn.Namespace,
 		Name:                 fn.Name,
 		HoldTimeout:          hold,
@@ -225,8 +231,7 @@ func functionCluster(fn *meshv1alpha1.MeshFunction) *clusterv3.Cluster {
 		MinScale:             fn.Spec.Scale.Min,
 		Timeout:              functionTimeout(fn),
 		Async:                asyncPolicy(fn.Spec.Async),
-	}.Encode())
-	return c
+	}
 }
 
 // asyncPolicy is the function's async policy as the sidecars' publisher and consumer read

@@ -42,25 +42,35 @@ func (t *translator) meshFunction(fn *meshv1alpha1.MeshFunction) *built {
 		drainAll(cla)
 	}
 	b.addCluster(c, cla)
-	b.routes = []*routev3.Route{{
-		Name:  fmt.Sprintf("%s/%s/default/0", fn.Namespace, fn.Name),
-		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-		Action: &routev3.Route_Route{Route: &routev3.RouteAction{
-			ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: c.Name},
-			Timeout:          timeoutOf(functionTimeout(fn)),
-			RetryPolicy:      functionRetries,
-		}},
-		Metadata: metadata(contract.RouteMetadataKey, contract.RouteMeta{Owner: key.String()}.Encode()),
-	}}
+	b.routes = []*routev3.Route{functionRoute(fn, "default", c.Name)}
 	if t.nameTaken(b, fn.UID, fn.Name) {
 		// The name's host belongs to the user's Service: serving the function there would
 		// take its traffic.
 		return b
 	}
+	var tagged []hostEntry
+	if servesRevisions(fn) {
+		tagged = t.revisions(fn, b, f)
+	}
 	for _, h := range append([]string{fn.Name}, fn.Spec.Hosts...) {
 		b.hosts = append(b.hosts, hostEntry{host: h, key: hostKey(h, fn.Namespace), ports: t.functionHostRoutes(h, fn.Namespace)})
 	}
+	b.hosts = append(b.hosts, tagged...)
 	return b
+}
+
+// functionRoute is the one catch-all route of a function's host, to cluster.
+func functionRoute(fn *meshv1alpha1.MeshFunction, rule, cluster string) *routev3.Route {
+	return &routev3.Route{
+		Name:  fmt.Sprintf("%s/%s/%s/0", fn.Namespace, fn.Name, rule),
+		Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+		Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+			ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster},
+			Timeout:          timeoutOf(functionTimeout(fn)),
+			RetryPolicy:      functionRetries,
+		}},
+		Metadata: metadata(contract.RouteMetadataKey, contract.RouteMeta{Owner: ObjectKey{KindMeshFunction, fn.Namespace, fn.Name}.String()}.Encode()),
+	}
 }
 
 // functionRetries is the retry policy of a function's own route: 2 retries, each on a host

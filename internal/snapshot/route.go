@@ -37,6 +37,8 @@ type hostEntry struct {
 	host  string
 	key   string
 	ports []hostPort
+	// routes, when set, are this host's own instead of the object's (a revision's tag).
+	routes []*routev3.Route
 }
 
 func (b *built) addCluster(c *clusterv3.Cluster, cla *endpointv3.ClusterLoadAssignment) {

@@ -28,6 +28,7 @@ var sidecarInputs = []struct {
 	{"route-headers", 0, "mesh-route-headers"},
 	{"function", 0, "mesh-function"},
 	{"function-async", 0, "mesh-function-async"},
+	{"function-revisions", 0, "mesh-function-revisions"},
 	{"redis", 0, "mesh-redis"},
 	{"services-default", 0, "mesh-services"},
 	{"services-default", 2, "mesh-services-inbound"},

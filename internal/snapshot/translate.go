@@ -133,6 +133,10 @@ func Translate(in *Input) *Result {
 					b.p.invalidf("host %s: %v", h.host, err)
 					continue
 				}
+				if h.routes != nil {
+					res.addVHost(b.key.Namespace, hp.rc, name, hp.global, hp.local, h.routes, hashAll(h.routes), domains)
+					continue
+				}
 				if b.routesHash == nil {
 					sum := hashAll(b.routes)
 					b.routesHash = &sum

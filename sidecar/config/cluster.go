@@ -85,7 +85,10 @@ type HealthCheck struct {
 
 // FunctionMeta is the weft.dev/function cluster metadata.
 type FunctionMeta struct {
-	Namespace, Name      string
+	Namespace, Name string
+	// Revision names the revision whose cluster this is (functions with spec.traffic);
+	// demand goes to it (ScaleName).
+	Revision             string
 	HoldTimeout          time.Duration
 	MaxPending           int
 	ContainerConcurrency int
@@ -95,6 +98,15 @@ type FunctionMeta struct {
 	Policy AsyncPolicy
 	// PolicyErr, when set, is why the metadata's async policy could not be read.
 	PolicyErr error
+}
+
+// ScaleName is what a caller's demand for this cluster names: the revision of a revision's
+// cluster, else the function.
+func (m *FunctionMeta) ScaleName() string {
+	if m.Revision != "" {
+		return m.Revision
+	}
+	return m.Name
 }
 
 // Health is an endpoint's EDS health status as the data plane uses it.
@@ -439,6 +451,7 @@ func DecodeFunctionMeta(s *structpb.Struct) (*FunctionMeta, error) {
 	return &FunctionMeta{
 		Namespace:            m.Namespace,
 		Name:                 m.Name,
+		Revision:             m.Revision,
 		HoldTimeout:          m.HoldTimeout,
 		MaxPending:           int(m.MaxPending),
 		ContainerConcurrency: int(m.ContainerConcurrency),

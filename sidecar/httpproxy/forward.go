@@ -219,7 +219,7 @@ func (l *Listener) holdFunction(w http.ResponseWriter, r *http.Request, c *upstr
 	if cw, ok := w.(closeWatcher); ok {
 		hctx, stop = cw.WatchClose(hctx)
 	}
-	release, wt, err := p.opts.Holder.Hold(hctx, FunctionRef{Namespace: fn.Namespace, Name: fn.Name, Cluster: cc.Name,
+	release, wt, err := p.opts.Holder.Hold(hctx, FunctionRef{Namespace: fn.Namespace, Name: fn.ScaleName(), Cluster: cc.Name,
 		HoldTimeout: fn.HoldTimeout, MaxPending: fn.MaxPending, ContainerConcurrency: fn.ContainerConcurrency})
 	stop()
 	if !l.holdDone(w, c, release, err) {
@@ -303,7 +303,7 @@ func (l *Listener) relay(w http.ResponseWriter, c *upstream.Cluster, cc *config.
 	res *attemptResult, setCookie string, waited time.Duration, start time.Time) {
 	if fn := cc.Function; fn != nil && isAppStartTimeout(res.resp) {
 		if rec, ok := l.proxy.opts.Holder.(HoldTimeoutRecorder); ok {
-			rec.HoldTimedOut(FunctionRef{Namespace: fn.Namespace, Name: fn.Name, Cluster: cc.Name, HoldTimeout: fn.HoldTimeout})
+			rec.HoldTimedOut(FunctionRef{Namespace: fn.Namespace, Name: fn.ScaleName(), Cluster: cc.Name, HoldTimeout: fn.HoldTimeout})
 		}
 	}
 	rec := l.recordOf(w)
