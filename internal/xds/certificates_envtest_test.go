@@ -1,0 +1,97 @@
+package xds_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/internal/ca"
+	"github.com/weftmesh/weft/internal/xds"
+)
+
+// signCSR asks the certificate service for a certificate of a fresh key whose CSR claims
+// claimURI, with the token tok.
+func signCSR(t *testing.T, conn *grpc.ClientConn, tok, claimURI string) (*x509.Certificate, *contract.SignResponse, error) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	must(t, err)
+	u, err := url.Parse(claimURI)
+	must(t, err)
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "x"}, URIs: []*url.URL{u}}, key)
+	must(t, err)
+	in := &contract.SignRequest{CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), TTLSeconds: 600}
+	out := &contract.SignResponse{}
+	ctx, cancel := context.WithTimeout(withToken(context.Background(), tok), 10*time.Second)
+	defer cancel()
+	if err := conn.Invoke(ctx, contract.SignMethod, in, out, grpc.CallContentSubtype(contract.SignalCodecName)); err != nil {
+		return nil, nil, err
+	}
+	blk, _ := pem.Decode([]byte(out.CertChain))
+	if blk == nil {
+		t.Fatalf("certChain %q is not PEM", out.CertChain)
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	must(t, err)
+	return cert, out, nil
+}
+
+// The certificate service over the real authenticated port: the SVID names the verified
+// token's ServiceAccount whatever the CSR claims, so a pod of another ServiceAccount cannot
+// get this one's certificate; no token, no certificate.
+func TestCertificateServiceIssuesTheTokensIdentity(t *testing.T) {
+	c, cs := apiServer(t)
+	root, err := ca.NewRoot(time.Now(), contract.DefaultTrustDomain, time.Hour*24)
+	must(t, err)
+	authority := ca.New(ca.Options{}, []*ca.Root{root})
+	s := startSecure(t, c, meshInput(t), func(r grpc.ServiceRegistrar) {
+		xds.RegisterCertificateServer(r, authority, nil, logr.Discard())
+	})
+	conn := s.dial(t)
+	web := meshedPod(t, c, "web-5", "web", map[string]string{"app": "web"}, 0)
+	other := meshedPod(t, c, "other-5", "other", map[string]string{"app": "other"}, 0)
+	webTok, otherTok := podToken(t, cs, web, contract.TokenAudience), podToken(t, cs, other, contract.TokenAudience)
+
+	cert, resp, err := signCSR(t, conn, webTok, "spiffe://cluster.local/ns/zt/sa/web")
+	if err != nil {
+		t.Fatalf("web's own CSR: %v", err)
+	}
+	if got := cert.URIs[0].String(); got != "spiffe://cluster.local/ns/zt/sa/web" {
+		t.Errorf("web got %s", got)
+	}
+	if got := cert.NotAfter.Sub(time.Now()); got > 10*time.Minute || got < 9*time.Minute {
+		t.Errorf("lifetime %v, want the 600 s asked for", got)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM([]byte(resp.TrustBundle))
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("the SVID does not verify against the returned bundle: %v", err)
+	}
+
+	// A pod of ServiceAccount "other" forges web's SPIFFE ID in its CSR: it gets its own.
+	cert, _, err = signCSR(t, conn, otherTok, "spiffe://cluster.local/ns/zt/sa/web")
+	if err != nil {
+		t.Fatalf("other's CSR: %v", err)
+	}
+	if len(cert.URIs) != 1 || cert.URIs[0].String() != "spiffe://cluster.local/ns/zt/sa/other" {
+		t.Errorf("a CSR forging web's SAN with other's token got %v, want other's identity only", cert.URIs)
+	}
+	if _, _, err := signCSR(t, conn, "", "spiffe://cluster.local/ns/zt/sa/web"); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("no token: %v, want Unauthenticated", err)
+	}
+	if _, _, err := signCSR(t, conn, podToken(t, cs, web, "api"), "spiffe://cluster.local/ns/zt/sa/web"); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("a token for another audience: %v, want Unauthenticated", err)
+	}
+}
