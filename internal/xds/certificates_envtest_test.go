@@ -9,6 +9,8 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"net/url"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -20,6 +22,8 @@ import (
 	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/internal/ca"
 	"github.com/weftmesh/weft/internal/xds"
+	"github.com/weftmesh/weft/sidecar/identity"
+	"github.com/weftmesh/weft/sidecar/xdsclient"
 )
 
 // signCSR asks the certificate service for a certificate of a fresh key whose CSR claims
@@ -93,5 +97,47 @@ func TestCertificateServiceIssuesTheTokensIdentity(t *testing.T) {
 	}
 	if _, _, err := signCSR(t, conn, podToken(t, cs, web, "api"), "spiffe://cluster.local/ns/zt/sa/web"); status.Code(err) != codes.Unauthenticated {
 		t.Errorf("a token for another audience: %v, want Unauthenticated", err)
+	}
+}
+
+// The sidecar's identity client (identity.GRPCSigner over xdsclient.Credentials, the
+// files of the projected volume) gets its pod's SVID from the manager's CA.
+func TestCertificateServiceSidecarClient(t *testing.T) {
+	c, cs := apiServer(t)
+	root, err := ca.NewRoot(time.Now(), contract.DefaultTrustDomain, time.Hour*24)
+	must(t, err)
+	authority := ca.New(ca.Options{}, []*ca.Root{root})
+	s := startSecure(t, c, meshInput(t), func(r grpc.ServiceRegistrar) {
+		xds.RegisterCertificateServer(r, authority, nil, logr.Discard())
+	})
+	pod := meshedPod(t, c, "cache-6", "cache", map[string]string{"app": "cache"}, 0)
+	dir := t.TempDir()
+	caFile, tokFile := filepath.Join(dir, contract.CAFile), filepath.Join(dir, contract.TokenFile)
+	must(t, os.WriteFile(caFile, s.ca, 0o600))
+	must(t, os.WriteFile(tokFile, []byte(podToken(t, cs, pod, contract.TokenAudience)+"\n"), 0o600))
+	dial, secure, err := xdsclient.Credentials(caFile, tokFile)
+	must(t, err)
+	if !secure {
+		t.Fatal("credentials are not secure")
+	}
+	conn, err := grpc.NewClient(s.srv.Addr().String(), dial...)
+	must(t, err)
+	defer conn.Close()
+	m := identity.New(identity.Options{Signer: identity.GRPCSigner{Conn: conn}, TTL: time.Hour})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	go m.Run(ctx)
+	select {
+	case <-m.Renewed():
+	case <-ctx.Done():
+		_, note := m.Status()
+		t.Fatalf("no certificate: %s", note)
+	}
+	got := m.Current()
+	if want := (contract.SPIFFEID{TrustDomain: "cluster.local", Namespace: ztNS, ServiceAccount: "cache"}); got.ID != want {
+		t.Errorf("ID %s, want %s", got.ID, want)
+	}
+	if d := time.Until(got.Leaf.NotAfter); d > time.Hour || d < 59*time.Minute {
+		t.Errorf("lifetime %v, want the hour asked for", d)
 	}
 }
