@@ -43,6 +43,10 @@ type SignResponse struct {
 	// TrustBundle is PEM: every root a peer's certificate may chain to. During a CA
 	// rotation it holds the old and the new root, so certificates of both verify.
 	TrustBundle string `json:"trustBundle"`
+	// MTLSMode is the peer authentication mode of the workload's inbound listener
+	// (MTLSPermissive or MTLSStrict), from its pod's and namespace's weft.dev/mtls labels;
+	// empty from a manager that predates it (permissive).
+	MTLSMode string `json:"mtlsMode,omitempty"`
 }
 
 // Peer authentication modes, as Istio's PeerAuthentication.
@@ -52,11 +56,11 @@ const (
 	MTLSPermissive = "permissive"
 	// MTLSStrict: inbound refuses plaintext.
 	MTLSStrict = "strict"
-	// MTLSDisable: inbound accepts plaintext only and callers send plaintext to the pod.
-	MTLSDisable = "disable"
-	// AnnotationMTLS sets the mode of a workload (pod annotation); the same key as a
-	// namespace label sets it for every workload of the namespace; the pod wins.
-	AnnotationMTLS = "weft.dev/mtls"
+	// LabelMTLS sets the mode: as a pod label for one workload, as a namespace label for
+	// every workload of the namespace; the pod's wins. Labels, because the manager reads
+	// the verified pod and its namespace anyway; the sidecar gets the mode with every
+	// certificate, so a change applies within half a certificate lifetime.
+	LabelMTLS = "weft.dev/mtls"
 )
 
 // ParseMTLSMode validates a weft.dev/mtls value; "" is permissive.
@@ -64,10 +68,10 @@ func ParseMTLSMode(v string) (string, error) {
 	switch v {
 	case "":
 		return MTLSPermissive, nil
-	case MTLSPermissive, MTLSStrict, MTLSDisable:
+	case MTLSPermissive, MTLSStrict:
 		return v, nil
 	}
-	return "", fmt.Errorf("%s=%q: want %s, %s or %s", AnnotationMTLS, v, MTLSPermissive, MTLSStrict, MTLSDisable)
+	return "", fmt.Errorf("%s=%q: want %s or %s", LabelMTLS, v, MTLSPermissive, MTLSStrict)
 }
 
 // SPIFFEID is a workload's identity in a trust domain.

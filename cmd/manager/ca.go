@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -70,7 +71,18 @@ func setupCA(mgr ctrl.Manager, srv *xds.Server, sec xdsSecurity) error {
 		return fmt.Errorf("adding the mesh CA keeper: %w", err)
 	}
 	srv.Register(func(r grpc.ServiceRegistrar) {
-		xds.RegisterCertificateServer(r, authority, clock.RealClock{}, ctrl.Log.WithName("ca"))
+		xds.RegisterCertificateServer(r, authority, clock.RealClock{}, namespaceLabels(mgr.GetClient()), ctrl.Log.WithName("ca"))
 	})
 	return nil
+}
+
+// namespaceLabels reads namespaces from the manager's cache (it watches them already).
+func namespaceLabels(c client.Reader) xds.NamespaceLabels {
+	return func(ctx context.Context, name string) (map[string]string, error) {
+		ns := &corev1.Namespace{}
+		if err := c.Get(ctx, client.ObjectKey{Name: name}, ns); err != nil {
+			return nil, err
+		}
+		return ns.Labels, nil
+	}
 }

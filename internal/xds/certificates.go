@@ -23,12 +23,16 @@ import (
 
 func init() { encoding.RegisterCodec(contract.SignalCodec{}) }
 
-// RegisterCertificateServer serves contract.CertificateService on s with authority.
-func RegisterCertificateServer(s grpc.ServiceRegistrar, authority *ca.CA, clk clock.PassiveClock, log logr.Logger) {
+// NamespaceLabels reads a namespace's labels (the manager's cached client); nil: none.
+type NamespaceLabels func(ctx context.Context, namespace string) (map[string]string, error)
+
+// RegisterCertificateServer serves contract.CertificateService on s with authority;
+// nsLabels (may be nil) lets a namespace's weft.dev/mtls label set its workloads' mode.
+func RegisterCertificateServer(s grpc.ServiceRegistrar, authority *ca.CA, clk clock.PassiveClock, nsLabels NamespaceLabels, log logr.Logger) {
 	if clk == nil {
 		clk = clock.RealClock{}
 	}
-	s.RegisterService(&certificateServiceDesc, &certificateServer{ca: authority, clock: clk, log: log})
+	s.RegisterService(&certificateServiceDesc, &certificateServer{ca: authority, clock: clk, nsLabels: nsLabels, log: log})
 }
 
 type certificateHandler interface {
@@ -36,9 +40,10 @@ type certificateHandler interface {
 }
 
 type certificateServer struct {
-	ca    *ca.CA
-	clock clock.PassiveClock
-	log   logr.Logger
+	ca       *ca.CA
+	clock    clock.PassiveClock
+	nsLabels NamespaceLabels
+	log      logr.Logger
 }
 
 // Sign issues a certificate to the verified caller. Without a verified identity (a server
@@ -54,6 +59,10 @@ func (s *certificateServer) Sign(ctx context.Context, in *contract.SignRequest) 
 	if in.TTLSeconds < 0 || in.TTLSeconds > int64(365*24*time.Hour/time.Second) {
 		return nil, status.Errorf(codes.InvalidArgument, "weft control plane: ttlSeconds %d out of range", in.TTLSeconds)
 	}
+	mode, err := s.modeOf(ctx, id)
+	if err != nil {
+		return nil, err
+	}
 	iss, err := s.ca.Sign([]byte(in.CSR), ca.Workload{Namespace: id.Namespace, ServiceAccount: id.ServiceAccount}, ttl, s.clock.Now())
 	switch {
 	case errors.Is(err, ca.ErrBadCSR):
@@ -63,7 +72,27 @@ func (s *certificateServer) Sign(ctx context.Context, in *contract.SignRequest) 
 	}
 	s.log.V(1).Info("workload certificate issued", "pod", id.Namespace+"/"+id.Pod, "uri", iss.Cert.URIs[0].String(),
 		"serial", iss.Cert.SerialNumber.Text(16), "notAfter", iss.Cert.NotAfter)
-	return &contract.SignResponse{CertChain: string(iss.ChainPEM), TrustBundle: string(iss.BundlePEM)}, nil
+	return &contract.SignResponse{CertChain: string(iss.ChainPEM), TrustBundle: string(iss.BundlePEM), MTLSMode: mode}, nil
+}
+
+// modeOf is the workload's peer authentication mode: its pod's weft.dev/mtls label, else
+// its namespace's, else permissive. A value that is not a mode is refused, so the user
+// sees it in the sidecar's /ready instead of a silently weaker mode.
+func (s *certificateServer) modeOf(ctx context.Context, id *Identity) (string, error) {
+	v, ok := id.Labels[contract.LabelMTLS]
+	where := "pod " + id.Namespace + "/" + id.Pod
+	if !ok && s.nsLabels != nil {
+		labels, err := s.nsLabels(ctx, id.Namespace)
+		if err != nil {
+			return "", status.Errorf(codes.Unavailable, "weft control plane: reading namespace %s: %v", id.Namespace, err)
+		}
+		v, where = labels[contract.LabelMTLS], "namespace "+id.Namespace
+	}
+	mode, err := contract.ParseMTLSMode(v)
+	if err != nil {
+		return "", status.Errorf(codes.FailedPrecondition, "weft control plane: label on %s: %v", where, err)
+	}
+	return mode, nil
 }
 
 var certificateServiceDesc = grpc.ServiceDesc{

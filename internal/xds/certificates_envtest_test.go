@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,6 +19,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/internal/ca"
@@ -32,9 +35,13 @@ func signCSR(t *testing.T, conn *grpc.ClientConn, tok, claimURI string) (*x509.C
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	must(t, err)
-	u, err := url.Parse(claimURI)
-	must(t, err)
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "x"}, URIs: []*url.URL{u}}, key)
+	tmpl := &x509.CertificateRequest{Subject: pkix.Name{CommonName: "x"}}
+	if claimURI != "" {
+		u, err := url.Parse(claimURI)
+		must(t, err)
+		tmpl.URIs = []*url.URL{u}
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
 	must(t, err)
 	in := &contract.SignRequest{CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), TTLSeconds: 600}
 	out := &contract.SignResponse{}
@@ -61,7 +68,7 @@ func TestCertificateServiceIssuesTheTokensIdentity(t *testing.T) {
 	must(t, err)
 	authority := ca.New(ca.Options{}, []*ca.Root{root})
 	s := startSecure(t, c, meshInput(t), func(r grpc.ServiceRegistrar) {
-		xds.RegisterCertificateServer(r, authority, nil, logr.Discard())
+		xds.RegisterCertificateServer(r, authority, nil, nsLabels(c), logr.Discard())
 	})
 	conn := s.dial(t)
 	web := meshedPod(t, c, "web-5", "web", map[string]string{"app": "web"}, 0)
@@ -92,6 +99,17 @@ func TestCertificateServiceIssuesTheTokensIdentity(t *testing.T) {
 	if len(cert.URIs) != 1 || cert.URIs[0].String() != "spiffe://cluster.local/ns/zt/sa/other" {
 		t.Errorf("a CSR forging web's SAN with other's token got %v, want other's identity only", cert.URIs)
 	}
+	if resp.MTLSMode != contract.MTLSPermissive {
+		t.Errorf("mode %q without labels, want permissive", resp.MTLSMode)
+	}
+	strict := meshedPod(t, c, "web-strict", "web", map[string]string{contract.LabelMTLS: "strict"}, 0)
+	if _, r, err := signCSR(t, conn, podToken(t, cs, strict, contract.TokenAudience), ""); err != nil || r.MTLSMode != contract.MTLSStrict {
+		t.Errorf("pod labelled strict: %v %+v", err, r)
+	}
+	bad := meshedPod(t, c, "web-bad", "web", map[string]string{contract.LabelMTLS: "off"}, 0)
+	if _, _, err := signCSR(t, conn, podToken(t, cs, bad, contract.TokenAudience), ""); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "off") {
+		t.Errorf("pod labelled off: %v, want FailedPrecondition naming the value", err)
+	}
 	if _, _, err := signCSR(t, conn, "", "spiffe://cluster.local/ns/zt/sa/web"); status.Code(err) != codes.Unauthenticated {
 		t.Errorf("no token: %v, want Unauthenticated", err)
 	}
@@ -108,7 +126,7 @@ func TestCertificateServiceSidecarClient(t *testing.T) {
 	must(t, err)
 	authority := ca.New(ca.Options{}, []*ca.Root{root})
 	s := startSecure(t, c, meshInput(t), func(r grpc.ServiceRegistrar) {
-		xds.RegisterCertificateServer(r, authority, nil, logr.Discard())
+		xds.RegisterCertificateServer(r, authority, nil, nsLabels(c), logr.Discard())
 	})
 	pod := meshedPod(t, c, "cache-6", "cache", map[string]string{"app": "cache"}, 0)
 	dir := t.TempDir()
@@ -139,5 +157,16 @@ func TestCertificateServiceSidecarClient(t *testing.T) {
 	}
 	if d := time.Until(got.Leaf.NotAfter); d > time.Hour || d < 59*time.Minute {
 		t.Errorf("lifetime %v, want the hour asked for", d)
+	}
+}
+
+// nsLabels reads namespace labels as the manager does.
+func nsLabels(c client.Client) xds.NamespaceLabels {
+	return func(ctx context.Context, name string) (map[string]string, error) {
+		ns := &corev1.Namespace{}
+		if err := c.Get(ctx, client.ObjectKey{Name: name}, ns); err != nil {
+			return nil, err
+		}
+		return ns.Labels, nil
 	}
 }

@@ -34,16 +34,17 @@ import (
 
 func init() { encoding.RegisterCodec(contract.SignalCodec{}) }
 
-// Signer turns a CSR into a certificate chain and a trust bundle (both PEM).
+// Signer turns a CSR into a certificate chain and a trust bundle (both PEM), with the
+// workload's peer authentication mode.
 type Signer interface {
-	Sign(ctx context.Context, csrPEM []byte, ttl time.Duration) (chainPEM, bundlePEM []byte, err error)
+	Sign(ctx context.Context, csrPEM []byte, ttl time.Duration) (*contract.SignResponse, error)
 }
 
 // SignerFunc adapts a function to Signer.
-type SignerFunc func(ctx context.Context, csrPEM []byte, ttl time.Duration) ([]byte, []byte, error)
+type SignerFunc func(ctx context.Context, csrPEM []byte, ttl time.Duration) (*contract.SignResponse, error)
 
 // Sign calls f.
-func (f SignerFunc) Sign(ctx context.Context, csrPEM []byte, ttl time.Duration) ([]byte, []byte, error) {
+func (f SignerFunc) Sign(ctx context.Context, csrPEM []byte, ttl time.Duration) (*contract.SignResponse, error) {
 	return f(ctx, csrPEM, ttl)
 }
 
@@ -53,13 +54,13 @@ func (f SignerFunc) Sign(ctx context.Context, csrPEM []byte, ttl time.Duration) 
 type GRPCSigner struct{ Conn grpc.ClientConnInterface }
 
 // Sign implements Signer.
-func (s GRPCSigner) Sign(ctx context.Context, csrPEM []byte, ttl time.Duration) ([]byte, []byte, error) {
+func (s GRPCSigner) Sign(ctx context.Context, csrPEM []byte, ttl time.Duration) (*contract.SignResponse, error) {
 	out := &contract.SignResponse{}
 	in := &contract.SignRequest{CSR: string(csrPEM), TTLSeconds: int64(ttl / time.Second)}
 	if err := s.Conn.Invoke(ctx, contract.SignMethod, in, out, grpc.CallContentSubtype(contract.SignalCodecName)); err != nil {
-		return nil, nil, fmt.Errorf("asking the control plane for a workload certificate: %w", err)
+		return nil, fmt.Errorf("asking the control plane for a workload certificate: %w", err)
 	}
-	return []byte(out.CertChain), []byte(out.TrustBundle), nil
+	return out, nil
 }
 
 // Options configure a Manager.
@@ -74,11 +75,16 @@ type Options struct {
 	RetryMin, RetryMax time.Duration
 	// RequestTimeout bounds one request (10 s).
 	RequestTimeout time.Duration
+	// Mode, when set, overrides the peer authentication mode the control plane sends
+	// (--mtls-mode).
+	Mode string
 }
 
 // SVID is one issued certificate with its key and the bundle that came with it.
 // Immutable once published.
 type SVID struct {
+	// Mode is the peer authentication mode that came with it.
+	Mode   string
 	Cert   *tls.Certificate
 	Leaf   *x509.Certificate
 	ID     contract.SPIFFEID
@@ -119,6 +125,18 @@ func New(opts Options) *Manager {
 // Current is the SVID in force, nil before the first one. An expired one is still
 // returned (the TLS handshake then fails, as it must); Status says why.
 func (m *Manager) Current() *SVID { return m.cur.Load() }
+
+// Mode is the inbound peer authentication mode in force: the override, else what came
+// with the current certificate, else permissive.
+func (m *Manager) Mode() string {
+	if m.opts.Mode != "" {
+		return m.opts.Mode
+	}
+	if s := m.cur.Load(); s != nil {
+		return s.Mode
+	}
+	return contract.MTLSPermissive
+}
 
 // Renewed returns a channel closed at the next new SVID.
 func (m *Manager) Renewed() <-chan struct{} {
@@ -200,12 +218,15 @@ func (m *Manager) renew(ctx context.Context) error {
 	}
 	rctx, cancel := context.WithTimeout(ctx, m.opts.RequestTimeout)
 	defer cancel()
-	chain, bundle, err := m.opts.Signer.Sign(rctx, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), m.opts.TTL)
+	resp, err := m.opts.Signer.Sign(rctx, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), m.opts.TTL)
 	if err != nil {
 		return err
 	}
-	svid, err := newSVID(chain, bundle, key, m.opts.Clock.Now())
+	svid, err := newSVID([]byte(resp.CertChain), []byte(resp.TrustBundle), key, m.opts.Clock.Now())
 	if err != nil {
+		return fmt.Errorf("the control plane's answer: %w", err)
+	}
+	if svid.Mode, err = contract.ParseMTLSMode(resp.MTLSMode); err != nil {
 		return fmt.Errorf("the control plane's answer: %w", err)
 	}
 	m.cur.Store(svid)

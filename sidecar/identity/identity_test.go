@@ -120,21 +120,28 @@ func TestManagerKeepsLastCertificateWhenRenewalFails(t *testing.T) {
 func TestManagerRefusesBrokenAnswers(t *testing.T) {
 	ca := testCA(t, webID)
 	other := testCA(t, webID)
-	var otherChain []byte
-	_ = started(t, identity.SignerFunc(func(ctx context.Context, csr []byte, ttl time.Duration) ([]byte, []byte, error) {
-		c, b, err := other.Sign(ctx, csr, ttl)
-		otherChain = c
-		return c, b, err
+	var otherChain string
+	_ = started(t, identity.SignerFunc(func(ctx context.Context, csr []byte, ttl time.Duration) (*contract.SignResponse, error) {
+		r, err := other.Sign(ctx, csr, ttl)
+		otherChain = r.CertChain
+		return r, err
 	}), 0)
 	for name, s := range map[string]identity.SignerFunc{
-		"another key's certificate": func(ctx context.Context, csr []byte, ttl time.Duration) ([]byte, []byte, error) {
-			_, b, err := ca.Sign(ctx, csr, ttl)
-			return otherChain, b, err
+		"another key's certificate": func(ctx context.Context, csr []byte, ttl time.Duration) (*contract.SignResponse, error) {
+			r, err := ca.Sign(ctx, csr, ttl)
+			r.CertChain = otherChain
+			return r, err
 		},
-		"a bundle it does not chain to": func(ctx context.Context, csr []byte, ttl time.Duration) ([]byte, []byte, error) {
-			c, _, err := ca.Sign(ctx, csr, ttl)
-			_, b, _ := other.Sign(ctx, csr, ttl)
-			return c, b, err
+		"a bundle it does not chain to": func(ctx context.Context, csr []byte, ttl time.Duration) (*contract.SignResponse, error) {
+			r, err := ca.Sign(ctx, csr, ttl)
+			o, _ := other.Sign(ctx, csr, ttl)
+			r.TrustBundle = o.TrustBundle
+			return r, err
+		},
+		"an unknown mode": func(ctx context.Context, csr []byte, ttl time.Duration) (*contract.SignResponse, error) {
+			r, err := ca.Sign(ctx, csr, ttl)
+			r.MTLSMode = "off"
+			return r, err
 		},
 	} {
 		m := identity.New(identity.Options{Signer: s, RetryMin: time.Hour})

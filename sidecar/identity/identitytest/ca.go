@@ -32,6 +32,7 @@ type CA struct {
 	roots   []root // the last one signs; all are in the bundle
 	id      contract.SPIFFEID
 	fail    error
+	mode    string
 	signed  int
 	lastTTL time.Duration
 }
@@ -78,6 +79,13 @@ func (c *CA) SetIdentity(id contract.SPIFFEID) {
 	c.mu.Unlock()
 }
 
+// SetMode sets the peer authentication mode answers carry.
+func (c *CA) SetMode(mode string) {
+	c.mu.Lock()
+	c.mode = mode
+	c.mu.Unlock()
+}
+
 // Fail makes Sign fail with err (nil: succeed again).
 func (c *CA) Fail(err error) {
 	c.mu.Lock()
@@ -93,22 +101,22 @@ func (c *CA) Signed() (int, time.Duration) {
 }
 
 // Sign implements identity.Signer: ttl 0 is 24 h.
-func (c *CA) Sign(_ context.Context, csrPEM []byte, ttl time.Duration) (chain, bundle []byte, err error) {
+func (c *CA) Sign(_ context.Context, csrPEM []byte, ttl time.Duration) (*contract.SignResponse, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.fail != nil {
-		return nil, nil, c.fail
+		return nil, c.fail
 	}
 	blk, _ := pem.Decode(csrPEM)
 	if blk == nil {
-		return nil, nil, errors.New("identitytest: not PEM")
+		return nil, errors.New("identitytest: not PEM")
 	}
 	csr, err := x509.ParseCertificateRequest(blk.Bytes)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if err := csr.CheckSignature(); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	c.lastTTL = ttl
 	if ttl <= 0 {
@@ -121,11 +129,13 @@ func (c *CA) Sign(_ context.Context, csrPEM []byte, ttl time.Duration) (chain, b
 		BasicConstraintsValid: true, URIs: []*url.URL{c.id.URL()}}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, r.cert, csr.PublicKey, r.key)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	c.signed++
+	var bundle []byte
 	for _, r := range c.roots {
 		bundle = append(bundle, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.cert.Raw})...)
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), bundle, nil
+	return &contract.SignResponse{CertChain: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
+		TrustBundle: string(bundle), MTLSMode: c.mode}, nil
 }
