@@ -90,6 +90,8 @@ type SVID struct {
 	ID     contract.SPIFFEID
 	Roots  *x509.CertPool
 	Bundle []byte
+	// Obtained is when it arrived.
+	Obtained time.Time
 }
 
 // Manager keeps the sidecar's current SVID. Its zero value is not usable; use New.
@@ -199,11 +201,13 @@ func (m *Manager) Run(ctx context.Context) {
 	}
 }
 
-// renewAt is the midpoint of the current certificate's validity.
+// renewAt is halfway from when the current certificate arrived to its expiry. Counting
+// from NotBefore instead would renew early by half the CA's backdating (5 minutes), and
+// at once for certificates of a few seconds, whose NotAfter X.509 also truncates to the
+// second.
 func (m *Manager) renewAt() time.Time {
 	cur := m.cur.Load()
-	nb, na := cur.Leaf.NotBefore, cur.Leaf.NotAfter
-	return nb.Add(na.Sub(nb) / 2)
+	return cur.Obtained.Add(cur.Leaf.NotAfter.Sub(cur.Obtained) / 2)
 }
 
 // renew makes a fresh key, asks for a certificate and publishes it.
@@ -222,10 +226,12 @@ func (m *Manager) renew(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	svid, err := newSVID([]byte(resp.CertChain), []byte(resp.TrustBundle), key, m.opts.Clock.Now())
+	now := m.opts.Clock.Now()
+	svid, err := newSVID([]byte(resp.CertChain), []byte(resp.TrustBundle), key, now)
 	if err != nil {
 		return fmt.Errorf("the control plane's answer: %w", err)
 	}
+	svid.Obtained = now
 	if svid.Mode, err = contract.ParseMTLSMode(resp.MTLSMode); err != nil {
 		return fmt.Errorf("the control plane's answer: %w", err)
 	}

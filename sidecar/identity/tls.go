@@ -25,6 +25,9 @@ func (m *Manager) ServerConfig() *tls.Config {
 		MinVersion: tls.VersionTLS12,
 		NextProtos: ALPN,
 		ClientAuth: tls.RequireAnyClientCert, // verified in VerifyConnection, against the bundle of the moment
+		// A resumed session would carry the client certificate of its first handshake,
+		// which a short-lived SVID outlives.
+		SessionTicketsDisabled: true,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			s := m.cur.Load()
 			if s == nil {

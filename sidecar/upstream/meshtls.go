@@ -37,11 +37,11 @@ func (m *Manager) SetMeshTLS(t MeshTLS) {
 		m.meshTLS.Store(nil)
 		return
 	}
-	h1 := t.ClientConfig([]string{"http/1.1"})
-	// Resumed sessions skip the certificate exchange (VerifyConnection still runs);
-	// 256 entries bound the cache whatever the number of endpoints.
-	h1.ClientSessionCache = tls.NewLRUClientSessionCache(256)
-	m.meshTLS.Store(&meshTLSState{h1: h1})
+	// No session resumption: a resumed session carries the certificates of its first
+	// handshake, which short-lived SVIDs outlive (measured: resumed connections failed
+	// with expired certificates while certificates were renewed every second). Connections
+	// are pooled, so full handshakes are rare.
+	m.meshTLS.Store(&meshTLSState{h1: t.ClientConfig([]string{"http/1.1"})})
 }
 
 // meshTLSHolder is embedded in Manager (one atomic pointer).

@@ -29,7 +29,8 @@ type root struct {
 // CA signs for one workload identity. Safe for concurrent use.
 type CA struct {
 	mu      sync.Mutex
-	roots   []root // the last one signs; all are in the bundle
+	roots   []root // all are in the bundle
+	signing int    // index of the root that signs
 	id      contract.SPIFFEID
 	fail    error
 	mode    string
@@ -43,8 +44,8 @@ func New(id contract.SPIFFEID) (*CA, error) {
 	return c, c.AddRoot()
 }
 
-// AddRoot adds a root that signs from now on; the old ones stay in the bundle (the
-// overlap of a rotation).
+// AddRoot adds a root to the bundle; it signs only after Activate, as the manager's CA
+// trusts a new root for an overlap before it signs with it.
 func (c *CA) AddRoot() error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -65,10 +66,18 @@ func (c *CA) AddRoot() error {
 	return nil
 }
 
+// Activate makes the newest root sign.
+func (c *CA) Activate() {
+	c.mu.Lock()
+	c.signing = len(c.roots) - 1
+	c.mu.Unlock()
+}
+
 // DropOldRoots keeps only the signing root in the bundle (the end of a rotation).
 func (c *CA) DropOldRoots() {
 	c.mu.Lock()
-	c.roots = c.roots[len(c.roots)-1:]
+	c.roots = c.roots[c.signing : c.signing+1]
+	c.signing = 0
 	c.mu.Unlock()
 }
 
@@ -122,9 +131,9 @@ func (c *CA) Sign(_ context.Context, csrPEM []byte, ttl time.Duration) (*contrac
 	if ttl <= 0 {
 		ttl = 24 * time.Hour
 	}
-	r := c.roots[len(c.roots)-1]
+	r := c.roots[c.signing]
 	now := time.Now()
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(now.UnixNano()), NotBefore: now, NotAfter: now.Add(ttl),
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(now.UnixNano()), NotBefore: now.Add(-time.Minute), NotAfter: now.Add(ttl),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true, URIs: []*url.URL{c.id.URL()}}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, r.cert, csr.PublicKey, r.key)
