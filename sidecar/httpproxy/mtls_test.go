@@ -73,6 +73,12 @@ type meshPair struct {
 // certificates' lifetime; mode the callee's peer authentication.
 func twoSidecars(t *testing.T, goroutines bool, ttl time.Duration, mode string, maxReqPerConn uint32) *meshPair {
 	t.Helper()
+	return sidecarPair(t, goroutines, ttl, mode, maxReqPerConn, true)
+}
+
+// sidecarPair is twoSidecars, in plaintext without withTLS.
+func sidecarPair(t *testing.T, goroutines bool, ttl time.Duration, mode string, maxReqPerConn uint32, withTLS bool) *meshPair {
+	t.Helper()
 	ca, err := identitytest.New(webID)
 	if err != nil {
 		t.Fatal(err)
@@ -103,8 +109,14 @@ func twoSidecars(t *testing.T, goroutines bool, ttl time.Duration, mode string, 
 		Clusters:  []types.Resource{st.EDSCluster(cluster, opts...), st.InboundCluster(uint32(appPort))},
 		Endpoints: []types.Resource{st.Endpoints(cluster, st.Endpoint{Addr: net.JoinHostPort(host, strconv.Itoa(portN))})},
 	})
-	p.callee = st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines, InboundTLS: p.calleeID, MeshTLS: p.calleeID, InboundAddress: p.calleeAddr})
-	p.caller = st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines, InboundTLS: p.callerID, MeshTLS: p.callerID})
+	co := st.SidecarOptions{GoroutinePerConnection: goroutines, InboundAddress: p.calleeAddr}
+	ro := st.SidecarOptions{GoroutinePerConnection: goroutines}
+	if withTLS {
+		co.InboundTLS, co.MeshTLS = p.calleeID, p.calleeID
+		ro.InboundTLS, ro.MeshTLS = p.callerID, p.callerID
+	}
+	p.callee = st.StartSidecar(t, cp, co)
+	p.caller = st.StartSidecar(t, cp, ro)
 	p.outbound = p.caller.URL(t, st.OutboundListenerName)
 	_ = p.callee.URL(t, st.InboundListenerName)
 	return p
