@@ -80,6 +80,10 @@ func (l *Listener) serveMTLS(ln net.Listener) {
 			continue
 		}
 		backoff.reset()
+		if l.divertConn(conn) { // captured for another filter chain (capture.go)
+			conn.Close()
+			continue
+		}
 		l.connections.Add(1)
 		if !l.admitConn() {
 			conn.Close()
