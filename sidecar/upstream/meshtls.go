@@ -57,10 +57,13 @@ func (h *Host) Meshed() bool {
 // workload identity and one of c's endpoints is meshed. The event loop hands such
 // requests to the goroutine path.
 func (c *Cluster) OriginatesTLS() bool {
-	if c.mgr == nil || c.mgr.meshTLS.Load() == nil {
-		return false
-	}
-	for _, h := range c.Hosts() {
+	return c.meshed.Load() && c.mgr != nil && c.mgr.meshTLS.Load() != nil
+}
+
+// anyMeshed reports whether one of hosts is meshed; computed when EDS changes, so the
+// event loop's check per request is two atomic loads.
+func anyMeshed(hosts []*Host) bool {
+	for _, h := range hosts {
 		if h.Meshed() {
 			return true
 		}
