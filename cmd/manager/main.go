@@ -115,6 +115,9 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
+	if err := setupCA(mgr, srv, sec); err != nil {
+		return err
+	}
 	if o.debugAddr != "0" {
 		if err := mgr.Add(&xds.DebugServer{Server: srv, Address: o.debugAddr, Log: ctrl.Log.WithName("debug")}); err != nil {
 			return fmt.Errorf("adding the debug server: %w", err)

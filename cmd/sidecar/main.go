@@ -51,6 +51,7 @@ type flags struct {
 	concurrency                                          int
 	releaseMemory, eventLoop                             bool
 	telemetry                                            telemetryFlags
+	identity                                             identityFlags
 	// xdsCAFile and xdsTokenFile authenticate the sidecar to the control plane.
 	xdsCAFile, xdsTokenFile string
 }
@@ -77,6 +78,7 @@ func parseFlags() flags {
 	flag.BoolVar(&f.releaseMemory, "release-startup-memory", true, "after the first config, drop the executable's pages only start-up used (Linux)")
 	flag.BoolVar(&f.eventLoop, "http-event-loop", true, "serve HTTP/1.1 (outbound and inbound) from event loops, one per worker thread; false: a goroutine per connection")
 	addTelemetryFlags(&f.telemetry) // telemetry.go
+	addIdentityFlags(&f.identity)   // identity.go
 	flag.Parse()
 	if f.nodeID == "" {
 		f.nodeID = f.pod + "." + f.namespace
@@ -155,10 +157,17 @@ func run() error {
 	rep := activator.NewReporter(signals)
 	rep.OnError = func(err error) { log.Warn("demand signal not delivered", "err", err) }
 	act := activator.New(clock.RealClock{}, rep)
+	idm, err := startIdentity(bg, f.identity, secure, signals, log) // identity.go
+	if err != nil {
+		return err
+	}
 
 	var current atomic.Pointer[config.Config]
 	calls := newAsyncCalls(log, node.GetId(), f.function, f.appPort, current.Load)
 	ups := upstream.NewManager(bg, clock.RealClock{})
+	if idm != nil {
+		ups.SetMeshTLS(idm)
+	}
 	podIP, err := parsePodIP(f.podIP)
 	if err != nil {
 		return err
@@ -171,7 +180,8 @@ func run() error {
 	ref := &httpRef{}
 	capt := capture.New(capture.Options{Upstreams: ups, HTTP: ref, Logger: log, Telemetry: tel})
 	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Logger: log, Holder: holder{act}, Watcher: act, Async: calls,
-		GoroutinePerConnection: !f.eventLoop, Function: f.function, PodIP: podIP, Diverter: capt, Telemetry: tel})
+		GoroutinePerConnection: !f.eventLoop, Function: f.function, PodIP: podIP, Diverter: capt, Telemetry: tel,
+		InboundTLS: inboundTLS(idm)})
 	ref.p = px
 	redis := newRedisPools(log, f.redisProxy != "")
 	var status func() any
@@ -208,8 +218,13 @@ func run() error {
 		go func() { _ = cl.Run(bg) }()
 	}
 
-	adm := admin.New(admin.Options{Config: current.Load, Status: status,
-		Exchanges: func(minAge time.Duration) any { return px.Exchanges(minAge) }})
+	aopts := admin.Options{Config: current.Load, Status: status,
+		Exchanges: func(minAge time.Duration) any { return px.Exchanges(minAge) }}
+	if idm != nil {
+		aopts.Identity = idm.Status
+	}
+	adm := admin.New(aopts)
+	adm.AddStats(mtlsStats{px})
 	adm.AddStats(px)
 	adm.AddStats(captureStats{capt, px})
 	adm.AddStats(activatorStats{act})

@@ -198,7 +198,7 @@ type secureServer struct {
 
 // startSecure runs the xDS server as the manager does by default: TLS with a certificate
 // of its own CA, every stream and call authenticated, the signal service on the same port.
-func startSecure(t *testing.T, c client.Client, in *snapshot.Input) *secureServer {
+func startSecure(t *testing.T, c client.Client, in *snapshot.Input, register ...func(grpc.ServiceRegistrar)) *secureServer {
 	t.Helper()
 	bundle, err := inject.Generate(time.Now(), []string{contract.XDSServerName})
 	must(t, err)
@@ -214,6 +214,9 @@ func startSecure(t *testing.T, c client.Client, in *snapshot.Input) *secureServe
 	as := autoscale.NewAutoscaler(fc, autoscale.ScaleSinkFunc(func(autoscale.FunctionKey, autoscale.Decision) {}))
 	as.SetSpec(autoscale.FunctionKey{Namespace: ztNS, Name: "fn"}, autoscale.DefaultSpec())
 	srv.Register(func(r grpc.ServiceRegistrar) { autoscale.RegisterSignalServer(r, as) })
+	for _, fn := range register {
+		srv.Register(fn)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Start(ctx) }()

@@ -37,6 +37,9 @@ type Options struct {
 	// Exchanges lists the upstream exchanges in flight for at least minAge, for
 	// /debug/exchanges (any JSON-encodable value); nil: the endpoint answers 404.
 	Exchanges func(minAge time.Duration) any
+	// Identity, when set, reports the workload certificate (identity.Manager.Status): not
+	// ready without a valid one; a note (a failing renewal) is added to /ready's body.
+	Identity func() (ready bool, note string)
 }
 
 // Server holds the admin handlers.
@@ -83,6 +86,17 @@ func (s *Server) ready(w http.ResponseWriter, _ *http.Request) {
 	if s.opts.Config == nil || s.opts.Config() == nil {
 		http.Error(w, "not ready: no complete config received from the control plane yet\n", http.StatusServiceUnavailable)
 		return
+	}
+	if s.opts.Identity != nil {
+		ok, note := s.opts.Identity()
+		if !ok {
+			http.Error(w, "not ready: "+note+"\n", http.StatusServiceUnavailable)
+			return
+		}
+		if note != "" {
+			_, _ = w.Write([]byte("ready\nwarning: " + note + "\n"))
+			return
+		}
 	}
 	_, _ = w.Write([]byte("ready\n"))
 }

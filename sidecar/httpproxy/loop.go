@@ -518,7 +518,8 @@ func (h *hloop) dispatch(d *sock, end int) int {
 	}
 	cc := c.Config()
 	// HTTP/2 upstreams are the goroutine path's (upstream/h2.go).
-	if cc.Unresolved != "" || cc.Function != nil || cc.Protocol == config.UpstreamHTTP2 {
+	// Mutual TLS to meshed endpoints too (mtls.go): the loop does no TLS.
+	if cc.Unresolved != "" || cc.Function != nil || cc.Protocol == config.UpstreamHTTP2 || c.OriginatesTLS() {
 		h.handoff(d)
 		return gone
 	}

@@ -55,6 +55,9 @@ type Options struct {
 	// Telemetry receives a record of every HTTP exchange (Istio metrics, access log) and
 	// sets the headers each hop adds (telemetry.go); nil: none.
 	Telemetry *telemetry.Mesh
+	// InboundTLS, when set, makes the bound inbound listener accept mutual TLS from other
+	// sidecars (mtls.go); nil: plaintext only.
+	InboundTLS InboundTLS
 }
 
 // Proxy serves the HTTP listeners of the config in force.
@@ -96,6 +99,7 @@ type Listener struct {
 	unbound bool                                // a capture chain's: binds nothing (capture.go)
 	ln      net.Listener
 	h2      *h2Server
+	mtls    *mtlsFront // mutual TLS on the inbound listener (mtls.go); nil: none
 	// loops serve the listener's HTTP/1.1 connections; none: a goroutine per connection. A
 	// capture chain's start with its first connection (loopcapture.go), under loopMu.
 	loops        []*hloop
@@ -207,7 +211,9 @@ func (p *Proxy) start(hl *config.HTTPListener) (*Listener, error) {
 	l.setLimits(hl.Limits)
 	l.h2 = newH2Server(l, ln.Addr(), l.lim)
 	mode := "goroutine per connection"
-	if p.opts.GoroutinePerConnection {
+	if l.inbound && p.opts.InboundTLS != nil {
+		mode = p.startMTLS(l, ln) // mtls.go
+	} else if p.opts.GoroutinePerConnection {
 		go l.serve(ln)
 	} else if err := l.startLoops(ln, loopCount()); err != nil {
 		p.opts.Logger.Warn("HTTP event loop unavailable; serving a goroutine per connection", "listener", hl.Name, "error", err)

@@ -14,6 +14,9 @@ import (
 // ServeHTTP routes one downstream request: virtual host, first matching route, fault
 // filter, then the route's action.
 func (l *Listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if l.mtls != nil {
+		r = l.mtls.withPeer(r) // the verified peer's SPIFFE ID on the context (mtls.go)
+	}
 	l.inflight.Add(1)
 	l.requests.Add(1)
 	defer l.inflight.Add(-1)

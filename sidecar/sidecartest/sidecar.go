@@ -43,6 +43,12 @@ type SidecarOptions struct {
 	PodIP netip.Addr
 	// Telemetry receives the sidecar's HTTP exchanges (httpproxy.Options.Telemetry).
 	Telemetry *telemetry.Mesh
+	// InboundTLS and MeshTLS make the sidecar speak mutual TLS (identity.Manager);
+	// InboundAddress binds the inbound listener there instead of 127.0.0.1:0 (a meshed
+	// endpoint is on port contract.InboundPort).
+	InboundTLS     httpproxy.InboundTLS
+	MeshTLS        upstream.MeshTLS
+	InboundAddress string
 }
 
 // StartSidecar connects a sidecar to cp; everything stops when the test ends.
@@ -53,9 +59,17 @@ func StartSidecar(t testing.TB, cp *ControlPlane, o SidecarOptions) *Sidecar {
 		log = slog.Default()
 	}
 	ups := upstream.NewManager(ctx, clock.RealClock{})
+	if o.MeshTLS != nil {
+		ups.SetMeshTLS(o.MeshTLS)
+	}
+	inAddr := "127.0.0.1:0"
+	if o.InboundAddress != "" {
+		inAddr = o.InboundAddress
+	}
 	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Holder: o.Holder, Watcher: o.Watcher, Async: o.Async, Logger: log,
-		ListenAddress:          map[string]string{OutboundListenerName: "127.0.0.1:0", InboundListenerName: "127.0.0.1:0"},
-		GoroutinePerConnection: o.GoroutinePerConnection, Function: o.Function, PodIP: o.PodIP, Telemetry: o.Telemetry})
+		ListenAddress:          map[string]string{OutboundListenerName: "127.0.0.1:0", InboundListenerName: inAddr},
+		GoroutinePerConnection: o.GoroutinePerConnection, Function: o.Function, PodIP: o.PodIP, Telemetry: o.Telemetry,
+		InboundTLS: o.InboundTLS})
 	cl := xdsclient.New(xdsclient.Options{Address: cp.Addr(), Node: &corev3.Node{Id: NodeID}, Logger: log,
 		BackoffBase: 50 * time.Millisecond, BackoffMax: 500 * time.Millisecond,
 		Applier: xdsclient.ApplierFunc(func(c *config.Config) {

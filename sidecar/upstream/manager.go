@@ -25,6 +25,8 @@ type Manager struct {
 	clusters atomic.Pointer[map[string]*Cluster]
 	ctx      context.Context
 	slowOnce sync.Once
+
+	meshTLSHolder // mutual TLS to meshed endpoints (meshtls.go)
 }
 
 // NewManager returns an empty manager. Background work (outlier sweeps, health checks)

@@ -202,6 +202,9 @@ func (c *Cluster) RoundTrip(ctx context.Context, req *Request, h *Host, deadline
 		if pc == nil {
 			d := net.Dialer{Timeout: cc.ConnectTimeout, Deadline: deadline, KeepAlive: 30 * time.Second}
 			conn, err := d.DialContext(ctx, "tcp", h.Address)
+			if err == nil {
+				conn, err = c.originateTLS(ctx, conn, h, cc.ConnectTimeout, deadline) // meshtls.go
+			}
 			if err != nil {
 				c.ConnClosed(goroutinePools, false)
 				return nil, err

@@ -1,0 +1,219 @@
+package httpproxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/sidecar/identity"
+)
+
+// Mutual TLS on the inbound listener (docs/mtls.md). The listener's own accept loop reads
+// the first byte of every connection: 0x16 (a TLS handshake record, which no HTTP request
+// starts with) is mutual TLS from another sidecar, terminated here with crypto/tls and
+// served on the goroutine path (HTTP/1.1, or HTTP/2 when ALPN chose h2); anything else is
+// plaintext, served on the event loop as before in permissive mode and closed in strict
+// mode. The event loop reads raw sockets and does no TLS, so TLS connections never join
+// it: TLS costs the goroutine path's throughput plus the crypto.
+
+// InboundTLS is what the inbound listener needs for mutual TLS: identity.Manager's server
+// configuration and the peer authentication mode in force.
+type InboundTLS interface {
+	ServerConfig() *tls.Config
+	// Mode is contract.MTLSPermissive or contract.MTLSStrict; read for every connection.
+	Mode() string
+}
+
+// tlsRecordHandshake is the first byte of a TLS ClientHello record.
+const tlsRecordHandshake = 0x16
+
+// mtlsFront is the TLS side of one inbound listener.
+type mtlsFront struct {
+	src InboundTLS
+	cfg *tls.Config
+	// peers maps the remote address of each open TLS connection to its verified SPIFFE ID.
+	// One entry per open connection: bounded by the listener's connection limit.
+	peers sync.Map
+	// Counters for /stats.
+	handshakes, handshakeErrors, plaintext, refusedPlaintext atomic.Uint64
+}
+
+// startMTLS serves l's socket with the sniffing accept loop; plaintext connections go to
+// event loops started without a listening socket (as a capture chain's), or to the
+// goroutine path when loops are off or unavailable.
+func (p *Proxy) startMTLS(l *Listener, ln net.Listener) string {
+	l.mtls = &mtlsFront{src: p.opts.InboundTLS, cfg: p.opts.InboundTLS.ServerConfig()}
+	mode := "mutual TLS (goroutine per connection), plaintext on the goroutine path"
+	if !p.opts.GoroutinePerConnection {
+		l.loopMu.Lock()
+		err := l.startLoops(nil, loopCount())
+		l.loopMu.Unlock()
+		if err != nil {
+			p.opts.Logger.Warn("HTTP event loop unavailable; serving a goroutine per connection", "listener", l.Name, "error", err)
+		} else {
+			mode = "mutual TLS (goroutine per connection), plaintext on the event loop"
+		}
+	}
+	go l.serveMTLS(ln)
+	return mode
+}
+
+// serveMTLS accepts connections and sniffs each on its own goroutine, so a slow client
+// never holds up the accept loop.
+func (l *Listener) serveMTLS(ln net.Listener) {
+	var backoff acceptBackoff
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			l.acceptErrors.Add(1)
+			time.Sleep(backoff.next())
+			continue
+		}
+		backoff.reset()
+		if l.divertConn(conn) { // captured for another filter chain (capture.go)
+			conn.Close()
+			continue
+		}
+		l.connections.Add(1)
+		if !l.admitConn() {
+			conn.Close()
+			continue
+		}
+		go l.sniff(conn)
+	}
+}
+
+// sniff reads the first byte (within the head timeout) and serves the connection as TLS
+// or plaintext.
+func (l *Listener) sniff(nc net.Conn) {
+	f := l.mtls
+	lim := l.lim()
+	_ = nc.SetReadDeadline(deadlineAfter(time.Now(), lim.HeadTimeout))
+	var first [1]byte
+	if _, err := io.ReadFull(nc, first[:]); err != nil {
+		nc.Close()
+		l.connClosed()
+		return
+	}
+	if first[0] != tlsRecordHandshake {
+		if f.src.Mode() == contract.MTLSStrict {
+			f.refusedPlaintext.Add(1)
+			nc.Close() // Istio's STRICT: plaintext gets a closed connection, nothing to parse
+			l.connClosed()
+			return
+		}
+		f.plaintext.Add(1)
+		_ = nc.SetReadDeadline(time.Time{})
+		if !l.serveOnLoop(nc, first[:]) {
+			l.serveConn(nc, first[:], nil)
+		}
+		return
+	}
+	tc := tls.Server(&prefixConn{Conn: nc, pre: first[:]}, f.cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout(lim.HeadTimeout))
+	err := tc.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		f.handshakeErrors.Add(1)
+		l.proxy.opts.Logger.Debug("inbound TLS handshake refused", "remote", nc.RemoteAddr().String(), "err", err)
+		nc.Close()
+		l.connClosed()
+		return
+	}
+	f.handshakes.Add(1)
+	_ = nc.SetReadDeadline(time.Time{})
+	cs := tc.ConnectionState()
+	key := nc.RemoteAddr().String()
+	if id, ok := identity.PeerID(&cs); ok {
+		f.peers.Store(key, id)
+	}
+	l.serveConn(&mtlsConn{Conn: tc, f: f, key: key}, nil, nil)
+}
+
+// handshakeTimeout bounds a TLS handshake: the head timeout, or 10 s without one.
+func handshakeTimeout(head time.Duration) time.Duration {
+	if head <= 0 {
+		return 10 * time.Second
+	}
+	return head
+}
+
+// withPeer puts the verified SPIFFE ID of r's connection on its context
+// (identity.PeerFrom reads it); plaintext requests are returned as they are.
+func (f *mtlsFront) withPeer(r *http.Request) *http.Request {
+	v, ok := f.peers.Load(r.RemoteAddr)
+	if !ok {
+		return r
+	}
+	return r.WithContext(identity.WithPeer(r.Context(), v.(contract.SPIFFEID)))
+}
+
+// prefixConn replays bytes already read before the connection's own.
+type prefixConn struct {
+	net.Conn
+	pre []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.pre) > 0 {
+		n := copy(p, c.pre)
+		c.pre = c.pre[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// mtlsConn is a terminated TLS connection as the goroutine path serves it. It embeds
+// only net.Conn, so nothing unwraps it to the raw socket (an event loop must never read
+// the TLS bytes), and closing it forgets its peer.
+type mtlsConn struct {
+	net.Conn
+	f    *mtlsFront
+	key  string
+	once sync.Once
+}
+
+func (c *mtlsConn) Close() error {
+	c.once.Do(func() { c.f.peers.Delete(c.key) })
+	return c.Conn.Close()
+}
+
+// WriteMTLSStats appends the inbound listener's mutual TLS counters to /stats.
+func (p *Proxy) WriteMTLSStats(w io.Writer) {
+	l := p.Listener(contract.InboundListenerName)
+	if l == nil || l.mtls == nil {
+		return
+	}
+	f := l.mtls
+	writeCounter(w, "weft_inbound_tls_handshakes_total", "Inbound mutual TLS handshakes completed.", f.handshakes.Load())
+	writeCounter(w, "weft_inbound_tls_handshake_errors_total", "Inbound TLS handshakes refused (no or untrusted client certificate, timeout, garbage).", f.handshakeErrors.Load())
+	writeCounter(w, "weft_inbound_plaintext_connections_total", "Inbound plaintext connections accepted (permissive mode).", f.plaintext.Load())
+	writeCounter(w, "weft_inbound_plaintext_refused_total", "Inbound plaintext connections closed (strict mode).", f.refusedPlaintext.Load())
+}
+
+func writeCounter(w io.Writer, name, help string, v uint64) {
+	_, _ = io.WriteString(w, "# HELP "+name+" "+help+"\n# TYPE "+name+" counter\n"+name+" "+itoa(v)+"\n")
+}
+
+func itoa(v uint64) string {
+	var b [20]byte
+	i := len(b)
+	for {
+		i--
+		b[i] = byte('0' + v%10)
+		v /= 10
+		if v == 0 {
+			return string(b[i:])
+		}
+	}
+}
