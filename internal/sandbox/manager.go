@@ -18,11 +18,11 @@ import (
 // from dist/install.yaml runs as a pod (test/e2e/release_test.go). Pods already running
 // keep their sidecars' last configuration meanwhile.
 type ManagerSwitch struct {
-	mu      sync.Mutex
-	cs      kubernetes.Interface
-	port    int
-	launch  func() (func(), error)
-	stop    func() // nil while stopped
+	mu     sync.Mutex
+	cs     kubernetes.Interface
+	port   int
+	launch func() (func(), error)
+	stop   func() // nil while stopped
 }
 
 // webhookConfigName is the injection webhook configuration's name, in the sandbox as in

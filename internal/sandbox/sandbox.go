@@ -65,8 +65,8 @@ type Options struct {
 	// Manager, when set, lets the caller stop the manager Run starts and start it again
 	// (manager.go): the e2e test of dist/install.yaml runs the manager as a pod meanwhile.
 	Manager *ManagerSwitch
-	Out         io.Writer // progress for the user
-	Log         logr.Logger
+	Out     io.Writer // progress for the user
+	Log     logr.Logger
 }
 
 func (o *Options) defaults() {
