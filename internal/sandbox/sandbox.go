@@ -62,6 +62,9 @@ type Options struct {
 	Registry string
 	// ManagerArgs are added to the manager's command line.
 	ManagerArgs []string
+	// NoManager starts no manager on the host (nor its webhook configuration): the mesh
+	// waits for one installed from dist/install.yaml to run as a pod (docs/install.md).
+	NoManager bool
 	// Manager, when set, lets the caller stop the manager Run starts and start it again
 	// (manager.go): the e2e test of dist/install.yaml runs the manager as a pod meanwhile.
 	Manager *ManagerSwitch
@@ -189,9 +192,6 @@ func Run(ctx context.Context, o Options) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := prepareCluster(ctx, cs, webhookPort); err != nil {
-		return err
-	}
 	cn, err := newClusterNet(o, network.Gateway())
 	if err != nil {
 		return err
@@ -214,13 +214,17 @@ func Run(ctx context.Context, o Options) (err error) {
 	}
 	sw.init(cs, webhookPort, func() (func(), error) { return superviseManager(ctx, o, logDir, kubeconfig, gw, webhookPort, say) })
 	defer sw.stopManager()
-	if err := sw.startManager(ctx); err != nil {
-		if ctx.Err() != nil {
-			return nil // Ctrl-C while starting
+	if o.NoManager {
+		say("no manager on the host (--no-manager): install one with kubectl apply -f dist/install.yaml (docs/install.md)")
+	} else {
+		if err := sw.startManager(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil // Ctrl-C while starting
+			}
+			return fmt.Errorf("%w (manager log: %s)", err, filepath.Join(logDir, "manager.log"))
 		}
-		return fmt.Errorf("%w (manager log: %s)", err, filepath.Join(logDir, "manager.log"))
+		say("manager running: xDS on %s:%d, sidecar-injection webhook on 127.0.0.1:%d", gw, o.XDSPort, webhookPort)
 	}
-	say("manager running: xDS on %s:%d, sidecar-injection webhook on 127.0.0.1:%d", gw, o.XDSPort, webhookPort)
 	tWait := time.Now()
 	if err := services.wait(ctx, time.Minute); err != nil {
 		if ctx.Err() != nil {
