@@ -232,7 +232,9 @@ spec:
   template:
     metadata: {labels: {app: %[1]s}}
     spec:
-      terminationGracePeriodSeconds: 2
+      # Above install.yaml's --sidecar-drain-seconds=5: the injected sidecar's preStop
+      # sleeps that long, and a pod whose grace period is shorter is refused.
+      terminationGracePeriodSeconds: 10
       containers:
       - name: %[1]s
         image: %[2]s
