@@ -119,17 +119,16 @@ func TestInstallManifest(t *testing.T) {
 		_ = cs.CoreV1().Namespaces().Delete(context.Background(), installNS, metav1.DeleteOptions{})
 	})
 	caller := installPod(t, "caller")
-	var sidecar *corev1.Container
-	for i, c := range caller.Spec.InitContainers {
-		if c.Name == "weft-sidecar" {
-			sidecar = &caller.Spec.InitContainers[i]
+	// The sidecar and the capture init container both run install.yaml's pinned image (the
+	// host manager would inject ghcr.io/weftmesh/weft-sidecar:dev).
+	images := map[string]string{}
+	for _, c := range append(caller.Spec.InitContainers, caller.Spec.Containers...) {
+		images[c.Name] = c.Image
+	}
+	for _, name := range []string{"weft-sidecar", "weft-init"} {
+		if !strings.HasPrefix(images[name], repo+"/weft-sidecar@sha256:") {
+			t.Errorf("the caller's %s container runs %q, want install.yaml's pinned %s/weft-sidecar (containers: %v)", name, images[name], repo, images)
 		}
-	}
-	if sidecar == nil {
-		t.Fatalf("the caller got no sidecar from the in-cluster manager: %+v", caller.Spec.InitContainers)
-	}
-	if !strings.HasPrefix(sidecar.Image, repo+"/weft-sidecar@sha256:") {
-		t.Errorf("injected sidecar image %s, want install.yaml's pinned %s/weft-sidecar", sidecar.Image, repo)
 	}
 	installPod(t, "echo-v1")
 	installPod(t, "echo-v2")
