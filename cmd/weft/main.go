@@ -56,6 +56,7 @@ func dev(args []string) error {
 	fs.IntVar(&o.XDSPort, "xds-port", contract.XDSPort, "port of the manager's xDS server on the bridge address")
 	fs.StringVar(&imageMap, "image-map", "", "file of extra \"image-repository program\" lines (programs relative to --bin-dir or absolute)")
 	fs.StringVar(&o.Registry, "registry", "", "serve an OCI registry on host:port (e.g. 127.0.0.1:5000) for make images REGISTRY=host:port/weftmesh; pods naming its images run them from their own root")
+	fs.BoolVar(&o.NoManager, "no-manager", false, "start no Weft manager on the host: apply a release instead (make release REGISTRY=<--registry>/weftmesh; kubectl apply -f dist/install.yaml) and it runs as a pod")
 	fs.BoolVar(&verbose, "v", false, "log node-agent events")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: weft dev [flags]\n\nBuilt-in image map (repository → program in --bin-dir):\n")

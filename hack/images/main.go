@@ -89,7 +89,7 @@ func main() {
 	flag.StringVar(&o.version, "version", os.Getenv("VERSION"), "image tag and version label (default $VERSION, else git describe --tags --always --dirty)")
 	flag.StringVar(&o.registry, "registry", os.Getenv("REGISTRY"), "registry and path to name (and push) the images under (default $REGISTRY, else "+sourceRegistry+" without pushing)")
 	flag.StringVar(&o.platforms, "platforms", "linux/amd64,linux/arm64", "comma-separated os/arch list")
-	flag.StringVar(&o.only, "only", "", "comma-separated image names to build (default: all)")
+	flag.StringVar(&o.only, "only", "", "comma-separated image names to build (default: all); with -release, every image config/default names must be among them")
 	flag.BoolVar(&o.release, "release", false, "also write OUT/install.yaml: config/default rendered with every Weft image pinned by digest")
 	flag.StringVar(&o.goCmd, "go", envOr("GO", "go"), "the go command")
 	flag.Parse()
@@ -116,8 +116,21 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if o.release && o.only != "" {
-		return errors.New("-release needs every image: drop -only")
+	// The release's manifests are rendered first, so a -only that leaves out an image they
+	// name fails before anything is built or written (-release -only is for tests that need
+	// a few images fast: test/e2e/release_test.go).
+	var rendered []byte
+	if o.release {
+		if rendered, err = renderDefault(ctx); err != nil {
+			return err
+		}
+		will := map[string]string{}
+		for _, t := range sel {
+			will[t.name] = o.registry + "/" + t.name
+		}
+		if _, err := image.Pin(rendered, sourceRegistry, will); err != nil {
+			return fmt.Errorf("-release with -only %s: %w", o.only, err)
+		}
 	}
 	fmt.Fprintf(stdout, "images %s (revision %s, created %s) for %s\n", meta.Version, meta.Revision, meta.Created.Format(time.RFC3339), o.platforms)
 
@@ -224,7 +237,7 @@ func run(ctx context.Context, o options, stdout io.Writer) error {
 		fmt.Fprintf(stdout, "  pushed %d images to %s in %s\n", len(named), o.registry, time.Since(start).Round(100*time.Millisecond))
 	}
 	if o.release {
-		return release(ctx, o, meta.Version, pinned, stdout)
+		return release(o, rendered, meta.Version, pinned, stdout)
 	}
 	return nil
 }
@@ -256,15 +269,20 @@ func report(w io.Writer, ref string, d v1.Hash, idx v1.ImageIndex) error {
 	return nil
 }
 
-// release renders config/default and pins every Weft image by the digest just built.
-func release(ctx context.Context, o options, version string, pinned map[string]string, stdout io.Writer) error {
+// renderDefault renders config/default with kubectl kustomize.
+func renderDefault(ctx context.Context) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, "kubectl", "kustomize", "config/default")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	rendered, err := cmd.Output()
 	if err != nil {
-		return fmt.Errorf("kubectl kustomize config/default (kubectl comes with hack/deps.sh mesh or any Kubernetes install): %w: %s", err, stderr.String())
+		return nil, fmt.Errorf("kubectl kustomize config/default (kubectl comes with hack/deps.sh mesh or any Kubernetes install): %w: %s", err, stderr.String())
 	}
+	return rendered, nil
+}
+
+// release pins every Weft image of the rendered config/default by the digest just built.
+func release(o options, rendered []byte, version string, pinned map[string]string, stdout io.Writer) error {
 	out, err := image.Pin(rendered, sourceRegistry, pinned)
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package sandbox
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -24,6 +25,9 @@ type AgentOptions struct {
 	StateDir string
 	// DNS gives pods the cluster's resolv.conf (dns.go); nil leaves them the host's.
 	DNS *PodDNS
+	// APIService is the `kubernetes` Service's ClusterIP and port (10.96.0.1:443), given to
+	// every container as KUBERNETES_SERVICE_HOST/PORT as the kubelet does; zero gives none.
+	APIService netip.AddrPort
 }
 
 // Agent is the sandbox's kubelet and scheduler in one: it registers a Node, binds every

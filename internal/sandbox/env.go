@@ -8,10 +8,12 @@ import (
 )
 
 // containerEnv computes a container's environment the way the kubelet does for the parts
-// the local mesh supports: POD_NAME, POD_NAMESPACE and POD_IP first (the container's own
-// values override them), then each env entry in order with value $(VAR) references expanded
-// and valueFrom.fieldRef resolved. Other valueFrom sources are refused with a message.
-func containerEnv(pod *corev1.Pod, c *corev1.Container, podIP, hostIP string) ([]string, error) {
+// the local mesh supports: POD_NAME, POD_NAMESPACE and POD_IP first, then base (KEY=VALUE:
+// the kubelet's service variables, masterServiceEnv), then each env entry in order with
+// value $(VAR) references expanded and valueFrom.fieldRef resolved; a later value of a name
+// replaces an earlier one in place, so the container's own values win. Other valueFrom
+// sources are refused with a message.
+func containerEnv(pod *corev1.Pod, c *corev1.Container, podIP, hostIP string, base []string) ([]string, error) {
 	vals := map[string]string{"POD_NAME": pod.Name, "POD_NAMESPACE": pod.Namespace, "POD_IP": podIP}
 	order := []string{"POD_NAME", "POD_NAMESPACE", "POD_IP"}
 	set := func(k, v string) {
@@ -19,6 +21,10 @@ func containerEnv(pod *corev1.Pod, c *corev1.Container, podIP, hostIP string) ([
 			order = append(order, k)
 		}
 		vals[k] = v
+	}
+	for _, kv := range base {
+		k, v, _ := strings.Cut(kv, "=")
+		set(k, v)
 	}
 	for _, e := range c.Env {
 		switch {

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -42,19 +43,26 @@ func TestContainerEnv(t *testing.T) {
 		{Name: "APP", ValueFrom: field("metadata.labels['app']")},
 		{Name: "URL", Value: "http://$(MY_IP):8080/$(VERSION)"},
 		{Name: "POD_NAME", Value: "override"},
+		{Name: "KUBERNETES_SERVICE_PORT", Value: "6443"},
+		{Name: "API", Value: "$(KUBERNETES_SERVICE_HOST)"},
 	}}
-	got, err := containerEnv(pod, c, "10.244.0.7", "10.244.0.1")
+	got, err := containerEnv(pod, c, "10.244.0.7", "10.244.0.1", masterServiceEnv(netip.MustParseAddrPort("10.96.0.1:443")))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"POD_NAME=override", "POD_NAMESPACE=default", "POD_IP=10.244.0.7", "VERSION=v1", "MY_IP=10.244.0.7",
-		"NODE=weft-dev", "APP=reviews", "URL=http://10.244.0.7:8080/v1"}
+	// The kubelet's variables for the kubernetes Service come before the container's, which
+	// override them (KUBERNETES_SERVICE_PORT) and may refer to them.
+	want := []string{"POD_NAME=override", "POD_NAMESPACE=default", "POD_IP=10.244.0.7",
+		"KUBERNETES_SERVICE_HOST=10.96.0.1", "KUBERNETES_SERVICE_PORT=6443", "KUBERNETES_SERVICE_PORT_HTTPS=443",
+		"KUBERNETES_PORT=tcp://10.96.0.1:443", "KUBERNETES_PORT_443_TCP=tcp://10.96.0.1:443", "KUBERNETES_PORT_443_TCP_PROTO=tcp",
+		"KUBERNETES_PORT_443_TCP_PORT=443", "KUBERNETES_PORT_443_TCP_ADDR=10.96.0.1",
+		"VERSION=v1", "MY_IP=10.244.0.7", "NODE=weft-dev", "APP=reviews", "URL=http://10.244.0.7:8080/v1", "API=10.96.0.1"}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Errorf("env (-want +got):\n%s", d)
 	}
 
 	c.Env = []corev1.EnvVar{{Name: "S", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{Key: "k"}}}}
-	if _, err := containerEnv(pod, c, "", ""); err == nil || !strings.Contains(err.Error(), "env S of container app") {
+	if _, err := containerEnv(pod, c, "", "", nil); err == nil || !strings.Contains(err.Error(), "env S of container app") {
 		t.Errorf("secretKeyRef: err = %v, want a refusal naming the variable and container", err)
 	}
 }
@@ -86,5 +94,11 @@ func TestImages(t *testing.T) {
 		case tc.errHas == "" && (err != nil || got != tc.want):
 			t.Errorf("Resolve(%s) = %q, %v; want %q", tc.image, got, err, tc.want)
 		}
+	}
+}
+
+func TestMasterServiceEnvNoneWithoutAnAddress(t *testing.T) {
+	if got := masterServiceEnv(netip.AddrPort{}); got != nil {
+		t.Errorf("no API service: env %v, want none", got)
 	}
 }

@@ -150,7 +150,7 @@ func (r *podRuntime) waitStarted(css []*containerState) bool {
 }
 
 func (r *podRuntime) env(c *corev1.Container) ([]string, error) {
-	env, err := containerEnv(r.pod, c, r.net.IP.String(), r.a.hostIP)
+	env, err := containerEnv(r.pod, c, r.net.IP.String(), r.a.hostIP, masterServiceEnv(r.a.opts.APIService))
 	if err != nil {
 		return nil, err
 	}

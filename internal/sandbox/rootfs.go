@@ -126,7 +126,7 @@ func (r *podRuntime) imageCommand(c *corev1.Container, ref string) (*exec.Cmd, e
 			return nil, err
 		}
 	}
-	env, err := containerEnv(r.pod, c, r.net.IP.String(), r.a.hostIP)
+	env, err := containerEnv(r.pod, c, r.net.IP.String(), r.a.hostIP, masterServiceEnv(r.a.opts.APIService))
 	if err != nil {
 		return nil, err
 	}

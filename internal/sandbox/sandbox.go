@@ -62,8 +62,14 @@ type Options struct {
 	Registry string
 	// ManagerArgs are added to the manager's command line.
 	ManagerArgs []string
-	Out         io.Writer // progress for the user
-	Log         logr.Logger
+	// NoManager starts no manager on the host (nor its webhook configuration): the mesh
+	// waits for one installed from dist/install.yaml to run as a pod (docs/install.md).
+	NoManager bool
+	// Manager, when set, lets the caller stop the manager Run starts and start it again
+	// (manager.go): the e2e test of dist/install.yaml runs the manager as a pod meanwhile.
+	Manager *ManagerSwitch
+	Out     io.Writer // progress for the user
+	Log     logr.Logger
 }
 
 func (o *Options) defaults() {
@@ -154,7 +160,8 @@ func Run(ctx context.Context, o Options) (err error) {
 	say("pod network %s on bridge %s (host %s); services %s", o.PodCIDR, o.Bridge, gw, o.ServiceCIDR)
 
 	t0 := time.Now()
-	env, err := startControlPlane(o, logDir)
+	apiService := netip.AddrPortFrom(kubernetesServiceIP(o.ServiceCIDR), 443)
+	env, err := startControlPlane(o, logDir, network.Gateway(), apiService.Addr())
 	if err != nil {
 		return err
 	}
@@ -163,10 +170,13 @@ func Run(ctx context.Context, o Options) (err error) {
 	if err != nil {
 		return err
 	}
-	say("kube-apiserver at %s, CRDs from %s installed", env.Config.Host, o.CRDDir)
+	say("kube-apiserver at %s (pods: kubernetes.default.svc, %s), CRDs from %s installed", env.Config.Host, apiService, o.CRDDir)
 
+	// --root-ca-file: the root-ca-cert-publisher writes the API server's CA into
+	// kube-root-ca.crt in every namespace, the ca.crt of every pod's kube-api-access volume.
 	kcm, err := startProcess("kube-controller-manager", logDir, filepath.Join(o.AssetsDir, "kube-controller-manager"), []string{
 		"--kubeconfig=" + kubeconfig, "--controllers=*,-serviceaccount-token", "--leader-elect=false",
+		"--root-ca-file=" + filepath.Join(env.ControlPlane.APIServer.CertDir, apiCAFile),
 		"--secure-port=0", "--use-service-account-credentials=false", "--cluster-name=weft-dev", "-v=1",
 	}, nil)
 	if err != nil {
@@ -182,17 +192,14 @@ func Run(ctx context.Context, o Options) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := prepareCluster(ctx, cs, webhookPort); err != nil {
-		return err
-	}
 	cn, err := newClusterNet(o, network.Gateway())
 	if err != nil {
 		return err
 	}
 	// The Node exists before kube-proxy starts: kube-proxy waits 30 s for it (to learn its
 	// addresses and topology labels) and reports unhealthy until it appears.
-	agent := NewAgent(AgentOptions{NodeName: o.NodeName, StateDir: o.StateDir, DNS: &PodDNS{ServiceIP: o.ClusterDNS, Domain: o.ClusterDomain}},
-		cs, network, o.Images, o.Log.WithName("node"))
+	agent := NewAgent(AgentOptions{NodeName: o.NodeName, StateDir: o.StateDir, DNS: &PodDNS{ServiceIP: o.ClusterDNS, Domain: o.ClusterDomain},
+		APIService: apiService}, cs, network, o.Images, o.Log.WithName("node"))
 	if err := agent.registerNode(ctx); err != nil {
 		return err
 	}
@@ -201,18 +208,23 @@ func Run(ctx context.Context, o Options) (err error) {
 		return err
 	}
 	defer services.stop(teardown)
-	mgrStop, err := superviseManager(ctx, o, logDir, kubeconfig, gw, webhookPort, say)
-	if err != nil {
-		return err
+	sw := o.Manager
+	if sw == nil {
+		sw = &ManagerSwitch{}
 	}
-	defer mgrStop()
-	if err := waitWebhook(ctx, cs, webhookPort); err != nil {
-		if ctx.Err() != nil {
-			return nil // Ctrl-C while starting
+	sw.init(cs, webhookPort, func() (func(), error) { return superviseManager(ctx, o, logDir, kubeconfig, gw, webhookPort, say) })
+	defer sw.stopManager()
+	if o.NoManager {
+		say("no manager on the host (--no-manager): install one with kubectl apply -f dist/install.yaml (docs/install.md)")
+	} else {
+		if err := sw.startManager(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil // Ctrl-C while starting
+			}
+			return fmt.Errorf("%w (manager log: %s)", err, filepath.Join(logDir, "manager.log"))
 		}
-		return fmt.Errorf("%w (manager log: %s)", err, filepath.Join(logDir, "manager.log"))
+		say("manager running: xDS on %s:%d, sidecar-injection webhook on 127.0.0.1:%d", gw, o.XDSPort, webhookPort)
 	}
-	say("manager running: xDS on %s:%d, sidecar-injection webhook on 127.0.0.1:%d", gw, o.XDSPort, webhookPort)
 	tWait := time.Now()
 	if err := services.wait(ctx, time.Minute); err != nil {
 		if ctx.Err() != nil {
@@ -294,7 +306,12 @@ func writeAdminKubeconfig(env *envtest.Environment, stateDir string) (string, *r
 	return kubeconfig, admin.Config(), nil
 }
 
-func startControlPlane(o Options, logDir string) (*envtest.Environment, error) {
+// startControlPlane starts etcd and kube-apiserver. The API server listens on the bridge
+// address gw (reachable from the host and, through the kubernetes Service, from pods) with a
+// certificate for gw, the Service's ClusterIP and its names (apiserver.go), and runs the
+// ServiceAccount admission plugin envtest turns off, so pods get the kube-api-access volume
+// in-cluster clients read their token, CA and namespace from.
+func startControlPlane(o Options, logDir string, gw, apiServiceIP netip.Addr) (*envtest.Environment, error) {
 	etcdLog, _ := os.Create(filepath.Join(logDir, "etcd.log"))
 	apiLog, _ := os.Create(filepath.Join(logDir, "kube-apiserver.log"))
 	env := &envtest.Environment{
@@ -305,11 +322,20 @@ func startControlPlane(o Options, logDir string) (*envtest.Environment, error) {
 	api := &envtest.APIServer{CertDir: filepath.Join(o.StateDir, "apiserver"), Out: apiLog, Err: apiLog}
 	// Service ClusterIPs come from their own range, clear of the pod CIDR.
 	api.Configure().Set("service-cluster-ip-range", o.ServiceCIDR.Masked().String())
+	api.Configure().Disable("disable-admission-plugins")
 	env.ControlPlane.APIServer = api
 	for _, d := range []string{env.ControlPlane.Etcd.DataDir, api.CertDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, err
 		}
+	}
+	port, err := freePort(gw.String())
+	if err != nil {
+		return nil, fmt.Errorf("a port for kube-apiserver on %s: %w", gw, err)
+	}
+	api.SecureServing.Address, api.SecureServing.Port = gw.String(), strconv.Itoa(port)
+	if api.SecureServing.CA, err = writeAPIServerCerts(api.CertDir, apiServerHosts(gw, apiServiceIP, o.ClusterDomain), time.Now()); err != nil {
+		return nil, err
 	}
 	if _, err := env.Start(); err != nil {
 		return nil, fmt.Errorf("starting etcd and kube-apiserver from %s (logs in %s): %w", o.AssetsDir, logDir, err)
@@ -371,7 +397,7 @@ func webhookConfiguration(url string) *admissionregistrationv1.MutatingWebhookCo
 	sel := func(reqs ...metav1.LabelSelectorRequirement) *metav1.LabelSelector {
 		return &metav1.LabelSelector{MatchExpressions: reqs}
 	}
-	return &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "weft-sidecar-injector"},
+	return &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: webhookConfigName},
 		Webhooks: []admissionregistrationv1.MutatingWebhook{
 			hook("namespace.inject.weft.dev", sel(inject(metav1.LabelSelectorOpIn, "enabled"), excluded), sel(inject(metav1.LabelSelectorOpNotIn, "false"))),
 			hook("object.inject.weft.dev", sel(inject(metav1.LabelSelectorOpNotIn, "enabled"), excluded), sel(inject(metav1.LabelSelectorOpIn, "true"))),
@@ -445,7 +471,7 @@ func waitWebhook(ctx context.Context, cs kubernetes.Interface, port int) error {
 	deadline := time.Now().Add(2 * time.Minute)
 	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{Proxy: nil, TLSClientConfig: insecureTLS()}}
 	for time.Now().Before(deadline) {
-		mwc, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, "weft-sidecar-injector", metav1.GetOptions{})
+		mwc, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, webhookConfigName, metav1.GetOptions{})
 		if err == nil && len(mwc.Webhooks) > 0 && len(mwc.Webhooks[0].ClientConfig.CABundle) > 0 {
 			if resp, err := client.Get(fmt.Sprintf("https://127.0.0.1:%d/inject-pod", port)); err == nil {
 				resp.Body.Close()

@@ -30,8 +30,7 @@ import (
 // the echo through the image-run sidecar. At the end the sidecar tag is deleted, so pods the
 // later tests create map to bin/sidecar again.
 //
-// It does not apply dist/install.yaml: see docs/install.md, "The local mesh and
-// install.yaml", for what the manager-in-a-pod still lacks here.
+// TestInstallManifest (release_test.go) goes further: the manager from install.yaml, as a pod.
 func TestImagesRunInTheMesh(t *testing.T) {
 	state := filepath.Dir(kubeconfig)
 	b, err := os.ReadFile(sandbox.RegistryFile(state))

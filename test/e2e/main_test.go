@@ -28,9 +28,12 @@ const staleNetns = "weft-e2estale"
 var stalePID int
 
 var (
-	root       string
-	kubeconfig string
-	cs         kubernetes.Interface
+	// managerSwitch stops and starts the mesh's host manager (TestInstallManifest runs the
+	// manager from dist/install.yaml as a pod meanwhile).
+	managerSwitch = &sandbox.ManagerSwitch{}
+	root          string
+	kubeconfig    string
+	cs            kubernetes.Interface
 )
 
 func TestMain(m *testing.M) {
@@ -80,7 +83,8 @@ func run(m *testing.M) int {
 	go func() {
 		done <- sandbox.Run(ctx, sandbox.Options{StateDir: state, BinDir: filepath.Join(root, "bin"), AssetsDir: assets,
 			CRDDir: filepath.Join(root, "config", "crd", "bases"), Out: os.Stderr,
-			Registry: "127.0.0.1:0"}) // images_test.go pushes images there
+			Registry: "127.0.0.1:0", // images_test.go pushes images there
+			Manager:  managerSwitch})
 	}()
 	defer func() {
 		cancel()
