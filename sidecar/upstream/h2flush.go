@@ -35,6 +35,7 @@ type FlushBehind struct {
 	spare    []byte    // the flusher's last buffer, reused
 	flushing bool      // a flusher goroutine (or a direct write) owns the socket
 	err      error
+	flushFn  func() // f.flush, made once: `go f.flushFn()` would allocate a closure per flush
 }
 
 // NewFlushBehind returns a FlushBehind writing to sock (through connio.Writer, so the
@@ -43,6 +44,7 @@ type FlushBehind struct {
 func NewFlushBehind(sock net.Conn, conn io.Closer) *FlushBehind {
 	f := &FlushBehind{c: conn, w: connio.NewWriter(sock)}
 	f.room.L = &f.mu
+	f.flushFn = f.flush
 	return f
 }
 
@@ -61,7 +63,7 @@ func (f *FlushBehind) Write(p []byte) (int, error) {
 			f.buf = append(f.buf, p...)
 			if !f.flushing {
 				f.flushing = true
-				go f.flush()
+				go f.flushFn()
 			}
 			f.mu.Unlock()
 			return len(p), nil
@@ -80,7 +82,7 @@ func (f *FlushBehind) Write(p []byte) (int, error) {
 			}
 			if len(f.buf) > 0 { // queued by others while p was written
 				f.flushing = true
-				go f.flush()
+				go f.flushFn()
 			}
 			f.mu.Unlock()
 			return len(p), nil
