@@ -2,6 +2,7 @@ package httpproxy_test
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -173,6 +174,151 @@ func TestH2CallerThatNeverSendsWindowUpdateCannotMakeTheSidecarBuffer(t *testing
 			}
 		case <-time.After(5 * time.Second):
 			t.Fatal("the caller hung up, but the upstream's stalled stream was not reset within 5 s")
+		}
+	})
+}
+
+// stingyUpstream is an HTTP/2 server written frame by frame that grants its callers only
+// the protocol's initial windows and never sends a WINDOW_UPDATE, reading every frame so
+// TCP never pushes back. It answers nothing; it counts the DATA it gets and reports a
+// stream reset.
+type stingyUpstream struct {
+	addr string
+	data atomic.Int64
+	rst  chan http2.ErrCode
+}
+
+func startStingyUpstream(t *testing.T) *stingyUpstream {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	u := &stingyUpstream{addr: ln.Addr().String(), rst: make(chan http2.ErrCode, 4)}
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { conn.Close() })
+			go func() {
+				preface := make([]byte, len(http2.ClientPreface))
+				if _, err := io.ReadFull(conn, preface); err != nil {
+					return
+				}
+				fr := http2.NewFramer(conn, conn)
+				if fr.WriteSettings() != nil {
+					return
+				}
+				for {
+					f, err := fr.ReadFrame()
+					if err != nil {
+						return
+					}
+					switch f := f.(type) {
+					case *http2.SettingsFrame:
+						if !f.IsAck() {
+							_ = fr.WriteSettingsAck()
+						}
+					case *http2.PingFrame:
+						if !f.IsAck() {
+							_ = fr.WritePing(true, f.Data)
+						}
+					case *http2.DataFrame:
+						u.data.Add(int64(len(f.Data())))
+					case *http2.RSTStreamFrame:
+						u.rst <- f.ErrCode
+					}
+				}
+			}()
+		}
+	}()
+	return u
+}
+
+// countingReader is a request body of n bytes that counts what has been read of it.
+type countingReader struct {
+	n    int64
+	read atomic.Int64
+}
+
+func (r *countingReader) Read(p []byte) (int, error) {
+	left := r.n - r.read.Load()
+	if left <= 0 {
+		return 0, io.EOF
+	}
+	p = p[:min(int64(len(p)), left)]
+	for i := range p {
+		p[i] = 'u'
+	}
+	r.read.Add(int64(len(p)))
+	return len(p), nil
+}
+
+// The other direction: an upstream that never grants window for a caller's upload. The
+// sidecar sends it no more than its initial window and stops reading the caller, whose
+// client then stops too: the sidecar holds at most the window its h2c server grants a
+// caller (net/http's default, 1 MiB per connection) and the upstream client's body buffer.
+// When the caller gives up, the upstream stream is reset.
+func TestH2UpstreamThatNeverSendsWindowUpdateCannotMakeTheSidecarBuffer(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		up := startStingyUpstream(t)
+		cp := st.StartControlPlane(t)
+		snap, _ := oneBackend([]string{"http://" + up.addr}, nil, h2Upstream(0))
+		cp.Set(snap)
+		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines}).URL(t, st.OutboundListenerName)
+		body := &countingReader{n: 64 << 20}
+		req, _ := http.NewRequest(http.MethodPost, base+"/upload", body)
+		req.Host = "reviews"
+		req.Header.Set("Content-Type", "application/grpc") // a client-streaming call's shape
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		req = req.WithContext(ctx)
+		done := make(chan error, 1)
+		go func() {
+			resp, err := rawH2().Do(req)
+			if err == nil {
+				resp.Body.Close()
+			}
+			done <- err
+		}()
+
+		last, still := int64(-1), 0
+		for deadline := time.Now().Add(10 * time.Second); still < 5; {
+			if time.Now().After(deadline) {
+				t.Fatalf("the caller's body kept being read for 10 s (%d bytes): nothing held it back", body.read.Load())
+			}
+			time.Sleep(100 * time.Millisecond)
+			if n := body.read.Load(); n == last && n > 0 {
+				still++
+			} else {
+				last, still = n, 0
+			}
+		}
+		t.Logf("stalled: the caller's client read %d bytes of its body, the upstream got %d", body.read.Load(), up.data.Load())
+		const window = 65535
+		if got := up.data.Load(); got > window {
+			t.Errorf("the sidecar sent %d DATA bytes to an upstream that granted %d", got, window)
+		}
+		// 1 MiB the sidecar's h2c server grants a caller + the upstream's window + 512 KiB
+		// for the body buffers of the sidecar's upstream client and of the caller's client
+		// (seen: 1 MiB + 64 KiB + 16 KiB).
+		const bound = 1<<20 + window + 512<<10
+		if n := body.read.Load(); n > bound {
+			t.Errorf("the caller sent %d bytes into a stalled stream; the sidecar may hold at most %d", n, bound)
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("the call ended (%v) while the upload was stalled", err)
+		default:
+		}
+
+		cancel() // the caller gives up: RST_STREAM(CANCEL) to the sidecar
+		select {
+		case <-up.rst:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the caller reset its stalled upload, but the upstream stream was not reset within 5 s")
 		}
 	})
 }
