@@ -306,7 +306,12 @@ type peekedConn struct {
 	w *upstream.FlushBehind
 }
 
-func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *peekedConn) Read(p []byte) (int, error) {
+	if c.w != nil && c.r.Buffered() == 0 {
+		c.w.FlushPending() // the read may wait: queued frames leave first (FlushBehindDelay)
+	}
+	return c.r.Read(p)
+}
 
 func (c *peekedConn) Write(p []byte) (int, error) {
 	if c.w == nil {

@@ -4,15 +4,25 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/weftmesh/weft/sidecar/connio"
 )
 
 // FlushBehindLimit bounds what a FlushBehind holds for one connection: a write that would
-// take its queue past 32 KiB waits until the flusher takes the queue. With the buffer the
-// flusher is writing, one connection holds at most 2 × 32 KiB of frames the socket has
-// not taken (and keeps both buffers, 64 KiB, while it lives).
+// take its queue past 32 KiB writes the queue out first (or waits while another goroutine
+// does). With the buffer being written, one connection holds at most 2 × 32 KiB of frames
+// the socket has not taken (and keeps both buffers, 64 KiB, while it lives).
 const FlushBehindLimit = 32 << 10
+
+// FlushBehindDelay bounds how long queued bytes wait for the flusher goroutine once the
+// connection is used again: a Write that finds bytes queued longer than this, or a Read
+// about to wait for the socket, writes the queue itself. The scheduler runs the flusher
+// once the goroutines ahead of it have parked, which on a busy process (GOMAXPROCS=1,
+// goroutines handing work to each other, each taking the next slot) can be a whole time
+// slice, 10 ms or more; 50 µs is longer than the frames of one exchange take to be
+// written (HEADERS, DATA, trailers: a few µs apart), much shorter than that.
+const FlushBehindDelay = 50 * time.Microsecond
 
 // FlushBehind coalesces the write(2) calls of one HTTP/2 connection. net/http's HTTP/2
 // client and server flush every frame they write: a gRPC unary call costs the client three
@@ -22,20 +32,24 @@ const FlushBehindLimit = 32 << 10
 // copies each write into a buffer and leaves the write(2) to a goroutine it starts, which
 // the scheduler runs once the writer (and whatever it made runnable) has parked: the
 // frames of one exchange written back to back leave in one write(2), as an event loop
-// flushes at the end of its turn. Ordering is kept (one buffer, one flusher at a time).
+// flushes at the end of its turn. So that a busy scheduler cannot hold the queue back,
+// the connection's own later writes and reads write it out themselves (FlushBehindDelay,
+// FlushPending). Ordering is kept: one queue, and one goroutine writes at a time.
 //
-// A write error ends the connection: the flusher closes it, so the HTTP/2 read loop sees
+// A write error ends the connection: the writer closes it, so the HTTP/2 read loop sees
 // the error too, and every later Write returns it.
 type FlushBehind struct {
-	c        io.Closer
-	w        *connio.Writer
-	mu       sync.Mutex
-	room     sync.Cond // signalled when the buffer drains or the flusher stops
-	buf      []byte    // written, not yet handed to the flusher
-	spare    []byte    // the flusher's last buffer, reused
-	flushing bool      // a flusher goroutine (or a direct write) owns the socket
-	err      error
-	flushFn  func() // f.flush, made once: `go f.flushFn()` would allocate a closure per flush
+	c       io.Closer
+	w       *connio.Writer
+	mu      sync.Mutex
+	room    sync.Cond // signalled when the queue is taken or a write ends
+	buf     []byte    // queued, not yet taken by a writer
+	since   time.Time // when the oldest queued byte was queued
+	spare   []byte    // the last buffer written, reused
+	writing bool      // a goroutine is in write(2) for this connection
+	spawned bool      // a flusher goroutine has been started and has not run yet
+	err     error
+	flushFn func() // f.flush, made once: `go f.flush()` would allocate a closure per flush
 }
 
 // NewFlushBehind returns a FlushBehind writing to sock (through connio.Writer, so the
@@ -48,52 +62,86 @@ func NewFlushBehind(sock net.Conn, conn io.Closer) *FlushBehind {
 	return f
 }
 
-// Write queues p for the socket and returns; it waits only while FlushBehindLimit bytes
-// are queued ahead of it. A p larger than the limit is written directly, once the queue
-// ahead of it has left.
+// Write queues p for the socket and returns. It writes the queue itself when the queue has
+// waited FlushBehindDelay or p would take it past FlushBehindLimit (waiting, then, while
+// another goroutine writes); a p larger than the limit is written directly after the
+// queue ahead of it.
 func (f *FlushBehind) Write(p []byte) (int, error) {
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	for {
 		if f.err != nil {
-			err := f.err
-			f.mu.Unlock()
-			return 0, err
+			return 0, f.err
 		}
 		if len(f.buf)+len(p) <= FlushBehindLimit {
-			f.buf = append(f.buf, p...)
-			if !f.flushing {
-				f.flushing = true
-				go f.flushFn()
-			}
-			f.mu.Unlock()
-			return len(p), nil
+			break
 		}
-		if len(p) > FlushBehindLimit && len(f.buf) == 0 && !f.flushing {
-			f.flushing = true
-			f.mu.Unlock()
-			err := f.w.WriteAll(p)
-			f.mu.Lock()
-			f.flushing = false
-			f.fail(err)
-			f.room.Broadcast()
-			if err != nil {
-				f.mu.Unlock()
-				return 0, err
-			}
-			if len(f.buf) > 0 { // queued by others while p was written
-				f.flushing = true
-				go f.flushFn()
-			}
-			f.mu.Unlock()
-			return len(p), nil
+		if f.writing {
+			f.room.Wait()
+			continue
 		}
-		f.room.Wait()
+		if len(f.buf) > 0 {
+			f.drain()
+			continue
+		}
+		// p alone is larger than the queue may hold: write it as it is.
+		f.writing = true
+		f.mu.Unlock()
+		err := f.w.WriteAll(p)
+		f.mu.Lock()
+		f.writing = false
+		f.fail(err)
+		f.room.Broadcast()
+		if err != nil {
+			return 0, err
+		}
+		if len(f.buf) > 0 && !f.spawned { // queued by others meanwhile
+			f.spawned = true
+			go f.flushFn()
+		}
+		return len(p), nil
 	}
+	if len(f.buf) == 0 {
+		f.since = time.Now()
+	}
+	f.buf = append(f.buf, p...)
+	switch {
+	case f.writing:
+		// The goroutine in write(2) takes the queue when it is done.
+	case time.Since(f.since) > FlushBehindDelay:
+		f.drain()
+	case !f.spawned:
+		f.spawned = true
+		go f.flushFn()
+	}
+	return len(p), nil
 }
 
-// flush writes the queue until it is empty.
+// FlushPending writes the queue now, unless another goroutine is writing it. A read loop
+// calls it before it waits for the socket: a reply to what it reads next must not find
+// the queue still waiting for the scheduler.
+func (f *FlushBehind) FlushPending() {
+	f.mu.Lock()
+	if len(f.buf) > 0 && !f.writing && f.err == nil {
+		f.drain()
+	}
+	f.mu.Unlock()
+}
+
+// flush is the flusher goroutine: it writes the queue unless another goroutine already is
+// (that one writes what is queued before it stops).
 func (f *FlushBehind) flush() {
 	f.mu.Lock()
+	f.spawned = false
+	if !f.writing {
+		f.drain()
+	}
+	f.mu.Unlock()
+}
+
+// drain writes the queue until it is empty, with f.mu held and no other writer.
+func (f *FlushBehind) drain() {
+	f.writing = true
 	for len(f.buf) > 0 && f.err == nil {
 		out := f.buf
 		f.buf = f.spare[:0]
@@ -103,12 +151,13 @@ func (f *FlushBehind) flush() {
 		f.mu.Lock()
 		f.spare = out[:0]
 		f.fail(err)
-		f.room.Broadcast()
+		if len(f.buf) > 0 {
+			f.since = time.Now()
+		}
 	}
 	f.buf = f.buf[:0]
-	f.flushing = false
+	f.writing = false
 	f.room.Broadcast()
-	f.mu.Unlock()
 }
 
 // fail records a write error and closes the connection, with f.mu held.
@@ -120,7 +169,7 @@ func (f *FlushBehind) fail(err error) {
 	_ = f.c.Close()
 }
 
-// Buffered reports how many bytes are queued behind the flusher's write (tests).
+// Buffered reports how many bytes are queued behind the write in progress (tests).
 func (f *FlushBehind) Buffered() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -58,6 +58,7 @@ func (s *h2Socket) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	s.w.FlushPending() // what this read's reply may follow leaves first (FlushBehindDelay)
 	s.rp, s.rn, s.rerr = p, 0, 0
 	err := s.raw.Read(s.read)
 	n, errno := s.rn, s.rerr
