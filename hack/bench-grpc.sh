@@ -41,6 +41,8 @@ TICKS=$(getconf CLK_TCK)
 # (schedstat's second field): the share of the added latency the machine, not the code, causes.
 # ctxsw prints a process's context switches, voluntary and not, over all its threads.
 ctxsw() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/{s+=$2} END{printf "%.0f\n", s}'; }
+# syscw prints a process's write-side system calls (write, sendmsg, ...), /proc/PID/io.
+syscw() { awk '/^syscw/{print $2}' "/proc/$1/io"; }
 runq_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s+=$2} END{printf "%.0f\n", s}'; }
 
 direct=$("$work/helper" rate -target "$BACKEND" -rps "$RATE" -d "$DURATION")
@@ -48,10 +50,12 @@ echo "direct:           $direct"
 c0=$(cpu_ticks "$caller_pid"); e0=$(cpu_ticks "$callee_pid")
 cq0=$(runq_ns "$caller_pid"); eq0=$(runq_ns "$callee_pid")
 cs0=$(ctxsw "$caller_pid"); es0=$(ctxsw "$callee_pid")
+cw0=$(syscw "$caller_pid"); ew0=$(syscw "$callee_pid")
 sidecars=$("$work/helper" rate -target "$CALLER" -authority svc -rps "$RATE" -d "$DURATION")
 c1=$(cpu_ticks "$caller_pid"); e1=$(cpu_ticks "$callee_pid")
 cq1=$(runq_ns "$caller_pid"); eq1=$(runq_ns "$callee_pid")
 cs1=$(ctxsw "$caller_pid"); es1=$(ctxsw "$callee_pid")
+cw1=$(syscw "$caller_pid"); ew1=$(syscw "$callee_pid")
 echo "two sidecars:     $sidecars"
 n=$(sed -E 's/.*n=([0-9]+).*/\1/' <<<"$sidecars")
 awk -v c="$((c1-c0))" -v e="$((e1-e0))" -v t="$TICKS" -v n="$n" \
@@ -60,6 +64,8 @@ awk -v c="$((cq1-cq0))" -v e="$((eq1-eq0))" -v n="$n" \
   'BEGIN{ printf "run-queue wait per call (runnable, no CPU free): caller sidecar %.0f us, callee sidecar %.0f us\n", c/(n+100)/1e3, e/(n+100)/1e3 }'
 awk -v c="$((cs1-cs0))" -v e="$((es1-es0))" -v n="$n" -v ct="$(ls /proc/$caller_pid/task | wc -l)" -v et="$(ls /proc/$callee_pid/task | wc -l)" \
   'BEGIN{ printf "context switches per call: caller sidecar %.1f (%d threads), callee sidecar %.1f (%d threads)\n", c/(n+100), ct, e/(n+100), et }'
+awk -v c="$((cw1-cw0))" -v e="$((ew1-ew0))" -v n="$n" \
+  'BEGIN{ printf "write system calls per call: caller sidecar %.1f, callee sidecar %.1f\n", c/(n+100), e/(n+100) }'
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"
 p99() { sed -E 's/.*p99=([0-9.]+)ms.*/\1/' <<<"$1"; }
 p50() { sed -E 's/.*p50=([0-9.]+)ms.*/\1/' <<<"$1"; }
@@ -75,11 +81,16 @@ if command -v haproxy >/dev/null; then
   }
   hacfg 127.0.0.1:28506 "$BACKEND" >"$work/ha-callee.cfg"
   hacfg 127.0.0.1:28501 127.0.0.1:28506 >"$work/ha-caller.cfg"
-  haproxy -q -f "$work/ha-callee.cfg" & pids+=($!)
-  haproxy -q -f "$work/ha-caller.cfg" & pids+=($!)
+  haproxy -q -f "$work/ha-callee.cfg" & hae=$!; pids+=($hae)
+  haproxy -q -f "$work/ha-caller.cfg" & hac=$!; pids+=($hac)
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/28501) 2>/dev/null && break; sleep 0.1; done
+  hc0=$(cpu_ticks "$hac"); he0=$(cpu_ticks "$hae")
   ha=$("$work/helper" rate -target 127.0.0.1:28501 -authority svc -rps "$RATE" -d "$DURATION")
+  hc1=$(cpu_ticks "$hac"); he1=$(cpu_ticks "$hae")
   echo "two haproxies:    $ha"
+  hn=$(sed -E 's/.*n=([0-9]+).*/\1/' <<<"$ha")
+  awk -v c="$((hc1-hc0))" -v e="$((he1-he0))" -v t="$TICKS" -v n="$hn" \
+    'BEGIN{ printf "CPU per call (incl. 100 warm-up calls): caller haproxy %.0f us, callee haproxy %.0f us\n", c/t/(n+100)*1e6, e/t/(n+100)*1e6 }'
   awk -v a="$(p50 "$direct")" -v b="$(p50 "$ha")" -v c="$(p99 "$direct")" -v d="$(p99 "$ha")" \
     'BEGIN{ printf "added by two haproxies at the fixed rate: p50 +%.3f ms, p99 +%.3f ms\n", b-a, d-c }'
 fi

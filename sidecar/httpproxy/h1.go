@@ -14,9 +14,9 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/weftmesh/weft/sidecar/config"
-	"github.com/weftmesh/weft/sidecar/connio"
 	"github.com/weftmesh/weft/sidecar/httphead"
 	"github.com/weftmesh/weft/sidecar/telemetry"
+	"github.com/weftmesh/weft/sidecar/upstream"
 )
 
 // The HTTP/1.1 front end. Requests are parsed by the standard library's http.ReadRequest
@@ -296,25 +296,28 @@ func (w *h1Writer) abortBody() { w.aborted, w.close = true, true }
 
 // peekedConn replays what the preface check buffered before reading the connection
 // (its reads go through connio.Conn). It is an h2c connection: net/http's HTTP/2 server
-// writes each frame it flushes with its own write(2), from one goroutine at a time, and
-// w makes those calls without the runtime's syscall bracket, for the reason given in
-// sidecar/upstream/h2sock.go (nil: through the connection's Write).
+// flushes every frame it writes, and w (upstream.FlushBehind) coalesces those flushes into
+// one write(2) per turn of the scheduler, made without the runtime's syscall bracket, for
+// the reasons given in sidecar/upstream/h2flush.go and h2sock.go (nil: through the
+// connection's Write).
 type peekedConn struct {
 	net.Conn
 	r *bufio.Reader
-	w *connio.Writer
+	w *upstream.FlushBehind
 }
 
-func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *peekedConn) Read(p []byte) (int, error) {
+	if c.w != nil && c.r.Buffered() == 0 {
+		c.w.FlushPending() // the read may wait: queued frames leave first (FlushBehindDelay)
+	}
+	return c.r.Read(p)
+}
 
 func (c *peekedConn) Write(p []byte) (int, error) {
 	if c.w == nil {
 		return c.Conn.Write(p)
 	}
-	if err := c.w.WriteAll(p); err != nil {
-		return 0, err
-	}
-	return len(p), nil
+	return c.w.Write(p)
 }
 
 // h2Server serves prior-knowledge h2c connections with the standard library. Its server

@@ -12,6 +12,7 @@ import (
 	"github.com/weftmesh/weft/sidecar/config"
 	"github.com/weftmesh/weft/sidecar/connio"
 	"github.com/weftmesh/weft/sidecar/httphead"
+	"github.com/weftmesh/weft/sidecar/upstream"
 )
 
 // h1Conn is what serveConn keeps of an HTTP/1 connection across its requests: the
@@ -96,7 +97,8 @@ func (l *Listener) openH1(nc net.Conn, in, out []byte) *h1Conn {
 		_ = conn.SetReadDeadline(time.Time{})
 		l.forget(nc)
 		// Writes bypass conn: the h2 server writes from other goroutines.
-		l.h2.handoff(&peekedConn{Conn: &countedConn{Conn: nc, f: &l.frontEnd}, r: br, w: connio.NewWriter(nc)})
+		cc := &countedConn{Conn: nc, f: &l.frontEnd}
+		l.h2.handoff(&peekedConn{Conn: cc, r: br, w: upstream.NewFlushBehind(nc, cc)})
 		return nil
 	}
 	bw := writers.Get().(*bufio.Writer)

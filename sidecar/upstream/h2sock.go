@@ -25,7 +25,7 @@ import (
 type h2Socket struct {
 	net.Conn
 	raw  syscall.RawConn
-	w    *connio.Writer
+	w    *FlushBehind
 	rp   []byte
 	rn   int
 	rerr syscall.Errno
@@ -42,7 +42,8 @@ func newH2Socket(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	s := &h2Socket{Conn: c, raw: raw, w: connio.NewWriter(c)}
+	s := &h2Socket{Conn: c, raw: raw}
+	s.w = NewFlushBehind(c, c)
 	s.read = s.readFD
 	return s
 }
@@ -57,6 +58,7 @@ func (s *h2Socket) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	s.w.FlushPending() // what this read's reply may follow leaves first (FlushBehindDelay)
 	s.rp, s.rn, s.rerr = p, 0, 0
 	err := s.raw.Read(s.read)
 	n, errno := s.rn, s.rerr
@@ -72,13 +74,9 @@ func (s *h2Socket) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// Write writes all of p, waiting for room in the socket as net.Conn's Write does.
-func (s *h2Socket) Write(p []byte) (int, error) {
-	if err := s.w.WriteAll(p); err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}
+// Write queues p for the socket (FlushBehind): the frames the client writes back to back
+// leave in one write(2).
+func (s *h2Socket) Write(p []byte) (int, error) { return s.w.Write(p) }
 
 // dialH2 dials an HTTP/2 upstream for h2Transport.
 func dialH2(ctx context.Context, network, addr string) (net.Conn, error) {

@@ -1,0 +1,177 @@
+package upstream
+
+import (
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/weftmesh/weft/sidecar/connio"
+)
+
+// FlushBehindLimit bounds what a FlushBehind holds for one connection: a write that would
+// take its queue past 32 KiB writes the queue out first (or waits while another goroutine
+// does). With the buffer being written, one connection holds at most 2 × 32 KiB of frames
+// the socket has not taken (and keeps both buffers, 64 KiB, while it lives).
+const FlushBehindLimit = 32 << 10
+
+// FlushBehindDelay bounds how long queued bytes wait for the flusher goroutine once the
+// connection is used again: a Write that finds bytes queued longer than this, or a Read
+// about to wait for the socket, writes the queue itself. The scheduler runs the flusher
+// once the goroutines ahead of it have parked, which on a busy process (GOMAXPROCS=1,
+// goroutines handing work to each other, each taking the next slot) can be a whole time
+// slice, 10 ms or more; 50 µs is longer than the frames of one exchange take to be
+// written (HEADERS, DATA, trailers: a few µs apart), much shorter than that.
+const FlushBehindDelay = 50 * time.Microsecond
+
+// FlushBehind coalesces the write(2) calls of one HTTP/2 connection. net/http's HTTP/2
+// client and server flush every frame they write: a gRPC unary call costs the client three
+// writes upstream (HEADERS, DATA, an empty DATA with END_STREAM, since the body's length is
+// unknown) and the server three downstream (HEADERS, DATA, trailers), each a loopback
+// write that runs the receiver's TCP input inline and wakes its reader. A FlushBehind
+// copies each write into a buffer and leaves the write(2) to a goroutine it starts, which
+// the scheduler runs once the writer (and whatever it made runnable) has parked: the
+// frames of one exchange written back to back leave in one write(2), as an event loop
+// flushes at the end of its turn. So that a busy scheduler cannot hold the queue back,
+// the connection's own later writes and reads write it out themselves (FlushBehindDelay,
+// FlushPending). Ordering is kept: one queue, and one goroutine writes at a time.
+//
+// A write error ends the connection: the writer closes it, so the HTTP/2 read loop sees
+// the error too, and every later Write returns it.
+type FlushBehind struct {
+	c       io.Closer
+	w       *connio.Writer
+	mu      sync.Mutex
+	room    sync.Cond // signalled when the queue is taken or a write ends
+	buf     []byte    // queued, not yet taken by a writer
+	since   time.Time // when the oldest queued byte was queued
+	spare   []byte    // the last buffer written, reused
+	writing bool      // a goroutine is in write(2) for this connection
+	spawned bool      // a flusher goroutine has been started and has not run yet
+	err     error
+	flushFn func() // f.flush, made once: `go f.flush()` would allocate a closure per flush
+}
+
+// NewFlushBehind returns a FlushBehind writing to sock (through connio.Writer, so the
+// write(2) calls skip the runtime's syscall bracket, see h2Socket); a write error closes
+// conn, the connection sock is the socket of.
+func NewFlushBehind(sock net.Conn, conn io.Closer) *FlushBehind {
+	f := &FlushBehind{c: conn, w: connio.NewWriter(sock)}
+	f.room.L = &f.mu
+	f.flushFn = f.flush
+	return f
+}
+
+// Write queues p for the socket and returns. It writes the queue itself when the queue has
+// waited FlushBehindDelay or p would take it past FlushBehindLimit (waiting, then, while
+// another goroutine writes); a p larger than the limit is written directly after the
+// queue ahead of it.
+func (f *FlushBehind) Write(p []byte) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for {
+		if f.err != nil {
+			return 0, f.err
+		}
+		if len(f.buf)+len(p) <= FlushBehindLimit {
+			break
+		}
+		if f.writing {
+			f.room.Wait()
+			continue
+		}
+		if len(f.buf) > 0 {
+			f.drain()
+			continue
+		}
+		// p alone is larger than the queue may hold: write it as it is.
+		f.writing = true
+		f.mu.Unlock()
+		err := f.w.WriteAll(p)
+		f.mu.Lock()
+		f.writing = false
+		f.fail(err)
+		f.room.Broadcast()
+		if err != nil {
+			return 0, err
+		}
+		if len(f.buf) > 0 && !f.spawned { // queued by others meanwhile
+			f.spawned = true
+			go f.flushFn()
+		}
+		return len(p), nil
+	}
+	if len(f.buf) == 0 {
+		f.since = time.Now()
+	}
+	f.buf = append(f.buf, p...)
+	switch {
+	case f.writing:
+		// The goroutine in write(2) takes the queue when it is done.
+	case time.Since(f.since) > FlushBehindDelay:
+		f.drain()
+	case !f.spawned:
+		f.spawned = true
+		go f.flushFn()
+	}
+	return len(p), nil
+}
+
+// FlushPending writes the queue now, unless another goroutine is writing it. A read loop
+// calls it before it waits for the socket: a reply to what it reads next must not find
+// the queue still waiting for the scheduler.
+func (f *FlushBehind) FlushPending() {
+	f.mu.Lock()
+	if len(f.buf) > 0 && !f.writing && f.err == nil {
+		f.drain()
+	}
+	f.mu.Unlock()
+}
+
+// flush is the flusher goroutine: it writes the queue unless another goroutine already is
+// (that one writes what is queued before it stops).
+func (f *FlushBehind) flush() {
+	f.mu.Lock()
+	f.spawned = false
+	if !f.writing {
+		f.drain()
+	}
+	f.mu.Unlock()
+}
+
+// drain writes the queue until it is empty, with f.mu held and no other writer.
+func (f *FlushBehind) drain() {
+	f.writing = true
+	for len(f.buf) > 0 && f.err == nil {
+		out := f.buf
+		f.buf = f.spare[:0]
+		f.room.Broadcast() // the queue is empty again: writers waiting for room go on
+		f.mu.Unlock()
+		err := f.w.WriteAll(out)
+		f.mu.Lock()
+		f.spare = out[:0]
+		f.fail(err)
+		if len(f.buf) > 0 {
+			f.since = time.Now()
+		}
+	}
+	f.buf = f.buf[:0]
+	f.writing = false
+	f.room.Broadcast()
+}
+
+// fail records a write error and closes the connection, with f.mu held.
+func (f *FlushBehind) fail(err error) {
+	if err == nil || f.err != nil {
+		return
+	}
+	f.err = err
+	_ = f.c.Close()
+}
+
+// Buffered reports how many bytes are queued behind the write in progress (tests).
+func (f *FlushBehind) Buffered() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.buf)
+}

@@ -1,0 +1,277 @@
+package upstream
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var peer net.Conn
+	select {
+	case peer = <-accepted:
+	case <-time.After(5 * time.Second):
+		t.Fatal("accept timed out")
+	}
+	t.Cleanup(func() { c.Close(); peer.Close() })
+	return c, peer
+}
+
+// Writes from several goroutines (the HTTP/2 server's writer and the client's body
+// writers take turns) arrive whole and in the order each goroutine made them, small
+// writes queued behind the flusher and writes past the limit written directly alike.
+func TestFlushBehindKeepsEveryWriteInOrder(t *testing.T) {
+	c, peer := tcpPair(t)
+	f := NewFlushBehind(c, c)
+	const writers, each = 4, 300
+	var wg sync.WaitGroup
+	var mu sync.Mutex // one writer at a time, as net/http's framers write
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				size := 16 + (i*131)%200
+				if i%50 == 7 {
+					size = FlushBehindLimit + 100 // larger than the queue may hold
+				}
+				rec := make([]byte, size)
+				binary.BigEndian.PutUint32(rec, uint32(size))
+				rec[4], rec[5] = byte(w), byte(i>>8)
+				rec[6] = byte(i)
+				mu.Lock()
+				_, err := f.Write(rec)
+				mu.Unlock()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	next := make([]int, writers)
+	done := make(chan error, 1)
+	go func() {
+		hdr := make([]byte, 7)
+		for range writers * each {
+			if _, err := io.ReadFull(peer, hdr); err != nil {
+				done <- err
+				return
+			}
+			size := int(binary.BigEndian.Uint32(hdr))
+			w, i := int(hdr[4]), int(hdr[5])<<8|int(hdr[6])
+			if w >= writers || i != next[w] {
+				done <- errors.New("a record arrived out of order")
+				return
+			}
+			next[w]++
+			if _, err := io.CopyN(io.Discard, peer, int64(size-7)); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	wg.Wait()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the peer did not get every record: %v", next)
+	}
+}
+
+// A peer that never reads (a hostile client that sends no WINDOW_UPDATE and stops
+// reading TCP) cannot make the queue grow past FlushBehindLimit: once the socket buffers
+// are full, the writer is held back (in write(2) itself, or waiting for the goroutine
+// that is). Closing the connection ends the wait with an error.
+func TestFlushBehindIsBoundedWhenThePeerStopsReading(t *testing.T) {
+	c, _ := tcpPair(t) // the peer never reads
+	f := NewFlushBehind(c, c)
+	wrote := make(chan error, 1)
+	var accepted atomic.Int64
+	go func() {
+		chunk := bytes.Repeat([]byte("x"), 1000)
+		for {
+			if _, err := f.Write(chunk); err != nil {
+				wrote <- err
+				return
+			}
+			accepted.Add(int64(len(chunk)))
+		}
+	}()
+	// Wait until the writer is held back: what Write accepted stops moving.
+	last, still := int64(-1), 0
+	for deadline := time.Now().Add(10 * time.Second); still < 3; {
+		if time.Now().After(deadline) {
+			t.Fatalf("Write kept accepting bytes for 10 s (%d) from a peer that reads nothing", accepted.Load())
+		}
+		time.Sleep(100 * time.Millisecond)
+		if n := f.Buffered(); n > FlushBehindLimit {
+			t.Fatalf("%d bytes queued, past the %d limit", n, FlushBehindLimit)
+		}
+		select {
+		case err := <-wrote:
+			t.Fatalf("Write failed before the close: %v", err)
+		default:
+		}
+		if n := accepted.Load(); n == last {
+			still++
+		} else {
+			last, still = n, 0
+		}
+	}
+	c.Close()
+	select {
+	case err := <-wrote:
+		if err == nil {
+			t.Fatal("Write returned no error after the close")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a Write held back by a full socket did not end when the connection closed")
+	}
+	if _, err := f.Write([]byte("more")); err == nil {
+		t.Fatal("Write after a failed write returned no error")
+	}
+}
+
+// A write error (the peer reset the connection) is sticky and closes the connection, so
+// the HTTP/2 read loop on it ends too.
+func TestFlushBehindClosesTheConnectionOnAWriteError(t *testing.T) {
+	c, peer := tcpPair(t)
+	f := NewFlushBehind(c, c)
+	_ = peer.(*net.TCPConn).SetLinger(0)
+	peer.Close() // RST
+	time.Sleep(50 * time.Millisecond)
+	var err error
+	for range 100 {
+		if _, err = f.Write(make([]byte, 1000)); err != nil {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err == nil {
+		t.Fatal("writes to a reset connection kept succeeding")
+	}
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	if _, rerr := c.Read(make([]byte, 1)); !errors.Is(rerr, net.ErrClosed) {
+		t.Fatalf("read after the failed flush = %v, want net.ErrClosed (the flusher closes the connection)", rerr)
+	}
+}
+
+// BenchmarkFlushBehindThreeFrames is a unary call's three frames written back to back:
+// with FlushBehind they leave in one write(2) instead of three.
+func BenchmarkFlushBehindThreeFrames(b *testing.B) {
+	for _, mode := range []string{"direct", "flushbehind"} {
+		b.Run(mode, func(b *testing.B) {
+			ln, _ := net.Listen("tcp", "127.0.0.1:0")
+			defer ln.Close()
+			go func() {
+				p, err := ln.Accept()
+				if err == nil {
+					_, _ = io.Copy(io.Discard, p)
+				}
+			}()
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			var w io.Writer = c
+			if mode == "flushbehind" {
+				w = NewFlushBehind(c, c)
+			}
+			h, d, tr := make([]byte, 12), make([]byte, 16), make([]byte, 11)
+			b.ReportAllocs()
+			for b.Loop() {
+				_, _ = w.Write(h)
+				_, _ = w.Write(d)
+				_, _ = w.Write(tr)
+			}
+		})
+	}
+}
+
+// busyScheduler keeps the only processor busy for d with two goroutines handing a token to
+// each other (each takes the next slot, so a goroutine started meanwhile waits), as the
+// HTTP/2 server's frame reader and serve loop do on a loaded sidecar.
+func busyScheduler(d time.Duration) (stop func()) {
+	prev := runtime.GOMAXPROCS(1)
+	a, b := make(chan struct{}), make(chan struct{})
+	end := time.Now().Add(d)
+	done := make(chan struct{})
+	go func() {
+		for range a {
+			b <- struct{}{}
+		}
+	}()
+	go func() {
+		defer close(done)
+		for time.Now().Before(end) {
+			a <- struct{}{}
+			<-b
+		}
+		close(a)
+	}()
+	return func() { <-done; runtime.GOMAXPROCS(prev) }
+}
+
+// arrived reports whether n bytes are already in peer's receive queue: a read that finds
+// them takes no scheduling.
+func arrived(t *testing.T, peer net.Conn, n int) bool {
+	t.Helper()
+	_ = peer.SetReadDeadline(time.Now().Add(time.Millisecond))
+	defer func() { _ = peer.SetReadDeadline(time.Time{}) }()
+	got, _ := io.ReadFull(peer, make([]byte, n))
+	return got == n
+}
+
+// Regression: the first FlushBehind left every queued byte to its flusher goroutine, which
+// a busy scheduler ran 48-60 ms late (seen in bench-grpc as a 640 ms p50). A connection's
+// next write after FlushBehindDelay, or its read loop going back to the socket, writes
+// the queue itself.
+func TestFlushBehindDoesNotWaitForABusyScheduler(t *testing.T) {
+	c, peer := tcpPair(t)
+	f := NewFlushBehind(c, c)
+	stop := busyScheduler(200 * time.Millisecond)
+	defer stop()
+
+	_, _ = f.Write([]byte("frame-1"))
+	for start := time.Now(); time.Since(start) <= 100*time.Microsecond; { // past FlushBehindDelay, no yield
+	}
+	_, _ = f.Write([]byte("frame-2"))
+	if !arrived(t, peer, len("frame-1frame-2")) {
+		t.Fatal("a write after FlushBehindDelay left the queue to the flusher goroutine")
+	}
+
+	_, _ = f.Write([]byte("frame-3"))
+	f.FlushPending() // the read loop, before it waits for the socket
+	if !arrived(t, peer, len("frame-3")) {
+		t.Fatal("FlushPending left the queue to the flusher goroutine")
+	}
+}
