@@ -121,6 +121,30 @@ func (ix *index) serviceOfCluster(name string) string {
 	return ""
 }
 
+// drains reports whether the assignment of cluster name, built from the slices of Service
+// svc, is sent DRAINING: that of a function, or of one of its revisions, whose controller
+// announced zero (the hand-off in function.go and revision.go).
+func (ix *index) drains(name, svc string) bool {
+	rest, ok := strings.CutPrefix(name, "function|")
+	if !ok {
+		return false
+	}
+	f := ix.functions[svc]
+	if f == nil {
+		return false
+	}
+	if rest == svc {
+		return goingToZero(f)
+	}
+	ns, rev, _ := strings.Cut(rest, "/")
+	for i := range f.Status.Revisions {
+		if rs := &f.Status.Revisions[i]; ns == f.Namespace && rs.Name == rev {
+			return revisionGoingToZero(f, rs)
+		}
+	}
+	return false
+}
+
 // buildEDSPlan indexes the slice-built assignments of res by Service.
 func buildEDSPlan(ix *index, in *Input, res *Result) *edsPlan {
 	p := &edsPlan{shared: map[string][]int{}, pools: map[string][]int{}, lds: map[string]bool{},
@@ -135,11 +159,7 @@ func buildEDSPlan(ix *index, in *Input, res *Result) *edsPlan {
 			p.complete = false
 			continue
 		}
-		if fn, ok := strings.CutPrefix(cla.GetClusterName(), "function|"); ok && fn == src.svc {
-			if f := ix.functions[fn]; f != nil && goingToZero(f) {
-				src.drain = true
-			}
-		}
+		src.drain = ix.drains(cla.GetClusterName(), src.svc)
 		p.src[i] = src
 		p.shared[src.svc] = append(p.shared[src.svc], i)
 	}

@@ -205,10 +205,9 @@ func gatewayListener() proto.Message {
 func (r *Result) gatewaySnapshot(v View) (*cachev3.Snapshot, error) {
 	sh := r.hashes()
 	clusters := append([]types.Resource(nil), asResources(r.Clusters)...)
-	endpoints := asResources(r.Endpoints)
 	var extraC []proto.Message
 	if r.needsQueue(v) {
-		extraC = append(extraC, r.queue)
+		extraC = append(extraC, r.queueCluster(v))
 	}
 	l := gatewayListener()
 	for _, m := range append([]proto.Message{l}, extraC...) {
@@ -225,7 +224,9 @@ func (r *Result) gatewaySnapshot(v View) (*cachev3.Snapshot, error) {
 		snap.Resources[cachev3.GetResponseType(t)] = cachev3.NewResources(ver, items)
 	}
 	set(resourcev3.ClusterType, version(sh.clusters, hashAll(extraC)), clusters)
-	set(resourcev3.EndpointType, version(sh.endpoints), endpoints)
+	// The gateway gets no redis pools: its endpoints are the group every such view shares,
+	// which the EDS fast path (eds.go) updates in place.
+	snap.Resources[cachev3.GetResponseType(resourcev3.EndpointType)] = r.sharedEndpoints()
 	set(resourcev3.ListenerType, version(hashOf(l)), []types.Resource{l})
 	set(resourcev3.RouteType, rc.ver, rc.v)
 	if err := snap.Consistent(); err != nil {

@@ -151,7 +151,7 @@ func countFold(list []string, s string) int {
 // and its credential whenever a function exists, and nothing of the capture or inbound
 // side: one listener, on all addresses, port 8080.
 func TestGatewayGetsQueueAndOnlyItsListener(t *testing.T) {
-	q, err := NewQueue("nats://10.244.0.1:4222", "tok")
+	q, err := NewQueue("nats://10.244.0.1:4222", SharedQueueToken("tok"))
 	if err != nil {
 		t.Fatal(err)
 	}

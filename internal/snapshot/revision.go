@@ -29,6 +29,11 @@ func servesRevisions(fn *meshv1alpha1.MeshFunction) bool {
 	return len(fn.Spec.Traffic) > 0 && len(fn.Status.Traffic) > 0
 }
 
+// revisionGoingToZero reports that the controller has announced zero for revision rs of fn.
+func revisionGoingToZero(fn *meshv1alpha1.MeshFunction, rs *meshv1alpha1.RevisionStatus) bool {
+	return fn.Status.ObservedGeneration > 0 && rs.DesiredReplicas == 0
+}
+
 // revisionCluster is one revision's cluster: the function's cluster with metadata naming
 // the revision.
 func revisionCluster(fn *meshv1alpha1.MeshFunction, rev string) *clusterv3.Cluster {
@@ -52,7 +57,7 @@ func (t *translator) revisions(fn *meshv1alpha1.MeshFunction, b *built, f endpoi
 		rf.subset = map[string]string{meshv1alpha1.LabelRevision: rs.Name}
 		cla := t.ix.loadAssignment(name, slices, rf)
 		// The controller announced zero for this revision: drain it first (hand-off).
-		if fn.Status.ObservedGeneration > 0 && rs.DesiredReplicas == 0 {
+		if revisionGoingToZero(fn, &rs) {
 			drainAll(cla)
 		}
 		b.addCluster(revisionCluster(fn, rs.Name), cla)

@@ -60,8 +60,8 @@ func TestAuthGatewayViewByServiceAccountOnly(t *testing.T) {
 	if !hasGatewayListener(got) || len(got[resourcev3.ListenerType]) != 1 {
 		t.Fatalf("gateway pod got %d listeners (gateway listener: %v), want only the gateway's", len(got[resourcev3.ListenerType]), hasGatewayListener(got))
 	}
-	if !holds(got, queueToken) {
-		t.Error("the gateway did not get the queue credential: async calls through it would fail")
+	if !holds(got, queueCreds.ForView(snapshot.GatewayNamespace, "").Password) {
+		t.Error("the gateway did not get its queue credential: async calls through it would fail")
 	}
 	if holds(got, redisServerPW) || holds(got, redisClientPW) {
 		t.Error("the gateway got a redis pool's passwords")
