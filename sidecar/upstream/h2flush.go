@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/weftmesh/weft/sidecar/connio"
@@ -33,8 +34,8 @@ const FlushBehindDelay = 50 * time.Microsecond
 // the scheduler runs once the writer (and whatever it made runnable) has parked: the
 // frames of one exchange written back to back leave in one write(2), as an event loop
 // flushes at the end of its turn. So that a busy scheduler cannot hold the queue back,
-// the connection's own later writes and reads write it out themselves (FlushBehindDelay,
-// FlushPending). Ordering is kept: one queue, and one goroutine writes at a time.
+// later writes and reads, the connection's own or any other's, write it out themselves
+// once it has waited FlushBehindDelay (FlushPending, writeStale). Ordering is kept: one queue, and one goroutine writes at a time.
 //
 // A write error ends the connection: the writer closes it, so the HTTP/2 read loop sees
 // the error too, and every later Write returns it.
@@ -48,6 +49,7 @@ type FlushBehind struct {
 	spare   []byte    // the last buffer written, reused
 	writing bool      // a goroutine is in write(2) for this connection
 	spawned bool      // a flusher goroutine has been started and has not run yet
+	listed  bool      // in stale.queued
 	err     error
 	flushFn func() // f.flush, made once: `go f.flush()` would allocate a closure per flush
 }
@@ -67,6 +69,12 @@ func NewFlushBehind(sock net.Conn, conn io.Closer) *FlushBehind {
 // another goroutine writes); a p larger than the limit is written directly after the
 // queue ahead of it.
 func (f *FlushBehind) Write(p []byte) (int, error) {
+	n, err := f.write(p)
+	writeStale()
+	return n, err
+}
+
+func (f *FlushBehind) write(p []byte) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for {
@@ -103,6 +111,7 @@ func (f *FlushBehind) Write(p []byte) (int, error) {
 	}
 	if len(f.buf) == 0 {
 		f.since = time.Now()
+		f.list()
 	}
 	f.buf = append(f.buf, p...)
 	switch {
@@ -126,6 +135,62 @@ func (f *FlushBehind) FlushPending() {
 		f.drain()
 	}
 	f.mu.Unlock()
+	writeStale()
+}
+
+// stale lists the FlushBehinds that have queued bytes since the last pass of writeStale,
+// so that any connection's writes and reads write out another's queue the flusher is late
+// for: a busy scheduler can hold a flusher back while the goroutines it runs work on other
+// connections only. It holds each live FlushBehind at most once, and is emptied on every
+// pass (at most FlushBehindDelay after the first queue is listed, on the next I/O).
+var stale struct {
+	mu     sync.Mutex
+	queued []*FlushBehind
+	spare  []*FlushBehind
+	oldest atomic.Int64 // UnixNano when the first listed queue was listed; 0: none listed
+}
+
+// list puts f in stale.queued, with f.mu held.
+func (f *FlushBehind) list() {
+	if !f.listed {
+		f.listed = true
+		stale.mu.Lock()
+		stale.queued = append(stale.queued, f)
+		stale.mu.Unlock()
+	}
+	stale.oldest.CompareAndSwap(0, f.since.UnixNano())
+}
+
+// writeStale writes out every listed queue once the oldest has waited FlushBehindDelay,
+// unless another goroutine is writing it (that one writes what is queued). It runs with
+// no FlushBehind's lock held.
+func writeStale() {
+	o := stale.oldest.Load()
+	if o == 0 || time.Now().UnixNano()-o <= int64(FlushBehindDelay) {
+		return
+	}
+	stale.mu.Lock()
+	list := stale.queued
+	stale.queued, stale.spare = stale.spare[:0], nil
+	stale.oldest.Store(0)
+	stale.mu.Unlock()
+	for i, f := range list {
+		f.mu.Lock()
+		f.listed = false
+		if len(f.buf) > 0 && !f.writing && f.err == nil {
+			f.drain()
+		}
+		if len(f.buf) > 0 { // queued again while written: still waiting
+			f.list()
+		}
+		f.mu.Unlock()
+		list[i] = nil
+	}
+	stale.mu.Lock()
+	if stale.spare == nil {
+		stale.spare = list[:0]
+	}
+	stale.mu.Unlock()
 }
 
 // flush is the flusher goroutine: it writes the queue unless another goroutine already is

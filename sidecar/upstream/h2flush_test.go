@@ -274,4 +274,19 @@ func TestFlushBehindDoesNotWaitForABusyScheduler(t *testing.T) {
 	if !arrived(t, peer, len("frame-3")) {
 		t.Fatal("FlushPending left the queue to the flusher goroutine")
 	}
+
+	// Another connection's I/O writes out a queue the flusher is late for.
+	c2, peer2 := tcpPair(t)
+	f2 := NewFlushBehind(c2, c2)
+	_, _ = f.Write([]byte("frame-4"))
+	for start := time.Now(); time.Since(start) <= 100*time.Microsecond; { // no yield
+	}
+	_, _ = f2.Write([]byte("other"))
+	if !arrived(t, peer, len("frame-4")) {
+		t.Fatal("a write on another connection after FlushBehindDelay left this queue to its flusher goroutine")
+	}
+	f2.FlushPending()
+	if !arrived(t, peer2, len("other")) {
+		t.Fatal("the other connection's own queue was not written")
+	}
 }
