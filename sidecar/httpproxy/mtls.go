@@ -80,7 +80,11 @@ func (l *Listener) serveMTLS(ln net.Listener) {
 			continue
 		}
 		backoff.reset()
-		if l.divertConn(conn) { // captured for another filter chain (capture.go)
+		// Captured for another filter chain (capture.go): in permissive mode it goes there;
+		// in strict mode nothing passes the front in plaintext, so every captured
+		// connection is sniffed here (callers only originate mutual TLS to this port: a
+		// connection for another chain is refused unless it brings a mesh certificate).
+		if l.mtls.src.Mode() != contract.MTLSStrict && l.divertConn(conn) {
 			conn.Close()
 			continue
 		}

@@ -333,3 +333,34 @@ func TestMTLSRotationUnderSteadyTraffic(t *testing.T) {
 		}
 	})
 }
+
+// A client that offers ALPN h2 speaks HTTP/2 over the mutual TLS connection; its peer
+// identity is on the context of its requests too.
+func TestMTLSInboundHTTP2OverALPN(t *testing.T) {
+	p := twoSidecars(t, false, 0, contract.MTLSStrict, 0)
+	var local net.Addr
+	tr := &http.Transport{TLSClientConfig: p.callerID.ClientConfig([]string{"h2"}), ForceAttemptHTTP2: true,
+		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&tls.Dialer{Config: p.callerID.ClientConfig([]string{"h2"})}).DialContext(ctx, network, addr)
+			if err == nil {
+				local = c.LocalAddr()
+			}
+			return c, err
+		}}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	req, _ := http.NewRequest(http.MethodGet, "https://"+p.calleeAddr+"/", nil)
+	req.Host = "cart"
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("HTTP/2 over mutual TLS: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Proto != "HTTP/2.0" {
+		t.Errorf("%d %s %q, want 200 over HTTP/2.0", resp.StatusCode, resp.Proto, body)
+	}
+	if id, ok := p.callee.Proxy.PeerOfRequest(local.String()); !ok || id != webID {
+		t.Errorf("peer of the HTTP/2 connection: %v %v, want %s", id, ok, webID)
+	}
+}
