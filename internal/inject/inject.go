@@ -194,6 +194,15 @@ func sidecar(pod *corev1.Pod, ns string, appPort int32, cfg Config) corev1.Conta
 	if drain <= 0 {
 		drain = 5
 	}
+	// The API server refuses a preStop sleep that is not shorter than the pod's grace
+	// period; a pod that asks to be stopped quickly gets a shorter drain, or none.
+	if g := pod.Spec.TerminationGracePeriodSeconds; g != nil && drain >= *g {
+		drain = *g - 1
+	}
+	var lifecycle *corev1.Lifecycle
+	if drain > 0 {
+		lifecycle = &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: drain}}}
+	}
 	return corev1.Container{
 		Name:  ContainerName,
 		Image: cfg.Image,
@@ -215,7 +224,7 @@ func sidecar(pod *corev1.Pod, ns string, appPort int32, cfg Config) corev1.Conta
 		// Sleep, not exec: the sidecar image has no shell. While the pod sleeps here it is
 		// already marked terminating, so callers' sidecars see it DRAINING over EDS and stop
 		// picking it before it stops listening.
-		Lifecycle: &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: drain}}},
+		Lifecycle: lifecycle,
 		SecurityContext: &corev1.SecurityContext{
 			RunAsNonRoot: ptr(true), RunAsUser: ptr(int64(contract.ProxyUID)), RunAsGroup: ptr(int64(contract.ProxyGID)), AllowPrivilegeEscalation: ptr(false),
 			ReadOnlyRootFilesystem: ptr(true), Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},

@@ -203,3 +203,39 @@ func TestAppPortOf(t *testing.T) {
 		})
 	}
 }
+
+// The sidecar's preStop sleep must be shorter than the pod's grace period, or the API server
+// refuses the pod after injection (and its ReplicaSet says nothing of Weft): a pod that asks
+// to stop within a few seconds gets a shorter drain, or none at all.
+func TestDrainFitsTheGracePeriod(t *testing.T) {
+	for _, tc := range []struct {
+		grace *int64
+		want  int64 // 0: no preStop
+	}{
+		{nil, 5},
+		{ptr(int64(30)), 5},
+		{ptr(int64(6)), 5},
+		{ptr(int64(5)), 4},
+		{ptr(int64(2)), 1},
+		{ptr(int64(1)), 0},
+		{ptr(int64(0)), 0},
+	} {
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: corev1.PodSpec{
+			TerminationGracePeriodSeconds: tc.grace,
+			Containers:                    []corev1.Container{{Name: "app", Image: "a"}}}}
+		if _, err := Inject(pod, "default", testConfig); err != nil {
+			t.Fatal(err)
+		}
+		i := slices.IndexFunc(pod.Spec.Containers, func(c corev1.Container) bool { return c.Name == ContainerName })
+		if i < 0 {
+			t.Fatal("no sidecar injected")
+		}
+		var got int64
+		if lc := pod.Spec.Containers[i].Lifecycle; lc != nil && lc.PreStop != nil && lc.PreStop.Sleep != nil {
+			got = lc.PreStop.Sleep.Seconds
+		}
+		if got != tc.want {
+			t.Errorf("grace %v: preStop sleep %d s, want %d", tc.grace, got, tc.want)
+		}
+	}
+}
