@@ -35,8 +35,9 @@ import (
 )
 
 // snapshotKey is the one reconcile key: xDS state depends on every object at once, so any
-// change rebuilds everything (as Contour and Envoy Gateway do). The workqueue coalesces a
-// burst of events into one rebuild without a debounce delay.
+// change rebuilds everything (as Contour and Envoy Gateway do) — except an EndpointSlice
+// change, which rebuilds only the changed Services' endpoints (snapshot.UpdateEndpoints).
+// The workqueue coalesces a burst of events into one pass without a debounce delay.
 var snapshotKey = reconcile.Request{NamespacedName: types.NamespacedName{Name: "weft-xds-snapshot"}}
 
 // SnapshotCache is where the reconciler puts each translation.

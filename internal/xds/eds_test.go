@@ -48,15 +48,16 @@ func TestEndpointOnlyChangeSendsOnlyEDS(t *testing.T) {
 	v := snapshot.ViewFromNode(n)
 	synced := func() bool {
 		want := c.Versions(v)
-		for _, st := range s.Nodes() {
-			for _, typ := range Types {
-				if want[typ] == "" || st.Acked[typ] != want[typ] {
-					return false
-				}
-			}
-			return true
+		nodes := s.Nodes()
+		if len(nodes) != 1 {
+			return false
 		}
-		return false
+		for _, typ := range Types {
+			if want[typ] == "" || nodes[0].Acked[typ] != want[typ] {
+				return false
+			}
+		}
+		return true
 	}
 	poll.Until(t, 10*time.Second, synced, "waiting for the sidecar to ACK every type")
 	before := c.Versions(v)
