@@ -315,22 +315,7 @@ func (r *MeshFunctionReconciler) replicas(fn *meshv1alpha1.MeshFunction, current
 		return want, 0, false
 	}
 	// want == 0 and pods remain: hand off first.
-	since, ok := r.zeroSince[nn]
-	if !ok {
-		since = r.Clock.Now()
-		r.zeroSince[nn] = since
-	}
-	if r.Handoff != nil && r.Handoff.Drained(nn) {
-		delete(r.zeroSince, nn)
-		observeHandoff(r.Clock.Since(since), true)
-		return 0, 0, true
-	}
-	if r.Clock.Since(since) >= r.HandoffTimeout {
-		delete(r.zeroSince, nn)
-		observeHandoff(r.Clock.Since(since), false)
-		return 0, 0, false
-	}
-	return have, 500 * time.Millisecond, false
+	return r.handOff(nn, have)
 }
 
 // setReadiness sets the Available condition from the replica counts.

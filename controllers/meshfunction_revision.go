@@ -433,8 +433,8 @@ func (r *MeshFunctionReconciler) scaleRevision(ctx context.Context, fn *meshv1al
 	return out, wait, nil
 }
 
-// handOff decides whether a revision going to zero may lose its last pods now: once every
-// caller's sidecar ACKed the snapshot draining it, or after HandoffTimeout.
+// handOff decides whether a function or revision going to zero may lose its last pods now:
+// once every caller's sidecar ACKed the snapshot draining it, or after HandoffTimeout.
 func (r *MeshFunctionReconciler) handOff(nn types.NamespacedName, have int32) (n int32, wait time.Duration, drained bool) {
 	since, ok := r.zeroSince[nn]
 	if !ok {

@@ -35,21 +35,33 @@ var h2Preface = []byte("PRI * HTTP/2.0\r\n")
 var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
 var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4096) }}
 
+// accept returns the next connection of ln, or false once ln is closed. A failed accept
+// (out of descriptors) pauses accepting (acceptBackoff) while the connections already open
+// are served.
+func (l *Listener) accept(ln net.Listener, backoff *acceptBackoff) (net.Conn, bool) {
+	for {
+		conn, err := ln.Accept()
+		if err == nil {
+			backoff.reset()
+			return conn, true
+		}
+		if errors.Is(err, net.ErrClosed) {
+			return nil, false
+		}
+		l.acceptErrors.Add(1)
+		time.Sleep(backoff.next())
+	}
+}
+
 // serve accepts connections until ln is closed. A failed accept (out of descriptors)
 // pauses accepting (acceptBackoff) while the connections already open are served.
 func (l *Listener) serve(ln net.Listener) {
 	var backoff acceptBackoff
 	for {
-		conn, err := ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			l.acceptErrors.Add(1)
-			time.Sleep(backoff.next())
-			continue
+		conn, ok := l.accept(ln, &backoff)
+		if !ok {
+			return
 		}
-		backoff.reset()
 		if l.divertConn(conn) { // captured for another filter chain (capture.go)
 			conn.Close()
 			continue

@@ -3,7 +3,6 @@ package httpproxy
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -70,16 +69,10 @@ func (p *Proxy) startMTLS(l *Listener, ln net.Listener) string {
 func (l *Listener) serveMTLS(ln net.Listener) {
 	var backoff acceptBackoff
 	for {
-		conn, err := ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			l.acceptErrors.Add(1)
-			time.Sleep(backoff.next())
-			continue
+		conn, ok := l.accept(ln, &backoff)
+		if !ok {
+			return
 		}
-		backoff.reset()
 		// Captured for another filter chain (capture.go): in permissive mode it goes there;
 		// in strict mode nothing passes the front in plaintext, so every captured
 		// connection is sniffed here (callers only originate mutual TLS to this port: a
