@@ -334,7 +334,7 @@ func managerChecks(ctx context.Context, o *options, k *kube, c *checker) {
 	var dep appsv1.Deployment
 	err := k.client.Get(ctx, client.ObjectKey{Namespace: o.managerNS, Name: managerDeployment}, &dep)
 	switch {
-	case apierrors.IsNotFound(err) && (o.managerURL != "" || loopbackHost(k.config.Host)):
+	case apierrors.IsNotFound(err) && (o.managerURL != "" || onThisHost(k.config.Host)):
 		c.ok("manager runs outside the cluster (no Deployment " + o.managerNS + "/" + managerDeployment + "; the local mesh runs it as a process)")
 	case err != nil:
 		c.fail("manager Deployment "+o.managerNS+"/"+managerDeployment+" exists", err, "kubectl apply -k config/default")

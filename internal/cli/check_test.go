@@ -172,13 +172,24 @@ func TestManagerPortForwardFailure(t *testing.T) {
 	}
 }
 
-func TestLoopbackHost(t *testing.T) {
-	for host, want := range map[string]bool{
+func TestOnThisHost(t *testing.T) {
+	cases := map[string]bool{
 		"https://127.0.0.1:6443": true, "https://localhost:6443": true, "https://[::1]:6443": true,
-		"https://10.0.0.1:6443": false, "https://k8s.example.com": false, "::bad": false,
-	} {
-		if got := loopbackHost(host); got != want {
-			t.Errorf("loopbackHost(%q) = %v, want %v", host, got, want)
+		"https://192.0.2.1:6443": false, "https://k8s.example.com": false, "::bad": false,
+	}
+	// An address of one of this host's interfaces (the local mesh's bridge address) counts.
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && !n.IP.IsLoopback() && n.IP.To4() != nil {
+			cases["https://"+n.IP.String()+":6443"] = true
+		}
+	}
+	for host, want := range cases {
+		if got := onThisHost(host); got != want {
+			t.Errorf("onThisHost(%q) = %v, want %v", host, got, want)
 		}
 	}
 }

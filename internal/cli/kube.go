@@ -92,8 +92,8 @@ var errNoManager = errors.New("no Weft manager found")
 
 // managers connects to every manager replica: --manager-url when given; else a
 // port-forward to each running manager pod (the debug port listens on the pod's loopback,
-// which a port-forward reaches and nothing else does); else, when the API server is on this
-// host's loopback and no manager pod exists (the local mesh runs the manager as a host
+// which a port-forward reaches and nothing else does); else, when the API server listens on
+// an address of this host and no manager pod exists (the local mesh runs the manager as a host
 // process), http://127.0.0.1:<DebugPort>. Call the returned stop when done.
 func (o *options) managers(ctx context.Context, k *kube) ([]manager, func(), error) {
 	if o.managerURL != "" {
@@ -131,7 +131,7 @@ func (o *options) managers(ctx context.Context, k *kube) ([]manager, func(), err
 	if len(out) > 0 {
 		return out, stopAll, nil
 	}
-	if loopbackHost(k.config.Host) {
+	if onThisHost(k.config.Host) {
 		base := "http://127.0.0.1:" + strconv.Itoa(xds.DebugPort)
 		return []manager{{name: "local", base: base, stop: func() {}}}, func() {}, nil
 	}
@@ -140,7 +140,7 @@ func (o *options) managers(ctx context.Context, k *kube) ([]manager, func(), err
 }
 
 // loopbackHost reports whether an API server URL is on this host's loopback.
-func loopbackHost(host string) bool {
+func onThisHost(host string) bool {
 	u, err := url.Parse(host)
 	if err != nil {
 		return false
@@ -150,7 +150,23 @@ func loopbackHost(host string) bool {
 		return true
 	}
 	ip := net.ParseIP(h)
-	return ip != nil && ip.IsLoopback()
+	if ip == nil {
+		return false
+	}
+	if ip.IsLoopback() {
+		return true
+	}
+	// The local mesh's API server listens on its bridge address, which is this host's.
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.Equal(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 // portForward forwards a free port on 127.0.0.1 to port of the pod and returns its URL.

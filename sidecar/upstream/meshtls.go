@@ -24,6 +24,10 @@ type MeshTLS interface {
 	ClientConfig(protos []string) *tls.Config
 }
 
+// handshakeTimeout is the least time a TLS handshake to a meshed endpoint gets (Istio's
+// connect timeout default).
+const handshakeTimeout = 10 * time.Second
+
 // meshTLSState is the configuration the pool dials with, built once: its callbacks read
 // the current certificate and bundle at every handshake.
 type meshTLSState struct {
@@ -81,10 +85,12 @@ func (c *Cluster) originateTLS(ctx context.Context, conn net.Conn, h *Host, conn
 	if st == nil {
 		return conn, nil
 	}
-	if connectTimeout > 0 {
-		if d := time.Now().Add(connectTimeout); deadline.IsZero() || d.Before(deadline) {
-			deadline = d
-		}
+	// The handshake gets its own budget: the connect timeout guards the TCP connect (500 ms
+	// by default), too short for the handshakes of a burst released at once onto a pod
+	// that has just started on a busy node.
+	budget := max(connectTimeout, handshakeTimeout)
+	if d := time.Now().Add(budget); deadline.IsZero() || d.Before(deadline) {
+		deadline = d
 	}
 	if !deadline.IsZero() {
 		var cancel context.CancelFunc
@@ -94,7 +100,10 @@ func (c *Cluster) originateTLS(ctx context.Context, conn net.Conn, h *Host, conn
 	tc := tls.Client(conn, st.h1)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("mutual TLS to %s: %w", h.Address, err)
+		// A connection whose handshake failed was never established: it is a connect
+		// failure, as in Envoy, so connect-failure retries take another host.
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: conn.RemoteAddr(),
+			Err: fmt.Errorf("mutual TLS to %s: %w", h.Address, err)}
 	}
 	return tc, nil
 }
