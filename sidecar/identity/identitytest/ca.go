@@ -133,7 +133,13 @@ func (c *CA) Sign(_ context.Context, csrPEM []byte, ttl time.Duration) (*contrac
 	}
 	r := c.roots[c.signing]
 	now := time.Now()
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(now.UnixNano()), NotBefore: now.Add(-time.Minute), NotAfter: now.Add(ttl),
+	// X.509 times have whole seconds: NotAfter is rounded up, or a 1 s certificate could
+	// expire a few milliseconds after it was issued (a CI failure).
+	notAfter := now.Add(ttl)
+	if t := notAfter.Truncate(time.Second); t.Before(notAfter) {
+		notAfter = t.Add(time.Second)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(now.UnixNano()), NotBefore: now.Add(-time.Minute), NotAfter: notAfter,
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true, URIs: []*url.URL{c.id.URL()}}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, r.cert, csr.PublicKey, r.key)
