@@ -192,7 +192,7 @@ func sidecar(pod *corev1.Pod, ns string, appPort int32, cfg Config) corev1.Conta
 	}
 	drain := cfg.DrainSeconds
 	if drain <= 0 {
-		drain = 5
+		drain = workload.EndpointDrainSeconds
 	}
 	// The API server refuses a preStop sleep that is not shorter than the pod's grace
 	// period; a pod that asks to be stopped quickly gets a shorter drain, or none.
