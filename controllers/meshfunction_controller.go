@@ -64,6 +64,9 @@ type MeshFunctionReconciler struct {
 	// hand-off, and Available's transitions (a name conflict, a failed Deployment).
 	Recorder events.EventRecorder
 
+	// apiReader confirms a cache miss before a name is taken (getFresh).
+	apiReader client.Reader
+
 	zeroSince map[types.NamespacedName]time.Time
 	// revisionKeys are the autoscaler keys of each function's revisions.
 	revisionKeys map[types.NamespacedName]map[autoscale.FunctionKey]bool
@@ -79,6 +82,7 @@ func (r *MeshFunctionReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		r.HandoffTimeout = DefaultHandoffTimeout
 	}
 	r.zeroSince = map[types.NamespacedName]time.Time{}
+	r.apiReader = mgr.GetAPIReader()
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("meshfunction").
 		// Spec changes, and changes of the replica counts in status: a reconcile that read a
@@ -217,14 +221,14 @@ func (r *MeshFunctionReconciler) Reconcile(ctx context.Context, req ctrl.Request
 // and returns as foreign the first of them that another owner controls.
 func (r *MeshFunctionReconciler) owned(ctx context.Context, fn *meshv1alpha1.MeshFunction) (current *appsv1.Deployment, exists bool, foreign client.Object, err error) {
 	name := client.ObjectKeyFromObject(fn)
-	current = &appsv1.Deployment{}
-	err = r.Get(ctx, name, current)
+	current = &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: name.Namespace, Name: name.Name}}
+	err = getFresh(ctx, r.Client, r.apiReader, current)
 	exists = err == nil
 	if err != nil && !apierrors.IsNotFound(err) {
 		return nil, false, nil, err
 	}
-	svc := &corev1.Service{}
-	if err := r.Get(ctx, name, svc); err != nil && !apierrors.IsNotFound(err) {
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: name.Namespace, Name: name.Name}}
+	if err := getFresh(ctx, r.Client, r.apiReader, svc); err != nil && !apierrors.IsNotFound(err) {
 		return nil, false, nil, err
 	} else if err != nil {
 		svc = nil

@@ -7,6 +7,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -37,6 +38,18 @@ func kindOf(o client.Object) string {
 		return k
 	}
 	return fmt.Sprintf("%T", o)
+}
+
+// getFresh reads o from the cache and, when the cache has no such object, confirms it with
+// an uncached read: an object created a moment ago (a user's Service applied together with the
+// resource that would take its name) may not be in the informer cache yet, and acting on that
+// miss would create an object beside it or fail half-way. A nil apiReader reads the cache only.
+func getFresh(ctx context.Context, c client.Reader, apiReader client.Reader, o client.Object) error {
+	err := c.Get(ctx, client.ObjectKeyFromObject(o), o)
+	if apierrors.IsNotFound(err) && apiReader != nil {
+		return apiReader.Get(ctx, client.ObjectKeyFromObject(o), o)
+	}
+	return err
 }
 
 // sameName maps an object to the request of the resource whose rendered objects carry its

@@ -27,10 +27,14 @@ import (
 type RedisProxyReconciler struct {
 	client.Client
 	Options workload.Options
+
+	// apiReader confirms a cache miss before a name is taken (getFresh).
+	apiReader client.Reader
 }
 
 // SetupWithManager registers the reconciler; it runs on the leader only.
 func (r *RedisProxyReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	r.apiReader = mgr.GetAPIReader()
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("redisproxy").
 		For(&meshv1alpha1.RedisProxy{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
@@ -64,7 +68,7 @@ func (r *RedisProxyReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		return ctrl.Result{}, nil
 	}
 	for _, o := range []client.Object{dep.DeepCopy(), svc.DeepCopy()} {
-		if err := r.Get(ctx, client.ObjectKeyFromObject(o), o); err != nil {
+		if err := getFresh(ctx, r.Client, r.apiReader, o); err != nil {
 			if apierrors.IsNotFound(err) {
 				continue
 			}
