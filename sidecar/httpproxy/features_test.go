@@ -431,3 +431,59 @@ func TestCallerHangingUpCancelsTheFunctionCall(t *testing.T) {
 		}
 	})
 }
+
+// A queued call is the request the synchronous path would have sent: a route's header
+// removals (which strip what callers may not set), additions and rewrites apply before the
+// call is published, and hop-by-hop headers are gone. Without this a caller could put a
+// header the route removes into a function's queue.
+func TestAsyncCallGetsTheRoutesEdits(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		cp := st.StartControlPlane(t)
+		cn := "function|default/fn"
+		route := st.Route("default/fn/0/0", st.Prefix("/v1/"), st.To(cn), st.Edit(func(r *routev3.Route) {
+			r.GetRoute().PrefixRewrite = "/api/"
+			r.GetRoute().HostRewriteSpecifier = &routev3.RouteAction_HostRewriteLiteral{HostRewriteLiteral: "fn.internal"}
+			r.RequestHeadersToRemove = []string{"x-weft-forged"}
+			r.RequestHeadersToAdd = []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-added", Value: "by-route"}}}
+		}))
+		cp.Set(st.Snapshot{
+			Listeners: []types.Resource{st.OutboundListener()},
+			Routes:    []types.Resource{st.RouteConfig(st.VirtualHost("default/fn", "fn", "default", []int{80}, route))},
+			Clusters:  []types.Resource{st.EDSCluster(cn, st.FunctionMeta("default", "fn", 30*time.Second, 7))},
+			Endpoints: []types.Resource{st.Endpoints(cn)},
+		})
+		got := make(chan *http.Request, 1)
+		a := asyncFunc(func(w http.ResponseWriter, r *http.Request, ns, name string) {
+			got <- r.Clone(context.Background())
+			w.WriteHeader(http.StatusAccepted)
+		})
+		base := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines, Async: a}).URL(t, st.OutboundListenerName)
+
+		req, _ := http.NewRequest(http.MethodPost, base+"/v1/orders?id=7", strings.NewReader("{}"))
+		req.Host = "fn"
+		req.Header.Set("Prefer", "respond-async")
+		req.Header.Set("X-Weft-Forged", "spoofed")
+		req.Header.Set("Keep-Alive", "timeout=5")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("async call answered %d, want 202 from the queue", resp.StatusCode)
+		}
+		r := <-got
+		if r.URL.RequestURI() != "/api/orders?id=7" || r.Host != "fn.internal" {
+			t.Errorf("queued %s for host %q, want /api/orders?id=7 for fn.internal (the route's rewrites)", r.URL.RequestURI(), r.Host)
+		}
+		if v := r.Header.Get("X-Weft-Forged"); v != "" {
+			t.Errorf("a header the route removes reached the queue: %q", v)
+		}
+		if v := r.Header.Get("Keep-Alive"); v != "" {
+			t.Errorf("a hop-by-hop header reached the queue: %q", v)
+		}
+		if v := r.Header.Get("X-Added"); v != "by-route" {
+			t.Errorf("X-Added = %q, want the route's addition", v)
+		}
+	})
+}

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/textproto"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,7 +37,7 @@ func (l *Listener) forward(w http.ResponseWriter, r *http.Request, route *config
 	if rec != nil {
 		rec.Cluster = wc.Name
 	}
-	c, cc := l.destination(w, r, wc.Name, start)
+	c, cc := l.destination(w, r, route, wc, start)
 	if c == nil {
 		return // answered here: unknown, unresolved, or queued for async delivery
 	}
@@ -175,8 +176,9 @@ func streamBody(r *http.Request, route *config.Route, out *upstream.Request) *re
 // destination finds the cluster a request goes to. It answers the request itself, and
 // returns a nil cluster, when the cluster is unknown or unresolved, or when the request
 // goes to a function's async queue.
-func (l *Listener) destination(w http.ResponseWriter, r *http.Request, name string, start time.Time) (*upstream.Cluster, *config.Cluster) {
+func (l *Listener) destination(w http.ResponseWriter, r *http.Request, route *config.Route, wc *config.WeightedCluster, start time.Time) (*upstream.Cluster, *config.Cluster) {
 	p := l.proxy
+	name := wc.Name
 	c := p.opts.Upstreams.Get(name)
 	if c == nil {
 		if rec := l.recordOf(w); rec != nil {
@@ -192,6 +194,14 @@ func (l *Listener) destination(w http.ResponseWriter, r *http.Request, name stri
 		return nil, nil
 	}
 	if fn := cc.Function; fn != nil && p.opts.Async != nil && (fn.Async || prefersAsync(r.Header)) {
+		// The queued call is what the synchronous one would have sent: the route's header
+		// edits (which drop what a caller may not set), rewrites and hop-by-hop removal
+		// apply before it is published.
+		out := outboundRequest(r, route, wc, nil)
+		r.Host = out.Host
+		if u, err := url.ParseRequestURI(out.URI); err == nil {
+			r.URL.Path, r.URL.RawPath, r.URL.RawQuery = u.Path, u.RawPath, u.RawQuery
+		}
 		p.opts.Async.ServeAsync(w, r, fn.Namespace, fn.Name)
 		c.Stats.Observe(http.StatusAccepted, time.Since(start))
 		return nil, nil
