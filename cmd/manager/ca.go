@@ -71,7 +71,8 @@ func setupCA(mgr ctrl.Manager, srv *xds.Server, sec xdsSecurity) error {
 		return fmt.Errorf("adding the mesh CA keeper: %w", err)
 	}
 	srv.Register(func(r grpc.ServiceRegistrar) {
-		xds.RegisterCertificateServer(r, authority, clock.RealClock{}, namespaceLabels(mgr.GetClient()), ctrl.Log.WithName("ca"))
+		xds.RegisterCertificateServer(r, authority, xds.CertificateOptions{NamespaceLabels: namespaceLabels(mgr.GetClient()),
+			Log: ctrl.Log.WithName("ca"), Recorder: mgr.GetEventRecorder("weft-ca")})
 	})
 	return nil
 }

@@ -10,6 +10,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 
 	"github.com/weftmesh/weft/contract"
@@ -26,13 +29,31 @@ func init() { encoding.RegisterCodec(contract.SignalCodec{}) }
 // NamespaceLabels reads a namespace's labels (the manager's cached client); nil: none.
 type NamespaceLabels func(ctx context.Context, namespace string) (map[string]string, error)
 
-// RegisterCertificateServer serves contract.CertificateService on s with authority;
-// nsLabels (may be nil) lets a namespace's weft.dev/mtls label set its workloads' mode.
-func RegisterCertificateServer(s grpc.ServiceRegistrar, authority *ca.CA, clk clock.PassiveClock, nsLabels NamespaceLabels, log logr.Logger) {
-	if clk == nil {
-		clk = clock.RealClock{}
+// CertificateOptions configures the certificate service; every field may be left zero.
+type CertificateOptions struct {
+	Clock clock.PassiveClock
+	// NamespaceLabels lets a namespace's weft.dev/mtls label set its workloads' mode.
+	NamespaceLabels NamespaceLabels
+	Log             logr.Logger
+	// Recorder, when set, records a Warning event (reason CertificateNotIssued) on the
+	// verified pod whose certificate request was refused or failed, so `kubectl describe pod`
+	// says why its sidecar has no workload certificate. The events API aggregates repeats
+	// (a sidecar retries with back-off from 1 s to 30 s).
+	Recorder events.EventRecorder
+}
+
+// ReasonCertificateNotIssued is the reason of the pod event for a refused or failed request.
+const ReasonCertificateNotIssued = "CertificateNotIssued"
+
+// RegisterCertificateServer serves contract.CertificateService on s with authority.
+func RegisterCertificateServer(s grpc.ServiceRegistrar, authority *ca.CA, o CertificateOptions) {
+	if o.Clock == nil {
+		o.Clock = clock.RealClock{}
 	}
-	s.RegisterService(&certificateServiceDesc, &certificateServer{ca: authority, clock: clk, nsLabels: nsLabels, log: log})
+	if o.Log.GetSink() == nil {
+		o.Log = logr.Discard()
+	}
+	s.RegisterService(&certificateServiceDesc, &certificateServer{ca: authority, clock: o.Clock, nsLabels: o.NamespaceLabels, log: o.Log, rec: o.Recorder})
 }
 
 type certificateHandler interface {
@@ -44,6 +65,7 @@ type certificateServer struct {
 	clock    clock.PassiveClock
 	nsLabels NamespaceLabels
 	log      logr.Logger
+	rec      events.EventRecorder
 }
 
 // Sign issues a certificate to the verified caller. Without a verified identity (a server
@@ -55,6 +77,17 @@ func (s *certificateServer) Sign(ctx context.Context, in *contract.SignRequest) 
 		return nil, status.Error(codes.FailedPrecondition,
 			"weft control plane: workload certificates need an authenticated sidecar, and this manager runs with --xds-insecure")
 	}
+	res, err := s.sign(ctx, id, in)
+	if err != nil && s.rec != nil {
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: id.Namespace, Name: id.Pod, UID: id.UID}}
+		pod.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Pod"))
+		s.rec.Eventf(pod, nil, corev1.EventTypeWarning, ReasonCertificateNotIssued, "IssueWorkloadCertificate",
+			"no workload certificate for this pod's sidecar: %s", status.Convert(err).Message())
+	}
+	return res, err
+}
+
+func (s *certificateServer) sign(ctx context.Context, id *Identity, in *contract.SignRequest) (*contract.SignResponse, error) {
 	ttl := time.Duration(in.TTLSeconds) * time.Second
 	if in.TTLSeconds < 0 || in.TTLSeconds > int64(365*24*time.Hour/time.Second) {
 		return nil, status.Errorf(codes.InvalidArgument, "weft control plane: ttlSeconds %d out of range", in.TTLSeconds)

@@ -15,11 +15,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/weftmesh/weft/contract"
@@ -68,7 +70,7 @@ func TestCertificateServiceIssuesTheTokensIdentity(t *testing.T) {
 	must(t, err)
 	authority := ca.New(ca.Options{}, []*ca.Root{root})
 	s := startSecure(t, c, meshInput(t), func(r grpc.ServiceRegistrar) {
-		xds.RegisterCertificateServer(r, authority, nil, nsLabels(c), logr.Discard())
+		xds.RegisterCertificateServer(r, authority, xds.CertificateOptions{NamespaceLabels: nsLabels(c)})
 	})
 	conn := s.dial(t)
 	web := meshedPod(t, c, "web-5", "web", map[string]string{"app": "web"}, 0)
@@ -126,7 +128,7 @@ func TestCertificateServiceSidecarClient(t *testing.T) {
 	must(t, err)
 	authority := ca.New(ca.Options{}, []*ca.Root{root})
 	s := startSecure(t, c, meshInput(t), func(r grpc.ServiceRegistrar) {
-		xds.RegisterCertificateServer(r, authority, nil, nsLabels(c), logr.Discard())
+		xds.RegisterCertificateServer(r, authority, xds.CertificateOptions{NamespaceLabels: nsLabels(c)})
 	})
 	pod := meshedPod(t, c, "cache-6", "cache", map[string]string{"app": "cache"}, 0)
 	dir := t.TempDir()
@@ -168,5 +170,63 @@ func nsLabels(c client.Client) xds.NamespaceLabels {
 			return nil, err
 		}
 		return ns.Labels, nil
+	}
+}
+
+// A request the CA refuses for a verified pod (here: a weft.dev/mtls label that is not a
+// mode) is recorded as a Warning event on that pod, so `kubectl describe pod` says why its
+// sidecar has no certificate; a refused caller without a token names no pod and records
+// nothing.
+func TestCertificateRefusalIsAPodEvent(t *testing.T) {
+	c, cs := apiServer(t)
+	root, err := ca.NewRoot(time.Now(), contract.DefaultTrustDomain, time.Hour*24)
+	must(t, err)
+	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: cs.EventsV1()})
+	stop := make(chan struct{})
+	defer close(stop)
+	broadcaster.StartRecordingToSink(stop)
+	defer broadcaster.Shutdown()
+	rec := broadcaster.NewRecorder(clientgoscheme.Scheme, "weft-ca")
+	s := startSecure(t, c, meshInput(t), func(r grpc.ServiceRegistrar) {
+		xds.RegisterCertificateServer(r, ca.New(ca.Options{}, []*ca.Root{root}), xds.CertificateOptions{NamespaceLabels: nsLabels(c), Recorder: rec})
+	})
+	conn := s.dial(t)
+	good := meshedPod(t, c, "ev-good", "web", map[string]string{"app": "web"}, 0)
+	bad := meshedPod(t, c, "ev-bad", "web", map[string]string{contract.LabelMTLS: "sometimes"}, 0)
+	if _, _, err := signCSR(t, conn, podToken(t, cs, good, contract.TokenAudience), ""); err != nil {
+		t.Fatalf("a well-labelled pod: %v", err)
+	}
+	if _, _, err := signCSR(t, conn, podToken(t, cs, bad, contract.TokenAudience), ""); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("pod labelled sometimes: %v, want FailedPrecondition", err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		list, err := cs.EventsV1().Events(ztNS).List(context.Background(), metav1.ListOptions{})
+		must(t, err)
+		var forBad, forGood int
+		for _, e := range list.Items {
+			if e.Reason != xds.ReasonCertificateNotIssued {
+				continue
+			}
+			switch e.Regarding.Name {
+			case bad.Name:
+				forBad++
+				if e.Type != corev1.EventTypeWarning || e.Regarding.Kind != "Pod" || e.Regarding.UID != bad.UID || !strings.Contains(e.Note, "sometimes") {
+					t.Fatalf("event %+v: want a Warning on the pod (with its uid) naming the bad value", e)
+				}
+			case good.Name:
+				forGood++
+			}
+		}
+		if forGood != 0 {
+			t.Fatalf("a pod that got its certificate has %d CertificateNotIssued events", forGood)
+		}
+		if forBad > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no CertificateNotIssued event on the refused pod within 20 s")
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }

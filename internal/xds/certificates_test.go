@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -25,7 +24,7 @@ func TestCertificateServiceRefusesWithoutAuthentication(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := grpc.NewServer()
-	xds.RegisterCertificateServer(srv, ca.New(ca.Options{}, []*ca.Root{root}), nil, nil, logr.Discard())
+	xds.RegisterCertificateServer(srv, ca.New(ca.Options{}, []*ca.Root{root}), xds.CertificateOptions{})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
