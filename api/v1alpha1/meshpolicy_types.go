@@ -126,11 +126,6 @@ type PolicyOperation struct {
 // MeshPolicyStatus reports whether the policy is valid and in force.
 type MeshPolicyStatus struct {
 	MeshStatus `json:",inline"`
-
-	// Workloads is how many sidecar views the policy applies to now (distinct sets of pod
-	// labels among the connected sidecars of the namespace that it selects).
-	// +optional
-	Workloads int32 `json:"workloads,omitempty"`
 }
 
 // MeshPolicy says which workload identities may call the selected workloads, and how.
