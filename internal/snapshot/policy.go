@@ -12,6 +12,8 @@ import (
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
 	"github.com/weftmesh/weft/contract"
@@ -417,12 +419,23 @@ func (r *Result) rbacFilters(v View) []*hcmv3.HttpFilter {
 	}
 	var out []*hcmv3.HttpFilter
 	if len(deny) > 0 {
-		out = append(out, httpFilter(contract.RBACFilterName, &rbacv3.RBAC{Rules: &rbacconfigv3.RBAC{Action: rbacconfigv3.RBAC_DENY, Policies: deny}}))
+		out = append(out, rbacFilter(rbacconfigv3.RBAC_DENY, deny))
 	}
 	if anyAllow {
-		out = append(out, httpFilter(contract.RBACFilterName, &rbacv3.RBAC{Rules: &rbacconfigv3.RBAC{Action: rbacconfigv3.RBAC_ALLOW, Policies: allow}}))
+		out = append(out, rbacFilter(rbacconfigv3.RBAC_ALLOW, allow))
 	}
 	return out
+}
+
+// rbacFilter packs one RBAC filter deterministically: its policies are a map, which
+// anypb.New would serialize in random order, changing the listener's version (a hash of
+// its bytes) on every translation.
+func rbacFilter(action rbacconfigv3.RBAC_Action, policies map[string]*rbacconfigv3.Policy) *hcmv3.HttpFilter {
+	a := &anypb.Any{}
+	if err := anypb.MarshalFrom(a, &rbacv3.RBAC{Rules: &rbacconfigv3.RBAC{Action: action, Policies: policies}}, proto.MarshalOptions{Deterministic: true}); err != nil {
+		panic(err) // a registered Envoy type
+	}
+	return &hcmv3.HttpFilter{Name: contract.RBACFilterName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: a}}
 }
 
 // includesPolicy reports whether view v's inbound listener enforces policy k.
