@@ -45,14 +45,14 @@ type PolicyRule struct {
 	// From lists the callers; a call matches when it matches any entry. Empty: any
 	// caller, also one without a mesh identity (a plaintext caller in permissive mode).
 	// +optional
-	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:MaxItems=8
 	// +listType=atomic
 	From []PolicySource `json:"from,omitempty"`
 
 	// To lists the operations; a call matches when it matches any entry. Empty: any
 	// operation.
 	// +optional
-	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:MaxItems=8
 	// +listType=atomic
 	To []PolicyOperation `json:"to,omitempty"`
 }
@@ -67,16 +67,16 @@ type PolicySource struct {
 	// caller with a mesh identity.
 	// +optional
 	// +kubebuilder:validation:MinItems=1
-	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:MaxItems=16
 	// +listType=atomic
-	// +kubebuilder:validation:items:MaxLength=512
+	// +kubebuilder:validation:items:MaxLength=253
 	// +kubebuilder:validation:XValidation:rule="self.all(p, p == '*' || p.matches('^spiffe://[a-z0-9.-]+/ns/[a-z0-9]([-a-z0-9]*[a-z0-9])?/sa/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$') || p.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$'))",message="each principal must be spiffe://<trust domain>/ns/<namespace>/sa/<service account>, <namespace>/<service account> (such as default/productpage), or *"
 	Principals []string `json:"principals,omitempty"`
 
 	// Namespaces of callers: any workload identity of these namespaces.
 	// +optional
 	// +kubebuilder:validation:MinItems=1
-	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:MaxItems=16
 	// +listType=atomic
 	// +kubebuilder:validation:items:MaxLength=63
 	// +kubebuilder:validation:items:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
@@ -107,9 +107,9 @@ type PolicyOperation struct {
 	// slashes merged, percent-encoded unreserved characters decoded).
 	// +optional
 	// +kubebuilder:validation:MinItems=1
-	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:MaxItems=16
 	// +listType=atomic
-	// +kubebuilder:validation:items:MaxLength=1024
+	// +kubebuilder:validation:items:MaxLength=512
 	// +kubebuilder:validation:XValidation:rule="self.all(p, p == '*' || (p.startsWith('/') && !p.substring(0, size(p) - 1).contains('*') && !p.contains('?') && !p.contains('#')))",message="each path must start with / and may end in * (a prefix), such as /api/* or /healthz; or be * for every path; no ? or # and no * elsewhere"
 	Paths []string `json:"paths,omitempty"`
 
