@@ -24,7 +24,7 @@ const KindMeshPolicy = "MeshPolicy"
 
 // maxHostForms bounds the :authority values one to.hosts entry expands to (every domain
 // form of the virtual hosts it names, a few per Service port).
-const maxHostForms = 256
+const maxHostForms = 64
 
 // meshPolicy is one translated MeshPolicy: its rules as Envoy RBAC policies, keyed by
 // contract.PolicyRuleName, for the inbound listeners of the views it selects.

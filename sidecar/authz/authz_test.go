@@ -204,6 +204,7 @@ func TestDecodeRefusesUnsupported(t *testing.T) {
 		"source ip":      rbac(rbacconfigv3.RBAC_ALLOW, map[string]*rbacconfigv3.Policy{"a/b/0": {Permissions: []*rbacconfigv3.Permission{anything}, Principals: []*rbacconfigv3.Principal{{Identifier: &rbacconfigv3.Principal_DirectRemoteIp{}}}}}),
 		"no principals":  rbac(rbacconfigv3.RBAC_ALLOW, map[string]*rbacconfigv3.Policy{"a/b/0": {Permissions: []*rbacconfigv3.Permission{anything}}}),
 		"destination ip": rbac(rbacconfigv3.RBAC_DENY, map[string]*rbacconfigv3.Policy{"a/b/0": {Permissions: []*rbacconfigv3.Permission{{Rule: &rbacconfigv3.Permission_DestinationPort{DestinationPort: 80}}}, Principals: []*rbacconfigv3.Principal{anyone}}}),
+		"nested too deep": rbac(rbacconfigv3.RBAC_DENY, map[string]*rbacconfigv3.Policy{"a/b/0": {Permissions: []*rbacconfigv3.Permission{deepNot(12)}, Principals: []*rbacconfigv3.Principal{anyone}}}),
 	} {
 		a, _ := anypb.New(f)
 		r, _ := anypb.New(&routerv3.Router{})
@@ -238,4 +239,13 @@ func TestDecodeRefusesUnsupported(t *testing.T) {
 			}
 		}()
 	}
+}
+
+// deepNot is not(not(...(any))) n levels deep.
+func deepNot(n int) *rbacconfigv3.Permission {
+	p := anything
+	for range n {
+		p = &rbacconfigv3.Permission{Rule: &rbacconfigv3.Permission_NotRule{NotRule: p}}
+	}
+	return p
 }

@@ -12,11 +12,11 @@ import (
 
 // Bounds of one listener's authorization, so a malformed or hostile config cannot make
 // every request walk an unbounded tree (the control plane stays far below them: 16 rules per
-// MeshPolicy, 16 sources and operations per rule).
+// MeshPolicy, 8 sources and 8 operations per rule, 64 forms per host).
 const (
-	MaxAuthzPolicies = 1024 // Envoy policies per RBAC filter
-	maxAuthzDepth    = 8    // nesting of and/or/not
-	maxAuthzNodes    = 4096 // permissions + principals per policy
+	MaxAuthzPolicies = 1024    // Envoy policies per RBAC filter
+	maxAuthzDepth    = 8       // nesting of and/or/not
+	maxAuthzNodes    = 1 << 16 // permissions + principals per policy (one MeshPolicy rule: at most 8 × (32 hosts × 64 forms + 36) + 8 × 35 ≈ 17,000)
 )
 
 // Authz is an inbound listener's authorization: the decoded RBAC filters of its HCM
