@@ -197,13 +197,13 @@ func TestNormalizePath(t *testing.T) {
 // it instead of enforcing less than the control plane meant.
 func TestDecodeRefusesUnsupported(t *testing.T) {
 	for name, f := range map[string]*rbacv3.RBAC{
-		"LOG action":     rbac(rbacconfigv3.RBAC_LOG, nil),
-		"shadow rules":   {Rules: &rbacconfigv3.RBAC{}, ShadowRules: &rbacconfigv3.RBAC{}},
-		"no rules":       {},
-		"other header":   rbac(rbacconfigv3.RBAC_ALLOW, map[string]*rbacconfigv3.Policy{"a/b/0": {Permissions: []*rbacconfigv3.Permission{header("x-user", str("exact", "admin"))}, Principals: []*rbacconfigv3.Principal{anyone}}}),
-		"source ip":      rbac(rbacconfigv3.RBAC_ALLOW, map[string]*rbacconfigv3.Policy{"a/b/0": {Permissions: []*rbacconfigv3.Permission{anything}, Principals: []*rbacconfigv3.Principal{{Identifier: &rbacconfigv3.Principal_DirectRemoteIp{}}}}}),
-		"no principals":  rbac(rbacconfigv3.RBAC_ALLOW, map[string]*rbacconfigv3.Policy{"a/b/0": {Permissions: []*rbacconfigv3.Permission{anything}}}),
-		"destination ip": rbac(rbacconfigv3.RBAC_DENY, map[string]*rbacconfigv3.Policy{"a/b/0": {Permissions: []*rbacconfigv3.Permission{{Rule: &rbacconfigv3.Permission_DestinationPort{DestinationPort: 80}}}, Principals: []*rbacconfigv3.Principal{anyone}}}),
+		"LOG action":      rbac(rbacconfigv3.RBAC_LOG, nil),
+		"shadow rules":    {Rules: &rbacconfigv3.RBAC{}, ShadowRules: &rbacconfigv3.RBAC{}},
+		"no rules":        {},
+		"other header":    rbac(rbacconfigv3.RBAC_ALLOW, map[string]*rbacconfigv3.Policy{"a/b/0": {Permissions: []*rbacconfigv3.Permission{header("x-user", str("exact", "admin"))}, Principals: []*rbacconfigv3.Principal{anyone}}}),
+		"source ip":       rbac(rbacconfigv3.RBAC_ALLOW, map[string]*rbacconfigv3.Policy{"a/b/0": {Permissions: []*rbacconfigv3.Permission{anything}, Principals: []*rbacconfigv3.Principal{{Identifier: &rbacconfigv3.Principal_DirectRemoteIp{}}}}}),
+		"no principals":   rbac(rbacconfigv3.RBAC_ALLOW, map[string]*rbacconfigv3.Policy{"a/b/0": {Permissions: []*rbacconfigv3.Permission{anything}}}),
+		"destination ip":  rbac(rbacconfigv3.RBAC_DENY, map[string]*rbacconfigv3.Policy{"a/b/0": {Permissions: []*rbacconfigv3.Permission{{Rule: &rbacconfigv3.Permission_DestinationPort{DestinationPort: 80}}}, Principals: []*rbacconfigv3.Principal{anyone}}}),
 		"nested too deep": rbac(rbacconfigv3.RBAC_DENY, map[string]*rbacconfigv3.Policy{"a/b/0": {Permissions: []*rbacconfigv3.Permission{deepNot(12)}, Principals: []*rbacconfigv3.Principal{anyone}}}),
 	} {
 		a, _ := anypb.New(f)
