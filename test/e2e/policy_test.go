@@ -129,7 +129,7 @@ func TestPolicy(t *testing.T) {
 		out, err := kubectl("get", "meshpolicy", "-n", "default", "hello-callers", "-o",
 			`jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].reason} {.status.syncedSidecars}`)
 		if err != nil {
-			return fmt.Errorf("%v: %s", err, out)
+			return fmt.Errorf("%w: %s", err, out)
 		}
 		if !strings.HasPrefix(out, "True ") {
 			return fmt.Errorf("Ready: %s", out)
