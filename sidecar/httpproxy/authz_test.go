@@ -226,3 +226,32 @@ func TestAuthzNoPolicyAllowsAll(t *testing.T) {
 		}
 	})
 }
+
+// HTTP/2 over mutual TLS (ALPN h2, the goroutine path's HTTP/2 server) is judged on the
+// same identity: web's certificate gets GET through, cart's gets 403 naming the policy.
+func TestAuthzHTTP2OverMTLS(t *testing.T) {
+	p := policedPair(t, false)
+	for _, c := range []struct {
+		cert     func() *tls.Config
+		want     int
+		contains string
+	}{
+		{func() *tls.Config { return p.callerID.ClientConfig([]string{"h2"}) }, 200, "cart-app"},
+		{func() *tls.Config { return p.calleeID.ClientConfig([]string{"h2"}) }, http.StatusForbidden, "MeshPolicy shop/web-only"},
+	} {
+		tr := &http.Transport{TLSClientConfig: c.cert(), ForceAttemptHTTP2: true}
+		cl := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+		req, _ := http.NewRequest(http.MethodGet, "https://"+p.calleeAddr+"/items", nil)
+		req.Host = "cart"
+		resp, err := cl.Do(req)
+		if err != nil {
+			t.Fatalf("HTTP/2 over mutual TLS: %v", err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		tr.CloseIdleConnections()
+		if resp.Proto != "HTTP/2.0" || resp.StatusCode != c.want || !strings.Contains(string(body), c.contains) {
+			t.Errorf("%s %d %q, want HTTP/2.0 %d containing %q", resp.Proto, resp.StatusCode, body, c.want, c.contains)
+		}
+	}
+}
