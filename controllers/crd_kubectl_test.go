@@ -34,5 +34,6 @@ var _ = Describe("kubectl experience", func() {
 		Entry("MeshRoute", "meshroutes.mesh.weft.dev", "mr", []string{"Hosts", "Ready", "Reason", "Accepted", "Synced", "Age"}),
 		Entry("MeshFunction", "meshfunctions.mesh.weft.dev", "mfn", []string{"URL", "Ready", "Reason", "Replicas", "Desired", "Age"}),
 		Entry("RedisProxy", "redisproxies.mesh.weft.dev", "rp", []string{"Servers", "Ready", "Reason", "Age"}),
+		Entry("MeshPolicy", "meshpolicies.mesh.weft.dev", "mp", []string{"Action", "Ready", "Reason", "Age"}),
 	)
 })

@@ -8,8 +8,8 @@ package controllers
 // any wildcard and on any write to Secrets outside the manager's namespace.
 //
 // The Weft kinds: read, and their status written (patch; update for a full status write).
-// +kubebuilder:rbac:groups=mesh.weft.dev,resources=meshroutes;meshfunctions;redisproxies,verbs=get;list;watch
-// +kubebuilder:rbac:groups=mesh.weft.dev,resources=meshroutes/status;meshfunctions/status;redisproxies/status,verbs=update;patch
+// +kubebuilder:rbac:groups=mesh.weft.dev,resources=meshroutes;meshfunctions;redisproxies;meshpolicies,verbs=get;list;watch
+// +kubebuilder:rbac:groups=mesh.weft.dev,resources=meshroutes/status;meshfunctions/status;redisproxies/status;meshpolicies/status,verbs=update;patch
 //
 // Services and Deployments of functions and standalone Redis proxies: created, updated and
 // (RedisProxy replicas set back to none) deleted.

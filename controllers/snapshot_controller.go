@@ -187,6 +187,7 @@ func (r *SnapshotReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&meshv1alpha1.MeshFunction{}, all, builder.WithPredicates(predicate.Or[client.Object](
 			predicate.GenerationChangedPredicate{}, zeroAnnouncementChanged{}))).
 		Watches(&meshv1alpha1.RedisProxy{}, all, spec).
+		Watches(&meshv1alpha1.MeshPolicy{}, all, spec).
 		Watches(&corev1.Service{}, all).
 		Watches(&discoveryv1.EndpointSlice{}, endpoints).
 		WatchesMetadata(&corev1.Pod{}, all, builder.WithPredicates(predicate.LabelChangedPredicate{})).
@@ -280,6 +281,7 @@ func (r *SnapshotReconciler) input(ctx context.Context) (*snapshot.Input, error)
 		routes      meshv1alpha1.MeshRouteList
 		functions   meshv1alpha1.MeshFunctionList
 		redis       meshv1alpha1.RedisProxyList
+		policies    meshv1alpha1.MeshPolicyList
 		services    corev1.ServiceList
 		slices      discoveryv1.EndpointSliceList
 		pods        metav1.PartialObjectMetadataList
@@ -287,7 +289,7 @@ func (r *SnapshotReconciler) input(ctx context.Context) (*snapshot.Input, error)
 	)
 	pods.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("PodList"))
 	deployments.SetGroupVersionKind(appsv1.SchemeGroupVersion.WithKind("DeploymentList"))
-	lists := []client.ObjectList{&routes, &functions, &redis, &services, &slices, &pods, &deployments}
+	lists := []client.ObjectList{&routes, &functions, &redis, &policies, &services, &slices, &pods, &deployments}
 	grants := newReferenceGrantList()
 	if r.grants {
 		lists = append(lists, grants)
@@ -297,7 +299,7 @@ func (r *SnapshotReconciler) input(ctx context.Context) (*snapshot.Input, error)
 			return nil, fmt.Errorf("listing %T: %w", l, err)
 		}
 	}
-	in := &snapshot.Input{MeshRoutes: routes.Items, MeshFunctions: functions.Items, RedisProxies: redis.Items,
+	in := &snapshot.Input{MeshRoutes: routes.Items, MeshFunctions: functions.Items, RedisProxies: redis.Items, MeshPolicies: policies.Items,
 		Services: services.Items, EndpointSlices: slices.Items, Pods: pods.Items, Deployments: deployments.Items, Queue: r.Queue,
 		OutboundTrafficPolicy: r.OutboundTrafficPolicy}
 	for i := range grants.Items {
@@ -383,6 +385,10 @@ func (r *SnapshotReconciler) writeStatus(ctx context.Context, in *snapshot.Input
 		}, poolAvailable(o.Generation, total, ready), warn)
 	}
 	r.forgetRings(pools)
+	for i := range in.MeshPolicies {
+		o := &in.MeshPolicies[i]
+		patch(o, &o.Status.MeshStatus, snapshot.ObjectKey{Kind: snapshot.KindMeshPolicy, Namespace: o.Namespace, Name: o.Name}, nil)
+	}
 	if len(errs) > 0 {
 		log.FromContext(ctx).Info("some status writes failed; retrying", "failed", len(errs))
 	}

@@ -22,6 +22,7 @@ var stalledReasons = map[string]bool{
 	meshv1alpha1.ReasonSecretNotFound:  true,
 	meshv1alpha1.ReasonRejected:        true,
 	meshv1alpha1.ReasonRevisionMissing: true,
+	meshv1alpha1.ReasonHostNotFound:    true,
 }
 
 // reconcilingReasons are the reasons that mean Weft is still working: sidecars have not
@@ -38,6 +39,7 @@ var summaryInputs = map[string][]string{
 	"MeshRoute":    {meshv1alpha1.ConditionAccepted, meshv1alpha1.ConditionResolvedRefs, meshv1alpha1.ConditionProgrammed},
 	"MeshFunction": {meshv1alpha1.ConditionAccepted, meshv1alpha1.ConditionResolvedRefs, meshv1alpha1.ConditionProgrammed, meshv1alpha1.ConditionAvailable},
 	"RedisProxy":   {meshv1alpha1.ConditionAccepted, meshv1alpha1.ConditionResolvedRefs, meshv1alpha1.ConditionProgrammed, meshv1alpha1.ConditionAvailable},
+	"MeshPolicy":   {meshv1alpha1.ConditionAccepted, meshv1alpha1.ConditionResolvedRefs, meshv1alpha1.ConditionProgrammed},
 }
 
 // summarize sets Ready, Stalled and Reconciling from the kind's other conditions, all at

@@ -75,6 +75,9 @@ const (
 	// ReasonRevisionMissing: spec.traffic names a revision the function does not have
 	// (Knative's reason); the split served before stays until it is fixed.
 	ReasonRevisionMissing = "RevisionMissing"
+	// ReasonHostNotFound: a MeshPolicy's to.hosts names a host no MeshRoute, MeshFunction
+	// or Service serves; the rule matches only requests that name it literally.
+	ReasonHostNotFound = "HostNotFound"
 	// ReasonNoWarnings is Warning's reason when it is False.
 	ReasonNoWarnings = "NoWarnings"
 	// ReasonStatusPending: the other half of the status has not been written yet.

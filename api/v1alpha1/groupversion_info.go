@@ -1,4 +1,4 @@
-// Package v1alpha1 holds the Weft API: MeshRoute, MeshFunction and RedisProxy in the group
+// Package v1alpha1 holds the Weft API: MeshRoute, MeshFunction, RedisProxy and MeshPolicy in the group
 // mesh.weft.dev. These types are what users kubectl apply (or sync from Git); the operator
 // turns them into Envoy xDS snapshots and Deployments.
 //
@@ -32,6 +32,7 @@ func addKnownTypes(s *runtime.Scheme) error {
 		&MeshRoute{}, &MeshRouteList{},
 		&MeshFunction{}, &MeshFunctionList{},
 		&RedisProxy{}, &RedisProxyList{},
+		&MeshPolicy{}, &MeshPolicyList{},
 	)
 	metav1.AddToGroupVersion(s, GroupVersion)
 	return nil

@@ -22,6 +22,11 @@ type problems struct {
 	refs       []string // ResolvedRefs=False, RefNotPermitted
 	shadowed   []string // Warning=True, ShadowedRule
 	ignored    []string // Warning=True, TrafficPolicyIgnored (functionpolicy.go)
+	hostsGone  []string // ResolvedRefs=False, HostNotFound (MeshPolicy to.hosts, policy.go)
+}
+
+func (p *problems) unknownHostf(format string, a ...any) {
+	p.hostsGone = append(p.hostsGone, fmt.Sprintf(format, a...))
 }
 
 func (p *problems) conflict(format string, a ...any) {
@@ -94,6 +99,9 @@ func (p *problems) conditions() []metav1.Condition {
 	case len(p.missing) > 0:
 		resolved.Status, resolved.Reason = metav1.ConditionFalse, meshv1alpha1.ReasonBackendNotFound
 		resolved.Message = joinSorted(p.missing)
+	case len(p.hostsGone) > 0:
+		resolved.Status, resolved.Reason = metav1.ConditionFalse, meshv1alpha1.ReasonHostNotFound
+		resolved.Message = joinSorted(p.hostsGone)
 	}
 	warning := metav1.Condition{Type: meshv1alpha1.ConditionWarning, Status: metav1.ConditionFalse,
 		Reason: meshv1alpha1.ReasonNoWarnings, Message: "Nothing looks unintended."}

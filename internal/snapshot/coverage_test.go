@@ -14,7 +14,7 @@ import (
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
 )
 
-// TestGoldenInputsCoverEverySpecField walks the spec types of the three kinds by
+// TestGoldenInputsCoverEverySpecField walks the spec types of the kinds by
 // reflection and fails, naming them, for every JSON field path that no testdata/*.in.yaml
 // sets. A new CRD field therefore needs a golden case before it can merge: the translation
 // of every field is pinned by at least one reviewed output file.
@@ -23,6 +23,7 @@ func TestGoldenInputsCoverEverySpecField(t *testing.T) {
 		"MeshRoute":    reflect.TypeOf(meshv1alpha1.MeshRouteSpec{}),
 		"MeshFunction": reflect.TypeOf(meshv1alpha1.MeshFunctionSpec{}),
 		"RedisProxy":   reflect.TypeOf(meshv1alpha1.RedisProxySpec{}),
+		"MeshPolicy":   reflect.TypeOf(meshv1alpha1.MeshPolicySpec{}),
 	}
 	want := map[string]bool{}
 	for kind, ty := range kinds {

@@ -278,7 +278,7 @@ func (r *Result) UpdateEndpoints(ch EndpointChange) (*Result, bool) {
 		return r, true
 	}
 	nr := &Result{Clusters: r.Clusters, Endpoints: r.Endpoints, Redis: r.Redis, Status: r.Status,
-		vhosts: r.vhosts, functionTimeouts: r.functionTimeouts, plan: r.plan, blocked: r.blocked, queue: r.queue,
+		vhosts: r.vhosts, functionTimeouts: r.functionTimeouts, plan: r.plan, blocked: r.blocked, queue: r.queue, policies: r.policies,
 		eds: p, lineage: r.lineage, routes: map[string]versioned[[]types.Resource]{}}
 	if eps != nil {
 		nr.Endpoints = eps

@@ -73,6 +73,9 @@ func readInput(t testing.TB, path string) (*Input, []View) {
 		case "RedisProxy":
 			in.RedisProxies = append(in.RedisProxies, meshv1alpha1.RedisProxy{})
 			dst = &in.RedisProxies[len(in.RedisProxies)-1]
+		case "MeshPolicy":
+			in.MeshPolicies = append(in.MeshPolicies, meshv1alpha1.MeshPolicy{})
+			dst = &in.MeshPolicies[len(in.MeshPolicies)-1]
 		case "Service":
 			in.Services = append(in.Services, corev1.Service{})
 			dst = &in.Services[len(in.Services)-1]

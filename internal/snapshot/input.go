@@ -13,9 +13,11 @@ import (
 // Input is everything translation reads. The reconciler lists it from its cache; tests read
 // it from YAML. Order does not matter: Translate sorts what it needs.
 type Input struct {
-	MeshRoutes     []meshv1alpha1.MeshRoute
-	MeshFunctions  []meshv1alpha1.MeshFunction
-	RedisProxies   []meshv1alpha1.RedisProxy
+	MeshRoutes    []meshv1alpha1.MeshRoute
+	MeshFunctions []meshv1alpha1.MeshFunction
+	RedisProxies  []meshv1alpha1.RedisProxy
+	// MeshPolicies say who may call the workloads they select (policy.go).
+	MeshPolicies   []meshv1alpha1.MeshPolicy
 	Services       []corev1.Service
 	EndpointSlices []discoveryv1.EndpointSlice
 	// Pods carry only metadata: their labels place endpoints into subsets.

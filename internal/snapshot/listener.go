@@ -72,8 +72,9 @@ func setHCMLimits(hcm *hcmv3.HttpConnectionManager) {
 
 // inbound returns the inbound listener and the STATIC cluster of the local app. For a
 // function pod the route timeout is the function's (Knative's revision timeout, counted
-// from when the call reaches the function's sidecar).
-func inbound(appPort uint32, timeout time.Duration) (*listenerv3.Listener, *clusterv3.Cluster) {
+// from when the call reaches the function's sidecar). The MeshPolicies' RBAC filters, if
+// any, come before the router (policy.go).
+func inbound(appPort uint32, timeout time.Duration, rbac []*hcmv3.HttpFilter) (*listenerv3.Listener, *clusterv3.Cluster) {
 	name := contract.InboundClusterName(appPort)
 	l := hcmListener(contract.InboundListenerName, contract.InboundAddress, contract.InboundPort, corev3.TrafficDirection_INBOUND,
 		&hcmv3.HttpConnectionManager{
@@ -93,7 +94,7 @@ func inbound(appPort uint32, timeout time.Duration) (*listenerv3.Listener, *clus
 					}},
 				}},
 			}},
-			HttpFilters: []*hcmv3.HttpFilter{httpFilter(contract.RouterFilterName, &routerv3.Router{})},
+			HttpFilters: append(rbac, httpFilter(contract.RouterFilterName, &routerv3.Router{})),
 		})
 	c := &clusterv3.Cluster{
 		Name:                 name,

@@ -41,6 +41,9 @@ type Result struct {
 	// queue is the async queue's cluster, with its credential: only views that need it get
 	// it (needsQueue).
 	queue *Queue
+	// policies are the MeshPolicies, sorted by key; each view's inbound listener gets the
+	// ones that select it (policy.go).
+	policies []*meshPolicy
 
 	once   sync.Once
 	shared sharedHashes
@@ -197,6 +200,7 @@ func Translate(in *Input) *Result {
 		res.Status[b.key] = ObjectStatus{Generation: gens[b.key], Conditions: b.p.conditions()}
 	}
 	t.redisPools(in, res)
+	t.meshPolicies(in, res)
 	res.eds = buildEDSPlan(t.ix, in, res)
 	res.lineage = &lineage{}
 	return res

@@ -144,6 +144,9 @@ func (r *Result) routeConfig(ns string) versioned[[]types.Resource] {
 // count in its status: routes and functions go to every sidecar, a redis pool to those its
 // selector picks.
 func (r *Result) Includes(v View, k ObjectKey) bool {
+	if k.Kind == KindMeshPolicy {
+		return r.includesPolicy(v, k)
+	}
 	if k.Kind != KindRedisProxy {
 		return true
 	}
@@ -171,7 +174,7 @@ func (r *Result) Snapshot(v View) (*cachev3.Snapshot, error) {
 	listeners := []types.Resource{sh.outbound}
 	var extraC, extraE, extraL []proto.Message
 	if v.AppPort != 0 {
-		l, c := inbound(v.AppPort, r.functionTimeouts[v.Function])
+		l, c := inbound(v.AppPort, r.functionTimeouts[v.Function], r.rbacFilters(v))
 		extraL, extraC = append(extraL, l), append(extraC, c)
 	}
 	pools := map[string]*RedisPool{}

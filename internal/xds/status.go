@@ -34,11 +34,17 @@ type nodeSync struct {
 // endpoints): a sidecar's NACK of its route configurations says nothing about its pools.
 var redisTypes = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType}
 
+// policyTypes: a MeshPolicy travels in the inbound listeners of the views it selects.
+var policyTypes = []string{resourcev3.ListenerType}
+
 // typesOf are the types an object's resources travel in. Routes and functions reach every
 // type (the outbound listener's chains, routes, clusters and endpoints).
 func typesOf(k snapshot.ObjectKey) []string {
 	if k.Kind == snapshot.KindRedisProxy {
 		return redisTypes
+	}
+	if k.Kind == snapshot.KindMeshPolicy {
+		return policyTypes
 	}
 	return Types
 }
@@ -79,7 +85,7 @@ func Sync(res *snapshot.Result, nodes []NodeState, vs VersionSource) map[snapsho
 	}
 	out := make(map[snapshot.ObjectKey]SyncStatus, len(res.Status))
 	for k := range res.Status {
-		if k.Kind != snapshot.KindRedisProxy {
+		if k.Kind != snapshot.KindRedisProxy && k.Kind != snapshot.KindMeshPolicy {
 			out[k] = all
 			continue
 		}

@@ -181,7 +181,7 @@ func Build(res Resources, versions map[string]string) (*Config, error) {
 			cfg.RedisListeners = append(cfg.RedisListeners, rl)
 			continue
 		}
-		hl := &HTTPListener{Name: info.Name, Address: info.Address, StatPrefix: info.StatPrefix, Routes: info.Inline, Limits: info.Limits}
+		hl := &HTTPListener{Name: info.Name, Address: info.Address, StatPrefix: info.StatPrefix, Routes: info.Inline, Limits: info.Limits, Authz: info.Authz}
 		if info.RDSName != "" {
 			rc, ok := res[resourcev3.RouteType][info.RDSName]
 			if !ok {

@@ -77,6 +77,7 @@ type HTTPChain struct {
 	Inline     *RouteTable
 	StatPrefix string
 	Limits     HTTPLimits
+	Authz      *Authz // the HCM's RBAC filters; nil: none
 	// Listener names the HTTPListener that serves the chain's connections (set by Build):
 	// the capture listener's own for its explicit-proxy chain (and, on the inbound
 	// listener, the chains that share its routes), else an unbound one
@@ -250,7 +251,7 @@ func decodeFilterChain(fc *listenerv3.FilterChain, where string, cl *CaptureList
 		if err := decodeHCM(&hcm, hi, where); err != nil {
 			return nil, 0, err
 		}
-		c.HTTP = &HTTPChain{RDSName: hi.RDSName, Inline: hi.Inline, StatPrefix: hi.StatPrefix, Limits: hi.Limits}
+		c.HTTP = &HTTPChain{RDSName: hi.RDSName, Inline: hi.Inline, StatPrefix: hi.StatPrefix, Limits: hi.Limits, Authz: hi.Authz}
 		if c.Explicit || cl.Limits == DefaultHTTPLimits() {
 			cl.Limits = hi.Limits
 		}

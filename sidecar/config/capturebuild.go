@@ -99,7 +99,7 @@ func buildCapture(cfg *Config, info *ListenerInfo, res Resources) (missing []str
 			cl.Name, portOf(cl.Address), contract.ExplicitProxyMetadataKey)
 	}
 	bound := &HTTPListener{Name: cl.Name, Address: cl.Address, StatPrefix: ex.HTTP.StatPrefix, Routes: tables[ex.HTTP.key()],
-		Limits: cl.Limits, Fallback: PassthroughTable(cl.Blocked())}
+		Limits: cl.Limits, Fallback: PassthroughTable(cl.Blocked()), Authz: ex.HTTP.Authz}
 	for _, c := range chains {
 		if c == nil || c.HTTP == nil {
 			continue
@@ -113,7 +113,7 @@ func buildCapture(cfg *Config, info *ListenerInfo, res Resources) (missing []str
 		name := ChainListenerName(cl.Name, strings.TrimPrefix(c.HTTP.key(), "\x00"))
 		hl := byName[name]
 		if hl == nil {
-			hl = &HTTPListener{Name: name, StatPrefix: c.HTTP.StatPrefix, Routes: tables[c.HTTP.key()], Limits: c.HTTP.Limits}
+			hl = &HTTPListener{Name: name, StatPrefix: c.HTTP.StatPrefix, Routes: tables[c.HTTP.key()], Limits: c.HTTP.Limits, Authz: c.HTTP.Authz}
 			byName[name] = hl
 			cfg.HTTPListeners = append(cfg.HTTPListeners, hl)
 		}

@@ -64,6 +64,9 @@ type HTTPListener struct {
 	// names none), and Fallback when there is none.
 	RoutesByPort map[uint32]*RouteTable
 	Fallback     *RouteTable
+	// Authz, when set, is who may call through this listener (MeshPolicy, authz.go);
+	// sidecar/authz decides. Nil: every request is allowed.
+	Authz *Authz
 }
 
 // RouteTable is a decoded RouteConfiguration with the virtual-host lookup prepared.

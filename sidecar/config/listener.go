@@ -7,6 +7,7 @@ import (
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	connlimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/connection_limit/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	redisv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/redis_proxy/v3"
@@ -29,6 +30,8 @@ type ListenerInfo struct {
 	Redis         *listenerv3.Listener
 	RedisClusters []string
 	Limits        HTTPLimits // HTTP listeners: from the HCM and a connection_limit filter
+	// Authz is the HCM's RBAC filters (authz.go); nil: none, every request is allowed.
+	Authz *Authz
 	// Capture is set for a listener with original_dst and chains matched on the original
 	// destination (capture.go).
 	Capture *CaptureListener
@@ -139,7 +142,7 @@ func decodeHCM(h *hcmv3.HttpConnectionManager, info *ListenerInfo, where string)
 	}
 	seen := map[string]bool{}
 	for i, f := range fs {
-		if seen[f.GetName()] {
+		if seen[f.GetName()] && f.GetName() != contract.RBACFilterName {
 			return fmt.Errorf("%s: http filter %q appears twice", where, f.GetName())
 		}
 		seen[f.GetName()] = true
@@ -147,6 +150,17 @@ func decodeHCM(h *hcmv3.HttpConnectionManager, info *ListenerInfo, where string)
 		case contract.RouterFilterName:
 			if i != len(fs)-1 {
 				return fmt.Errorf("%s: %s must be the last http filter", where, contract.RouterFilterName)
+			}
+		case contract.RBACFilterName:
+			var cfg rbacv3.RBAC
+			if err := f.GetTypedConfig().UnmarshalTo(&cfg); err != nil {
+				return fmt.Errorf("%s: decoding rbac filter: %w", where, err)
+			}
+			if info.Authz == nil {
+				info.Authz = &Authz{}
+			}
+			if err := decodeRBACFilter(&cfg, info.Authz, where); err != nil {
+				return err
 			}
 		case contract.FaultFilterName:
 			if tc := f.GetTypedConfig(); tc != nil {

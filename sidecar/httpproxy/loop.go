@@ -443,6 +443,16 @@ func (h *hloop) dispatch(d *sock, end int) int {
 	} else if l.meshInbound() {
 		delete(r.Header, telemetry.PeerHeader)
 	}
+	if body := l.authorize(r); body != "" { // MeshPolicy (authz.go): no principal on the loop
+		ex.status = http.StatusForbidden
+		l.recordLoop(ex, 0)
+		localReply(h.writer(ex), http.StatusForbidden, body)
+		h.endReply(ex)
+		consume(d, end+int(cl))
+		ex.done(l)
+		h.afterResponse(d, ex.close)
+		return dispatched
+	}
 	if _, ok := c.Admit(); !ok {
 		c.Stats.Observe(http.StatusServiceUnavailable, 0)
 		ex.status, ex.rec.Flags = http.StatusServiceUnavailable, "UO"

@@ -66,6 +66,10 @@ type meshPair struct {
 	calleeAddr         string
 	outbound           string // the caller's outbound base URL
 	appPeers           chan string
+	// cp and snap are the control plane both sidecars read and what it serves; a test
+	// may change snap and Set it again (authz_test.go).
+	cp   *st.ControlPlane
+	snap st.Snapshot
 }
 
 // twoSidecars runs a caller sidecar (web) whose route "cart" goes to the callee sidecar
@@ -103,12 +107,14 @@ func sidecarPair(t *testing.T, goroutines bool, ttl time.Duration, mode string, 
 		})
 	}
 	cp := st.StartControlPlane(t)
-	cp.Set(st.Snapshot{
+	p.cp = cp
+	p.snap = st.Snapshot{
 		Listeners: []types.Resource{st.OutboundListener(), st.InboundListener(uint32(appPort))},
 		Routes:    []types.Resource{st.RouteConfig(st.VirtualHost("shop/cart", "cart", "shop", []int{80}, st.Route("r", st.Prefix("/"), st.To(cluster))))},
 		Clusters:  []types.Resource{st.EDSCluster(cluster, opts...), st.InboundCluster(uint32(appPort))},
 		Endpoints: []types.Resource{st.Endpoints(cluster, st.Endpoint{Addr: net.JoinHostPort(host, strconv.Itoa(portN))})},
-	})
+	}
+	cp.Set(p.snap)
 	co := st.SidecarOptions{GoroutinePerConnection: goroutines, InboundAddress: p.calleeAddr}
 	ro := st.SidecarOptions{GoroutinePerConnection: goroutines}
 	if withTLS {

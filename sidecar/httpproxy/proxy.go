@@ -65,6 +65,8 @@ type Proxy struct {
 	opts Options
 	// breaker enforces containerConcurrency on the inbound listener (nil: no limit).
 	breaker atomic.Pointer[breaker]
+	// authz counts the inbound listeners' authorization decisions (authz.go).
+	authz telemetry.AuthzCounters
 
 	mu        sync.Mutex
 	listeners map[string]*Listener

@@ -37,6 +37,10 @@ func (l *Listener) serve1(w http.ResponseWriter, r *http.Request) {
 	if l.meshInbound() {
 		delete(r.Header, telemetry.PeerHeader) // for the sidecar only (telemetry.go)
 	}
+	if body := l.authorize(r); body != "" { // MeshPolicy (authz.go), before anything reaches the app
+		localReply(w, http.StatusForbidden, body)
+		return
+	}
 	if l.inbound {
 		if b := l.proxy.breaker.Load(); b != nil {
 			if !b.acquire(r.Context()) {

@@ -55,5 +55,6 @@ func (p *Proxy) WritePrometheus(w io.Writer) {
 		func(l *Listener) int64 { return int64(l.upgrades.Load()) })
 	metric("weft_listener_tunnels_active", "gauge", "Upgraded connections being tunneled now.",
 		func(l *Listener) int64 { return l.tunnels.Load() })
+	p.authz.WritePrometheus(w)
 	p.opts.Upstreams.WritePrometheus(w)
 }
