@@ -39,7 +39,7 @@ const minKubeMinor = 29
 const certWarnDays = 30
 
 // crdNames are the CRDs Weft installs.
-var crdNames = []string{"meshroutes.mesh.weft.dev", "meshfunctions.mesh.weft.dev", "redisproxies.mesh.weft.dev"}
+var crdNames = []string{"meshroutes.mesh.weft.dev", "meshfunctions.mesh.weft.dev", "redisproxies.mesh.weft.dev", "meshpolicies.mesh.weft.dev"}
 
 // nowFunc is the clock of the expiry checks; tests pin it.
 var nowFunc = time.Now
