@@ -95,7 +95,7 @@ func TestArgoCDPatchCarriesHealthLua(t *testing.T) {
 	if err := yaml.Unmarshal(raw, &cm); err != nil {
 		t.Fatal(err)
 	}
-	for _, kind := range []string{"MeshRoute", "MeshFunction", "RedisProxy"} {
+	for _, kind := range []string{"MeshRoute", "MeshFunction", "RedisProxy", "MeshPolicy"} {
 		key := "resource.customizations.health.mesh.weft.dev_" + kind
 		if got := cm.Data[key]; strings.TrimSpace(got) != strings.TrimSpace(string(script)) {
 			t.Errorf("%s differs from health.lua (regenerate the patch)", key)

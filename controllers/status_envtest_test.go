@@ -213,6 +213,25 @@ spec:
 		}).WithTimeout(20 * time.Second).Should(Succeed())
 	})
 
+	It("policies: Current when programmed, Failed for a host nothing serves", func() {
+		apply(`
+apiVersion: mesh.weft.dev/v1alpha1
+kind: MeshPolicy
+metadata: {name: st-callers}
+spec:
+  rules: [{from: [{principals: [xds-test/web]}]}]
+---
+apiVersion: mesh.weft.dev/v1alpha1
+kind: MeshPolicy
+metadata: {name: st-typo}
+spec:
+  action: DENY
+  rules: [{to: [{hosts: [st-nowhere.example.internal]}]}]
+`)
+		expectState("MeshPolicy", "st-callers", status.CurrentStatus, "Healthy", "", "meshpolicy-healthy")
+		expectState("MeshPolicy", "st-typo", status.FailedStatus, "Degraded", "HostNotFound", "meshpolicy-degraded-hostnotfound")
+	})
+
 	It("routes: hosts of another namespace are refused without a ReferenceGrant (Failed), allowed with one", func() {
 		apply(`
 apiVersion: mesh.weft.dev/v1alpha1

@@ -1,4 +1,4 @@
--- Argo CD health check for Weft's MeshRoute, MeshFunction and RedisProxy (mesh.weft.dev).
+-- Argo CD health check for Weft's MeshRoute, MeshFunction, RedisProxy and MeshPolicy (mesh.weft.dev).
 -- Weft's status follows kstatus (sigs.k8s.io/cli-utils): Stalled=True is Degraded,
 -- Ready=True at the current generation is Healthy, anything else is Progressing. A function
 -- scaled to zero is Healthy (Ready=True, reason ScaledToZero): it serves, its first call
