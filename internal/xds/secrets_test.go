@@ -3,9 +3,13 @@ package xds
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -16,7 +20,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/internal/snapshot"
+	sidecaradmin "github.com/weftmesh/weft/sidecar/admin"
 	"github.com/weftmesh/weft/sidecar/config"
 	"github.com/weftmesh/weft/sidecar/redisproxy"
 	"github.com/weftmesh/weft/sidecar/redisproxy/redistest"
@@ -172,9 +178,24 @@ func TestRedisPasswordRotationOverSDS(t *testing.T) {
 	expectReply(t, old, "+OK", "SET", "k", "v2") // authenticated before the rotation, still served
 	expectReply(t, fresh, "$2\r\nv2", "GET", "k")
 
+	// The sidecar's /config_dump lists the secrets by name, values redacted.
+	adm := httptest.NewServer(sidecaradmin.New(sidecaradmin.Options{Config: cl.Current, Status: func() any { return cl.Status() }}).Handler())
+	defer adm.Close()
+	resp, err := http.Get(adm.URL + "/config_dump")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dump, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(dump), contract.RedisUpstreamSecretName("default", "cache")) {
+		t.Errorf("the sidecar's /config_dump does not list the pool's secrets:\n%s", dump)
+	}
 	for _, pw := range []string{down1, up1, down2, up2} {
 		if strings.Contains(logs.String(), pw) || strings.Contains(fmt.Sprintf("%+v", cl.Status()), pw) {
 			t.Errorf("password %q shows in the client's logs or status", pw)
+		}
+		if strings.Contains(string(dump), pw) || strings.Contains(string(dump), base64.StdEncoding.EncodeToString([]byte(pw))) {
+			t.Errorf("password %q shows in the sidecar's /config_dump", pw)
 		}
 	}
 }
