@@ -15,7 +15,10 @@ import (
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -208,5 +211,88 @@ func expectReply(t *testing.T, c *redistest.Client, prefix string, args ...strin
 	}
 	if !strings.HasPrefix(got, prefix) {
 		t.Fatalf("%v = %q, want %q…", args, got, prefix)
+	}
+}
+
+// Two sidecars of different queue identities, each with the sidecar's own xDS client over
+// real gRPC, get different queue credentials: the function's pod its function's, a caller
+// its namespace's; neither holds the other's secret. A rotated key reaches both over SDS
+// while their clusters keep their versions.
+func TestQueueCredentialPerIdentityOverSDS(t *testing.T) {
+	var key sync.Mutex
+	generation := "k1"
+	cred := func(ns, fn string) contract.QueueMeta {
+		key.Lock()
+		defer key.Unlock()
+		user := "ns." + ns
+		if fn != "" {
+			user = "fn." + ns + "." + fn
+		}
+		return contract.QueueMeta{User: user, Password: generation + "-" + user}
+	}
+	q, err := snapshot.NewQueue("nats://127.0.0.1:4222", cred)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := input("10.0.0.1")
+	in.MeshFunctions = []meshv1alpha1.MeshFunction{{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "fn", Generation: 1},
+		Spec: meshv1alpha1.MeshFunctionSpec{Port: 8080}}}
+	in.Queue = q
+	c := NewCache()
+	ctx := context.Background()
+	if err := c.SetResult(ctx, snapshot.Translate(in)); err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, c)
+	fnMD, err := structpb.NewStruct(map[string]any{"namespace": "default", "function": "default/fn", "appPort": float64(8080)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := map[string]*corev3.Node{"caller": node("productpage-1", "default", 0), "function": {Id: "fn-1.default", Metadata: fnMD}}
+	clients := map[string]*xdsclient.Client{}
+	for name, n := range nodes {
+		cl := xdsclient.New(xdsclient.Options{Address: s.Addr().String(), Node: n, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		cctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { _ = cl.Run(cctx); close(done) }()
+		t.Cleanup(func() { cancel(); <-done })
+		clients[name] = cl
+	}
+	queueOf := func(name string) *contract.QueueMeta {
+		cfg := clients[name].Current()
+		if cfg == nil || cfg.Clusters[contract.QueueClusterName] == nil {
+			return nil
+		}
+		return cfg.Clusters[contract.QueueClusterName].Queue
+	}
+	want := func(gen string) map[string]string {
+		return map[string]string{"caller": gen + "-ns.default", "function": gen + "-fn.default.fn"}
+	}
+	check := func(gen string) {
+		t.Helper()
+		for name, pw := range want(gen) {
+			poll.Until(t, 10*time.Second, func() bool { q := queueOf(name); return q != nil && q.Password == pw },
+				"waiting for the "+name+"'s queue credential "+gen)
+			for n, raw := range clients[name].Current().Raw[resourcev3.SecretType] {
+				b, _ := proto.Marshal(raw)
+				for other, opw := range want(gen) {
+					if other != name && strings.Contains(string(b), opw) {
+						t.Errorf("%s holds %s's credential in secret %s", name, other, n)
+					}
+				}
+			}
+		}
+	}
+	check("k1")
+	before := c.Versions(snapshot.ViewFromNode(nodes["function"]))
+	key.Lock()
+	generation = "k2"
+	key.Unlock()
+	if err := c.SetResult(ctx, snapshot.Translate(in)); err != nil {
+		t.Fatal(err)
+	}
+	check("k2")
+	if after := c.Versions(snapshot.ViewFromNode(nodes["function"])); after[resourcev3.ClusterType] != before[resourcev3.ClusterType] {
+		t.Errorf("CDS version changed with only the queue key: %s → %s", before[resourcev3.ClusterType], after[resourcev3.ClusterType])
 	}
 }
