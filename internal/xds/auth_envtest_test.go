@@ -399,6 +399,12 @@ func TestAuthViewFromVerifiedPodOnly(t *testing.T) {
 	if !holds(got, redisServerPW) || !holds(got, redisClientPW) {
 		t.Fatal("the pod the pool selects did not get the pool's passwords")
 	}
+	// ... as SDS secrets, and only there.
+	sds := map[string][][]byte{resourcev3.SecretType: got[resourcev3.SecretType]}
+	delete(got, resourcev3.SecretType)
+	if !holds(sds, redisServerPW) || !holds(sds, redisClientPW) || holds(got, redisServerPW) || holds(got, redisClientPW) {
+		t.Fatal("the pool's passwords travel outside SDS")
+	}
 
 	// web's token claiming cache's node ID: refused.
 	if _, err := fetch(t, conn, webTok, &corev3.Node{Id: "cache-2." + ztNS}); status.Code(err) != codes.PermissionDenied {
