@@ -206,3 +206,52 @@ func TestQueueSecretPerIdentity(t *testing.T) {
 		}
 	}
 }
+
+// No status condition names a secret's value: a RedisProxy whose Secret lacks a key, or
+// whose pool is served, says which Secret and key, never what is in it.
+func TestStatusNeverHoldsSecretValues(t *testing.T) {
+	for _, path := range []string{"redis.in.yaml", "redis-upstream-auth.in.yaml"} {
+		in, _ := readInput(t, filepath.Join("testdata", path))
+		var values []string
+		for i := range in.Secrets {
+			for k, v := range in.Secrets[i].Data {
+				values = append(values, string(v))
+				// The same Secret with the key renamed: the pool reports the missing key.
+				in.Secrets[i].Data[k+"-renamed"] = v
+			}
+		}
+		missingKey := false
+		for _, res := range []*Result{Translate(in), translateRenamed(in)} {
+			for k, st := range res.Status {
+				for _, c := range st.Conditions {
+					missingKey = missingKey || strings.Contains(c.Message, "has no key")
+					for _, v := range values {
+						if strings.Contains(c.Message, v) {
+							t.Errorf("%s: %s condition %s holds a secret value: %q", path, k, c.Type, c.Message)
+						}
+					}
+				}
+			}
+		}
+		if !missingKey {
+			t.Errorf("%s: no condition reports a missing key: the test never saw that message", path)
+		}
+	}
+}
+
+// translateRenamed translates in with only the renamed keys left in every Secret (so pools
+// report their keys missing), leaving in as it was.
+func translateRenamed(in *Input) *Result {
+	cp := *in
+	cp.Secrets = nil
+	for _, s := range in.Secrets {
+		s = *s.DeepCopy()
+		for k := range s.Data {
+			if !strings.HasSuffix(k, "-renamed") {
+				delete(s.Data, k)
+			}
+		}
+		cp.Secrets = append(cp.Secrets, s)
+	}
+	return Translate(&cp)
+}
