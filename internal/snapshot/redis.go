@@ -191,10 +191,12 @@ func (t *translator) redisUpstreamAuth(rp *meshv1alpha1.RedisProxy, c *clusterv3
 	}
 	pool.UpstreamSecret = genericSecret(contract.RedisUpstreamSecretName(rp.Namespace, rp.Name), pw)
 	c.Metadata = withSecretRef(c.Metadata, pool.UpstreamSecret.GetName())
+	po := &redisv3.RedisProtocolOptions{AuthPassword: sdsPlaceholder(pool.UpstreamSecret.GetName())}
 	if a.Upstream.Username != "" {
-		anyPO, _ := anypb.New(&redisv3.RedisProtocolOptions{AuthUsername: inlineString(a.Upstream.Username)})
-		c.TypedExtensionProtocolOptions = map[string]*anypb.Any{contract.RedisFilterName: anyPO}
+		po.AuthUsername = inlineString(a.Upstream.Username)
 	}
+	anyPO, _ := anypb.New(po)
+	c.TypedExtensionProtocolOptions = map[string]*anypb.Any{contract.RedisFilterName: anyPO}
 	return true
 }
 
@@ -239,6 +241,7 @@ func (t *translator) redisDownstreamAuth(rp *meshv1alpha1.RedisProxy, filter *re
 		return false
 	}
 	pool.DownstreamSecret = genericSecret(contract.RedisDownstreamSecretName(rp.Namespace, rp.Name), pw)
+	filter.DownstreamAuthPasswords = []*corev3.DataSource{sdsPlaceholder(pool.DownstreamSecret.GetName())}
 	if a.Downstream.Username != "" {
 		filter.DownstreamAuthUsername = inlineString(a.Downstream.Username)
 	}

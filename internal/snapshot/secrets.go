@@ -48,6 +48,15 @@ func withSecretRef(md *corev3.Metadata, name string) *corev3.Metadata {
 	return md
 }
 
+// sdsPlaceholder stands where Envoy's redis_proxy reads a password inline: a file name
+// that names the SDS secret. A sidecar that knows SDS secrets ignores it (the secret the
+// resource names replaces it); one from before SDS secrets accepts inline passwords only,
+// so it refuses the listener and keeps its last good version instead of serving the pool
+// without a password.
+func sdsPlaceholder(secret string) *corev3.DataSource {
+	return &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: "sds:" + secret}}
+}
+
 // viewSecrets collects the secrets of a view's resources, sorted by name, without
 // duplicates (two listeners of one view never share a pool, but be safe).
 type viewSecrets struct {

@@ -8,12 +8,15 @@ import (
 	"testing"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/sidecar/config"
 )
 
 // A Redis pool's passwords (client-pw, server-pw in testdata/redis.in.yaml, pool
@@ -254,4 +257,52 @@ func translateRenamed(in *Input) *Result {
 		cp.Secrets = append(cp.Secrets, s)
 	}
 	return Translate(&cp)
+}
+
+// A sidecar from before SDS secrets ignores the weft.dev/secret reference and reads the
+// passwords inline, where the translation leaves a placeholder it cannot read: it refuses
+// the pool (and keeps its last good version) instead of serving it without a password.
+// This sidecar, reading the reference, serves it with the secret.
+func TestSidecarWithoutSDSFailsClosed(t *testing.T) {
+	in, _ := readInput(t, filepath.Join("testdata", "redis.in.yaml"))
+	v := View{Namespace: "default", Labels: map[string]string{"app": "web"}}
+	snap, err := Translate(in).Snapshot(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := snap.GetResources(resourcev3.ListenerType)[contract.RedisName("default", "cache")].(*listenerv3.Listener)
+	clusters := map[string]*clusterv3.Cluster{}
+	eps := map[string]*endpointv3.ClusterLoadAssignment{}
+	for n, r := range snap.GetResources(resourcev3.ClusterType) {
+		clusters[n] = r.(*clusterv3.Cluster)
+	}
+	for n, r := range snap.GetResources(resourcev3.EndpointType) {
+		eps[n] = r.(*endpointv3.ClusterLoadAssignment)
+	}
+	cfg, err := config.RedisConfigWithSecrets(l, clusters, eps, secretsOf(snap))
+	if err != nil || len(cfg.DownstreamPasswords) != 1 || cfg.DownstreamPasswords[0] != "client-pw" {
+		t.Fatalf("with SDS: %v, downstream passwords %d", err, len(cfg.DownstreamPasswords))
+	}
+	old := proto.Clone(l).(*listenerv3.Listener)
+	old.Metadata = nil // what a sidecar that knows no SDS secrets sees
+	oldClusters := map[string]*clusterv3.Cluster{}
+	for n, c := range clusters {
+		c = proto.Clone(c).(*clusterv3.Cluster)
+		if c.Metadata != nil {
+			c.Metadata.TypedFilterMetadata = nil
+		}
+		oldClusters[n] = c
+	}
+	for name, c := range map[string]struct {
+		l  *listenerv3.Listener
+		cs map[string]*clusterv3.Cluster
+	}{
+		"the listener without its reference": {old, clusters},
+		"the clusters without theirs":        {l, oldClusters},
+	} {
+		cfg, err := config.RedisConfigWithSecrets(c.l, c.cs, eps, secretsOf(snap))
+		if err == nil || !strings.Contains(err.Error(), "inline") {
+			t.Errorf("%s: %v (downstream passwords %d), want a refusal: the placeholder is not a password", name, err, len(cfg.DownstreamPasswords))
+		}
+	}
 }

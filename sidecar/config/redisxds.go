@@ -55,6 +55,11 @@ func RedisConfigWithSecrets(l *listenerv3.Listener, clusters map[string]*cluster
 		cfg.Listen = net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))
 	}
 	cfg.StatPrefix = rp.GetStatPrefix()
+	if ref, _ := secretRef(l.GetMetadata()); ref != "" {
+		// The password is the SDS secret; what stands in the inline field is a placeholder
+		// that makes sidecars without SDS secrets refuse the listener (fail closed).
+		rp.DownstreamAuthPasswords, rp.DownstreamAuthPassword = nil, nil
+	}
 	if err := decodeRedisProxy(rp, &cfg); err != nil {
 		return cfg, fmt.Errorf("listener %s: %w", l.GetName(), err)
 	}
@@ -236,6 +241,9 @@ func decodeRedisPool(c *clusterv3.Cluster, cla *endpointv3.ClusterLoadAssignment
 		}
 		if err := redisUnsupported(map[string]bool{"aws_iam": po.GetAwsIam() != nil, "credentials": len(po.GetCredentials()) > 0}); err != nil {
 			return pl, err
+		}
+		if ref, _ := secretRef(c.GetMetadata()); ref != "" {
+			po.AuthPassword = nil // a placeholder: the SDS secret is the password
 		}
 		if po.GetAuthPassword() != nil {
 			pw, err := inlineSecret(po.GetAuthPassword())
