@@ -66,9 +66,11 @@ func DecodeRouteMeta(s *structpb.Struct) (RouteMeta, error) {
 // QueueMeta is the weft.dev/nats cluster metadata: where the async queue is and how to
 // authenticate. With the embedded server each sidecar gets its own identity's User and
 // Password (and must use InboxPrefix for replies, the only subjects it may subscribe to);
-// with an external cluster (--nats-url) every sidecar gets the one Token. Credentials
-// travel over xDS, like an SDS secret, so they never appear in a pod spec; sidecars redact
-// Token and Password in /config_dump.
+// with an external cluster (--nats-url) every sidecar gets the one Token. The control plane
+// sends the Password or Token as an SDS secret (QueueSecretName, named by the cluster's
+// SecretRefMetadataKey), never in this metadata; the sidecar fills them in from the secret.
+// Inline values are still read (a manager older than SDS secrets); sidecars redact them in
+// /config_dump.
 type QueueMeta struct {
 	URL, Token     string
 	User, Password string
@@ -86,8 +88,8 @@ func (m QueueMeta) Encode() *structpb.Struct {
 	return fields(f)
 }
 
-// DecodeQueueMeta reads weft.dev/nats; the url is required, and a user comes with a
-// password.
+// DecodeQueueMeta reads weft.dev/nats; the url is required, and a password comes with a
+// user. A user without a password is accepted: its password arrives as an SDS secret.
 func DecodeQueueMeta(s *structpb.Struct) (QueueMeta, error) {
 	var m QueueMeta
 	f := s.GetFields()
@@ -98,7 +100,7 @@ func DecodeQueueMeta(s *structpb.Struct) (QueueMeta, error) {
 	if m.URL == "" {
 		return m, errors.New("url is missing: the control plane must send the queue's nats:// URL")
 	}
-	if (m.User == "") != (m.Password == "") {
+	if m.User == "" && m.Password != "" {
 		return m, errors.New("user and password come together: the control plane must send both or neither")
 	}
 	if strings.ContainsAny(m.InboxPrefix, "*> \t") || strings.HasSuffix(m.InboxPrefix, ".") {

@@ -197,7 +197,6 @@ func TestSmallMetaRoundTrip(t *testing.T) {
 		t.Errorf("QueueMeta identity round trip: %+v, %v", back, err)
 	}
 	for in, want := range map[string]string{
-		`{"url": "nats://a:4222", "user": "fn.a.b"}`:                                        "come together",
 		`{"url": "nats://a:4222", "password": "pw"}`:                                        "come together",
 		`{"url": "nats://a:4222", "user": "u", "password": "p", "inboxPrefix": "_INBOX.>"}`: "not a literal",
 		`{"url": "nats://a:4222", "inboxPrefix": "_INBOX.x."}`:                              "not a literal",

@@ -207,7 +207,7 @@ func printConfig(o *options, d *xds.ConfigDump, typ string) error {
 
 var typeTitle = map[string]string{"CDS": "Clusters:", "EDS": "Endpoints:", "LDS": "Listeners:", "RDS": "Routes:", "secrets": "Secrets:"}
 
-var typeKey = map[string]string{"CDS": "clusters", "EDS": "endpoints", "LDS": "listeners", "RDS": "routes", "secrets": "secrets"}
+var typeKey = map[string]string{"CDS": "clusters", "EDS": "endpoints", "LDS": "listeners", "RDS": "routes", "SDS": "sds", "secrets": "secrets"}
 
 func printType(o *options, d *xds.ConfigDump, typ string, structured map[string]any) error {
 	rs, err := resources(d, typ)
@@ -268,7 +268,8 @@ func printType(o *options, d *xds.ConfigDump, typ string, structured map[string]
 	return t.flush()
 }
 
-// printSecrets lists where the dump holds a secret (its value is always redacted).
+// printSecrets lists where the dump holds a secret (its value is always redacted): the SDS
+// secrets of the sidecar's view, and inline values from a manager older than SDS secrets.
 func printSecrets(o *options, d *xds.ConfigDump, structured map[string]any) error {
 	type secretRow struct {
 		Type     string `json:"type"`
@@ -277,7 +278,7 @@ func printSecrets(o *options, d *xds.ConfigDump, structured map[string]any) erro
 		Value    string `json:"value"`
 	}
 	var rows []secretRow
-	for _, typ := range []string{"CDS", "EDS", "LDS", "RDS"} {
+	for _, typ := range []string{"CDS", "EDS", "LDS", "RDS", "SDS"} {
 		rs, err := resources(d, typ)
 		if err != nil {
 			return err
@@ -296,7 +297,7 @@ func printSecrets(o *options, d *xds.ConfigDump, structured map[string]any) erro
 		return nil
 	}
 	if len(rows) == 0 {
-		_, err := fmt.Fprintln(o.streams.Out, "No inline secrets in this sidecar's configuration.")
+		_, err := fmt.Fprintln(o.streams.Out, "No secrets in this sidecar's configuration.")
 		return err
 	}
 	t := newTable(o.streams.Out, "TYPE", "RESOURCE", "FIELD", "VALUE")
@@ -455,7 +456,7 @@ func sortedKeys[V any](m map[string]V) []string {
 func warnUnapplied(o *options, d *xds.ConfigDump, typ string) {
 	types := []string{typ}
 	if typ == "all" || typ == "secrets" {
-		types = []string{"CDS", "EDS", "LDS", "RDS"}
+		types = []string{"CDS", "EDS", "LDS", "RDS", "SDS"}
 	}
 	for _, t := range types {
 		ts := d.Node.Types[t]

@@ -205,12 +205,16 @@ func gatewayListener() proto.Message {
 func (r *Result) gatewaySnapshot(v View) (*cachev3.Snapshot, error) {
 	sh := r.hashes()
 	clusters := append([]types.Resource(nil), asResources(r.Clusters)...)
-	var extraC []proto.Message
+	var extraC, extraS []proto.Message
 	if r.needsQueue(v) {
-		extraC = append(extraC, r.queueCluster(v))
+		c, s := r.queueCluster(v)
+		extraC = append(extraC, c)
+		if s != nil {
+			extraS = append(extraS, s)
+		}
 	}
 	l := gatewayListener()
-	for _, m := range append([]proto.Message{l}, extraC...) {
+	for _, m := range append(append([]proto.Message{l}, extraC...), extraS...) {
 		if err := m.(interface{ Validate() error }).Validate(); err != nil {
 			return nil, fmt.Errorf("gateway view: %w", err)
 		}
@@ -229,6 +233,7 @@ func (r *Result) gatewaySnapshot(v View) (*cachev3.Snapshot, error) {
 	snap.Resources[cachev3.GetResponseType(resourcev3.EndpointType)] = r.sharedEndpoints()
 	set(resourcev3.ListenerType, version(hashOf(l)), []types.Resource{l})
 	set(resourcev3.RouteType, rc.ver, rc.v)
+	set(resourcev3.SecretType, version(hashAll(extraS)), asResources(extraS))
 	if err := snap.Consistent(); err != nil {
 		return nil, fmt.Errorf("gateway view: snapshot is not consistent: %w", err)
 	}

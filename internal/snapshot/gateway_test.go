@@ -166,7 +166,8 @@ func TestGatewayGetsQueueAndOnlyItsListener(t *testing.T) {
 	if !ok {
 		t.Fatal("the gateway has no queue cluster: async calls through it would fail")
 	}
-	cfg, err := config.Build(config.Resources{resourcev3.ClusterType: {contract.QueueClusterName: c.(proto.Message)}}, nil)
+	cfg, err := config.Build(config.Resources{resourcev3.ClusterType: {contract.QueueClusterName: c.(proto.Message)},
+		resourcev3.SecretType: secretsOf(snap)}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

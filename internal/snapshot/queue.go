@@ -9,6 +9,7 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -66,13 +67,29 @@ func queueIdentity(v View) (namespace, function string) {
 	return v.Namespace, ""
 }
 
-// clusterFor is the queue cluster with the credential of v's identity.
-func (q *Queue) clusterFor(v View) *clusterv3.Cluster {
-	m := q.Credential(queueIdentity(v))
+// clusterFor is the queue cluster of v's identity and its credential's secret (nil when
+// the queue takes no credential). The cluster's metadata keeps the URL, the user and the
+// inbox prefix; the password or token travels only in the secret, which the cluster names.
+func (q *Queue) clusterFor(v View) (*clusterv3.Cluster, *tlsv3.Secret) {
+	ns, fn := queueIdentity(v)
+	m := q.Credential(ns, fn)
 	m.URL = q.URL
+	values := map[string]string{}
+	if m.Password != "" {
+		values[contract.QueueSecretPassword] = m.Password
+	}
+	if m.Token != "" {
+		values[contract.QueueSecretToken] = m.Token
+	}
+	m.Password, m.Token = "", ""
 	c := proto.Clone(q.cluster).(*clusterv3.Cluster)
 	c.Metadata = metadata(contract.QueueMetadataKey, m.Encode())
-	return c
+	if len(values) == 0 {
+		return c, nil
+	}
+	sec := genericSecrets(contract.QueueSecretName(ns, fn), values)
+	c.Metadata = withSecretRef(c.Metadata, sec.GetName())
+	return c, sec
 }
 
 // queueCluster is a STATIC cluster with the queue's address and its metadata.
@@ -114,8 +131,11 @@ func (r *Result) addQueue(q *Queue) {
 	}
 }
 
-// queueCluster is the queue cluster view v receives, with its identity's credential.
-func (r *Result) queueCluster(v View) *clusterv3.Cluster { return r.queue.clusterFor(v) }
+// queueCluster is the queue cluster view v receives, naming its identity's credential, and
+// that credential's secret (nil: none).
+func (r *Result) queueCluster(v View) (*clusterv3.Cluster, *tlsv3.Secret) {
+	return r.queue.clusterFor(v)
+}
 
 // needsQueue reports whether sidecars of view v get the queue's address and credential:
 // the pods of a function (they pull its calls) and every workload that may call a function

@@ -45,7 +45,8 @@ func TestQueueReachesOnlyViewsWithFunctions(t *testing.T) {
 		if !ok {
 			return false
 		}
-		got, err := config.Build(config.Resources{resourcev3.ClusterType: {contract.QueueClusterName: c.(proto.Message)}}, nil)
+		got, err := config.Build(config.Resources{resourcev3.ClusterType: {contract.QueueClusterName: c.(proto.Message)},
+			resourcev3.SecretType: secretsOf(snap)}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -113,7 +114,8 @@ func TestQueueCredentialPerIdentity(t *testing.T) {
 			t.Fatal(err)
 		}
 		c := snap.GetResources(resourcev3.ClusterType)[contract.QueueClusterName]
-		got, err := config.Build(config.Resources{resourcev3.ClusterType: {contract.QueueClusterName: c.(proto.Message)}}, nil)
+		got, err := config.Build(config.Resources{resourcev3.ClusterType: {contract.QueueClusterName: c.(proto.Message)},
+			resourcev3.SecretType: secretsOf(snap)}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -12,6 +12,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	redisv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/redis_proxy/v3"
 	hcredisv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/health_checkers/redis/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -32,6 +33,10 @@ type RedisPool struct {
 	Endpoints *endpointv3.ClusterLoadAssignment
 	// Routes are the names of the other pools' clusters the listener's prefix routes use.
 	Routes []string
+	// DownstreamSecret is the password clients must AUTH with, which the listener names
+	// (nil: no client auth); UpstreamSecret the one the proxy sends to the servers, which
+	// the cluster names (nil: none). Each goes only with the resource naming it.
+	DownstreamSecret, UpstreamSecret *tlsv3.Secret
 }
 
 // Selects reports whether a sidecar in view v serves this pool's listener.
@@ -102,18 +107,21 @@ func (t *translator) redisProxy(rp *meshv1alpha1.RedisProxy) (*RedisPool, *probl
 	c.LbPolicy = clusterv3.Cluster_ROUND_ROBIN // the sidecar's ring places keys, not Envoy's LB
 	c.HealthChecks = redisHealthChecks(rp.Spec.HealthCheck)
 	c.OutlierDetection, c.Metadata = redisPoolPolicy(&rp.Spec)
-	serve := t.redisUpstreamAuth(rp, c, p)
+	serve := t.redisUpstreamAuth(rp, c, pool, p)
 	pool.Cluster = c
 	pool.Endpoints = t.redisEndpoints(rp, name, p)
 
 	filter := t.redisFilter(rp, name, pool, p)
-	if !t.redisDownstreamAuth(rp, filter, p) {
+	if !t.redisDownstreamAuth(rp, filter, pool, p) {
 		serve = false // never serve a pool without the password its clients must give
 	}
 	if !serve {
 		return pool, p
 	}
 	pool.Listener = redisListener(rp.Spec.Listener, name, filter)
+	if pool.DownstreamSecret != nil {
+		pool.Listener.Metadata = withSecretRef(nil, pool.DownstreamSecret.GetName())
+	}
 	return pool, p
 }
 
@@ -168,9 +176,11 @@ func redisPoolPolicy(spec *meshv1alpha1.RedisProxySpec) (*clusterv3.OutlierDetec
 	return &clusterv3.OutlierDetection{Consecutive_5Xx: u32(failures), BaseEjectionTime: ejection}, md
 }
 
-// redisUpstreamAuth puts the password the servers ask for on the pool cluster. It reports
-// false when the password's Secret is missing (a problem is recorded).
-func (t *translator) redisUpstreamAuth(rp *meshv1alpha1.RedisProxy, c *clusterv3.Cluster, p *problems) bool {
+// redisUpstreamAuth makes the password the servers ask for the pool's UpstreamSecret and
+// names it on the pool cluster; the username (not a secret) rides in the cluster's
+// RedisProtocolOptions. It reports false when the password's Secret is missing (a problem is
+// recorded).
+func (t *translator) redisUpstreamAuth(rp *meshv1alpha1.RedisProxy, c *clusterv3.Cluster, pool *RedisPool, p *problems) bool {
 	a := rp.Spec.Auth
 	if a == nil || a.Upstream == nil {
 		return true
@@ -179,7 +189,9 @@ func (t *translator) redisUpstreamAuth(rp *meshv1alpha1.RedisProxy, c *clusterv3
 	if !ok {
 		return false
 	}
-	po := &redisv3.RedisProtocolOptions{AuthPassword: inlineString(pw)}
+	pool.UpstreamSecret = genericSecret(contract.RedisUpstreamSecretName(rp.Namespace, rp.Name), pw)
+	c.Metadata = withSecretRef(c.Metadata, pool.UpstreamSecret.GetName())
+	po := &redisv3.RedisProtocolOptions{AuthPassword: sdsPlaceholder(pool.UpstreamSecret.GetName())}
 	if a.Upstream.Username != "" {
 		po.AuthUsername = inlineString(a.Upstream.Username)
 	}
@@ -216,9 +228,10 @@ func (t *translator) redisFilter(rp *meshv1alpha1.RedisProxy, name string, pool 
 	return filter
 }
 
-// redisDownstreamAuth puts the password clients must give on the filter. It reports false
+// redisDownstreamAuth makes the password clients must give the pool's DownstreamSecret (the
+// listener names it); the username (not a secret) stays on the filter. It reports false
 // when the password's Secret is missing (a problem is recorded).
-func (t *translator) redisDownstreamAuth(rp *meshv1alpha1.RedisProxy, filter *redisv3.RedisProxy, p *problems) bool {
+func (t *translator) redisDownstreamAuth(rp *meshv1alpha1.RedisProxy, filter *redisv3.RedisProxy, pool *RedisPool, p *problems) bool {
 	a := rp.Spec.Auth
 	if a == nil || a.Downstream == nil {
 		return true
@@ -227,7 +240,8 @@ func (t *translator) redisDownstreamAuth(rp *meshv1alpha1.RedisProxy, filter *re
 	if !ok {
 		return false
 	}
-	filter.DownstreamAuthPasswords = []*corev3.DataSource{inlineString(pw)}
+	pool.DownstreamSecret = genericSecret(contract.RedisDownstreamSecretName(rp.Namespace, rp.Name), pw)
+	filter.DownstreamAuthPasswords = []*corev3.DataSource{sdsPlaceholder(pool.DownstreamSecret.GetName())}
 	if a.Downstream.Username != "" {
 		filter.DownstreamAuthUsername = inlineString(a.Downstream.Username)
 	}

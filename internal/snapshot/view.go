@@ -182,25 +182,31 @@ func (r *Result) Snapshot(v View) (*cachev3.Snapshot, error) {
 		pools[p.Cluster.Name] = p
 	}
 	wantPool := map[string]bool{}
+	var secrets viewSecrets
 	for _, p := range r.Redis {
 		if p.Listener == nil || !p.Selects(v) {
 			continue
 		}
 		extraL = append(extraL, p.Listener)
+		secrets.add(p.DownstreamSecret)
 		wantPool[p.Cluster.Name] = true
 		for _, n := range p.Routes {
 			wantPool[n] = true
 		}
 	}
 	if r.needsQueue(v) {
-		extraC = append(extraC, r.queueCluster(v))
+		c, s := r.queueCluster(v)
+		extraC = append(extraC, c)
+		secrets.add(s)
 	}
 	for _, n := range sortedKeys(wantPool) {
 		if p, ok := pools[n]; ok {
 			extraC, extraE = append(extraC, p.Cluster), append(extraE, p.Endpoints)
+			secrets.add(p.UpstreamSecret)
 		}
 	}
-	for _, m := range append(append(append([]proto.Message(nil), extraL...), extraC...), extraE...) {
+	extraS := secrets.sorted()
+	for _, m := range append(append(append(append([]proto.Message(nil), extraL...), extraC...), extraE...), extraS...) {
 		if err := m.(interface{ Validate() error }).Validate(); err != nil {
 			return nil, fmt.Errorf("view %s: %w", v.Key(), err)
 		}
@@ -223,6 +229,7 @@ func (r *Result) Snapshot(v View) (*cachev3.Snapshot, error) {
 	set(resourcev3.EndpointType, version(sh.endpoints, hashAll(extraE)), endpoints)
 	set(resourcev3.ListenerType, version(sh.outboundHash, hashAll(extraL)), listeners)
 	set(resourcev3.RouteType, rc.ver, rc.v)
+	set(resourcev3.SecretType, version(hashAll(extraS)), asResources(extraS))
 	if err := snap.Consistent(); err != nil {
 		return nil, fmt.Errorf("view %s: snapshot is not consistent: %w", v.Key(), err)
 	}

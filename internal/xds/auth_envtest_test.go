@@ -252,8 +252,17 @@ func claimedNode(t *testing.T, id string, md map[string]any) *corev3.Node {
 	return &corev3.Node{Id: id, Metadata: s}
 }
 
-// fetch opens an ADS stream with tok and node, asks for every cluster and listener, and
-// returns what came back (raw bytes of every resource) or the stream's error.
+// allSecretNames is what a hostile client asks SDS for: every Redis password and queue
+// credential of the test mesh, whoever it belongs to.
+var allSecretNames = []string{
+	contract.RedisDownstreamSecretName(ztNS, "pool"), contract.RedisUpstreamSecretName(ztNS, "pool"),
+	contract.QueueSecretName(ztNS, ""), contract.QueueSecretName(ztNS, "fn"),
+	contract.QueueSecretName("weft-system", ""), contract.QueueSecretName("default", ""),
+}
+
+// fetch opens an ADS stream with tok and node, asks for every cluster and listener and
+// then for every secret of the mesh by name (allSecretNames), and returns what came back
+// (raw bytes of every resource) or the stream's error.
 func fetch(t *testing.T, conn *grpc.ClientConn, tok string, node *corev3.Node) (map[string][][]byte, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(withToken(context.Background(), tok), 10*time.Second)
@@ -280,6 +289,18 @@ func fetch(t *testing.T, conn *grpc.ClientConn, tok string, node *corev3.Node) (
 		for _, r := range resp.GetResources() {
 			got[typ] = append(got[typ], r.GetValue())
 		}
+	}
+	// SDS by name: go-control-plane answers with the requested secrets the view holds (or,
+	// for a view holding none, an empty response); a name it does not hold is never sent.
+	if err := st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.SecretType, ResourceNames: allSecretNames}); err != nil {
+		return nil, err
+	}
+	resp, err := st.Recv()
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range resp.GetResources() {
+		got[resourcev3.SecretType] = append(got[resourcev3.SecretType], r.GetValue())
 	}
 	return got, nil
 }
@@ -377,6 +398,12 @@ func TestAuthViewFromVerifiedPodOnly(t *testing.T) {
 	must(t, err)
 	if !holds(got, redisServerPW) || !holds(got, redisClientPW) {
 		t.Fatal("the pod the pool selects did not get the pool's passwords")
+	}
+	// ... as SDS secrets, and only there.
+	sds := map[string][][]byte{resourcev3.SecretType: got[resourcev3.SecretType]}
+	delete(got, resourcev3.SecretType)
+	if !holds(sds, redisServerPW) || !holds(sds, redisClientPW) || holds(got, redisServerPW) || holds(got, redisClientPW) {
+		t.Fatal("the pool's passwords travel outside SDS")
 	}
 
 	// web's token claiming cache's node ID: refused.

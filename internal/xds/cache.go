@@ -13,8 +13,9 @@ import (
 	"github.com/weftmesh/weft/internal/snapshot"
 )
 
-// Types are the resource types Weft serves, in make-before-break order.
-var Types = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
+// Types are the resource types Weft serves, in make-before-break order. Secrets (SDS) are
+// the Redis passwords and queue credentials of the view, and nothing else (docs/zero-trust.md).
+var Types = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType, resourcev3.SecretType}
 
 // viewHash maps a node to its view key: the snapshot cache then holds one snapshot per view,
 // shared by every sidecar in it.

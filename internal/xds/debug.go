@@ -16,6 +16,7 @@ import (
 	"golang.org/x/net/netutil"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/internal/snapshot"
 )
 
@@ -37,7 +38,7 @@ const (
 	SyncNotSent = "NOT SENT"
 )
 
-// TypeShort names a type URL as istioctl does (CDS, EDS, LDS, RDS); other URLs are returned
+// TypeShort names a type URL as istioctl does (CDS, EDS, LDS, RDS, SDS); other URLs are returned
 // unchanged.
 func TypeShort(typeURL string) string {
 	switch typeURL {
@@ -49,6 +50,8 @@ func TypeShort(typeURL string) string {
 		return "LDS"
 	case resourcev3.RouteType:
 		return "RDS"
+	case resourcev3.SecretType:
+		return "SDS"
 	}
 	return typeURL
 }
@@ -236,8 +239,12 @@ func redactValue(v any, secret bool) any {
 	return v
 }
 
-// SecretKey reports whether a JSON key names a secret (see RedactJSON).
+// SecretKey reports whether a JSON key names a secret (see RedactJSON). The SDS reference
+// key (contract.SecretRefMetadataKey) holds a secret's name, not its value, and is shown.
 func SecretKey(k string) bool {
+	if k == contract.SecretRefMetadataKey {
+		return false
+	}
 	k = strings.ToLower(k)
 	for _, s := range []string{"password", "secret", "private_key", "privatekey", "credential"} {
 		if strings.Contains(k, s) {

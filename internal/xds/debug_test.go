@@ -147,8 +147,16 @@ func TestDebugSynczAndConfigDump(t *testing.T) {
 		t.Fatal(err)
 	}
 	nats := compact.String()
-	if strings.Contains(nats, "s3cr3t") || !strings.Contains(nats, `"token":"[redacted]"`) || !strings.Contains(nats, "nats://10.0.0.9:4222") {
-		t.Errorf("queue cluster in the dump = %s, want its token redacted and its url kept", nats)
+	if strings.Contains(nats, "s3cr3t") || !strings.Contains(nats, `"name":"queue/default"`) || !strings.Contains(nats, "nats://10.0.0.9:4222") {
+		t.Errorf("queue cluster in the dump = %s, want no token, its secret's name and its url", nats)
+	}
+	// The token itself is an SDS secret: listed by name, its value redacted.
+	compact.Reset()
+	if err := json.Compact(&compact, dump.Resources["SDS"]["queue/default"]); err != nil {
+		t.Fatalf("SDS queue/default in the dump: %v (have %v)", err, keys(dump.Resources["SDS"]))
+	}
+	if sds := compact.String(); strings.Contains(sds, "s3cr3t") || !strings.Contains(sds, `"[redacted]"`) {
+		t.Errorf("queue secret in the dump = %s, want its value redacted", sds)
 	}
 	// Envoy's field names, not protojson's camelCase.
 	if !strings.Contains(nats, `"filter_metadata"`) {

@@ -86,7 +86,7 @@ var (
 
 func init() {
 	short := map[string]string{resourcev3.ClusterType: "cds", resourcev3.EndpointType: "eds",
-		resourcev3.ListenerType: "lds", resourcev3.RouteType: "rds"}
+		resourcev3.ListenerType: "lds", resourcev3.RouteType: "rds", resourcev3.SecretType: "sds"}
 	for _, t := range Types {
 		byType[t] = newTypeMetrics(t, short[t])
 	}

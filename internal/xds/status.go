@@ -31,8 +31,9 @@ type nodeSync struct {
 }
 
 // redisTypes are the types a RedisProxy pool's resources travel in (listener, cluster,
-// endpoints): a sidecar's NACK of its route configurations says nothing about its pools.
-var redisTypes = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType}
+// endpoints, password secrets): a sidecar's NACK of its route configurations says nothing
+// about its pools.
+var redisTypes = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.SecretType}
 
 // policyTypes: a MeshPolicy travels in the inbound listeners of the views it selects.
 var policyTypes = []string{resourcev3.ListenerType}

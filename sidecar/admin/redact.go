@@ -5,6 +5,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	redisv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/redis_proxy/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -14,9 +15,10 @@ import (
 
 const redacted = "[redacted]"
 
-// Redact returns m with inline secrets replaced: the async queue's token or password and
-// RedisProtocolOptions auth_password on clusters, and redis_proxy downstream_auth_password(s)
-// on listeners. m itself is not
+// Redact returns m with inline secrets replaced: every value of an SDS Secret (the Redis
+// passwords and queue credentials the control plane sends), and, from a manager that still
+// inlines them, the async queue's token or password and RedisProtocolOptions auth_password on
+// clusters, and redis_proxy downstream_auth_password(s) on listeners. m itself is not
 // modified (it is shared with the live config); a copy is returned when anything changed.
 func Redact(m proto.Message) proto.Message {
 	switch r := m.(type) {
@@ -46,6 +48,24 @@ func Redact(m proto.Message) proto.Message {
 			c.TypedExtensionProtocolOptions[contract.RedisProtocolOptionsKey] = na
 		}
 		return c
+	case *tlsv3.Secret:
+		// An SDS secret: its name stays (an operator can see which secrets a sidecar holds
+		// and compare versions), every value goes, whatever its type.
+		out := &tlsv3.Secret{Name: r.GetName()}
+		if g := r.GetGenericSecret(); g != nil {
+			rg := &tlsv3.GenericSecret{}
+			if g.GetSecret() != nil {
+				rg.Secret = secret()
+			}
+			if len(g.GetSecrets()) > 0 {
+				rg.Secrets = make(map[string]*corev3.DataSource, len(g.GetSecrets()))
+				for k := range g.GetSecrets() {
+					rg.Secrets[k] = secret()
+				}
+			}
+			out.Type = &tlsv3.Secret_GenericSecret{GenericSecret: rg}
+		}
+		return out
 	case *listenerv3.Listener:
 		var l *listenerv3.Listener
 		for i, fc := range r.GetFilterChains() {

@@ -6,6 +6,7 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -44,5 +45,28 @@ func TestRedactHidesTheQueuePassword(t *testing.T) {
 	}
 	if live.GetMetadata().GetFilterMetadata()[contract.QueueMetadataKey].GetFields()["password"].GetStringValue() != "0123abcd-pass" {
 		t.Fatal("redaction changed the live config")
+	}
+}
+
+// An SDS secret shows in /config_dump by name with every value redacted, whichever form
+// it has (one value, or several by key), and the live secret keeps its values.
+func TestRedactHidesSDSSecrets(t *testing.T) {
+	for _, live := range []*tlsv3.Secret{
+		{Name: "redis/shop/cache/upstream", Type: &tlsv3.Secret_GenericSecret{GenericSecret: &tlsv3.GenericSecret{
+			Secret: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: "up-s3cret"}}}}},
+		{Name: "queue/shop", Type: &tlsv3.Secret_GenericSecret{GenericSecret: &tlsv3.GenericSecret{
+			Secrets: map[string]*corev3.DataSource{contract.QueueSecretPassword: {Specifier: &corev3.DataSource_InlineBytes{InlineBytes: []byte("up-s3cret")}}}}}},
+	} {
+		out, err := protojson.Marshal(Redact(live))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(out), "up-s3cret") || strings.Contains(string(out), "dXAtczNjcmV0") || // base64 of it
+			!strings.Contains(string(out), live.GetName()) || !strings.Contains(string(out), "[redacted]") {
+			t.Errorf("redacted dump %s: want the name, [redacted] and no value", out)
+		}
+		if b, _ := protojson.Marshal(live); !strings.Contains(string(b), "s3cret") && !strings.Contains(string(b), "dXAtczNjcmV0") {
+			t.Errorf("redaction changed the live secret: %s", b)
+		}
 	}
 }

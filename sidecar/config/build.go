@@ -6,9 +6,11 @@ import (
 	"strings"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 )
@@ -30,13 +32,23 @@ func Validate(typeURL string, m proto.Message) error {
 	var err error
 	switch r := m.(type) {
 	case *listenerv3.Listener:
-		_, err = DecodeListener(r)
+		if _, err = DecodeListener(r); err == nil {
+			if _, err = secretRef(r.GetMetadata()); err != nil {
+				err = fmt.Errorf("listener %s: %w", r.GetName(), err)
+			}
+		}
 	case *routev3.RouteConfiguration:
 		_, err = DecodeRouteConfig(r)
 	case *clusterv3.Cluster:
-		_, err = decodeCluster(r)
+		if _, err = decodeCluster(r); err == nil {
+			if _, err = secretRef(r.GetMetadata()); err != nil {
+				err = fmt.Errorf("cluster %s: %w", r.GetName(), err)
+			}
+		}
 	case *endpointv3.ClusterLoadAssignment:
 		_, err = decodeEndpoints(r, "endpoints "+r.GetClusterName())
+	case *tlsv3.Secret:
+		_, _, err = decodeSecret(r)
 	default:
 		err = fmt.Errorf("resource type %s is not supported", typeURL)
 	}
@@ -113,6 +125,16 @@ func Build(res Resources, versions map[string]string) (*Config, error) {
 		if err != nil {
 			return nil, err
 		}
+		ref, err := secretRef(raw.GetMetadata())
+		if err != nil {
+			return nil, fmt.Errorf("cluster %s: %w", c.Name, err)
+		}
+		if m, err := resolveQueue(c, ref, res[resourcev3.SecretType]); err != nil {
+			return nil, fmt.Errorf("cluster %s: %w", c.Name, err)
+		} else if m != "" {
+			missing = append(missing, "secret "+m+" (cluster "+c.Name+")")
+			continue
+		}
 		if !c.Static {
 			cla, ok := res[resourcev3.EndpointType][edsName(raw)]
 			if !ok {
@@ -144,6 +166,15 @@ func Build(res Resources, versions map[string]string) (*Config, error) {
 		if info.Redis != nil {
 			rl := &RedisListener{Listener: info.Redis, Clusters: map[string]*clusterv3.Cluster{}, Endpoints: map[string]*endpointv3.ClusterLoadAssignment{}}
 			complete := true
+			waitSecret := func(md *corev3.Metadata, what string) {
+				if ref, err := secretRef(md); err == nil && ref != "" {
+					if _, ok := res[resourcev3.SecretType][ref]; !ok {
+						missing = append(missing, "secret "+ref+" ("+what+")")
+						complete = false
+					}
+				}
+			}
+			waitSecret(info.Redis.GetMetadata(), "listener "+name)
 			for _, cn := range info.RedisClusters {
 				cm, ok := res[resourcev3.ClusterType][cn]
 				if !ok {
@@ -153,6 +184,7 @@ func Build(res Resources, versions map[string]string) (*Config, error) {
 				}
 				rc := cm.(*clusterv3.Cluster)
 				rl.Clusters[cn] = rc
+				waitSecret(rc.GetMetadata(), "cluster "+cn+", listener "+name)
 				if rc.GetType() == clusterv3.Cluster_EDS {
 					cla, ok := res[resourcev3.EndpointType][edsName(rc)]
 					if !ok {
@@ -171,7 +203,7 @@ func Build(res Resources, versions map[string]string) (*Config, error) {
 				// what fails here is how they combine (a cluster's metadata against its
 				// endpoints), so only this listener is held back (Err), not the build.
 				// A pool with no servers yet is not such a failure.
-				dc, err := RedisConfigFromXDS(rl.Listener, rl.Clusters, rl.Endpoints)
+				dc, err := RedisConfigWithSecrets(rl.Listener, rl.Clusters, rl.Endpoints, res[resourcev3.SecretType])
 				if err != nil {
 					rl.Err = fmt.Errorf("listener %s: %w", name, err)
 				} else {

@@ -17,6 +17,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -36,6 +37,7 @@ var goldenKinds = []struct {
 	{"routes", resourcev3.RouteType, func() proto.Message { return &routev3.RouteConfiguration{} }},
 	{"clusters", resourcev3.ClusterType, func() proto.Message { return &clusterv3.Cluster{} }},
 	{"endpoints", resourcev3.EndpointType, func() proto.Message { return &endpointv3.ClusterLoadAssignment{} }},
+	{"secrets", resourcev3.SecretType, func() proto.Message { return &tlsv3.Secret{} }},
 }
 
 // readGoldenInput decodes a testdata/<case>.in.json file into Resources keyed by the
@@ -69,7 +71,7 @@ func readGoldenInput(t testing.TB, path string) Resources {
 	}
 	for k := range file {
 		if !known[k] {
-			t.Fatalf("%s: unknown key %q; use listeners, routes, clusters or endpoints", path, k)
+			t.Fatalf("%s: unknown key %q; use listeners, routes, clusters, endpoints or secrets", path, k)
 		}
 	}
 	return res

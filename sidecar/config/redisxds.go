@@ -13,6 +13,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	redisv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/redis_proxy/v3"
 	hcredisv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/health_checkers/redis/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/weftmesh/weft/contract"
@@ -30,10 +31,18 @@ func redisSortedKeys(m map[string]bool) []string {
 }
 
 // RedisConfigFromXDS decodes the redis listener, its pool clusters and their
-// endpoints as the control plane emits them (docs/xds-contract.md). Fields
-// that would change behaviour but are not implemented are refused by name,
-// so the sidecar NACKs instead of silently behaving differently. It is pure.
+// endpoints as the control plane emits them (docs/xds-contract.md), with no SDS
+// secrets: a listener or cluster naming one is refused. See RedisConfigWithSecrets.
 func RedisConfigFromXDS(l *listenerv3.Listener, clusters map[string]*clusterv3.Cluster, endpoints map[string]*endpointv3.ClusterLoadAssignment) (RedisConfig, error) {
+	return RedisConfigWithSecrets(l, clusters, endpoints, nil)
+}
+
+// RedisConfigWithSecrets decodes the redis listener, its pool clusters and their
+// endpoints, taking the passwords they name (contract.SecretRefMetadataKey) from secrets
+// (SDS Secrets by name). Fields that would change behaviour but are not implemented are
+// refused by name, so the sidecar NACKs instead of silently behaving differently. It is
+// pure.
+func RedisConfigWithSecrets(l *listenerv3.Listener, clusters map[string]*clusterv3.Cluster, endpoints map[string]*endpointv3.ClusterLoadAssignment, secrets map[string]proto.Message) (RedisConfig, error) {
 	var cfg RedisConfig
 	if l == nil {
 		return cfg, errors.New("no redis listener")
@@ -46,8 +55,18 @@ func RedisConfigFromXDS(l *listenerv3.Listener, clusters map[string]*clusterv3.C
 		cfg.Listen = net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))
 	}
 	cfg.StatPrefix = rp.GetStatPrefix()
+	if ref, _ := secretRef(l.GetMetadata()); ref != "" {
+		// The password is the SDS secret; what stands in the inline field is a placeholder
+		// that makes sidecars without SDS secrets refuse the listener (fail closed).
+		rp.DownstreamAuthPasswords, rp.DownstreamAuthPassword = nil, nil
+	}
 	if err := decodeRedisProxy(rp, &cfg); err != nil {
 		return cfg, fmt.Errorf("listener %s: %w", l.GetName(), err)
+	}
+	if pw, ok, err := redisSecret(l.GetMetadata(), secrets); err != nil {
+		return cfg, fmt.Errorf("listener %s: downstream password: %w", l.GetName(), err)
+	} else if ok {
+		cfg.DownstreamPasswords = append(cfg.DownstreamPasswords, pw)
 	}
 	cfg.Pools = map[string]RedisPool{}
 	want := []string{}
@@ -65,12 +84,36 @@ func RedisConfigFromXDS(l *listenerv3.Listener, clusters map[string]*clusterv3.C
 		if err != nil {
 			return cfg, fmt.Errorf("listener %s: cluster %s: %w", l.GetName(), name, err)
 		}
+		if pw, ok, err := redisSecret(clusters[name].GetMetadata(), secrets); err != nil {
+			return cfg, fmt.Errorf("listener %s: cluster %s: upstream password: %w", l.GetName(), name, err)
+		} else if ok {
+			pl.UpstreamPassword = pw
+		}
 		cfg.Pools[name] = pl
 	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, fmt.Errorf("listener %s: %w", l.GetName(), err)
 	}
 	return cfg, nil
+}
+
+// redisSecret is the password md names (ok false when it names none).
+func redisSecret(md *corev3.Metadata, secrets map[string]proto.Message) (string, bool, error) {
+	ref, err := secretRef(md)
+	if err != nil || ref == "" {
+		return "", false, err
+	}
+	one, _, ok, err := secretValue(secrets, ref)
+	if !ok {
+		return "", false, fmt.Errorf("secret %s has not arrived over SDS", ref)
+	}
+	if err != nil {
+		return "", false, err
+	}
+	if one == "" {
+		return "", false, fmt.Errorf("secret %s: want one value in generic_secret.secret", ref)
+	}
+	return one, true, nil
 }
 
 func redisFilter(l *listenerv3.Listener) (*redisv3.RedisProxy, error) {
@@ -198,6 +241,9 @@ func decodeRedisPool(c *clusterv3.Cluster, cla *endpointv3.ClusterLoadAssignment
 		}
 		if err := redisUnsupported(map[string]bool{"aws_iam": po.GetAwsIam() != nil, "credentials": len(po.GetCredentials()) > 0}); err != nil {
 			return pl, err
+		}
+		if ref, _ := secretRef(c.GetMetadata()); ref != "" {
+			po.AuthPassword = nil // a placeholder: the SDS secret is the password
 		}
 		if po.GetAuthPassword() != nil {
 			pw, err := inlineSecret(po.GetAuthPassword())

@@ -220,7 +220,7 @@ func (c *Client) session(ctx context.Context, ads discoveryv3.AggregatedDiscover
 			return false, err
 		}
 	}
-	for _, t := range []string{resourcev3.EndpointType, resourcev3.RouteType} {
+	for _, t := range []string{resourcev3.EndpointType, resourcev3.RouteType, resourcev3.SecretType} {
 		if names := c.subs[t]; len(names) > 0 {
 			if err := c.send(stream, t, names, c.versions[t], nil); err != nil {
 				return false, err
@@ -363,17 +363,19 @@ func (c *Client) handle(stream discoveryv3.AggregatedDiscoveryService_StreamAggr
 	return nil
 }
 
-// resubscribe sends EDS/RDS requests when the set of names the clusters and listeners need
-// changed, and forgets resources nobody references any more.
+// resubscribe sends EDS/RDS/SDS requests when the set of names the clusters and listeners
+// need changed, and forgets resources nobody references any more (a secret no resource
+// names is dropped from memory at once).
 func (c *Client) resubscribe(stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient) error {
 	rds, eds := config.Subscriptions(c.res)
+	sds := config.SecretSubscriptions(c.res)
 	if c.subs == nil {
 		c.subs = map[string][]string{}
 	}
 	for _, s := range []struct {
 		t     string
 		names []string
-	}{{resourcev3.EndpointType, eds}, {resourcev3.RouteType, rds}} {
+	}{{resourcev3.EndpointType, eds}, {resourcev3.RouteType, rds}, {resourcev3.SecretType, sds}} {
 		if slices.Equal(c.subs[s.t], s.names) {
 			continue
 		}
