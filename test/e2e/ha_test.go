@@ -1,0 +1,300 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// haNS is where TestHA runs its workloads.
+const haNS = "ha-e2e"
+
+// haLease is the manager's leader-election Lease (cmd/manager leaseName).
+const haLease = "manager.weft.dev"
+
+// haFailover bounds a new leader after a crash: the Lease stays the dead leader's for
+// LeaseDuration (15 s) after its last renewal, and candidates try every RetryPeriod (2 s),
+// observing a renewal up to one RetryPeriod late.
+const haFailover = 15*time.Second + 2*2*time.Second
+
+// TestHA runs install.yaml's three manager replicas (docs/ha.md) and crashes the leader
+// (SIGKILL: no Lease release) while a caller sends steady traffic through its sidecar to a
+// routed Service and to a warm MeshFunction, and while a burst of calls holds for a
+// MeshFunction at zero. Every call must succeed, another replica must hold the Lease within
+// haFailover, and the burst must be served: its pokes reach the new leader through the
+// followers (or, for a sidecar of the killed replica, after it reconnected).
+func TestHA(t *testing.T) {
+	installRelease(t)
+	ctx := context.Background()
+	eventually(t, 4*time.Minute, "three manager replicas ready", func() error {
+		d, err := cs.AppsV1().Deployments("weft-system").Get(ctx, "weft-manager", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if d.Status.ReadyReplicas != 3 {
+			return fmt.Errorf("%d of %d ready", d.Status.ReadyReplicas, ptrValue(d.Spec.Replicas))
+		}
+		return nil
+	})
+	apply(t, haWorkloads)
+	t.Cleanup(func() {
+		_ = cs.CoreV1().Namespaces().Delete(context.Background(), haNS, metav1.DeleteOptions{})
+	})
+	caller := haPod(t, "caller")
+	haPod(t, "echo")
+	eventually(t, 3*time.Minute, "calls to echo and to the warm function", func() error {
+		for _, u := range []string{"http://echo:9080/", "http://warm/"} {
+			got, err := callFrom(caller, u, 5)
+			if err != nil {
+				return err
+			}
+			if got.ByStatus["200"] != 5 {
+				return fmt.Errorf("%s: %+v", u, got)
+			}
+		}
+		return nil
+	})
+	// The burst's route must be in the caller's sidecar before the kill (a call that finds no
+	// route gets a 404, not a hold): one call starts it, then it goes back to zero.
+	eventually(t, 3*time.Minute, "a call to the burst function", func() error {
+		got, err := callFrom(caller, "http://burst/", 1)
+		if err != nil || got.ByStatus["200"] != 1 {
+			return fmt.Errorf("%+v %v", got, err)
+		}
+		return nil
+	})
+	atZeroIn(t, haNS, "burst", 3*time.Minute)
+
+	leader, leaderPod := haLeader(t)
+	t.Logf("leader %s (pod %s)", leader, leaderPod.Name)
+
+	// Steady traffic: two callers' loops, 5 calls a round, until the end.
+	stop := make(chan struct{})
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		steady = map[string]*tally{"http://echo:9080/": {ByStatus: map[string]int{}}, "http://warm/": {ByStatus: map[string]int{}}}
+		errs   []string
+	)
+	for u := range steady {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				got, err := callFrom(caller, u, 5)
+				mu.Lock()
+				if err != nil {
+					errs = append(errs, err.Error())
+				}
+				steady[u].Total += got.Total
+				for k, v := range got.ByStatus {
+					steady[u].ByStatus[k] += v
+				}
+				mu.Unlock()
+				time.Sleep(100 * time.Millisecond)
+			}
+		}()
+	}
+
+	time.Sleep(3 * time.Second)
+	killed := time.Now()
+	pid := containerPid(t, leaderPod, "manager")
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("killing the leader's manager (pid %d): %v", pid, err)
+	}
+	// The burst goes out at once: its holds' pokes meet a mesh without a leader.
+	type burstResult struct {
+		got tally
+		err error
+	}
+	burst := make(chan burstResult, 1)
+	go func() {
+		got, err := callFromC(caller, "http://burst/", 30, 30)
+		burst <- burstResult{got, err}
+	}()
+
+	var next string
+	for {
+		l, err := cs.CoordinationV1().Leases("weft-system").Get(ctx, haLease, metav1.GetOptions{})
+		if err == nil && l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity != leader {
+			next = *l.Spec.HolderIdentity
+			break
+		}
+		if time.Since(killed) > 2*haFailover {
+			t.Fatalf("no new leader %s after the kill", time.Since(killed))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	failover := time.Since(killed)
+	t.Logf("new leader %s after %s", next, failover.Round(10*time.Millisecond))
+	if failover > haFailover {
+		t.Errorf("new leader after %s, want within %s (lease duration 15 s plus the retry period's rounds)", failover, haFailover)
+	}
+
+	var b burstResult
+	select {
+	case b = <-burst:
+	case <-time.After(3 * time.Minute):
+		t.Fatal("the burst did not finish within 3 minutes")
+	}
+	burstTook := time.Since(killed)
+	time.Sleep(5 * time.Second) // steady traffic on the new leader
+	close(stop)
+	wg.Wait()
+	if b.err != nil {
+		t.Fatalf("burst: %v", b.err)
+	}
+	t.Logf("burst from zero during the failover: %+v, done %s after the kill", b.got.ByStatus, burstTook.Round(10*time.Millisecond))
+	if b.got.ByStatus["200"] != 30 {
+		t.Errorf("burst: %+v (last error %q, body %q), want 30 answered 200", b.got.ByStatus, b.got.LastError, b.got.LastBody)
+	}
+	for u, got := range steady {
+		t.Logf("steady %s: %d calls %v", u, got.Total, got.ByStatus)
+		if got.Total == 0 || got.ByStatus["200"] != got.Total {
+			t.Errorf("steady traffic to %s across the failover: %d calls %v, want all 200", u, got.Total, got.ByStatus)
+		}
+	}
+	if len(errs) > 0 {
+		t.Errorf("caller errors: %v", errs)
+	}
+	if w := replicasIn(t, haNS, "warm"); w < 1 {
+		t.Errorf("the warm function has %d replicas after the failover", w)
+	}
+}
+
+func ptrValue(p *int32) int32 {
+	if p == nil {
+		return 0
+	}
+	return *p
+}
+
+// haLeader reads the Lease: the holder's identity and its pod (the identity starts with
+// the pod's name, peer.Identity).
+func haLeader(t *testing.T) (string, corev1.Pod) {
+	t.Helper()
+	var (
+		id  string
+		pod *corev1.Pod
+	)
+	eventually(t, time.Minute, "the Lease names a running manager pod", func() error {
+		l, err := cs.CoordinationV1().Leases("weft-system").Get(context.Background(), haLease, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if l.Spec.HolderIdentity == nil {
+			return fmt.Errorf("no holder")
+		}
+		id = *l.Spec.HolderIdentity
+		name, _, _ := strings.Cut(id, "_")
+		pod, err = cs.CoreV1().Pods("weft-system").Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if !readyRunning(*pod) {
+			return fmt.Errorf("pod %s not ready", name)
+		}
+		return nil
+	})
+	return id, *pod
+}
+
+func haPod(t *testing.T, app string) corev1.Pod {
+	t.Helper()
+	var pod corev1.Pod
+	eventually(t, 4*time.Minute, app+" pod in "+haNS+" running and ready", func() error {
+		l, err := cs.CoreV1().Pods(haNS).List(context.Background(), metav1.ListOptions{LabelSelector: "app=" + app})
+		if err != nil {
+			return err
+		}
+		for _, p := range l.Items {
+			if readyRunning(p) {
+				pod = p
+				return nil
+			}
+		}
+		return fmt.Errorf("no ready %s pod", app)
+	})
+	return pod
+}
+
+func replicasIn(t *testing.T, ns, name string) int32 {
+	t.Helper()
+	d, err := cs.AppsV1().Deployments(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ptrValue(d.Spec.Replicas)
+}
+
+func atZeroIn(t *testing.T, ns, name string, timeout time.Duration) {
+	t.Helper()
+	eventually(t, timeout, ns+"/"+name+" back at zero", func() error {
+		d, err := cs.AppsV1().Deployments(ns).Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if ptrValue(d.Spec.Replicas) != 0 || d.Status.Replicas != 0 {
+			return fmt.Errorf("%d replicas (%d pods)", ptrValue(d.Spec.Replicas), d.Status.Replicas)
+		}
+		return nil
+	})
+}
+
+// haWorkloads: echo behind a Service, a caller, a warm MeshFunction (min 1) under steady
+// traffic and one at zero for the burst.
+var haWorkloads = `apiVersion: v1
+kind: Namespace
+metadata:
+  name: ha-e2e
+  labels: {weft.dev/inject: enabled}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: ha-e2e}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 9080, targetPort: 8080}]
+---
+apiVersion: mesh.weft.dev/v1alpha1
+kind: MeshFunction
+metadata: {name: warm, namespace: ha-e2e}
+spec:
+  port: 8080
+  template:
+    spec:
+      containers:
+      - name: function
+        image: weft.dev/examples/echo:latest
+        env: [{name: VERSION, value: warm}]
+  scale: {initial: 1, min: 1, max: 2}
+---
+apiVersion: mesh.weft.dev/v1alpha1
+kind: MeshFunction
+metadata: {name: burst, namespace: ha-e2e}
+spec:
+  port: 8080
+  template:
+    spec:
+      containers:
+      - name: function
+        image: weft.dev/examples/echo:latest
+        env: [{name: VERSION, value: burst}]
+  scale: {initial: 0, max: 3, stableWindow: 6s, scaleToZeroGracePeriod: 2s}
+  activation: {holdTimeout: 120s, maxPending: 100}
+` + strings.ReplaceAll(installDeployment("echo", "weft.dev/examples/echo:latest", "v1", "/"), "install-e2e", haNS) +
+	strings.ReplaceAll(installDeployment("caller", "weft.dev/examples/caller:latest", "", "/healthz"), "install-e2e", haNS)
