@@ -67,8 +67,11 @@ func TestHA(t *testing.T) {
 	// route gets a 404, not a hold): one call starts it, then it goes back to zero.
 	eventually(t, 3*time.Minute, "a call to the burst function", func() error {
 		got, err := callFrom(caller, "http://burst/", 1)
-		if err != nil || got.ByStatus["200"] != 1 {
-			return fmt.Errorf("%+v %v", got, err)
+		if err != nil {
+			return err
+		}
+		if got.ByStatus["200"] != 1 {
+			return fmt.Errorf("%+v", got)
 		}
 		return nil
 	})
