@@ -1,10 +1,18 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
 	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
@@ -121,5 +129,71 @@ func (r *replication) setup(mgr ctrl.Manager, o options, sec xdsSecurity, srv *x
 		}
 	}
 	snap.Nodes = r.hub
+	if err := setupQueueLeader(mgr); err != nil {
+		return nil, nil, fmt.Errorf("preparing the NATS Service to follow the leader: %w", err)
+	}
 	return r.fwd, r.hub, nil
+}
+
+// queueLabel marks the leader's pod: the queue runner, which consumes calls, is leader-only
+// and reads its own replica's embedded NATS server, so the NATS Service (weft-nats) selects
+// only the pod with this label (docs/ha.md).
+const queueLabel = "weft.dev/queue"
+
+// queueLeader labels this replica's pod as the queue's once it leads (a leader-only
+// Runnable); unlabelQueue removes a label a previous container of the same pod left.
+type queueLeader struct {
+	c        client.Client
+	ns, pod  string
+	interval time.Duration
+}
+
+func (q queueLeader) Start(ctx context.Context) error {
+	for {
+		err := labelPod(ctx, q.c, q.ns, q.pod, ptr.To("leader"))
+		if err == nil {
+			ctrl.Log.WithName("peer").Info("this replica serves the queue", "pod", q.pod)
+			break
+		}
+		ctrl.Log.WithName("peer").Error(err, "labelling the leader's pod for the NATS Service; retrying")
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(q.interval):
+		}
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// labelPod sets (or, with nil, removes) queueLabel on a pod.
+func labelPod(ctx context.Context, c client.Client, ns, name string, value *string) error {
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"labels": map[string]*string{queueLabel: value}}})
+	if err != nil {
+		return err
+	}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	if err := c.Patch(ctx, pod, client.RawPatch(types.MergePatchType, patch)); err != nil {
+		return fmt.Errorf("patching pod %s/%s's %s label: %w", ns, name, queueLabel, err)
+	}
+	return nil
+}
+
+// setupQueueLeader makes the NATS Service follow the leader when the queue is the embedded
+// server and the manager runs as a pod (POD_NAME).
+func setupQueueLeader(mgr ctrl.Manager) error {
+	pod, ns := os.Getenv("POD_NAME"), os.Getenv("POD_NAMESPACE")
+	if queueOpts.url != "" || queueOpts.listen == "off" || pod == "" || ns == "" {
+		return nil
+	}
+	direct, err := client.New(mgr.GetConfig(), client.Options{Scheme: mgr.GetScheme()})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := labelPod(ctx, direct, ns, pod, nil); err != nil {
+		return err
+	}
+	return mgr.Add(queueLeader{c: direct, ns: ns, pod: pod, interval: 2 * time.Second})
 }
