@@ -4,7 +4,11 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -177,6 +181,49 @@ func TestHA(t *testing.T) {
 	if w := replicasIn(t, haNS, "warm"); w < 1 {
 		t.Errorf("the warm function has %d replicas after the failover", w)
 	}
+
+	// Asynchronous calls work on the new leader: the NATS Service follows the leader's pod
+	// label, the caller's sidecar reconnects to it, and the new leader's queue runner
+	// consumes the calls.
+	eventually(t, 2*time.Minute, "an async call accepted after the failover", func() error {
+		got, err := asyncFrom(caller, "http://warm/", 1)
+		if err != nil {
+			return err
+		}
+		if got.ByStatus["202"] != 1 {
+			return fmt.Errorf("probe call: %+v", got)
+		}
+		return nil
+	})
+	got, err := asyncFrom(caller, "http://warm/", 20)
+	if err != nil || got.ByStatus["202"] != 20 {
+		t.Fatalf("20 async calls after the failover: %+v %v, want all answered 202", got, err)
+	}
+	eventually(t, 2*time.Minute, "21 callbacks with status 200", func() error {
+		c, err := callbacksAt(caller.Status.PodIP)
+		if err != nil {
+			return err
+		}
+		if c.ByStatus["200"] < 21 {
+			return fmt.Errorf("callbacks so far: %+v", c)
+		}
+		return nil
+	})
+}
+
+// asyncFrom asks the caller pod for n calls to target with "Prefer: respond-async" and a
+// callback to itself.
+func asyncFrom(caller corev1.Pod, target string, n int) (tally, error) {
+	q := url.Values{"url": {target}, "n": {strconv.Itoa(n)}, "c": {"10"},
+		"h": {"Prefer: respond-async", "X-Callback-Url: http://" + caller.Status.PodIP + ":8080/callback"}}
+	client := &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{Proxy: nil}}
+	resp, err := client.Get("http://" + caller.Status.PodIP + ":8080/call?" + q.Encode())
+	if err != nil {
+		return tally{}, err
+	}
+	defer resp.Body.Close()
+	var out tally
+	return out, json.NewDecoder(resp.Body).Decode(&out)
 }
 
 func ptrValue(p *int32) int32 {
