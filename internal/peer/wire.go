@@ -53,8 +53,10 @@ const (
 	// ReportInterval is how often a follower re-sends its report when nothing changed; a
 	// change is sent within ReportDelay.
 	ReportInterval = 5 * time.Second
-	// ReportDelay coalesces the ACKs of one push into one report.
-	ReportDelay = 50 * time.Millisecond
+	// ReportDelay coalesces the ACKs of one push into one report: at most 5 reports a
+	// second (a report of 1,000 sidecars is ~0.5 MB), and a hand-off waits at most this
+	// long for a follower's ACKs to reach the leader.
+	ReportDelay = 200 * time.Millisecond
 	// ReportTTL expires the report of a replica that stopped sending (it died: its sidecars
 	// reconnect to another replica, which reports them).
 	ReportTTL = 3 * ReportInterval
