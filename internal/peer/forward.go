@@ -272,6 +272,9 @@ func (f *Forwarder) Start(ctx context.Context) error {
 				if conn, err = f.Dial(a); err != nil {
 					return err
 				}
+				if a != addr {
+					f.Log.Info("forwarding sidecar signals and ACK state to the leader", "leader", a)
+				}
 				addr, dirty = a, true // a new leader needs the full report now
 			}
 			cctx, cancel := context.WithTimeout(ctx, callTimeout)
