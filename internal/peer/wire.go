@@ -1,8 +1,8 @@
 // Package peer connects the manager's replicas (docs/ha.md). Every replica serves xDS and
 // takes sidecars' signals; only the leader decides scaling and hands functions off. A
 // follower forwards the stats and demand its signal service has verified to the leader
-// (Forwarder → Hub.Signals), and reports which sidecars it serves and what they ACKed
-// (Hub.Nodes), so the leader's autoscaler sees every pod and its hand-off and status count
+// (Forwarder → Hub.HandleSignals), and reports which sidecars it serves and what they
+// ACKed (Hub.HandleReport), so the leader's autoscaler sees every pod and its hand-off and status count
 // every sidecar, whichever replica it is connected to.
 //
 // Replicas talk gRPC (the signal service's JSON codec) on their own peer port, over TLS
