@@ -2,11 +2,11 @@
 // takes sidecars' signals; only the leader decides scaling and hands functions off. A
 // follower forwards the stats and demand its signal service has verified to the leader
 // (Forwarder → Hub.HandleSignals), and reports which sidecars it serves and what they
-// ACKed (Hub.HandleReport), so the leader's autoscaler sees every pod and its hand-off and status count
-// every sidecar, whichever replica it is connected to.
+// ACKed (Hub.HandleReport), so the leader's autoscaler sees every pod and its hand-off and
+// status count every sidecar, whichever replica it is connected to.
 //
 // Replicas talk gRPC (the signal service's JSON codec) on their own peer port, over TLS
-// with the xDS certificate and a token derived from the xDS CA's key: only a process that
+// with the xDS certificate and a token derived from its private key: only a process that
 // can read the manager's xDS Secret can forward signals, so the peer port is no way around
 // the signal service's checks.
 package peer
