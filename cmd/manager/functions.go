@@ -21,14 +21,21 @@ import (
 // replica takes sidecars' stats and pokes), and the MeshFunction controller, which renders
 // the Deployment and Service, applies decisions and hands off through xDS ACKs before the
 // last pod goes.
-func setupFunctions(mgr ctrl.Manager, srv *xds.Server, snap *controllers.SnapshotReconciler) error {
+func setupFunctions(mgr ctrl.Manager, o options, sec xdsSecurity, srv *xds.Server, cache *xds.Cache,
+	snap *controllers.SnapshotReconciler, repl *replication) error {
 	decisions := controllers.NewDecisions()
 	as := autoscale.NewAutoscaler(clock.RealClock{}, decisions)
 	if err := mgr.Add(as); err != nil {
 		return fmt.Errorf("adding the autoscaler: %w", err)
 	}
+	// With several replicas a follower's signals go to the leader's autoscaler and the
+	// hand-off counts every replica's sidecars (docs/ha.md).
+	sink, handoff, err := repl.setup(mgr, o, sec, srv, cache, snap, as)
+	if err != nil {
+		return err
+	}
 	srv.Register(func(r grpc.ServiceRegistrar) {
-		autoscale.RegisterSignalServer(r, as, controllers.PodRevisions{Reader: mgr.GetClient()})
+		autoscale.RegisterSignalServer(r, sink, controllers.PodRevisions{Reader: mgr.GetClient()})
 	})
 	if err := setupQueue(mgr, as, snap); err != nil {
 		return err
@@ -51,7 +58,7 @@ func setupFunctions(mgr ctrl.Manager, srv *xds.Server, snap *controllers.Snapsho
 		Options:   opts,
 		Scaler:    as,
 		Decisions: decisions,
-		Handoff:   srv,
+		Handoff:   handoff,
 		Recorder:  mgr.GetEventRecorder("weft-meshfunction"),
 	}
 	if err := r.SetupWithManager(mgr); err != nil {

@@ -21,6 +21,7 @@ import (
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
 	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/controllers"
+	"github.com/weftmesh/weft/internal/peer"
 	"github.com/weftmesh/weft/internal/xds"
 )
 
@@ -40,6 +41,10 @@ type options struct {
 	leaderNS      string
 	xdsAddr       string
 	debugAddr     string
+	// peerAddr is the peer port (internal/peer); peerAdvertise is where other replicas reach
+	// it (default $POD_IP and peerAddr's port).
+	peerAddr      string
+	peerAdvertise string
 	// outboundPolicy is Istio's outboundTrafficPolicy.mode for every sidecar.
 	outboundPolicy string
 }
@@ -52,6 +57,10 @@ func main() {
 	flag.BoolVar(&o.leaderElect, "leader-elect", false, "Elect a leader: only the leader writes status and replicas; every replica serves xDS.")
 	flag.StringVar(&o.leaderNS, "leader-election-namespace", "", "Namespace of the leader-election Lease (default: the pod's namespace).")
 	flag.StringVar(&o.xdsAddr, "xds-address", ":"+strconv.Itoa(contract.XDSPort), "Address of the xDS (ADS) gRPC server sidecars connect to; the autoscaler's signal service shares it.")
+	flag.StringVar(&o.peerAddr, "peer-address", ":"+strconv.Itoa(peer.Port),
+		"Address of the peer port, where followers send the leader their sidecars' stats, demand and ACK state (with --leader-elect only).")
+	flag.StringVar(&o.peerAdvertise, "peer-advertise", "",
+		"host:port other replicas reach this replica's peer port at (default $POD_IP and --peer-address's port).")
 	flag.StringVar(&o.debugAddr, "debug-bind-address", "127.0.0.1:"+strconv.Itoa(xds.DebugPort),
 		"Address of the read-only debug endpoints (/debug/syncz, /debug/config_dump) weft proxy-status and proxy-config read; keep it on loopback (they have no authentication; the CLI reaches them by port-forward), \"0\" to disable.")
 	flag.StringVar(&o.outboundPolicy, "outbound-traffic-policy", string(contract.AllowAny),
@@ -79,17 +88,33 @@ func run(o options) error {
 	if o.secureMetrics {
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
-	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
+	repl, err := newReplication(o)
+	if err != nil {
+		return err
+	}
+	cfg := ctrl.GetConfigOrDie()
+	opts := ctrl.Options{
 		Scheme:                  scheme,
 		Metrics:                 metricsOpts,
 		HealthProbeBindAddress:  o.probeAddr,
 		LeaderElection:          o.leaderElect,
-		LeaderElectionID:        "manager.weft.dev",
+		LeaderElectionID:        leaseName,
 		LeaderElectionNamespace: o.leaderNS,
 		// The leader steps down at once on SIGTERM so a new one takes over without waiting
 		// for the lease to expire.
 		LeaderElectionReleaseOnCancel: true,
-	})
+	}
+	if repl.enabled() {
+		// The Lease's holder identity names the leader's peer port (peer.Identity).
+		ns, err := leaderNamespace(o)
+		if err != nil {
+			return err
+		}
+		if opts.LeaderElectionResourceLockInterface, err = peer.NewLock(cfg, ns, leaseName, repl.identity); err != nil {
+			return fmt.Errorf("building the leader-election lock: %w", err)
+		}
+	}
+	mgr, err := ctrl.NewManager(cfg, opts)
 	if err != nil {
 		return err
 	}
@@ -111,7 +136,7 @@ func run(o options) error {
 	if policy != contract.AllowAny && policy != contract.RegistryOnly {
 		return fmt.Errorf("--outbound-traffic-policy=%q: use %s or %s", o.outboundPolicy, contract.AllowAny, contract.RegistryOnly)
 	}
-	srv, snap, err := setupXDS(mgr, o.xdsAddr, policy, sec)
+	srv, cache, snap, err := setupXDS(mgr, o.xdsAddr, policy, sec, repl)
 	if err != nil {
 		return err
 	}
@@ -123,7 +148,7 @@ func run(o options) error {
 			return fmt.Errorf("adding the debug server: %w", err)
 		}
 	}
-	if err := setupFunctions(mgr, srv, snap); err != nil {
+	if err := setupFunctions(mgr, o, sec, srv, cache, snap, repl); err != nil {
 		return err
 	}
 	log.Info("starting manager")
@@ -133,18 +158,19 @@ func run(o options) error {
 // setupXDS adds the snapshot reconciler and the xDS server, both on every replica. Other
 // gRPC services (the autoscaler's signal intake) register on the returned server before
 // the manager starts.
-func setupXDS(mgr ctrl.Manager, addr string, policy contract.OutboundTrafficPolicy, sec xdsSecurity) (*xds.Server, *controllers.SnapshotReconciler, error) {
+func setupXDS(mgr ctrl.Manager, addr string, policy contract.OutboundTrafficPolicy, sec xdsSecurity, repl *replication) (*xds.Server, *xds.Cache, *controllers.SnapshotReconciler, error) {
 	cache := xds.NewCache()
 	r := controllers.NewSnapshotReconciler(mgr.GetClient(), mgr.GetAPIReader(), cache, mgr.Elected())
 	r.OutboundTrafficPolicy = policy
-	srv := xds.New(cache, xds.Options{Address: addr, OnChange: r.Notify, Log: ctrl.Log.WithName("xds"), Auth: sec.auth, TLS: sec.tls})
+	onChange := func() { r.Notify(); repl.nodesChanged() }
+	srv := xds.New(cache, xds.Options{Address: addr, OnChange: onChange, Log: ctrl.Log.WithName("xds"), Auth: sec.auth, TLS: sec.tls})
 	r.Nodes = srv
 	r.Recorder = mgr.GetEventRecorder("weft-snapshot")
 	if err := r.SetupWithManager(mgr); err != nil {
-		return nil, nil, fmt.Errorf("setting up the snapshot controller: %w", err)
+		return nil, nil, nil, fmt.Errorf("setting up the snapshot controller: %w", err)
 	}
 	if err := mgr.Add(srv); err != nil {
-		return nil, nil, fmt.Errorf("adding the xDS server: %w", err)
+		return nil, nil, nil, fmt.Errorf("adding the xDS server: %w", err)
 	}
-	return srv, r, nil
+	return srv, cache, r, nil
 }

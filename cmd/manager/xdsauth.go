@@ -49,6 +49,8 @@ type xdsSecurity struct {
 	tls  *tls.Config
 	auth *xds.Authenticator
 	ca   []byte
+	// key is the serving certificate's private key, from which the peer token derives.
+	key []byte
 }
 
 // setupXDSSecurity loads or creates the xDS certificate (the same self-managed CA approach
@@ -82,5 +84,6 @@ func setupXDSSecurity(mgr ctrl.Manager) (xdsSecurity, error) {
 		tls:  &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12},
 		auth: xds.NewAuthenticator(direct, clock.RealClock{}),
 		ca:   bundle.CACert,
+		key:  bundle.Key,
 	}, nil
 }

@@ -23,10 +23,19 @@ type signalHandler interface {
 // The signal service's JSON codec; the sidecar registers the same one.
 func init() { encoding.RegisterCodec(contract.SignalCodec{}) }
 
+// SignalSink takes the signals the signal service has verified: *Autoscaler on the leader,
+// and on another manager replica what forwards them to the leader (internal/peer). Each
+// reports false when the function is not known (NotFound for a poke).
+type SignalSink interface {
+	Record(s Stat) bool
+	Poke(fn FunctionKey) bool
+	Held(fn FunctionKey, caller string, n int) bool
+}
+
 // RegisterSignalServer serves sidecar stats and demand pokes on s (the ADS
 // server, so sidecars need one connection) and feeds them to a. revisions, if given,
 // tells which revision an unauthenticated sidecar's pod belongs to.
-func RegisterSignalServer(s grpc.ServiceRegistrar, a *Autoscaler, revisions ...RevisionSource) {
+func RegisterSignalServer(s grpc.ServiceRegistrar, a SignalSink, revisions ...RevisionSource) {
 	srv := &signalServer{a: a}
 	if len(revisions) > 0 {
 		srv.revisions = revisions[0]
@@ -47,7 +56,7 @@ type RevisionSourceFunc func(namespace, pod string) string
 func (f RevisionSourceFunc) RevisionOf(namespace, pod string) string { return f(namespace, pod) }
 
 type signalServer struct {
-	a         *Autoscaler
+	a         SignalSink
 	revisions RevisionSource
 }
 

@@ -58,11 +58,14 @@ func Sync(res *snapshot.Result, nodes []NodeState, vs VersionSource) map[snapsho
 	views := map[string]map[string]string{}
 	per := make([]nodeSync, 0, len(nodes))
 	for _, n := range nodes {
-		key := n.View.Key()
-		want, ok := views[key]
-		if !ok {
-			want = vs.Versions(n.View)
-			views[key] = want
+		want := n.Want
+		if want == nil {
+			key := n.View.Key()
+			var ok bool
+			if want, ok = views[key]; !ok {
+				want = vs.Versions(n.View)
+				views[key] = want
+			}
 		}
 		ns := nodeSync{view: n.View, synced: len(want) > 0}
 		for t, v := range want {

@@ -22,6 +22,10 @@ type NodeState struct {
 	Acked map[string]string
 	// Rejected is the last version it NACKed, by type URL; cleared by a later ACK.
 	Rejected map[string]Rejection
+	// Want, set only for a sidecar connected to another manager replica (internal/peer), is
+	// the versions of its view's current snapshot on that replica; Sync compares Acked with
+	// it instead of this replica's versions, which may not know the view.
+	Want map[string]string `json:",omitempty"`
 }
 
 // tracker records ACKs and NACKs per node and per stream.

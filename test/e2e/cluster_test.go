@@ -99,9 +99,12 @@ func clusterPod(t *testing.T, app string) corev1.Pod {
 }
 
 // callFrom asks the caller pod to make n calls to u itself (no proxy: it has no sidecar).
-func callFrom(caller corev1.Pod, u string, n int) (tally, error) {
-	client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{Proxy: nil}}
-	resp, err := client.Get(fmt.Sprintf("http://%s:8080/call?c=1&n=%d&url=%s", caller.Status.PodIP, n, url.QueryEscape(u)))
+func callFrom(caller corev1.Pod, u string, n int) (tally, error) { return callFromC(caller, u, n, 1) }
+
+// callFromC is callFrom with c calls at a time.
+func callFromC(caller corev1.Pod, u string, n, c int) (tally, error) {
+	client := &http.Client{Timeout: 3 * time.Minute, Transport: &http.Transport{Proxy: nil}}
+	resp, err := client.Get(fmt.Sprintf("http://%s:8080/call?c=%d&n=%d&url=%s", caller.Status.PodIP, c, n, url.QueryEscape(u)))
 	if err != nil {
 		return tally{}, err
 	}

@@ -30,24 +30,17 @@ const installNS = "install-e2e"
 // host manager's ghcr.io/weftmesh/weft-sidecar:dev would map to the registry's copy.
 const installVersion = "install-e2e"
 
-// TestInstallManifest is the release as a user installs it: hack/images -release (what
-// `make release` runs) builds the manager and sidecar images, pushes them to the mesh's
-// registry and writes install.yaml with both pinned by digest; the host manager is stopped
-// and install.yaml applied, so the manager runs as a Pod of the local mesh from its image,
-// reaching the API server through the kubernetes Service with its ServiceAccount's token.
-// Then the manager pod must be ready, own the injection webhook (caBundle published, called
-// through its Service), inject a sidecar running the pinned image into new pods, and program
-// it: calls from a caller to http://echo go to echo-v2 as the MeshRoute says, where kube-proxy
-// alone would send them to echo-v1; and a MeshFunction starts from zero for a call.
-// Afterwards install.yaml's objects (but its CRDs and namespace, which other tests' objects
-// live in) are deleted and the host manager started again.
-func TestInstallManifest(t *testing.T) {
-	state := filepath.Dir(kubeconfig)
+// installRelease builds the release's images and install.yaml (hack/images -release, as
+// `make release`), stops the host manager and applies install.yaml, so the manager runs as
+// Pods of the local mesh; cleanups delete the install (but its CRDs and namespace) and
+// start the host manager again. It returns the mesh's state directory and image repository.
+func installRelease(t *testing.T) (state, repo string) {
+	state = filepath.Dir(kubeconfig)
 	b, err := os.ReadFile(sandbox.RegistryFile(state))
 	if err != nil {
 		t.Fatalf("the mesh serves no registry (TestMain's Options.Registry): %v", err)
 	}
-	repo := strings.TrimSpace(string(b)) + "/weftmesh"
+	repo = strings.TrimSpace(string(b)) + "/weftmesh"
 	out := t.TempDir()
 	start := time.Now()
 	build := exec.Command("go", "run", "./hack/images", "-release", "-only", "weft-manager,weft-sidecar",
@@ -68,8 +61,7 @@ func TestInstallManifest(t *testing.T) {
 		}
 	}
 
-	ctx := context.Background()
-	if err := managerSwitch.Stop(ctx); err != nil {
+	if err := managerSwitch.Stop(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -92,6 +84,23 @@ func TestInstallManifest(t *testing.T) {
 		t.Fatalf("kubectl apply -f install.yaml: %v\n%s", err, o)
 	}
 
+	return state, repo
+}
+
+// TestInstallManifest is the release as a user installs it: hack/images -release (what
+// `make release` runs) builds the manager and sidecar images, pushes them to the mesh's
+// registry and writes install.yaml with both pinned by digest; the host manager is stopped
+// and install.yaml applied, so the manager runs as a Pod of the local mesh from its image,
+// reaching the API server through the kubernetes Service with its ServiceAccount's token.
+// Then the manager pod must be ready, own the injection webhook (caBundle published, called
+// through its Service), inject a sidecar running the pinned image into new pods, and program
+// it: calls from a caller to http://echo go to echo-v2 as the MeshRoute says, where kube-proxy
+// alone would send them to echo-v1; and a MeshFunction starts from zero for a call.
+// Afterwards install.yaml's objects (but its CRDs and namespace, which other tests' objects
+// live in) are deleted and the host manager started again.
+func TestInstallManifest(t *testing.T) {
+	state, repo := installRelease(t)
+	ctx := context.Background()
 	mgr := waitManagerPod(t, state)
 	for _, c := range mgr.Spec.Containers {
 		if c.Name == "manager" && !strings.HasPrefix(c.Image, repo+"/weft-manager@sha256:") {
@@ -135,7 +144,10 @@ func TestInstallManifest(t *testing.T) {
 
 	// kube-proxy alone sends http://echo:9080 to echo-v1 (the Service's selector); only the
 	// caller's sidecar, configured by the in-cluster manager from the MeshRoute, sends it to v2.
-	var got tally
+	var (
+		got tally
+		err error
+	)
 	eventually(t, 3*time.Minute, "calls to http://echo:9080 routed to echo-v2 by the caller's sidecar", func() error {
 		got, err = callFrom(caller, "http://echo:9080/", 20)
 		if err != nil {
