@@ -131,14 +131,17 @@ func (w *PendingWatcher) Start(ctx context.Context) error {
 		logOnce(&lastErr, err, "cannot read async backlog; autoscaler keeps the last counts")
 		if err == nil {
 			cur := Demand(backlog, known)
-			for fn, n := range cur {
-				if last[fn] != n {
-					w.Sink.SetPending(fn, n)
-				}
-			}
+			// Drained keys first: a function's key that stops being reported (it got
+			// revisions) resolves to a revision through the autoscaler's alias, and its 0
+			// must not overwrite the count that revision is given below.
 			for fn := range last {
 				if _, ok := cur[fn]; !ok {
 					w.Sink.SetPending(fn, 0)
+				}
+			}
+			for fn, n := range cur {
+				if last[fn] != n {
+					w.Sink.SetPending(fn, n)
 				}
 			}
 			last = cur

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
 	"github.com/weftmesh/weft/contract"
 )
 
@@ -22,6 +23,11 @@ type Queue struct {
 	// Credential gives the sidecars of one queue identity their credential (User and
 	// Password, InboxPrefix, or Token); its URL is ignored.
 	Credential QueueCredentialFunc
+	// RevisionCredential, when set, gives the pods of one revision of a function with
+	// revisions (a pod labelled weft.dev/revision) theirs: they dispatch the function's
+	// queued calls and run their revision's (internal/queue KindRevision). Unset: they get
+	// the function's.
+	RevisionCredential func(namespace, function, revision string) contract.QueueMeta
 
 	cluster *clusterv3.Cluster // without a credential
 }
@@ -68,7 +74,13 @@ func queueIdentity(v View) (namespace, function string) {
 
 // clusterFor is the queue cluster with the credential of v's identity.
 func (q *Queue) clusterFor(v View) *clusterv3.Cluster {
-	m := q.Credential(queueIdentity(v))
+	ns, fn := queueIdentity(v)
+	var m contract.QueueMeta
+	if rev := v.Labels[meshv1alpha1.LabelRevision]; fn != "" && rev != "" && q.RevisionCredential != nil {
+		m = q.RevisionCredential(ns, fn, rev)
+	} else {
+		m = q.Credential(ns, fn)
+	}
 	m.URL = q.URL
 	c := proto.Clone(q.cluster).(*clusterv3.Cluster)
 	c.Metadata = metadata(contract.QueueMetadataKey, m.Encode())
