@@ -122,14 +122,14 @@ func TestAsyncRevisions(t *testing.T) {
 kind: MeshRoute
 metadata: {name: arev-route, namespace: default}
 spec:
-  hosts: [arev-route.example]
+  hosts: [arev-route]
   http:
   - route:
     - {function: arev, weight: 1}
 `)
 	defer kubectl("delete", "-f", mr, "--wait=false")
-	routed(t, "http://arev-route.example/", func(g tally) bool { return g.ByStatus["200"] == 20 })
-	sync, err := callC(t, "http://arev-route.example/", n, 20)
+	routed(t, "http://arev-route/", func(g tally) bool { return g.ByStatus["200"] == 20 })
+	sync, err := callC(t, "http://arev-route/", n, 20)
 	if err != nil {
 		t.Fatal(err)
 	}
