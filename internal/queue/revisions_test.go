@@ -87,13 +87,14 @@ func TestRevisionIdentityPermissions(t *testing.T) {
 		if err != nil {
 			return "", err
 		}
-		for m := range b.Messages() {
-			if err := m.DoubleAck(cctx); err != nil {
-				return "", err
-			}
-			return string(m.Data()), nil
+		m, ok := <-b.Messages()
+		if !ok {
+			return "", b.Error()
 		}
-		return "", b.Error()
+		if err := m.DoubleAck(cctx); err != nil {
+			return "", err
+		}
+		return string(m.Data()), nil
 	}
 	if got, err := pullFrom(r1, contract.RevisionConsumerName("mq", "a", "a-1")); err != nil || got != contract.RevisionCallsSubject("mq", "a", "a-1") {
 		t.Errorf("revision a-1 pulling its own revision's consumer: %q, %v", got, err)
