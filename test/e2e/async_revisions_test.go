@@ -110,6 +110,12 @@ func TestAsyncRevisions(t *testing.T) {
 		}
 		return nil
 	})
+	eventually(t, 2*time.Minute, "no pod of arev left", func() error {
+		if ps := pods(t, "weft.dev/function=arev"); len(ps) > 0 {
+			return fmt.Errorf("%d pods of arev, first %s (%s)", len(ps), ps[0].Name, ps[0].Status.Phase)
+		}
+		return nil
+	})
 	start := time.Now()
 	cold := asyncByVersion(t, "http://arev/", 100, 4*time.Minute)
 	t.Logf("100 async calls with both revisions at zero: %v, all answered within %s", cold, time.Since(start).Round(time.Second))
@@ -118,7 +124,13 @@ func TestAsyncRevisions(t *testing.T) {
 	}
 
 	// A MeshRoute naming the function follows its split (synchronous calls here).
-	mr := applyManifest(t, "arev-route.yaml", `apiVersion: mesh.weft.dev/v1alpha1
+	// (The Service gives the host a ClusterIP and DNS name for the caller's captured call.)
+	mr := applyManifest(t, "arev-route.yaml", `apiVersion: v1
+kind: Service
+metadata: {name: arev-route, namespace: default}
+spec: {selector: {app: arev-route-none}, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: mesh.weft.dev/v1alpha1
 kind: MeshRoute
 metadata: {name: arev-route, namespace: default}
 spec:
