@@ -43,6 +43,19 @@ type FunctionMeta struct {
 	// scales each revision on its own), while Name stays the function (async calls go to
 	// the function's queue). Empty: the function's own cluster; left out of the wire form.
 	Revision string
+	// Traffic, on the function's own cluster of a function with revisions, is its split
+	// (status.traffic, summed per revision, 0 % targets left out): the function's pods
+	// dispatch queued calls by it. Empty: no revisions; left out of the wire form.
+	Traffic []RevisionTraffic
+}
+
+// MaxTrafficTargets bounds FunctionMeta.Traffic (spec.traffic holds at most 16 targets).
+const MaxTrafficTargets = 16
+
+// RevisionTraffic is one revision's share of a function's calls.
+type RevisionTraffic struct {
+	Revision string
+	Percent  int32
 }
 
 // AsyncPolicy is a function's asynchronous-call policy as it travels. Zero values (and nil
@@ -76,6 +89,14 @@ func (m FunctionMeta) Encode() *structpb.Struct {
 	}
 	if m.Revision != "" {
 		f["revision"] = structpb.NewStringValue(m.Revision)
+	}
+	if len(m.Traffic) > 0 {
+		list := make([]*structpb.Value, len(m.Traffic))
+		for i, t := range m.Traffic {
+			list[i] = structpb.NewStructValue(fields(map[string]*structpb.Value{
+				"revision": structpb.NewStringValue(t.Revision), "percent": structpb.NewNumberValue(float64(t.Percent))}))
+		}
+		f["traffic"] = structpb.NewListValue(&structpb.ListValue{Values: list})
 	}
 	return fields(f)
 }
@@ -133,7 +154,41 @@ func DecodeFunctionMeta(s *structpb.Struct) (FunctionMeta, error) {
 	if err != nil {
 		return m, fmt.Errorf("%w: %w", ErrAsyncPolicy, err)
 	}
+	// The split only steers queued calls: unreadable, it is an async policy error, and the
+	// function's pods run queued calls where they are.
+	if m.Traffic, err = decodeTraffic(f["traffic"]); err != nil {
+		return m, fmt.Errorf("%w: %w", ErrAsyncPolicy, err)
+	}
 	return m, nil
+}
+
+// decodeTraffic reads "traffic": at most MaxTrafficTargets {revision, percent 0..100}.
+func decodeTraffic(v *structpb.Value) ([]RevisionTraffic, error) {
+	if v == nil {
+		return nil, nil
+	}
+	list := v.GetListValue()
+	if list == nil {
+		return nil, errors.New("traffic must be a list")
+	}
+	if len(list.GetValues()) > MaxTrafficTargets {
+		return nil, fmt.Errorf("traffic has %d targets, more than %d", len(list.GetValues()), MaxTrafficTargets)
+	}
+	var out []RevisionTraffic
+	for i, e := range list.GetValues() {
+		f := e.GetStructValue().GetFields()
+		var t RevisionTraffic
+		var pct int64
+		if err := str(f, "revision", &t.Revision); err != nil || t.Revision == "" || strings.ContainsAny(t.Revision, ".*> \t\r\n") {
+			return nil, fmt.Errorf("traffic[%d].revision %v is not a revision name", i, f["revision"].AsInterface())
+		}
+		if ok, err := whole(f, "percent", 0, 100, &pct); err != nil || !ok {
+			return nil, fmt.Errorf("traffic[%d].percent must be a whole number 0..100", i)
+		}
+		t.Percent = int32(pct)
+		out = append(out, t)
+	}
+	return out, nil
 }
 
 // decodeAsync reads "async"; its errors name the key as async.<field>.

@@ -39,3 +39,9 @@ func QueueSecretName(ns, function string) string {
 	}
 	return "queue/" + ns + "/" + function
 }
+
+// QueueRevisionSecretName is the queue credential of the pods of one revision of a function:
+// queue/<ns>/<function>/<revision>.
+func QueueRevisionSecretName(ns, function, revision string) string {
+	return QueueSecretName(ns, function) + "/" + revision
+}

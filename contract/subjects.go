@@ -39,3 +39,39 @@ func FunctionFromSubject(subject string) (namespace, name string, ok bool) {
 	}
 	return namespace, name, true
 }
+
+// RevisionCallsSubject is where a call waits once it has been dispatched to one revision of
+// a function with revisions: weft.calls.<namespace>.<name>.<revision>. Callers publish to
+// the function's subject only; a function's pods (dispatching by the traffic split) and the
+// manager (moving calls off a revision that lost its traffic) publish here.
+func RevisionCallsSubject(namespace, name, revision string) string {
+	return CallsSubject(namespace, name) + "." + revision
+}
+
+// RevisionConsumerName is the durable consumer of one revision's calls, which that
+// revision's pods share: weft_<namespace>_<name>_<revision>. Kubernetes names hold no "_",
+// so it is told apart from a function's consumer by its number of parts.
+func RevisionConsumerName(namespace, name, revision string) string {
+	return ConsumerName(namespace, name) + "_" + revision
+}
+
+// ParseCallsSubject reads a calls subject: a function's (revision "") or one revision's.
+func ParseCallsSubject(subject string) (namespace, name, revision string, ok bool) {
+	rest, found := strings.CutPrefix(subject, CallsPrefix)
+	if !found {
+		return "", "", "", false
+	}
+	parts := strings.Split(rest, ".")
+	for _, p := range parts {
+		if p == "" {
+			return "", "", "", false
+		}
+	}
+	switch len(parts) {
+	case 2:
+		return parts[0], parts[1], "", true
+	case 3:
+		return parts[0], parts[1], parts[2], true
+	}
+	return "", "", "", false
+}

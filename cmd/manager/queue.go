@@ -49,7 +49,9 @@ func bindQueueFlags(fs *flag.FlagSet) *queueOptions {
 
 // setupQueue embeds a NATS JetStream server (or connects to --nats-url) and feeds each
 // function's backlog of queued calls to the autoscaler as demand, so a function at zero with
-// pending async calls scales up. Every sidecar learns the queue's URL and its identity's
+// pending async calls scales up; a function with revisions is fed per revision (its own
+// calls plus its share of those not dispatched yet: queue.Demand), under the revision's
+// autoscaler key. Every sidecar learns the queue's URL and its identity's
 // credential over xDS.
 func setupQueue(mgr ctrl.Manager, as *autoscale.Autoscaler, snap *controllers.SnapshotReconciler) error {
 	o := queueOpts
@@ -66,7 +68,10 @@ func setupQueue(mgr ctrl.Manager, as *autoscale.Autoscaler, snap *controllers.Sn
 			return fmt.Errorf("--nats-url: %w", err)
 		}
 		snap.Queue = q
-		return mgr.Add(&queue.Runner{Client: queue.ClientOptions{URL: o.url, Token: o.token, CredsFile: o.creds}, Sink: sink, Logger: log})
+		// The functions' splits share their backlogs between revisions and move calls off
+		// revisions without traffic; their consumers the sidecars may make themselves.
+		fns := &queue.MeshFunctions{Reader: mgr.GetClient()}
+		return mgr.Add(&queue.Runner{Client: queue.ClientOptions{URL: o.url, Token: o.token, CredsFile: o.creds}, Functions: fns, Sink: sink, Logger: log})
 	}
 	key, err := natsToken(mgr, o.secret)
 	if err != nil {
@@ -79,6 +84,9 @@ func setupQueue(mgr ctrl.Manager, as *autoscale.Autoscaler, snap *controllers.Sn
 	if err != nil {
 		return fmt.Errorf("--nats-advertise: %w", err)
 	}
+	// A revision's pods connect as the revision: they dispatch the function's calls and run
+	// their revision's.
+	q.RevisionCredential = creds.ForRevision
 	snap.Queue = q
 	fns := &queue.MeshFunctions{Reader: mgr.GetClient()}
 	srv, err := queue.NewServer(queue.ServerOptions{Listen: o.listen, StoreDir: o.storeDir, Key: key, Policy: fns, Logger: ctrl.Log.WithName("nats")})

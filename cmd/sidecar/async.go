@@ -30,6 +30,7 @@ type asyncCalls struct {
 	log      *slog.Logger
 	nodeID   string
 	function async.FunctionRef // zero unless this pod serves a function
+	revision string            // the pod's weft.dev/revision label, if any
 	appURL   string
 	appAddr  string
 	current  func() *config.Config
@@ -43,8 +44,8 @@ type asyncCalls struct {
 	consDone chan struct{}
 }
 
-func newAsyncCalls(log *slog.Logger, nodeID, function string, appPort int, current func() *config.Config) *asyncCalls {
-	a := &asyncCalls{log: log, nodeID: nodeID, current: current}
+func newAsyncCalls(log *slog.Logger, nodeID, function, labels string, appPort int, current func() *config.Config) *asyncCalls {
+	a := &asyncCalls{log: log, nodeID: nodeID, current: current, revision: revisionOf(labels)}
 	if ns, name, ok := strings.Cut(function, "/"); ok && appPort != 0 {
 		a.function = async.FunctionRef{Namespace: ns, Name: name}
 		a.appAddr = "127.0.0.1:" + strconv.Itoa(appPort)
@@ -76,11 +77,12 @@ func (a *asyncCalls) Apply(c *config.Config) {
 		a.pub = async.NewPublisher(js, async.FunctionSourceFunc(a.policy), async.PublisherOptions{Refused: refused, Logger: a.log})
 		if a.function.Name != "" {
 			cfg, _ := a.policy(a.function)
-			cons, err := async.NewConsumer(js, async.ConsumerOptions{Function: a.function, AppURL: a.appURL, Config: cfg, Logger: a.log})
+			cons, err := async.NewConsumer(js, async.ConsumerOptions{Function: a.function, Revision: a.revision, AppURL: a.appURL, Config: cfg, Logger: a.log})
 			if err != nil {
 				a.log.Error("starting the async consumer", "function", a.function.String(), "err", err)
 				return
 			}
+			cons.SetTraffic(a.traffic(c))
 			ctx, cancel := context.WithCancel(context.Background())
 			a.cons, a.stopCons, a.consDone = cons, cancel, make(chan struct{})
 			go func(done chan struct{}) {
@@ -98,7 +100,27 @@ func (a *asyncCalls) Apply(c *config.Config) {
 		if cfg, ok := a.policyFrom(c, a.function); ok {
 			a.cons.SetConfig(cfg)
 		}
+		a.cons.SetTraffic(a.traffic(c))
 	}
+}
+
+// traffic is the split of the pod's function in c (its own cluster's metadata), by which
+// a revision's pod dispatches queued calls; nil without revisions.
+func (a *asyncCalls) traffic(c *config.Config) []contract.RevisionTraffic {
+	if cl := c.Clusters[contract.FunctionClusterName(a.function.Namespace, a.function.Name)]; cl != nil && cl.Function != nil {
+		return cl.Function.Traffic
+	}
+	return nil
+}
+
+// revisionOf reads weft.dev/revision from the pod's labels (k=v,...).
+func revisionOf(labels string) string {
+	for kv := range strings.SplitSeq(labels, ",") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(kv), "weft.dev/revision="); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 // policy is a function's async policy from the config in force; false for an unknown one.

@@ -163,7 +163,7 @@ func run() error {
 	}
 
 	var current atomic.Pointer[config.Config]
-	calls := newAsyncCalls(log, node.GetId(), f.function, f.appPort, current.Load)
+	calls := newAsyncCalls(log, node.GetId(), f.function, f.labels, f.appPort, current.Load)
 	ups := upstream.NewManager(bg, clock.RealClock{})
 	if idm != nil {
 		ups.SetMeshTLS(idm)

@@ -42,12 +42,22 @@ type callbacks struct {
 	mu       sync.Mutex
 	byStatus map[string]int
 	ids      map[string]bool
+	// byVersion counts the callbacks whose body is an echo reply, by its "version" (which
+	// revision ran the call).
+	byVersion map[string]int
 }
 
 func (cb *callbacks) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var reply struct {
+		Version string `json:"version"`
+	}
+	_ = json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&reply)
 	cb.mu.Lock()
 	cb.byStatus[r.Header.Get("X-Function-Status")]++
 	cb.ids[r.Header.Get("X-Call-Id")] = true
+	if reply.Version != "" {
+		cb.byVersion[reply.Version]++
+	}
 	cb.mu.Unlock()
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -149,13 +159,13 @@ func main() {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(t)
 	})
-	cb := &callbacks{byStatus: map[string]int{}, ids: map[string]bool{}}
+	cb := &callbacks{byStatus: map[string]int{}, ids: map[string]bool{}, byVersion: map[string]int{}}
 	mux.Handle("POST /callback", cb)
 	mux.HandleFunc("GET /callbacks", func(w http.ResponseWriter, _ *http.Request) {
 		cb.mu.Lock()
 		defer cb.mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(map[string]any{"byStatus": cb.byStatus, "distinctCalls": len(cb.ids)})
+		_ = json.NewEncoder(w).Encode(map[string]any{"byStatus": cb.byStatus, "distinctCalls": len(cb.ids), "byVersion": cb.byVersion})
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	srv := &http.Server{Addr: ":" + port, Handler: mux, ReadHeaderTimeout: 10 * time.Second}

@@ -17,13 +17,16 @@ const jsAPI = "$JS.API."
 // Permissions turns a grant into the subjects id may publish and subscribe to. Everything
 // not listed is refused by the server with a permissions violation:
 //
-//   - publish calls: weft.calls.> but the denied functions' subjects;
+//   - publish calls: weft.calls.*.* (a function's subject, never a revision's) but the
+//     denied functions' subjects;
 //   - consume (a function's pods only): read the function's own durable consumer's info,
 //     pull from it (CONSUMER.MSG.NEXT), ack, nak and "in progress" its messages
 //     ($JS.ACK.<stream>.<consumer>.>) and publish its dead letters to weft.dead.<ns>.<name>.
 //     The manager makes the consumer (EnsureConsumers): with create permission, the pods
 //     could turn it into a push consumer delivering the calls to any subject, which the
 //     server does not check against their permissions;
+//   - a revision's pods also: dispatch their function's calls to its revisions
+//     (weft.calls.<ns>.<name>.*), and find, pull and ack their own revision's consumer;
 //   - subscribe: the identity's own inbox only, where JetStream's answers and pulled calls
 //     arrive.
 //
@@ -31,7 +34,9 @@ const jsAPI = "$JS.API."
 // function's consumer, consumer creation or deletion, the dead-letter stream's messages, or another
 // identity's inbox.
 func Permissions(id Identity, g Grant) *server.Permissions {
-	pub := []string{contract.CallsPrefix + ">"}
+	// Two tokens exactly: a revision's subject (four) is not a caller's to publish to, or a
+	// caller could skip the split and the deny list below, which names functions' subjects.
+	pub := []string{contract.CallsPrefix + "*.*"}
 	var deny []string
 	for _, fn := range g.CallAllBut {
 		deny = append(deny, contract.CallsSubject(fn.Namespace, fn.Name))
@@ -45,6 +50,15 @@ func Permissions(id Identity, g Grant) *server.Permissions {
 			jsAPI+"CONSUMER.MSG.NEXT."+consumer,
 			"$JS.ACK."+consumer+".>",
 		)
+		if g.Revision != "" {
+			rc := contract.CallsStream + "." + contract.RevisionConsumerName(fn.Namespace, fn.Name, g.Revision)
+			pub = append(pub,
+				contract.CallsSubject(fn.Namespace, fn.Name)+".*",
+				jsAPI+"CONSUMER.INFO."+rc,
+				jsAPI+"CONSUMER.MSG.NEXT."+rc,
+				"$JS.ACK."+rc+".>",
+			)
+		}
 	}
 	p := &server.Permissions{
 		Publish:   &server.SubjectPermission{Allow: pub, Deny: deny},
@@ -78,7 +92,7 @@ func grantKey(g Grant) string {
 	if g.Consume != nil {
 		c = *g.Consume
 	}
-	return fmt.Sprint(g.CallAllBut, c)
+	return fmt.Sprint(g.CallAllBut, c, g.Revision)
 }
 
 // Check accepts a client whose password is its user's and registers its permissions.

@@ -438,13 +438,13 @@ func TestGrants(t *testing.T) {
 }
 
 func TestParseUserRoundTrip(t *testing.T) {
-	for _, id := range []queue.Identity{queue.FunctionIdentity("shop", "resize"), queue.NamespaceIdentity("shop")} {
+	for _, id := range []queue.Identity{queue.FunctionIdentity("shop", "resize"), queue.NamespaceIdentity("shop"), queue.RevisionIdentity("shop", "resize", "resize-00002")} {
 		back, ok := queue.ParseUser(id.User())
 		if !ok || back != id {
 			t.Errorf("ParseUser(%q) = %+v %v", id.User(), back, ok)
 		}
 	}
-	for _, u := range []string{"", queue.AdminUser, "fn.shop", "ns.shop.x", "fn.shop.a.b", "fn.*.x", "ns.>", "xx.shop", "fn..x", "ns. "} {
+	for _, u := range []string{"", queue.AdminUser, "fn.shop", "ns.shop.x", "fn.shop.a.b", "rev.shop.a", "rev.shop.a.b.c", "rev.shop.a.*", "rev.shop..b", "fn.*.x", "ns.>", "xx.shop", "fn..x", "ns. "} {
 		if id, ok := queue.ParseUser(u); ok {
 			t.Errorf("ParseUser(%q) = %+v, want refused", u, id)
 		}

@@ -28,18 +28,23 @@ const (
 	KindFunction Kind = "fn"
 	// KindNamespace is every other sidecar of one namespace: it calls functions only.
 	KindNamespace Kind = "ns"
+	// KindRevision is the pods of one revision of a MeshFunction with spec.traffic: they
+	// call functions, dispatch their function's queued calls to its revisions by the
+	// traffic split, and run the calls dispatched to their own revision.
+	KindRevision Kind = "rev"
 )
 
 // AdminUser is the manager's own NATS user: it creates the streams, reads backlogs and
 // redrives dead letters, so it has no permission limits. No sidecar view maps to it.
 const AdminUser = "weft-manager"
 
-// Identity is one NATS user. Name is the function's for KindFunction and empty for
-// KindNamespace.
+// Identity is one NATS user. Name is the function's for KindFunction and KindRevision and
+// empty for KindNamespace; Revision is set for KindRevision only.
 type Identity struct {
 	Kind      Kind
 	Namespace string
 	Name      string
+	Revision  string
 }
 
 // FunctionIdentity is the identity of the pods of function namespace/name.
@@ -47,14 +52,23 @@ func FunctionIdentity(namespace, name string) Identity {
 	return Identity{Kind: KindFunction, Namespace: namespace, Name: name}
 }
 
+// RevisionIdentity is the identity of the pods of revision rev of function namespace/name.
+func RevisionIdentity(namespace, name, rev string) Identity {
+	return Identity{Kind: KindRevision, Namespace: namespace, Name: name, Revision: rev}
+}
+
 // NamespaceIdentity is the identity of the sidecars of namespace that serve no function.
 func NamespaceIdentity(namespace string) Identity {
 	return Identity{Kind: KindNamespace, Namespace: namespace}
 }
 
-// User is the NATS user name: <kind>.<namespace>[.<name>]. Kubernetes names hold no dots,
-// so it parses back unambiguously (ParseUser), and each part is one subject token.
+// User is the NATS user name: <kind>.<namespace>[.<name>[.<revision>]]. Kubernetes names
+// hold no dots, so it parses back unambiguously (ParseUser), and each part is one subject
+// token.
 func (id Identity) User() string {
+	if id.Revision != "" {
+		return string(id.Kind) + "." + id.Namespace + "." + id.Name + "." + id.Revision
+	}
 	if id.Name == "" {
 		return string(id.Kind) + "." + id.Namespace
 	}
@@ -62,7 +76,7 @@ func (id Identity) User() string {
 }
 
 // String is the identity as users write it in weft.dev/async-callers: "<namespace>" for
-// a namespace, "<namespace>/<name>" for a function's pods.
+// a namespace, "<namespace>/<name>" for a function's pods (of any revision).
 func (id Identity) String() string {
 	if id.Name == "" {
 		return id.Namespace
@@ -84,6 +98,8 @@ func ParseUser(user string) (Identity, bool) {
 		return NamespaceIdentity(parts[1]), true
 	case len(parts) == 3 && Kind(parts[0]) == KindFunction && valid(parts[1]) && valid(parts[2]):
 		return FunctionIdentity(parts[1], parts[2]), true
+	case len(parts) == 4 && Kind(parts[0]) == KindRevision && valid(parts[1]) && valid(parts[2]) && valid(parts[3]):
+		return RevisionIdentity(parts[1], parts[2], parts[3]), true
 	}
 	return Identity{}, false
 }
@@ -110,6 +126,9 @@ type Grant struct {
 	CallAllBut []FunctionKey
 	// Consume is the function whose calls it pulls, acks and dead-letters; nil for none.
 	Consume *FunctionKey
+	// Revision, with Consume, is the revision of it whose dispatched calls it also pulls;
+	// such an identity dispatches the function's calls to any of its revisions.
+	Revision string
 }
 
 // Grants decides what id may do: publish calls to every function whose policy admits it,
@@ -118,8 +137,11 @@ type Grant struct {
 // CallPolicy.Restricted's answer (nil: no function restricts its callers).
 func Grants(id Identity, restricted map[FunctionKey][]string) Grant {
 	var g Grant
-	if id.Kind == KindFunction {
+	switch id.Kind {
+	case KindFunction:
 		g.Consume = &FunctionKey{id.Namespace, id.Name}
+	case KindRevision:
+		g.Consume, g.Revision = &FunctionKey{id.Namespace, id.Name}, id.Revision
 	}
 	for fn, callers := range restricted {
 		// A function's own pods may always queue calls to it (a retry of its own work).
@@ -164,6 +186,16 @@ func (c Credentials) Password(user string) string {
 // For returns what a sidecar of id is sent: its URL-less queue credential.
 func (c Credentials) For(id Identity) contract.QueueMeta {
 	return contract.QueueMeta{User: id.User(), Password: c.Password(id.User()), InboxPrefix: id.InboxPrefix()}
+}
+
+// ForRevision is the credential of the sidecars of revision rev of function
+// namespace/name, or ForView's when rev is "": snapshot.Queue's RevisionCredential for the
+// embedded server.
+func (c Credentials) ForRevision(namespace, function, rev string) contract.QueueMeta {
+	if function != "" && rev != "" {
+		return c.For(RevisionIdentity(namespace, function, rev))
+	}
+	return c.ForView(namespace, function)
 }
 
 // ForView is the credential of the sidecars of namespace serving function (or, for "",

@@ -68,16 +68,21 @@ func (f PendingSinkFunc) SetPending(fn FunctionKey, n int) { f(fn, n) }
 
 // PendingWatcher polls WEFT_CALLS and reports each function's backlog to a sink, so queued
 // calls for a function at zero replicas count as demand and scale it up. A function whose
-// backlog drained is reported once with 0.
+// backlog drained is reported once with 0. A function with revisions is reported per
+// revision (Demand), and, with Dispatch, the calls waiting on a revision that lost its
+// traffic are moved on (MoveOrphans).
 type PendingWatcher struct {
 	JS   StreamGetter
 	Sink PendingSink
-	// Functions, when set, are given their consumers on every poll (EnsureConsumers), so
-	// a new function's pods find theirs within one interval.
+	// Functions, when set, are given their consumers (and their revisions') on every poll
+	// (SyncConsumers), so a new function's pods find theirs within one interval; their
+	// splits decide how a backlog is shared between revisions.
 	Functions FunctionLister
-	Clock     clock.WithTicker // default clock.RealClock
-	Interval  time.Duration    // default 2s, the autoscaler's decision tick
-	Logger    logr.Logger
+	// Dispatch, when set with Functions, moves calls off revisions without traffic.
+	Dispatch DispatchJS
+	Clock    clock.WithTicker // default clock.RealClock
+	Interval time.Duration    // default 2s, the autoscaler's decision tick
+	Logger   logr.Logger
 }
 
 // Start polls until ctx is done. Errors (NATS restarting) are logged once per change and
@@ -92,51 +97,80 @@ func (w *PendingWatcher) Start(ctx context.Context) error {
 		interval = 2 * time.Second
 	}
 	last := map[FunctionKey]int{}
-	var lastErr, lastDeadErr, lastConsErr string
+	var lastErr, lastDeadErr, lastConsErr, lastMoveErr string
 	// A new watcher (after a reconnect) starts from no series: it cannot know which of a
 	// previous watcher's functions drained meanwhile. Its first poll is immediate.
 	pendingMessages.Reset()
 	deadLetters.Reset()
 	pendingSeries, deadSeries := &gaugeSet{vec: pendingMessages}, &gaugeSet{vec: deadLetters}
 	warned := false
+	logOnce := func(last *string, err error, msg string) {
+		switch {
+		case err == nil:
+			*last = ""
+		case ctx.Err() == nil && err.Error() != *last:
+			w.Logger.Error(err, msg)
+			*last = err.Error()
+		}
+	}
 	t := clk.NewTicker(interval)
 	defer t.Stop()
 	for {
-		cur, err := Pending(ctx, w.JS)
-		switch {
-		case err != nil && ctx.Err() == nil:
-			if err.Error() != lastErr {
-				w.Logger.Error(err, "cannot read async backlog; autoscaler keeps the last counts")
-				lastErr = err.Error()
-			}
-		case err == nil:
-			lastErr = ""
-			for fn, n := range cur {
-				if last[fn] != n {
-					w.Sink.SetPending(fn, n)
+		var fns []Function
+		var known map[FunctionKey]Function
+		var fnErr error
+		if w.Functions != nil {
+			if fns, fnErr = w.Functions.Functions(ctx); fnErr == nil {
+				known = make(map[FunctionKey]Function, len(fns))
+				for _, fn := range fns {
+					known[fn.FunctionKey] = fn
 				}
 			}
+		}
+		backlog, err := Backlog(ctx, w.JS)
+		logOnce(&lastErr, err, "cannot read async backlog; autoscaler keeps the last counts")
+		if err == nil {
+			cur := Demand(backlog, known)
+			// Drained keys first: a function's key that stops being reported (it got
+			// revisions) resolves to a revision through the autoscaler's alias, and its 0
+			// must not overwrite the count that revision is given below.
 			for fn := range last {
 				if _, ok := cur[fn]; !ok {
 					w.Sink.SetPending(fn, 0)
 				}
 			}
+			for fn, n := range cur {
+				if last[fn] != n {
+					w.Sink.SetPending(fn, n)
+				}
+			}
 			last = cur
-			if n := pendingSeries.set(cur); n > 0 && !warned {
+			perFunction := map[FunctionKey]int{}
+			for k, n := range backlog {
+				perFunction[FunctionKey{k.Namespace, k.Name}] += n
+			}
+			if n := pendingSeries.set(perFunction); n > 0 && !warned {
 				w.Logger.Info("more functions have queued calls than the metrics show", "limit", MaxFunctionSeries, "left out", n)
 				warned = true
 			}
+			if w.Dispatch != nil && known != nil {
+				moved, err := MoveOrphans(ctx, w.Dispatch, backlog, known, MaxMovesPerPoll)
+				if moved > 0 {
+					w.Logger.Info("moved queued calls off revisions without traffic", "calls", moved)
+				}
+				logOnce(&lastMoveErr, err, "cannot move queued calls off revisions without traffic; retrying")
+			}
 		}
 		if w.Functions != nil {
-			err := w.ensureConsumers(ctx)
-			if err != nil && ctx.Err() == nil && err.Error() != lastConsErr {
-				w.Logger.Error(err, "cannot create the consumers of functions; their pods wait for them")
+			consErr := fnErr
+			if consErr == nil && err == nil {
+				var made, deleted int
+				made, deleted, consErr = SyncConsumers(ctx, w.JS, fns, backlog)
+				if made > 0 || deleted > 0 {
+					w.Logger.Info("synced async consumers", "created", made, "deleted", deleted)
+				}
 			}
-			if err == nil {
-				lastConsErr = ""
-			} else {
-				lastConsErr = err.Error()
-			}
+			logOnce(&lastConsErr, consErr, "cannot create the consumers of functions; their pods wait for them")
 		}
 		if dead, err := DeadLetters(ctx, w.JS); err == nil {
 			lastDeadErr = ""
@@ -155,15 +189,3 @@ func (w *PendingWatcher) Start(ctx context.Context) error {
 
 // NeedLeaderElection is true: only the leader's autoscaler acts on pending counts.
 func (w *PendingWatcher) NeedLeaderElection() bool { return true }
-
-func (w *PendingWatcher) ensureConsumers(ctx context.Context) error {
-	fns, err := w.Functions.Functions(ctx)
-	if err != nil {
-		return err
-	}
-	n, err := EnsureConsumers(ctx, w.JS, fns)
-	if n > 0 {
-		w.Logger.Info("created async consumers", "count", n)
-	}
-	return err
-}

@@ -10,6 +10,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
+	"github.com/weftmesh/weft/contract"
 )
 
 // AnnotationAsyncCallers on a MeshFunction restricts who may queue asynchronous calls to
@@ -55,17 +56,47 @@ type MeshFunctions struct {
 	Reader client.Reader
 }
 
-// Functions lists every MeshFunction.
-func (p *MeshFunctions) Functions(ctx context.Context) ([]FunctionKey, error) {
+// Functions lists every MeshFunction with its revisions and split.
+func (p *MeshFunctions) Functions(ctx context.Context) ([]Function, error) {
 	var list meshv1alpha1.MeshFunctionList
 	if err := p.Reader.List(ctx, &list); err != nil {
 		return nil, fmt.Errorf("listing MeshFunctions: %w", err)
 	}
-	out := make([]FunctionKey, 0, len(list.Items))
+	out := make([]Function, 0, len(list.Items))
 	for i := range list.Items {
-		out = append(out, FunctionKey{list.Items[i].Namespace, list.Items[i].Name})
+		out = append(out, FunctionOf(&list.Items[i]))
 	}
 	return out, nil
+}
+
+// FunctionOf is fn as the queue sees it. It serves revisions when it has spec.traffic and
+// the controller resolved it into status.traffic (as the snapshot's routes do); its split
+// is status.traffic's percents summed per revision, in first-appearance order.
+func FunctionOf(fn *meshv1alpha1.MeshFunction) Function {
+	f := Function{FunctionKey: FunctionKey{fn.Namespace, fn.Name}}
+	if len(fn.Spec.Traffic) == 0 || len(fn.Status.Traffic) == 0 {
+		return f
+	}
+	for _, rs := range fn.Status.Revisions {
+		f.Revisions = append(f.Revisions, rs.Name)
+	}
+	at := map[string]int{}
+	for _, ts := range fn.Status.Traffic {
+		pct := int32(0)
+		if ts.Percent != nil && *ts.Percent > 0 && *ts.Percent <= 100 {
+			pct = int32(*ts.Percent)
+		}
+		if pct == 0 {
+			continue
+		}
+		if i, ok := at[ts.RevisionName]; ok {
+			f.Traffic[i].Percent += pct
+			continue
+		}
+		at[ts.RevisionName] = len(f.Traffic)
+		f.Traffic = append(f.Traffic, contract.RevisionTraffic{Revision: ts.RevisionName, Percent: pct})
+	}
+	return f
 }
 
 // Restricted lists the MeshFunctions with weft.dev/async-callers.

@@ -334,4 +334,10 @@ func TestRunnerSetsUpStreamsAndFeedsBacklog(t *testing.T) {
 // functionList is a fixed FunctionLister.
 type functionList []queue.FunctionKey
 
-func (l functionList) Functions(context.Context) ([]queue.FunctionKey, error) { return l, nil }
+func (l functionList) Functions(context.Context) ([]queue.Function, error) {
+	out := make([]queue.Function, len(l))
+	for i, k := range l {
+		out[i] = queue.Function{FunctionKey: k}
+	}
+	return out, nil
+}

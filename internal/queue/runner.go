@@ -79,7 +79,7 @@ func (r *Runner) connectAndWatch(ctx context.Context, opts ClientOptions, clk cl
 		return err
 	}
 	r.Logger.Info("async queue ready", "url", opts.URL, "streams", []string{contract.CallsStream, contract.DeadStream})
-	w := &PendingWatcher{JS: js, Sink: r.Sink, Functions: r.Functions, Clock: clk, Interval: r.Interval, Logger: r.Logger}
+	w := &PendingWatcher{JS: js, Sink: r.Sink, Functions: r.Functions, Dispatch: js, Clock: clk, Interval: r.Interval, Logger: r.Logger}
 	return w.Start(ctx)
 }
 

@@ -104,13 +104,14 @@ func ConsumerConfig(fn FunctionKey) jetstream.ConsumerConfig {
 }
 
 // FunctionLister lists the functions whose calls are consumed (every MeshFunction: any may
-// be called asynchronously with "Prefer: respond-async").
+// be called asynchronously with "Prefer: respond-async"), with their revisions and split.
 type FunctionLister interface {
-	Functions(ctx context.Context) ([]FunctionKey, error)
+	Functions(ctx context.Context) ([]Function, error)
 }
 
 // EnsureConsumers makes the consumer of each function in fns that WEFT_CALLS lacks, and
-// returns how many it made. Existing consumers are left as they are.
+// returns how many it made. Existing consumers are left as they are (SyncConsumers also
+// makes and removes revisions' consumers).
 func EnsureConsumers(ctx context.Context, js StreamGetter, fns []FunctionKey) (int, error) {
 	s, err := js.Stream(ctx, contract.CallsStream)
 	if err != nil {

@@ -41,8 +41,19 @@ func (t *translator) meshFunction(fn *meshv1alpha1.MeshFunction) *built {
 	if goingToZero(fn) {
 		drainAll(cla)
 	}
+	if servesRevisions(fn) {
+		// Its pods dispatch queued calls by the split (sidecar/async).
+		m := functionMeta(fn)
+		m.Traffic = trafficOf(fn)
+		c.Metadata = metadata(contract.FunctionMetadataKey, m.Encode())
+	}
 	b.addCluster(c, cla)
 	b.routes = []*routev3.Route{functionRoute(fn, "default", c.Name)}
+	if servesRevisions(fn) {
+		// The revisions' clusters exist even when the function's name is taken: a
+		// MeshRoute destination naming the function splits over them.
+		t.revisions(fn, b, f)
+	}
 	if t.nameTaken(b, fn.UID, fn.Name) {
 		// The name's host belongs to the user's Service: serving the function there would
 		// take its traffic.
@@ -50,7 +61,7 @@ func (t *translator) meshFunction(fn *meshv1alpha1.MeshFunction) *built {
 	}
 	var tagged []hostEntry
 	if servesRevisions(fn) {
-		tagged = t.revisions(fn, b, f)
+		tagged = t.tagHosts(fn, b)
 	}
 	for _, h := range append([]string{fn.Name}, fn.Spec.Hosts...) {
 		b.hosts = append(b.hosts, hostEntry{host: h, key: hostKey(h, fn.Namespace), ports: t.functionHostRoutes(h, fn.Namespace)})

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
 	"github.com/weftmesh/weft/contract"
 )
 
@@ -23,6 +24,11 @@ type Queue struct {
 	// Credential gives the sidecars of one queue identity their credential (User and
 	// Password, InboxPrefix, or Token); its URL is ignored.
 	Credential QueueCredentialFunc
+	// RevisionCredential, when set, gives the pods of one revision of a function with
+	// revisions (a pod labelled weft.dev/revision) theirs: they dispatch the function's
+	// queued calls and run their revision's (internal/queue KindRevision). Unset: they get
+	// the function's.
+	RevisionCredential func(namespace, function, revision string) contract.QueueMeta
 
 	cluster *clusterv3.Cluster // without a credential
 }
@@ -70,9 +76,17 @@ func queueIdentity(v View) (namespace, function string) {
 // clusterFor is the queue cluster of v's identity and its credential's secret (nil when
 // the queue takes no credential). The cluster's metadata keeps the URL, the user and the
 // inbox prefix; the password or token travels only in the secret, which the cluster names.
+// A revision's pods have their own queue identity, so their secret is named for it.
 func (q *Queue) clusterFor(v View) (*clusterv3.Cluster, *tlsv3.Secret) {
 	ns, fn := queueIdentity(v)
-	m := q.Credential(ns, fn)
+	var m contract.QueueMeta
+	secretName := contract.QueueSecretName(ns, fn)
+	if rev := v.Labels[meshv1alpha1.LabelRevision]; fn != "" && rev != "" && q.RevisionCredential != nil {
+		m = q.RevisionCredential(ns, fn, rev)
+		secretName = contract.QueueRevisionSecretName(ns, fn, rev)
+	} else {
+		m = q.Credential(ns, fn)
+	}
 	m.URL = q.URL
 	values := map[string]string{}
 	if m.Password != "" {
@@ -87,7 +101,7 @@ func (q *Queue) clusterFor(v View) (*clusterv3.Cluster, *tlsv3.Secret) {
 	if len(values) == 0 {
 		return c, nil
 	}
-	sec := genericSecrets(contract.QueueSecretName(ns, fn), values)
+	sec := genericSecrets(secretName, values)
 	c.Metadata = withSecretRef(c.Metadata, sec.GetName())
 	return c, sec
 }

@@ -141,3 +141,61 @@ func TestQueueCredentialPerIdentity(t *testing.T) {
 		}
 	}
 }
+
+// A pod of a revision (labelled weft.dev/revision) of a function gets its revision's
+// credential when the queue has one; a pod with the label but no function, or a queue
+// without revision credentials (an external cluster's shared token), gets what it got
+// before.
+func TestQueueCredentialPerRevision(t *testing.T) {
+	q, err := NewQueue("nats://10.244.0.1:4222", testCredential)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.RevisionCredential = func(ns, fn, rev string) contract.QueueMeta {
+		id := "rev." + ns + "." + fn + "." + rev
+		return contract.QueueMeta{User: id, Password: "pw-" + id, InboxPrefix: "_INBOX." + id}
+	}
+	in, _ := readInput(t, filepath.Join("testdata", "function-async.in.yaml"))
+	in.Queue = q
+	fn := in.MeshFunctions[0]
+	rev := map[string]string{"weft.dev/revision": fn.Name + "-00002"}
+	userOf := func(res *Result, v View) string {
+		t.Helper()
+		snap, err := res.Snapshot(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := snap.GetResources(resourcev3.ClusterType)[contract.QueueClusterName]
+		secrets := map[string]proto.Message{}
+		for name, s := range snap.GetResources(resourcev3.SecretType) {
+			secrets[name] = s.(proto.Message)
+		}
+		got, err := config.Build(config.Resources{resourcev3.ClusterType: {contract.QueueClusterName: c.(proto.Message)}, resourcev3.SecretType: secrets}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q := got.Clusters[contract.QueueClusterName].Queue
+		if want := "pw-" + q.User; q.User != "" && strings.HasPrefix(q.User, "rev.") && q.Password != want {
+			t.Errorf("revision user %s got password %q over SDS, want %q", q.User, q.Password, want)
+		}
+		return q.User
+	}
+	res := Translate(in)
+	if got, want := userOf(res, View{Namespace: fn.Namespace, Function: fn.Namespace + "/" + fn.Name, AppPort: 8080, Labels: rev}), "rev."+fn.Namespace+"."+fn.Name+"."+fn.Name+"-00002"; got != want {
+		t.Errorf("a revision's pod connects as %q, want %q", got, want)
+	}
+	revView := View{Namespace: fn.Namespace, Function: fn.Namespace + "/" + fn.Name, AppPort: 8080, Labels: rev}
+	if snap, err := res.Snapshot(revView); err != nil {
+		t.Fatal(err)
+	} else if _, ok := snap.GetResources(resourcev3.SecretType)[contract.QueueRevisionSecretName(fn.Namespace, fn.Name, fn.Name+"-00002")]; !ok {
+		t.Errorf("a revision's pod has secrets %v, want its revision's queue secret", snap.GetResources(resourcev3.SecretType))
+	}
+	if got, want := userOf(res, View{Namespace: fn.Namespace, Labels: rev}), "ns."+fn.Namespace; got != want {
+		t.Errorf("a pod of no function with a revision label connects as %q, want %q", got, want)
+	}
+	q.RevisionCredential = nil
+	res = Translate(in)
+	if got, want := userOf(res, View{Namespace: fn.Namespace, Function: fn.Namespace + "/" + fn.Name, AppPort: 8080, Labels: rev}), "fn."+fn.Namespace+"."+fn.Name; got != want {
+		t.Errorf("without revision credentials a revision's pod connects as %q, want %q", got, want)
+	}
+}

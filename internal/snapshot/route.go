@@ -315,6 +315,7 @@ func (t *translator) ruleDestinations(mr *meshv1alpha1.MeshRoute, rule *meshv1al
 		}
 		out.clusters = append(out.clusters, cw)
 	}
+	out.clusters = t.splitFunctions(out.clusters) // revision.go
 	return out
 }
 

@@ -28,6 +28,10 @@ type ConsumerJS interface {
 type ConsumerOptions struct {
 	// Function is the function this pod serves (node metadata "function").
 	Function FunctionRef
+	// Revision is the pod's revision (its weft.dev/revision label) when the function has
+	// revisions: the pod then dispatches the function's calls by the split (SetTraffic) and
+	// runs those dispatched to its revision. Empty: it runs the function's calls.
+	Revision string
 	// AppURL is the local app, http://127.0.0.1:<appPort>.
 	AppURL string
 	// Config is the function's async policy; SetConfig replaces it when xDS changes it.
@@ -65,6 +69,10 @@ type Consumer struct {
 	opts  ConsumerOptions
 	cfg   atomic.Pointer[Config]
 	stats consumerStats
+	// traffic is the split calls are dispatched by (SetTraffic).
+	traffic atomic.Pointer[[]contract.RevisionTraffic]
+	// beforeAck, in tests, runs between a dispatched copy's store and the original's ack.
+	beforeAck func(jetstream.Msg)
 
 	mu       sync.Mutex
 	inflight int
@@ -141,16 +149,24 @@ func DurableName(fn FunctionRef) string { return contract.ConsumerName(fn.Namesp
 
 // Run pulls and runs calls until ctx ends, then waits up to DrainTimeout for calls in
 // flight. Calls not yet pulled stay in the stream for the function's other pods. It returns
-// nil on a clean stop; NATS being unavailable is retried, not returned.
+// nil on a clean stop; NATS being unavailable is retried, not returned. With a Revision it
+// also dispatches the function's calls (dispatch.go) and runs its revision's.
 func (c *Consumer) Run(ctx context.Context) error {
-	cons, err := c.durable(ctx)
-	if err != nil {
-		return nil // ctx ended while waiting for NATS
-	}
 	// Calls in flight outlive ctx so a stop can finish them; abort cancels them when the
 	// drain time is up.
 	work, abort := context.WithCancel(context.WithoutCancel(ctx))
 	defer abort()
+	run := c.functionConsumer()
+	var dispatching sync.WaitGroup
+	if c.opts.Revision != "" {
+		run = c.revisionConsumer()
+		dispatching.Go(func() { c.dispatchLoop(ctx, work) })
+	}
+	defer dispatching.Wait()
+	cons, err := c.durable(ctx, run)
+	if err != nil {
+		return nil // ctx ended while waiting for NATS
+	}
 	var wg sync.WaitGroup
 	var lastErr string
 	for {
@@ -180,7 +196,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) ||
 				errors.Is(err, jetstream.ErrStreamNotFound) {
 				// Someone deleted the consumer or the stream was recreated: make ours again.
-				if cons, err = c.durable(ctx); err != nil {
+				if cons, err = c.durable(ctx, run); err != nil {
 					break
 				}
 			}
@@ -206,19 +222,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 // ConsumerConfig, the same settings as here) and a function's identity may not, so that
 // its pods cannot turn the consumer into a push consumer delivering elsewhere; without it
 // (an external cluster, no authentication) the sidecar makes it.
-func (c *Consumer) durable(ctx context.Context) (jetstream.Consumer, error) {
-	cfg := jetstream.ConsumerConfig{
-		Durable:       DurableName(c.opts.Function),
-		Description:   "Weft sidecars of function " + c.opts.Function.String(),
-		FilterSubject: callsSubject(c.opts.Function),
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       c.opts.AckWait,
-		// Attempts are counted by this package (it dead-letters instead of dropping), so
-		// JetStream must not stop redelivering on its own.
-		MaxDeliver: -1,
-		// Each sidecar bounds itself with MaxInflight; this only has to exceed the sum.
-		MaxAckPending: 100_000,
-	}
+func (c *Consumer) durable(ctx context.Context, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
 	var lastErr string
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)

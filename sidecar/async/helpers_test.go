@@ -26,6 +26,7 @@ var fnA = async.FunctionRef{Namespace: "default", Name: "orders"}
 // way to stop the server.
 type mesh struct {
 	js   jetstream.JetStream
+	url  string
 	stop func()
 }
 
@@ -58,7 +59,7 @@ func newMeshAt(t *testing.T, listen string) *mesh {
 	if err := queue.EnsureStreams(cctx, js, queue.StreamOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	return &mesh{js: js, stop: stop}
+	return &mesh{js: js, url: s.ClientURL(), stop: stop}
 }
 
 // fastConfig keeps back-offs short so retries happen quickly in tests.

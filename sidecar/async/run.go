@@ -28,11 +28,22 @@ type result struct {
 // (retry), or dead-letter and terminate. work is cancelled only when a stop ran out of
 // drain time; the call is then handed back untouched.
 func (c *Consumer) handle(work context.Context, msg jetstream.Msg) {
+	if c.opts.Revision != "" && !c.ownShare() {
+		// This revision lost its traffic (a rollback) while the call waited for it: it
+		// goes where the split sends calls now.
+		c.dispatch(work, msg, true)
+		return
+	}
 	cfg := c.config()
 	n := 1
 	meta, err := msg.Metadata()
 	if err == nil {
 		n = int(meta.NumDelivered)
+	}
+	if c.opts.Revision != "" {
+		// Attempts it had on revisions it was dispatched away from count too. Only
+		// dispatchers can publish to a revision's subject, so the header is theirs.
+		n += priorAttempts(msg.Headers())
 	}
 	call, err := decodeCall(&nats.Msg{Subject: msg.Subject(), Header: msg.Headers(), Data: msg.Data()})
 	if err != nil {

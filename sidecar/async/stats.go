@@ -80,6 +80,9 @@ func (p *Publisher) WritePrometheus(w io.Writer) {
 // consumerStats count how this sidecar settled its function's calls.
 type consumerStats struct {
 	done, retried, dead, callbacksOK, callbacksFailed atomic.Uint64
+	// dispatched counts calls this sidecar sent to a revision by the split; redispatched
+	// those among them it moved off its own revision after that lost its traffic.
+	dispatched, redispatched atomic.Uint64
 }
 
 // WritePrometheus writes the callee-side async metrics: weft_async_calls_total by outcome
@@ -98,6 +101,11 @@ func (c *Consumer) WritePrometheus(w io.Writer) {
 		v    *atomic.Uint64
 	}{{"done", &c.stats.done}, {"retried", &c.stats.retried}, {"dead", &c.stats.dead}} {
 		fmt.Fprintf(bw, "weft_async_calls_total{function=%q,outcome=%q} %d\n", fn, o.name, o.v.Load())
+	}
+	if c.opts.Revision != "" {
+		fmt.Fprintf(bw, "# HELP weft_async_dispatched_total Queued calls this sidecar sent to a revision by the traffic split, by where they were taken from.\n# TYPE weft_async_dispatched_total counter\n")
+		fmt.Fprintf(bw, "weft_async_dispatched_total{function=%q,from=\"function\"} %d\n", fn, c.stats.dispatched.Load()-c.stats.redispatched.Load())
+		fmt.Fprintf(bw, "weft_async_dispatched_total{function=%q,from=\"revision\"} %d\n", fn, c.stats.redispatched.Load())
 	}
 	fmt.Fprintf(bw, "# HELP weft_async_inflight Async calls this sidecar is running now.\n# TYPE weft_async_inflight gauge\n")
 	fmt.Fprintf(bw, "weft_async_inflight{function=%q} %d\n", fn, inflight)

@@ -98,6 +98,9 @@ type FunctionMeta struct {
 	Policy AsyncPolicy
 	// PolicyErr, when set, is why the metadata's async policy could not be read.
 	PolicyErr error
+	// Traffic is the split of a function with revisions, on its own cluster: its pods
+	// dispatch queued calls by it (sidecar/async). Empty for other clusters.
+	Traffic []contract.RevisionTraffic
 }
 
 // ScaleName is what a caller's demand for this cluster names: the revision of a revision's
@@ -459,6 +462,7 @@ func DecodeFunctionMeta(s *structpb.Struct) (*FunctionMeta, error) {
 		MinScale:             int(m.MinScale),
 		Policy:               policy,
 		PolicyErr:            err,
+		Traffic:              m.Traffic,
 	}, nil
 }
 

@@ -48,6 +48,8 @@ func callAsync(t *testing.T, target string, n int) (tally, string) {
 type callbackCounts struct {
 	ByStatus      map[string]int `json:"byStatus"`
 	DistinctCalls int            `json:"distinctCalls"`
+	// ByVersion counts callbacks by the echo reply's version: which revision ran the call.
+	ByVersion map[string]int `json:"byVersion"`
 }
 
 func callbacksAt(ip string) (callbackCounts, error) {
