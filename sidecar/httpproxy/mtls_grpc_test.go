@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -201,4 +203,76 @@ func TestMTLSGRPCToCalleeWithoutH2IsUnavailable(t *testing.T) {
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		t.Error("the call waited out its deadline instead of failing the connection")
 	}
+}
+
+// A Service endpoint podIP:targetPort (not the inbound port) that EDS marks tlsMode: weft
+// gets mutual TLS from the caller's sidecar; the same endpoint unmarked gets plaintext
+// (the capture-mode path: the callee's capture brings the app port to its inbound
+// listener, which here listens on that address itself). HTTP/1.1 and gRPC, both paths.
+func TestMTLSToServiceEndpointMarkedByEDS(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		for _, marked := range []bool{true, false} {
+			ca, err := identitytest.New(webID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			callerID := idManager(t, ca, 0, "")
+			ca.SetIdentity(cartID)
+			calleeID := idManager(t, ca, 0, "")
+			// One app port serving gRPC over HTTP/2 and plain HTTP/1.1.
+			gs := grpc.NewServer()
+			healthpb.RegisterHealthServer(gs, newHealthServer())
+			app := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) {
+				if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+					gs.ServeHTTP(w, r)
+					return
+				}
+				_, _ = io.WriteString(w, "cart-app "+r.Proto)
+			})
+			appPort, _ := strconv.Atoi(app.URL[len("http://127.0.0.1:"):])
+			// The callee's inbound listener on a loopback address and an ordinary port, as
+			// podIP:8080 reaches it through capture.
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			calleeAddr := ln.Addr().String()
+			ln.Close()
+			h1, h2 := st.OutboundClusterName(80, "", "cart", "shop", "shop", "cart"), st.OutboundClusterName(90, "", "cart-grpc", "shop", "shop", "cart-grpc")
+			inbound := st.InboundCluster(uint32(appPort))
+			downstreamProtocol()(inbound)
+			cp := st.StartControlPlane(t)
+			cp.Set(st.Snapshot{
+				Listeners: []types.Resource{st.OutboundListener(), st.InboundListener(uint32(appPort))},
+				Routes: []types.Resource{st.RouteConfig(
+					st.VirtualHost("shop/cart", "cart", "shop", []int{80}, st.Route("r", st.Prefix("/"), st.To(h1))),
+					st.VirtualHost("shop/cart-grpc", "cart-grpc", "shop", []int{90}, st.Route("g", st.Prefix("/"), st.To(h2))))},
+				Clusters: []types.Resource{st.EDSCluster(h1, st.MeshTLSMatches()), st.EDSCluster(h2, st.MeshTLSMatches(), h2Upstream(0)), inbound},
+				Endpoints: []types.Resource{st.Endpoints(h1, st.Endpoint{Addr: calleeAddr, MeshTLS: marked}),
+					st.Endpoints(h2, st.Endpoint{Addr: calleeAddr, MeshTLS: marked})},
+			})
+			callee := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines, InboundAddress: calleeAddr, InboundTLS: calleeID, MeshTLS: calleeID})
+			caller := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines, InboundTLS: callerID, MeshTLS: callerID})
+			outbound := caller.URL(t, st.OutboundListenerName)
+			_ = callee.URL(t, st.InboundListenerName)
+
+			if code, body, _ := st.Get(t, client, outbound, "cart", "/"); code != 200 || body != "cart-app HTTP/1.1" {
+				t.Errorf("marked %v: HTTP/1.1 through the caller: %d %q", marked, code, body)
+			}
+			hc := grpcClient(t, outbound, "cart-grpc")
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			_, gerr := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "eds"})
+			cancel()
+			if gerr != nil {
+				t.Errorf("marked %v: gRPC through the caller: %v", marked, gerr)
+			}
+			hsk, herr, plain, _ := callee.Proxy.MTLSCounts()
+			switch {
+			case marked && (hsk < 2 || plain != 0 || herr != 0):
+				t.Errorf("marked endpoint: callee counted %d handshakes, %d plaintext, %d errors; want mutual TLS for HTTP/1.1 and HTTP/2", hsk, plain, herr)
+			case !marked && (hsk != 0 || plain < 2):
+				t.Errorf("unmarked endpoint: callee counted %d handshakes, %d plaintext; want plaintext only", hsk, plain)
+			}
+		}
+	})
 }

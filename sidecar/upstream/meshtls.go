@@ -15,7 +15,9 @@ import (
 
 // Mutual TLS to meshed endpoints (docs/mtls.md). An endpoint is another sidecar when its
 // port is that sidecar's inbound port (contract.InboundPort): function endpoints always
-// are, and a Service endpoint the snapshot points at a sidecar is too. Connections to
+// are, and a Service endpoint the snapshot points at a sidecar is too; or when EDS marks
+// it (tlsMode: weft, config.Endpoint.MeshTLS): a Service endpoint podIP:targetPort whose
+// pod's capture brings that port to its sidecar, which terminates TLS. Connections to
 // such an endpoint originate TLS with the sidecar's workload certificate: the goroutine
 // path's HTTP/1.1 pool with ALPN http/1.1, the HTTP/2 pool (h2.go) with ALPN h2. The event
 // loop hands requests for clusters with meshed endpoints to the goroutine path, since it
@@ -57,8 +59,12 @@ func (m *Manager) SetMeshTLS(t MeshTLS) {
 // meshTLSHolder is embedded in Manager (one atomic pointer).
 type meshTLSHolder struct{ meshTLS atomic.Pointer[meshTLSState] }
 
-// Meshed reports whether h is another sidecar's inbound listener.
+// Meshed reports whether h is another sidecar's inbound listener, or an app port such a
+// sidecar captures and terminates mesh TLS on.
 func (h *Host) Meshed() bool {
+	if h.meshTLS.Load() {
+		return true
+	}
 	_, port, err := net.SplitHostPort(h.Address)
 	return err == nil && port == strconv.Itoa(contract.InboundPort)
 }
