@@ -180,13 +180,13 @@ func TestMTLSCapturePlainService(t *testing.T) {
 	}
 
 	before, _ := sidecarStats(echo, "weft_inbound_plaintext_refused_total")
-	out, err := curlFrom(outsider, "outsider", "http://echo/")
-	if err == nil && strings.HasPrefix(out, "HTTP/") {
+	out, cerr := curlFrom(outsider, "outsider", "http://echo/")
+	if cerr == nil && strings.HasPrefix(out, "HTTP/") {
 		t.Errorf("a plaintext caller without a sidecar got an answer from the strict namespace: %.300s", out)
 	}
 	after, err := sidecarStats(echo, "weft_inbound_plaintext_refused_total")
 	if err != nil || after <= before {
 		t.Errorf("the echo sidecar's refused plaintext connections went %v → %v (%v), want one more", before, after, err)
 	}
-	t.Logf("outsider's plaintext call: %v %.200s", err, out)
+	t.Logf("outsider's plaintext call: %v %.200s", cerr, out)
 }
