@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/sidecar/connio"
 )
 
 // Mutual TLS to meshed endpoints (docs/mtls.md). An endpoint is another sidecar when its
@@ -97,7 +98,9 @@ func (c *Cluster) originateTLS(ctx context.Context, conn net.Conn, h *Host, conn
 	if st == nil {
 		return conn, nil
 	}
-	tc, err := handshake(ctx, conn, st.h1, h.Address, connectTimeout, deadline)
+	// The TLS records' read(2) and write(2) skip the runtime's syscall bracket, as the
+	// plaintext pool's connio.Conn does (h2Socket does the same for HTTP/2).
+	tc, err := handshake(ctx, connio.NewConn(conn), st.h1, h.Address, connectTimeout, deadline)
 	if err != nil {
 		return nil, err
 	}
