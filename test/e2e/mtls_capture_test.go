@@ -134,8 +134,11 @@ func TestMTLSCapturePlainService(t *testing.T) {
 	}
 	eventually(t, 2*time.Minute, "curl http://echo/ from the client pod", func() error {
 		out, err := curlFrom(client, "client", "http://echo/")
-		if err != nil || !strings.HasPrefix(out, "HTTP/1.1 200") {
-			return fmt.Errorf("%v: %s", err, out)
+		if err != nil {
+			return fmt.Errorf("%w: %s", err, out)
+		}
+		if !strings.HasPrefix(out, "HTTP/1.1 200") {
+			return fmt.Errorf("answer %s", out)
 		}
 		return nil
 	})
