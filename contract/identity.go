@@ -100,3 +100,22 @@ func ParseSPIFFEID(u *url.URL) (SPIFFEID, error) {
 	}
 	return SPIFFEID{TrustDomain: u.Host, Namespace: p[1], ServiceAccount: p[3]}, nil
 }
+
+// Which Service endpoints are another sidecar (docs/mtls.md "Which endpoints get mutual
+// TLS"), Istio's auto-mTLS with Weft's names. The injector labels a pod whose sidecar
+// terminates mesh TLS on a captured app port with LabelInboundTLSPort=<that port>; the
+// control plane marks each endpoint on that pod and port with the filter metadata
+// TransportSocketMatchKey: {TLSModeKey: TLSModeWeft} (Istio: tlsMode: istio, from the
+// pod label security.istio.io/tlsMode), and gives Service clusters the matching
+// transport_socket_matches entries; a caller's sidecar with a workload identity then
+// originates mutual TLS to such an endpoint.
+const (
+	LabelInboundTLSPort     = "weft.dev/inbound-tls-port"
+	TransportSocketMatchKey = "envoy.transport_socket_match"
+	TLSModeKey              = "tlsMode"
+	TLSModeWeft             = "weft"
+	// TLSModeMatchName and PlaintextMatchName name the cluster's two
+	// transport_socket_matches entries (Istio's tlsMode-istio and tlsMode-disabled).
+	TLSModeMatchName   = "tlsMode-weft"
+	PlaintextMatchName = "tlsMode-disabled"
+)

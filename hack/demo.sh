@@ -407,6 +407,84 @@ if ((routed)); then
   if [[ "$pong" == PONG && "$set_" == OK && "$get_" == captured && $((t1 - t0)) -ge 3 && "$b1" -gt 0 ]]; then
     record "redis-cli to a Service by name" PASS "$detail"
   else record "redis-cli to a Service by name" FAIL "$detail"; fi
+
+  # ---- workload identity and mutual TLS (issue 16 point 4; docs/mtls.md) -------------------------
+  bold "Identity and mutual TLS: every sidecar holds a SPIFFE certificate from the mesh CA; sidecar-to-sidecar calls are mutual TLS"
+  # vault: an echo with its own ServiceAccount, in strict mode (pod label weft.dev/mtls=strict):
+  # its sidecar refuses every plaintext connection. No readiness probe on the app port: strict
+  # refuses the kubelet's plaintext probes there (docs/mtls.md).
+  kubectl apply -f - <<'YAML' | sed 's/^/   /'
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: vault, namespace: default}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: vault, namespace: default}
+spec: {selector: {app: vault}, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: vault, namespace: default}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: vault}}
+  template:
+    metadata: {labels: {app: vault, weft.dev/mtls: strict}}
+    spec:
+      serviceAccountName: vault
+      terminationGracePeriodSeconds: 2
+      containers:
+      - {name: vault, image: "weft.dev/examples/echo:latest", env: [{name: VERSION, value: vault}], ports: [{containerPort: 8080}]}
+YAML
+  VAULT_IP=""
+  for _ in $(seq 1 120); do
+    VAULT_IP="$(kubectl get pods -l app=vault -o jsonpath='{range .items[?(@.status.phase=="Running")]}{.status.podIP}{end}' 2>/dev/null)"
+    [[ -n "$VAULT_IP" ]] && break; sleep 1
+  done
+  PLAIN_IP="$(kubectl get pods -l app=plain -o jsonpath='{range .items[?(@.status.phase=="Running")]}{.status.podIP}{end}' 2>/dev/null | head -c 15)"
+  # sidecar_counter IP METRIC — a sidecar's unlabelled /stats counter METRIC.
+  sidecar_counter() {
+    curl -s --noproxy '*' --max-time 5 "http://$1:15020/stats" | awk -v m="$2" '$1 == m {s += $2} END {printf "%d", s}'
+  }
+  # svid APP — the SPIFFE ID APP's sidecar logged for its workload certificate.
+  svid() {
+    local d; d="$(ls -d "$STATE"/pods/default_"$1"-*/ 2>/dev/null | tail -n1)"
+    grep -h 'workload certificate' "$d"weft-sidecar.log 2>/dev/null | grep -oE 'spiffe://[^ "]+' | tail -n1
+  }
+  id_caller="$(svid caller)"; id_plain="$(svid plain)"
+  for _ in $(seq 1 60); do id_vault="$(svid vault)"; [[ -n "$id_vault" ]] && break; sleep 1; done
+  say "caller: ${id_caller:-none}"; say "plain:  ${id_plain:-none}"; say "vault:  ${id_vault:-none}"
+  if [[ "$id_caller" == spiffe://*/ns/default/sa/default && "$id_plain" == spiffe://*/ns/default/sa/default && "$id_vault" == spiffe://*/ns/default/sa/vault ]]; then
+    record "workload identity (SPIFFE)" PASS "caller and plain: $id_caller; vault: $id_vault"
+  else record "workload identity (SPIFFE)" FAIL "caller: ${id_caller:-none}, plain: ${id_plain:-none}, vault: ${id_vault:-none} (grep 'workload certificate' in $STATE/pods/*/weft-sidecar.log)"; fi
+
+  wait_routed "http://vault/" 200
+  out="$(call "http://vault/" 20)"
+  vh="$(sidecar_counter "${VAULT_IP:-127.0.0.1}" weft_inbound_tls_handshakes_total)"
+  vr="$(sidecar_counter "${VAULT_IP:-127.0.0.1}" weft_inbound_plaintext_refused_total)"
+  ph="$(sidecar_counter "${PLAIN_IP:-127.0.0.1}" weft_inbound_tls_handshakes_total)"
+  detail="20 calls caller → http://vault/ (strict) → $(kv status.200 "$out") × 200; verified client certificates: vault $vh handshakes, plain $ph"
+  if [[ "$(kv status.200 "$out")" == 20 && "$vh" -ge 1 && "$ph" -ge 1 ]]; then
+    record "mutual TLS between sidecars" PASS "$detail"
+  else record "mutual TLS between sidecars" FAIL "$detail"; fi
+
+  # The denied call: a caller without a sidecar (this host, over the bridge) speaks plaintext
+  # to vault's app port; capture brings it to vault's sidecar, which closes it (strict).
+  denied="$(curl -s --noproxy '*' --max-time 5 -o /dev/null -w '%{http_code}' "http://${VAULT_IP:-127.0.0.1}:8080/" 2>&1 || true)"
+  vr1="$(sidecar_counter "${VAULT_IP:-127.0.0.1}" weft_inbound_plaintext_refused_total)"
+  detail="plaintext GET http://$VAULT_IP:8080/ from a caller without a sidecar → HTTP ${denied:-000} (000: connection closed), vault's sidecar refused +$((vr1 - vr)) plaintext connection(s)"
+  if [[ "${denied:-000}" == 000 && $((vr1 - vr)) -ge 1 ]]; then
+    record "denied: plaintext to strict" PASS "$detail"
+  else record "denied: plaintext to strict" FAIL "$detail"; fi
+
+  # ---- HOOK for the lead (issue 16 point 5, branch h4-authz): a call denied by a MeshPolicy ----
+  # Once authorization is merged: apply a MeshPolicy that allows only ns/default/sa/default's
+  # GETs on vault and denies the rest (or denies the caller outright), make one denied call from
+  # the caller pod, and record "denied by MeshPolicy" PASS when it gets 403 with a body naming
+  # the policy (and the vault sidecar's denied-calls counter moved), e.g.:
+  #   out="$(call "http://vault/" 1)"   # or a method the policy refuses
+  #   record "denied by MeshPolicy" PASS|FAIL "1 call → $(kv status.403 "$out") × 403 naming <policy>"
 fi
 
 bold "Custom resources"

@@ -106,6 +106,7 @@ func Inject(pod *corev1.Pod, ns string, cfg Config) (bool, error) {
 	}) {
 		return false, fmt.Errorf("container name %q is reserved for Weft's capture init container; rename the container", workload.CaptureInitContainerName)
 	}
+	tlsPort := false // the sidecar terminates mesh TLS on podIP:appPort
 	switch mode {
 	case capture.InterceptionIPTables:
 		// The app's TCP is captured: proxy env would only make HTTP clients address the
@@ -120,6 +121,7 @@ func Inject(pod *corev1.Pod, ns string, cfg Config) (bool, error) {
 			capCfg.IncludeInboundPorts = capture.Ports{}
 		}
 		pod.Spec.InitContainers = workload.InsertCaptureInit(pod.Spec.InitContainers, workload.CaptureInitContainer(cfg.Image, capCfg), ContainerName)
+		tlsPort = appPort != 0 && capturesInbound(capCfg, uint16(appPort))
 	default:
 		for i := range pod.Spec.Containers {
 			addProxyEnv(&pod.Spec.Containers[i])
@@ -133,7 +135,29 @@ func Inject(pod *corev1.Pod, ns string, cfg Config) (bool, error) {
 		pod.Annotations = map[string]string{}
 	}
 	pod.Annotations[AnnotationStatus] = "injected " + cfg.Image
+	if tlsPort {
+		// Callers' sidecars may originate mutual TLS to podIP:appPort: capture brings it to
+		// this sidecar's inbound listener, which terminates it (docs/mtls.md). Set after the
+		// sidecar's --labels, which name the workload's own labels only.
+		if pod.Labels == nil {
+			pod.Labels = map[string]string{}
+		}
+		pod.Labels[contract.LabelInboundTLSPort] = strconv.Itoa(int(appPort))
+	}
 	return true, nil
+}
+
+// capturesInbound reports whether cfg redirects inbound connections to port to the sidecar.
+func capturesInbound(cfg capture.Config, port uint16) bool {
+	if slices.Contains(cfg.ExcludeInboundPorts, port) {
+		return false
+	}
+	for _, r := range capture.AlwaysExcludedInboundPorts {
+		if port >= r.First && port <= r.Last {
+			return false
+		}
+	}
+	return cfg.IncludeInboundPorts.All || slices.Contains(cfg.IncludeInboundPorts.List, port)
 }
 
 // checkConcurrency refuses a weft.dev/proxy-concurrency annotation the sidecar could not

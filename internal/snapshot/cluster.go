@@ -7,6 +7,8 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	rawbufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpupv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -67,10 +69,41 @@ func metadata(key string, payload *structpb.Struct) *corev3.Metadata {
 	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{key: payload}}
 }
 
+// Transport socket names of a Service cluster's two matches (Envoy's extension names).
+const (
+	tlsTransportSocket       = "envoy.transport_sockets.tls"
+	rawBufferTransportSocket = "envoy.transport_sockets.raw_buffer"
+)
+
+// withMeshTLSMatches gives a Service cluster Istio's auto-mTLS transport socket matches:
+// endpoints whose metadata says tlsMode: weft (meshedEndpoint) get mutual TLS, any other
+// plaintext. Every Service cluster has them, whatever its endpoints are now, so an
+// endpoint-only update (eds.go) can mark a new endpoint without rebuilding the cluster.
+// The UpstreamTlsContext is empty on purpose: the certificate and trust bundle are the
+// sidecar's workload identity (issued over weft.identity.v1.Certificates/Sign) and the
+// ALPN follows the cluster's HTTP version, so nothing here would be read (the sidecar
+// refuses any field it sets).
+func withMeshTLSMatches(c *clusterv3.Cluster) *clusterv3.Cluster {
+	tlsCtx, _ := anypb.New(&tlsv3.UpstreamTlsContext{})
+	raw, _ := anypb.New(&rawbufferv3.RawBuffer{})
+	c.TransportSocketMatches = []*clusterv3.Cluster_TransportSocketMatch{
+		{Name: contract.TLSModeMatchName, Match: tlsModeMatch(),
+			TransportSocket: &corev3.TransportSocket{Name: tlsTransportSocket, ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: tlsCtx}}},
+		{Name: contract.PlaintextMatchName, Match: &structpb.Struct{},
+			TransportSocket: &corev3.TransportSocket{Name: rawBufferTransportSocket, ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: raw}}},
+	}
+	return c
+}
+
+// tlsModeMatch is {tlsMode: weft}: the cluster's match and the endpoints' metadata.
+func tlsModeMatch() *structpb.Struct {
+	return &structpb.Struct{Fields: map[string]*structpb.Value{contract.TLSModeKey: structpb.NewStringValue(contract.TLSModeWeft)}}
+}
+
 // serviceCluster is the cluster of one route destination with the route's traffic policy
 // (Istio's DestinationRule translation, b.2 in the routing reference).
 func serviceCluster(name string, tp *meshv1alpha1.TrafficPolicy) *clusterv3.Cluster {
-	c := edsCluster(name)
+	c := withMeshTLSMatches(edsCluster(name))
 	defer unlimitedRetries(c)
 	if tp == nil {
 		return c

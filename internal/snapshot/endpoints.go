@@ -7,8 +7,11 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"google.golang.org/protobuf/types/known/structpb"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/weftmesh/weft/contract"
 )
 
 // endpointFilter picks the endpoints of one cluster out of a Service's EndpointSlices.
@@ -24,6 +27,9 @@ type endpointFilter struct {
 	readyOnly bool
 	// preferHostname uses endpoint.hostname (StatefulSet pods) before the pod name.
 	preferHostname bool
+	// meshTLS marks endpoints whose pod terminates mesh TLS on their port (Service
+	// clusters, which carry the transport socket matches: withMeshTLSMatches).
+	meshTLS bool
 }
 
 func slicePort(es *discoveryv1.EndpointSlice, f endpointFilter) (int32, bool) {
@@ -72,6 +78,10 @@ func (ix *index) loadAssignment(name string, slices []*discoveryv1.EndpointSlice
 				continue
 			}
 			hostname := podName
+			// The pod's sidecar terminates mesh TLS on this port (contract.LabelInboundTLSPort,
+			// set by the injector when capture brings the port to the sidecar): Istio's
+			// tlsMode endpoint label, for the cluster's transport_socket_matches.
+			meshed := f.meshTLS && podName != "" && ix.podLabels[nsName(es.Namespace, podName)][contract.LabelInboundTLSPort] == itoa(port)
 			if e.Hostname != nil && *e.Hostname != "" && (f.preferHostname || hostname == "") {
 				hostname = *e.Hostname
 			}
@@ -80,13 +90,17 @@ func (ix *index) loadAssignment(name string, slices []*discoveryv1.EndpointSlice
 				if old, dup := byAddr[key]; dup && old.HealthStatus == corev3.HealthStatus_HEALTHY {
 					continue
 				}
-				byAddr[key] = &endpointv3.LbEndpoint{
+				lbe := &endpointv3.LbEndpoint{
 					HealthStatus: health,
 					HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
 						Address:  socketAddress(a, uint32(port)),
 						Hostname: hostname,
 					}},
 				}
+				if meshed {
+					lbe.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{contract.TransportSocketMatchKey: tlsModeMatch()}}
+				}
+				byAddr[key] = lbe
 			}
 		}
 	}
@@ -152,6 +166,13 @@ func servicePort(svc *corev1.Service, port int32) (corev1.ServicePort, string) {
 		}
 	}
 	return corev1.ServicePort{}, "has no port " + itoa(port)
+}
+
+// serviceFilter is filterFor a Service cluster, which marks meshed endpoints.
+func serviceFilter(p corev1.ServicePort) endpointFilter {
+	f := filterFor(p)
+	f.meshTLS = true
+	return f
 }
 
 func filterFor(p corev1.ServicePort) endpointFilter {

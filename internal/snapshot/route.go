@@ -96,7 +96,7 @@ func (t *translator) destination(mr *meshv1alpha1.MeshRoute, d meshv1alpha1.Dest
 			reason: fmt.Sprintf("Service %s/%s %s", ns, d.Service, why)}
 	}
 	name := contract.ServiceClusterName(sp.Port, d.Subset, d.Service, ns, mr.Namespace, mr.Name)
-	f := filterFor(sp)
+	f := serviceFilter(sp)
 	if d.Subset != "" {
 		var found *meshv1alpha1.Subset
 		for i := range mr.Spec.Subsets {

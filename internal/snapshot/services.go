@@ -167,14 +167,14 @@ func (t *translator) defaultServices(in *Input, claimed map[string]bool, plan *o
 			if headless || external {
 				cluster = contract.PassthroughClusterName
 			} else {
-				c := edsCluster(cluster)
+				c := withMeshTLSMatches(edsCluster(cluster)) // cluster.go
 				c.ConnectTimeout = durationpb.New(serviceConnectTimeout)
 				unlimitedRetries(c)
 				if pr != protoTCP {
 					c = withPortProtocol(c, sp) // HTTP/2 upstream for grpc/http2 ports
 				}
 				clusters[cluster] = c
-				clas[cluster] = t.ix.loadAssignment(cluster, t.ix.slices[nsName(svc.Namespace, svc.Name)], filterFor(sp))
+				clas[cluster] = t.ix.loadAssignment(cluster, t.ix.slices[nsName(svc.Namespace, svc.Name)], serviceFilter(sp))
 			}
 			if pr != protoTCP {
 				plan.rcPorts[port] = true

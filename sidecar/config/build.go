@@ -145,6 +145,11 @@ func Build(res Resources, versions map[string]string) (*Config, error) {
 			if err != nil {
 				return nil, err
 			}
+			for i := range eps {
+				// Envoy picks the transport socket among the cluster's matches: an endpoint
+				// marked for TLS in a cluster without the TLS match stays plaintext.
+				eps[i].MeshTLS = eps[i].MeshTLS && c.MeshTLSMatch
+			}
 			c.Endpoints = eps
 		}
 		cfg.Clusters[c.Name] = c

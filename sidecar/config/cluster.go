@@ -57,6 +57,9 @@ type Cluster struct {
 	// OriginalDst is set for an ORIGINAL_DST cluster: a connection goes to its original
 	// destination (contract.PassthroughClusterName, InboundPassthroughClusterName).
 	OriginalDst bool
+	// MeshTLSMatch: the cluster's transport_socket_matches send endpoints marked
+	// tlsMode: weft over mutual TLS (meshtls.go); Endpoint.MeshTLS counts only then.
+	MeshTLSMatch bool
 }
 
 // Limits are the cluster's circuit-breaker thresholds. Zero values mean Envoy's defaults
@@ -128,6 +131,10 @@ type Endpoint struct {
 	Hostname string
 	Health   Health
 	Weight   uint32
+	// MeshTLS: the endpoint is a pod whose sidecar terminates mesh TLS on this port
+	// (metadata envoy.transport_socket_match {tlsMode: weft}) and its cluster has the
+	// matching transport socket (meshtls.go).
+	MeshTLS bool
 }
 
 // Envoy's defaults for the cluster fields Weft decodes, applied when xDS leaves a field unset so
@@ -168,10 +175,13 @@ func decodeCluster(c *clusterv3.Cluster) (*Cluster, error) {
 	where := "cluster " + c.GetName()
 	if err := onlyFields(c, where, "name", "type", "eds_cluster_config", "connect_timeout", "lb_policy",
 		"ring_hash_lb_config", "circuit_breakers", "outlier_detection", "health_checks",
-		"typed_extension_protocol_options", "load_assignment", "metadata", "alt_stat_name"); err != nil {
+		"typed_extension_protocol_options", "load_assignment", "metadata", "alt_stat_name", "transport_socket_matches"); err != nil {
 		return nil, err
 	}
 	out := &Cluster{Name: c.GetName(), ConnectTimeout: dur(c.GetConnectTimeout())}
+	if err := decodeTransportSocketMatches(c, where, out); err != nil { // meshtls.go
+		return nil, err
+	}
 	if out.ConnectTimeout == 0 {
 		out.ConnectTimeout = defaultConnectTimeout
 	}
@@ -496,7 +506,7 @@ func decodeEndpoints(cla *endpointv3.ClusterLoadAssignment, where string) ([]End
 				return nil, fmt.Errorf("%s: duplicate endpoint address %s", where, addr)
 			}
 			seen[addr] = true
-			e := Endpoint{Address: addr, Hostname: ep.GetHostname(), Weight: 1}
+			e := Endpoint{Address: addr, Hostname: ep.GetHostname(), Weight: 1, MeshTLS: endpointMeshTLS(lbe.GetMetadata())}
 			if w := lbe.GetLoadBalancingWeight(); w != nil {
 				if w.GetValue() == 0 {
 					return nil, fmt.Errorf("%s: endpoint %s has load_balancing_weight 0", where, addr)

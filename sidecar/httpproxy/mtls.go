@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/sidecar/connio"
 	"github.com/weftmesh/weft/sidecar/identity"
 )
 
@@ -116,7 +117,9 @@ func (l *Listener) sniff(nc net.Conn) {
 		}
 		return
 	}
-	tc := tls.Server(&prefixConn{Conn: nc, pre: first[:]}, f.cfg)
+	// The TLS records' read(2) and write(2) skip the runtime's syscall bracket
+	// (connio.Conn), as the event loop's and the upstream pools' sockets do.
+	tc := tls.Server(&prefixConn{Conn: connio.NewConn(nc), pre: first[:]}, f.cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout(lim.HeadTimeout))
 	err := tc.HandshakeContext(ctx)
 	cancel()

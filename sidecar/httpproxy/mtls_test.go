@@ -83,6 +83,15 @@ func twoSidecars(t *testing.T, goroutines bool, ttl time.Duration, mode string, 
 // sidecarPair is twoSidecars, in plaintext without withTLS.
 func sidecarPair(t *testing.T, goroutines bool, ttl time.Duration, mode string, maxReqPerConn uint32, withTLS bool) *meshPair {
 	t.Helper()
+	app := st.Backend(t, "cart-app", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "cart-app "+r.Proto)
+	})
+	return sidecarPairTo(t, goroutines, ttl, mode, maxReqPerConn, withTLS, st.HostPort(app.URL))
+}
+
+// sidecarPairTo is sidecarPair in front of the app at appAddr (127.0.0.1:port).
+func sidecarPairTo(t *testing.T, goroutines bool, ttl time.Duration, mode string, maxReqPerConn uint32, withTLS bool, appAddr string) *meshPair {
+	t.Helper()
 	ca, err := identitytest.New(webID)
 	if err != nil {
 		t.Fatal(err)
@@ -91,10 +100,8 @@ func sidecarPair(t *testing.T, goroutines bool, ttl time.Duration, mode string, 
 	p.callerID = idManager(t, ca, ttl, "")
 	ca.SetIdentity(cartID)
 	p.calleeID = idManager(t, ca, ttl, mode)
-	app := st.Backend(t, "cart-app", func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.WriteString(w, "cart-app "+r.Proto)
-	})
-	appPort, _ := strconv.Atoi(app.URL[len("http://127.0.0.1:"):])
+	_, ap, _ := net.SplitHostPort(appAddr)
+	appPort, _ := strconv.Atoi(ap)
 	p.calleeAddr = meshedAddress(t)
 	host, port, _ := net.SplitHostPort(p.calleeAddr)
 	portN, _ := strconv.Atoi(port)

@@ -14,6 +14,8 @@ import (
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	redisv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/redis_proxy/v3"
+	rawbufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -135,6 +137,20 @@ func EDSCluster(name string, opts ...ClusterOption) *clusterv3.Cluster {
 	return c
 }
 
+// MeshTLSMatches gives a cluster the control plane's transport_socket_matches (Service
+// clusters): endpoints marked MeshTLS get mutual TLS, others plaintext.
+func MeshTLSMatches() ClusterOption {
+	return func(c *clusterv3.Cluster) {
+		tlsMatch := &structpb.Struct{Fields: map[string]*structpb.Value{contract.TLSModeKey: structpb.NewStringValue(contract.TLSModeWeft)}}
+		c.TransportSocketMatches = []*clusterv3.Cluster_TransportSocketMatch{
+			{Name: contract.TLSModeMatchName, Match: tlsMatch, TransportSocket: &corev3.TransportSocket{Name: "envoy.transport_sockets.tls",
+				ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(&tlsv3.UpstreamTlsContext{})}}},
+			{Name: contract.PlaintextMatchName, Match: &structpb.Struct{}, TransportSocket: &corev3.TransportSocket{Name: "envoy.transport_sockets.raw_buffer",
+				ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(&rawbufferv3.RawBuffer{})}}},
+		}
+	}
+}
+
 // FunctionMeta sets weft.dev/function metadata as the control plane does for
 // function|<ns>/<name> clusters.
 func FunctionMeta(ns, name string, holdTimeout time.Duration, maxPending int) ClusterOption {
@@ -149,6 +165,9 @@ type Endpoint struct {
 	Addr     string
 	Hostname string
 	Health   corev3.HealthStatus
+	// MeshTLS marks the endpoint tlsMode: weft (envoy.transport_socket_match), as the
+	// control plane marks a pod whose sidecar terminates mesh TLS on the port.
+	MeshTLS bool
 }
 
 // Endpoints is a ClusterLoadAssignment with one locality, as the control plane emits.
@@ -164,8 +183,13 @@ func Endpoints(cluster string, eps ...Endpoint) *endpointv3.ClusterLoadAssignmen
 		if h == corev3.HealthStatus_UNKNOWN {
 			h = corev3.HealthStatus_HEALTHY
 		}
-		lbs = append(lbs, &endpointv3.LbEndpoint{HealthStatus: h, HostIdentifier: &endpointv3.LbEndpoint_Endpoint{
-			Endpoint: &endpointv3.Endpoint{Address: socket(host, uint32(p)), Hostname: e.Hostname}}})
+		lbe := &endpointv3.LbEndpoint{HealthStatus: h, HostIdentifier: &endpointv3.LbEndpoint_Endpoint{
+			Endpoint: &endpointv3.Endpoint{Address: socket(host, uint32(p)), Hostname: e.Hostname}}}
+		if e.MeshTLS {
+			lbe.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{contract.TransportSocketMatchKey: {
+				Fields: map[string]*structpb.Value{contract.TLSModeKey: structpb.NewStringValue(contract.TLSModeWeft)}}}}
+		}
+		lbs = append(lbs, lbe)
 	}
 	return &endpointv3.ClusterLoadAssignment{ClusterName: cluster,
 		Endpoints: []*endpointv3.LocalityLbEndpoints{{Locality: &corev3.Locality{}, LbEndpoints: lbs}}}

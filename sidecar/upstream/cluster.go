@@ -35,6 +35,9 @@ type Host struct {
 
 	pool pool
 	h2   h2pool // HTTP/2 connections (h2.go)
+	// meshTLS: EDS marks the endpoint as a pod whose sidecar terminates mesh TLS on its
+	// port (config.Endpoint.MeshTLS; Meshed, meshtls.go).
+	meshTLS atomic.Bool
 }
 
 // Available reports whether the host may take a new request: EDS says HEALTHY, outlier
@@ -137,6 +140,7 @@ func (c *Cluster) update(cc *config.Cluster) {
 			h = &Host{Address: e.Address, clock: c.mgr.clock}
 		}
 		h.Hostname, h.weight = e.Hostname, e.Weight
+		h.meshTLS.Store(e.MeshTLS)
 		h.health.Store(int32(e.Health))
 		hosts = append(hosts, h)
 	}

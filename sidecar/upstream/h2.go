@@ -15,7 +15,8 @@ import (
 	"github.com/weftmesh/weft/sidecar/config"
 )
 
-// HTTP/2 upstreams (h2c with prior knowledge). Each host keeps its own connections, made
+// HTTP/2 upstreams (h2c with prior knowledge; to meshed endpoints, HTTP/2 over mutual TLS
+// negotiated with ALPN h2, meshtls.go). Each host keeps its own connections, made
 // with net/http's HTTP/2 client one connection at a time (http.Transport.NewClientConn),
 // so the sidecar decides how many there are and how many streams each carries:
 //   - streams per connection ≤ the cluster's MaxStreamsPerConn (http2_protocol_options.
@@ -76,7 +77,7 @@ func (p *h2pool) tokens(streams, conns int) chan struct{} {
 // conn returns a connection with a stream reserved on it, dialing one when every
 // connection is at its stream cap and the host has room for another (connections being
 // dialed count against that room).
-func (p *h2pool) conn(ctx context.Context, addr string, maxStreams, maxConns int, idle, connectTimeout time.Duration) (*h2conn, error) {
+func (p *h2pool) conn(ctx context.Context, dial h2Dial, addr string, maxStreams, maxConns int, idle, connectTimeout time.Duration) (*h2conn, error) {
 	for {
 		p.mu.Lock()
 		now := time.Now()
@@ -124,9 +125,7 @@ func (p *h2pool) conn(ctx context.Context, addr string, maxStreams, maxConns int
 			p.dialed = make(chan struct{})
 		}
 		p.mu.Unlock()
-		dctx, cancel := context.WithTimeout(ctx, connectTimeout)
-		cc, err := h2Transport.NewClientConn(dctx, "http", addr)
-		cancel()
+		cc, err := dial.dial(ctx, addr, connectTimeout)
 		p.mu.Lock()
 		p.dialing--
 		close(p.dialed)
@@ -141,6 +140,34 @@ func (p *h2pool) conn(ctx context.Context, addr string, maxStreams, maxConns int
 		p.mu.Unlock()
 		return c, nil
 	}
+}
+
+// h2Dial makes one HTTP/2 connection: h2c, or over mutual TLS to a meshed endpoint.
+type h2Dial struct {
+	tls *http.Transport // nil: h2c with h2Transport
+}
+
+func (d h2Dial) dial(ctx context.Context, addr string, connectTimeout time.Duration) (*http.ClientConn, error) {
+	if d.tls == nil {
+		ctx, cancel := context.WithTimeout(ctx, connectTimeout)
+		defer cancel()
+		return h2Transport.NewClientConn(ctx, "http", addr)
+	}
+	// The TCP connect keeps the connect timeout and the handshake gets its own budget
+	// (dialH2TLS, meshtls.go), so the context is not cut to the connect timeout here.
+	return d.tls.NewClientConn(context.WithValue(ctx, dialTimeoutKey{}, connectTimeout), "https", addr)
+}
+
+// h2DialFor picks how connections to h are made: mutual TLS when h is meshed and the
+// sidecar has a workload identity.
+func (c *Cluster) h2DialFor(h *Host) h2Dial {
+	if c.mgr == nil || !h.Meshed() {
+		return h2Dial{}
+	}
+	if st := c.mgr.meshTLS.Load(); st != nil {
+		return h2Dial{tls: st.h2t}
+	}
+	return h2Dial{}
 }
 
 // done notes a stream's end on c.
@@ -206,8 +233,9 @@ func (c *Cluster) roundTripH2(ctx context.Context, req *Request, h *Host, deadli
 		return nil, ctx.Err()
 	}
 	release := func() { <-slots }
+	dial := c.h2DialFor(h)
 	for try := 0; ; try++ {
-		conn, err := h.h2.conn(ctx, h.Address, maxStreams, maxConns, cc.IdleTimeout, cc.ConnectTimeout)
+		conn, err := h.h2.conn(ctx, dial, h.Address, maxStreams, maxConns, cc.IdleTimeout, cc.ConnectTimeout)
 		if err != nil {
 			release()
 			cancel()

@@ -5,19 +5,24 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"net/http"
 	"strconv"
 	"sync/atomic"
 	"time"
 
 	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/sidecar/connio"
 )
 
 // Mutual TLS to meshed endpoints (docs/mtls.md). An endpoint is another sidecar when its
 // port is that sidecar's inbound port (contract.InboundPort): function endpoints always
-// are, and a Service endpoint the snapshot points at a sidecar is too. Connections to
-// such an endpoint on the goroutine path's HTTP/1.1 pool originate TLS with the sidecar's
-// workload certificate (ALPN http/1.1); the event loop hands requests for clusters with
-// meshed endpoints to the goroutine path, since it does no TLS.
+// are, and a Service endpoint the snapshot points at a sidecar is too; or when EDS marks
+// it (tlsMode: weft, config.Endpoint.MeshTLS): a Service endpoint podIP:targetPort whose
+// pod's capture brings that port to its sidecar, which terminates TLS. Connections to
+// such an endpoint originate TLS with the sidecar's workload certificate: the goroutine
+// path's HTTP/1.1 pool with ALPN http/1.1, the HTTP/2 pool (h2.go) with ALPN h2. The event
+// loop hands requests for clusters with meshed endpoints to the goroutine path, since it
+// does no TLS.
 
 // MeshTLS gives the client side of sidecar-to-sidecar TLS (identity.Manager).
 type MeshTLS interface {
@@ -31,7 +36,9 @@ const handshakeTimeout = 10 * time.Second
 // meshTLSState is the configuration the pool dials with, built once: its callbacks read
 // the current certificate and bundle at every handshake.
 type meshTLSState struct {
-	h1 *tls.Config
+	h1, h2 *tls.Config
+	// h2t dials HTTP/2 connections to meshed endpoints: TLS with ALPN h2 (dialH2TLS).
+	h2t *http.Transport
 }
 
 // SetMeshTLS makes connections to meshed endpoints mutual TLS from now on (nil: plaintext).
@@ -45,14 +52,20 @@ func (m *Manager) SetMeshTLS(t MeshTLS) {
 	// handshake, which short-lived SVIDs outlive (measured: resumed connections failed
 	// with expired certificates while certificates were renewed every second). Connections
 	// are pooled, so full handshakes are rare.
-	m.meshTLS.Store(&meshTLSState{h1: t.ClientConfig([]string{"http/1.1"})})
+	st := &meshTLSState{h1: t.ClientConfig([]string{"http/1.1"}), h2: t.ClientConfig([]string{"h2"})}
+	st.h2t = newH2TLSTransport(st)
+	m.meshTLS.Store(st)
 }
 
 // meshTLSHolder is embedded in Manager (one atomic pointer).
 type meshTLSHolder struct{ meshTLS atomic.Pointer[meshTLSState] }
 
-// Meshed reports whether h is another sidecar's inbound listener.
+// Meshed reports whether h is another sidecar's inbound listener, or an app port such a
+// sidecar captures and terminates mesh TLS on.
 func (h *Host) Meshed() bool {
+	if h.meshTLS.Load() {
+		return true
+	}
 	_, port, err := net.SplitHostPort(h.Address)
 	return err == nil && port == strconv.Itoa(contract.InboundPort)
 }
@@ -85,6 +98,18 @@ func (c *Cluster) originateTLS(ctx context.Context, conn net.Conn, h *Host, conn
 	if st == nil {
 		return conn, nil
 	}
+	// The TLS records' read(2) and write(2) skip the runtime's syscall bracket, as the
+	// plaintext pool's connio.Conn does (h2Socket does the same for HTTP/2).
+	tc, err := handshake(ctx, connio.NewConn(conn), st.h1, h.Address, connectTimeout, deadline)
+	if err != nil {
+		return nil, err
+	}
+	return tc, nil
+}
+
+// handshake runs the client side of a mutual TLS handshake on conn with cfg, by deadline
+// (zero: none) and within its own budget; a failure closes conn and is a dial error.
+func handshake(ctx context.Context, conn net.Conn, cfg *tls.Config, addr string, connectTimeout time.Duration, deadline time.Time) (*tls.Conn, error) {
 	// The handshake gets its own budget: the connect timeout guards the TCP connect (500 ms
 	// by default), too short for the handshakes of a burst released at once onto a pod
 	// that has just started on a busy node.
@@ -92,18 +117,56 @@ func (c *Cluster) originateTLS(ctx context.Context, conn net.Conn, h *Host, conn
 	if d := time.Now().Add(budget); deadline.IsZero() || d.Before(deadline) {
 		deadline = d
 	}
-	if !deadline.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, deadline)
-		defer cancel()
-	}
-	tc := tls.Client(conn, st.h1)
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	tc := tls.Client(conn, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		conn.Close()
-		// A connection whose handshake failed was never established: it is a connect
-		// failure, as in Envoy, so connect-failure retries take another host.
-		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: conn.RemoteAddr(),
-			Err: fmt.Errorf("mutual TLS to %s: %w", h.Address, err)}
+		return nil, meshDialError(conn.RemoteAddr(), addr, err)
+	}
+	return tc, nil
+}
+
+// meshDialError makes a failed handshake a connect failure, as in Envoy: the connection was
+// never established, so connect-failure retries take another host.
+func meshDialError(remote net.Addr, addr string, err error) error {
+	return &net.OpError{Op: "dial", Net: "tcp", Addr: remote, Err: fmt.Errorf("mutual TLS to %s: %w", addr, err)}
+}
+
+// dialTimeoutKey carries the cluster's connect timeout to dialH2TLS through the context
+// net/http hands its DialTLSContext.
+type dialTimeoutKey struct{}
+
+// newH2TLSTransport is h2Transport for meshed endpoints: HTTP/2 over mutual TLS, negotiated
+// with ALPN h2. Its DialTLSContext returns a *tls.Conn whose handshake is done, so
+// net/http reads the negotiated protocol from it and runs its HTTP/2 client on it.
+func newH2TLSTransport(st *meshTLSState) *http.Transport {
+	var p http.Protocols
+	p.SetHTTP2(true)
+	return &http.Transport{Protocols: &p, Proxy: nil, ForceAttemptHTTP2: true,
+		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return dialH2TLS(ctx, st.h2, network, addr)
+		},
+		HTTP2: &http.HTTP2Config{MaxReceiveBufferPerStream: h2StreamWindow, MaxReceiveBufferPerConnection: h2ConnWindow}}
+}
+
+// dialH2TLS dials addr within the connect timeout the context carries, then completes a
+// mutual TLS handshake offering only h2 within handshakeTimeout. The TLS records go over
+// an h2Socket, so the frames net/http writes back to back leave in one write(2) as on h2c.
+func dialH2TLS(ctx context.Context, cfg *tls.Config, network, addr string) (net.Conn, error) {
+	connectTimeout, _ := ctx.Value(dialTimeoutKey{}).(time.Duration)
+	d := net.Dialer{Timeout: connectTimeout}
+	c, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	tc, err := handshake(ctx, newH2Socket(c), cfg, addr, connectTimeout, time.Time{})
+	if err != nil {
+		return nil, err
+	}
+	if p := tc.ConnectionState().NegotiatedProtocol; p != "h2" {
+		tc.Close()
+		return nil, meshDialError(c.RemoteAddr(), addr, fmt.Errorf("the peer chose ALPN %q, not h2", p))
 	}
 	return tc, nil
 }

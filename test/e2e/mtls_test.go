@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"net"
 	"os"
 	"runtime"
 	"strings"
@@ -53,6 +54,12 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 // linkPayloads reads packets from fd until deadline and returns the TCP payloads sent to
 // port.
 func linkPayloads(fd int, port uint16, deadline time.Time) [][]byte {
+	return linkPayloadsTo(fd, nil, port, deadline)
+}
+
+// linkPayloadsTo is linkPayloads for packets to dst only (nil: any address): the pod IP
+// leaves out the sidecar's own plaintext hop to the app on the loopback.
+func linkPayloadsTo(fd int, dst net.IP, port uint16, deadline time.Time) [][]byte {
 	var out [][]byte
 	buf := make([]byte, 65536)
 	for time.Now().Before(deadline) {
@@ -65,6 +72,9 @@ func linkPayloads(fd int, port uint16, deadline time.Time) [][]byte {
 		p := buf[:n]
 		ihl := int(p[0]&0x0f) * 4
 		if p[9] != unix.IPPROTO_TCP || len(p) < ihl+20 {
+			continue
+		}
+		if dst != nil && !net.IP(p[16:20]).Equal(dst) {
 			continue
 		}
 		tcp := p[ihl:]
