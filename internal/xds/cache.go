@@ -36,6 +36,9 @@ type Cache struct {
 	// group (one map of clusters, not one per view). At most 4 entries per view set since
 	// the last full translation, which empties it.
 	groups map[groupKey]cachev3.Resources
+	// eds answers state-of-the-world EDS watches with only what changed (eds_watch.go); it
+	// is given each view's endpoints before the snapshot cache is.
+	eds *edsWatcher
 }
 
 type groupKey struct {
@@ -57,7 +60,8 @@ type viewState struct {
 // NewCache returns an empty cache. ads=true makes go-control-plane answer watches of one
 // node in CDS → EDS → LDS → RDS order (make-before-break).
 func NewCache() *Cache {
-	return &Cache{cache: cachev3.NewSnapshotCache(true, viewHash{}, nil), views: map[string]*viewState{}, groups: map[groupKey]cachev3.Resources{}}
+	return &Cache{cache: cachev3.NewSnapshotCache(true, viewHash{}, nil), views: map[string]*viewState{}, groups: map[groupKey]cachev3.Resources{},
+		eds: newEDSWatcher()}
 }
 
 // SetResult installs a new translation and updates the snapshot of every view that has a
@@ -105,6 +109,7 @@ func (c *Cache) setEndpointsLocked(ctx context.Context, key string, vs *viewStat
 	}
 	snap := &cachev3.Snapshot{Resources: vs.snap.Resources}
 	snap.Resources[edsSlot] = eds
+	c.eds.set(key, eds)
 	if err := c.cache.SetSnapshot(ctx, key, snap); err != nil {
 		return fmt.Errorf("setting snapshot of view %s: %w", key, err)
 	}
@@ -156,6 +161,23 @@ func (c *Cache) setLocked(ctx context.Context, key string, vs *viewState) error 
 			c.groups[k] = g
 		}
 	}
+	// Make-before-break across the two caches: the snapshot cache answers CDS → LDS → RDS
+	// in one SetSnapshot and the edsWatcher answers EDS, so a change of clusters is set
+	// first with the previous listeners and routes, then the endpoints, then the rest.
+	if vs.versions[resourcev3.ClusterType] != snap.GetVersion(resourcev3.ClusterType) {
+		mid := &cachev3.Snapshot{Resources: snap.Resources}
+		for _, t := range []string{resourcev3.ListenerType, resourcev3.RouteType} {
+			i := cachev3.GetResponseType(t)
+			mid.Resources[i] = cachev3.Resources{}
+			if vs.snap != nil {
+				mid.Resources[i] = vs.snap.Resources[i]
+			}
+		}
+		if err := c.cache.SetSnapshot(ctx, key, mid); err != nil {
+			return fmt.Errorf("setting snapshot of view %s: %w", key, err)
+		}
+	}
+	c.eds.set(key, snap.Resources[edsSlot])
 	if err := c.cache.SetSnapshot(ctx, key, snap); err != nil {
 		return fmt.Errorf("setting snapshot of view %s: %w", key, err)
 	}
@@ -193,6 +215,7 @@ func (c *Cache) removeNode(v snapshot.View) {
 	if vs.nodes--; vs.nodes <= 0 {
 		delete(c.views, key)
 		c.cache.ClearSnapshot(key)
+		c.eds.clear(key)
 	}
 }
 
