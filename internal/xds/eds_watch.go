@@ -35,12 +35,15 @@ import (
 // stream, a reconnect, a NACK or a changed subscription all get the full set.
 
 // maxEDSHistory bounds how many earlier versions a group keeps the changes since; a
-// request ACKing an older version gets the full set. maxEDSDiff bounds one such change
-// set, as a fraction of the group (1/maxEDSDiff): past it the full set costs no more.
+// request ACKing an older version gets the full set. A change set larger than a quarter of
+// the group (and than minEDSDiff names) is not kept either: the full set costs little more.
 const (
 	maxEDSHistory = 8
-	maxEDSDiff    = 4
+	minEDSDiff    = 64
 )
+
+// diffLimit is the largest change set a group of n assignments keeps.
+func diffLimit(n int) int { return max(n/4, minEDSDiff) }
 
 // edsItem is one assignment, marshaled at most once for every stream and view that sends it.
 type edsItem struct {
@@ -67,11 +70,27 @@ func (it *edsItem) marshaled() (*anypb.Any, error) {
 type edsGroup struct {
 	version string
 	items   map[string]*edsItem
-	since   map[string][]string // earlier version → names changed or added since
+	since   []edsStep // newest first, at most maxEDSHistory
 	// diffs holds, per earlier version, the marshaled changes when every stream sending
 	// them subscribes to all of them (built on first use).
 	diffs map[string][]*anypb.Any
 	refs  int
+}
+
+// edsStep is what changed (or was added) since an earlier version.
+type edsStep struct {
+	from  string
+	names []string
+}
+
+// changesSince returns the names changed since version v, if g knows them.
+func (g *edsGroup) changesSince(v string) ([]string, bool) {
+	for _, st := range g.since {
+		if st.from == v {
+			return st.names, true
+		}
+	}
+	return nil, false
 }
 
 type edsView struct {
@@ -164,7 +183,7 @@ func (w *edsWatcher) release(g *edsGroup) {
 // reusing donor's items (old's, or another view's) whose assignment is the same.
 func newEDSGroup(res cachev3.Resources, old, donor *edsGroup) *edsGroup {
 	g := &edsGroup{version: res.Version, items: make(map[string]*edsItem, len(res.Items)),
-		since: map[string][]string{}, diffs: map[string][]*anypb.Any{}}
+		diffs: map[string][]*anypb.Any{}}
 	var changed []string
 	for name, r := range res.Items {
 		if donor != nil {
@@ -187,7 +206,7 @@ func newEDSGroup(res cachev3.Resources, old, donor *edsGroup) *edsGroup {
 // learn records the changes from old to g, when g was derived from another group (another
 // view reached the same version first).
 func (g *edsGroup) learn(old *edsGroup) {
-	if _, ok := g.since[old.version]; ok || len(g.since) >= maxEDSHistory {
+	if _, ok := g.changesSince(old.version); ok || len(g.since) >= maxEDSHistory {
 		return
 	}
 	var changed []string
@@ -196,28 +215,38 @@ func (g *edsGroup) learn(old *edsGroup) {
 			changed = append(changed, name)
 		}
 	}
-	if len(changed) <= len(g.items)/maxEDSDiff {
-		g.since[old.version] = changed
+	if len(changed) <= diffLimit(len(g.items)) {
+		g.since = append(g.since, edsStep{old.version, changed})
 	}
 }
 
 // addSince records changed as the change from old, and extends old's own history by it.
 func (g *edsGroup) addSince(old *edsGroup, changed []string) {
-	limit := len(g.items) / maxEDSDiff
+	limit := diffLimit(len(g.items))
 	if len(changed) > limit {
 		return // past the bound the full set is sent; older versions cannot do better
 	}
-	g.since[old.version] = changed
-	for v, names := range old.since {
+	g.since = append(g.since, edsStep{old.version, changed})
+	for _, st := range old.since {
 		if len(g.since) >= maxEDSHistory {
 			break
 		}
+		v, names := st.from, st.names
 		if v == g.version {
 			continue
 		}
-		union := append(append(make([]string, 0, len(names)+len(changed)), names...), changed...)
+		union := make([]string, 0, len(names)+len(changed))
+		seen := make(map[string]bool, len(names)+len(changed))
+		for _, n := range append(names[:len(names):len(names)], changed...) {
+			// A name changed twice is sent once (a response naming a resource twice is
+			// rejected); one no longer in the group is not sent.
+			if !seen[n] && g.items[n] != nil {
+				seen[n] = true
+				union = append(union, n)
+			}
+		}
 		if len(union) <= limit {
-			g.since[v] = union
+			g.since = append(g.since, edsStep{v, union})
 		}
 	}
 }
@@ -287,7 +316,7 @@ func (w *edsWatcher) CreateWatch(req *discoveryv3.DiscoveryRequest, sub cachev3.
 func (w *edsWatcher) respond(ew *edsOpenWatch, g *edsGroup) bool {
 	var resources []*anypb.Any
 	var err error
-	switch changed, ok := g.since[ew.base]; {
+	switch changed, ok := g.changesSince(ew.base); {
 	case ew.base == g.version:
 		return false
 	case ew.base != "" && ok:
@@ -335,7 +364,7 @@ func (g *edsGroup) diff(ew *edsOpenWatch, changed []string) ([]*anypb.Any, error
 		if !all && !ew.subscribed(n) {
 			continue
 		}
-		a, err := g.items[n].marshaled()
+		a, err := g.items[n].marshaled() // since holds names of g.items only
 		if err != nil {
 			return nil, err
 		}

@@ -351,16 +351,16 @@ func (c *Client) handle(stream discoveryv3.AggregatedDiscoveryService_StreamAggr
 	c.status.Versions[t] = resp.GetVersionInfo()
 	delete(c.status.LastNACK, t)
 	c.mu.Unlock()
-	if err := c.send(stream, t, c.subs[t], c.versions[t], nil); err != nil {
-		return err
-	}
 	if t == resourcev3.ClusterType || t == resourcev3.ListenerType {
 		if err := c.resubscribe(stream); err != nil {
 			return err
 		}
 	}
+	// The ACK goes once the config is in force: the control plane's hand-off (Drained)
+	// takes an ACK of draining endpoints to mean this sidecar no longer sends new requests
+	// to them.
 	c.tryApply()
-	return nil
+	return c.send(stream, t, c.subs[t], c.versions[t], nil)
 }
 
 // resubscribe sends EDS/RDS requests when the set of names the clusters and listeners need
