@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"hash/maphash"
+	"maps"
 	"strconv"
 	"sync"
 
@@ -182,20 +183,30 @@ func (w *edsWatcher) release(g *edsGroup) {
 // newEDSGroup builds the group of res, the successor of old (nil for a view's first),
 // reusing donor's items (old's, or another view's) whose assignment is the same.
 func newEDSGroup(res cachev3.Resources, old, donor *edsGroup) *edsGroup {
-	g := &edsGroup{version: res.Version, items: make(map[string]*edsItem, len(res.Items)),
-		diffs: map[string][]*anypb.Any{}}
+	g := &edsGroup{version: res.Version, diffs: map[string][]*anypb.Any{}}
+	// Start from donor's items (a map copy, cheaper than 21,000 inserts) and replace those
+	// that differ.
+	if donor != nil {
+		g.items = maps.Clone(donor.items)
+	} else {
+		g.items = make(map[string]*edsItem, len(res.Items))
+	}
 	var changed []string
 	for name, r := range res.Items {
-		if donor != nil {
-			// old's assignments are compared by content (a full translation rebuilds
-			// them all); another view's only by identity.
-			if it := donor.items[name]; it != nil && (it.res == r.Resource || donor == old && proto.Equal(it.res, r.Resource)) {
-				g.items[name] = it
-				continue
-			}
+		// old's assignments are compared by content (a full translation rebuilds them
+		// all); another view's only by identity.
+		if it := g.items[name]; it != nil && (it.res == r.Resource || donor == old && proto.Equal(it.res, r.Resource)) {
+			continue
 		}
 		g.items[name] = &edsItem{res: r.Resource}
 		changed = append(changed, name)
+	}
+	if len(g.items) != len(res.Items) {
+		for name := range g.items {
+			if _, ok := res.Items[name]; !ok {
+				delete(g.items, name)
+			}
+		}
 	}
 	if old != nil {
 		g.addSince(old, changed)
