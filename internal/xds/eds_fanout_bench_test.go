@@ -44,10 +44,13 @@ type fanout struct {
 }
 
 type fanClient struct {
-	conn  *grpc.ClientConn
-	st    discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
-	node  *corev3.Node
-	names []string
+	conn *grpc.ClientConn
+	st   discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+	node *corev3.Node
+	// names are the view's assignments; subscribed is what requests carry: nothing (the
+	// wildcard, as sidecar/xdsclient subscribes) or, with WEFT_EDS_BENCH_NAMES=1, every
+	// name (as Envoy subscribes).
+	names, subscribed []string
 }
 
 func heapInUse() uint64 {
@@ -66,7 +69,9 @@ var fanoutState *fanout
 // WEFT_EDS_BENCH_VIEWS views (default 100), served by the real Server. Each client
 // subscribes to its view's every assignment, as a sidecar does after CDS, receives each
 // response off the wire (gRPC decodes it) and ACKs it at once with its names, as a
-// sidecar does; it does not build a config. Per change it reports:
+// sidecar does; it does not build a config. It subscribes by wildcard, as
+// sidecar/xdsclient does; WEFT_EDS_BENCH_NAMES=1 subscribes by name, as Envoy does, and
+// every ACK then carries the 21,000 names. Per change it reports:
 //
 //   - deliver-ms: from SetResult (the endpoint-only Result in hand) until the last client
 //     has received the new version;
@@ -172,6 +177,7 @@ func setupFanout(b *testing.B, sidecars, views int) *fanout {
 	// One names slice per view, shared by its clients (a sidecar subscribes to every
 	// assignment its CDS names).
 	names := map[string][]string{}
+	byName := envInt(b, "WEFT_EDS_BENCH_NAMES", 2) == 1
 	h1 := heapInUse()
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 8) // connects in flight: each full response is several MB
@@ -189,6 +195,9 @@ func setupFanout(b *testing.B, sidecars, views int) *fanout {
 			sort.Strings(names[v.Key()])
 		}
 		cl := &fanClient{node: n, names: names[v.Key()]}
+		if byName {
+			cl.subscribed = cl.names
+		}
 		f.clients = append(f.clients, cl)
 		if i == 0 {
 			init, _ := base.EndpointResources(v)
@@ -236,7 +245,7 @@ func (f *fanout) connect(b *testing.B, cl *fanClient) {
 		return
 	}
 	cl.st = st
-	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: cl.node, TypeUrl: resourcev3.EndpointType, ResourceNames: cl.names}); err != nil {
+	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: cl.node, TypeUrl: resourcev3.EndpointType, ResourceNames: cl.subscribed}); err != nil {
 		b.Error(err)
 		return
 	}
@@ -265,7 +274,7 @@ func (f *fanout) connect(b *testing.B, cl *fanClient) {
 				}
 			}
 			if err := st.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: resp.GetVersionInfo(),
-				ResponseNonce: resp.GetNonce(), ResourceNames: cl.names}); err != nil {
+				ResponseNonce: resp.GetNonce(), ResourceNames: cl.subscribed}); err != nil {
 				return
 			}
 			once.Do(func() { close(first) })

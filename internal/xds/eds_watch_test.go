@@ -697,3 +697,30 @@ func redisSlice(pods int) discoveryv1.EndpointSlice {
 	}
 	return es
 }
+
+// The sidecar subscribes to EDS by wildcard (no names: its ACKs then carry none): it gets
+// the view's every assignment first, then each change alone, and a NACK or reconnect still
+// gets everything.
+func TestEDSWildcardSubscription(t *testing.T) {
+	f := newMeshFixture(t, meshInput(20, 0, 1))
+	web := meshNode("web-1", "ns-0", "web")
+	names := edsNames(t, f.c, snapshot.ViewFromNode(web))
+	p := newEDSProbe(t, f.s.Addr().String(), web, nil, "")
+	r := p.next()
+	if got := claNames(t, r); !sameNames(got, names) {
+		t.Fatalf("first response: %d assignments, want all %d", len(got), len(names))
+	}
+	p.ack(r)
+	f.waitOpen(web, 1)
+	f.change(endpointsOf("ns-0", "svc-9", 2, 9))
+	r = p.next()
+	if got := claNames(t, r); !sameNames(got, namesOf(t, names, "|svc-9.")) || r.GetVersionInfo() != f.edsVersion(web) {
+		t.Fatalf("change: %v at %s, want svc-9's at %s", got, r.GetVersionInfo(), f.edsVersion(web))
+	}
+	p.ack(r)
+	p.quiet()
+	q := newEDSProbe(t, f.s.Addr().String(), meshNode("web-2", "ns-0", "web"), nil, r.GetVersionInfo())
+	if got := claNames(t, q.next()); len(got) != len(names) {
+		t.Fatalf("reconnect: %d assignments, want all %d", len(got), len(names))
+	}
+}
