@@ -55,6 +55,9 @@ type viewState struct {
 	// snap is the snapshot last set, whose clusters, listeners and routes an endpoint-only
 	// change reuses as they are.
 	snap *cachev3.Snapshot
+	// edsOf is the Result whose endpoints the view's EDS watches were last given, for the
+	// changed-names hint of an endpoint-only update (edsWatcher.set).
+	edsOf *snapshot.Result
 }
 
 // NewCache returns an empty cache. ads=true makes go-control-plane answer watches of one
@@ -80,15 +83,23 @@ func (c *Cache) SetResult(ctx context.Context, r *snapshot.Result) error {
 	if !edsOnly {
 		clear(c.groups)
 	}
+	prev := c.result
+	changed, _ := r.ChangedEndpoints(prev)
 	c.result = r
 	recordResources(r)
 	var firstErr error
 	for key, vs := range c.views {
-		set := c.setLocked
+		var err error
 		if edsOnly && vs.snap != nil {
-			set = c.setEndpointsLocked
+			hint := changed
+			if vs.edsOf != prev {
+				hint = nil // the view's endpoints are not prev's: a set failed
+			}
+			err = c.setEndpointsLocked(ctx, key, vs, hint)
+		} else {
+			err = c.setLocked(ctx, key, vs)
 		}
-		if err := set(ctx, key, vs); err != nil && firstErr == nil {
+		if err != nil && firstErr == nil {
 			firstErr = err
 		}
 	}
@@ -98,18 +109,21 @@ func (c *Cache) SetResult(ctx context.Context, r *snapshot.Result) error {
 // edsSlot is the endpoints' place in a snapshot's resource groups.
 var edsSlot = cachev3.GetResponseType(resourcev3.EndpointType)
 
-// setEndpointsLocked replaces the endpoints of the view's last snapshot.
-func (c *Cache) setEndpointsLocked(ctx context.Context, key string, vs *viewState) error {
+// setEndpointsLocked replaces the endpoints of the view's last snapshot; changed names the
+// only assignments that may differ (nil: not known).
+func (c *Cache) setEndpointsLocked(ctx context.Context, key string, vs *viewState, changed []string) error {
 	eds, err := c.result.EndpointResources(vs.view)
 	if err != nil {
 		return fmt.Errorf("building the endpoints of view %s: %w", key, err)
 	}
 	if vs.versions[resourcev3.EndpointType] == eds.Version || vs.versions[resourcev3.EndpointType] == "" && len(eds.Items) == 0 {
+		vs.edsOf = c.result
 		return nil
 	}
 	snap := &cachev3.Snapshot{Resources: vs.snap.Resources}
 	snap.Resources[edsSlot] = eds
-	c.eds.set(key, eds)
+	c.eds.set(key, eds, changed)
+	vs.edsOf = c.result
 	if err := c.cache.SetSnapshot(ctx, key, snap); err != nil {
 		return fmt.Errorf("setting snapshot of view %s: %w", key, err)
 	}
@@ -148,6 +162,7 @@ func (c *Cache) setLocked(ctx context.Context, key string, vs *viewState) error 
 		if vs.snap == nil {
 			vs.snap = snap
 		}
+		vs.edsOf = c.result
 		return nil
 	}
 	for i, g := range snap.Resources {
@@ -177,7 +192,8 @@ func (c *Cache) setLocked(ctx context.Context, key string, vs *viewState) error 
 			return fmt.Errorf("setting snapshot of view %s: %w", key, err)
 		}
 	}
-	c.eds.set(key, snap.Resources[edsSlot])
+	c.eds.set(key, snap.Resources[edsSlot], nil)
+	vs.edsOf = c.result
 	if err := c.cache.SetSnapshot(ctx, key, snap); err != nil {
 		return fmt.Errorf("setting snapshot of view %s: %w", key, err)
 	}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
+	"runtime/pprof"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -96,6 +98,18 @@ func BenchmarkEDSFanOut(b *testing.B) {
 	}
 	var deliver, acked, cpu, update time.Duration
 	var respBytes int64
+	// WEFT_EDS_BENCH_PROFILE=<file> profiles the changes alone (not the connecting), so
+	// the server's and the clients' shares can be told apart.
+	if path := os.Getenv("WEFT_EDS_BENCH_PROFILE"); path != "" {
+		out, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(out); err != nil {
+			b.Fatal(err)
+		}
+		defer func() { pprof.StopCPUProfile(); _ = out.Close() }()
+	}
 	b.ResetTimer()
 	for range b.N {
 		// Changes never repeat across the framework's runs: a repeat changes nothing.
