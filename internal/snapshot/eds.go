@@ -78,6 +78,11 @@ type endpointSums struct {
 	built      atomic.Bool
 	parent     *Result
 	changed    []int
+	// from and names say which assignments (shared and redis pools') this Result changed
+	// from the one it was derived from, identified by its id (no pointer: Results never
+	// form a chain).
+	from  uint64
+	names []string
 }
 
 // record notes how loadAssignment built cla, when the index records.
@@ -294,8 +299,17 @@ func (r *Result) UpdateEndpoints(ch EndpointChange) (*Result, bool) {
 	}
 	if pools != nil {
 		nr.Redis = pools
+		for i := range pools {
+			if pools[i] != r.Redis[i] {
+				nr.epSums.names = append(nr.epSums.names, pools[i].Endpoints.GetClusterName())
+			}
+		}
+	}
+	for _, i := range nr.epSums.changed {
+		nr.epSums.names = append(nr.epSums.names, eps[i].GetClusterName())
 	}
 	sh := r.hashes()
+	nr.id, nr.epSums.from = resultIDs.Add(1), r.id
 	nr.once.Do(func() {
 		nr.shared = sharedHashes{clusters: sh.clusters, endpoints: combine(nr.epSums.sums),
 			outbound: sh.outbound, outboundHash: sh.outboundHash}
@@ -307,6 +321,19 @@ func (r *Result) UpdateEndpoints(ch EndpointChange) (*Result, bool) {
 	r.mu.Unlock()
 	return nr, true
 }
+
+// ChangedEndpoints names the ClusterLoadAssignments r changed from prev, when UpdateEndpoints
+// derived r from prev (ok is false otherwise): every view's EDS resources of r are then
+// prev's, the very same messages, but for these names.
+func (r *Result) ChangedEndpoints(prev *Result) (names []string, ok bool) {
+	if !r.SameButEndpoints(prev) || len(r.epSums.names) == 0 || r.epSums.from != prev.id {
+		return nil, false
+	}
+	return r.epSums.names, true
+}
+
+// resultIDs numbers Results, for ChangedEndpoints.
+var resultIDs atomic.Uint64
 
 // SameButEndpoints reports whether r and o differ at most in their endpoints (o is r, or
 // one was derived from the other, directly or not, by UpdateEndpoints): every view's

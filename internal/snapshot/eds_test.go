@@ -191,6 +191,7 @@ func TestUpdateEndpointsMatchesTranslate(t *testing.T) {
 					t.Errorf("%s: fast path taken for a headless Service, whose endpoints are in the listener's chains", what)
 				}
 				taken++
+				checkChangedEndpoints(t, what, base, got, views)
 				next := in.WithEndpoints(ch)
 				want := Translate(next)
 				sameSnapshots(t, what, got, want, views)
@@ -296,6 +297,43 @@ func TestServiceOfCluster(t *testing.T) {
 	} {
 		if got := ix.serviceOfCluster(name); got != want {
 			t.Errorf("serviceOfCluster(%q) = %q, want %q", name, got, want)
+		}
+	}
+}
+
+// checkChangedEndpoints asserts that ChangedEndpoints names every assignment of every view
+// that got does not share, as the very same message, with base (the xds cache derives the
+// next EDS group from those names alone).
+func checkChangedEndpoints(t *testing.T, what string, base, got *Result, views []View) {
+	t.Helper()
+	if got == base {
+		return
+	}
+	names, ok := got.ChangedEndpoints(base)
+	if !ok {
+		t.Errorf("%s: ChangedEndpoints not known for a derived Result", what)
+		return
+	}
+	if _, ok := got.ChangedEndpoints(Translate(&Input{})); ok {
+		t.Errorf("%s: ChangedEndpoints known from an unrelated Result", what)
+	}
+	named := map[string]bool{}
+	for _, n := range names {
+		named[n] = true
+	}
+	for _, v := range views {
+		be, err1 := base.EndpointResources(v)
+		ge, err2 := got.EndpointResources(v)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		if len(be.Items) != len(ge.Items) {
+			t.Errorf("%s, view %+v: %d assignments, base has %d", what, v, len(ge.Items), len(be.Items))
+		}
+		for n, r := range ge.Items {
+			if b, ok := be.Items[n]; (!ok || b.Resource != r.Resource) && !named[n] {
+				t.Errorf("%s, view %+v: assignment %s changed but ChangedEndpoints does not name it", what, v, n)
+			}
 		}
 	}
 }

@@ -55,6 +55,7 @@ type Result struct {
 	// one only in endpoints, and the per-assignment hashes.
 	eds     *edsPlan
 	lineage *lineage
+	id      uint64 // unique per Result (ChangedEndpoints)
 	epSums  endpointSums
 }
 
@@ -203,6 +204,7 @@ func Translate(in *Input) *Result {
 	t.meshPolicies(in, res)
 	res.eds = buildEDSPlan(t.ix, in, res)
 	res.lineage = &lineage{}
+	res.id = resultIDs.Add(1)
 	return res
 }
 

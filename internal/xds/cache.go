@@ -37,6 +37,9 @@ type Cache struct {
 	// group (one map of clusters, not one per view). At most 4 entries per view set since
 	// the last full translation, which empties it.
 	groups map[groupKey]cachev3.Resources
+	// eds answers state-of-the-world EDS watches with only what changed (eds_watch.go); it
+	// is given each view's endpoints before the snapshot cache is.
+	eds *edsWatcher
 }
 
 type groupKey struct {
@@ -53,12 +56,16 @@ type viewState struct {
 	// snap is the snapshot last set, whose clusters, listeners and routes an endpoint-only
 	// change reuses as they are.
 	snap *cachev3.Snapshot
+	// edsOf is the Result whose endpoints the view's EDS watches were last given, for the
+	// changed-names hint of an endpoint-only update (edsWatcher.set).
+	edsOf *snapshot.Result
 }
 
 // NewCache returns an empty cache. ads=true makes go-control-plane answer watches of one
 // node in CDS → EDS → LDS → RDS order (make-before-break).
 func NewCache() *Cache {
-	return &Cache{cache: cachev3.NewSnapshotCache(true, viewHash{}, nil), views: map[string]*viewState{}, groups: map[groupKey]cachev3.Resources{}}
+	return &Cache{cache: cachev3.NewSnapshotCache(true, viewHash{}, nil), views: map[string]*viewState{}, groups: map[groupKey]cachev3.Resources{},
+		eds: newEDSWatcher()}
 }
 
 // SetResult installs a new translation and updates the snapshot of every view that has a
@@ -77,15 +84,23 @@ func (c *Cache) SetResult(ctx context.Context, r *snapshot.Result) error {
 	if !edsOnly {
 		clear(c.groups)
 	}
+	prev := c.result
+	changed, _ := r.ChangedEndpoints(prev)
 	c.result = r
 	recordResources(r)
 	var firstErr error
 	for key, vs := range c.views {
-		set := c.setLocked
+		var err error
 		if edsOnly && vs.snap != nil {
-			set = c.setEndpointsLocked
+			hint := changed
+			if vs.edsOf != prev {
+				hint = nil // the view's endpoints are not prev's: a set failed
+			}
+			err = c.setEndpointsLocked(ctx, key, vs, hint)
+		} else {
+			err = c.setLocked(ctx, key, vs)
 		}
-		if err := set(ctx, key, vs); err != nil && firstErr == nil {
+		if err != nil && firstErr == nil {
 			firstErr = err
 		}
 	}
@@ -95,17 +110,21 @@ func (c *Cache) SetResult(ctx context.Context, r *snapshot.Result) error {
 // edsSlot is the endpoints' place in a snapshot's resource groups.
 var edsSlot = cachev3.GetResponseType(resourcev3.EndpointType)
 
-// setEndpointsLocked replaces the endpoints of the view's last snapshot.
-func (c *Cache) setEndpointsLocked(ctx context.Context, key string, vs *viewState) error {
+// setEndpointsLocked replaces the endpoints of the view's last snapshot; changed names the
+// only assignments that may differ (nil: not known).
+func (c *Cache) setEndpointsLocked(ctx context.Context, key string, vs *viewState, changed []string) error {
 	eds, err := c.result.EndpointResources(vs.view)
 	if err != nil {
 		return fmt.Errorf("building the endpoints of view %s: %w", key, err)
 	}
 	if vs.versions[resourcev3.EndpointType] == eds.Version || vs.versions[resourcev3.EndpointType] == "" && len(eds.Items) == 0 {
+		vs.edsOf = c.result
 		return nil
 	}
 	snap := &cachev3.Snapshot{Resources: vs.snap.Resources}
 	snap.Resources[edsSlot] = eds
+	c.eds.set(key, eds, changed)
+	vs.edsOf = c.result
 	if err := c.cache.SetSnapshot(ctx, key, snap); err != nil {
 		return fmt.Errorf("setting snapshot of view %s: %w", key, err)
 	}
@@ -144,6 +163,7 @@ func (c *Cache) setLocked(ctx context.Context, key string, vs *viewState) error 
 		if vs.snap == nil {
 			vs.snap = snap
 		}
+		vs.edsOf = c.result
 		return nil
 	}
 	for i, g := range snap.Resources {
@@ -157,6 +177,24 @@ func (c *Cache) setLocked(ctx context.Context, key string, vs *viewState) error 
 			c.groups[k] = g
 		}
 	}
+	// Make-before-break across the two caches: the snapshot cache answers CDS → LDS → RDS
+	// in one SetSnapshot and the edsWatcher answers EDS, so a change of clusters is set
+	// first with the previous listeners and routes, then the endpoints, then the rest.
+	if vs.versions[resourcev3.ClusterType] != snap.GetVersion(resourcev3.ClusterType) {
+		mid := &cachev3.Snapshot{Resources: snap.Resources}
+		for _, t := range []string{resourcev3.ListenerType, resourcev3.RouteType} {
+			i := cachev3.GetResponseType(t)
+			mid.Resources[i] = cachev3.Resources{}
+			if vs.snap != nil {
+				mid.Resources[i] = vs.snap.Resources[i]
+			}
+		}
+		if err := c.cache.SetSnapshot(ctx, key, mid); err != nil {
+			return fmt.Errorf("setting snapshot of view %s: %w", key, err)
+		}
+	}
+	c.eds.set(key, snap.Resources[edsSlot], nil)
+	vs.edsOf = c.result
 	if err := c.cache.SetSnapshot(ctx, key, snap); err != nil {
 		return fmt.Errorf("setting snapshot of view %s: %w", key, err)
 	}
@@ -194,6 +232,7 @@ func (c *Cache) removeNode(v snapshot.View) {
 	if vs.nodes--; vs.nodes <= 0 {
 		delete(c.views, key)
 		c.cache.ClearSnapshot(key)
+		c.eds.clear(key)
 	}
 }
 

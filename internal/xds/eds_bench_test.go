@@ -48,11 +48,15 @@ func scaleSlice(ns, svc string, port int32, pods, base int) discoveryv1.Endpoint
 
 // scaleInput is internal/snapshot's BenchmarkTranslate input: 10,000 MeshRoutes (each with
 // its own Service of 3 endpoints) and 1,000 MeshFunctions (2 pods each) in 100 namespaces.
-func scaleInput() *snapshot.Input {
+func scaleInput() *snapshot.Input { return meshInput(10_000, 1_000, 100) }
+
+// meshInput is scaleInput's shape at any size: routes MeshRoutes with a Service each and
+// functions MeshFunctions, spread over namespaces "ns-<i>".
+func meshInput(routes, functions, namespaces int) *snapshot.Input {
 	in := &snapshot.Input{}
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	for i := 0; i < 10_000; i++ {
-		ns, svc := fmt.Sprintf("ns-%d", i%100), fmt.Sprintf("svc-%d", i)
+	for i := 0; i < routes; i++ {
+		ns, svc := fmt.Sprintf("ns-%d", i%namespaces), fmt.Sprintf("svc-%d", i)
 		in.Services = append(in.Services, corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: svc},
 			Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}}})
 		in.EndpointSlices = append(in.EndpointSlices, scaleSlice(ns, svc, 8080, 3, i))
@@ -67,8 +71,8 @@ func scaleInput() *snapshot.Input {
 			}},
 		})
 	}
-	for i := 0; i < 1_000; i++ {
-		ns, fn := fmt.Sprintf("ns-%d", i%100), fmt.Sprintf("fn-%d", i)
+	for i := 0; i < functions; i++ {
+		ns, fn := fmt.Sprintf("ns-%d", i%namespaces), fmt.Sprintf("fn-%d", i)
 		in.MeshFunctions = append(in.MeshFunctions, meshv1alpha1.MeshFunction{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fn, Generation: 1},
 			Spec: meshv1alpha1.MeshFunctionSpec{Port: 8080}})
 		in.EndpointSlices = append(in.EndpointSlices, scaleSlice(ns, fn, contract.InboundPort, 2, 20_000+i))

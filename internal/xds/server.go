@@ -124,7 +124,7 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	cb := &callbacks{cache: s.cache, tracker: s.tracker, log: s.opts.Log, onChange: s.opts.OnChange,
 		secure: s.opts.Auth != nil, idents: map[streamKey]streamIdentity{}}
-	xs := serverv3.NewServer(ctx, s.cache.cache, cb, sotwv3.WithOrderedADS())
+	xs := serverv3.NewServer(ctx, adsCache{s.cache.cache, s.cache.eds}, cb, sotwv3.WithOrderedADS())
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(s.grpc, xs)
 	clusterservice.RegisterClusterDiscoveryServiceServer(s.grpc, xs)
 	endpointservice.RegisterEndpointDiscoveryServiceServer(s.grpc, xs)

@@ -78,6 +78,10 @@ const (
 	// connectTimeout bounds one TCP+HTTP/2 connect to the control plane (gRPC's own default
 	// is 20 s); an address that does not answer is tried again after the back-off instead.
 	connectTimeout = 3 * time.Second
+	// MaxResponseBytes bounds one xDS response. gRPC's default of 4 MiB is too small for a
+	// large mesh: at 10,000 routes the full EDS response is 5.0 MB (21,000 assignments,
+	// BenchmarkEDSFanOut) and CDS is larger; 64 MiB leaves room for ten times that.
+	MaxResponseBytes = 64 << 20
 )
 
 // Status is what /config_dump shows about the xDS session.
@@ -105,6 +109,8 @@ type Client struct {
 	nacked      map[string]string   // type URL → version last rejected
 	nackRepeats map[string]int
 	delayed     map[string]*delayedNACK
+	// fullAsked is the EDS version whose ACK last claimed no version, to get the full set.
+	fullAsked string
 
 	mu     sync.Mutex
 	status Status
@@ -161,7 +167,8 @@ func (c *Client) Run(ctx context.Context) error {
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           grpcbackoff.Config{BaseDelay: c.opts.BackoffBase, Multiplier: 1.6, Jitter: 0.2, MaxDelay: c.opts.BackoffMax},
 			MinConnectTimeout: connectTimeout,
-		}))...)
+		}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxResponseBytes)))...)
 	if err != nil {
 		return fmt.Errorf("dialing xDS server %s: %w", c.opts.Address, err)
 	}
@@ -221,8 +228,8 @@ func (c *Client) session(ctx context.Context, ads discoveryv3.AggregatedDiscover
 		}
 	}
 	for _, t := range []string{resourcev3.EndpointType, resourcev3.RouteType, resourcev3.SecretType} {
-		if names := c.subs[t]; len(names) > 0 {
-			if err := c.send(stream, t, names, c.versions[t], nil); err != nil {
+		if len(c.subs[t]) > 0 {
+			if err := c.send(stream, t, c.requestNames(t), c.versions[t], nil); err != nil {
 				return false, err
 			}
 		}
@@ -263,7 +270,7 @@ func (c *Client) session(ctx context.Context, ads discoveryv3.AggregatedDiscover
 		case <-timer:
 			delete(c.delayed, due.typeURL)
 			if c.nonces[due.typeURL] == due.nonce {
-				if err := c.send(stream, due.typeURL, c.subs[due.typeURL], c.versions[due.typeURL], due.err); err != nil {
+				if err := c.send(stream, due.typeURL, c.requestNames(due.typeURL), c.versions[due.typeURL], due.err); err != nil {
 					return got, err
 				}
 			}
@@ -322,16 +329,34 @@ func (c *Client) handle(stream discoveryv3.AggregatedDiscoveryService_StreamAggr
 		if c.nacked[t] != resp.GetVersionInfo() {
 			c.nacked[t] = resp.GetVersionInfo()
 			c.nackRepeats[t] = 0
-			return c.send(stream, t, c.subs[t], c.versions[t], err)
+			return c.send(stream, t, c.requestNames(t), c.versions[t], err)
 		}
 		c.nackRepeats[t]++
 		d := min(c.opts.BackoffBase<<min(c.nackRepeats[t], 20), c.opts.BackoffMax, 5*time.Second)
 		c.delayed[t] = &delayedNACK{typeURL: t, nonce: resp.GetNonce(), err: err, at: c.opts.Clock.Now().Add(d)}
 		return nil
 	}
+	ackVersion := resp.GetVersionInfo()
 	switch t {
 	case resourcev3.ClusterType, resourcev3.ListenerType:
 		c.res[t] = decoded // state of the world: absence means deletion
+	case resourcev3.EndpointType:
+		// A wildcard subscription: a response carries the assignments that changed, and
+		// every one received is kept until an accepted CDS response stops naming its
+		// cluster (resubscribe), so one that arrives before its cluster is not lost.
+		if c.res[t] == nil {
+			c.res[t] = map[string]proto.Message{}
+		}
+		for n, m := range decoded {
+			c.res[t][n] = m
+		}
+		// Should the server hold back an assignment this client lacks (it cannot tell
+		// what the client dropped), claiming no version asks for the full set — once
+		// per version, so an assignment the server does not have cannot loop.
+		if c.missingEndpoints() && c.fullAsked != ackVersion {
+			c.fullAsked = ackVersion
+			ackVersion = ""
+		}
 	default:
 		merged := map[string]proto.Message{}
 		for n, m := range c.res[t] {
@@ -344,23 +369,49 @@ func (c *Client) handle(stream discoveryv3.AggregatedDiscoveryService_StreamAggr
 		}
 		c.res[t] = merged
 	}
-	c.versions[t] = resp.GetVersionInfo()
+	c.versions[t] = ackVersion
 	delete(c.nacked, t)
 	delete(c.delayed, t)
 	c.mu.Lock()
 	c.status.Versions[t] = resp.GetVersionInfo()
 	delete(c.status.LastNACK, t)
 	c.mu.Unlock()
-	if err := c.send(stream, t, c.subs[t], c.versions[t], nil); err != nil {
-		return err
-	}
 	if t == resourcev3.ClusterType || t == resourcev3.ListenerType {
 		if err := c.resubscribe(stream); err != nil {
 			return err
 		}
 	}
+	// The ACK goes once the config is in force: the control plane's hand-off (Drained)
+	// takes an ACK of draining endpoints to mean this sidecar no longer sends new requests
+	// to them.
 	c.tryApply()
-	return nil
+	return c.send(stream, t, c.requestNames(t), c.versions[t], nil)
+}
+
+// edsWildcard is the EDS subscription: every assignment of the sidecar's view. With
+// resource names, each ACK would carry all of them — 21,000 names, ~1.2 MB, decoded by
+// the control plane for every sidecar on every endpoint change at 10,000 routes
+// (docs/eds-fast-path.md); a wildcard ACK is a few bytes. It is the legacy wildcard (no
+// names), which go-control-plane's snapshot cache in ADS mode serves too (it refuses an
+// explicit "*" it holds no resource of), so a sidecar also works with an older manager.
+var edsWildcard []string
+
+// requestNames are the resource names a request of type t carries.
+func (c *Client) requestNames(t string) []string {
+	if t == resourcev3.EndpointType && len(c.subs[t]) > 0 {
+		return edsWildcard
+	}
+	return c.subs[t]
+}
+
+// missingEndpoints reports whether a cluster this client holds lacks its assignment.
+func (c *Client) missingEndpoints() bool {
+	for _, n := range c.subs[resourcev3.EndpointType] {
+		if _, ok := c.res[resourcev3.EndpointType][n]; !ok {
+			return true
+		}
+	}
+	return false
 }
 
 // resubscribe sends EDS/RDS/SDS requests when the set of names the clusters and listeners
@@ -379,13 +430,21 @@ func (c *Client) resubscribe(stream discoveryv3.AggregatedDiscoveryService_Strea
 		if slices.Equal(c.subs[s.t], s.names) {
 			continue
 		}
+		had := len(c.subs[s.t]) > 0
 		c.subs[s.t] = s.names
+		keep := make(map[string]bool, len(s.names))
+		for _, n := range s.names {
+			keep[n] = true
+		}
 		for n := range c.res[s.t] {
-			if !slices.Contains(s.names, n) {
+			if !keep[n] {
 				delete(c.res[s.t], n)
 			}
 		}
-		if err := c.send(stream, s.t, s.names, c.versions[s.t], nil); err != nil {
+		if s.t == resourcev3.EndpointType && had && len(s.names) > 0 {
+			continue // the wildcard request stands
+		}
+		if err := c.send(stream, s.t, c.requestNames(s.t), c.versions[s.t], nil); err != nil {
 			return err
 		}
 	}
