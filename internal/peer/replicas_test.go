@@ -157,8 +157,10 @@ func TestLeaderLossNewLeaderDecidesBufferedDemand(t *testing.T) {
 	poll.Until(t, 4*leaseDuration, func() bool { next = leaderOf(followers); return next != nil }, "waiting for a new leader")
 	took := time.Since(killed)
 	t.Logf("new leader %s after %s (lease %s, retry %s)", next.name, took.Round(10*time.Millisecond), leaseDuration, retryPeriod)
-	if limit := leaseDuration + 2*retryPeriod; took > limit {
-		t.Errorf("new leader after %s, want within the lease duration plus the retry period's rounds (%s)", took, limit)
+	// Not a performance figure: a failover that waits for more than another lease means the
+	// dead leader's Lease was not simply left to expire (the e2e TestHA logs the real figure).
+	if limit := 2 * leaseDuration; took > limit {
+		t.Errorf("new leader after %s, want about one lease duration (%s), at most %s", took, leaseDuration, limit)
 	}
 	d := waitDecision(t, next, 10*time.Second, "the new leader scales for the demand held during the failover", func(d autoscale.Decision) bool { return d.Desired >= 1 })
 	if d.Held != held {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -101,10 +102,11 @@ func TestReleaseManifests(t *testing.T) {
 	}
 
 	// A copy with an impossible value must be refused by the same check.
-	broken := bytes.Replace(install, []byte("replicas: 1\n"), []byte("replicas: -1\n"), 1)
-	if bytes.Equal(broken, install) {
-		t.Fatal("install.yaml has no 'replicas: 1' to break")
+	loc := regexp.MustCompile(`(?m)^  replicas: [0-9]+$`).FindIndex(install)
+	if loc == nil {
+		t.Fatal("install.yaml has no 'replicas: N' to break")
 	}
+	broken := append(append(append([]byte(nil), install[:loc[0]]...), "  replicas: -1"...), install[loc[1]:]...)
 	brokenPath := filepath.Join(out, "broken.yaml")
 	if err := os.WriteFile(brokenPath, broken, 0o644); err != nil {
 		t.Fatal(err)
