@@ -478,17 +478,37 @@ YAML
     record "denied: plaintext to strict" PASS "$detail"
   else record "denied: plaintext to strict" FAIL "$detail"; fi
 
-  # ---- HOOK for the lead (issue 16 point 5, branch h4-authz): a call denied by a MeshPolicy ----
-  # Once authorization is merged: apply a MeshPolicy that allows only ns/default/sa/default's
-  # GETs on vault and denies the rest (or denies the caller outright), make one denied call from
-  # the caller pod, and record "denied by MeshPolicy" PASS when it gets 403 with a body naming
-  # the policy (and the vault sidecar's denied-calls counter moved), e.g.:
-  #   out="$(call "http://vault/" 1)"   # or a method the policy refuses
-  #   record "denied by MeshPolicy" PASS|FAIL "1 call → $(kv status.403 "$out") × 403 naming <policy>"
+  # ---- authorization (issue 16 point 5; docs/authorization.md) ----------------------------------
+  bold "Authorization: a MeshPolicy lets the default ServiceAccount GET vault's / and nothing else; the rest is 403 naming the policy"
+  kubectl apply -f - >/dev/null <<'EOF'
+apiVersion: mesh.weft.dev/v1alpha1
+kind: MeshPolicy
+metadata: {name: vault-readers, namespace: default}
+spec:
+  selector: {labels: {app: vault}}
+  action: ALLOW
+  rules:
+  - from: [{principals: [default/default]}]
+    to: [{paths: ["/"], methods: [GET]}]
+EOF
+  a0="$(sidecar_stat "${VAULT_IP:-127.0.0.1}" weft_authz_requests_total 'decision="deny"')"
+  code=""; body=""
+  for _ in $(seq 1 60); do
+    resp="$(inpod curl -s --max-time 5 -w '\n%{http_code}' http://vault/admin 2>&1 || true)"
+    code="$(tail -n1 <<<"$resp")"; body="$(sed '$d' <<<"$resp" | head -n1)"
+    [[ "$code" == 403 ]] && break; sleep 1
+  done
+  out="$(call "http://vault/" 10)"
+  a1="$(sidecar_stat "${VAULT_IP:-127.0.0.1}" weft_authz_requests_total 'decision="deny"')"
+  detail="GET http://vault/admin from the caller → $code \"$(cut -c1-90 <<<"$body")\"; GET / → $(kv status.200 "$out") × 200 of 10; vault's sidecar denied +$((a1 - a0))"
+  if [[ "$code" == 403 && "$body" == *"MeshPolicy default/vault-readers"* && "$(kv status.200 "$out")" == 10 && $((a1 - a0)) -ge 1 ]]; then
+    record "denied by MeshPolicy" PASS "$detail"
+  else record "denied by MeshPolicy" FAIL "$detail"; fi
+  kubectl delete meshpolicy vault-readers --ignore-not-found >/dev/null
 fi
 
 bold "Custom resources"
-kubectl get mr,mfn,rp 2>&1 | sed 's/^/   /'
+kubectl get mr,mfn,rp,mp 2>&1 | sed 's/^/   /'
 
 bold "Summary"
 printf '   %-34s %-5s %s\n' STEP RESULT DETAIL
