@@ -81,21 +81,7 @@ func createClusterObjects(t *testing.T) {
 
 func clusterPod(t *testing.T, app string) corev1.Pod {
 	t.Helper()
-	var pod corev1.Pod
-	eventually(t, 3*time.Minute, app+" pod in "+clusterNS+" running and ready", func() error {
-		l, err := cs.CoreV1().Pods(clusterNS).List(context.Background(), metav1.ListOptions{LabelSelector: "app=" + app})
-		if err != nil {
-			return err
-		}
-		for _, p := range l.Items {
-			if readyRunning(p) {
-				pod = p
-				return nil
-			}
-		}
-		return fmt.Errorf("%d %s pods, none ready", len(l.Items), app)
-	})
-	return pod
+	return readyPod(t, clusterNS, app, 3*time.Minute)
 }
 
 // callFrom asks the caller pod to make n calls to u itself (no proxy: it has no sidecar).

@@ -285,21 +285,7 @@ func haLeader(t *testing.T) (string, corev1.Pod) {
 
 func haPod(t *testing.T, app string) corev1.Pod {
 	t.Helper()
-	var pod corev1.Pod
-	eventually(t, 4*time.Minute, app+" pod in "+haNS+" running and ready", func() error {
-		l, err := cs.CoreV1().Pods(haNS).List(context.Background(), metav1.ListOptions{LabelSelector: "app=" + app})
-		if err != nil {
-			return err
-		}
-		for _, p := range l.Items {
-			if readyRunning(p) {
-				pod = p
-				return nil
-			}
-		}
-		return fmt.Errorf("no ready %s pod", app)
-	})
-	return pod
+	return readyPod(t, haNS, app, 4*time.Minute)
 }
 
 func replicasIn(t *testing.T, ns, name string) int32 {

@@ -31,6 +31,26 @@ func pods(t *testing.T, selector string) []corev1.Pod {
 	return l.Items
 }
 
+// readyPod waits up to timeout for a running, ready pod labelled app=<app> in ns.
+func readyPod(t *testing.T, ns, app string, timeout time.Duration) corev1.Pod {
+	t.Helper()
+	var pod corev1.Pod
+	eventually(t, timeout, app+" pod in "+ns+" running and ready", func() error {
+		l, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "app=" + app})
+		if err != nil {
+			return err
+		}
+		for _, p := range l.Items {
+			if readyRunning(p) {
+				pod = p
+				return nil
+			}
+		}
+		return fmt.Errorf("%d %s pods, none ready", len(l.Items), app)
+	})
+	return pod
+}
+
 func readyRunning(p corev1.Pod) bool {
 	if p.Status.Phase != corev1.PodRunning || p.DeletionTimestamp != nil {
 		return false

@@ -85,21 +85,7 @@ spec:
 
 func mtlsCapturePod(t *testing.T, app string) corev1.Pod {
 	t.Helper()
-	var pod corev1.Pod
-	eventually(t, 4*time.Minute, app+" pod in "+mtlsCaptureNS+" running and ready", func() error {
-		l, err := cs.CoreV1().Pods(mtlsCaptureNS).List(context.Background(), metav1.ListOptions{LabelSelector: "app=" + app})
-		if err != nil {
-			return err
-		}
-		for _, p := range l.Items {
-			if readyRunning(p) {
-				pod = p
-				return nil
-			}
-		}
-		return fmt.Errorf("%d %s pods, none ready", len(l.Items), app)
-	})
-	return pod
+	return readyPod(t, mtlsCaptureNS, app, 4*time.Minute)
 }
 
 // TestMTLSCapturePlainService: an app with no proxy settings calls a plain Service (no

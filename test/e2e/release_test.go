@@ -312,25 +312,7 @@ func tailBytes(b []byte, n int) string {
 
 func installPod(t *testing.T, app string) corev1.Pod {
 	t.Helper()
-	var pod corev1.Pod
-	eventually(t, 4*time.Minute, app+" pod in "+installNS+" running and ready", func() error {
-		l, err := cs.CoreV1().Pods(installNS).List(context.Background(), metav1.ListOptions{LabelSelector: "app=" + app})
-		if err != nil {
-			return err
-		}
-		for _, p := range l.Items {
-			if readyRunning(p) {
-				pod = p
-				return nil
-			}
-		}
-		if len(l.Items) > 0 {
-			p := l.Items[0]
-			return fmt.Errorf("pod %s: %s %+v %+v", p.Name, p.Status.Phase, p.Status.InitContainerStatuses, p.Status.ContainerStatuses)
-		}
-		return fmt.Errorf("no %s pod", app)
-	})
-	return pod
+	return readyPod(t, installNS, app, 4*time.Minute)
 }
 
 // withoutKinds returns the YAML stream without the documents of the given kinds.

@@ -156,21 +156,7 @@ func applyTransparent(t *testing.T) {
 
 func transparentPod(t *testing.T, app string) corev1.Pod {
 	t.Helper()
-	var pod corev1.Pod
-	eventually(t, 4*time.Minute, app+" pod in "+transparentNS+" running and ready", func() error {
-		l, err := cs.CoreV1().Pods(transparentNS).List(context.Background(), metav1.ListOptions{LabelSelector: "app=" + app})
-		if err != nil {
-			return err
-		}
-		for _, p := range l.Items {
-			if readyRunning(p) {
-				pod = p
-				return nil
-			}
-		}
-		return fmt.Errorf("%d %s pods, none ready: %+v", len(l.Items), app, l.Items)
-	})
-	return pod
+	return readyPod(t, transparentNS, app, 4*time.Minute)
 }
 
 // sidecarStats is the sum of the values of the /stats lines (the sidecar's read-only port on
