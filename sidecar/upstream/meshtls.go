@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/contract"
-	"github.com/weftmesh/weft/sidecar/connio"
 )
 
 // Mutual TLS to meshed endpoints (docs/mtls.md). An endpoint is another sidecar when its
@@ -98,9 +97,10 @@ func (c *Cluster) originateTLS(ctx context.Context, conn net.Conn, h *Host, conn
 	if st == nil {
 		return conn, nil
 	}
-	// The TLS records' read(2) and write(2) skip the runtime's syscall bracket, as the
-	// plaintext pool's connio.Conn does (h2Socket does the same for HTTP/2).
-	tc, err := handshake(ctx, connio.NewConn(conn), st.h1, h.Address, connectTimeout, deadline)
+	// Plain net.Conn under TLS, not connio.Conn: with connio.Conn under both ends a burst
+	// of handshakes onto a new pod saw some stall for the whole 10 s budget (twice, in
+	// TestFunction1BurstFromZeroAllSucceed and make demo); without it, none.
+	tc, err := handshake(ctx, conn, st.h1, h.Address, connectTimeout, deadline)
 	if err != nil {
 		return nil, err
 	}
