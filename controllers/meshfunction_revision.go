@@ -68,8 +68,14 @@ type revision struct {
 // listRevisions returns fn's revision Deployments, newest first, and the legacy
 // single Deployment named after fn if Weft created one before revisions were turned on.
 func (r *MeshFunctionReconciler) listRevisions(ctx context.Context, fn *meshv1alpha1.MeshFunction) (revs []revision, legacy *appsv1.Deployment, err error) {
+	return listRevisionDeployments(ctx, r, fn)
+}
+
+// listRevisionDeployments is listRevisions reading through c (the reconciler's cache, or
+// the admission webhook's uncached reader).
+func listRevisionDeployments(ctx context.Context, c client.Reader, fn *meshv1alpha1.MeshFunction) (revs []revision, legacy *appsv1.Deployment, err error) {
 	var deps appsv1.DeploymentList
-	if err := r.List(ctx, &deps, client.InNamespace(fn.Namespace), client.MatchingLabels{workload.LabelFunction: fn.Name}); err != nil {
+	if err := c.List(ctx, &deps, client.InNamespace(fn.Namespace), client.MatchingLabels{workload.LabelFunction: fn.Name}); err != nil {
 		return nil, nil, fmt.Errorf("listing Deployments of MeshFunction %s/%s: %w", fn.Namespace, fn.Name, err)
 	}
 	for i := range deps.Items {
@@ -247,17 +253,11 @@ type conditionProblem struct{ reason, message string }
 // template holds, or a Deployment of the revision's name that Weft does not control, is a
 // problem for the user to fix.
 func (r *MeshFunctionReconciler) ensureRevision(ctx context.Context, fn *meshv1alpha1.MeshFunction, revs []revision) (*revision, *conditionProblem, error) {
-	hash := TemplateHash(fn)
-	if len(revs) > 0 && revs[0].hash == hash {
+	name, number, hash, creates := nextRevision(fn, revs)
+	if !creates {
 		return nil, nil, nil
 	}
-	number := 1
-	if len(revs) > 0 {
-		number = revs[0].number + 1
-	}
-	name := RevisionName(fn.Name, number)
 	if given := fn.Spec.Template.Name; given != "" {
-		name = given
 		for _, rv := range revs {
 			if rv.name == given {
 				return nil, &conditionProblem{meshv1alpha1.ReasonInvalid, fmt.Sprintf(
@@ -287,6 +287,25 @@ func (r *MeshFunctionReconciler) ensureRevision(ctx context.Context, fn *meshv1a
 		return nil, nil, fmt.Errorf("creating Deployment %s/%s of MeshFunction %s/%s: %w", fn.Namespace, name, fn.Namespace, fn.Name, err)
 	}
 	return &revision{name: name, number: number, hash: hash, dep: dep}, nil, nil
+}
+
+// nextRevision is the revision fn's current template makes, given its revisions newest
+// first: creates is false when the newest revision already has the template. Its name is
+// spec.template.metadata.name, or <function>-<n> after the newest revision's number.
+func nextRevision(fn *meshv1alpha1.MeshFunction, revs []revision) (name string, number int, hash string, creates bool) {
+	hash = TemplateHash(fn)
+	if len(revs) > 0 && revs[0].hash == hash {
+		return "", 0, hash, false
+	}
+	number = 1
+	if len(revs) > 0 {
+		number = revs[0].number + 1
+	}
+	name = RevisionName(fn.Name, number)
+	if given := fn.Spec.Template.Name; given != "" {
+		name = given
+	}
+	return name, number, hash, true
 }
 
 // revisionDeployment renders a revision's Deployment: the function's Deployment as

@@ -32,6 +32,8 @@ package controllers
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=gateway.networking.k8s.io,resources=referencegrants,verbs=get;list;watch
 //
-// The sidecar injector's MutatingWebhookConfiguration, only Weft's (its caBundle is kept in
+// The sidecar injector's MutatingWebhookConfiguration and the MeshFunction validator's
+// ValidatingWebhookConfiguration, only Weft's (their caBundles are kept in
 // step with the manager's CA by a merge patch).
 // +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=mutatingwebhookconfigurations,resourceNames=weft-sidecar-injector,verbs=get;patch
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=validatingwebhookconfigurations,resourceNames=weft-meshfunction-validator,verbs=get;patch

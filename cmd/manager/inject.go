@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/controllers"
 	"github.com/weftmesh/weft/internal/capture"
 	"github.com/weftmesh/weft/internal/inject"
 )
@@ -34,7 +35,11 @@ type injectionOptions struct {
 	certSecret   string
 	certHosts    string
 	configName   string
-	interception string
+	// validate serves the MeshFunction validating webhook (controllers.MeshFunctionValidator)
+	// on the same server; validatingName is its configuration, whose caBundle is kept.
+	validate       bool
+	validatingName string
+	interception   string
 	// xdsCA is the xDS CA bundle injected sidecars verify the control plane with (set by
 	// run from setupXDSSecurity; empty with --xds-insecure).
 	xdsCA []byte
@@ -58,6 +63,8 @@ func bindInjectionFlags(fs *flag.FlagSet) *injectionOptions {
 	fs.StringVar(&o.certHosts, "webhook-cert-hosts", "weft-webhook-service."+ns+".svc,weft-webhook-service."+ns+".svc.cluster.local",
 		"Comma-separated DNS names and IPs the webhook serving certificate covers.")
 	fs.StringVar(&o.configName, "webhook-config-name", inject.WebhookConfigName, "MutatingWebhookConfiguration whose caBundle the manager keeps.")
+	fs.BoolVar(&o.validate, "enable-validation-webhook", true, "Serve the MeshFunction validating webhook (unknown revision names in spec.traffic are refused at apply) and keep its caBundle current.")
+	fs.StringVar(&o.validatingName, "validating-webhook-config-name", inject.ValidatingWebhookConfigName, "ValidatingWebhookConfiguration whose caBundle the manager keeps.")
 	// iptables, as Istio: apps join the mesh unmodified. proxy-env is for clusters that
 	// refuse NET_ADMIN in pods (docs/capture.md "Interception modes").
 	fs.StringVar(&o.interception, "interception", string(capture.InterceptionIPTables),
@@ -69,7 +76,7 @@ func bindInjectionFlags(fs *flag.FlagSet) *injectionOptions {
 // (with the injection handler) and the caBundle keeper to mgr.
 func setupInjection(mgr ctrl.Manager) error {
 	o := injectOpts
-	if !o.enabled {
+	if !o.enabled && !o.validate {
 		return nil
 	}
 	mode, err := capture.ParseInterception(o.interception)
@@ -104,6 +111,20 @@ func setupInjection(mgr ctrl.Manager) error {
 		}},
 	})
 	reader := mgr.GetAPIReader()
+	keeper := &inject.CABundleKeeper{Client: direct, CA: bundle.CACert, Clock: clock.RealClock{}, Log: ctrl.Log.WithName("webhook")}
+	if o.validate {
+		srv.Register(inject.MeshFunctionValidatePath, &webhook.Admission{Handler: &controllers.MeshFunctionValidator{
+			Reader: reader, Decoder: admission.NewDecoder(mgr.GetScheme()),
+		}})
+		keeper.ValidatingName = o.validatingName
+	}
+	if !o.enabled {
+		if err := mgr.Add(srv); err != nil {
+			return fmt.Errorf("adding the webhook server: %w", err)
+		}
+		return mgr.Add(keeper)
+	}
+	keeper.Name = o.configName
 	srv.Register(inject.Path, &webhook.Admission{Handler: &inject.Handler{
 		Config:  inject.Config{Image: o.image, XDSAddress: o.xdsAddress, DrainSeconds: o.drainSeconds, Interception: mode, XDSCA: o.xdsCA},
 		Decoder: admission.NewDecoder(mgr.GetScheme()),
@@ -118,6 +139,5 @@ func setupInjection(mgr ctrl.Manager) error {
 	if err := mgr.Add(srv); err != nil {
 		return fmt.Errorf("adding the webhook server: %w", err)
 	}
-	return mgr.Add(&inject.CABundleKeeper{Client: direct, Name: o.configName, CA: bundle.CACert,
-		Clock: clock.RealClock{}, Log: ctrl.Log.WithName("inject")})
+	return mgr.Add(keeper)
 }

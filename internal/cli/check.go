@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/pem"
@@ -26,8 +27,10 @@ import (
 // Names `check` looks for: config/default's (namePrefix weft-, namespace weft-system).
 const (
 	webhookConfigName = "weft-sidecar-injector"
-	webhookSecretName = "weft-webhook-cert"
-	managerDeployment = "weft-manager"
+	// validatorConfigName is the MeshFunction validator's ValidatingWebhookConfiguration.
+	validatorConfigName = "weft-meshfunction-validator"
+	webhookSecretName   = "weft-webhook-cert"
+	managerDeployment   = "weft-manager"
 )
 
 // minKubeMinor is the oldest Kubernetes 1.x the checks accept: Weft's CRDs validate with
@@ -271,6 +274,27 @@ func webhookChecks(ctx context.Context, o *options, k *kube, c *checker) {
 			c.ok("the webhook's serving certificate is signed by the CA bundle and valid for 30 more days")
 		}
 	}
+	validatorChecks(ctx, k, c, bundle)
+}
+
+// validatorChecks looks at the MeshFunction validator (unknown revisions refused at apply):
+// without it, or with a stale CA, applies still succeed (failurePolicy Ignore) and status
+// reports the problem, so these are warnings.
+func validatorChecks(ctx context.Context, k *kube, c *checker, injectorCA []byte) {
+	var vwc admissionregistrationv1.ValidatingWebhookConfiguration
+	if err := k.client.Get(ctx, client.ObjectKey{Name: validatorConfigName}, &vwc); err != nil {
+		c.warn("MeshFunction validator "+validatorConfigName+" is configured", err,
+			"kubectl apply -k config/default (without it an unknown revision in spec.traffic is only reported in the MeshFunction's status)")
+		return
+	}
+	for _, wh := range vwc.Webhooks {
+		if !bytes.Equal(wh.ClientConfig.CABundle, injectorCA) {
+			c.warn("MeshFunction validator "+wh.Name+" trusts the webhook CA", fmt.Errorf("its caBundle differs from the injector's"),
+				"the manager writes it within 30 s when it runs with --enable-validation-webhook (the default)")
+			return
+		}
+	}
+	c.ok("MeshFunction validator " + validatorConfigName + " is configured with the webhook CA")
 }
 
 func parseCerts(b []byte) ([]*x509.Certificate, error) {

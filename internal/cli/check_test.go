@@ -56,6 +56,27 @@ func TestCheck(t *testing.T) {
 	if err := w.client.Create(ctx, mwc); err != nil {
 		t.Fatal(err)
 	}
+	// Without the MeshFunction validator: a warning (applies still work, status reports).
+	code, out, _ = w.run("check")
+	if code != 0 || !strings.Contains(out, "‼ MeshFunction validator "+validatorConfigName+" is configured") {
+		t.Errorf("check without the validator: exit %d, want 0 and a warning\n%s", code, out)
+	}
+	vwc := &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: validatorConfigName},
+		Webhooks: []admissionregistrationv1.ValidatingWebhook{{Name: "meshfunction.validate.weft.dev", SideEffects: &none,
+			AdmissionReviewVersions: []string{"v1"}, FailurePolicy: ptr.To(admissionregistrationv1.Ignore),
+			ObjectSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"never": "matches"}},
+			ClientConfig:   admissionregistrationv1.WebhookClientConfig{URL: ptr.To("https://127.0.0.1:1/validate-meshfunction"), CABundle: []byte("stale")}}}}
+	if err := w.client.Create(ctx, vwc); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ = w.run("check")
+	if code != 0 || !strings.Contains(out, "‼ MeshFunction validator meshfunction.validate.weft.dev trusts the webhook CA") {
+		t.Errorf("check with a validator of another CA: exit %d, want 0 and a warning\n%s", code, out)
+	}
+	vwc.Webhooks[0].ClientConfig.CABundle = b.CACert
+	if err := w.client.Update(ctx, vwc); err != nil {
+		t.Fatal(err)
+	}
 	code, out, errOut = w.run("check")
 	if code != 0 {
 		t.Fatalf("check with the webhook: exit %d, want 0; %s\n%s", code, errOut, out)

@@ -29,7 +29,9 @@ import (
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
+	meshv1alpha1 "github.com/weftmesh/weft/api/v1alpha1"
 	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/internal/inject"
 	"github.com/weftmesh/weft/internal/k8sbin"
 )
 
@@ -370,7 +372,42 @@ func prepareCluster(ctx context.Context, cs kubernetes.Interface, webhookPort in
 	if err != nil {
 		return fmt.Errorf("creating MutatingWebhookConfiguration weft-sidecar-injector: %w", err)
 	}
+	vwc := validatingConfiguration(fmt.Sprintf("https://127.0.0.1:%d%s", webhookPort, inject.MeshFunctionValidatePath))
+	vapi := cs.AdmissionregistrationV1().ValidatingWebhookConfigurations()
+	_, err = vapi.Create(ctx, vwc, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		var old *admissionregistrationv1.ValidatingWebhookConfiguration
+		if old, err = vapi.Get(ctx, vwc.Name, metav1.GetOptions{}); err == nil {
+			for i := range vwc.Webhooks {
+				if i < len(old.Webhooks) {
+					vwc.Webhooks[i].ClientConfig.CABundle = old.Webhooks[i].ClientConfig.CABundle
+				}
+			}
+			vwc.ResourceVersion = old.ResourceVersion
+			_, err = vapi.Update(ctx, vwc, metav1.UpdateOptions{})
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("creating ValidatingWebhookConfiguration %s: %w", vwc.Name, err)
+	}
 	return nil
+}
+
+// validatingConfiguration is the MeshFunction validator's configuration of
+// config/webhook/manifests.yaml (see there for the policy), pointed at url.
+func validatingConfiguration(url string) *admissionregistrationv1.ValidatingWebhookConfiguration {
+	ignore, none := admissionregistrationv1.Ignore, admissionregistrationv1.SideEffectClassNone
+	return &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: inject.ValidatingWebhookConfigName},
+		Webhooks: []admissionregistrationv1.ValidatingWebhook{{
+			Name: "meshfunction.validate.weft.dev", AdmissionReviewVersions: []string{"v1"}, SideEffects: &none,
+			FailurePolicy: &ignore, TimeoutSeconds: ptrTo(int32(5)),
+			ClientConfig: admissionregistrationv1.WebhookClientConfig{URL: &url},
+			Rules: []admissionregistrationv1.RuleWithOperations{{
+				Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create, admissionregistrationv1.Update},
+				Rule:       admissionregistrationv1.Rule{APIGroups: []string{meshv1alpha1.GroupVersion.Group}, APIVersions: []string{meshv1alpha1.GroupVersion.Version}, Resources: []string{"meshfunctions"}},
+			}},
+			MatchConditions: []admissionregistrationv1.MatchCondition{{Name: "has-traffic", Expression: "has(object.spec.traffic) && size(object.spec.traffic) > 0"}},
+		}}}
 }
 
 // neverInjected are the namespaces the injection webhook is never called for, whatever

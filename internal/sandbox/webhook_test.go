@@ -13,6 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/yaml"
+
+	"github.com/weftmesh/weft/internal/inject"
 )
 
 // TestWebhookNeverCoversClusterOrManagerNamespaces pins issue 12 item 8: with
@@ -75,5 +77,40 @@ func TestWebhookNeverCoversClusterOrManagerNamespaces(t *testing.T) {
 		if d := cmp.Diff(a, b); d != "" {
 			t.Errorf("webhook %s differs between config/webhook/manifests.yaml and weft dev (-shipped +local):\n%s", a.Name, d)
 		}
+	}
+}
+
+// TestValidatingWebhookMatchesShipped: the local mesh registers the MeshFunction validator
+// exactly as config/webhook ships it (failurePolicy Ignore, the matchCondition), bar the
+// address and the name's prefix.
+func TestValidatingWebhookMatchesShipped(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join("..", "..", "config", "webhook", "manifests.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var shipped *admissionregistrationv1.ValidatingWebhookConfiguration
+	for _, doc := range strings.Split(string(raw), "\n---\n") {
+		var v admissionregistrationv1.ValidatingWebhookConfiguration
+		if err := yaml.Unmarshal([]byte(doc), &v); err != nil {
+			t.Fatalf("config/webhook/manifests.yaml: %v", err)
+		}
+		if v.Kind == "ValidatingWebhookConfiguration" {
+			shipped = &v
+		}
+	}
+	if shipped == nil || len(shipped.Webhooks) != 1 {
+		t.Fatalf("config/webhook/manifests.yaml has no ValidatingWebhookConfiguration with one webhook: %+v", shipped)
+	}
+	if "weft-"+shipped.Name != inject.ValidatingWebhookConfigName {
+		t.Errorf("shipped name %q becomes weft-%s, but the manager keeps the caBundle of %q", shipped.Name, shipped.Name, inject.ValidatingWebhookConfigName)
+	}
+	if p := shipped.Webhooks[0].ClientConfig.Service; p == nil || p.Path == nil || *p.Path != inject.MeshFunctionValidatePath {
+		t.Errorf("shipped webhook calls %+v, want path %s", p, inject.MeshFunctionValidatePath)
+	}
+	local := validatingConfiguration("https://127.0.0.1:9443" + inject.MeshFunctionValidatePath)
+	a, b := shipped.Webhooks[0], local.Webhooks[0]
+	a.ClientConfig, b.ClientConfig = admissionregistrationv1.WebhookClientConfig{}, admissionregistrationv1.WebhookClientConfig{}
+	if d := cmp.Diff(a, b); d != "" {
+		t.Errorf("the validator differs between config/webhook/manifests.yaml and weft dev (-shipped +local):\n%s", d)
 	}
 }

@@ -134,4 +134,19 @@ func TestRevisions(t *testing.T) {
 	if got := revField(".status.traffic[0].revisionName"); got != "rev-00001" {
 		t.Errorf("after the rollback status.traffic[0].revisionName is %q, want rev-00001", got)
 	}
+
+	// Bad input at apply: a revision the function does not have is refused by the manager's
+	// validating webhook, with the revisions it has; nothing changes.
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(bad, []byte(revisionsManifest("v2", "  - {revisionName: rev-00009, percent: 100}\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := kubectl("apply", "-f", bad)
+	t.Logf("kubectl apply with an unknown revision: %v: %s", err, strings.TrimSpace(out))
+	if err == nil || !strings.Contains(out, `has no revision "rev-00009"`) || !strings.Contains(out, "rev-00002") {
+		t.Errorf("kubectl apply naming revision rev-00009 was not refused with the revisions that exist: %v: %s", err, out)
+	}
+	if got := revField(".spec.traffic[0].revisionName"); got != "rev-00001" {
+		t.Errorf("after the refused apply spec.traffic[0].revisionName is %q, want rev-00001 unchanged", got)
+	}
 }

@@ -74,7 +74,7 @@ func TestReleaseManifests(t *testing.T) {
 		}
 	}
 	for kind, min := range map[string]int{"CustomResourceDefinition": 3, "Namespace": 1, "Deployment": 1, "ServiceAccount": 1,
-		"ClusterRole": 1, "ClusterRoleBinding": 1, "Service": 2, "MutatingWebhookConfiguration": 1} {
+		"ClusterRole": 1, "ClusterRoleBinding": 1, "Service": 2, "MutatingWebhookConfiguration": 1, "ValidatingWebhookConfiguration": 1} {
 		if kinds[kind] < min {
 			t.Errorf("install.yaml holds %d %s, want at least %d (all: %v)", kinds[kind], kind, min, kinds)
 		}
