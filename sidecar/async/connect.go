@@ -14,7 +14,8 @@ import (
 
 // Dial connects a sidecar to the NATS the control plane names in q, with the credential it
 // sent: this sidecar identity's user and password (and its inbox prefix, the only subjects
-// the identity may subscribe to), or an external cluster's token. It returns at once even if
+// the identity may subscribe to), its user JWT and NKEY seed (an external cluster in JWT
+// mode), or an external cluster's token. It returns at once even if
 // NATS is down and keeps reconnecting forever: meanwhile publishes answer 503 and the
 // consumer waits, so a NATS restart never takes a pod's synchronous traffic down with it.
 // refused (may be nil) learns the subjects NATS refuses this identity to publish to; give
@@ -32,7 +33,13 @@ func Dial(q contract.QueueMeta, name string, refused *Refusals) (*nats.Conn, jet
 		nats.ErrorHandler(asyncErrors(name, refused)),
 		nats.ReconnectHandler(func(*nats.Conn) { refused.reset() }),
 	}
-	if q.User != "" {
+	switch {
+	case q.JWT != "":
+		// An external cluster in decentralized JWT mode: the user JWT the manager minted
+		// for this identity, and its seed to sign the server's nonce with (the JWT is no
+		// bearer token). q.User only names the identity.
+		opts = append(opts, nats.UserJWTAndSeed(q.JWT, q.Seed))
+	case q.User != "":
 		opts = append(opts, nats.UserInfo(q.User, q.Password))
 	}
 	if q.InboxPrefix != "" {
