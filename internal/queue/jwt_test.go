@@ -388,7 +388,7 @@ func TestJWTForgedExpiredOrUnprovenRefused(t *testing.T) {
 
 	// The JWT alone, its nonce signed by nobody (an empty signature) or by a key of its own.
 	for what, sign := range map[string]nats.SignatureHandler{
-		"no signature":            func([]byte) ([]byte, error) { return nil, nil },
+		"no signature":          func([]byte) ([]byte, error) { return nil, nil },
 		"signed by a fresh key": func(n []byte) ([]byte, error) { kp, _ := nkeys.CreateUser(); return kp.Sign(n) },
 	} {
 		nc, err := nats.Connect(c.url, nats.UserJWT(func() (string, error) { return m.JWT, nil }, sign), nats.NoReconnect())
