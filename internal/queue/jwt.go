@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -60,6 +61,9 @@ type Issuer struct {
 	lifetime time.Duration
 	policy   CallPolicy
 	clock    clock.Clock
+
+	// largest is the longest JWT minted so far, in bytes (see LargeJWT).
+	largest atomic.Int64
 
 	mu sync.Mutex
 	// restricted is the policy's last answer; ok false until it was read once.
@@ -157,8 +161,21 @@ func (i *Issuer) For(id Identity) contract.QueueMeta {
 		return none
 	}
 	i.cache[id] = &issued{grant: key, meta: m, renewAt: now.Add(i.lifetime / 2)}
+	if n := int64(len(m.JWT)); n > i.largest.Load() {
+		i.largest.Store(n) // under i.mu: no lost update
+	}
 	return m
 }
+
+// LargeJWT is the JWT length, in bytes, above which the manager warns: the client sends the
+// JWT in its CONNECT line, which a NATS server refuses above max_control_line (4096 bytes
+// by default) with "maximum control line exceeded". A JWT is about 1.2 KB plus about 30
+// bytes per function whose weft.dev/async-callers excludes the identity, so an identity
+// excluded by some 70 functions needs a larger max_control_line on the servers.
+const LargeJWT = 3 << 10
+
+// LargestJWT is the length of the longest JWT minted so far.
+func (i *Issuer) LargestJWT() int { return int(i.largest.Load()) }
 
 // currentPolicy returns the last policy read, reading it the first time.
 func (i *Issuer) currentPolicy() (map[FunctionKey][]string, bool) {
@@ -316,6 +333,7 @@ func (r *IssuerRefresh) Start(ctx context.Context) error {
 	}
 	t := clk.NewTicker(every)
 	defer t.Stop()
+	warned := LargeJWT
 	for {
 		select {
 		case <-ctx.Done():
@@ -326,6 +344,12 @@ func (r *IssuerRefresh) Start(ctx context.Context) error {
 				if r.Resync != nil {
 					r.Resync()
 				}
+			}
+			// Warn once per new maximum over LargeJWT.
+			if n := r.Issuer.LargestJWT(); n > warned {
+				warned = n
+				r.Logger.Info("a minted NATS user JWT is large: its sidecars are refused (\"maximum control line exceeded\") unless the NATS servers' max_control_line exceeds it by 1 KiB; raise max_control_line (e.g. 64KB) or list fewer functions' weft.dev/async-callers",
+					"bytes", n, "natsDefaultMaxControlLine", 4096)
 			}
 		}
 	}

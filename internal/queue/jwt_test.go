@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
 	"net/http"
 	"net/http/httptest"
@@ -71,6 +72,12 @@ func seedOf(t *testing.T, kp nkeys.KeyPair) []byte {
 // manager's --nats-creds).
 func startOperatorCluster(t *testing.T) *operatorCluster {
 	t.Helper()
+	return startOperatorClusterWith(t, 0)
+}
+
+// startOperatorClusterWith sets the servers' max_control_line (0: NATS's default, 4096).
+func startOperatorClusterWith(t *testing.T, maxControlLine int32) *operatorCluster {
+	t.Helper()
 	op, opPub := mustKey(t, nkeys.CreateOperator)
 	oc := jwt.NewOperatorClaims(opPub)
 	oc.Name = "test-operator"
@@ -108,7 +115,7 @@ func startOperatorCluster(t *testing.T) *operatorCluster {
 	s, err := server.NewServer(&server.Options{
 		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
 		TrustedOperators: []*jwt.OperatorClaims{opClaims}, AccountResolver: resolver, SystemAccount: sysPub,
-		NoLog: true, NoSigs: true,
+		NoLog: true, NoSigs: true, MaxControlLine: maxControlLine,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -766,4 +773,80 @@ func TestSidecarRenewKeepsCallsInFlight(t *testing.T) {
 		t.Fatalf("web calling mq/a after the swap: %d", s)
 	}
 	poll.Until(t, 30*time.Second, func() bool { return ran.Load() == 2 }, "waiting for mq/a to run a call pulled after the swap")
+}
+
+// IssuerRefresh, the manager's loop, asks for a resync when a credential reaches half its
+// lifetime and when the policy changes a grant; the resync's views then get new ones.
+func TestIssuerRefreshResyncs(t *testing.T) {
+	var mu sync.Mutex
+	restricted := map[queue.FunctionKey][]string{}
+	clk := testclock.NewFakeClock(time.Now())
+	acc, accPub := mustKey(t, nkeys.CreateAccount)
+	iss, err := queue.NewIssuer(queue.IssuerOptions{Account: accPub, SigningSeed: seedOf(t, acc), Lifetime: time.Hour, Clock: clk,
+		Policy: queue.CallPolicyFunc(func() (map[queue.FunctionKey][]string, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return maps.Clone(restricted), nil
+		})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var resyncs atomic.Int32
+	r := &queue.IssuerRefresh{Issuer: iss, Interval: 5 * time.Second, Clock: clk, Resync: func() { resyncs.Add(1) }}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = r.Start(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	poll.Until(t, 10*time.Second, clk.HasWaiters, "waiting for the refresh ticker")
+
+	first := iss.ForView("web", "")
+	clk.Step(30 * time.Minute)
+	poll.Until(t, 10*time.Second, func() bool { return resyncs.Load() == 1 }, "waiting for the resync at half life")
+	second := iss.ForView("web", "")
+	if second.JWT == first.JWT {
+		t.Fatal("the view after the resync got the old credential")
+	}
+
+	mu.Lock()
+	restricted[queue.FunctionKey{Namespace: "mq", Name: "b"}] = []string{"mq/a"}
+	mu.Unlock()
+	clk.Step(5 * time.Second)
+	poll.Until(t, 10*time.Second, func() bool { return resyncs.Load() == 2 }, "waiting for the resync after the policy change")
+	if third := iss.ForView("web", ""); third.JWT == second.JWT {
+		t.Fatal("the view after the policy change got the old credential")
+	}
+}
+
+// A JWT grows with the functions whose weft.dev/async-callers exclude the identity, and the
+// client sends it in its CONNECT line: over NATS's default max_control_line (4096 bytes) the
+// server refuses the connection, which is why the manager warns above queue.LargeJWT and the
+// docs tell operators to raise it. With max_control_line at 64 KiB the same credential
+// connects and its 200 denials hold.
+func TestJWTLargeDenyListNeedsMaxControlLine(t *testing.T) {
+	restricted := map[queue.FunctionKey][]string{}
+	for i := range 200 {
+		restricted[queue.FunctionKey{Namespace: "shop", Name: fmt.Sprintf("fn-%03d", i)}] = []string{"ops"}
+	}
+	policy := queue.CallPolicyFunc(func() (map[queue.FunctionKey][]string, error) { return restricted, nil })
+
+	small := startOperatorCluster(t)
+	iss := small.issuer(t, queue.IssuerOptions{Policy: policy})
+	m := iss.ForView("web", "")
+	if iss.LargestJWT() != len(m.JWT) || len(m.JWT) <= queue.LargeJWT {
+		t.Fatalf("JWT of %d bytes, LargestJWT %d: want it over LargeJWT (%d) and recorded", len(m.JWT), iss.LargestJWT(), queue.LargeJWT)
+	}
+	// The server answers -ERR 'Maximum Control Line Exceeded' and closes; the client sees
+	// that or, when the close wins the race, a reset. The same credential is valid (below).
+	if _, err := dialJWT(t, small.url, m); err == nil {
+		t.Fatalf("a %d-byte JWT against max_control_line 4096 connected", len(m.JWT))
+	}
+
+	big := startOperatorClusterWith(t, 64<<10)
+	web := mustDialJWT(t, big.url, big.issuer(t, queue.IssuerOptions{Policy: policy}).ForView("web", ""))
+	short, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if _, err := web.js.Publish(short, contract.CallsSubject("shop", "fn-137"), []byte("x")); err == nil {
+		t.Fatal("web called shop/fn-137, which admits only ops")
+	}
+	web.violation(t, "web calling shop/fn-137", contract.CallsSubject("shop", "fn-137"))
 }
