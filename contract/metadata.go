@@ -71,10 +71,17 @@ func DecodeRouteMeta(s *structpb.Struct) (RouteMeta, error) {
 // SecretRefMetadataKey), never in this metadata; the sidecar fills them in from the secret.
 // Inline values are still read (a manager older than SDS secrets); sidecars redact them in
 // /config_dump.
+//
+// With an external cluster whose account the manager signs for (decentralized JWT auth,
+// docs/nats-identities.md), each sidecar gets its identity's user JWT and the NKEY seed it
+// proves possession of the JWT's key with (JWT, Seed). Both travel only in the SDS secret
+// (QueueSecretJWT, QueueSecretSeed): Encode never writes them and DecodeQueueMeta never
+// reads them.
 type QueueMeta struct {
 	URL, Token     string
 	User, Password string
 	InboxPrefix    string
+	JWT, Seed      string
 }
 
 // Encode returns the metadata as a Struct; empty credential fields are left out.

@@ -16,6 +16,11 @@ const (
 	// weft.dev/nats metadata) or an external cluster's token.
 	QueueSecretPassword = "password"
 	QueueSecretToken    = "token"
+	// QueueSecretJWT and QueueSecretSeed are the keys of an identity's user JWT and its
+	// user NKEY seed (SU...), for an external NATS cluster in decentralized JWT mode; they
+	// come together.
+	QueueSecretJWT  = "jwt"
+	QueueSecretSeed = "seed"
 	// MaxSecretBytes bounds one secret value the sidecar accepts (64 KiB): a password or a
 	// token is a few dozen bytes; anything larger is refused (NACK).
 	MaxSecretBytes = 64 << 10

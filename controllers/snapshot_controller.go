@@ -148,6 +148,14 @@ func (r *SnapshotReconciler) Notify() {
 	}
 }
 
+// Resync asks for a full translation and snapshot of every view even though no Kubernetes
+// object changed: something the snapshot reads from outside them did (the external queue's
+// minted credentials were renewed or re-granted, internal/queue Issuer). It never blocks.
+func (r *SnapshotReconciler) Resync() {
+	r.dirty.Store(true)
+	r.Notify()
+}
+
 // SetupWithManager registers the controller; it does not need leader election.
 func (r *SnapshotReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	all := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {

@@ -62,6 +62,12 @@ func (a *asyncCalls) Apply(c *config.Config) {
 	if qc == nil || qc.Queue == nil {
 		return // keep an existing connection: a config without the queue is transient
 	}
+	if *qc.Queue != a.queue && async.Renew(a.nc, a.queue, *qc.Queue) {
+		// The same identity's next user JWT (renewed, or re-granted by a policy change):
+		// the connection reconnects with it and keeps its subscriptions and calls in flight.
+		a.queue = *qc.Queue
+		a.log.Info("async queue credential renewed", "user", qc.Queue.User)
+	}
 	if *qc.Queue != a.queue {
 		// A new URL or credential (the manager's key rotated): dial again. Calls in
 		// flight on the old connection cannot be acked and are redelivered after their ack

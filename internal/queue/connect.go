@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 )
 
 // ClientOptions say how to reach NATS: the embedded server's URL and the manager's user
@@ -21,6 +23,10 @@ type ClientOptions struct {
 	InboxPrefix string
 	Token       string
 	CredsFile   string
+	// UserJWT, when set, is asked at every (re)connect for a user JWT and the key pair the
+	// JWT names, which signs the server's nonce (an external cluster in JWT mode without
+	// --nats-creds: the manager signs its own user, Issuer.Admin).
+	UserJWT func() (string, nkeys.KeyPair, error)
 	// Name identifies the connection in NATS monitoring.
 	Name string
 }
@@ -47,6 +53,9 @@ func Connect(ctx context.Context, o ClientOptions) (*nats.Conn, jetstream.JetStr
 	if o.Token != "" {
 		opts = append(opts, nats.Token(o.Token))
 	}
+	if o.UserJWT != nil {
+		opts = append(opts, userJWT(o.UserJWT))
+	}
 	if o.CredsFile != "" {
 		opts = append(opts, nats.UserCredentials(o.CredsFile))
 	}
@@ -63,4 +72,29 @@ func Connect(ctx context.Context, o ClientOptions) (*nats.Conn, jetstream.JetStr
 		return nil, nil, fmt.Errorf("JetStream client for %s: %w", o.URL, err)
 	}
 	return nc, js, nil
+}
+
+// userJWT authenticates with the JWT mint returns at each connect, signing the nonce with
+// the key pair it returned with that JWT (nats.go asks for the JWT, then the signature).
+func userJWT(mint func() (string, nkeys.KeyPair, error)) nats.Option {
+	var mu sync.Mutex
+	var kp nkeys.KeyPair
+	return nats.UserJWT(func() (string, error) {
+		token, k, err := mint()
+		if err != nil {
+			return "", err
+		}
+		mu.Lock()
+		kp = k
+		mu.Unlock()
+		return token, nil
+	}, func(nonce []byte) ([]byte, error) {
+		mu.Lock()
+		k := kp
+		mu.Unlock()
+		if k == nil {
+			return nil, errors.New("no NATS user key: the user JWT was not minted")
+		}
+		return k.Sign(nonce)
+	})
 }

@@ -35,12 +35,14 @@ type Queue struct {
 
 // QueueCredentialFunc returns the credential of the sidecars of namespace that serve
 // function (a name in namespace, or "" for the namespace's other sidecars). The embedded
-// server's is internal/queue's per-identity Credentials; an external cluster's is one
-// SharedQueueToken.
+// server's is internal/queue's per-identity Credentials; an external cluster's is
+// internal/queue's Issuer (a user JWT and NKEY seed per identity) or, as a legacy option,
+// one SharedQueueToken.
 type QueueCredentialFunc func(namespace, function string) contract.QueueMeta
 
-// SharedQueueToken is the credential of an external NATS cluster (--nats-url, --nats-token):
-// the same token for every sidecar.
+// SharedQueueToken is the legacy credential of an external NATS cluster (--nats-url with
+// --nats-token and no account signing key): the same token for every sidecar, so every
+// sidecar may do whatever that token's user may.
 func SharedQueueToken(token string) QueueCredentialFunc {
 	return func(string, string) contract.QueueMeta { return contract.QueueMeta{Token: token} }
 }
@@ -75,7 +77,8 @@ func queueIdentity(v View) (namespace, function string) {
 
 // clusterFor is the queue cluster of v's identity and its credential's secret (nil when
 // the queue takes no credential). The cluster's metadata keeps the URL, the user and the
-// inbox prefix; the password or token travels only in the secret, which the cluster names.
+// inbox prefix; the password, token, or user JWT and NKEY seed travel only in the secret,
+// which the cluster names.
 // A revision's pods have their own queue identity, so their secret is named for it.
 func (q *Queue) clusterFor(v View) (*clusterv3.Cluster, *tlsv3.Secret) {
 	ns, fn := queueIdentity(v)
@@ -95,7 +98,11 @@ func (q *Queue) clusterFor(v View) (*clusterv3.Cluster, *tlsv3.Secret) {
 	if m.Token != "" {
 		values[contract.QueueSecretToken] = m.Token
 	}
-	m.Password, m.Token = "", ""
+	if m.JWT != "" && m.Seed != "" {
+		values[contract.QueueSecretJWT] = m.JWT
+		values[contract.QueueSecretSeed] = m.Seed
+	}
+	m.Password, m.Token, m.JWT, m.Seed = "", "", "", ""
 	c := proto.Clone(q.cluster).(*clusterv3.Cluster)
 	c.Metadata = metadata(contract.QueueMetadataKey, m.Encode())
 	if len(values) == 0 {

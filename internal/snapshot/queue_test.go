@@ -1,14 +1,19 @@
 package snapshot
 
 import (
+	"bytes"
+	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/sidecar/admin"
 	"github.com/weftmesh/weft/sidecar/config"
 )
 
@@ -197,5 +202,68 @@ func TestQueueCredentialPerRevision(t *testing.T) {
 	res = Translate(in)
 	if got, want := userOf(res, View{Namespace: fn.Namespace, Function: fn.Namespace + "/" + fn.Name, AppPort: 8080, Labels: rev}), "fn."+fn.Namespace+"."+fn.Name; got != want {
 		t.Errorf("without revision credentials a revision's pod connects as %q, want %q", got, want)
+	}
+}
+
+// An external cluster's per-identity credential (a user JWT and its NKEY seed, minted by
+// internal/queue's Issuer) travels only in the view's SDS secret, under the keys jwt and
+// seed: never in the cluster, never with a token; the sidecar reads both back, and its
+// /config_dump shows neither.
+func TestQueueJWTCredentialOnlyInSecret(t *testing.T) {
+	cred := func(namespace, function string) contract.QueueMeta {
+		m := testCredential(namespace, function)
+		m.Password = ""
+		m.JWT, m.Seed = "eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ."+m.User+".sig", "SUAJWTSEED"+m.User
+		return m
+	}
+	q, err := NewQueue("nats://10.244.0.1:4222", cred)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, _ := readInput(t, filepath.Join("testdata", "function-async.in.yaml"))
+	in.Queue = q
+	res := Translate(in)
+	fn := in.MeshFunctions[0]
+	for _, v := range []View{
+		{Namespace: fn.Namespace, Function: fn.Namespace + "/" + fn.Name, AppPort: 8080},
+		{Namespace: "other", Labels: map[string]string{"app": "web"}},
+	} {
+		ns, function := queueIdentity(v)
+		want := cred(ns, function)
+		snap, err := res.Snapshot(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := snap.GetResources(resourcev3.ClusterType)[contract.QueueClusterName].(proto.Message)
+		b, err := proto.Marshal(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(b, []byte(want.JWT)) || bytes.Contains(b, []byte(want.Seed)) {
+			t.Errorf("view %+v: the queue cluster holds the JWT or the seed", v)
+		}
+		sec, ok := secretsOf(snap)[contract.QueueSecretName(ns, function)].(*tlsv3.Secret)
+		if !ok {
+			t.Fatalf("view %+v: no queue secret", v)
+		}
+		vals := sec.GetGenericSecret().GetSecrets()
+		if len(vals) != 2 || vals[contract.QueueSecretJWT].GetInlineString() != want.JWT || vals[contract.QueueSecretSeed].GetInlineString() != want.Seed {
+			t.Errorf("view %+v: queue secret keys %v, want exactly jwt and seed", v, slices.Collect(maps.Keys(vals)))
+		}
+		got, err := config.Build(config.Resources{resourcev3.ClusterType: {contract.QueueClusterName: c}, resourcev3.SecretType: secretsOf(snap)}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want.URL = q.URL
+		if qm := *got.Clusters[contract.QueueClusterName].Queue; qm != want {
+			t.Errorf("view %+v: the sidecar decoded %+v, want %+v", v, qm, want)
+		}
+		rb, err := proto.Marshal(admin.Redact(sec))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(rb, []byte(want.JWT)) || bytes.Contains(rb, []byte(want.Seed)) {
+			t.Errorf("view %+v: /config_dump's redacted secret holds the JWT or the seed", v)
+		}
 	}
 }

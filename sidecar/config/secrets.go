@@ -122,10 +122,21 @@ func resolveQueue(c *Cluster, ref string, secrets map[string]proto.Message) (mis
 		return "", err
 	}
 	for k := range vals {
-		if k != contract.QueueSecretPassword && k != contract.QueueSecretToken {
-			return "", fmt.Errorf("secret %s: unknown key %q: want %s or %s", ref, k, contract.QueueSecretPassword, contract.QueueSecretToken)
+		switch k {
+		case contract.QueueSecretPassword, contract.QueueSecretToken, contract.QueueSecretJWT, contract.QueueSecretSeed:
+		default:
+			return "", fmt.Errorf("secret %s: unknown key %q: want %s, %s, or %s with %s", ref, k,
+				contract.QueueSecretPassword, contract.QueueSecretToken, contract.QueueSecretJWT, contract.QueueSecretSeed)
 		}
 	}
+	// A user JWT is useless without the seed that signs the server's nonce, and a seed
+	// without its JWT names no user: they come together.
+	j, hasJWT := vals[contract.QueueSecretJWT]
+	seed, hasSeed := vals[contract.QueueSecretSeed]
+	if hasJWT != hasSeed || (hasJWT && (j == "" || seed == "")) {
+		return "", fmt.Errorf("secret %s: %s and %s come together", ref, contract.QueueSecretJWT, contract.QueueSecretSeed)
+	}
+	c.Queue.JWT, c.Queue.Seed = j, seed
 	if pw, ok := vals[contract.QueueSecretPassword]; ok {
 		if c.Queue.User == "" {
 			return "", fmt.Errorf("secret %s: a password but cluster %s has no user", ref, c.Name)

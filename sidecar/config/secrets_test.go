@@ -125,3 +125,38 @@ func TestQueueSecretMismatch(t *testing.T) {
 		}
 	}
 }
+
+// An external cluster's JWT credential: the jwt and seed keys fill QueueMeta.JWT and Seed;
+// one without the other, or either empty, is an error naming the secret, never its values.
+func TestQueueSecretJWTAndSeed(t *testing.T) {
+	name := "queue/shop"
+	build := func(vals map[string]string) (*Config, error) {
+		c := queueCluster(t, "ns.shop", adsRef(name))
+		ds := map[string]*corev3.DataSource{}
+		for k, v := range vals {
+			ds[k] = inline(v)
+		}
+		sec := &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_GenericSecret{GenericSecret: &tlsv3.GenericSecret{Secrets: ds}}}
+		return Build(Resources{resourcev3.ClusterType: {c.Name: c}, resourcev3.SecretType: {name: sec}}, nil)
+	}
+	cfg, err := build(map[string]string{contract.QueueSecretJWT: "the-jwt", contract.QueueSecretSeed: "SUTHESEED"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q := cfg.Clusters[contract.QueueClusterName].Queue; q.JWT != "the-jwt" || q.Seed != "SUTHESEED" || q.Password != "" || q.Token != "" {
+		t.Fatalf("queue credential %+v, want the secret's JWT and seed only", q)
+	}
+	for what, vals := range map[string]map[string]string{
+		"jwt alone":  {contract.QueueSecretJWT: "the-jwt"},
+		"seed alone": {contract.QueueSecretSeed: "SUTHESEED"},
+		"empty seed": {contract.QueueSecretJWT: "the-jwt", contract.QueueSecretSeed: ""},
+	} {
+		_, err := build(vals)
+		var inc *IncompleteError
+		if err == nil || errors.As(err, &inc) || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s: Build = %v, want an error naming the secret", what, err)
+		} else if strings.Contains(err.Error(), "the-jwt") || strings.Contains(err.Error(), "SUTHESEED") {
+			t.Errorf("%s: the error holds a secret value: %v", what, err)
+		}
+	}
+}
