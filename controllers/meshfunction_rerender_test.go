@@ -9,6 +9,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	clocktesting "k8s.io/utils/clock/testing"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -145,5 +146,38 @@ spec:
 			g.Expect(containerImage(d, workload.SidecarContainerName)).To(Equal("ghcr.io/weftmesh/weft-sidecar:1.1"))
 			g.Expect(containerImage(d, "fn")).To(Equal("example/up:v1"))
 		}).WithTimeout(2 * time.Second).Should(Succeed())
+	})
+
+	It("gives the next number after revisions deleted by hand, not 1 again", func() {
+		for _, name := range []string{"up-00001", "up-00002"} {
+			Expect(k8sClient.Delete(ctx, &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}})).To(Succeed())
+		}
+		Eventually(func(g Gomega) {
+			g.Expect(containerImage(deployment(g, "up-00003"), "fn")).To(Equal("example/up:v2"))
+		}).WithTimeout(15 * time.Second).Should(Succeed())
+		err := k8sClient.Get(ctx, types.NamespacedName{Namespace: ns, Name: "up-00001"}, &appsv1.Deployment{})
+		Expect(apierrors.IsNotFound(err)).To(BeTrue(), "revision number 1 came back: %v", err)
+	})
+})
+
+// Revision Deployments deleted by hand do not bring their numbers back: the next revision
+// continues after the newest one status remembers.
+var _ = Describe("MeshFunction revision numbers", func() {
+	It("does not reuse a number status remembers", func() {
+		n, ok := generatedRevisionNumber("up", "up-00002")
+		Expect(ok).To(BeTrue())
+		Expect(n).To(Equal(2))
+		for _, name := range []string{"up-2", "up-0000x", "other-00002", "up-00000", "up-0000000002"} {
+			_, ok := generatedRevisionNumber("up", name)
+			Expect(ok).To(BeFalse(), name)
+		}
+		fn := &meshv1alpha1.MeshFunction{}
+		fn.Name = "up"
+		fn.Status.LatestCreatedRevisionName = "up-00007"
+		fn.Status.Revisions = []meshv1alpha1.RevisionStatus{{Name: "up-00009"}, {Name: "blue"}}
+		name, number, _, creates := nextRevision(fn, nil)
+		Expect(creates).To(BeTrue())
+		Expect(number).To(Equal(10))
+		Expect(name).To(Equal("up-00010"))
 	})
 })

@@ -311,11 +311,35 @@ func nextRevision(fn *meshv1alpha1.MeshFunction, revs []revision) (name string, 
 	if len(revs) > 0 {
 		number = revs[0].number + 1
 	}
+	// Nor a number status still remembers (revision Deployments deleted by hand): a name
+	// that traffic, tags or callers knew must not come back with another template.
+	remembered := []string{fn.Status.LatestCreatedRevisionName, fn.Status.LatestReadyRevisionName}
+	for _, rs := range fn.Status.Revisions {
+		remembered = append(remembered, rs.Name)
+	}
+	for _, r := range remembered {
+		if n, ok := generatedRevisionNumber(fn.Name, r); ok && n >= number {
+			number = n + 1
+		}
+	}
 	name = RevisionName(fn.Name, number)
 	if given := fn.Spec.Template.Name; given != "" {
 		name = given
 	}
 	return name, number, hash, true
+}
+
+// generatedRevisionNumber is n when name is RevisionName(fn, n).
+func generatedRevisionNumber(fn, name string) (int, bool) {
+	digits, ok := strings.CutPrefix(name, fn+"-")
+	if !ok || len(digits) < 5 || len(digits) > 9 {
+		return 0, false
+	}
+	n, err := strconv.Atoi(digits)
+	if err != nil || n < 1 || RevisionName(fn, n) != name {
+		return 0, false
+	}
+	return n, true
 }
 
 // revisionSpec is the part of a MeshFunction a revision's Deployment is rendered from; the
