@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/sidecar/capture"
 	"github.com/weftmesh/weft/sidecar/httpproxy"
 	"github.com/weftmesh/weft/sidecar/identity"
 )
@@ -55,6 +56,15 @@ func startIdentity(ctx context.Context, f identityFlags, secure bool, conn grpc.
 
 // inboundTLS is m as the proxy's InboundTLS, nil (not a typed nil) without identity.
 func inboundTLS(m *identity.Manager) httpproxy.InboundTLS {
+	if m == nil {
+		return nil
+	}
+	return m
+}
+
+// captureTLS is m as the capture plane's InboundTLS (mutual TLS on captured TCP ports),
+// nil (not a typed nil) without identity.
+func captureTLS(m *identity.Manager) capture.InboundTLS {
 	if m == nil {
 		return nil
 	}

@@ -178,7 +178,7 @@ func run() error {
 	}
 	defer closeTelemetry()
 	ref := &httpRef{}
-	capt := capture.New(capture.Options{Upstreams: ups, HTTP: ref, Logger: log, Telemetry: tel})
+	capt := capture.New(capture.Options{Upstreams: ups, HTTP: ref, Logger: log, Telemetry: tel, InboundTLS: captureTLS(idm)})
 	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Logger: log, Holder: holder{act}, Watcher: act, Async: calls,
 		GoroutinePerConnection: !f.eventLoop, Function: f.function, PodIP: podIP, Diverter: capt, Telemetry: tel,
 		InboundTLS: inboundTLS(idm)})

@@ -73,11 +73,12 @@ func (l *Listener) serveMTLS(ln net.Listener) {
 		if !ok {
 			return
 		}
-		// Captured for another filter chain (capture.go): in permissive mode it goes there;
-		// in strict mode nothing passes the front in plaintext, so every captured
-		// connection is sniffed here (callers only originate mutual TLS to this port: a
-		// connection for another chain is refused unless it brings a mesh certificate).
-		if l.mtls.src.Mode() != contract.MTLSStrict && l.divertConn(conn) {
+		// Captured for another filter chain (capture.go): it goes there when the capture
+		// plane terminates mesh TLS and enforces the mode on its ports itself
+		// (sidecar/capture/meshtls.go: TCP ports over weft-tcp), or in permissive mode;
+		// else, in strict mode, nothing passes the front in plaintext, so every captured
+		// connection is sniffed here.
+		if (l.mtls.src.Mode() != contract.MTLSStrict || l.diverterEnforcesTLS()) && l.divertConn(conn) {
 			conn.Close()
 			continue
 		}
@@ -88,6 +89,13 @@ func (l *Listener) serveMTLS(ln net.Listener) {
 		}
 		go l.sniff(conn)
 	}
+}
+
+// diverterEnforcesTLS reports whether the capture plane terminates mutual TLS and
+// enforces the peer authentication mode on the connections it takes.
+func (l *Listener) diverterEnforcesTLS() bool {
+	e, ok := l.proxy.opts.Diverter.(interface{ EnforcesMeshTLS() bool })
+	return ok && e.EnforcesMeshTLS()
 }
 
 // sniff reads the first byte (within the head timeout) and serves the connection as TLS
