@@ -453,7 +453,9 @@ func TestTCPMTLSRefusesForeignCA(t *testing.T) {
 		counter(st, `weft_tcp_mtls_connections_total{cluster="outbound|6379||redis.default.svc.cluster.local"}`) != 0 {
 		t.Errorf("caller did not count the failed handshakes:\n%s", grep(st, "mtls"))
 	}
-	eventually(t, func() bool { return counter(stats(m.callee.sidecar), "weft_capture_inbound_tls_handshake_errors_total") > 0 }, "callee did not count the refusal")
+	eventually(t, func() bool {
+		return counter(stats(m.callee.sidecar), "weft_capture_inbound_tls_handshake_errors_total") > 0
+	}, "callee did not count the refusal")
 	if st := stats(m.callee.sidecar); counter(st, "weft_capture_inbound_tls_handshakes_total") != 0 {
 		t.Errorf("callee completed a handshake with a foreign certificate:\n%s", grep(st, "weft_capture_inbound"))
 	}
