@@ -15,6 +15,7 @@ import (
 	"github.com/weftmesh/weft/sidecar/capture"
 	"github.com/weftmesh/weft/sidecar/httpproxy"
 	"github.com/weftmesh/weft/sidecar/identity"
+	"github.com/weftmesh/weft/sidecar/redisproxy"
 )
 
 // identityFlags configure the workload certificate and mutual TLS (docs/mtls.md).
@@ -65,6 +66,15 @@ func inboundTLS(m *identity.Manager) httpproxy.InboundTLS {
 // captureTLS is m as the capture plane's InboundTLS (mutual TLS on captured TCP ports),
 // nil (not a typed nil) without identity.
 func captureTLS(m *identity.Manager) capture.InboundTLS {
+	if m == nil {
+		return nil
+	}
+	return m
+}
+
+// redisTLS is m as the Redis pools' MeshTLS (servers behind sidecars), nil (not a typed
+// nil) without identity.
+func redisTLS(m *identity.Manager) redisproxy.MeshTLS {
 	if m == nil {
 		return nil
 	}

@@ -183,7 +183,7 @@ func run() error {
 		GoroutinePerConnection: !f.eventLoop, Function: f.function, PodIP: podIP, Diverter: capt, Telemetry: tel,
 		InboundTLS: inboundTLS(idm)})
 	ref.p = px
-	redis := newRedisPools(log, f.redisProxy != "")
+	redis := newRedisPools(log, f.redisProxy != "", redisTLS(idm))
 	var status func() any
 	fnNS, fnName, _ := strings.Cut(f.function, "/") // empty when the pod serves no function
 	apply := func(c *config.Config) {
