@@ -133,13 +133,17 @@ func (m mesh) resources() config.Resources {
 	add("outbound|9080||reviews.default.svc.cluster.local", m.reviews9080)
 	add("outbound|9090||reviews.default.svc.cluster.local", m.reviews9090)
 	add("outbound|6379||redis.default.svc.cluster.local", m.redis)
+	add("app-http", m.app7000HTTP)
+	add("app-tcp", m.app7000TCP)
 	if m.meshTLS != nil {
 		redis := "outbound|6379||redis.default.svc.cluster.local"
 		st.MeshTLSMatches()(res[resourcev3.ClusterType][redis].(*clusterv3.Cluster))
 		res[resourcev3.EndpointType][redis] = st.Endpoints(redis, st.Endpoint{Addr: m.redis, MeshTLS: true})
+		if m.app7000TCP != "" {
+			st.MeshTLSMatches()(res[resourcev3.ClusterType]["app-tcp"].(*clusterv3.Cluster))
+			res[resourcev3.EndpointType]["app-tcp"] = st.Endpoints("app-tcp", st.Endpoint{Addr: m.app7000TCP, MeshTLS: true})
+		}
 	}
-	add("app-http", m.app7000HTTP)
-	add("app-tcp", m.app7000TCP)
 	for _, n := range []string{contract.PassthroughClusterName} {
 		res[resourcev3.ClusterType][n] = &clusterv3.Cluster{Name: n, ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
 			LbPolicy: clusterv3.Cluster_CLUSTER_PROVIDED, ConnectTimeout: durationpb.New(2 * time.Second)}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"syscall"
 	"time"
 
 	"github.com/weftmesh/weft/contract"
@@ -125,6 +126,30 @@ func (c *Capture) serveMeshTCP(st *listenerState, nc net.Conn, dst netip.AddrPor
 	}
 	defer st.active.Add(-1)
 	c.proxyTCP(st.cfg, &config.TCPProxy{StatPrefix: contract.InboundPassthroughClusterName, Cluster: contract.InboundPassthroughClusterName, IdleTimeout: idle}, nc, dst, nil)
+}
+
+// ServeMeshTCP serves a connection the named bound listener terminated itself with ALPN
+// weft-tcp: a caller's TCP chain to the pod's app port, whose captured connections stay
+// with the inbound listener (httpproxy/mtls.go). raw is the accepted socket, for its
+// original destination; the bytes go to 127.0.0.1:<that port>. It returns when the
+// connection ends; false (nc left to the caller) when raw was not redirected.
+func (c *Capture) ServeMeshTCP(listener string, nc, raw net.Conn) bool {
+	st := (*c.listeners.Load())[listener]
+	sc, ok := raw.(syscall.Conn)
+	if st == nil || !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var dst netip.AddrPort
+	_ = rc.Control(func(fd uintptr) { dst, ok = OriginalDst(int(fd)) })
+	if !ok {
+		return false
+	}
+	c.serveMeshTCP(st, nc, dst, st.cfg.Select(dst))
+	return true
 }
 
 // peekHello reads a connection's first bytes for at most timeout: a whole TLS record when

@@ -66,6 +66,13 @@ type callee struct {
 
 func startCallee(t testing.TB, id InboundTLS) *callee {
 	t.Helper()
+	return startCalleeAt(t, id, map[string]string{contract.OutboundListenerName: "127.0.0.1:0", contract.InboundListenerName: "127.0.0.1:0"})
+}
+
+// startCalleeAt is startCallee with the listeners at listen (nil: the translated
+// addresses, 0.0.0.0:15006 for the inbound listener).
+func startCalleeAt(t testing.TB, id InboundTLS, listen map[string]string) *callee {
+	t.Helper()
 	cfg, err := config.Build(loadTranslated(t.(*testing.T), "mesh-services-inbound"), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -75,8 +82,7 @@ func startCallee(t testing.TB, id InboundTLS) *callee {
 	r := &ref{}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	capt := New(Options{Upstreams: ups, HTTP: r, Logger: quiet, InboundTLS: id})
-	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Diverter: capt, Logger: quiet,
-		ListenAddress: map[string]string{contract.OutboundListenerName: "127.0.0.1:0", contract.InboundListenerName: "127.0.0.1:0"}})
+	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Diverter: capt, Logger: quiet, ListenAddress: listen, InboundTLS: id})
 	r.p = px
 	capt.Apply(cfg)
 	if err := px.Apply(cfg); err != nil {
