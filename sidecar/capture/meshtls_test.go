@@ -73,7 +73,7 @@ func startCallee(t testing.TB, id InboundTLS) *callee {
 // addresses, 0.0.0.0:15006 for the inbound listener).
 func startCalleeAt(t testing.TB, id InboundTLS, listen map[string]string) *callee {
 	t.Helper()
-	cfg, err := config.Build(loadTranslated(t.(*testing.T), "mesh-services-inbound"), nil)
+	cfg, err := config.Build(loadTranslated(t, "mesh-services-inbound"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
