@@ -128,8 +128,11 @@ func TestTCPMTLSRedisService(t *testing.T) {
 	}
 	eventually(t, 2*time.Minute, "redis-cli -h redis PING from the client pod", func() error {
 		out, err := cli(client, "client", "PING")
-		if err != nil || out != "PONG" {
-			return fmt.Errorf("%v: %q", err, out)
+		if err != nil {
+			return fmt.Errorf("%w: %q", err, out)
+		}
+		if out != "PONG" {
+			return fmt.Errorf("answer %q", out)
 		}
 		return nil
 	})
