@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -10,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -230,6 +232,12 @@ type tcpMesh struct {
 // server when empty); mode is the callee's peer authentication.
 func startTCPMesh(t *testing.T, mode, app string) *tcpMesh {
 	t.Helper()
+	return startTCPMeshIdle(t, mode, app, 0)
+}
+
+// startTCPMeshIdle is startTCPMesh with the caller's TCP chain's idle timeout (0: 1 h).
+func startTCPMeshIdle(t *testing.T, mode, app string, idle time.Duration) *tcpMesh {
+	t.Helper()
 	ca, err := identitytest.New(tcpCallerID)
 	if err != nil {
 		t.Fatal(err)
@@ -245,7 +253,7 @@ func startTCPMesh(t *testing.T, mode, app string) *tcpMesh {
 	m.callee = startCallee(t, m.calleeID)
 	m.calleeFrontDst = m.callee.front(t, app)
 	m.wire = recordWire(t, m.calleeFrontDst)
-	m.caller = startSidecar(t, mesh{redis: m.wire.addr, meshTLS: m.callerID}, false, 0)
+	m.caller = startSidecar(t, mesh{redis: m.wire.addr, meshTLS: m.callerID, idle: idle}, false, 0)
 	m.callerFront = m.caller.front(t, redisIP.String()+":6379")
 	return m
 }
@@ -617,5 +625,111 @@ func TestALPNOffers(t *testing.T) {
 	}
 	if got := alpnOffers([]byte("GET / HTTP/1.1\r\n")); got != nil {
 		t.Errorf("HTTP offers %q", got)
+	}
+}
+
+// The caller's idle timeout holds over mutual TLS: a connection whose callee side keeps
+// sending (TLS records the kernel counts on the socket under the TLS connection) stays,
+// one with no byte either way is closed.
+func TestTCPMTLSIdleTimeout(t *testing.T) {
+	app := tcpServer(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				return
+			}
+			if line == "tick\n" {
+				for range 12 {
+					time.Sleep(50 * time.Millisecond)
+					if _, err := c.Write([]byte(".")); err != nil {
+						return
+					}
+				}
+				_, _ = c.Write([]byte("\n"))
+				continue
+			}
+			_, _ = c.Write([]byte(line))
+		}
+	})
+	m := startTCPMeshIdle(t, contract.MTLSStrict, app, 300*time.Millisecond)
+	busy, err := net.Dial("tcp", m.callerFront)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	_, _ = busy.Write([]byte("tick\n")) // the caller then says nothing for 600 ms
+	_ = busy.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if got, err := bufio.NewReader(busy).ReadString('\n'); err != nil || got != strings.Repeat(".", 12)+"\n" {
+		t.Fatalf("a connection busy one way was cut: %q %v", got, err)
+	}
+	idle, err := net.Dial("tcp", m.callerFront)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	_, _ = idle.Write([]byte("hi\n"))
+	_ = idle.SetReadDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(idle)
+	if got, _ := br.ReadString('\n'); got != "hi\n" {
+		t.Fatalf("echo %q", got)
+	}
+	start := time.Now()
+	if _, err := br.ReadByte(); err == nil {
+		t.Fatal("read a byte from an idle connection")
+	}
+	if el := time.Since(start); el > 3*time.Second {
+		t.Fatalf("idle connection closed after %v, want about 300ms", el)
+	}
+	if n := counter(stats(m.caller), `weft_tcp_idle_timeouts_total{cluster="outbound|6379||redis.default.svc.cluster.local"}`); n < 1 {
+		t.Errorf("idle timeouts counted: %d", n)
+	}
+}
+
+// Forged and malformed first bytes: a permissive callee passes a fake TLS record (a
+// header claiming more than a record may hold, then junk) through to the app byte for
+// byte, since it is no sidecar's ClientHello; a strict one refuses it.
+func TestTCPMTLSMalformedHello(t *testing.T) {
+	junk := append([]byte{0x16, 0x03, 0x01, 0xff, 0xff, 0x01}, bytes.Repeat([]byte("junk"), 8<<10)...)
+	p := startTCPMesh(t, contract.MTLSPermissive, "")
+	if got := roundTrip(t, p.calleeFrontDst, junk); !bytes.Equal(got, junk) {
+		t.Errorf("permissive: %d bytes back of %d", len(got), len(junk))
+	}
+	s := startTCPMesh(t, contract.MTLSStrict, "")
+	c, err := net.Dial("tcp", s.calleeFrontDst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, _ = c.Write(junk)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(c)
+	if isTimeout(err) {
+		t.Fatal("strict: still open after 5s")
+	}
+	if len(got) > 0 && (got[0] != 21 || len(got) > 7) { // at most one TLS alert record, then the close
+		t.Errorf("strict: got %q, want the connection closed (a TLS alert at most)", got)
+	}
+	eventually(t, func() bool { return counter(stats(s.callee.sidecar), "weft_capture_inbound_tls_handshake_errors_total") == 1 }, "strict: the junk handshake not counted")
+}
+
+// A sidecar's HTTP/1.1 over mutual TLS (ALPN http/1.1 plus the mark weft, as the HTTP
+// upstream pool dials) to a captured non-app port of a permissive callee is terminated
+// and reaches the app in plaintext; the same client without the mark would be taken for
+// an app's own TLS and passed through.
+func TestTCPMTLSPermissiveTerminatesMarkedHTTP(t *testing.T) {
+	web := named(t, "metrics")
+	m := startTCPMesh(t, contract.MTLSPermissive, web)
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialTLSContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			cfg := m.callerID.ClientConfig([]string{"http/1.1", upstream.ALPNMesh})
+			return tls.Dial("tcp", m.calleeFrontDst, cfg)
+		}}}
+	code, body := body(hc.Get("https://metrics.shop/"))
+	if code != 200 || body != "metrics host=metrics.shop" {
+		t.Errorf("HTTP over mesh TLS to a non-app port: %d %q", code, body)
+	}
+	if n := counter(stats(m.callee.sidecar), "weft_capture_inbound_tls_handshakes_total"); n != 1 {
+		t.Errorf("handshakes: %d", n)
 	}
 }
