@@ -710,7 +710,9 @@ func TestTCPMTLSMalformedHello(t *testing.T) {
 	if len(got) > 0 && (got[0] != 21 || len(got) > 7) { // at most one TLS alert record, then the close
 		t.Errorf("strict: got %q, want the connection closed (a TLS alert at most)", got)
 	}
-	eventually(t, func() bool { return counter(stats(s.callee.sidecar), "weft_capture_inbound_tls_handshake_errors_total") == 1 }, "strict: the junk handshake not counted")
+	eventually(t, func() bool {
+		return counter(stats(s.callee.sidecar), "weft_capture_inbound_tls_handshake_errors_total") == 1
+	}, "strict: the junk handshake not counted")
 }
 
 // A sidecar's HTTP/1.1 over mutual TLS (ALPN http/1.1 plus the mark weft, as the HTTP
