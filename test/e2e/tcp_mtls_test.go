@@ -62,6 +62,16 @@ spec:
         env: [{name: VERSION, value: redis-api}]
         ports: [{containerPort: 8080}]
 ---
+# The same redis pod as the one server of a pool in the client's sidecar: the pool dials it
+# with mutual TLS (its serviceRef endpoint is marked tlsMode: weft).
+apiVersion: mesh.weft.dev/v1alpha1
+kind: RedisProxy
+metadata: {name: sessions, namespace: tcp-mtls-e2e}
+spec:
+  workloadSelector: {labels: {app: client}}
+  listener: {address: 127.0.0.1, port: 6380}
+  serviceRef: {name: redis, port: 6379}
+---
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: client, namespace: tcp-mtls-e2e}
@@ -198,4 +208,54 @@ func TestTCPMTLSRedisService(t *testing.T) {
 		t.Errorf("the redis sidecar's refused plaintext connections went %v → %v (%v), want more", before, after, err)
 	}
 	t.Logf("outsider's plaintext redis-cli: %v %.200s", cerr, out)
+
+	// Through the RedisProxy pool in the client's sidecar (127.0.0.1:6380) to the same
+	// redis pod: mutual TLS from the pool, TLS only on the redis pod's link.
+	pool := func(args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, "nsenter", append([]string{"-t", fmt.Sprint(containerPid(t, client, "client")), "-n", "-m",
+			"redis-cli", "-h", "127.0.0.1", "-p", "6380"}, args...)...).CombinedOutput()
+		return strings.TrimSpace(string(out)), err
+	}
+	eventually(t, 2*time.Minute, "redis-cli through the pool", func() error {
+		out, err := pool("SET", "weft-pool-key", "through-the-pool")
+		if err != nil {
+			return fmt.Errorf("%w: %q", err, out)
+		}
+		if out != "OK" {
+			return fmt.Errorf("answer %q", out)
+		}
+		return nil
+	})
+	poolDone := make(chan []string, 1)
+	go func() {
+		var errs []string
+		for i := range 20 {
+			if out, err := pool("GET", "weft-pool-key"); err != nil || out != "through-the-pool" {
+				errs = append(errs, fmt.Sprintf("GET %d: %v: %.200s", i, err, out))
+			}
+		}
+		poolDone <- errs
+	}()
+	payloads = linkPayloadsTo(fd, net.ParseIP(redis.Status.PodIP).To4(), 6379, time.Now().Add(6*time.Second))
+	if errs := <-poolDone; len(errs) > 0 {
+		t.Errorf("pool calls during the capture failed: %v", errs)
+	}
+	appData, plain = 0, 0
+	for _, p := range payloads {
+		if len(p) >= 3 && p[0] == 0x17 && p[1] == 3 {
+			appData++
+		}
+		if bytes.Contains(p, []byte("weft-pool-key")) || bytes.Contains(p, []byte("through-the-pool")) {
+			plain++
+		}
+	}
+	t.Logf("pool → pod %s:6379: %d payloads, %d application-data records, %d plaintext", redis.Status.PodIP, len(payloads), appData, plain)
+	if appData == 0 || plain != 0 {
+		t.Errorf("pool traffic on the link: %d TLS application-data records, %d plaintext; want TLS only", appData, plain)
+	}
+	if n, err := sidecarStats(client, "weft_redis_server_mtls_handshake_failures_total"); err != nil || n != 0 {
+		t.Errorf("the pool's failed handshakes: %v %v, want 0", n, err)
+	}
 }
