@@ -148,6 +148,9 @@ func (c *Capture) ServeMeshTCP(listener string, nc, raw net.Conn) bool {
 	if !ok {
 		return false
 	}
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = &meshConn{Conn: tc, tc: tc, raw: raw} // the socket's counts for telemetry
+	}
 	c.serveMeshTCP(st, nc, dst, st.cfg.Select(dst))
 	return true
 }
