@@ -65,7 +65,7 @@ func TestTCPMTLSNetns(t *testing.T) {
 		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
 		run("ip", "-n", ns, "link", "set", "lo", "up")
 	}
-	vc, vs := "tmc"+id, "tms"+id
+	vc, vs := "tcpmtlsc"+id, "tcpmtlss"+id // at most 15 characters (IFNAMSIZ)
 	run("ip", "link", "add", vc, "type", "veth", "peer", "name", vs)
 	run("ip", "link", "set", vc, "netns", cns)
 	run("ip", "link", "set", vs, "netns", sns)
