@@ -735,3 +735,37 @@ func TestTCPMTLSPermissiveTerminatesMarkedHTTP(t *testing.T) {
 		t.Errorf("handshakes: %d", n)
 	}
 }
+
+// A server-first protocol (the server greets before the client says anything, as SMTP or
+// MySQL): a meshed caller gets the greeting through strict and permissive callees (its
+// sidecar opens with the ClientHello at once), and a plaintext caller of a permissive
+// callee gets it after the sniff timeout at most, never a hang.
+func TestTCPMTLSServerFirst(t *testing.T) {
+	greeter := func(t *testing.T) string {
+		return tcpServer(t, func(c net.Conn) {
+			_, _ = c.Write([]byte("220 weft greeter\n"))
+			_, _ = io.Copy(c, c)
+		})
+	}
+	greeting := func(t *testing.T, addr string, within time.Duration) {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetReadDeadline(time.Now().Add(within))
+		if got, err := bufio.NewReader(c).ReadString('\n'); got != "220 weft greeter\n" {
+			t.Fatalf("greeting: %q %v", got, err)
+		}
+	}
+	for _, mode := range []string{contract.MTLSStrict, contract.MTLSPermissive} {
+		t.Run(mode, func(t *testing.T) {
+			m := startTCPMesh(t, mode, greeter(t))
+			greeting(t, m.callerFront, 5*time.Second)
+			if mode == contract.MTLSPermissive {
+				greeting(t, m.calleeFrontDst, contract.ProtocolSniffTimeout+3*time.Second)
+			}
+		})
+	}
+}
