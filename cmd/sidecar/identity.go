@@ -12,8 +12,10 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/sidecar/capture"
 	"github.com/weftmesh/weft/sidecar/httpproxy"
 	"github.com/weftmesh/weft/sidecar/identity"
+	"github.com/weftmesh/weft/sidecar/redisproxy"
 )
 
 // identityFlags configure the workload certificate and mutual TLS (docs/mtls.md).
@@ -55,6 +57,24 @@ func startIdentity(ctx context.Context, f identityFlags, secure bool, conn grpc.
 
 // inboundTLS is m as the proxy's InboundTLS, nil (not a typed nil) without identity.
 func inboundTLS(m *identity.Manager) httpproxy.InboundTLS {
+	if m == nil {
+		return nil
+	}
+	return m
+}
+
+// captureTLS is m as the capture plane's InboundTLS (mutual TLS on captured TCP ports),
+// nil (not a typed nil) without identity.
+func captureTLS(m *identity.Manager) capture.InboundTLS {
+	if m == nil {
+		return nil
+	}
+	return m
+}
+
+// redisTLS is m as the Redis pools' MeshTLS (servers behind sidecars), nil (not a typed
+// nil) without identity.
+func redisTLS(m *identity.Manager) redisproxy.MeshTLS {
 	if m == nil {
 		return nil
 	}

@@ -178,12 +178,12 @@ func run() error {
 	}
 	defer closeTelemetry()
 	ref := &httpRef{}
-	capt := capture.New(capture.Options{Upstreams: ups, HTTP: ref, Logger: log, Telemetry: tel})
+	capt := capture.New(capture.Options{Upstreams: ups, HTTP: ref, Logger: log, Telemetry: tel, InboundTLS: captureTLS(idm)})
 	px := httpproxy.New(httpproxy.Options{Upstreams: ups, Logger: log, Holder: holder{act}, Watcher: act, Async: calls,
 		GoroutinePerConnection: !f.eventLoop, Function: f.function, PodIP: podIP, Diverter: capt, Telemetry: tel,
 		InboundTLS: inboundTLS(idm)})
 	ref.p = px
-	redis := newRedisPools(log, f.redisProxy != "")
+	redis := newRedisPools(log, f.redisProxy != "", redisTLS(idm))
 	var status func() any
 	fnNS, fnName, _ := strings.Cut(f.function, "/") // empty when the pod serves no function
 	apply := func(c *config.Config) {

@@ -22,6 +22,8 @@ type redisPools struct {
 	// bindAny replaces the listener's host with 0.0.0.0 (standalone proxies serve clients
 	// outside the pod).
 	bindAny bool
+	// meshTLS dials servers behind sidecars with mutual TLS (nil: no identity, plaintext).
+	meshTLS redisproxy.MeshTLS
 
 	mu      sync.Mutex
 	running map[string]*redisPool // by listener name
@@ -33,8 +35,8 @@ type redisPool struct {
 	addr  string
 }
 
-func newRedisPools(log *slog.Logger, bindAny bool) *redisPools {
-	return &redisPools{log: log, bindAny: bindAny, running: map[string]*redisPool{}}
+func newRedisPools(log *slog.Logger, bindAny bool, meshTLS redisproxy.MeshTLS) *redisPools {
+	return &redisPools{log: log, bindAny: bindAny, meshTLS: meshTLS, running: map[string]*redisPool{}}
 }
 
 // Apply brings the running proxies in line with cfg's redis listeners.
@@ -72,7 +74,7 @@ func (r *redisPools) Apply(cfg *config.Config) {
 }
 
 func (r *redisPools) start(name, addr string, pc redisproxy.Config) error {
-	px, err := redisproxy.New(pc)
+	px, err := redisproxy.New(pc, redisproxy.WithMeshTLS(r.meshTLS))
 	if err != nil {
 		return fmt.Errorf("redis listener %s: %w", name, err)
 	}

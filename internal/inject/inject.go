@@ -107,6 +107,8 @@ func Inject(pod *corev1.Pod, ns string, cfg Config) (bool, error) {
 		return false, fmt.Errorf("container name %q is reserved for Weft's capture init container; rename the container", workload.CaptureInitContainerName)
 	}
 	tlsPort := false // the sidecar terminates mesh TLS on podIP:appPort
+	// tlsAll: the sidecar terminates mesh TLS on every port capture brings it (tlsPorts).
+	tlsPorts, tlsAll := "", false
 	switch mode {
 	case capture.InterceptionIPTables:
 		// The app's TCP is captured: proxy env would only make HTTP clients address the
@@ -122,6 +124,9 @@ func Inject(pod *corev1.Pod, ns string, cfg Config) (bool, error) {
 		}
 		pod.Spec.InitContainers = workload.InsertCaptureInit(pod.Spec.InitContainers, workload.CaptureInitContainer(cfg.Image, capCfg), ContainerName)
 		tlsPort = appPort != 0 && capturesInbound(capCfg, uint16(appPort))
+		if appPort != 0 {
+			tlsPorts, tlsAll = inboundTLSPorts(capCfg)
+		}
 	default:
 		for i := range pod.Spec.Containers {
 			addProxyEnv(&pod.Spec.Containers[i])
@@ -144,7 +149,34 @@ func Inject(pod *corev1.Pod, ns string, cfg Config) (bool, error) {
 		}
 		pod.Labels[contract.LabelInboundTLSPort] = strconv.Itoa(int(appPort))
 	}
+	if tlsAll {
+		// Every captured inbound port reaches this sidecar, which terminates mesh TLS on
+		// the ports that are not the app port in its capture plane (weft-tcp; docs/mtls.md).
+		if pod.Labels == nil {
+			pod.Labels = map[string]string{}
+		}
+		pod.Labels[contract.LabelInboundTLS] = tlsPorts
+	}
 	return true, nil
+}
+
+// inboundTLSPorts is the value of contract.LabelInboundTLS for cfg's inbound capture, and
+// false when no port is captured or the ports do not fit in a label value (then only the
+// app port is marked, as before the label existed).
+func inboundTLSPorts(cfg capture.Config) (string, bool) {
+	p := contract.InboundTLSPorts{All: cfg.IncludeInboundPorts.All, Except: cfg.ExcludeInboundPorts}
+	if !p.All {
+		p.Except = nil
+		for _, port := range cfg.IncludeInboundPorts.List {
+			if capturesInbound(cfg, port) {
+				p.Ports = append(p.Ports, port)
+			}
+		}
+		if len(p.Ports) == 0 {
+			return "", false
+		}
+	}
+	return p.Encode()
 }
 
 // capturesInbound reports whether cfg redirects inbound connections to port to the sidecar.

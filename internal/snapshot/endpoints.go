@@ -78,10 +78,9 @@ func (ix *index) loadAssignment(name string, slices []*discoveryv1.EndpointSlice
 				continue
 			}
 			hostname := podName
-			// The pod's sidecar terminates mesh TLS on this port (contract.LabelInboundTLSPort,
-			// set by the injector when capture brings the port to the sidecar): Istio's
+			// The pod's sidecar terminates mesh TLS on this port (meshedPort): Istio's
 			// tlsMode endpoint label, for the cluster's transport_socket_matches.
-			meshed := f.meshTLS && podName != "" && ix.podLabels[nsName(es.Namespace, podName)][contract.LabelInboundTLSPort] == itoa(port)
+			meshed := f.meshTLS && podName != "" && meshedPort(ix.podLabels[nsName(es.Namespace, podName)], port)
 			if e.Hostname != nil && *e.Hostname != "" && (f.preferHostname || hostname == "") {
 				hostname = *e.Hostname
 			}
@@ -120,6 +119,22 @@ func (ix *index) loadAssignment(name string, slices []*discoveryv1.EndpointSlice
 	}
 	cla.Endpoints = []*endpointv3.LocalityLbEndpoints{loc}
 	return cla
+}
+
+// meshedPort reports whether the sidecar of a pod with labels terminates mesh TLS on port,
+// as the injector labels it when capture brings the port to the sidecar: the app port
+// (contract.LabelInboundTLSPort), or any port contract.LabelInboundTLS names (TCP ports,
+// terminated by the sidecar's capture plane). A label that does not parse marks nothing.
+func meshedPort(labels map[string]string, port int32) bool {
+	if labels[contract.LabelInboundTLSPort] == itoa(port) {
+		return true
+	}
+	v, ok := labels[contract.LabelInboundTLS]
+	if !ok || port <= 0 || port > 65535 {
+		return false
+	}
+	p, ok := contract.ParseInboundTLSPorts(v)
+	return ok && p.Has(uint16(port))
 }
 
 // endpointHealth follows the EndpointSlice conditions' documented meaning: a nil ready is

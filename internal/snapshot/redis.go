@@ -104,6 +104,12 @@ func (t *translator) redisProxy(rp *meshv1alpha1.RedisProxy) (*RedisPool, *probl
 		pool.Selector = ws.Labels
 	}
 	c := edsCluster(name)
+	if rp.Spec.ServiceRef != nil {
+		// Servers behind sidecars (injected pods whose capture takes the Redis port) are
+		// marked tlsMode: weft, as a Service's endpoints are: the pool's sidecar dials them
+		// with mutual TLS (weft-tcp). spec.servers are addresses, never marked.
+		c = withMeshTLSMatches(c)
+	}
 	c.LbPolicy = clusterv3.Cluster_ROUND_ROBIN // the sidecar's ring places keys, not Envoy's LB
 	c.HealthChecks = redisHealthChecks(rp.Spec.HealthCheck)
 	c.OutlierDetection, c.Metadata = redisPoolPolicy(&rp.Spec)
@@ -286,7 +292,7 @@ func (t *translator) redisEndpoints(rp *meshv1alpha1.RedisProxy, name string, p 
 			return &endpointv3.ClusterLoadAssignment{ClusterName: name}
 		}
 		f := filterFor(sp)
-		f.readyOnly, f.preferHostname = true, true
+		f.readyOnly, f.preferHostname, f.meshTLS = true, true, true
 		return t.ix.loadAssignment(name, t.ix.slices[nsName(rp.Namespace, ref.Name)], f)
 	}
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: name}

@@ -8,6 +8,10 @@ import (
 	"os/exec"
 	"testing"
 	"time"
+
+	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/sidecar/identity/identitytest"
+	"github.com/weftmesh/weft/sidecar/upstream"
 )
 
 // BenchmarkTCPProxyBulk moves 16 MiB per op from a client to a server that discards it,
@@ -39,6 +43,26 @@ func BenchmarkTCPProxyBulk(b *testing.B) {
 		s := startSidecar(b, mesh{redis: sink}, false, 0)
 		run(b, s.front(b, "10.96.0.30:6379"))
 	})
+	// Two sidecars, as between pods: the caller's TCP chain, then the callee's inbound
+	// capture to the app on 127.0.0.1 (meshtls.go), in plaintext and over mutual TLS.
+	pair := func(b *testing.B, withTLS bool) {
+		var callerID upstream.MeshTLS
+		var calleeID InboundTLS
+		if withTLS {
+			ca, err := identitytest.New(tcpCallerID)
+			if err != nil {
+				b.Fatal(err)
+			}
+			callerID = idManager(b, ca, "")
+			ca.SetIdentity(tcpCalleeID)
+			calleeID = idManager(b, ca, contract.MTLSStrict)
+		}
+		cl := startCallee(b, calleeID)
+		s := startSidecar(b, mesh{redis: cl.front(b, sink), meshTLS: callerID}, false, 0)
+		run(b, s.front(b, "10.96.0.30:6379"))
+	}
+	b.Run("pair-plaintext", func(b *testing.B) { pair(b, false) })
+	b.Run("pair-mtls", func(b *testing.B) { pair(b, true) })
 }
 
 // TestIperf3ThroughTCPProxy compares iperf3 directly and through the TCP chain (5 s each).

@@ -12,6 +12,7 @@
 package capture
 
 import (
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
@@ -48,6 +49,9 @@ type Options struct {
 	Dialer *net.Dialer
 	// Telemetry counts proxied TCP connections in Istio's TCP metrics (telemetry.go); nil: none.
 	Telemetry *telemetry.Mesh
+	// InboundTLS, the sidecar's workload identity, terminates mutual TLS on captured
+	// inbound ports and enforces its mode there (meshtls.go); nil: no identity, plaintext.
+	InboundTLS InboundTLS
 }
 
 // Capture serves the captured connections of the capture listeners in force.
@@ -55,6 +59,8 @@ type Capture struct {
 	opts      Options
 	listeners atomic.Pointer[map[string]*listenerState]
 	stats     *Stats
+	// tlsCfg terminates mutual TLS on captured inbound ports (nil without InboundTLS).
+	tlsCfg *tls.Config
 }
 
 // listenerState is a capture listener and its connection count.
@@ -75,6 +81,9 @@ func New(opts Options) *Capture {
 		opts.Dialer = &net.Dialer{}
 	}
 	c := &Capture{opts: opts, stats: newStats()}
+	if opts.InboundTLS != nil {
+		c.tlsCfg = serverTLS(opts.InboundTLS)
+	}
 	m := map[string]*listenerState{}
 	c.listeners.Store(&m)
 	return c
@@ -141,11 +150,21 @@ func (c *Capture) ServeConn(listener string, nc net.Conn, dst netip.AddrPort) bo
 
 // serve runs the chain of one captured connection.
 func (c *Capture) serve(st *listenerState, nc net.Conn, dst netip.AddrPort, m config.ChainMatch) {
-	chain, in := m.Other, []byte(nil)
+	var in []byte
+	if st.cfg.Inbound && c.tlsCfg != nil {
+		var meshTCP, ok bool
+		if nc, in, meshTCP, ok = c.inboundTLS(nc, dst); !ok {
+			return
+		} else if meshTCP {
+			c.serveMeshTCP(st, nc, dst, m)
+			return
+		}
+	}
+	chain := m.Other
 	blackHole := chain != nil && chain.TCP != nil && chain.TCP.Cluster == contract.BlackHoleClusterName
 	if m.Sniff() || blackHole {
 		var isHTTP bool
-		isHTTP, in = sniff(nc, c.opts.SniffTimeout)
+		isHTTP, in = sniff(nc, c.opts.SniffTimeout, in)
 		if isHTTP && m.HTTP != nil {
 			chain = m.HTTP
 		} else if isHTTP && blackHole {

@@ -36,6 +36,7 @@ import (
 	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/config"
 	"github.com/weftmesh/weft/sidecar/httpproxy"
+	st "github.com/weftmesh/weft/sidecar/sidecartest"
 	"github.com/weftmesh/weft/sidecar/upstream"
 )
 
@@ -57,6 +58,9 @@ type mesh struct {
 	bindExact                                                bool   // bind listenAddr itself, not 127.0.0.1:0
 	idle                                                     time.Duration
 	maxConns                                                 uint64 // a connection_limit on every chain
+	// meshTLS is the caller's workload identity: the redis cluster's endpoint is marked
+	// tlsMode: weft (with the cluster's transport socket matches) and dialed over mutual TLS.
+	meshTLS upstream.MeshTLS
 }
 
 func anyOf(m proto.Message) *anypb.Any {
@@ -131,6 +135,15 @@ func (m mesh) resources() config.Resources {
 	add("outbound|6379||redis.default.svc.cluster.local", m.redis)
 	add("app-http", m.app7000HTTP)
 	add("app-tcp", m.app7000TCP)
+	if m.meshTLS != nil {
+		redis := "outbound|6379||redis.default.svc.cluster.local"
+		st.MeshTLSMatches()(res[resourcev3.ClusterType][redis].(*clusterv3.Cluster))
+		res[resourcev3.EndpointType][redis] = st.Endpoints(redis, st.Endpoint{Addr: m.redis, MeshTLS: true})
+		if m.app7000TCP != "" {
+			st.MeshTLSMatches()(res[resourcev3.ClusterType]["app-tcp"].(*clusterv3.Cluster))
+			res[resourcev3.EndpointType]["app-tcp"] = st.Endpoints("app-tcp", st.Endpoint{Addr: m.app7000TCP, MeshTLS: true})
+		}
+	}
 	for _, n := range []string{contract.PassthroughClusterName} {
 		res[resourcev3.ClusterType][n] = &clusterv3.Cluster{Name: n, ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
 			LbPolicy: clusterv3.Cluster_CLUSTER_PROVIDED, ConnectTimeout: durationpb.New(2 * time.Second)}
@@ -214,6 +227,9 @@ func startSidecar(t testing.TB, m mesh, goroutines bool, sniff time.Duration) *s
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ups := upstream.NewManager(ctx, clock.RealClock{})
+	if m.meshTLS != nil {
+		ups.SetMeshTLS(m.meshTLS)
+	}
 	r := &ref{}
 	capt := New(Options{Upstreams: ups, HTTP: r, SniffTimeout: sniff, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	listen := map[string]string{contract.OutboundListenerName: "127.0.0.1:0"}

@@ -33,7 +33,7 @@ import (
 
 // loadTranslated reads a sidecar/config golden input: the resources internal/snapshot
 // translates for one view (kept equal to translation by the snapshot package's tests).
-func loadTranslated(t *testing.T, name string) config.Resources {
+func loadTranslated(t testing.TB, name string) config.Resources {
 	t.Helper()
 	b, err := os.ReadFile("../config/testdata/" + name + ".in.json")
 	if err != nil {

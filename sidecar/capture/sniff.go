@@ -41,11 +41,15 @@ func classify(b []byte) (isHTTP, decided bool) {
 // sniff reads the connection's first bytes until they show HTTP (an HTTP/1 request line's
 // method or the h2 preface) or show otherwise, for at most timeout. A client that sends
 // nothing in that time is not HTTP: a server-first protocol, proxied as TCP. It returns
-// what it read, which the chain's handler must see first.
-func sniff(nc net.Conn, timeout time.Duration) (isHTTP bool, in []byte) {
+// what it read, which the chain's handler must see first. read holds bytes already read
+// from nc (mutual TLS's peek, meshtls.go): they are looked at first.
+func sniff(nc net.Conn, timeout time.Duration, read []byte) (isHTTP bool, in []byte) {
+	if ok, decided := classify(read); decided && len(read) > 0 {
+		return ok, read
+	}
 	_ = nc.SetReadDeadline(time.Now().Add(timeout))
 	defer func() { _ = nc.SetReadDeadline(time.Time{}) }()
-	buf := make([]byte, 0, 64)
+	buf := append(make([]byte, 0, max(64, len(read))), read...)
 	for len(buf) < sniffMax {
 		if cap(buf) == len(buf) {
 			nb := make([]byte, len(buf), min(2*cap(buf), sniffMax))

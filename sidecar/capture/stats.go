@@ -23,14 +23,19 @@ type Stats struct {
 	clusters map[string]*clusterStats
 	noChain  atomic.Uint64
 	overflow atomic.Uint64
+	// Mutual TLS on captured inbound ports (meshtls.go).
+	inboundHandshakes, inboundHandshakeErrors, inboundPlaintext, inboundRefused atomic.Uint64
 }
 
 type clusterStats struct {
 	connections, connectFailures, blocked, idleTimeouts atomic.Uint64
-	sent, received                                      atomic.Uint64
-	active                                              atomic.Int64
-	mu                                                  sync.Mutex
-	snis                                                map[string]uint64
+	// mtls: connections to the cluster over mutual TLS; mtlsFailures: handshakes to a
+	// meshed endpoint that failed (each a connect failure of that endpoint).
+	mtls, mtlsFailures atomic.Uint64
+	sent, received     atomic.Uint64
+	active             atomic.Int64
+	mu                 sync.Mutex
+	snis               map[string]uint64
 }
 
 func newStats() *Stats { return &Stats{clusters: map[string]*clusterStats{}} }
@@ -84,6 +89,8 @@ func (c *Capture) WritePrometheus(w io.Writer) {
 		{"weft_tcp_connect_failures_total", "counter", "TCP connections closed because no endpoint could be connected to.", func(c *clusterStats) int64 { return int64(c.connectFailures.Load()) }},
 		{"weft_tcp_blocked_total", "counter", "TCP connections closed by REGISTRY_ONLY (BlackHoleCluster).", func(c *clusterStats) int64 { return int64(c.blocked.Load()) }},
 		{"weft_tcp_idle_timeouts_total", "counter", "TCP connections closed after the idle timeout.", func(c *clusterStats) int64 { return int64(c.idleTimeouts.Load()) }},
+		{"weft_tcp_mtls_connections_total", "counter", "TCP connections to the cluster over mutual TLS (meshed endpoints, ALPN weft-tcp).", func(c *clusterStats) int64 { return int64(c.mtls.Load()) }},
+		{"weft_tcp_mtls_handshake_failures_total", "counter", "Mutual TLS handshakes to meshed endpoints of the cluster that failed (a connect failure; the caller's connection is closed when no endpoint is left).", func(c *clusterStats) int64 { return int64(c.mtlsFailures.Load()) }},
 		{"weft_tcp_bytes_sent_total", "counter", "Bytes from the caller to the cluster.", func(c *clusterStats) int64 { return int64(c.sent.Load()) }},
 		{"weft_tcp_bytes_received_total", "counter", "Bytes from the cluster to the caller.", func(c *clusterStats) int64 { return int64(c.received.Load()) }},
 	} {
@@ -110,6 +117,17 @@ func (c *Capture) WritePrometheus(w io.Writer) {
 	fmt.Fprintf(w, "# HELP weft_passthrough_connections_total TCP connections to destinations that are no Service, passed through (ALLOW_ANY).\n# TYPE weft_passthrough_connections_total counter\nweft_passthrough_connections_total %d\n", p.connections.Load())
 	fmt.Fprintf(w, "# TYPE weft_passthrough_bytes_sent_total counter\nweft_passthrough_bytes_sent_total %d\n", p.sent.Load())
 	fmt.Fprintf(w, "# TYPE weft_passthrough_bytes_received_total counter\nweft_passthrough_bytes_received_total %d\n", p.received.Load())
+	for _, mt := range []struct {
+		name, help string
+		v          uint64
+	}{
+		{"weft_capture_inbound_tls_handshakes_total", "Captured inbound connections on ports other than the app port whose mutual TLS handshake completed.", s.inboundHandshakes.Load()},
+		{"weft_capture_inbound_tls_handshake_errors_total", "Captured inbound mutual TLS handshakes refused (no or untrusted client certificate, timeout, garbage).", s.inboundHandshakeErrors.Load()},
+		{"weft_capture_inbound_plaintext_total", "Captured inbound connections accepted without mesh TLS (permissive mode).", s.inboundPlaintext.Load()},
+		{"weft_capture_inbound_plaintext_refused_total", "Captured inbound connections closed in strict mode: they did not open with TLS.", s.inboundRefused.Load()},
+	} {
+		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s counter\n%s %d\n", mt.name, mt.help, mt.name, mt.name, mt.v)
+	}
 	fmt.Fprintf(w, "# HELP weft_capture_no_chain_total Captured connections no filter chain matched (closed).\n# TYPE weft_capture_no_chain_total counter\nweft_capture_no_chain_total %d\n", s.noChain.Load())
 	fmt.Fprintf(w, "# HELP weft_capture_connections_overflow_total Captured TCP connections closed at once: the listener had max_connections open.\n# TYPE weft_capture_connections_overflow_total counter\nweft_capture_connections_overflow_total %d\n", s.overflow.Load())
 }

@@ -2,6 +2,7 @@ package capture
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -121,6 +122,9 @@ func (c *Capture) dial(cl *config.CaptureListener, cluster string, dst netip.Add
 		return nil, nil, false
 	}
 	var tried []*upstream.Host
+	// One handshake budget for every attempt (upstream.HandshakeBudget).
+	ctx, cancel := context.WithTimeout(context.Background(), upstream.HandshakeBudget(uc.Config().ConnectTimeout))
+	defer cancel()
 	for range 3 {
 		h := uc.Pick(0, false, tried)
 		if h == nil {
@@ -129,7 +133,15 @@ func (c *Capture) dial(cl *config.CaptureListener, cluster string, dst netip.Add
 		h.Start()
 		up, err := c.connect(h.Address, uc.Config().ConnectTimeout)
 		if err == nil {
-			return up, h, true
+			var meshed bool
+			if up, meshed, err = uc.OriginateTCP(ctx, up, h); err == nil {
+				if meshed {
+					cs.mtls.Add(1)
+				}
+				return up, h, true
+			}
+			cs.mtlsFailures.Add(1)
+			c.opts.Logger.Debug("mutual TLS to a meshed endpoint failed", "cluster", cluster, "endpoint", h.Address, "err", err)
 		}
 		uc.Report(h, upstream.LocalOriginFailure)
 		tried = append(tried, h)
@@ -185,6 +197,12 @@ func (p *pipe) quiet() time.Duration {
 }
 
 func sinceLastRecv(c net.Conn) (time.Duration, bool) {
+	switch m := c.(type) {
+	case *meshConn:
+		c = m.raw
+	case *tls.Conn:
+		c = m.NetConn()
+	}
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return 0, false

@@ -39,6 +39,9 @@ const (
 // tcpBytes is what the kernel counted on a TCP socket: bytes the peer acknowledged (sent
 // to it) and bytes received from it; zero for a connection that is not a socket.
 func tcpBytes(conn net.Conn) (sent, received uint64) {
+	if m, ok := conn.(interface{ socket() net.Conn }); ok {
+		conn = m.socket() // terminated mutual TLS: the socket's bytes are TLS records
+	}
 	sc, ok := conn.(syscall.Conn)
 	if !ok {
 		return 0, 0

@@ -88,6 +88,9 @@ type RedisServer struct {
 	Name   string // stable ring name
 	Addr   string // host:port
 	Weight uint32
+	// MeshTLS: the server is a pod whose sidecar terminates mesh TLS on its port (EDS
+	// tlsMode: weft in a cluster with the TLS match): dialed with mutual TLS, ALPN weft-tcp.
+	MeshTLS bool
 }
 
 // RedisHealthCheck configures active PING probes.

@@ -269,6 +269,10 @@ func decodeRedisPool(c *clusterv3.Cluster, cla *endpointv3.ClusterLoadAssignment
 	if err := decodeRedisHealth(c.GetHealthChecks(), &pl); err != nil {
 		return pl, err
 	}
+	var tlsMatch Cluster // the cluster's transport_socket_matches (meshtls.go)
+	if err := decodeTransportSocketMatches(c, "cluster "+c.GetName(), &tlsMatch); err != nil {
+		return pl, err
+	}
 	for _, le := range cla.GetEndpoints() {
 		for _, lb := range le.GetLbEndpoints() {
 			ep := lb.GetEndpoint()
@@ -288,7 +292,8 @@ func decodeRedisPool(c *clusterv3.Cluster, cla *endpointv3.ClusterLoadAssignment
 			if w < 1 {
 				return pl, fmt.Errorf("endpoint %s has weight 0; redis weights must be at least 1", name)
 			}
-			pl.Servers = append(pl.Servers, RedisServer{Name: name, Addr: addr, Weight: w})
+			pl.Servers = append(pl.Servers, RedisServer{Name: name, Addr: addr, Weight: w,
+				MeshTLS: tlsMatch.MeshTLSMatch && endpointMeshTLS(lb.GetMetadata())})
 		}
 	}
 	return pl, nil

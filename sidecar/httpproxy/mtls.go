@@ -6,12 +6,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/identity"
+	"github.com/weftmesh/weft/sidecar/upstream"
 )
 
 // Mutual TLS on the inbound listener (docs/mtls.md). The listener's own accept loop reads
@@ -40,6 +42,8 @@ type mtlsFront struct {
 	// peers maps the remote address of each open TLS connection to its verified SPIFFE ID.
 	// One entry per open connection: bounded by the listener's connection limit.
 	peers sync.Map
+	// tcp serves connections whose ALPN is weft-tcp (nil: not offered).
+	tcp meshTCPServer
 	// Counters for /stats.
 	handshakes, handshakeErrors, plaintext, refusedPlaintext atomic.Uint64
 }
@@ -49,6 +53,12 @@ type mtlsFront struct {
 // goroutine path when loops are off or unavailable.
 func (p *Proxy) startMTLS(l *Listener, ln net.Listener) string {
 	l.mtls = &mtlsFront{src: p.opts.InboundTLS, cfg: p.opts.InboundTLS.ServerConfig()}
+	if t, ok := p.opts.Diverter.(meshTCPServer); ok {
+		// A caller's TCP chain to the app port originates weft-tcp: served by the capture
+		// plane's inbound passthrough once terminated here.
+		l.mtls.tcp = t
+		l.mtls.cfg.NextProtos = append(slices.Clone(l.mtls.cfg.NextProtos), upstream.ALPNTCP)
+	}
 	mode := "mutual TLS (goroutine per connection), plaintext on the goroutine path"
 	if !p.opts.GoroutinePerConnection {
 		l.loopMu.Lock()
@@ -73,11 +83,12 @@ func (l *Listener) serveMTLS(ln net.Listener) {
 		if !ok {
 			return
 		}
-		// Captured for another filter chain (capture.go): in permissive mode it goes there;
-		// in strict mode nothing passes the front in plaintext, so every captured
-		// connection is sniffed here (callers only originate mutual TLS to this port: a
-		// connection for another chain is refused unless it brings a mesh certificate).
-		if l.mtls.src.Mode() != contract.MTLSStrict && l.divertConn(conn) {
+		// Captured for another filter chain (capture.go): it goes there when the capture
+		// plane terminates mesh TLS and enforces the mode on its ports itself
+		// (sidecar/capture/meshtls.go: TCP ports over weft-tcp), or in permissive mode;
+		// else, in strict mode, nothing passes the front in plaintext, so every captured
+		// connection is sniffed here.
+		if (l.mtls.src.Mode() != contract.MTLSStrict || l.diverterEnforcesTLS()) && l.divertConn(conn) {
 			conn.Close()
 			continue
 		}
@@ -88,6 +99,13 @@ func (l *Listener) serveMTLS(ln net.Listener) {
 		}
 		go l.sniff(conn)
 	}
+}
+
+// diverterEnforcesTLS reports whether the capture plane terminates mutual TLS and
+// enforces the peer authentication mode on the connections it takes.
+func (l *Listener) diverterEnforcesTLS() bool {
+	e, ok := l.proxy.opts.Diverter.(interface{ EnforcesMeshTLS() bool })
+	return ok && e.EnforcesMeshTLS()
 }
 
 // sniff reads the first byte (within the head timeout) and serves the connection as TLS
@@ -133,11 +151,23 @@ func (l *Listener) sniff(nc net.Conn) {
 	f.handshakes.Add(1)
 	_ = nc.SetReadDeadline(time.Time{})
 	cs := tc.ConnectionState()
+	if cs.NegotiatedProtocol == upstream.ALPNTCP {
+		if !f.tcp.ServeMeshTCP(l.Name, tc, nc) {
+			tc.Close()
+		}
+		l.connClosed()
+		return
+	}
 	key := nc.RemoteAddr().String()
 	if id, ok := identity.PeerID(&cs); ok {
 		f.peers.Store(key, id)
 	}
 	l.serveConn(&mtlsConn{Conn: tc, f: f, key: key}, nil, nil)
+}
+
+// meshTCPServer serves terminated weft-tcp connections (the capture plane's ServeMeshTCP).
+type meshTCPServer interface {
+	ServeMeshTCP(listener string, nc, raw net.Conn) bool
 }
 
 // handshakeTimeout bounds a TLS handshake: the head timeout, or 10 s without one.

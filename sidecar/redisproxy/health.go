@@ -2,7 +2,6 @@ package redisproxy
 
 import (
 	"bytes"
-	"net"
 	"time"
 
 	"github.com/weftmesh/weft/sidecar/redisproxy/resp"
@@ -74,7 +73,7 @@ func (p *Proxy) healthLoop(u *upstream) {
 		if hc != nil && hc.Timeout > 0 {
 			timeout = hc.Timeout
 		}
-		if probe(u.addr, u.user, u.pass, timeout) {
+		if probe(u, timeout) {
 			okRun, badRun = okRun+1, 0
 			need := 1
 			if hc != nil && hc.HealthyThreshold > 1 {
@@ -98,13 +97,13 @@ func (p *Proxy) healthLoop(u *upstream) {
 
 // probe sends AUTH (when configured) and PING on a fresh connection and
 // reports whether the server answered PONG.
-func probe(addr, user, pass string, timeout time.Duration) bool {
-	c, err := net.DialTimeout("tcp", addr, timeout)
+func probe(u *upstream, timeout time.Duration) bool {
+	c, err := u.dial(timeout, timeout)
 	if err != nil {
 		return false
 	}
 	defer c.Close()
-	if err := upstreamAuth(c, user, pass, timeout); err != nil {
+	if err := upstreamAuth(c, u.user, u.pass, timeout); err != nil {
 		return false
 	}
 	_ = c.SetDeadline(time.Now().Add(timeout))

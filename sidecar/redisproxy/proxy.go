@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -28,6 +29,8 @@ type Proxy struct {
 	closed bool
 	nextID atomic.Uint64
 	stats  *stats
+	// meshTLS dials servers marked MeshTLS (meshtls.go); nil: plaintext.
+	meshTLS atomic.Pointer[tls.Config]
 }
 
 // Option customises a Proxy.
@@ -103,7 +106,7 @@ func (p *Proxy) Update(cfg Config) error {
 			if u == nil || keep[key] != nil {
 				u = &upstream{key: key, poolName: name, name: sc.Name, addr: sc.Addr, user: pc.UpstreamUsername,
 					pass: pc.UpstreamPassword, opTimeout: cfg.OpTimeout, stop: make(chan struct{}),
-					conns: make([]atomic.Pointer[sconn], cfg.ConnsPerServer)}
+					conns: make([]atomic.Pointer[sconn], cfg.ConnsPerServer), meshed: sc.MeshTLS, tlsCfg: &p.meshTLS}
 				u.pool.Store(pl)
 				go p.healthLoop(u)
 			}
@@ -135,7 +138,7 @@ func (p *Proxy) Update(cfg Config) error {
 // the key can be logged without leaking them.
 func upstreamKey(poolName string, s Server, pc Pool, cfg Config) string {
 	h := sha256.Sum256([]byte(pc.UpstreamUsername + "\x00" + pc.UpstreamPassword))
-	return fmt.Sprintf("%s|%s|%s|%x|%d|%d", poolName, s.Name, s.Addr, h[:8], cfg.OpTimeout, cfg.ConnsPerServer)
+	return fmt.Sprintf("%s|%s|%s|%x|%d|%d|%t", poolName, s.Name, s.Addr, h[:8], cfg.OpTimeout, cfg.ConnsPerServer, s.MeshTLS)
 }
 
 // rebuild recomputes the ring from server liveness: in remap mode down

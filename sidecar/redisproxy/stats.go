@@ -121,6 +121,7 @@ func (p *Proxy) WritePrometheus(w io.Writer) error {
 	})
 	metric("weft_redis_server_connections", "gauge", "Open pipelined connections to the server.", func(u *upstream) string { return strconv.FormatInt(u.connsOpen.Load(), 10) })
 	metric("weft_redis_server_connection_errors_total", "counter", "Server connections that failed (connect error, timeout, EOF).", func(u *upstream) string { return strconv.FormatUint(u.connErrors.Load(), 10) })
+	metric("weft_redis_server_mtls_handshake_failures_total", "counter", "Mutual TLS handshakes to a server behind a sidecar that failed (meshtls.go).", func(u *upstream) string { return strconv.FormatUint(u.tlsFailures.Load(), 10) })
 	metric("weft_redis_server_ejections_total", "counter", "Times the server was ejected by passive or active health checking.", func(u *upstream) string { return strconv.FormatUint(u.ejections.Load(), 10) })
 	b = fmt.Appendf(b, "# HELP weft_redis_client_connections Open client connections.\n# TYPE weft_redis_client_connections gauge\nweft_redis_client_connections %d\n", s.clientsActive.Load())
 	b = fmt.Appendf(b, "# HELP weft_redis_client_connections_total Client connections accepted.\n# TYPE weft_redis_client_connections_total counter\nweft_redis_client_connections_total %d\n", s.clientsTotal.Load())

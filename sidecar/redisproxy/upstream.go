@@ -2,6 +2,7 @@ package redisproxy
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -58,10 +59,13 @@ type upstream struct {
 	user      string
 	pass      string
 	opTimeout time.Duration
-	conns     []atomic.Pointer[sconn]
-	mu        sync.Mutex // serialises connection creation
-	nextDial  atomic.Int64
-	lastErr   atomic.Pointer[string]
+	// meshed: dialed with mutual TLS from tlsCfg (the proxy's) when set (meshtls.go).
+	meshed   bool
+	tlsCfg   *atomic.Pointer[tls.Config]
+	conns    []atomic.Pointer[sconn]
+	mu       sync.Mutex // serialises connection creation
+	nextDial atomic.Int64
+	lastErr  atomic.Pointer[string]
 
 	pool     atomic.Pointer[pool]
 	down     atomic.Bool
@@ -73,6 +77,8 @@ type upstream struct {
 	connsOpen  atomic.Int64
 	ejections  atomic.Uint64
 	connErrors atomic.Uint64
+	// tlsFailures counts failed mutual TLS handshakes (meshtls.go).
+	tlsFailures atomic.Uint64
 }
 
 // dialBackoff stops a dead server from being dialled for every request.
@@ -171,7 +177,7 @@ func (s *sconn) connect() {
 	if timeout <= 0 || timeout > 5*time.Second {
 		timeout = 5 * time.Second
 	}
-	c, err := net.DialTimeout("tcp", u.addr, timeout)
+	c, err := u.dial(timeout, max(timeout, meshHandshakeBudget))
 	if err == nil {
 		err = upstreamAuth(c, u.user, u.pass, timeout)
 		if err != nil {

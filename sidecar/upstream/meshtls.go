@@ -36,6 +36,8 @@ const handshakeTimeout = 10 * time.Second
 // the current certificate and bundle at every handshake.
 type meshTLSState struct {
 	h1, h2 *tls.Config
+	// tcp dials captured TCP to meshed endpoints: ALPN weft-tcp only (meshtcp.go).
+	tcp *tls.Config
 	// h2t dials HTTP/2 connections to meshed endpoints: TLS with ALPN h2 (dialH2TLS).
 	h2t *http.Transport
 }
@@ -51,7 +53,10 @@ func (m *Manager) SetMeshTLS(t MeshTLS) {
 	// handshake, which short-lived SVIDs outlive (measured: resumed connections failed
 	// with expired certificates while certificates were renewed every second). Connections
 	// are pooled, so full handshakes are rare.
-	st := &meshTLSState{h1: t.ClientConfig([]string{"http/1.1"}), h2: t.ClientConfig([]string{"h2"})}
+	// The HTTP offers end with ALPNMesh, which no server selects: it tells a callee in
+	// permissive mode that this TLS is a sidecar's (meshtcp.go).
+	st := &meshTLSState{h1: t.ClientConfig([]string{"http/1.1", ALPNMesh}), h2: t.ClientConfig([]string{"h2", ALPNMesh}),
+		tcp: tcpClientConfig(t)}
 	st.h2t = newH2TLSTransport(st)
 	m.meshTLS.Store(st)
 }
