@@ -24,6 +24,10 @@ func (p *pending) localReply(b []byte) {
 // sent it, forwarded when nothing needs rewriting; it is nil for an inline
 // command, which is always re-encoded as a RESP array.
 func (cl *client) dispatch(p *pending, args [][]byte, raw []byte) {
+	if msg := cl.p.snap.Load().refuseAll; msg != "" {
+		cl.refusedCommand(p, args, msg) // authz.go
+		return
+	}
 	cmd := lookup(args[0])
 	if cmd == nil {
 		p.cmd = unknownIdx

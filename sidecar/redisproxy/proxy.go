@@ -28,6 +28,7 @@ type Proxy struct {
 	closed bool
 	nextID atomic.Uint64
 	stats  *stats
+	tlsSrc TLSSource // nil: plaintext only (authz.go)
 }
 
 // Option customises a Proxy.
@@ -43,6 +44,9 @@ type snapshot struct {
 	routes   []route // longest prefix first
 	fold     bool    // case-insensitive prefixes
 	catchAll *pool
+	// refuseAll, when set, answers every command (authz.go): the control plane refused
+	// this sidecar's identity for the pool.
+	refuseAll string
 }
 
 type route struct {
@@ -87,7 +91,7 @@ func (p *Proxy) Update(cfg Config) error {
 	if p.closed {
 		return errors.New("redis proxy is shut down")
 	}
-	s := &snapshot{cfg: cfg, pools: map[string]*pool{}, fold: cfg.RoutesCaseInsensitive}
+	s := &snapshot{cfg: cfg, pools: map[string]*pool{}, fold: cfg.RoutesCaseInsensitive, refuseAll: judgedRefusal(cfg.Authz)}
 	keep := map[string]*upstream{}
 	names := make([]string, 0, len(cfg.Pools))
 	for n := range cfg.Pools {
@@ -196,18 +200,32 @@ func (p *Proxy) Serve(ln net.Listener) error {
 			}
 			return fmt.Errorf("accepting redis clients: %w", err)
 		}
-		cl := p.newClient(c)
-		p.mu.Lock()
-		if p.closed {
-			p.mu.Unlock()
-			c.Close()
+		if p.tlsSrc != nil {
+			go p.sniff(c) // authz.go: TLS or plaintext, then startClient
 			continue
 		}
-		p.cls[cl] = struct{}{}
-		p.wg.Add(1)
-		p.mu.Unlock()
-		go cl.serve()
+		p.startClient(c, "")
 	}
+}
+
+// startClient serves an accepted connection whose verified peer is peer ("" for none),
+// unless the pool's MeshPolicies refuse it (authz.go).
+func (p *Proxy) startClient(c net.Conn, peer string) {
+	if msg := p.admit(p.snap.Load(), peer); msg != "" {
+		go refuse(c, msg)
+		return
+	}
+	cl := p.newClient(c)
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		c.Close()
+		return
+	}
+	p.cls[cl] = struct{}{}
+	p.wg.Add(1)
+	p.mu.Unlock()
+	go cl.serve()
 }
 
 func (p *Proxy) clientDone(cl *client) {
