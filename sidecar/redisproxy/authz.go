@@ -38,10 +38,13 @@ type TLSSource interface {
 func WithTLS(src TLSSource) Option { return func(p *Proxy) { p.tlsSrc = src } }
 
 // Bounds of a connection before it is served.
-const (
+var (
 	// handshakeTimeout bounds reading the first byte and the TLS handshake (as the inbound
-	// HTTP listener's 10 s).
+	// HTTP listener's 10 s); a variable so tests can shorten it.
 	handshakeTimeout = 10 * time.Second
+)
+
+const (
 	// refuseReadTimeout bounds waiting for a refused client's first command.
 	refuseReadTimeout = 10 * time.Second
 	// refuseDrain bounds what is read and dropped from a refused client after the refusal,
