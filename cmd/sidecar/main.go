@@ -184,6 +184,9 @@ func run() error {
 		InboundTLS: inboundTLS(idm)})
 	ref.p = px
 	redis := newRedisPools(log, f.redisProxy != "")
+	if idm != nil && f.redisProxy != "" {
+		redis.tls = idm // a standalone proxy takes mutual TLS from callers' sidecars (docs/authorization.md)
+	}
 	var status func() any
 	fnNS, fnName, _ := strings.Cut(f.function, "/") // empty when the pod serves no function
 	apply := func(c *config.Config) {

@@ -22,6 +22,9 @@ type redisPools struct {
 	// bindAny replaces the listener's host with 0.0.0.0 (standalone proxies serve clients
 	// outside the pod).
 	bindAny bool
+	// tls, when set, serves mutual TLS next to plaintext on every pool listener (standalone
+	// proxies, whose callers' identities MeshPolicies judge).
+	tls redisproxy.TLSSource
 
 	mu      sync.Mutex
 	running map[string]*redisPool // by listener name
@@ -72,7 +75,11 @@ func (r *redisPools) Apply(cfg *config.Config) {
 }
 
 func (r *redisPools) start(name, addr string, pc redisproxy.Config) error {
-	px, err := redisproxy.New(pc)
+	var opts []redisproxy.Option
+	if r.tls != nil {
+		opts = append(opts, redisproxy.WithTLS(r.tls))
+	}
+	px, err := redisproxy.New(pc, opts...)
 	if err != nil {
 		return fmt.Errorf("redis listener %s: %w", name, err)
 	}
