@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/weftmesh/weft/contract"
@@ -59,32 +60,37 @@ const (
 const tlsRecordHandshake = 0x16
 
 // sniff serves a connection as TLS or plaintext by its first byte, on its own goroutine so
-// a slow or stalled client never holds up the accept loop.
+// a slow or stalled client never holds up the accept loop. Waiting for the first byte has
+// no bound (an idle plaintext client, such as a pool's spare connection, is served as
+// before); once a handshake has started it must finish within handshakeTimeout.
 func (p *Proxy) sniff(c net.Conn) {
-	_ = c.SetReadDeadline(time.Now().Add(handshakeTimeout))
-	var first [1]byte
-	if _, err := io.ReadFull(c, first[:]); err != nil {
+	if !p.track(c) {
 		c.Close()
 		return
 	}
-	pc := &prefixConn{Conn: c, pre: first[:]}
-	if first[0] != tlsRecordHandshake {
-		_ = c.SetReadDeadline(time.Time{})
-		p.startClient(pc, "")
+	first, conn, err := peekByte(c)
+	if err != nil {
+		p.untrack(c)
+		c.Close()
+		return
+	}
+	if first != tlsRecordHandshake {
+		p.untrack(c)
+		p.startClient(conn, "")
 		return
 	}
 	cfg := p.tlsSrc.ServerConfig().Clone()
 	cfg.NextProtos = []string{contract.ALPNTCP}
-	tc := tls.Server(pc, cfg)
+	tc := tls.Server(conn, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
-	err := tc.HandshakeContext(ctx)
+	err = tc.HandshakeContext(ctx)
 	cancel()
+	p.untrack(c)
 	if err != nil {
 		p.stats.handshakeErrors.Add(1)
 		c.Close()
 		return
 	}
-	_ = c.SetReadDeadline(time.Time{})
 	cs := tc.ConnectionState()
 	peer := ""
 	if len(cs.PeerCertificates) > 0 && len(cs.PeerCertificates[0].URIs) == 1 {
@@ -93,10 +99,72 @@ func (p *Proxy) sniff(c net.Conn) {
 		}
 	}
 	if peer == "" { // ServerConfig verified the chain; a certificate without one SPIFFE ID is no identity
+		p.stats.handshakeErrors.Add(1)
 		c.Close()
 		return
 	}
 	p.startClient(tc, peer)
+}
+
+// peekByte returns c's first byte and the connection to serve: c itself when the byte
+// could be peeked (MSG_PEEK: a plaintext client keeps the proxy's zero-copy socket path),
+// else c with the byte replayed.
+func peekByte(c net.Conn) (byte, net.Conn, error) {
+	var b [1]byte
+	if sc, ok := c.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			var n int
+			var rerr error
+			err := raw.Read(func(fd uintptr) bool {
+				n, _, rerr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK)
+				return rerr != syscall.EAGAIN
+			})
+			if err == nil && rerr == nil && n == 1 {
+				return b[0], c, nil
+			}
+			if err == nil && rerr == nil && n == 0 {
+				return 0, nil, io.EOF
+			}
+			if err != nil {
+				return 0, nil, err
+			}
+			if rerr != syscall.EINTR {
+				return 0, nil, rerr
+			}
+		}
+	}
+	if _, err := io.ReadFull(c, b[:]); err != nil {
+		return 0, nil, err
+	}
+	return b[0], &prefixConn{Conn: c, pre: b[:]}, nil
+}
+
+// track records a connection that is being sniffed or handshaken, so Shutdown closes it;
+// false when the proxy is shut down.
+func (p *Proxy) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	if p.sniffing == nil {
+		p.sniffing = map[net.Conn]struct{}{}
+	}
+	p.sniffing[c] = struct{}{}
+	return true
+}
+
+func (p *Proxy) untrack(c net.Conn) {
+	p.mu.Lock()
+	delete(p.sniffing, c)
+	p.mu.Unlock()
+}
+
+// closeSniffing closes the connections not yet served; mu is held.
+func (p *Proxy) closeSniffing() {
+	for c := range p.sniffing {
+		c.Close()
+	}
 }
 
 // refusal is the -NOPERM text for a client a rule refused.

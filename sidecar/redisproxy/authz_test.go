@@ -338,6 +338,7 @@ func TestRedisAuthzAdversarial(t *testing.T) {
 	if err != nil && len(got) == 0 && !isReset(err) {
 		t.Fatalf("huge first command: neither the refusal nor a closed connection: %v", err)
 	}
+	t.Logf("huge first command from a refused client: read %q (%v)", got, err)
 
 	// A handshake that stalls after its first byte.
 	stall, err := net.Dial("tcp", addr)
@@ -364,6 +365,62 @@ func TestRedisAuthzAdversarial(t *testing.T) {
 	}
 	direct := redistest.Dial(t, shard.Addr)
 	expect(t, direct, "$-1\r\n", "GET", "huge-k")
+}
+
+// TestRedisAuthzTLSIdleAndShutdown: with mutual TLS on, a plaintext client that sends its
+// first command long after connecting (a pool's idle spare) is still served when no policy
+// refuses it; a client offering only another ALPN is refused at the handshake; Shutdown
+// closes a connection whose first byte never came.
+func TestRedisAuthzTLSIdleAndShutdown(t *testing.T) {
+	old := handshakeTimeout
+	handshakeTimeout = 200 * time.Millisecond
+	t.Cleanup(func() { handshakeTimeout = old })
+	shards := redistest.StartRedis(t, 1)
+	ca, err := identitytest.New(proxyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(poolOf(shards), WithTLS(idManager(t, ca)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go p.Serve(ln)
+	addr := ln.Addr().String()
+
+	idle := redistest.Dial(t, addr)
+	time.Sleep(3 * handshakeTimeout)
+	expect(t, idle, "+PONG\r\n", "PING")
+
+	if c, err := dialTLS(t, addr, clientTLS(t, ca, webID, []string{"h2"})); err == nil {
+		if got, err := c.do("PING"); err == nil {
+			t.Fatalf("a client offering only ALPN h2 got %q", got)
+		}
+	}
+	web, err := dialTLS(t, addr, clientTLS(t, ca, webID, []string{contract.ALPNTCP}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := web.do("PING"); got != "+PONG\r\n" {
+		t.Fatalf("mTLS without policies: %q", got)
+	}
+
+	silent, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	time.Sleep(50 * time.Millisecond) // accepted and waiting for its first byte
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = p.Shutdown(ctx)
+	_ = silent.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := silent.Read(make([]byte, 1)); err == nil || strings.Contains(err.Error(), "timeout") {
+		t.Fatalf("Shutdown left a connection without its first byte open: %v", err)
+	}
 }
 
 func isReset(err error) bool {

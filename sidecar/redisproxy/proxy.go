@@ -29,6 +29,9 @@ type Proxy struct {
 	nextID atomic.Uint64
 	stats  *stats
 	tlsSrc TLSSource // nil: plaintext only (authz.go)
+	// sniffing are accepted connections whose first byte or TLS handshake is awaited
+	// (authz.go); guarded by mu, closed by Shutdown.
+	sniffing map[net.Conn]struct{}
 }
 
 // Option customises a Proxy.
@@ -243,6 +246,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	for ln := range p.lns {
 		ln.Close()
 	}
+	p.closeSniffing()
 	for cl := range p.cls {
 		cl.stopReading()
 	}
