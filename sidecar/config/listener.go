@@ -78,7 +78,7 @@ func DecodeListener(l *listenerv3.Listener) (*ListenerInfo, error) {
 		filters = filters[1:]
 	}
 	var redisAuthz *RedisAuthz
-	if rb, _, ok := redisListenerFilters(filters); ok && len(rb) > 0 {
+	if rb, _, ok := redisListenerFilters(filters); ok {
 		// MeshPolicies on a Redis pool (redisauthz.go): RBAC network filters before redis_proxy.
 		a, err := decodeRedisAuthz(l, rb)
 		if err != nil {
