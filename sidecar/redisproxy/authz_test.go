@@ -185,7 +185,7 @@ func decodedAuthz(t *testing.T, l *listenerv3.Listener) *config.RedisAuthz {
 	return &a
 }
 
-func idManager(t *testing.T, ca *identitytest.CA) *identity.Manager {
+func idManager(t testing.TB, ca *identitytest.CA) *identity.Manager {
 	t.Helper()
 	m := identity.New(identity.Options{Signer: ca, TTL: time.Hour, RetryMin: 20 * time.Millisecond, RetryMax: 100 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -203,7 +203,7 @@ func idManager(t *testing.T, ca *identitytest.CA) *identity.Manager {
 }
 
 // certFor is a client certificate of id from ca, with ca's bundle.
-func clientTLS(t *testing.T, ca *identitytest.CA, id contract.SPIFFEID, alpn []string) *tls.Config {
+func clientTLS(t testing.TB, ca *identitytest.CA, id contract.SPIFFEID, alpn []string) *tls.Config {
 	t.Helper()
 	ca.SetIdentity(id)
 	m := idManager(t, ca)
