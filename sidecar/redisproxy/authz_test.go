@@ -309,8 +309,13 @@ func TestRedisAuthzStandaloneMTLS(t *testing.T) {
 			t.Errorf("metrics lack %s:\n%s", line, m)
 		}
 	}
-	if !strings.Contains(m, "weft_redis_tls_handshake_errors_total 2") {
-		t.Errorf("want 2 handshake errors:\n%s", m)
+	// The proxy counts a failed handshake after its alert is on the wire, so the client
+	// can see the failure first: wait for the count.
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(m, "weft_redis_tls_handshake_errors_total 2\n"); m = metrics(t, p) {
+		if time.Now().After(deadline) {
+			t.Fatalf("want 2 handshake errors:\n%s", m)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -29,8 +29,8 @@ type Proxy struct {
 	nextID atomic.Uint64
 	stats  *stats
 	tlsSrc TLSSource // nil: plaintext only (authz.go)
-	// sniffing are accepted connections whose first byte or TLS handshake is awaited
-	// (authz.go); guarded by mu, closed by Shutdown.
+	// sniffing are accepted connections whose first byte or TLS handshake is awaited, and
+	// refused ones being answered (authz.go); guarded by mu, closed by Shutdown.
 	sniffing map[net.Conn]struct{}
 }
 
@@ -215,7 +215,11 @@ func (p *Proxy) Serve(ln net.Listener) error {
 // unless the pool's MeshPolicies refuse it (authz.go).
 func (p *Proxy) startClient(c net.Conn, peer string) {
 	if msg := p.admit(p.snap.Load(), peer); msg != "" {
-		go refuse(c, msg)
+		if !p.track(c) { // tracked so Shutdown closes it too
+			c.Close()
+			return
+		}
+		go func() { refuse(c, msg); p.untrack(c) }()
 		return
 	}
 	cl := p.newClient(c)
