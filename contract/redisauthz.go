@@ -25,9 +25,12 @@ type RedisAuthzMeta struct {
 	// Pool is <namespace>/<name> of the RedisProxy.
 	Pool string
 	// Judged is set when the control plane judged the view's own identity (a sidecar-local
-	// pool): the sidecar judges every connection as Caller, whatever its peer.
+	// pool) and refused it: the sidecar judges every connection as Caller, whatever its peer.
 	Judged bool
-	// Caller is the SPIFFE ID the control plane judged; empty when the view had none.
+	// Caller is the view's own SPIFFE ID (a sidecar-local pool; empty when the view has
+	// none). Without Judged (an admitted pod whose pool listens beyond loopback) it is the
+	// identity of connections from loopback, which come from the pod itself; other
+	// connections are judged by their mutual-TLS peer.
 	Caller string
 }
 
@@ -36,6 +39,8 @@ func (m RedisAuthzMeta) Encode() *structpb.Struct {
 	f := map[string]*structpb.Value{"pool": structpb.NewStringValue(m.Pool)}
 	if m.Judged {
 		f["judged"] = structpb.NewBoolValue(true)
+	}
+	if m.Judged || m.Caller != "" {
 		f["caller"] = structpb.NewStringValue(m.Caller)
 	}
 	return fields(f)

@@ -22,8 +22,8 @@ type redisPools struct {
 	// bindAny replaces the listener's host with 0.0.0.0 (standalone proxies serve clients
 	// outside the pod).
 	bindAny bool
-	// tls, when set, serves mutual TLS next to plaintext on every pool listener (standalone
-	// proxies, whose callers' identities MeshPolicies judge).
+	// tls, when set, serves mutual TLS next to plaintext on every pool listener, so
+	// MeshPolicies judge callers that come over the network by their verified identity.
 	tls redisproxy.TLSSource
 
 	mu      sync.Mutex

@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"net/netip"
 	"regexp"
 	"sort"
 	"strconv"
@@ -244,18 +245,10 @@ func (r *Result) poolRefusal(k ObjectKey, id string) (denyRule string, allowPoli
 // pool, or a pool its prefix routes send keys to, gets the refusing listener.
 func (r *Result) poolForView(pool *RedisPool, v View) (*listenerv3.Listener, bool) {
 	if v.RedisProxy != "" {
-		deny, allow, anyAllow, _ := r.poolRules(pool.Key)
-		if len(deny) == 0 && !anyAllow {
-			return pool.Listener, true
+		if fs := r.compiledFilters(pool); len(fs) > 0 {
+			return guardedListener(pool.Listener, fs, contract.RedisAuthzMeta{Pool: pool.Key.Namespace + "/" + pool.Key.Name}), true
 		}
-		var fs []*listenerv3.Filter
-		if len(deny) > 0 {
-			fs = append(fs, networkRBACFilter(rbacconfigv3.RBAC_DENY, deny, pool))
-		}
-		if anyAllow {
-			fs = append(fs, networkRBACFilter(rbacconfigv3.RBAC_ALLOW, allow, pool))
-		}
-		return guardedListener(pool.Listener, fs, contract.RedisAuthzMeta{Pool: pool.Key.Namespace + "/" + pool.Key.Name}), true
+		return pool.Listener, true
 	}
 	id := viewIdentity(v)
 	for _, k := range append([]ObjectKey{pool.Key}, r.routedPools(pool)...) {
@@ -283,7 +276,37 @@ func (r *Result) poolForView(pool *RedisPool, v View) (*listenerv3.Listener, boo
 		}
 		return refusingListener(pool, f, contract.RedisAuthzMeta{Pool: what, Judged: true, Caller: id}), false
 	}
+	if !loopbackListener(pool) {
+		// Admitted, but the pool listens beyond loopback: other pods can reach it there, so
+		// the sidecar judges them by their mutual-TLS peer, and loopback (the pod itself)
+		// as this view's identity.
+		if fs := r.compiledFilters(pool); len(fs) > 0 {
+			return guardedListener(pool.Listener, fs, contract.RedisAuthzMeta{Pool: pool.Key.Namespace + "/" + pool.Key.Name, Caller: id}), true
+		}
+	}
 	return pool.Listener, true
+}
+
+// compiledFilters are the RBAC network filters of the policies guarding pool, as a
+// sidecar judges them per connection: the DENY policies' filter, then the ALLOW policies'
+// (present when an ALLOW policy guards the pool); none when no policy does.
+func (r *Result) compiledFilters(pool *RedisPool) []*listenerv3.Filter {
+	deny, allow, anyAllow, _ := r.poolRules(pool.Key)
+	var fs []*listenerv3.Filter
+	if len(deny) > 0 {
+		fs = append(fs, networkRBACFilter(rbacconfigv3.RBAC_DENY, deny, pool))
+	}
+	if anyAllow {
+		fs = append(fs, networkRBACFilter(rbacconfigv3.RBAC_ALLOW, allow, pool))
+	}
+	return fs
+}
+
+// loopbackListener reports whether the pool's listener binds a loopback address, which
+// only the pod's own containers can reach.
+func loopbackListener(pool *RedisPool) bool {
+	a, err := netip.ParseAddr(pool.Listener.GetAddress().GetSocketAddress().GetAddress())
+	return err == nil && a.IsLoopback()
 }
 
 // routedPools are the pools pool's prefix routes send keys to.

@@ -199,9 +199,11 @@ func judgedRefusal(a *config.RedisAuthz) string {
 	return refusal(a, whoIs(true, a.Caller), policy, deny)
 }
 
-// admit judges a new connection (standalone proxies: by its peer) and counts the decision;
-// it returns the refusal text, "" when the connection may use the pool.
-func (p *Proxy) admit(s *snapshot, peer string) string {
+// admit judges a new connection c by its verified peer ("" for none) and counts the
+// decision; it returns the refusal text, "" when the connection may use the pool. A
+// plaintext connection from loopback of a sidecar-local pool (Caller set) comes from the
+// pod itself and is judged as the pod's identity.
+func (p *Proxy) admit(s *snapshot, c net.Conn, peer string) string {
 	a := s.cfg.Authz
 	if a == nil {
 		return ""
@@ -214,6 +216,9 @@ func (p *Proxy) admit(s *snapshot, peer string) string {
 	if a.Judged {
 		return "" // the control plane admitted this sidecar (it sends no filter then, but be exact)
 	}
+	if peer == "" && a.Caller != "" && fromLoopback(c) {
+		peer = a.Caller
+	}
 	ok, policy, deny := a.Decide(peer)
 	if ok {
 		p.stats.authz.add(a.Pool, "allow", policy)
@@ -221,6 +226,12 @@ func (p *Proxy) admit(s *snapshot, peer string) string {
 	}
 	p.stats.authz.add(a.Pool, "deny", policy)
 	return refusal(a, whoIs(false, peer), policy, deny)
+}
+
+// fromLoopback reports whether c's peer is a loopback address (the pod's own containers).
+func fromLoopback(c net.Conn) bool {
+	ta, ok := c.RemoteAddr().(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
 }
 
 // refuse answers a refused connection's first command with msg and closes it, without

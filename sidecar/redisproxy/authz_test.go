@@ -175,7 +175,8 @@ func standalone(t *testing.T) (addr string, ca *identitytest.CA, p *Proxy, shard
 func decodedAuthz(t *testing.T, l *listenerv3.Listener) *config.RedisAuthz {
 	t.Helper()
 	md, _ := contract.DecodeRedisAuthzMeta(l.GetMetadata().GetFilterMetadata()[contract.RedisAuthzMetadataKey])
-	judged := poolListener(t, contract.RedisAuthzMeta{Pool: md.Pool, Judged: true, Caller: ""}, l.GetFilterChains()[0].GetFilters()[:2]...)
+	fs := l.GetFilterChains()[0].GetFilters()
+	judged := poolListener(t, contract.RedisAuthzMeta{Pool: md.Pool, Judged: true, Caller: ""}, fs[:len(fs)-1]...) // the RBAC filters
 	cfg, err := config.RedisConfigWithSecrets(judged, nil, nil, nil)
 	if err != nil || cfg.Authz == nil {
 		t.Fatalf("decoding the rules: %v", err)
@@ -212,6 +213,16 @@ func clientTLS(t testing.TB, ca *identitytest.CA, id contract.SPIFFEID, alpn []s
 		cfg.NextProtos = nil
 	}
 	return cfg
+}
+
+// tlsClientOver runs the TLS handshake over an open connection.
+func tlsClientOver(t *testing.T, c net.Conn, cfg *tls.Config) *tlsClient {
+	t.Helper()
+	tc := tls.Client(c, cfg)
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	return &tlsClient{c: tc, r: resp.NewReader(tc)}
 }
 
 func dialTLS(t *testing.T, addr string, cfg *tls.Config) (*tlsClient, error) {

@@ -214,7 +214,7 @@ func (p *Proxy) Serve(ln net.Listener) error {
 // startClient serves an accepted connection whose verified peer is peer ("" for none),
 // unless the pool's MeshPolicies refuse it (authz.go).
 func (p *Proxy) startClient(c net.Conn, peer string) {
-	if msg := p.admit(p.snap.Load(), peer); msg != "" {
+	if msg := p.admit(p.snap.Load(), c, peer); msg != "" {
 		if !p.track(c) { // tracked so Shutdown closes it too
 			c.Close()
 			return
