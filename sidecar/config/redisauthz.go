@@ -20,8 +20,10 @@ type RedisAuthz struct {
 	// Pool names the RedisProxy (<namespace>/<name>) for the refusal clients read.
 	Pool string
 	// Judged is set when the control plane judged this sidecar's own identity (a
-	// sidecar-local pool; Caller is it): every connection is judged as Caller. Otherwise
-	// (a standalone proxy) each connection is judged by its mutual-TLS peer.
+	// sidecar-local pool; Caller is it) and refused it: every connection is judged as
+	// Caller. Otherwise each connection is judged by its mutual-TLS peer, and, when Caller
+	// is set (a sidecar-local pool listening beyond loopback), a plaintext connection from
+	// loopback, which comes from the pod itself, as Caller.
 	Judged bool
 	Caller string
 }
