@@ -84,6 +84,22 @@ var _ = Describe("MeshPolicy", func() {
   rules:
   - to:
     - hosts: [reviews/api]`), "spec.rules[0].to[0].hosts[0] in body should match"),
+		Entry("selector and targetRefs together", policy(`
+  selector: {labels: {app: web}}
+  targetRefs: [{group: mesh.weft.dev, kind: RedisProxy, name: sessions}]`), "selector and targetRefs cannot both be set"),
+		Entry("a RedisProxy target with a to entry", policy(`
+  targetRefs: [{group: mesh.weft.dev, kind: RedisProxy, name: sessions}]
+  rules:
+  - from: [{principals: [default/web]}]
+    to: [{methods: [GET]}]`), "Redis has no hosts, paths or methods, so leave to out of its rules"),
+		Entry("a target of another kind", policy(`
+  targetRefs: [{group: mesh.weft.dev, kind: MeshFunction, name: hello}]`), `spec.targetRefs[0].kind: Unsupported value: "MeshFunction"`),
+		Entry("a target of another group", policy(`
+  targetRefs: [{group: weft.dev, kind: RedisProxy, name: sessions}]`), `spec.targetRefs[0].group: Unsupported value: "weft.dev"`),
+		Entry("a target without a name", policy(`
+  targetRefs: [{group: mesh.weft.dev, kind: RedisProxy}]`), `spec.targetRefs[0].name: Required value`),
+		Entry("an empty targetRefs list", policy(`
+  targetRefs: []`), "spec.targetRefs: Invalid value"),
 		Entry("too many rules", policy(`
   rules: [{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}]`), "must have at most 16 items"),
 	)
@@ -98,7 +114,15 @@ var _ = Describe("MeshPolicy", func() {
     to:
     - hosts: [reviews, "*.example.com", "reviews.default.svc.cluster.local:9080"]
       paths: [/api/*, /healthz, "*"]
-      methods: [GET, POST]`), policy(` {}`)} {
+      methods: [GET, POST]`), policy(` {}`), policy(`
+  targetRefs: [{group: mesh.weft.dev, kind: RedisProxy, name: sessions}]
+  rules:
+  - from:
+    - principals: [default/web, "spiffe://cluster.local/ns/default/sa/api"]
+    - namespaces: [ops]`), policy(`
+  targetRefs: [{group: mesh.weft.dev, kind: RedisProxy, name: sessions}]
+  action: DENY
+  rules: [{from: [{namespaces: [ops]}]}]`)} {
 			u := objectFromYAML(m)
 			u.SetGenerateName("valid-")
 			Expect(k8sClient.Create(ctx, u, client.FieldValidation(metav1.FieldValidationStrict))).To(Succeed())
@@ -149,6 +173,30 @@ spec:
 				g.Expect(c.Status).To(Equal(metav1.ConditionTrue), "%s: %s", typ, c.Message)
 				g.Expect(c.ObservedGeneration).To(Equal(mp.Generation))
 			}
+		}, 20*time.Second, 100*time.Millisecond).Should(Succeed())
+	})
+	It("flags a targetRefs entry naming no RedisProxy in status", func() {
+		u := objectFromYAML(`
+apiVersion: mesh.weft.dev/v1alpha1
+kind: MeshPolicy
+metadata: {name: sessions-typo, namespace: ` + xdsNamespace + `}
+spec:
+  targetRefs: [{group: mesh.weft.dev, kind: RedisProxy, name: sesions}]
+  rules:
+  - from:
+    - principals: [` + xdsNamespace + `/web]`)
+		Expect(k8sClient.Create(ctx, u)).To(Succeed())
+		DeferCleanup(func() { _ = k8sClient.Delete(ctx, u) })
+		Eventually(func(g Gomega) {
+			var mp meshv1alpha1.MeshPolicy
+			g.Expect(k8sClient.Get(ctx, client.ObjectKey{Namespace: xdsNamespace, Name: "sessions-typo"}, &mp)).To(Succeed())
+			g.Expect(mp.Status.ObservedGeneration).To(Equal(mp.Generation))
+			rr := meta.FindStatusCondition(mp.Status.Conditions, meshv1alpha1.ConditionResolvedRefs)
+			g.Expect(rr).NotTo(BeNil())
+			g.Expect(rr.Status).To(Equal(metav1.ConditionFalse))
+			g.Expect(rr.Reason).To(Equal(meshv1alpha1.ReasonTargetNotFound))
+			g.Expect(rr.Message).To(ContainSubstring("targetRefs[0]: RedisProxy " + xdsNamespace + "/sesions does not exist"))
+			g.Expect(meta.IsStatusConditionTrue(mp.Status.Conditions, meshv1alpha1.ConditionStalled)).To(BeTrue())
 		}, 20*time.Second, 100*time.Millisecond).Should(Succeed())
 	})
 })

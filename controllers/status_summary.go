@@ -23,6 +23,7 @@ var stalledReasons = map[string]bool{
 	meshv1alpha1.ReasonRejected:        true,
 	meshv1alpha1.ReasonRevisionMissing: true,
 	meshv1alpha1.ReasonHostNotFound:    true,
+	meshv1alpha1.ReasonTargetNotFound:  true,
 }
 
 // reconcilingReasons are the reasons that mean Weft is still working: sidecars have not

@@ -78,6 +78,9 @@ const (
 	// ReasonHostNotFound: a MeshPolicy's to.hosts names a host no MeshRoute, MeshFunction
 	// or Service serves; the rule matches only requests that name it literally.
 	ReasonHostNotFound = "HostNotFound"
+	// ReasonTargetNotFound: a MeshPolicy's targetRefs names a RedisProxy that does not exist
+	// (Gateway API's policy reason); the policy guards nothing until it does.
+	ReasonTargetNotFound = "TargetNotFound"
 	// ReasonNoWarnings is Warning's reason when it is False.
 	ReasonNoWarnings = "NoWarnings"
 	// ReasonStatusPending: the other half of the status has not been written yet.

@@ -8,12 +8,29 @@ import metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 // policy selects the workload, a request must match one of its rules; a workload no policy
 // selects admits every call.
 //
+// With targetRefs the policy attaches to RedisProxy pools instead (Gateway API's policy
+// attachment): it says which workload identities may use them.
+//
 // +kubebuilder:validation:XValidation:rule="self.action != 'DENY' || size(self.rules) > 0",message="a DENY policy needs at least one rule: with none it would deny nothing (to deny everything, write action: DENY with one rule that has no from and no to)"
+// +kubebuilder:validation:XValidation:rule="!(has(self.selector) && has(self.targetRefs))",message="selector and targetRefs cannot both be set: a policy either selects pods by label (their inbound HTTP calls) or attaches to RedisProxy pools by targetRefs; write two MeshPolicies"
+// +kubebuilder:validation:XValidation:rule="!has(self.targetRefs) || !has(self.rules) || self.rules.all(r, !has(r.to))",message="a policy whose targetRefs name a RedisProxy matches callers only: Redis has no hosts, paths or methods, so leave to out of its rules and say who may use the pool with from"
 type MeshPolicySpec struct {
 	// Selector picks the pods (in this namespace) whose inbound sidecar enforces the
-	// policy, by their labels. Empty selects every meshed pod of the namespace.
+	// policy, by their labels. Empty (and no targetRefs) selects every meshed pod of the
+	// namespace.
 	// +optional
 	Selector *WorkloadSelector `json:"selector,omitempty"`
+
+	// TargetRefs attach the policy to RedisProxy pools of this namespace instead of to
+	// pods: its rules then say which workload identities may use the pools (from only).
+	// A pool served in the caller's own sidecar is left out of, or refused in, the
+	// sidecars of pods whose ServiceAccount the policy denies; a standalone proxy checks
+	// each caller's mutual-TLS identity per connection.
+	// +optional
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=16
+	// +listType=atomic
+	TargetRefs []PolicyTargetRef `json:"targetRefs,omitempty"`
 
 	// Action is ALLOW (a call must match a rule of some ALLOW policy) or DENY (a call that
 	// matches a rule is refused, whatever ALLOW policies say).
@@ -29,6 +46,28 @@ type MeshPolicySpec struct {
 	// +listType=atomic
 	Rules []PolicyRule `json:"rules,omitempty"`
 }
+
+// PolicyTargetRef names an object of the policy's namespace the policy attaches to (Gateway
+// API's LocalPolicyTargetReference): today a RedisProxy.
+type PolicyTargetRef struct {
+	// Group of the target: mesh.weft.dev.
+	// +kubebuilder:validation:Enum=mesh.weft.dev
+	Group string `json:"group"`
+	// Kind of the target: RedisProxy.
+	// +kubebuilder:validation:Enum=RedisProxy
+	Kind string `json:"kind"`
+	// Name of the target, in the policy's namespace.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`
+	Name string `json:"name"`
+}
+
+// Policy target kinds and group.
+const (
+	PolicyTargetGroup      = "mesh.weft.dev"
+	PolicyTargetRedisProxy = "RedisProxy"
+)
 
 // PolicyAction is what a matching rule does.
 // +kubebuilder:validation:Enum=ALLOW;DENY

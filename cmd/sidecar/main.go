@@ -184,6 +184,12 @@ func run() error {
 		InboundTLS: inboundTLS(idm)})
 	ref.p = px
 	redis := newRedisPools(log, f.redisProxy != "", redisTLS(idm))
+	if idm != nil {
+		// Pool listeners take mutual TLS next to plaintext: a standalone proxy's callers,
+		// and other pods reaching a pool that listens beyond loopback, are judged by their
+		// verified identity (docs/authorization.md, "Redis pools").
+		redis.tls = idm
+	}
 	var status func() any
 	fnNS, fnName, _ := strings.Cut(f.function, "/") // empty when the pod serves no function
 	apply := func(c *config.Config) {

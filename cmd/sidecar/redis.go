@@ -24,6 +24,9 @@ type redisPools struct {
 	bindAny bool
 	// meshTLS dials servers behind sidecars with mutual TLS (nil: no identity, plaintext).
 	meshTLS redisproxy.MeshTLS
+	// tls, when set, serves mutual TLS next to plaintext on every pool listener, so
+	// MeshPolicies judge callers that come over the network by their verified identity.
+	tls redisproxy.TLSSource
 
 	mu      sync.Mutex
 	running map[string]*redisPool // by listener name
@@ -74,7 +77,11 @@ func (r *redisPools) Apply(cfg *config.Config) {
 }
 
 func (r *redisPools) start(name, addr string, pc redisproxy.Config) error {
-	px, err := redisproxy.New(pc, redisproxy.WithMeshTLS(r.meshTLS))
+	opts := []redisproxy.Option{redisproxy.WithMeshTLS(r.meshTLS)}
+	if r.tls != nil {
+		opts = append(opts, redisproxy.WithTLS(r.tls))
+	}
+	px, err := redisproxy.New(pc, opts...)
 	if err != nil {
 		return fmt.Errorf("redis listener %s: %w", name, err)
 	}

@@ -23,6 +23,7 @@ type problems struct {
 	shadowed   []string // Warning=True, ShadowedRule
 	ignored    []string // Warning=True, TrafficPolicyIgnored (functionpolicy.go)
 	hostsGone  []string // ResolvedRefs=False, HostNotFound (MeshPolicy to.hosts, policy.go)
+	targets    []string // ResolvedRefs=False, TargetNotFound (MeshPolicy targetRefs, redispolicy.go)
 }
 
 func (p *problems) unknownHostf(format string, a ...any) {
@@ -102,6 +103,9 @@ func (p *problems) conditions() []metav1.Condition {
 	case len(p.hostsGone) > 0:
 		resolved.Status, resolved.Reason = metav1.ConditionFalse, meshv1alpha1.ReasonHostNotFound
 		resolved.Message = joinSorted(p.hostsGone)
+	case len(p.targets) > 0:
+		resolved.Status, resolved.Reason = metav1.ConditionFalse, meshv1alpha1.ReasonTargetNotFound
+		resolved.Message = joinSorted(p.targets)
 	}
 	warning := metav1.Condition{Type: meshv1alpha1.ConditionWarning, Status: metav1.ConditionFalse,
 		Reason: meshv1alpha1.ReasonNoWarnings, Message: "Nothing looks unintended."}

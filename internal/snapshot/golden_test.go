@@ -43,6 +43,8 @@ type testView struct {
 	AppPort   uint32            `json:"appPort,omitempty"`
 	// RedisProxy makes the view a RedisProxy's standalone proxy.
 	RedisProxy string `json:"redisProxy,omitempty"`
+	// ServiceAccount is the view's verified ServiceAccount (MeshPolicies on RedisProxy pools).
+	ServiceAccount string `json:"serviceAccount,omitempty"`
 	// Gateway makes the view the gateway's (gateway.go).
 	Gateway bool `json:"gateway,omitempty"`
 }

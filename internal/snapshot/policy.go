@@ -33,12 +33,19 @@ type meshPolicy struct {
 	selector map[string]string
 	deny     bool
 	rules    map[string]*rbacconfigv3.Policy
+	// attached is set for a policy with targetRefs (redispolicy.go): it guards the RedisProxy
+	// pools in targets (those that exist) and no inbound listener.
+	attached bool
+	targets  []ObjectKey
+	// admits has, per rule key of an attached policy, whether the rule admits a SPIFFE ID
+	// ("" for none): the control plane judges the views of sidecar-local pools with it.
+	admits map[string]func(string) bool
 }
 
 // selects reports whether the policy applies to view v's inbound listener: a pod of its
 // namespace with every label of its selector.
 func (p *meshPolicy) selects(v View) bool {
-	if v.Gateway || v.AppPort == 0 || v.Namespace != p.key.Namespace {
+	if p.attached || v.Gateway || v.AppPort == 0 || v.Namespace != p.key.Namespace {
 		return false
 	}
 	for k, val := range p.selector {
@@ -152,11 +159,20 @@ func (t *translator) meshPolicies(in *Input, res *Result) {
 		if s := mp.Spec.Selector; s != nil && len(s.Labels) > 0 {
 			out.selector = s.Labels
 		}
+		if len(mp.Spec.TargetRefs) > 0 {
+			t.policyTargets(mp, out, p)
+		}
 		for ri, rule := range mp.Spec.Rules {
 			where := "rules[" + strconv.Itoa(ri) + "]"
+			var perm *rbacconfigv3.Permission
+			if out.attached {
+				perm = poolPermissions(rule.To, p, where)
+			} else {
+				perm = policyPermissions(rule.To, mp.Namespace, hf, p, where)
+			}
 			rp := &rbacconfigv3.Policy{
 				Principals:  []*rbacconfigv3.Principal{policyPrincipals(rule.From, p, where)},
-				Permissions: []*rbacconfigv3.Permission{policyPermissions(rule.To, mp.Namespace, hf, p, where)},
+				Permissions: []*rbacconfigv3.Permission{perm},
 			}
 			if rp.Principals[0] == nil || rp.Permissions[0] == nil {
 				if !out.deny {
@@ -180,6 +196,9 @@ func (t *translator) meshPolicies(in *Input, res *Result) {
 				Principals:  []*rbacconfigv3.Principal{{Identifier: &rbacconfigv3.Principal_Any{Any: true}}},
 				Permissions: []*rbacconfigv3.Permission{{Rule: &rbacconfigv3.Permission_NotRule{NotRule: &rbacconfigv3.Permission{Rule: &rbacconfigv3.Permission_Any{Any: true}}}}},
 			}
+		}
+		if out.attached {
+			out.compileAdmits()
 		}
 		if len(mp.Spec.Rules) > 16 {
 			p.invalidf("%d rules; at most 16 are supported", len(mp.Spec.Rules))
@@ -438,10 +457,14 @@ func rbacFilter(action rbacconfigv3.RBAC_Action, policies map[string]*rbacconfig
 	return &hcmv3.HttpFilter{Name: contract.RBACFilterName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: a}}
 }
 
-// includesPolicy reports whether view v's inbound listener enforces policy k.
+// includesPolicy reports whether view v's inbound listener enforces policy k, or, for a
+// policy with targetRefs, whether v serves one of the pools it guards.
 func (r *Result) includesPolicy(v View, k ObjectKey) bool {
 	for _, p := range r.policies {
 		if p.key == k {
+			if p.attached {
+				return r.guardsView(p, v)
+			}
 			return p.selects(v)
 		}
 	}

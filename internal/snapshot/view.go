@@ -31,6 +31,11 @@ type View struct {
 	// RedisProxy is "<ns>/<name>" when the sidecar is that RedisProxy's standalone proxy: it
 	// serves that pool only, whatever the pool's workloadSelector says.
 	RedisProxy string
+	// ServiceAccount is the pod's verified ServiceAccount (internal/xds: TokenReview, bound
+	// pod). With Namespace it is the workload identity MeshPolicies that target RedisProxy
+	// pools judge for the pools served in this sidecar (redispolicy.go); empty when unknown,
+	// which no rule naming callers admits.
+	ServiceAccount string
 	// Gateway is set for the gateway's sidecar (gateway.go), which the control plane
 	// recognizes by its verified ServiceAccount; it replaces every other field's effect.
 	Gateway bool
@@ -41,7 +46,8 @@ type View struct {
 func ViewFromNode(n *corev3.Node) View {
 	f := n.GetMetadata().GetFields()
 	v := View{Namespace: f[contract.NodeNamespace].GetStringValue(), Function: f[contract.NodeFunction].GetStringValue(),
-		RedisProxy: f[contract.NodeRedisProxy].GetStringValue(), Gateway: f[NodeGateway].GetBoolValue()}
+		RedisProxy: f[contract.NodeRedisProxy].GetStringValue(), Gateway: f[NodeGateway].GetBoolValue(),
+		ServiceAccount: f[NodeServiceAccount].GetStringValue()}
 	if v.Namespace == "" {
 		if _, ns, ok := strings.Cut(n.GetId(), "."); ok {
 			v.Namespace = ns
@@ -65,6 +71,9 @@ func (v View) Key() string {
 	fmt.Fprintf(h, "%q\x00%q\x00%d\x00%q\x00", v.Namespace, v.Function, v.AppPort, v.RedisProxy)
 	if v.Gateway {
 		h.Write([]byte("gateway\x00"))
+	}
+	if v.ServiceAccount != "" { // written only when set: the keys of views without one stay as they were
+		fmt.Fprintf(h, "sa=%q\x00", v.ServiceAccount)
 	}
 	keys := make([]string, 0, len(v.Labels))
 	for k := range v.Labels {
@@ -187,7 +196,11 @@ func (r *Result) Snapshot(v View) (*cachev3.Snapshot, error) {
 		if p.Listener == nil || !p.Selects(v) {
 			continue
 		}
-		extraL = append(extraL, p.Listener)
+		l, allowed := r.poolForView(p, v) // redispolicy.go: MeshPolicies on the pool
+		extraL = append(extraL, l)
+		if !allowed {
+			continue // no password, cluster, servers or secret of the pool
+		}
 		secrets.add(p.DownstreamSecret)
 		wantPool[p.Cluster.Name] = true
 		for _, n := range p.Routes {
@@ -299,6 +312,9 @@ func NodeMetadata(v View) *structpb.Struct {
 	}
 	if v.Gateway {
 		f[NodeGateway] = structpb.NewBoolValue(true)
+	}
+	if v.ServiceAccount != "" {
+		f[NodeServiceAccount] = structpb.NewStringValue(v.ServiceAccount)
 	}
 	if len(v.Labels) > 0 {
 		ls := make(map[string]*structpb.Value, len(v.Labels))

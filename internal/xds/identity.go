@@ -15,7 +15,8 @@ import (
 // viewOfPod derives a sidecar's view from its pod as the API server has it: the namespace
 // and labels are the pod's, the function and standalone Redis proxy come from the labels
 // Weft's renderers and webhook set (weft.dev/function, weft.dev/redisproxy), and the app
-// port from the --app-port argument of the pod's own sidecar container. A pod's creator
+// port from the --app-port argument of the pod's own sidecar container, the ServiceAccount
+// (the workload identity MeshPolicies on RedisProxy pools judge) from the pod's spec. A pod's creator
 // can set these, but only within its namespace, which the view is scoped to anyway.
 // The gateway (snapshot/gateway.go) is recognized by its ServiceAccount alone,
 // weft-system/weft-gateway: only who may run pods in weft-system can take that view.
@@ -23,7 +24,7 @@ func viewOfPod(pod *corev1.Pod) snapshot.View {
 	if pod.Namespace == snapshot.GatewayNamespace && serviceAccountOf(pod) == snapshot.GatewayServiceAccount {
 		return snapshot.GatewayView()
 	}
-	v := snapshot.View{Namespace: pod.Namespace}
+	v := snapshot.View{Namespace: pod.Namespace, ServiceAccount: serviceAccountOf(pod)}
 	if len(pod.Labels) > 0 {
 		v.Labels = maps.Clone(pod.Labels)
 	}

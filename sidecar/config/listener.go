@@ -77,6 +77,15 @@ func DecodeListener(l *listenerv3.Listener) (*ListenerInfo, error) {
 		}
 		filters = filters[1:]
 	}
+	var redisAuthz *RedisAuthz
+	if rb, _, ok := redisListenerFilters(filters); ok {
+		// MeshPolicies on a Redis pool (redisauthz.go): RBAC network filters before redis_proxy.
+		a, err := decodeRedisAuthz(l, rb)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		redisAuthz, filters = a, filters[len(rb):]
+	}
 	if len(filters) != 1 {
 		return nil, fmt.Errorf("%s: filter chain has %d filters; one network filter is supported (%s may come before %s)",
 			where, len(fc.GetFilters()), ConnectionLimitFilterName, contract.HCMFilterName)
@@ -97,7 +106,9 @@ func DecodeListener(l *listenerv3.Listener) (*ListenerInfo, error) {
 			return nil, fmt.Errorf("%s: decoding redis_proxy: %w", where, err)
 		}
 		info.Redis = l
-		info.RedisClusters = redisClusters(&rp)
+		if !redisAuthz.Refuses() { // a pool this sidecar may not use comes without its clusters
+			info.RedisClusters = redisClusters(&rp)
+		}
 	default:
 		return nil, fmt.Errorf("%s: network filter %q is not supported; use %s or %s", where, f.GetName(), contract.HCMFilterName, contract.RedisFilterName)
 	}

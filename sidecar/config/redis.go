@@ -55,6 +55,10 @@ type RedisConfig struct {
 	// than the limit is still served. A client keeps the limit in force
 	// when it connected.
 	ClientOutputLimit int64
+	// Authz, when set, are the MeshPolicies that target the pool (redisauthz.go): a
+	// connection they refuse gets -NOPERM naming the policy for every command. When it
+	// Refuses every connection the config has no pools.
+	Authz *RedisAuthz
 }
 
 // RedisRoute sends keys starting with Prefix to Pool, optionally stripping it.
@@ -103,6 +107,9 @@ type RedisHealthCheck struct {
 
 // Validate reports configuration that cannot work, naming what to fix.
 func (c *RedisConfig) Validate() error {
+	if c.Authz.Refuses() {
+		return nil // no pool is served: every command is refused
+	}
 	if len(c.Pools) == 0 {
 		return errors.New("redis proxy config has no pools: add at least one server pool")
 	}

@@ -55,6 +55,17 @@ func RedisConfigWithSecrets(l *listenerv3.Listener, clusters map[string]*cluster
 		cfg.Listen = net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))
 	}
 	cfg.StatPrefix = rp.GetStatPrefix()
+	if rb, _, ok := redisListenerFilters(l.GetFilterChains()[0].GetFilters()); ok {
+		if cfg.Authz, err = decodeRedisAuthz(l, rb); err != nil {
+			return cfg, fmt.Errorf("listener %s: %w", l.GetName(), err)
+		}
+	}
+	if cfg.Authz.Refuses() {
+		// The control plane judged this sidecar's identity and refused it: it sends the
+		// listener without passwords, clusters or servers, and every command is answered
+		// with the refusal (redisproxy).
+		return cfg, nil
+	}
 	if ref, _ := secretRef(l.GetMetadata()); ref != "" {
 		// The password is the SDS secret; what stands in the inline field is a placeholder
 		// that makes sidecars without SDS secrets refuse the listener (fail closed).
@@ -121,6 +132,9 @@ func redisFilter(l *listenerv3.Listener) (*redisv3.RedisProxy, error) {
 		return nil, fmt.Errorf("want exactly one filter chain, got %d", len(l.GetFilterChains()))
 	}
 	filters := l.GetFilterChains()[0].GetFilters()
+	if _, rf, ok := redisListenerFilters(filters); ok {
+		filters = []*listenerv3.Filter{rf} // the RBAC filters before it: decodeRedisAuthz
+	}
 	if len(filters) == 0 {
 		return nil, fmt.Errorf("no %s filter", contract.RedisFilterName)
 	}

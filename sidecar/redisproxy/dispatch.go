@@ -24,6 +24,11 @@ func (p *pending) localReply(b []byte) {
 // sent it, forwarded when nothing needs rewriting; it is nil for an inline
 // command, which is always re-encoded as a RESP array.
 func (cl *client) dispatch(p *pending, args [][]byte, raw []byte) {
+	snap := cl.p.snap.Load()
+	if snap.refuseAll != "" {
+		cl.refusedCommand(p, args, snap.refuseAll) // authz.go
+		return
+	}
 	cmd := lookup(args[0])
 	if cmd == nil {
 		p.cmd = unknownIdx
@@ -31,7 +36,6 @@ func (cl *client) dispatch(p *pending, args [][]byte, raw []byte) {
 		return
 	}
 	p.cmd = cmd.idx
-	snap := cl.p.snap.Load()
 	// Redis's order (processCommand): unknown command, arity, then NOAUTH.
 	if !cmd.arityOK(len(args)) {
 		p.localError(fmt.Sprintf("ERR wrong number of arguments for '%s' command", cmd.name))

@@ -31,6 +31,10 @@ type Proxy struct {
 	stats  *stats
 	// meshTLS dials servers marked MeshTLS (meshtls.go); nil: plaintext.
 	meshTLS atomic.Pointer[tls.Config]
+	tlsSrc  TLSSource // nil: plaintext only (authz.go)
+	// sniffing are accepted connections whose first byte or TLS handshake is awaited, and
+	// refused ones being answered (authz.go); guarded by mu, closed by Shutdown.
+	sniffing map[net.Conn]struct{}
 }
 
 // Option customises a Proxy.
@@ -46,6 +50,9 @@ type snapshot struct {
 	routes   []route // longest prefix first
 	fold     bool    // case-insensitive prefixes
 	catchAll *pool
+	// refuseAll, when set, answers every command (authz.go): the control plane refused
+	// this sidecar's identity for the pool.
+	refuseAll string
 }
 
 type route struct {
@@ -90,7 +97,7 @@ func (p *Proxy) Update(cfg Config) error {
 	if p.closed {
 		return errors.New("redis proxy is shut down")
 	}
-	s := &snapshot{cfg: cfg, pools: map[string]*pool{}, fold: cfg.RoutesCaseInsensitive}
+	s := &snapshot{cfg: cfg, pools: map[string]*pool{}, fold: cfg.RoutesCaseInsensitive, refuseAll: judgedRefusal(cfg.Authz)}
 	keep := map[string]*upstream{}
 	names := make([]string, 0, len(cfg.Pools))
 	for n := range cfg.Pools {
@@ -199,18 +206,36 @@ func (p *Proxy) Serve(ln net.Listener) error {
 			}
 			return fmt.Errorf("accepting redis clients: %w", err)
 		}
-		cl := p.newClient(c)
-		p.mu.Lock()
-		if p.closed {
-			p.mu.Unlock()
-			c.Close()
+		if p.tlsSrc != nil {
+			go p.sniff(c) // authz.go: TLS or plaintext, then startClient
 			continue
 		}
-		p.cls[cl] = struct{}{}
-		p.wg.Add(1)
-		p.mu.Unlock()
-		go cl.serve()
+		p.startClient(c, "")
 	}
+}
+
+// startClient serves an accepted connection whose verified peer is peer ("" for none),
+// unless the pool's MeshPolicies refuse it (authz.go).
+func (p *Proxy) startClient(c net.Conn, peer string) {
+	if msg := p.admit(p.snap.Load(), c, peer); msg != "" {
+		if !p.track(c) { // tracked so Shutdown closes it too
+			c.Close()
+			return
+		}
+		go func() { refuse(c, msg); p.untrack(c) }()
+		return
+	}
+	cl := p.newClient(c)
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		c.Close()
+		return
+	}
+	p.cls[cl] = struct{}{}
+	p.wg.Add(1)
+	p.mu.Unlock()
+	go cl.serve()
 }
 
 func (p *Proxy) clientDone(cl *client) {
@@ -228,6 +253,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	for ln := range p.lns {
 		ln.Close()
 	}
+	p.closeSniffing()
 	for cl := range p.cls {
 		cl.stopReading()
 	}

@@ -38,6 +38,9 @@ type stats struct {
 	authFailures   atomic.Uint64
 	// clients closed for passing their output limit
 	outputLimitClosed atomic.Uint64
+	// TLS handshakes that failed (authz.go)
+	handshakeErrors atomic.Uint64
+	authz           authzCounts
 }
 
 func newStats() *stats { return &stats{cmds: make([]cmdStats, unknownIdx+1)} }
@@ -129,6 +132,8 @@ func (p *Proxy) WritePrometheus(w io.Writer) error {
 	b = fmt.Appendf(b, "# HELP weft_redis_client_output_limit_closed_total Client connections closed because their unread replies passed the output limit.\n# TYPE weft_redis_client_output_limit_closed_total counter\nweft_redis_client_output_limit_closed_total %d\n", s.outputLimitClosed.Load())
 	b = fmt.Appendf(b, "# HELP weft_redis_unsupported_commands_total Commands refused because they cannot be routed over shards.\n# TYPE weft_redis_unsupported_commands_total counter\nweft_redis_unsupported_commands_total %d\n", s.unsupported.Load())
 	b = fmt.Appendf(b, "# HELP weft_redis_auth_failures_total Failed client AUTH attempts.\n# TYPE weft_redis_auth_failures_total counter\nweft_redis_auth_failures_total %d\n", s.authFailures.Load())
+	b = fmt.Appendf(b, "# HELP weft_redis_tls_handshake_errors_total Client connections whose mutual-TLS handshake failed or stalled.\n# TYPE weft_redis_tls_handshake_errors_total counter\nweft_redis_tls_handshake_errors_total %d\n", s.handshakeErrors.Load())
+	b = s.authz.write(b)
 	_, err := w.Write(b)
 	return err
 }
