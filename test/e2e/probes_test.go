@@ -24,7 +24,8 @@ const probesNS = "probes-e2e"
 
 // probesManifest: echo with a readiness probe (httpGet on its app port, by name) and a
 // startup probe (tcpSocket on it), the same with probe rewriting turned off, and grpcecho
-// with a grpc readiness probe. The local mesh's node agent runs httpGet and tcpSocket
+// with a grpc readiness probe; and a MeshFunction whose function container has a readiness
+// probe on the function port (its pod is rendered by the manager, not injected). The local mesh's node agent runs httpGet and tcpSocket
 // probes from the host to the pod IP over the bridge, as a kubelet does, so they are
 // captured like a kubelet's; it has no grpc probes, which only the rewrite makes work.
 const probesManifest = `
@@ -87,6 +88,21 @@ spec:
         args: [serve]
         ports: [{name: grpc, containerPort: 8080}]
         readinessProbe: {grpc: {port: 8080}, periodSeconds: 1}
+---
+apiVersion: mesh.weft.dev/v1alpha1
+kind: MeshFunction
+metadata: {name: fnprobe, namespace: probes-e2e}
+spec:
+  port: 8080
+  template:
+    metadata:
+      annotations: {weft.dev/interception: iptables}
+    spec:
+      containers:
+      - name: function
+        image: "weft.dev/examples/echo:latest"
+        readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
+  scale: {initial: 1, min: 1, max: 1}
 `
 
 // TestAppProbesUnderStrictMTLS: in a strict namespace with iptables capture, a pod whose
@@ -118,6 +134,24 @@ func TestAppProbesUnderStrictMTLS(t *testing.T) {
 	}
 	grpcPod := readyPod(t, probesNS, "grpc", 4*time.Minute)
 	t.Logf("grpc pod %s ready after %s", grpcPod.Name, time.Since(start).Round(time.Second))
+	var fnPod corev1.Pod
+	eventually(t, 4*time.Minute, "fnprobe's function pod ready", func() error {
+		l, err := cs.CoreV1().Pods(probesNS).List(context.Background(), metav1.ListOptions{LabelSelector: "weft.dev/function=fnprobe"})
+		if err != nil {
+			return err
+		}
+		for _, p := range l.Items {
+			if readyRunning(p) {
+				fnPod = p
+				return nil
+			}
+		}
+		return fmt.Errorf("%d fnprobe pods, none ready", len(l.Items))
+	})
+	t.Logf("function pod %s ready after %s", fnPod.Name, time.Since(start).Round(time.Second))
+	if p := fnPod.Spec.Containers[0].ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/app-health/function/readyz" {
+		t.Errorf("the function container's readiness probe: %+v, want :15020/app-health/function/readyz", p)
+	}
 
 	// What the kubelet asked, asked again from the host.
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil}}
@@ -139,6 +173,7 @@ func TestAppProbesUnderStrictMTLS(t *testing.T) {
 		{web, "/app-health/echo/startupz", "ok: connected to 127.0.0.1:8080", 200},
 		{web, "/app-health/ghost/readyz", "no app probe is recorded", 404},
 		{grpcPod, "/app-health/grpc/readyz", "SERVING", 200},
+		{fnPod, "/app-health/function/readyz", "ok: GET http://127.0.0.1:8080/healthz: HTTP 200", 200},
 	} {
 		code, body, err := ask(tc.pod, tc.path)
 		t.Logf("GET %s:15020%s → %d %q", tc.pod.Name, tc.path, code, strings.TrimSpace(body))
