@@ -137,6 +137,10 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	appProbes, err := admin.ParseAppProbes(os.Getenv(contract.AppProbesEnv)) // docs/probes.md
+	if err != nil {
+		return fmt.Errorf("%w; the injector writes it from the pod's probes: re-create the pod", err)
+	}
 	sigCtx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	bg, cancelBG := context.WithCancel(context.Background())
@@ -225,7 +229,7 @@ func run() error {
 	}
 
 	aopts := admin.Options{Config: current.Load, Status: status,
-		Exchanges: func(minAge time.Duration) any { return px.Exchanges(minAge) }}
+		Exchanges: func(minAge time.Duration) any { return px.Exchanges(minAge) }, AppProbes: appProbes}
 	if idm != nil {
 		aopts.Identity = idm.Status
 	}

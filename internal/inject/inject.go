@@ -133,6 +133,9 @@ func Inject(pod *corev1.Pod, ns string, cfg Config) (bool, error) {
 		}
 	}
 	sc := sidecar(pod, ns, appPort, cfg)
+	if err := rewriteAppProbes(pod, &sc, mode, capCfg); err != nil { // probes.go
+		return false, err
+	}
 	sc.Env = append(sc.Env, telEnv...)
 	pod.Spec.Containers = append(pod.Spec.Containers, sc)
 	addXDSCredentials(pod, cfg)

@@ -86,6 +86,9 @@ func FunctionDeployment(fn *meshv1alpha1.MeshFunction, replicas int32, o Options
 	if mode == capture.InterceptionIPTables {
 		tmpl.Spec.InitContainers = InsertCaptureInit(tmpl.Spec.InitContainers, CaptureInitContainer(o.SidecarImage, capCfg), SidecarContainerName)
 	}
+	if err := rewriteFunctionProbes(&tmpl, mode, capCfg); err != nil { // probes.go
+		return nil, fmt.Errorf("MeshFunction %s/%s: %w", fn.Namespace, fn.Name, err)
+	}
 
 	// The pod must outlive the sidecar's drain: Kubernetes' 30s default is kept unless the
 	// drain needs longer.

@@ -1,7 +1,8 @@
 // Package admin serves the sidecar's operational endpoints: /ready (200 once the first
 // complete config is applied), /stats (Prometheus text, hand-written to keep the binary
 // small, with other components appending their own metrics through StatsWriter) and
-// /config_dump (the resources in force as JSON, with inline secrets redacted).
+// /config_dump (the resources in force as JSON, with inline secrets redacted), and
+// /app-health/<container>/<kind>: the app's own probes, run for the kubelet (appprobe.go).
 //
 // Two handlers: the full admin API for localhost (default 127.0.0.1:15000), and a
 // read-only metrics+readiness handler for the pod address (default :15020).
@@ -19,6 +20,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/config"
 )
 
@@ -40,17 +42,27 @@ type Options struct {
 	// Identity, when set, reports the workload certificate (identity.Manager.Status): not
 	// ready without a valid one; a note (a failing renewal) is added to /ready's body.
 	Identity func() (ready bool, note string)
+	// AppProbes are the app's original probes (ParseAppProbes), which the metrics handler
+	// runs at /app-health/<container>/<kind> for the kubelet (appprobe.go).
+	AppProbes contract.AppProbes
 }
 
 // Server holds the admin handlers.
 type Server struct {
-	opts  Options
-	mu    sync.Mutex
-	stats []StatsWriter
+	opts   Options
+	probes *appProber
+	mu     sync.Mutex
+	stats  []StatsWriter
 }
 
 // New returns an admin server.
-func New(opts Options) *Server { return &Server{opts: opts} }
+func New(opts Options) *Server {
+	s := &Server{opts: opts, probes: newAppProber(opts.AppProbes)}
+	if len(opts.AppProbes) > 0 {
+		s.stats = append(s.stats, s.probes)
+	}
+	return s
+}
 
 // AddStats registers a component whose metrics /stats should include.
 func (s *Server) AddStats(w StatsWriter) {
@@ -67,6 +79,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /stats/prometheus", s.writeStats)
 	mux.HandleFunc("GET /config_dump", s.configDump)
 	mux.HandleFunc("GET /debug/exchanges", s.exchanges)
+	mux.HandleFunc("GET /app-health/{container}/{kind}", s.probes.serve)
 	// CPU and heap profiles of the live data plane, like Envoy's /cpuprofiler; localhost only.
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
@@ -79,6 +92,7 @@ func (s *Server) MetricsHandler() http.Handler {
 	mux.HandleFunc("GET /ready", s.ready)
 	mux.HandleFunc("GET /stats", s.writeStats)
 	mux.HandleFunc("GET /stats/prometheus", s.writeStats)
+	mux.HandleFunc("GET /app-health/{container}/{kind}", s.probes.serve)
 	return mux
 }
 
