@@ -25,9 +25,8 @@ import (
 const mtlsCaptureNS = "mtls-capture-e2e"
 
 // mtlsCaptureManifest: echo behind a plain Service (no MeshRoute), an injected client with
-// no proxy settings, and an outsider pod the injector skips (a plaintext caller). No
-// readiness probes on app ports: strict mode refuses the kubelet's plaintext probes there
-// (docs/mtls.md), as Istio's STRICT without probe rewriting.
+// no proxy settings, and an outsider pod the injector skips (a plaintext caller). Probes
+// under strict mode are TestAppProbesUnderStrictMTLS's (docs/probes.md).
 const mtlsCaptureManifest = `
 apiVersion: v1
 kind: Namespace
