@@ -26,8 +26,13 @@ type View struct {
 	Labels    map[string]string
 	// Function is "<ns>/<name>" of the MeshFunction the pod serves, if any.
 	Function string
-	// AppPort is the local app port; 0 means no inbound listener.
+	// AppPort is the local app port; 0 means no inbound listener, unless InboundCapture.
 	AppPort uint32
+	// InboundCapture is set for a pod with no app port whose inbound ports are captured
+	// (a pod that serves only TCP): its inbound listener has no HTTP chain, only the TCP
+	// passthrough to 127.0.0.1:<original port> (tcpInbound). It has no effect with an
+	// AppPort, whose inbound listener already passes the other ports through.
+	InboundCapture bool
 	// RedisProxy is "<ns>/<name>" when the sidecar is that RedisProxy's standalone proxy: it
 	// serves that pool only, whatever the pool's workloadSelector says.
 	RedisProxy string
@@ -41,7 +46,8 @@ type View struct {
 func ViewFromNode(n *corev3.Node) View {
 	f := n.GetMetadata().GetFields()
 	v := View{Namespace: f[contract.NodeNamespace].GetStringValue(), Function: f[contract.NodeFunction].GetStringValue(),
-		RedisProxy: f[contract.NodeRedisProxy].GetStringValue(), Gateway: f[NodeGateway].GetBoolValue()}
+		RedisProxy: f[contract.NodeRedisProxy].GetStringValue(), Gateway: f[NodeGateway].GetBoolValue(),
+		InboundCapture: f[contract.NodeInboundCapture].GetBoolValue()}
 	if v.Namespace == "" {
 		if _, ns, ok := strings.Cut(n.GetId(), "."); ok {
 			v.Namespace = ns
@@ -65,6 +71,9 @@ func (v View) Key() string {
 	fmt.Fprintf(h, "%q\x00%q\x00%d\x00%q\x00", v.Namespace, v.Function, v.AppPort, v.RedisProxy)
 	if v.Gateway {
 		h.Write([]byte("gateway\x00"))
+	}
+	if v.InboundCapture {
+		h.Write([]byte("inbound-capture\x00")) // only when set: the keys of other views stay as they were
 	}
 	keys := make([]string, 0, len(v.Labels))
 	for k := range v.Labels {
@@ -176,6 +185,8 @@ func (r *Result) Snapshot(v View) (*cachev3.Snapshot, error) {
 	if v.AppPort != 0 {
 		l, c := inbound(v.AppPort, r.functionTimeouts[v.Function], r.rbacFilters(v))
 		extraL, extraC = append(extraL, l), append(extraC, c)
+	} else if v.InboundCapture {
+		extraL = append(extraL, tcpInbound())
 	}
 	pools := map[string]*RedisPool{}
 	for _, p := range r.Redis {
@@ -299,6 +310,9 @@ func NodeMetadata(v View) *structpb.Struct {
 	}
 	if v.Gateway {
 		f[NodeGateway] = structpb.NewBoolValue(true)
+	}
+	if v.InboundCapture {
+		f[contract.NodeInboundCapture] = structpb.NewBoolValue(true)
 	}
 	if len(v.Labels) > 0 {
 		ls := make(map[string]*structpb.Value, len(v.Labels))
