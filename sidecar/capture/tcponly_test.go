@@ -34,12 +34,18 @@ import (
 // plane binds it itself (bind.go).
 
 // startTCPOnlyCallee runs the sidecar of a TCP-only pod from the translated golden, with
-// mutual TLS from id (nil: none), its listeners at listen (nil: the translated addresses).
-func startTCPOnlyCallee(t testing.TB, id InboundTLS, listen map[string]string) *callee {
+// mutual TLS from id (nil: none), its listeners at listen (nil: the translated addresses),
+// the inbound listener's connection cap set to maxConns (0: as translated).
+func startTCPOnlyCallee(t testing.TB, id InboundTLS, listen map[string]string, maxConns int) *callee {
 	t.Helper()
 	cfg, err := config.Build(loadTranslated(t, "mesh-services-tcp-only-inbound"), nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, cl := range cfg.CaptureListeners {
+		if cl.Bind && maxConns > 0 {
+			cl.Limits.MaxConnections = maxConns
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ups := upstream.NewManager(ctx, clock.RealClock{})
@@ -83,7 +89,7 @@ func TestTCPOnlyInboundListenerBoundByCapture(t *testing.T) {
 			if mode != "none" {
 				id = idManager(t, ca, mode)
 			}
-			cl := startTCPOnlyCallee(t, id, map[string]string{contract.OutboundListenerName: "127.0.0.1:0", contract.InboundListenerName: "127.0.0.1:0"})
+			cl := startTCPOnlyCallee(t, id, map[string]string{contract.OutboundListenerName: "127.0.0.1:0", contract.InboundListenerName: "127.0.0.1:0"}, 0)
 			if cl.px.Listener(contract.InboundListenerName) != nil {
 				t.Fatal("the HTTP plane bound an inbound listener for a pod with no HTTP app")
 			}
@@ -311,6 +317,57 @@ func tcpOnlyCaller(t *testing.T) {
 	if got, err := rcli(tcpMTLSCalleeIP, "7379", "PING"); err != nil || got != "PONG" {
 		t.Errorf("plaintext redis-cli to the permissive TCP-only sidecar: %v %q, want PONG", err, got)
 	}
+	// The permissive sidecar's listener holds 2 connections: a third is closed at once
+	// while the two still work, and once one ends a new one is served.
+	ping := func(c net.Conn) (string, error) {
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte("PING\r\n")); err != nil {
+			return "", err
+		}
+		line, err := bufio.NewReader(c).ReadString('\n')
+		return strings.TrimSpace(line), err
+	}
+	var held []net.Conn
+	for range 2 {
+		c, err := net.DialTimeout("tcp", tcpMTLSCalleeIP+":7379", 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if got, err := ping(c); got != "+PONG" {
+			t.Fatalf("connection %d under the cap: %q %v", len(held)+1, got, err)
+		}
+		held = append(held, c)
+	}
+	if c, err := net.DialTimeout("tcp", tcpMTLSCalleeIP+":7379", 5*time.Second); err == nil {
+		if got, err := ping(c); got == "+PONG" || err == nil {
+			t.Errorf("a third connection over the cap of 2: %q %v, want it closed", got, err)
+		}
+		c.Close()
+	}
+	for i, c := range held {
+		if got, err := ping(c); got != "+PONG" {
+			t.Errorf("held connection %d after the refused one: %q %v", i+1, got, err)
+		}
+	}
+	held[0].Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", tcpMTLSCalleeIP+":7379", 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := ping(c)
+		c.Close()
+		if got == "+PONG" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no connection served after one of the two held ones closed")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
 	// The inbound listener's own port: nothing serves it on a pod without an HTTP app.
 	c, err := net.DialTimeout("tcp", tcpMTLSCalleeIP+":15006", 5*time.Second)
 	if err != nil {
@@ -336,9 +393,10 @@ func tcpOnlyCallee(t *testing.T) {
 		t.Cleanup(func() { _ = rs.Process.Kill(); _ = rs.Wait() })
 		waitDial(t, "127.0.0.1:"+port)
 	}
-	strict := startTCPOnlyCallee(t, remoteIdentity(t, "redis", contract.MTLSStrict), nil)
+	strict := startTCPOnlyCallee(t, remoteIdentity(t, "redis", contract.MTLSStrict), nil, 0)
+	// The permissive one holds at most 2 connections (tcpOnlyCaller opens a third).
 	permissive := startTCPOnlyCallee(t, remoteIdentity(t, "redis", contract.MTLSPermissive),
-		map[string]string{contract.InboundListenerName: "0.0.0.0:15007", contract.OutboundListenerName: "127.0.0.1:15011"})
+		map[string]string{contract.InboundListenerName: "0.0.0.0:15007", contract.OutboundListenerName: "127.0.0.1:15011"}, 2)
 	if strict.px.Listener(contract.InboundListenerName) != nil {
 		t.Fatal("the HTTP plane bound the inbound listener of a TCP-only pod")
 	}
@@ -371,8 +429,8 @@ func tcpOnlyCallee(t *testing.T) {
 		counter(st, "weft_capture_inbound_direct_refused_total") < 1 {
 		t.Errorf("strict sidecar's counters:\n%s", grep(st, "weft_capture_inbound"))
 	}
-	if pst := stats(permissive.sidecar); counter(pst, "weft_capture_inbound_plaintext_total") < 1 {
-		t.Errorf("permissive sidecar's counters:\n%s", grep(pst, "weft_capture_inbound"))
+	if pst := stats(permissive.sidecar); counter(pst, "weft_capture_inbound_plaintext_total") < 1 || counter(pst, "weft_capture_connections_overflow_total") < 1 {
+		t.Errorf("permissive sidecar's counters:\n%s\n%s", grep(pst, "weft_capture_inbound"), grep(pst, "overflow"))
 	}
 }
 
