@@ -102,4 +102,15 @@ const (
 	// NodeRedisProxy (string, optional) is <namespace>/<name> when the sidecar is that
 	// RedisProxy's standalone proxy.
 	NodeRedisProxy = "redisProxy"
+	// NodeInboundCapture (bool, optional) is true when the pod's inbound ports are captured
+	// but it has no app port (a pod that serves only TCP, such as redis:7 alone): its
+	// inbound listener has only the TCP passthrough, which terminates mesh TLS and hands
+	// the bytes to 127.0.0.1:<original port>. The sidecar sends it for
+	// --inbound-capture (FlagInboundCapture); an authenticated stream's view reads that
+	// flag from the verified pod instead.
+	NodeInboundCapture = "inboundCapture"
 )
+
+// FlagInboundCapture is the sidecar's flag (--inbound-capture) the injector sets on a pod
+// whose inbound is captured though it has no app port (NodeInboundCapture).
+const FlagInboundCapture = "inbound-capture"

@@ -50,8 +50,12 @@ type flags struct {
 	drainTimeout                                         time.Duration
 	concurrency                                          int
 	releaseMemory, eventLoop                             bool
-	telemetry                                            telemetryFlags
-	identity                                             identityFlags
+	// inboundCapture: the pod's inbound is captured though it has no app port (a pod that
+	// serves only TCP); the control plane then sends an inbound listener with only the TCP
+	// passthrough.
+	inboundCapture bool
+	telemetry      telemetryFlags
+	identity       identityFlags
 	// xdsCAFile and xdsTokenFile authenticate the sidecar to the control plane.
 	xdsCAFile, xdsTokenFile string
 }
@@ -68,7 +72,8 @@ func parseFlags() flags {
 	flag.StringVar(&f.podIP, "pod-ip", os.Getenv("POD_IP"), "this pod's IP (default $POD_IP): what useSourceIP hashes for the app's calls over loopback")
 	flag.StringVar(&f.labels, "labels", os.Getenv("POD_LABELS"), "pod labels k=v,... (default $POD_LABELS)")
 	flag.StringVar(&f.function, "function", os.Getenv("WEFT_FUNCTION"), "MeshFunction <namespace>/<name> this pod serves, if any")
-	flag.IntVar(&f.appPort, "app-port", 0, "local app port the inbound listener forwards to (0: no inbound listener)")
+	flag.IntVar(&f.appPort, "app-port", 0, "local app port the inbound listener forwards to (0: no inbound listener, unless --"+contract.FlagInboundCapture+")")
+	flag.BoolVar(&f.inboundCapture, contract.FlagInboundCapture, false, "the pod's inbound ports are captured though it has no app port (a pod that serves only TCP): serve an inbound listener that passes them to 127.0.0.1, terminating mesh TLS")
 	flag.StringVar(&f.adminAddress, "admin-address", "127.0.0.1:"+strconv.Itoa(contract.AdminPort), "admin API address (keep it on localhost)")
 	flag.StringVar(&f.metricsAddress, "metrics-address", ":"+strconv.Itoa(contract.MetricsPort), "read-only /stats and /ready address on the pod IP")
 	flag.StringVar(&f.staticConfig, "static-config", "", "serve Envoy resources from this JSON file instead of a control plane")
@@ -121,6 +126,9 @@ func nodeFor(f flags) (*corev3.Node, error) {
 	}
 	if f.redisProxy != "" {
 		md[contract.NodeRedisProxy] = f.redisProxy
+	}
+	if f.inboundCapture {
+		md[contract.NodeInboundCapture] = true
 	}
 	s, err := structpb.NewStruct(md)
 	if err != nil {
@@ -197,7 +205,10 @@ func run() error {
 	var status func() any
 	fnNS, fnName, _ := strings.Cut(f.function, "/") // empty when the pod serves no function
 	apply := func(c *config.Config) {
-		capt.Apply(c) // first: the listeners px starts offer their connections to it
+		// First: the listeners px starts offer their connections to it.
+		if err := capt.Apply(c); err != nil {
+			log.Error("applying config", "err", err)
+		}
 		if err := px.Apply(c); err != nil {
 			log.Error("applying config", "err", err)
 		}
@@ -253,6 +264,7 @@ func run() error {
 	log.Info("draining", "timeout", f.drainTimeout)
 	dctx, cancel := context.WithTimeout(context.Background(), f.drainTimeout)
 	defer cancel()
+	capt.Close() // the inbound listener it binds for a pod that serves only TCP
 	err = px.Shutdown(dctx)
 	redis.Shutdown(dctx)
 	calls.Shutdown(dctx)

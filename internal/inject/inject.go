@@ -109,24 +109,20 @@ func Inject(pod *corev1.Pod, ns string, cfg Config) (bool, error) {
 	tlsPort := false // the sidecar terminates mesh TLS on podIP:appPort
 	// tlsAll: the sidecar terminates mesh TLS on every port capture brings it (tlsPorts).
 	tlsPorts, tlsAll := "", false
+	// inboundCapture: a pod with no app port whose inbound is captured (one that serves
+	// only TCP, such as redis:7 alone): its sidecar serves an inbound listener with only
+	// the TCP passthrough (--inbound-capture; docs/mtls.md, "TCP").
+	inboundCapture := false
 	switch mode {
 	case capture.InterceptionIPTables:
 		// The app's TCP is captured: proxy env would only make HTTP clients address the
-		// sidecar directly, which capture already does for every client.
-		if appPort == 0 {
-			// No app port, no inbound listener: captured inbound connections would be
-			// refused at :15006, so a client or TCP-only pod keeps its inbound direct.
-			if _, set := pod.Annotations[capture.AnnotationIncludeInboundPorts]; set && (capCfg.IncludeInboundPorts.All || len(capCfg.IncludeInboundPorts.List) > 0) {
-				return false, fmt.Errorf("annotation %s=%q captures inbound ports, but the pod has no app port (no container port that may be HTTP), so its sidecar has no inbound listener to take them; "+
-					"set %s to the app's HTTP port or remove the annotation", capture.AnnotationIncludeInboundPorts, pod.Annotations[capture.AnnotationIncludeInboundPorts], AnnotationAppPort)
-			}
-			capCfg.IncludeInboundPorts = capture.Ports{}
-		}
+		// sidecar directly, which capture already does for every client. Inbound, every
+		// port is captured unless the annotations say otherwise, as Istio does, app port
+		// or not.
 		pod.Spec.InitContainers = workload.InsertCaptureInit(pod.Spec.InitContainers, workload.CaptureInitContainer(cfg.Image, capCfg), ContainerName)
-		tlsPort = appPort != 0 && capturesInbound(capCfg, uint16(appPort))
-		if appPort != 0 {
-			tlsPorts, tlsAll = inboundTLSPorts(capCfg)
-		}
+		tlsPort = appPort != 0 && workload.CapturesInbound(capCfg, uint16(appPort))
+		tlsPorts, tlsAll = inboundTLSPorts(capCfg)
+		inboundCapture = appPort == 0 && capturesAnyInbound(capCfg)
 	default:
 		for i := range pod.Spec.Containers {
 			addProxyEnv(&pod.Spec.Containers[i])
@@ -135,6 +131,9 @@ func Inject(pod *corev1.Pod, ns string, cfg Config) (bool, error) {
 	sc := sidecar(pod, ns, appPort, cfg)
 	if err := rewriteAppProbes(pod, &sc, mode, capCfg); err != nil { // probes.go
 		return false, err
+	}
+	if inboundCapture {
+		sc.Args = append(sc.Args, "--"+contract.FlagInboundCapture)
 	}
 	sc.Env = append(sc.Env, telEnv...)
 	pod.Spec.Containers = append(pod.Spec.Containers, sc)
@@ -154,7 +153,8 @@ func Inject(pod *corev1.Pod, ns string, cfg Config) (bool, error) {
 	}
 	if tlsAll {
 		// Every captured inbound port reaches this sidecar, which terminates mesh TLS on
-		// the ports that are not the app port in its capture plane (weft-tcp; docs/mtls.md).
+		// the ports that are not the app port in its capture plane (weft-tcp; docs/mtls.md),
+		// on a pod without an app port too (its inbound listener is then TCP only).
 		if pod.Labels == nil {
 			pod.Labels = map[string]string{}
 		}
@@ -171,7 +171,7 @@ func inboundTLSPorts(cfg capture.Config) (string, bool) {
 	if !p.All {
 		p.Except = nil
 		for _, port := range cfg.IncludeInboundPorts.List {
-			if capturesInbound(cfg, port) {
+			if workload.CapturesInbound(cfg, port) {
 				p.Ports = append(p.Ports, port)
 			}
 		}
@@ -182,17 +182,12 @@ func inboundTLSPorts(cfg capture.Config) (string, bool) {
 	return p.Encode()
 }
 
-// capturesInbound reports whether cfg redirects inbound connections to port to the sidecar.
-func capturesInbound(cfg capture.Config, port uint16) bool {
-	if slices.Contains(cfg.ExcludeInboundPorts, port) {
-		return false
+// capturesAnyInbound reports whether cfg redirects some inbound port to the sidecar.
+func capturesAnyInbound(cfg capture.Config) bool {
+	if cfg.IncludeInboundPorts.All {
+		return true // every port but the excluded ones: some always remain
 	}
-	for _, r := range capture.AlwaysExcludedInboundPorts {
-		if port >= r.First && port <= r.Last {
-			return false
-		}
-	}
-	return cfg.IncludeInboundPorts.All || slices.Contains(cfg.IncludeInboundPorts.List, port)
+	return slices.ContainsFunc(cfg.IncludeInboundPorts.List, func(p uint16) bool { return workload.CapturesInbound(cfg, p) })
 }
 
 // checkConcurrency refuses a weft.dev/proxy-concurrency annotation the sidecar could not

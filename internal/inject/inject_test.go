@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/internal/capture"
 )
 
@@ -237,5 +238,80 @@ func TestDrainFitsTheGracePeriod(t *testing.T) {
 		if got != tc.want {
 			t.Errorf("grace %v: preStop sleep %d s, want %d", tc.grace, got, tc.want)
 		}
+	}
+}
+
+// A pod that serves only TCP (no app port) with iptables interception gets its inbound
+// captured, --inbound-capture on its sidecar and a weft.dev/inbound-tls label naming
+// exactly the ports its capture takes (issue 16 point 4: a plain Redis behind a strict
+// sidecar); with proxy-env, or with no inbound port captured, it gets neither.
+func TestTCPOnlyPodInboundCapture(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		ann         map[string]string
+		wantCapture bool
+		captured    []uint16 // ports the label must name
+		direct      []uint16 // ports it must not
+	}{
+		{name: "iptables, default", ann: map[string]string{capture.AnnotationInterception: "iptables"},
+			wantCapture: true, captured: []uint16{6379, 16379, 1}, direct: []uint16{15006, 15020, 15090}},
+		{name: "iptables, one port excluded", ann: map[string]string{capture.AnnotationInterception: "iptables", capture.AnnotationExcludeInboundPorts: "16379"},
+			wantCapture: true, captured: []uint16{6379}, direct: []uint16{16379, 15020}},
+		{name: "iptables, a list", ann: map[string]string{capture.AnnotationInterception: "iptables", capture.AnnotationIncludeInboundPorts: "6379"},
+			wantCapture: true, captured: []uint16{6379}, direct: []uint16{16379}},
+		{name: "iptables, a list less its exclusion", ann: map[string]string{capture.AnnotationInterception: "iptables",
+			capture.AnnotationIncludeInboundPorts: "6379,16379", capture.AnnotationExcludeInboundPorts: "6379"},
+			wantCapture: true, captured: []uint16{16379}, direct: []uint16{6379}},
+		{name: "iptables, nothing inbound", ann: map[string]string{capture.AnnotationInterception: "iptables", capture.AnnotationIncludeInboundPorts: ""}},
+		{name: "iptables, only the sidecar's own port listed", ann: map[string]string{capture.AnnotationInterception: "iptables", capture.AnnotationIncludeInboundPorts: "15020"}},
+		{name: "proxy-env", ann: map[string]string{capture.AnnotationInterception: "proxy-env"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "redis-0", Annotations: tc.ann},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "redis", Image: "redis:7",
+					Ports: []corev1.ContainerPort{{ContainerPort: 6379}, {Name: "tcp-bus", ContainerPort: 16379}}}}}}
+			if _, err := Inject(pod, "default", testConfig); err != nil {
+				t.Fatal(err)
+			}
+			sc := pod.Spec.Containers[len(pod.Spec.Containers)-1]
+			if slices.ContainsFunc(sc.Args, func(a string) bool { return strings.HasPrefix(a, "--app-port") }) {
+				t.Fatalf("a TCP-only pod got an app port: %v", sc.Args)
+			}
+			if got := slices.Contains(sc.Args, "--"+contract.FlagInboundCapture); got != tc.wantCapture {
+				t.Errorf("--inbound-capture %v, want %v (args %v)", got, tc.wantCapture, sc.Args)
+			}
+			label, labelled := pod.Labels[contract.LabelInboundTLS]
+			if labelled != tc.wantCapture {
+				t.Fatalf("label %s=%q present %v, want %v", contract.LabelInboundTLS, label, labelled, tc.wantCapture)
+			}
+			if _, ok := pod.Labels[contract.LabelInboundTLSPort]; ok {
+				t.Errorf("a pod without an app port got %s", contract.LabelInboundTLSPort)
+			}
+			ports, ok := contract.ParseInboundTLSPorts(label)
+			if labelled && !ok {
+				t.Fatalf("label %q does not parse", label)
+			}
+			for _, p := range tc.captured {
+				if !ports.Has(p) {
+					t.Errorf("label %q does not name captured port %d", label, p)
+				}
+			}
+			for _, p := range tc.direct {
+				if ports.Has(p) {
+					t.Errorf("label %q names port %d, which capture does not take", label, p)
+				}
+			}
+			// The label and weft-init's flags agree: each port the label names is one the
+			// init container's rules redirect.
+			var initArgs []string
+			for _, c := range pod.Spec.InitContainers {
+				if c.Name == "weft-init" {
+					initArgs = c.Args
+				}
+			}
+			if (tc.ann[capture.AnnotationInterception] == "iptables") != (initArgs != nil) {
+				t.Errorf("weft-init args %v for interception %q", initArgs, tc.ann[capture.AnnotationInterception])
+			}
+		})
 	}
 }

@@ -8,7 +8,7 @@ import (
 )
 
 // rewriteAppProbes hands the app containers' probes that inbound capture takes (with mode
-// and cfg as Inject settled them: a pod without an app port captures nothing inbound) to
+// and cfg as Inject settled them) to
 // the sidecar sc, which runs them against the app on the loopback (docs/probes.md): in
 // mutual TLS strict mode the sidecar's inbound listener would refuse the kubelet, which
 // brings no mesh certificate. The rewrite itself is workload.RewriteAppProbes, shared with

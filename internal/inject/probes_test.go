@@ -155,10 +155,19 @@ func TestRewriteAppProbes(t *testing.T) {
 		pod:        probePod(withProbes(tcpProbe(15021), nil, nil)),
 		wantProbes: [3]*corev1.Probe{tcpProbe(15021)},
 	}, {
-		name: "TCP-only pod: no app port, nothing captured inbound",
+		// Its inbound is captured too (mutual TLS for TCP-only pods), so the probe would
+		// reach the sidecar, not the app: rewritten like any other.
+		name: "TCP-only pod: no app port, inbound still captured",
 		pod: probePod(withProbes(nil, tcpProbe(6379), nil), func(p *corev1.Pod) {
 			p.Spec.Containers[0].Ports = []corev1.ContainerPort{{Name: "redis", ContainerPort: 6379}}
 		}),
+		wantProbes: [3]*corev1.Probe{nil, appHealth(tcpProbe(6379), "/app-health/app/livez")},
+		want:       contract.AppProbes{"/app-health/app/livez": {TCPSocket: &contract.AppProbePort{Port: 6379}}},
+	}, {
+		name: "TCP-only pod with nothing captured inbound: untouched",
+		pod: probePod(withProbes(nil, tcpProbe(6379), nil), func(p *corev1.Pod) {
+			p.Spec.Containers[0].Ports = []corev1.ContainerPort{{Name: "redis", ContainerPort: 6379}}
+		}, annotate(capture.AnnotationIncludeInboundPorts, "")),
 		wantProbes: [3]*corev1.Probe{nil, tcpProbe(6379)},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -262,6 +262,24 @@ func catchAllVHost(blocked bool) *routev3.VirtualHost {
 	}}}
 }
 
+// tcpInbound is the inbound listener of a pod whose inbound ports are captured but which
+// has no app port (View.InboundCapture: a pod that serves only TCP): original_dst and only
+// the default chain, every connection to 127.0.0.1:<original port> through the inbound
+// passthrough cluster (shared, specialClusters), under the listener's connection limit.
+// No HTTP chain: a connection to :15006 itself has nothing to reach, and the sidecar
+// closes it. The sidecar terminates mesh TLS in front of the chain (docs/mtls.md, "TCP").
+func tcpInbound() *listenerv3.Listener {
+	return &listenerv3.Listener{
+		Name:            contract.InboundListenerName,
+		Address:         socketAddress(contract.InboundAddress, contract.InboundPort),
+		ListenerFilters: []*listenerv3.ListenerFilter{listenerFilter(contract.OriginalDstFilterName, &origdstv3.OriginalDst{})},
+		DefaultFilterChain: &listenerv3.FilterChain{Name: contract.InboundPassthroughClusterName, Filters: []*listenerv3.Filter{
+			connLimit(contract.InboundListenerName),
+			tcpProxyFilter(contract.InboundPassthroughClusterName, contract.InboundPassthroughClusterName)}},
+		TrafficDirection: corev3.TrafficDirection_INBOUND,
+	}
+}
+
 // captureInbound wraps the inbound HTTP listener's chain for capture: connections to the
 // app port (redirected by iptables) and to 15006 itself (function Services) take the HTTP
 // chain; connections to any other port go to 127.0.0.1:<original port> through the inbound

@@ -41,6 +41,8 @@ type testView struct {
 	Labels    map[string]string `json:"labels,omitempty"`
 	Function  string            `json:"function,omitempty"`
 	AppPort   uint32            `json:"appPort,omitempty"`
+	// InboundCapture: a TCP-only pod's captured inbound (tcpInbound).
+	InboundCapture bool `json:"inboundCapture,omitempty"`
 	// RedisProxy makes the view a RedisProxy's standalone proxy.
 	RedisProxy string `json:"redisProxy,omitempty"`
 	// ServiceAccount is the view's verified ServiceAccount (MeshPolicies on RedisProxy pools).

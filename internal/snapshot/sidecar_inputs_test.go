@@ -33,6 +33,7 @@ var sidecarInputs = []struct {
 	{"services-default", 0, "mesh-services"},
 	{"services-default", 2, "mesh-services-inbound"},
 	{"services-registry-only", 0, "mesh-services-registry-only"},
+	{"services-tcp-only-inbound", 0, "mesh-services-tcp-only-inbound"},
 }
 
 // TestSidecarGoldenInputsFollowTranslation keeps the sidecar's mesh-* decoder inputs equal

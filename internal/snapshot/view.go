@@ -26,8 +26,13 @@ type View struct {
 	Labels    map[string]string
 	// Function is "<ns>/<name>" of the MeshFunction the pod serves, if any.
 	Function string
-	// AppPort is the local app port; 0 means no inbound listener.
+	// AppPort is the local app port; 0 means no inbound listener, unless InboundCapture.
 	AppPort uint32
+	// InboundCapture is set for a pod with no app port whose inbound ports are captured
+	// (a pod that serves only TCP): its inbound listener has no HTTP chain, only the TCP
+	// passthrough to 127.0.0.1:<original port> (tcpInbound). It has no effect with an
+	// AppPort, whose inbound listener already passes the other ports through.
+	InboundCapture bool
 	// RedisProxy is "<ns>/<name>" when the sidecar is that RedisProxy's standalone proxy: it
 	// serves that pool only, whatever the pool's workloadSelector says.
 	RedisProxy string
@@ -47,7 +52,7 @@ func ViewFromNode(n *corev3.Node) View {
 	f := n.GetMetadata().GetFields()
 	v := View{Namespace: f[contract.NodeNamespace].GetStringValue(), Function: f[contract.NodeFunction].GetStringValue(),
 		RedisProxy: f[contract.NodeRedisProxy].GetStringValue(), Gateway: f[NodeGateway].GetBoolValue(),
-		ServiceAccount: f[NodeServiceAccount].GetStringValue()}
+		ServiceAccount: f[NodeServiceAccount].GetStringValue(), InboundCapture: f[contract.NodeInboundCapture].GetBoolValue()}
 	if v.Namespace == "" {
 		if _, ns, ok := strings.Cut(n.GetId(), "."); ok {
 			v.Namespace = ns
@@ -74,6 +79,9 @@ func (v View) Key() string {
 	}
 	if v.ServiceAccount != "" { // written only when set: the keys of views without one stay as they were
 		fmt.Fprintf(h, "sa=%q\x00", v.ServiceAccount)
+	}
+	if v.InboundCapture {
+		h.Write([]byte("inbound-capture\x00")) // only when set: the keys of other views stay as they were
 	}
 	keys := make([]string, 0, len(v.Labels))
 	for k := range v.Labels {
@@ -185,6 +193,8 @@ func (r *Result) Snapshot(v View) (*cachev3.Snapshot, error) {
 	if v.AppPort != 0 {
 		l, c := inbound(v.AppPort, r.functionTimeouts[v.Function], r.rbacFilters(v))
 		extraL, extraC = append(extraL, l), append(extraC, c)
+	} else if v.InboundCapture {
+		extraL = append(extraL, tcpInbound())
 	}
 	pools := map[string]*RedisPool{}
 	for _, p := range r.Redis {
@@ -315,6 +325,9 @@ func NodeMetadata(v View) *structpb.Struct {
 	}
 	if v.ServiceAccount != "" {
 		f[NodeServiceAccount] = structpb.NewStringValue(v.ServiceAccount)
+	}
+	if v.InboundCapture {
+		f[contract.NodeInboundCapture] = structpb.NewBoolValue(true)
 	}
 	if len(v.Labels) > 0 {
 		ls := make(map[string]*structpb.Value, len(v.Labels))

@@ -1,6 +1,9 @@
 package snapshot
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
 	"path/filepath"
 	"testing"
 
@@ -104,4 +107,33 @@ func TestPoolServers(t *testing.T) {
 	if total, ready := res.PoolServers("default", "nope"); total != 0 || ready != 0 {
 		t.Errorf("unknown pool: %d servers, %d ready; want none", total, ready)
 	}
+}
+
+// A TCP-only pod's captured inbound (inboundCapture) reads back through the node metadata,
+// keys its own snapshot, and leaves the keys of views without it as they were.
+func TestViewInboundCaptureRoundTrip(t *testing.T) {
+	base := View{Namespace: "shop", Labels: map[string]string{"app": "redis"}}
+	tcp := base
+	tcp.InboundCapture = true
+	if got := ViewFromNode(&corev3.Node{Id: "redis-0.shop", Metadata: NodeMetadata(tcp)}); !got.InboundCapture || got.Key() != tcp.Key() {
+		t.Errorf("round trip of %+v = %+v", tcp, got)
+	}
+	if got := ViewFromNode(&corev3.Node{Id: "redis-0.shop", Metadata: NodeMetadata(base)}); got.InboundCapture {
+		t.Errorf("a view without inbound capture read back with it: %+v", got)
+	}
+	if base.Key() == tcp.Key() {
+		t.Error("a TCP-only pod with captured inbound shares the key of one without")
+	}
+	// The key of a view without the field is the hash it had before the field existed.
+	if got, want := (View{Namespace: "default"}).Key(), "view-"+keyWithoutInboundCapture("default"); got != want {
+		t.Errorf("key of an ordinary view moved: %s, want %s", got, want)
+	}
+}
+
+// keyWithoutInboundCapture is View.Key's hash as it was before InboundCapture, for a view
+// with only a namespace.
+func keyWithoutInboundCapture(ns string) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%q\x00%q\x00%d\x00%q\x00", ns, "", 0, "")
+	return hex.EncodeToString(h.Sum(nil)[:12])
 }

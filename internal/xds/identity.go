@@ -8,6 +8,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/internal/snapshot"
 	"github.com/weftmesh/weft/internal/workload"
 )
@@ -34,13 +35,15 @@ func viewOfPod(pod *corev1.Pod) snapshot.View {
 	if rp := pod.Labels[workload.LabelRedisProxy]; rp != "" {
 		v.RedisProxy = pod.Namespace + "/" + rp
 	}
-	v.AppPort = appPortOfPod(pod)
+	v.AppPort, v.InboundCapture = sidecarArgsOfPod(pod)
 	return v
 }
 
-// appPortOfPod reads --app-port=N of the pod's sidecar container (a native sidecar among
-// the init containers, or an injected one among the containers); 0 when there is none.
-func appPortOfPod(pod *corev1.Pod) uint32 {
+// sidecarArgsOfPod reads --app-port=N and --inbound-capture of the pod's sidecar container
+// (a native sidecar among the init containers, or an injected one among the containers):
+// 0 and false when there are none. Container args cannot change once the pod exists, so a
+// pod injected before --inbound-capture existed keeps its view.
+func sidecarArgsOfPod(pod *corev1.Pod) (appPort uint32, inboundCapture bool) {
 	for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
 		for _, c := range cs {
 			if c.Name != workload.SidecarContainerName {
@@ -48,14 +51,18 @@ func appPortOfPod(pod *corev1.Pod) uint32 {
 			}
 			for _, a := range c.Args {
 				if v, ok := strings.CutPrefix(a, "--app-port="); ok {
-					if p, err := strconv.ParseUint(v, 10, 16); err == nil && p > 0 {
-						return uint32(p)
+					if p, err := strconv.ParseUint(v, 10, 16); err == nil && p > 0 && appPort == 0 {
+						appPort = uint32(p)
 					}
+				}
+				switch a {
+				case "--" + contract.FlagInboundCapture, "--" + contract.FlagInboundCapture + "=true":
+					inboundCapture = true
 				}
 			}
 		}
 	}
-	return 0
+	return appPort, inboundCapture
 }
 
 // verifiedNode is the node the cache sees for an authenticated stream: the identity's node

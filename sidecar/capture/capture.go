@@ -52,6 +52,9 @@ type Options struct {
 	// InboundTLS, the sidecar's workload identity, terminates mutual TLS on captured
 	// inbound ports and enforces its mode there (meshtls.go); nil: no identity, plaintext.
 	InboundTLS InboundTLS
+	// ListenAddress overrides where a listener the capture plane binds itself listens
+	// (config.CaptureListener.Bind; bind.go), by name: tests bind 127.0.0.1:0.
+	ListenAddress map[string]string
 }
 
 // Capture serves the captured connections of the capture listeners in force.
@@ -61,6 +64,8 @@ type Capture struct {
 	stats     *Stats
 	// tlsCfg terminates mutual TLS on captured inbound ports (nil without InboundTLS).
 	tlsCfg *tls.Config
+	// The listeners the capture plane binds itself (bind.go).
+	boundState
 }
 
 // listenerState is a capture listener and its connection count.
@@ -80,7 +85,7 @@ func New(opts Options) *Capture {
 	if opts.Dialer == nil {
 		opts.Dialer = &net.Dialer{}
 	}
-	c := &Capture{opts: opts, stats: newStats()}
+	c := &Capture{opts: opts, stats: newStats(), boundState: boundState{bound: map[string]*boundListener{}}}
 	if opts.InboundTLS != nil {
 		c.tlsCfg = serverTLS(opts.InboundTLS)
 	}
@@ -89,8 +94,10 @@ func New(opts Options) *Capture {
 	return c
 }
 
-// Apply puts cfg's capture listeners in force for connections accepted from now on.
-func (c *Capture) Apply(cfg *config.Config) {
+// Apply puts cfg's capture listeners in force for connections accepted from now on, and
+// binds those with no HTTP listener to accept for them (bind.go). It returns the first
+// listener that failed to bind; the others still serve.
+func (c *Capture) Apply(cfg *config.Config) error {
 	old := *c.listeners.Load()
 	m := make(map[string]*listenerState, len(cfg.CaptureListeners))
 	for _, cl := range cfg.CaptureListeners {
@@ -101,6 +108,7 @@ func (c *Capture) Apply(cfg *config.Config) {
 		m[cl.Name] = st
 	}
 	c.listeners.Store(&m)
+	return c.bindListeners(cfg)
 }
 
 // Divert is called by the HTTP listener named listener for each connection it accepts,

@@ -25,6 +25,8 @@ type Stats struct {
 	overflow atomic.Uint64
 	// Mutual TLS on captured inbound ports (meshtls.go).
 	inboundHandshakes, inboundHandshakeErrors, inboundPlaintext, inboundRefused atomic.Uint64
+	// inboundDirect: connections to a bound inbound listener's own port (bind.go).
+	inboundDirect atomic.Uint64
 }
 
 type clusterStats struct {
@@ -125,6 +127,7 @@ func (c *Capture) WritePrometheus(w io.Writer) {
 		{"weft_capture_inbound_tls_handshake_errors_total", "Captured inbound mutual TLS handshakes refused (no or untrusted client certificate, timeout, garbage).", s.inboundHandshakeErrors.Load()},
 		{"weft_capture_inbound_plaintext_total", "Captured inbound connections accepted without mesh TLS (permissive mode).", s.inboundPlaintext.Load()},
 		{"weft_capture_inbound_plaintext_refused_total", "Captured inbound connections closed in strict mode: they did not open with TLS.", s.inboundRefused.Load()},
+		{"weft_capture_inbound_direct_refused_total", "Connections to the inbound listener's own port on a pod with no HTTP app (only TCP ports captured): nothing serves them, closed.", s.inboundDirect.Load()},
 	} {
 		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s counter\n%s %d\n", mt.name, mt.help, mt.name, mt.name, mt.v)
 	}

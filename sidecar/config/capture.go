@@ -48,6 +48,10 @@ type CaptureListener struct {
 	// Limits of the listener: the connection cap of its chains' connection_limit filters
 	// and the HTTP limits of its explicit-proxy chain.
 	Limits HTTPLimits
+	// Bind is set for an inbound listener with no HTTP chain for its own port (a pod that
+	// serves only TCP; docs/mtls.md, "TCP"): no HTTP listener is bound at Address, so the
+	// capture plane binds it itself and closes connections that were not redirected.
+	Bind bool
 }
 
 // FilterChain is one decoded filter chain.

@@ -50,7 +50,9 @@ func ChainListenerName(listener, rds string) string { return listener + "|" + rd
 
 // buildCapture resolves a capture listener's route tables and clusters: every HTTP chain
 // gets an unbound HTTPListener (one per route configuration), the explicit-proxy chain a
-// bound one at the listener's address. It returns what is missing.
+// bound one at the listener's address. An inbound listener without an HTTP chain for its
+// own port gets no bound HTTP listener: the capture plane binds it (Bind). It returns
+// what is missing.
 func buildCapture(cfg *Config, info *ListenerInfo, res Resources) (missing []string, err error) {
 	cl := info.Capture
 	tables := map[string]*RouteTable{}
@@ -94,17 +96,25 @@ func buildCapture(cfg *Config, info *ListenerInfo, res Resources) (missing []str
 		return missing, nil
 	}
 	ex := cl.ExplicitChain()
-	if ex == nil || ex.HTTP == nil {
+	if (ex == nil || ex.HTTP == nil) && cl.Inbound {
+		// A pod that serves only TCP: nothing here speaks HTTP at the listener's own
+		// port, so the capture plane binds the listener (CaptureListener.Bind).
+		cl.Bind = true
+		ex = nil
+	} else if ex == nil || ex.HTTP == nil {
 		return nil, fmt.Errorf("listener %s: needs an HTTP chain for connections that were not redirected (destination_port %s or metadata %s)",
 			cl.Name, portOf(cl.Address), contract.ExplicitProxyMetadataKey)
 	}
-	bound := &HTTPListener{Name: cl.Name, Address: cl.Address, StatPrefix: ex.HTTP.StatPrefix, Routes: tables[ex.HTTP.key()],
-		Limits: cl.Limits, Fallback: PassthroughTable(cl.Blocked()), Authz: ex.HTTP.Authz}
+	var bound *HTTPListener
+	if ex != nil {
+		bound = &HTTPListener{Name: cl.Name, Address: cl.Address, StatPrefix: ex.HTTP.StatPrefix, Routes: tables[ex.HTTP.key()],
+			Limits: cl.Limits, Fallback: PassthroughTable(cl.Blocked()), Authz: ex.HTTP.Authz}
+	}
 	for _, c := range chains {
 		if c == nil || c.HTTP == nil {
 			continue
 		}
-		if c == ex || (!ex.Explicit && c.HTTP.key() == ex.HTTP.key()) {
+		if bound != nil && (c == ex || (!ex.Explicit && c.HTTP.key() == ex.HTTP.key())) {
 			// The inbound listener's chains for the app port and for its own port share
 			// one HTTP listener: one containerConcurrency, one set of stats.
 			c.HTTP.Listener = bound.Name
@@ -118,6 +128,10 @@ func buildCapture(cfg *Config, info *ListenerInfo, res Resources) (missing []str
 			cfg.HTTPListeners = append(cfg.HTTPListeners, hl)
 		}
 		c.HTTP.Listener = hl.Name
+	}
+	if bound == nil {
+		cfg.CaptureListeners = append(cfg.CaptureListeners, cl)
+		return nil, nil
 	}
 	if ex.Explicit {
 		bound.RoutesByPort = map[uint32]*RouteTable{}

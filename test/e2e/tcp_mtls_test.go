@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -25,11 +26,12 @@ import (
 // tcpMTLSNS is injected with iptables capture and strict mutual TLS for every pod.
 const tcpMTLSNS = "tcp-mtls-e2e"
 
-// tcpMTLSManifest: redis-server behind a plain Service (no RedisProxy), in a pod whose
-// second container serves HTTP (its app port 8080, as a TCP-only pod has no inbound
-// listener: docs/mtls.md "Not done"); an injected client with no proxy settings; an
-// outsider pod the injector skips. No readiness probes on app ports: strict mode refuses
-// the kubelet's plaintext probes there (docs/mtls.md).
+// tcpMTLSManifest: redis-server behind a plain Service (no RedisProxy), in a pod that
+// serves only TCP: one plain redis container with only containerPort 6379, so no app port
+// (its sidecar gets --inbound-capture and an inbound listener with only the TCP
+// passthrough; docs/mtls.md "TCP"); an injected client with no proxy settings; an outsider
+// pod the injector skips. No readiness probes on app ports: strict mode refuses the
+// kubelet's plaintext probes there (docs/mtls.md).
 const tcpMTLSManifest = `
 apiVersion: v1
 kind: Namespace
@@ -57,10 +59,6 @@ spec:
         image: redis:7
         args: ["--port", "6379", "--protected-mode", "no", "--save", "", "--appendonly", "no"]
         ports: [{containerPort: 6379}]
-      - name: api
-        image: weft.dev/examples/echo:latest
-        env: [{name: VERSION, value: redis-api}]
-        ports: [{containerPort: 8080}]
 ---
 # The same redis pod as the one server of a pool in the client's sidecar: the pool dials it
 # with mutual TLS (its serviceRef endpoint is marked tlsMode: weft).
@@ -103,7 +101,8 @@ spec:
 `
 
 // TestTCPMTLSRedisService: redis-cli in an injected client pod with no proxy settings calls
-// a Redis Service (a TCP port, no RedisProxy) whose pod is injected, in a strict namespace.
+// a Redis Service (a TCP port, no RedisProxy) whose pod is injected, in a strict namespace;
+// the Redis pod is a plain redis container with no app port.
 // The client's sidecar originates mutual TLS with ALPN weft-tcp to podIP:6379 (marked
 // tlsMode: weft: the pod carries weft.dev/inbound-tls: all), the redis pod's sidecar
 // terminates it and hands the bytes to redis-server on 127.0.0.1:6379. On the redis pod's
@@ -128,6 +127,16 @@ func TestTCPMTLSRedisService(t *testing.T) {
 	outsider := readyPod(t, tcpMTLSNS, "outsider", 4*time.Minute)
 	if got := redis.Labels[contract.LabelInboundTLS]; got != "all" {
 		t.Errorf("redis pod label %s = %q, want all (every captured inbound port is a mesh TLS target)", contract.LabelInboundTLS, got)
+	}
+	for _, c := range redis.Spec.Containers {
+		switch {
+		case c.Name == "weft-sidecar":
+			if !slices.Contains(c.Args, "--"+contract.FlagInboundCapture) || slices.ContainsFunc(c.Args, func(a string) bool { return strings.HasPrefix(a, "--app-port") }) {
+				t.Errorf("the redis pod's sidecar args %v: want --%s and no --app-port (a pod that serves only TCP)", c.Args, contract.FlagInboundCapture)
+			}
+		case c.Name != "redis":
+			t.Errorf("the redis pod has a container %q besides redis and the sidecar", c.Name)
+		}
 	}
 	cli := func(p corev1.Pod, container string, args ...string) (string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -208,6 +217,22 @@ func TestTCPMTLSRedisService(t *testing.T) {
 		t.Errorf("the redis sidecar's refused plaintext connections went %v → %v (%v), want more", before, after, err)
 	}
 	t.Logf("outsider's plaintext redis-cli: %v %.200s", cerr, out)
+
+	// The inbound listener's own port on a pod with no HTTP app: nothing serves it, so a
+	// direct connection is closed and counted.
+	beforeDirect, _ := sidecarStats(redis, "weft_capture_inbound_direct_refused_total")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	dout, derr := exec.CommandContext(ctx, "nsenter", "-t", fmt.Sprint(containerPid(t, outsider, "outsider")), "-n", "-m",
+		"redis-cli", "-h", redis.Status.PodIP, "-p", "15006", "PING").CombinedOutput()
+	cancel()
+	if derr == nil && strings.TrimSpace(string(dout)) == "PONG" {
+		t.Error("a direct connection to the TCP-only pod's :15006 got PONG")
+	}
+	afterDirect, err := sidecarStats(redis, "weft_capture_inbound_direct_refused_total")
+	if err != nil || afterDirect <= beforeDirect {
+		t.Errorf("the redis sidecar's refused direct connections to :15006 went %v → %v (%v), want more", beforeDirect, afterDirect, err)
+	}
+	t.Logf("outsider's redis-cli to %s:15006: %v %.200s", redis.Status.PodIP, derr, dout)
 
 	// Through the RedisProxy pool in the client's sidecar (127.0.0.1:6380) to the same
 	// redis pod: mutual TLS from the pool, TLS only on the redis pod's link.

@@ -464,18 +464,24 @@ func TestTransparentCapture(t *testing.T) {
 			testenv.Missing(t, "redis-cli is not installed")
 		}
 		solo := transparentPod(t, "redis-solo")
-		// Its only port (6379, unnamed) is no app port: the sidecar has no inbound listener,
-		// and weft-init leaves inbound alone, so nothing is refused at :15006.
+		// Its only port (6379, unnamed) is no app port: the sidecar gets --inbound-capture
+		// (an inbound listener with only the TCP passthrough) and weft-init captures its
+		// inbound as any pod's, so callers' sidecars reach it over mutual TLS
+		// (docs/mtls.md, "Pods that serve only TCP").
 		sc := solo.Spec.Containers[len(solo.Spec.Containers)-1]
-		if slices.ContainsFunc(sc.Args, func(a string) bool { return strings.HasPrefix(a, "--app-port") }) {
-			t.Errorf("redis-solo sidecar args %v: an app port was chosen for a TCP-only pod", sc.Args)
+		if slices.ContainsFunc(sc.Args, func(a string) bool { return strings.HasPrefix(a, "--app-port") }) || !slices.Contains(sc.Args, "--inbound-capture") {
+			t.Errorf("redis-solo sidecar args %v: want --inbound-capture and no app port for a TCP-only pod", sc.Args)
 		}
 		for _, c := range solo.Spec.InitContainers {
-			if c.Name == "weft-init" && !slices.Contains(c.Args, "--include-inbound-ports=") {
-				t.Errorf("weft-init args %v, want --include-inbound-ports= (no inbound capture without an inbound listener)", c.Args)
+			if c.Name == "weft-init" && !slices.Contains(c.Args, "--include-inbound-ports=*") {
+				t.Errorf("weft-init args %v, want --include-inbound-ports=* (inbound captured, app port or not)", c.Args)
 			}
 		}
 		before, err := sidecarStats(client, "weft_tcp_connections_total", "redis-solo."+transparentNS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mtlsBefore, err := sidecarStats(client, "weft_tcp_mtls_connections_total", "redis-solo."+transparentNS)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -495,6 +501,9 @@ func TestTransparentCapture(t *testing.T) {
 		}
 		if after, err := sidecarStats(client, "weft_tcp_connections_total", "redis-solo."+transparentNS); err != nil || after-before < 3 {
 			t.Errorf("client sidecar weft_tcp_connections_total for redis-solo went %v → %v (%v), want ≥ 3 more: the calls bypassed the sidecar", before, after, err)
+		}
+		if after, err := sidecarStats(client, "weft_tcp_mtls_connections_total", "redis-solo."+transparentNS); err != nil || after-mtlsBefore < 3 {
+			t.Errorf("client sidecar weft_tcp_mtls_connections_total for redis-solo went %v → %v (%v), want ≥ 3 more: the TCP-only pod was not reached over mutual TLS", mtlsBefore, after, err)
 		}
 	})
 
