@@ -46,7 +46,8 @@ func portNameProtocol(name string) string {
 //     "tcp-db", "mysql", ...) and, unnamed, whose number is no well-known non-HTTP port
 //     (6379, 5432, ...);
 //  4. else 0: a pure client, or a pod that serves only TCP. Its sidecar has no inbound
-//     listener (and with iptables capture its inbound ports are not captured).
+//     HTTP listener; with iptables capture its inbound ports are still captured
+//     (--inbound-capture) and reach the app through the TCP passthrough, with mutual TLS.
 //
 // Only the app port is served as HTTP; with iptables capture every other captured port
 // reaches the app through the sidecar's inbound TCP passthrough, byte for byte.
