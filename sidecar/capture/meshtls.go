@@ -13,6 +13,7 @@ import (
 
 	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/config"
+	"github.com/weftmesh/weft/sidecar/connio"
 	"github.com/weftmesh/weft/sidecar/upstream"
 )
 
@@ -95,7 +96,7 @@ func (c *Capture) inboundTLS(nc net.Conn, dst netip.AddrPort) (net.Conn, []byte,
 			return nc, in, false, true
 		}
 	}
-	tc := tls.Server(&prefixConn{Conn: nc, pre: in}, c.tlsCfg)
+	tc := tls.Server(&connio.PrefixConn{Conn: nc, Pre: in}, c.tlsCfg)
 	ctx, cancel := context.WithTimeout(context.Background(), meshHandshakeBudget)
 	err := tc.HandshakeContext(ctx)
 	cancel()
@@ -175,21 +176,6 @@ func peekHello(nc net.Conn, timeout time.Duration) []byte {
 			return buf
 		}
 	}
-}
-
-// prefixConn replays bytes already read before the connection's own.
-type prefixConn struct {
-	net.Conn
-	pre []byte
-}
-
-func (c *prefixConn) Read(p []byte) (int, error) {
-	if len(c.pre) > 0 {
-		n := copy(p, c.pre)
-		c.pre = c.pre[n:]
-		return n, nil
-	}
-	return c.Conn.Read(p)
 }
 
 // meshConn is a terminated mutual TLS connection. It embeds only net.Conn, so nothing

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/sidecar/connio"
 	"github.com/weftmesh/weft/sidecar/identity"
 	"github.com/weftmesh/weft/sidecar/upstream"
 )
@@ -137,7 +138,7 @@ func (l *Listener) sniff(nc net.Conn) {
 	// Plain net.Conn under TLS, not connio.Conn: with connio.Conn under both ends a burst
 	// of handshakes onto a new pod saw some stall for the whole 10 s budget (twice, in
 	// TestFunction1BurstFromZeroAllSucceed and make demo); without it, none.
-	tc := tls.Server(&prefixConn{Conn: nc, pre: first[:]}, f.cfg)
+	tc := tls.Server(&connio.PrefixConn{Conn: nc, Pre: first[:]}, f.cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout(lim.HeadTimeout))
 	err := tc.HandshakeContext(ctx)
 	cancel()
@@ -186,21 +187,6 @@ func (f *mtlsFront) withPeer(r *http.Request) *http.Request {
 		return r
 	}
 	return r.WithContext(identity.WithPeer(r.Context(), v.(contract.SPIFFEID)))
-}
-
-// prefixConn replays bytes already read before the connection's own.
-type prefixConn struct {
-	net.Conn
-	pre []byte
-}
-
-func (c *prefixConn) Read(p []byte) (int, error) {
-	if len(c.pre) > 0 {
-		n := copy(p, c.pre)
-		c.pre = c.pre[n:]
-		return n, nil
-	}
-	return c.Conn.Read(p)
 }
 
 // mtlsConn is a terminated TLS connection as the goroutine path serves it. It embeds

@@ -15,6 +15,7 @@ import (
 
 	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/config"
+	"github.com/weftmesh/weft/sidecar/connio"
 )
 
 // Authorization of a pool by MeshPolicies that target it (docs/authorization.md, "Redis
@@ -136,7 +137,7 @@ func peekByte(c net.Conn) (byte, net.Conn, error) {
 	if _, err := io.ReadFull(c, b[:]); err != nil {
 		return 0, nil, err
 	}
-	return b[0], &prefixConn{Conn: c, pre: b[:]}, nil
+	return b[0], &connio.PrefixConn{Conn: c, Pre: b[:]}, nil
 }
 
 // track records a connection that is being sniffed or handshaken, so Shutdown closes it;
@@ -269,29 +270,6 @@ func (cl *client) refusedCommand(p *pending, args [][]byte, msg string) {
 		p.cmd = cmd.idx
 	}
 	p.localError(msg)
-}
-
-// prefixConn replays bytes already read before the connection's own.
-type prefixConn struct {
-	net.Conn
-	pre []byte
-}
-
-func (c *prefixConn) Read(b []byte) (int, error) {
-	if len(c.pre) > 0 {
-		n := copy(b, c.pre)
-		c.pre = c.pre[n:]
-		return n, nil
-	}
-	return c.Conn.Read(b)
-}
-
-// CloseWrite half-closes a TCP connection under the prefix.
-func (c *prefixConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return nil
 }
 
 // authzCounts counts connections by pool, decision and policy, with at most
