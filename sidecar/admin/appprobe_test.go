@@ -232,6 +232,10 @@ func TestAppProbeTCP(t *testing.T) {
 	if code, body := ask("/app-health/db/readyz"); code != 503 || !strings.Contains(body, "connection refused") {
 		t.Errorf("closed port: %d %q, want 503 connection refused", code, body)
 	}
+	// The probe answers once it has connected; the accept loop counts it a moment later.
+	for deadline := time.Now().Add(5 * time.Second); accepted.Load() < 1 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	ln.Close()
 	if accepted.Load() != 1 {
 		t.Errorf("the listener accepted %d connections, want 1", accepted.Load())

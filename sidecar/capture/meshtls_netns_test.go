@@ -101,23 +101,28 @@ func TestTCPMTLSNetns(t *testing.T) {
 	if err := callee.Start(); err != nil {
 		t.Fatal(err)
 	}
+	var mu sync.Mutex
 	var calleeOut bytes.Buffer
-	ready := make(chan struct{})
+	ready, scanned := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(scanned)
 		sc := bufio.NewScanner(pr)
 		once := sync.Once{}
 		for sc.Scan() {
+			mu.Lock()
 			calleeOut.WriteString(sc.Text() + "\n")
+			mu.Unlock()
 			if strings.Contains(sc.Text(), "TCPMTLS-READY") {
 				once.Do(func() { close(ready) })
 			}
 		}
 	}()
+	calleeText := func() string { mu.Lock(); defer mu.Unlock(); return calleeOut.String() }
 	select {
 	case <-ready:
 	case <-time.After(30 * time.Second):
 		_ = callee.Process.Kill()
-		t.Fatalf("the callee pod never got ready:\n%s", calleeOut.String())
+		t.Fatalf("the callee pod never got ready:\n%s", calleeText())
 	}
 	out, err := child("caller").CombinedOutput()
 	t.Logf("caller:\n%s", out)
@@ -127,9 +132,9 @@ func TestTCPMTLSNetns(t *testing.T) {
 	stdin.Close() // the callee checks what its link carried, then ends
 	werr := callee.Wait()
 	pw.Close()
-	time.Sleep(50 * time.Millisecond)
-	t.Logf("callee:\n%s", calleeOut.String())
-	if werr != nil || !strings.Contains(calleeOut.String(), "--- PASS: TestTCPMTLSNetnsChild") {
+	<-scanned
+	t.Logf("callee:\n%s", calleeText())
+	if werr != nil || !strings.Contains(calleeText(), "--- PASS: TestTCPMTLSNetnsChild") {
 		t.Errorf("callee pod: %v", werr)
 	}
 }

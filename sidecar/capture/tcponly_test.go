@@ -245,8 +245,9 @@ func TestTCPOnlyCalleeNetns(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var calleeOut bytes.Buffer
-	ready := make(chan struct{})
+	ready, scanned := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(scanned)
 		sc := bufio.NewScanner(pr)
 		once := sync.Once{}
 		for sc.Scan() {
@@ -273,7 +274,7 @@ func TestTCPOnlyCalleeNetns(t *testing.T) {
 	stdin.Close()
 	werr := callee.Wait()
 	pw.Close()
-	time.Sleep(50 * time.Millisecond)
+	<-scanned
 	t.Logf("callee:\n%s", out())
 	if werr != nil || !strings.Contains(out(), "--- PASS: TestTCPOnlyCalleeNetnsChild") {
 		t.Errorf("callee pod: %v", werr)
