@@ -36,8 +36,8 @@ func (s *ManagerSwitch) init(cs kubernetes.Interface, webhookPort int, launch fu
 	s.cs, s.port, s.launch = cs, webhookPort, launch
 }
 
-// Stop stops the host manager and deletes the webhook configuration that points at it
-// (weft-sidecar-injector, by URL): an install's configuration of the same name names a
+// Stop stops the host manager and deletes the webhook configurations that point at it
+// (weft-sidecar-injector and weft-meshfunction-validator, by URL): an install's configuration of the same name names a
 // Service instead, and kubectl apply cannot turn the one into the other (clientConfig may
 // hold a url or a service, not both). It returns once the manager has exited.
 func (s *ManagerSwitch) Stop(ctx context.Context) error {
@@ -53,6 +53,11 @@ func (s *ManagerSwitch) Stop(ctx context.Context) error {
 	err := s.cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(ctx, webhookConfigName, metav1.DeleteOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("deleting MutatingWebhookConfiguration %s: %w", webhookConfigName, err)
+	}
+	// The MeshFunction validator's configuration points at the host manager by URL too.
+	err = s.cs.AdmissionregistrationV1().ValidatingWebhookConfigurations().Delete(ctx, inject.ValidatingWebhookConfigName, metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("deleting ValidatingWebhookConfiguration %s: %w", inject.ValidatingWebhookConfigName, err)
 	}
 	return nil
 }

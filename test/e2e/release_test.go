@@ -120,6 +120,15 @@ func TestInstallManifest(t *testing.T) {
 				return fmt.Errorf("webhook %s: clientConfig %+v", w.Name, w.ClientConfig)
 			}
 		}
+		vwc, err := cs.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, "weft-meshfunction-validator", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for _, w := range vwc.Webhooks {
+			if w.ClientConfig.Service == nil || w.ClientConfig.Service.Name != "weft-webhook-service" || len(w.ClientConfig.CABundle) == 0 {
+				return fmt.Errorf("validating webhook %s: clientConfig %+v", w.Name, w.ClientConfig)
+			}
+		}
 		return nil
 	})
 
