@@ -273,7 +273,15 @@ func TestMTLSRefusesForeignClients(t *testing.T) {
 		}
 	}
 	raw.Close()
-	if _, herr, _, _ := p.callee.Proxy.MTLSCounts(); herr < 3 {
+	// The callee counts a failed handshake after it closes the connection, so the client
+	// can be done first (seen under -race): wait for the count, boundedly.
+	var herr uint64
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if _, herr, _, _ = p.callee.Proxy.MTLSCounts(); herr >= 3 {
+			break
+		}
+	}
+	if herr < 3 {
 		t.Errorf("handshake errors %d, want 3", herr)
 	}
 }
