@@ -91,6 +91,14 @@ func TestTCPMTLSNetns(t *testing.T) {
 		cmd.Env = append(os.Environ(), tcpMTLSChildEnv+"="+role, tcpMTLSCAEnv+"="+sock)
 		return cmd
 	}
+	runPodPair(t, child, "TCPMTLS-READY", "--- PASS: TestTCPMTLSNetnsChild")
+}
+
+// runPodPair starts the callee pod's child test, waits for its ready line, runs the caller
+// pod's child test to its end, then closes the callee's stdin (it checks what its link
+// carried and ends) and requires both to have passed.
+func runPodPair(t *testing.T, child func(role string) *exec.Cmd, ready, pass string) {
+	t.Helper()
 	callee := child("callee")
 	stdin, err := callee.StdinPipe()
 	if err != nil {
@@ -103,7 +111,7 @@ func TestTCPMTLSNetns(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var calleeOut bytes.Buffer
-	ready, scanned := make(chan struct{}), make(chan struct{})
+	readyCh, scanned := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(scanned)
 		sc := bufio.NewScanner(pr)
@@ -112,29 +120,29 @@ func TestTCPMTLSNetns(t *testing.T) {
 			mu.Lock()
 			calleeOut.WriteString(sc.Text() + "\n")
 			mu.Unlock()
-			if strings.Contains(sc.Text(), "TCPMTLS-READY") {
-				once.Do(func() { close(ready) })
+			if strings.Contains(sc.Text(), ready) {
+				once.Do(func() { close(readyCh) })
 			}
 		}
 	}()
 	calleeText := func() string { mu.Lock(); defer mu.Unlock(); return calleeOut.String() }
 	select {
-	case <-ready:
+	case <-readyCh:
 	case <-time.After(30 * time.Second):
 		_ = callee.Process.Kill()
 		t.Fatalf("the callee pod never got ready:\n%s", calleeText())
 	}
 	out, err := child("caller").CombinedOutput()
 	t.Logf("caller:\n%s", out)
-	if err != nil || !strings.Contains(string(out), "--- PASS: TestTCPMTLSNetnsChild") {
+	if err != nil || !strings.Contains(string(out), pass) {
 		t.Errorf("caller pod: %v", err)
 	}
-	stdin.Close() // the callee checks what its link carried, then ends
+	stdin.Close()
 	werr := callee.Wait()
 	pw.Close()
 	<-scanned
 	t.Logf("callee:\n%s", calleeText())
-	if werr != nil || !strings.Contains(calleeText(), "--- PASS: TestTCPMTLSNetnsChild") {
+	if werr != nil || !strings.Contains(calleeText(), pass) {
 		t.Errorf("callee pod: %v", werr)
 	}
 }

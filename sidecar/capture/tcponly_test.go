@@ -233,52 +233,7 @@ func TestTCPOnlyCalleeNetns(t *testing.T) {
 		cmd.Env = append(os.Environ(), tcpMTLSChildEnv+"="+role, tcpMTLSCAEnv+"="+sock)
 		return cmd
 	}
-	callee := child("callee")
-	stdin, err := callee.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pr, pw := io.Pipe()
-	callee.Stdout, callee.Stderr = pw, pw
-	if err := callee.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var calleeOut bytes.Buffer
-	ready, scanned := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(scanned)
-		sc := bufio.NewScanner(pr)
-		once := sync.Once{}
-		for sc.Scan() {
-			mu.Lock()
-			calleeOut.WriteString(sc.Text() + "\n")
-			mu.Unlock()
-			if strings.Contains(sc.Text(), "TCPONLY-READY") {
-				once.Do(func() { close(ready) })
-			}
-		}
-	}()
-	out := func() string { mu.Lock(); defer mu.Unlock(); return calleeOut.String() }
-	select {
-	case <-ready:
-	case <-time.After(30 * time.Second):
-		_ = callee.Process.Kill()
-		t.Fatalf("the callee pod never got ready:\n%s", out())
-	}
-	cout, err := child("caller").CombinedOutput()
-	t.Logf("caller:\n%s", cout)
-	if err != nil || !strings.Contains(string(cout), "--- PASS: TestTCPOnlyCalleeNetnsChild") {
-		t.Errorf("caller pod: %v", err)
-	}
-	stdin.Close()
-	werr := callee.Wait()
-	pw.Close()
-	<-scanned
-	t.Logf("callee:\n%s", out())
-	if werr != nil || !strings.Contains(out(), "--- PASS: TestTCPOnlyCalleeNetnsChild") {
-		t.Errorf("callee pod: %v", werr)
-	}
+	runPodPair(t, child, "TCPONLY-READY", "--- PASS: TestTCPOnlyCalleeNetnsChild")
 }
 
 // TestTCPOnlyCalleeNetnsChild is one pod's side of TestTCPOnlyCalleeNetns.
