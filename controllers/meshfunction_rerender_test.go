@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -179,5 +180,39 @@ var _ = Describe("MeshFunction revision numbers", func() {
 		Expect(creates).To(BeTrue())
 		Expect(number).To(Equal(10))
 		Expect(name).To(Equal("up-00010"))
+	})
+})
+
+// A recorded template that someone edited into garbage, or one too large to record, never
+// rolls the revision's pods: rerender leaves them as they are.
+var _ = Describe("MeshFunction revision re-rendering of bad records", func() {
+	It("leaves a revision with a garbled or missing record alone", func() {
+		fn := &meshv1alpha1.MeshFunction{}
+		fn.Namespace, fn.Name = "x", "up"
+		fn.Spec.Port = 8080
+		fn.Spec.Template.Spec.Containers = []corev1.Container{{Name: "fn", Image: "example/up:v1"}}
+		o := workload.DefaultOptions()
+		dep, err := revisionDeployment(fn, "up-00001", 1, TemplateHash(fn), 0, o)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(dep.Annotations).To(HaveKey(annotationRevisionSpec))
+		o.SidecarImage = "ghcr.io/weftmesh/weft-sidecar:next"
+		r := &MeshFunctionReconciler{Options: o}
+
+		rv := &revision{name: "up-00001", number: 1, hash: TemplateHash(fn), dep: dep.DeepCopy()}
+		Expect(r.rerender(ctx, fn, rv).template).NotTo(BeNil(), "a good record with a new image rolls")
+
+		rv.dep.Annotations[annotationRevisionSpec] = `{"template": 7, "port": "x"` // truncated, wrong types
+		Expect(r.rerender(ctx, fn, rv)).To(Equal(rerendered{}))
+
+		other := fn.DeepCopy()
+		other.Spec.Template.Spec.Containers[0].Image = "example/up:v2" // the function moved on
+		delete(rv.dep.Annotations, annotationRevisionSpec)
+		Expect(r.rerender(ctx, other, rv)).To(Equal(rerendered{}), "no record and not the current template: left alone")
+
+		big := fn.DeepCopy()
+		big.Spec.Template.Annotations = map[string]string{"blob": strings.Repeat("x", maxRecordedRevisionSpec)}
+		bigDep, err := revisionDeployment(big, "up-00002", 2, TemplateHash(big), 0, o)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(bigDep.Annotations).NotTo(HaveKey(annotationRevisionSpec), "a template over the bound is not recorded")
 	})
 })
