@@ -7,11 +7,9 @@ import (
 	"github.com/weftmesh/weft/sidecar/identity"
 )
 
-// authorize applies the listener's MeshPolicies (config.HTTPListener.Authz) to r, on
-// either HTTP path: the principal is the mutual-TLS peer the handshake verified
-// (identity.PeerFrom; the event loop serves only plaintext connections, whose requests
-// have none), never anything the request carries. It counts the decision and returns the
-// 403 body for a refused request ("" when allowed).
+// authorize applies the listener's MeshPolicies (config.HTTPListener.Authz) to r on the
+// goroutine path: the principal is the mutual-TLS peer the handshake verified
+// (identity.PeerFrom), never anything the request carries.
 func (l *Listener) authorize(r *http.Request) (body string) {
 	hl := l.hl.Load()
 	if hl == nil || hl.Authz == nil {
@@ -20,6 +18,17 @@ func (l *Listener) authorize(r *http.Request) (body string) {
 	var principal string
 	if id, ok := identity.PeerFrom(r.Context()); ok {
 		principal = id.String()
+	}
+	return l.authorizeAs(r, principal)
+}
+
+// authorizeAs applies the listener's MeshPolicies to r from principal (the verified peer's
+// SPIFFE ID; "" for plaintext). It counts the decision and returns the 403 body for a
+// refused request ("" when allowed).
+func (l *Listener) authorizeAs(r *http.Request, principal string) (body string) {
+	hl := l.hl.Load()
+	if hl == nil || hl.Authz == nil {
+		return ""
 	}
 	d := authz.Check(hl.Authz, authz.Request{Principal: principal, Authority: r.Host, Method: r.Method, Path: requestPath(r)})
 	l.proxy.authz.Count(d.Allowed, d.Policy)

@@ -13,10 +13,12 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/config"
 	"github.com/weftmesh/weft/sidecar/evloop"
 	"github.com/weftmesh/weft/sidecar/httphead"
 	"github.com/weftmesh/weft/sidecar/telemetry"
+	"github.com/weftmesh/weft/sidecar/tlsrec"
 	"github.com/weftmesh/weft/sidecar/upstream"
 )
 
@@ -81,6 +83,17 @@ type sock struct {
 	reused     bool
 	reusable   bool
 	hungUp     bool // the host closed its side: never pooled again
+
+	// mutual TLS (looptls.go): the record layer, a partial record read, records sealed
+	// from out[:sealed] and not yet all written (enc[encOff:]), the verified peer
+	tls         *tlsrec.State
+	raw         []byte
+	enc         []byte
+	encOff      int
+	sealed      int
+	peerID      contract.SPIFFEID
+	peer        string // peerID as a principal; "" for plaintext
+	handshaking bool   // upstream: a placeholder (fd -1) while a goroutine dials and shakes hands
 
 	exv     exchange         // downstream: storage for ex, reused request after request
 	scratch httphead.Scratch // downstream: the parsed request's memory, likewise
@@ -162,6 +175,7 @@ type hloop struct {
 	paused   bool  // accepting paused after a failed accept; the listener is out of the set
 	acceptAt int64 // when accepting resumes
 	discard  [4096]byte
+	tlsIn    []byte // ciphertext read buffer, shared by the loop's TLS connections (looptls.go)
 }
 
 // hostSweep is how often a loop drops its idle connections and cached addresses for
@@ -412,9 +426,9 @@ func (h *hloop) dispatch(d *sock, end int) int {
 		return gone
 	}
 	cc := c.Config()
-	// HTTP/2 upstreams are the goroutine path's (upstream/h2.go).
-	// Mutual TLS to meshed endpoints too (mtls.go): the loop does no TLS.
-	if cc.Unresolved != "" || cc.Function != nil || cc.Protocol == config.UpstreamHTTP2 || c.OriginatesTLS() {
+	// HTTP/2 upstreams are the goroutine path's (upstream/h2.go); mutual TLS to meshed
+	// endpoints is the loop's (looptls.go).
+	if cc.Unresolved != "" || cc.Function != nil || cc.Protocol == config.UpstreamHTTP2 {
 		h.handoff(d)
 		return gone
 	}
@@ -443,7 +457,7 @@ func (h *hloop) dispatch(d *sock, end int) int {
 	} else if l.meshInbound() {
 		delete(r.Header, telemetry.PeerHeader)
 	}
-	if body := l.authorize(r); body != "" { // MeshPolicy (authz.go): no principal on the loop
+	if body := l.authorizeAs(r, d.peer); body != "" { // MeshPolicy (authz.go), on the mutual TLS peer
 		ex.status = http.StatusForbidden
 		l.recordLoop(ex, 0)
 		localReply(h.writer(ex), http.StatusForbidden, body)

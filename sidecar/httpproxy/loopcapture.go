@@ -7,6 +7,9 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/sidecar/tlsrec"
 )
 
 // Captured connections on the event loop (issue 15). A capture chain's listener binds
@@ -29,6 +32,10 @@ type adoption struct {
 	in     []byte // sniffed, not yet parsed
 	remote string
 	dst    net.Addr // the original destination (nil: none known)
+	// a mutual TLS connection's record layer and verified peer (looptls.go)
+	tls    *tlsrec.State
+	peerID contract.SPIFFEID
+	peer   string
 }
 
 // eventLoops is the listener's loops now (a capture chain's may start later).
@@ -74,6 +81,12 @@ func (l *Listener) captureLoop() *hloop {
 // serveOnLoop hands nc, with in read from it already, to one of the listener's event
 // loops; false leaves nc to the caller (the loop is off, or nc has no socket).
 func (l *Listener) serveOnLoop(nc net.Conn, in []byte) bool {
+	return l.serveAdoption(nc, adoption{in: in})
+}
+
+// serveAdoption hands nc to one of the listener's event loops as a (its descriptor and
+// addresses filled in here); false leaves nc to the caller.
+func (l *Listener) serveAdoption(nc net.Conn, a adoption) bool {
 	h := l.captureLoop()
 	if h == nil {
 		return false
@@ -82,20 +95,11 @@ func (l *Listener) serveOnLoop(nc net.Conn, in []byte) bool {
 	if u, ok := nc.(interface{ NetConn() net.Conn }); ok {
 		inner = u.NetConn()
 	}
-	sc, ok := inner.(syscall.Conn)
-	if !ok {
-		return false
-	}
-	rc, err := sc.SyscallConn()
+	dup, err := dupFD(inner)
 	if err != nil {
 		return false
 	}
-	dup := -1
-	_ = rc.Control(func(fd uintptr) { dup, _ = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) })
-	if dup < 0 {
-		return false
-	}
-	a := adoption{fd: dup, in: in, remote: nc.RemoteAddr().String()}
+	a.fd, a.remote = dup, nc.RemoteAddr().String()
 	if dst := nc.LocalAddr(); dst != inner.LocalAddr() {
 		a.dst = dst
 	}
@@ -107,6 +111,23 @@ func (l *Listener) serveOnLoop(nc net.Conn, in []byte) bool {
 	// open: the duplicate refers to it).
 	_ = inner.Close()
 	return true
+}
+
+// dupFD duplicates the descriptor of a connection with one (a TCP connection).
+func dupFD(c net.Conn) (int, error) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return -1, syscall.EINVAL
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	dup, derr := -1, error(syscall.EBADF)
+	if err := rc.Control(func(fd uintptr) { dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, err
+	}
+	return dup, derr
 }
 
 // adopt queues a for the loop's goroutine; false if the loop has stopped.
@@ -140,8 +161,13 @@ func (h *hloop) takeAdoptions() {
 			h.adoptedToGoroutine(a)
 			continue
 		}
-		d := &sock{fd: a.fd, remote: a.remote, writable: true, readable: true, in: a.in, dst: a.dst}
-		h.l.capturedLoop.Add(1)
+		d := &sock{fd: a.fd, remote: a.remote, writable: true, readable: true, in: a.in, dst: a.dst,
+			tls: a.tls, peerID: a.peerID, peer: a.peer}
+		if a.tls != nil {
+			h.l.loopTLSConns.Add(1)
+		} else {
+			h.l.capturedLoop.Add(1)
+		}
 		h.track(d)
 		h.down++
 		d.inHead = true
@@ -155,6 +181,15 @@ func (h *hloop) takeAdoptions() {
 // adoptedToGoroutine serves a queued captured connection on the goroutine path instead.
 func (h *hloop) adoptedToGoroutine(a adoption) {
 	nc := fdConn(a.fd, a.dst)
+	if nc == nil && a.peer != "" && h.l.mtls != nil {
+		h.l.mtls.peers.Delete(a.remote)
+	}
+	if nc != nil && a.tls != nil {
+		nc = tlsConn(nc, &sock{tls: a.tls}) // nothing read or sealed yet
+		if a.peer != "" && h.l.mtls != nil {
+			nc = &mtlsConn{Conn: nc, f: h.l.mtls, key: a.remote}
+		}
+	}
 	if nc == nil {
 		h.l.connClosed()
 		return
@@ -170,6 +205,9 @@ func (h *hloop) dropAdoptions() {
 	h.pending.mu.Unlock()
 	for _, a := range list {
 		unix.Close(a.fd)
+		if a.peer != "" && h.l.mtls != nil {
+			h.l.mtls.peers.Delete(a.remote)
+		}
 		h.l.connClosed()
 	}
 }

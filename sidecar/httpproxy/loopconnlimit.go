@@ -37,6 +37,7 @@ type loopGrants struct {
 	grants   []*loopWait
 	reclaims []*upstream.Cluster
 	adopts   []adoption // captured connections joining the loop (loopcapture.go)
+	dials    []tlsDial  // mutual TLS dials done (looptls.go)
 	stopped  bool       // the loop has stopped: grants are given back at once, adoptions refused
 }
 
@@ -185,6 +186,10 @@ func (h *hloop) closeOneIdle(c *upstream.Cluster) {
 
 // dialFor opens a connection for ex's attempt with the slot it holds and sends on it.
 func (h *hloop) dialFor(ex *exchange, now time.Time) {
+	if ex.c.MeshTLSTo(ex.host) {
+		h.dialTLS(ex) // looptls.go
+		return
+	}
 	u, err := h.dial(ex.host, ex.c.Config(), now)
 	if err != nil {
 		ex.c.ConnClosed(h, false)

@@ -26,7 +26,10 @@ func (h *hloop) release(ex *exchange, reuse bool) {
 		return
 	}
 	ex.u, u.ex = nil, nil
-	u.out, u.off = u.out[:0], 0
+	if _, sealed := queued(u); len(sealed) > 0 {
+		reuse = false // records half written: the stream cannot carry another request
+	}
+	u.out, u.off, u.sealed = u.out[:0], 0, 0
 	if reuse && u.reusable && !u.eof && !u.closed && !u.hungUp {
 		h.putIdle(u, ex.c.Config(), h.ev.Now().UnixNano())
 		return
@@ -149,6 +152,7 @@ func (h *hloop) closeDown(d *sock) {
 	d.closed = true
 	h.socks[d.fd] = nil
 	unix.Close(d.fd)
+	h.forgetPeer(d) // looptls.go
 	h.down--
 	h.downClosed(d)
 	h.checkDrained()
@@ -159,8 +163,10 @@ func (h *hloop) closeUp(u *sock) {
 		return
 	}
 	u.closed = true
-	h.socks[u.fd] = nil
-	unix.Close(u.fd)
+	if u.fd >= 0 { // a placeholder has none yet (looptls.go)
+		h.socks[u.fd] = nil
+		unix.Close(u.fd)
+	}
 	if u.cluster != nil {
 		u.cluster.ConnClosed(h, u.idle)
 		u.idle = false

@@ -28,14 +28,20 @@ func (h *hloop) detach(s *sock) net.Conn {
 			s.reserved = 0
 		}
 	}
-	return fdConn(s.fd, s.dst) // loopcapture.go
+	nc := tlsConn(fdConn(s.fd, s.dst), s) // loopcapture.go, looptls.go
+	if nc != nil && s.peer != "" && h.l.mtls != nil {
+		// The goroutine path finds the verified peer by the remote address (listed when
+		// the connection joined the loop); closing forgets it.
+		nc = &mtlsConn{Conn: nc, f: h.l.mtls, key: s.remote}
+	}
+	return nc
 }
 
 // handoff moves d, with what it has buffered, to the goroutine path.
 func (h *hloop) handoff(d *sock) {
 	h.l.handoffs.Add(1)
 	in := d.in
-	out := d.out[d.off:]
+	out, _ := queued(d) // what was sealed goes with the TLS state (looptls.go)
 	nc := h.detach(d)
 	h.checkDrained()
 	if nc == nil {
@@ -53,7 +59,8 @@ func (h *hloop) slowResponse(ex *exchange) {
 	d, u := ex.d, ex.u
 	d.ex, u.ex, ex.u = nil, nil, nil
 	x := *ex // the goroutine's own copy: d.exv is reused by the loop
-	din, dout, uin := d.in, d.out[d.off:], u.in
+	dout, _ := queued(d)
+	din, uin := d.in, u.in
 	dnc, unc := h.detach(d), h.detach(u)
 	if unc != nil && u.cluster != nil {
 		unc = &slotConn{Conn: unc, c: u.cluster, owner: h} // its slot is held until the goroutine closes it
@@ -99,6 +106,8 @@ func (h *hloop) Tick(now time.Time) {
 			}
 		case s.ex != nil && s.ex.wait != nil:
 			h.waitTick(s.ex, t, later)
+		case s.ex != nil && s.ex.u != nil && s.ex.u.handshaking:
+			h.handshakeTick(s.ex, t, later) // looptls.go
 		case s.ex != nil:
 			if ex := s.ex; ex.wakeAt != 0 {
 				if t >= ex.wakeAt {
@@ -159,6 +168,7 @@ func (h *hloop) sweepHosts() {
 func (h *hloop) Wake() {
 	h.takeGrants()
 	h.takeAdoptions() // loopcapture.go
+	h.takeDials()     // looptls.go
 	if !h.draining.Load() || h.drained {
 		return
 	}

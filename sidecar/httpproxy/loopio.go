@@ -12,6 +12,9 @@ import (
 // fill reads once into s.in, making room first; a short read means the socket is
 // drained (edge-triggered: the next arrival raises a new event).
 func (h *hloop) fill(s *sock) bool {
+	if s.tls != nil {
+		return h.fillTLS(s) // looptls.go
+	}
 	if cap(s.in)-len(s.in) < loopReadSize {
 		grown := make([]byte, len(s.in), grownCap(s))
 		copy(grown, s.in)
@@ -80,19 +83,33 @@ func (h *hloop) Flush() {
 // write writes s's queued output now; false if the connection failed (it is then
 // dealt with).
 func (h *hloop) write(s *sock) bool {
-	if s.off == len(s.out) {
+	pending := s.out[s.off:]
+	if s.tls != nil {
+		// Seal what was queued since the last write; out keeps it until the records are
+		// all written, so len(out)-off still says how much output waits.
+		if s.sealed < len(s.out) {
+			s.enc = s.tls.Seal(s.enc, s.out[s.sealed:])
+			s.sealed = len(s.out)
+		}
+		pending = s.enc[s.encOff:]
+	}
+	if len(pending) == 0 {
 		if s.closeNext && !s.up {
 			h.endDown(s)
 			return false
 		}
 		return true
 	}
-	rest, e := connio.WriteFD(s.fd, s.out[s.off:])
+	rest, e := connio.WriteFD(s.fd, pending)
 	switch e {
 	case 0:
-		s.out, s.off = s.out[:0], 0
+		s.out, s.off, s.sealed = s.out[:0], 0, 0
+		s.enc, s.encOff = s.enc[:0], 0
 		if cap(s.out) > keepBuffer {
 			s.out = nil // a large response passed: do not keep its buffer per connection
+		}
+		if cap(s.enc) > keepBuffer {
+			s.enc = nil
 		}
 		if s.closeNext {
 			h.endDown(s)
@@ -100,7 +117,11 @@ func (h *hloop) write(s *sock) bool {
 		}
 		return true
 	case unix.EAGAIN:
-		s.off = len(s.out) - len(rest)
+		if s.tls != nil {
+			s.encOff = len(s.enc) - len(rest)
+		} else {
+			s.off = len(s.out) - len(rest)
+		}
 		s.writable = false
 		return true
 	}

@@ -61,7 +61,7 @@ func (h *hloop) send(ex *exchange, now time.Time, fresh bool) {
 func (h *hloop) attach(ex *exchange, u *sock) {
 	u.ex, ex.u = ex, u
 	u.out = append(u.out[:0], ex.wire...)
-	u.off = 0
+	u.off, u.sealed = 0, 0
 	if !u.connecting && !h.flush(u) {
 		return
 	}

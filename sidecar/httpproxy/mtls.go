@@ -14,6 +14,7 @@ import (
 	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/connio"
 	"github.com/weftmesh/weft/sidecar/identity"
+	"github.com/weftmesh/weft/sidecar/tlsrec"
 	"github.com/weftmesh/weft/sidecar/upstream"
 )
 
@@ -138,7 +139,18 @@ func (l *Listener) sniff(nc net.Conn) {
 	// Plain net.Conn under TLS, not connio.Conn: with connio.Conn under both ends a burst
 	// of handshakes onto a new pod saw some stall for the whole 10 s budget (twice, in
 	// TestFunction1BurstFromZeroAllSucceed and make demo); without it, none.
-	tc := tls.Server(&connio.PrefixConn{Conn: nc, Pre: first[:]}, f.cfg)
+	var under net.Conn = &connio.PrefixConn{Conn: nc, Pre: first[:]}
+	cfg := f.cfg
+	// With the event loop on, the handshake is readied for the loop to take the
+	// connection over after it (looptls.go): its secrets logged, its reads kept to whole
+	// records.
+	var keys *tlsrec.Capture
+	var bound *tlsrec.Boundary
+	if !l.proxy.opts.GoroutinePerConnection {
+		keys, bound = &tlsrec.Capture{}, &tlsrec.Boundary{Conn: under}
+		under, cfg = bound, keys.Config(cfg)
+	}
+	tc := tls.Server(under, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout(lim.HeadTimeout))
 	err := tc.HandshakeContext(ctx)
 	cancel()
@@ -159,8 +171,16 @@ func (l *Listener) sniff(nc net.Conn) {
 		l.connClosed()
 		return
 	}
+	id, hasPeer := identity.PeerID(&cs)
+	if keys != nil && cs.NegotiatedProtocol != "h2" {
+		// HTTP/1.1 over TLS 1.3 joins an event loop; anything else (TLS 1.2, or no loop to
+		// join) stays with crypto/tls, which Take left untouched.
+		if rec, err := tlsrec.Take(tc, bound, keys, false); err == nil && l.serveTLSOnLoop(nc, rec, id, hasPeer) {
+			return
+		}
+	}
 	key := nc.RemoteAddr().String()
-	if id, ok := identity.PeerID(&cs); ok {
+	if hasPeer {
 		f.peers.Store(key, id)
 	}
 	l.serveConn(&mtlsConn{Conn: tc, f: f, key: key}, nil, nil)

@@ -39,3 +39,13 @@ func (p *Proxy) MTLSCounts() (handshakes, handshakeErrors, plaintext, refused ui
 	f := l.mtls
 	return f.handshakes.Load(), f.handshakeErrors.Load(), f.plaintext.Load(), f.refusedPlaintext.Load()
 }
+
+// LoopTLSCounts are a listener's mutual TLS event loop counters: inbound connections that
+// joined a loop, the loop's dials, and its failed dials.
+func (p *Proxy) LoopTLSCounts(listener string) (conns, dials, dialErrors uint64) {
+	l := p.Listener(listener)
+	if l == nil {
+		return
+	}
+	return l.loopTLSConns.Load(), l.loopTLSDials.Load(), l.loopTLSDialErrors.Load()
+}

@@ -122,6 +122,9 @@ type Listener struct {
 	connections  atomic.Uint64
 	handoffs     atomic.Uint64 // connections the event loop passed to the goroutine path
 	capturedLoop atomic.Uint64 // captured connections that joined an event loop (loopcapture.go)
+	// mutual TLS on the event loop (looptls.go): inbound connections that joined a loop,
+	// and the loop's dials to meshed endpoints (all, and those that failed)
+	loopTLSConns, loopTLSDials, loopTLSDialErrors atomic.Uint64
 	callerResets atomic.Uint64 // requests cancelled upstream because the caller hung up
 	// appStartTimeouts: requests refused because the app did not start within the caller's
 	// hold (appstart.go).

@@ -33,6 +33,15 @@ func (p *Proxy) WritePrometheus(w io.Writer) {
 	metric("weft_listener_loop_captured_total", "counter",
 		"Captured connections (iptables) served by the event loop from their first request; the others are served a goroutine per connection.",
 		func(l *Listener) int64 { return int64(l.capturedLoop.Load()) })
+	metric("weft_listener_loop_tls_connections_total", "counter",
+		"Inbound mutual TLS connections (HTTP/1.1, TLS 1.3) served by the event loop after their handshake.",
+		func(l *Listener) int64 { return int64(l.loopTLSConns.Load()) })
+	metric("weft_listener_loop_tls_dials_total", "counter",
+		"Mutual TLS connections the event loop opened to meshed endpoints (handshake on a goroutine, records on the loop).",
+		func(l *Listener) int64 { return int64(l.loopTLSDials.Load()) })
+	metric("weft_listener_loop_tls_dial_errors_total", "counter",
+		"Mutual TLS dials of the event loop that failed (connect, handshake, or a peer below TLS 1.3).",
+		func(l *Listener) int64 { return int64(l.loopTLSDialErrors.Load()) })
 	metric("weft_listener_caller_resets_total", "counter",
 		"Requests cancelled upstream because the caller hung up before its answer was through.",
 		func(l *Listener) int64 { return int64(l.callerResets.Load()) })

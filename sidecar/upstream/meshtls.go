@@ -3,6 +3,7 @@ package upstream
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/sidecar/tlsrec"
 )
 
 // Mutual TLS to meshed endpoints (docs/mtls.md). An endpoint is another sidecar when its
@@ -90,6 +92,42 @@ func anyMeshed(hosts []*Host) bool {
 		}
 	}
 	return false
+}
+
+// MeshTLSTo reports whether a connection of c to h is mutual TLS: h is meshed and the
+// sidecar has a workload identity.
+func (c *Cluster) MeshTLSTo(h *Host) bool {
+	return c.mgr != nil && c.mgr.meshTLS.Load() != nil && h.Meshed()
+}
+
+// DialMeshTLS opens a mutual TLS connection to h for the event loop (MeshTLSTo must hold):
+// the connect within the cluster's connect timeout, the handshake as originateTLS does it
+// with ALPN http/1.1, then the TLS 1.3 record layer taken from crypto/tls (sidecar/tlsrec).
+// It returns the TCP connection, whose descriptor the loop takes, and its record state.
+// Every failure is a dial error (a connect failure to retry policies).
+func (c *Cluster) DialMeshTLS(h *Host) (net.Conn, *tlsrec.State, error) {
+	st := c.mgr.meshTLS.Load()
+	if st == nil {
+		return nil, nil, meshDialError(nil, h.Address, errors.New("this sidecar has no workload identity"))
+	}
+	connectTimeout := c.Config().ConnectTimeout
+	d := net.Dialer{Timeout: connectTimeout}
+	conn, err := d.Dial("tcp", h.Address)
+	if err != nil {
+		return nil, nil, err
+	}
+	var keys tlsrec.Capture
+	b := &tlsrec.Boundary{Conn: conn}
+	tc, err := handshake(context.Background(), b, keys.Config(st.h1), h.Address, connectTimeout, time.Time{})
+	if err != nil {
+		return nil, nil, err
+	}
+	rec, err := tlsrec.Take(tc, b, &keys, true)
+	if err != nil {
+		conn.Close()
+		return nil, nil, meshDialError(conn.RemoteAddr(), h.Address, err)
+	}
+	return conn, rec, nil
 }
 
 // originateTLS wraps a fresh connection to h in TLS when h is meshed, completing the
