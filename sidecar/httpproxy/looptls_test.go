@@ -17,6 +17,7 @@ import (
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/identity/identitytest"
@@ -260,12 +261,13 @@ func TestLoopTLSDialFailures(t *testing.T) {
 	snap.Routes = []types.Resource{st.RouteConfig(st.VirtualHost("shop/cart", "cart", "shop", []int{80},
 		st.Route("r", st.Prefix("/"), st.To(cluster), st.Timeout(300*time.Millisecond))))}
 	snap.Clusters = append([]types.Resource{st.EDSCluster(cluster, limits(1, 0))}, snap.Clusters[1:]...)
+	// The route's timeout and the limit first, then the endpoint: a request must never meet
+	// the black hole under the old route, which has no timeout.
+	v := p.cp.Set(snap)
+	p.caller.WaitForVersion(t, resourcev3.RouteType, v)
+	p.caller.WaitForVersion(t, resourcev3.ClusterType, v)
 	snap.Endpoints = []types.Resource{st.Endpoints(cluster, st.Endpoint{Addr: hole})}
-	p.cp.Set(snap)
-	st.Eventually(t, 10*time.Second, func() bool {
-		code, _, _ := st.Get(t, client, p.outbound, "cart", "/")
-		return code == http.StatusGatewayTimeout
-	}, "a request to a callee that never finishes its handshake did not time out at the route's timeout")
+	p.caller.WaitForVersion(t, resourcev3.EndpointType, p.cp.Set(snap))
 	for range 3 {
 		start := time.Now()
 		code, _, _ := st.Get(t, client, p.outbound, "cart", "/")
