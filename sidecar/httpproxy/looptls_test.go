@@ -3,6 +3,7 @@ package httpproxy_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"fmt"
@@ -12,9 +13,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -300,4 +303,40 @@ func TestLoopTLSDialFailures(t *testing.T) {
 func foreignAddr(t *testing.T, s *st.Sidecar) string {
 	t.Helper()
 	return strings.TrimPrefix(s.URL(t, contract.InboundListenerName), "http://")
+}
+
+// A WebSocket session over mutual TLS: the callee's loop takes the connection after its
+// handshake and hands the Upgrade to the goroutine path with its TLS state, which tunnels
+// it; a 1 MiB message and the close handshake go through both ways.
+func TestLoopTLSWebSocketTunnel(t *testing.T) {
+	var ended atomic.Int64
+	p := sidecarPairTo(t, false, 0, "", 0, true, st.HostPort(wsEcho(t, &ended)))
+	_, _, _ = st.Get(t, client, p.outbound, "cart", "/") // the app answers once (not an Upgrade: refused)
+	before, _, _ := p.callee.Proxy.LoopTLSCounts(st.InboundListenerName)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, resp, err := websocket.Dial(ctx, "ws://"+st.HostPort(p.outbound)+"/ws", &websocket.DialOptions{Host: "cart"})
+	if err != nil {
+		t.Fatalf("WebSocket through two sidecars over mutual TLS: %v (response %v)", err, resp)
+	}
+	c.SetReadLimit(4 << 20)
+	for _, msg := range [][]byte{[]byte("hello"), bytes.Repeat([]byte("w"), 1<<20)} {
+		if err := c.Write(ctx, websocket.MessageBinary, msg); err != nil {
+			t.Fatal(err)
+		}
+		_, got, err := c.Read(ctx)
+		if err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("echo of %d bytes: %d bytes, %v", len(msg), len(got), err)
+		}
+	}
+	if err := c.Write(ctx, websocket.MessageText, []byte("bye")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.Read(ctx); websocket.CloseStatus(err) != websocket.StatusNormalClosure {
+		t.Fatalf("close: %v, want the server's normal closure", err)
+	}
+	if after, _, _ := p.callee.Proxy.LoopTLSCounts(st.InboundListenerName); after <= before {
+		t.Errorf("the session's TLS connection did not join the callee's loop (%d → %d)", before, after)
+	}
+	st.Eventually(t, 5*time.Second, func() bool { return ended.Load() >= 1 }, "the app's WebSocket handler did not end")
 }

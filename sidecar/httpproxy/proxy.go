@@ -125,6 +125,7 @@ type Listener struct {
 	// mutual TLS on the event loop (looptls.go): inbound connections that joined a loop,
 	// and the loop's dials to meshed endpoints (all, and those that failed)
 	loopTLSConns, loopTLSDials, loopTLSDialErrors atomic.Uint64
+
 	callerResets atomic.Uint64 // requests cancelled upstream because the caller hung up
 	// appStartTimeouts: requests refused because the app did not start within the caller's
 	// hold (appstart.go).
