@@ -20,11 +20,12 @@ import (
 
 // Mutual TLS on the inbound listener (docs/mtls.md). The listener's own accept loop reads
 // the first byte of every connection: 0x16 (a TLS handshake record, which no HTTP request
-// starts with) is mutual TLS from another sidecar, terminated here with crypto/tls and
-// served on the goroutine path (HTTP/1.1, or HTTP/2 when ALPN chose h2); anything else is
-// plaintext, served on the event loop as before in permissive mode and closed in strict
-// mode. The event loop reads raw sockets and does no TLS, so TLS connections never join
-// it: TLS costs the goroutine path's throughput plus the crypto.
+// starts with) is mutual TLS from another sidecar, whose handshake crypto/tls does here, on
+// the connection's goroutine; anything else is plaintext, served on the event loop in
+// permissive mode and closed in strict mode. After the handshake an HTTP/1.1 connection
+// over TLS 1.3 joins an event loop, which carries its records itself (looptls.go); HTTP/2
+// (ALPN h2), TLS 1.2, and every connection when the loop is off are served by the
+// goroutine path through crypto/tls.
 
 // InboundTLS is what the inbound listener needs for mutual TLS: identity.Manager's server
 // configuration and the peer authentication mode in force.
@@ -61,7 +62,7 @@ func (p *Proxy) startMTLS(l *Listener, ln net.Listener) string {
 		l.mtls.tcp = t
 		l.mtls.cfg.NextProtos = append(slices.Clone(l.mtls.cfg.NextProtos), upstream.ALPNTCP)
 	}
-	mode := "mutual TLS (goroutine per connection), plaintext on the goroutine path"
+	mode := "mutual TLS and plaintext on the goroutine path"
 	if !p.opts.GoroutinePerConnection {
 		l.loopMu.Lock()
 		err := l.startLoops(nil, loopCount())
@@ -69,7 +70,7 @@ func (p *Proxy) startMTLS(l *Listener, ln net.Listener) string {
 		if err != nil {
 			p.opts.Logger.Warn("HTTP event loop unavailable; serving a goroutine per connection", "listener", l.Name, "error", err)
 		} else {
-			mode = "mutual TLS (goroutine per connection), plaintext on the event loop"
+			mode = "mutual TLS (handshake on a goroutine; HTTP/1.1 records on the event loop) and plaintext on the event loop"
 		}
 	}
 	go l.serveMTLS(ln)

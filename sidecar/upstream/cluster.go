@@ -82,8 +82,7 @@ type Cluster struct {
 
 	Stats Stats
 
-	flights inflight    // goroutine-path exchanges in flight (diagnostics, inflight.go)
-	meshed  atomic.Bool // an endpoint is another sidecar's inbound port (meshtls.go)
+	flights inflight // goroutine-path exchanges in flight (diagnostics, inflight.go)
 
 	mu   sync.Mutex
 	stop func()
@@ -157,7 +156,6 @@ func (c *Cluster) update(cc *config.Cluster) {
 	}
 	c.cfg.Store(cc)
 	c.hosts.Store(&hosts)
-	c.meshed.Store(anyMeshed(hosts)) // meshtls.go
 	if cc.LB == config.RingHash {
 		r := buildRing(hosts, cc.MinRingSize)
 		c.ring.Store(&r)

@@ -20,10 +20,9 @@ import (
 // are, and a Service endpoint the snapshot points at a sidecar is too; or when EDS marks
 // it (tlsMode: weft, config.Endpoint.MeshTLS): a Service endpoint podIP:targetPort whose
 // pod's capture brings that port to its sidecar, which terminates TLS. Connections to
-// such an endpoint originate TLS with the sidecar's workload certificate: the goroutine
-// path's HTTP/1.1 pool with ALPN http/1.1, the HTTP/2 pool (h2.go) with ALPN h2. The event
-// loop hands requests for clusters with meshed endpoints to the goroutine path, since it
-// does no TLS.
+// such an endpoint originate TLS with the sidecar's workload certificate: the event loop
+// (DialMeshTLS) and the goroutine path's HTTP/1.1 pool with ALPN http/1.1, the HTTP/2 pool
+// (h2.go) with ALPN h2.
 
 // MeshTLS gives the client side of sidecar-to-sidecar TLS (identity.Manager).
 type MeshTLS interface {
@@ -74,24 +73,6 @@ func (h *Host) Meshed() bool {
 	}
 	_, port, err := net.SplitHostPort(h.Address)
 	return err == nil && port == strconv.Itoa(contract.InboundPort)
-}
-
-// OriginatesTLS reports whether requests of c may go over mutual TLS: the sidecar has a
-// workload identity and one of c's endpoints is meshed. The event loop hands such
-// requests to the goroutine path.
-func (c *Cluster) OriginatesTLS() bool {
-	return c.meshed.Load() && c.mgr != nil && c.mgr.meshTLS.Load() != nil
-}
-
-// anyMeshed reports whether one of hosts is meshed; computed when EDS changes, so the
-// event loop's check per request is two atomic loads.
-func anyMeshed(hosts []*Host) bool {
-	for _, h := range hosts {
-		if h.Meshed() {
-			return true
-		}
-	}
-	return false
 }
 
 // MeshTLSTo reports whether a connection of c to h is mutual TLS: h is meshed and the
