@@ -25,6 +25,7 @@ import (
 	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/identity/identitytest"
 	st "github.com/weftmesh/weft/sidecar/sidecartest"
+	"github.com/weftmesh/weft/sidecar/tlsrec"
 )
 
 // Mutual TLS on the event loop (looptls.go): connections whose handshake crypto/tls did
@@ -339,4 +340,58 @@ func TestLoopTLSWebSocketTunnel(t *testing.T) {
 		t.Errorf("the session's TLS connection did not join the callee's loop (%d → %d)", before, after)
 	}
 	st.Eventually(t, 5*time.Second, func() bool { return ended.Load() >= 1 }, "the app's WebSocket handler did not end")
+}
+
+// A peer that completes the handshake and then sends what no TLS stack sends — a record
+// whose tag does not verify, a record over the size limit, a plaintext record — loses
+// that connection and nothing else: the callee's loop closes it without an answer, and
+// a well-behaved connection on the same loop goes on.
+func TestLoopTLSBadRecordsCloseOnlyTheirConnection(t *testing.T) {
+	p := sidecarPairTo(t, false, 0, "", 0, true, loopApp(t))
+	warm(t, p)
+	good := dialCallee(t, p, p.callerID.ClientConfig([]string{"http/1.1"}))
+	if code, body := rawRequest(t, good, "GET", "/before"); code != 200 || body != "cart-app /before" {
+		t.Fatalf("before: %d %q", code, body)
+	}
+	for _, bad := range []struct {
+		name string
+		wire func(rec *tlsrec.State) []byte
+	}{
+		{"forged tag", func(rec *tlsrec.State) []byte {
+			w := rec.Seal(nil, []byte("GET / HTTP/1.1\r\nHost: cart\r\n\r\n"))
+			w[len(w)-1] ^= 1
+			return w
+		}},
+		{"oversized record", func(*tlsrec.State) []byte { return []byte{23, 3, 3, 0x48, 0x01, 1, 2, 3} }},
+		{"plaintext request", func(*tlsrec.State) []byte { return []byte("GET / HTTP/1.1\r\nHost: cart\r\n\r\n") }},
+	} {
+		t.Run(bad.name, func(t *testing.T) {
+			raw, err := net.Dial("tcp", p.calleeAddr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer raw.Close()
+			var keys tlsrec.Capture
+			b := &tlsrec.Boundary{Conn: raw}
+			tc := tls.Client(b, keys.Config(p.callerID.ClientConfig([]string{"http/1.1"})))
+			if err := tc.Handshake(); err != nil {
+				t.Fatal(err)
+			}
+			rec, err := tlsrec.Take(tc, b, &keys, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := raw.Write(bad.wire(rec)); err != nil {
+				t.Fatal(err)
+			}
+			_ = raw.SetReadDeadline(time.Now().Add(10 * time.Second))
+			n, err := raw.Read(make([]byte, 1024))
+			if n != 0 || err == nil {
+				t.Fatalf("the callee answered %d bytes (%v) to a bad record; want the connection closed", n, err)
+			}
+		})
+	}
+	if code, body := rawRequest(t, good, "GET", "/after"); code != 200 || body != "cart-app /after" {
+		t.Fatalf("the good connection after the bad ones: %d %q", code, body)
+	}
 }
