@@ -132,16 +132,7 @@ func dupFD(c net.Conn) (int, error) {
 
 // adopt queues a for the loop's goroutine; false if the loop has stopped.
 func (h *hloop) adopt(a adoption) bool {
-	h.pending.mu.Lock()
-	stopped := h.pending.stopped
-	if !stopped {
-		h.pending.adopts = append(h.pending.adopts, a)
-	}
-	h.pending.mu.Unlock()
-	if !stopped {
-		h.ev.Wake()
-	}
-	return !stopped
+	return h.enqueue(func() { h.pending.adopts = append(h.pending.adopts, a) }) // loopconnlimit.go
 }
 
 // takeAdoptions makes the queued captured connections the loop's own and serves what

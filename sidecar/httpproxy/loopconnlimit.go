@@ -41,32 +41,34 @@ type loopGrants struct {
 	stopped  bool       // the loop has stopped: grants are given back at once, adoptions refused
 }
 
-// ReclaimIdle implements upstream.IdleOwner: close one of this loop's idle connections of
-// c, on the loop's goroutine.
-func (h *hloop) ReclaimIdle(c *upstream.Cluster) {
+// enqueue runs add (which appends to h.pending) under the lock and wakes the loop to take
+// it; false, with add not run, once the loop has stopped.
+func (h *hloop) enqueue(add func()) bool {
 	h.pending.mu.Lock()
-	if !h.pending.stopped { // a stopped loop closed its connections
-		h.pending.reclaims = append(h.pending.reclaims, c)
+	stopped := h.pending.stopped
+	if !stopped {
+		add()
 	}
 	h.pending.mu.Unlock()
-	h.ev.Wake()
+	if !stopped {
+		h.ev.Wake()
+	}
+	return !stopped
+}
+
+// ReclaimIdle implements upstream.IdleOwner: close one of this loop's idle connections of
+// c, on the loop's goroutine (a stopped loop closed its connections).
+func (h *hloop) ReclaimIdle(c *upstream.Cluster) {
+	h.enqueue(func() { h.pending.reclaims = append(h.pending.reclaims, c) })
 }
 
 // granted queues lw's grant for the loop's goroutine. A stopped loop's waiters were all
 // abandoned, and only the loop itself hands over connections: the grant is a slot, given
 // back here.
 func (h *hloop) granted(lw *loopWait) {
-	h.pending.mu.Lock()
-	stopped := h.pending.stopped
-	if !stopped {
-		h.pending.grants = append(h.pending.grants, lw)
-	}
-	h.pending.mu.Unlock()
-	if stopped {
+	if !h.enqueue(func() { h.pending.grants = append(h.pending.grants, lw) }) {
 		lw.c.ConnClosed(h, false)
-		return
 	}
-	h.ev.Wake()
 }
 
 // stopGrants runs once the loop has stopped and closed its connections: it gives back the

@@ -107,14 +107,7 @@ func (h *hloop) dialTLS(ex *exchange) {
 // postDial hands a dial's outcome to the loop; a stopped loop's placeholder gives its
 // slot back here.
 func (h *hloop) postDial(d tlsDial) {
-	h.pending.mu.Lock()
-	stopped := h.pending.stopped
-	if !stopped {
-		h.pending.dials = append(h.pending.dials, d)
-	}
-	h.pending.mu.Unlock()
-	if !stopped {
-		h.ev.Wake()
+	if h.enqueue(func() { h.pending.dials = append(h.pending.dials, d) }) {
 		return
 	}
 	if d.conn != nil {
