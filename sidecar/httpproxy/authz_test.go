@@ -128,8 +128,8 @@ func metric(t *testing.T, p *meshPair, name, labels string) int {
 // An allowed caller (web, over mutual TLS through its own sidecar) reaches the app; a
 // path a DENY policy names is refused whoever asks, however the path is spelled; another
 // identity (cart's own certificate) and a plaintext caller are refused with a 403 that
-// names the ALLOW policy; the decisions are counted. On both HTTP paths: TLS connections
-// are served by goroutines, plaintext ones by the event loop (handoffs stay unchanged).
+// names the ALLOW policy; the decisions are counted. On both HTTP paths: with the loop on,
+// TLS connections join it after their handshake as plaintext ones do (handoffs unchanged).
 func TestAuthzInboundEnforcement(t *testing.T) {
 	bothPaths(t, func(t *testing.T, goroutines bool) {
 		p := policedPair(t, goroutines)
