@@ -103,7 +103,7 @@ func TestLoopTLSBetweenTwoSidecars(t *testing.T) {
 				req.Host = "cart"
 				resp, err := c.Do(req)
 				if err != nil {
-					errs <- fmt.Errorf("%s: %v", path, err)
+					errs <- fmt.Errorf("%s: %w", path, err)
 					return
 				}
 				got, err := io.ReadAll(resp.Body)
@@ -118,7 +118,7 @@ func TestLoopTLSBetweenTwoSidecars(t *testing.T) {
 					want = wantEcho
 				}
 				if err != nil || resp.StatusCode != 200 || string(got) != want {
-					errs <- fmt.Errorf("%s: %d %.80q (%v), want %.80q", path, resp.StatusCode, got, err, want)
+					errs <- fmt.Errorf("%s: %d %.80q (%w), want %.80q", path, resp.StatusCode, got, err, want)
 					return
 				}
 			}

@@ -82,7 +82,7 @@ func (c *Conn) fill() error {
 	if n > 0 {
 		return nil
 	}
-	if err == io.EOF && len(c.raw) > 0 {
+	if errors.Is(err, io.EOF) && len(c.raw) > 0 {
 		return io.ErrUnexpectedEOF // cut inside a record
 	}
 	if err == nil {
