@@ -158,15 +158,25 @@ func (f *FlushBehind) list() {
 		stale.queued = append(stale.queued, f)
 		stale.mu.Unlock()
 	}
-	stale.oldest.CompareAndSwap(0, f.since.UnixNano())
+	since := f.since.UnixNano()
+	for {
+		o := stale.oldest.Load()
+		if (o != 0 && o <= since) || stale.oldest.CompareAndSwap(o, since) {
+			return
+		}
+	}
 }
 
-// writeStale writes out every listed queue once the oldest has waited FlushBehindDelay,
-// unless another goroutine is writing it (that one writes what is queued). It runs with
-// no FlushBehind's lock held.
+// writeStale writes out every listed queue that has waited FlushBehindDelay, unless
+// another goroutine is writing it (that one writes what is queued). It runs with no
+// FlushBehind's lock held. A queue younger than that stays listed for a later pass: a
+// queue its flusher wrote leaves its connection listed, and stale.oldest as old as that
+// queue, so a pass comes on the first write after any quiet spell; writing out every
+// listed queue then wrote the frame just queued alone, ahead of the rest of its exchange.
 func writeStale() {
 	o := stale.oldest.Load()
-	if o == 0 || time.Now().UnixNano()-o <= int64(FlushBehindDelay) {
+	now := time.Now()
+	if o == 0 || now.UnixNano()-o <= int64(FlushBehindDelay) {
 		return
 	}
 	stale.mu.Lock()
@@ -177,10 +187,10 @@ func writeStale() {
 	for i, f := range list {
 		f.mu.Lock()
 		f.listed = false
-		if len(f.buf) > 0 && !f.writing && f.err == nil {
+		if len(f.buf) > 0 && !f.writing && f.err == nil && now.Sub(f.since) > FlushBehindDelay {
 			f.drain()
 		}
-		if len(f.buf) > 0 { // queued again while written: still waiting
+		if len(f.buf) > 0 { // not due yet, or queued again while written: still waiting
 			f.list()
 		}
 		f.mu.Unlock()

@@ -290,3 +290,50 @@ func TestFlushBehindDoesNotWaitForABusyScheduler(t *testing.T) {
 		t.Fatal("the other connection's own queue was not written")
 	}
 }
+
+// writeLog is a connection without a descriptor, so FlushBehind writes it through Write:
+// each Write is one write(2) a socket would take.
+type writeLog struct {
+	net.Conn // unused: only Write and Close are called
+	mu       sync.Mutex
+	writes   []string
+}
+
+func (w *writeLog) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.writes = append(w.writes, string(p))
+	return len(p), nil
+}
+
+func (w *writeLog) Close() error { return nil }
+
+// Regression: a connection whose queue its flusher wrote stayed listed for the other
+// connections' stale pass, with stale.oldest as old as that queue, so the first write after
+// any pause past FlushBehindDelay ran a pass that wrote the frame it had just queued, alone:
+// an exchange after a quiet spell left in two writes instead of one. A pass writes only the
+// queues that have waited FlushBehindDelay.
+func TestFlushBehindAfterAQuietSpellStillCoalesces(t *testing.T) {
+	prev := runtime.GOMAXPROCS(1)
+	defer runtime.GOMAXPROCS(prev)
+	w := &writeLog{}
+	f := NewFlushBehind(w, w)
+	flushed := func() {
+		for deadline := time.Now().Add(5 * time.Second); f.Buffered() > 0 && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	time.Sleep(2 * FlushBehindDelay)
+	writeStale() // other tests' queues: the next pass is this connection's
+	_, _ = f.Write([]byte("x"))
+	flushed()
+	time.Sleep(2 * time.Millisecond) // quiet: past FlushBehindDelay
+	_, _ = f.Write([]byte("a"))
+	_, _ = f.Write([]byte("b"))
+	flushed()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.writes) != 2 || w.writes[1] != "ab" {
+		t.Fatalf("writes %q, want [\"x\" \"ab\"]: two frames queued back to back after a quiet spell left apart", w.writes)
+	}
+}
