@@ -337,3 +337,39 @@ func TestFlushBehindAfterAQuietSpellStillCoalesces(t *testing.T) {
 		t.Fatalf("writes %q, want [\"x\" \"ab\"]: two frames queued back to back after a quiet spell left apart", w.writes)
 	}
 }
+
+// The flusher writes once every goroutine runnable when it was started has run, so their
+// frames leave in the same write(2). A goroutine started after the flusher takes the
+// processor's next slot and pushes the flusher back into the run queue, ahead of
+// goroutines started before it — as the HTTP/2 server starts one per frame write: the
+// flusher used to run between them and the response left in two or three writes. Run
+// 20 times, since the race detector shuffles the order goroutines run in and the
+// scheduler takes one turn in 61 from the global queue first.
+func TestFlushBehindWritesAfterTheRunnableGoroutines(t *testing.T) {
+	prev := runtime.GOMAXPROCS(1)
+	defer runtime.GOMAXPROCS(prev)
+	whole := 0
+	var last []string
+	for range 20 {
+		w := &writeLog{}
+		f := NewFlushBehind(w, w)
+		var wg sync.WaitGroup
+		wg.Add(2)
+		_, _ = f.Write([]byte("a")) // starts the flusher
+		go func() { defer wg.Done(); _, _ = f.Write([]byte("b")) }()
+		go func() { defer wg.Done(); _, _ = f.Write([]byte("c")) }()
+		wg.Wait()
+		for deadline := time.Now().Add(5 * time.Second); f.Buffered() > 0 && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+		w.mu.Lock()
+		last = w.writes
+		if len(w.writes) == 1 && len(w.writes[0]) == 3 {
+			whole++
+		}
+		w.mu.Unlock()
+	}
+	if whole < 15 {
+		t.Fatalf("three frames queued by goroutines runnable together left in one write in %d of 20 runs, want at least 15 (last run: %q)", whole, last)
+	}
+}
