@@ -148,10 +148,11 @@ var stale struct {
 	mu     sync.Mutex
 	queued []*FlushBehind
 	spare  []*FlushBehind
-	oldest atomic.Int64 // UnixNano when the first listed queue was listed; 0: none listed
+	oldest atomic.Int64 // UnixNano when the oldest listed queue began; 0: none listed
 }
 
-// list puts f in stale.queued, with f.mu held.
+// list puts f in stale.queued and stale.oldest back to f's queue if that began earlier,
+// with f.mu held.
 func (f *FlushBehind) list() {
 	if !f.listed {
 		f.listed = true
