@@ -265,13 +265,16 @@ func TestFlushBehindDoesNotWaitForABusyScheduler(t *testing.T) {
 	for start := time.Now(); time.Since(start) <= 100*time.Microsecond; { // past FlushBehindDelay, no yield
 	}
 	_, _ = f.Write([]byte("frame-2"))
-	if !arrived(t, peer, len("frame-1frame-2")) {
+	// frame-1 leaves with frame-2, or, when its own Write took longer than FlushBehindDelay
+	// (the race detector slows it that much), alone in that Write's stale pass; frame-2 is
+	// then a new queue, not yet due.
+	if !arrived(t, peer, len("frame-1")) {
 		t.Fatal("a write after FlushBehindDelay left the queue to the flusher goroutine")
 	}
 
 	_, _ = f.Write([]byte("frame-3"))
 	f.FlushPending() // the read loop, before it waits for the socket
-	if !arrived(t, peer, len("frame-3")) {
+	if !arrived(t, peer, len("frame-2frame-3")) {
 		t.Fatal("FlushPending left the queue to the flusher goroutine")
 	}
 
@@ -288,5 +291,114 @@ func TestFlushBehindDoesNotWaitForABusyScheduler(t *testing.T) {
 	f2.FlushPending()
 	if !arrived(t, peer2, len("other")) {
 		t.Fatal("the other connection's own queue was not written")
+	}
+}
+
+// writeLog is a connection without a descriptor, so FlushBehind writes it through Write:
+// each Write is one write(2) a socket would take.
+type writeLog struct {
+	net.Conn // unused: only Write and Close are called
+	mu       sync.Mutex
+	writes   []string
+}
+
+func (w *writeLog) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.writes = append(w.writes, string(p))
+	return len(p), nil
+}
+
+func (w *writeLog) Close() error { return nil }
+
+// Regression: a connection whose queue its flusher wrote stayed listed for the other
+// connections' stale pass, with stale.oldest as old as that queue, so the first write after
+// any pause past FlushBehindDelay ran a pass that wrote the frame it had just queued, alone:
+// an exchange after a quiet spell left in two writes instead of one. A pass writes only the
+// queues that have waited FlushBehindDelay.
+//
+// The two writes must take less than FlushBehindDelay, or "a" is due and rightly written
+// alone; a run where they took longer (the race detector, a preempted thread) is made again.
+func TestFlushBehindAfterAQuietSpellStillCoalesces(t *testing.T) {
+	prev := runtime.GOMAXPROCS(1)
+	defer runtime.GOMAXPROCS(prev)
+	for range 50 {
+		w := &writeLog{}
+		f := NewFlushBehind(w, w)
+		flushed := func() {
+			for deadline := time.Now().Add(5 * time.Second); f.Buffered() > 0 && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		time.Sleep(2 * FlushBehindDelay)
+		writeStale() // other tests' queues: the next pass is this connection's
+		_, _ = f.Write([]byte("x"))
+		flushed()
+		time.Sleep(2 * time.Millisecond) // quiet: past FlushBehindDelay
+		start := time.Now()
+		_, _ = f.Write([]byte("a"))
+		_, _ = f.Write([]byte("b"))
+		took := time.Since(start)
+		flushed()
+		if took >= FlushBehindDelay {
+			continue
+		}
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if len(w.writes) != 2 || w.writes[1] != "ab" {
+			t.Fatalf("writes %q, want [\"x\" \"ab\"]: two frames queued back to back after a quiet spell left apart", w.writes)
+		}
+		return
+	}
+	t.Skip("two writes never took less than FlushBehindDelay here")
+}
+
+// The flusher writes once every goroutine runnable when it was started has run, so their
+// frames leave in the same write(2). A goroutine started after the flusher takes the
+// processor's next slot and pushes the flusher back into the run queue, ahead of
+// goroutines started before it — as the HTTP/2 server starts one per frame write: the
+// flusher used to run between them and the response left in two or three writes. Only
+// runs whose three writes took less than FlushBehindDelay count (past it the queue is due
+// and written at once); of those, nearly all must leave in one write, since the race
+// detector shuffles the order goroutines run in and the scheduler takes one turn in 61
+// from the global queue first.
+func TestFlushBehindWritesAfterTheRunnableGoroutines(t *testing.T) {
+	prev := runtime.GOMAXPROCS(1)
+	defer runtime.GOMAXPROCS(prev)
+	fast, whole := 0, 0
+	var last []string
+	for range 100 {
+		if fast == 20 {
+			break
+		}
+		w := &writeLog{}
+		f := NewFlushBehind(w, w)
+		var wg sync.WaitGroup
+		wg.Add(2)
+		start := time.Now()
+		_, _ = f.Write([]byte("a")) // starts the flusher
+		go func() { defer wg.Done(); _, _ = f.Write([]byte("b")) }()
+		go func() { defer wg.Done(); _, _ = f.Write([]byte("c")) }()
+		wg.Wait()
+		took := time.Since(start)
+		for deadline := time.Now().Add(5 * time.Second); f.Buffered() > 0 && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+		if took >= FlushBehindDelay {
+			continue
+		}
+		fast++
+		w.mu.Lock()
+		last = w.writes
+		if len(w.writes) == 1 && len(w.writes[0]) == 3 {
+			whole++
+		}
+		w.mu.Unlock()
+	}
+	if fast < 10 {
+		t.Skipf("three writes took less than FlushBehindDelay in only %d of 100 runs here", fast)
+	}
+	if whole < fast*3/4 {
+		t.Fatalf("three frames queued by goroutines runnable together left in one write in %d of %d runs, want at least 3/4 (last run: %q)", whole, fast, last)
 	}
 }
