@@ -51,7 +51,7 @@ func (c *Capture) proxyTCP(cl *config.CaptureListener, tp *config.TCPProxy, down
 			return
 		}
 	}
-	p := &pipe{a: down, b: up, idle: tp.IdleTimeout}
+	p := &pipe{a: down, b: up, idle: tp.IdleTimeout, timeouts: &cs.idleTimeouts}
 	p.touch()
 	done := make(chan struct{})
 	go func() {
@@ -86,9 +86,6 @@ func (c *Capture) proxyTCP(cl *config.CaptureListener, tp *config.TCPProxy, down
 	}()
 	p.copy(down, up, &cs.received)
 	<-done
-	if p.timedOut.Load() {
-		cs.idleTimeouts.Add(1)
-	}
 	c.report(tp.Cluster, host, upstream.Success)
 }
 
@@ -179,6 +176,15 @@ type pipe struct {
 	idle     time.Duration
 	last     atomic.Int64 // unix nanos
 	timedOut atomic.Bool
+	timeouts *atomic.Uint64 // the cluster's idle timeout counter
+}
+
+// timeOut counts the idle timeout that ends the pipe, once, before either connection is
+// closed: whoever sees a connection end by it finds it counted.
+func (p *pipe) timeOut() {
+	if p.timedOut.CompareAndSwap(false, true) {
+		p.timeouts.Add(1)
+	}
 }
 
 func (p *pipe) touch() { p.last.Store(time.Now().UnixNano()) }
@@ -252,7 +258,7 @@ func (p *pipe) copy(dst, src net.Conn, counter *atomic.Uint64) {
 				_ = src.SetReadDeadline(time.Now().Add(p.idle - q))
 				continue
 			}
-			p.timedOut.Store(true)
+			p.timeOut()
 		}
 		dst.Close()
 		src.Close()
@@ -281,7 +287,7 @@ func (p *pipe) splice(s *splicer, dst, src net.Conn, counter *atomic.Uint64) {
 				_ = src.SetReadDeadline(time.Now().Add(p.idle - q))
 				continue
 			}
-			p.timedOut.Store(true)
+			p.timeOut()
 		}
 		dst.Close()
 		src.Close()
