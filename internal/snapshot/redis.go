@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -63,6 +64,12 @@ func (t *translator) secret(ns string, ref meshv1alpha1.SecretKeyRef, what strin
 			return sv, true
 		}
 		p.secretf("%s Secret %s/%s has no key %q; add it: the pool is not served until then", what, ns, ref.Name, key)
+		return "", false
+	}
+	// A Secret's data is bytes; SDS carries a password as a string, which must be UTF-8
+	// (a binary one failed to marshal and stopped the snapshot: found by FuzzBuild).
+	if !utf8.Valid(v) {
+		p.secretf("%s Secret %s/%s key %q is not UTF-8 text; store the password as text: the pool is not served until then", what, ns, ref.Name, key)
 		return "", false
 	}
 	return string(v), true

@@ -306,3 +306,32 @@ func TestSidecarWithoutSDSFailsClosed(t *testing.T) {
 		}
 	}
 }
+
+// A password Secret whose value is not UTF-8 (Secret data is any bytes) is a problem on the
+// pool, which is not served, never a snapshot that fails to build: SDS carries passwords as
+// strings (FuzzBuild found the panic).
+func TestBinaryPasswordIsAProblemNotAPanic(t *testing.T) {
+	for _, path := range []string{"redis.in.yaml", "redis-upstream-auth.in.yaml"} {
+		in, views := readInput(t, filepath.Join("testdata", path))
+		for i := range in.Secrets {
+			for k := range in.Secrets[i].Data {
+				in.Secrets[i].Data[k] = []byte{'<', 0xe4, 0x93}
+			}
+		}
+		res := Translate(in)
+		for _, v := range views {
+			if _, err := res.Snapshot(v); err != nil {
+				t.Fatalf("%s: view %+v: %v", path, v, err)
+			}
+		}
+		reported := false
+		for _, st := range res.Status {
+			for _, c := range st.Conditions {
+				reported = reported || strings.Contains(c.Message, "is not UTF-8 text")
+			}
+		}
+		if !reported {
+			t.Errorf("%s: no condition says the password is not UTF-8", path)
+		}
+	}
+}
