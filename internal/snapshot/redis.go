@@ -60,10 +60,17 @@ func (t *translator) secret(ns string, ref meshv1alpha1.SecretKeyRef, what strin
 	}
 	v, ok := s.Data[key]
 	if !ok {
-		if sv, ok2 := s.StringData[key]; ok2 {
-			return sv, true
+		sv, ok2 := s.StringData[key]
+		if !ok2 {
+			p.secretf("%s Secret %s/%s has no key %q; add it: the pool is not served until then", what, ns, ref.Name, key)
+			return "", false
 		}
-		p.secretf("%s Secret %s/%s has no key %q; add it: the pool is not served until then", what, ns, ref.Name, key)
+		v = []byte(sv)
+	}
+	// Auth configured with no password is a mistake the sidecar would refuse (NACK): say so
+	// here. Found by FuzzBuild, as the next case.
+	if len(v) == 0 {
+		p.secretf("%s Secret %s/%s key %q is empty; set the password: the pool is not served until then", what, ns, ref.Name, key)
 		return "", false
 	}
 	// A Secret's data is bytes; SDS carries a password as a string, which must be UTF-8

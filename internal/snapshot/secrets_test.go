@@ -307,31 +307,39 @@ func TestSidecarWithoutSDSFailsClosed(t *testing.T) {
 	}
 }
 
-// A password Secret whose value is not UTF-8 (Secret data is any bytes) is a problem on the
-// pool, which is not served, never a snapshot that fails to build: SDS carries passwords as
-// strings (FuzzBuild found the panic).
-func TestBinaryPasswordIsAProblemNotAPanic(t *testing.T) {
-	for _, path := range []string{"redis.in.yaml", "redis-upstream-auth.in.yaml"} {
-		in, views := readInput(t, filepath.Join("testdata", path))
-		for i := range in.Secrets {
-			for k := range in.Secrets[i].Data {
-				in.Secrets[i].Data[k] = []byte{'<', 0xe4, 0x93}
+// A password Secret whose value is not UTF-8 (Secret data is any bytes) or is empty is a
+// problem on the pool, which is not served, never a snapshot that fails to build (SDS
+// carries passwords as strings) or one the sidecar refuses (no password to give): FuzzBuild
+// found both. Every view's snapshot builds and passes the sidecar's own decoder.
+func TestBadPasswordIsAProblemNotABadSnapshot(t *testing.T) {
+	for _, tc := range []struct {
+		value []byte
+		says  string
+	}{{[]byte{'<', 0xe4, 0x93}, "is not UTF-8 text"}, {nil, "is empty"}} {
+		for _, path := range []string{"redis.in.yaml", "redis-upstream-auth.in.yaml"} {
+			in, views := readInput(t, filepath.Join("testdata", path))
+			for i := range in.Secrets {
+				for k := range in.Secrets[i].Data {
+					in.Secrets[i].Data[k] = tc.value
+				}
 			}
-		}
-		res := Translate(in)
-		for _, v := range views {
-			if _, err := res.Snapshot(v); err != nil {
-				t.Fatalf("%s: view %+v: %v", path, v, err)
+			res := Translate(in)
+			for _, v := range views {
+				snap, err := res.Snapshot(v)
+				if err != nil {
+					t.Fatalf("%s: view %+v: %v", path, v, err)
+				}
+				checkSidecarAccepts(t, snap, v)
 			}
-		}
-		reported := false
-		for _, st := range res.Status {
-			for _, c := range st.Conditions {
-				reported = reported || strings.Contains(c.Message, "is not UTF-8 text")
+			reported := false
+			for _, st := range res.Status {
+				for _, c := range st.Conditions {
+					reported = reported || strings.Contains(c.Message, tc.says)
+				}
 			}
-		}
-		if !reported {
-			t.Errorf("%s: no condition says the password is not UTF-8", path)
+			if !reported {
+				t.Errorf("%s: no condition says the password %s", path, tc.says)
+			}
 		}
 	}
 }
