@@ -20,21 +20,28 @@ func (h *hloop) fill(s *sock) bool {
 		copy(grown, s.in)
 		s.in = grown
 	}
-	space := s.in[len(s.in):cap(s.in)]
+	n, ok := readSock(s, s.in[len(s.in):cap(s.in)])
+	s.in = s.in[:len(s.in)+n]
+	return ok
+}
+
+// readSock reads once from s into space and notes what the read says of the socket: a
+// short read drained it, EAGAIN found it empty, EOF or an error ended its input. ok is
+// false when nothing was read.
+func readSock(s *sock, space []byte) (n int, ok bool) {
 	n, e := connio.ReadFD(s.fd, space)
 	switch {
 	case e == unix.EAGAIN:
 		s.readable = false
-		return false
+		return 0, false
 	case e != 0 || n == 0:
 		s.readable, s.eof = false, true
-		return false
+		return 0, false
 	}
 	if n < len(space) {
 		s.readable = false
 	}
-	s.in = s.in[:len(s.in)+n]
-	return true
+	return n, true
 }
 
 // consume drops the first n bytes of s.in.

@@ -6,7 +6,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weftmesh/weft/contract"
-	"github.com/weftmesh/weft/sidecar/connio"
 	"github.com/weftmesh/weft/sidecar/tlsrec"
 )
 
@@ -36,17 +35,9 @@ func (h *hloop) fillTLS(s *sock) bool {
 	}
 	buf := h.tlsIn
 	k := copy(buf, s.raw)
-	n, e := connio.ReadFD(s.fd, buf[k:])
-	switch {
-	case e == unix.EAGAIN:
-		s.readable = false
+	n, ok := readSock(s, buf[k:]) // loopio.go
+	if !ok {
 		return false
-	case e != 0 || n == 0:
-		s.readable, s.eof = false, true
-		return false
-	}
-	if n < len(buf)-k {
-		s.readable = false
 	}
 	in, used, err := s.tls.Open(s.in, buf[:k+n])
 	s.in = in
