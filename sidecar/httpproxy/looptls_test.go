@@ -19,8 +19,12 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/identity/identitytest"
@@ -406,6 +410,55 @@ func TestLoopTLSBadRecordsCloseOnlyTheirConnection(t *testing.T) {
 		}
 		if code, body := rawRequest(t, good, "GET", "/after"); code != 200 || body != "cart-app /after" {
 			t.Fatalf("the good connection after the bad ones: %d %q", code, body)
+		}
+	})
+}
+
+// A peer that completes its handshake and then trickles part of a record holds nothing
+// past the listener's head timeout: the connection is closed at it (the partial record
+// the loop keeps is bounded by one record, and the time by the head timeout).
+func TestLoopTLSPartialRecordCutAtTheHeadTimeout(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		p := sidecarPairTo(t, goroutines, 0, "", 0, true, loopApp(t))
+		in := p.snap.Listeners[1].(*listenerv3.Listener)
+		f := in.FilterChains[0].Filters[0]
+		var hcm hcmv3.HttpConnectionManager
+		if err := f.GetTypedConfig().UnmarshalTo(&hcm); err != nil {
+			t.Fatal(err)
+		}
+		hcm.RequestHeadersTimeout = durationpb.New(500 * time.Millisecond)
+		a, _ := anypb.New(&hcm)
+		f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: a}
+		p.callee.WaitForVersion(t, resourcev3.ListenerType, p.cp.Set(p.snap))
+		warm(t, p)
+		raw, err := net.Dial("tcp", p.calleeAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer raw.Close()
+		var keys tlsrec.Capture
+		b := &tlsrec.Boundary{Conn: raw}
+		tc := tls.Client(b, keys.Config(p.callerID.ClientConfig([]string{"http/1.1"})))
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		rec, err := tlsrec.Take(tc, b, &keys, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wire := rec.Seal(nil, []byte("GET /slow HTTP/1.1\r\nHost: cart\r\n\r\n"))
+		if _, err := raw.Write(wire[:10]); err != nil { // the header and a few bytes, then silence
+			t.Fatal(err)
+		}
+		start := time.Now()
+		_ = raw.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err = io.ReadAll(raw)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatal("a partial record held the connection open for 10 s; want it closed at the 500 ms head timeout")
+		}
+		if took := time.Since(start); took > 5*time.Second {
+			t.Fatalf("closed after %v, want about the 500 ms head timeout", took)
 		}
 	})
 }
