@@ -86,14 +86,13 @@ type sock struct {
 
 	// mutual TLS (looptls.go): the record layer, a partial record read, records sealed
 	// from out[:sealed] and not yet all written (enc[encOff:]), the verified peer
-	tls         *tlsrec.State
-	raw         []byte
-	enc         []byte
-	encOff      int
-	sealed      int
-	peerID      contract.SPIFFEID
-	peer        string // peerID as a principal; "" for plaintext
-	handshaking bool   // upstream: a placeholder (fd -1) while a goroutine dials and shakes hands
+	tls    *tlsrec.State
+	raw    []byte
+	enc    []byte
+	encOff int
+	sealed int
+	peerID contract.SPIFFEID
+	peer   string // peerID as a principal; "" for plaintext
 
 	exv     exchange         // downstream: storage for ex, reused request after request
 	scratch httphead.Scratch // downstream: the parsed request's memory, likewise

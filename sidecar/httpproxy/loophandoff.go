@@ -106,7 +106,7 @@ func (h *hloop) Tick(now time.Time) {
 			}
 		case s.ex != nil && s.ex.wait != nil:
 			h.waitTick(s.ex, t, later)
-		case s.ex != nil && s.ex.u != nil && s.ex.u.handshaking:
+		case s.ex != nil && s.ex.u != nil && s.ex.u.fd < 0: // a placeholder while its TLS dial runs
 			h.handshakeTick(s.ex, t, later) // looptls.go
 		case s.ex != nil:
 			if ex := s.ex; ex.wakeAt != 0 {

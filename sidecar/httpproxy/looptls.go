@@ -85,7 +85,7 @@ type tlsDial struct {
 // (takeDials). The route's per-try and overall timeouts bound the wait (Tick); the dial's
 // own connect timeout and handshake budget bound the goroutine.
 func (h *hloop) dialTLS(ex *exchange) {
-	u := &sock{fd: -1, up: true, host: ex.host, cluster: ex.c, connecting: true, handshaking: true}
+	u := &sock{fd: -1, up: true, host: ex.host, cluster: ex.c, connecting: true}
 	h.attach(ex, u)
 	c, host := ex.c, ex.host
 	h.l.loopTLSDials.Add(1)
@@ -142,7 +142,7 @@ func (h *hloop) takeDials() {
 			h.attemptFailed(u.ex, dialError(u.host, err))
 			continue
 		}
-		u.fd, u.tls, u.handshaking, u.connecting = fd, d.rec, false, false
+		u.fd, u.tls, u.connecting = fd, d.rec, false
 		u.writable, u.readable = true, true
 		h.track(u)
 		h.flush(u)
