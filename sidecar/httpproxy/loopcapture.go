@@ -176,7 +176,7 @@ func (h *hloop) adoptedToGoroutine(a adoption) {
 		h.l.mtls.peers.Delete(a.remote)
 	}
 	if nc != nil && a.tls != nil {
-		nc = tlsConn(nc, &sock{tls: a.tls}) // nothing read or sealed yet
+		nc = tlsrec.NewConn(nc, a.tls, nil, nil) // nothing read or sealed yet
 		if a.peer != "" && h.l.mtls != nil {
 			nc = &mtlsConn{Conn: nc, f: h.l.mtls, key: a.remote}
 		}
