@@ -94,4 +94,4 @@ if command -v haproxy >/dev/null; then
   awk -v a="$(p50 "$direct")" -v b="$(p50 "$ha")" -v c="$(p99 "$direct")" -v d="$(p99 "$ha")" \
     'BEGIN{ printf "added by two haproxies at the fixed rate: p50 +%.3f ms, p99 +%.3f ms\n", b-a, d-c }'
 fi
-curl -fsS http://127.0.0.1:28420/stats 2>/dev/null | grep -E 'grpc_responses_total' || true
+for port in 28420 28320; do curl -fsS http://127.0.0.1:$port/stats 2>/dev/null | grep -E "^weft_cluster_grpc_responses_total|^weft_listener_frame_relay_connections_total" || true; done

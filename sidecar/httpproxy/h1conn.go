@@ -98,6 +98,10 @@ func (l *Listener) openH1(nc net.Conn, in, out []byte) *h1Conn {
 		l.forget(nc)
 		// Writes bypass conn: the h2 server writes from other goroutines.
 		cc := &countedConn{Conn: nc, f: &l.frontEnd}
+		if l.relaysFrames(nc) {
+			l.serveFrames(cc, br) // frames.go; it hands to l.h2 what it does not serve
+			return nil
+		}
 		l.h2.handoff(&peekedConn{Conn: cc, r: br, w: upstream.NewFlushBehind(nc, cc)})
 		return nil
 	}

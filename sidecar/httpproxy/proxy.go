@@ -101,6 +101,7 @@ type Listener struct {
 	unbound bool                                // a capture chain's: binds nothing (capture.go)
 	ln      net.Listener
 	h2      *h2Server
+	frames  frameSet   // h2c connections on the frame relay (frames.go)
 	mtls    *mtlsFront // mutual TLS on the inbound listener (mtls.go); nil: none
 	// loops serve the listener's HTTP/1.1 connections; none: a goroutine per connection. A
 	// capture chain's start with its first connection (loopcapture.go), under loopMu.
@@ -291,7 +292,13 @@ func (l *Listener) shutdown(ctx context.Context) error {
 	}
 	l.mu.Unlock()
 	h2err := make(chan error, 1)
-	go func() { h2err <- l.h2.srv.Shutdown(ctx) }()
+	go func() {
+		err := l.frames.drain(ctx)
+		if herr := l.h2.srv.Shutdown(ctx); herr != nil {
+			err = herr
+		}
+		h2err <- err
+	}()
 	stop := context.AfterFunc(ctx, func() {
 		l.mu.Lock()
 		l.idleCond.Broadcast()

@@ -33,6 +33,12 @@ func (p *Proxy) WritePrometheus(w io.Writer) {
 	metric("weft_listener_loop_captured_total", "counter",
 		"Captured connections (iptables) served by the event loop from their first request; the others are served a goroutine per connection.",
 		func(l *Listener) int64 { return int64(l.capturedLoop.Load()) })
+	metric("weft_listener_frame_relay_connections_total", "counter",
+		"HTTP/2 cleartext connections served by the frame relay (one goroutine per connection and per upstream connection, none per stream); the others are served by net/http's HTTP/2 server.",
+		func(l *Listener) int64 { return int64(l.frames.total.Load()) })
+	metric("weft_listener_frame_relay_refused_total", "counter",
+		"Requests the frame relay refused unprocessed (REFUSED_STREAM under GOAWAY) because their route needs net/http's server; the caller sends them again on a new connection.",
+		func(l *Listener) int64 { return int64(l.frames.refused.Load()) })
 	metric("weft_listener_loop_tls_connections_total", "counter",
 		"Inbound mutual TLS connections (HTTP/1.1, TLS 1.3) served by the event loop after their handshake.",
 		func(l *Listener) int64 { return int64(l.loopTLSConns.Load()) })

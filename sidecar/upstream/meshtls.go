@@ -194,3 +194,19 @@ func dialH2TLS(ctx context.Context, cfg *tls.Config, network, addr string) (net.
 	}
 	return tc, nil
 }
+
+// DialH2 opens one HTTP/2 connection to h for the sidecar's frame relay (httpproxy's
+// frames.go), which speaks the protocol itself: cleartext (prior knowledge), or mutual TLS
+// with ALPN h2 when h is meshed and the sidecar has a workload identity. The connect
+// keeps the cluster's connect timeout and the handshake its own budget, as on net/http's
+// HTTP/2 connections (dialH2TLS).
+func (c *Cluster) DialH2(ctx context.Context, h *Host) (net.Conn, error) {
+	connectTimeout := c.Config().ConnectTimeout
+	if c.mgr != nil && h.Meshed() {
+		if st := c.mgr.meshTLS.Load(); st != nil {
+			return dialH2TLS(context.WithValue(ctx, dialTimeoutKey{}, connectTimeout), st.h2, "tcp", h.Address)
+		}
+	}
+	d := net.Dialer{Timeout: connectTimeout}
+	return d.DialContext(ctx, "tcp", h.Address)
+}

@@ -1,0 +1,579 @@
+package httpproxy
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/weftmesh/weft/sidecar/config"
+	"github.com/weftmesh/weft/sidecar/upstream"
+)
+
+// The caller's side of the frame relay (frames.go): one connection, its streams, and the
+// upstream connections it opened.
+
+// fconn is a caller's connection on the relay. mu guards everything below it, the
+// streams and the upstream connections (fup) included: the caller's reader and each
+// upstream's reader take it in turn.
+type fconn struct {
+	l   *Listener
+	nc  net.Conn // counts its close (countedConn)
+	br  *bufio.Reader
+	rec *frameRecorder
+	rd  *http2.Framer
+	lim *config.HTTPLimits
+
+	mu       sync.Mutex
+	out      frameOut
+	streams  map[uint32]*fstream
+	ups      map[*upstream.Host]*fup
+	lastID   uint32 // the highest stream the caller opened
+	sendWin  int64  // the caller's connection window for the relay's DATA
+	peerInit int64  // the caller's SETTINGS_INITIAL_WINDOW_SIZE
+	held     int64  // caller DATA bytes not yet returned as connection window
+	returned int64  // connection window returned but not yet sent (batched)
+	kept     int64  // request bytes kept for retries on all streams
+	goaway   bool   // GOAWAY sent: streams above lastID are refused
+	acked    bool   // the caller has ACKed the relay's first SETTINGS
+	closed   bool
+	idleAt   *time.Timer
+	timer    *time.Timer // the streams' deadlines and back-offs (fconn.arm)
+	timerAt  time.Time   // when it fires; zero: not armed
+	dirty    []*fup      // upstream connections with frames queued
+}
+
+// frameMaxKept bounds the request bodies one connection keeps for retries (each stream
+// keeps at most maxReplayBody, as the goroutine path's replayTee).
+const frameMaxKept = 4 << 20
+
+// serveFrames serves an h2c connection whose preface is buffered in br. It returns when
+// the connection has closed, or at once after handing it to net/http's server.
+func (l *Listener) serveFrames(cc *countedConn, br *bufio.Reader) {
+	lim := l.lim()
+	f := &fconn{l: l, nc: cc, br: br, lim: lim, streams: map[uint32]*fstream{}, ups: map[*upstream.Host]*fup{},
+		sendWin: 65535, peerInit: 65535}
+	f.out.init(cc, cc.Conn)
+	if lim.HeadTimeout > 0 {
+		_ = cc.SetReadDeadline(time.Now().Add(lim.HeadTimeout))
+	}
+	if p, err := br.Peek(len(http2.ClientPreface)); err != nil || string(p) != http2.ClientPreface {
+		l.framesToServer(cc, br, nil, true) // net/http says what is wrong with it
+		return
+	}
+	_, _ = br.Discard(len(http2.ClientPreface))
+	f.rec = &frameRecorder{r: br, on: true, buf: []byte(http2.ClientPreface)}
+	f.rd = http2.NewFramer(nil, f.rec)
+	f.rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	f.rd.MaxHeaderListSize = uint32(lim.MaxHeadBytes)
+	// The first SETTINGS promises nothing net/http's server would not (frames.go): the
+	// default windows and frame size, fewer streams.
+	_ = f.out.fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: frameMaxStreams},
+		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: uint32(lim.MaxHeadBytes)})
+	if f.out.flush(&f.mu) != nil {
+		cc.Close()
+		return
+	}
+	var owed []http2.Frame // answers owed to frames read before the first request
+	for {
+		mark := len(f.rec.buf)
+		fr, err := f.rd.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) || errors.Is(err, http2.ErrFrameTooLarge) {
+				l.framesToServer(cc, br, f.rec.buf, f.acked) // let net/http answer what it finds wrong
+				return
+			}
+			cc.Close()
+			return
+		}
+		if len(f.rec.buf) > frameMaxUndecided {
+			l.framesToServer(cc, br, f.rec.buf, f.acked)
+			return
+		}
+		switch fr := fr.(type) {
+		case *http2.SettingsFrame:
+			if fr.IsAck() {
+				f.rec.buf = f.rec.buf[:mark] // the ACK of the relay's own SETTINGS
+				f.acked = true
+				continue
+			}
+			owed = append(owed, settingsCopy(fr))
+		case *http2.PingFrame:
+			owed = append(owed, &http2.PingFrame{FrameHeader: fr.FrameHeader, Data: fr.Data})
+		case *http2.WindowUpdateFrame:
+			if fr.StreamID == 0 {
+				f.sendWin += int64(fr.Increment)
+			}
+		case *http2.PriorityFrame:
+		case *http2.MetaHeadersFrame:
+			r, te, ok := f.request(fr)
+			if ok && l.inbound && !l.appSeen.Load() {
+				l.probeApp(r)
+			}
+			if !ok || !l.frameable(r) {
+				l.framesToServer(cc, br, f.rec.buf, f.acked)
+				return
+			}
+			f.rec.on, f.rec.buf = false, nil
+			_ = cc.SetReadDeadline(time.Time{})
+			l.frames.add(f)
+			f.decided(owed)
+			f.mu.Lock()
+			f.open(fr, r, te)
+			f.mu.Unlock()
+			f.flushAll()
+			f.loop()
+			return
+		default:
+			l.framesToServer(cc, br, f.rec.buf, f.acked)
+			return
+		}
+	}
+}
+
+// framesToServer hands the connection to net/http's HTTP/2 server with what the relay
+// read from it (its preface included) replayed first.
+func (l *Listener) framesToServer(cc *countedConn, br *bufio.Reader, read []byte, acked bool) {
+	_ = cc.SetReadDeadline(time.Time{})
+	l.h2.handoff(&replayConn{peekedConn: &peekedConn{Conn: cc, r: br, w: upstream.NewFlushBehind(cc.Conn, cc)}, replay: read, acked: acked})
+}
+
+func settingsCopy(f *http2.SettingsFrame) http2.Frame {
+	c := &settingsFrame{}
+	_ = f.ForeachSetting(func(s http2.Setting) error { c.s = append(c.s, s); return nil })
+	return c
+}
+
+// settingsFrame is a SETTINGS frame's values, kept after the framer reuses its buffer.
+type settingsFrame struct {
+	http2.FrameHeader
+	s []http2.Setting
+}
+
+// decided starts relaying: the caller's SETTINGS and PINGs read so far are applied and
+// answered, and the relay's own windows opened.
+func (f *fconn) decided(owed []http2.Frame) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, o := range owed {
+		switch o := o.(type) {
+		case *settingsFrame:
+			f.applySettings(o.s)
+		case *http2.PingFrame:
+			_ = f.out.fr.WritePing(true, o.Data)
+		}
+	}
+	_ = f.out.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: frameStreamWindow})
+	_ = f.out.fr.WriteWindowUpdate(0, frameConnWindow-65535)
+	f.out.dirty = true
+}
+
+func (f *fconn) applySettings(ss []http2.Setting) {
+	for _, s := range ss {
+		switch s.ID {
+		case http2.SettingInitialWindowSize:
+			d := int64(s.Val) - f.peerInit
+			f.peerInit = int64(s.Val)
+			for _, st := range f.streams {
+				st.dnWin += d
+			}
+		case http2.SettingMaxFrameSize:
+			f.out.maxFrame = s.Val
+		case http2.SettingHeaderTableSize:
+			f.out.enc.SetMaxDynamicTableSizeLimit(s.Val)
+		}
+	}
+	_ = f.out.fr.WriteSettingsAck()
+	f.out.dirty = true
+	for _, st := range f.streams {
+		st.pumpResp()
+	}
+}
+
+// loop reads the caller's frames until the connection ends.
+func (f *fconn) loop() {
+	defer f.shutdown()
+	for {
+		fr, err := f.rd.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				f.mu.Lock()
+				if s := f.streams[se.StreamID]; s != nil {
+					s.callerReset(false)
+				}
+				_ = f.out.fr.WriteRSTStream(se.StreamID, se.Code)
+				f.out.dirty = true
+				f.mu.Unlock()
+				f.flushAll()
+				continue
+			}
+			var ce http2.ConnectionError
+			if errors.As(err, &ce) {
+				f.fail(http2.ErrCode(ce))
+			}
+			return
+		}
+		f.mu.Lock()
+		if !f.frame(fr) {
+			f.mu.Unlock()
+			f.flushAll()
+			return
+		}
+		f.mu.Unlock()
+		if f.br.Buffered() == 0 { // the batch is read: what it caused leaves now
+			f.flushAll()
+		}
+	}
+}
+
+// frame handles one frame from the caller; false ends the connection.
+func (f *fconn) frame(fr http2.Frame) bool {
+	switch fr := fr.(type) {
+	case *http2.MetaHeadersFrame:
+		if s := f.streams[fr.StreamID]; s != nil {
+			s.callerTrailers(fr)
+			return true
+		}
+		if fr.StreamID <= f.lastID || fr.StreamID%2 == 0 {
+			f.goAway(http2.ErrCodeProtocol)
+			return false
+		}
+		r, te, ok := f.request(fr)
+		switch {
+		case !ok:
+			f.lastID = fr.StreamID
+			f.out.fr.WriteRSTStream(fr.StreamID, http2.ErrCodeProtocol)
+			f.out.dirty = true
+		case f.goaway || len(f.streams) >= frameMaxStreams:
+			f.out.fr.WriteRSTStream(fr.StreamID, http2.ErrCodeRefusedStream)
+			f.out.dirty = true
+		case !f.l.frameable(r):
+			// net/http serves what the relay does not: this request is refused unprocessed,
+			// and the connection drains, so the caller sends it again on a new one.
+			f.out.fr.WriteRSTStream(fr.StreamID, http2.ErrCodeRefusedStream)
+			f.goAway(http2.ErrCodeNo)
+			f.l.frames.refused.Add(1)
+			return len(f.streams) > 0
+		default:
+			f.open(fr, r, te)
+		}
+	case *http2.DataFrame:
+		return f.data(fr)
+	case *http2.RSTStreamFrame:
+		if s := f.streams[fr.StreamID]; s != nil {
+			s.callerReset(true)
+		}
+	case *http2.SettingsFrame:
+		if !fr.IsAck() {
+			var ss []http2.Setting
+			_ = fr.ForeachSetting(func(s http2.Setting) error { ss = append(ss, s); return nil })
+			f.applySettings(ss)
+		}
+	case *http2.PingFrame:
+		if !fr.IsAck() {
+			_ = f.out.fr.WritePing(true, fr.Data)
+			f.out.dirty = true
+		}
+	case *http2.WindowUpdateFrame:
+		if fr.StreamID == 0 {
+			f.sendWin += int64(fr.Increment)
+			for _, s := range f.streams {
+				s.pumpResp()
+			}
+		} else if s := f.streams[fr.StreamID]; s != nil {
+			s.dnWin += int64(fr.Increment)
+			s.pumpResp()
+		}
+	case *http2.GoAwayFrame:
+		f.goaway = true
+		return len(f.streams) > 0
+	}
+	return true
+}
+
+// data takes a DATA frame of a request body.
+func (f *fconn) data(fr *http2.DataFrame) bool {
+	n := int64(fr.Length)
+	f.held += n
+	if f.held > frameConnWindow {
+		f.goAway(http2.ErrCodeFlowControl)
+		return false
+	}
+	s := f.streams[fr.StreamID]
+	if s == nil || s.bodyEnd {
+		f.giveBack(nil, n)
+		if fr.StreamID > f.lastID {
+			f.goAway(http2.ErrCodeProtocol)
+			return false
+		}
+		f.out.fr.WriteRSTStream(fr.StreamID, http2.ErrCodeStreamClosed)
+		f.out.dirty = true
+		return true
+	}
+	f.giveBack(nil, n-int64(len(fr.Data()))) // padding
+	s.callerData(fr.Data(), fr.StreamEnded())
+	return true
+}
+
+// giveBack returns n bytes of window to the caller: the connection's, and s's while its
+// body may go on. Small returns are batched.
+func (f *fconn) giveBack(s *fstream, n int64) {
+	if n <= 0 {
+		return
+	}
+	f.held -= n
+	if s != nil && !s.bodyEnd {
+		s.unacked += n
+		if s.unacked >= frameStreamWindow/8 {
+			_ = f.out.fr.WriteWindowUpdate(s.id, uint32(s.unacked))
+			s.unacked = 0
+			f.out.dirty = true
+		}
+	}
+	f.returned += n
+	if f.returned >= frameConnWindow/8 {
+		_ = f.out.fr.WriteWindowUpdate(0, uint32(f.returned))
+		f.returned = 0
+		f.out.dirty = true
+	}
+}
+
+// request builds the http.Request of a caller's HEADERS, as net/http's server would
+// (RFC 9113 §8.3.1); ok is false for a malformed one (a stream error).
+func (f *fconn) request(fr *http2.MetaHeadersFrame) (r *http.Request, te, ok bool) {
+	if fr.Truncated || len(fr.Fields) > f.lim.MaxHeaders+5 {
+		return nil, false, false
+	}
+	var method, path, scheme, authority string
+	hdr := make(http.Header, len(fr.Fields))
+	for _, hf := range fr.Fields {
+		if hf.IsPseudo() {
+			switch hf.Name {
+			case ":method":
+				method = hf.Value
+			case ":path":
+				path = hf.Value
+			case ":scheme":
+				scheme = hf.Value
+			case ":authority":
+				authority = hf.Value
+			default:
+				return nil, false, false
+			}
+			continue
+		}
+		switch hf.Name {
+		case "connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade":
+			return nil, false, false
+		case "te":
+			if hf.Value != "trailers" {
+				return nil, false, false
+			}
+			te = true
+			continue
+		}
+		k := http.CanonicalHeaderKey(hf.Name)
+		hdr[k] = append(hdr[k], hf.Value)
+	}
+	if method == "" || method == http.MethodConnect || scheme == "" || path == "" || path[0] != '/' {
+		return nil, false, false
+	}
+	if authority == "" {
+		authority = hdr.Get("Host")
+	}
+	delete(hdr, "Host")
+	u, err := url.ParseRequestURI(path)
+	if err != nil {
+		return nil, false, false
+	}
+	cl := int64(-1)
+	if v := hdr["Content-Length"]; len(v) > 0 {
+		n, err := strconv.ParseInt(v[0], 10, 64)
+		if err != nil || n < 0 || len(v) > 1 {
+			return nil, false, false
+		}
+		cl = n
+	}
+	if fr.StreamEnded() {
+		cl = 0
+	}
+	r = &http.Request{Method: method, URL: u, Proto: "HTTP/2.0", ProtoMajor: 2, Header: hdr, Host: authority,
+		RequestURI: path, ContentLength: cl, RemoteAddr: f.nc.RemoteAddr().String(), Body: http.NoBody}
+	return r, te, true
+}
+
+// frameable reports whether the relay serves r: a forwarding route the event loop
+// implements (config.Route.LoopSafe) to a resolved cluster of ordinary endpoints that
+// speaks HTTP/2, and, inbound, an app that has answered and no containerConcurrency gate.
+// What it does not serve, net/http does.
+func (l *Listener) frameable(r *http.Request) bool {
+	if l.inbound && (!l.appSeen.Load() || l.proxy.breaker.Load() != nil) {
+		return false
+	}
+	if !httpguts.ValidHostHeader(r.Host) || strings.Contains(r.Host, "\x00") {
+		return false
+	}
+	vh := l.routesFor(r.Host).VirtualHostFor(r.Host)
+	if vh == nil {
+		return false
+	}
+	route := vh.RouteFor(r)
+	if route == nil || !route.LoopSafe || route.Kind != config.ActionForward {
+		return false
+	}
+	for i := range route.Clusters {
+		c := l.proxy.opts.Upstreams.Get(route.Clusters[i].Name)
+		if c == nil {
+			return false
+		}
+		cc := c.Config()
+		if cc.Unresolved != "" || cc.Function != nil || cc.Protocol.ForCaller(true) != config.UpstreamHTTP2 {
+			return false
+		}
+	}
+	return true
+}
+
+// goAway sends GOAWAY: no stream above the last the caller opened will be served.
+func (f *fconn) goAway(code http2.ErrCode) {
+	if f.goaway && code == http2.ErrCodeNo {
+		return
+	}
+	f.goaway = true
+	_ = f.out.fr.WriteGoAway(f.lastID, code, nil)
+	f.out.dirty = true
+}
+
+// fail ends the connection on a connection error.
+func (f *fconn) fail(code http2.ErrCode) {
+	f.mu.Lock()
+	f.goAway(code)
+	f.mu.Unlock()
+	f.flushAll()
+}
+
+// flushAll writes what is queued to the caller and to every upstream.
+func (f *fconn) flushAll() {
+	f.mu.Lock()
+	ups := f.dirty
+	f.dirty = nil
+	for _, u := range ups {
+		u.dirty = false
+	}
+	f.mu.Unlock()
+	for _, u := range ups {
+		if err := u.out.flush(&f.mu); err != nil {
+			u.nc.Close() // its reader ends the streams on it
+		}
+	}
+	if err := f.out.flush(&f.mu); err != nil {
+		f.nc.Close()
+	}
+}
+
+// shutdown ends every stream when the caller's connection has ended and closes it and
+// its upstream connections.
+func (f *fconn) shutdown() {
+	f.mu.Lock()
+	f.closed = true
+	for _, s := range f.streams {
+		s.callerReset(true)
+	}
+	for _, u := range f.ups {
+		u.close()
+	}
+	if f.idleAt != nil {
+		f.idleAt.Stop()
+	}
+	if f.timer != nil {
+		f.timer.Stop()
+	}
+	f.mu.Unlock()
+	f.flushAll()
+	f.nc.Close()
+	f.l.frames.remove(f)
+}
+
+// streamEnded forgets s; a connection without streams starts its idle timeout, and one
+// draining without streams closes.
+func (f *fconn) streamEnded(s *fstream) {
+	delete(f.streams, s.id)
+	if len(f.streams) > 0 {
+		return
+	}
+	if f.goaway || f.l.draining.Load() {
+		f.goAway(http2.ErrCodeNo)
+		f.closeRead()
+		return
+	}
+	if d := f.lim.IdleTimeout; d > 0 {
+		if f.idleAt == nil {
+			f.idleAt = time.AfterFunc(d, f.idle)
+		} else {
+			f.idleAt.Reset(d)
+		}
+	}
+}
+
+// idle closes a connection that has carried no stream for the idle timeout.
+func (f *fconn) idle() {
+	f.mu.Lock()
+	if len(f.streams) > 0 || f.closed {
+		f.mu.Unlock()
+		return
+	}
+	f.goAway(http2.ErrCodeNo)
+	f.mu.Unlock()
+	f.flushAll()
+	f.closeRead()
+}
+
+// closeRead ends the caller's side for the reader, which then closes the connection
+// after what is queued is written.
+func (f *fconn) closeRead() {
+	if tc, ok := f.nc.(*countedConn).Conn.(*net.TCPConn); ok {
+		_ = tc.CloseRead()
+		return
+	}
+	_ = f.nc.SetReadDeadline(time.Unix(1, 0))
+}
+
+// probeApp, on an inbound listener whose app has not answered yet, connects to the app
+// the request goes to: if it accepts, the app has started (appSeen) and the relay may
+// serve the connection; if not, net/http's path serves it and waits for the app to start
+// (waitForApp). Once per sidecar, until the app is up.
+func (l *Listener) probeApp(r *http.Request) {
+	vh := l.routesFor(r.Host).VirtualHostFor(r.Host)
+	if vh == nil {
+		return
+	}
+	route := vh.RouteFor(r)
+	if route == nil || len(route.Clusters) == 0 {
+		return
+	}
+	c := l.proxy.opts.Upstreams.Get(route.Clusters[0].Name)
+	if c == nil {
+		return
+	}
+	h := c.Pick(0, false, nil)
+	if h == nil {
+		return
+	}
+	conn, err := net.DialTimeout("tcp", h.Address, appStartPoll)
+	if err != nil {
+		return
+	}
+	conn.Close()
+	l.appSeen.Store(true)
+}

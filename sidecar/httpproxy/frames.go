@@ -1,0 +1,294 @@
+package httpproxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/weftmesh/weft/sidecar/connio"
+	"github.com/weftmesh/weft/sidecar/tlsrec"
+)
+
+// The HTTP/2 frame relay (issue 15's gRPC latency): a prior-knowledge h2c connection whose
+// requests go to HTTP/2 upstreams on event-loop-safe routes is served frame by frame
+// instead of by net/http's HTTP/2 server and client. One goroutine reads the caller's
+// connection and one reads each upstream connection; a stream costs no goroutine, no
+// http.ResponseWriter and no channel hand-off. HEADERS are decoded once, routed with the
+// code both HTTP/1 paths use (route matching, header edits, load balancing, circuit
+// breakers, outlier detection, retries and their back-off, timeouts, stats, telemetry,
+// MeshPolicy), and re-encoded for the other side; DATA is relayed with flow control tied
+// window for window; RST_STREAM goes both ways. Each side's frames leave in one write(2)
+// per batch read from the other side.
+//
+// What the relay does not implement stays with net/http (h1.go's h2Server), decided at the
+// connection's first request: its HEADERS are read before anything is answered but the
+// relay's SETTINGS, and a connection whose first request the relay would not take is
+// handed to net/http with every frame read so far replayed (frameRecorder). A later
+// request on a relayed connection that the relay would not take is refused with
+// REFUSED_STREAM under a GOAWAY (RFC 9113 §8.7: not processed, safe to retry), so the
+// caller sends it again on a new connection, which net/http serves.
+
+// Limits of the relay, per caller connection.
+const (
+	// frameStreamWindow and frameConnWindow are the flow-control windows the relay grants
+	// each side (as upstream/h2.go grants upstreams): what it may hold of a request the
+	// upstream has not taken yet, or of a response the caller has not, per stream and per
+	// connection.
+	frameStreamWindow = 256 << 10
+	frameConnWindow   = 1 << 20
+	// frameMaxStreams is SETTINGS_MAX_CONCURRENT_STREAMS toward callers (net/http's is
+	// 250; the first SETTINGS must not promise more than the server a connection may be
+	// handed to).
+	frameMaxStreams = 100
+	// frameMaxUndecided bounds what is read and kept for a replay before the first request.
+	frameMaxUndecided = 64 << 10
+	frameWriteTimeout = 10 * time.Second // a caller or upstream that stops reading is cut
+)
+
+// frameOut is one side's output: frames are appended under the owner's lock and written
+// by whichever goroutine flushes, one write(2) for all that is queued.
+type frameOut struct {
+	nc      net.Conn
+	w       *connio.Writer // raw write(2), outside the runtime's syscall bracket (connio)
+	fr      *http2.Framer  // writes into buf
+	buf     bytes.Buffer
+	spare   bytes.Buffer
+	wmu     sync.Mutex // one write(2) at a time, in queue order
+	enc     *hpack.Encoder
+	eb      bytes.Buffer
+	dirty   bool
+	err     error
+	writeBy time.Time // the write deadline in force
+	// the peer's settings
+	maxFrame uint32
+}
+
+func (o *frameOut) init(nc, raw net.Conn) {
+	o.nc = nc
+	o.w = connio.NewWriter(raw)
+	o.fr = http2.NewFramer(&o.buf, nil)
+	o.enc = hpack.NewEncoder(&o.eb)
+	o.maxFrame = 16384
+}
+
+// headers queues a header block (HEADERS, then CONTINUATION frames as the peer's frame
+// size requires). The caller holds the owner's lock.
+func (o *frameOut) headers(id uint32, fields []hpack.HeaderField, end bool) {
+	o.eb.Reset()
+	for _, f := range fields {
+		_ = o.enc.WriteField(f)
+	}
+	block := o.eb.Bytes()
+	first := true
+	for first || len(block) > 0 {
+		n := min(len(block), int(o.maxFrame))
+		frag := block[:n]
+		block = block[n:]
+		if first {
+			_ = o.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: frag, EndStream: end, EndHeaders: len(block) == 0})
+			first = false
+		} else {
+			_ = o.fr.WriteContinuation(id, len(block) == 0, frag)
+		}
+	}
+	o.dirty = true
+}
+
+// data queues p as DATA frames of at most the peer's frame size.
+func (o *frameOut) data(id uint32, p []byte, end bool) {
+	for {
+		n := min(len(p), int(o.maxFrame))
+		_ = o.fr.WriteData(id, end && n == len(p), p[:n])
+		p = p[n:]
+		if len(p) == 0 {
+			break
+		}
+	}
+	o.dirty = true
+}
+
+// flush writes what is queued. mu is the owner's lock, not held by the caller.
+func (o *frameOut) flush(mu *sync.Mutex) error {
+	o.wmu.Lock()
+	defer o.wmu.Unlock()
+	mu.Lock()
+	if o.buf.Len() == 0 || o.err != nil {
+		err := o.err
+		o.dirty = false
+		mu.Unlock()
+		return err
+	}
+	b := o.buf
+	o.buf, o.spare = o.spare, bytes.Buffer{}
+	o.buf.Reset()
+	o.fr = http2.NewFramer(&o.buf, nil)
+	o.dirty = false
+	mu.Unlock()
+	// The write deadline moves only once it lags by a second: each move is a timer update.
+	if now := time.Now(); now.Add(frameWriteTimeout - time.Second).After(o.writeBy) {
+		o.writeBy = now.Add(frameWriteTimeout)
+		_ = o.nc.SetWriteDeadline(o.writeBy)
+	}
+	err := o.w.WriteAll(b.Bytes())
+	b.Reset()
+	mu.Lock()
+	o.spare = b
+	if err != nil && o.err == nil {
+		o.err = err
+	}
+	mu.Unlock()
+	return err
+}
+
+// frameRecorder keeps every byte the relay reads before it decides to serve a
+// connection, so a connection it does not take can be replayed to net/http.
+type frameRecorder struct {
+	r   io.Reader
+	buf []byte
+	on  bool
+}
+
+func (f *frameRecorder) Read(p []byte) (int, error) {
+	n, err := f.r.Read(p)
+	if f.on && n > 0 {
+		f.buf = append(f.buf, p[:n]...)
+	}
+	return n, err
+}
+
+// replayConn is a connection handed to net/http after the relay read its start: Read
+// returns replay first. Unless the relay saw it already, the caller's ACK of the relay's
+// SETTINGS is still to come: it is dropped on its way to net/http, whose server takes an
+// ACK of SETTINGS it never sent for a protocol error.
+type replayConn struct {
+	*peekedConn
+	replay []byte
+	acked  bool   // the ACK has been dropped (or was seen before the hand-off)
+	left   int    // payload bytes of the current frame still to pass through
+	head   []byte // a frame header being read
+}
+
+func (c *replayConn) Read(p []byte) (int, error) {
+	if len(c.replay) > 0 {
+		n := copy(p, c.replay)
+		c.replay = c.replay[n:]
+		return n, nil
+	}
+	if c.acked {
+		return c.peekedConn.Read(p)
+	}
+	for {
+		if c.left > 0 {
+			n, err := c.peekedConn.Read(p[:min(len(p), c.left)])
+			c.left -= n
+			return n, err
+		}
+		var hdr [9]byte
+		if _, err := io.ReadFull(c.peekedConn, hdr[:]); err != nil {
+			return 0, err
+		}
+		length := int(hdr[0])<<16 | int(hdr[1])<<8 | int(hdr[2])
+		if http2.FrameType(hdr[3]) == http2.FrameSettings && http2.Flags(hdr[4]).Has(http2.FlagSettingsAck) && length == 0 {
+			c.acked = true
+			if len(p) == 0 {
+				return 0, nil
+			}
+			return c.peekedConn.Read(p)
+		}
+		c.left = length
+		c.replay = append(c.head[:0], hdr[:]...)
+		c.head = c.replay
+		n := copy(p, c.replay)
+		c.replay = c.replay[n:]
+		return n, nil
+	}
+}
+
+// frameSet is a listener's connections on the relay, for its drain.
+type frameSet struct {
+	mu      sync.Mutex
+	conns   map[*fconn]struct{}
+	gone    *sync.Cond
+	total   atomic.Uint64 // connections the relay took (weft_listener_frame_relay_connections_total)
+	refused atomic.Uint64 // requests refused for net/http to serve (REFUSED_STREAM, GOAWAY)
+}
+
+func (s *frameSet) add(f *fconn) {
+	s.mu.Lock()
+	if s.conns == nil {
+		s.conns = map[*fconn]struct{}{}
+		s.gone = sync.NewCond(&s.mu)
+	}
+	s.conns[f] = struct{}{}
+	s.mu.Unlock()
+	s.total.Add(1)
+}
+
+func (s *frameSet) remove(f *fconn) {
+	s.mu.Lock()
+	delete(s.conns, f)
+	if s.gone != nil {
+		s.gone.Broadcast()
+	}
+	s.mu.Unlock()
+}
+
+// drain sends GOAWAY on every connection, closes those without streams, and waits until
+// the rest have closed after their last stream, or ctx ends.
+func (s *frameSet) drain(ctx context.Context) error {
+	s.mu.Lock()
+	conns := make([]*fconn, 0, len(s.conns))
+	for f := range s.conns {
+		conns = append(conns, f)
+	}
+	s.mu.Unlock()
+	for _, f := range conns {
+		f.mu.Lock()
+		f.goAway(0)
+		if len(f.streams) == 0 {
+			f.closeRead()
+		}
+		f.mu.Unlock()
+		f.flushAll()
+	}
+	stop := context.AfterFunc(ctx, func() {
+		s.mu.Lock()
+		if s.gone != nil {
+			s.gone.Broadcast()
+		}
+		s.mu.Unlock()
+	})
+	defer stop()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.conns) > 0 && ctx.Err() == nil {
+		s.gone.Wait()
+	}
+	if len(s.conns) > 0 {
+		return ctx.Err()
+	}
+	return nil
+}
+
+// relaysFrames reports whether an h2c connection goes to the frame relay: on cleartext
+// connections (mutual TLS peers are net/http's, which knows the peer's identity), unless
+// the sidecar runs a goroutine per connection (--goroutine-per-connection), which keeps
+// net/http's server for HTTP/2 as a fallback.
+func (l *Listener) relaysFrames(nc net.Conn) bool {
+	if l.proxy.opts.GoroutinePerConnection {
+		return false
+	}
+	switch nc.(type) {
+	case *mtlsConn, *tlsrec.Conn, *tls.Conn:
+		return false
+	}
+	return true
+}
