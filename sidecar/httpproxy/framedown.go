@@ -50,6 +50,7 @@ type fconn struct {
 	timer    *time.Timer // the streams' deadlines and back-offs (fconn.arm)
 	timerAt  time.Time   // when it fires; zero: not armed
 	dirty    []*fup      // upstream connections with frames queued
+	free     []*fstream  // ended streams kept for the next ones
 }
 
 // frameMaxKept bounds the request bodies one connection keeps for retries (each stream

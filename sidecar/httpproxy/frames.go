@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -126,10 +127,9 @@ func (o *frameOut) flush(mu *sync.Mutex) error {
 		mu.Unlock()
 		return err
 	}
-	b := o.buf
+	b := o.buf // the framer writes to &o.buf, which now holds the spare's storage
 	o.buf, o.spare = o.spare, bytes.Buffer{}
 	o.buf.Reset()
-	o.fr = http2.NewFramer(&o.buf, nil)
 	o.dirty = false
 	mu.Unlock()
 	// The write deadline moves only once it lags by a second: each move is a timer update.
@@ -291,4 +291,25 @@ func (l *Listener) relaysFrames(nc net.Conn) bool {
 		return false
 	}
 	return true
+}
+
+// lowerNames maps canonical header names to their HTTP/2 form, for the common ones
+// (strings.ToLower allocates for every other).
+var lowerNames = func() map[string]string {
+	m := map[string]string{}
+	for _, k := range []string{"Accept", "Accept-Encoding", "Authorization", "Cache-Control", "Content-Encoding",
+		"Content-Length", "Content-Type", "Cookie", "Date", "Etag", "Grpc-Accept-Encoding", "Grpc-Encoding",
+		"Grpc-Message", "Grpc-Status", "Grpc-Timeout", "Location", "Server", "Set-Cookie", "Traceparent",
+		"Tracestate", "User-Agent", "Vary", "X-B3-Parentspanid", "X-B3-Sampled", "X-B3-Spanid", "X-B3-Traceid",
+		"X-Forwarded-For", "X-Forwarded-Proto", "X-Request-Id", "X-Weft-Peer", overloadedHeader} {
+		m[k] = strings.ToLower(k)
+	}
+	return m
+}()
+
+func lowerName(k string) string {
+	if v, ok := lowerNames[k]; ok {
+		return v
+	}
+	return strings.ToLower(k)
 }

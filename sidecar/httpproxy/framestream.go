@@ -67,7 +67,8 @@ func (f *fconn) open(fr *http2.MetaHeadersFrame, r *http.Request, te bool) {
 	route := vh.RouteFor(r)
 	wc := pickWeighted(route)
 	c := l.proxy.opts.Upstreams.Get(wc.Name)
-	s := &fstream{f: f, id: fr.StreamID, grpc: isGRPC(r), declared: r.ContentLength, bodyEnd: fr.StreamEnded(), dnWin: f.peerInit}
+	s := f.newStream()
+	s.id, s.grpc, s.declared, s.bodyEnd, s.dnWin = fr.StreamID, isGRPC(r), r.ContentLength, fr.StreamEnded(), f.peerInit
 	f.streams[s.id] = s
 	ex := &s.ex
 	*ex = exchange{r: r, route: route, wc: wc, c: c, start: time.Now()}
@@ -121,7 +122,7 @@ func appendFields(fs []hpack.HeaderField, h http.Header) []hpack.HeaderField {
 		case "Host", "Connection", "Proxy-Connection", "Keep-Alive", "Transfer-Encoding", "Upgrade", "Te", "Trailer":
 			continue
 		}
-		name := strings.ToLower(k)
+		name := lowerName(k)
 		for _, v := range vv {
 			fs = append(fs, hpack.HeaderField{Name: name, Value: v, Sensitive: k == "Authorization" || k == "Cookie"})
 		}
@@ -343,17 +344,16 @@ func (s *fstream) upHeaders(fr *http2.MetaHeadersFrame) {
 	// Forward: the response's header, edited for the route, goes to the caller.
 	s.gotHead = true
 	ex.status = status
-	h := make(http.Header, len(fr.Fields))
+	dst := make(http.Header, len(fr.Fields)+2)
 	for _, hf := range fr.RegularFields() {
 		k := http.CanonicalHeaderKey(hf.Name)
-		h[k] = append(h[k], hf.Value)
+		dst[k] = append(dst[k], hf.Value)
 	}
 	l := s.f.l
 	if l.proxy.opts.Telemetry != nil {
-		l.responsePeer(&ex.rec, h)
+		l.responsePeer(&ex.rec, dst)
 	}
-	dst := make(http.Header, len(h)+2)
-	responseHeader(dst, h, ex.route, ex.wc, ex.setCookie)
+	responseHeader(dst, dst, ex.route, ex.wc, ex.setCookie) // edited in place
 	if l.answerPeer(&ex.rec) {
 		dst[telemetry.PeerHeader] = l.proxy.opts.Telemetry.PeerValue()
 	}
@@ -690,4 +690,22 @@ func (s *fstream) release() {
 	s.body = nil
 	s.ex.r, s.ex.route, s.ex.wc = nil, nil, nil
 	f.streamEnded(s)
+	if len(f.free) < cap(f.free) {
+		f.free = append(f.free, s)
+	}
+}
+
+// newStream takes a stream from the connection's free list (a few, kept with their
+// buffers) or makes one.
+func (f *fconn) newStream() *fstream {
+	if f.free == nil {
+		f.free = make([]*fstream, 0, 16)
+	}
+	if n := len(f.free); n > 0 {
+		s := f.free[n-1]
+		f.free = f.free[:n-1]
+		*s = fstream{f: f, fields: s.fields[:0], pend: s.pend[:0]}
+		return s
+	}
+	return &fstream{f: f}
 }
