@@ -76,6 +76,7 @@ func (l *Listener) serveFrames(cc *countedConn, br *bufio.Reader) {
 	f.rd = http2.NewFramer(nil, f.rec)
 	f.rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	f.rd.MaxHeaderListSize = uint32(lim.MaxHeadBytes)
+	f.rd.SetMaxReadFrameSize(16384) // the relay advertises the default: larger is a FRAME_SIZE_ERROR
 	// The first SETTINGS promises nothing net/http's server would not (frames.go): the
 	// default windows and frame size, fewer streams.
 	_ = f.out.fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: frameMaxStreams},
@@ -212,6 +213,8 @@ func (f *fconn) loop() {
 				f.mu.Lock()
 				if s := f.streams[se.StreamID]; s != nil {
 					s.callerReset(false)
+				} else if se.StreamID > f.lastID && se.StreamID%2 == 1 {
+					f.lastID = se.StreamID // a malformed request: refused, but its ID is used
 				}
 				_ = f.out.fr.WriteRSTStream(se.StreamID, se.Code)
 				f.out.dirty = true
