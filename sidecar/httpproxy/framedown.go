@@ -32,6 +32,8 @@ type fconn struct {
 	rec *frameRecorder
 	rd  *http2.Framer
 	lim *config.HTTPLimits
+	// peer is the caller's verified mutual TLS identity as a principal ("" for h2c)
+	peer string
 
 	mu       sync.Mutex
 	out      frameOut
@@ -64,6 +66,7 @@ func (l *Listener) serveFrames(cc *countedConn, br *bufio.Reader) {
 	f := &fconn{l: l, nc: cc, br: br, lim: lim, streams: map[uint32]*fstream{}, ups: map[*upstream.Host]*fup{},
 		sendWin: 65535, peerInit: 65535}
 	f.out.init(cc, cc.Conn)
+	f.peer = framePeer(cc.Conn)
 	if lim.HeadTimeout > 0 {
 		_ = cc.SetReadDeadline(time.Now().Add(lim.HeadTimeout))
 	}

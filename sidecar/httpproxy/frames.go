@@ -14,6 +14,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/connio"
 	"github.com/weftmesh/weft/sidecar/tlsrec"
 )
@@ -278,19 +279,33 @@ func (s *frameSet) drain(ctx context.Context) error {
 	return nil
 }
 
-// relaysFrames reports whether an h2c connection goes to the frame relay: on cleartext
-// connections (mutual TLS peers are net/http's, which knows the peer's identity), unless
-// the sidecar runs a goroutine per connection (--goroutine-per-connection), which keeps
-// net/http's server for HTTP/2 as a fallback.
+// relaysFrames reports whether an HTTP/2 connection goes to the frame relay: cleartext
+// (h2c), or mutual TLS from a mesh peer (ALPN h2; MeshPolicy then sees the verified peer),
+// unless the sidecar runs a goroutine per connection (--goroutine-per-connection), which
+// keeps net/http's server for HTTP/2 as a fallback. TLS the capture plane terminates
+// stays with net/http.
 func (l *Listener) relaysFrames(nc net.Conn) bool {
 	if l.proxy.opts.GoroutinePerConnection {
 		return false
 	}
 	switch nc.(type) {
-	case *mtlsConn, *tlsrec.Conn, *tls.Conn:
+	case *tlsrec.Conn, *tls.Conn:
 		return false
 	}
 	return true
+}
+
+// framePeer is the verified mutual TLS peer of a connection as a principal ("" for
+// cleartext).
+func framePeer(nc net.Conn) string {
+	mc, ok := nc.(*mtlsConn)
+	if !ok {
+		return ""
+	}
+	if v, ok := mc.f.peers.Load(mc.key); ok {
+		return v.(contract.SPIFFEID).String()
+	}
+	return ""
 }
 
 // lowerNames maps canonical header names to their HTTP/2 form, for the common ones

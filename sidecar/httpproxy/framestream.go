@@ -80,7 +80,7 @@ func (f *fconn) open(fr *http2.MetaHeadersFrame, r *http.Request, te bool) {
 	} else if l.meshInbound() {
 		delete(r.Header, telemetry.PeerHeader)
 	}
-	if body := l.authorizeAs(r, ""); body != "" {
+	if body := l.authorizeAs(r, f.peer); body != "" { // MeshPolicy (authz.go), on the mutual TLS peer
 		s.localReply(http.StatusForbidden, body, nil, false)
 		return
 	}

@@ -12,9 +12,12 @@ import (
 	"testing"
 	"time"
 
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
+	rbacconfigv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
@@ -29,7 +32,7 @@ import (
 // port) to the callee sidecar (cart)'s inbound listener on a meshed address, in front of a
 // real grpc-go health server; the callee's inbound cluster speaks what its caller spoke
 // (the control plane's inbound cluster), so HTTP/2 reaches the app.
-func grpcMeshPair(t *testing.T, goroutines bool, mode string) (*meshPair, *healthServer) {
+func grpcMeshPair(t *testing.T, goroutines bool, mode string, inboundFilters ...*rbacv3.RBAC) (*meshPair, *healthServer) {
 	t.Helper()
 	ca, err := identitytest.New(webID)
 	if err != nil {
@@ -48,8 +51,12 @@ func grpcMeshPair(t *testing.T, goroutines bool, mode string) (*meshPair, *healt
 	inbound := st.InboundCluster(uint32(appPort))
 	downstreamProtocol()(inbound)
 	cp := st.StartControlPlane(t)
+	in := st.InboundListener(uint32(appPort))
+	if len(inboundFilters) > 0 {
+		in = withRBAC(t, in, inboundFilters...)
+	}
 	cp.Set(st.Snapshot{
-		Listeners: []types.Resource{st.OutboundListener(), st.InboundListener(uint32(appPort))},
+		Listeners: []types.Resource{st.OutboundListener(), in},
 		Routes:    []types.Resource{st.RouteConfig(st.VirtualHost("shop/cart", "cart", "shop", []int{80}, st.Route("r", st.Prefix("/"), st.To(cluster))))},
 		Clusters:  []types.Resource{st.EDSCluster(cluster, h2Upstream(0)), inbound},
 		Endpoints: []types.Resource{st.Endpoints(cluster, st.Endpoint{Addr: p.calleeAddr})},
@@ -273,6 +280,50 @@ func TestMTLSToServiceEndpointMarkedByEDS(t *testing.T) {
 			case !marked && (hsk != 0 || plain < 2):
 				t.Errorf("unmarked endpoint: callee counted %d handshakes, %d plaintext; want plaintext only", hsk, plain)
 			}
+		}
+	})
+}
+
+// MeshPolicy on gRPC over mutual TLS judges the verified peer, on the frame relay as on
+// net/http's server: web's calls (through its sidecar) pass, a client holding cart's own
+// certificate is refused with PERMISSION_DENIED naming the policy. With the event loop on,
+// the callee's TLS connections from the caller sidecar are relayed frame by frame.
+func TestMTLSGRPCPolicyJudgesTheVerifiedPeer(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		anyPath := &rbacconfigv3.Permission{Rule: &rbacconfigv3.Permission_Any{Any: true}}
+		allow := &rbacv3.RBAC{Rules: &rbacconfigv3.RBAC{Action: rbacconfigv3.RBAC_ALLOW, Policies: map[string]*rbacconfigv3.Policy{
+			"shop/web-only/0": {Permissions: []*rbacconfigv3.Permission{anyPath}, Principals: []*rbacconfigv3.Principal{principalExact(webID.String())}},
+		}}}
+		p, hs := grpcMeshPair(t, goroutines, contract.MTLSStrict, allow)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		hc := grpcClient(t, p.outbound, "cart")
+		st.Eventually(t, 10*time.Second, func() bool {
+			_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "a"})
+			return err == nil
+		}, "web's call through its sidecar never passed the callee's policy")
+		for i := range 5 {
+			if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: "a"}); err != nil {
+				t.Fatalf("call %d from web: %v", i, err)
+			}
+		}
+		cc, err := grpc.NewClient("passthrough:///"+p.calleeAddr, grpc.WithTransportCredentials(credentials.NewTLS(p.calleeID.ClientConfig([]string{"h2"}))),
+			grpc.WithAuthority("cart"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		before := hs.count("a")
+		_, err = healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{Service: "a"})
+		if s, _ := status.FromError(err); s.Code() != codes.PermissionDenied || !strings.Contains(s.Message(), "shop/web-only") {
+			t.Errorf("a call with cart's own certificate got %v, want PERMISSION_DENIED naming shop/web-only", err)
+		}
+		if hs.count("a") != before {
+			t.Errorf("the refused call reached the app")
+		}
+		relayed := metric(t, p, "weft_listener_frame_relay_connections_total", `listener="`+st.InboundListenerName+`"`)
+		if goroutines && relayed != 0 || !goroutines && relayed == 0 {
+			t.Errorf("the callee relayed %d TLS connections frame by frame (goroutine path: %v)", relayed, goroutines)
 		}
 	})
 }
