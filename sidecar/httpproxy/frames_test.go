@@ -1,0 +1,727 @@
+package httpproxy_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	st "github.com/weftmesh/weft/sidecar/sidecartest"
+)
+
+// Adversarial tests of the HTTP/2 frame relay (frames.go): real sockets on 127.0.0.1.
+// With the event loop an h2c connection whose first request goes to an HTTP/2 cluster on a
+// loop-safe route is relayed frame by frame; with a goroutine per connection net/http's
+// HTTP/2 server serves it. Where the behaviour must be the same, bothPaths runs both.
+
+const (
+	relayedMetric = "weft_listener_frame_relay_connections_total"
+	refusedMetric = "weft_listener_frame_relay_refused_total"
+)
+
+// relayHosts routes "reviews" to an HTTP/2 cluster (relay-able) at h2URL and, when h1URL
+// is set, "ratings" to an HTTP/1 cluster (not relay-able) at h1URL. A nil listener is the
+// default outbound listener.
+func relayHosts(h2URL, h1URL string, l *listenerv3.Listener, ropts ...st.RouteOption) st.Snapshot {
+	cn := st.OutboundClusterName(9080, "", "reviews", "default", "default", "reviews")
+	rt := st.Route("default/reviews/0/0", append([]st.RouteOption{st.Prefix("/"), st.To(cn)}, ropts...)...)
+	vhs := []*routev3.VirtualHost{st.VirtualHost("default/reviews", "reviews", "default", []int{9080}, rt)}
+	clusters := []types.Resource{st.EDSCluster(cn, h2Upstream(0))}
+	eps := []types.Resource{st.Endpoints(cn, st.Endpoint{Addr: st.HostPort(h2URL)})}
+	if h1URL != "" {
+		cn1 := st.OutboundClusterName(9080, "", "ratings", "default", "default", "ratings")
+		rt1 := st.Route("default/ratings/0/0", st.Prefix("/"), st.To(cn1))
+		vhs = append(vhs, st.VirtualHost("default/ratings", "ratings", "default", []int{9080}, rt1))
+		clusters = append(clusters, st.EDSCluster(cn1))
+		eps = append(eps, st.Endpoints(cn1, st.Endpoint{Addr: st.HostPort(h1URL)}))
+	}
+	if l == nil {
+		l = st.OutboundListener()
+	}
+	return st.Snapshot{
+		Listeners: []types.Resource{l},
+		Routes:    []types.Resource{st.RouteConfig(vhs...)},
+		Clusters:  clusters,
+		Endpoints: eps,
+	}
+}
+
+// echoHandler answers "<method> <path> body=<body>" and counts the requests it saw.
+func echoHandler(n *atomic.Int64) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if n != nil {
+			n.Add(1)
+		}
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, "body: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("X-Proto", r.Proto)
+		fmt.Fprintf(w, "%s %s body=%s", r.Method, r.URL.Path, b)
+	}
+}
+
+// relaySidecar starts a control plane with snap and a sidecar on the given path, and
+// returns the sidecar and its outbound listener's URL.
+func relaySidecar(t *testing.T, goroutines bool, snap st.Snapshot) (*st.Sidecar, string) {
+	t.Helper()
+	cp := st.StartControlPlane(t)
+	cp.Set(snap)
+	sc := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines})
+	return sc, sc.URL(t, st.OutboundListenerName)
+}
+
+// wantRelayed asserts how many connections the relay took: at least one with the event
+// loop (exactly want when want > 0), none with goroutines.
+func wantRelayed(t *testing.T, sc *st.Sidecar, goroutines bool, want int64) {
+	t.Helper()
+	n := statValue(t, sc, relayedMetric)
+	switch {
+	case goroutines && n != 0:
+		t.Errorf("%s = %d with a goroutine per connection, want 0 (net/http serves h2c)", relayedMetric, n)
+	case !goroutines && want > 0 && n != want:
+		t.Errorf("%s = %d, want %d", relayedMetric, n, want)
+	case !goroutines && want == 0 && n != 0:
+		t.Errorf("%s = %d, want 0 (the connection should have been handed to net/http)", relayedMetric, n)
+	}
+}
+
+// fc is a hand-written HTTP/2 caller (a raw framer): it sends what it is told, however
+// malformed, grants window for everything it receives, and records per stream what the
+// sidecar answered.
+type fc struct {
+	t    *testing.T
+	conn net.Conn
+	fr   *http2.Framer
+	wmu  sync.Mutex
+	enc  *hpack.Encoder
+	hb   bytes.Buffer
+	next uint32
+
+	mu        sync.Mutex
+	streams   map[uint32]*fcStream
+	settings  map[http2.SettingID]uint32
+	goaway    *http2.GoAwayFrame
+	gotGoaway chan struct{}
+	gone      chan struct{} // the reader ended: the connection is closed
+	readErr   error
+}
+
+type fcStream struct {
+	status   string
+	fields   []hpack.HeaderField
+	body     bytes.Buffer
+	trailers []hpack.HeaderField
+	rst      *http2.ErrCode
+	ended    bool
+	done     chan struct{}
+}
+
+// dialFC connects to the sidecar and sends the preface and SETTINGS. With ackFirst it
+// reads the sidecar's SETTINGS and ACKs them before returning; otherwise the ACK goes out
+// when the reader sees them (after whatever the test sends first).
+func dialFC(t *testing.T, base string, ackFirst bool) *fc {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", st.HostPort(base), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	c := &fc{t: t, conn: conn, fr: http2.NewFramer(conn, conn), next: 1, streams: map[uint32]*fcStream{},
+		settings: map[http2.SettingID]uint32{}, gotGoaway: make(chan struct{}), gone: make(chan struct{})}
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(65536, nil)
+	c.fr.MaxHeaderListSize = 1 << 20
+	c.enc = hpack.NewEncoder(&c.hb)
+	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.fr.WriteWindowUpdate(0, 16<<20); err != nil {
+		t.Fatal(err)
+	}
+	if ackFirst {
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("reading the sidecar's SETTINGS: %v", err)
+		}
+		sf, ok := f.(*http2.SettingsFrame)
+		if !ok || sf.IsAck() {
+			t.Fatalf("the sidecar's first frame is %v, want SETTINGS", f)
+		}
+		_ = sf.ForeachSetting(func(s http2.Setting) error { c.settings[s.ID] = s.Val; return nil })
+		_ = conn.SetReadDeadline(time.Time{})
+		if err := c.fr.WriteSettingsAck(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	go c.read()
+	return c
+}
+
+func (c *fc) read() {
+	defer close(c.gone)
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) { // a header block our side cannot take: record it as a reset
+				c.mu.Lock()
+				if s := c.streams[se.StreamID]; s != nil && !s.ended {
+					code := se.Code
+					s.rst, s.ended = &code, true
+					close(s.done)
+				}
+				c.mu.Unlock()
+				continue
+			}
+			c.mu.Lock()
+			c.readErr = err
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Lock()
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				_ = f.ForeachSetting(func(s http2.Setting) error { c.settings[s.ID] = s.Val; return nil })
+				c.mu.Unlock()
+				c.write(func() error { return c.fr.WriteSettingsAck() })
+				continue
+			}
+		case *http2.PingFrame:
+			if !f.IsAck() {
+				d := f.Data
+				c.mu.Unlock()
+				c.write(func() error { return c.fr.WritePing(true, d) })
+				continue
+			}
+		case *http2.GoAwayFrame:
+			if c.goaway == nil {
+				c.goaway = &http2.GoAwayFrame{LastStreamID: f.LastStreamID, ErrCode: f.ErrCode}
+				close(c.gotGoaway)
+			}
+		case *http2.MetaHeadersFrame:
+			if s := c.streams[f.StreamID]; s != nil && !s.ended {
+				if s.status == "" || strings.HasPrefix(s.status, "1") {
+					s.status = f.PseudoValue("status")
+					s.fields = append([]hpack.HeaderField(nil), f.Fields...)
+				} else {
+					s.trailers = append([]hpack.HeaderField(nil), f.Fields...)
+				}
+				if f.StreamEnded() {
+					s.ended = true
+					close(s.done)
+				}
+			}
+		case *http2.DataFrame:
+			id, n := f.StreamID, len(f.Data())
+			if s := c.streams[id]; s != nil && !s.ended {
+				s.body.Write(f.Data())
+				if f.StreamEnded() {
+					s.ended = true
+					close(s.done)
+				}
+			}
+			c.mu.Unlock()
+			if n > 0 {
+				c.write(func() error {
+					_ = c.fr.WriteWindowUpdate(0, uint32(n))
+					return c.fr.WriteWindowUpdate(id, uint32(n))
+				})
+			}
+			continue
+		case *http2.RSTStreamFrame:
+			if s := c.streams[f.StreamID]; s != nil && !s.ended {
+				code := f.ErrCode
+				s.rst, s.ended = &code, true
+				close(s.done)
+			}
+		}
+		c.mu.Unlock()
+	}
+}
+
+func (c *fc) write(f func() error) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_ = c.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	return f()
+}
+
+// fields are a request's header fields in order, written as given (no lower-casing).
+type fields [][2]string
+
+func reqFields(method, path, host string, extra ...[2]string) fields {
+	return append(fields{{":method", method}, {":scheme", "http"}, {":path", path}, {":authority", host}}, extra...)
+}
+
+// open sends a request's HEADERS on a new stream and returns its id.
+func (c *fc) open(fs fields, end bool) uint32 {
+	c.wmu.Lock()
+	id := c.next
+	c.next += 2
+	c.mu.Lock()
+	c.streams[id] = &fcStream{done: make(chan struct{})}
+	c.mu.Unlock()
+	c.hb.Reset()
+	for _, f := range fs {
+		_ = c.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	_ = c.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	err := c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hb.Bytes(), EndStream: end, EndHeaders: true})
+	c.wmu.Unlock()
+	if err != nil {
+		c.t.Fatalf("writing HEADERS of stream %d: %v", id, err)
+	}
+	return id
+}
+
+func (c *fc) data(id uint32, p []byte, end bool) error {
+	return c.write(func() error {
+		for len(p) > 16384 {
+			if err := c.fr.WriteData(id, false, p[:16384]); err != nil {
+				return err
+			}
+			p = p[16384:]
+		}
+		return c.fr.WriteData(id, end, p)
+	})
+}
+
+func (c *fc) trailers(id uint32, fs fields) error {
+	return c.write(func() error {
+		c.hb.Reset()
+		for _, f := range fs {
+			_ = c.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		return c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.hb.Bytes(), EndStream: true, EndHeaders: true})
+	})
+}
+
+func (c *fc) reset(id uint32, code http2.ErrCode) error {
+	return c.write(func() error { return c.fr.WriteRSTStream(id, code) })
+}
+
+// result is what the sidecar answered on a stream.
+type result struct {
+	status string
+	body   string
+	rst    *http2.ErrCode
+	fields []hpack.HeaderField
+}
+
+func (r result) String() string {
+	if r.rst != nil {
+		return fmt.Sprintf("RST_STREAM(%v) after status %q body %q", *r.rst, r.status, r.body)
+	}
+	return fmt.Sprintf("status %q body %q", r.status, r.body)
+}
+
+// wait waits up to d for stream id to end (END_STREAM or RST_STREAM).
+func (c *fc) wait(id uint32, d time.Duration) (result, bool) {
+	c.mu.Lock()
+	s := c.streams[id]
+	c.mu.Unlock()
+	select {
+	case <-s.done:
+	case <-c.gone:
+		select {
+		case <-s.done:
+		default:
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			return result{status: s.status, body: s.body.String()}, false
+		}
+	case <-time.After(d):
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return result{status: s.status, body: s.body.String()}, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return result{status: s.status, body: s.body.String(), rst: s.rst, fields: s.fields}, true
+}
+
+// get sends a GET to host and wants 200 with body want (a prefix when it ends in "*").
+func (c *fc) get(host, path, want string) {
+	c.t.Helper()
+	id := c.open(reqFields("GET", path, host), true)
+	r, ok := c.wait(id, 10*time.Second)
+	if !ok {
+		c.t.Fatalf("GET %s %s on stream %d: no end within 10 s (%v; connection: %v)", host, path, id, r, c.err())
+	}
+	if r.rst != nil || r.status != "200" || r.body != want {
+		c.t.Fatalf("GET %s %s on stream %d: %v, want status 200 body %q", host, path, id, r, want)
+	}
+}
+
+func (c *fc) err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.readErr
+}
+
+func (c *fc) goAway(d time.Duration) *http2.GoAwayFrame {
+	select {
+	case <-c.gotGoaway:
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.goaway
+	case <-time.After(d):
+		return nil
+	}
+}
+
+func (c *fc) closedWithin(d time.Duration) bool {
+	select {
+	case <-c.gone:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+func isCode(r result, code http2.ErrCode) bool { return r.rst != nil && *r.rst == code }
+
+// 1. Many sequential and 50 concurrent gRPC calls on one connection, and plain h2c POSTs
+// with bodies, all answered correctly; the event loop relays the connection (the metric
+// counts it), the goroutine path does not.
+func TestFrameRelaySequentialAndFiftyConcurrentGRPCCallsOnOneConnection(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		hs := newHealthServer()
+		addr := grpcBackend(t, hs)
+		sc, base := relaySidecar(t, goroutines, relayHosts("http://"+addr, "", nil))
+		hc := grpcClient(t, base, "reviews")
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for i := range 30 {
+			resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: fmt.Sprintf("seq-%d", i)})
+			if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+				t.Fatalf("sequential call %d: %v %v", i, resp, err)
+			}
+		}
+		var wg sync.WaitGroup
+		var failed atomic.Int64
+		for i := range 50 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				svc := fmt.Sprintf("conc-%d", i)
+				if i%10 == 0 {
+					svc = "internal"
+				}
+				resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: svc})
+				if svc == "internal" {
+					if s, _ := status.FromError(err); s.Code() != codes.Internal || s.Message() != "broken" {
+						failed.Add(1)
+						t.Errorf("concurrent call %d: %v, want INTERNAL broken", i, err)
+					}
+					return
+				}
+				if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+					failed.Add(1)
+					t.Errorf("concurrent call %d: %v %v", i, resp, err)
+				}
+			}()
+		}
+		wg.Wait()
+		for i := range 50 {
+			if i%10 != 0 && hs.count(fmt.Sprintf("conc-%d", i)) != 1 {
+				t.Errorf("the upstream saw conc-%d %d times, want once", i, hs.count(fmt.Sprintf("conc-%d", i)))
+			}
+		}
+		if hs.count("internal") != 5 {
+			t.Errorf("the upstream saw %d INTERNAL calls, want 5 (not retried)", hs.count("internal"))
+		}
+		// grpc-go uses one connection for all of them.
+		wantRelayed(t, sc, goroutines, 1)
+	})
+}
+
+// 1b. Plain h2c POSTs with bodies of several sizes (up to 1 MiB, past the relay's 256 KiB
+// stream window, so flow control must move) come back intact, 20 at once.
+func TestFrameRelayConcurrentPostBodiesUnderTheWindowsComeBackIntact(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		be := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(w, r.Body)
+		})
+		sc, base := relaySidecar(t, goroutines, relayHosts(be.URL, "", nil))
+		cl := rawH2()
+		// one first request so the rest share the connection
+		req, _ := http.NewRequest(http.MethodGet, base+"/warm", nil)
+		req.Host = "reviews"
+		resp, err := cl.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		var wg sync.WaitGroup
+		for i := range 20 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				size := []int{0, 1, 16385, 300 << 10, 1 << 20}[i%5]
+				body := bytes.Repeat([]byte{byte('a' + i%26)}, size)
+				req, _ := http.NewRequest(http.MethodPost, base+"/echo", bytes.NewReader(body))
+				req.Host = "reviews"
+				resp, err := cl.Do(req)
+				if err != nil {
+					t.Errorf("POST %d (%d bytes): %v", i, size, err)
+					return
+				}
+				defer resp.Body.Close()
+				got, err := io.ReadAll(resp.Body)
+				if err != nil || resp.StatusCode != 200 || !bytes.Equal(got, body) {
+					t.Errorf("POST %d (%d bytes): %d, %d bytes back (%v), want 200 and the body echoed", i, size, resp.StatusCode, len(got), err)
+				}
+			}()
+		}
+		wg.Wait()
+		wantRelayed(t, sc, goroutines, 1)
+	})
+}
+
+// 2. The first request's route is not relay-able (its cluster speaks HTTP/1): the relay
+// hands the connection to net/http with what it read replayed, whether the caller ACKed
+// the relay's SETTINGS before its first request or after it; every later request on the
+// connection, relay-able or not, is served there too.
+func TestFrameRelayFallsBackToNetHTTPWhenTheFirstRequestIsNotRelayable(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		var h2n, h1n atomic.Int64
+		h2be := h2cBackend(t, echoHandler(&h2n))
+		h1be := st.Backend(t, "", echoHandler(&h1n))
+		sc, base := relaySidecar(t, goroutines, relayHosts(h2be.URL, h1be.URL, nil))
+		for _, ackFirst := range []bool{false, true} {
+			t.Run(fmt.Sprintf("ackFirst=%v", ackFirst), func(t *testing.T) {
+				c := dialFC(t, base, ackFirst)
+				// the first request carries a body over two DATA frames
+				id := c.open(reqFields("POST", "/first", "ratings", [2]string{"content-length", "11"}), false)
+				_ = c.data(id, []byte("hello "), false)
+				_ = c.data(id, []byte("world"), true)
+				r, ok := c.wait(id, 10*time.Second)
+				if !ok || r.rst != nil || r.status != "200" || r.body != "POST /first body=hello world" {
+					t.Fatalf("first (HTTP/1 cluster) request: ended=%v %v (connection: %v)", ok, r, c.err())
+				}
+				c.get("reviews", "/second", "GET /second body=")
+				c.get("ratings", "/third", "GET /third body=")
+				if g := c.goAway(200 * time.Millisecond); g != nil {
+					t.Errorf("net/http's connection sent GOAWAY %v", g.ErrCode)
+				}
+			})
+		}
+		wantRelayed(t, sc, goroutines, 0)
+		if n := statValue(t, sc, refusedMetric); n != 0 {
+			t.Errorf("%s = %d, want 0: nothing was refused", refusedMetric, n)
+		}
+		if h1n.Load() != 4 || h2n.Load() != 2 {
+			t.Errorf("the HTTP/1 backend saw %d requests (want 4), the HTTP/2 one %d (want 2)", h1n.Load(), h2n.Load())
+		}
+	})
+}
+
+// 2b. A relayed connection whose later request targets a route the relay does not serve
+// refuses it with REFUSED_STREAM under GOAWAY (counted), unprocessed; the streams already
+// open finish. Go's HTTP/2 client retries it on a new connection, which net/http serves.
+func TestFrameRelayRefusesALaterNonRelayableRequestAndTheClientRetriesIt(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		var h2n, h1n atomic.Int64
+		release := make(chan struct{})
+		h2be := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/slow" {
+				<-release
+			}
+			echoHandler(&h2n)(w, r)
+		})
+		h1be := st.Backend(t, "", echoHandler(&h1n))
+		sc, base := relaySidecar(t, goroutines, relayHosts(h2be.URL, h1be.URL, nil))
+
+		c := dialFC(t, base, false)
+		c.get("reviews", "/one", "GET /one body=")
+		slow := c.open(reqFields("GET", "/slow", "reviews"), true)
+		time.Sleep(100 * time.Millisecond) // /slow reaches the upstream handler
+		id := c.open(reqFields("GET", "/other", "ratings"), true)
+		r, ok := c.wait(id, 10*time.Second)
+		if !ok {
+			t.Fatalf("the request to the HTTP/1 cluster did not end within 10 s: %v", r)
+		}
+		if goroutines {
+			if r.rst != nil || r.status != "200" {
+				t.Fatalf("net/http's connection: %v, want 200", r)
+			}
+		} else {
+			if !isCode(r, http2.ErrCodeRefusedStream) {
+				t.Fatalf("the relay answered a non-relay-able request with %v, want RST_STREAM(REFUSED_STREAM)", r)
+			}
+			g := c.goAway(5 * time.Second)
+			if g == nil || g.ErrCode != http2.ErrCodeNo || g.LastStreamID < slow || g.LastStreamID >= id {
+				t.Errorf("GOAWAY after the refusal: %+v, want NO_ERROR with last stream %d (the open one kept)", g, slow)
+			}
+			if n := statValue(t, sc, refusedMetric); n != 1 {
+				t.Errorf("%s = %d, want 1", refusedMetric, n)
+			}
+			if h1n.Load() != 0 {
+				t.Errorf("the refused request reached the HTTP/1 backend (%d)", h1n.Load())
+			}
+		}
+		close(release)
+		r, ok = c.wait(slow, 10*time.Second)
+		if !ok || r.rst != nil || r.status != "200" || r.body != "GET /slow body=" {
+			t.Fatalf("the stream open when the relay refused another: %v ended=%v, want 200", r, ok)
+		}
+		if !goroutines && !c.closedWithin(5*time.Second) {
+			t.Error("the relay's connection stayed open after GOAWAY and its last stream")
+		}
+
+		// Go's client: the refused request is retried on a new connection.
+		cl := rawH2()
+		for i, host := range []string{"reviews", "ratings", "reviews", "ratings"} {
+			req, _ := http.NewRequest(http.MethodPost, base+"/go", strings.NewReader("x"))
+			req.Host = host
+			req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("x")), nil }
+			resp, err := cl.Do(req)
+			if err != nil {
+				t.Fatalf("Go client call %d to %s: %v", i, host, err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(b) != "POST /go body=x" {
+				t.Fatalf("Go client call %d to %s: %d %q", i, host, resp.StatusCode, b)
+			}
+		}
+		if !goroutines {
+			if n := statValue(t, sc, refusedMetric); n < 2 {
+				t.Errorf("%s = %d, want at least 2 (one from the raw caller, one from Go's client)", refusedMetric, n)
+			}
+		}
+		// each request to ratings once: the raw caller's (unless refused) and Go's two
+		if want := map[bool]int64{false: 2, true: 3}[goroutines]; h1n.Load() != want {
+			t.Errorf("the HTTP/1 backend saw %d requests, want %d (each once)", h1n.Load(), want)
+		}
+	})
+}
+
+// 3. Malformed requests on a relayed connection are reset with PROTOCOL_ERROR, each its
+// own stream only, and never reach the upstream; a well-formed request on the same
+// connection afterwards is answered.
+func TestFrameRelayMalformedRequestsResetOnlyTheirStream(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		var n, bad atomic.Int64
+		be := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/bad" {
+				// a body with a content-length goes upstream as it comes: the HEADERS may
+				// have reached the upstream before the excess did, but never the whole
+				if _, err := io.ReadAll(r.Body); err == nil {
+					bad.Add(1)
+				}
+				return
+			}
+			echoHandler(&n)(w, r)
+		})
+		sc, base := relaySidecar(t, goroutines, relayHosts(be.URL, "", nil))
+		c := dialFC(t, base, false)
+		c.get("reviews", "/ok", "GET /ok body=")
+		cases := []struct {
+			name string
+			fs   fields
+			body []string // DATA frames after HEADERS; nil: HEADERS ends the stream
+		}{
+			{"uppercase header name", reqFields("GET", "/bad", "reviews", [2]string{"X-Upper", "1"}), nil},
+			{"connection: keep-alive", reqFields("GET", "/bad", "reviews", [2]string{"connection", "keep-alive"}), nil},
+			{"transfer-encoding: chunked", reqFields("POST", "/bad", "reviews", [2]string{"transfer-encoding", "chunked"}), []string{"abc"}},
+			{"te: gzip", reqFields("GET", "/bad", "reviews", [2]string{"te", "gzip"}), nil},
+			{"missing :method", fields{{":scheme", "http"}, {":path", "/bad"}, {":authority", "reviews"}}, nil},
+			{"missing :path", fields{{":method", "GET"}, {":scheme", "http"}, {":authority", "reviews"}}, nil},
+			{"missing :scheme", fields{{":method", "GET"}, {":path", "/bad"}, {":authority", "reviews"}}, nil},
+			{"unknown pseudo-header", reqFields("GET", "/bad", "reviews", [2]string{":protocol2", "x"}), nil},
+			{"content-length 10, 13 bytes sent", reqFields("POST", "/bad", "reviews", [2]string{"content-length", "10"}), []string{"0123456789", "abc"}},
+		}
+		for _, tc := range cases {
+			var id uint32
+			if tc.body == nil {
+				id = c.open(tc.fs, true)
+			} else {
+				id = c.open(tc.fs, false)
+				for i, p := range tc.body {
+					_ = c.data(id, []byte(p), i == len(tc.body)-1)
+				}
+			}
+			r, ok := c.wait(id, 5*time.Second)
+			switch {
+			case !ok:
+				t.Errorf("%s: no end within 5 s (%v)", tc.name, r)
+			case goroutines && r.rst == nil && r.status == "400":
+				// net/http's server answers some malformed requests 400 instead of resetting them
+			case !isCode(r, http2.ErrCodeProtocol):
+				t.Errorf("%s: %v, want RST_STREAM(PROTOCOL_ERROR)", tc.name, r)
+			}
+			c.get("reviews", "/after", "GET /after body=")
+		}
+		if g := c.goAway(100 * time.Millisecond); g != nil {
+			t.Errorf("malformed requests ended the connection: GOAWAY %v", g.ErrCode)
+		}
+		if got := n.Load(); got != int64(1+len(cases)) {
+			t.Errorf("the upstream answered %d well-formed requests, want %d", got, 1+len(cases))
+		}
+		if bad.Load() != 0 {
+			t.Errorf("%d malformed requests reached the upstream whole", bad.Load())
+		}
+		wantRelayed(t, sc, goroutines, 1)
+	})
+}
+
+// 3b. A request body shorter than its content-length: the relay resets the stream with
+// PROTOCOL_ERROR; net/http's server fails the handler's body read. Either way the caller
+// must not get a success for a truncated body, and the upstream must not take it as whole.
+func TestFrameRelayShortBodyForContentLengthIsNotPassedOffAsWhole(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		var whole atomic.Int64
+		be := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) {
+			b, err := io.ReadAll(r.Body)
+			if err == nil && r.URL.Path == "/short" {
+				whole.Add(1)
+				t.Logf("the upstream read a complete body %q for content-length %d", b, r.ContentLength)
+			}
+			fmt.Fprintf(w, "got %q", b)
+		})
+		_, base := relaySidecar(t, goroutines, relayHosts(be.URL, "", nil))
+		c := dialFC(t, base, false)
+		c.get("reviews", "/ok", `got ""`)
+		id := c.open(reqFields("POST", "/short", "reviews", [2]string{"content-length", "10"}), false)
+		_ = c.data(id, []byte("abc"), true)
+		r, ok := c.wait(id, 10*time.Second)
+		if !ok {
+			t.Fatalf("content-length 10 with 3 bytes: no end within 10 s: %v", r)
+		}
+		if !goroutines && !isCode(r, http2.ErrCodeProtocol) {
+			t.Errorf("content-length 10 with 3 bytes then END_STREAM: %v, want RST_STREAM(PROTOCOL_ERROR)", r)
+		}
+		if r.rst == nil && r.status == "200" {
+			t.Errorf("content-length 10 with 3 bytes: %v, want a reset or an error status", r)
+		}
+		if whole.Load() != 0 {
+			t.Error("the upstream took a 3-byte body as a whole 10-byte one")
+		}
+		c.get("reviews", "/after", `got ""`)
+	})
+}
