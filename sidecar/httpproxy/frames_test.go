@@ -1760,3 +1760,179 @@ func TestFrameRelayCallerGoAwayFinishesStreamsThenCloses(t *testing.T) {
 		}
 	})
 }
+
+// An upstream GOAWAY whose last-stream-id covers one stream in flight and not another: the
+// covered stream is answered on the old connection, the other is sent again on a new one.
+func TestFrameRelayUpstreamGoAwayRetriesOnlyStreamsAboveItsLastStreamID(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		first := make(chan func(), 1)
+		up := startRawUp(t, func(u *rawUpConn, conn, _ int, id uint32) {
+			if conn == 1 {
+				if len(first) == 0 && cap(first) == 1 {
+					select {
+					case first <- func() {
+						u.headers(id, false, [2]string{":status", "200"})
+						u.data(id, "conn 1", true)
+					}:
+						return
+					default:
+					}
+				}
+				// the second stream on this connection: GOAWAY below it, then answer the first
+				u.goAway(id-2, http2.ErrCodeNo)
+				go func() {
+					time.Sleep(100 * time.Millisecond)
+					(<-first)()
+					time.Sleep(100 * time.Millisecond)
+					u.conn.Close()
+				}()
+				return
+			}
+			u.headers(id, false, [2]string{":status", "200"})
+			u.data(id, fmt.Sprintf("conn %d", conn), true)
+		})
+		_, base := relaySidecar(t, goroutines, relayHosts("http://"+up.addr, "", nil))
+		c := dialFC(t, base, false)
+		a := c.open(reqFields("GET", "/a", "reviews"), true)
+		st.Eventually(t, 5*time.Second, func() bool { return len(first) == 1 }, "the first request did not reach the upstream")
+		b := c.open(reqFields("GET", "/b", "reviews"), true)
+		ra, oka := c.wait(a, 10*time.Second)
+		rb, okb := c.wait(b, 10*time.Second)
+		if !oka || ra.rst != nil || ra.status != "200" || ra.body != "conn 1" {
+			t.Errorf("the stream below the upstream's GOAWAY: %v ended=%v, want 200 from conn 1", ra, oka)
+		}
+		if goroutines && okb && rb.status == "503" {
+			// net/http's HTTP/2 client fails a stream above a GOAWAY's last-stream-id while
+			// its connection lives on; the goroutine path answers 503 instead of sending it
+			// again (a limit of that path, not the relay's).
+			t.Logf("goroutine path, the stream above the upstream's GOAWAY: %v", rb)
+			return
+		}
+		if !okb || rb.rst != nil || rb.status != "200" || rb.body != "conn 2" {
+			t.Errorf("the stream above the upstream's GOAWAY: %v ended=%v, want 200 from a new connection", rb, okb)
+		}
+		if n := up.conns.Load(); n != 2 {
+			t.Errorf("%d upstream connections, want 2", n)
+		}
+	})
+}
+
+// A route timeout on the relay: a slow upstream gets its stream reset, the caller 504.
+func TestFrameRelayRouteTimeoutAnswers504AndResetsTheUpstream(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		ended := make(chan error, 1)
+		be := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case <-time.After(5 * time.Second):
+			case <-r.Context().Done():
+				ended <- r.Context().Err()
+			}
+		})
+		_, base := relaySidecar(t, goroutines, relayHosts(be.URL, "", nil, st.Timeout(300*time.Millisecond)))
+		start := time.Now()
+		code, body, err := getH2(t, base, "reviews", "/slow")
+		if err != nil || code != http.StatusGatewayTimeout {
+			t.Errorf("route timeout 300 ms, upstream 5 s: %d %q %v, want 504", code, body, err)
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Errorf("answered after %v", d)
+		}
+		select {
+		case <-ended:
+		case <-time.After(5 * time.Second):
+			t.Error("the upstream stream was not reset at the route timeout")
+		}
+	})
+}
+
+// 50 streams on one connection to a streaming upstream; the caller resets every other one
+// mid-response and reads the rest whole. The rest are intact, every reset reaches the
+// upstream, and nothing stays in flight.
+func TestFrameRelayManyStreamsHalfResetMidResponseLeakNothing(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		var cancelled atomic.Int64
+		be := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) {
+			chunk := strings.Repeat(r.URL.Path[1:2], 4<<10)
+			for i := range 64 { // 256 KiB
+				if r.URL.Path[2] == 'r' && i == 4 {
+					<-r.Context().Done() // wait for the caller's reset
+					cancelled.Add(1)
+					return
+				}
+				if _, err := io.WriteString(w, chunk); err != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+			}
+		})
+		sc, base := relaySidecar(t, goroutines, relayHosts(be.URL, "", nil))
+		c := dialFC(t, base, false)
+		c.get("reviews", "/xk", strings.Repeat("x", 256<<10))
+		ids := map[uint32]string{}
+		for i := range 50 {
+			mode := "k"
+			if i%2 == 1 {
+				mode = "r"
+			}
+			path := fmt.Sprintf("/%c%s", 'a'+i%26, mode)
+			ids[c.open(reqFields("GET", path, "reviews"), true)] = path
+		}
+		// reset the "r" streams once they have some data
+		for id, path := range ids {
+			if path[2] != 'r' {
+				continue
+			}
+			st.Eventually(t, 10*time.Second, func() bool {
+				c.mu.Lock()
+				defer c.mu.Unlock()
+				return c.streams[id].body.Len() > 0
+			}, "stream %d (%s) got no data", id, path)
+			_ = c.reset(id, http2.ErrCodeCancel)
+		}
+		for id, path := range ids {
+			if path[2] != 'k' {
+				continue
+			}
+			r, ok := c.wait(id, 10*time.Second)
+			if want := strings.Repeat(path[1:2], 256<<10); !ok || r.rst != nil || r.status != "200" || r.body != want {
+				t.Errorf("stream %d (%s): ended=%v status %q reset %v, %d bytes, want 200 and 256 KiB", id, path, ok, r.status, r.rst, len(r.body))
+			}
+		}
+		st.Eventually(t, 5*time.Second, func() bool { return cancelled.Load() == 25 }, "%d of 25 reset streams were cancelled upstream", cancelled.Load())
+		st.Eventually(t, 5*time.Second, func() bool {
+			return promValue(t, statsOf(sc), `weft_listener_requests_inflight{listener="outbound_http"}`) == "0"
+		}, "requests still in flight after every stream ended")
+		c.get("reviews", "/zk", strings.Repeat("z", 256<<10))
+		wantRelayed(t, sc, goroutines, 1)
+	})
+}
+
+// A caller whose connection drops (TCP close) with streams in flight: every upstream
+// request is cancelled and nothing stays in flight.
+func TestFrameRelayCallerConnectionDroppedCancelsEveryUpstreamRequest(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		var entered, cancelled atomic.Int64
+		be := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/hang" {
+				return
+			}
+			entered.Add(1)
+			<-r.Context().Done()
+			cancelled.Add(1)
+		})
+		sc, base := relaySidecar(t, goroutines, relayHosts(be.URL, "", nil))
+		c := dialFC(t, base, false)
+		c.get("reviews", "/ok", "")
+		for range 10 {
+			c.open(reqFields("GET", "/hang", "reviews"), true)
+		}
+		id := c.open(reqFields("POST", "/hang", "reviews"), false)
+		_ = c.data(id, []byte("half a body"), false)
+		st.Eventually(t, 5*time.Second, func() bool { return entered.Load() == 11 }, "%d of 11 requests reached the upstream", entered.Load())
+		c.conn.Close()
+		st.Eventually(t, 5*time.Second, func() bool { return cancelled.Load() == 11 }, "%d of 11 upstream requests cancelled after the caller's connection dropped", cancelled.Load())
+		st.Eventually(t, 5*time.Second, func() bool {
+			return promValue(t, statsOf(sc), `weft_listener_requests_inflight{listener="outbound_http"}`) == "0"
+		}, "requests still in flight after the caller's connection dropped")
+	})
+}
