@@ -159,7 +159,13 @@ func dialFCWith(t *testing.T, base string, ackFirst bool, before func(*http2.Fra
 	t.Cleanup(func() { conn.Close() })
 	c := &fc{t: t, conn: conn, fr: http2.NewFramer(conn, conn), next: 1, streams: map[uint32]*fcStream{},
 		settings: map[http2.SettingID]uint32{}, gotGoaway: make(chan struct{}), gone: make(chan struct{}), pingAcks: make(chan [8]byte, 16)}
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(65536, nil)
+	table := uint32(4096)
+	for _, st := range settings {
+		if st.ID == http2.SettingHeaderTableSize {
+			table = st.Val
+		}
+	}
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(table, nil)
 	c.fr.MaxHeaderListSize = 1 << 20
 	c.enc = hpack.NewEncoder(&c.hb)
 	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
@@ -1935,4 +1941,143 @@ func TestFrameRelayCallerConnectionDroppedCancelsEveryUpstreamRequest(t *testing
 			return promValue(t, statsOf(sc), `weft_listener_requests_inflight{listener="outbound_http"}`) == "0"
 		}, "requests still in flight after the caller's connection dropped")
 	})
+}
+
+// A caller that allows no HPACK dynamic table (SETTINGS_HEADER_TABLE_SIZE 0) can decode
+// every response: the sidecar's encoder must not index fields.
+func TestFrameRelayCallerHeaderTableSizeZeroIsRespected(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		be := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("X-Repeated", "the same value every time")
+			w.Header().Set("Content-Type", "application/x-custom-type")
+			_, _ = io.WriteString(w, "ok")
+		})
+		_, base := relaySidecar(t, goroutines, relayHosts(be.URL, "", nil))
+		c := dialFCWith(t, base, false, nil, http2.Setting{ID: http2.SettingHeaderTableSize, Val: 0},
+			http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 20})
+		for i := range 5 {
+			id := c.open(reqFields("GET", fmt.Sprintf("/%d", i), "reviews"), true)
+			r, ok := c.wait(id, 5*time.Second)
+			if !ok || r.rst != nil || r.status != "200" || r.body != "ok" {
+				t.Fatalf("response %d to a caller with a 0-byte HPACK table: %v ended=%v (connection: %v)", i, r, ok, c.err())
+			}
+		}
+	})
+}
+
+// The first request on a connection is a 1 MiB upload to a route the relay hands to
+// net/http: what follows its HEADERS is read by net/http, under net/http's windows, and
+// comes through whole, as do concurrent requests on the same connection.
+func TestFrameRelayFallbackWithALargeFirstUpload(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		h2be := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.Copy(w, r.Body) })
+		h1be := st.Backend(t, "", func(w http.ResponseWriter, r *http.Request) { _, _ = io.Copy(w, r.Body) })
+		sc, base := relaySidecar(t, goroutines, relayHosts(h2be.URL, h1be.URL, nil))
+		cl := rawH2()
+		var wg sync.WaitGroup
+		firstSent := make(chan struct{})
+		for i := range 6 {
+			if i == 1 {
+				<-firstSent // the first request's HEADERS are out: its body is being read
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				host := []string{"ratings", "reviews"}[i%2]
+				body := bytes.Repeat([]byte{byte('A' + i)}, 1<<20)
+				var r io.Reader = bytes.NewReader(body)
+				if i == 0 {
+					r = io.MultiReader(&signalReader{ch: firstSent}, r)
+				}
+				req, _ := http.NewRequest(http.MethodPost, base+"/up", r)
+				req.ContentLength = int64(len(body))
+				req.Host = host
+				resp, err := cl.Do(req)
+				if err != nil {
+					t.Errorf("upload %d to %s: %v", i, host, err)
+					return
+				}
+				got, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || err != nil || !bytes.Equal(got, body) {
+					t.Errorf("upload %d to %s: %d, %d bytes back (%v)", i, host, resp.StatusCode, len(got), err)
+				}
+			}()
+		}
+		wg.Wait()
+		wantRelayed(t, sc, goroutines, 0)
+	})
+}
+
+// A connection that sends its preface and SETTINGS and then nothing is closed at the
+// listener's head timeout, before any request.
+func TestFrameRelayConnectionWithoutARequestIsClosedAtTheHeadTimeout(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		be := h2cBackend(t, echoHandler(nil))
+		l := limitedListener(listenerOpts{hcm: func(h *hcmv3.HttpConnectionManager) {
+			h.RequestHeadersTimeout = durationpb.New(500 * time.Millisecond)
+			h.CommonHttpProtocolOptions = &corev3.HttpProtocolOptions{IdleTimeout: durationpb.New(500 * time.Millisecond)}
+		}})
+		_, base := relaySidecar(t, goroutines, relayHosts(be.URL, "", l))
+		start := time.Now()
+		c := dialFC(t, base, false)
+		if !c.closedWithin(5 * time.Second) {
+			t.Fatal("a connection with no request stayed open 5 s past a 500 ms head timeout")
+		}
+		t.Logf("closed after %v", time.Since(start))
+		dialFC(t, base, false).get("reviews", "/ok", "GET /ok body=")
+	})
+}
+
+// An 8 MiB upload to an upstream that reads slowly: the relay's windows go back as the
+// upstream takes the body, and all of it arrives in order.
+func TestFrameRelaySlowReadingUpstreamGetsAnEightMiBUploadWhole(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		be := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) {
+			var n int64
+			var bad bool
+			buf := make([]byte, 32<<10)
+			for {
+				k, err := r.Body.Read(buf)
+				for _, b := range buf[:k] {
+					if b != byte('a'+(n>>16)%26) {
+						bad = true
+					}
+					n++
+				}
+				if err != nil {
+					break
+				}
+				time.Sleep(200 * time.Microsecond)
+			}
+			fmt.Fprintf(w, "%d bad=%v", n, bad)
+		})
+		_, base := relaySidecar(t, goroutines, relayHosts(be.URL, "", nil))
+		body := make([]byte, 8<<20)
+		for i := range body {
+			body[i] = byte('a' + (i>>16)%26)
+		}
+		req, _ := http.NewRequest(http.MethodPost, base+"/up", bytes.NewReader(body))
+		req.Host = "reviews"
+		resp, err := rawH2().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if want := fmt.Sprintf("%d bad=false", len(body)); resp.StatusCode != 200 || string(got) != want {
+			t.Errorf("8 MiB upload: %d %q, want %q", resp.StatusCode, got, want)
+		}
+	})
+}
+
+// signalReader closes ch at its first Read and returns EOF.
+type signalReader struct {
+	ch   chan struct{}
+	once sync.Once
+}
+
+func (s *signalReader) Read([]byte) (int, error) {
+	s.once.Do(func() { close(s.ch) })
+	return 0, io.EOF
 }
