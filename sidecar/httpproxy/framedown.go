@@ -67,11 +67,15 @@ func (l *Listener) serveFrames(cc *countedConn, br *bufio.Reader) {
 		sendWin: 65535, peerInit: 65535}
 	f.out.init(cc, cc.Conn)
 	f.peer = framePeer(cc.Conn)
+	if !l.frames.add(f) {
+		cc.Close() // the listener drains
+		return
+	}
 	if lim.HeadTimeout > 0 {
 		_ = cc.SetReadDeadline(time.Now().Add(lim.HeadTimeout))
 	}
 	if p, err := br.Peek(len(http2.ClientPreface)); err != nil || string(p) != http2.ClientPreface {
-		l.framesToServer(cc, br, nil, true) // net/http says what is wrong with it
+		l.framesToServer(f, cc, br, nil, true) // net/http says what is wrong with it
 		return
 	}
 	_, _ = br.Discard(len(http2.ClientPreface))
@@ -85,6 +89,7 @@ func (l *Listener) serveFrames(cc *countedConn, br *bufio.Reader) {
 	_ = f.out.fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: frameMaxStreams},
 		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: uint32(lim.MaxHeadBytes)})
 	if f.out.flush(&f.mu) != nil {
+		l.frames.remove(f)
 		cc.Close()
 		return
 	}
@@ -95,14 +100,16 @@ func (l *Listener) serveFrames(cc *countedConn, br *bufio.Reader) {
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) || errors.Is(err, http2.ErrFrameTooLarge) {
-				l.framesToServer(cc, br, f.rec.buf, f.acked) // let net/http answer what it finds wrong
+				l.framesToServer(f, cc, br, f.rec.buf, f.acked) // let net/http answer what it finds wrong
 				return
 			}
+			f.flushAll() // a GOAWAY from a drain
+			l.frames.remove(f)
 			cc.Close()
 			return
 		}
 		if len(f.rec.buf) > frameMaxUndecided {
-			l.framesToServer(cc, br, f.rec.buf, f.acked)
+			l.framesToServer(f, cc, br, f.rec.buf, f.acked)
 			return
 		}
 		switch fr := fr.(type) {
@@ -126,12 +133,20 @@ func (l *Listener) serveFrames(cc *countedConn, br *bufio.Reader) {
 				l.probeApp(r)
 			}
 			if !ok || !l.frameable(r) {
-				l.framesToServer(cc, br, f.rec.buf, f.acked)
+				l.framesToServer(f, cc, br, f.rec.buf, f.acked)
+				return
+			}
+			f.mu.Lock()
+			drained := f.goaway
+			f.mu.Unlock()
+			if drained { // a drain sent GOAWAY (last stream 0): the request was not processed
+				l.frames.remove(f)
+				cc.Close()
 				return
 			}
 			f.rec.on, f.rec.buf = false, nil
 			_ = cc.SetReadDeadline(time.Time{})
-			l.frames.add(f)
+			l.frames.total.Add(1)
 			f.decided(owed)
 			f.mu.Lock()
 			f.open(fr, r, te)
@@ -140,7 +155,7 @@ func (l *Listener) serveFrames(cc *countedConn, br *bufio.Reader) {
 			f.loop()
 			return
 		default:
-			l.framesToServer(cc, br, f.rec.buf, f.acked)
+			l.framesToServer(f, cc, br, f.rec.buf, f.acked)
 			return
 		}
 	}
@@ -148,7 +163,16 @@ func (l *Listener) serveFrames(cc *countedConn, br *bufio.Reader) {
 
 // framesToServer hands the connection to net/http's HTTP/2 server with what the relay
 // read from it (its preface included) replayed first.
-func (l *Listener) framesToServer(cc *countedConn, br *bufio.Reader, read []byte, acked bool) {
+func (l *Listener) framesToServer(f *fconn, cc *countedConn, br *bufio.Reader, read []byte, acked bool) {
+	l.frames.remove(f)
+	f.mu.Lock()
+	drained := f.goaway // a drain reached it first: it sent GOAWAY
+	f.mu.Unlock()
+	if drained {
+		f.flushAll()
+		cc.Close()
+		return
+	}
 	_ = cc.SetReadDeadline(time.Time{})
 	l.h2.handoff(&replayConn{peekedConn: &peekedConn{Conn: cc, r: br, w: upstream.NewFlushBehind(cc.Conn, cc)}, replay: read, acked: acked})
 }
@@ -265,13 +289,18 @@ func (f *fconn) frame(fr http2.Frame) bool {
 		case f.goaway || len(f.streams) >= frameMaxStreams:
 			f.out.fr.WriteRSTStream(fr.StreamID, http2.ErrCodeRefusedStream)
 			f.out.dirty = true
+			f.lastID = fr.StreamID // its DATA still to come is for a closed stream
 		case !f.l.frameable(r):
 			// net/http serves what the relay does not: this request is refused unprocessed,
-			// and the connection drains, so the caller sends it again on a new one.
+			// and the connection drains (the GOAWAY names the stream before it), so the
+			// caller sends it again on a new one.
 			f.out.fr.WriteRSTStream(fr.StreamID, http2.ErrCodeRefusedStream)
 			f.goAway(http2.ErrCodeNo)
+			f.lastID = fr.StreamID
 			f.l.frames.refused.Add(1)
-			return len(f.streams) > 0
+			if len(f.streams) == 0 {
+				f.lingerClose()
+			}
 		default:
 			f.open(fr, r, te)
 		}
@@ -295,16 +324,26 @@ func (f *fconn) frame(fr http2.Frame) bool {
 	case *http2.WindowUpdateFrame:
 		if fr.StreamID == 0 {
 			f.sendWin += int64(fr.Increment)
+			if f.sendWin > maxWindow {
+				f.goAway(http2.ErrCodeFlowControl)
+				return false
+			}
 			for _, s := range f.streams {
 				s.pumpResp()
 			}
 		} else if s := f.streams[fr.StreamID]; s != nil {
 			s.dnWin += int64(fr.Increment)
+			if s.dnWin > maxWindow {
+				s.reset(http2.ErrCodeFlowControl, "the caller's window update passed 2^31-1")
+				return true
+			}
 			s.pumpResp()
 		}
 	case *http2.GoAwayFrame:
 		f.goaway = true
-		return len(f.streams) > 0
+		if len(f.streams) == 0 {
+			f.lingerClose()
+		}
 	}
 	return true
 }
@@ -521,7 +560,7 @@ func (f *fconn) streamEnded(s *fstream) {
 	}
 	if f.goaway || f.l.draining.Load() {
 		f.goAway(http2.ErrCodeNo)
-		f.closeRead()
+		f.lingerClose()
 		return
 	}
 	if d := f.lim.IdleTimeout; d > 0 {
@@ -541,20 +580,23 @@ func (f *fconn) idle() {
 		return
 	}
 	f.goAway(http2.ErrCodeNo)
+	f.lingerClose()
 	f.mu.Unlock()
 	f.flushAll()
-	f.closeRead()
 }
 
-// closeRead ends the caller's side for the reader, which then closes the connection
-// after what is queued is written.
-func (f *fconn) closeRead() {
-	if tc, ok := f.nc.(*countedConn).Conn.(*net.TCPConn); ok {
-		_ = tc.CloseRead()
-		return
-	}
-	_ = f.nc.SetReadDeadline(time.Unix(1, 0))
+// lingerClose ends a connection that has sent GOAWAY and has no stream left: it reads
+// (and answers) what the caller still sends for frameLinger, then closes, so the caller
+// reads the GOAWAY and the resets before the connection goes, rather than a TCP reset for
+// data the relay never read.
+func (f *fconn) lingerClose() {
+	_ = f.nc.SetReadDeadline(time.Now().Add(frameLinger))
 }
+
+// maxWindow is the largest flow-control window HTTP/2 allows (RFC 9113 §6.9.1).
+const maxWindow = 1<<31 - 1
+
+const frameLinger = time.Second
 
 // probeApp, on an inbound listener whose app has not answered yet, connects to the app
 // the request goes to: if it accepts, the app has started (appSeen) and the relay may

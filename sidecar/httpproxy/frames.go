@@ -218,19 +218,25 @@ type frameSet struct {
 	mu      sync.Mutex
 	conns   map[*fconn]struct{}
 	gone    *sync.Cond
+	closing bool          // drain has begun: no connection joins
 	total   atomic.Uint64 // connections the relay took (weft_listener_frame_relay_connections_total)
 	refused atomic.Uint64 // requests refused for net/http to serve (REFUSED_STREAM, GOAWAY)
 }
 
-func (s *frameSet) add(f *fconn) {
+// add registers a connection from its preface on, so a drain reaches it before its first
+// request too; false once the listener drains.
+func (s *frameSet) add(f *fconn) bool {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
 	if s.conns == nil {
 		s.conns = map[*fconn]struct{}{}
 		s.gone = sync.NewCond(&s.mu)
 	}
 	s.conns[f] = struct{}{}
-	s.mu.Unlock()
-	s.total.Add(1)
+	return true
 }
 
 func (s *frameSet) remove(f *fconn) {
@@ -246,6 +252,7 @@ func (s *frameSet) remove(f *fconn) {
 // the rest have closed after their last stream, or ctx ends.
 func (s *frameSet) drain(ctx context.Context) error {
 	s.mu.Lock()
+	s.closing = true
 	conns := make([]*fconn, 0, len(s.conns))
 	for f := range s.conns {
 		conns = append(conns, f)
@@ -255,7 +262,7 @@ func (s *frameSet) drain(ctx context.Context) error {
 		f.mu.Lock()
 		f.goAway(0)
 		if len(f.streams) == 0 {
-			f.closeRead()
+			f.lingerClose()
 		}
 		f.mu.Unlock()
 		f.flushAll()

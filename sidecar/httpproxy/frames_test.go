@@ -1128,12 +1128,12 @@ func TestFrameRelayRequestTrailersAreSentUpstreamAfterTheBody(t *testing.T) {
 		if !strings.EqualFold(declared, "x-checksum") {
 			// See TestFrameRelayRequestTrailersReachTheUpstream.
 			t.Logf("the upstream request's header fields: %v", gotHdr)
-			t.Skip(bugTrailerDeclaration)
+			t.Error(bugTrailerDeclaration)
 		}
 	})
 }
 
-const bugTrailerDeclaration = "BUG: the frame relay drops the request's `trailer` header field " +
+const bugTrailerDeclaration = "regression (fixed in session 12): the frame relay drops the request's `trailer` header field " +
 	"(appendFields skips \"Trailer\" when building the upstream HEADERS), so a net/http upstream, which keeps only " +
 	"declared trailers, discards the caller's trailers: r.Trailer.Get(\"X-Checksum\") is \"\" instead of \"abc123\". " +
 	"The trailer HEADERS frame itself is forwarded. The goroutine path passes `trailer: X-Checksum` and the trailers arrive; " +
@@ -1165,7 +1165,7 @@ func TestFrameRelayRequestTrailersReachTheUpstream(t *testing.T) {
 		resp.Body.Close()
 		if want := "body=payload err=<nil> trailer=abc123"; string(b) != want {
 			if !goroutines && string(b) == "body=payload err=<nil> trailer=" {
-				t.Skip(bugTrailerDeclaration)
+				t.Error(bugTrailerDeclaration)
 			}
 			t.Errorf("Go client with a trailer: %d %q, want %q", resp.StatusCode, b, want)
 		}
@@ -1573,7 +1573,7 @@ func TestFrameRelayUpstreamBodyNotMatchingContentLengthIsNotPassedOffAsWhole(t *
 		}
 		if len(passed) > 0 {
 			if !goroutines {
-				t.Skipf("BUG: the frame relay passes an upstream response whose DATA does not match its content-length "+
+				t.Errorf("regression (fixed in session 12): the frame relay passes an upstream response whose DATA does not match its content-length "+
 					"to the caller as a clean 200 ending with END_STREAM (%s); it should reset the caller's stream "+
 					"(RST_STREAM), as the goroutine path does, so a truncated body is never taken for a whole one",
 					strings.Join(passed, "; "))
@@ -2225,7 +2225,7 @@ func TestFrameRelayShutdownClosesAConnectionWithoutARequest(t *testing.T) {
 		id := c.open(reqFields("GET", "/after-shutdown", "reviews"), true)
 		r, _ := c.wait(id, 5*time.Second)
 		if !goroutines {
-			t.Skipf("BUG: Proxy.Shutdown returned (%v, after %v) while a relay connection that had sent its preface and "+
+			t.Errorf("regression (fixed in session 12): Proxy.Shutdown returned (%v, after %v) while a relay connection that had sent its preface and "+
 				"SETTINGS but no request was left open (no GOAWAY, not closed 3 s later; by the code, it lasts until the "+
 				"read deadline the relay sets at the head timeout). A request then sent on it was served: %v, the upstream "+
 				"saw %d request(s), and %s = %d after the drain. The drain (frameSet.drain) only knows connections the relay has decided "+
@@ -2325,7 +2325,7 @@ func TestFrameRelayRefusedPostWithBodyInFlightDoesNotKillTheConnection(t *testin
 			}
 		}
 		if len(bugs) > 0 {
-			t.Skipf("BUG: %s. The relay does not record a stream it refuses (REFUSED_STREAM) as used (fconn.lastID "+
+			t.Errorf("regression (fixed in session 12): %s. The relay does not record a stream it refuses (REFUSED_STREAM) as used (fconn.lastID "+
 				"is not raised), so the DATA the caller had already sent on it counts as DATA on an idle stream, "+
 				"a connection error: GOAWAY(PROTOCOL_ERROR) ends every stream in flight. It should answer that DATA "+
 				"with RST_STREAM(STREAM_CLOSED) or drop it (returning its connection window)", strings.Join(bugs, "; and "))
@@ -2403,7 +2403,7 @@ func TestFrameRelayGoClientPostToANonRelayableHostDoesNotFailCallsInFlight(t *te
 		}
 		if got != "200 ok <nil>" {
 			if !goroutines {
-				t.Skipf("BUG (see TestFrameRelayRefusedPostWithBodyInFlightDoesNotKillTheConnection; timing-dependent, seen in "+
+				t.Errorf("regression (fixed in session 12) (see TestFrameRelayRefusedPostWithBodyInFlightDoesNotKillTheConnection; timing-dependent, seen in "+
 					"7 of 8 runs): with Go's HTTP/2 client, a POST with a body to a route the relay does not serve, sent while a call is in flight on the "+
 					"same relayed connection, made the relay end the connection with GOAWAY(PROTOCOL_ERROR): the call in "+
 					"flight failed (%q) instead of being answered 200 ok; the POST itself got %q", got, post)
@@ -2442,7 +2442,7 @@ func TestFrameRelayOversizedUpstreamResponseHeadersAreNotSilentlyTruncated(t *te
 		t.Logf("a 100 KiB response header: status %q, %d of 101 fields, reset %v", r.status, n, r.rst)
 		if r.rst == nil && r.status == "200" && n != 101 {
 			if !goroutines {
-				t.Skipf("BUG: the frame relay passes on an upstream response whose header list is past its limit "+
+				t.Errorf("regression (fixed in session 12): the frame relay passes on an upstream response whose header list is past its limit "+
 					"(101 fields, ~100 KiB; the upstream reader's MaxHeaderListSize is the listener's max head bytes, "+
 					"60 KiB) with the fields past the limit silently dropped: the caller got 200 and body %q with %d of "+
 					"the 101 fields. upHeaders does not look at MetaHeadersFrame.Truncated; the attempt should fail "+
@@ -2489,7 +2489,7 @@ func TestFrameRelayWindowUpdatePastTheMaximumIsFlowControlError(t *testing.T) {
 		}
 		if len(found) > 0 {
 			if !goroutines {
-				t.Skipf("BUG (conformance, minor): the frame relay does not check a caller's WINDOW_UPDATE against the "+
+				t.Errorf("regression (fixed in session 12) (conformance, minor): the frame relay does not check a caller's WINDOW_UPDATE against the "+
 					"2^31-1 maximum (fconn.frame adds the increment to an int64 window): %s. net/http's server answers "+
 					"both with FLOW_CONTROL_ERROR", strings.Join(found, "; "))
 			}

@@ -51,6 +51,7 @@ type fstream struct {
 	pend      []byte
 	pendEnd   bool
 	pendTr    []hpack.HeaderField
+	respLen   int64 // the response's content-length, -1: none
 	upHeld    int64 // response bytes taken from the upstream and not yet returned as window
 	upUnacked int64 // stream window to return to the upstream (batched)
 	done      bool
@@ -98,10 +99,14 @@ func (f *fconn) open(fr *http2.MetaHeadersFrame, r *http.Request, te bool) {
 		}
 	}
 	s.keep = route.Retry != nil && !s.bodyEnd
+	declared := r.Header["Trailer"] // outboundRequest drops it; an HTTP/2 peer may keep only declared trailers
 	out := outboundRequest(r, route, wc, nil)
 	l.markOutbound(&ex.rec, out.Header, wc.Name)
 	ex.hash, ex.hasHash, ex.setCookie = requestHash(r, route, c.Config(), l.proxy.opts.PodIP)
 	s.fields = requestFields(&out, te, s.fields[:0])
+	for _, v := range declared {
+		s.fields = append(s.fields, hpack.HeaderField{Name: "trailer", Value: v})
+	}
 	s.startAttempt()
 }
 
@@ -161,7 +166,7 @@ func (s *fstream) callerData(p []byte, end bool) {
 
 // callerTrailers takes the request's trailers (HEADERS ending the stream).
 func (s *fstream) callerTrailers(fr *http2.MetaHeadersFrame) {
-	if s.bodyEnd || !fr.StreamEnded() {
+	if s.bodyEnd || !fr.StreamEnded() || fr.Truncated {
 		s.reset(http2.ErrCodeProtocol, "HEADERS after the request's end, or trailers that do not end it")
 		return
 	}
@@ -311,7 +316,7 @@ func (s *fstream) upHeaders(fr *http2.MetaHeadersFrame) {
 		return
 	}
 	status, err := strconv.Atoi(fr.PseudoValue("status"))
-	if err != nil || status < 100 || status > 999 {
+	if err != nil || status < 100 || status > 999 || fr.Truncated { // a header list past the limit is not passed on cut
 		s.attemptFailed(errUpstreamReset)
 		return
 	}
@@ -359,6 +364,23 @@ func (s *fstream) upHeaders(fr *http2.MetaHeadersFrame) {
 	}
 	fs := append(make([]hpack.HeaderField, 0, len(dst)+1), hpack.HeaderField{Name: ":status", Value: strconv.Itoa(status)})
 	fs = appendFields(fs, dst)
+	for _, hf := range fr.Fields {
+		if hf.Name == "trailer" { // the trailers' declaration goes with them
+			fs = append(fs, hf)
+		}
+	}
+	// A body must match its content-length (RFC 9113 §8.1.1); HEAD, 204 and 304 have none.
+	s.respLen = -1
+	if v := dst["Content-Length"]; len(v) == 1 && ex.r.Method != http.MethodHead && status != http.StatusNoContent && status != http.StatusNotModified {
+		if n, err := strconv.ParseInt(v[0], 10, 64); err == nil && n >= 0 {
+			s.respLen = n
+		}
+	}
+	if fr.StreamEnded() && s.respLen > 0 {
+		s.gotHead = true
+		s.upFailed(http2.ErrCodeProtocol)
+		return
+	}
 	s.f.out.headers(s.id, fs, fr.StreamEnded())
 	if fr.StreamEnded() {
 		if s.grpc || strings.HasPrefix(dst.Get("Content-Type"), "application/grpc") {
@@ -369,7 +391,11 @@ func (s *fstream) upHeaders(fr *http2.MetaHeadersFrame) {
 }
 
 func (s *fstream) upTrailers(fr *http2.MetaHeadersFrame) {
-	if !fr.StreamEnded() {
+	if !fr.StreamEnded() || fr.Truncated {
+		s.upFailed(http2.ErrCodeProtocol)
+		return
+	}
+	if s.respLen >= 0 && s.ex.rec.RespBytes != s.respLen {
 		s.upFailed(http2.ErrCodeProtocol)
 		return
 	}
@@ -404,6 +430,10 @@ func (s *fstream) upData(p []byte, end bool) {
 		return
 	}
 	s.ex.rec.RespBytes += int64(len(p))
+	if s.respLen >= 0 && (s.ex.rec.RespBytes > s.respLen || end && s.ex.rec.RespBytes != s.respLen) {
+		s.upFailed(http2.ErrCodeProtocol) // not passed off as whole
+		return
+	}
 	if len(s.pend)+len(p) > frameStreamWindow {
 		s.upFailed(http2.ErrCodeFlowControl)
 		return

@@ -273,11 +273,18 @@ func (u *fup) frame(fr http2.Frame) bool {
 	case *http2.WindowUpdateFrame:
 		if fr.StreamID == 0 {
 			u.sendWin += int64(fr.Increment)
+			if u.sendWin > maxWindow {
+				return false // FLOW_CONTROL_ERROR: the connection is lost
+			}
 			for _, s := range u.streams {
 				s.pumpReq()
 			}
 		} else if s := u.streams[fr.StreamID]; s != nil {
 			s.upWin += int64(fr.Increment)
+			if s.upWin > maxWindow {
+				s.upReset(http2.ErrCodeFlowControl)
+				return true
+			}
 			s.pumpReq()
 		}
 	case *http2.PingFrame:
