@@ -229,9 +229,15 @@ func (f *fconn) applySettings(ss []http2.Setting) {
 	}
 }
 
-// loop reads the caller's frames until the connection ends.
+// loop reads the caller's frames until the connection ends, then ends what it carried.
 func (f *fconn) loop() {
-	defer f.shutdown()
+	f.serve()
+	// Not deferred: a panic under f.mu would deadlock in shutdown instead of crashing
+	// with its trace.
+	f.shutdown()
+}
+
+func (f *fconn) serve() {
 	for {
 		fr, err := f.rd.ReadFrame()
 		if err != nil {

@@ -76,7 +76,9 @@ func (f *fconn) open(fr *http2.MetaHeadersFrame, r *http.Request, te bool) {
 	l.inflight.Add(1)
 	l.requests.Add(1)
 	if l.proxy.opts.Telemetry != nil {
-		l.beginRecord(&ex.rec, r, ex.start, &ex.hb)
+		// No reused header buffer (ex.hb): the values it would hold end up in the upstream
+		// connection's HPACK table, which outlives the stream.
+		l.beginRecord(&ex.rec, r, ex.start, nil)
 		ex.rec.Cluster = wc.Name
 	} else if l.meshInbound() {
 		delete(r.Header, telemetry.PeerHeader)

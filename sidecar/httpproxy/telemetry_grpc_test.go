@@ -2,6 +2,13 @@ package httpproxy_test
 
 import (
 	"context"
+	"io"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -43,4 +50,63 @@ func TestIstioMetricsForGRPC(t *testing.T) {
 	if v := series(t, fams, "istio_requests_total", map[string]string{"grpc_response_status": "13"}).GetCounter().GetValue(); v != 1 {
 		t.Errorf("INTERNAL calls: %v, want 1", v)
 	}
+}
+
+// With telemetry on, the sidecar stamps each request's trace headers (x-request-id, …).
+// On the frame relay those values end up in the upstream connection's HPACK table, which
+// outlives the request: 400 requests, 8 at a time on one connection (so ended streams are
+// reused), must each reach the upstream with a well-formed id of its own, and the sidecar
+// must stay up. (It once built them over a buffer the next request overwrote, which
+// corrupted the HPACK encoder's table and panicked.)
+func TestTelemetryHeadersSurviveStreamReuseOnHTTP2(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		var mu sync.Mutex
+		seen := map[string]bool{}
+		bad := 0
+		uuid := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+		be := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) {
+			id := r.Header.Get("X-Request-Id")
+			mu.Lock()
+			if !uuid.MatchString(id) || seen[id] {
+				bad++
+			}
+			seen[id] = true
+			mu.Unlock()
+			_, _ = io.WriteString(w, "ok")
+		})
+		cp := st.StartControlPlane(t)
+		snap, _ := oneBackend([]string{be.URL}, nil, h2Upstream(0))
+		cp.Set(snap)
+		tel := telemetry.New(telemetry.Options{Self: telemetry.WorkloadFromPod("web", "default", nil)})
+		base := st.StartSidecar(t, cp, st.SidecarOptions{Telemetry: tel, GoroutinePerConnection: goroutines}).URL(t, st.OutboundListenerName)
+		client := rawH2()
+		var wg sync.WaitGroup
+		var failed atomic.Int64
+		for w := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range 50 {
+					req, _ := http.NewRequest(http.MethodPost, base+"/"+strconv.Itoa(w)+"/"+strconv.Itoa(i), strings.NewReader("x"))
+					req.Host = "reviews"
+					resp, err := client.Do(req)
+					if err != nil {
+						failed.Add(1)
+						continue
+					}
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 || string(b) != "ok" {
+						failed.Add(1)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		if failed.Load() != 0 || bad != 0 || len(seen) != 400 {
+			t.Errorf("%d of 400 requests failed; the upstream saw %d distinct ids, %d malformed or repeated", failed.Load(), len(seen), bad)
+		}
+	})
 }
