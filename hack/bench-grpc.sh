@@ -74,6 +74,19 @@ awk -v a="$(p50 "$direct")" -v b="$(p50 "$sidecars")" -v c="$(p99 "$direct")" -v
 # The same chain through two haproxies (one thread each, h2c on every hop): what a C
 # event-loop proxy adds on this machine at this moment, so the figure above can be read
 # as the machine's share or the code's.
+# Paired: direct calls and calls through the two sidecars at the same rate, interleaved
+# (half an interval apart), so both meet the same moments of a shared machine; the
+# sequential figures above compare runs made seconds apart.
+paired() { # $1: label, $2: target whose latency is compared with direct calls
+  local out d s
+  out=$("$work/helper" rate -target "$BACKEND" -pair "$2" -authority svc -rps "$RATE" -d "$DURATION")
+  d=$(sed -n 1p <<<"$out"); s=$(sed -n 2p <<<"$out")
+  echo "paired, direct:   $d"
+  echo "paired, $1: $s"
+  awk -v a="$(p50 "$d")" -v b="$(p50 "$s")" -v c="$(p99 "$d")" -v e="$(p99 "$s")" -v l="$1" \
+    'BEGIN{ printf "added by %s, paired with direct calls: p50 +%.3f ms, p99 +%.3f ms\n", l, b-a, e-c }'
+}
+paired "two sidecars" "$CALLER"
 if command -v haproxy >/dev/null; then
   hacfg() {
     printf 'global\n  nbthread 1\n  maxconn 1000\ndefaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n'
@@ -93,5 +106,6 @@ if command -v haproxy >/dev/null; then
     'BEGIN{ printf "CPU per call (incl. 100 warm-up calls): caller haproxy %.0f us, callee haproxy %.0f us\n", c/t/(n+100)*1e6, e/t/(n+100)*1e6 }'
   awk -v a="$(p50 "$direct")" -v b="$(p50 "$ha")" -v c="$(p99 "$direct")" -v d="$(p99 "$ha")" \
     'BEGIN{ printf "added by two haproxies at the fixed rate: p50 +%.3f ms, p99 +%.3f ms\n", b-a, d-c }'
+  paired "two haproxies" 127.0.0.1:28501
 fi
 for port in 28420 28320; do curl -fsS http://127.0.0.1:$port/stats 2>/dev/null | grep -E "^weft_cluster_grpc_responses_total|^weft_listener_frame_relay_connections_total" || true; done

@@ -70,8 +70,9 @@ func main() {
 		authority := fs.String("authority", "svc", ":authority of every call")
 		rps := fs.Int("rps", 1000, "calls per second")
 		d := fs.Duration("d", 10*time.Second, "duration")
+		pair := fs.String("pair", "", "a second host:port called at the same rate, each call half an interval after one to -target (its line is printed second)")
 		_ = fs.Parse(os.Args[2:])
-		err = rate(*target, *authority, *rps, *d)
+		err = rate(*target, *pair, *authority, *rps, *d)
 	default:
 		err = fmt.Errorf("unknown subcommand %q", os.Args[1])
 	}
@@ -146,56 +147,74 @@ func writeConfig(w io.Writer, name, listen, to string) error {
 // rate makes unary Health/Check calls on a fixed schedule over one gRPC connection (open
 // loop) and reports latency percentiles measured from each call's scheduled start, so a
 // stall is not hidden by the sender slowing down (coordinated omission). Each call has a
-// 5 s deadline; in-flight calls are bounded by rps × 5 s.
-func rate(target, authority string, rps int, d time.Duration) error {
+// 5 s deadline; in-flight calls are bounded by rps × 5 s. With pair, a second target gets
+// the same schedule shifted by half an interval, over its own connection: both series
+// then meet the same moments of the machine, and their difference is the paths' own.
+func rate(target, pair, authority string, rps int, d time.Duration) error {
 	if target == "" {
 		return errors.New("rate: -target is required")
 	}
 	if rps <= 0 || rps > maxRate || d <= 0 || d > maxDuration {
 		return fmt.Errorf("rate: -rps must be 1..%d and -d at most %v", maxRate, maxDuration)
 	}
-	cc, err := grpc.NewClient("passthrough:///"+target, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithAuthority(authority))
-	if err != nil {
-		return err
+	targets := []string{target}
+	if pair != "" {
+		targets = append(targets, pair)
 	}
-	defer cc.Close()
-	hc := healthpb.NewHealthClient(cc)
-	// Warm the connection (and the sidecars' upstream connections) before measuring.
-	for i := 0; i < 100; i++ {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
-		cancel()
+	var clients []healthpb.HealthClient
+	for _, t := range targets {
+		cc, err := grpc.NewClient("passthrough:///"+t, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithAuthority(authority))
 		if err != nil {
-			return fmt.Errorf("warm-up call %d: %w", i, err)
+			return err
 		}
+		defer cc.Close()
+		hc := healthpb.NewHealthClient(cc)
+		// Warm the connection (and the sidecars' upstream connections) before measuring.
+		for i := 0; i < 100; i++ {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+			cancel()
+			if err != nil {
+				return fmt.Errorf("warm-up call %d to %s: %w", i, t, err)
+			}
+		}
+		clients = append(clients, hc)
 	}
 	n := int(d.Seconds() * float64(rps))
-	lat := make([]time.Duration, n)
+	lat := make([][]time.Duration, len(clients))
+	for k := range lat {
+		lat[k] = make([]time.Duration, n)
+	}
 	var wg sync.WaitGroup
-	var errs atomic.Int64
+	errs := make([]atomic.Int64, len(clients))
 	interval := time.Second / time.Duration(rps)
 	start := time.Now()
 	for i := range n {
-		sched := start.Add(time.Duration(i) * interval)
-		if w := time.Until(sched); w > 0 {
-			time.Sleep(w)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
-				errs.Add(1)
+		for k, hc := range clients {
+			sched := start.Add(time.Duration(i)*interval + time.Duration(k)*interval/2)
+			if w := time.Until(sched); w > 0 {
+				time.Sleep(w)
 			}
-			lat[i] = time.Since(sched)
-		}()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+					errs[k].Add(1)
+				}
+				lat[k][i] = time.Since(sched)
+			}()
+		}
 	}
 	wg.Wait()
-	slices.Sort(lat)
-	p := func(q float64) float64 { return float64(lat[int(q*float64(n-1))].Microseconds()) / 1000 }
-	fmt.Printf("rate=%d/s n=%d errors=%d p50=%.3fms p90=%.3fms p99=%.3fms p999=%.3fms max=%.3fms\n",
-		rps, n, errs.Load(), p(0.5), p(0.9), p(0.99), p(0.999), p(1))
+	for k := range clients {
+		l := lat[k]
+		slices.Sort(l)
+		p := func(q float64) float64 { return float64(l[int(q*float64(n-1))].Microseconds()) / 1000 }
+		fmt.Printf("rate=%d/s n=%d errors=%d p50=%.3fms p90=%.3fms p99=%.3fms p999=%.3fms max=%.3fms\n",
+			rps, n, errs[k].Load(), p(0.5), p(0.9), p(0.99), p(0.999), p(1))
+	}
 	return nil
 }
