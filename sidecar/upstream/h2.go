@@ -267,6 +267,12 @@ func (c *Cluster) roundTripH2(ctx context.Context, req *Request, h *Host, deadli
 			}
 			return nil, ctx.Err()
 		}
+		if refusedStream(err) && try < maxRefusedRetries && req.Body == nil {
+			// Not processed (RFC 9113 §8.7): a new connection's first requests go out before
+			// the peer's SETTINGS say how many streams it takes, and those past its limit are
+			// refused. Sent again, as net/http's own transport does.
+			continue
+		}
 		if conn.cc.Err() != nil {
 			// The connection died under the request (the peer closed it while idle, or
 			// sent GOAWAY): as for HTTP/1.1's stale connections, a request that can be
@@ -362,4 +368,14 @@ func (u *upgraded) CloseWrite() error {
 		return cw.CloseWrite()
 	}
 	return nil
+}
+
+// maxRefusedRetries bounds how often one request refused unprocessed (REFUSED_STREAM) is
+// sent again.
+const maxRefusedRetries = 4
+
+// refusedStream reports whether err is the peer's RST_STREAM(REFUSED_STREAM). net/http's
+// HTTP/2 error types are unexported: its message names the code.
+func refusedStream(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "REFUSED_STREAM")
 }
