@@ -2497,3 +2497,42 @@ func TestFrameRelayWindowUpdatePastTheMaximumIsFlowControlError(t *testing.T) {
 		}
 	})
 }
+
+// An upstream that answers a POST before reading its body: the caller gets the whole
+// answer, then (on the relay) RST_STREAM(NO_ERROR) telling it to stop sending the rest
+// (RFC 9113 §8.1), never an error code; DATA it had in flight does not end the connection,
+// which serves the next request.
+func TestFrameRelayAnswerBeforeTheRequestEndsStopsTheUploadCleanly(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		be := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/early" {
+				_, _ = io.WriteString(w, "early")
+				return
+			}
+			_, _ = io.Copy(io.Discard, r.Body)
+			_, _ = io.WriteString(w, "late")
+		})
+		_, base := relaySidecar(t, goroutines, relayHosts(be.URL, "", nil))
+		c := dialFC(t, base, true)
+		id := c.open(reqFields("POST", "/early", "reviews"), false)
+		if err := c.data(id, bytes.Repeat([]byte("a"), 1000), false); err != nil {
+			t.Fatal(err)
+		}
+		r, ok := c.wait(id, 5*time.Second)
+		if !ok || r.status != "200" || r.body != "early" {
+			t.Fatalf("answer before the request's end: %v (ended %v), want 200 early", r, ok)
+		}
+		// The caller goes on sending a little more; then the connection carries another request.
+		_ = c.data(id, bytes.Repeat([]byte("b"), 1000), false)
+		if !goroutines && r.rst != nil && *r.rst != http2.ErrCodeNo {
+			t.Errorf("the relay reset the answered stream with %v, want NO_ERROR", *r.rst)
+		}
+		id2 := c.open(reqFields("POST", "/next", "reviews"), false)
+		if err := c.data(id2, []byte("x"), true); err != nil {
+			t.Fatal(err)
+		}
+		if r2, ok := c.wait(id2, 5*time.Second); !ok || r2.status != "200" || r2.body != "late" {
+			t.Errorf("the next request on the connection: %v (ended %v), want 200 late", r2, ok)
+		}
+	})
+}

@@ -480,8 +480,13 @@ func (s *fstream) pumpResp() {
 // responseEnded ends the exchange once the response has gone to the caller whole.
 func (s *fstream) responseEnded() {
 	// The upstream's stream is closed both ways, or it answered before the request ended
-	// and the rest of the request is cancelled.
+	// and the rest of the request is cancelled; the caller is told to stop sending it
+	// (RST_STREAM NO_ERROR after a whole response, RFC 9113 §8.1).
 	s.detach(http2.ErrCodeCancel, !s.reqDone)
+	if !s.bodyEnd {
+		_ = s.f.out.fr.WriteRSTStream(s.id, http2.ErrCodeNo)
+		s.f.out.dirty = true
+	}
 	s.finish()
 }
 
