@@ -84,6 +84,7 @@ func (l *Listener) serveFrames(cc *countedConn, br *bufio.Reader) {
 	f.rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	f.rd.MaxHeaderListSize = uint32(lim.MaxHeadBytes)
 	f.rd.SetMaxReadFrameSize(16384) // the relay advertises the default: larger is a FRAME_SIZE_ERROR
+	f.rd.SetReuseFrames()           // a frame is done with before the next is read (what is kept is copied)
 	// The first SETTINGS promises nothing net/http's server would not (frames.go): the
 	// default windows and frame size, fewer streams.
 	_ = f.out.fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: frameMaxStreams},
@@ -435,7 +436,7 @@ func (f *fconn) request(fr *http2.MetaHeadersFrame) (r *http.Request, te, ok boo
 			te = true
 			continue
 		}
-		k := http.CanonicalHeaderKey(hf.Name)
+		k := canonicalName(hf.Name)
 		hdr[k] = append(hdr[k], hf.Value)
 	}
 	if method == "" || method == http.MethodConnect || scheme == "" || path == "" || path[0] != '/' {

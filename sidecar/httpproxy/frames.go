@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -328,6 +329,26 @@ var lowerNames = func() map[string]string {
 	}
 	return m
 }()
+
+// canonicalNames is lowerNames the other way, for building http.Header from HPACK fields
+// (http.CanonicalHeaderKey allocates for a lower-case name).
+var canonicalNames = func() map[string]string {
+	m := make(map[string]string, len(lowerNames))
+	for k, v := range lowerNames {
+		m[v] = k
+	}
+	for _, k := range []string{"Content-Type", "Te", "Grpc-Status", "Grpc-Message"} {
+		m[strings.ToLower(k)] = k
+	}
+	return m
+}()
+
+func canonicalName(k string) string {
+	if v, ok := canonicalNames[k]; ok {
+		return v
+	}
+	return http.CanonicalHeaderKey(k)
+}
 
 func lowerName(k string) string {
 	if v, ok := lowerNames[k]; ok {

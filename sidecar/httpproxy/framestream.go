@@ -353,7 +353,7 @@ func (s *fstream) upHeaders(fr *http2.MetaHeadersFrame) {
 	ex.status = status
 	dst := make(http.Header, len(fr.Fields)+2)
 	for _, hf := range fr.RegularFields() {
-		k := http.CanonicalHeaderKey(hf.Name)
+		k := canonicalName(hf.Name)
 		dst[k] = append(dst[k], hf.Value)
 	}
 	l := s.f.l

@@ -172,6 +172,7 @@ func (u *fup) dial() {
 	u.rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	u.rd.MaxHeaderListSize = uint32(f.lim.MaxHeadBytes)
 	u.rd.SetMaxReadFrameSize(16384) // as advertised (the default)
+	u.rd.SetReuseFrames()
 	u.out.buf.WriteString(http2.ClientPreface)
 	_ = u.out.fr.WriteSettings(http2.Setting{ID: http2.SettingEnablePush, Val: 0},
 		http2.Setting{ID: http2.SettingInitialWindowSize, Val: frameStreamWindow},
