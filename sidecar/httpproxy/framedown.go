@@ -291,17 +291,17 @@ func (f *fconn) frame(fr http2.Frame) bool {
 		switch {
 		case !ok:
 			f.lastID = fr.StreamID
-			f.out.fr.WriteRSTStream(fr.StreamID, http2.ErrCodeProtocol)
+			_ = f.out.fr.WriteRSTStream(fr.StreamID, http2.ErrCodeProtocol)
 			f.out.dirty = true
 		case f.goaway || len(f.streams) >= frameMaxStreams:
-			f.out.fr.WriteRSTStream(fr.StreamID, http2.ErrCodeRefusedStream)
+			_ = f.out.fr.WriteRSTStream(fr.StreamID, http2.ErrCodeRefusedStream)
 			f.out.dirty = true
 			f.lastID = fr.StreamID // its DATA still to come is for a closed stream
 		case !f.l.frameable(r):
 			// net/http serves what the relay does not: this request is refused unprocessed,
 			// and the connection drains (the GOAWAY names the stream before it), so the
 			// caller sends it again on a new one.
-			f.out.fr.WriteRSTStream(fr.StreamID, http2.ErrCodeRefusedStream)
+			_ = f.out.fr.WriteRSTStream(fr.StreamID, http2.ErrCodeRefusedStream)
 			f.goAway(http2.ErrCodeNo)
 			f.lastID = fr.StreamID
 			f.l.frames.refused.Add(1)
@@ -370,7 +370,7 @@ func (f *fconn) data(fr *http2.DataFrame) bool {
 			f.goAway(http2.ErrCodeProtocol)
 			return false
 		}
-		f.out.fr.WriteRSTStream(fr.StreamID, http2.ErrCodeStreamClosed)
+		_ = f.out.fr.WriteRSTStream(fr.StreamID, http2.ErrCodeStreamClosed)
 		f.out.dirty = true
 		return true
 	}

@@ -187,31 +187,26 @@ func (c *replayConn) Read(p []byte) (int, error) {
 	if c.acked {
 		return c.peekedConn.Read(p)
 	}
-	for {
-		if c.left > 0 {
-			n, err := c.peekedConn.Read(p[:min(len(p), c.left)])
-			c.left -= n
-			return n, err
-		}
-		var hdr [9]byte
-		if _, err := io.ReadFull(c.peekedConn, hdr[:]); err != nil {
-			return 0, err
-		}
-		length := int(hdr[0])<<16 | int(hdr[1])<<8 | int(hdr[2])
-		if http2.FrameType(hdr[3]) == http2.FrameSettings && http2.Flags(hdr[4]).Has(http2.FlagSettingsAck) && length == 0 {
-			c.acked = true
-			if len(p) == 0 {
-				return 0, nil
-			}
-			return c.peekedConn.Read(p)
-		}
-		c.left = length
-		c.replay = append(c.head[:0], hdr[:]...)
-		c.head = c.replay
-		n := copy(p, c.replay)
-		c.replay = c.replay[n:]
-		return n, nil
+	if c.left > 0 {
+		n, err := c.peekedConn.Read(p[:min(len(p), c.left)])
+		c.left -= n
+		return n, err
 	}
+	var hdr [9]byte
+	if _, err := io.ReadFull(c.peekedConn, hdr[:]); err != nil {
+		return 0, err
+	}
+	length := int(hdr[0])<<16 | int(hdr[1])<<8 | int(hdr[2])
+	if http2.FrameType(hdr[3]) == http2.FrameSettings && http2.Flags(hdr[4]).Has(http2.FlagSettingsAck) && length == 0 {
+		c.acked = true // dropped; what follows passes through
+		return c.peekedConn.Read(p)
+	}
+	c.left = length
+	c.replay = append(c.head[:0], hdr[:]...)
+	c.head = c.replay
+	n := copy(p, c.replay)
+	c.replay = c.replay[n:]
+	return n, nil
 }
 
 // frameSet is a listener's connections on the relay, for its drain.

@@ -680,7 +680,7 @@ func (s *fstream) reset(code http2.ErrCode, why string) {
 		return
 	}
 	_ = why // the code is all HTTP/2 can say
-	s.f.out.fr.WriteRSTStream(s.id, code)
+	_ = s.f.out.fr.WriteRSTStream(s.id, code)
 	s.f.out.dirty = true
 	if s.ex.host != nil {
 		s.ex.c.Report(s.ex.host, s.ex.retry.onAbandon())
