@@ -133,7 +133,11 @@ func (l *Listener) serveFrames(cc *countedConn, br *bufio.Reader) {
 			if ok && l.inbound && !l.appSeen.Load() {
 				l.probeApp(r)
 			}
-			if !ok || !l.frameable(r) {
+			var route *config.Route
+			if ok {
+				route = l.frameable(r)
+			}
+			if route == nil {
 				l.framesToServer(f, cc, br, f.rec.buf, f.acked)
 				return
 			}
@@ -150,7 +154,7 @@ func (l *Listener) serveFrames(cc *countedConn, br *bufio.Reader) {
 			l.frames.total.Add(1)
 			f.decided(owed)
 			f.mu.Lock()
-			f.open(fr, r, te)
+			f.open(fr, r, te, route)
 			f.mu.Unlock()
 			f.flushAll()
 			f.loop()
@@ -288,6 +292,10 @@ func (f *fconn) frame(fr http2.Frame) bool {
 			return false
 		}
 		r, te, ok := f.request(fr)
+		var route *config.Route
+		if ok && !f.goaway && len(f.streams) < frameMaxStreams {
+			route = f.l.frameable(r)
+		}
 		switch {
 		case !ok:
 			f.lastID = fr.StreamID
@@ -297,7 +305,7 @@ func (f *fconn) frame(fr http2.Frame) bool {
 			_ = f.out.fr.WriteRSTStream(fr.StreamID, http2.ErrCodeRefusedStream)
 			f.out.dirty = true
 			f.lastID = fr.StreamID // its DATA still to come is for a closed stream
-		case !f.l.frameable(r):
+		case route == nil:
 			// net/http serves what the relay does not: this request is refused unprocessed,
 			// and the connection drains (the GOAWAY names the stream before it), so the
 			// caller sends it again on a new one.
@@ -309,7 +317,7 @@ func (f *fconn) frame(fr http2.Frame) bool {
 				f.lingerClose()
 			}
 		default:
-			f.open(fr, r, te)
+			f.open(fr, r, te, route)
 		}
 	case *http2.DataFrame:
 		return f.data(fr)
@@ -466,36 +474,37 @@ func (f *fconn) request(fr *http2.MetaHeadersFrame) (r *http.Request, te, ok boo
 	return r, te, true
 }
 
-// frameable reports whether the relay serves r: a forwarding route the event loop
-// implements (config.Route.LoopSafe) to a resolved cluster of ordinary endpoints that
-// speaks HTTP/2, and, inbound, an app that has answered and no containerConcurrency gate.
-// What it does not serve, net/http does.
-func (l *Listener) frameable(r *http.Request) bool {
+// frameable returns r's route if the relay serves it, else nil: a forwarding route the
+// event loop implements (config.Route.LoopSafe) to resolved clusters of ordinary endpoints
+// that speak HTTP/2, and, inbound, an app that has answered and no containerConcurrency
+// gate. What it does not serve, net/http does. The route is looked up once: the request
+// goes by the one judged here whatever a config update does meanwhile.
+func (l *Listener) frameable(r *http.Request) *config.Route {
 	if l.inbound && (!l.appSeen.Load() || l.proxy.breaker.Load() != nil) {
-		return false
+		return nil
 	}
 	if !httpguts.ValidHostHeader(r.Host) || strings.Contains(r.Host, "\x00") {
-		return false
+		return nil
 	}
 	vh := l.routesFor(r.Host).VirtualHostFor(r.Host)
 	if vh == nil {
-		return false
+		return nil
 	}
 	route := vh.RouteFor(r)
 	if route == nil || !route.LoopSafe || route.Kind != config.ActionForward {
-		return false
+		return nil
 	}
 	for i := range route.Clusters {
 		c := l.proxy.opts.Upstreams.Get(route.Clusters[i].Name)
 		if c == nil {
-			return false
+			return nil
 		}
 		cc := c.Config()
 		if cc.Unresolved != "" || cc.Function != nil || cc.Protocol.ForCaller(true) != config.UpstreamHTTP2 {
-			return false
+			return nil
 		}
 	}
-	return true
+	return route
 }
 
 // goAway sends GOAWAY: no stream above the last the caller opened will be served.

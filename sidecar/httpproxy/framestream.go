@@ -9,6 +9,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/weftmesh/weft/sidecar/config"
 	"github.com/weftmesh/weft/sidecar/telemetry"
 	"github.com/weftmesh/weft/sidecar/upstream"
 )
@@ -58,14 +59,12 @@ type fstream struct {
 }
 
 // open starts the request of a caller's HEADERS.
-func (f *fconn) open(fr *http2.MetaHeadersFrame, r *http.Request, te bool) {
+func (f *fconn) open(fr *http2.MetaHeadersFrame, r *http.Request, te bool, route *config.Route) {
 	l := f.l
 	f.lastID = fr.StreamID
 	if f.idleAt != nil {
 		f.idleAt.Stop()
 	}
-	vh := l.routesFor(r.Host).VirtualHostFor(r.Host)
-	route := vh.RouteFor(r)
 	wc := pickWeighted(route)
 	c := l.proxy.opts.Upstreams.Get(wc.Name)
 	s := f.newStream()
@@ -85,6 +84,11 @@ func (f *fconn) open(fr *http2.MetaHeadersFrame, r *http.Request, te bool) {
 	}
 	if body := l.authorizeAs(r, f.peer); body != "" { // MeshPolicy (authz.go), on the mutual TLS peer
 		s.localReply(http.StatusForbidden, body, nil, false)
+		return
+	}
+	if c == nil { // removed by a config update since frameable looked
+		ex.rec.Flags = "NC"
+		s.localReply(http.StatusServiceUnavailable, "cluster "+wc.Name+" is not known to this sidecar yet; retry shortly\n", nil, false)
 		return
 	}
 	if _, ok := c.Admit(); !ok {
@@ -421,7 +425,9 @@ func (s *fstream) grpcStatus(v string) {
 	if v == "" || err != nil {
 		code = -1
 	}
-	s.ex.c.Stats.ObserveGRPC(code)
+	if s.ex.c != nil {
+		s.ex.c.Stats.ObserveGRPC(code)
+	}
 	s.ex.rec.GRPCStatus = code
 }
 
