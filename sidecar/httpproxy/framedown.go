@@ -256,8 +256,11 @@ func (f *fconn) serve() {
 				continue
 			}
 			var ce http2.ConnectionError
-			if errors.As(err, &ce) {
+			switch {
+			case errors.As(err, &ce):
 				f.fail(http2.ErrCode(ce))
+			case errors.Is(err, http2.ErrFrameTooLarge): // past the 16 KiB advertised; not read
+				f.fail(http2.ErrCodeFrameSize)
 			}
 			return
 		}

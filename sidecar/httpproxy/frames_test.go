@@ -2536,3 +2536,40 @@ func TestFrameRelayAnswerBeforeTheRequestEndsStopsTheUploadCleanly(t *testing.T)
 		}
 	})
 }
+
+// Bounds before and beyond the first request. More than 64 KiB of frames before any
+// request (here PRIORITY frames, which ask for nothing) is not kept by the relay: the
+// connection goes to net/http, which serves the request that follows. A frame larger than
+// the 16 KiB the relay advertises ends a relayed connection with FRAME_SIZE_ERROR rather
+// than being read (net/http's server advertises 1 MiB and takes it).
+func TestFrameRelayBoundsBeforeAndAfterTheFirstRequest(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		be := h2cBackend(t, echoHandler(nil))
+		sc, base := relaySidecar(t, goroutines, relayHosts(be.URL, "", nil))
+		c := dialFCWith(t, base, false, func(fr *http2.Framer) {
+			for range (70 << 10) / 14 { // 14 bytes a PRIORITY frame: 70 KiB in all
+				_ = fr.WritePriority(99, http2.PriorityParam{StreamDep: 0, Weight: 15})
+			}
+		}, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 20})
+		c.get("reviews", "/after-priorities", "GET /after-priorities body=")
+		wantRelayed(t, sc, true, 0) // net/http served it, on both paths
+
+		c2 := dialFC(t, base, true)
+		id := c2.open(reqFields("POST", "/big-frame", "reviews"), false)
+		if err := c2.write(func() error { return c2.fr.WriteData(id, true, bytes.Repeat([]byte("x"), 20<<10)) }); err != nil {
+			t.Fatal(err) // one 20 KiB frame
+		}
+		if goroutines {
+			if r, ok := c2.wait(id, 5*time.Second); !ok || r.status != "200" {
+				t.Errorf("net/http with a 20 KiB DATA frame: %v (ended %v), want 200", r, ok)
+			}
+			return
+		}
+		if g := c2.goAway(5 * time.Second); g == nil || g.ErrCode != http2.ErrCodeFrameSize {
+			t.Errorf("a 20 KiB DATA frame on the relay: GOAWAY %v, want FRAME_SIZE_ERROR", goAwayString(g))
+		}
+		if !c2.closedWithin(5 * time.Second) {
+			t.Errorf("the relay kept the connection open after an oversized frame")
+		}
+	})
+}
