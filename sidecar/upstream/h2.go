@@ -50,20 +50,38 @@ var h2Transport = func() *http.Transport {
 }()
 
 // h2pool is one host's HTTP/2 connections.
+//
+// The pool counts the streams it has given each connection itself and takes no
+// reservations on http.ClientConn: a reservation made before the peer's first SETTINGS
+// still counts against a lower limit those SETTINGS then set, and the next RoundTrip waits
+// for a slot while holding the connection's request lock that the other reservations'
+// RoundTrips need to give theirs back, so they all wait until their deadlines. With an
+// upstream advertising SETTINGS_MAX_CONCURRENT_STREAMS 1, ten concurrent calls stalled
+// for the route timeout that way (TestFrameRelayUpstreamAllowingOneStreamServesTenConcurrentCalls).
 type h2pool struct {
 	mu    sync.Mutex
 	conns []*h2conn
 	slots chan struct{} // one token per stream the host may carry at once; made on first use
-	// dialing connections count against the cap; dialed closes when one finishes.
+	// dialing connections count against the cap.
 	dialing int
-	dialed  chan struct{}
-	closed  bool // the host left its cluster: connections close once idle
+	// freed, made by a request that waits for a stream, is closed when a stream ends, a
+	// dial finishes or a connection says it has room.
+	freed  chan struct{}
+	closed bool // the host left its cluster: connections close once idle
 }
 
 type h2conn struct {
 	cc       *http.ClientConn
 	lastUsed time.Time
+	streams  int // requests the pool has given this connection that have not ended
+	// settled: the peer's first SETTINGS have been applied, so what the connection reports
+	// as available is the peer's limit. Until then it carries one stream (room).
+	settled bool
 }
+
+// goClientInitialStreams is the limit Go's HTTP/2 client assumes until the peer's first
+// SETTINGS arrive; a peer's SETTINGS without SETTINGS_MAX_CONCURRENT_STREAMS make it 1,000.
+const goClientInitialStreams = 100
 
 func (p *h2pool) tokens(streams, conns int) chan struct{} {
 	p.mu.Lock()
@@ -74,9 +92,56 @@ func (p *h2pool) tokens(streams, conns int) chan struct{} {
 	return p.slots
 }
 
-// conn returns a connection with a stream reserved on it, dialing one when every
+// room reports whether c may take another stream: under the cluster's cap and under what
+// the peer allows, which is what http.ClientConn reports as available plus in flight.
+// Before the peer's first SETTINGS Go's client assumes 100 streams, and the streams past a
+// lower limit the SETTINGS then set are refused (or, by net/http's server once it has its
+// SETTINGS acknowledged, reset with PROTOCOL_ERROR, which cannot be sent again). So a new
+// connection carries one stream until its limit differs from that assumption (SETTINGS
+// applied: the state hook wakes the waiting requests when it grew) or its first response
+// arrives (settle).
+func (c *h2conn) room(maxStreams int) bool {
+	avail := c.cc.Available()
+	if avail <= 0 {
+		return false
+	}
+	limit := avail + c.cc.InFlight()
+	if !c.settled {
+		if limit == goClientInitialStreams {
+			return c.streams == 0
+		}
+		c.settled = true
+	}
+	return c.streams < min(maxStreams, limit)
+}
+
+// settle notes that c's first response arrived: the peer's SETTINGS, sent before it, apply.
+func (p *h2pool) settle(c *h2conn) {
+	p.mu.Lock()
+	if !c.settled {
+		c.settled = true
+		p.wakeLocked()
+	}
+	p.mu.Unlock()
+}
+
+// wakeLocked lets requests waiting for a stream look again.
+func (p *h2pool) wakeLocked() {
+	if p.freed != nil {
+		close(p.freed)
+		p.freed = nil
+	}
+}
+
+func (p *h2pool) wake() {
+	p.mu.Lock()
+	p.wakeLocked()
+	p.mu.Unlock()
+}
+
+// conn returns a connection with a stream counted on it, dialing one when every
 // connection is at its stream cap and the host has room for another (connections being
-// dialed count against that room).
+// dialed count against that room), and otherwise waiting for a stream to end.
 func (p *h2pool) conn(ctx context.Context, dial h2Dial, addr string, maxStreams, maxConns int, idle, connectTimeout time.Duration) (*h2conn, error) {
 	for {
 		p.mu.Lock()
@@ -86,7 +151,7 @@ func (p *h2pool) conn(ctx context.Context, dial h2Dial, addr string, maxStreams,
 			switch {
 			case c.cc.Err() != nil:
 				c.cc.Close()
-			case idle > 0 && c.cc.InFlight() == 0 && now.Sub(c.lastUsed) > idle:
+			case idle > 0 && c.streams == 0 && now.Sub(c.lastUsed) > idle:
 				c.cc.Close()
 			default:
 				live = append(live, c)
@@ -94,24 +159,18 @@ func (p *h2pool) conn(ctx context.Context, dial h2Dial, addr string, maxStreams,
 		}
 		clear(p.conns[len(live):])
 		p.conns = live
-		var least *h2conn
 		for _, c := range p.conns {
-			if c.cc.InFlight() < maxStreams && c.cc.Reserve() == nil {
+			if c.room(maxStreams) {
+				c.streams++
 				p.mu.Unlock()
 				return c, nil
 			}
-			if least == nil || c.cc.InFlight() < least.cc.InFlight() {
-				least = c
-			}
 		}
 		if len(p.conns)+p.dialing >= maxConns {
-			if least != nil {
-				// Every connection is at its cap; the slot this request holds says one
-				// stream ends soon. RoundTrip waits on the least busy connection for it.
-				p.mu.Unlock()
-				return least, nil
+			if p.freed == nil {
+				p.freed = make(chan struct{})
 			}
-			wait := p.dialed // every connection is still being dialed: wait for one
+			wait := p.freed
 			p.mu.Unlock()
 			select {
 			case <-wait:
@@ -121,23 +180,21 @@ func (p *h2pool) conn(ctx context.Context, dial h2Dial, addr string, maxStreams,
 			}
 		}
 		p.dialing++
-		if p.dialed == nil {
-			p.dialed = make(chan struct{})
-		}
 		p.mu.Unlock()
 		cc, err := dial.dial(ctx, addr, connectTimeout)
 		p.mu.Lock()
 		p.dialing--
-		close(p.dialed)
-		p.dialed = make(chan struct{})
+		p.wakeLocked()
 		if err != nil {
 			p.mu.Unlock()
 			return nil, err
 		}
-		c := &h2conn{cc: cc, lastUsed: now}
-		_ = cc.Reserve()
+		c := &h2conn{cc: cc, lastUsed: now, streams: 1}
 		p.conns = append(p.conns, c)
 		p.mu.Unlock()
+		// Called when the connection has more room (the peer's SETTINGS raised its
+		// limit, a stream ended) or failed: requests waiting for a stream look again.
+		cc.SetStateHook(func(*http.ClientConn) { p.wake() })
 		return c, nil
 	}
 }
@@ -174,9 +231,11 @@ func (c *Cluster) h2DialFor(h *Host) h2Dial {
 func (p *h2pool) done(c *h2conn) {
 	p.mu.Lock()
 	c.lastUsed = time.Now()
-	closed := p.closed
+	c.streams--
+	closeIt := p.closed && c.streams == 0
+	p.wakeLocked()
 	p.mu.Unlock()
-	if closed && c.cc.InFlight() == 0 {
+	if closeIt {
 		c.cc.Close()
 	}
 }
@@ -189,7 +248,7 @@ func (p *h2pool) closeIdle(gone bool) {
 	p.closed = p.closed || gone
 	live := p.conns[:0]
 	for _, c := range p.conns {
-		if c.cc.InFlight() == 0 {
+		if c.streams == 0 {
 			c.cc.Close()
 		} else {
 			live = append(live, c)
@@ -243,7 +302,6 @@ func (c *Cluster) roundTripH2(ctx context.Context, req *Request, h *Host, deadli
 		}
 		hr, err := h2Request(ctx, req, h.Address)
 		if err != nil {
-			conn.cc.Release()
 			h.h2.done(conn)
 			release()
 			cancel()
@@ -251,6 +309,7 @@ func (c *Cluster) roundTripH2(ctx context.Context, req *Request, h *Host, deadli
 		}
 		resp, err := conn.cc.RoundTrip(hr)
 		if err == nil {
+			h.h2.settle(conn)
 			resp.Body = &h2body{rc: resp.Body, end: func() {
 				cancel()
 				h.h2.done(conn)
