@@ -335,7 +335,8 @@ func (c *peekedConn) Write(p []byte) (int, error) {
 // h2Server serves prior-knowledge h2c connections with the standard library. Its server
 // starts with the first h2c connection and takes the listener's limits in force then:
 // MaxHeaderBytes (sent as SETTINGS_MAX_HEADER_LIST_SIZE and enforced per header block),
-// the head timeout and the idle timeout.
+// the head timeout and the idle timeout. A connection none of whose bytes can be written
+// for frameWriteTimeout (a caller that stopped reading) is closed, as on the frame relay.
 type h2Server struct {
 	srv   *http.Server
 	conns chan net.Conn
@@ -349,7 +350,7 @@ type h2Server struct {
 func newH2Server(h http.Handler, addr net.Addr, lim func() *config.HTTPLimits) *h2Server {
 	var protocols http.Protocols
 	protocols.SetUnencryptedHTTP2(true)
-	return &h2Server{srv: &http.Server{Handler: h, Protocols: &protocols},
+	return &h2Server{srv: &http.Server{Handler: h, Protocols: &protocols, HTTP2: &http.HTTP2Config{WriteByteTimeout: frameWriteTimeout}},
 		conns: make(chan net.Conn), done: make(chan struct{}), addr: addr, lim: lim}
 }
 

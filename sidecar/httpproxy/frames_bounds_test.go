@@ -1,0 +1,198 @@
+package httpproxy_test
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	st "github.com/weftmesh/weft/sidecar/sidecartest"
+)
+
+// Stated bounds of the HTTP/2 paths that need a caller or an upstream to misbehave for
+// seconds: the request bodies one relayed connection keeps for retries, and a caller that
+// stops reading its responses.
+
+// Six concurrent POSTs of 900 KiB on one connection, each answered 503 on its first attempt
+// once all six bodies are upstream, under a route retrying 5xx. The relay keeps request
+// bodies for retries up to 1 MiB per stream but 4 MiB per connection: at most four whole
+// bodies are kept, so at most four requests are sent again (with the whole body) and the
+// others get the upstream's 503; none is sent again with a partial body. The goroutine path
+// bounds a kept body per request only (1 MiB): every request is retried there.
+func TestFrameRelayKeepsAtMostFourMiBOfBodiesForRetriesPerConnection(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		const calls, size = 6, 900 << 10
+		var mu sync.Mutex
+		attempts := map[string][]int{} // path → body sizes seen, in order
+		allIn := make(chan struct{})
+		var firsts atomic.Int64
+		be := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) {
+			b, _ := io.ReadAll(r.Body)
+			mu.Lock()
+			attempts[r.URL.Path] = append(attempts[r.URL.Path], len(b))
+			first := len(attempts[r.URL.Path]) == 1
+			want := bytes.Equal(b, retryBody(r.URL.Path, size))
+			mu.Unlock()
+			if !want {
+				http.Error(w, "body differs", http.StatusBadRequest)
+				return
+			}
+			if first {
+				// Answer only once every first attempt's body is upstream, so the relay
+				// holds all six at once.
+				if firsts.Add(1) == calls {
+					close(allIn)
+				}
+				select {
+				case <-allIn:
+				case <-time.After(5 * time.Second):
+				}
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
+			}
+			_, _ = io.WriteString(w, "second")
+		})
+		snap := relayHosts(be.URL, "", nil, st.Retries("5xx", 1, 0))
+		// Envoy's default allows 3 concurrent retries per cluster; raised so only the
+		// kept bodies bound them.
+		snap.Clusters[0].(*clusterv3.Cluster).CircuitBreakers = &clusterv3.CircuitBreakers{
+			Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{MaxRetries: wrapperspb.UInt32(100)}}}
+		sc, base := relaySidecar(t, goroutines, snap)
+		client := rawH2() // one connection carries all six
+		statuses := make([]int, calls)
+		var wg sync.WaitGroup
+		for i := range calls {
+			wg.Go(func() {
+				p := fmt.Sprintf("/k%d", i)
+				req, _ := http.NewRequest(http.MethodPost, base+p, bytes.NewReader(retryBody(p, size)))
+				req.Host = "reviews"
+				resp, err := client.Do(req)
+				if err != nil {
+					t.Errorf("%s: %v", p, err)
+					return
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				statuses[i] = resp.StatusCode
+			})
+		}
+		wg.Wait()
+		retried := 0
+		mu.Lock()
+		defer mu.Unlock()
+		for i := range calls {
+			p := fmt.Sprintf("/k%d", i)
+			seen := attempts[p]
+			switch {
+			case len(seen) == 2 && statuses[i] == 200:
+				retried++
+			case len(seen) == 1 && statuses[i] == 503:
+			default:
+				t.Errorf("%s: caller got %d, upstream saw bodies of %v bytes; want 200 after two whole attempts, or 503 after one", p, statuses[i], seen)
+			}
+			for _, n := range seen {
+				if n != size {
+					t.Errorf("%s: an attempt carried %d bytes of the %d-byte body", p, n, size)
+				}
+			}
+		}
+		if goroutines {
+			if retried != calls {
+				t.Errorf("goroutine path: %d of %d requests retried, want all (it bounds kept bodies per request only)", retried, calls)
+			}
+			return
+		}
+		wantRelayed(t, sc, goroutines, 1)
+		if retried > 4 || retried == 0 {
+			t.Errorf("relay: %d of %d requests of %d KiB retried on one connection; want 1 to 4 (4 MiB kept per connection)", retried, calls, size>>10)
+		}
+		t.Logf("relay: %d of %d retried", retried, calls)
+	})
+}
+
+// retryBody is the body of path's request: distinct per path, so a body sent to the wrong
+// stream or cut short is seen.
+func retryBody(path string, size int) []byte {
+	return bytes.Repeat([]byte(path+"-"), size/(len(path)+1)+1)[:size]
+}
+
+// A caller that asks for a large response, grants window for all of it and then stops
+// reading: once the sidecar's writes to it have made no progress for the write timeout
+// (10 s), the connection is cut and the upstream's response stream is reset, on both
+// paths, instead of the sidecar holding the connection (and the upstream's stream) forever.
+func TestFrameRelayCallerThatStopsReadingIsCutAfterTheWriteTimeout(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		upstreamErr := make(chan error, 1)
+		var written atomic.Int64
+		be := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) {
+			chunk := bytes.Repeat([]byte("z"), 64<<10)
+			for range 1024 { // 64 MiB, far more than socket buffers hold
+				n, err := w.Write(chunk)
+				written.Add(int64(n))
+				if err != nil {
+					upstreamErr <- err
+					return
+				}
+			}
+			upstreamErr <- nil
+		})
+		_, base := relaySidecar(t, goroutines, relayHosts(be.URL, "", nil))
+		conn, err := net.DialTimeout("tcp", st.HostPort(base), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_ = conn.(*net.TCPConn).SetReadBuffer(64 << 10)
+		fr := http2.NewFramer(conn, conn)
+		var hb bytes.Buffer
+		enc := hpack.NewEncoder(&hb)
+		for _, f := range reqFields("GET", "/endless", "reviews") {
+			_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		_, _ = io.WriteString(conn, http2.ClientPreface)
+		_ = fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
+		_ = fr.WriteWindowUpdate(0, 1<<31-1-65535)
+		_ = fr.WriteSettingsAck() // for the sidecar's SETTINGS, never read
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+			t.Fatal(err)
+		}
+		// Read nothing. The upstream's writes stop when the socket buffers on the way and
+		// the sidecar's windows are full.
+		start := time.Now()
+		var upErr error
+		select {
+		case upErr = <-upstreamErr:
+		case <-time.After(25 * time.Second):
+			t.Fatalf("the upstream was still blocked writing 25 s after the caller stopped reading (%d bytes written): the sidecar never cut the stalled caller", written.Load())
+		}
+		took := time.Since(start)
+		if upErr == nil {
+			t.Fatalf("the upstream wrote all %d bytes to a caller that reads nothing: something buffered it all", written.Load())
+		}
+		if took < 8*time.Second {
+			t.Errorf("the upstream's stream ended after %v, before the 10 s write timeout could have passed", took)
+		}
+		t.Logf("upstream write failed after %v (%d bytes written): %v", took.Round(time.Millisecond), written.Load(), upErr)
+		// What is buffered for the caller is bounded, and then the connection ends.
+		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, err := io.Copy(io.Discard, conn)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Errorf("the caller's connection was still open after the upstream's stream ended (read %d bytes, then nothing for 10 s)", n)
+		}
+		if n > 32<<20 {
+			t.Errorf("the caller could still read %d bytes after it stalled", n)
+		}
+	})
+}
