@@ -29,6 +29,8 @@ type fconn struct {
 	lim *config.HTTPLimits
 	// peer is the caller's verified mutual TLS identity as a principal ("" for h2c)
 	peer string
+	// remote is the caller's address, as each request's RemoteAddr (made once)
+	remote string
 
 	mu       sync.Mutex
 	out      frameOut
@@ -59,7 +61,7 @@ const frameMaxKept = 4 << 20
 func (l *Listener) serveFrames(cc *countedConn, br *bufio.Reader) {
 	lim := l.lim()
 	f := &fconn{l: l, nc: cc, br: br, lim: lim, streams: map[uint32]*fstream{}, ups: map[*upstream.Host]*fup{},
-		sendWin: 65535, peerInit: 65535}
+		sendWin: 65535, peerInit: 65535, remote: cc.RemoteAddr().String()}
 	f.out.init(cc, cc.Conn)
 	f.peer = framePeer(cc.Conn)
 	if !l.frames.add(f) {

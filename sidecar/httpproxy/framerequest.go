@@ -24,7 +24,10 @@ func (f *fconn) request(fr *http2.MetaHeadersFrame) (r *http.Request, te, ok boo
 	}
 	var method, path, scheme, authority string
 	hdr := make(http.Header, len(fr.Fields))
-	for _, hf := range fr.Fields {
+	// One array holds every field's value (as net/http's server does): a name seen once
+	// takes a one-element slice of it, capped so a repeated name's append copies out.
+	vals := make([]string, len(fr.Fields))
+	for i, hf := range fr.Fields {
 		if hf.IsPseudo() {
 			switch hf.Name {
 			case ":method":
@@ -51,7 +54,12 @@ func (f *fconn) request(fr *http2.MetaHeadersFrame) (r *http.Request, te, ok boo
 			continue
 		}
 		k := canonicalName(hf.Name)
-		hdr[k] = append(hdr[k], hf.Value)
+		if vv, ok := hdr[k]; ok {
+			hdr[k] = append(vv, hf.Value)
+		} else {
+			vals[i] = hf.Value
+			hdr[k] = vals[i : i+1 : i+1]
+		}
 	}
 	if method == "" || method == http.MethodConnect || scheme == "" || path == "" || path[0] != '/' {
 		return nil, false, false
@@ -60,8 +68,8 @@ func (f *fconn) request(fr *http2.MetaHeadersFrame) (r *http.Request, te, ok boo
 		authority = hdr.Get("Host")
 	}
 	delete(hdr, "Host")
-	u, err := url.ParseRequestURI(path)
-	if err != nil {
+	u, ok := parsePath(path)
+	if !ok {
 		return nil, false, false
 	}
 	cl := int64(-1)
@@ -76,9 +84,46 @@ func (f *fconn) request(fr *http2.MetaHeadersFrame) (r *http.Request, te, ok boo
 		cl = 0
 	}
 	r = &http.Request{Method: method, URL: u, Proto: "HTTP/2.0", ProtoMajor: 2, Header: hdr, Host: authority,
-		RequestURI: path, ContentLength: cl, RemoteAddr: f.nc.RemoteAddr().String(), Body: http.NoBody}
+		RequestURI: path, ContentLength: cl, RemoteAddr: f.remote, Body: http.NoBody}
 	return r, te, true
 }
+
+// parsePath is url.ParseRequestURI for an HTTP/2 :path (it starts with "/"), without its
+// work for the common path: one whose path part has only characters a path never escapes
+// is the URL's Path as it stands (RawPath empty), and what follows "?" is RawQuery, which
+// is what url.ParseRequestURI makes of it. Anything else (escapes, other characters,
+// control bytes) goes to url.ParseRequestURI.
+func parsePath(path string) (*url.URL, bool) {
+	p, q, hasQuery := strings.Cut(path, "?")
+	plain := true
+	for i := 0; i < len(p) && plain; i++ {
+		plain = pathPlain[p[i]]
+	}
+	for i := 0; i < len(q) && plain; i++ {
+		plain = q[i] > 0x20 && q[i] < 0x7f
+	}
+	if !plain {
+		u, err := url.ParseRequestURI(path)
+		return u, err == nil
+	}
+	u := &url.URL{Path: p, RawQuery: q, ForceQuery: hasQuery && q == ""}
+	return u, true
+}
+
+// pathPlain marks the bytes url.URL keeps unescaped in a path: letters, digits and
+// "-._~/$&+,:;=@".
+var pathPlain = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = true, true
+	}
+	for _, c := range "-._~/$&+,:;=@" {
+		t[c] = true
+	}
+	return t
+}()
 
 // frameable returns r's route if the relay serves it, else nil: a forwarding route the
 // event loop implements (config.Route.LoopSafe) to resolved clusters of ordinary endpoints
