@@ -107,5 +107,14 @@ if command -v haproxy >/dev/null; then
   awk -v a="$(p50 "$direct")" -v b="$(p50 "$ha")" -v c="$(p99 "$direct")" -v d="$(p99 "$ha")" \
     'BEGIN{ printf "added by two haproxies at the fixed rate: p50 +%.3f ms, p99 +%.3f ms\n", b-a, d-c }'
   paired "two haproxies" 127.0.0.1:28501
+  # Three-way: direct, two sidecars and two haproxies interleaved (a third of an interval
+  # apart, each at RATE/s), so the two proxies' figures meet the same moments of the machine.
+  out=$("$work/helper" rate -target "$BACKEND" -pair "$CALLER,127.0.0.1:28501" -authority svc -rps "$RATE" -d "$DURATION")
+  d=$(sed -n 1p <<<"$out"); s=$(sed -n 2p <<<"$out"); h=$(sed -n 3p <<<"$out")
+  echo "three-way, direct:        $d"
+  echo "three-way, two sidecars:  $s"
+  echo "three-way, two haproxies: $h"
+  awk -v a="$(p50 "$d")" -v b="$(p50 "$s")" -v c="$(p50 "$h")" -v x="$(p99 "$d")" -v y="$(p99 "$s")" -v z="$(p99 "$h")" \
+    'BEGIN{ printf "added, three-way: two sidecars p50 +%.3f ms p99 +%.3f ms; two haproxies p50 +%.3f ms p99 +%.3f ms\n", b-a, y-x, c-a, z-x }'
 fi
 for port in 28420 28320; do curl -fsS http://127.0.0.1:$port/stats 2>/dev/null | grep -E "^weft_cluster_grpc_responses_total|^weft_listener_frame_relay_connections_total" || true; done

@@ -17,6 +17,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -70,7 +71,7 @@ func main() {
 		authority := fs.String("authority", "svc", ":authority of every call")
 		rps := fs.Int("rps", 1000, "calls per second")
 		d := fs.Duration("d", 10*time.Second, "duration")
-		pair := fs.String("pair", "", "a second host:port called at the same rate, each call half an interval after one to -target (its line is printed second)")
+		pair := fs.String("pair", "", "more host:ports (comma-separated) called at the same rate, interleaved with -target's calls (one line each, in order, after -target's)")
 		_ = fs.Parse(os.Args[2:])
 		err = rate(*target, *pair, *authority, *rps, *d)
 	default:
@@ -147,9 +148,10 @@ func writeConfig(w io.Writer, name, listen, to string) error {
 // rate makes unary Health/Check calls on a fixed schedule over one gRPC connection (open
 // loop) and reports latency percentiles measured from each call's scheduled start, so a
 // stall is not hidden by the sender slowing down (coordinated omission). Each call has a
-// 5 s deadline; in-flight calls are bounded by rps × 5 s. With pair, a second target gets
-// the same schedule shifted by half an interval, over its own connection: both series
-// then meet the same moments of the machine, and their difference is the paths' own.
+// 5 s deadline; in-flight calls are bounded by rps × 5 s. With pair, each further target
+// gets the same schedule shifted by a fraction of the interval (half of it for one), over
+// its own connection: all series then meet the same moments of the machine, and their
+// differences are the paths' own.
 func rate(target, pair, authority string, rps int, d time.Duration) error {
 	if target == "" {
 		return errors.New("rate: -target is required")
@@ -159,7 +161,7 @@ func rate(target, pair, authority string, rps int, d time.Duration) error {
 	}
 	targets := []string{target}
 	if pair != "" {
-		targets = append(targets, pair)
+		targets = append(targets, strings.Split(pair, ",")...)
 	}
 	var clients []healthpb.HealthClient
 	for _, t := range targets {
@@ -192,7 +194,7 @@ func rate(target, pair, authority string, rps int, d time.Duration) error {
 	start := time.Now()
 	for i := range n {
 		for k, hc := range clients {
-			sched := start.Add(time.Duration(i)*interval + time.Duration(k)*interval/2)
+			sched := start.Add(time.Duration(i)*interval + time.Duration(k)*interval/time.Duration(len(clients)))
 			if w := time.Until(sched); w > 0 {
 				time.Sleep(w)
 			}
