@@ -48,6 +48,7 @@ type fconn struct {
 	idleAt   *time.Timer
 	timer    *time.Timer // the streams' deadlines and back-offs (fconn.arm)
 	timerAt  time.Time   // when it fires; zero: not armed
+	sweepAt  time.Time   // when the timer next sweeps the upstream connections (sweepUps)
 	dirty    []*fup      // upstream connections with frames queued
 	free     []*fstream  // ended streams kept for the next ones
 }

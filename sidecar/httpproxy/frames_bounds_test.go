@@ -13,10 +13,16 @@ import (
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	httpupv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/sidecar/httpproxy"
 	st "github.com/weftmesh/weft/sidecar/sidecartest"
 )
 
@@ -194,5 +200,100 @@ func TestFrameRelayCallerThatStopsReadingIsCutAfterTheWriteTimeout(t *testing.T)
 		if n > 32<<20 {
 			t.Errorf("the caller could still read %d bytes after it stalled", n)
 		}
+	})
+}
+
+// connTracker is an HTTP/2 backend answering its name, which reports how many connections
+// it has open.
+type connTracker struct {
+	url  string
+	open atomic.Int64
+}
+
+func trackedBackend(t *testing.T, name string) *connTracker {
+	ct := &connTracker{}
+	be := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, name) },
+		func(s *http.Server) {
+			s.ConnState = func(_ net.Conn, cs http.ConnState) {
+				switch cs {
+				case http.StateNew:
+					ct.open.Add(1)
+				case http.StateClosed, http.StateHijacked:
+					ct.open.Add(-1)
+				}
+			}
+		})
+	ct.url = be.URL
+	return ct
+}
+
+// An HTTP/2 upstream connection whose endpoint leaves the cluster (its pod is gone) is
+// closed once its streams have ended, though the caller's connection stays: on the relay
+// at its next sweep, on the goroutine path at the update. Before, the relay held it as
+// long as the caller's connection lived (for a gRPC channel, hours), to a pod that may
+// never answer again.
+func TestFrameRelayConnectionToAnEndpointThatLeftIsClosed(t *testing.T) {
+	t.Cleanup(httpproxy.SetHostSweep(100 * time.Millisecond))
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		a, b := trackedBackend(t, "a"), trackedBackend(t, "b")
+		cp := st.StartControlPlane(t)
+		cp.Set(relayHosts(a.url, "", nil))
+		sc := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines})
+		c := dialFC(t, sc.URL(t, st.OutboundListenerName), true)
+		c.get("reviews", "/", "a")
+		if n := a.open.Load(); n != 1 {
+			t.Fatalf("endpoint a has %d connections after one call, want 1", n)
+		}
+		cp.Set(relayHosts(b.url, "", nil)) // a's pod is gone; b took its place
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			id := c.open(reqFields("GET", "/", "reviews"), true)
+			r, ok := c.wait(id, 5*time.Second)
+			if ok && r.body == "b" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("calls still went to a 10 s after the update: %v", r)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		for a.open.Load() != 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("the sidecar still holds %d connection(s) to endpoint a, which left the cluster, 10 s after the update; the caller's connection is open", a.open.Load())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		c.get("reviews", "/", "b") // the caller's connection goes on
+		wantRelayed(t, sc, goroutines, 1)
+	})
+}
+
+// An idle HTTP/2 upstream connection closes after the cluster's idle timeout
+// (common_http_protocol_options.idle_timeout) while the caller's connection stays open.
+func TestFrameRelayIdleUpstreamConnectionClosesAtTheClustersIdleTimeout(t *testing.T) {
+	t.Cleanup(httpproxy.SetHostSweep(100 * time.Millisecond))
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		a := trackedBackend(t, "a")
+		snap := relayHosts(a.url, "", nil)
+		cl := snap.Clusters[0].(*clusterv3.Cluster)
+		po := &httpupv3.HttpProtocolOptions{}
+		if err := cl.TypedExtensionProtocolOptions[contract.HTTPProtocolOptionsKey].UnmarshalTo(po); err != nil {
+			t.Fatal(err)
+		}
+		po.CommonHttpProtocolOptions = &corev3.HttpProtocolOptions{IdleTimeout: durationpb.New(300 * time.Millisecond)}
+		cl.TypedExtensionProtocolOptions[contract.HTTPProtocolOptionsKey], _ = anypb.New(po)
+		sc, base := relaySidecar(t, goroutines, snap)
+		c := dialFC(t, base, true)
+		c.get("reviews", "/", "a")
+		start := time.Now()
+		for a.open.Load() != 0 {
+			if time.Since(start) > 5*time.Second {
+				t.Fatalf("an upstream connection idle for 5 s is still open; the cluster's idle timeout is 300 ms")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Logf("closed %v after the call", time.Since(start).Round(10*time.Millisecond))
+		c.get("reviews", "/", "a") // a new one is dialled for the next call
+		wantRelayed(t, sc, goroutines, 1)
 	})
 }

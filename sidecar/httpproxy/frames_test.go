@@ -1916,7 +1916,9 @@ func TestFrameRelayManyStreamsHalfResetMidResponseLeakNothing(t *testing.T) {
 				t.Errorf("stream %d (%s): ended=%v status %q reset %v, %d bytes, want 200 and 256 KiB", id, path, ok, r.status, r.rst, len(r.body))
 			}
 		}
-		st.Eventually(t, 5*time.Second, func() bool { return cancelled.Load() == 25 }, "%d of 25 reset streams were cancelled upstream", cancelled.Load())
+		// 15 s: under -race with other packages' tests on two cores, CI once saw 24 of 25 at 5 s
+		// on the goroutine path (not reproduced in 40 runs here); a lost cancel still shows.
+		st.Eventually(t, 15*time.Second, func() bool { return cancelled.Load() == 25 }, "%d of 25 reset streams were cancelled upstream", cancelled.Load())
 		st.Eventually(t, 5*time.Second, func() bool {
 			return promValue(t, statsOf(sc), `weft_listener_requests_inflight{listener="outbound_http"}`) == "0"
 		}, "requests still in flight after every stream ended")

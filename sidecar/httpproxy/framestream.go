@@ -311,6 +311,13 @@ func (f *fconn) tick() {
 	if !next.IsZero() {
 		f.arm(next)
 	}
+	if len(f.ups) > 0 {
+		if !now.Before(f.sweepAt) {
+			f.sweepAt = now.Add(hostSweep)
+			f.sweepUps(now)
+		}
+		f.arm(f.sweepAt)
+	}
 	f.mu.Unlock()
 	f.flushAll()
 }

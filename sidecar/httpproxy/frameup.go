@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -36,6 +37,7 @@ type fup struct {
 	peerInit   int64
 	maxStreams int
 	returned   int64 // connection window to give back (batched)
+	idleSince  time.Time // when its last stream ended (zero while it has streams)
 	ready      bool
 	dead       bool
 	goneAway   bool // no new streams: GOAWAY received, or stream IDs ran out
@@ -54,8 +56,29 @@ func (f *fconn) upFor(h *upstream.Host, c *upstream.Cluster) *fup {
 	}
 	u := &fup{f: f, host: h, c: c, streams: map[uint32]*fstream{}, nextID: 1, sendWin: 65535, peerInit: 65535, maxStreams: maxStreams}
 	f.ups[h] = u
+	if f.sweepAt.IsZero() {
+		f.sweepAt = time.Now().Add(hostSweep)
+	}
+	f.arm(f.sweepAt) // sweepUps
 	go u.dial()
 	return u
+}
+
+// sweepUps closes the upstream connections without streams whose endpoint left its
+// cluster (a pod gone) or that have been idle past the cluster's idle timeout, as the
+// event loops' sweepHosts does for HTTP/1.1; a connection to a gone pod is otherwise held
+// as long as the caller's connection. It runs on the connection's timer (tick) every
+// hostSweep while there are upstream connections. f.mu is held.
+func (f *fconn) sweepUps(now time.Time) {
+	for _, u := range f.ups {
+		if len(u.streams) > 0 || len(u.waiting) > 0 || !u.ready {
+			continue
+		}
+		idle := u.c.Config().IdleTimeout
+		if u.host.Removed() || (idle > 0 && !u.idleSince.IsZero() && now.Sub(u.idleSince) > idle) {
+			u.close()
+		}
+	}
 }
 
 // attach sends s's request on u, or queues it.
@@ -93,6 +116,9 @@ func (u *fup) markDirty() {
 func (u *fup) forget(s *fstream) {
 	delete(u.streams, s.uid)
 	u.sendWaiting()
+	if len(u.streams) == 0 {
+		u.idleSince = time.Now()
+	}
 	if len(u.streams) == 0 && (u.goneAway || u.host.Removed()) {
 		u.close()
 	}

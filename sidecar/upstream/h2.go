@@ -77,6 +77,7 @@ type h2conn struct {
 	// settled: the peer's first SETTINGS have been applied, so what the connection reports
 	// as available is the peer's limit. Until then it carries one stream (room).
 	settled bool
+	reaping bool // a timer will close it if it is still idle at the cluster's idle timeout
 }
 
 // goClientInitialStreams is the limit Go's HTTP/2 client assumes until the peer's first
@@ -227,17 +228,47 @@ func (c *Cluster) h2DialFor(h *Host) h2Dial {
 	return h2Dial{}
 }
 
-// done notes a stream's end on c.
-func (p *h2pool) done(c *h2conn) {
+// done notes a stream's end on c. A connection left without streams is closed once it
+// has been idle for idle (the cluster's idle timeout; 0: never), whether or not another
+// request comes for the host.
+func (p *h2pool) done(c *h2conn, idle time.Duration) {
 	p.mu.Lock()
 	c.lastUsed = time.Now()
 	c.streams--
 	closeIt := p.closed && c.streams == 0
+	if c.streams == 0 && idle > 0 && !c.reaping && !closeIt {
+		c.reaping = true
+		time.AfterFunc(idle, func() { p.reap(c, idle) })
+	}
 	p.wakeLocked()
 	p.mu.Unlock()
 	if closeIt {
 		c.cc.Close()
 	}
+}
+
+// reap closes c if it has had no stream for idle, or looks again when it could have.
+func (p *h2pool) reap(c *h2conn, idle time.Duration) {
+	p.mu.Lock()
+	c.reaping = false
+	if c.streams > 0 {
+		p.mu.Unlock()
+		return // its last stream's end arms the next look
+	}
+	if left := idle - time.Since(c.lastUsed); left > 0 {
+		c.reaping = true
+		time.AfterFunc(left, func() { p.reap(c, idle) })
+		p.mu.Unlock()
+		return
+	}
+	for i, x := range p.conns {
+		if x == c {
+			p.conns = append(p.conns[:i], p.conns[i+1:]...)
+			break
+		}
+	}
+	p.mu.Unlock()
+	c.cc.Close()
 }
 
 // closeIdle closes connections without streams; with gone, the host left its cluster and
@@ -302,7 +333,7 @@ func (c *Cluster) roundTripH2(ctx context.Context, req *Request, h *Host, deadli
 		}
 		hr, err := h2Request(ctx, req, h.Address)
 		if err != nil {
-			h.h2.done(conn)
+			h.h2.done(conn, cc.IdleTimeout)
 			release()
 			cancel()
 			return nil, err
@@ -312,12 +343,12 @@ func (c *Cluster) roundTripH2(ctx context.Context, req *Request, h *Host, deadli
 			h.h2.settle(conn)
 			resp.Body = &h2body{rc: resp.Body, end: func() {
 				cancel()
-				h.h2.done(conn)
+				h.h2.done(conn, cc.IdleTimeout)
 				release()
 			}}
 			return resp, nil
 		}
-		h.h2.done(conn)
+		h.h2.done(conn, cc.IdleTimeout)
 		if ctx.Err() != nil {
 			release()
 			cancel()
