@@ -12,6 +12,10 @@ DURATION=${DURATION:-10s}
 RATE=${RATE:-1000}
 CONCURRENCY=${CONCURRENCY:-1} # each sidecar's worker threads (--concurrency)
 # SIDECAR_BIN: a prebuilt sidecar to measure instead of building ./cmd/sidecar (A/B runs).
+# APP_GOMAXPROCS: GOMAXPROCS of the load generator and the backend (the "apps"); unset, Go's
+# default (the machine's CPUs, or a container's CPU limit since Go 1.25). 1 is what a pod
+# with a one-CPU limit gets.
+if [ -n "${APP_GOMAXPROCS:-}" ]; then app_env=(env GOMAXPROCS="$APP_GOMAXPROCS"); else app_env=(env); fi
 BACKEND=127.0.0.1:28280
 CALLEE=127.0.0.1:28206  # the callee sidecar's inbound listener
 CALLER=127.0.0.1:28201  # the caller sidecar's outbound listener
@@ -24,7 +28,7 @@ trap cleanup EXIT
 go build -o "$work/helper" ./hack/bench/grpc
 if [ -n "${SIDECAR_BIN:-}" ]; then cp "$SIDECAR_BIN" "$work/sidecar"; else go build -o "$work/sidecar" ./cmd/sidecar; fi
 
-"$work/helper" backend -addr "$BACKEND" & pids+=($!)
+"${app_env[@]}" "$work/helper" backend -addr "$BACKEND" & pids+=($!)
 "$work/helper" config -name inbound_http -listen "$CALLEE" -backend "$BACKEND" >"$work/callee.json"
 "$work/helper" config -name outbound_http -listen "$CALLER" -backend "$CALLEE" >"$work/caller.json"
 "$work/sidecar" --concurrency "$CONCURRENCY" --static-config "$work/callee.json" \
@@ -45,13 +49,13 @@ ctxsw() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/{s+=$2}
 syscw() { awk '/^syscw/{print $2}' "/proc/$1/io"; }
 runq_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s+=$2} END{printf "%.0f\n", s}'; }
 
-direct=$("$work/helper" rate -target "$BACKEND" -rps "$RATE" -d "$DURATION")
+direct=$("${app_env[@]}" "$work/helper" rate -target "$BACKEND" -rps "$RATE" -d "$DURATION")
 echo "direct:           $direct"
 c0=$(cpu_ticks "$caller_pid"); e0=$(cpu_ticks "$callee_pid")
 cq0=$(runq_ns "$caller_pid"); eq0=$(runq_ns "$callee_pid")
 cs0=$(ctxsw "$caller_pid"); es0=$(ctxsw "$callee_pid")
 cw0=$(syscw "$caller_pid"); ew0=$(syscw "$callee_pid")
-sidecars=$("$work/helper" rate -target "$CALLER" -authority svc -rps "$RATE" -d "$DURATION")
+sidecars=$("${app_env[@]}" "$work/helper" rate -target "$CALLER" -authority svc -rps "$RATE" -d "$DURATION")
 c1=$(cpu_ticks "$caller_pid"); e1=$(cpu_ticks "$callee_pid")
 cq1=$(runq_ns "$caller_pid"); eq1=$(runq_ns "$callee_pid")
 cs1=$(ctxsw "$caller_pid"); es1=$(ctxsw "$callee_pid")
@@ -79,7 +83,7 @@ awk -v a="$(p50 "$direct")" -v b="$(p50 "$sidecars")" -v c="$(p99 "$direct")" -v
 # sequential figures above compare runs made seconds apart.
 paired() { # $1: label, $2: target whose latency is compared with direct calls
   local out d s
-  out=$("$work/helper" rate -target "$BACKEND" -pair "$2" -authority svc -rps "$RATE" -d "$DURATION")
+  out=$("${app_env[@]}" "$work/helper" rate -target "$BACKEND" -pair "$2" -authority svc -rps "$RATE" -d "$DURATION")
   d=$(sed -n 1p <<<"$out"); s=$(sed -n 2p <<<"$out")
   echo "paired, direct:   $d"
   echo "paired, $1: $s"
@@ -98,7 +102,7 @@ if command -v haproxy >/dev/null; then
   haproxy -q -f "$work/ha-caller.cfg" & hac=$!; pids+=($hac)
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/28501) 2>/dev/null && break; sleep 0.1; done
   hc0=$(cpu_ticks "$hac"); he0=$(cpu_ticks "$hae")
-  ha=$("$work/helper" rate -target 127.0.0.1:28501 -authority svc -rps "$RATE" -d "$DURATION")
+  ha=$("${app_env[@]}" "$work/helper" rate -target 127.0.0.1:28501 -authority svc -rps "$RATE" -d "$DURATION")
   hc1=$(cpu_ticks "$hac"); he1=$(cpu_ticks "$hae")
   echo "two haproxies:    $ha"
   hn=$(sed -E 's/.*n=([0-9]+).*/\1/' <<<"$ha")
@@ -109,7 +113,7 @@ if command -v haproxy >/dev/null; then
   paired "two haproxies" 127.0.0.1:28501
   # Three-way: direct, two sidecars and two haproxies interleaved (a third of an interval
   # apart, each at RATE/s), so the two proxies' figures meet the same moments of the machine.
-  out=$("$work/helper" rate -target "$BACKEND" -pair "$CALLER,127.0.0.1:28501" -authority svc -rps "$RATE" -d "$DURATION")
+  out=$("${app_env[@]}" "$work/helper" rate -target "$BACKEND" -pair "$CALLER,127.0.0.1:28501" -authority svc -rps "$RATE" -d "$DURATION")
   d=$(sed -n 1p <<<"$out"); s=$(sed -n 2p <<<"$out"); h=$(sed -n 3p <<<"$out")
   echo "three-way, direct:        $d"
   echo "three-way, two sidecars:  $s"

@@ -36,7 +36,7 @@ type fup struct {
 	sendWin    int64
 	peerInit   int64
 	maxStreams int
-	returned   int64 // connection window to give back (batched)
+	returned   int64     // connection window to give back (batched)
 	idleSince  time.Time // when its last stream ended (zero while it has streams)
 	ready      bool
 	dead       bool
