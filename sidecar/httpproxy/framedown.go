@@ -135,7 +135,7 @@ func (l *Listener) serveFrames(cc *countedConn, br *bufio.Reader) {
 			if ok {
 				route = l.frameable(r)
 			}
-			if route == nil {
+			if route == nil || !l.frameRoom(route) {
 				l.framesToServer(f, cc, br, f.rec.buf, f.acked)
 				return
 			}

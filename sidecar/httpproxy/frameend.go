@@ -21,6 +21,22 @@ func (s *fstream) policyReply(st step) {
 	s.answer(w, st.status, st.msg, true)
 }
 
+// refuse refuses s unprocessed (RST_STREAM REFUSED_STREAM, RFC 9113 §8.7) and drains
+// the connection under a GOAWAY, so the caller sends the request again on a new
+// connection. Like a request the relay leaves to net/http (framedown.go), it is not
+// counted as an exchange.
+func (s *fstream) refuse() {
+	f := s.f
+	_ = f.out.fr.WriteRSTStream(s.id, http2.ErrCodeRefusedStream)
+	f.out.dirty = true
+	f.goAway(http2.ErrCodeNo)
+	f.l.frames.refused.Add(1)
+	s.ex.retry.release()
+	s.ex.c.Done()
+	s.ex.done(f.l)
+	s.release()
+}
+
 // localReply answers here with extra headers; see answer.
 func (s *fstream) localReply(status int, msg string, extra http.Header, counted bool) {
 	w := &frameReply{h: http.Header{}}

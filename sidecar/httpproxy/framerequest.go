@@ -158,6 +158,19 @@ func (l *Listener) frameable(r *http.Request) *config.Route {
 	return route
 }
 
+// frameRoom reports whether a new caller connection may open upstream connections for
+// route: the relay's pools are per caller connection, so once a cluster's max_connections
+// are all open a new connection is left to net/http's path, whose pool per endpoint is
+// shared by every caller connection (upstream.OpenH2Conn).
+func (l *Listener) frameRoom(route *config.Route) bool {
+	for i := range route.Clusters {
+		if c := l.proxy.opts.Upstreams.Get(route.Clusters[i].Name); c == nil || !c.ConnRoom() {
+			return false
+		}
+	}
+	return true
+}
+
 // probeApp, on an inbound listener whose app has not answered yet, connects to the app
 // the request goes to: if it accepts, the app has started (appSeen) and the relay may
 // serve the connection; if not, net/http's path serves it and waits for the app to start

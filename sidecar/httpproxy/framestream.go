@@ -258,7 +258,32 @@ func (s *fstream) startAttempt() {
 	if !s.due.IsZero() {
 		s.f.arm(s.due)
 	}
-	s.f.upFor(host, ex.c).attach(s)
+	s.sendTo(host)
+}
+
+// sendTo sends s's attempt to h on the caller connection's upstream connection to it.
+// When it has none and may not open one (the cluster's max_connections are all open), a
+// request no upstream has seen is refused unprocessed (refuse): the caller sends it again
+// on a new connection, which the relay leaves to the goroutine path's shared pool
+// (serveFrames). One that was already tried gets the pool's 503 with x-weft-overloaded,
+// as on the event loop.
+func (s *fstream) sendTo(h *upstream.Host) {
+	ex := &s.ex
+	if u := s.f.upFor(h, ex.c); u != nil {
+		u.attach(s)
+		return
+	}
+	ex.c.Stats.ConnOverflow.Add(1)
+	if ex.host != nil {
+		ex.c.Report(ex.host, upstream.NotSent)
+		ex.host = nil
+	}
+	if ex.retry.attempt == 0 {
+		s.refuse()
+		return
+	}
+	lim := ex.c.Config().Limits
+	s.policyReply(ex.retry.giveUp(&upstream.PoolFullError{Cluster: ex.c.Name, MaxConnections: lim.MaxConnections, HTTP2: true}, time.Now()))
 }
 
 // arm makes the connection's timer fire by at. One timer serves every stream: a deadline
@@ -511,7 +536,7 @@ func (s *fstream) upReset(code http2.ErrCode) {
 			// pooled connection the server had closed.
 			s.ex.stale = true
 			s.detach(0, false)
-			s.f.upFor(s.ex.host, s.ex.c).attach(s)
+			s.sendTo(s.ex.host)
 			return
 		}
 		s.attemptFailed(errUpstreamReset)

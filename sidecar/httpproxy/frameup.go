@@ -18,8 +18,10 @@ import (
 // The upstream side of the frame relay (frames.go). A caller's connection opens at most
 // one HTTP/2 connection to each endpoint it calls and multiplexes its streams over it (as
 // an Envoy worker keeps its own pool per endpoint); requests past the endpoint's stream
-// limit wait for a stream to end. Everything here runs under the caller connection's lock,
-// but for dial and read, which take it.
+// limit wait for a stream to end. Every such connection holds one of its cluster's
+// max_connections slots (upstream.OpenH2Conn) from before its dial until its reader ends;
+// with none left, a caller connection opens no more (fstream.sendTo). Everything here runs
+// under the caller connection's lock, but for dial and read, which take it.
 
 type fup struct {
 	f    *fconn
@@ -45,10 +47,13 @@ type fup struct {
 }
 
 // upFor returns the caller connection's upstream connection to h, dialling one if it has
-// none that takes new streams.
+// none that takes new streams; nil if it has none and c's max_connections are all open.
 func (f *fconn) upFor(h *upstream.Host, c *upstream.Cluster) *fup {
 	if u := f.ups[h]; u != nil && !u.dead && !u.goneAway {
 		return u
+	}
+	if !c.OpenH2Conn(false) {
+		return nil
 	}
 	maxStreams := int(c.Config().MaxStreamsPerConn)
 	if maxStreams <= 0 {
@@ -135,7 +140,7 @@ func (u *fup) sendWaiting() {
 		u.waiting = nil
 		for _, s := range w {
 			s.u = nil
-			u.f.upFor(s.ex.host, s.ex.c).attach(s)
+			s.sendTo(s.ex.host)
 		}
 	}
 }
@@ -174,8 +179,10 @@ func (u *fup) giveBack(s *fstream, n int64) {
 	}
 }
 
-// dial connects, sends the connection preface and the requests waiting, then reads.
+// dial connects, sends the connection preface and the requests waiting, then reads. The
+// connection's max_connections slot is given back when it returns.
 func (u *fup) dial() {
+	defer u.c.ConnClosed(nil, false)
 	f := u.f
 	conn, err := u.c.DialH2(context.Background(), u.host)
 	f.mu.Lock()

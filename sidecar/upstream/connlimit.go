@@ -27,7 +27,16 @@ import (
 //
 // Unlike Envoy, a host with no connection gets none beyond the cap (Envoy lets each
 // per-worker host pool open one even then), so the cap holds exactly: the backend never sees
-// more than max_connections from one sidecar.
+// more than max_connections HTTP/1.1 connections from one sidecar.
+//
+// HTTP/2 connections count against the same cap (OpenH2Conn) but do not queue: a request
+// waits for a stream on a connection its pool has, and a pool with no connection to a host
+// opens one even past the cap, as Envoy's HTTP/2 pools do, so its requests are never left
+// behind connections other pools hold. The goroutine path keeps one such pool per host;
+// the frame relay, whose pools are per caller connection, never opens past the cap: a
+// caller connection that would need to is served by the goroutine path's pool instead
+// (httpproxy/frameup.go). So one sidecar opens at most max_connections HTTP/2 connections
+// to a cluster, plus one per host the goroutine path reaches while the cap is full.
 
 // IdleOwner is a place that keeps a cluster's idle connections and can be asked to close
 // one: the goroutine path's host pools, or one HTTP event loop.
@@ -76,9 +85,16 @@ type ownerIdle struct {
 type PoolFullError struct {
 	Cluster                    string
 	MaxConnections, MaxPending uint32
+	// HTTP2: an HTTP/2 caller connection on the frame relay had no connection to the
+	// endpoint and may not open one (it does not queue).
+	HTTP2 bool
 }
 
 func (e *PoolFullError) Error() string {
+	if e.HTTP2 {
+		return fmt.Sprintf("upstream cluster %s connection pool is full: its %d connections (maxConnections) are open and none of them is this HTTP/2 connection's; retry later",
+			e.Cluster, e.MaxConnections)
+	}
 	return fmt.Sprintf("upstream cluster %s connection pool is full: %d connections (maxConnections) are busy and %d requests (maxPendingRequests) already wait for one; retry later",
 		e.Cluster, e.MaxConnections, e.MaxPending)
 }
@@ -119,6 +135,38 @@ func (c *Cluster) OpenConn(h *Host, owner IdleOwner, notify func()) (ok bool, w 
 		reclaim.ReclaimIdle(c)
 	}
 	return false, w, nil
+}
+
+// OpenH2Conn asks for a new HTTP/2 connection to the cluster. It returns true when one
+// may be opened: under max_connections with no HTTP/1.1 request waiting for a slot, or
+// always with force (the pool has no connection to the host: Envoy's rule); a connection
+// opened past the cap counts as a connection overflow. A refusal is counted by the caller,
+// once per request (Stats.ConnOverflow). The caller reports the connection's end with
+// ConnClosed(nil, false), also when its dial fails.
+func (c *Cluster) OpenH2Conn(force bool) bool {
+	capped := int(c.cfg.Load().Limits.MaxConnections)
+	s := &c.slots
+	s.mu.Lock()
+	ok := force || len(s.waiters) == 0 && s.open < capped
+	over := ok && s.open >= capped
+	if ok {
+		s.open++
+	}
+	s.mu.Unlock()
+	if over {
+		c.Stats.ConnOverflow.Add(1)
+	}
+	return ok
+}
+
+// ConnRoom reports whether a new connection could be opened now without waiting: fewer
+// than max_connections open and no request waiting for one.
+func (c *Cluster) ConnRoom() bool {
+	capped := int(c.cfg.Load().Limits.MaxConnections)
+	s := &c.slots
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.waiters) == 0 && s.open < capped
 }
 
 // CancelWait takes w out of the queue (its request timed out or its caller left). It

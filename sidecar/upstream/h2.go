@@ -22,7 +22,9 @@ import (
 //   - streams per connection ≤ the cluster's MaxStreamsPerConn (http2_protocol_options.
 //     max_concurrent_streams, default config.DefaultMaxStreamsPerConn) and ≤ the peer's
 //     SETTINGS_MAX_CONCURRENT_STREAMS (the client never exceeds it);
-//   - connections per host ≤ MaxH2ConnsPerHost and ≤ the cluster's max_connections;
+//   - connections per host ≤ MaxH2ConnsPerHost, and every connection holds one of the
+//     cluster's max_connections slots (OpenH2Conn, connlimit.go); a host's first
+//     connection is opened even when they are all taken, as Envoy does;
 //   - a request that finds every slot taken waits for one (h2pool.slots), until its
 //     context or deadline ends; the cluster's max_requests breaker bounds how many wait.
 
@@ -78,6 +80,30 @@ type h2conn struct {
 	// as available is the peer's limit. Until then it carries one stream (room).
 	settled bool
 	reaping bool // a timer will close it if it is still idle at the cluster's idle timeout
+	// slot is the cluster whose max_connections slot the connection holds, until it leaves
+	// the pool (release).
+	slot *Cluster
+}
+
+// dropLocked takes c out of the pool and returns the cluster whose slot it held, nil if it
+// was out already; the caller closes c and gives the slot back (release) after p.mu.
+func (p *h2pool) dropLocked(c *h2conn) *Cluster {
+	for i, x := range p.conns {
+		if x == c {
+			p.conns = append(p.conns[:i], p.conns[i+1:]...)
+			break
+		}
+	}
+	cl := c.slot
+	c.slot = nil
+	return cl
+}
+
+// release gives back the max_connections slot of a connection that left its pool.
+func release(cl *Cluster) {
+	if cl != nil {
+		cl.ConnClosed(nil, false)
+	}
 }
 
 // goClientInitialStreams is the limit Go's HTTP/2 client assumes until the peer's first
@@ -143,23 +169,33 @@ func (p *h2pool) wake() {
 // conn returns a connection with a stream counted on it, dialing one when every
 // connection is at its stream cap and the host has room for another (connections being
 // dialed count against that room), and otherwise waiting for a stream to end.
-func (p *h2pool) conn(ctx context.Context, dial h2Dial, addr string, maxStreams, maxConns int, idle, connectTimeout time.Duration) (*h2conn, error) {
+func (p *h2pool) conn(ctx context.Context, cl *Cluster, dial h2Dial, addr string, maxStreams, maxConns int, idle, connectTimeout time.Duration) (*h2conn, error) {
+	var gone []*Cluster
+	overflowed := false // counted once per request that waits for a max_connections slot
 	for {
 		p.mu.Lock()
 		now := time.Now()
 		live := p.conns[:0]
 		for _, c := range p.conns {
 			switch {
-			case c.cc.Err() != nil:
+			case c.cc.Err() != nil, idle > 0 && c.streams == 0 && now.Sub(c.lastUsed) > idle:
 				c.cc.Close()
-			case idle > 0 && c.streams == 0 && now.Sub(c.lastUsed) > idle:
-				c.cc.Close()
+				gone = append(gone, c.slot)
+				c.slot = nil
 			default:
 				live = append(live, c)
 			}
 		}
 		clear(p.conns[len(live):])
 		p.conns = live
+		if len(gone) > 0 {
+			p.mu.Unlock()
+			for _, g := range gone {
+				release(g)
+			}
+			gone = gone[:0]
+			p.mu.Lock()
+		}
 		for _, c := range p.conns {
 			if c.room(maxStreams) {
 				c.streams++
@@ -167,7 +203,18 @@ func (p *h2pool) conn(ctx context.Context, dial h2Dial, addr string, maxStreams,
 				return c, nil
 			}
 		}
-		if len(p.conns)+p.dialing >= maxConns {
+		// A host's first connection is opened whatever the cluster's other hosts hold;
+		// more need a max_connections slot.
+		first := len(p.conns)+p.dialing == 0
+		full := len(p.conns)+p.dialing >= maxConns
+		if !full && !cl.OpenH2Conn(first) {
+			full = true
+			if !overflowed {
+				overflowed = true
+				cl.Stats.ConnOverflow.Add(1)
+			}
+		}
+		if full {
 			if p.freed == nil {
 				p.freed = make(chan struct{})
 			}
@@ -188,14 +235,25 @@ func (p *h2pool) conn(ctx context.Context, dial h2Dial, addr string, maxStreams,
 		p.wakeLocked()
 		if err != nil {
 			p.mu.Unlock()
+			release(cl)
 			return nil, err
 		}
-		c := &h2conn{cc: cc, lastUsed: now, streams: 1}
+		c := &h2conn{cc: cc, lastUsed: now, streams: 1, slot: cl}
 		p.conns = append(p.conns, c)
 		p.mu.Unlock()
 		// Called when the connection has more room (the peer's SETTINGS raised its
-		// limit, a stream ended) or failed: requests waiting for a stream look again.
-		cc.SetStateHook(func(*http.ClientConn) { p.wake() })
+		// limit, a stream ended) or failed: requests waiting for a stream look again, and
+		// a failed connection leaves the pool with its slot.
+		cc.SetStateHook(func(cc *http.ClientConn) {
+			var gone *Cluster
+			p.mu.Lock()
+			if cc.Err() != nil {
+				gone = p.dropLocked(c)
+			}
+			p.wakeLocked()
+			p.mu.Unlock()
+			release(gone)
+		})
 		return c, nil
 	}
 }
@@ -240,10 +298,15 @@ func (p *h2pool) done(c *h2conn, idle time.Duration) {
 		c.reaping = true
 		time.AfterFunc(idle, func() { p.reap(c, idle) })
 	}
+	var gone *Cluster
+	if closeIt {
+		gone = p.dropLocked(c)
+	}
 	p.wakeLocked()
 	p.mu.Unlock()
 	if closeIt {
 		c.cc.Close()
+		release(gone)
 	}
 }
 
@@ -261,32 +324,34 @@ func (p *h2pool) reap(c *h2conn, idle time.Duration) {
 		p.mu.Unlock()
 		return
 	}
-	for i, x := range p.conns {
-		if x == c {
-			p.conns = append(p.conns[:i], p.conns[i+1:]...)
-			break
-		}
-	}
+	gone := p.dropLocked(c)
 	p.mu.Unlock()
 	c.cc.Close()
+	release(gone)
 }
 
 // closeIdle closes connections without streams; with gone, the host left its cluster and
 // the others close as their last stream ends.
 func (p *h2pool) closeIdle(gone bool) {
+	var slots []*Cluster
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	p.closed = p.closed || gone
 	live := p.conns[:0]
 	for _, c := range p.conns {
 		if c.streams == 0 {
 			c.cc.Close()
+			slots = append(slots, c.slot)
+			c.slot = nil
 		} else {
 			live = append(live, c)
 		}
 	}
 	clear(p.conns[len(live):])
 	p.conns = live
+	p.mu.Unlock()
+	for _, cl := range slots {
+		release(cl)
+	}
 }
 
 // conns reports how many HTTP/2 connections the host has open (tests and stats).
@@ -325,7 +390,7 @@ func (c *Cluster) roundTripH2(ctx context.Context, req *Request, h *Host, deadli
 	release := func() { <-slots }
 	dial := c.h2DialFor(h)
 	for try := 0; ; try++ {
-		conn, err := h.h2.conn(ctx, dial, h.Address, maxStreams, maxConns, cc.IdleTimeout, cc.ConnectTimeout)
+		conn, err := h.h2.conn(ctx, c, dial, h.Address, maxStreams, maxConns, cc.IdleTimeout, cc.ConnectTimeout)
 		if err != nil {
 			release()
 			cancel()

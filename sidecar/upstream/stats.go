@@ -16,8 +16,8 @@ type Stats struct {
 	ByClass                                            [6]atomic.Uint64 // index = status/100; 0 = no response
 	Retries, Ejections                                 atomic.Uint64
 	OverflowRequests, OverflowPending, OverflowRetries atomic.Uint64
-	// ConnOverflow counts requests that found max_connections reached and had to wait
-	// (Envoy's upstream_cx_overflow).
+	// ConnOverflow counts requests that found max_connections reached and had to wait or
+	// go elsewhere, and HTTP/2 connections opened past it (Envoy's upstream_cx_overflow).
 	ConnOverflow     atomic.Uint64
 	latency          [len(latencyBuckets) + 1]atomic.Uint64
 	latencySumMicros atomic.Uint64
