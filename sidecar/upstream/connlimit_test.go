@@ -136,3 +136,45 @@ func BenchmarkConnIdleTaken(b *testing.B) {
 		c.IdleTaken(o)
 	}
 }
+
+// HTTP/2 connections take slots of the same cap without queueing: refused at the cap
+// unless forced (a host's first connection, counted as an overflow), never ahead of an
+// HTTP/1.1 request already waiting, and a closed one's slot goes to that waiter.
+func TestConnSlotsHTTP2(t *testing.T) {
+	clk := testclock.NewFakeClock(time.Unix(1000, 0))
+	c, hs := cluster(t, clk, 2, nil, config.Limits{MaxRequests: 100, MaxConnections: 2, MaxPending: 3, MaxRetries: 3})
+	for i := range 2 {
+		if !c.ConnRoom() || !c.OpenH2Conn(false) {
+			t.Fatalf("HTTP/2 connection %d under max_connections 2 was refused", i+1)
+		}
+	}
+	if c.ConnRoom() || c.OpenH2Conn(false) {
+		t.Fatal("a third HTTP/2 connection was allowed at max_connections 2")
+	}
+	if got := c.Stats.ConnOverflow.Load(); got != 0 {
+		t.Errorf("connection overflows %d after a refusal, want 0 (the caller counts its requests)", got)
+	}
+	if !c.OpenH2Conn(true) {
+		t.Fatal("a forced HTTP/2 connection (a host's first) was refused")
+	}
+	if open, _, _ := c.ConnStats(); open != 3 || c.Stats.ConnOverflow.Load() != 1 {
+		t.Errorf("open %d, overflows %d after a forced connection past the cap, want 3 and 1", open, c.Stats.ConnOverflow.Load())
+	}
+	c.ConnClosed(nil, false) // the forced one: back to the cap, still no room
+	if open, _, _ := c.ConnStats(); open != 2 || c.ConnRoom() {
+		t.Errorf("open %d room %v, want 2 and no room", open, c.ConnRoom())
+	}
+	w, n := waiter(t, c, hs[0], &owner{}) // an HTTP/1.1 request waits
+	c.ConnClosed(nil, false)              // its slot goes to the waiter, not to the next HTTP/2 dial
+	if *n != 1 || !w.granted {
+		t.Errorf("the waiting HTTP/1.1 request was notified %d times (granted %v), want once", *n, w.granted)
+	}
+	if c.OpenH2Conn(false) {
+		t.Error("an HTTP/2 connection took the slot a waiting request was granted")
+	}
+	c.ConnClosed(nil, false) // the waiter's connection and the last HTTP/2 one end
+	c.ConnClosed(nil, false)
+	if open, _, pending := c.ConnStats(); open != 0 || pending != 0 || !c.ConnRoom() {
+		t.Errorf("open %d pending %d room %v after every connection ended, want 0, 0, true", open, pending, c.ConnRoom())
+	}
+}
