@@ -16,6 +16,10 @@ CONCURRENCY=${CONCURRENCY:-1} # each sidecar's worker threads (--concurrency)
 # default (the machine's CPUs, or a container's CPU limit since Go 1.25). 1 is what a pod
 # with a one-CPU limit gets.
 if [ -n "${APP_GOMAXPROCS:-}" ]; then app_env=(env GOMAXPROCS="$APP_GOMAXPROCS"); else app_env=(env); fi
+# VCPU_SPIN=1: one busy loop per CPU at SCHED_IDLE for the whole run (it runs only when
+# nothing else can and yields at once to a woken task), so a virtual machine's vCPUs never
+# halt. Without a cpuidle driver a guest halts an idle vCPU and the host must schedule it
+# again to deliver a wake-up: that latency is otherwise part of every hop, direct or not.
 BACKEND=127.0.0.1:28280
 CALLEE=127.0.0.1:28206  # the callee sidecar's inbound listener
 CALLER=127.0.0.1:28201  # the caller sidecar's outbound listener
@@ -26,6 +30,11 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 
 go build -o "$work/helper" ./hack/bench/grpc
+if [ "${VCPU_SPIN:-}" = 1 ]; then
+  for cpu in $(seq 0 $(($(nproc) - 1))); do
+    taskset -c "$cpu" chrt --idle 0 sh -c 'while :; do :; done' & pids+=($!)
+  done
+fi
 if [ -n "${SIDECAR_BIN:-}" ]; then cp "$SIDECAR_BIN" "$work/sidecar"; else go build -o "$work/sidecar" ./cmd/sidecar; fi
 
 "${app_env[@]}" "$work/helper" backend -addr "$BACKEND" & pids+=($!)
