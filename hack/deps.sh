@@ -4,7 +4,9 @@
 # needs no set-up step of its own.
 #
 #   hack/deps.sh test    redis-server, redis-tools, nutcracker (the Redis proxy's tests run
-#                        against real redis-server shards and compare placement with nutcracker)
+#                        against real redis-server shards and compare placement with nutcracker),
+#                        iproute2, iptables, curl (the capture tests install weft-init's rules
+#                        in network namespaces they create and call through them)
 #   hack/deps.sh mesh    iproute2, iptables, curl, redis-server, redis-tools (the local mesh: pod
 #                        network namespaces, kube-proxy's Service rules, the demo's checks, the
 #                        Redis shards it runs)
@@ -22,7 +24,7 @@ declare -A why=(
   [redis-tools]="redis-cli and redis-benchmark"
   [nutcracker]="twemproxy, the placement reference and benchmark peer"
   [iproute2]="network namespaces for the local mesh's pods"
-  [iptables]="the tables kube-proxy programs for the local mesh's Services"
+  [iptables]="weft-init's capture rules, and the tables kube-proxy programs for the local mesh's Services"
   [curl]="the demo's HTTP checks"
   [wrk]="HTTP load generator for make bench-http"
   [haproxy]="the HTTP proxy the sidecar is measured against"
@@ -32,7 +34,7 @@ declare -A why=(
 pkgs=()
 for profile in "$@"; do
   case "$profile" in
-    test) pkgs+=(redis-server redis-tools nutcracker) ;;
+    test) pkgs+=(redis-server redis-tools nutcracker iproute2 iptables curl) ;;
     mesh) pkgs+=(iproute2 iptables curl redis-server redis-tools) ;;
     bench) pkgs+=(wrk haproxy redis-tools nutcracker redis-server iperf3 iproute2 iptables) ;;
     *) echo "deps: unknown profile '$profile' (want test, mesh or bench)" >&2; exit 2 ;;
