@@ -41,7 +41,12 @@ func newH2PeakBackends(t *testing.T, hold time.Duration, names ...string) *h2Pea
 	b := &h2PeakBackends{}
 	for _, name := range names {
 		srv := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) {
+			n, _ := io.Copy(io.Discard, r.Body)
 			time.Sleep(hold)
+			if n != r.ContentLength {
+				http.Error(w, fmt.Sprintf("got %d bytes of %d", n, r.ContentLength), http.StatusBadRequest)
+				return
+			}
 			_, _ = io.WriteString(w, name)
 		}, func(s *http.Server) {
 			s.ConnState = func(_ net.Conn, cs http.ConnState) {
@@ -89,8 +94,9 @@ func TestHTTP2MaxConnectionsCapsUpstreamConnectionsAcrossCallerConnections(t *te
 		snap.Endpoints = []types.Resource{st.Endpoints(cn, st.Endpoint{Addr: st.HostPort(be.urls[0])}, st.Endpoint{Addr: st.HostPort(be.urls[1])})}
 		sc, base := relaySidecar(t, goroutines, snap)
 
-		get := func(c *http.Client) error {
-			req, _ := http.NewRequest("GET", base+"/", nil)
+		body := strings.Repeat("x", 64<<10) // a refused POST is sent again whole
+		post := func(c *http.Client) error {
+			req, _ := http.NewRequest("POST", base+"/", strings.NewReader(body))
 			req.Host = "reviews"
 			resp, err := c.Do(req)
 			if err != nil {
@@ -110,7 +116,7 @@ func TestHTTP2MaxConnectionsCapsUpstreamConnectionsAcrossCallerConnections(t *te
 			clients[i] = h2cCaller()
 			wg.Go(func() {
 				for range calls {
-					if err := get(clients[i]); err != nil {
+					if err := post(clients[i]); err != nil {
 						errs <- err
 					}
 				}
@@ -126,7 +132,7 @@ func TestHTTP2MaxConnectionsCapsUpstreamConnectionsAcrossCallerConnections(t *te
 		if !goroutines {
 			want = maxConns + 2 // the relay's connections, then the goroutine path's first one to each endpoint
 		}
-		t.Logf("%d callers × %d calls: peak %d upstream connections (maxConnections %d), %d connection overflows, %d caller connections relayed",
+		t.Logf("%d callers × %d POSTs of 64 KiB: peak %d upstream connections (maxConnections %d), %d connection overflows, %d caller connections relayed",
 			callers, calls, be.peak.Load(), maxConns, c.Stats.ConnOverflow.Load(), statValue(t, sc, relayedMetric))
 		if p := be.peak.Load(); p > want {
 			t.Errorf("the endpoints had %d connections open at once; maxConnections is %d, so at most %d", p, maxConns, want)
@@ -155,7 +161,7 @@ func TestHTTP2MaxConnectionsCapsUpstreamConnectionsAcrossCallerConnections(t *te
 			time.Sleep(20 * time.Millisecond)
 		}
 		relayed := statValue(t, sc, relayedMetric)
-		if err := get(h2cCaller()); err != nil {
+		if err := post(h2cCaller()); err != nil {
 			t.Fatalf("a call after the slots came back: %v", err)
 		}
 		if !goroutines && statValue(t, sc, relayedMetric) != relayed+1 {
