@@ -160,12 +160,6 @@ func (p *h2pool) wakeLocked() {
 	}
 }
 
-func (p *h2pool) wake() {
-	p.mu.Lock()
-	p.wakeLocked()
-	p.mu.Unlock()
-}
-
 // conn returns a connection with a stream counted on it, dialing one when every
 // connection is at its stream cap and the host has room for another (connections being
 // dialed count against that room), and otherwise waiting for a stream to end.
