@@ -177,7 +177,7 @@ func (l *Listener) framesToServer(f *fconn, cc *countedConn, br *bufio.Reader, r
 		return
 	}
 	_ = cc.SetReadDeadline(time.Time{})
-	l.h2.handoff(&replayConn{peekedConn: &peekedConn{Conn: cc, r: br, w: upstream.NewFlushBehind(cc.Conn, cc)}, replay: read, acked: acked})
+	l.h2.handoff(&replayConn{peekedConn: &peekedConn{Conn: cc, r: br, w: upstream.NewFlushBehind(cc.Conn, cc).WithWriteTimeout(frameWriteTimeout)}, replay: read, acked: acked})
 }
 
 func settingsCopy(f *http2.SettingsFrame) http2.Frame {

@@ -332,6 +332,23 @@ func (c *peekedConn) Write(p []byte) (int, error) {
 	return c.w.Write(p)
 }
 
+// SetWriteDeadline leaves the socket's write deadline to the FlushBehind when it keeps one
+// (net/http's server would clear it after each Write it queued).
+func (c *peekedConn) SetWriteDeadline(t time.Time) error {
+	if c.w != nil && c.w.OwnsWriteDeadline() {
+		return nil
+	}
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// SetDeadline sets the read deadline, and the write deadline as SetWriteDeadline does.
+func (c *peekedConn) SetDeadline(t time.Time) error {
+	if err := c.Conn.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.SetWriteDeadline(t)
+}
+
 // h2Server serves prior-knowledge h2c connections with the standard library. Its server
 // starts with the first h2c connection and takes the listener's limits in force then:
 // MaxHeaderBytes (sent as SETTINGS_MAX_HEADER_LIST_SIZE and enforced per header block),

@@ -102,7 +102,7 @@ func (l *Listener) openH1(nc net.Conn, in, out []byte) *h1Conn {
 			l.serveFrames(cc, br) // frames.go; it hands to l.h2 what it does not serve
 			return nil
 		}
-		l.h2.handoff(&peekedConn{Conn: cc, r: br, w: upstream.NewFlushBehind(nc, cc)})
+		l.h2.handoff(&peekedConn{Conn: cc, r: br, w: upstream.NewFlushBehind(nc, cc).WithWriteTimeout(frameWriteTimeout)})
 		return nil
 	}
 	bw := writers.Get().(*bufio.Writer)

@@ -40,8 +40,18 @@ const FlushBehindDelay = 50 * time.Microsecond
 //
 // A write error ends the connection: the writer closes it, so the HTTP/2 read loop sees
 // the error too, and every later Write returns it.
+//
+// With a write timeout (WithWriteTimeout) the FlushBehind owns the socket's write
+// deadline: a peer that takes nothing for that long fails the write. net/http's own
+// WriteByteTimeout cannot do it here: it sets the deadline around each Write and clears it
+// after, while the write(2) that blocks is a later one, made by the flusher with no
+// deadline (a caller that stopped reading held its connection and the upstream stream
+// forever, TestFrameRelayCallerThatStopsReadingIsCutAfterTheWriteTimeout).
 type FlushBehind struct {
 	c       io.Closer
+	sock    net.Conn
+	timeout time.Duration // 0: no write deadline of its own
+	writeBy time.Time     // the deadline set on sock
 	w       *connio.Writer
 	mu      sync.Mutex
 	room    sync.Cond // signalled when the queue is taken or a write ends
@@ -59,10 +69,33 @@ type FlushBehind struct {
 // write(2) calls skip the runtime's syscall bracket, see h2Socket); a write error closes
 // conn, the connection sock is the socket of.
 func NewFlushBehind(sock net.Conn, conn io.Closer) *FlushBehind {
-	f := &FlushBehind{c: conn, w: connio.NewWriter(sock)}
+	f := &FlushBehind{c: conn, sock: sock, w: connio.NewWriter(sock)}
 	f.room.L = &f.mu
 	f.flushFn = f.flush
 	return f
+}
+
+// WithWriteTimeout makes every write(2) fail once the socket has taken nothing for about
+// d (between d−1 s and d: the deadline moves once a second at most); f then owns the
+// socket's write deadline, and its connection's SetWriteDeadline must not touch it.
+func (f *FlushBehind) WithWriteTimeout(d time.Duration) *FlushBehind {
+	f.timeout = d
+	return f
+}
+
+// OwnsWriteDeadline reports whether f sets the socket's write deadline itself.
+func (f *FlushBehind) OwnsWriteDeadline() bool { return f.timeout > 0 }
+
+// arm moves the socket's write deadline to d from now unless it is at least d−1 s away,
+// before a write(2), with f.mu held.
+func (f *FlushBehind) arm() {
+	if f.timeout <= 0 {
+		return
+	}
+	if now := time.Now(); now.Add(f.timeout - time.Second).After(f.writeBy) {
+		f.writeBy = now.Add(f.timeout)
+		_ = f.sock.SetWriteDeadline(f.writeBy)
+	}
 }
 
 // Write queues p for the socket and returns. It writes the queue itself when the queue has
@@ -95,6 +128,7 @@ func (f *FlushBehind) write(p []byte) (int, error) {
 		}
 		// p alone is larger than the queue may hold: write it as it is.
 		f.writing = true
+		f.arm()
 		f.mu.Unlock()
 		err := f.w.WriteAll(p)
 		f.mu.Lock()
@@ -236,6 +270,7 @@ func (f *FlushBehind) drain() {
 		out := f.buf
 		f.buf = f.spare[:0]
 		f.room.Broadcast() // the queue is empty again: writers waiting for room go on
+		f.arm()
 		f.mu.Unlock()
 		err := f.w.WriteAll(out)
 		f.mu.Lock()
