@@ -110,13 +110,15 @@ if command -v haproxy >/dev/null; then
   haproxy -q -f "$work/ha-callee.cfg" & hae=$!; pids+=($hae)
   haproxy -q -f "$work/ha-caller.cfg" & hac=$!; pids+=($hac)
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/28501) 2>/dev/null && break; sleep 0.1; done
-  hc0=$(cpu_ticks "$hac"); he0=$(cpu_ticks "$hae")
+  hc0=$(cpu_ticks "$hac"); he0=$(cpu_ticks "$hae"); hs0=$(ctxsw "$hac"); hes0=$(ctxsw "$hae")
   ha=$("${app_env[@]}" "$work/helper" rate -target 127.0.0.1:28501 -authority svc -rps "$RATE" -d "$DURATION")
-  hc1=$(cpu_ticks "$hac"); he1=$(cpu_ticks "$hae")
+  hc1=$(cpu_ticks "$hac"); he1=$(cpu_ticks "$hae"); hs1=$(ctxsw "$hac"); hes1=$(ctxsw "$hae")
   echo "two haproxies:    $ha"
   hn=$(sed -E 's/.*n=([0-9]+).*/\1/' <<<"$ha")
   awk -v c="$((hc1-hc0))" -v e="$((he1-he0))" -v t="$TICKS" -v n="$hn" \
     'BEGIN{ printf "CPU per call (incl. 100 warm-up calls): caller haproxy %.0f us, callee haproxy %.0f us\n", c/t/(n+100)*1e6, e/t/(n+100)*1e6 }'
+  awk -v c="$((hs1-hs0))" -v e="$((hes1-hes0))" -v n="$hn" \
+    'BEGIN{ printf "context switches per call: caller haproxy %.1f, callee haproxy %.1f\n", c/(n+100), e/(n+100) }'
   awk -v a="$(p50 "$direct")" -v b="$(p50 "$ha")" -v c="$(p99 "$direct")" -v d="$(p99 "$ha")" \
     'BEGIN{ printf "added by two haproxies at the fixed rate: p50 +%.3f ms, p99 +%.3f ms\n", b-a, d-c }'
   paired "two haproxies" 127.0.0.1:28501
