@@ -3,6 +3,7 @@ package connio
 import (
 	"net"
 	"syscall"
+	"time"
 )
 
 // Writer writes to one connection. It keeps the callbacks RawConn.Write needs, so a
@@ -78,4 +79,25 @@ func (w *Writer) WriteAll(p []byte) error {
 		return opError(w.c, "write", w.errno)
 	}
 	return nil
+}
+
+// WriteDeadline keeps a socket's write deadline Timeout ahead of its writes, so a peer
+// that takes nothing for about that long fails the write: Arm before each write moves it
+// only once it is less than Timeout−1 s away (each move is a timer update, which can wake
+// the runtime's network poller), so the cut comes between Timeout−1 s and Timeout after
+// the socket last took bytes. The zero Timeout arms nothing.
+type WriteDeadline struct {
+	Timeout time.Duration
+	by      time.Time // the deadline in force
+}
+
+// Arm moves c's write deadline, if due, before a write. The caller serializes calls.
+func (d *WriteDeadline) Arm(c interface{ SetWriteDeadline(time.Time) error }) {
+	if d.Timeout <= 0 {
+		return
+	}
+	if now := time.Now(); now.Add(d.Timeout - time.Second).After(d.by) {
+		d.by = now.Add(d.Timeout)
+		_ = c.SetWriteDeadline(d.by)
+	}
 }

@@ -310,10 +310,8 @@ func (f *fconn) frame(fr http2.Frame) bool {
 			// net/http serves what the relay does not: this request is refused unprocessed,
 			// and the connection drains (the GOAWAY names the stream before it), so the
 			// caller sends it again on a new one.
-			_ = f.out.fr.WriteRSTStream(fr.StreamID, http2.ErrCodeRefusedStream)
-			f.goAway(http2.ErrCodeNo)
+			f.refuseStream(fr.StreamID)
 			f.lastID = fr.StreamID
-			f.l.frames.refused.Add(1)
 			if len(f.streams) == 0 {
 				f.lingerClose()
 			}
@@ -412,6 +410,16 @@ func (f *fconn) giveBack(s *fstream, n int64) {
 }
 
 // goAway sends GOAWAY: no stream above the last the caller opened will be served.
+// refuseStream refuses stream id unprocessed (RST_STREAM REFUSED_STREAM, RFC 9113 §8.7)
+// and drains the connection under a GOAWAY naming f.lastID, so the caller sends the
+// request again on a new connection. f.mu is held.
+func (f *fconn) refuseStream(id uint32) {
+	_ = f.out.fr.WriteRSTStream(id, http2.ErrCodeRefusedStream)
+	f.out.dirty = true
+	f.goAway(http2.ErrCodeNo)
+	f.l.frames.refused.Add(1)
+}
+
 func (f *fconn) goAway(code http2.ErrCode) {
 	if f.goaway && code == http2.ErrCodeNo {
 		return

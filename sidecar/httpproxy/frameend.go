@@ -21,19 +21,13 @@ func (s *fstream) policyReply(st step) {
 	s.answer(w, st.status, st.msg, true)
 }
 
-// refuse refuses s unprocessed (RST_STREAM REFUSED_STREAM, RFC 9113 §8.7) and drains
-// the connection under a GOAWAY, so the caller sends the request again on a new
-// connection. Like a request the relay leaves to net/http (framedown.go), it is not
-// counted as an exchange.
+// refuse refuses s unprocessed (fconn.refuseStream) after it was admitted. Like a
+// request the relay leaves to net/http (framedown.go), it is not counted as an exchange.
 func (s *fstream) refuse() {
-	f := s.f
-	_ = f.out.fr.WriteRSTStream(s.id, http2.ErrCodeRefusedStream)
-	f.out.dirty = true
-	f.goAway(http2.ErrCodeNo)
-	f.l.frames.refused.Add(1)
+	s.f.refuseStream(s.id)
 	s.ex.retry.release()
 	s.ex.c.Done()
-	s.ex.done(f.l)
+	s.ex.done(s.f.l)
 	s.release()
 }
 

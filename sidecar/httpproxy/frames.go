@@ -59,17 +59,17 @@ const (
 // frameOut is one side's output: frames are appended under the owner's lock and written
 // by whichever goroutine flushes, one write(2) for all that is queued.
 type frameOut struct {
-	nc      net.Conn
-	w       *connio.Writer // raw write(2), outside the runtime's syscall bracket (connio)
-	fr      *http2.Framer  // writes into buf
-	buf     bytes.Buffer
-	spare   bytes.Buffer
-	wmu     sync.Mutex // one write(2) at a time, in queue order
-	enc     *hpack.Encoder
-	eb      bytes.Buffer
-	dirty   bool
-	err     error
-	writeBy time.Time // the write deadline in force
+	nc    net.Conn
+	w     *connio.Writer // raw write(2), outside the runtime's syscall bracket (connio)
+	fr    *http2.Framer  // writes into buf
+	buf   bytes.Buffer
+	spare bytes.Buffer
+	wmu   sync.Mutex // one write(2) at a time, in queue order
+	enc   *hpack.Encoder
+	eb    bytes.Buffer
+	dirty bool
+	err   error
+	stall connio.WriteDeadline // frameWriteTimeout: a peer that stops reading is cut
 	// the peer's settings
 	maxFrame uint32
 }
@@ -77,6 +77,7 @@ type frameOut struct {
 func (o *frameOut) init(nc, raw net.Conn) {
 	o.nc = nc
 	o.w = connio.NewWriter(raw)
+	o.stall.Timeout = frameWriteTimeout
 	o.fr = http2.NewFramer(&o.buf, nil)
 	o.enc = hpack.NewEncoder(&o.eb)
 	o.maxFrame = 16384
@@ -134,11 +135,7 @@ func (o *frameOut) flush(mu *sync.Mutex) error {
 	o.buf.Reset()
 	o.dirty = false
 	mu.Unlock()
-	// The write deadline moves only once it lags by a second: each move is a timer update.
-	if now := time.Now(); now.Add(frameWriteTimeout - time.Second).After(o.writeBy) {
-		o.writeBy = now.Add(frameWriteTimeout)
-		_ = o.nc.SetWriteDeadline(o.writeBy)
-	}
+	o.stall.Arm(o.nc)
 	err := o.w.WriteAll(b.Bytes())
 	b.Reset()
 	mu.Lock()

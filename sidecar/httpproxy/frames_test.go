@@ -1960,6 +1960,17 @@ func TestFrameRelayCallerConnectionDroppedCancelsEveryUpstreamRequest(t *testing
 		st.Eventually(t, 5*time.Second, func() bool {
 			return promValue(t, statsOf(sc), `weft_listener_requests_inflight{listener="outbound_http"}`) == "0"
 		}, "requests still in flight after the caller's connection dropped")
+		// The max_connections slots come back: the relay's upstream connection ends with
+		// the caller's; the goroutine path's shared pool keeps its one.
+		cn := st.OutboundClusterName(9080, "", "reviews", "default", "default", "reviews")
+		want := 0
+		if goroutines {
+			want = 1
+		}
+		st.Eventually(t, 5*time.Second, func() bool {
+			open, _, _ := sc.Upstreams.Get(cn).ConnStats()
+			return open == want
+		}, "the cluster still counts connections held for the dropped caller, want %d", want)
 	})
 }
 

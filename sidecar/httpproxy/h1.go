@@ -353,7 +353,9 @@ func (c *peekedConn) SetDeadline(t time.Time) error {
 // starts with the first h2c connection and takes the listener's limits in force then:
 // MaxHeaderBytes (sent as SETTINGS_MAX_HEADER_LIST_SIZE and enforced per header block),
 // the head timeout and the idle timeout. A connection none of whose bytes can be written
-// for frameWriteTimeout (a caller that stopped reading) is closed, as on the frame relay.
+// for frameWriteTimeout (a caller that stopped reading) is closed, as on the frame relay:
+// its writes go through a FlushBehind that keeps that write deadline (net/http's
+// WriteByteTimeout would be cleared after each queued Write, see h2flush.go).
 type h2Server struct {
 	srv   *http.Server
 	conns chan net.Conn
@@ -367,7 +369,7 @@ type h2Server struct {
 func newH2Server(h http.Handler, addr net.Addr, lim func() *config.HTTPLimits) *h2Server {
 	var protocols http.Protocols
 	protocols.SetUnencryptedHTTP2(true)
-	return &h2Server{srv: &http.Server{Handler: h, Protocols: &protocols, HTTP2: &http.HTTP2Config{WriteByteTimeout: frameWriteTimeout}},
+	return &h2Server{srv: &http.Server{Handler: h, Protocols: &protocols},
 		conns: make(chan net.Conn), done: make(chan struct{}), addr: addr, lim: lim}
 }
 

@@ -50,8 +50,7 @@ const FlushBehindDelay = 50 * time.Microsecond
 type FlushBehind struct {
 	c       io.Closer
 	sock    net.Conn
-	timeout time.Duration // 0: no write deadline of its own
-	writeBy time.Time     // the deadline set on sock
+	stall   connio.WriteDeadline // zero Timeout: no write deadline of its own
 	w       *connio.Writer
 	mu      sync.Mutex
 	room    sync.Cond // signalled when the queue is taken or a write ends
@@ -76,27 +75,15 @@ func NewFlushBehind(sock net.Conn, conn io.Closer) *FlushBehind {
 }
 
 // WithWriteTimeout makes every write(2) fail once the socket has taken nothing for about
-// d (between d−1 s and d: the deadline moves once a second at most); f then owns the
-// socket's write deadline, and its connection's SetWriteDeadline must not touch it.
+// d (connio.WriteDeadline); f then owns the socket's write deadline, and its
+// connection's SetWriteDeadline must not touch it.
 func (f *FlushBehind) WithWriteTimeout(d time.Duration) *FlushBehind {
-	f.timeout = d
+	f.stall.Timeout = d
 	return f
 }
 
 // OwnsWriteDeadline reports whether f sets the socket's write deadline itself.
-func (f *FlushBehind) OwnsWriteDeadline() bool { return f.timeout > 0 }
-
-// arm moves the socket's write deadline to d from now unless it is at least d−1 s away,
-// before a write(2), with f.mu held.
-func (f *FlushBehind) arm() {
-	if f.timeout <= 0 {
-		return
-	}
-	if now := time.Now(); now.Add(f.timeout - time.Second).After(f.writeBy) {
-		f.writeBy = now.Add(f.timeout)
-		_ = f.sock.SetWriteDeadline(f.writeBy)
-	}
-}
+func (f *FlushBehind) OwnsWriteDeadline() bool { return f.stall.Timeout > 0 }
 
 // Write queues p for the socket and returns. It writes the queue itself when the queue has
 // waited FlushBehindDelay or p would take it past FlushBehindLimit (waiting, then, while
@@ -128,7 +115,7 @@ func (f *FlushBehind) write(p []byte) (int, error) {
 		}
 		// p alone is larger than the queue may hold: write it as it is.
 		f.writing = true
-		f.arm()
+		f.stall.Arm(f.sock) // under f.mu: one writer arms at a time
 		f.mu.Unlock()
 		err := f.w.WriteAll(p)
 		f.mu.Lock()
@@ -270,7 +257,7 @@ func (f *FlushBehind) drain() {
 		out := f.buf
 		f.buf = f.spare[:0]
 		f.room.Broadcast() // the queue is empty again: writers waiting for room go on
-		f.arm()
+		f.stall.Arm(f.sock)
 		f.mu.Unlock()
 		err := f.w.WriteAll(out)
 		f.mu.Lock()
