@@ -261,31 +261,6 @@ func (s *fstream) startAttempt() {
 	s.sendTo(host)
 }
 
-// sendTo sends s's attempt to h on the caller connection's upstream connection to it.
-// When it has none and may not open one (the cluster's max_connections are all open), a
-// request no upstream has seen is refused unprocessed (refuse): the caller sends it again
-// on a new connection, which the relay leaves to the goroutine path's shared pool
-// (serveFrames). One that was already tried gets the pool's 503 with x-weft-overloaded,
-// as on the event loop.
-func (s *fstream) sendTo(h *upstream.Host) {
-	ex := &s.ex
-	if u := s.f.upFor(h, ex.c); u != nil {
-		u.attach(s)
-		return
-	}
-	ex.c.Stats.ConnOverflow.Add(1)
-	if ex.host != nil {
-		ex.c.Report(ex.host, upstream.NotSent)
-		ex.host = nil
-	}
-	if ex.retry.attempt == 0 {
-		s.refuse()
-		return
-	}
-	lim := ex.c.Config().Limits
-	s.policyReply(ex.retry.giveUp(&upstream.PoolFullError{Cluster: ex.c.Name, MaxConnections: lim.MaxConnections, HTTP2: true}, time.Now()))
-}
-
 // arm makes the connection's timer fire by at. One timer serves every stream: a deadline
 // later than the one armed changes nothing, so a call's timeout costs no timer update
 // (each would wake the runtime's network poller).

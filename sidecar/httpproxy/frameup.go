@@ -69,6 +69,31 @@ func (f *fconn) upFor(h *upstream.Host, c *upstream.Cluster) *fup {
 	return u
 }
 
+// sendTo sends s's attempt to h on the caller connection's upstream connection to it.
+// When it has none and may not open one (the cluster's max_connections are all open), a
+// request no upstream has seen is refused unprocessed (refuse): the caller sends it again
+// on a new connection, which the relay leaves to the goroutine path's shared pool
+// (serveFrames). One that was already tried gets the pool's 503 with x-weft-overloaded,
+// as on the event loop.
+func (s *fstream) sendTo(h *upstream.Host) {
+	ex := &s.ex
+	if u := s.f.upFor(h, ex.c); u != nil {
+		u.attach(s)
+		return
+	}
+	ex.c.Stats.ConnOverflow.Add(1)
+	if ex.host != nil {
+		ex.c.Report(ex.host, upstream.NotSent)
+		ex.host = nil
+	}
+	if ex.retry.attempt == 0 {
+		s.refuse()
+		return
+	}
+	lim := ex.c.Config().Limits
+	s.policyReply(ex.retry.giveUp(&upstream.PoolFullError{Cluster: ex.c.Name, MaxConnections: lim.MaxConnections, HTTP2: true}, time.Now()))
+}
+
 // sweepUps closes the upstream connections without streams whose endpoint left its
 // cluster (a pod gone) or that have been idle past the cluster's idle timeout, as the
 // event loops' sweepHosts does for HTTP/1.1; a connection to a gone pod is otherwise held
