@@ -27,8 +27,8 @@ import (
 // callee behind maxConnections: 2 saw one connection per caller connection. Now every
 // HTTP/2 connection holds a slot; a caller connection that would need one past the cap is
 // left to the goroutine path's pool, which opens a host's first connection even then (as
-// Envoy does) and otherwise waits for a stream. So the backend sees at most the cap on the
-// goroutine path, and the cap plus one per endpoint with the relay.
+// Envoy does) and otherwise waits for a stream. So the backend sees at most the cap plus
+// one per endpoint with the relay, and one fewer on the goroutine path alone.
 
 // h2PeakBackends are HTTP/2 endpoints that answer their name after hold, counting the
 // connections open at all of them together and the peak.
@@ -128,7 +128,12 @@ func TestHTTP2MaxConnectionsCapsUpstreamConnectionsAcrossCallerConnections(t *te
 			t.Errorf("a call failed: %v", err)
 		}
 		c := sc.Upstreams.Get(cn)
-		want := int64(maxConns) // the goroutine path's one pool: the cap holds exactly with no more endpoints than it
+		// The goroutine path's one pool opens a connection past the cap only as a host's
+		// first (Envoy's rule): when the calls to "a" that came first took both slots while
+		// a's first connection was being dialed, b's first makes 3. So the cap plus one per
+		// endpoint but the one holding the cap: 3. (CI saw 3 once under -race, likely so; the
+		// alternating picks of round robin usually give each host one connection: 2.)
+		want := int64(maxConns + 1)
 		if !goroutines {
 			want = maxConns + 2 // the relay's connections, then the goroutine path's first one to each endpoint
 		}
