@@ -158,10 +158,14 @@ func TestDrainedAfterEndpointOnlyChange(t *testing.T) {
 		after[resourcev3.EndpointType] == before[resourcev3.EndpointType] {
 		t.Fatalf("want an EDS-only version change, got %v → %v", before, after)
 	}
-	// Until the caller ACKs the new EDS version, the hand-off waits.
-	for _, st := range s.Nodes() {
-		if st.Acked[resourcev3.EndpointType] != c.Versions(v)[resourcev3.EndpointType] && s.Drained(fn) {
-			t.Fatal("Drained before the caller ACKed the EDS-only version")
+	// Until the caller ACKs the new EDS version, the hand-off waits: once Drained says yes,
+	// the ACK is on record. (Asked the other way round, ACKs read before Drained, the check
+	// failed in CI when the ACK landed between the two reads.)
+	if s.Drained(fn) {
+		for _, st := range s.Nodes() {
+			if st.Acked[resourcev3.EndpointType] != c.Versions(v)[resourcev3.EndpointType] {
+				t.Fatal("Drained before the caller ACKed the EDS-only version")
+			}
 		}
 	}
 	poll.Until(t, 10*time.Second, func() bool { return s.Drained(fn) }, "waiting for the hand-off")
