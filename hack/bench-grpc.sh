@@ -64,12 +64,24 @@ c0=$(cpu_ticks "$caller_pid"); e0=$(cpu_ticks "$callee_pid")
 cq0=$(runq_ns "$caller_pid"); eq0=$(runq_ns "$callee_pid")
 cs0=$(ctxsw "$caller_pid"); es0=$(ctxsw "$callee_pid")
 cw0=$(syscw "$caller_pid"); ew0=$(syscw "$callee_pid")
+# TRACE=1: a Go runtime trace of each sidecar (admin /debug/pprof/trace) during this probe,
+# read by hack/bench/schedlat: how long goroutines waited to run, and why, in the slow waits.
+if [ "${TRACE:-}" = 1 ]; then
+  go build -o "$work/schedlat" ./hack/bench/schedlat
+  secs=$(awk -v d="${DURATION%s}" 'BEGIN{ print (d > 2 ? d - 1 : d / 2) }')
+  curl -fsS -o "$work/caller.trace" "http://127.0.0.1:28400/debug/pprof/trace?seconds=$secs" & tc=$!
+  curl -fsS -o "$work/callee.trace" "http://127.0.0.1:28300/debug/pprof/trace?seconds=$secs" & te=$!
+fi
 sidecars=$("${app_env[@]}" "$work/helper" rate -target "$CALLER" -authority svc -rps "$RATE" -d "$DURATION")
 c1=$(cpu_ticks "$caller_pid"); e1=$(cpu_ticks "$callee_pid")
 cq1=$(runq_ns "$caller_pid"); eq1=$(runq_ns "$callee_pid")
 cs1=$(ctxsw "$caller_pid"); es1=$(ctxsw "$callee_pid")
 cw1=$(syscw "$caller_pid"); ew1=$(syscw "$callee_pid")
 echo "two sidecars:     $sidecars"
+if [ "${TRACE:-}" = 1 ]; then
+  wait "$tc" "$te"
+  for who in caller callee; do echo "runtime trace, $who sidecar:"; "$work/schedlat" "$work/$who.trace" | sed 's/^/  /'; done
+fi
 n=$(sed -E 's/.*n=([0-9]+).*/\1/' <<<"$sidecars")
 awk -v c="$((c1-c0))" -v e="$((e1-e0))" -v t="$TICKS" -v n="$n" \
   'BEGIN{ printf "CPU per call (incl. 100 warm-up calls): caller sidecar %.0f us, callee sidecar %.0f us\n", c/t/(n+100)*1e6, e/t/(n+100)*1e6 }'

@@ -80,9 +80,11 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /config_dump", s.configDump)
 	mux.HandleFunc("GET /debug/exchanges", s.exchanges)
 	mux.HandleFunc("GET /app-health/{container}/{kind}", s.probes.serve)
-	// CPU and heap profiles of the live data plane, like Envoy's /cpuprofiler; localhost only.
+	// CPU and heap profiles of the live data plane, like Envoy's /cpuprofiler, and the
+	// runtime's execution trace (?seconds=N; what hack/bench/schedlat reads); localhost only.
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return mux
 }
 

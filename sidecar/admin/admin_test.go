@@ -113,3 +113,16 @@ func TestDebugExchanges(t *testing.T) {
 		t.Errorf("without a provider: %d, want 404", code)
 	}
 }
+
+// The execution trace is served on the admin address only: it shows every goroutine's
+// stacks, so it is no more for the pod address than /config_dump is.
+func TestDebugTraceOnAdminOnly(t *testing.T) {
+	s := New(Options{Config: func() *config.Config { return nil }})
+	code, body := get(t, s.Handler(), "/debug/pprof/trace?seconds=0.1")
+	if code != 200 || !strings.HasPrefix(body, "go 1.") || !strings.Contains(body[:16], " trace") {
+		t.Errorf("/debug/pprof/trace = %d, %d bytes starting %q; want 200 and a runtime trace", code, len(body), body[:min(len(body), 16)])
+	}
+	if code, _ := get(t, s.MetricsHandler(), "/debug/pprof/trace?seconds=0.1"); code != http.StatusNotFound {
+		t.Errorf("/debug/pprof/trace on the metrics address = %d, want 404", code)
+	}
+}
