@@ -5,10 +5,12 @@
 //
 //   - another goroutine was running: Go-level queueing behind it (or the OS preempting that
 //     goroutine's thread, which the trace cannot tell apart: see its run length);
+//
 //   - a processor was running but no goroutine: the runtime's own scheduling work;
+//
 //   - no processor was running: the wake-up waited for the OS to run a thread.
 //
-//	schedlat [-slow 200us] [-top 8] trace.out
+//     schedlat [-slow 200us] [-top 8] trace.out
 package main
 
 import (
@@ -100,7 +102,7 @@ func analyze(in io.Reader, slow time.Duration) (*report, error) {
 	}
 	var (
 		goRun, pRun, gc clock
-		running         = map[trace.GoID]trace.Time{}   // goroutine → when it started running
+		running         = map[trace.GoID]trace.Time{}    // goroutine → when it started running
 		runTotal        = map[trace.GoID]time.Duration{} // goroutine → time run so far
 		label           = map[trace.GoID]string{}
 		waits           = map[trace.GoID]*waiting{}
