@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -201,6 +202,114 @@ func TestFrameRelayCallerThatStopsReadingIsCutAfterTheWriteTimeout(t *testing.T)
 			t.Errorf("the caller could still read %d bytes after it stalled", n)
 		}
 	})
+}
+
+// stalledH2Upstream is an HTTP/2 endpoint that grants the largest windows HTTP/2 allows and
+// then reads nothing: a peer whose process hangs, or whose receive queue never drains. Its
+// accepted connections arrive on the channel.
+func stalledH2Upstream(t *testing.T) (string, <-chan net.Conn) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	conns := make(chan net.Conn, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+			_ = c.(*net.TCPConn).SetReadBuffer(64 << 10)
+			fr := http2.NewFramer(c, nil)
+			_ = fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
+			_ = fr.WriteSettingsAck() // for the client's SETTINGS, never read
+			_ = fr.WriteWindowUpdate(0, 1<<31-1-65535)
+			conns <- c
+		}
+	}()
+	return "http://" + ln.Addr().String(), conns
+}
+
+// An upstream that stops reading while the sidecar writes a request body to it. Its
+// connection is cut once it has taken nothing for the write timeout (10 s), as a caller's is
+// (TestFrameRelayCallerThatStopsReadingIsCutAfterTheWriteTimeout): the caller's request
+// ends, and the connection — with every stream on it, and its max_connections slot — is not
+// held for as long as the route timeout allows or, without one, forever. Before, net/http's
+// HTTP/2 client connections on the goroutine path had no write timeout: the request waited
+// for the route timeout and the connection stayed stuck in write(2).
+func TestUpstreamThatStopsReadingIsCutAfterTheWriteTimeout(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		url, accepted := stalledH2Upstream(t)
+		snap := relayHosts(url, "", nil, st.Timeout(120*time.Second))
+		_, base := relaySidecar(t, goroutines, snap)
+		const size = 256 << 20 // far more than the socket buffers on the way hold
+		req, _ := http.NewRequest(http.MethodPost, base+"/upload", io.LimitReader(zeros{}, size))
+		req.Host = "reviews"
+		start := time.Now()
+		type result struct {
+			code int
+			body string
+			err  error
+		}
+		done := make(chan result, 1)
+		go func() {
+			c := h2cCaller()
+			c.Timeout = 0
+			resp, err := c.Do(req)
+			if err != nil {
+				done <- result{err: err}
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			done <- result{code: resp.StatusCode, body: string(b)}
+		}()
+		var up net.Conn
+		select {
+		case up = <-accepted:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the sidecar never connected to the upstream")
+		}
+		var r result
+		select {
+		case r = <-done:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the caller's request was still open 30 s after the upstream stopped reading: the stalled upstream connection was never cut")
+		}
+		took := time.Since(start)
+		if r.err == nil && r.code == http.StatusOK {
+			t.Fatalf("the request succeeded although the upstream read nothing")
+		}
+		if took < 8*time.Second {
+			t.Errorf("the request ended after %v (%d, %v), before the 10 s write timeout could have passed", took, r.code, r.err)
+		}
+		// Nothing came back before the cut, so the caller is told why (Envoy's words).
+		if r.err == nil && (r.code != http.StatusServiceUnavailable || !strings.Contains(r.body, "reset before headers. reset reason: connection termination")) {
+			t.Errorf("the caller got %d %q; want 503 saying the upstream connection ended before headers", r.code, r.body)
+		}
+		t.Logf("the request ended after %v: status %d %q, error %v", took.Round(time.Millisecond), r.code, r.body, r.err)
+		// The sidecar closed the upstream connection: reading it now gives what was
+		// buffered, then its end, far short of the whole body.
+		_ = up.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, err := io.Copy(io.Discard, up)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Errorf("the upstream connection was still open after the request ended (read %d bytes, then nothing for 10 s)", n)
+		}
+		if n >= size {
+			t.Errorf("the upstream could read the whole body (%d bytes) after the cut", n)
+		}
+	})
+}
+
+// zeros reads as an endless run of zero bytes.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
 }
 
 // connTracker is an HTTP/2 backend answering its name, which reports how many connections

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"syscall"
+	"time"
 
 	"github.com/weftmesh/weft/sidecar/connio"
 )
@@ -43,7 +44,7 @@ func newH2Socket(c net.Conn) net.Conn {
 		return c
 	}
 	s := &h2Socket{Conn: c, raw: raw}
-	s.w = NewFlushBehind(c, c)
+	s.w = NewFlushBehind(c, c).WithWriteTimeout(H2WriteTimeout)
 	s.read = s.readFD
 	return s
 }
@@ -77,6 +78,21 @@ func (s *h2Socket) Read(p []byte) (int, error) {
 // Write queues p for the socket (FlushBehind): the frames the client writes back to back
 // leave in one write(2).
 func (s *h2Socket) Write(p []byte) (int, error) { return s.w.Write(p) }
+
+// H2WriteTimeout cuts an HTTP/2 upstream connection whose peer has taken nothing for this
+// long while the sidecar had frames for it (a hung process, a receive queue that never
+// drains): its streams fail and its max_connections slot comes back, instead of the
+// connection staying in write(2) for good. The frame relay cuts its upstream and caller
+// connections after the same 10 s.
+const H2WriteTimeout = 10 * time.Second
+
+// SetWriteDeadline does nothing: the FlushBehind keeps the socket's write deadline
+// (H2WriteTimeout), which a deadline set around one queued Write would not cover.
+func (s *h2Socket) SetWriteDeadline(time.Time) error { return nil }
+
+// SetDeadline sets the read deadline only (SetWriteDeadline). A TLS handshake's deadline
+// still bounds it: the handshake waits on reads.
+func (s *h2Socket) SetDeadline(t time.Time) error { return s.Conn.SetReadDeadline(t) }
 
 // dialH2 dials an HTTP/2 upstream for h2Transport.
 func dialH2(ctx context.Context, network, addr string) (net.Conn, error) {

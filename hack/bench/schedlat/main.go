@@ -149,6 +149,11 @@ func analyze(in io.Reader, slow time.Duration) (*report, error) {
 			case trace.ResourceGoroutine:
 				g := st.Resource.Goroutine()
 				from, to := st.Goroutine()
+				if _, ok := label[g]; !ok {
+					if l := entry(st.Stack); l != "" {
+						label[g] = l // its start function (at creation), or the bottom of a stack it blocked with
+					}
+				}
 				if from == trace.GoRunning {
 					if s, ok := running[g]; ok {
 						d := t.Sub(s)
@@ -171,9 +176,6 @@ func analyze(in io.Reader, slow time.Duration) (*report, error) {
 					}
 					waits[g] = w
 				case trace.GoRunning:
-					if l := topFrames(st.Stack); l != "" {
-						label[g] = l
-					}
 					if w, ok := waits[g]; ok {
 						delete(waits, g)
 						d := t.Sub(w.since)
@@ -219,19 +221,16 @@ func anyTrue(m map[trace.ProcID]bool) bool {
 	return false
 }
 
-// topFrames names a goroutine by the first two frames of its stack outside the runtime.
-func topFrames(s trace.Stack) string {
-	var names []string
+// entry names a goroutine by the outermost function of its stack outside the runtime:
+// what it was started with.
+func entry(s trace.Stack) string {
+	name := ""
 	for f := range s.Frames() {
-		if strings.HasPrefix(f.Func, "runtime.") || strings.HasPrefix(f.Func, "internal/") {
-			continue
-		}
-		names = append(names, f.Func)
-		if len(names) == 2 {
-			break
+		if !strings.HasPrefix(f.Func, "runtime.") && !strings.HasPrefix(f.Func, "internal/") {
+			name = f.Func
 		}
 	}
-	return strings.Join(names, " < ")
+	return name
 }
 
 func pct(d []time.Duration, p float64) time.Duration {
