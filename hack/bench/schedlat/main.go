@@ -15,6 +15,7 @@ package main
 
 import (
 	"cmp"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -119,7 +120,7 @@ func analyze(in io.Reader, slow time.Duration) (*report, error) {
 	}
 	for {
 		ev, err := tr.ReadEvent()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
