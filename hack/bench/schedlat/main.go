@@ -222,16 +222,17 @@ func anyTrue(m map[trace.ProcID]bool) bool {
 	return false
 }
 
-// entry names a goroutine by the outermost function of its stack outside the runtime:
-// what it was started with.
+// entry names a goroutine by the outermost function of its stack outside the runtime —
+// what it was started with — or, for the runtime's own (a GC mark worker), the outermost.
 func entry(s trace.Stack) string {
-	name := ""
+	name, outer := "", ""
 	for f := range s.Frames() {
+		outer = f.Func
 		if !strings.HasPrefix(f.Func, "runtime.") && !strings.HasPrefix(f.Func, "internal/") {
 			name = f.Func
 		}
 	}
-	return name
+	return cmp.Or(name, outer)
 }
 
 func pct(d []time.Duration, p float64) time.Duration {
