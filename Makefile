@@ -101,7 +101,7 @@ bench-telemetry: ## wrk through three sidecars: telemetry off, Istio metrics (tr
 	hack/bench-telemetry.sh
 
 .PHONY: bench-grpc
-bench-grpc: ## grpc-go unary calls at 1,000/s for 10 s: direct vs through two sidecars (p50/p99).
+bench-grpc: ## grpc-go unary calls at 1,000/s for 10 s: direct vs two sidecars vs two haproxies (p50/p99); TRACE=1 adds scheduler traces.
 	hack/bench-grpc.sh
 
 .PHONY: bench-capture
