@@ -10,7 +10,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -18,6 +17,7 @@ import (
 	"github.com/weftmesh/weft/contract"
 	"github.com/weftmesh/weft/sidecar/connio"
 	"github.com/weftmesh/weft/sidecar/tlsrec"
+	"github.com/weftmesh/weft/sidecar/upstream"
 )
 
 // The HTTP/2 frame relay (issue 15's gRPC latency): a prior-knowledge h2c connection whose
@@ -53,7 +53,7 @@ const (
 	frameMaxStreams = 100
 	// frameMaxUndecided bounds what is read and kept for a replay before the first request.
 	frameMaxUndecided = 64 << 10
-	frameWriteTimeout = 10 * time.Second // a caller or upstream that stops reading is cut
+	frameWriteTimeout = upstream.H2WriteTimeout // a caller or upstream that stops reading is cut
 )
 
 // frameOut is one side's output: frames are appended under the owner's lock and written

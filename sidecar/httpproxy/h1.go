@@ -332,11 +332,11 @@ func (c *peekedConn) Write(p []byte) (int, error) {
 	return c.w.Write(p)
 }
 
-// SetWriteDeadline leaves the socket's write deadline to the FlushBehind when it keeps one
-// (net/http's server would clear it after each Write it queued).
+// SetWriteDeadline leaves the socket's write deadline to the FlushBehind (net/http's
+// server would clear it after each Write it queued).
 func (c *peekedConn) SetWriteDeadline(t time.Time) error {
-	if c.w != nil && c.w.OwnsWriteDeadline() {
-		return nil
+	if c.w != nil {
+		return c.w.SetWriteDeadline(t)
 	}
 	return c.Conn.SetWriteDeadline(t)
 }

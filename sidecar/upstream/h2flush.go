@@ -76,14 +76,21 @@ func NewFlushBehind(sock net.Conn, conn io.Closer) *FlushBehind {
 
 // WithWriteTimeout makes every write(2) fail once the socket has taken nothing for about
 // d (connio.WriteDeadline); f then owns the socket's write deadline, and its
-// connection's SetWriteDeadline must not touch it.
+// connection's SetWriteDeadline must go through f's.
 func (f *FlushBehind) WithWriteTimeout(d time.Duration) *FlushBehind {
 	f.stall.Timeout = d
 	return f
 }
 
-// OwnsWriteDeadline reports whether f sets the socket's write deadline itself.
-func (f *FlushBehind) OwnsWriteDeadline() bool { return f.stall.Timeout > 0 }
+// SetWriteDeadline is what the connection f writes for does with a write deadline: set it
+// on the socket, unless f keeps its own (WithWriteTimeout). net/http sets a deadline around
+// each Write and clears it after, which would clear f's while its flusher is in write(2).
+func (f *FlushBehind) SetWriteDeadline(t time.Time) error {
+	if f.stall.Timeout > 0 {
+		return nil
+	}
+	return f.sock.SetWriteDeadline(t)
+}
 
 // Write queues p for the socket and returns. It writes the queue itself when the queue has
 // waited FlushBehindDelay or p would take it past FlushBehindLimit (waiting, then, while

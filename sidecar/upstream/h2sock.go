@@ -82,17 +82,22 @@ func (s *h2Socket) Write(p []byte) (int, error) { return s.w.Write(p) }
 // H2WriteTimeout cuts an HTTP/2 upstream connection whose peer has taken nothing for this
 // long while the sidecar had frames for it (a hung process, a receive queue that never
 // drains): its streams fail and its max_connections slot comes back, instead of the
-// connection staying in write(2) for good. The frame relay cuts its upstream and caller
-// connections after the same 10 s.
+// connection staying in write(2) for good. The frame relay and the h2c server cut their
+// connections, callers' and upstreams', after the same time (httpproxy.frameWriteTimeout).
 const H2WriteTimeout = 10 * time.Second
 
-// SetWriteDeadline does nothing: the FlushBehind keeps the socket's write deadline
-// (H2WriteTimeout), which a deadline set around one queued Write would not cover.
-func (s *h2Socket) SetWriteDeadline(time.Time) error { return nil }
+// SetWriteDeadline leaves the socket's write deadline to the FlushBehind, which keeps
+// H2WriteTimeout: a deadline set around one queued Write would not cover its write(2).
+func (s *h2Socket) SetWriteDeadline(t time.Time) error { return s.w.SetWriteDeadline(t) }
 
-// SetDeadline sets the read deadline only (SetWriteDeadline). A TLS handshake's deadline
-// still bounds it: the handshake waits on reads.
-func (s *h2Socket) SetDeadline(t time.Time) error { return s.Conn.SetReadDeadline(t) }
+// SetDeadline sets the read deadline, and the write deadline as SetWriteDeadline does: a
+// TLS handshake's deadline bounds its reads, and the write timeout its writes.
+func (s *h2Socket) SetDeadline(t time.Time) error {
+	if err := s.Conn.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return s.SetWriteDeadline(t)
+}
 
 // dialH2 dials an HTTP/2 upstream for h2Transport.
 func dialH2(ctx context.Context, network, addr string) (net.Conn, error) {

@@ -132,13 +132,12 @@ func analyze(in io.Reader, slow time.Duration) (*report, error) {
 		}
 		last = t
 		switch ev.Kind() {
-		case trace.EventRangeBegin, trace.EventRangeActive:
-			if strings.HasPrefix(ev.Range().Name, "GC") || strings.Contains(ev.Range().Name, "stop-the-world") {
-				gc.set(true, t)
-			}
-		case trace.EventRangeEnd:
-			if strings.HasPrefix(ev.Range().Name, "GC") || strings.Contains(ev.Range().Name, "stop-the-world") {
-				gc.set(false, t)
+		case trace.EventRangeBegin, trace.EventRangeActive, trace.EventRangeEnd:
+			// The process-wide GC ranges (the concurrent mark phase, stop-the-world pauses);
+			// mark assists and sweeps are ranges per goroutine or processor and would end
+			// the phase early here.
+			if r := ev.Range(); r.Scope.Kind == trace.ResourceNone && (strings.HasPrefix(r.Name, "GC") || strings.Contains(r.Name, "stop-the-world")) {
+				gc.set(ev.Kind() != trace.EventRangeEnd, t)
 			}
 		case trace.EventStateTransition:
 			st := ev.StateTransition()
@@ -167,13 +166,13 @@ func analyze(in io.Reader, slow time.Duration) (*report, error) {
 				case trace.GoRunnable:
 					w := &waiting{since: t, goBusy: goRun.at(t), pBusy: pRun.at(t), gc: gc.at(t),
 						unblockedByNone: ev.Goroutine() == trace.NoGoroutine, runsBefore: map[trace.GoID]time.Duration{}}
-					for og := range running {
+					// Every goroutine that has run: a goroutine first seen running during the
+					// wait counts from zero.
+					for og := range runTotal {
 						w.runsBefore[og] = ranOf(og, t)
 					}
-					for og, l := range label {
-						if _, ok := w.runsBefore[og]; !ok && l != "" {
-							w.runsBefore[og] = ranOf(og, t)
-						}
+					for og := range running {
+						w.runsBefore[og] = ranOf(og, t)
 					}
 					waits[g] = w
 				case trace.GoRunning:
@@ -193,12 +192,17 @@ func analyze(in io.Reader, slow time.Duration) (*report, error) {
 							if w.unblockedByNone {
 								rep.slowPolled++
 							}
-							for og, before := range w.runsBefore {
-								if og == g {
-									continue
-								}
-								if ran := ranOf(og, t) - before; ran > 0 {
+							blocked := func(og trace.GoID) {
+								if ran := ranOf(og, t) - w.runsBefore[og]; og != g && ran > 0 {
 									rep.blockers[cmp.Or(label[og], "?")] += ran
+								}
+							}
+							for og := range runTotal {
+								blocked(og)
+							}
+							for og := range running {
+								if _, ok := runTotal[og]; !ok { // still in its first run
+									blocked(og)
 								}
 							}
 						}
