@@ -165,6 +165,7 @@ func (p *h2pool) wakeLocked() {
 // dialed count against that room), and otherwise waiting for a stream to end.
 func (p *h2pool) conn(ctx context.Context, cl *Cluster, dial h2Dial, addr string, maxStreams, maxConns int, idle, connectTimeout time.Duration) (*h2conn, error) {
 	var gone []*Cluster
+	var closing []*http.ClientConn
 	overflowed := false // counted once per request that waits for a max_connections slot
 	for {
 		p.mu.Lock()
@@ -173,7 +174,7 @@ func (p *h2pool) conn(ctx context.Context, cl *Cluster, dial h2Dial, addr string
 		for _, c := range p.conns {
 			switch {
 			case c.cc.Err() != nil, idle > 0 && c.streams == 0 && now.Sub(c.lastUsed) > idle:
-				c.cc.Close()
+				closing = append(closing, c.cc) // closed after p.mu: Close runs the state hook, which takes it
 				gone = append(gone, c.slot)
 				c.slot = nil
 			default:
@@ -184,6 +185,10 @@ func (p *h2pool) conn(ctx context.Context, cl *Cluster, dial h2Dial, addr string
 		p.conns = live
 		if len(gone) > 0 {
 			p.mu.Unlock()
+			for _, cc := range closing {
+				cc.Close()
+			}
+			closing = closing[:0]
 			for _, g := range gone {
 				release(g)
 			}
@@ -328,12 +333,13 @@ func (p *h2pool) reap(c *h2conn, idle time.Duration) {
 // the others close as their last stream ends.
 func (p *h2pool) closeIdle(gone bool) {
 	var slots []*Cluster
+	var closing []*http.ClientConn
 	p.mu.Lock()
 	p.closed = p.closed || gone
 	live := p.conns[:0]
 	for _, c := range p.conns {
 		if c.streams == 0 {
-			c.cc.Close()
+			closing = append(closing, c.cc)
 			slots = append(slots, c.slot)
 			c.slot = nil
 		} else {
@@ -343,6 +349,11 @@ func (p *h2pool) closeIdle(gone bool) {
 	clear(p.conns[len(live):])
 	p.conns = live
 	p.mu.Unlock()
+	// Closed after p.mu: Close runs the connection's state hook, which takes p.mu (a
+	// deadlock an EDS update removing an HTTP/2 endpoint hit in CI's race run).
+	for _, cc := range closing {
+		cc.Close()
+	}
 	for _, cl := range slots {
 		release(cl)
 	}
