@@ -85,6 +85,13 @@ type h2conn struct {
 	slot *Cluster
 }
 
+// closeH2Conn closes a pooled connection. Never with p.mu held: net/http's
+// ClientConn.Close may run the connection's state hook on the closing goroutine, and the
+// hook takes p.mu. Whether it does depends on which goroutine sees the close first (the
+// connection's read loop usually does), so tests replace this with a close that always
+// takes the lock as that hook would.
+var closeH2Conn = (*http.ClientConn).Close
+
 // dropLocked takes c out of the pool and returns the cluster whose slot it held, nil if it
 // was out already; the caller closes c and gives the slot back (release) after p.mu.
 func (p *h2pool) dropLocked(c *h2conn) *Cluster {
@@ -186,7 +193,7 @@ func (p *h2pool) conn(ctx context.Context, cl *Cluster, dial h2Dial, addr string
 		if len(gone) > 0 {
 			p.mu.Unlock()
 			for _, cc := range closing {
-				cc.Close()
+				closeH2Conn(cc)
 			}
 			closing = closing[:0]
 			for _, g := range gone {
@@ -304,7 +311,7 @@ func (p *h2pool) done(c *h2conn, idle time.Duration) {
 	p.wakeLocked()
 	p.mu.Unlock()
 	if closeIt {
-		c.cc.Close()
+		closeH2Conn(c.cc)
 		release(gone)
 	}
 }
@@ -325,7 +332,7 @@ func (p *h2pool) reap(c *h2conn, idle time.Duration) {
 	}
 	gone := p.dropLocked(c)
 	p.mu.Unlock()
-	c.cc.Close()
+	closeH2Conn(c.cc)
 	release(gone)
 }
 
@@ -352,7 +359,7 @@ func (p *h2pool) closeIdle(gone bool) {
 	// Closed after p.mu: Close runs the connection's state hook, which takes p.mu (a
 	// deadlock an EDS update removing an HTTP/2 endpoint hit in CI's race run).
 	for _, cc := range closing {
-		cc.Close()
+		closeH2Conn(cc)
 	}
 	for _, cl := range slots {
 		release(cl)
