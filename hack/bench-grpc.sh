@@ -16,6 +16,9 @@ CONCURRENCY=${CONCURRENCY:-1} # each sidecar's worker threads (--concurrency)
 # default (the machine's CPUs, or a container's CPU limit since Go 1.25). 1 is what a pod
 # with a one-CPU limit gets.
 if [ -n "${APP_GOMAXPROCS:-}" ]; then app_env=(env GOMAXPROCS="$APP_GOMAXPROCS"); else app_env=(env); fi
+# SIDECAR_ENV: environment for the two sidecars only, e.g. "GOGC=off GOMEMLIMIT=64MiB", to
+# compare garbage-collector settings with the apps and haproxy unchanged.
+read -r -a sidecar_env <<<"${SIDECAR_ENV:-}"
 # VCPU_SPIN=1: one busy loop per CPU at SCHED_IDLE for the whole run (it runs only when
 # nothing else can and yields at once to a woken task), so a virtual machine's vCPUs never
 # halt. Without a cpuidle driver a guest halts an idle vCPU and the host must schedule it
@@ -40,10 +43,10 @@ if [ -n "${SIDECAR_BIN:-}" ]; then cp "$SIDECAR_BIN" "$work/sidecar"; else go bu
 "${app_env[@]}" "$work/helper" backend -addr "$BACKEND" & pids+=($!)
 "$work/helper" config -name inbound_http -listen "$CALLEE" -backend "$BACKEND" >"$work/callee.json"
 "$work/helper" config -name outbound_http -listen "$CALLER" -backend "$CALLEE" >"$work/caller.json"
-"$work/sidecar" --concurrency "$CONCURRENCY" --static-config "$work/callee.json" \
+env "${sidecar_env[@]}" "$work/sidecar" --concurrency "$CONCURRENCY" --static-config "$work/callee.json" \
   --admin-address 127.0.0.1:28300 --metrics-address 127.0.0.1:28320 2>"$work/callee.log" &
 callee_pid=$!; pids+=($callee_pid)
-"$work/sidecar" --concurrency "$CONCURRENCY" --static-config "$work/caller.json" \
+env "${sidecar_env[@]}" "$work/sidecar" --concurrency "$CONCURRENCY" --static-config "$work/caller.json" \
   --admin-address 127.0.0.1:28400 --metrics-address 127.0.0.1:28420 2>"$work/caller.log" &
 caller_pid=$!; pids+=($caller_pid)
 sleep 1
@@ -56,6 +59,9 @@ TICKS=$(getconf CLK_TCK)
 ctxsw() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/{s+=$2} END{printf "%.0f\n", s}'; }
 # syscw prints a process's write-side system calls (write, sendmsg, ...), /proc/PID/io.
 syscw() { awk '/^syscw/{print $2}' "/proc/$1/io"; }
+# gcs prints how many garbage collections a sidecar has finished (its admin address's
+# heap profile ends with the runtime's MemStats).
+gcs() { curl -fsS "http://127.0.0.1:$1/debug/pprof/heap?debug=1" | awk '/^# NumGC = /{print $4}'; }
 runq_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s+=$2} END{printf "%.0f\n", s}'; }
 
 direct=$("${app_env[@]}" "$work/helper" rate -target "$BACKEND" -rps "$RATE" -d "$DURATION")
@@ -64,6 +70,7 @@ c0=$(cpu_ticks "$caller_pid"); e0=$(cpu_ticks "$callee_pid")
 cq0=$(runq_ns "$caller_pid"); eq0=$(runq_ns "$callee_pid")
 cs0=$(ctxsw "$caller_pid"); es0=$(ctxsw "$callee_pid")
 cw0=$(syscw "$caller_pid"); ew0=$(syscw "$callee_pid")
+cg0=$(gcs 28400); eg0=$(gcs 28300)
 # TRACE=1: a Go runtime trace of each sidecar (admin /debug/pprof/trace) during this probe,
 # read by hack/bench/schedlat: how long goroutines waited to run, and why, in the slow waits.
 if [ "${TRACE:-}" = 1 ]; then
@@ -77,6 +84,7 @@ c1=$(cpu_ticks "$caller_pid"); e1=$(cpu_ticks "$callee_pid")
 cq1=$(runq_ns "$caller_pid"); eq1=$(runq_ns "$callee_pid")
 cs1=$(ctxsw "$caller_pid"); es1=$(ctxsw "$callee_pid")
 cw1=$(syscw "$caller_pid"); ew1=$(syscw "$callee_pid")
+cg1=$(gcs 28400); eg1=$(gcs 28300)
 echo "two sidecars:     $sidecars"
 if [ "${TRACE:-}" = 1 ]; then
   wait "$tc" "$te"
@@ -91,6 +99,7 @@ awk -v c="$((cs1-cs0))" -v e="$((es1-es0))" -v n="$n" -v ct="$(ls /proc/$caller_
   'BEGIN{ printf "context switches per call: caller sidecar %.1f (%d threads), callee sidecar %.1f (%d threads)\n", c/(n+100), ct, e/(n+100), et }'
 awk -v c="$((cw1-cw0))" -v e="$((ew1-ew0))" -v n="$n" \
   'BEGIN{ printf "write system calls per call: caller sidecar %.1f, callee sidecar %.1f\n", c/(n+100), e/(n+100) }'
+echo "garbage collections during the probe: caller sidecar $((cg1-cg0)), callee sidecar $((eg1-eg0))"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs"
 p99() { sed -E 's/.*p99=([0-9.]+)ms.*/\1/' <<<"$1"; }
 p50() { sed -E 's/.*p50=([0-9.]+)ms.*/\1/' <<<"$1"; }
@@ -103,13 +112,16 @@ awk -v a="$(p50 "$direct")" -v b="$(p50 "$sidecars")" -v c="$(p99 "$direct")" -v
 # (half an interval apart), so both meet the same moments of a shared machine; the
 # sequential figures above compare runs made seconds apart.
 paired() { # $1: label, $2: target whose latency is compared with direct calls
-  local out d s
+  local out d s g0 g1
+  g0=$(($(gcs 28400) + $(gcs 28300)))
   out=$("${app_env[@]}" "$work/helper" rate -target "$BACKEND" -pair "$2" -authority svc -rps "$RATE" -d "$DURATION")
+  g1=$(($(gcs 28400) + $(gcs 28300)))
   d=$(sed -n 1p <<<"$out"); s=$(sed -n 2p <<<"$out")
   echo "paired, direct:   $d"
   echo "paired, $1: $s"
   awk -v a="$(p50 "$d")" -v b="$(p50 "$s")" -v c="$(p99 "$d")" -v e="$(p99 "$s")" -v l="$1" \
     'BEGIN{ printf "added by %s, paired with direct calls: p50 +%.3f ms, p99 +%.3f ms\n", l, b-a, e-c }'
+  echo "  (sidecars' garbage collections meanwhile: $((g1-g0)))"
 }
 paired "two sidecars" "$CALLER"
 if command -v haproxy >/dev/null; then
@@ -136,12 +148,15 @@ if command -v haproxy >/dev/null; then
   paired "two haproxies" 127.0.0.1:28501
   # Three-way: direct, two sidecars and two haproxies interleaved (a third of an interval
   # apart, each at RATE/s), so the two proxies' figures meet the same moments of the machine.
+  g0=$(($(gcs 28400) + $(gcs 28300)))
   out=$("${app_env[@]}" "$work/helper" rate -target "$BACKEND" -pair "$CALLER,127.0.0.1:28501" -authority svc -rps "$RATE" -d "$DURATION")
+  g1=$(($(gcs 28400) + $(gcs 28300)))
   d=$(sed -n 1p <<<"$out"); s=$(sed -n 2p <<<"$out"); h=$(sed -n 3p <<<"$out")
   echo "three-way, direct:        $d"
   echo "three-way, two sidecars:  $s"
   echo "three-way, two haproxies: $h"
   awk -v a="$(p50 "$d")" -v b="$(p50 "$s")" -v c="$(p50 "$h")" -v x="$(p99 "$d")" -v y="$(p99 "$s")" -v z="$(p99 "$h")" \
     'BEGIN{ printf "added, three-way: two sidecars p50 +%.3f ms p99 +%.3f ms; two haproxies p50 +%.3f ms p99 +%.3f ms\n", b-a, y-x, c-a, z-x }'
+  echo "  (sidecars' garbage collections meanwhile: $((g1-g0)))"
 fi
 for port in 28420 28320; do curl -fsS http://127.0.0.1:$port/stats 2>/dev/null | grep -E "^weft_cluster_grpc_responses_total|^weft_listener_frame_relay_connections_total" || true; done
