@@ -135,12 +135,16 @@ if command -v haproxy >/dev/null; then
   haproxy -q -f "$work/ha-caller.cfg" & hac=$!; pids+=($hac)
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/28501) 2>/dev/null && break; sleep 0.1; done
   hc0=$(cpu_ticks "$hac"); he0=$(cpu_ticks "$hae"); hs0=$(ctxsw "$hac"); hes0=$(ctxsw "$hae")
+  hq0=$(runq_ns "$hac"); heq0=$(runq_ns "$hae")
   ha=$("${app_env[@]}" "$work/helper" rate -target 127.0.0.1:28501 -authority svc -rps "$RATE" -d "$DURATION")
   hc1=$(cpu_ticks "$hac"); he1=$(cpu_ticks "$hae"); hs1=$(ctxsw "$hac"); hes1=$(ctxsw "$hae")
+  hq1=$(runq_ns "$hac"); heq1=$(runq_ns "$hae")
   echo "two haproxies:    $ha"
   hn=$(sed -E 's/.*n=([0-9]+).*/\1/' <<<"$ha")
   awk -v c="$((hc1-hc0))" -v e="$((he1-he0))" -v t="$TICKS" -v n="$hn" \
     'BEGIN{ printf "CPU per call (incl. 100 warm-up calls): caller haproxy %.0f us, callee haproxy %.0f us\n", c/t/(n+100)*1e6, e/t/(n+100)*1e6 }'
+  awk -v c="$((hq1-hq0))" -v e="$((heq1-heq0))" -v n="$hn" \
+    'BEGIN{ printf "run-queue wait per call (runnable, no CPU free): caller haproxy %.0f us, callee haproxy %.0f us\n", c/(n+100)/1e3, e/(n+100)/1e3 }'
   awk -v c="$((hs1-hs0))" -v e="$((hes1-hes0))" -v n="$hn" \
     'BEGIN{ printf "context switches per call: caller haproxy %.1f, callee haproxy %.1f\n", c/(n+100), e/(n+100) }'
   awk -v a="$(p50 "$direct")" -v b="$(p50 "$ha")" -v c="$(p99 "$direct")" -v d="$(p99 "$ha")" \
@@ -148,15 +152,53 @@ if command -v haproxy >/dev/null; then
   paired "two haproxies" 127.0.0.1:28501
   # Three-way: direct, two sidecars and two haproxies interleaved (a third of an interval
   # apart, each at RATE/s), so the two proxies' figures meet the same moments of the machine.
+  # Run twice, the two pairs swapping places, since the call a third of an interval after a
+  # direct call meets a different machine from the one two thirds after it.
+  for order in sidecars-first haproxies-first; do
+    if [ "$order" = sidecars-first ]; then targets="$CALLER,127.0.0.1:28501"; else targets="127.0.0.1:28501,$CALLER"; fi
+    g0=$(($(gcs 28400) + $(gcs 28300)))
+    out=$("${app_env[@]}" "$work/helper" rate -target "$BACKEND" -pair "$targets" -authority svc -rps "$RATE" -d "$DURATION")
+    g1=$(($(gcs 28400) + $(gcs 28300)))
+    d=$(sed -n 1p <<<"$out")
+    if [ "$order" = sidecars-first ]; then s=$(sed -n 2p <<<"$out"); h=$(sed -n 3p <<<"$out"); else h=$(sed -n 2p <<<"$out"); s=$(sed -n 3p <<<"$out"); fi
+    echo "three-way ($order), direct:        $d"
+    echo "three-way ($order), two sidecars:  $s"
+    echo "three-way ($order), two haproxies: $h"
+    awk -v a="$(p50 "$d")" -v b="$(p50 "$s")" -v c="$(p50 "$h")" -v x="$(p99 "$d")" -v y="$(p99 "$s")" -v z="$(p99 "$h")" -v o="$order" \
+      'BEGIN{ printf "added, three-way (%s): two sidecars p50 +%.3f ms p99 +%.3f ms; two haproxies p50 +%.3f ms p99 +%.3f ms\n", o, b-a, y-x, c-a, z-x }'
+    echo "  (sidecars' garbage collections meanwhile: $((g1-g0)))"
+  done
+  # Turns: direct, two sidecars and two haproxies called one at a time, TURN (500 ms) each
+  # in rotation, DURATION of calls each: the machine carries RATE calls/s at every moment —
+  # the bar's condition — where the interleaved runs above carry two or three times that,
+  # and each series still samples the whole run, unlike the sequential probes.
   g0=$(($(gcs 28400) + $(gcs 28300)))
-  out=$("${app_env[@]}" "$work/helper" rate -target "$BACKEND" -pair "$CALLER,127.0.0.1:28501" -authority svc -rps "$RATE" -d "$DURATION")
+  out=$("${app_env[@]}" "$work/helper" rate -target "$BACKEND" -pair "$CALLER,127.0.0.1:28501" -block "${TURN:-500ms}" -authority svc -rps "$RATE" -d "$DURATION")
   g1=$(($(gcs 28400) + $(gcs 28300)))
   d=$(sed -n 1p <<<"$out"); s=$(sed -n 2p <<<"$out"); h=$(sed -n 3p <<<"$out")
-  echo "three-way, direct:        $d"
-  echo "three-way, two sidecars:  $s"
-  echo "three-way, two haproxies: $h"
+  echo "in turns, direct:        $d"
+  echo "in turns, two sidecars:  $s"
+  echo "in turns, two haproxies: $h"
   awk -v a="$(p50 "$d")" -v b="$(p50 "$s")" -v c="$(p50 "$h")" -v x="$(p99 "$d")" -v y="$(p99 "$s")" -v z="$(p99 "$h")" \
-    'BEGIN{ printf "added, three-way: two sidecars p50 +%.3f ms p99 +%.3f ms; two haproxies p50 +%.3f ms p99 +%.3f ms\n", b-a, y-x, c-a, z-x }'
+    'BEGIN{ printf "added, in turns: two sidecars p50 +%.3f ms p99 +%.3f ms; two haproxies p50 +%.3f ms p99 +%.3f ms\n", b-a, y-x, c-a, z-x }'
   echo "  (sidecars' garbage collections meanwhile: $((g1-g0)))"
+  # MIXED=1: which hop makes the tail. The same three-way run with the chains crossed — a
+  # sidecar caller in front of the haproxy callee, a haproxy caller in front of the sidecar
+  # callee — against direct calls.
+  if [ "${MIXED:-}" = 1 ]; then
+    "$work/helper" config -name outbound_http -listen 127.0.0.1:28202 -backend 127.0.0.1:28506 >"$work/caller2.json"
+    env "${sidecar_env[@]}" "$work/sidecar" --concurrency "$CONCURRENCY" --static-config "$work/caller2.json" \
+      --admin-address 127.0.0.1:28410 --metrics-address 127.0.0.1:28430 2>"$work/caller2.log" & pids+=($!)
+    hacfg 127.0.0.1:28502 "$CALLEE" >"$work/ha-caller2.cfg"
+    haproxy -q -f "$work/ha-caller2.cfg" & pids+=($!)
+    for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/28502 && exec 4<>/dev/tcp/127.0.0.1/28202) 2>/dev/null && break; sleep 0.1; done
+    out=$("${app_env[@]}" "$work/helper" rate -target "$BACKEND" -pair "127.0.0.1:28202,127.0.0.1:28502" -authority svc -rps "$RATE" -d "$DURATION")
+    d=$(sed -n 1p <<<"$out"); s=$(sed -n 2p <<<"$out"); h=$(sed -n 3p <<<"$out")
+    echo "mixed, direct:                     $d"
+    echo "mixed, sidecar caller → haproxy:   $s"
+    echo "mixed, haproxy caller → sidecar:   $h"
+    awk -v a="$(p50 "$d")" -v b="$(p50 "$s")" -v c="$(p50 "$h")" -v x="$(p99 "$d")" -v y="$(p99 "$s")" -v z="$(p99 "$h")" \
+      'BEGIN{ printf "added, mixed: sidecar caller + haproxy callee p50 +%.3f ms p99 +%.3f ms; haproxy caller + sidecar callee p50 +%.3f ms p99 +%.3f ms\n", b-a, y-x, c-a, z-x }'
+  fi
 fi
 for port in 28420 28320; do curl -fsS http://127.0.0.1:$port/stats 2>/dev/null | grep -E "^weft_cluster_grpc_responses_total|^weft_listener_frame_relay_connections_total" || true; done

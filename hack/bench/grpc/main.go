@@ -72,8 +72,9 @@ func main() {
 		rps := fs.Int("rps", 1000, "calls per second")
 		d := fs.Duration("d", 10*time.Second, "duration")
 		pair := fs.String("pair", "", "more host:ports (comma-separated) called at the same rate, interleaved with -target's calls (one line each, in order, after -target's)")
+		block := fs.Duration("block", 0, "with -pair: call one target at a time for this long, in turn, instead of interleaving calls (each target still gets -d of calls)")
 		_ = fs.Parse(os.Args[2:])
-		err = rate(*target, *pair, *authority, *rps, *d)
+		err = rate(*target, *pair, *authority, *rps, *d, *block)
 	default:
 		err = fmt.Errorf("unknown subcommand %q", os.Args[1])
 	}
@@ -151,8 +152,10 @@ func writeConfig(w io.Writer, name, listen, to string) error {
 // 5 s deadline; in-flight calls are bounded by rps × 5 s. With pair, each further target
 // gets the same schedule shifted by a fraction of the interval (half of it for one), over
 // its own connection: all series then meet the same moments of the machine, and their
-// differences are the paths' own.
-func rate(target, pair, authority string, rps int, d time.Duration) error {
+// differences are the paths' own. With block, the targets take turns instead, block by
+// block (the whole run lasts d per target): the machine carries rps calls per second at
+// every moment, as the rate asked for, and each series still samples the whole run.
+func rate(target, pair, authority string, rps int, d, block time.Duration) error {
 	if target == "" {
 		return errors.New("rate: -target is required")
 	}
@@ -184,6 +187,14 @@ func rate(target, pair, authority string, rps int, d time.Duration) error {
 		clients = append(clients, hc)
 	}
 	n := int(d.Seconds() * float64(rps))
+	perBlock := n // calls per turn; with interleaving, one turn holds them all
+	if block > 0 {
+		if block > d {
+			return errors.New("rate: -block must not exceed -d")
+		}
+		perBlock = max(1, int(block.Seconds()*float64(rps)))
+		n = (n + perBlock - 1) / perBlock * perBlock // whole turns
+	}
 	lat := make([][]time.Duration, len(clients))
 	for k := range lat {
 		lat[k] = make([]time.Duration, n)
@@ -192,22 +203,33 @@ func rate(target, pair, authority string, rps int, d time.Duration) error {
 	errs := make([]atomic.Int64, len(clients))
 	interval := time.Second / time.Duration(rps)
 	start := time.Now()
-	for i := range n {
-		for k, hc := range clients {
-			sched := start.Add(time.Duration(i)*interval + time.Duration(k)*interval/time.Duration(len(clients)))
-			if w := time.Until(sched); w > 0 {
-				time.Sleep(w)
+	call := func(k, i int, sched time.Time) {
+		if w := time.Until(sched); w > 0 {
+			time.Sleep(w)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if _, err := clients[k].Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+				errs[k].Add(1)
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
-					errs[k].Add(1)
-				}
-				lat[k][i] = time.Since(sched)
-			}()
+			lat[k][i] = time.Since(sched)
+		}()
+	}
+	if block > 0 && len(clients) > 1 {
+		// Turn t calls target t mod len(clients); its calls are that target's turn t/len-th.
+		for j := range n * len(clients) {
+			t := j / perBlock
+			k := t % len(clients)
+			call(k, t/len(clients)*perBlock+j%perBlock, start.Add(time.Duration(j)*interval))
+		}
+	} else {
+		for i := range n {
+			for k := range clients {
+				call(k, i, start.Add(time.Duration(i)*interval+time.Duration(k)*interval/time.Duration(len(clients))))
+			}
 		}
 	}
 	wg.Wait()
