@@ -101,7 +101,7 @@ bench-telemetry: ## wrk through three sidecars: telemetry off, Istio metrics (tr
 	hack/bench-telemetry.sh
 
 .PHONY: bench-grpc
-bench-grpc: ## grpc-go unary calls at 1,000/s for 10 s: direct vs two sidecars vs two haproxies (p50/p99); TRACE=1 adds scheduler traces.
+bench-grpc: ## grpc-go unary at 1,000/s: direct vs two sidecars vs two haproxies (sequential, paired, three-way, in turns); TRACE=1 traces, MIXED=1 crosses the chains, SIDECAR_ENV="GOGC=..." sets the sidecars' env.
 	hack/bench-grpc.sh
 
 .PHONY: bench-capture
