@@ -90,7 +90,7 @@ type h2conn struct {
 // hook takes p.mu. Whether it does depends on which goroutine sees the close first (the
 // connection's read loop usually does), so tests replace this with a close that always
 // takes the lock as that hook would.
-var closeH2Conn = (*http.ClientConn).Close
+var closeH2Conn = func(cc *http.ClientConn) { cc.Close() }
 
 // dropLocked takes c out of the pool and returns the cluster whose slot it held, nil if it
 // was out already; the caller closes c and gives the slot back (release) after p.mu.
