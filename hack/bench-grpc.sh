@@ -4,7 +4,9 @@
 # on loopback. hack/bench/grpc "rate" makes Health/Check calls open-loop at RATE/s for
 # DURATION (three probes: direct, two sidecars, two
 # haproxies) and prints p50/p99 from each call's scheduled start, the p99 each pair adds,
-# and per sidecar the CPU, run-queue wait and context switches per call.
+# and per sidecar the CPU, run-queue wait and context switches per call. Options are
+# described where they act: SIDECAR_BIN, APP_GOMAXPROCS, SIDECAR_ENV, VCPU_SPIN, TRACE,
+# CAPTURE, TURN, MIXED.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +29,7 @@ BACKEND=127.0.0.1:28280
 CALLEE=127.0.0.1:28206  # the callee sidecar's inbound listener
 CALLER=127.0.0.1:28201  # the caller sidecar's outbound listener
 
+"$(dirname "$0")/deps.sh" bench
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -156,9 +159,26 @@ if command -v haproxy >/dev/null; then
   # direct call meets a different machine from the one two thirds after it.
   for order in sidecars-first haproxies-first; do
     if [ "$order" = sidecars-first ]; then targets="$CALLER,127.0.0.1:28501"; else targets="127.0.0.1:28501,$CALLER"; fi
+    # CAPTURE=1: a packet capture of the sidecars-first run, read by hack/bench/hoplat: how
+    # long each HEADERS frame spent inside each proxy, and whole calls as the wire sees them
+    # (from the request reaching the caller-side proxy to the trailers leaving it).
+    if [ "${CAPTURE:-}" = 1 ] && [ "$order" = sidecars-first ]; then
+      go build -o "$work/hoplat" ./hack/bench/hoplat
+      tcpdump -i lo -s 0 -U -w "$work/cap.pcap" "tcp and (port ${CALLER##*:} or port ${CALLEE##*:} or port ${BACKEND##*:} or port 28501 or port 28506)" 2>"$work/tcpdump.log" & tdp=$!
+      for _ in $(seq 50); do grep -q listening "$work/tcpdump.log" && break; sleep 0.1; done
+    fi
     g0=$(($(gcs 28400) + $(gcs 28300)))
     out=$("${app_env[@]}" "$work/helper" rate -target "$BACKEND" -pair "$targets" -authority svc -rps "$RATE" -d "$DURATION")
     g1=$(($(gcs 28400) + $(gcs 28300)))
+    if [ "${CAPTURE:-}" = 1 ] && [ "$order" = sidecars-first ]; then
+      # The callee proxies' connections to the backend, told apart by their local ports.
+      sp=$(ss -tnpH "( dport = :${BACKEND##*:} )" | awk '/"sidecar"/{n=split($4,a,":"); print a[n]; exit}')
+      hp=$(ss -tnpH "( dport = :${BACKEND##*:} )" | awk '/"haproxy"/{n=split($4,a,":"); print a[n]; exit}')
+      kill -INT "$tdp"; wait "$tdp" || true
+      echo "packet capture of the next run ($(grep -E 'captured|dropped by kernel' "$work/tcpdump.log" | tr '\n' ' ')):"
+      "$work/hoplat" -hop "caller sidecar,${CALLER##*:},${CALLEE##*:}" -hop "callee sidecar,${CALLEE##*:},${BACKEND##*:},$sp" \
+        -hop "caller haproxy,28501,28506" -hop "callee haproxy,28506,${BACKEND##*:},$hp" "$work/cap.pcap" | sed 's/^/  /'
+    fi
     d=$(sed -n 1p <<<"$out")
     if [ "$order" = sidecars-first ]; then s=$(sed -n 2p <<<"$out"); h=$(sed -n 3p <<<"$out"); else h=$(sed -n 2p <<<"$out"); s=$(sed -n 3p <<<"$out"); fi
     echo "three-way ($order), direct:        $d"

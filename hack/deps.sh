@@ -12,7 +12,7 @@
 #                        Redis shards it runs)
 #   hack/deps.sh bench   wrk, haproxy, redis-tools, nutcracker, redis-server, iperf3 (the
 #                        peers the benchmarks measure against), iproute2 and iptables (the
-#                        captured path's network namespaces)
+#                        captured path's network namespaces), tcpdump (bench-grpc's CAPTURE=1)
 #
 # Several profiles may be named at once. When everything is present it prints nothing. When
 # something is missing it installs it with apt-get as root, saying in one line what and why;
@@ -29,6 +29,7 @@ declare -A why=(
   [wrk]="HTTP load generator for make bench-http"
   [haproxy]="the HTTP proxy the sidecar is measured against"
   [iperf3]="bulk TCP transfers for make bench-capture (the TCP proxy's throughput)"
+  [tcpdump]="packet captures of make bench-grpc CAPTURE=1 (time spent inside each proxy)"
 )
 
 pkgs=()
@@ -36,7 +37,7 @@ for profile in "$@"; do
   case "$profile" in
     test) pkgs+=(redis-server redis-tools nutcracker iproute2 iptables curl) ;;
     mesh) pkgs+=(iproute2 iptables curl redis-server redis-tools) ;;
-    bench) pkgs+=(wrk haproxy redis-tools nutcracker redis-server iperf3 iproute2 iptables) ;;
+    bench) pkgs+=(wrk haproxy redis-tools nutcracker redis-server iperf3 iproute2 iptables tcpdump) ;;
     *) echo "deps: unknown profile '$profile' (want test, mesh or bench)" >&2; exit 2 ;;
   esac
 done
