@@ -437,8 +437,23 @@ func (f *fconn) fail(code http2.ErrCode) {
 	f.flushAll()
 }
 
-// flushAll writes what is queued to the caller and to every upstream.
-func (f *fconn) flushAll() {
+// flushAll writes what is queued to every upstream, then to the caller: what a caller's
+// frames made goes on upstream before the replies the sidecar owes the caller itself (PING
+// and SETTINGS acknowledgements, WINDOW_UPDATEs). flushFromUpstream is the other order,
+// for what an upstream's frames made: a response goes to its caller before the PING
+// acknowledgement the upstream gets, so the write that wakes the upstream — which may take
+// the CPU at that write's return — is not in front of the response.
+func (f *fconn) flushAll() { f.flush(false) }
+
+// flushFromUpstream writes what is queued to the caller, then to every upstream.
+func (f *fconn) flushFromUpstream() { f.flush(true) }
+
+func (f *fconn) flush(callerFirst bool) {
+	if callerFirst {
+		if err := f.out.flush(&f.mu); err != nil {
+			f.nc.Close()
+		}
+	}
 	f.mu.Lock()
 	ups := f.dirty
 	f.dirty = nil
@@ -451,8 +466,10 @@ func (f *fconn) flushAll() {
 			u.nc.Close() // its reader ends the streams on it
 		}
 	}
-	if err := f.out.flush(&f.mu); err != nil {
-		f.nc.Close()
+	if !callerFirst {
+		if err := f.out.flush(&f.mu); err != nil {
+			f.nc.Close()
+		}
 	}
 }
 

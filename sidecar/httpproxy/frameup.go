@@ -277,7 +277,7 @@ func (u *fup) read() {
 			return
 		}
 		if u.br.Buffered() == 0 {
-			f.flushAll()
+			f.flushFromUpstream()
 		}
 	}
 }
