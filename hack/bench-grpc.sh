@@ -168,16 +168,26 @@ if command -v haproxy >/dev/null; then
       for _ in $(seq 50); do grep -q listening "$work/tcpdump.log" && break; sleep 0.1; done
     fi
     g0=$(($(gcs 28400) + $(gcs 28300)))
-    out=$("${app_env[@]}" "$work/helper" rate -target "$BACKEND" -pair "$targets" -authority svc -rps "$RATE" -d "$DURATION")
+    log=()
+    if [ "${CAPTURE:-}" = 1 ] && [ "$order" = sidecars-first ]; then
+      log=(-log "$work/calls.log")
+      # The callee proxies' connections to the backend, told apart by their local ports,
+      # looked up mid-run: the relay closes its upstream connections with the caller's.
+      (sleep 3; ss -tnpH "( dport = :${BACKEND##*:} )" >"$work/ss.txt") & ssp=$!
+    fi
+    out=$("${app_env[@]}" "$work/helper" rate -target "$BACKEND" -pair "$targets" -authority svc -rps "$RATE" -d "$DURATION" "${log[@]}")
     g1=$(($(gcs 28400) + $(gcs 28300)))
     if [ "${CAPTURE:-}" = 1 ] && [ "$order" = sidecars-first ]; then
-      # The callee proxies' connections to the backend, told apart by their local ports.
-      sp=$(ss -tnpH "( dport = :${BACKEND##*:} )" | awk '/"sidecar"/{n=split($4,a,":"); print a[n]; exit}')
-      hp=$(ss -tnpH "( dport = :${BACKEND##*:} )" | awk '/"haproxy"/{n=split($4,a,":"); print a[n]; exit}')
+      wait "$ssp"
+      sp=$(awk '/"sidecar"/{n=split($4,a,":"); print a[n]; exit}' "$work/ss.txt")
+      hp=$(awk '/"haproxy"/{n=split($4,a,":"); print a[n]; exit}' "$work/ss.txt")
       kill -INT "$tdp"; wait "$tdp" || true
       echo "packet capture of the next run ($(grep -E 'captured|dropped by kernel' "$work/tcpdump.log" | tr '\n' ' ')):"
+      # Target 1 is the sidecar chain, 2 the haproxy chain (the -pair order above).
       "$work/hoplat" -hop "caller sidecar,${CALLER##*:},${CALLEE##*:}" -hop "callee sidecar,${CALLEE##*:},${BACKEND##*:},$sp" \
-        -hop "caller haproxy,28501,28506" -hop "callee haproxy,28506,${BACKEND##*:},$hp" "$work/cap.pcap" | sed 's/^/  /'
+        -hop "caller haproxy,28501,28506" -hop "callee haproxy,28506,${BACKEND##*:},$hp" \
+        -hop "backend from the callee sidecar,${BACKEND##*:},0,$sp" -hop "backend from the callee haproxy,${BACKEND##*:},0,$hp" \
+        -calls "$work/calls.log" -client "1,${CALLER##*:}" -client 2,28501 "$work/cap.pcap" | sed 's/^/  /'
     fi
     d=$(sed -n 1p <<<"$out")
     if [ "$order" = sidecars-first ]; then s=$(sed -n 2p <<<"$out"); h=$(sed -n 3p <<<"$out"); else h=$(sed -n 2p <<<"$out"); s=$(sed -n 3p <<<"$out"); fi

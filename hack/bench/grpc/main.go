@@ -8,6 +8,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -73,8 +74,9 @@ func main() {
 		d := fs.Duration("d", 10*time.Second, "duration")
 		pair := fs.String("pair", "", "more host:ports (comma-separated) called at the same rate, interleaved with -target's calls (one line each, in order, after -target's)")
 		block := fs.Duration("block", 0, "with -pair: call one target at a time for this long, in turn, instead of interleaving calls (each target still gets -d of calls)")
+		logTo := fs.String("log", "", "write every measured call as 'target call scheduled-ns ended-ns' (Unix time) to this file, for hack/bench/hoplat -calls")
 		_ = fs.Parse(os.Args[2:])
-		err = rate(*target, *pair, *authority, *rps, *d, *block)
+		err = rate(*target, *pair, *authority, *rps, *d, *block, *logTo)
 	default:
 		err = fmt.Errorf("unknown subcommand %q", os.Args[1])
 	}
@@ -155,7 +157,7 @@ func writeConfig(w io.Writer, name, listen, to string) error {
 // differences are the paths' own. With block, the targets take turns instead, block by
 // block (the whole run lasts d per target): the machine carries rps calls per second at
 // every moment, as the rate asked for, and each series still samples the whole run.
-func rate(target, pair, authority string, rps int, d, block time.Duration) error {
+func rate(target, pair, authority string, rps int, d, block time.Duration, logTo string) error {
 	if target == "" {
 		return errors.New("rate: -target is required")
 	}
@@ -196,6 +198,12 @@ func rate(target, pair, authority string, rps int, d, block time.Duration) error
 		n = (n + perBlock - 1) / perBlock * perBlock // whole turns
 	}
 	lat := make([][]time.Duration, len(clients))
+	ends := make([][]time.Time, len(clients)) // with logTo: when each call ended
+	for k := range ends {
+		if logTo != "" {
+			ends[k] = make([]time.Time, n)
+		}
+	}
 	for k := range lat {
 		lat[k] = make([]time.Duration, n)
 	}
@@ -215,7 +223,11 @@ func rate(target, pair, authority string, rps int, d, block time.Duration) error
 			if _, err := clients[k].Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
 				errs[k].Add(1)
 			}
-			lat[k][i] = time.Since(sched)
+			now := time.Now()
+			lat[k][i] = now.Sub(sched)
+			if ends[k] != nil {
+				ends[k][i] = now
+			}
 		}()
 	}
 	if block > 0 && len(clients) > 1 {
@@ -233,6 +245,11 @@ func rate(target, pair, authority string, rps int, d, block time.Duration) error
 		}
 	}
 	wg.Wait()
+	if logTo != "" {
+		if err := writeCallLog(logTo, lat, ends); err != nil {
+			return err
+		}
+	}
 	for k := range clients {
 		l := lat[k]
 		slices.Sort(l)
@@ -241,4 +258,25 @@ func rate(target, pair, authority string, rps int, d, block time.Duration) error
 			rps, n, errs[k].Load(), p(0.5), p(0.9), p(0.99), p(0.999), p(1))
 	}
 	return nil
+}
+
+// writeCallLog writes one line per measured call: the target's index (0 for -target, then
+// -pair's in order), the call's index, and when it was scheduled and ended, in Unix
+// nanoseconds — the clock a packet capture stamps with.
+func writeCallLog(path string, lat [][]time.Duration, ends [][]time.Time) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriter(f)
+	for k := range lat {
+		for i, end := range ends[k] {
+			fmt.Fprintf(w, "%d %d %d %d\n", k, i, end.Add(-lat[k][i]).UnixNano(), end.UnixNano())
+		}
+	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

@@ -7,7 +7,9 @@
 //	hoplat -hop sidecar,28201,28206 -hop haproxy,28501,28506,39400 cap.pcap
 //
 // A hop is name,listen-port,upstream-port[,upstream-local-port]: the last picks the proxy's
-// own upstream connection when other processes call the same upstream port.
+// own upstream connection when other processes call the same upstream port. Upstream port
+// 0 names a server rather than a proxy (the backend): only its whole calls are timed, and
+// the fourth field, if given, is the calling connection's port.
 //
 // Frames are matched by stream: a proxy carrying one caller connection over one upstream
 // connection opens upstream streams in the order the caller's arrive, so caller stream X
@@ -17,10 +19,17 @@
 // the caller stream's, in order. Packets the capture dropped lose their own calls only.
 // A third line per hop times whole calls: from the request's HEADERS arriving to the
 // response's trailers leaving, so the proxy and everything behind it.
+//
+// With -calls (hack/bench/grpc rate -log) and -client target,port[,local-port], each
+// measured call of that target is split into the load generator's own time before its
+// request reached the wire, the wire's (the proxies and backend), and its own time after
+// the trailers arrived. Call i is stream 201+2i of the target's connection: the 100
+// warm-up calls take streams 1-199 and grpc-go numbers streams in the order calls start.
 // Every packet must start a frame (true of small gRPC calls); others are skipped.
 package main
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"flag"
@@ -79,17 +88,31 @@ func (h *hopList) Set(v string) error {
 func main() {
 	var hops hopList
 	flag.Var(&hops, "hop", "name,listen-port,upstream-port[,upstream-local-port] (repeatable)")
+	var clients clientList
+	flag.Var(&clients, "client", "target-index,port[,local-port]: the load generator's connection for -calls' target (repeatable)")
+	calls := flag.String("calls", "", "the load generator's call log (hack/bench/grpc rate -log)")
 	flag.Parse()
 	if flag.NArg() != 1 || len(hops) == 0 {
 		fmt.Fprintln(os.Stderr, "usage: hoplat -hop name,listen,upstream[,upstream-local] ... capture.pcap")
 		os.Exit(2)
+	}
+	for _, c := range clients {
+		hops = append(hops, c.wire)
 	}
 	if err := run(flag.Arg(0), hops); err != nil {
 		fmt.Fprintln(os.Stderr, "hoplat:", err)
 		os.Exit(1)
 	}
 	for _, h := range hops {
-		h.report()
+		if h.name != "" {
+			h.report()
+		}
+	}
+	if *calls != "" {
+		if err := splitCalls(*calls, clients); err != nil {
+			fmt.Fprintln(os.Stderr, "hoplat:", err)
+			os.Exit(1)
+		}
 	}
 }
 
@@ -167,7 +190,7 @@ func packet(p []byte, ts time.Duration, hops []*hop) {
 	for _, h := range hops {
 		for _, s := range streams {
 			switch {
-			case dp == h.listen: // from a caller
+			case dp == h.listen && (h.up != 0 || h.upSP == 0 || sp == h.upSP): // from a caller
 				k := streamKey{sp, s}
 				if _, seen := h.reqIn[k]; !seen {
 					h.reqIn[k] = ts
@@ -177,7 +200,7 @@ func packet(p []byte, ts time.Duration, hops []*hop) {
 			case sp == h.up && (h.upSP == 0 || dp == h.upSP): // from the upstream
 				k := streamKey{dp, s}
 				h.respIn[k] = append(h.respIn[k], ts)
-			case sp == h.listen: // to a caller
+			case sp == h.listen && (h.up != 0 || h.upSP == 0 || dp == h.upSP): // to a caller
 				h.respOut = append(h.respOut, frameAt{streamKey{dp, s}, ts})
 			}
 		}
@@ -270,8 +293,10 @@ func (h *hop) report() {
 			resp = append(resp, o.t-in[i])
 		}
 	}
-	report(h.name+" request ", req, len(h.reqOut))
-	report(h.name+" response", resp, len(h.respOut))
+	if h.up != 0 {
+		report(h.name+" request ", req, len(h.reqOut))
+		report(h.name+" response", resp, len(h.respOut))
+	}
 	// From a request's HEADERS arriving to the response's last HEADERS (the trailers)
 	// leaving for the caller: this proxy and everything behind it.
 	var whole []time.Duration
@@ -298,4 +323,108 @@ func report(label string, d []time.Duration, sent int) {
 	p := func(q float64) float64 { return float64(d[int(q*float64(len(d)-1))].Nanoseconds()) / 1e3 }
 	fmt.Printf("%s: n=%d of %d p50=%.0fus p90=%.0fus p99=%.0fus p99.9=%.0fus max=%.0fus\n",
 		label, len(d), sent, p(0.5), p(0.9), p(0.99), p(0.999), p(1))
+}
+
+// client is one target's connection from the load generator, read off the capture as a
+// hop with no upstream side.
+type client struct {
+	target int
+	wire   *hop
+	local  uint16 // the load generator's port, when the proxy port has other callers
+}
+
+type clientList []*client
+
+func (c *clientList) String() string { return "" }
+func (c *clientList) Set(v string) error {
+	f := strings.Split(v, ",")
+	if len(f) < 2 || len(f) > 3 {
+		return errors.New("want target-index,port[,local-port]")
+	}
+	k, err := strconv.Atoi(f[0])
+	if err != nil {
+		return err
+	}
+	var p [2]uint16
+	for i, s := range f[1:] {
+		n, err := strconv.ParseUint(s, 10, 16)
+		if err != nil {
+			return err
+		}
+		p[i] = uint16(n)
+	}
+	*c = append(*c, &client{target: k, local: p[1], wire: &hop{listen: p[0],
+		reqIn: map[streamKey]time.Duration{}, respIn: map[streamKey][]time.Duration{}}})
+	return nil
+}
+
+// splitCalls joins the call log with the capture: for each client, per measured call, the
+// time before the request reached the wire, on the wire, and after the trailers arrived.
+func splitCalls(logPath string, clients []*client) error {
+	f, err := os.Open(logPath)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	type call struct{ sched, end time.Duration }
+	calls := map[int][]call{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var k, i int
+		var sched, end int64
+		if _, err := fmt.Sscan(sc.Text(), &k, &i, &sched, &end); err != nil {
+			return fmt.Errorf("%s: %w", logPath, err)
+		}
+		for len(calls[k]) <= i {
+			calls[k] = append(calls[k], call{})
+		}
+		calls[k][i] = call{time.Duration(sched), time.Duration(end)}
+	}
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	for _, c := range clients {
+		// The request's first HEADERS and the response's last on each stream of the
+		// load generator's connection.
+		port := c.local
+		if port == 0 {
+			for k := range c.wire.reqIn {
+				if port != 0 && k.port != port {
+					return fmt.Errorf("client %d: more than one connection to port %d; give its local port", c.target, c.wire.listen)
+				}
+				port = k.port
+			}
+		}
+		last := map[uint32]time.Duration{}
+		for _, o := range c.wire.respOut {
+			if o.port == port {
+				last[o.stream] = o.t
+			}
+		}
+		var before, wire, after, total []time.Duration
+		odd := 0
+		for i, cl := range calls[c.target] {
+			s := uint32(201 + 2*i)
+			in, ok1 := c.wire.reqIn[streamKey{port, s}]
+			out, ok2 := last[s]
+			if !ok1 || !ok2 {
+				continue
+			}
+			if in < cl.sched || cl.end < out {
+				odd++ // calls started out of order, or a clock step: not counted
+				continue
+			}
+			before = append(before, in-cl.sched)
+			wire = append(wire, out-in)
+			after = append(after, cl.end-out)
+			total = append(total, cl.end-cl.sched)
+		}
+		name := fmt.Sprintf("target %d", c.target)
+		fmt.Printf("%s: %d calls matched, %d out of order\n", name, len(total), odd)
+		report(name+" before the wire", before, len(calls[c.target]))
+		report(name+" on the wire    ", wire, len(calls[c.target]))
+		report(name+" after the wire ", after, len(calls[c.target]))
+		report(name+" whole call     ", total, len(calls[c.target]))
+	}
+	return nil
 }
