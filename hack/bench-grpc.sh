@@ -126,6 +126,18 @@ paired() { # $1: label, $2: target whose latency is compared with direct calls
     'BEGIN{ printf "added by %s, paired with direct calls: p50 +%.3f ms, p99 +%.3f ms\n", l, b-a, e-c }'
   echo "  (sidecars' garbage collections meanwhile: $((g1-g0)))"
 }
+# three LABEL NAME1 NAME2 OUT: prints a run of three series (direct calls first, then NAME1's
+# and NAME2's, a line each in OUT) and the p50 and p99 each of the two adds.
+three() {
+  local d a b
+  d=$(sed -n 1p <<<"$4"); a=$(sed -n 2p <<<"$4"); b=$(sed -n 3p <<<"$4")
+  echo "$1, direct: $d"
+  echo "$1, $2: $a"
+  echo "$1, $3: $b"
+  awk -v a="$(p50 "$d")" -v b="$(p50 "$a")" -v c="$(p50 "$b")" -v x="$(p99 "$d")" -v y="$(p99 "$a")" -v z="$(p99 "$b")" \
+    -v l="$1" -v n1="$2" -v n2="$3" \
+    'BEGIN{ printf "added, %s: %s p50 +%.3f ms p99 +%.3f ms; %s p50 +%.3f ms p99 +%.3f ms\n", l, n1, b-a, y-x, n2, c-a, z-x }'
+}
 paired "two sidecars" "$CALLER"
 if command -v haproxy >/dev/null; then
   hacfg() {
@@ -189,13 +201,11 @@ if command -v haproxy >/dev/null; then
         -hop "backend from the callee sidecar,${BACKEND##*:},0,$sp" -hop "backend from the callee haproxy,${BACKEND##*:},0,$hp" \
         -calls "$work/calls.log" -client "1,${CALLER##*:}" -client 2,28501 "$work/cap.pcap" | sed 's/^/  /'
     fi
-    d=$(sed -n 1p <<<"$out")
-    if [ "$order" = sidecars-first ]; then s=$(sed -n 2p <<<"$out"); h=$(sed -n 3p <<<"$out"); else h=$(sed -n 2p <<<"$out"); s=$(sed -n 3p <<<"$out"); fi
-    echo "three-way ($order), direct:        $d"
-    echo "three-way ($order), two sidecars:  $s"
-    echo "three-way ($order), two haproxies: $h"
-    awk -v a="$(p50 "$d")" -v b="$(p50 "$s")" -v c="$(p50 "$h")" -v x="$(p99 "$d")" -v y="$(p99 "$s")" -v z="$(p99 "$h")" -v o="$order" \
-      'BEGIN{ printf "added, three-way (%s): two sidecars p50 +%.3f ms p99 +%.3f ms; two haproxies p50 +%.3f ms p99 +%.3f ms\n", o, b-a, y-x, c-a, z-x }'
+    # Printed sidecars first whatever the order, so every run's lines compare.
+    if [ "$order" = haproxies-first ]; then
+      out=$(printf '%s\n%s\n%s\n' "$(sed -n 1p <<<"$out")" "$(sed -n 3p <<<"$out")" "$(sed -n 2p <<<"$out")")
+    fi
+    three "three-way ($order)" "two sidecars" "two haproxies" "$out"
     echo "  (sidecars' garbage collections meanwhile: $((g1-g0)))"
   done
   # Turns: direct, two sidecars and two haproxies called one at a time, TURN (500 ms) each
@@ -205,12 +215,7 @@ if command -v haproxy >/dev/null; then
   g0=$(($(gcs 28400) + $(gcs 28300)))
   out=$("${app_env[@]}" "$work/helper" rate -target "$BACKEND" -pair "$CALLER,127.0.0.1:28501" -block "${TURN:-500ms}" -authority svc -rps "$RATE" -d "$DURATION")
   g1=$(($(gcs 28400) + $(gcs 28300)))
-  d=$(sed -n 1p <<<"$out"); s=$(sed -n 2p <<<"$out"); h=$(sed -n 3p <<<"$out")
-  echo "in turns, direct:        $d"
-  echo "in turns, two sidecars:  $s"
-  echo "in turns, two haproxies: $h"
-  awk -v a="$(p50 "$d")" -v b="$(p50 "$s")" -v c="$(p50 "$h")" -v x="$(p99 "$d")" -v y="$(p99 "$s")" -v z="$(p99 "$h")" \
-    'BEGIN{ printf "added, in turns: two sidecars p50 +%.3f ms p99 +%.3f ms; two haproxies p50 +%.3f ms p99 +%.3f ms\n", b-a, y-x, c-a, z-x }'
+  three "in turns" "two sidecars" "two haproxies" "$out"
   echo "  (sidecars' garbage collections meanwhile: $((g1-g0)))"
   # MIXED=1: which hop makes the tail. The same three-way run with the chains crossed — a
   # sidecar caller in front of the haproxy callee, a haproxy caller in front of the sidecar
@@ -223,12 +228,7 @@ if command -v haproxy >/dev/null; then
     haproxy -q -f "$work/ha-caller2.cfg" & pids+=($!)
     for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/28502 && exec 4<>/dev/tcp/127.0.0.1/28202) 2>/dev/null && break; sleep 0.1; done
     out=$("${app_env[@]}" "$work/helper" rate -target "$BACKEND" -pair "127.0.0.1:28202,127.0.0.1:28502" -authority svc -rps "$RATE" -d "$DURATION")
-    d=$(sed -n 1p <<<"$out"); s=$(sed -n 2p <<<"$out"); h=$(sed -n 3p <<<"$out")
-    echo "mixed, direct:                     $d"
-    echo "mixed, sidecar caller → haproxy:   $s"
-    echo "mixed, haproxy caller → sidecar:   $h"
-    awk -v a="$(p50 "$d")" -v b="$(p50 "$s")" -v c="$(p50 "$h")" -v x="$(p99 "$d")" -v y="$(p99 "$s")" -v z="$(p99 "$h")" \
-      'BEGIN{ printf "added, mixed: sidecar caller + haproxy callee p50 +%.3f ms p99 +%.3f ms; haproxy caller + sidecar callee p50 +%.3f ms p99 +%.3f ms\n", b-a, y-x, c-a, z-x }'
+    three mixed "sidecar caller + haproxy callee" "haproxy caller + sidecar callee" "$out"
   fi
 fi
 for port in 28420 28320; do curl -fsS http://127.0.0.1:$port/stats 2>/dev/null | grep -E "^weft_cluster_grpc_responses_total|^weft_listener_frame_relay_connections_total" || true; done

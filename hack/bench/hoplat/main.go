@@ -66,19 +66,28 @@ type frameAt struct {
 
 type hopList []*hop
 
+// ports parses a flag's port fields into n ports, the ones not given 0.
+func ports(fields []string, n int) ([]uint16, error) {
+	p := make([]uint16, n)
+	for i, f := range fields {
+		v, err := strconv.ParseUint(f, 10, 16)
+		if err != nil {
+			return nil, err
+		}
+		p[i] = uint16(v)
+	}
+	return p, nil
+}
+
 func (h *hopList) String() string { return "" }
 func (h *hopList) Set(v string) error {
 	f := strings.Split(v, ",")
 	if len(f) < 3 || len(f) > 4 {
 		return errors.New("want name,listen-port,upstream-port[,upstream-local-port]")
 	}
-	var p [3]uint16
-	for i, s := range f[1:] {
-		n, err := strconv.ParseUint(s, 10, 16)
-		if err != nil {
-			return err
-		}
-		p[i] = uint16(n)
+	p, err := ports(f[1:], 3)
+	if err != nil {
+		return err
 	}
 	*h = append(*h, &hop{name: f[0], listen: p[0], up: p[1], upSP: p[2],
 		reqIn: map[streamKey]time.Duration{}, respIn: map[streamKey][]time.Duration{}})
@@ -345,13 +354,9 @@ func (c *clientList) Set(v string) error {
 	if err != nil {
 		return err
 	}
-	var p [2]uint16
-	for i, s := range f[1:] {
-		n, err := strconv.ParseUint(s, 10, 16)
-		if err != nil {
-			return err
-		}
-		p[i] = uint16(n)
+	p, err := ports(f[1:], 2)
+	if err != nil {
+		return err
 	}
 	*c = append(*c, &client{target: k, local: p[1], wire: &hop{listen: p[0],
 		reqIn: map[streamKey]time.Duration{}, respIn: map[streamKey][]time.Duration{}}})
