@@ -450,9 +450,7 @@ func (f *fconn) flushFromUpstream() { f.flush(true) }
 
 func (f *fconn) flush(callerFirst bool) {
 	if callerFirst {
-		if err := f.out.flush(&f.mu); err != nil {
-			f.nc.Close()
-		}
+		f.flushCaller()
 	}
 	f.mu.Lock()
 	ups := f.dirty
@@ -467,9 +465,13 @@ func (f *fconn) flush(callerFirst bool) {
 		}
 	}
 	if !callerFirst {
-		if err := f.out.flush(&f.mu); err != nil {
-			f.nc.Close()
-		}
+		f.flushCaller()
+	}
+}
+
+func (f *fconn) flushCaller() {
+	if err := f.out.flush(&f.mu); err != nil {
+		f.nc.Close()
 	}
 }
 
