@@ -1,8 +1,11 @@
 package upstream
 
 import (
+	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -284,8 +287,25 @@ func (f *FlushBehind) fail(err error) {
 	if err == nil || f.err != nil {
 		return
 	}
+	if f.stall.Timeout > 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+		err = &StalledError{After: f.stall.Timeout}
+	}
 	f.err = err
 	_ = f.c.Close()
+}
+
+// StalledError is the write error of a FlushBehind whose peer took nothing for its write
+// timeout, after which the FlushBehind cut the connection. It is deliberately not a
+// timeout (net.Error) and does not wrap os.ErrDeadlineExceeded: a stream that was on the
+// connection failed because its connection ended (Envoy's "reset reason: connection
+// termination", 503), not because its request ran out of time (504). Which error
+// net/http's HTTP/2 client returns for such a stream, this write error or the read loop's
+// "connection lost", depends on which goroutine sees the close first; both now read as the
+// connection ending.
+type StalledError struct{ After time.Duration }
+
+func (e *StalledError) Error() string {
+	return fmt.Sprintf("the peer took no bytes for %v: connection cut", e.After)
 }
 
 // Buffered reports how many bytes are queued behind the write in progress (tests).

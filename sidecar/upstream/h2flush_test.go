@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -184,6 +185,43 @@ func TestFlushBehindClosesTheConnectionOnAWriteError(t *testing.T) {
 	_ = c.SetReadDeadline(time.Now().Add(time.Second))
 	if _, rerr := c.Read(make([]byte, 1)); !errors.Is(rerr, net.ErrClosed) {
 		t.Fatalf("read after the failed flush = %v, want net.ErrClosed (the flusher closes the connection)", rerr)
+	}
+}
+
+// A peer that takes nothing for the write timeout gets its connection cut, and the writes
+// fail with a StalledError, which is not a timeout: net/http's HTTP/2 client hands this
+// error to the streams on the connection, and the proxy answers a timeout with a 504
+// "upstream request timeout" although no request timed out (seen as a flaky
+// TestUpstreamThatStopsReadingIsCutAfterTheWriteTimeout on the goroutine path).
+func TestFlushBehindWriteTimeoutIsAStallNotATimeout(t *testing.T) {
+	c, _ := tcpPair(t) // the peer never reads
+	const timeout = 1500 * time.Millisecond
+	f := NewFlushBehind(c, c).WithWriteTimeout(timeout)
+	start := time.Now()
+	var err error
+	for time.Since(start) < 20*time.Second {
+		if _, err = f.Write(make([]byte, 16<<10)); err != nil {
+			break
+		}
+	}
+	took := time.Since(start)
+	var stalled *StalledError
+	if !errors.As(err, &stalled) {
+		t.Fatalf("the write to a peer that reads nothing ended after %v with %v; want a StalledError", took, err)
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the stall error %v reads as a timeout", err)
+	}
+	if took < timeout-time.Second {
+		t.Errorf("the connection was cut after %v, before the %v write timeout could have passed", took, timeout)
+	}
+	if _, err := f.Write([]byte("more")); !errors.As(err, &stalled) {
+		t.Errorf("a write after the cut = %v; want the same StalledError", err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	if _, rerr := c.Read(make([]byte, 1)); !errors.Is(rerr, net.ErrClosed) {
+		t.Fatalf("read after the cut = %v, want net.ErrClosed", rerr)
 	}
 }
 
