@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"github.com/weftmesh/weft/testenv"
 	"io"
 	"net"
 	"net/http"
@@ -30,6 +29,7 @@ import (
 
 	"github.com/weftmesh/weft/contract"
 	st "github.com/weftmesh/weft/sidecar/sidecartest"
+	"github.com/weftmesh/weft/testenv"
 )
 
 // h2Upstream makes a cluster speak HTTP/2 with prior knowledge (what the control plane
