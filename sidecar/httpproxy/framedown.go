@@ -63,7 +63,7 @@ func (l *Listener) serveFrames(cc *countedConn, br *bufio.Reader) {
 	lim := l.lim()
 	f := &fconn{l: l, nc: cc, br: br, lim: lim, streams: map[uint32]*fstream{}, ups: map[*upstream.Host]*fup{},
 		sendWin: 65535, peerInit: 65535, remote: cc.RemoteAddr().String()}
-	f.out.init(cc, cc.Conn)
+	f.out.init(cc, cc.Conn, &f.mu)
 	f.peer = framePeer(cc.Conn)
 	if !l.frames.add(f) {
 		cc.Close() // the listener drains
@@ -87,7 +87,7 @@ func (l *Listener) serveFrames(cc *countedConn, br *bufio.Reader) {
 	// default windows and frame size, fewer streams.
 	_ = f.out.fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: frameMaxStreams},
 		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: uint32(lim.MaxHeadBytes)})
-	if f.out.flush(&f.mu) != nil {
+	if f.out.flush(true) != nil {
 		l.frames.remove(f)
 		cc.Close()
 		return
@@ -154,7 +154,7 @@ func (l *Listener) serveFrames(cc *countedConn, br *bufio.Reader) {
 			f.mu.Lock()
 			f.open(fr, r, te, route)
 			f.mu.Unlock()
-			f.flushAll()
+			f.flushFromCaller()
 			f.loop()
 			return
 		default:
@@ -275,7 +275,7 @@ func (f *fconn) serve() {
 		}
 		f.mu.Unlock()
 		if f.br.Buffered() == 0 { // the batch is read: what it caused leaves now
-			f.flushAll()
+			f.flushFromCaller()
 		}
 	}
 }
@@ -442,13 +442,23 @@ func (f *fconn) fail(code http2.ErrCode) {
 // and SETTINGS acknowledgements, WINDOW_UPDATEs). flushFromUpstream is the other order,
 // for what an upstream's frames made: a response goes to its caller before the PING
 // acknowledgement the upstream gets, so the write that wakes the upstream — which may take
-// the CPU at that write's return — is not in front of the response.
-func (f *fconn) flushAll() { f.flush(false) }
+// the CPU at that write's return — is not in front of the response. Neither waits for an
+// upstream's socket to take what is queued for it (frameOut.flush); only the caller
+// connection's reader does, flushFromCaller.
+func (f *fconn) flushAll() { f.flush(false, false) }
+
+// flushFromCaller is flushAll for the caller connection's reader once it has handled what
+// it read: it waits until the upstreams have taken what it queued for them, so it reads no
+// more of the caller than they take.
+func (f *fconn) flushFromCaller() { f.flush(false, true) }
 
 // flushFromUpstream writes what is queued to the caller, then to every upstream.
-func (f *fconn) flushFromUpstream() { f.flush(true) }
+func (f *fconn) flushFromUpstream() { f.flush(true, false) }
 
-func (f *fconn) flush(callerFirst bool) {
+// flush writes what is queued to the caller and to every upstream. Only waitUps waits for
+// an upstream's socket to take it (frameOut); the caller's output is always waited for.
+// A write error closes the connection it failed on, whose reader ends its streams.
+func (f *fconn) flush(callerFirst, waitUps bool) {
 	if callerFirst {
 		f.flushCaller()
 	}
@@ -460,20 +470,14 @@ func (f *fconn) flush(callerFirst bool) {
 	}
 	f.mu.Unlock()
 	for _, u := range ups {
-		if err := u.out.flush(&f.mu); err != nil {
-			u.nc.Close() // its reader ends the streams on it
-		}
+		_ = u.out.flush(waitUps)
 	}
 	if !callerFirst {
 		f.flushCaller()
 	}
 }
 
-func (f *fconn) flushCaller() {
-	if err := f.out.flush(&f.mu); err != nil {
-		f.nc.Close()
-	}
-}
+func (f *fconn) flushCaller() { _ = f.out.flush(true) }
 
 // shutdown ends every stream when the caller's connection has ended and closes it and
 // its upstream connections.

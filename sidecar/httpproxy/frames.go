@@ -58,24 +58,39 @@ const (
 
 // frameOut is one side's output: frames are appended under the owner's lock and written
 // by whichever goroutine flushes, one write(2) for all that is queued.
+//
+// One goroutine writes at a time (writing), and it writes until the queue is empty, so
+// what another goroutine queues meanwhile goes out with it. A flush either waits for the
+// peer (the caller connection's reader flushing what it read toward upstreams: that wait
+// is what stops it reading more than the upstream takes) or does not: an upstream's reader
+// must never wait to write to its own upstream, or a response that upstream sends behind a
+// PING waits for the PING's ACK to get into a socket the upstream is not reading (an
+// upload filled it) — until the write timeout cuts the connection and every stream on it.
+// A flush that does not wait writes what the socket takes at once and leaves the rest to a
+// goroutine of its own (finish).
 type frameOut struct {
-	nc    net.Conn
-	w     *connio.Writer // raw write(2), outside the runtime's syscall bracket (connio)
-	fr    *http2.Framer  // writes into buf
-	buf   bytes.Buffer
-	spare bytes.Buffer
-	wmu   sync.Mutex // one write(2) at a time, in queue order
-	enc   *hpack.Encoder
-	eb    bytes.Buffer
-	dirty bool
-	err   error
-	stall connio.WriteDeadline // frameWriteTimeout: a peer that stops reading is cut
+	nc      net.Conn
+	w       *connio.Writer // raw write(2), outside the runtime's syscall bracket (connio)
+	fr      *http2.Framer  // writes into buf
+	buf     bytes.Buffer
+	spare   bytes.Buffer
+	mu      *sync.Mutex // the owner's lock: buf, spare, writing, dirty and err are under it
+	idle    sync.Cond   // on mu: signalled when writing ends
+	writing bool        // a goroutine is writing the queue
+	enc     *hpack.Encoder
+	eb      bytes.Buffer
+	dirty   bool
+	err     error
+	stall   connio.WriteDeadline // frameWriteTimeout: a peer that stops reading is cut
 	// the peer's settings
 	maxFrame uint32
 }
 
-func (o *frameOut) init(nc, raw net.Conn) {
+// init makes o write to nc (raw is nc's socket); mu is the owner's lock.
+func (o *frameOut) init(nc, raw net.Conn, mu *sync.Mutex) {
 	o.nc = nc
+	o.mu = mu
+	o.idle.L = mu
 	o.w = connio.NewWriter(raw)
 	o.stall.Timeout = frameWriteTimeout
 	o.fr = http2.NewFramer(&o.buf, nil)
@@ -119,32 +134,76 @@ func (o *frameOut) data(id uint32, p []byte, end bool) {
 	o.dirty = true
 }
 
-// flush writes what is queued. mu is the owner's lock, not held by the caller.
-func (o *frameOut) flush(mu *sync.Mutex) error {
-	o.wmu.Lock()
-	defer o.wmu.Unlock()
-	mu.Lock()
-	if o.buf.Len() == 0 || o.err != nil {
-		err := o.err
-		o.dirty = false
-		mu.Unlock()
-		return err
+// flush writes what is queued; the owner's lock is not held by the caller. With wait it
+// returns once what was queued has been written (a write error: when the connection has
+// failed); without, once the socket has taken what it takes at once, the rest left to the
+// goroutine writing. A write error closes the connection, whose reader then ends.
+func (o *frameOut) flush(wait bool) error {
+	o.mu.Lock()
+	for o.writing {
+		if !wait { // the writer takes what is queued before it stops
+			o.dirty = false
+			o.mu.Unlock()
+			return nil
+		}
+		o.idle.Wait()
 	}
-	b := o.buf // the framer writes to &o.buf, which now holds the spare's storage
-	o.buf, o.spare = o.spare, bytes.Buffer{}
-	o.buf.Reset()
+	return o.write(wait)
+}
+
+// write writes the queue until it is empty, with o.mu held and no other writer; it
+// returns with o.mu unlocked.
+func (o *frameOut) write(wait bool) error {
+	o.writing = true
+	for o.buf.Len() > 0 && o.err == nil {
+		b := o.buf // the framer writes to &o.buf, which now holds the spare's storage
+		o.buf, o.spare = o.spare, bytes.Buffer{}
+		o.buf.Reset()
+		o.dirty = false
+		o.mu.Unlock()
+		o.stall.Arm(o.nc)
+		var err error
+		if wait {
+			err = o.w.WriteAll(b.Bytes())
+		} else {
+			var n int
+			n, err = o.w.TryWrite(b.Bytes())
+			if err == nil && n < b.Len() { // the socket is full: a goroutine waits for it
+				b.Next(n)
+				go o.finish(b)
+				return nil
+			}
+		}
+		b.Reset()
+		o.mu.Lock()
+		o.spare = b
+		o.failed(err)
+	}
+	err := o.err
 	o.dirty = false
-	mu.Unlock()
-	o.stall.Arm(o.nc)
+	o.writing = false
+	o.idle.Broadcast()
+	o.mu.Unlock()
+	return err
+}
+
+// finish writes b, what the socket did not take of a flush that does not wait, then the
+// rest of the queue, as the writer.
+func (o *frameOut) finish(b bytes.Buffer) {
 	err := o.w.WriteAll(b.Bytes())
 	b.Reset()
-	mu.Lock()
+	o.mu.Lock()
 	o.spare = b
+	o.failed(err)
+	_ = o.write(true)
+}
+
+// failed records a write error, with o.mu held, and closes the connection.
+func (o *frameOut) failed(err error) {
 	if err != nil && o.err == nil {
 		o.err = err
+		_ = o.nc.Close()
 	}
-	mu.Unlock()
-	return err
 }
 
 // frameRecorder keeps every byte the relay reads before it decides to serve a

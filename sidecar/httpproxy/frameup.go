@@ -224,7 +224,7 @@ func (u *fup) dial() {
 		return
 	}
 	u.nc = conn
-	u.out.init(conn, conn)
+	u.out.init(conn, conn, &f.mu)
 	u.br = bufio.NewReaderSize(connio.NewConn(conn), 16<<10)
 	u.rd = http2.NewFramer(nil, u.br)
 	u.rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)

@@ -74,6 +74,7 @@ type h2pool struct {
 
 type h2conn struct {
 	cc       *http.ClientConn
+	w        *FlushBehind // its socket's writer (nil: none, and request bodies do not wait for room)
 	lastUsed time.Time
 	streams  int // requests the pool has given this connection that have not ended
 	// settled: the peer's first SETTINGS have been applied, so what the connection reports
@@ -235,7 +236,7 @@ func (p *h2pool) conn(ctx context.Context, cl *Cluster, dial h2Dial, addr string
 		}
 		p.dialing++
 		p.mu.Unlock()
-		cc, err := dial.dial(ctx, addr, connectTimeout)
+		cc, w, err := dial.dial(ctx, addr, connectTimeout)
 		p.mu.Lock()
 		p.dialing--
 		p.wakeLocked()
@@ -244,7 +245,7 @@ func (p *h2pool) conn(ctx context.Context, cl *Cluster, dial h2Dial, addr string
 			release(cl)
 			return nil, err
 		}
-		c := &h2conn{cc: cc, lastUsed: now, streams: 1, slot: cl}
+		c := &h2conn{cc: cc, w: w, lastUsed: now, streams: 1, slot: cl}
 		p.conns = append(p.conns, c)
 		p.mu.Unlock()
 		// Called when the connection has more room (the peer's SETTINGS raised its
@@ -269,15 +270,30 @@ type h2Dial struct {
 	tls *http.Transport // nil: h2c with h2Transport
 }
 
-func (d h2Dial) dial(ctx context.Context, addr string, connectTimeout time.Duration) (*http.ClientConn, error) {
+// socketRefKey carries a *socketRef into a dial, which newH2Socket fills in.
+type socketRefKey struct{}
+
+type socketRef struct{ w *FlushBehind }
+
+// dial returns the connection and its socket's writer (nil if it has none).
+func (d h2Dial) dial(ctx context.Context, addr string, connectTimeout time.Duration) (*http.ClientConn, *FlushBehind, error) {
+	ref := &socketRef{}
+	ctx = context.WithValue(ctx, socketRefKey{}, ref)
+	var cc *http.ClientConn
+	var err error
 	if d.tls == nil {
-		ctx, cancel := context.WithTimeout(ctx, connectTimeout)
-		defer cancel()
-		return h2Transport.NewClientConn(ctx, "http", addr)
+		dctx, cancel := context.WithTimeout(ctx, connectTimeout)
+		cc, err = h2Transport.NewClientConn(dctx, "http", addr)
+		cancel()
+	} else {
+		// The TCP connect keeps the connect timeout and the handshake gets its own budget
+		// (dialH2TLS, meshtls.go), so the context is not cut to the connect timeout here.
+		cc, err = d.tls.NewClientConn(context.WithValue(ctx, dialTimeoutKey{}, connectTimeout), "https", addr)
 	}
-	// The TCP connect keeps the connect timeout and the handshake gets its own budget
-	// (dialH2TLS, meshtls.go), so the context is not cut to the connect timeout here.
-	return d.tls.NewClientConn(context.WithValue(ctx, dialTimeoutKey{}, connectTimeout), "https", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cc, ref.w, nil
 }
 
 // h2DialFor picks how connections to h are made: mutual TLS when h is meshed and the
@@ -408,7 +424,7 @@ func (c *Cluster) roundTripH2(ctx context.Context, req *Request, h *Host, deadli
 			cancel()
 			return nil, err
 		}
-		hr, err := h2Request(ctx, req, h.Address)
+		hr, err := h2Request(ctx, req, h.Address, conn.w)
 		if err != nil {
 			h.h2.done(conn, cc.IdleTimeout)
 			release()
@@ -458,7 +474,7 @@ func (c *Cluster) roundTripH2(ctx context.Context, req *Request, h *Host, deadli
 
 // h2Request builds the HTTP/2 request for req. Its trailers are req.Trailer, read when
 // the body has been sent.
-func h2Request(ctx context.Context, req *Request, addr string) (*http.Request, error) {
+func h2Request(ctx context.Context, req *Request, addr string, w *FlushBehind) (*http.Request, error) {
 	u := &url.URL{Scheme: "http", Host: addr}
 	path, query, _ := strings.Cut(req.URI, "?")
 	u.RawQuery = query
@@ -482,7 +498,42 @@ func h2Request(ctx context.Context, req *Request, addr string) (*http.Request, e
 	default:
 		hr.Body = http.NoBody
 	}
+	if w != nil && hr.Body != http.NoBody {
+		hr.Body = newGatedBody(ctx, hr.Body, w)
+	}
 	return hr, nil
+}
+
+// gatedBody is a request body that waits for room in its connection's write queue before
+// each read and reads at most FlushBehindChunk at a time: the HTTP/2 client's Write of
+// what it read then never waits for the socket while it holds the connection's write lock
+// (FlushBehind.WithoutWaiting), and the connection's queue holds at most
+// FlushBehindLimit + FlushBehindChunk per uploading stream.
+type gatedBody struct {
+	rc     io.ReadCloser
+	w      *FlushBehind
+	ctx    context.Context
+	cancel context.CancelFunc // Close: a read waiting for room ends
+}
+
+func newGatedBody(ctx context.Context, rc io.ReadCloser, w *FlushBehind) *gatedBody {
+	ctx, cancel := context.WithCancel(ctx)
+	return &gatedBody{rc: rc, w: w, ctx: ctx, cancel: cancel}
+}
+
+func (b *gatedBody) Read(p []byte) (int, error) {
+	if err := b.w.WaitRoom(b.ctx); err != nil {
+		return 0, err
+	}
+	if len(p) > FlushBehindChunk {
+		p = p[:FlushBehindChunk]
+	}
+	return b.rc.Read(p)
+}
+
+func (b *gatedBody) Close() error {
+	b.cancel()
+	return b.rc.Close()
 }
 
 // h2body gives the stream's slot back when the body ends or is closed.

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -29,6 +30,19 @@ const FlushBehindLimit = 32 << 10
 // written (HEADERS, DATA, trailers: a few µs apart), much shorter than that.
 const FlushBehindDelay = 50 * time.Microsecond
 
+// FlushBehindMaxQueued bounds the queue of a FlushBehind whose writes never wait
+// (WithoutWaiting): a write past it cuts the connection (FloodError). What fills it is
+// bounded otherwise — request bodies wait for room (WaitRoom) and add at most
+// FlushBehindChunk per stream — so only a peer that reads nothing while it makes the
+// sidecar answer (PINGs, SETTINGS) or while streams are opened on it gets here, as Envoy
+// cuts a connection with more than 10,000 frames queued for its peer (max_outbound_frames).
+const FlushBehindMaxQueued = 4 << 20
+
+// FlushBehindChunk is the most a request body adds to a connection's queue at once: its
+// reader reads at most this much per call (h2.go's gatedBody), so the HTTP/2 client
+// writes it as one DATA frame.
+const FlushBehindChunk = 16 << 10
+
 // FlushBehind coalesces the write(2) calls of one HTTP/2 connection. net/http's HTTP/2
 // client and server flush every frame they write: a gRPC unary call costs the client three
 // writes upstream (HEADERS, DATA, an empty DATA with END_STREAM, since the body's length is
@@ -43,6 +57,20 @@ const FlushBehindDelay = 50 * time.Microsecond
 //
 // A write error ends the connection: the writer closes it, so the HTTP/2 read loop sees
 // the error too, and every later Write returns it.
+//
+// Only the flusher goroutine and a Write that finds the queue full (not WithoutWaiting)
+// wait for the socket; a Write or a read loop that writes the queue itself, and another
+// connection's goroutine writing out a stale queue, write what the socket takes at once and
+// leave the rest to the flusher (tryDrain): a goroutine passing by never waits for a peer
+// that does not read.
+//
+// WithoutWaiting makes every Write return at once, the queue past FlushBehindLimit if need
+// be: net/http's HTTP/2 client writes under one lock per connection, the read loop's PING
+// and SETTINGS acknowledgements too, so a request body's Write waiting for a peer that
+// stopped reading (an upload filled its socket) held the read loop, and the responses the
+// peer sent on other streams behind a PING waited for the write timeout to cut the
+// connection (TestUpstreamStalledByAnUploadStillDeliversItsOtherResponses). The body waits
+// for room before it is read instead (WaitRoom), outside the client's locks.
 //
 // With a write timeout (WithWriteTimeout) the FlushBehind owns the socket's write
 // deadline: a peer that takes nothing for that long fails the write. net/http's own
@@ -65,6 +93,7 @@ type FlushBehind struct {
 	listed  bool      // in stale.queued
 	err     error
 	flushFn func() // f.flush, made once: `go f.flush()` would allocate a closure per flush
+	noWait  bool   // WithoutWaiting
 }
 
 // NewFlushBehind returns a FlushBehind writing to sock (through connio.Writer, so the
@@ -85,6 +114,38 @@ func (f *FlushBehind) WithWriteTimeout(d time.Duration) *FlushBehind {
 	return f
 }
 
+// WithoutWaiting makes Write never wait for the socket: the queue may pass
+// FlushBehindLimit (up to FlushBehindMaxQueued), and writers that must be held back by a
+// slow peer wait in WaitRoom before they produce the bytes.
+func (f *FlushBehind) WithoutWaiting() *FlushBehind {
+	f.noWait = true
+	return f
+}
+
+// WaitRoom waits until f's queue is below FlushBehindLimit, and returns nil; or until the
+// connection has failed (its write error) or ctx ends (ctx's error). The reader of a
+// request body calls it before each read, holding no lock of the HTTP/2 client.
+func (f *FlushBehind) WaitRoom(ctx context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.buf) < FlushBehindLimit || f.err != nil {
+		return f.err
+	}
+	stop := context.AfterFunc(ctx, func() {
+		f.mu.Lock()
+		f.room.Broadcast()
+		f.mu.Unlock()
+	})
+	defer stop()
+	for len(f.buf) >= FlushBehindLimit && f.err == nil && ctx.Err() == nil {
+		f.room.Wait()
+	}
+	if f.err != nil {
+		return f.err
+	}
+	return ctx.Err()
+}
+
 // SetWriteDeadline is what the connection f writes for does with a write deadline: set it
 // on the socket, unless f keeps its own (WithWriteTimeout). net/http sets a deadline around
 // each Write and clears it after, which would clear f's while its flusher is in write(2).
@@ -95,10 +156,11 @@ func (f *FlushBehind) SetWriteDeadline(t time.Time) error {
 	return f.sock.SetWriteDeadline(t)
 }
 
-// Write queues p for the socket and returns. It writes the queue itself when the queue has
-// waited FlushBehindDelay or p would take it past FlushBehindLimit (waiting, then, while
-// another goroutine writes); a p larger than the limit is written directly after the
-// queue ahead of it.
+// Write queues p for the socket and returns. It writes what the socket takes of the queue
+// itself when the queue has waited FlushBehindDelay. Unless WithoutWaiting, a p that would
+// take the queue past FlushBehindLimit waits for the socket (while another goroutine
+// writes, or writing the queue itself), and a p larger than the limit is written directly
+// after the queue ahead of it.
 func (f *FlushBehind) Write(p []byte) (int, error) {
 	n, err := f.write(p)
 	writeStale()
@@ -113,6 +175,13 @@ func (f *FlushBehind) write(p []byte) (int, error) {
 			return 0, f.err
 		}
 		if len(f.buf)+len(p) <= FlushBehindLimit {
+			break
+		}
+		if f.noWait {
+			if len(f.buf) > 0 && len(f.buf)+len(p) > FlushBehindMaxQueued { // one write alone is never a flood
+				f.fail(&FloodError{Queued: len(f.buf) + len(p)})
+				return 0, f.err
+			}
 			break
 		}
 		if f.writing {
@@ -149,8 +218,8 @@ func (f *FlushBehind) write(p []byte) (int, error) {
 	switch {
 	case f.writing:
 		// The goroutine in write(2) takes the queue when it is done.
-	case time.Since(f.since) > FlushBehindDelay:
-		f.drain()
+	case time.Since(f.since) > FlushBehindDelay || len(f.buf) > FlushBehindLimit:
+		f.tryDrain()
 	case !f.spawned:
 		f.spawned = true
 		go f.flushFn()
@@ -164,7 +233,7 @@ func (f *FlushBehind) write(p []byte) (int, error) {
 func (f *FlushBehind) FlushPending() {
 	f.mu.Lock()
 	if len(f.buf) > 0 && !f.writing && f.err == nil {
-		f.drain()
+		f.tryDrain()
 	}
 	f.mu.Unlock()
 	writeStale()
@@ -221,7 +290,7 @@ func writeStale() {
 		f.mu.Lock()
 		f.listed = false
 		if len(f.buf) > 0 && !f.writing && f.err == nil && now.Sub(f.since) > FlushBehindDelay {
-			f.drain()
+			f.tryDrain()
 		}
 		if len(f.buf) > 0 { // not due yet, or queued again while written: still waiting
 			f.list()
@@ -282,6 +351,40 @@ func (f *FlushBehind) drain() {
 	f.room.Broadcast()
 }
 
+// tryDrain writes what the socket takes of the queue now, with f.mu held and no other
+// writer, and leaves the rest to the flusher goroutine, ahead of what is queued later.
+func (f *FlushBehind) tryDrain() {
+	f.writing = true
+	for len(f.buf) > 0 && f.err == nil {
+		out := f.buf
+		f.buf = f.spare[:0]
+		f.mu.Unlock()
+		n, err := f.w.TryWrite(out)
+		f.mu.Lock()
+		f.fail(err)
+		if n < len(out) && f.err == nil { // the socket is full
+			rest := copy(out, out[n:])
+			f.spare = f.buf[:0]
+			f.buf = append(out[:rest], f.buf...)
+			f.since = time.Now()
+			if !f.spawned {
+				f.spawned = true
+				go f.flushFn()
+			}
+			break
+		}
+		f.spare = out[:0]
+		if len(f.buf) > 0 {
+			f.since = time.Now()
+		}
+	}
+	if f.err != nil {
+		f.buf = f.buf[:0]
+	}
+	f.writing = false
+	f.room.Broadcast()
+}
+
 // fail records a write error and closes the connection, with f.mu held.
 func (f *FlushBehind) fail(err error) {
 	if err == nil || f.err != nil {
@@ -292,6 +395,7 @@ func (f *FlushBehind) fail(err error) {
 	}
 	f.err = err
 	_ = f.c.Close()
+	f.room.Broadcast() // writers and WaitRoom waiting for room get the error
 }
 
 // StalledError is the write error of a FlushBehind whose peer took nothing for its write
@@ -306,6 +410,15 @@ type StalledError struct{ After time.Duration }
 
 func (e *StalledError) Error() string {
 	return fmt.Sprintf("the peer took no bytes for %v: connection cut", e.After)
+}
+
+// FloodError is the write error of a FlushBehind WithoutWaiting whose queue would pass
+// FlushBehindMaxQueued: its peer reads nothing while the sidecar still has frames for it,
+// and the connection is cut.
+type FloodError struct{ Queued int }
+
+func (e *FloodError) Error() string {
+	return fmt.Sprintf("%d bytes queued for a peer that is not reading (the bound is %d): connection cut", e.Queued, FlushBehindMaxQueued)
 }
 
 // Buffered reports how many bytes are queued behind the write in progress (tests).

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -222,6 +223,82 @@ func TestFlushBehindWriteTimeoutIsAStallNotATimeout(t *testing.T) {
 	_ = c.SetReadDeadline(time.Now().Add(time.Second))
 	if _, rerr := c.Read(make([]byte, 1)); !errors.Is(rerr, net.ErrClosed) {
 		t.Fatalf("read after the cut = %v, want net.ErrClosed", rerr)
+	}
+}
+
+// WithoutWaiting, as net/http's HTTP/2 client's sockets are: with the peer reading
+// nothing, a writer that waits for room first (a request body, WaitRoom) is held back once
+// the socket is full, while a Write — a PING acknowledgement the client's read loop writes
+// under the lock the body's writes take too — returns at once, its bytes queued. A
+// WaitRoom whose context ends returns; the queue past FlushBehindMaxQueued cuts the
+// connection.
+func TestFlushBehindWithoutWaitingHoldsBackOnlyWhoWaitsForRoom(t *testing.T) {
+	c, _ := tcpPair(t) // the peer never reads
+	f := NewFlushBehind(c, c).WithoutWaiting()
+	body := make([]byte, FlushBehindChunk)
+	var sent atomic.Int64
+	held := make(chan error, 1)
+	go func() {
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			err := f.WaitRoom(ctx)
+			cancel()
+			if err != nil {
+				held <- err
+				return
+			}
+			if _, err := f.Write(body); err != nil {
+				held <- err
+				return
+			}
+			sent.Add(int64(len(body)))
+		}
+	}()
+	var err error
+	select {
+	case err = <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the body kept getting room for 30 s (%d bytes) from a peer that reads nothing", sent.Load())
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitRoom ended with %v; want its context's deadline (the connection is still up)", err)
+	}
+	if q := f.Buffered(); q > FlushBehindLimit+FlushBehindChunk {
+		t.Errorf("%d bytes queued behind a full socket; want at most the limit and one chunk (%d)", q, FlushBehindLimit+FlushBehindChunk)
+	}
+	// A PING acknowledgement: queued at once, though the socket takes nothing.
+	ack := make([]byte, 17)
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := f.Write(ack)
+		wrote <- err
+	}()
+	select {
+	case err := <-wrote:
+		if err != nil {
+			t.Fatalf("the acknowledgement's Write failed: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a Write waited for a socket the peer does not read")
+	}
+	before := f.Buffered()
+	// More than FlushBehindMaxQueued written without waiting for room: the connection is cut.
+	var werr error
+	for range FlushBehindMaxQueued/len(body) + 2 {
+		if _, werr = f.Write(body); werr != nil {
+			break
+		}
+	}
+	var flood *FloodError
+	if !errors.As(werr, &flood) {
+		t.Fatalf("writes past %d bytes queued (%d before them) ended with %v; want a FloodError", FlushBehindMaxQueued, before, werr)
+	}
+	if err := f.WaitRoom(context.Background()); !errors.As(err, &flood) {
+		t.Errorf("WaitRoom on the cut connection = %v; want its FloodError", err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	if _, rerr := c.Read(make([]byte, 1)); !errors.Is(rerr, net.ErrClosed) {
+		t.Fatalf("read after the flood = %v, want net.ErrClosed", rerr)
 	}
 }
 

@@ -33,8 +33,13 @@ type h2Socket struct {
 	read func(fd uintptr) bool
 }
 
-// newH2Socket wraps c; a connection without a descriptor is returned as it is.
-func newH2Socket(c net.Conn) net.Conn {
+// newH2Socket wraps c; a connection without a descriptor is returned as it is. For
+// net/http's HTTP/2 client (forClient) its writes never wait (FlushBehind.WithoutWaiting),
+// and the socket is made known to the connection's pool through ctx (h2Dial.dial), whose
+// request bodies then wait for room (gatedBody); the frame relay's connections keep
+// writes that wait, which is how it stops reading a caller an upstream does not keep up
+// with.
+func newH2Socket(ctx context.Context, c net.Conn, forClient bool) net.Conn {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return c
@@ -45,6 +50,12 @@ func newH2Socket(c net.Conn) net.Conn {
 	}
 	s := &h2Socket{Conn: c, raw: raw}
 	s.w = NewFlushBehind(c, c).WithWriteTimeout(H2WriteTimeout)
+	if forClient {
+		s.w.WithoutWaiting()
+		if ref, ok := ctx.Value(socketRefKey{}).(*socketRef); ok {
+			ref.w = s.w
+		}
+	}
 	s.read = s.readFD
 	return s
 }
@@ -106,5 +117,5 @@ func dialH2(ctx context.Context, network, addr string) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newH2Socket(c), nil
+	return newH2Socket(ctx, c, true), nil
 }

@@ -11,8 +11,8 @@ import (
 )
 
 // h2Socket replaces net.Conn's Read and Write on the HTTP/2 upstream path, so it must
-// keep their contract: a write larger than the socket buffers waits for the reader and
-// arrives whole, EOF is io.EOF, a read deadline ends a wait with a timeout, and Close
+// keep their contract: a write larger than the socket buffers arrives whole (queued: the
+// client's sockets never wait in Write, FlushBehind.WithoutWaiting), EOF is io.EOF, a read deadline ends a wait with a timeout, and Close
 // from another goroutine ends a blocked read.
 func TestH2SocketKeepsConnContract(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

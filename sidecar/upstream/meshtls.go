@@ -169,7 +169,7 @@ func newH2TLSTransport(st *meshTLSState) *http.Transport {
 	p.SetHTTP2(true)
 	return &http.Transport{Protocols: &p, Proxy: nil, ForceAttemptHTTP2: true,
 		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return dialH2TLS(ctx, st.h2, network, addr)
+			return dialH2TLS(ctx, st.h2, network, addr, true)
 		},
 		HTTP2: &http.HTTP2Config{MaxReceiveBufferPerStream: h2StreamWindow, MaxReceiveBufferPerConnection: h2ConnWindow}}
 }
@@ -177,14 +177,14 @@ func newH2TLSTransport(st *meshTLSState) *http.Transport {
 // dialH2TLS dials addr within the connect timeout the context carries, then completes a
 // mutual TLS handshake offering only h2 within handshakeTimeout. The TLS records go over
 // an h2Socket, so the frames net/http writes back to back leave in one write(2) as on h2c.
-func dialH2TLS(ctx context.Context, cfg *tls.Config, network, addr string) (net.Conn, error) {
+func dialH2TLS(ctx context.Context, cfg *tls.Config, network, addr string, forClient bool) (net.Conn, error) {
 	connectTimeout, _ := ctx.Value(dialTimeoutKey{}).(time.Duration)
 	d := net.Dialer{Timeout: connectTimeout}
 	c, err := d.DialContext(ctx, network, addr)
 	if err != nil {
 		return nil, err
 	}
-	tc, err := handshake(ctx, newH2Socket(c), cfg, addr, connectTimeout, time.Time{})
+	tc, err := handshake(ctx, newH2Socket(ctx, c, forClient), cfg, addr, connectTimeout, time.Time{})
 	if err != nil {
 		return nil, err
 	}
@@ -204,7 +204,7 @@ func (c *Cluster) DialH2(ctx context.Context, h *Host) (net.Conn, error) {
 	connectTimeout := c.Config().ConnectTimeout
 	if c.mgr != nil && h.Meshed() {
 		if st := c.mgr.meshTLS.Load(); st != nil {
-			return dialH2TLS(context.WithValue(ctx, dialTimeoutKey{}, connectTimeout), st.h2, "tcp", h.Address)
+			return dialH2TLS(context.WithValue(ctx, dialTimeoutKey{}, connectTimeout), st.h2, "tcp", h.Address, false)
 		}
 	}
 	d := net.Dialer{Timeout: connectTimeout}

@@ -1,0 +1,191 @@
+package httpproxy_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	st "github.com/weftmesh/weft/sidecar/sidecartest"
+)
+
+// busyUpstream is an HTTP/2 endpoint that grants the largest windows HTTP/2 allows, reads
+// the frames of one GET and then of one upload, and then stops reading, as a backend whose
+// reader falls behind does. Its hooks: sawGet when the GET's HEADERS arrived, acked when
+// the sidecar acknowledged its SETTINGS (so the sidecar knows the connection takes more
+// than one stream and sends the upload on it too), stalled when
+// the upload's did (from then on it reads nothing), and answer, which writes a PING and
+// then the GET's response, as grpc-go's server sends a BDP PING ahead of a response.
+type busyUpstream struct {
+	url     string
+	sawGet  chan struct{}
+	acked   chan struct{}
+	stalled chan struct{}
+	answer  chan struct{}
+	wrote   chan time.Time // when the response's frames were about to be written
+}
+
+func startBusyUpstream(t *testing.T) *busyUpstream {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	u := &busyUpstream{url: "http://" + ln.Addr().String(), sawGet: make(chan struct{}), acked: make(chan struct{}), stalled: make(chan struct{}),
+		answer: make(chan struct{}), wrote: make(chan time.Time, 1)}
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.(*net.TCPConn).SetReadBuffer(64 << 10)
+		if _, err := io.ReadFull(c, make([]byte, len(http2.ClientPreface))); err != nil {
+			return
+		}
+		fr := http2.NewFramer(c, c)
+		_ = fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
+		_ = fr.WriteWindowUpdate(0, 1<<31-1-65535)
+		var get uint32
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			switch f := f.(type) {
+			case *http2.SettingsFrame:
+				if !f.IsAck() {
+					_ = fr.WriteSettingsAck()
+				} else {
+					close(u.acked)
+				}
+			case *http2.HeadersFrame:
+				if f.StreamEnded() {
+					get = f.StreamID
+					close(u.sawGet)
+					continue
+				}
+				close(u.stalled) // the upload: read nothing more
+				<-u.answer
+				var hb bytes.Buffer
+				enc := hpack.NewEncoder(&hb)
+				_ = enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+				_ = enc.WriteField(hpack.HeaderField{Name: "content-type", Value: "text/plain"})
+				_ = fr.WritePing(false, [8]byte{'b', 'd', 'p'})
+				time.Sleep(100 * time.Millisecond) // read apart from the response
+				u.wrote <- time.Now()
+				_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: get, BlockFragment: hb.Bytes(), EndHeaders: true})
+				_ = fr.WriteData(get, true, []byte("answered"))
+				<-t.Context().Done()
+				return
+			}
+		}
+	}()
+	return u
+}
+
+// Head-of-line blocking across the streams of one upstream connection: the upstream stops
+// reading while the sidecar writes an upload to it, then answers another stream on the same
+// connection with a PING 100 ms ahead of the response (grpc-go's server pings as it
+// receives data, to estimate bandwidth). The response must reach its caller at once; the
+// PING's ACK waits for the upstream to read again, as the upload does. Before, both paths
+// waited to write the ACK behind the stalled upload, so the response behind the PING was
+// not read until the write timeout (10 s) cut the connection and failed it with the rest:
+// the frame relay's upstream reader wrote the ACK itself, waiting for the socket; net/http's
+// HTTP/2 client writes it from its read loop under the connection's write lock, which the
+// upload's writer held while waiting for the socket (golang/go#33425).
+func TestUpstreamStalledByAnUploadStillDeliversItsOtherResponses(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		up := startBusyUpstream(t)
+		_, base := relaySidecar(t, goroutines, relayHosts(up.url, "", nil, st.Timeout(120*time.Second)))
+		c := h2cCaller()
+		c.Timeout = 0
+		type result struct {
+			code int
+			body string
+			err  error
+			at   time.Time
+		}
+		got := make(chan result, 1)
+		go func() {
+			req, _ := http.NewRequest(http.MethodGet, base+"/get", nil)
+			req.Host = "reviews"
+			resp, err := c.Do(req)
+			if err != nil {
+				got <- result{err: err, at: time.Now()}
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			got <- result{code: resp.StatusCode, body: string(b), at: time.Now()}
+		}()
+		for _, ch := range []chan struct{}{up.sawGet, up.acked} {
+			select {
+			case <-ch:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the GET never reached the upstream, or the sidecar never acknowledged its SETTINGS")
+			}
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		body := &countingReader{n: 1 << 30}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/upload", body)
+		req.Host = "reviews"
+		uploadDone := make(chan struct{})
+		var upload result
+		go func() {
+			defer close(uploadDone)
+			resp, err := c.Do(req)
+			if err != nil {
+				upload = result{err: err, at: time.Now()}
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			upload = result{code: resp.StatusCode, body: string(b), at: time.Now()}
+		}()
+		select {
+		case <-up.stalled:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the upload never reached the upstream on the GET's connection")
+		}
+		// Wait until the upload is held back all the way to the caller: the socket to the
+		// upstream, the sidecar's buffers and the windows on the way are full.
+		last, still := int64(-1), 0
+		for deadline := time.Now().Add(20 * time.Second); still < 3; {
+			if time.Now().After(deadline) {
+				t.Fatalf("the upload kept moving for 20 s (%d bytes) to an upstream that reads nothing", body.read.Load())
+			}
+			time.Sleep(100 * time.Millisecond)
+			if n := body.read.Load(); n == last {
+				still++
+			} else {
+				last, still = n, 0
+			}
+		}
+		select {
+		case <-uploadDone:
+			t.Fatalf("the upload ended before the upstream answered anything: %d %q, error %v", upload.code, upload.body, upload.err)
+		default:
+		}
+		close(up.answer)
+		wrote := <-up.wrote
+		var r result
+		select {
+		case r = <-got:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the GET's response was not delivered in 30 s")
+		}
+		if r.err != nil || r.code != http.StatusOK || r.body != "answered" {
+			t.Fatalf("the GET got %d %q (error %v) %v after the upstream wrote its response; want 200 \"answered\": "+
+				"the response behind the PING waited for the stalled upload", r.code, r.body, r.err, r.at.Sub(wrote).Round(time.Millisecond))
+		}
+		t.Logf("the GET's response arrived %v after the upstream wrote it, with %d bytes of the upload held back", r.at.Sub(wrote).Round(time.Microsecond), body.read.Load())
+	})
+}
