@@ -3,6 +3,7 @@ package httpproxy_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/weftmesh/weft/sidecar/identity/identitytest"
 	st "github.com/weftmesh/weft/sidecar/sidecartest"
 )
 
@@ -31,8 +33,12 @@ type busyUpstream struct {
 	wrote   chan time.Time // when the response's frames were about to be written
 }
 
-func startBusyUpstream(t *testing.T) *busyUpstream {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+func startBusyUpstream(t *testing.T) *busyUpstream { return startBusyUpstreamOn(t, "127.0.0.1:0", nil) }
+
+// startBusyUpstreamOn is startBusyUpstream listening on addr, over TLS with cfg unless nil
+// (a meshed endpoint: another sidecar's inbound port, mutual TLS, ALPN h2).
+func startBusyUpstreamOn(t *testing.T, addr string, cfg *tls.Config) *busyUpstream {
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,6 +52,14 @@ func startBusyUpstream(t *testing.T) *busyUpstream {
 		}
 		t.Cleanup(func() { c.Close() })
 		_ = c.(*net.TCPConn).SetReadBuffer(64 << 10)
+		if cfg != nil {
+			tc := tls.Server(c, cfg)
+			if err := tc.Handshake(); err != nil {
+				t.Errorf("TLS handshake with the sidecar: %v", err)
+				return
+			}
+			c = tc
+		}
 		if _, err := io.ReadFull(c, make([]byte, len(http2.ClientPreface))); err != nil {
 			return
 		}
@@ -104,6 +118,37 @@ func TestUpstreamStalledByAnUploadStillDeliversItsOtherResponses(t *testing.T) {
 	bothPaths(t, func(t *testing.T, goroutines bool) {
 		up := startBusyUpstream(t)
 		_, base := relaySidecar(t, goroutines, relayHosts(up.url, "", nil, st.Timeout(120*time.Second)))
+		stalledUpstreamHoldsOnlyTheUpload(t, up, base)
+	})
+}
+
+// The same with the upstream another sidecar (a meshed endpoint), so the connection is
+// mutual TLS: the relay's writes go through crypto/tls, which cannot write without
+// waiting, and net/http's client writes TLS records to a socket that never waits.
+func TestMeshedUpstreamStalledByAnUploadStillDeliversItsOtherResponses(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		ca, err := identitytest.New(webID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		callerID := idManager(t, ca, 0, "")
+		ca.SetIdentity(cartID)
+		calleeID := idManager(t, ca, 0, "")
+		cfg := calleeID.ServerConfig()
+		cfg.NextProtos = []string{"h2"}
+		up := startBusyUpstreamOn(t, meshedAddress(t), cfg)
+		cp := st.StartControlPlane(t)
+		cp.Set(relayHosts(up.url, "", nil, st.Timeout(120*time.Second)))
+		sc := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines, MeshTLS: callerID})
+		stalledUpstreamHoldsOnlyTheUpload(t, up, sc.URL(t, st.OutboundListenerName))
+	})
+}
+
+// stalledUpstreamHoldsOnlyTheUpload sends a GET and then an upload through the sidecar at
+// base to up, lets up stall on the upload and answer the GET behind a PING, and checks the
+// GET's response arrives while the upload is still held.
+func stalledUpstreamHoldsOnlyTheUpload(t *testing.T, up *busyUpstream, base string) {
+	{
 		c := h2cCaller()
 		c.Timeout = 0
 		type result struct {
@@ -187,5 +232,5 @@ func TestUpstreamStalledByAnUploadStillDeliversItsOtherResponses(t *testing.T) {
 				"the response behind the PING waited for the stalled upload", r.code, r.body, r.err, r.at.Sub(wrote).Round(time.Millisecond))
 		}
 		t.Logf("the GET's response arrived %v after the upstream wrote it, with %d bytes of the upload held back", r.at.Sub(wrote).Round(time.Microsecond), body.read.Load())
-	})
+	}
 }
