@@ -154,7 +154,7 @@ func (l *Listener) serveFrames(cc *countedConn, br *bufio.Reader) {
 			f.mu.Lock()
 			f.open(fr, r, te, route)
 			f.mu.Unlock()
-			f.flushFromCaller()
+			f.flushAll()
 			f.loop()
 			return
 		default:
@@ -275,7 +275,7 @@ func (f *fconn) serve() {
 		}
 		f.mu.Unlock()
 		if f.br.Buffered() == 0 { // the batch is read: what it caused leaves now
-			f.flushFromCaller()
+			f.flushAll()
 		}
 	}
 }
@@ -442,23 +442,16 @@ func (f *fconn) fail(code http2.ErrCode) {
 // and SETTINGS acknowledgements, WINDOW_UPDATEs). flushFromUpstream is the other order,
 // for what an upstream's frames made: a response goes to its caller before the PING
 // acknowledgement the upstream gets, so the write that wakes the upstream — which may take
-// the CPU at that write's return — is not in front of the response. Neither waits for an
-// upstream's socket to take what is queued for it (frameOut.flush); only the caller
-// connection's reader does, flushFromCaller.
-func (f *fconn) flushAll() { f.flush(false, false) }
-
-// flushFromCaller is flushAll for the caller connection's reader once it has handled what
-// it read: it waits until the upstreams have taken what it queued for them, so it reads no
-// more of the caller than they take.
-func (f *fconn) flushFromCaller() { f.flush(false, true) }
+// the CPU at that write's return — is not in front of the response.
+func (f *fconn) flushAll() { f.flush(false) }
 
 // flushFromUpstream writes what is queued to the caller, then to every upstream.
-func (f *fconn) flushFromUpstream() { f.flush(true, false) }
+func (f *fconn) flushFromUpstream() { f.flush(true) }
 
-// flush writes what is queued to the caller and to every upstream. Only waitUps waits for
-// an upstream's socket to take it (frameOut); the caller's output is always waited for.
-// A write error closes the connection it failed on, whose reader ends its streams.
-func (f *fconn) flush(callerFirst, waitUps bool) {
+// flush writes what is queued to the caller and to every upstream: toward the caller it
+// waits for the socket, toward upstreams it does not (frameOut). A write error closes the
+// connection it failed on, whose reader ends its streams.
+func (f *fconn) flush(callerFirst bool) {
 	if callerFirst {
 		f.flushCaller()
 	}
@@ -470,7 +463,7 @@ func (f *fconn) flush(callerFirst, waitUps bool) {
 	}
 	f.mu.Unlock()
 	for _, u := range ups {
-		_ = u.out.flush(waitUps)
+		_ = u.out.flush(false)
 	}
 	if !callerFirst {
 		f.flushCaller()

@@ -54,6 +54,9 @@ const (
 	// frameMaxUndecided bounds what is read and kept for a replay before the first request.
 	frameMaxUndecided = 64 << 10
 	frameWriteTimeout = upstream.H2WriteTimeout // a caller or upstream that stops reading is cut
+	// frameUpQueued bounds the request bodies queued for an upstream whose socket takes
+	// nothing (frameOut.blocked); the streams keep the rest, within their windows.
+	frameUpQueued = 64 << 10
 )
 
 // frameOut is one side's output: frames are appended under the owner's lock and written
@@ -61,13 +64,16 @@ const (
 //
 // One goroutine writes at a time (writing), and it writes until the queue is empty, so
 // what another goroutine queues meanwhile goes out with it. A flush either waits for the
-// peer (the caller connection's reader flushing what it read toward upstreams: that wait
-// is what stops it reading more than the upstream takes) or does not: an upstream's reader
-// must never wait to write to its own upstream, or a response that upstream sends behind a
-// PING waits for the PING's ACK to get into a socket the upstream is not reading (an
-// upload filled it) — until the write timeout cuts the connection and every stream on it.
-// A flush that does not wait writes what the socket takes at once and leaves the rest to a
-// goroutine of its own (finish).
+// peer (toward the caller) or does not (toward upstreams): no goroutine of the relay waits
+// for an upstream's socket. An upstream's reader that did would hold a response that
+// upstream sends behind a PING until the PING's ACK got into a socket the upstream is not
+// reading (an upload filled it), and the caller's reader would hold every stream of the
+// caller's connection, to every upstream, behind one that stopped reading — in both cases
+// until the write timeout cut the connection. A flush that does not wait writes what the
+// socket takes at once and leaves the rest to a goroutine of its own (finish); while that
+// goroutine waits (blocked), request bodies bound for the upstream stay with their streams
+// (fstream.pumpReq) and their window is not given back to the caller, and once the socket
+// has taken everything the goroutine calls resume, which sends them on.
 type frameOut struct {
 	nc      net.Conn
 	w       *connio.Writer // raw write(2), outside the runtime's syscall bracket (connio)
@@ -77,6 +83,8 @@ type frameOut struct {
 	mu      *sync.Mutex // the owner's lock: buf, spare, writing, dirty and err are under it
 	idle    sync.Cond   // on mu: signalled when writing ends
 	writing bool        // a goroutine is writing the queue
+	blocked bool        // finish is waiting for the socket to take bytes
+	resume  func()      // called by finish, without mu, once the socket took everything (nil: none)
 	enc     *hpack.Encoder
 	eb      bytes.Buffer
 	dirty   bool
@@ -170,6 +178,9 @@ func (o *frameOut) write(wait bool) error {
 			n, err = o.w.TryWrite(b.Bytes())
 			if err == nil && n < b.Len() { // the socket is full: a goroutine waits for it
 				b.Next(n)
+				o.mu.Lock()
+				o.blocked = true
+				o.mu.Unlock()
 				go o.finish(b)
 				return nil
 			}
@@ -182,6 +193,7 @@ func (o *frameOut) write(wait bool) error {
 	err := o.err
 	o.dirty = false
 	o.writing = false
+	o.blocked = false
 	o.idle.Broadcast()
 	o.mu.Unlock()
 	return err
@@ -195,7 +207,9 @@ func (o *frameOut) finish(b bytes.Buffer) {
 	o.mu.Lock()
 	o.spare = b
 	o.failed(err)
-	_ = o.write(true)
+	if o.write(true) == nil && o.resume != nil {
+		o.resume()
+	}
 }
 
 // failed records a write error, with o.mu held, and closes the connection.

@@ -117,8 +117,50 @@ func startBusyUpstreamOn(t *testing.T, addr string, cfg *tls.Config) *busyUpstre
 func TestUpstreamStalledByAnUploadStillDeliversItsOtherResponses(t *testing.T) {
 	bothPaths(t, func(t *testing.T, goroutines bool) {
 		up := startBusyUpstream(t)
-		_, base := relaySidecar(t, goroutines, relayHosts(up.url, "", nil, st.Timeout(120*time.Second)))
-		stalledUpstreamHoldsOnlyTheUpload(t, up, base)
+		sc, base := relaySidecar(t, goroutines, relayHosts(up.url, "", nil, st.Timeout(120*time.Second)))
+		stalledUpstreamHoldsOnlyTheUpload(t, up, base, nil)
+		wantRelayed(t, sc, goroutines, 1)
+	})
+}
+
+// A caller connection whose streams go to two upstreams, one of which stops reading while
+// the sidecar writes an upload to it: the other upstream's calls on the same caller
+// connection go on. Before, the frame relay's reader of the caller's connection waited for
+// the stalled upstream's socket to take the upload, and read nothing more from the caller —
+// every stream of the connection waited for the write timeout (10 s) to cut the stalled
+// upstream. The upload's bytes now stay with its stream (at most its 256 KiB window) and
+// the caller is not given that window back until the upstream reads again.
+func TestUpstreamStalledByAnUploadDoesNotHoldTheCallersOtherUpstreams(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		up := startBusyUpstream(t)
+		other := h2cBackend(t, func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ratings") })
+		snap := relayHosts(up.url, other.URL, nil, st.Timeout(120*time.Second))
+		snap.Clusters[1] = st.EDSCluster(st.OutboundClusterName(9080, "", "ratings", "default", "default", "ratings"), h2Upstream(0))
+		sc, base := relaySidecar(t, goroutines, snap)
+		stalledUpstreamHoldsOnlyTheUpload(t, up, base, func(c *http.Client, uploadDone <-chan struct{}) {
+			for i := range 3 {
+				req, _ := http.NewRequest(http.MethodGet, base+"/other", nil)
+				req.Host = "ratings"
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				resp, err := c.Do(req.WithContext(ctx))
+				if err != nil {
+					cancel()
+					t.Fatalf("call %d to the other upstream, on the caller connection the stalled upload is on: %v", i, err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				cancel()
+				if resp.StatusCode != http.StatusOK || string(b) != "ratings" {
+					t.Fatalf("call %d to the other upstream got %d %q; want 200 \"ratings\"", i, resp.StatusCode, b)
+				}
+			}
+			select {
+			case <-uploadDone:
+				t.Fatal("the upload ended before the upstream read it again: its connection was cut")
+			default:
+			}
+		})
+		wantRelayed(t, sc, goroutines, 1)
 	})
 }
 
@@ -140,14 +182,16 @@ func TestMeshedUpstreamStalledByAnUploadStillDeliversItsOtherResponses(t *testin
 		cp := st.StartControlPlane(t)
 		cp.Set(relayHosts(up.url, "", nil, st.Timeout(120*time.Second)))
 		sc := st.StartSidecar(t, cp, st.SidecarOptions{GoroutinePerConnection: goroutines, MeshTLS: callerID})
-		stalledUpstreamHoldsOnlyTheUpload(t, up, sc.URL(t, st.OutboundListenerName))
+		stalledUpstreamHoldsOnlyTheUpload(t, up, sc.URL(t, st.OutboundListenerName), nil)
+		wantRelayed(t, sc, goroutines, 1)
 	})
 }
 
 // stalledUpstreamHoldsOnlyTheUpload sends a GET and then an upload through the sidecar at
 // base to up, lets up stall on the upload and answer the GET behind a PING, and checks the
-// GET's response arrives while the upload is still held.
-func stalledUpstreamHoldsOnlyTheUpload(t *testing.T, up *busyUpstream, base string) {
+// GET's response arrives while the upload is still held. meanwhile, unless nil, runs once
+// the upload is held, with the caller's client (one connection) and the upload's end.
+func stalledUpstreamHoldsOnlyTheUpload(t *testing.T, up *busyUpstream, base string, meanwhile func(c *http.Client, uploadDone <-chan struct{})) {
 	{
 		c := h2cCaller()
 		c.Timeout = 0
@@ -218,6 +262,9 @@ func stalledUpstreamHoldsOnlyTheUpload(t *testing.T, up *busyUpstream, base stri
 		case <-uploadDone:
 			t.Fatalf("the upload ended before the upstream answered anything: %d %q, error %v", upload.code, upload.body, upload.err)
 		default:
+		}
+		if meanwhile != nil {
+			meanwhile(c, uploadDone)
 		}
 		close(up.answer)
 		wrote := <-up.wrote

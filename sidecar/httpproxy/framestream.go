@@ -207,13 +207,16 @@ func (s *fstream) dropKept() {
 	}
 }
 
-// pumpReq sends what the upstream stream's windows allow of the body, then its end.
+// pumpReq sends what the upstream stream's windows allow of the body, then its end. While
+// the upstream's socket takes nothing (frameOut.blocked), at most frameUpQueued is queued
+// for it: the rest stays with the stream, its window not given back to the caller, until
+// the socket has taken everything (fup.resume).
 func (s *fstream) pumpReq() {
 	u := s.u
 	if u == nil || s.uid == 0 || s.done {
 		return
 	}
-	for s.sent < len(s.body) && s.upWin > 0 && u.sendWin > 0 {
+	for s.sent < len(s.body) && s.upWin > 0 && u.sendWin > 0 && !(u.out.blocked && u.out.buf.Len() >= frameUpQueued) {
 		n := int(min(int64(len(s.body)-s.sent), s.upWin, u.sendWin, int64(u.out.maxFrame)))
 		end := s.sent+n == len(s.body) && s.bodyEnd && s.trailers == nil
 		u.out.data(s.uid, s.body[s.sent:s.sent+n], end)

@@ -225,6 +225,7 @@ func (u *fup) dial() {
 	}
 	u.nc = conn
 	u.out.init(conn, conn, &f.mu)
+	u.out.resume = u.resume
 	u.br = bufio.NewReaderSize(connio.NewConn(conn), 16<<10)
 	u.rd = http2.NewFramer(nil, u.br)
 	u.rd.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
@@ -242,6 +243,18 @@ func (u *fup) dial() {
 	f.mu.Unlock()
 	f.flushAll()
 	u.read()
+}
+
+// resume sends on the request bodies held while the upstream's socket took nothing
+// (frameOut.blocked), once it has taken everything queued.
+func (u *fup) resume() {
+	f := u.f
+	f.mu.Lock()
+	for _, s := range u.streams {
+		s.pumpReq()
+	}
+	f.mu.Unlock()
+	f.flushAll()
 }
 
 // read takes the upstream's frames until its connection ends.
