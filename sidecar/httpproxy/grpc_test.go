@@ -289,7 +289,7 @@ func rawH2() *http.Client {
 }
 
 // h2cBackend is an HTTP/2 cleartext server.
-func h2cBackend(t *testing.T, h http.HandlerFunc, configure ...func(*http.Server)) *httptest.Server {
+func h2cBackend(t testing.TB, h http.HandlerFunc, configure ...func(*http.Server)) *httptest.Server {
 	srv := httptest.NewUnstartedServer(h)
 	for _, f := range configure {
 		f(srv.Config)
