@@ -13,7 +13,6 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
-	"github.com/weftmesh/weft/sidecar/identity/identitytest"
 	st "github.com/weftmesh/weft/sidecar/sidecartest"
 )
 
@@ -169,13 +168,7 @@ func TestUpstreamStalledByAnUploadDoesNotHoldTheCallersOtherUpstreams(t *testing
 // waiting, and net/http's client writes TLS records to a socket that never waits.
 func TestMeshedUpstreamStalledByAnUploadStillDeliversItsOtherResponses(t *testing.T) {
 	bothPaths(t, func(t *testing.T, goroutines bool) {
-		ca, err := identitytest.New(webID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		callerID := idManager(t, ca, 0, "")
-		ca.SetIdentity(cartID)
-		calleeID := idManager(t, ca, 0, "")
+		_, callerID, calleeID := webAndCartIDs(t, 0, "")
 		cfg := calleeID.ServerConfig()
 		cfg.NextProtos = []string{"h2"}
 		up := startBusyUpstreamOn(t, meshedAddress(t), cfg)

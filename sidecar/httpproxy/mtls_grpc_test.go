@@ -24,7 +24,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/weftmesh/weft/contract"
-	"github.com/weftmesh/weft/sidecar/identity/identitytest"
 	st "github.com/weftmesh/weft/sidecar/sidecartest"
 )
 
@@ -34,14 +33,8 @@ import (
 // (the control plane's inbound cluster), so HTTP/2 reaches the app.
 func grpcMeshPair(t *testing.T, goroutines bool, mode string, inboundFilters ...*rbacv3.RBAC) (*meshPair, *healthServer) {
 	t.Helper()
-	ca, err := identitytest.New(webID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &meshPair{ca: ca}
-	p.callerID = idManager(t, ca, 0, "")
-	ca.SetIdentity(cartID)
-	p.calleeID = idManager(t, ca, 0, mode)
+	p := &meshPair{}
+	p.ca, p.callerID, p.calleeID = webAndCartIDs(t, 0, mode)
 	hs := newHealthServer()
 	app := grpcBackend(t, hs)
 	_, port, _ := net.SplitHostPort(app)
@@ -169,13 +162,7 @@ func TestMTLSHTTP1CallerToHTTP2MeshedCluster(t *testing.T) {
 // connection fails as a connect failure, so the gRPC caller gets UNAVAILABLE from the
 // caller's sidecar, never a plaintext or HTTP/1.1 fallback.
 func TestMTLSGRPCToCalleeWithoutH2IsUnavailable(t *testing.T) {
-	ca, err := identitytest.New(webID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	callerID := idManager(t, ca, 0, "")
-	ca.SetIdentity(cartID)
-	calleeID := idManager(t, ca, 0, "")
+	_, callerID, calleeID := webAndCartIDs(t, 0, "")
 	addr := meshedAddress(t)
 	cfg := calleeID.ServerConfig()
 	cfg.NextProtos = []string{"http/1.1"}
@@ -219,13 +206,7 @@ func TestMTLSGRPCToCalleeWithoutH2IsUnavailable(t *testing.T) {
 func TestMTLSToServiceEndpointMarkedByEDS(t *testing.T) {
 	bothPaths(t, func(t *testing.T, goroutines bool) {
 		for _, marked := range []bool{true, false} {
-			ca, err := identitytest.New(webID)
-			if err != nil {
-				t.Fatal(err)
-			}
-			callerID := idManager(t, ca, 0, "")
-			ca.SetIdentity(cartID)
-			calleeID := idManager(t, ca, 0, "")
+			_, callerID, calleeID := webAndCartIDs(t, 0, "")
 			// One app port serving gRPC over HTTP/2 and plain HTTP/1.1.
 			gs := grpc.NewServer()
 			healthpb.RegisterHealthServer(gs, newHealthServer())

@@ -59,6 +59,20 @@ func idManager(t *testing.T, ca *identitytest.CA, ttl time.Duration, mode string
 	return m
 }
 
+// webAndCartIDs runs two identity managers with certificates from one test CA: web's (the
+// caller) and cart's (the callee, peer authentication mode), with lifetime ttl.
+func webAndCartIDs(t *testing.T, ttl time.Duration, mode string) (ca *identitytest.CA, web, cart *identity.Manager) {
+	t.Helper()
+	ca, err := identitytest.New(webID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	web = idManager(t, ca, ttl, "")
+	ca.SetIdentity(cartID)
+	cart = idManager(t, ca, ttl, mode)
+	return ca, web, cart
+}
+
 type meshPair struct {
 	caller, callee     *st.Sidecar
 	callerID, calleeID *identity.Manager
@@ -92,14 +106,8 @@ func sidecarPair(t *testing.T, goroutines bool, ttl time.Duration, mode string, 
 // sidecarPairTo is sidecarPair in front of the app at appAddr (127.0.0.1:port).
 func sidecarPairTo(t *testing.T, goroutines bool, ttl time.Duration, mode string, maxReqPerConn uint32, withTLS bool, appAddr string) *meshPair {
 	t.Helper()
-	ca, err := identitytest.New(webID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &meshPair{ca: ca, appPeers: make(chan string, 1024)}
-	p.callerID = idManager(t, ca, ttl, "")
-	ca.SetIdentity(cartID)
-	p.calleeID = idManager(t, ca, ttl, mode)
+	p := &meshPair{appPeers: make(chan string, 1024)}
+	p.ca, p.callerID, p.calleeID = webAndCartIDs(t, ttl, mode)
 	_, ap, _ := net.SplitHostPort(appAddr)
 	appPort, _ := strconv.Atoi(ap)
 	p.calleeAddr = meshedAddress(t)
