@@ -421,6 +421,18 @@ func (e *FloodError) Error() string {
 	return fmt.Sprintf("%d bytes queued for a peer that is not reading (the bound is %d): connection cut", e.Queued, FlushBehindMaxQueued)
 }
 
+// Room reports how many bytes a Write can queue now without waiting for the socket: none
+// once the connection has failed. WithoutWaiting, a Write never waits, and Room is what
+// stays under FlushBehindLimit.
+func (f *FlushBehind) Room() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return 0
+	}
+	return max(FlushBehindLimit-len(f.buf), 0)
+}
+
 // Buffered reports how many bytes are queued behind the write in progress (tests).
 func (f *FlushBehind) Buffered() int {
 	f.mu.Lock()

@@ -90,6 +90,11 @@ func (s *h2Socket) Read(p []byte) (int, error) {
 // leave in one write(2).
 func (s *h2Socket) Write(p []byte) (int, error) { return s.w.Write(p) }
 
+// Room reports how many bytes a Write can queue now without waiting for the socket (a
+// write through crypto/tls above this socket needs a little more than its length: record
+// headers and tags). The frame relay writes its mutual TLS connections inline when they fit.
+func (s *h2Socket) Room() int { return s.w.Room() }
+
 // H2WriteTimeout cuts an HTTP/2 upstream connection whose peer has taken nothing for this
 // long while the sidecar had frames for it (a hung process, a receive queue that never
 // drains): its streams fail and its max_connections slot comes back, instead of the
