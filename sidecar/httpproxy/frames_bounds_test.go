@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -302,6 +303,110 @@ func TestUpstreamThatStopsReadingIsCutAfterTheWriteTimeout(t *testing.T) {
 			t.Errorf("the upstream could read the whole body (%d bytes) after the cut", n)
 		}
 	})
+}
+
+// An upstream that stops reading during an upload and then resets its connection: the
+// sidecar's writer waiting for that socket (the relay's finish goroutine, FlushBehind's
+// flusher on the goroutine path) sees the reset at once, and the caller is told the
+// upstream connection ended — now, not when the 10 s write timeout would have cut it.
+func TestUpstreamResetDuringAStalledUploadEndsTheRequestAtOnce(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		url, accepted := stalledH2Upstream(t)
+		snap := relayHosts(url, "", nil, st.Timeout(120*time.Second))
+		_, base := relaySidecar(t, goroutines, snap)
+		body := &countingReader{n: 256 << 20}
+		req, _ := http.NewRequest(http.MethodPost, base+"/upload", body)
+		req.Host = "reviews"
+		type result struct {
+			code int
+			body string
+			err  error
+			at   time.Time
+		}
+		done := make(chan result, 1)
+		go func() {
+			c := h2cCaller()
+			c.Timeout = 0
+			resp, err := c.Do(req)
+			if err != nil {
+				done <- result{err: err, at: time.Now()}
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			done <- result{code: resp.StatusCode, body: string(b), at: time.Now()}
+		}()
+		var up net.Conn
+		select {
+		case up = <-accepted:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the sidecar never connected to the upstream")
+		}
+		// Wait until the upload stops moving: the socket toward the upstream is full and
+		// the sidecar's writer waits for it.
+		last, still := int64(-1), 0
+		for deadline := time.Now().Add(20 * time.Second); still < 3; {
+			if time.Now().After(deadline) {
+				t.Fatalf("the upload kept moving for 20 s (%d bytes) to an upstream that reads nothing", body.read.Load())
+			}
+			time.Sleep(100 * time.Millisecond)
+			if n := body.read.Load(); n == last {
+				still++
+			} else {
+				last, still = n, 0
+			}
+		}
+		select {
+		case r := <-done:
+			t.Fatalf("the upload ended before the upstream reset: %d %q, error %v", r.code, r.body, r.err)
+		default:
+		}
+		writers := []string{"httpproxy.(*frameOut).finish", "upstream.(*FlushBehind).flush("}
+		if goroutineIn(writers...) == "" {
+			t.Fatal("no writer waits for the full socket toward the upstream")
+		}
+		_ = up.(*net.TCPConn).SetLinger(0) // close with RST
+		_ = up.Close()
+		reset := time.Now()
+		var r result
+		select {
+		case r = <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the request was still open 5 s after the upstream reset its connection: the writer waiting for the socket did not see the reset")
+		}
+		if r.err == nil && (r.code != http.StatusServiceUnavailable || !strings.Contains(r.body, "reset before headers")) {
+			t.Errorf("the caller got %d %q; want 503 saying the upstream connection was reset before headers", r.code, r.body)
+		}
+		t.Logf("the request ended %v after the reset (%d bytes of the body read): status %d %q, error %v",
+			r.at.Sub(reset).Round(time.Millisecond), body.read.Load(), r.code, r.body, r.err)
+		// And the writer that waited for the socket has ended: it is not left in write(2)
+		// until the write timeout, or forever.
+		var stuck string
+		for deadline := time.Now().Add(3 * time.Second); ; {
+			if stuck = goroutineIn(writers...); stuck == "" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("3 s after the reset a writer still waits:\n%s", stuck)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+}
+
+// goroutineIn returns the stack of a goroutine of this process running any of funcs ("" if
+// none does).
+func goroutineIn(funcs ...string) string {
+	buf := make([]byte, 4<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		for _, fn := range funcs {
+			if strings.Contains(g, fn) {
+				return g
+			}
+		}
+	}
+	return ""
 }
 
 // connTracker is an HTTP/2 backend answering its name, which reports how many connections
