@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/weftmesh/weft/sidecar/config"
@@ -513,16 +514,15 @@ type gatedBody struct {
 	rc     io.ReadCloser
 	w      *FlushBehind
 	ctx    context.Context
-	cancel context.CancelFunc // Close: a read waiting for room ends
+	closed atomic.Bool // Close: a read waiting for room ends
 }
 
 func newGatedBody(ctx context.Context, rc io.ReadCloser, w *FlushBehind) *gatedBody {
-	ctx, cancel := context.WithCancel(ctx)
-	return &gatedBody{rc: rc, w: w, ctx: ctx, cancel: cancel}
+	return &gatedBody{rc: rc, w: w, ctx: ctx}
 }
 
 func (b *gatedBody) Read(p []byte) (int, error) {
-	if err := b.w.WaitRoom(b.ctx); err != nil {
+	if err := b.w.waitRoom(b.ctx, &b.closed); err != nil {
 		return 0, err
 	}
 	if len(p) > FlushBehindChunk {
@@ -531,8 +531,11 @@ func (b *gatedBody) Read(p []byte) (int, error) {
 	return b.rc.Read(p)
 }
 
+// Close ends a Read waiting for room (the client closes the body when the stream ends
+// before it has all been sent) and closes the body.
 func (b *gatedBody) Close() error {
-	b.cancel()
+	b.closed.Store(true)
+	b.w.wakeWaiters()
 	return b.rc.Close()
 }
 

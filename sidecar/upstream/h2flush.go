@@ -125,25 +125,41 @@ func (f *FlushBehind) WithoutWaiting() *FlushBehind {
 // WaitRoom waits until f's queue is below FlushBehindLimit, and returns nil; or until the
 // connection has failed (its write error) or ctx ends (ctx's error). The reader of a
 // request body calls it before each read, holding no lock of the HTTP/2 client.
-func (f *FlushBehind) WaitRoom(ctx context.Context) error {
+func (f *FlushBehind) WaitRoom(ctx context.Context) error { return f.waitRoom(ctx, nil) }
+
+// errBodyClosed is what a request body's read waiting for room returns once the body was
+// closed.
+var errBodyClosed = errors.New("request body closed")
+
+// waitRoom is WaitRoom that also ends, with errBodyClosed, once closed is set (unless
+// nil) and wakeWaiters called.
+func (f *FlushBehind) waitRoom(ctx context.Context, closed *atomic.Bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(f.buf) < FlushBehindLimit || f.err != nil {
 		return f.err
 	}
-	stop := context.AfterFunc(ctx, func() {
-		f.mu.Lock()
-		f.room.Broadcast()
-		f.mu.Unlock()
-	})
+	stop := context.AfterFunc(ctx, f.wakeWaiters)
 	defer stop()
-	for len(f.buf) >= FlushBehindLimit && f.err == nil && ctx.Err() == nil {
+	for len(f.buf) >= FlushBehindLimit && f.err == nil && ctx.Err() == nil && (closed == nil || !closed.Load()) {
 		f.room.Wait()
 	}
-	if f.err != nil {
+	switch {
+	case f.err != nil:
 		return f.err
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case closed != nil && closed.Load():
+		return errBodyClosed
 	}
-	return ctx.Err()
+	return nil
+}
+
+// wakeWaiters wakes every waitRoom, to look again at what ends its wait.
+func (f *FlushBehind) wakeWaiters() {
+	f.mu.Lock()
+	f.room.Broadcast()
+	f.mu.Unlock()
 }
 
 // SetWriteDeadline is what the connection f writes for does with a write deadline: set it

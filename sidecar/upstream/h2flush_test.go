@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -518,5 +519,48 @@ func TestFlushBehindWritesAfterTheRunnableGoroutines(t *testing.T) {
 	}
 	if whole < fast*3/4 {
 		t.Fatalf("three frames queued by goroutines runnable together left in one write in %d of %d runs, want at least 3/4 (last run: %q)", whole, fast, last)
+	}
+}
+
+// A request body's read waiting for room in a full queue ends when the HTTP/2 client
+// closes the body (the stream ended before all of it was sent): its goroutine is not left
+// waiting for a peer that reads nothing.
+func TestGatedBodyCloseEndsAReadWaitingForRoom(t *testing.T) {
+	c, _ := tcpPair(t) // the peer never reads
+	f := NewFlushBehind(c, c).WithoutWaiting()
+	chunk := make([]byte, FlushBehindChunk)
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if time.Now().After(deadline) {
+			t.Fatal("the queue still had room after 30 s of writes to a peer that reads nothing")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		err := f.WaitRoom(ctx)
+		cancel()
+		if err != nil {
+			break
+		}
+		if _, err := f.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := newGatedBody(context.Background(), io.NopCloser(strings.NewReader("body")), f)
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.Read(make([]byte, 16))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("a read returned %v with the queue full", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	_ = b.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, errBodyClosed) {
+			t.Errorf("the waiting read ended with %v; want errBodyClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not end the read waiting for room")
 	}
 }
