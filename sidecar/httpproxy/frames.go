@@ -44,9 +44,16 @@ const (
 	// frameStreamWindow and frameConnWindow are the flow-control windows the relay grants
 	// each side (as upstream/h2.go grants upstreams): what it may hold of a request the
 	// upstream has not taken yet, or of a response the caller has not, per stream and per
-	// connection.
-	frameStreamWindow = 256 << 10
-	frameConnWindow   = 1 << 20
+	// connection. The stream window is Envoy's edge value (64 KiB); the connection's holds
+	// every stream's at once (frameMaxStreams of them), so streams whose far side reads
+	// slowly — a client-streaming RPC whose handler is behind — never use up the window
+	// the connection's other streams need: the relay returns connection window only for
+	// bytes it has passed on, and with a smaller connection window a few held streams
+	// would stall every other stream's body (net/http's server, and Envoy past 16 held
+	// streams, do that). What is held per caller connection is bounded by the same
+	// product: 6.25 MiB of request bodies, and as much of responses.
+	frameStreamWindow = 64 << 10
+	frameConnWindow   = frameMaxStreams * frameStreamWindow
 	// frameMaxStreams is SETTINGS_MAX_CONCURRENT_STREAMS toward callers (net/http's is
 	// 250; the first SETTINGS must not promise more than the server a connection may be
 	// handed to).

@@ -238,10 +238,10 @@ func TestFrameRelayStreamsPastTheConcurrencyLimitAreRefused(t *testing.T) {
 	})
 }
 
-// A request body overrunning the relay's 256 KiB per-stream window (a caller that ignores
+// A request body overrunning the relay's 64 KiB per-stream window (a caller that ignores
 // flow control, an upstream that takes nothing past its initial window): that stream is
 // reset FLOW_CONTROL_ERROR, the upstream stream is reset, the connection goes on.
-func TestFrameRelayStreamWindowOverrun256KiBIsFlowControlError(t *testing.T) {
+func TestFrameRelayStreamWindowOverrun64KiBIsFlowControlError(t *testing.T) {
 	up := startStingyUpstream(t)
 	var n atomic.Int64
 	be := h2cBackend(t, echoHandler(&n))
@@ -256,17 +256,17 @@ func TestFrameRelayStreamWindowOverrun256KiBIsFlowControlError(t *testing.T) {
 	c := dialFC(t, base, true)
 	id := c.open(reqFields("POST", "/upload", "reviews"), false)
 	chunk := bytes.Repeat([]byte("u"), 16<<10)
-	// First what the upstream takes (its 65535-byte window), then 256 KiB the relay holds,
-	// and more.
+	// First the stream's window, of which the upstream takes 65535 bytes (its own initial
+	// window) — so the relay returns as much — then 64 KiB the relay holds, and more.
 	sent := 0
-	for sent < 80<<10 {
+	for sent < 64<<10 {
 		if err := c.data(id, chunk, false); err != nil {
 			t.Fatal(err)
 		}
 		sent += len(chunk)
 	}
 	st.Eventually(t, 5*time.Second, func() bool { return up.data.Load() == 65535 }, "the upstream got %d bytes, want its window, 65535", up.data.Load())
-	const send = 80<<10 + 256<<10 + 16<<10
+	const send = 64<<10 + 64<<10 + 16<<10
 	for sent < send {
 		if err := c.data(id, chunk, false); err != nil {
 			t.Fatalf("writing DATA after %d bytes: %v", sent, err)
@@ -275,7 +275,7 @@ func TestFrameRelayStreamWindowOverrun256KiBIsFlowControlError(t *testing.T) {
 	}
 	r, ok := c.wait(id, 5*time.Second)
 	if !ok || !isCode(r, http2.ErrCodeFlowControl) {
-		t.Fatalf("%d bytes sent into a 256 KiB stream window: %v ended=%v, want RST_STREAM(FLOW_CONTROL_ERROR)", sent, r, ok)
+		t.Fatalf("%d bytes sent into a 64 KiB stream window: %v ended=%v, want RST_STREAM(FLOW_CONTROL_ERROR)", sent, r, ok)
 	}
 	select {
 	case <-up.rst:
@@ -292,36 +292,66 @@ func TestFrameRelayStreamWindowOverrun256KiBIsFlowControlError(t *testing.T) {
 	wantRelayed(t, sc, false, 1)
 }
 
-// Caller DATA overrunning the relay's 1 MiB connection window (several streams, each
-// within its own 256 KiB): the connection ends with GOAWAY(FLOW_CONTROL_ERROR).
-func TestFrameRelayConnectionWindowOverrun1MiBIsGoAwayFlowControlError(t *testing.T) {
+// The relay's connection window holds every stream's window at once: a caller fills all
+// 100 streams a connection may carry with a 64 KiB body each, to an upstream that takes
+// nothing past its initial 65535 bytes, and none of it is refused — no stream is reset,
+// the connection is not ended (with a smaller connection window the last streams' bodies
+// would wait, or, from a caller ignoring flow control, end the connection with
+// FLOW_CONTROL_ERROR). What the relay holds stays bounded by the stream windows: one
+// more chunk on a full stream resets that stream alone.
+func TestFrameRelayConnectionWindowHoldsEveryStreamsWindow(t *testing.T) {
 	up := startStingyUpstream(t)
 	cp := st.StartControlPlane(t)
 	cp.Set(relayHosts("http://"+up.addr, "", nil))
 	sc := st.StartSidecar(t, cp, st.SidecarOptions{})
 	c := dialFC(t, sc.URL(t, st.OutboundListenerName), true)
 	chunk := bytes.Repeat([]byte("u"), 16<<10)
-	sent := 0
-	var werr error
-	for i := 0; i < 6 && werr == nil; i++ {
+	var ids []uint32
+	for range 100 {
 		id := c.open(reqFields("POST", "/upload", "reviews"), false)
-		for j := 0; j < 15 && werr == nil; j++ { // 240 KiB per stream
-			werr = c.data(id, chunk, false)
-			sent += len(chunk)
+		ids = append(ids, id)
+		for range 4 { // the stream's 64 KiB window
+			if err := c.data(id, chunk, false); err != nil {
+				t.Fatalf("writing DATA on stream %d: %v", id, err)
+			}
 		}
 	}
-	g := c.goAway(5 * time.Second)
-	if g == nil || g.ErrCode != http2.ErrCodeFlowControl {
-		t.Fatalf("%d bytes over 6 streams into a 1 MiB connection window: GOAWAY %+v (write error %v), want FLOW_CONTROL_ERROR", sent, g, werr)
+	st.Eventually(t, 5*time.Second, func() bool { return up.data.Load() == 65535 }, "the upstream got %d bytes, want its window, 65535", up.data.Load())
+	if g := c.goAway(500 * time.Millisecond); g != nil {
+		t.Fatalf("100 streams of 64 KiB each (6.25 MiB) ended the connection: GOAWAY %v", g.ErrCode)
 	}
-	if !c.closedWithin(5 * time.Second) {
-		t.Error("the connection was not closed after GOAWAY(FLOW_CONTROL_ERROR)")
+	for _, id := range ids {
+		if c.ended(id) {
+			t.Fatalf("stream %d, within its window, ended", id)
+		}
 	}
-	// the sidecar goes on
-	c2 := dialFC(t, sc.URL(t, st.OutboundListenerName), true)
-	id := c2.open(reqFields("POST", "/upload", "reviews"), false)
-	_ = c2.data(id, []byte("x"), false)
-	st.Eventually(t, 5*time.Second, func() bool { return up.data.Load() > 0 }, "a new connection's DATA did not reach the upstream")
+	last := ids[len(ids)-1]
+	if err := c.data(last, chunk, false); err != nil {
+		t.Fatal(err)
+	}
+	r, ok := c.wait(last, 5*time.Second)
+	if !ok || !isCode(r, http2.ErrCodeFlowControl) {
+		t.Fatalf("a chunk past a full stream's window: %v ended=%v, want RST_STREAM(FLOW_CONTROL_ERROR)", r, ok)
+	}
+	if g := c.goAway(100 * time.Millisecond); g != nil {
+		t.Errorf("one stream's overrun ended the connection: GOAWAY %v", g.ErrCode)
+	}
+	if c.ended(ids[0]) {
+		t.Error("another stream ended with the overrun one")
+	}
+}
+
+// ended reports whether stream id has ended, without waiting.
+func (c *fc) ended(id uint32) bool {
+	c.mu.Lock()
+	s := c.streams[id]
+	c.mu.Unlock()
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // Sidecar shutdown: relayed connections get GOAWAY; an idle one is closed, one with a

@@ -369,7 +369,12 @@ type h2Server struct {
 func newH2Server(h http.Handler, addr net.Addr, lim func() *config.HTTPLimits) *h2Server {
 	var protocols http.Protocols
 	protocols.SetUnencryptedHTTP2(true)
-	return &h2Server{srv: &http.Server{Handler: h, Protocols: &protocols},
+	// The relay's limits (frames.go): net/http's defaults are 250 streams and 1 MiB per
+	// stream and per connection, so one stream whose upstream reads slowly held the
+	// window every other stream of the connection needed for its body.
+	h2 := &http.HTTP2Config{MaxConcurrentStreams: frameMaxStreams,
+		MaxReceiveBufferPerStream: frameStreamWindow, MaxReceiveBufferPerConnection: frameConnWindow}
+	return &h2Server{srv: &http.Server{Handler: h, Protocols: &protocols, HTTP2: h2},
 		conns: make(chan net.Conn), done: make(chan struct{}), addr: addr, lim: lim}
 }
 

@@ -154,9 +154,9 @@ func TestH2CallerThatNeverSendsWindowUpdateCannotMakeTheSidecarBuffer(t *testing
 		if got := c.data.Load(); got > window {
 			t.Errorf("the sidecar sent %d DATA bytes to a caller that granted %d", got, window)
 		}
-		// 256 KiB the sidecar grants per upstream stream + 32 KiB in the copy buffer + the
+		// 64 KiB the sidecar grants per upstream stream + 32 KiB in the copy buffer + the
 		// caller's window + 64 KiB for the upstream server's and the frames' own buffering.
-		const bound = 256<<10 + 32<<10 + window + 64<<10
+		const bound = 64<<10 + 32<<10 + window + 64<<10
 		if n := written.Load(); n > bound {
 			t.Errorf("the upstream wrote %d bytes for a stalled caller; the sidecar may hold at most %d", n, bound)
 		}

@@ -35,13 +35,18 @@ import (
 const MaxH2ConnsPerHost = 4
 
 // Flow-control windows the sidecar grants an upstream, which bound what it buffers of
-// responses its callers read slower than the upstream sends: 256 KiB per stream, 1 MiB per
-// connection, so at most 4 MiB per endpoint (MaxH2ConnsPerHost connections). Go's client
-// defaults are 4 MiB per stream and 1 GiB per connection. 256 KiB still moves ~250 MB/s a
-// stream at a 1 ms round trip.
+// responses its callers read slower than the upstream sends: 64 KiB per stream (Envoy's
+// edge value), and per connection enough for config.DefaultMaxStreamsPerConn streams held
+// at once (6.25 MiB), so callers that stop reading some responses — a server-streaming
+// RPC whose client is behind — never use up the window a shared connection's other
+// streams need (net/http's client returns connection window only as bodies are read).
+// A cluster allowing more streams per connection than that can stall its other streams
+// once more than 100 are held. Go's client defaults are 4 MiB per stream and 1 GiB per
+// connection; 64 KiB still moves ~65 MB/s a stream at a 1 ms round trip, ~650 MB/s at
+// 100 µs.
 const (
-	h2StreamWindow = 256 << 10
-	h2ConnWindow   = 1 << 20
+	h2StreamWindow = 64 << 10
+	h2ConnWindow   = config.DefaultMaxStreamsPerConn * h2StreamWindow
 )
 
 // h2Transport dials every HTTP/2 upstream connection: cleartext HTTP/2 only, no proxy.

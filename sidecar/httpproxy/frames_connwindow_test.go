@@ -1,0 +1,158 @@
+package httpproxy_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	st "github.com/weftmesh/weft/sidecar/sidecartest"
+)
+
+// Slow consumers must not starve the other streams of a caller's connection. Several
+// uploads on one caller connection go to an upstream whose handler reads nothing (a
+// client-streaming RPC whose server is behind: per-stream back-pressure, not a fault),
+// and a request with a body then goes, on the same connection, to another upstream. It
+// must be answered while the uploads stay held. Before, the relay gave the caller back
+// connection window only for bytes that went upstream, so four held uploads (each up to
+// its 256 KiB stream window) used up the connection's 1 MiB and no other stream on it
+// could send a byte of body until the slow handler read; on the goroutine path one did
+// (net/http's server: 1 MiB per stream and per connection). The connection windows now
+// hold every stream's window at once (frames.go, frameConnWindow).
+func TestHeldUploadsDoNotStarveTheCallerConnectionsOtherStreams(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		release := make(chan struct{})
+		slow := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+			_, _ = io.Copy(io.Discard, r.Body)
+			_, _ = io.WriteString(w, "slow")
+		})
+		t.Cleanup(func() { close(release) })
+		fast := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) {
+			n, _ := io.Copy(io.Discard, r.Body)
+			_, _ = fmt.Fprintf(w, "fast %d", n)
+		})
+		snap := relayHosts(slow.URL, fast.URL, nil, st.Timeout(120*time.Second))
+		snap.Clusters[1] = st.EDSCluster(st.OutboundClusterName(9080, "", "ratings", "default", "default", "ratings"), h2Upstream(0))
+		sc, base := relaySidecar(t, goroutines, snap)
+		c := h2cCaller()
+		c.Timeout = 0
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		// 60 held streams: past the 16 that use up a 1 MiB connection window at Envoy's
+		// 64 KiB stream window, within the 100 a connection may carry.
+		const uploads = 60
+		bodies := make([]*countingReader, uploads)
+		for i := range bodies {
+			bodies[i] = &countingReader{n: 64 << 20}
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/upload", bodies[i])
+			req.Host = "reviews"
+			go func() {
+				if resp, err := c.Do(req); err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			}()
+		}
+		// Wait until every upload is held: nothing moves for 300 ms.
+		total := func() (n int64) {
+			for _, b := range bodies {
+				n += b.read.Load()
+			}
+			return n
+		}
+		last, still := int64(-1), 0
+		for deadline := time.Now().Add(20 * time.Second); still < 3; {
+			if time.Now().After(deadline) {
+				t.Fatalf("the uploads kept moving for 20 s (%d bytes) to a handler that reads nothing", total())
+			}
+			time.Sleep(100 * time.Millisecond)
+			if n := total(); n == last {
+				still++
+			} else {
+				last, still = n, 0
+			}
+		}
+		for i, b := range bodies {
+			if b.read.Load() == 0 {
+				t.Fatalf("upload %d never started", i)
+			}
+		}
+		const size = 256 << 10
+		req, _ := http.NewRequest(http.MethodPost, base+"/other", strings.NewReader(strings.Repeat("x", size)))
+		req.Host = "ratings"
+		rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer rcancel()
+		resp, err := c.Do(req.WithContext(rctx))
+		if err != nil {
+			t.Fatalf("a POST to another upstream, on the connection the held uploads are on: %v (%d bytes of uploads held)", err, total())
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || string(b) != fmt.Sprintf("fast %d", size) {
+			t.Fatalf("the POST to the other upstream got %d %q; want 200 \"fast %d\"", resp.StatusCode, b, size)
+		}
+		t.Logf("answered with %d bytes of uploads held by the slow handler's streams", total())
+		wantRelayed(t, sc, goroutines, 1)
+	})
+}
+
+// The response direction: streaming responses the caller does not read (a server-streaming
+// RPC whose client is behind) must not starve the other streams of the upstream connection
+// they share. Several such streams and then a small GET go, on one caller connection, to
+// one upstream; the GET must be answered. Before, the sidecar granted the upstream 256 KiB
+// per stream and 1 MiB per connection and returned connection window only for what the
+// caller took, so four held responses stalled every other response on the upstream
+// connection — on the goroutine path a connection shared by every caller of the endpoint.
+func TestUnreadResponsesDoNotStarveTheUpstreamConnectionsOtherStreams(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		be := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/stream" {
+				_, _ = io.WriteString(w, "small")
+				return
+			}
+			chunk := strings.Repeat("s", 16<<10)
+			for range 1024 { // 16 MiB, past every window on the way
+				if _, err := io.WriteString(w, chunk); err != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+			}
+		})
+		snap, _ := oneBackend([]string{be.URL}, []st.RouteOption{st.Timeout(120 * time.Second)}, h2Upstream(0))
+		sc, base := relaySidecar(t, goroutines, snap)
+		c := h2cCaller()
+		c.Timeout = 0
+		const streams = 8
+		for i := range streams {
+			req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, base+"/stream", nil)
+			req.Host = "reviews"
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatalf("streaming GET %d: %v", i, err)
+			}
+			t.Cleanup(func() { resp.Body.Close() }) // read nothing of it
+		}
+		time.Sleep(500 * time.Millisecond) // the windows on the way fill
+		req, _ := http.NewRequest(http.MethodGet, base+"/small", nil)
+		req.Host = "reviews"
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := c.Do(req.WithContext(ctx))
+		if err != nil {
+			t.Fatalf("a GET on the connection %d unread responses are on: %v", streams, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK || string(b) != "small" {
+			t.Fatalf("the GET got %d %q (%v); want 200 \"small\"", resp.StatusCode, b, err)
+		}
+		wantRelayed(t, sc, goroutines, 1)
+	})
+}
