@@ -233,6 +233,31 @@ func stalledH2Upstream(t *testing.T) (string, <-chan net.Conn) {
 	return "http://" + ln.Addr().String(), conns
 }
 
+// uploadToStalledSize is far more than the socket buffers on the way hold.
+const uploadToStalledSize = 256 << 20
+
+// uploadToStalledUpstream starts a sidecar in front of stalledH2Upstream and POSTs
+// uploadToStalledSize bytes through it in the background: the body (its count of bytes
+// read), how the request ends, and the upstream's end of the connection.
+func uploadToStalledUpstream(t *testing.T, goroutines bool) (*countingReader, <-chan callResult, net.Conn) {
+	t.Helper()
+	url, accepted := stalledH2Upstream(t)
+	_, base := relaySidecar(t, goroutines, relayHosts(url, "", nil, st.Timeout(120*time.Second)))
+	body := &countingReader{n: uploadToStalledSize}
+	req, _ := http.NewRequest(http.MethodPost, base+"/upload", body)
+	req.Host = "reviews"
+	c := h2cCaller()
+	c.Timeout = 0
+	done := callAsync(c, req)
+	select {
+	case up := <-accepted:
+		return body, done, up
+	case <-time.After(10 * time.Second):
+		t.Fatal("the sidecar never connected to the upstream")
+		return nil, nil, nil
+	}
+}
+
 // An upstream that stops reading while the sidecar writes a request body to it. Its
 // connection is cut once it has taken nothing for the write timeout (10 s), as a caller's is
 // (TestFrameRelayCallerThatStopsReadingIsCutAfterTheWriteTimeout): the caller's request
@@ -242,38 +267,10 @@ func stalledH2Upstream(t *testing.T) (string, <-chan net.Conn) {
 // for the route timeout and the connection stayed stuck in write(2).
 func TestUpstreamThatStopsReadingIsCutAfterTheWriteTimeout(t *testing.T) {
 	bothPaths(t, func(t *testing.T, goroutines bool) {
-		url, accepted := stalledH2Upstream(t)
-		snap := relayHosts(url, "", nil, st.Timeout(120*time.Second))
-		_, base := relaySidecar(t, goroutines, snap)
-		const size = 256 << 20 // far more than the socket buffers on the way hold
-		req, _ := http.NewRequest(http.MethodPost, base+"/upload", &countingReader{n: size})
-		req.Host = "reviews"
 		start := time.Now()
-		type result struct {
-			code int
-			body string
-			err  error
-		}
-		done := make(chan result, 1)
-		go func() {
-			c := h2cCaller()
-			c.Timeout = 0
-			resp, err := c.Do(req)
-			if err != nil {
-				done <- result{err: err}
-				return
-			}
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			done <- result{code: resp.StatusCode, body: string(b)}
-		}()
-		var up net.Conn
-		select {
-		case up = <-accepted:
-		case <-time.After(10 * time.Second):
-			t.Fatal("the sidecar never connected to the upstream")
-		}
-		var r result
+		_, done, up := uploadToStalledUpstream(t, goroutines)
+		const size = uploadToStalledSize
+		var r callResult
 		select {
 		case r = <-done:
 		case <-time.After(30 * time.Second):
@@ -311,51 +308,10 @@ func TestUpstreamThatStopsReadingIsCutAfterTheWriteTimeout(t *testing.T) {
 // upstream connection ended — now, not when the 10 s write timeout would have cut it.
 func TestUpstreamResetDuringAStalledUploadEndsTheRequestAtOnce(t *testing.T) {
 	bothPaths(t, func(t *testing.T, goroutines bool) {
-		url, accepted := stalledH2Upstream(t)
-		snap := relayHosts(url, "", nil, st.Timeout(120*time.Second))
-		_, base := relaySidecar(t, goroutines, snap)
-		body := &countingReader{n: 256 << 20}
-		req, _ := http.NewRequest(http.MethodPost, base+"/upload", body)
-		req.Host = "reviews"
-		type result struct {
-			code int
-			body string
-			err  error
-			at   time.Time
-		}
-		done := make(chan result, 1)
-		go func() {
-			c := h2cCaller()
-			c.Timeout = 0
-			resp, err := c.Do(req)
-			if err != nil {
-				done <- result{err: err, at: time.Now()}
-				return
-			}
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			done <- result{code: resp.StatusCode, body: string(b), at: time.Now()}
-		}()
-		var up net.Conn
-		select {
-		case up = <-accepted:
-		case <-time.After(10 * time.Second):
-			t.Fatal("the sidecar never connected to the upstream")
-		}
+		body, done, up := uploadToStalledUpstream(t, goroutines)
 		// Wait until the upload stops moving: the socket toward the upstream is full and
 		// the sidecar's writer waits for it.
-		last, still := int64(-1), 0
-		for deadline := time.Now().Add(20 * time.Second); still < 3; {
-			if time.Now().After(deadline) {
-				t.Fatalf("the upload kept moving for 20 s (%d bytes) to an upstream that reads nothing", body.read.Load())
-			}
-			time.Sleep(100 * time.Millisecond)
-			if n := body.read.Load(); n == last {
-				still++
-			} else {
-				last, still = n, 0
-			}
-		}
+		waitStill(t, body.read.Load, "the upload")
 		select {
 		case r := <-done:
 			t.Fatalf("the upload ended before the upstream reset: %d %q, error %v", r.code, r.body, r.err)
@@ -368,7 +324,7 @@ func TestUpstreamResetDuringAStalledUploadEndsTheRequestAtOnce(t *testing.T) {
 		_ = up.(*net.TCPConn).SetLinger(0) // close with RST
 		_ = up.Close()
 		reset := time.Now()
-		var r result
+		var r callResult
 		select {
 		case r = <-done:
 		case <-time.After(5 * time.Second):

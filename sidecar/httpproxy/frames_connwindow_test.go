@@ -60,25 +60,14 @@ func TestHeldUploadsDoNotStarveTheCallerConnectionsOtherStreams(t *testing.T) {
 				}
 			}()
 		}
-		// Wait until every upload is held: nothing moves for 300 ms.
+		// Wait until every upload is held.
 		total := func() (n int64) {
 			for _, b := range bodies {
 				n += b.read.Load()
 			}
 			return n
 		}
-		last, still := int64(-1), 0
-		for deadline := time.Now().Add(20 * time.Second); still < 3; {
-			if time.Now().After(deadline) {
-				t.Fatalf("the uploads kept moving for 20 s (%d bytes) to a handler that reads nothing", total())
-			}
-			time.Sleep(100 * time.Millisecond)
-			if n := total(); n == last {
-				still++
-			} else {
-				last, still = n, 0
-			}
-		}
+		waitStill(t, total, "the uploads")
 		for i, b := range bodies {
 			if b.read.Load() == 0 {
 				t.Fatalf("upload %d never started", i)

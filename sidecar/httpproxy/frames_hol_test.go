@@ -188,25 +188,9 @@ func stalledUpstreamHoldsOnlyTheUpload(t *testing.T, up *busyUpstream, base stri
 	{
 		c := h2cCaller()
 		c.Timeout = 0
-		type result struct {
-			code int
-			body string
-			err  error
-			at   time.Time
-		}
-		got := make(chan result, 1)
-		go func() {
-			req, _ := http.NewRequest(http.MethodGet, base+"/get", nil)
-			req.Host = "reviews"
-			resp, err := c.Do(req)
-			if err != nil {
-				got <- result{err: err, at: time.Now()}
-				return
-			}
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			got <- result{code: resp.StatusCode, body: string(b), at: time.Now()}
-		}()
+		get, _ := http.NewRequest(http.MethodGet, base+"/get", nil)
+		get.Host = "reviews"
+		got := callAsync(c, get)
 		for _, ch := range []chan struct{}{up.sawGet, up.acked} {
 			select {
 			case <-ch:
@@ -220,17 +204,10 @@ func stalledUpstreamHoldsOnlyTheUpload(t *testing.T, up *busyUpstream, base stri
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/upload", body)
 		req.Host = "reviews"
 		uploadDone := make(chan struct{})
-		var upload result
+		var upload callResult
 		go func() {
 			defer close(uploadDone)
-			resp, err := c.Do(req)
-			if err != nil {
-				upload = result{err: err, at: time.Now()}
-				return
-			}
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			upload = result{code: resp.StatusCode, body: string(b), at: time.Now()}
+			upload = <-callAsync(c, req)
 		}()
 		select {
 		case <-up.stalled:
@@ -239,18 +216,7 @@ func stalledUpstreamHoldsOnlyTheUpload(t *testing.T, up *busyUpstream, base stri
 		}
 		// Wait until the upload is held back all the way to the caller: the socket to the
 		// upstream, the sidecar's buffers and the windows on the way are full.
-		last, still := int64(-1), 0
-		for deadline := time.Now().Add(20 * time.Second); still < 3; {
-			if time.Now().After(deadline) {
-				t.Fatalf("the upload kept moving for 20 s (%d bytes) to an upstream that reads nothing", body.read.Load())
-			}
-			time.Sleep(100 * time.Millisecond)
-			if n := body.read.Load(); n == last {
-				still++
-			} else {
-				last, still = n, 0
-			}
-		}
+		waitStill(t, body.read.Load, "the upload")
 		select {
 		case <-uploadDone:
 			t.Fatalf("the upload ended before the upstream answered anything: %d %q, error %v", upload.code, upload.body, upload.err)
@@ -261,7 +227,7 @@ func stalledUpstreamHoldsOnlyTheUpload(t *testing.T, up *busyUpstream, base stri
 		}
 		close(up.answer)
 		wrote := <-up.wrote
-		var r result
+		var r callResult
 		select {
 		case r = <-got:
 		case <-time.After(30 * time.Second):
@@ -272,5 +238,47 @@ func stalledUpstreamHoldsOnlyTheUpload(t *testing.T, up *busyUpstream, base stri
 				"the response behind the PING waited for the stalled upload", r.code, r.body, r.err, r.at.Sub(wrote).Round(time.Millisecond))
 		}
 		t.Logf("the GET's response arrived %v after the upstream wrote it, with %d bytes of the upload held back", r.at.Sub(wrote).Round(time.Microsecond), body.read.Load())
+	}
+}
+
+// callResult is how a request made in the background ended, and when.
+type callResult struct {
+	code int
+	body string
+	err  error
+	at   time.Time
+}
+
+// callAsync sends req with c in the background; the channel gets how it ended.
+func callAsync(c *http.Client, req *http.Request) <-chan callResult {
+	done := make(chan callResult, 1)
+	go func() {
+		resp, err := c.Do(req)
+		if err != nil {
+			done <- callResult{err: err, at: time.Now()}
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		done <- callResult{code: resp.StatusCode, body: string(b), at: time.Now()}
+	}()
+	return done
+}
+
+// waitStill waits until count has not moved for 300 ms — an upload held back all the way
+// to its caller — and fails the test if it still moves after 20 s.
+func waitStill(t *testing.T, count func() int64, what string) {
+	t.Helper()
+	last, still := int64(-1), 0
+	for deadline := time.Now().Add(20 * time.Second); still < 3; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s kept moving for 20 s (%d bytes) toward an upstream that reads nothing", what, count())
+		}
+		time.Sleep(100 * time.Millisecond)
+		if n := count(); n == last {
+			still++
+		} else {
+			last, still = n, 0
+		}
 	}
 }
