@@ -54,9 +54,9 @@ const (
 	// product: 6.25 MiB of request bodies, and as much of responses.
 	frameStreamWindow = 64 << 10
 	frameConnWindow   = frameMaxStreams * frameStreamWindow
-	// frameMaxStreams is SETTINGS_MAX_CONCURRENT_STREAMS toward callers (net/http's is
-	// 250; the first SETTINGS must not promise more than the server a connection may be
-	// handed to).
+	// frameMaxStreams is SETTINGS_MAX_CONCURRENT_STREAMS toward callers, and net/http's
+	// server a connection may be handed to is given the same (h1.go): the relay's first
+	// SETTINGS must not promise more than that server keeps.
 	frameMaxStreams = 100
 	// frameMaxUndecided bounds what is read and kept for a replay before the first request.
 	frameMaxUndecided = 64 << 10
