@@ -5,12 +5,10 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/weftmesh/weft/sidecar/config"
@@ -509,96 +507,6 @@ func h2Request(ctx context.Context, req *Request, addr string, w *FlushBehind) (
 	}
 	return hr, nil
 }
-
-// gatedBody is a request body that waits for room in its connection's write queue before
-// each read and reads at most FlushBehindChunk at a time: the HTTP/2 client's Write of
-// what it read then never waits for the socket while it holds the connection's write lock
-// (FlushBehind.WithoutWaiting), and the connection's queue holds at most
-// FlushBehindLimit + FlushBehindChunk per uploading stream.
-type gatedBody struct {
-	rc     io.ReadCloser
-	w      *FlushBehind
-	ctx    context.Context
-	closed atomic.Bool // Close: a read waiting for room ends
-}
-
-func newGatedBody(ctx context.Context, rc io.ReadCloser, w *FlushBehind) *gatedBody {
-	return &gatedBody{rc: rc, w: w, ctx: ctx}
-}
-
-func (b *gatedBody) Read(p []byte) (int, error) {
-	if err := b.w.waitRoom(b.ctx, &b.closed); err != nil {
-		return 0, err
-	}
-	if len(p) > FlushBehindChunk {
-		p = p[:FlushBehindChunk]
-	}
-	return b.rc.Read(p)
-}
-
-// Close ends a Read waiting for room (the client closes the body when the stream ends
-// before it has all been sent) and closes the body.
-func (b *gatedBody) Close() error {
-	b.closed.Store(true)
-	b.w.wakeWaiters()
-	return b.rc.Close()
-}
-
-// h2body gives the stream's slot back when the body ends or is closed.
-type h2body struct {
-	rc   io.ReadCloser
-	end  func()
-	once sync.Once
-}
-
-func (b *h2body) Read(p []byte) (int, error) {
-	n, err := b.rc.Read(p)
-	if err != nil {
-		b.once.Do(b.end)
-	}
-	return n, err
-}
-
-func (b *h2body) Close() error {
-	err := b.rc.Close()
-	b.once.Do(b.end)
-	return err
-}
-
-// upgraded is the body of a 101 Switching Protocols response on HTTP/1.1: the upstream
-// connection itself, what was read past the response head first. It is an
-// io.ReadWriteCloser, as net/http.Transport makes it.
-type upgraded struct {
-	pre  []byte // read past the 101 head
-	conn net.Conn
-	raw  net.Conn // conn's socket, read and written from two goroutines
-}
-
-func (u *upgraded) Read(p []byte) (int, error) {
-	if len(u.pre) > 0 {
-		n := copy(p, u.pre)
-		u.pre = u.pre[n:]
-		return n, nil
-	}
-	return u.raw.Read(p)
-}
-func (u *upgraded) Write(p []byte) (int, error) { return u.raw.Write(p) }
-func (u *upgraded) Close() error                { return u.conn.Close() }
-
-// SetReadDeadline bounds the next reads of the tunnel's upstream side.
-func (u *upgraded) SetReadDeadline(t time.Time) error { return u.raw.SetReadDeadline(t) }
-
-// CloseWrite half-closes the upstream side when the caller has finished sending.
-func (u *upgraded) CloseWrite() error {
-	if cw, ok := u.raw.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return nil
-}
-
-// maxRefusedRetries bounds how often one request refused unprocessed (REFUSED_STREAM) is
-// sent again.
-const maxRefusedRetries = 4
 
 // refusedStream reports whether err is the peer's RST_STREAM(REFUSED_STREAM). net/http's
 // HTTP/2 error types are unexported: its message names the code.
