@@ -10,7 +10,8 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"time"
+
+	"github.com/weftmesh/weft/sidecar/connio"
 )
 
 // gatedBody is a request body that waits for room in its connection's write queue before
@@ -69,35 +70,16 @@ func (b *h2body) Close() error {
 }
 
 // upgraded is the body of a 101 Switching Protocols response on HTTP/1.1: the upstream
-// connection itself, what was read past the response head first. It is an
-// io.ReadWriteCloser, as net/http.Transport makes it.
+// connection's socket, what was read past the response head first (connio.PrefixConn: its
+// Read, Write, SetReadDeadline for the tunnel's idle timeout and CloseWrite to half-close
+// when the caller has finished sending). Close closes the pooled connection around it. It
+// is an io.ReadWriteCloser, as net/http.Transport makes it.
 type upgraded struct {
-	pre  []byte // read past the 101 head
-	conn net.Conn
-	raw  net.Conn // conn's socket, read and written from two goroutines
+	connio.PrefixConn // the socket, read and written from two goroutines
+	conn              net.Conn
 }
 
-func (u *upgraded) Read(p []byte) (int, error) {
-	if len(u.pre) > 0 {
-		n := copy(p, u.pre)
-		u.pre = u.pre[n:]
-		return n, nil
-	}
-	return u.raw.Read(p)
-}
-func (u *upgraded) Write(p []byte) (int, error) { return u.raw.Write(p) }
-func (u *upgraded) Close() error                { return u.conn.Close() }
-
-// SetReadDeadline bounds the next reads of the tunnel's upstream side.
-func (u *upgraded) SetReadDeadline(t time.Time) error { return u.raw.SetReadDeadline(t) }
-
-// CloseWrite half-closes the upstream side when the caller has finished sending.
-func (u *upgraded) CloseWrite() error {
-	if cw, ok := u.raw.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return nil
-}
+func (u *upgraded) Close() error { return u.conn.Close() }
 
 // maxRefusedRetries bounds how often one request refused unprocessed (REFUSED_STREAM) is
 // sent again.

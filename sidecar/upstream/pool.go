@@ -328,7 +328,7 @@ func (c *Cluster) exchange(ctx context.Context, pc *pconn, req *Request, h *Host
 		stop()
 		_ = pc.conn.SetDeadline(time.Time{})
 		pre, _ := pc.br.Peek(pc.br.Buffered())
-		resp.Body = &upgraded{pre: append([]byte(nil), pre...), conn: pc.conn, raw: pc.conn.Conn}
+		resp.Body = &upgraded{PrefixConn: connio.PrefixConn{Conn: pc.conn.Conn, Pre: append([]byte(nil), pre...)}, conn: pc.conn}
 		return resp, nil
 	}
 	pc.used++
