@@ -101,47 +101,75 @@ func TestHeldUploadsDoNotStarveTheCallerConnectionsOtherStreams(t *testing.T) {
 // connection — on the goroutine path a connection shared by every caller of the endpoint.
 func TestUnreadResponsesDoNotStarveTheUpstreamConnectionsOtherStreams(t *testing.T) {
 	bothPaths(t, func(t *testing.T, goroutines bool) {
-		be := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) {
-			if r.URL.Path != "/stream" {
-				_, _ = io.WriteString(w, "small")
+		unreadResponsesThenAGet(t, goroutines, 0, 1, 8)
+	})
+}
+
+// A cluster may allow more streams per upstream connection than the default 100
+// (http2_protocol_options.max_concurrent_streams): the window granted a connection must
+// hold that many streams' windows, or more than 100 unread responses on it stall the rest.
+// Two caller connections (a caller connection carries at most 100 streams) hold 120
+// between them; on the goroutine path they share one upstream connection. Before, its
+// window was fixed at 100 × 64 KiB and the GET stalled.
+func TestUnreadResponsesPastOneHundredDoNotStarveAClusterAllowingMoreStreams(t *testing.T) {
+	bothPaths(t, func(t *testing.T, goroutines bool) {
+		unreadResponsesThenAGet(t, goroutines, 200, 2, 60)
+	})
+}
+
+// unreadResponsesThenAGet opens perCaller streaming GETs on each of callers h2c
+// connections to one upstream (whose cluster allows maxStreams per connection; 0 the
+// default) and reads none of them, then sends a small GET on the last connection, which
+// must be answered.
+func unreadResponsesThenAGet(t *testing.T, goroutines bool, maxStreams uint32, callers, perCaller int) {
+	be := h2cBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/stream" {
+			_, _ = io.WriteString(w, "small")
+			return
+		}
+		chunk := strings.Repeat("s", 16<<10)
+		for range 1024 { // 16 MiB, past every window on the way
+			if _, err := io.WriteString(w, chunk); err != nil {
 				return
 			}
-			chunk := strings.Repeat("s", 16<<10)
-			for range 1024 { // 16 MiB, past every window on the way
-				if _, err := io.WriteString(w, chunk); err != nil {
-					return
-				}
-				w.(http.Flusher).Flush()
-			}
-		})
-		snap, _ := oneBackend([]string{be.URL}, []st.RouteOption{st.Timeout(120 * time.Second)}, h2Upstream(0))
-		sc, base := relaySidecar(t, goroutines, snap)
-		c := h2cCaller()
+			w.(http.Flusher).Flush()
+		}
+	})
+	snap, _ := oneBackend([]string{be.URL}, []st.RouteOption{st.Timeout(120 * time.Second)}, h2Upstream(maxStreams))
+	sc, base := relaySidecar(t, goroutines, snap)
+	var c *http.Client
+	for range callers {
+		c = h2cCaller()
 		c.Timeout = 0
-		const streams = 8
-		for i := range streams {
-			req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, base+"/stream", nil)
+		// The caller's windows are small too, so every window on the way fills within
+		// the wait below (Go's client takes 4 MiB per stream by default).
+		c.Transport.(*http.Transport).HTTP2 = &http.HTTP2Config{MaxReceiveBufferPerStream: 64 << 10}
+		for i := range perCaller {
+			ctx, cancel := context.WithCancel(t.Context())
+			stalled := time.AfterFunc(10*time.Second, cancel) // its headers, not its body
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/stream", nil)
 			req.Host = "reviews"
 			resp, err := c.Do(req)
-			if err != nil {
+			if !stalled.Stop() || err != nil {
+				cancel()
 				t.Fatalf("streaming GET %d: %v", i, err)
 			}
-			t.Cleanup(func() { resp.Body.Close() }) // read nothing of it
+			t.Cleanup(func() { resp.Body.Close(); cancel() }) // read nothing of it
 		}
-		time.Sleep(500 * time.Millisecond) // the windows on the way fill
-		req, _ := http.NewRequest(http.MethodGet, base+"/small", nil)
-		req.Host = "reviews"
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		resp, err := c.Do(req.WithContext(ctx))
-		if err != nil {
-			t.Fatalf("a GET on the connection %d unread responses are on: %v", streams, err)
-		}
-		b, err := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if err != nil || resp.StatusCode != http.StatusOK || string(b) != "small" {
-			t.Fatalf("the GET got %d %q (%v); want 200 \"small\"", resp.StatusCode, b, err)
-		}
-		wantRelayed(t, sc, goroutines, 1)
-	})
+	}
+	time.Sleep(500 * time.Millisecond) // the windows on the way fill
+	req, _ := http.NewRequest(http.MethodGet, base+"/small", nil)
+	req.Host = "reviews"
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := c.Do(req.WithContext(ctx))
+	if err != nil {
+		t.Fatalf("a GET to the upstream %d unread responses are on: %v", callers*perCaller, err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || string(b) != "small" {
+		t.Fatalf("the GET got %d %q (%v); want 200 \"small\"", resp.StatusCode, b, err)
+	}
+	wantRelayed(t, sc, goroutines, int64(callers))
 }

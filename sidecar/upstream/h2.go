@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"strings"
@@ -34,26 +35,56 @@ const MaxH2ConnsPerHost = 4
 
 // Flow-control windows the sidecar grants an upstream, which bound what it buffers of
 // responses its callers read slower than the upstream sends: 64 KiB per stream (Envoy's
-// edge value), and per connection enough for config.DefaultMaxStreamsPerConn streams held
-// at once (6.25 MiB), so callers that stop reading some responses — a server-streaming
-// RPC whose client is behind — never use up the window a shared connection's other
-// streams need (net/http's client returns connection window only as bodies are read).
-// A cluster allowing more streams per connection than that can stall its other streams
-// once more than 100 are held. Go's client defaults are 4 MiB per stream and 1 GiB per
-// connection; 64 KiB still moves ~65 MB/s a stream at a 1 ms round trip, ~650 MB/s at
-// 100 µs.
-const (
-	h2StreamWindow = 64 << 10
-	h2ConnWindow   = config.DefaultMaxStreamsPerConn * h2StreamWindow
-)
+// edge value), and per connection every stream's window at once — the cluster's
+// MaxStreamsPerConn × 64 KiB (6.25 MiB at the default 100), so callers that stop reading
+// some responses — a server-streaming RPC whose client is behind — never use up the
+// window a shared connection's other streams need (net/http's client returns connection
+// window only as bodies are read). Go's client defaults are 4 MiB per stream and 1 GiB
+// per connection; 64 KiB still moves ~65 MB/s a stream at a 1 ms round trip, ~650 MB/s
+// at 100 µs.
+const h2StreamWindow = 64 << 10
 
-// h2Transport dials every HTTP/2 upstream connection: cleartext HTTP/2 only, no proxy.
-var h2Transport = func() *http.Transport {
+// h2Config is the HTTP/2 configuration of a connection that may carry maxStreams streams.
+// HTTP/2 caps a window at 2^31-1 (net/http would take a larger value for its 1 GiB
+// default), so past 32,767 streams the connection's window stays at 32,767 × 64 KiB.
+func h2Config(maxStreams int) *http.HTTP2Config {
+	return &http.HTTP2Config{MaxReceiveBufferPerStream: h2StreamWindow,
+		MaxReceiveBufferPerConnection: min(maxStreams, math.MaxInt32/h2StreamWindow) * h2StreamWindow}
+}
+
+// h2Transports holds a transport per connection window: net/http reads a transport's
+// HTTP2Config once, so clusters allowing different numbers of streams per connection
+// need transports of their own. It holds as many as there are distinct
+// max_concurrent_streams settings seen; a transport made only for NewClientConn keeps no
+// connections of its own.
+type h2Transports struct {
+	mu       sync.Mutex
+	byWindow map[int]*http.Transport
+	make     func(*http.HTTP2Config) *http.Transport
+}
+
+// get returns the transport for connections carrying up to maxStreams streams.
+func (t *h2Transports) get(maxStreams int) *http.Transport {
+	cfg := h2Config(maxStreams)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	tr := t.byWindow[cfg.MaxReceiveBufferPerConnection]
+	if tr == nil {
+		if t.byWindow == nil {
+			t.byWindow = map[int]*http.Transport{}
+		}
+		tr = t.make(cfg)
+		t.byWindow[cfg.MaxReceiveBufferPerConnection] = tr
+	}
+	return tr
+}
+
+// h2cTransports dial HTTP/2 upstream connections in cleartext: HTTP/2 only, no proxy.
+var h2cTransports = &h2Transports{make: func(cfg *http.HTTP2Config) *http.Transport {
 	var p http.Protocols
 	p.SetUnencryptedHTTP2(true)
-	return &http.Transport{Protocols: &p, Proxy: nil, ForceAttemptHTTP2: true, DialContext: dialH2,
-		HTTP2: &http.HTTP2Config{MaxReceiveBufferPerStream: h2StreamWindow, MaxReceiveBufferPerConnection: h2ConnWindow}}
-}()
+	return &http.Transport{Protocols: &p, Proxy: nil, ForceAttemptHTTP2: true, DialContext: dialH2, HTTP2: cfg}
+}}
 
 // h2pool is one host's HTTP/2 connections.
 //
@@ -271,7 +302,8 @@ func (p *h2pool) conn(ctx context.Context, cl *Cluster, dial h2Dial, addr string
 
 // h2Dial makes one HTTP/2 connection: h2c, or over mutual TLS to a meshed endpoint.
 type h2Dial struct {
-	tls *http.Transport // nil: h2c with h2Transport
+	tls        *h2Transports // nil: h2c (h2cTransports)
+	maxStreams int           // the cluster's streams per connection, which size its window
 }
 
 // socketRefKey carries a *socketRef into a dial, which newH2Socket fills in.
@@ -287,12 +319,12 @@ func (d h2Dial) dial(ctx context.Context, addr string, connectTimeout time.Durat
 	var err error
 	if d.tls == nil {
 		dctx, cancel := context.WithTimeout(ctx, connectTimeout)
-		cc, err = h2Transport.NewClientConn(dctx, "http", addr)
+		cc, err = h2cTransports.get(d.maxStreams).NewClientConn(dctx, "http", addr)
 		cancel()
 	} else {
 		// The TCP connect keeps the connect timeout and the handshake gets its own budget
 		// (dialH2TLS, meshtls.go), so the context is not cut to the connect timeout here.
-		cc, err = d.tls.NewClientConn(context.WithValue(ctx, dialTimeoutKey{}, connectTimeout), "https", addr)
+		cc, err = d.tls.get(d.maxStreams).NewClientConn(context.WithValue(ctx, dialTimeoutKey{}, connectTimeout), "https", addr)
 	}
 	if err != nil {
 		return nil, nil, err
@@ -300,16 +332,17 @@ func (d h2Dial) dial(ctx context.Context, addr string, connectTimeout time.Durat
 	return cc, ref.w, nil
 }
 
-// h2DialFor picks how connections to h are made: mutual TLS when h is meshed and the
-// sidecar has a workload identity.
-func (c *Cluster) h2DialFor(h *Host) h2Dial {
+// h2DialFor picks how connections to h, carrying up to maxStreams streams, are made:
+// mutual TLS when h is meshed and the sidecar has a workload identity.
+func (c *Cluster) h2DialFor(h *Host, maxStreams int) h2Dial {
+	d := h2Dial{maxStreams: maxStreams}
 	if c.mgr == nil || !h.Meshed() {
-		return h2Dial{}
+		return d
 	}
 	if st := c.mgr.meshTLS.Load(); st != nil {
-		return h2Dial{tls: st.h2t}
+		d.tls = st.h2t
 	}
-	return h2Dial{}
+	return d
 }
 
 // done notes a stream's end on c. A connection left without streams is closed once it
@@ -420,7 +453,7 @@ func (c *Cluster) roundTripH2(ctx context.Context, req *Request, h *Host, deadli
 		return nil, ctx.Err()
 	}
 	release := func() { <-slots }
-	dial := c.h2DialFor(h)
+	dial := c.h2DialFor(h, maxStreams)
 	for try := 0; ; try++ {
 		conn, err := h.h2.conn(ctx, c, dial, h.Address, maxStreams, maxConns, cc.IdleTimeout, cc.ConnectTimeout)
 		if err != nil {

@@ -165,3 +165,30 @@ func TestH2PoolClosesConnectionsOutsideItsLock(t *testing.T) {
 		closed(t, p, cl, old, 1)
 	})
 }
+
+// The window granted an upstream connection holds every stream's window the cluster lets
+// it carry, within HTTP/2's 2^31-1 (a larger value would make net/http fall back to its
+// 1 GiB default), and connections of clusters with the same setting share a transport.
+func TestH2ConnectionWindowHoldsEveryStreamsWindow(t *testing.T) {
+	for _, tc := range []struct{ streams, want int }{
+		{config.DefaultMaxStreamsPerConn, 100 << 16},
+		{1, 64 << 10},
+		{1000, 1000 << 16},
+		{32767, 32767 << 16},
+		{1 << 31, 32767 << 16},
+	} {
+		cfg := h2Config(tc.streams)
+		if cfg.MaxReceiveBufferPerStream != 64<<10 || cfg.MaxReceiveBufferPerConnection != tc.want {
+			t.Errorf("%d streams: windows %d per stream, %d per connection; want 65536, %d",
+				tc.streams, cfg.MaxReceiveBufferPerStream, cfg.MaxReceiveBufferPerConnection, tc.want)
+		}
+	}
+	var ts h2Transports
+	made := 0
+	ts.make = func(cfg *http.HTTP2Config) *http.Transport { made++; return &http.Transport{HTTP2: cfg} }
+	a, b, c := ts.get(100), ts.get(100), ts.get(200)
+	if a != b || a == c || made != 2 || c.HTTP2.MaxReceiveBufferPerConnection != 200<<16 {
+		t.Fatalf("transports for 100, 100, 200 streams: same %v, distinct %v, made %d, last window %d",
+			a == b, a != c, made, c.HTTP2.MaxReceiveBufferPerConnection)
+	}
+}

@@ -115,7 +115,7 @@ func (s *h2Socket) SetDeadline(t time.Time) error {
 	return s.SetWriteDeadline(t)
 }
 
-// dialH2 dials an HTTP/2 upstream for h2Transport.
+// dialH2 dials an HTTP/2 upstream for h2cTransports.
 func dialH2(ctx context.Context, network, addr string) (net.Conn, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, network, addr)

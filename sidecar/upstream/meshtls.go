@@ -40,7 +40,7 @@ type meshTLSState struct {
 	// tcp dials captured TCP to meshed endpoints: ALPN weft-tcp only (meshtcp.go).
 	tcp *tls.Config
 	// h2t dials HTTP/2 connections to meshed endpoints: TLS with ALPN h2 (dialH2TLS).
-	h2t *http.Transport
+	h2t *h2Transports
 }
 
 // SetMeshTLS makes connections to meshed endpoints mutual TLS from now on (nil: plaintext).
@@ -58,7 +58,7 @@ func (m *Manager) SetMeshTLS(t MeshTLS) {
 	// permissive mode that this TLS is a sidecar's (meshtcp.go).
 	st := &meshTLSState{h1: t.ClientConfig([]string{"http/1.1", ALPNMesh}), h2: t.ClientConfig([]string{"h2", ALPNMesh}),
 		tcp: tcpClientConfig(t)}
-	st.h2t = newH2TLSTransport(st)
+	st.h2t = &h2Transports{make: func(cfg *http.HTTP2Config) *http.Transport { return newH2TLSTransport(st, cfg) }}
 	m.meshTLS.Store(st)
 }
 
@@ -161,17 +161,17 @@ func meshDialError(remote net.Addr, addr string, err error) error {
 // net/http hands its DialTLSContext.
 type dialTimeoutKey struct{}
 
-// newH2TLSTransport is h2Transport for meshed endpoints: HTTP/2 over mutual TLS, negotiated
+// newH2TLSTransport is h2cTransports' transport for meshed endpoints: HTTP/2 over mutual TLS, negotiated
 // with ALPN h2. Its DialTLSContext returns a *tls.Conn whose handshake is done, so
 // net/http reads the negotiated protocol from it and runs its HTTP/2 client on it.
-func newH2TLSTransport(st *meshTLSState) *http.Transport {
+func newH2TLSTransport(st *meshTLSState, cfg *http.HTTP2Config) *http.Transport {
 	var p http.Protocols
 	p.SetHTTP2(true)
 	return &http.Transport{Protocols: &p, Proxy: nil, ForceAttemptHTTP2: true,
 		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			return dialH2TLS(ctx, st.h2, network, addr, true)
 		},
-		HTTP2: &http.HTTP2Config{MaxReceiveBufferPerStream: h2StreamWindow, MaxReceiveBufferPerConnection: h2ConnWindow}}
+		HTTP2: cfg}
 }
 
 // dialH2TLS dials addr within the connect timeout the context carries, then completes a
