@@ -101,7 +101,7 @@ bench-telemetry: ## wrk through three sidecars: telemetry off, Istio metrics (tr
 	hack/bench-telemetry.sh
 
 .PHONY: bench-grpc
-bench-grpc: ## grpc-go unary at 1,000/s: direct vs two sidecars vs two haproxies (sequential, paired, three-way, in turns); TRACE=1 traces, CAPTURE=1 times each proxy from a packet capture, MIXED=1 crosses the chains, SIDECAR_ENV sets the sidecars' env.
+bench-grpc: ## grpc-go unary at 1,000/s: direct vs two sidecars vs two haproxies (sequential, paired, three-way, in turns); TRACE=1 traces, CAPTURE=1 times each proxy from a packet capture, MIXED=1 crosses the chains, L4=1 adds a Go TCP forwarder pair vs haproxy mode tcp, SIDECAR_ENV sets the sidecars' env.
 	hack/bench-grpc.sh
 
 .PHONY: bench-capture

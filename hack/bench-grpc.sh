@@ -6,7 +6,7 @@
 # haproxies) and prints p50/p99 from each call's scheduled start, the p99 each pair adds,
 # and per sidecar the CPU, run-queue wait and context switches per call. Options are
 # described where they act: SIDECAR_BIN, APP_GOMAXPROCS, SIDECAR_ENV, VCPU_SPIN, TRACE,
-# CAPTURE, TURN, MIXED.
+# CAPTURE, TURN, MIXED, L4, GRPC_STATIC_WINDOWS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +18,9 @@ CONCURRENCY=${CONCURRENCY:-1} # each sidecar's worker threads (--concurrency)
 # default (the machine's CPUs, or a container's CPU limit since Go 1.25). 1 is what a pod
 # with a one-CPU limit gets.
 if [ -n "${APP_GOMAXPROCS:-}" ]; then app_env=(env GOMAXPROCS="$APP_GOMAXPROCS"); else app_env=(env); fi
+# GRPC_STATIC_WINDOWS=1: the load generator and backend use fixed 1 MiB windows, which turns
+# off grpc-go's BDP estimation and the PINGs it sends with it (every hop acknowledges them).
+if [ "${GRPC_STATIC_WINDOWS:-}" = 1 ]; then app_env+=(GRPC_STATIC_WINDOWS=1); fi
 # SIDECAR_ENV: environment for the two sidecars only, e.g. "GOGC=off GOMEMLIMIT=64MiB", to
 # compare garbage-collector settings with the apps and haproxy unchanged.
 read -r -a sidecar_env <<<"${SIDECAR_ENV:-}"
@@ -230,5 +233,29 @@ if command -v haproxy >/dev/null; then
     out=$("${app_env[@]}" "$work/helper" rate -target "$BACKEND" -pair "127.0.0.1:28202,127.0.0.1:28502" -authority svc -rps "$RATE" -d "$DURATION")
     three mixed "sidecar caller + haproxy callee" "haproxy caller + sidecar callee" "$out"
   fi
+fi
+# L4=1: the reference without HTTP/2: two minimal Go TCP forwarders (hack/bench/grpc
+# forward) and two haproxies in mode tcp, chained the same way, three-way with direct calls
+# in both orders and in turns. grpc-go's client and server then speak HTTP/2 end to end;
+# what the Go pair adds next to haproxy's is what the Go runtime alone adds to a hop.
+if [ "${L4:-}" = 1 ] && command -v haproxy >/dev/null; then
+  "$work/helper" forward -listen 127.0.0.1:28606 -to "$BACKEND" & pids+=($!)
+  "$work/helper" forward -listen 127.0.0.1:28601 -to 127.0.0.1:28606 & pids+=($!)
+  tcpcfg() {
+    printf 'global\n  nbthread 1\n  maxconn 1000\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n'
+    printf 'frontend f\n  bind %s\n  default_backend b\nbackend b\n  server s1 %s\n' "$1" "$2"
+  }
+  tcpcfg 127.0.0.1:28706 "$BACKEND" >"$work/ha-tcp-callee.cfg"
+  tcpcfg 127.0.0.1:28701 127.0.0.1:28706 >"$work/ha-tcp-caller.cfg"
+  haproxy -q -f "$work/ha-tcp-callee.cfg" & pids+=($!)
+  haproxy -q -f "$work/ha-tcp-caller.cfg" & pids+=($!)
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/28701 && exec 4<>/dev/tcp/127.0.0.1/28601) 2>/dev/null && break; sleep 0.1; done
+  out=$("${app_env[@]}" "$work/helper" rate -target "$BACKEND" -pair 127.0.0.1:28601,127.0.0.1:28701 -authority svc -rps "$RATE" -d "$DURATION")
+  three "L4, three-way (Go first)" "two Go forwarders" "two haproxies (tcp)" "$out"
+  out=$("${app_env[@]}" "$work/helper" rate -target "$BACKEND" -pair 127.0.0.1:28701,127.0.0.1:28601 -authority svc -rps "$RATE" -d "$DURATION")
+  out=$(printf '%s\n%s\n%s\n' "$(sed -n 1p <<<"$out")" "$(sed -n 3p <<<"$out")" "$(sed -n 2p <<<"$out")")
+  three "L4, three-way (haproxy first)" "two Go forwarders" "two haproxies (tcp)" "$out"
+  out=$("${app_env[@]}" "$work/helper" rate -target "$BACKEND" -pair 127.0.0.1:28601,127.0.0.1:28701 -block "${TURN:-500ms}" -authority svc -rps "$RATE" -d "$DURATION")
+  three "L4, in turns" "two Go forwarders" "two haproxies (tcp)" "$out"
 fi
 for port in 28420 28320; do curl -fsS http://127.0.0.1:$port/stats 2>/dev/null | grep -E "^weft_cluster_grpc_responses_total|^weft_listener_frame_relay_connections_total" || true; done

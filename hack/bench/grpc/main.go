@@ -5,6 +5,10 @@
 //	grpc backend -addr 127.0.0.1:28280
 //	grpc config -name outbound_http -listen 127.0.0.1:28201 -backend 127.0.0.1:28206 > caller.json
 //	grpc rate -target 127.0.0.1:28201 -authority svc -rps 1000 -d 10s
+//	grpc forward -listen 127.0.0.1:28601 -to 127.0.0.1:28606
+//
+// forward is a minimal Go TCP forwarder (a goroutine per direction, one processor), the
+// reference for what the Go runtime alone adds to a chain's tail (hack/bench-grpc.sh L4=1).
 package main
 
 import (
@@ -16,6 +20,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -51,7 +56,7 @@ const (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: grpc backend|config|rate [flags]")
+		fmt.Fprintln(os.Stderr, "usage: grpc backend|config|rate|forward [flags]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
@@ -77,6 +82,11 @@ func main() {
 		logTo := fs.String("log", "", "write every measured call as 'target call scheduled-ns ended-ns' (Unix time) to this file, for hack/bench/hoplat -calls")
 		_ = fs.Parse(os.Args[2:])
 		err = rate(*target, *pair, *authority, *rps, *d, *block, *logTo)
+	case "forward":
+		listen := fs.String("listen", "127.0.0.1:28601", "listen address")
+		to := fs.String("to", "127.0.0.1:28606", "address every connection is forwarded to")
+		_ = fs.Parse(os.Args[2:])
+		err = forward(*listen, *to)
 	default:
 		err = fmt.Errorf("unknown subcommand %q", os.Args[1])
 	}
@@ -86,14 +96,66 @@ func main() {
 	}
 }
 
+// staticWindows (GRPC_STATIC_WINDOWS=1) gives grpc-go fixed 1 MiB flow-control windows,
+// which turns off its bandwidth-delay-product estimation and with it the PING it sends
+// whenever it reads DATA with no such PING outstanding.
+func staticWindows() bool { return os.Getenv("GRPC_STATIC_WINDOWS") == "1" }
+
 func backend(addr string) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}
-	srv := grpc.NewServer()
+	var opts []grpc.ServerOption
+	if staticWindows() {
+		opts = append(opts, grpc.InitialWindowSize(1<<20), grpc.InitialConnWindowSize(1<<20))
+	}
+	srv := grpc.NewServer(opts...)
 	healthpb.RegisterHealthServer(srv, health.NewServer()) // Check("") answers SERVING
 	return srv.Serve(ln)
+}
+
+// forward relays every connection to listen to a connection to to, bytes as they come,
+// with plain reads and writes through the runtime's network poller on one processor.
+func forward(listen, to string) error {
+	runtime.GOMAXPROCS(1)
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			u, err := net.Dial("tcp", to)
+			if err != nil {
+				c.Close()
+				return
+			}
+			go pipe(u, c)
+			pipe(c, u)
+		}()
+	}
+}
+
+// pipe copies src to dst until either fails, then closes both.
+func pipe(dst, src net.Conn) {
+	defer dst.Close()
+	defer src.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 func sock(hostport string) *corev3.Address {
@@ -170,8 +232,11 @@ func rate(target, pair, authority string, rps int, d, block time.Duration, logTo
 	}
 	var clients []healthpb.HealthClient
 	for _, t := range targets {
-		cc, err := grpc.NewClient("passthrough:///"+t, grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithAuthority(authority))
+		opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority(authority)}
+		if staticWindows() {
+			opts = append(opts, grpc.WithInitialWindowSize(1<<20), grpc.WithInitialConnWindowSize(1<<20))
+		}
+		cc, err := grpc.NewClient("passthrough:///"+t, opts...)
 		if err != nil {
 			return err
 		}
