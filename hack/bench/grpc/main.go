@@ -6,9 +6,11 @@
 //	grpc config -name outbound_http -listen 127.0.0.1:28201 -backend 127.0.0.1:28206 > caller.json
 //	grpc rate -target 127.0.0.1:28201 -authority svc -rps 1000 -d 10s
 //	grpc forward -listen 127.0.0.1:28601 -to 127.0.0.1:28606
+//	grpc h2relay -listen 127.0.0.1:28801 -to 127.0.0.1:28806
 //
 // forward is a minimal Go TCP forwarder (a goroutine per direction, one processor), the
-// reference for what the Go runtime alone adds to a chain's tail (hack/bench-grpc.sh L4=1).
+// reference for what the Go runtime alone adds to a chain's tail (hack/bench-grpc.sh L4=1);
+// h2relay (h2relay.go) the least an HTTP/2-terminating hop does.
 package main
 
 import (
@@ -56,7 +58,7 @@ const (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: grpc backend|config|rate|forward [flags]")
+		fmt.Fprintln(os.Stderr, "usage: grpc backend|config|rate|forward|h2relay [flags]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
@@ -87,6 +89,11 @@ func main() {
 		to := fs.String("to", "127.0.0.1:28606", "address every connection is forwarded to")
 		_ = fs.Parse(os.Args[2:])
 		err = forward(*listen, *to)
+	case "h2relay":
+		listen := fs.String("listen", "127.0.0.1:28801", "listen address")
+		to := fs.String("to", "127.0.0.1:28806", "address every connection is relayed to, over h2c")
+		_ = fs.Parse(os.Args[2:])
+		err = h2relay(*listen, *to)
 	default:
 		err = fmt.Errorf("unknown subcommand %q", os.Args[1])
 	}
