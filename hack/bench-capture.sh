@@ -14,6 +14,11 @@
 # HTTP/1.1 (wrk -t1 -c$CONNS -d$WRK_D): direct, captured, HTTP_PROXY (absolute-form
 # requests to 15001), haproxy mode http. Proxy req/s per core = req/s ÷ (the proxy's
 # CPU seconds ÷ wall seconds).
+# gRPC unary (hack/bench/grpc rate, grpc-go health client and server, 1,000 calls/s for
+# $GRPC_D per path): direct, captured (the app calls the Service address 10.96.0.40:50051,
+# the sidecar relays it over HTTP/2 to the backend), haproxy mode http with h2 on both
+# sides — called in turns, 500 ms each, so the machine carries 1,000 calls/s at every
+# moment; the p99 each proxy adds over the direct calls of the same run is printed.
 # Every case runs $RUNS times, interleaved; the median is printed with the spread (min–max).
 # Each single measurement is ≤ 5 s; the whole run takes about 4 minutes.
 set -euo pipefail
@@ -26,7 +31,8 @@ CONNS=${CONNS:-64}                   # wrk connections
 LINKS=${LINKS:-"unlimited 10gbit 1gbit"} # veth link rates (tc tbf); "unlimited": no qdisc
 SIDECAR_BIN=${SIDECAR_BIN:-}         # a prebuilt sidecar to measure (A/B runs)
 SIDECAR_ARGS=${SIDECAR_ARGS:-}       # more sidecar flags, e.g. --http-event-loop=false
-ONLY=${ONLY:-}                       # "tcp" or "http": run one half
+ONLY=${ONLY:-}                       # "tcp", "http" or "grpc": run one part
+GRPC_D=${GRPC_D:-10s}                # gRPC calls per path per run (≤ 30 s)
 
 [[ $(id -u) == 0 ]] || { echo "bench-capture: needs root (network namespaces, iptables)" >&2; exit 1; }
 "$(dirname "$0")/deps.sh" bench
@@ -50,6 +56,7 @@ trap cleanup EXIT
 
 go build -o "$work/capture" ./hack/bench/capture
 go build -o "$work/http" ./hack/bench/http
+go build -o "$work/grpc" ./hack/bench/grpc
 if [[ -n $SIDECAR_BIN ]]; then cp "$SIDECAR_BIN" "$work/sidecar"; else go build -o "$work/sidecar" ./cmd/sidecar; fi
 chmod 755 "$work" # the app (uid 1000) reads wrk's script from here
 
@@ -63,16 +70,20 @@ ip -n "$SRV" addr add 10.99.0.2/24 dev "$VB"
 for ns in "$APP" "$SRV"; do ip -n "$ns" link set lo up; done
 ip -n "$APP" link set "$VA" up
 ip -n "$SRV" link set "$VB" up
-for a in 10.96.0.10 10.96.0.30 10.96.0.31; do ip -n "$APP" addr add "$a/32" dev lo; done
-# istio-init's rule, reduced: the app's outbound TCP goes to the sidecar; the sidecar's own
-# connections (root here, uid 1337 in a pod) are not captured again.
+for a in 10.96.0.10 10.96.0.30 10.96.0.31 10.96.0.40; do ip -n "$APP" addr add "$a/32" dev lo; done
+# istio-init's rules, reduced: the app's outbound TCP goes to the sidecar, except to
+# 127.0.0.1 (Istio's ISTIO_OUTPUT returns it too: the app's direct and haproxy calls stay
+# direct); the sidecar's own connections (root here, uid 1337 in a pod) are not captured
+# again.
+ip netns exec "$APP" iptables -t nat -A OUTPUT -p tcp -d 127.0.0.1/32 -j RETURN
 ip netns exec "$APP" iptables -t nat -A OUTPUT -p tcp -m owner --uid-owner 1000 -j REDIRECT --to-ports 15001
 
 inapp() { ip netns exec "$APP" "$@"; }
 asapp() { ip netns exec "$APP" setpriv --reuid=1000 --regid=1000 --clear-groups env -i PATH="$PATH" "$@"; }
 
-"$work/capture" config -listen 127.0.0.1:15001 -http 127.0.0.1:28080 -tcp 10.99.0.2:5201 -tcp-lo 127.0.0.1:5202 >"$work/sidecar.json"
+"$work/capture" config -listen 127.0.0.1:15001 -http 127.0.0.1:28080 -tcp 10.99.0.2:5201 -tcp-lo 127.0.0.1:5202 -grpc 127.0.0.1:28280 >"$work/sidecar.json"
 inapp "$work/http" backend -addr 127.0.0.1:28080 &
+inapp "$work/grpc" backend -addr 127.0.0.1:28280 &
 # shellcheck disable=SC2086 # SIDECAR_ARGS is a list of flags
 inapp "$work/sidecar" --concurrency 1 $SIDECAR_ARGS --static-config "$work/sidecar.json" \
   --admin-address 127.0.0.1:28600 --metrics-address 127.0.0.1:28620 2>"$work/sidecar.log" &
@@ -93,6 +104,13 @@ backend be
   mode http
   http-reuse always
   server s1 127.0.0.1:28080
+frontend grpc
+  mode http
+  bind 127.0.0.1:28104 proto h2
+  default_backend grpc-be
+backend grpc-be
+  mode http
+  server s1 127.0.0.1:28280 proto h2
 listen tcp-veth
   mode tcp
   option splice-auto
@@ -143,7 +161,7 @@ tcp_case() {
   echo "  $key: $g Gbit/s" >&2
 }
 
-[[ $ONLY == http ]] && LINKS="" TCP_RUNS=0 || TCP_RUNS=$RUNS
+[[ -z $ONLY || $ONLY == tcp ]] && TCP_RUNS=$RUNS || { LINKS="" TCP_RUNS=0; }
 echo "TCP, iperf3 -t $T, one stream, $TCP_RUNS interleaved runs per case" >&2
 for r in $(seq "$TCP_RUNS"); do
   tcp_case lo/direct root 127.0.0.1 5202
@@ -183,13 +201,36 @@ wrk_case() {
   echo "  $key: $rps req/s" >&2
 }
 
-[[ $ONLY == tcp ]] && HTTP_RUNS=0 || HTTP_RUNS=$RUNS
+[[ -z $ONLY || $ONLY == http ]] && HTTP_RUNS=$RUNS || HTTP_RUNS=0
 echo "HTTP/1.1, wrk -t1 -c$CONNS -d$WRK_D, $HTTP_RUNS interleaved runs per case" >&2
 for r in $(seq "$HTTP_RUNS"); do
   wrk_case http/direct root http://127.0.0.1:28080/ ""
   wrk_case http/captured app http://10.96.0.10:9080/ "$sidecar_pid"
   wrk_case http/http_proxy root http://127.0.0.1:15001/ "$sidecar_pid" -s "$work/proxy.lua"
   wrk_case http/haproxy root http://127.0.0.1:28101/ "$haproxy_pid"
+done
+
+[[ -z $ONLY || $ONLY == grpc ]] && GRPC_RUNS=$RUNS || GRPC_RUNS=0
+for _ in $(seq 100); do inapp bash -c 'exec 3<>/dev/tcp/127.0.0.1/28280 4<>/dev/tcp/127.0.0.1/28104' 2>/dev/null && break; sleep 0.1; done
+echo "gRPC unary, 1,000 calls/s, $GRPC_D per path in turns (500 ms each), $GRPC_RUNS runs" >&2
+pct() { sed -E "s/.* $1=([0-9.]+)ms.*/\1/"; }
+for r in $(seq "$GRPC_RUNS"); do
+  sb=$(cpu_ticks "$sidecar_pid"); hb=$(cpu_ticks "$haproxy_pid")
+  # The app is captured: 10.96.0.40:50051 goes through the sidecar, 127.0.0.1 does not.
+  out=$(asapp "$work/grpc" rate -target 127.0.0.1:28280 -pair 10.96.0.40:50051,127.0.0.1:28104 \
+    -authority greeter:50051 -block 500ms -rps 1000 -d "$GRPC_D")
+  sa=$(cpu_ticks "$sidecar_pid"); ha=$(cpu_ticks "$haproxy_pid")
+  sed 's/^/  /' <<<"$out" >&2
+  n=$(sed -n 1p <<<"$out" | sed -E 's/.* n=([0-9]+).*/\1/')
+  for q in p50 p99; do
+    d=$(sed -n 1p <<<"$out" | pct $q)
+    R[grpc/captured/$q]+="$(awk -v a="$(sed -n 2p <<<"$out" | pct $q)" -v d="$d" 'BEGIN{printf "%+.3f", a-d}') "
+    R[grpc/haproxy/$q]+="$(awk -v a="$(sed -n 3p <<<"$out" | pct $q)" -v d="$d" 'BEGIN{printf "%+.3f", a-d}') "
+  done
+  # CPU per call; the sidecar's includes the warm-up calls and nothing else runs meanwhile.
+  C[grpc/captured]+="$(awk -v d=$((sa-sb)) -v t="$TICKS" -v n="$n" 'BEGIN{printf "%.0f", d/t/(n+100)*1e6}') "
+  C[grpc/haproxy]+="$(awk -v d=$((ha-hb)) -v t="$TICKS" -v n="$n" 'BEGIN{printf "%.0f", d/t/(n+100)*1e6}') "
+  echo "  run $r: p99 added, captured sidecar $(awk '{print $NF}' <<<"${R[grpc/captured/p99]}") ms, haproxy $(awk '{print $NF}' <<<"${R[grpc/haproxy/p99]}") ms" >&2
 done
 
 echo
@@ -202,4 +243,8 @@ done
 printf '%-22s %-28s %-18s\n' "HTTP case" "req/s" "proxy req/s per core"
 [[ $HTTP_RUNS == 0 ]] || for k in http/direct http/captured http/http_proxy http/haproxy; do
   printf '%-22s %-28s %-18s\n' "$k" "$(median "${R[$k]}")" "$( [[ -n ${C[$k]:-} ]] && median "${C[$k]}" || echo -)"
+done
+printf '%-22s %-28s %-28s %-18s\n' "gRPC case (in turns)" "p50 added, ms" "p99 added, ms" "proxy CPU µs/call"
+[[ $GRPC_RUNS == 0 ]] || for k in captured haproxy; do
+  printf '%-22s %-28s %-28s %-18s\n' "grpc/$k" "$(median "${R[grpc/$k/p50]}")" "$(median "${R[grpc/$k/p99]}")" "$(median "${C[grpc/$k]}")"
 done

@@ -8,9 +8,12 @@
 //
 //   - 10.96.0.30:5201 (TCP proxy) → the iperf3 server across the veth link;
 //
-//   - 10.96.0.31:5201 (TCP proxy) → the iperf3 server on the namespace's loopback.
+//   - 10.96.0.31:5201 (TCP proxy) → the iperf3 server on the namespace's loopback;
 //
-//     capture config -listen 127.0.0.1:15001 -http 127.0.0.1:28080 -tcp 10.99.0.2:5201 -tcp-lo 127.0.0.1:5202 > sidecar.json
+//   - 10.96.0.40:50051 (gRPC: route configuration "50051", HTTP/2 upstream) → the grpc-go
+//     backend.
+//
+//     capture config -listen 127.0.0.1:15001 -http 127.0.0.1:28080 -tcp 10.99.0.2:5201 -tcp-lo 127.0.0.1:5202 -grpc 127.0.0.1:28280 > sidecar.json
 package main
 
 import (
@@ -33,6 +36,7 @@ import (
 	tlsinspv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	httpupv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -54,8 +58,9 @@ func main() {
 	httpBackend := fs.String("http", "127.0.0.1:28080", "endpoint of the HTTP Service reviews:9080")
 	tcpBackend := fs.String("tcp", "10.99.0.2:5201", "endpoint of the TCP Service at 10.96.0.30:5201")
 	tcpLo := fs.String("tcp-lo", "127.0.0.1:5202", "endpoint of the TCP Service at 10.96.0.31:5201")
+	grpcBackend := fs.String("grpc", "127.0.0.1:28280", "endpoint of the gRPC Service greeter:50051 (10.96.0.40)")
 	_ = fs.Parse(os.Args[2:])
-	if err := write(os.Stdout, *listen, *httpBackend, *tcpBackend, *tcpLo); err != nil {
+	if err := write(os.Stdout, *listen, *httpBackend, *tcpBackend, *tcpLo, *grpcBackend); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
@@ -107,19 +112,27 @@ func vhost(name string, domains []string, cluster string) *routev3.VirtualHost {
 		Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster}}}}}}
 }
 
-func write(w io.Writer, listen, httpBackend, tcpBackend, tcpLo string) error {
+// h2 is the cluster option the control plane emits for a port whose appProtocol or name
+// says grpc or http2: HTTP/2 upstream connections.
+var h2 = map[string]*anypb.Any{contract.HTTPProtocolOptionsKey: anyOf(&httpupv3.HttpProtocolOptions{
+	UpstreamProtocolOptions: &httpupv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpupv3.HttpProtocolOptions_ExplicitHttpConfig{
+		ProtocolConfig: &httpupv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}}}}})}
+
+func write(w io.Writer, listen, httpBackend, tcpBackend, tcpLo, grpcBackend string) error {
 	var res []proto.Message
-	eds := func(name, addr string) {
+	eds := func(name, addr string, opts map[string]*anypb.Any) {
 		res = append(res, &clusterv3.Cluster{Name: name, ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 			EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{ServiceName: name, EdsConfig: ads()},
-			ConnectTimeout:   durationpb.New(2 * time.Second)},
+			ConnectTimeout:   durationpb.New(2 * time.Second), TypedExtensionProtocolOptions: opts},
 			&endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{{
 				LbEndpoints: []*endpointv3.LbEndpoint{{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: sock(addr)}}}}}}})
 	}
 	const reviews, iperf, iperfLo = "outbound|9080||reviews.default.svc.cluster.local", "outbound|5201||iperf.default.svc.cluster.local", "outbound|5201||iperf-lo.default.svc.cluster.local"
-	eds(reviews, httpBackend)
-	eds(iperf, tcpBackend)
-	eds(iperfLo, tcpLo)
+	const greeter = "outbound|50051||greeter.default.svc.cluster.local"
+	eds(reviews, httpBackend, nil)
+	eds(iperf, tcpBackend, nil)
+	eds(iperfLo, tcpLo, nil)
+	eds(greeter, grpcBackend, h2)
 	res = append(res, &clusterv3.Cluster{Name: contract.PassthroughClusterName, ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
 		LbPolicy: clusterv3.Cluster_CLUSTER_PROVIDED, ConnectTimeout: durationpb.New(2 * time.Second)})
 	catchAll := vhost(contract.AllowAnyRouteName, []string{"*"}, contract.PassthroughClusterName)
@@ -127,9 +140,14 @@ func write(w io.Writer, listen, httpBackend, tcpBackend, tcpLo string) error {
 	for _, d := range []string{"reviews", "reviews.default", "reviews.default.svc", "reviews.default.svc.cluster.local", "10.96.0.10"} {
 		domains = append(domains, d, d+":9080")
 	}
+	var grpcDomains []string
+	for _, d := range []string{"greeter", "greeter.default", "greeter.default.svc", "greeter.default.svc.cluster.local", "10.96.0.40"} {
+		grpcDomains = append(grpcDomains, d, d+":50051")
+	}
 	res = append(res,
 		&routev3.RouteConfiguration{Name: "80", VirtualHosts: []*routev3.VirtualHost{catchAll}},
-		&routev3.RouteConfiguration{Name: "9080", VirtualHosts: []*routev3.VirtualHost{vhost("reviews:9080", domains, reviews), catchAll}})
+		&routev3.RouteConfiguration{Name: "9080", VirtualHosts: []*routev3.VirtualHost{vhost("reviews:9080", domains, reviews), catchAll}},
+		&routev3.RouteConfiguration{Name: "50051", VirtualHosts: []*routev3.VirtualHost{vhost("greeter:50051", grpcDomains, greeter), catchAll}})
 	explicit := chain("explicit-proxy", contract.OutboundPort, "", nil, hcm("80"))
 	explicit.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{contract.ExplicitProxyMetadataKey: {}}}
 	res = append(res, &listenerv3.Listener{
@@ -143,6 +161,7 @@ func write(w io.Writer, listen, httpBackend, tcpBackend, tcpLo string) error {
 		FilterChains: []*listenerv3.FilterChain{
 			explicit,
 			chain("http|9080", 9080, "", nil, hcm("9080")),
+			chain("http|50051", 50051, "", nil, hcm("50051")),
 			chain("tcp|iperf", 5201, "10.96.0.30", nil, tcp(iperf)),
 			chain("tcp|iperf-lo", 5201, "10.96.0.31", nil, tcp(iperfLo)),
 		},
