@@ -101,11 +101,11 @@ bench-telemetry: ## wrk through three sidecars: telemetry off, Istio metrics (tr
 	hack/bench-telemetry.sh
 
 .PHONY: bench-grpc
-bench-grpc: ## grpc-go unary at 1,000/s: direct vs two sidecars vs two haproxies (sequential, paired, three-way, in turns); TRACE=1 traces, CAPTURE=1 times each proxy from a packet capture, MIXED=1 crosses the chains, L4=1 adds a Go TCP forwarder pair vs haproxy mode tcp, SIDECAR_ENV sets the sidecars' env.
+bench-grpc: ## grpc-go unary at 1,000/s: direct vs two sidecars vs two haproxies (sequential, paired, three-way, in turns); TRACE=1 traces, CAPTURE=1 times each proxy from a packet capture, MIXED=1 crosses the chains, L4=1 adds a Go TCP forwarder pair vs haproxy mode tcp and a minimal Go HTTP/2 relay pair, TURNS_ONLY=1 TURN_RUNS=n runs only the in-turns probe (the bar's condition), SIDECAR_ENV sets the sidecars' env.
 	hack/bench-grpc.sh
 
 .PHONY: bench-capture
-bench-capture: ## iperf3 and wrk through an iptables-captured sidecar in network namespaces vs direct, HTTP_PROXY and haproxy (root, ~4 min).
+bench-capture: ## iperf3, wrk and grpc-go unary (1,000/s in turns) through an iptables-captured sidecar in network namespaces vs direct, HTTP_PROXY and haproxy (root, ~6 min; ONLY=tcp|http|grpc).
 	hack/bench-capture.sh
 
 .PHONY: bench-redis
