@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime"
 	"sync"
 
 	"golang.org/x/net/http2"
@@ -23,44 +22,27 @@ import (
 // No routing, no policy, no telemetry, no bounds: a benchmark tool, one processor, one
 // goroutine reading each side, each batch read written in one write(2).
 func h2relay(listen, to string) error {
-	runtime.GOMAXPROCS(1)
-	ln, err := net.Listen("tcp", listen)
-	if err != nil {
-		return err
-	}
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return err
+	return eachConn(listen, to, func(c, u net.Conn) {
+		p := &relayPair{toUp: map[uint32]uint32{}, toDown: map[uint32]uint32{}, next: 1}
+		p.down.init(c, &p.mu)
+		p.up.init(u, &p.mu)
+		// The upstream's preface goes first, before a request read from the caller can.
+		if err := p.start(&p.up, http2.ClientPreface); err != nil {
+			c.Close()
+			u.Close()
+			return
 		}
 		go func() {
-			u, err := net.Dial("tcp", to)
-			if err != nil {
-				fmt.Fprintf(os.Stderr, "h2relay %s: %v\n", listen, err)
-				c.Close()
-				return
+			if err := p.run(&p.up, false); !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				fmt.Fprintf(os.Stderr, "h2relay %s: upstream side: %v\n", listen, err)
 			}
-			p := &relayPair{toUp: map[uint32]uint32{}, toDown: map[uint32]uint32{}, next: 1}
-			p.down.init(c, &p.mu)
-			p.up.init(u, &p.mu)
-			// The upstream's preface goes first, before a request read from the caller can.
-			if err := p.start(&p.up, http2.ClientPreface); err != nil {
-				c.Close()
-				u.Close()
-				return
-			}
-			go func() {
-				if err := p.run(&p.up, false); !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-					fmt.Fprintf(os.Stderr, "h2relay %s: upstream side: %v\n", listen, err)
-				}
-				c.Close()
-			}()
-			if err := p.run(&p.down, true); !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-				fmt.Fprintf(os.Stderr, "h2relay %s: caller side: %v\n", listen, err)
-			}
-			u.Close()
+			c.Close()
 		}()
-	}
+		if err := p.run(&p.down, true); !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+			fmt.Fprintf(os.Stderr, "h2relay %s: caller side: %v\n", listen, err)
+		}
+		u.Close()
+	})
 }
 
 // relayWindow is every window the relay grants: far more than a benchmark holds.

@@ -125,6 +125,15 @@ func backend(addr string) error {
 // forward relays every connection to listen to a connection to to, bytes as they come,
 // with plain reads and writes through the runtime's network poller on one processor.
 func forward(listen, to string) error {
+	return eachConn(listen, to, func(c, u net.Conn) {
+		go pipe(u, c)
+		pipe(c, u)
+	})
+}
+
+// eachConn runs on one processor, accepts connections on listen, dials to for each and
+// hands both to serve, in a goroutine of their own.
+func eachConn(listen, to string, serve func(c, u net.Conn)) error {
 	runtime.GOMAXPROCS(1)
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
@@ -138,11 +147,11 @@ func forward(listen, to string) error {
 		go func() {
 			u, err := net.Dial("tcp", to)
 			if err != nil {
+				fmt.Fprintf(os.Stderr, "%s: %v\n", listen, err)
 				c.Close()
 				return
 			}
-			go pipe(u, c)
-			pipe(c, u)
+			serve(c, u)
 		}()
 	}
 }
