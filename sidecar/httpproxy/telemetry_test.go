@@ -21,6 +21,7 @@ import (
 
 	"github.com/weftmesh/weft/sidecar/httpproxy"
 	st "github.com/weftmesh/weft/sidecar/sidecartest"
+	"github.com/weftmesh/weft/sidecar/sidecartest/poll"
 	"github.com/weftmesh/weft/sidecar/telemetry"
 )
 
@@ -44,6 +45,23 @@ func series(t *testing.T, fams map[string]*dto.MetricFamily, fam string, want ma
 	if f == nil {
 		t.Fatalf("no metric family %s", fam)
 	}
+	found := seriesOf(f, want)
+	if len(found) != 1 {
+		t.Fatalf("%s: %d series match %v, want 1; all: %v", fam, len(found), want, f.Metric)
+	}
+	return found[0]
+}
+
+// matching counts the series of fam whose labels include want.
+func matching(fams map[string]*dto.MetricFamily, fam string, want map[string]string) int {
+	if f := fams[fam]; f != nil {
+		return len(seriesOf(f, want))
+	}
+	return 0
+}
+
+// seriesOf is the series of f whose labels include want.
+func seriesOf(f *dto.MetricFamily, want map[string]string) []*dto.Metric {
 	var found []*dto.Metric
 	for _, m := range f.Metric {
 		labels := map[string]string{}
@@ -60,10 +78,7 @@ func series(t *testing.T, fams map[string]*dto.MetricFamily, fam string, want ma
 			found = append(found, m)
 		}
 	}
-	if len(found) != 1 {
-		t.Fatalf("%s: %d series match %v, want 1; all: %v", fam, len(found), want, f.Metric)
-	}
-	return found[0]
+	return found
 }
 
 func labelsOf(m *dto.Metric) map[string]string {
@@ -384,8 +399,14 @@ func TestIstioMetricsChunkedResponseAndNoRoute(t *testing.T) {
 		if code, _, _ := st.Get(t, client, base, "nosuch", "/"); code != 404 {
 			t.Fatalf("unknown host answered %d", code)
 		}
+		// A chunked response leaves the event loop for a goroutine, which records the exchange
+		// once it has written the last chunk: the caller may have it, and have sent the next
+		// request, a moment before.
+		ok := map[string]string{"response_code": "200"}
+		poll.Until(t, 5*time.Second, func() bool { return matching(scrape(t, tel), "istio_response_bytes", ok) == 1 },
+			"the chunked 200 in istio_response_bytes")
 		fams := scrape(t, tel)
-		resp := series(t, fams, "istio_response_bytes", map[string]string{"response_code": "200"}).GetHistogram()
+		resp := series(t, fams, "istio_response_bytes", ok).GetHistogram()
 		if resp.GetSampleCount() != 1 || resp.GetSampleSum() != 30 {
 			t.Errorf("chunked response counted %d times, %v bytes; want once, 30", resp.GetSampleCount(), resp.GetSampleSum())
 		}
