@@ -54,9 +54,10 @@ func h2Config(maxStreams int) *http.HTTP2Config {
 
 // h2Transports holds a transport per connection window: net/http reads a transport's
 // HTTP2Config once, so clusters allowing different numbers of streams per connection
-// need transports of their own. It holds as many as there are distinct
-// max_concurrent_streams settings seen; a transport made only for NewClientConn keeps no
-// connections of its own.
+// need transports of their own. It keeps one for each of the first maxH2Transports
+// distinct max_concurrent_streams settings seen; past that (a control plane that keeps
+// changing the setting) each dial gets a transport of its own, which goes with its
+// connection: a transport made only for NewClientConn keeps no connections of its own.
 type h2Transports struct {
 	mu       sync.Mutex
 	byWindow map[int]*http.Transport
@@ -74,10 +75,15 @@ func (t *h2Transports) get(maxStreams int) *http.Transport {
 			t.byWindow = map[int]*http.Transport{}
 		}
 		tr = t.make(cfg)
-		t.byWindow[cfg.MaxReceiveBufferPerConnection] = tr
+		if len(t.byWindow) < maxH2Transports {
+			t.byWindow[cfg.MaxReceiveBufferPerConnection] = tr
+		}
 	}
 	return tr
 }
+
+// maxH2Transports bounds the transports an h2Transports keeps.
+const maxH2Transports = 16
 
 // h2cTransports dial HTTP/2 upstream connections in cleartext: HTTP/2 only, no proxy.
 var h2cTransports = &h2Transports{make: func(cfg *http.HTTP2Config) *http.Transport {

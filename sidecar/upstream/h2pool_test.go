@@ -191,4 +191,14 @@ func TestH2ConnectionWindowHoldsEveryStreamsWindow(t *testing.T) {
 		t.Fatalf("transports for 100, 100, 200 streams: same %v, distinct %v, made %d, last window %d",
 			a == b, a != c, made, c.HTTP2.MaxReceiveBufferPerConnection)
 	}
+	// A control plane that keeps changing the setting: at most maxH2Transports are kept,
+	// and a setting past them still gets its own window.
+	for n := range 1000 {
+		if w := ts.get(300 + n).HTTP2.MaxReceiveBufferPerConnection; w != (300+n)<<16 {
+			t.Fatalf("%d streams: window %d", 300+n, w)
+		}
+	}
+	if len(ts.byWindow) != maxH2Transports || ts.get(100) != a {
+		t.Fatalf("kept %d transports (want %d), the first still shared: %v", len(ts.byWindow), maxH2Transports, ts.get(100) == a)
+	}
 }
