@@ -17,4 +17,13 @@ for b in echo slow flaky caller grpcecho wsecho otlpsink; do go build -o "bin/$b
 # -mesh: also kube-proxy and CoreDNS, built once into ~/.cache/weft/mesh (minutes the first time)
 KUBEBUILDER_ASSETS="$(go run ./hack/envtest -mesh | tail -n1)"
 export KUBEBUILDER_ASSETS
-exec go test -tags e2e -count=1 -timeout 30m -v ./test/e2e "$@"
+# The output is kept whole in $WEFT_E2E_LOG; on failure a summary is printed last, so the tail
+# of a CI log says which test failed or hung and where its goroutines were blocked (a timeout's
+# goroutine dump otherwise ends with the last-created goroutines, usually idle HTTP conns).
+log="${WEFT_E2E_LOG:-/tmp/weft-e2e.log}"
+rc=0
+go test -tags e2e -count=1 -timeout "${E2E_TIMEOUT:-30m}" -v ./test/e2e "$@" 2>&1 | tee "$log" || rc=${PIPESTATUS[0]}
+if (( rc != 0 )); then
+  hack/e2e-summary.sh "$log"
+fi
+exit "$rc"
