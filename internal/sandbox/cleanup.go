@@ -40,11 +40,13 @@ func staleProcesses(dir string) []int {
 }
 
 // Cleanup removes what a previous run with this state dir left: its processes (SIGKILL, they
-// have no one to drain for), pod namespaces and veths named weft-*/weftv*, the bridge and
-// the state dir's contents. It reports what it removed.
+// have no one to drain for), pod namespaces and veths named weft-*/weftv*, the bridge, the
+// host rules marked as the local mesh's (HostRule) and the state dir's contents. It reports
+// what it removed.
 func Cleanup(ctx context.Context, stateDir, bridge string) ([]string, error) {
 	removed := killProcesses(stateDir)
 	removed = append(removed, removeNetwork(ctx, bridge)...)
+	removed = append(removed, removeHostRules(ctx)...)
 	if entries, err := os.ReadDir(stateDir); err == nil {
 		for _, e := range entries {
 			if err := os.RemoveAll(filepath.Join(stateDir, e.Name())); err != nil {
@@ -65,16 +67,46 @@ func killProcesses(stateDir string) []string {
 			removed = append(removed, "process "+strconv.Itoa(pid))
 		}
 	}
+	waitGone(pids)
+	return removed
+}
+
+// killNetnsProcesses SIGKILLs the processes still running in network namespace name and
+// waits for them to go. The environment marker misses some of a pod's processes:
+// redis-server, for one, writes its process title over its environ, so /proc/<pid>/environ
+// no longer carries the marker, and it would outlive its run in an unnamed namespace.
+func killNetnsProcesses(ctx context.Context, name string) []string {
+	out, err := exec.CommandContext(ctx, "ip", "netns", "pids", name).Output()
+	if err != nil {
+		return nil
+	}
+	var removed []string
+	var pids []int
+	for _, f := range strings.Fields(string(out)) {
+		pid, err := strconv.Atoi(f)
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if syscall.Kill(pid, syscall.SIGKILL) == nil {
+			pids = append(pids, pid)
+			removed = append(removed, "process "+f+" in netns "+name)
+		}
+	}
+	waitGone(pids)
+	return removed
+}
+
+// waitGone waits up to 5 s for each of pids to exit.
+func waitGone(pids []int) {
 	for _, pid := range pids {
 		for i := 0; i < 50 && syscall.Kill(pid, 0) == nil; i++ {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	return removed
 }
 
-// removeNetwork deletes every weft-* network namespace (and its /etc/netns files), weftv*
-// veth and the bridge.
+// removeNetwork deletes every weft-* network namespace (and its /etc/netns files) with the
+// processes still in it, every weftv* veth and the bridge.
 func removeNetwork(ctx context.Context, bridge string) []string {
 	var removed []string
 	if entries, err := os.ReadDir(netnsEtc); err == nil {
@@ -87,6 +119,7 @@ func removeNetwork(ctx context.Context, bridge string) []string {
 	if out, err := exec.CommandContext(ctx, "ip", "netns", "list").Output(); err == nil {
 		for _, line := range strings.Split(string(out), "\n") {
 			if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(f[0], prefix+"-") {
+				removed = append(removed, killNetnsProcesses(ctx, f[0])...)
 				if ip(ctx, "netns", "del", f[0]) == nil {
 					removed = append(removed, "netns "+f[0])
 				}
@@ -131,4 +164,65 @@ func Preflight() error {
 		return fmt.Errorf("weft dev needs the ip command (iproute2) to build the pod network; install it (apt-get install iproute2)")
 	}
 	return nil
+}
+
+// HostRuleComment marks a rule in the host's iptables as the local mesh's own, such as the
+// control-plane outage the end-to-end tests inject. A start removes every rule carrying it:
+// a run killed in the middle of a fault leaves the fault behind, and a REJECT of the xDS
+// port a killed run left once failed every test of the next run on that machine.
+const HostRuleComment = "weft-dev"
+
+// HostRule returns the match arguments of an iptables rule (what follows -I/-A/-D CHAIN)
+// with HostRuleComment added, so that Cleanup can find it.
+func HostRule(args ...string) []string {
+	return append([]string{"-m", "comment", "--comment", HostRuleComment}, args...)
+}
+
+// removeHostRules deletes every IPv4 and IPv6 rule, in any table, marked by HostRule.
+func removeHostRules(ctx context.Context) []string {
+	var removed []string
+	for _, ipt := range []string{"iptables", "ip6tables"} {
+		b, err := exec.CommandContext(ctx, ipt+"-save").Output()
+		if err != nil {
+			continue
+		}
+		for _, r := range markedRules(string(b)) {
+			args := append([]string{"-w", "-t", r.table, "-D"}, r.spec...)
+			if exec.CommandContext(ctx, ipt, args...).Run() == nil {
+				removed = append(removed, fmt.Sprintf("%s rule -t %s %s", ipt, r.table, strings.Join(r.spec, " ")))
+			}
+		}
+	}
+	return removed
+}
+
+// savedRule is one rule of iptables-save's output: its table and what follows -A.
+type savedRule struct {
+	table string
+	spec  []string
+}
+
+// markedRules returns the rules of an iptables-save dump whose comment is HostRuleComment.
+// The marker has no spaces, so iptables-save prints it unquoted and the line splits on
+// blanks into arguments that -D accepts as they are.
+func markedRules(dump string) []savedRule {
+	var out []savedRule
+	table := ""
+	for _, line := range strings.Split(dump, "\n") {
+		if t, ok := strings.CutPrefix(line, "*"); ok {
+			table = t
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) < 2 || f[0] != "-A" {
+			continue
+		}
+		for i := 1; i+1 < len(f); i++ {
+			if f[i] == "--comment" && f[i+1] == HostRuleComment {
+				out = append(out, savedRule{table: table, spec: f[1:]})
+				break
+			}
+		}
+	}
+	return out
 }

@@ -144,11 +144,15 @@ func TestPreStopRunsBeforeTheProcessStops(t *testing.T) {
 
 func ptr[T any](v T) *T { return &v }
 
-// A run that crashed leaves processes and network namespaces behind; the next start removes
-// them (TestMain planted a marked process and a weft- netns before starting the mesh).
+// A run that crashed leaves processes, network namespaces and injected faults behind; the
+// next start removes them (TestMain planted a marked process, a weft- netns with an unmarked
+// process in it and a marked iptables rule before starting the mesh).
 func TestStartCleansUpAfterACrash(t *testing.T) {
 	if err := syscall.Kill(stalePID, 0); err == nil {
 		t.Errorf("the stale process %d of a crashed run is still alive", stalePID)
+	}
+	if err := syscall.Kill(staleNetnsPID, 0); err == nil {
+		t.Errorf("process %d, left in the stale network namespace without the marker, is still alive", staleNetnsPID)
 	}
 	out, err := exec.Command("ip", "netns", "list").Output()
 	if err != nil {
@@ -156,5 +160,8 @@ func TestStartCleansUpAfterACrash(t *testing.T) {
 	}
 	if strings.Contains(string(out), staleNetns) {
 		t.Errorf("the stale network namespace %s of a crashed run is still there", staleNetns)
+	}
+	if err := exec.Command("iptables", append([]string{"-w", "-C"}, staleRule...)...).Run(); err == nil {
+		t.Errorf("the stale iptables rule %q of a crashed run is still there", staleRule)
 	}
 }

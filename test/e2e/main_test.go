@@ -22,10 +22,15 @@ import (
 	"github.com/weftmesh/weft/internal/sandbox"
 )
 
-// staleNetns and stalePID are the leftovers of a "crashed" run TestMain plants.
+// staleNetns, staleRule, stalePID and staleNetnsPID are the leftovers of a "crashed" run
+// TestMain plants.
 const staleNetns = "weft-e2estale"
 
-var stalePID int
+// staleRule is a fault a killed test left in the host's iptables (a REJECT of the discard
+// port, harmless), marked as the local mesh's as the tests' faults are.
+var staleRule = append([]string{"INPUT"}, sandbox.HostRule("-p", "tcp", "--dport", "9", "-j", "REJECT", "--reject-with", "tcp-reset")...)
+
+var stalePID, staleNetnsPID int
 
 var (
 	// managerSwitch stops and starts the mesh's host manager (TestInstallManifest runs the
@@ -58,9 +63,10 @@ func run(m *testing.M) int {
 	if state == "" {
 		state = filepath.Join(os.TempDir(), "weft-e2e")
 	}
-	// What a crashed run leaves behind: a process carrying the state dir's marker and a pod
-	// network namespace. The start below must remove both (checked in
-	// TestStartCleansUpAfterACrash).
+	// What a crashed run leaves behind: a process carrying the state dir's marker, a pod
+	// network namespace with a process in it that does not (as redis-server, which writes
+	// its title over its environment) and a fault in the host's iptables. The start below
+	// must remove them all (checked in TestStartCleansUpAfterACrash).
 	if err := os.MkdirAll(state, 0o755); err != nil {
 		panic(err)
 	}
@@ -73,6 +79,16 @@ func run(m *testing.M) int {
 	stalePID = stale.Process.Pid
 	if out, err := exec.Command("ip", "netns", "add", staleNetns).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: creating a stale netns: %v: %s\n", err, out)
+		return 1
+	}
+	inNetns := exec.Command("ip", "netns", "exec", staleNetns, "sleep", "600") // ip execs sleep: same pid
+	if err := inNetns.Start(); err != nil {
+		panic(err)
+	}
+	go func() { _ = inNetns.Wait() }()
+	staleNetnsPID = inNetns.Process.Pid
+	if out, err := exec.Command("iptables", append([]string{"-w", "-I"}, staleRule...)...).CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: planting a stale iptables rule: %v: %s\n", err, out)
 		return 1
 	}
 	// A ready file an earlier run left (one killed by a timeout) would be taken for this
