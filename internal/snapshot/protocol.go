@@ -48,6 +48,15 @@ func protocolNamed(p string) portProtocol {
 	return protocolUnknown
 }
 
+// ExplicitHTTP2 is the upstream protocol of a cluster whose Service port is HTTP/2 (grpc,
+// http2, h2c by appProtocol or name): HTTP/2 connections whatever the caller spoke.
+func ExplicitHTTP2() *httpupv3.HttpProtocolOptions_ExplicitHttpConfig_ {
+	return &httpupv3.HttpProtocolOptions_ExplicitHttpConfig_{
+		ExplicitHttpConfig: &httpupv3.HttpProtocolOptions_ExplicitHttpConfig{
+			ProtocolConfig: &httpupv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
+				Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}}}}
+}
+
 // withPortProtocol sets the cluster's upstream HTTP version for the Service port it sends
 // to: explicit HTTP/2 for an HTTP/2 port, what the caller spoke for a port of unknown
 // protocol, and HTTP/1.1 (nothing, or the traffic policy's choice) for an http port. It
@@ -65,10 +74,7 @@ func withPortProtocol(c *clusterv3.Cluster, sp corev1.ServicePort) *clusterv3.Cl
 	}
 	switch proto {
 	case protocolHTTP2:
-		po.UpstreamProtocolOptions = &httpupv3.HttpProtocolOptions_ExplicitHttpConfig_{
-			ExplicitHttpConfig: &httpupv3.HttpProtocolOptions_ExplicitHttpConfig{
-				ProtocolConfig: &httpupv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
-					Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}}}}
+		po.UpstreamProtocolOptions = ExplicitHTTP2()
 	default:
 		if po.UpstreamProtocolOptions != nil {
 			return c // the traffic policy's choice (use_downstream_protocol_config) stands

@@ -46,6 +46,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/internal/snapshot"
 )
 
 func main() {
@@ -115,8 +116,7 @@ func vhost(name string, domains []string, cluster string) *routev3.VirtualHost {
 // h2 is the cluster option the control plane emits for a port whose appProtocol or name
 // says grpc or http2: HTTP/2 upstream connections.
 var h2 = map[string]*anypb.Any{contract.HTTPProtocolOptionsKey: anyOf(&httpupv3.HttpProtocolOptions{
-	UpstreamProtocolOptions: &httpupv3.HttpProtocolOptions_ExplicitHttpConfig_{ExplicitHttpConfig: &httpupv3.HttpProtocolOptions_ExplicitHttpConfig{
-		ProtocolConfig: &httpupv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}}}}})}
+	UpstreamProtocolOptions: snapshot.ExplicitHTTP2()})}
 
 func write(w io.Writer, listen, httpBackend, tcpBackend, tcpLo, grpcBackend string) error {
 	var res []proto.Message

@@ -47,6 +47,9 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/weftmesh/weft/contract"
+	"github.com/weftmesh/weft/internal/snapshot"
 )
 
 // maxDuration and maxRate bound one run: at most 30 s and 20,000 calls a second, so a
@@ -201,13 +204,10 @@ func writeConfig(w io.Writer, name, listen, to string) error {
 		HttpFilters:    []*hcmv3.HttpFilter{{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}}}})
 	l := &listenerv3.Listener{Name: name, Address: sock(listen), FilterChains: []*listenerv3.FilterChain{{
 		Filters: []*listenerv3.Filter{{Name: "envoy.filters.network.http_connection_manager", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcm}}}}}}
-	po, _ := anypb.New(&httpupv3.HttpProtocolOptions{UpstreamProtocolOptions: &httpupv3.HttpProtocolOptions_ExplicitHttpConfig_{
-		ExplicitHttpConfig: &httpupv3.HttpProtocolOptions_ExplicitHttpConfig{
-			ProtocolConfig: &httpupv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
-				Http2ProtocolOptions: &corev3.Http2ProtocolOptions{}}}}})
+	po, _ := anypb.New(&httpupv3.HttpProtocolOptions{UpstreamProtocolOptions: snapshot.ExplicitHTTP2()})
 	c := &clusterv3.Cluster{Name: cluster, ConnectTimeout: durationpb.New(time.Second),
 		ClusterDiscoveryType:          &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
-		TypedExtensionProtocolOptions: map[string]*anypb.Any{"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": po},
+		TypedExtensionProtocolOptions: map[string]*anypb.Any{contract.HTTPProtocolOptionsKey: po},
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: cluster, Endpoints: []*endpointv3.LocalityLbEndpoints{{
 			LbEndpoints: []*endpointv3.LbEndpoint{{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: sock(to)}}}}}}}}
 	dr := &discoveryv3.DiscoveryResponse{}
