@@ -68,6 +68,14 @@ syscw() { awk '/^syscw/{print $2}' "/proc/$1/io"; }
 # gcs prints how many garbage collections a sidecar has finished (its admin address's
 # heap profile ends with the runtime's MemStats).
 gcs() { curl -fsS "http://127.0.0.1:$1/debug/pprof/heap?debug=1" | awk '/^# NumGC = /{print $4}'; }
+# waitports waits (up to 5 s) until every given port on 127.0.0.1 accepts a connection.
+waitports() {
+  local p
+  for _ in $(seq 50); do
+    for p in "$@"; do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { sleep 0.1; continue 2; }; done
+    return 0
+  done
+}
 runq_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s+=$2} END{printf "%.0f\n", s}'; }
 
 # TURNS_ONLY=1: only the "in turns" probe below (the bar's condition: the machine carries
@@ -157,7 +165,7 @@ if command -v haproxy >/dev/null; then
   hacfg 127.0.0.1:28501 127.0.0.1:28506 >"$work/ha-caller.cfg"
   haproxy -q -f "$work/ha-callee.cfg" & hae=$!; pids+=($hae)
   haproxy -q -f "$work/ha-caller.cfg" & hac=$!; pids+=($hac)
-  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/28501) 2>/dev/null && break; sleep 0.1; done
+  waitports 28501
   if [ "$full" = 1 ]; then
     hc0=$(cpu_ticks "$hac"); he0=$(cpu_ticks "$hae"); hs0=$(ctxsw "$hac"); hes0=$(ctxsw "$hae")
     hq0=$(runq_ns "$hac"); heq0=$(runq_ns "$hae")
@@ -239,7 +247,7 @@ if command -v haproxy >/dev/null; then
       --admin-address 127.0.0.1:28410 --metrics-address 127.0.0.1:28430 2>"$work/caller2.log" & pids+=($!)
     hacfg 127.0.0.1:28502 "$CALLEE" >"$work/ha-caller2.cfg"
     haproxy -q -f "$work/ha-caller2.cfg" & pids+=($!)
-    for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/28502 && exec 4<>/dev/tcp/127.0.0.1/28202) 2>/dev/null && break; sleep 0.1; done
+    waitports 28502 28202
     out=$("${app_env[@]}" "$work/helper" rate -target "$BACKEND" -pair "127.0.0.1:28202,127.0.0.1:28502" -authority svc -rps "$RATE" -d "$DURATION")
     three mixed "sidecar caller + haproxy callee" "haproxy caller + sidecar callee" "$out"
   fi
@@ -260,7 +268,7 @@ if [ "${L4:-}" = 1 ] && command -v haproxy >/dev/null; then
   tcpcfg 127.0.0.1:28701 127.0.0.1:28706 >"$work/ha-tcp-caller.cfg"
   haproxy -q -f "$work/ha-tcp-callee.cfg" & pids+=($!)
   haproxy -q -f "$work/ha-tcp-caller.cfg" & pids+=($!)
-  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/28706 && exec 4<>/dev/tcp/127.0.0.1/28606 && exec 5<>/dev/tcp/127.0.0.1/28701 && exec 6<>/dev/tcp/127.0.0.1/28601) 2>/dev/null && break; sleep 0.1; done
+  waitports 28706 28606 28701 28601
   out=$("${app_env[@]}" "$work/helper" rate -target "$BACKEND" -pair 127.0.0.1:28601,127.0.0.1:28701 -authority svc -rps "$RATE" -d "$DURATION")
   three "L4, three-way (Go first)" "two Go forwarders" "two haproxies (tcp)" "$out"
   out=$("${app_env[@]}" "$work/helper" rate -target "$BACKEND" -pair 127.0.0.1:28701,127.0.0.1:28601 -authority svc -rps "$RATE" -d "$DURATION")
@@ -273,7 +281,7 @@ if [ "${L4:-}" = 1 ] && command -v haproxy >/dev/null; then
   # Go, against the Go forwarders: what terminating HTTP/2 alone adds to a hop's tail.
   "$work/helper" h2relay -listen 127.0.0.1:28806 -to "$BACKEND" & pids+=($!)
   "$work/helper" h2relay -listen 127.0.0.1:28801 -to 127.0.0.1:28806 & pids+=($!)
-  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/28806 && exec 4<>/dev/tcp/127.0.0.1/28801) 2>/dev/null && break; sleep 0.1; done
+  waitports 28806 28801
   out=$("${app_env[@]}" "$work/helper" rate -target "$BACKEND" -pair 127.0.0.1:28801,127.0.0.1:28601 -authority svc -rps "$RATE" -d "$DURATION")
   three "L4, three-way (relay first)" "two Go h2 relays" "two Go forwarders" "$out"
   out=$("${app_env[@]}" "$work/helper" rate -target "$BACKEND" -pair 127.0.0.1:28801,127.0.0.1:28601 -block "${TURN:-500ms}" -authority svc -rps "$RATE" -d "$DURATION")
