@@ -94,7 +94,10 @@ func (p *relayPair) run(from *relaySide, fromCaller bool) error {
 	br := bufio.NewReaderSize(from.c, 32<<10)
 	if fromCaller {
 		pre := make([]byte, len(http2.ClientPreface))
-		if _, err := io.ReadFull(br, pre); err != nil || string(pre) != http2.ClientPreface {
+		if _, err := io.ReadFull(br, pre); err != nil {
+			return err // io.EOF: a port probe, quietly
+		}
+		if string(pre) != http2.ClientPreface {
 			return errors.New("no client preface")
 		}
 		p.mu.Lock()
