@@ -5,18 +5,19 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/weftmesh/weft/testenv"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/weftmesh/weft/testenv"
+	"github.com/weftmesh/weft/testenv/netns"
 )
 
 // The netns tests build a pod and a peer in two network namespaces joined by a veth pair,
@@ -85,45 +86,12 @@ func newTestNet(t *testing.T) *testNet {
 	return n
 }
 
-// inNetns runs fn on a thread that has entered the named namespace; sockets fn creates stay
-// in it.
-func inNetns(t *testing.T, ns string, fn func()) {
-	t.Helper()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			t.Errorf("opening own netns: %v", err)
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open("/var/run/netns/" + ns)
-		if err != nil {
-			t.Errorf("opening netns %s: %v", ns, err)
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			t.Errorf("entering netns %s: %v", ns, err)
-			return
-		}
-		fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			return // the thread stays locked and dies with the goroutine
-		}
-		runtime.UnlockOSThread()
-	}()
-	<-done
-}
-
 // serve listens on addr in ns and answers every connection with one line from reply.
 func serve(t *testing.T, ns, addr string, reply func(net.Conn) string) {
 	t.Helper()
 	var l net.Listener
 	var err error
-	inNetns(t, ns, func() { l, err = net.Listen("tcp4", addr) })
+	netns.Do(t, ns, func() { l, err = net.Listen("tcp4", addr) })
 	if err != nil {
 		t.Fatalf("listening on %s in %s: %v", addr, ns, err)
 	}
@@ -271,7 +239,7 @@ func TestCaptureInNetns(t *testing.T) {
 	// UDP (DNS included) is never touched.
 	var pc net.PacketConn
 	var err error
-	inNetns(t, n.peer, func() { pc, err = net.ListenPacket("udp4", "0.0.0.0:53") })
+	netns.Do(t, n.peer, func() { pc, err = net.ListenPacket("udp4", "0.0.0.0:53") })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -376,7 +344,7 @@ func TestCaptureIPv6InNetns(t *testing.T) {
 	serve6 := func(ns, addr string, reply func(net.Conn) string) {
 		var l net.Listener
 		var err error
-		inNetns(t, ns, func() { l, err = net.Listen("tcp6", addr) })
+		netns.Do(t, ns, func() { l, err = net.Listen("tcp6", addr) })
 		if err != nil {
 			t.Fatalf("listening on %s in %s: %v", addr, ns, err)
 		}

@@ -178,8 +178,11 @@ func HostRule(args ...string) []string {
 	return append([]string{"-m", "comment", "--comment", HostRuleComment}, args...)
 }
 
-// removeHostRules deletes every IPv4 and IPv6 rule, in any table, marked by HostRule.
+// removeHostRules deletes every IPv4 and IPv6 rule, in any table, marked by HostRule,
+// within 30 s (iptables -w waits for the xtables lock as long as another holder keeps it).
 func removeHostRules(ctx context.Context) []string {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
 	var removed []string
 	for _, ipt := range []string{"iptables", "ip6tables"} {
 		b, err := exec.CommandContext(ctx, ipt+"-save").Output()

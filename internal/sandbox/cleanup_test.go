@@ -1,8 +1,17 @@
 package sandbox
 
 import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
 	"reflect"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/weftmesh/weft/testenv"
+	"github.com/weftmesh/weft/testenv/netns"
 )
 
 // markedRules picks the local mesh's own rules out of an iptables-save dump, in every table,
@@ -33,5 +42,112 @@ COMMIT
 	}
 	if r := HostRule("-p", "tcp", "--dport", "18000", "-j", "REJECT"); !reflect.DeepEqual(r[:4], []string{"-m", "comment", "--comment", HostRuleComment}) || r[len(r)-1] != "REJECT" {
 		t.Fatalf("HostRule = %q: want the comment match first, then the rule", r)
+	}
+}
+
+// requireRootTools stops a test that changes network namespaces and iptables without root
+// or the tools (a failure in CI, testenv).
+func requireRootTools(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		testenv.Missing(t, "needs root: creates a network namespace and iptables rules in it")
+	}
+	for _, prog := range []string{"ip", "iptables", "iptables-save", "ip6tables", "ip6tables-save", "sleep"} {
+		if _, err := exec.LookPath(prog); err != nil {
+			testenv.Missing(t, fmt.Sprintf("needs %s: %v", prog, err))
+		}
+	}
+}
+
+// scratchNetns adds a network namespace for one test and deletes it when the test ends.
+func scratchNetns(t *testing.T, what string) string {
+	t.Helper()
+	name := fmt.Sprintf("weftclean%d-%s", os.Getpid()%100000, what)
+	_ = exec.Command("ip", "netns", "del", name).Run() // a leftover of a killed run
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+	return name
+}
+
+// A start deletes the marked rules a killed run left, IPv4 and IPv6, in every table, and
+// no other rule: run against the real iptables of a scratch namespace.
+func TestRemoveHostRulesDeletesOnlyMarkedRules(t *testing.T) {
+	requireRootTools(t)
+	ns := scratchNetns(t, "rules")
+	in := func(args ...string) string {
+		out, err := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+		return string(out)
+	}
+	for _, ipt := range []string{"iptables", "ip6tables"} {
+		in(append([]string{ipt, "-w", "-I", "INPUT"}, HostRule("-p", "tcp", "--dport", "18000", "-j", "REJECT", "--reject-with", "tcp-reset")...)...)
+		in(append([]string{ipt, "-w", "-t", "nat", "-A", "OUTPUT"}, HostRule("-p", "tcp", "--dport", "9", "-j", "RETURN")...)...)
+		in(ipt, "-w", "-A", "INPUT", "-p", "tcp", "--dport", "18001", "-m", "comment", "--comment", "someone else's", "-j", "DROP")
+		in(ipt, "-w", "-A", "INPUT", "-p", "tcp", "--dport", "18002", "-j", "DROP")
+	}
+	var removed []string
+	netns.Do(t, ns, func() { removed = removeHostRules(context.Background()) })
+	if len(removed) != 4 {
+		t.Errorf("removed %d rules, want 4 (two per family): %q", len(removed), removed)
+	}
+	for _, ipt := range []string{"iptables", "ip6tables"} {
+		left := in(ipt + "-save")
+		if strings.Contains(left, HostRuleComment) {
+			t.Errorf("%s still holds a marked rule:\n%s", ipt, left)
+		}
+		for _, keep := range []string{"--dport 18001", "--dport 18002"} {
+			if !strings.Contains(left, keep) {
+				t.Errorf("%s lost the unmarked rule with %s:\n%s", ipt, keep, left)
+			}
+		}
+	}
+	// Nothing marked is left: a second start removes nothing.
+	netns.Do(t, ns, func() { removed = removeHostRules(context.Background()) })
+	if len(removed) != 0 {
+		t.Errorf("a second pass removed %q", removed)
+	}
+}
+
+// A process in a leftover pod namespace that does not carry the sandbox's marker (as
+// redis-server, which writes its title over its environment) is killed before the
+// namespace goes.
+func TestKillNetnsProcessesKillsWhatRunsInTheNamespace(t *testing.T) {
+	requireRootTools(t)
+	ns := scratchNetns(t, "procs")
+	cmd := exec.Command("ip", "netns", "exec", ns, "sleep", "600") // ip execs sleep: same pid
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	// ip has entered the namespace once `ip netns pids` names the process.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out, _ := exec.Command("ip", "netns", "pids", ns).Output()
+		if strings.Contains(" "+strings.Join(strings.Fields(string(out)), " ")+" ", fmt.Sprintf(" %d ", cmd.Process.Pid)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d never showed in netns %s", cmd.Process.Pid, ns)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	removed := killNetnsProcesses(context.Background(), ns)
+	want := fmt.Sprintf("process %d in netns %s", cmd.Process.Pid, ns)
+	if len(removed) != 1 || removed[0] != want {
+		t.Errorf("killNetnsProcesses = %q, want [%q]", removed, want)
+	}
+	select {
+	case err := <-exited:
+		if err == nil {
+			t.Errorf("sleep exited cleanly, want killed")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the process in the namespace still runs 5 s later")
 	}
 }
