@@ -5,7 +5,9 @@
 package testenv
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"testing"
 )
 
@@ -17,4 +19,18 @@ func Missing(t testing.TB, why string) {
 		t.Fatalf("%s (WEFT_CI is set: CI must run this test, not skip it)", why)
 	}
 	t.Skip(why)
+}
+
+// Root stops the test (Missing) unless it runs as root with every one of progs on PATH:
+// the tests that build network namespaces and iptables rules. why says what root is for.
+func Root(t testing.TB, why string, progs ...string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		Missing(t, "needs root: "+why)
+	}
+	for _, prog := range progs {
+		if _, err := exec.LookPath(prog); err != nil {
+			Missing(t, fmt.Sprintf("needs %s: %v", prog, err))
+		}
+	}
 }

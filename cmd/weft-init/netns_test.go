@@ -42,14 +42,8 @@ type testNet struct {
 
 func requireNetAdmin(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		testenv.Missing(t, "needs root: creates network namespaces and installs iptables rules in them")
-	}
-	for _, prog := range []string{"ip", "iptables-restore", "iptables-save", "setpriv", "bash", "timeout"} {
-		if _, err := exec.LookPath(prog); err != nil {
-			testenv.Missing(t, fmt.Sprintf("needs %s: %v", prog, err))
-		}
-	}
+	testenv.Root(t, "creates network namespaces and installs iptables rules in them",
+		"ip", "iptables-restore", "iptables-save", "setpriv", "bash", "timeout")
 }
 
 func sh(t *testing.T, args ...string) string {

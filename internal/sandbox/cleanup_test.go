@@ -45,20 +45,6 @@ COMMIT
 	}
 }
 
-// requireRootTools stops a test that changes network namespaces and iptables without root
-// or the tools (a failure in CI, testenv).
-func requireRootTools(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		testenv.Missing(t, "needs root: creates a network namespace and iptables rules in it")
-	}
-	for _, prog := range []string{"ip", "iptables", "iptables-save", "ip6tables", "ip6tables-save", "sleep"} {
-		if _, err := exec.LookPath(prog); err != nil {
-			testenv.Missing(t, fmt.Sprintf("needs %s: %v", prog, err))
-		}
-	}
-}
-
 // scratchNetns adds a network namespace for one test and deletes it when the test ends.
 func scratchNetns(t *testing.T, what string) string {
 	t.Helper()
@@ -74,7 +60,7 @@ func scratchNetns(t *testing.T, what string) string {
 // A start deletes the marked rules a killed run left, IPv4 and IPv6, in every table, and
 // no other rule: run against the real iptables of a scratch namespace.
 func TestRemoveHostRulesDeletesOnlyMarkedRules(t *testing.T) {
-	requireRootTools(t)
+	testenv.Root(t, "creates a network namespace and iptables rules in it", "ip", "iptables", "iptables-save", "ip6tables", "ip6tables-save", "sleep")
 	ns := scratchNetns(t, "rules")
 	in := func(args ...string) string {
 		out, err := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...).CombinedOutput()
@@ -116,7 +102,7 @@ func TestRemoveHostRulesDeletesOnlyMarkedRules(t *testing.T) {
 // redis-server, which writes its title over its environment) is killed before the
 // namespace goes.
 func TestKillNetnsProcessesKillsWhatRunsInTheNamespace(t *testing.T) {
-	requireRootTools(t)
+	testenv.Root(t, "creates a network namespace and iptables rules in it", "ip", "iptables", "iptables-save", "ip6tables", "ip6tables-save", "sleep")
 	ns := scratchNetns(t, "procs")
 	cmd := exec.Command("ip", "netns", "exec", ns, "sleep", "600") // ip execs sleep: same pid
 	if err := cmd.Start(); err != nil {
