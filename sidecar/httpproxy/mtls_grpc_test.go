@@ -220,12 +220,7 @@ func TestMTLSToServiceEndpointMarkedByEDS(t *testing.T) {
 			appPort, _ := strconv.Atoi(app.URL[len("http://127.0.0.1:"):])
 			// The callee's inbound listener on a loopback address and an ordinary port, as
 			// podIP:8080 reaches it through capture.
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			calleeAddr := ln.Addr().String()
-			ln.Close()
+			calleeAddr := loopbackAddress(t, 8080)
 			h1, h2 := st.OutboundClusterName(80, "", "cart", "shop", "shop", "cart"), st.OutboundClusterName(90, "", "cart-grpc", "shop", "shop", "cart-grpc")
 			inbound := st.InboundCluster(uint32(appPort))
 			downstreamProtocol()(inbound)

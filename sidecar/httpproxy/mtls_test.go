@@ -33,17 +33,26 @@ var (
 )
 
 // meshedAddress is a loopback address on the inbound port, which marks an endpoint as
-// another sidecar (upstream.Host.Meshed); random so parallel test binaries do not collide.
+// another sidecar (upstream.Host.Meshed).
 func meshedAddress(t *testing.T) string {
 	t.Helper()
+	return loopbackAddress(t, contract.InboundPort)
+}
+
+// loopbackAddress is a free address on port at a random 127.x.y.z, as a pod IP: random so
+// parallel test binaries do not collide, and off 127.0.0.1, whose ports the machine's
+// outgoing connections take (a port 127.0.0.1:0 handed out and closed was bound by
+// another connection before the sidecar could listen on it, once in CI).
+func loopbackAddress(t *testing.T, port int) string {
+	t.Helper()
 	for range 20 {
-		a := fmt.Sprintf("127.%d.%d.%d:%d", 10+rand.IntN(200), rand.IntN(250), 1+rand.IntN(250), contract.InboundPort)
+		a := fmt.Sprintf("127.%d.%d.%d:%d", 10+rand.IntN(200), rand.IntN(250), 1+rand.IntN(250), port)
 		if ln, err := net.Listen("tcp", a); err == nil {
 			ln.Close()
 			return a
 		}
 	}
-	t.Fatal("no free loopback address on the inbound port")
+	t.Fatalf("no free loopback address on port %d", port)
 	return ""
 }
 
