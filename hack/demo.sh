@@ -180,7 +180,12 @@ if ((routed)); then
 
   # ---- step: retries ----------------------------------------------------------------------------
   bold "Retries: ratings has a healthy pod and one that fails every call"
-  wait_routed "http://ratings-direct:9080/" 200 500
+  # Both pods must be endpoints first: the failing one becomes ready a moment after the
+  # healthy one, and calls before that would all find the healthy pod (up to 60 s).
+  for _ in $(seq 1 60); do
+    out="$(call "http://ratings-direct:9080/" 20 || true)"
+    (($(kv status.500 "$out") > 0)) && break; sleep 1
+  done
   out="$(call "http://ratings-direct:9080/" "$RETRY_CALLS")"
   bad="$(kv status.500 "$out")"
   say "without retries (MeshRoute ratings-direct): $bad of $RETRY_CALLS calls failed with 500"
