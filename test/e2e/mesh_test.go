@@ -192,7 +192,10 @@ func TestCanarySplit(t *testing.T) {
 }
 
 func TestRetriesHideFailingPod(t *testing.T) {
-	routed(t, "http://ratings-direct:9080/", func(g tally) bool { return g.ByStatus["200"]+g.ByStatus["500"] == 20 })
+	// Routed to both pods: the failing one turns ready a moment after the healthy one.
+	routed(t, "http://ratings-direct:9080/", func(g tally) bool {
+		return g.ByStatus["200"]+g.ByStatus["500"] == 20 && g.ByStatus["500"] > 0
+	})
 	n := th.RetryCalls
 	direct, err := call(t, "http://ratings-direct:9080/", n)
 	if err != nil {
